@@ -1,0 +1,111 @@
+"""The common table every data source produces.
+
+Each source (CSV manifest, class folders, MedMNIST ``.npz``, DICOM folder) is
+turned into one :class:`ImageTable`; everything downstream (validation,
+splits, the tf.data pipeline) reads only this table.
+
+Example:
+    >>> import numpy as np, pandas as pd
+    >>> frame = pd.DataFrame({"image": ["a.png", "b.png"], "label": [0, 1],
+    ...                       "patient_id": ["p1", "p2"]})
+    >>> table = ImageTable(frame, classes=["normal", "pneumonia"], task="binary")
+    >>> table.labels().tolist()
+    [0, 1]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+TASKS = ("binary", "multiclass", "multilabel")
+SPLITS = ("train", "val", "test")
+LABEL_PREFIX = "label:"
+
+# Columns every table carries (missing optional values are NA).
+#   image       str   absolute file path, or a display reference such as
+#                     "pneumoniamnist_trainval.npz#train/17" for in-memory images
+#   array_index int   row into ImageTable.images (only for in-memory sources)
+#   label       int   class index into ImageTable.classes (binary/multiclass)
+#   label:<c>   int   0/1 per class c (multilabel only, one column per class)
+#   patient_id  str   patient identifier (NA when unknown)
+#   site        str   acquisition site / source (NA when unknown)
+#   view        str   view position (NA when unknown)
+#   split       str   "train" | "val" | "test" when the source predefines it
+#   row         int   the row's number in its source (CSV line, file index),
+#                     used in every error message
+BASE_COLUMNS = ("image", "patient_id", "site", "view", "split", "row")
+
+
+@dataclass
+class ImageTable:
+    """Images, labels and metadata of one dataset, in a pandas DataFrame.
+
+    Attributes:
+        frame: one row per image, columns as documented in this module.
+        classes: class names (binary/multiclass: index = ``label`` value;
+            multilabel: the label names, one ``label:<name>`` column each).
+        task: "binary", "multiclass" or "multilabel".
+        images: in-memory images (N, H, W) or (N, H, W, C) for array-backed
+            sources, indexed by ``frame["array_index"]``; None for files.
+        source: human-readable description of where the data came from.
+    """
+
+    frame: pd.DataFrame
+    classes: list[str]
+    task: str
+    images: np.ndarray | None = None
+    source: str = ""
+    excluded: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        frame = self.frame.copy()
+        for column in BASE_COLUMNS:
+            if column not in frame.columns:
+                frame[column] = pd.NA if column != "row" else np.arange(len(frame))
+        self.frame = frame.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def label_columns(self) -> list[str]:
+        """The columns holding the target(s)."""
+        if self.task == "multilabel":
+            return [LABEL_PREFIX + name for name in self.classes]
+        return ["label"]
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model output: 1 for binary, else one per class."""
+        return 1 if self.task == "binary" else len(self.classes)
+
+    def labels(self) -> np.ndarray:
+        """Targets as integers (n,) or, for multilabel, a 0/1 matrix (n, L)."""
+        if self.task == "multilabel":
+            return self.frame[self.label_columns].to_numpy(dtype=np.int64)
+        return self.frame["label"].to_numpy(dtype=np.int64)
+
+    def subset(self, rows) -> "ImageTable":
+        """A new table with the rows selected by a boolean mask or positions."""
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        return ImageTable(self.frame.iloc[rows].reset_index(drop=True), list(self.classes),
+                          self.task, self.images, self.source)
+
+    def split(self, name: str) -> "ImageTable":
+        """The rows whose ``split`` column equals ``name``."""
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return self.subset((self.frame["split"] == name).fillna(False).to_numpy(dtype=bool))
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of images per class (per label for multilabel)."""
+        y = self.labels()
+        if self.task == "multilabel":
+            return {c: int(n) for c, n in zip(self.classes, y.sum(axis=0))}
+        return {c: int((y == i).sum()) for i, c in enumerate(self.classes)}
