@@ -95,7 +95,7 @@ class ImageTable:
         if rows.dtype == bool:
             rows = np.flatnonzero(rows)
         return ImageTable(self.frame.iloc[rows].reset_index(drop=True), list(self.classes),
-                          self.task, self.images, self.source)
+                          self.task, self.images, self.source, self.excluded)
 
     def split(self, name: str) -> "ImageTable":
         """The rows whose ``split`` column equals ``name``."""

@@ -1,0 +1,68 @@
+"""Experiment configs load, validate and report the bad key by name."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tfmed.config import ConfigError, ExperimentConfig
+
+EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_shipped_experiment_loads(path):
+    config = ExperimentConfig.from_yaml(path)
+    assert config.name == path.stem
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = ExperimentConfig.from_yaml(EXPERIMENTS[0])
+    config.to_yaml(tmp_path / "snapshot.yaml")
+    again = ExperimentConfig.from_yaml(tmp_path / "snapshot.yaml")
+    assert again == config
+
+
+def _write(tmp_path, values):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize("values, words", [
+    ({"preprocess": {"imagesize": 64}}, ["preprocess.imagesize", "image_size"]),
+    ({"model": {"mode": "boosting"}}, ["model.mode", "svm", "finetune"]),
+    ({"preprocess": {"image_size": "big"}}, ["preprocess.image_size", "integer"]),
+    ({"split": {"test_fraction": 1.5}}, ["split.test_fraction", "[0, 1)"]),
+    ({"preprocess": {"intensity": "window", "windows": []}}, ["preprocess.windows"]),
+    ({"preprocess": {"windows": [[40, -1]]}}, ["preprocess.windows[0]", "width > 0"]),
+    ({"augment": {"crop_from": 100}, "preprocess": {"image_size": 224}}, ["augment.crop_from"]),
+    ({"model": {"svm": {"C": "ten"}}}, ["model.svm.C"]),
+    ({"data": {"task": "regression"}}, ["data.task"]),
+])
+def test_bad_keys_are_named_with_the_file(tmp_path, values, words):
+    path = _write(tmp_path, values)
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig.from_yaml(path)
+    message = str(info.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        ExperimentConfig.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        ExperimentConfig.from_yaml(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        ExperimentConfig.from_yaml(listing)
+
+
+def test_stage_unfreeze_accepts_count_fraction_and_all():
+    config = ExperimentConfig.from_dict({"model": {"finetune": {"stages": [
+        {"epochs": 1, "unfreeze": 0}, {"epochs": 1, "unfreeze": 0.5}, {"epochs": 1, "unfreeze": "all"}]}}})
+    assert [s.unfreeze for s in config.model.finetune.stages] == [0, 0.5, "all"]

@@ -1,0 +1,280 @@
+"""Every source kind on real files written by the tests."""
+import shutil
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from tfmed.config import DataConfig
+from tfmed.data.sources import DataSourceError, load_source, parse_source_spec
+from tfmed.data.validate import apply_validation, validate_table
+from tfmed.datasets import DATASETS, PNEUMONIA_MNIST_FILE, load_pneumonia_mnist
+
+
+def write_png(path, value=0, shape=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.full(shape, value, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------- embedded
+def test_pneumonia_mnist_matches_the_npz():
+    table = load_source(DataConfig(source="pneumonia_mnist"))
+    raw = np.load(PNEUMONIA_MNIST_FILE)
+    frame = table.frame
+    assert table.task == "binary" and table.classes == ["normal", "pneumonia"]
+    assert (frame["split"] == "train").sum() == len(raw["train_labels"]) == 4708
+    assert (frame["split"] == "val").sum() == len(raw["val_labels"]) == 524
+    assert frame["patient_id"].is_unique
+    val_row = frame.index[frame["image"] == "pneumoniamnist_trainval.npz#val/5"][0]
+    assert frame.loc[val_row, "patient_id"] == "val-5"
+    np.testing.assert_array_equal(table.images[frame.loc[val_row, "array_index"]], raw["val_images"][5])
+    assert frame.loc[val_row, "label"] == raw["val_labels"][5, 0]
+    np.testing.assert_array_equal(table.labels()[:4708], raw["train_labels"][:, 0])
+    assert "pneumonia_mnist" in DATASETS and DATASETS["pneumonia_mnist"].load is load_pneumonia_mnist
+
+
+def test_embedded_dataset_licence_note_sits_beside_the_file():
+    licence = (PNEUMONIA_MNIST_FILE.parent / "LICENSE").read_text()
+    assert "CC BY 4.0" in licence and "Kermany" in licence and "MedMNIST" in licence
+
+
+# ---------------------------------------------------------------- medmnist
+@pytest.fixture
+def npz(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "organ.npz"
+    np.savez(path, train_images=rng.integers(0, 255, (6, 8, 8), dtype=np.uint8),
+             train_labels=np.array([[0], [1], [2], [0], [1], [2]]),
+             test_images=rng.integers(0, 255, (3, 8, 8), dtype=np.uint8),
+             test_labels=np.array([[2], [1], [0]]))
+    return path
+
+
+def test_medmnist_loads_every_split(npz):
+    table = load_source(parse_source_spec(f"medmnist:{npz}"))
+    raw = np.load(npz)
+    assert table.task == "multiclass" and table.classes == ["0", "1", "2"]
+    assert table.frame["split"].tolist() == ["train"] * 6 + ["test"] * 3
+    test = table.split("test")
+    np.testing.assert_array_equal(test.labels(), [2, 1, 0])
+    np.testing.assert_array_equal(table.images[test.frame["array_index"]], raw["test_images"])
+
+
+def test_medmnist_single_split_selection_and_classes(npz):
+    table = load_source(DataConfig(source="medmnist", path=f"{npz}#test", classes=["a", "b", "c"]))
+    assert table.frame["split"].tolist() == ["test"] * 3
+    assert table.classes == ["a", "b", "c"]
+    assert table.frame["image"].tolist() == ["organ.npz#test/0", "organ.npz#test/1", "organ.npz#test/2"]
+    # The same through the source string itself.
+    again = load_source(DataConfig(source=f"medmnist:{npz}#test"))
+    assert again.frame["image"].tolist() == table.frame["image"].tolist()
+
+
+def test_medmnist_multilabel(tmp_path):
+    labels = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 1], [1, 1, 0]])
+    path = tmp_path / "chest.npz"
+    np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=labels)
+    table = load_source(parse_source_spec(str(path)))
+    assert table.task == "multilabel"
+    assert list(table.frame.columns[table.frame.columns.str.startswith("label:")]) == \
+        ["label:0", "label:1", "label:2"]
+    np.testing.assert_array_equal(table.labels(), labels)
+
+
+def test_medmnist_missing_keys_lists_keys_found(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((2, 4, 4)), labels=np.zeros((2, 1)))
+    with pytest.raises(DataSourceError, match=r"bad.npz has no .*keys found: images, labels"):
+        load_source(DataConfig(source="medmnist", path=str(path)))
+    with pytest.raises(DataSourceError, match=r"missing val_images, val_labels; keys found"):
+        load_source(DataConfig(source="medmnist", path=f"{path}#val"))
+
+
+def test_medmnist_not_an_npz(tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_text("not a zip")
+    with pytest.raises(DataSourceError, match="broken.npz: not a readable .npz"):
+        load_source(DataConfig(source="medmnist", path=str(path)))
+
+
+# ---------------------------------------------------------------- spec parsing
+@pytest.mark.parametrize("spec, source, path", [
+    ("pneumonia_mnist", "pneumonia_mnist", None),
+    ("medmnist:x/y.npz", "medmnist", "x/y.npz"),
+    ("medmnist:x/y.npz#test", "medmnist", "x/y.npz#test"),
+    ("manifest:m.csv", "manifest", "m.csv"),
+    ("folder:imgs", "folder", "imgs"),
+    ("dicom:scans", "dicom", "scans"),
+    ("data/m.csv", "manifest", "data/m.csv"),
+    ("data/chest.npz#val", "medmnist", "data/chest.npz#val"),
+])
+def test_parse_source_spec(spec, source, path):
+    config = parse_source_spec(spec)
+    assert (config.source, config.path) == (source, path)
+
+
+def test_parse_source_spec_bare_folder(tmp_path):
+    assert parse_source_spec(str(tmp_path)).source == "folder"
+
+
+def test_parse_source_spec_unknown(tmp_path):
+    with pytest.raises(DataSourceError, match="cannot tell what kind of source"):
+        parse_source_spec(str(tmp_path / "nothing.bin"))
+    with pytest.raises(DataSourceError, match="names no path; write folder:PATH"):
+        parse_source_spec("folder:")
+
+
+def test_unknown_source_kind():
+    with pytest.raises(DataSourceError, match="data.source is 'imagenet'; use one of"):
+        load_source(DataConfig(source="imagenet"))
+
+
+# ---------------------------------------------------------------- missing paths
+def test_missing_path_names_it_and_says_what_to_put(tmp_path):
+    message = "Download the Shenzhen and Montgomery sets from https://lhncbc.nlm.nih.gov/ into data/tb."
+    config = DataConfig(source="folder", path=str(tmp_path / "tb"), filename_label_suffix=True,
+                        missing_message=message)
+    with pytest.raises(DataSourceError) as caught:
+        load_source(config)
+    text = str(caught.value)
+    assert str(tmp_path / "tb") in text and "not found" in text
+    assert "one sub-folder of images per class" in text
+    assert message in text
+
+
+def test_missing_path_value():
+    with pytest.raises(DataSourceError, match="needs data.path: a CSV manifest"):
+        load_source(DataConfig(source="manifest"))
+
+
+def test_relative_paths_resolve_against_base_dir(tmp_path):
+    write_png(tmp_path / "imgs" / "a.png")
+    write_png(tmp_path / "imgs" / "b.png")
+    (tmp_path / "m.csv").write_text("path,label,patient_id\nimgs/a.png,no,p1\nimgs/b.png,yes,p2\n")
+    table = load_source(DataConfig(source="manifest", path="m.csv"), base_dir=tmp_path)
+    assert table.frame["image"].tolist() == [str(tmp_path / "imgs" / "a.png"), str(tmp_path / "imgs" / "b.png")]
+    assert table.classes == ["no", "yes"] and validate_table(table).ok
+
+
+# ---------------------------------------------------------------- folders
+def test_class_folders_with_skipped_file_reported(tmp_path):
+    write_png(tmp_path / "pneumonia" / "p1.png", 200)
+    write_png(tmp_path / "normal" / "n1.png", 10)
+    write_png(tmp_path / "normal" / "n2.png", 20)
+    (tmp_path / "normal" / "README.txt").write_text("notes")
+    table = load_source(DataConfig(source="folder", path=str(tmp_path)))
+    assert table.classes == ["normal", "pneumonia"] and table.task == "binary"
+    labels = dict(zip([p.rsplit("/", 1)[1] for p in table.frame["image"]], table.frame["label"]))
+    assert labels == {"n1.png": 0, "n2.png": 0, "p1.png": 1}
+    report = validate_table(table)
+    assert report.ok
+    assert len(report.warnings) == 1 and "README.txt" in report.warnings[0].image
+    assert "skipped: unsupported file type '.txt'" in report.format()
+
+
+def test_class_folders_order_from_config_and_patient_subfolders(tmp_path):
+    write_png(tmp_path / "normal" / "pat1" / "a.png")
+    write_png(tmp_path / "normal" / "pat1" / "b.png")
+    write_png(tmp_path / "tb" / "c.png")
+    table = load_source(DataConfig(source="folder", path=str(tmp_path), classes=["tb", "normal"]))
+    assert table.classes == ["tb", "normal"]
+    frame = table.frame.sort_values("image")
+    assert frame["label"].tolist() == [1, 1, 0]
+    assert frame["patient_id"].iloc[0] == "pat1" and frame["patient_id"].iloc[1] == "pat1"
+    assert frame["patient_id"].isna().iloc[2]
+
+
+def test_files_outside_class_folders_are_reported_not_dropped(tmp_path):
+    write_png(tmp_path / "normal" / "a.png")
+    write_png(tmp_path / "tb" / "b.png")
+    write_png(tmp_path / "other" / "c.png")
+    write_png(tmp_path / "loose.png")
+    table = load_source(DataConfig(source="folder", path=str(tmp_path), classes=["normal", "tb"]))
+    assert len(table) == 2
+    warnings = {w.image.rsplit("/", 1)[1]: w.problem for w in validate_table(table).warnings}
+    assert warnings == {"loose.png": "skipped: file is not inside a class folder",
+                        "other": "skipped: folder is not one of data.classes ['normal', 'tb']"}
+
+
+def test_class_folders_missing_class(tmp_path):
+    write_png(tmp_path / "normal" / "a.png")
+    with pytest.raises(DataSourceError, match=r"no sub-folder for class\(es\) tb"):
+        load_source(DataConfig(source="folder", path=str(tmp_path), classes=["normal", "tb"]))
+    with pytest.raises(DataSourceError, match=r"found 1 class folder\(s\)"):
+        load_source(DataConfig(source="folder", path=str(tmp_path)))
+
+
+def test_filename_suffix_labels_sites_and_patients(tmp_path):
+    write_png(tmp_path / "shenzhen" / "CHNCXR_0001_0.png")
+    write_png(tmp_path / "shenzhen" / "CHNCXR_0002_1.png")
+    write_png(tmp_path / "montgomery" / "CXR_png" / "MCUCXR_0104_1.png")
+    write_png(tmp_path / "montgomery" / "CXR_png" / "MCUCXR_0005_0.png")
+    write_png(tmp_path / "montgomery" / "Thumbs_x.png")
+    (tmp_path / "montgomery" / "NLM-MontgomeryCXRSet-ReadMe.pdf").write_bytes(b"%PDF")
+    config = DataConfig(source="folder", path=str(tmp_path), filename_label_suffix=True,
+                        classes=["normal", "tb"])
+    table = load_source(config)
+    frame = table.frame.set_index(table.frame["image"].map(lambda p: p.rsplit("/", 1)[1]))
+    assert frame.loc["CHNCXR_0001_0.png", ["label", "patient_id", "site"]].tolist() == [0, "CHNCXR_0001", "shenzhen"]
+    assert frame.loc["MCUCXR_0104_1.png", ["label", "patient_id", "site"]].tolist() == [1, "MCUCXR_0104", "montgomery"]
+    report = validate_table(table)
+    assert [p.image.rsplit("/", 1)[1] for p in report.problems] == ["Thumbs_x.png"]
+    assert "does not end in _<label>" in report.problems[0].problem
+    assert any("ReadMe.pdf" in w.image for w in report.warnings)
+    kept = apply_validation(table, report, exclude_bad_rows=True)
+    assert len(kept) == 4 and sorted(kept.labels().tolist()) == [0, 0, 1, 1]
+    excluded = sorted(p.rsplit("/", 1)[1] for p in kept.excluded["image"])
+    assert excluded == ["NLM-MontgomeryCXRSet-ReadMe.pdf", "Thumbs_x.png"]
+
+
+def test_filename_suffix_label_out_of_classes(tmp_path):
+    write_png(tmp_path / "site" / "X_0001_3.png")
+    write_png(tmp_path / "site" / "X_0002_0.png")
+    table = load_source(DataConfig(source="folder", path=str(tmp_path), filename_label_suffix=True,
+                                   classes=["normal", "tb"]))
+    problems = validate_table(table).problems
+    assert len(problems) == 1 and "label suffix 3 is not an index" in problems[0].problem
+
+
+def test_folder_source_needs_a_folder(tmp_path):
+    path = tmp_path / "file.png"
+    write_png(path)
+    with pytest.raises(DataSourceError, match="needs a folder, got a file"):
+        load_source(DataConfig(source="folder", path=str(path)))
+
+
+# ---------------------------------------------------------------- DICOM
+def test_dicom_folder_reads_patient_and_view(tmp_path):
+    source = get_testdata_file("CT_small.dcm")
+    for label, (cls, patient, view) in enumerate([("normal", "P001", "PA"), ("normal", "P002", None),
+                                                  ("effusion", "P003", "AP")]):
+        dataset = pydicom.dcmread(source)
+        dataset.PatientID = patient
+        if view:
+            dataset.ViewPosition = view
+        (tmp_path / cls).mkdir(exist_ok=True)
+        dataset.save_as(tmp_path / cls / f"{patient}.dcm")
+    shutil.copy(source, tmp_path / "normal" / "IM_NOEXT")
+    (tmp_path / "normal" / "notes.txt").write_text("x")
+    table = load_source(parse_source_spec(f"dicom:{tmp_path}"))
+    frame = table.frame.set_index(table.frame["image"].map(lambda p: p.rsplit("/", 1)[1]))
+    assert table.classes == ["effusion", "normal"]
+    assert frame.loc["P001.dcm", ["label", "patient_id", "view"]].tolist() == [1, "P001", "PA"]
+    assert frame.loc["P003.dcm", ["label", "patient_id", "view"]].tolist() == [0, "P003", "AP"]
+    assert frame["view"].isna()["P002.dcm"]
+    assert frame.loc["IM_NOEXT", "patient_id"] == "1CT1"
+    report = validate_table(table, need_patient_ids=True)
+    assert report.ok and [w.image.rsplit("/", 1)[1] for w in report.warnings] == ["notes.txt"]
+
+
+def test_dicom_folder_bad_header_becomes_a_problem(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "a" / "ok.dcm")
+    (tmp_path / "b" / "broken.dcm").write_bytes(b"\x00" * 10)
+    table = load_source(DataConfig(source="dicom", path=str(tmp_path)))
+    report = validate_table(table)
+    assert len(table) == 2
+    assert {p.image.rsplit("/", 1)[1] for p in report.problems} == {"broken.dcm"}

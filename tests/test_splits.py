@@ -1,0 +1,186 @@
+"""Patient-level splits: no leakage, stratified, sized as asked, deterministic."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmed.config import SplitConfig
+from tfmed.data.splits import (LeakageError, SplitError, check_no_leakage, ensure_splits, kfold_indices,
+                               merge_trainval, patient_split, stratify_labels)
+from tfmed.data.table import ImageTable
+from tfmed.datasets import load_pneumonia_mnist
+
+
+def make_table(n_patients=300, positive_rate=0.3, seed=0, split=None):
+    """Patients with 1-4 images each; a patient's images share the patient's label."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 5, n_patients)
+    patient_labels = (rng.random(n_patients) < positive_rate).astype(int)
+    patients = np.repeat([f"P{i:04d}" for i in range(n_patients)], sizes)
+    labels = np.repeat(patient_labels, sizes)
+    frame = pd.DataFrame({"image": [f"img{i}.png" for i in range(len(labels))], "label": labels,
+                          "patient_id": patients})
+    if split is not None:
+        frame["split"] = split(frame)
+    return ImageTable(frame, ["neg", "pos"], "binary", source="synthetic")
+
+
+def patient_sets(table):
+    frame = table.frame
+    return {name: set(frame.loc[frame["split"] == name, "patient_id"]) for name in ("train", "val", "test")}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_patient_split_properties(seed):
+    table = make_table(seed=seed)
+    result = patient_split(table, test_fraction=0.2, val_fraction=0.1, seed=seed)
+    sets = patient_sets(result)
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) \
+        and not (sets["val"] & sets["test"])
+    assert set().union(*sets.values()) == set(table.frame["patient_id"])
+    frame = result.frame
+    overall = frame["label"].mean()
+    sizes = frame["split"].value_counts(normalize=True)
+    assert abs(sizes["test"] - 0.2) < 0.03 and abs(sizes["val"] - 0.1) < 0.03
+    for name in ("train", "val", "test"):
+        assert abs(frame.loc[frame["split"] == name, "label"].mean() - overall) < 0.05
+    # Rows are untouched apart from the split column.
+    pd.testing.assert_frame_equal(frame.drop(columns="split"), table.frame.drop(columns="split"))
+
+
+def test_patient_split_is_deterministic_per_seed():
+    table = make_table()
+    first = patient_split(table, seed=7).frame["split"].tolist()
+    assert patient_split(table, seed=7).frame["split"].tolist() == first
+    assert patient_split(table, seed=8).frame["split"].tolist() != first
+
+
+def test_patient_split_other_fractions():
+    result = patient_split(make_table(n_patients=400), test_fraction=0.15, val_fraction=0.25, seed=0)
+    sizes = result.frame["split"].value_counts(normalize=True)
+    assert abs(sizes["test"] - 0.15) < 0.03 and abs(sizes["val"] - 0.25) < 0.03
+    no_val = patient_split(make_table(), test_fraction=0.2, val_fraction=0.0)
+    assert set(no_val.frame["split"]) == {"train", "test"}
+
+
+def test_patient_split_needs_patient_ids():
+    table = make_table(n_patients=20)
+    table.frame.loc[[3, 5], "patient_id"] = pd.NA
+    rows = table.frame.loc[[3, 5], "row"].tolist()
+    with pytest.raises(SplitError, match=rf"2 row\(s\) have none \(rows {rows[0]}, {rows[1]}\) in synthetic"):
+        patient_split(table)
+
+
+def test_patient_split_bad_fractions_and_too_few_patients():
+    with pytest.raises(SplitError, match="test_fraction is 1.5"):
+        patient_split(make_table(n_patients=10), test_fraction=1.5)
+    with pytest.raises(SplitError, match="sum < 1"):
+        patient_split(make_table(n_patients=10), test_fraction=0.6, val_fraction=0.5)
+    with pytest.raises(SplitError, match="only 1 patient"):
+        patient_split(make_table(n_patients=1))
+
+
+def test_multilabel_split_uses_rarest_label_proxy():
+    rng = np.random.default_rng(0)
+    n = 600
+    labels = np.stack([rng.random(n) < 0.4, rng.random(n) < 0.05, rng.random(n) < 0.2], axis=1).astype(int)
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(n)], "patient_id": [f"p{i // 2}" for i in range(n)]})
+    for j, name in enumerate(["common", "rare", "mid"]):
+        frame[f"label:{name}"] = labels[:, j]
+    table = ImageTable(frame, ["common", "rare", "mid"], "multilabel")
+    proxy = stratify_labels(table)
+    # Independent proxy: among a row's positive labels, the one with the fewest positives overall.
+    counts = labels.sum(axis=0)
+    expected = [min(np.flatnonzero(row), key=lambda j: counts[j]) if row.any() else 3 for row in labels]
+    assert proxy.tolist() == expected
+    result = patient_split(table, seed=0)
+    check_no_leakage(result)
+    test = result.split("test").labels()
+    assert abs(test[:, 1].mean() - labels[:, 1].mean()) < 0.03
+    assert test[:, 1].sum() > 0
+
+
+def test_leakage_error_names_patient_and_splits():
+    frame = pd.DataFrame({"image": list("abcd"), "label": [0, 1, 0, 1],
+                          "patient_id": ["p1", "p1", "p2", "p3"], "split": ["train", "test", "val", "val"]})
+    with pytest.raises(LeakageError, match=r"1 patient\(s\) .*p1 \(test, train\)") as caught:
+        check_no_leakage(ImageTable(frame, ["x", "y"], "binary"))
+    assert "p2" not in str(caught.value) and isinstance(caught.value, ValueError)
+
+
+def test_ensure_splits_predefined_carves_test_from_train_of_pneumonia_mnist():
+    table = load_pneumonia_mnist()
+    result = ensure_splits(table, SplitConfig(method="predefined", test_fraction=0.2, seed=0))
+    frame, original = result.frame, table.frame
+    # val untouched, test carved only from train.
+    assert (frame["split"] == "val").tolist() == (original["split"] == "val").tolist()
+    assert set(original.loc[frame["split"] == "test", "split"]) == {"train"}
+    n_train = (original["split"] == "train").sum()
+    assert abs((frame["split"] == "test").sum() - 0.2 * n_train) <= 2
+    train_rate = original.loc[original["split"] == "train", "label"].mean()
+    assert abs(frame.loc[frame["split"] == "test", "label"].mean() - train_rate) < 0.01
+
+
+def test_ensure_splits_predefined_fills_missing_val_and_keeps_test():
+    table = make_table(split=lambda f: np.where(np.arange(len(f)) < 100, "test", "train"))
+    table = ImageTable(table.frame[~table.frame["patient_id"].isin(
+        table.frame.loc[99:100, "patient_id"])], table.classes, table.task)  # no patient across the cut
+    result = ensure_splits(table, SplitConfig(method="predefined", val_fraction=0.1))
+    assert (result.frame["split"] == "test").tolist() == (table.frame["split"] == "test").tolist()
+    n_train = (table.frame["split"] == "train").sum()
+    assert abs((result.frame["split"] == "val").sum() - 0.1 * n_train) < 0.03 * n_train
+
+
+def test_ensure_splits_patient_ignores_given_splits_and_empty_column_means_patient():
+    table = make_table(split=lambda f: ["train"] * len(f))
+    result = ensure_splits(table, SplitConfig(method="patient", seed=3))
+    assert result.frame["split"].tolist() == patient_split(table, seed=3).frame["split"].tolist()
+    empty = make_table()
+    assert ensure_splits(empty, SplitConfig(seed=3)).frame["split"].tolist() == \
+        patient_split(empty, seed=3).frame["split"].tolist()
+
+
+def test_ensure_splits_refuses_partial_split_column_and_leaky_predefined():
+    partial = make_table(n_patients=20, split=lambda f: ["train"] * (len(f) - 1) + [None])
+    with pytest.raises(SplitError, match=r"1 row\(s\) have no split while others do"):
+        ensure_splits(partial, SplitConfig())
+    leaky = make_table(n_patients=20, split=lambda f: np.where(np.arange(len(f)) % 2 == 0, "train", "val"))
+    with pytest.raises(LeakageError, match="appear in more than one split"):
+        ensure_splits(leaky, SplitConfig(test_fraction=0.2))
+
+
+def test_ensure_splits_kfold_and_kfold_indices():
+    table = make_table(split=lambda f: np.where(np.arange(len(f)) % 3 == 0, "val", "train"))
+    table.frame["patient_id"] = [f"q{i}" for i in range(len(table))]  # one image per patient
+    result = ensure_splits(table, SplitConfig(method="kfold", test_fraction=0.2, seed=0))
+    assert set(result.frame["split"]) == {"train", "test"}
+    folds = kfold_indices(result, folds=5, seed=0)
+    non_test = np.flatnonzero(result.frame["split"] == "train")
+    assert len(folds) == 5
+    held = np.concatenate([val for _, val in folds])
+    assert sorted(held.tolist()) == non_test.tolist()  # disjoint and covering the non-test rows
+    patients = result.frame["patient_id"].to_numpy()
+    for train, val in folds:
+        assert sorted(np.concatenate([train, val]).tolist()) == non_test.tolist()
+        assert not set(patients[train]) & set(patients[val])
+
+
+def test_kfold_indices_keeps_patients_together_and_skips_test_rows():
+    table = make_table(n_patients=120, split=lambda f: ["train"] * (len(f) - 5) + ["test"] * 5)
+    test_rows = set(range(len(table) - 5, len(table)))
+    folds = kfold_indices(table, folds=4, seed=1)
+    patients = table.frame["patient_id"].to_numpy()
+    overall = table.frame["label"].mean()
+    for train, val in folds:
+        assert not set(patients[train]) & set(patients[val])
+        assert not (set(train) | set(val)) & test_rows
+        assert abs(table.frame["label"].to_numpy()[val].mean() - overall) < 0.08
+    assert [v.tolist() for _, v in folds] == [v.tolist() for _, v in kfold_indices(table, folds=4, seed=1)]
+    with pytest.raises(SplitError, match="cannot make 500 folds"):
+        kfold_indices(table, folds=500)
+
+
+def test_merge_trainval():
+    table = make_table(n_patients=10, split=lambda f: (["train", "val", "test"] * len(f))[: len(f)])
+    merged = merge_trainval(table)
+    expected = ["test" if s == "test" else "train" for s in table.frame["split"]]
+    assert merged.frame["split"].tolist() == expected

@@ -1,0 +1,227 @@
+"""Manifest parsing and table validation: every problem at once, with rows and fixes."""
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmed.data.manifest import ManifestError, load_manifest
+from tfmed.data.sources import DataSourceError
+from tfmed.data.table import ImageTable
+from tfmed.data.validate import (DataValidationError, Problem, ValidationReport, apply_validation,
+                                 validate_table)
+
+
+def write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+
+
+@pytest.fixture
+def messy(tmp_path):
+    """A manifest with one good row and one of each kind of problem (CSV line in the comment)."""
+    grey = np.full((8, 8), 100, dtype=np.uint8)
+    write_png(tmp_path / "img" / "good.png", grey)
+    write_png(tmp_path / "img" / "good2.png", grey)
+    write_png(tmp_path / "img" / "deep.png", np.full((8, 8), 4000, dtype=np.uint16))
+    write_png(tmp_path / "img" / "rgb.png", np.zeros((8, 8, 3), dtype=np.uint8))
+    (tmp_path / "img" / "empty.png").write_bytes(b"")
+    data = (tmp_path / "img" / "good.png").read_bytes()
+    (tmp_path / "img" / "cut.png").write_bytes(data[: len(data) // 2])
+    lines = [
+        "path,label,patient_id,split",     # 1 header
+        "img/good.png,normal,p1,train",     # 2 fine
+        "img/missing.png,normal,p2,train",  # 3 file not found
+        "img/empty.png,normal,p3,train",    # 4 empty file
+        "img/cut.png,normal,p4,train",      # 5 truncated
+        "img/good2.png,cancer,p5,train",    # 6 unknown label
+        "img/good2.png,,p6,val",            # 7 empty label (and duplicate of line 6)
+        "img/deep.png,pneumonia,p7,testing",  # 8 16-bit (fine by default); 'testing' means test
+        "img/rgb.png,pneumonia,,train",     # 9 no patient id
+        "img/good.png,pneumonia,p1,trian",  # 10 duplicate of line 2 and a bad split
+    ]
+    path = tmp_path / "manifest.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def problems_by_row(report):
+    out = {}
+    for p in report.problems:
+        out.setdefault(p.row, []).append(p.problem)
+    return out
+
+
+def test_validation_collects_every_problem_with_csv_line_numbers(messy):
+    table = load_manifest(messy, classes=["normal", "pneumonia"])
+    report = validate_table(table, need_patient_ids=True, workers=2)
+    rows = problems_by_row(report)
+    assert sorted(rows) == [3, 4, 5, 6, 7, 9, 10]
+    assert rows[3] == ["file not found"]
+    assert rows[4] == ["file is empty (0 bytes)"]
+    assert rows[5] == ["corrupt or truncated PNG (OpenCV could not decode it)"]
+    assert rows[6] == ["unknown label 'cancer' in column 'label'"]
+    assert "empty label in column 'label'" in rows[7]
+    assert "duplicate: the same image as row 6" in rows[7]
+    assert rows[9] == ["no patient id"]
+    assert "split 'trian' is not train, val or test" in rows[10]
+    assert "duplicate: the same image as row 2" in rows[10]
+    assert not report.ok and report.checked == 9
+    text = report.format()
+    for row in rows:
+        assert f"row {row}:" in text
+    assert "missing.png" in text and "Fix:" in text and "exclude_bad_rows" in text
+    frame = report.to_frame()
+    assert len(frame) == len(report.problems) and set(frame["row"]) == set(rows)
+    assert table.frame.loc[table.frame["row"] == 8, "split"].item() == "test"
+
+
+def test_channels_and_bit_depth_limits(messy):
+    table = load_manifest(messy, classes=["normal", "pneumonia"])
+    report = validate_table(table, max_channels=1, allowed_bit_depths=(8,))
+    rows = problems_by_row(report)
+    assert rows[8] == ["16-bit PNG; supported bit depths are 8"]
+    assert rows[9] == ["3 channels; at most 1 are supported"]
+
+
+def test_apply_validation_stops_with_the_full_report(messy):
+    table = load_manifest(messy, classes=["normal", "pneumonia"])
+    report = validate_table(table)
+    with pytest.raises(DataValidationError) as caught:
+        apply_validation(table, report, exclude_bad_rows=False)
+    assert str(caught.value) == report.format()
+    assert caught.value.report is report
+    assert isinstance(caught.value, ValueError)
+
+
+def test_apply_validation_excludes_and_lists_bad_rows(messy):
+    table = load_manifest(messy, classes=["normal", "pneumonia"])
+    report = validate_table(table, need_patient_ids=True)
+    kept = apply_validation(table, report, exclude_bad_rows=True)
+    assert kept.frame["row"].tolist() == [2, 8]
+    assert kept.labels().tolist() == [0, 1] and kept.frame["label"].dtype == np.int64
+    assert kept.excluded["row"].tolist() == [3, 4, 5, 6, 7, 9, 10]
+    assert "file not found" in kept.excluded.loc[0, "problem"]
+    assert len(kept) + len(kept.excluded) == len(table)
+    assert validate_table(kept).ok
+
+
+def test_clean_table_passes_unchanged(tmp_path):
+    for name in ("a", "b"):
+        write_png(tmp_path / f"{name}.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,patient_id\na.png,0,p1\nb.png,1,p2\n")
+    table = load_manifest(tmp_path / "m.csv")
+    report = validate_table(table, need_patient_ids=True)
+    assert report.ok and report.problems == [] and "passed" in report.format()
+    assert apply_validation(table, report, exclude_bad_rows=False).frame["label"].tolist() == [0, 1]
+
+
+# ---------------------------------------------------------------- manifest parsing
+def test_manifest_header_problems_are_listed_together(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("file,diagnosis,patient\na.png,x,p\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path, label_columns=["label", "finding"], patient_column="pid")
+    text = str(caught.value)
+    for column in ("'path'", "'label'", "'finding'", "'pid'"):
+        assert column in text
+    assert "Columns found: file, diagnosis, patient" in text and "line 1" in text
+    assert isinstance(caught.value, DataSourceError)
+
+
+def test_manifest_missing_and_empty_files(tmp_path):
+    with pytest.raises(ManifestError, match=r"nothere.csv: manifest not found.*data_manifests/README.md"):
+        load_manifest(tmp_path / "nothere.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ManifestError, match="empty.csv: the manifest is empty"):
+        load_manifest(tmp_path / "empty.csv")
+
+
+def test_manifest_task_inference_and_class_order(tmp_path):
+    (tmp_path / "two.csv").write_text("path,label,patient_id\na.png,tb,p1\nb.png,normal,p2\n")
+    table = load_manifest(tmp_path / "two.csv")
+    assert table.task == "binary" and table.classes == ["normal", "tb"] and table.labels().tolist() == [1, 0]
+    fixed = load_manifest(tmp_path / "two.csv", classes=["tb", "normal"])
+    assert fixed.labels().tolist() == [0, 1]
+    (tmp_path / "three.csv").write_text("path,label,patient_id\na.png,2,p1\nb.png,0,p2\nc.png,1,p3\n")
+    three = load_manifest(tmp_path / "three.csv")
+    assert three.task == "multiclass" and three.classes == ["0", "1", "2"] and three.labels().tolist() == [2, 0, 1]
+    (tmp_path / "multi.csv").write_text("path,effusion,mass,patient_id\na.png,1,0,p1\nb.png,0,0,p1\n")
+    multi = load_manifest(tmp_path / "multi.csv", label_columns=["effusion", "mass"])
+    assert multi.task == "multilabel" and multi.classes == ["effusion", "mass"]
+    assert multi.labels().tolist() == [[1, 0], [0, 0]]
+
+
+def test_manifest_multilabel_bad_values_become_problems(tmp_path):
+    (tmp_path / "multi.csv").write_text("path,effusion,mass,patient_id\na.png,1,2,p1\nb.png,,0,p1\n")
+    table = load_manifest(tmp_path / "multi.csv", label_columns=["effusion", "mass"])
+    rows = problems_by_row(validate_table(table, check_images=False))
+    assert "label '2' in multilabel column 'mass'" in rows[2]
+    assert "empty label in multilabel column 'effusion'" in rows[3]
+
+
+def test_manifest_blank_lines_keep_line_numbers_and_absolute_paths(tmp_path):
+    image = tmp_path / "elsewhere" / "a.png"
+    write_png(image, np.zeros((4, 4), np.uint8))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.csv").write_text(f"path,label,patient_id\n\n{image},a,p1\nmissing.png,b,p2\n")
+    table = load_manifest(tmp_path / "sub" / "m.csv")
+    assert table.frame["row"].tolist() == [3, 4]
+    assert table.frame["image"].tolist() == [str(image), str(tmp_path / "sub" / "missing.png")]
+    assert [(p.row, p.problem) for p in validate_table(table).problems] == [(4, "file not found")]
+
+
+def test_manifest_binary_task_with_three_classes(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label\na.png,x\nb.png,y\nc.png,z\n")
+    with pytest.raises(ManifestError, match="task is binary but column 'label' has 3 classes"):
+        load_manifest(tmp_path / "m.csv", task="binary")
+
+
+# ---------------------------------------------------------------- in-memory tables
+def test_in_memory_checks_are_vectorised_and_complete():
+    images = np.zeros((3, 8, 8), dtype=np.int32)
+    frame = pd.DataFrame({"image": ["m#0", "m#1", "m#2", "m#3"], "array_index": [0, 1, 7, 1],
+                          "label": [0, 1, 2, 1]})
+    table = ImageTable(frame, ["a", "b"], "binary", images=images, source="memory")
+    report = validate_table(table)
+    whole = [p.problem for p in report.problems if p.row is None]
+    assert whole == ["32-bit images; supported bit depths are 8, 16"]
+    rows = problems_by_row(report)
+    assert rows[2] == ["label 2 in column 'label' is not an index 0..1 into classes ['a', 'b']",
+                       "array_index 7 outside 0..2"]
+    assert rows[3] == ["duplicate: the same image as row 1"]
+    with pytest.raises(DataValidationError, match="whole table and cannot be excluded"):
+        apply_validation(table, report, exclude_bad_rows=True)
+
+
+def test_in_memory_row_problems_can_be_excluded():
+    images = np.zeros((3, 8, 8), dtype=np.uint8)
+    frame = pd.DataFrame({"image": ["m#0", "m#1", "m#2"], "array_index": [0, 1, 2],
+                          "label": pd.array([0, pd.NA, 1], dtype="Int64")})
+    table = ImageTable(frame, ["a", "b"], "binary", images=images)
+    kept = apply_validation(table, validate_table(table), exclude_bad_rows=True)
+    assert kept.frame["array_index"].tolist() == [0, 2]
+    assert kept.excluded["problem"].tolist() == ["empty label in column 'label'"]
+
+
+def test_report_formats_table_level_and_row_problems():
+    report = ValidationReport([Problem(None, "x.npz", "bad dtype", "convert"),
+                               Problem(4, "a.png", "file not found", "fix path")], checked=3)
+    lines = report.format().splitlines()
+    assert lines[1] == "  table: x.npz: bad dtype. Fix: convert"
+    assert lines[2] == "  row 4: a.png: file not found. Fix: fix path"
+
+
+def test_shipped_example_manifest_parses_as_documented():
+    from pathlib import Path
+
+    from tfmed.data.sources import parse_source_spec, load_source
+
+    path = Path(__file__).resolve().parents[1] / "data_manifests" / "example.csv"
+    table = load_source(parse_source_spec(str(path)))
+    assert table.task == "binary" and table.classes == ["normal", "pneumonia"]
+    assert table.frame["row"].tolist() == list(range(2, 9))
+    assert table.frame["split"].value_counts().to_dict() == {"train": 3, "val": 2, "test": 2}
+    assert table.frame["view"].tolist()[:2] == ["PA", "LL"]
+    report = validate_table(table, need_patient_ids=True, check_images=False)
+    # Only the (unshipped) image files are missing; the schema itself is clean.
+    assert {p.problem for p in report.problems} == {"file not found"} and len(report.problems) == 7

@@ -1,0 +1,234 @@
+"""CSV manifests: one row per image with its label(s), patient and split.
+
+Schema (see ``data_manifests/README.md``): ``path`` (relative to ``root``,
+default the CSV's folder; absolute paths allowed), one label column (class
+names or integer indices; binary or multiclass) or several 0/1 label columns
+(multilabel), ``patient_id``, and optional ``site``, ``view`` and ``split``
+(train / val / test). Row numbers are CSV line numbers (the header is line 1).
+
+Problems in the rows (unknown or empty labels, bad split values, empty paths)
+do not stop loading: each row carries them in the ``source_problems`` column
+and :func:`tfmed.data.validate.validate_table` reports them together with the
+file checks. Problems with the header (a referenced column that does not
+exist) raise :class:`ManifestError` listing all of them at once.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "m.csv").write_text("path,label,patient_id\\na.png,normal,p1\\nb.png,pneumonia,p2\\n")
+    >>> table = load_manifest(folder / "m.csv", classes=["normal", "pneumonia"])
+    >>> table.task, table.frame["label"].tolist(), table.frame["row"].tolist()
+    ('binary', [0, 1], [2, 3])
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfmed.data.sources import DataSourceError
+from tfmed.data.table import LABEL_PREFIX, ImageTable
+from tfmed.data.validate import SOURCE_PROBLEMS
+
+PATH_COLUMN = "path"
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+               "validation": "val", "test": "test", "testing": "test"}
+TRUE_VALUES = {"1", "1.0", "true", "yes"}
+FALSE_VALUES = {"0", "0.0", "false", "no"}
+
+
+class ManifestError(DataSourceError):
+    """A manifest cannot be read, or its header lacks columns the config refers to."""
+
+
+def load_manifest(path: str | Path, root: str | Path | None = None, label_columns: list[str] | None = None,
+                  patient_column: str = "patient_id", classes: list[str] | None = None,
+                  task: str | None = None) -> ImageTable:
+    """Read a CSV manifest into an :class:`ImageTable` (row = CSV line number).
+
+    Args:
+        path: the CSV file.
+        root: folder that relative image paths start from (default: the CSV's folder).
+        label_columns: one column (binary/multiclass) or several 0/1 columns (multilabel).
+        patient_column: column with patient identifiers.
+        classes: class names in label order. Single label column: values
+            must be one of these names (or an index into them). Several
+            label columns: display names of the columns, in their order.
+        task: "binary", "multiclass" or "multilabel"; inferred when None
+            (one column with 2 classes -> binary, more -> multiclass,
+            several columns -> multilabel).
+
+    Raises:
+        ManifestError: the file is missing or unreadable, or referenced
+            columns are absent (all of them are listed).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "m.csv").write_text("path,effusion,nodule,patient_id\\na.png,1,0,p1\\n")
+        >>> table = load_manifest(folder / "m.csv", label_columns=["effusion", "nodule"])
+        >>> table.task, table.labels().tolist()
+        ('multilabel', [[1, 0]])
+    """
+    path = Path(path)
+    label_columns = list(label_columns or ["label"])
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found. Put a CSV there with columns "
+                            f"path,{','.join(label_columns)},{patient_column}[,site,view,split] "
+                            f"(see data_manifests/README.md), or fix data.path.")
+    frame = _read_csv(path)
+    root = Path(root) if root is not None else path.parent
+    multilabel = len(label_columns) > 1
+    header_problems = []
+    if len(set(label_columns)) != len(label_columns):
+        header_problems.append(f"data.label_columns lists a column twice: {label_columns}")
+    missing = [c for c in [PATH_COLUMN] + label_columns if c not in frame.columns]
+    if patient_column != "patient_id" and patient_column not in frame.columns:
+        missing.append(patient_column)
+    for column in missing:
+        header_problems.append(f"column {column!r} (referenced by the config) is not in the header")
+    if task is not None and task not in ("binary", "multiclass", "multilabel"):
+        header_problems.append(f"task {task!r} is not one of binary, multiclass, multilabel")
+    if task == "multilabel" and not multilabel:
+        header_problems.append("task is multilabel but only one label column is given; list one 0/1 "
+                               "column per label in data.label_columns")
+    if task in ("binary", "multiclass") and multilabel:
+        header_problems.append(f"task is {task} but {len(label_columns)} label columns are given; "
+                               "use one label column, or task multilabel")
+    if multilabel and classes is not None and len(classes) != len(label_columns):
+        header_problems.append(f"data.classes has {len(classes)} names for {len(label_columns)} label "
+                               "columns; give one name per column or leave classes out")
+    if header_problems:
+        raise ManifestError(f"{path} (line 1, the header): " + "; ".join(header_problems)
+                            + f". Columns found: {', '.join(frame.columns) or '(none)'}. "
+                            "Fix the header or data.label_columns / data.patient_column.")
+
+    problems: list[list[tuple[str, str]]] = [[] for _ in range(len(frame))]
+    out = pd.DataFrame({"row": frame.index.to_numpy() + 2})
+    out["image"] = _resolve_paths(frame[PATH_COLUMN], root, problems)
+    if multilabel:
+        names = list(classes) if classes is not None else list(label_columns)
+        for column, name in zip(label_columns, names):
+            out[LABEL_PREFIX + name] = _binary_column(frame[column], column, problems)
+        resolved_task = "multilabel"
+    else:
+        out["label"], names = _label_column(frame[label_columns[0]], label_columns[0], classes, problems)
+        resolved_task = task or ("binary" if len(names) <= 2 else "multiclass")
+        if resolved_task == "binary" and len(names) > 2:
+            raise ManifestError(f"{path}: task is binary but column {label_columns[0]!r} has "
+                                f"{len(names)} classes ({', '.join(names)}); use task multiclass or "
+                                "fix the labels")
+        if len(names) < 2:
+            raise ManifestError(f"{path}: column {label_columns[0]!r} has only the class(es) "
+                                f"{names}; a classifier needs at least two. List all classes in "
+                                "data.classes or add rows of the other class.")
+    out["patient_id"] = _text(frame[patient_column]) if patient_column in frame.columns else pd.NA
+    for column in ("site", "view"):
+        out[column] = _text(frame[column]) if column in frame.columns else pd.NA
+    out["split"] = _split_column(frame["split"], problems) if "split" in frame.columns else pd.NA
+    out[SOURCE_PROBLEMS] = [tuple(items) for items in problems]
+    blank = (frame.apply(lambda column: column.str.strip() == "")).all(axis=1).to_numpy(dtype=bool)
+    out = out.loc[~blank].reset_index(drop=True)
+    return ImageTable(out, names, resolved_task, source=str(path))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise ManifestError(f"{path}: the manifest is empty. Write a header line "
+                            "(path,label,patient_id,...) and one row per image.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: not a readable CSV ({error}). Save it as UTF-8 CSV with a "
+                            "comma separator and the same number of fields on every line.") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.apply(lambda column: column.str.strip())
+
+
+def _text(values: pd.Series) -> pd.Series:
+    return values.replace("", pd.NA).astype("string")
+
+
+def _resolve_paths(values: pd.Series, root: Path, problems) -> list:
+    images = []
+    for i, value in enumerate(values.tolist()):
+        if value == "":
+            problems[i].append(("empty path", "write the image file's path in the path column"))
+            images.append(pd.NA)
+            continue
+        candidate = Path(value)
+        images.append(os.path.normpath(str(candidate if candidate.is_absolute() else root / candidate)))
+    return images
+
+
+def _label_column(values: pd.Series, column: str, classes: list[str] | None, problems):
+    raw = values.tolist()
+    present = sorted({v for v in raw if v != ""})
+    if classes is None:
+        integers = [_as_int(v) for v in present]
+        if present and all(i is not None for i in integers) and min(integers) >= 0:
+            classes = [str(i) for i in range(max(integers) + 1)]
+        else:
+            classes = [v for v in present if not (_as_int(v) is not None and _as_int(v) < 0)]
+    lookup = {name: i for i, name in enumerate(classes)}
+    labels = []
+    for i, value in enumerate(raw):
+        if value == "":
+            problems[i].append((f"empty label in column {column!r}",
+                                f"fill in one of {', '.join(classes)}"))
+            labels.append(pd.NA)
+        elif value in lookup:
+            labels.append(lookup[value])
+        elif _as_int(value) is not None and 0 <= _as_int(value) < len(classes):
+            labels.append(_as_int(value))
+        else:
+            problems[i].append((f"unknown label {value!r} in column {column!r}",
+                                f"use one of {', '.join(classes)} (or an index 0..{len(classes) - 1}), "
+                                "or add the class to data.classes"))
+            labels.append(pd.NA)
+    return _int_series(labels), list(classes)
+
+
+def _binary_column(values: pd.Series, column: str, problems) -> pd.Series:
+    labels = []
+    for i, value in enumerate(values.tolist()):
+        lowered = value.lower()
+        if lowered in TRUE_VALUES:
+            labels.append(1)
+        elif lowered in FALSE_VALUES:
+            labels.append(0)
+        else:
+            what = "empty label" if value == "" else f"label {value!r}"
+            problems[i].append((f"{what} in multilabel column {column!r}", "write 0 or 1"))
+            labels.append(pd.NA)
+    return _int_series(labels)
+
+
+def _split_column(values: pd.Series, problems) -> pd.Series:
+    splits = []
+    for i, value in enumerate(values.tolist()):
+        if value == "":
+            splits.append(pd.NA)
+        elif value.lower() in SPLIT_NAMES:
+            splits.append(SPLIT_NAMES[value.lower()])
+        else:
+            problems[i].append((f"split {value!r} is not train, val or test",
+                                "write train, val or test, or leave the split column empty"))
+            splits.append(pd.NA)
+    return pd.Series(splits, dtype="string")
+
+
+def _int_series(values: list) -> pd.Series:
+    if any(v is pd.NA for v in values):
+        return pd.Series(values, dtype="Int64")
+    return pd.Series(np.asarray(values, dtype=np.int64))
+
+
+def _as_int(value: str) -> int | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None

@@ -1,0 +1,283 @@
+"""Patient-level train / val / test splits and k-fold indices.
+
+All splits keep each patient's images together (scikit-learn's
+``StratifiedGroupKFold`` with patients as groups) and keep the class mix of
+each split close to the whole table's. The test patients are chosen first,
+then validation patients from the rest, the remaining patients train.
+:func:`check_no_leakage` runs at the end of every split function.
+
+Multilabel tables are stratified on a proxy label per row: its rarest
+positive label (or "no finding" when it has none).
+
+Example:
+    >>> import pandas as pd
+    >>> from tfmed.data.table import ImageTable
+    >>> frame = pd.DataFrame({"image": [f"{i}.png" for i in range(40)], "label": [i % 2 for i in range(40)],
+    ...                       "patient_id": [f"p{i // 2}" for i in range(40)]})
+    >>> table = patient_split(ImageTable(frame, ["a", "b"], "binary"), test_fraction=0.2, val_fraction=0.1)
+    >>> table.frame["split"].value_counts().to_dict()
+    {'train': 28, 'test': 8, 'val': 4}
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from tfmed.config import SplitConfig
+from tfmed.data.table import SPLITS, ImageTable
+
+MAX_FOLDS_FOR_FRACTION = 20
+
+
+class SplitError(ValueError):
+    """A split cannot be made from this table (e.g. rows without patient id)."""
+
+
+class LeakageError(SplitError):
+    """A patient has images in more than one split."""
+
+
+def check_no_leakage(table: ImageTable) -> None:
+    """Raise :class:`LeakageError` naming every patient found in two or more splits.
+
+    Rows without a patient id or without a split are not checked.
+
+    Example:
+        >>> import pandas as pd
+        >>> from tfmed.data.table import ImageTable
+        >>> frame = pd.DataFrame({"image": ["a", "b"], "label": [0, 1], "patient_id": ["p1", "p1"],
+        ...                       "split": ["train", "test"]})
+        >>> check_no_leakage(ImageTable(frame, ["x", "y"], "binary"))
+        Traceback (most recent call last):
+        ...
+        tfmed.data.splits.LeakageError: 1 patient(s) appear in more than one split: p1 (test, train). ...
+    """
+    frame = table.frame[["patient_id", "split"]].dropna()
+    splits = frame.groupby("patient_id", sort=True)["split"].agg(lambda s: sorted(set(s)))
+    leaked = splits[splits.map(len) > 1]
+    if len(leaked):
+        shown = "; ".join(f"{patient} ({', '.join(names)})" for patient, names in leaked.items())
+        raise LeakageError(f"{len(leaked)} patient(s) appear in more than one split: {shown}. "
+                           "Each patient's images must be in one split: fix the split column, or use "
+                           "split.method: patient to split by patient.")
+
+
+def patient_split(table: ImageTable, test_fraction: float = 0.2, val_fraction: float = 0.1,
+                  seed: int = 0) -> ImageTable:
+    """Fill the ``split`` column by patient: test first, then val, rest train.
+
+    Fractions are of all rows; both are stratified by class and grouped by
+    patient, so achieved sizes are close to, not exactly, the fractions.
+
+    Raises:
+        SplitError: rows without patient id, fractions out of range, or too
+            few patients for the asked fractions.
+
+    Example:
+        >>> from tfmed.datasets import load_pneumonia_mnist
+        >>> split = patient_split(load_pneumonia_mnist(), 0.2, 0.1, seed=0)
+        >>> sorted(split.frame["split"].unique())
+        ['test', 'train', 'val']
+    """
+    _check_fraction("test_fraction", test_fraction)
+    _check_fraction("val_fraction", val_fraction)
+    if test_fraction + val_fraction >= 1.0:
+        raise SplitError(f"test_fraction + val_fraction is {test_fraction + val_fraction}; "
+                         "it must leave rows for training (sum < 1)")
+    _require_patients(table, np.ones(len(table), dtype=bool), "patient split")
+    split = np.full(len(table), "train", dtype=object)
+    pool = np.arange(len(table))
+    test = _carve(table, pool, test_fraction, seed)
+    split[test] = "test"
+    rest = np.setdiff1d(pool, test)
+    if val_fraction > 0:
+        val = _carve(table, rest, val_fraction / (1.0 - test_fraction), seed + 1)
+        split[val] = "val"
+    result = _with_split(table, split)
+    check_no_leakage(result)
+    return result
+
+
+def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
+    """Make sure every row has a split, as ``config.method`` asks.
+
+    * "predefined": keep the table's split column; a missing test split is
+      carved out of train (``test_fraction`` of the train rows), a missing
+      val split likewise (``val_fraction`` of train), by patient and
+      stratified. No split column at all: as "patient".
+    * "patient": ignore any split column and call :func:`patient_split`.
+    * "kfold": keep (or carve) the test split and mark the rest "train";
+      folds come from :func:`kfold_indices`.
+
+    Example:
+        >>> from tfmed.config import SplitConfig
+        >>> from tfmed.datasets import load_pneumonia_mnist
+        >>> table = ensure_splits(load_pneumonia_mnist(), SplitConfig(method="predefined"))
+        >>> sorted(table.frame["split"].unique())
+        ['test', 'train', 'val']
+    """
+    if config.method not in ("predefined", "patient", "kfold"):
+        raise SplitError(f"split.method is {config.method!r}; allowed: predefined, patient, kfold")
+    given = table.frame["split"]
+    if config.method == "patient" or (config.method == "predefined" and given.isna().all()):
+        return patient_split(table, config.test_fraction, config.val_fraction, config.seed)
+    split = given.astype("object").to_numpy(copy=True)
+    unassigned = pd.isna(split)
+    if unassigned.any() and not unassigned.all():
+        rows = table.frame.loc[unassigned, "row"].tolist()
+        raise SplitError(f"{int(unassigned.sum())} row(s) have no split while others do (rows "
+                         f"{_short(rows)}). Fill the split column for every row, leave it empty "
+                         "everywhere, or use split.method: patient.")
+    bad = sorted({str(s) for s in split[~unassigned] if s not in SPLITS})
+    if bad:
+        raise SplitError(f"split values {bad} are not {', '.join(SPLITS)}")
+    if unassigned.all():
+        split[:] = "train"
+    if config.method == "kfold":
+        if not (split == "test").any():
+            pool = np.flatnonzero(split != "test")
+            _require_patients(table, np.isin(np.arange(len(split)), pool), "k-fold test split")
+            split[_carve(table, pool, config.test_fraction, config.seed)] = "test"
+        split[split == "val"] = "train"
+    else:
+        if not (split == "test").any() and config.test_fraction > 0:
+            pool = np.flatnonzero(split == "train")
+            _require_patients(table, split == "train", "carving a test split from train")
+            split[_carve(table, pool, config.test_fraction, config.seed)] = "test"
+        if not (split == "val").any() and config.val_fraction > 0:
+            pool = np.flatnonzero(split == "train")
+            _require_patients(table, split == "train", "carving a val split from train")
+            split[_carve(table, pool, config.val_fraction, config.seed + 1)] = "val"
+    result = _with_split(table, split)
+    check_no_leakage(result)
+    return result
+
+
+def kfold_indices(table: ImageTable, folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified group k-fold over the table's non-test rows.
+
+    Returns ``folds`` pairs ``(train_positions, val_positions)`` of row
+    positions into ``table``; rows whose split is "test" are in neither, so
+    the test split never takes part in cross-validation. Patients are the
+    groups: a patient's rows are always in the same fold.
+
+    Example:
+        >>> import pandas as pd
+        >>> from tfmed.data.table import ImageTable
+        >>> frame = pd.DataFrame({"image": list("abcdefgh"), "label": [0, 1] * 4,
+        ...                       "patient_id": list("aabbccdd")})
+        >>> [len(v) for _, v in kfold_indices(ImageTable(frame, ["x", "y"], "binary"), folds=2)]
+        [4, 4]
+    """
+    if folds < 2:
+        raise SplitError(f"folds is {folds}; k-fold needs at least 2")
+    pool = np.flatnonzero((table.frame["split"] != "test").fillna(True).to_numpy(dtype=bool))
+    _require_patients(table, np.isin(np.arange(len(table)), pool), "k-fold")
+    groups = table.frame["patient_id"].astype(str).to_numpy()[pool]
+    if len(np.unique(groups)) < folds:
+        raise SplitError(f"{len(np.unique(groups))} patient(s) outside the test split cannot make "
+                         f"{folds} folds; lower split.folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        return [(pool[train], pool[val])
+                for train, val in splitter.split(pool, stratify_labels(table)[pool], groups)]
+
+
+def merge_trainval(table: ImageTable) -> ImageTable:
+    """The same table with "val" rows relabelled "train" (e.g. for a final refit).
+
+    Example:
+        >>> import pandas as pd
+        >>> from tfmed.data.table import ImageTable
+        >>> frame = pd.DataFrame({"image": ["a", "b", "c"], "label": [0, 1, 0],
+        ...                       "split": ["train", "val", "test"]})
+        >>> merge_trainval(ImageTable(frame, ["x", "y"], "binary")).frame["split"].tolist()
+        ['train', 'train', 'test']
+    """
+    split = table.frame["split"].astype("object").to_numpy(copy=True)
+    split[split == "val"] = "train"
+    return _with_split(table, split)
+
+
+def stratify_labels(table: ImageTable) -> np.ndarray:
+    """One class per row for stratification: the label, or for multilabel the rarest positive label.
+
+    Multilabel rows without any positive label get the class ``L`` ("no finding").
+
+    Example:
+        >>> import pandas as pd
+        >>> from tfmed.data.table import ImageTable
+        >>> frame = pd.DataFrame({"image": list("abc"), "label:x": [1, 1, 0], "label:y": [1, 0, 0]})
+        >>> stratify_labels(ImageTable(frame, ["x", "y"], "multilabel")).tolist()
+        [1, 0, 2]
+    """
+    y = table.labels()
+    if table.task != "multilabel":
+        return y
+    counts = y.sum(axis=0)
+    order = np.argsort(counts, kind="stable")  # rarest label first
+    proxy = np.full(len(y), y.shape[1], dtype=np.int64)
+    for label in order[::-1]:  # rarest written last, so it wins
+        proxy[y[:, label] == 1] = label
+    return proxy
+
+
+def _carve(table: ImageTable, pool: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Positions (from ``pool``) of about ``fraction`` of the pool's rows, whole patients, stratified."""
+    if fraction <= 0 or len(pool) == 0:
+        return np.array([], dtype=np.int64)
+    groups = table.frame["patient_id"].astype(str).to_numpy()[pool]
+    n_groups = len(np.unique(groups))
+    n_splits, take = _folds_for(fraction, n_groups)
+    if n_splits is None:
+        raise SplitError(f"only {n_groups} patient(s) available; cannot set aside {fraction:.0%} of them "
+                         "by patient. Add data or lower the fraction.")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        folds = [val for _, val in splitter.split(pool, stratify_labels(table)[pool], groups)]
+    chosen = np.concatenate(folds[:take])
+    return np.sort(pool[chosen])
+
+
+def _folds_for(fraction: float, n_groups: int) -> tuple[int | None, int]:
+    """The fewest folds n (2..20, at most the patient count) and k folds with k/n closest to fraction."""
+    best = (None, 0, np.inf)
+    for n in range(2, min(MAX_FOLDS_FOR_FRACTION, n_groups) + 1):
+        k = max(1, min(n - 1, int(round(fraction * n))))
+        error = abs(k / n - fraction)
+        if error < best[2] - 1e-9:
+            best = (n, k, error)
+    return best[0], best[1]
+
+
+def _require_patients(table: ImageTable, mask: np.ndarray, purpose: str) -> None:
+    patients = table.frame["patient_id"].astype("string").str.strip()
+    missing = mask & (patients.isna() | (patients == "")).to_numpy(dtype=bool)
+    if missing.any():
+        rows = table.frame.loc[missing, "row"].tolist()
+        raise SplitError(f"{purpose} needs a patient id on every row; {int(missing.sum())} row(s) have "
+                         f"none (rows {_short(rows)}) in {table.source or 'the table'}. Fill the "
+                         "patient_id column (a manifest), use a source that records patients, or give "
+                         "each image its own id if every image is a different patient.")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise SplitError(f"{name} is {value}; it must be in [0, 1)")
+
+
+def _short(rows: list, limit: int = 10) -> str:
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f" and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def _with_split(table: ImageTable, split: np.ndarray) -> ImageTable:
+    frame = table.frame.copy()
+    frame["split"] = pd.Series(split, dtype="string")
+    return ImageTable(frame, list(table.classes), table.task, table.images, table.source,
+                      excluded=table.excluded)

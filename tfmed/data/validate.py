@@ -1,0 +1,350 @@
+"""Checking an :class:`~tfmed.data.table.ImageTable` before anything trains on it.
+
+:func:`validate_table` collects every problem at once (missing, empty and
+corrupt files, unknown or empty labels, missing patient ids, duplicate rows,
+images with more channels or another bit depth than the pipeline handles, and
+the problems a source met while parsing, e.g. a manifest's unknown label) into
+a :class:`ValidationReport`. :func:`apply_validation` then either stops with
+the whole report (:class:`DataValidationError`) or drops the bad rows and
+records them in ``table.excluded`` so the run can list them: nothing is
+dropped silently.
+
+Sources record parsing problems per row in the column ``source_problems``
+(a tuple of ``(problem, fix)`` pairs, empty when the row is fine) and files
+they skipped (e.g. ``notes.txt`` in a class folder) in ``table.excluded``
+(columns image, row, problem, fix); both end up in the report.
+
+Example:
+    >>> import pandas as pd
+    >>> from tfmed.data.table import ImageTable
+    >>> table = ImageTable(pd.DataFrame({"image": ["/nonexistent/a.png"], "label": [0]}),
+    ...                    classes=["normal", "pneumonia"], task="binary")
+    >>> report = validate_table(table)
+    >>> report.ok, report.problems[0].problem
+    (False, 'file not found')
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tfmed.data.decode import ImageReadError, read_image_and_info
+from tfmed.data.table import ImageTable
+
+SOURCE_PROBLEMS = "source_problems"
+
+
+class DataValidationError(ValueError):
+    """The data failed validation; the message is the full report.
+
+    Attributes:
+        report: the :class:`ValidationReport` (None for errors raised before one exists).
+    """
+
+    def __init__(self, message: str, report: "ValidationReport | None" = None):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Problem:
+    """One thing wrong with one row (``row`` None: the whole table).
+
+    Attributes:
+        row: the row's number in its source (CSV line, file index).
+        image: the image reference of the row.
+        problem: what is wrong.
+        fix: what to do about it.
+        position: the row's position in the table (used to exclude it).
+
+    Example:
+        >>> Problem(3, "a.png", "file not found", "fix the path").row
+        3
+    """
+
+    row: int | None
+    image: str
+    problem: str
+    fix: str
+    position: int | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class ValidationReport:
+    """All problems (and warnings) found in one table.
+
+    Attributes:
+        problems: rows that cannot be used as they are.
+        warnings: things skipped or noted that do not stop the run
+            (e.g. non-image files found in a class folder).
+        checked: number of rows checked.
+        source: description of the data source.
+
+    Example:
+        >>> report = ValidationReport([Problem(2, "a.png", "file not found", "fix the path")],
+        ...                           checked=5, source="demo.csv")
+        >>> report.ok
+        False
+        >>> print(report.format().splitlines()[1])
+          row 2: a.png: file not found. Fix: fix the path
+    """
+
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    checked: int = 0
+    source: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when there are no problems (warnings are allowed)."""
+        return not self.problems
+
+    @property
+    def bad_positions(self) -> list[int]:
+        """Sorted table positions of the rows with problems."""
+        return sorted({p.position for p in self.problems if p.position is not None})
+
+    def format(self) -> str:
+        """Readable text listing every problem and warning with its fix."""
+        where = f" in {self.source}" if self.source else ""
+        if self.problems:
+            rows = {p.row for p in self.problems}
+            head = (f"Data validation found {len(self.problems)} problem(s) in {len(rows)} row(s)"
+                    f"{where} ({self.checked} rows checked):")
+        else:
+            head = f"Data validation passed{where} ({self.checked} rows checked)."
+        lines = [head] + [_line(p) for p in self.problems]
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warning(s):")
+            lines += [_line(p) for p in self.warnings]
+        if self.problems:
+            lines.append("Fix the rows above, or set data.exclude_bad_rows: true to leave them out "
+                         "(they are then listed in the run's output).")
+        return "\n".join(lines)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Problems and warnings as a DataFrame (columns row, image, problem, fix, severity)."""
+        records = [dict(row=p.row, image=p.image, problem=p.problem, fix=p.fix, severity=severity)
+                   for severity, items in (("error", self.problems), ("warning", self.warnings))
+                   for p in items]
+        return pd.DataFrame(records, columns=["row", "image", "problem", "fix", "severity"])
+
+
+def _line(problem: Problem) -> str:
+    where = f"row {problem.row}" if problem.row is not None else "table"
+    return f"  {where}: {problem.image}: {problem.problem}. Fix: {problem.fix}"
+
+
+def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_channels: int = 4,
+                   allowed_bit_depths: tuple[int, ...] = (8, 16), check_images: bool = True,
+                   workers: int = 4) -> ValidationReport:
+    """Check every row of ``table`` and return a report of all problems found.
+
+    Files are decoded in a thread pool (``workers`` threads) when
+    ``check_images``; otherwise only their existence is checked. In-memory
+    tables are checked once, vectorised (shape, dtype, index and label range).
+
+    Example:
+        >>> from tfmed.datasets import load_pneumonia_mnist
+        >>> validate_table(load_pneumonia_mnist()).ok
+        True
+    """
+    frame = table.frame
+    report = ValidationReport(checked=len(frame), source=table.source)
+    images = frame["image"].astype("string").fillna("(no image)").tolist()
+    rows = [None if pd.isna(r) else int(r) for r in frame["row"].tolist()]
+
+    def add(position: int, problem: str, fix: str) -> None:
+        report.problems.append(Problem(rows[position], images[position], problem, fix, position))
+
+    source_flagged = np.zeros(len(frame), dtype=bool)
+    if SOURCE_PROBLEMS in frame.columns:
+        for position, items in enumerate(frame[SOURCE_PROBLEMS].tolist()):
+            for problem, fix in (items or ()):
+                add(position, problem, fix)
+                source_flagged[position] = True
+    _check_labels(table, source_flagged, add)
+    if need_patient_ids:
+        patients = frame["patient_id"].astype("string").str.strip()
+        for position in np.flatnonzero((patients.isna() | (patients == "")).to_numpy(dtype=bool)):
+            add(int(position), "no patient id",
+                "fill the patient_id column (patient-level splits need it to keep each patient's "
+                "images in one split)")
+    if table.images is None:
+        _check_files(frame, add, max_channels, allowed_bit_depths, check_images, workers)
+    else:
+        _check_arrays(table, report, add, max_channels, allowed_bit_depths)
+    if not table.excluded.empty:
+        for record in table.excluded.to_dict("records"):
+            row = record.get("row")
+            report.warnings.append(Problem(None if pd.isna(row) else int(row), str(record.get("image", "")),
+                                           str(record.get("problem", "excluded")),
+                                           str(record.get("fix", ""))))
+    report.problems.sort(key=lambda p: (p.position if p.position is not None else -1))
+    return report
+
+
+def _check_labels(table: ImageTable, source_flagged: np.ndarray, add) -> None:
+    frame = table.frame
+    for column in table.label_columns:
+        if column not in frame.columns:
+            for position in range(len(frame)):
+                if not source_flagged[position]:
+                    add(position, f"no label column {column!r}", "add the label column to the source")
+            return
+        values = pd.to_numeric(frame[column], errors="coerce")
+        missing = values.isna().to_numpy(dtype=bool)
+        filled = values.fillna(0).to_numpy(dtype=np.float64)
+        if table.task == "multilabel":
+            bad = ~missing & ~np.isin(filled, (0.0, 1.0))
+            allowed = "0 or 1"
+        else:
+            bad = ~missing & ((filled != np.round(filled)) | (filled < 0) | (filled >= len(table.classes)))
+            allowed = f"an index 0..{len(table.classes) - 1} into classes {table.classes}"
+        raw = frame[column].tolist()
+        for position in np.flatnonzero(missing & ~source_flagged):
+            add(int(position), f"empty label in column {column!r}", f"fill it with {allowed}")
+        for position in np.flatnonzero(bad & ~source_flagged):
+            add(int(position), f"label {raw[position]!r} in column {column!r} is not {allowed}",
+                "correct the label, or list the class in data.classes")
+
+
+def _check_files(frame: pd.DataFrame, add, max_channels: int, allowed_bit_depths, check_images: bool,
+                 workers: int) -> None:
+    paths = frame["image"].tolist()
+    keys = [None if pd.isna(p) or str(p).strip() == "" else os.path.normpath(os.path.abspath(str(p)))
+            for p in paths]
+    first_seen: dict[str, int] = {}
+    for position, key in enumerate(keys):
+        if key is None:
+            add(position, "no image path", "fill the path column")
+        elif key in first_seen:
+            earlier = frame["row"].iloc[first_seen[key]]
+            add(position, f"duplicate: the same image as row {earlier}",
+                "remove the repeated row (a duplicate counts the image twice and can leak it "
+                "across splits)")
+        else:
+            first_seen[key] = position
+    unique = list(first_seen)
+
+    def check(path: str):
+        if not check_images:
+            if not os.path.exists(path):
+                return ImageReadError(path, "file not found", "check the path or remove the row")
+            return None
+        try:
+            return read_image_and_info(path)[1]
+        except ImageReadError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        outcomes = dict(zip(unique, pool.map(check, unique)))
+    for position, key in enumerate(keys):
+        outcome = outcomes.get(key) if key is not None else None
+        if key is None or first_seen.get(key) != position or outcome is None:
+            continue
+        if isinstance(outcome, ImageReadError):
+            add(position, outcome.reason, outcome.fix)
+            continue
+        if outcome.channels > max_channels:
+            add(position, f"{outcome.channels} channels; at most {max_channels} are supported",
+                "convert the image to grey or RGB")
+        if outcome.bit_depth not in allowed_bit_depths:
+            add(position, f"{outcome.bit_depth}-bit {outcome.kind.upper()}; supported bit depths are "
+                f"{', '.join(map(str, allowed_bit_depths))}",
+                "convert the image to 8- or 16-bit integers")
+    # Duplicates of a bad file repeat its problem so that excluding them leaves nothing behind.
+    for position, key in enumerate(keys):
+        if key is not None and first_seen[key] != position and isinstance(outcomes.get(key), ImageReadError):
+            add(position, outcomes[key].reason, outcomes[key].fix)
+
+
+def _check_arrays(table: ImageTable, report: ValidationReport, add, max_channels: int,
+                  allowed_bit_depths) -> None:
+    images = np.asarray(table.images)
+    frame = table.frame
+
+    def table_problem(problem: str, fix: str) -> None:
+        report.problems.append(Problem(None, table.source or "(in-memory images)", problem, fix))
+
+    if images.ndim not in (3, 4):
+        table_problem(f"image array has shape {images.shape}; expected (N, H, W) or (N, H, W, C)",
+                      "store one 2-D (or 2-D x channels) image per entry")
+    elif images.ndim == 4 and images.shape[-1] > max_channels:
+        table_problem(f"images have {images.shape[-1]} channels; at most {max_channels} are supported",
+                      "convert the images to grey or RGB")
+    if images.dtype.kind not in "uif":
+        table_problem(f"image array dtype {images.dtype} is not numeric", "store the images as integers")
+    elif images.dtype.itemsize * 8 not in allowed_bit_depths and images.dtype.kind in "ui":
+        table_problem(f"{images.dtype.itemsize * 8}-bit images; supported bit depths are "
+                      f"{', '.join(map(str, allowed_bit_depths))}", "convert the images to uint8 or uint16")
+    if "array_index" not in frame.columns:
+        table_problem("no array_index column for in-memory images", "the source must index its images")
+        return
+    index = pd.to_numeric(frame["array_index"], errors="coerce")
+    missing = index.isna().to_numpy(dtype=bool)
+    values = index.fillna(-1).to_numpy(dtype=np.float64)
+    bad = ~missing & ((values < 0) | (values >= len(images)) | (values != np.round(values)))
+    for position in np.flatnonzero(missing):
+        add(int(position), "no array_index", "the source must give every row an image index")
+    for position in np.flatnonzero(bad):
+        add(int(position), f"array_index {values[position]:g} outside 0..{len(images) - 1}",
+            "the source must index an existing image")
+    duplicated = frame["array_index"].duplicated(keep="first").to_numpy(dtype=bool) & ~missing
+    if duplicated.any():
+        first = {}
+        for position, value in enumerate(frame["array_index"].tolist()):
+            if missing[position]:
+                continue
+            if value in first and duplicated[position]:
+                add(position, f"duplicate: the same image as row {frame['row'].iloc[first[value]]}",
+                    "remove the repeated row")
+            first.setdefault(value, position)
+
+
+def apply_validation(table: ImageTable, report: ValidationReport, exclude_bad_rows: bool) -> ImageTable:
+    """Stop on problems, or drop the bad rows and list them in ``table.excluded``.
+
+    Raises:
+        DataValidationError: the report has problems and ``exclude_bad_rows``
+            is False, or a problem concerns the whole table (it cannot be
+            excluded row by row). The message is the full report.
+
+    Example:
+        >>> import pandas as pd
+        >>> from tfmed.data.table import ImageTable
+        >>> table = ImageTable(pd.DataFrame({"image": ["/nonexistent/a.png"], "label": [0]}),
+        ...                    classes=["a", "b"], task="binary")
+        >>> kept = apply_validation(table, validate_table(table), exclude_bad_rows=True)
+        >>> len(kept), kept.excluded["problem"].tolist()
+        (0, ['file not found'])
+    """
+    if report.problems and not exclude_bad_rows:
+        raise DataValidationError(report.format(), report)
+    whole_table = [p for p in report.problems if p.position is None]
+    if whole_table:
+        raise DataValidationError("These problems concern the whole table and cannot be excluded "
+                                  "row by row:\n" + report.format(), report)
+    bad = report.bad_positions
+    keep = np.ones(len(table.frame), dtype=bool)
+    keep[bad] = False
+    frame = table.frame
+    excluded = frame.iloc[bad].copy()
+    by_position: dict[int, list[Problem]] = {}
+    for p in report.problems:
+        by_position.setdefault(p.position, []).append(p)
+    excluded["problem"] = ["; ".join(p.problem for p in by_position[i]) for i in bad]
+    excluded["fix"] = ["; ".join(p.fix for p in by_position[i]) for i in bad]
+    excluded = excluded.drop(columns=[SOURCE_PROBLEMS], errors="ignore")
+    parts = [f for f in (table.excluded, excluded) if not f.empty]
+    all_excluded = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    kept = frame.loc[keep].drop(columns=[SOURCE_PROBLEMS], errors="ignore").reset_index(drop=True)
+    for column in [c for c in ("label",) + tuple(c for c in kept.columns if c.startswith("label:"))
+                   if c in kept.columns]:
+        kept[column] = pd.to_numeric(kept[column]).astype(np.int64)
+    return ImageTable(kept, list(table.classes), table.task, table.images, table.source,
+                      excluded=all_excluded)
