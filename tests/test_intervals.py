@@ -1,0 +1,161 @@
+"""Confidence intervals: Wilson, DeLong (AUC, variance, paired test) and the bootstrap."""
+import numpy as np
+import pytest
+from scipy import optimize, stats
+from sklearn.metrics import roc_auc_score
+
+from tfmed.evaluation import EvaluationError, bootstrap_ci, delong_auc_ci, delong_test, wilson_interval
+from tfmed.evaluation.intervals import delong_covariance
+
+
+def wilson_by_inversion(successes, n, level):
+    """Wilson interval as the set of p the score test does not reject (solved numerically)."""
+    z = stats.norm.ppf(0.5 + level / 2)
+    p_hat = successes / n
+
+    def excess(p):
+        return abs(p_hat - p) / np.sqrt(p * (1 - p) / n) - z
+
+    lo = 0.0 if successes == 0 else optimize.brentq(excess, 1e-12, min(p_hat, 1 - 1e-12), xtol=1e-14)
+    hi = 1.0 if successes == n else optimize.brentq(excess, max(p_hat, 1e-12), 1 - 1e-12, xtol=1e-14)
+    return lo, hi
+
+
+def brute_force_delong(y, scores):
+    """AUC and its DeLong variance from the O(n^2) structural components."""
+    positives, negatives = scores[y == 1], scores[y == 0]
+    psi = (positives[:, None] > negatives[None, :]) + 0.5 * (positives[:, None] == negatives[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    return psi.mean(), v10, v01
+
+
+def test_wilson_matches_hand_computed_value():
+    # 8 of 10, 95%: the textbook Wilson interval is 0.4902 to 0.9433.
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4)
+    assert hi == pytest.approx(0.9433, abs=1e-4)
+
+
+@pytest.mark.parametrize("successes,n,level", [(0, 20, 0.95), (3, 7, 0.9), (45, 50, 0.99), (12, 12, 0.95)])
+def test_wilson_equals_inverted_score_test(successes, n, level):
+    expected = wilson_by_inversion(successes, n, level)
+    assert wilson_interval(successes, n, level) == pytest.approx(expected, abs=1e-7)
+
+
+def test_wilson_undefined_and_invalid():
+    assert all(np.isnan(wilson_interval(0, 0)))
+    with pytest.raises(EvaluationError, match="exceeds n"):
+        wilson_interval(11, 10)
+    with pytest.raises(EvaluationError, match="negative"):
+        wilson_interval(-1, 10)
+    with pytest.raises(EvaluationError, match="between 0 and 1"):
+        wilson_interval(1, 10, level=95)
+
+
+def test_delong_auc_equals_sklearn_with_ties():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 150)
+    scores = np.round(y * 0.8 + rng.normal(0, 1, 150), 1)  # rounding creates many ties
+    auc, lo, hi = delong_auc_ci(y, scores)
+    assert auc == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    assert lo < auc < hi
+
+
+def test_delong_variance_matches_brute_force_components():
+    # ties within the positives (0.7, 0.35), within the negatives (0.2) and across classes (0.4, 0.35)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 0, 1, 0])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.4, 0.9, 0.2, 0.35, 0.7, 0.2, 0.35, 0.5])
+    auc, v10, v01 = brute_force_delong(y, scores)
+    variance = v10.var(ddof=1) / v10.size + v01.var(ddof=1) / v01.size
+    aucs, covariance = delong_covariance(y, scores)
+    assert aucs[0] == pytest.approx(auc)
+    assert covariance[0, 0] == pytest.approx(variance, rel=1e-10)
+    _, lo, hi = delong_auc_ci(y, scores, level=0.9)
+    assert auc - lo == pytest.approx(stats.norm.ppf(0.95) * np.sqrt(variance), rel=1e-9)
+    assert hi == min(1.0, auc + stats.norm.ppf(0.95) * np.sqrt(variance))
+
+
+def test_delong_interval_close_to_independent_bootstrap():
+    rng = np.random.default_rng(7)
+    y = np.repeat([0, 1], 200)
+    scores = y * 1.0 + rng.normal(0, 1, 400)
+    _, lo, hi = delong_auc_ci(y, scores)
+    replicates = []
+    for _ in range(1000):
+        index = rng.integers(0, 400, 400)
+        if 0 < y[index].sum() < 400:
+            replicates.append(roc_auc_score(y[index], scores[index]))
+    boot_lo, boot_hi = np.quantile(replicates, [0.025, 0.975])
+    assert (hi - lo) == pytest.approx(boot_hi - boot_lo, rel=0.2)
+    assert lo == pytest.approx(boot_lo, abs=0.02) and hi == pytest.approx(boot_hi, abs=0.02)
+
+
+def test_paired_delong_test():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 150)
+    good = y * 2.0 + rng.normal(0, 1, 300)
+    poor = y * 0.3 + rng.normal(0, 1, 300)
+    result = delong_test(y, good, poor)
+    assert result["auc_a"] == pytest.approx(roc_auc_score(y, good))
+    assert result["diff"] == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, poor))
+    assert result["p_value"] < 1e-6
+    # Independent z: the paired variance from brute-force structural components.
+    _, a10, a01 = brute_force_delong(y, good)
+    _, b10, b01 = brute_force_delong(y, poor)
+    variance = (np.var(a10 - b10, ddof=1) / a10.size + np.var(a01 - b01, ddof=1) / a01.size)
+    assert result["z"] == pytest.approx(result["diff"] / np.sqrt(variance), rel=1e-9)
+    same = delong_test(y, good, good.copy())
+    assert same["diff"] == 0.0 and same["p_value"] == 1.0
+    similar = delong_test(y, good, good + rng.normal(0, 0.05, 300))
+    assert similar["p_value"] > 0.05
+
+
+def test_delong_errors_name_the_problem():
+    with pytest.raises(EvaluationError, match="only positive"):
+        delong_auc_ci([1, 1, 1], [0.2, 0.5, 0.9])
+    with pytest.raises(EvaluationError, match="shape"):
+        delong_auc_ci([0, 1, 1], [0.2, 0.5])
+    with pytest.raises(EvaluationError, match="NaN"):
+        delong_auc_ci([0, 1], [0.2, np.nan])
+    with pytest.raises(EvaluationError, match="row 1"):
+        delong_auc_ci([0, 2, 1], [0.2, 0.5, 0.9])
+    with pytest.raises(EvaluationError, match="same cases"):
+        delong_test([0, 1, 1], [0.1, 0.2, 0.3], [0.1, 0.2])
+
+
+def test_bootstrap_ci_stratified_and_plain():
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 70 + [1] * 30)
+    scores = y + rng.normal(0, 1, 100)
+
+    def prevalence(yy, ss):
+        return float(np.mean(yy))
+
+    estimate, lo, hi = bootstrap_ci(prevalence, y, scores, n_resamples=200, stratified=True)
+    assert (estimate, lo, hi) == (0.3, 0.3, 0.3)  # stratified resamples keep the class mix
+    _, lo, hi = bootstrap_ci(prevalence, y, scores, n_resamples=200, stratified=False)
+    assert lo < 0.3 < hi
+    auc, lo, hi = bootstrap_ci(roc_auc_score, y, scores, n_resamples=300, seed=1)
+    assert auc == pytest.approx(roc_auc_score(y, scores))
+    d_auc, d_lo, d_hi = delong_auc_ci(y, scores)
+    assert (hi - lo) == pytest.approx(d_hi - d_lo, rel=0.3)
+    again = bootstrap_ci(roc_auc_score, y, scores, n_resamples=300, seed=1)
+    assert again == (auc, lo, hi)
+
+
+def test_bootstrap_skips_undefined_resamples():
+    y = np.array([0, 0, 0, 0, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.9])
+    calls = []
+
+    def sometimes_undefined(yy, ss):
+        calls.append(1)
+        return None if len(calls) % 2 else 1.0
+
+    estimate, lo, hi = bootstrap_ci(sometimes_undefined, y, scores, n_resamples=10)
+    assert estimate != estimate  # the full-data call returned None -> NaN
+    assert (lo, hi) == (1.0, 1.0)
+    with pytest.raises(EvaluationError, match="same cases"):
+        bootstrap_ci(roc_auc_score, y, scores[:3])
+    with pytest.raises(EvaluationError, match="n_resamples"):
+        bootstrap_ci(roc_auc_score, y, scores, n_resamples=0)

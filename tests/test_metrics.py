@@ -1,0 +1,244 @@
+"""Binary, multi-class and multi-label metrics compared with scikit-learn."""
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, confusion_matrix,
+                             f1_score, hamming_loss, precision_score, recall_score, roc_auc_score)
+
+from tfmed.evaluation import (EvaluationError, binary_metrics, delong_auc_ci, evaluate, multiclass_metrics,
+                              multilabel_metrics, operating_point_metrics)
+
+
+def wilson_closed_form(k, n, level=0.95):
+    """Wilson bounds as the roots of (p_hat - p)^2 = z^2 p (1 - p) / n (a quadratic in p)."""
+    z2 = stats.norm.ppf(0.5 + level / 2) ** 2
+    p_hat = k / n
+    a, b, c = 1 + z2 / n, -(2 * p_hat + z2 / n), p_hat ** 2
+    roots = np.roots([a, b, c])
+    return sorted(float(np.real(r)) for r in roots)
+
+
+@pytest.fixture
+def binary_data():
+    rng = np.random.default_rng(42)
+    y = rng.integers(0, 2, 300)
+    scores = 1 / (1 + np.exp(-(1.5 * y - 0.75 + rng.normal(0, 1, 300))))
+    return y, scores
+
+
+def test_binary_metrics_match_sklearn(binary_data):
+    y, s = binary_data
+    m = binary_metrics(y, s, threshold=0.55)
+    pred = (s >= 0.55).astype(int)
+    tn, fp, fn, tp = confusion_matrix(y, pred).ravel()
+    assert m["confusion_matrix"] == {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["sensitivity"] == pytest.approx(recall_score(y, pred))
+    assert m["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
+    assert m["ppv"] == pytest.approx(precision_score(y, pred))
+    assert m["npv"] == pytest.approx(precision_score(y, pred, pos_label=0))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, s))
+    assert m["pr_auc"] == pytest.approx(average_precision_score(y, s))
+    assert m["brier"] == pytest.approx(brier_score_loss(y, s))
+    assert m["prevalence"] == pytest.approx(y.mean())
+    assert m["n"] == 300 and m["n_positive"] == y.sum()
+    assert m["notes"] == []
+
+
+def test_binary_intervals(binary_data):
+    y, s = binary_data
+    m = binary_metrics(y, s, threshold=0.5, ci_level=0.9)
+    counts = m["confusion_matrix"]
+    expected = wilson_closed_form(counts["tp"], counts["tp"] + counts["fn"], 0.9)
+    assert m["ci"]["sensitivity"] == pytest.approx(expected, abs=1e-9)
+    expected = wilson_closed_form(counts["tn"], counts["tn"] + counts["fp"], 0.9)
+    assert m["ci"]["specificity"] == pytest.approx(expected, abs=1e-9)
+    assert m["ci"]["roc_auc"] == pytest.approx(list(delong_auc_ci(y, s, 0.9)[1:]))
+    assert m["ci_method"]["roc_auc"] == "delong" and m["ci_method"]["ppv"] == "wilson"
+    assert "bootstrap_ci" not in m
+
+
+def test_binary_bootstrap_intervals(binary_data):
+    y, s = binary_data
+    m = binary_metrics(y, s, threshold=0.5, bootstrap=200, seed=3)
+    assert set(m["bootstrap_ci"]) == {"accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
+                                      "roc_auc", "pr_auc", "brier"}
+    for name, (lo, hi) in m["bootstrap_ci"].items():
+        assert lo <= m[name] <= hi, name
+    boot_width = np.diff(m["bootstrap_ci"]["roc_auc"])[0]
+    delong_width = np.diff(m["ci"]["roc_auc"])[0]
+    assert boot_width == pytest.approx(delong_width, rel=0.3)
+    # Stratified resampling keeps the positives fixed, so the sensitivity
+    # interval tracks the Wilson one.
+    assert np.diff(m["bootstrap_ci"]["sensitivity"])[0] == pytest.approx(np.diff(m["ci"]["sensitivity"])[0],
+                                                                          rel=0.3)
+    assert binary_metrics(y, s, 0.5, bootstrap=200, seed=3)["bootstrap_ci"] == m["bootstrap_ci"]
+
+
+def test_undefined_metrics_are_none_with_notes():
+    m = binary_metrics([0, 0, 0], [0.2, 0.4, 0.9], threshold=0.5)
+    assert m["sensitivity"] is None and m["roc_auc"] is None and m["pr_auc"] is None
+    assert m["specificity"] == pytest.approx(2 / 3)
+    assert any("no positive cases" in note for note in m["notes"])
+    assert any("only one class" in note for note in m["notes"])
+    assert m["ci"]["sensitivity"] == [None, None] and "roc_auc" not in m["ci"]
+    m = binary_metrics([0, 1, 1], [0.2, 0.4, 0.9], threshold=0.95)
+    assert m["ppv"] is None and any("no case was called positive" in note for note in m["notes"])
+    json.dumps(m, allow_nan=False)  # undefined values are null, not NaN
+
+
+def test_brier_needs_probabilities_and_column_scores_accepted():
+    y = np.array([0, 1, 0, 1])
+    margins = np.array([-1.2, 0.8, 0.3, 2.0])
+    m = binary_metrics(y, margins, threshold=0.0)
+    assert m["brier"] is None and any("Brier" in note for note in m["notes"])
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(y, margins))
+    column = binary_metrics(y, margins[:, None], threshold=0.0)
+    assert column["confusion_matrix"] == m["confusion_matrix"]
+
+
+def test_binary_bad_input_errors():
+    with pytest.raises(EvaluationError, match="row 2 is 2"):
+        binary_metrics([0, 1, 2], [0.1, 0.2, 0.3], 0.5)
+    with pytest.raises(EvaluationError, match="first at row 1"):
+        binary_metrics([0, 1, 1], [0.1, np.nan, 0.3], 0.5)
+    with pytest.raises(EvaluationError, match="one score per case"):
+        binary_metrics([0, 1, 1], [0.1, 0.3], 0.5)
+    with pytest.raises(EvaluationError, match="threshold"):
+        binary_metrics([0, 1], [0.1, 0.3], float("nan"))
+    with pytest.raises(EvaluationError, match="bootstrap"):
+        binary_metrics([0, 1], [0.1, 0.3], 0.5, bootstrap=-5)
+
+
+@pytest.fixture
+def multiclass_data():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 240)
+    logits = rng.normal(0, 1, (240, 3)) + 1.5 * np.eye(3)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, proba
+
+
+def test_multiclass_metrics_match_sklearn(multiclass_data):
+    y, proba = multiclass_data
+    names = ["normal", "bacterial", "viral"]
+    m = multiclass_metrics(y, proba, names)
+    pred = proba.argmax(axis=1)
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["confusion_matrix"] == confusion_matrix(y, pred).tolist()
+    assert m["macro_auc"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+    recalls = recall_score(y, pred, average=None)
+    precisions = precision_score(y, pred, average=None)
+    for k, name in enumerate(names):
+        entry = m["per_class"][name]
+        assert entry["roc_auc"] == pytest.approx(roc_auc_score(y == k, proba[:, k]))
+        assert entry["sensitivity"] == pytest.approx(recalls[k])
+        assert entry["ppv"] == pytest.approx(precisions[k])
+        negatives = y != k
+        assert entry["specificity"] == pytest.approx(np.mean(pred[negatives] != k))
+        assert entry["npv"] == pytest.approx(np.mean(y[pred != k] != k))
+        lo, hi = entry["ci"]["roc_auc"]
+        assert lo < entry["roc_auc"] < hi
+    json.dumps(m, allow_nan=False)
+
+
+def test_multiclass_missing_class_and_errors():
+    proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
+    m = multiclass_metrics([0, 1, 0, 1], proba, ["a", "b", "c"])
+    assert m["per_class"]["c"]["roc_auc"] is None and m["per_class"]["c"]["sensitivity"] is None
+    assert m["macro_auc"] == pytest.approx(1.0)
+    assert any("'c'" in note for note in m["notes"])
+    with pytest.raises(EvaluationError, match=r"expected \(n_cases, 3\)"):
+        multiclass_metrics([0, 1], proba[:2, :2], ["a", "b", "c"])
+    with pytest.raises(EvaluationError, match="row 1 is 5"):
+        multiclass_metrics([0, 5, 0, 1], proba, ["a", "b", "c"])
+
+
+def test_multilabel_metrics_match_sklearn():
+    rng = np.random.default_rng(11)
+    Y = rng.integers(0, 2, (200, 3))
+    P = 1 / (1 + np.exp(-(2 * Y - 1 + rng.normal(0, 1.2, (200, 3)))))
+    names = ["effusion", "nodule", "cardiomegaly"]
+    thresholds = {"effusion": 0.5, "nodule": 0.4, "cardiomegaly": 0.6}
+    m = multilabel_metrics(Y, P, thresholds, names)
+    assert m["macro_auc"] == pytest.approx(roc_auc_score(Y, P, average="macro"))
+    assert m["micro_auc"] == pytest.approx(roc_auc_score(Y, P, average="micro"))
+    decisions = (P >= np.array([0.5, 0.4, 0.6])).astype(int)
+    assert m["hamming_loss"] == pytest.approx(hamming_loss(Y, decisions))
+    assert m["subset_accuracy"] == pytest.approx(accuracy_score(Y, decisions))
+    for j, name in enumerate(names):
+        assert m["per_label"][name]["sensitivity"] == pytest.approx(recall_score(Y[:, j], decisions[:, j]))
+        assert m["per_label"][name]["threshold"] == thresholds[name]
+    with pytest.raises(EvaluationError, match="no threshold for label"):
+        multilabel_metrics(Y, P, {"effusion": 0.5}, names)
+    with pytest.raises(EvaluationError, match="2 thresholds for 3 labels"):
+        multilabel_metrics(Y, P, [0.5, 0.5], names)
+
+
+def test_evaluate_dispatches_and_is_json_ready(binary_data, multiclass_data):
+    y, s = binary_data
+    result = evaluate("binary", y, s[:, None], None)
+    assert result["threshold"] == 0.5 and any("0.5 was used" in n for n in result["notes"])
+    assert result["roc_auc"] == pytest.approx(roc_auc_score(y, s))
+    y3, proba = multiclass_data
+    result = evaluate("multiclass", y3, proba, class_names=["a", "b", "c"], ci_level=0.9)
+    assert result["task"] == "multiclass" and result["ci_level"] == 0.9
+    Y = np.stack([y, 1 - y], axis=1)
+    P = np.stack([s, 1 - s], axis=1)
+    result = evaluate("multilabel", Y, P, [0.5, 0.5], ["x", "y"])
+    assert result["per_label"]["x"]["roc_auc"] == pytest.approx(roc_auc_score(y, s))
+    text = json.dumps(result, allow_nan=False)
+    assert json.loads(text)["labels"] == ["x", "y"]
+    with pytest.raises(EvaluationError, match="allowed: binary"):
+        evaluate("regression", y, s)
+
+
+def test_operating_point_metrics():
+    y = [0, 0, 1, 1, 1, 0]
+    s = [0.1, 0.6, 0.4, 0.9, 0.7, 0.3]
+    table = operating_point_metrics(y, s, {"youden": 0.7, "sensitive": 0.4})
+    assert table["youden"]["sensitivity"] == pytest.approx(2 / 3)
+    assert table["youden"]["specificity"] == 1.0
+    assert table["sensitive"]["sensitivity"] == 1.0
+    assert table["sensitive"]["specificity"] == pytest.approx(2 / 3)
+    with pytest.raises(EvaluationError, match="non-empty mapping"):
+        operating_point_metrics(y, s, {})
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import tfmed.evaluation as package
+    from tfmed.evaluation import intervals, metrics, thresholds
+
+    for module in (package, intervals, metrics, thresholds):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_bootstrap_fast_path_matches_sklearn():
+    from tfmed.evaluation.metrics import _binary_replicate
+
+    rng = np.random.default_rng(8)
+    for trial in range(20):
+        n = int(rng.integers(5, 60))
+        y = rng.integers(0, 2, n)
+        s = np.round(rng.uniform(0, 1, n), 1 if trial % 2 else 6)  # odd trials: many ties
+        threshold = float(rng.uniform(0.2, 0.8))
+        fast = _binary_replicate(y, s, threshold)
+        pred = (s >= threshold).astype(int)
+        both = 0 < y.sum() < n
+        assert fast["roc_auc"] == (pytest.approx(roc_auc_score(y, s)) if both else None)
+        assert fast["pr_auc"] == (pytest.approx(average_precision_score(y, s)) if both else None)
+        assert fast["brier"] == pytest.approx(brier_score_loss(y, s))
+        assert fast["accuracy"] == pytest.approx(accuracy_score(y, pred))
+        if y.sum() and pred.sum():
+            assert fast["sensitivity"] == pytest.approx(recall_score(y, pred))
+            assert fast["ppv"] == pytest.approx(precision_score(y, pred))
+            assert fast["f1"] == pytest.approx(f1_score(y, pred))
+        if (1 - y).sum() and (1 - pred).sum():
+            assert fast["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
+            assert fast["npv"] == pytest.approx(precision_score(y, pred, pos_label=0))

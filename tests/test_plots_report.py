@@ -1,0 +1,191 @@
+"""Plots (PNG files), predictions CSV, metrics JSON and the self-contained HTML report."""
+import base64
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+from sklearn.metrics import roc_auc_score
+
+from tfmed.evaluation import (EvaluationError, ReportContext, binary_metrics, confusion_plot, evaluate,
+                              multi_roc_plot, operating_point_metrics, pr_plot, reliability_plot, roc_plot,
+                              training_curves, write_metrics_json, write_predictions, write_report)
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def binary_data():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 120)
+    s = 1 / (1 + np.exp(-(2 * y - 1 + rng.normal(0, 1, 120))))
+    return y, s
+
+
+def test_binary_plots_are_pngs(tmp_path, binary_data):
+    y, s = binary_data
+    plain = roc_plot(y, s, tmp_path / "roc_plain.png")
+    marked = roc_plot(y, s, tmp_path / "roc.png", {"youden": 0.5, "high_sensitivity": 0.2},
+                      title="Test ROC", auc_ci=(0.8, 0.9))
+    assert marked.read_bytes().startswith(PNG)
+    assert marked.read_bytes() != plain.read_bytes()  # the operating points are drawn
+    height, width = imread(marked).shape[:2]
+    assert height > 300 and width > 300
+    for path in (pr_plot(y, s, tmp_path / "pr.png", {"youden": 0.5}),
+                 reliability_plot(y, s, tmp_path / "cal.png", bins=5),
+                 confusion_plot({"tn": 50, "fp": 10, "fn": 8, "tp": 52}, ["normal", "pneumonia"],
+                                tmp_path / "sub" / "cm.png")):
+        assert path.is_file() and path.read_bytes().startswith(PNG)
+
+
+def test_multi_output_plots(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    proba = np.eye(3)[y] * 0.5 + rng.uniform(0, 1, (90, 3))
+    assert multi_roc_plot(y, proba, ["a", "b", "c"], tmp_path / "mc.png").read_bytes().startswith(PNG)
+    Y = np.eye(3, dtype=int)[y]
+    Y[:, 2] = 0  # a label that never occurs is listed as undefined, not a crash
+    assert multi_roc_plot(Y, proba, ["a", "b", "c"], tmp_path / "ml.png").is_file()
+    cm = np.array([[10, 2, 1], [3, 12, 0], [0, 1, 9]])
+    assert confusion_plot(cm, ["a", "b", "c"], tmp_path / "cm3.png").is_file()
+
+
+def test_training_curves(tmp_path):
+    history = {"loss": [0.7, 0.6, 0.5, 0.45], "val_loss": [0.72, 0.65, 0.6, 0.62],
+               "auc": [0.6, 0.7, 0.8, 0.85], "val_auc": [0.58, 0.66, 0.75, 0.74], "lr": [1e-3] * 4}
+    with_stage = training_curves(history, tmp_path / "curves.png", stage_boundaries=[2])
+    without = training_curves(history, tmp_path / "curves_plain.png")
+    assert with_stage.read_bytes().startswith(PNG)
+    assert with_stage.read_bytes() != without.read_bytes()
+    with pytest.raises(EvaluationError, match="outside 1..4"):
+        training_curves(history, tmp_path / "bad.png", stage_boundaries=[5])
+    with pytest.raises(EvaluationError, match="history is empty"):
+        training_curves({}, tmp_path / "bad.png")
+
+
+def test_plot_errors(tmp_path):
+    with pytest.raises(EvaluationError, match="probabilities in"):
+        reliability_plot([0, 1], [-2.0, 3.0], tmp_path / "x.png")
+    with pytest.raises(EvaluationError, match="only one class"):
+        roc_plot([1, 1], [0.2, 0.3], tmp_path / "x.png")
+    with pytest.raises(EvaluationError, match="does not match"):
+        confusion_plot([[1, 2], [3, 4]], ["a", "b", "c"], tmp_path / "x.png")
+    with pytest.raises(EvaluationError, match="lacks key"):
+        confusion_plot({"tp": 1}, ["a", "b"], tmp_path / "x.png")
+
+
+def test_binary_report(tmp_path, binary_data):
+    y, s = binary_data
+    y_val, s_val, y_test, s_test = y[:60], s[:60], y[60:], s[60:]
+    points = {"youden": 0.5, "high_sensitivity": 0.25}
+    test_metrics = binary_metrics(y_test, s_test, 0.5)
+    plots = {"roc": roc_plot(y_test, s_test, tmp_path / "roc.png", points),
+             "confusion": confusion_plot(test_metrics["confusion_matrix"], ["normal", "pneumonia"],
+                                         tmp_path / "cm.png")}
+    context = ReportContext(
+        title="PneumoniaMNIST <EfficientNet-Lite0>", task="binary", source="pneumoniamnist_trainval.npz",
+        counts={"train": {"normal": 300, "pneumonia": 700}, "val": {"normal": 30, "pneumonia": 70},
+                "test": {"normal": 40, "pneumonia": 80}},
+        model={"backbone": "efficientnet_lite0", "mode": "svm", "taps": ["middle"]},
+        metrics={"val": binary_metrics(y_val, s_val, 0.5), "test": test_metrics},
+        operating_points=operating_point_metrics(y_test, s_test, points),
+        plots=plots, training_history={"loss": [0.7, 0.5, 0.4], "val_auc": [0.7, 0.8, 0.85]},
+        stage_boundaries=[1], notes=["threshold chosen on validation, applied unchanged to test"],
+        excluded=[{"row": 17, "image": "img_017.png", "reason": "empty file"}])
+    page = write_report(tmp_path / "run", context)
+    assert page == tmp_path / "run" / "report.html"
+    text = page.read_text(encoding="utf-8")
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
+    assert len(images) == 3  # roc, confusion, training curves drawn from the history
+    assert base64.b64decode(images[0]) == plots["roc"].read_bytes()
+    assert (tmp_path / "run" / "training_curves.png").is_file()
+    # No external references: every src/href is inline data; no scripts or stylesheets.
+    assert all(ref.startswith("data:") for ref in re.findall(r"(?:src|href)=['\"]([^'\"]*)", text))
+    assert "<script" not in text and "<link" not in text and "http" not in text
+    assert "PneumoniaMNIST &lt;EfficientNet-Lite0&gt;" in text  # escaped
+    auc = roc_auc_score(y_test, s_test)
+    assert f"{auc:.3f}" in text
+    sensitivity_at_low = np.mean(s_test[y_test == 1] >= 0.25)
+    assert f"{100 * sensitivity_at_low:.1f}%" in text
+    assert "<td>1000</td>" in text and "<td>1220</td>" in text  # train total and grand total
+    assert "img_017.png" in text and "empty file" in text
+    assert "threshold chosen on validation, applied unchanged to test" in text
+    assert "efficientnet_lite0" in text
+
+
+def test_multiclass_and_multilabel_reports(tmp_path):
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 60)
+    proba = np.eye(3)[y] * 0.6 + rng.uniform(0, 0.5, (60, 3))
+    proba /= proba.sum(axis=1, keepdims=True)
+    metrics = evaluate("multiclass", y, proba, class_names=["normal", "bacterial", "viral"])
+    text = write_report(tmp_path / "mc", ReportContext(title="mc", task="multiclass",
+                                                       metrics={"test": metrics})).read_text()
+    assert "viral" in text and f"{metrics['macro_auc']:.3f}" in text
+    Y = (rng.uniform(0, 1, (60, 2)) < 0.4).astype(int)
+    P = np.clip(Y * 0.5 + rng.uniform(0, 0.5, (60, 2)), 0, 1)
+    metrics = evaluate("multilabel", Y, P, [0.5, 0.5], ["effusion", "nodule"])
+    text = write_report(tmp_path / "ml", ReportContext(title="ml", task="multilabel",
+                                                       metrics={"test": metrics})).read_text()
+    assert "nodule" in text and f"{roc_auc_score(Y, P, average='micro'):.3f}" in text
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(EvaluationError, match="'roc' file .*missing.png does not exist"):
+        write_report(tmp_path, ReportContext(title="t", task="binary", plots={"roc": tmp_path / "missing.png"}))
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    with pytest.raises(EvaluationError, match="not a PNG"):
+        write_report(tmp_path, ReportContext(title="t", task="binary", plots={"roc": fake}))
+    with pytest.raises(EvaluationError, match="ReportContext"):
+        write_report(tmp_path, {"title": "t"})
+
+
+def test_predictions_csv_round_trips(tmp_path):
+    ids = ["img_1", "img_2", "img_3"]
+    scores = np.array([0.12345678901, 0.5, 0.99])
+    path = write_predictions(tmp_path / "pred.csv", ids, ["p1", "p1", "p2"], [0, 1, 1], scores, [0, 1, 1])
+    frame = pd.read_csv(path, dtype={"id": str, "patient": str})
+    assert list(frame.columns) == ["id", "patient", "label", "score", "decision"]
+    assert frame["id"].tolist() == ids and frame["patient"].tolist() == ["p1", "p1", "p2"]
+    np.testing.assert_array_equal(frame["score"].to_numpy(), scores)
+    assert frame["decision"].tolist() == [0, 1, 1]
+    # multilabel: one label/score/decision column per name; no patients known
+    Y = np.array([[1, 0], [0, 1], [1, 1]])
+    P = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6]])
+    path = write_predictions(tmp_path / "ml.csv", ids, None, Y, P, (P >= 0.5).astype(int),
+                             class_names=["effusion", "nodule"])
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["id", "patient", "label:effusion", "label:nodule", "score:effusion",
+                                   "score:nodule", "decision:effusion", "decision:nodule"]
+    np.testing.assert_array_equal(frame[["score:effusion", "score:nodule"]].to_numpy(), P)
+    assert frame["patient"].isna().all()
+    # multiclass: class-index label and decision, one score column per class
+    path = write_predictions(tmp_path / "mc.csv", ids, None, [0, 2, 1], np.eye(3), [0, 1, 2],
+                             class_names=["a", "b", "c"])
+    assert list(pd.read_csv(path).columns) == ["id", "patient", "label", "score:a", "score:b", "score:c",
+                                               "decision"]
+    with pytest.raises(EvaluationError, match="scores has 2 entries but ids has 3"):
+        write_predictions(tmp_path / "bad.csv", ids, None, [0, 1, 1], [0.1, 0.2], [0, 1, 1])
+    with pytest.raises(EvaluationError, match="2 class names for 3 score columns"):
+        write_predictions(tmp_path / "bad.csv", ids, None, [0, 1, 1], np.eye(3), [0, 1, 2], ["a", "b"])
+
+
+def test_metrics_json(tmp_path):
+    metrics = {"test": {"roc_auc": np.float64(0.91), "ppv": float("nan"), "cm": np.array([[1, 2], [3, 4]])}}
+    path = write_metrics_json(tmp_path / "metrics.json", metrics)
+    assert json.loads(path.read_text()) == {"test": {"roc_auc": 0.91, "ppv": None, "cm": [[1, 2], [3, 4]]}}
+    with pytest.raises(EvaluationError, match="metrics.json"):
+        write_metrics_json(tmp_path / "metrics.json", {"model": object()})
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from tfmed.evaluation import plots, report
+
+    for module in (plots, report):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

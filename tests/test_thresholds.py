@@ -1,0 +1,94 @@
+"""Threshold selection on validation data, checked by hand and by brute force."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_curve
+
+from tfmed.evaluation import (EvaluationError, apply_threshold, choose_threshold, operating_points,
+                              per_label_thresholds)
+
+
+def rates(y, s, t):
+    called = s >= t
+    return called[y == 1].mean(), 1 - called[y == 0].mean()  # sensitivity, specificity
+
+
+def test_hand_checkable_example():
+    # negatives 0.1 0.2 0.3 0.5, positives 0.4 0.6 0.7 0.9
+    y = [0, 0, 0, 0, 1, 1, 1, 1]
+    s = [0.1, 0.2, 0.3, 0.5, 0.4, 0.6, 0.7, 0.9]
+    # t=0.6: sens 3/4, spec 4/4 -> J=0.75, the best.
+    assert choose_threshold(y, s, "youden") == 0.6
+    # sens >= 0.75 first reached going down at 0.6; 1.0 needs 0.4.
+    assert choose_threshold(y, s, "sensitivity", 0.75) == 0.6
+    assert choose_threshold(y, s, "sensitivity", 1.0) == 0.4
+    # spec >= 0.75 holds down to 0.4 (only 0.5 above it); spec 1.0 down to 0.6.
+    assert choose_threshold(y, s, "specificity", 0.75) == 0.4
+    assert choose_threshold(y, s, "specificity", 1.0) == 0.6
+    assert choose_threshold(y, s, "fixed", 0.3) == 0.3
+
+
+def test_agrees_with_roc_curve_and_brute_force():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 200)
+    s = np.round(y + rng.normal(0, 1, 200), 2)
+    candidates = np.unique(s)
+    fpr, tpr, _ = roc_curve(y, s)
+    t = choose_threshold(y, s, "youden")
+    sens, spec = rates(y, s, t)
+    assert sens + spec - 1 == pytest.approx(np.max(tpr - fpr))
+    for target in (0.8, 0.95):
+        t = choose_threshold(y, s, "sensitivity", target)
+        assert rates(y, s, t)[0] >= target
+        higher = candidates[candidates > t]
+        assert all(rates(y, s, c)[0] < target for c in higher)  # the highest such threshold
+        t = choose_threshold(y, s, "specificity", target)
+        assert rates(y, s, t)[1] >= target
+        lower = candidates[candidates < t]
+        assert all(rates(y, s, c)[1] < target for c in lower)  # the lowest such threshold
+
+
+def test_specificity_when_negatives_share_the_top_score():
+    y = np.array([0, 1, 0, 1])
+    s = np.array([0.9, 0.9, 0.1, 0.5])
+    t = choose_threshold(y, s, "specificity", 1.0)
+    assert t > 0.9 and apply_threshold(s, t).sum() == 0
+
+
+def test_operating_points_names_and_multilabel():
+    y = [0, 0, 0, 0, 1, 1, 1, 1]
+    s = [0.1, 0.2, 0.3, 0.5, 0.4, 0.6, 0.7, 0.9]
+    points = operating_points(y, s, targets=(1.0,))
+    assert points == {"youden": 0.6, "high_sensitivity": 0.4, "high_specificity": 0.6}
+    points = operating_points(y, s, targets=(0.75, 1.0), specificity_targets=(0.75,))
+    assert points["high_sensitivity@0.75"] == 0.6 and points["high_sensitivity@1"] == 0.4
+    assert points["high_specificity"] == 0.4
+    Y = np.array([y, [1, 0, 1, 0, 1, 0, 1, 0]]).T
+    S = np.array([s, [0.8, 0.1, 0.7, 0.2, 0.9, 0.3, 0.6, 0.4]]).T
+    per_label = operating_points(Y, S, targets=(1.0,), label_names=["a", "b"])
+    assert per_label["a"] == {"youden": 0.6, "high_sensitivity": 0.4, "high_specificity": 0.6}
+    assert per_label["b"]["youden"] == 0.6
+    assert per_label_thresholds(Y, S, "youden", label_names=["a", "b"]) == {"a": 0.6, "b": 0.6}
+
+
+def test_apply_threshold():
+    assert apply_threshold([0.2, 0.5, 0.7], 0.5).tolist() == [0, 1, 1]  # at the threshold counts as positive
+    S = np.array([[0.2, 0.9], [0.7, 0.4]])
+    assert apply_threshold(S, [0.1, 0.95]).tolist() == [[1, 0], [1, 0]]
+    assert apply_threshold(S, {"a": 0.5, "b": 0.5}).tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(EvaluationError, match="one threshold per score column"):
+        apply_threshold(S, [0.1, 0.2, 0.3])
+    with pytest.raises(EvaluationError, match="NaN"):
+        apply_threshold(S, float("nan"))
+
+
+def test_threshold_errors():
+    with pytest.raises(EvaluationError, match="only negative"):
+        choose_threshold([0, 0, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(EvaluationError, match="allowed: youden"):
+        choose_threshold([0, 1], [0.1, 0.2], "f1")
+    with pytest.raises(EvaluationError, match=r"\(0, 1\]"):
+        choose_threshold([0, 1], [0.1, 0.2], "sensitivity", 95)
+    with pytest.raises(EvaluationError, match="row 1"):
+        choose_threshold([0, 1, 1], [0.1, np.inf, 0.3])
+    with pytest.raises(EvaluationError, match="label 'b'"):
+        per_label_thresholds([[0, 1], [1, 1]], [[0.1, 0.2], [0.8, 0.3]], label_names=["a", "b"])

@@ -1,0 +1,273 @@
+"""Confidence intervals for clinical metrics.
+
+* :func:`wilson_interval` - Wilson score interval for a proportion
+  (sensitivity, specificity, PPV, NPV, accuracy).
+* :func:`delong_auc_ci` - ROC AUC with the DeLong interval, computed with the
+  fast midrank algorithm of Sun & Xu (2014); ties count one half.
+* :func:`delong_test` - paired DeLong test of two models scored on the same
+  cases.
+* :func:`bootstrap_ci` - percentile bootstrap interval for any metric,
+  resampling within each class by default (stratified).
+
+Nothing here imports TensorFlow.
+
+Example:
+    >>> lo, hi = wilson_interval(8, 10)
+    >>> round(lo, 3), round(hi, 3)
+    (0.49, 0.943)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+
+
+class EvaluationError(ValueError):
+    """Inputs to an evaluation function are inconsistent or invalid.
+
+    The message names the argument at fault and what would fix it.
+
+    Example:
+        >>> try:
+        ...     wilson_interval(11, 10)
+        ... except EvaluationError as error:
+        ...     print("successes" in str(error))
+        True
+    """
+
+
+def z_value(level: float) -> float:
+    """Two-sided standard normal quantile for a confidence ``level``.
+
+    Example:
+        >>> round(z_value(0.95), 4)
+        1.96
+    """
+    level = _check_level(level)
+    return float(stats.norm.ppf(0.5 + level / 2.0))
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for the proportion ``successes / n``.
+
+    Returns ``(nan, nan)`` when ``n`` is 0 (the proportion is undefined).
+
+    Example:
+        >>> lo, hi = wilson_interval(0, 20)
+        >>> lo, round(hi, 3)
+        (0.0, 0.161)
+    """
+    if isinstance(successes, bool) or isinstance(n, bool):
+        raise EvaluationError("wilson_interval: successes and n must be counts, not booleans")
+    if n != int(n) or successes != int(successes):
+        raise EvaluationError(f"wilson_interval: successes ({successes}) and n ({n}) must be whole numbers")
+    successes, n = int(successes), int(n)
+    if n < 0 or successes < 0:
+        raise EvaluationError(f"wilson_interval: successes ({successes}) and n ({n}) must not be negative")
+    if successes > n:
+        raise EvaluationError(f"wilson_interval: successes ({successes}) exceeds n ({n}); "
+                              "pass the number of successes out of n trials")
+    z = z_value(level)
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    z2 = z * z
+    denominator = 1.0 + z2 / n
+    center = (p + z2 / (2.0 * n)) / denominator
+    half = z / denominator * np.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    return float(max(0.0, center - half)), float(min(1.0, center + half))
+
+
+def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of one or more score arrays and the DeLong covariance between them.
+
+    ``scores`` is one array of shape (n,) or several stacked as (k, n), all
+    for the same cases ``y_true`` (0/1). Returns ``(aucs, covariance)`` with
+    shapes (k,) and (k, k).
+
+    Example:
+        >>> aucs, cov = delong_covariance([0, 0, 1, 1], [[0.1, 0.4, 0.35, 0.8]])
+        >>> float(aucs[0])
+        0.75
+    """
+    y = _binary_labels(y_true, "y_true")
+    matrix = np.asarray(scores, dtype=float)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    if matrix.ndim != 2 or matrix.shape[1] != y.size:
+        raise EvaluationError(f"delong: scores have shape {np.shape(scores)}; expected ({y.size},) "
+                              f"or (k, {y.size}) to match y_true")
+    if not np.all(np.isfinite(matrix)):
+        raise EvaluationError("delong: scores contain NaN or infinite values; "
+                              "remove or fix those predictions first")
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    if n_pos == 0 or n_neg == 0:
+        only = "positive (1)" if n_neg == 0 else "negative (0)"
+        raise EvaluationError(f"delong: AUC is undefined because y_true has only {only} cases "
+                              f"(n={y.size}); both classes are needed")
+    positives, negatives = matrix[:, y == 1], matrix[:, y == 0]
+    rank_pos = stats.rankdata(positives, axis=1)          # midranks within positives
+    rank_neg = stats.rankdata(negatives, axis=1)          # midranks within negatives
+    rank_all = stats.rankdata(np.hstack([positives, negatives]), axis=1)
+    aucs = (rank_all[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    # Structural components: for each positive, the share of negatives it
+    # outranks; for each negative, the share of positives that outrank it.
+    v_pos = (rank_all[:, :n_pos] - rank_pos) / n_neg
+    v_neg = 1.0 - (rank_all[:, n_pos:] - rank_neg) / n_pos
+    cov_pos = np.atleast_2d(np.cov(v_pos)) if n_pos > 1 else np.zeros((len(matrix), len(matrix)))
+    cov_neg = np.atleast_2d(np.cov(v_neg)) if n_neg > 1 else np.zeros((len(matrix), len(matrix)))
+    covariance = cov_pos / n_pos + cov_neg / n_neg
+    return aucs, covariance
+
+
+def delong_auc_ci(y_true, scores, level: float = 0.95) -> tuple[float, float, float]:
+    """ROC AUC and its DeLong confidence interval, ``(auc, lo, hi)``.
+
+    The interval is AUC +/- z * SE, clipped to [0, 1]; ties count one half.
+
+    Example:
+        >>> auc, lo, hi = delong_auc_ci([0, 0, 0, 1, 1, 1], [0.1, 0.3, 0.6, 0.4, 0.8, 0.9])
+        >>> round(auc, 3), lo < auc < hi
+        (0.889, True)
+    """
+    z = z_value(level)
+    aucs, covariance = delong_covariance(y_true, np.asarray(scores, dtype=float).reshape(-1))
+    auc = float(aucs[0])
+    se = float(np.sqrt(max(covariance[0, 0], 0.0)))
+    return auc, max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def delong_test(y_true, scores_a, scores_b) -> dict:
+    """Paired DeLong test: do two models scored on the same cases differ in AUC?
+
+    Returns ``dict(auc_a, auc_b, diff, z, p_value)`` with ``diff = auc_a -
+    auc_b`` and a two-sided p-value.
+
+    Example:
+        >>> y = [0, 0, 0, 1, 1, 1]
+        >>> result = delong_test(y, [0.1, 0.2, 0.3, 0.7, 0.8, 0.9], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+        >>> result["diff"], result["p_value"]
+        (0.0, 1.0)
+    """
+    a = np.asarray(scores_a, dtype=float).reshape(-1)
+    b = np.asarray(scores_b, dtype=float).reshape(-1)
+    if a.shape != b.shape:
+        raise EvaluationError(f"delong_test: scores_a has {a.size} values and scores_b {b.size}; "
+                              "the paired test needs both models' scores for the same cases")
+    aucs, covariance = delong_covariance(y_true, np.vstack([a, b]))
+    diff = float(aucs[0] - aucs[1])
+    variance = float(covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1])
+    if variance <= 1e-15:
+        z = 0.0 if abs(diff) < 1e-12 else float(np.sign(diff) * np.inf)
+    else:
+        z = diff / np.sqrt(variance)
+    p_value = float(2.0 * stats.norm.sf(abs(z)))
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff,
+            "z": float(z), "p_value": p_value}
+
+
+def bootstrap_distribution(metric_fn: Callable, y_true, scores, n_resamples: int = 1000,
+                           stratified: bool = True, seed: int = 0) -> list:
+    """Values of ``metric_fn(y_true[idx], scores[idx])`` over bootstrap resamples.
+
+    With ``stratified=True`` each resample draws, for every class, as many
+    cases of that class as the data has (with replacement), so every resample
+    keeps the class mix; this needs 1-D class labels. Multi-label targets
+    (2-D) are resampled by row.
+
+    Example:
+        >>> values = bootstrap_distribution(lambda y, s: float(np.mean(y)), [0, 1, 1, 0], [0.2, 0.9, 0.6, 0.1],
+        ...                                 n_resamples=5)
+        >>> values
+        [0.5, 0.5, 0.5, 0.5, 0.5]
+    """
+    y = np.asarray(y_true)
+    s = np.asarray(scores)
+    if len(y) != len(s):
+        raise EvaluationError(f"bootstrap: y_true has {len(y)} rows but scores has {len(s)}; "
+                              "they must describe the same cases")
+    if len(y) == 0:
+        raise EvaluationError("bootstrap: no cases to resample (y_true is empty)")
+    if int(n_resamples) < 1:
+        raise EvaluationError(f"bootstrap: n_resamples is {n_resamples}; it must be at least 1")
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == value) for value in np.unique(y)] if (stratified and y.ndim == 1) \
+        else [np.arange(len(y))]
+    values = []
+    for _ in range(int(n_resamples)):
+        index = np.concatenate([rng.choice(group, size=group.size, replace=True) for group in groups])
+        values.append(metric_fn(y[index], s[index]))
+    return values
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap ``values``, ignoring None/NaN ones.
+
+    Returns ``(nan, nan)`` when no value is defined.
+
+    Example:
+        >>> [round(v, 6) for v in percentile_interval(list(range(101)), level=0.9)]
+        [5.0, 95.0]
+    """
+    level = _check_level(level)
+    finite = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_ci(metric_fn: Callable, y_true, scores, n_resamples: int = 1000, level: float = 0.95,
+                 stratified: bool = True, seed: int = 0) -> tuple[float, float, float]:
+    """Bootstrap percentile interval of a metric: ``(estimate, lo, hi)``.
+
+    ``metric_fn(y_true, scores)`` returns a number; resamples where it is
+    undefined (None or NaN, e.g. a class missing) are left out of the
+    interval. The estimate is the metric on the full data.
+
+    Example:
+        >>> from sklearn.metrics import roc_auc_score
+        >>> rng = np.random.default_rng(0)
+        >>> y = np.repeat([0, 1], 50)
+        >>> s = y + rng.normal(0, 1, 100)
+        >>> auc, lo, hi = bootstrap_ci(roc_auc_score, y, s, n_resamples=200)
+        >>> lo < auc < hi
+        True
+    """
+    level = _check_level(level)
+    values = bootstrap_distribution(metric_fn, y_true, scores, n_resamples, stratified, seed)
+    estimate = metric_fn(np.asarray(y_true), np.asarray(scores))
+    estimate = float("nan") if estimate is None else float(estimate)
+    lo, hi = percentile_interval(values, level)
+    return estimate, lo, hi
+
+
+def _check_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.floating)) or not 0.0 < level < 1.0:
+        raise EvaluationError(f"confidence level is {level!r}; it must be a number strictly between "
+                              "0 and 1, e.g. 0.95")
+    return float(level)
+
+
+def _binary_labels(y_true, name: str) -> np.ndarray:
+    """Check and return 0/1 integer labels as a 1-D array."""
+    y = np.asarray(y_true)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise EvaluationError(f"{name} has shape {y.shape}; expected one 0/1 label per case")
+    if y.size == 0:
+        raise EvaluationError(f"{name} is empty; there are no cases to evaluate")
+    if y.dtype.kind == "b":
+        return y.astype(int)
+    if y.dtype.kind not in "iuf":
+        raise EvaluationError(f"{name} has values of type {y.dtype}; expected 0/1 labels")
+    bad = ~np.isin(y, (0, 1))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise EvaluationError(f"{name} must hold only 0 and 1; row {first} is {y[first].item()!r} "
+                              f"({int(bad.sum())} such rows)")
+    return y.astype(int)

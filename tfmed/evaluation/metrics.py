@@ -1,0 +1,439 @@
+"""Clinical metrics for binary, multi-class and multi-label predictions.
+
+Every function returns plain JSON-ready data (floats, ints, lists, dicts,
+None). A metric that is undefined on the given data (PPV with no positive
+calls, AUC with one class present) is None and a sentence in ``notes``
+says why; nothing raises for it.
+
+Binary layout (:func:`binary_metrics`), every metric a plain float or None:
+
+* counts: ``n``, ``n_positive``, ``n_negative``, ``prevalence``,
+  ``threshold``, ``confusion_matrix`` = ``{"tn", "fp", "fn", "tp"}``;
+* metrics: ``accuracy``, ``sensitivity``, ``specificity``, ``ppv``, ``npv``,
+  ``f1``, ``roc_auc``, ``pr_auc`` (average precision), ``brier``;
+* intervals: ``ci_level``; ``ci[name] = [lo, hi]`` for the five proportions
+  (Wilson) and ``roc_auc`` (DeLong); ``ci_method[name]`` says which; with
+  ``bootstrap > 0`` also ``bootstrap_ci[name] = [lo, hi]`` for all nine
+  metrics and ``bootstrap_resamples``;
+* ``notes``: sentences about undefined values.
+
+A case is called positive when ``score >= threshold``.
+
+Example:
+    >>> m = binary_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], threshold=0.5)
+    >>> m["confusion_matrix"], m["sensitivity"], m["roc_auc"]
+    ({'tn': 1, 'fp': 1, 'fn': 1, 'tp': 1}, 0.5, 0.75)
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import (average_precision_score, balanced_accuracy_score, brier_score_loss,
+                             confusion_matrix, hamming_loss, roc_auc_score)
+
+from .intervals import (EvaluationError, _binary_labels, _check_level, bootstrap_distribution,
+                        delong_auc_ci, percentile_interval, wilson_interval)
+
+TASKS = ("binary", "multiclass", "multilabel")
+# Proportions: metric -> (numerator, denominator) from the confusion counts.
+PROPORTIONS = {
+    "accuracy": (("tp", "tn"), ("tp", "tn", "fp", "fn")),
+    "sensitivity": (("tp",), ("tp", "fn")),
+    "specificity": (("tn",), ("tn", "fp")),
+    "ppv": (("tp",), ("tp", "fp")),
+    "npv": (("tn",), ("tn", "fn")),
+}
+BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc",
+                  "brier")
+_UNDEFINED = {
+    "sensitivity": "sensitivity is undefined: there are no positive cases",
+    "specificity": "specificity is undefined: there are no negative cases",
+    "ppv": "PPV is undefined: no case was called positive at this threshold",
+    "npv": "NPV is undefined: no case was called negative at this threshold",
+    "f1": "F1 is undefined: no positive cases and no positive calls",
+}
+
+
+def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, bootstrap: int = 0,
+                   seed: int = 0) -> dict:
+    """Confusion counts, clinical metrics and their confidence intervals.
+
+    Proportions (accuracy, sensitivity, specificity, PPV, NPV) get Wilson
+    intervals, ROC AUC a DeLong interval. With ``bootstrap > 0`` every
+    metric also gets a stratified bootstrap percentile interval in
+    ``"bootstrap_ci"``. Scores outside [0, 1] (e.g. SVM margins) have no
+    Brier score.
+
+    Example:
+        >>> m = binary_metrics([0, 1, 1, 0, 1], [0.2, 0.9, 0.3, 0.1, 0.7], threshold=0.5)
+        >>> m["sensitivity"], m["specificity"], m["ppv"]
+        (0.6666666666666666, 1.0, 1.0)
+    """
+    y, s = _check_binary(y_true, scores)
+    threshold = _check_threshold(threshold)
+    ci_level = _check_level(ci_level)
+    if isinstance(bootstrap, bool) or int(bootstrap) != bootstrap or bootstrap < 0:
+        raise EvaluationError(f"bootstrap is {bootstrap!r}; give the number of resamples (0 for none)")
+    notes: list[str] = []
+    values = _binary_point(y, s, threshold, notes)
+    counts = values.pop("confusion_matrix")
+    n_pos = int(y.sum())
+    result = {"task": "binary", "n": int(y.size), "n_positive": n_pos, "n_negative": int(y.size - n_pos),
+              "prevalence": float(n_pos / y.size), "threshold": threshold, "confusion_matrix": counts}
+    result.update(values)
+    ci, method = {}, {}
+    for name, (numerator, denominator) in PROPORTIONS.items():
+        total = sum(counts[k] for k in denominator)
+        lo, hi = wilson_interval(sum(counts[k] for k in numerator), total, ci_level)
+        ci[name] = [_clean_float(lo), _clean_float(hi)]
+        method[name] = "wilson"
+    if result["roc_auc"] is not None:
+        _, lo, hi = delong_auc_ci(y, s, ci_level)
+        ci["roc_auc"] = [lo, hi]
+        method["roc_auc"] = "delong"
+    result.update(ci_level=ci_level, ci=ci, ci_method=method)
+    if bootstrap:
+        replicates = bootstrap_distribution(lambda yy, ss: _binary_replicate(yy, ss, threshold), y, s,
+                                            n_resamples=int(bootstrap), stratified=True, seed=seed)
+        result["bootstrap_ci"] = {}
+        for name in BINARY_METRICS:
+            lo, hi = percentile_interval([r[name] for r in replicates], ci_level)
+            result["bootstrap_ci"][name] = [_clean_float(lo), _clean_float(hi)]
+        result["bootstrap_resamples"] = int(bootstrap)
+    result["notes"] = notes
+    return to_jsonable(result)
+
+
+def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: float = 0.95) -> dict:
+    """Accuracy, confusion matrix and one-vs-rest metrics for each class.
+
+    The predicted class is the argmax of ``proba`` (n, K). Per class: AUC
+    (one-vs-rest, DeLong CI), sensitivity, specificity, PPV and NPV (Wilson
+    CIs). ``macro_auc`` is the mean of the per-class AUCs.
+
+    Example:
+        >>> m = multiclass_metrics([0, 1, 2, 2], [[.8, .1, .1], [.2, .7, .1], [.1, .2, .7], [.5, .2, .3]],
+        ...                        ["a", "b", "c"])
+        >>> m["accuracy"], m["confusion_matrix"]
+        (0.75, [[1, 0, 0], [0, 1, 0], [1, 0, 1]])
+    """
+    ci_level = _check_level(ci_level)
+    names = [str(c) for c in class_names]
+    P = np.asarray(proba, dtype=float)
+    y = np.asarray(y_true)
+    if P.ndim != 2 or P.shape[1] != len(names):
+        raise EvaluationError(f"multiclass: proba has shape {P.shape}; expected (n_cases, {len(names)}) "
+                              f"for classes {names}")
+    if y.ndim != 1 or y.size != P.shape[0]:
+        raise EvaluationError(f"multiclass: y_true has shape {y.shape} but proba has {P.shape[0]} rows; "
+                              "pass one class index per case")
+    if y.size == 0:
+        raise EvaluationError("multiclass: there are no cases to evaluate")
+    _check_finite(P, "proba")
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
+        raise EvaluationError(f"multiclass: y_true must hold class indices 0..{len(names) - 1}, "
+                              f"got values of type {y.dtype}")
+    y = y.astype(int)
+    bad = (y < 0) | (y >= len(names))
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise EvaluationError(f"multiclass: y_true row {first} is {y[first]}; class indices must be in "
+                              f"0..{len(names) - 1} ({', '.join(names)})")
+    notes: list[str] = []
+    predicted = P.argmax(axis=1)
+    labels = list(range(len(names)))
+    cm = confusion_matrix(y, predicted, labels=labels)
+    correct = int(np.trace(cm))
+    result = {"task": "multiclass", "n": int(y.size), "classes": names, "ci_level": ci_level,
+              "accuracy": correct / y.size,
+              "accuracy_ci": list(wilson_interval(correct, int(y.size), ci_level)),
+              "balanced_accuracy": None, "confusion_matrix": cm.tolist(), "per_class": {}}
+    present = np.unique(y)
+    if present.size == len(names):
+        result["balanced_accuracy"] = float(balanced_accuracy_score(y, predicted))
+    else:
+        missing = [names[k] for k in labels if k not in present]
+        notes.append(f"classes absent from the labels: {', '.join(missing)}; their sensitivity and AUC "
+                     "are undefined and balanced accuracy is not reported")
+    aucs = []
+    for k, name in enumerate(names):
+        tp = int(cm[k, k])
+        fn = int(cm[k].sum() - tp)
+        fp = int(cm[:, k].sum() - tp)
+        tn = int(cm.sum() - tp - fn - fp)
+        entry = {"n": tp + fn, "prevalence": (tp + fn) / y.size,
+                 "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp}, "ci": {}}
+        counts = entry["confusion_matrix"]
+        for metric, (numerator, denominator) in PROPORTIONS.items():
+            if metric == "accuracy":
+                continue
+            total = sum(counts[c] for c in denominator)
+            hits = sum(counts[c] for c in numerator)
+            entry[metric] = hits / total if total else None
+            entry["ci"][metric] = list(wilson_interval(hits, total, ci_level))
+        binary = (y == k).astype(int)
+        if 0 < binary.sum() < binary.size:
+            auc, lo, hi = delong_auc_ci(binary, P[:, k], ci_level)
+            entry["roc_auc"] = float(roc_auc_score(binary, P[:, k]))
+            entry["ci"]["roc_auc"] = [lo, hi]
+            aucs.append(entry["roc_auc"])
+        else:
+            entry["roc_auc"] = None
+            notes.append(f"class {name!r}: one-vs-rest AUC is undefined (the class is "
+                         f"{'absent' if binary.sum() == 0 else 'the only one present'})")
+        result["per_class"][name] = entry
+    result["macro_auc"] = float(np.mean(aucs)) if aucs else None
+    if aucs and len(aucs) < len(names):
+        notes.append("macro AUC averages only the classes whose AUC is defined")
+    result["notes"] = notes
+    return to_jsonable(result)
+
+
+def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_level: float = 0.95,
+                       bootstrap: int = 0, seed: int = 0) -> dict:
+    """Per-label binary metrics plus macro and micro AUC for multi-label data.
+
+    ``thresholds`` is one number for all labels, a sequence (one per label)
+    or a mapping ``label name -> threshold``.
+
+    Example:
+        >>> Y = [[1, 0], [0, 1], [1, 1], [0, 0]]
+        >>> P = [[0.9, 0.2], [0.3, 0.8], [0.6, 0.4], [0.2, 0.1]]
+        >>> m = multilabel_metrics(Y, P, 0.5, ["effusion", "nodule"])
+        >>> m["macro_auc"], m["per_label"]["nodule"]["sensitivity"]
+        (1.0, 0.5)
+    """
+    names = [str(c) for c in label_names]
+    Y = np.asarray(Y_true)
+    S = np.asarray(P, dtype=float)
+    if Y.ndim != 2 or S.shape != Y.shape or Y.shape[1] != len(names):
+        raise EvaluationError(f"multilabel: Y_true has shape {Y.shape} and P {S.shape}; both must be "
+                              f"(n_cases, {len(names)}) for labels {names}")
+    per_threshold = _label_thresholds(thresholds, names)
+    result = {"task": "multilabel", "n": int(Y.shape[0]), "labels": names, "ci_level": float(ci_level),
+              "thresholds": dict(zip(names, per_threshold)), "per_label": {}}
+    notes: list[str] = []
+    for j, name in enumerate(names):
+        try:
+            metrics = binary_metrics(Y[:, j], S[:, j], per_threshold[j], ci_level, bootstrap, seed)
+        except EvaluationError as error:
+            raise EvaluationError(f"multilabel: label {name!r}: {error}") from None
+        notes.extend(f"label {name!r}: {note}" for note in metrics["notes"])
+        result["per_label"][name] = metrics
+    aucs = [m["roc_auc"] for m in result["per_label"].values() if m["roc_auc"] is not None]
+    result["macro_auc"] = float(np.mean(aucs)) if aucs else None
+    if aucs and len(aucs) < len(names):
+        notes.append("macro AUC averages only the labels whose AUC is defined")
+    Yi = Y.astype(int)
+    if 0 < Yi.sum() < Yi.size:
+        result["micro_auc"] = float(roc_auc_score(Yi, S, average="micro"))
+    else:
+        result["micro_auc"] = None
+        notes.append("micro AUC is undefined: all labels are of one value")
+    decisions = (S >= np.asarray(per_threshold)).astype(int)
+    result["hamming_loss"] = float(hamming_loss(Yi, decisions))
+    result["subset_accuracy"] = float(np.mean(np.all(Yi == decisions, axis=1)))
+    result["notes"] = notes
+    return to_jsonable(result)
+
+
+def evaluate(task: str, y_true, scores, thresholds=None, class_names: Sequence[str] | None = None,
+             **kw) -> dict:
+    """Metrics for any task: dispatches to the binary/multiclass/multilabel function.
+
+    binary: ``scores`` (n,) or (n, 1), ``thresholds`` one number (None
+    means 0.5, noted in the result). multiclass: ``scores`` are class
+    probabilities (n, K); thresholds are not used (argmax). multilabel:
+    ``scores`` (n, L), one threshold per label (None means 0.5 each).
+    Extra keywords (ci_level, bootstrap, seed) pass through.
+
+    Example:
+        >>> evaluate("binary", [0, 1, 1, 0], [[0.2], [0.8], [0.6], [0.4]], 0.5)["accuracy"]
+        1.0
+    """
+    if task not in TASKS:
+        raise EvaluationError(f"task is {task!r}; allowed: {', '.join(TASKS)}")
+    defaulted = thresholds is None
+    if task == "binary":
+        if isinstance(thresholds, Mapping):
+            if len(thresholds) != 1:
+                raise EvaluationError(f"binary task: give one threshold, got {dict(thresholds)}")
+            thresholds = next(iter(thresholds.values()))
+        result = binary_metrics(y_true, scores, 0.5 if defaulted else thresholds, **kw)
+        if class_names is not None:
+            result["classes"] = [str(c) for c in class_names]
+    elif task == "multiclass":
+        if class_names is None:
+            class_names = [str(k) for k in range(np.asarray(scores).shape[-1])]
+        allowed = {k: v for k, v in kw.items() if k == "ci_level"}
+        result = multiclass_metrics(y_true, scores, class_names, **allowed)
+        defaulted = False
+        if kw.get("bootstrap"):
+            result["notes"].append("bootstrap intervals are not computed for multiclass metrics; "
+                                   "AUCs carry DeLong and proportions Wilson intervals")
+    else:
+        if class_names is None:
+            class_names = [f"label_{j}" for j in range(np.asarray(scores).shape[-1])]
+        result = multilabel_metrics(y_true, scores, 0.5 if defaulted else thresholds, class_names, **kw)
+    if defaulted:
+        result["notes"].append("no threshold was given; 0.5 was used (choose one on validation data)")
+    return result
+
+
+def operating_point_metrics(y_true, scores, points: Mapping[str, float], ci_level: float = 0.95,
+                            bootstrap: int = 0, seed: int = 0) -> dict:
+    """Binary metrics at each named threshold, e.g. validation-chosen points applied to test.
+
+    Returns ``{name: binary_metrics(y_true, scores, threshold)}``.
+
+    Example:
+        >>> table = operating_point_metrics([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], {"youden": 0.9, "low": 0.4})
+        >>> table["youden"]["specificity"], table["low"]["sensitivity"]
+        (1.0, 1.0)
+    """
+    if not isinstance(points, Mapping) or not points:
+        raise EvaluationError("operating_point_metrics: points must be a non-empty mapping "
+                              "name -> threshold, e.g. operating_points(y_val, s_val)")
+    return {str(name): binary_metrics(y_true, scores, threshold, ci_level, bootstrap, seed)
+            for name, threshold in points.items()}
+
+
+def to_jsonable(value):
+    """Plain Python data for ``json.dumps``: numpy types unwrapped, NaN/inf as None.
+
+    Example:
+        >>> to_jsonable({"a": np.float64("nan"), "b": np.arange(2), "c": (np.int64(3),)})
+        {'a': None, 'b': [0, 1], 'c': [3]}
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [to_jsonable(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return _clean_float(value)
+    return value
+
+
+def _binary_point(y: np.ndarray, s: np.ndarray, threshold: float, notes: list | None) -> dict:
+    """Point estimates of every binary metric; undefined ones are None."""
+    predicted = (s >= threshold).astype(int)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[0, 1]).ravel())
+    counts = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    values: dict = {"confusion_matrix": counts}
+    for name, (numerator, denominator) in PROPORTIONS.items():
+        total = sum(counts[k] for k in denominator)
+        values[name] = sum(counts[k] for k in numerator) / total if total else None
+        if total == 0 and notes is not None:
+            notes.append(_UNDEFINED[name])
+    f1_denominator = 2 * tp + fp + fn
+    values["f1"] = 2 * tp / f1_denominator if f1_denominator else None
+    if f1_denominator == 0 and notes is not None:
+        notes.append(_UNDEFINED["f1"])
+    both = 0 < tp + fn < y.size
+    values["roc_auc"] = float(roc_auc_score(y, s)) if both else None
+    values["pr_auc"] = float(average_precision_score(y, s)) if both else None
+    if not both and notes is not None:
+        notes.append("ROC AUC and PR AUC are undefined: only one class is present "
+                     f"({'positive' if tp + fn else 'negative'} cases only)")
+    if s.min() >= 0.0 and s.max() <= 1.0:
+        values["brier"] = float(brier_score_loss(y, s))
+    else:
+        values["brier"] = None
+        if notes is not None:
+            notes.append("Brier score not computed: scores are not probabilities in [0, 1]")
+    return values
+
+
+def _binary_replicate(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
+    """The metrics of :func:`_binary_point` computed with plain numpy, for bootstrap resamples.
+
+    Same definitions as scikit-learn (AUC by midranks, average precision as
+    the step-wise sum over distinct thresholds) without its per-call input
+    checks, which dominate the cost of a thousand small resamples. The
+    tests check it against scikit-learn on tied and untied scores.
+    """
+    positive = y == 1
+    called = s >= threshold
+    tp = int(np.count_nonzero(called & positive))
+    fp = int(np.count_nonzero(called & ~positive))
+    n_pos = int(np.count_nonzero(positive))
+    fn, tn = n_pos - tp, y.size - n_pos - fp
+    counts = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    values: dict = {}
+    for name, (numerator, denominator) in PROPORTIONS.items():
+        total = sum(counts[k] for k in denominator)
+        values[name] = sum(counts[k] for k in numerator) / total if total else None
+    values["f1"] = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None
+    values["roc_auc"] = values["pr_auc"] = None
+    n_neg = y.size - n_pos
+    if n_pos and n_neg:
+        ranks = rankdata(s)
+        values["roc_auc"] = float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+        order = np.argsort(-s, kind="stable")
+        ordered_scores, ordered_labels = s[order], y[order]
+        last_of_tie = np.r_[np.flatnonzero(np.diff(ordered_scores)), y.size - 1]
+        true_pos = np.cumsum(ordered_labels)[last_of_tie]
+        precision = true_pos / (last_of_tie + 1.0)
+        recall = true_pos / n_pos
+        values["pr_auc"] = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    in_range = s.min() >= 0.0 and s.max() <= 1.0
+    values["brier"] = float(np.mean((s - y) ** 2)) if in_range else None
+    return values
+
+
+def _check_binary(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = _binary_labels(y_true, "y_true")
+    s = np.asarray(scores, dtype=float) if not isinstance(scores, np.ndarray) else scores.astype(float)
+    if s.ndim == 2 and s.shape[1] == 1:
+        s = s[:, 0]
+    if s.ndim != 1 or s.size != y.size:
+        raise EvaluationError(f"binary: scores have shape {np.shape(scores)} but y_true has {y.size} cases; "
+                              "pass one score per case, shape (n,) or (n, 1)")
+    _check_finite(s, "scores")
+    return y, s
+
+
+def _check_finite(values: np.ndarray, name: str) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise EvaluationError(f"{name} contain NaN or infinite values ({int(bad.sum())} values, first at "
+                              f"row {row}); fix or drop those predictions before evaluating")
+
+
+def _check_threshold(threshold) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(threshold)):
+        raise EvaluationError(f"threshold is {threshold!r}; give a finite number, e.g. one chosen on "
+                              "validation data with tfmed.evaluation.choose_threshold")
+    return float(threshold)
+
+
+def _label_thresholds(thresholds, names: list[str]) -> list[float]:
+    if isinstance(thresholds, Mapping):
+        missing = [name for name in names if name not in thresholds]
+        if missing:
+            raise EvaluationError(f"multilabel: no threshold for label(s) {', '.join(missing)}; "
+                                  f"thresholds has keys {list(thresholds)}")
+        values = [thresholds[name] for name in names]
+    elif np.ndim(thresholds) == 0:
+        values = [thresholds] * len(names)
+    else:
+        values = list(np.asarray(thresholds).reshape(-1))
+        if len(values) != len(names):
+            raise EvaluationError(f"multilabel: {len(values)} thresholds for {len(names)} labels {names}")
+    return [_check_threshold(v) for v in values]
+
+
+def _clean_float(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None

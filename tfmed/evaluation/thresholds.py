@@ -1,0 +1,199 @@
+"""Operating thresholds: chosen on validation data, applied unchanged to test.
+
+A case is called positive when ``score >= threshold`` (the convention of
+scikit-learn's ``roc_curve``). Thresholds returned are observed scores, so the
+sensitivity and specificity they give on the validation data can be read off
+``roc_curve`` directly.
+
+* ``youden``: maximises sensitivity + specificity - 1 (ties: the highest
+  threshold).
+* ``sensitivity``: the highest threshold whose sensitivity reaches ``target``.
+* ``specificity``: the lowest threshold whose specificity reaches ``target``.
+* ``fixed``: ``target`` itself is the threshold.
+
+Example:
+    >>> y_val = [0, 0, 0, 1, 1, 1]
+    >>> s_val = [0.1, 0.3, 0.6, 0.4, 0.8, 0.9]
+    >>> choose_threshold(y_val, s_val, "youden")
+    0.8
+    >>> apply_threshold([0.2, 0.85], 0.8).tolist()
+    [0, 1]
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import roc_curve
+
+from .intervals import EvaluationError, _binary_labels
+
+METHODS = ("youden", "sensitivity", "specificity", "fixed")
+
+
+def choose_threshold(y_true, scores, method: str = "youden", target: float = 0.95) -> float:
+    """Pick one operating threshold from validation labels and scores.
+
+    Example:
+        >>> y_val = [0, 0, 0, 0, 1, 1, 1, 1]
+        >>> s_val = [0.1, 0.2, 0.3, 0.5, 0.4, 0.6, 0.7, 0.9]
+        >>> choose_threshold(y_val, s_val, "sensitivity", target=1.0)
+        0.4
+        >>> choose_threshold(y_val, s_val, "specificity", target=1.0)
+        0.6
+    """
+    if method not in METHODS:
+        raise EvaluationError(f"threshold method is {method!r}; allowed: {', '.join(METHODS)}")
+    if isinstance(target, bool) or not isinstance(target, (int, float, np.floating)) or not np.isfinite(target):
+        raise EvaluationError(f"threshold target is {target!r}; it must be a number")
+    if method == "fixed":
+        return float(target)
+    if not 0.0 < target <= 1.0:
+        raise EvaluationError(f"target {method} is {target}; it must be in (0, 1], e.g. 0.95")
+    y, s = _check_pair(y_true, scores)
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    # roc_curve puts an infinite threshold first (nothing called positive).
+    finite = np.isfinite(thresholds)
+    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
+    if method == "youden":
+        youden = tpr - fpr
+        best = np.flatnonzero(youden >= youden.max() - 1e-12)   # ties: highest threshold
+        return float(thresholds[best[0]])
+    if method == "sensitivity":
+        reaching = np.flatnonzero(tpr >= target - 1e-12)
+        return float(thresholds[reaching[0]])
+    reaching = np.flatnonzero(1.0 - fpr >= target - 1e-12)
+    if reaching.size == 0:
+        # Negatives share the highest score: only a threshold above every
+        # score reaches the target specificity (it calls nothing positive).
+        return float(np.nextafter(thresholds[0], np.inf))
+    return float(thresholds[reaching[-1]])
+
+
+def operating_points(y_val, s_val, targets: Sequence[float] = (0.95,),
+                     specificity_targets: Sequence[float] | None = None,
+                     label_names: Sequence[str] | None = None) -> dict:
+    """Named operating thresholds chosen on validation data.
+
+    Returns ``{"youden": t, "high_sensitivity": t, "high_specificity": t}``.
+    ``targets`` are the sensitivity targets and, unless
+    ``specificity_targets`` is given, the specificity targets too. With more
+    than one target the names carry it: ``"high_sensitivity@0.9"``.
+    For multi-label data (``y_val`` of shape (n, L)) the result maps each
+    label name to such a dict.
+
+    Example:
+        >>> points = operating_points([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], targets=(1.0,))
+        >>> points["youden"], points["high_sensitivity"], points["high_specificity"]
+        (0.9, 0.4, 0.9)
+    """
+    targets = _as_targets(targets, "targets")
+    spec_targets = targets if specificity_targets is None else _as_targets(specificity_targets,
+                                                                          "specificity_targets")
+    y = np.asarray(y_val)
+    if y.ndim == 2 and y.shape[1] > 1:
+        s = np.asarray(s_val, dtype=float)
+        names = _label_names(label_names, y.shape[1])
+        if s.shape != y.shape:
+            raise EvaluationError(f"operating_points: s_val has shape {s.shape} but y_val has {y.shape}")
+        result = {}
+        for j, name in enumerate(names):
+            try:
+                result[name] = operating_points(y[:, j], s[:, j], targets, spec_targets)
+            except EvaluationError as error:
+                raise EvaluationError(f"label {name!r}: {error}") from None
+        return result
+    points = {"youden": choose_threshold(y_val, s_val, "youden")}
+    for target in targets:
+        key = "high_sensitivity" if len(targets) == 1 else f"high_sensitivity@{target:g}"
+        points[key] = choose_threshold(y_val, s_val, "sensitivity", target)
+    for target in spec_targets:
+        key = "high_specificity" if len(spec_targets) == 1 else f"high_specificity@{target:g}"
+        points[key] = choose_threshold(y_val, s_val, "specificity", target)
+    return points
+
+
+def per_label_thresholds(Y_val, P_val, method: str = "youden", target: float = 0.95,
+                         label_names: Sequence[str] | None = None) -> dict:
+    """One threshold per label of a multi-label problem, chosen on validation.
+
+    Returns ``{label_name: threshold}``.
+
+    Example:
+        >>> Y = [[0, 1], [1, 0], [1, 1], [0, 0]]
+        >>> P = [[0.2, 0.7], [0.8, 0.1], [0.6, 0.9], [0.1, 0.3]]
+        >>> per_label_thresholds(Y, P, label_names=["effusion", "nodule"])
+        {'effusion': 0.6, 'nodule': 0.7}
+    """
+    Y = np.asarray(Y_val)
+    P = np.asarray(P_val, dtype=float)
+    if Y.ndim != 2 or P.shape != Y.shape:
+        raise EvaluationError(f"per_label_thresholds: Y_val has shape {Y.shape} and P_val {P.shape}; "
+                              "both must be (n_cases, n_labels)")
+    names = _label_names(label_names, Y.shape[1])
+    result = {}
+    for j, name in enumerate(names):
+        try:
+            result[name] = choose_threshold(Y[:, j], P[:, j], method, target)
+        except EvaluationError as error:
+            raise EvaluationError(f"label {name!r}: {error}") from None
+    return result
+
+
+def apply_threshold(scores, threshold) -> np.ndarray:
+    """0/1 decisions: ``scores >= threshold``.
+
+    ``scores`` of shape (n, L) take one threshold per column (a sequence, or
+    a mapping in column order); a single number applies to all.
+
+    Example:
+        >>> apply_threshold([[0.2, 0.9], [0.7, 0.4]], [0.5, 0.5]).tolist()
+        [[0, 1], [1, 0]]
+    """
+    s = np.asarray(scores, dtype=float)
+    if isinstance(threshold, Mapping):
+        threshold = list(threshold.values())
+    t = np.asarray(threshold, dtype=float)
+    if t.ndim > 1 or (t.ndim == 1 and (s.ndim != 2 or t.size != s.shape[1])):
+        raise EvaluationError(f"apply_threshold: {t.size} thresholds for scores of shape {s.shape}; "
+                              "give one number, or one threshold per score column")
+    if np.isnan(t).any():
+        raise EvaluationError("apply_threshold: a threshold is NaN; choose thresholds on validation first")
+    return (s >= t).astype(int)
+
+
+def _check_pair(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = _binary_labels(y_true, "y_true")
+    s = np.asarray(scores, dtype=float)
+    if s.ndim == 2 and s.shape[1] == 1:
+        s = s[:, 0]
+    if s.shape != y.shape:
+        raise EvaluationError(f"scores have shape {np.shape(scores)} but y_true has {y.size} cases; "
+                              "pass one score per case")
+    if not np.all(np.isfinite(s)):
+        first = int(np.flatnonzero(~np.isfinite(s))[0])
+        raise EvaluationError(f"scores contain NaN or infinite values (first at row {first}); "
+                              "fix or drop those predictions")
+    if y.min() == y.max():
+        only = "positive (1)" if y[0] == 1 else "negative (0)"
+        raise EvaluationError(f"cannot choose a threshold: the labels hold only {only} cases "
+                              f"(n={y.size}); the validation split needs both classes")
+    return y, s
+
+
+def _as_targets(targets, name: str) -> tuple:
+    if isinstance(targets, (int, float)):
+        targets = (targets,)
+    targets = tuple(float(t) for t in targets)
+    if not targets:
+        raise EvaluationError(f"operating_points: {name} is empty; give at least one target, e.g. (0.95,)")
+    return targets
+
+
+def _label_names(label_names, count: int) -> list[str]:
+    if label_names is None:
+        return [f"label_{j}" for j in range(count)]
+    names = [str(name) for name in label_names]
+    if len(names) != count:
+        raise EvaluationError(f"{len(names)} label names given for {count} label columns")
+    return names
