@@ -1,0 +1,256 @@
+"""tfmed.callbacks: clinical metrics vs scikit-learn, threshold persistence, in-fit unfreezing."""
+import runpy
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+from tfmed import callbacks as tc
+from tfmed import freezing
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKS = ["block1_", "block2_"]
+
+
+def brute_force_youden(y, s):
+    """Independent reference: try every score as threshold (positive when s >= t)."""
+    best = None
+    for t in np.unique(s):
+        pred = s >= t
+        sens = (pred & (y == 1)).sum() / (y == 1).sum()
+        spec = (~pred & (y == 0)).sum() / (y == 0).sum()
+        if best is None or sens + spec - 1 > best[0] + 1e-12:
+            best = (sens + spec - 1, t, sens, spec)
+    return best
+
+
+def test_clinical_scores_binary_match_sklearn_and_brute_force():
+    rng = np.random.default_rng(0)
+    y = (rng.random(60) > 0.6).astype(int)
+    s = np.clip(y * 0.3 + rng.random(60) * 0.7, 0, 1)
+    scores = tc.clinical_scores(y, s[:, None])
+    assert scores["auc"] == pytest.approx(roc_auc_score(y, s))
+    j, t, sens, spec = brute_force_youden(y, s)
+    assert scores["sensitivity"] + scores["specificity"] - 1 == pytest.approx(j)
+    assert scores["youden_threshold"] == pytest.approx(t)
+    assert (scores["sensitivity"], scores["specificity"]) == pytest.approx((sens, spec))
+
+
+def test_clinical_scores_multilabel_and_multiclass_use_macro_auc():
+    rng = np.random.default_rng(1)
+    y = (rng.random((50, 3)) > 0.5).astype(int)
+    s = np.clip(y * 0.2 + rng.random((50, 3)), 0, 1)
+    scores = tc.clinical_scores(y, s, task="multilabel")
+    assert scores["auc"] == pytest.approx(np.mean([roc_auc_score(y[:, i], s[:, i]) for i in range(3)]))
+    refs = [brute_force_youden(y[:, i], s[:, i]) for i in range(3)]
+    assert scores["sensitivity"] == pytest.approx(np.mean([r[2] for r in refs]))
+    labels = rng.integers(0, 3, 50)
+    probs = rng.dirichlet([1, 1, 1], 50)
+    probs[np.arange(50), labels] += 0.5
+    probs /= probs.sum(1, keepdims=True)
+    scores = tc.clinical_scores(np.eye(3)[labels], probs)
+    assert scores["task"] == "multiclass"
+    assert scores["auc"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+
+
+@pytest.mark.parametrize("method,target", [("sensitivity", 0.9), ("specificity", 0.8)])
+def test_select_threshold_reaches_target(method, target):
+    rng = np.random.default_rng(2)
+    y = (rng.random(80) > 0.5).astype(int)
+    s = np.clip(y * 0.25 + rng.random(80), 0, 1.3)
+    t = tc.select_threshold(y, s, method, target)
+    sens = ((s >= t) & (y == 1)).sum() / y.sum()
+    spec = ((s < t) & (y == 0)).sum() / (1 - y).sum()
+    candidates = np.unique(s)
+    if method == "sensitivity":
+        assert sens >= target
+        # no higher threshold still reaches the target
+        higher = candidates[candidates > t]
+        assert all(((s >= h) & (y == 1)).sum() / y.sum() < target for h in higher)
+    else:
+        assert spec >= target
+        lower = candidates[candidates < t]
+        assert all(((s < lo) & (y == 0)).sum() / (1 - y).sum() < target for lo in lower)
+
+
+def tiny_model():
+    inputs = keras.Input((8, 8, 1))
+    x = inputs
+    for b in (1, 2):
+        x = keras.layers.Conv2D(3, 3, padding="same", name=f"block{b}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{b}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{b}_relu")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head_dense")(x))
+
+
+def tiny_data(n=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8, 8, 1)).astype("float32")
+    y = np.array([0, 1] * (n // 2), dtype="float32")
+    x[y == 1] += 0.7
+    return x, y
+
+
+def test_clinical_metrics_in_fit_feeds_early_stopping_and_matches_sklearn():
+    x, y = tiny_data()
+    model = tiny_model()
+    model.compile(keras.optimizers.SGD(0.01), "binary_crossentropy")
+    # A dataset reshuffled on every pass: predictions and labels must come from one pass.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(32, seed=1).batch(8)
+    metrics = tc.ClinicalMetrics(dataset)
+    stop = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # EarlyStopping warns when val_auc is missing
+        history = model.fit(x, y, epochs=2, verbose=0, callbacks=tc.ordered([stop, metrics]))
+    expected = roc_auc_score(y, model.predict(x, verbose=0)[:, 0])
+    assert history.history["val_auc"][-1] == pytest.approx(expected, abs=1e-6)
+    for key in ("val_sensitivity", "val_specificity", "val_youden_threshold"):
+        assert len(history.history[key]) == len(history.history["loss"])
+
+
+def test_clinical_metrics_errors():
+    x, y = tiny_data(8)
+    with pytest.raises(tc.CallbackError, match="x has 8 rows but y has 7"):
+        tc.ClinicalMetrics((x, y[:7]))
+    with pytest.raises(tc.CallbackError, match="tf.data.Dataset"):
+        tc.ClinicalMetrics(x)
+    model = tiny_model()
+    model.compile("sgd", "binary_crossentropy")
+    metrics = tc.ClinicalMetrics((x, np.zeros(8)))
+    with pytest.raises(tc.CallbackError, match="only value \\[0.0\\].*stratified"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[metrics])
+
+
+def test_threshold_survives_save_and_load(tmp_path):
+    x, y = tiny_data()
+    model = tc.add_threshold_layer(tiny_model())
+    model.compile(keras.optimizers.SGD(0.01), "binary_crossentropy")
+    selector = tc.ThresholdSelector((x, y), method="sensitivity", target=0.9)
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[selector])
+    scores = model.predict(x, verbose=0)[:, 0]
+    expected = tc.select_threshold(y, scores, "sensitivity", 0.9)
+    assert selector.threshold_ == pytest.approx(expected)
+    assert history.history["val_threshold"][-1] == pytest.approx(expected)
+    assert expected != pytest.approx(0.5)  # the stored value is not the layer's default
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert tc.get_threshold(loaded) == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0)[:, 0], scores, rtol=1e-6)
+
+
+def test_multilabel_thresholds_per_label_round_trip(tmp_path):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(40, 5)).astype("float32")
+    y = (x[:, :2] + rng.normal(scale=0.5, size=(40, 2)) > 0).astype("float32")
+    base = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2, activation="sigmoid")])
+    model = tc.add_threshold_layer(base)
+    model.compile("sgd", "binary_crossentropy")
+    selector = tc.ThresholdSelector((x, y))
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[selector])
+    p = model.predict(x, verbose=0)
+    expected = [brute_force_youden(y[:, i], p[:, i])[1] for i in range(2)]
+    model.save(tmp_path / "ml.keras")
+    loaded = tc.get_threshold(keras.models.load_model(tmp_path / "ml.keras"))
+    np.testing.assert_allclose(loaded, expected, rtol=1e-5)
+
+
+def test_threshold_selector_errors_and_unsaved_fallback():
+    with pytest.raises(tc.CallbackError, match="unknown; allowed: youden"):
+        tc.ThresholdSelector((np.zeros((2, 1)), np.array([0, 1])), method="f1")
+    with pytest.raises(tc.CallbackError, match="target must be in"):
+        tc.ThresholdSelector((np.zeros((2, 1)), np.array([0, 1])), method="sensitivity", target=95)
+    x, y = tiny_data(16)
+    softmax = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    softmax.compile("sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(tc.CallbackError, match="multiclass softmax"):
+        softmax.fit(x, y, epochs=1, verbose=0, callbacks=[tc.ThresholdSelector((x, y))])
+    plain = tiny_model()
+    plain.compile("sgd", "binary_crossentropy")
+    with pytest.warns(UserWarning, match="NOT saved"):
+        plain.fit(x, y, epochs=1, verbose=0, callbacks=[tc.ThresholdSelector((x, y))])
+    assert isinstance(plain.tfmed_threshold, float)
+
+
+def _weight_trace(model):
+    trace = []
+    rec = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: trace.append({v.path: v.numpy().copy() for v in model.weights}))
+    return trace, rec
+
+
+def _changed(trace, key, epoch):
+    """Did weight ``key`` change during ``epoch`` (0-based)?"""
+    before = trace[epoch - 1][key] if epoch else None
+    return before is not None and not np.array_equal(before, trace[epoch][key])
+
+
+def test_staged_unfreeze_schedule_trains_new_weights_only_after_the_boundary():
+    x, y = tiny_data()
+    model = tiny_model()
+    freezing.freeze(model, BLOCKS)
+    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    trace, rec = _weight_trace(model)
+    staged = tc.StagedUnfreeze(BLOCKS, schedule=[(2, 1)], lr_factor=0.1)
+    history = model.fit(x, y, epochs=4, batch_size=8, verbose=0, callbacks=[staged, rec])
+    assert not _changed(trace, "block2_conv/kernel", 1)
+    assert _changed(trace, "block2_conv/kernel", 2) and _changed(trace, "block2_conv/kernel", 3)
+    assert _changed(trace, "head_dense/kernel", 1)
+    for epoch in (1, 2, 3):
+        assert not _changed(trace, "block1_conv/kernel", epoch)
+        assert not _changed(trace, "block2_bn/moving_mean", epoch)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.001, rel=1e-5)
+    assert history.history["unfrozen_blocks"] == [0.0, 0.0, 1.0, 1.0]
+    assert staged.changes_[0]["epoch"] == 2 and staged.changes_[0]["unfrozen"] == ["block2_"]
+
+
+class ConstantMetric(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_auc"] = 0.7
+
+
+def test_staged_unfreeze_on_plateau():
+    x, y = tiny_data()
+    model = tiny_model()
+    freezing.freeze(model, BLOCKS)
+    model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
+    trace, rec = _weight_trace(model)
+    staged = tc.StagedUnfreeze(BLOCKS, on_plateau=True, patience=1, lr_factor=0.5)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[ConstantMetric(), staged, rec])
+    # epoch 0 sets the best, epoch 1 plateaus -> block2 from epoch 2 on; epoch 2 plateaus -> both.
+    assert [c["unfrozen"] for c in staged.changes_] == [["block2_"], ["block1_", "block2_"]]
+    assert not _changed(trace, "block2_conv/kernel", 1)
+    assert _changed(trace, "block2_conv/kernel", 2)
+    assert not _changed(trace, "block1_conv/kernel", 2)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.025, rel=1e-5)
+
+
+def test_staged_unfreeze_errors():
+    with pytest.raises(tc.CallbackError, match="needs a schedule"):
+        tc.StagedUnfreeze(BLOCKS)
+    with pytest.raises(tc.CallbackError, match="epoch must be an int"):
+        tc.StagedUnfreeze(BLOCKS, schedule=[(-1, 1)])
+    with pytest.raises(freezing.FreezingError, match="asks for 5 blocks"):
+        tc.StagedUnfreeze(BLOCKS, schedule=[(1, 5)])
+    x, y = tiny_data(8)
+    model = tiny_model()
+    model.compile("sgd", "binary_crossentropy")
+    with pytest.raises(tc.CallbackError, match="put ClinicalMetrics before StagedUnfreeze"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[tc.StagedUnfreeze(BLOCKS, on_plateau=True)])
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.9)
+    model.compile(keras.optimizers.SGD(schedule), "binary_crossentropy")
+    with pytest.raises(tc.CallbackError, match="learning-rate schedule"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[tc.StagedUnfreeze(BLOCKS, schedule=[(0, 1)])])
+
+
+def test_docs_callbacks_example_runs(tmp_path):
+    example = runpy.run_path(str(ROOT / "docs" / "callbacks_example.py"), run_name="example")
+    summary = example["main"](tmp_path)
+    assert Path(summary["checkpoint"]).is_file()
+    assert len(summary["val_auc"]) >= 3
+    assert 0.0 < summary["threshold"] < 1.0
+    assert summary["learning_rate"] == pytest.approx(1e-3, rel=1e-5)

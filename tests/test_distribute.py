@@ -1,0 +1,184 @@
+"""tfmed.distribute. Device layouts, TF_CONFIG and the dtype policy must be set before
+TensorFlow initialises, so those checks each run in a fresh subprocess."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmed import distribute
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def run_script(code, timeout=120, env=None):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=timeout, env=env or ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_two_logical_cpus_matches_one_device_and_mixed_bfloat16_output_is_float32():
+    out = run_script("""
+        import json, numpy as np
+        from tfmed import distribute
+        devices = distribute.use_logical_cpus(2)
+        import keras, tensorflow as tf
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(16, 6)).astype("float32"); y = (rng.random((16, 1)) > 0.5).astype("float32")
+        def build():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="relu"),
+                                      keras.layers.Dense(1, activation="sigmoid", dtype="float32")])
+            model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy")
+            return model
+        mirrored = distribute.strategy("mirrored")
+        with mirrored.scope():
+            m2 = build()
+        m1 = build()
+        m1.set_weights(m2.get_weights())
+        l1 = m1.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history["loss"][0]
+        l2 = m2.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history["loss"][0]
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(m1.get_weights(), m2.get_weights()))
+        moved = max(float(np.abs(a - b).max()) for a, b in zip(m1.get_weights(), build().get_weights()))
+        try:
+            distribute.use_logical_cpus(3)
+            late = ""
+        except distribute.StrategyError as error:
+            late = str(error)
+        result = {"devices": devices, "replicas": mirrored.num_replicas_in_sync, "l1": l1, "l2": l2,
+                  "diff": diff, "moved": moved, "late": late, "global": distribute.global_batch_size(8, mirrored)}
+        # Mixed bfloat16 in the same fresh process (saves a TensorFlow start-up).
+        result["policy"] = distribute.set_mixed_precision("bfloat16")
+        model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                                  keras.layers.GlobalAveragePooling2D(),
+                                  keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head")])
+        model.compile("adam", "binary_crossentropy")
+        xi = rng.random((8, 8, 8, 1)).astype("float32"); yi = np.array([0, 1] * 4, "float32")
+        result["loss"] = float(model.fit(xi, yi, epochs=1, verbose=0).history["loss"][0])
+        result.update(output=model(xi).dtype.name, conv=model.get_layer("conv")(xi[:1]).dtype.name,
+                      kernel=str(model.get_layer("conv").kernel.dtype), reset=distribute.set_mixed_precision(None),
+                      after=keras.mixed_precision.global_policy().name)
+        print(json.dumps(result))
+    """)
+    assert out["replicas"] == 2 and len(out["devices"]) == 2
+    assert out["global"] == 16
+    assert out["l2"] == pytest.approx(out["l1"], rel=1e-5)
+    assert out["diff"] < 1e-5 < out["moved"]  # same update, and the step really changed the weights
+    assert "came too late" in out["late"] and "before creating any tensor" in out["late"]
+    assert out["policy"] == "mixed_bfloat16"
+    assert out["conv"] == "bfloat16" and out["kernel"] == "float32"
+    assert out["output"] == "float32" and np.isfinite(out["loss"])
+    assert out["reset"] == "float32" == out["after"]
+
+
+WORKER = """
+import json, os, sys
+import numpy as np
+from tfmed import distribute
+import keras, tensorflow as tf
+strategy = distribute.strategy("multiworker")
+def build():
+    keras.utils.set_random_seed(int(os.environ["SEED"]))  # different per worker: sync must fix it
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(keras.optimizers.SGD(0.1), "binary_crossentropy")
+    return model
+def dataset_fn(context):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32"); y = (x[:, :1] > 0).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    ds = ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+    return ds.batch(context.get_per_replica_batch_size(16)).repeat()
+model, history = distribute.train_multiworker(build, dataset_fn, epochs=2, steps_per_epoch=4,
+                                              strategy_=strategy)
+np.savez(sys.argv[1], *model.get_weights())
+print(json.dumps({"loss": history["loss"], "replicas": strategy.num_replicas_in_sync}))
+"""
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multiworker_custom_loop_two_local_workers_end_identical(tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    procs = []
+    for index in range(2):
+        env = {**ENV, "SEED": str(index + 1), "TF_CONFIG": json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / f"w{index}.npz")], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=150)
+            assert proc.returncode == 0, stderr[-3000:]
+            outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    assert all(out["replicas"] == 2 for out in outputs)
+    assert all(len(out["loss"]) == 2 and np.isfinite(out["loss"]).all() for out in outputs)
+    w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    assert len(w0.files) == 4
+    for key in w0.files:
+        np.testing.assert_array_equal(w0[key], w1[key])
+
+
+def test_train_multiworker_loop_matches_manual_sgd_on_default_strategy():
+    import keras
+
+    x = np.arange(8, dtype="float32").reshape(4, 2) / 8
+    y = np.array([[1.0], [0.0], [1.0], [2.0]], dtype="float32")
+
+    def build():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, kernel_initializer="ones",
+                                                                        bias_initializer="zeros")])
+        model.compile(keras.optimizers.SGD(0.1), "mse")
+        return model
+
+    model, history = distribute.train_multiworker(
+        build, lambda context: tf.data.Dataset.from_tensor_slices((x, y)).batch(4), epochs=1,
+        strategy_=tf.distribute.get_strategy())
+    w, b = np.ones((2, 1)), 0.0
+    residual = x @ w + b - y
+    assert history["loss"][0] == pytest.approx(float((residual ** 2).mean()), rel=1e-5)
+    np.testing.assert_allclose(model.get_weights()[0], w - 0.1 * 2 * x.T @ residual / 4, rtol=1e-5)
+
+
+def test_strategy_and_helper_errors(monkeypatch):
+    with pytest.raises(distribute.StrategyError, match="unknown strategy 'gpu'"):
+        distribute.strategy("gpu")
+    with pytest.raises(distribute.StrategyError, match="no TPU is reachable"):
+        distribute.strategy("tpu")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(distribute.StrategyError, match="needs the TF_CONFIG"):
+        distribute.strategy("multiworker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {}}')
+    with pytest.raises(distribute.StrategyError, match="cluster.worker"):
+        distribute.strategy("multiworker")
+    with pytest.raises(distribute.StrategyError, match="fp8"):
+        distribute.set_mixed_precision("fp8")
+    with pytest.raises(distribute.StrategyError, match="int >= 1"):
+        distribute.global_batch_size(0)
+    with pytest.raises(distribute.StrategyError, match="True, False or 'auto'"):
+        distribute.resolve_jit_compile("yes")
+    assert distribute.resolve_jit_compile("auto") is bool(tf.config.list_physical_devices("GPU"))
+    assert distribute.strategy("cpu").num_replicas_in_sync == 1
+    assert distribute.strategy("auto").num_replicas_in_sync == max(1, len(tf.config.list_logical_devices("GPU")))
+    with pytest.raises(distribute.StrategyError, match="no loss"):
+        distribute.train_multiworker(lambda: __import__("keras").Sequential(), lambda c: None, 1,
+                                     strategy_=tf.distribute.get_strategy())

@@ -1,0 +1,292 @@
+"""Distribution strategies, logical CPU devices, mixed precision, XLA and multi-worker training.
+
+* :func:`strategy` - "auto" | "cpu" | "mirrored" | "tpu" | "multiworker".
+* :func:`global_batch_size` - per-replica batch times replicas in sync.
+* :func:`use_logical_cpus` - split the CPU into n logical devices (call first).
+* :func:`set_mixed_precision` - None | "float16" | "bfloat16" global policy.
+  Classification heads must be built with ``dtype="float32"`` so the output
+  probabilities (and the loss) stay float32.
+* :func:`resolve_jit_compile` - the ``jit_compile`` value for ``model.compile``.
+* :func:`train_multiworker` - a custom training loop for
+  MultiWorkerMirroredStrategy (Keras 3.15 ``fit`` fails with it).
+
+Example:
+    >>> s = strategy("cpu")
+    >>> global_batch_size(32, s)
+    32
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("auto", "cpu", "mirrored", "tpu", "multiworker")
+PRECISIONS = {None: "float32", "float32": "float32", "float16": "mixed_float16",
+              "mixed_float16": "mixed_float16", "bfloat16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16"}
+
+
+class StrategyError(RuntimeError):
+    """A requested strategy, device layout or precision is unavailable or misconfigured."""
+
+
+def _find_tpu():
+    """A connected TPUClusterResolver, or None when no TPU is reachable."""
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return resolver
+    except (ValueError, RuntimeError, tf.errors.OpError, ImportError, KeyError) as error:
+        _find_tpu.last_error = error
+        return None
+
+
+def strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """A ``tf.distribute`` strategy by name.
+
+    * auto: TPUStrategy when a TPU is reachable, MirroredStrategy when more
+      than one GPU is visible, otherwise the default strategy.
+    * cpu: OneDeviceStrategy on "/cpu:0".
+    * mirrored: MirroredStrategy over all GPUs, or over the logical CPU
+      devices (see :func:`use_logical_cpus`) when there is no GPU.
+    * tpu: TPUStrategy; StrategyError when no TPU is reachable.
+    * multiworker: MultiWorkerMirroredStrategy from the ``TF_CONFIG``
+      environment variable; train with :func:`train_multiworker`.
+
+    Example:
+        >>> strategy("auto").num_replicas_in_sync >= 1
+        True
+    """
+    if name not in STRATEGIES:
+        raise StrategyError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
+    if name == "cpu":
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    if name in ("auto", "tpu"):
+        resolver = _find_tpu() if (name == "tpu" or _tpu_hint()) else None
+        if resolver is not None:
+            return tf.distribute.TPUStrategy(resolver)
+        if name == "tpu":
+            raise StrategyError("strategy 'tpu' was requested but no TPU is reachable "
+                                f"({getattr(_find_tpu, 'last_error', 'TPUClusterResolver failed')}); "
+                                "run on a TPU host/runtime or use strategy 'auto'")
+        gpus = tf.config.list_logical_devices("GPU")
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy([device.name for device in gpus])
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        raise StrategyError("strategy 'multiworker' needs the TF_CONFIG environment variable, e.g. "
+                            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                            '"task": {"type": "worker", "index": 0}}')
+    try:
+        parsed = json.loads(config)
+        workers = parsed["cluster"]["worker"]
+        parsed["task"]["index"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise StrategyError(f"TF_CONFIG is not valid for multi-worker training ({error!r}); it needs "
+                            "cluster.worker (a list of host:port) and task.type/task.index") from None
+    if not isinstance(workers, list) or not workers:
+        raise StrategyError("TF_CONFIG cluster.worker must be a non-empty list of host:port addresses")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _tpu_hint() -> bool:
+    """Cheap check whether a TPU may be present, so 'auto' does not wait on a resolver otherwise."""
+    return bool(os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
+                or os.environ.get("TPU_ACCELERATOR_TYPE") or os.path.exists("/dev/accel0")
+                or os.path.exists("/dev/vfio/0"))
+
+
+def global_batch_size(per_replica: int, strategy_: tf.distribute.Strategy | None = None) -> int:
+    """Batch size across all replicas: ``per_replica * strategy.num_replicas_in_sync``.
+
+    Example:
+        >>> global_batch_size(16, tf.distribute.get_strategy())
+        16
+    """
+    if isinstance(per_replica, bool) or not isinstance(per_replica, numbers.Integral) or per_replica < 1:
+        raise StrategyError(f"per-replica batch size must be an int >= 1, got {per_replica!r}")
+    strategy_ = strategy_ or tf.distribute.get_strategy()
+    return int(per_replica) * int(strategy_.num_replicas_in_sync)
+
+
+def use_logical_cpus(n: int) -> list[str]:
+    """Split the first physical CPU into ``n`` logical devices; return their names.
+
+    Must run before TensorFlow initialises its devices (before any tensor,
+    model or strategy is created). Lets MirroredStrategy be tested or used on
+    a CPU-only machine.
+
+    Example:
+        >>> use_logical_cpus(2)  # doctest: +SKIP
+        ['/device:CPU:0', '/device:CPU:1']
+    """
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise StrategyError(f"the number of logical CPUs must be an int >= 1, got {n!r}")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == n:
+        return [device.name for device in tf.config.list_logical_devices("CPU")]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(n))
+    except RuntimeError as error:
+        raise StrategyError(f"use_logical_cpus({n}) came too late: TensorFlow has already initialised its "
+                            f"devices ({error}). Call it first thing in the program, before creating any "
+                            "tensor, model or strategy (in tests, in a fresh subprocess)") from None
+    return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+def set_mixed_precision(policy: str | None) -> str:
+    """Set Keras' global dtype policy; return its name.
+
+    ``None`` / "float32" -> "float32"; "float16" -> "mixed_float16";
+    "bfloat16" -> "mixed_bfloat16". Layers created afterwards compute in the
+    low precision and keep float32 weights. Build output layers with
+    ``dtype="float32"`` (e.g. ``Dense(1, activation="sigmoid", dtype="float32")``)
+    so probabilities and the loss stay float32. On CPUs with bfloat16
+    support "bfloat16" is the fast choice; "float16" is for GPUs (Keras wraps
+    the optimizer in a LossScaleOptimizer at compile time).
+
+    Example:
+        >>> set_mixed_precision("bfloat16")
+        'mixed_bfloat16'
+        >>> set_mixed_precision(None)
+        'float32'
+    """
+    if policy not in PRECISIONS:
+        raise StrategyError(f"mixed precision {policy!r} is unknown; allowed: None, 'float16', 'bfloat16'")
+    name = PRECISIONS[policy]
+    keras.mixed_precision.set_global_policy(name)
+    return name
+
+
+def resolve_jit_compile(setting: bool | str = "auto", strategy_: tf.distribute.Strategy | None = None) -> bool:
+    """The ``jit_compile`` value to pass to ``model.compile``.
+
+    XLA compilation usually speeds up training on GPUs and is required on
+    TPUs; on CPUs it rarely helps and adds compile time, and some ops (e.g.
+    image resizing with antialiasing, ``tf.py_function``) do not compile.
+    ``"auto"`` gives True on TPU or GPU and False on CPU; True/False are
+    returned as given (False on TPU raises, since TPUs always compile).
+
+    Example:
+        >>> resolve_jit_compile(False)
+        False
+    """
+    on_tpu = isinstance(strategy_, tf.distribute.TPUStrategy)
+    if setting == "auto":
+        return bool(on_tpu or tf.config.list_physical_devices("GPU"))
+    if not isinstance(setting, bool):
+        raise StrategyError(f"jit_compile must be True, False or 'auto', got {setting!r}")
+    if on_tpu and not setting:
+        raise StrategyError("TPUs always compile with XLA; use jit_compile=True or 'auto'")
+    return setting
+
+
+def _per_example_loss(loss) -> keras.losses.Loss:
+    """A copy of ``loss`` that returns one value per example (reduction=None)."""
+    loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        config = loss.get_config()
+        config["reduction"] = None
+        return loss.__class__.from_config(config)
+    if callable(loss):
+        return loss  # Keras loss functions already return one value per example
+    raise StrategyError(f"loss {loss!r} is not a Keras loss")
+
+
+def train_multiworker(build_model: Callable[[], keras.Model], dataset_fn: Callable, epochs: int, *,
+                      steps_per_epoch: int | None = None, loss=None, optimizer=None,
+                      strategy_: tf.distribute.Strategy | None = None, verbose: int = 0):
+    """Train with a custom loop under MultiWorkerMirroredStrategy (or any strategy).
+
+    ``build_model()`` is called inside the strategy scope and returns a model;
+    if it is compiled, its loss and optimizer are used unless ``loss`` /
+    ``optimizer`` are given. ``dataset_fn(input_context)`` returns this
+    worker's dataset batched PER REPLICA (use
+    ``input_context.get_per_replica_batch_size(global_batch)`` and
+    ``ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)``).
+    Every worker must run the same number of steps: give ``steps_per_epoch``
+    with a repeated dataset, or make each shard yield the same number of
+    batches. Each step runs ``strategy.run`` inside a ``tf.function``; the
+    per-example loss is averaged over the global batch with
+    ``tf.nn.compute_average_loss`` and gradients are all-reduced by the
+    optimizer. Returns ``(model, history)`` with history ``{"loss": [...]}``.
+
+    Example:
+        >>> def build():
+        ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        ...     model.compile(keras.optimizers.SGD(0.1), "mse")
+        ...     return model
+        >>> import numpy as np
+        >>> def data(context):
+        ...     return tf.data.Dataset.from_tensor_slices((np.ones((8, 2)), np.ones((8, 1)))).batch(4)
+        >>> model, history = train_multiworker(build, data, epochs=1, strategy_=tf.distribute.get_strategy())
+        >>> len(history["loss"])
+        1
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise StrategyError(f"epochs must be an int >= 1, got {epochs!r}")
+    if steps_per_epoch is not None and (not isinstance(steps_per_epoch, numbers.Integral) or steps_per_epoch < 1):
+        raise StrategyError(f"steps_per_epoch must be an int >= 1 or None, got {steps_per_epoch!r}")
+    strategy_ = strategy_ or strategy("multiworker")
+    with strategy_.scope():
+        model = build_model()
+        if not isinstance(model, keras.Model):
+            raise StrategyError(f"build_model must return a keras.Model, got {type(model).__name__}")
+        loss = loss if loss is not None else getattr(model, "loss", None)
+        if loss is None:
+            raise StrategyError("no loss: compile the model in build_model or pass loss=...")
+        optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        if optimizer is None:
+            raise StrategyError("no optimizer: compile the model in build_model or pass optimizer=...")
+        optimizer = keras.optimizers.get(optimizer)
+        per_example = _per_example_loss(loss)
+        optimizer.build(model.trainable_variables)
+    dataset = strategy_.distribute_datasets_from_function(dataset_fn)
+
+    @tf.function
+    def train_step(batch):
+        def step_fn(x, y):
+            with tf.GradientTape() as tape:
+                predictions = model(x, training=True)
+                losses = tf.reshape(tf.cast(per_example(y, predictions), tf.float32), [-1])
+                loss_value = tf.nn.compute_average_loss(losses)
+                if model.losses:
+                    loss_value += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                scaled = optimizer.scale_loss(loss_value)
+            gradients = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss_value
+
+        per_replica = strategy_.run(step_fn, args=(batch[0], batch[1]))
+        return strategy_.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    history = {"loss": []}
+    for epoch in range(epochs):
+        iterator = iter(dataset)
+        total, steps = 0.0, 0
+        while steps_per_epoch is None or steps < steps_per_epoch:
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                if steps_per_epoch is not None:
+                    raise StrategyError(f"the dataset ran out after {steps} steps in epoch {epoch}, before "
+                                        f"steps_per_epoch={steps_per_epoch}; repeat() it")
+                break
+            total += float(train_step(batch.get_value()))
+            steps += 1
+        if steps == 0:
+            raise StrategyError("dataset_fn produced no batches on this worker")
+        history["loss"].append(total / steps)
+        if verbose:
+            print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}")
+    return model, history
