@@ -1,0 +1,236 @@
+"""The backbone table, create(), offline weights, feature models and feature extraction."""
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmed import backbones
+
+ALL = backbones.list()
+# Built in full (taps resolve, blocks partition the weights); the rest are checked as specs.
+CHEAP = ["vgg16", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "inception_v3",
+         "xception", "efficientnet_lite0"]
+
+
+def test_table_lists_the_literature_families():
+    for name in ["vgg16", "resnet50", "resnet50_v2", "inception_v3", "densenet121", "mobilenet_v2",
+                 "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b3",
+                 "efficientnet_v2_b0", "convnext_tiny", "xception", "efficientnet_lite0",
+                 "efficientnet_lite1", "efficientnet_lite2"]:
+        assert name in ALL
+    assert ALL == sorted(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_spec_is_complete(name):
+    spec = backbones.get_spec(name)
+    assert spec.name == name
+    assert {"early", "middle", "late", "stage1", "stage2", "stage3"} <= set(spec.taps)
+    assert spec.stage_taps() == [f"stage{i}" for i in range(1, len(spec.stage_taps()) + 1)]
+    assert len(spec.blocks) >= 4 and len(set(spec.blocks)) == len(spec.blocks)
+    assert spec.preprocessing in ("caffe", "tf", "torch", "none", "lite")
+    assert spec.imagenet_file.endswith((".h5", ".pth"))
+    assert spec.imagenet_url.startswith("https://")
+    if spec.family == "keras":
+        assert spec.imagenet_url.endswith("/" + spec.imagenet_file)
+        assert spec.weights_file(include_top=True) != spec.weights_file(include_top=False)
+
+
+def test_unknown_backbone_lists_the_available_ones():
+    with pytest.raises(backbones.UnknownBackboneError) as err:
+        backbones.get_spec("resnet5O")
+    assert "resnet5O" in str(err.value) and "efficientnet_lite0" in str(err.value) and "vgg16" in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("name", CHEAP)
+def test_built_graph_has_taps_and_blocks(name):
+    spec = backbones.get_spec(name)
+    size = max(spec.min_size, 32)
+    model = backbones.create(name, weights=None, input_shape=(size, size, 3), trainable=True)
+    names = [layer.name for layer in model.layers]
+    assert len(names) == len(set(names))
+    for tap, layer_name in spec.taps.items():
+        assert layer_name in names, f"{name}: tap {tap} -> {layer_name} missing"
+    assert model.get_layer(spec.taps["late"]).output is model.output
+    # Blocks partition the trainable layers and come in graph order.
+    first_seen = {}
+    for i, layer in enumerate(model.layers):
+        if layer.trainable_weights:
+            block = spec.block_of(layer.name)
+            assert block is not None, f"{name}: layer {layer.name} is in no block"
+            first_seen.setdefault(block, i)
+    assert sorted(first_seen, key=first_seen.get) == spec.blocks
+    # Stage outputs shrink (or keep) their spatial size in order.
+    sides = [model.get_layer(spec.taps[s]).output.shape[1] for s in spec.stage_taps()]
+    assert sides == sorted(sides, reverse=True)
+
+
+def test_layer_names_do_not_depend_on_what_was_built_before():
+    first = [layer.name for layer in backbones.create("xception", weights=None, input_shape=(71, 71, 3)).layers]
+    keras.layers.Conv2D(1, 1)  # bumps Keras' global name counters
+    keras.layers.Add()
+    second = [layer.name for layer in backbones.create("xception", weights=None, input_shape=(71, 71, 3)).layers]
+    assert first == second and "block2_conv2d" in first
+
+
+def test_create_outputs_feature_map_or_imagenet_head():
+    model = backbones.create("resnet50", weights=None, input_shape=(64, 64, 3))
+    assert model.output.shape == (None, 2, 2, 2048)
+    assert model.trainable is False and not model.trainable_weights
+    head = backbones.create("mobilenet_v3_small", weights=None, include_top=True, trainable=True)
+    assert head.output.shape == (None, 1000) and head.trainable_weights
+    probs = head.predict(np.random.uniform(0, 255, (2, 224, 224, 3)).astype("float32"), verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode,module", [("caffe", keras.applications.resnet50),
+                                         ("tf", keras.applications.mobilenet_v2),
+                                         ("torch", keras.applications.densenet)])
+def test_in_model_preprocessing_matches_keras_preprocess_input(mode, module):
+    images = np.random.uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    original = images.copy()
+    ours = np.asarray(backbones.ImagenetPreprocessing(mode)(images))
+    expected = module.preprocess_input(images.copy())
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(images, original)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(input_shape=(64, 64, 1)), "repeat the channel"),
+    (dict(input_shape=(16, 16, 3)), "minimum side 32"),
+    (dict(input_shape=(64, 64, 3), include_top=True), r"include_top=True needs the ImageNet input size \(224"),
+    (dict(weights=3), "weights must be 'imagenet', None or a file path"),
+])
+def test_create_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(backbones.BackboneInputError, match=match):
+        backbones.create("resnet50", **{"weights": None, **kwargs})
+
+
+@pytest.fixture
+def empty_homes(tmp_path, monkeypatch):
+    for var in ("HOME", "KERAS_HOME", "TFMED_WEIGHTS_DIR"):
+        (tmp_path / var).mkdir()
+        monkeypatch.setenv(var, str(tmp_path / var))
+    return tmp_path
+
+
+def test_missing_imagenet_weights_error_names_file_dirs_and_url(empty_homes):
+    with pytest.raises(backbones.MissingWeightsError) as err:
+        backbones.create("mobilenet_v2", input_shape=(96, 96, 3), weights_dir=empty_homes / "given")
+    msg = str(err.value)
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5"
+    assert name in msg
+    assert f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{name}" in msg
+    for d in (empty_homes / "given", empty_homes / "TFMED_WEIGHTS_DIR", empty_homes / "KERAS_HOME" / "models"):
+        assert str(d) in msg
+    assert "weights=None" in msg and isinstance(err.value, ValueError)
+
+
+def _save_keras_app_file(model, path):
+    """Write weights the way keras.applications publishes them (legacy HDF5, by layer order)."""
+    from keras.src.legacy.saving import legacy_h5_format
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def test_imagenet_weights_found_in_weights_dir(empty_homes):
+    source = backbones.create("mobilenet_v2", weights=None, input_shape=(96, 96, 3))
+    folder = empty_homes / "given"
+    folder.mkdir()
+    _save_keras_app_file(source, folder / backbones.get_spec("mobilenet_v2").weights_file(False, 96))
+    loaded = backbones.create("mobilenet_v2", input_shape=(96, 96, 3), weights_dir=folder)
+    x = np.random.uniform(0, 255, (2, 96, 96, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), source.predict(x, verbose=0), atol=1e-5)
+
+
+def test_imagenet_search_order_env_dir_then_keras_cache(empty_homes):
+    from tfmed.backbones.weights import find_weights_file
+    name = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    in_keras = empty_homes / "KERAS_HOME" / "models" / name
+    in_keras.parent.mkdir()
+    in_keras.write_bytes(b"x")
+    assert find_weights_file(name, "https://example", "resnet50") == in_keras
+    in_env = empty_homes / "TFMED_WEIGHTS_DIR" / name
+    in_env.write_bytes(b"x")
+    assert find_weights_file(name, "https://example", "resnet50") == in_env
+    given = empty_homes / "given"
+    given.mkdir()
+    (given / name).write_bytes(b"x")
+    assert find_weights_file(name, "https://example", "resnet50", weights_dir=given) == given / name
+
+
+def test_efficientnet_imagenet_file_gets_keras_input_scaling(empty_homes):
+    """Keras divides EfficientNet inputs by sqrt(ImageNet std) once more when it loads these files."""
+    source = backbones.create("efficientnet_b0", weights=None, input_shape=(32, 32, 3))
+    mean, var = np.array([0.4, 0.5, 0.6], "float32"), np.array([0.05, 0.06, 0.07], "float32")
+    norm = source.get_layer("normalization")
+    norm.set_weights([mean, var, np.array(0)] if len(norm.get_weights()) == 3 else [mean, var])
+    _save_keras_app_file(source, empty_homes / "given.h5")
+    (empty_homes / "given").mkdir()
+    (empty_homes / "given.h5").rename(empty_homes / "given" / "efficientnetb0_notop.h5")
+    model = backbones.create("efficientnet_b0", input_shape=(32, 32, 3), weights_dir=empty_homes / "given")
+    x = np.random.uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    out = keras.Model(model.inputs, model.get_layer("normalization").output).predict(x, verbose=0)
+    std = np.array([0.229, 0.224, 0.225])
+    expected = (x / 255.0 - mean) / np.sqrt(var) / np.sqrt(std)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_from_a_saved_tfmed_model(tmp_path):
+    source = backbones.create("vgg16", weights=None, input_shape=(32, 32, 3))
+    source.save_weights(tmp_path / "mine.weights.h5")
+    loaded = backbones.create("vgg16", weights=str(tmp_path / "mine.weights.h5"), input_shape=(48, 48, 3))
+    for a, b in zip(loaded.weights, source.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(backbones.WeightsFileError, match="does not fit backbone 'mobilenet_v3_small'"):
+        backbones.create("mobilenet_v3_small", weights=tmp_path / "mine.weights.h5", input_shape=(32, 32, 3))
+    with pytest.raises(backbones.WeightsFileError, match="absent.weights.h5"):
+        backbones.create("vgg16", weights=tmp_path / "absent.weights.h5", input_shape=(64, 64, 3))
+
+
+@pytest.fixture(scope="module")
+def vgg64():
+    return backbones.create("vgg16", weights=None, input_shape=(64, 64, 3))
+
+
+def test_feature_model_pools_each_tap(vgg64):
+    x = np.random.uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    spec = backbones.get_spec("vgg16")
+    taps = ("early", "middle", "late", "stage1")
+    raw = keras.Model(vgg64.inputs, [vgg64.get_layer(spec.taps[t]).output for t in taps]).predict(x, verbose=0)
+    avg = backbones.extract_features(backbones.feature_model(vgg64, taps=taps, pooling="avg"), x)
+    mx = backbones.extract_features(backbones.feature_model(vgg64, taps=taps, pooling="max"), x)
+    widths = {"early": 256, "middle": 512, "late": 512, "stage1": 64}
+    for tap, maps in zip(taps, raw):
+        assert avg[tap].shape == mx[tap].shape == (2, widths[tap]) and avg[tap].dtype == np.float32
+        np.testing.assert_allclose(avg[tap], maps.mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(mx[tap], maps.max(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+        assert np.all(mx[tap] >= avg[tap] - 1e-5)
+    assert np.any(mx["early"] > avg["early"] + 1e-3)
+
+
+def test_extract_features_equals_predict_for_arrays_and_datasets(vgg64):
+    fm = backbones.feature_model(vgg64, taps=("middle", "late"))
+    x = np.random.uniform(0, 255, (5, 64, 64, 3)).astype("float32")
+    expected = fm.predict(x, verbose=0)
+    from_array = backbones.extract_features(fm, x, batch_size=2)
+    labelled = tf.data.Dataset.from_tensor_slices((x, np.arange(5))).batch(3)
+    from_pairs = backbones.extract_features(fm, labelled)
+    from_images = backbones.extract_features(fm, tf.data.Dataset.from_tensor_slices(x), batch_size=4)
+    for got in (from_array, from_pairs, from_images):
+        assert set(got) == {"middle", "late"}
+        for tap in got:
+            np.testing.assert_allclose(got[tap], expected[tap], rtol=1e-5, atol=1e-5)
+
+
+def test_feature_errors_are_clear(vgg64):
+    with pytest.raises(backbones.FeatureInputError, match="tap 'stage9'.*early"):
+        backbones.feature_model(vgg64, taps=("stage9",))
+    with pytest.raises(backbones.FeatureInputError, match="pooling must be 'avg' or 'max'"):
+        backbones.feature_model(vgg64, pooling="sum")
+    fm = backbones.feature_model(vgg64, taps=("block3_conv1",))  # raw layer names work too
+    assert fm.output["block3_conv1"].shape == (None, 256)
+    with pytest.raises(backbones.FeatureInputError, match=r"\(N, H, W, 3\).*shape \(2, 64, 64\)"):
+        backbones.extract_features(fm, np.zeros((2, 64, 64), "float32"))

@@ -1,0 +1,82 @@
+"""Build a backbone by name: :func:`create`."""
+from __future__ import annotations
+
+import keras
+
+from tfmed.backbones.keras_apps import ImagenetPreprocessing, canonicalise_layer_names
+from tfmed.backbones.registry import get_spec
+from tfmed.backbones.weights import find_weights_file, load_into
+
+__all__ = ["BackboneInputError", "create"]
+
+
+class BackboneInputError(ValueError):
+    """An input shape or head setting the backbone cannot be built with."""
+
+
+def _check_shape(spec, input_shape, include_top):
+    if input_shape is None:
+        return (spec.default_size, spec.default_size, 3)
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[-1] != 3 or any(s is None or int(s) != s for s in shape):
+        raise BackboneInputError(f"backbone {spec.name!r}: input_shape must be (height, width, 3) of ints, "
+                                 f"got {input_shape!r} (grey images: repeat the channel to RGB first)")
+    if min(shape[:2]) < spec.min_size:
+        raise BackboneInputError(f"backbone {spec.name!r}: input_shape {shape} is below its minimum side "
+                                 f"{spec.min_size}; resize images to at least {spec.min_size} px")
+    if include_top and shape[:2] != (spec.default_size, spec.default_size):
+        raise BackboneInputError(f"backbone {spec.name!r}: include_top=True needs the ImageNet input size "
+                                 f"({spec.default_size}, {spec.default_size}, 3), got {shape}")
+    return tuple(int(s) for s in shape)
+
+
+def create(name, weights="imagenet", input_shape=None, trainable=False, include_top=False,
+           weights_dir=None) -> keras.Model:
+    """Build backbone ``name`` as one flat functional model taking raw 0-255 RGB float images.
+
+    The model starts with the backbone's own ImageNet preprocessing (layer
+    ``tfmed_preprocess``), so inputs are images as decoded, (B, H, W, 3) float32 in
+    [0, 255]. Inner layers are part of the same graph, so the taps of
+    :func:`tfmed.backbones.get_spec` can be read with :func:`feature_model`.
+
+    Args:
+        name: a name from :func:`tfmed.backbones.list`.
+        weights: ``"imagenet"`` (local files only, see :mod:`tfmed.backbones.weights`;
+            :class:`MissingWeightsError` when absent), ``None`` (random init) or the
+            path of a weights file (a ``.weights.h5`` saved from a tfmed model of the
+            same backbone and head, or a keras.applications ``.h5`` file).
+        input_shape: (height, width, 3); defaults to the ImageNet resolution.
+        trainable: whether the backbone's weights train (fine-tuning freezes per block).
+        include_top: False: output the last feature map (no pooling); True: the
+            1000-class ImageNet softmax (needs the default input size).
+        weights_dir: an extra directory searched first for ImageNet weights files.
+
+    Example:
+        >>> model = create("resnet50", weights=None, input_shape=(64, 64, 3))
+        >>> model.output.shape
+        (None, 2, 2, 2048)
+    """
+    spec = get_spec(name)
+    shape = _check_shape(spec, input_shape, include_top)
+    if weights == "imagenet":
+        if spec.family == "lite":
+            from tfmed.backbones.efficientnet_lite import imagenet_weights_path
+            path = imagenet_weights_path(spec, include_top, weights_dir)
+        else:
+            path = find_weights_file(spec.weights_file(include_top, shape[0]),
+                                     spec.weights_url(include_top, shape[0]), spec.name, weights_dir)
+    elif weights is None:
+        path = None
+    elif isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
+        path = weights
+    else:
+        raise BackboneInputError(f"weights must be 'imagenet', None or a file path; got {weights!r}")
+    inputs = keras.Input(shape, dtype="float32", name="image")
+    x = ImagenetPreprocessing(spec.preprocessing, name="tfmed_preprocess")(inputs)
+    outputs = spec.builder(x, include_top)
+    model = keras.Model(inputs, outputs, name=spec.name)
+    canonicalise_layer_names(model, spec.block_boundaries)
+    if path is not None:
+        load_into(model, path, spec.name, spec.batchnorm_quirk)
+    model.trainable = bool(trainable)
+    return model

@@ -1,0 +1,118 @@
+"""Pooled feature vectors from backbone taps: :func:`feature_model` and :func:`extract_features`."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmed.backbones.registry import UnknownBackboneError, get_spec
+
+__all__ = ["FeatureInputError", "feature_model", "extract_features"]
+
+
+class FeatureInputError(ValueError):
+    """Bad taps, pooling or images for feature extraction."""
+
+
+def _resolve_tap(model, spec, tap):
+    names = {layer.name for layer in model.layers}
+    if spec is not None and tap in spec.taps:
+        layer_name = spec.taps[tap]
+    elif tap in names:
+        layer_name = tap
+    else:
+        known = sorted(spec.taps) if spec is not None else []
+        raise FeatureInputError(f"tap {tap!r} is neither a tap of backbone {model.name!r} ({', '.join(known)}) "
+                                "nor a layer name of the model")
+    if layer_name not in names:
+        raise FeatureInputError(f"tap {tap!r} names layer {layer_name!r}, which model {model.name!r} lacks "
+                                "(was it built with tfmed.backbones.create?)")
+    return model.get_layer(layer_name).output
+
+
+def feature_model(backbone, taps=("late",), pooling="avg") -> keras.Model:
+    """A model mapping raw 0-255 images to ``{tap: (B, C_tap) pooled feature vector}``.
+
+    Args:
+        backbone: a backbone name (built with ImageNet weights) or a model from
+            :func:`tfmed.backbones.create`.
+        taps: tap names of the backbone's spec (``"early"``, ``"middle"``, ``"late"``,
+            ``"stage1"`` and so on) or layer names of the model.
+        pooling: ``"avg"`` or ``"max"`` global pooling over the spatial axes.
+
+    Example:
+        >>> base = create("resnet50", weights=None, input_shape=(64, 64, 3))
+        >>> fm = feature_model(base, taps=("middle", "late"), pooling="max")
+        >>> {k: v.shape for k, v in fm.output.items()}
+        {'middle': (None, 1024), 'late': (None, 2048)}
+    """
+    if pooling not in ("avg", "max"):
+        raise FeatureInputError(f"pooling must be 'avg' or 'max', got {pooling!r}")
+    if isinstance(taps, str):
+        taps = (taps,)
+    taps = tuple(taps)
+    if not taps or len(set(taps)) != len(taps):
+        raise FeatureInputError(f"taps must be a non-empty list of distinct names, got {list(taps)!r}")
+    if isinstance(backbone, str):
+        from tfmed.backbones.factory import create
+        backbone = create(backbone)
+    if not isinstance(backbone, keras.Model):
+        raise FeatureInputError(f"backbone must be a name or a keras.Model, got {type(backbone).__name__}")
+    try:
+        spec = get_spec(backbone.name)
+    except UnknownBackboneError:
+        spec = None
+    pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+    outputs = {}
+    for tap in taps:
+        tensor = _resolve_tap(backbone, spec, tap)
+        if len(tensor.shape) != 4:
+            raise FeatureInputError(f"tap {tap!r} of {backbone.name!r} is not a feature map "
+                                    f"(shape {tensor.shape}); pick a convolutional layer")
+        outputs[tap] = pool(name=f"{tap}_{pooling}_pool")(tensor)
+    return keras.Model(backbone.inputs, outputs, name=f"{backbone.name}_features")
+
+
+def _as_images(images):
+    if isinstance(images, tf.data.Dataset):
+        spec = images.element_spec
+        if isinstance(spec, tuple):
+            images = images.map(lambda *e: e[0])
+            spec = spec[0]
+        if len(spec.shape) == 3:
+            return images, True
+        if len(spec.shape) != 4:
+            raise FeatureInputError(f"dataset elements must be images (H, W, 3) or batches (B, H, W, 3), "
+                                    f"got shape {spec.shape}")
+        return images, False
+    arr = np.asarray(images)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise FeatureInputError(f"images must be an array (N, H, W, 3) of RGB images on 0-255, got shape "
+                                f"{arr.shape}; repeat grey images to 3 channels first")
+    return arr.astype("float32", copy=False), False
+
+
+def extract_features(model, images, batch_size=32) -> dict:
+    """Run a feature model over images in batches; return ``{tap: float32 array (N, C_tap)}``.
+
+    ``images`` is a NumPy array (N, H, W, 3) on the 0-255 scale, or a
+    ``tf.data.Dataset`` of images, of image batches, or of (images, labels) batches.
+    Runs Keras' compiled ``predict`` loop (no per-image Python).
+
+    Example:
+        >>> fm = feature_model(create("resnet50", weights=None, input_shape=(64, 64, 3)))
+        >>> extract_features(fm, np.zeros((4, 64, 64, 3), "float32"))["late"].shape
+        (4, 2048)
+    """
+    if int(batch_size) < 1:
+        raise FeatureInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    data, unbatched = _as_images(images)
+    if isinstance(data, tf.data.Dataset):
+        if unbatched:
+            data = data.batch(int(batch_size))
+        out = model.predict(data.prefetch(tf.data.AUTOTUNE), verbose=0)
+    else:
+        out = model.predict(data, batch_size=int(batch_size), verbose=0)
+    if not isinstance(out, dict):
+        out = {"output": out}
+    return {k: np.asarray(v, dtype="float32") for k, v in out.items()}
