@@ -1,0 +1,168 @@
+"""End-to-end runs: run directory contents, evaluate reproduces, never overwrite, tb_xray."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmed.config import ExperimentConfig
+from tfmed.data.sources import DataSourceError
+from tfmed.evaluate_run import evaluate_run, load_metrics, predict_images
+from tfmed.experiment import run_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _small(config: ExperimentConfig, tmp_path: Path) -> ExperimentConfig:
+    """Shrink an experiment so it runs in seconds: 32 px, few C values, 3 folds."""
+    config.preprocess.image_size = 32
+    config.model.svm.C = [1.0]
+    config.model.svm.cv = 3
+    config.runs_dir = str(tmp_path / "runs")
+    return config
+
+
+def write_tb_stand_in(root: Path, per_site: int = 24, size: int = 48) -> Path:
+    """A folder shaped like the NLM sets: site folders, *_0.png normal, *_1.png TB."""
+    rng = np.random.default_rng(0)
+    for site, prefix in (("shenzhen", "CHNCXR"), ("montgomery", "MCUCXR")):
+        folder = root / site
+        folder.mkdir(parents=True)
+        for i in range(per_site):
+            label = i % 2
+            image = rng.normal(90, 20, (size, size)).clip(0, 255)
+            if label:  # a bright upper-lobe patch stands in for TB
+                image[6:20, 8:22] += 110
+            cv2.imwrite(str(folder / f"{prefix}_{i:04d}_{label}.png"), image.clip(0, 255).astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pneumonia_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("pmnist")
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    return run_experiment(config)
+
+
+def test_run_directory_holds_everything_to_reproduce(pneumonia_run):
+    for name in ("config.yaml", "environment.json", "splits.csv", "metrics.json", "predictions.csv",
+                 "report.html", "model/tfmed_model.json"):
+        assert (pneumonia_run / name).is_file(), name
+    env = json.loads((pneumonia_run / "environment.json").read_text())
+    assert env["seed"] == 0 and env["versions"]["tensorflow"].startswith("2.21")
+    snapshot = ExperimentConfig.from_yaml(pneumonia_run / "config.yaml")
+    assert snapshot.preprocess.image_size == 32
+    splits = pd.read_csv(pneumonia_run / "splits.csv")
+    assert set(splits["split"]) == {"train", "val", "test"}
+    assert len(splits) == 4708 + 524
+
+
+def test_metrics_are_sane_and_threshold_comes_from_validation(pneumonia_run):
+    metrics = load_metrics(pneumonia_run)
+    assert set(metrics["splits"]) == {"val", "test"}
+    youden = metrics["splits"]["test"]["youden"]
+    assert 0.5 < youden["roc_auc"] <= 1.0
+    assert metrics["thresholds"]["youden"] == pytest.approx(metrics["splits"]["val"]["youden"]["threshold"])
+    predictions = pd.read_csv(pneumonia_run / "predictions.csv")
+    test_rows = predictions[predictions["split"] == "test"]
+    assert len(test_rows) == sum(metrics["counts"]["test"].values())
+    decided = (test_rows["score"] >= metrics["thresholds"]["youden"]).astype(int)
+    assert (decided.to_numpy() == test_rows["decision"].to_numpy()).all()
+
+
+def test_evaluate_reproduces_the_runs_test_metrics_exactly(pneumonia_run, tmp_path):
+    out = evaluate_run(pneumonia_run, output=tmp_path / "eval")
+    again = load_metrics(out)["splits"]["test"]
+    original = load_metrics(pneumonia_run)["splits"]["test"]
+    assert again == original
+    assert (out / "report.html").is_file()
+
+
+def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    path = tmp_path / "other.npz"
+    np.savez(path, test_images=data["val_images"][:60], test_labels=data["val_labels"][:60])
+    out = evaluate_run(pneumonia_run, data=f"medmnist:{path}#test", output=tmp_path / "ev2")
+    metrics = load_metrics(out)
+    assert sum(metrics["counts"]["test"].values()) == 60
+
+
+def test_second_run_never_overwrites(tmp_path):
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config.data.source = f"medmnist:{_tiny_medmnist(tmp_path)}"
+    first = run_experiment(config)
+    second = run_experiment(config)
+    assert first != second and first.parent == second.parent
+    assert (first / "metrics.json").is_file() and (second / "metrics.json").is_file()
+
+
+def _tiny_medmnist(tmp_path: Path, n: int = 160) -> Path:
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    path = tmp_path / "tiny.npz"
+    np.savez(path, train_images=data["train_images"][:n], train_labels=data["train_labels"][:n],
+             val_images=data["val_images"][:n // 2], val_labels=data["val_labels"][:n // 2])
+    return path
+
+
+def test_predict_writes_probabilities_and_decisions(pneumonia_run, tmp_path):
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"scan{i}.png"), data["val_images"][i])
+    frame = predict_images(pneumonia_run, [str(folder)])
+    assert len(frame) == 3
+    assert frame["score"].between(0, 1).all()
+    assert set(frame["decision"]) <= {"normal", "pneumonia"}
+
+
+def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/tb_xray.yaml"), tmp_path)
+    config.data.path = str(write_tb_stand_in(tmp_path / "tb_xray"))
+    run_dir = run_experiment(config)
+    splits = pd.read_csv(run_dir / "splits.csv")
+    per_patient = splits.groupby("patient_id")["split"].nunique()
+    assert (per_patient == 1).all()
+    assert set(splits["site"]) == {"shenzhen", "montgomery"}
+    metrics = load_metrics(run_dir)
+    assert metrics["splits"]["test"]["youden"]["roc_auc"] > 0.8  # the synthetic patch is easy
+
+
+def test_tb_xray_without_data_stops_at_once_naming_the_sets(tmp_path):
+    config = ExperimentConfig.from_yaml(ROOT / "experiments/tb_xray.yaml")
+    config.data.path = str(tmp_path / "data/tb_xray")
+    config.runs_dir = str(tmp_path / "runs")
+    with pytest.raises(DataSourceError) as info:
+        run_experiment(config)
+    message = str(info.value)
+    assert "National Library of Medicine" in message and "montgomery" in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_make_experiment_tb_xray_without_data_exits_with_the_message(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-m", "tfmed.cli", "run", str(ROOT / "experiments/tb_xray.yaml"),
+                             "--runs-dir", str(tmp_path / "runs")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "National Library of Medicine" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_kfold_reports_mean_sd_and_pooled_oof_auc(tmp_path):
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config.data.source = f"medmnist:{_tiny_medmnist(tmp_path)}"
+    config.split.method = "kfold"
+    config.split.folds = 3
+    run_dir = run_experiment(config)
+    kfold = load_metrics(run_dir)["kfold"]
+    assert len(kfold["fold_auc"]) == 3
+    assert kfold["auc_mean"] == pytest.approx(np.mean(kfold["fold_auc"]))
+    assert kfold["auc_sd"] == pytest.approx(np.std(kfold["fold_auc"], ddof=1))
+    assert 0.0 <= kfold["pooled_oof_auc"] <= 1.0
+    assert (run_dir / "oof_predictions.csv").is_file()

@@ -1,0 +1,149 @@
+"""A trained model as one artifact: estimator, preprocessing, classes, thresholds.
+
+Whatever the mode (features + SVM or fine-tuning), a run saves its model as a
+directory that carries everything prediction needs: the estimator, the
+preprocessing config and training-split statistics (so inference preprocesses
+exactly as training did), the class names and the thresholds chosen on
+validation.
+
+Example:
+    >>> model = TrainedModel.load("runs/pneumonia_mnist/20261124-101500/model")  # doctest: +SKIP
+    >>> scores = model.predict(table)                                            # doctest: +SKIP
+    >>> decisions = model.decide(scores)                                         # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tfmed.config import PreprocessConfig
+from tfmed.data.table import ImageTable
+
+ARTIFACT_FILE = "tfmed_model.json"
+
+
+class ModelArtifactError(ValueError):
+    """A saved model directory is missing, incomplete or does not fit the data."""
+
+
+def scores_from_probabilities(task: str, proba: np.ndarray) -> np.ndarray:
+    """Binary: the positive-class probability (n,); otherwise (n, K) as given.
+
+    Example:
+        >>> scores_from_probabilities("binary", np.array([[0.2, 0.8]])).tolist()
+        [0.8]
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    if task == "binary":
+        if proba.ndim == 2 and proba.shape[1] == 2:
+            return proba[:, 1]
+        return proba.reshape(-1)
+    return proba
+
+
+@dataclass
+class TrainedModel:
+    """A fitted estimator with the preprocessing and thresholds it was trained with."""
+
+    mode: str
+    task: str
+    classes: list[str]
+    preprocess: PreprocessConfig
+    stats: dict | None
+    estimator: Any
+    thresholds: dict = field(default_factory=dict)
+    threshold_method: str = "youden"
+    backbone: str = ""
+
+    @property
+    def threshold(self):
+        """The operating threshold chosen on validation (per label for multilabel)."""
+        return self.thresholds.get(self.threshold_method)
+
+    def predict(self, table: ImageTable, batch_size: int = 64) -> np.ndarray:
+        """Scores for every row of ``table``, in table order."""
+        if table.task != self.task and not (table.task in ("binary", "multiclass") and
+                                             self.task in ("binary", "multiclass")):
+            raise ModelArtifactError(f"the model was trained for a {self.task} task but the data "
+                                     f"is {table.task}; evaluate it on data with the same labels")
+        if self.mode == "svm":
+            from tfmed.data.pipeline import load_arrays
+
+            images, _ = load_arrays(table, self.preprocess, stats=self.stats, batch_size=batch_size)
+            return scores_from_probabilities(self.task, self.estimator.predict_proba(images))
+        from tfmed.data.pipeline import make_dataset
+
+        dataset = make_dataset(table, self.preprocess, training=False, batch_size=batch_size,
+                               stats=self.stats)
+        return scores_from_probabilities(self.task, self.estimator.predict(dataset))
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Decisions at the stored threshold (binary/multilabel) or the argmax class."""
+        scores = np.asarray(scores)
+        if self.task == "multiclass":
+            return scores.argmax(axis=1)
+        return (scores >= np.asarray(self.threshold)).astype(int)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the artifact into ``directory`` (created)."""
+        from tfmed.data.transforms import save_statistics
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.estimator.save(directory / "estimator")
+        if self.stats:
+            save_statistics(self.stats, directory / "statistics")
+        meta = {
+            "mode": self.mode, "task": self.task, "classes": list(self.classes),
+            "preprocess": dataclasses.asdict(self.preprocess), "has_stats": bool(self.stats),
+            "thresholds": _jsonable(self.thresholds), "threshold_method": self.threshold_method,
+            "backbone": self.backbone,
+        }
+        (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "TrainedModel":
+        """Load a model saved by :meth:`save`; ``directory`` may also be a run directory."""
+        directory = Path(directory)
+        if (directory / "model" / ARTIFACT_FILE).is_file():
+            directory = directory / "model"
+        meta_path = directory / ARTIFACT_FILE
+        if not meta_path.is_file():
+            raise ModelArtifactError(f"{directory}: no saved tfmed model here (expected {ARTIFACT_FILE}); "
+                                     "pass a run directory such as runs/NAME/TIMESTAMP")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        stats = None
+        if meta.get("has_stats"):
+            from tfmed.data.transforms import load_statistics
+
+            stats = load_statistics(directory / "statistics")
+        if meta["mode"] == "svm":
+            from tfmed.modes.svm import FeatureSVM
+
+            estimator = FeatureSVM.load(directory / "estimator")
+        else:
+            from tfmed.modes.finetune import FineTuner
+
+            estimator = FineTuner.load(directory / "estimator")
+        return cls(mode=meta["mode"], task=meta["task"], classes=meta["classes"],
+                   preprocess=PreprocessConfig(**meta["preprocess"]), stats=stats,
+                   estimator=estimator, thresholds=meta.get("thresholds", {}),
+                   threshold_method=meta.get("threshold_method", "youden"),
+                   backbone=meta.get("backbone", ""))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in np.asarray(value).tolist()] if isinstance(value, np.ndarray) \
+            else [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value

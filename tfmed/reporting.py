@@ -1,0 +1,150 @@
+"""Write a run's (or an evaluation's) outputs: metrics.json, predictions.csv, plots, report.html.
+
+The metric computations live in :mod:`tfmed.evaluation`; this module lays
+them out on disk for one run.
+
+Example:
+    >>> rows = headline_rows({"task": "binary", "threshold_method": "youden", "splits": {}})
+    >>> rows
+    []
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfmed.data.table import ImageTable
+from tfmed.evaluation.metrics import to_jsonable
+from tfmed.evaluation.plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot,
+                                    roc_plot)
+from tfmed.evaluation.report import ReportContext, write_metrics_json, write_predictions, write_report
+
+THRESHOLD_NOTE = ("Thresholds were chosen on the validation split only and applied unchanged to the "
+                  "test split; test data never influenced the model, its hyper-parameters or its thresholds.")
+
+
+def primary_metrics(metrics: dict, split: str) -> dict:
+    """The metrics of ``split`` at the run's chosen operating point."""
+    entry = metrics["splits"][split]
+    if metrics["task"] == "multiclass":
+        return entry
+    return entry[metrics["threshold_method"]]
+
+
+def headline_rows(metrics: dict) -> list[dict]:
+    """Rows for the console summary: split, point, AUC with CI, sens/spec/PPV/NPV."""
+    rows = []
+    for split, entry in metrics["splits"].items():
+        points = {"(argmax)": entry} if metrics["task"] == "multiclass" else entry
+        for point, m in points.items():
+            if metrics["task"] == "binary":
+                ci = m.get("ci", {}).get("roc_auc")
+                auc = _fmt(m.get("roc_auc"))
+                if ci and None not in ci:
+                    auc += f" ({ci[0]:.3f}-{ci[1]:.3f})"
+                rows.append({"split": split, "point": point, "auc": auc,
+                             **{k: _fmt(m.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")}})
+            else:
+                rows.append({"split": split, "point": point, "auc": f"macro {_fmt(m.get('macro_auc'))}",
+                             "sensitivity": "", "specificity": "", "ppv": "", "npv": ""})
+    return rows
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def write_predictions_csv(path: Path, model, parts: dict[str, ImageTable], scores: dict) -> Path:
+    """One CSV with a ``split`` column: id, patient, label, score, decision per image."""
+    frames = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for split, table in parts.items():
+            if split not in scores:
+                continue
+            labels = table.labels()
+            out = write_predictions(Path(scratch) / f"{split}.csv", table.frame["image"].tolist(),
+                                    table.frame["patient_id"].tolist(), labels, scores[split],
+                                    model.decide(scores[split]), class_names=model.classes)
+            frame = pd.read_csv(out)
+            frame.insert(0, "split", split)
+            frames.append(frame)
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+    return path
+
+
+def make_plots(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: dict, split: str) -> dict:
+    """The split's ROC (operating points marked), PR, confusion and reliability plots."""
+    y = table.labels()
+    if metrics["task"] == "binary":
+        chosen = primary_metrics(metrics, split)
+        ci = chosen.get("ci", {}).get("roc_auc")
+        points = {k: v for k, v in model.thresholds.items() if k != "fixed"}
+        return {
+            "roc": roc_plot(y, scores, out / f"roc_{split}.png", points, title=f"ROC ({split})",
+                            auc_ci=ci if ci and None not in ci else None),
+            "pr": pr_plot(y, scores, out / f"pr_{split}.png", points, title=f"Precision-recall ({split})"),
+            "confusion": confusion_plot(chosen["confusion_matrix"], model.classes,
+                                        out / f"confusion_{split}.png",
+                                        title=f"Confusion matrix ({split}, {metrics['threshold_method']})"),
+            "reliability": reliability_plot(y, scores, out / f"reliability_{split}.png",
+                                            title=f"Calibration ({split})"),
+        }
+    plots = {"roc": multi_roc_plot(y, scores, model.classes, out / f"roc_{split}.png",
+                                   title=f"ROC curves ({split})")}
+    if metrics["task"] == "multiclass":
+        plots["confusion"] = confusion_plot(metrics["splits"][split]["confusion_matrix"], model.classes,
+                                            out / f"confusion_{split}.png", title=f"Confusion matrix ({split})")
+    return plots
+
+
+def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str, ImageTable],
+                  scores: dict, metrics: dict, notes: list[str], excluded: list[dict] | None = None,
+                  history: dict | None = None, stage_boundaries: list[int] | None = None,
+                  model_facts: dict | None = None) -> Path:
+    """metrics.json, predictions.csv, plots and report.html into ``out``."""
+    out = Path(out)
+    write_metrics_json(out / "metrics.json", metrics)
+    write_predictions_csv(out / "predictions.csv", model, parts, scores)
+    report_split = "test" if "test" in scores else next(iter(scores))
+    plots = make_plots(out, model, parts[report_split], scores[report_split], metrics, report_split)
+    context = ReportContext(
+        title=title, task=metrics["task"], source=source, counts=metrics.get("counts", {}),
+        model=model_facts or {"mode": model.mode, "backbone": model.backbone},
+        metrics={split: primary_metrics(metrics, split) for split in metrics["splits"]},
+        operating_points=(metrics["splits"][report_split] if metrics["task"] == "binary" else {}),
+        threshold_split="val", operating_split=report_split,
+        plots={name: str(path) for name, path in plots.items()},
+        training_history=history, stage_boundaries=list(stage_boundaries or []),
+        notes=notes, excluded=excluded or [])
+    write_report(out, context)
+    return out / "report.html"
+
+
+def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable], scores: dict,
+                      metrics: dict) -> Path:
+    """All outputs of a training run (see :func:`write_outputs`)."""
+    estimator = model.estimator
+    history = getattr(estimator, "history_", None)
+    boundaries = getattr(estimator, "stage_boundaries_", None)
+    facts = {"mode": model.mode, "backbone": config.model.backbone, "weights": config.model.weights,
+             "image size": config.preprocess.image_size, "intensity": config.preprocess.intensity,
+             "threshold method": model.threshold_method}
+    if model.mode == "svm":
+        facts.update({"taps": ", ".join(config.model.svm.taps), "kernel": config.model.svm.kernel,
+                      "best parameters": str(getattr(estimator, "best_params_", ""))})
+    notes = [THRESHOLD_NOTE]
+    if "kfold" in metrics:
+        k = metrics["kfold"]
+        notes = [f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- "
+                 f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC "
+                 f"{_fmt(k['pooled_oof_auc'])}. Thresholds were chosen on the pooled out-of-fold scores; "
+                 "the final model was refit on train+val and measured once on test."]
+    excluded = to_jsonable(parts["test"].excluded.astype(str).to_dict("records")) \
+        if len(parts["test"].excluded) else []
+    return write_outputs(run_dir, title=f"{config.name}", source=str(config.data.source), model=model,
+                         parts=parts, scores=scores, metrics=metrics, notes=notes + [config.description.strip()]
+                         if config.description else notes, excluded=excluded, history=history,
+                         stage_boundaries=boundaries, model_facts=facts)
