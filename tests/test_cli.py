@@ -1,0 +1,98 @@
+"""The tfmed command line: each verb, and clear one-line errors for bad input."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tfmed.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+PMNIST = ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz"
+
+
+def _tiny_config(tmp_path: Path, n: int = 120) -> Path:
+    data = np.load(PMNIST)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, train_images=data["train_images"][:n], train_labels=data["train_labels"][:n],
+             val_images=data["val_images"][:n // 2], val_labels=data["val_labels"][:n // 2])
+    config = {"name": "tiny", "data": {"source": f"medmnist:{npz}"},
+              "preprocess": {"image_size": 32},
+              "model": {"svm": {"taps": ["middle"], "C": [1.0], "cv": 3}},
+              "runs_dir": str(tmp_path / "runs")}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_backbones_lists_the_registry(capsys):
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    for name in ("efficientnet_lite0", "resnet50", "densenet121", "vgg16"):
+        assert name in out
+
+
+def test_validate_reports_every_bad_file_with_exit_1(tmp_path, capsys):
+    for cls in ("normal", "pneumonia"):
+        (tmp_path / cls).mkdir()
+        cv2.imwrite(str(tmp_path / cls / "good.png"), np.full((16, 16), 100, np.uint8))
+    (tmp_path / "normal" / "empty.png").write_bytes(b"")
+    (tmp_path / "pneumonia" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    assert main(["validate", f"folder:{tmp_path}"]) == 1
+    out = capsys.readouterr().out
+    assert "empty.png" in out and "broken.png" in out
+
+
+def test_validate_a_clean_source_exits_0(tmp_path, capsys):
+    assert main(["validate", str(_tiny_config(tmp_path))]) == 0
+    assert "binary" in capsys.readouterr().out
+
+
+def test_bad_config_is_one_line_error_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel:\n  backbone_name: resnet\n")
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "model.backbone_name" in err and "Traceback" not in err
+
+
+def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path)]) == 2
+    assert "not a tfmed run directory" in capsys.readouterr().err
+
+
+def test_run_then_predict_to_csv_then_evaluate(tmp_path, capsys):
+    config = _tiny_config(tmp_path)
+    assert main(["run", str(config)]) == 0
+    run_dir = next((tmp_path / "runs" / "tiny").iterdir())
+    image = tmp_path / "scan.png"
+    cv2.imwrite(str(image), np.load(PMNIST)["val_images"][0])
+    out_csv = tmp_path / "pred.csv"
+    assert main(["predict", "--model", str(run_dir), str(image), "--output", str(out_csv)]) == 0
+    frame = pd.read_csv(out_csv)
+    assert list(frame.columns) == ["image", "score", "threshold", "decision"]
+    assert main(["predict", "--model", str(run_dir), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(run_dir), "--output", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "report.html").is_file()
+
+
+def test_sweep_layers_prints_bar_style_table(tmp_path, capsys):
+    config = _tiny_config(tmp_path)
+    assert main(["sweep-layers", str(config), "--taps", "early", "middle"]) == 0
+    out = capsys.readouterr().out
+    for word in ("sensitivity", "specificity", "AUC", "early", "middle", "early+middle"):
+        assert word in out
+    saved = list((tmp_path / "runs" / "tiny_sweep").glob("*/layer_sweep.csv"))
+    assert len(saved) == 1
+
+
+def test_sweep_layers_refuses_finetune_configs(tmp_path, capsys):
+    path = _tiny_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["model"]["mode"] = "finetune"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep-layers", str(path)]) == 2
+    assert "model.mode: svm" in capsys.readouterr().err
