@@ -1,0 +1,167 @@
+"""Fine-tuning benchmark: tfmed's FineTuner against a bare ``model.fit`` of the same model and data.
+
+Throughput (default): training images per second through ``FineTuner.fit``
+versus a plain Keras ``model.fit`` of the same architecture, the same frozen /
+unfrozen layers, optimiser, loss, metric and tf.data pipeline, in the same
+process. Epoch times come from a callback; the first epoch of each run
+(tracing) is left out and the fastest of the remaining epochs is kept, so
+noise from other processes on the machine counts against neither side.
+Prints both figures and the ratio with PASS (>= 0.9x) or FAIL.
+
+Experiment (``--experiment PATH``): trains an experiment YAML (mode finetune)
+through FineTuner on its own data and split and prints the validation AUC
+(scikit-learn) and the wall time.
+
+Example:
+    .venv/bin/python benchmarks/finetune.py --size 96 --images 512 --epochs 3
+    .venv/bin/python benchmarks/finetune.py --experiment experiments/pneumonia_mnist_finetune.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tfmed.config import DataConfig, FinetuneConfig, PreprocessConfig, StageConfig  # noqa: E402
+
+GOAL = 0.9
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall time of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def _images_per_second(times, n_images):
+    steady = times[1:] if len(times) > 1 else times
+    return n_images / min(steady)
+
+
+def throughput(args) -> bool:
+    from tfmed import freezing
+    from tfmed.backbones import get_spec
+    from tfmed.data.pipeline import make_dataset
+    from tfmed.data.sources import load_source
+    from tfmed.modes.finetune import FineTuner
+
+    table = load_source(DataConfig()).split("train")
+    train = table.subset(np.arange(min(args.images, len(table))))
+    preprocess = PreprocessConfig(image_size=args.size)
+    data = make_dataset(train, preprocess, training=True, batch_size=args.batch, cache=True, seed=0)
+    config = FinetuneConfig(stages=[StageConfig(epochs=args.epochs, unfreeze=args.unfreeze)],
+                            learning_rate=1e-4, batch_size=args.batch, early_stopping_patience=None)
+
+    def tuner(run_dir=None):
+        return FineTuner(args.backbone, "binary", 1, config=config, image_size=args.size,
+                         weights=args.weights, run_dir=run_dir)
+
+    def run_tfmed():
+        timer = EpochTimer()
+        with tempfile.TemporaryDirectory() as tmp:
+            tuner(tmp if args.run_dir else None).fit(data, callbacks=[timer])
+        return _images_per_second(timer.times, len(train))
+
+    def run_bare():
+        model = tuner().build()
+        base = keras.Model(model.inputs, model.get_layer("head_pool").input)
+        freezing.freeze(base)
+        if args.unfreeze not in (0, "0"):
+            freezing.unfreeze_top(base, get_spec(args.backbone).blocks, args.unfreeze)
+        model.compile(keras.optimizers.Adam(1e-4), keras.losses.BinaryCrossentropy(),
+                      metrics=[keras.metrics.AUC(name="auc")])
+        timer = EpochTimer()
+        model.fit(data, epochs=args.epochs, callbacks=[timer], verbose=0, shuffle=False)
+        return _images_per_second(timer.times, len(train))
+
+    bare, ours = [], []
+    for _ in range(args.repeats):
+        bare.append(run_bare())
+        ours.append(run_tfmed())
+    b, o = max(bare), max(ours)
+    ratio = o / b
+    print(f"backbone {args.backbone} ({args.weights or 'random'} weights), {args.size} px, batch {args.batch}, "
+          f"{len(train)} images x {args.epochs} epochs, unfreeze {args.unfreeze!r}, "
+          f"run_dir backups {'on' if args.run_dir else 'off'}, {os.cpu_count()} CPU cores")
+    print(f"bare model.fit : {b:8.1f} images/s  (runs: {', '.join(f'{v:.1f}' for v in bare)})")
+    print(f"tfmed FineTuner: {o:8.1f} images/s  (runs: {', '.join(f'{v:.1f}' for v in ours)})")
+    ok = ratio >= GOAL
+    print(f"ratio {ratio:.3f}x (goal >= {GOAL}x): {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+def experiment(args) -> bool:
+    from sklearn.metrics import roc_auc_score
+
+    from tfmed.config import ExperimentConfig
+    from tfmed.data.pipeline import make_dataset, targets_array
+    from tfmed.data.transforms import fit_statistics
+    from tfmed.experiment import prepare_data
+    from tfmed.modes.finetune import FineTuner
+
+    config = ExperimentConfig.from_yaml(args.experiment)
+    if config.model.mode != "finetune":
+        sys.exit(f"{args.experiment}: model.mode is {config.model.mode!r}; this benchmark needs 'finetune'")
+    start = time.perf_counter()
+    table = prepare_data(config)
+    train, val = table.split("train"), table.split("val")
+    stats = (fit_statistics(train, config.preprocess)
+             if config.preprocess.intensity in ("minmax_dataset", "standardize", "mean_image") else None)
+    ft = config.model.finetune
+    tuner = FineTuner(config.model.backbone, table.task, table.num_outputs, config=ft,
+                      image_size=config.preprocess.image_size, weights=config.model.weights,
+                      weights_dir=config.model.weights_dir, seed=config.seed, classes=table.classes,
+                      run_dir=args.run_dir_path)
+    balance = config.balance if config.balance.method in ("oversample", "undersample") else None
+    train_ds = make_dataset(train, config.preprocess, training=True, batch_size=tuner.global_batch_size,
+                            augment=config.augment, balance=balance, stats=stats, seed=config.seed)
+    val_ds = make_dataset(val, config.preprocess, training=False, batch_size=tuner.global_batch_size,
+                          stats=stats)
+    history = tuner.fit(train_ds, val_ds)
+    auc = roc_auc_score(targets_array(val).ravel() if table.task == "binary" else targets_array(val),
+                        tuner.predict(val_ds).ravel() if table.task == "binary" else tuner.predict(val_ds))
+    minutes = (time.perf_counter() - start) / 60
+    print(f"{args.experiment}: {len(train)} train / {len(val)} val images at {config.preprocess.image_size} px, "
+          f"{len(history['loss'])} epochs (stages start at {history['stage_boundaries']}), "
+          f"{os.cpu_count()} CPU cores")
+    print("val_auc per epoch: " + ", ".join(f"{v:.4f}" for v in history["val_auc"]))
+    print(f"validation AUC (best epoch restored): {auc:.4f}; wall time {minutes:.1f} min")
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="imagenet", type=lambda s: None if s == "none" else s,
+                        help="'imagenet', 'none' or a weights file")
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--unfreeze", default=2, type=lambda s: s if s == "all" else (float(s) if "." in s else int(s)))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--run-dir", action="store_true", help="train FineTuner with a run_dir (epoch backups)")
+    parser.add_argument("--experiment", help="an experiment YAML to train; prints its validation AUC")
+    parser.add_argument("--run-dir-path", default=None, help="run_dir for --experiment (resumable)")
+    args = parser.parse_args(argv)
+    ok = experiment(args) if args.experiment else throughput(args)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Staged fine-tuning: stages, frozen BatchNorm, learning rates, early stopping, save/load, kill and resume."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfmed.backbones import BackboneSpec, get_spec, list_backbones, register
+from tfmed.config import FinetuneConfig, StageConfig
+from tfmed.modes.finetune import FineTuner, FinetuneError
+
+REAL_BACKBONE = "mobilenet_v2"  # a real keras.applications backbone for the stage / BatchNorm checks
+BACKBONE = "tiny_test_cnn"  # a three-block conv net registered below: fast for the other tests
+SIZE = 32
+
+
+def _tiny_builder(inputs, include_top):
+    x = inputs
+    for i, filters in enumerate((8, 12, 16), start=1):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"tiny_b{i}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"tiny_b{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"tiny_b{i}_relu")(x)
+    return x
+
+
+def tiny_backbone() -> str:
+    """Register (once) and name a three-block backbone for fast tests."""
+    if BACKBONE not in list_backbones():
+        register(BackboneSpec(name=BACKBONE, builder=_tiny_builder, preprocessing="none", default_size=SIZE,
+                              taps={"early": "tiny_b1_relu", "middle": "tiny_b2_relu", "late": "tiny_b3_relu",
+                                    "stage1": "tiny_b1_relu"},
+                              blocks=["tiny_b1_", "tiny_b2_", "tiny_b3_"], imagenet_file="", imagenet_url="",
+                              min_size=8))
+    return BACKBONE
+
+
+tiny_backbone()
+
+
+def make_data(n=24, outputs=1, task="binary", seed=0):
+    """Images 0-255 whose class shows as a bright square; targets shaped as the pipeline gives them."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 120, size=(n, SIZE, SIZE, 3)).astype(np.float32)
+    if task == "multilabel":
+        y = rng.integers(0, 2, size=(n, outputs)).astype(np.float32)
+        for j in range(outputs):
+            x[y[:, j] == 1, 4 * j:4 * j + 8, 4:12] += 120
+        return x, y
+    labels = np.arange(n) % max(outputs, 2)
+    for c in range(1, max(outputs, 2)):
+        x[labels == c, 8 * c:8 * c + 8, 8:16] += 130
+    y = labels[:, None].astype(np.float32) if task == "binary" else np.eye(outputs, dtype=np.float32)[labels]
+    return x, y
+
+
+def batched(x, y, batch=8):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def block_of(name, blocks):
+    matches = [b for b in blocks if name.startswith(b)]
+    return max(matches, key=len) if matches else None
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Weights, BatchNorm statistics and learning rate at the start and end of every stage (fit call)."""
+
+    def __init__(self):
+        super().__init__()
+        self.begin, self.end, self.rates = [], [], []
+
+    def _weights(self):
+        return {(layer.name, i): keras.ops.convert_to_numpy(w) for layer in self.model.layers
+                for i, w in enumerate(layer.weights)}
+
+    def on_train_begin(self, logs=None):
+        self.begin.append(self._weights())
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    def on_train_end(self, logs=None):
+        self.end.append(self._weights())
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("binary_run")
+    x, y = make_data()
+    config = FinetuneConfig(stages=[StageConfig(epochs=1, unfreeze=0), StageConfig(epochs=1, unfreeze=2)],
+                            learning_rate=1e-2, batch_size=8, early_stopping_patience=None)
+    tuner = FineTuner(REAL_BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None,
+                      run_dir=run_dir, classes=["normal", "pneumonia"])
+    snapshots = Snapshots()
+    history = tuner.fit(batched(x, y), batched(x[:16], y[:16]), callbacks=[snapshots])
+    return tuner, history, snapshots, run_dir, x
+
+
+def test_binary_history_stages_and_predictions(binary_run):
+    tuner, history, _, run_dir, x = binary_run
+    assert history["stage_boundaries"] == [0, 1]
+    assert history["stage"] == [0, 1] and history["epoch"] == [0, 1]
+    for key in ("loss", "val_loss", "auc", "val_auc"):
+        assert len(history[key]) == 2 and np.all(np.isfinite(history[key])), key
+    proba = tuner.predict(x)
+    assert proba.shape == (len(x), 1)
+    assert np.all((proba >= 0) & (proba <= 1))
+    np.testing.assert_allclose(tuner.predict(tf.data.Dataset.from_tensor_slices(x).batch(5)), proba, atol=1e-6)
+    assert (run_dir / "training_curves.png").stat().st_size > 1000
+
+
+def test_stage_one_trains_head_only_and_stage_two_the_top_blocks(binary_run):
+    tuner, _, snaps, _, _ = binary_run
+    blocks = get_spec(REAL_BACKBONE).blocks
+    top = set(blocks[-2:])
+    bn_names = {layer.name for layer in tuner.model_.layers
+                if isinstance(layer, keras.layers.BatchNormalization)}
+    changed_stage1 = {key[0] for key in snaps.begin[0] if not np.array_equal(snaps.begin[0][key], snaps.end[0][key])}
+    assert changed_stage1 == {"predictions"}
+    changed = {}
+    for key, before in snaps.begin[1].items():
+        changed[key] = not np.array_equal(before, snaps.end[1][key])
+    top_conv = [k for k in changed if block_of(k[0], blocks) in top and k[0] not in bn_names]
+    low_conv = [k for k in changed if block_of(k[0], blocks) not in top and k[0] not in bn_names
+                and k[0] != "predictions"]
+    assert top_conv and all(changed[k] for k in top_conv), "every unfrozen top-block weight must train"
+    assert low_conv and not any(changed[k] for k in low_conv), "frozen blocks must not change"
+    bn_keys = [k for k in changed if k[0] in bn_names]
+    assert bn_keys and not any(changed[k] for k in bn_keys), "BatchNorm statistics must stay fixed"
+    assert changed[("predictions", 0)]
+
+
+def test_stage_two_learning_rate_is_a_tenth(binary_run):
+    tuner, history, snaps, _, _ = binary_run
+    assert snaps.rates[0] == pytest.approx(1e-2)
+    assert snaps.rates[1] == pytest.approx(1e-3)
+    assert history["learning_rate"] == pytest.approx([1e-2, 1e-3])
+
+
+def test_save_and_load_give_the_same_predictions(binary_run, tmp_path):
+    tuner, _, _, _, x = binary_run
+    tuner.threshold = 0.37
+    tuner.save(tmp_path / "model")
+    spec = json.loads((tmp_path / "model" / "finetune.json").read_text())
+    assert spec["backbone"] == REAL_BACKBONE and spec["classes"] == ["normal", "pneumonia"]
+    assert spec["image_size"] == SIZE and spec["threshold"] == 0.37
+    loaded = FineTuner.load(tmp_path / "model")
+    assert loaded.threshold == 0.37 and loaded.task == "binary"
+    np.testing.assert_allclose(loaded.predict(x), tuner.predict(x), atol=1e-6)
+
+
+def test_multilabel_fit_predict_shapes():
+    x, y = make_data(n=16, outputs=3, task="multilabel")
+    config = FinetuneConfig(stages=[StageConfig(epochs=1)], batch_size=8, schedule="cosine",
+                            optimizer="sgd", weight_decay=1e-4, pooling="max")
+    tuner = FineTuner(BACKBONE, "multilabel", 3, config=config, image_size=SIZE, weights=None)
+    history = tuner.fit((x, y), (x, y))
+    assert len(history["loss"]) == 1 and np.isfinite(history["val_auc"][0])
+    proba = tuner.predict(x)
+    assert proba.shape == (16, 3) and np.all((proba >= 0) & (proba <= 1))
+
+
+class ScriptedAUC(keras.callbacks.Callback):
+    """Overrides val_auc with a fixed sequence and keeps each epoch's weights."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values, self.weights = values, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_auc"] = self.values[epoch]
+        self.weights.append([np.array(w) for w in self.model.get_weights()])
+
+
+def test_early_stopping_restores_the_best_epoch():
+    x, y = make_data(n=16)
+    config = FinetuneConfig(stages=[StageConfig(epochs=5)], learning_rate=5e-2, batch_size=8,
+                            early_stopping_patience=1)
+    tuner = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None)
+    scripted = ScriptedAUC([0.5, 0.9, 0.6, 0.95, 0.99])
+    history = tuner.fit((x, y), (x, y), callbacks=[scripted])
+    assert history["val_auc"] == [0.5, 0.9, 0.6]  # stopped one epoch after the best
+    final = tuner.model_.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(final, scripted.weights[1]))
+    assert not all(np.array_equal(a, b) for a, b in zip(final, scripted.weights[2]))
+
+
+RESUME_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import keras, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_finetune import make_data, BACKBONE, SIZE, resume_config  # registers the tiny backbone
+    from tfmed.modes.finetune import FineTuner
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                np.savez({weights!r}, *self.model.get_weights())
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                os._exit(3)
+
+    x, y = make_data()
+    tuner = FineTuner(BACKBONE, "binary", 1, config=resume_config(), image_size=SIZE, weights=None,
+                      run_dir={run_dir!r})
+    tuner.fit((x, y), (x[:16], y[:16]), callbacks=[Kill()])
+    sys.exit(0)
+""")
+
+
+def resume_config():
+    return FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=2, unfreeze=1)], batch_size=8)
+
+
+class EpochLog(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.fits, self.epochs, self.first_weights = 0, [], None
+
+    def on_train_begin(self, logs=None):
+        self.fits += 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_weights is None:
+            self.first_weights = [np.array(w) for w in self.model.get_weights()]
+        self.epochs.append(epoch)
+
+
+def test_killed_run_resumes_in_stage_two_at_the_next_epoch(tmp_path):
+    run_dir, weights = tmp_path / "run", tmp_path / "epoch1.npz"
+    script = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), weights=str(weights), run_dir=str(run_dir))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-3000:]
+    x, y = make_data()
+    tuner = FineTuner(BACKBONE, "binary", 1, config=resume_config(), image_size=SIZE, weights=None,
+                      run_dir=run_dir)
+    log = EpochLog()
+    history = tuner.fit((x, y), (x[:16], y[:16]), callbacks=[log])
+    assert log.fits == 1, "stage 1 finished before the kill and must not run again"
+    assert log.epochs == [2], "training must resume at epoch 2 (in stage 2), not restart"
+    with np.load(weights) as saved:
+        expected = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    assert all(np.array_equal(a, b) for a, b in zip(log.first_weights, expected))
+    assert history["epoch"] == [0, 1, 2] and history["stage_boundaries"] == [0, 1]
+    assert history["stage"] == [0, 1, 1] and len(history["loss"]) == 3
+    # A finished run is not trained again.
+    again = FineTuner(BACKBONE, "binary", 1, config=resume_config(), image_size=SIZE, weights=None,
+                      run_dir=run_dir)
+    log2 = EpochLog()
+    assert again.fit((x, y), (x[:16], y[:16]), callbacks=[log2])["epoch"] == [0, 1, 2]
+    assert log2.fits == 0
+    np.testing.assert_allclose(again.predict(x), tuner.predict(x), atol=1e-6)
+    # Resuming with other settings is refused, naming what differs.
+    other = FineTuner(BACKBONE, "binary", 1, config=FinetuneConfig(stages=[StageConfig(epochs=3)]),
+                      image_size=SIZE, weights=None, run_dir=run_dir)
+    with pytest.raises(FinetuneError, match="different stages"):
+        other.fit((x, y), (x[:16], y[:16]))
+
+
+def test_bad_settings_and_data_give_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9000'"):
+        FineTuner("resnet9000", "binary", 1)
+    with pytest.raises(FinetuneError, match="task is 'regression'"):
+        FineTuner(BACKBONE, "regression", 1)
+    with pytest.raises(FinetuneError, match="binary task has one sigmoid output; num_outputs is 2"):
+        FineTuner(BACKBONE, "binary", 2)
+    bad_stage = FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=1, unfreeze="most")])
+    with pytest.raises(FinetuneError, match=r"stages\[1\]\.unfreeze is 'most'"):
+        FineTuner(BACKBONE, "binary", 1, config=bad_stage)
+    with pytest.raises(FinetuneError, match=r"stages\[0\]\.epochs is 0"):
+        FineTuner(BACKBONE, "binary", 1, config=FinetuneConfig(stages=[StageConfig(epochs=0)]))
+    with pytest.raises(FinetuneError, match="optimizer is 'rmsprop'"):
+        FineTuner(BACKBONE, "binary", 1, config=FinetuneConfig(optimizer="rmsprop"))
+    with pytest.raises(ValueError, match="categorical"):
+        FineTuner(BACKBONE, "multilabel", 2, config=FinetuneConfig(loss="categorical"))
+    tuner = FineTuner(BACKBONE, "binary", 1, image_size=SIZE, weights=None)
+    x, y = make_data(n=8)
+    with pytest.raises(FinetuneError, match=r"train_ds yields images of shape \(None, 16, 16, 3\)"):
+        tuner.fit(batched(x[:, :16, :16], y))
+    with pytest.raises(FinetuneError, match=r"val_ds yields targets of shape \(None, 2\)"):
+        tuner.fit(batched(x, y), batched(x, np.concatenate([y, y], axis=1)))
+    with pytest.raises(FinetuneError, match="8 images but 4 targets"):
+        tuner.fit((x, y[:4]))
+    with pytest.raises(FinetuneError, match="not trained yet"):
+        tuner.predict(x)
+    with pytest.raises(FinetuneError, match="finetune.json not found|model.keras not found"):
+        FineTuner.load(tmp_path)

@@ -1,0 +1,655 @@
+"""Staged fine-tuning of an ImageNet backbone with a small classification head.
+
+The model is ``backbone (frozen) -> global pooling -> dropout -> Dense``.
+Training runs the stages of :class:`tfmed.config.FinetuneConfig`: the first
+stage usually trains the head only; each later stage unfreezes more of the
+backbone's top blocks at a lower learning rate (the previous stage's rate times
+``lr_factor``, 1/10 by default). BatchNormalization layers stay frozen and in
+inference mode throughout, so their moving statistics never drift.
+
+With a ``run_dir`` every epoch is backed up (``keras.callbacks.BackupAndRestore``)
+and each finished stage is recorded, so a run that is killed resumes where it
+stopped: in the same stage, at the epoch after the last completed one.
+
+Example:
+    >>> from tfmed.config import FinetuneConfig, StageConfig
+    >>> cfg = FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=1, unfreeze=2)])
+    >>> tuner = FineTuner("mobilenet_v2", "binary", 1, config=cfg, image_size=32, weights=None)
+    >>> history = tuner.fit(train_ds, val_ds)          # doctest: +SKIP
+    >>> history["stage_boundaries"]                    # doctest: +SKIP
+    [0, 1]
+    >>> tuner.predict(images).shape                    # doctest: +SKIP
+    (n, 1)
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmed.config import FinetuneConfig, StageConfig
+
+TASKS = ("binary", "multiclass", "multilabel")
+MODEL_FILE = "model.keras"
+SPEC_FILE = "finetune.json"
+STATE_FILE = "finetune_state.json"
+HISTORY_FILE = "history.jsonl"
+
+
+class FinetuneError(ValueError):
+    """Invalid fine-tuning settings, data that does not fit the model, or an unusable run directory."""
+
+
+class FineTuner:
+    """Fine-tune a backbone in stages for binary, multiclass or multilabel classification.
+
+    Args:
+        backbone: a name known to :func:`tfmed.backbones.create`, e.g.
+            ``"efficientnet_lite0"``, ``"mobilenet_v2"``, ``"resnet50"``.
+        task: "binary" (one sigmoid output), "multiclass" (softmax) or
+            "multilabel" (one sigmoid per label).
+        num_outputs: width of the output layer (1 for binary).
+        config: stages, optimiser, schedule, loss, pooling, dropout, batch size,
+            early stopping, mixed precision, XLA and distribution strategy.
+        image_size: input side in pixels; images are (S, S, 3) on a 0-255 scale.
+        weights: backbone weights: "imagenet", None (random) or a file path.
+        weights_dir: folder holding offline weight files.
+        pos_weight, neg_weight: class weights for the weighted BCE loss
+            (binary), passed to :func:`tfmed.losses.get_loss`.
+        run_dir: folder for the epoch backups, stage records, history and
+            training curves; a second ``fit`` with the same folder resumes.
+        seed: random seed for weight initialisation and dropout.
+        classes: class (or label) names in output order, saved with the model.
+
+    Example:
+        >>> from tfmed.config import FinetuneConfig, StageConfig
+        >>> cfg = FinetuneConfig(stages=[StageConfig(epochs=2), StageConfig(epochs=2, unfreeze=0.25)])
+        >>> tuner = FineTuner("efficientnet_lite0", "multiclass", 3, config=cfg,
+        ...                   image_size=96, run_dir="runs/demo")  # doctest: +SKIP
+        >>> tuner.fit(train_ds, val_ds)["val_auc"]                  # doctest: +SKIP
+    """
+
+    def __init__(self, backbone: str, task: str, num_outputs: int, *,
+                 config: FinetuneConfig | None = None, image_size: int = 224,
+                 weights: str | None = "imagenet", weights_dir: str | None = None,
+                 pos_weight: float | None = None, neg_weight: float | None = None,
+                 run_dir: str | Path | None = None, seed: int = 0,
+                 classes: list[str] | None = None):
+        self.backbone = backbone
+        self.task = task
+        self.num_outputs = num_outputs
+        self.config = config if config is not None else FinetuneConfig()
+        self.image_size = image_size
+        self.weights = weights
+        self.weights_dir = weights_dir
+        self.pos_weight = pos_weight
+        self.neg_weight = neg_weight
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.seed = seed
+        self.classes = list(classes) if classes is not None else None
+        self.threshold: float | None = None
+        self._validate()
+        self.model_: keras.Model | None = None
+        self.backbone_model_: keras.Model | None = None
+        self.strategy_ = None
+
+    # ------------------------------------------------------------------ checks
+    def _validate(self) -> None:
+        from tfmed import backbones
+
+        cfg = self.config
+        backbones.get_spec(self.backbone)  # an unknown name raises, listing the known backbones
+        if self.task not in TASKS:
+            raise FinetuneError(f"task is {self.task!r}; allowed: {', '.join(TASKS)}")
+        if isinstance(self.num_outputs, bool) or not isinstance(self.num_outputs, (int, np.integer)):
+            raise FinetuneError(f"num_outputs must be an integer, got {self.num_outputs!r}")
+        if self.task == "binary" and self.num_outputs != 1:
+            raise FinetuneError(f"a binary task has one sigmoid output; num_outputs is {self.num_outputs}, "
+                                "use 1 (or task='multiclass' for a softmax over classes)")
+        if self.task == "multiclass" and self.num_outputs < 2:
+            raise FinetuneError(f"a multiclass task needs at least 2 outputs, got {self.num_outputs}")
+        if self.task == "multilabel" and self.num_outputs < 1:
+            raise FinetuneError(f"a multilabel task needs at least 1 output, got {self.num_outputs}")
+        if self.classes is not None and len(self.classes) not in (self.num_outputs, 2 if self.task == "binary" else -1):
+            raise FinetuneError(f"classes lists {len(self.classes)} names ({', '.join(self.classes)}) "
+                                f"but the {self.task} model has {self.num_outputs} output(s)")
+        if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 8:
+            raise FinetuneError(f"image_size is {self.image_size!r}; it must be an integer of at least 8 pixels")
+        if not cfg.stages:
+            raise FinetuneError("model.finetune.stages must list at least one stage")
+        for i, stage in enumerate(cfg.stages):
+            key = f"model.finetune.stages[{i}]"
+            if not isinstance(stage, StageConfig):
+                raise FinetuneError(f"{key} must be a StageConfig, got {stage!r}")
+            if isinstance(stage.epochs, bool) or not isinstance(stage.epochs, int) or stage.epochs < 1:
+                raise FinetuneError(f"{key}.epochs is {stage.epochs!r}; it must be an integer >= 1")
+            _check_unfreeze(stage.unfreeze, key + ".unfreeze")
+            if stage.learning_rate is not None and not stage.learning_rate > 0:
+                raise FinetuneError(f"{key}.learning_rate is {stage.learning_rate}; it must be > 0 "
+                                    "(or left out to use the previous stage's rate times lr_factor)")
+            if not stage.lr_factor > 0:
+                raise FinetuneError(f"{key}.lr_factor is {stage.lr_factor}; it must be > 0, e.g. 0.1")
+        checks = {
+            "learning_rate": cfg.learning_rate > 0,
+            "optimizer": cfg.optimizer in ("adam", "sgd"),
+            "schedule": cfg.schedule in ("constant", "cosine", "plateau"),
+            "pooling": cfg.pooling in ("avg", "max"),
+            "dropout": 0.0 <= cfg.dropout < 1.0,
+            "batch_size": isinstance(cfg.batch_size, int) and cfg.batch_size >= 1,
+            "weight_decay": cfg.weight_decay >= 0,
+            "momentum": 0.0 <= cfg.momentum < 1.0,
+        }
+        allowed = {"learning_rate": "a number > 0", "optimizer": "adam, sgd",
+                   "schedule": "constant, cosine, plateau", "pooling": "avg, max",
+                   "dropout": "a number in [0, 1)", "batch_size": "an integer >= 1",
+                   "weight_decay": "a number >= 0", "momentum": "a number in [0, 1)"}
+        for key, ok in checks.items():
+            if not ok:
+                raise FinetuneError(f"model.finetune.{key} is {getattr(cfg, key)!r}; allowed: {allowed[key]}")
+        patience = cfg.early_stopping_patience
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
+            raise FinetuneError(f"model.finetune.early_stopping_patience is {patience!r}; use an integer >= 0 "
+                                "or null to train every epoch")
+        self._loss()  # loss name, task and class weights are checked here, before any model is built
+
+    # ------------------------------------------------------------------- model
+    @property
+    def global_batch_size(self) -> int:
+        """``config.batch_size`` times the number of replicas of the distribution strategy.
+
+        Example:
+            >>> FineTuner("mobilenet_v2", "binary", 1, weights=None).global_batch_size  # doctest: +SKIP
+            32
+        """
+        return self.config.batch_size * self._strategy().num_replicas_in_sync
+
+    def _strategy(self):
+        if self.strategy_ is None:
+            from tfmed import distribute
+            self.strategy_ = distribute.strategy(self.config.strategy)
+        return self.strategy_
+
+    def build(self) -> keras.Model:
+        """Create the backbone and head (called by :meth:`fit` when needed); returns the model.
+
+        Example:
+            >>> FineTuner("mobilenet_v2", "multiclass", 3, image_size=32, weights=None).build().output_shape  # doctest: +SKIP
+            (None, 3)
+        """
+        from tfmed import backbones, distribute
+
+        keras.utils.set_random_seed(self.seed)
+        previous_policy = keras.mixed_precision.global_policy()
+        if self.config.mixed_precision:
+            distribute.set_mixed_precision(self.config.mixed_precision)
+        try:
+            with self._strategy().scope():
+                base = backbones.create(self.backbone, weights=self.weights,
+                                        input_shape=(self.image_size, self.image_size, 3),
+                                        trainable=False, include_top=False,
+                                        weights_dir=self.weights_dir)
+                pool = (keras.layers.GlobalAveragePooling2D(name="head_pool") if self.config.pooling == "avg"
+                        else keras.layers.GlobalMaxPooling2D(name="head_pool"))
+                x = pool(base.output)
+                x = keras.layers.Dropout(self.config.dropout, name="head_dropout")(x)
+                activation = "softmax" if self.task == "multiclass" else "sigmoid"
+                outputs = keras.layers.Dense(self.num_outputs, activation=activation, dtype="float32",
+                                             name="predictions")(x)
+                model = keras.Model(base.inputs, outputs, name=f"{self.backbone}_finetune")
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+        self.backbone_model_ = base
+        self.model_ = model
+        return model
+
+    def _set_trainable(self, unfreeze) -> None:
+        """Freeze the whole backbone, then unfreeze its top blocks (BatchNorm stays frozen)."""
+        from tfmed import backbones, freezing
+
+        freezing.freeze(self.backbone_model_)
+        if unfreeze not in (0, 0.0):
+            freezing.unfreeze_top(self.backbone_model_, backbones.get_spec(self.backbone).blocks, unfreeze)
+        for layer in self.model_.layers:
+            if layer.name.startswith("head_") or layer.name == "predictions":
+                layer.trainable = True
+
+    def _optimizer(self, learning_rate: float):
+        cfg = self.config
+        if cfg.optimizer == "sgd":
+            return keras.optimizers.SGD(learning_rate, momentum=cfg.momentum,
+                                        weight_decay=cfg.weight_decay or None)
+        if cfg.weight_decay > 0:
+            return keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
+        return keras.optimizers.Adam(learning_rate)
+
+    def _loss(self):
+        from tfmed import losses
+
+        return losses.get_loss(self.config.loss, self.task, pos_weight=self.pos_weight,
+                               neg_weight=self.neg_weight, label_smoothing=self.config.label_smoothing,
+                               gamma=self.config.focal_gamma)
+
+    def _compile(self, learning_rate: float) -> None:
+        metrics = [keras.metrics.AUC(name="auc", multi_label=self.task == "multilabel",
+                                     num_labels=self.num_outputs if self.task == "multilabel" else None)]
+        with self._strategy().scope():
+            self.model_.compile(optimizer=self._optimizer(learning_rate), loss=self._loss(),
+                                metrics=metrics, jit_compile=self.config.jit_compile)
+
+    def stage_learning_rates(self) -> list[float]:
+        """The starting learning rate of each stage.
+
+        Stage 1 uses its own ``learning_rate`` or ``config.learning_rate``; each
+        later stage its own ``learning_rate`` or the previous stage's rate times
+        its ``lr_factor``.
+
+        Example:
+            >>> from tfmed.config import FinetuneConfig, StageConfig
+            >>> cfg = FinetuneConfig(learning_rate=1e-3, stages=[StageConfig(), StageConfig(unfreeze=2)])
+            >>> [round(r, 6) for r in FineTuner("mobilenet_v2", "binary", 1, config=cfg).stage_learning_rates()]
+            [0.001, 0.0001]
+        """
+        rates = []
+        for i, stage in enumerate(self.config.stages):
+            if stage.learning_rate is not None:
+                rates.append(float(stage.learning_rate))
+            elif i == 0:
+                rates.append(float(self.config.learning_rate))
+            else:
+                rates.append(rates[-1] * float(stage.lr_factor))
+        return rates
+
+    # ---------------------------------------------------------------- training
+    def fit(self, train_ds, val_ds=None, callbacks: list | None = None) -> dict:
+        """Run every stage of ``config.stages``; returns the merged history.
+
+        Args:
+            train_ds: batched ``tf.data.Dataset`` of (images (B,S,S,3) 0-255,
+                targets (B, num_outputs)), or an ``(images, targets)`` pair of
+                arrays (batched here with :attr:`global_batch_size`).
+            val_ds: the same for validation; it drives early stopping on
+                ``config.monitor`` (``val_auc`` from ClinicalMetrics) and the
+                restoring of each stage's best weights. Without it, training
+                loss is monitored instead.
+            callbacks: extra Keras callbacks for every stage; they run after the
+                validation metrics are written into ``logs`` and before early
+                stopping reads them.
+
+        Returns:
+            ``{metric: [one value per epoch], ..., "epoch": [...], "stage": [...],
+            "stage_boundaries": [first epoch of each stage]}``.
+
+        Example:
+            >>> history = tuner.fit(train_ds, val_ds)  # doctest: +SKIP
+            >>> history["stage_boundaries"], len(history["loss"])  # doctest: +SKIP
+            ([0, 3], 6)
+        """
+        train_ds = self._as_dataset(train_ds, "train_ds", training=True)
+        val_ds = self._as_dataset(val_ds, "val_ds") if val_ds is not None else None
+        state = self._load_state()
+        if self.model_ is None:
+            self.build()
+        records = self._read_records()
+        rates = self.stage_learning_rates()
+        completed = state["completed"]
+        if completed:
+            # Resuming: start from the weights the last finished stage ended with.
+            self.model_.load_weights(self._stage_weights_path(len(completed) - 1))
+        start = completed[-1]["end"] if completed else 0
+        for k, stage in enumerate(self.config.stages):
+            if k < len(completed):
+                continue
+            self._set_trainable(stage.unfreeze)
+            self._compile(rates[k])
+            resume_epoch = self._backup_epoch(k)
+            records = [r for r in records if r["stage"] < k or
+                       (r["stage"] == k and resume_epoch is not None and r["epoch"] < resume_epoch)]
+            self._write_records(records)
+            stage_callbacks = self._stage_callbacks(k, stage, start, rates[k], val_ds, callbacks or [])
+            self.model_.fit(train_ds, validation_data=val_ds, initial_epoch=start,
+                            epochs=start + stage.epochs, callbacks=stage_callbacks, verbose=0,
+                            shuffle=False)
+            # BackupAndRestore leaves the restored epoch on the model; the next
+            # stage must start from its own initial epoch.
+            self.model_._initial_epoch = None
+            recorder = next(c for c in stage_callbacks if isinstance(c, _HistoryRecorder))
+            records += recorder.records
+            end = max([r["epoch"] for r in records if r["stage"] == k], default=start - 1) + 1
+            completed.append({"stage": k, "start": start, "end": end, "learning_rate": rates[k]})
+            if self.run_dir is not None:
+                self._stage_dir(k).mkdir(parents=True, exist_ok=True)
+                self.model_.save_weights(self._stage_weights_path(k))
+                self._write_state(state)
+                shutil.rmtree(self._stage_dir(k) / "backup", ignore_errors=True)
+            start = end
+        self.history_ = _merge(records, [c["start"] for c in completed])
+        if self.run_dir is not None and records:
+            from tfmed.evaluation.plots import training_curves
+
+            curves = {k: v for k, v in self.history_.items() if k not in ("epoch", "stage", "stage_boundaries")}
+            training_curves(curves, self.run_dir / "training_curves.png",
+                            stage_boundaries=[b for b in self.history_["stage_boundaries"] if b > 0])
+        return self.history_
+
+    def _stage_callbacks(self, k, stage, start, learning_rate, val_ds, extra) -> list:
+        cfg = self.config
+        monitor = cfg.monitor if val_ds is not None else "loss"
+        mode = "min" if monitor.endswith("loss") else "max"
+        result = []
+        if val_ds is not None:
+            from tfmed.callbacks import ClinicalMetrics
+            result.append(ClinicalMetrics(val_ds, task=self.task))
+        result += list(extra)
+        if cfg.schedule == "cosine":
+            result.append(keras.callbacks.LearningRateScheduler(
+                _Cosine(learning_rate, start, stage.epochs)))
+        elif cfg.schedule == "plateau":
+            result.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.2,
+                                                            patience=1, min_lr=learning_rate * 1e-3))
+        stage_dir = self._stage_dir(k) if self.run_dir is not None else None
+        if cfg.early_stopping_patience is not None:
+            result.append(_StageEarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience,
+                                              state_dir=stage_dir))
+        result.append(_HistoryRecorder(k, self.run_dir / HISTORY_FILE if self.run_dir is not None else None))
+        if stage_dir is not None:
+            result.append(keras.callbacks.BackupAndRestore(str(stage_dir / "backup"), delete_checkpoint=False))
+        return result
+
+    # ---------------------------------------------------------- run directory
+    def _stage_dir(self, k: int) -> Path:
+        return self.run_dir / "finetune" / f"stage_{k + 1}"
+
+    def _stage_weights_path(self, k: int) -> Path:
+        return self._stage_dir(k) / "final.weights.h5"
+
+    def _backup_epoch(self, k: int) -> int | None:
+        if self.run_dir is None:
+            return None
+        path = self._stage_dir(k) / "backup" / "training_metadata.json"
+        if not path.is_file():
+            return None
+        return int(json.loads(path.read_text())["epoch"])
+
+    def spec(self) -> dict:
+        """What defines this model and run: saved with the model and checked on resume.
+
+        Example:
+            >>> FineTuner("mobilenet_v2", "binary", 1, image_size=64, weights=None).spec()["image_size"]
+            64
+        """
+        return {"backbone": self.backbone, "task": self.task, "num_outputs": int(self.num_outputs),
+                "classes": self.classes, "image_size": int(self.image_size), "pooling": self.config.pooling,
+                "threshold": self.threshold}
+
+    def _run_spec(self) -> dict:
+        spec = self.spec()
+        spec.pop("threshold")
+        spec["stages"] = [{"epochs": s.epochs, "unfreeze": s.unfreeze} for s in self.config.stages]
+        spec["learning_rates"] = self.stage_learning_rates()
+        return spec
+
+    def _load_state(self) -> dict:
+        fresh = {"spec": self._run_spec(), "completed": []}
+        if self.run_dir is None:
+            return fresh
+        path = self.run_dir / "finetune" / STATE_FILE
+        if not path.is_file():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return fresh
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise FinetuneError(f"{path}: unreadable fine-tuning state ({error}); delete the run "
+                                "directory to start again") from None
+        for key, now in self._run_spec().items():
+            was = state["spec"].get(key)
+            if was != now:
+                raise FinetuneError(f"{self.run_dir} holds a run with a different {key} (was {was!r}, now "
+                                    f"{now!r}); resume with the same settings, or use a new run_dir")
+        for item in state["completed"]:
+            if not self._stage_weights_path(item["stage"]).is_file() and item is state["completed"][-1]:
+                raise FinetuneError(f"{self._stage_weights_path(item['stage'])} is missing, so the finished "
+                                    f"stage {item['stage'] + 1} cannot be restored; delete {self.run_dir} "
+                                    "to start again")
+        return state
+
+    def _write_state(self, state: dict) -> None:
+        path = self.run_dir / "finetune" / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        tmp.replace(path)
+
+    def _read_records(self) -> list[dict]:
+        if self.run_dir is None or not (self.run_dir / HISTORY_FILE).is_file():
+            return []
+        lines = (self.run_dir / HISTORY_FILE).read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def _write_records(self, records: list[dict]) -> None:
+        """Rewrite the history file with the epochs kept (drops epochs that will be re-run)."""
+        if self.run_dir is None:
+            return
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        (self.run_dir / HISTORY_FILE).write_text(text, encoding="utf-8")
+
+    # -------------------------------------------------------------- inference
+    def _as_dataset(self, data, name: str, training: bool = False) -> tf.data.Dataset:
+        """Accept a batched dataset or an (images, targets) pair; check shapes against the model."""
+        if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tf.data.Dataset):
+            x = np.asarray(data[0], dtype=np.float32)
+            y = np.asarray(data[1], dtype=np.float32)
+            if y.ndim == 1:
+                y = y[:, None]
+            if len(x) != len(y):
+                raise FinetuneError(f"{name}: {len(x)} images but {len(y)} targets")
+            data = tf.data.Dataset.from_tensor_slices((x, y))
+            if training:
+                data = data.shuffle(len(x), seed=self.seed)
+            data = data.batch(self.global_batch_size)
+        if not isinstance(data, tf.data.Dataset):
+            raise FinetuneError(f"{name} must be a tf.data.Dataset of (images, targets) batches or an "
+                                f"(images, targets) pair of arrays, got {type(data).__name__}")
+        spec = data.element_spec
+        if not isinstance(spec, tuple) or len(spec) < 2:
+            raise FinetuneError(f"{name} must yield (images, targets) pairs; it yields {spec}")
+        images, targets = spec[0], spec[1]
+        expected = (self.image_size, self.image_size, 3)
+        if images.shape.rank != 4 or any(d is not None and d != e for d, e in zip(images.shape[1:], expected)):
+            raise FinetuneError(f"{name} yields images of shape {tuple(images.shape)}; the model expects "
+                                f"batches of (batch, {expected[0]}, {expected[1]}, 3): set preprocess."
+                                f"image_size to {self.image_size} and channels to 3, and batch the dataset")
+        if targets.shape.rank != 2 or targets.shape[-1] != self.num_outputs:
+            raise FinetuneError(f"{name} yields targets of shape {tuple(targets.shape)}; the {self.task} "
+                                f"model expects (batch, {self.num_outputs})"
+                                + (" one-hot rows" if self.task == "multiclass" else ""))
+        return data
+
+    def predict(self, data) -> np.ndarray:
+        """Probabilities (n, num_outputs) for a dataset of images or (images, targets), or an image array.
+
+        Example:
+            >>> tuner.predict(np.zeros((2, 64, 64, 3), np.float32)).shape  # doctest: +SKIP
+            (2, 1)
+        """
+        if self.model_ is None:
+            raise FinetuneError("the model is not trained yet: call fit(...) or FineTuner.load(directory)")
+        if isinstance(data, tf.data.Dataset):
+            if isinstance(data.element_spec, tuple):
+                data = data.map(lambda x, *rest: x)
+            return np.asarray(self.model_.predict(data, verbose=0))
+        x = np.asarray(data, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, 3):
+            raise FinetuneError(f"predict got images of shape {np.shape(data)}; the model expects "
+                                f"(n, {self.image_size}, {self.image_size}, 3) on a 0-255 scale")
+        return np.asarray(self.model_.predict(x, batch_size=self.config.batch_size, verbose=0))
+
+    def predict_coarse(self, data, hierarchy=None) -> tuple[np.ndarray, list[str]]:
+        """Coarse-class probabilities of a model trained on fine classes (Esteva et al. 2017).
+
+        Uses ``hierarchy`` (a :class:`tfmed.hierarchy.Hierarchy` or mapping) or
+        ``config.hierarchy``, and :attr:`classes` as the fine class order.
+
+        Example:
+            >>> proba, names = tuner.predict_coarse(images, {"benign": ["nevus"], "malignant": ["melanoma"]})  # doctest: +SKIP
+        """
+        from tfmed.hierarchy import Hierarchy
+
+        hierarchy = hierarchy if hierarchy is not None else self.config.hierarchy
+        if hierarchy is None:
+            raise FinetuneError("no class hierarchy: pass one or set model.finetune.hierarchy "
+                                "({coarse: [fine, ...]})")
+        if self.task != "multiclass" or self.classes is None:
+            raise FinetuneError("coarse predictions need a multiclass model trained with its fine class "
+                                "names (FineTuner(..., classes=[...]))")
+        if not isinstance(hierarchy, Hierarchy):
+            hierarchy = Hierarchy(hierarchy)
+        return hierarchy.coarse_probabilities(self.predict(data), self.classes)
+
+    # ----------------------------------------------------------- persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.keras`` and ``finetune.json`` (backbone, task, classes, image size, threshold).
+
+        Example:
+            >>> tuner.save("runs/demo/model")  # doctest: +SKIP
+        """
+        if self.model_ is None:
+            raise FinetuneError("nothing to save: call fit(...) first")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model_.save(directory / MODEL_FILE)
+        spec = self.spec()
+        spec["config"] = _plain(self.config)
+        (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FineTuner":
+        """Load a model written by :meth:`save`, ready for :meth:`predict`.
+
+        Example:
+            >>> tuner = FineTuner.load("runs/demo/model")  # doctest: +SKIP
+        """
+        import tfmed.backbones  # noqa: F401  (registers the backbones' custom layers)
+
+        directory = Path(directory)
+        for name in (MODEL_FILE, SPEC_FILE):
+            if not (directory / name).is_file():
+                raise FinetuneError(f"{directory / name} not found; point FineTuner.load at a folder "
+                                    "written by FineTuner.save")
+        spec = json.loads((directory / SPEC_FILE).read_text(encoding="utf-8"))
+        config = _config_from_plain(spec.get("config", {}))
+        tuner = cls(spec["backbone"], spec["task"], spec["num_outputs"], config=config,
+                    image_size=spec["image_size"], weights=None, classes=spec.get("classes"))
+        tuner.threshold = spec.get("threshold")
+        tuner.model_ = keras.saving.load_model(directory / MODEL_FILE, compile=False)
+        return tuner
+
+
+# ---------------------------------------------------------------- helpers
+def _check_unfreeze(value, key: str) -> None:
+    if isinstance(value, str):
+        if value != "all":
+            raise FinetuneError(f"{key} is {value!r}; use a number of top blocks (e.g. 2), a fraction "
+                                "of the blocks (e.g. 0.5) or 'all'")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FinetuneError(f"{key} is {value!r}; use an integer, a fraction in (0, 1] or 'all'")
+    elif isinstance(value, float) and not value.is_integer() and not 0.0 < value <= 1.0:
+        raise FinetuneError(f"{key} is {value}; a fraction of blocks must be in (0, 1]")
+    elif value < 0:
+        raise FinetuneError(f"{key} is {value}; it cannot be negative")
+
+
+def _merge(records: list[dict], boundaries: list[int]) -> dict:
+    records = sorted(records, key=lambda r: r["epoch"])
+    keys = []
+    for record in records:
+        keys += [k for k in record if k not in keys]
+    history = {k: [r.get(k, float("nan")) for r in records] for k in keys}
+    history["stage_boundaries"] = list(boundaries)
+    return history
+
+
+def _plain(config: FinetuneConfig) -> dict:
+    import dataclasses
+    return dataclasses.asdict(config)
+
+
+def _config_from_plain(values: dict) -> FinetuneConfig:
+    values = dict(values)
+    stages = [StageConfig(**s) for s in values.pop("stages", [])] or None
+    config = FinetuneConfig(**values)
+    if stages:
+        config.stages = stages
+    return config
+
+
+class _Cosine:
+    """Epoch-level cosine decay from ``base`` to 0 over one stage."""
+
+    def __init__(self, base: float, start: int, epochs: int):
+        self.base, self.start, self.epochs = base, start, epochs
+
+    def __call__(self, epoch, lr=None):
+        return float(self.base * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.start) / self.epochs)))
+
+
+class _HistoryRecorder(keras.callbacks.Callback):
+    """Keeps every epoch's logs (with epoch, stage and learning rate); appends them to a file."""
+
+    def __init__(self, stage: int, path: Path | None):
+        super().__init__()
+        self.stage, self.path, self.records = stage, path, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"epoch": int(epoch), "stage": self.stage}
+        for key, value in (logs or {}).items():
+            try:
+                record[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        record["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.records.append(record)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+class _StageEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping restoring the best weights, whose state survives a killed run."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, state_dir: Path | None):
+        super().__init__(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True)
+        self.state_dir = state_dir
+
+    def _paths(self):
+        return self.state_dir / "best_state.json", self.state_dir / "best_weights.npz"
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.state_dir is None:
+            return
+        state_path, weights_path = self._paths()
+        if state_path.is_file() and weights_path.is_file():
+            state = json.loads(state_path.read_text())
+            self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+            with np.load(weights_path) as stored:
+                self.best_weights = [stored[f"w{i}"] for i in range(len(stored.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.state_dir is None or self.best is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state_path, weights_path = self._paths()
+        if self.best_epoch == epoch:
+            np.savez(weights_path, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
+        state_path.write_text(json.dumps({"best": float(self.best), "best_epoch": int(self.best_epoch),
+                                          "wait": int(self.wait)}))
