@@ -166,3 +166,44 @@ def test_kfold_reports_mean_sd_and_pooled_oof_auc(tmp_path):
     assert kfold["auc_sd"] == pytest.approx(np.std(kfold["fold_auc"], ddof=1))
     assert 0.0 <= kfold["pooled_oof_auc"] <= 1.0
     assert (run_dir / "oof_predictions.csv").is_file()
+
+
+def _three_class_npz(tmp_path: Path, per_class: int = 16, size: int = 32) -> Path:
+    """Three visibly different classes, with all three MedMNIST splits present."""
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for split, n in (("train", per_class), ("val", per_class // 2), ("test", per_class // 2)):
+        images, labels = [], []
+        for label in range(3):
+            for _ in range(n):
+                image = rng.normal(60, 10, (size, size))
+                image[:, label * size // 3:(label + 1) * size // 3] += 120
+                images.append(image.clip(0, 255).astype(np.uint8))
+                labels.append([label])
+        arrays[f"{split}_images"] = np.stack(images)
+        arrays[f"{split}_labels"] = np.array(labels)
+    path = tmp_path / "three.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_finetune_experiment_with_hierarchy_reports_coarse_classes(tmp_path):
+    config = ExperimentConfig.from_dict({
+        "name": "skin_like", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": f"medmnist:{_three_class_npz(tmp_path)}",
+                 "classes": ["nevus", "melanoma", "carcinoma"]},
+        "preprocess": {"image_size": 32},
+        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+                  "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}, {"epochs": 1, "unfreeze": 2}],
+                               "batch_size": 16,
+                               "hierarchy": {"benign": ["nevus"], "malignant": ["melanoma", "carcinoma"]}}}})
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    assert metrics["task"] == "multiclass"
+    assert len(metrics["splits"]["test"]["confusion_matrix"]) == 3
+    coarse = metrics["coarse"]["test"]
+    assert coarse["classes"] == ["benign", "malignant"] and coarse["n"] == 24
+    assert (run_dir / "training_curves.png").is_file()
+    assert "data:image/png;base64" in (run_dir / "report.html").read_text()
+    again = evaluate_run(run_dir, output=tmp_path / "eval")
+    assert load_metrics(again)["splits"]["test"] == metrics["splits"]["test"]

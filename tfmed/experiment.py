@@ -163,14 +163,15 @@ def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, va
             weights = class_weights(train)
             pos_weight, neg_weight = weights["pos"], weights["neg"]
         balance = config.balance if config.balance.method in ("oversample", "undersample") else None
-        train_ds = make_dataset(train, config.preprocess, training=True, batch_size=ft.batch_size,
-                                augment=config.augment, balance=balance, stats=stats, seed=config.seed)
-        val_ds = make_dataset(val, config.preprocess, training=False, batch_size=ft.batch_size,
-                              stats=stats)
         estimator = FineTuner(model_cfg.backbone, table.task, table.num_outputs, config=ft,
                               image_size=config.preprocess.image_size, weights=model_cfg.weights,
                               weights_dir=model_cfg.weights_dir, pos_weight=pos_weight,
-                              neg_weight=neg_weight, run_dir=run_dir, seed=config.seed)
+                              neg_weight=neg_weight, run_dir=run_dir, seed=config.seed,
+                              classes=list(table.classes))
+        batch = estimator.global_batch_size  # per-replica batch x replicas
+        train_ds = make_dataset(train, config.preprocess, training=True, batch_size=batch,
+                                augment=config.augment, balance=balance, stats=stats, seed=config.seed)
+        val_ds = make_dataset(val, config.preprocess, training=False, batch_size=batch, stats=stats)
         log(f"fine-tuning {model_cfg.backbone} in {len(ft.stages)} stage(s)")
         estimator.fit(train_ds, val_ds)
     return TrainedModel(mode=model_cfg.mode, task=table.task, classes=list(table.classes),
@@ -243,6 +244,8 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
         metrics["splits"][name] = evaluate_split(model, parts[name], split_scores, config.evaluation)
     if fold_summary is not None:
         metrics["kfold"] = fold_summary
+    if config.model.finetune.hierarchy and model.task == "multiclass":
+        metrics["coarse"] = coarse_metrics(config.model.finetune.hierarchy, model, parts, scores)
     metrics["seconds"] = round(time.time() - started, 1)
     from tfmed.reporting import write_run_outputs
 
@@ -250,6 +253,20 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     log(f"done in {metrics['seconds']:.0f} s: {run_dir / 'report.html'}")
     print(summary_text(metrics), flush=True)
     return run_dir
+
+
+def coarse_metrics(mapping: dict, model: TrainedModel, parts: dict, scores: dict) -> dict:
+    """Coarse-class metrics from fine-class probabilities summed per coarse class (Esteva et al. 2017)."""
+    from tfmed.evaluation.metrics import evaluate
+    from tfmed.hierarchy import Hierarchy
+
+    hierarchy = Hierarchy(mapping)
+    result = {}
+    for name, split_scores in scores.items():
+        proba, coarse_classes = hierarchy.coarse_probabilities(split_scores, model.classes)
+        y = hierarchy.coarse_labels(parts[name].labels(), fine_classes=model.classes)
+        result[name] = evaluate("multiclass", y, proba, None, coarse_classes)
+    return result
 
 
 def run_folds(config: ExperimentConfig, table: ImageTable, stats: dict | None, run_dir: Path) -> dict:

@@ -1,1 +1,2 @@
-"""tfmed.modes"""
+"""tfmed.modes: the training modes (features + SVM, staged fine-tuning)."""
+from tfmed.modes.svm import FeatureSVM  # noqa: F401

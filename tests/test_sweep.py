@@ -1,0 +1,85 @@
+"""Layer sweep in the form of Bar et al.'s table (tfmed.modes.sweep)."""
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import recall_score, roc_auc_score
+
+import tfmed.backbones
+from tfmed.modes import FeatureSVM
+from tfmed.modes.features import FeatureError
+from tfmed.modes.sweep import format_sweep, save_sweep, sweep_layers
+
+SIZE = 32
+PARAMS = dict(weights=None, image_size=SIZE, C=(1.0,), cv=3, batch_size=16)
+
+
+def make_images(n, seed):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = rng.uniform(0, 100, (n, SIZE, SIZE, 1)).astype(np.float32)
+    X[y == 1, 4:14, 4:28] += 150.0
+    X[y == 0, 18:28, 4:28] += 150.0
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_images(30, 0) + make_images(16, 1)
+
+
+def test_sweep_table_matches_independent_metrics(data, tmp_path, monkeypatch):
+    X_train, y_train, X_val, y_val = data
+    calls = []
+    original = tfmed.backbones.extract_features
+
+    def counted(model, images, batch_size=32):
+        calls.append(sorted(model.output))
+        return original(model, images, batch_size=batch_size)
+
+    monkeypatch.setattr(tfmed.backbones, "extract_features", counted)
+    table = sweep_layers(X_train, y_train, X_val, y_val, taps=["early", "middle"],
+                         fusions=[["early", "middle"], ["middle", "texture"]],
+                         cache_dir=str(tmp_path), **PARAMS)
+    assert list(table.columns) == ["early", "middle", "early+middle", "middle+texture"]
+    assert list(table.index) == ["sensitivity", "specificity", "AUC"]
+    # one backbone pass per image set, all taps at once; the fits read the cache
+    assert calls == [["early", "middle"], ["early", "middle"]]
+
+    # an independently fitted model on one tap gives the same column
+    model = FeatureSVM(taps=("middle",), cache_dir=str(tmp_path), **PARAMS).fit(X_train, y_train)
+    scores = model.decision_function(X_val)
+    assert table.loc["AUC", "middle"] == pytest.approx(roc_auc_score(y_val, scores))
+    predicted = (scores > 0).astype(int)
+    assert table.loc["sensitivity", "middle"] == pytest.approx(recall_score(y_val, predicted, pos_label=1))
+    assert table.loc["specificity", "middle"] == pytest.approx(recall_score(y_val, predicted, pos_label=0))
+    assert ((table >= 0) & (table <= 1)).all().all()
+
+
+def test_format_and_csv(tmp_path):
+    table = pd.DataFrame({"early": [0.5, 0.75, 0.8125], "middle+late": [1.0, 0.9, 0.95]},
+                         index=["sensitivity", "specificity", "AUC"])
+    text = format_sweep(table)
+    lines = text.splitlines()
+    assert lines[0].split() == ["early", "middle+late"]
+    assert lines[1].split() == ["sensitivity", "0.500", "1.000"]
+    assert lines[3].split() == ["AUC", "0.812", "0.950"]
+    path = save_sweep(table, tmp_path / "out" / "sweep.csv")
+    back = pd.read_csv(path, index_col="metric")
+    pd.testing.assert_frame_equal(back, table, check_names=False)
+
+
+def test_sweep_needs_binary_labels(data):
+    X_train, y_train, X_val, y_val = data
+    with pytest.raises(FeatureError, match="binary"):
+        sweep_layers(X_train, np.arange(30) % 3, X_val, y_val, taps=["early"],
+                     fusions=[], **PARAMS)
+
+
+def test_sweep_rejects_unknown_taps_and_unseen_val_classes(data):
+    X_train, y_train, X_val, y_val = data
+    with pytest.raises(FeatureError, match="'stage42'"):
+        sweep_layers(X_train, y_train, X_val, y_val, taps=["stage42"], fusions=[], **PARAMS)
+    with pytest.raises(FeatureError, match=r"y_val holds class\(es\) \[5\]"):
+        sweep_layers(X_train, y_train, X_val, np.where(y_val == 1, 5, 0), taps=["early"], fusions=[], **PARAMS)
+    with pytest.raises(FeatureError, match="'task'"):
+        sweep_layers(X_train, y_train, X_val, y_val, taps=["early"], fusions=[], task="binary", **PARAMS)

@@ -1,0 +1,562 @@
+"""The features + SVM mode (Bar et al. 2015) as a scikit-learn estimator.
+
+:class:`FeatureSVM` feeds images through a frozen ImageNet backbone, pools the
+activations of one or more taps (e.g. a middle stage and the last stage),
+optionally adds LBP texture histograms, standardises each block on the
+training features and trains a support vector machine whose C (and gamma)
+are chosen by cross-validated ROC AUC on the training split only.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.uniform(0, 255, (24, 32, 32, 1)).astype("float32")
+    >>> y = np.repeat([0, 1], 12)
+    >>> X[y == 1, 8:24, 8:24] = 255.0
+    >>> model = FeatureSVM(weights=None, taps=("middle",), image_size=32, C=(1.0,), cv=3)
+    >>> model.fit(X, y).predict_proba(X).shape
+    (24, 2)
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from numbers import Real
+from typing import Sequence
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import (GridSearchCV, GroupKFold, KFold, StratifiedGroupKFold,
+                                     StratifiedKFold)
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils.validation import check_is_fitted
+
+from tfmed.modes.features import (FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
+                                  as_image_batch, backbone_features, base_model, check_finite,
+                                  check_taps, lbp_features)
+
+__all__ = ["FeatureSVM", "TooFewSamplesError", "ModelMismatchError", "FeatureError",
+           "UnknownTapError"]
+
+ARTIFACT_FORMAT = 1
+TEXTURE = "texture"
+
+
+class TooFewSamplesError(FeatureError):
+    """A class has too few training samples (or patients) for the CV folds."""
+
+
+class ModelMismatchError(FeatureError):
+    """New data (or a loaded model) does not match what the model was fitted on."""
+
+
+class FeatureSVM(ClassifierMixin, BaseEstimator):
+    """Frozen-backbone features + SVM classifier (Bar et al. 2015).
+
+    Parameters (stored as given; checked in ``fit``):
+        backbone: registry name of the backbone (``tfmed.backbones``).
+        weights: "imagenet", None (random init seeded by ``random_state``;
+            this seeds the global Keras/NumPy/Python generators) or a path.
+        weights_dir: where converted/downloaded weights are cached.
+        taps: backbone taps to pool ("early", "middle", "late", "stage3", ...);
+            several are fused by concatenation.
+        pooling: "avg" or "max" global pooling of each tap.
+        image_size: backbone input size; images are resized to it.
+        kernel: "rbf" or "linear".
+        C, gamma: a value or a list of values; a list is a grid searched by
+            cross-validated ROC AUC on the training data (gamma only for rbf).
+        cv: number of cross-validation folds (grid search and calibration).
+        class_weight: "balanced" or None, passed to ``SVC``.
+        texture: add uniform-LBP histograms (scikit-image) as a feature block.
+        task: "binary", "multiclass", "multilabel" or None (inferred from y).
+        cache_dir: folder for the feature cache (None: no cache).
+        batch_size: backbone batch size.
+        random_state: seed of the CV folds (and of a random backbone).
+        preprocess: the preprocessing config (a dict) that produced the
+            images; stored with the model so inference can repeat it.
+
+    Features: each block (tap, texture) is standardised with a
+    ``StandardScaler`` fitted on the training features; when several blocks
+    are fused each is scaled by 1/sqrt(width) so that every block weighs the
+    same in the kernel. Multiclass is one-vs-rest, multilabel one SVM per
+    label. Probabilities come from ``CalibratedClassifierCV`` (sigmoid,
+    fitted on cross-validated SVM scores); ``decision_function`` returns the
+    scores of the final SVM refitted on all training data and ``predict``
+    thresholds them at the SVM's own boundary (0; argmax for multiclass).
+
+    Fitted attributes: ``classes_``, ``task_``, ``best_params_``,
+    ``best_score_`` (CV AUC), ``cv_results_`` (DataFrame, one row per grid
+    point), ``input_shape_``, ``block_widths_``, ``backbone_spec_``,
+    ``scalers_``, ``models_``.
+
+    Example:
+        >>> model = FeatureSVM(taps=("stage4",), image_size=224, C=(1.0, 10.0), cv=3,
+        ...                    cache_dir="runs/features")
+        >>> model.get_params()["taps"]
+        ('stage4',)
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = "imagenet",
+                 weights_dir: str | None = None, taps: Sequence[str] = ("late",), pooling: str = "avg",
+                 image_size: int = 224, kernel: str = "rbf", C=(0.1, 1, 10), gamma=("scale",),
+                 cv: int = 5, class_weight: str | None = "balanced", texture: bool = False,
+                 task: str | None = None, cache_dir: str | None = None, batch_size: int = 32,
+                 random_state: int = 0, preprocess: dict | None = None):
+        self.backbone = backbone
+        self.weights = weights
+        self.weights_dir = weights_dir
+        self.taps = taps
+        self.pooling = pooling
+        self.image_size = image_size
+        self.kernel = kernel
+        self.C = C
+        self.gamma = gamma
+        self.cv = cv
+        self.class_weight = class_weight
+        self.texture = texture
+        self.task = task
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.preprocess = preprocess
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, config, cache_dir: str | None = None) -> "FeatureSVM":
+        """Build from an ``ExperimentConfig`` (model.*, model.svm.*, preprocess.*).
+
+        Example:
+            >>> from tfmed.config import ExperimentConfig
+            >>> FeatureSVM.from_config(ExperimentConfig()).image_size
+            224
+        """
+        svm = config.model.svm
+        return cls(backbone=config.model.backbone, weights=config.model.weights,
+                   weights_dir=config.model.weights_dir, taps=tuple(svm.taps), pooling=svm.pooling,
+                   image_size=config.preprocess.image_size, kernel=svm.kernel, C=tuple(svm.C),
+                   gamma=tuple(svm.gamma), cv=svm.cv, class_weight=svm.class_weight,
+                   texture=svm.texture, task=config.data.task, cache_dir=cache_dir,
+                   batch_size=svm.batch_size, random_state=config.seed,
+                   preprocess=dataclasses.asdict(config.preprocess))
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X, y, groups=None) -> "FeatureSVM":
+        """Extract features, choose C/gamma by CV AUC, fit the final SVM(s).
+
+        ``groups`` (e.g. patient ids, one per image) keep each group in one
+        fold (``StratifiedGroupKFold``).
+
+        Example:
+            >>> model = FeatureSVM(weights=None, image_size=32, C=1.0, cv=2)  # doctest: +SKIP
+            >>> model.fit(images, labels, groups=patient_ids)                 # doctest: +SKIP
+        """
+        taps = self._check_params()
+        X = as_image_batch(X)
+        y_enc, classes, task = self._encode_targets(y, len(X))
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (len(X),):
+                raise FeatureError(f"groups has shape {groups.shape}; give one group id (e.g. patient id) "
+                                   f"per image: shape ({len(X)},)")
+        self.backbone_spec_ = {"backbone": self.backbone, "weights": None if self.weights is None
+                               else str(self.weights), "weights_dir": self.weights_dir,
+                               "taps": taps, "pooling": self.pooling,
+                               "image_size": int(self.image_size), "texture": bool(self.texture),
+                               "random_state": int(self.random_state),
+                               "code_version": FEATURE_CODE_VERSION}
+        self._weight_values = None
+        blocks = self._blocks(X)
+        _, identity = self._base_model()
+        self.backbone_spec_["weights_digest"] = identity
+        self.task_, self.classes_ = task, classes
+        self.input_shape_ = tuple(int(d) for d in X.shape[1:])
+        self.block_widths_ = {name: int(block.shape[1]) for name, block in blocks.items()}
+        self.scalers_ = {name: StandardScaler().fit(block) for name, block in blocks.items()}
+        features = self._transform(blocks)
+
+        search_splits = self._splits(y_enc, groups, classes)
+        estimator, prefix = self._svc_template(task)
+        grid = self._grid(prefix)
+        search = GridSearchCV(estimator, grid, scoring=_auc_scorer, cv=search_splits, refit=False,
+                              error_score="raise")
+        search.fit(features, y_enc)
+        self.cv_results_ = _results_table(search.cv_results_, prefix)
+        self.best_params_ = {k[len(prefix):]: v for k, v in search.best_params_.items()}
+        self.best_score_ = float(search.best_score_)
+
+        best = SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500,
+                   **self.best_params_)
+        if task == "binary":
+            self.models_ = [_calibrated(best, search_splits).fit(features, y_enc)]
+        elif task == "multiclass":
+            self.models_ = [_calibrated(OneVsRestClassifier(best), search_splits).fit(features, y_enc)]
+        else:
+            self.models_ = []
+            for j in range(y_enc.shape[1]):
+                splits = self._splits(y_enc[:, j], groups, np.array([0, 1]), label=classes.tolist()[j])
+                self.models_.append(_calibrated(best, splits).fit(features, y_enc[:, j]))
+        return self
+
+    def _check_params(self) -> list[str]:
+        if self.kernel not in ("rbf", "linear"):
+            raise FeatureError(f"kernel is {self.kernel!r}; allowed: rbf, linear")
+        if self.pooling not in ("avg", "max"):
+            raise FeatureError(f"pooling is {self.pooling!r}; allowed: avg, max")
+        if self.task not in (None, "binary", "multiclass", "multilabel"):
+            raise FeatureError(f"task is {self.task!r}; allowed: binary, multiclass, multilabel or None")
+        if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
+            raise FeatureError(f"cv is {self.cv!r}; it must be an integer of at least 2 folds")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)) \
+                or self.image_size < 8:
+            raise FeatureError(f"image_size is {self.image_size!r}; it must be an integer >= 8")
+        for value in _as_list(self.C):
+            if isinstance(value, bool) or not isinstance(value, Real) or value <= 0:
+                raise FeatureError(f"C holds {value!r}; every C must be a number > 0")
+        for value in _as_list(self.gamma):
+            if not (value in ("scale", "auto") or (isinstance(value, Real) and not isinstance(value, bool)
+                                                    and value > 0)):
+                raise FeatureError(f"gamma holds {value!r}; allowed: 'scale', 'auto' or a number > 0")
+        if self.class_weight not in (None, "balanced"):
+            raise FeatureError(f"class_weight is {self.class_weight!r}; allowed: 'balanced' or None")
+        return check_taps(self.backbone, self.taps)
+
+    def _encode_targets(self, y, n_images: int):
+        y = np.asarray(y)
+        if len(y) != n_images:
+            raise FeatureError(f"X has {n_images} images but y has {len(y)} labels; give one label "
+                               "(or one row of 0/1 labels) per image")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.ravel()
+        if y.ndim == 2:
+            values = np.unique(y)
+            if not np.isin(values, [0, 1]).all():
+                raise FeatureError(f"a 2-D y is read as multilabel and must hold only 0/1, found "
+                                   f"{values[~np.isin(values, [0, 1])][:5].tolist()}")
+            task, classes, encoded = "multilabel", np.arange(y.shape[1]), y.astype(np.int64)
+        elif y.ndim == 1:
+            if pd.isna(pd.Series(y)).any():
+                rows = np.flatnonzero(pd.isna(pd.Series(y)).to_numpy())
+                raise FeatureError(f"y has missing labels at rows {rows[:10].tolist()}; label or drop them")
+            classes, encoded = np.unique(y, return_inverse=True)
+            if len(classes) < 2:
+                raise FeatureError(f"y holds a single class ({classes.tolist()}); an SVM needs at least two")
+            task = "binary" if len(classes) == 2 else "multiclass"
+        else:
+            raise FeatureError(f"y must be 1-D labels or a 2-D 0/1 label matrix, got shape {y.shape}")
+        if self.task is not None and self.task != task:
+            raise FeatureError(f"task is {self.task!r} but y looks {task} ({len(classes)} classes/labels, "
+                               f"shape {y.shape}); fix y or set task=None")
+        return encoded, classes, task
+
+    def _splits(self, y, groups, classes, label=None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """CV folds with every class in every fold, or a TooFewSamplesError."""
+        classes = np.asarray(classes).tolist()
+        what = "" if label is None else f"label {label!r}: "
+        names = {0: "negative", 1: "positive"} if label is not None else None
+        multilabel = y.ndim == 2
+        if not multilabel:
+            counts = np.bincount(y, minlength=len(classes))
+            unit = "images"
+            if groups is not None:
+                counts = np.array([len(np.unique(groups[y == k])) for k in range(len(classes))])
+                unit = "patients/groups"
+            tally = ", ".join(f"{(names or {}).get(k, classes[k])}={n}" for k, n in enumerate(counts))
+            if counts.min() < self.cv:
+                k = int(np.argmin(counts))
+                name = (names or {}).get(k, classes[k])
+                raise TooFewSamplesError(
+                    f"{what}class {name!r} has {counts[k]} training {unit} ({tally}), fewer than "
+                    f"cv={self.cv} folds; {_fewer_folds(int(counts[k]))}add {unit} of {name!r}")
+        else:
+            for j in range(y.shape[1]):
+                positives = int(y[:, j].sum())
+                for kind, n in (("positive", positives), ("negative", len(y) - positives)):
+                    if n < self.cv:
+                        raise TooFewSamplesError(
+                            f"label {classes[j]!r} has {n} {kind} training images, fewer than cv={self.cv} "
+                            f"folds; {_fewer_folds(n)}add {kind} images of label {classes[j]!r}")
+        if groups is not None and len(np.unique(groups)) < self.cv:
+            raise TooFewSamplesError(f"only {len(np.unique(groups))} distinct groups for cv={self.cv} "
+                                     "folds; use fewer folds")
+        seed = int(self.random_state)
+        if multilabel:
+            splitter = GroupKFold(self.cv) if groups is not None else KFold(self.cv, shuffle=True,
+                                                                            random_state=seed)
+        elif groups is not None:
+            splitter = StratifiedGroupKFold(self.cv, shuffle=True, random_state=seed)
+        else:
+            splitter = StratifiedKFold(self.cv, shuffle=True, random_state=seed)
+        splits = list(splitter.split(np.zeros(len(y)), y if not multilabel else None, groups))
+        if not multilabel:
+            for fold, (train, test) in enumerate(splits):
+                for part, rows in (("training", train), ("held-out", test)):
+                    absent = sorted(set(range(len(classes))) - set(np.unique(y[rows]).tolist()))
+                    if absent:
+                        name = (names or {}).get(absent[0], classes[absent[0]])
+                        raise TooFewSamplesError(
+                            f"{what}CV fold {fold} has no {part} images of class {name!r} (the "
+                            f"patients/groups cannot be spread over cv={self.cv} folds); use fewer folds")
+        return splits
+
+    def _svc_template(self, task: str):
+        svc = SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500)
+        if task == "binary":
+            return svc, ""
+        return OneVsRestClassifier(svc), "estimator__"
+
+    def _grid(self, prefix: str) -> dict[str, list]:
+        grid = {prefix + "C": [float(c) for c in _as_list(self.C)]}
+        if self.kernel == "rbf":
+            grid[prefix + "gamma"] = [g if isinstance(g, str) else float(g) for g in _as_list(self.gamma)]
+        return grid
+
+    # ------------------------------------------------------------------ features
+
+    def _base_model(self):
+        spec = self.backbone_spec_
+        weights = None if self._weight_values is not None else spec["weights"]
+        return base_model(spec["backbone"], weights, spec["weights_dir"], spec["image_size"],
+                          spec["random_state"], self._weight_values)
+
+    def _blocks(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        spec = self.backbone_spec_
+        weights = None if self._weight_values is not None else spec["weights"]
+        cache = None if self.cache_dir is None else FeatureCache(self.cache_dir)
+        blocks = backbone_features(X, backbone=spec["backbone"], weights=weights,
+                                   weights_dir=spec["weights_dir"], taps=spec["taps"],
+                                   pooling=spec["pooling"], image_size=spec["image_size"],
+                                   batch_size=self.batch_size, cache=cache,
+                                   random_state=spec["random_state"],
+                                   weight_values=self._weight_values)
+        self.last_cache_ = cache
+        if spec["texture"]:
+            blocks[TEXTURE] = lbp_features(X)
+        check_finite(blocks)
+        return blocks
+
+    def _transform(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
+        scale = len(blocks) > 1
+        parts = []
+        for name, block in blocks.items():
+            standard = self.scalers_[name].transform(block)
+            parts.append(standard / np.sqrt(block.shape[1]) if scale else standard)
+        return np.concatenate(parts, axis=1)
+
+    def features(self, X) -> np.ndarray:
+        """The standardised (fused) feature matrix the SVM sees for images X.
+
+        Example:
+            >>> model.features(images).shape  # doctest: +SKIP
+            (10, 192)
+        """
+        check_is_fitted(self, "models_")
+        X = as_image_batch(X)
+        if tuple(X.shape[1:]) != self.input_shape_:
+            h, w, c = self.input_shape_
+            raise ModelMismatchError(
+                f"X images are {X.shape[1]}x{X.shape[2]} with {X.shape[3]} channel(s) but the model was "
+                f"fitted on {h}x{w} with {c} channel(s); preprocess new images as in training "
+                f"(the model's preprocess config: {self.preprocess})")
+        _, identity = self._base_model()
+        if identity != self.backbone_spec_["weights_digest"]:
+            raise ModelMismatchError(
+                f"the backbone {self.backbone_spec_['backbone']!r} now has different weights from those "
+                "the model was fitted with; load the saved model (FeatureSVM.load) to restore them")
+        blocks = self._blocks(X)
+        widths = {name: int(block.shape[1]) for name, block in blocks.items()}
+        if widths != self.block_widths_:
+            raise ModelMismatchError(f"the feature blocks have widths {widths} but the model was fitted on "
+                                     f"{self.block_widths_}; the backbone or its taps changed since fitting")
+        return self._transform(blocks)
+
+    # ------------------------------------------------------------------ prediction
+
+    def decision_function(self, X) -> np.ndarray:
+        """SVM scores: (n,) for binary, (n, classes) or (n, labels) otherwise.
+
+        Example:
+            >>> model.decision_function(images)  # doctest: +SKIP
+        """
+        return self._scores(self.features(X))
+
+    def _scores(self, features: np.ndarray) -> np.ndarray:
+        if self.task_ == "multilabel":
+            return np.column_stack([_final_svm(m).decision_function(features) for m in self.models_])
+        return _final_svm(self.models_[0]).decision_function(features)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Calibrated probabilities: (n, classes); multilabel (n, labels) of P(label=1).
+
+        Example:
+            >>> model.predict_proba(images)[:, 1]  # doctest: +SKIP
+        """
+        features = self.features(X)
+        if self.task_ == "multilabel":
+            return np.column_stack([m.predict_proba(features)[:, 1] for m in self.models_])
+        return self.models_[0].predict_proba(features)
+
+    def predict(self, X) -> np.ndarray:
+        """Labels at the SVM's decision boundary (score 0; argmax for multiclass).
+
+        Example:
+            >>> model.predict(images)  # doctest: +SKIP
+        """
+        scores = self.decision_function(X)
+        if self.task_ == "binary":
+            return self.classes_[(scores > 0).astype(int)]
+        if self.task_ == "multiclass":
+            return self.classes_[np.argmax(scores, axis=1)]
+        return (scores > 0).astype(np.int64)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Accuracy on (X, y); labels the model never saw raise ModelMismatchError.
+
+        Example:
+            >>> model.score(images, labels)  # doctest: +SKIP
+        """
+        check_is_fitted(self, "models_")
+        self.check_targets(y)
+        return super().score(X, y, sample_weight=sample_weight)
+
+    def check_targets(self, y) -> None:
+        """Raise ModelMismatchError when y has classes/labels the model was not fitted on.
+
+        Example:
+            >>> model.check_targets(["normal", "pneumonia"])  # doctest: +SKIP
+        """
+        y = np.asarray(y)
+        if self.task_ == "multilabel":
+            if y.ndim != 2 or y.shape[1] != len(self.classes_):
+                raise ModelMismatchError(f"y has shape {y.shape} but the model was fitted on "
+                                         f"{len(self.classes_)} labels per image")
+            return
+        unknown = sorted(set(np.unique(y).tolist()) - set(self.classes_.tolist()), key=str)
+        if unknown:
+            raise ModelMismatchError(f"y holds class(es) {unknown[:5]} that the model was not fitted on; "
+                                     f"its classes are {self.classes_.tolist()}")
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write one joblib file with everything needed to predict on new images.
+
+        It holds the parameters (with the preprocessing config), the backbone
+        spec and its weight values, the scalers and the fitted SVMs.
+
+        Example:
+            >>> model.save("runs/demo/svm.joblib")  # doctest: +SKIP
+        """
+        check_is_fitted(self, "models_")
+        model, _ = self._base_model()
+        state = {name: getattr(self, name) for name in _FITTED}
+        artifact = {"format": ARTIFACT_FORMAT, "kind": "tfmed.FeatureSVM", "params": self.get_params(),
+                    "state": state, "backbone_weights": [np.asarray(w) for w in model.get_weights()]}
+        directory = os.path.dirname(os.fspath(path))
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        joblib.dump(artifact, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeatureSVM":
+        """Read a model written by :meth:`save`; re-creates its feature model.
+
+        Example:
+            >>> model = FeatureSVM.load("runs/demo/svm.joblib")  # doctest: +SKIP
+        """
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no saved FeatureSVM here")
+        try:
+            artifact = joblib.load(path)
+        except Exception as error:  # joblib raises many types for a foreign file
+            raise ModelMismatchError(f"{path}: not a saved FeatureSVM ({type(error).__name__}: {error})") \
+                from None
+        if not isinstance(artifact, dict) or artifact.get("kind") != "tfmed.FeatureSVM":
+            raise ModelMismatchError(f"{path}: not a saved FeatureSVM")
+        if artifact.get("format") != ARTIFACT_FORMAT:
+            raise ModelMismatchError(f"{path}: saved in format {artifact.get('format')}, this tfmed reads "
+                                     f"format {ARTIFACT_FORMAT}; re-fit and save the model again")
+        model = cls(**artifact["params"])
+        for name, value in artifact["state"].items():
+            setattr(model, name, value)
+        if model.backbone_spec_.get("code_version") != FEATURE_CODE_VERSION:
+            raise ModelMismatchError(f"{path}: fitted with feature code version "
+                                     f"{model.backbone_spec_.get('code_version')}, this tfmed has "
+                                     f"{FEATURE_CODE_VERSION}; re-fit the model")
+        model._weight_values = artifact["backbone_weights"]
+        _, identity = model._base_model()
+        if identity != model.backbone_spec_["weights_digest"]:
+            raise ModelMismatchError(f"{path}: the restored backbone weights do not match the saved digest; "
+                                     "the file is damaged or the backbone definition changed")
+        return model
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        return tags
+
+
+_FITTED = ("backbone_spec_", "task_", "classes_", "input_shape_", "block_widths_", "scalers_",
+           "cv_results_", "best_params_", "best_score_", "models_")
+
+
+def _fewer_folds(count: int) -> str:
+    return f"use cv={count} or fewer, or " if count >= 2 else ""
+
+
+def _as_list(value) -> list:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return list(value)
+    return [value]
+
+
+def _calibrated(estimator, splits) -> CalibratedClassifierCV:
+    # ensemble=False: sigmoid fitted on cross-validated scores, and one
+    # estimator refitted on all the data (the final SVM).
+    return CalibratedClassifierCV(estimator, method="sigmoid", cv=splits, ensemble=False)
+
+
+def _final_svm(calibrated: CalibratedClassifierCV):
+    return calibrated.calibrated_classifiers_[0].estimator
+
+
+def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of SVM scores: binary; macro one-vs-rest over classes/labels.
+
+    Classes (labels) that are absent, or present in every row, are skipped.
+
+    Example:
+        >>> macro_auc(np.array([0, 0, 1, 1]), np.array([-1.0, 0.5, 0.2, 2.0]))
+        0.75
+    """
+    y = np.asarray(y)
+    scores = np.asarray(scores)
+    if scores.ndim == 1:
+        return float(roc_auc_score(y, scores))
+    indicator = y if y.ndim == 2 else (y[:, None] == np.arange(scores.shape[1])).astype(int)
+    aucs = [roc_auc_score(indicator[:, k], scores[:, k]) for k in range(scores.shape[1])
+            if 0 < indicator[:, k].sum() < len(indicator)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _auc_scorer(estimator, X, y) -> float:
+    return macro_auc(y, estimator.decision_function(X))
+
+
+def _results_table(results: dict, prefix: str) -> pd.DataFrame:
+    table = pd.DataFrame({key[len("param_" + prefix):]: list(values) for key, values in results.items()
+                          if key.startswith("param_")})
+    folds = sorted(k for k in results if k.startswith("split") and k.endswith("_test_score"))
+    table["mean_auc"] = results["mean_test_score"]
+    table["std_auc"] = results["std_test_score"]
+    for key in folds:
+        table[key.replace("_test_score", "_auc")] = results[key]
+    table["rank"] = results["rank_test_score"]
+    table["mean_fit_time"] = results["mean_fit_time"]
+    return table

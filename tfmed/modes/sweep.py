@@ -1,0 +1,129 @@
+"""Layer sweep: which backbone taps (and fusions) give the best SVM (Bar et al. 2015).
+
+:func:`sweep_layers` fits one :class:`~tfmed.modes.svm.FeatureSVM` per tap and
+per fusion of taps on the training images and measures it on the validation
+images, giving a table in the form of Bar et al.'s: one column per tap or
+fusion, rows sensitivity, specificity and AUC.
+
+Operating point: sensitivity and specificity are read at the SVM's own
+decision boundary (score 0, with class-balanced weights), so no threshold is
+tuned on the validation images they are measured on. AUC is
+threshold-free. The features of all taps are extracted once, in a single
+pass through the backbone, and shared through the feature cache.
+
+Example:
+    >>> table = sweep_layers(X_train, y_train, X_val, y_val, taps=["early", "middle", "late"],
+    ...                      fusions=[["middle", "late"]], C=(1.0, 10.0))  # doctest: +SKIP
+    >>> print(format_sweep(table))                                          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+from tfmed.modes.features import FeatureCache, FeatureError, backbone_features, check_taps
+from tfmed.modes.svm import FeatureSVM
+
+ROWS = ("sensitivity", "specificity", "AUC")
+
+
+def sweep_layers(X_train, y_train, X_val, y_val, *, taps: Sequence[str],
+                 fusions: Sequence[Sequence[str]] = (("middle", "late"),), groups=None,
+                 **svm_params) -> pd.DataFrame:
+    """Validation sensitivity/specificity/AUC of an SVM on each tap and fusion.
+
+    Binary tasks only (the positive class is the second of the sorted
+    classes, e.g. 1 or "pneumonia"). ``svm_params`` go to
+    :class:`FeatureSVM` (backbone, weights, image_size, C, cv, cache_dir,
+    ...); without ``cache_dir`` a temporary cache is used for the sweep.
+    Columns are named by the tap, fusions by their taps joined with "+".
+
+    Example:
+        >>> df = sweep_layers(Xtr, ytr, Xva, yva, taps=["middle", "late"],
+        ...                   fusions=[["middle", "late"]], weights=None)  # doctest: +SKIP
+        >>> list(df.columns)                                               # doctest: +SKIP
+        ['middle', 'late', 'middle+late']
+    """
+    for forbidden in ("taps", "task"):
+        if forbidden in svm_params:
+            raise FeatureError(f"sweep_layers sets {forbidden!r} itself; remove it from the SVM parameters")
+    taps = [taps] if isinstance(taps, str) else list(taps)
+    fusions = [[f] if isinstance(f, str) else list(f) for f in fusions]
+    configs = [[tap] for tap in taps] + fusions
+    if not configs:
+        raise FeatureError("sweep_layers needs at least one tap or fusion")
+    classes = np.unique(np.asarray(y_train))
+    if np.asarray(y_train).ndim != 1 or len(classes) != 2:
+        raise FeatureError(f"sweep_layers reports sensitivity/specificity and needs a binary y_train; "
+                           f"got {len(classes)} classes with shape {np.asarray(y_train).shape}")
+    unknown = sorted(set(np.unique(np.asarray(y_val)).tolist()) - set(classes.tolist()), key=str)
+    if unknown:
+        raise FeatureError(f"y_val holds class(es) {unknown} absent from y_train {classes.tolist()}")
+
+    template = FeatureSVM(**svm_params)
+    all_taps = list(dict.fromkeys(tap for config in configs for tap in config if tap != "texture"))
+    check_taps(template.backbone, all_taps)
+    with tempfile.TemporaryDirectory(prefix="tfmed-sweep-") as scratch:
+        cache_dir = template.cache_dir or scratch
+        template.set_params(cache_dir=cache_dir)
+        _fill_cache(template, all_taps, X_train, X_val)
+        columns = {}
+        for config in configs:
+            texture = "texture" in config or bool(template.texture)
+            config_taps = tuple(t for t in config if t != "texture")
+            model = FeatureSVM(**{**template.get_params(), "taps": config_taps, "texture": texture})
+            model.fit(X_train, y_train, groups=groups)
+            scores = model.decision_function(X_val)
+            columns["+".join(config)] = _binary_metrics(np.asarray(y_val) == model.classes_[1], scores)
+    return pd.DataFrame(columns, index=list(ROWS))
+
+
+def _fill_cache(template: FeatureSVM, taps: list[str], *image_sets) -> None:
+    """One backbone pass per image set for all taps; the fits then read the cache."""
+    cache = FeatureCache(template.cache_dir)
+    for images in image_sets:
+        backbone_features(images, backbone=template.backbone, weights=template.weights,
+                          weights_dir=template.weights_dir, taps=taps, pooling=template.pooling,
+                          image_size=template.image_size, batch_size=template.batch_size,
+                          cache=cache, random_state=template.random_state)
+
+
+def _binary_metrics(positive: np.ndarray, scores: np.ndarray) -> list[float]:
+    predicted = scores > 0
+    tn, fp, fn, tp = confusion_matrix(positive, predicted, labels=[False, True]).ravel()
+    sensitivity = tp / (tp + fn) if tp + fn else float("nan")
+    specificity = tn / (tn + fp) if tn + fp else float("nan")
+    auc = roc_auc_score(positive, scores) if 0 < positive.sum() < len(positive) else float("nan")
+    return [float(sensitivity), float(specificity), float(auc)]
+
+
+def format_sweep(df: pd.DataFrame, digits: int = 3) -> str:
+    """The sweep table as aligned text, one column per tap/fusion.
+
+    Example:
+        >>> df = pd.DataFrame({"late": [0.9, 0.8, 0.93]}, index=list(ROWS))
+        >>> print(format_sweep(df))
+                     late
+        sensitivity 0.900
+        specificity 0.800
+        AUC         0.930
+    """
+    return df.to_string(float_format=lambda v: f"{v:.{digits}f}")
+
+
+def save_sweep(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write the sweep table to CSV (rows sensitivity/specificity/AUC) and return the path.
+
+    Example:
+        >>> save_sweep(df, "runs/demo/layer_sweep.csv")  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index_label="metric")
+    return path
