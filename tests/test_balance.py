@@ -1,0 +1,102 @@
+"""Class-balanced resampling: observed class shares of many draws."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmed.config import BalanceConfig
+from tfmed.data.balance import (
+    BalanceError, balance_groups, balanced_dataset, epoch_length, resample_indices, target_mix)
+from tfmed.data.table import ImageTable
+
+KEYS_1_TO_9 = np.array([1] * 10 + [0] * 90)  # 10 positives, 90 negatives, interleaving irrelevant
+
+
+def draw(ds, epochs):
+    """Concatenate ``epochs`` iterations of a finite dataset (each one an epoch)."""
+    out = []
+    for _ in range(epochs):
+        epoch = np.array([int(i) for i in ds.as_numpy_iterator()])
+        out.append(epoch)
+    return out
+
+
+def test_oversample_reaches_half_from_one_to_nine():
+    ds = balanced_dataset(KEYS_1_TO_9, BalanceConfig(method="oversample"), seed=3)
+    epochs = draw(ds, 30)
+    assert all(len(e) == 100 for e in epochs)                      # one epoch = len(table)
+    share = KEYS_1_TO_9[np.concatenate(epochs)].mean()
+    assert abs(share - 0.5) < 0.03, share                           # 3000 draws: sd 0.009
+    assert not np.array_equal(epochs[0], epochs[1])                 # a fresh draw each epoch
+    assert np.isin(np.concatenate(epochs), np.arange(100)).all()
+
+
+def test_non_uniform_target():
+    ds = balanced_dataset(KEYS_1_TO_9, BalanceConfig(method="oversample", target=[0.3, 0.7]), seed=4)
+    share = KEYS_1_TO_9[np.concatenate(draw(ds, 30))].mean()
+    assert abs(share - 0.7) < 0.03, share
+
+
+def test_undersample_epoch_length_and_share():
+    ds = balanced_dataset(KEYS_1_TO_9, BalanceConfig(method="undersample"), seed=5)
+    epochs = draw(ds, 100)
+    assert all(len(e) == 20 for e in epochs)                        # n_classes * min_count
+    share = KEYS_1_TO_9[np.concatenate(epochs)].mean()
+    assert abs(share - 0.5) < 0.03, share
+    # the majority class is drawn from all its rows over epochs, not a fixed subset
+    assert len(set(np.concatenate(epochs)[KEYS_1_TO_9[np.concatenate(epochs)] == 0])) > 80
+
+
+def test_same_seed_same_stream():
+    a = draw(balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample"), seed=9), 1)[0]
+    b = draw(balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample"), seed=9), 1)[0]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_three_classes_uniform():
+    keys = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    ds = balanced_dataset(keys, BalanceConfig(method="oversample"), seed=6)
+    counts = np.bincount(keys[np.concatenate(draw(ds, 30))], minlength=3) / 3000
+    np.testing.assert_allclose(counts, [1 / 3] * 3, atol=0.03)
+
+
+def test_resample_indices_numpy_helper():
+    idx = resample_indices(KEYS_1_TO_9, BalanceConfig(method="oversample", target=[0.3, 0.7]), seed=1)
+    assert len(idx) == 100
+    many = np.concatenate([resample_indices(KEYS_1_TO_9, BalanceConfig("oversample", [0.3, 0.7]), seed=s)
+                           for s in range(30)])
+    assert abs(KEYS_1_TO_9[many].mean() - 0.7) < 0.03
+    assert len(resample_indices(KEYS_1_TO_9, BalanceConfig("undersample"), seed=1)) == 20
+
+
+def test_multilabel_key_is_rarest_positive_label():
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(6)],
+                          "label:effusion": [1, 1, 1, 0, 0, 1],
+                          "label:nodule": [0, 1, 0, 0, 1, 0],
+                          "label:mass": [0, 0, 0, 0, 0, 0]})
+    table = ImageTable(frame, ["effusion", "nodule", "mass"], "multilabel")
+    keys, names = balance_groups(table)
+    # effusion 4 rows, nodule 2: a row with both counts as nodule; no positives -> "(no label)"
+    assert keys.tolist() == [0, 1, 0, 3, 1, 0]
+    assert names == ["effusion", "nodule", "mass", "(no label)"]
+    weights = target_mix(BalanceConfig("oversample"), names, np.bincount(keys, minlength=4))
+    np.testing.assert_allclose(weights, [1 / 3, 1 / 3, 0.0, 1 / 3])   # empty group gets no share
+
+
+def test_epoch_length_rules():
+    assert epoch_length("oversample", [90, 10]) == 100
+    assert epoch_length("undersample", [90, 10, 30]) == 30
+    with pytest.raises(BalanceError, match="does not resample"):
+        epoch_length("none", [90, 10])
+
+
+def test_errors_name_the_problem():
+    with pytest.raises(BalanceError, match="'rare' has no training rows"):
+        balanced_dataset(np.zeros(10, int), BalanceConfig("oversample"), names=["common", "rare"])
+    with pytest.raises(BalanceError, match="one share per group"):
+        balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample", target=[0.2, 0.3, 0.5]))
+    with pytest.raises(BalanceError, match="no\\s+training rows"):
+        balanced_dataset(np.zeros(10, int), BalanceConfig("oversample", target=[0.5, 0.5]), names=["a", "b"])
+    with pytest.raises(BalanceError, match="non-negative"):
+        balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample", target=[-1.0, 2.0]))
+    with pytest.raises(BalanceError, match="resampling needs"):
+        balanced_dataset(KEYS_1_TO_9, BalanceConfig("class_weight"))

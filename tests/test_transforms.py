@@ -1,0 +1,333 @@
+"""Transforms against hand-computed NumPy / OpenCV results; statistics on train only."""
+import math
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from tfmed.config import AugmentConfig, PreprocessConfig
+from tfmed.data.pipeline import make_dataset
+from tfmed.data.table import ImageTable
+from tfmed.data.transforms import (
+    CLAHE, Compose, CTWindow, MinMax, MinMaxRange, RandomApply, RandomBrightness, RandomContrast,
+    RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize, StatisticsError, Standardize,
+    SubtractMeanImage, ToChannels, TransformError, build_augment, build_preprocess, fit_statistics,
+    load_statistics, rotate, save_statistics, window_hu)
+
+
+def t(array):
+    return tf.constant(np.asarray(array, dtype=np.float32))
+
+
+# ----------------------------------------------------------------- windowing
+def test_window_hu_known_values():
+    # mediastinum window: center 40, width 400 -> [-160, 240] maps to [0, 255]
+    hu = np.array([-1000.0, -160.0, 40.0, 100.0, 240.0, 3000.0])
+    expected = [0.0, 0.0, 127.5, (100 + 160) / 400 * 255, 255.0, 255.0]
+    np.testing.assert_allclose(window_hu(hu, 40, 400), expected, rtol=1e-6)
+
+
+def test_ct_window_one_window_replicated_and_three_stacked():
+    hu = np.array([[-1000.0, -600.0], [40.0, 1000.0]], np.float32)[..., None]
+    one = CTWindow([[40, 400]])(t(hu)).numpy()
+    assert one.shape == (2, 2, 3)
+    for c in range(3):
+        np.testing.assert_allclose(one[..., c], window_hu(hu[..., 0], 40, 400), atol=1e-4)
+    three = CTWindow([[-600, 1500], [40, 400], [400, 1800]])(t(hu)).numpy()
+    # hand-computed: lung low = -1350, mediastinum low = -160, bone low = -500
+    np.testing.assert_allclose(three[0, 1], [(750 / 1500) * 255, 0.0, 0.0], atol=1e-3)  # -600 HU
+    np.testing.assert_allclose(three[1, 1], [255.0, 255.0, (1500 / 1800) * 255], atol=1e-3)  # 1000 HU
+    np.testing.assert_allclose(three[1, 0], [(1390 / 1500) * 255, 127.5, (540 / 1800) * 255], atol=1e-3)
+
+
+@pytest.mark.parametrize("windows", [[], [[40, 400], [0, 10]], [[40, 0]], [[40]]])
+def test_ct_window_rejects_bad_windows(windows):
+    with pytest.raises(TransformError, match="window"):
+        CTWindow(windows)
+
+
+# ----------------------------------------------------------------- intensity
+def test_minmax_per_image_matches_numpy():
+    image = np.random.default_rng(1).uniform(-50, 3000, (5, 7, 1)).astype(np.float32)
+    expected = (image - image.min()) / (image.max() - image.min()) * 255
+    np.testing.assert_allclose(MinMax()(t(image)).numpy(), expected, atol=1e-3)
+
+
+def test_minmax_constant_image_is_zero_not_nan():
+    out = MinMax()(tf.fill((3, 3, 1), 7.0)).numpy()
+    assert np.all(out == 0.0)
+
+
+def test_minmax_range_scales_and_clips():
+    out = MinMaxRange(100, 1100)(t([[[0.0], [100.0], [350.0], [5000.0]]])).numpy().ravel()
+    np.testing.assert_allclose(out, [0.0, 0.0, 250 / 1000 * 255, 255.0], atol=1e-4)
+    with pytest.raises(TransformError, match="lo < hi"):
+        MinMaxRange(5, 5)
+
+
+def test_standardize_per_channel():
+    image = np.random.default_rng(2).normal(size=(4, 4, 3)).astype(np.float32)
+    mean, std = [1.0, -2.0, 0.5], [2.0, 4.0, 0.25]
+    expected = (image - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(Standardize(mean, std)(t(image)).numpy(), expected, atol=1e-5)
+    with pytest.raises(TransformError, match="std"):
+        Standardize([0.0], [0.0])
+    with pytest.raises(TransformError, match="per channel"):
+        Standardize([0.0, 1.0], [1.0])
+
+
+def test_subtract_mean_image():
+    image = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    mean = np.full((2, 2, 3), 2.5, np.float32)
+    np.testing.assert_allclose(SubtractMeanImage(mean)(t(image)).numpy(), image - 2.5)
+    with pytest.raises(TransformError, match="mean image"):
+        SubtractMeanImage(np.zeros((2, 2)))
+
+
+# ----------------------------------------------------------------- channels
+def test_to_channels_grey_to_rgb_and_rgb_to_grey():
+    grey = np.random.default_rng(3).uniform(0, 255, (5, 6, 1)).astype(np.float32)
+    rgb = ToChannels(3)(t(grey)).numpy()
+    assert rgb.shape == (5, 6, 3) and all(np.array_equal(rgb[..., c], grey[..., 0]) for c in range(3))
+    colour = np.random.default_rng(4).uniform(0, 255, (5, 6, 3)).astype(np.float32)
+    expected = cv2.cvtColor(colour, cv2.COLOR_RGB2GRAY)  # OpenCV luma, 0.299/0.587/0.114
+    np.testing.assert_allclose(ToChannels(1)(t(colour)).numpy()[..., 0], expected, atol=0.2)
+
+
+def test_to_channels_with_unknown_channel_count_in_graph():
+    fn = tf.function(ToChannels(3), input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
+    out = fn(tf.ones((4, 4, 1)))
+    assert out.shape == (4, 4, 3)
+    out4 = fn(tf.ones((4, 4, 4)))  # RGBA: alpha dropped
+    assert out4.shape == (4, 4, 3)
+
+
+# ----------------------------------------------------------------- resizing
+def test_resize_plain_matches_opencv_bilinear_when_upsampling():
+    image = np.random.default_rng(5).uniform(0, 255, (8, 8)).astype(np.float32)
+    expected = cv2.resize(image, (16, 16), interpolation=cv2.INTER_LINEAR)
+    out = Resize(16)(t(image[..., None])).numpy()[..., 0]
+    # the borders differ only in edge handling; the interior is the same bilinear formula
+    np.testing.assert_allclose(out[1:-1, 1:-1], expected[1:-1, 1:-1], atol=1e-3)
+
+
+def test_resize_pad_geometry_tall_and_wide():
+    tall = Resize(32, mode="pad")(tf.ones((40, 20, 1))).numpy()[..., 0]
+    # 40x20 -> 32x16 content, (32 - 16) / 2 = 8 zero columns each side
+    assert tall.shape == (32, 32)
+    assert np.all(tall[:, :8] == 0) and np.all(tall[:, 24:] == 0)
+    np.testing.assert_allclose(tall[:, 8:24], 1.0, atol=1e-5)
+    wide = Resize(32, mode="pad")(tf.ones((10, 40, 1))).numpy()[..., 0]
+    # 10x40 -> 8x32 content, 12 zero rows each side
+    assert np.all(wide[:12] == 0) and np.all(wide[20:] == 0)
+    np.testing.assert_allclose(wide[12:20], 1.0, atol=1e-5)
+
+
+def test_resize_antialiases_strong_shrinking():
+    board = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.float32)[..., None]  # 1-px checkerboard
+    out = Resize(9)(t(board)).numpy()
+    np.testing.assert_allclose(out, 127.5, atol=1.0)                 # filtered to the mean grey
+    aliased = Resize(9, antialias=False)(t(board)).numpy()
+    assert np.abs(aliased - 127.5).max() > 60                          # plain sampling hits black/white
+
+
+def test_resize_rejects_unknown_mode():
+    with pytest.raises(TransformError, match="plain"):
+        Resize(32, mode="crop")
+
+
+# -------------------------------------------------------------- augmentation
+def _grid(n=5, c=1):
+    return np.arange(n * n * c, dtype=np.float32).reshape(n, n, c)
+
+
+def test_rotate_180_and_90_match_numpy():
+    image = _grid(5)
+    np.testing.assert_allclose(rotate(t(image), math.pi).numpy(), np.rot90(image, 2), atol=1e-3)
+    # a positive angle turns the picture counter-clockwise as displayed (rows down), like np.rot90
+    np.testing.assert_allclose(rotate(t(image), math.pi / 2).numpy(), np.rot90(image, 1), atol=1e-3)
+
+
+def test_random_rotation_stays_within_angle():
+    image = np.zeros((33, 33, 1), np.float32)
+    image[16, 16:] = 255.0  # a ray from the centre to the right edge
+    angles = []
+    for s in range(8):
+        out = RandomRotation(10)(t(image), seed=[s, 0]).numpy()[..., 0]
+        columns = np.arange(20, 31)
+        rows = (out[:, columns] * np.arange(33)[:, None]).sum(axis=0) / out[:, columns].sum(axis=0)
+        slope = np.polyfit(columns - 16.0, rows - 16.0, 1)[0]   # centroid of the ray per column
+        angles.append(np.degrees(np.arctan(slope)))
+    assert np.all(np.abs(angles) <= 10.5), angles
+    assert np.std(angles) > 1.0
+
+
+def test_random_flip_horizontal_only():
+    image = _grid(4)
+    seen = set()
+    for s in range(16):
+        out = RandomFlip(horizontal=True)(t(image), seed=[s, 1]).numpy()
+        if np.array_equal(out, image):
+            seen.add("same")
+        elif np.array_equal(out, image[:, ::-1]):
+            seen.add("lr")
+        else:
+            pytest.fail("horizontal flip produced something else (an up-down flip?)")
+    assert seen == {"same", "lr"}
+
+
+def test_random_rot90_gives_the_four_rotations():
+    image = _grid(4)
+    found = set()
+    for s in range(32):
+        out = RandomRot90()(t(image), seed=[s, 2]).numpy()
+        k = [k for k in range(4) if np.array_equal(out, np.rot90(image, k))]
+        assert len(k) == 1
+        found.add(k[0])
+    assert found == {0, 1, 2, 3}
+
+
+def test_random_crop_is_a_window_of_the_input():
+    image = _grid(8)
+    origins = set()
+    for s in range(10):
+        out = RandomCrop(5)(t(image), seed=[s, 3]).numpy()
+        top, left = divmod(int(out[0, 0, 0]), 8)
+        np.testing.assert_array_equal(out, image[top:top + 5, left:left + 5])
+        origins.add((top, left))
+    assert len(origins) > 1
+
+
+def test_random_brightness_adds_one_bounded_shift():
+    image = np.random.default_rng(6).uniform(60, 190, (6, 6, 1)).astype(np.float32)
+    shifts = []
+    for s in range(10):
+        diff = RandomBrightness(0.2)(t(image), seed=[s, 4]).numpy() - image
+        assert np.ptp(diff) < 1e-3 and abs(diff.mean()) <= 0.2 * 255 + 1e-3
+        shifts.append(diff.mean())
+    assert np.std(shifts) > 1.0
+
+
+def test_random_contrast_scales_about_the_mean():
+    image = np.random.default_rng(7).uniform(100, 150, (6, 6, 1)).astype(np.float32)
+    out = RandomContrast(0.3)(t(image), seed=[1, 5]).numpy()
+    factor = (out - image.mean()) / (image - image.mean())
+    assert np.ptp(factor) < 1e-3 and 0.7 - 1e-4 <= factor.mean() <= 1.3 + 1e-4
+    np.testing.assert_allclose(out.mean(), image.mean(), atol=1e-3)
+
+
+def test_clahe_equals_opencv():
+    rng = np.random.default_rng(8)
+    grey = (rng.uniform(0, 1, (48, 48)) ** 3 * 255).astype(np.uint8)
+    expected = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(grey)
+    out = CLAHE(2.0, 4)(t(grey[..., None])).numpy()[..., 0]
+    np.testing.assert_array_equal(out, expected.astype(np.float32))
+    rgb = np.stack([grey, grey[::-1], grey.T], axis=-1)
+    out3 = CLAHE(2.0, 4)(t(rgb)).numpy()
+    for c in range(3):
+        expected_c = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(np.ascontiguousarray(rgb[..., c]))
+        np.testing.assert_array_equal(out3[..., c], expected_c)
+
+
+def test_random_apply_probabilities():
+    image = t([[[1.0], [3.0]]])
+    assert np.array_equal(RandomApply(MinMax(), 0.0)(image, seed=[0, 0]).numpy(), image.numpy())
+    assert RandomApply(MinMax(), 1.0)(image, seed=[0, 0]).numpy().ravel().tolist() == [0.0, 255.0]
+
+
+def test_compose_is_reproducible_from_its_seed():
+    chain = Compose([RandomFlip(True, True), RandomRotation(20), RandomBrightness(0.1)])
+    image = t(np.random.default_rng(9).uniform(0, 255, (12, 12, 1)))
+    a = chain(image, seed=[5, 6]).numpy()
+    b = chain(image, seed=[5, 6]).numpy()
+    c = chain(image, seed=[7, 6]).numpy()
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# ------------------------------------------------------------------ builders
+def test_build_preprocess_order_and_output_contract():
+    config = PreprocessConfig(image_size=16, channels=3, intensity="window", windows=[[40, 400]], resize="pad")
+    chain = build_preprocess(config)
+    assert [type(x).__name__ for x in chain] == ["CTWindow", "Resize", "ToChannels"]
+    out = chain(tf.fill((20, 10, 1), 40.0)).numpy()
+    assert out.shape == (16, 16, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 6:10], 127.5, atol=1e-3)   # content on the 0-255 scale
+    assert np.all(out[:, :4] == 0)                                 # padding
+
+
+def test_build_preprocess_needs_matching_statistics():
+    with pytest.raises(StatisticsError, match="fit_statistics"):
+        build_preprocess(PreprocessConfig(intensity="standardize"))
+    stale = {"intensity": "standardize", "image_size": 64, "channels": 3, "resize": "plain",
+             "mean": [0, 0, 0], "std": [1, 1, 1]}
+    with pytest.raises(StatisticsError, match="image_size"):
+        build_preprocess(PreprocessConfig(intensity="standardize", image_size=32), stale)
+    with pytest.raises(StatisticsError, match="minmax_dataset"):
+        build_preprocess(PreprocessConfig(intensity="minmax_dataset"), stale)
+
+
+def test_build_augment_switches():
+    assert len(build_augment(AugmentConfig(enabled=False, vflip=True, rotation_degrees=5), 32)) == 0
+    default = build_augment(AugmentConfig(vflip=True), 32)
+    flips = [x for x in default if isinstance(x, RandomFlip)]
+    assert len(flips) == 1 and flips[0].vertical and not flips[0].horizontal  # no left-right by default
+    chain = build_augment(AugmentConfig(crop_from=40, rot90=True, brightness=0.1, contrast=0.1, clahe=True), 32)
+    assert [type(x).__name__ for x in chain] == ["RandomApply", "Resize", "RandomCrop", "RandomRot90",
+                                                 "RandomBrightness", "RandomContrast"]
+    assert chain(tf.zeros((32, 32, 3)), seed=[0, 1]).shape == (32, 32, 3)
+    with pytest.raises(TransformError, match="crop_from"):
+        build_augment(AugmentConfig(crop_from=16), 32)
+
+
+# ---------------------------------------------------------------- statistics
+def _memory_table(train, val):
+    images = np.concatenate([train, val])
+    n_train = len(train)
+    frame = pd.DataFrame({"image": [f"mem#{i}" for i in range(len(images))],
+                          "array_index": np.arange(len(images)),
+                          "label": np.arange(len(images)) % 2,
+                          "split": ["train"] * n_train + ["val"] * len(val)})
+    return ImageTable(frame, ["a", "b"], "binary", images=images)
+
+
+def test_statistics_on_train_only_and_reused_on_val(tmp_path):
+    rng = np.random.default_rng(10)
+    train = rng.uniform(0, 100, (6, 16, 16, 3)).astype(np.float32)
+    val = rng.uniform(500, 900, (3, 16, 16, 3)).astype(np.float32)
+    table = _memory_table(train, val)
+    config = PreprocessConfig(image_size=16, channels=3, intensity="standardize")
+    with pytest.raises(StatisticsError, match="split"):
+        fit_statistics(table, config)
+    stats = fit_statistics(table.split("train"), config, batch_size=4)
+    np.testing.assert_allclose(stats["mean"], train.reshape(-1, 3).mean(axis=0), rtol=1e-4)
+    np.testing.assert_allclose(stats["std"], train.reshape(-1, 3).std(axis=0), rtol=1e-4)
+
+    save_statistics(stats, tmp_path)
+    loaded = load_statistics(tmp_path)
+    assert loaded == stats
+    (x, _), = make_dataset(table.split("val"), config, training=False, batch_size=8, stats=loaded)
+    expected = (val - train.reshape(-1, 3).mean(axis=0)) / train.reshape(-1, 3).std(axis=0)
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_minmax_dataset_and_mean_image_statistics(tmp_path):
+    rng = np.random.default_rng(11)
+    train = rng.uniform(-200, 1800, (5, 8, 8)).astype(np.float32)
+    val = rng.uniform(-5000, 5000, (2, 8, 8)).astype(np.float32)
+    table = _memory_table(train, val).split("train")
+    mm = fit_statistics(table, PreprocessConfig(image_size=8, intensity="minmax_dataset"))
+    assert mm["min"] == pytest.approx(train.min()) and mm["max"] == pytest.approx(train.max())
+
+    config = PreprocessConfig(image_size=8, channels=1, intensity="mean_image")
+    stats = fit_statistics(table, config, batch_size=2)
+    np.testing.assert_allclose(stats["mean_image"][..., 0], train.mean(axis=0), rtol=1e-4, atol=1e-3)
+    save_statistics(stats, tmp_path)
+    assert (tmp_path / "mean_image.npy").is_file()
+    np.testing.assert_array_equal(load_statistics(tmp_path)["mean_image"], stats["mean_image"])
+
+
+def test_load_statistics_missing_file_names_path(tmp_path):
+    with pytest.raises(StatisticsError, match="preprocess_stats.json"):
+        load_statistics(tmp_path)

@@ -1,0 +1,348 @@
+"""The tf.data input pipeline: read, preprocess, augment, balance, batch.
+
+``make_dataset`` turns an :class:`~tfmed.data.table.ImageTable` into a
+``tf.data.Dataset`` of ``(images, targets)`` batches for Keras:
+
+* images float32 (B, S, S, C) from :func:`~tfmed.data.transforms.build_preprocess`;
+* targets float32: binary (B, 1), multiclass one-hot (B, K), multilabel (B, L).
+
+Reading is native TensorFlow for PNG (16-bit PNGs detected from the IHDR
+bit-depth byte and decoded as uint16, so their values survive) and JPEG;
+DICOM and other formats go through ``tfmed.data.decode.read_image`` in a
+``tf.numpy_function``. In-memory tables (``table.images``) are indexed by
+``array_index``. A file that cannot be decoded stops iteration with an error
+naming the file.
+
+Not training: table order, no augmentation, no resampling, one pass,
+deterministic. Training: shuffled every epoch, augmented (seeded, a fresh
+draw each epoch), optionally class-balanced (see :mod:`tfmed.data.balance`),
+always finite.
+
+Example:
+    >>> from tfmed.config import PreprocessConfig
+    >>> ds = make_dataset(table, PreprocessConfig(image_size=64), training=False)  # doctest: +SKIP
+    >>> images, targets = next(iter(ds))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig
+from tfmed.data import balance as balance_lib
+from tfmed.data.transforms import Compose, ToChannels, build_augment, build_preprocess
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TRAILER = b"IEND\xaeB`\x82"  # the IEND chunk closes every complete PNG
+JPEG_SIGNATURE = b"\xff\xd8"
+PNG_EXTENSIONS = (".png",)
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+_PNG, _JPEG, _OTHER = 0, 1, 2
+
+
+class PipelineError(ValueError):
+    """The table or the arguments cannot be turned into a dataset."""
+
+
+# ------------------------------------------------------------------- targets
+def targets_array(table) -> np.ndarray:
+    """Model targets as float32: binary (N, 1), multiclass one-hot (N, K), multilabel (N, L).
+
+    Example:
+        >>> targets_array(table).shape  # doctest: +SKIP
+        (10, 1)
+    """
+    labels = table.labels()
+    if table.task == "multilabel":
+        bad = np.flatnonzero(~np.isin(labels, (0, 1)).all(axis=1))
+        if bad.size:
+            _raise_row(table, bad[0], "multilabel targets must be 0 or 1")
+        return labels.astype(np.float32)
+    k = len(table.classes)
+    bad = np.flatnonzero((labels < 0) | (labels >= k))
+    if bad.size:
+        _raise_row(table, bad[0], f"label {labels[bad[0]]} is outside 0..{k - 1} for classes {table.classes}")
+    if table.task == "binary":
+        if k != 2:
+            raise PipelineError(f"a binary table needs 2 classes, got {table.classes}")
+        return labels.astype(np.float32)[:, np.newaxis]
+    return np.eye(k, dtype=np.float32)[labels]
+
+
+def _raise_row(table, position: int, message: str):
+    row = table.frame.iloc[int(position)]
+    raise PipelineError(f"row {row['row']} ({row['image']}): {message}")
+
+
+def class_weights(table) -> dict:
+    """Loss weights from class counts.
+
+    binary: ``{0: N_pos/N, 1: N_neg/N}`` (w_neg, w_pos); multiclass:
+    ``{c: N / (K * N_c)}``; multilabel: ``{"positive": N_neg_l/N, "negative":
+    N_pos_l/N}`` as float32 vectors over the labels.
+
+    Example:
+        >>> class_weights(table)  # doctest: +SKIP
+        {0: 0.25, 1: 0.75}
+    """
+    labels = table.labels()
+    n = len(labels)
+    if n == 0:
+        raise PipelineError("class_weights got an empty table")
+    if table.task == "multilabel":
+        positives = labels.sum(axis=0).astype(np.float64)
+        return {"positive": ((n - positives) / n).astype(np.float32),
+                "negative": (positives / n).astype(np.float32)}
+    counts = np.bincount(labels, minlength=len(table.classes)).astype(np.float64)
+    if table.task == "binary":
+        return {0: float(counts[1] / n), 1: float(counts[0] / n)}
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        raise PipelineError(f"class {table.classes[empty[0]]!r} has no rows, so its weight N/(K*N_c) is "
+                            "undefined; fix the split or drop the class")
+    k = len(table.classes)
+    return {i: float(n / (k * counts[i])) for i in range(k)}
+
+
+# ------------------------------------------------------------------- reading
+def _file_kind(path: str) -> int:
+    suffix = Path(path).suffix.lower()
+    if suffix in PNG_EXTENSIONS:
+        return _PNG
+    if suffix in JPEG_EXTENSIONS:
+        return _JPEG
+    return _OTHER
+
+
+def _read_with_decode(path) -> np.ndarray:
+    """numpy_function body: tfmed.data.decode.read_image, errors naming the file."""
+    path = path.decode("utf-8") if isinstance(path, bytes) else str(path)
+    from tfmed.data.decode import read_image
+
+    try:
+        image = np.asarray(read_image(path), dtype=np.float32)
+    except Exception as error:
+        raise PipelineError(f"{path}: cannot read image ({type(error).__name__}: {error}); "
+                            "validate the table's files before training") from error
+    if image.ndim == 2:
+        image = image[..., np.newaxis]
+    return image
+
+
+def _checked_contents(path: tf.Tensor, signature: bytes, kind: str, trailer: bytes = b"") -> tf.Tensor:
+    """File bytes, asserting (with the path in the message) the format's start and end markers."""
+    contents = tf.io.read_file(path)
+    ok = tf.equal(tf.strings.substr(contents, 0, len(signature)), signature)
+    if trailer:
+        length = tf.strings.length(contents)
+        start = tf.maximum(length - len(trailer), 0)
+        ok = tf.logical_and(ok, tf.equal(tf.strings.substr(contents, start, len(trailer)), trailer))
+    check = tf.debugging.Assert(ok, [f"tfmed: cannot decode {kind} image (empty, truncated or not a "
+                                     f"{kind} file):", path], summarize=1)
+    with tf.control_dependencies([check]):
+        return tf.identity(contents)
+
+
+def _decode_png(path: tf.Tensor, channels: int) -> tf.Tensor:
+    contents = _checked_contents(path, PNG_SIGNATURE, "PNG", PNG_TRAILER)
+    # IHDR bit depth is byte 24; 16-bit PNGs must be decoded as uint16.
+    sixteen = tf.equal(tf.strings.substr(contents, 24, 1), b"\x10")
+    return tf.cond(sixteen,
+                   lambda: tf.cast(tf.io.decode_png(contents, channels=channels, dtype=tf.uint16), tf.float32),
+                   lambda: tf.cast(tf.io.decode_png(contents, channels=channels, dtype=tf.uint8), tf.float32))
+
+
+def _decode_jpeg(path: tf.Tensor, channels: int) -> tf.Tensor:
+    contents = _checked_contents(path, JPEG_SIGNATURE, "JPEG")
+    return tf.cast(tf.io.decode_jpeg(contents, channels=channels), tf.float32)
+
+
+def _decode_other(path: tf.Tensor) -> tf.Tensor:
+    image = tf.numpy_function(_read_with_decode, [path], tf.float32, stateful=False)
+    image.set_shape([None, None, None])
+    return image
+
+
+def _reader(table, channels: int = 0):
+    """A graph function ``row position -> raw float32 (H, W, C) image`` for ``table``."""
+    frame = table.frame
+    if table.images is not None:
+        if "array_index" not in frame.columns:
+            raise PipelineError("the table holds in-memory images but has no 'array_index' column; "
+                                "the source must set one row index into table.images per row")
+        index = frame["array_index"]
+        missing = np.flatnonzero(index.isna().to_numpy())
+        if missing.size:
+            _raise_row(table, missing[0], "array_index is missing for an in-memory image")
+        index = index.to_numpy(dtype=np.int64)
+        bad = np.flatnonzero((index < 0) | (index >= len(table.images)))
+        if bad.size:
+            _raise_row(table, bad[0], f"array_index {index[bad[0]]} is outside the {len(table.images)} "
+                                      "in-memory images")
+        if table.images.ndim not in (3, 4):
+            raise PipelineError(f"table.images must be (N, H, W) or (N, H, W, C), got {table.images.shape}")
+        images = tf.constant(table.images)
+        index_t = tf.constant(index)
+
+        def read(i):
+            image = tf.cast(tf.gather(images, tf.gather(index_t, i)), tf.float32)
+            return image[..., tf.newaxis] if table.images.ndim == 3 else _drop_alpha(image)
+        return read
+
+    paths = frame["image"]
+    missing = np.flatnonzero(paths.isna().to_numpy())
+    if missing.size:
+        _raise_row(table, missing[0], "the image path is missing")
+    paths = paths.astype(str).tolist()
+    kinds = np.array([_file_kind(p) for p in paths], dtype=np.int32)
+    paths_t = tf.constant(paths)
+    kinds_t = tf.constant(kinds)
+    branches = {_PNG: functools.partial(_decode_png, channels=channels),
+                _JPEG: functools.partial(_decode_jpeg, channels=channels), _OTHER: _decode_other}
+    present = sorted(set(kinds.tolist()))
+
+    def read(i):
+        path = tf.gather(paths_t, i)
+        if len(present) == 1:
+            return _drop_alpha(branches[present[0]](path))
+        cases = [functools.partial(branches[k], path) if k in present else _placeholder_image
+                 for k in (_PNG, _JPEG, _OTHER)]
+        image = tf.switch_case(tf.gather(kinds_t, i), cases)
+        image.set_shape([None, None, None])
+        return _drop_alpha(image)
+    return read
+
+
+def _placeholder_image() -> tf.Tensor:
+    # Branch for a file kind absent from the table (never taken).
+    return tf.zeros([1, 1, 1])
+
+
+def raw_dataset(table, channels: int = 0) -> tf.data.Dataset:
+    """Raw decoded images (float32, H, W, C; original sizes and values) in table order.
+
+    ``channels`` is passed to the PNG/JPEG decoders (0 keeps the file's own).
+
+    Example:
+        >>> image = next(iter(raw_dataset(table)))  # doctest: +SKIP
+    """
+    if len(table) == 0:
+        raise PipelineError("the table is empty: no images to read")
+    read = _reader(table, channels)
+    return tf.data.Dataset.range(len(table)).map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------ datasets
+def _split_chain(chain: Compose, channels_in_head: bool = False) -> tuple[Compose, Compose]:
+    """(head, tail) around the point where training augmentation goes: before
+    the channel conversion (unless ``channels_in_head``) and the normalisers."""
+    transforms = list(chain)
+    cut = next((i for i, t in enumerate(transforms)
+                if (isinstance(t, ToChannels) and not channels_in_head) or getattr(t, "normalizer", False)),
+               len(transforms))
+    return Compose(transforms[:cut]), Compose(transforms[cut:])
+
+
+def _drop_alpha(image: tf.Tensor) -> tf.Tensor:
+    """Keep grey (1) or RGB (3) of a decoded image: alpha of LA/RGBA files is dropped."""
+    if image.shape[-1] in (1, 3):
+        return image
+    keep = tf.where(tf.shape(image)[-1] >= 3, 3, 1)
+    return image[..., :keep]
+
+
+def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_size: int = 32,
+                 augment: AugmentConfig | None = None, balance: BalanceConfig | None = None,
+                 stats: dict | None = None, seed: int = 0, cache: bool = False) -> tf.data.Dataset:
+    """Batches of ``(images, targets)`` for ``model.fit`` / ``predict``.
+
+    Args:
+        table: the rows to serve (one split).
+        preprocess: intensity, channels, size (same for training and inference).
+        training: shuffle, augment and balance when true; otherwise table order,
+            deterministic, one pass.
+        batch_size: images per batch (the last batch may be smaller).
+        augment: training augmentation (ignored when not training).
+        balance: "oversample"/"undersample" resample the training stream to
+            ``balance.target`` (uniform by default); other methods do not resample.
+        stats: train-split statistics from ``fit_statistics`` when the intensity needs them.
+        seed: seeds shuffling, resampling and augmentation (a fresh draw each epoch).
+        cache: preprocess every image once, when this is called, and keep the
+            result in memory (S*S*C*4 bytes per image): for small data sets.
+
+    Example:
+        >>> ds = make_dataset(train, PreprocessConfig(image_size=224), training=True,
+        ...                   augment=AugmentConfig(rotation_degrees=10),
+        ...                   balance=BalanceConfig("oversample"))  # doctest: +SKIP
+        >>> model.fit(ds, epochs=5)  # doctest: +SKIP
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise PipelineError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if len(table) == 0:
+        raise PipelineError("the table is empty: the split has no rows to make a dataset from")
+    # cached images are stored with their final channel count, so grey and colour files can mix
+    head, tail = _split_chain(build_preprocess(preprocess, stats), channels_in_head=cache)
+    aug = build_augment(augment, preprocess.image_size) if training else Compose([])
+    targets = tf.constant(targets_array(table))
+    size, channels = preprocess.image_size, preprocess.channels
+
+    if cache:
+        cached = _materialize(table, head)
+        cached_t = tf.constant(cached)
+
+        def pixels(i):
+            return tf.gather(cached_t, i)
+    else:
+        read = _reader(table)
+
+        def pixels(i):
+            return head(read(i))
+
+    def finish(image, i):
+        image = tf.ensure_shape(tail(image), [size, size, channels])
+        return image, tf.gather(targets, i)
+
+    if not training:
+        ds = tf.data.Dataset.range(len(table)).map(lambda i: finish(pixels(i), i),
+                                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    if balance is not None and balance.method in balance_lib.RESAMPLING:
+        keys, names = balance_lib.balance_groups(table)
+        indices = balance_lib.balanced_dataset(keys, balance, seed=seed, names=names)
+    else:
+        indices = tf.data.Dataset.range(len(table)).shuffle(len(table), seed=seed,
+                                                             reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    augmented = len(aug) > 0
+
+    def load(i, element_seed):
+        image = pixels(i)
+        if augmented:
+            image = aug(image, element_seed)
+        return finish(image, i)
+
+    ds = tf.data.Dataset.zip(indices, seeds).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _materialize(table, head: Compose, batch_size: int = 64) -> np.ndarray:
+    ds = raw_dataset(table).map(head, num_parallel_calls=tf.data.AUTOTUNE)
+    return np.concatenate([batch.numpy() for batch in ds.batch(batch_size)], axis=0)
+
+
+def load_arrays(table, preprocess: PreprocessConfig, stats: dict | None = None,
+                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """All images preprocessed (no augmentation, table order) and ``table.labels()``.
+
+    Example:
+        >>> x, y = load_arrays(table, PreprocessConfig(image_size=64))  # doctest: +SKIP
+        >>> x.shape  # doctest: +SKIP
+        (10, 64, 64, 3)
+    """
+    ds = make_dataset(table, preprocess, training=False, batch_size=batch_size, stats=stats)
+    images = np.concatenate([batch.numpy() for batch, _ in ds], axis=0)
+    return images, table.labels()
