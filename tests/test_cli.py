@@ -4,7 +4,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 
 from tfmed.cli import main

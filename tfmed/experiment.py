@@ -25,7 +25,6 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -33,17 +32,13 @@ import pandas as pd
 from tfmed import __version__
 from tfmed.config import EvaluationConfig, ExperimentConfig
 from tfmed.data.table import ImageTable
-from tfmed.inference import TrainedModel, scores_from_probabilities
+from tfmed.inference import TrainedModel
+from tfmed.progress import log
 
 THRESHOLD_KEYS = {"youden": "youden", "sensitivity": "high_sensitivity",
                   "specificity": "high_specificity", "fixed": "fixed"}
 VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scikit-image",
                       "opencv-python-headless", "pydicom", "PyYAML", "matplotlib")
-
-
-def log(message: str) -> None:
-    """Print a timestamped progress line (long steps report as they go)."""
-    print(f"[tfmed {dt.datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
 def environment_info(config: ExperimentConfig) -> dict:
@@ -173,7 +168,9 @@ def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, va
                                 augment=config.augment, balance=balance, stats=stats, seed=config.seed)
         val_ds = make_dataset(val, config.preprocess, training=False, batch_size=batch, stats=stats)
         log(f"fine-tuning {model_cfg.backbone} in {len(ft.stages)} stage(s)")
-        estimator.fit(train_ds, val_ds)
+        from tfmed.callbacks import EpochLogger
+
+        estimator.fit(train_ds, val_ds, callbacks=[EpochLogger()])
     return TrainedModel(mode=model_cfg.mode, task=table.task, classes=list(table.classes),
                         preprocess=config.preprocess, stats=stats, estimator=estimator,
                         threshold_method=THRESHOLD_KEYS[config.evaluation.threshold],

@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 from skimage.feature import local_binary_pattern
 
+from tfmed.progress import log
+
 # Bump when the way features are computed changes (resizing, pooling, ...):
 # every cached file made by older code then misses.
 FEATURE_CODE_VERSION = "1"
@@ -385,6 +387,8 @@ def backbone_features(images: np.ndarray, *, backbone: str, weights, weights_dir
             out = backbones.extract_features(extractor, chunk, batch_size=batch_size)
             for tap in missing:
                 parts[tap].append(np.asarray(out[tap], np.float32).reshape(len(chunk), -1))
+            if len(array) > CHUNK_SIZE:
+                log(f"{backbone} features: {min(start + CHUNK_SIZE, len(array))}/{len(array)} images")
         return {tap: np.concatenate(parts[tap]) for tap in missing}
 
     key_parts = {"images": array, "backbone": backbone, "weights": identity, "taps": taps,

@@ -1,0 +1,25 @@
+"""Progress lines: one per epoch during fine-tuning, per chunk during feature extraction."""
+import keras
+import numpy as np
+
+from tfmed.callbacks import ClinicalMetrics, EpochLogger, ordered
+from tfmed.modes.features import CHUNK_SIZE, backbone_features
+
+
+def test_epoch_logger_prints_loss_and_validation_auc(capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    model.fit(x, y, epochs=2, verbose=0, callbacks=ordered([EpochLogger(), ClinicalMetrics((x, y))]))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "epoch" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("[tfmed ") and "epoch 1: loss" in lines[0] and "val_auc" in lines[0]
+
+
+def test_feature_extraction_reports_progress_per_chunk(capsys):
+    images = np.zeros((CHUNK_SIZE + 10, 16, 16), np.uint8)
+    backbone_features(images, backbone="efficientnet_lite0", weights=None, taps=["early"], image_size=32)
+    out = capsys.readouterr().out
+    assert f"{CHUNK_SIZE}/{CHUNK_SIZE + 10} images" in out and f"{CHUNK_SIZE + 10}/{CHUNK_SIZE + 10}" in out
