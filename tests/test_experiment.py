@@ -204,6 +204,7 @@ def test_finetune_experiment_with_hierarchy_reports_coarse_classes(tmp_path):
     coarse = metrics["coarse"]["test"]
     assert coarse["classes"] == ["benign", "malignant"] and coarse["n"] == 24
     assert (run_dir / "training_curves.png").is_file()
-    assert "data:image/png;base64" in (run_dir / "report.html").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert "alt='training_curves'" in html and "alt='roc'" in html
     again = evaluate_run(run_dir, output=tmp_path / "eval")
     assert load_metrics(again)["splits"]["test"] == metrics["splits"]["test"]

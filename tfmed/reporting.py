@@ -127,8 +127,12 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                       metrics: dict) -> Path:
     """All outputs of a training run (see :func:`write_outputs`)."""
     estimator = model.estimator
-    history = getattr(estimator, "history_", None)
-    boundaries = getattr(estimator, "stage_boundaries_", None)
+    history, boundaries = None, None
+    if model.mode == "finetune" and getattr(estimator, "history_", None):
+        # per-epoch curves only; stage starts after the first become vertical lines
+        history = {k: v for k, v in estimator.history_.items()
+                   if k not in ("epoch", "stage", "stage_boundaries")}
+        boundaries = [b for b in estimator.history_.get("stage_boundaries", []) if b > 0]
     facts = {"mode": model.mode, "backbone": config.model.backbone, "weights": config.model.weights,
              "image size": config.preprocess.image_size, "intensity": config.preprocess.intensity,
              "threshold method": model.threshold_method}
