@@ -18,7 +18,7 @@ $(STAMP): requirements.txt setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q --doctest-modules $(PYTEST_ARGS) tests tfmed
 
 experiment: $(STAMP)
 	$(BIN)/tfmed run experiments/$(NAME).yaml

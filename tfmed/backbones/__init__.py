@@ -1,10 +1,14 @@
 """ImageNet backbones for transfer learning: one table, offline weights, tap features.
 
 Example:
+    >>> import numpy as np
     >>> from tfmed import backbones
     >>> base = backbones.create("efficientnet_lite0")          # ImageNet weights, 224 px
     >>> fm = backbones.feature_model(base, taps=("middle", "late"))
-    >>> feats = backbones.extract_features(fm, images)          # {"middle": (N, 192), "late": (N, 1280)}
+    >>> images = np.zeros((2, 224, 224, 3), "float32")          # raw 0-255 pixels
+    >>> feats = backbones.extract_features(fm, images)
+    >>> feats["middle"].shape, feats["late"].shape
+    ((2, 192), (2, 1280))
 """
 from tfmed.backbones.factory import BackboneInputError, create
 from tfmed.backbones.features import FeatureInputError, extract_features, feature_model

@@ -41,6 +41,7 @@ def feature_model(backbone, taps=("late",), pooling="avg") -> keras.Model:
         pooling: ``"avg"`` or ``"max"`` global pooling over the spatial axes.
 
     Example:
+        >>> from tfmed.backbones import create
         >>> base = create("resnet50", weights=None, input_shape=(64, 64, 3))
         >>> fm = feature_model(base, taps=("middle", "late"), pooling="max")
         >>> {k: v.shape for k, v in fm.output.items()}
@@ -100,6 +101,7 @@ def extract_features(model, images, batch_size=32) -> dict:
     Runs Keras' compiled ``predict`` loop (no per-image Python).
 
     Example:
+        >>> from tfmed.backbones import create
         >>> fm = feature_model(create("resnet50", weights=None, input_shape=(64, 64, 3)))
         >>> extract_features(fm, np.zeros((4, 64, 64, 3), "float32"))["late"].shape
         (4, 2048)
