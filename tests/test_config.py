@@ -52,6 +52,8 @@ def test_bad_keys_are_named_with_the_file(tmp_path, values, words):
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         ExperimentConfig.from_yaml(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="Available here: .*pneumonia_mnist.*tb_xray"):
+        ExperimentConfig.from_yaml(EXPERIMENTS[0].parent / "tb_xrays.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

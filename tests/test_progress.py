@@ -23,3 +23,11 @@ def test_feature_extraction_reports_progress_per_chunk(capsys):
     backbone_features(images, backbone="efficientnet_lite0", weights=None, taps=["early"], image_size=32)
     out = capsys.readouterr().out
     assert f"{CHUNK_SIZE}/{CHUNK_SIZE + 10} images" in out and f"{CHUNK_SIZE + 10}/{CHUNK_SIZE + 10}" in out
+
+
+def test_long_extractions_print_about_four_lines_not_one_per_chunk(capsys):
+    images = np.zeros((CHUNK_SIZE * 10, 8, 8), np.uint8)
+    backbone_features(images, backbone="efficientnet_lite0", weights=None, taps=["early"], image_size=32)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "features:" in line]
+    assert 4 <= len(lines) <= 5
+    assert lines[-1].endswith(f"{CHUNK_SIZE * 10}/{CHUNK_SIZE * 10} images")

@@ -221,8 +221,10 @@ class ExperimentConfig:
         """Load ``path``; errors name the file and the key."""
         path = Path(path)
         if not path.is_file():
+            shipped = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+            listing = f" Available here: {', '.join(shipped)}." if shipped else ""
             raise ConfigError(f"{path}: experiment file not found. "
-                              f"Experiments live in experiments/NAME.yaml.")
+                              f"Experiments live in experiments/NAME.yaml.{listing}")
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:

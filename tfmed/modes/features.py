@@ -382,12 +382,14 @@ def backbone_features(images: np.ndarray, *, backbone: str, weights, weights_dir
             _FEATURE_MODELS[key] = backbones.feature_model(model, taps=tuple(missing), pooling=pooling)
         extractor = _FEATURE_MODELS[key]
         parts: dict[str, list[np.ndarray]] = {tap: [] for tap in missing}
+        report_every = max(1, -(-len(array) // CHUNK_SIZE) // 4)  # about four progress lines
         for start in range(0, len(array), CHUNK_SIZE):
             chunk = resize_to_rgb(array[start:start + CHUNK_SIZE], image_size)
             out = backbones.extract_features(extractor, chunk, batch_size=batch_size)
             for tap in missing:
                 parts[tap].append(np.asarray(out[tap], np.float32).reshape(len(chunk), -1))
-            if len(array) > CHUNK_SIZE:
+            chunk_number = start // CHUNK_SIZE + 1
+            if len(array) > CHUNK_SIZE and (chunk_number % report_every == 0 or start + CHUNK_SIZE >= len(array)):
                 log(f"{backbone} features: {min(start + CHUNK_SIZE, len(array))}/{len(array)} images")
         return {tap: np.concatenate(parts[tap]) for tap in missing}
 
