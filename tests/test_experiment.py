@@ -208,3 +208,64 @@ def test_finetune_experiment_with_hierarchy_reports_coarse_classes(tmp_path):
     assert "alt='training_curves'" in html and "alt='roc'" in html
     again = evaluate_run(run_dir, output=tmp_path / "eval")
     assert load_metrics(again)["splits"]["test"] == metrics["splits"]["test"]
+
+
+def test_kfold_finetune_trains_without_a_validation_split(tmp_path):
+    config = ExperimentConfig.from_dict({
+        "name": "kfold_ft", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": f"medmnist:{_three_class_npz(tmp_path, per_class=8)}"},
+        "split": {"method": "kfold", "folds": 2},
+        "preprocess": {"image_size": 32},
+        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+                  "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 16}}})
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    assert len(metrics["kfold"]["fold_auc"]) == 2
+    assert set(metrics["splits"]) == {"test"}
+
+
+def test_class_weight_balance_reaches_the_weighted_loss(tmp_path, monkeypatch):
+    from tfmed.modes import finetune
+
+    seen = {}
+    original = finetune.FineTuner.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.update(pos=kwargs.get("pos_weight"), neg=kwargs.get("neg_weight"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.FineTuner, "__init__", spy)
+    config = ExperimentConfig.from_dict({
+        "name": "weighted", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": f"medmnist:{_tiny_medmnist(tmp_path, n=80)}"},
+        "preprocess": {"image_size": 32}, "balance": {"method": "class_weight"},
+        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+                  "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 16}}})
+    run_dir = run_experiment(config)
+    train = pd.read_csv(run_dir / "splits.csv").query("split == 'train'")
+    positives = (train["label"] == 1).mean()
+    assert seen["pos"] == pytest.approx(1 - positives) and seen["neg"] == pytest.approx(positives)
+
+
+def test_class_weight_on_multiclass_data_is_a_config_error(tmp_path):
+    from tfmed.config import ConfigError
+
+    config = ExperimentConfig.from_dict({
+        "name": "mc", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": f"medmnist:{_three_class_npz(tmp_path, per_class=4)}"},
+        "preprocess": {"image_size": 32}, "balance": {"method": "class_weight"},
+        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None}})
+    with pytest.raises(ConfigError, match="balance.method: oversample"):
+        run_experiment(config)
+    assert not (tmp_path / "runs").exists()  # stopped before any run directory was made
+
+
+def test_hierarchy_on_binary_data_is_a_config_error(tmp_path):
+    from tfmed.config import ConfigError
+
+    config = ExperimentConfig.from_dict({
+        "name": "h", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": f"medmnist:{_tiny_medmnist(tmp_path, n=40)}"},
+        "model": {"mode": "finetune", "finetune": {"hierarchy": {"sick": ["1"], "well": ["0"]}}}})
+    with pytest.raises(ConfigError, match="hierarchy .* needs multiclass data, but the data is binary"):
+        run_experiment(config)

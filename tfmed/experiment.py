@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed import __version__
-from tfmed.config import EvaluationConfig, ExperimentConfig
+from tfmed.config import ConfigError, EvaluationConfig, ExperimentConfig
 from tfmed.data.table import ImageTable
 from tfmed.inference import TrainedModel
 from tfmed.progress import log
@@ -95,6 +95,18 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
     return table
 
 
+def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
+    """Settings that only make sense for some tasks, checked once the task is known."""
+    if config.model.mode == "finetune" and config.balance.method == "class_weight" \
+            and table.task == "multiclass":
+        raise ConfigError(f"{config.name}: balance.method class_weight weights the binary cross-entropy "
+                          "(w_pos = N_neg/N, w_neg = N_pos/N) and needs a binary or multilabel task; "
+                          "for multiclass data use balance.method: oversample")
+    if config.model.finetune.hierarchy and config.model.mode == "finetune" and table.task != "multiclass":
+        raise ConfigError(f"{config.name}: model.finetune.hierarchy maps fine classes to coarse ones and "
+                          f"needs multiclass data, but the data is {table.task}")
+
+
 def _has_all_splits(table: ImageTable) -> bool:
     present = set(table.frame["split"].dropna().unique())
     return {"train", "val", "test"} <= present
@@ -125,9 +137,9 @@ def select_thresholds(task: str, y_val: np.ndarray, s_val: np.ndarray,
     return {k: [float(p[k]) for p in per_label] for k in per_label[0]}
 
 
-def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, val: ImageTable,
+def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, val: ImageTable | None,
               stats: dict | None, run_dir: Path | None) -> TrainedModel:
-    """Fit the configured mode on ``train`` (``val`` for early stopping / thresholds)."""
+    """Fit the configured mode on ``train``; ``val`` (optional) drives fine-tuning's early stopping."""
     model_cfg = config.model
     if model_cfg.mode == "svm":
         from tfmed.data.pipeline import load_arrays
@@ -149,14 +161,14 @@ def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, va
             f"(C grid {svm.C}, {svm.cv}-fold CV)")
         estimator.fit(x_train, y_train, groups=groups)
     else:
-        from tfmed.data.pipeline import class_weights, make_dataset
+        from tfmed.data.pipeline import make_dataset
+        from tfmed.losses import class_balance_weights
         from tfmed.modes.finetune import FineTuner
 
         ft = model_cfg.finetune
         pos_weight = neg_weight = None
-        if config.balance.method == "class_weight" and table.task in ("binary", "multilabel"):
-            weights = class_weights(train)
-            pos_weight, neg_weight = weights["pos"], weights["neg"]
+        if config.balance.method == "class_weight":
+            pos_weight, neg_weight = class_balance_weights(train.labels())  # w_pos = N_neg/N, w_neg = N_pos/N
         balance = config.balance if config.balance.method in ("oversample", "undersample") else None
         estimator = FineTuner(model_cfg.backbone, table.task, table.num_outputs, config=ft,
                               image_size=config.preprocess.image_size, weights=model_cfg.weights,
@@ -166,7 +178,8 @@ def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, va
         batch = estimator.global_batch_size  # per-replica batch x replicas
         train_ds = make_dataset(train, config.preprocess, training=True, batch_size=batch,
                                 augment=config.augment, balance=balance, stats=stats, seed=config.seed)
-        val_ds = make_dataset(val, config.preprocess, training=False, batch_size=batch, stats=stats)
+        val_ds = make_dataset(val, config.preprocess, training=False, batch_size=batch, stats=stats) \
+            if val is not None and len(val) else None
         log(f"fine-tuning {model_cfg.backbone} in {len(ft.stages)} stage(s)")
         from tfmed.callbacks import EpochLogger
 
@@ -203,6 +216,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
 
     started = time.time()
     table = prepare_data(config)  # fails before a run directory exists
+    check_config_fits_data(config, table)
     run_dir = new_run_dir(runs_dir or config.runs_dir, config.name)
     log(f"run directory {run_dir}")
     config.to_yaml(run_dir / "config.yaml")
@@ -221,7 +235,8 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     if config.split.method == "kfold":
         fold_summary = run_folds(config, table, stats, run_dir)
         train = _merge(train, val)
-    model = fit_model(config, table, train, val, stats, run_dir)
+    # k-fold refits on train+val, so no rows are left for early stopping.
+    model = fit_model(config, table, train, None if fold_summary is not None else val, stats, run_dir)
 
     # With k-fold the final model is refit on train+val, so validation is not held out any
     # more: thresholds then come from the pooled out-of-fold scores instead.
@@ -277,7 +292,8 @@ def run_folds(config: ExperimentConfig, table: ImageTable, stats: dict | None, r
     for k, (fit_rows, held_rows) in enumerate(kfold_indices(trainval, config.split.folds, config.split.seed)):
         log(f"fold {k + 1}/{config.split.folds}: {len(fit_rows)} train, {len(held_rows)} held out")
         fit_part, held_part = trainval.subset(fit_rows), trainval.subset(held_rows)
-        model = fit_model(config, table, fit_part, held_part, stats, None)
+        # the held-out fold only measures: it never drives early stopping
+        model = fit_model(config, table, fit_part, None, stats, None)
         held_scores = model.predict(held_part)
         if oof is None:
             oof = np.zeros((len(trainval),) + held_scores.shape[1:])

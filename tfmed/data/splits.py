@@ -52,7 +52,6 @@ def check_no_leakage(table: ImageTable) -> None:
         ...                       "split": ["train", "test"]})
         >>> check_no_leakage(ImageTable(frame, ["x", "y"], "binary"))
         Traceback (most recent call last):
-        ...
         tfmed.data.splits.LeakageError: 1 patient(s) appear in more than one split: p1 (test, train). ...
     """
     frame = table.frame[["patient_id", "split"]].dropna()
