@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tfmed.config import AugmentConfig, PreprocessConfig
-from tfmed.data.pipeline import make_dataset
+from tfmed.data.pipeline import load_arrays, make_dataset
 from tfmed.data.table import ImageTable
 from tfmed.data.transforms import (
     CLAHE, Compose, CTWindow, MinMax, MinMaxRange, RandomApply, RandomBrightness, RandomContrast,
@@ -308,8 +308,22 @@ def test_statistics_on_train_only_and_reused_on_val(tmp_path):
     loaded = load_statistics(tmp_path)
     assert loaded == stats
     (x, _), = make_dataset(table.split("val"), config, training=False, batch_size=8, stats=loaded)
-    expected = (val - train.reshape(-1, 3).mean(axis=0)) / train.reshape(-1, 3).std(axis=0)
-    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-3, atol=1e-3)
+    z = (val - train.reshape(-1, 3).mean(axis=0)) / train.reshape(-1, 3).std(axis=0)
+    # z-scores are placed at ImageNet's pixel mean/std, the scale every backbone's own preprocessing expects
+    expected = z * np.array([0.229, 0.224, 0.225]) * 255 + np.array([0.485, 0.456, 0.406]) * 255
+    np.testing.assert_allclose(x.numpy(), expected, rtol=1e-3, atol=1e-2)
+
+
+def test_standardised_training_images_have_imagenet_pixel_statistics():
+    rng = np.random.default_rng(12)
+    train = rng.normal(900, 300, (8, 16, 16, 1)).astype(np.float32)  # e.g. raw 12-bit values
+    table = _memory_table(train, train[:2]).split("train")
+    config = PreprocessConfig(image_size=16, channels=3, intensity="standardize")
+    x, _ = load_arrays(table, config, stats=fit_statistics(table, config))
+    means = x.reshape(-1, 3).mean(axis=0)
+    stds = x.reshape(-1, 3).std(axis=0)
+    np.testing.assert_allclose(means, np.array([0.485, 0.456, 0.406]) * 255, rtol=1e-3)
+    np.testing.assert_allclose(stds, np.array([0.229, 0.224, 0.225]) * 255, rtol=1e-3)
 
 
 def test_minmax_dataset_and_mean_image_statistics(tmp_path):

@@ -75,7 +75,9 @@ class PreprocessConfig:
     intensity: "minmax" (per image to [0, 255]), "minmax_dataset" (train-split
         min/max to [0, 255]), "standardize" (per-channel mean/std of the train
         split), "mean_image" (subtract the train mean image), "window" (CT HU
-        windows to [0, 255]) or "none".
+        windows to [0, 255]) or "none". Standardised and mean-subtracted images
+        are then placed at ImageNet's pixel mean/std, the 0-255 scale every
+        backbone's own ImageNet preprocessing expects.
     windows: [[center, width], ...]; one window is replicated to 3 channels,
         three windows become R, G, B.
     resize: "plain" or "pad" (aspect-preserving, zero padded).

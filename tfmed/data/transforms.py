@@ -232,6 +232,44 @@ class SubtractMeanImage(Transform):
         return f"SubtractMeanImage(shape={self.image.shape})"
 
 
+# ImageNet's per-channel pixel statistics (R, G, B) on the 0-255 scale.
+IMAGENET_MEAN = (0.485 * PIXEL_MAX, 0.456 * PIXEL_MAX, 0.406 * PIXEL_MAX)
+IMAGENET_STD = (0.229 * PIXEL_MAX, 0.224 * PIXEL_MAX, 0.225 * PIXEL_MAX)
+
+
+class ToImagenetPixels(Transform):
+    """Place normalised values at ImageNet's pixel statistics: ``x * scale[c] + mean[c]``.
+
+    Every tfmed backbone applies its own ImageNet preprocessing to 0-255
+    pixels, so z-scores (``Standardize``) or mean-subtracted images would
+    reach it as a nearly constant input. This maps them back to the pixel
+    scale: z-scores get ImageNet's per-channel mean and std (``scale="std"``),
+    mean-subtracted pixels get ImageNet's mean added (``scale=None``). The
+    backbone then sees data with the statistics it was trained on.
+
+    Example:
+        >>> out = ToImagenetPixels()(tf.zeros((1, 1, 3))).numpy().ravel()
+        >>> [round(float(v), 2) for v in out]
+        [123.68, 116.28, 103.53]
+    """
+
+    normalizer = True
+
+    def __init__(self, scale: str | None = "std"):
+        if scale not in ("std", None):
+            raise TransformError(f"ToImagenetPixels scale is {scale!r}; allowed: 'std', None")
+        self.scale = scale
+
+    def __call__(self, image, seed=None):
+        image = _as_image(image)
+        channels = image.shape[-1]
+        mean = np.asarray(IMAGENET_MEAN, np.float32)
+        std = np.asarray(IMAGENET_STD, np.float32) if self.scale == "std" else np.ones(3, np.float32)
+        if channels == 1:
+            mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+        return image * tf.constant(std) + tf.constant(mean)
+
+
 class CTWindow(Transform):
     """HU windows ``[[center, width], ...]`` to [0, 255], clipped.
 
@@ -580,9 +618,9 @@ def build_preprocess(config: PreprocessConfig, stats: dict | None = None) -> Com
                                  "add e.g. windows: [[-600, 1500]]")
         head.append(CTWindow(config.windows))
     elif intensity == "standardize":
-        tail.append(Standardize(stats["mean"], stats["std"]))
+        tail += [Standardize(stats["mean"], stats["std"]), ToImagenetPixels("std")]
     elif intensity == "mean_image":
-        tail.append(SubtractMeanImage(stats["mean_image"]))
+        tail += [SubtractMeanImage(stats["mean_image"]), ToImagenetPixels(None)]
     elif intensity != "none":
         raise TransformError(f"preprocess.intensity is {intensity!r}; allowed: minmax, minmax_dataset, "
                              "standardize, mean_image, window, none")
