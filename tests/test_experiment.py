@@ -269,3 +269,69 @@ def test_hierarchy_on_binary_data_is_a_config_error(tmp_path):
         "model": {"mode": "finetune", "finetune": {"hierarchy": {"sick": ["1"], "well": ["0"]}}}})
     with pytest.raises(ConfigError, match="hierarchy .* needs multiclass data, but the data is binary"):
         run_experiment(config)
+
+
+def _ct_folder(root: Path, per_class: int = 8) -> Path:
+    """Copies of pydicom's CT_small.dcm, one patient each; 'lesion' slices carry a dense blob."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for label, name in enumerate(("clear", "lesion")):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            ds = source.copy()
+            pixels = ds.pixel_array.copy()
+            if label:
+                pixels[20:40, 20:40] = 1024 + 60  # stored value -> about 60 HU after the -1024 intercept
+            ds.PixelData = pixels.tobytes()
+            ds.PatientID = f"{name}-{i}"
+            ds.save_as(root / name / f"slice{i}.dcm")
+    return root
+
+
+def test_ct_dicom_experiment_with_hu_window_end_to_end(tmp_path):
+    config = ExperimentConfig.from_dict({
+        "name": "ct", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": "dicom", "path": str(_ct_folder(tmp_path / "ct"))},
+        "split": {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
+        "preprocess": {"image_size": 32, "intensity": "window", "windows": [[40, 400]]},
+        "model": {"svm": {"taps": ["middle"], "C": [1.0], "cv": 2}}})
+    run_dir = run_experiment(config)
+    splits = pd.read_csv(run_dir / "splits.csv")
+    assert (splits.groupby("patient_id")["split"].nunique() == 1).all()
+    assert set(splits["split"]) == {"train", "val", "test"}
+    metrics = load_metrics(run_dir)
+    assert metrics["classes"] == ["clear", "lesion"]
+    assert metrics["splits"]["test"]["youden"]["n"] == 4
+
+
+def test_multilabel_manifest_experiment_end_to_end(tmp_path):
+    rng = np.random.default_rng(3)
+    rows = []
+    (tmp_path / "img").mkdir()
+    for i in range(48):
+        effusion, nodule = i % 2, (i // 2) % 2
+        image = rng.normal(80, 10, (40, 40))
+        if effusion:
+            image[25:, :] += 100
+        if nodule:
+            image[5:12, 5:12] += 150
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), image.clip(0, 255).astype(np.uint8))
+        rows.append({"path": f"img/{i}.png", "effusion": effusion, "nodule": nodule, "patient_id": f"p{i // 2}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "study.csv", index=False)
+    config = ExperimentConfig.from_dict({
+        "name": "chest_ml", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": "manifest", "path": str(tmp_path / "study.csv"),
+                 "label_columns": ["effusion", "nodule"]},
+        "split": {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
+        "preprocess": {"image_size": 32},
+        "model": {"svm": {"taps": ["middle"], "C": [1.0], "cv": 2}}})
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    assert metrics["task"] == "multilabel" and len(metrics["thresholds"]["youden"]) == 2
+    youden = metrics["splits"]["test"]["youden"]
+    assert set(youden["per_label"]) == {"effusion", "nodule"} and youden["macro_auc"] is not None
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    assert {"score:effusion", "score:nodule", "decision:effusion", "decision:nodule"} <= set(predictions.columns)
+    assert "alt='roc'" in (run_dir / "report.html").read_text()
