@@ -68,3 +68,10 @@ def test_stage_unfreeze_accepts_count_fraction_and_all():
     config = ExperimentConfig.from_dict({"model": {"finetune": {"stages": [
         {"epochs": 1, "unfreeze": 0}, {"epochs": 1, "unfreeze": 0.5}, {"epochs": 1, "unfreeze": "all"}]}}})
     assert [s.unfreeze for s in config.model.finetune.stages] == [0, 0.5, "all"]
+
+
+def test_the_readme_example_experiment_is_valid():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    config = ExperimentConfig.from_dict(yaml.safe_load(block))
+    assert config.model.mode == "finetune" and len(config.preprocess.windows) == 3
