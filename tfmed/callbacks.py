@@ -66,7 +66,9 @@ def _predict(model: keras.Model, validation_data, batch_size: int):
             if not isinstance(element, (tuple, list)) or len(element) < 2:
                 raise CallbackError("validation dataset elements must be (x, y) or (x, y, sample_weight) "
                                     f"tuples, got {type(element).__name__}")
-            scores.append(np.asarray(model.predict_on_batch(element[0])))
+            # A direct call, not predict_on_batch: under MirroredStrategy the latter returns
+            # one copy of the outputs per replica for a single batch.
+            scores.append(np.asarray(model(element[0], training=False)))
             targets.append(np.asarray(element[1]))
         if not scores:
             raise CallbackError("the validation dataset is empty; it must yield (x, y) batches")
