@@ -46,3 +46,19 @@ def test_finetuner_trains_mirrored_over_two_cpus_in_bfloat16():
     assert out["shape"] == [48, 1] and out["finite"]
     assert out["output_dtype"] == "float32"  # head kept in float32 under mixed precision
     assert out["epochs"] == 2
+
+
+def test_finetuner_compiles_with_xla_when_asked():
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmed.config import FinetuneConfig, StageConfig
+    from tfmed.modes.finetune import FineTuner
+
+    config = FinetuneConfig(stages=[StageConfig(epochs=1, unfreeze=0)], batch_size=8, jit_compile=True)
+    tuner = FineTuner("mobilenet_v2", "binary", 1, config=config, image_size=32, weights=None)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = (np.arange(16) % 2).astype("float32")[:, None]
+    history = tuner.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8))
+    assert tuner.model_.jit_compile is True
+    assert np.isfinite(history["loss"]).all() and tuner.predict(x).shape == (16, 1)
