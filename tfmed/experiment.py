@@ -121,13 +121,12 @@ def select_thresholds(task: str, y_val: np.ndarray, s_val: np.ndarray,
         >>> sorted(select_thresholds("binary", y, s, EvaluationConfig()))
         ['fixed', 'high_sensitivity', 'high_specificity', 'youden']
     """
-    from tfmed.evaluation.thresholds import choose_threshold
+    from tfmed.evaluation.thresholds import operating_points
 
     def pick(y, s):
-        return {"youden": choose_threshold(y, s, "youden"),
-                "high_sensitivity": choose_threshold(y, s, "sensitivity", evaluation.target_sensitivity),
-                "high_specificity": choose_threshold(y, s, "specificity", evaluation.target_specificity),
-                "fixed": 0.5}
+        points = operating_points(y, s, targets=(evaluation.target_sensitivity,),
+                                  specificity_targets=(evaluation.target_specificity,))
+        return {**points, "fixed": 0.5}
 
     if task == "multiclass":
         return {}
