@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import ExperimentConfig
+from tfmed.data.decode import SUPPORTED_EXTENSIONS
 from tfmed.data.table import ImageTable
 from tfmed.inference import ModelArtifactError, TrainedModel
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff")
 
 
 def _run_dir(path: str | Path) -> Path:
@@ -97,9 +97,9 @@ def collect_images(paths: list[str]) -> list[Path]:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS)
             if not found:
-                raise ModelArtifactError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                raise ModelArtifactError(f"{path}: no images ({', '.join(SUPPORTED_EXTENSIONS)}) in this folder")
             files.extend(found)
         elif path.is_file():
             files.append(path)
