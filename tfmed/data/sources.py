@@ -321,17 +321,30 @@ def load_class_folders(path: str | Path, classes: list[str] | None = None,
     path = Path(path)
     names = _class_folder_names(path, classes)
     records, skipped = [], []
+    for label, name, file, row in _class_files(path, names, SUPPORTED_EXTENSIONS, skipped,
+                                               lambda f: f"unsupported file type {f.suffix or '(none)'!r}"):
+        parts = file.relative_to(path / name).parts
+        patient = parts[0] if len(parts) > 1 else pd.NA
+        records.append(dict(image=str(file), label=label, patient_id=patient, site=pd.NA, view=pd.NA,
+                            row=row, **{SOURCE_PROBLEMS: ()}))
+    return _table(records, skipped + _outside_classes(path, names), names, task, source=str(path))
+
+
+def _class_files(path: Path, names: list[str], extensions, skipped: list, reason):
+    """Yield ``(label, class name, file, row)`` for each image under ``path/<class>``.
+
+    Files with another extension and no DICOM marker are appended to
+    ``skipped`` (with ``reason(file)``) instead, so none is dropped silently.
+    Rows are numbered from 1 over everything seen.
+    """
+    row = 0
     for label, name in enumerate(names):
         for file in _files(path / name):
-            row = len(records) + len(skipped) + 1
-            if file.suffix.lower() not in SUPPORTED_EXTENSIONS and not has_dicom_marker(file):
-                skipped.append(_skipped(file, row, f"unsupported file type {file.suffix or '(none)'!r}"))
+            row += 1
+            if file.suffix.lower() not in extensions and not has_dicom_marker(file):
+                skipped.append(_skipped(file, row, reason(file)))
                 continue
-            parts = file.relative_to(path / name).parts
-            patient = parts[0] if len(parts) > 1 else pd.NA
-            records.append(dict(image=str(file), label=label, patient_id=patient, site=pd.NA, view=pd.NA,
-                                row=row, **{SOURCE_PROBLEMS: ()}))
-    return _table(records, skipped + _outside_classes(path, names), names, task, source=str(path))
+            yield label, name, file, row
 
 
 def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
@@ -411,25 +424,21 @@ def load_dicom_folder(path: str | Path, classes: list[str] | None = None,
     path = Path(path)
     names = _class_folder_names(path, classes)
     records, skipped = [], []
-    for label, name in enumerate(names):
-        for file in _files(path / name):
-            row = len(records) + len(skipped) + 1
-            if file.suffix.lower() not in DICOM_EXTENSIONS and not has_dicom_marker(file):
-                skipped.append(_skipped(file, row, "not a DICOM file (no .dcm/.dicom extension or "
-                                                   "DICM marker)"))
-                continue
-            record = dict(image=str(file), label=label, patient_id=pd.NA, site=pd.NA, view=pd.NA, row=row,
-                          **{SOURCE_PROBLEMS: ()})
-            try:
-                header = pydicom.dcmread(str(file), stop_before_pixels=True)
-            except Exception as error:  # pydicom raises many types for damaged headers
-                record[SOURCE_PROBLEMS] = ((f"DICOM header cannot be read ({type(error).__name__}: "
-                                              f"{error})", "re-export the file or remove it"),)
-            else:
-                for column, keyword in (("patient_id", "PatientID"), ("view", "ViewPosition"),
-                                        ("site", "InstitutionName")):
-                    value = str(header.get(keyword, "") or "").strip()
-                    if value:
-                        record[column] = value
-            records.append(record)
+    for label, _, file, row in _class_files(path, names, DICOM_EXTENSIONS, skipped,
+                                            lambda f: "not a DICOM file (no .dcm/.dicom extension or "
+                                                      "DICM marker)"):
+        record = dict(image=str(file), label=label, patient_id=pd.NA, site=pd.NA, view=pd.NA, row=row,
+                      **{SOURCE_PROBLEMS: ()})
+        try:
+            header = pydicom.dcmread(str(file), stop_before_pixels=True)
+        except Exception as error:  # pydicom raises many types for damaged headers
+            record[SOURCE_PROBLEMS] = ((f"DICOM header cannot be read ({type(error).__name__}: "
+                                          f"{error})", "re-export the file or remove it"),)
+        else:
+            for column, keyword in (("patient_id", "PatientID"), ("view", "ViewPosition"),
+                                    ("site", "InstitutionName")):
+                value = str(header.get(keyword, "") or "").strip()
+                if value:
+                    record[column] = value
+        records.append(record)
     return _table(records, skipped + _outside_classes(path, names), names, task, source=str(path))
