@@ -27,5 +27,5 @@ setup(
         "PyYAML",
         "matplotlib",
     ],
-    entry_points={"console_scripts": ["tfmed=tfmed.cli:main"]},
+    entry_points={"console_scripts": ["tfmed=tfmed.run.cli:main"]},
 )

@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,7 +55,7 @@ def _images_per_second(times, n_images):
 
 
 def throughput(args) -> bool:
-    from tfmed import freezing
+    from tfmed.training import freezing
     from tfmed.backbones import get_spec
     from tfmed.data.pipeline import make_dataset
     from tfmed.data.sources import load_source
@@ -109,32 +110,24 @@ def experiment(args) -> bool:
     from sklearn.metrics import roc_auc_score
 
     from tfmed.config import ExperimentConfig
-    from tfmed.data.pipeline import make_dataset, targets_array
-    from tfmed.data.transforms import fit_statistics
-    from tfmed.experiment import prepare_data
-    from tfmed.modes.finetune import FineTuner
+    from tfmed.data.pipeline import targets_array
+    from tfmed.modes import FineTuner, get_mode
+    from tfmed.progress import configure_logging
+    from tfmed.run.experiment import fit_inputs, prepare_data
 
     config = ExperimentConfig.from_yaml(args.experiment)
-    if config.model.mode != "finetune":
+    if get_mode(config.model.mode) is not FineTuner:
         sys.exit(f"{args.experiment}: model.mode is {config.model.mode!r}; this benchmark needs 'finetune'")
+    configure_logging()
     start = time.perf_counter()
     table = prepare_data(config)
     train, val = table.split("train"), table.split("val")
-    stats = (fit_statistics(train, config.preprocess)
-             if config.preprocess.intensity in ("minmax_dataset", "standardize", "mean_image") else None)
-    ft = config.model.finetune
-    tuner = FineTuner(config.model.backbone, table.task, table.num_outputs, config=ft,
-                      image_size=config.preprocess.image_size, weights=config.model.weights,
-                      weights_dir=config.model.weights_dir, seed=config.seed, classes=table.classes,
-                      run_dir=args.run_dir_path)
-    balance = config.balance if config.balance.method in ("oversample", "undersample") else None
-    train_ds = make_dataset(train, config.preprocess, training=True, batch_size=tuner.global_batch_size,
-                            augment=config.augment, balance=balance, stats=stats, seed=config.seed)
-    val_ds = make_dataset(val, config.preprocess, training=False, batch_size=tuner.global_batch_size,
-                          stats=stats)
-    history = tuner.fit(train_ds, val_ds)
-    auc = roc_auc_score(targets_array(val).ravel() if table.task == "binary" else targets_array(val),
-                        tuner.predict(val_ds).ravel() if table.task == "binary" else tuner.predict(val_ds))
+    inputs = fit_inputs(config, train)
+    run_dir = Path(args.run_dir_path) if args.run_dir_path else None
+    tuner = FineTuner.from_experiment(config, train, run_dir).fit_tables(train, val, inputs)
+    history = tuner.history_
+    scores = tuner.predict_table(val, inputs)
+    auc = roc_auc_score(targets_array(val).ravel() if table.task == "binary" else targets_array(val), scores)
     minutes = (time.perf_counter() - start) / 60
     print(f"{args.experiment}: {len(train)} train / {len(val)} val images at {config.preprocess.image_size} px, "
           f"{len(history['loss'])} epochs (stages start at {history['stage_boundaries']}), "

@@ -16,8 +16,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfmed import callbacks as tc
-from tfmed import freezing
+from tfmed import training as tc
+from tfmed.training import freezing
 
 BLOCKS = ["block1_", "block2_"]
 

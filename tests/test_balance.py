@@ -5,7 +5,7 @@ import pytest
 
 from tfmed.config import BalanceConfig
 from tfmed.data.balance import (
-    BalanceError, balance_groups, balanced_dataset, epoch_length, resample_indices, target_mix)
+    BalanceError, balance_groups, balanced_dataset, epoch_length, target_mix)
 from tfmed.data.table import ImageTable
 
 KEYS_1_TO_9 = np.array([1] * 10 + [0] * 90)  # 10 positives, 90 negatives, interleaving irrelevant
@@ -57,15 +57,6 @@ def test_three_classes_uniform():
     ds = balanced_dataset(keys, BalanceConfig(method="oversample"), seed=6)
     counts = np.bincount(keys[np.concatenate(draw(ds, 30))], minlength=3) / 3000
     np.testing.assert_allclose(counts, [1 / 3] * 3, atol=0.03)
-
-
-def test_resample_indices_numpy_helper():
-    idx = resample_indices(KEYS_1_TO_9, BalanceConfig(method="oversample", target=[0.3, 0.7]), seed=1)
-    assert len(idx) == 100
-    many = np.concatenate([resample_indices(KEYS_1_TO_9, BalanceConfig("oversample", [0.3, 0.7]), seed=s)
-                           for s in range(30)])
-    assert abs(KEYS_1_TO_9[many].mean() - 0.7) < 0.03
-    assert len(resample_indices(KEYS_1_TO_9, BalanceConfig("undersample"), seed=1)) == 20
 
 
 def test_multilabel_key_is_rarest_positive_label():

@@ -1,4 +1,4 @@
-"""tfmed.callbacks: clinical metrics vs scikit-learn, threshold persistence, in-fit unfreezing."""
+"""tfmed.training.callbacks: clinical metrics vs scikit-learn, threshold persistence, in-fit unfreezing."""
 import runpy
 import warnings
 from pathlib import Path
@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
-from tfmed import callbacks as tc
-from tfmed import freezing
+from tfmed import training as tc
+from tfmed.training import freezing
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = ["block1_", "block2_"]

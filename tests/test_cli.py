@@ -1,12 +1,15 @@
 """The tfmed command line: each verb, and clear one-line errors for bad input."""
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
-from tfmed.cli import main
+from tfmed.run.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 PMNIST = ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz"
@@ -62,6 +65,7 @@ def test_evaluate_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "not a tfmed run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_then_predict_to_csv_then_evaluate(tmp_path, capsys):
     config = _tiny_config(tmp_path)
     assert main(["run", str(config)]) == 0
@@ -92,6 +96,29 @@ def test_sweep_layers_refuses_finetune_configs(tmp_path, capsys):
     path = _tiny_config(tmp_path)
     config = yaml.safe_load(path.read_text())
     config["model"]["mode"] = "finetune"
+    del config["model"]["svm"]  # a finetune config has no SVM settings
     path.write_text(yaml.safe_dump(config))
     assert main(["sweep-layers", str(path)]) == 2
     assert "model.mode: svm" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_cli_keeps_tensorflow_start_up_noise_off_the_terminal():
+    result = subprocess.run([sys.executable, "-m", "tfmed.run.cli", "backbones"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "efficientnet_lite0" in result.stdout
+    for noise in ("absl", "cuda", "oneDNN", "I0000"):
+        assert noise not in result.stderr
+
+
+def test_library_code_logs_instead_of_printing(capsys, monkeypatch):
+    import logging
+
+    from tfmed.progress import LOGGER, configure_logging, log
+
+    monkeypatch.setattr(LOGGER, "handlers", [logging.NullHandler()])
+    log("quiet unless asked")
+    assert capsys.readouterr().out == ""
+    configure_logging()
+    log("now shown")
+    assert "] now shown" in capsys.readouterr().out

@@ -65,7 +65,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_stage_unfreeze_accepts_count_fraction_and_all():
-    config = ExperimentConfig.from_dict({"model": {"finetune": {"stages": [
+    config = ExperimentConfig.from_dict({"model": {"mode": "finetune", "finetune": {"stages": [
         {"epochs": 1, "unfreeze": 0}, {"epochs": 1, "unfreeze": 0.5}, {"epochs": 1, "unfreeze": "all"}]}}})
     assert [s.unfreeze for s in config.model.finetune.stages] == [0, 0.5, "all"]
 
@@ -75,3 +75,45 @@ def test_the_readme_example_experiment_is_valid():
     block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
     config = ExperimentConfig.from_dict(yaml.safe_load(block))
     assert config.model.mode == "finetune" and len(config.preprocess.windows) == 3
+
+
+# ----------------------------------------------- one source of allowed values
+def test_choices_come_from_the_config_and_consumers_use_them():
+    from tfmed.config import SVMConfig, choices
+    from tfmed.modes import FeatureSVM
+
+    assert choices(SVMConfig, "kernel") == ("linear", "rbf")
+    with pytest.raises(ValueError, match="kernel is 'poly'; allowed: linear, rbf"):
+        FeatureSVM(kernel="poly")._check_params()
+
+
+def test_sections_built_in_python_are_range_checked():
+    from tfmed.config import EvaluationConfig, PreprocessConfig, SplitConfig
+
+    with pytest.raises(ConfigError, match=r"split.test_fraction is 1.5; it must be in \[0, 1\)"):
+        SplitConfig(test_fraction=1.5)
+    with pytest.raises(ConfigError, match="preprocess.intensity is 'zscore'; allowed: minmax"):
+        PreprocessConfig(intensity="zscore")
+    with pytest.raises(ConfigError, match="evaluation.target_sensitivity is 0.0"):
+        EvaluationConfig(target_sensitivity=0.0)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"balance": {"method": "oversample"}}, "balance.method is set, but model.mode 'svm' does not use it"),
+    ({"augment": {"rotation_degrees": 5.0}}, "augment.rotation_degrees is set, but model.mode 'svm'"),
+    ({"model": {"finetune": {"epochs_typo": 1}}}, "unknown key model.finetune.epochs_typo"),
+    ({"model": {"finetune": {"dropout": 0.5}}}, "model.finetune.dropout is set, but model.mode 'svm'"),
+    ({"model": {"mode": "finetune", "svm": {"C": [1.0]}}}, "model.svm.C is set, but model.mode 'finetune'"),
+    ({"model": {"mode": "finetune", "finetune": {"strategy": "multiworker"}}},
+     "model.finetune.strategy is 'multiworker'; allowed: auto, cpu, mirrored, tpu"),
+])
+def test_settings_the_mode_does_not_use_are_rejected(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(values, where="exp.yaml")
+
+
+def test_the_same_check_runs_for_a_config_built_in_python():
+    from tfmed.config import BalanceConfig
+
+    with pytest.raises(ConfigError, match="balance.method is set, but model.mode 'svm'"):
+        ExperimentConfig(balance=BalanceConfig(method="undersample"))

@@ -1,4 +1,4 @@
-"""tfmed.distribute. Device layouts, TF_CONFIG and the dtype policy must be set before
+"""tfmed.training.distribute. Device layouts, TF_CONFIG and the dtype policy must be set before
 TensorFlow initialises, so those checks each run in a fresh subprocess."""
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmed import distribute
+from tfmed.training import distribute
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -23,10 +23,11 @@ def run_script(code, timeout=120, env=None):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_mirrored_two_logical_cpus_matches_one_device_and_mixed_bfloat16_output_is_float32():
     out = run_script("""
         import json, numpy as np
-        from tfmed import distribute
+        from tfmed.training import distribute
         devices = distribute.use_logical_cpus(2)
         import keras, tensorflow as tf
         rng = np.random.default_rng(0)
@@ -80,7 +81,7 @@ def test_mirrored_two_logical_cpus_matches_one_device_and_mixed_bfloat16_output_
 WORKER = """
 import json, os, sys
 import numpy as np
-from tfmed import distribute
+from tfmed.training import distribute
 import keras, tensorflow as tf
 strategy = distribute.strategy("multiworker")
 def build():
@@ -112,6 +113,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_multiworker_custom_loop_two_local_workers_end_identical(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []

@@ -12,8 +12,9 @@ import pytest
 
 from tfmed.config import ExperimentConfig
 from tfmed.data.sources import DataSourceError
-from tfmed.evaluate_run import evaluate_run, load_metrics, predict_images
-from tfmed.experiment import run_experiment
+from tfmed.run.evaluate import evaluate_run, load_metrics
+from tfmed.run.predict import predict_images
+from tfmed.run.experiment import run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +50,7 @@ def pneumonia_run(tmp_path_factory):
     return run_experiment(config)
 
 
+@pytest.mark.slow
 def test_run_directory_holds_everything_to_reproduce(pneumonia_run):
     for name in ("config.yaml", "environment.json", "splits.csv", "metrics.json", "predictions.csv",
                  "report.html", "model/tfmed_model.json"):
@@ -75,6 +77,7 @@ def test_metrics_are_sane_and_threshold_comes_from_validation(pneumonia_run):
     assert (decided.to_numpy() == test_rows["decision"].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_evaluate_reproduces_the_runs_test_metrics_exactly(pneumonia_run, tmp_path):
     out = evaluate_run(pneumonia_run, output=tmp_path / "eval")
     again = load_metrics(out)["splits"]["test"]
@@ -144,9 +147,10 @@ def test_tb_xray_without_data_stops_at_once_naming_the_sets(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_make_experiment_tb_xray_without_data_exits_with_the_message(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-m", "tfmed.cli", "run", str(ROOT / "experiments/tb_xray.yaml"),
+    result = subprocess.run([sys.executable, "-m", "tfmed.run.cli", "run", str(ROOT / "experiments/tb_xray.yaml"),
                              "--runs-dir", str(tmp_path / "runs")],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
@@ -187,6 +191,7 @@ def _three_class_npz(tmp_path: Path, per_class: int = 16, size: int = 32) -> Pat
     return path
 
 
+@pytest.mark.slow
 def test_finetune_experiment_with_hierarchy_reports_coarse_classes(tmp_path):
     config = ExperimentConfig.from_dict({
         "name": "skin_like", "runs_dir": str(tmp_path / "runs"),
@@ -210,6 +215,7 @@ def test_finetune_experiment_with_hierarchy_reports_coarse_classes(tmp_path):
     assert load_metrics(again)["splits"]["test"] == metrics["splits"]["test"]
 
 
+@pytest.mark.slow
 def test_kfold_finetune_trains_without_a_validation_split(tmp_path):
     config = ExperimentConfig.from_dict({
         "name": "kfold_ft", "runs_dir": str(tmp_path / "runs"),
@@ -224,6 +230,7 @@ def test_kfold_finetune_trains_without_a_validation_split(tmp_path):
     assert set(metrics["splits"]) == {"test"}
 
 
+@pytest.mark.slow
 def test_class_weight_balance_reaches_the_weighted_loss(tmp_path, monkeypatch):
     from tfmed.modes import finetune
 

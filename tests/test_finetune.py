@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tfmed.backbones import BackboneSpec, get_spec, list_backbones, register
-from tfmed.config import FinetuneConfig, StageConfig
+from tfmed.config import ConfigError, FinetuneConfig, StageConfig
 from tfmed.modes.finetune import FineTuner, FinetuneError
 
 REAL_BACKBONE = "mobilenet_v2"  # a real keras.applications backbone for the stage / BatchNorm checks
@@ -99,6 +99,7 @@ def binary_run(tmp_path_factory):
     return tuner, history, snapshots, run_dir, x
 
 
+@pytest.mark.slow
 def test_binary_history_stages_and_predictions(binary_run):
     tuner, history, _, run_dir, x = binary_run
     assert history["stage_boundaries"] == [0, 1]
@@ -142,13 +143,13 @@ def test_stage_two_learning_rate_is_a_tenth(binary_run):
 
 def test_save_and_load_give_the_same_predictions(binary_run, tmp_path):
     tuner, _, _, _, x = binary_run
-    tuner.threshold = 0.37
     tuner.save(tmp_path / "model")
     spec = json.loads((tmp_path / "model" / "finetune.json").read_text())
     assert spec["backbone"] == REAL_BACKBONE and spec["classes"] == ["normal", "pneumonia"]
-    assert spec["image_size"] == SIZE and spec["threshold"] == 0.37
+    assert spec["image_size"] == SIZE
+    assert "threshold" not in spec  # thresholds live in the run's artifact only (tfmed_model.json)
     loaded = FineTuner.load(tmp_path / "model")
-    assert loaded.threshold == 0.37 and loaded.task == "binary"
+    assert loaded.task == "binary"
     np.testing.assert_allclose(loaded.predict(x), tuner.predict(x), atol=1e-6)
 
 
@@ -229,6 +230,7 @@ class EpochLog(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_in_stage_two_at_the_next_epoch(tmp_path):
     run_dir, weights = tmp_path / "run", tmp_path / "epoch1.npz"
     script = RESUME_SCRIPT.format(tests=os.path.dirname(__file__), weights=str(weights), run_dir=str(run_dir))
@@ -267,13 +269,17 @@ def test_bad_settings_and_data_give_clear_errors(tmp_path):
         FineTuner(BACKBONE, "regression", 1)
     with pytest.raises(FinetuneError, match="binary task has one sigmoid output; num_outputs is 2"):
         FineTuner(BACKBONE, "binary", 2)
-    bad_stage = FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=1, unfreeze="most")])
-    with pytest.raises(FinetuneError, match=r"stages\[1\]\.unfreeze is 'most'"):
-        FineTuner(BACKBONE, "binary", 1, config=bad_stage)
-    with pytest.raises(FinetuneError, match=r"stages\[0\]\.epochs is 0"):
-        FineTuner(BACKBONE, "binary", 1, config=FinetuneConfig(stages=[StageConfig(epochs=0)]))
-    with pytest.raises(FinetuneError, match="optimizer is 'rmsprop'"):
-        FineTuner(BACKBONE, "binary", 1, config=FinetuneConfig(optimizer="rmsprop"))
+    # the settings themselves are checked by the config, built in Python as from YAML
+    with pytest.raises(ConfigError, match=r"model.finetune.stages\[1\]\.unfreeze is 'most'"):
+        FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=1, unfreeze="most")])
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.epochs is 0"):
+        FinetuneConfig(stages=[StageConfig(epochs=0)])
+    with pytest.raises(ConfigError, match="model.finetune.optimizer is 'rmsprop'; allowed: adam, sgd"):
+        FinetuneConfig(optimizer="rmsprop")
+    edited = FinetuneConfig()
+    edited.dropout = 1.5  # changed after it was built: FineTuner checks again
+    with pytest.raises(ConfigError, match=r"model.finetune.dropout is 1.5; it must be in \[0, 1\)"):
+        FineTuner(BACKBONE, "binary", 1, config=edited)
     with pytest.raises(ValueError, match="categorical"):
         FineTuner(BACKBONE, "multilabel", 2, config=FinetuneConfig(loss="categorical"))
     tuner = FineTuner(BACKBONE, "binary", 1, image_size=SIZE, weights=None)

@@ -7,9 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # each test trains in a fresh TensorFlow process
+
 SCRIPT = r"""
 import json
-from tfmed import distribute
+from tfmed.training import distribute
 distribute.use_logical_cpus(2)
 import numpy as np
 import tensorflow as tf

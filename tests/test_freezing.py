@@ -1,9 +1,9 @@
-"""tfmed.freezing: block selection, BatchNorm kept frozen, nested backbones."""
+"""tfmed.training.freezing: block selection, BatchNorm kept frozen, nested backbones."""
 import keras
 import numpy as np
 import pytest
 
-from tfmed.freezing import FreezingError, blocks_for_amount, freeze, trainable_blocks, unfreeze_top
+from tfmed.training.freezing import FreezingError, blocks_for_amount, freeze, trainable_blocks, unfreeze_top
 
 BLOCKS = ["block1_", "block2_", "block3_"]
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tfmed.hierarchy import Hierarchy, HierarchyError
+from tfmed.evaluation.hierarchy import Hierarchy, HierarchyError
 
 MAPPING = {"benign": ["nevus", "lentigo", "keratosis"], "malignant": ["melanoma", "carcinoma"]}
 

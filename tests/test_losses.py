@@ -1,9 +1,9 @@
-"""tfmed.losses against hand-computed NumPy values, plus save/load round trips."""
+"""tfmed.training.losses against hand-computed NumPy values, plus save/load round trips."""
 import keras
 import numpy as np
 import pytest
 
-from tfmed.losses import (FocalLoss, LossConfigError, WeightedBinaryCrossentropy, class_balance_weights,
+from tfmed.training.losses import (FocalLoss, LossConfigError, WeightedBinaryCrossentropy, class_balance_weights,
                           get_loss)
 
 

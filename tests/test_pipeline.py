@@ -9,10 +9,9 @@ import pydicom
 import pytest
 import tensorflow as tf
 from pydicom.data import get_testdata_file
-from sklearn.utils.class_weight import compute_class_weight
 
 from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig
-from tfmed.data.pipeline import PipelineError, class_weights, load_arrays, make_dataset, targets_array
+from tfmed.data.pipeline import PipelineError, load_arrays, make_dataset, targets_array
 from tfmed.data.table import ImageTable
 from tfmed.data.transforms import window_hu
 
@@ -54,11 +53,11 @@ def test_eval_pass_reads_files_exactly_in_table_order(tmp_path):
 
 
 def test_sixteen_bit_png_keeps_its_values(tmp_path):
-    image = np.array([[0, 255, 256, 1000], [4095, 30000, 65535, 12345]] * 2, dtype=np.uint16)
+    image = np.tile(np.array([[0, 255, 256, 1000], [4095, 30000, 65535, 12345]], dtype=np.uint16), (4, 2))
     path = tmp_path / "ct16.png"
     cv2.imwrite(str(path), image)
     assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == np.uint16
-    x, _ = load_arrays(file_table([str(path)], [1]), PreprocessConfig(image_size=4, channels=1, **RAW))
+    x, _ = load_arrays(file_table([str(path)], [1]), PreprocessConfig(image_size=8, channels=1, **RAW))
     np.testing.assert_array_equal(x[0, ..., 0], image.astype(np.float32))
 
 
@@ -107,11 +106,11 @@ def test_dicom_through_read_image_with_ct_window(tmp_path):
 
 
 def test_in_memory_table_uses_array_index():
-    images = np.arange(5 * 6 * 6, dtype=np.uint8).reshape(5, 6, 6)
+    images = np.arange(5 * 8 * 8, dtype=np.uint8).reshape(5, 8, 8)
     frame = pd.DataFrame({"image": [f"mem#{i}" for i in (3, 0, 4)], "array_index": [3, 0, 4], "label": [1, 0, 1]})
     table = ImageTable(frame, ["a", "b"], "binary", images=images)
-    x, y = load_arrays(table, PreprocessConfig(image_size=6, channels=3, **RAW))
-    assert x.shape == (3, 6, 6, 3)
+    x, y = load_arrays(table, PreprocessConfig(image_size=8, channels=3, **RAW))
+    assert x.shape == (3, 8, 8, 3)
     np.testing.assert_array_equal(x[..., 2], images[[3, 0, 4]].astype(np.float32))
     np.testing.assert_array_equal(y, [1, 0, 1])
 
@@ -211,22 +210,6 @@ def test_load_arrays_matches_make_dataset(tmp_path):
     np.testing.assert_allclose(x.max(axis=(1, 2, 3)), 255.0, atol=1e-2)
 
 
-# ------------------------------------------------------------- class weights
-def test_class_weights_binary_multiclass_multilabel():
-    binary = file_table(["x"] * 10, [1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
-    assert class_weights(binary) == {0: pytest.approx(0.2), 1: pytest.approx(0.8)}
-    labels = np.array([0] * 6 + [1] * 3 + [2])
-    multi = file_table(["x"] * 10, labels, classes=("a", "b", "c"), task="multiclass")
-    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
-    np.testing.assert_allclose([class_weights(multi)[i] for i in range(3)], expected)
-    frame = pd.DataFrame({"image": ["x"] * 4, "label:a": [1, 0, 0, 0], "label:b": [1, 1, 1, 0]})
-    weights = class_weights(ImageTable(frame, ["a", "b"], "multilabel"))
-    np.testing.assert_allclose(weights["positive"], [0.75, 0.25])
-    np.testing.assert_allclose(weights["negative"], [0.25, 0.75])
-    with pytest.raises(PipelineError, match="'c' has no rows"):
-        class_weights(file_table(["x"] * 3, [0, 1, 0], classes=("a", "b", "c"), task="multiclass"))
-
-
 # --------------------------------------------------------------------- errors
 @pytest.mark.parametrize("content", [b"", b"not a png at all", "truncated"])
 def test_bad_png_error_names_the_file(tmp_path, content):
@@ -252,14 +235,14 @@ def test_unreadable_dicom_error_names_the_file(tmp_path):
 def test_table_errors_name_the_row():
     with pytest.raises(PipelineError, match="row 1 .*outside 0..1"):
         targets_array(file_table(["a.png", "b.png"], [0, 2]))
-    images = np.zeros((2, 4, 4), np.uint8)
+    images = np.zeros((2, 8, 8), np.uint8)
     table = ImageTable(pd.DataFrame({"image": ["m#0", "m#1"], "array_index": [0, 5], "label": [0, 1]}),
                        ["a", "b"], "binary", images=images)
     with pytest.raises(PipelineError, match="row 1 .*array_index 5"):
-        make_dataset(table, PreprocessConfig(image_size=4), training=False)
+        make_dataset(table, PreprocessConfig(image_size=8), training=False)
     no_index = ImageTable(pd.DataFrame({"image": ["m#0"], "label": [0]}), ["a", "b"], "binary", images=images)
     with pytest.raises(PipelineError, match="array_index"):
-        make_dataset(no_index, PreprocessConfig(image_size=4), training=False)
+        make_dataset(no_index, PreprocessConfig(image_size=8), training=False)
     with pytest.raises(PipelineError, match="batch_size"):
         make_dataset(file_table(["a.png"], [0]), PreprocessConfig(), training=False, batch_size=0)
     with pytest.raises(PipelineError, match="empty"):

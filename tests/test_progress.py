@@ -2,8 +2,17 @@
 import keras
 import numpy as np
 
-from tfmed.callbacks import ClinicalMetrics, EpochLogger, ordered
+import pytest
+
 from tfmed.modes.features import CHUNK_SIZE, backbone_features
+from tfmed.progress import configure_logging
+from tfmed.training.callbacks import ClinicalMetrics, EpochLogger, ordered
+
+
+@pytest.fixture(autouse=True)
+def shown_progress():
+    """Progress goes through logging; the CLI (and a user's script) shows it with configure_logging."""
+    configure_logging()
 
 
 def test_epoch_logger_prints_loss_and_validation_auc(capsys):

@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 from tfmed.config import DataConfig
 from tfmed.data.sources import DataSourceError, load_source, parse_source_spec
 from tfmed.data.validate import apply_validation, validate_table
-from tfmed.datasets import DATASETS, PNEUMONIA_MNIST_FILE, load_pneumonia_mnist
+from tfmed.data.sources.embedded import DATASETS, PNEUMONIA_MNIST_FILE, load_pneumonia_mnist
 
 
 def write_png(path, value=0, shape=(8, 8)):

@@ -5,9 +5,9 @@ import pytest
 
 from tfmed.config import SplitConfig
 from tfmed.data.splits import (LeakageError, SplitError, check_no_leakage, ensure_splits, kfold_indices,
-                               merge_trainval, patient_split, stratify_labels)
+                               patient_split, stratify_labels)
 from tfmed.data.table import ImageTable
-from tfmed.datasets import load_pneumonia_mnist
+from tfmed.data.sources.embedded import load_pneumonia_mnist
 
 
 def make_table(n_patients=300, positive_rate=0.3, seed=0, split=None):
@@ -177,10 +177,3 @@ def test_kfold_indices_keeps_patients_together_and_skips_test_rows():
     assert [v.tolist() for _, v in folds] == [v.tolist() for _, v in kfold_indices(table, folds=4, seed=1)]
     with pytest.raises(SplitError, match="cannot make 500 folds"):
         kfold_indices(table, folds=500)
-
-
-def test_merge_trainval():
-    table = make_table(n_patients=10, split=lambda f: (["train", "val", "test"] * len(f))[: len(f)])
-    merged = merge_trainval(table)
-    expected = ["test" if s == "test" else "train" for s in table.frame["split"]]
-    assert merged.frame["split"].tolist() == expected

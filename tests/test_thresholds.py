@@ -92,3 +92,27 @@ def test_threshold_errors():
         choose_threshold([0, 1, 1], [0.1, np.inf, 0.3])
     with pytest.raises(EvaluationError, match="label 'b'"):
         per_label_thresholds([[0, 1], [1, 1]], [[0.1, 0.2], [0.8, 0.3]], label_names=["a", "b"])
+
+
+# ------------------------------------------- one implementation, two callers
+@pytest.mark.parametrize("scores", [
+    np.full(10, 0.5),                                           # a chance-level model: one score for all
+    np.array([0.1, 0.4, 0.4, 0.4, 0.6, 0.4, 0.8, 0.8, 0.2, 0.9]),  # ties across classes
+    np.random.default_rng(3).random(10),
+])
+@pytest.mark.parametrize("method, target", [("youden", 0.95), ("sensitivity", 0.8), ("specificity", 0.8)])
+def test_callbacks_choose_the_same_threshold_as_the_evaluation(scores, method, target):
+    from tfmed.training import clinical_scores, select_threshold
+
+    y = np.array([0, 0, 1, 0, 1, 1, 1, 0, 0, 1])
+    expected = choose_threshold(y, scores, method, target)
+    assert select_threshold(y, scores, method, target) == expected
+    if method == "youden":
+        assert clinical_scores(y, scores)["youden_threshold"] == expected
+
+
+def test_a_chance_level_model_calls_everyone_positive_at_youden():
+    from tfmed.training import clinical_scores
+
+    scores = clinical_scores(np.array([0, 1, 0, 1]), np.full(4, 0.5))
+    assert scores["youden_threshold"] == 0.5 and scores["sensitivity"] == 1.0 and scores["specificity"] == 0.0

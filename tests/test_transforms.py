@@ -10,11 +10,12 @@ import tensorflow as tf
 from tfmed.config import AugmentConfig, PreprocessConfig
 from tfmed.data.pipeline import load_arrays, make_dataset
 from tfmed.data.table import ImageTable
+from tfmed.data.preprocessing import StatisticsError, build_augment, build_preprocess
+from tfmed.data.statistics import fit_statistics, load_statistics, save_statistics
 from tfmed.data.transforms import (
     CLAHE, Compose, CTWindow, MinMax, MinMaxRange, RandomApply, RandomBrightness, RandomContrast,
-    RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize, StatisticsError, Standardize,
-    SubtractMeanImage, ToChannels, TransformError, build_augment, build_preprocess, fit_statistics,
-    load_statistics, rotate, save_statistics, window_hu)
+    RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize, Standardize, SubtractMeanImage,
+    ToChannels, TransformError, rotate, window_hu)
 
 
 def t(array):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfmed.data.manifest import ManifestError, load_manifest
+from tfmed.data.sources.manifest import ManifestError, load_manifest
 from tfmed.data.sources import DataSourceError
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import (DataValidationError, Problem, ValidationReport, apply_validation,

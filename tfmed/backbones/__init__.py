@@ -10,6 +10,7 @@ Example:
     >>> feats["middle"].shape, feats["late"].shape
     ((2, 192), (2, 1280))
 """
+from tfmed.backbones import efficientnet_lite, keras_apps  # noqa: F401  (their entries register themselves)
 from tfmed.backbones.factory import BackboneInputError, create
 from tfmed.backbones.features import FeatureInputError, extract_features, feature_model
 from tfmed.backbones.keras_apps import ImagenetPreprocessing

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import keras
 
+from tfmed.errors import TfmedError
 from tfmed.backbones.keras_apps import ImagenetPreprocessing, canonicalise_layer_names
 from tfmed.backbones.registry import get_spec
 from tfmed.backbones.weights import find_weights_file, load_into
@@ -10,7 +11,7 @@ from tfmed.backbones.weights import find_weights_file, load_into
 __all__ = ["BackboneInputError", "create"]
 
 
-class BackboneInputError(ValueError):
+class BackboneInputError(TfmedError):
     """An input shape or head setting the backbone cannot be built with."""
 
 

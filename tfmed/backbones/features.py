@@ -5,12 +5,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmed.errors import TfmedError
 from tfmed.backbones.registry import UnknownBackboneError, get_spec
 
 __all__ = ["FeatureInputError", "feature_model", "extract_features"]
 
 
-class FeatureInputError(ValueError):
+class FeatureInputError(TfmedError):
     """Bad taps, pooling or images for feature extraction."""
 
 

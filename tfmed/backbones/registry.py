@@ -10,12 +10,14 @@ import builtins
 from dataclasses import dataclass, field
 from typing import Callable
 
+from tfmed.errors import TfmedError
+
 __all__ = ["BackboneSpec", "UnknownBackboneError", "register", "list_backbones", "get_spec"]
 
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none", "lite")
 
 
-class UnknownBackboneError(ValueError):
+class UnknownBackboneError(TfmedError):
     """A backbone name that is not in the table."""
 
 
@@ -119,6 +121,9 @@ class BackboneSpec:
         return max(matches, key=len) if matches else None
 
 
+# Filled by the entry modules (keras_apps, efficientnet_lite) as they are imported;
+# tfmed/backbones/__init__.py imports them, so the table is complete whenever this
+# package is used. This module imports none of them.
 _REGISTRY: dict = {}
 
 
@@ -134,12 +139,6 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-def _ensure_loaded() -> None:
-    # The entries register themselves on import; importing here keeps the table
-    # complete however the package is entered.
-    from tfmed.backbones import efficientnet_lite, keras_apps  # noqa: F401
-
-
 def list_backbones() -> list:
     """All backbone names, sorted.
 
@@ -147,7 +146,6 @@ def list_backbones() -> list:
         >>> "efficientnet_lite0" in list_backbones()
         True
     """
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
@@ -158,7 +156,6 @@ def get_spec(name: str) -> BackboneSpec:
         >>> get_spec("efficientnet_lite0").default_size
         224
     """
-    _ensure_loaded()
     if not isinstance(name, str) or name not in _REGISTRY:
         raise UnknownBackboneError(
             f"unknown backbone {name!r}; available backbones: {', '.join(sorted(_REGISTRY))}")

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfmed.errors import TfmedError
+
 __all__ = ["TorchPickleError", "load_legacy_state_dict"]
 
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -46,7 +48,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class TorchPickleError(ValueError):
+class TorchPickleError(TfmedError):
     """A file is not a legacy PyTorch checkpoint this reader understands."""
 
 

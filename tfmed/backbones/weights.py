@@ -18,6 +18,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tfmed.errors import TfmedError
+
 __all__ = ["MissingWeightsError", "WeightsFileError", "weights_search_dirs", "find_weights_file",
            "cache_dir", "load_into"]
 
@@ -25,11 +27,11 @@ __all__ = ["MissingWeightsError", "WeightsFileError", "weights_search_dirs", "fi
 _IMAGENET_STDDEV_RGB = np.array([0.229, 0.224, 0.225], "float32")
 
 
-class MissingWeightsError(ValueError):
+class MissingWeightsError(TfmedError):
     """Pretrained weights were asked for but no local copy was found (tfmed never downloads)."""
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(TfmedError):
     """A weights file exists but cannot be used for the requested model."""
 
 

@@ -16,8 +16,8 @@ Example:
     >>> import numpy as np
     >>> from tfmed.config import BalanceConfig
     >>> keys = np.array([0] * 9 + [1])
-    >>> idx = resample_indices(keys, BalanceConfig(method="oversample"), seed=0)
-    >>> len(idx)
+    >>> draws = balanced_dataset(keys, BalanceConfig(method="oversample"), seed=0)
+    >>> len(list(draws))
     10
 """
 from __future__ import annotations
@@ -27,13 +27,13 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfmed.config import BalanceConfig
+from tfmed.errors import TfmedError
+from tfmed.config import RESAMPLING, BalanceConfig
 
-RESAMPLING = ("oversample", "undersample")
 NO_LABEL = "(no label)"
 
 
-class BalanceError(ValueError):
+class BalanceError(TfmedError):
     """The table cannot be resampled to the requested class mix."""
 
 
@@ -154,29 +154,3 @@ def balanced_dataset(keys, config: BalanceConfig, *, seed: int = 0,
     mixed = tf.data.Dataset.sample_from_datasets(streams, weights=[float(w) for w in used], seed=seed,
                                                  rerandomize_each_iteration=True)
     return mixed.take(length)
-
-
-def resample_indices(keys, config: BalanceConfig, *, seed: int = 0,
-                     names: Sequence[str] | None = None) -> np.ndarray:
-    """NumPy counterpart of :func:`balanced_dataset`: one epoch of row indices.
-
-    Each draw picks a group with probability ``target`` and then a row of that
-    group uniformly (with replacement), e.g. for the SVM mode's features.
-
-    Example:
-        >>> keys = np.array([0] * 90 + [1] * 10)
-        >>> idx = resample_indices(keys, BalanceConfig(method="oversample"), seed=0)
-        >>> bool(abs(np.mean(keys[idx]) - 0.5) < 0.15)
-        True
-    """
-    keys, names, counts = _check(keys, config, names)
-    weights = target_mix(config, names, counts)
-    length = epoch_length(config.method, counts, weights)
-    rng = np.random.default_rng(seed)
-    groups = rng.choice(len(weights), size=length, p=weights)
-    out = np.empty(length, dtype=np.int64)
-    for group in np.unique(groups):
-        rows = np.flatnonzero(keys == group)
-        where = groups == group
-        out[where] = rng.choice(rows, size=int(where.sum()), replace=True)
-    return out

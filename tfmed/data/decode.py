@@ -24,6 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tfmed.errors import TfmedError
+
 # Extension -> kind. Files without an extension are accepted when they carry
 # the DICOM "DICM" marker (many PACS exports have no extension).
 RASTER_KINDS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp",
@@ -32,7 +34,7 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 SUPPORTED_EXTENSIONS = tuple(RASTER_KINDS) + DICOM_EXTENSIONS
 
 
-class ImageReadError(ValueError):
+class ImageReadError(TfmedError):
     """An image file is missing, empty, corrupt or of an unsupported kind.
 
     Attributes:

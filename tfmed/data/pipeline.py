@@ -3,7 +3,7 @@
 ``make_dataset`` turns an :class:`~tfmed.data.table.ImageTable` into a
 ``tf.data.Dataset`` of ``(images, targets)`` batches for Keras:
 
-* images float32 (B, S, S, C) from :func:`~tfmed.data.transforms.build_preprocess`;
+* images float32 (B, S, S, C) from :func:`~tfmed.data.preprocessing.build_preprocess`;
 * targets float32: binary (B, 1), multiclass one-hot (B, K), multilabel (B, L).
 
 Reading is native TensorFlow for PNG (16-bit PNGs detected from the IHDR
@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,9 @@ import tensorflow as tf
 
 from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig
 from tfmed.data import balance as balance_lib
-from tfmed.data.transforms import Compose, ToChannels, build_augment, build_preprocess
+from tfmed.errors import TfmedError
+from tfmed.data.preprocessing import build_augment, build_preprocess
+from tfmed.data.transforms import Compose, ToChannels
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TRAILER = b"IEND\xaeB`\x82"  # the IEND chunk closes every complete PNG
@@ -43,7 +46,7 @@ JPEG_EXTENSIONS = (".jpg", ".jpeg")
 _PNG, _JPEG, _OTHER = 0, 1, 2
 
 
-class PipelineError(ValueError):
+class PipelineError(TfmedError):
     """The table or the arguments cannot be turned into a dataset."""
 
 
@@ -75,36 +78,6 @@ def targets_array(table) -> np.ndarray:
 def _raise_row(table, position: int, message: str):
     row = table.frame.iloc[int(position)]
     raise PipelineError(f"row {row['row']} ({row['image']}): {message}")
-
-
-def class_weights(table) -> dict:
-    """Loss weights from class counts.
-
-    binary: ``{0: N_pos/N, 1: N_neg/N}`` (w_neg, w_pos); multiclass:
-    ``{c: N / (K * N_c)}``; multilabel: ``{"positive": N_neg_l/N, "negative":
-    N_pos_l/N}`` as float32 vectors over the labels.
-
-    Example:
-        >>> class_weights(table)  # doctest: +SKIP
-        {0: 0.25, 1: 0.75}
-    """
-    labels = table.labels()
-    n = len(labels)
-    if n == 0:
-        raise PipelineError("class_weights got an empty table")
-    if table.task == "multilabel":
-        positives = labels.sum(axis=0).astype(np.float64)
-        return {"positive": ((n - positives) / n).astype(np.float32),
-                "negative": (positives / n).astype(np.float32)}
-    counts = np.bincount(labels, minlength=len(table.classes)).astype(np.float64)
-    if table.task == "binary":
-        return {0: float(counts[1] / n), 1: float(counts[0] / n)}
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        raise PipelineError(f"class {table.classes[empty[0]]!r} has no rows, so its weight N/(K*N_c) is "
-                            "undefined; fix the split or drop the class")
-    k = len(table.classes)
-    return {i: float(n / (k * counts[i])) for i in range(k)}
 
 
 # ------------------------------------------------------------------- reading
@@ -346,3 +319,31 @@ def load_arrays(table, preprocess: PreprocessConfig, stats: dict | None = None,
     ds = make_dataset(table, preprocess, training=False, batch_size=batch_size, stats=stats)
     images = np.concatenate([batch.numpy() for batch, _ in ds], axis=0)
     return images, table.labels()
+
+
+@dataclass
+class ImageInputs:
+    """How a table's images become model inputs: the preprocessing and the train-split statistics.
+
+    A mode gets one to turn tables into arrays or datasets; the run's model
+    artifact saves both, so that inference preprocesses exactly as training did.
+
+    Example:
+        >>> from tfmed.config import PreprocessConfig
+        >>> inputs = ImageInputs(PreprocessConfig(image_size=64))
+        >>> x, y = inputs.arrays(table)                                      # doctest: +SKIP
+        >>> ds = inputs.dataset(table, training=True, batch_size=16)          # doctest: +SKIP
+    """
+
+    preprocess: PreprocessConfig
+    stats: dict | None = None
+
+    def arrays(self, table, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """All images of ``table`` preprocessed, in table order, and their labels (see :func:`load_arrays`)."""
+        return load_arrays(table, self.preprocess, stats=self.stats, batch_size=batch_size)
+
+    def dataset(self, table, *, training: bool, batch_size: int = 32, augment: AugmentConfig | None = None,
+                balance: BalanceConfig | None = None, seed: int = 0) -> tf.data.Dataset:
+        """Batches of ``(images, targets)`` (see :func:`make_dataset`)."""
+        return make_dataset(table, self.preprocess, training=training, batch_size=batch_size,
+                            augment=augment, balance=balance, stats=self.stats, seed=seed)

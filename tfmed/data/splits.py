@@ -26,13 +26,14 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from tfmed.errors import TfmedError
 from tfmed.config import SplitConfig
 from tfmed.data.table import SPLITS, ImageTable
 
 MAX_FOLDS_FOR_FRACTION = 20
 
 
-class SplitError(ValueError):
+class SplitError(TfmedError):
     """A split cannot be made from this table (e.g. rows without patient id)."""
 
 
@@ -76,7 +77,7 @@ def patient_split(table: ImageTable, test_fraction: float = 0.2, val_fraction: f
             few patients for the asked fractions.
 
     Example:
-        >>> from tfmed.datasets import load_pneumonia_mnist
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
         >>> split = patient_split(load_pneumonia_mnist(), 0.2, 0.1, seed=0)
         >>> sorted(split.frame["split"].unique())
         ['test', 'train', 'val']
@@ -113,13 +114,12 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
 
     Example:
         >>> from tfmed.config import SplitConfig
-        >>> from tfmed.datasets import load_pneumonia_mnist
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
         >>> table = ensure_splits(load_pneumonia_mnist(), SplitConfig(method="predefined"))
         >>> sorted(table.frame["split"].unique())
         ['test', 'train', 'val']
     """
-    if config.method not in ("predefined", "patient", "kfold"):
-        raise SplitError(f"split.method is {config.method!r}; allowed: predefined, patient, kfold")
+    config.check()  # choices and ranges live in tfmed.config
     given = table.frame["split"]
     if config.method == "patient" or (config.method == "predefined" and given.isna().all()):
         return patient_split(table, config.test_fraction, config.val_fraction, config.seed)
@@ -184,22 +184,6 @@ def kfold_indices(table: ImageTable, folds: int = 5, seed: int = 0) -> list[tupl
         warnings.filterwarnings("ignore", message="The least populated class")
         return [(pool[train], pool[val])
                 for train, val in splitter.split(pool, stratify_labels(table)[pool], groups)]
-
-
-def merge_trainval(table: ImageTable) -> ImageTable:
-    """The same table with "val" rows relabelled "train" (e.g. for a final refit).
-
-    Example:
-        >>> import pandas as pd
-        >>> from tfmed.data.table import ImageTable
-        >>> frame = pd.DataFrame({"image": ["a", "b", "c"], "label": [0, 1, 0],
-        ...                       "split": ["train", "val", "test"]})
-        >>> merge_trainval(ImageTable(frame, ["x", "y"], "binary")).frame["split"].tolist()
-        ['train', 'train', 'test']
-    """
-    split = table.frame["split"].astype("object").to_numpy(copy=True)
-    split[split == "val"] = "train"
-    return _with_split(table, split)
 
 
 def stratify_labels(table: ImageTable) -> np.ndarray:

@@ -14,12 +14,17 @@ Example:
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-TASKS = ("binary", "multiclass", "multilabel")
+from tfmed.config import Task
+
+from tfmed.errors import TfmedError
+
+TASKS = typing.get_args(Task)
 SPLITS = ("train", "val", "test")
 LABEL_PREFIX = "label:"
 
@@ -36,6 +41,10 @@ LABEL_PREFIX = "label:"
 #   row         int   the row's number in its source (CSV line, file index),
 #                     used in every error message
 BASE_COLUMNS = ("image", "patient_id", "site", "view", "split", "row")
+
+
+class DataSourceError(TfmedError):
+    """A data source is missing, unreadable or not in the expected layout."""
 
 
 @dataclass

@@ -32,13 +32,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tfmed.errors import TfmedError
 from tfmed.data.decode import ImageReadError, read_image_and_info
 from tfmed.data.table import ImageTable
 
 SOURCE_PROBLEMS = "source_problems"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(TfmedError):
     """The data failed validation; the message is the full report.
 
     Attributes:
@@ -149,7 +150,7 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
     tables are checked once, vectorised (shape, dtype, index and label range).
 
     Example:
-        >>> from tfmed.datasets import load_pneumonia_mnist
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
         >>> validate_table(load_pneumonia_mnist()).ok
         True
     """

@@ -16,13 +16,14 @@ from .metrics import (binary_metrics, evaluate, multiclass_metrics, multilabel_m
 from .plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot, roc_plot,
                     training_curves)
 from .report import ReportContext, write_metrics_json, write_predictions, write_report
-from .thresholds import apply_threshold, choose_threshold, operating_points, per_label_thresholds
+from .thresholds import (apply_threshold, choose_threshold, operating_points, per_label_thresholds,
+                         select_thresholds)
 
 __all__ = [
     "EvaluationError", "wilson_interval", "delong_auc_ci", "delong_covariance", "delong_test",
     "bootstrap_ci", "binary_metrics", "multiclass_metrics", "multilabel_metrics", "evaluate",
     "operating_point_metrics", "to_jsonable", "choose_threshold", "operating_points",
-    "per_label_thresholds", "apply_threshold", "roc_plot", "pr_plot", "confusion_plot",
+    "per_label_thresholds", "select_thresholds", "apply_threshold", "roc_plot", "pr_plot", "confusion_plot",
     "reliability_plot", "training_curves", "multi_roc_plot", "ReportContext", "write_predictions",
     "write_report", "write_metrics_json",
 ]

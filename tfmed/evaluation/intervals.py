@@ -23,8 +23,10 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
+from tfmed.errors import TfmedError
 
-class EvaluationError(ValueError):
+
+class EvaluationError(TfmedError):
     """Inputs to an evaluation function are inconsistent or invalid.
 
     The message names the argument at fault and what would fix it.

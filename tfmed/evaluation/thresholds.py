@@ -21,14 +21,20 @@ Example:
 """
 from __future__ import annotations
 
+import typing
 from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from tfmed.config import ThresholdMethod
+
 from .intervals import EvaluationError, _binary_labels
 
-METHODS = ("youden", "sensitivity", "specificity", "fixed")
+METHODS = typing.get_args(ThresholdMethod)
+# evaluation.threshold -> the operating point's name in a run's thresholds
+THRESHOLD_KEYS = {"youden": "youden", "sensitivity": "high_sensitivity",
+                  "specificity": "high_specificity", "fixed": "fixed"}
 
 
 def choose_threshold(y_true, scores, method: str = "youden", target: float = 0.95) -> float:
@@ -111,6 +117,30 @@ def operating_points(y_val, s_val, targets: Sequence[float] = (0.95,),
         key = "high_specificity" if len(spec_targets) == 1 else f"high_specificity@{target:g}"
         points[key] = choose_threshold(y_val, s_val, "specificity", target)
     return points
+
+
+def select_thresholds(task: str, y_val, s_val, target_sensitivity: float = 0.95,
+                      target_specificity: float = 0.95) -> dict:
+    """A run's operating thresholds, chosen on validation only: Youden, high sensitivity,
+    high specificity and the fixed 0.5, one list entry per label for multilabel, none for
+    multiclass (decided by argmax).
+
+    Example:
+        >>> y = np.array([0, 0, 1, 1]); s = np.array([0.1, 0.4, 0.35, 0.8])
+        >>> sorted(select_thresholds("binary", y, s))
+        ['fixed', 'high_sensitivity', 'high_specificity', 'youden']
+    """
+    def pick(y, s):
+        points = operating_points(y, s, targets=(target_sensitivity,), specificity_targets=(target_specificity,))
+        return {**points, "fixed": 0.5}
+
+    if task == "multiclass":
+        return {}
+    y_val, s_val = np.asarray(y_val), np.asarray(s_val)
+    if task == "binary":
+        return {k: float(v) for k, v in pick(y_val, s_val).items()}
+    per_label = [pick(y_val[:, j], s_val[:, j]) for j in range(y_val.shape[1])]
+    return {k: [float(p[k]) for p in per_label] for k in per_label[0]}
 
 
 def per_label_thresholds(Y_val, P_val, method: str = "youden", target: float = 0.95,

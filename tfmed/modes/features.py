@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 from skimage.feature import local_binary_pattern
 
+from tfmed.config import SVMConfig, choices
+from tfmed.errors import TfmedError
 from tfmed.progress import log
 
 # Bump when the way features are computed changes (resizing, pooling, ...):
@@ -43,7 +45,7 @@ FEATURE_CODE_VERSION = "1"
 CHUNK_SIZE = 256
 
 
-class FeatureError(ValueError):
+class FeatureError(TfmedError):
     """Images or features that the SVM mode cannot use."""
 
 
@@ -371,8 +373,8 @@ def backbone_features(images: np.ndarray, *, backbone: str, weights, weights_dir
     from tfmed import backbones
 
     taps = check_taps(backbone, taps)
-    if pooling not in ("avg", "max"):
-        raise FeatureError(f"pooling is {pooling!r}; allowed: avg, max")
+    if pooling not in choices(SVMConfig, "pooling"):
+        raise FeatureError(f"pooling is {pooling!r}; allowed: {', '.join(choices(SVMConfig, 'pooling'))}")
     array = as_image_batch(images)
     model, identity = base_model(backbone, weights, weights_dir, image_size, random_state, weight_values)
 

@@ -26,25 +26,30 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import typing
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmed.config import FinetuneConfig, StageConfig
+from tfmed.config import (RESAMPLING, AugmentConfig, BalanceConfig, ConfigError, ExperimentConfig,
+                          FinetuneConfig, StageConfig, Task)
+from tfmed.errors import TfmedError
+from tfmed.modes.base import register_mode, scores_from_probabilities
+from tfmed.progress import log
 
-TASKS = ("binary", "multiclass", "multilabel")
 MODEL_FILE = "model.keras"
 SPEC_FILE = "finetune.json"
 STATE_FILE = "finetune_state.json"
 HISTORY_FILE = "history.jsonl"
 
 
-class FinetuneError(ValueError):
+class FinetuneError(TfmedError):
     """Invalid fine-tuning settings, data that does not fit the model, or an unusable run directory."""
 
 
+@register_mode
 class FineTuner:
     """Fine-tune a backbone in stages for binary, multiclass or multilabel classification.
 
@@ -60,11 +65,14 @@ class FineTuner:
         weights: backbone weights: "imagenet", None (random) or a file path.
         weights_dir: folder holding offline weight files.
         pos_weight, neg_weight: class weights for the weighted BCE loss
-            (binary), passed to :func:`tfmed.losses.get_loss`.
+            (binary), passed to :func:`tfmed.training.losses.get_loss`.
         run_dir: folder for the epoch backups, stage records, history and
             training curves; a second ``fit`` with the same folder resumes.
         seed: random seed for weight initialisation and dropout.
         classes: class (or label) names in output order, saved with the model.
+        augment: training augmentation used by :meth:`fit_tables`.
+        balance: class-balanced resampling of the training stream used by
+            :meth:`fit_tables` (oversample / undersample).
 
     Example:
         >>> from tfmed.config import FinetuneConfig, StageConfig
@@ -74,12 +82,15 @@ class FineTuner:
         >>> tuner.fit(train_ds, val_ds)["val_auc"]                  # doctest: +SKIP
     """
 
+    name = "finetune"
+
     def __init__(self, backbone: str, task: str, num_outputs: int, *,
                  config: FinetuneConfig | None = None, image_size: int = 224,
                  weights: str | None = "imagenet", weights_dir: str | None = None,
                  pos_weight: float | None = None, neg_weight: float | None = None,
                  run_dir: str | Path | None = None, seed: int = 0,
-                 classes: list[str] | None = None):
+                 classes: list[str] | None = None, augment: AugmentConfig | None = None,
+                 balance: BalanceConfig | None = None):
         self.backbone = backbone
         self.task = task
         self.num_outputs = num_outputs
@@ -92,11 +103,86 @@ class FineTuner:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
         self.classes = list(classes) if classes is not None else None
-        self.threshold: float | None = None
+        self.augment = augment
+        self.balance = balance
         self._validate()
         self.model_: keras.Model | None = None
         self.backbone_model_: keras.Model | None = None
         self.strategy_ = None
+
+    # ------------------------------------------------------------ mode protocol
+    @classmethod
+    def check_experiment(cls, config: ExperimentConfig, table) -> None:
+        """Settings that only fit some tasks, checked once the data's task is known.
+
+        Example:
+            >>> FineTuner.check_experiment(ExperimentConfig(), table)  # doctest: +SKIP
+        """
+        if config.balance.method == "class_weight" and table.task == "multiclass":
+            raise ConfigError(f"{config.name}: balance.method class_weight weights the binary cross-entropy "
+                              "(w_pos = N_neg/N, w_neg = N_pos/N) and needs a binary or multilabel task; "
+                              "for multiclass data use balance.method: oversample")
+        if config.model.finetune.hierarchy and table.task != "multiclass":
+            raise ConfigError(f"{config.name}: model.finetune.hierarchy maps fine classes to coarse ones and "
+                              f"needs multiclass data, but the data is {table.task}")
+
+    @classmethod
+    def from_experiment(cls, config: ExperimentConfig, train, run_dir: Path | None) -> "FineTuner":
+        """An unfitted tuner for ``config`` and the task, classes and class counts of ``train``.
+
+        With ``balance.method: class_weight`` the loss weights are w_pos = N_neg/N and
+        w_neg = N_pos/N of ``train``.
+
+        Example:
+            >>> tuner = FineTuner.from_experiment(config, table.split("train"), None)  # doctest: +SKIP
+        """
+        from tfmed.training.losses import class_balance_weights
+
+        pos_weight = neg_weight = None
+        if config.balance.method == "class_weight":
+            pos_weight, neg_weight = class_balance_weights(train.labels())
+        resample = config.balance if config.balance.method in RESAMPLING else None
+        model = config.model
+        return cls(model.backbone, train.task, train.num_outputs, config=model.finetune,
+                   image_size=config.preprocess.image_size, weights=model.weights,
+                   weights_dir=model.weights_dir, pos_weight=pos_weight, neg_weight=neg_weight,
+                   run_dir=run_dir, seed=config.seed, classes=list(train.classes),
+                   augment=config.augment, balance=resample)
+
+    def fit_tables(self, train, val, inputs) -> "FineTuner":
+        """Fit on the ``train`` table (augmented, resampled); ``val`` drives early stopping.
+
+        Example:
+            >>> tuner.fit_tables(table.split("train"), table.split("val"), ImageInputs(preprocess))  # doctest: +SKIP
+        """
+        from tfmed.training.callbacks import EpochLogger
+
+        batch = self.global_batch_size  # per-replica batch x replicas
+        train_ds = inputs.dataset(train, training=True, batch_size=batch, augment=self.augment,
+                                  balance=self.balance, seed=self.seed)
+        val_ds = inputs.dataset(val, training=False, batch_size=batch) if val is not None and len(val) else None
+        log(f"fine-tuning {self.backbone} in {len(self.config.stages)} stage(s)")
+        self.fit(train_ds, val_ds, callbacks=[EpochLogger()])
+        return self
+
+    def predict_table(self, table, inputs, batch_size: int = 64) -> np.ndarray:
+        """Scores for every row of ``table``: (n,) for binary, else (n, outputs).
+
+        Example:
+            >>> tuner.predict_table(table.split("test"), inputs).shape  # doctest: +SKIP
+            (942,)
+        """
+        dataset = inputs.dataset(table, training=False, batch_size=batch_size)
+        return scores_from_probabilities(self.task, self.predict(dataset))
+
+    def report_facts(self) -> dict:
+        """Nothing beyond the training curves (``history_``), which the report draws itself.
+
+        Example:
+            >>> FineTuner("mobilenet_v2", "binary", 1, weights=None).report_facts()
+            {}
+        """
+        return {}
 
     # ------------------------------------------------------------------ checks
     def _validate(self) -> None:
@@ -104,8 +190,8 @@ class FineTuner:
 
         cfg = self.config
         backbones.get_spec(self.backbone)  # an unknown name raises, listing the known backbones
-        if self.task not in TASKS:
-            raise FinetuneError(f"task is {self.task!r}; allowed: {', '.join(TASKS)}")
+        if self.task not in typing.get_args(Task):
+            raise FinetuneError(f"task is {self.task!r}; allowed: {', '.join(typing.get_args(Task))}")
         if isinstance(self.num_outputs, bool) or not isinstance(self.num_outputs, (int, np.integer)):
             raise FinetuneError(f"num_outputs must be an integer, got {self.num_outputs!r}")
         if self.task == "binary" and self.num_outputs != 1:
@@ -120,41 +206,9 @@ class FineTuner:
                                 f"but the {self.task} model has {self.num_outputs} output(s)")
         if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 8:
             raise FinetuneError(f"image_size is {self.image_size!r}; it must be an integer of at least 8 pixels")
-        if not cfg.stages:
-            raise FinetuneError("model.finetune.stages must list at least one stage")
-        for i, stage in enumerate(cfg.stages):
-            key = f"model.finetune.stages[{i}]"
-            if not isinstance(stage, StageConfig):
-                raise FinetuneError(f"{key} must be a StageConfig, got {stage!r}")
-            if isinstance(stage.epochs, bool) or not isinstance(stage.epochs, int) or stage.epochs < 1:
-                raise FinetuneError(f"{key}.epochs is {stage.epochs!r}; it must be an integer >= 1")
-            _check_unfreeze(stage.unfreeze, key + ".unfreeze")
-            if stage.learning_rate is not None and not stage.learning_rate > 0:
-                raise FinetuneError(f"{key}.learning_rate is {stage.learning_rate}; it must be > 0 "
-                                    "(or left out to use the previous stage's rate times lr_factor)")
-            if not stage.lr_factor > 0:
-                raise FinetuneError(f"{key}.lr_factor is {stage.lr_factor}; it must be > 0, e.g. 0.1")
-        checks = {
-            "learning_rate": cfg.learning_rate > 0,
-            "optimizer": cfg.optimizer in ("adam", "sgd"),
-            "schedule": cfg.schedule in ("constant", "cosine", "plateau"),
-            "pooling": cfg.pooling in ("avg", "max"),
-            "dropout": 0.0 <= cfg.dropout < 1.0,
-            "batch_size": isinstance(cfg.batch_size, int) and cfg.batch_size >= 1,
-            "weight_decay": cfg.weight_decay >= 0,
-            "momentum": 0.0 <= cfg.momentum < 1.0,
-        }
-        allowed = {"learning_rate": "a number > 0", "optimizer": "adam, sgd",
-                   "schedule": "constant, cosine, plateau", "pooling": "avg, max",
-                   "dropout": "a number in [0, 1)", "batch_size": "an integer >= 1",
-                   "weight_decay": "a number >= 0", "momentum": "a number in [0, 1)"}
-        for key, ok in checks.items():
-            if not ok:
-                raise FinetuneError(f"model.finetune.{key} is {getattr(cfg, key)!r}; allowed: {allowed[key]}")
-        patience = cfg.early_stopping_patience
-        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
-            raise FinetuneError(f"model.finetune.early_stopping_patience is {patience!r}; use an integer >= 0 "
-                                "or null to train every epoch")
+        if not isinstance(cfg, FinetuneConfig):
+            raise FinetuneError(f"config must be a FinetuneConfig, got {type(cfg).__name__}")
+        cfg.check()  # ranges and choices live in tfmed.config; re-checked here in case it was edited
         self._loss()  # loss name, task and class weights are checked here, before any model is built
 
     # ------------------------------------------------------------------- model
@@ -170,7 +224,7 @@ class FineTuner:
 
     def _strategy(self):
         if self.strategy_ is None:
-            from tfmed import distribute
+            from tfmed.training import distribute
             self.strategy_ = distribute.strategy(self.config.strategy)
         return self.strategy_
 
@@ -181,7 +235,8 @@ class FineTuner:
             >>> FineTuner("mobilenet_v2", "multiclass", 3, image_size=32, weights=None).build().output_shape  # doctest: +SKIP
             (None, 3)
         """
-        from tfmed import backbones, distribute
+        from tfmed import backbones
+        from tfmed.training import distribute
 
         keras.utils.set_random_seed(self.seed)
         previous_policy = keras.mixed_precision.global_policy()
@@ -209,7 +264,8 @@ class FineTuner:
 
     def _set_trainable(self, unfreeze) -> None:
         """Freeze the whole backbone, then unfreeze its top blocks (BatchNorm stays frozen)."""
-        from tfmed import backbones, freezing
+        from tfmed import backbones
+        from tfmed.training import freezing
 
         freezing.freeze(self.backbone_model_)
         if unfreeze not in (0, 0.0):
@@ -228,7 +284,7 @@ class FineTuner:
         return keras.optimizers.Adam(learning_rate)
 
     def _loss(self):
-        from tfmed import losses
+        from tfmed.training import losses
 
         return losses.get_loss(self.config.loss, self.task, pos_weight=self.pos_weight,
                                neg_weight=self.neg_weight, label_smoothing=self.config.label_smoothing,
@@ -342,7 +398,7 @@ class FineTuner:
         mode = "min" if monitor.endswith("loss") else "max"
         result = []
         if val_ds is not None:
-            from tfmed.callbacks import ClinicalMetrics
+            from tfmed.training.callbacks import ClinicalMetrics
             result.append(ClinicalMetrics(val_ds, task=self.task))
         result += list(extra)
         if cfg.schedule == "cosine":
@@ -383,12 +439,10 @@ class FineTuner:
             64
         """
         return {"backbone": self.backbone, "task": self.task, "num_outputs": int(self.num_outputs),
-                "classes": self.classes, "image_size": int(self.image_size), "pooling": self.config.pooling,
-                "threshold": self.threshold}
+                "classes": self.classes, "image_size": int(self.image_size), "pooling": self.config.pooling}
 
     def _run_spec(self) -> dict:
         spec = self.spec()
-        spec.pop("threshold")
         spec["stages"] = [{"epochs": s.epochs, "unfreeze": s.unfreeze} for s in self.config.stages]
         spec["learning_rates"] = self.stage_learning_rates()
         return spec
@@ -494,13 +548,13 @@ class FineTuner:
     def predict_coarse(self, data, hierarchy=None) -> tuple[np.ndarray, list[str]]:
         """Coarse-class probabilities of a model trained on fine classes (Esteva et al. 2017).
 
-        Uses ``hierarchy`` (a :class:`tfmed.hierarchy.Hierarchy` or mapping) or
+        Uses ``hierarchy`` (a :class:`tfmed.evaluation.hierarchy.Hierarchy` or mapping) or
         ``config.hierarchy``, and :attr:`classes` as the fine class order.
 
         Example:
             >>> proba, names = tuner.predict_coarse(images, {"benign": ["nevus"], "malignant": ["melanoma"]})  # doctest: +SKIP
         """
-        from tfmed.hierarchy import Hierarchy
+        from tfmed.evaluation.hierarchy import Hierarchy
 
         hierarchy = hierarchy if hierarchy is not None else self.config.hierarchy
         if hierarchy is None:
@@ -515,7 +569,7 @@ class FineTuner:
 
     # ----------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.keras`` and ``finetune.json`` (backbone, task, classes, image size, threshold).
+        """Write ``model.keras`` and ``finetune.json`` (backbone, task, classes, image size, settings).
 
         Example:
             >>> tuner.save("runs/demo/model")  # doctest: +SKIP
@@ -548,25 +602,11 @@ class FineTuner:
         config = _config_from_plain(spec.get("config", {}))
         tuner = cls(spec["backbone"], spec["task"], spec["num_outputs"], config=config,
                     image_size=spec["image_size"], weights=None, classes=spec.get("classes"))
-        tuner.threshold = spec.get("threshold")
         tuner.model_ = keras.saving.load_model(directory / MODEL_FILE, compile=False)
         return tuner
 
 
 # ---------------------------------------------------------------- helpers
-def _check_unfreeze(value, key: str) -> None:
-    if isinstance(value, str):
-        if value != "all":
-            raise FinetuneError(f"{key} is {value!r}; use a number of top blocks (e.g. 2), a fraction "
-                                "of the blocks (e.g. 0.5) or 'all'")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise FinetuneError(f"{key} is {value!r}; use an integer, a fraction in (0, 1] or 'all'")
-    elif isinstance(value, float) and not value.is_integer() and not 0.0 < value <= 1.0:
-        raise FinetuneError(f"{key} is {value}; a fraction of blocks must be in (0, 1]")
-    elif value < 0:
-        raise FinetuneError(f"{key} is {value}; it cannot be negative")
-
-
 def _merge(records: list[dict], boundaries: list[int]) -> dict:
     records = sorted(records, key=lambda r: r["epoch"])
     keys = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from numbers import Real
 from typing import Sequence
 
@@ -36,9 +37,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
+from tfmed.config import GammaName, SVMConfig, Task, choices
+from tfmed.modes.base import register_mode, scores_from_probabilities
 from tfmed.modes.features import (FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
                                   as_image_batch, backbone_features, base_model, check_finite,
                                   check_taps, lbp_features)
+from tfmed.progress import log
 
 __all__ = ["FeatureSVM", "TooFewSamplesError", "ModelMismatchError", "FeatureError",
            "UnknownTapError"]
@@ -55,6 +59,7 @@ class ModelMismatchError(FeatureError):
     """New data (or a loaded model) does not match what the model was fitted on."""
 
 
+@register_mode
 class FeatureSVM(ClassifierMixin, BaseEstimator):
     """Frozen-backbone features + SVM classifier (Bar et al. 2015).
 
@@ -101,6 +106,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         ('stage4',)
     """
 
+    name = "svm"
+
     def __init__(self, backbone: str = "efficientnet_lite0", weights: str | None = "imagenet",
                  weights_dir: str | None = None, taps: Sequence[str] = ("late",), pooling: str = "avg",
                  image_size: int = 224, kernel: str = "rbf", C=(0.1, 1, 10), gamma=("scale",),
@@ -144,6 +151,68 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                    texture=svm.texture, task=config.data.task, cache_dir=cache_dir,
                    batch_size=svm.batch_size, random_state=config.seed,
                    preprocess=dataclasses.asdict(config.preprocess))
+
+    # ------------------------------------------------------------------ mode protocol
+
+    @classmethod
+    def check_experiment(cls, config, table) -> None:
+        """Nothing to check once the task is known: the SVM handles every task.
+
+        Example:
+            >>> FeatureSVM.check_experiment(None, None)
+        """
+
+    @classmethod
+    def from_experiment(cls, config, train, run_dir) -> "FeatureSVM":
+        """An unfitted model for ``config``; features are cached in ``RUNS_DIR/.feature_cache``.
+
+        Example:
+            >>> from tfmed.config import ExperimentConfig
+            >>> FeatureSVM.from_experiment(ExperimentConfig(), None, None).cache_dir
+            'runs/.feature_cache'
+        """
+        from pathlib import Path
+
+        model = cls.from_config(config, cache_dir=str(Path(config.runs_dir) / ".feature_cache"))
+        if train is not None:
+            model.set_params(task=train.task)
+        return model
+
+    def fit_tables(self, train, val, inputs) -> "FeatureSVM":
+        """Fit on the ``train`` table's images; C and gamma are chosen by CV on train (``val`` is not used).
+
+        Rows of one patient stay in one CV fold when every row has a patient id.
+
+        Example:
+            >>> model.fit_tables(table.split("train"), None, ImageInputs(preprocess))  # doctest: +SKIP
+        """
+        log(f"preprocessing {len(train)} training images at {inputs.preprocess.image_size} px")
+        x_train, y_train = inputs.arrays(train)
+        patients = train.frame["patient_id"]
+        groups = patients.astype(str).to_numpy() if patients.notna().all() else None
+        log(f"extracting {self.backbone} features {list(_as_list(self.taps))} and fitting the SVM "
+            f"(C grid {list(_as_list(self.C))}, {self.cv}-fold CV)")
+        return self.fit(x_train, y_train, groups=groups)
+
+    def predict_table(self, table, inputs, batch_size: int = 64) -> np.ndarray:
+        """Scores for every row of ``table``: (n,) positive-class probability for binary, else (n, K).
+
+        Example:
+            >>> model.predict_table(table.split("test"), inputs).shape  # doctest: +SKIP
+            (942,)
+        """
+        images, _ = inputs.arrays(table, batch_size=batch_size)
+        return scores_from_probabilities(self.task_, self.predict_proba(images))
+
+    def report_facts(self) -> dict:
+        """Taps, kernel and the C/gamma chosen by cross-validation, for the run report.
+
+        Example:
+            >>> FeatureSVM(taps=("middle",)).report_facts()["taps"]
+            'middle'
+        """
+        return {"taps": ", ".join(_as_list(self.taps)), "kernel": self.kernel,
+                "best parameters": str(getattr(self, "best_params_", ""))}
 
     # ------------------------------------------------------------------ fitting
 
@@ -205,12 +274,13 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         return self
 
     def _check_params(self) -> list[str]:
-        if self.kernel not in ("rbf", "linear"):
-            raise FeatureError(f"kernel is {self.kernel!r}; allowed: rbf, linear")
-        if self.pooling not in ("avg", "max"):
-            raise FeatureError(f"pooling is {self.pooling!r}; allowed: avg, max")
-        if self.task not in (None, "binary", "multiclass", "multilabel"):
-            raise FeatureError(f"task is {self.task!r}; allowed: binary, multiclass, multilabel or None")
+        for name in ("kernel", "pooling"):
+            allowed = choices(SVMConfig, name)
+            if getattr(self, name) not in allowed:
+                raise FeatureError(f"{name} is {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
+        tasks = typing.get_args(Task)
+        if self.task is not None and self.task not in tasks:
+            raise FeatureError(f"task is {self.task!r}; allowed: {', '.join(tasks)} or None")
         if isinstance(self.cv, bool) or not isinstance(self.cv, (int, np.integer)) or self.cv < 2:
             raise FeatureError(f"cv is {self.cv!r}; it must be an integer of at least 2 folds")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)) \
@@ -219,12 +289,15 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         for value in _as_list(self.C):
             if isinstance(value, bool) or not isinstance(value, Real) or value <= 0:
                 raise FeatureError(f"C holds {value!r}; every C must be a number > 0")
+        gamma_names = typing.get_args(GammaName)
         for value in _as_list(self.gamma):
-            if not (value in ("scale", "auto") or (isinstance(value, Real) and not isinstance(value, bool)
-                                                    and value > 0)):
-                raise FeatureError(f"gamma holds {value!r}; allowed: 'scale', 'auto' or a number > 0")
-        if self.class_weight not in (None, "balanced"):
-            raise FeatureError(f"class_weight is {self.class_weight!r}; allowed: 'balanced' or None")
+            if not (value in gamma_names or (isinstance(value, Real) and not isinstance(value, bool)
+                                              and value > 0)):
+                raise FeatureError(f"gamma holds {value!r}; allowed: {', '.join(map(repr, gamma_names))} "
+                                   "or a number > 0")
+        if self.class_weight is not None and self.class_weight not in choices(SVMConfig, "class_weight"):
+            raise FeatureError(f"class_weight is {self.class_weight!r}; allowed: "
+                               f"{', '.join(map(repr, choices(SVMConfig, 'class_weight')))} or None")
         return check_taps(self.backbone, self.taps)
 
     def _encode_targets(self, y, n_images: int):

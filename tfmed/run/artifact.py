@@ -22,33 +22,26 @@ from typing import Any
 import numpy as np
 
 from tfmed.config import PreprocessConfig
+from tfmed.data.pipeline import ImageInputs
+from tfmed.data.statistics import load_statistics, save_statistics
 from tfmed.data.table import ImageTable
+from tfmed.errors import TfmedError
+from tfmed.modes import get_mode
 
 ARTIFACT_FILE = "tfmed_model.json"
 
 
-class ModelArtifactError(ValueError):
+class ModelArtifactError(TfmedError):
     """A saved model directory is missing, incomplete or does not fit the data."""
-
-
-def scores_from_probabilities(task: str, proba: np.ndarray) -> np.ndarray:
-    """Binary: the positive-class probability (n,); otherwise (n, K) as given.
-
-    Example:
-        >>> scores_from_probabilities("binary", np.array([[0.2, 0.8]])).tolist()
-        [0.8]
-    """
-    proba = np.asarray(proba, dtype=np.float64)
-    if task == "binary":
-        if proba.ndim == 2 and proba.shape[1] == 2:
-            return proba[:, 1]
-        return proba.reshape(-1)
-    return proba
 
 
 @dataclass
 class TrainedModel:
-    """A fitted estimator with the preprocessing and thresholds it was trained with."""
+    """A fitted mode with the preprocessing and thresholds it was trained with.
+
+    ``thresholds`` (chosen on validation, saved in ``tfmed_model.json``) are the
+    one record of the model's operating points; the estimator keeps none.
+    """
 
     mode: str
     task: str
@@ -65,22 +58,18 @@ class TrainedModel:
         """The operating threshold chosen on validation (per label for multilabel)."""
         return self.thresholds.get(self.threshold_method)
 
+    @property
+    def inputs(self) -> ImageInputs:
+        """The preprocessing and train statistics that turn a table into this model's inputs."""
+        return ImageInputs(self.preprocess, self.stats)
+
     def predict(self, table: ImageTable, batch_size: int = 64) -> np.ndarray:
         """Scores for every row of ``table``, in table order."""
         if table.task != self.task and not (table.task in ("binary", "multiclass") and
                                              self.task in ("binary", "multiclass")):
             raise ModelArtifactError(f"the model was trained for a {self.task} task but the data "
                                      f"is {table.task}; evaluate it on data with the same labels")
-        if self.mode == "svm":
-            from tfmed.data.pipeline import load_arrays
-
-            images, _ = load_arrays(table, self.preprocess, stats=self.stats, batch_size=batch_size)
-            return scores_from_probabilities(self.task, self.estimator.predict_proba(images))
-        from tfmed.data.pipeline import make_dataset
-
-        dataset = make_dataset(table, self.preprocess, training=False, batch_size=batch_size,
-                               stats=self.stats)
-        return scores_from_probabilities(self.task, self.estimator.predict(dataset))
+        return self.estimator.predict_table(table, self.inputs, batch_size=batch_size)
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """Decisions at the stored threshold (binary/multilabel) or the argmax class."""
@@ -91,8 +80,6 @@ class TrainedModel:
 
     def save(self, directory: str | Path) -> Path:
         """Write the artifact into ``directory`` (created)."""
-        from tfmed.data.transforms import save_statistics
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.estimator.save(directory / "estimator")
@@ -120,17 +107,8 @@ class TrainedModel:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         stats = None
         if meta.get("has_stats"):
-            from tfmed.data.transforms import load_statistics
-
             stats = load_statistics(directory / "statistics")
-        if meta["mode"] == "svm":
-            from tfmed.modes.svm import FeatureSVM
-
-            estimator = FeatureSVM.load(directory / "estimator")
-        else:
-            from tfmed.modes.finetune import FineTuner
-
-            estimator = FineTuner.load(directory / "estimator")
+        estimator = get_mode(meta["mode"]).load(directory / "estimator")
         return cls(mode=meta["mode"], task=meta["task"], classes=meta["classes"],
                    preprocess=PreprocessConfig(**meta["preprocess"]), stats=stats,
                    estimator=estimator, thresholds=meta.get("thresholds", {}),

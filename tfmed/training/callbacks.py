@@ -22,25 +22,23 @@ Example:
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
-from tfmed import freezing
+from tfmed.config import THRESHOLD_TARGET_METHODS
+from tfmed.errors import TfmedError
+from tfmed.evaluation.thresholds import choose_threshold
+from tfmed.progress import log
+from tfmed.training.layers import set_threshold, threshold_layer
 
-THRESHOLD_METHODS = ("youden", "sensitivity", "specificity")
 
-
-class CallbackError(ValueError):
+class CallbackError(TfmedError):
     """A callback got unusable arguments or validation data."""
-
-
-# ----------------------------------------------------------------------------- helpers
 
 
 def ordered(callbacks: Sequence[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
@@ -125,21 +123,13 @@ def _check_both_classes(Y: np.ndarray, task: str) -> None:
                                 "and thresholds need positives and negatives - use a stratified validation split")
 
 
-def _pick_threshold(y: np.ndarray, score: np.ndarray, method: str, target: float):
-    """(threshold, sensitivity, specificity) for one ROC curve; positive means score >= threshold."""
-    fpr, tpr, thresholds = roc_curve(y, score, drop_intermediate=False)
-    if method == "youden":
-        index = int(np.argmax(tpr - fpr))
-    elif method == "sensitivity":
-        reach = np.flatnonzero(tpr >= target - 1e-12)
-        index = int(reach[0])
-    else:
-        reach = np.flatnonzero(1.0 - fpr >= target - 1e-12)
-        index = int(reach[-1])
-    threshold = thresholds[index]
-    if not np.isfinite(threshold):
-        threshold = np.nextafter(thresholds[1], np.inf)
-    return float(threshold), float(tpr[index]), float(1.0 - fpr[index])
+def _operating_point(y: np.ndarray, score: np.ndarray, method: str, target: float):
+    """(threshold, sensitivity, specificity) of one ROC curve at the threshold
+    :func:`tfmed.evaluation.choose_threshold` picks (positive means score >= threshold)."""
+    threshold = choose_threshold(y, score, method, target)
+    positive = score >= threshold
+    truth = y.astype(bool)
+    return threshold, float(positive[truth].mean()), float((~positive[~truth]).mean())
 
 
 def clinical_scores(y_true, y_score, task: str | None = None) -> dict:
@@ -164,7 +154,7 @@ def clinical_scores(y_true, y_score, task: str | None = None) -> dict:
         auc = roc_auc_score(Y, S, average="macro")
     else:
         auc = roc_auc_score(Y[:, 0], S[:, 0])
-    points = np.array([_pick_threshold(Y[:, c], S[:, c], "youden", 0.0) for c in range(Y.shape[1])])
+    points = np.array([_operating_point(Y[:, c], S[:, c], "youden", 0.95) for c in range(Y.shape[1])])
     return {"task": task, "auc": float(auc), "youden_threshold": float(points[:, 0].mean()),
             "sensitivity": float(points[:, 1].mean()), "specificity": float(points[:, 2].mean()),
             "per_column": {"threshold": points[:, 0].tolist(), "sensitivity": points[:, 1].tolist(),
@@ -188,18 +178,15 @@ def select_threshold(y_true, y_score, method: str = "youden", target: float = 0.
     task, Y, S = _as_label_matrix(y_true, y_score, None if np.ndim(y_score) < 2 or
                                   np.shape(y_score)[1] == 1 else "multilabel")
     _check_both_classes(Y, task)
-    values = [_pick_threshold(Y[:, c], S[:, c], method, target)[0] for c in range(Y.shape[1])]
+    values = [choose_threshold(Y[:, c], S[:, c], method, target) for c in range(Y.shape[1])]
     return values[0] if len(values) == 1 else values
 
 
 def _check_method(method: str, target: float) -> None:
-    if method not in THRESHOLD_METHODS:
-        raise CallbackError(f"threshold method {method!r} is unknown; allowed: {', '.join(THRESHOLD_METHODS)}")
-    if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0.0 < target <= 1.0:
+    if method not in THRESHOLD_TARGET_METHODS:
+        raise CallbackError(f"threshold method {method!r} is unknown; allowed: {', '.join(THRESHOLD_TARGET_METHODS)}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0.0 < target <= 1.0:
         raise CallbackError(f"threshold target must be in (0, 1], got {target!r}")
-
-
-# ----------------------------------------------------------------------------- EpochLogger
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -215,14 +202,9 @@ class EpochLogger(keras.callbacks.Callback):
     KEYS = ("loss", "val_loss", "val_auc", "val_sensitivity", "val_specificity")
 
     def on_epoch_end(self, epoch, logs=None):
-        from tfmed.progress import log
-
         logs = logs or {}
         shown = ", ".join(f"{k} {float(logs[k]):.4f}" for k in self.KEYS if k in logs)
         log(f"epoch {epoch + 1}: {shown}")
-
-
-# ----------------------------------------------------------------------------- ClinicalMetrics
 
 
 class ClinicalMetrics(keras.callbacks.Callback):
@@ -272,126 +254,6 @@ class ClinicalMetrics(keras.callbacks.Callback):
                 logs[self.prefix + key] = scores[key]
 
 
-# ----------------------------------------------------------------------------- thresholds
-
-
-@keras.saving.register_keras_serializable(package="tfmed")
-class DecisionThreshold(keras.layers.Layer):
-    """Pass-through layer that stores the operating threshold(s) as a non-trainable weight.
-
-    It returns its input unchanged (so predictions stay probabilities) and
-    saves and loads with the model. :func:`add_threshold_layer` appends it to a
-    model; :class:`ThresholdSelector` fills it; :func:`get_threshold` reads it.
-
-    Example:
-        >>> import numpy as np
-        >>> layer = DecisionThreshold()
-        >>> out = layer(np.zeros((2, 3), "float32"))
-        >>> layer.threshold.numpy().tolist()
-        [0.5, 0.5, 0.5]
-    """
-
-    def __init__(self, initial: float = 0.5, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        kwargs["trainable"] = False
-        super().__init__(**kwargs)
-        self.initial = float(initial)
-
-    def build(self, input_shape):
-        size = input_shape[-1] if len(input_shape) > 1 and input_shape[-1] is not None else 1
-        self.threshold = self.add_weight(name="threshold", shape=(size,), trainable=False,
-                                         initializer=keras.initializers.Constant(self.initial))
-
-    def call(self, inputs):
-        return inputs
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(initial=self.initial)
-        config.pop("trainable", None)
-        return config
-
-
-def add_threshold_layer(model: keras.Model, name: str = "decision_threshold") -> keras.Model:
-    """A model with the same layers and weights whose output passes through a DecisionThreshold.
-
-    Call it before ``compile``; the threshold then travels with every
-    ``model.save`` / ``keras.models.load_model``.
-
-    Example:
-        >>> import keras
-        >>> base = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
-        >>> model = add_threshold_layer(base)
-        >>> get_threshold(model)
-        0.5
-    """
-    if _threshold_layer(model) is not None:
-        return model
-    if not model.built or not getattr(model, "outputs", None):
-        raise CallbackError(f"model {model.name!r} has no defined inputs/outputs yet; build a functional or "
-                            "Sequential model with keras.Input first")
-    if len(model.outputs) != 1:
-        raise CallbackError(f"model {model.name!r} has {len(model.outputs)} outputs; thresholds need one")
-    outputs = DecisionThreshold(name=name)(model.outputs[0])
-    return keras.Model(model.inputs, outputs, name=model.name)
-
-
-def _threshold_layer(model: keras.Model):
-    for layer in freezing.iter_layers(model):
-        if isinstance(layer, DecisionThreshold):
-            return layer
-    return None
-
-
-def get_threshold(model: keras.Model, default=None):
-    """The threshold stored in ``model`` (float, or list per label), or ``default`` if none.
-
-    Looks for a DecisionThreshold layer first, then the ``tfmed_threshold``
-    attribute set by ThresholdSelector on models without that layer.
-
-    Example:
-        >>> import keras
-        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-        >>> get_threshold(model, default=0.5)
-        0.5
-    """
-    layer = _threshold_layer(model)
-    if layer is not None and layer.built:
-        values = np.asarray(layer.threshold.numpy(), dtype=float).tolist()
-        return values[0] if len(values) == 1 else values
-    return getattr(model, "tfmed_threshold", default)
-
-
-def set_threshold(model: keras.Model, threshold) -> None:
-    """Store ``threshold`` (float or one per label) in ``model``.
-
-    Uses the DecisionThreshold layer when the model has one (it then survives
-    saving); otherwise sets ``model.tfmed_threshold`` and warns that it will
-    not be saved.
-
-    Example:
-        >>> import keras
-        >>> model = add_threshold_layer(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
-        >>> set_threshold(model, 0.3)
-        >>> round(get_threshold(model), 6)
-        0.3
-    """
-    layer = _threshold_layer(model)
-    values = np.atleast_1d(np.asarray(threshold, dtype=np.float32))
-    if layer is not None and layer.built:
-        size = int(layer.threshold.shape[0])
-        if values.size == 1:
-            values = np.full((size,), values[0], dtype=np.float32)
-        if values.size != size:
-            raise CallbackError(f"got {values.size} thresholds but the model has {size} outputs")
-        layer.threshold.assign(values)
-    else:
-        warnings.warn("the model has no DecisionThreshold layer, so the threshold is kept only as "
-                      "model.tfmed_threshold and is NOT saved with model.save; wrap the model with "
-                      "tfmed.callbacks.add_threshold_layer(model) before compiling to persist it", stacklevel=2)
-    model.tfmed_threshold = float(values[0]) if values.size == 1 else values.astype(float).tolist()
-
-
 class ThresholdSelector(keras.callbacks.Callback):
     """Choose the validation-optimal decision threshold and store it with the model.
 
@@ -412,6 +274,7 @@ class ThresholdSelector(keras.callbacks.Callback):
     Example:
         >>> import keras, numpy as np
         >>> x = np.random.rand(16, 3).astype("float32"); y = np.array([0, 1] * 8)
+        >>> from tfmed.training import add_threshold_layer, get_threshold
         >>> model = add_threshold_layer(keras.Sequential([keras.Input((3,)),
         ...                                               keras.layers.Dense(1, activation="sigmoid")]))
         >>> model.compile("sgd", "binary_crossentropy")
@@ -452,7 +315,7 @@ class ThresholdSelector(keras.callbacks.Callback):
         self._store()
 
     def _store(self):
-        if _threshold_layer(self.model) is None:
+        if threshold_layer(self.model) is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 set_threshold(self.model, self.threshold_)
@@ -463,147 +326,3 @@ class ThresholdSelector(keras.callbacks.Callback):
                               "compiling", stacklevel=2)
         else:
             set_threshold(self.model, self.threshold_)
-
-
-# ----------------------------------------------------------------------------- StagedUnfreeze
-
-
-def _has_schedule(optimizer) -> bool:
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    rate = getattr(inner, "_learning_rate", None)
-    return isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) or (
-        callable(rate) and not isinstance(rate, keras.Variable))
-
-
-class StagedUnfreeze(keras.callbacks.Callback):
-    """Unfreeze the top backbone blocks during ``fit``, on a schedule or when a metric plateaus.
-
-    At each change it calls :func:`tfmed.freezing.unfreeze_top` on the model
-    (BatchNormalization stays frozen), replaces the optimizer with a fresh
-    copy of the same class and settings whose learning rate is the current
-    one times ``lr_factor`` (as re-compiling would; its slot variables and
-    step counter start afresh), and rebuilds the train function so the newly
-    trainable weights train from the next step on - all inside one ``fit``.
-
-    Scheduled changes happen at the start of the named epoch (0-based).
-    With ``on_plateau=True`` a change happens at the end of an epoch after
-    ``patience`` epochs without improvement of ``monitor``; successive changes
-    take the next entry of ``amounts`` (default: one more block each time).
-
-    Put ClinicalMetrics before it when monitoring ``val_auc``. Learning-rate
-    schedules cannot be scaled: use ``lr_factor=1.0`` with a schedule.
-
-    Args:
-        blocks: the backbone's block prefixes, input to output.
-        schedule: list of (epoch, amount) pairs; amount as in unfreeze_top.
-        on_plateau: unfreeze when ``monitor`` stops improving.
-        amounts: the amounts applied one after another on plateaus.
-        patience: epochs without improvement before a plateau change.
-        lr_factor: multiplies the learning rate at each change.
-        monitor, mode, min_delta: what counts as an improvement.
-
-    Example:
-        >>> import keras, numpy as np
-        >>> inputs = keras.Input((4,))
-        >>> x = keras.layers.Dense(4, name="block1_dense")(inputs)
-        >>> model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(x))
-        >>> _ = freezing.freeze(model, ["block1_"])
-        >>> model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
-        >>> cb = StagedUnfreeze(["block1_"], schedule=[(1, "all")], lr_factor=0.1)
-        >>> _ = model.fit(np.ones((8, 4)), np.ones(8), epochs=2, verbose=0, callbacks=[cb])
-        >>> round(float(model.optimizer.learning_rate), 6), cb.unfrozen_
-        (0.0001, ['block1_'])
-    """
-
-    def __init__(self, blocks: Sequence[str], schedule: Sequence[tuple[int, int | float | str]] | None = None, *,
-                 on_plateau: bool = False, amounts: Sequence[int | float | str] | None = None,
-                 patience: int = 2, lr_factor: float = 0.1, monitor: str = "val_auc", mode: str = "max",
-                 min_delta: float = 0.0, verbose: int = 0):
-        super().__init__()
-        self.blocks = freezing._check_blocks(blocks)
-        if not schedule and not on_plateau:
-            raise CallbackError("StagedUnfreeze needs a schedule [(epoch, amount), ...] or on_plateau=True")
-        self.schedule = {}
-        for entry in schedule or []:
-            if not isinstance(entry, (tuple, list)) or len(entry) != 2:
-                raise CallbackError(f"schedule entries are (epoch, amount) pairs, got {entry!r}")
-            epoch, amount = entry
-            if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-                raise CallbackError(f"schedule epoch must be an int >= 0, got {epoch!r} in {entry!r}")
-            if epoch in self.schedule:
-                raise CallbackError(f"schedule lists epoch {epoch} twice")
-            freezing.blocks_for_amount(self.blocks, amount)
-            self.schedule[int(epoch)] = amount
-        self.on_plateau = bool(on_plateau)
-        self.amounts = list(amounts) if amounts is not None else list(range(1, len(self.blocks) + 1))
-        for amount in self.amounts:
-            freezing.blocks_for_amount(self.blocks, amount)
-        if isinstance(lr_factor, bool) or not isinstance(lr_factor, numbers.Real) or lr_factor <= 0:
-            raise CallbackError(f"lr_factor must be a number > 0, got {lr_factor!r}")
-        if mode not in ("max", "min"):
-            raise CallbackError(f"mode must be 'max' or 'min', got {mode!r}")
-        if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-            raise CallbackError(f"patience must be an int >= 1, got {patience!r}")
-        self.patience = int(patience)
-        self.lr_factor = float(lr_factor)
-        self.monitor = monitor
-        self.mode = mode
-        self.min_delta = abs(float(min_delta))
-        self.verbose = verbose
-        self.unfrozen_: list[str] = []
-        self.changes_: list[dict] = []
-        self._plateau_step = 0
-        self._best = None
-        self._wait = 0
-
-    def on_train_begin(self, logs=None):
-        self._best, self._wait = None, 0
-        if self.lr_factor != 1.0 and _has_schedule(self.model.optimizer):
-            raise CallbackError("StagedUnfreeze cannot scale a learning-rate schedule; use lr_factor=1.0 "
-                                "or a constant learning rate")
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch in self.schedule:
-            self.apply(self.schedule[epoch], epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs if logs is not None else {}
-        if self.on_plateau and self._plateau_step < len(self.amounts):
-            current = logs.get(self.monitor)
-            if current is None:
-                raise CallbackError(f"StagedUnfreeze monitors {self.monitor!r} but the epoch logs only have "
-                                    f"{sorted(logs)}; put ClinicalMetrics before StagedUnfreeze or change monitor")
-            current = float(current)
-            better = self._best is None or (current > self._best + self.min_delta if self.mode == "max"
-                                            else current < self._best - self.min_delta)
-            if better:
-                self._best, self._wait = current, 0
-            else:
-                self._wait += 1
-                if self._wait >= self.patience:
-                    amount = self.amounts[self._plateau_step]
-                    self._plateau_step += 1
-                    self._wait = 0
-                    self.apply(amount, epoch + 1)
-        logs["unfrozen_blocks"] = float(len(self.unfrozen_))
-
-    def apply(self, amount, epoch: int | None = None) -> list[str]:
-        """Unfreeze ``amount`` top blocks now, scale the learning rate and rebuild training."""
-        model = self.model
-        self.unfrozen_ = freezing.unfreeze_top(model, self.blocks, amount)
-        old = model.optimizer
-        new_lr = float(old.learning_rate) * self.lr_factor if self.lr_factor != 1.0 else None
-        with model.distribute_strategy.scope():
-            optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(old))
-            if new_lr is not None:
-                optimizer.learning_rate = new_lr
-            optimizer.build(model.trainable_variables)
-        model.optimizer = optimizer
-        model.make_train_function(force=True)
-        change = {"epoch": epoch, "amount": amount, "unfrozen": list(self.unfrozen_),
-                  "learning_rate": float(optimizer.learning_rate)}
-        self.changes_.append(change)
-        if self.verbose:
-            print(f"StagedUnfreeze: epoch {epoch}: unfrozen {self.unfrozen_}, "
-                  f"learning rate {change['learning_rate']:.3g}")
-        return self.unfrozen_

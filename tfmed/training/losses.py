@@ -29,16 +29,20 @@ Example:
 from __future__ import annotations
 
 import numbers
+import typing
 
 import keras
 import numpy as np
 from keras import ops
 
-LOSS_NAMES = ("auto", "bce", "weighted_bce", "categorical", "focal")
-TASKS = ("binary", "multiclass", "multilabel")
+from tfmed.config import FinetuneConfig, Task, choices
+from tfmed.errors import TfmedError
+
+LOSS_NAMES = choices(FinetuneConfig, "loss")
+TASKS = typing.get_args(Task)
 
 
-class LossConfigError(ValueError):
+class LossConfigError(TfmedError):
     """A loss name, task, weight or parameter is invalid or does not fit the task."""
 
 
@@ -265,7 +269,7 @@ def get_loss(name: str, task: str, *, pos_weight=None, neg_weight=None, label_sm
                               "task (sigmoid output) uses 'bce', 'weighted_bce', 'focal' or 'auto'")
     if name == "weighted_bce" and not have_weights:
         raise LossConfigError("loss 'weighted_bce' needs pos_weight and neg_weight; compute them from the "
-                              "training labels with tfmed.losses.class_balance_weights(y_train)")
+                              "training labels with tfmed.training.losses.class_balance_weights(y_train)")
     if name == "focal":
         return FocalLoss(gamma=gamma, alpha=pos_weight, from_logits=from_logits,
                          label_smoothing=label_smoothing)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tfmed.data.sources import load_medmnist
+from tfmed.data.sources.medmnist import load_medmnist
 from tfmed.data.table import ImageTable
 
-HERE = Path(__file__).resolve().parent
-PNEUMONIA_MNIST_FILE = HERE / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
+# The shipped files live in tfmed/datasets/NAME/ (package data, with their licence).
+DATA_DIR = Path(__file__).resolve().parents[2] / "datasets"
+PNEUMONIA_MNIST_FILE = DATA_DIR / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
     """All outputs of a training run (see :func:`write_outputs`)."""
     estimator = model.estimator
     history, boundaries = None, None
-    if model.mode == "finetune" and getattr(estimator, "history_", None):
+    if getattr(estimator, "history_", None):  # modes that train by epochs keep their history
         # per-epoch curves only; stage starts after the first become vertical lines
         history = {k: v for k, v in estimator.history_.items()
                    if k not in ("epoch", "stage", "stage_boundaries")}
@@ -136,9 +136,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
     facts = {"mode": model.mode, "backbone": config.model.backbone, "weights": config.model.weights,
              "image size": config.preprocess.image_size, "intensity": config.preprocess.intensity,
              "threshold method": model.threshold_method}
-    if model.mode == "svm":
-        facts.update({"taps": ", ".join(config.model.svm.taps), "kernel": config.model.svm.kernel,
-                      "best parameters": str(getattr(estimator, "best_params_", ""))})
+    facts.update(estimator.report_facts())
     notes = [THRESHOLD_NOTE]
     if "kfold" in metrics:
         k = metrics["kfold"]
@@ -152,3 +150,12 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                          parts=parts, scores=scores, metrics=metrics, notes=notes + [config.description.strip()]
                          if config.description else notes, excluded=excluded, history=history,
                          stage_boundaries=boundaries, model_facts=facts)
+
+
+def summary_text(metrics: dict) -> str:
+    """A short plain-text summary of the run's headline numbers."""
+    lines = [f"{'split':<6} {'point':<17} {'AUC (95% CI)':<22} {'sens':>6} {'spec':>6} {'PPV':>6} {'NPV':>6}"]
+    for row in headline_rows(metrics):
+        lines.append(f"{row['split']:<6} {row['point']:<17} {row['auc']:<22} {row['sensitivity']:>6} "
+                     f"{row['specificity']:>6} {row['ppv']:>6} {row['npv']:>6}")
+    return "\n".join(lines)

@@ -25,12 +25,17 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-STRATEGIES = ("auto", "cpu", "mirrored", "tpu", "multiworker")
+from tfmed.config import FinetuneConfig, choices
+from tfmed.errors import TfmedError
+from tfmed.progress import log
+
+# model.finetune.strategy's choices, plus the custom loop's multi-worker strategy (not for Keras fit)
+STRATEGIES = choices(FinetuneConfig, "strategy") + ("multiworker",)
 PRECISIONS = {None: "float32", "float32": "float32", "float16": "mixed_float16",
               "mixed_float16": "mixed_float16", "bfloat16": "mixed_bfloat16", "mixed_bfloat16": "mixed_bfloat16"}
 
 
-class StrategyError(RuntimeError):
+class StrategyError(TfmedError):
     """A requested strategy, device layout or precision is unavailable or misconfigured."""
 
 
@@ -288,5 +293,5 @@ def train_multiworker(build_model: Callable[[], keras.Model], dataset_fn: Callab
             raise StrategyError("dataset_fn produced no batches on this worker")
         history["loss"].append(total / steps)
         if verbose:
-            print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}")
+            log(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}")
     return model, history

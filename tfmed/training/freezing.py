@@ -36,8 +36,10 @@ from collections.abc import Iterable, Sequence
 
 import keras
 
+from tfmed.errors import TfmedError
 
-class FreezingError(ValueError):
+
+class FreezingError(TfmedError):
     """An unfreeze request names no blocks, an unknown amount, or unmatched prefixes."""
 
 
@@ -140,7 +142,7 @@ def unfreeze_top(model: keras.layers.Layer, blocks: Sequence[str], amount: int |
     blocks become frozen, layers outside every block (e.g. the head) keep their
     current state, and every BatchNormalization layer is set non-trainable so
     its moving statistics stay fixed. After calling this inside ``fit`` the
-    train function must be rebuilt (``tfmed.callbacks.StagedUnfreeze`` does it);
+    train function must be rebuilt (``tfmed.training.callbacks.StagedUnfreeze`` does it);
     outside ``fit``, compile again.
 
     Raises FreezingError when a block prefix matches no layer of ``model``.

@@ -13,8 +13,12 @@ traceback) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+
+from tfmed.errors import TfmedError
+from tfmed.progress import configure_logging
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -56,34 +60,60 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tfmed`` console script."""
     args = _parser().parse_args(argv)
+    configure_logging()
+    import_tensorflow_quietly()
     try:
         return COMMANDS[args.verb](args)
-    except ValueError as error:  # every tfmed data/config error is a ValueError subclass
-        if not _is_user_error(error):
-            raise
-        print(f"tfmed: error: {error}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as error:
+    except (TfmedError, FileNotFoundError) as error:  # the user's data, config or files: one line
         print(f"tfmed: error: {error}", file=sys.stderr)
         return 2
 
 
-def _is_user_error(error: Exception) -> bool:
-    module = type(error).__module__ or ""
-    return module.startswith("tfmed")
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its native start-up lines (absl, oneDNN, CUDA probes) kept off the terminal.
+
+    Those lines are written by C++ straight to file descriptor 2 while the library
+    loads, whatever ``TF_CPP_MIN_LOG_LEVEL`` says; they are noise on a CPU machine.
+    Python errors raised by the import still reach the user.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    with _native_stderr_silenced():
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. some notebook kernels): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _cmd_run(args) -> int:
     from tfmed.config import ExperimentConfig
-    from tfmed.experiment import run_experiment
+    from tfmed.run.evaluate import load_metrics
+    from tfmed.run.experiment import run_experiment
+    from tfmed.run.reporting import summary_text
 
     config = ExperimentConfig.from_yaml(args.config)
-    run_experiment(config, runs_dir=args.runs_dir)
+    run_dir = run_experiment(config, runs_dir=args.runs_dir)
+    print(summary_text(load_metrics(run_dir)), flush=True)
     return 0
 
 
 def _cmd_evaluate(args) -> int:
-    from tfmed.evaluate_run import evaluate_run
+    from tfmed.run.evaluate import evaluate_run
 
     output = evaluate_run(args.model, args.data, args.output)
     print(f"wrote {output}")
@@ -91,7 +121,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from tfmed.evaluate_run import predict_images
+    from tfmed.run.predict import predict_images
 
     frame = predict_images(args.model, args.images)
     if args.output:
@@ -123,7 +153,7 @@ def _load_any_source(spec: str):
 
 def _cmd_sweep(args) -> int:
     from tfmed.config import ExperimentConfig
-    from tfmed.sweep_run import sweep_experiment
+    from tfmed.run.sweep import sweep_experiment
 
     config = ExperimentConfig.from_yaml(args.config)
     table, path = sweep_experiment(config, taps=args.taps)

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.data.sources import DataSourceError
-from tfmed.data.table import LABEL_PREFIX, ImageTable
+from tfmed.config import DataConfig
+from tfmed.data.sources.base import SourceKind
+from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
 PATH_COLUMN = "path"
@@ -232,3 +233,12 @@ def _as_int(value: str) -> int | None:
     except ValueError:
         return None
     return int(number) if number.is_integer() else None
+
+
+def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:
+    return load_manifest(path, root=root, label_columns=config.label_columns,
+                         patient_column=config.patient_column, classes=config.classes, task=config.task)
+
+
+SOURCE = SourceKind("manifest", "a CSV manifest with columns path,label,patient_id[,site,view,split] "
+                                "(see data_manifests/README.md)", needs_folder=False, load=_load)

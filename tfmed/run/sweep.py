@@ -15,6 +15,11 @@ from typing import Sequence
 import pandas as pd
 
 from tfmed.config import ConfigError, ExperimentConfig
+from tfmed.modes import FeatureSVM, get_mode
+from tfmed.modes.sweep import format_sweep, save_sweep, sweep_layers
+from tfmed.progress import log
+from tfmed.run.experiment import fit_inputs, prepare_data
+from tfmed.run.rundir import environment_info, new_run_dir
 
 DEFAULT_TAPS = ("early", "middle", "late")
 
@@ -22,12 +27,7 @@ DEFAULT_TAPS = ("early", "middle", "late")
 def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None,
                      runs_dir: str | Path | None = None) -> tuple[str, Path]:
     """Run the layer sweep; return the printable table and the saved CSV path."""
-    from tfmed.data.pipeline import load_arrays
-    from tfmed.data.transforms import fit_statistics
-    from tfmed.experiment import environment_info, log, new_run_dir, prepare_data
-    from tfmed.modes.sweep import format_sweep, save_sweep, sweep_layers
-
-    if config.model.mode != "svm":
+    if get_mode(config.model.mode) is not FeatureSVM:
         raise ConfigError(f"{config.name}: sweep-layers compares SVM features; set model.mode: svm")
     taps = list(taps or DEFAULT_TAPS)
     table = prepare_data(config)
@@ -35,20 +35,14 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
         raise ConfigError(f"{config.name}: sweep-layers reports sensitivity/specificity and needs a "
                           f"binary task, but the data is {table.task}")
     train, val = table.split("train"), table.split("val")
-    stats = fit_statistics(train, config.preprocess) if config.preprocess.intensity in (
-        "minmax_dataset", "standardize", "mean_image") else None
-    x_train, y_train = load_arrays(train, config.preprocess, stats=stats)
-    x_val, y_val = load_arrays(val, config.preprocess, stats=stats)
-    svm = config.model.svm
+    inputs = fit_inputs(config, train)
+    x_train, y_train = inputs.arrays(train)
+    x_val, y_val = inputs.arrays(val)
+    template = FeatureSVM.from_experiment(config, train, None)
+    params = {k: v for k, v in template.get_params().items() if k not in ("taps", "task")}
     fusions = [taps[-2:]] if len(taps) >= 2 else []
     log(f"sweeping taps {taps} and fusion {fusions} of {config.model.backbone}")
-    frame = sweep_layers(x_train, y_train, x_val, y_val, taps=taps, fusions=fusions,
-                         backbone=config.model.backbone, weights=config.model.weights,
-                         weights_dir=config.model.weights_dir, pooling=svm.pooling,
-                         image_size=config.preprocess.image_size, kernel=svm.kernel, C=tuple(svm.C),
-                         gamma=tuple(svm.gamma), cv=svm.cv, class_weight=svm.class_weight,
-                         cache_dir=str(Path(config.runs_dir) / ".feature_cache"),
-                         random_state=config.seed)
+    frame = sweep_layers(x_train, y_train, x_val, y_val, taps=taps, fusions=fusions, **params)
     out_dir = new_run_dir(runs_dir or config.runs_dir, f"{config.name}_sweep")
     config.to_yaml(out_dir / "config.yaml")
     pd.Series(environment_info(config)).to_json(out_dir / "environment.json", indent=2)

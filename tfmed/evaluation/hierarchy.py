@@ -20,8 +20,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from tfmed.errors import TfmedError
 
-class HierarchyError(ValueError):
+
+class HierarchyError(TfmedError):
     """The class hierarchy, or the classes/probabilities given to it, are inconsistent."""
 
 

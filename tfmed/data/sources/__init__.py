@@ -1,0 +1,136 @@
+"""Every data source becomes one :class:`~tfmed.data.table.ImageTable`.
+
+Kinds (``DataConfig.source``):
+
+* ``"pneumonia_mnist"`` (and any other name in :data:`EMBEDDED`):
+  a dataset shipped inside tfmed (:mod:`tfmed.data.sources.embedded`).
+* ``"medmnist"``: a MedMNIST-format ``.npz`` (``{split}_images``,
+  ``{split}_labels``); ``path`` may end in ``#test`` to load only that split.
+* ``"manifest"``: a CSV manifest (:mod:`tfmed.data.sources.manifest`).
+* ``"folder"``: one sub-folder per class, or with ``filename_label_suffix``
+  the label taken from the file name (``CHNCXR_0001_0.png`` -> 0).
+* ``"dicom"``: one sub-folder per class of DICOM files; patient id from the
+  PatientID tag, view from ViewPosition.
+
+:data:`SOURCES` maps each kind to its module's :class:`~tfmed.data.sources.base.SourceKind`;
+a new kind is one new module here and one entry in that table.
+
+On the command line :func:`parse_source_spec` turns ``"medmnist:x.npz#test"``,
+``"manifest:m.csv"``, ``"folder:DIR"``, ``"dicom:DIR"`` or a bare path into a
+:class:`~tfmed.config.DataConfig`.
+
+Example:
+    >>> table = load_source(parse_source_spec("pneumonia_mnist"))
+    >>> table.classes, sorted(table.frame["split"].unique())
+    (['normal', 'pneumonia'], ['train', 'val'])
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from tfmed.config import DataConfig
+from tfmed.data.sources import dicom, folders, manifest, medmnist
+from tfmed.data.sources.base import SourceKind
+from tfmed.data.sources.embedded import DATASETS as EMBEDDED
+from tfmed.data.sources.medmnist import load_medmnist
+from tfmed.data.table import DataSourceError, ImageTable
+
+SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
+                                  for module in (manifest, folders, medmnist, dicom)}
+
+__all__ = ["EMBEDDED", "SOURCES", "DataSourceError", "SourceKind", "load_medmnist", "load_source",
+           "parse_source_spec"]
+
+
+def parse_source_spec(spec: str) -> DataConfig:
+    """Turn a command-line source string into a :class:`DataConfig`.
+
+    Accepted: a dataset name (``"pneumonia_mnist"``), ``"KIND:PATH"`` with
+    KIND one of manifest, folder, medmnist, dicom (``"medmnist:x.npz#test"``
+    loads only that split), or a bare path (.csv -> manifest, .npz ->
+    medmnist, a folder -> folder).
+
+    Example:
+        >>> parse_source_spec("medmnist:data/chest.npz#test").path
+        'data/chest.npz#test'
+        >>> parse_source_spec("scans/manifest.csv").source
+        'manifest'
+    """
+    spec = spec.strip()
+    if spec in EMBEDDED:
+        return DataConfig(source=spec)
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in SOURCES and rest:
+        return DataConfig(source=kind, path=rest)
+    if sep and kind in SOURCES:
+        raise DataSourceError(f"source {spec!r} names no path; write {kind}:PATH")
+    lowered = spec.lower().split("#")[0]
+    if lowered.endswith(".csv"):
+        return DataConfig(source="manifest", path=spec)
+    if lowered.endswith(".npz"):
+        return DataConfig(source="medmnist", path=spec)
+    if Path(spec).is_dir():
+        return DataConfig(source="folder", path=spec)
+    raise DataSourceError(
+        f"cannot tell what kind of source {spec!r} is. Use a dataset name "
+        f"({', '.join(EMBEDDED)}), KIND:PATH with KIND one of {', '.join(SOURCES)}, "
+        "a .csv manifest, a MedMNIST .npz file or an existing folder")
+
+
+def load_source(config: DataConfig, base_dir: str | Path | None = None) -> ImageTable:
+    """Load the source described by ``config`` into an :class:`ImageTable`.
+
+    Relative paths in ``config`` are resolved against ``base_dir`` (e.g. the
+    folder of the experiment file) when given, else the working directory.
+
+    Raises:
+        DataSourceError: unknown source kind, missing path (the message
+            says what to put there and includes ``config.missing_message``),
+            or a file/folder that is not in the expected layout.
+
+    Example:
+        >>> from tfmed.config import DataConfig
+        >>> len(load_source(DataConfig(source="pneumonia_mnist")))
+        5232
+    """
+    if ":" in config.source and config.source.split(":", 1)[0] in SOURCES:
+        parsed = parse_source_spec(config.source)
+        config = dataclasses.replace(config, source=parsed.source, path=parsed.path)
+    if config.source in EMBEDDED:
+        table = EMBEDDED[config.source].load()
+        return _with_classes(table, config)
+    if config.source not in SOURCES:
+        raise DataSourceError(f"data.source is {config.source!r}; use one of "
+                              f"{', '.join(list(EMBEDDED) + list(SOURCES))}")
+    if not config.path:
+        raise DataSourceError(f"data.source {config.source!r} needs data.path: "
+                              + SOURCES[config.source].expects + _extra(config))
+    kind = SOURCES[config.source]
+    raw_path, _, fragment = config.path.partition("#") if kind.takes_fragment else (config.path, "", "")
+    path = Path(raw_path)
+    if base_dir is not None and not path.is_absolute():
+        path = Path(base_dir) / path
+    root = Path(config.root) if config.root else None
+    if root is not None and base_dir is not None and not root.is_absolute():
+        root = Path(base_dir) / root
+    if not path.exists():
+        raise DataSourceError(f"{path}: not found. data.source {config.source!r} expects "
+                              + kind.expects + _extra(config))
+    if kind.needs_folder and not path.is_dir():
+        raise DataSourceError(f"{path}: data.source {config.source!r} needs a folder, got a file. "
+                              + kind.expects)
+    return kind.load(config, path, root, fragment)
+
+
+def _extra(config: DataConfig) -> str:
+    return f". {config.missing_message}" if config.missing_message else ""
+
+
+def _with_classes(table: ImageTable, config: DataConfig) -> ImageTable:
+    if config.classes is not None and list(config.classes) != list(table.classes):
+        if len(config.classes) != len(table.classes):
+            raise DataSourceError(f"data.classes lists {len(config.classes)} names but "
+                                  f"{table.source} has {len(table.classes)} classes {table.classes}")
+        table.classes = list(config.classes)
+    return table

@@ -1,0 +1,63 @@
+"""Folders of DICOM files (``data.source: dicom``), one sub-folder per class."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tfmed.config import DataConfig
+from tfmed.data.decode import DICOM_EXTENSIONS
+from tfmed.data.sources.base import SourceKind, class_files, class_folder_names, outside_classes, source_table
+from tfmed.data.table import ImageTable
+from tfmed.data.validate import SOURCE_PROBLEMS
+
+
+def load_dicom_folder(path: str | Path, classes: list[str] | None = None,
+                      task: str | None = None) -> ImageTable:
+    """One sub-folder per class of DICOM files (``.dcm``/``.dicom`` or no extension with the DICM marker).
+
+    ``patient_id`` comes from PatientID, ``view`` from ViewPosition and
+    ``site`` from InstitutionName when present. Headers are read without
+    pixel data; a file whose header cannot be read is kept as a row with a
+    problem.
+
+    Example:
+        >>> import shutil, tempfile, pathlib
+        >>> from pydicom.data import get_testdata_file
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for c in ("a", "b"):
+        ...     (root / c).mkdir(); _ = shutil.copy(get_testdata_file("CT_small.dcm"), root / c / "x.dcm")
+        >>> load_dicom_folder(root).frame["patient_id"].tolist()
+        ['1CT1', '1CT1']
+    """
+    import pydicom
+
+    path = Path(path)
+    names = class_folder_names(path, classes)
+    records, skipped = [], []
+    for label, _, file, row in class_files(path, names, DICOM_EXTENSIONS, skipped,
+                                            lambda f: "not a DICOM file (no .dcm/.dicom extension or "
+                                                      "DICM marker)"):
+        record = dict(image=str(file), label=label, patient_id=pd.NA, site=pd.NA, view=pd.NA, row=row,
+                      **{SOURCE_PROBLEMS: ()})
+        try:
+            header = pydicom.dcmread(str(file), stop_before_pixels=True)
+        except Exception as error:  # pydicom raises many types for damaged headers
+            record[SOURCE_PROBLEMS] = ((f"DICOM header cannot be read ({type(error).__name__}: "
+                                          f"{error})", "re-export the file or remove it"),)
+        else:
+            for column, keyword in (("patient_id", "PatientID"), ("view", "ViewPosition"),
+                                    ("site", "InstitutionName")):
+                value = str(header.get(keyword, "") or "").strip()
+                if value:
+                    record[column] = value
+        records.append(record)
+    return source_table(records, skipped + outside_classes(path, names), names, task, source=str(path))
+
+
+def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:
+    return load_dicom_folder(path, classes=config.classes, task=config.task)
+
+
+SOURCE = SourceKind("dicom", "a folder with one sub-folder of DICOM files per class", needs_folder=True,
+                    load=_load)

@@ -1,0 +1,114 @@
+"""Folders of images (``data.source: folder``): one sub-folder per class, or labels in file names.
+
+With ``data.filename_label_suffix`` the label is the integer after the last "_"
+of each file name (``CHNCXR_0001_0.png`` -> 0), as the NLM tuberculosis sets name them.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from tfmed.config import DataConfig
+from tfmed.data.decode import SUPPORTED_EXTENSIONS
+from tfmed.data.sources.base import (SourceKind, class_files, class_folder_names, files_under,
+                                     outside_classes, skipped_file, source_table)
+from tfmed.data.table import DataSourceError, ImageTable
+from tfmed.data.validate import SOURCE_PROBLEMS
+
+SUFFIX_LABEL = re.compile(r"^(?P<stem>.+)_(?P<label>\d+)$")
+
+
+def load_class_folders(path: str | Path, classes: list[str] | None = None,
+                       task: str | None = None) -> ImageTable:
+    """One sub-folder per class (class order: ``classes`` or sorted folder names).
+
+    Files are found recursively; when an image sits in a further sub-folder
+    (``normal/patient7/img1.png``) that folder name is its patient id,
+    otherwise the patient id is unknown. Files of unsupported types are
+    listed in ``table.excluded`` (and as warnings by validation).
+
+    Example:
+        >>> import cv2, numpy as np, tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for c in ("normal", "tb"):
+        ...     (root / c).mkdir(); _ = cv2.imwrite(str(root / c / "a.png"), np.zeros((4, 4), np.uint8))
+        >>> load_class_folders(root).frame["label"].tolist()
+        [0, 1]
+    """
+    path = Path(path)
+    names = class_folder_names(path, classes)
+    records, skipped = [], []
+    for label, name, file, row in class_files(path, names, SUPPORTED_EXTENSIONS, skipped,
+                                               lambda f: f"unsupported file type {f.suffix or '(none)'!r}"):
+        parts = file.relative_to(path / name).parts
+        patient = parts[0] if len(parts) > 1 else pd.NA
+        records.append(dict(image=str(file), label=label, patient_id=patient, site=pd.NA, view=pd.NA,
+                            row=row, **{SOURCE_PROBLEMS: ()}))
+    return source_table(records, skipped + outside_classes(path, names), names, task, source=str(path))
+
+
+def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
+                       task: str | None = None) -> ImageTable:
+    """Label from the integer after the last "_" of each file name, found recursively.
+
+    This is how the NLM Shenzhen and Montgomery tuberculosis sets name
+    their files (``CHNCXR_0001_0.png`` normal, ``MCUCXR_0104_1.png`` TB).
+    ``site`` is the first sub-folder under ``path``; ``patient_id`` is the
+    file stem without the suffix. A file without a valid suffix is kept as a
+    row with a problem (validation names it).
+
+    Example:
+        >>> import cv2, numpy as np, tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "shenzhen").mkdir()
+        >>> _ = cv2.imwrite(str(root / "shenzhen" / "CHNCXR_0001_1.png"), np.zeros((4, 4), np.uint8))
+        >>> table = load_suffix_folder(root, classes=["normal", "tb"])
+        >>> row = table.frame.iloc[0]
+        >>> int(row["label"]), row["patient_id"], row["site"]
+        (1, 'CHNCXR_0001', 'shenzhen')
+    """
+    path = Path(path)
+    records, skipped, found = [], [], []
+    for file in files_under(path):
+        row = len(records) + len(skipped) + 1
+        if file.suffix.lower() not in SUPPORTED_EXTENSIONS:
+            skipped.append(skipped_file(file, row, f"unsupported file type {file.suffix or '(none)'!r}"))
+            continue
+        parts = file.relative_to(path).parts
+        site = parts[0] if len(parts) > 1 else pd.NA
+        match = SUFFIX_LABEL.match(file.stem)
+        record = dict(image=str(file), label=pd.NA, patient_id=file.stem, site=site, view=pd.NA, row=row,
+                      **{SOURCE_PROBLEMS: ()})
+        if match is None:
+            record[SOURCE_PROBLEMS] = ((f"file name {file.name!r} does not end in _<label> "
+                                          "(e.g. CHNCXR_0001_0.png)",
+                                          "rename the file with its label suffix or move it out"),)
+        else:
+            record["label"] = int(match.group("label"))
+            record["patient_id"] = match.group("stem")
+            found.append(record["label"])
+        records.append(record)
+    if classes is None:
+        count = max(found) + 1 if found else 2
+        classes = [str(i) for i in range(max(count, 2))]
+    for record in records:
+        if record["label"] is not pd.NA and record["label"] >= len(classes):
+            record[SOURCE_PROBLEMS] = ((f"label suffix {record['label']} is not an index into classes "
+                                          f"{classes}", "rename the file or list the class in data.classes"),)
+            record["label"] = pd.NA
+    if not records:
+        raise DataSourceError(f"{path}: no image files found (looked recursively for "
+                              f"{', '.join(SUPPORTED_EXTENSIONS)} named NAME_<label>)")
+    return source_table(records, skipped, list(classes), task, source=str(path))
+
+
+def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:
+    if config.filename_label_suffix:
+        return load_suffix_folder(path, classes=config.classes, task=config.task)
+    return load_class_folders(path, classes=config.classes, task=config.task)
+
+
+SOURCE = SourceKind("folder", "a folder with one sub-folder of images per class (or, with "
+                              "data.filename_label_suffix, files named NAME_<label>.png)",
+                    needs_folder=True, load=_load)

@@ -1,0 +1,120 @@
+"""Train-split statistics for the normalisers (min/max, per-channel mean/std, mean image).
+
+Computed on the train split only, streamed in batches, saved with the model so
+that inference normalises exactly as training did.
+
+Example:
+    >>> stats = fit_statistics(train_table, PreprocessConfig(intensity="standardize"))  # doctest: +SKIP
+    >>> save_statistics(stats, "runs/demo/model/statistics")                            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfmed.config import PreprocessConfig
+from tfmed.data.pipeline import raw_dataset
+from tfmed.data.preprocessing import StatisticsError, needs_statistics
+from tfmed.data.transforms import Compose, Resize, ToChannels
+
+
+STATS_FILE = "preprocess_stats.json"
+
+
+MEAN_IMAGE_FILE = "mean_image.npy"
+
+
+def fit_statistics(table, config: PreprocessConfig, batch_size: int = 64) -> dict:
+    """Statistics of the TRAIN table that the preprocessing chain needs, streamed.
+
+    "minmax_dataset": raw min/max; "standardize": per-channel mean/std of the
+    images after channel conversion and resize; "mean_image": mean image at
+    the target size. Other intensities need nothing (the dict only records
+    the setting). Images are read in batches, never all at once. A table with
+    "val" or "test" rows is refused (statistics must not see held-out data).
+
+    Example:
+        >>> stats = fit_statistics(train_table, PreprocessConfig(intensity="standardize"))  # doctest: +SKIP
+        >>> sorted(stats)  # doctest: +SKIP
+        ['channels', 'image_size', 'intensity', 'mean', 'n_images', 'resize', 'std']
+    """
+    split = table.frame["split"].dropna().astype(str)
+    held_out = split[split != "train"]
+    if len(held_out):
+        first = table.frame.loc[held_out.index[0]]
+        raise StatisticsError(f"fit_statistics got rows from split {held_out.iloc[0]!r} "
+                              f"(e.g. row {first['row']}: {first['image']}); pass the train split only: "
+                              "fit_statistics(table.split('train'), config)")
+    if len(table) == 0:
+        raise StatisticsError("fit_statistics got an empty table; the train split has no rows")
+    stats = {"intensity": config.intensity, "image_size": config.image_size,
+             "channels": config.channels, "resize": config.resize, "n_images": len(table)}
+    if not needs_statistics(config):
+        return stats
+    if config.intensity == "minmax_dataset":
+        ranges = raw_dataset(table).map(lambda image: tf.stack([tf.reduce_min(image), tf.reduce_max(image)]),
+                                        num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+        lows, highs = np.concatenate([batch.numpy() for batch in ranges], axis=0).T
+        stats.update(min=float(lows.min()), max=float(highs.max()))
+        return stats
+    shape_chain = Compose([Resize(config.image_size, config.resize), ToChannels(config.channels)])
+    ds = raw_dataset(table).map(shape_chain, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    total = np.zeros((config.image_size, config.image_size, config.channels), np.float64)
+    total_sq = np.zeros(config.channels, np.float64)
+    count = 0
+    for batch in ds:
+        batch = batch.numpy().astype(np.float64)
+        total += batch.sum(axis=0)
+        total_sq += np.square(batch).sum(axis=(0, 1, 2))
+        count += batch.shape[0]
+    if config.intensity == "mean_image":
+        stats["mean_image"] = (total / count).astype(np.float32)
+    else:
+        pixels = count * config.image_size * config.image_size
+        mean = total.sum(axis=(0, 1)) / pixels
+        var = np.maximum(total_sq / pixels - mean**2, 0.0)
+        stats.update(mean=mean.tolist(), std=np.sqrt(var).tolist())
+    return stats
+
+
+def save_statistics(stats: dict, directory: str | Path) -> Path:
+    """Write ``stats`` to ``directory/preprocess_stats.json`` (+ ``mean_image.npy``).
+
+    Example:
+        >>> save_statistics({"intensity": "minmax"}, run_dir)  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plain = {k: v for k, v in stats.items() if k != "mean_image"}
+    if "mean_image" in stats:
+        np.save(directory / MEAN_IMAGE_FILE, np.asarray(stats["mean_image"], np.float32))
+        plain["mean_image"] = MEAN_IMAGE_FILE
+    path = directory / STATS_FILE
+    path.write_text(json.dumps(plain, indent=2), encoding="utf-8")
+    return path
+
+
+def load_statistics(directory: str | Path) -> dict:
+    """Read statistics written by :func:`save_statistics`, exactly as saved.
+
+    Example:
+        >>> stats = load_statistics(run_dir)  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    path = directory / STATS_FILE
+    if not path.is_file():
+        raise StatisticsError(f"{path}: no preprocessing statistics here; the run directory should hold "
+                              f"{STATS_FILE} written by save_statistics during training")
+    try:
+        stats = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise StatisticsError(f"{path}: not valid JSON ({error}); re-save the statistics") from None
+    if "mean_image" in stats:
+        image_path = directory / stats["mean_image"]
+        if not image_path.is_file():
+            raise StatisticsError(f"{image_path}: mean image named in {path} is missing")
+        stats["mean_image"] = np.load(image_path)
+    return stats

@@ -1,0 +1,34 @@
+"""Image transforms: small composable callables on float32 tensors (H, W, C).
+
+Each transform does one job and works inside ``tf.data.Dataset.map`` (native
+TensorFlow ops; only :class:`CLAHE` calls OpenCV through ``tf.numpy_function``).
+Deterministic transforms take ``image``; random (augmentation) transforms take
+``image, seed`` where ``seed`` is a shape-[2] integer tensor, so a pipeline is
+reproducible from one seed (``tf.random.stateless_*`` ops). :class:`Compose`
+chains them and splits one seed among its random members.
+
+The modules: :mod:`~tfmed.data.transforms.base` (the protocol, composition,
+channels), :mod:`~tfmed.data.transforms.intensity` and
+:mod:`~tfmed.data.transforms.spatial`. Which chain a config gives is decided in
+:mod:`tfmed.data.preprocessing`.
+
+Example:
+    >>> import numpy as np, tensorflow as tf
+    >>> chain = Compose([CTWindow([[40, 400]]), Resize(4)])
+    >>> hu = tf.constant(np.full((8, 8, 1), 40.0, np.float32))
+    >>> out = chain(hu)
+    >>> tuple(out.shape), float(out[0, 0, 0])
+    ((4, 4, 3), 127.5)
+"""
+from tfmed.data.transforms.base import (PIXEL_MAX, Compose, RandomApply, ToChannels, Transform,
+                                        TransformError)
+from tfmed.data.transforms.intensity import (CLAHE, IMAGENET_MEAN, IMAGENET_STD, CTWindow, MinMax,
+                                             MinMaxRange, RandomBrightness, RandomContrast, Standardize,
+                                             SubtractMeanImage, ToImagenetPixels, window_hu)
+from tfmed.data.transforms.spatial import (RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize,
+                                           rotate)
+
+__all__ = ["CLAHE", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MAX", "CTWindow", "Compose", "MinMax", "MinMaxRange",
+           "RandomApply", "RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomRot90",
+           "RandomRotation", "Resize", "Standardize", "SubtractMeanImage", "ToChannels", "ToImagenetPixels",
+           "Transform", "TransformError", "rotate", "window_hu"]

@@ -1,0 +1,269 @@
+"""Intensity transforms: min-max, train-statistics normalisers, CT windows, brightness, contrast, CLAHE.
+
+Example:
+    >>> import numpy as np
+    >>> window_hu(np.array([-1000.0, 40.0, 1000.0]), 40, 400).tolist()
+    [0.0, 127.5, 255.0]
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from tfmed.data.transforms.base import (PIXEL_MAX, Transform, TransformError, as_image,
+                                        seed_or_random)
+
+
+def window_hu(hu: np.ndarray, center: float, width: float) -> np.ndarray:
+    """NumPy reference for one CT window: HU -> [0, 255], clipped.
+
+    ``value = (hu - (center - width / 2)) / width * 255``.
+
+    Example:
+        >>> window_hu(np.array([-1000.0, 40.0, 1000.0]), 40, 400).tolist()
+        [0.0, 127.5, 255.0]
+    """
+    if width <= 0:
+        raise TransformError(f"CT window width must be > 0, got {width}")
+    low = center - width / 2.0
+    values = (np.asarray(hu, dtype=np.float64) - low) / width * PIXEL_MAX
+    return np.clip(values, 0.0, PIXEL_MAX).astype(np.float32)
+
+
+class MinMax(Transform):
+    """Per image: ``(x - min) / (max - min) * 255``; a constant image becomes 0.
+
+    Example:
+        >>> MinMax()(tf.constant([[[10.0], [20.0], [30.0]]])).numpy().ravel().tolist()
+        [0.0, 127.5, 255.0]
+    """
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        low = tf.reduce_min(image)
+        span = tf.reduce_max(image) - low
+        return tf.math.divide_no_nan(image - low, span) * PIXEL_MAX
+
+
+class MinMaxRange(Transform):
+    """Fixed range (train-split min/max) to [0, 255], clipped.
+
+    Example:
+        >>> MinMaxRange(0, 1000)(tf.constant([[[-5.0], [500.0], [2000.0]]])).numpy().ravel().tolist()
+        [0.0, 127.5, 255.0]
+    """
+
+    def __init__(self, lo: float, hi: float):
+        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+            raise TransformError(f"MinMaxRange needs finite lo < hi, got lo={lo}, hi={hi}; "
+                                 "a train split whose images are all one value cannot be scaled")
+        self.lo, self.hi = float(lo), float(hi)
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        scaled = (image - self.lo) / (self.hi - self.lo) * PIXEL_MAX
+        return tf.clip_by_value(scaled, 0.0, PIXEL_MAX)
+
+
+class Standardize(Transform):
+    """Per channel: ``(x - mean[c]) / std[c]`` with train-split statistics.
+
+    Example:
+        >>> Standardize([10.0], [2.0])(tf.constant([[[14.0]]])).numpy().item()
+        2.0
+    """
+
+    normalizer = True
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        mean = np.asarray(mean, dtype=np.float32).reshape(-1)
+        std = np.asarray(std, dtype=np.float32).reshape(-1)
+        if mean.shape != std.shape or mean.size == 0:
+            raise TransformError(f"Standardize needs one mean and one std per channel, "
+                                 f"got {mean.size} means and {std.size} stds")
+        if np.any(~np.isfinite(std)) or np.any(std <= 0):
+            raise TransformError(f"Standardize std must be finite and > 0 per channel, got {std.tolist()}; "
+                                 "a constant channel in the train split cannot be standardised")
+        self.mean, self.std = mean.tolist(), std.tolist()
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        return (image - tf.constant(self.mean)) / tf.constant(self.std)
+
+
+class SubtractMeanImage(Transform):
+    """Subtract the train-split mean image (same H, W, C as the input).
+
+    Example:
+        >>> mean = np.full((2, 2, 1), 3.0, np.float32)
+        >>> float(SubtractMeanImage(mean)(tf.fill((2, 2, 1), 5.0)).numpy().max())
+        2.0
+    """
+
+    normalizer = True
+
+    def __init__(self, image: np.ndarray):
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 3:
+            raise TransformError(f"SubtractMeanImage needs a (H, W, C) mean image, got shape {image.shape}")
+        self.image = image
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        return image - tf.constant(self.image)
+
+    def __repr__(self) -> str:
+        return f"SubtractMeanImage(shape={self.image.shape})"
+
+
+IMAGENET_MEAN = (0.485 * PIXEL_MAX, 0.456 * PIXEL_MAX, 0.406 * PIXEL_MAX)
+
+
+IMAGENET_STD = (0.229 * PIXEL_MAX, 0.224 * PIXEL_MAX, 0.225 * PIXEL_MAX)
+
+
+class ToImagenetPixels(Transform):
+    """Place normalised values at ImageNet's pixel statistics: ``x * scale[c] + mean[c]``.
+
+    Every tfmed backbone applies its own ImageNet preprocessing to 0-255
+    pixels, so z-scores (``Standardize``) or mean-subtracted images would
+    reach it as a nearly constant input. This maps them back to the pixel
+    scale: z-scores get ImageNet's per-channel mean and std (``scale="std"``),
+    mean-subtracted pixels get ImageNet's mean added (``scale=None``). The
+    backbone then sees data with the statistics it was trained on.
+
+    Example:
+        >>> out = ToImagenetPixels()(tf.zeros((1, 1, 3))).numpy().ravel()
+        >>> [round(float(v), 2) for v in out]
+        [123.68, 116.28, 103.53]
+    """
+
+    normalizer = True
+
+    def __init__(self, scale: str | None = "std"):
+        if scale not in ("std", None):
+            raise TransformError(f"ToImagenetPixels scale is {scale!r}; allowed: 'std', None")
+        self.scale = scale
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        channels = image.shape[-1]
+        mean = np.asarray(IMAGENET_MEAN, np.float32)
+        std = np.asarray(IMAGENET_STD, np.float32) if self.scale == "std" else np.ones(3, np.float32)
+        if channels == 1:
+            mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+        return image * tf.constant(std) + tf.constant(mean)
+
+
+class CTWindow(Transform):
+    """HU windows ``[[center, width], ...]`` to [0, 255], clipped.
+
+    One window is replicated to 3 channels; three windows are stacked as
+    R, G, B (e.g. lung [-600, 1500], mediastinum [40, 400], bone [400, 1800]).
+    The first channel of the input holds the HU values.
+
+    Example:
+        >>> out = CTWindow([[-600, 1500], [40, 400], [400, 1800]])(tf.fill((2, 2, 1), 40.0))
+        >>> [round(v, 2) for v in out[0, 0].numpy().tolist()]
+        [236.3, 127.5, 76.5]
+    """
+
+    def __init__(self, windows: Sequence[Sequence[float]]):
+        windows = [list(map(float, w)) for w in windows]
+        if len(windows) not in (1, 3):
+            raise TransformError(f"CTWindow needs 1 or 3 [center, width] windows, got {len(windows)}")
+        for i, w in enumerate(windows):
+            if len(w) != 2 or w[1] <= 0:
+                raise TransformError(f"CT window {i} is {w}; write [center, width] with width > 0, "
+                                     "e.g. [-600, 1500] for lung")
+        self.windows = windows
+
+    def __call__(self, image, seed=None):
+        hu = as_image(image)[..., :1]
+        channels = []
+        for center, width in self.windows:
+            low = center - width / 2.0
+            channels.append(tf.clip_by_value((hu - low) / width * PIXEL_MAX, 0.0, PIXEL_MAX))
+        if len(channels) == 1:
+            channels = channels * 3
+        return tf.concat(channels, axis=-1)
+
+
+class RandomBrightness(Transform):
+    """Add a value uniform in [-delta, delta] * 255 (pixel scale), clipped to [0, 255].
+
+    Example:
+        >>> out = RandomBrightness(0.1)(tf.fill((2, 2, 1), 100.0), seed=[0, 1])
+        >>> 74.5 <= float(out[0, 0, 0]) <= 125.5
+        True
+    """
+
+    random = True
+
+    def __init__(self, delta: float):
+        if not 0 <= float(delta) <= 1:
+            raise TransformError(f"RandomBrightness delta is a fraction of 255 in [0, 1], got {delta}")
+        self.delta = float(delta)
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        shift = tf.random.stateless_uniform([], seed_or_random(seed), -self.delta, self.delta) * PIXEL_MAX
+        return tf.clip_by_value(image + shift, 0.0, PIXEL_MAX)
+
+
+class RandomContrast(Transform):
+    """Scale deviations from the per-channel mean by a factor in [1 - delta, 1 + delta], clipped.
+
+    Example:
+        >>> out = RandomContrast(0.2)(tf.fill((2, 2, 1), 50.0), seed=[0, 1])
+        >>> float(out[0, 0, 0])
+        50.0
+    """
+
+    random = True
+
+    def __init__(self, delta: float):
+        if not 0 <= float(delta) < 1:
+            raise TransformError(f"RandomContrast delta must be in [0, 1), got {delta}")
+        self.delta = float(delta)
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        factor = tf.random.stateless_uniform([], seed_or_random(seed), 1.0 - self.delta, 1.0 + self.delta)
+        mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
+        return tf.clip_by_value((image - mean) * factor + mean, 0.0, PIXEL_MAX)
+
+
+class CLAHE(Transform):
+    """OpenCV contrast-limited adaptive histogram equalisation, per channel.
+
+    The image is rounded and clipped to uint8 (pixel scale), equalised with
+    ``cv2.createCLAHE(clip_limit, (tile, tile))`` and returned as float32.
+
+    Example:
+        >>> img = tf.constant(np.arange(64, dtype=np.float32).reshape(8, 8, 1))
+        >>> tuple(CLAHE(2.0, 2)(img).shape)
+        (8, 8, 1)
+    """
+
+    def __init__(self, clip_limit: float = 2.0, tile: int = 8):
+        if float(clip_limit) <= 0 or int(tile) < 1:
+            raise TransformError(f"CLAHE needs clip_limit > 0 and tile >= 1, got {clip_limit}, {tile}")
+        self.clip_limit, self.tile = float(clip_limit), int(tile)
+
+    def _numpy(self, image: np.ndarray) -> np.ndarray:
+        clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(self.tile, self.tile))
+        pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        out = np.stack([clahe.apply(np.ascontiguousarray(pixels[..., c]))
+                        for c in range(pixels.shape[-1])], axis=-1)
+        return out.astype(np.float32)
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        out = tf.numpy_function(self._numpy, [image], tf.float32, stateful=False)
+        out.set_shape(image.shape)
+        return out

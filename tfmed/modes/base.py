@@ -1,0 +1,121 @@
+"""The mode protocol: what the run layer asks of a training mode, and the table of modes by name.
+
+A mode turns tables of images into a fitted model that scores new tables. The
+experiment runner, the saved-model artifact, the layer sweep (and later
+ensembles and explanations) talk to a mode only through this protocol, found
+by name in :data:`MODES`; none of them branches on the mode's name. Adding a
+mode is one new module whose class implements :class:`Mode` and is decorated
+with :func:`register_mode`, plus its section in :mod:`tfmed.config`.
+
+Example:
+    >>> from tfmed.modes import get_mode
+    >>> get_mode("svm").__name__, get_mode("finetune").__name__
+    ('FeatureSVM', 'FineTuner')
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from tfmed.config import ConfigError, ExperimentConfig, ModelConfig, choices
+
+if TYPE_CHECKING:  # pragma: no cover - imported for type hints only
+    from tfmed.data.pipeline import ImageInputs
+    from tfmed.data.table import ImageTable
+
+
+@runtime_checkable
+class Mode(Protocol):
+    """What every training mode implements.
+
+    * ``name``: the ``model.mode`` value that selects it.
+    * ``check_experiment(config, table)``: refuse settings that do not fit the
+      data's task, before a run directory is made (ConfigError).
+    * ``from_experiment(config, train, run_dir)``: a new, unfitted model for
+      the experiment (``train`` tells the task, classes and class counts;
+      ``run_dir`` is where the mode may keep checkpoints, or None).
+    * ``fit_tables(train, val, inputs)``: fit on the ``train`` table; ``val``
+      (or None) may only steer training (early stopping), never thresholds.
+    * ``predict_table(table, inputs, batch_size)``: scores for every row in
+      table order: (n,) positive-class probability for a binary task, (n, K)
+      class probabilities for multiclass, (n, L) label probabilities for multilabel.
+    * ``save(directory)`` and ``load(directory)``: the fitted model on disk.
+    * ``report_facts()``: what the run report should say about the fitted model,
+      beyond backbone and preprocessing (``{"kernel": "rbf", ...}``; may be empty).
+    """
+
+    name: ClassVar[str]
+
+    @classmethod
+    def check_experiment(cls, config: ExperimentConfig, table: "ImageTable") -> None:
+        ...
+
+    @classmethod
+    def from_experiment(cls, config: ExperimentConfig, train: "ImageTable", run_dir: Path | None) -> "Mode":
+        ...
+
+    def fit_tables(self, train: "ImageTable", val: "ImageTable | None", inputs: "ImageInputs") -> "Mode":
+        ...
+
+    def predict_table(self, table: "ImageTable", inputs: "ImageInputs", batch_size: int = 64) -> np.ndarray:
+        ...
+
+    def save(self, directory: str | Path) -> Path:
+        ...
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Mode":
+        ...
+
+    def report_facts(self) -> dict:
+        ...
+
+
+MODES: dict[str, type] = {}
+
+
+def register_mode(cls: type) -> type:
+    """Class decorator: enter ``cls`` in :data:`MODES` under ``cls.name``.
+
+    The name must be one of ``model.mode``'s choices in :mod:`tfmed.config`.
+
+    Example:
+        >>> sorted(MODES)
+        ['finetune', 'svm']
+    """
+    if cls.name not in choices(ModelConfig, "mode"):
+        raise TypeError(f"mode {cls.name!r} is not among model.mode's choices in tfmed.config; add it there")
+    MODES[cls.name] = cls
+    return cls
+
+
+def get_mode(name: str) -> type:
+    """The mode class registered as ``name``.
+
+    Example:
+        >>> get_mode("tree")
+        Traceback (most recent call last):
+        ...
+        tfmed.config.ConfigError: model.mode is 'tree'; allowed: finetune, svm
+    """
+    try:
+        return MODES[name]
+    except KeyError:
+        raise ConfigError(f"model.mode is {name!r}; allowed: {', '.join(sorted(MODES))}") from None
+
+
+def scores_from_probabilities(task: str, proba: np.ndarray) -> np.ndarray:
+    """Binary: the positive-class probability (n,); otherwise (n, K) as given.
+
+    Example:
+        >>> scores_from_probabilities("binary", np.array([[0.2, 0.8]])).tolist()
+        [0.8]
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    if task == "binary":
+        if proba.ndim == 2 and proba.shape[1] == 2:
+            return proba[:, 1]
+        return proba.reshape(-1)
+    return proba

@@ -1,0 +1,69 @@
+"""``tfmed predict``: score image files and folders with a saved run.
+
+Example:
+    >>> frame = predict_images("runs/pneumonia_mnist/20261124-101500", ["scan.png"])  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfmed.data.decode import SUPPORTED_EXTENSIONS
+from tfmed.data.table import ImageTable
+from tfmed.data.validate import apply_validation, validate_table
+from tfmed.run.artifact import ModelArtifactError, TrainedModel
+from tfmed.run.rundir import resolve_run_dir
+
+
+def collect_images(paths: list[str]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image files.
+
+    Example:
+        >>> collect_images([])
+        []
+    """
+    files: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            if not found:
+                raise ModelArtifactError(f"{path}: no images ({', '.join(SUPPORTED_EXTENSIONS)}) in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ModelArtifactError(f"{path}: no such file or folder")
+    return files
+
+
+def predict_images(model_dir: str | Path, paths: list[str]) -> pd.DataFrame:
+    """Probabilities and decisions at the stored threshold for image files/folders."""
+    model = TrainedModel.load(resolve_run_dir(model_dir) / "model")
+    files = collect_images(paths)
+    frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
+    if model.task == "multilabel":
+        for name in model.classes:
+            frame["label:" + name] = 0
+    else:
+        frame["label"] = 0
+    table = ImageTable(frame, list(model.classes), model.task, source="predict")
+    table = apply_validation(table, validate_table(table), exclude_bad_rows=False)
+    scores = model.predict(table)
+    decisions = model.decide(scores)
+    out = pd.DataFrame({"image": frame["image"]})
+    if model.task == "binary":
+        out["score"] = scores
+        out["threshold"] = model.threshold
+        out["decision"] = [model.classes[int(d)] for d in decisions]
+    elif model.task == "multiclass":
+        for j, name in enumerate(model.classes):
+            out[f"score:{name}"] = scores[:, j]
+        out["decision"] = [model.classes[int(d)] for d in decisions]
+    else:
+        for j, name in enumerate(model.classes):
+            out[f"score:{name}"] = scores[:, j]
+            out[f"decision:{name}"] = decisions[:, j]
+    return out

@@ -1,0 +1,80 @@
+"""Run directories: a new folder per run that is never reused, and the record of the environment.
+
+Example:
+    >>> import tempfile
+    >>> first = new_run_dir(tempfile.mkdtemp(), "demo")
+    >>> first.parent.name
+    'demo'
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+from pathlib import Path
+
+from tfmed import __version__
+from tfmed.config import ExperimentConfig
+from tfmed.errors import TfmedError
+
+class RunDirectoryError(TfmedError):
+    """A folder given as a run directory is not one."""
+
+
+VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scikit-image",
+                      "opencv-python-headless", "pydicom", "PyYAML", "matplotlib")
+
+
+def environment_info(config: ExperimentConfig) -> dict:
+    """Seed, versions and command line: what is needed to reproduce a run."""
+    from importlib import metadata
+
+    versions = {"tfmed": __version__, "python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"seed": config.seed, "versions": versions, "platform": platform.platform(),
+            "command": sys.argv, "cwd": os.getcwd(),
+            "started": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def new_run_dir(runs_dir: str | Path, name: str) -> Path:
+    """Create ``runs_dir/name/TIMESTAMP`` (suffixed -2, -3 ... if taken); never reuses one.
+
+    Example:
+        >>> import tempfile
+        >>> first = new_run_dir(tempfile.mkdtemp(), "demo")
+        >>> second = new_run_dir(first.parent.parent, "demo")
+        >>> first != second
+        True
+    """
+    parent = Path(runs_dir) / name
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        candidate = parent / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new run directory under {parent}")
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """The run directory of ``path`` (a run directory, or its ``model/`` folder).
+
+    Example:
+        >>> resolve_run_dir("runs/pneumonia_mnist/20261124-101500/model")  # doctest: +SKIP
+        PosixPath('runs/pneumonia_mnist/20261124-101500')
+    """
+    path = Path(path)
+    if path.name == "model" and (path.parent / "config.yaml").is_file():
+        return path.parent
+    if not (path / "config.yaml").is_file() or not (path / "model").is_dir():
+        raise RunDirectoryError(f"{path}: not a tfmed run directory (it needs config.yaml and model/); "
+                                 "pass a directory such as runs/NAME/TIMESTAMP")
+    return path
