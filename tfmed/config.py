@@ -27,7 +27,8 @@ from tfmed.errors import TfmedError
 
 Task = Literal["binary", "multiclass", "multilabel"]
 ThresholdMethod = Literal["youden", "sensitivity", "specificity", "fixed"]
-THRESHOLD_TARGET_METHODS = ("youden", "sensitivity", "specificity")  # chosen from validation data
+# the methods that choose a threshold from validation data ("fixed" takes it as given)
+THRESHOLD_TARGET_METHODS = tuple(m for m in typing.get_args(ThresholdMethod) if m != "fixed")
 
 
 class ConfigError(TfmedError):
@@ -219,17 +220,6 @@ class AugmentConfig(_Section):
             if getattr(self, name) < 0:
                 self._fail(name, "it must be >= 0 (0 turns it off)")
 
-    def changes_images(self) -> bool:
-        """Whether any augmentation is switched on.
-
-        Example:
-            >>> AugmentConfig().changes_images(), AugmentConfig(rot90=True).changes_images()
-            (False, True)
-        """
-        return self.enabled and (self.hflip or self.vflip or self.rot90 or self.crop_from is not None
-                                 or bool(self.rotation_degrees or self.brightness or self.contrast)
-                                 or self.clahe)
-
 
 @dataclass
 class BalanceConfig(_Section):
@@ -297,13 +287,13 @@ class StageConfig(_Section):
 
     KEY: ClassVar[str] = "model.finetune.stages[]."
 
-    def __post_init__(self):
-        pass  # checked by its FinetuneConfig, which knows the stage's index
-
     epochs: int = 5
     unfreeze: str | int | float = 0
     learning_rate: float | None = None
     lr_factor: float = 0.1
+
+    def __post_init__(self):
+        pass  # checked by its FinetuneConfig, which knows the stage's index
 
     def check(self) -> None:
         super().check()
@@ -427,7 +417,7 @@ MODE_SECTIONS = {
     "svm": ("svm",),
     "finetune": ("finetune", "augment", "balance"),
 }
-MODE_OPTIONAL_SECTIONS = ("svm", "finetune", "augment", "balance")
+MODE_OPTIONAL_SECTIONS = tuple(dict.fromkeys(name for names in MODE_SECTIONS.values() for name in names))
 
 
 @dataclass

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import keras
 
-from tfmed.errors import TfmedError
 from tfmed.backbones.keras_apps import ImagenetPreprocessing, canonicalise_layer_names
 from tfmed.backbones.registry import get_spec
 from tfmed.backbones.weights import find_weights_file, load_into
+from tfmed.errors import TfmedError
 
 __all__ = ["BackboneInputError", "create"]
 

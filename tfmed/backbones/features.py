@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmed.errors import TfmedError
 from tfmed.backbones.registry import UnknownBackboneError, get_spec
+from tfmed.errors import TfmedError
 
 __all__ = ["FeatureInputError", "feature_model", "extract_features"]
 

@@ -27,8 +27,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfmed.errors import TfmedError
 from tfmed.config import RESAMPLING, BalanceConfig
+from tfmed.errors import TfmedError
 
 NO_LABEL = "(no label)"
 

@@ -34,9 +34,9 @@ import tensorflow as tf
 
 from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig
 from tfmed.data import balance as balance_lib
-from tfmed.errors import TfmedError
 from tfmed.data.preprocessing import build_augment, build_preprocess
 from tfmed.data.transforms import Compose, ToChannels
+from tfmed.errors import TfmedError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TRAILER = b"IEND\xaeB`\x82"  # the IEND chunk closes every complete PNG

@@ -14,12 +14,12 @@ Example:
 """
 from __future__ import annotations
 
-from tfmed.errors import TfmedError
 from tfmed.config import AugmentConfig, PreprocessConfig
 from tfmed.data.transforms import (CLAHE, Compose, CTWindow, MinMax, MinMaxRange, RandomApply,
                                    RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomRot90,
                                    RandomRotation, Resize, Standardize, SubtractMeanImage, ToChannels,
                                    ToImagenetPixels, Transform, TransformError)
+from tfmed.errors import TfmedError
 
 
 class StatisticsError(TfmedError):

@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from tfmed.errors import TfmedError
 from tfmed.config import SplitConfig
 from tfmed.data.table import SPLITS, ImageTable
+from tfmed.errors import TfmedError
 
 MAX_FOLDS_FOR_FRACTION = 20
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tfmed.errors import TfmedError
 from tfmed.data.decode import ImageReadError, read_image_and_info
 from tfmed.data.table import ImageTable
+from tfmed.errors import TfmedError
 
 SOURCE_PROBLEMS = "source_problems"
 

@@ -28,49 +28,42 @@ if TYPE_CHECKING:  # pragma: no cover - imported for type hints only
 
 @runtime_checkable
 class Mode(Protocol):
-    """What every training mode implements.
+    """What every training mode implements (the methods' docstrings say what each must do).
 
-    * ``name``: the ``model.mode`` value that selects it.
-    * ``check_experiment(config, table)``: refuse settings that do not fit the
-      data's task, before a run directory is made (ConfigError).
-    * ``from_experiment(config, train, run_dir)``: a new, unfitted model for
-      the experiment (``train`` tells the task, classes and class counts;
-      ``run_dir`` is where the mode may keep checkpoints, or None).
-    * ``fit_tables(train, val, inputs)``: fit on the ``train`` table; ``val``
-      (or None) may only steer training (early stopping), never thresholds.
-    * ``predict_table(table, inputs, batch_size)``: scores for every row in
-      table order: (n,) positive-class probability for a binary task, (n, K)
-      class probabilities for multiclass, (n, L) label probabilities for multilabel.
-    * ``save(directory)`` and ``load(directory)``: the fitted model on disk.
-    * ``report_facts()``: what the run report should say about the fitted model,
-      beyond backbone and preprocessing (``{"kernel": "rbf", ...}``; may be empty).
+    This class only declares the contract; :class:`~tfmed.modes.FeatureSVM` and
+    :class:`~tfmed.modes.FineTuner` are the implementations. ``isinstance(model, Mode)``
+    checks that an object has every member.
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]  # the ``model.mode`` value that selects the mode
 
     @classmethod
     def check_experiment(cls, config: ExperimentConfig, table: "ImageTable") -> None:
-        ...
+        """Raise ConfigError for settings that do not fit the data's task (before a run directory exists)."""
 
     @classmethod
     def from_experiment(cls, config: ExperimentConfig, train: "ImageTable", run_dir: Path | None) -> "Mode":
-        ...
+        """A new, unfitted model for the experiment; ``train`` tells the task, classes and class
+        counts, ``run_dir`` (or None) is where the mode may keep checkpoints."""
 
     def fit_tables(self, train: "ImageTable", val: "ImageTable | None", inputs: "ImageInputs") -> "Mode":
-        ...
+        """Fit on the ``train`` table and return self; ``val`` (or None) may steer training
+        (early stopping), never thresholds."""
 
     def predict_table(self, table: "ImageTable", inputs: "ImageInputs", batch_size: int = 64) -> np.ndarray:
-        ...
+        """Scores for every row in table order: (n,) positive-class probability for a binary
+        task, (n, K) class probabilities for multiclass, (n, L) label probabilities for multilabel."""
 
     def save(self, directory: str | Path) -> Path:
-        ...
+        """Write the fitted model under ``directory``."""
 
     @classmethod
     def load(cls, directory: str | Path) -> "Mode":
-        ...
+        """Read a model written by :meth:`save`."""
 
     def report_facts(self) -> dict:
-        ...
+        """What the run report should say about the fitted model beyond backbone and
+        preprocessing, e.g. ``{"kernel": "rbf"}`` (may be empty)."""
 
 
 MODES: dict[str, type] = {}

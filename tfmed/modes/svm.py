@@ -22,6 +22,7 @@ import dataclasses
 import os
 import typing
 from numbers import Real
+from pathlib import Path
 from typing import Sequence
 
 import joblib
@@ -171,8 +172,6 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             >>> FeatureSVM.from_experiment(ExperimentConfig(), None, None).cache_dir
             'runs/.feature_cache'
         """
-        from pathlib import Path
-
         model = cls.from_config(config, cache_dir=str(Path(config.runs_dir) / ".feature_cache"))
         if train is not None:
             model.set_params(task=train.task)
