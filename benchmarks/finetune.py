@@ -113,7 +113,8 @@ def experiment(args) -> bool:
     from tfmed.data.pipeline import targets_array
     from tfmed.modes import FineTuner, get_mode
     from tfmed.progress import configure_logging
-    from tfmed.run.experiment import fit_inputs, prepare_data
+    from tfmed.data.statistics import fit_inputs
+    from tfmed.run.experiment import prepare_data
 
     config = ExperimentConfig.from_yaml(args.experiment)
     if get_mode(config.model.mode) is not FineTuner:
@@ -122,7 +123,7 @@ def experiment(args) -> bool:
     start = time.perf_counter()
     table = prepare_data(config)
     train, val = table.split("train"), table.split("val")
-    inputs = fit_inputs(config, train)
+    inputs = fit_inputs(config.preprocess, train, config.tta)
     run_dir = Path(args.run_dir_path) if args.run_dir_path else None
     tuner = FineTuner.from_experiment(config, train, run_dir).fit_tables(train, val, inputs)
     history = tuner.history_

@@ -6,19 +6,20 @@ import pytest
 
 from tfmed.config import ConfigError, ExperimentConfig, PreprocessConfig
 from tfmed.data.pipeline import ImageInputs
-from tfmed.modes import MODES, FeatureSVM, FineTuner, Mode, get_mode, register_mode
+from tfmed.modes import MODES, Ensemble, FeatureSVM, FineTuner, Mode, get_mode, register_mode
 from tfmed.run import artifact
 from tfmed.run.artifact import TrainedModel
 
 
-def test_the_table_holds_both_modes_under_their_config_names():
-    assert MODES == {"svm": FeatureSVM, "finetune": FineTuner}
+def test_the_table_holds_every_mode_under_its_config_name():
+    assert MODES == {"svm": FeatureSVM, "finetune": FineTuner, "ensemble": Ensemble}
     assert isinstance(FeatureSVM(), Mode)
     assert isinstance(FineTuner("mobilenet_v2", "binary", 1, weights=None), Mode)
+    assert isinstance(Ensemble.of_fitted([FeatureSVM(), FeatureSVM()], ["a", "b"], "binary"), Mode)
 
 
 def test_unknown_mode_and_unregistered_names_are_refused():
-    with pytest.raises(ConfigError, match="model.mode is 'tree'; allowed: finetune, svm"):
+    with pytest.raises(ConfigError, match="model.mode is 'tree'; allowed: ensemble, finetune, svm"):
         get_mode("tree")
 
     class Tree:

@@ -139,6 +139,9 @@ class SplitConfig(_Section):
         splits by patient), "patient" (stratified by patient: test first, then
         val with the same class mix, rest train) or "kfold" (stratified group
         k-fold over train+val, test held out).
+    final: with k-fold, the model that scores the test split: "refit" (one model
+        refit on train+val) or "bag" (the k fold models kept and their scores
+        averaged).
     """
 
     KEY: ClassVar[str] = "split."
@@ -148,6 +151,7 @@ class SplitConfig(_Section):
     val_fraction: float = 0.1
     folds: int = 5
     seed: int = 0
+    final: Literal["refit", "bag"] = "refit"
 
     def check(self) -> None:
         super().check()
@@ -156,6 +160,8 @@ class SplitConfig(_Section):
                 self._fail(name, "it must be in [0, 1)")
         if self.folds < 2:
             self._fail("folds", "it must be at least 2")
+        if self.final == "bag" and self.method != "kfold":
+            self._fail("final", "bagging keeps the k fold models, so it needs split.method: kfold")
 
 
 @dataclass
@@ -194,6 +200,10 @@ class PreprocessConfig(_Section):
                                   "width > 0, e.g. [-600, 1500]")
 
 
+# intensities that leave images on the 0-255 pixel scale where augmentation and test-time views act
+PIXEL_SCALE_INTENSITIES = ("minmax", "minmax_dataset", "window")
+
+
 @dataclass
 class AugmentConfig(_Section):
     """Training-only augmentation; every switch can be turned off.
@@ -219,6 +229,54 @@ class AugmentConfig(_Section):
         for name in ("rotation_degrees", "brightness", "contrast"):
             if getattr(self, name) < 0:
                 self._fail(name, "it must be >= 0 (0 turns it off)")
+
+
+@dataclass
+class TTAConfig(_Section):
+    """Test-time augmentation: each image is scored in several fixed views and the scores averaged.
+
+    The views are the image itself plus, for each setting that is on: shifts by
+    ``shift`` of the image size left, right, up and down (4 views); rotations by
+    +/- ``rotation_degrees`` (2); a central crop keeping 1 - ``zoom`` of the side,
+    resized back (1); one view per ``gamma`` value (intensity curve on the 0-255
+    scale); left-right and up-down flips when ``hflip`` / ``vflip`` (off by
+    default: a flipped chest X-ray shows the heart on the wrong side).
+
+    Example:
+        >>> TTAConfig(enabled=True).view_count()
+        10
+    """
+
+    KEY: ClassVar[str] = "tta."
+
+    enabled: bool = False
+    shift: float = 0.05
+    rotation_degrees: float = 5.0
+    zoom: float = 0.1
+    gamma: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    hflip: bool = False
+    vflip: bool = False
+
+    def check(self) -> None:
+        super().check()
+        if not 0.0 <= self.shift < 0.5:
+            self._fail("shift", "it is a fraction of the image size in [0, 0.5) (0 turns shifts off)")
+        if not 0.0 <= self.rotation_degrees <= 45.0:
+            self._fail("rotation_degrees", "it must be in [0, 45] degrees (0 turns rotations off)")
+        if not 0.0 <= self.zoom < 0.5:
+            self._fail("zoom", "it is the fraction of the side cropped away, in [0, 0.5) (0: no zoom view)")
+        if any(g <= 0 for g in self.gamma):
+            self._fail("gamma", "every gamma must be > 0, e.g. [0.8, 1.25] (an empty list: no gamma views)")
+        changed = _changed_from_defaults(self)
+        if not self.enabled and changed:
+            self._fail(changed[0], "it is set but tta.enabled is false; set tta.enabled: true or remove it")
+
+    def view_count(self) -> int:
+        """How many views each image is scored in (1 when TTA is off)."""
+        if not self.enabled:
+            return 1
+        return (1 + 4 * (self.shift > 0) + 2 * (self.rotation_degrees > 0) + (self.zoom > 0)
+                + len(self.gamma) + self.hflip + self.vflip)
 
 
 @dataclass
@@ -373,6 +431,62 @@ class FinetuneConfig(_Section):
 
 
 @dataclass
+class MemberConfig(_Section):
+    """One member of an ensemble: a mode with its backbone and settings.
+
+    A setting left out (null) is taken from the experiment: ``backbone``,
+    ``weights`` and ``weights_dir`` from ``model``, ``preprocess``, ``augment``
+    and ``balance`` from the sections of those names. Give ``preprocess`` to
+    let a member see other inputs, e.g. a fine-tune at 96 px beside features
+    at 224 px.
+    """
+
+    KEY: ClassVar[str] = "model.ensemble.members[]."
+
+    name: str | None = None
+    mode: Literal["svm", "finetune"] = "svm"
+    backbone: str | None = None
+    weights: str | None = None
+    weights_dir: str | None = None
+    svm: SVMConfig = field(default_factory=SVMConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    preprocess: PreprocessConfig | None = None
+    augment: AugmentConfig | None = None
+    balance: BalanceConfig | None = None
+
+    def __post_init__(self):
+        pass  # checked by its ExperimentConfig, which knows the member's index and the defaults
+
+
+@dataclass
+class EnsembleConfig(_Section):
+    """Ensemble mode: several members fitted on the same training split, their scores combined.
+
+    combine: "mean" (average of the members' probabilities), "rank" (each
+        member's score replaced by its quantile among that member's
+        out-of-fold training scores, then averaged; binary and multilabel) or
+        "stacking" (a logistic regression fitted on the members' out-of-fold
+        training scores).
+    folds: the k of the k-fold over the training split that gives the
+        out-of-fold member scores "rank" and "stacking" need (each member is
+        then fitted k + 1 times).
+    """
+
+    KEY: ClassVar[str] = "model.ensemble."
+
+    members: list[MemberConfig] = field(default_factory=list)
+    combine: Literal["mean", "rank", "stacking"] = "mean"
+    folds: int = 5
+
+    def check(self) -> None:
+        super().check()
+        if self.folds < 2:
+            self._fail("folds", "it must be at least 2")
+        if self.combine == "mean" and "folds" in _changed_from_defaults(self):
+            self._fail("folds", "only combine: rank and stacking use out-of-fold scores; remove it")
+
+
+@dataclass
 class ModelConfig(_Section):
     """Backbone and training mode.
 
@@ -382,12 +496,13 @@ class ModelConfig(_Section):
 
     KEY: ClassVar[str] = "model."
 
-    mode: Literal["svm", "finetune"] = "svm"
+    mode: Literal["svm", "finetune", "ensemble"] = "svm"
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"
     weights_dir: str | None = None
     svm: SVMConfig = field(default_factory=SVMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 @dataclass
@@ -416,7 +531,9 @@ class EvaluationConfig(_Section):
 MODE_SECTIONS = {
     "svm": ("svm",),
     "finetune": ("finetune", "augment", "balance"),
+    "ensemble": ("ensemble", "augment", "balance"),
 }
+MODEL_SECTIONS = ("svm", "finetune", "ensemble")  # the MODE_SECTIONS entries that live under model.
 MODE_OPTIONAL_SECTIONS = tuple(dict.fromkeys(name for names in MODE_SECTIONS.values() for name in names))
 
 
@@ -433,14 +550,19 @@ class ExperimentConfig(_Section):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     runs_dir: str = "runs"
 
     def check(self) -> None:
         """Check every section, the settings that depend on each other, and the mode's unused settings."""
         for section in (self.data, self.split, self.preprocess, self.augment, self.balance, self.model,
-                        self.model.svm, self.model.finetune, self.evaluation):
+                        self.model.svm, self.model.finetune, self.model.ensemble, self.tta, self.evaluation):
             section.check()
+        if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
+            raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "
+                              f"{self.preprocess.intensity!r} does not give before normalising; set tta.gamma: [] "
+                              f"or use intensity {', '.join(PIXEL_SCALE_INTENSITIES)}")
         crop = self.augment.crop_from
         if crop is not None and crop < self.preprocess.image_size:
             raise ConfigError(f"augment.crop_from ({crop}) must be at least "
@@ -449,13 +571,66 @@ class ExperimentConfig(_Section):
         for name in MODE_OPTIONAL_SECTIONS:
             if name in used:
                 continue
-            owner = self.model if name in ("svm", "finetune") else self
-            changed = _changed_keys(getattr(owner, name), type(getattr(owner, name))())
+            owner = self.model if name in MODEL_SECTIONS else self
+            changed = _changed_from_defaults(getattr(owner, name))
             if changed:
                 key = ("model." if owner is self.model else "") + f"{name}.{changed[0]}"
                 users = [mode for mode, sections in MODE_SECTIONS.items() if name in sections]
                 raise ConfigError(f"{key} is set, but model.mode {self.model.mode!r} does not use it "
                                   f"(only {' and '.join(users)} mode does); remove it, or set model.mode")
+        if self.model.mode == "ensemble":
+            self._check_members()
+
+    def _check_members(self) -> None:
+        members = self.model.ensemble.members
+        if len(members) < 2:
+            raise ConfigError("model.ensemble.members lists "
+                              f"{len(members)} member(s); an ensemble needs at least 2 (e.g. an svm and "
+                              "a finetune member), or use the member's mode on its own")
+        names = [self.member_name(i) for i in range(len(members))]
+        if len(set(names)) < len(names):
+            raise ConfigError(f"model.ensemble.members have repeated names {names}; give each a "
+                              "distinct name")
+        used = {"augment": False, "balance": False}
+        for i in range(len(members)):
+            member = self.member_experiment(i)
+            for name in used:
+                used[name] |= name in MODE_SECTIONS[member.model.mode] and getattr(members[i], name) is None
+        for name, is_used in used.items():
+            changed = _changed_from_defaults(getattr(self, name))
+            if changed and not is_used:
+                raise ConfigError(f"{name}.{changed[0]} is set, but no ensemble member uses the experiment's "
+                                  f"{name} section; remove it or move it into a member")
+
+    def member_name(self, index: int) -> str:
+        """The name of ensemble member ``index`` (given, or "MODE_BACKBONE_INDEX")."""
+        member = self.model.ensemble.members[index]
+        return member.name or f"{member.mode}_{member.backbone or self.model.backbone}_{index}"
+
+    def member_experiment(self, index: int) -> "ExperimentConfig":
+        """The experiment that ensemble member ``index`` stands for: this one with the member's
+        model settings and the sections it overrides (checked like any experiment).
+
+        Example:
+            >>> cfg = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": [
+            ...     {"mode": "svm"}, {"mode": "finetune", "preprocess": {"image_size": 96}}]}}})
+            >>> cfg.member_experiment(1).model.mode, cfg.member_experiment(1).preprocess.image_size
+            ('finetune', 96)
+        """
+        member = self.model.ensemble.members[index]
+        model = ModelConfig(mode=member.mode, backbone=member.backbone or self.model.backbone,
+                            weights=member.weights if member.weights is not None else self.model.weights,
+                            weights_dir=member.weights_dir or self.model.weights_dir,
+                            svm=member.svm, finetune=member.finetune)
+        # the experiment's augment / balance reach only members whose mode reads them
+        inherited = {name: getattr(member, name) or (getattr(self, name) if name in MODE_SECTIONS[member.mode]
+                                                     else type(getattr(self, name))())
+                     for name in ("augment", "balance")}
+        try:
+            return dataclasses.replace(self, model=model, preprocess=member.preprocess or self.preprocess,
+                                       tta=TTAConfig(), **inherited)
+        except ConfigError as error:
+            raise ConfigError(f"model.ensemble.members[{index}] ({self.member_name(index)}): {error}") from None
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "ExperimentConfig":
@@ -492,8 +667,14 @@ class ExperimentConfig(_Section):
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
 
-def _changed_keys(section, default) -> list[str]:
-    return [f.name for f in dataclasses.fields(section) if getattr(section, f.name) != getattr(default, f.name)]
+def _changed_from_defaults(section) -> list[str]:
+    """The fields of ``section`` that differ from their declared defaults (builds no new section)."""
+    changed = []
+    for item in dataclasses.fields(section):
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+        if getattr(section, item.name) != default:
+            changed.append(item.name)
+    return changed
 
 
 def _build(cls, values: Any, where: str, prefix: str):

@@ -14,9 +14,10 @@ DICOM and other formats go through ``tfmed.data.decode.read_image`` in a
 naming the file.
 
 Not training: table order, no augmentation, no resampling, one pass,
-deterministic. Training: shuffled every epoch, augmented (seeded, a fresh
-draw each epoch), optionally class-balanced (see :mod:`tfmed.data.balance`),
-always finite.
+deterministic; a test-time ``view`` (:mod:`tfmed.data.tta`) may be applied
+where training augmentation would go. Training: shuffled every epoch,
+augmented (seeded, a fresh draw each epoch), optionally class-balanced (see
+:mod:`tfmed.data.balance`), always finite.
 
 Example:
     >>> from tfmed.config import PreprocessConfig
@@ -25,6 +26,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +34,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig
+from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig, TTAConfig
 from tfmed.data import balance as balance_lib
 from tfmed.data.preprocessing import build_augment, build_preprocess
-from tfmed.data.transforms import Compose, ToChannels
+from tfmed.data.transforms import Compose, ToChannels, Transform
+from tfmed.data.tta import build_views
 from tfmed.errors import TfmedError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -229,7 +232,8 @@ def _drop_alpha(image: tf.Tensor) -> tf.Tensor:
 
 def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_size: int = 32,
                  augment: AugmentConfig | None = None, balance: BalanceConfig | None = None,
-                 stats: dict | None = None, seed: int = 0, cache: bool = False) -> tf.data.Dataset:
+                 stats: dict | None = None, seed: int = 0, cache: bool = False,
+                 view: Transform | None = None) -> tf.data.Dataset:
     """Batches of ``(images, targets)`` for ``model.fit`` / ``predict``.
 
     Args:
@@ -245,6 +249,8 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
         seed: seeds shuffling, resampling and augmentation (a fresh draw each epoch).
         cache: preprocess every image once, when this is called, and keep the
             result in memory (S*S*C*4 bytes per image): for small data sets.
+        view: a deterministic test-time view (see :mod:`tfmed.data.tta`) applied to
+            every image where training augmentation would go; not when training.
 
     Example:
         >>> ds = make_dataset(train, PreprocessConfig(image_size=224), training=True,
@@ -256,6 +262,12 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
         raise PipelineError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(table) == 0:
         raise PipelineError("the table is empty: the split has no rows to make a dataset from")
+    if view is not None:
+        if training:
+            raise PipelineError("a test-time view is for scoring, not training; pass view=None with "
+                                "training=True (training uses augment instead)")
+        if not callable(view) or getattr(view, "random", False):
+            raise PipelineError(f"view must be a deterministic transform, got {view!r}")
     # cached images are stored with their final channel count, so grey and colour files can mix
     head, tail = _split_chain(build_preprocess(preprocess, stats), channels_in_head=cache)
     aug = build_augment(augment, preprocess.image_size) if training else Compose([])
@@ -279,8 +291,12 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
         return image, tf.gather(targets, i)
 
     if not training:
-        ds = tf.data.Dataset.range(len(table)).map(lambda i: finish(pixels(i), i),
-                                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        def load_view(i):
+            image = pixels(i)
+            return finish(image if view is None else view(image), i)
+
+        ds = tf.data.Dataset.range(len(table)).map(load_view, num_parallel_calls=tf.data.AUTOTUNE,
+                                                   deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     if balance is not None and balance.method in balance_lib.RESAMPLING:
@@ -307,16 +323,17 @@ def _materialize(table, head: Compose, batch_size: int = 64) -> np.ndarray:
     return np.concatenate([batch.numpy() for batch in ds.batch(batch_size)], axis=0)
 
 
-def load_arrays(table, preprocess: PreprocessConfig, stats: dict | None = None,
-                batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """All images preprocessed (no augmentation, table order) and ``table.labels()``.
+def load_arrays(table, preprocess: PreprocessConfig, stats: dict | None = None, batch_size: int = 64,
+                view: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All images preprocessed (no augmentation, table order; in test-time ``view`` if given) and
+    ``table.labels()``.
 
     Example:
         >>> x, y = load_arrays(table, PreprocessConfig(image_size=64))  # doctest: +SKIP
         >>> x.shape  # doctest: +SKIP
         (10, 64, 64, 3)
     """
-    ds = make_dataset(table, preprocess, training=False, batch_size=batch_size, stats=stats)
+    ds = make_dataset(table, preprocess, training=False, batch_size=batch_size, stats=stats, view=view)
     images = np.concatenate([batch.numpy() for batch, _ in ds], axis=0)
     return images, table.labels()
 
@@ -327,23 +344,47 @@ class ImageInputs:
 
     A mode gets one to turn tables into arrays or datasets; the run's model
     artifact saves both, so that inference preprocesses exactly as training did.
+    ``tta`` (test-time augmentation) lists the views to score in; :meth:`views`
+    gives one input per view, each with its ``view`` transform, which
+    :meth:`arrays` and :meth:`dataset` (when not training) apply.
 
     Example:
-        >>> from tfmed.config import PreprocessConfig
+        >>> from tfmed.config import PreprocessConfig, TTAConfig
         >>> inputs = ImageInputs(PreprocessConfig(image_size=64))
         >>> x, y = inputs.arrays(table)                                      # doctest: +SKIP
         >>> ds = inputs.dataset(table, training=True, batch_size=16)          # doctest: +SKIP
+        >>> inputs.views() == [inputs], inputs.view_count
+        (True, 1)
+        >>> tta = ImageInputs(PreprocessConfig(image_size=64), tta=TTAConfig(enabled=True, gamma=[2.0]))
+        >>> tta.view_count, tta.views()[1].view, tta.views()[1].tta
+        (9, Shift(dx=-3, dy=0), None)
     """
 
     preprocess: PreprocessConfig
     stats: dict | None = None
+    tta: TTAConfig | None = None
+    view: Transform | None = None
+
+    @property
+    def view_count(self) -> int:
+        """How many test-time views :meth:`views` gives (1 without TTA)."""
+        return 1 if self.tta is None else self.tta.view_count()
+
+    def views(self) -> list["ImageInputs"]:
+        """One input per test-time view (identity first), each without ``tta``; ``[self]`` without TTA."""
+        if self.tta is None or not self.tta.enabled:
+            return [self]
+        return [dataclasses.replace(self, tta=None, view=transform)
+                for _, transform in build_views(self.tta, self.preprocess.image_size)]
 
     def arrays(self, table, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """All images of ``table`` preprocessed, in table order, and their labels (see :func:`load_arrays`)."""
-        return load_arrays(table, self.preprocess, stats=self.stats, batch_size=batch_size)
+        """All images of ``table`` preprocessed (in ``view``), in table order, and their labels
+        (see :func:`load_arrays`)."""
+        return load_arrays(table, self.preprocess, stats=self.stats, batch_size=batch_size, view=self.view)
 
     def dataset(self, table, *, training: bool, batch_size: int = 32, augment: AugmentConfig | None = None,
                 balance: BalanceConfig | None = None, seed: int = 0) -> tf.data.Dataset:
-        """Batches of ``(images, targets)`` (see :func:`make_dataset`)."""
+        """Batches of ``(images, targets)`` (see :func:`make_dataset`); ``view`` applies only when not training."""
         return make_dataset(table, self.preprocess, training=training, batch_size=batch_size,
-                            augment=augment, balance=balance, stats=self.stats, seed=seed)
+                            augment=augment, balance=balance, stats=self.stats, seed=seed,
+                            view=None if training else self.view)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmed.config import PreprocessConfig
-from tfmed.data.pipeline import raw_dataset
+from tfmed.config import PreprocessConfig, TTAConfig
+from tfmed.data.pipeline import ImageInputs, raw_dataset
 from tfmed.data.preprocessing import StatisticsError, needs_statistics
 from tfmed.data.transforms import Compose, Resize, ToChannels
 
@@ -78,6 +78,18 @@ def fit_statistics(table, config: PreprocessConfig, batch_size: int = 64) -> dic
         var = np.maximum(total_sq / pixels - mean**2, 0.0)
         stats.update(mean=mean.tolist(), std=np.sqrt(var).tolist())
     return stats
+
+
+def fit_inputs(preprocess: PreprocessConfig, train, tta: TTAConfig | None = None) -> ImageInputs:
+    """The inputs of ``preprocess``, with statistics fitted on the ``train`` table when it needs them.
+
+    Example:
+        >>> inputs = fit_inputs(PreprocessConfig(intensity="standardize"), table.split("train"))  # doctest: +SKIP
+        >>> fit_inputs(PreprocessConfig(image_size=32), None).stats is None
+        True
+    """
+    stats = fit_statistics(train, preprocess) if needs_statistics(preprocess) else None
+    return ImageInputs(preprocess, stats, tta=tta)
 
 
 def save_statistics(stats: dict, directory: str | Path) -> Path:

@@ -66,6 +66,21 @@ class Mode(Protocol):
         preprocessing, e.g. ``{"kernel": "rbf"}`` (may be empty)."""
 
 
+@runtime_checkable
+class MemberScoring(Protocol):
+    """A model made of members (an ensemble) that can report each member's scores.
+
+    The run layer uses it to put every member's scores, and the paired DeLong
+    test of the combination against each member, into the metrics and report.
+    """
+
+    def member_scores(self, table: "ImageTable", inputs: "ImageInputs", batch_size: int = 64) -> dict:
+        """Each member's scores for every row of ``table``, keyed by member name."""
+
+    def combine_scores(self, scores: dict) -> np.ndarray:
+        """The combined score from member scores keyed by name."""
+
+
 MODES: dict[str, type] = {}
 
 
@@ -76,7 +91,7 @@ def register_mode(cls: type) -> type:
 
     Example:
         >>> sorted(MODES)
-        ['finetune', 'svm']
+        ['ensemble', 'finetune', 'svm']
     """
     if cls.name not in choices(ModelConfig, "mode"):
         raise TypeError(f"mode {cls.name!r} is not among model.mode's choices in tfmed.config; add it there")
@@ -91,12 +106,33 @@ def get_mode(name: str) -> type:
         >>> get_mode("tree")
         Traceback (most recent call last):
         ...
-        tfmed.config.ConfigError: model.mode is 'tree'; allowed: finetune, svm
+        tfmed.config.ConfigError: model.mode is 'tree'; allowed: ensemble, finetune, svm
     """
     try:
         return MODES[name]
     except KeyError:
         raise ConfigError(f"model.mode is {name!r}; allowed: {', '.join(sorted(MODES))}") from None
+
+
+def average_over_views(inputs: "ImageInputs", score) -> np.ndarray:
+    """The mean of ``score(view_inputs)`` over the test-time views of ``inputs``.
+
+    Without test-time augmentation ``inputs.views()`` is ``[inputs]`` and this is
+    ``score(inputs)``. Every mode's ``predict_table`` scores through it, so TTA
+    means the same thing in every mode: each view scored, the scores averaged.
+
+    Example:
+        >>> from tfmed.config import PreprocessConfig, TTAConfig
+        >>> from tfmed.data.pipeline import ImageInputs
+        >>> inputs = ImageInputs(PreprocessConfig(image_size=32), tta=TTAConfig(enabled=True))
+        >>> float(average_over_views(inputs, lambda view: np.ones(3))[0]), len(inputs.views())
+        (1.0, 10)
+    """
+    total, views = None, inputs.views()
+    for view in views:
+        scores = np.asarray(score(view), dtype=np.float64)
+        total = scores if total is None else total + scores
+    return total / len(views)
 
 
 def scores_from_probabilities(task: str, proba: np.ndarray) -> np.ndarray:

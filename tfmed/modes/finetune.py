@@ -36,7 +36,7 @@ import tensorflow as tf
 from tfmed.config import (RESAMPLING, AugmentConfig, BalanceConfig, ConfigError, ExperimentConfig,
                           FinetuneConfig, StageConfig, Task)
 from tfmed.errors import TfmedError
-from tfmed.modes.base import register_mode, scores_from_probabilities
+from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.progress import log
 
 MODEL_FILE = "model.keras"
@@ -172,8 +172,8 @@ class FineTuner:
             >>> tuner.predict_table(table.split("test"), inputs).shape  # doctest: +SKIP
             (942,)
         """
-        dataset = inputs.dataset(table, training=False, batch_size=batch_size)
-        return scores_from_probabilities(self.task, self.predict(dataset))
+        return average_over_views(inputs, lambda view: scores_from_probabilities(
+            self.task, self.predict(view.dataset(table, training=False, batch_size=batch_size))))
 
     def report_facts(self) -> dict:
         """Nothing beyond the training curves (``history_``), which the report draws itself.

@@ -39,7 +39,7 @@ from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
 from tfmed.config import GammaName, SVMConfig, Task, choices
-from tfmed.modes.base import register_mode, scores_from_probabilities
+from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.modes.features import (FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
                                   as_image_batch, backbone_features, base_model, check_finite,
                                   check_taps, lbp_features)
@@ -200,8 +200,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             >>> model.predict_table(table.split("test"), inputs).shape  # doctest: +SKIP
             (942,)
         """
-        images, _ = inputs.arrays(table, batch_size=batch_size)
-        return scores_from_probabilities(self.task_, self.predict_proba(images))
+        return average_over_views(inputs, lambda view: scores_from_probabilities(
+            self.task_, self.predict_proba(view.arrays(table, batch_size=batch_size)[0])))
 
     def report_facts(self) -> dict:
         """Taps, kernel and the C/gamma chosen by cross-validation, for the run report.

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from tfmed.config import PreprocessConfig
+from tfmed.config import PreprocessConfig, TTAConfig
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import load_statistics, save_statistics
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
-from tfmed.modes import get_mode
+from tfmed.modes import MemberScoring, get_mode
 
 ARTIFACT_FILE = "tfmed_model.json"
 
@@ -52,6 +52,7 @@ class TrainedModel:
     thresholds: dict = field(default_factory=dict)
     threshold_method: str = "youden"
     backbone: str = ""
+    tta: TTAConfig = field(default_factory=TTAConfig)
 
     @property
     def threshold(self):
@@ -60,16 +61,24 @@ class TrainedModel:
 
     @property
     def inputs(self) -> ImageInputs:
-        """The preprocessing and train statistics that turn a table into this model's inputs."""
-        return ImageInputs(self.preprocess, self.stats)
+        """The preprocessing, train statistics and test-time views that turn a table into this model's inputs."""
+        return ImageInputs(self.preprocess, self.stats, tta=self.tta)
 
     def predict(self, table: ImageTable, batch_size: int = 64) -> np.ndarray:
-        """Scores for every row of ``table``, in table order."""
+        """Scores for every row of ``table``, in table order (averaged over the test-time views)."""
+        return self.predict_with_members(table, batch_size)[0]
+
+    def predict_with_members(self, table: ImageTable, batch_size: int = 64) -> tuple[np.ndarray, dict | None]:
+        """Scores for every row and, for a model made of members (an ensemble), each member's
+        scores by name (None otherwise); the scores are the combination of the member scores."""
         if table.task != self.task and not (table.task in ("binary", "multiclass") and
                                              self.task in ("binary", "multiclass")):
             raise ModelArtifactError(f"the model was trained for a {self.task} task but the data "
                                      f"is {table.task}; evaluate it on data with the same labels")
-        return self.estimator.predict_table(table, self.inputs, batch_size=batch_size)
+        if isinstance(self.estimator, MemberScoring):
+            members = self.estimator.member_scores(table, self.inputs, batch_size=batch_size)
+            return self.estimator.combine_scores(members), members
+        return self.estimator.predict_table(table, self.inputs, batch_size=batch_size), None
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """Decisions at the stored threshold (binary/multilabel) or the argmax class."""
@@ -89,7 +98,7 @@ class TrainedModel:
             "mode": self.mode, "task": self.task, "classes": list(self.classes),
             "preprocess": dataclasses.asdict(self.preprocess), "has_stats": bool(self.stats),
             "thresholds": _jsonable(self.thresholds), "threshold_method": self.threshold_method,
-            "backbone": self.backbone,
+            "backbone": self.backbone, "tta": dataclasses.asdict(self.tta),
         }
         (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return directory
@@ -113,7 +122,7 @@ class TrainedModel:
                    preprocess=PreprocessConfig(**meta["preprocess"]), stats=stats,
                    estimator=estimator, thresholds=meta.get("thresholds", {}),
                    threshold_method=meta.get("threshold_method", "youden"),
-                   backbone=meta.get("backbone", ""))
+                   backbone=meta.get("backbone", ""), tta=TTAConfig(**meta.get("tta", {})))
 
 
 def _jsonable(value):

@@ -3,6 +3,7 @@
     tfmed run experiments/pneumonia_mnist.yaml
     tfmed evaluate --model runs/pneumonia_mnist/TIMESTAMP [--data medmnist:PATH.npz#test]
     tfmed predict --model runs/pneumonia_mnist/TIMESTAMP image.png scans/ [--output out.csv]
+    tfmed ensemble runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B --output runs/combined
     tfmed validate folder:data/my_xrays
     tfmed sweep-layers experiments/pneumonia_mnist.yaml
     tfmed backbones
@@ -42,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
     predict.add_argument("images", nargs="+", help="PNG/JPEG/DICOM files or folders")
     predict.add_argument("--output", default=None, help="CSV file (default: print to stdout)")
+
+    ensemble = verbs.add_parser("ensemble", help="combine saved runs that share a split")
+    ensemble.add_argument("runs", nargs="+", help="two or more run directories (runs/NAME/TIMESTAMP)")
+    ensemble.add_argument("--output", default=None, help="new run directory (default: runs/ensemble/TIMESTAMP)")
+    ensemble.add_argument("--combine", default="mean",
+                          help="mean (of probabilities) or rank (averaging against each run's validation scores)")
 
     validate = verbs.add_parser("validate", help="check a data source and report every problem")
     validate.add_argument("data", help="pneumonia_mnist, medmnist:PATH.npz, manifest:CSV, folder:DIR, dicom:DIR "
@@ -132,6 +139,17 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_ensemble(args) -> int:
+    from tfmed.run.ensemble_runs import ensemble_runs
+    from tfmed.run.evaluate import load_metrics
+    from tfmed.run.reporting import summary_text
+
+    out = ensemble_runs(args.runs, args.output, args.combine)
+    print(summary_text(load_metrics(out)), flush=True)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from tfmed.data.validate import validate_table
 
@@ -172,7 +190,7 @@ def _cmd_backbones(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
+COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
             "validate": _cmd_validate, "sweep-layers": _cmd_sweep, "backbones": _cmd_backbones}
 
 if __name__ == "__main__":

@@ -23,6 +23,15 @@ from tfmed.run.rundir import new_run_dir, resolve_run_dir
 
 def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
     """The run's own test rows, re-read from its data source and ``splits.csv``."""
+    return run_split_tables(run_dir, ("test",))["test"], ExperimentConfig.from_yaml(run_dir / "config.yaml")
+
+
+def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTable]:
+    """The run's rows of each split in ``names``, re-read from its data source and ``splits.csv``.
+
+    Example:
+        >>> tables = run_split_tables(Path("runs/pneumonia_mnist/20261124-101500"), ("val", "test"))  # doctest: +SKIP
+    """
     config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
     table = load_source(config.data)
     splits = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
@@ -34,7 +43,7 @@ def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
     frame = table.frame.copy()
     frame["split"] = frame["image"].map(split_of)
     table = ImageTable(frame, table.classes, table.task, table.images, table.source)
-    return table.split("test"), config
+    return {name: table.split(name) for name in names}
 
 
 def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | Path | None = None) -> Path:

@@ -26,10 +26,11 @@ import pandas as pd
 
 from tfmed.config import EvaluationConfig, ExperimentConfig
 from tfmed.data.pipeline import ImageInputs
-from tfmed.data.preprocessing import needs_statistics
+from tfmed.data.statistics import fit_inputs
 from tfmed.data.table import ImageTable
+from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.thresholds import THRESHOLD_KEYS, select_thresholds
-from tfmed.modes import get_mode
+from tfmed.modes import Ensemble, get_mode
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.rundir import environment_info, new_run_dir
@@ -56,18 +57,6 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
     get_mode(config.model.mode).check_experiment(config, table)
 
 
-def fit_inputs(config: ExperimentConfig, train: ImageTable) -> ImageInputs:
-    """The preprocessing of ``config`` with statistics fitted on the ``train`` table when it needs them.
-
-    Example:
-        >>> inputs = fit_inputs(ExperimentConfig(), table.split("train"))  # doctest: +SKIP
-    """
-    from tfmed.data.statistics import fit_statistics
-
-    stats = fit_statistics(train, config.preprocess) if needs_statistics(config.preprocess) else None
-    return ImageInputs(config.preprocess, stats)
-
-
 def _has_all_splits(table: ImageTable) -> bool:
     present = set(table.frame["split"].dropna().unique())
     return {"train", "val", "test"} <= present
@@ -78,10 +67,15 @@ def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, va
     """Fit the configured mode on ``train``; ``val`` (optional) may steer training (early stopping)."""
     mode = get_mode(config.model.mode)
     estimator = mode.from_experiment(config, train, run_dir).fit_tables(train, val, inputs)
-    return TrainedModel(mode=mode.name, task=table.task, classes=list(table.classes),
-                        preprocess=config.preprocess, stats=inputs.stats, estimator=estimator,
+    return trained_model(config, table, inputs, estimator)
+
+
+def trained_model(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs, estimator) -> TrainedModel:
+    """The artifact of a fitted ``estimator`` with the experiment's preprocessing and test-time views."""
+    return TrainedModel(mode=estimator.name, task=table.task, classes=list(table.classes),
+                        preprocess=inputs.preprocess, stats=inputs.stats, estimator=estimator,
                         threshold_method=THRESHOLD_KEYS[config.evaluation.threshold],
-                        backbone=config.model.backbone)
+                        backbone=config.model.backbone, tta=config.tta)
 
 
 def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,
@@ -121,19 +115,31 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
         log(f"{len(table.excluded)} bad rows excluded (listed in excluded_rows.csv)")
 
     train, val, test = table.split("train"), table.split("val"), table.split("test")
-    inputs = fit_inputs(config, train)
+    inputs = fit_inputs(config.preprocess, train, config.tta)
     fold_summary = None
     if config.split.method == "kfold":
-        fold_summary = run_folds(config, table, inputs, run_dir)
+        fold_summary, fold_models = run_folds(config, table, inputs, run_dir)
         train = _merge(train, val)
-    # k-fold refits on train+val, so no rows are left for early stopping.
-    model = fit_model(config, table, train, None if fold_summary is not None else val, inputs, run_dir)
+        if config.split.final == "bag":
+            log(f"keeping the {len(fold_models)} fold models; their mean scores the test split")
+            model = trained_model(config, table, inputs, Ensemble.of_fitted(
+                [m.estimator for m in fold_models], [f"fold_{k + 1}" for k in range(len(fold_models))], table.task))
+        else:  # refit on train+val, so no rows are left for early stopping
+            model = fit_model(config, table, train, None, inputs, run_dir)
+    else:
+        model = fit_model(config, table, train, val, inputs, run_dir)
 
-    # With k-fold the final model is refit on train+val, so validation is not held out any
-    # more: thresholds then come from the pooled out-of-fold scores instead.
+    # With k-fold validation is not held out any more (it is part of the folds): thresholds
+    # then come from the pooled out-of-fold scores instead.
     parts = {"test": test} if fold_summary is not None else {"val": val, "test": test}
-    log(f"scoring {', '.join(parts)} split(s)")
-    scores = {name: model.predict(part) for name, part in parts.items() if len(part)}
+    views = f" in {config.tta.view_count()} test-time views" if config.tta.enabled else ""
+    log(f"scoring {', '.join(parts)} split(s){views}")
+    scores, member_scores = {}, {}
+    for name, part in parts.items():
+        if len(part):
+            scores[name], members = model.predict_with_members(part)
+            if members is not None:
+                member_scores[name] = members
     if fold_summary is not None:
         model.thresholds = fold_summary.pop("thresholds")
     else:
@@ -145,8 +151,12 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
                "backbone": config.model.backbone, "thresholds": model.thresholds,
                "threshold_method": model.threshold_method,
                "counts": split_counts(table), "splits": {}}
+    metrics["tta_views"] = config.tta.view_count()
     for name, split_scores in scores.items():
         metrics["splits"][name] = evaluate_split(model, parts[name], split_scores, config.evaluation)
+    if member_scores:
+        metrics["members"] = {name: compare_to_members(model.task, parts[name].labels(), scores[name], members)
+                              for name, members in member_scores.items()}
     if fold_summary is not None:
         metrics["kfold"] = fold_summary
     if config.model.finetune.hierarchy and model.task == "multiclass":
@@ -154,7 +164,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     metrics["seconds"] = round(time.time() - started, 1)
     from tfmed.run.reporting import write_run_outputs
 
-    write_run_outputs(run_dir, config, model, parts, scores, metrics)
+    write_run_outputs(run_dir, config, model, parts, scores, metrics, member_scores)
     log(f"done in {metrics['seconds']:.0f} s: {run_dir / 'report.html'}")
     return run_dir
 
@@ -173,19 +183,22 @@ def coarse_metrics(mapping: dict, model: TrainedModel, parts: dict, scores: dict
     return result
 
 
-def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs, run_dir: Path) -> dict:
-    """Stratified group k-fold over train+val: per-fold metrics and pooled out-of-fold scores."""
+def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
+              run_dir: Path) -> tuple[dict, list[TrainedModel]]:
+    """Stratified group k-fold over train+val: the summary (per-fold AUC, pooled out-of-fold AUC,
+    thresholds from the out-of-fold scores) and the k fold models."""
     from tfmed.data.splits import kfold_indices
     from tfmed.evaluation.metrics import evaluate
 
     trainval = _merge(table.split("train"), table.split("val"))
     oof = None
-    fold_aucs = []
+    fold_aucs, models = [], []
     for k, (fit_rows, held_rows) in enumerate(kfold_indices(trainval, config.split.folds, config.split.seed)):
         log(f"fold {k + 1}/{config.split.folds}: {len(fit_rows)} train, {len(held_rows)} held out")
         fit_part, held_part = trainval.subset(fit_rows), trainval.subset(held_rows)
         # the held-out fold only measures: it never drives early stopping
         model = fit_model(config, table, fit_part, None, inputs, None)
+        models.append(model)
         held_scores = model.predict(held_part)
         if oof is None:
             oof = np.zeros((len(trainval),) + held_scores.shape[1:])
@@ -198,12 +211,13 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs, 
                   "oof_score": list(map(str, oof.tolist()))}).to_csv(run_dir / "oof_predictions.csv",
                                                                       index=False)
     aucs = np.array([a for a in fold_aucs if a is not None], dtype=float)
-    return {"folds": config.split.folds, "fold_auc": fold_aucs,
-            "auc_mean": float(aucs.mean()) if len(aucs) else None,
-            "auc_sd": float(aucs.std(ddof=1)) if len(aucs) > 1 else None,
-            "pooled_oof_auc": _auc(pooled),
-            "thresholds": select_thresholds(table.task, y, oof, config.evaluation.target_sensitivity,
-                                            config.evaluation.target_specificity)}
+    summary = {"folds": config.split.folds, "final": config.split.final, "fold_auc": fold_aucs,
+               "auc_mean": float(aucs.mean()) if len(aucs) else None,
+               "auc_sd": float(aucs.std(ddof=1)) if len(aucs) > 1 else None,
+               "pooled_oof_auc": _auc(pooled),
+               "thresholds": select_thresholds(table.task, y, oof, config.evaluation.target_sensitivity,
+                                               config.evaluation.target_specificity)}
+    return summary, models
 
 
 def _auc(metrics: dict):

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.data.table import ImageTable
+from tfmed.evaluation.comparison import comparison_sentences
 from tfmed.evaluation.metrics import to_jsonable
 from tfmed.evaluation.plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot,
                                     roc_plot)
@@ -123,9 +124,28 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
     return out / "report.html"
 
 
+def write_member_scores_csv(path: Path, parts: dict[str, ImageTable], member_scores: dict) -> Path:
+    """``member_scores.csv``: split, image and one column per ensemble member (a list per image
+    for multiclass and multilabel scores).
+
+    Example:
+        >>> write_member_scores_csv(Path("out/member_scores.csv"), parts, {"test": {"a": scores}})  # doctest: +SKIP
+    """
+    frames = []
+    for split, members in member_scores.items():
+        frame = pd.DataFrame({"split": split, "image": parts[split].frame["image"].to_numpy()})
+        for name, values in members.items():
+            values = np.asarray(values)
+            frame[name] = values if values.ndim == 1 else [str(v) for v in np.round(values, 6).tolist()]
+        frames.append(frame)
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+    return path
+
+
 def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable], scores: dict,
-                      metrics: dict) -> Path:
-    """All outputs of a training run (see :func:`write_outputs`)."""
+                      metrics: dict, member_scores: dict | None = None) -> Path:
+    """All outputs of a training run (see :func:`write_outputs`); with an ensemble also
+    ``member_scores.csv`` and, in the report, each member beside the combination."""
     estimator = model.estimator
     history, boundaries = None, None
     if getattr(estimator, "history_", None):  # modes that train by epochs keep their history
@@ -137,13 +157,20 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
              "image size": config.preprocess.image_size, "intensity": config.preprocess.intensity,
              "threshold method": model.threshold_method}
     facts.update(estimator.report_facts())
+    facts["test-time views"] = metrics.get("tta_views", 1)
     notes = [THRESHOLD_NOTE]
     if "kfold" in metrics:
         k = metrics["kfold"]
+        final = ("the final model was refit on train+val" if k.get("final", "refit") == "refit"
+                 else f"the {k['folds']} fold models were kept and their mean score")
         notes = [f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- "
                  f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC "
                  f"{_fmt(k['pooled_oof_auc'])}. Thresholds were chosen on the pooled out-of-fold scores; "
-                 "the final model was refit on train+val and measured once on test."]
+                 f"{final} was measured once on test."]
+    if member_scores:
+        write_member_scores_csv(run_dir / "member_scores.csv", parts, member_scores)
+        for split, comparison in metrics.get("members", {}).items():
+            notes += comparison_sentences(comparison, split)
     excluded = to_jsonable(parts["test"].excluded.astype(str).to_dict("records")) \
         if len(parts["test"].excluded) else []
     return write_outputs(run_dir, title=f"{config.name}", source=str(config.data.source), model=model,

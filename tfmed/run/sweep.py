@@ -18,7 +18,8 @@ from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.modes import FeatureSVM, get_mode
 from tfmed.modes.sweep import format_sweep, save_sweep, sweep_layers
 from tfmed.progress import log
-from tfmed.run.experiment import fit_inputs, prepare_data
+from tfmed.data.statistics import fit_inputs
+from tfmed.run.experiment import prepare_data
 from tfmed.run.rundir import environment_info, new_run_dir
 
 DEFAULT_TAPS = ("early", "middle", "late")
@@ -35,7 +36,7 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
         raise ConfigError(f"{config.name}: sweep-layers reports sensitivity/specificity and needs a "
                           f"binary task, but the data is {table.task}")
     train, val = table.split("train"), table.split("val")
-    inputs = fit_inputs(config, train)
+    inputs = fit_inputs(config.preprocess, train, config.tta)
     x_train, y_train = inputs.arrays(train)
     x_val, y_val = inputs.arrays(val)
     template = FeatureSVM.from_experiment(config, train, None)

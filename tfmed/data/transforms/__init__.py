@@ -22,13 +22,14 @@ Example:
 """
 from tfmed.data.transforms.base import (PIXEL_MAX, Compose, RandomApply, ToChannels, Transform,
                                         TransformError)
-from tfmed.data.transforms.intensity import (CLAHE, IMAGENET_MEAN, IMAGENET_STD, CTWindow, MinMax,
+from tfmed.data.transforms.intensity import (CLAHE, IMAGENET_MEAN, IMAGENET_STD, CTWindow, Gamma, MinMax,
                                              MinMaxRange, RandomBrightness, RandomContrast, Standardize,
                                              SubtractMeanImage, ToImagenetPixels, window_hu)
-from tfmed.data.transforms.spatial import (RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize,
-                                           rotate)
+from tfmed.data.transforms.spatial import (CentralZoom, Flip, RandomCrop, RandomFlip, RandomRot90,
+                                           RandomRotation, Resize, Rotate, Shift, rotate)
 
-__all__ = ["CLAHE", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MAX", "CTWindow", "Compose", "MinMax", "MinMaxRange",
-           "RandomApply", "RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomRot90",
-           "RandomRotation", "Resize", "Standardize", "SubtractMeanImage", "ToChannels", "ToImagenetPixels",
-           "Transform", "TransformError", "rotate", "window_hu"]
+__all__ = ["CLAHE", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MAX", "CTWindow", "CentralZoom", "Compose", "Flip",
+           "Gamma", "MinMax", "MinMaxRange", "RandomApply", "RandomBrightness", "RandomContrast", "RandomCrop",
+           "RandomFlip", "RandomRot90", "RandomRotation", "Resize", "Rotate", "Shift", "Standardize",
+           "SubtractMeanImage", "ToChannels", "ToImagenetPixels", "Transform", "TransformError", "rotate",
+           "window_hu"]

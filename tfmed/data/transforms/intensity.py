@@ -1,4 +1,4 @@
-"""Intensity transforms: min-max, train-statistics normalisers, CT windows, brightness, contrast, CLAHE.
+"""Intensity transforms: min-max, train-statistics normalisers, CT windows, brightness, contrast, CLAHE, gamma.
 
 Example:
     >>> import numpy as np
@@ -267,3 +267,21 @@ class CLAHE(Transform):
         out = tf.numpy_function(self._numpy, [image], tf.float32, stateful=False)
         out.set_shape(image.shape)
         return out
+
+
+class Gamma(Transform):
+    """Gamma curve on the pixel scale: ``255 * (x / 255) ** gamma``, ``x`` clipped to [0, 255] first.
+
+    Example:
+        >>> [round(v, 2) for v in Gamma(2.0)(tf.constant([[[255.0], [64.0], [-3.0]]])).numpy().ravel().tolist()]
+        [255.0, 16.06, 0.0]
+    """
+
+    def __init__(self, gamma: float):
+        if not (math.isfinite(float(gamma)) and float(gamma) > 0):
+            raise TransformError(f"Gamma needs a finite gamma > 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def __call__(self, image, seed=None):
+        image = tf.clip_by_value(as_image(image), 0.0, PIXEL_MAX)
+        return PIXEL_MAX * tf.pow(image / PIXEL_MAX, self.gamma)

@@ -1,4 +1,5 @@
-"""Spatial transforms: resize (plain or padded), flips, 90-degree turns, crops, rotation.
+"""Spatial transforms: resize (plain or padded), flips, 90-degree turns, crops, rotation, and the
+fixed shifts, rotations, zoom and flips of test-time augmentation (:mod:`tfmed.data.tta`).
 
 Example:
     >>> import tensorflow as tf
@@ -168,3 +169,96 @@ def rotate(image, angle) -> tf.Tensor:
         fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
     out.set_shape(image.shape)
     return out
+
+
+def _projective(image, transform, interpolation: str = "BILINEAR") -> tf.Tensor:
+    """Sample ``image`` at ``transform`` (8 values mapping output (x, y) to input), zeros outside."""
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[tf.newaxis], transforms=tf.cast(transform, tf.float32)[tf.newaxis],
+        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation=interpolation, fill_mode="CONSTANT")[0]
+    out.set_shape(image.shape)
+    return out
+
+
+class Shift(Transform):
+    """Move the image ``dx`` pixels right and ``dy`` pixels down (negative: left, up); zeros fill.
+
+    Example:
+        >>> Shift(dx=1)(tf.reshape(tf.range(4.0), (1, 4, 1))).numpy().ravel().tolist()
+        [0.0, 0.0, 1.0, 2.0]
+    """
+
+    def __init__(self, dx: float = 0, dy: float = 0):
+        if not (math.isfinite(float(dx)) and math.isfinite(float(dy))):
+            raise TransformError(f"Shift needs finite dx, dy, got dx={dx}, dy={dy}")
+        self.dx, self.dy = dx, dy
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        # Output pixel (x, y) samples input (x - dx, y - dy).
+        return _projective(image, [1.0, 0.0, -float(self.dx), 0.0, 1.0, -float(self.dy), 0.0, 0.0])
+
+
+class Rotate(Transform):
+    """Rotate about the centre by ``degrees``, counter-clockwise as displayed (as :func:`rotate`).
+
+    Example:
+        >>> img = tf.reshape(tf.range(9, dtype=tf.float32), (3, 3, 1))
+        >>> [round(v) for v in Rotate(180)(img).numpy().ravel().tolist()]
+        [8, 7, 6, 5, 4, 3, 2, 1, 0]
+    """
+
+    def __init__(self, degrees: float):
+        if not math.isfinite(float(degrees)):
+            raise TransformError(f"Rotate needs a finite angle in degrees, got {degrees}")
+        self.degrees = degrees
+
+    def __call__(self, image, seed=None):
+        return rotate(image, tf.constant(math.radians(float(self.degrees)), tf.float32))
+
+
+class CentralZoom(Transform):
+    """Crop the centre keeping ``keep_fraction`` of each side (rounded to pixels), resize back, bilinear.
+
+    Example:
+        >>> ring = tf.pad(tf.ones((4, 4, 1)), [[1, 1], [1, 1], [0, 0]])  # 6 x 6, a zero border
+        >>> float(tf.reduce_min(CentralZoom(4 / 6)(ring))), tuple(CentralZoom(0.5)(ring).shape)
+        (1.0, (6, 6, 1))
+    """
+
+    def __init__(self, keep_fraction: float):
+        if not 0 < float(keep_fraction) <= 1:
+            raise TransformError(f"CentralZoom keep_fraction must be in (0, 1], got {keep_fraction}")
+        self.keep_fraction = float(keep_fraction)
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        size = tf.shape(image)[:2]
+        crop = tf.maximum(tf.cast(tf.round(self.keep_fraction * tf.cast(size, tf.float32)), tf.int32), 1)
+        top_left = (size - crop) // 2
+        cropped = image[top_left[0]:top_left[0] + crop[0], top_left[1]:top_left[1] + crop[1]]
+        out = tf.image.resize(cropped, size, method="bilinear")
+        out.set_shape(image.shape)
+        return out
+
+
+class Flip(Transform):
+    """Flip left-right (``horizontal``) and/or up-down (``vertical``), always.
+
+    Example:
+        >>> Flip(horizontal=True)(tf.reshape(tf.range(3.0), (1, 3, 1))).numpy().ravel().tolist()
+        [2.0, 1.0, 0.0]
+    """
+
+    def __init__(self, horizontal: bool = False, vertical: bool = False):
+        if not (horizontal or vertical):
+            raise TransformError("Flip needs horizontal=True and/or vertical=True")
+        self.horizontal, self.vertical = bool(horizontal), bool(vertical)
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        if self.horizontal:
+            image = tf.reverse(image, axis=[1])
+        if self.vertical:
+            image = tf.reverse(image, axis=[0])
+        return image

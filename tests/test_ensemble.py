@@ -1,0 +1,251 @@
+"""Ensembles: combination rules, ensemble mode end to end, k-fold bagging, ``tfmed ensemble``."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from tfmed.config import ConfigError, ExperimentConfig
+from tfmed.evaluation.comparison import compare_to_members
+from tfmed.evaluation.thresholds import select_thresholds
+from tfmed.modes import Ensemble
+from tfmed.modes.combine import ScoreCombiner
+from tfmed.run.artifact import TrainedModel
+from tfmed.run.cli import main
+from tfmed.run.evaluate import evaluate_run, load_metrics
+from tfmed.run.experiment import run_experiment
+
+from test_experiment import _small, _tiny_medmnist
+
+ROOT = Path(__file__).resolve().parent.parent
+RNG = np.random.default_rng(0)
+
+
+# ------------------------------------------------------------------ combination rules
+def test_mean_is_the_average_of_member_probabilities():
+    a, b = RNG.uniform(size=20), RNG.uniform(size=20)
+    assert np.allclose(ScoreCombiner("mean", "binary").combine([a, b]), (a + b) / 2)
+    p, q = RNG.dirichlet([1, 1, 1], 5), RNG.dirichlet([1, 1, 1], 5)
+    assert np.allclose(ScoreCombiner("mean", "multiclass").combine([p, q]), (p + q) / 2)
+
+
+def test_rank_averages_quantiles_among_each_members_reference_scores():
+    ref_a, ref_b = np.array([0.1, 0.2, 0.3, 0.4]), np.array([10.0, 20.0, 30.0, 40.0])
+    combiner = ScoreCombiner("rank", "binary").fit([ref_a, ref_b], np.array([0, 0, 1, 1]))
+    # 0.25 lies above 2 of 4 reference scores (quantile 0.5); 40 ties the top one (quantile 0.875)
+    out = combiner.combine([np.array([0.25, 0.05]), np.array([40.0, 5.0])])
+    assert out.tolist() == pytest.approx([(0.5 + 0.875) / 2, 0.0])
+    # a member on another scale counts as much as one on the probability scale
+    assert ScoreCombiner("rank", "binary").fit([ref_a, ref_b * 100], [0, 0, 1, 1]).combine(
+        [np.array([0.25]), np.array([4000.0])]).tolist() == pytest.approx(out[:1].tolist())
+
+
+def test_rank_is_refused_for_multiclass():
+    with pytest.raises(ConfigError, match="binary and multilabel"):
+        ScoreCombiner("rank", "multiclass")
+
+
+def test_stacking_is_a_logistic_regression_on_member_logits():
+    y = RNG.integers(0, 2, 60)
+    a = np.clip(y * 0.6 + RNG.uniform(0, 0.4, 60), 0.01, 0.99)
+    b = np.clip(RNG.uniform(size=60), 0.01, 0.99)
+    combiner = ScoreCombiner("stacking", "binary").fit([a, b], y)
+    logits = np.column_stack([np.log(a / (1 - a)), np.log(b / (1 - b))])
+    expected = LogisticRegression(C=1.0, max_iter=1000).fit(logits, y).predict_proba(logits)[:, 1]
+    assert np.allclose(combiner.combine([a, b]), expected, atol=1e-6)
+    assert abs(combiner.coef_[0, 0]) > abs(combiner.coef_[0, 1])  # the informative member weighs more
+
+
+def test_fitted_combiners_round_trip_through_plain_json():
+    y = RNG.integers(0, 2, 30)
+    members = [RNG.uniform(0.05, 0.95, 30), RNG.uniform(0.05, 0.95, 30)]
+    for rule in ("rank", "stacking"):
+        combiner = ScoreCombiner(rule, "binary").fit(members, y)
+        again = ScoreCombiner.from_state(json.loads(json.dumps(combiner.state())))
+        assert np.array_equal(again.combine(members), combiner.combine(members))
+
+
+def test_unfitted_rank_or_stacking_says_what_to_do():
+    with pytest.raises(ConfigError, match="not fitted"):
+        ScoreCombiner("stacking", "binary").combine([np.ones(3), np.ones(3)])
+
+
+def test_comparison_reports_member_auc_and_paired_delong_p():
+    y = np.array([0, 1] * 30)
+    strong = y * 0.5 + RNG.uniform(0, 0.6, 60)
+    weak = RNG.uniform(size=60)
+    result = compare_to_members("binary", y, strong, {"weak": weak, "same": strong})
+    assert result["same"]["difference"] == 0.0 and result["same"]["p_value"] == 1.0
+    assert result["weak"]["difference"] > 0.2 and result["weak"]["p_value"] < 0.01
+
+
+# ------------------------------------------------------------------ configuration
+def _ensemble_dict(source: str, tmp_path: Path, combine: str = "mean", **extra) -> dict:
+    ensemble = {"combine": combine, "members": [
+        {"name": "middle", "mode": "svm", "svm": {"taps": ["middle"], "C": [1.0], "cv": 3}},
+        {"name": "late48", "mode": "svm", "svm": {"taps": ["late"], "C": [1.0], "cv": 3},
+         "preprocess": {"image_size": 48}}]}
+    if combine != "mean":
+        ensemble["folds"] = 3
+    return {"name": f"ens_{combine}", "data": {"source": source}, "preprocess": {"image_size": 32},
+            "runs_dir": str(tmp_path / "runs"), "model": {"mode": "ensemble", "ensemble": ensemble}, **extra}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"members": [{"mode": "svm"}]}, "at least 2"),
+    ({"members": [{"name": "a", "mode": "svm"}, {"name": "a", "mode": "svm"}]}, "distinct name"),
+    ({"members": [{"mode": "svm", "finetune": {"dropout": 0.5}}, {"mode": "finetune"}]},
+     r"members\[0\].*model.finetune.dropout is set"),
+    ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "folds": 3}, "only combine: rank and stacking"),
+    ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "combine": "vote"}, "allowed: mean, rank, stacking"),
+])
+def test_bad_ensemble_settings_name_the_key(change, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": change}})
+
+
+def test_experiment_sections_no_member_reads_are_rejected():
+    members = [{"name": "a", "mode": "svm"}, {"name": "b", "mode": "svm"}]
+    with pytest.raises(ConfigError, match="no ensemble member uses the experiment's augment"):
+        ExperimentConfig.from_dict({"augment": {"hflip": True},
+                                    "model": {"mode": "ensemble", "ensemble": {"members": members}}})
+
+
+def test_members_inherit_what_they_leave_out():
+    config = ExperimentConfig.from_dict({"preprocess": {"image_size": 64}, "augment": {"brightness": 0.1},
+                                         "model": {"mode": "ensemble", "backbone": "efficientnet_lite1",
+                                                   "ensemble": {"members": [
+                                                       {"mode": "svm"},
+                                                       {"mode": "finetune", "preprocess": {"image_size": 96}}]}}})
+    svm, tune = config.member_experiment(0), config.member_experiment(1)
+    assert (svm.model.backbone, svm.preprocess.image_size, svm.augment.brightness) == ("efficientnet_lite1", 64, 0.0)
+    assert (tune.preprocess.image_size, tune.augment.brightness) == (96, 0.1)
+
+
+def test_bagging_needs_kfold():
+    with pytest.raises(ConfigError, match="split.final.*needs split.method: kfold"):
+        ExperimentConfig.from_dict({"split": {"final": "bag"}})
+
+
+# ------------------------------------------------------------------ ensemble mode end to end
+@pytest.fixture(scope="module")
+def tiny_source(tmp_path_factory):
+    return f"medmnist:{_tiny_medmnist(tmp_path_factory.mktemp('tiny'))}"
+
+
+@pytest.fixture(scope="module")
+def mean_run(tiny_source, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("mean")
+    return run_experiment(ExperimentConfig.from_dict(_ensemble_dict(tiny_source, tmp_path)))
+
+
+@pytest.mark.slow
+def test_ensemble_scores_are_the_mean_of_member_scores_and_thresholds_come_from_val(mean_run):
+    members = pd.read_csv(mean_run / "member_scores.csv")
+    predictions = pd.read_csv(mean_run / "predictions.csv")
+    assert list(members.columns) == ["split", "image", "middle", "late48"]
+    assert np.allclose(predictions["score"], (members["middle"] + members["late48"]) / 2)
+    metrics = load_metrics(mean_run)
+    val = predictions[predictions["split"] == "val"]
+    expected = select_thresholds("binary", val["label"].to_numpy(), val["score"].to_numpy())
+    assert metrics["thresholds"]["youden"] == pytest.approx(expected["youden"])
+    for split in ("val", "test"):
+        for name in ("middle", "late48"):
+            entry = metrics["members"][split][name]
+            assert 0 <= entry["p_value"] <= 1 and entry["ensemble_auc"] is not None
+    report = (mean_run / "report.html").read_text()
+    assert "paired DeLong p" in report and "late48" in report
+
+
+@pytest.mark.slow
+def test_saved_ensemble_reproduces_its_test_metrics(mean_run, tmp_path):
+    model = TrainedModel.load(mean_run)
+    assert isinstance(model.estimator, Ensemble) and model.estimator.member_names == ["middle", "late48"]
+    assert model.estimator.members[1].inputs.preprocess.image_size == 48  # its own preprocessing survives
+    out = evaluate_run(mean_run, output=tmp_path / "again")
+    assert load_metrics(out)["splits"]["test"] == load_metrics(mean_run)["splits"]["test"]
+
+
+@pytest.mark.slow
+def test_stacking_is_fitted_on_out_of_fold_training_scores_only(tiny_source, tmp_path, monkeypatch):
+    seen = {}
+    original = ScoreCombiner.fit
+
+    def spy(self, scores, y):
+        seen["n"], seen["y"] = len(y), np.asarray(y)
+        return original(self, scores, y)
+
+    monkeypatch.setattr(ScoreCombiner, "fit", spy)
+    run = run_experiment(ExperimentConfig.from_dict(_ensemble_dict(tiny_source, tmp_path, "stacking")))
+    splits = pd.read_csv(run / "splits.csv")
+    train_labels = splits.loc[splits["split"] == "train", "label"].to_numpy()
+    assert seen["n"] == len(train_labels) and np.array_equal(seen["y"], train_labels)
+    state = json.loads((run / "model/estimator/ensemble.json").read_text())
+    assert len(state["combiner"]["coef"][0]) == 2
+
+
+# ------------------------------------------------------------------ k-fold bagging
+@pytest.mark.slow
+def test_kfold_bagging_averages_the_fold_models_on_test(tiny_source, tmp_path):
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config.data.source = tiny_source
+    config.split.method, config.split.folds, config.split.final = "kfold", 3, "bag"
+    run = run_experiment(config)
+    members = pd.read_csv(run / "member_scores.csv")
+    assert list(members.columns) == ["split", "image", "fold_1", "fold_2", "fold_3"]
+    predictions = pd.read_csv(run / "predictions.csv")
+    assert np.allclose(predictions["score"], members[["fold_1", "fold_2", "fold_3"]].mean(axis=1))
+    metrics = load_metrics(run)
+    assert metrics["kfold"]["final"] == "bag" and list(metrics["splits"]) == ["test"]
+
+
+# ------------------------------------------------------------------ tfmed ensemble
+@pytest.fixture(scope="module")
+def two_runs(tiny_source, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("two")
+    runs = []
+    for name, taps in (("middle", ["middle"]), ("late", ["late"])):
+        config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+        config.name, config.data.source, config.model.svm.taps = name, tiny_source, taps
+        runs.append(run_experiment(config))
+    return runs
+
+
+@pytest.mark.slow
+def test_tfmed_ensemble_combines_saved_runs_and_rechooses_thresholds_on_val(two_runs, tmp_path, capsys):
+    out = tmp_path / "combined"
+    assert main(["ensemble", *map(str, two_runs), "--output", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    saved = [pd.read_csv(run / "predictions.csv") for run in two_runs]
+    combined = pd.read_csv(out / "predictions.csv")
+    assert np.allclose(combined["score"], (saved[0]["score"] + saved[1]["score"]) / 2)
+    metrics = load_metrics(out)
+    val = combined[combined["split"] == "val"]
+    assert metrics["thresholds"]["youden"] == pytest.approx(
+        select_thresholds("binary", val["label"].to_numpy(), val["score"].to_numpy())["youden"])
+    assert set(metrics["members"]["test"]) == {"middle", "late"}
+    config = ExperimentConfig.from_yaml(out / "config.yaml")
+    assert config.model.mode == "ensemble" and len(config.model.ensemble.members) == 2
+    # the combined run is a run like any other: evaluate reproduces its test metrics
+    again = evaluate_run(out, output=tmp_path / "evaluated")
+    assert load_metrics(again)["splits"]["test"] == metrics["splits"]["test"]
+
+
+@pytest.mark.slow
+def test_tfmed_ensemble_refuses_runs_on_different_splits(two_runs, tiny_source, tmp_path, capsys):
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config.data.source, config.split.seed = tiny_source, 7
+    other = run_experiment(config)
+    assert main(["ensemble", str(two_runs[0]), str(other), "--output", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    assert "does not share the split" in error and str(other) in error and "row " in error
+    assert not (tmp_path / "x" / "model").exists()
+
+
+def test_tfmed_ensemble_refuses_stacking_and_a_single_run(tmp_path, capsys):
+    assert main(["ensemble", "a", "b", "--combine", "stacking", "--output", str(tmp_path / "x")]) == 2
+    assert "out-of-fold training scores" in capsys.readouterr().err
+    assert main(["ensemble", str(tmp_path), "--output", str(tmp_path / "y")]) == 2
+    assert "not a tfmed run directory" in capsys.readouterr().err

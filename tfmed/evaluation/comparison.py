@@ -1,0 +1,98 @@
+"""An ensemble beside its members: each member's AUC and the paired DeLong test against the combination.
+
+Binary tasks get one paired DeLong test (DeLong et al. 1988) per member, on the
+same images; multilabel tasks one per member and label; multiclass tasks the
+macro one-vs-rest AUC of each member beside the combination's (DeLong's test
+compares two binary ROC curves, so no p-value there).
+
+Example:
+    >>> import numpy as np
+    >>> y = np.array([0, 0, 1, 1, 0, 1])
+    >>> combined = np.array([0.1, 0.3, 0.8, 0.9, 0.2, 0.7])
+    >>> result = compare_to_members("binary", y, combined, {"a": np.array([0.1, 0.6, 0.5, 0.9, 0.2, 0.7])})
+    >>> result["a"]["auc"], result["a"]["ensemble_auc"]
+    (0.889, 1.0)
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from tfmed.evaluation.intervals import EvaluationError, delong_test
+
+
+def compare_to_members(task: str, y, combined, members: dict[str, np.ndarray]) -> dict:
+    """Per member: its AUC, the combination's AUC, their difference and the DeLong p-value.
+
+    ``difference`` is the combination's AUC minus the member's; a small
+    ``p_value`` says the two AUCs differ beyond chance on these images. Values
+    are rounded to 3 (AUC) and 4 (p) decimals; None where a split has a single
+    class and no AUC exists.
+    """
+    y = np.asarray(y)
+    combined = np.asarray(combined, dtype=float)
+    out = {}
+    for name, scores in members.items():
+        scores = np.asarray(scores, dtype=float)
+        if task == "binary":
+            out[name] = _binary(y, combined, scores)
+        elif task == "multilabel":
+            per_label = [_binary(y[:, j], combined[:, j], scores[:, j]) for j in range(y.shape[1])]
+            out[name] = {key: [entry[key] for entry in per_label] for key in per_label[0]}
+        else:
+            member_auc, ensemble_auc = _macro_auc(y, scores), _macro_auc(y, combined)
+            out[name] = {"macro_auc": member_auc, "ensemble_macro_auc": ensemble_auc,
+                         "difference": None if None in (member_auc, ensemble_auc)
+                         else round(ensemble_auc - member_auc, 3),
+                         "p_value": None}
+    return out
+
+
+def comparison_sentences(comparison: dict, split: str) -> list[str]:
+    """One plain sentence per member for the report.
+
+    Example:
+        >>> comparison_sentences({"a": {"auc": 0.9, "ensemble_auc": 0.95, "difference": 0.05,
+        ...                             "p_value": 0.01}}, "test")
+        ['test: ensemble AUC 0.950 vs member a 0.900 (difference +0.050, paired DeLong p = 0.0100).']
+    """
+    lines = []
+    for name, entry in comparison.items():
+        if "auc" in entry and not isinstance(entry["auc"], list):
+            if entry["auc"] is None:
+                lines.append(f"{split}: member {name}: no AUC (one class only).")
+                continue
+            lines.append(f"{split}: ensemble AUC {entry['ensemble_auc']:.3f} vs member {name} {entry['auc']:.3f} "
+                         f"(difference {entry['difference']:+.3f}, paired DeLong p = {entry['p_value']:.4f}).")
+        elif "macro_auc" in entry:
+            lines.append(f"{split}: ensemble macro AUC {_text(entry['ensemble_macro_auc'])} vs member {name} "
+                         f"{_text(entry['macro_auc'])} (no paired test for multiclass).")
+        else:
+            pairs = ", ".join(f"{_text(a)}/{_text(e)} (p {_text(p, 4)})"
+                              for a, e, p in zip(entry["auc"], entry["ensemble_auc"], entry["p_value"]))
+            lines.append(f"{split}: member {name} vs ensemble AUC per label: {pairs}.")
+    return lines
+
+
+def _binary(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
+    try:
+        result = delong_test(y, combined, scores)
+    except EvaluationError:
+        return {"auc": None, "ensemble_auc": None, "difference": None, "p_value": None}
+    return {"auc": round(result["auc_b"], 3), "ensemble_auc": round(result["auc_a"], 3),
+            "difference": round(result["diff"], 3), "p_value": round(result["p_value"], 4)}
+
+
+def _macro_auc(y: np.ndarray, proba: np.ndarray) -> float | None:
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    keep = np.isin(np.arange(proba.shape[1]), present)
+    rows = proba[:, keep] / np.clip(proba[:, keep].sum(axis=1, keepdims=True), 1e-12, None)
+    if keep.sum() == 2:
+        return round(float(roc_auc_score(y == present[1], rows[:, 1])), 3)
+    return round(float(roc_auc_score(y, rows, multi_class="ovr", labels=present)), 3)
+
+
+def _text(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,187 @@
+"""``tfmed ensemble``: combine saved runs that share a split into one ensemble run.
+
+Each run keeps its fitted model, preprocessing and test-time views; their
+saved validation and test scores (``predictions.csv``) are combined by the
+mean of the probabilities or by rank averaging (each member's score as a
+quantile among its own validation scores). Thresholds are chosen again, on the
+combined validation scores. Stacking needs out-of-fold training scores that
+saved runs do not have: use ``model.mode: ensemble`` for it.
+
+The output is a run directory like any other (``config.yaml`` describes the
+ensemble, ``model/`` holds every member), so ``tfmed evaluate`` and
+``tfmed predict`` work on it.
+
+Example:
+    >>> out = ensemble_runs(["runs/pneumonia_mnist/A", "runs/pneumonia_mnist_finetune/B"],
+    ...                     "runs/combined")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfmed.config import MODE_SECTIONS, EnsembleConfig, ExperimentConfig, MemberConfig, ModelConfig, choices
+from tfmed.data.pipeline import ImageInputs
+from tfmed.data.table import ImageTable
+from tfmed.errors import TfmedError
+from tfmed.evaluation.comparison import compare_to_members
+from tfmed.evaluation.thresholds import select_thresholds
+from tfmed.modes import Ensemble
+from tfmed.progress import log
+from tfmed.run.artifact import TrainedModel
+from tfmed.run.evaluate import load_metrics, run_split_tables
+from tfmed.run.experiment import evaluate_split, split_counts
+from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir
+
+SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
+
+
+class EnsembleRunsError(TfmedError):
+    """Saved runs cannot be combined (different splits, tasks, views or a missing validation split)."""
+
+
+def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, combine: str = "mean") -> Path:
+    """Combine saved runs into a new ensemble run directory; return it.
+
+    Args:
+        run_dirs: two or more run directories made on the same split.
+        output: the new directory (must not exist or be empty; default
+            ``runs/ensemble/TIMESTAMP``).
+        combine: "mean" or "rank".
+    """
+    if combine not in SAVED_RUN_RULES:
+        raise EnsembleRunsError(f"--combine {combine!r} is not available for saved runs; use "
+                                f"{' or '.join(SAVED_RUN_RULES)} (stacking needs out-of-fold training scores: "
+                                "use model.mode: ensemble with combine: stacking)")
+    runs = [resolve_run_dir(path) for path in run_dirs]
+    if len(runs) < 2:
+        raise EnsembleRunsError("give at least two run directories to combine")
+    configs = [ExperimentConfig.from_yaml(run / "config.yaml") for run in runs]
+    models = [TrainedModel.load(run / "model") for run in runs]
+    _check_compatible(runs, configs, models)
+    names = _member_names(runs, configs)
+
+    tables = run_split_tables(runs[0], ("val", "test"))
+    member_scores = {split: {name: _saved_scores(run, split, table, model)
+                             for name, run, model in zip(names, runs, models)}
+                     for split, table in tables.items()}
+    first = models[0]
+    estimator = Ensemble.of_fitted([m.estimator for m in models], names, first.task,
+                                   inputs=[ImageInputs(m.preprocess, m.stats) for m in models], combine=combine)
+    val_members = [member_scores["val"][name] for name in names]
+    estimator.combiner.fit(val_members, tables["val"].labels())
+    scores = {split: estimator.combine_scores(members) for split, members in member_scores.items()}
+    config = _ensemble_config(configs, names, combine, runs)
+    model = TrainedModel(mode=estimator.name, task=first.task, classes=list(first.classes),
+                         preprocess=first.preprocess, stats=first.stats, estimator=estimator,
+                         threshold_method=first.threshold_method, backbone=first.backbone, tta=first.tta)
+    model.thresholds = select_thresholds(model.task, tables["val"].labels(), scores["val"],
+                                         config.evaluation.target_sensitivity, config.evaluation.target_specificity)
+
+    out = _output_dir(output)
+    log(f"combining {len(runs)} runs ({combine}) into {out}")
+    config.to_yaml(out / "config.yaml")
+    (out / "environment.json").write_text(json.dumps(environment_info(config), indent=2))
+    shutil.copyfile(runs[0] / "splits.csv", out / "splits.csv")
+    (out / "ensemble_runs.json").write_text(json.dumps(
+        {"runs": [str(r) for r in runs], "members": names, "combine": combine}, indent=2))
+    model.save(out / "model")
+    metrics = {"task": model.task, "classes": model.classes, "mode": model.mode, "backbone": model.backbone,
+               "thresholds": model.thresholds, "threshold_method": model.threshold_method,
+               "counts": {split: table.class_counts() for split, table in tables.items()},
+               "tta_views": first.tta.view_count(), "member_runs": [str(r) for r in runs], "splits": {},
+               "members": {}}
+    for split, table in tables.items():
+        metrics["splits"][split] = evaluate_split(model, table, scores[split], config.evaluation)
+        metrics["members"][split] = compare_to_members(model.task, table.labels(), scores[split],
+                                                       member_scores[split])
+    from tfmed.run.reporting import write_run_outputs
+
+    write_run_outputs(out, config, model, tables, scores, metrics, member_scores)
+    return out
+
+
+def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models: list[TrainedModel]) -> None:
+    reference = pd.read_csv(runs[0] / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+    for run, config, model in zip(runs, configs, models):
+        if config.model.mode not in choices(MemberConfig, "mode"):
+            raise EnsembleRunsError(f"{run} is itself a {config.model.mode} run; combine the runs it is made of, "
+                                    "or list its members in one model.mode: ensemble experiment")
+        if config.split.method == "kfold":
+            raise EnsembleRunsError(f"{run} used split.method kfold, so it has no validation scores to choose "
+                                    "thresholds on; combine runs made with a validation split")
+        splits = pd.read_csv(run / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+        if len(splits) != len(reference) or not splits.equals(reference):
+            differ = _first_difference(reference, splits)
+            raise EnsembleRunsError(f"{run} does not share the split of {runs[0]} ({differ}); only runs made on "
+                                    "the same data with the same split can be combined")
+        if (model.task, list(model.classes)) != (models[0].task, list(models[0].classes)):
+            raise EnsembleRunsError(f"{run} is a {model.task} model of classes {model.classes}, but {runs[0]} "
+                                    f"is {models[0].task} of {models[0].classes}")
+        if model.tta != models[0].tta:
+            raise EnsembleRunsError(f"{run} and {runs[0]} use different test-time augmentation (tta) settings; "
+                                    "combine runs with the same tta section")
+
+
+def _first_difference(reference: pd.DataFrame, other: pd.DataFrame) -> str:
+    if len(reference) != len(other):
+        return f"{len(other)} rows against {len(reference)}"
+    row = int(np.flatnonzero((reference.to_numpy() != other.to_numpy()).any(axis=1))[0])
+    return (f"row {row + 1}: {other.iloc[row]['image']} in {other.iloc[row]['split']}, against "
+            f"{reference.iloc[row]['image']} in {reference.iloc[row]['split']}")
+
+
+def _member_names(runs: list[Path], configs: list[ExperimentConfig]) -> list[str]:
+    names = [config.name for config in configs]
+    if len(set(names)) < len(names):
+        names = [f"{config.name}_{run.name}" for config, run in zip(configs, runs)]
+    return names
+
+
+def _saved_scores(run: Path, split: str, table: ImageTable, model: TrainedModel) -> np.ndarray:
+    """The run's saved scores of ``split``, in the table's row order."""
+    frame = pd.read_csv(run / "predictions.csv", keep_default_na=False)
+    frame = frame[frame["split"] == split].set_index("id")
+    ids = table.frame["image"].astype(str)
+    missing = [i for i in ids if i not in frame.index]
+    if missing:
+        raise EnsembleRunsError(f"{run}/predictions.csv has no {split} score for {missing[0]} "
+                                f"({len(missing)} missing); was the run finished?")
+    columns = ["score"] if "score" in frame.columns else [f"score:{c}" for c in model.classes]
+    values = frame.loc[ids, columns].to_numpy(dtype=np.float64)
+    return values[:, 0] if columns == ["score"] else values
+
+
+def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine: str,
+                     runs: list[Path]) -> ExperimentConfig:
+    """An experiment that describes the combination (each run as a member with its own preprocessing)."""
+    first = configs[0]
+    members = [MemberConfig(name=name, mode=c.model.mode, backbone=c.model.backbone, weights=c.model.weights,
+                            weights_dir=c.model.weights_dir, svm=c.model.svm, finetune=c.model.finetune,
+                            preprocess=c.preprocess,
+                            augment=c.augment if "augment" in MODE_SECTIONS[c.model.mode] else None,
+                            balance=c.balance if "balance" in MODE_SECTIONS[c.model.mode] else None)
+               for name, c in zip(names, configs)]
+    model = ModelConfig(mode="ensemble", backbone=first.model.backbone, weights=first.model.weights,
+                        weights_dir=first.model.weights_dir,
+                        ensemble=EnsembleConfig(members=members, combine=combine))
+    description = (f"Ensemble ({combine}) of saved runs {', '.join(map(str, runs))}, combined with tfmed ensemble; "
+                   "rank references and thresholds come from their validation scores.")
+    return dataclasses.replace(first, name=f"{first.name}_ensemble", description=description, model=model,
+                               augment=type(first.augment)(), balance=type(first.balance)())
+
+
+def _output_dir(output: str | Path | None) -> Path:
+    if output is None:
+        return new_run_dir("runs", "ensemble")
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise EnsembleRunsError(f"{out} already exists and is not empty; runs never overwrite each other, "
+                                "choose a new --output")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
