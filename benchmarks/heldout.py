@@ -8,6 +8,10 @@ validation split, and the script prints:
 * val AUC (in-distribution, the split the threshold was chosen on);
 * with ``--oof``: the pooled out-of-fold AUC of a k-fold over train+val
   (another in-distribution estimate, less tied to one split);
+* with ``--shifted-val``: a proxy for a change of acquisition, the AUC on
+  copies of the validation images altered as another scanner or protocol
+  might alter them (gamma 0.7 and 1.4, Gaussian blur sigma 1 px, noise sd 8
+  on 0-255, a 90% central crop, contrast x0.8): mean and worst;
 * with ``--test-npz FILE``: AUC and accuracy on that MedMNIST-style file's
   ``test`` split (e.g. the official PneumoniaMNIST test file, which comes
   from a separate collection and is not shipped), accuracy both at the
@@ -20,6 +24,7 @@ they are labelled as such.
 
 Usage:
     python benchmarks/heldout.py [experiments/NAME.yaml ...] [--test-npz pneumoniamnist.npz] [--oof]
+                                 [--shifted-val]
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -80,12 +86,53 @@ def test_file_figures(run: Path, test_npz: str, out: Path) -> dict:
     return figures
 
 
+SHIFTS = {
+    "gamma 0.7": lambda x, rng: 255.0 * (x / 255.0) ** 0.7,
+    "gamma 1.4": lambda x, rng: 255.0 * (x / 255.0) ** 1.4,
+    "blur 1px": lambda x, rng: cv2.GaussianBlur(x, (0, 0), 1.0),
+    "noise 8": lambda x, rng: x + rng.normal(0, 8.0, x.shape),
+    "crop 90%": lambda x, rng: cv2.resize(x[round(0.05 * x.shape[0]):x.shape[0] - round(0.05 * x.shape[0]),
+                                            round(0.05 * x.shape[1]):x.shape[1] - round(0.05 * x.shape[1])],
+                                          x.shape[1::-1], interpolation=cv2.INTER_LINEAR),
+    "contrast 0.8": lambda x, rng: (x - x.mean()) * 0.8 + x.mean(),
+}
+
+
+def val_npz(config: ExperimentConfig) -> Path:
+    """The MedMNIST-style file holding the experiment's official validation split."""
+    source = config.data.source
+    if source == "pneumonia_mnist":
+        return ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz"
+    if source.startswith("medmnist:"):
+        return Path(source.split(":", 1)[1].split("#")[0])
+    if source == "medmnist" and config.data.path:
+        return Path(config.data.path)
+    raise SystemExit(f"--shifted-val needs a MedMNIST-style source, not {source!r}")
+
+
+def shifted_val_aucs(run: Path, config: ExperimentConfig, out: Path) -> dict:
+    """AUC on each altered copy of the validation images (the run's threshold and model unchanged)."""
+    data = np.load(val_npz(config))
+    images, labels = data["val_images"].astype(np.float64), data["val_labels"]
+    aucs = {}
+    for name, shift in SHIFTS.items():
+        rng = np.random.default_rng(0)
+        altered = np.stack([shift(image, rng) for image in images]).clip(0, 255).round().astype(np.uint8)
+        path = out / f"val_{name.replace(' ', '_').replace('%', '')}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, test_images=altered, test_labels=labels)
+        evaluation = evaluate_run(run, data=f"medmnist:{path}#test", output=path.with_suffix(""))
+        aucs[name] = auc_of(load_metrics(evaluation)["splits"]["test"])
+    return aucs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS)
     parser.add_argument("--test-npz", default=None, help="MedMNIST-style .npz with a test split")
     parser.add_argument("--oof", action="store_true", help="also run a k-fold over train+val")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--shifted-val", action="store_true", help="also score altered copies of val")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="tfmed-heldout-"))
     print(f"machine: {os.cpu_count()} CPU cores; runs under {scratch}")
@@ -98,6 +145,11 @@ def main() -> None:
         if args.oof:
             auc, oof_seconds = oof_auc(ExperimentConfig.from_yaml(ROOT / path), scratch / "oof", args.folds)
             row.update({f"{args.folds}-fold OOF AUC (in-distribution)": auc, "k-fold s": round(oof_seconds)})
+        if args.shifted_val:
+            aucs = shifted_val_aucs(run, config, scratch / f"shifted_{config.name}")
+            row.update({"shifted val AUC mean": float(np.mean(list(aucs.values()))),
+                        "shifted val AUC worst": min(aucs.values()),
+                        "worst shift": min(aucs, key=aucs.get)})
         if args.test_npz:
             figures = test_file_figures(run, args.test_npz, scratch / f"test_{config.name}")
             row.update({f"{Path(args.test_npz).name} test {k}": v for k, v in figures.items()})

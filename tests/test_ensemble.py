@@ -189,7 +189,7 @@ def test_stacking_is_fitted_on_out_of_fold_training_scores_only(tiny_source, tmp
 # ------------------------------------------------------------------ k-fold bagging
 @pytest.mark.slow
 def test_kfold_bagging_averages_the_fold_models_on_test(tiny_source, tmp_path):
-    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     config.data.source = tiny_source
     config.split.method, config.split.folds, config.split.final = "kfold", 3, "bag"
     run = run_experiment(config)
@@ -207,7 +207,7 @@ def two_runs(tiny_source, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("two")
     runs = []
     for name, taps in (("middle", ["middle"]), ("late", ["late"])):
-        config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+        config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
         config.name, config.data.source, config.model.svm.taps = name, tiny_source, taps
         runs.append(run_experiment(config))
     return runs
@@ -235,7 +235,7 @@ def test_tfmed_ensemble_combines_saved_runs_and_rechooses_thresholds_on_val(two_
 
 @pytest.mark.slow
 def test_tfmed_ensemble_refuses_runs_on_different_splits(two_runs, tiny_source, tmp_path, capsys):
-    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     config.data.source, config.split.seed = tiny_source, 7
     other = run_experiment(config)
     assert main(["ensemble", str(two_runs[0]), str(other), "--output", str(tmp_path / "x")]) == 2

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfmed.config import ExperimentConfig
+from tfmed.config import ExperimentConfig, TTAConfig
 from tfmed.data.sources import DataSourceError
 from tfmed.run.evaluate import evaluate_run, load_metrics
 from tfmed.run.predict import predict_images
@@ -20,10 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _small(config: ExperimentConfig, tmp_path: Path) -> ExperimentConfig:
-    """Shrink an experiment so it runs in seconds: 32 px, few C values, 3 folds."""
+    """Shrink an experiment so it runs in seconds: 32 px, few C values, 3 folds; a test split
+    carved from train where the source has none (the shipped recipes train on all of train)."""
     config.preprocess.image_size = 32
     config.model.svm.C = [1.0]
     config.model.svm.cv = 3
+    if config.split.method == "predefined":
+        config.split.test_fraction = 0.2
+    config.split.folds = 3
+    config.tta = TTAConfig()  # one view: the shipped views are tested in test_tta.py
     config.runs_dir = str(tmp_path / "runs")
     return config
 
@@ -46,7 +51,7 @@ def write_tb_stand_in(root: Path, per_site: int = 24, size: int = 48) -> Path:
 @pytest.fixture(scope="module")
 def pneumonia_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("pmnist")
-    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     return run_experiment(config)
 
 
@@ -96,7 +101,7 @@ def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
 
 
 def test_second_run_never_overwrites(tmp_path):
-    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     config.data.source = f"medmnist:{_tiny_medmnist(tmp_path)}"
     first = run_experiment(config)
     second = run_experiment(config)
@@ -159,7 +164,7 @@ def test_make_experiment_tb_xray_without_data_exits_with_the_message(tmp_path):
 
 
 def test_kfold_reports_mean_sd_and_pooled_oof_auc(tmp_path):
-    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     config.data.source = f"medmnist:{_tiny_medmnist(tmp_path)}"
     config.split.method = "kfold"
     config.split.folds = 3
@@ -342,3 +347,49 @@ def test_multilabel_manifest_experiment_end_to_end(tmp_path):
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert {"score:effusion", "score:nodule", "decision:effusion", "decision:nodule"} <= set(predictions.columns)
     assert "alt='roc'" in (run_dir / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_run_without_a_test_split_trains_on_all_and_says_where_figures_come_from(tmp_path):
+    from tfmed.run.artifact import ModelArtifactError
+    from tfmed.run.reporting import summary_text
+
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
+    config.data.source = f"medmnist:{_tiny_medmnist(tmp_path)}"
+    config.split.test_fraction = 0.0
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    assert list(metrics["splits"]) == ["val"] and sum(metrics["counts"]["train"].values()) == 160
+    assert sum(metrics["counts"]["test"].values()) == 0
+    assert "val: the split the thresholds were chosen on" in summary_text(metrics)
+    with pytest.raises(ModelArtifactError, match="no test split of its own.*--data"):
+        evaluate_run(run_dir)
+
+
+def test_the_report_calls_a_carved_test_split_in_distribution(pneumonia_run):
+    metrics = load_metrics(pneumonia_run)
+    assert metrics["test_origin"].startswith("carved from the training images")
+    assert "in-distribution" in (pneumonia_run / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_kfold_without_a_test_split_reports_out_of_fold_figures_only(tmp_path):
+    from tfmed.run.reporting import summary_text
+
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
+    config.data.source = f"medmnist:{_tiny_medmnist(tmp_path)}"
+    config.split.method, config.split.folds, config.split.test_fraction = "kfold", 3, 0.0
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    assert metrics["splits"] == {} and 0.5 < metrics["kfold"]["pooled_oof_auc"] <= 1.0
+    assert len(pd.read_csv(run_dir / "oof_predictions.csv")) == 240  # every train and val image once
+    assert "pooled out-of-fold AUC" in summary_text(metrics) and (run_dir / "report.html").is_file()
+
+
+def test_retina_mnist_without_data_says_where_to_get_it(tmp_path):
+    config = ExperimentConfig.from_yaml(ROOT / "experiments/retina_mnist.yaml")
+    config.data.path = str(tmp_path / "data/retinamnist.npz")
+    config.runs_dir = str(tmp_path / "runs")
+    with pytest.raises(DataSourceError, match="RetinaMNIST is not bundled.*medmnist.com"):
+        run_experiment(config)
+    assert not (tmp_path / "runs").exists()

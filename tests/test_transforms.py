@@ -346,3 +346,46 @@ def test_minmax_dataset_and_mean_image_statistics(tmp_path):
 def test_load_statistics_missing_file_names_path(tmp_path):
     with pytest.raises(StatisticsError, match="preprocess_stats.json"):
         load_statistics(tmp_path)
+
+
+# ------------------------------------------------------------------ acquisition-shift augmentation
+def test_random_gamma_stays_in_its_range_and_keeps_black_and_white():
+    from tfmed.data.transforms import RandomGamma
+
+    image = tf.constant(np.array([0.0, 64.0, 255.0], np.float32).reshape(1, 3, 1))
+    for seed in range(20):
+        out = RandomGamma(0.3)(image, seed=[seed, 1]).numpy().ravel()
+        assert out[0] == 0.0 and out[2] == pytest.approx(255.0)
+        gamma = np.log(out[1] / 255.0) / np.log(64.0 / 255.0)
+        assert np.exp(-0.3) - 1e-4 <= gamma <= np.exp(0.3) + 1e-4
+
+
+def test_random_blur_smooths_an_edge_and_keeps_the_mean():
+    from tfmed.data.transforms import RandomBlur
+
+    image = np.zeros((16, 16, 1), np.float32)
+    image[:, 8:] = 255.0
+    out = RandomBlur(2.0)(tf.constant(image), seed=[3, 4]).numpy()
+    assert out.shape == image.shape
+    assert 0 < out[8, 7, 0] < 255 and 0 < out[8, 8, 0] < 255  # the edge is no longer a step
+    assert out.mean() == pytest.approx(image.mean(), rel=1e-3)
+    again = RandomBlur(2.0)(tf.constant(image), seed=[3, 4]).numpy()
+    assert np.array_equal(out, again)  # seeded: reproducible
+
+
+def test_random_noise_has_at_most_its_standard_deviation():
+    from tfmed.data.transforms import RandomNoise
+
+    flat = tf.fill((64, 64, 1), 128.0)
+    sds = [float(tf.math.reduce_std(RandomNoise(8.0)(flat, seed=[s, 0]))) for s in range(10)]
+    assert max(sds) < 8.5 and max(sds) > 1.0
+
+
+@pytest.mark.parametrize("key, value, message", [("gamma", 1.5, "log-gamma range"),
+                                                 ("blur_sigma", 9.0, "at most 5"),
+                                                 ("noise", -1.0, ">= 0")])
+def test_acquisition_shift_augmentation_limits_name_the_key(key, value, message):
+    from tfmed.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match=f"augment.{key} .*{message}"):
+        ExperimentConfig.from_dict({"model": {"mode": "finetune"}, "augment": {key: value}})

@@ -220,7 +220,7 @@ def test_a_run_with_tta_reports_its_views_and_evaluate_reproduces_it(tmp_path):
     from test_experiment import _small, _tiny_medmnist
 
     root = Path(__file__).resolve().parent.parent
-    config = _small(ExperimentConfig.from_yaml(root / "experiments/pneumonia_mnist.yaml"), tmp_path)
+    config = _small(ExperimentConfig.from_yaml(root / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     config.data.source = f"medmnist:{_tiny_medmnist(tmp_path, n=80)}"
     config.tta = TTAConfig(enabled=True, gamma=[0.8])
     run = run_experiment(config)

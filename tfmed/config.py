@@ -209,7 +209,10 @@ class AugmentConfig(_Section):
     """Training-only augmentation; every switch can be turned off.
 
     hflip is off by default: left-right flips change anatomy (heart side) in
-    chest X-rays.
+    chest X-rays. ``gamma`` (log-gamma range), ``blur_sigma`` (pixels) and
+    ``noise`` (standard deviation, 0-255 scale) imitate another scanner or
+    protocol: a model that saw them in training holds up better on images from
+    another hospital.
     """
 
     KEY: ClassVar[str] = "augment."
@@ -222,13 +225,22 @@ class AugmentConfig(_Section):
     rotation_degrees: float = 0.0
     brightness: float = 0.0
     contrast: float = 0.0
+    gamma: float = 0.0
+    blur_sigma: float = 0.0
+    noise: float = 0.0
     clahe: bool = False
 
     def check(self) -> None:
         super().check()
-        for name in ("rotation_degrees", "brightness", "contrast"):
+        for name in ("rotation_degrees", "brightness", "contrast", "gamma", "blur_sigma", "noise"):
             if getattr(self, name) < 0:
                 self._fail(name, "it must be >= 0 (0 turns it off)")
+        limits = {"gamma": (1.0, "a log-gamma range in [0, 1], e.g. 0.3 for gamma 0.74-1.35"),
+                  "blur_sigma": (5.0, "a blur sigma in pixels, at most 5"),
+                  "noise": (64.0, "a noise standard deviation on the 0-255 scale, at most 64")}
+        for name, (limit, what) in limits.items():
+            if getattr(self, name) > limit:
+                self._fail(name, f"give {what}")
 
 
 @dataclass

@@ -15,10 +15,10 @@ Example:
 from __future__ import annotations
 
 from tfmed.config import AugmentConfig, PreprocessConfig
-from tfmed.data.transforms import (CLAHE, Compose, CTWindow, MinMax, MinMaxRange, RandomApply,
-                                   RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomRot90,
-                                   RandomRotation, Resize, Standardize, SubtractMeanImage, ToChannels,
-                                   ToImagenetPixels, Transform, TransformError)
+from tfmed.data.transforms import (CLAHE, Compose, CTWindow, MinMax, MinMaxRange, RandomApply, RandomBlur,
+                                   RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomGamma,
+                                   RandomNoise, RandomRot90, RandomRotation, Resize, Standardize,
+                                   SubtractMeanImage, ToChannels, ToImagenetPixels, Transform, TransformError)
 from tfmed.errors import TfmedError
 
 
@@ -100,7 +100,8 @@ def build_augment(config: AugmentConfig | None, image_size: int) -> Compose:
     Order: CLAHE (applied to half the images), resize to ``crop_from`` and random
     ``image_size`` crop, flips (horizontal only when ``hflip``: chest X-rays
     are not left-right flipped by default), 90-degree turns, rotation,
-    brightness, contrast.
+    brightness, contrast, gamma, blur and noise (each of the last two on half
+    the images).
 
     Example:
         >>> aug = build_augment(AugmentConfig(crop_from=256, rotation_degrees=10), 224)
@@ -108,6 +109,8 @@ def build_augment(config: AugmentConfig | None, image_size: int) -> Compose:
         ['Resize', 'RandomCrop', 'RandomRotation']
         >>> len(build_augment(AugmentConfig(enabled=False, vflip=True), 224))
         0
+        >>> [type(t).__name__ for t in build_augment(AugmentConfig(gamma=0.3, blur_sigma=1.0, noise=6), 96)]
+        ['RandomGamma', 'RandomApply', 'RandomApply']
     """
     if config is None or not config.enabled:
         return Compose([])
@@ -130,4 +133,10 @@ def build_augment(config: AugmentConfig | None, image_size: int) -> Compose:
         chain.append(RandomBrightness(config.brightness))
     if config.contrast:
         chain.append(RandomContrast(config.contrast))
+    if config.gamma:
+        chain.append(RandomGamma(config.gamma))
+    if config.blur_sigma:
+        chain.append(RandomApply(RandomBlur(config.blur_sigma), 0.5))
+    if config.noise:
+        chain.append(RandomApply(RandomNoise(config.noise), 0.5))
     return Compose(chain)

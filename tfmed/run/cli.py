@@ -5,7 +5,7 @@
     tfmed predict --model runs/pneumonia_mnist/TIMESTAMP image.png scans/ [--output out.csv]
     tfmed ensemble runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B --output runs/combined
     tfmed validate folder:data/my_xrays
-    tfmed sweep-layers experiments/pneumonia_mnist.yaml
+    tfmed sweep-layers experiments/pneumonia_mnist_svm.yaml
     tfmed backbones
 
 Errors in the user's data or configuration print one clear message (no

@@ -56,6 +56,9 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
     if data is None:
         table, _ = run_test_table(run_dir)
+        if len(table) == 0:
+            raise ModelArtifactError(f"{run_dir} has no test split of its own (it trained on every "
+                                     "non-validation image); pass --data, e.g. --data medmnist:FILE.npz#test")
         source = f"{config.data.source} (the run's own test split)"
     else:
         table = load_source(parse_source_spec(data))

@@ -48,8 +48,22 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
     log(f"validating {len(table)} rows")
     report = validate_table(table, need_patient_ids=need_ids)
     table = apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows)
+    origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
     table = ensure_splits(table, config.split)
+    table.frame.attrs["test_origin"] = origin
     return table
+
+
+def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
+    """Where the test split comes from, in words for the report.
+
+    Example:
+        >>> test_split_origin(ExperimentConfig(), source_has_test=False)
+        'carved from the training images (same collection as training: an in-distribution estimate)'
+    """
+    if source_has_test and config.split.method != "patient":
+        return "the data source's own test split"
+    return "carved from the training images (same collection as training: an in-distribution estimate)"
 
 
 def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
@@ -133,7 +147,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     # then come from the pooled out-of-fold scores instead.
     parts = {"test": test} if fold_summary is not None else {"val": val, "test": test}
     views = f" in {config.tta.view_count()} test-time views" if config.tta.enabled else ""
-    log(f"scoring {', '.join(parts)} split(s){views}")
+    log(f"scoring {', '.join(name for name, part in parts.items() if len(part))} split(s){views}")
     scores, member_scores = {}, {}
     for name, part in parts.items():
         if len(part):
@@ -150,7 +164,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode,
                "backbone": config.model.backbone, "thresholds": model.thresholds,
                "threshold_method": model.threshold_method,
-               "counts": split_counts(table), "splits": {}}
+               "counts": split_counts(table), "test_origin": table.frame.attrs.get("test_origin"), "splits": {}}
     metrics["tta_views"] = config.tta.view_count()
     for name, split_scores in scores.items():
         metrics["splits"][name] = evaluate_split(model, parts[name], split_scores, config.evaluation)

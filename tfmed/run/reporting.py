@@ -108,14 +108,16 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
     """metrics.json, predictions.csv, plots and report.html into ``out``."""
     out = Path(out)
     write_metrics_json(out / "metrics.json", metrics)
-    write_predictions_csv(out / "predictions.csv", model, parts, scores)
-    report_split = "test" if "test" in scores else next(iter(scores))
-    plots = make_plots(out, model, parts[report_split], scores[report_split], metrics, report_split)
+    plots, report_split = {}, "test"
+    if scores:  # a k-fold run without a test split has out-of-fold scores only (oof_predictions.csv)
+        write_predictions_csv(out / "predictions.csv", model, parts, scores)
+        report_split = "test" if "test" in scores else next(iter(scores))
+        plots = make_plots(out, model, parts[report_split], scores[report_split], metrics, report_split)
     context = ReportContext(
         title=title, task=metrics["task"], source=source, counts=metrics.get("counts", {}),
         model=model_facts or {"mode": model.mode, "backbone": model.backbone},
         metrics={split: primary_metrics(metrics, split) for split in metrics["splits"]},
-        operating_points=(metrics["splits"][report_split] if metrics["task"] == "binary" else {}),
+        operating_points=(metrics["splits"][report_split] if metrics["task"] == "binary" and scores else {}),
         threshold_split="val", operating_split=report_split,
         plots={name: str(path) for name, path in plots.items()},
         training_history=history, stage_boundaries=list(stage_boundaries or []),
@@ -159,14 +161,19 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
     facts.update(estimator.report_facts())
     facts["test-time views"] = metrics.get("tta_views", 1)
     notes = [THRESHOLD_NOTE]
+    if metrics.get("test_origin") and "test" in metrics["splits"]:
+        notes.append(f"The test split is {metrics['test_origin']}. Figures on an official test split from "
+                     "another collection (another hospital or scanner) are usually lower; compare only those "
+                     "with published tables.")
     if "kfold" in metrics:
         k = metrics["kfold"]
         final = ("the final model was refit on train+val" if k.get("final", "refit") == "refit"
                  else f"the {k['folds']} fold models were kept and their mean score")
-        notes = [f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- "
+        notes += [f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- "
                  f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC "
                  f"{_fmt(k['pooled_oof_auc'])}. Thresholds were chosen on the pooled out-of-fold scores; "
                  f"{final} was measured once on test."]
+        notes.remove(THRESHOLD_NOTE)
     if member_scores:
         write_member_scores_csv(run_dir / "member_scores.csv", parts, member_scores)
         for split, comparison in metrics.get("members", {}).items():
@@ -185,4 +192,11 @@ def summary_text(metrics: dict) -> str:
     for row in headline_rows(metrics):
         lines.append(f"{row['split']:<6} {row['point']:<17} {row['auc']:<22} {row['sensitivity']:>6} "
                      f"{row['specificity']:>6} {row['ppv']:>6} {row['npv']:>6}")
+    if "val" in metrics["splits"]:
+        lines.append("val: the split the thresholds were chosen on (same collection as training)")
+    if "test" in metrics["splits"] and metrics.get("test_origin"):
+        lines.append(f"test: {metrics['test_origin']}")
+    if "kfold" in metrics:
+        lines.append(f"{metrics['kfold']['folds']}-fold pooled out-of-fold AUC "
+                     f"{_fmt(metrics['kfold']['pooled_oof_auc'])} (train+val, in-distribution)")
     return "\n".join(lines)

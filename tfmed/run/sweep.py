@@ -5,7 +5,7 @@ fits one SVM per backbone tap and per fusion on the training split and
 measures each on the validation split (never on test).
 
 Example:
-    >>> table, path = sweep_experiment(ExperimentConfig.from_yaml("experiments/pneumonia_mnist.yaml"))  # doctest: +SKIP
+    >>> table, path = sweep_experiment(ExperimentConfig.from_yaml("experiments/pneumonia_mnist_svm.yaml"))  # doctest: +SKIP
 """
 from __future__ import annotations
 

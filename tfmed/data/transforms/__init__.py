@@ -23,13 +23,14 @@ Example:
 from tfmed.data.transforms.base import (PIXEL_MAX, Compose, RandomApply, ToChannels, Transform,
                                         TransformError)
 from tfmed.data.transforms.intensity import (CLAHE, IMAGENET_MEAN, IMAGENET_STD, CTWindow, Gamma, MinMax,
-                                             MinMaxRange, RandomBrightness, RandomContrast, Standardize,
+                                             MinMaxRange, RandomBlur, RandomBrightness, RandomContrast,
+                                             RandomGamma, RandomNoise, Standardize,
                                              SubtractMeanImage, ToImagenetPixels, window_hu)
 from tfmed.data.transforms.spatial import (CentralZoom, Flip, RandomCrop, RandomFlip, RandomRot90,
                                            RandomRotation, Resize, Rotate, Shift, rotate)
 
 __all__ = ["CLAHE", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MAX", "CTWindow", "CentralZoom", "Compose", "Flip",
-           "Gamma", "MinMax", "MinMaxRange", "RandomApply", "RandomBrightness", "RandomContrast", "RandomCrop",
-           "RandomFlip", "RandomRot90", "RandomRotation", "Resize", "Rotate", "Shift", "Standardize",
+           "Gamma", "MinMax", "MinMaxRange", "RandomApply", "RandomBlur", "RandomBrightness", "RandomContrast", "RandomCrop",
+           "RandomFlip", "RandomGamma", "RandomNoise", "RandomRot90", "RandomRotation", "Resize", "Rotate", "Shift", "Standardize",
            "SubtractMeanImage", "ToChannels", "ToImagenetPixels", "Transform", "TransformError", "rotate",
            "window_hu"]

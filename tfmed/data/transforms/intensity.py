@@ -285,3 +285,88 @@ class Gamma(Transform):
     def __call__(self, image, seed=None):
         image = tf.clip_by_value(as_image(image), 0.0, PIXEL_MAX)
         return PIXEL_MAX * tf.pow(image / PIXEL_MAX, self.gamma)
+
+
+class RandomGamma(Transform):
+    """Gamma curve with ``log(gamma)`` uniform in [-max_log_gamma, max_log_gamma] (pixel scale).
+
+    Another scanner or post-processing often changes the intensity curve more
+    than the level; gamma 0.74-1.35 (``max_log_gamma`` 0.3) covers common exposure
+    differences of radiographs.
+
+    Example:
+        >>> out = RandomGamma(0.3)(tf.constant([[[0.0], [255.0]]]), seed=[0, 1])
+        >>> out.numpy().ravel().tolist()
+        [0.0, 255.0]
+    """
+
+    random = True
+
+    def __init__(self, max_log_gamma: float):
+        if not 0 <= float(max_log_gamma) <= 1:
+            raise TransformError(f"RandomGamma max_log_gamma must be in [0, 1], got {max_log_gamma}")
+        self.max_log_gamma = float(max_log_gamma)
+
+    def __call__(self, image, seed=None):
+        image = tf.clip_by_value(as_image(image), 0.0, PIXEL_MAX)
+        log_gamma = tf.random.stateless_uniform([], seed_or_random(seed), -self.max_log_gamma, self.max_log_gamma)
+        return PIXEL_MAX * tf.pow(image / PIXEL_MAX, tf.exp(log_gamma))
+
+
+class RandomBlur(Transform):
+    """Gaussian blur with sigma uniform in [0, max_sigma] pixels (a softer detector or reconstruction).
+
+    Example:
+        >>> image = tf.constant(np.eye(5, dtype=np.float32)[..., None] * 255)
+        >>> out = RandomBlur(1.5)(image, seed=[0, 1])
+        >>> tuple(out.shape), bool(abs(float(tf.reduce_sum(out)) - 5 * 255) < 120)
+        ((5, 5, 1), True)
+    """
+
+    random = True
+
+    def __init__(self, max_sigma: float):
+        if not 0 <= float(max_sigma) <= 5:
+            raise TransformError(f"RandomBlur max_sigma must be in [0, 5] pixels, got {max_sigma}")
+        self.max_sigma = float(max_sigma)
+        self.radius = max(1, math.ceil(2 * self.max_sigma))
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        sigma = tf.random.stateless_uniform([], seed_or_random(seed), 0.0, self.max_sigma) + 1e-3
+        offsets = tf.range(-self.radius, self.radius + 1, dtype=tf.float32)
+        kernel = tf.exp(-0.5 * tf.square(offsets / sigma))
+        kernel /= tf.reduce_sum(kernel)
+        channels = tf.shape(image)[-1]
+        x = tf.transpose(image, [2, 0, 1])[..., tf.newaxis]  # (C, H, W, 1): each channel alike
+        x = tf.pad(x, [[0, 0], [self.radius, self.radius], [self.radius, self.radius], [0, 0]], mode="SYMMETRIC")
+        x = tf.nn.conv2d(x, tf.reshape(kernel, [-1, 1, 1, 1]), strides=1, padding="VALID")
+        x = tf.nn.conv2d(x, tf.reshape(kernel, [1, -1, 1, 1]), strides=1, padding="VALID")
+        out = tf.transpose(x[..., 0], [1, 2, 0])
+        out = tf.reshape(out, tf.concat([tf.shape(image)[:2], [channels]], axis=0))
+        out.set_shape(image.shape)
+        return out
+
+
+class RandomNoise(Transform):
+    """Additive Gaussian noise with a standard deviation uniform in [0, max_sd] (pixel scale), clipped.
+
+    Example:
+        >>> out = RandomNoise(8.0)(tf.fill((16, 16, 1), 128.0), seed=[0, 1])
+        >>> bool(float(tf.math.reduce_std(out)) < 10.0), bool(float(tf.reduce_max(out)) <= 255.0)
+        (True, True)
+    """
+
+    random = True
+
+    def __init__(self, max_sd: float):
+        if not 0 <= float(max_sd) <= 64:
+            raise TransformError(f"RandomNoise max_sd must be in [0, 64] on the 0-255 scale, got {max_sd}")
+        self.max_sd = float(max_sd)
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        seeds = tf.random.split(seed_or_random(seed), 2)
+        sd = tf.random.stateless_uniform([], seeds[0], 0.0, self.max_sd)
+        noise = tf.random.stateless_normal(tf.shape(image), seeds[1]) * sd
+        return tf.clip_by_value(image + noise, 0.0, PIXEL_MAX)
