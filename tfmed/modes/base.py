@@ -103,10 +103,11 @@ def get_mode(name: str) -> type:
     """The mode class registered as ``name``.
 
     Example:
-        >>> get_mode("tree")
-        Traceback (most recent call last):
-        ...
-        tfmed.config.ConfigError: model.mode is 'tree'; allowed: ensemble, finetune, svm
+        >>> try:
+        ...     get_mode("tree")
+        ... except ConfigError as error:
+        ...     print(error)
+        model.mode is 'tree'; allowed: ensemble, finetune, svm
     """
     try:
         return MODES[name]

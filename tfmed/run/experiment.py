@@ -200,7 +200,7 @@ def coarse_metrics(mapping: dict, model: TrainedModel, parts: dict, scores: dict
 def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
               run_dir: Path) -> tuple[dict, list[TrainedModel]]:
     """Stratified group k-fold over train+val: the summary (per-fold AUC, pooled out-of-fold AUC,
-    thresholds from the out-of-fold scores) and the k fold models."""
+    thresholds from the out-of-fold scores) and, with ``split.final: bag``, the k fold models."""
     from tfmed.data.splits import kfold_indices
     from tfmed.evaluation.metrics import evaluate
 
@@ -212,7 +212,8 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
         fit_part, held_part = trainval.subset(fit_rows), trainval.subset(held_rows)
         # the held-out fold only measures: it never drives early stopping
         model = fit_model(config, table, fit_part, None, inputs, None)
-        models.append(model)
+        if config.split.final == "bag":  # a refit needs none of the fold models afterwards
+            models.append(model)
         held_scores = model.predict(held_part)
         if oof is None:
             oof = np.zeros((len(trainval),) + held_scores.shape[1:])
