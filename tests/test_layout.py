@@ -17,7 +17,7 @@ PACKAGE = Path(tfmed.__file__).parent
 LAYERS = {
     "tfmed.errors": 0, "tfmed.progress": 0, "tfmed.config": 1,
     "tfmed.evaluation": 2, "tfmed.data": 2, "tfmed.backbones": 2, "tfmed.training": 3,
-    "tfmed.modes": 4, "tfmed.run": 5,
+    "tfmed.modes": 4, "tfmed.explain": 4, "tfmed.run": 5,
 }
 
 

@@ -538,6 +538,37 @@ class EvaluationConfig(_Section):
             self._fail("bootstrap", "it must be >= 0 resamples (0: no bootstrap)")
 
 
+ExplainMethod = Literal["gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients", "occlusion"]
+
+
+@dataclass
+class ReportConfig(_Section):
+    """What ``report.html`` shows beyond the metrics and plots.
+
+    ``explain: true`` adds an explanations section: ``explain_method`` maps (see
+    :mod:`tfmed.explain`) of one true positive, false positive, false negative and
+    true negative of the test split (the validation split when the run has none),
+    chosen at the stored threshold (of the first class or label against the rest for
+    multiclass and multilabel data), with the maps' faithfulness and sanity figures.
+    Off by default: it adds seconds to a minute, depending on the model.
+
+    Example:
+        >>> ReportConfig(explain=True).explain_method
+        'gradcam'
+    """
+
+    KEY: ClassVar[str] = "report."
+
+    explain: bool = False
+    explain_method: ExplainMethod = "gradcam"
+
+    def check(self) -> None:
+        super().check()
+        changed = _changed_from_defaults(self)
+        if not self.explain and changed:
+            self._fail(changed[0], "it is set but report.explain is false; set report.explain: true or remove it")
+
+
 # What each mode reads besides ``model.<mode>``: any other section left at a
 # non-default value would be silently ignored, so it is rejected.
 MODE_SECTIONS = {
@@ -564,12 +595,14 @@ class ExperimentConfig(_Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     runs_dir: str = "runs"
 
     def check(self) -> None:
         """Check every section, the settings that depend on each other, and the mode's unused settings."""
         for section in (self.data, self.split, self.preprocess, self.augment, self.balance, self.model,
-                        self.model.svm, self.model.finetune, self.model.ensemble, self.tta, self.evaluation):
+                        self.model.svm, self.model.finetune, self.model.ensemble, self.tta, self.evaluation,
+                        self.report):
             section.check()
         if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
             raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "

@@ -61,6 +61,10 @@ class Mode(Protocol):
     def load(cls, directory: str | Path) -> "Mode":
         """Read a model written by :meth:`save`."""
 
+    def explain_models(self, inputs: "ImageInputs") -> list:
+        """``[(name, keras.Model, ImageInputs)]``: the differentiable model(s) that
+        :mod:`tfmed.explain` explains, each with the inputs it reads (one per ensemble member)."""
+
     def report_facts(self) -> dict:
         """What the run report should say about the fitted model beyond backbone and
         preprocessing, e.g. ``{"kernel": "rbf"}`` (may be empty)."""

@@ -158,6 +158,16 @@ class Ensemble:
             raise ConfigError(f"scores of ensemble member(s) {missing} are missing")
         return self.combiner.combine([scores[n] for n in self.member_names])
 
+    def explain_models(self, inputs: ImageInputs) -> list:
+        """Every member's ``(name, Keras model, inputs)``; :mod:`tfmed.explain` averages their maps.
+
+        Example:
+            >>> [name for name, _, _ in ensemble.explain_models(inputs)]  # doctest: +SKIP
+            ['features', 'tuned']
+        """
+        return [(member.name, model, own) for member in self.members
+                for _, model, own in member.estimator.explain_models(member.inputs_for(inputs))]
+
     def report_facts(self) -> dict:
         """Members and the combination rule, for the run report.
 

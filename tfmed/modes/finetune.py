@@ -175,6 +175,26 @@ class FineTuner:
         return average_over_views(inputs, lambda view: scores_from_probabilities(
             self.task, self.predict(view.dataset(table, training=False, batch_size=batch_size))))
 
+    def keras_model(self) -> keras.Model:
+        """The trained Keras model (one flat graph: backbone layers, then the head).
+
+        Example:
+            >>> tuner.keras_model().get_layer("predictions").output.shape  # doctest: +SKIP
+            (None, 1)
+        """
+        if self.model_ is None:
+            raise FinetuneError("the model is not trained yet: call fit(...) or FineTuner.load(directory)")
+        return self.model_
+
+    def explain_models(self, inputs) -> list:
+        """``[(backbone name, Keras model, inputs)]``: what :mod:`tfmed.explain` explains for this model.
+
+        Example:
+            >>> [name for name, _, _ in tuner.explain_models(inputs)]  # doctest: +SKIP
+            ['efficientnet_lite0']
+        """
+        return [(self.backbone, self.keras_model(), inputs)]
+
     def report_facts(self) -> dict:
         """Nothing beyond the training curves (``history_``), which the report draws itself.
 

@@ -203,6 +203,30 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         return average_over_views(inputs, lambda view: scores_from_probabilities(
             self.task_, self.predict_proba(view.arrays(table, batch_size=batch_size)[0])))
 
+    def keras_model(self):
+        """The fitted pipeline as one Keras model (see :func:`tfmed.modes.svm_graph.svm_keras_model`):
+        (S, S, 3) 0-255 images to calibrated probabilities, differentiable down to the backbone.
+
+        Example:
+            >>> model.keras_model().output.shape  # doctest: +SKIP
+            (None, 1)
+        """
+        from tfmed.modes.svm_graph import svm_keras_model
+
+        check_is_fitted(self, "models_")
+        if getattr(self, "_keras_model", None) is None:
+            self._keras_model = svm_keras_model(self)
+        return self._keras_model
+
+    def explain_models(self, inputs) -> list:
+        """``[(backbone name, Keras model, inputs)]``: what :mod:`tfmed.explain` explains for this model.
+
+        Example:
+            >>> [name for name, _, _ in model.explain_models(inputs)]  # doctest: +SKIP
+            ['efficientnet_lite0']
+        """
+        return [(self.backbone, self.keras_model(), inputs)]
+
     def report_facts(self) -> dict:
         """Taps, kernel and the C/gamma chosen by cross-validation, for the run report.
 
@@ -240,6 +264,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                                "random_state": int(self.random_state),
                                "code_version": FEATURE_CODE_VERSION}
         self._weight_values = None
+        self._keras_model = None
         blocks = self._blocks(X)
         _, identity = self._base_model()
         self.backbone_spec_["weights_digest"] = identity

@@ -4,6 +4,7 @@
     tfmed evaluate --model runs/pneumonia_mnist/TIMESTAMP [--data medmnist:PATH.npz#test]
     tfmed predict --model runs/pneumonia_mnist/TIMESTAMP image.png scans/ [--output out.csv]
     tfmed ensemble runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B --output runs/combined
+    tfmed explain --model runs/pneumonia_mnist/TIMESTAMP [images ...] [--method gradcam] [--output DIR]
     tfmed validate folder:data/my_xrays
     tfmed sweep-layers experiments/pneumonia_mnist_svm.yaml
     tfmed backbones
@@ -49,6 +50,20 @@ def _parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--output", default=None, help="new run directory (default: runs/ensemble/TIMESTAMP)")
     ensemble.add_argument("--combine", default="mean",
                           help="mean (of probabilities) or rank (averaging against each run's validation scores)")
+
+    explain = verbs.add_parser("explain", help="explanation maps (Grad-CAM and others) of a saved run")
+    explain.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
+    explain.add_argument("images", nargs="*", help="PNG/JPEG/DICOM files or folders (default: cases of the "
+                                                   "run's test split, or validation split when it has none)")
+    explain.add_argument("--method", default="gradcam",
+                         help="gradcam, gradcam_pp, saliency, smoothgrad, integrated_gradients or occlusion")
+    explain.add_argument("--output", default=None, help="output folder (default: RUN/explanations/TIMESTAMP)")
+    explain.add_argument("--index", type=int, default=None,
+                         help="class / label index to explain (default: each image's decided class; "
+                              "required for multilabel, and for multiclass without images)")
+    explain.add_argument("--layer", default=None, help="Grad-CAM target layer (default: the backbone's last stage)")
+    explain.add_argument("--per-group", type=int, default=2,
+                         help="cases per group (TP, FP, FN, TN) when no images are given")
 
     validate = verbs.add_parser("validate", help="check a data source and report every problem")
     validate.add_argument("data", help="pneumonia_mnist, medmnist:PATH.npz, manifest:CSV, folder:DIR, dicom:DIR "
@@ -150,6 +165,15 @@ def _cmd_ensemble(args) -> int:
     return 0
 
 
+def _cmd_explain(args) -> int:
+    from tfmed.run.explain import explain_run
+
+    out = explain_run(args.model, args.images, method=args.method, output=args.output, index=args.index,
+                      layer=args.layer, per_group=args.per_group)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from tfmed.data.validate import validate_table
 
@@ -191,7 +215,8 @@ def _cmd_backbones(args) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
-            "validate": _cmd_validate, "sweep-layers": _cmd_sweep, "backbones": _cmd_backbones}
+            "explain": _cmd_explain, "validate": _cmd_validate, "sweep-layers": _cmd_sweep,
+            "backbones": _cmd_backbones}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,9 +34,8 @@ from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
-from tfmed.run.evaluate import load_metrics, run_split_tables
-from tfmed.run.experiment import evaluate_split, split_counts
-from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir
+from tfmed.run.experiment import evaluate_split
+from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir, run_split_tables
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-
 from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source, parse_source_spec
 from tfmed.data.table import ImageTable
@@ -18,32 +16,12 @@ from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import evaluate_split
 from tfmed.run.reporting import write_outputs
-from tfmed.run.rundir import new_run_dir, resolve_run_dir
+from tfmed.run.rundir import new_run_dir, resolve_run_dir, run_split_tables
 
 
 def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
     """The run's own test rows, re-read from its data source and ``splits.csv``."""
     return run_split_tables(run_dir, ("test",))["test"], ExperimentConfig.from_yaml(run_dir / "config.yaml")
-
-
-def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTable]:
-    """The run's rows of each split in ``names``, re-read from its data source and ``splits.csv``.
-
-    Example:
-        >>> tables = run_split_tables(Path("runs/pneumonia_mnist/20261124-101500"), ("val", "test"))  # doctest: +SKIP
-    """
-    config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
-    table = load_source(config.data)
-    splits = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
-    split_of = dict(zip(splits["image"], splits["split"]))
-    missing = [ref for ref in splits["image"] if ref not in set(table.frame["image"])]
-    if missing:
-        raise ModelArtifactError(f"{run_dir}/splits.csv lists {len(missing)} image(s) the data source no "
-                                 f"longer has, e.g. {missing[0]}; restore the data or pass --data")
-    frame = table.frame.copy()
-    frame["split"] = frame["image"].map(split_of)
-    table = ImageTable(frame, table.classes, table.task, table.images, table.source)
-    return {name: table.split(name) for name in names}
 
 
 def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | Path | None = None) -> Path:

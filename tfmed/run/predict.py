@@ -39,9 +39,12 @@ def collect_images(paths: list[str]) -> list[Path]:
     return files
 
 
-def predict_images(model_dir: str | Path, paths: list[str]) -> pd.DataFrame:
-    """Probabilities and decisions at the stored threshold for image files/folders."""
-    model = TrainedModel.load(resolve_run_dir(model_dir) / "model")
+def image_table(model: TrainedModel, paths: list[str]) -> ImageTable:
+    """A validated table of the image files/folders in ``paths`` (labels unknown, set to 0) for ``model``.
+
+    Example:
+        >>> table = image_table(TrainedModel.load("runs/pneumonia_mnist/20261124-101500"), ["scans/"])  # doctest: +SKIP
+    """
     files = collect_images(paths)
     frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
     if model.task == "multilabel":
@@ -50,7 +53,14 @@ def predict_images(model_dir: str | Path, paths: list[str]) -> pd.DataFrame:
     else:
         frame["label"] = 0
     table = ImageTable(frame, list(model.classes), model.task, source="predict")
-    table = apply_validation(table, validate_table(table), exclude_bad_rows=False)
+    return apply_validation(table, validate_table(table), exclude_bad_rows=False)
+
+
+def predict_images(model_dir: str | Path, paths: list[str]) -> pd.DataFrame:
+    """Probabilities and decisions at the stored threshold for image files/folders."""
+    model = TrainedModel.load(resolve_run_dir(model_dir) / "model")
+    table = image_table(model, paths)
+    frame = table.frame
     scores = model.predict(table)
     decisions = model.decide(scores)
     out = pd.DataFrame({"image": frame["image"]})

@@ -104,8 +104,9 @@ def make_plots(out: Path, model, table: ImageTable, scores: np.ndarray, metrics:
 def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str, ImageTable],
                   scores: dict, metrics: dict, notes: list[str], excluded: list[dict] | None = None,
                   history: dict | None = None, stage_boundaries: list[int] | None = None,
-                  model_facts: dict | None = None) -> Path:
-    """metrics.json, predictions.csv, plots and report.html into ``out``."""
+                  model_facts: dict | None = None, extra_plots: dict | None = None) -> Path:
+    """metrics.json, predictions.csv, plots and report.html into ``out``; ``extra_plots`` (name -> PNG)
+    are shown after the evaluation plots."""
     out = Path(out)
     write_metrics_json(out / "metrics.json", metrics)
     plots, report_split = {}, "test"
@@ -113,6 +114,7 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
         write_predictions_csv(out / "predictions.csv", model, parts, scores)
         report_split = "test" if "test" in scores else next(iter(scores))
         plots = make_plots(out, model, parts[report_split], scores[report_split], metrics, report_split)
+    plots.update(extra_plots or {})
     context = ReportContext(
         title=title, task=metrics["task"], source=source, counts=metrics.get("counts", {}),
         model=model_facts or {"mode": model.mode, "backbone": model.backbone},
@@ -147,7 +149,8 @@ def write_member_scores_csv(path: Path, parts: dict[str, ImageTable], member_sco
 def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable], scores: dict,
                       metrics: dict, member_scores: dict | None = None) -> Path:
     """All outputs of a training run (see :func:`write_outputs`); with an ensemble also
-    ``member_scores.csv`` and, in the report, each member beside the combination."""
+    ``member_scores.csv`` and, in the report, each member beside the combination; with
+    ``report.explain`` an explanations section (overlays and their faithfulness figures)."""
     estimator = model.estimator
     history, boundaries = None, None
     if getattr(estimator, "history_", None):  # modes that train by epochs keep their history
@@ -178,12 +181,19 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         write_member_scores_csv(run_dir / "member_scores.csv", parts, member_scores)
         for split, comparison in metrics.get("members", {}).items():
             notes += comparison_sentences(comparison, split)
+    extra_plots = {}
+    if config.report.explain and scores:
+        from tfmed.run.explain import explain_for_report
+
+        overview, sentence = explain_for_report(run_dir, model, parts, scores, config.report.explain_method)
+        extra_plots["explanations (TP, FP, FN, TN)"] = str(overview)
+        notes.append(sentence)
     excluded = to_jsonable(parts["test"].excluded.astype(str).to_dict("records")) \
         if len(parts["test"].excluded) else []
     return write_outputs(run_dir, title=f"{config.name}", source=str(config.data.source), model=model,
                          parts=parts, scores=scores, metrics=metrics, notes=notes + [config.description.strip()]
                          if config.description else notes, excluded=excluded, history=history,
-                         stage_boundaries=boundaries, model_facts=facts)
+                         stage_boundaries=boundaries, model_facts=facts, extra_plots=extra_plots)
 
 
 def summary_text(metrics: dict) -> str:

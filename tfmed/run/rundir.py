@@ -14,9 +14,14 @@ import platform
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from tfmed import __version__
 from tfmed.config import ExperimentConfig
+from tfmed.data.sources import load_source
+from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
+
 
 class RunDirectoryError(TfmedError):
     """A folder given as a run directory is not one."""
@@ -78,3 +83,23 @@ def resolve_run_dir(path: str | Path) -> Path:
         raise RunDirectoryError(f"{path}: not a tfmed run directory (it needs config.yaml and model/); "
                                  "pass a directory such as runs/NAME/TIMESTAMP")
     return path
+
+
+def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTable]:
+    """The run's rows of each split in ``names``, re-read from its data source and ``splits.csv``.
+
+    Example:
+        >>> tables = run_split_tables(Path("runs/pneumonia_mnist/20261124-101500"), ("val", "test"))  # doctest: +SKIP
+    """
+    config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
+    table = load_source(config.data)
+    splits = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+    split_of = dict(zip(splits["image"], splits["split"]))
+    missing = [ref for ref in splits["image"] if ref not in set(table.frame["image"])]
+    if missing:
+        raise RunDirectoryError(f"{run_dir}/splits.csv lists {len(missing)} image(s) the data source no "
+                                 f"longer has, e.g. {missing[0]}; restore the data or pass --data")
+    frame = table.frame.copy()
+    frame["split"] = frame["image"].map(split_of)
+    table = ImageTable(frame, table.classes, table.task, table.images, table.source)
+    return {name: table.split(name) for name in names}

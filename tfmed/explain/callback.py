@@ -1,0 +1,60 @@
+"""A Keras callback that saves explanation overlays of a fixed batch every few epochs.
+
+Example:
+    >>> import numpy as np
+    >>> callback = ExplainEveryEpoch(np.zeros((4, 32, 32, 3)), "runs/maps", method="gradcam")
+    >>> callback.method, callback.every
+    ('gradcam', 1)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tfmed.explain.methods import LAYER_METHODS, explain, get_method
+from tfmed.explain.overlay import save_overlays
+from tfmed.explain.target import ExplainError, as_images
+
+
+class ExplainEveryEpoch(keras.callbacks.Callback):
+    """Save ``epoch_NNN.png``, a grid of ``method``'s maps over ``images``, after every ``every`` epochs.
+
+    Watching the maps of one validation batch change during fine-tuning shows
+    whether the network moves towards the findings or towards shortcuts (text,
+    markers, borders). ``paths`` lists the PNGs written.
+
+    Args:
+        images: (N, H, W, C) inputs prepared as the model expects them (0-255 for tfmed backbones).
+        output_dir: where the PNGs are written (created).
+        method: a name from :data:`tfmed.explain.METHODS`.
+        index: the class/label explained (see :class:`tfmed.explain.ExplainTarget`).
+        layer: Grad-CAM's target layer (default: the backbone's last stage).
+        every: save after epochs every, 2 * every, ...
+
+    Example:
+        >>> model.fit(train_ds, epochs=5, callbacks=[ExplainEveryEpoch(val_images[:8], "runs/maps")])  # doctest: +SKIP
+    """
+
+    def __init__(self, images, output_dir: str | Path, method: str = "gradcam", index=None,
+                 layer: str | None = None, every: int = 1):
+        super().__init__()
+        get_method(method)
+        if layer is not None and method not in LAYER_METHODS:
+            raise ExplainError(f"method {method!r} takes no layer; a layer is read only by {', '.join(LAYER_METHODS)}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ExplainError(f"every must be a positive number of epochs, got {every!r}")
+        self.images = as_images(images)
+        self.output_dir = Path(output_dir)
+        self.method, self.index, self.layer, self.every = method, index, layer, every
+        self.paths: list[Path] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        maps = explain(self.model, self.images, self.method, index=self.index, layer=self.layer)
+        probabilities = np.asarray(self.model.predict(self.images, verbose=0))
+        items = [(image, explanation, f"epoch {epoch + 1}, output {np.round(p, 3).tolist()}")
+                 for image, explanation, p in zip(self.images, maps, probabilities)]
+        self.paths.append(save_overlays(self.output_dir / f"epoch_{epoch + 1:03d}.png", items))

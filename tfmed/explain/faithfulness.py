@@ -1,0 +1,203 @@
+"""Can a map be trusted? Deletion / insertion faithfulness and the model-randomisation sanity check.
+
+* **Deletion** (Petsiuk et al. 2018): pixels are removed most-important first, in
+  ``steps`` equal parts, and the model's probability of the explained class is
+  tracked; the area under that curve (fraction removed on the x axis) is low when
+  the map finds what the model uses. The same curve in a random pixel order is the
+  reference: a faithful map has ``deletion_auc`` well below ``random_deletion_auc``.
+  **Insertion** is the reverse, starting from the image with every pixel removed;
+  a faithful map has a high ``insertion_auc``. A removed pixel takes the value of a
+  strongly blurred copy of the image (Gaussian, sd 1/10 of the side), which keeps
+  the image's intensities while erasing its structure.
+* **Model randomisation** (Adebayo et al. 2018): the weights of the target layer's
+  block and of everything above it (the head; for an SVM its dual coefficients) are
+  re-drawn at random, the maps are made again, and the Spearman rank correlation
+  between each image's map before and after is averaged. A map that depends on
+  what the model learned changes: a low correlation passes the check.
+
+Flat maps (all one value, e.g. a Grad-CAM with no positive evidence) rank nothing and
+are left out of both; ``flat_maps`` counts them.
+
+Example:
+    >>> import keras, numpy as np
+    >>> inputs = keras.Input((8, 8, 1))
+    >>> model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs)))
+    >>> images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 1))
+    >>> maps = np.random.default_rng(1).uniform(size=(2, 8, 8))
+    >>> sorted(faithfulness(model, images, maps, steps=4))
+    ['deletion_auc', 'flat_maps', 'insertion_auc', 'random_deletion_auc', 'random_insertion_auc']
+"""
+from __future__ import annotations
+
+import contextlib
+
+import cv2
+import numpy as np
+from scipy.stats import spearmanr
+
+from tfmed.explain.target import (ExplainError, ExplainTarget, _flat_layers, keras_model_of, prepare,
+                                  repeat_index)
+
+RANDOMISED_WEIGHTS = ("kernel", "depthwise_kernel", "bias", "dual_coef")
+
+
+def removed_image(image: np.ndarray) -> np.ndarray:
+    """What a removed pixel becomes: a strongly blurred copy of ``image`` (H, W, C).
+
+    Example:
+        >>> removed_image(np.zeros((8, 8, 1), np.float32)).shape
+        (8, 8, 1)
+    """
+    sigma = max(image.shape[:2]) / 10.0
+    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+    return blurred.reshape(image.shape)
+
+
+def perturbation_curves(model, images, maps, *, index=None, steps: int = 20, kind: str = "deletion",
+                        order: str = "map", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fractions (steps + 1,), probabilities (N, steps + 1)) as pixels are removed (``kind="deletion"``)
+    or restored (``"insertion"``) in the map's order (``order="map"``) or a random one (``"random"``).
+
+    Example:
+        >>> fractions, curves = perturbation_curves(svm, images, maps, index=1)  # doctest: +SKIP
+    """
+    if kind not in ("deletion", "insertion") or order not in ("map", "random") or steps < 1:
+        raise ExplainError(f"perturbation_curves: kind must be deletion or insertion, order map or random and "
+                           f"steps >= 1; got kind={kind!r}, order={order!r}, steps={steps}")
+    target, images, index = prepare(model, images, index)
+    maps = np.asarray(maps, np.float32)
+    if maps.shape != images.shape[:3]:
+        raise ExplainError(f"maps have shape {maps.shape} but the images are {images.shape[:3]}; give one "
+                           "map per image at the image resolution")
+    rng = np.random.default_rng(seed)
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    curves = []
+    for i, image in enumerate(images):
+        pixels = image.shape[0] * image.shape[1]
+        ranking = rng.permutation(pixels) if order == "random" else np.argsort(-maps[i].ravel(), kind="stable")
+        removed = removed_image(image)
+        start, end = (image, removed) if kind == "deletion" else (removed, image)
+        frames = np.empty((steps + 1,) + image.shape, np.float32)
+        for k, fraction in enumerate(fractions):
+            mask = np.zeros(pixels, bool)
+            mask[ranking[:int(round(fraction * pixels))]] = True
+            mask = mask.reshape(image.shape[:2])[..., None]
+            frames[k] = np.where(mask, end, start)
+        curves.append(target.predict(frames, index=repeat_index(index, i, steps + 1)))
+    return fractions, np.stack(curves)
+
+
+def _area(fractions: np.ndarray, curves: np.ndarray) -> float:
+    return float(np.mean(np.trapezoid(curves, fractions, axis=1)))
+
+
+def faithfulness(model, images, maps, *, index=None, steps: int = 20, seed: int = 0) -> dict:
+    """Areas under the deletion and insertion curves, in the map's order and in a random one (means over
+    images), and ``flat_maps``: how many maps were flat (no ranking to test) and so left out; the areas
+    are None when every map is flat.
+
+    Example:
+        >>> faithfulness(tuner, images, gradcam(tuner, images))["deletion_auc"]  # doctest: +SKIP
+        0.21
+    """
+    target, images, index = prepare(model, images, index)
+    maps = np.asarray(maps, np.float32)
+    if maps.shape != images.shape[:3]:
+        raise ExplainError(f"maps have shape {maps.shape} but the images are {images.shape[:3]}; give one "
+                           "map per image at the image resolution")
+    ranked = np.ptp(maps.reshape(len(maps), -1), axis=1) > 0
+    out = {"flat_maps": int((~ranked).sum())}
+    if np.ndim(index) == 1:
+        index = index[ranked]
+    for kind in ("deletion", "insertion"):
+        for order in ("map", "random"):
+            key = f"{'random_' if order == 'random' else ''}{kind}_auc"
+            if not ranked.any():
+                out[key] = None
+                continue
+            fractions, curves = perturbation_curves(target, images[ranked], maps[ranked], index=index,
+                                                    steps=steps, kind=kind, order=order, seed=seed)
+            out[key] = _area(fractions, curves)
+    return out
+
+
+def _randomised_layers(target: ExplainTarget) -> list:
+    """The layers re-drawn by the sanity check: from the start of the target layer's block to the end."""
+    from tfmed import backbones
+
+    layers = _flat_layers(target.model)
+    names = [layer.name for layer in layers]
+    start = names.index(target.layer)
+    for name in backbones.list_backbones():
+        spec = backbones.get_spec(name)
+        block = spec.block_of(target.layer)
+        if target.model.name.startswith(name) and block is not None:
+            start = min(i for i, layer_name in enumerate(names) if spec.block_of(layer_name) == block)
+            break
+    return layers[start:]
+
+
+@contextlib.contextmanager
+def randomised_weights(target: ExplainTarget, seed: int = 0):
+    """Within the block, the target layer's block and every layer above it have random weights
+    (normal, with each weight array's own standard deviation); the weights are restored on exit.
+
+    Example:
+        >>> with randomised_weights(ExplainTarget(tuner)):  # doctest: +SKIP
+        ...     maps = gradcam(tuner, images)
+    """
+    rng = np.random.default_rng(seed)
+    variables = [v for layer in _randomised_layers(target) for v in layer.weights
+                 if v.name in RANDOMISED_WEIGHTS or v.name.startswith("dual_coef")]
+    if not variables:
+        raise ExplainError(f"model {target.model.name!r} has no kernel or bias weights from layer "
+                           f"{target.layer!r} upwards to randomise")
+    saved = [np.asarray(v.numpy()) for v in variables]
+    try:
+        for variable, value in zip(variables, saved):
+            spread = float(value.std()) or 0.05
+            variable.assign(rng.normal(0.0, spread, value.shape).astype(value.dtype))
+        yield target
+    finally:
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
+
+
+def rank_correlation(first: np.ndarray, second: np.ndarray) -> float | None:
+    """The mean over images of the Spearman rank correlation between two (N, H, W) stacks of maps.
+
+    An image whose first map is flat is left out (there is no ranking to compare); one whose
+    second map alone is flat counts 0 (the ranking is gone). None when every first map is flat.
+
+    Example:
+        >>> a = np.arange(8.0).reshape(2, 2, 2)
+        >>> rank_correlation(a, a), rank_correlation(a, -a), rank_correlation(a, np.zeros_like(a))
+        (1.0, -1.0, 0.0)
+    """
+    values = []
+    for one, two in zip(np.asarray(first), np.asarray(second)):
+        if np.ptp(one) == 0:
+            continue
+        values.append(0.0 if np.ptp(two) == 0 else float(spearmanr(one.ravel(), two.ravel()).statistic))
+    return float(np.mean(values)) if values else None
+
+
+def sanity_check(model, images, method: str = "gradcam", *, index=None, layer: str | None = None,
+                 seed: int = 0) -> float:
+    """Adebayo et al.'s model-randomisation check: the rank correlation between ``method``'s maps of the
+    trained model and of the model with its top randomised (low passes).
+
+    The explained class is fixed from the trained model, so both maps explain the same class.
+
+    Example:
+        >>> sanity_check(tuner, images, "gradcam")  # doctest: +SKIP
+        0.08
+    """
+    from tfmed.explain.methods import explain
+
+    keras_model = keras_model_of(model)
+    target, images, index = prepare(keras_model, images, index, layer)
+    before = explain(keras_model, images, method, index=index, layer=layer)
+    with randomised_weights(target, seed):
+        after = explain(keras_model, images, method, index=index, layer=layer)
+    return rank_correlation(before, after)

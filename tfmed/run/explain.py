@@ -1,0 +1,223 @@
+"""``tfmed explain``: where a saved run's model looks, as overlays with faithfulness and sanity figures.
+
+Without images, the run's own test split is explained (its validation split when
+it has none): a few true positives, false positives, false negatives and true
+negatives at the stored threshold (the most confident of each). The output
+folder (default ``RUN/explanations/TIMESTAMP``) holds one overlay PNG per image,
+``overview.png`` (all of them), ``explanations.csv`` (file, group, label, score,
+decision, explained class, method, the map's peak) and ``faithfulness.json``
+(deletion / insertion AUC against a random order, and the model-randomisation
+rank correlation; see :mod:`tfmed.explain.faithfulness`).
+
+Each image's map explains the class the model decided for it, unless ``index``
+names one class (required for multilabel models, and for choosing the groups of
+a multiclass or multilabel model: TP/FP/FN/TN of that class against the rest).
+
+Example:
+    >>> out = explain_run("runs/pneumonia_mnist/20261124-101500", method="gradcam")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfmed.data.table import ImageTable
+from tfmed.explain import ExplainError, explain_table, get_method, peak
+from tfmed.explain.overlay import save_overlay, save_overlays
+from tfmed.progress import log
+from tfmed.run.artifact import TrainedModel
+from tfmed.run.rundir import new_run_dir, resolve_run_dir, run_split_tables
+
+GROUPS = ("TP", "FP", "FN", "TN")
+
+
+def group_class(model: TrainedModel, index) -> int:
+    """The class whose TP/FP/FN/TN groups are picked: the positive class (binary) or ``index``.
+
+    Example:
+        >>> group_class(TrainedModel("svm", "binary", ["normal", "pneumonia"], None, None, None), None)
+        1
+    """
+    if model.task == "binary":
+        return 1 if index is None else int(index)
+    if index is None:
+        listed = ", ".join(f"{k} = {name}" for k, name in enumerate(model.classes))
+        raise ExplainError(f"the model is {model.task}: give --index to say which class or label to explain "
+                           f"and to pick cases by ({listed})")
+    if not 0 <= int(index) < len(model.classes):
+        raise ExplainError(f"--index {index} is not a class of this model; its classes are "
+                           + ", ".join(f"{k} = {name}" for k, name in enumerate(model.classes)))
+    return int(index)
+
+
+def _hits(model: TrainedModel, labels: np.ndarray, decisions: np.ndarray, chosen: int) -> tuple:
+    """(is the chosen class, is decided as the chosen class) per row."""
+    if model.task == "multilabel":
+        return labels[:, chosen] == 1, decisions[:, chosen] == 1
+    return labels == chosen, decisions == chosen
+
+
+def select_cases(model: TrainedModel, labels, scores, decisions, chosen: int, per_group: int) -> list[tuple]:
+    """``(row position, group)`` of up to ``per_group`` most confident TP, FP, FN and TN cases of class ``chosen``.
+
+    Example:
+        >>> model = TrainedModel("svm", "binary", ["normal", "pneumonia"], None, None, None)
+        >>> select_cases(model, np.array([0, 1, 1, 0]), np.array([.9, .8, .1, .2]), np.array([1, 1, 0, 0]), 1, 1)
+        [(1, 'TP'), (0, 'FP'), (2, 'FN'), (3, 'TN')]
+    """
+    labels, scores, decisions = np.asarray(labels), np.asarray(scores), np.asarray(decisions)
+    truth, called = _hits(model, labels, decisions, chosen)
+    score = scores if scores.ndim == 1 else scores[:, chosen]
+    cases = []
+    for group, mask, sign in (("TP", truth & called, -1), ("FP", ~truth & called, -1),
+                              ("FN", truth & ~called, 1), ("TN", ~truth & ~called, 1)):
+        rows = np.flatnonzero(mask)
+        rows = rows[np.argsort(sign * score[rows], kind="stable")][:per_group]
+        cases += [(int(row), group) for row in rows]
+    return cases
+
+
+def explained_classes(model: TrainedModel, decisions: np.ndarray, index):
+    """The class each image's map explains: ``index`` for every image, else each image's decided class.
+
+    Example:
+        >>> explained_classes(TrainedModel("svm", "binary", ["a", "b"], None, None, None), np.array([1, 0]), None).tolist()
+        [1, 0]
+    """
+    if index is not None:
+        return int(index)
+    if model.task == "multilabel":
+        raise ExplainError("a multilabel model needs --index: the label to explain")
+    return np.asarray(decisions, np.int64)
+
+
+def _class_name(model: TrainedModel, value) -> str:
+    return model.classes[int(value)] if 0 <= int(value) < len(model.classes) else str(value)
+
+
+def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores: np.ndarray, groups: list[str],
+                       *, method: str, index=None, layer: str | None = None, labels=None, split: str | None = None,
+                       steps: int = 20, seed: int = 0) -> dict:
+    """Explain every row of ``table`` and write overlays, ``overview.png``, ``explanations.csv`` and
+    ``faithfulness.json`` into ``out``; returns the faithfulness record (with ``overview`` and ``csv`` paths)."""
+    out.mkdir(parents=True, exist_ok=True)
+    decisions = model.decide(scores)
+    classes = explained_classes(model, decisions, index)
+    log(f"explaining {len(table)} image(s) with {method}")
+    result = explain_table(model.estimator, model.inputs, table, method, index=classes, layer=layer)
+    rows, items = [], []
+    files = table.frame["image"].astype(str).tolist()
+    for i, (file, group) in enumerate(zip(files, groups)):
+        explained = classes if np.ndim(classes) == 0 else classes[i]
+        score = float(scores[i]) if np.ndim(scores) == 1 else float(scores[i, explained])
+        decision = decisions[i] if model.task != "multilabel" else decisions[i, explained]
+        label = "" if labels is None else (labels[i] if model.task != "multilabel" else labels[i, explained])
+        decided = _class_name(model, decision) if model.task != "multilabel" else str(int(decision))
+        label_text = "" if labels is None else (_class_name(model, label) if model.task != "multilabel"
+                                                else str(int(label)))
+        title = (f"{Path(file).name[:28]} {group}\nlabel {label_text or '?'}, score {score:.3f} -> {decided}\n"
+                 f"{method} of {_class_name(model, explained)}")
+        stem = Path(file).stem[:40].replace(" ", "_")
+        overlay = save_overlay(out / f"{i:03d}_{group or 'image'}_{stem}.png", result.images[i], result.maps[i], title)
+        row_peak = peak(result.maps[i])
+        rows.append({"file": file, "group": group, "label": label_text, "score": round(score, 6),
+                     "decision": decided, "explained_class": _class_name(model, explained), "method": method,
+                     "peak_row": row_peak[0], "peak_col": row_peak[1], "overlay": overlay.name})
+        items.append((result.images[i], result.maps[i], title))
+    pd.DataFrame(rows).to_csv(out / "explanations.csv", index=False)
+    overview = save_overlays(out / "overview.png", items)
+    record = {"method": method, "images": len(table), "split": split}
+    log("measuring faithfulness (deletion / insertion) and the model-randomisation sanity check")
+    record.update(result.trust(index=classes, steps=steps, seed=seed, layer=layer))
+    (out / "faithfulness.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    record["overview"] = str(overview)
+    record["csv"] = str(out / "explanations.csv")
+    return record
+
+
+def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):
+    predictions = run_dir / "predictions.csv"
+    if not predictions.is_file():
+        raise ExplainError(f"{run_dir} has no predictions.csv (a k-fold run without a test split); "
+                           "pass image files or folders to explain")
+    frame = pd.read_csv(predictions, keep_default_na=False)
+    split = "test" if (frame["split"] == "test").any() else "val"
+    frame = frame[frame["split"] == split].reset_index(drop=True)
+    table = run_split_tables(run_dir, (split,))[split]
+    position = {ref: i for i, ref in enumerate(table.frame["image"].astype(str))}
+    unknown = [str(ref) for ref in frame["id"] if str(ref) not in position]
+    if unknown:
+        raise ExplainError(f"{predictions} lists {len(unknown)} {split} image(s) that the run's data no longer has, "
+                           f"e.g. {unknown[0]}; restore the data or pass image files to explain")
+    order = [position[str(ref)] for ref in frame["id"]]
+    table = table.subset(np.asarray(order))
+    if model.task == "binary":
+        scores = frame["score"].to_numpy(float)
+    else:
+        scores = frame[[f"score:{name}" for name in model.classes]].to_numpy(float)
+    cases = select_cases(model, table.labels(), scores, model.decide(scores), chosen, per_group)
+    if not cases:
+        raise ExplainError(f"the {split} split of {run_dir} has no images to explain")
+    rows = np.array([row for row, _ in cases])
+    return split, table.subset(rows), scores[rows], [group for _, group in cases]
+
+
+def explain_run(run: str | Path, images: list[str] | None = None, *, method: str = "gradcam",
+                output: str | Path | None = None, index=None, layer: str | None = None, per_group: int = 2,
+                steps: int = 20, seed: int = 0) -> Path:
+    """Explain a saved run's model on ``images`` (files/folders) or on cases of its own test split.
+
+    Returns the output folder (default ``RUN/explanations/TIMESTAMP``).
+    """
+    get_method(method)
+    if per_group < 1:
+        raise ExplainError(f"--per-group must be at least 1, got {per_group}")
+    run_dir = resolve_run_dir(run)
+    model = TrainedModel.load(run_dir / "model")
+    if images:
+        from tfmed.run.predict import image_table
+
+        if model.task == "multilabel" and index is None:
+            raise ExplainError("a multilabel model needs --index: the label to explain ("
+                               + ", ".join(f"{k} = {name}" for k, name in enumerate(model.classes)) + ")")
+        table = image_table(model, images)
+        scores, groups, labels, split = model.predict(table), [""] * len(table), None, None
+    else:
+        chosen = group_class(model, index)
+        split, table, scores, groups = _run_cases(run_dir, model, chosen, per_group)
+        labels = table.labels()
+    out = Path(output) if output else new_run_dir(run_dir, "explanations")
+    if output and out.exists() and any(out.iterdir()):
+        raise ExplainError(f"{out} already exists and is not empty; choose a new --output folder")
+    record = write_explanations(out, model, table, scores, groups, method=method, index=index, layer=layer,
+                                labels=labels, split=split, steps=steps, seed=seed)
+    log(f"wrote {record['images']} overlay(s), explanations.csv and faithfulness.json to {out}")
+    return out
+
+
+def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: dict, method: str) -> tuple:
+    """The report's explanations: one TP, FP, FN and TN of the test (or validation) split.
+
+    Returns (overview PNG path, a sentence with the faithfulness and sanity figures).
+    """
+    split = "test" if "test" in scores else "val"
+    table = parts[split]
+    chosen = 1 if model.task == "binary" else 0
+    index = None if model.task != "multilabel" else chosen
+    cases = select_cases(model, table.labels(), scores[split], model.decide(scores[split]), chosen, 1)
+    rows = np.array([row for row, _ in cases])
+    record = write_explanations(run_dir / "explanations", model, table.subset(rows), scores[split][rows],
+                                [group for _, group in cases], method=method, index=index,
+                                labels=table.subset(rows).labels(), split=split)
+    figure = {key: "n/a" if value is None else f"{value:.3f}" for key, value in record.items()
+              if key.endswith(("_auc", "_correlation"))}
+    sentence = (f"Explanations ({method}, {record['images']} {split} images, maps of the decided class): deletion "
+                f"AUC {figure['deletion_auc']} against {figure['random_deletion_auc']} in a random order (lower is "
+                f"more faithful), insertion AUC {figure['insertion_auc']} against {figure['random_insertion_auc']}, "
+                f"rank correlation with the maps of a model whose top is randomised "
+                f"{figure['sanity_rank_correlation']} (low passes the sanity check); {record['flat_maps']} flat "
+                "map(s) left out. Overlays and figures: explanations/.")
+    return Path(record["overview"]), sentence
