@@ -53,6 +53,20 @@ def removed_image(image: np.ndarray) -> np.ndarray:
     return blurred.reshape(image.shape)
 
 
+def checked_maps(maps, images: np.ndarray) -> np.ndarray:
+    """``maps`` as float32, or an ExplainError unless there is one (H, W) map per image.
+
+    Example:
+        >>> checked_maps(np.zeros((2, 4, 4)), np.zeros((2, 4, 4, 1))).dtype
+        dtype('float32')
+    """
+    maps = np.asarray(maps, np.float32)
+    if maps.shape != images.shape[:3]:
+        raise ExplainError(f"maps have shape {maps.shape} but the images are {images.shape[:3]}; give one "
+                           "map per image at the image resolution")
+    return maps
+
+
 def perturbation_curves(model, images, maps, *, index=None, steps: int = 20, kind: str = "deletion",
                         order: str = "map", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(fractions (steps + 1,), probabilities (N, steps + 1)) as pixels are removed (``kind="deletion"``)
@@ -65,10 +79,7 @@ def perturbation_curves(model, images, maps, *, index=None, steps: int = 20, kin
         raise ExplainError(f"perturbation_curves: kind must be deletion or insertion, order map or random and "
                            f"steps >= 1; got kind={kind!r}, order={order!r}, steps={steps}")
     target, images, index = prepare(model, images, index)
-    maps = np.asarray(maps, np.float32)
-    if maps.shape != images.shape[:3]:
-        raise ExplainError(f"maps have shape {maps.shape} but the images are {images.shape[:3]}; give one "
-                           "map per image at the image resolution")
+    maps = checked_maps(maps, images)
     rng = np.random.default_rng(seed)
     fractions = np.linspace(0.0, 1.0, steps + 1)
     curves = []
@@ -101,10 +112,7 @@ def faithfulness(model, images, maps, *, index=None, steps: int = 20, seed: int 
         0.21
     """
     target, images, index = prepare(model, images, index)
-    maps = np.asarray(maps, np.float32)
-    if maps.shape != images.shape[:3]:
-        raise ExplainError(f"maps have shape {maps.shape} but the images are {images.shape[:3]}; give one "
-                           "map per image at the image resolution")
+    maps = checked_maps(maps, images)
     ranked = np.ptp(maps.reshape(len(maps), -1), axis=1) > 0
     out = {"flat_maps": int((~ranked).sum())}
     if np.ndim(index) == 1:
@@ -183,11 +191,12 @@ def rank_correlation(first: np.ndarray, second: np.ndarray) -> float | None:
 
 
 def sanity_check(model, images, method: str = "gradcam", *, index=None, layer: str | None = None,
-                 seed: int = 0) -> float:
+                 seed: int = 0, maps=None) -> float | None:
     """Adebayo et al.'s model-randomisation check: the rank correlation between ``method``'s maps of the
     trained model and of the model with its top randomised (low passes).
 
     The explained class is fixed from the trained model, so both maps explain the same class.
+    ``maps`` (the trained model's maps, when already made) saves making them again.
 
     Example:
         >>> sanity_check(tuner, images, "gradcam")  # doctest: +SKIP
@@ -197,7 +206,8 @@ def sanity_check(model, images, method: str = "gradcam", *, index=None, layer: s
 
     keras_model = keras_model_of(model)
     target, images, index = prepare(keras_model, images, index, layer)
-    before = explain(keras_model, images, method, index=index, layer=layer)
+    before = explain(keras_model, images, method, index=index, layer=layer) if maps is None \
+        else checked_maps(maps, images)
     with randomised_weights(target, seed):
         after = explain(keras_model, images, method, index=index, layer=layer)
     return rank_correlation(before, after)

@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tfmed.explain.maps import normalise
+
 ALPHA = 0.45
 COLOUR_MAP = "jet"
 
@@ -31,8 +33,7 @@ def display_image(image: np.ndarray) -> np.ndarray:
     grey = np.asarray(image, np.float64)
     if grey.ndim == 3:
         grey = grey.mean(axis=-1)
-    span = np.ptp(grey)
-    return (grey - grey.min()) / span if span > 0 else np.zeros_like(grey)
+    return normalise(grey[None])[0]
 
 
 def overlay_figure(items: Sequence[tuple[np.ndarray, np.ndarray, str]], columns: int = 4,

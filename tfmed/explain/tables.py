@@ -59,7 +59,7 @@ class TableExplanation:
             record = {"member": part.name}
             record.update(faithfulness(part.model, part.images, part.maps, index=index, steps=steps, seed=seed))
             record["sanity_rank_correlation"] = sanity_check(part.model, part.images, self.method, index=index,
-                                                             layer=layer, seed=seed)
+                                                             layer=layer, seed=seed, maps=part.maps)
             records.append(record)
         keys = [k for k in records[0] if k not in ("member", "flat_maps")]
         summary = {"method": self.method, "images": int(len(self.maps)),

@@ -34,6 +34,10 @@ from tfmed.run.rundir import new_run_dir, resolve_run_dir, run_split_tables
 GROUPS = ("TP", "FP", "FN", "TN")
 
 
+def _class_list(model: TrainedModel) -> str:
+    return ", ".join(f"{k} = {name}" for k, name in enumerate(model.classes))
+
+
 def group_class(model: TrainedModel, index) -> int:
     """The class whose TP/FP/FN/TN groups are picked: the positive class (binary) or ``index``.
 
@@ -44,12 +48,10 @@ def group_class(model: TrainedModel, index) -> int:
     if model.task == "binary":
         return 1 if index is None else int(index)
     if index is None:
-        listed = ", ".join(f"{k} = {name}" for k, name in enumerate(model.classes))
         raise ExplainError(f"the model is {model.task}: give --index to say which class or label to explain "
-                           f"and to pick cases by ({listed})")
+                           f"and to pick cases by ({_class_list(model)})")
     if not 0 <= int(index) < len(model.classes):
-        raise ExplainError(f"--index {index} is not a class of this model; its classes are "
-                           + ", ".join(f"{k} = {name}" for k, name in enumerate(model.classes)))
+        raise ExplainError(f"--index {index} is not a class of this model; its classes are {_class_list(model)}")
     return int(index)
 
 
@@ -90,7 +92,7 @@ def explained_classes(model: TrainedModel, decisions: np.ndarray, index):
     if index is not None:
         return int(index)
     if model.task == "multilabel":
-        raise ExplainError("a multilabel model needs --index: the label to explain")
+        raise ExplainError(f"a multilabel model needs --index: the label to explain ({_class_list(model)})")
     return np.asarray(decisions, np.int64)
 
 
@@ -180,9 +182,8 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
     if images:
         from tfmed.run.predict import image_table
 
-        if model.task == "multilabel" and index is None:
-            raise ExplainError("a multilabel model needs --index: the label to explain ("
-                               + ", ".join(f"{k} = {name}" for k, name in enumerate(model.classes)) + ")")
+        if model.task == "multilabel":
+            explained_classes(model, None, index)  # refuses a missing --index before any scoring
         table = image_table(model, images)
         scores, groups, labels, split = model.predict(table), [""] * len(table), None, None
     else:
