@@ -7,7 +7,7 @@ HERE = Path(__file__).parent
 
 setup(
     name="tfmed",
-    version="0.1.0",
+    version="0.2.0",
     description="Keras/TensorFlow transfer learning for medical image classification",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
@@ -22,10 +22,12 @@ setup(
         "pandas",
         "scikit-learn>=1.9",
         "scikit-image",
+        "skops>=0.16",
         "opencv-python-headless",
         "pydicom>=3",
         "PyYAML",
         "matplotlib",
+        "Pillow",
     ],
     entry_points={"console_scripts": ["tfmed=tfmed.run.cli:main"]},
 )

@@ -1,13 +1,21 @@
 """read_image / image_info on real files written here and pydicom's own test files."""
+import os
 import shutil
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 
-from tfmed.data.decode import ImageInfo, ImageReadError, image_info, image_kind, read_image
+from tfmed.config import ConfigError, DataConfig
+from tfmed.data.decode import (DEFAULT_MAX_PIXELS, ImageInfo, ImageReadError, image_info, image_kind,
+                               read_image, read_image_and_info)
+from tfmed.progress import native_stderr_captured
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
 
@@ -153,3 +161,150 @@ def test_multiframe_dicom_is_refused():
 
 def test_image_read_error_is_a_value_error():
     assert issubclass(ImageReadError, ValueError)
+
+
+# ------------------------------------------------ PNG files built chunk by chunk
+GREY = np.random.default_rng(3).integers(0, 256, (20, 30), dtype=np.uint8)
+
+
+def png_bytes(array=GREY) -> bytes:
+    ok, encoded = cv2.imencode(".png", array)
+    assert ok
+    return encoded.tobytes()
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header says width x height (its pixel data is GREY's, far too little)."""
+    data = png_bytes()
+    return data[:8] + chunk(b"IHDR", struct.pack(">II", width, height) + data[24:29]) + data[33:]
+
+
+def png_with_broken_idat() -> bytes:
+    """GREY with one byte of its compressed pixel data flipped (libpng: "IDAT: incorrect data check")."""
+    data = bytearray(png_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start + 40] ^= 0xFF
+    return bytes(data)
+
+
+def png_with_short_icc_profile() -> bytes:
+    """GREY with an iCCP chunk whose profile is garbage: libpng warns "iCCP: too short" and reads the pixels."""
+    data = png_bytes()
+    profile = chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(b"x" * 200))
+    return data[:33] + profile + data[33:]
+
+
+# ------------------------------------------------------------- the pixel limit
+def test_png_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_claiming_size(40000, 40000))
+
+    def decoded(*args):
+        raise AssertionError("the pixels of an over-limit image were decoded")
+
+    monkeypatch.setattr(cv2, "imdecode", decoded)
+    with pytest.raises(ImageReadError) as caught:
+        read_image(path)
+    assert caught.value.reason == ("image is 40000 x 40000 pixels (1600.0 megapixels), over the limit of "
+                                   "100.0 megapixels")
+    assert caught.value.fix == "downsample the image, or raise data.max_image_pixels"
+    assert str(caught.value).startswith(f"{path}: image is 40000 x 40000")
+
+
+def test_pillows_own_size_warning_does_not_replace_the_limit(tmp_path, recwarn):
+    # 90 megapixels: over Pillow's decompression-bomb warning threshold (about 89.5), under our default
+    assert Image.MAX_IMAGE_PIXELS < 90_000_000 < DEFAULT_MAX_PIXELS
+    path = tmp_path / "large.png"
+    path.write_bytes(png_claiming_size(10000, 9000))
+    with pytest.raises(ImageReadError, match=r"image is 10000 x 9000 pixels \(90.0 megapixels\), over the "
+                                             r"limit of 50.0 megapixels"):
+        read_image(path, max_pixels=50_000_000)
+    assert [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)] == []
+
+
+def test_max_pixels_is_width_times_height_and_none_lifts_it(tmp_path):
+    path = tmp_path / "small.png"
+    path.write_bytes(png_bytes())
+    with pytest.raises(ImageReadError, match=r"small.png: image is 30 x 20 pixels \(600 pixels\), over the "
+                                             r"limit of 100 pixels"):
+        read_image(path, max_pixels=100)
+    assert read_image(path, max_pixels=600).shape == (20, 30, 1)
+    assert read_image(path, max_pixels=None).shape == (20, 30, 1)
+
+
+def test_dicom_over_the_pixel_limit_is_refused_before_its_pixels_are_read(monkeypatch):
+    def decoded(self):
+        raise AssertionError("the pixels of an over-limit DICOM were decoded")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(decoded))
+    with pytest.raises(ImageReadError) as caught:
+        read_image(CT_SMALL, max_pixels=1000)
+    assert caught.value.reason == "image is 128 x 128 pixels (16384 pixels), over the limit of 1000 pixels"
+    assert "data.max_image_pixels" in caught.value.fix
+
+
+def test_the_pixel_limit_setting_defaults_to_the_decoder_limit_and_must_be_positive():
+    assert DataConfig().max_image_pixels == DEFAULT_MAX_PIXELS == 100_000_000
+    assert DataConfig(max_image_pixels=None).max_image_pixels is None
+    with pytest.raises(ConfigError, match=r"data.max_image_pixels is 0; it must be a number of pixels > 0"):
+        DataConfig(max_image_pixels=0)
+
+
+# ----------------------------------------------------- what the decoders print
+def test_a_broken_png_names_what_libpng_said_and_nothing_reaches_stderr(tmp_path, capfd):
+    path = tmp_path / "broken.png"
+    path.write_bytes(png_with_broken_idat())
+    with pytest.raises(ImageReadError) as caught:
+        read_image(path)
+    assert caught.value.reason == ("corrupt or truncated PNG (OpenCV could not decode it; the decoder said: "
+                                   "libpng error: IDAT: incorrect data check)")
+    assert caught.value.decoder_output == "libpng error: IDAT: incorrect data check"
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_a_png_that_decodes_with_a_warning_keeps_it_in_its_info(tmp_path, capfd):
+    path = tmp_path / "warned.png"
+    path.write_bytes(png_with_short_icc_profile())
+    array, info = read_image_and_info(path)
+    np.testing.assert_array_equal(array[:, :, 0], GREY)
+    assert info.decoder_output == "libpng warning: iCCP: too short"
+    assert image_info(path) == ImageInfo(20, 30, 1, 8, "png", decoder_output="libpng warning: iCCP: too short")
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_decodes_in_parallel_threads_each_keep_their_own_messages(tmp_path, capfd):
+    paths = []
+    for i in range(150):
+        paths.append(tmp_path / f"{i}.png")
+        paths[-1].write_bytes(png_with_short_icc_profile() if i % 3 == 0 else png_bytes())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        infos = list(pool.map(lambda path: read_image_and_info(path)[1], paths))
+    assert [info.decoder_output for info in infos] == [
+        "libpng warning: iCCP: too short" if i % 3 == 0 else "" for i in range(150)]
+    os.write(2, b"fd 2 is back\n")
+    assert capfd.readouterr().err == "fd 2 is back\n"
+
+
+def test_native_stderr_capture_nests_and_restores_file_descriptor_2(capfd):
+    with native_stderr_captured() as outer:
+        os.write(2, b"outer\n")
+        with native_stderr_captured() as inner:
+            os.write(2, b"inner\n")
+        os.write(2, b"outer again\n")
+    os.write(2, b"after\n")
+    assert (outer.text, inner.text) == ("outer\nouter again", "inner")
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_native_stderr_capture_catches_nothing_where_there_is_no_file_descriptor_2(monkeypatch):
+    def no_fd(fd):
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(os, "dup", no_fd)
+    with native_stderr_captured() as printed:
+        pass
+    assert printed.text == ""

@@ -15,7 +15,7 @@ PACKAGE = Path(tfmed.__file__).parent
 
 # Lower layers may not import higher ones (run -> modes -> training/backbones/data/evaluation -> base).
 LAYERS = {
-    "tfmed.errors": 0, "tfmed.progress": 0, "tfmed.config": 1,
+    "tfmed.errors": 0, "tfmed.progress": 0, "tfmed.files": 0, "tfmed.config": 1,
     "tfmed.evaluation": 2, "tfmed.data": 2, "tfmed.backbones": 2, "tfmed.training": 3,
     "tfmed.modes": 4, "tfmed.explain": 4, "tfmed.run": 5,
 }

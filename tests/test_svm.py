@@ -196,7 +196,7 @@ def test_feature_cache_hit_and_invalidation(monkeypatch, tmp_path, binary_data):
 def test_save_load_gives_identical_predictions(tmp_path, binary_data):
     X, y = binary_data
     model = small(texture=True, preprocess={"image_size": SIZE, "intensity": "minmax"}).fit(X, y)
-    path = tmp_path / "model" / "svm.joblib"
+    path = tmp_path / "model" / "estimator"
     model.save(path)
     F.clear_model_cache()  # force the loaded model to rebuild its backbone
     loaded = FeatureSVM.load(path)
@@ -288,10 +288,11 @@ def test_unseen_classes_and_label_count_mismatch(binary_model, binary_data):
 
 
 def test_load_rejects_other_files(tmp_path):
-    path = tmp_path / "other.joblib"
-    path.write_bytes(b"plain text")
+    (tmp_path / "feature_svm.json").write_text('{"kind": "something else"}')
     with pytest.raises(S.ModelMismatchError, match="not a saved FeatureSVM"):
-        FeatureSVM.load(path)
+        FeatureSVM.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no saved FeatureSVM"):
+        FeatureSVM.load(tmp_path / "empty")
 
 
 def test_bad_parameters_are_named(binary_data):

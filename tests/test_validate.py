@@ -1,9 +1,14 @@
 """Manifest parsing and table validation: every problem at once, with rows and fixes."""
+import os
+import struct
+import zlib
+
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
+import tfmed.data.validate as validate_module
 from tfmed.data.sources.manifest import ManifestError, load_manifest
 from tfmed.data.sources import DataSourceError
 from tfmed.data.table import ImageTable
@@ -58,7 +63,8 @@ def test_validation_collects_every_problem_with_csv_line_numbers(messy):
     assert sorted(rows) == [3, 4, 5, 6, 7, 9, 10]
     assert rows[3] == ["file not found"]
     assert rows[4] == ["file is empty (0 bytes)"]
-    assert rows[5] == ["corrupt or truncated PNG (OpenCV could not decode it)"]
+    assert rows[5] == ["corrupt or truncated PNG (OpenCV could not decode it; the decoder said: PNG input "
+                       "buffer is incomplete)"]
     assert rows[6] == ["unknown label 'cancer' in column 'label'"]
     assert "empty label in column 'label'" in rows[7]
     assert "duplicate: the same image as row 6" in rows[7]
@@ -113,6 +119,83 @@ def test_clean_table_passes_unchanged(tmp_path):
     report = validate_table(table, need_patient_ids=True)
     assert report.ok and report.problems == [] and "passed" in report.format()
     assert apply_validation(table, report, exclude_bad_rows=False).frame["label"].tolist() == [0, 1]
+
+
+# ---------------------------------------------------------------- what the decoders print
+def png_bytes() -> bytes:
+    grey = np.random.default_rng(3).integers(0, 256, (20, 30), dtype=np.uint8)
+    return cv2.imencode(".png", grey)[1].tobytes()
+
+
+def broken_png() -> bytes:
+    """One byte of the compressed pixel data flipped: libpng fails with "IDAT: incorrect data check"."""
+    data = bytearray(png_bytes())
+    data[data.index(b"IDAT") + 44] ^= 0xFF
+    return bytes(data)
+
+
+def warned_png() -> bytes:
+    """A garbage iCCP profile after the header: libpng warns "iCCP: too short" and reads the pixels."""
+    data = png_bytes()
+    body = b"iCCP" + b"ICC Profile\x00\x00" + zlib.compress(b"x" * 200)
+    return data[:33] + struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body)) + data[33:]
+
+
+def table_of(tmp_path, files: dict) -> ImageTable:
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    frame = pd.DataFrame({"image": [str(tmp_path / name) for name in files], "label": [0] * len(files),
+                          "row": range(2, 2 + len(files))})
+    return ImageTable(frame, ["a", "b"], "binary", source="decoders.csv")
+
+
+def test_decoder_messages_go_into_the_report_of_their_row_not_the_terminal(tmp_path, capfd):
+    table = table_of(tmp_path, {"good.png": png_bytes(), "broken.png": broken_png(), "warned.png": warned_png(),
+                                "good2.png": png_bytes()})
+    report = validate_table(table, workers=4)
+    assert problems_by_row(report) == {3: ["corrupt or truncated PNG (OpenCV could not decode it; the decoder "
+                                           "said: libpng error: IDAT: incorrect data check)"]}
+    assert [(w.row, w.problem) for w in report.warnings] == [
+        (4, "the decoder warned: libpng warning: iCCP: too short")]
+    assert "the pixels were read" in report.warnings[0].fix
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_files_are_decoded_again_only_until_every_message_is_traced(tmp_path, capfd, monkeypatch):
+    decoded = []
+
+    def counting(path, *args, **kwargs):
+        decoded.append(os.path.basename(path))
+        return read(path, *args, **kwargs)
+
+    read = validate_module.read_image_and_info
+    monkeypatch.setattr(validate_module, "read_image_and_info", counting)
+    clean = table_of(tmp_path, {"a.png": png_bytes(), "b.png": png_bytes()})
+    assert validate_table(clean).warnings == [] and sorted(decoded) == ["a.png", "b.png"]
+    decoded.clear()
+    table = table_of(tmp_path, {"w.png": warned_png(), "c.png": png_bytes(), "d.png": png_bytes()})
+    report = validate_table(table, workers=2)
+    assert sorted(decoded[:3]) == ["c.png", "d.png", "w.png"] and decoded[3:] == ["w.png"]
+    assert [w.row for w in report.warnings] == [2]
+    assert "libpng" not in capfd.readouterr().err
+
+
+def test_output_no_file_reproduces_is_a_table_warning(tmp_path, capfd, monkeypatch):
+    said = []
+
+    def once(path, *args, **kwargs):  # like a library warning that Python shows once per process
+        if path.endswith("a.png") and not said:
+            said.append(os.write(2, b"somelib: shown once\n"))
+        return read(path, *args, **kwargs)
+
+    read = validate_module.read_image_and_info
+    monkeypatch.setattr(validate_module, "read_image_and_info", once)
+    report = validate_table(table_of(tmp_path, {"a.png": png_bytes(), "b.png": png_bytes()}), workers=2)
+    assert report.ok
+    assert [(w.row, w.image, w.problem) for w in report.warnings] == [
+        (None, "decoders.csv", "printed while the images were decoded, not traced to one file: "
+                               "somelib: shown once")]
+    assert capfd.readouterr().err == ""
 
 
 # ---------------------------------------------------------------- manifest parsing

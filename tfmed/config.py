@@ -110,6 +110,10 @@ class DataConfig(_Section):
     classes: class names in label order (optional; inferred when omitted).
     exclude_bad_rows: drop rows that fail validation (listed in the run's
         output) instead of stopping with the report.
+    max_image_pixels: largest image read, in pixels (width x height, all
+        frames); a larger one is a validation problem, found from its header
+        without decoding it. Default 100 megapixels (a 4096 x 5120 mammogram
+        is 21); null: no limit.
     """
 
     KEY: ClassVar[str] = "data."
@@ -124,11 +128,16 @@ class DataConfig(_Section):
     filename_label_suffix: bool = False
     exclude_bad_rows: bool = False
     missing_message: str | None = None
+    # the same as tfmed.data.decode.DEFAULT_MAX_PIXELS (config sits below data and cannot import it)
+    max_image_pixels: int | None = 100_000_000
 
     def check(self) -> None:
         super().check()
         if not self.label_columns:
             self._fail("label_columns", "list at least one label column, e.g. [label]")
+        if self.max_image_pixels is not None and self.max_image_pixels <= 0:
+            self._fail("max_image_pixels", "it must be a number of pixels > 0, e.g. 100000000 "
+                       "(or null for no limit)")
 
 
 @dataclass

@@ -4,6 +4,9 @@ Library code logs to the ``"tfmed"`` logger at INFO level and prints nothing
 itself. The command line calls :func:`configure_logging`, which shows each
 line with a timestamp on standard output; call it yourself in a script or
 notebook to see the same lines (or attach your own handler to ``"tfmed"``).
+What native libraries (e.g. libpng inside OpenCV) print straight to the
+process's stderr is caught with :func:`native_stderr_captured`, so that it
+can be reported with the file that caused it instead of on the terminal.
 
 Example:
     >>> configure_logging()                # doctest: +SKIP
@@ -12,8 +15,13 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+import tempfile
+import threading
+from dataclasses import dataclass
 
 LOGGER = logging.getLogger("tfmed")
 LOGGER.addHandler(logging.NullHandler())
@@ -57,3 +65,67 @@ def configure_logging(level: int = logging.INFO) -> logging.Handler:
     LOGGER.addHandler(handler)
     LOGGER.setLevel(level)
     return handler
+
+
+# File descriptor 2 is one per process: captures in different threads take turns.
+_CAPTURE_LOCK = threading.RLock()
+
+
+@dataclass
+class CapturedText:
+    """What a :func:`native_stderr_captured` block caught; ``text`` is filled when the block ends."""
+
+    text: str = ""
+
+
+@contextlib.contextmanager
+def native_stderr_captured():
+    """Catch what native code writes to file descriptor 2 (the process's stderr) while active.
+
+    C libraries such as libpng print their messages straight to file
+    descriptor 2, past ``sys.stderr``. Inside this block fd 2 points at a
+    temporary file; when the block ends fd 2 is restored and the caught text
+    (stripped) is in ``.text``. Python's own writes to ``sys.stderr`` are
+    caught too while ``sys.stderr`` is fd 2. To silence native output,
+    capture it and ignore ``.text``. Where fd 2 is not a real file descriptor
+    (e.g. some notebook kernels) nothing is caught. Blocks in different
+    threads take turns (nested blocks in one thread are fine), so a thread
+    must not wait, inside a block, for another thread that opens one.
+
+    Example:
+        >>> import os
+        >>> with native_stderr_captured() as printed:
+        ...     _ = os.write(2, b"libpng warning: iCCP: too short\\n")
+        >>> printed.text
+        'libpng warning: iCCP: too short'
+    """
+    captured = CapturedText()
+    with _CAPTURE_LOCK:
+        _flush_stderr()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 to redirect
+            saved = None
+        if saved is None:
+            yield captured
+            return
+        try:
+            with tempfile.TemporaryFile() as sink:
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield captured
+                finally:
+                    _flush_stderr()
+                    os.dup2(saved, 2)
+                    sink.seek(0)
+                    captured.text = sink.read().decode("utf-8", errors="replace").strip()
+        finally:
+            os.close(saved)
+
+
+def _flush_stderr() -> None:
+    """Flush Python's buffered stderr so its text lands on the side of a redirection it was written on."""
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # None (no console) or closed
+        pass

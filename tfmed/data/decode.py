@@ -7,6 +7,14 @@ DICOM files are decoded with pydicom and passed through the modality LUT
 units. Every failure raises :class:`ImageReadError` naming the file, the
 reason and the fix, instead of a decoder traceback.
 
+Before decoding, the image's width and height are read from its header
+(Pillow for rasters, Rows x Columns for DICOM) and an image over
+``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) is refused without
+allocating its pixels. What OpenCV's native decoders print on stderr (e.g.
+``libpng error: IDAT: incorrect data check``) is caught: a failure's reason
+quotes it, and a file that decoded despite it carries it in
+``ImageInfo.decoder_output``.
+
 Example:
     >>> import cv2, numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "x.png")
@@ -18,6 +26,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +35,7 @@ import cv2
 import numpy as np
 
 from tfmed.errors import TfmedError
+from tfmed.progress import CapturedText, native_stderr_captured
 
 # Extension -> kind. Files without an extension are accepted when they carry
 # the DICOM "DICM" marker (many PACS exports have no extension).
@@ -32,6 +43,12 @@ RASTER_KINDS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".bmp": "bmp",
                 ".tif": "tiff", ".tiff": "tiff"}
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 SUPPORTED_EXTENSIONS = tuple(RASTER_KINDS) + DICOM_EXTENSIONS
+# Largest image (width x height, all frames) read by default: 100 megapixels, several times a
+# 4096 x 5120 mammogram (21 MP). Setting: data.max_image_pixels.
+DEFAULT_MAX_PIXELS = 100_000_000
+# OpenCV's log prefix, e.g. "[ WARN:2@9.650] global grfmt_png.cpp:732 readFromStreamOrBuffer ": its
+# thread number and time differ between two reads of the same file.
+_OPENCV_LOG_PREFIX = re.compile(r"^\[\s*[A-Z]+:[^\]]*\]\s*(?:global\s+\S+\s+\S+\s+)?")
 
 
 class ImageReadError(TfmedError):
@@ -41,12 +58,15 @@ class ImageReadError(TfmedError):
         path: the file at fault.
         reason: what is wrong with it.
         fix: what would make it readable.
+        decoder_output: what the native decoder printed while failing ("" if
+            nothing, or if it was not captured); ``reason`` quotes it.
     """
 
-    def __init__(self, path: str | Path, reason: str, fix: str):
+    def __init__(self, path: str | Path, reason: str, fix: str, decoder_output: str = ""):
         self.path = str(path)
         self.reason = reason
         self.fix = fix
+        self.decoder_output = decoder_output
         super().__init__(f"{self.path}: {reason}. Fix: {fix}")
 
 
@@ -59,6 +79,9 @@ class ImageInfo:
         bit_depth: bits per stored sample (8, 16, 32, ...); for DICOM the
             BitsAllocated tag.
         kind: "png", "jpeg", "bmp", "tiff" or "dicom".
+        decoder_output: warnings the native decoder printed while reading the
+            file (e.g. "libpng warning: iCCP: too short"); the pixels were
+            read. Empty when it printed nothing or output was not captured.
 
     Example:
         >>> ImageInfo(height=28, width=28, channels=1, bit_depth=8, kind="png").channels
@@ -70,6 +93,18 @@ class ImageInfo:
     channels: int
     bit_depth: int
     kind: str
+    decoder_output: str = ""
+
+
+def decoder_messages(text: str) -> list[str]:
+    """The lines of what a native decoder printed, without OpenCV's log prefix (thread and time).
+
+    Example:
+        >>> decoder_messages("[ WARN:0@1.5] global grfmt_png.cpp:732 readFromStreamOrBuffer PNG input "
+        ...                  "buffer is incomplete\\nlibpng warning: iCCP: too short\\n")
+        ['PNG input buffer is incomplete', 'libpng warning: iCCP: too short']
+    """
+    return [_OPENCV_LOG_PREFIX.sub("", line.strip()) for line in text.splitlines() if line.strip()]
 
 
 def has_dicom_marker(path: str | Path) -> bool:
@@ -107,16 +142,17 @@ def image_kind(path: str | Path) -> str | None:
     return None
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` into a float32 array (H, W, C) of raw values.
 
     8-bit images keep values 0..255, 16-bit PNG/TIFF keep 0..65535, colour
     comes back RGB (RGBA for 4 channels), DICOM comes back after the modality
     LUT (Hounsfield units for CT); MONOCHROME1 DICOM is inverted so that
-    higher values are brighter, as in MONOCHROME2.
+    higher values are brighter, as in MONOCHROME2. Images of more than
+    ``max_pixels`` pixels (None: no limit) are refused before decoding.
 
     Raises:
-        ImageReadError: missing, empty, corrupt, unsupported or
+        ImageReadError: missing, empty, corrupt, unsupported, too large or
             undecodable (e.g. compressed DICOM without a decoder plugin).
 
     Example:
@@ -125,30 +161,43 @@ def read_image(path: str | Path) -> np.ndarray:
         >>> hu.shape, float(hu.min()), float(hu.max())
         ((128, 128, 1), -896.0, 1167.0)
     """
-    return read_image_and_info(path)[0]
+    return read_image_and_info(path, max_pixels)[0]
 
 
-def image_info(path: str | Path) -> ImageInfo:
+def image_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Height, width, channels, bit depth and kind of ``path`` (decodes the file).
 
     Example:
         >>> from pydicom.data import get_testdata_file
         >>> image_info(get_testdata_file("CT_small.dcm"))
-        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom')
+        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom', decoder_output='')
     """
-    return read_image_and_info(path)[1]
+    return read_image_and_info(path, max_pixels)[1]
 
 
-def read_image_and_info(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
+def read_image_and_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, *,
+                        capture_messages: bool = True) -> tuple[np.ndarray, ImageInfo]:
     """Decode ``path`` once and return both the array and its :class:`ImageInfo`.
 
-    Validation uses this to check every file with a single decode.
+    Validation uses this to check every file with a single decode. Images of
+    more than ``max_pixels`` pixels (None: no limit) are refused, judged from
+    the header, before any pixel is decoded. With ``capture_messages`` what
+    OpenCV's decoder prints on stderr is caught (see
+    :func:`tfmed.progress.native_stderr_captured`, whose blocks take turns
+    across threads) and goes into the error's reason or
+    ``info.decoder_output``; without it, it goes to stderr, e.g. into a
+    capture around several decodes running in parallel.
 
     Example:
         >>> from pydicom.data import get_testdata_file
         >>> array, info = read_image_and_info(get_testdata_file("CT_small.dcm"))
         >>> array.dtype.name, info.kind
         ('float32', 'dicom')
+        >>> try:
+        ...     read_image_and_info(get_testdata_file("CT_small.dcm"), max_pixels=10_000)
+        ... except ImageReadError as error:
+        ...     print(error.reason)
+        image is 128 x 128 pixels (16384 pixels), over the limit of 10000 pixels
     """
     path = Path(path)
     if not path.exists():
@@ -165,24 +214,75 @@ def read_image_and_info(path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         raise ImageReadError(path, f"unsupported file type {path.suffix or '(no extension)'!r}",
                              f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)}")
     if kind == "dicom":
-        return _read_dicom(path)
-    return _read_raster(path, kind)
+        return _read_dicom(path, max_pixels)
+    return _read_raster(path, kind, max_pixels, capture_messages)
 
 
-def _read_raster(path: Path, kind: str) -> tuple[np.ndarray, ImageInfo]:
-    # np.fromfile + imdecode handles non-ASCII paths, which cv2.imread does not on every platform.
+def _check_size(path: Path, width: int, height: int, max_pixels: int | None, frames: int = 1) -> None:
+    pixels = width * height * frames
+    if max_pixels is not None and pixels > max_pixels:
+        shape = f"{width} x {height} pixels" + (f" x {frames} frames" if frames > 1 else "")
+        limit = f"over the limit of {_amount(max_pixels)}"
+        raise ImageReadError(path, f"image is {shape} ({_amount(pixels)}), {limit}",
+                             "downsample the image, or raise data.max_image_pixels")
+
+
+def _amount(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, or None when no Pillow format recognises it.
+
+    Pillow's format readers are called as ``PIL.Image.open`` calls them (the
+    constructor reads the header only), but without its decompression-bomb
+    check: that check reports a pixel count, not width x height, and can only
+    be turned off through process-wide settings, unsafe while other threads
+    decode. The limit applied here is :func:`read_image_and_info`'s.
+    """
+    from PIL import Image
+
+    Image.init()
+    with open(path, "rb") as handle:
+        prefix = handle.read(16)
+        for name in tuple(Image.ID):
+            reader, accept = Image.OPEN[name]
+            verdict = accept(prefix) if accept is not None else False  # skip formats without a signature
+            if not verdict or isinstance(verdict, str):
+                continue
+            handle.seek(0)
+            try:
+                return reader(handle, str(path)).size
+            except (SyntaxError, OSError, ValueError, EOFError):
+                continue
+    return None
+
+
+def _read_raster(path: Path, kind: str, max_pixels: int | None,
+                 capture_messages: bool) -> tuple[np.ndarray, ImageInfo]:
+    # A header no Pillow format reads (e.g. a PNG with a bad ancillary-chunk checksum) is left to
+    # OpenCV, which refuses images of over 2**30 pixels itself.
     try:
+        size = _header_size(path) if max_pixels is not None else None
+        # np.fromfile + imdecode handles non-ASCII paths, which cv2.imread does not on every platform.
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise ImageReadError(path, f"cannot be read ({error.strerror})",
                              "check the file permissions") from None
-    try:
-        array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        array = None
+    if size is not None:
+        _check_size(path, *size, max_pixels)
+    capture = native_stderr_captured() if capture_messages else contextlib.nullcontext(CapturedText())
+    with capture as printed:
+        try:
+            array, raised = cv2.imdecode(data, cv2.IMREAD_UNCHANGED), ""
+        except cv2.error as error:
+            array, raised = None, str(error).strip()
+    said = "\n".join(decoder_messages(printed.text) + decoder_messages(raised))
     if array is None or array.size == 0:
-        raise ImageReadError(path, f"corrupt or truncated {kind.upper()} (OpenCV could not decode it)",
-                             "re-export or re-download the image, or remove the row")
+        quoted = f"; the decoder said: {' | '.join(said.splitlines())}" if said else ""
+        raise ImageReadError(path, f"corrupt or truncated {kind.upper()} (OpenCV could not decode it"
+                             f"{quoted})", "re-export or re-download the image, or remove the row",
+                             decoder_output=said)
     if array.ndim == 2:
         array = array[:, :, None]
     elif array.shape[2] == 3:
@@ -191,11 +291,11 @@ def _read_raster(path: Path, kind: str) -> tuple[np.ndarray, ImageInfo]:
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
     bit_depth = array.dtype.itemsize * 8
     info = ImageInfo(height=int(array.shape[0]), width=int(array.shape[1]),
-                     channels=int(array.shape[2]), bit_depth=int(bit_depth), kind=kind)
+                     channels=int(array.shape[2]), bit_depth=int(bit_depth), kind=kind, decoder_output=said)
     return array.astype(np.float32), info
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, ImageInfo]:
+def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageInfo]:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut
@@ -209,6 +309,9 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, ImageInfo]:
             and "DoubleFloatPixelData" not in dataset:
         raise ImageReadError(path, "DICOM file has no pixel data (e.g. a structured report or "
                              "presentation state)", "remove the row or point it at the image object")
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if isinstance(dataset.get("Rows"), int) and isinstance(dataset.get("Columns"), int):
+        _check_size(path, dataset.Columns, dataset.Rows, max_pixels, frames)
     try:
         pixels = dataset.pixel_array
     except RuntimeError as error:
@@ -222,7 +325,6 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, ImageInfo]:
     except (ValueError, AttributeError, KeyError, TypeError, EOFError) as error:
         raise ImageReadError(path, f"corrupt DICOM pixel data ({type(error).__name__}: {error})",
                              "re-export the DICOM file, or remove the row") from None
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageReadError(path, f"multi-frame DICOM ({frames} frames); a 2-D image is expected",
                              "export the frame to classify as its own file")

@@ -96,10 +96,10 @@ def _file_kind(path: str) -> int:
 def _read_with_decode(path) -> np.ndarray:
     """numpy_function body: tfmed.data.decode.read_image, errors naming the file."""
     path = path.decode("utf-8") if isinstance(path, bytes) else str(path)
-    from tfmed.data.decode import read_image
+    from tfmed.data.decode import read_image_and_info
 
-    try:
-        image = np.asarray(read_image(path), dtype=np.float32)
+    try:  # the files were validated (size limit, decoder messages) before any pipeline reads them
+        image = np.asarray(read_image_and_info(path, None, capture_messages=False)[0], dtype=np.float32)
     except Exception as error:
         raise PipelineError(f"{path}: cannot read image ({type(error).__name__}: {error}); "
                             "validate the table's files before training") from error

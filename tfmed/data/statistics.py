@@ -19,6 +19,7 @@ from tfmed.config import PreprocessConfig, TTAConfig
 from tfmed.data.pipeline import ImageInputs, raw_dataset
 from tfmed.data.preprocessing import StatisticsError, needs_statistics
 from tfmed.data.transforms import Compose, Resize, ToChannels
+from tfmed.files import DAMAGED, read_arrays, read_json
 
 
 STATS_FILE = "preprocess_stats.json"
@@ -120,13 +121,15 @@ def load_statistics(directory: str | Path) -> dict:
     if not path.is_file():
         raise StatisticsError(f"{path}: no preprocessing statistics here; the run directory should hold "
                               f"{STATS_FILE} written by save_statistics during training")
-    try:
-        stats = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise StatisticsError(f"{path}: not valid JSON ({error}); re-save the statistics") from None
+    stats = read_json(path, StatisticsError)
+    if not isinstance(stats, dict):
+        raise StatisticsError(f"{path}: not the statistics tfmed writes (a JSON object); {DAMAGED}")
     if "mean_image" in stats:
-        image_path = directory / stats["mean_image"]
+        if stats["mean_image"] != MEAN_IMAGE_FILE:
+            raise StatisticsError(f"{path}: names mean image {stats['mean_image']!r}, tfmed writes "
+                                  f"{MEAN_IMAGE_FILE!r}; {DAMAGED}")
+        image_path = directory / MEAN_IMAGE_FILE
         if not image_path.is_file():
             raise StatisticsError(f"{image_path}: mean image named in {path} is missing")
-        stats["mean_image"] = np.load(image_path)
+        stats["mean_image"] = read_arrays(image_path, StatisticsError)["array"]
     return stats

@@ -14,6 +14,11 @@ Sources record parsing problems per row in the column ``source_problems``
 they skipped (e.g. ``notes.txt`` in a class folder) in ``table.excluded``
 (columns image, row, problem, fix); both end up in the report.
 
+What the native decoders print while the files are checked (e.g.
+``libpng error: IDAT: incorrect data check``) never reaches the terminal: it
+goes into the reason of the file that failed, or into a warning for a file
+that decoded despite it.
+
 Example:
     >>> import pandas as pd
     >>> from tfmed.data.table import ImageTable
@@ -26,15 +31,17 @@ Example:
 from __future__ import annotations
 
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from tfmed.data.decode import ImageReadError, read_image_and_info
+from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageReadError, decoder_messages, read_image_and_info
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
+from tfmed.progress import native_stderr_captured
 
 SOURCE_PROBLEMS = "source_problems"
 
@@ -142,11 +149,12 @@ def _line(problem: Problem) -> str:
 
 def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_channels: int = 4,
                    allowed_bit_depths: tuple[int, ...] = (8, 16), check_images: bool = True,
-                   workers: int = 4) -> ValidationReport:
+                   workers: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ValidationReport:
     """Check every row of ``table`` and return a report of all problems found.
 
     Files are decoded in a thread pool (``workers`` threads) when
-    ``check_images``; otherwise only their existence is checked. In-memory
+    ``check_images``; otherwise only their existence is checked. Images of
+    more than ``max_pixels`` pixels (None: no limit) are refused unread. In-memory
     tables are checked once, vectorised (shape, dtype, index and label range).
 
     Example:
@@ -162,6 +170,12 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
     def add(position: int, problem: str, fix: str) -> None:
         report.problems.append(Problem(rows[position], images[position], problem, fix, position))
 
+    def warn(position: int | None, problem: str, fix: str) -> None:
+        if position is None:  # about the whole table
+            report.warnings.append(Problem(None, table.source or "(table)", problem, fix))
+        else:
+            report.warnings.append(Problem(rows[position], images[position], problem, fix))
+
     source_flagged = np.zeros(len(frame), dtype=bool)
     if SOURCE_PROBLEMS in frame.columns:
         for position, items in enumerate(frame[SOURCE_PROBLEMS].tolist()):
@@ -176,7 +190,7 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
                 "fill the patient_id column (patient-level splits need it to keep each patient's "
                 "images in one split)")
     if table.images is None:
-        _check_files(frame, add, max_channels, allowed_bit_depths, check_images, workers)
+        _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels)
     else:
         _check_arrays(table, report, add, max_channels, allowed_bit_depths)
     if not table.excluded.empty:
@@ -214,8 +228,8 @@ def _check_labels(table: ImageTable, source_flagged: np.ndarray, add) -> None:
                 "correct the label, or list the class in data.classes")
 
 
-def _check_files(frame: pd.DataFrame, add, max_channels: int, allowed_bit_depths, check_images: bool,
-                 workers: int) -> None:
+def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_depths, check_images: bool,
+                 workers: int, max_pixels: int | None) -> None:
     paths = frame["image"].tolist()
     keys = [None if pd.isna(p) or str(p).strip() == "" else os.path.normpath(os.path.abspath(str(p)))
             for p in paths]
@@ -232,18 +246,32 @@ def _check_files(frame: pd.DataFrame, add, max_channels: int, allowed_bit_depths
             first_seen[key] = position
     unique = list(first_seen)
 
-    def check(path: str):
+    def check(path: str, capture_messages: bool = False):
         if not check_images:
             if not os.path.exists(path):
                 return ImageReadError(path, "file not found", "check the path or remove the row")
             return None
         try:
-            return read_image_and_info(path)[1]
+            return read_image_and_info(path, max_pixels, capture_messages=capture_messages)[1]
         except ImageReadError as error:
             return error
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    # File descriptor 2 is one per process, so the parallel pass catches what the decoders print as a
+    # whole; if they printed anything, files are decoded again one at a time, each capturing its own
+    # output, until every line is traced to its file.
+    with native_stderr_captured() as printed, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         outcomes = dict(zip(unique, pool.map(check, unique)))
+    untraced = Counter(decoder_messages(printed.text))
+    for path in unique:
+        if not untraced:
+            break
+        outcome = check(path, capture_messages=True)
+        if outcome is not None and outcome.decoder_output:
+            outcomes[path] = outcome
+            untraced -= Counter(decoder_messages(outcome.decoder_output))
+    if untraced:  # e.g. a library's Python warning, which is shown once per process
+        warn(None, "printed while the images were decoded, not traced to one file: "
+             + " | ".join(untraced.elements()), "none for the rows; it is listed so that no message is lost")
     for position, key in enumerate(keys):
         outcome = outcomes.get(key) if key is not None else None
         if key is None or first_seen.get(key) != position or outcome is None:
@@ -251,6 +279,10 @@ def _check_files(frame: pd.DataFrame, add, max_channels: int, allowed_bit_depths
         if isinstance(outcome, ImageReadError):
             add(position, outcome.reason, outcome.fix)
             continue
+        if outcome.decoder_output:
+            warn(position, f"the decoder warned: {' | '.join(outcome.decoder_output.splitlines())}",
+                 "the pixels were read; re-save the image (e.g. with OpenCV or Pillow) to drop the "
+                 "faulty data")
         if outcome.channels > max_channels:
             add(position, f"{outcome.channels} channels; at most {max_channels} are supported",
                 "convert the image to grey or RGB")

@@ -58,8 +58,9 @@ class Mode(Protocol):
         """Write the fitted model under ``directory``."""
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Mode":
-        """Read a model written by :meth:`save`."""
+    def load(cls, directory: str | Path, *, trust_pickles: bool = False) -> "Mode":
+        """Read a model written by :meth:`save`, running no code from its files; damaged files raise
+        a TfmedError naming them. ``trust_pickles`` allows a pickle saved by an older tfmed."""
 
     def explain_models(self, inputs: "ImageInputs") -> list:
         """``[(name, keras.Model, ImageInputs)]``: the differentiable model(s) that

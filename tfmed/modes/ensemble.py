@@ -33,6 +33,8 @@ import numpy as np
 from tfmed.config import ConfigError, ExperimentConfig, PreprocessConfig
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import fit_inputs, load_statistics, save_statistics
+from tfmed.errors import TfmedError
+from tfmed.files import DAMAGED, read_json
 from tfmed.modes.base import MODES, get_mode, register_mode
 from tfmed.modes.combine import ScoreCombiner
 from tfmed.progress import log
@@ -199,23 +201,30 @@ class Ensemble:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Ensemble":
-        """Read an ensemble written by :meth:`save`."""
+    def load(cls, directory: str | Path, *, trust_pickles: bool = False) -> "Ensemble":
+        """Read an ensemble written by :meth:`save` (``trust_pickles`` is passed to every member)."""
         directory = Path(directory)
         path = directory / ENSEMBLE_FILE
         if not path.is_file():
             raise ConfigError(f"{directory}: no {ENSEMBLE_FILE}; this is not a saved tfmed ensemble")
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json(path, ConfigError)
         members = []
-        for record in state["members"]:
-            folder = directory / record["folder"]
-            inputs = None
-            if record["preprocess"] is not None:
-                stats = load_statistics(folder / "statistics") if record["has_stats"] else None
-                inputs = ImageInputs(PreprocessConfig(**record["preprocess"]), stats)
-            members.append(Member(record["name"], get_mode(record["mode"]).load(folder / "estimator"), inputs))
-        ensemble = cls(members, state["combiner"]["rule"], state["task"], state["folds"], state["seed"])
-        ensemble.combiner = ScoreCombiner.from_state(state["combiner"])
+        try:
+            for record in state["members"]:
+                folder = directory / Path(record["folder"]).name  # never a path outside the ensemble
+                inputs = None
+                if record["preprocess"] is not None:
+                    stats = load_statistics(folder / "statistics") if record["has_stats"] else None
+                    inputs = ImageInputs(PreprocessConfig(**record["preprocess"]), stats)
+                estimator = get_mode(record["mode"]).load(folder / "estimator", trust_pickles=trust_pickles)
+                members.append(Member(record["name"], estimator, inputs))
+            ensemble = cls(members, state["combiner"]["rule"], state["task"], state["folds"], state["seed"])
+            ensemble.combiner = ScoreCombiner.from_state(state["combiner"])
+        except TfmedError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise ConfigError(f"{path}: incomplete or damaged ({type(error).__name__}: {error}); {DAMAGED}") \
+                from None
         return ensemble
 
     # ----------------------------------------------------------------- helpers

@@ -36,6 +36,7 @@ import tensorflow as tf
 from tfmed.config import (RESAMPLING, AugmentConfig, BalanceConfig, ConfigError, ExperimentConfig,
                           FinetuneConfig, StageConfig, Task)
 from tfmed.errors import TfmedError
+from tfmed.files import DAMAGED, read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.progress import log
 
@@ -605,8 +606,11 @@ class FineTuner:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "FineTuner":
+    def load(cls, directory: str | Path, *, trust_pickles: bool = False) -> "FineTuner":
         """Load a model written by :meth:`save`, ready for :meth:`predict`.
+
+        The Keras file is read with ``safe_mode=True``; it never holds a pickle,
+        so ``trust_pickles`` (part of every mode's ``load``) changes nothing here.
 
         Example:
             >>> tuner = FineTuner.load("runs/demo/model")  # doctest: +SKIP
@@ -618,11 +622,19 @@ class FineTuner:
             if not (directory / name).is_file():
                 raise FinetuneError(f"{directory / name} not found; point FineTuner.load at a folder "
                                     "written by FineTuner.save")
-        spec = json.loads((directory / SPEC_FILE).read_text(encoding="utf-8"))
-        config = _config_from_plain(spec.get("config", {}))
-        tuner = cls(spec["backbone"], spec["task"], spec["num_outputs"], config=config,
-                    image_size=spec["image_size"], weights=None, classes=spec.get("classes"))
-        tuner.model_ = keras.saving.load_model(directory / MODEL_FILE, compile=False)
+        spec = read_json(directory / SPEC_FILE, FinetuneError)
+        try:
+            config = _config_from_plain(spec.get("config", {}))
+            tuner = cls(spec["backbone"], spec["task"], spec["num_outputs"], config=config,
+                        image_size=spec["image_size"], weights=None, classes=spec.get("classes"))
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise FinetuneError(f"{directory / SPEC_FILE}: incomplete or damaged ({type(error).__name__}: "
+                                f"{error}); {DAMAGED}") from None
+        try:  # safe_mode: a Lambda layer's pickled code in the file is refused, never run
+            tuner.model_ = keras.saving.load_model(directory / MODEL_FILE, compile=False, safe_mode=True)
+        except Exception as error:  # a damaged or foreign file fails in many ways inside Keras / zipfile / h5py
+            raise FinetuneError(f"{directory / MODEL_FILE}: not a Keras model tfmed can load "
+                                f"({type(error).__name__}: {str(error)[:200]}); {DAMAGED}") from None
         return tuner
 
 
@@ -700,8 +712,8 @@ class _StageEarlyStopping(keras.callbacks.EarlyStopping):
         if state_path.is_file() and weights_path.is_file():
             state = json.loads(state_path.read_text())
             self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
-            with np.load(weights_path) as stored:
-                self.best_weights = [stored[f"w{i}"] for i in range(len(stored.files))]
+            stored = read_arrays(weights_path, FinetuneError)
+            self.best_weights = [stored[f"w{i}"] for i in range(len(stored))]
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

@@ -19,13 +19,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from numbers import Real
 from pathlib import Path
 from typing import Sequence
 
-import joblib
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -39,6 +39,7 @@ from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
 from tfmed.config import GammaName, SVMConfig, Task, choices
+from tfmed.files import read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.modes.features import (FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
                                   as_image_batch, backbone_features, base_model, check_finite,
@@ -48,7 +49,7 @@ from tfmed.progress import log
 __all__ = ["FeatureSVM", "TooFewSamplesError", "ModelMismatchError", "FeatureError",
            "UnknownTapError"]
 
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2  # 1 was a joblib pickle (tfmed 0.1)
 TEXTURE = "texture"
 
 
@@ -541,57 +542,120 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write one joblib file with everything needed to predict on new images.
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted model into the folder ``path``, without pickle.
 
-        It holds the parameters (with the preprocessing config), the backbone
-        spec and its weight values, the scalers and the fitted SVMs.
+        ``feature_svm.json`` holds the parameters (with the preprocessing
+        config; without ``cache_dir``, a folder of this machine), the backbone
+        spec and the cross-validation results;
+        ``backbone_weights.npz`` the backbone's weight arrays;
+        ``fitted.skops`` the scalers and calibrated SVMs, written with
+        ``skops.io`` so that loading rebuilds them from their arrays and runs
+        no code from the file.
 
         Example:
-            >>> model.save("runs/demo/svm.joblib")  # doctest: +SKIP
+            >>> model.save("runs/demo/model/estimator")  # doctest: +SKIP
+            PosixPath('runs/demo/model/estimator')
         """
+        import skops.io
+
         check_is_fitted(self, "models_")
         model, _ = self._base_model()
-        state = {name: getattr(self, name) for name in _FITTED}
-        artifact = {"format": ARTIFACT_FORMAT, "kind": "tfmed.FeatureSVM", "params": self.get_params(),
-                    "state": state, "backbone_weights": [np.asarray(w) for w in model.get_weights()]}
-        directory = os.path.dirname(os.fspath(path))
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        joblib.dump(artifact, path)
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        # the feature cache is a folder of the machine that fitted the model: not part of the model
+        params = {**self.get_params(), "cache_dir": None}
+        spec = {"format": ARTIFACT_FORMAT, "kind": "tfmed.FeatureSVM", "params": params,
+                "backbone_spec": self.backbone_spec_, "task": self.task_, "classes": self.classes_.tolist(),
+                "input_shape": list(self.input_shape_), "block_widths": self.block_widths_,
+                "best_params": self.best_params_, "best_score": self.best_score_,
+                "cv_results": json.loads(self.cv_results_.to_json(orient="split", index=False))}
+        (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        np.savez(directory / WEIGHTS_FILE, *[np.asarray(w) for w in model.get_weights()])
+        skops.io.dump({"scalers": self.scalers_, "models": self.models_}, directory / FITTED_FILE)
+        return directory
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FeatureSVM":
+    def load(cls, path: str | os.PathLike, *, trust_pickles: bool = False) -> "FeatureSVM":
         """Read a model written by :meth:`save`; re-creates its feature model.
 
+        Only the scikit-learn types in ``TRUSTED_TYPES`` are rebuilt; a file
+        holding anything else is refused. A single pickle file written by
+        tfmed 0.1 is read only with ``trust_pickles=True`` (unpickling runs any
+        code its author put in it: use it only for files you made yourself).
+
         Example:
-            >>> model = FeatureSVM.load("runs/demo/svm.joblib")  # doctest: +SKIP
+            >>> model = FeatureSVM.load("runs/demo/model/estimator")  # doctest: +SKIP
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no saved FeatureSVM here")
+        path = Path(path)
+        if path.is_file():
+            if not trust_pickles:
+                raise ModelMismatchError(
+                    f"{path}: a pickle file (the SVM format of tfmed 0.1); loading it could run any code "
+                    "hidden in it. Re-fit the model with this tfmed, or load it with --trust-pickles "
+                    "(trust_pickles=True) if you made the file yourself")
+            return cls._load_pickled(path)
+        if not (path / SPEC_FILE).is_file():
+            raise FileNotFoundError(f"{path}: no saved FeatureSVM here (expected {SPEC_FILE})")
+        spec = read_json(path / SPEC_FILE, ModelMismatchError)
+        if not isinstance(spec, dict) or spec.get("kind") != "tfmed.FeatureSVM":
+            raise ModelMismatchError(f"{path / SPEC_FILE}: not a saved FeatureSVM")
+        if spec.get("format") != ARTIFACT_FORMAT:
+            raise ModelMismatchError(f"{path / SPEC_FILE}: saved in format {spec.get('format')}, this tfmed "
+                                     f"reads format {ARTIFACT_FORMAT}; re-fit and save the model again")
+        try:
+            params = {key: tuple(value) if key in ("taps", "C", "gamma") and isinstance(value, list) else value
+                      for key, value in spec["params"].items()}
+            model = cls(**params)
+            model.backbone_spec_ = spec["backbone_spec"]
+            model.task_, model.classes_ = spec["task"], np.asarray(spec["classes"])
+            model.input_shape_ = tuple(spec["input_shape"])
+            model.block_widths_ = spec["block_widths"]
+            model.best_params_, model.best_score_ = spec["best_params"], spec["best_score"]
+            results = spec["cv_results"]
+            model.cv_results_ = pd.DataFrame(results["data"], columns=results["columns"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelMismatchError(f"{path / SPEC_FILE}: incomplete or damaged ({type(error).__name__}: "
+                                     f"{error}); re-fit and save the model again") from None
+        fitted = _read_fitted(path / FITTED_FILE)
+        model.scalers_, model.models_ = fitted["scalers"], fitted["models"]
+        weights = read_arrays(path / WEIGHTS_FILE, ModelMismatchError)
+        model._weight_values = [weights[f"arr_{i}"] for i in range(len(weights))]
+        model._check_restored(path)
+        return model
+
+    @classmethod
+    def _load_pickled(cls, path: Path) -> "FeatureSVM":
+        import joblib
+
         try:
             artifact = joblib.load(path)
         except Exception as error:  # joblib raises many types for a foreign file
             raise ModelMismatchError(f"{path}: not a saved FeatureSVM ({type(error).__name__}: {error})") \
                 from None
-        if not isinstance(artifact, dict) or artifact.get("kind") != "tfmed.FeatureSVM":
-            raise ModelMismatchError(f"{path}: not a saved FeatureSVM")
-        if artifact.get("format") != ARTIFACT_FORMAT:
-            raise ModelMismatchError(f"{path}: saved in format {artifact.get('format')}, this tfmed reads "
-                                     f"format {ARTIFACT_FORMAT}; re-fit and save the model again")
+        if not isinstance(artifact, dict) or artifact.get("kind") != "tfmed.FeatureSVM" \
+                or artifact.get("format") != 1:
+            raise ModelMismatchError(f"{path}: not a FeatureSVM pickle written by tfmed 0.1")
         model = cls(**artifact["params"])
         for name, value in artifact["state"].items():
             setattr(model, name, value)
-        if model.backbone_spec_.get("code_version") != FEATURE_CODE_VERSION:
-            raise ModelMismatchError(f"{path}: fitted with feature code version "
-                                     f"{model.backbone_spec_.get('code_version')}, this tfmed has "
-                                     f"{FEATURE_CODE_VERSION}; re-fit the model")
         model._weight_values = artifact["backbone_weights"]
-        _, identity = model._base_model()
-        if identity != model.backbone_spec_["weights_digest"]:
+        model._check_restored(path)
+        return model
+
+    def _check_restored(self, path: Path) -> None:
+        if self.backbone_spec_.get("code_version") != FEATURE_CODE_VERSION:
+            raise ModelMismatchError(f"{path}: fitted with feature code version "
+                                     f"{self.backbone_spec_.get('code_version')}, this tfmed has "
+                                     f"{FEATURE_CODE_VERSION}; re-fit the model")
+        try:
+            _, identity = self._base_model()
+        except ValueError as error:  # weight arrays that do not fit the backbone
+            raise ModelMismatchError(f"{path}: the backbone weights do not fit {self.backbone_spec_['backbone']} "
+                                     f"({error}); the file is damaged or from another model") from None
+        if identity != self.backbone_spec_["weights_digest"]:
             raise ModelMismatchError(f"{path}: the restored backbone weights do not match the saved digest; "
                                      "the file is damaged or the backbone definition changed")
-        return model
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -599,8 +663,33 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         return tags
 
 
-_FITTED = ("backbone_spec_", "task_", "classes_", "input_shape_", "block_widths_", "scalers_",
-           "cv_results_", "best_params_", "best_score_", "models_")
+SPEC_FILE = "feature_svm.json"
+WEIGHTS_FILE = "backbone_weights.npz"
+FITTED_FILE = "fitted.skops"
+# Everything fitted.skops may hold; skops.io rebuilds these from their arrays and refuses any other type.
+TRUSTED_TYPES = ("sklearn.calibration.CalibratedClassifierCV", "sklearn.calibration._CalibratedClassifier",
+                 "sklearn.calibration._SigmoidCalibration", "sklearn.multiclass.OneVsRestClassifier",
+                 "sklearn.preprocessing._data.StandardScaler", "sklearn.preprocessing._label.LabelBinarizer",
+                 "sklearn.svm._classes.SVC")
+
+
+def _read_fitted(path: Path) -> dict:
+    import skops.io
+
+    try:
+        unknown = [name for name in skops.io.get_untrusted_types(file=path) if name not in TRUSTED_TYPES]
+        if unknown:
+            raise ModelMismatchError(f"{path}: holds types a FeatureSVM never saves ({', '.join(unknown[:5])}); "
+                                     "refused without loading them. Re-fit the model, or use the run it came from")
+        fitted = skops.io.load(path, trusted=list(TRUSTED_TYPES))
+    except ModelMismatchError:
+        raise
+    except Exception as error:  # a truncated or foreign file fails in many ways inside skops/zipfile
+        raise ModelMismatchError(f"{path}: not a readable fitted-SVM file ({type(error).__name__}: {error}); "
+                                 "the file is damaged, re-fit and save the model again") from None
+    if not isinstance(fitted, dict) or set(fitted) != {"scalers", "models"}:
+        raise ModelMismatchError(f"{path}: not the scalers and SVMs of a FeatureSVM")
+    return fitted
 
 
 def _fewer_folds(count: int) -> str:

@@ -26,7 +26,9 @@ from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import load_statistics, save_statistics
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
+from tfmed.files import DAMAGED, read_json
 from tfmed.modes import MemberScoring, get_mode
+from tfmed.run.manifest import check_run
 
 ARTIFACT_FILE = "tfmed_model.json"
 
@@ -104,8 +106,17 @@ class TrainedModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "TrainedModel":
-        """Load a model saved by :meth:`save`; ``directory`` may also be a run directory."""
+    def load(cls, directory: str | Path, *, verify: bool = True, trust_pickles: bool = False) -> "TrainedModel":
+        """Load a model saved by :meth:`save`; ``directory`` may also be a run directory.
+
+        A model inside a run directory is read only after the run's
+        ``MANIFEST.sha256`` has been checked (``verify=False`` skips the check
+        and says so). No file is unpickled unless ``trust_pickles`` allows an
+        SVM pickle written by tfmed 0.1.
+
+        Example:
+            >>> model = TrainedModel.load("runs/pneumonia_mnist/20261124-101500")  # doctest: +SKIP
+        """
         directory = Path(directory)
         if (directory / "model" / ARTIFACT_FILE).is_file():
             directory = directory / "model"
@@ -113,16 +124,23 @@ class TrainedModel:
         if not meta_path.is_file():
             raise ModelArtifactError(f"{directory}: no saved tfmed model here (expected {ARTIFACT_FILE}); "
                                      "pass a run directory such as runs/NAME/TIMESTAMP")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        stats = None
-        if meta.get("has_stats"):
-            stats = load_statistics(directory / "statistics")
-        estimator = get_mode(meta["mode"]).load(directory / "estimator")
-        return cls(mode=meta["mode"], task=meta["task"], classes=meta["classes"],
-                   preprocess=PreprocessConfig(**meta["preprocess"]), stats=stats,
-                   estimator=estimator, thresholds=meta.get("thresholds", {}),
-                   threshold_method=meta.get("threshold_method", "youden"),
-                   backbone=meta.get("backbone", ""), tta=TTAConfig(**meta.get("tta", {})))
+        if directory.name == "model" and (directory.parent / "config.yaml").is_file():
+            check_run(directory.parent, verify)
+        meta = read_json(meta_path, ModelArtifactError)
+        try:
+            mode = get_mode(meta["mode"])
+            fields = dict(mode=meta["mode"], task=meta["task"], classes=meta["classes"],
+                          preprocess=PreprocessConfig(**meta["preprocess"]), thresholds=meta.get("thresholds", {}),
+                          threshold_method=meta.get("threshold_method", "youden"),
+                          backbone=meta.get("backbone", ""), tta=TTAConfig(**meta.get("tta", {})))
+        except TfmedError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise ModelArtifactError(f"{meta_path}: incomplete or damaged ({type(error).__name__}: {error}); "
+                                     f"{DAMAGED}") from None
+        stats = load_statistics(directory / "statistics") if meta.get("has_stats") else None
+        estimator = mode.load(directory / "estimator", trust_pickles=trust_pickles)
+        return cls(stats=stats, estimator=estimator, **fields)
 
 
 def _jsonable(value):

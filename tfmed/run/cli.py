@@ -5,6 +5,7 @@
     tfmed predict --model runs/pneumonia_mnist/TIMESTAMP image.png scans/ [--output out.csv]
     tfmed ensemble runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B --output runs/combined
     tfmed explain --model runs/pneumonia_mnist/TIMESTAMP [images ...] [--method gradcam] [--output DIR]
+    tfmed export-run runs/pneumonia_mnist/TIMESTAMP share/pmnist --anonymise
     tfmed validate folder:data/my_xrays
     tfmed sweep-layers experiments/pneumonia_mnist_svm.yaml
     tfmed backbones
@@ -15,12 +16,11 @@ traceback) and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
 from tfmed.errors import TfmedError
-from tfmed.progress import configure_logging
+from tfmed.progress import configure_logging, native_stderr_captured
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -39,17 +39,20 @@ def _parser() -> argparse.ArgumentParser:
                           help="data source, e.g. medmnist:PATH.npz#test, folder:DIR, manifest:CSV "
                                "(default: the run's own test split)")
     evaluate.add_argument("--output", default=None, help="output directory (default: RUN/evaluations/TIMESTAMP)")
+    _add_trust_options(evaluate)
 
     predict = verbs.add_parser("predict", help="score new images with a saved run")
     predict.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
     predict.add_argument("images", nargs="+", help="PNG/JPEG/DICOM files or folders")
     predict.add_argument("--output", default=None, help="CSV file (default: print to stdout)")
+    _add_trust_options(predict)
 
     ensemble = verbs.add_parser("ensemble", help="combine saved runs that share a split")
     ensemble.add_argument("runs", nargs="+", help="two or more run directories (runs/NAME/TIMESTAMP)")
     ensemble.add_argument("--output", default=None, help="new run directory (default: runs/ensemble/TIMESTAMP)")
     ensemble.add_argument("--combine", default="mean",
                           help="mean (of probabilities) or rank (averaging against each run's validation scores)")
+    _add_trust_options(ensemble)
 
     explain = verbs.add_parser("explain", help="explanation maps (Grad-CAM and others) of a saved run")
     explain.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
@@ -64,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--layer", default=None, help="Grad-CAM target layer (default: the backbone's last stage)")
     explain.add_argument("--per-group", type=int, default=2,
                          help="cases per group (TP, FP, FN, TN) when no images are given")
+    _add_trust_options(explain)
+
+    export = verbs.add_parser("export-run", help="copy a run to share it, optionally anonymised")
+    export.add_argument("run", help="run directory (runs/NAME/TIMESTAMP)")
+    export.add_argument("out", help="new folder for the copy (must not exist)")
+    export.add_argument("--anonymise", action="store_true",
+                        help="replace patient ids by salted hashes and make paths relative")
+    export.add_argument("--salt", default=None,
+                        help="salt of the hashes (default: random, never stored); the same salt gives the same "
+                             "hashes across exports")
+    export.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="copy the run even if its files differ from its MANIFEST.sha256 or it has none")
 
     validate = verbs.add_parser("validate", help="check a data source and report every problem")
     validate.add_argument("data", help="pneumonia_mnist, medmnist:PATH.npz, manifest:CSV, folder:DIR, dicom:DIR "
@@ -77,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
 
     verbs.add_parser("backbones", help="list the available backbones")
     return parser
+
+
+def _add_trust_options(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument("--no-verify", dest="verify", action="store_false",
+                      help="read the run even if its files differ from its MANIFEST.sha256 or it has none "
+                           "(an incomplete run); the output says the check was skipped")
+    verb.add_argument("--trust-pickles", action="store_true",
+                      help="allow an SVM pickle saved by tfmed 0.1; unpickling runs any code in the file, so "
+                           "use it only for runs you made yourself")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,26 +124,8 @@ def import_tensorflow_quietly() -> None:
     """
     if "tensorflow" in sys.modules:
         return
-    with _native_stderr_silenced():
+    with native_stderr_captured():  # what it catches is dropped
         import tensorflow  # noqa: F401
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (e.g. some notebook kernels): nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _cmd_run(args) -> int:
@@ -137,7 +143,7 @@ def _cmd_run(args) -> int:
 def _cmd_evaluate(args) -> int:
     from tfmed.run.evaluate import evaluate_run
 
-    output = evaluate_run(args.model, args.data, args.output)
+    output = evaluate_run(args.model, args.data, args.output, verify=args.verify, trust_pickles=args.trust_pickles)
     print(f"wrote {output}")
     return 0
 
@@ -145,7 +151,7 @@ def _cmd_evaluate(args) -> int:
 def _cmd_predict(args) -> int:
     from tfmed.run.predict import predict_images
 
-    frame = predict_images(args.model, args.images)
+    frame = predict_images(args.model, args.images, verify=args.verify, trust_pickles=args.trust_pickles)
     if args.output:
         frame.to_csv(args.output, index=False)
         print(f"wrote {len(frame)} predictions to {args.output}")
@@ -159,7 +165,7 @@ def _cmd_ensemble(args) -> int:
     from tfmed.run.evaluate import load_metrics
     from tfmed.run.reporting import summary_text
 
-    out = ensemble_runs(args.runs, args.output, args.combine)
+    out = ensemble_runs(args.runs, args.output, args.combine, verify=args.verify, trust_pickles=args.trust_pickles)
     print(summary_text(load_metrics(out)), flush=True)
     print(f"wrote {out}")
     return 0
@@ -169,7 +175,16 @@ def _cmd_explain(args) -> int:
     from tfmed.run.explain import explain_run
 
     out = explain_run(args.model, args.images, method=args.method, output=args.output, index=args.index,
-                      layer=args.layer, per_group=args.per_group)
+                      layer=args.layer, per_group=args.per_group, verify=args.verify,
+                      trust_pickles=args.trust_pickles)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from tfmed.run.export import export_run
+
+    out = export_run(args.run, args.out, anonymise=args.anonymise, salt=args.salt, verify=args.verify)
     print(f"wrote {out}")
     return 0
 
@@ -177,20 +192,20 @@ def _cmd_explain(args) -> int:
 def _cmd_validate(args) -> int:
     from tfmed.data.validate import validate_table
 
-    table = _load_any_source(args.data)
-    report = validate_table(table, need_patient_ids=args.need_patient_ids)
+    table, data = _load_any_source(args.data)
+    report = validate_table(table, need_patient_ids=args.need_patient_ids, max_pixels=data.max_image_pixels)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
     print(report.format())
     return 0 if report.ok else 1
 
 
 def _load_any_source(spec: str):
+    """The table of a source spec or of an experiment YAML's data section, with that section."""
     from tfmed.config import ExperimentConfig
     from tfmed.data.sources import load_source, parse_source_spec
 
-    if spec.endswith((".yaml", ".yml")):
-        return load_source(ExperimentConfig.from_yaml(spec).data)
-    return load_source(parse_source_spec(spec))
+    data = ExperimentConfig.from_yaml(spec).data if spec.endswith((".yaml", ".yml")) else parse_source_spec(spec)
+    return load_source(data), data
 
 
 def _cmd_sweep(args) -> int:
@@ -215,7 +230,7 @@ def _cmd_backbones(args) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
-            "explain": _cmd_explain, "validate": _cmd_validate, "sweep-layers": _cmd_sweep,
+            "explain": _cmd_explain, "export-run": _cmd_export, "validate": _cmd_validate, "sweep-layers": _cmd_sweep,
             "backbones": _cmd_backbones}
 
 if __name__ == "__main__":

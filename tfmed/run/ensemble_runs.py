@@ -35,6 +35,7 @@ from tfmed.modes import Ensemble
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.experiment import evaluate_split
+from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir, run_split_tables
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
@@ -44,7 +45,8 @@ class EnsembleRunsError(TfmedError):
     """Saved runs cannot be combined (different splits, tasks, views or a missing validation split)."""
 
 
-def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, combine: str = "mean") -> Path:
+def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, combine: str = "mean", *,
+                  verify: bool = True, trust_pickles: bool = False) -> Path:
     """Combine saved runs into a new ensemble run directory; return it.
 
     Args:
@@ -52,6 +54,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         output: the new directory (must not exist or be empty; default
             ``runs/ensemble/TIMESTAMP``).
         combine: "mean" or "rank".
+        verify, trust_pickles: as in :meth:`TrainedModel.load`; each run is
+            checked against its manifest before any of its files is read.
     """
     if combine not in SAVED_RUN_RULES:
         raise EnsembleRunsError(f"--combine {combine!r} is not available for saved runs; use "
@@ -60,8 +64,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     runs = [resolve_run_dir(path) for path in run_dirs]
     if len(runs) < 2:
         raise EnsembleRunsError("give at least two run directories to combine")
+    models = [TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles) for run in runs]
     configs = [ExperimentConfig.from_yaml(run / "config.yaml") for run in runs]
-    models = [TrainedModel.load(run / "model") for run in runs]
     _check_compatible(runs, configs, models)
     names = _member_names(runs, configs)
 
@@ -102,6 +106,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     from tfmed.run.reporting import write_run_outputs
 
     write_run_outputs(out, config, model, tables, scores, metrics, member_scores)
+    finish_run(out)
     return out
 
 

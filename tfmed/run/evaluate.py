@@ -24,13 +24,16 @@ def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
     return run_split_tables(run_dir, ("test",))["test"], ExperimentConfig.from_yaml(run_dir / "config.yaml")
 
 
-def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | Path | None = None) -> Path:
+def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | Path | None = None, *,
+                 verify: bool = True, trust_pickles: bool = False) -> Path:
     """Score ``data`` (default: the run's own test split) and write metrics and a report.
 
-    Returns the output directory (default ``RUN/evaluations/TIMESTAMP``).
+    Returns the output directory (default ``RUN/evaluations/TIMESTAMP``). The
+    run is checked against its manifest first (see :meth:`TrainedModel.load`
+    for ``verify`` and ``trust_pickles``).
     """
     run_dir = resolve_run_dir(model_dir)
-    model = TrainedModel.load(run_dir / "model")
+    model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
     config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
     if data is None:
         table, _ = run_test_table(run_dir)
@@ -40,7 +43,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         source = f"{config.data.source} (the run's own test split)"
     else:
         table = load_source(parse_source_spec(data))
-        table = apply_validation(table, validate_table(table), exclude_bad_rows=False)
+        table = apply_validation(table, validate_table(table, max_pixels=config.data.max_image_pixels),
+                                 exclude_bad_rows=False)
         source = data
     if table.task != model.task or len(table.classes) != len(model.classes):
         raise ModelArtifactError(f"{data}: the data has {table.task} labels {table.classes} but the model "

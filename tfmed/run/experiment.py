@@ -33,6 +33,7 @@ from tfmed.evaluation.thresholds import THRESHOLD_KEYS, select_thresholds
 from tfmed.modes import Ensemble, get_mode
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
+from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import environment_info, new_run_dir
 
 
@@ -46,7 +47,7 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
     table = load_source(config.data)
     need_ids = config.split.method in ("patient", "kfold") or not _has_all_splits(table)
     log(f"validating {len(table)} rows")
-    report = validate_table(table, need_patient_ids=need_ids)
+    report = validate_table(table, need_patient_ids=need_ids, max_pixels=config.data.max_image_pixels)
     table = apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows)
     origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
     table = ensure_splits(table, config.split)
@@ -179,6 +180,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     from tfmed.run.reporting import write_run_outputs
 
     write_run_outputs(run_dir, config, model, parts, scores, metrics, member_scores)
+    finish_run(run_dir)
     log(f"done in {metrics['seconds']:.0f} s: {run_dir / 'report.html'}")
     return run_dir
 

@@ -120,7 +120,8 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
         decided = _class_name(model, decision) if model.task != "multilabel" else str(int(decision))
         label_text = "" if labels is None else (_class_name(model, label) if model.task != "multilabel"
                                                 else str(int(label)))
-        title = (f"{Path(file).name[:28]} {group}\nlabel {label_text or '?'}, score {score:.3f} -> {decided}\n"
+        # the case number, not the file name, goes into the pixels: names may identify patients
+        title = (f"case {i:03d} {group}\nlabel {label_text or '?'}, score {score:.3f} -> {decided}\n"
                  f"{method} of {_class_name(model, explained)}")
         stem = Path(file).stem[:40].replace(" ", "_")
         overlay = save_overlay(out / f"{i:03d}_{group or 'image'}_{stem}.png", result.images[i], result.maps[i], title)
@@ -169,22 +170,23 @@ def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):
 
 def explain_run(run: str | Path, images: list[str] | None = None, *, method: str = "gradcam",
                 output: str | Path | None = None, index=None, layer: str | None = None, per_group: int = 2,
-                steps: int = 20, seed: int = 0) -> Path:
+                steps: int = 20, seed: int = 0, verify: bool = True, trust_pickles: bool = False) -> Path:
     """Explain a saved run's model on ``images`` (files/folders) or on cases of its own test split.
 
-    Returns the output folder (default ``RUN/explanations/TIMESTAMP``).
+    Returns the output folder (default ``RUN/explanations/TIMESTAMP``). The run
+    is checked against its manifest first (see :meth:`TrainedModel.load`).
     """
     get_method(method)
     if per_group < 1:
         raise ExplainError(f"--per-group must be at least 1, got {per_group}")
     run_dir = resolve_run_dir(run)
-    model = TrainedModel.load(run_dir / "model")
+    model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
     if images:
-        from tfmed.run.predict import image_table
+        from tfmed.run.predict import image_table, run_max_pixels
 
         if model.task == "multilabel":
             explained_classes(model, None, index)  # refuses a missing --index before any scoring
-        table = image_table(model, images)
+        table = image_table(model, images, run_max_pixels(run_dir))
         scores, groups, labels, split = model.predict(table), [""] * len(table), None, None
     else:
         chosen = group_class(model, index)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.data.decode import SUPPORTED_EXTENSIONS
+from tfmed.data.decode import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS
+from tfmed.config import ExperimentConfig
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import apply_validation, validate_table
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
@@ -39,8 +40,9 @@ def collect_images(paths: list[str]) -> list[Path]:
     return files
 
 
-def image_table(model: TrainedModel, paths: list[str]) -> ImageTable:
-    """A validated table of the image files/folders in ``paths`` (labels unknown, set to 0) for ``model``.
+def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageTable:
+    """A validated table of the image files/folders in ``paths`` (labels unknown, set to 0) for ``model``;
+    images over ``max_pixels`` pixels are refused (the run's ``data.max_image_pixels``).
 
     Example:
         >>> table = image_table(TrainedModel.load("runs/pneumonia_mnist/20261124-101500"), ["scans/"])  # doctest: +SKIP
@@ -53,13 +55,28 @@ def image_table(model: TrainedModel, paths: list[str]) -> ImageTable:
     else:
         frame["label"] = 0
     table = ImageTable(frame, list(model.classes), model.task, source="predict")
-    return apply_validation(table, validate_table(table), exclude_bad_rows=False)
+    return apply_validation(table, validate_table(table, max_pixels=max_pixels), exclude_bad_rows=False)
 
 
-def predict_images(model_dir: str | Path, paths: list[str]) -> pd.DataFrame:
-    """Probabilities and decisions at the stored threshold for image files/folders."""
-    model = TrainedModel.load(resolve_run_dir(model_dir) / "model")
-    table = image_table(model, paths)
+def run_max_pixels(run_dir: Path) -> int | None:
+    """The pixel limit of the run's data (``data.max_image_pixels`` in its config.yaml).
+
+    Example:
+        >>> run_max_pixels(Path("runs/pneumonia_mnist/20261124-101500"))  # doctest: +SKIP
+        100000000
+    """
+    return ExperimentConfig.from_yaml(run_dir / "config.yaml").data.max_image_pixels
+
+
+def predict_images(model_dir: str | Path, paths: list[str], *, verify: bool = True,
+                   trust_pickles: bool = False) -> pd.DataFrame:
+    """Probabilities and decisions at the stored threshold for image files/folders.
+
+    The run is checked against its manifest first (see :meth:`TrainedModel.load`).
+    """
+    run_dir = resolve_run_dir(model_dir)
+    model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
+    table = image_table(model, paths, run_max_pixels(run_dir))
     frame = table.frame
     scores = model.predict(table)
     decisions = model.decide(scores)

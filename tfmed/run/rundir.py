@@ -27,7 +27,7 @@ class RunDirectoryError(TfmedError):
     """A folder given as a run directory is not one."""
 
 
-VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scikit-image",
+VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scikit-image", "skops",
                       "opencv-python-headless", "pydicom", "PyYAML", "matplotlib")
 
 

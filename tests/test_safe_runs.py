@@ -1,0 +1,239 @@
+"""Runs that are safe to share: no pickles on load, MANIFEST.sha256 integrity, incomplete runs refused."""
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+import test_explain  # noqa: F401  (registers the tiny backbone explain_test_net)
+from test_experiment import _tiny_medmnist
+from tfmed.config import ExperimentConfig
+from tfmed.errors import TfmedError
+from tfmed.modes import features as F
+from tfmed.modes.svm import FeatureSVM, ModelMismatchError
+from tfmed.run import cli
+from tfmed.run.artifact import TrainedModel
+from tfmed.run.evaluate import evaluate_run
+from tfmed.run.experiment import run_experiment
+from tfmed.run.manifest import (MANIFEST_FILE, IncompleteRunError, RunIntegrityError, read_manifest,
+                                verify_run)
+
+
+class _Payload:
+    """Unpickling this creates ``path``: the stand-in for code hidden in a shared file."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _pickle_payload(sentinel: Path) -> bytes:
+    return pickle.dumps(_Payload(sentinel))
+
+
+def _config(source: str, root: Path, seed: int) -> ExperimentConfig:
+    """An ensemble of an SVM and a fine-tune, so the model folder holds every kind of artifact file."""
+    members = [{"name": "svm", "mode": "svm", "svm": {"taps": ["middle"], "C": [1.0], "cv": 3}},
+               {"name": "tune", "mode": "finetune", "preprocess": {"intensity": "mean_image"},
+                "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 32}}]
+    return ExperimentConfig.from_dict({
+        "name": "safe", "seed": seed, "data": {"source": source}, "preprocess": {"image_size": 32},
+        "split": {"test_fraction": 0.2}, "runs_dir": str(root / "runs"),
+        "model": {"mode": "ensemble", "backbone": "explain_test_net", "weights": None,
+                  "ensemble": {"members": members}}})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("safe")
+    source = f"medmnist:{_tiny_medmnist(root, n=96)}"
+    return run_experiment(_config(source, root, 0)), run_experiment(_config(source, root, 1))
+
+
+def _model_files(run: Path) -> list[str]:
+    return sorted(p.relative_to(run).as_posix() for p in (run / "model").rglob("*") if p.is_file())
+
+
+def test_a_finished_run_lists_every_file_and_sha256sum_agrees(runs):
+    run, _ = runs
+    listed = read_manifest(run)
+    on_disk = sorted(p.relative_to(run).as_posix() for p in run.rglob("*")
+                     if p.is_file() and p.name != MANIFEST_FILE)
+    assert sorted(listed) == on_disk
+    assert {"model/estimator/member_0/estimator/fitted.skops", "model/estimator/member_1/estimator/model.keras",
+            "model/estimator/member_1/statistics/mean_image.npy"} <= set(listed)
+    checked = subprocess.run(["sha256sum", "--quiet", "-c", MANIFEST_FILE], cwd=run, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert not [p for p in run.rglob("*") if p.suffix in (".joblib", ".pkl", ".pickle")]
+
+
+@pytest.mark.slow
+def test_every_tampered_model_file_is_refused_and_no_payload_runs(runs, tmp_path):
+    run, other = runs
+    files = _model_files(run)
+    sentinel = tmp_path / "payload_ran"
+    swapped = 0
+    for name in files:
+        original = (run / name).read_bytes()
+        replacements = {"a pickle payload": _pickle_payload(sentinel), "a truncated copy": original[:len(original) // 2]}
+        if (other / name).read_bytes() != original:
+            replacements["the file of another run"] = (other / name).read_bytes()
+            swapped += 1
+        copy = tmp_path / name.replace("/", "_")
+        shutil.copytree(run, copy)
+        try:
+            for kind, content in replacements.items():
+                (copy / name).write_bytes(content)
+                with pytest.raises(RunIntegrityError, match=f"{name}: changed since the run wrote it"):
+                    TrainedModel.load(copy)
+                if kind != "the file of another run":  # unchecked, the loaders themselves refuse damage
+                    with pytest.raises(TfmedError, match=Path(name).name):
+                        TrainedModel.load(copy, verify=False)
+                assert not sentinel.exists(), f"{kind} in {name} ran code"
+        finally:
+            shutil.rmtree(copy)
+    assert swapped >= 4  # the weights and fitted models differ between the two runs
+
+
+def test_a_one_byte_change_anywhere_is_caught_and_named(runs, tmp_path, capsys):
+    copy = shutil.copytree(runs[0], tmp_path / "run")
+    data = bytearray((copy / "predictions.csv").read_bytes())
+    data[len(data) // 2] ^= 1
+    (copy / "predictions.csv").write_bytes(bytes(data))
+    with pytest.raises(RunIntegrityError, match="predictions.csv: changed"):
+        verify_run(copy)
+    assert cli.main(["evaluate", "--model", str(copy)]) == 2
+    assert "predictions.csv: changed since the run wrote it" in capsys.readouterr().err
+
+
+def test_a_missing_file_and_a_file_slipped_into_model_are_refused(runs, tmp_path):
+    copy = shutil.copytree(runs[0], tmp_path / "run")
+    (copy / "model" / "estimator" / "member_0" / "extra.skops").write_bytes(b"x")
+    with pytest.raises(RunIntegrityError, match="extra.skops: not part of the run"):
+        verify_run(copy)
+    (copy / "model" / "estimator" / "member_0" / "extra.skops").unlink()
+    (copy / "splits.csv").unlink()
+    with pytest.raises(RunIntegrityError, match="splits.csv: listed in MANIFEST.sha256 but missing"):
+        verify_run(copy)
+
+
+def test_later_outputs_beside_the_model_do_not_break_the_check(runs, tmp_path):
+    copy = shutil.copytree(runs[0], tmp_path / "run")
+    out = evaluate_run(copy)
+    assert out.parent.name == "evaluations" and (out / "metrics.json").is_file()
+    verify_run(copy)
+
+
+def test_a_crashed_run_is_reported_incomplete(runs, tmp_path, monkeypatch, capsys):
+    import tfmed.run.reporting as reporting
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while writing the report")
+
+    monkeypatch.setattr(reporting, "write_run_outputs", crash)
+    config = ExperimentConfig.from_yaml(runs[0] / "config.yaml")
+    config.runs_dir = str(tmp_path / "runs")
+    with pytest.raises(RuntimeError, match="killed"):
+        run_experiment(config)
+    crashed = next((tmp_path / "runs" / "safe").iterdir())
+    assert (crashed / "model" / "tfmed_model.json").is_file() and not (crashed / MANIFEST_FILE).exists()
+    with pytest.raises(IncompleteRunError, match="incomplete run.*--no-verify"):
+        TrainedModel.load(crashed)
+    assert cli.main(["predict", "--model", str(crashed), str(tmp_path)]) == 2
+    assert "incomplete run" in capsys.readouterr().err
+    model = TrainedModel.load(crashed, verify=False)  # read as it is, on request
+    assert model.mode == "ensemble"
+
+
+def test_no_verify_is_stated_in_the_output(runs, tmp_path, capsys):
+    copy = shutil.copytree(runs[0], tmp_path / "run")
+    (copy / MANIFEST_FILE).unlink()
+    assert cli.main(["evaluate", "--model", str(copy), "--no-verify", "--output", str(tmp_path / "ev")]) == 0
+    assert "integrity check skipped (--no-verify)" in capsys.readouterr().out
+
+
+def test_a_damaged_manifest_is_refused(runs, tmp_path):
+    copy = shutil.copytree(runs[0], tmp_path / "run")
+    (copy / MANIFEST_FILE).write_text("not a digest  ../../etc/passwd\n")
+    with pytest.raises(RunIntegrityError, match="line 1: expected"):
+        verify_run(copy)
+
+
+# ------------------------------------------------------------------ the SVM artifact without pickle
+def _images(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 255, (n, 32, 32, 1)).astype("float32")
+    return X, rng
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_the_svm_artifact_round_trips_exactly_without_pickle(task, tmp_path):
+    X, _ = _images(36, 0)
+    y = {"binary": np.repeat([0, 1], 18), "multiclass": np.repeat(["a", "b", "c"], 12),
+         "multilabel": np.column_stack([np.repeat([0, 1], 18), np.tile([0, 1], 18)])}[task]
+    model = FeatureSVM(backbone="explain_test_net", weights=None, taps=("middle", "late"), image_size=32, C=(1.0,),
+                       cv=3).fit(X, y)
+    model.save(tmp_path / "estimator")
+    assert sorted(p.name for p in (tmp_path / "estimator").iterdir()) == \
+        ["backbone_weights.npz", "feature_svm.json", "fitted.skops"]
+    F.clear_model_cache()
+    loaded = FeatureSVM.load(tmp_path / "estimator")
+    new, _ = _images(9, 5)
+    np.testing.assert_array_equal(loaded.decision_function(new), model.decision_function(new))
+    np.testing.assert_array_equal(loaded.predict_proba(new), model.predict_proba(new))
+    assert loaded.classes_.tolist() == model.classes_.tolist() and loaded.get_params() == model.get_params()
+
+
+def _fitted_binary_svm():
+    X, _ = _images(24, 1)
+    y = np.repeat([0, 1], 12)
+    X[y == 1, 8:24, 8:24] = 255.0
+    return FeatureSVM(backbone="explain_test_net", weights=None, taps=("middle",), image_size=32, C=(1.0,),
+                      cv=3).fit(X, y), X
+
+
+def test_a_pickle_from_tfmed_0_1_needs_trust_pickles(tmp_path):
+    model, X = _fitted_binary_svm()
+    base, _ = model._base_model()
+    state = {name: getattr(model, name) for name in ("backbone_spec_", "task_", "classes_", "input_shape_",
+                                                      "block_widths_", "scalers_", "cv_results_", "best_params_",
+                                                      "best_score_", "models_")}
+    legacy = tmp_path / "estimator"
+    joblib.dump({"format": 1, "kind": "tfmed.FeatureSVM", "params": model.get_params(), "state": state,
+                 "backbone_weights": base.get_weights()}, legacy)
+    with pytest.raises(ModelMismatchError, match="pickle file.*--trust-pickles"):
+        FeatureSVM.load(legacy)
+    loaded = FeatureSVM.load(legacy, trust_pickles=True)
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    sentinel = tmp_path / "payload_ran"
+    legacy.write_bytes(_pickle_payload(sentinel))
+    with pytest.raises(ModelMismatchError, match="--trust-pickles"):
+        FeatureSVM.load(legacy)
+    assert not sentinel.exists()
+
+
+def test_a_fitted_file_holding_other_types_is_refused_unloaded(tmp_path):
+    import os
+
+    import skops.io
+
+    model, _ = _fitted_binary_svm()
+    model.save(tmp_path / "estimator")
+    skops.io.dump({"scalers": model.scalers_, "models": [os.getcwd]}, tmp_path / "estimator" / "fitted.skops")
+    with pytest.raises(ModelMismatchError, match="holds types a FeatureSVM never saves.*getcwd"):
+        FeatureSVM.load(tmp_path / "estimator")
+
+
+def test_export_run_on_the_command_line_writes_a_copy_that_verifies(runs, tmp_path, capsys):
+    out = tmp_path / "share" / "safe"
+    assert cli.main(["export-run", str(runs[0]), str(out), "--anonymise", "--salt", "team"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    verify_run(out)
+    assert (out / "ANONYMISED.txt").is_file()
+    assert cli.main(["export-run", str(runs[0]), str(out)]) == 2  # never over an existing folder
+    assert "already exists" in capsys.readouterr().err

@@ -1,0 +1,70 @@
+"""Reading the JSON and NumPy files that tfmed writes, safely and with errors that name the file.
+
+Nothing here unpickles: NumPy files are read with ``allow_pickle=False``, so a
+crafted file cannot run code, and a damaged or foreign file raises the
+caller's error type with the path and the fix instead of a parser traceback.
+
+Example:
+    >>> import json, os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "spec.json")
+    >>> _ = open(path, "w").write(json.dumps({"format": 2}))
+    >>> read_json(path)
+    {'format': 2}
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from tfmed.errors import TfmedError
+
+DAMAGED = "the file is damaged or is not the one tfmed wrote; use the original run directory or re-fit"
+
+
+def read_json(path: str | Path, error: type[TfmedError] = TfmedError):
+    """The JSON value in ``path``; ``error`` (naming the file) when it is missing, not UTF-8 or not JSON.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "bad.json")
+        >>> _ = open(path, "wb").write(b"\\x80\\x04 not json")
+        >>> try:
+        ...     read_json(path)
+        ... except TfmedError as problem:
+        ...     print(str(problem).split(": ")[-1].split(";")[0])
+        not valid JSON (UnicodeDecodeError)
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: missing; {DAMAGED}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path}: not valid JSON ({type(problem).__name__}); {DAMAGED}") from None
+
+
+def read_arrays(path: str | Path, error: type[TfmedError] = TfmedError) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (by name) or the one array of an ``.npy`` (under ``"array"``), never unpickled.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
+        >>> np.savez(path, np.zeros(3))
+        >>> read_arrays(path)["arr_0"].shape
+        (3,)
+    """
+    path = Path(path)
+    try:
+        stored = np.load(path, allow_pickle=False)
+        if isinstance(stored, np.ndarray):
+            return {"array": stored}
+        with stored:
+            return {name: stored[name] for name in stored.files}
+    except FileNotFoundError:
+        raise error(f"{path}: missing; {DAMAGED}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as problem:  # pickled, truncated, foreign
+        raise error(f"{path}: not a NumPy array file tfmed can read ({type(problem).__name__}: "
+                    f"{str(problem)[:120]}); {DAMAGED}") from None

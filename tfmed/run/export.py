@@ -1,0 +1,363 @@
+"""``tfmed export-run``: a copy of a run directory to share, optionally anonymised.
+
+A run names patients and the author's machine in several places: ``splits.csv``,
+``excluded_rows.csv``, ``oof_predictions.csv``, ``member_scores.csv`` and every
+``predictions.csv`` and ``explanations.csv`` list image paths and patient ids;
+``report.html`` lists excluded rows; ``config.yaml`` holds the data and runs
+folders, ``environment.json`` the command line and working directory; overlay
+files are named after their images. With ``anonymise=True`` the copy has each
+patient id replaced by a salted hash (the salt is not kept), paths made relative
+and files renamed; ``ANONYMISED.txt`` says what was done, and every file is then
+searched for the original ids. The model files stay byte-identical.
+
+Example:
+    >>> export_run("runs/pneumonia_mnist/20261124-101500", "share/pmnist", anonymise=True)  # doctest: +SKIP
+    PosixPath('share/pmnist')
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+import yaml
+
+from tfmed.errors import TfmedError
+from tfmed.progress import log
+from tfmed.run.manifest import MANIFEST_FILE, check_run, write_manifest
+from tfmed.run.rundir import resolve_run_dir
+
+NOTE_FILE = "ANONYMISED.txt"
+PATIENT_COLUMNS = ("patient_id", "patient")
+PATH_COLUMNS = ("image", "id", "file", "path")  # columns that hold image paths
+TEXT_SUFFIXES = {".csv", ".json", ".jsonl", ".yaml", ".yml", ".html", ".htm", ".txt", ".md", ".log"}
+KEPT = "model"  # copied byte for byte: the shared model is the one that was measured
+BINARY_MIN_LENGTH = 5  # shorter byte strings turn up by chance in compressed images and weights
+_WORD = re.compile(r"[A-Za-z0-9]+")
+_LEFT = re.compile(r"(?:[A-Za-z0-9]|\d\.|\d[eE][-+])\Z")  # inside a word, or the end of a number ("0.17")
+_RIGHT = re.compile(r"[A-Za-z0-9]|\.\d")
+_PATH_LEFT, _PATH_RIGHT = re.compile(r"[/\\_]\Z"), re.compile(r"[/\\_]|\.[A-Za-z]")
+_PAYLOAD = re.compile(r"(?<=base64,)[A-Za-z0-9+/=]+")  # images embedded in report.html
+
+
+class ExportError(TfmedError):
+    """A run cannot be exported: the target exists, the source is damaged, or an id would leak."""
+
+
+def pseudonym(patient_id: str, salt: str) -> str:
+    """The anonymised form of ``patient_id``: ``"anon-"`` + 16 hex digits of SHA-256(salt + id).
+
+    Example:
+        >>> pseudonym("PAT-0007", salt="s3cret")
+        'anon-d7e7eef6b43b27f0'
+    """
+    return "anon-" + hashlib.sha256((salt + patient_id).encode("utf-8")).hexdigest()[:16]
+
+
+def identifying(patient_id: str) -> bool:
+    """Whether an id is searched for in the copy: it has a letter or 4+ characters (a short
+    number such as 17 cannot be told apart from counts and sizes in text).
+
+    Example:
+        >>> identifying("p1"), identifying("0007"), identifying("17")
+        (True, True, False)
+    """
+    return len(patient_id) >= 4 or any(c.isalpha() for c in patient_id)
+
+
+class _Ids:
+    """Patient ids found as tokens: not part of a longer word or number (``17`` is not in ``0.17``)."""
+
+    def __init__(self, ids):
+        self.by_word: dict[str, list[tuple[str, int]]] = {}
+        for value in sorted(set(ids), key=len, reverse=True):  # longest first
+            word = _WORD.search(value)
+            if word:
+                self.by_word.setdefault(word.group(), []).append((value, word.start()))
+
+    def find(self, text: str, context: bool = False):
+        """``(start, end, id)`` per id; with ``context`` a short number counts only beside / \\ _ or an extension."""
+        present = self.by_word.keys() & set(_WORD.findall(text))
+        if not present:  # the quick answer for most strings
+            return
+        words = re.compile(r"(?<![A-Za-z0-9])(?:%s)(?![A-Za-z0-9])" % "|".join(map(re.escape, present)))
+        position = done = 0
+        while word := words.search(text, position):
+            position = word.end()
+            for value, offset in self.by_word.get(word.group(), ()):
+                start = word.start() - offset
+                end = start + len(value)
+                left, right = text[max(0, start - 3):start], text[end:end + 2]
+                if start < done or text[start:end] != value or _LEFT.search(left) or _RIGHT.match(right):
+                    continue
+                if context and not identifying(value) and not (_PATH_LEFT.search(left) or _PATH_RIGHT.match(right)):
+                    continue
+                yield start, end, value
+                position = done = end
+                break
+
+
+class _Rewriter:
+    """Replaces ids by their hashes and absolute folders by relative names in one string."""
+
+    def __init__(self, hashes: dict[str, str], folders: dict[str, str]):
+        self.hashes, self.folders, self.ids = hashes, folders, _Ids(hashes)
+        names = "|".join(re.escape(f) for f in sorted(folders, key=len, reverse=True))
+        self.pattern = re.compile(rf"(?<![\w.-])({names})(?:(/)|(?![\w-]|\.\w))") if folders else None
+
+    def ids_in(self, text: str, context: bool = True) -> str:
+        pieces, last = [], 0
+        for start, end, value in self.ids.find(text, context):
+            pieces += [text[last:start], self.hashes[value]]
+            last = end
+        return "".join(pieces) + text[last:]
+
+    def _folder(self, match) -> str:
+        short = self.folders[match.group(1)]
+        return ("" if short == "." else short + "/") if match.group(2) else short
+
+    def __call__(self, text: str) -> str:
+        return self.ids_in(self.pattern.sub(self._folder, text) if self.pattern else text)
+
+
+def export_run(run: str | Path, out: str | Path, *, anonymise: bool = False, salt: str | None = None,
+               verify: bool = True) -> Path:
+    """Copy run directory ``run`` (with its evaluations/ and explanations/) to the new folder ``out``.
+
+    The source is verified against its ``MANIFEST.sha256`` first (an incomplete
+    run, without one, is refused; ``verify=False`` skips the check) and the copy
+    gets a fresh manifest. With
+    ``anonymise`` patient ids become ``pseudonym(id, salt)``; the salt is random
+    per export unless given (give the same secret salt to export several runs
+    with matching hashes). Returns ``out``; nothing is left at ``out`` on failure.
+
+    Example:
+        >>> export_run("runs/tb_xray/20261124-101500", "share/tb", anonymise=True)  # doctest: +SKIP
+        PosixPath('share/tb')
+    """
+    run_dir, out = resolve_run_dir(run), Path(out)
+    if out.exists() or out.is_symlink():
+        raise ExportError(f"{out}: already exists; an export never overwrites a folder, choose a new OUT")
+    if out.resolve().is_relative_to(run_dir.resolve()):
+        raise ExportError(f"{out}: inside the run directory {run_dir}; choose an OUT folder outside it")
+    if salt is not None and (not anonymise or not salt):
+        raise ExportError("a salt is used only with anonymise, and must not be empty; drop --salt or add "
+                          "--anonymise")
+    check_run(run_dir, verify)  # a damaged or incomplete run is not passed on as if whole
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.export-{secrets.token_hex(4)}"
+    try:
+        shutil.copytree(run_dir, work)
+        if anonymise:
+            _anonymise(work, run_dir, salt or secrets.token_hex(16), out)
+        write_manifest(work)
+        os.rename(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"exported {run_dir} to {out}" + (" (anonymised, see ANONYMISED.txt)" if anonymise else ""))
+    return out
+
+
+def _anonymise(copy: Path, run_dir: Path, salt: str, out: Path) -> None:
+    (copy / MANIFEST_FILE).unlink(missing_ok=True)  # the copy gets its own
+    files = [p for p in sorted(copy.rglob("*")) if p.is_file() and p.relative_to(copy).parts[0] != KEPT]
+    frames = {p: frame for p in files if p.suffix == ".csv" and (frame := _read_csv(p)) is not None}
+    ids = {v for frame in frames.values() for c in PATIENT_COLUMNS if c in frame for v in frame[c]}
+    ids -= {"", "NA", "<NA>", "nan", "NaN", "None", "null"}
+    rewrite = _Rewriter({v: pseudonym(v, salt) for v in ids}, _folders(copy, run_dir, frames))
+    rewritten = sum(_rewrite_file(p, rewrite) for p in files)
+    renamed = 0
+    for folder, folders, names in os.walk(copy, topdown=False):
+        if Path(folder).relative_to(copy).parts[:1] == (KEPT,):
+            continue
+        for name in names + folders:
+            new = rewrite.ids_in(name, context=False)
+            if new != name and not (Path(folder) / new).exists():
+                os.rename(Path(folder) / name, Path(folder) / new)
+                renamed += 1
+    pictures = any(p.suffix == ".png" for p in copy.glob("explanations/**/*"))
+    pinned = [p.relative_to(copy).as_posix() for p in sorted((copy / KEPT).rglob("*")) if p.is_file()
+              and rewrite.pattern and any(rewrite.pattern.search(t) for t in _texts(*_content(p)))]
+    (copy / NOTE_FILE).write_text(
+        "This is an anonymised copy of a tfmed run directory (tfmed export-run --anonymise).\n"
+        f"- {len(ids)} patient ids were replaced by salted hashes (\"anon-\" + 16 hex digits) in id columns, "
+        "text and file names; neither the salt nor the mapping is part of this copy.\n"
+        f"- {rewritten} files were rewritten and {renamed} files or folders renamed.\n"
+        "- Absolute paths were made relative: image paths to their data folder, the working directory is "
+        "\".\", the home folder \"~\", the runs folder \"runs\".\n"
+        "- The model files (model/) are byte-identical to the original run's"
+        + (f" (so {', '.join(pinned)} still hold absolute paths of the machine the run was made on)"
+           if pinned else "")
+        + ".\n"
+        + ("- Not rewritten: text drawn inside pictures. The overlays in explanations/ (and the explanations "
+           "figure in report.html, if any) show a case number in their titles when made by tfmed 0.2 or "
+           "later, but an image's file name when made by tfmed 0.1: look at them before sharing.\n"
+           if pictures else ""),
+        encoding="utf-8")
+    _check_nothing_leaked(copy, ids, rewrite, out)
+
+
+def _folders(copy: Path, run_dir: Path, frames: dict[Path, pd.DataFrame]) -> dict[str, str]:
+    """``{absolute folder: relative name}`` for every folder of the author's machine the run names."""
+    folders: dict[str, str] = {}
+
+    def add(folder, short):
+        if folder and os.path.isabs(folder) and len(PurePosixPath(folder).parts) > 1:
+            folders.setdefault(os.path.normpath(folder), short)
+
+    own = [copy / "splits.csv", copy / "excluded_rows.csv"]  # the run's data first, then other data evaluated
+    for group in [[p for p in own if p in frames]] + [[p] for p in frames if p not in own]:
+        paths = {os.path.normpath(v) for p in group for c in PATH_COLUMNS if c in frames[p]
+                 for v in frames[p][c] if os.path.isabs(v)}
+        parents = {os.path.dirname(v) for v in paths if not _under(v, folders)}
+        common = os.path.commonpath(parents) if parents else None
+        for folder in [common] if common and len(PurePosixPath(common).parts) > 1 else sorted(parents):
+            add(folder, ".")
+    config = _content(copy / "config.yaml")[1] if (copy / "config.yaml").is_file() else {}
+    environment = _content(copy / "environment.json")[1] if (copy / "environment.json").is_file() else {}
+    config, environment = (v if isinstance(v, dict) else {} for v in (config, environment))
+    cwd = environment.get("cwd") if isinstance(environment.get("cwd"), str) else None
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    for key in ("path", "root"):
+        value = data.get(key)
+        if isinstance(value, str) and os.path.isabs(value) and not _under(value, folders):
+            add(value if key == "root" or not Path(value).suffix else os.path.dirname(value), ".")
+    runs = config.get("runs_dir")
+    if isinstance(runs, str) and (os.path.isabs(runs) or cwd):
+        add(os.path.join(cwd or "", runs), "runs")
+    for path in {run_dir.absolute(), run_dir.resolve()}:
+        add(str(path), f"runs/{run_dir.parent.name}/{run_dir.name}")
+    add(cwd, ".")
+    add(str(Path.home()), "~")
+    home = re.match(r"/(?:home|Users)/[^/]+", cwd or "")  # the author's home, seen from the working directory
+    add(home and home.group(), "~")
+    return folders
+
+
+def _under(path: str, folders) -> bool:
+    return any(path == f or path.startswith(f + "/") for f in folders)
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    try:  # every cell as written: numbers keep their exact digits
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+
+
+def _numeric(values: pd.Series) -> bool:
+    return bool(pd.to_numeric(values[values != ""], errors="coerce").notna().all())
+
+
+def _content(path: Path) -> tuple[str, object]:
+    """``("csv", frame)``, ``("tree", parsed JSON or YAML)``, ``("text", str)`` or ``("bytes", bytes)``."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes", path.read_bytes()
+    if path.suffix not in TEXT_SUFFIXES and "\0" in text:
+        return "bytes", path.read_bytes()
+    if path.suffix == ".csv" and (frame := _read_csv(path)) is not None:
+        return "csv", frame
+    parse = {".json": json.loads, ".yaml": yaml.safe_load, ".yml": yaml.safe_load}.get(path.suffix)
+    value = _load(text, parse) if parse else None
+    return ("tree", value) if isinstance(value, (dict, list)) else ("text", text)
+
+
+def _load(text: str, parse):
+    try:
+        return parse(text)
+    except (ValueError, yaml.YAMLError):
+        return None
+
+
+def _strings(value, change):
+    """``value`` (parsed JSON or YAML) with ``change`` applied to every string and key."""
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return [_strings(v, change) for v in value]
+    if isinstance(value, dict):
+        return {change(k) if isinstance(k, str) else k: _strings(v, change) for k, v in value.items()}
+    return value
+
+
+def _rewrite_file(path: Path, rewrite: _Rewriter) -> bool:
+    """Rewrite one file of the copy (strings only: numbers stay as written); True if it changed."""
+    kind, value = _content(path)
+    if kind == "csv":
+        new = value.copy()
+        for column in value.columns:
+            if column in PATIENT_COLUMNS:
+                new[column] = value[column].map(lambda v: rewrite.hashes.get(v, v))
+            elif not _numeric(value[column]):
+                new[column] = value[column].map(rewrite)
+        new.columns = [rewrite(c) for c in value.columns]
+        changed = not (new.equals(value) and list(new.columns) == list(value.columns))
+        if changed:
+            new.to_csv(path, index=False)
+        return changed
+    if kind == "tree":
+        new = _strings(value, rewrite)
+        if path.name == "environment.json" and isinstance(new, dict):
+            new.update({"cwd": "."} if "cwd" in new else {})
+            if isinstance(new.get("command"), list):  # what is still absolute keeps its name only
+                new["command"] = [re.sub(r"(?:^|(?<==))/\S*", lambda m: os.path.basename(m.group()) or ".", a)
+                                  if isinstance(a, str) else a for a in new["command"]]
+        text = (json.dumps(new, indent=2) if path.suffix == ".json" else yaml.safe_dump(new, sort_keys=False))
+        changed = new != value
+    elif kind == "text":
+        pieces, last = [], 0
+        for match in _PAYLOAD.finditer(value):  # embedded pictures are left as they are
+            pieces += [rewrite(value[last:match.start()]), match.group()]
+            last = match.end()
+        text = "".join(pieces) + rewrite(value[last:])
+        changed = text != value
+    else:
+        return False
+    if changed:
+        path.write_text(text, encoding="utf-8")
+    return changed
+
+
+def _texts(kind: str, value) -> list[str]:
+    """The strings of a file that could hold an id (numbers, and pictures embedded in HTML, cannot)."""
+    if kind == "csv":
+        return list(value.columns) + [v for c in value.columns if not _numeric(value[c]) for v in value[c]]
+    if kind == "tree":
+        found: list[str] = []
+        _strings(value, lambda s: found.append(s) or s)
+        return found
+    return [_PAYLOAD.sub("", value)] if kind == "text" else []
+
+
+def _check_nothing_leaked(copy: Path, ids: set[str], rewrite: _Rewriter, out: Path) -> None:
+    """Raise :class:`ExportError` naming the first file of the copy that still holds an original id or folder."""
+    text_ids = _Ids(v for v in ids if identifying(v))
+    byte_ids = _Ids(v.encode("utf-8").decode("latin-1") for v in ids if len(v) >= BINARY_MIN_LENGTH)
+    for path in sorted(copy.rglob("*")):
+        relative, where = path.relative_to(copy), None
+        kept = relative.parts[0] == KEPT
+        if any(next(text_ids.find(part), None) for part in relative.parts):
+            where = "a patient id in its name"
+        elif path.is_file():
+            kind, value = _content(path)
+            texts = _texts(kind, value)
+            if any(next(text_ids.find(t), None) for t in texts):
+                where = "a patient id in its text"
+            elif kind == "bytes" and next(byte_ids.find(value.decode("latin-1")), None):
+                where = "a patient id in its bytes"
+            elif not kept and rewrite.pattern and any(rewrite.pattern.search(t) for t in texts):
+                where = "an absolute path of this machine"
+        if where:
+            fix = ("the model artifact itself holds it and is copied unchanged, so this run cannot be shared "
+                   "anonymised" if kept else "make a plain copy (export-run without --anonymise), edit or "
+                   "delete that file there, and export the edited copy with --anonymise --no-verify")
+            raise ExportError(f"{out / relative}: still holds {where} after anonymising, so the copy was "
+                              f"removed; {fix}")

@@ -1,0 +1,194 @@
+"""``MANIFEST.sha256``: the list of a finished run's files with their SHA-256 digests.
+
+``tfmed run`` writes the manifest last, after everything else succeeded, so a
+run directory without one did not finish (it crashed or was killed) and is
+refused as incomplete. The commands that read a run (``evaluate``,
+``predict``, ``ensemble``, ``explain``) verify every listed file first and stop
+with a message naming the first changed or missing file. The format is the one
+``sha256sum`` writes, so ``cd RUN && sha256sum -c MANIFEST.sha256`` checks a run
+without tfmed.
+
+The manifest detects damage and mix-ups (a truncated copy, a file taken from
+another run, a one-byte change). It is not a signature: whoever can edit the
+files can rewrite the manifest too. Publish :func:`run_digest` (printed at the
+end of a run) beside a shared run to let others check that they hold the same
+files.
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> run = Path(tempfile.mkdtemp())
+    >>> _ = (run / "metrics.json").write_text("{}")
+    >>> _ = write_manifest(run)
+    >>> verify_run(run) == run_digest(run)
+    True
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from tfmed.errors import TfmedError
+from tfmed.progress import log
+
+MANIFEST_FILE = "MANIFEST.sha256"
+# Inside these folders every file must be listed: nothing may be slipped in beside the model.
+# Elsewhere, files added after the run (``tfmed evaluate`` / ``explain`` outputs) are not checked.
+STRICT_FOLDERS = ("model",)
+
+
+class RunIntegrityError(TfmedError):
+    """A run directory's files differ from its ``MANIFEST.sha256`` (changed, missing or added)."""
+
+
+class IncompleteRunError(RunIntegrityError):
+    """A run directory has no ``MANIFEST.sha256``: the run did not finish."""
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "empty")
+        >>> _ = open(path, "wb").close()
+        >>> file_digest(path)[:12]
+        'e3b0c44298fc'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _listed_files(directory: Path) -> list[str]:
+    names = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory).as_posix()
+        if path.is_file() and relative != MANIFEST_FILE:
+            names.append(relative)
+    return names
+
+
+def write_manifest(directory: str | Path) -> Path:
+    """List every file under ``directory`` with its SHA-256.
+
+    The manifest is written to a temporary file and renamed into place, so it
+    never exists half-written.
+
+    Example:
+        >>> write_manifest(run_dir)  # doctest: +SKIP
+        PosixPath('runs/pneumonia_mnist/20261124-101500/MANIFEST.sha256')
+    """
+    directory = Path(directory)
+    lines = [f"{file_digest(directory / name)}  {name}\n" for name in _listed_files(directory)]
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".part")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+            stream.writelines(lines)
+        os.replace(temporary, directory / MANIFEST_FILE)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return directory / MANIFEST_FILE
+
+
+def finish_run(directory: str | Path) -> str:
+    """Mark a run finished: write its manifest and log its digest; return the digest.
+
+    Example:
+        >>> finish_run(run_dir)  # doctest: +SKIP
+        '5d1f0c...'
+    """
+    write_manifest(directory)
+    digest = run_digest(directory)
+    log(f"wrote {MANIFEST_FILE}; run digest sha256:{digest}")
+    return digest
+
+
+def read_manifest(directory: str | Path) -> dict[str, str]:
+    """``{relative path: digest}`` from a run's manifest.
+
+    Raises:
+        IncompleteRunError: there is no manifest.
+        RunIntegrityError: a line is not ``<64 hex digits>  <path>``.
+
+    Example:
+        >>> sorted(read_manifest(run_dir))[:2]  # doctest: +SKIP
+        ['config.yaml', 'environment.json']
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise IncompleteRunError(
+            f"{directory}: incomplete run: it has no {MANIFEST_FILE}, which a run writes last, after "
+            "everything else succeeded (the run crashed or was killed, or was made by a tfmed older than "
+            "0.2). Run the experiment again, or pass --no-verify to read its files as they are")
+    entries = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RunIntegrityError(f"{path}: not a text manifest; the run directory is damaged") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name \
+                or name.startswith("/") or ".." in name.split("/"):
+            raise RunIntegrityError(f"{path}, line {number}: expected '<sha256>  <relative path>', got "
+                                    f"{line[:80]!r}; the manifest is damaged")
+        entries[name] = digest
+    return entries
+
+
+def verify_run(directory: str | Path) -> str:
+    """Check every file listed in the run's manifest; return :func:`run_digest`.
+
+    Raises :class:`IncompleteRunError` without a manifest, and
+    :class:`RunIntegrityError` naming the first file that is missing, changed,
+    or present in ``model/`` without being listed.
+
+    Example:
+        >>> verify_run("runs/pneumonia_mnist/20261124-101500")  # doctest: +SKIP
+        '5d1f0c...'
+    """
+    directory = Path(directory)
+    entries = read_manifest(directory)
+    for name, digest in entries.items():
+        path = directory / name
+        if not path.is_file():
+            raise RunIntegrityError(f"{path}: listed in {MANIFEST_FILE} but missing; the run directory is "
+                                    "incomplete (copy it again from its source), or pass --no-verify")
+        if file_digest(path) != digest:
+            raise RunIntegrityError(f"{path}: changed since the run wrote it (its SHA-256 differs from "
+                                    f"{MANIFEST_FILE}); restore the original file, or pass --no-verify to "
+                                    "read it anyway")
+    for name in _listed_files(directory):
+        if name.split("/")[0] in STRICT_FOLDERS and name not in entries:
+            raise RunIntegrityError(f"{directory / name}: not part of the run (absent from {MANIFEST_FILE}); "
+                                    "remove it, or pass --no-verify")
+    return file_digest(directory / MANIFEST_FILE)
+
+
+def check_run(directory: str | Path, verify: bool = True) -> None:
+    """:func:`verify_run` ``directory``, or with ``verify=False`` log that the check was skipped (``--no-verify``).
+
+    Example:
+        >>> check_run("runs/pneumonia_mnist/20261124-101500", verify=False)  # doctest: +SKIP
+        [tfmed 10:15:02] integrity check skipped (--no-verify): the files of runs/... are read as they are
+    """
+    if verify:
+        verify_run(directory)
+    else:
+        log(f"integrity check skipped (--no-verify): the files of {directory} are read as they are")
+
+
+def run_digest(directory: str | Path) -> str:
+    """The SHA-256 of a run's manifest: one value that stands for all of its files.
+
+    Example:
+        >>> run_digest("runs/pneumonia_mnist/20261124-101500")[:12]  # doctest: +SKIP
+        '5d1f0c8a2b7e'
+    """
+    return file_digest(Path(directory) / MANIFEST_FILE)
