@@ -106,6 +106,18 @@ def test_dicom_without_extension_is_recognised(tmp_path):
     assert read_image(path).shape == (128, 128, 1)
 
 
+def test_dicom_named_by_uid_is_recognised_by_its_marker(tmp_path):
+    path = tmp_path / "CT.1.3.12.2.1107.5.1.4.30000022120808113428000016582"
+    shutil.copy(CT_SMALL, path)
+    assert image_kind(path) == "dicom"
+    np.testing.assert_array_equal(read_image(path), read_image(CT_SMALL))
+    other = tmp_path / "report.1.2.3"
+    other.write_bytes(b"not DICOM" * 20)
+    assert image_kind(other) is None
+    with pytest.raises(ImageReadError, match=r"unsupported file type '.3' \(not an image extension, and no DICOM"):
+        read_image(other)
+
+
 def test_compressed_dicom_without_plugin_names_file_and_transfer_syntax():
     path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
     with pytest.raises(ImageReadError) as caught:

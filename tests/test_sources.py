@@ -269,6 +269,26 @@ def test_dicom_folder_reads_patient_and_view(tmp_path):
     assert report.ok and [w.image.rsplit("/", 1)[1] for w in report.warnings] == ["notes.txt"]
 
 
+def test_a_scanner_export_named_by_uid_validates_and_predicts(tmp_path, capsys):
+    """Files named like CT.1.3.12...16582: the tail of the UID is no extension, the DICM marker decides."""
+    from tfmed.run import cli
+    from tfmed.run.predict import collect_images
+
+    names = ["CT.1.3.12.2.1107.5.1.4.30000022120808113428000016582",
+             "CT.1.3.12.2.1107.5.1.4.30000022120808113428000016583", "MR.1.2.840.113619.2.55.3"]
+    for cls, name in zip(("a", "a", "b"), names):
+        (tmp_path / cls).mkdir(exist_ok=True)
+        shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / cls / name)
+    (tmp_path / "b" / "notes.v2").write_text("not an image")
+    table = load_source(parse_source_spec(f"dicom:{tmp_path}"))
+    assert sorted(p.rsplit("/", 1)[1] for p in table.frame["image"]) == sorted(names)
+    report = validate_table(table)
+    assert report.ok and report.problems == []
+    assert cli.main(["validate", f"dicom:{tmp_path}"]) == 0
+    assert capsys.readouterr().out.startswith("3 rows")  # notes.v2 is listed as skipped, not as a row
+    assert sorted(p.name for p in collect_images([str(tmp_path)])) == sorted(names)
+
+
 def test_dicom_folder_bad_header_becomes_a_problem(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

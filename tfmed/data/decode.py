@@ -126,7 +126,9 @@ def has_dicom_marker(path: str | Path) -> bool:
 def image_kind(path: str | Path) -> str | None:
     """The kind of image ``path`` holds, judged by its extension (None if unsupported).
 
-    Files without an extension count as "dicom" when they carry the DICOM marker.
+    A file of any other name (none, or the tail of a UID such as
+    ``CT.1.3.12.2.1107.5.1.4.3000002212080811342800001658``, as scanners
+    export them) counts as "dicom" when it carries the DICOM marker.
 
     Example:
         >>> image_kind("scan.DCM"), image_kind("xray.jpeg"), image_kind("notes.txt")
@@ -135,9 +137,7 @@ def image_kind(path: str | Path) -> str | None:
     suffix = Path(path).suffix.lower()
     if suffix in RASTER_KINDS:
         return RASTER_KINDS[suffix]
-    if suffix in DICOM_EXTENSIONS:
-        return "dicom"
-    if suffix == "" and has_dicom_marker(path):
+    if suffix in DICOM_EXTENSIONS or has_dicom_marker(path):
         return "dicom"
     return None
 
@@ -211,7 +211,8 @@ def read_image_and_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_P
                              "re-export or re-download the image, or remove the row")
     kind = image_kind(path)
     if kind is None:
-        raise ImageReadError(path, f"unsupported file type {path.suffix or '(no extension)'!r}",
+        raise ImageReadError(path, f"unsupported file type {path.suffix or '(no extension)'!r} (not an image "
+                             "extension, and no DICOM marker)",
                              f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)}")
     if kind == "dicom":
         return _read_dicom(path, max_pixels)

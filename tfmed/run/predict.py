@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.data.decode import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS
+from tfmed.data.decode import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, image_kind
 from tfmed.config import ExperimentConfig
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import apply_validation, validate_table
@@ -29,9 +29,10 @@ def collect_images(paths: list[str]) -> list[Path]:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            found = sorted(p for p in path.rglob("*") if p.is_file() and image_kind(p) is not None)
             if not found:
-                raise ModelArtifactError(f"{path}: no images ({', '.join(SUPPORTED_EXTENSIONS)}) in this folder")
+                raise ModelArtifactError(f"{path}: no images ({', '.join(SUPPORTED_EXTENSIONS)}, or DICOM files "
+                                         "of any name) in this folder")
             files.extend(found)
         elif path.is_file():
             files.append(path)

@@ -112,7 +112,7 @@ def class_files(path: Path, names: list[str], extensions, skipped: list, reason)
     for label, name in enumerate(names):
         for file in files_under(path / name):
             row += 1
-            if file.suffix.lower() not in extensions and not has_dicom_marker(file):
+            if file.suffix.lower() not in extensions and not has_dicom_marker(file):  # DICOM of any name
                 skipped.append(skipped_file(file, row, reason(file)))
                 continue
             yield label, name, file, row

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.decode import SUPPORTED_EXTENSIONS
+from tfmed.data.decode import SUPPORTED_EXTENSIONS, image_kind
 from tfmed.data.sources.base import (SourceKind, class_files, class_folder_names, files_under,
                                      outside_classes, skipped_file, source_table)
 from tfmed.data.table import DataSourceError, ImageTable
@@ -72,7 +72,7 @@ def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
     records, skipped, found = [], [], []
     for file in files_under(path):
         row = len(records) + len(skipped) + 1
-        if file.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        if image_kind(file) is None:
             skipped.append(skipped_file(file, row, f"unsupported file type {file.suffix or '(none)'!r}"))
             continue
         parts = file.relative_to(path).parts
