@@ -118,7 +118,20 @@ def test_dicom_named_by_uid_is_recognised_by_its_marker(tmp_path):
         read_image(other)
 
 
-def test_compressed_dicom_without_plugin_names_file_and_transfer_syntax():
+@pytest.mark.parametrize("compressed", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
+                                        "MR_small_RLE.dcm"])
+def test_compressed_dicom_decodes_to_the_uncompressed_values(compressed):
+    """JPEG-LS and JPEG 2000 through the declared pylibjpeg plugins, RLE through pydicom itself."""
+    np.testing.assert_array_equal(read_image(get_testdata_file(compressed)),
+                                  read_image(get_testdata_file("MR_small.dcm")))
+
+
+def test_compressed_dicom_without_plugin_names_file_and_transfer_syntax(monkeypatch):
+    def no_plugin(self):
+        raise RuntimeError("Unable to decompress 'JPEG-LS Lossless Image Compression' pixel data because "
+                           "all plugins are missing dependencies:\n    gdcm - requires gdcm")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_plugin))
     path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
     with pytest.raises(ImageReadError) as caught:
         read_image(path)

@@ -296,10 +296,41 @@ def _read_raster(path: Path, kind: str, max_pixels: int | None,
     return array.astype(np.float32), info
 
 
+def dicom_values(path: str | Path, dataset, fix: str) -> np.ndarray:
+    """A DICOM dataset's pixels after its modality LUT (Hounsfield units for CT), as float32.
+
+    Compressed pixel data decodes through pydicom's handlers (the pylibjpeg
+    plugins for JPEG, JPEG-LS and JPEG 2000); a transfer syntax no handler
+    decodes, or damaged pixel data, raises :class:`ImageReadError` naming the
+    file and the transfer syntax, with ``fix`` for the damaged case.
+
+    Example:
+        >>> import pydicom
+        >>> from pydicom.data import get_testdata_file
+        >>> path = get_testdata_file("CT_small.dcm")
+        >>> float(dicom_values(path, pydicom.dcmread(path), "re-export it").min())
+        -896.0
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        pixels = dataset.pixel_array
+    except (RuntimeError, NotImplementedError) as error:
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        syntax_text = f"{syntax} ({syntax.name})" if syntax is not None else "unknown"
+        raise ImageReadError(
+            path, f"compressed DICOM with transfer syntax {syntax_text} cannot be decoded: "
+                  f"{str(error).splitlines()[0]}",
+            "install a decoder plugin (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, "
+            "or python-gdcm), or decompress the file first (e.g. gdcmconv --raw / dcmdjpeg)") from None
+    except (ValueError, AttributeError, KeyError, TypeError, EOFError) as error:
+        raise ImageReadError(path, f"corrupt DICOM pixel data ({type(error).__name__}: {error})", fix) from None
+    return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
+
+
 def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageInfo]:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
 
     try:
         dataset = pydicom.dcmread(str(path))
@@ -313,23 +344,10 @@ def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageIn
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if isinstance(dataset.get("Rows"), int) and isinstance(dataset.get("Columns"), int):
         _check_size(path, dataset.Columns, dataset.Rows, max_pixels, frames)
-    try:
-        pixels = dataset.pixel_array
-    except RuntimeError as error:
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        syntax_text = f"{syntax} ({syntax.name})" if syntax is not None else "unknown"
-        raise ImageReadError(
-            path, f"compressed DICOM with transfer syntax {syntax_text} cannot be decoded: "
-                  f"{str(error).splitlines()[0]}",
-            "install a decoder plugin (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, "
-            "or python-gdcm), or decompress the file first (e.g. gdcmconv --raw / dcmdjpeg)") from None
-    except (ValueError, AttributeError, KeyError, TypeError, EOFError) as error:
-        raise ImageReadError(path, f"corrupt DICOM pixel data ({type(error).__name__}: {error})",
-                             "re-export the DICOM file, or remove the row") from None
     if frames > 1:
         raise ImageReadError(path, f"multi-frame DICOM ({frames} frames); a 2-D image is expected",
                              "export the frame to classify as its own file")
-    values = np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
+    values = dicom_values(path, dataset, "re-export the DICOM file, or remove the row")
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         values = values.max() + values.min() - values
     if values.ndim == 2:

@@ -7,6 +7,7 @@
     tfmed explain --model runs/pneumonia_mnist/TIMESTAMP [images ...] [--method gradcam] [--output DIR]
     tfmed export-run runs/pneumonia_mnist/TIMESTAMP share/pmnist --anonymise
     tfmed validate folder:data/my_xrays
+    tfmed inspect scans/ct_series/ [--series UID]   (or a .nii/.nii.gz file, or one image)
     tfmed sweep-layers experiments/pneumonia_mnist_svm.yaml
     tfmed backbones
 
@@ -85,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
                                        "or an experiment YAML")
     validate.add_argument("--need-patient-ids", action="store_true",
                           help="also require a patient id on every row")
+
+    inspect = verbs.add_parser("inspect", help="describe an image, DICOM series folder or NIfTI volume before "
+                                              "configuring windows and views")
+    inspect.add_argument("path", help="a folder of DICOM files, a .nii/.nii.gz file, or one image file")
+    inspect.add_argument("--series", default=None,
+                         help="SeriesInstanceUID to read when the folder holds several series")
 
     sweep = verbs.add_parser("sweep-layers", help="compare SVM features from each backbone tap")
     sweep.add_argument("config", help="experiments/NAME.yaml (svm mode)")
@@ -208,6 +215,13 @@ def _load_any_source(spec: str):
     return load_source(data), data
 
 
+def _cmd_inspect(args) -> int:
+    from tfmed.data.volumes import format_inspection, inspect
+
+    print(format_inspection(inspect(args.path, args.series)))
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     from tfmed.config import ExperimentConfig
     from tfmed.run.sweep import sweep_experiment
@@ -231,7 +245,7 @@ def _cmd_backbones(args) -> int:
 
 COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
             "explain": _cmd_explain, "export-run": _cmd_export, "validate": _cmd_validate, "sweep-layers": _cmd_sweep,
-            "backbones": _cmd_backbones}
+            "backbones": _cmd_backbones, "inspect": _cmd_inspect}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,8 @@ class RunDirectoryError(TfmedError):
 
 
 VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scikit-image", "skops",
-                      "opencv-python-headless", "pydicom", "PyYAML", "matplotlib")
+                      "opencv-python-headless", "pydicom", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "nibabel",
+                      "PyYAML", "matplotlib")
 
 
 def environment_info(config: ExperimentConfig) -> dict:

@@ -1,0 +1,454 @@
+"""Volumes: DICOM series folders and NIfTI files read into (slices, rows, columns), and `tfmed inspect`."""
+import gzip
+import math
+import os
+import shutil
+import struct
+
+import cv2
+import nibabel
+import numpy as np
+import pydicom
+import pytest
+from nibabel.testing import data_path as NIBABEL_DATA
+from pydicom.data import get_testdata_file
+
+from tfmed.data.decode import read_image
+from tfmed.data.volumes import (Volume, VolumeError, format_inspection, inspect, read_dicom_series, read_nifti,
+                                read_volume)
+from tfmed.run.cli import main
+
+CT_SMALL = get_testdata_file("CT_small.dcm")
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+# 30 degrees about the patient x axis: rows go (0, cos, sin), the slice normal is (0, -sin, cos).
+COS, SIN = math.cos(math.radians(30)), math.sin(math.radians(30))
+OBLIQUE = (1.0, 0.0, 0.0, 0.0, COS, SIN)
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+PIXEL_MM = 0.661468  # CT_small.dcm's PixelSpacing
+SERIES = "1.2.826.0.1.3680043.8.498.1"
+ORIGIN = np.array([-158.0, -179.0, -100.0])
+
+
+def stored(index: int, rows: int = 128, columns: int = 128) -> np.ndarray:
+    """The stored values of slice ``index``: 100 per slice, plus row + 2 x column."""
+    r, c = np.mgrid[0:rows, 0:columns]
+    return (100 * index + r + 2 * c).astype(np.int16)
+
+
+def normal_of(orientation) -> np.ndarray:
+    return np.cross(orientation[:3], orientation[3:])
+
+
+def make_slice(index, position, orientation=AXIAL, series=SERIES, slope=1.0, intercept=-1024.0, rows=128):
+    """CT_small.dcm turned into slice ``index`` of a series (its own SOPInstanceUID and pixels)."""
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.ImagePositionPatient = [round(float(v), 6) for v in position]
+    ds.ImageOrientationPatient = [round(float(v), 8) for v in orientation]
+    ds.SeriesInstanceUID = series
+    ds.SOPInstanceUID = f"{series}.{index}"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = 1000 - index  # deliberately the wrong order
+    ds.SliceLocation = 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.Rows = rows
+    ds.PixelData = stored(index, rows=rows).tobytes()
+    return ds
+
+
+def write_series(folder, count=6, spacing=2.5, orientation=AXIAL, names=None, skip=(), series=SERIES, **kwargs):
+    """Write ``count`` slices along the normal of ``orientation``; returns {index: file name}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = names or [f"CT.1.3.12.2.1107.5.1.4.3000002212080811342800001{6582 - 7 * i}" for i in range(count)]
+    written = {}
+    for index in range(count):
+        if index in skip:
+            continue
+        position = ORIGIN + index * spacing * normal_of(orientation)
+        make_slice(index, position, orientation, series, **kwargs).save_as(folder / names[index],
+                                                                             enforce_file_format=True)
+        written[index] = names[index]
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- DICOM series
+
+
+def test_slices_are_ordered_by_position_not_by_name_or_instance_number(tmp_path):
+    names = ["CT.1.3.12.2.1107.5.1.4.30000022120808113428000016582", "IM_0001", "00c", "z9", "a3.7", "0b"]
+    assert sorted(names) != names  # the name order is not the position order
+    write_series(tmp_path, names=names)
+    volume = read_dicom_series(tmp_path)
+    assert volume.shape == (6, 128, 128)
+    assert volume.spacing == pytest.approx((2.5, PIXEL_MM, PIXEL_MM))
+    for index in range(6):
+        np.testing.assert_array_equal(volume.array[index], stored(index).astype(np.float32) - 1024)
+    assert volume.array[2, 3, 4] == (200 + 3 + 8) - 1024  # by hand: stored 211, slope 1, intercept -1024
+    np.testing.assert_allclose(volume.origin, ORIGIN)
+    np.testing.assert_allclose(volume.direction, [[0, 0, 1], [0, 1, 0], [1, 0, 0]], atol=1e-12)
+    assert volume.axis_codes() == ("S", "P", "L")
+    assert (volume.modality, volume.patient_id, volume.series_uid) == ("CT", "1CT1", SERIES)
+    assert volume.study_uid == "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+    assert volume.transfer_syntax == "Explicit VR Little Endian"
+    assert volume.intensity_unit == "HU"
+    assert volume.problems == []
+    assert volume.array.dtype == np.float32
+
+
+def test_hu_apply_each_slices_own_slope_and_intercept(tmp_path):
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for index in range(5):
+        position = ORIGIN + [0, 0, 1.25 * index]
+        make_slice(index, position, slope=1 + 0.5 * index, intercept=-1000 - 10 * index).save_as(
+            folder / f"{4 - index}.dcm", enforce_file_format=True)
+    volume = read_dicom_series(folder)
+    # slice 2: stored 211 at row 3, column 4; slope 2.0, intercept -1020 -> 211 * 2 - 1020 = -598
+    assert volume.array[2, 3, 4] == -598.0
+    # slice 4: stored 400 at (0, 0); slope 3.0, intercept -1040 -> 160
+    assert volume.array[4, 0, 0] == 160.0
+    for index in range(5):
+        np.testing.assert_array_equal(volume.array[index], stored(index) * (1 + 0.5 * index) - 1000 - 10 * index)
+    assert volume.spacing[0] == pytest.approx(1.25)
+
+
+def test_an_oblique_series_places_voxels_along_its_axes(tmp_path):
+    names = [f"{5 - i}" for i in range(6)]  # no extension, reversed
+    write_series(tmp_path, spacing=3.0, orientation=OBLIQUE, names=names)
+    volume = read_dicom_series(tmp_path)
+    normal, column_axis, row_axis = normal_of(OBLIQUE), np.array(OBLIQUE[3:]), np.array(OBLIQUE[:3])
+    np.testing.assert_allclose(volume.direction, np.column_stack([normal, column_axis, row_axis]), atol=1e-7)
+    assert volume.spacing == pytest.approx((3.0, PIXEL_MM, PIXEL_MM))
+    np.testing.assert_array_equal(volume.array[5], stored(5) - 1024.0)
+    expected = ORIGIN + 4 * 3.0 * normal + 10 * PIXEL_MM * column_axis + 20 * PIXEL_MM * row_axis
+    np.testing.assert_allclose(volume.voxel_to_patient([4, 10, 20]), expected, atol=1e-5)
+    indices = np.random.default_rng(0).uniform(0, 100, size=(20, 3))
+    np.testing.assert_allclose(volume.patient_to_voxel(volume.voxel_to_patient(indices)), indices, atol=1e-9)
+    np.testing.assert_allclose(volume.affine[:3, 3], volume.origin)
+    assert volume.axis_codes() == ("S", "P", "L")
+
+
+def test_a_missing_slice_names_the_files_around_the_gap_and_its_size(tmp_path):
+    written = write_series(tmp_path, count=8, skip={3})
+    with pytest.raises(VolumeError) as caught:
+        read_dicom_series(tmp_path)
+    message = str(caught.value)
+    assert written[2] in message and written[4] in message
+    assert "gap of 5.00 mm" in message and "2.50 mm apart" in message and "about 1 slice missing" in message
+    assert "re-export the complete series" in message
+
+
+def test_duplicate_positions_name_both_files(tmp_path):
+    write_series(tmp_path, count=5)
+    make_slice(7, ORIGIN + [0, 0, 5.0]).save_as(tmp_path / "copy_of_slice_2", enforce_file_format=True)
+    with pytest.raises(VolumeError, match="same slice position") as caught:
+        read_dicom_series(tmp_path)
+    assert "copy_of_slice_2" in str(caught.value)
+    assert "CT.1.3.12.2.1107.5.1.4.30000022120808113428000016568" in str(caught.value)  # slice 2
+
+
+def test_two_series_in_one_folder_are_listed_and_one_can_be_chosen(tmp_path):
+    write_series(tmp_path, count=4)
+    other = "1.2.826.0.1.3680043.8.498.2"
+    write_series(tmp_path, count=3, spacing=5.0, series=other, names=[f"other{i}" for i in range(3)],
+                 intercept=0.0)
+    with pytest.raises(VolumeError) as caught:
+        read_dicom_series(tmp_path)
+    message = str(caught.value)
+    assert "2 series" in message and f"{SERIES} (CT, 4 files, 128 x 128)" in message
+    assert f"{other} (CT, 3 files, 128 x 128)" in message and "series_uid=" in message and "--series" in message
+    volume = read_dicom_series(tmp_path, series_uid=other)
+    assert volume.shape == (3, 128, 128) and volume.spacing[0] == pytest.approx(5.0)
+    np.testing.assert_array_equal(volume.array[2], stored(2))
+    with pytest.raises(VolumeError, match="no series 9.9"):
+        read_dicom_series(tmp_path, series_uid="9.9")
+
+
+@pytest.mark.parametrize("how", ["tag", "positions"])
+def test_a_tilted_series_is_refused(tmp_path, how):
+    if how == "tag":
+        write_series(tmp_path, count=4)
+        ds = pydicom.dcmread(tmp_path / sorted(os.listdir(tmp_path))[0])
+        ds.GantryDetectorTilt = 15
+        ds.save_as(tmp_path / sorted(os.listdir(tmp_path))[0])
+    else:  # positions drift along y by tan(20 degrees) per mm along the normal
+        for index in range(4):
+            make_slice(index, ORIGIN + [0, 2.5 * index * math.tan(math.radians(20)), 2.5 * index]).save_as(
+                tmp_path / f"s{index}", enforce_file_format=True)
+    with pytest.raises(VolumeError, match="tilted") as caught:
+        read_dicom_series(tmp_path)
+    assert "tilt-correcting tool" in str(caught.value)
+    if how == "positions":
+        assert "20.0 degrees" in str(caught.value)
+
+
+def test_differing_rows_names_the_file(tmp_path):
+    write_series(tmp_path, count=5)
+    make_slice(9, ORIGIN + [0, 0, 12.5], rows=64).save_as(tmp_path / "localizer", enforce_file_format=True)
+    with pytest.raises(VolumeError, match="Rows x Columns 64 x 128 differs from 128 x 128") as caught:
+        read_dicom_series(tmp_path)
+    assert str(caught.value).startswith(str(tmp_path / "localizer"))
+
+
+def test_differing_orientation_and_missing_position_name_the_file(tmp_path):
+    write_series(tmp_path / "a", count=4)
+    make_slice(9, ORIGIN + [0, 0, 10], orientation=SAGITTAL).save_as(tmp_path / "a" / "scout", enforce_file_format=True)
+    with pytest.raises(VolumeError, match="ImageOrientationPatient .* differs") as caught:
+        read_dicom_series(tmp_path / "a")
+    assert str(caught.value).startswith(str(tmp_path / "a" / "scout"))
+    write_series(tmp_path / "b", count=3)
+    ds = make_slice(9, ORIGIN + [0, 0, 10])
+    del ds.ImagePositionPatient
+    ds.save_as(tmp_path / "b" / "no_position", enforce_file_format=True)
+    with pytest.raises(VolumeError, match="no ImagePositionPatient") as caught:
+        read_dicom_series(tmp_path / "b")
+    assert str(caught.value).startswith(str(tmp_path / "b" / "no_position"))
+
+
+def test_other_files_are_ignored_with_problem_lines(tmp_path):
+    write_series(tmp_path, count=3)
+    (tmp_path / "notes.txt").write_text("acquired 2004")
+    (tmp_path / ".DS_Store").write_bytes(b"\0" * 300)
+    shutil.copy(get_testdata_file("test-SR.dcm"), tmp_path / "report")
+    (tmp_path / "sub").mkdir()
+    volume = read_dicom_series(tmp_path)
+    assert volume.shape == (3, 128, 128)
+    assert volume.problems == [
+        "1 file without the DICOM marker (DICM) ignored: notes.txt",
+        "1 sub-folder not read (only the files directly in the folder are; point at a series folder): sub",
+        "1 file without pixel data (e.g. structured report, presentation state, DICOMDIR) ignored: report (SR)"]
+
+
+def test_uneven_spacing_within_tolerance_is_a_problem_not_an_error(tmp_path):
+    for index, z in enumerate([0.0, 2.5, 5.0, 7.6, 10.1, 12.6]):
+        make_slice(index, ORIGIN + [0, 0, z]).save_as(tmp_path / f"s{index}", enforce_file_format=True)
+    volume = read_dicom_series(tmp_path)
+    assert volume.spacing[0] == pytest.approx(2.5)
+    assert len(volume.problems) == 1 and volume.problems[0].startswith("uneven slice spacing")
+    assert "2.600" in volume.problems[0]
+
+
+def test_a_multi_frame_file_and_an_empty_folder_are_refused(tmp_path):
+    shutil.copy(get_testdata_file("rtdose.dcm"), tmp_path / "dose")
+    with pytest.raises(VolumeError, match=r"multi-frame DICOM \(15 frames"):
+        read_dicom_series(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VolumeError, match="no DICOM image files"):
+        read_dicom_series(empty)
+
+
+def test_ct_small_is_a_one_slice_series(tmp_path):
+    shutil.copy(CT_SMALL, tmp_path / "CT_small.dcm")
+    volume = read_volume(tmp_path)
+    assert volume.shape == (1, 128, 128)
+    assert volume.spacing == pytest.approx((5.0, PIXEL_MM, PIXEL_MM))  # SliceThickness, PixelSpacing
+    assert volume.intensity_range() == (-896.0, 1167.0)
+    np.testing.assert_allclose(volume.origin, [-158.135803, -179.035797, -75.699997])
+    np.testing.assert_array_equal(volume.array[0], read_image(CT_SMALL)[:, :, 0])
+    ds = pydicom.dcmread(tmp_path / "CT_small.dcm")
+    del ds.SliceThickness
+    ds.save_as(tmp_path / "CT_small.dcm")
+    volume = read_dicom_series(tmp_path)
+    assert volume.spacing[0] == 1.0 and volume.problems == ["one slice without SliceThickness: 1.0 mm assumed "
+                                                            "along slices"]
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
+                                  "MR_small_RLE.dcm"])
+def test_a_lossless_compressed_slice_decodes_exactly_or_names_its_transfer_syntax(tmp_path, name):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "compressed").mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "plain" / "a")
+    shutil.copy(get_testdata_file(name), tmp_path / "compressed" / "a")
+    twin = read_dicom_series(tmp_path / "plain")
+    syntax = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True).file_meta.TransferSyntaxUID
+    try:
+        volume = read_dicom_series(tmp_path / "compressed")
+    except VolumeError as error:  # no decoder plugin for this transfer syntax is installed
+        assert str(error).startswith(str(tmp_path / "compressed" / "a"))
+        assert f"{syntax} ({syntax.name}) cannot be decoded" in str(error)
+        assert "pip install pylibjpeg" in str(error)
+    else:
+        np.testing.assert_array_equal(volume.array, twin.array)
+        assert volume.transfer_syntax == syntax.name and volume.modality == "MR"
+        assert volume.intensity_unit is None
+
+
+def test_a_missing_decoder_is_a_clear_error(tmp_path, monkeypatch):
+    from pydicom.pixels.decoders import JPEGLSLosslessDecoder
+
+    monkeypatch.setattr(JPEGLSLosslessDecoder, "_available", {})  # as without any JPEG-LS plugin
+    shutil.copy(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), tmp_path / "a")
+    with pytest.raises(VolumeError) as caught:
+        read_dicom_series(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(str(tmp_path / "a") + ": compressed DICOM with transfer syntax "
+                              "1.2.840.10008.1.2.4.80 (JPEG-LS Lossless Image Compression) cannot be decoded")
+    assert "Fix: install a decoder plugin (pip install pylibjpeg" in message
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.file_meta.TransferSyntaxUID = "1.2.3.4.5"  # a transfer syntax no decoder knows
+    ds.save_as(tmp_path / "a", enforce_file_format=True)
+    with pytest.raises(VolumeError, match=r"1\.2\.3\.4\.5 .* cannot be decoded"):
+        read_dicom_series(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- NIfTI
+
+
+def test_nibabels_anatomical_image_is_reoriented_to_the_shared_convention():
+    path = os.path.join(NIBABEL_DATA, "anatomical.nii")  # LAS, 33 x 41 x 25, 2 mm
+    original = nibabel.load(path).get_fdata()
+    volume = read_nifti(path)
+    assert volume.shape == (25, 41, 33) and volume.spacing == (2.0, 2.0, 2.0)
+    # LAS -> (slice, row, column) = (k, 40 - j, i): the i axis already runs toward the left
+    np.testing.assert_array_equal(volume.array, original[:, ::-1, :].transpose(2, 1, 0))
+    # voxel (0, 0, 0) is original (0, 40, 0): RAS (32, 40, -16), LPS (-32, -40, -16)
+    np.testing.assert_allclose(volume.voxel_to_patient([0, 0, 0]), [-32.0, -40.0, -16.0])
+    assert volume.axis_codes() == ("S", "P", "L")
+    assert (volume.modality, volume.transfer_syntax, volume.patient_id) == (None, None, None)
+    assert volume.problems == []
+
+
+@pytest.mark.parametrize("name", ["example4d.nii.gz", "functional.nii"])
+def test_a_4d_nifti_is_refused(name):
+    path = os.path.join(NIBABEL_DATA, name)
+    with pytest.raises(VolumeError, match="4-D image .* one 3-D volume is expected") as caught:
+        read_volume(path)
+    assert name in str(caught.value) and "extract one volume" in str(caught.value)
+
+
+# (affine in RAS, shape written, expected (slices, rows, columns)) for 0.8 x 0.8 x 2.0 mm voxels
+LAS = np.array([[-0.8, 0, 0, 40], [0, 0.8, 0, -50], [0, 0, 2.0, -20], [0, 0, 0, 1]])
+SUPERIOR_LEFT_POSTERIOR = np.array([[0, -0.8, 0, 30], [0, 0, -0.8, 60], [2.0, 0, 0, -10], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("affine, shape", [(LAS, (6, 12, 10)), (SUPERIOR_LEFT_POSTERIOR, (10, 6, 12))])
+def test_a_written_nifti_puts_a_bright_voxel_at_its_patient_position(tmp_path, affine, shape):
+    data = np.zeros((10, 12, 6), np.int16)
+    data[3, 7, 2] = 500
+    path = tmp_path / "scan.nii"
+    nibabel.Nifti1Image(data, affine).to_filename(path)
+    with open(path, "r+b") as handle:  # scl_slope and scl_inter (bytes 112..119 of a NIfTI-1 header)
+        handle.seek(112)
+        handle.write(struct.pack("<ff", 2.0, 10.0))
+    proxy = nibabel.load(path).dataobj  # nibabel moves the header's scaling to the data proxy
+    assert (proxy.slope, proxy.inter) == (2.0, 10.0)
+    volume = read_nifti(path)
+    assert volume.shape == shape and volume.spacing == pytest.approx((2.0, 0.8, 0.8))
+    np.testing.assert_allclose(volume.direction, [[0, 0, 1], [0, 1, 0], [1, 0, 0]], atol=1e-7)
+    bright = np.unravel_index(np.argmax(volume.array), volume.shape)
+    assert volume.array[bright] == 500 * 2.0 + 10.0 and volume.intensity_range() == (10.0, 1010.0)
+    x, y, z = (affine @ [3, 7, 2, 1])[:3]
+    np.testing.assert_allclose(volume.voxel_to_patient(bright), [-x, -y, z], atol=1e-5)
+    np.testing.assert_allclose(volume.patient_to_voxel([-x, -y, z]), bright, atol=1e-6)
+
+
+@pytest.mark.parametrize("orientation", [AXIAL, OBLIQUE, SAGITTAL])
+def test_dicom_and_nifti_of_the_same_geometry_agree(tmp_path, orientation):
+    write_series(tmp_path / "dicom", count=5, spacing=2.0, orientation=orientation)
+    dicom = read_dicom_series(tmp_path / "dicom")
+    # the same voxels as a NIfTI file: (i, j, k) = (column, row, slice), affine in RAS
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ dicom.direction[:, ::-1] * np.array(dicom.spacing)[::-1]
+    affine[:3, 3] = np.diag([-1.0, -1.0, 1.0]) @ dicom.origin
+    nibabel.Nifti1Image(dicom.array.transpose(2, 1, 0), affine).to_filename(tmp_path / "same.nii.gz")
+    nifti = read_nifti(tmp_path / "same.nii.gz")
+    if orientation != SAGITTAL:  # axial-like: the same array and geometry
+        np.testing.assert_array_equal(nifti.array, dicom.array)
+        np.testing.assert_allclose(nifti.origin, dicom.origin, atol=1e-4)
+        np.testing.assert_allclose(nifti.direction, dicom.direction, atol=1e-6)
+        assert nifti.spacing == pytest.approx(dicom.spacing, abs=1e-5)
+    else:  # the NIfTI comes back axial: a permutation, so the arrays differ in shape
+        assert nifti.shape == (128, 128, 5) and dicom.shape == (5, 128, 128)
+    # whatever the order, every voxel sits at the same patient position in both
+    index = np.argwhere(np.ones(dicom.shape, bool))
+    found = np.rint(nifti.patient_to_voxel(dicom.voxel_to_patient(index))).astype(int)
+    np.testing.assert_array_equal(nifti.array[tuple(found.T)], dicom.array[tuple(index.T)])
+
+
+def test_damaged_nifti_files_are_named(tmp_path):
+    garbage = tmp_path / "garbage.nii"
+    garbage.write_bytes(b"not an image" * 40)
+    with pytest.raises(VolumeError, match="not a readable NIfTI file") as caught:
+        read_nifti(garbage)
+    assert str(caught.value).startswith(str(garbage))
+    whole = gzip.compress(open(os.path.join(NIBABEL_DATA, "anatomical.nii"), "rb").read())
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(VolumeError, match="cannot be read|not a readable") as caught:
+        read_nifti(truncated)
+    assert str(caught.value).startswith(str(truncated)) and "copied completely" in str(caught.value)
+    with pytest.raises(VolumeError, match="not a volume"):
+        read_volume(CT_SMALL)
+
+
+def test_voxel_and_patient_coordinates_round_trip():
+    direction = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+    volume = Volume(np.zeros((4, 5, 6), np.float32), (2.5, 0.7, 0.9), np.array([1.0, -2.0, 3.0]), direction)
+    index = np.array([[0, 0, 0], [3, 4, 5], [1.5, 2.25, 0.5]])
+    points = volume.voxel_to_patient(index)
+    np.testing.assert_allclose(points[0], volume.origin)
+    np.testing.assert_allclose(points[1], volume.origin + direction @ ([3, 4, 5] * np.array([2.5, 0.7, 0.9])))
+    np.testing.assert_allclose(volume.patient_to_voxel(points), index, atol=1e-12)
+    np.testing.assert_allclose(volume.affine @ [3, 4, 5, 1], [*points[1], 1])
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+
+
+def test_inspect_a_series_folder_with_the_cli(tmp_path, capsys):
+    write_series(tmp_path)
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for expected in ["kind: DICOM series (6 files)", "modality: CT", "patient id: 1CT1", f"series uid: {SERIES}",
+                     "shape: 6 slices x 128 rows x 128 columns",
+                     "spacing: 2.5 x 0.661468 x 0.661468 mm (slice x row x column)",
+                     "orientation: slices toward S, rows toward P, columns toward L",
+                     "origin: (-158, -179, -100) mm", "intensity range: -1024 .. -143 HU",
+                     "transfer syntax: Explicit VR Little Endian", "problems: none"]:
+        assert expected in out, expected
+
+
+def test_inspect_a_folder_of_two_series_lists_both_without_failing(tmp_path, capsys):
+    write_series(tmp_path, count=2)
+    write_series(tmp_path, count=3, series="1.2.3.4", names=["x", "y", "z"])
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kind: DICOM folder (2 series)" in out
+    assert f"series {SERIES} (CT, 2 files, 128 x 128)" in out and "series 1.2.3.4 (CT, 3 files, 128 x 128)" in out
+    assert "pass --series UID" in out and "shape" not in out
+    assert main(["inspect", str(tmp_path), "--series", "1.2.3.4"]) == 0
+    assert "shape: 3 slices x 128 rows x 128 columns" in capsys.readouterr().out
+
+
+def test_inspect_a_broken_series_exits_2_with_the_reason(tmp_path, capsys):
+    write_series(tmp_path, count=6, skip={2})
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "missing slices: a gap of 5.00 mm" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "missing.nii.gz")]) == 2
+    assert "missing.nii.gz: not found" in capsys.readouterr().err
+
+
+def test_inspect_a_nifti_file(capsys):
+    assert main(["inspect", os.path.join(NIBABEL_DATA, "anatomical.nii")]) == 0
+    out = capsys.readouterr().out
+    for expected in ["kind: NIfTI", "shape: 25 slices x 41 rows x 33 columns", "spacing: 2 x 2 x 2 mm",
+                     "intensity range: -610 .. 30393\n", "problems: none"]:
+        assert expected in out, expected
+    assert "modality" not in out and "transfer syntax" not in out
+
+
+def test_inspect_a_png_and_a_dicom_image(tmp_path, capsys):
+    png = tmp_path / "xray.png"
+    cv2.imwrite(str(png), np.array([[3, 200, 7], [9, 10, 11]], np.uint8))
+    report = inspect(png)
+    assert report["shape"] == [2, 3, 1] and report["intensity_range"] == [3.0, 200.0]
+    text = format_inspection(report)
+    assert "kind: image (png)" in text and "shape: 2 rows x 3 columns x 1 channels" in text
+    assert "intensity range: 3 .. 200\n" in text and "spacing" not in text
+    assert main(["inspect", CT_SMALL]) == 0
+    out = capsys.readouterr().out
+    for expected in ["kind: image (dicom)", "modality: CT", "patient id: 1CT1", "shape: 128 rows x 128 columns",
+                     "spacing: 0.661468 x 0.661468 mm (row x column)", "intensity range: -896 .. 1167 HU",
+                     "transfer syntax: Explicit VR Little Endian"]:
+        assert expected in out, expected

@@ -1,0 +1,775 @@
+"""CT/MR volumes: a DICOM series folder or a NIfTI file read into one (slices, rows, columns) array.
+
+Both kinds of volume share one set of conventions:
+
+* ``array`` is float32 with shape (slices, rows, columns); voxel ``(s, r, c)``
+  is ``array[s, r, c]``. DICOM values pass through the modality LUT
+  (``RescaleSlope``/``RescaleIntercept`` of each slice), so CT is in
+  Hounsfield units; NIfTI values are scaled by ``scl_slope``/``scl_inter``.
+* Patient coordinates are DICOM's (LPS), in mm: +x toward the patient's
+  left, +y toward the back (posterior), +z toward the head (superior).
+  NIfTI's world coordinates (RAS: +x right, +y anterior, +z superior) are
+  converted with (x, y, z) -> (-x, -y, z).
+* ``spacing`` is the distance in mm between neighbouring voxels along the
+  (slice, row, column) axes; ``origin`` is the patient position of voxel
+  (0, 0, 0); column ``a`` of ``direction`` is the unit vector (LPS) along
+  which index ``a`` grows, so a voxel lies at
+  ``origin + direction @ (index * spacing)``.
+* DICOM: column 2 of ``direction`` (columns grow) is the first triplet of
+  ImageOrientationPatient, column 1 (rows grow) the second, column 0 (slices
+  grow) their cross product, the slice normal. Slices are ordered by their
+  position along that normal (ImagePositionPatient . normal), ascending, never
+  by file name or InstanceNumber; ``origin`` is ImagePositionPatient of the
+  first slice.
+* NIfTI: the image is first reoriented to the closest canonical orientation
+  (RAS+: i toward the right, j anterior, k superior); then slice = k,
+  row = j reversed, column = i reversed. An axial NIfTI image thus reads
+  like an axial DICOM series: slices from feet to head, rows from front to
+  back, columns from the patient's right to left (``axis_codes()`` is
+  ``("S", "P", "L")``), and both kinds of the same geometry give the same
+  array, origin, spacing and direction.
+
+Example:
+    >>> import shutil, tempfile, pathlib
+    >>> from pydicom.data import get_testdata_file
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = shutil.copy(get_testdata_file("CT_small.dcm"), folder / "IM0001")
+    >>> volume = read_dicom_series(folder)
+    >>> volume.shape, volume.spacing, volume.intensity_range()
+    ((1, 128, 128), (5.0, 0.661468, 0.661468), (-896.0, 1167.0))
+    >>> volume.axis_codes()
+    ('S', 'P', 'L')
+"""
+from __future__ import annotations
+
+import math
+import warnings
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tfmed.data.decode import ImageReadError, dicom_values, has_dicom_marker, read_image_and_info
+from tfmed.errors import TfmedError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Two slices closer than this along the slice normal (mm) are at the same position.
+DUPLICATE_MM = 0.01
+# A step between consecutive slices over this many times the median spacing is a missing slice.
+GAP_FACTOR = 1.5
+# Steps differing from the median spacing by more than this fraction are reported as uneven.
+UNEVEN_FRACTION = 0.01
+# Slice positions further than this angle (degrees) from the slice normal make a tilted series.
+TILT_DEGREES = 0.5
+# Largest difference of ImageOrientationPatient cosines / PixelSpacing (mm) counted as equal.
+ORIENTATION_TOLERANCE = 1e-4
+PIXEL_SPACING_TOLERANCE = 1e-3
+# LPS axis letters for the positive and the negative direction of x, y and z.
+_AXIS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
+# RAS (NIfTI) <-> LPS (DICOM) patient coordinates.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+_TILT_FIX = ("resample the series onto a regular grid with a tilt-correcting tool (e.g. dcm2niix, which "
+             "corrects gantry tilt, then read its NIfTI file), or export a tilt-corrected series")
+
+
+class VolumeError(TfmedError):
+    """A DICOM series folder or NIfTI file cannot be read as one volume.
+
+    Attributes:
+        path: the file or folder at fault.
+        reason: what is wrong.
+        fix: what would make it readable.
+
+    Example:
+        >>> print(VolumeError("scans/a", "no DICOM files", "point at a series folder"))
+        scans/a: no DICOM files. Fix: point at a series folder
+    """
+
+    def __init__(self, path: str | Path, reason: str, fix: str):
+        self.path = str(path)
+        self.reason = reason
+        self.fix = fix
+        super().__init__(f"{self.path}: {reason}. Fix: {fix}")
+
+
+@dataclass
+class Volume:
+    """One 3-D image and its place in patient space (see the module docstring for the conventions).
+
+    Attributes:
+        array: float32 (slices, rows, columns); Hounsfield units for CT DICOM.
+        spacing: mm between voxels along (slice, row, column).
+        origin: patient position (LPS, mm) of voxel (0, 0, 0).
+        direction: 3 x 3; column a is the LPS unit vector along which index a grows.
+        modality: DICOM Modality (e.g. "CT", "MR"); None for NIfTI.
+        patient_id, series_uid, study_uid: from the DICOM header; None for NIfTI.
+        transfer_syntax: name of the DICOM transfer syntax; None for NIfTI.
+        source: the folder or file read.
+        problems: warnings that did not stop reading (e.g. uneven slice spacing).
+
+    Example:
+        >>> v = Volume(np.zeros((2, 3, 4), np.float32), (2.5, 0.5, 0.5), np.array([10.0, 20.0, 30.0]),
+        ...            np.array([[0.0, 0, 1], [0, 1, 0], [1, 0, 0]]))
+        >>> v.shape, v.voxel_to_patient([1, 2, 3]).tolist(), v.patient_to_voxel([11.5, 21.0, 32.5]).tolist()
+        ((2, 3, 4), [11.5, 21.0, 32.5], [1.0, 2.0, 3.0])
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: np.ndarray
+    direction: np.ndarray
+    modality: str | None = None
+    patient_id: str | None = None
+    series_uid: str | None = None
+    study_uid: str | None = None
+    transfer_syntax: str | None = None
+    source: str = ""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns)."""
+        return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4 x 4 matrix taking (slice, row, column, 1) to (x, y, z, 1) in LPS mm.
+
+        Example:
+            >>> Volume(np.zeros((1, 1, 1), np.float32), (2.0, 1.0, 1.0), np.zeros(3), np.eye(3)).affine[0, 0]
+            np.float64(2.0)
+        """
+        affine = np.eye(4)
+        affine[:3, :3] = np.asarray(self.direction, float) * np.asarray(self.spacing, float)
+        affine[:3, 3] = self.origin
+        return affine
+
+    @property
+    def intensity_unit(self) -> str | None:
+        """"HU" for CT (values after the modality LUT), else None (raw intensity)."""
+        return "HU" if self.modality == "CT" else None
+
+    def voxel_to_patient(self, index) -> np.ndarray:
+        """Patient position (LPS, mm) of a voxel index (s, r, c), or of N indices (N, 3); fractions allowed.
+
+        Example:
+            >>> v = Volume(np.zeros((1, 1, 1), np.float32), (2.0, 1.0, 1.0), np.array([0.0, 0, 5]), np.eye(3))
+            >>> v.voxel_to_patient([[0, 0, 0], [1, 0, 0]]).tolist()
+            [[0.0, 0.0, 5.0], [2.0, 0.0, 5.0]]
+        """
+        index = np.asarray(index, dtype=float)
+        return np.asarray(self.origin, float) + (index * np.asarray(self.spacing, float)) @ np.asarray(
+            self.direction, float).T
+
+    def patient_to_voxel(self, point_mm) -> np.ndarray:
+        """Fractional voxel index (s, r, c) of a patient position (LPS, mm), or of N positions (N, 3).
+
+        Example:
+            >>> v = Volume(np.zeros((1, 1, 1), np.float32), (2.0, 1.0, 1.0), np.array([0.0, 0, 5]), np.eye(3))
+            >>> v.patient_to_voxel([3.0, 1.0, 5.0]).tolist()
+            [1.5, 1.0, 0.0]
+        """
+        offset = np.asarray(point_mm, dtype=float) - np.asarray(self.origin, float)
+        return np.linalg.solve(self.affine[:3, :3], offset.T).T
+
+    def intensity_range(self) -> tuple[float, float]:
+        """(min, max) of the voxel values, ignoring NaN (NaN, NaN when every voxel is NaN).
+
+        Example:
+            >>> Volume(np.array([[[1, np.nan, -3]]], np.float32), (1, 1, 1), np.zeros(3), np.eye(3)).intensity_range()
+            (-3.0, 1.0)
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN volume
+            return float(np.nanmin(self.array)), float(np.nanmax(self.array))
+
+    def axis_codes(self) -> tuple[str, str, str]:
+        """The patient direction (L/R, P/A, S/I) nearest to each of the slice, row and column axes.
+
+        Example:
+            >>> Volume(np.zeros((1, 1, 1), np.float32), (1, 1, 1), np.zeros(3),
+            ...        np.array([[0.0, 0, -1], [0, 1, 0], [1, 0, 0]])).axis_codes()
+            ('S', 'P', 'R')
+        """
+        codes = []
+        for axis in np.asarray(self.direction, float).T:
+            dominant = int(np.argmax(np.abs(axis)))
+            codes.append(_AXIS_LETTERS[dominant][0 if axis[dominant] > 0 else 1])
+        return tuple(codes)
+
+
+# ----------------------------------------------------------------------------------------------
+# DICOM series folders
+
+
+@dataclass
+class _Series:
+    """The headers (no pixels) of one SeriesInstanceUID in a folder."""
+
+    uid: str
+    files: list[Path]
+    headers: list
+
+    def summary(self) -> dict:
+        first = self.headers[0]
+        return {"series_uid": self.uid or None, "modality": _text(first, "Modality"),
+                "description": _text(first, "SeriesDescription"), "files": len(self.files),
+                "rows": int(first.Rows), "columns": int(first.Columns)}
+
+
+def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
+    """Read the DICOM files of one series in ``folder`` (files of any name) into a :class:`Volume`.
+
+    Files are recognised by the DICM marker, grouped by SeriesInstanceUID and
+    ordered by their position along the slice normal. A folder holding several
+    series needs ``series_uid``. Missing or duplicate slices, mixed
+    orientations or sizes, gantry tilt and multi-frame files are refused with
+    a :class:`VolumeError` naming the files; uneven spacing within tolerance
+    and ignored files are listed in ``problems``.
+
+    Example:
+        >>> import shutil, tempfile, pathlib
+        >>> from pydicom.data import get_testdata_file
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = shutil.copy(get_testdata_file("CT_small.dcm"), folder / "CT.1.3.6.1.4.1.5962.1.1.1")
+        >>> (folder / "notes.txt").write_text("scanned 2004")
+        12
+        >>> volume = read_dicom_series(folder)
+        >>> volume.modality, volume.patient_id, volume.problems
+        ('CT', '1CT1', ['1 file without the DICOM marker (DICM) ignored: notes.txt'])
+    """
+    folder = Path(folder)
+    series, problems = _scan_folder(folder)
+    return _read_series(folder, _select_series(folder, series, series_uid), problems)
+
+
+def _scan_folder(folder: Path) -> tuple[dict[str, _Series], list[str]]:
+    """The image series of ``folder`` (headers only) and what was ignored."""
+    import pydicom
+
+    if not folder.is_dir():
+        raise VolumeError(folder, "not a folder" if folder.exists() else "folder not found",
+                          "point at the folder holding the files of one DICOM series")
+    series: dict[str, _Series] = {}
+    ignored = {"others": [], "folders": [], "unreadable": [], "no_pixels": []}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            ignored["folders"].append(path.name)
+        elif not has_dicom_marker(path):
+            ignored["others"].append(path.name)
+        else:
+            try:
+                header = pydicom.dcmread(str(path), stop_before_pixels=True)
+            except Exception as error:  # pydicom raises many types for damaged headers
+                ignored["unreadable"].append(f"{path.name} ({type(error).__name__}: {error})")
+                continue
+            if "Rows" not in header or "Columns" not in header:
+                ignored["no_pixels"].append(f"{path.name} ({_text(header, 'Modality') or 'no modality'})")
+                continue
+            uid = str(header.get("SeriesInstanceUID", ""))
+            entry = series.setdefault(uid, _Series(uid, [], []))
+            entry.files.append(path)
+            entry.headers.append(header)
+    problems = _ignored_lines(ignored)
+    if not series:
+        found = "; ".join(problems) if problems else "the folder is empty"
+        raise VolumeError(folder, f"no DICOM image files ({found})",
+                          "point at the folder holding the files of one DICOM series")
+    return series, problems
+
+
+def _ignored_lines(ignored: dict[str, list[str]]) -> list[str]:
+    what = {"others": "without the DICOM marker (DICM) ignored",
+            "folders": "not read (only the files directly in the folder are; point at a series folder)",
+            "unreadable": "with an unreadable DICOM header ignored",
+            "no_pixels": "without pixel data (e.g. structured report, presentation state, DICOMDIR) ignored"}
+    lines = []
+    for key, names in ignored.items():
+        if names:
+            noun = "sub-folder" if key == "folders" else "file"
+            lines.append(f"{_count(len(names), noun)} {what[key]}: {_names(names)}")
+    return lines
+
+
+def _select_series(folder: Path, series: dict[str, _Series], series_uid: str | None) -> _Series:
+    listing = "; ".join(_series_line(s.summary()) for s in series.values())
+    if series_uid is None:
+        if len(series) == 1:
+            return next(iter(series.values()))
+        raise VolumeError(folder, f"{len(series)} series in one folder: {listing}",
+                          "pass the one to read (series_uid=UID, or --series UID on the command line), "
+                          "or move each series into its own folder")
+    if series_uid not in series:
+        raise VolumeError(folder, f"no series {series_uid} in the folder, which holds: {listing}",
+                          "pass one of these series UIDs")
+    return series[series_uid]
+
+
+def _series_line(summary: dict) -> str:
+    description = f' "{summary["description"]}"' if summary["description"] else ""
+    return (f"{summary['series_uid'] or '(no SeriesInstanceUID)'} ({summary['modality'] or 'no modality'}"
+            f"{description}, {_count(summary['files'], 'file')}, "
+            f"{summary['rows']} x {summary['columns']})")
+
+
+def _read_series(folder: Path, series: _Series, problems: list[str]) -> Volume:
+    """Check the geometry of ``series``, then read its pixels in slice order."""
+    problems = list(problems)
+    for path, header in zip(series.files, series.headers):
+        _check_single_frame_greyscale(path, header)
+    order, spacing, origin, direction = _geometry(folder, series, problems)
+    files = [series.files[i] for i in order]
+    first = series.headers[order[0]]
+    array = np.empty((len(files), int(first.Rows), int(first.Columns)), dtype=np.float32)
+    for index, path in enumerate(files):
+        array[index] = _slice_values(path, array.shape[1:])
+    if any(str(h.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1" for h in series.headers):
+        problems.append("MONOCHROME1 slices (higher values display darker): values are kept as stored, "
+                        "after the modality LUT")
+    syntaxes = sorted({_syntax_name(h) for h in series.headers} - {None})
+    return Volume(array=array, spacing=spacing, origin=origin, direction=direction,
+                  modality=_text(first, "Modality"), patient_id=_text(first, "PatientID"),
+                  series_uid=series.uid or None, study_uid=_text(first, "StudyInstanceUID"),
+                  transfer_syntax=", ".join(syntaxes) or None, source=str(folder), problems=problems)
+
+
+def _check_single_frame_greyscale(path: Path, header) -> None:
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise VolumeError(path, f"multi-frame DICOM ({frames} frames in one file) is not read as a series yet",
+                          "export the series as one file per slice, or convert it to NIfTI (e.g. dcm2niix) "
+                          "and read that file")
+    samples = int(header.get("SamplesPerPixel", 1) or 1)
+    if samples != 1:
+        raise VolumeError(path, f"colour image ({samples} samples per pixel) in a series; volumes are greyscale",
+                          "remove the file from the series folder")
+
+
+def _geometry(folder: Path, series: _Series, problems: list[str]):
+    """(slice order, spacing, origin, direction) from the headers; refuses inconsistent series."""
+    files, headers = series.files, series.headers
+    orientations = [_numbers(path, h, "ImageOrientationPatient", 6) for path, h in zip(files, headers)]
+    positions = np.array([_numbers(path, h, "ImagePositionPatient", 3) for path, h in zip(files, headers)])
+    pixel_spacing = [_pixel_spacing(h) for h in headers]
+    _check_same(files, orientations, "ImageOrientationPatient", ORIENTATION_TOLERANCE,
+                "remove the files of the other orientation (e.g. a localizer) or re-export the series")
+    _check_same(files, [(int(h.Rows), int(h.Columns)) for h in headers], "Rows x Columns", 0,
+                "remove the files of the other size (e.g. a localizer or a dose report) or re-export the series")
+    _check_same(files, [s or (1.0, 1.0) for s in pixel_spacing], "PixelSpacing", PIXEL_SPACING_TOLERANCE,
+                "remove the files of the other pixel spacing or re-export the series")
+    if pixel_spacing[0] is None:
+        problems.append("no PixelSpacing: 1.0 x 1.0 mm assumed within slices")
+    row_axis, column_axis, normal = _axes(files[0], orientations[0])
+    _check_tilt(files, headers)
+    along = positions @ normal
+    order = [int(i) for i in np.argsort(along, kind="stable")]
+    sorted_files = [files[i] for i in order]
+    if len(files) == 1:
+        slice_spacing = _single_slice_spacing(headers[0], problems)
+    else:
+        _check_stacked(folder, sorted_files, positions[order], normal)
+        slice_spacing = _slice_spacing(folder, sorted_files, along[order], problems)
+    row_mm, column_mm = pixel_spacing[0] or (1.0, 1.0)
+    direction = np.column_stack([normal, column_axis, row_axis])
+    return order, (slice_spacing, row_mm, column_mm), positions[order[0]].copy(), direction
+
+
+def _numbers(path: Path, header, keyword: str, count: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in header[keyword].value)
+    except KeyError:
+        raise VolumeError(path, f"no {keyword}, so the slice cannot be placed in the volume",
+                          "re-export the series with its geometry tags, or remove the file (e.g. a "
+                          "secondary capture)") from None
+    except (TypeError, ValueError) as error:
+        raise VolumeError(path, f"unreadable {keyword} ({error})", "re-export the series") from None
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise VolumeError(path, f"{keyword} has {len(values)} values {list(values)}, {count} numbers expected",
+                          "re-export the series")
+    return values
+
+
+def _pixel_spacing(header) -> tuple[float, float] | None:
+    try:
+        values = tuple(float(v) for v in header["PixelSpacing"].value)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return values if len(values) == 2 and all(v > 0 for v in values) else None
+
+
+def _check_same(files: list[Path], values: list, what: str, tolerance: float, fix: str) -> None:
+    """Refuse a series whose files differ in ``what``, naming a file that differs from most."""
+    keys = [tuple(np.round(np.asarray(v, float), 3)) for v in values]
+    common = Counter(keys).most_common(1)[0][0]
+    reference = keys.index(common)
+    odd = [i for i, v in enumerate(values)
+           if np.max(np.abs(np.asarray(v, float) - np.asarray(values[reference], float))) > tolerance]
+    if odd:
+        others = f" ({len(odd) - 1} more differ: {_names([files[i].name for i in odd[1:]])})" if len(odd) > 1 else ""
+        raise VolumeError(files[odd[0]], f"{what} {_show(values[odd[0]])} differs from {_show(values[reference])} "
+                          f"of the other files of the series, e.g. {files[reference].name}{others}", fix)
+
+
+def _axes(path: Path, orientation: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row direction, column direction, slice normal) from ImageOrientationPatient."""
+    row, column = np.array(orientation[:3]), np.array(orientation[3:])
+    normal = np.cross(row, column)
+    if min(np.linalg.norm(row), np.linalg.norm(column), np.linalg.norm(normal)) < 1e-6:
+        raise VolumeError(path, f"ImageOrientationPatient {list(orientation)} does not give two directions",
+                          "re-export the series")
+    return row / np.linalg.norm(row), column / np.linalg.norm(column), normal / np.linalg.norm(normal)
+
+
+def _check_tilt(files: list[Path], headers: list) -> None:
+    for path, header in zip(files, headers):
+        try:
+            tilt = float(header.get("GantryDetectorTilt", 0) or 0)
+        except (TypeError, ValueError):
+            continue
+        if abs(tilt) > 1e-3:
+            raise VolumeError(path, f"the series is tilted (GantryDetectorTilt {tilt:g} degrees): its slices are "
+                              "not stacked along their normal, and this reader does not correct tilt", _TILT_FIX)
+
+
+def _check_stacked(folder: Path, files: list[Path], positions: np.ndarray, normal: np.ndarray) -> None:
+    """Refuse slices whose positions do not run along the slice normal (a tilted or sheared stack)."""
+    step = positions[-1] - positions[0]
+    along = float(step @ normal)
+    across = float(np.linalg.norm(step - along * normal))
+    angle = math.degrees(math.atan2(across, abs(along)))
+    if angle > TILT_DEGREES:
+        raise VolumeError(folder, f"the series is tilted: slice positions from {files[0].name} to {files[-1].name} "
+                          f"run at {angle:.1f} degrees to the slice normal (gantry tilt or a sheared stack)",
+                          _TILT_FIX)
+
+
+def _slice_spacing(folder: Path, files: list[Path], along: np.ndarray, problems: list[str]) -> float:
+    """Median step between sorted slice positions; refuses duplicates and missing slices."""
+    steps = np.diff(along)
+    duplicates = np.flatnonzero(steps < DUPLICATE_MM)
+    if duplicates.size:
+        i = int(duplicates[0])
+        raise VolumeError(files[i + 1], f"same slice position ({along[i]:.2f} mm along the slice normal) as "
+                          f"{files[i].name}", "remove one of the two files, or separate them if they belong to "
+                          "different acquisitions (echoes, time points)")
+    spacing = float(np.median(steps))
+    gaps = np.flatnonzero(steps > GAP_FACTOR * spacing)
+    if gaps.size:
+        i = int(gaps[0])
+        more = f" and {_count(gaps.size - 1, 'more gap')}" if gaps.size > 1 else ""
+        raise VolumeError(folder, f"missing slices: a gap of {steps[i]:.2f} mm between {files[i].name} and "
+                          f"{files[i + 1].name}, where slices are {spacing:.2f} mm apart (about "
+                          f"{_count(round(steps[i] / spacing) - 1, 'slice')} missing){more}",
+                          "re-export the complete series")
+    if np.max(np.abs(steps - spacing)) > UNEVEN_FRACTION * spacing:
+        problems.append(f"uneven slice spacing: steps between slices range from {steps.min():.3f} to "
+                        f"{steps.max():.3f} mm; the median {spacing:.3f} mm is used")
+    return spacing
+
+
+def _single_slice_spacing(header, problems: list[str]) -> float:
+    try:
+        thickness = float(header.get("SliceThickness", 0) or 0)
+    except (TypeError, ValueError):
+        thickness = 0.0
+    if thickness > 0:
+        return thickness
+    problems.append("one slice without SliceThickness: 1.0 mm assumed along slices")
+    return 1.0
+
+
+def _slice_values(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """One slice's values after its modality LUT (RescaleSlope/Intercept)."""
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(str(path))
+    except Exception as error:  # pydicom raises many types for damaged files
+        raise VolumeError(path, f"not a readable DICOM file ({type(error).__name__}: {error})",
+                          "re-export the series") from None
+    if "PixelData" not in dataset:
+        raise VolumeError(path, "DICOM file has no pixel data", "remove the file or re-export the series")
+    try:
+        values = dicom_values(path, dataset, "re-export the series")
+    except ImageReadError as error:
+        raise VolumeError(path, error.reason, error.fix) from None
+    if values.shape != tuple(shape):
+        raise VolumeError(path, f"pixel data of shape {values.shape}, {shape} expected from Rows x Columns",
+                          "re-export the series")
+    return values
+
+
+# ----------------------------------------------------------------------------------------------
+# NIfTI files
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """Read a ``.nii`` / ``.nii.gz`` file into a :class:`Volume` (see the module docstring for the axes).
+
+    The image is reoriented to the closest canonical orientation (RAS+), its
+    axes put in (slice, row, column) order as described above and its
+    coordinates converted to LPS. 4-D images (more than one volume) are refused.
+
+    Example:
+        >>> import os
+        >>> from nibabel.testing import data_path
+        >>> volume = read_nifti(os.path.join(data_path, "anatomical.nii"))
+        >>> volume.shape, volume.spacing, volume.axis_codes()
+        ((25, 41, 33), (2.0, 2.0, 2.0), ('S', 'P', 'L'))
+    """
+    import nibabel
+
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeError(path, "file not found" if not path.exists() else "not a file",
+                          "check the path of the NIfTI file")
+    image = _load_nifti(path)
+    problems = []
+    if int(image.header["sform_code"]) == 0 and int(image.header["qform_code"]) == 0:
+        problems.append("no orientation in the header (qform and sform codes are 0): positions come from the "
+                        "voxel sizes only, so patient coordinates and left/right are not reliable")
+    if abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
+        raise VolumeError(path, "the affine of the image is singular (a voxel size is 0)",
+                          "fix the header (pixdim, qform/sform) or re-export the file")
+    data = _nifti_data(path, image)
+    canonical = nibabel.as_closest_canonical(nibabel.Nifti1Image(data, image.affine))
+    # Canonical (i, j, k) point right, anterior, superior; (slice, row, column) = (k, -j, -i).
+    array = np.ascontiguousarray(np.asarray(canonical.dataobj, np.float32)[::-1, ::-1, :].transpose(2, 1, 0))
+    columns, rows = array.shape[2], array.shape[1]
+    index_to_canonical = np.array([[0.0, 0, -1], [0, -1, 0], [1, 0, 0]])  # d(i, j, k) / d(s, r, c)
+    linear = _RAS_TO_LPS @ canonical.affine[:3, :3] @ index_to_canonical
+    zooms = canonical.header.get_zooms()[:3]
+    spacing = (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+    origin = _RAS_TO_LPS @ (canonical.affine[:3, :3] @ [columns - 1, rows - 1, 0] + canonical.affine[:3, 3])
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        problems.append(f"{bad} voxels are NaN or infinite")
+    return Volume(array=array, spacing=spacing, origin=origin, direction=linear / np.array(spacing),
+                  source=str(path), problems=problems)
+
+
+def _load_nifti(path: Path):
+    import nibabel
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        image = nibabel.load(str(path))
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as error:
+        raise VolumeError(path, f"not a readable NIfTI file ({type(error).__name__}: {error})",
+                          "check that the file was copied completely, or re-export it as NIfTI "
+                          "(.nii or .nii.gz)") from None
+    if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
+        raise VolumeError(path, f"a {type(image).__name__}, not a NIfTI image",
+                          "convert it to NIfTI (.nii or .nii.gz)")
+    return image
+
+
+def _nifti_data(path: Path, image) -> np.ndarray:
+    """The image's scaled values as float32 (slope and intercept applied), made 3-D."""
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) > 3 and math.prod(shape[3:]) > 1:
+        raise VolumeError(path, f"{len(shape)}-D image of shape {' x '.join(map(str, shape))} "
+                          f"({math.prod(shape[3:])} volumes); one 3-D volume is expected",
+                          "extract one volume first (e.g. fslroi IN OUT T 1, or nibabel's image.slicer[..., T])")
+    try:
+        data = image.get_fdata(dtype=np.float32)
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise VolumeError(path, f"the voxel data cannot be read ({type(error).__name__}: {error})",
+                          "check that the file was copied completely, or re-export it") from None
+    return data.reshape(shape[:3] + (1,) * (3 - len(shape[:3])))
+
+
+# ----------------------------------------------------------------------------------------------
+# Any volume, and inspection
+
+
+def is_nifti(path: str | Path) -> bool:
+    """True for a ``.nii`` or ``.nii.gz`` file name.
+
+    Example:
+        >>> is_nifti("brain.NII.GZ"), is_nifti("scan.dcm")
+        (True, False)
+    """
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
+    """A DICOM series folder (:func:`read_dicom_series`) or a NIfTI file (:func:`read_nifti`).
+
+    Example:
+        >>> read_volume("scans/chest.png")  # doctest: +SKIP
+        Traceback (most recent call last):
+        tfmed.data.volumes.VolumeError: scans/chest.png: not a volume ...
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_dicom_series(path, series_uid)
+    if is_nifti(path):
+        return read_nifti(path)
+    if not path.exists():
+        raise VolumeError(path, "not found", "check the path")
+    raise VolumeError(path, "not a volume (a folder of DICOM files or a .nii/.nii.gz file is expected)",
+                      "point at the folder of one DICOM series or at a NIfTI file")
+
+
+def inspect(path: str | Path, series_uid: str | None = None) -> dict:
+    """Describe an image, a DICOM series folder or a NIfTI file (see :func:`format_inspection`).
+
+    A folder holding several series is described by listing them (nothing is
+    decoded); otherwise the pixels of one series, NIfTI file or 2-D image
+    (PNG, JPEG, TIFF, BMP, single DICOM file) are read for the intensity range.
+    Anything unreadable raises the reader's error.
+
+    The report's keys: path, kind, problems; modality, patient_id, study_uid,
+    series_uid, transfer_syntax (DICOM); shape, axes, spacing_mm,
+    intensity_range, intensity_unit ("HU" for CT); orientation, origin_mm and
+    files (volumes); format and bit_depth (2-D images); series (a folder of
+    several series: one summary each, instead of shape and values).
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> report = inspect(get_testdata_file("CT_small.dcm"))
+        >>> report["kind"], report["shape"], report["intensity_range"], report["intensity_unit"]
+        ('image', [128, 128, 1], [-896.0, 1167.0], 'HU')
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeError(path, "not found", "check the path")
+    if path.is_dir():
+        series, problems = _scan_folder(path)
+        if series_uid is None and len(series) > 1:
+            return {"path": str(path), "kind": f"DICOM folder ({len(series)} series)",
+                    "series": [s.summary() for s in series.values()],
+                    "problems": problems + [f"{len(series)} series in this folder: pass --series UID "
+                                            "(series_uid=) to inspect one"]}
+        chosen = _select_series(path, series, series_uid)
+        report = _volume_report(_read_series(path, chosen, problems), "DICOM series")
+        report["files"] = len(chosen.files)
+        return report
+    if is_nifti(path):
+        return _volume_report(read_nifti(path), "NIfTI")
+    return _image_report(path)
+
+
+def _volume_report(volume: Volume, kind: str) -> dict:
+    return {"path": volume.source, "kind": kind, "modality": volume.modality, "patient_id": volume.patient_id,
+            "series_uid": volume.series_uid, "study_uid": volume.study_uid,
+            "shape": list(volume.shape), "axes": "slices x rows x columns",
+            "spacing_mm": [round(float(s), 6) for s in volume.spacing],
+            "orientation": dict(zip(("slices", "rows", "columns"), volume.axis_codes())),
+            "origin_mm": [round(float(v), 3) for v in volume.origin],
+            "intensity_range": list(volume.intensity_range()), "intensity_unit": volume.intensity_unit,
+            "transfer_syntax": volume.transfer_syntax, "problems": list(volume.problems)}
+
+
+def _image_report(path: Path) -> dict:
+    array, info = read_image_and_info(path)
+    report = {"path": str(path), "kind": "image", "format": info.kind, "modality": None,
+              "shape": [info.height, info.width, info.channels], "axes": "rows x columns x channels",
+              "bit_depth": info.bit_depth, "spacing_mm": None,
+              "intensity_range": [float(array.min()), float(array.max())], "intensity_unit": None,
+              "problems": [f"decoder: {line}" for line in info.decoder_output.splitlines()]}
+    if info.kind == "dicom":
+        import pydicom
+
+        header = pydicom.dcmread(str(path), stop_before_pixels=True)
+        report.update(modality=_text(header, "Modality"), patient_id=_text(header, "PatientID"),
+                      series_uid=_text(header, "SeriesInstanceUID"), study_uid=_text(header, "StudyInstanceUID"),
+                      transfer_syntax=_syntax_name(header), spacing_mm=_pixel_spacing(header),
+                      intensity_unit="HU" if _text(header, "Modality") == "CT" else None)
+        if report["spacing_mm"] is not None:
+            report["spacing_mm"] = list(report["spacing_mm"])
+    return report
+
+
+# Report keys in printing order, with their labels.
+_LABELS = (("kind", "kind"), ("format", "format"), ("modality", "modality"), ("patient_id", "patient id"),
+           ("study_uid", "study uid"), ("series_uid", "series uid"), ("shape", "shape"),
+           ("spacing_mm", "spacing"), ("orientation", "orientation"), ("origin_mm", "origin"),
+           ("intensity_range", "intensity range"), ("bit_depth", "bits per sample"),
+           ("transfer_syntax", "transfer syntax"))
+
+
+def format_inspection(report: dict) -> str:
+    """The lines ``tfmed inspect`` prints for a report of :func:`inspect`.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> print(format_inspection(inspect(get_testdata_file("CT_small.dcm"))))  # doctest: +ELLIPSIS
+        /.../CT_small.dcm
+          kind: image (dicom)
+          modality: CT
+          patient id: 1CT1
+          study uid: 1.3.6.1.4.1.5962.1.2.1.20040119072730.12322
+          series uid: 1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322
+          shape: 128 rows x 128 columns x 1 channels
+          spacing: 0.661468 x 0.661468 mm (row x column)
+          intensity range: -896 .. 1167 HU
+          bits per sample: 16
+          transfer syntax: Explicit VR Little Endian
+          problems: none
+    """
+    lines = [report["path"]]
+    for key, label in _LABELS:
+        if report.get(key) is not None and key != "format":
+            lines.append(f"  {label}: {_format_value(key, report)}")
+    for summary in report.get("series", []):
+        lines.append(f"  series {_series_line(summary)}")
+    problems = report.get("problems", [])
+    lines.append("  problems:" if problems else "  problems: none")
+    lines.extend(f"    - {problem}" for problem in problems)
+    return "\n".join(lines)
+
+
+def _format_value(key: str, report: dict) -> str:
+    value = report[key]
+    axes = report.get("axes", "").split(" x ")
+    if key == "kind":
+        detail = report.get("format") or (f"{report['files']} files" if "files" in report else "")
+        return f"{value} ({detail})" if detail else value
+    if key == "shape":
+        return " x ".join(f"{n} {axis}" for n, axis in zip(value, axes))
+    if key == "spacing_mm":
+        names = ("slice", "row", "column")[-len(value):]
+        return f"{' x '.join(f'{v:g}' for v in value)} mm ({' x '.join(names)})"
+    if key == "orientation":
+        return ", ".join(f"{axis} toward {code}" for axis, code in value.items()) + " (patient L/R, P/A, S/I)"
+    if key == "origin_mm":
+        return f"({', '.join(f'{v:g}' for v in value)}) mm, patient coordinates (LPS) of voxel 0, 0, 0"
+    if key == "intensity_range":
+        unit = f" {report['intensity_unit']}" if report.get("intensity_unit") else ""
+        return f"{value[0]:g} .. {value[1]:g}{unit}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _text(header, keyword: str) -> str | None:
+    value = header.get(keyword)
+    return (str(value).strip() or None) if value is not None else None
+
+
+def _syntax_name(header) -> str | None:
+    syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    return syntax.name if syntax is not None else None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _show(value) -> str:
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return " x ".join(map(str, value))
+    return "[" + ", ".join(f"{float(v):g}" for v in value) + "]"
