@@ -78,8 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--salt", default=None,
                         help="salt of the hashes (default: random, never stored); the same salt gives the same "
                              "hashes across exports")
-    export.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="copy the run even if its files differ from its MANIFEST.sha256 or it has none")
+    _add_verify_option(export)
 
     validate = verbs.add_parser("validate", help="check a data source and report every problem")
     validate.add_argument("data", help="pneumonia_mnist, medmnist:PATH.npz, manifest:CSV, folder:DIR, dicom:DIR "
@@ -101,10 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_trust_options(verb: argparse.ArgumentParser) -> None:
+def _add_verify_option(verb: argparse.ArgumentParser) -> None:
     verb.add_argument("--no-verify", dest="verify", action="store_false",
                       help="read the run even if its files differ from its MANIFEST.sha256 or it has none "
                            "(an incomplete run); the output says the check was skipped")
+
+
+def _add_trust_options(verb: argparse.ArgumentParser) -> None:
+    _add_verify_option(verb)
     verb.add_argument("--trust-pickles", action="store_true",
                       help="allow an SVM pickle saved by tfmed 0.1; unpickling runs any code in the file, so "
                            "use it only for runs you made yourself")
