@@ -22,6 +22,7 @@ setup(
         "pandas",
         "scikit-learn>=1.9",
         "scikit-image",
+        "scipy",
         "skops>=0.16",
         "opencv-python-headless",
         "pydicom>=3",

@@ -60,7 +60,8 @@ def save_pickled(model: FeatureSVM, path: Path) -> None:
     """The tfmed 0.1 artifact: one joblib pickle."""
     base, _ = model._base_model()
     joblib.dump({"format": 1, "kind": "tfmed.FeatureSVM", "params": model.get_params(),
-                 "state": {name: getattr(model, name) for name in LEGACY_STATE},
+                 "state": {**{name: getattr(model, name) for name in LEGACY_STATE},
+                           "models_": model.models_[0]},  # 0.1 kept one flat list of calibrated SVMs
                  "backbone_weights": [np.asarray(w) for w in base.get_weights()]}, path)
 
 
@@ -78,7 +79,7 @@ def main() -> None:
     start = time.perf_counter()
     model = FeatureSVM(taps=("middle",), image_size=args.size, C=(0.3, 1.0, 3.0, 10.0), cv=5).fit(X, y)
     fit_seconds = time.perf_counter() - start
-    support = sum(len(m.calibrated_classifiers_[0].estimator.support_) for m in model.models_)
+    support = sum(len(m.calibrated_classifiers_[0].estimator.support_) for m in model.models_[0])
 
     with tempfile.TemporaryDirectory() as scratch:
         pickled, safe = Path(scratch) / "svm.joblib", Path(scratch) / "estimator"

@@ -203,6 +203,7 @@ def test_a_pickle_from_tfmed_0_1_needs_trust_pickles(tmp_path):
     state = {name: getattr(model, name) for name in ("backbone_spec_", "task_", "classes_", "input_shape_",
                                                       "block_widths_", "scalers_", "cv_results_", "best_params_",
                                                       "best_score_", "models_")}
+    state["models_"] = model.models_[0]  # 0.1 kept one flat list of calibrated SVMs
     legacy = tmp_path / "estimator"
     joblib.dump({"format": 1, "kind": "tfmed.FeatureSVM", "params": model.get_params(), "state": state,
                  "backbone_weights": base.get_weights()}, legacy)

@@ -116,7 +116,7 @@ def test_multilabel_one_svm_per_label():
     X, y = make_images(36, 3, seed=4)
     Y = np.stack([y == 0, y == 1, y >= 1], axis=1).astype(int)
     model = small().fit(X, Y)
-    assert model.task_ == "multilabel" and len(model.models_) == 3
+    assert model.task_ == "multilabel" and len(model.models_) == 1 and len(model.models_[0]) == 3
     assert model.predict_proba(X).shape == (36, 3)
     assert model.decision_function(X).shape == (36, 3)
     predicted = model.predict(X)

@@ -211,6 +211,74 @@ class PreprocessConfig(_Section):
 
 # intensities that leave images on the 0-255 pixel scale where augmentation and test-time views act
 PIXEL_SCALE_INTENSITIES = ("minmax", "minmax_dataset", "window")
+# intensities that need no train-split statistics, so that 2-D views cut from volumes can use them
+VIEW_INTENSITIES = ("window", "minmax", "none")
+PlaneSet = Literal["orthogonal", "ciompi9", "adjacent"]
+PLANE_COUNTS = {"orthogonal": 3, "ciompi9": 9, "adjacent": 1}
+
+
+@dataclass
+class ViewsConfig(_Section):
+    """2.5-D views of CT/MR volumes (Ciompi et al. 2015): 2-D planes cut through a lesion.
+
+    With ``enabled: true`` every row of the data is a volume (a DICOM series
+    folder or a NIfTI file, see data_manifests/README.md) and the model sees
+    2-D views of it, each going through the usual preprocessing (window,
+    resize) into the ImageNet backbone.
+
+    planes: "orthogonal" (axial, coronal, sagittal), "ciompi9" (those three
+        plus the six diagonal planes of the cube) or "adjacent" (one view whose
+        R, G, B channels are three neighbouring axial slices).
+    center: "lesion" (the row's centre columns, in mm or voxels) or "volume"
+        (the centre of the volume).
+    patch_mm: side of each square view in mm.
+    spacing_mm: pixel size of the views in mm; volumes are resampled to this
+        isotropic spacing as the views are cut (patch_mm / spacing_mm pixels,
+        then resized to preprocess.image_size).
+    slice_gap_mm: distance between the adjacent slices (planes "adjacent"
+        only; default: the volume's voxel spacing along the head-foot axis,
+        so the three are neighbouring axial slices).
+
+    Example:
+        >>> ViewsConfig(enabled=True, patch_mm=48, spacing_mm=0.75).patch_pixels
+        64
+    """
+
+    KEY: ClassVar[str] = "views."
+
+    enabled: bool = False
+    planes: PlaneSet = "orthogonal"
+    center: Literal["lesion", "volume"] = "lesion"
+    patch_mm: float = 50.0
+    spacing_mm: float = 1.0
+    slice_gap_mm: float | None = None
+
+    def check(self) -> None:
+        super().check()
+        changed = _changed_from_defaults(self)
+        if not self.enabled and changed:
+            self._fail(changed[0], "it is set but views.enabled is false; set views.enabled: true or remove it")
+        for name in ("patch_mm", "spacing_mm"):
+            if not getattr(self, name) > 0:
+                self._fail(name, "it must be a length in mm > 0")
+        if self.patch_pixels < 8:
+            self._fail("patch_mm", f"patch_mm / spacing_mm gives {self.patch_pixels} pixels; a view needs at "
+                       "least 8 (make the patch larger or the spacing finer)")
+        if self.slice_gap_mm is not None:
+            if self.planes != "adjacent":
+                self._fail("slice_gap_mm", "only planes: adjacent uses it; remove it")
+            if not self.slice_gap_mm > 0:
+                self._fail("slice_gap_mm", "it must be a distance in mm > 0 (or null: the volume's slice spacing)")
+
+    @property
+    def patch_pixels(self) -> int:
+        """Side of each view in pixels before the resize: patch_mm / spacing_mm, rounded."""
+        return int(round(self.patch_mm / self.spacing_mm))
+
+    @property
+    def count(self) -> int:
+        """How many views each volume gives (0 when views are off)."""
+        return PLANE_COUNTS[self.planes] if self.enabled else 0
 
 
 @dataclass
@@ -221,7 +289,10 @@ class AugmentConfig(_Section):
     chest X-rays. ``gamma`` (log-gamma range), ``blur_sigma`` (pixels) and
     ``noise`` (standard deviation, 0-255 scale) imitate another scanner or
     protocol: a model that saw them in training holds up better on images from
-    another hospital.
+    another hospital. With 2-D views of volumes (``views``),
+    ``view_rotation_degrees`` turns the planes by a random angle in that range
+    about the patient's cranio-caudal axis through the centre, and
+    ``center_jitter_mm`` moves the centre by up to that much along each axis.
     """
 
     KEY: ClassVar[str] = "augment."
@@ -238,10 +309,15 @@ class AugmentConfig(_Section):
     blur_sigma: float = 0.0
     noise: float = 0.0
     clahe: bool = False
+    view_rotation_degrees: float = 0.0
+    center_jitter_mm: float = 0.0
 
     def check(self) -> None:
         super().check()
-        for name in ("rotation_degrees", "brightness", "contrast", "gamma", "blur_sigma", "noise"):
+        if self.view_rotation_degrees > 180:
+            self._fail("view_rotation_degrees", "give a range in degrees, at most 180 (any angle)")
+        for name in ("rotation_degrees", "brightness", "contrast", "gamma", "blur_sigma", "noise",
+                     "view_rotation_degrees", "center_jitter_mm"):
             if getattr(self, name) < 0:
                 self._fail(name, "it must be >= 0 (0 turns it off)")
         limits = {"gamma": (1.0, "a log-gamma range in [0, 1], e.g. 0.3 for gamma 0.74-1.35"),
@@ -327,7 +403,12 @@ GammaName = Literal["scale", "auto"]
 
 @dataclass
 class SVMConfig(_Section):
-    """Feature extraction + SVM mode (Bar et al. 2015)."""
+    """Feature extraction + SVM mode (Bar et al. 2015).
+
+    view_fusion (2-D views of volumes only): "concat" fuses the features of
+    every view into one vector for one SVM; "per_view" fits one SVM per view
+    and averages their probabilities (Ciompi et al. 2015 compared both).
+    """
 
     KEY: ClassVar[str] = "model.svm."
 
@@ -340,6 +421,7 @@ class SVMConfig(_Section):
     class_weight: Literal["balanced"] | None = "balanced"
     texture: bool = False
     batch_size: int = 32
+    view_fusion: Literal["concat", "per_view"] = "concat"
 
     def check(self) -> None:
         super().check()
@@ -402,6 +484,9 @@ class FinetuneConfig(_Section):
     :func:`tfmed.training.distribute.strategy`). Multi-worker training is not
     offered here: Keras 3.15 cannot ``fit`` under MultiWorkerMirroredStrategy;
     :func:`tfmed.training.distribute.train_multiworker` is the custom loop for it.
+
+    view_pooling (2-D views of volumes only): one backbone is shared by every
+    view, and its pooled features are combined across views by "mean" or "max".
     """
 
     KEY: ClassVar[str] = "model.finetune."
@@ -425,6 +510,7 @@ class FinetuneConfig(_Section):
     jit_compile: bool = False
     strategy: Literal["auto", "cpu", "mirrored", "tpu"] = "auto"
     hierarchy: dict[str, list[str]] | None = None
+    view_pooling: Literal["mean", "max"] = "mean"
 
     def check(self) -> None:
         super().check()
@@ -603,6 +689,7 @@ class ExperimentConfig(_Section):
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     runs_dir: str = "runs"
@@ -610,9 +697,10 @@ class ExperimentConfig(_Section):
     def check(self) -> None:
         """Check every section, the settings that depend on each other, and the mode's unused settings."""
         for section in (self.data, self.split, self.preprocess, self.augment, self.balance, self.model,
-                        self.model.svm, self.model.finetune, self.model.ensemble, self.tta, self.evaluation,
-                        self.report):
+                        self.model.svm, self.model.finetune, self.model.ensemble, self.tta, self.views,
+                        self.evaluation, self.report):
             section.check()
+        self._check_views()
         if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
             raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "
                               f"{self.preprocess.intensity!r} does not give before normalising; set tta.gamma: [] "
@@ -634,6 +722,35 @@ class ExperimentConfig(_Section):
                                   f"(only {' and '.join(users)} mode does); remove it, or set model.mode")
         if self.model.mode == "ensemble":
             self._check_members()
+
+    def _check_views(self) -> None:
+        """Settings for 2-D views of volumes: rejected without ``views``, checked against it with."""
+        view_settings = [("augment.", self.augment, ("view_rotation_degrees", "center_jitter_mm")),
+                         ("model.svm.", self.model.svm, ("view_fusion",)),
+                         ("model.finetune.", self.model.finetune, ("view_pooling",))]
+        if not self.views.enabled:
+            for prefix, section, names in view_settings:
+                for name in names:
+                    if name in _changed_from_defaults(section):
+                        raise ConfigError(f"{prefix}{name} is set, but it acts on 2-D views of volumes and "
+                                          "views.enabled is false; remove it or configure views")
+            return
+        if self.preprocess.intensity not in VIEW_INTENSITIES:
+            raise ConfigError(f"preprocess.intensity {self.preprocess.intensity!r} needs train-split "
+                              "statistics of 2-D images, which views of volumes do not offer; use one of "
+                              f"{', '.join(VIEW_INTENSITIES)} (window for CT)")
+        if self.views.planes == "adjacent" and len(self.preprocess.windows) == 3:
+            raise ConfigError("views.planes 'adjacent' puts three slices in R, G, B, so it takes one "
+                              "window (applied to each slice) in preprocess.windows, not three")
+        if self.views.planes == "adjacent" and self.model.svm.view_fusion != "concat":
+            raise ConfigError("model.svm.view_fusion 'per_view' needs several views, but views.planes "
+                              "'adjacent' gives one; use planes orthogonal or ciompi9, or remove view_fusion")
+        if self.model.mode == "ensemble":
+            raise ConfigError("views with model.mode 'ensemble' are not supported; run the svm and finetune "
+                              "experiments on their own and combine the runs with tfmed ensemble")
+        if self.report.explain:
+            raise ConfigError("report.explain draws maps over one 2-D image, which a model of several views "
+                              "of a volume does not take; remove report.explain")
 
     def _check_members(self) -> None:
         members = self.model.ensemble.members

@@ -34,11 +34,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig, TTAConfig
+from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig, TTAConfig, ViewsConfig
 from tfmed.data import balance as balance_lib
 from tfmed.data.preprocessing import build_augment, build_preprocess
 from tfmed.data.transforms import Compose, ToChannels, Transform
 from tfmed.data.tta import build_views
+from tfmed.data.volume_inputs import VolumeSampler
 from tfmed.errors import TfmedError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -233,8 +234,9 @@ def _drop_alpha(image: tf.Tensor) -> tf.Tensor:
 def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_size: int = 32,
                  augment: AugmentConfig | None = None, balance: BalanceConfig | None = None,
                  stats: dict | None = None, seed: int = 0, cache: bool = False,
-                 view: Transform | None = None) -> tf.data.Dataset:
-    """Batches of ``(images, targets)`` for ``model.fit`` / ``predict``.
+                 view: Transform | None = None, volume_views: ViewsConfig | None = None) -> tf.data.Dataset:
+    """Batches of ``(images, targets)`` for ``model.fit`` / ``predict``; with ``volume_views``,
+    batches of ``(views, targets)``, views (B, V, S, S, C).
 
     Args:
         table: the rows to serve (one split).
@@ -251,6 +253,10 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
             result in memory (S*S*C*4 bytes per image): for small data sets.
         view: a deterministic test-time view (see :mod:`tfmed.data.tta`) applied to
             every image where training augmentation would go; not when training.
+        volume_views: the rows are volumes; each gives ``volume_views.count``
+            2-D views (:class:`~tfmed.data.volume_inputs.VolumeSampler`, read
+            one volume at a time), and each view is preprocessed (and augmented,
+            or put in the test-time ``view``) like an image.
 
     Example:
         >>> ds = make_dataset(train, PreprocessConfig(image_size=224), training=True,
@@ -273,6 +279,26 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
     aug = build_augment(augment, preprocess.image_size) if training else Compose([])
     targets = tf.constant(targets_array(table))
     size, channels = preprocess.image_size, preprocess.channels
+
+    if volume_views is not None and volume_views.enabled:
+        if cache:
+            raise PipelineError("cache=True keeps every image in memory, which volumes must not be; "
+                                "use cache=False with volume_views")
+        sampled = _volume_pixels(table, volume_views, head, tail, aug, view, augment if training else None,
+                                 size, channels)
+
+        def finish_volume(i, element_seed):
+            return sampled(i, element_seed), tf.gather(targets, i)
+
+        if not training:
+            no_seed = tf.zeros([2], tf.int64)
+            ds = tf.data.Dataset.range(len(table)).map(lambda i: finish_volume(i, no_seed),
+                                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        indices = _training_indices(table, balance, seed)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(indices, seeds).map(finish_volume, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     if cache:
         cached = _materialize(table, head)
@@ -299,12 +325,7 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
                                                    deterministic=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    if balance is not None and balance.method in balance_lib.RESAMPLING:
-        keys, names = balance_lib.balance_groups(table)
-        indices = balance_lib.balanced_dataset(keys, balance, seed=seed, names=names)
-    else:
-        indices = tf.data.Dataset.range(len(table)).shuffle(len(table), seed=seed,
-                                                             reshuffle_each_iteration=True)
+    indices = _training_indices(table, balance, seed)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     augmented = len(aug) > 0
 
@@ -318,22 +339,58 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _training_indices(table, balance: BalanceConfig | None, seed: int) -> tf.data.Dataset:
+    """Row positions for one training epoch: class-balanced resampling, or a fresh shuffle."""
+    if balance is not None and balance.method in balance_lib.RESAMPLING:
+        keys, names = balance_lib.balance_groups(table)
+        return balance_lib.balanced_dataset(keys, balance, seed=seed, names=names)
+    return tf.data.Dataset.range(len(table)).shuffle(len(table), seed=seed, reshuffle_each_iteration=True)
+
+
+def _volume_pixels(table, views: ViewsConfig, head: Compose, tail: Compose, aug: Compose,
+                   view: Transform | None, augment: AugmentConfig | None, size: int, channels: int):
+    """A graph function ``(row position, element seed) -> (V, S, S, C)`` preprocessed views of the row's volume."""
+    sampler = VolumeSampler(table, views, augment)
+    count, side, _, depth = sampler.shape
+    augmented = len(aug) > 0
+
+    def sample(i, element_seed):
+        raw = tf.numpy_function(sampler.views_at, [i, element_seed] if augment is not None else [i],
+                                tf.float32, stateful=False)
+        raw.set_shape([count, side, side, depth])
+
+        def one(pair):
+            image, k = pair
+            image = head(image)
+            if augmented:
+                image = aug(image, tf.random.experimental.stateless_fold_in(element_seed, k))
+            elif view is not None:
+                image = view(image)
+            return tf.ensure_shape(tail(image), [size, size, channels])
+
+        return tf.map_fn(one, (raw, tf.range(count, dtype=tf.int64)),
+                         fn_output_signature=tf.TensorSpec([size, size, channels], tf.float32))
+    return sample
+
+
 def _materialize(table, head: Compose, batch_size: int = 64) -> np.ndarray:
     ds = raw_dataset(table).map(head, num_parallel_calls=tf.data.AUTOTUNE)
     return np.concatenate([batch.numpy() for batch in ds.batch(batch_size)], axis=0)
 
 
 def load_arrays(table, preprocess: PreprocessConfig, stats: dict | None = None, batch_size: int = 64,
-                view: Transform | None = None) -> tuple[np.ndarray, np.ndarray]:
+                view: Transform | None = None,
+                volume_views: ViewsConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All images preprocessed (no augmentation, table order; in test-time ``view`` if given) and
-    ``table.labels()``.
+    ``table.labels()``; with ``volume_views`` the views of each volume, (N, V, S, S, C).
 
     Example:
         >>> x, y = load_arrays(table, PreprocessConfig(image_size=64))  # doctest: +SKIP
         >>> x.shape  # doctest: +SKIP
         (10, 64, 64, 3)
     """
-    ds = make_dataset(table, preprocess, training=False, batch_size=batch_size, stats=stats, view=view)
+    ds = make_dataset(table, preprocess, training=False, batch_size=batch_size, stats=stats, view=view,
+                      volume_views=volume_views)
     images = np.concatenate([batch.numpy() for batch, _ in ds], axis=0)
     return images, table.labels()
 
@@ -347,6 +404,9 @@ class ImageInputs:
     ``tta`` (test-time augmentation) lists the views to score in; :meth:`views`
     gives one input per view, each with its ``view`` transform, which
     :meth:`arrays` and :meth:`dataset` (when not training) apply.
+    ``volume_views`` (enabled) means the rows are volumes, each giving several
+    2-D views (see :class:`~tfmed.config.ViewsConfig`); arrays and batches
+    then gain a views axis after the first.
 
     Example:
         >>> from tfmed.config import PreprocessConfig, TTAConfig
@@ -364,6 +424,7 @@ class ImageInputs:
     stats: dict | None = None
     tta: TTAConfig | None = None
     view: Transform | None = None
+    volume_views: ViewsConfig | None = None
 
     @property
     def view_count(self) -> int:
@@ -380,11 +441,12 @@ class ImageInputs:
     def arrays(self, table, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """All images of ``table`` preprocessed (in ``view``), in table order, and their labels
         (see :func:`load_arrays`)."""
-        return load_arrays(table, self.preprocess, stats=self.stats, batch_size=batch_size, view=self.view)
+        return load_arrays(table, self.preprocess, stats=self.stats, batch_size=batch_size, view=self.view,
+                           volume_views=self.volume_views)
 
     def dataset(self, table, *, training: bool, batch_size: int = 32, augment: AugmentConfig | None = None,
                 balance: BalanceConfig | None = None, seed: int = 0) -> tf.data.Dataset:
         """Batches of ``(images, targets)`` (see :func:`make_dataset`); ``view`` applies only when not training."""
         return make_dataset(table, self.preprocess, training=training, batch_size=batch_size,
                             augment=augment, balance=balance, stats=self.stats, seed=seed,
-                            view=None if training else self.view)
+                            view=None if training else self.view, volume_views=self.volume_views)

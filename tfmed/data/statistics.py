@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmed.config import PreprocessConfig, TTAConfig
+from tfmed.config import PreprocessConfig, TTAConfig, ViewsConfig
 from tfmed.data.pipeline import ImageInputs, raw_dataset
 from tfmed.data.preprocessing import StatisticsError, needs_statistics
 from tfmed.data.transforms import Compose, Resize, ToChannels
@@ -81,8 +81,10 @@ def fit_statistics(table, config: PreprocessConfig, batch_size: int = 64) -> dic
     return stats
 
 
-def fit_inputs(preprocess: PreprocessConfig, train, tta: TTAConfig | None = None) -> ImageInputs:
-    """The inputs of ``preprocess``, with statistics fitted on the ``train`` table when it needs them.
+def fit_inputs(preprocess: PreprocessConfig, train, tta: TTAConfig | None = None,
+               volume_views: ViewsConfig | None = None) -> ImageInputs:
+    """The inputs of ``preprocess`` (rows as volumes cut into ``volume_views`` when enabled), with
+    statistics fitted on the ``train`` table when it needs them.
 
     Example:
         >>> inputs = fit_inputs(PreprocessConfig(intensity="standardize"), table.split("train"))  # doctest: +SKIP
@@ -90,7 +92,8 @@ def fit_inputs(preprocess: PreprocessConfig, train, tta: TTAConfig | None = None
         True
     """
     stats = fit_statistics(train, preprocess) if needs_statistics(preprocess) else None
-    return ImageInputs(preprocess, stats, tta=tta)
+    return ImageInputs(preprocess, stats, tta=tta,
+                       volume_views=volume_views if volume_views is not None and volume_views.enabled else None)
 
 
 def save_statistics(stats: dict, directory: str | Path) -> Path:

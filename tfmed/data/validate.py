@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tfmed.config import ViewsConfig
 from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageReadError, decoder_messages, read_image_and_info
 from tfmed.data.table import ImageTable
+from tfmed.data.volume_inputs import check_volume_rows
 from tfmed.errors import TfmedError
 from tfmed.progress import native_stderr_captured
 
@@ -149,13 +151,16 @@ def _line(problem: Problem) -> str:
 
 def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_channels: int = 4,
                    allowed_bit_depths: tuple[int, ...] = (8, 16), check_images: bool = True,
-                   workers: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ValidationReport:
+                   workers: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                   views: ViewsConfig | None = None) -> ValidationReport:
     """Check every row of ``table`` and return a report of all problems found.
 
     Files are decoded in a thread pool (``workers`` threads) when
     ``check_images``; otherwise only their existence is checked. Images of
     more than ``max_pixels`` pixels (None: no limit) are refused unread. In-memory
     tables are checked once, vectorised (shape, dtype, index and label range).
+    With ``views`` enabled the rows are volumes: each is read once and its
+    lesion centre checked (:func:`tfmed.data.volume_inputs.check_volume_rows`).
 
     Example:
         >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
@@ -189,7 +194,10 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
             add(int(position), "no patient id",
                 "fill the patient_id column (patient-level splits need it to keep each patient's "
                 "images in one split)")
-    if table.images is None:
+    if views is not None and views.enabled:
+        for position, problem, fix in check_volume_rows(table, views, workers=min(workers, 2)):
+            add(position, problem, fix)
+    elif table.images is None:
         _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels)
     else:
         _check_arrays(table, report, add, max_channels, allowed_bit_depths)

@@ -234,6 +234,19 @@ def as_image_batch(images: np.ndarray, what: str = "X") -> np.ndarray:
     return array
 
 
+def as_input_batch(X, what: str = "X") -> np.ndarray:
+    """Images (see :func:`as_image_batch`), or views of volumes (N, V, H, W, C) checked view by view.
+
+    Example:
+        >>> as_input_batch(np.zeros((2, 3, 8, 8, 1))).shape
+        (2, 3, 8, 8, 1)
+    """
+    array = np.asarray(X)
+    if array.ndim != 5:
+        return as_image_batch(array, what)
+    return np.stack([as_image_batch(array[:, v], f"{what} view {v + 1}") for v in range(array.shape[1])], axis=1)
+
+
 def resize_to_rgb(images: np.ndarray, size: int) -> np.ndarray:
     """Resize (N, H, W, C) images to (N, size, size, 3) with OpenCV.
 

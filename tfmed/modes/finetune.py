@@ -39,6 +39,7 @@ from tfmed.errors import TfmedError
 from tfmed.files import DAMAGED, read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.progress import log
+from tfmed.training.view_layers import FoldViews, PoolViews
 
 MODEL_FILE = "model.keras"
 SPEC_FILE = "finetune.json"
@@ -74,6 +75,9 @@ class FineTuner:
         augment: training augmentation used by :meth:`fit_tables`.
         balance: class-balanced resampling of the training stream used by
             :meth:`fit_tables` (oversample / undersample).
+        views: 0 for images (B, S, S, 3); V for V 2-D views of a volume per
+            example (B, V, S, S, 3), read by one shared backbone whose pooled
+            features are combined across views by ``config.view_pooling``.
 
     Example:
         >>> from tfmed.config import FinetuneConfig, StageConfig
@@ -91,7 +95,7 @@ class FineTuner:
                  pos_weight: float | None = None, neg_weight: float | None = None,
                  run_dir: str | Path | None = None, seed: int = 0,
                  classes: list[str] | None = None, augment: AugmentConfig | None = None,
-                 balance: BalanceConfig | None = None):
+                 balance: BalanceConfig | None = None, views: int = 0):
         self.backbone = backbone
         self.task = task
         self.num_outputs = num_outputs
@@ -106,6 +110,7 @@ class FineTuner:
         self.classes = list(classes) if classes is not None else None
         self.augment = augment
         self.balance = balance
+        self.views = views
         self._validate()
         self.model_: keras.Model | None = None
         self.backbone_model_: keras.Model | None = None
@@ -148,7 +153,7 @@ class FineTuner:
                    image_size=config.preprocess.image_size, weights=model.weights,
                    weights_dir=model.weights_dir, pos_weight=pos_weight, neg_weight=neg_weight,
                    run_dir=run_dir, seed=config.seed, classes=list(train.classes),
-                   augment=config.augment, balance=resample)
+                   augment=config.augment, balance=resample, views=config.views.count)
 
     def fit_tables(self, train, val, inputs) -> "FineTuner":
         """Fit on the ``train`` table (augmented, resampled); ``val`` drives early stopping.
@@ -187,6 +192,12 @@ class FineTuner:
             raise FinetuneError("the model is not trained yet: call fit(...) or FineTuner.load(directory)")
         return self.model_
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape: (S, S, 3), or (V, S, S, 3) for views of a volume."""
+        image = (self.image_size, self.image_size, 3)
+        return ((self.views,) if self.views else ()) + image
+
     def explain_models(self, inputs) -> list:
         """``[(backbone name, Keras model, inputs)]``: what :mod:`tfmed.explain` explains for this model.
 
@@ -194,16 +205,23 @@ class FineTuner:
             >>> [name for name, _, _ in tuner.explain_models(inputs)]  # doctest: +SKIP
             ['efficientnet_lite0']
         """
+        if self.views:
+            raise FinetuneError("this model reads several 2-D views of a volume per example; explanations "
+                                "are drawn over one 2-D image, so it cannot be explained")
         return [(self.backbone, self.keras_model(), inputs)]
 
     def report_facts(self) -> dict:
-        """Nothing beyond the training curves (``history_``), which the report draws itself.
+        """How views of a volume are combined, when the model reads them (the training curves are
+        drawn by the report itself).
 
         Example:
             >>> FineTuner("mobilenet_v2", "binary", 1, weights=None).report_facts()
             {}
         """
-        return {}
+        if not self.views:
+            return {}
+        return {"views": f"{self.views} per volume through one shared backbone, features pooled by "
+                         f"{self.config.view_pooling}"}
 
     # ------------------------------------------------------------------ checks
     def _validate(self) -> None:
@@ -225,6 +243,8 @@ class FineTuner:
         if self.classes is not None and len(self.classes) not in (self.num_outputs, 2 if self.task == "binary" else -1):
             raise FinetuneError(f"classes lists {len(self.classes)} names ({', '.join(self.classes)}) "
                                 f"but the {self.task} model has {self.num_outputs} output(s)")
+        if isinstance(self.views, bool) or not isinstance(self.views, (int, np.integer)) or self.views < 0:
+            raise FinetuneError(f"views is {self.views!r}; use 0 for images or the number of views per volume")
         if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 8:
             raise FinetuneError(f"image_size is {self.image_size!r}; it must be an integer of at least 8 pixels")
         if not isinstance(cfg, FinetuneConfig):
@@ -271,12 +291,18 @@ class FineTuner:
                                         weights_dir=self.weights_dir)
                 pool = (keras.layers.GlobalAveragePooling2D(name="head_pool") if self.config.pooling == "avg"
                         else keras.layers.GlobalMaxPooling2D(name="head_pool"))
-                x = pool(base.output)
+                if self.views:  # one backbone shared by every view, its pooled features pooled over views
+                    inputs = keras.Input(self.input_shape, name="views")
+                    x = pool(base(FoldViews(name="fold_views")(inputs)))
+                    x = PoolViews(self.views, self.config.view_pooling, name="head_view_pool")(x)
+                else:
+                    inputs = base.inputs
+                    x = pool(base.output)
                 x = keras.layers.Dropout(self.config.dropout, name="head_dropout")(x)
                 activation = "softmax" if self.task == "multiclass" else "sigmoid"
                 outputs = keras.layers.Dense(self.num_outputs, activation=activation, dtype="float32",
                                              name="predictions")(x)
-                model = keras.Model(base.inputs, outputs, name=f"{self.backbone}_finetune")
+                model = keras.Model(inputs, outputs, name=f"{self.backbone}_finetune")
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
         self.backbone_model_ = base
@@ -460,7 +486,8 @@ class FineTuner:
             64
         """
         return {"backbone": self.backbone, "task": self.task, "num_outputs": int(self.num_outputs),
-                "classes": self.classes, "image_size": int(self.image_size), "pooling": self.config.pooling}
+                "classes": self.classes, "image_size": int(self.image_size), "pooling": self.config.pooling,
+                "views": int(self.views)}
 
     def _run_spec(self) -> dict:
         spec = self.spec()
@@ -534,10 +561,11 @@ class FineTuner:
         if not isinstance(spec, tuple) or len(spec) < 2:
             raise FinetuneError(f"{name} must yield (images, targets) pairs; it yields {spec}")
         images, targets = spec[0], spec[1]
-        expected = (self.image_size, self.image_size, 3)
-        if images.shape.rank != 4 or any(d is not None and d != e for d, e in zip(images.shape[1:], expected)):
+        expected = self.input_shape
+        if images.shape.rank != len(expected) + 1 or any(d is not None and d != e
+                                                         for d, e in zip(images.shape[1:], expected)):
             raise FinetuneError(f"{name} yields images of shape {tuple(images.shape)}; the model expects "
-                                f"batches of (batch, {expected[0]}, {expected[1]}, 3): set preprocess."
+                                f"batches of (batch, {', '.join(map(str, expected))}): set preprocess."
                                 f"image_size to {self.image_size} and channels to 3, and batch the dataset")
         if targets.shape.rank != 2 or targets.shape[-1] != self.num_outputs:
             raise FinetuneError(f"{name} yields targets of shape {tuple(targets.shape)}; the {self.task} "
@@ -559,11 +587,11 @@ class FineTuner:
                 data = data.map(lambda x, *rest: x)
             return np.asarray(self.model_.predict(data, verbose=0))
         x = np.asarray(data, dtype=np.float32)
-        if x.ndim == 3:
+        if x.ndim == len(self.input_shape):
             x = x[None]
-        if x.ndim != 4 or x.shape[1:] != (self.image_size, self.image_size, 3):
+        if x.shape[1:] != self.input_shape:
             raise FinetuneError(f"predict got images of shape {np.shape(data)}; the model expects "
-                                f"(n, {self.image_size}, {self.image_size}, 3) on a 0-255 scale")
+                                f"(n, {', '.join(map(str, self.input_shape))}) on a 0-255 scale")
         return np.asarray(self.model_.predict(x, batch_size=self.config.batch_size, verbose=0))
 
     def predict_coarse(self, data, hierarchy=None) -> tuple[np.ndarray, list[str]]:
@@ -626,7 +654,8 @@ class FineTuner:
         try:
             config = _config_from_plain(spec.get("config", {}))
             tuner = cls(spec["backbone"], spec["task"], spec["num_outputs"], config=config,
-                        image_size=spec["image_size"], weights=None, classes=spec.get("classes"))
+                        image_size=spec["image_size"], weights=None, classes=spec.get("classes"),
+                        views=spec.get("views", 0))
         except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise FinetuneError(f"{directory / SPEC_FILE}: incomplete or damaged ({type(error).__name__}: "
                                 f"{error}); {DAMAGED}") from None

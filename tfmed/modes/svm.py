@@ -42,14 +42,15 @@ from tfmed.config import GammaName, SVMConfig, Task, choices
 from tfmed.files import read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.modes.features import (FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
-                                  as_image_batch, backbone_features, base_model, check_finite,
+                                  as_input_batch, backbone_features, base_model, check_finite,
                                   check_taps, lbp_features)
 from tfmed.progress import log
 
 __all__ = ["FeatureSVM", "TooFewSamplesError", "ModelMismatchError", "FeatureError",
            "UnknownTapError"]
 
-ARTIFACT_FORMAT = 2  # 1 was a joblib pickle (tfmed 0.1)
+ARTIFACT_FORMAT = 3  # 1 was a joblib pickle (tfmed 0.1); 2 had one classifier group, models_ not nested
+READABLE_FORMATS = (2, 3)
 TEXTURE = "texture"
 
 
@@ -86,11 +87,15 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         random_state: seed of the CV folds (and of a random backbone).
         preprocess: the preprocessing config (a dict) that produced the
             images; stored with the model so inference can repeat it.
+        view_fusion: for 2-D views of volumes (X shaped (N, V, H, W, C)):
+            "concat" fuses every view's blocks for one SVM, "per_view" fits
+            one SVM per view and averages their probabilities.
 
     Features: each block (tap, texture) is standardised with a
     ``StandardScaler`` fitted on the training features; when several blocks
     are fused each is scaled by 1/sqrt(width) so that every block weighs the
-    same in the kernel. Multiclass is one-vs-rest, multilabel one SVM per
+    same in the kernel. Views of a volume give one block per view and tap
+    (``view_1:late``, ...). Multiclass is one-vs-rest, multilabel one SVM per
     label. Probabilities come from ``CalibratedClassifierCV`` (sigmoid,
     fitted on cross-validated SVM scores); ``decision_function`` returns the
     scores of the final SVM refitted on all training data and ``predict``
@@ -99,7 +104,11 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
     Fitted attributes: ``classes_``, ``task_``, ``best_params_``,
     ``best_score_`` (CV AUC), ``cv_results_`` (DataFrame, one row per grid
     point), ``input_shape_``, ``block_widths_``, ``backbone_spec_``,
-    ``scalers_``, ``models_``.
+    ``scalers_``, ``groups_`` (the block names each classifier reads: one
+    group, or one per view with ``per_view``) and ``models_`` (per group, the
+    calibrated SVM(s)). With several groups ``best_params_`` maps each group
+    to its parameters, ``best_score_`` is their mean and ``cv_results_`` has a
+    ``group`` column.
 
     Example:
         >>> model = FeatureSVM(taps=("stage4",), image_size=224, C=(1.0, 10.0), cv=3,
@@ -115,7 +124,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                  image_size: int = 224, kernel: str = "rbf", C=(0.1, 1, 10), gamma=("scale",),
                  cv: int = 5, class_weight: str | None = "balanced", texture: bool = False,
                  task: str | None = None, cache_dir: str | None = None, batch_size: int = 32,
-                 random_state: int = 0, preprocess: dict | None = None):
+                 random_state: int = 0, preprocess: dict | None = None, view_fusion: str = "concat"):
         self.backbone = backbone
         self.weights = weights
         self.weights_dir = weights_dir
@@ -133,6 +142,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
         self.preprocess = preprocess
+        self.view_fusion = view_fusion
 
     # ------------------------------------------------------------------ construction
 
@@ -152,7 +162,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                    gamma=tuple(svm.gamma), cv=svm.cv, class_weight=svm.class_weight,
                    texture=svm.texture, task=config.data.task, cache_dir=cache_dir,
                    batch_size=svm.batch_size, random_state=config.seed,
-                   preprocess=dataclasses.asdict(config.preprocess))
+                   preprocess=dataclasses.asdict(config.preprocess), view_fusion=svm.view_fusion)
 
     # ------------------------------------------------------------------ mode protocol
 
@@ -186,7 +196,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         Example:
             >>> model.fit_tables(table.split("train"), None, ImageInputs(preprocess))  # doctest: +SKIP
         """
-        log(f"preprocessing {len(train)} training images at {inputs.preprocess.image_size} px")
+        what = (f"volumes ({inputs.volume_views.count} views each)" if inputs.volume_views is not None
+                else "images")
+        log(f"preprocessing {len(train)} training {what} at {inputs.preprocess.image_size} px")
         x_train, y_train = inputs.arrays(train)
         patients = train.frame["patient_id"]
         groups = patients.astype(str).to_numpy() if patients.notna().all() else None
@@ -235,8 +247,13 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             >>> FeatureSVM(taps=("middle",)).report_facts()["taps"]
             'middle'
         """
-        return {"taps": ", ".join(_as_list(self.taps)), "kernel": self.kernel,
-                "best parameters": str(getattr(self, "best_params_", ""))}
+        facts = {"taps": ", ".join(_as_list(self.taps)), "kernel": self.kernel,
+                 "best parameters": str(getattr(self, "best_params_", ""))}
+        if len(getattr(self, "input_shape_", ())) == 4:
+            facts["views"] = (f"{self.input_shape_[0]} per volume, "
+                              + ("one SVM per view, probabilities averaged" if len(self.groups_) > 1
+                                 else "features concatenated for one SVM"))
+        return facts
 
     # ------------------------------------------------------------------ fitting
 
@@ -251,7 +268,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             >>> model.fit(images, labels, groups=patient_ids)                 # doctest: +SKIP
         """
         taps = self._check_params()
-        X = as_image_batch(X)
+        X = as_input_batch(X)
         y_enc, classes, task = self._encode_targets(y, len(X))
         if groups is not None:
             groups = np.asarray(groups)
@@ -273,33 +290,42 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.input_shape_ = tuple(int(d) for d in X.shape[1:])
         self.block_widths_ = {name: int(block.shape[1]) for name, block in blocks.items()}
         self.scalers_ = {name: StandardScaler().fit(block) for name, block in blocks.items()}
-        features = self._transform(blocks)
-
+        self.groups_ = _classifier_groups(list(blocks), X.ndim == 5 and self.view_fusion == "per_view")
         search_splits = self._splits(y_enc, groups, classes)
-        estimator, prefix = self._svc_template(task)
-        grid = self._grid(prefix)
-        search = GridSearchCV(estimator, grid, scoring=_auc_scorer, cv=search_splits, refit=False,
-                              error_score="raise")
-        search.fit(features, y_enc)
-        self.cv_results_ = _results_table(search.cv_results_, prefix)
-        self.best_params_ = {k[len(prefix):]: v for k, v in search.best_params_.items()}
-        self.best_score_ = float(search.best_score_)
-
-        best = SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500,
-                   **self.best_params_)
-        if task == "binary":
-            self.models_ = [_calibrated(best, search_splits).fit(features, y_enc)]
-        elif task == "multiclass":
-            self.models_ = [_calibrated(OneVsRestClassifier(best), search_splits).fit(features, y_enc)]
+        fitted = [self._fit_classifier(self._transform(blocks, names), y_enc, groups, classes, task, search_splits)
+                  for names in self.groups_]
+        self.models_ = [models for models, _, _, _ in fitted]
+        if len(fitted) == 1:
+            _, self.cv_results_, self.best_params_, self.best_score_ = fitted[0]
         else:
-            self.models_ = []
-            for j in range(y_enc.shape[1]):
-                splits = self._splits(y_enc[:, j], groups, np.array([0, 1]), label=classes.tolist()[j])
-                self.models_.append(_calibrated(best, splits).fit(features, y_enc[:, j]))
+            names = [_group_name(names) for names in self.groups_]
+            self.cv_results_ = pd.concat([results.assign(group=name) for name, (_, results, _, _)
+                                          in zip(names, fitted)], ignore_index=True)
+            self.best_params_ = {name: params for name, (_, _, params, _) in zip(names, fitted)}
+            self.best_score_ = float(np.mean([score for _, _, _, score in fitted]))
         return self
 
+    def _fit_classifier(self, features, y_enc, groups, classes, task, search_splits):
+        """C (and gamma) by CV AUC, then the calibrated SVM(s): (models, cv results, best params, CV AUC)."""
+        estimator, prefix = self._svc_template(task)
+        search = GridSearchCV(estimator, self._grid(prefix), scoring=_auc_scorer, cv=search_splits,
+                              refit=False, error_score="raise")
+        search.fit(features, y_enc)
+        best_params = {k[len(prefix):]: v for k, v in search.best_params_.items()}
+        best = SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500, **best_params)
+        if task == "binary":
+            models = [_calibrated(best, search_splits).fit(features, y_enc)]
+        elif task == "multiclass":
+            models = [_calibrated(OneVsRestClassifier(best), search_splits).fit(features, y_enc)]
+        else:
+            models = []
+            for j in range(y_enc.shape[1]):
+                splits = self._splits(y_enc[:, j], groups, np.array([0, 1]), label=classes.tolist()[j])
+                models.append(_calibrated(best, splits).fit(features, y_enc[:, j]))
+        return models, _results_table(search.cv_results_, prefix), best_params, float(search.best_score_)
+
     def _check_params(self) -> list[str]:
-        for name in ("kernel", "pooling"):
+        for name in ("kernel", "pooling", "view_fusion"):
             allowed = choices(SVMConfig, name)
             if getattr(self, name) not in allowed:
                 raise FeatureError(f"{name} is {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
@@ -424,6 +450,10 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                           spec["random_state"], self._weight_values)
 
     def _blocks(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Feature blocks by name: one per tap (and texture); for views (X 5-D) one per view and tap."""
+        if X.ndim == 5:
+            return {f"view_{v + 1}:{name}": block for v in range(X.shape[1])
+                    for name, block in self._blocks(X[:, v]).items()}
         spec = self.backbone_spec_
         weights = None if self._weight_values is not None else spec["weights"]
         cache = None if self.cache_dir is None else FeatureCache(self.cache_dir)
@@ -439,28 +469,33 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         check_finite(blocks)
         return blocks
 
-    def _transform(self, blocks: dict[str, np.ndarray]) -> np.ndarray:
-        scale = len(blocks) > 1
+    def _transform(self, blocks: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
+        """The standardised blocks ``names``, each scaled by 1/sqrt(width) when several are fused."""
+        scale = len(names) > 1
         parts = []
-        for name, block in blocks.items():
-            standard = self.scalers_[name].transform(block)
-            parts.append(standard / np.sqrt(block.shape[1]) if scale else standard)
+        for name in names:
+            standard = self.scalers_[name].transform(blocks[name])
+            parts.append(standard / np.sqrt(blocks[name].shape[1]) if scale else standard)
         return np.concatenate(parts, axis=1)
 
     def features(self, X) -> np.ndarray:
-        """The standardised (fused) feature matrix the SVM sees for images X.
+        """The standardised (fused) feature matrix the SVM sees for images X (with one classifier
+        per view: the views' matrices side by side).
 
         Example:
             >>> model.features(images).shape  # doctest: +SKIP
             (10, 192)
         """
+        return np.concatenate(self._group_features(X), axis=1)
+
+    def _group_features(self, X) -> list[np.ndarray]:
+        """One standardised feature matrix per classifier group (see ``groups_``)."""
         check_is_fitted(self, "models_")
-        X = as_image_batch(X)
-        if tuple(X.shape[1:]) != self.input_shape_:
-            h, w, c = self.input_shape_
+        X = as_input_batch(X)
+        if tuple(X.shape[1:]) != tuple(self.input_shape_):
             raise ModelMismatchError(
-                f"X images are {X.shape[1]}x{X.shape[2]} with {X.shape[3]} channel(s) but the model was "
-                f"fitted on {h}x{w} with {c} channel(s); preprocess new images as in training "
+                f"X images are {_describe(X.shape[1:])} but the model was fitted on "
+                f"{_describe(self.input_shape_)}; preprocess new images as in training "
                 f"(the model's preprocess config: {self.preprocess})")
         _, identity = self._base_model()
         if identity != self.backbone_spec_["weights_digest"]:
@@ -472,33 +507,39 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         if widths != self.block_widths_:
             raise ModelMismatchError(f"the feature blocks have widths {widths} but the model was fitted on "
                                      f"{self.block_widths_}; the backbone or its taps changed since fitting")
-        return self._transform(blocks)
+        return [self._transform(blocks, names) for names in self.groups_]
 
     # ------------------------------------------------------------------ prediction
 
     def decision_function(self, X) -> np.ndarray:
-        """SVM scores: (n,) for binary, (n, classes) or (n, labels) otherwise.
+        """SVM scores: (n,) for binary, (n, classes) or (n, labels) otherwise (the mean over
+        classifiers when each view has its own).
 
         Example:
             >>> model.decision_function(images)  # doctest: +SKIP
         """
-        return self._scores(self.features(X))
+        return np.mean([self._scores(models, features) for models, features
+                        in zip(self.models_, self._group_features(X))], axis=0)
 
-    def _scores(self, features: np.ndarray) -> np.ndarray:
+    def _scores(self, models: list, features: np.ndarray) -> np.ndarray:
         if self.task_ == "multilabel":
-            return np.column_stack([_final_svm(m).decision_function(features) for m in self.models_])
-        return _final_svm(self.models_[0]).decision_function(features)
+            return np.column_stack([_final_svm(m).decision_function(features) for m in models])
+        return _final_svm(models[0]).decision_function(features)
 
     def predict_proba(self, X) -> np.ndarray:
-        """Calibrated probabilities: (n, classes); multilabel (n, labels) of P(label=1).
+        """Calibrated probabilities: (n, classes); multilabel (n, labels) of P(label=1); with one
+        classifier per view, the mean of the views' probabilities.
 
         Example:
             >>> model.predict_proba(images)[:, 1]  # doctest: +SKIP
         """
-        features = self.features(X)
-        if self.task_ == "multilabel":
-            return np.column_stack([m.predict_proba(features)[:, 1] for m in self.models_])
-        return self.models_[0].predict_proba(features)
+        probabilities = []
+        for models, features in zip(self.models_, self._group_features(X)):
+            if self.task_ == "multilabel":
+                probabilities.append(np.column_stack([m.predict_proba(features)[:, 1] for m in models]))
+            else:
+                probabilities.append(models[0].predict_proba(features))
+        return np.mean(probabilities, axis=0)
 
     def predict(self, X) -> np.ndarray:
         """Labels at the SVM's decision boundary (score 0; argmax for multiclass).
@@ -568,6 +609,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         spec = {"format": ARTIFACT_FORMAT, "kind": "tfmed.FeatureSVM", "params": params,
                 "backbone_spec": self.backbone_spec_, "task": self.task_, "classes": self.classes_.tolist(),
                 "input_shape": list(self.input_shape_), "block_widths": self.block_widths_,
+                "groups": self.groups_,
                 "best_params": self.best_params_, "best_score": self.best_score_,
                 "cv_results": json.loads(self.cv_results_.to_json(orient="split", index=False))}
         (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
@@ -600,9 +642,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         spec = read_json(path / SPEC_FILE, ModelMismatchError)
         if not isinstance(spec, dict) or spec.get("kind") != "tfmed.FeatureSVM":
             raise ModelMismatchError(f"{path / SPEC_FILE}: not a saved FeatureSVM")
-        if spec.get("format") != ARTIFACT_FORMAT:
+        if spec.get("format") not in READABLE_FORMATS:
             raise ModelMismatchError(f"{path / SPEC_FILE}: saved in format {spec.get('format')}, this tfmed "
-                                     f"reads format {ARTIFACT_FORMAT}; re-fit and save the model again")
+                                     f"reads formats {READABLE_FORMATS}; re-fit and save the model again")
         try:
             params = {key: tuple(value) if key in ("taps", "C", "gamma") and isinstance(value, list) else value
                       for key, value in spec["params"].items()}
@@ -611,6 +653,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             model.task_, model.classes_ = spec["task"], np.asarray(spec["classes"])
             model.input_shape_ = tuple(spec["input_shape"])
             model.block_widths_ = spec["block_widths"]
+            model.groups_ = spec["groups"] if spec["format"] >= 3 else [list(spec["block_widths"])]
             model.best_params_, model.best_score_ = spec["best_params"], spec["best_score"]
             results = spec["cv_results"]
             model.cv_results_ = pd.DataFrame(results["data"], columns=results["columns"])
@@ -619,6 +662,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                                      f"{error}); re-fit and save the model again") from None
         fitted = _read_fitted(path / FITTED_FILE)
         model.scalers_, model.models_ = fitted["scalers"], fitted["models"]
+        if spec["format"] == 2:  # one classifier, its models not yet grouped
+            model.models_ = [model.models_]
         weights = read_arrays(path / WEIGHTS_FILE, ModelMismatchError)
         model._weight_values = [weights[f"arr_{i}"] for i in range(len(weights))]
         model._check_restored(path)
@@ -639,6 +684,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         model = cls(**artifact["params"])
         for name, value in artifact["state"].items():
             setattr(model, name, value)
+        model.models_ = [model.models_]  # tfmed 0.1 had one classifier over every block
+        model.groups_ = [list(model.block_widths_)]
         model._weight_values = artifact["backbone_weights"]
         model._check_restored(path)
         return model
@@ -690,6 +737,24 @@ def _read_fitted(path: Path) -> dict:
     if not isinstance(fitted, dict) or set(fitted) != {"scalers", "models"}:
         raise ModelMismatchError(f"{path}: not the scalers and SVMs of a FeatureSVM")
     return fitted
+
+
+def _describe(shape) -> str:
+    """One row's shape in words: "32x32 with 1 channel(s)", or "3 views of 32x32 with 3 channel(s)"."""
+    *views, height, width, channels = (int(d) for d in shape)
+    return (f"{views[0]} views of " if views else "") + f"{height}x{width} with {channels} channel(s)"
+
+
+def _classifier_groups(names: list[str], per_view: bool) -> list[list[str]]:
+    """The block names each classifier reads: all in one group, or one group per view."""
+    if not per_view:
+        return [names]
+    views = list(dict.fromkeys(name.split(":", 1)[0] for name in names))
+    return [[name for name in names if name.split(":", 1)[0] == view] for view in views]
+
+
+def _group_name(names: list[str]) -> str:
+    return names[0].split(":", 1)[0]
 
 
 def _fewer_folds(count: int) -> str:

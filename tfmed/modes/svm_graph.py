@@ -147,6 +147,9 @@ def svm_keras_model(svm) -> keras.Model:
     from tfmed import backbones
 
     spec = svm.backbone_spec_
+    if len(svm.input_shape_) != 3:
+        raise SVMGraphError("this SVM reads several 2-D views of a volume per row; explanations are drawn "
+                            "over one 2-D image, so it cannot be explained")
     if spec["texture"]:
         raise SVMGraphError("this SVM uses LBP texture features (texture: true), which have no TensorFlow "
                             "form, so it cannot be explained; refit with texture: false to explain it")
@@ -162,7 +165,7 @@ def svm_keras_model(svm) -> keras.Model:
         blocks.append(Standardise(scaler.mean_, scaler.scale_, weight, name=f"svm_{tap}_standardise")(pooled))
     features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="svm_features")(blocks)
     svcs, calibrators = [], []
-    for calibrated in svm.models_:
+    for calibrated in svm.models_[0]:
         parts, scalers = _calibration_parts(calibrated)
         svcs += parts
         calibrators += scalers

@@ -85,13 +85,16 @@ def sweep_layers(X_train, y_train, X_val, y_val, *, taps: Sequence[str],
 
 
 def _fill_cache(template: FeatureSVM, taps: list[str], *image_sets) -> None:
-    """One backbone pass per image set for all taps; the fits then read the cache."""
+    """One backbone pass per image set (per view, for views of volumes) for all taps; the fits then
+    read the cache."""
     cache = FeatureCache(template.cache_dir)
     for images in image_sets:
-        backbone_features(images, backbone=template.backbone, weights=template.weights,
-                          weights_dir=template.weights_dir, taps=taps, pooling=template.pooling,
-                          image_size=template.image_size, batch_size=template.batch_size,
-                          cache=cache, random_state=template.random_state)
+        parts = [images[:, v] for v in range(images.shape[1])] if np.ndim(images) == 5 else [images]
+        for part in parts:
+            backbone_features(part, backbone=template.backbone, weights=template.weights,
+                              weights_dir=template.weights_dir, taps=taps, pooling=template.pooling,
+                              image_size=template.image_size, batch_size=template.batch_size,
+                              cache=cache, random_state=template.random_state)
 
 
 def _binary_metrics(positive: np.ndarray, scores: np.ndarray) -> list[float]:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tfmed.config import PreprocessConfig, TTAConfig
+from tfmed.config import PreprocessConfig, TTAConfig, ViewsConfig
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import load_statistics, save_statistics
 from tfmed.data.table import ImageTable
@@ -55,6 +55,7 @@ class TrainedModel:
     threshold_method: str = "youden"
     backbone: str = ""
     tta: TTAConfig = field(default_factory=TTAConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
 
     @property
     def threshold(self):
@@ -64,7 +65,8 @@ class TrainedModel:
     @property
     def inputs(self) -> ImageInputs:
         """The preprocessing, train statistics and test-time views that turn a table into this model's inputs."""
-        return ImageInputs(self.preprocess, self.stats, tta=self.tta)
+        return ImageInputs(self.preprocess, self.stats, tta=self.tta,
+                           volume_views=self.views if self.views.enabled else None)
 
     def predict(self, table: ImageTable, batch_size: int = 64) -> np.ndarray:
         """Scores for every row of ``table``, in table order (averaged over the test-time views)."""
@@ -101,6 +103,7 @@ class TrainedModel:
             "preprocess": dataclasses.asdict(self.preprocess), "has_stats": bool(self.stats),
             "thresholds": _jsonable(self.thresholds), "threshold_method": self.threshold_method,
             "backbone": self.backbone, "tta": dataclasses.asdict(self.tta),
+            "views": dataclasses.asdict(self.views),
         }
         (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return directory
@@ -132,7 +135,8 @@ class TrainedModel:
             fields = dict(mode=meta["mode"], task=meta["task"], classes=meta["classes"],
                           preprocess=PreprocessConfig(**meta["preprocess"]), thresholds=meta.get("thresholds", {}),
                           threshold_method=meta.get("threshold_method", "youden"),
-                          backbone=meta.get("backbone", ""), tta=TTAConfig(**meta.get("tta", {})))
+                          backbone=meta.get("backbone", ""), tta=TTAConfig(**meta.get("tta", {})),
+                          views=ViewsConfig(**meta.get("views", {})))
         except TfmedError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as error:

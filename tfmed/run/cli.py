@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = verbs.add_parser("validate", help="check a data source and report every problem")
     validate.add_argument("data", help="pneumonia_mnist, medmnist:PATH.npz, manifest:CSV, folder:DIR, dicom:DIR "
-                                       "or an experiment YAML")
+                                       "or an experiment YAML (its views, for rows that are volumes)")
     validate.add_argument("--need-patient-ids", action="store_true",
                           help="also require a patient id on every row")
 
@@ -202,20 +202,25 @@ def _cmd_export(args) -> int:
 def _cmd_validate(args) -> int:
     from tfmed.data.validate import validate_table
 
-    table, data = _load_any_source(args.data)
-    report = validate_table(table, need_patient_ids=args.need_patient_ids, max_pixels=data.max_image_pixels)
+    table, data, views = _load_any_source(args.data)
+    report = validate_table(table, need_patient_ids=args.need_patient_ids, max_pixels=data.max_image_pixels,
+                            views=views)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
     print(report.format())
     return 0 if report.ok else 1
 
 
 def _load_any_source(spec: str):
-    """The table of a source spec or of an experiment YAML's data section, with that section."""
+    """The table of a source spec or of an experiment YAML's data section, with that section and the
+    experiment's views of volumes (None for a source spec)."""
     from tfmed.config import ExperimentConfig
     from tfmed.data.sources import load_source, parse_source_spec
 
-    data = ExperimentConfig.from_yaml(spec).data if spec.endswith((".yaml", ".yml")) else parse_source_spec(spec)
-    return load_source(data), data
+    if spec.endswith((".yaml", ".yml")):
+        config = ExperimentConfig.from_yaml(spec)
+        return load_source(config.data), config.data, config.views
+    data = parse_source_spec(spec)
+    return load_source(data), data, None
 
 
 def _cmd_inspect(args) -> int:

@@ -116,6 +116,9 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
         if config.model.mode not in choices(MemberConfig, "mode"):
             raise EnsembleRunsError(f"{run} is itself a {config.model.mode} run; combine the runs it is made of, "
                                     "or list its members in one model.mode: ensemble experiment")
+        if config.views.enabled:
+            raise EnsembleRunsError(f"{run} scores 2-D views of volumes; combining such runs is not supported "
+                                    "(an ensemble member keeps only its 2-D preprocessing)")
         if config.split.method == "kfold":
             raise EnsembleRunsError(f"{run} used split.method kfold, so it has no validation scores to choose "
                                     "thresholds on; combine runs made with a validation split")

@@ -43,8 +43,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         source = f"{config.data.source} (the run's own test split)"
     else:
         table = load_source(parse_source_spec(data))
-        table = apply_validation(table, validate_table(table, max_pixels=config.data.max_image_pixels),
-                                 exclude_bad_rows=False)
+        report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
+        table = apply_validation(table, report, exclude_bad_rows=False)
         source = data
     if table.task != model.task or len(table.classes) != len(model.classes):
         raise ModelArtifactError(f"{data}: the data has {table.task} labels {table.classes} but the model "

@@ -47,7 +47,8 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
     table = load_source(config.data)
     need_ids = config.split.method in ("patient", "kfold") or not _has_all_splits(table)
     log(f"validating {len(table)} rows")
-    report = validate_table(table, need_patient_ids=need_ids, max_pixels=config.data.max_image_pixels)
+    report = validate_table(table, need_patient_ids=need_ids, max_pixels=config.data.max_image_pixels,
+                            views=config.views)
     table = apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows)
     origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
     table = ensure_splits(table, config.split)
@@ -90,7 +91,7 @@ def trained_model(config: ExperimentConfig, table: ImageTable, inputs: ImageInpu
     return TrainedModel(mode=estimator.name, task=table.task, classes=list(table.classes),
                         preprocess=inputs.preprocess, stats=inputs.stats, estimator=estimator,
                         threshold_method=THRESHOLD_KEYS[config.evaluation.threshold],
-                        backbone=config.model.backbone, tta=config.tta)
+                        backbone=config.model.backbone, tta=config.tta, views=config.views)
 
 
 def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,
@@ -130,7 +131,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
         log(f"{len(table.excluded)} bad rows excluded (listed in excluded_rows.csv)")
 
     train, val, test = table.split("train"), table.split("val"), table.split("test")
-    inputs = fit_inputs(config.preprocess, train, config.tta)
+    inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
     fold_summary = None
     if config.split.method == "kfold":
         fold_summary, fold_models = run_folds(config, table, inputs, run_dir)

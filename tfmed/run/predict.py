@@ -48,7 +48,7 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
     Example:
         >>> table = image_table(TrainedModel.load("runs/pneumonia_mnist/20261124-101500"), ["scans/"])  # doctest: +SKIP
     """
-    files = collect_images(paths)
+    files = collect_volumes(model, paths) if model.views.enabled else collect_images(paths)
     frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
     if model.task == "multilabel":
         for name in model.classes:
@@ -56,7 +56,25 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
     else:
         frame["label"] = 0
     table = ImageTable(frame, list(model.classes), model.task, source="predict")
-    return apply_validation(table, validate_table(table, max_pixels=max_pixels), exclude_bad_rows=False)
+    report = validate_table(table, max_pixels=max_pixels, views=model.views)
+    return apply_validation(table, report, exclude_bad_rows=False)
+
+
+def collect_volumes(model: TrainedModel, paths: list[str]) -> list[Path]:
+    """The volumes (DICOM series folders, NIfTI files) a model of volume views scores at their centres.
+
+    Example:
+        >>> collect_volumes(model, ["scans/case1", "scans/case2.nii.gz"])  # doctest: +SKIP
+    """
+    if model.views.center == "lesion":
+        raise ModelArtifactError("this model's views are centred on lesions, and a path gives no centre; "
+                                 "list the volumes with their centre columns in a manifest and score it with "
+                                 "tfmed evaluate RUN --data manifest:FILE.csv (see data_manifests/README.md)")
+    files = [Path(item) for item in paths]
+    for path in files:
+        if not path.exists():
+            raise ModelArtifactError(f"{path}: no such file or folder")
+    return files
 
 
 def run_max_pixels(run_dir: Path) -> int | None:

@@ -59,14 +59,22 @@ def _fmt(value) -> str:
 
 
 def write_predictions_csv(path: Path, model, parts: dict[str, ImageTable], scores: dict) -> Path:
-    """One CSV with a ``split`` column: id, patient, label, score, decision per image."""
+    """One CSV with a ``split`` column: id, patient, label, score, decision per image.
+
+    The id is the image path; rows sharing one (several lesions of one volume)
+    get ``#row N`` (their source row) appended, so each line names one row.
+    """
     frames = []
     with tempfile.TemporaryDirectory() as scratch:
         for split, table in parts.items():
             if split not in scores:
                 continue
             labels = table.labels()
-            out = write_predictions(Path(scratch) / f"{split}.csv", table.frame["image"].tolist(),
+            images = table.frame["image"].astype(str)
+            shared = images.duplicated(keep=False).to_numpy()
+            ids = [f"{image}#row {row}" if repeat else image
+                   for image, row, repeat in zip(images, table.frame["row"], shared)]
+            out = write_predictions(Path(scratch) / f"{split}.csv", ids,
                                     table.frame["patient_id"].tolist(), labels, scores[split],
                                     model.decide(scores[split]), class_names=model.classes)
             frame = pd.read_csv(out)

@@ -36,7 +36,7 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
         raise ConfigError(f"{config.name}: sweep-layers reports sensitivity/specificity and needs a "
                           f"binary task, but the data is {table.task}")
     train, val = table.split("train"), table.split("val")
-    inputs = fit_inputs(config.preprocess, train, config.tta)
+    inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
     x_train, y_train = inputs.arrays(train)
     x_val, y_val = inputs.arrays(val)
     template = FeatureSVM.from_experiment(config, train, None)

@@ -5,6 +5,10 @@ default the CSV's folder; absolute paths allowed), one label column (class
 names or integer indices; binary or multiclass) or several 0/1 label columns
 (multilabel), ``patient_id``, and optional ``site``, ``view`` and ``split``
 (train / val / test). Row numbers are CSV line numbers (the header is line 1).
+A path may name a volume (a DICOM series folder or a NIfTI file) with
+optional lesion centre columns and ``series_uid`` (see
+:mod:`tfmed.data.volume_inputs`); an empty patient id of a series folder is
+taken from its DICOM header.
 
 Problems in the rows (unknown or empty labels, bad split values, empty paths)
 do not stop loading: each row carries them in the ``source_problems`` column
@@ -32,6 +36,7 @@ from tfmed.config import DataConfig
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
+from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL, SERIES_UID, header_patient_id
 
 PATH_COLUMN = "path"
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -129,6 +134,7 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
     for column in ("site", "view"):
         out[column] = _text(frame[column]) if column in frame.columns else pd.NA
     out["split"] = _split_column(frame["split"], problems) if "split" in frame.columns else pd.NA
+    _volume_columns(frame, out, problems)
     out[SOURCE_PROBLEMS] = [tuple(items) for items in problems]
     blank = (frame.apply(lambda column: column.str.strip() == "")).all(axis=1).to_numpy(dtype=bool)
     out = out.loc[~blank].reset_index(drop=True)
@@ -219,6 +225,35 @@ def _split_column(values: pd.Series, problems) -> pd.Series:
                                 "write train, val or test, or leave the split column empty"))
             splits.append(pd.NA)
     return pd.Series(splits, dtype="string")
+
+
+def _volume_columns(frame: pd.DataFrame, out: pd.DataFrame, problems) -> None:
+    """Lesion centre columns (numbers, whole triples), ``series_uid``, and patient ids of DICOM series
+    folders taken from their headers when the manifest leaves them empty."""
+    for triple, unit in ((CENTER_MM, "mm"), (CENTER_VOXEL, "voxel index")):
+        present = [name for name in triple if name in frame.columns]
+        if not present:
+            continue
+        numbers = {name: pd.to_numeric(frame[name], errors="coerce") if name in frame.columns
+                   else pd.Series(np.nan, index=frame.index) for name in triple}
+        for i in range(len(frame)):
+            given = [name for name in present if frame[name].iloc[i] != ""]
+            bad = [name for name in given if pd.isna(numbers[name].iloc[i])]
+            if bad:
+                problems[i].append((f"{bad[0]} {frame[bad[0]].iloc[i]!r} is not a number",
+                                    f"write the lesion centre's {unit} as a number"))
+            elif given and len(given) < 3:
+                problems[i].append((f"lesion centre gives {', '.join(given)} but not all of {', '.join(triple)}",
+                                    f"fill all three {unit} columns, or none"))
+        for name in triple:
+            out[name] = numbers[name].to_numpy(dtype=float)
+    if SERIES_UID in frame.columns:
+        out[SERIES_UID] = _text(frame[SERIES_UID])
+    missing = out["patient_id"].isna().to_numpy(dtype=bool) if "patient_id" in out else np.zeros(0, bool)
+    for i in np.flatnonzero(missing):
+        image = out["image"].iloc[i]
+        if not pd.isna(image) and Path(image).is_dir():
+            out.loc[i, "patient_id"] = header_patient_id(image)
 
 
 def _int_series(values: list) -> pd.Series:

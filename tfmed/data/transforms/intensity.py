@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from tfmed.data.transforms.base import (PIXEL_MAX, Transform, TransformError, as_image,
+from tfmed.data.transforms.base import (PIXEL_MAX, ToChannels, Transform, TransformError, as_image,
                                         seed_or_random)
 
 
@@ -162,14 +162,18 @@ class ToImagenetPixels(Transform):
 class CTWindow(Transform):
     """HU windows ``[[center, width], ...]`` to [0, 255], clipped.
 
-    One window is replicated to 3 channels; three windows are stacked as
-    R, G, B (e.g. lung [-600, 1500], mediastinum [40, 400], bone [400, 1800]).
-    The first channel of the input holds the HU values.
+    One window is applied to every channel (a grey image's one channel is
+    then replicated to 3; three adjacent CT slices stay three channels);
+    three windows are stacked as R, G, B of the first channel's HU values
+    (e.g. lung [-600, 1500], mediastinum [40, 400], bone [400, 1800]).
 
     Example:
         >>> out = CTWindow([[-600, 1500], [40, 400], [400, 1800]])(tf.fill((2, 2, 1), 40.0))
         >>> [round(v, 2) for v in out[0, 0].numpy().tolist()]
         [236.3, 127.5, 76.5]
+        >>> slices = tf.stack([tf.fill((2, 2), -1000.0), tf.fill((2, 2), 40.0), tf.fill((2, 2), 1000.0)], -1)
+        >>> [round(v, 1) for v in CTWindow([[40, 400]])(slices)[0, 0].numpy().tolist()]
+        [0.0, 127.5, 255.0]
     """
 
     def __init__(self, windows: Sequence[Sequence[float]]):
@@ -183,14 +187,16 @@ class CTWindow(Transform):
         self.windows = windows
 
     def __call__(self, image, seed=None):
-        hu = as_image(image)[..., :1]
-        channels = []
-        for center, width in self.windows:
-            low = center - width / 2.0
-            channels.append(tf.clip_by_value((hu - low) / width * PIXEL_MAX, 0.0, PIXEL_MAX))
-        if len(channels) == 1:
-            channels = channels * 3
-        return tf.concat(channels, axis=-1)
+        image = as_image(image)
+        if len(self.windows) == 1:
+            return ToChannels(3)(self._window(image, *self.windows[0]))
+        hu = image[..., :1]
+        return tf.concat([self._window(hu, center, width) for center, width in self.windows], axis=-1)
+
+    @staticmethod
+    def _window(hu, center: float, width: float):
+        low = center - width / 2.0
+        return tf.clip_by_value((hu - low) / width * PIXEL_MAX, 0.0, PIXEL_MAX)
 
 
 class RandomBrightness(Transform):
