@@ -7,7 +7,7 @@ HERE = Path(__file__).parent
 
 setup(
     name="tfmed",
-    version="0.2.0",
+    version="0.3.0",
     description="Keras/TensorFlow transfer learning for medical image classification",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

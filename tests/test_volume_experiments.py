@@ -151,8 +151,10 @@ def test_volume_rows_are_read_once_and_every_problem_names_its_row(tmp_path):
     assert "1.2.3.4" in by_row[5].problem + by_row[5].fix
     assert by_row[6].problem.startswith("not a volume")
     assert by_row[7].problem == "duplicate: the same volume and centre as row 2"
-    # centred on the volume, a row needs no centre columns
+    # centred on the volume, a row needs no centre columns, and the given ones are said to be unused
     assert check_volume_rows(table.subset([1]), views_config(center="volume")) == []
+    unused = validate_table(table.subset([0]), views=views_config(center="volume"))
+    assert unused.ok and "centre columns center_x, center_y, center_z are not used" in unused.warnings[0].problem
 
 
 # ---------------------------------------------------------------------------------------------- pipeline

@@ -1,2 +1,2 @@
 """tfmed: Keras/TensorFlow transfer learning for medical image classification."""
-__version__ = "0.2.0"
+__version__ = "0.3.0"

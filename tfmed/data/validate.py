@@ -41,7 +41,7 @@ import pandas as pd
 from tfmed.config import ViewsConfig
 from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageReadError, decoder_messages, read_image_and_info
 from tfmed.data.table import ImageTable
-from tfmed.data.volume_inputs import check_volume_rows
+from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL, check_volume_rows
 from tfmed.errors import TfmedError
 from tfmed.progress import native_stderr_captured
 
@@ -197,6 +197,10 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
     if views is not None and views.enabled:
         for position, problem, fix in check_volume_rows(table, views, workers=min(workers, 2)):
             add(position, problem, fix)
+        given = [name for name in CENTER_MM + CENTER_VOXEL if name in frame.columns and frame[name].notna().any()]
+        if views.center == "volume" and given:
+            warn(None, f"views.center is 'volume', so the centre columns {', '.join(given)} are not used",
+                 "set views.center: lesion to centre the views on them")
     elif table.images is None:
         _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels)
     else:
