@@ -113,6 +113,7 @@ def empty_homes(tmp_path, monkeypatch):
     for var in ("HOME", "KERAS_HOME", "TFMED_WEIGHTS_DIR"):
         (tmp_path / var).mkdir()
         monkeypatch.setenv(var, str(tmp_path / var))
+    monkeypatch.setenv("TFMED_OFFLINE", "1")  # local lookups only: a missing file must not be downloaded
     return tmp_path
 
 

@@ -308,3 +308,15 @@ def test_shipped_example_manifest_parses_as_documented():
     report = validate_table(table, need_patient_ids=True, check_images=False)
     # Only the (unshipped) image files are missing; the schema itself is clean.
     assert {p.problem for p in report.problems} == {"file not found"} and len(report.problems) == 7
+
+
+def test_many_warnings_of_one_kind_are_counted_in_the_text_and_kept_in_the_frame():
+    from tfmed.data.validate import SHOWN_PER_WARNING, Problem, ValidationReport
+
+    skipped = [Problem(r, f"v{r}.jpg", "skipped: lateral view", "set frontal_only: false") for r in range(25)]
+    report = ValidationReport(warnings=skipped + [Problem(99, "x.png", "other", "none")], checked=26)
+    text = report.format()
+    assert text.count("skipped: lateral view. Fix") == SHOWN_PER_WARNING
+    assert f"... and {25 - SHOWN_PER_WARNING} more row(s) with the warning: skipped: lateral view" in text
+    assert "row 99: x.png: other" in text
+    assert len(report.to_frame()) == 26

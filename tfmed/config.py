@@ -102,9 +102,13 @@ class DataConfig(_Section):
     """Where the images come from.
 
     source: "pneumonia_mnist" (embedded), or a kind: "manifest", "folder",
-        "medmnist", "dicom". A string "medmnist:PATH.npz#split" also works.
+        "medmnist", "dicom", "chestxray14" (NIH ChestX-ray14's
+        Data_Entry_2017.csv), "chexpert" (CheXpert's train.csv / valid.csv).
+        A string "medmnist:PATH.npz#split" also works.
     path: CSV file, folder or .npz file for the non-embedded kinds.
-    root: folder that manifest paths are relative to (default: CSV's folder).
+    root: folder that manifest paths are relative to (default: CSV's folder;
+        chestxray14: images/ next to the CSV, else the CSV's folder, searched
+        with its sub-folders; chexpert: the folder above the CSV's).
     label_columns: manifest label column(s); several means multilabel.
     task: "binary" | "multiclass" | "multilabel" | None (inferred).
     classes: class names in label order (optional; inferred when omitted).
@@ -114,6 +118,17 @@ class DataConfig(_Section):
         frames); a larger one is a validation problem, found from its header
         without decoding it. Default 100 megapixels (a 4096 x 5120 mammogram
         is 21); null: no limit.
+    uncertain: source "chexpert" only: what an uncertain label (-1.0) becomes.
+        "zeros" (U-Zeros, default: negative) or "ones" (U-Ones: positive) for
+        every label, or a mapping label -> policy, e.g. {Atelectasis: ones,
+        Edema: ones} (labels not in it: zeros). U-Ignore is not supported yet
+        (it needs a masked loss and masked metrics).
+    frontal_only: source "chexpert" only: keep frontal views; lateral ones are
+        listed as skipped in the validation report.
+
+    The publishers' sources "chestxray14" and "chexpert" read their own
+    columns: label_columns, patient_column and filename_label_suffix are
+    refused with them, and task may only be multilabel.
     """
 
     KEY: ClassVar[str] = "data."
@@ -130,6 +145,17 @@ class DataConfig(_Section):
     missing_message: str | None = None
     # the same as tfmed.data.decode.DEFAULT_MAX_PIXELS (config sits below data and cannot import it)
     max_image_pixels: int | None = 100_000_000
+    # "ones" | "zeros" | {label: "ones" | "zeros"}. Not typed with Literal: the YAML loader would then
+    # refuse "ignore" and a bad mapping with a message about the whole value; check() names the cause.
+    uncertain: str | dict[str, Any] = "zeros"
+    frontal_only: bool = False
+
+    UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros")
+    # settings read only by some source kinds (other kinds refuse them when set)
+    SOURCE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "uncertain": ("chexpert",), "frontal_only": ("chexpert",)}
+    # the publishers' files: their columns are known, so the manifest's column settings are refused
+    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert")
 
     def check(self) -> None:
         super().check()
@@ -138,6 +164,43 @@ class DataConfig(_Section):
         if self.max_image_pixels is not None and self.max_image_pixels <= 0:
             self._fail("max_image_pixels", "it must be a number of pixels > 0, e.g. 100000000 "
                        "(or null for no limit)")
+        kind = self.source.partition(":")[0]
+        changed = _changed_from_defaults(self)
+        for name, kinds in self.SOURCE_SETTINGS.items():
+            if name in changed and kind not in kinds:
+                self._fail(name, f"it is set, but only data.source {' or '.join(kinds)} uses it and "
+                           f"data.source is {kind!r}; remove it")
+        if kind in self.PUBLISHED_SOURCES:
+            for name in ("label_columns", "patient_column", "filename_label_suffix"):
+                if name in changed:
+                    self._fail(name, f"data.source {kind} reads the publisher's columns itself and does not "
+                               "use it; remove it (choose labels with data.classes)")
+            if self.task not in (None, "multilabel"):
+                self._fail("task", f"data.source {kind} is multilabel; remove data.task")
+        if isinstance(self.uncertain, dict):
+            for label, policy in self.uncertain.items():
+                problem = self.uncertain_policy_problem(policy)
+                if problem:
+                    raise ConfigError(f"{self.KEY}uncertain.{label} is {policy!r}; {problem}")
+        elif self.uncertain_policy_problem(self.uncertain):
+            self._fail("uncertain", self.uncertain_policy_problem(self.uncertain)
+                       + ", or a mapping label -> policy, e.g. {Edema: ones}")
+
+    @classmethod
+    def uncertain_policy_problem(cls, policy) -> str | None:
+        """Why ``policy`` cannot be a CheXpert uncertainty policy (None when it can).
+
+        Example:
+            >>> DataConfig.uncertain_policy_problem("ones") is None
+            True
+        """
+        if isinstance(policy, str) and policy in cls.UNCERTAIN_POLICIES:
+            return None
+        both = "ones (U-Ones: uncertain counts as positive) or zeros (U-Zeros: as negative)"
+        if isinstance(policy, str) and policy.lower().replace("u-", "") == "ignore":
+            return ("U-Ignore (leaving uncertain labels out of the loss) is not supported yet: it needs a "
+                    f"masked loss and masked metrics, which tfmed does not have; use {both}")
+        return f"use {both}"
 
 
 @dataclass

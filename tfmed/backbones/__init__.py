@@ -1,4 +1,4 @@
-"""ImageNet backbones for transfer learning: one table, offline weights, tap features.
+"""ImageNet backbones for transfer learning: one table, ImageNet weights (local, or downloaded once), tap features.
 
 Example:
     >>> import numpy as np

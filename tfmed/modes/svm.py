@@ -70,7 +70,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         backbone: registry name of the backbone (``tfmed.backbones``).
         weights: "imagenet", None (random init seeded by ``random_state``;
             this seeds the global Keras/NumPy/Python generators) or a path.
-        weights_dir: where converted/downloaded weights are cached.
+        weights_dir: a folder searched first for ImageNet weight files (see tfmed.backbones.weights).
         taps: backbone taps to pool ("early", "middle", "late", "stage3", ...);
             several are fused by concatenation.
         pooling: "avg" or "max" global pooling of each tap.

@@ -96,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="experiments/NAME.yaml (svm mode)")
     sweep.add_argument("--taps", nargs="+", default=None, help="taps to compare (default: early middle late)")
 
-    verbs.add_parser("backbones", help="list the available backbones")
+    listing = verbs.add_parser("backbones", help="list the available backbones and whether their ImageNet weights "
+                                                 "are available now (found locally, downloadable, or not)")
+    listing.add_argument("--weights-dir", default=None,
+                         help="an extra folder searched first for weights files, as model.weights_dir")
     return parser
 
 
@@ -243,11 +246,16 @@ def _cmd_sweep(args) -> int:
 
 def _cmd_backbones(args) -> int:
     from tfmed import backbones
+    from tfmed.backbones.factory import imagenet_weights_status
 
     for name in backbones.list():
         spec = backbones.get_spec(name)
+        stages = spec.stage_taps()
+        others = [t for t in spec.taps if t not in stages]
+        taps = ", ".join([f"stage1-{len(stages)}"] + others)
+        status = imagenet_weights_status(name, weights_dir=args.weights_dir)
         print(f"{name:<22} {spec.default_size:>4} px  preprocessing {spec.preprocessing:<6} "
-              f"taps: {', '.join(spec.taps)}")
+              f"taps: {taps:<30} weights: {status}")
     return 0
 
 

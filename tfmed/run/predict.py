@@ -69,7 +69,7 @@ def collect_volumes(model: TrainedModel, paths: list[str]) -> list[Path]:
     if model.views.center == "lesion":
         raise ModelArtifactError("this model's views are centred on lesions, and a path gives no centre; "
                                  "list the volumes with their centre columns in a manifest and score it with "
-                                 "tfmed evaluate RUN --data manifest:FILE.csv (see data_manifests/README.md)")
+                                 "tfmed evaluate --model RUN --data manifest:FILE.csv (see data_manifests/README.md)")
     files = [Path(item) for item in paths]
     for path in files:
         if not path.exists():

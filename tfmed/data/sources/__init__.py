@@ -11,13 +11,20 @@ Kinds (``DataConfig.source``):
   the label taken from the file name (``CHNCXR_0001_0.png`` -> 0).
 * ``"dicom"``: one sub-folder per class of DICOM files; patient id from the
   PatientID tag, view from ViewPosition.
+* ``"chestxray14"``: NIH ChestX-ray14's ``Data_Entry_2017.csv`` as published,
+  14 findings as a multilabel task, splits from the publisher's list files
+  (:mod:`tfmed.data.sources.chestxray14`).
+* ``"chexpert"``: CheXpert's ``train.csv`` / ``valid.csv`` as published, 14
+  observations as a multilabel task with a policy for uncertain labels
+  (:mod:`tfmed.data.sources.chexpert`).
 
 :data:`SOURCES` maps each kind to its module's :class:`~tfmed.data.sources.base.SourceKind`;
 a new kind is one new module here and one entry in that table.
 
 On the command line :func:`parse_source_spec` turns ``"medmnist:x.npz#test"``,
-``"manifest:m.csv"``, ``"folder:DIR"``, ``"dicom:DIR"`` or a bare path into a
-:class:`~tfmed.config.DataConfig`.
+``"manifest:m.csv"``, ``"folder:DIR"``, ``"dicom:DIR"``,
+``"chestxray14:Data_Entry_2017.csv"``, ``"chexpert:CheXpert-v1.0-small/valid.csv"``
+or a bare path into a :class:`~tfmed.config.DataConfig`.
 
 Example:
     >>> table = load_source(parse_source_spec("pneumonia_mnist"))
@@ -30,14 +37,14 @@ import dataclasses
 from pathlib import Path
 
 from tfmed.config import DataConfig
-from tfmed.data.sources import dicom, folders, manifest, medmnist
+from tfmed.data.sources import chestxray14, chexpert, dicom, folders, manifest, medmnist
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
 from tfmed.data.table import DataSourceError, ImageTable
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
-                                  for module in (manifest, folders, medmnist, dicom)}
+                                  for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert)}
 
 __all__ = ["EMBEDDED", "SOURCES", "DataSourceError", "SourceKind", "load_medmnist", "load_source",
            "parse_source_spec"]
@@ -47,15 +54,18 @@ def parse_source_spec(spec: str) -> DataConfig:
     """Turn a command-line source string into a :class:`DataConfig`.
 
     Accepted: a dataset name (``"pneumonia_mnist"``), ``"KIND:PATH"`` with
-    KIND one of manifest, folder, medmnist, dicom (``"medmnist:x.npz#test"``
-    loads only that split), or a bare path (.csv -> manifest, .npz ->
-    medmnist, a folder -> folder).
+    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert
+    (``"medmnist:x.npz#test"`` loads only that split), or a bare path (.csv ->
+    manifest, .npz -> medmnist, a folder -> folder). The publishers' CSVs of
+    ChestX-ray14 and CheXpert need their kind: ``"chexpert:train.csv"``.
 
     Example:
         >>> parse_source_spec("medmnist:data/chest.npz#test").path
         'data/chest.npz#test'
         >>> parse_source_spec("scans/manifest.csv").source
         'manifest'
+        >>> parse_source_spec("chexpert:CheXpert-v1.0-small/valid.csv").source
+        'chexpert'
     """
     spec = spec.strip()
     if spec in EMBEDDED:
