@@ -122,7 +122,7 @@ class WeightsFileError(TfmedError):
     """A weights file exists but cannot be used for the requested model."""
 
 
-class _DownloadFailed(Exception):
+class _DownloadFailed(TfmedError):
     """Why one download did not produce a verified file (turned into MissingWeightsError)."""
 
 
