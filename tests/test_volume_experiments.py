@@ -297,6 +297,7 @@ def _experiment(nodules, tmp_path, mode, **extra) -> ExperimentConfig:
     return ExperimentConfig.from_dict(values)
 
 
+@pytest.mark.slow
 def test_a_nodule_experiment_runs_end_to_end_in_svm_mode(nodules, tmp_path):
     from tfmed.run.cli import main
 
@@ -319,6 +320,7 @@ def test_a_nodule_experiment_runs_end_to_end_in_svm_mode(nodules, tmp_path):
         predict_images(run, [str(nodules / "case01.nii.gz")])
 
 
+@pytest.mark.slow
 def test_a_nodule_experiment_runs_end_to_end_in_finetune_mode_centred_on_volumes(nodules, tmp_path):
     from tfmed.run.predict import predict_images
 
