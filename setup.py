@@ -29,6 +29,7 @@ setup(
         "scipy>=1.17,<2",
         "joblib>=1.6,<2",
         "skops>=0.16,<1",
+        "tensorflow-datasets>=4.9.10,<5",
         "opencv-python-headless>=4.12,<5",
         "pydicom>=3.0,<4",
         "pylibjpeg>=2.1,<3",

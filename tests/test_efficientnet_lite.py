@@ -157,8 +157,8 @@ def test_lite0_matches_torch_reference_logits(lite0_top):
 
 
 def test_converted_weights_are_cached_and_reused(lite0_top, lite_cache, monkeypatch):
-    top = lite_cache / "efficientnet_lite0_imagenet.weights.h5"
-    notop = lite_cache / "efficientnet_lite0_imagenet_notop.weights.h5"
+    top = lite_cache / "weights" / "efficientnet_lite0_imagenet.weights.h5"
+    notop = lite_cache / "weights" / "efficientnet_lite0_imagenet_notop.weights.h5"
     assert top.is_file() and notop.is_file()
     stamp = notop.stat().st_mtime_ns
 

@@ -103,7 +103,8 @@ class DataConfig(_Section):
 
     source: "pneumonia_mnist" (embedded), or a kind: "manifest", "folder",
         "medmnist", "dicom", "chestxray14" (NIH ChestX-ray14's
-        Data_Entry_2017.csv), "chexpert" (CheXpert's train.csv / valid.csv).
+        Data_Entry_2017.csv), "chexpert" (CheXpert's train.csv / valid.csv), "tfds"
+        (a TensorFlow Datasets data set: data.path NAME[/CONFIG][#SPLIT] or a folder).
         A string "medmnist:PATH.npz#split" also works.
     path: CSV file, folder or .npz file for the non-embedded kinds.
     root: folder that manifest paths are relative to (default: CSV's folder;
@@ -125,6 +126,13 @@ class DataConfig(_Section):
         (it needs a masked loss and masked metrics).
     frontal_only: source "chexpert" only: keep frontal views; lateral ones are
         listed as skipped in the validation report.
+    data_dir: source "tfds" only: TFDS's data folder (default: TFDS's own,
+        ~/tensorflow_datasets).
+    manual_dir: source "tfds" only: the publisher's files for a builder that
+        needs a manual download.
+    image_feature, label_feature, patient_feature: source "tfds" only: the
+        features to read (defaults: image, label (else labels), patient_id
+        when present; see tfmed.data.sources.tfds).
 
     The publishers' sources "chestxray14" and "chexpert" read their own
     columns: label_columns, patient_column and filename_label_suffix are
@@ -149,11 +157,18 @@ class DataConfig(_Section):
     # refuse "ignore" and a bad mapping with a message about the whole value; check() names the cause.
     uncertain: str | dict[str, Any] = "zeros"
     frontal_only: bool = False
+    data_dir: str | None = None
+    manual_dir: str | None = None
+    image_feature: str | None = None
+    label_feature: str | None = None
+    patient_feature: str | None = None
 
     UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros")
     # settings read only by some source kinds (other kinds refuse them when set)
     SOURCE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "uncertain": ("chexpert",), "frontal_only": ("chexpert",)}
+        "uncertain": ("chexpert",), "frontal_only": ("chexpert",), "data_dir": ("tfds",),
+        "manual_dir": ("tfds",), "image_feature": ("tfds",), "label_feature": ("tfds",),
+        "patient_feature": ("tfds",)}
     # the publishers' files: their columns are known, so the manifest's column settings are refused
     PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert")
 
@@ -177,6 +192,12 @@ class DataConfig(_Section):
                                "use it; remove it (choose labels with data.classes)")
             if self.task not in (None, "multilabel"):
                 self._fail("task", f"data.source {kind} is multilabel; remove data.task")
+        if kind == "tfds":
+            for name, instead in (("label_columns", "data.label_feature"), ("patient_column", "data.patient_feature"),
+                                  ("filename_label_suffix", "data.label_feature"), ("root", "data.path")):
+                if name in changed:
+                    self._fail(name, f"data.source tfds reads TFDS features, not files or columns, and does not "
+                               f"use it; remove it (use {instead})")
         if isinstance(self.uncertain, dict):
             for label, policy in self.uncertain.items():
                 problem = self.uncertain_policy_problem(policy)

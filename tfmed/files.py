@@ -1,4 +1,5 @@
-"""Reading the JSON and NumPy files that tfmed writes, safely and with errors that name the file.
+"""Reading the JSON and NumPy files that tfmed writes, safely and with errors that name the file;
+where tfmed keeps its caches (:func:`cache_folder`).
 
 Nothing here unpickles: NumPy files are read with ``allow_pickle=False``, so a
 crafted file cannot run code, and a damaged or foreign file raises the
@@ -14,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -22,6 +24,19 @@ import numpy as np
 from tfmed.errors import TfmedError
 
 DAMAGED = "the file is damaged or is not the one tfmed wrote; use the original run directory or re-fit"
+
+
+def cache_folder(kind: str) -> Path:
+    """tfmed's cache for ``kind`` (``"weights"``, ``"tfds"``): ``$TFMED_CACHE_DIR/KIND``, by default
+    ``~/.cache/tfmed/KIND``.
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"TFMED_CACHE_DIR": "/data/cache"}):
+        ...     print(cache_folder("tfds"))
+        /data/cache/tfds
+    """
+    return Path(os.environ.get("TFMED_CACHE_DIR") or "~/.cache/tfmed").expanduser() / kind
 
 
 def read_json(path: str | Path, error: type[TfmedError] = TfmedError):

@@ -49,7 +49,9 @@ class _CurrentStdout(logging.StreamHandler):
 def configure_logging(level: int = logging.INFO) -> logging.Handler:
     """Show tfmed's progress lines on standard output as ``[tfmed HH:MM:SS] message``.
 
-    Calling it again does not add a second handler.
+    Calling it again does not add a second handler. The lines then no longer
+    reach the root logger, so a handler there (set by a notebook, or by a
+    library's ``logging.info``) does not print each line twice.
 
     Example:
         >>> handler = configure_logging()
@@ -64,6 +66,7 @@ def configure_logging(level: int = logging.INFO) -> logging.Handler:
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
     LOGGER.addHandler(handler)
     LOGGER.setLevel(level)
+    LOGGER.propagate = False
     return handler
 
 

@@ -58,6 +58,7 @@ import keras
 import numpy as np
 
 from tfmed.errors import TfmedError
+from tfmed.files import cache_folder
 from tfmed.progress import log
 
 __all__ = ["MissingWeightsError", "WeightsFileError", "WeightsStatus", "PUBLISHED_HASHES", "DOWNLOAD_TIMEOUT_S",
@@ -349,14 +350,13 @@ def _download(url: str, target: Path, file_hash: str, timeout: float) -> None:
 
 
 def cache_dir() -> Path:
-    """Where converted weights are cached: ``$TFMED_CACHE_DIR`` or ``~/.cache/tfmed/weights``.
+    """Where converted weights are cached: ``$TFMED_CACHE_DIR/weights``, by default ``~/.cache/tfmed/weights``.
 
     Example:
-        >>> cache_dir().name  # doctest: +SKIP
+        >>> cache_dir().name
         'weights'
     """
-    env = os.environ.get("TFMED_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tfmed" / "weights"
+    return cache_folder("weights")
 
 
 def load_into(model: keras.Model, path, backbone: str, quirk: str = "") -> None:

@@ -82,6 +82,9 @@ class ImageInfo:
         decoder_output: warnings the native decoder printed while reading the
             file (e.g. "libpng warning: iCCP: too short"); the pixels were
             read. Empty when it printed nothing or output was not captured.
+        float_values: the file stores floating-point samples (a 32-bit float
+            TIFF, e.g. CT in Hounsfield units as tfmed writes from a TFDS
+            float tensor).
 
     Example:
         >>> ImageInfo(height=28, width=28, channels=1, bit_depth=8, kind="png").channels
@@ -94,6 +97,7 @@ class ImageInfo:
     bit_depth: int
     kind: str
     decoder_output: str = ""
+    float_values: bool = False
 
 
 def decoder_messages(text: str) -> list[str]:
@@ -170,7 +174,7 @@ def image_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     Example:
         >>> from pydicom.data import get_testdata_file
         >>> image_info(get_testdata_file("CT_small.dcm"))
-        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom', decoder_output='')
+        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom', decoder_output='', float_values=False)
     """
     return read_image_and_info(path, max_pixels)[1]
 
@@ -292,7 +296,8 @@ def _read_raster(path: Path, kind: str, max_pixels: int | None,
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
     bit_depth = array.dtype.itemsize * 8
     info = ImageInfo(height=int(array.shape[0]), width=int(array.shape[1]),
-                     channels=int(array.shape[2]), bit_depth=int(bit_depth), kind=kind, decoder_output=said)
+                     channels=int(array.shape[2]), bit_depth=int(bit_depth), kind=kind, decoder_output=said,
+                     float_values=array.dtype.kind == "f")
     return array.astype(np.float32), info
 
 

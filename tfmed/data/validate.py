@@ -317,7 +317,7 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
         if outcome.channels > max_channels:
             add(position, f"{outcome.channels} channels; at most {max_channels} are supported",
                 "convert the image to grey or RGB")
-        if outcome.bit_depth not in allowed_bit_depths:
+        if outcome.bit_depth not in allowed_bit_depths and not (outcome.float_values and outcome.kind == "tiff"):
             add(position, f"{outcome.bit_depth}-bit {outcome.kind.upper()}; supported bit depths are "
                 f"{', '.join(map(str, allowed_bit_depths))}",
                 "convert the image to 8- or 16-bit integers")

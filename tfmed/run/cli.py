@@ -7,6 +7,7 @@
     tfmed explain --model runs/pneumonia_mnist/TIMESTAMP [images ...] [--method gradcam] [--output DIR]
     tfmed export-run runs/pneumonia_mnist/TIMESTAMP share/pmnist --anonymise
     tfmed validate folder:data/my_xrays
+    tfmed export-tfds folder:data/my_xrays exports/my_xrays_1.0.0 --version 1.0.0
     tfmed inspect scans/ct_series/ [--series UID]   (or a .nii/.nii.gz file, or one image)
     tfmed sweep-layers experiments/pneumonia_mnist_svm.yaml
     tfmed backbones
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from tfmed.errors import TfmedError
 from tfmed.progress import configure_logging, native_stderr_captured
@@ -80,9 +82,21 @@ def _parser() -> argparse.ArgumentParser:
                              "hashes across exports")
     _add_verify_option(export)
 
+    tfds_export = verbs.add_parser("export-tfds", help="write a data source as a TensorFlow Datasets data set "
+                                                      "(read back with tfds.builder_from_directory or tfds:OUT_DIR)")
+    tfds_export.add_argument("data", help="pneumonia_mnist, medmnist:PATH.npz, manifest:CSV, folder:DIR, dicom:DIR, "
+                                          "... or an experiment YAML (its data section)")
+    tfds_export.add_argument("out", help="new folder for the data set (must not exist)")
+    tfds_export.add_argument("--name", default=None,
+                             help="the data set's TFDS name (default: from the source, e.g. pneumonia_mnist)")
+    tfds_export.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH (default 1.0.0)")
+    tfds_export.add_argument("--description", default=None, help="default: the source, date and tfmed version")
+    tfds_export.add_argument("--citation", default=None,
+                             help="how to cite the data (default: the embedded data set's attribution, if any)")
+
     validate = verbs.add_parser("validate", help="check a data source and report every problem")
-    validate.add_argument("data", help="pneumonia_mnist, medmnist:PATH.npz, manifest:CSV, folder:DIR, dicom:DIR "
-                                       "or an experiment YAML (its views, for rows that are volumes)")
+    validate.add_argument("data", help="pneumonia_mnist, medmnist:PATH.npz, manifest:CSV, folder:DIR, dicom:DIR, "
+                                       "tfds:NAME or an experiment YAML (its views, for rows that are volumes)")
     validate.add_argument("--need-patient-ids", action="store_true",
                           help="also require a patient id on every row")
 
@@ -202,6 +216,22 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_export_tfds(args) -> int:
+    from tfmed.data.sources import EMBEDDED
+    from tfmed.data.tfds_export import export_tfds, suggested_name
+
+    table, data, views = _load_any_source(args.data)
+    if views is not None and views.enabled:
+        raise TfmedError(f"{args.data} reads volumes (views.enabled); export-tfds writes 2-D images only")
+    name = args.name or suggested_name(data.source if data.source in EMBEDDED
+                                       else Path(data.path.split("#")[0]).stem or data.source)
+    citation = args.citation or (EMBEDDED[data.source].licence if data.source in EMBEDDED else None)
+    summary = export_tfds(table, args.out, name=name, version=args.version, description=args.description,
+                          citation=citation, max_pixels=data.max_image_pixels)
+    print(summary.format())
+    return 0
+
+
 def _cmd_validate(args) -> int:
     from tfmed.data.validate import validate_table
 
@@ -261,7 +291,7 @@ def _cmd_backbones(args) -> int:
 
 COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
             "explain": _cmd_explain, "export-run": _cmd_export, "validate": _cmd_validate, "sweep-layers": _cmd_sweep,
-            "backbones": _cmd_backbones, "inspect": _cmd_inspect}
+            "backbones": _cmd_backbones, "inspect": _cmd_inspect, "export-tfds": _cmd_export_tfds}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,14 +17,17 @@ Kinds (``DataConfig.source``):
 * ``"chexpert"``: CheXpert's ``train.csv`` / ``valid.csv`` as published, 14
   observations as a multilabel task with a policy for uncertain labels
   (:mod:`tfmed.data.sources.chexpert`).
+* ``"tfds"``: a TensorFlow Datasets data set by name (``patch_camelyon``,
+  ``NAME/CONFIG``) or the folder of a prepared one (as ``tfmed export-tfds``
+  writes); ``#SPLIT`` picks TFDS splits (:mod:`tfmed.data.sources.tfds`).
 
 :data:`SOURCES` maps each kind to its module's :class:`~tfmed.data.sources.base.SourceKind`;
 a new kind is one new module here and one entry in that table.
 
 On the command line :func:`parse_source_spec` turns ``"medmnist:x.npz#test"``,
 ``"manifest:m.csv"``, ``"folder:DIR"``, ``"dicom:DIR"``,
-``"chestxray14:Data_Entry_2017.csv"``, ``"chexpert:CheXpert-v1.0-small/valid.csv"``
-or a bare path into a :class:`~tfmed.config.DataConfig`.
+``"chestxray14:Data_Entry_2017.csv"``, ``"chexpert:CheXpert-v1.0-small/valid.csv"``,
+``"tfds:patch_camelyon#test"`` or a bare path into a :class:`~tfmed.config.DataConfig`.
 
 Example:
     >>> table = load_source(parse_source_spec("pneumonia_mnist"))
@@ -37,14 +40,15 @@ import dataclasses
 from pathlib import Path
 
 from tfmed.config import DataConfig
-from tfmed.data.sources import chestxray14, chexpert, dicom, folders, manifest, medmnist
+from tfmed.data.sources import chestxray14, chexpert, dicom, folders, manifest, medmnist, tfds
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
 from tfmed.data.table import DataSourceError, ImageTable
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
-                                  for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert)}
+                                  for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert,
+                                                 tfds)}
 
 __all__ = ["EMBEDDED", "SOURCES", "DataSourceError", "SourceKind", "load_medmnist", "load_source",
            "parse_source_spec"]
@@ -54,8 +58,8 @@ def parse_source_spec(spec: str) -> DataConfig:
     """Turn a command-line source string into a :class:`DataConfig`.
 
     Accepted: a dataset name (``"pneumonia_mnist"``), ``"KIND:PATH"`` with
-    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert
-    (``"medmnist:x.npz#test"`` loads only that split), or a bare path (.csv ->
+    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, tfds
+    (``"medmnist:x.npz#test"`` and ``"tfds:NAME#test"`` load only that split), or a bare path (.csv ->
     manifest, .npz -> medmnist, a folder -> folder). The publishers' CSVs of
     ChestX-ray14 and CheXpert need their kind: ``"chexpert:train.csv"``.
 
@@ -119,12 +123,13 @@ def load_source(config: DataConfig, base_dir: str | Path | None = None) -> Image
     kind = SOURCES[config.source]
     raw_path, _, fragment = config.path.partition("#") if kind.takes_fragment else (config.path, "", "")
     path = Path(raw_path)
-    if base_dir is not None and not path.is_absolute():
+    if base_dir is not None and not path.is_absolute() and not (kind.names_data_set and
+                                                                 not (Path(base_dir) / path).exists()):
         path = Path(base_dir) / path
     root = Path(config.root) if config.root else None
     if root is not None and base_dir is not None and not root.is_absolute():
         root = Path(base_dir) / root
-    if not path.exists():
+    if not path.exists() and not kind.names_data_set:
         raise DataSourceError(f"{path}: not found. data.source {config.source!r} expects "
                               + kind.expects + _extra(config))
     if kind.needs_folder and not path.is_dir():

@@ -35,6 +35,9 @@ class SourceKind:
         load: ``load(config, path, root, fragment)`` returns the :class:`ImageTable`;
             ``path`` and ``root`` are resolved, ``fragment`` is the text after ``#`` in the path.
         takes_fragment: ``data.path`` may end in ``#FRAGMENT`` (e.g. ``#test`` for one split).
+        names_data_set: ``data.path`` may be a name rather than a file or folder (``tfds``'s
+            ``patch_camelyon``): it is resolved against the experiment's folder only when that
+            path exists, and a missing path is for ``load`` to report.
 
     Example:
         >>> kind = SourceKind("demo", "a folder", True, lambda config, path, root, fragment: None)
@@ -47,6 +50,7 @@ class SourceKind:
     needs_folder: bool
     load: Callable[[DataConfig, Path, "Path | None", str], ImageTable]
     takes_fragment: bool = False
+    names_data_set: bool = False
 
 
 def class_folder_names(path: Path, classes: list[str] | None) -> list[str]:
