@@ -1,16 +1,29 @@
-"""The Colab quick-start notebook is valid and uses only names tfmed provides."""
+"""The Colab quick-start notebook is valid, opens with its install cell, and uses only names tfmed provides."""
 import ast
 import importlib
+import importlib.metadata
+import importlib.util
 import json
+import subprocess
+import sys
+import types
 from pathlib import Path
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
+REPOSITORY = "https://example.org/team/tfmed.git"
+
+
+def _cells():
+    notebook = json.loads(NOTEBOOK.read_text())
+    assert notebook["nbformat"] == 4
+    return notebook["cells"]
 
 
 def _code_cells():
-    notebook = json.loads(NOTEBOOK.read_text())
-    assert notebook["nbformat"] == 4
-    for cell in notebook["cells"]:
+    for cell in _cells():
         if cell["cell_type"] == "code":
             lines = [line for line in "".join(cell["source"]).splitlines()
                      if not line.lstrip().startswith(("%", "!"))]
@@ -26,4 +39,85 @@ def test_notebook_cells_compile_and_import_real_tfmed_names():
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tfmed"):
                 module = importlib.import_module(node.module)
                 for alias in node.names:
-                    assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
+                    name = f"{node.module}.{alias.name}"
+                    # or a submodule of a package: `from tfmed import backbones`
+                    submodule = hasattr(module, "__path__") and importlib.util.find_spec(name)
+                    assert hasattr(module, alias.name) or submodule, name
+
+
+def test_notebook_is_stored_with_unique_cell_ids_and_no_outputs():
+    cells = _cells()
+    ids = [cell.get("id") for cell in cells]
+    assert all(ids) and len(set(ids)) == len(ids)
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, cell["id"]
+
+
+def test_later_cells_do_not_read_repository_files_by_relative_path():
+    later = list(_code_cells())[1:]
+    assert not [source for source in later if "tfmed/datasets/" in source]
+
+
+# ------------------------------------------------------------------ the install cell
+def _install_cell() -> str:
+    source = next(_code_cells())
+    assert "TFMED_REPOSITORY =" in source and '"pip", "install"' in source
+    return source
+
+
+def _run_install_cell(monkeypatch, tmp_path, commands, *, colab, repository=REPOSITORY, uploaded=False, changed=()):
+    """Execute the install cell as on a runtime without tfmed, recording the commands it runs; return the
+    folder it uses for the repository."""
+    folder = tmp_path / "content" / "tfmed"
+    if uploaded:
+        folder.mkdir(parents=True)
+    source = (_install_cell().replace('"/content/tfmed"', repr(str(folder)))
+              .replace('"https://github.com/YOUR-ORG/tfmed.git"', repr(repository)))
+    real_find_spec, real_version = importlib.util.find_spec, importlib.metadata.version
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "tfmed" else real_find_spec(name, *args))
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "99.0" if name in changed else real_version(name))
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command))
+    if colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(source, "install-cell", "exec"), {})
+    return folder
+
+
+def test_install_cell_outside_colab_without_tfmed_says_how_to_install(monkeypatch, tmp_path):
+    with pytest.raises(RuntimeError, match=r"make venv.*pip install \."):
+        _run_install_cell(monkeypatch, tmp_path, [], colab=False)
+
+
+def test_install_cell_asks_for_the_repository_before_cloning(monkeypatch, tmp_path):
+    commands = []
+    with pytest.raises(RuntimeError, match="set TFMED_REPOSITORY"):
+        _run_install_cell(monkeypatch, tmp_path, commands, colab=True,
+                          repository="https://github.com/YOUR-ORG/tfmed.git")
+    assert commands == []
+
+
+def test_install_cell_on_colab_clones_and_pip_installs_the_repository(monkeypatch, tmp_path, capsys):
+    commands = []
+    folder = _run_install_cell(monkeypatch, tmp_path, commands, colab=True)
+    assert commands == [["git", "clone", "--depth", "1", REPOSITORY, str(folder)],
+                        [sys.executable, "-m", "pip", "install", "-q", str(folder)]]
+    printed = capsys.readouterr().out
+    assert f"installed tfmed from {REPOSITORY}" in printed
+    assert f"working folder: {ROOT}" in printed    # the repository with experiments/ (tfmed here comes from it)
+
+
+def test_install_cell_on_colab_installs_an_uploaded_repository_without_cloning(monkeypatch, tmp_path):
+    commands = []
+    folder = _run_install_cell(monkeypatch, tmp_path, commands, colab=True, uploaded=True)
+    assert commands == [[sys.executable, "-m", "pip", "install", "-q", str(folder)]]
+
+
+def test_install_cell_asks_for_a_restart_when_pip_changed_an_imported_package(monkeypatch, tmp_path):
+    with pytest.raises(RuntimeError, match=r"pip changed numpy.*Restart session"):
+        _run_install_cell(monkeypatch, tmp_path, [], colab=True, changed=("numpy",))

@@ -1,6 +1,9 @@
-"""The quick-start notebook runs top to bottom (nbclient, a real Jupyter kernel) on a tiny experiment."""
+"""The quick-start notebook runs top to bottom (nbclient, a real Jupyter kernel) on a tiny experiment
+and, with TFMED_QUICKSTART_TINY, a small fine-tune in the user-script section."""
+import ast
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -29,6 +32,7 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     experiment = tmp_path / "tiny.yaml"
     experiment.write_text(TINY.replace("RUNS", str(tmp_path / "runs")))
     monkeypatch.setenv("TFMED_QUICKSTART_EXPERIMENT", str(experiment))
+    monkeypatch.setenv("TFMED_QUICKSTART_TINY", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT)] + sys.path))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
@@ -36,8 +40,19 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError naming the cell when one fails
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
-    texts = "".join(output.get("text", "") + json.dumps(output.get("data", {})) for output in outputs)
+    texts = "\n".join(output["text"] if "text" in output else json.dumps(output.get("data", {})) for output in outputs)
+    assert f"tfmed is already installed: {ROOT / 'tfmed'}" in texts   # the install cell installed nothing
+    assert f"working folder: {ROOT}" in texts
     assert "quickstart_tiny" in texts                   # the run directory of the tiny experiment
     assert "xray3.png" in texts                         # predict_images scored the four written images
     assert '"method": "gradcam"' in texts               # the explanation cell printed its figures
     assert list((tmp_path / "runs" / "quickstart_tiny").glob("*/report.html"))
+    # the user-script fine-tune: two epochs of ClinicalMetrics figures, StagedUnfreeze opened blocks in
+    # the second, and the ImageNet backbone learnt (300 training images at 32 px reach about 0.9)
+    line = next(line for line in texts.splitlines() if line.startswith("{'val_auc'"))
+    figures = ast.literal_eval(line)
+    assert len(figures["val_auc"]) == 2 and figures["val_auc"][-1] > 0.75
+    assert all(0.0 <= value <= 1.0 for value in figures["val_sensitivity"] + figures["val_specificity"])
+    assert figures["unfrozen_blocks"][0] == 0 and figures["unfrozen_blocks"][1] > 0
+    assert re.search(r"epoch 2: loss [0-9.]+, val_auc [0-9.]+", texts)   # EpochLogger's lines
+    assert "threshold stored in the model: 0." in texts

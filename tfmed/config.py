@@ -492,6 +492,11 @@ class SVMConfig(_Section):
     view_fusion (2-D views of volumes only): "concat" fuses the features of
     every view into one vector for one SVM; "per_view" fits one SVM per view
     and averages their probabilities (Ciompi et al. 2015 compared both).
+    classifier: "exact" (scikit-learn's SVC: fit time grows faster than
+    n^2), "approximate" (a linear SVM on a Nystroem map of the kernel with
+    nystroem_components rows, or on the features with kernel linear: fit time
+    linear in n) or "auto": exact up to exact_limit training rows,
+    approximate above.
     """
 
     KEY: ClassVar[str] = "model.svm."
@@ -506,11 +511,25 @@ class SVMConfig(_Section):
     texture: bool = False
     batch_size: int = 32
     view_fusion: Literal["concat", "per_view"] = "concat"
+    classifier: Literal["auto", "exact", "approximate"] = "auto"
+    exact_limit: int = 10000
+    nystroem_components: int = 1000
 
     def check(self) -> None:
         super().check()
         if not self.taps:
             self._fail("taps", "list at least one tap, e.g. [middle]")
+        if self.exact_limit < 1:
+            self._fail("exact_limit", "it must be a number of training rows >= 1, e.g. 10000")
+        if self.nystroem_components < 2:
+            self._fail("nystroem_components", "it must be at least 2, e.g. 1000")
+        changed = _changed_from_defaults(self)
+        if self.classifier != "auto" and "exact_limit" in changed:
+            self._fail("exact_limit", f"it is read only with classifier: auto, and classifier is "
+                       f"{self.classifier!r}; remove it")
+        if (self.classifier == "exact" or self.kernel == "linear") and "nystroem_components" in changed:
+            self._fail("nystroem_components", "it sizes the approximate RBF classifier, which "
+                       f"classifier {self.classifier!r} with kernel {self.kernel!r} never uses; remove it")
         if not self.C or any(c <= 0 for c in self.C):
             self._fail("C", "give one or more numbers > 0, e.g. [0.1, 1.0, 10.0]")
         names = typing.get_args(GammaName)

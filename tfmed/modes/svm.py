@@ -44,7 +44,9 @@ from tfmed.modes.base import average_over_views, register_mode, scores_from_prob
 from tfmed.modes.features import (FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
                                   as_input_batch, backbone_features, base_model, check_finite,
                                   check_taps, lbp_features)
-from tfmed.progress import log
+from tfmed.modes.feature_store import FeatureStore, inputs_identity, table_identity
+from tfmed.modes.kernel_approximation import ApproximateKernelSVC
+from tfmed.progress import Throughput, log
 
 __all__ = ["FeatureSVM", "TooFewSamplesError", "ModelMismatchError", "FeatureError",
            "UnknownTapError"]
@@ -90,6 +92,12 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         view_fusion: for 2-D views of volumes (X shaped (N, V, H, W, C)):
             "concat" fuses every view's blocks for one SVM, "per_view" fits
             one SVM per view and averages their probabilities.
+        classifier: "exact" (``SVC``), "approximate"
+            (:class:`~tfmed.modes.kernel_approximation.ApproximateKernelSVC`,
+            fit time linear in the number of images) or "auto" (exact up to
+            ``exact_limit`` training images, approximate above); the choice
+            made is ``classifier_``.
+        exact_limit, nystroem_components: see ``classifier``.
 
     Features: each block (tap, texture) is standardised with a
     ``StandardScaler`` fitted on the training features; when several blocks
@@ -124,7 +132,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                  image_size: int = 224, kernel: str = "rbf", C=(0.1, 1, 10), gamma=("scale",),
                  cv: int = 5, class_weight: str | None = "balanced", texture: bool = False,
                  task: str | None = None, cache_dir: str | None = None, batch_size: int = 32,
-                 random_state: int = 0, preprocess: dict | None = None, view_fusion: str = "concat"):
+                 random_state: int = 0, preprocess: dict | None = None, view_fusion: str = "concat",
+                 classifier: str = "auto", exact_limit: int = 10000, nystroem_components: int = 1000):
         self.backbone = backbone
         self.weights = weights
         self.weights_dir = weights_dir
@@ -143,6 +152,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.preprocess = preprocess
         self.view_fusion = view_fusion
+        self.classifier = classifier
+        self.exact_limit = exact_limit
+        self.nystroem_components = nystroem_components
 
     # ------------------------------------------------------------------ construction
 
@@ -162,7 +174,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                    gamma=tuple(svm.gamma), cv=svm.cv, class_weight=svm.class_weight,
                    texture=svm.texture, task=config.data.task, cache_dir=cache_dir,
                    batch_size=svm.batch_size, random_state=config.seed,
-                   preprocess=dataclasses.asdict(config.preprocess), view_fusion=svm.view_fusion)
+                   preprocess=dataclasses.asdict(config.preprocess), view_fusion=svm.view_fusion,
+                   classifier=svm.classifier, exact_limit=svm.exact_limit,
+                   nystroem_components=svm.nystroem_components)
 
     # ------------------------------------------------------------------ mode protocol
 
@@ -191,30 +205,71 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
     def fit_tables(self, train, val, inputs) -> "FeatureSVM":
         """Fit on the ``train`` table's images; C and gamma are chosen by CV on train (``val`` is not used).
 
-        Rows of one patient stay in one CV fold when every row has a patient id.
+        The images stream through the pipeline and the backbone in batches: only
+        their pooled features are kept, in the feature store of ``cache_dir``
+        (:mod:`tfmed.modes.feature_store`), so memory never holds the training
+        images. Rows of one patient stay in one CV fold when every row has a
+        patient id.
 
         Example:
             >>> model.fit_tables(table.split("train"), None, ImageInputs(preprocess))  # doctest: +SKIP
         """
-        what = (f"volumes ({inputs.volume_views.count} views each)" if inputs.volume_views is not None
-                else "images")
-        log(f"preprocessing {len(train)} training {what} at {inputs.preprocess.image_size} px")
-        x_train, y_train = inputs.arrays(train)
+        taps = self._check_params()
+        y_enc, classes, task = self._encode_targets(train.labels(), len(train))
         patients = train.frame["patient_id"]
         groups = patients.astype(str).to_numpy() if patients.notna().all() else None
-        log(f"extracting {self.backbone} features {list(_as_list(self.taps))} and fitting the SVM "
-            f"(C grid {list(_as_list(self.C))}, {self.cv}-fold CV)")
-        return self.fit(x_train, y_train, groups=groups)
+        self._start_fit(taps)
+        what = (f"volumes ({inputs.volume_views.count} views each)" if inputs.volume_views is not None
+                else "images")
+        log(f"extracting {self.backbone} features {list(_as_list(self.taps))} of {len(train)} training {what} "
+            f"at {inputs.preprocess.image_size} px")
+        blocks, input_shape = self._table_blocks(train, inputs)
+        log(f"fitting the SVM (C grid {list(_as_list(self.C))}, {self.cv}-fold CV)")
+        return self._fit_blocks(blocks, y_enc, classes, task, groups, input_shape)
 
     def predict_table(self, table, inputs, batch_size: int = 64) -> np.ndarray:
-        """Scores for every row of ``table``: (n,) positive-class probability for binary, else (n, K).
+        """Scores for every row of ``table``: (n,) positive-class probability for binary, else (n, K);
+        the images stream through the backbone as in :meth:`fit_tables`.
 
         Example:
             >>> model.predict_table(table.split("test"), inputs).shape  # doctest: +SKIP
             (942,)
         """
-        return average_over_views(inputs, lambda view: scores_from_probabilities(
-            self.task_, self.predict_proba(view.arrays(table, batch_size=batch_size)[0])))
+        check_is_fitted(self, "models_")
+
+        def scores(view):
+            blocks, input_shape = self._table_blocks(table, view, batch_size)
+            return scores_from_probabilities(self.task_, self._probabilities(self._checked(blocks, input_shape)))
+        return average_over_views(inputs, scores)
+
+    def _table_blocks(self, table, inputs, batch_size: int = 64) -> tuple[dict[str, np.ndarray], tuple]:
+        """Feature blocks of every row of ``table`` (streamed, through the feature store) and the
+        shape of one model input."""
+        spec = self.backbone_spec_
+        _, identity = self._base_model()
+        progress = Throughput(len(table), f"{spec['backbone']} features")
+
+        def compute(start: int, stop: int) -> dict[str, np.ndarray]:
+            parts = []
+            for batch, _ in inputs.dataset(table.subset(np.arange(start, stop)), training=False,
+                                           batch_size=batch_size):
+                images = as_input_batch(batch.numpy())
+                parts.append(self._blocks(images, cached=False))
+                progress.advance(len(images))
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+        if self.cache_dir is None:
+            blocks = compute(0, len(table))
+        else:
+            key = {"rows": table_identity(table), "inputs": inputs_identity(inputs), "backbone": spec["backbone"],
+                   "weights": identity, "taps": spec["taps"], "pooling": spec["pooling"],
+                   "image_size": spec["image_size"], "texture": spec["texture"], "code_version": FEATURE_CODE_VERSION}
+            store = FeatureStore(self.cache_dir)
+            blocks = store.get_or_compute(key, len(table), compute)
+            self.last_store_ = store
+        first = next(iter(inputs.dataset(table.subset([0]), training=False, batch_size=1)))[0]
+        check_finite(blocks)
+        return blocks, tuple(int(d) for d in first.shape[1:])
 
     def keras_model(self):
         """The fitted pipeline as one Keras model (see :func:`tfmed.modes.svm_graph.svm_keras_model`):
@@ -248,6 +303,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             'middle'
         """
         facts = {"taps": ", ".join(_as_list(self.taps)), "kernel": self.kernel,
+                 "classifier": _CLASSIFIER_WORDS[getattr(self, "classifier_", self.classifier)],
                  "best parameters": str(getattr(self, "best_params_", ""))}
         if len(getattr(self, "input_shape_", ())) == 4:
             facts["views"] = (f"{self.input_shape_[0]} per volume, "
@@ -270,11 +326,10 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         taps = self._check_params()
         X = as_input_batch(X)
         y_enc, classes, task = self._encode_targets(y, len(X))
-        if groups is not None:
-            groups = np.asarray(groups)
-            if groups.shape != (len(X),):
-                raise FeatureError(f"groups has shape {groups.shape}; give one group id (e.g. patient id) "
-                                   f"per image: shape ({len(X)},)")
+        self._start_fit(taps)
+        return self._fit_blocks(self._blocks(X), y_enc, classes, task, groups, tuple(int(d) for d in X.shape[1:]))
+
+    def _start_fit(self, taps: list[str]) -> None:
         self.backbone_spec_ = {"backbone": self.backbone, "weights": None if self.weights is None
                                else str(self.weights), "weights_dir": self.weights_dir,
                                "taps": taps, "pooling": self.pooling,
@@ -283,15 +338,25 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                                "code_version": FEATURE_CODE_VERSION}
         self._weight_values = None
         self._keras_model = None
-        blocks = self._blocks(X)
+
+    def _fit_blocks(self, blocks: dict[str, np.ndarray], y_enc, classes, task, groups, input_shape: tuple):
+        """Scalers and classifiers on feature ``blocks`` (one row per image or volume)."""
+        count = len(y_enc)
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape != (count,):
+                raise FeatureError(f"groups has shape {groups.shape}; give one group id (e.g. patient id) "
+                                   f"per image: shape ({count},)")
         _, identity = self._base_model()
         self.backbone_spec_["weights_digest"] = identity
         self.task_, self.classes_ = task, classes
-        self.input_shape_ = tuple(int(d) for d in X.shape[1:])
+        self.input_shape_ = tuple(input_shape)
         self.block_widths_ = {name: int(block.shape[1]) for name, block in blocks.items()}
         self.scalers_ = {name: StandardScaler().fit(block) for name, block in blocks.items()}
-        self.groups_ = _classifier_groups(list(blocks), X.ndim == 5 and self.view_fusion == "per_view")
+        self.groups_ = _classifier_groups(list(blocks), len(input_shape) == 4 and self.view_fusion == "per_view")
         search_splits = self._splits(y_enc, groups, classes)
+        self.classifier_ = (self.classifier if self.classifier != "auto"
+                            else "exact" if count <= self.exact_limit else "approximate")
         fitted = [self._fit_classifier(self._transform(blocks, names), y_enc, groups, classes, task, search_splits)
                   for names in self.groups_]
         self.models_ = [models for models, _, _, _ in fitted]
@@ -312,7 +377,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                               refit=False, error_score="raise")
         search.fit(features, y_enc)
         best_params = {k[len(prefix):]: v for k, v in search.best_params_.items()}
-        best = SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500, **best_params)
+        best = self._svm(**best_params)
         if task == "binary":
             models = [_calibrated(best, search_splits).fit(features, y_enc)]
         elif task == "multiclass":
@@ -325,7 +390,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         return models, _results_table(search.cv_results_, prefix), best_params, float(search.best_score_)
 
     def _check_params(self) -> list[str]:
-        for name in ("kernel", "pooling", "view_fusion"):
+        for name in ("kernel", "pooling", "view_fusion", "classifier"):
             allowed = choices(SVMConfig, name)
             if getattr(self, name) not in allowed:
                 raise FeatureError(f"{name} is {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
@@ -429,8 +494,16 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                             f"patients/groups cannot be spread over cv={self.cv} folds); use fewer folds")
         return splits
 
+    def _svm(self, **params):
+        """An unfitted binary SVM of the kind ``classifier_`` names."""
+        if self.classifier_ == "exact":
+            return SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500, **params)
+        return ApproximateKernelSVC(kernel=self.kernel, class_weight=self.class_weight,
+                                    n_components=int(self.nystroem_components), random_state=int(self.random_state),
+                                    **params)
+
     def _svc_template(self, task: str):
-        svc = SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500)
+        svc = self._svm()
         if task == "binary":
             return svc, ""
         return OneVsRestClassifier(svc), "estimator__"
@@ -449,14 +522,15 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         return base_model(spec["backbone"], weights, spec["weights_dir"], spec["image_size"],
                           spec["random_state"], self._weight_values)
 
-    def _blocks(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Feature blocks by name: one per tap (and texture); for views (X 5-D) one per view and tap."""
+    def _blocks(self, X: np.ndarray, cached: bool = True) -> dict[str, np.ndarray]:
+        """Feature blocks by name: one per tap (and texture); for views (X 5-D) one per view and tap.
+        ``cached``: through the feature cache of ``cache_dir`` (keyed by the images' bytes)."""
         if X.ndim == 5:
             return {f"view_{v + 1}:{name}": block for v in range(X.shape[1])
-                    for name, block in self._blocks(X[:, v]).items()}
+                    for name, block in self._blocks(X[:, v], cached).items()}
         spec = self.backbone_spec_
         weights = None if self._weight_values is not None else spec["weights"]
-        cache = None if self.cache_dir is None else FeatureCache(self.cache_dir)
+        cache = None if self.cache_dir is None or not cached else FeatureCache(self.cache_dir)
         blocks = backbone_features(X, backbone=spec["backbone"], weights=weights,
                                    weights_dir=spec["weights_dir"], taps=spec["taps"],
                                    pooling=spec["pooling"], image_size=spec["image_size"],
@@ -492,17 +566,24 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         """One standardised feature matrix per classifier group (see ``groups_``)."""
         check_is_fitted(self, "models_")
         X = as_input_batch(X)
-        if tuple(X.shape[1:]) != tuple(self.input_shape_):
+        self._check_input_shape(X.shape[1:])
+        return self._checked(self._blocks(X), X.shape[1:])
+
+    def _check_input_shape(self, shape) -> None:
+        if tuple(shape) != tuple(self.input_shape_):
             raise ModelMismatchError(
-                f"X images are {_describe(X.shape[1:])} but the model was fitted on "
+                f"X images are {_describe(shape)} but the model was fitted on "
                 f"{_describe(self.input_shape_)}; preprocess new images as in training "
                 f"(the model's preprocess config: {self.preprocess})")
+
+    def _checked(self, blocks: dict[str, np.ndarray], input_shape) -> list[np.ndarray]:
+        """``blocks`` of inputs shaped ``input_shape``, checked against the fitted model and standardised per group."""
+        self._check_input_shape(input_shape)
         _, identity = self._base_model()
         if identity != self.backbone_spec_["weights_digest"]:
             raise ModelMismatchError(
                 f"the backbone {self.backbone_spec_['backbone']!r} now has different weights from those "
                 "the model was fitted with; load the saved model (FeatureSVM.load) to restore them")
-        blocks = self._blocks(X)
         widths = {name: int(block.shape[1]) for name, block in blocks.items()}
         if widths != self.block_widths_:
             raise ModelMismatchError(f"the feature blocks have widths {widths} but the model was fitted on "
@@ -533,8 +614,11 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         Example:
             >>> model.predict_proba(images)[:, 1]  # doctest: +SKIP
         """
+        return self._probabilities(self._group_features(X))
+
+    def _probabilities(self, group_features: list[np.ndarray]) -> np.ndarray:
         probabilities = []
-        for models, features in zip(self.models_, self._group_features(X)):
+        for models, features in zip(self.models_, group_features):
             if self.task_ == "multilabel":
                 probabilities.append(np.column_stack([m.predict_proba(features)[:, 1] for m in models]))
             else:
@@ -609,7 +693,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         spec = {"format": ARTIFACT_FORMAT, "kind": "tfmed.FeatureSVM", "params": params,
                 "backbone_spec": self.backbone_spec_, "task": self.task_, "classes": self.classes_.tolist(),
                 "input_shape": list(self.input_shape_), "block_widths": self.block_widths_,
-                "groups": self.groups_,
+                "groups": self.groups_, "classifier": self.classifier_,
                 "best_params": self.best_params_, "best_score": self.best_score_,
                 "cv_results": json.loads(self.cv_results_.to_json(orient="split", index=False))}
         (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
@@ -654,6 +738,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             model.input_shape_ = tuple(spec["input_shape"])
             model.block_widths_ = spec["block_widths"]
             model.groups_ = spec["groups"] if spec["format"] >= 3 else [list(spec["block_widths"])]
+            model.classifier_ = spec.get("classifier", "exact")  # saved since tfmed 0.4
             model.best_params_, model.best_score_ = spec["best_params"], spec["best_score"]
             results = spec["cv_results"]
             model.cv_results_ = pd.DataFrame(results["data"], columns=results["columns"])
@@ -685,6 +770,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         for name, value in artifact["state"].items():
             setattr(model, name, value)
         model.models_ = [model.models_]  # tfmed 0.1 had one classifier over every block
+        model.classifier_ = "exact"
         model.groups_ = [list(model.block_widths_)]
         model._weight_values = artifact["backbone_weights"]
         model._check_restored(path)
@@ -717,7 +803,11 @@ FITTED_FILE = "fitted.skops"
 TRUSTED_TYPES = ("sklearn.calibration.CalibratedClassifierCV", "sklearn.calibration._CalibratedClassifier",
                  "sklearn.calibration._SigmoidCalibration", "sklearn.multiclass.OneVsRestClassifier",
                  "sklearn.preprocessing._data.StandardScaler", "sklearn.preprocessing._label.LabelBinarizer",
-                 "sklearn.svm._classes.SVC")
+                 "sklearn.svm._classes.SVC", "sklearn.svm._classes.LinearSVC",
+                 "sklearn.kernel_approximation.Nystroem",
+                 "tfmed.modes.kernel_approximation.ApproximateKernelSVC")
+_CLASSIFIER_WORDS = {"exact": "exact SVC", "approximate": "linear SVM on an approximate kernel map "
+                     "(fit linear in the number of images)", "auto": "auto"}
 
 
 def _read_fitted(path: Path) -> dict:

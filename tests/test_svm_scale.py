@@ -1,0 +1,121 @@
+"""Classifiers that scale: the approximate kernel SVM, chosen by training-set size, saved, loaded and
+turned into Keras layers like the exact one."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from sklearn.svm import SVC
+
+from tfmed.config import ConfigError, SVMConfig
+from tfmed.modes import FeatureSVM
+from tfmed.modes.kernel_approximation import ApproximateKernelSVC
+from tfmed.modes.svm_graph import svm_keras_model
+from test_svm import make_images, small
+
+
+def rings(n, seed=0):
+    """Two classes no line separates: inside or outside a circle."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    return X, (np.linalg.norm(X[:, :2], axis=1) > 1.2).astype(int)
+
+
+def test_the_approximate_rbf_svm_matches_the_exact_one_on_held_out_data():
+    X, y = rings(600)
+    X_test, y_test = rings(400, seed=1)
+    exact = SVC(C=1.0, gamma="scale").fit(X, y).decision_function(X_test)
+    approximate = ApproximateKernelSVC(C=1.0, n_components=300).fit(X, y).decision_function(X_test)
+    assert roc_auc_score(y_test, exact) > 0.95
+    assert roc_auc_score(y_test, approximate) > roc_auc_score(y_test, exact) - 0.02
+    linear = ApproximateKernelSVC(kernel="linear").fit(X, y).decision_function(X_test)
+    assert roc_auc_score(y_test, linear) < 0.75  # a line cannot: the kernel map is what does it
+
+
+def test_auto_chooses_by_training_size_and_the_choice_is_saved(tmp_path):
+    X, y = make_images(36, 2, seed=0)
+    assert small().fit(X, y).classifier_ == "exact"
+    model = small(exact_limit=30, nystroem_components=20).fit(X, y)
+    assert model.classifier_ == "approximate"
+    assert isinstance(model.models_[0][0].calibrated_classifiers_[0].estimator, ApproximateKernelSVC)
+    X_new, y_new = make_images(20, 2, seed=5)
+    assert (model.predict(X_new) == y_new).mean() >= 0.8
+    assert "approximate kernel map" in model.report_facts()["classifier"]
+    loaded = FeatureSVM.load(model.save(tmp_path / "svm"))
+    assert loaded.classifier_ == "approximate"
+    np.testing.assert_allclose(loaded.predict_proba(X_new), model.predict_proba(X_new), atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_an_approximate_svm_becomes_keras_layers_with_the_same_probabilities(kernel):
+    X, y = make_images(36, 2, seed=0)
+    model = small(classifier="approximate", kernel=kernel).fit(X, y)
+    graph = svm_keras_model(model)
+    proba = graph.predict(np.repeat(X, 3, axis=-1), verbose=0)[:, 0]
+    np.testing.assert_allclose(proba, model.predict_proba(X)[:, 1], atol=1e-4)
+
+
+def test_multiclass_with_the_approximate_svm():
+    X, y = make_images(45, 3, seed=2)
+    model = small(classifier="approximate").fit(X, y)
+    X_new, y_new = make_images(30, 3, seed=6)
+    assert model.predict_proba(X_new).shape == (30, 3)
+    assert (model.predict(X_new) == y_new).mean() >= 0.7
+
+
+def test_settings_the_chosen_classifier_never_reads_are_refused():
+    with pytest.raises(ConfigError, match="model.svm.exact_limit.*classifier: auto"):
+        SVMConfig(classifier="exact", exact_limit=500).check()
+    with pytest.raises(ConfigError, match="model.svm.nystroem_components.*never uses"):
+        SVMConfig(kernel="linear", nystroem_components=200).check()
+    with pytest.raises(ConfigError, match="model.svm.classifier"):
+        SVMConfig(classifier="fast").check()
+
+
+# ------------------------------------------------------------------ streamed features and the feature store
+
+def _table_and_inputs():
+    import pandas as pd
+    from tfmed.config import PreprocessConfig
+    from tfmed.data.pipeline import ImageInputs
+    from tfmed.data.table import ImageTable
+
+    X, y = make_images(30, 2, seed=3)
+    frame = pd.DataFrame({"image": [f"mem#{i}" for i in range(30)], "array_index": range(30), "label": y,
+                          "patient_id": [f"p{i}" for i in range(30)]})
+    table = ImageTable(frame, ["a", "b"], "binary", images=X[..., 0].astype(np.uint8))
+    return table, ImageInputs(PreprocessConfig(image_size=32))
+
+
+def test_streamed_features_equal_the_in_memory_ones(tmp_path):
+    table, inputs = _table_and_inputs()
+    model = small(cache_dir=str(tmp_path)).fit_tables(table, None, inputs)
+    streamed, shape = model._table_blocks(table, inputs)
+    in_memory = model._blocks(inputs.arrays(table)[0], cached=False)
+    assert shape == model.input_shape_
+    np.testing.assert_allclose(streamed["early"], in_memory["early"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.predict_table(table, inputs),
+                               model.predict_proba(inputs.arrays(table)[0])[:, 1], atol=1e-4)
+
+
+def test_a_killed_extraction_leaves_only_complete_shards(tmp_path, monkeypatch):
+    from tfmed.modes import feature_store
+
+    table, inputs = _table_and_inputs()
+    monkeypatch.setattr(feature_store, "SHARD_ROWS", 8)
+    original = FeatureSVM._blocks
+    calls = []
+
+    def dies_in_the_third_shard(self, X, cached=True):
+        calls.append(len(X))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, X, cached)
+    monkeypatch.setattr(FeatureSVM, "_blocks", dies_in_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        small(cache_dir=str(tmp_path)).fit_tables(table, None, inputs)
+    shards = sorted(path.name for path in tmp_path.rglob("shard-*"))
+    assert shards == ["shard-0000000000-0000000008.npy", "shard-0000000008-0000000016.npy"]
+    monkeypatch.setattr(FeatureSVM, "_blocks", original)
+    resumed = small(cache_dir=str(tmp_path)).fit_tables(table, None, inputs)
+    assert (resumed.last_store_.shards_read, resumed.last_store_.shards_computed) == (2, 2)
+    fresh = small(cache_dir=str(tmp_path / "fresh")).fit_tables(table, None, inputs)
+    np.testing.assert_allclose(resumed.predict_table(table, inputs), fresh.predict_table(table, inputs), atol=1e-5)

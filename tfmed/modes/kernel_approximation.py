@@ -1,0 +1,112 @@
+"""An SVM whose fit grows linearly with the number of training images, for large training sets.
+
+An exact kernel SVM (``sklearn.svm.SVC``) costs between n^2 and n^3 to fit,
+which is out of reach beyond some ten thousand images once cross-validation
+and calibration multiply the fits. :class:`ApproximateKernelSVC` keeps the same
+parameters and decision function but fits a linear SVM (``LinearSVC``) on an
+explicit feature map: for the RBF kernel the Nystroem approximation of
+``exp(-gamma ||x - y||^2)`` on ``n_components`` training rows
+(``sklearn.kernel_approximation.Nystroem``); for the linear kernel the features
+themselves. Its cost is about n * n_components per fit.
+
+The decision function has the form of an SVC's,
+``f(x) = sum_i dual_coef_i K(x, v_i) + intercept``, with the Nystroem
+components as the vectors ``v_i`` (or, for the linear kernel, one vector: the
+weights), and the model exposes it through the same attribute names
+(``support_vectors_``, ``dual_coef_``, ``intercept_``, ``kernel``, ``_gamma``), so
+:mod:`tfmed.modes.svm_graph` turns it into Keras layers like an SVC.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(200, 5)); y = (X[:, 0] ** 2 + X[:, 1] ** 2 > 1.5).astype(int)
+    >>> model = ApproximateKernelSVC(C=1.0, n_components=100).fit(X, y)
+    >>> bool(model.score(X, y) > 0.9)
+    True
+    >>> kernel = np.exp(-model._gamma * ((X[:3, None] - model.support_vectors_[None]) ** 2).sum(-1))
+    >>> bool(np.allclose(kernel @ model.dual_coef_[0] + model.intercept_, model.decision_function(X[:3])))
+    True
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.kernel_approximation import Nystroem
+from sklearn.svm import LinearSVC
+from sklearn.utils.validation import check_is_fitted
+
+
+class ApproximateKernelSVC(ClassifierMixin, BaseEstimator):
+    """A binary SVM on an approximate kernel feature map (see the module text).
+
+    Parameters:
+        kernel: "rbf" (Nystroem map) or "linear" (no map).
+        C: the SVM's regularisation, as in ``SVC``.
+        gamma: "scale" (1 / (features * variance), as ``SVC``), "auto" (1 / features) or a number.
+        class_weight: "balanced" or None, as in ``SVC``.
+        n_components: Nystroem rows (capped at the number of training rows).
+        random_state: seed of the Nystroem sample.
+
+    Example:
+        >>> ApproximateKernelSVC(C=10.0).get_params()["n_components"]
+        1000
+    """
+
+    def __init__(self, kernel: str = "rbf", C: float = 1.0, gamma="scale", class_weight=None,
+                 n_components: int = 1000, random_state: int = 0):
+        self.kernel = kernel
+        self.C = C
+        self.gamma = gamma
+        self.class_weight = class_weight
+        self.n_components = n_components
+        self.random_state = random_state
+
+    def fit(self, X, y, sample_weight=None) -> "ApproximateKernelSVC":
+        X = np.asarray(X, np.float64)
+        if self.kernel not in ("rbf", "linear"):
+            raise ValueError(f"kernel is {self.kernel!r}; ApproximateKernelSVC has rbf and linear")
+        self._gamma = self._resolved_gamma(X)
+        if self.kernel == "rbf":
+            self.map_ = Nystroem(kernel="rbf", gamma=self._gamma, n_components=min(int(self.n_components), len(X)),
+                                 random_state=self.random_state).fit(X)
+            mapped = self.map_.transform(X)
+        else:
+            self.map_, mapped = None, X
+        self.svm_ = LinearSVC(C=float(self.C), class_weight=self.class_weight, dual="auto", max_iter=5000,
+                              random_state=self.random_state).fit(mapped, y, sample_weight=sample_weight)
+        self.classes_ = self.svm_.classes_
+        return self
+
+    def _resolved_gamma(self, X: np.ndarray) -> float:
+        if self.gamma == "scale":
+            variance = X.var()
+            return 1.0 / (X.shape[1] * variance) if variance > 0 else 1.0
+        if self.gamma == "auto":
+            return 1.0 / X.shape[1]
+        return float(self.gamma)
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self, "svm_")
+        X = np.asarray(X, np.float64)
+        return self.svm_.decision_function(X if self.map_ is None else self.map_.transform(X))
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+
+    # The decision function written as an SVC's (read by tfmed.modes.svm_graph).
+    @property
+    def support_vectors_(self) -> np.ndarray:
+        check_is_fitted(self, "svm_")
+        return self.svm_.coef_ if self.map_ is None else self.map_.components_
+
+    @property
+    def dual_coef_(self) -> np.ndarray:
+        check_is_fitted(self, "svm_")
+        if self.map_ is None:
+            return np.ones((1, 1))
+        return (self.map_.normalization_.T @ self.svm_.coef_.ravel())[None, :]
+
+    @property
+    def intercept_(self) -> np.ndarray:
+        check_is_fitted(self, "svm_")
+        return self.svm_.intercept_
