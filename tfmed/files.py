@@ -1,5 +1,5 @@
 """Reading the JSON and NumPy files that tfmed writes, safely and with errors that name the file;
-where tfmed keeps its caches (:func:`cache_folder`).
+where tfmed keeps its caches (:func:`cache_folder`) and whether it may download (:func:`offline`).
 
 Nothing here unpickles: NumPy files are read with ``allow_pickle=False``, so a
 crafted file cannot run code, and a damaged or foreign file raises the
@@ -37,6 +37,18 @@ def cache_folder(kind: str) -> Path:
         /data/cache/tfds
     """
     return Path(os.environ.get("TFMED_CACHE_DIR") or "~/.cache/tfmed").expanduser() / kind
+
+
+def offline() -> bool:
+    """True when ``$TFMED_OFFLINE`` forbids downloading (any value but empty, 0, false, no, off).
+
+    Example:
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"TFMED_OFFLINE": "1"}):
+        ...     offline()
+        True
+    """
+    return os.environ.get("TFMED_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def read_json(path: str | Path, error: type[TfmedError] = TfmedError):

@@ -58,7 +58,7 @@ import keras
 import numpy as np
 
 from tfmed.errors import TfmedError
-from tfmed.files import cache_folder
+from tfmed.files import cache_folder, offline
 from tfmed.progress import log
 
 __all__ = ["MissingWeightsError", "WeightsFileError", "WeightsStatus", "PUBLISHED_HASHES", "DOWNLOAD_TIMEOUT_S",
@@ -183,18 +183,6 @@ def weights_search_dirs(weights_dir=None) -> list:
         if d not in unique:
             unique.append(d)
     return unique
-
-
-def offline() -> bool:
-    """True when ``$TFMED_OFFLINE`` forbids downloading (any value but empty, 0, false, no, off).
-
-    Example:
-        >>> from unittest import mock
-        >>> with mock.patch.dict(os.environ, {"TFMED_OFFLINE": "1"}):
-        ...     offline()
-        True
-    """
-    return os.environ.get("TFMED_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def download_url(file_name: str, url: str) -> str:

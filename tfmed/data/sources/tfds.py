@@ -69,7 +69,7 @@ from tfmed.config import DataConfig
 from tfmed.data.sources.base import SourceKind, label_frame
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
-from tfmed.files import cache_folder
+from tfmed.files import cache_folder, offline
 from tfmed.progress import log
 
 # TFDS split name -> tfmed split
@@ -146,8 +146,6 @@ def tfds_quietly():
 
 
 def _builder(tfds, name: str, data_dir, manual_dir):
-    from tfmed.backbones.weights import offline
-
     if Path(name).is_dir():
         try:
             return tfds.builder_from_directory(name)
