@@ -56,6 +56,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -142,7 +143,19 @@ def tfds_quietly():
         raise DataSourceError(f"data.source tfds needs the tensorflow-datasets package ({error}); "
                               "install it with pip install tensorflow-datasets") from None
     tensorflow_datasets.display_progress_bar(False)
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _VariantFolderChatter) for f in absl_logger.filters):
+        absl_logger.addFilter(_VariantFolderChatter())
     return tensorflow_datasets
+
+
+class _VariantFolderChatter(logging.Filter):
+    """Drops TFDS's warnings about folders without dataset_info.json (tfmed's own cache and export
+    folders sit beside the data sets TFDS lists); every other message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.WARNING and str(record.msg).startswith("Variant folder")
+                    and "tensorflow_datasets" in record.pathname)
 
 
 def _builder(tfds, name: str, data_dir, manual_dir):
