@@ -119,3 +119,43 @@ def test_a_killed_extraction_leaves_only_complete_shards(tmp_path, monkeypatch):
     assert (resumed.last_store_.shards_read, resumed.last_store_.shards_computed) == (2, 2)
     fresh = small(cache_dir=str(tmp_path / "fresh")).fit_tables(table, None, inputs)
     np.testing.assert_allclose(resumed.predict_table(table, inputs), fresh.predict_table(table, inputs), atol=1e-5)
+
+
+# ------------------------------------------------------------------ the fit's budget on large training sets
+
+def test_beyond_search_rows_the_search_sees_a_sample_and_calibration_two_folds(monkeypatch):
+    X, y = make_images(60, 2, seed=8)
+    seen = []
+    original = FeatureSVM._splits
+
+    def recorded(self, y_, groups, classes, label=None, folds=None):
+        seen.append((len(y_), folds or self.cv))
+        return original(self, y_, groups, classes, label, folds)
+    monkeypatch.setattr(FeatureSVM, "_splits", recorded)
+    monkeypatch.setattr("tfmed.modes.svm.MIN_SEARCH_ROWS_PER_CLASS", 5)
+    model = small(search_rows=30).fit(X, y)
+    assert seen[0][1] == 3 and 30 <= seen[0][0] < 60  # the C search: cv folds on a sample
+    assert seen[1] == (60, 2)  # calibration: every row, 2 folds
+    X_new, y_new = make_images(20, 2, seed=9)
+    assert (model.predict(X_new) == y_new).mean() >= 0.8
+    seen.clear()
+    small(search_rows=60).fit(X, y)
+    assert seen == [(60, 3), (60, 3)]  # at or below search_rows: as before, one set of cv folds
+
+
+def test_the_search_sample_keeps_classes_in_proportion_and_patients_whole():
+    from tfmed.modes.svm import search_sample
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(3000) < 0.1).astype(int)
+    rows = search_sample(y, None, 1000)
+    assert 1000 <= len(rows) <= 1010 and abs(y[rows].mean() - y.mean()) < 0.01
+    groups = np.repeat(np.arange(1000), 3)  # three images per patient
+    y = np.repeat(rng.random(1000) < 0.3, 3).astype(int)
+    rows = search_sample(y, groups, 600)
+    patients = groups[rows]
+    assert np.all(np.bincount(patients, minlength=1000)[np.unique(patients)] == 3)  # no patient split
+    assert 600 <= len(rows) <= 606
+    assert np.array_equal(search_sample(y, groups, 3000), np.arange(3000))
+    with pytest.raises(ConfigError, match="model.svm.search_rows"):
+        SVMConfig(search_rows=20).check()

@@ -497,6 +497,16 @@ class SVMConfig(_Section):
     nystroem_components rows, or on the features with kernel linear: fit time
     linear in n) or "auto": exact up to exact_limit training rows,
     approximate above.
+    search_rows: C (and gamma) are chosen by cross-validation on at most this
+    many training rows, drawn per class (whole patients when ids are known);
+    with more rows the calibration uses 2 folds, so the fit stays near-linear
+    in the number of images.
+    strategy: where the backbone runs while features are extracted: "auto",
+    "cpu", "mirrored" or "tpu" as for fine-tuning (see
+    :func:`tfmed.training.distribute.strategy`), or "multiworker": every
+    worker named in TF_CONFIG runs ``tfmed run`` on the same config and
+    computes its share of the feature store's shards; worker 0 then fits the
+    classifier and writes the run.
     """
 
     KEY: ClassVar[str] = "model.svm."
@@ -514,6 +524,8 @@ class SVMConfig(_Section):
     classifier: Literal["auto", "exact", "approximate"] = "auto"
     exact_limit: int = 10000
     nystroem_components: int = 1000
+    search_rows: int = 5000
+    strategy: Literal["auto", "cpu", "mirrored", "tpu", "multiworker"] = "auto"
 
     def check(self) -> None:
         super().check()
@@ -523,6 +535,9 @@ class SVMConfig(_Section):
             self._fail("exact_limit", "it must be a number of training rows >= 1, e.g. 10000")
         if self.nystroem_components < 2:
             self._fail("nystroem_components", "it must be at least 2, e.g. 1000")
+        if self.search_rows < 10 * self.cv:
+            self._fail("search_rows", f"it must be at least 10 rows per CV fold ({10 * self.cv} with cv {self.cv}), "
+                       "e.g. 5000")
         changed = _changed_from_defaults(self)
         if self.classifier != "auto" and "exact_limit" in changed:
             self._fail("exact_limit", f"it is read only with classifier: auto, and classifier is "
@@ -825,6 +840,10 @@ class ExperimentConfig(_Section):
                                   f"(only {' and '.join(users)} mode does); remove it, or set model.mode")
         if self.model.mode == "ensemble":
             self._check_members()
+        if self.model.mode == "svm" and self.model.svm.strategy == "multiworker" and self.split.method == "kfold":
+            raise ConfigError("model.svm.strategy 'multiworker' shares the features of the train, val and test "
+                              "splits between workers, not those of k folds; use split.method predefined or "
+                              "patient, or strategy auto")
 
     def _check_views(self) -> None:
         """Settings for 2-D views of volumes: rejected without ``views``, checked against it with."""
@@ -868,6 +887,10 @@ class ExperimentConfig(_Section):
         used = {"augment": False, "balance": False}
         for i in range(len(members)):
             member = self.member_experiment(i)
+            if member.model.mode == "svm" and member.model.svm.strategy == "multiworker":
+                raise ConfigError(f"model.ensemble.members[{i}].svm.strategy is 'multiworker', which only a "
+                                  "model.mode svm experiment offers; run that member as its own experiment "
+                                  "and combine the runs with tfmed ensemble")
             for name in used:
                 used[name] |= name in MODE_SECTIONS[member.model.mode] and getattr(members[i], name) is None
         for name, is_used in used.items():

@@ -26,12 +26,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from tfmed.modes.features import FeatureError, digest
+from tfmed.training.distribute import WorkerShare
 
 SHARD_ROWS = 4096
 BLOCKS_FILE = "blocks.json"
@@ -52,8 +54,9 @@ class FeatureStore:
         '.feature_cache'
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, shard_rows: int | None = None):
         self.directory = Path(directory)
+        self.shard_rows = int(shard_rows or SHARD_ROWS)
         self.shards_read = 0
         self.shards_computed = 0
 
@@ -62,32 +65,53 @@ class FeatureStore:
         return self.directory / f"table-{digest(key_parts)}"
 
     def get_or_compute(self, key_parts: dict, rows: int,
-                       compute: Callable[[int, int], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Every block's features for rows 0..rows-1 (see the class text)."""
+                       compute: Callable[[int, int], dict[str, np.ndarray]],
+                       share: WorkerShare | None = None) -> dict[str, np.ndarray]:
+        """Every block's features for rows 0..rows-1 (see the class text).
+
+        With a ``share`` of several workers (:func:`tfmed.training.distribute.worker_share`)
+        this process computes only the missing shards it owns (shard ``k`` belongs to worker
+        ``k % count``), waits at the share's barrier until every worker has written its own,
+        then reads them all: the folder must be one that every worker sees.
+        """
+        share = share or WorkerShare()
         folder = self.folder(key_parts)
         folder.mkdir(parents=True, exist_ok=True)
         widths = self._widths(folder)
-        parts: list[tuple[int, int, np.ndarray]] = []
-        for start in range(0, rows, SHARD_ROWS):
-            stop = min(start + SHARD_ROWS, rows)
-            path = folder / f"shard-{start:010d}-{stop:010d}.npy"
-            shard = _read(path, stop - start, widths)
-            if shard is None:
+        parts: dict[int, np.ndarray] = {}
+        bounds = [(start, min(start + self.shard_rows, rows)) for start in range(0, rows, self.shard_rows)]
+        for number, (start, stop) in enumerate(bounds):
+            shard = _read(_shard_path(folder, start, stop), stop - start, widths)
+            if shard is not None:
+                self.shards_read += 1
+            elif share.owns(number):
                 blocks = compute(start, stop)
                 widths = self._check_widths(folder, widths, blocks, stop - start)
                 shard = np.concatenate([np.asarray(blocks[name], np.float32) for name in widths], axis=1)
-                _write(path, shard)
+                _write(_shard_path(folder, start, stop), shard)
                 self.shards_computed += 1
             else:
-                self.shards_read += 1
-            parts.append((start, stop, shard))
+                continue
+            parts[number] = shard
+        if share.count > 1:
+            share.barrier()
+            widths = widths or self._widths(folder)
+            for number, (start, stop) in enumerate(bounds):
+                if number not in parts:
+                    parts[number] = _read(_shard_path(folder, start, stop), stop - start, widths)
+                    if parts[number] is None:
+                        raise FeatureError(
+                            f"{_shard_path(folder, start, stop)}: worker {number % share.count} was to write this "
+                            f"shard but it is missing after every worker finished; all workers must use one "
+                            f"shared feature cache folder (runs_dir on a shared file system)")
+                    self.shards_read += 1
         if widths is None:
             raise FeatureError("the feature store was asked for the features of 0 rows")
         out, offset = {}, 0
         for name, width in widths.items():
             out[name] = np.empty((rows, width), np.float32)
-            for start, stop, shard in parts:
-                out[name][start:stop] = shard[:, offset:offset + width]
+            for number, (start, stop) in enumerate(bounds):
+                out[name][start:stop] = parts[number][:, offset:offset + width]
             offset += width
         return out
 
@@ -115,6 +139,10 @@ class FeatureStore:
         return found
 
 
+def _shard_path(folder: Path, start: int, stop: int) -> Path:
+    return folder / f"shard-{start:010d}-{stop:010d}.npy"
+
+
 def _read(path: Path, count: int, widths: dict | None) -> np.ndarray | None:
     if widths is None or not path.is_file():
         return None
@@ -127,8 +155,13 @@ def _read(path: Path, count: int, widths: dict | None) -> np.ndarray | None:
     return shard
 
 
+def _temporary(path: Path) -> Path:
+    """A name beside ``path`` no other writer uses (workers on other machines may share a PID)."""
+    return path.with_name(f"{path.name}.part-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+
+
 def _write(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_name(f"{path.name}.part-{os.getpid()}")
+    temporary = _temporary(path)
     try:
         with open(temporary, "wb") as stream:
             np.save(stream, array)
@@ -139,7 +172,7 @@ def _write(path: Path, array: np.ndarray) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f"{path.name}.part-{os.getpid()}")
+    temporary = _temporary(path)
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
 

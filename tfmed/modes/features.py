@@ -21,6 +21,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -334,13 +335,15 @@ def check_taps(backbone: str, taps: Sequence[str]) -> list[str]:
 
 
 def base_model(backbone: str, weights, weights_dir, image_size: int, random_state: int = 0,
-               weight_values: list | None = None):
+               weight_values: list | None = None, strategy=None):
     """The backbone (kept in memory for reuse) and the digest of its weights.
 
     With ``weights=None`` the random initialisation is seeded by
     ``random_state``; ``weight_values`` (from ``model.get_weights()``) replaces
     whatever weights were loaded, which is how a saved model restores its
-    exact backbone.
+    exact backbone. With a ``tf.distribute`` ``strategy`` (e.g. MirroredStrategy)
+    the backbone is built in its scope, so that Keras' ``predict`` splits each
+    batch over the strategy's devices.
 
     Example:
         >>> model, identity = base_model("efficientnet_lite0", None, None, 32)
@@ -352,29 +355,36 @@ def base_model(backbone: str, weights, weights_dir, image_size: int, random_stat
     weights_key = str(weights) if weights is not None else None
     values_key = None if weight_values is None else digest([np.asarray(w) for w in weight_values])
     key = (backbone, weights_key, None if weights_dir is None else str(weights_dir),
-           int(image_size), int(random_state) if weights is None else None, values_key)
+           int(image_size), int(random_state) if weights is None else None, values_key,
+           None if strategy is None else id(strategy))
     if key not in _BASE_MODELS:
         import keras
 
         if weights is None:
             keras.utils.set_random_seed(int(random_state))
-        model = backbones.create(backbone, weights=weights, input_shape=(image_size, image_size, 3),
-                                 trainable=False, include_top=False, weights_dir=weights_dir)
+        with _scope(strategy):
+            model = backbones.create(backbone, weights=weights, input_shape=(image_size, image_size, 3),
+                                     trainable=False, include_top=False, weights_dir=weights_dir)
         if weight_values is not None:
             model.set_weights(weight_values)
         _BASE_MODELS[key] = (model, weights_digest(model))
     return _BASE_MODELS[key]
 
 
+def _scope(strategy):
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
+
+
 def backbone_features(images: np.ndarray, *, backbone: str, weights, weights_dir=None,
                       taps: Sequence[str] = ("late",), pooling: str = "avg", image_size: int = 224,
                       batch_size: int = 32, cache: FeatureCache | None = None, random_state: int = 0,
-                      weight_values: list | None = None) -> dict[str, np.ndarray]:
+                      weight_values: list | None = None, strategy=None) -> dict[str, np.ndarray]:
     """Pooled features of each tap for a batch of images, through the cache.
 
     ``images`` (N, H, W[, C]) on the 0-255 scale are resized to
     ``image_size`` and replicated to 3 channels in chunks of
-    ``CHUNK_SIZE`` before the backbone sees them.
+    ``CHUNK_SIZE`` before the backbone sees them; the backbone runs under
+    ``strategy`` (see :func:`base_model`).
 
     Example:
         >>> x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1))
@@ -389,12 +399,14 @@ def backbone_features(images: np.ndarray, *, backbone: str, weights, weights_dir
     if pooling not in choices(SVMConfig, "pooling"):
         raise FeatureError(f"pooling is {pooling!r}; allowed: {', '.join(choices(SVMConfig, 'pooling'))}")
     array = as_image_batch(images)
-    model, identity = base_model(backbone, weights, weights_dir, image_size, random_state, weight_values)
+    model, identity = base_model(backbone, weights, weights_dir, image_size, random_state, weight_values,
+                                 strategy)
 
     def compute(missing: list[str]) -> dict[str, np.ndarray]:
         key = (id(model), tuple(missing), pooling)
         if key not in _FEATURE_MODELS:
-            _FEATURE_MODELS[key] = backbones.feature_model(model, taps=tuple(missing), pooling=pooling)
+            with _scope(strategy):
+                _FEATURE_MODELS[key] = backbones.feature_model(model, taps=tuple(missing), pooling=pooling)
         extractor = _FEATURE_MODELS[key]
         parts: dict[str, list[np.ndarray]] = {tap: [] for tap in missing}
         report_every = max(1, -(-len(array) // CHUNK_SIZE) // 4)  # about four progress lines

@@ -41,16 +41,19 @@ from sklearn.utils.validation import check_is_fitted
 from tfmed.config import GammaName, SVMConfig, Task, choices
 from tfmed.files import read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
-from tfmed.modes.features import (FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
+from tfmed.modes.features import (CHUNK_SIZE, FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
                                   as_input_batch, backbone_features, base_model, check_finite,
                                   check_taps, lbp_features)
 from tfmed.modes.feature_store import FeatureStore, inputs_identity, table_identity
 from tfmed.modes.kernel_approximation import ApproximateKernelSVC
 from tfmed.progress import Throughput, log
+from tfmed.training.distribute import WorkerShare, worker_share
+from tfmed.training.distribute import strategy as distribution_strategy
 
 __all__ = ["FeatureSVM", "TooFewSamplesError", "ModelMismatchError", "FeatureError",
            "UnknownTapError"]
 
+_STRATEGIES: dict = {}  # (strategy or None, WorkerShare) by strategy name, made once per process
 ARTIFACT_FORMAT = 3  # 1 was a joblib pickle (tfmed 0.1); 2 had one classifier group, models_ not nested
 READABLE_FORMATS = (2, 3)
 TEXTURE = "texture"
@@ -98,6 +101,18 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             ``exact_limit`` training images, approximate above); the choice
             made is ``classifier_``.
         exact_limit, nystroem_components: see ``classifier``.
+        search_rows: the grid search sees at most this many training rows, drawn
+            per class in proportion (whole patients with ``groups``; each class
+            keeps at least 100 rows or all it has); with more rows than this the
+            calibration is fitted on 2-fold instead of ``cv``-fold scores. This
+            keeps the fit near-linear in the number of images (see
+            :func:`search_sample`).
+        strategy: the ``tf.distribute`` strategy the backbone runs under while
+            extracting features ("auto", "cpu", "mirrored", "tpu"; see
+            :func:`tfmed.training.distribute.strategy`), or "multiworker", with
+            which :meth:`extract_tables` shares the feature store's shards
+            among the TF_CONFIG workers. Not saved with the model: a loaded
+            model extracts with "auto".
 
     Features: each block (tap, texture) is standardised with a
     ``StandardScaler`` fitted on the training features; when several blocks
@@ -133,7 +148,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                  cv: int = 5, class_weight: str | None = "balanced", texture: bool = False,
                  task: str | None = None, cache_dir: str | None = None, batch_size: int = 32,
                  random_state: int = 0, preprocess: dict | None = None, view_fusion: str = "concat",
-                 classifier: str = "auto", exact_limit: int = 10000, nystroem_components: int = 1000):
+                 classifier: str = "auto", exact_limit: int = 10000, nystroem_components: int = 1000,
+                 search_rows: int = 5000, strategy: str = "auto"):
         self.backbone = backbone
         self.weights = weights
         self.weights_dir = weights_dir
@@ -155,6 +171,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.classifier = classifier
         self.exact_limit = exact_limit
         self.nystroem_components = nystroem_components
+        self.search_rows = search_rows
+        self.strategy = strategy
 
     # ------------------------------------------------------------------ construction
 
@@ -176,7 +194,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                    batch_size=svm.batch_size, random_state=config.seed,
                    preprocess=dataclasses.asdict(config.preprocess), view_fusion=svm.view_fusion,
                    classifier=svm.classifier, exact_limit=svm.exact_limit,
-                   nystroem_components=svm.nystroem_components)
+                   nystroem_components=svm.nystroem_components, search_rows=svm.search_rows,
+                   strategy=svm.strategy)
 
     # ------------------------------------------------------------------ mode protocol
 
@@ -242,9 +261,55 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             return scores_from_probabilities(self.task_, self._probabilities(self._checked(blocks, input_shape)))
         return average_over_views(inputs, scores)
 
-    def _table_blocks(self, table, inputs, batch_size: int = 64) -> tuple[dict[str, np.ndarray], tuple]:
-        """Feature blocks of every row of ``table`` (streamed, through the feature store) and the
-        shape of one model input."""
+    def extract_tables(self, tables: dict, inputs) -> WorkerShare:
+        """Write into the feature store every feature that fitting on ``tables["train"]`` and scoring
+        the other tables (in each test-time view) will read; return this process's ``WorkerShare``.
+
+        Under ``strategy="multiworker"`` each TF_CONFIG worker computes only its own shards and
+        waits for the others (see :class:`~tfmed.modes.feature_store.FeatureStore`), so the
+        features of a large table are extracted once, split across machines; a later
+        :meth:`fit_tables` / :meth:`predict_table` in one process reads them all. The store
+        (``cache_dir``) must be a folder every worker sees.
+
+        Example:
+            >>> share = model.extract_tables({"train": train, "val": val}, inputs)  # doctest: +SKIP
+            >>> share.chief  # doctest: +SKIP
+            True
+        """
+        if self.cache_dir is None:
+            raise FeatureError("extract_tables writes the feature store, and cache_dir is None; give a "
+                               "cache_dir that every worker sees")
+        self._start_fit(self._check_params())
+        _, share = self._extraction()
+        computed = read = 0
+        for name, table in tables.items():
+            if table is None or not len(table):
+                continue
+            views = [inputs] if name == "train" else inputs.views()
+            log(f"worker {share.index} of {share.count}: features of the {name} split "
+                f"({len(table)} rows, {len(views)} view(s))")
+            for view in views:
+                self._table_blocks(table, view, share=share)
+                computed, read = computed + self.last_store_.shards_computed, read + self.last_store_.shards_read
+        log(f"worker {share.index} of {share.count}: {computed} feature shard(s) computed here, {read} read")
+        return share
+
+    def _extraction(self):
+        """(the strategy the backbone is built under, or None for the default one; this process's WorkerShare)."""
+        import tensorflow as tf
+
+        if self.strategy not in _STRATEGIES:
+            strategy = distribution_strategy(self.strategy)
+            share = worker_share(strategy)
+            if self.strategy == "multiworker" or strategy is tf.distribute.get_strategy():
+                strategy = None  # the default strategy; or each worker runs its own backbone on its shards
+            _STRATEGIES[self.strategy] = (strategy, share)
+        return _STRATEGIES[self.strategy]
+
+    def _table_blocks(self, table, inputs, batch_size: int = 64,
+                      share=None) -> tuple[dict[str, np.ndarray], tuple]:
+        """Feature blocks of every row of ``table`` (streamed, through the feature store; with a
+        ``share``, only this worker's shards computed) and the shape of one model input."""
         spec = self.backbone_spec_
         _, identity = self._base_model()
         progress = Throughput(len(table), f"{spec['backbone']} features")
@@ -252,7 +317,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         def compute(start: int, stop: int) -> dict[str, np.ndarray]:
             parts = []
             for batch, _ in inputs.dataset(table.subset(np.arange(start, stop)), training=False,
-                                           batch_size=batch_size):
+                                           batch_size=max(batch_size, CHUNK_SIZE)):
                 images = as_input_batch(batch.numpy())
                 parts.append(self._blocks(images, cached=False))
                 progress.advance(len(images))
@@ -265,7 +330,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                    "weights": identity, "taps": spec["taps"], "pooling": spec["pooling"],
                    "image_size": spec["image_size"], "texture": spec["texture"], "code_version": FEATURE_CODE_VERSION}
             store = FeatureStore(self.cache_dir)
-            blocks = store.get_or_compute(key, len(table), compute)
+            blocks = store.get_or_compute(key, len(table), compute, share)
             self.last_store_ = store
         first = next(iter(inputs.dataset(table.subset([0]), training=False, batch_size=1)))[0]
         check_finite(blocks)
@@ -354,10 +419,10 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.block_widths_ = {name: int(block.shape[1]) for name, block in blocks.items()}
         self.scalers_ = {name: StandardScaler().fit(block) for name, block in blocks.items()}
         self.groups_ = _classifier_groups(list(blocks), len(input_shape) == 4 and self.view_fusion == "per_view")
-        search_splits = self._splits(y_enc, groups, classes)
+        sample = search_sample(y_enc, groups, int(self.search_rows), int(self.random_state))
         self.classifier_ = (self.classifier if self.classifier != "auto"
                             else "exact" if count <= self.exact_limit else "approximate")
-        fitted = [self._fit_classifier(self._transform(blocks, names), y_enc, groups, classes, task, search_splits)
+        fitted = [self._fit_classifier(self._transform(blocks, names), y_enc, groups, classes, task, sample)
                   for names in self.groups_]
         self.models_ = [models for models, _, _, _ in fitted]
         if len(fitted) == 1:
@@ -370,27 +435,33 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             self.best_score_ = float(np.mean([score for _, _, _, score in fitted]))
         return self
 
-    def _fit_classifier(self, features, y_enc, groups, classes, task, search_splits):
-        """C (and gamma) by CV AUC, then the calibrated SVM(s): (models, cv results, best params, CV AUC)."""
+    def _fit_classifier(self, features, y_enc, groups, classes, task, sample):
+        """C (and gamma) by CV AUC on the rows ``sample``, then the calibrated SVM(s) on every row:
+        (models, cv results, best params, CV AUC). On more rows than ``search_rows`` the sigmoid is
+        fitted on 2-fold instead of ``cv``-fold cross-validated scores (see the class text)."""
         estimator, prefix = self._svc_template(task)
-        search = GridSearchCV(estimator, self._grid(prefix), scoring=_auc_scorer, cv=search_splits,
+        sample_groups = None if groups is None else groups[sample]
+        search = GridSearchCV(estimator, self._grid(prefix), scoring=_auc_scorer,
+                              cv=self._splits(y_enc[sample], sample_groups, classes),
                               refit=False, error_score="raise")
-        search.fit(features, y_enc)
+        search.fit(features[sample], y_enc[sample])
         best_params = {k[len(prefix):]: v for k, v in search.best_params_.items()}
         best = self._svm(**best_params)
+        folds = self.cv if len(sample) == len(y_enc) else 2
         if task == "binary":
-            models = [_calibrated(best, search_splits).fit(features, y_enc)]
+            models = [_calibrated(best, self._splits(y_enc, groups, classes, folds=folds)).fit(features, y_enc)]
         elif task == "multiclass":
-            models = [_calibrated(OneVsRestClassifier(best), search_splits).fit(features, y_enc)]
+            splits = self._splits(y_enc, groups, classes, folds=folds)
+            models = [_calibrated(OneVsRestClassifier(best), splits).fit(features, y_enc)]
         else:
             models = []
             for j in range(y_enc.shape[1]):
-                splits = self._splits(y_enc[:, j], groups, np.array([0, 1]), label=classes.tolist()[j])
+                splits = self._splits(y_enc[:, j], groups, np.array([0, 1]), label=classes.tolist()[j], folds=folds)
                 models.append(_calibrated(best, splits).fit(features, y_enc[:, j]))
         return models, _results_table(search.cv_results_, prefix), best_params, float(search.best_score_)
 
     def _check_params(self) -> list[str]:
-        for name in ("kernel", "pooling", "view_fusion", "classifier"):
+        for name in ("kernel", "pooling", "view_fusion", "classifier", "strategy"):
             allowed = choices(SVMConfig, name)
             if getattr(self, name) not in allowed:
                 raise FeatureError(f"{name} is {getattr(self, name)!r}; allowed: {', '.join(allowed)}")
@@ -444,8 +515,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                                f"shape {y.shape}); fix y or set task=None")
         return encoded, classes, task
 
-    def _splits(self, y, groups, classes, label=None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """CV folds with every class in every fold, or a TooFewSamplesError."""
+    def _splits(self, y, groups, classes, label=None, folds=None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``folds`` (default ``cv``) CV folds with every class in every fold, or a TooFewSamplesError."""
+        folds = int(folds or self.cv)
         classes = np.asarray(classes).tolist()
         what = "" if label is None else f"label {label!r}: "
         names = {0: "negative", 1: "positive"} if label is not None else None
@@ -457,31 +529,31 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                 counts = np.array([len(np.unique(groups[y == k])) for k in range(len(classes))])
                 unit = "patients/groups"
             tally = ", ".join(f"{(names or {}).get(k, classes[k])}={n}" for k, n in enumerate(counts))
-            if counts.min() < self.cv:
+            if counts.min() < folds:
                 k = int(np.argmin(counts))
                 name = (names or {}).get(k, classes[k])
                 raise TooFewSamplesError(
                     f"{what}class {name!r} has {counts[k]} training {unit} ({tally}), fewer than "
-                    f"cv={self.cv} folds; {_fewer_folds(int(counts[k]))}add {unit} of {name!r}")
+                    f"cv={folds} folds; {_fewer_folds(int(counts[k]))}add {unit} of {name!r}")
         else:
             for j in range(y.shape[1]):
                 positives = int(y[:, j].sum())
                 for kind, n in (("positive", positives), ("negative", len(y) - positives)):
-                    if n < self.cv:
+                    if n < folds:
                         raise TooFewSamplesError(
-                            f"label {classes[j]!r} has {n} {kind} training images, fewer than cv={self.cv} "
+                            f"label {classes[j]!r} has {n} {kind} training images, fewer than cv={folds} "
                             f"folds; {_fewer_folds(n)}add {kind} images of label {classes[j]!r}")
-        if groups is not None and len(np.unique(groups)) < self.cv:
-            raise TooFewSamplesError(f"only {len(np.unique(groups))} distinct groups for cv={self.cv} "
+        if groups is not None and len(np.unique(groups)) < folds:
+            raise TooFewSamplesError(f"only {len(np.unique(groups))} distinct groups for cv={folds} "
                                      "folds; use fewer folds")
         seed = int(self.random_state)
         if multilabel:
-            splitter = GroupKFold(self.cv) if groups is not None else KFold(self.cv, shuffle=True,
+            splitter = GroupKFold(folds) if groups is not None else KFold(folds, shuffle=True,
                                                                             random_state=seed)
         elif groups is not None:
-            splitter = StratifiedGroupKFold(self.cv, shuffle=True, random_state=seed)
+            splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
         else:
-            splitter = StratifiedKFold(self.cv, shuffle=True, random_state=seed)
+            splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
         splits = list(splitter.split(np.zeros(len(y)), y if not multilabel else None, groups))
         if not multilabel:
             for fold, (train, test) in enumerate(splits):
@@ -491,7 +563,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                         name = (names or {}).get(absent[0], classes[absent[0]])
                         raise TooFewSamplesError(
                             f"{what}CV fold {fold} has no {part} images of class {name!r} (the "
-                            f"patients/groups cannot be spread over cv={self.cv} folds); use fewer folds")
+                            f"patients/groups cannot be spread over cv={folds} folds); use fewer folds")
         return splits
 
     def _svm(self, **params):
@@ -520,7 +592,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         spec = self.backbone_spec_
         weights = None if self._weight_values is not None else spec["weights"]
         return base_model(spec["backbone"], weights, spec["weights_dir"], spec["image_size"],
-                          spec["random_state"], self._weight_values)
+                          spec["random_state"], self._weight_values, self._extraction()[0])
 
     def _blocks(self, X: np.ndarray, cached: bool = True) -> dict[str, np.ndarray]:
         """Feature blocks by name: one per tap (and texture); for views (X 5-D) one per view and tap.
@@ -536,7 +608,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                                    pooling=spec["pooling"], image_size=spec["image_size"],
                                    batch_size=self.batch_size, cache=cache,
                                    random_state=spec["random_state"],
-                                   weight_values=self._weight_values)
+                                   weight_values=self._weight_values, strategy=self._extraction()[0])
         self.last_cache_ = cache
         if spec["texture"]:
             blocks[TEXTURE] = lbp_features(X)
@@ -688,8 +760,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         model, _ = self._base_model()
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
-        # the feature cache is a folder of the machine that fitted the model: not part of the model
-        params = {**self.get_params(), "cache_dir": None}
+        # the feature cache is a folder of the machine that fitted the model, and the strategy how it
+        # ran there: neither is part of the model
+        params = {**self.get_params(), "cache_dir": None, "strategy": "auto"}
         spec = {"format": ARTIFACT_FORMAT, "kind": "tfmed.FeatureSVM", "params": params,
                 "backbone_spec": self.backbone_spec_, "task": self.task_, "classes": self.classes_.tolist(),
                 "input_shape": list(self.input_shape_), "block_widths": self.block_widths_,
@@ -855,6 +928,42 @@ def _as_list(value) -> list:
     if isinstance(value, (list, tuple, np.ndarray)):
         return list(value)
     return [value]
+
+
+MIN_SEARCH_ROWS_PER_CLASS = 100
+
+
+def search_sample(y: np.ndarray, groups, limit: int, seed: int = 0) -> np.ndarray:
+    """Sorted row numbers the C / gamma search sees: every row when there are at most ``limit``,
+    otherwise about ``limit`` rows drawn per class in proportion, each class keeping at least
+    ``MIN_SEARCH_ROWS_PER_CLASS`` rows (or all of them); with ``groups`` (patient ids) whole patients
+    are drawn, each counted in the class of its first row. Multilabel ``y`` (2-D) is drawn unstratified.
+
+    Example:
+        >>> y = np.array([0] * 900 + [1] * 100)
+        >>> rows = search_sample(y, None, 500)
+        >>> len(rows), int(y[rows].sum())
+        (550, 100)
+        >>> len(search_sample(y, None, 5000))
+        1000
+    """
+    count = len(y)
+    if count <= limit:
+        return np.arange(count)
+    rng = np.random.default_rng(seed)
+    units, unit_of_row = np.unique(np.arange(count) if groups is None else np.asarray(groups), return_inverse=True)
+    first_row = np.full(len(units), count)
+    np.minimum.at(first_row, unit_of_row, np.arange(count))
+    strata = np.zeros(count, int) if y.ndim == 2 else np.asarray(y)
+    sizes = np.bincount(unit_of_row, minlength=len(units))
+    chosen = np.zeros(len(units), bool)
+    for stratum in np.unique(strata):
+        candidates = np.flatnonzero(strata[first_row] == stratum)
+        rng.shuffle(candidates)
+        rows = int(sizes[candidates].sum())
+        quota = max(int(np.ceil(limit * rows / count)), min(rows, MIN_SEARCH_ROWS_PER_CLASS))
+        chosen[candidates[:int(np.searchsorted(np.cumsum(sizes[candidates]), quota)) + 1]] = True
+    return np.flatnonzero(chosen[unit_of_row])
 
 
 def _calibrated(estimator, splits) -> CalibratedClassifierCV:

@@ -163,6 +163,9 @@ def _cmd_run(args) -> int:
 
     config = ExperimentConfig.from_yaml(args.config)
     run_dir = run_experiment(config, runs_dir=args.runs_dir)
+    if run_dir is None:  # a multi-worker feature extraction, on a worker other than the first
+        print("features written; worker 0 (TF_CONFIG task index 0) writes the run", flush=True)
+        return 0
     print(summary_text(load_metrics(run_dir)), flush=True)
     return 0
 

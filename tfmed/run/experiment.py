@@ -108,8 +108,9 @@ def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,
             for name, threshold in model.thresholds.items()}
 
 
-def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None) -> Path:
-    """Run ``config`` end to end; return the new run directory.
+def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None) -> Path | None:
+    """Run ``config`` end to end; return the new run directory (None on a worker other than worker 0
+    under ``model.svm.strategy: multiworker``, see :func:`extract_across_workers`).
 
     Example:
         >>> run_dir = run_experiment(ExperimentConfig.from_yaml("experiments/pneumonia_mnist.yaml"))  # doctest: +SKIP
@@ -117,8 +118,15 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     import keras
 
     started = time.time()
+    multiworker = config.model.mode == "svm" and config.model.svm.strategy == "multiworker"
+    if multiworker:
+        from tfmed.training.distribute import strategy
+
+        strategy("multiworker")  # sets up the collectives before TensorFlow runs anything else
     table = prepare_data(config)  # fails before a run directory exists
     check_config_fits_data(config, table)
+    if multiworker and not extract_across_workers(config, table).chief:
+        return None
     run_dir = new_run_dir(runs_dir or config.runs_dir, config.name)
     log(f"run directory {run_dir}")
     config.to_yaml(run_dir / "config.yaml")
@@ -184,6 +192,24 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     finish_run(run_dir)
     log(f"done in {metrics['seconds']:.0f} s: {run_dir / 'report.html'}")
     return run_dir
+
+
+def extract_across_workers(config: ExperimentConfig, table: ImageTable):
+    """This worker's share of the SVM features of the train, val and test splits (each test-time view),
+    written to the feature store in ``config.runs_dir``, a folder every worker shares; return its
+    ``WorkerShare``.
+
+    Every worker named in TF_CONFIG runs the same ``tfmed run``; once all shards are written, worker 0
+    fits the classifier on them and writes the run, and the others stop.
+    """
+    train, val, test = table.split("train"), table.split("val"), table.split("test")
+    inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
+    share = get_mode("svm").from_experiment(config, train, None).extract_tables(
+        {"train": train, "val": val, "test": test}, inputs)
+    if not share.chief:
+        log(f"worker {share.index} of {share.count}: its share of the features is written; worker 0 "
+            "fits the SVM and writes the run")
+    return share
 
 
 def coarse_metrics(mapping: dict, model: TrainedModel, parts: dict, scores: dict) -> dict:

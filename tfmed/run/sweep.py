@@ -30,6 +30,9 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     """Run the layer sweep; return the printable table and the saved CSV path."""
     if get_mode(config.model.mode) is not FeatureSVM:
         raise ConfigError(f"{config.name}: sweep-layers compares SVM features; set model.mode: svm")
+    if config.model.svm.strategy == "multiworker":
+        raise ConfigError(f"{config.name}: sweep-layers runs in one process; model.svm.strategy 'multiworker' "
+                          "is for tfmed run (use auto, cpu, mirrored or tpu here)")
     taps = list(taps or DEFAULT_TAPS)
     table = prepare_data(config)
     if table.task != "binary":

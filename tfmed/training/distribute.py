@@ -9,6 +9,9 @@
 * :func:`resolve_jit_compile` - the ``jit_compile`` value for ``model.compile``.
 * :func:`train_multiworker` - a custom training loop for
   MultiWorkerMirroredStrategy (Keras 3.15 ``fit`` fails with it).
+* :func:`worker_share` - this process's index among the workers of a
+  strategy, their number and a barrier (how the SVM mode splits feature
+  extraction across machines).
 
 Example:
     >>> s = strategy("cpu")
@@ -17,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import numbers
 import os
@@ -37,6 +41,9 @@ PRECISIONS = {None: "float32", "float32": "float32", "float16": "mixed_float16",
 
 class StrategyError(TfmedError):
     """A requested strategy, device layout or precision is unavailable or misconfigured."""
+
+
+_MULTIWORKER: list = []  # the process's one MultiWorkerMirroredStrategy (collectives are set up once)
 
 
 def _find_tpu():
@@ -61,7 +68,8 @@ def strategy(name: str = "auto") -> tf.distribute.Strategy:
       devices (see :func:`use_logical_cpus`) when there is no GPU.
     * tpu: TPUStrategy; StrategyError when no TPU is reachable.
     * multiworker: MultiWorkerMirroredStrategy from the ``TF_CONFIG``
-      environment variable; train with :func:`train_multiworker`.
+      environment variable (one per process: later calls return the same
+      one); train with :func:`train_multiworker`.
 
     Example:
         >>> strategy("auto").num_replicas_in_sync >= 1
@@ -101,7 +109,14 @@ def strategy(name: str = "auto") -> tf.distribute.Strategy:
                             "cluster.worker (a list of host:port) and task.type/task.index") from None
     if not isinstance(workers, list) or not workers:
         raise StrategyError("TF_CONFIG cluster.worker must be a non-empty list of host:port addresses")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    if not _MULTIWORKER:
+        try:
+            _MULTIWORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+        except (RuntimeError, ValueError) as error:
+            raise StrategyError(f"MultiWorkerMirroredStrategy could not start ({error}); it must be created "
+                                "before TensorFlow runs anything else: start a fresh process (tfmed run does "
+                                "this first)") from None
+    return _MULTIWORKER[0]
 
 
 def _tpu_hint() -> bool:
@@ -109,6 +124,59 @@ def _tpu_hint() -> bool:
     return bool(os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR")
                 or os.environ.get("TPU_ACCELERATOR_TYPE") or os.path.exists("/dev/accel0")
                 or os.path.exists("/dev/vfio/0"))
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerShare:
+    """This process's part of a job split over ``count`` worker processes: parts ``k`` with
+    ``k % count == index`` are its own; ``barrier()`` returns once every worker has called it.
+
+    Example:
+        >>> share = WorkerShare(index=1, count=2)
+        >>> [part for part in range(5) if share.owns(part)], share.chief
+        ([1, 3], False)
+    """
+
+    index: int = 0
+    count: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+    @property
+    def chief(self) -> bool:
+        """Worker 0: the one that goes on alone once the shared work is done."""
+        return self.index == 0
+
+    def owns(self, part: int) -> bool:
+        """Whether part number ``part`` is this worker's."""
+        return part % self.count == self.index
+
+
+def worker_share(strategy_: tf.distribute.Strategy) -> WorkerShare:
+    """This process's :class:`WorkerShare` under ``strategy_``: its task index among the TF_CONFIG
+    workers of a MultiWorkerMirroredStrategy, with a barrier made of one all-reduce across them;
+    ``WorkerShare(0, 1)`` (all parts, no waiting) under any single-process strategy.
+
+    Example:
+        >>> share = worker_share(strategy("cpu"))
+        >>> share.index, share.count, share.chief
+        (0, 1, True)
+    """
+    if not isinstance(strategy_, tf.distribute.MultiWorkerMirroredStrategy):
+        return WorkerShare()
+    resolver = strategy_.cluster_resolver
+    count = len(resolver.cluster_spec().as_dict().get("worker", []))
+    expected = float(strategy_.num_replicas_in_sync)
+
+    @tf.function
+    def all_reduce():
+        return strategy_.run(lambda: tf.distribute.get_replica_context().all_reduce("sum", tf.constant(1.0)))
+
+    def barrier() -> None:
+        total = float(strategy_.experimental_local_results(all_reduce())[0])
+        if total != expected:  # a worker that is not running the same job
+            raise StrategyError(f"the barrier counted {total:g} replicas, expected {expected:g}")
+
+    return WorkerShare(int(resolver.task_id), max(count, 1), barrier)
 
 
 def global_batch_size(per_replica: int, strategy_: tf.distribute.Strategy | None = None) -> int:
