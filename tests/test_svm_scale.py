@@ -85,13 +85,15 @@ def _table_and_inputs():
     return table, ImageInputs(PreprocessConfig(image_size=32))
 
 
-def test_streamed_features_equal_the_in_memory_ones(tmp_path):
+@pytest.mark.parametrize("texture", [False, True])  # one predict per shard; per batch with the LBP block
+def test_streamed_features_equal_the_in_memory_ones(tmp_path, texture):
     table, inputs = _table_and_inputs()
-    model = small(cache_dir=str(tmp_path)).fit_tables(table, None, inputs)
+    model = small(cache_dir=str(tmp_path), texture=texture).fit_tables(table, None, inputs)
     streamed, shape = model._table_blocks(table, inputs)
     in_memory = model._blocks(inputs.arrays(table)[0], cached=False)
-    assert shape == model.input_shape_
-    np.testing.assert_allclose(streamed["early"], in_memory["early"], rtol=1e-4, atol=1e-4)
+    assert shape == model.input_shape_ and sorted(streamed) == sorted(in_memory)
+    for name in streamed:
+        np.testing.assert_allclose(streamed[name], in_memory[name], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(model.predict_table(table, inputs),
                                model.predict_proba(inputs.arrays(table)[0])[:, 1], atol=1e-4)
 
@@ -101,20 +103,20 @@ def test_a_killed_extraction_leaves_only_complete_shards(tmp_path, monkeypatch):
 
     table, inputs = _table_and_inputs()
     monkeypatch.setattr(feature_store, "SHARD_ROWS", 8)
-    original = FeatureSVM._blocks
+    original = FeatureSVM._dataset_blocks
     calls = []
 
-    def dies_in_the_third_shard(self, X, cached=True):
-        calls.append(len(X))
+    def dies_in_the_third_shard(self, dataset):
+        calls.append(dataset)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(self, X, cached)
-    monkeypatch.setattr(FeatureSVM, "_blocks", dies_in_the_third_shard)
+        return original(self, dataset)
+    monkeypatch.setattr(FeatureSVM, "_dataset_blocks", dies_in_the_third_shard)
     with pytest.raises(KeyboardInterrupt):
         small(cache_dir=str(tmp_path)).fit_tables(table, None, inputs)
     shards = sorted(path.name for path in tmp_path.rglob("shard-*"))
     assert shards == ["shard-0000000000-0000000008.npy", "shard-0000000008-0000000016.npy"]
-    monkeypatch.setattr(FeatureSVM, "_blocks", original)
+    monkeypatch.setattr(FeatureSVM, "_dataset_blocks", original)
     resumed = small(cache_dir=str(tmp_path)).fit_tables(table, None, inputs)
     assert (resumed.last_store_.shards_read, resumed.last_store_.shards_computed) == (2, 2)
     fresh = small(cache_dir=str(tmp_path / "fresh")).fit_tables(table, None, inputs)

@@ -161,7 +161,10 @@ def _reader(table, channels: int = 0):
                                       "in-memory images")
         if table.images.ndim not in (3, 4):
             raise PipelineError(f"table.images must be (N, H, W) or (N, H, W, C), got {table.images.shape}")
-        images = tf.constant(table.images)
+        if len(index) < len(table.images):  # a subset (e.g. one feature-store shard): copy only its images
+            images, index = tf.constant(table.images[index]), np.arange(len(index))
+        else:
+            images = tf.constant(table.images)
         index_t = tf.constant(index)
 
         def read(i):

@@ -403,11 +403,7 @@ def backbone_features(images: np.ndarray, *, backbone: str, weights, weights_dir
                                  strategy)
 
     def compute(missing: list[str]) -> dict[str, np.ndarray]:
-        key = (id(model), tuple(missing), pooling)
-        if key not in _FEATURE_MODELS:
-            with _scope(strategy):
-                _FEATURE_MODELS[key] = backbones.feature_model(model, taps=tuple(missing), pooling=pooling)
-        extractor = _FEATURE_MODELS[key]
+        extractor = _feature_model(model, missing, pooling, strategy)
         parts: dict[str, list[np.ndarray]] = {tap: [] for tap in missing}
         report_every = max(1, -(-len(array) // CHUNK_SIZE) // 4)  # about four progress lines
         for start in range(0, len(array), CHUNK_SIZE):
@@ -426,6 +422,48 @@ def backbone_features(images: np.ndarray, *, backbone: str, weights, weights_dir
     if cache is None:
         return compute(taps)
     return cache.get_or_compute(key_parts, compute)
+
+
+def _feature_model(model, taps: Sequence[str], pooling: str, strategy=None):
+    """The pooled-taps model of a backbone, kept in memory for reuse."""
+    from tfmed import backbones
+
+    key = (id(model), tuple(taps), pooling)
+    if key not in _FEATURE_MODELS:
+        with _scope(strategy):
+            _FEATURE_MODELS[key] = backbones.feature_model(model, taps=tuple(taps), pooling=pooling)
+    return _FEATURE_MODELS[key]
+
+
+def dataset_features(dataset, *, backbone: str, weights, weights_dir=None, taps: Sequence[str] = ("late",),
+                     pooling: str = "avg", image_size: int = 224, random_state: int = 0,
+                     weight_values: list | None = None, strategy=None) -> dict[str, np.ndarray]:
+    """Pooled features of each tap for a ``tf.data`` dataset of image batches (B, image_size,
+    image_size, 1 or 3) on the 0-255 scale, in one Keras ``predict`` over the whole dataset (the
+    pipeline prepares the next batches while the backbone runs). The same features as
+    :func:`backbone_features` of the same images.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 1)).astype("float32")
+        >>> out = dataset_features(tf.data.Dataset.from_tensor_slices(images).batch(2), backbone="efficientnet_lite0",
+        ...                        weights=None, taps=["early"], image_size=32)
+        >>> out["early"].shape[0]
+        3
+    """
+    import tensorflow as tf
+
+    from tfmed import backbones
+
+    taps = check_taps(backbone, taps)
+    shape = tuple(dataset.element_spec.shape)
+    if shape[1:3] != (image_size, image_size) or shape[3] not in (1, 3):
+        raise FeatureError(f"dataset batches are {shape}; dataset_features needs (B, {image_size}, {image_size}, 1 or 3)")
+    if shape[3] == 1:
+        dataset = dataset.map(lambda x: tf.repeat(x, 3, axis=-1))
+    model, _ = base_model(backbone, weights, weights_dir, image_size, random_state, weight_values, strategy)
+    out = backbones.extract_features(_feature_model(model, taps, pooling, strategy), dataset)
+    return {tap: np.asarray(out[tap], np.float32).reshape(len(out[tap]), -1) for tap in taps}
 
 
 def check_finite(blocks: dict[str, np.ndarray], what: str = "X") -> None:

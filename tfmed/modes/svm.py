@@ -42,7 +42,7 @@ from tfmed.config import GammaName, SVMConfig, Task, choices
 from tfmed.files import read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.modes.features import (CHUNK_SIZE, FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
-                                  as_input_batch, backbone_features, base_model, check_finite,
+                                  as_input_batch, backbone_features, base_model, check_finite, dataset_features,
                                   check_taps, lbp_features)
 from tfmed.modes.feature_store import FeatureStore, inputs_identity, table_identity
 from tfmed.modes.kernel_approximation import ApproximateKernelSVC
@@ -315,9 +315,15 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         progress = Throughput(len(table), f"{spec['backbone']} features")
 
         def compute(start: int, stop: int) -> dict[str, np.ndarray]:
+            rows = table.subset(np.arange(start, stop))
+            if not spec["texture"] and inputs.volume_views is None:  # 2-D images: one predict per shard
+                images = inputs.dataset(rows, training=False, batch_size=self.batch_size).map(lambda x, _: x)
+                if tuple(images.element_spec.shape[1:3]) == (spec["image_size"],) * 2:
+                    blocks = self._dataset_blocks(images)
+                    progress.advance(stop - start)
+                    return blocks
             parts = []
-            for batch, _ in inputs.dataset(table.subset(np.arange(start, stop)), training=False,
-                                           batch_size=max(batch_size, CHUNK_SIZE)):
+            for batch, _ in inputs.dataset(rows, training=False, batch_size=max(batch_size, CHUNK_SIZE)):
                 images = as_input_batch(batch.numpy())
                 parts.append(self._blocks(images, cached=False))
                 progress.advance(len(images))
@@ -612,6 +618,17 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.last_cache_ = cache
         if spec["texture"]:
             blocks[TEXTURE] = lbp_features(X)
+        check_finite(blocks)
+        return blocks
+
+    def _dataset_blocks(self, dataset) -> dict[str, np.ndarray]:
+        """Feature blocks of a dataset of 2-D image batches at the backbone's size (no texture block)."""
+        spec = self.backbone_spec_
+        weights = None if self._weight_values is not None else spec["weights"]
+        blocks = dataset_features(dataset, backbone=spec["backbone"], weights=weights,
+                                  weights_dir=spec["weights_dir"], taps=spec["taps"], pooling=spec["pooling"],
+                                  image_size=spec["image_size"], random_state=spec["random_state"],
+                                  weight_values=self._weight_values, strategy=self._extraction()[0])
         check_finite(blocks)
         return blocks
 
