@@ -30,6 +30,30 @@ def test_the_approximate_rbf_svm_matches_the_exact_one_on_held_out_data():
     assert roc_auc_score(y_test, linear) < 0.75  # a line cannot: the kernel map is what does it
 
 
+def test_beyond_sgd_above_rows_the_linear_svm_is_fitted_by_sgd_with_the_same_decision(tmp_path, monkeypatch):
+    from sklearn.linear_model import SGDClassifier
+    from sklearn.svm import LinearSVC
+    from tfmed.modes import kernel_approximation
+
+    X, y = rings(2000)
+    X_test, y_test = rings(400, seed=1)
+    liblinear = ApproximateKernelSVC(C=1.0, n_components=300).fit(X, y)
+    monkeypatch.setattr(kernel_approximation, "SGD_ABOVE", 1000)
+    sgd = ApproximateKernelSVC(C=1.0, n_components=300).fit(X, y)
+    assert isinstance(liblinear.svm_, LinearSVC) and isinstance(sgd.svm_, SGDClassifier)
+    assert sgd.svm_.alpha == pytest.approx(1 / 2000)  # the SVM's C as SGD's regularisation
+    scores = sgd.decision_function(X_test)
+    assert roc_auc_score(y_test, scores) > roc_auc_score(y_test, liblinear.decision_function(X_test)) - 0.01
+    kernel = np.exp(-sgd._gamma * ((X_test[:5, None] - sgd.support_vectors_[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(kernel @ sgd.dual_coef_[0] + sgd.intercept_, scores[:5], rtol=1e-6, atol=1e-8)
+    images, labels = make_images(40, 2, seed=0)
+    monkeypatch.setattr(kernel_approximation, "SGD_ABOVE", 10)
+    model = small(classifier="approximate", nystroem_components=20).fit(images, labels)
+    assert isinstance(model.models_[0][0].calibrated_classifiers_[0].estimator.svm_, SGDClassifier)
+    loaded = FeatureSVM.load(model.save(tmp_path / "svm"))  # a trusted type for the safe loader
+    np.testing.assert_allclose(loaded.predict_proba(images), model.predict_proba(images), atol=1e-6)
+
+
 def test_auto_chooses_by_training_size_and_the_choice_is_saved(tmp_path):
     X, y = make_images(36, 2, seed=0)
     assert small().fit(X, y).classifier_ == "exact"

@@ -439,9 +439,9 @@ def dataset_features(dataset, *, backbone: str, weights, weights_dir=None, taps:
                      pooling: str = "avg", image_size: int = 224, random_state: int = 0,
                      weight_values: list | None = None, strategy=None) -> dict[str, np.ndarray]:
     """Pooled features of each tap for a ``tf.data`` dataset of image batches (B, image_size,
-    image_size, 1 or 3) on the 0-255 scale, in one Keras ``predict`` over the whole dataset (the
-    pipeline prepares the next batches while the backbone runs). The same features as
-    :func:`backbone_features` of the same images.
+    image_size, 1 or 3) on the 0-255 scale, or of (images, targets) batches, in one Keras
+    ``predict`` over the whole dataset (the pipeline prepares the next batches while the backbone
+    runs). The same features as :func:`backbone_features` of the same images.
 
     Example:
         >>> import tensorflow as tf
@@ -451,19 +451,30 @@ def dataset_features(dataset, *, backbone: str, weights, weights_dir=None, taps:
         >>> out["early"].shape[0]
         3
     """
-    import tensorflow as tf
-
     from tfmed import backbones
 
     taps = check_taps(backbone, taps)
+    if isinstance(dataset.element_spec, tuple):
+        dataset = dataset.map(_images_of)
     shape = tuple(dataset.element_spec.shape)
-    if shape[1:3] != (image_size, image_size) or shape[3] not in (1, 3):
-        raise FeatureError(f"dataset batches are {shape}; dataset_features needs (B, {image_size}, {image_size}, 1 or 3)")
+    if len(shape) != 4 or shape[1:3] != (image_size, image_size) or shape[3] not in (1, 3):
+        raise FeatureError(f"dataset batches are {shape}; dataset_features needs "
+                           f"(B, {image_size}, {image_size}, 1 or 3)")
     if shape[3] == 1:
-        dataset = dataset.map(lambda x: tf.repeat(x, 3, axis=-1))
+        dataset = dataset.map(_grey_to_rgb)
     model, _ = base_model(backbone, weights, weights_dir, image_size, random_state, weight_values, strategy)
     out = backbones.extract_features(_feature_model(model, taps, pooling, strategy), dataset)
     return {tap: np.asarray(out[tap], np.float32).reshape(len(out[tap]), -1) for tap in taps}
+
+
+def _images_of(images, *_):
+    return images
+
+
+def _grey_to_rgb(images):
+    import tensorflow as tf
+
+    return tf.repeat(images, 3, axis=-1)
 
 
 def check_finite(blocks: dict[str, np.ndarray], what: str = "X") -> None:

@@ -243,7 +243,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         log(f"extracting {self.backbone} features {list(_as_list(self.taps))} of {len(train)} training {what} "
             f"at {inputs.preprocess.image_size} px")
         blocks, input_shape = self._table_blocks(train, inputs)
-        log(f"fitting the SVM (C grid {list(_as_list(self.C))}, {self.cv}-fold CV)")
+        sample = f" on a sample of about {self.search_rows} rows" if len(train) > self.search_rows else ""
+        log(f"fitting the SVM (C grid {list(_as_list(self.C))}, {self.cv}-fold CV{sample})")
         return self._fit_blocks(blocks, y_enc, classes, task, groups, input_shape)
 
     def predict_table(self, table, inputs, batch_size: int = 64) -> np.ndarray:
@@ -317,8 +318,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         def compute(start: int, stop: int) -> dict[str, np.ndarray]:
             rows = table.subset(np.arange(start, stop))
             if not spec["texture"] and inputs.volume_views is None:  # 2-D images: one predict per shard
-                images = inputs.dataset(rows, training=False, batch_size=self.batch_size).map(lambda x, _: x)
-                if tuple(images.element_spec.shape[1:3]) == (spec["image_size"],) * 2:
+                images = inputs.dataset(rows, training=False, batch_size=self.batch_size)
+                if tuple(images.element_spec[0].shape[1:3]) == (spec["image_size"],) * 2:
                     blocks = self._dataset_blocks(images)
                     progress.advance(stop - start)
                     return blocks
@@ -894,6 +895,7 @@ TRUSTED_TYPES = ("sklearn.calibration.CalibratedClassifierCV", "sklearn.calibrat
                  "sklearn.calibration._SigmoidCalibration", "sklearn.multiclass.OneVsRestClassifier",
                  "sklearn.preprocessing._data.StandardScaler", "sklearn.preprocessing._label.LabelBinarizer",
                  "sklearn.svm._classes.SVC", "sklearn.svm._classes.LinearSVC",
+                 "sklearn.linear_model._stochastic_gradient.SGDClassifier",
                  "sklearn.kernel_approximation.Nystroem",
                  "tfmed.modes.kernel_approximation.ApproximateKernelSVC")
 _CLASSIFIER_WORDS = {"exact": "exact SVC", "approximate": "linear SVM on an approximate kernel map "
