@@ -44,12 +44,23 @@ def test_beyond_sgd_above_rows_the_linear_svm_is_fitted_by_sgd_with_the_same_dec
     assert sgd.svm_.alpha == pytest.approx(1 / 2000)  # the SVM's C as SGD's regularisation
     scores = sgd.decision_function(X_test)
     assert roc_auc_score(y_test, scores) > roc_auc_score(y_test, liblinear.decision_function(X_test)) - 0.01
+    assert np.abs(scores).max() < 100  # an SVM's margin scale (SGD on the squared hinge reaches ~1e12 here)
     kernel = np.exp(-sgd._gamma * ((X_test[:5, None] - sgd.support_vectors_[None]) ** 2).sum(-1))
     np.testing.assert_allclose(kernel @ sgd.dual_coef_[0] + sgd.intercept_, scores[:5], rtol=1e-6, atol=1e-8)
     images, labels = make_images(40, 2, seed=0)
-    monkeypatch.setattr(kernel_approximation, "SGD_ABOVE", 10)
+    fits = []
+    fit = ApproximateKernelSVC.fit
+
+    def recorded_fit(self, X, y, sample_weight=None):
+        fits.append((len(X), type(fit(self, X, y, sample_weight).svm_)))
+        return self
+
+    monkeypatch.setattr(ApproximateKernelSVC, "fit", recorded_fit)
+    monkeypatch.setattr(kernel_approximation, "SGD_ABOVE", 30)  # 40 training rows, CV folds of 20 or fewer
     model = small(classifier="approximate", nystroem_components=20).fit(images, labels)
     assert isinstance(model.models_[0][0].calibrated_classifiers_[0].estimator.svm_, SGDClassifier)
+    assert min(rows for rows, _ in fits) <= 30 and len(fits) > 3
+    assert {solver for _, solver in fits} == {SGDClassifier}  # search and calibration score like the final fit
     loaded = FeatureSVM.load(model.save(tmp_path / "svm"))  # a trusted type for the safe loader
     np.testing.assert_allclose(loaded.predict_proba(images), model.predict_proba(images), atol=1e-6)
 
@@ -185,3 +196,19 @@ def test_the_search_sample_keeps_classes_in_proportion_and_patients_whole():
     assert np.array_equal(search_sample(y, groups, 3000), np.arange(3000))
     with pytest.raises(ConfigError, match="model.svm.search_rows"):
         SVMConfig(search_rows=20).check()
+
+
+def test_the_kernel_map_is_applied_in_blocks_with_the_whole_matrix_result(monkeypatch):
+    from tfmed.modes import kernel_approximation
+
+    X, y = rings(300)
+    whole = ApproximateKernelSVC(C=1.0, n_components=50).fit(X, y)
+    expected = whole.svm_.decision_function(whole.map_.transform(X))
+    monkeypatch.setattr(kernel_approximation, "MAP_ROWS", 7)  # 300 rows: 43 blocks, the last one short
+    kernel_approximation._MAPS.clear()
+    blocks = ApproximateKernelSVC(C=1.0, n_components=50).fit(X, y)
+    np.testing.assert_allclose(blocks.svm_.coef_, whole.svm_.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(blocks.decision_function(X), expected, rtol=1e-6, atol=1e-9)
+    _, mapped = kernel_approximation._nystroem_map(X, whole._gamma, 50, 0, np.float32)
+    assert mapped.dtype == np.float32  # what SGD fits: half the memory of float64
+    np.testing.assert_allclose(mapped, whole.map_.transform(X), atol=1e-5)

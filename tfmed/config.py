@@ -812,6 +812,11 @@ class ExperimentConfig(_Section):
     report: ReportConfig = field(default_factory=ReportConfig)
     runs_dir: str = "runs"
 
+    @property
+    def multiworker(self) -> bool:
+        """Whether the features are extracted by every TF_CONFIG worker (``model.svm.strategy: multiworker``)."""
+        return self.model.mode == "svm" and self.model.svm.strategy == "multiworker"
+
     def check(self) -> None:
         """Check every section, the settings that depend on each other, and the mode's unused settings."""
         for section in (self.data, self.split, self.preprocess, self.augment, self.balance, self.model,
@@ -840,7 +845,7 @@ class ExperimentConfig(_Section):
                                   f"(only {' and '.join(users)} mode does); remove it, or set model.mode")
         if self.model.mode == "ensemble":
             self._check_members()
-        if self.model.mode == "svm" and self.model.svm.strategy == "multiworker" and self.split.method == "kfold":
+        if self.multiworker and self.split.method == "kfold":
             raise ConfigError("model.svm.strategy 'multiworker' shares the features of the train, val and test "
                               "splits between workers, not those of k folds; use split.method predefined or "
                               "patient, or strategy auto")

@@ -7,12 +7,14 @@ parameters and decision function but fits a linear SVM (``LinearSVC``) on an
 explicit feature map: for the RBF kernel the Nystroem approximation of
 ``exp(-gamma ||x - y||^2)`` on ``n_components`` training rows
 (``sklearn.kernel_approximation.Nystroem``); for the linear kernel the features
-themselves. Its cost is about n * n_components per fit. On more than
-:data:`SGD_ABOVE` rows the linear SVM is fitted by averaged stochastic gradient
-descent on the same objective (squared hinge loss, ``alpha = 1 / (C n)``,
-:data:`SGD_EPOCHS` passes) instead of liblinear, which would copy the whole
-mapped matrix (doubling the memory) and take about 4x longer; on 50,000
-PneumoniaMNIST-derived images this cost 0.001 of validation AUC.
+themselves. Its cost is about n * n_components per fit. With ``solver="sgd"``
+(by default on more than :data:`SGD_ABOVE` rows) the linear SVM is fitted by
+averaged stochastic gradient descent on the hinge loss of an SVC
+(``alpha = 1 / (C n)``, :data:`SGD_EPOCHS` passes) instead of liblinear, which
+would copy the whole mapped matrix (doubling the memory) and take 2-4x longer;
+on 20,000 PneumoniaMNIST-derived images this cost 0.002 of validation AUC.
+(The squared hinge loss is not used with SGD: its unbounded gradients
+blow the weights up to ~1e11 at small ``alpha``.)
 
 The decision function has the form of an SVC's,
 ``f(x) = sum_i dual_coef_i K(x, v_i) + intercept``, with the Nystroem
@@ -46,21 +48,32 @@ from sklearn.utils.validation import check_is_fitted
 
 SGD_ABOVE = 10_000  # training rows beyond which the linear SVM is fitted by SGD
 SGD_EPOCHS = 20
+MAP_ROWS = 4096  # rows mapped at a time: the kernel block and its normalised copy stay small
 MAP_CACHE_BYTES = 64 * 2 ** 20  # mapped matrices up to this size are kept for the next fit on the same rows
 _MAPS: collections.OrderedDict = collections.OrderedDict()  # the last few (map, mapped rows), by key
 
 
-def _nystroem_map(X: np.ndarray, gamma: float, components: int, seed) -> tuple[Nystroem, np.ndarray]:
+def _mapped(nystroem: Nystroem, X: np.ndarray, dtype) -> np.ndarray:
+    """``nystroem.transform(X)`` in blocks of :data:`MAP_ROWS` rows, written into one array of
+    ``dtype`` (a whole-matrix transform holds the kernel and its normalised copy at once: twice
+    the result's memory in float64)."""
+    mapped = np.empty((len(X), nystroem.normalization_.shape[0]), dtype)
+    for start in range(0, len(X), MAP_ROWS):
+        mapped[start:start + MAP_ROWS] = nystroem.transform(X[start:start + MAP_ROWS])
+    return mapped
+
+
+def _nystroem_map(X: np.ndarray, gamma: float, components: int, seed, dtype=np.float64) -> tuple[Nystroem, np.ndarray]:
     """The Nystroem map fitted on X and X mapped. A grid search fits one model per C on the same
     fold's rows, and the map does not depend on C: small results are kept (a few, last used
     first) and reused instead of fitted again."""
     key = (hashlib.blake2b(np.ascontiguousarray(X).data, digest_size=16).hexdigest(), X.shape, float(gamma),
-           components, seed)
+           components, seed, np.dtype(dtype).str)
     if key in _MAPS:
         _MAPS.move_to_end(key)
         return _MAPS[key]
     nystroem = Nystroem(kernel="rbf", gamma=gamma, n_components=components, random_state=seed).fit(X)
-    mapped = nystroem.transform(X)
+    mapped = _mapped(nystroem, X, dtype)
     if mapped.nbytes <= MAP_CACHE_BYTES:
         _MAPS[key] = (nystroem, mapped)
         while len(_MAPS) > 6:  # a grid search's folds
@@ -77,7 +90,11 @@ class ApproximateKernelSVC(ClassifierMixin, BaseEstimator):
         gamma: "scale" (1 / (features * variance), as ``SVC``), "auto" (1 / features) or a number.
         class_weight: "balanced" or None, as in ``SVC``.
         n_components: Nystroem rows (capped at the number of training rows).
-        random_state: seed of the Nystroem sample.
+        random_state: seed of the Nystroem sample and of SGD.
+        solver: "liblinear" (``LinearSVC``), "sgd" (``SGDClassifier``) or "auto"
+            (sgd on more than :data:`SGD_ABOVE` rows). Give one explicitly when
+            fits on parts of a training set (cross-validation) must score like
+            the fit on all of it.
 
     Example:
         >>> ApproximateKernelSVC(C=10.0).get_params()["n_components"]
@@ -85,25 +102,30 @@ class ApproximateKernelSVC(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, kernel: str = "rbf", C: float = 1.0, gamma="scale", class_weight=None,
-                 n_components: int = 1000, random_state: int = 0):
+                 n_components: int = 1000, random_state: int = 0, solver: str = "auto"):
         self.kernel = kernel
         self.C = C
         self.gamma = gamma
         self.class_weight = class_weight
         self.n_components = n_components
         self.random_state = random_state
+        self.solver = solver
 
     def fit(self, X, y, sample_weight=None) -> "ApproximateKernelSVC":
         X = np.asarray(X, np.float64)
         if self.kernel not in ("rbf", "linear"):
             raise ValueError(f"kernel is {self.kernel!r}; ApproximateKernelSVC has rbf and linear")
+        if self.solver not in ("auto", "liblinear", "sgd"):
+            raise ValueError(f"solver is {self.solver!r}; ApproximateKernelSVC has auto, liblinear and sgd")
         self._gamma = self._resolved_gamma(X)
-        if self.kernel == "rbf":
-            self.map_, mapped = _nystroem_map(X, self._gamma, min(int(self.n_components), len(X)), self.random_state)
+        sgd = self.solver == "sgd" or (self.solver == "auto" and len(X) > SGD_ABOVE)
+        if self.kernel == "rbf":  # SGD fits float32 rows as they are (half the memory); liblinear needs float64
+            self.map_, mapped = _nystroem_map(X, self._gamma, min(int(self.n_components), len(X)), self.random_state,
+                                              np.float32 if sgd else np.float64)
         else:
             self.map_, mapped = None, X
-        if len(mapped) > SGD_ABOVE:
-            svm = SGDClassifier(loss="squared_hinge", alpha=1.0 / (float(self.C) * len(mapped)),
+        if sgd:
+            svm = SGDClassifier(loss="hinge", alpha=1.0 / (float(self.C) * len(mapped)),
                                 class_weight=self.class_weight, average=True, max_iter=SGD_EPOCHS, tol=None,
                                 random_state=self.random_state)
         else:
@@ -124,7 +146,10 @@ class ApproximateKernelSVC(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         check_is_fitted(self, "svm_")
         X = np.asarray(X, np.float64)
-        return self.svm_.decision_function(X if self.map_ is None else self.map_.transform(X))
+        if self.map_ is None:
+            return self.svm_.decision_function(X)
+        return np.concatenate([self.svm_.decision_function(self.map_.transform(X[start:start + MAP_ROWS]))
+                               for start in range(0, len(X), MAP_ROWS)] or [np.zeros(0)])
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[(self.decision_function(X) > 0).astype(int)]

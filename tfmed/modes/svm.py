@@ -45,6 +45,7 @@ from tfmed.modes.features import (CHUNK_SIZE, FEATURE_CODE_VERSION, FeatureCache
                                   as_input_batch, backbone_features, base_model, check_finite, dataset_features,
                                   check_taps, lbp_features)
 from tfmed.modes.feature_store import FeatureStore, inputs_identity, table_identity
+from tfmed.modes import kernel_approximation
 from tfmed.modes.kernel_approximation import ApproximateKernelSVC
 from tfmed.progress import Throughput, log
 from tfmed.training.distribute import WorkerShare, worker_share
@@ -429,6 +430,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         sample = search_sample(y_enc, groups, int(self.search_rows), int(self.random_state))
         self.classifier_ = (self.classifier if self.classifier != "auto"
                             else "exact" if count <= self.exact_limit else "approximate")
+        self._solver = "sgd" if count > kernel_approximation.SGD_ABOVE else "liblinear"  # one solver for the search, the folds and the final fit
         fitted = [self._fit_classifier(self._transform(blocks, names), y_enc, groups, classes, task, sample)
                   for names in self.groups_]
         self.models_ = [models for models, _, _, _ in fitted]
@@ -579,7 +581,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             return SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500, **params)
         return ApproximateKernelSVC(kernel=self.kernel, class_weight=self.class_weight,
                                     n_components=int(self.nystroem_components), random_state=int(self.random_state),
-                                    **params)
+                                    solver=getattr(self, "_solver", "auto"), **params)
 
     def _svc_template(self, task: str):
         svc = self._svm()

@@ -118,7 +118,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     import keras
 
     started = time.time()
-    multiworker = config.model.mode == "svm" and config.model.svm.strategy == "multiworker"
+    multiworker = config.multiworker
     if multiworker:
         from tfmed.training.distribute import strategy
 
