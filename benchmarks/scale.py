@@ -64,7 +64,7 @@ def write_training_set(n: int, folder: Path) -> Path:
     return path
 
 
-def bare_forward_rate(image_size: int, batch: int = 32, seconds: float = 6.0) -> float:
+def bare_forward_rate(image_size: int, batch: int = 32, seconds: float = 15.0) -> float:
     """Images/s of the bare backbone's ``predict`` on random images: best of 3 rounds of about ``seconds``."""
     from tfmed import backbones
 
