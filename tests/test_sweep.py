@@ -7,7 +7,7 @@ from sklearn.metrics import recall_score, roc_auc_score
 import tfmed.backbones
 from tfmed.modes import FeatureSVM
 from tfmed.modes.features import FeatureError
-from tfmed.modes.sweep import format_sweep, save_sweep, sweep_layers
+from tfmed.modes.sweep import format_sweep, save_sweep, sweep_layers, sweep_tables
 
 SIZE = 32
 PARAMS = dict(weights=None, image_size=SIZE, C=(1.0,), cv=3, batch_size=16)
@@ -83,3 +83,38 @@ def test_sweep_rejects_unknown_taps_and_unseen_val_classes(data):
         sweep_layers(X_train, y_train, X_val, np.where(y_val == 1, 5, 0), taps=["early"], fusions=[], **PARAMS)
     with pytest.raises(FeatureError, match="'task'"):
         sweep_layers(X_train, y_train, X_val, y_val, taps=["early"], fusions=[], task="binary", **PARAMS)
+
+
+def _tables(data):
+    from tfmed.config import PreprocessConfig
+    from tfmed.data.pipeline import ImageInputs
+    from tfmed.data.table import ImageTable
+
+    X_train, y_train, X_val, y_val = data
+    images = np.clip(np.concatenate([X_train, X_val])[..., 0], 0, 255).astype(np.uint8)
+    labels = np.concatenate([y_train, y_val])
+    frame = pd.DataFrame({"image": [f"mem#{i}" for i in range(len(labels))], "array_index": range(len(labels)),
+                          "label": labels, "patient_id": [f"p{i}" for i in range(len(labels))],
+                          "split": ["train"] * len(y_train) + ["val"] * len(y_val)})
+    table = ImageTable(frame, ["0", "1"], "binary", images=images)
+    return table.split("train"), table.split("val"), ImageInputs(PreprocessConfig(image_size=SIZE))
+
+
+def test_sweep_of_tables_streams_every_tap_once_and_equals_the_array_sweep(data, tmp_path, monkeypatch):
+    train, val, inputs = _tables(data)
+    passes = []
+    original = FeatureSVM._dataset_blocks
+
+    def counted(self, dataset):
+        passes.append(sorted(self.backbone_spec_["taps"]))
+        return original(self, dataset)
+
+    monkeypatch.setattr(FeatureSVM, "_dataset_blocks", counted)
+    kwargs = dict(taps=["early", "middle"], fusions=[["early", "middle"]], cache_dir=str(tmp_path), **PARAMS)
+    streamed = sweep_tables(train, val, inputs, **kwargs)
+    assert passes == [["early", "middle"]] * 2  # train and val, all taps in one pass each
+    (x_train, y_train), (x_val, y_val) = inputs.arrays(train), inputs.arrays(val)
+    in_memory = sweep_layers(x_train, y_train, x_val, y_val, **{**kwargs, "cache_dir": None})
+    assert list(streamed.columns) == ["early", "middle", "early+middle"]
+    np.testing.assert_allclose(streamed.to_numpy(), in_memory.to_numpy(), atol=1e-3)
+    assert sweep_tables(train, val, inputs, **kwargs).equals(streamed) and len(passes) == 2  # read back

@@ -691,8 +691,11 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         Example:
             >>> model.decision_function(images)  # doctest: +SKIP
         """
+        return self._decisions(self._group_features(X))
+
+    def _decisions(self, group_features: list[np.ndarray]) -> np.ndarray:
         return np.mean([self._scores(models, features) for models, features
-                        in zip(self.models_, self._group_features(X))], axis=0)
+                        in zip(self.models_, group_features)], axis=0)
 
     def _scores(self, models: list, features: np.ndarray) -> np.ndarray:
         if self.task_ == "multilabel":

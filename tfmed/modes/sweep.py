@@ -9,7 +9,8 @@ Operating point: sensitivity and specificity are read at the SVM's own
 decision boundary (score 0, with class-balanced weights), so no threshold is
 tuned on the validation images they are measured on. AUC is
 threshold-free. The features of all taps are extracted once, in a single
-pass through the backbone, and shared through the feature cache.
+pass through the backbone, and shared through the feature cache (arrays,
+:func:`sweep_layers`) or the feature store (tables, :func:`sweep_tables`).
 
 Example:
     >>> table = sweep_layers(X_train, y_train, X_val, y_val, taps=["early", "middle", "late"],
@@ -43,6 +44,7 @@ def sweep_layers(X_train, y_train, X_val, y_val, *, taps: Sequence[str],
     :class:`FeatureSVM` (backbone, weights, image_size, C, cv, cache_dir,
     ...); without ``cache_dir`` a temporary cache is used for the sweep.
     Columns are named by the tap, fusions by their taps joined with "+".
+    :func:`sweep_tables` does the same on tables whose images stream from disk.
 
     Example:
         >>> df = sweep_layers(Xtr, ytr, Xva, yva, taps=["middle", "late"],
@@ -50,6 +52,57 @@ def sweep_layers(X_train, y_train, X_val, y_val, *, taps: Sequence[str],
         >>> list(df.columns)                                               # doctest: +SKIP
         ['middle', 'late', 'middle+late']
     """
+    configs, template, all_taps = _sweep_plan(taps, fusions, y_train, y_val, svm_params)
+    with tempfile.TemporaryDirectory(prefix="tfmed-sweep-") as scratch:
+        template.set_params(cache_dir=template.cache_dir or scratch)
+        _fill_cache(template, all_taps, X_train, X_val)
+        columns = {}
+        for config in configs:
+            model = _config_model(template, config)
+            model.fit(X_train, y_train, groups=groups)
+            columns["+".join(config)] = _binary_metrics(np.asarray(y_val) == model.classes_[1],
+                                                        model.decision_function(X_val))
+    return pd.DataFrame(columns, index=list(ROWS))
+
+
+def sweep_tables(train, val, inputs, *, taps: Sequence[str],
+                 fusions: Sequence[Sequence[str]] = (("middle", "late"),), **svm_params) -> pd.DataFrame:
+    """:func:`sweep_layers` on the ``train`` and ``val`` tables (``inputs``: their
+    :class:`~tfmed.data.statistics.ImageInputs`): the images stream through the pipeline and the
+    backbone once, for every tap together, into the feature store of ``cache_dir`` (a temporary
+    one without it), and each tap and fusion is fitted on the stored features, so memory never
+    holds the images; rows of one patient stay in one CV fold when every row has a patient id.
+
+    Example:
+        >>> df = sweep_tables(table.split("train"), table.split("val"), inputs, taps=["early", "late"],
+        ...                   fusions=[], cache_dir="runs/.feature_cache")  # doctest: +SKIP
+    """
+    configs, template, all_taps = _sweep_plan(taps, fusions, train.labels(), val.labels(), svm_params)
+    patients = train.frame["patient_id"]
+    groups = patients.astype(str).to_numpy() if patients.notna().all() else None
+    with tempfile.TemporaryDirectory(prefix="tfmed-sweep-") as scratch:
+        texture = any("texture" in config for config in configs) or bool(template.texture)
+        every_tap = FeatureSVM(**{**template.get_params(), "cache_dir": template.cache_dir or scratch,
+                                  "taps": tuple(all_taps), "texture": texture})
+        every_tap._start_fit(every_tap._check_params())
+        train_blocks, input_shape = every_tap._table_blocks(train, inputs)
+        val_blocks, _ = every_tap._table_blocks(val, inputs)
+        columns = {}
+        for config in configs:
+            model = _config_model(template, config)
+            names = list(model.taps) + (["texture"] if model.texture else [])
+            y_enc, classes, task = model._encode_targets(train.labels(), len(train))
+            model._start_fit(model._check_params())
+            model._fit_blocks({name: train_blocks[name] for name in names}, y_enc, classes, task, groups,
+                              input_shape)
+            scores = model._decisions(model._checked({name: val_blocks[name] for name in names}, input_shape))
+            columns["+".join(config)] = _binary_metrics(val.labels() == model.classes_[1], scores)
+    return pd.DataFrame(columns, index=list(ROWS))
+
+
+def _sweep_plan(taps, fusions, y_train, y_val, svm_params) -> tuple[list[list[str]], FeatureSVM, list[str]]:
+    """The sweep's columns (each a list of taps, "texture" allowed), the FeatureSVM they share
+    settings with, and the backbone taps they need together; FeatureError for a sweep that cannot run."""
     for forbidden in ("taps", "task"):
         if forbidden in svm_params:
             raise FeatureError(f"sweep_layers sets {forbidden!r} itself; remove it from the SVM parameters")
@@ -65,23 +118,16 @@ def sweep_layers(X_train, y_train, X_val, y_val, *, taps: Sequence[str],
     unknown = sorted(set(np.unique(np.asarray(y_val)).tolist()) - set(classes.tolist()), key=str)
     if unknown:
         raise FeatureError(f"y_val holds class(es) {unknown} absent from y_train {classes.tolist()}")
-
     template = FeatureSVM(**svm_params)
     all_taps = list(dict.fromkeys(tap for config in configs for tap in config if tap != "texture"))
     check_taps(template.backbone, all_taps)
-    with tempfile.TemporaryDirectory(prefix="tfmed-sweep-") as scratch:
-        cache_dir = template.cache_dir or scratch
-        template.set_params(cache_dir=cache_dir)
-        _fill_cache(template, all_taps, X_train, X_val)
-        columns = {}
-        for config in configs:
-            texture = "texture" in config or bool(template.texture)
-            config_taps = tuple(t for t in config if t != "texture")
-            model = FeatureSVM(**{**template.get_params(), "taps": config_taps, "texture": texture})
-            model.fit(X_train, y_train, groups=groups)
-            scores = model.decision_function(X_val)
-            columns["+".join(config)] = _binary_metrics(np.asarray(y_val) == model.classes_[1], scores)
-    return pd.DataFrame(columns, index=list(ROWS))
+    return configs, template, all_taps
+
+
+def _config_model(template: FeatureSVM, config: list[str]) -> FeatureSVM:
+    """An unfitted FeatureSVM with ``template``'s settings on the taps (and texture) of one sweep column."""
+    return FeatureSVM(**{**template.get_params(), "taps": tuple(t for t in config if t != "texture"),
+                         "texture": "texture" in config or bool(template.texture)})
 
 
 def _fill_cache(template: FeatureSVM, taps: list[str], *image_sets) -> None:

@@ -2,7 +2,9 @@
 
 Loads and splits the experiment's data exactly as ``tfmed run`` does, then
 fits one SVM per backbone tap and per fusion on the training split and
-measures each on the validation split (never on test).
+measures each on the validation split (never on test). The images stream
+through the backbone once, all taps together, into the runs folder's feature
+store (``RUNS_DIR/.feature_cache``); a second sweep of the same data reads it back.
 
 Example:
     >>> table, path = sweep_experiment(ExperimentConfig.from_yaml("experiments/pneumonia_mnist_svm.yaml"))  # doctest: +SKIP
@@ -16,7 +18,7 @@ import pandas as pd
 
 from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.modes import FeatureSVM, get_mode
-from tfmed.modes.sweep import format_sweep, save_sweep, sweep_layers
+from tfmed.modes.sweep import format_sweep, save_sweep, sweep_tables
 from tfmed.progress import log
 from tfmed.data.statistics import fit_inputs
 from tfmed.run.experiment import prepare_data
@@ -40,13 +42,11 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
                           f"binary task, but the data is {table.task}")
     train, val = table.split("train"), table.split("val")
     inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
-    x_train, y_train = inputs.arrays(train)
-    x_val, y_val = inputs.arrays(val)
     template = FeatureSVM.from_experiment(config, train, None)
     params = {k: v for k, v in template.get_params().items() if k not in ("taps", "task")}
     fusions = [taps[-2:]] if len(taps) >= 2 else []
     log(f"sweeping taps {taps} and fusion {fusions} of {config.model.backbone}")
-    frame = sweep_layers(x_train, y_train, x_val, y_val, taps=taps, fusions=fusions, **params)
+    frame = sweep_tables(train, val, inputs, taps=taps, fusions=fusions, **params)
     out_dir = new_run_dir(runs_dir or config.runs_dir, f"{config.name}_sweep")
     config.to_yaml(out_dir / "config.yaml")
     pd.Series(environment_info(config)).to_json(out_dir / "environment.json", indent=2)
