@@ -53,6 +53,16 @@ MAP_CACHE_BYTES = 64 * 2 ** 20  # mapped matrices up to this size are kept for t
 _MAPS: collections.OrderedDict = collections.OrderedDict()  # the last few (map, mapped rows), by key
 
 
+def solver_for(rows: int) -> str:
+    """The linear solver for ``rows`` training rows: "sgd" above :data:`SGD_ABOVE`, else "liblinear".
+
+    Example:
+        >>> solver_for(4708), solver_for(50000)
+        ('liblinear', 'sgd')
+    """
+    return "sgd" if rows > SGD_ABOVE else "liblinear"
+
+
 def _mapped(nystroem: Nystroem, X: np.ndarray, dtype) -> np.ndarray:
     """``nystroem.transform(X)`` in blocks of :data:`MAP_ROWS` rows, written into one array of
     ``dtype`` (a whole-matrix transform holds the kernel and its normalised copy at once: twice
@@ -118,7 +128,7 @@ class ApproximateKernelSVC(ClassifierMixin, BaseEstimator):
         if self.solver not in ("auto", "liblinear", "sgd"):
             raise ValueError(f"solver is {self.solver!r}; ApproximateKernelSVC has auto, liblinear and sgd")
         self._gamma = self._resolved_gamma(X)
-        sgd = self.solver == "sgd" or (self.solver == "auto" and len(X) > SGD_ABOVE)
+        sgd = (solver_for(len(X)) if self.solver == "auto" else self.solver) == "sgd"
         if self.kernel == "rbf":  # SGD fits float32 rows as they are (half the memory); liblinear needs float64
             self.map_, mapped = _nystroem_map(X, self._gamma, min(int(self.n_components), len(X)), self.random_state,
                                               np.float32 if sgd else np.float64)

@@ -234,11 +234,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         Example:
             >>> model.fit_tables(table.split("train"), None, ImageInputs(preprocess))  # doctest: +SKIP
         """
-        taps = self._check_params()
-        y_enc, classes, task = self._encode_targets(train.labels(), len(train))
-        patients = train.frame["patient_id"]
-        groups = patients.astype(str).to_numpy() if patients.notna().all() else None
-        self._start_fit(taps)
+        self._start_fit(self._check_params())
         what = (f"volumes ({inputs.volume_views.count} views each)" if inputs.volume_views is not None
                 else "images")
         log(f"extracting {self.backbone} features {list(_as_list(self.taps))} of {len(train)} training {what} "
@@ -246,6 +242,14 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         blocks, input_shape = self._table_blocks(train, inputs)
         sample = f" on a sample of about {self.search_rows} rows" if len(train) > self.search_rows else ""
         log(f"fitting the SVM (C grid {list(_as_list(self.C))}, {self.cv}-fold CV{sample})")
+        return self._fit_table_blocks(train, blocks, input_shape)
+
+    def _fit_table_blocks(self, train, blocks: dict[str, np.ndarray], input_shape: tuple) -> "FeatureSVM":
+        """Fit on feature ``blocks`` of the ``train`` table's rows (after :meth:`_start_fit`); rows of one
+        patient stay in one CV fold when every row has a patient id."""
+        y_enc, classes, task = self._encode_targets(train.labels(), len(train))
+        patients = train.frame["patient_id"]
+        groups = patients.astype(str).to_numpy() if patients.notna().all() else None
         return self._fit_blocks(blocks, y_enc, classes, task, groups, input_shape)
 
     def predict_table(self, table, inputs, batch_size: int = 64) -> np.ndarray:
@@ -430,7 +434,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         sample = search_sample(y_enc, groups, int(self.search_rows), int(self.random_state))
         self.classifier_ = (self.classifier if self.classifier != "auto"
                             else "exact" if count <= self.exact_limit else "approximate")
-        self._solver = "sgd" if count > kernel_approximation.SGD_ABOVE else "liblinear"  # one solver for the search, the folds and the final fit
+        self._solver = kernel_approximation.solver_for(count)  # one solver for the search, the folds and the final fit
         fitted = [self._fit_classifier(self._transform(blocks, names), y_enc, groups, classes, task, sample)
                   for names in self.groups_]
         self.models_ = [models for models, _, _, _ in fitted]
@@ -581,7 +585,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             return SVC(kernel=self.kernel, class_weight=self.class_weight, cache_size=500, **params)
         return ApproximateKernelSVC(kernel=self.kernel, class_weight=self.class_weight,
                                     n_components=int(self.nystroem_components), random_state=int(self.random_state),
-                                    solver=getattr(self, "_solver", "auto"), **params)
+                                    solver=self._solver, **params)
 
     def _svc_template(self, task: str):
         svc = self._svm()

@@ -78,8 +78,6 @@ def sweep_tables(train, val, inputs, *, taps: Sequence[str],
         ...                   fusions=[], cache_dir="runs/.feature_cache")  # doctest: +SKIP
     """
     configs, template, all_taps = _sweep_plan(taps, fusions, train.labels(), val.labels(), svm_params)
-    patients = train.frame["patient_id"]
-    groups = patients.astype(str).to_numpy() if patients.notna().all() else None
     with tempfile.TemporaryDirectory(prefix="tfmed-sweep-") as scratch:
         texture = any("texture" in config for config in configs) or bool(template.texture)
         every_tap = FeatureSVM(**{**template.get_params(), "cache_dir": template.cache_dir or scratch,
@@ -91,10 +89,8 @@ def sweep_tables(train, val, inputs, *, taps: Sequence[str],
         for config in configs:
             model = _config_model(template, config)
             names = list(model.taps) + (["texture"] if model.texture else [])
-            y_enc, classes, task = model._encode_targets(train.labels(), len(train))
             model._start_fit(model._check_params())
-            model._fit_blocks({name: train_blocks[name] for name in names}, y_enc, classes, task, groups,
-                              input_shape)
+            model._fit_table_blocks(train, {name: train_blocks[name] for name in names}, input_shape)
             scores = model._decisions(model._checked({name: val_blocks[name] for name in names}, input_shape))
             columns["+".join(config)] = _binary_metrics(val.labels() == model.classes_[1], scores)
     return pd.DataFrame(columns, index=list(ROWS))
