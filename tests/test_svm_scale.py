@@ -212,3 +212,11 @@ def test_the_kernel_map_is_applied_in_blocks_with_the_whole_matrix_result(monkey
     _, mapped = kernel_approximation._nystroem_map(X, whole._gamma, 50, 0, np.float32)
     assert mapped.dtype == np.float32  # what SGD fits: half the memory of float64
     np.testing.assert_allclose(mapped, whole.map_.transform(X), atol=1e-5)
+
+
+def test_an_unknown_kernel_or_solver_is_refused_by_name():
+    X, y = rings(50)
+    with pytest.raises(ValueError, match="solver is 'newton'.*auto, liblinear and sgd"):
+        ApproximateKernelSVC(solver="newton").fit(X, y)
+    with pytest.raises(ValueError, match="kernel is 'poly'.*rbf and linear"):
+        ApproximateKernelSVC(kernel="poly").fit(X, y)
