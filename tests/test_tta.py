@@ -9,10 +9,11 @@ import tensorflow as tf
 from tfmed.config import PreprocessConfig, TTAConfig
 from tfmed.data.pipeline import ImageInputs, PipelineError, load_arrays, make_dataset
 from tfmed.data.table import ImageTable
-from tfmed.data.transforms import (CentralZoom, Compose, Flip, Gamma, RandomFlip, Rotate, Shift, TransformError,
-                                   rotate)
+from tfmed.data.transforms import (CentralZoom, Compose, Flip, Gamma, RandomFlip, Rot90, Rotate, Shift,
+                                   TransformError, rotate)
 from tfmed.data.tta import build_views
 from tfmed.modes import FeatureSVM, FineTuner
+from tfmed.modes.features import FeatureError
 from tfmed.modes.base import scores_from_probabilities
 
 RAW = dict(intensity="none", resize="plain")
@@ -77,7 +78,13 @@ def test_flip_is_exact():
     np.testing.assert_array_equal(Flip(True, True)(img).numpy(), img[::-1, ::-1])
 
 
-@pytest.mark.parametrize("make", [lambda: Flip(), lambda: Gamma(0), lambda: CentralZoom(0),
+def test_rot90_turns_exactly_counter_clockwise():
+    img = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+    for turns in range(-1, 5):
+        np.testing.assert_array_equal(Rot90(turns)(img).numpy(), np.rot90(img, turns))
+
+
+@pytest.mark.parametrize("make", [lambda: Rot90(1.5), lambda: Flip(), lambda: Gamma(0), lambda: CentralZoom(0),
                                   lambda: CentralZoom(1.5), lambda: Shift(float("nan")), lambda: Rotate(float("inf"))])
 def test_invalid_view_parameters_are_refused(make):
     with pytest.raises(TransformError):
@@ -88,7 +95,8 @@ def test_invalid_view_parameters_are_refused(make):
 @pytest.mark.parametrize("config", [
     None, TTAConfig(), TTAConfig(enabled=True), TTAConfig(enabled=True, hflip=True, vflip=True),
     TTAConfig(enabled=True, shift=0, zoom=0), TTAConfig(enabled=True, rotation_degrees=0, gamma=[]),
-    TTAConfig(enabled=True, shift=0.2, rotation_degrees=10, zoom=0.25, gamma=[0.5, 1.0, 2.0], vflip=True)])
+    TTAConfig(enabled=True, shift=0.2, rotation_degrees=10, zoom=0.25, gamma=[0.5, 1.0, 2.0], vflip=True),
+    TTAConfig(enabled=True, dihedral=True)])
 @pytest.mark.parametrize("size", [16, 224])
 def test_view_count_matches_the_config(config, size):
     views = build_views(config, size)
@@ -105,6 +113,24 @@ def test_views_are_built_in_order_from_the_settings():
     assert (views["shift_left"].dx, views["shift_down"].dy) == (-4, 4)
     assert views["rotate_-7.5"].degrees == -7.5 and views["zoom"].keep_fraction == pytest.approx(0.8)
     assert views["gamma_0.5"].gamma == 0.5 and views["vflip"].vertical and not views["vflip"].horizontal
+
+
+def test_dihedral_views_are_the_eight_symmetries_of_the_square():
+    config = TTAConfig(enabled=True, shift=0, rotation_degrees=0, zoom=0, gamma=[], dihedral=True)
+    image = np.random.default_rng(0).uniform(0, 255, (6, 6, 1)).astype(np.float32)
+    seen = [transform(image).numpy() for _, transform in build_views(config, 6)]
+    expected = [np.rot90(flipped, k) for flipped in (image, image[:, ::-1]) for k in range(4)]
+    assert len(seen) == config.view_count() == 8
+    assert sorted(x.tobytes() for x in seen) == sorted(x.tobytes() for x in expected)
+    assert TTAConfig(enabled=True, dihedral=True).view_count() == 17
+
+
+@pytest.mark.parametrize("flip", ["hflip", "vflip"])
+def test_dihedral_refuses_a_flip_it_already_includes(flip):
+    from tfmed.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"tta.{flip}.*already scores both flips"):
+        TTAConfig(enabled=True, dihedral=True, **{flip: True})
 
 
 def test_image_inputs_views():
@@ -238,3 +264,94 @@ def test_a_run_with_tta_reports_its_views_and_evaluate_reproduces_it(tmp_path):
     assert np.allclose(model.predict(table), test["score"])
     assert not np.allclose(plain.predict(table), test["score"])  # the views changed the scores
     assert "test-time views" in (run / "report.html").read_text()
+
+
+# ------------------------------------------------------- fitting on the views
+DIHEDRAL = TTAConfig(enabled=True, shift=0, rotation_degrees=0, zoom=0, gamma=[], dihedral=True)
+FIT_VIEWS_SVM = dict(weights=None, taps=("early",), image_size=32, C=(0.1, 1.0, 10.0), cv=2, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def fitted_on_views():
+    table = memory_table(n=16, size=32, seed=2)
+    inputs = ImageInputs(PreprocessConfig(image_size=32), tta=DIHEDRAL)
+    folds = []
+    original = FeatureSVM._splits
+
+    def spy(self, y, groups, *args, **kwargs):
+        splits = original(self, y, groups, *args, **kwargs)
+        folds.append((groups, splits))
+        return splits
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FeatureSVM, "_splits", spy)
+        model = FeatureSVM(**FIT_VIEWS_SVM, fit_views=True).fit_tables(table, None, inputs)
+    return model, table, inputs, folds
+
+
+def test_fit_views_fits_on_every_view_of_each_training_image(fitted_on_views):
+    model, table, inputs, _ = fitted_on_views
+    views = inputs.views()
+    X = np.concatenate([view.arrays(table)[0] for view in views])
+    y = np.tile(table.labels(), len(views))
+    reference = FeatureSVM(**FIT_VIEWS_SVM).fit(X, y, groups=np.tile(np.arange(len(table)).astype(str), len(views)))
+    pd.testing.assert_frame_equal(model.cv_results_.drop(columns="mean_fit_time"),
+                                  reference.cv_results_.drop(columns="mean_fit_time"))
+    np.testing.assert_allclose(model.predict_table(table, inputs), reference.predict_table(table, inputs), rtol=1e-9)
+    plain = FeatureSVM(**FIT_VIEWS_SVM).fit_tables(table, None, inputs)
+    assert not np.allclose(model.predict_table(table, inputs), plain.predict_table(table, inputs))
+    assert "training rows" in model.report_facts() and "training rows" not in plain.report_facts()
+
+
+def test_fit_views_keeps_the_views_of_one_image_in_one_fold(fitted_on_views):
+    _, table, inputs, folds = fitted_on_views
+    assert folds  # the search and the calibration folds
+    for groups, splits in folds:
+        assert len(groups) == len(table) * inputs.view_count
+        for train, held_out in splits:
+            assert not set(groups[train]) & set(groups[held_out])
+
+
+def test_fit_views_needs_test_time_views():
+    table = memory_table(n=8, size=32)
+    model = FeatureSVM(**FIT_VIEWS_SVM, fit_views=True)
+    with pytest.raises(FeatureError, match="enable tta"):
+        model.fit_tables(table, None, ImageInputs(PreprocessConfig(image_size=32)))
+    with pytest.raises(FeatureError, match="append augmented copies"):
+        model.fit(np.zeros((8, 32, 32, 1)), np.arange(8) % 2)
+
+
+def test_fit_views_config_needs_tta_and_reaches_ensemble_members():
+    from tfmed.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match="model.svm.fit_views.*tta.enabled is false"):
+        ExperimentConfig.from_dict({"model": {"svm": {"fit_views": True}}})
+    members = [{"mode": "svm", "svm": {"fit_views": True}}, {"mode": "svm", "backbone": "efficientnet_lite1"}]
+    with pytest.raises(ConfigError, match=r"members\[0\].*fit_views"):
+        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": members}}})
+    config = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": members}},
+                                         "tta": {"enabled": True, "dihedral": True}})
+    assert config.member_experiment(0).tta == config.tta
+    assert FeatureSVM.from_config(config.member_experiment(0)).fit_views
+
+
+def test_sweep_refuses_fit_views():
+    from tfmed.modes.sweep import sweep_layers
+
+    x = np.zeros((8, 32, 32, 1))
+    with pytest.raises(FeatureError, match="remove fit_views"):
+        sweep_layers(x, np.arange(8) % 2, x, np.arange(8) % 2, taps=["early"], fit_views=True, weights=None)
+
+
+def test_extract_tables_stores_every_view_that_fit_views_reads(tmp_path, monkeypatch):
+    table = memory_table(n=8, size=32, seed=3)
+    inputs = ImageInputs(PreprocessConfig(image_size=32), tta=DIHEDRAL)
+    model = FeatureSVM(**FIT_VIEWS_SVM, fit_views=True, cache_dir=str(tmp_path))
+    model.extract_tables({"train": table}, inputs)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a backbone pass after extract_tables")
+    monkeypatch.setattr(FeatureSVM, "_dataset_blocks", no_pass)
+    monkeypatch.setattr(FeatureSVM, "_blocks", no_pass)
+    model.fit_tables(table, None, inputs)  # every view of the training images is read from the store
+    assert len(model.models_) == 1

@@ -421,7 +421,11 @@ class TTAConfig(_Section):
     +/- ``rotation_degrees`` (2); a central crop keeping 1 - ``zoom`` of the side,
     resized back (1); one view per ``gamma`` value (intensity curve on the 0-255
     scale); left-right and up-down flips when ``hflip`` / ``vflip`` (off by
-    default: a flipped chest X-ray shows the heart on the wrong side).
+    default: a flipped chest X-ray shows the heart on the wrong side). With
+    ``dihedral`` the image is also scored in the 7 other symmetries of the
+    square (quarter turns, and each of them flipped: 7 views), for images with
+    no fixed orientation such as fundus photographs (a left eye is a mirrored
+    right eye), histology or dermoscopy; it includes both flips.
 
     Example:
         >>> TTAConfig(enabled=True).view_count()
@@ -437,9 +441,13 @@ class TTAConfig(_Section):
     gamma: list[float] = field(default_factory=lambda: [0.8, 1.25])
     hflip: bool = False
     vflip: bool = False
+    dihedral: bool = False
 
     def check(self) -> None:
         super().check()
+        for flip in ("hflip", "vflip"):
+            if self.dihedral and getattr(self, flip):
+                self._fail(flip, "tta.dihedral already scores both flips (and the quarter turns); remove it")
         if not 0.0 <= self.shift < 0.5:
             self._fail("shift", "it is a fraction of the image size in [0, 0.5) (0 turns shifts off)")
         if not 0.0 <= self.rotation_degrees <= 45.0:
@@ -457,7 +465,7 @@ class TTAConfig(_Section):
         if not self.enabled:
             return 1
         return (1 + 4 * (self.shift > 0) + 2 * (self.rotation_degrees > 0) + (self.zoom > 0)
-                + len(self.gamma) + self.hflip + self.vflip)
+                + len(self.gamma) + self.hflip + self.vflip + 7 * self.dihedral)
 
 
 @dataclass
@@ -507,6 +515,10 @@ class SVMConfig(_Section):
     worker named in TF_CONFIG runs ``tfmed run`` on the same config and
     computes its share of the feature store's shards; worker 0 then fits the
     classifier and writes the run.
+    fit_views: fit on every test-time view of each training image too (the
+    ``tta`` views as augmented copies, so the SVM learns the variation it is
+    scored over); the views of one image stay in one CV fold. Needs
+    ``tta.enabled``; multiplies the training rows by the view count.
     """
 
     KEY: ClassVar[str] = "model.svm."
@@ -526,6 +538,7 @@ class SVMConfig(_Section):
     nystroem_components: int = 1000
     search_rows: int = 5000
     strategy: Literal["auto", "cpu", "mirrored", "tpu", "multiworker"] = "auto"
+    fit_views: bool = False
 
     def check(self) -> None:
         super().check()
@@ -843,6 +856,9 @@ class ExperimentConfig(_Section):
                 users = [mode for mode, sections in MODE_SECTIONS.items() if name in sections]
                 raise ConfigError(f"{key} is set, but model.mode {self.model.mode!r} does not use it "
                                   f"(only {' and '.join(users)} mode does); remove it, or set model.mode")
+        if self.model.mode == "svm" and self.model.svm.fit_views and not self.tta.enabled:
+            raise ConfigError("model.svm.fit_views fits on the test-time views of the training images, and "
+                              "tta.enabled is false; set tta.enabled: true (with the views to use) or remove it")
         if self.model.mode == "ensemble":
             self._check_members()
         if self.multiworker and self.split.method == "kfold":
@@ -930,7 +946,7 @@ class ExperimentConfig(_Section):
                      for name in ("augment", "balance")}
         try:
             return dataclasses.replace(self, model=model, preprocess=member.preprocess or self.preprocess,
-                                       tta=TTAConfig(), **inherited)
+                                       **inherited)
         except ConfigError as error:
             raise ConfigError(f"model.ensemble.members[{index}] ({self.member_name(index)}): {error}") from None
 

@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 from tfmed.config import TTAConfig
-from tfmed.data.transforms import CentralZoom, Compose, Flip, Gamma, Rotate, Shift, Transform
+from tfmed.data.transforms import CentralZoom, Compose, Flip, Gamma, Rot90, Rotate, Shift, Transform
 
 
 def build_views(config: TTAConfig | None, image_size: int) -> list[tuple[str, Transform]]:
@@ -26,7 +26,8 @@ def build_views(config: TTAConfig | None, image_size: int) -> list[tuple[str, Tr
 
     Order: identity, shifts by ``round(shift * image_size)`` pixels (left, right,
     up, down), rotations by +/- ``rotation_degrees``, the central zoom, one
-    gamma curve per ``gamma``, then the horizontal and vertical flips. There are
+    gamma curve per ``gamma``, the horizontal and vertical flips, then (``dihedral``)
+    the quarter turns and each turn after a left-right flip. There are
     ``config.view_count()`` of them.
 
     Example:
@@ -35,6 +36,10 @@ def build_views(config: TTAConfig | None, image_size: int) -> list[tuple[str, Tr
         >>> [name for name, _ in build_views(TTAConfig(enabled=True, shift=0, rotation_degrees=2.5, zoom=0,
         ...                                            gamma=[], hflip=True), 32)]
         ['identity', 'rotate_+2.5', 'rotate_-2.5', 'hflip']
+        >>> [name for name, _ in build_views(TTAConfig(enabled=True, shift=0, rotation_degrees=0, zoom=0,
+        ...                                            gamma=[], dihedral=True), 32)]  # doctest: +NORMALIZE_WHITESPACE
+        ['identity', 'turn_90', 'turn_180', 'turn_270', 'hflip', 'hflip_turn_90', 'hflip_turn_180',
+         'hflip_turn_270']
     """
     views: list[tuple[str, Transform]] = [("identity", Compose([]))]
     if config is None or not config.enabled:
@@ -53,4 +58,8 @@ def build_views(config: TTAConfig | None, image_size: int) -> list[tuple[str, Tr
         views.append(("hflip", Flip(horizontal=True)))
     if config.vflip:
         views.append(("vflip", Flip(vertical=True)))
+    if config.dihedral:
+        views += [(f"turn_{90 * turns}", Rot90(turns)) for turns in (1, 2, 3)]
+        views.append(("hflip", Flip(horizontal=True)))
+        views += [(f"hflip_turn_{90 * turns}", Compose([Flip(horizontal=True), Rot90(turns)])) for turns in (1, 2, 3)]
     return views

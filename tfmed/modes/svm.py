@@ -150,7 +150,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                  task: str | None = None, cache_dir: str | None = None, batch_size: int = 32,
                  random_state: int = 0, preprocess: dict | None = None, view_fusion: str = "concat",
                  classifier: str = "auto", exact_limit: int = 10000, nystroem_components: int = 1000,
-                 search_rows: int = 5000, strategy: str = "auto"):
+                 search_rows: int = 5000, strategy: str = "auto", fit_views: bool = False):
         self.backbone = backbone
         self.weights = weights
         self.weights_dir = weights_dir
@@ -174,6 +174,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.nystroem_components = nystroem_components
         self.search_rows = search_rows
         self.strategy = strategy
+        self.fit_views = fit_views
 
     # ------------------------------------------------------------------ construction
 
@@ -196,7 +197,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                    preprocess=dataclasses.asdict(config.preprocess), view_fusion=svm.view_fusion,
                    classifier=svm.classifier, exact_limit=svm.exact_limit,
                    nystroem_components=svm.nystroem_components, search_rows=svm.search_rows,
-                   strategy=svm.strategy)
+                   strategy=svm.strategy, fit_views=svm.fit_views)
 
     # ------------------------------------------------------------------ mode protocol
 
@@ -237,19 +238,38 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self._start_fit(self._check_params())
         what = (f"volumes ({inputs.volume_views.count} views each)" if inputs.volume_views is not None
                 else "images")
-        log(f"extracting {self.backbone} features {list(_as_list(self.taps))} of {len(train)} training {what} "
-            f"at {inputs.preprocess.image_size} px")
-        blocks, input_shape = self._table_blocks(train, inputs)
-        sample = f" on a sample of about {self.search_rows} rows" if len(train) > self.search_rows else ""
-        log(f"fitting the SVM (C grid {list(_as_list(self.C))}, {self.cv}-fold CV{sample})")
-        return self._fit_table_blocks(train, blocks, input_shape)
+        views = self._training_views(inputs)
+        in_views = f" in {len(views)} test-time views" if len(views) > 1 else ""
+        log(f"extracting {self.backbone} features {list(_as_list(self.taps))} of {len(train)} training {what}"
+            f"{in_views} at {inputs.preprocess.image_size} px")
+        parts = [self._table_blocks(train, view) for view in views]
+        blocks = {name: np.concatenate([part[name] for part, _ in parts]) for name in parts[0][0]}
+        rows = len(train) * len(views)
+        sample = f" on a sample of about {self.search_rows} rows" if rows > self.search_rows else ""
+        log(f"fitting the SVM on {rows} rows (C grid {list(_as_list(self.C))}, {self.cv}-fold CV{sample})")
+        return self._fit_table_blocks(train, blocks, parts[0][1], copies=len(views))
 
-    def _fit_table_blocks(self, train, blocks: dict[str, np.ndarray], input_shape: tuple) -> "FeatureSVM":
-        """Fit on feature ``blocks`` of the ``train`` table's rows (after :meth:`_start_fit`); rows of one
-        patient stay in one CV fold when every row has a patient id."""
+    def _training_views(self, inputs) -> list:
+        """The inputs the training images are seen in: every test-time view with ``fit_views``, else one."""
+        if not self.fit_views:
+            return [inputs]
+        views = inputs.views()
+        if len(views) < 2:
+            raise FeatureError("fit_views fits on the test-time views of the training images, and these inputs "
+                               "have none; enable tta (tta.enabled: true) or set fit_views False")
+        return views
+
+    def _fit_table_blocks(self, train, blocks: dict[str, np.ndarray], input_shape: tuple,
+                          copies: int = 1) -> "FeatureSVM":
+        """Fit on feature ``blocks`` of the ``train`` table's rows (after :meth:`_start_fit`), ``copies``
+        blocks of rows one after another (one per view); rows of one patient (or, without patient ids,
+        the copies of one image) stay in one CV fold."""
         y_enc, classes, task = self._encode_targets(train.labels(), len(train))
         patients = train.frame["patient_id"]
         groups = patients.astype(str).to_numpy() if patients.notna().all() else None
+        if copies > 1:
+            groups = np.tile(groups if groups is not None else np.arange(len(train)).astype(str), copies)
+            y_enc = np.concatenate([y_enc] * copies)
         return self._fit_blocks(blocks, y_enc, classes, task, groups, input_shape)
 
     def predict_table(self, table, inputs, batch_size: int = 64) -> np.ndarray:
@@ -291,7 +311,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         for name, table in tables.items():
             if table is None or not len(table):
                 continue
-            views = [inputs] if name == "train" else inputs.views()
+            views = self._training_views(inputs) if name == "train" else inputs.views()
             log(f"worker {share.index} of {share.count}: features of the {name} split "
                 f"({len(table)} rows, {len(views)} view(s))")
             for view in views:
@@ -386,6 +406,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             facts["views"] = (f"{self.input_shape_[0]} per volume, "
                               + ("one SVM per view, probabilities averaged" if len(self.groups_) > 1
                                  else "features concatenated for one SVM"))
+        if self.fit_views:
+            facts["training rows"] = "every test-time view of each training image (model.svm.fit_views)"
         return facts
 
     # ------------------------------------------------------------------ fitting
@@ -401,6 +423,10 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             >>> model.fit(images, labels, groups=patient_ids)                 # doctest: +SKIP
         """
         taps = self._check_params()
+        if self.fit_views:
+            raise FeatureError("fit_views fits on the test-time views of a table's images (fit_tables); fit "
+                               "on arrays takes the images as given: append augmented copies to X (with "
+                               "groups keeping each image's copies together) or set fit_views False")
         X = as_input_batch(X)
         y_enc, classes, task = self._encode_targets(y, len(X))
         self._start_fit(taps)

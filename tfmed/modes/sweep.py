@@ -102,6 +102,9 @@ def _sweep_plan(taps, fusions, y_train, y_val, svm_params) -> tuple[list[list[st
     for forbidden in ("taps", "task"):
         if forbidden in svm_params:
             raise FeatureError(f"sweep_layers sets {forbidden!r} itself; remove it from the SVM parameters")
+    if svm_params.get("fit_views"):
+        raise FeatureError("sweep_layers compares taps on the training and validation images as they are, "
+                           "without test-time views; remove fit_views (model.svm.fit_views) for the sweep")
     taps = [taps] if isinstance(taps, str) else list(taps)
     fusions = [[f] if isinstance(f, str) else list(f) for f in fusions]
     configs = [[tap] for tap in taps] + fusions

@@ -27,10 +27,10 @@ from tfmed.data.transforms.intensity import (CLAHE, IMAGENET_MEAN, IMAGENET_STD,
                                              RandomGamma, RandomNoise, Standardize,
                                              SubtractMeanImage, ToImagenetPixels, window_hu)
 from tfmed.data.transforms.spatial import (CentralZoom, Flip, RandomCrop, RandomFlip, RandomRot90,
-                                           RandomRotation, Resize, Rotate, Shift, rotate)
+                                           RandomRotation, Resize, Rot90, Rotate, Shift, rotate)
 
 __all__ = ["CLAHE", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MAX", "CTWindow", "CentralZoom", "Compose", "Flip",
            "Gamma", "MinMax", "MinMaxRange", "RandomApply", "RandomBlur", "RandomBrightness", "RandomContrast", "RandomCrop",
-           "RandomFlip", "RandomGamma", "RandomNoise", "RandomRot90", "RandomRotation", "Resize", "Rotate", "Shift", "Standardize",
+           "RandomFlip", "RandomGamma", "RandomNoise", "RandomRot90", "RandomRotation", "Resize", "Rot90", "Rotate", "Shift", "Standardize",
            "SubtractMeanImage", "ToChannels", "ToImagenetPixels", "Transform", "TransformError", "rotate",
            "window_hu"]

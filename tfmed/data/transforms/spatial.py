@@ -180,6 +180,23 @@ def _projective(image, transform, interpolation: str = "BILINEAR") -> tf.Tensor:
     return out
 
 
+class Rot90(Transform):
+    """Rotate by ``turns`` quarter turns, counter-clockwise as displayed (square images), exactly.
+
+    Example:
+        >>> Rot90(1)(tf.reshape(tf.range(4.0), (2, 2, 1))).numpy().ravel().tolist()
+        [1.0, 3.0, 0.0, 2.0]
+    """
+
+    def __init__(self, turns: int):
+        if int(turns) != turns:
+            raise TransformError(f"Rot90 needs a whole number of quarter turns, got {turns}")
+        self.turns = int(turns) % 4
+
+    def __call__(self, image, seed=None):
+        return tf.image.rot90(as_image(image), self.turns)
+
+
 class Shift(Transform):
     """Move the image ``dx`` pixels right and ``dy`` pixels down (negative: left, up); zeros fill.
 
