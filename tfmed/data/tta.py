@@ -59,7 +59,7 @@ def build_views(config: TTAConfig | None, image_size: int) -> list[tuple[str, Tr
     if config.vflip:
         views.append(("vflip", Flip(vertical=True)))
     if config.dihedral:
-        views += [(f"turn_{90 * turns}", Rot90(turns)) for turns in (1, 2, 3)]
-        views.append(("hflip", Flip(horizontal=True)))
-        views += [(f"hflip_turn_{90 * turns}", Compose([Flip(horizontal=True), Rot90(turns)])) for turns in (1, 2, 3)]
+        flip = Flip(horizontal=True)
+        views += [(f"turn_{90 * turns}", Rot90(turns)) for turns in (1, 2, 3)] + [("hflip", flip)]
+        views += [(f"hflip_turn_{90 * turns}", Compose([flip, Rot90(turns)])) for turns in (1, 2, 3)]
     return views

@@ -243,7 +243,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         log(f"extracting {self.backbone} features {list(_as_list(self.taps))} of {len(train)} training {what}"
             f"{in_views} at {inputs.preprocess.image_size} px")
         parts = [self._table_blocks(train, view) for view in views]
-        blocks = {name: np.concatenate([part[name] for part, _ in parts]) for name in parts[0][0]}
+        blocks = parts[0][0] if len(parts) == 1 else {  # one view: no copy of a possibly large block
+            name: np.concatenate([part[name] for part, _ in parts]) for name in parts[0][0]}
         rows = len(train) * len(views)
         sample = f" on a sample of about {self.search_rows} rows" if rows > self.search_rows else ""
         log(f"fitting the SVM on {rows} rows (C grid {list(_as_list(self.C))}, {self.cv}-fold CV{sample})")
