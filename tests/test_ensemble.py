@@ -124,6 +124,24 @@ def test_members_inherit_what_they_leave_out():
     assert (tune.preprocess.image_size, tune.augment.brightness) == (96, 0.1)
 
 
+def test_a_member_seed_replaces_the_experiments_only_for_that_member():
+    config = ExperimentConfig.from_dict({"seed": 3, "model": {"mode": "ensemble", "ensemble": {"members": [
+        {"name": "a", "mode": "finetune"}, {"name": "b", "mode": "finetune", "seed": 7}]}}})
+    assert (config.member_experiment(0).seed, config.member_experiment(1).seed) == (3, 7)
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"seed": -1}, r"^config: seed is -1"),
+    ({"split": {"seed": 2**32}}, r"split.seed is 4294967296"),
+    ({"model": {"mode": "ensemble", "ensemble": {"members": [{"name": "a", "mode": "finetune", "seed": -5},
+                                                             {"name": "b", "mode": "svm"}]}}},
+     r"members\[0\] \(a\): seed is -5"),
+])
+def test_a_seed_outside_numpys_range_is_refused_naming_the_key(values, key):
+    with pytest.raises(ConfigError, match=key + ".*whole number from 0 to 4294967295"):
+        ExperimentConfig.from_dict(values)
+
+
 def test_bagging_needs_kfold():
     with pytest.raises(ConfigError, match="split.final.*needs split.method: kfold"):
         ExperimentConfig.from_dict({"split": {"final": "bag"}})
@@ -157,6 +175,21 @@ def test_ensemble_scores_are_the_mean_of_member_scores_and_thresholds_come_from_
             assert 0 <= entry["p_value"] <= 1 and entry["ensemble_auc"] is not None
     report = (mean_run / "report.html").read_text()
     assert "paired DeLong p" in report and "late48" in report
+
+
+@pytest.mark.slow
+def test_fine_tunes_that_differ_only_in_seed_differ_and_a_repeated_seed_repeats(tiny_source, tmp_path):
+    tune = {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 32, "early_stopping_patience": None}
+    members = [{"name": "first", "mode": "finetune", "finetune": tune},
+               {"name": "same_seed", "mode": "finetune", "finetune": tune, "seed": 0},
+               {"name": "other_seed", "mode": "finetune", "finetune": tune, "seed": 1}]
+    run = run_experiment(ExperimentConfig.from_dict({
+        "name": "seeds", "data": {"source": tiny_source}, "preprocess": {"image_size": 32},
+        "split": {"test_fraction": 0.2}, "runs_dir": str(tmp_path / "runs"),
+        "model": {"mode": "ensemble", "ensemble": {"members": members}}}))
+    scores = pd.read_csv(run / "member_scores.csv")
+    assert np.allclose(scores["first"], scores["same_seed"], atol=1e-5)
+    assert np.abs(scores["first"] - scores["other_seed"]).max() > 1e-3
 
 
 @pytest.mark.slow

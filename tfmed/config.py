@@ -93,6 +93,10 @@ class _Section:
         raise ConfigError(f"{self.KEY}{name} is {getattr(self, name)!r}; {message}")
 
 
+MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's seed range
+SEED_RANGE = f"a seed must be a whole number from 0 to {MAX_SEED}"
+
+
 def _optional(cls, name: str) -> bool:
     return type(None) in typing.get_args(typing.get_type_hints(cls)[name])
 
@@ -253,6 +257,8 @@ class SplitConfig(_Section):
                 self._fail(name, "it must be in [0, 1)")
         if self.folds < 2:
             self._fail("folds", "it must be at least 2")
+        if not 0 <= self.seed <= MAX_SEED:
+            self._fail("seed", SEED_RANGE)
         if self.final == "bag" and self.method != "kfold":
             self._fail("final", "bagging keeps the k fold models, so it needs split.method: kfold")
 
@@ -676,7 +682,9 @@ class MemberConfig(_Section):
     ``weights`` and ``weights_dir`` from ``model``, ``preprocess``, ``augment``
     and ``balance`` from the sections of those names. Give ``preprocess`` to
     let a member see other inputs, e.g. a fine-tune at 96 px beside features
-    at 224 px.
+    at 224 px. ``seed`` (null: the experiment's) seeds the member's training
+    (new head, dropout, batch order; the SVM's CV folds): fine-tunes that differ
+    only in seed make a seed ensemble.
     """
 
     KEY: ClassVar[str] = "model.ensemble.members[]."
@@ -691,6 +699,7 @@ class MemberConfig(_Section):
     preprocess: PreprocessConfig | None = None
     augment: AugmentConfig | None = None
     balance: BalanceConfig | None = None
+    seed: int | None = None
 
     def __post_init__(self):
         pass  # checked by its ExperimentConfig, which knows the member's index and the defaults
@@ -836,6 +845,8 @@ class ExperimentConfig(_Section):
                         self.model.svm, self.model.finetune, self.model.ensemble, self.tta, self.views,
                         self.evaluation, self.report):
             section.check()
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed is {self.seed!r}; {SEED_RANGE}")
         self._check_views()
         if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
             raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "
@@ -946,7 +957,7 @@ class ExperimentConfig(_Section):
                      for name in ("augment", "balance")}
         try:
             return dataclasses.replace(self, model=model, preprocess=member.preprocess or self.preprocess,
-                                       **inherited)
+                                       seed=self.seed if member.seed is None else member.seed, **inherited)
         except ConfigError as error:
             raise ConfigError(f"model.ensemble.members[{index}] ({self.member_name(index)}): {error}") from None
 
