@@ -846,7 +846,7 @@ class ExperimentConfig(_Section):
                         self.evaluation, self.report):
             section.check()
         if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed is {self.seed!r}; {SEED_RANGE}")
+            self._fail("seed", SEED_RANGE)
         self._check_views()
         if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
             raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "
