@@ -64,6 +64,10 @@ def _literal_hint(cls, name: str):
             return hint if origin is Literal else None
 
 
+MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's seed range
+SEED_RANGE = f"a seed must be a whole number from 0 to {MAX_SEED}"
+
+
 class _Section:
     """A config section: checks its values when built (from YAML or in Python) and on :meth:`check`.
 
@@ -92,9 +96,10 @@ class _Section:
     def _fail(self, name: str, message: str):
         raise ConfigError(f"{self.KEY}{name} is {getattr(self, name)!r}; {message}")
 
-
-MAX_SEED = 2**32 - 1  # NumPy's and scikit-learn's seed range
-SEED_RANGE = f"a seed must be a whole number from 0 to {MAX_SEED}"
+    def _check_seed(self):
+        """Refuse a ``seed`` outside NumPy's range, naming the section's key."""
+        if not 0 <= self.seed <= MAX_SEED:
+            self._fail("seed", SEED_RANGE)
 
 
 def _optional(cls, name: str) -> bool:
@@ -257,8 +262,7 @@ class SplitConfig(_Section):
                 self._fail(name, "it must be in [0, 1)")
         if self.folds < 2:
             self._fail("folds", "it must be at least 2")
-        if not 0 <= self.seed <= MAX_SEED:
-            self._fail("seed", SEED_RANGE)
+        self._check_seed()
         if self.final == "bag" and self.method != "kfold":
             self._fail("final", "bagging keeps the k fold models, so it needs split.method: kfold")
 
@@ -845,8 +849,7 @@ class ExperimentConfig(_Section):
                         self.model.svm, self.model.finetune, self.model.ensemble, self.tta, self.views,
                         self.evaluation, self.report):
             section.check()
-        if not 0 <= self.seed <= MAX_SEED:
-            self._fail("seed", SEED_RANGE)
+        self._check_seed()
         self._check_views()
         if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
             raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "
