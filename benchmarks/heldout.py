@@ -12,7 +12,7 @@ validation split, and the script prints:
   copies of the validation images altered as another scanner or protocol
   might alter them (gamma 0.7 and 1.4, Gaussian blur sigma 1 px, noise sd 8
   on 0-255, a 90% central crop, contrast x0.8): mean and worst;
-* with ``--test-npz FILE``: AUC and accuracy on that MedMNIST-style file's
+* with ``--test-npz FILE``: AUC with its 95% interval and accuracy on that MedMNIST-style file's
   ``test`` split (e.g. the official PneumoniaMNIST test file, which comes
   from a separate collection and is not shipped), accuracy both at the
   validation-chosen threshold and at 0.5 (MedMNIST's convention);
@@ -54,6 +54,13 @@ def auc_of(entry: dict) -> float | None:
     return point.get("roc_auc", point.get("macro_auc"))
 
 
+def auc_interval_of(entry: dict) -> str:
+    """The interval of :func:`auc_of` as ``lo-hi`` (DeLong; for multiclass over all classes)."""
+    point = entry.get("youden", entry)
+    lo, hi = point.get("ci", {}).get("roc_auc") or point.get("macro_auc_ci") or (None, None)
+    return "n/a" if lo is None else f"{lo:.3f}-{hi:.3f}"
+
+
 def heldout_run(config: ExperimentConfig, runs_dir: Path) -> tuple[Path, float]:
     """Train on every training image, threshold on val; return the run and its wall seconds."""
     config.split.test_fraction = 0.0
@@ -77,7 +84,7 @@ def test_file_figures(run: Path, test_npz: str, out: Path) -> dict:
     evaluation = evaluate_run(run, data=f"medmnist:{test_npz}#test", output=out)
     metrics = load_metrics(evaluation)["splits"]["test"]
     predictions = pd.read_csv(evaluation / "predictions.csv")
-    figures = {"auc": auc_of(metrics)}
+    figures = {"auc": auc_of(metrics), "auc 95% CI": auc_interval_of(metrics)}
     if "score" in predictions:
         figures["acc_val_threshold"] = float((predictions["decision"] == predictions["label"]).mean())
         figures["acc_at_0.5"] = float(((predictions["score"] >= 0.5).astype(int) == predictions["label"]).mean())

@@ -8,7 +8,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from tfmed.config import ConfigError, ExperimentConfig
-from tfmed.evaluation.comparison import compare_to_members
+from tfmed.evaluation.comparison import compare_to_members, comparison_sentences
+from tfmed.evaluation.intervals import macro_auc_test
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
 from tfmed.modes.combine import ScoreCombiner
@@ -79,6 +80,24 @@ def test_comparison_reports_member_auc_and_paired_delong_p():
     result = compare_to_members("binary", y, strong, {"weak": weak, "same": strong})
     assert result["same"]["difference"] == 0.0 and result["same"]["p_value"] == 1.0
     assert result["weak"]["difference"] > 0.2 and result["weak"]["p_value"] < 0.01
+
+
+def test_multiclass_comparison_has_a_paired_macro_auc_test():
+    y = np.repeat([0, 1, 2], 40)
+    strong = np.eye(3)[y] * 0.5 + RNG.uniform(0, 0.6, (120, 3))
+    strong /= strong.sum(axis=1, keepdims=True)
+    weak = RNG.dirichlet(np.ones(3), 120)
+    result = compare_to_members("multiclass", y, strong, {"weak": weak, "same": strong.copy()})
+    expected = macro_auc_test(y, strong, weak)
+    assert result["weak"] == {"macro_auc": round(expected["auc_b"], 3),
+                              "ensemble_macro_auc": round(expected["auc_a"], 3),
+                              "difference": round(expected["diff"], 3), "p_value": round(expected["p_value"], 4)}
+    assert result["weak"]["p_value"] < 0.01 and result["same"]["p_value"] == 1.0
+    sentences = comparison_sentences(result, "test")
+    assert "paired test of macro AUCs p = 1.0000" in sentences[1]
+    one_class = compare_to_members("multiclass", np.zeros(5, int), strong[:5], {"weak": weak[:5]})
+    assert one_class["weak"]["p_value"] is None
+    assert comparison_sentences(one_class, "val") == ["val: member weak: no macro AUC (one class only)."]
 
 
 # ------------------------------------------------------------------ configuration

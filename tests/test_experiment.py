@@ -173,7 +173,10 @@ def test_kfold_reports_mean_sd_and_pooled_oof_auc(tmp_path):
     assert len(kfold["fold_auc"]) == 3
     assert kfold["auc_mean"] == pytest.approx(np.mean(kfold["fold_auc"]))
     assert kfold["auc_sd"] == pytest.approx(np.std(kfold["fold_auc"], ddof=1))
-    assert 0.0 <= kfold["pooled_oof_auc"] <= 1.0
+    lo, hi = kfold["pooled_oof_auc_ci"]
+    assert 0.0 <= lo <= kfold["pooled_oof_auc"] <= hi <= 1.0
+    assert f"pooled out-of-fold AUC {kfold['pooled_oof_auc']:.3f} ({lo:.3f}-{hi:.3f})" in \
+        (run_dir / "report.html").read_text()
     assert (run_dir / "oof_predictions.csv").is_file()
 
 
@@ -232,7 +235,12 @@ def test_kfold_finetune_trains_without_a_validation_split(tmp_path):
     run_dir = run_experiment(config)
     metrics = load_metrics(run_dir)
     assert len(metrics["kfold"]["fold_auc"]) == 2
+    lo, hi = metrics["kfold"]["pooled_oof_auc_ci"]  # a macro AUC interval for three classes
+    assert lo <= metrics["kfold"]["pooled_oof_auc"] <= hi
     assert set(metrics["splits"]) == {"test"}
+    test = metrics["splits"]["test"]
+    from tfmed.run.reporting import summary_text
+    assert f"macro {test['macro_auc']:.3f} ({test['macro_auc_ci'][0]:.3f}-" in summary_text(metrics)
 
 
 @pytest.mark.slow

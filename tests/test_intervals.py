@@ -5,7 +5,7 @@ from scipy import optimize, stats
 from sklearn.metrics import roc_auc_score
 
 from tfmed.evaluation import EvaluationError, bootstrap_ci, delong_auc_ci, delong_test, wilson_interval
-from tfmed.evaluation.intervals import delong_covariance
+from tfmed.evaluation.intervals import delong_covariance, macro_auc_ci, macro_auc_covariance, macro_auc_test
 
 
 def wilson_by_inversion(successes, n, level):
@@ -159,3 +159,90 @@ def test_bootstrap_skips_undefined_resamples():
         bootstrap_ci(roc_auc_score, y, scores[:3])
     with pytest.raises(EvaluationError, match="n_resamples"):
         bootstrap_ci(roc_auc_score, y, scores, n_resamples=0)
+
+
+# ------------------------------------------------------------------ macro AUC (multi-class)
+def _multiclass_sample(rng, n, strength=1.0, prior=(0.45, 0.15, 0.25, 0.15)):
+    y = rng.choice(len(prior), size=n, p=prior)
+    logits = strength * np.eye(len(prior))[y] + rng.normal(size=(n, len(prior)))
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, proba
+
+
+def test_macro_auc_with_two_classes_is_delong_exactly():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 80)
+    s = np.round(rng.uniform(size=80) + 0.3 * y, 1)  # rounded: many ties
+    aucs, cov = macro_auc_covariance(y, np.c_[1 - s, s])
+    d_aucs, d_cov = delong_covariance(y, s)
+    assert aucs[0] == pytest.approx(d_aucs[0]) and cov[0, 0] == pytest.approx(d_cov[0, 0], rel=1e-12)
+
+
+def test_macro_auc_equals_sklearn_and_skips_classes_absent_from_the_labels():
+    rng = np.random.default_rng(3)
+    y, proba = _multiclass_sample(rng, 150)
+    assert macro_auc_ci(y, proba)[0] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr"))
+    y = np.where(y == 3, 0, y)  # class 3 now has no cases
+    per_class = [roc_auc_score(y == k, proba[:, k]) for k in range(3)]
+    assert macro_auc_ci(y, proba)[0] == pytest.approx(np.mean(per_class))
+
+
+def test_macro_auc_interval_covers_the_true_value_at_its_level():
+    # Monte Carlo: the true macro AUC of the generating model, from a large sample.
+    rng = np.random.default_rng(4)
+    big_y, big_p = _multiclass_sample(rng, 200_000)
+    truth = np.mean([roc_auc_score(big_y == k, big_p[:, k]) for k in range(4)])
+    covered, estimates, errors = 0, [], []
+    for _ in range(400):
+        y, proba = _multiclass_sample(rng, 300)
+        auc, lo, hi = macro_auc_ci(y, proba)
+        covered += lo <= truth <= hi
+        estimates.append(auc)
+        errors.append((hi - lo) / (2 * 1.959964))
+    assert 0.91 <= covered / 400 <= 0.98
+    assert np.mean(errors) == pytest.approx(np.std(estimates), rel=0.15)
+
+
+def test_macro_auc_se_agrees_with_the_stratified_bootstrap():
+    rng = np.random.default_rng(5)
+    y, proba = _multiclass_sample(rng, 200)
+    _, cov = macro_auc_covariance(y, proba)
+
+    def macro(yy, pp):
+        return roc_auc_score(yy, pp, multi_class="ovr")
+
+    _, lo, hi = bootstrap_ci(macro, y, proba, n_resamples=500, level=0.6827, seed=0)
+    assert np.sqrt(cov[0, 0]) == pytest.approx((hi - lo) / 2, rel=0.2)
+
+
+def test_paired_macro_auc_test_rejects_at_its_level_under_the_null_and_finds_a_real_gap():
+    rng = np.random.default_rng(6)
+    rejected = 0
+    for _ in range(400):
+        y, first = _multiclass_sample(rng, 200)
+        logits = np.eye(4)[y] + rng.normal(size=(200, 4))  # a second model of the same quality
+        second = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        rejected += macro_auc_test(y, first, second)["p_value"] < 0.05
+    assert 0.02 <= rejected / 400 <= 0.09
+    y, strong = _multiclass_sample(rng, 300, strength=2.0)
+    weak = 0.2 * strong + 0.8 * rng.dirichlet(np.ones(4), 300)
+    result = macro_auc_test(y, strong, weak)
+    assert result["diff"] == pytest.approx(roc_auc_score(y, strong, multi_class="ovr")
+                                           - roc_auc_score(y, weak, multi_class="ovr"))
+    assert result["diff"] > 0 and result["p_value"] < 1e-4
+    same = macro_auc_test(y, strong, strong.copy())
+    assert same["diff"] == 0.0 and same["p_value"] == 1.0
+
+
+def test_macro_auc_errors_name_the_problem():
+    proba = np.full((3, 3), 1 / 3)
+    with pytest.raises(EvaluationError, match="every case is of class 1"):
+        macro_auc_ci([1, 1, 1], proba)
+    with pytest.raises(EvaluationError, match=r"class indices 0\.\.2"):
+        macro_auc_ci([0, 1, 3], proba)
+    with pytest.raises(EvaluationError, match="expected"):
+        macro_auc_ci([0, 1], proba)
+    with pytest.raises(EvaluationError, match="NaN"):
+        macro_auc_ci([0, 1, 2], np.where(np.eye(3) == 1, np.nan, 0.5))
+    with pytest.raises(EvaluationError, match="same cases"):
+        macro_auc_test([0, 1, 2], proba, proba[:, :2])

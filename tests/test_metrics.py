@@ -7,8 +7,8 @@ from scipy import stats
 from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, confusion_matrix,
                              f1_score, hamming_loss, precision_score, recall_score, roc_auc_score)
 
-from tfmed.evaluation import (EvaluationError, binary_metrics, delong_auc_ci, evaluate, multiclass_metrics,
-                              multilabel_metrics, operating_point_metrics)
+from tfmed.evaluation import (EvaluationError, binary_metrics, delong_auc_ci, evaluate, macro_auc_ci,
+                              multiclass_metrics, multilabel_metrics, operating_point_metrics)
 
 
 def wilson_closed_form(k, n, level=0.95):
@@ -145,12 +145,32 @@ def test_multiclass_metrics_match_sklearn(multiclass_data):
     json.dumps(m, allow_nan=False)
 
 
+def test_multiclass_macro_auc_interval_and_bootstrap(multiclass_data):
+    y, proba = multiclass_data
+    m = multiclass_metrics(y, proba, ["a", "b", "c"], ci_level=0.9)
+    _, lo, hi = macro_auc_ci(y, proba, 0.9)
+    assert m["macro_auc_ci"] == pytest.approx([lo, hi]) and lo < m["macro_auc"] < hi
+    assert "bootstrap_ci" not in m
+    booted = evaluate("multiclass", y, proba, class_names=["a", "b", "c"], ci_level=0.9, bootstrap=300, seed=1)
+    assert set(booted["bootstrap_ci"]) == {"accuracy", "balanced_accuracy", "macro_auc"}
+    assert booted["bootstrap_resamples"] == 300 and not any("bootstrap" in n for n in booted["notes"])
+    for name, (b_lo, b_hi) in booted["bootstrap_ci"].items():
+        assert b_lo <= booted[name] <= b_hi, name
+    # the percentile and analytic intervals of the macro AUC have about the same width
+    assert np.diff(booted["bootstrap_ci"]["macro_auc"])[0] == pytest.approx(hi - lo, rel=0.3)
+    assert np.diff(booted["bootstrap_ci"]["accuracy"])[0] == pytest.approx(np.diff(m["accuracy_ci"])[0],
+                                                                           rel=0.3)
+    with pytest.raises(EvaluationError, match="bootstrap is -1"):
+        multiclass_metrics(y, proba, ["a", "b", "c"], bootstrap=-1)
+
+
 def test_multiclass_missing_class_and_errors():
     proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
     m = multiclass_metrics([0, 1, 0, 1], proba, ["a", "b", "c"])
     assert m["per_class"]["c"]["roc_auc"] is None and m["per_class"]["c"]["sensitivity"] is None
-    assert m["macro_auc"] == pytest.approx(1.0)
+    assert m["macro_auc"] == pytest.approx(1.0) and m["macro_auc_ci"] == [1.0, 1.0]
     assert any("'c'" in note for note in m["notes"])
+    assert multiclass_metrics([1, 1, 1, 1], proba, ["a", "b", "c"])["macro_auc_ci"] is None
     with pytest.raises(EvaluationError, match=r"expected \(n_cases, 3\)"):
         multiclass_metrics([0, 1], proba[:2, :2], ["a", "b", "c"])
     with pytest.raises(EvaluationError, match="row 1 is 5"):

@@ -123,7 +123,9 @@ def test_multiclass_and_multilabel_reports(tmp_path):
     metrics = evaluate("multiclass", y, proba, class_names=["normal", "bacterial", "viral"])
     text = write_report(tmp_path / "mc", ReportContext(title="mc", task="multiclass",
                                                        metrics={"test": metrics})).read_text()
-    assert "viral" in text and f"{metrics['macro_auc']:.3f}" in text
+    lo, hi = metrics["macro_auc_ci"]
+    assert "viral" in text and f"{metrics['macro_auc']:.3f} ({lo:.3f}-{hi:.3f})" in text
+    assert "Macro AUC (CI)" in text and "structural components" in text
     Y = (rng.uniform(0, 1, (60, 2)) < 0.4).astype(int)
     P = np.clip(Y * 0.5 + rng.uniform(0, 0.5, (60, 2)), 0, 1)
     metrics = evaluate("multilabel", Y, P, [0.5, 0.5], ["effusion", "nodule"])

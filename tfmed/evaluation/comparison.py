@@ -1,9 +1,10 @@
 """An ensemble beside its members: each member's AUC and the paired DeLong test against the combination.
 
 Binary tasks get one paired DeLong test (DeLong et al. 1988) per member, on the
-same images; multilabel tasks one per member and label; multiclass tasks the
-macro one-vs-rest AUC of each member beside the combination's (DeLong's test
-compares two binary ROC curves, so no p-value there).
+same images; multilabel tasks one per member and label; multiclass tasks one
+paired test of the macro one-vs-rest AUCs per member
+(:func:`~tfmed.evaluation.intervals.macro_auc_test`, DeLong's structural
+components extended to all classes).
 
 Example:
     >>> import numpy as np
@@ -16,9 +17,8 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-from tfmed.evaluation.intervals import EvaluationError, delong_test
+from tfmed.evaluation.intervals import EvaluationError, delong_test, macro_auc_test
 
 
 def compare_to_members(task: str, y, combined, members: dict[str, np.ndarray]) -> dict:
@@ -40,11 +40,7 @@ def compare_to_members(task: str, y, combined, members: dict[str, np.ndarray]) -
             per_label = [_binary(y[:, j], combined[:, j], scores[:, j]) for j in range(y.shape[1])]
             out[name] = {key: [entry[key] for entry in per_label] for key in per_label[0]}
         else:
-            member_auc, ensemble_auc = _macro_auc(y, scores), _macro_auc(y, combined)
-            out[name] = {"macro_auc": member_auc, "ensemble_macro_auc": ensemble_auc,
-                         "difference": None if None in (member_auc, ensemble_auc)
-                         else round(ensemble_auc - member_auc, 3),
-                         "p_value": None}
+            out[name] = _multiclass(y, combined, scores)
     return out
 
 
@@ -65,8 +61,12 @@ def comparison_sentences(comparison: dict, split: str) -> list[str]:
             lines.append(f"{split}: ensemble AUC {entry['ensemble_auc']:.3f} vs member {name} {entry['auc']:.3f} "
                          f"(difference {entry['difference']:+.3f}, paired DeLong p = {entry['p_value']:.4f}).")
         elif "macro_auc" in entry:
-            lines.append(f"{split}: ensemble macro AUC {_text(entry['ensemble_macro_auc'])} vs member {name} "
-                         f"{_text(entry['macro_auc'])} (no paired test for multiclass).")
+            if entry["macro_auc"] is None:
+                lines.append(f"{split}: member {name}: no macro AUC (one class only).")
+                continue
+            lines.append(f"{split}: ensemble macro AUC {entry['ensemble_macro_auc']:.3f} vs member {name} "
+                         f"{entry['macro_auc']:.3f} (difference {entry['difference']:+.3f}, paired test of "
+                         f"macro AUCs p = {entry['p_value']:.4f}).")
         else:
             pairs = ", ".join(f"{_text(a)}/{_text(e)} (p {_text(p, 4)})"
                               for a, e, p in zip(entry["auc"], entry["ensemble_auc"], entry["p_value"]))
@@ -83,15 +83,13 @@ def _binary(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
             "difference": round(result["diff"], 3), "p_value": round(result["p_value"], 4)}
 
 
-def _macro_auc(y: np.ndarray, proba: np.ndarray) -> float | None:
-    present = np.unique(y)
-    if len(present) < 2:
-        return None
-    keep = np.isin(np.arange(proba.shape[1]), present)
-    rows = proba[:, keep] / np.clip(proba[:, keep].sum(axis=1, keepdims=True), 1e-12, None)
-    if keep.sum() == 2:
-        return round(float(roc_auc_score(y == present[1], rows[:, 1])), 3)
-    return round(float(roc_auc_score(y, rows, multi_class="ovr", labels=present)), 3)
+def _multiclass(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
+    try:
+        result = macro_auc_test(y.astype(int), combined, scores)
+    except EvaluationError:
+        return {"macro_auc": None, "ensemble_macro_auc": None, "difference": None, "p_value": None}
+    return {"macro_auc": round(result["auc_b"], 3), "ensemble_macro_auc": round(result["auc_a"], 3),
+            "difference": round(result["diff"], 3), "p_value": round(result["p_value"], 4)}
 
 
 def _text(value, digits: int = 3) -> str:

@@ -6,6 +6,8 @@
   fast midrank algorithm of Sun & Xu (2014); ties count one half.
 * :func:`delong_test` - paired DeLong test of two models scored on the same
   cases.
+* :func:`macro_auc_ci`, :func:`macro_auc_test` - the same for the macro
+  one-vs-rest AUC of multi-class models (:func:`macro_auc_covariance`).
 * :func:`bootstrap_ci` - percentile bootstrap interval for any metric,
   resampling within each class by default (stratified).
 
@@ -109,19 +111,85 @@ def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
         only = "positive (1)" if n_neg == 0 else "negative (0)"
         raise EvaluationError(f"delong: AUC is undefined because y_true has only {only} cases "
                               f"(n={y.size}); both classes are needed")
-    positives, negatives = matrix[:, y == 1], matrix[:, y == 0]
-    rank_pos = stats.rankdata(positives, axis=1)          # midranks within positives
-    rank_neg = stats.rankdata(negatives, axis=1)          # midranks within negatives
-    rank_all = stats.rankdata(np.hstack([positives, negatives]), axis=1)
-    aucs = (rank_all[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    # Structural components: for each positive, the share of negatives it
-    # outranks; for each negative, the share of positives that outrank it.
-    v_pos = (rank_all[:, :n_pos] - rank_pos) / n_neg
-    v_neg = 1.0 - (rank_all[:, n_pos:] - rank_neg) / n_pos
+    aucs, v_pos, v_neg = _placements(matrix, y == 1)
     cov_pos = np.atleast_2d(np.cov(v_pos)) if n_pos > 1 else np.zeros((len(matrix), len(matrix)))
     cov_neg = np.atleast_2d(np.cov(v_neg)) if n_neg > 1 else np.zeros((len(matrix), len(matrix)))
     covariance = cov_pos / n_pos + cov_neg / n_neg
     return aucs, covariance
+
+
+def macro_auc_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray]:
+    """Macro one-vs-rest AUCs of one or more multi-class models and their covariance.
+
+    ``probas`` is one (n, K) array of class scores or several stacked as
+    (m, n, K), all for the same cases ``y_true`` (class indices 0..K-1).
+    The macro AUC averages the one-vs-rest AUCs of the classes that have
+    cases both in and out of them (as :func:`multiclass_metrics` does). Its
+    variance extends DeLong's structural components: each case gets one
+    component per model (its placements in every class's ROC, each divided
+    by that class's count of cases in or out), and the covariance sums, over
+    the true classes, the class size times the sample covariance of those
+    components within the class. With two classes it equals
+    :func:`delong_covariance`. Returns ``(aucs, covariance)`` with shapes
+    (m,) and (m, m).
+
+    Example:
+        >>> y = [0, 0, 1, 1, 2, 2]
+        >>> proba = [[.7, .2, .1], [.3, .3, .4], [.2, .6, .2], [.4, .4, .2], [.1, .2, .7], [.3, .3, .4]]
+        >>> aucs, cov = macro_auc_covariance(y, proba)
+        >>> round(float(aucs[0]), 3), cov.shape
+        (0.917, (1, 1))
+    """
+    y = np.asarray(y_true)
+    stack = np.asarray(probas, dtype=float)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3 or y.ndim != 1 or stack.shape[1] != y.size:
+        raise EvaluationError(f"macro AUC: class scores have shape {np.shape(probas)} and y_true "
+                              f"{y.shape}; expected (n, K) or (m, n, K) scores for n = {y.size} "
+                              "cases with one class index each")
+    if not np.all(np.isfinite(stack)):
+        raise EvaluationError("macro AUC: scores contain NaN or infinite values; "
+                              "remove or fix those predictions first")
+    n_classes = stack.shape[2]
+    if y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= n_classes:
+        raise EvaluationError(f"macro AUC: y_true must hold class indices 0..{n_classes - 1}, one per case "
+                              f"(got {y.size} values of type {y.dtype})")
+    counts = np.bincount(y, minlength=n_classes)
+    classes = [k for k in range(n_classes) if 0 < counts[k] < y.size]
+    if not classes:
+        raise EvaluationError(f"macro AUC: undefined because every case is of class {int(y[0])} "
+                              f"(n={y.size}); at least two classes are needed")
+    aucs = np.zeros(len(stack))
+    components = np.zeros((len(stack), y.size))
+    for k in classes:
+        inside = y == k
+        class_aucs, v_pos, v_neg = _placements(stack[:, :, k], inside)
+        aucs += class_aucs / len(classes)
+        components[:, inside] += v_pos / counts[k] / len(classes)
+        components[:, ~inside] += v_neg / (y.size - counts[k]) / len(classes)
+    covariance = np.zeros((len(stack), len(stack)))
+    for k in np.flatnonzero(counts > 1):
+        covariance += counts[k] * np.atleast_2d(np.cov(components[:, y == k]))
+    return aucs, covariance
+
+
+def _placements(matrix: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUCs of score rows ``matrix`` (k, n) and DeLong's placement values, ties counting one half.
+
+    For each positive, the share of negatives it outranks; for each negative,
+    the share of positives that outrank it (fast midrank algorithm of Sun &
+    Xu 2014).
+    """
+    n_pos, n_neg = int(positive.sum()), int(positive.size - positive.sum())
+    positives, negatives = matrix[:, positive], matrix[:, ~positive]
+    rank_pos = stats.rankdata(positives, axis=1)          # midranks within positives
+    rank_neg = stats.rankdata(negatives, axis=1)          # midranks within negatives
+    rank_all = stats.rankdata(np.hstack([positives, negatives]), axis=1)
+    aucs = (rank_all[:, :n_pos].sum(axis=1) - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    v_pos = (rank_all[:, :n_pos] - rank_pos) / n_neg
+    v_neg = 1.0 - (rank_all[:, n_pos:] - rank_neg) / n_pos
+    return aucs, v_pos, v_neg
 
 
 def delong_auc_ci(y_true, scores, level: float = 0.95) -> tuple[float, float, float]:
@@ -136,9 +204,27 @@ def delong_auc_ci(y_true, scores, level: float = 0.95) -> tuple[float, float, fl
     """
     z = z_value(level)
     aucs, covariance = delong_covariance(y_true, np.asarray(scores, dtype=float).reshape(-1))
-    auc = float(aucs[0])
-    se = float(np.sqrt(max(covariance[0, 0], 0.0)))
-    return auc, max(0.0, auc - z * se), min(1.0, auc + z * se)
+    return _wald_interval(float(aucs[0]), float(covariance[0, 0]), z)
+
+
+def macro_auc_ci(y_true, proba, level: float = 0.95) -> tuple[float, float, float]:
+    """Macro one-vs-rest AUC and its interval, ``(auc, lo, hi)``, from :func:`macro_auc_covariance`.
+
+    Like the DeLong interval it is AUC +/- z * SE, clipped to [0, 1]; with
+    few cases in a class and AUCs near 1 it is too narrow (a normal
+    approximation), as the binary one is.
+
+    Example:
+        >>> y = [0, 0, 1, 1, 2, 2, 0, 1, 2]
+        >>> proba = [[.6, .3, .1], [.5, .2, .3], [.2, .6, .2], [.3, .4, .3], [.1, .2, .7], [.2, .3, .5],
+        ...          [.3, .4, .3], [.5, .3, .2], [.2, .2, .6]]
+        >>> auc, lo, hi = macro_auc_ci(y, proba)
+        >>> round(auc, 3), lo < auc < hi
+        (0.917, True)
+    """
+    z = z_value(level)
+    aucs, covariance = macro_auc_covariance(y_true, np.asarray(proba, dtype=float))
+    return _wald_interval(float(aucs[0]), float(covariance[0, 0]), z)
 
 
 def delong_test(y_true, scores_a, scores_b) -> dict:
@@ -158,7 +244,37 @@ def delong_test(y_true, scores_a, scores_b) -> dict:
     if a.shape != b.shape:
         raise EvaluationError(f"delong_test: scores_a has {a.size} values and scores_b {b.size}; "
                               "the paired test needs both models' scores for the same cases")
-    aucs, covariance = delong_covariance(y_true, np.vstack([a, b]))
+    return _paired_test(*delong_covariance(y_true, np.vstack([a, b])))
+
+
+def macro_auc_test(y_true, proba_a, proba_b) -> dict:
+    """Paired test of two multi-class models' macro AUCs on the same cases.
+
+    The multi-class counterpart of :func:`delong_test`, with the covariance of
+    :func:`macro_auc_covariance`; returns the same keys.
+
+    Example:
+        >>> y = [0, 0, 1, 1, 2, 2]
+        >>> proba = [[.7, .2, .1], [.5, .3, .2], [.2, .6, .2], [.4, .4, .2], [.1, .2, .7], [.3, .3, .4]]
+        >>> result = macro_auc_test(y, proba, proba)
+        >>> result["diff"], result["p_value"]
+        (0.0, 1.0)
+    """
+    a = np.asarray(proba_a, dtype=float)
+    b = np.asarray(proba_b, dtype=float)
+    if a.shape != b.shape:
+        raise EvaluationError(f"macro_auc_test: proba_a has shape {a.shape} and proba_b {b.shape}; "
+                              "the paired test needs both models' class scores for the same cases")
+    return _paired_test(*macro_auc_covariance(y_true, np.stack([a, b])))
+
+
+def _wald_interval(auc: float, variance: float, z: float) -> tuple[float, float, float]:
+    se = float(np.sqrt(max(variance, 0.0)))
+    return auc, max(0.0, auc - z * se), min(1.0, auc + z * se)
+
+
+def _paired_test(aucs: np.ndarray, covariance: np.ndarray) -> dict:
+    """Two-sided z test of ``aucs[0] - aucs[1]`` with their covariance (2, 2)."""
     diff = float(aucs[0] - aucs[1])
     variance = float(covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1])
     if variance <= 1e-15:

@@ -35,7 +35,8 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, b
                              confusion_matrix, hamming_loss, roc_auc_score)
 
 from .intervals import (EvaluationError, _binary_labels, _check_level, bootstrap_distribution,
-                        delong_auc_ci, percentile_interval, wilson_interval)
+                        delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
+                        wilson_interval)
 
 TASKS = ("binary", "multiclass", "multilabel")
 # Proportions: metric -> (numerator, denominator) from the confusion counts.
@@ -48,6 +49,7 @@ PROPORTIONS = {
 }
 BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc",
                   "brier")
+MULTICLASS_BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "macro_auc")
 _UNDEFINED = {
     "sensitivity": "sensitivity is undefined: there are no positive cases",
     "specificity": "specificity is undefined: there are no negative cases",
@@ -75,8 +77,7 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
     y, s = _check_binary(y_true, scores)
     threshold = _check_threshold(threshold)
     ci_level = _check_level(ci_level)
-    if isinstance(bootstrap, bool) or int(bootstrap) != bootstrap or bootstrap < 0:
-        raise EvaluationError(f"bootstrap is {bootstrap!r}; give the number of resamples (0 for none)")
+    _check_bootstrap(bootstrap)
     notes: list[str] = []
     values = _binary_point(y, s, threshold, notes)
     counts = values.pop("confusion_matrix")
@@ -107,12 +108,17 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
     return to_jsonable(result)
 
 
-def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: float = 0.95) -> dict:
+def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: float = 0.95,
+                       bootstrap: int = 0, seed: int = 0) -> dict:
     """Accuracy, confusion matrix and one-vs-rest metrics for each class.
 
     The predicted class is the argmax of ``proba`` (n, K). Per class: AUC
     (one-vs-rest, DeLong CI), sensitivity, specificity, PPV and NPV (Wilson
-    CIs). ``macro_auc`` is the mean of the per-class AUCs.
+    CIs). ``macro_auc`` is the mean of the per-class AUCs and
+    ``macro_auc_ci`` its interval (:func:`macro_auc_ci`, DeLong's structural
+    components over all classes). With ``bootstrap > 0``,
+    ``bootstrap_ci`` holds stratified percentile intervals of accuracy,
+    balanced accuracy and macro AUC.
 
     Example:
         >>> m = multiclass_metrics([0, 1, 2, 2], [[.8, .1, .1], [.2, .7, .1], [.1, .2, .7], [.5, .2, .3]],
@@ -121,6 +127,7 @@ def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: floa
         (0.75, [[1, 0, 0], [0, 1, 0], [1, 0, 1]])
     """
     ci_level = _check_level(ci_level)
+    _check_bootstrap(bootstrap)
     names = [str(c) for c in class_names]
     P = np.asarray(proba, dtype=float)
     y = np.asarray(y_true)
@@ -186,8 +193,17 @@ def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: floa
                          f"{'absent' if binary.sum() == 0 else 'the only one present'})")
         result["per_class"][name] = entry
     result["macro_auc"] = float(np.mean(aucs)) if aucs else None
+    result["macro_auc_ci"] = list(macro_auc_ci(y, P, ci_level)[1:]) if aucs else None
     if aucs and len(aucs) < len(names):
         notes.append("macro AUC averages only the classes whose AUC is defined")
+    if bootstrap:
+        replicates = bootstrap_distribution(_multiclass_replicate, y, P, n_resamples=int(bootstrap),
+                                            stratified=True, seed=seed)
+        result["bootstrap_ci"] = {}
+        for name in MULTICLASS_BOOTSTRAP_METRICS:
+            lo, hi = percentile_interval([r[name] for r in replicates], ci_level)
+            result["bootstrap_ci"][name] = [_clean_float(lo), _clean_float(hi)]
+        result["bootstrap_resamples"] = int(bootstrap)
     result["notes"] = notes
     return to_jsonable(result)
 
@@ -268,12 +284,8 @@ def evaluate(task: str, y_true, scores, thresholds=None, class_names: Sequence[s
     elif task == "multiclass":
         if class_names is None:
             class_names = [str(k) for k in range(np.asarray(scores).shape[-1])]
-        allowed = {k: v for k, v in kw.items() if k == "ci_level"}
-        result = multiclass_metrics(y_true, scores, class_names, **allowed)
+        result = multiclass_metrics(y_true, scores, class_names, **kw)
         defaulted = False
-        if kw.get("bootstrap"):
-            result["notes"].append("bootstrap intervals are not computed for multiclass metrics; "
-                                   "AUCs carry DeLong and proportions Wilson intervals")
     else:
         if class_names is None:
             class_names = [f"label_{j}" for j in range(np.asarray(scores).shape[-1])]
@@ -388,6 +400,21 @@ def _binary_replicate(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
     in_range = s.min() >= 0.0 and s.max() <= 1.0
     values["brier"] = float(np.mean((s - y) ** 2)) if in_range else None
     return values
+
+
+def _multiclass_replicate(y: np.ndarray, P: np.ndarray) -> dict:
+    """Accuracy, balanced accuracy and macro AUC of one bootstrap resample (None where undefined)."""
+    predicted = P.argmax(axis=1)
+    present = np.unique(y)
+    balanced = float(np.mean([np.mean(predicted[y == k] == k) for k in present])) \
+        if present.size == P.shape[1] else None
+    macro = float(macro_auc_covariance(y, P)[0][0]) if present.size > 1 else None
+    return {"accuracy": float(np.mean(predicted == y)), "balanced_accuracy": balanced, "macro_auc": macro}
+
+
+def _check_bootstrap(bootstrap) -> None:
+    if isinstance(bootstrap, bool) or int(bootstrap) != bootstrap or bootstrap < 0:
+        raise EvaluationError(f"bootstrap is {bootstrap!r}; give the number of resamples (0 for none)")
 
 
 def _check_binary(y_true, scores) -> tuple[np.ndarray, np.ndarray]:

@@ -233,7 +233,7 @@ def _summary(context: ReportContext) -> str:
     elif context.task == "multiclass":
         text = (f"On the {split} split (n={metrics.get('n')}), accuracy "
                 f"{_pct(metrics.get('accuracy'), metrics.get('accuracy_ci'))}, "
-                f"macro one-vs-rest AUC {_num(metrics.get('macro_auc'))}.")
+                f"macro one-vs-rest AUC {_macro_auc(metrics)}.")
     else:
         text = (f"On the {split} split (n={metrics.get('n')}), macro AUC {_num(metrics.get('macro_auc'))}, "
                 f"micro AUC {_num(metrics.get('micro_auc'))}.")
@@ -285,9 +285,11 @@ def _metrics_section(context: ReportContext) -> str:
         parts.append(f"<p class='meta'>Intervals: {_ci_words(context)}.</p>")
     elif context.task == "multiclass":
         rows = [[split, m.get("n"), _pct(m.get("accuracy"), m.get("accuracy_ci")),
-                 _pct(m.get("balanced_accuracy")), _num(m.get("macro_auc"))]
+                 _pct(m.get("balanced_accuracy")), _macro_auc(m)]
                 for split, m in context.metrics.items()]
-        parts.append(_table(["Split", "n", "Accuracy (CI)", "Balanced accuracy", "Macro AUC"], rows))
+        parts.append(_table(["Split", "n", "Accuracy (CI)", "Balanced accuracy", "Macro AUC (CI)"], rows))
+        parts.append(f"<p class='meta'>Intervals: {_ci_words(context)}; macro AUC by DeLong's structural "
+                     "components over all classes.</p>")
         for split, m in context.metrics.items():
             parts.append(f"<h3>Per class ({_e(split)})</h3>")
             parts.append(_per_entry_table(m.get("per_class", {}), "Class"))
@@ -385,6 +387,12 @@ def _auc(m: Mapping) -> str:
         return "n/a"
     ci = m.get("ci", {}).get("roc_auc")
     return _num(value) + (f" ({_num(ci[0])}-{_num(ci[1])})" if ci and None not in ci else "")
+
+
+def _macro_auc(m: Mapping) -> str:
+    ci = m.get("macro_auc_ci")
+    return _num(m.get("macro_auc")) + (f" ({_num(ci[0])}-{_num(ci[1])})" if ci and None not in ci
+                                        and m.get("macro_auc") is not None else "")
 
 
 def _num(value, digits: int = 3) -> str:

@@ -259,6 +259,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
                "auc_mean": float(aucs.mean()) if len(aucs) else None,
                "auc_sd": float(aucs.std(ddof=1)) if len(aucs) > 1 else None,
                "pooled_oof_auc": _auc(pooled),
+               "pooled_oof_auc_ci": pooled.get("macro_auc_ci") or pooled.get("ci", {}).get("roc_auc"),
                "thresholds": select_thresholds(table.task, y, oof, config.evaluation.target_sensitivity,
                                                config.evaluation.target_specificity)}
     return summary, models

@@ -42,20 +42,25 @@ def headline_rows(metrics: dict) -> list[dict]:
         points = {"(argmax)": entry} if metrics["task"] == "multiclass" else entry
         for point, m in points.items():
             if metrics["task"] == "binary":
-                ci = m.get("ci", {}).get("roc_auc")
-                auc = _fmt(m.get("roc_auc"))
-                if ci and None not in ci:
-                    auc += f" ({ci[0]:.3f}-{ci[1]:.3f})"
+                auc = _with_ci(m.get("roc_auc"), m.get("ci", {}).get("roc_auc"))
                 rows.append({"split": split, "point": point, "auc": auc,
                              **{k: _fmt(m.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")}})
             else:
-                rows.append({"split": split, "point": point, "auc": f"macro {_fmt(m.get('macro_auc'))}",
+                auc = f"macro {_with_ci(m.get('macro_auc'), m.get('macro_auc_ci'))}"
+                rows.append({"split": split, "point": point, "auc": auc,
                              "sensitivity": "", "specificity": "", "ppv": "", "npv": ""})
     return rows
 
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _with_ci(value, ci) -> str:
+    """``0.912 (0.870-0.954)``, or the value alone when there is no interval."""
+    if value is None or not ci or None in ci:
+        return _fmt(value)
+    return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
 
 
 def write_predictions_csv(path: Path, model, parts: dict[str, ImageTable], scores: dict) -> Path:
@@ -182,7 +187,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                  else f"the {k['folds']} fold models were kept and their mean score")
         notes += [f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- "
                  f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC "
-                 f"{_fmt(k['pooled_oof_auc'])}. Thresholds were chosen on the pooled out-of-fold scores; "
+                 f"{_with_ci(k['pooled_oof_auc'], k.get('pooled_oof_auc_ci'))}. Thresholds were chosen on the pooled out-of-fold scores; "
                  f"{final} was measured once on test."]
         notes.remove(THRESHOLD_NOTE)
     if member_scores:
@@ -216,5 +221,6 @@ def summary_text(metrics: dict) -> str:
         lines.append(f"test: {metrics['test_origin']}")
     if "kfold" in metrics:
         lines.append(f"{metrics['kfold']['folds']}-fold pooled out-of-fold AUC "
-                     f"{_fmt(metrics['kfold']['pooled_oof_auc'])} (train+val, in-distribution)")
+                     f"{_with_ci(metrics['kfold']['pooled_oof_auc'], metrics['kfold'].get('pooled_oof_auc_ci'))} "
+                     "(train+val, in-distribution)")
     return "\n".join(lines)
