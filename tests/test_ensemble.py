@@ -100,6 +100,19 @@ def test_multiclass_comparison_has_a_paired_macro_auc_test():
     assert comparison_sentences(one_class, "val") == ["val: member weak: no macro AUC (one class only)."]
 
 
+def test_multilabel_comparison_tests_each_label_and_the_macro_auc():
+    Y = RNG.integers(0, 2, (80, 2))
+    strong = Y * 0.6 + RNG.uniform(0, 0.5, (80, 2))
+    weak = RNG.uniform(size=(80, 2))
+    entry = compare_to_members("multilabel", Y, strong, {"weak": weak})["weak"]
+    assert len(entry["p_value"]) == 2 and all(p < 0.01 for p in entry["p_value"])
+    expected = macro_auc_test(Y, strong, weak)
+    assert entry["macro"]["p_value"] == round(expected["p_value"], 4) and entry["macro"]["difference"] > 0.3
+    sentence = comparison_sentences({"weak": entry}, "test")[0]
+    assert sentence.startswith("test: member weak vs ensemble AUC per label:")
+    assert f"ensemble macro AUC {entry['macro']['ensemble_macro_auc']:.3f}" in sentence
+
+
 # ------------------------------------------------------------------ configuration
 def _ensemble_dict(source: str, tmp_path: Path, combine: str = "mean", **extra) -> dict:
     ensemble = {"combine": combine, "members": [

@@ -185,6 +185,7 @@ def test_multilabel_metrics_match_sklearn():
     thresholds = {"effusion": 0.5, "nodule": 0.4, "cardiomegaly": 0.6}
     m = multilabel_metrics(Y, P, thresholds, names)
     assert m["macro_auc"] == pytest.approx(roc_auc_score(Y, P, average="macro"))
+    assert m["macro_auc_ci"] == pytest.approx(list(macro_auc_ci(Y, P)[1:]))
     assert m["micro_auc"] == pytest.approx(roc_auc_score(Y, P, average="micro"))
     decisions = (P >= np.array([0.5, 0.4, 0.6])).astype(int)
     assert m["hamming_loss"] == pytest.approx(hamming_loss(Y, decisions))

@@ -132,6 +132,8 @@ def test_multiclass_and_multilabel_reports(tmp_path):
     text = write_report(tmp_path / "ml", ReportContext(title="ml", task="multilabel",
                                                        metrics={"test": metrics})).read_text()
     assert "nodule" in text and f"{roc_auc_score(Y, P, average='micro'):.3f}" in text
+    lo, hi = metrics["macro_auc_ci"]
+    assert f"{metrics['macro_auc']:.3f} ({lo:.3f}-{hi:.3f})" in text and "over all labels" in text
 
 
 def test_report_errors(tmp_path):

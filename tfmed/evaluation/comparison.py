@@ -1,10 +1,10 @@
 """An ensemble beside its members: each member's AUC and the paired DeLong test against the combination.
 
 Binary tasks get one paired DeLong test (DeLong et al. 1988) per member, on the
-same images; multilabel tasks one per member and label; multiclass tasks one
-paired test of the macro one-vs-rest AUCs per member
-(:func:`~tfmed.evaluation.intervals.macro_auc_test`, DeLong's structural
-components extended to all classes).
+same images; multiclass tasks one paired test of the macro one-vs-rest AUCs per
+member (:func:`~tfmed.evaluation.intervals.macro_auc_test`, DeLong's structural
+components extended to all classes); multilabel tasks one DeLong test per member
+and label, and the paired test of the macro AUCs under ``macro``.
 
 Example:
     >>> import numpy as np
@@ -39,8 +39,9 @@ def compare_to_members(task: str, y, combined, members: dict[str, np.ndarray]) -
         elif task == "multilabel":
             per_label = [_binary(y[:, j], combined[:, j], scores[:, j]) for j in range(y.shape[1])]
             out[name] = {key: [entry[key] for entry in per_label] for key in per_label[0]}
+            out[name]["macro"] = _macro(y, combined, scores)
         else:
-            out[name] = _multiclass(y, combined, scores)
+            out[name] = _macro(y, combined, scores)
     return out
 
 
@@ -61,17 +62,20 @@ def comparison_sentences(comparison: dict, split: str) -> list[str]:
             lines.append(f"{split}: ensemble AUC {entry['ensemble_auc']:.3f} vs member {name} {entry['auc']:.3f} "
                          f"(difference {entry['difference']:+.3f}, paired DeLong p = {entry['p_value']:.4f}).")
         elif "macro_auc" in entry:
-            if entry["macro_auc"] is None:
-                lines.append(f"{split}: member {name}: no macro AUC (one class only).")
-                continue
-            lines.append(f"{split}: ensemble macro AUC {entry['ensemble_macro_auc']:.3f} vs member {name} "
-                         f"{entry['macro_auc']:.3f} (difference {entry['difference']:+.3f}, paired test of "
-                         f"macro AUCs p = {entry['p_value']:.4f}).")
+            lines.append(f"{split}: {_macro_words(entry, name)}.")
         else:
             pairs = ", ".join(f"{_text(a)}/{_text(e)} (p {_text(p, 4)})"
                               for a, e, p in zip(entry["auc"], entry["ensemble_auc"], entry["p_value"]))
-            lines.append(f"{split}: member {name} vs ensemble AUC per label: {pairs}.")
+            lines.append(f"{split}: member {name} vs ensemble AUC per label: {pairs}; "
+                         f"{_macro_words(entry['macro'], name)}.")
     return lines
+
+
+def _macro_words(entry: dict, name: str) -> str:
+    if entry["macro_auc"] is None:
+        return f"member {name}: no macro AUC (one class only)"
+    return (f"ensemble macro AUC {entry['ensemble_macro_auc']:.3f} vs member {name} {entry['macro_auc']:.3f} "
+            f"(difference {entry['difference']:+.3f}, paired test of macro AUCs p = {entry['p_value']:.4f})")
 
 
 def _binary(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
@@ -83,7 +87,7 @@ def _binary(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
             "difference": round(result["diff"], 3), "p_value": round(result["p_value"], 4)}
 
 
-def _multiclass(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
+def _macro(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
     try:
         result = macro_auc_test(y.astype(int), combined, scores)
     except EvaluationError:

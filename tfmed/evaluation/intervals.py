@@ -6,8 +6,8 @@
   fast midrank algorithm of Sun & Xu (2014); ties count one half.
 * :func:`delong_test` - paired DeLong test of two models scored on the same
   cases.
-* :func:`macro_auc_ci`, :func:`macro_auc_test` - the same for the macro
-  one-vs-rest AUC of multi-class models (:func:`macro_auc_covariance`).
+* :func:`macro_auc_ci`, :func:`macro_auc_test` - the same for the macro AUC
+  of multi-class and multi-label models (:func:`macro_auc_covariance`).
 * :func:`bootstrap_ci` - percentile bootstrap interval for any metric,
   resampling within each class by default (stratified).
 
@@ -119,19 +119,20 @@ def delong_covariance(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
 
 
 def macro_auc_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray]:
-    """Macro one-vs-rest AUCs of one or more multi-class models and their covariance.
+    """Macro AUCs of one or more multi-class or multi-label models and their covariance.
 
-    ``probas`` is one (n, K) array of class scores or several stacked as
-    (m, n, K), all for the same cases ``y_true`` (class indices 0..K-1).
-    The macro AUC averages the one-vs-rest AUCs of the classes that have
-    cases both in and out of them (as :func:`multiclass_metrics` does). Its
-    variance extends DeLong's structural components: each case gets one
-    component per model (its placements in every class's ROC, each divided
-    by that class's count of cases in or out), and the covariance sums, over
-    the true classes, the class size times the sample covariance of those
-    components within the class. With two classes it equals
-    :func:`delong_covariance`. Returns ``(aucs, covariance)`` with shapes
-    (m,) and (m, m).
+    ``y_true`` holds class indices 0..K-1 (multi-class, one-vs-rest AUCs) or
+    a 0/1 matrix (n, K) (multi-label, one AUC per label). ``probas`` is one
+    (n, K) score array or several stacked as (m, n, K), all for the same
+    cases. The macro AUC averages the AUCs of the columns that have cases on
+    both sides (as :func:`multiclass_metrics` and :func:`multilabel_metrics`
+    do). Its variance extends DeLong's structural components to that mean:
+    each case gets one component per model, the mean over columns of its
+    centred placement in that column's ROC divided by
+    ``sqrt(c * (c - 1))``, where ``c`` counts the cases on its side; the
+    covariance is the sum over cases of the products of components. For one
+    binary column, or two classes, it equals :func:`delong_covariance`.
+    Returns ``(aucs, covariance)`` with shapes (m,) and (m, m).
 
     Example:
         >>> y = [0, 0, 1, 1, 2, 2]
@@ -144,34 +145,42 @@ def macro_auc_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray]:
     stack = np.asarray(probas, dtype=float)
     if stack.ndim == 2:
         stack = stack[None]
-    if stack.ndim != 3 or y.ndim != 1 or stack.shape[1] != y.size:
-        raise EvaluationError(f"macro AUC: class scores have shape {np.shape(probas)} and y_true "
-                              f"{y.shape}; expected (n, K) or (m, n, K) scores for n = {y.size} "
-                              "cases with one class index each")
+    n = stack.shape[1] if stack.ndim == 3 else -1
+    if stack.ndim != 3 or y.ndim not in (1, 2) or len(y) != n or (y.ndim == 2 and y.shape != stack.shape[1:]):
+        raise EvaluationError(f"macro AUC: scores have shape {np.shape(probas)} and y_true {y.shape}; "
+                              "expected (n, K) or (m, n, K) scores for n cases with one class index "
+                              "each (multi-class) or a 0/1 row of K labels each (multi-label)")
     if not np.all(np.isfinite(stack)):
         raise EvaluationError("macro AUC: scores contain NaN or infinite values; "
                               "remove or fix those predictions first")
-    n_classes = stack.shape[2]
-    if y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= n_classes:
-        raise EvaluationError(f"macro AUC: y_true must hold class indices 0..{n_classes - 1}, one per case "
-                              f"(got {y.size} values of type {y.dtype})")
-    counts = np.bincount(y, minlength=n_classes)
-    classes = [k for k in range(n_classes) if 0 < counts[k] < y.size]
-    if not classes:
+    width = stack.shape[2]
+    if y.ndim == 1:
+        if y.dtype.kind not in "iu" or y.size == 0 or y.min() < 0 or y.max() >= width:
+            raise EvaluationError(f"macro AUC: y_true must hold class indices 0..{width - 1}, one per case "
+                                  f"(got {y.size} values of type {y.dtype})")
+        indicator = np.eye(width, dtype=int)[y]
+    else:
+        if not np.isin(y, (0, 1)).all():
+            raise EvaluationError("macro AUC: a multi-label y_true must hold only 0 and 1")
+        indicator = y.astype(int)
+    columns = [k for k in range(width) if 0 < indicator[:, k].sum() < n]
+    if not columns:
         raise EvaluationError(f"macro AUC: undefined because every case is of class {int(y[0])} "
-                              f"(n={y.size}); at least two classes are needed")
+                              f"(n={n}); at least two classes are needed" if y.ndim == 1 else
+                              f"macro AUC: undefined because every label is all 0 or all 1 (n={n})")
     aucs = np.zeros(len(stack))
-    components = np.zeros((len(stack), y.size))
-    for k in classes:
-        inside = y == k
-        class_aucs, v_pos, v_neg = _placements(stack[:, :, k], inside)
-        aucs += class_aucs / len(classes)
-        components[:, inside] += v_pos / counts[k] / len(classes)
-        components[:, ~inside] += v_neg / (y.size - counts[k]) / len(classes)
-    covariance = np.zeros((len(stack), len(stack)))
-    for k in np.flatnonzero(counts > 1):
-        covariance += counts[k] * np.atleast_2d(np.cov(components[:, y == k]))
-    return aucs, covariance
+    components = np.zeros((len(stack), n))
+    for k in columns:
+        inside = indicator[:, k] == 1
+        column_aucs, v_pos, v_neg = _placements(stack[:, :, k], inside)
+        for side, values in ((inside, v_pos), (~inside, v_neg)):
+            count = int(side.sum())
+            if count > 1:
+                components[:, side] += (values - column_aucs[:, None]) / np.sqrt(count * (count - 1))
+        aucs += column_aucs
+    aucs /= len(columns)
+    components /= len(columns)
+    return aucs, components @ components.T
 
 
 def _placements(matrix: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,11 +217,12 @@ def delong_auc_ci(y_true, scores, level: float = 0.95) -> tuple[float, float, fl
 
 
 def macro_auc_ci(y_true, proba, level: float = 0.95) -> tuple[float, float, float]:
-    """Macro one-vs-rest AUC and its interval, ``(auc, lo, hi)``, from :func:`macro_auc_covariance`.
+    """Macro AUC (multi-class or multi-label) and its interval, ``(auc, lo, hi)``.
 
-    Like the DeLong interval it is AUC +/- z * SE, clipped to [0, 1]; with
-    few cases in a class and AUCs near 1 it is too narrow (a normal
-    approximation), as the binary one is.
+    The variance is :func:`macro_auc_covariance`'s. Like the DeLong interval
+    it is AUC +/- z * SE, clipped to [0, 1]; with few cases in a class and
+    AUCs near 1 it is too narrow (a normal approximation), as the binary one
+    is.
 
     Example:
         >>> y = [0, 0, 1, 1, 2, 2, 0, 1, 2]
@@ -248,9 +258,9 @@ def delong_test(y_true, scores_a, scores_b) -> dict:
 
 
 def macro_auc_test(y_true, proba_a, proba_b) -> dict:
-    """Paired test of two multi-class models' macro AUCs on the same cases.
+    """Paired test of two multi-class (or multi-label) models' macro AUCs on the same cases.
 
-    The multi-class counterpart of :func:`delong_test`, with the covariance of
+    The counterpart of :func:`delong_test`, with the covariance of
     :func:`macro_auc_covariance`; returns the same keys.
 
     Example:

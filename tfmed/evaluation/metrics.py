@@ -213,7 +213,8 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     """Per-label binary metrics plus macro and micro AUC for multi-label data.
 
     ``thresholds`` is one number for all labels, a sequence (one per label)
-    or a mapping ``label name -> threshold``.
+    or a mapping ``label name -> threshold``. ``macro_auc_ci`` is the
+    interval of the macro AUC (:func:`macro_auc_ci`).
 
     Example:
         >>> Y = [[1, 0], [0, 1], [1, 1], [0, 0]]
@@ -241,6 +242,7 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
         result["per_label"][name] = metrics
     aucs = [m["roc_auc"] for m in result["per_label"].values() if m["roc_auc"] is not None]
     result["macro_auc"] = float(np.mean(aucs)) if aucs else None
+    result["macro_auc_ci"] = list(macro_auc_ci(Y.astype(int), S, ci_level)[1:]) if aucs else None
     if aucs and len(aucs) < len(names):
         notes.append("macro AUC averages only the labels whose AUC is defined")
     Yi = Y.astype(int)

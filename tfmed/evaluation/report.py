@@ -235,7 +235,7 @@ def _summary(context: ReportContext) -> str:
                 f"{_pct(metrics.get('accuracy'), metrics.get('accuracy_ci'))}, "
                 f"macro one-vs-rest AUC {_macro_auc(metrics)}.")
     else:
-        text = (f"On the {split} split (n={metrics.get('n')}), macro AUC {_num(metrics.get('macro_auc'))}, "
+        text = (f"On the {split} split (n={metrics.get('n')}), macro AUC {_macro_auc(metrics)}, "
                 f"micro AUC {_num(metrics.get('micro_auc'))}.")
     if context.operating_points:
         text += (f" Operating thresholds were chosen on the {context.threshold_split} split and applied "
@@ -282,25 +282,23 @@ def _metrics_section(context: ReportContext) -> str:
                         + [_pct(m.get("accuracy"), ci.get("accuracy")), _num(m.get("f1")),
                            _num(m.get("brier"))])
         parts.append(_table(header, rows))
-        parts.append(f"<p class='meta'>Intervals: {_ci_words(context)}.</p>")
     elif context.task == "multiclass":
         rows = [[split, m.get("n"), _pct(m.get("accuracy"), m.get("accuracy_ci")),
                  _pct(m.get("balanced_accuracy")), _macro_auc(m)]
                 for split, m in context.metrics.items()]
         parts.append(_table(["Split", "n", "Accuracy (CI)", "Balanced accuracy", "Macro AUC (CI)"], rows))
-        parts.append(f"<p class='meta'>Intervals: {_ci_words(context)}; macro AUC by DeLong's structural "
-                     "components over all classes.</p>")
         for split, m in context.metrics.items():
             parts.append(f"<h3>Per class ({_e(split)})</h3>")
             parts.append(_per_entry_table(m.get("per_class", {}), "Class"))
     else:
-        rows = [[split, m.get("n"), _num(m.get("macro_auc")), _num(m.get("micro_auc")),
+        rows = [[split, m.get("n"), _macro_auc(m), _num(m.get("micro_auc")),
                  _num(m.get("hamming_loss")), _pct(m.get("subset_accuracy"))]
                 for split, m in context.metrics.items()]
-        parts.append(_table(["Split", "n", "Macro AUC", "Micro AUC", "Hamming loss", "Exact match"], rows))
+        parts.append(_table(["Split", "n", "Macro AUC (CI)", "Micro AUC", "Hamming loss", "Exact match"], rows))
         for split, m in context.metrics.items():
             parts.append(f"<h3>Per label ({_e(split)})</h3>")
             parts.append(_per_entry_table(m.get("per_label", {}), "Label"))
+    parts.insert(2, f"<p class='meta'>Intervals: {_ci_words(context)}.</p>")
     return "".join(parts)
 
 
@@ -345,8 +343,12 @@ def _notes_section(context: ReportContext) -> str:
 def _ci_words(context: ReportContext) -> str:
     levels = {m.get("ci_level") for m in context.metrics.values() if m.get("ci_level")}
     level = f"{100 * levels.pop():g}% " if len(levels) == 1 else ""
-    return (f"{level}confidence intervals; proportions by the Wilson score method, "
-            "ROC AUC by DeLong's method")
+    words = (f"{level}confidence intervals; proportions by the Wilson score method, "
+             "ROC AUC by DeLong's method")
+    if context.task != "binary":
+        words += ", macro AUC by DeLong's structural components over all " + \
+                 ("classes" if context.task == "multiclass" else "labels")
+    return words
 
 
 def _key_value_table(values: Mapping) -> str:
