@@ -4,6 +4,7 @@
     tfmed evaluate --model runs/pneumonia_mnist/TIMESTAMP [--data medmnist:PATH.npz#test]
     tfmed predict --model runs/pneumonia_mnist/TIMESTAMP image.png scans/ [--output out.csv]
     tfmed ensemble runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B --output runs/combined
+    tfmed compare runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B [--output comparison.csv]
     tfmed explain --model runs/pneumonia_mnist/TIMESTAMP [images ...] [--method gradcam] [--output DIR]
     tfmed export-run runs/pneumonia_mnist/TIMESTAMP share/pmnist --anonymise
     tfmed validate folder:data/my_xrays
@@ -56,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--combine", default="mean",
                           help="mean (of probabilities) or rank (averaging against each run's validation scores)")
     _add_trust_options(ensemble)
+
+    compare = verbs.add_parser("compare", help="paired tests of saved runs' AUCs on the same cases")
+    compare.add_argument("runs", nargs="+", help="two or more run or evaluation directories; the first is "
+                                                 "the reference")
+    compare.add_argument("--output", default=None, help="also write the table to this CSV file")
 
     explain = verbs.add_parser("explain", help="explanation maps (Grad-CAM and others) of a saved run")
     explain.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
@@ -201,6 +207,22 @@ def _cmd_ensemble(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    import pandas as pd
+
+    from tfmed.run.compare_runs import compare_runs
+
+    table = compare_runs(args.runs)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(table.to_string(index=False, na_rep="n/a"))
+    print(f"reference: {args.runs[0]}; difference = run AUC - reference AUC; p from the paired test "
+          "(DeLong, or its extension to macro AUCs)")
+    if args.output:
+        table.to_csv(args.output, index=False)
+        print(f"wrote {args.output}")
+    return 0
+
+
 def _cmd_explain(args) -> int:
     from tfmed.run.explain import explain_run
 
@@ -293,6 +315,7 @@ def _cmd_backbones(args) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
+            "compare": _cmd_compare,
             "explain": _cmd_explain, "export-run": _cmd_export, "validate": _cmd_validate, "sweep-layers": _cmd_sweep,
             "backbones": _cmd_backbones, "inspect": _cmd_inspect, "export-tfds": _cmd_export_tfds}
 

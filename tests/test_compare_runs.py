@@ -1,0 +1,108 @@
+"""tfmed compare: paired tests between saved runs (or evaluations) scored on the same cases."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfmed.evaluation import delong_auc_ci, delong_test, macro_auc_test, write_predictions
+from tfmed.run.cli import main
+from tfmed.run.compare_runs import CompareRunsError, compare_runs
+
+RNG = np.random.default_rng(11)
+
+
+def _saved(folder: Path, task: str, classes: list, splits: dict) -> Path:
+    """A directory as a run leaves it, as far as tfmed compare reads it: metrics.json and predictions.csv."""
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"task": task, "classes": classes, "splits": {}}))
+    frames = []
+    for split, (ids, labels, scores) in splits.items():
+        path = write_predictions(folder / f"{split}.csv", ids, None, labels, scores,
+                                 np.zeros_like(labels), classes if task != "binary" else None)
+        frames.append(pd.read_csv(path).assign(split=split))
+        path.unlink()
+    pd.concat(frames).to_csv(folder / "predictions.csv", index=False)
+    return folder
+
+
+def _binary_pair(tmp_path: Path):
+    ids = [f"img_{i}.png" for i in range(60)]
+    y = np.array([0, 1] * 30)
+    strong, weak = y * 0.5 + RNG.uniform(0, 0.6, 60), RNG.uniform(size=60)
+    a = _saved(tmp_path / "a", "binary", ["normal", "pneumonia"], {"val": (ids[:20], y[:20], strong[:20]),
+                                                                   "test": (ids[20:], y[20:], strong[20:])})
+    b = _saved(tmp_path / "b", "binary", ["normal", "pneumonia"], {"val": (ids[:20], y[:20], weak[:20]),
+                                                                   "test": (ids[20:], y[20:], weak[20:])})
+    return a, b, y, strong, weak
+
+
+def test_binary_runs_get_the_paired_delong_test_per_split(tmp_path, capsys):
+    a, b, y, strong, weak = _binary_pair(tmp_path)
+    out = tmp_path / "comparison.csv"
+    assert main(["compare", str(a), str(b), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"reference: {a}" in printed and "wrote" in printed
+    table = pd.read_csv(out)
+    assert list(table["split"]) == ["val", "test"] and list(table["n"]) == [20, 40]
+    expected = delong_test(y[20:], weak[20:], strong[20:])
+    test = table[table["split"] == "test"].iloc[0]
+    assert test["auc"] == pytest.approx(expected["auc_a"], abs=1e-4)
+    assert test["reference_auc"] == pytest.approx(expected["auc_b"], abs=1e-4)
+    assert test["difference"] < -0.2 and test["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
+    _, lo, hi = delong_auc_ci(y[20:], weak[20:])
+    assert test["auc_ci"] == f"{lo:.3f}-{hi:.3f}"
+
+
+def test_rows_are_matched_by_image_not_by_position(tmp_path):
+    a, b, y, strong, weak = _binary_pair(tmp_path)
+    frame = pd.read_csv(b / "predictions.csv")
+    frame.iloc[::-1].to_csv(b / "predictions.csv", index=False)  # same cases, reversed order
+    table = compare_runs([a, b])
+    expected = delong_test(y[20:], weak[20:], strong[20:])
+    assert table.iloc[1]["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
+
+
+def test_multiclass_and_multilabel_runs_get_the_macro_auc_test(tmp_path):
+    ids = [f"c{i}" for i in range(90)]
+    y = np.repeat([0, 1, 2], 30)
+    good = np.eye(3)[y] * 0.5 + RNG.uniform(0, 0.6, (90, 3))
+    poor = RNG.dirichlet(np.ones(3), 90)
+    classes = ["grade0", "grade1", "grade2"]
+    a = _saved(tmp_path / "mc_a", "multiclass", classes, {"test": (ids, y, good)})
+    b = _saved(tmp_path / "mc_b", "multiclass", classes, {"test": (ids, y, poor)})
+    row = compare_runs([a, b]).iloc[0]
+    expected = macro_auc_test(y, poor, good)
+    assert row["label"] == "macro" and row["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
+    assert row["difference"] == pytest.approx(expected["diff"], abs=1e-4)
+    Y = RNG.integers(0, 2, (90, 2))
+    labels = ["effusion", "nodule"]
+    a = _saved(tmp_path / "ml_a", "multilabel", labels, {"test": (ids, Y, Y * 0.5 + RNG.uniform(0, 0.6, (90, 2)))})
+    b = _saved(tmp_path / "ml_b", "multilabel", labels, {"test": (ids, Y, RNG.uniform(size=(90, 2)))})
+    table = compare_runs([a, b])
+    assert list(table["label"]) == ["macro", "effusion", "nodule"]
+    assert (table["p_value"] < 0.01).all() and (table["difference"] < 0).all()
+
+
+def test_runs_on_different_cases_or_tasks_are_refused_naming_the_case(tmp_path, capsys):
+    a, b, *_ = _binary_pair(tmp_path)
+    frame = pd.read_csv(b / "predictions.csv")
+    frame.loc[frame["id"] == "img_25.png", "id"] = "img_99.png"
+    frame.to_csv(b / "predictions.csv", index=False)
+    assert main(["compare", str(a), str(b)]) == 2
+    error = capsys.readouterr().err
+    assert "has test case img_99.png" in error and "same split" in error and "Traceback" not in error
+    frame.loc[frame["id"] == "img_99.png", "id"] = "img_25.png"
+    frame.loc[frame["id"] == "img_30.png", "label"] = 1 - frame.loc[frame["id"] == "img_30.png", "label"]
+    frame.to_csv(b / "predictions.csv", index=False)
+    with pytest.raises(CompareRunsError, match="label test case img_30.png differently"):
+        compare_runs([a, b])
+    other = _saved(tmp_path / "mc", "multiclass", ["x", "y", "z"],
+                   {"test": (["i0", "i1"], np.array([0, 1]), np.full((2, 3), 1 / 3))})
+    with pytest.raises(CompareRunsError, match="same task and classes"):
+        compare_runs([a, other])
+    with pytest.raises(CompareRunsError, match="at least two"):
+        compare_runs([a])
+    with pytest.raises(CompareRunsError, match="no metrics.json or predictions.csv"):
+        compare_runs([a, tmp_path / "nothing"])

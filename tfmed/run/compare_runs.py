@@ -1,0 +1,139 @@
+"""``tfmed compare``: paired tests between saved runs scored on the same cases.
+
+Each directory is a run (``runs/NAME/TIMESTAMP``) or an evaluation of one
+(``tfmed evaluate --output DIR``); only its ``metrics.json`` (task, classes)
+and ``predictions.csv`` are read, so no model is loaded. The first directory
+is the reference. For each split that every directory scored (``val``,
+``test``) the cases must be the same images with the same labels; then each
+other directory is compared with the reference on those cases:
+
+* binary: the paired DeLong test of the two AUCs;
+* multiclass: the paired test of the two macro one-vs-rest AUCs
+  (:func:`~tfmed.evaluation.intervals.macro_auc_test`);
+* multilabel: the paired test of the macro AUCs, and one DeLong test per label.
+
+Example:
+    >>> table = compare_runs(["runs/pneumonia_mnist/A", "runs/pneumonia_mnist_finetune/B"])  # doctest: +SKIP
+    >>> table[["split", "run", "auc", "reference_auc", "difference", "p_value"]]  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfmed.errors import TfmedError
+from tfmed.evaluation.intervals import delong_auc_ci, delong_test, macro_auc_ci, macro_auc_test
+
+SPLITS = ("val", "test")
+COLUMNS = ["split", "run", "label", "n", "auc", "auc_ci", "reference_auc", "difference", "p_value"]
+
+
+class CompareRunsError(TfmedError):
+    """Saved runs cannot be compared (not a run, different tasks, or different cases)."""
+
+
+def compare_runs(directories: list[str | Path]) -> pd.DataFrame:
+    """One row per split, directory after the first and (multilabel) label: AUCs, difference, paired p.
+
+    ``difference`` is the directory's AUC minus the reference's (the first
+    directory); ``label`` is ``macro`` for the macro AUC of multiclass and
+    multilabel runs, ``-`` for binary runs.
+    """
+    runs = [_check_directory(Path(d)) for d in directories]
+    if len(runs) < 2:
+        raise CompareRunsError("give at least two run (or evaluation) directories to compare")
+    infos = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    for run, info in zip(runs[1:], infos[1:]):
+        if (info.get("task"), info.get("classes")) != (infos[0].get("task"), infos[0].get("classes")):
+            raise CompareRunsError(f"{run} is a {info.get('task')} model of classes {info.get('classes')}, but "
+                                   f"{runs[0]} is {infos[0].get('task')} of {infos[0].get('classes')}; only "
+                                   "models of the same task and classes can be compared")
+    task, classes = infos[0]["task"], [str(c) for c in infos[0]["classes"]]
+    frames = [pd.read_csv(run / "predictions.csv", keep_default_na=False) for run in runs]
+    shared = [s for s in SPLITS if all((f["split"] == s).any() for f in frames)]
+    if not shared:
+        raise CompareRunsError(f"{', '.join(map(str, runs))} have no split scored by all of them "
+                               f"(looked for {' and '.join(SPLITS)} in predictions.csv)")
+    rows = []
+    for split in shared:
+        parts = [_split_rows(frame, split, run) for frame, run in zip(frames, runs)]
+        labels = _labels(parts[0], task, classes)
+        for run, part in zip(runs[1:], parts[1:]):
+            part = _align(parts[0], part, split, runs[0], run)
+            if not np.array_equal(_labels(part, task, classes), labels):
+                changed = part["id"][(_labels(part, task, classes) != labels).reshape(len(part), -1).any(axis=1)]
+                raise CompareRunsError(f"{run} and {runs[0]} label {split} case {changed.iloc[0]} differently; "
+                                       "compare runs made on the same data")
+            rows += _compare(split, run.as_posix(), task, classes, labels,
+                             _scores(parts[0], task, classes), _scores(part, task, classes))
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _check_directory(path: Path) -> Path:
+    if path.name == "model" and (path.parent / "metrics.json").is_file():
+        path = path.parent
+    missing = [name for name in ("metrics.json", "predictions.csv") if not (path / name).is_file()]
+    if missing:
+        raise CompareRunsError(f"{path}: no {' or '.join(missing)}; pass a run directory (runs/NAME/TIMESTAMP) "
+                               "or an evaluation directory written by tfmed evaluate")
+    return path
+
+
+def _split_rows(frame: pd.DataFrame, split: str, run: Path) -> pd.DataFrame:
+    part = frame[frame["split"] == split].reset_index(drop=True)
+    repeated = part["id"][part["id"].duplicated()]
+    if len(repeated):
+        raise CompareRunsError(f"{run}/predictions.csv lists {split} case {repeated.iloc[0]} twice")
+    return part
+
+
+def _align(reference: pd.DataFrame, other: pd.DataFrame, split: str, reference_run: Path,
+           run: Path) -> pd.DataFrame:
+    """``other``'s rows in the reference's order; refused unless both hold exactly the same cases."""
+    ids, other_ids = set(reference["id"]), set(other["id"])
+    if ids != other_ids:
+        extra = sorted(other_ids - ids)
+        lacking = sorted(ids - other_ids)
+        case = (f"{run} has {split} case {extra[0]} that {reference_run} does not" if extra else
+                f"{run} lacks {split} case {lacking[0]} that {reference_run} has")
+        raise CompareRunsError(f"{case} ({len(extra)} extra, {len(lacking)} missing); a paired test needs the "
+                               "same cases in both, so compare runs made on the same split")
+    return other.set_index("id").loc[reference["id"]].reset_index()
+
+
+def _labels(part: pd.DataFrame, task: str, classes: list[str]) -> np.ndarray:
+    if task == "multilabel":
+        return part[[f"label:{c}" for c in classes]].to_numpy(dtype=int)
+    return part["label"].to_numpy(dtype=int)
+
+
+def _scores(part: pd.DataFrame, task: str, classes: list[str]) -> np.ndarray:
+    if task == "binary":
+        return part["score"].to_numpy(dtype=float)
+    return part[[f"score:{c}" for c in classes]].to_numpy(dtype=float)
+
+
+def _compare(split: str, run: str, task: str, classes: list[str], y: np.ndarray, reference: np.ndarray,
+             scores: np.ndarray) -> list[list]:
+    rows = []
+    if task == "binary":
+        rows.append(_row(split, run, "-", y, reference, scores, delong_test, delong_auc_ci))
+    else:
+        rows.append(_row(split, run, "macro", y, reference, scores, macro_auc_test, macro_auc_ci))
+    if task == "multilabel":
+        rows += [_row(split, run, name, y[:, k], reference[:, k], scores[:, k], delong_test, delong_auc_ci)
+                 for k, name in enumerate(classes)]
+    return rows
+
+
+def _row(split, run, label, y, reference, scores, test, interval) -> list:
+    try:
+        result = test(y, scores, reference)
+        _, lo, hi = interval(y, scores)
+    except TfmedError:  # a single class on this split: no AUC
+        return [split, run, label, len(y), None, None, None, None, None]
+    return [split, run, label, len(y), round(result["auc_a"], 4), f"{lo:.3f}-{hi:.3f}",
+            round(result["auc_b"], 4), round(result["diff"], 4), round(result["p_value"], 4)]
