@@ -383,18 +383,24 @@ def _column(values, n: int, name: str) -> list:
     return values
 
 
+def value_with_interval(value, ci) -> str:
+    """An AUC and its interval as report text, or the value alone when there is no interval.
+
+    Example:
+        >>> value_with_interval(0.9123, [0.87, 0.954]), value_with_interval(None, None)
+        ('0.912 (0.870-0.954)', 'n/a')
+    """
+    if value is None or not ci or None in ci:
+        return _num(value)
+    return f"{_num(value)} ({_num(ci[0])}-{_num(ci[1])})"
+
+
 def _auc(m: Mapping) -> str:
-    value = m.get("roc_auc")
-    if value is None:
-        return "n/a"
-    ci = m.get("ci", {}).get("roc_auc")
-    return _num(value) + (f" ({_num(ci[0])}-{_num(ci[1])})" if ci and None not in ci else "")
+    return value_with_interval(m.get("roc_auc"), m.get("ci", {}).get("roc_auc"))
 
 
 def _macro_auc(m: Mapping) -> str:
-    ci = m.get("macro_auc_ci")
-    return _num(m.get("macro_auc")) + (f" ({_num(ci[0])}-{_num(ci[1])})" if ci and None not in ci
-                                        and m.get("macro_auc") is not None else "")
+    return value_with_interval(m.get("macro_auc"), m.get("macro_auc_ci"))
 
 
 def _num(value, digits: int = 3) -> str:

@@ -21,7 +21,8 @@ from tfmed.evaluation.comparison import comparison_sentences
 from tfmed.evaluation.metrics import to_jsonable
 from tfmed.evaluation.plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot,
                                     roc_plot)
-from tfmed.evaluation.report import ReportContext, write_metrics_json, write_predictions, write_report
+from tfmed.evaluation.report import (ReportContext, value_with_interval, write_metrics_json, write_predictions,
+                                    write_report)
 
 THRESHOLD_NOTE = ("Thresholds were chosen on the validation split only and applied unchanged to the "
                   "test split; test data never influenced the model, its hyper-parameters or its thresholds.")
@@ -42,11 +43,11 @@ def headline_rows(metrics: dict) -> list[dict]:
         points = {"(argmax)": entry} if metrics["task"] == "multiclass" else entry
         for point, m in points.items():
             if metrics["task"] == "binary":
-                auc = _with_ci(m.get("roc_auc"), m.get("ci", {}).get("roc_auc"))
+                auc = value_with_interval(m.get("roc_auc"), m.get("ci", {}).get("roc_auc"))
                 rows.append({"split": split, "point": point, "auc": auc,
                              **{k: _fmt(m.get(k)) for k in ("sensitivity", "specificity", "ppv", "npv")}})
             else:
-                auc = f"macro {_with_ci(m.get('macro_auc'), m.get('macro_auc_ci'))}"
+                auc = f"macro {value_with_interval(m.get('macro_auc'), m.get('macro_auc_ci'))}"
                 rows.append({"split": split, "point": point, "auc": auc,
                              "sensitivity": "", "specificity": "", "ppv": "", "npv": ""})
     return rows
@@ -54,13 +55,6 @@ def headline_rows(metrics: dict) -> list[dict]:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def _with_ci(value, ci) -> str:
-    """``0.912 (0.870-0.954)``, or the value alone when there is no interval."""
-    if value is None or not ci or None in ci:
-        return _fmt(value)
-    return f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
 
 
 def write_predictions_csv(path: Path, model, parts: dict[str, ImageTable], scores: dict) -> Path:
@@ -185,10 +179,10 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         k = metrics["kfold"]
         final = ("the final model was refit on train+val" if k.get("final", "refit") == "refit"
                  else f"the {k['folds']} fold models were kept and their mean score")
+        pooled = value_with_interval(k["pooled_oof_auc"], k.get("pooled_oof_auc_ci"))
         notes += [f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- "
-                 f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC "
-                 f"{_with_ci(k['pooled_oof_auc'], k.get('pooled_oof_auc_ci'))}. Thresholds were chosen on the pooled out-of-fold scores; "
-                 f"{final} was measured once on test."]
+                 f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. Thresholds "
+                 f"were chosen on the pooled out-of-fold scores; {final} was measured once on test."]
         notes.remove(THRESHOLD_NOTE)
     if member_scores:
         write_member_scores_csv(run_dir / "member_scores.csv", parts, member_scores)
@@ -220,7 +214,8 @@ def summary_text(metrics: dict) -> str:
     if "test" in metrics["splits"] and metrics.get("test_origin"):
         lines.append(f"test: {metrics['test_origin']}")
     if "kfold" in metrics:
-        lines.append(f"{metrics['kfold']['folds']}-fold pooled out-of-fold AUC "
-                     f"{_with_ci(metrics['kfold']['pooled_oof_auc'], metrics['kfold'].get('pooled_oof_auc_ci'))} "
+        k = metrics["kfold"]
+        lines.append(f"{k['folds']}-fold pooled out-of-fold AUC "
+                     f"{value_with_interval(k['pooled_oof_auc'], k.get('pooled_oof_auc_ci'))} "
                      "(train+val, in-distribution)")
     return "\n".join(lines)
