@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tfmed.config import ExperimentConfig  # noqa: E402
+from tfmed.evaluation.metrics import auc_interval  # noqa: E402
 from tfmed.run.evaluate import evaluate_run, load_metrics  # noqa: E402
 from tfmed.run.experiment import run_experiment  # noqa: E402
 
@@ -56,8 +57,7 @@ def auc_of(entry: dict) -> float | None:
 
 def auc_interval_of(entry: dict) -> str:
     """The interval of :func:`auc_of` as ``lo-hi`` (DeLong; for multiclass over all classes)."""
-    point = entry.get("youden", entry)
-    lo, hi = point.get("ci", {}).get("roc_auc") or point.get("macro_auc_ci") or (None, None)
+    lo, hi = auc_interval(entry.get("youden", entry)) or (None, None)
     return "n/a" if lo is None else f"{lo:.3f}-{hi:.3f}"
 
 

@@ -21,6 +21,30 @@ import numpy as np
 from tfmed.evaluation.intervals import EvaluationError, delong_test, macro_auc_test
 
 
+def paired_tests(task: str, y, scores_a, scores_b) -> dict:
+    """The paired AUC tests a task gets for models ``a`` and ``b`` scored on the same cases, unrounded.
+
+    Keys: ``"auc"`` (binary, DeLong), ``"macro"`` (multiclass and multilabel,
+    :func:`~tfmed.evaluation.intervals.macro_auc_test`) and, for multilabel,
+    each label's index (DeLong). Each value is the test's result
+    (``auc_a``, ``auc_b``, ``diff``, ``p_value``, ``ci_a``, ...), or None
+    where the cases hold a single class and no AUC exists.
+
+    Example:
+        >>> tests = paired_tests("binary", [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], [0.2, 0.1, 0.6, 0.7])
+        >>> list(tests), tests["auc"]["auc_a"], tests["auc"]["auc_b"]
+        (['auc'], 0.75, 1.0)
+    """
+    y = np.asarray(y)
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    if task == "binary":
+        return {"auc": _or_none(delong_test, y, a, b)}
+    tests = {"macro": _or_none(macro_auc_test, y.astype(int), a, b)}
+    if task == "multilabel":
+        tests.update({j: _or_none(delong_test, y[:, j], a[:, j], b[:, j]) for j in range(y.shape[1])})
+    return tests
+
+
 def compare_to_members(task: str, y, combined, members: dict[str, np.ndarray]) -> dict:
     """Per member: its AUC, the combination's AUC, their difference and the DeLong p-value.
 
@@ -29,19 +53,17 @@ def compare_to_members(task: str, y, combined, members: dict[str, np.ndarray]) -
     are rounded to 3 (AUC) and 4 (p) decimals; None where a split has a single
     class and no AUC exists.
     """
-    y = np.asarray(y)
-    combined = np.asarray(combined, dtype=float)
     out = {}
     for name, scores in members.items():
-        scores = np.asarray(scores, dtype=float)
+        tests = paired_tests(task, y, combined, scores)
         if task == "binary":
-            out[name] = _binary(y, combined, scores)
+            out[name] = _rounded(tests["auc"], "auc", "ensemble_auc")
         elif task == "multilabel":
-            per_label = [_binary(y[:, j], combined[:, j], scores[:, j]) for j in range(y.shape[1])]
-            out[name] = {key: [entry[key] for entry in per_label] for key in per_label[0]}
-            out[name]["macro"] = _macro(y, combined, scores)
+            macro = _rounded(tests.pop("macro"), "macro_auc", "ensemble_macro_auc")
+            per_label = [_rounded(result, "auc", "ensemble_auc") for result in tests.values()]
+            out[name] = {key: [entry[key] for entry in per_label] for key in per_label[0]} | {"macro": macro}
         else:
-            out[name] = _macro(y, combined, scores)
+            out[name] = _rounded(tests["macro"], "macro_auc", "ensemble_macro_auc")
     return out
 
 
@@ -78,21 +100,17 @@ def _macro_words(entry: dict, name: str) -> str:
             f"(difference {entry['difference']:+.3f}, paired test of macro AUCs p = {entry['p_value']:.4f})")
 
 
-def _binary(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
+def _or_none(test, y, a, b) -> dict | None:
     try:
-        result = delong_test(y, combined, scores)
-    except EvaluationError:
-        return {"auc": None, "ensemble_auc": None, "difference": None, "p_value": None}
-    return {"auc": round(result["auc_b"], 3), "ensemble_auc": round(result["auc_a"], 3),
-            "difference": round(result["diff"], 3), "p_value": round(result["p_value"], 4)}
+        return test(y, a, b)
+    except EvaluationError:  # a single class: no AUC
+        return None
 
 
-def _macro(y: np.ndarray, combined: np.ndarray, scores: np.ndarray) -> dict:
-    try:
-        result = macro_auc_test(y.astype(int), combined, scores)
-    except EvaluationError:
-        return {"macro_auc": None, "ensemble_macro_auc": None, "difference": None, "p_value": None}
-    return {"macro_auc": round(result["auc_b"], 3), "ensemble_macro_auc": round(result["auc_a"], 3),
+def _rounded(result: dict | None, member_key: str, ensemble_key: str) -> dict:
+    if result is None:
+        return {member_key: None, ensemble_key: None, "difference": None, "p_value": None}
+    return {member_key: round(result["auc_b"], 3), ensemble_key: round(result["auc_a"], 3),
             "difference": round(result["diff"], 3), "p_value": round(result["p_value"], 4)}
 
 

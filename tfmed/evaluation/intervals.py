@@ -240,8 +240,9 @@ def macro_auc_ci(y_true, proba, level: float = 0.95) -> tuple[float, float, floa
 def delong_test(y_true, scores_a, scores_b) -> dict:
     """Paired DeLong test: do two models scored on the same cases differ in AUC?
 
-    Returns ``dict(auc_a, auc_b, diff, z, p_value)`` with ``diff = auc_a -
-    auc_b`` and a two-sided p-value.
+    Returns ``dict(auc_a, auc_b, diff, z, p_value, ci_a, ci_b)`` with
+    ``diff = auc_a - auc_b``, a two-sided p-value and each AUC's 95% DeLong
+    interval ``[lo, hi]``.
 
     Example:
         >>> y = [0, 0, 0, 1, 1, 1]
@@ -284,7 +285,7 @@ def _wald_interval(auc: float, variance: float, z: float) -> tuple[float, float,
 
 
 def _paired_test(aucs: np.ndarray, covariance: np.ndarray) -> dict:
-    """Two-sided z test of ``aucs[0] - aucs[1]`` with their covariance (2, 2)."""
+    """Two-sided z test of ``aucs[0] - aucs[1]`` with their covariance (2, 2); each AUC's 95% interval."""
     diff = float(aucs[0] - aucs[1])
     variance = float(covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1])
     if variance <= 1e-15:
@@ -292,8 +293,9 @@ def _paired_test(aucs: np.ndarray, covariance: np.ndarray) -> dict:
     else:
         z = diff / np.sqrt(variance)
     p_value = float(2.0 * stats.norm.sf(abs(z)))
+    intervals = [list(_wald_interval(float(aucs[k]), float(covariance[k, k]), z_value(0.95))[1:]) for k in (0, 1)]
     return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff,
-            "z": float(z), "p_value": p_value}
+            "z": float(z), "p_value": p_value, "ci_a": intervals[0], "ci_b": intervals[1]}
 
 
 def bootstrap_distribution(metric_fn: Callable, y_true, scores, n_resamples: int = 1000,

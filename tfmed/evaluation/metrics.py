@@ -297,6 +297,16 @@ def evaluate(task: str, y_true, scores, thresholds=None, class_names: Sequence[s
     return result
 
 
+def auc_interval(metrics: Mapping) -> list | None:
+    """The interval ``[lo, hi]`` of a split's headline AUC: ROC AUC (binary) or macro AUC (the others).
+
+    Example:
+        >>> auc_interval(evaluate("multiclass", [0, 1, 2, 0, 1, 2], np.eye(3)[[0, 1, 2, 0, 1, 2]]))
+        [1.0, 1.0]
+    """
+    return metrics.get("macro_auc_ci") or metrics.get("ci", {}).get("roc_auc")
+
+
 def operating_point_metrics(y_true, scores, points: Mapping[str, float], ci_level: float = 0.95,
                             bootstrap: int = 0, seed: int = 0) -> dict:
     """Binary metrics at each named threshold, e.g. validation-chosen points applied to test.

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.errors import TfmedError
-from tfmed.evaluation.intervals import delong_auc_ci, delong_test, macro_auc_ci, macro_auc_test
+from tfmed.evaluation.comparison import paired_tests
 
 SPLITS = ("val", "test")
 COLUMNS = ["split", "run", "label", "n", "auc", "auc_ci", "reference_auc", "difference", "p_value"]
@@ -118,22 +118,13 @@ def _scores(part: pd.DataFrame, task: str, classes: list[str]) -> np.ndarray:
 
 def _compare(split: str, run: str, task: str, classes: list[str], y: np.ndarray, reference: np.ndarray,
              scores: np.ndarray) -> list[list]:
-    rows = []
-    if task == "binary":
-        rows.append(_row(split, run, "-", y, reference, scores, delong_test, delong_auc_ci))
-    else:
-        rows.append(_row(split, run, "macro", y, reference, scores, macro_auc_test, macro_auc_ci))
-    if task == "multilabel":
-        rows += [_row(split, run, name, y[:, k], reference[:, k], scores[:, k], delong_test, delong_auc_ci)
-                 for k, name in enumerate(classes)]
+    rows, n = [], len(y)
+    for key, result in paired_tests(task, y, scores, reference).items():
+        label = "-" if key == "auc" else key if key == "macro" else classes[key]
+        if result is None:  # a single class on this split: no AUC
+            rows.append([split, run, label, n, None, None, None, None, None])
+            continue
+        lo, hi = result["ci_a"]
+        rows.append([split, run, label, n, round(result["auc_a"], 4), f"{lo:.3f}-{hi:.3f}",
+                     round(result["auc_b"], 4), round(result["diff"], 4), round(result["p_value"], 4)])
     return rows
-
-
-def _row(split, run, label, y, reference, scores, test, interval) -> list:
-    try:
-        result = test(y, scores, reference)
-        _, lo, hi = interval(y, scores)
-    except TfmedError:  # a single class on this split: no AUC
-        return [split, run, label, len(y), None, None, None, None, None]
-    return [split, run, label, len(y), round(result["auc_a"], 4), f"{lo:.3f}-{hi:.3f}",
-            round(result["auc_b"], 4), round(result["diff"], 4), round(result["p_value"], 4)]

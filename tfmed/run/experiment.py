@@ -231,7 +231,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
     """Stratified group k-fold over train+val: the summary (per-fold AUC, pooled out-of-fold AUC,
     thresholds from the out-of-fold scores) and, with ``split.final: bag``, the k fold models."""
     from tfmed.data.splits import kfold_indices
-    from tfmed.evaluation.metrics import evaluate
+    from tfmed.evaluation.metrics import auc_interval, evaluate
 
     trainval = _merge(table.split("train"), table.split("val"))
     oof = None
@@ -259,7 +259,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
                "auc_mean": float(aucs.mean()) if len(aucs) else None,
                "auc_sd": float(aucs.std(ddof=1)) if len(aucs) > 1 else None,
                "pooled_oof_auc": _auc(pooled),
-               "pooled_oof_auc_ci": pooled.get("macro_auc_ci") or pooled.get("ci", {}).get("roc_auc"),
+               "pooled_oof_auc_ci": auc_interval(pooled),
                "thresholds": select_thresholds(table.task, y, oof, config.evaluation.target_sensitivity,
                                                config.evaluation.target_specificity)}
     return summary, models
