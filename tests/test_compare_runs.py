@@ -106,3 +106,16 @@ def test_runs_on_different_cases_or_tasks_are_refused_naming_the_case(tmp_path, 
         compare_runs([a])
     with pytest.raises(CompareRunsError, match="no metrics.json or predictions.csv"):
         compare_runs([a, tmp_path / "nothing"])
+
+
+def test_a_case_listed_twice_or_no_shared_split_is_refused(tmp_path):
+    a, b, *_ = _binary_pair(tmp_path)
+    frame = pd.read_csv(b / "predictions.csv")
+    pd.concat([frame, frame[frame["id"] == "img_20.png"]]).to_csv(b / "predictions.csv", index=False)
+    with pytest.raises(CompareRunsError, match="lists test case img_20.png twice"):
+        compare_runs([a, b])
+    frame[frame["split"] == "val"].to_csv(b / "predictions.csv", index=False)
+    assert list(compare_runs([a, b])["split"]) == ["val"]  # only the split both scored
+    frame[frame["split"] == "test"].assign(split="train").to_csv(b / "predictions.csv", index=False)
+    with pytest.raises(CompareRunsError, match="no split scored by all of them"):
+        compare_runs([a, b])
