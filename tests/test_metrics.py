@@ -7,8 +7,8 @@ from scipy import stats
 from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, confusion_matrix,
                              f1_score, hamming_loss, precision_score, recall_score, roc_auc_score)
 
-from tfmed.evaluation import (EvaluationError, binary_metrics, delong_auc_ci, evaluate, macro_auc_ci,
-                              multiclass_metrics, multilabel_metrics, operating_point_metrics)
+from tfmed.evaluation import (EvaluationError, binary_metrics, bootstrap_ci, delong_auc_ci, evaluate,
+                              macro_auc_ci, multiclass_metrics, multilabel_metrics, operating_point_metrics)
 
 
 def wilson_closed_form(k, n, level=0.95):
@@ -197,6 +197,32 @@ def test_multilabel_metrics_match_sklearn():
         multilabel_metrics(Y, P, {"effusion": 0.5}, names)
     with pytest.raises(EvaluationError, match="2 thresholds for 3 labels"):
         multilabel_metrics(Y, P, [0.5, 0.5], names)
+
+
+def test_multilabel_bootstrap_resamples_whole_cases():
+    rng = np.random.default_rng(5)
+    Y = rng.integers(0, 2, (240, 3))
+    P = 1 / (1 + np.exp(-(2 * Y - 1 + rng.normal(0, 1.5, (240, 3)))))
+    names = ["effusion", "nodule", "cardiomegaly"]
+    plain = multilabel_metrics(Y, P, 0.5, names)
+    assert "bootstrap_ci" not in plain
+    m = multilabel_metrics(Y, P, 0.5, names, bootstrap=300, seed=2)
+    assert set(m["bootstrap_ci"]) == {"macro_auc", "micro_auc", "subset_accuracy", "hamming_loss"}
+    assert m["bootstrap_resamples"] == 300
+    for name, (lo, hi) in m["bootstrap_ci"].items():
+        assert lo < m[name] < hi, name
+    assert "bootstrap_ci" in m["per_label"]["nodule"]
+    # the percentile interval of the macro AUC is about as wide as the analytic one
+    assert np.diff(m["bootstrap_ci"]["macro_auc"])[0] == pytest.approx(np.diff(m["macro_auc_ci"])[0], rel=0.3)
+    assert multilabel_metrics(Y, P, 0.5, names, bootstrap=300, seed=2)["bootstrap_ci"] == m["bootstrap_ci"]
+    # rows are resampled whole: two copies of one label give that label's row-bootstrap of its AUC
+    y, s = Y[:, 0], P[:, 0]
+    twin = multilabel_metrics(np.stack([y, y], 1), np.stack([s, s], 1), 0.5, ["a", "b"], bootstrap=200, seed=4)
+    _, lo, hi = bootstrap_ci(roc_auc_score, y, s, n_resamples=200, stratified=False, seed=4)
+    assert twin["bootstrap_ci"]["macro_auc"] == pytest.approx([lo, hi])
+    assert twin["bootstrap_ci"]["subset_accuracy"] == pytest.approx(
+        list(bootstrap_ci(lambda yy, ss: np.mean(yy == (ss >= 0.5)), y, s, n_resamples=200, stratified=False,
+                          seed=4)[1:]))
 
 
 def test_evaluate_dispatches_and_is_json_ready(binary_data, multiclass_data):

@@ -50,6 +50,7 @@ PROPORTIONS = {
 BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc",
                   "brier")
 MULTICLASS_BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "macro_auc")
+MULTILABEL_BOOTSTRAP_METRICS = ("macro_auc", "micro_auc", "subset_accuracy", "hamming_loss")
 _UNDEFINED = {
     "sensitivity": "sensitivity is undefined: there are no positive cases",
     "specificity": "specificity is undefined: there are no negative cases",
@@ -214,7 +215,11 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
 
     ``thresholds`` is one number for all labels, a sequence (one per label)
     or a mapping ``label name -> threshold``. ``macro_auc_ci`` is the
-    interval of the macro AUC (:func:`macro_auc_ci`).
+    interval of the macro AUC (:func:`macro_auc_ci`). With ``bootstrap > 0``
+    each label gets its own bootstrap intervals, and ``bootstrap_ci`` holds
+    percentile intervals of the macro and micro AUC, subset accuracy and
+    Hamming loss over resamples of whole cases (rows), so the labels'
+    correlation is kept.
 
     Example:
         >>> Y = [[1, 0], [0, 1], [1, 1], [0, 0]]
@@ -254,6 +259,14 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     decisions = (S >= np.asarray(per_threshold)).astype(int)
     result["hamming_loss"] = float(hamming_loss(Yi, decisions))
     result["subset_accuracy"] = float(np.mean(np.all(Yi == decisions, axis=1)))
+    if bootstrap:
+        replicates = bootstrap_distribution(lambda yy, ss: _multilabel_replicate(yy, ss, per_threshold), Yi, S,
+                                            n_resamples=int(bootstrap), seed=seed)
+        result["bootstrap_ci"] = {}
+        for name in MULTILABEL_BOOTSTRAP_METRICS:
+            lo, hi = percentile_interval([r[name] for r in replicates], ci_level)
+            result["bootstrap_ci"][name] = [_clean_float(lo), _clean_float(hi)]
+        result["bootstrap_resamples"] = int(bootstrap)
     result["notes"] = notes
     return to_jsonable(result)
 
@@ -422,6 +435,17 @@ def _multiclass_replicate(y: np.ndarray, P: np.ndarray) -> dict:
         if present.size == P.shape[1] else None
     macro = float(macro_auc_covariance(y, P)[0][0]) if present.size > 1 else None
     return {"accuracy": float(np.mean(predicted == y)), "balanced_accuracy": balanced, "macro_auc": macro}
+
+
+def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[float]) -> dict:
+    """Macro and micro AUC, subset accuracy and Hamming loss of one resample of rows (None where undefined)."""
+    defined = any(0 < Y[:, j].sum() < Y.shape[0] for j in range(Y.shape[1]))
+    macro = float(macro_auc_covariance(Y, S)[0][0]) if defined else None
+    micro = float(roc_auc_score(Y, S, average="micro")) if 0 < Y.sum() < Y.size else None
+    decisions = (S >= np.asarray(thresholds)).astype(int)
+    return {"macro_auc": macro, "micro_auc": micro,
+            "subset_accuracy": float(np.mean(np.all(Y == decisions, axis=1))),
+            "hamming_loss": float(np.mean(Y != decisions))}
 
 
 def _check_bootstrap(bootstrap) -> None:
