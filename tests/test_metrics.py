@@ -193,6 +193,11 @@ def test_multilabel_metrics_match_sklearn():
     for j, name in enumerate(names):
         assert m["per_label"][name]["sensitivity"] == pytest.approx(recall_score(Y[:, j], decisions[:, j]))
         assert m["per_label"][name]["threshold"] == thresholds[name]
+    none_positive = multilabel_metrics(np.zeros((4, 2), int), P[:4, :2], 0.5, ["a", "b"], bootstrap=20)
+    assert none_positive["micro_auc"] is None and none_positive["macro_auc"] is None
+    assert any("micro AUC is undefined" in note for note in none_positive["notes"])
+    assert none_positive["bootstrap_ci"]["macro_auc"] == [None, None]
+    assert none_positive["subset_accuracy"] == pytest.approx(np.mean(np.all(P[:4, :2] < 0.5, axis=1)))
     with pytest.raises(EvaluationError, match="no threshold for label"):
         multilabel_metrics(Y, P, {"effusion": 0.5}, names)
     with pytest.raises(EvaluationError, match="2 thresholds for 3 labels"):

@@ -251,14 +251,11 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     if aucs and len(aucs) < len(names):
         notes.append("macro AUC averages only the labels whose AUC is defined")
     Yi = Y.astype(int)
-    if 0 < Yi.sum() < Yi.size:
-        result["micro_auc"] = float(roc_auc_score(Yi, S, average="micro"))
-    else:
-        result["micro_auc"] = None
+    whole = _multilabel_replicate(Yi, S, per_threshold)
+    for name in ("micro_auc", "hamming_loss", "subset_accuracy"):
+        result[name] = whole[name]
+    if whole["micro_auc"] is None:
         notes.append("micro AUC is undefined: all labels are of one value")
-    decisions = (S >= np.asarray(per_threshold)).astype(int)
-    result["hamming_loss"] = float(hamming_loss(Yi, decisions))
-    result["subset_accuracy"] = float(np.mean(np.all(Yi == decisions, axis=1)))
     if bootstrap:
         replicates = bootstrap_distribution(lambda yy, ss: _multilabel_replicate(yy, ss, per_threshold), Yi, S,
                                             n_resamples=int(bootstrap), seed=seed)
@@ -438,14 +435,14 @@ def _multiclass_replicate(y: np.ndarray, P: np.ndarray) -> dict:
 
 
 def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[float]) -> dict:
-    """Macro and micro AUC, subset accuracy and Hamming loss of one resample of rows (None where undefined)."""
+    """Macro and micro AUC, subset accuracy and Hamming loss of a set of rows (None where undefined)."""
     defined = any(0 < Y[:, j].sum() < Y.shape[0] for j in range(Y.shape[1]))
     macro = float(macro_auc_covariance(Y, S)[0][0]) if defined else None
     micro = float(roc_auc_score(Y, S, average="micro")) if 0 < Y.sum() < Y.size else None
     decisions = (S >= np.asarray(thresholds)).astype(int)
     return {"macro_auc": macro, "micro_auc": micro,
             "subset_accuracy": float(np.mean(np.all(Y == decisions, axis=1))),
-            "hamming_loss": float(np.mean(Y != decisions))}
+            "hamming_loss": float(hamming_loss(Y, decisions))}
 
 
 def _check_bootstrap(bootstrap) -> None:
