@@ -142,6 +142,22 @@ def write_predictions(path, ids, patients, labels, scores, decisions,
     return path
 
 
+def predictions_column(frame: pd.DataFrame, name: str, class_names: Sequence[str]) -> np.ndarray:
+    """The ``name`` ("label", "score" or "decision") column of a frame read from :func:`write_predictions`'s file.
+
+    (n,) where the file has one such column (binary scores, class indices),
+    else (n, K) from its ``name:<class>`` columns, in ``class_names`` order.
+
+    Example:
+        >>> frame = pd.DataFrame({"id": ["a"], "label": [2], "score:x": [0.1], "score:y": [0.9]})
+        >>> predictions_column(frame, "score", ["y", "x"]).tolist(), predictions_column(frame, "label", []).tolist()
+        ([[0.9, 0.1]], [2])
+    """
+    if name in frame.columns:
+        return frame[name].to_numpy()
+    return frame[[f"{name}:{c}" for c in class_names]].to_numpy()
+
+
 def write_metrics_json(path, metrics: Mapping) -> Path:
     """Write ``metrics`` as indented JSON (numpy values unwrapped, NaN as null).
 

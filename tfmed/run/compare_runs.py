@@ -26,6 +26,7 @@ import pandas as pd
 
 from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import paired_tests
+from tfmed.evaluation.report import predictions_column
 
 SPLITS = ("val", "test")
 COLUMNS = ["split", "run", "label", "n", "auc", "auc_ci", "reference_auc", "difference", "p_value"]
@@ -60,15 +61,15 @@ def compare_runs(directories: list[str | Path]) -> pd.DataFrame:
     rows = []
     for split in shared:
         parts = [_split_rows(frame, split, run) for frame, run in zip(frames, runs)]
-        labels = _labels(parts[0], task, classes)
+        labels = _labels(parts[0], classes)
         for run, part in zip(runs[1:], parts[1:]):
             part = _align(parts[0], part, split, runs[0], run)
-            if not np.array_equal(_labels(part, task, classes), labels):
-                changed = part["id"][(_labels(part, task, classes) != labels).reshape(len(part), -1).any(axis=1)]
+            if not np.array_equal(_labels(part, classes), labels):
+                changed = part["id"][(_labels(part, classes) != labels).reshape(len(part), -1).any(axis=1)]
                 raise CompareRunsError(f"{run} and {runs[0]} label {split} case {changed.iloc[0]} differently; "
                                        "compare runs made on the same data")
             rows += _compare(split, run.as_posix(), task, classes, labels,
-                             _scores(parts[0], task, classes), _scores(part, task, classes))
+                             _scores(parts[0], classes), _scores(part, classes))
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -104,16 +105,12 @@ def _align(reference: pd.DataFrame, other: pd.DataFrame, split: str, reference_r
     return other.set_index("id").loc[reference["id"]].reset_index()
 
 
-def _labels(part: pd.DataFrame, task: str, classes: list[str]) -> np.ndarray:
-    if task == "multilabel":
-        return part[[f"label:{c}" for c in classes]].to_numpy(dtype=int)
-    return part["label"].to_numpy(dtype=int)
+def _labels(part: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    return predictions_column(part, "label", classes).astype(int)
 
 
-def _scores(part: pd.DataFrame, task: str, classes: list[str]) -> np.ndarray:
-    if task == "binary":
-        return part["score"].to_numpy(dtype=float)
-    return part[[f"score:{c}" for c in classes]].to_numpy(dtype=float)
+def _scores(part: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    return predictions_column(part, "score", classes).astype(float)
 
 
 def _compare(split: str, run: str, task: str, classes: list[str], y: np.ndarray, reference: np.ndarray,

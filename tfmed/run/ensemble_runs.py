@@ -30,6 +30,7 @@ from tfmed.data.pipeline import ImageInputs
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import compare_to_members
+from tfmed.evaluation.report import predictions_column
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
 from tfmed.progress import log
@@ -159,9 +160,7 @@ def _saved_scores(run: Path, split: str, table: ImageTable, model: TrainedModel)
     if missing:
         raise EnsembleRunsError(f"{run}/predictions.csv has no {split} score for {missing[0]} "
                                 f"({len(missing)} missing); was the run finished?")
-    columns = ["score"] if "score" in frame.columns else [f"score:{c}" for c in model.classes]
-    values = frame.loc[ids, columns].to_numpy(dtype=np.float64)
-    return values[:, 0] if columns == ["score"] else values
+    return predictions_column(frame.loc[ids], "score", model.classes).astype(np.float64)
 
 
 def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine: str,

@@ -26,6 +26,7 @@ import pandas as pd
 
 from tfmed.data.table import ImageTable
 from tfmed.explain import ExplainError, explain_table, get_method, peak
+from tfmed.evaluation.report import predictions_column
 from tfmed.explain.overlay import save_overlay, save_overlays
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
@@ -157,10 +158,7 @@ def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):
                            f"e.g. {unknown[0]}; restore the data or pass image files to explain")
     order = [position[str(ref)] for ref in frame["id"]]
     table = table.subset(np.asarray(order))
-    if model.task == "binary":
-        scores = frame["score"].to_numpy(float)
-    else:
-        scores = frame[[f"score:{name}" for name in model.classes]].to_numpy(float)
+    scores = predictions_column(frame, "score", model.classes).astype(float)
     cases = select_cases(model, table.labels(), scores, model.decide(scores), chosen, per_group)
     if not cases:
         raise ExplainError(f"the {split} split of {run_dir} has no images to explain")
