@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from tfmed.config import ExperimentConfig  # noqa: E402
-from tfmed.evaluation.metrics import auc_interval  # noqa: E402
+from tfmed.evaluation.metrics import auc_interval, headline_auc  # noqa: E402
 from tfmed.run.evaluate import evaluate_run, load_metrics  # noqa: E402
 from tfmed.run.experiment import run_experiment  # noqa: E402
 
@@ -51,8 +51,7 @@ DEFAULT_CONFIGS = ["experiments/pneumonia_mnist.yaml"]
 
 def auc_of(entry: dict) -> float | None:
     """The AUC in a split's metrics (binary: at any point; multiclass: macro)."""
-    point = entry.get("youden", entry)
-    return point.get("roc_auc", point.get("macro_auc"))
+    return headline_auc(entry.get("youden", entry))
 
 
 def auc_interval_of(entry: dict) -> str:

@@ -307,6 +307,17 @@ def evaluate(task: str, y_true, scores, thresholds=None, class_names: Sequence[s
     return result
 
 
+def headline_auc(metrics: Mapping) -> float | None:
+    """A split's headline AUC: ROC AUC (binary) or macro AUC (the others); None when undefined.
+
+    Example:
+        >>> headline_auc(evaluate("binary", [0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], 0.5))
+        0.75
+    """
+    value = metrics.get("roc_auc", metrics.get("macro_auc"))
+    return None if value is None else float(value)
+
+
 def auc_interval(metrics: Mapping) -> list | None:
     """The interval ``[lo, hi]`` of a split's headline AUC: ROC AUC (binary) or macro AUC (the others).
 

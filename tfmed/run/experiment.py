@@ -231,7 +231,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
     """Stratified group k-fold over train+val: the summary (per-fold AUC, pooled out-of-fold AUC,
     thresholds from the out-of-fold scores) and, with ``split.final: bag``, the k fold models."""
     from tfmed.data.splits import kfold_indices
-    from tfmed.evaluation.metrics import auc_interval, evaluate
+    from tfmed.evaluation.metrics import auc_interval, evaluate, headline_auc
 
     trainval = _merge(table.split("train"), table.split("val"))
     oof = None
@@ -247,7 +247,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
         if oof is None:
             oof = np.zeros((len(trainval),) + held_scores.shape[1:])
         oof[held_rows] = held_scores
-        fold_aucs.append(_auc(evaluate(table.task, held_part.labels(), held_scores,
+        fold_aucs.append(headline_auc(evaluate(table.task, held_part.labels(), held_scores,
                                        0.5 if table.task != "multiclass" else None, table.classes)))
     y = trainval.labels()
     pooled = evaluate(table.task, y, oof, 0.5 if table.task != "multiclass" else None, table.classes)
@@ -258,21 +258,11 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
     summary = {"folds": config.split.folds, "final": config.split.final, "fold_auc": fold_aucs,
                "auc_mean": float(aucs.mean()) if len(aucs) else None,
                "auc_sd": float(aucs.std(ddof=1)) if len(aucs) > 1 else None,
-               "pooled_oof_auc": _auc(pooled),
+               "pooled_oof_auc": headline_auc(pooled),
                "pooled_oof_auc_ci": auc_interval(pooled),
                "thresholds": select_thresholds(table.task, y, oof, config.evaluation.target_sensitivity,
                                                config.evaluation.target_specificity)}
     return summary, models
-
-
-def _auc(metrics: dict):
-    for key in ("auc", "macro_auc", "roc_auc"):
-        value = metrics.get(key)
-        if isinstance(value, dict):
-            value = value.get("value", value.get("estimate"))
-        if value is not None:
-            return float(value)
-    return None
 
 
 def _merge(a: ImageTable, b: ImageTable) -> ImageTable:
