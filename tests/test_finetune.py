@@ -262,6 +262,25 @@ def test_killed_run_resumes_in_stage_two_at_the_next_epoch(tmp_path):
         other.fit((x, y), (x[:16], y[:16]))
 
 
+def test_min_steps_lengthens_a_stage_on_a_small_training_set():
+    x, y = make_data(n=16)
+    config = FinetuneConfig(stages=[StageConfig(epochs=1, unfreeze=0, min_steps=5),
+                                    StageConfig(epochs=2, unfreeze=2, min_steps=2)],
+                            learning_rate=1e-2, batch_size=8, early_stopping_patience=None)
+    tuner = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None)
+    history = tuner.fit(batched(x, y))  # 2 batches an epoch: stage 1 needs 3 epochs for 5 steps
+    assert history["stage"] == [0, 0, 0, 1, 1]  # stage 2 already reaches 2 steps in its 2 epochs
+    assert history["stage_boundaries"] == [0, 3]
+    # an epoch of unknown length cannot be counted: a clear error, not a silent `epochs`
+    unknown = batched(x, y).filter(lambda images, targets: True)
+    with pytest.raises(FinetuneError, match=r"stages\[0\]\.min_steps needs a training dataset of known, "
+                                            r"finite length .* unknown"):
+        FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None).fit(unknown)
+    with pytest.raises(ConfigError, match=r"model.finetune.stages\[1\]\.min_steps is 0; it must be an "
+                                          r"integer >= 1"):
+        FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=1, min_steps=0)])
+
+
 def test_bad_settings_and_data_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown backbone 'resnet9000'"):
         FineTuner("resnet9000", "binary", 1)

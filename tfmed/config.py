@@ -585,11 +585,18 @@ class StageConfig(_Section):
 
     unfreeze: a number of top blocks (0: head only), a fraction of the blocks
     in (0, 1], or "all".
+    min_steps: at least this many optimizer steps (batches). When an epoch of
+    the training set is too short for ``epochs`` to reach them, the stage
+    runs ``ceil(min_steps / batches per epoch)`` epochs instead, so a recipe
+    sized on a large set keeps its length in steps on a small one (schedules
+    counted in steps, as in BiT's HyperRule, Kolesnikov et al. 2020). Early
+    stopping still applies.
     """
 
     KEY: ClassVar[str] = "model.finetune.stages[]."
 
     epochs: int = 5
+    min_steps: int | None = None
     unfreeze: str | int | float = 0
     learning_rate: float | None = None
     lr_factor: float = 0.1
@@ -601,6 +608,8 @@ class StageConfig(_Section):
         super().check()
         if self.epochs < 1:
             self._fail("epochs", "it must be an integer >= 1")
+        if self.min_steps is not None and self.min_steps < 1:
+            self._fail("min_steps", "it must be an integer >= 1, or null to run exactly `epochs`")
         value = self.unfreeze
         if isinstance(value, str):
             if value != "all":

@@ -404,18 +404,22 @@ class FineTuner:
             # Resuming: start from the weights the last finished stage ended with.
             self.model_.load_weights(self._stage_weights_path(len(completed) - 1))
         start = completed[-1]["end"] if completed else 0
+        batches = int(train_ds.cardinality())
         for k, stage in enumerate(self.config.stages):
             if k < len(completed):
                 continue
+            epochs = stage_epochs(stage, batches, k)
+            if epochs != stage.epochs:
+                log(f"stage {k + 1}: {epochs} epochs of {batches} batches, to reach min_steps {stage.min_steps}")
             self._set_trainable(stage.unfreeze)
             self._compile(rates[k])
             resume_epoch = self._backup_epoch(k)
             records = [r for r in records if r["stage"] < k or
                        (r["stage"] == k and resume_epoch is not None and r["epoch"] < resume_epoch)]
             self._write_records(records)
-            stage_callbacks = self._stage_callbacks(k, stage, start, rates[k], val_ds, callbacks or [])
+            stage_callbacks = self._stage_callbacks(k, epochs, start, rates[k], val_ds, callbacks or [])
             self.model_.fit(train_ds, validation_data=val_ds, initial_epoch=start,
-                            epochs=start + stage.epochs, callbacks=stage_callbacks, verbose=0,
+                            epochs=start + epochs, callbacks=stage_callbacks, verbose=0,
                             shuffle=False)
             # BackupAndRestore leaves the restored epoch on the model; the next
             # stage must start from its own initial epoch.
@@ -439,7 +443,7 @@ class FineTuner:
                             stage_boundaries=[b for b in self.history_["stage_boundaries"] if b > 0])
         return self.history_
 
-    def _stage_callbacks(self, k, stage, start, learning_rate, val_ds, extra) -> list:
+    def _stage_callbacks(self, k, epochs, start, learning_rate, val_ds, extra) -> list:
         cfg = self.config
         monitor = cfg.monitor if val_ds is not None else "loss"
         mode = "min" if monitor.endswith("loss") else "max"
@@ -450,7 +454,7 @@ class FineTuner:
         result += list(extra)
         if cfg.schedule == "cosine":
             result.append(keras.callbacks.LearningRateScheduler(
-                _Cosine(learning_rate, start, stage.epochs)))
+                _Cosine(learning_rate, start, epochs)))
         elif cfg.schedule == "plateau":
             result.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.2,
                                                             patience=1, min_lr=learning_rate * 1e-3))
@@ -491,7 +495,9 @@ class FineTuner:
 
     def _run_spec(self) -> dict:
         spec = self.spec()
-        spec["stages"] = [{"epochs": s.epochs, "unfreeze": s.unfreeze} for s in self.config.stages]
+        spec["stages"] = [{"epochs": s.epochs, "unfreeze": s.unfreeze,
+                           **({"min_steps": s.min_steps} if s.min_steps is not None else {})}
+                          for s in self.config.stages]
         spec["learning_rates"] = self.stage_learning_rates()
         return spec
 
@@ -668,6 +674,28 @@ class FineTuner:
 
 
 # ---------------------------------------------------------------- helpers
+def stage_epochs(stage: StageConfig, batches: int, index: int = 0) -> int:
+    """The epochs a stage runs: ``stage.epochs``, or more when ``stage.min_steps`` needs them.
+
+    ``batches`` is the number of batches in one epoch of the training dataset
+    (its ``cardinality()``; negative when unknown or infinite).
+
+    Example:
+        >>> stage_epochs(StageConfig(epochs=2, min_steps=296), batches=148)  # a large set: as written
+        2
+        >>> stage_epochs(StageConfig(epochs=2, min_steps=296), batches=18)   # a small one: 296 steps
+        17
+    """
+    if stage.min_steps is None:
+        return stage.epochs
+    if batches < 1:
+        length = {tf.data.INFINITE_CARDINALITY: "infinite", 0: "zero batches"}.get(batches, "unknown")
+        raise FinetuneError(f"model.finetune.stages[{index}].min_steps needs a training dataset of known, "
+                            f"finite length to count its batches, but this one's length is {length}: "
+                            "give a finite dataset (no repeat(), no filter()), or leave min_steps out")
+    return max(stage.epochs, math.ceil(stage.min_steps / batches))
+
+
 def _merge(records: list[dict], boundaries: list[int]) -> dict:
     records = sorted(records, key=lambda r: r["epoch"])
     keys = []
