@@ -596,10 +596,10 @@ class StageConfig(_Section):
     KEY: ClassVar[str] = "model.finetune.stages[]."
 
     epochs: int = 5
-    min_steps: int | None = None
     unfreeze: str | int | float = 0
     learning_rate: float | None = None
     lr_factor: float = 0.1
+    min_steps: int | None = None
 
     def __post_init__(self):
         pass  # checked by its FinetuneConfig, which knows the stage's index
