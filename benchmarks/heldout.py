@@ -15,7 +15,8 @@ validation split, and the script prints:
 * with ``--test-npz FILE``: AUC with its 95% interval and accuracy on that MedMNIST-style file's
   ``test`` split (e.g. the official PneumoniaMNIST test file, which comes
   from a separate collection and is not shipped), accuracy both at the
-  validation-chosen threshold and at 0.5 (MedMNIST's convention);
+  validation-chosen threshold and at 0.5 (MedMNIST's convention); for an ensemble, each member's
+  AUC there and the paired DeLong p of the ensemble against it;
 * wall seconds of each run on this machine.
 
 Anyone holding the official MedMNIST file can so reproduce the comparison with
@@ -79,9 +80,11 @@ def oof_auc(config: ExperimentConfig, runs_dir: Path, folds: int) -> tuple[float
 
 
 def test_file_figures(run: Path, test_npz: str, out: Path) -> dict:
-    """AUC and accuracy (at the val threshold and at 0.5) on the file's test split."""
+    """AUC and accuracy (at the val threshold and at 0.5) on the file's test split; for an ensemble
+    also each member's AUC and the paired DeLong p of the ensemble against it."""
     evaluation = evaluate_run(run, data=f"medmnist:{test_npz}#test", output=out)
     metrics = load_metrics(evaluation)["splits"]["test"]
+    members = load_metrics(evaluation).get("members", {}).get("test", {})
     predictions = pd.read_csv(evaluation / "predictions.csv")
     figures = {"auc": auc_of(metrics), "auc 95% CI": auc_interval_of(metrics)}
     if "score" in predictions:
@@ -89,6 +92,10 @@ def test_file_figures(run: Path, test_npz: str, out: Path) -> dict:
         figures["acc_at_0.5"] = float(((predictions["score"] >= 0.5).astype(int) == predictions["label"]).mean())
     else:
         figures["acc_argmax"] = float((predictions["decision"] == predictions["label"]).mean())
+    for name, entry in members.items():
+        entry = entry.get("macro", entry)  # multilabel: the macro AUC's test
+        figures[f"member {name} auc"] = entry.get("auc", entry.get("macro_auc"))
+        figures[f"member {name} p"] = entry["p_value"]
     return figures
 
 

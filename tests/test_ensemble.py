@@ -231,6 +231,11 @@ def test_saved_ensemble_reproduces_its_test_metrics(mean_run, tmp_path):
     assert model.estimator.members[1].inputs.preprocess.image_size == 48  # its own preprocessing survives
     out = evaluate_run(mean_run, output=tmp_path / "again")
     assert load_metrics(out)["splits"]["test"] == load_metrics(mean_run)["splits"]["test"]
+    # each member is scored beside the ensemble, as the run scored it on its test split
+    assert load_metrics(out)["members"]["test"] == load_metrics(mean_run)["members"]["test"]
+    run_members = pd.read_csv(mean_run / "member_scores.csv").query("split == 'test'").reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "member_scores.csv"), run_members)
+    assert "vs member late48" in (out / "report.html").read_text()
 
 
 @pytest.mark.slow

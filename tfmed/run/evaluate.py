@@ -12,10 +12,11 @@ from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source, parse_source_spec
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import apply_validation, validate_table
+from tfmed.evaluation.comparison import compare_to_members
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import evaluate_split
-from tfmed.run.reporting import write_outputs
+from tfmed.run.reporting import member_sentences, write_outputs
 from tfmed.run.rundir import new_run_dir, resolve_run_dir, run_split_tables
 
 
@@ -27,6 +28,10 @@ def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
 def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | Path | None = None, *,
                  verify: bool = True, trust_pickles: bool = False) -> Path:
     """Score ``data`` (default: the run's own test split) and write metrics and a report.
+
+    For an ensemble run, each member is scored too: ``member_scores.csv`` and, in
+    ``metrics.json`` under ``members``, each member's AUC beside the ensemble's with
+    the paired DeLong p-value (as ``tfmed run`` writes them for val and test).
 
     Returns the output directory (default ``RUN/evaluations/TIMESTAMP``). The
     run is checked against its manifest first (see :meth:`TrainedModel.load`
@@ -52,16 +57,19 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
     out.mkdir(parents=True, exist_ok=True)
     log(f"scoring {len(table)} images from {source}")
-    scores = model.predict(table)
+    scores, members = model.predict_with_members(table)
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode,
                "backbone": model.backbone, "thresholds": model.thresholds,
                "threshold_method": model.threshold_method, "source": source,
                "counts": {"test": table.class_counts()},
                "splits": {"test": evaluate_split(model, table, scores, config.evaluation)}}
+    if members is not None:  # an ensemble: each member beside the combination, as in the run
+        metrics["members"] = {"test": compare_to_members(model.task, table.labels(), scores, members)}
     write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
                   notes=[f"Model from {run_dir}; thresholds were chosen on that run's validation split "
-                         "and are applied unchanged here."])
+                         "and are applied unchanged here."] + member_sentences(metrics),
+                  member_scores={"test": members} if members is not None else None)
     return out
 
 

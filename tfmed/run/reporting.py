@@ -111,10 +111,14 @@ def make_plots(out: Path, model, table: ImageTable, scores: np.ndarray, metrics:
 def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str, ImageTable],
                   scores: dict, metrics: dict, notes: list[str], excluded: list[dict] | None = None,
                   history: dict | None = None, stage_boundaries: list[int] | None = None,
-                  model_facts: dict | None = None, extra_plots: dict | None = None) -> Path:
+                  model_facts: dict | None = None, extra_plots: dict | None = None,
+                  member_scores: dict | None = None) -> Path:
     """metrics.json, predictions.csv, plots and report.html into ``out``; ``extra_plots`` (name -> PNG)
-    are shown after the evaluation plots."""
+    are shown after the evaluation plots. With ``member_scores`` (split -> member -> scores, from a
+    model made of members) also ``member_scores.csv``."""
     out = Path(out)
+    if member_scores:
+        write_member_scores_csv(out / "member_scores.csv", parts, member_scores)
     write_metrics_json(out / "metrics.json", metrics)
     plots, report_split = {}, "test"
     if scores:  # a k-fold run without a test split has out-of-fold scores only (oof_predictions.csv)
@@ -153,6 +157,22 @@ def write_member_scores_csv(path: Path, parts: dict[str, ImageTable], member_sco
     return path
 
 
+def member_sentences(metrics: dict) -> list[str]:
+    """The report's sentences comparing each member with the combination, split by split
+    (``metrics["members"]``, from :func:`~tfmed.evaluation.comparison.compare_to_members`); none
+    for a model without members.
+
+    Example:
+        >>> member_sentences({"members": {"test": {"a": {"auc": 0.9, "ensemble_auc": 0.95,
+        ...                                                "difference": 0.05, "p_value": 0.01}}}})
+        ['test: ensemble AUC 0.950 vs member a 0.900 (difference +0.050, paired DeLong p = 0.0100).']
+        >>> member_sentences({})
+        []
+    """
+    return [line for split, comparison in metrics.get("members", {}).items()
+            for line in comparison_sentences(comparison, split)]
+
+
 def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable], scores: dict,
                       metrics: dict, member_scores: dict | None = None) -> Path:
     """All outputs of a training run (see :func:`write_outputs`); with an ensemble also
@@ -184,10 +204,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                  f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. Thresholds "
                  f"were chosen on the pooled out-of-fold scores; {final} was measured once on test."]
         notes.remove(THRESHOLD_NOTE)
-    if member_scores:
-        write_member_scores_csv(run_dir / "member_scores.csv", parts, member_scores)
-        for split, comparison in metrics.get("members", {}).items():
-            notes += comparison_sentences(comparison, split)
+    notes += member_sentences(metrics)
     extra_plots = {}
     if config.report.explain and scores:
         from tfmed.run.explain import explain_for_report
@@ -200,7 +217,8 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
     return write_outputs(run_dir, title=f"{config.name}", source=str(config.data.source), model=model,
                          parts=parts, scores=scores, metrics=metrics, notes=notes + [config.description.strip()]
                          if config.description else notes, excluded=excluded, history=history,
-                         stage_boundaries=boundaries, model_facts=facts, extra_plots=extra_plots)
+                         stage_boundaries=boundaries, model_facts=facts, extra_plots=extra_plots,
+                         member_scores=member_scores)
 
 
 def summary_text(metrics: dict) -> str:
