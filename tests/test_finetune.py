@@ -281,6 +281,22 @@ def test_min_steps_lengthens_a_stage_on_a_small_training_set():
         FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=1, min_steps=0)])
 
 
+def test_early_stopping_never_cuts_a_stage_below_its_min_steps():
+    x, y = make_data(n=16)
+    val = batched(*make_data(n=16, seed=1))
+
+    def epochs_run(stage):
+        config = FinetuneConfig(stages=[stage], learning_rate=1e-12, batch_size=8, early_stopping_patience=1)
+        tuner = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None)
+        return len(tuner.fit(batched(x, y), val)["epoch"])
+
+    # at a learning rate of about 0 the validation AUC never improves, so early stopping
+    # ends a plain 3-epoch stage after 2 epochs
+    assert epochs_run(StageConfig(epochs=3, unfreeze=0)) == 2
+    # but not a stage that needs all 3 epochs (2 batches each) to reach min_steps
+    assert epochs_run(StageConfig(epochs=1, unfreeze=0, min_steps=5)) == 3
+
+
 def test_bad_settings_and_data_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown backbone 'resnet9000'"):
         FineTuner("resnet9000", "binary", 1)

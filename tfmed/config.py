@@ -590,7 +590,8 @@ class StageConfig(_Section):
     runs ``ceil(min_steps / batches per epoch)`` epochs instead, so a recipe
     sized on a large set keeps its length in steps on a small one (schedules
     counted in steps, as in BiT's HyperRule, Kolesnikov et al. 2020). Early
-    stopping still applies.
+    stopping neither ends the stage before min_steps nor restores weights from
+    before them: it watches from the epoch that reaches them on.
     """
 
     KEY: ClassVar[str] = "model.finetune.stages[]."

@@ -408,7 +408,7 @@ class FineTuner:
         for k, stage in enumerate(self.config.stages):
             if k < len(completed):
                 continue
-            epochs = stage_epochs(stage, batches, k)
+            epochs, floor = stage_epochs(stage, batches, k)
             if epochs != stage.epochs:
                 log(f"stage {k + 1}: {epochs} epochs of {batches} batches, to reach min_steps {stage.min_steps}")
             self._set_trainable(stage.unfreeze)
@@ -417,7 +417,8 @@ class FineTuner:
             records = [r for r in records if r["stage"] < k or
                        (r["stage"] == k and resume_epoch is not None and r["epoch"] < resume_epoch)]
             self._write_records(records)
-            stage_callbacks = self._stage_callbacks(k, epochs, start, rates[k], val_ds, callbacks or [])
+            stage_callbacks = self._stage_callbacks(k, epochs, start, rates[k], val_ds, callbacks or [],
+                                                    watch_from=start + floor - 1)
             self.model_.fit(train_ds, validation_data=val_ds, initial_epoch=start,
                             epochs=start + epochs, callbacks=stage_callbacks, verbose=0,
                             shuffle=False)
@@ -443,7 +444,7 @@ class FineTuner:
                             stage_boundaries=[b for b in self.history_["stage_boundaries"] if b > 0])
         return self.history_
 
-    def _stage_callbacks(self, k, epochs, start, learning_rate, val_ds, extra) -> list:
+    def _stage_callbacks(self, k, epochs, start, learning_rate, val_ds, extra, watch_from: int) -> list:
         cfg = self.config
         monitor = cfg.monitor if val_ds is not None else "loss"
         mode = "min" if monitor.endswith("loss") else "max"
@@ -461,7 +462,7 @@ class FineTuner:
         stage_dir = self._stage_dir(k) if self.run_dir is not None else None
         if cfg.early_stopping_patience is not None:
             result.append(_StageEarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience,
-                                              state_dir=stage_dir))
+                                              state_dir=stage_dir, start_from_epoch=watch_from))
         result.append(_HistoryRecorder(k, self.run_dir / HISTORY_FILE if self.run_dir is not None else None))
         if stage_dir is not None:
             result.append(keras.callbacks.BackupAndRestore(str(stage_dir / "backup"), delete_checkpoint=False))
@@ -674,26 +675,33 @@ class FineTuner:
 
 
 # ---------------------------------------------------------------- helpers
-def stage_epochs(stage: StageConfig, batches: int, index: int = 0) -> int:
-    """The epochs a stage runs: ``stage.epochs``, or more when ``stage.min_steps`` needs them.
+def stage_epochs(stage: StageConfig, batches: int, index: int = 0) -> tuple[int, int]:
+    """The epochs a stage runs, and how many of them reach ``stage.min_steps`` (1 without it).
 
-    ``batches`` is the number of batches in one epoch of the training dataset
-    (its ``cardinality()``; negative when unknown or infinite).
+    A stage runs ``stage.epochs``, or more when ``stage.min_steps`` needs them.
+    Early stopping watches the stage from the last of the epochs that reach
+    ``min_steps`` on, so it neither ends the stage before them nor restores
+    weights from before them. ``batches`` is the number of batches in one epoch
+    of the training dataset (its ``cardinality()``; negative when unknown or
+    infinite).
 
     Example:
-        >>> stage_epochs(StageConfig(epochs=2, min_steps=296), batches=148)  # a large set: as written
-        2
-        >>> stage_epochs(StageConfig(epochs=2, min_steps=296), batches=18)   # a small one: 296 steps
-        17
+        >>> stage_epochs(StageConfig(epochs=3, min_steps=150), batches=148)  # a large set: as written
+        (3, 2)
+        >>> stage_epochs(StageConfig(epochs=3, min_steps=150), batches=18)   # a small one: 150 steps
+        (9, 9)
+        >>> stage_epochs(StageConfig(epochs=3), batches=18)
+        (3, 1)
     """
     if stage.min_steps is None:
-        return stage.epochs
+        return stage.epochs, 1
     if batches < 1:
         length = {tf.data.INFINITE_CARDINALITY: "infinite", 0: "zero batches"}.get(batches, "unknown")
         raise FinetuneError(f"model.finetune.stages[{index}].min_steps needs a training dataset of known, "
                             f"finite length to count its batches, but this one's length is {length}: "
                             "give a finite dataset (no repeat(), no filter()), or leave min_steps out")
-    return max(stage.epochs, math.ceil(stage.min_steps / batches))
+    floor = math.ceil(stage.min_steps / batches)
+    return max(stage.epochs, floor), floor
 
 
 def _merge(records: list[dict], boundaries: list[int]) -> dict:
@@ -752,10 +760,12 @@ class _HistoryRecorder(keras.callbacks.Callback):
 
 
 class _StageEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping restoring the best weights, whose state survives a killed run."""
+    """EarlyStopping restoring the best weights, whose state survives a killed run; it watches from
+    ``start_from_epoch`` (an absolute epoch) on."""
 
-    def __init__(self, monitor: str, mode: str, patience: int, state_dir: Path | None):
-        super().__init__(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True)
+    def __init__(self, monitor: str, mode: str, patience: int, state_dir: Path | None, start_from_epoch: int = 0):
+        super().__init__(monitor=monitor, mode=mode, patience=patience, restore_best_weights=True,
+                         start_from_epoch=start_from_epoch)
         self.state_dir = state_dir
 
     def _paths(self):
