@@ -113,6 +113,28 @@ def test_clinical_metrics_in_fit_feeds_early_stopping_and_matches_sklearn():
         assert len(history.history[key]) == len(history.history["loss"])
 
 
+def test_validation_dataset_is_scored_by_one_compiled_pass_per_model():
+    x, y = tiny_data()
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)  # 32 rows: a partial last batch
+    metrics = tc.ClinicalMetrics(dataset)
+    selector = tc.ThresholdSelector(dataset, every_epoch_store=False)
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append((metrics._forward, selector._forward)))
+    for model in (tiny_model(), tiny_model()):
+        model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy")
+        history = model.fit(x, y, epochs=3, verbose=0, callbacks=[metrics, selector, record])
+        scores = model.predict(x, verbose=0)[:, 0]
+        # the last epoch's figures come from the trained weights, not those of the first trace
+        assert history.history["val_auc"][-1] == pytest.approx(roc_auc_score(y, scores), abs=1e-6)
+        assert selector.threshold_ == pytest.approx(tc.select_threshold(y, scores, "youden"), abs=1e-6)
+        assert metrics._forward_of is model and selector._forward_of is model
+    first, second = seen[:3], seen[3:]
+    assert len(set(first)) == 1 and len(set(second)) == 1 and first[0] != second[0]  # traced per model
+    # full and partial batches, never once per epoch
+    assert metrics._forward.experimental_get_tracing_count() <= 2
+
+
 def test_clinical_metrics_errors():
     x, y = tiny_data(8)
     with pytest.raises(tc.CallbackError, match="x has 8 rows but y has 7"):
