@@ -52,27 +52,8 @@ def ordered(callbacks: Sequence[keras.callbacks.Callback]) -> list[keras.callbac
         True
     """
     callbacks = list(callbacks)
-    first = [cb for cb in callbacks if isinstance(cb, (ClinicalMetrics, ThresholdSelector))]
+    first = [cb for cb in callbacks if isinstance(cb, _ValidationScorer)]
     return first + [cb for cb in callbacks if cb not in first]
-
-
-def _predict(model: keras.Model, validation_data, batch_size: int, forward):
-    """Predictions and targets for ``validation_data`` from a single pass (``forward(x)``: a batch's scores)."""
-    if isinstance(validation_data, tf.data.Dataset):
-        scores, targets = [], []
-        for element in validation_data:
-            if not isinstance(element, (tuple, list)) or len(element) < 2:
-                raise CallbackError("validation dataset elements must be (x, y) or (x, y, sample_weight) "
-                                    f"tuples, got {type(element).__name__}")
-            # A direct call of the model, not predict_on_batch: under MirroredStrategy the
-            # latter returns one copy of the outputs per replica for a single batch.
-            scores.append(np.asarray(forward(element[0])))
-            targets.append(np.asarray(element[1]))
-        if not scores:
-            raise CallbackError("the validation dataset is empty; it must yield (x, y) batches")
-        return np.concatenate(scores), np.concatenate(targets)
-    x, y = validation_data
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0)), np.asarray(y)
 
 
 class _ValidationScorer(keras.callbacks.Callback):
@@ -87,15 +68,30 @@ class _ValidationScorer(keras.callbacks.Callback):
     _forward_of = None
 
     def _validation_scores(self):
+        """Predictions and targets for ``self.validation_data`` from a single pass."""
+        if not isinstance(self.validation_data, tf.data.Dataset):
+            x, y = self.validation_data
+            return np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0)), np.asarray(y)
         if self._forward_of is not self.model:
             model = self.model
 
             @tf.function(reduce_retracing=True)
             def forward(x):
+                # A direct call of the model, not predict_on_batch: under MirroredStrategy the
+                # latter returns one copy of the outputs per replica for a single batch.
                 return model(x, training=False)
 
             self._forward, self._forward_of = forward, model
-        return _predict(self.model, self.validation_data, self.batch_size, self._forward)
+        scores, targets = [], []
+        for element in self.validation_data:
+            if not isinstance(element, (tuple, list)) or len(element) < 2:
+                raise CallbackError("validation dataset elements must be (x, y) or (x, y, sample_weight) "
+                                    f"tuples, got {type(element).__name__}")
+            scores.append(np.asarray(self._forward(element[0])))
+            targets.append(np.asarray(element[1]))
+        if not scores:
+            raise CallbackError("the validation dataset is empty; it must yield (x, y) batches")
+        return np.concatenate(scores), np.concatenate(targets)
 
 
 def _check_validation_data(validation_data):
