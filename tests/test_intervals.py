@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from scipy import optimize, stats
+from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
 from tfmed.evaluation import EvaluationError, bootstrap_ci, delong_auc_ci, delong_test, wilson_interval
@@ -71,8 +72,9 @@ def test_delong_variance_matches_brute_force_components():
     assert aucs[0] == pytest.approx(auc)
     assert covariance[0, 0] == pytest.approx(variance, rel=1e-10)
     _, lo, hi = delong_auc_ci(y, scores, level=0.9)
-    assert auc - lo == pytest.approx(stats.norm.ppf(0.95) * np.sqrt(variance), rel=1e-9)
-    assert hi == min(1.0, auc + stats.norm.ppf(0.95) * np.sqrt(variance))
+    half = stats.norm.ppf(0.95) * np.sqrt(variance) / (auc * (1 - auc))  # normal on the logit scale
+    assert logit(lo) == pytest.approx(logit(auc) - half, rel=1e-9)
+    assert logit(hi) == pytest.approx(logit(auc) + half, rel=1e-9)
 
 
 def test_delong_interval_close_to_independent_bootstrap():
@@ -267,6 +269,39 @@ def test_multilabel_macro_auc_with_one_label_is_delong_and_covers_at_its_level()
     covered = sum(lo <= truth <= hi for lo, hi in
                   (macro_auc_ci(*_multilabel_sample(rng, 300))[1:] for _ in range(400)))
     assert 0.90 <= covered / 400 <= 0.98  # 92-95% over six seeds, a little under 95% as DeLong's own
+
+
+def _binormal_sample(rng, n, prevalence, shifts):
+    """Labels of prevalence ``prevalence`` per column and scores N(shift * label, 1): each column's
+    true AUC is Phi(shift / sqrt 2); labels and scores are correlated across columns."""
+    labels, width = np.zeros((0, len(shifts)), int), len(shifts)
+    while not (2 <= labels.sum(axis=0)).all():
+        latent = 0.5 * rng.normal(size=(n, 1)) + np.sqrt(0.75) * rng.normal(size=(n, width))
+        labels = (latent < stats.norm.ppf(prevalence)).astype(int)
+    common = rng.normal(size=(n, 1))
+    scores = np.sqrt(0.7) * rng.normal(size=(n, width)) + np.sqrt(0.3) * common + labels * np.asarray(shifts)
+    return labels, scores
+
+
+@pytest.mark.parametrize("n, prevalence, shifts, at_least", [
+    (100, 0.5, [2.5], 0.93),        # one AUC of 0.96: 88-90% on the AUC's own scale, 94-96% on the logit (3 seeds)
+    (300, 0.03, [2.5] * 4, 0.87),   # four rare labels (about 9 cases each): 83-86% against 87-90%
+])
+def test_auc_interval_on_the_logit_scale_covers_near_one_and_for_rare_labels(n, prevalence, shifts, at_least):
+    rng = np.random.default_rng(11)
+    truth = float(np.mean(stats.norm.cdf(np.asarray(shifts) / np.sqrt(2))))
+    covered = covered_on_auc_scale = 0
+    for _ in range(400):
+        labels, scores = _binormal_sample(rng, n, prevalence, shifts)
+        aucs, covariance = (delong_covariance(labels[:, 0], scores[:, 0]) if len(shifts) == 1
+                            else macro_auc_covariance(labels, scores))
+        auc, lo, hi = (delong_auc_ci(labels[:, 0], scores[:, 0]) if len(shifts) == 1
+                       else macro_auc_ci(labels, scores))
+        assert auc == pytest.approx(aucs[0]) and 0 < lo <= auc <= hi < 1
+        covered += lo <= truth <= hi
+        covered_on_auc_scale += abs(auc - truth) <= 1.959964 * np.sqrt(covariance[0, 0])
+    assert covered / 400 >= at_least
+    assert covered >= covered_on_auc_scale + 8  # at least 2 points above the plain normal interval
 
 
 def test_a_multilabel_target_must_be_zero_or_one():

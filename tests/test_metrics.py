@@ -57,7 +57,7 @@ def test_binary_intervals(binary_data):
     expected = wilson_closed_form(counts["tn"], counts["tn"] + counts["fp"], 0.9)
     assert m["ci"]["specificity"] == pytest.approx(expected, abs=1e-9)
     assert m["ci"]["roc_auc"] == pytest.approx(list(delong_auc_ci(y, s, 0.9)[1:]))
-    assert m["ci_method"]["roc_auc"] == "delong" and m["ci_method"]["ppv"] == "wilson"
+    assert m["ci_method"]["roc_auc"] == "delong_logit" and m["ci_method"]["ppv"] == "wilson"
     assert "bootstrap_ci" not in m
 
 

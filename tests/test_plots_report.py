@@ -113,6 +113,7 @@ def test_binary_report(tmp_path, binary_data):
     assert "img_017.png" in text and "empty file" in text
     assert "threshold chosen on validation, applied unchanged to test" in text
     assert "efficientnet_lite0" in text
+    assert "ROC AUC by DeLong's method" in text and "AUC intervals normal on the logit scale" in text
 
 
 def test_multiclass_and_multilabel_reports(tmp_path):

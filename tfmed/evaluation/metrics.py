@@ -12,7 +12,7 @@ Binary layout (:func:`binary_metrics`), every metric a plain float or None:
 * metrics: ``accuracy``, ``sensitivity``, ``specificity``, ``ppv``, ``npv``,
   ``f1``, ``roc_auc``, ``pr_auc`` (average precision), ``brier``;
 * intervals: ``ci_level``; ``ci[name] = [lo, hi]`` for the five proportions
-  (Wilson) and ``roc_auc`` (DeLong); ``ci_method[name]`` says which; with
+  (Wilson) and ``roc_auc`` (DeLong, on the logit scale); ``ci_method[name]`` says which; with
   ``bootstrap > 0`` also ``bootstrap_ci[name] = [lo, hi]`` for all nine
   metrics and ``bootstrap_resamples``;
 * ``notes``: sentences about undefined values.
@@ -95,7 +95,7 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
     if result["roc_auc"] is not None:
         _, lo, hi = delong_auc_ci(y, s, ci_level)
         ci["roc_auc"] = [lo, hi]
-        method["roc_auc"] = "delong"
+        method["roc_auc"] = "delong_logit"
     result.update(ci_level=ci_level, ci=ci, ci_method=method)
     if bootstrap:
         replicates = bootstrap_distribution(lambda yy, ss: _binary_replicate(yy, ss, threshold), y, s,

@@ -364,7 +364,7 @@ def _ci_words(context: ReportContext) -> str:
     if context.task != "binary":
         words += ", macro AUC by DeLong's structural components over all " + \
                  ("classes" if context.task == "multiclass" else "labels")
-    return words
+    return words + " (AUC intervals normal on the logit scale)"
 
 
 def _key_value_table(values: Mapping) -> str:
