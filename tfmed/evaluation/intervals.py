@@ -293,8 +293,7 @@ def _auc_interval(auc: float, variance: float, z: float) -> tuple[float, float, 
     if se == 0.0 or not 0.0 < auc < 1.0:
         return auc, auc, auc
     half = z * se / (auc * (1.0 - auc))
-    centre = np.log(auc / (1.0 - auc))
-    return auc, float(special.expit(centre - half)), float(special.expit(centre + half))
+    return auc, float(special.expit(special.logit(auc) - half)), float(special.expit(special.logit(auc) + half))
 
 
 def _paired_test(aucs: np.ndarray, covariance: np.ndarray) -> dict:
