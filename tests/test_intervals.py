@@ -6,7 +6,8 @@ from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
 from tfmed.evaluation import EvaluationError, bootstrap_ci, delong_auc_ci, delong_test, wilson_interval
-from tfmed.evaluation.intervals import delong_covariance, macro_auc_ci, macro_auc_covariance, macro_auc_test
+from tfmed.evaluation.intervals import (delong_covariance, macro_auc_ci, macro_auc_covariance, macro_auc_test,
+                                       separation_bound)
 
 
 def wilson_by_inversion(successes, n, level):
@@ -302,6 +303,46 @@ def test_auc_interval_on_the_logit_scale_covers_near_one_and_for_rare_labels(n, 
         covered_on_auc_scale += abs(auc - truth) <= 1.959964 * np.sqrt(covariance[0, 0])
     assert covered / 400 >= at_least
     assert covered >= covered_on_auc_scale + 8  # at least 2 points above the plain normal interval
+
+
+def test_separation_bound_is_where_complete_separation_has_the_tail_probability():
+    # one case of each class: P(separation) is the AUC itself, so the bound is (1 - level) / 2
+    assert separation_bound(1, 1) == pytest.approx(0.025, abs=1e-6)
+    assert separation_bound(1, 1, level=0.9) == pytest.approx(0.05, abs=1e-6)
+    rng = np.random.default_rng(3)
+    for n_pos, n_neg in [(10, 10), (5, 50)]:
+        bound = separation_bound(n_pos, n_neg)
+        shift = np.sqrt(2) * stats.norm.ppf(bound)
+        positives = rng.normal(shift, 1, (40_000, n_pos))
+        negatives = rng.normal(0, 1, (40_000, n_neg))
+        separated = np.mean(positives.min(axis=1) > negatives.max(axis=1))
+        assert separated == pytest.approx(0.025, abs=0.003)  # Monte Carlo sd 0.0008
+    assert separation_bound(5, 50) < separation_bound(20, 20) < separation_bound(100, 300) < 1.0
+    with pytest.raises(EvaluationError, match="n_pos=0"):
+        separation_bound(0, 5)
+
+
+def test_an_auc_of_one_gets_the_separation_bound_and_covers():
+    y = np.repeat([0, 1], 10)
+    scores = np.arange(20.0)
+    assert delong_auc_ci(y, scores) == (1.0, separation_bound(10, 10), 1.0)
+    assert delong_auc_ci(y, -scores) == (0.0, 0.0, 1.0 - separation_bound(10, 10))
+    assert delong_test(y, scores, scores)["ci_a"] == [separation_bound(10, 10), 1.0]
+    # every class perfectly ranked: the mean of the columns' bounds
+    classes = np.repeat([0, 1, 2], [4, 6, 10])
+    proba = np.eye(3)[classes] * 0.8 + 0.1
+    expected = np.mean([separation_bound(4, 16), separation_bound(6, 14), separation_bound(10, 10)])
+    assert macro_auc_ci(classes, proba) == pytest.approx((1.0, expected, 1.0))
+    # 10 + 10 cases, true AUC 0.98: complete separation in about 42% of the data sets, where a
+    # zero-width interval at 1 would miss; with the bound, 97% coverage in simulation
+    rng = np.random.default_rng(5)
+    truth, covered, separated = 0.98, 0, 0
+    for _ in range(400):
+        sample = np.r_[rng.normal(0, 1, 10), rng.normal(np.sqrt(2) * stats.norm.ppf(truth), 1, 10)]
+        auc, lo, hi = delong_auc_ci(y, sample)
+        covered += lo <= truth <= hi
+        separated += auc == 1.0
+    assert separated >= 120 and covered >= 0.93 * 400
 
 
 def test_a_multilabel_target_must_be_zero_or_one():

@@ -9,6 +9,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
 
 from tfmed.evaluation import (EvaluationError, binary_metrics, bootstrap_ci, delong_auc_ci, evaluate,
                               macro_auc_ci, multiclass_metrics, multilabel_metrics, operating_point_metrics)
+from tfmed.evaluation.intervals import separation_bound
 
 
 def wilson_closed_form(k, n, level=0.95):
@@ -59,6 +60,9 @@ def test_binary_intervals(binary_data):
     assert m["ci"]["roc_auc"] == pytest.approx(list(delong_auc_ci(y, s, 0.9)[1:]))
     assert m["ci_method"]["roc_auc"] == "delong_logit" and m["ci_method"]["ppv"] == "wilson"
     assert "bootstrap_ci" not in m
+    perfect = binary_metrics([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.9], threshold=0.5)
+    assert perfect["ci"]["roc_auc"] == pytest.approx([separation_bound(2, 3), 1.0])
+    assert perfect["ci_method"]["roc_auc"] == "binormal_separation"
 
 
 def test_binary_bootstrap_intervals(binary_data):
@@ -168,7 +172,8 @@ def test_multiclass_missing_class_and_errors():
     proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
     m = multiclass_metrics([0, 1, 0, 1], proba, ["a", "b", "c"])
     assert m["per_class"]["c"]["roc_auc"] is None and m["per_class"]["c"]["sensitivity"] is None
-    assert m["macro_auc"] == pytest.approx(1.0) and m["macro_auc_ci"] == [1.0, 1.0]
+    # both present classes perfectly ranked: the bound for 2 cases against 2
+    assert m["macro_auc"] == pytest.approx(1.0) and m["macro_auc_ci"] == pytest.approx([separation_bound(2, 2), 1.0])
     assert any("'c'" in note for note in m["notes"])
     assert multiclass_metrics([1, 1, 1, 1], proba, ["a", "b", "c"])["macro_auc_ci"] is None
     with pytest.raises(EvaluationError, match=r"expected \(n_cases, 3\)"):

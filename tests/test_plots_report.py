@@ -113,7 +113,8 @@ def test_binary_report(tmp_path, binary_data):
     assert "img_017.png" in text and "empty file" in text
     assert "threshold chosen on validation, applied unchanged to test" in text
     assert "efficientnet_lite0" in text
-    assert "ROC AUC by DeLong's method" in text and "AUC intervals normal on the logit scale" in text
+    assert "ROC AUC by DeLong's method" in text and "AUC intervals normal on the logit scale)" in text
+    assert "complete separation" not in text
 
 
 def test_multiclass_and_multilabel_reports(tmp_path):
@@ -135,6 +136,16 @@ def test_multiclass_and_multilabel_reports(tmp_path):
     assert "nodule" in text and f"{roc_auc_score(Y, P, average='micro'):.3f}" in text
     lo, hi = metrics["macro_auc_ci"]
     assert f"{metrics['macro_auc']:.3f} ({lo:.3f}-{hi:.3f})" in text and "over all labels" in text
+
+
+def test_report_names_the_separation_bound_of_a_perfect_auc(tmp_path):
+    y = np.repeat([0, 1], [6, 4])
+    metrics = binary_metrics(y, np.linspace(0.05, 0.95, 10), threshold=0.5)
+    text = write_report(tmp_path / "perfect", ReportContext(title="perfect", task="binary",
+                                                            metrics={"val": metrics})).read_text()
+    lo, hi = metrics["ci"]["roc_auc"]
+    assert metrics["roc_auc"] == 1.0 and 0.5 < lo < hi == 1.0
+    assert f"1.000 ({lo:.3f}-1.000)" in text and "binormal chance of complete separation" in text
 
 
 def test_report_errors(tmp_path):

@@ -12,7 +12,8 @@ Binary layout (:func:`binary_metrics`), every metric a plain float or None:
 * metrics: ``accuracy``, ``sensitivity``, ``specificity``, ``ppv``, ``npv``,
   ``f1``, ``roc_auc``, ``pr_auc`` (average precision), ``brier``;
 * intervals: ``ci_level``; ``ci[name] = [lo, hi]`` for the five proportions
-  (Wilson) and ``roc_auc`` (DeLong, on the logit scale); ``ci_method[name]`` says which; with
+  (Wilson) and ``roc_auc`` (DeLong, on the logit scale; an AUC of 0 or 1 gets
+  :func:`~tfmed.evaluation.intervals.separation_bound`); ``ci_method[name]`` says which; with
   ``bootstrap > 0`` also ``bootstrap_ci[name] = [lo, hi]`` for all nine
   metrics and ``bootstrap_resamples``;
 * ``notes``: sentences about undefined values.
@@ -93,9 +94,9 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
         ci[name] = [_clean_float(lo), _clean_float(hi)]
         method[name] = "wilson"
     if result["roc_auc"] is not None:
-        _, lo, hi = delong_auc_ci(y, s, ci_level)
+        auc, lo, hi = delong_auc_ci(y, s, ci_level)
         ci["roc_auc"] = [lo, hi]
-        method["roc_auc"] = "delong_logit"
+        method["roc_auc"] = "delong_logit" if 0.0 < auc < 1.0 else "binormal_separation"
     result.update(ci_level=ci_level, ci=ci, ci_method=method)
     if bootstrap:
         replicates = bootstrap_distribution(lambda yy, ss: _binary_replicate(yy, ss, threshold), y, s,
@@ -322,8 +323,9 @@ def auc_interval(metrics: Mapping) -> list | None:
     """The interval ``[lo, hi]`` of a split's headline AUC: ROC AUC (binary) or macro AUC (the others).
 
     Example:
-        >>> auc_interval(evaluate("multiclass", [0, 1, 2, 0, 1, 2], np.eye(3)[[0, 1, 2, 0, 1, 2]]))
-        [1.0, 1.0]
+        >>> lo, hi = auc_interval(evaluate("multiclass", [0, 1, 2, 0, 1, 2], np.eye(3)[[0, 1, 2, 0, 1, 2]]))
+        >>> round(lo, 3), hi  # a perfect ranking of 2 cases against 4 per class: the separation bound
+        (0.372, 1.0)
     """
     return metrics.get("macro_auc_ci") or metrics.get("ci", {}).get("roc_auc")
 

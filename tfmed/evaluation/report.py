@@ -364,7 +364,10 @@ def _ci_words(context: ReportContext) -> str:
     if context.task != "binary":
         words += ", macro AUC by DeLong's structural components over all " + \
                  ("classes" if context.task == "multiclass" else "labels")
-    return words + " (AUC intervals normal on the logit scale)"
+    words += " (AUC intervals normal on the logit scale"
+    separated = any(m.get(key) in (0.0, 1.0) for m in context.metrics.values() for key in ("roc_auc", "macro_auc"))
+    return words + ("; an AUC of 1 or 0 bounded by the binormal chance of complete separation)" if separated
+                    else ")")
 
 
 def _key_value_table(values: Mapping) -> str:
