@@ -5,9 +5,9 @@ from scipy import optimize, stats
 from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
-from tfmed.evaluation import EvaluationError, bootstrap_ci, delong_auc_ci, delong_test, wilson_interval
-from tfmed.evaluation.intervals import (delong_covariance, macro_auc_ci, macro_auc_covariance, macro_auc_test,
-                                       separation_bound)
+from tfmed.evaluation import (EvaluationError, bootstrap_ci, delong_auc_ci, delong_test, separation_bound,
+                              wilson_interval)
+from tfmed.evaluation.intervals import delong_covariance, macro_auc_ci, macro_auc_covariance, macro_auc_test
 
 
 def wilson_by_inversion(successes, n, level):
