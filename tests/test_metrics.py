@@ -168,6 +168,23 @@ def test_multiclass_macro_auc_interval_and_bootstrap(multiclass_data):
         multiclass_metrics(y, proba, ["a", "b", "c"], bootstrap=-1)
 
 
+def test_an_auc_on_few_cases_gets_a_note_in_every_task():
+    few = binary_metrics(np.repeat([0, 1], [40, 6]), np.linspace(0, 1, 46), threshold=0.5)
+    assert [note[:32] for note in few["notes"]] == ["only 6 positive cases: the AUC i"]
+    assert "79-90%" in few["notes"][0]
+    both = binary_metrics([0, 0, 0, 1, 1], [0.1, 0.5, 0.3, 0.8, 0.4], threshold=0.5)["notes"]
+    assert any("only 2 positive cases" in n for n in both) and any("only 3 negative cases" in n for n in both)
+    y = np.repeat([0, 1, 2], [30, 30, 5])
+    proba = np.eye(3)[y] * 0.5 + np.random.default_rng(0).uniform(0, 0.5, (65, 3))
+    notes = multiclass_metrics(y, proba, ["a", "b", "rare"])["notes"]
+    assert [n[:25] for n in notes] == ["class 'rare': only 5 case"]
+    Y = np.zeros((60, 2), int)
+    Y[:30, 0], Y[:8, 1] = 1, 1
+    notes = multilabel_metrics(Y, Y * 0.6 + 0.2, 0.5, ["common", "rare"])["notes"]
+    assert [n[:30] for n in notes] == ["label 'rare': only 8 positive "]
+    assert multiclass_metrics(np.repeat([0, 1], 10), np.eye(2)[np.repeat([0, 1], 10)], ["a", "b"])["notes"] == []
+
+
 def test_multiclass_missing_class_and_errors():
     proba = np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.8, 0.1]])
     m = multiclass_metrics([0, 1, 0, 1], proba, ["a", "b", "c"])

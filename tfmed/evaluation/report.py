@@ -348,8 +348,9 @@ def _notes_section(context: ReportContext) -> str:
     notes = [str(n) for n in context.notes]
     for split, m in context.metrics.items():
         notes += [f"{split}: {note}" for note in m.get("notes", [])]
-    for name, m in context.operating_points.items():
-        notes += [f"operating point {name}: {note}" for note in m.get("notes", [])]
+    said = {note for m in context.metrics.values() for note in m.get("notes", [])}
+    for name, m in context.operating_points.items():  # a split's note is not repeated for each point
+        notes += [f"operating point {name}: {note}" for note in m.get("notes", []) if note not in said]
     if not notes:
         return ""
     unique = list(dict.fromkeys(notes))
