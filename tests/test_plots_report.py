@@ -146,7 +146,11 @@ def test_report_names_the_separation_bound_of_a_perfect_auc(tmp_path):
     lo, hi = metrics["ci"]["roc_auc"]
     assert metrics["roc_auc"] == 1.0 and 0.5 < lo < hi == 1.0
     assert f"1.000 ({lo:.3f}-1.000)" in text and "binormal chance of complete separation" in text
-    # the few-cases note of the split, once: not again for each operating point
+
+
+def test_report_lists_a_splits_note_once_not_again_for_each_operating_point(tmp_path):
+    y = np.repeat([0, 1], [6, 4])
+    metrics = binary_metrics(y, np.linspace(0.05, 0.95, 10), threshold=0.5)
     points = operating_point_metrics(y, np.linspace(0.05, 0.95, 10), {"youden": 0.5, "fixed": 0.3})
     text = write_report(tmp_path / "points", ReportContext(title="points", task="binary", metrics={"val": metrics},
                                                            operating_points=points)).read_text()

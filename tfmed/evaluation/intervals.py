@@ -176,7 +176,8 @@ def _macro_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray, tuple[tup
         if not np.isin(y, (0, 1)).all():
             raise EvaluationError("macro AUC: a multi-label y_true must hold only 0 and 1")
         indicator = y.astype(int)
-    columns = [k for k in range(width) if 0 < indicator[:, k].sum() < n]
+    sizes = indicator.sum(axis=0)  # cases inside each column
+    columns = [k for k in range(width) if 0 < sizes[k] < n]
     if not columns:
         raise EvaluationError(f"macro AUC: undefined because every case is of class {int(y[0])} "
                               f"(n={n}); at least two classes are needed" if y.ndim == 1 else
@@ -193,7 +194,7 @@ def _macro_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray, tuple[tup
         aucs += column_aucs
     aucs /= len(columns)
     components /= len(columns)
-    counts = tuple((int(indicator[:, k].sum()), n - int(indicator[:, k].sum())) for k in columns)
+    counts = tuple((int(sizes[k]), n - int(sizes[k])) for k in columns)
     return aucs, components @ components.T, counts
 
 
