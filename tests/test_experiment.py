@@ -314,7 +314,8 @@ def test_ct_dicom_experiment_with_hu_window_end_to_end(tmp_path):
     config = ExperimentConfig.from_dict({
         "name": "ct", "runs_dir": str(tmp_path / "runs"),
         "data": {"source": "dicom", "path": str(_ct_folder(tmp_path / "ct"))},
-        "split": {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
+        # the stand-in slices are copies of one slice, which the near-duplicate check would join
+        "split": {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25, "near_duplicate_rms": None},
         "preprocess": {"image_size": 32, "intensity": "window", "windows": [[40, 400]]},
         "model": {"svm": {"taps": ["middle"], "C": [1.0], "cv": 2}}})
     run_dir = run_experiment(config)
@@ -378,6 +379,42 @@ def test_the_report_calls_a_carved_test_split_in_distribution(pneumonia_run):
     metrics = load_metrics(pneumonia_run)
     assert metrics["test_origin"].startswith("carved from the training images")
     assert "in-distribution" in (pneumonia_run / "report.html").read_text()
+
+
+def test_the_run_says_how_many_val_images_are_copies_of_training_images(pneumonia_run):
+    from tfmed.run.reporting import summary_text
+
+    metrics = load_metrics(pneumonia_run)
+    twins = metrics["near_duplicates"]["twins_in_train"]
+    assert set(twins) == {"val"} and twins["val"] > 0  # the embedded official splits share images
+    splits = pd.read_csv(pneumonia_run / "splits.csv")
+    assert splits["near_duplicate_group"].notna().sum() == metrics["near_duplicates"]["images"] > 0
+    report = (pneumonia_run / "report.html").read_text()
+    assert f"{twins['val']} of 524 val images are near-identical to a training image" in report
+    assert f"val: {twins['val']} of 524 images are near-identical to training images" in summary_text(metrics)
+
+
+def test_a_run_without_the_near_duplicate_check_says_nothing_of_it(tmp_path):
+    from tfmed.run.reporting import summary_text
+
+    data = np.load(_tiny_medmnist(tmp_path))
+    path = tmp_path / "copied.npz"
+    val_images = data["val_images"].copy()
+    val_images[:3] = data["train_images"][:3]  # three val images copied from train
+    np.savez(path, train_images=data["train_images"], train_labels=data["train_labels"],
+             val_images=val_images, val_labels=data["val_labels"])
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
+    config.data.source, config.report.explain = f"medmnist:{path}", False
+    config.split.near_duplicate_rms = None
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    assert metrics["near_duplicates"] is None and "near-identical" not in summary_text(metrics)
+    assert "near-identical" not in (run_dir / "report.html").read_text()
+    assert "near_duplicate_group" not in pd.read_csv(run_dir / "splits.csv").columns
+    config.split.near_duplicate_rms = 4.0
+    run_dir = run_experiment(config)
+    assert load_metrics(run_dir)["near_duplicates"]["twins_in_train"]["val"] >= 3
+    assert "near-identical to a training image" in (run_dir / "report.html").read_text()
 
 
 @pytest.mark.slow

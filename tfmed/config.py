@@ -244,6 +244,11 @@ class SplitConfig(_Section):
     final: with k-fold, the model that scores the test split: "refit" (one model
         refit on train+val) or "bag" (the k fold models kept and their scores
         averaged).
+    near_duplicate_rms: images whose 16 x 16 grey fingerprints differ by at
+        most this many grey levels (root mean square, 0-255) are near-identical
+        (see tfmed.data.near_duplicates): splits that tfmed makes keep them
+        together, and a split from the source that parts them is reported.
+        null: no check.
     """
 
     KEY: ClassVar[str] = "split."
@@ -254,9 +259,12 @@ class SplitConfig(_Section):
     folds: int = 5
     seed: int = 0
     final: Literal["refit", "bag"] = "refit"
+    near_duplicate_rms: float | None = 4.0
 
     def check(self) -> None:
         super().check()
+        if self.near_duplicate_rms is not None and not self.near_duplicate_rms >= 0:
+            self._fail("near_duplicate_rms", "it must be a number of grey levels >= 0, or null to skip the check")
         for name in ("test_fraction", "val_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 self._fail(name, "it must be in [0, 1)")

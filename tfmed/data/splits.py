@@ -2,8 +2,11 @@
 
 All splits keep each patient's images together (scikit-learn's
 ``StratifiedGroupKFold`` with patients as groups) and keep the class mix of
-each split close to the whole table's. The test patients are chosen first,
-then validation patients from the rest, the remaining patients train.
+each split close to the whole table's. Near-identical images (column
+``near_duplicate_group``, see :mod:`tfmed.data.near_duplicates`) join their
+patients into one group, so copies of a picture stay in one split and fold.
+The test patients are chosen first, then validation patients from the rest,
+the remaining patients train.
 :func:`check_no_leakage` runs at the end of every split function.
 
 Multilabel tables are stratified on a proxy label per row: its rarest
@@ -24,9 +27,12 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from tfmed.config import SplitConfig
+from tfmed.data.near_duplicates import GROUP_COLUMN
 from tfmed.data.table import SPLITS, ImageTable
 from tfmed.errors import TfmedError
 
@@ -175,7 +181,7 @@ def kfold_indices(table: ImageTable, folds: int = 5, seed: int = 0) -> list[tupl
         raise SplitError(f"folds is {folds}; k-fold needs at least 2")
     pool = np.flatnonzero((table.frame["split"] != "test").fillna(True).to_numpy(dtype=bool))
     _require_patients(table, np.isin(np.arange(len(table)), pool), "k-fold")
-    groups = table.frame["patient_id"].astype(str).to_numpy()[pool]
+    groups = split_groups(table)[pool]
     if len(np.unique(groups)) < folds:
         raise SplitError(f"{len(np.unique(groups))} patient(s) outside the test split cannot make "
                          f"{folds} folds; lower split.folds")
@@ -184,6 +190,33 @@ def kfold_indices(table: ImageTable, folds: int = 5, seed: int = 0) -> list[tupl
         warnings.filterwarnings("ignore", message="The least populated class")
         return [(pool[train], pool[val])
                 for train, val in splitter.split(pool, stratify_labels(table)[pool], groups)]
+
+
+def split_groups(table: ImageTable) -> np.ndarray:
+    """The group of each row that splits keep whole: its patient, with patients joined by near-identical images.
+
+    Example:
+        >>> import pandas as pd
+        >>> from tfmed.data.table import ImageTable
+        >>> frame = pd.DataFrame({"image": list("abcd"), "label": [0, 1, 0, 1], "patient_id": list("pqrs"),
+        ...                       "near_duplicate_group": pd.array([0, None, 0, None], dtype="Int64")})
+        >>> split_groups(ImageTable(frame, ["x", "y"], "binary")).tolist()
+        [0, 1, 0, 2]
+    """
+    patients, _ = pd.factorize(table.frame["patient_id"].astype(str))
+    if GROUP_COLUMN not in table.frame.columns:
+        return patients
+    twins = table.frame[GROUP_COLUMN]
+    marked = twins.notna().to_numpy(dtype=bool)
+    # a graph of patients and near-duplicate groups; its connected parts are the split groups
+    nodes = patients.max(initial=-1) + 1
+    first = patients[marked]
+    second = nodes + twins[marked].to_numpy(dtype=np.int64)
+    size = nodes + (int(second.max()) - nodes + 1 if len(second) else 0)
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(size, size))
+    _, parts = connected_components(graph, directed=False)
+    _, renumbered = np.unique(parts[patients], return_inverse=True)
+    return renumbered
 
 
 def stratify_labels(table: ImageTable) -> np.ndarray:
@@ -213,7 +246,7 @@ def _carve(table: ImageTable, pool: np.ndarray, fraction: float, seed: int) -> n
     """Positions (from ``pool``) of about ``fraction`` of the pool's rows, whole patients, stratified."""
     if fraction <= 0 or len(pool) == 0:
         return np.array([], dtype=np.int64)
-    groups = table.frame["patient_id"].astype(str).to_numpy()[pool]
+    groups = split_groups(table)[pool]
     n_groups = len(np.unique(groups))
     n_splits, take = _folds_for(fraction, n_groups)
     if n_splits is None:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import EvaluationConfig, ExperimentConfig
+from tfmed.data.near_duplicates import GROUP_COLUMN, mark_near_duplicates, twins_in_train
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import fit_inputs
 from tfmed.data.table import ImageTable
@@ -50,10 +51,44 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
     report = validate_table(table, need_patient_ids=need_ids, max_pixels=config.data.max_image_pixels,
                             views=config.views)
     table = apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows)
+    table = _mark_near_duplicates(config, table)
     origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
     table = ensure_splits(table, config.split)
     table.frame.attrs["test_origin"] = origin
+    for split, count in twins_in_train(table).items():
+        log(f"{count} {split} image(s) are near-identical to training images (the data source's split)")
     return table
+
+
+def _mark_near_duplicates(config: ExperimentConfig, table: ImageTable) -> ImageTable:
+    """The table with its near-identical images grouped (``split.near_duplicate_rms``)."""
+    if config.split.near_duplicate_rms is None:
+        return table
+    if config.views.enabled:
+        log("near-identical images are not looked for: the rows are volumes (views), not images")
+        return table
+    table = mark_near_duplicates(table, config.split.near_duplicate_rms, max_pixels=config.data.max_image_pixels)
+    groups = table.frame[GROUP_COLUMN]
+    if groups.notna().any():
+        log(f"{int(groups.notna().sum())} images are near-identical to another ({groups.nunique()} groups, "
+            f"{GROUP_COLUMN} in splits.csv)")
+    return table
+
+
+def near_duplicate_summary(config: ExperimentConfig, table: ImageTable) -> dict | None:
+    """What ``metrics.json`` records of the near-identical images (None when the check is off).
+
+    Example:
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
+        >>> from tfmed.data.near_duplicates import mark_near_duplicates
+        >>> near_duplicate_summary(ExperimentConfig(), mark_near_duplicates(load_pneumonia_mnist()))
+        {'rms_tolerance': 4.0, 'images': 50, 'groups': 24, 'twins_in_train': {'val': 8}}
+    """
+    if config.split.near_duplicate_rms is None or GROUP_COLUMN not in table.frame.columns:
+        return None
+    groups = table.frame[GROUP_COLUMN]
+    return {"rms_tolerance": config.split.near_duplicate_rms, "images": int(groups.notna().sum()),
+            "groups": int(groups.nunique()), "twins_in_train": twins_in_train(table)}
 
 
 def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
@@ -176,6 +211,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
                "threshold_method": model.threshold_method,
                "counts": split_counts(table), "test_origin": table.frame.attrs.get("test_origin"), "splits": {}}
     metrics["tta_views"] = config.tta.view_count()
+    metrics["near_duplicates"] = near_duplicate_summary(config, table)
     for name, split_scores in scores.items():
         metrics["splits"][name] = evaluate_split(model, parts[name], split_scores, config.evaluation)
     if member_scores:

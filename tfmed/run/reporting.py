@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tfmed.data.near_duplicates import GROUP_COLUMN, twin_note
 from tfmed.data.table import ImageTable
 from tfmed.evaluation.comparison import comparison_sentences
 from tfmed.evaluation.metrics import to_jsonable
@@ -195,6 +196,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         notes.append(f"The test split is {metrics['test_origin']}. Figures on an official test split from "
                      "another collection (another hospital or scanner) are usually lower; compare only those "
                      "with published tables.")
+    notes += [twin_note(split, count, total) for split, count, total in _twins_in_train(metrics)]
     if "kfold" in metrics:
         k = metrics["kfold"]
         final = ("the final model was refit on train+val" if k.get("final", "refit") == "refit"
@@ -221,6 +223,13 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                          member_scores=member_scores)
 
 
+def _twins_in_train(metrics: dict) -> list[tuple[str, int, int]]:
+    """(split, images with a near-identical training image, images) for each scored split that has any."""
+    twins = (metrics.get("near_duplicates") or {}).get("twins_in_train") or {}
+    return [(split, count, sum(metrics["counts"][split].values())) for split, count in twins.items()
+            if split in metrics["splits"]]
+
+
 def summary_text(metrics: dict) -> str:
     """A short plain-text summary of the run's headline numbers."""
     lines = [f"{'split':<6} {'point':<17} {'AUC (95% CI)':<22} {'sens':>6} {'spec':>6} {'PPV':>6} {'NPV':>6}"]
@@ -231,6 +240,9 @@ def summary_text(metrics: dict) -> str:
         lines.append("val: the split the thresholds were chosen on (same collection as training)")
     if "test" in metrics["splits"] and metrics.get("test_origin"):
         lines.append(f"test: {metrics['test_origin']}")
+    for split, count, total in _twins_in_train(metrics):
+        lines.append(f"{split}: {count} of {total} images are near-identical to training images "
+                     f"({GROUP_COLUMN} in splits.csv)")
     if "kfold" in metrics:
         k = metrics["kfold"]
         lines.append(f"{k['folds']}-fold pooled out-of-fold AUC "

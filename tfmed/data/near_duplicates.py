@@ -1,0 +1,181 @@
+"""Near-identical images: copies that patient ids cannot reveal.
+
+The same picture stored twice (under two names, re-encoded, or as two exposures a moment apart)
+leaks like one patient in two splits: a model scored on the copy has seen it in training. Public
+sets carry such copies. PneumoniaMNIST's official train and validation splits share 8 images
+pixel for pixel, and RetinaMNIST holds 27 pairs whose pixels differ by about 1.5 grey levels on
+average.
+
+Each image is reduced to a fingerprint: grey, scaled to 0-255 by its own minimum and maximum,
+and averaged down to 16 x 16 pixels. Two images are near-identical when the root-mean-square
+difference of their fingerprints is at most ``tolerance`` grey levels (4 by default, the
+``split.near_duplicate_rms`` setting). On PneumoniaMNIST the copies differ by 0 and every other
+image lies more than 10 levels from its nearest neighbour; on RetinaMNIST the pairs differ by
+1-4 levels and the next-closest images by 5 or more.
+
+Near-identical rows form groups (column ``near_duplicate_group``; empty for an image without
+a twin). The splits that tfmed makes keep a group in one split and one fold, as they keep a
+patient; a split given by the data source is kept, and the run says how many evaluation
+images have a twin in train.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> images = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    >>> images[3] = images[1]
+    >>> near_duplicate_groups(np.stack([fingerprint(i) for i in images])).tolist()
+    [-1, 0, -1, 0]
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.neighbors import NearestNeighbors
+
+from tfmed.config import SplitConfig
+from tfmed.data.decode import DEFAULT_MAX_PIXELS, read_image
+from tfmed.data.table import ImageTable
+from tfmed.errors import TfmedError
+
+FINGERPRINT_SIDE = 16
+DEFAULT_TOLERANCE = SplitConfig.near_duplicate_rms
+GROUP_COLUMN = "near_duplicate_group"
+# Exact copies are at distance 0; floating-point sums can put them a hair above it.
+_EXACT_SLACK = 1e-3
+
+
+class NearDuplicateError(TfmedError):
+    """Images that cannot be fingerprinted, or a bad tolerance."""
+
+
+def fingerprint(image) -> np.ndarray:
+    """A 256-value float32 summary of one image (H, W) or (H, W, C): grey, 0-255, 16 x 16.
+
+    Colour is averaged to grey (an alpha channel is dropped); the image is scaled to 0-255 by its
+    own minimum and maximum, so 8-bit, 16-bit and Hounsfield-unit copies of a picture agree. A
+    blank image (one value everywhere) has no picture to compare: its fingerprint is all NaN, and
+    it joins no group.
+
+    Example:
+        >>> img = (np.arange(64 * 64) * 16).astype(np.uint16).reshape(64, 64)
+        >>> fingerprint(img).shape
+        (256,)
+        >>> bool(np.allclose(fingerprint(img), fingerprint((img // 257).astype(np.uint8)), atol=1.5))
+        True
+    """
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim == 3:
+        pixels = pixels[..., :3].mean(axis=-1)
+    if pixels.ndim != 2 or min(pixels.shape) < 1:
+        raise NearDuplicateError(f"an image must be (H, W) or (H, W, C) to fingerprint, got shape {pixels.shape}")
+    low, high = float(pixels.min()), float(pixels.max())
+    if not high > low:
+        return np.full(FINGERPRINT_SIDE ** 2, np.nan, dtype=np.float32)
+    scaled = (pixels - low) * (255.0 / (high - low))
+    small = cv2.resize(scaled, (FINGERPRINT_SIDE, FINGERPRINT_SIDE), interpolation=cv2.INTER_AREA)
+    return small.astype(np.float32).ravel()
+
+
+def table_fingerprints(table: ImageTable, workers: int = 4,
+                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Fingerprints (N, 256) of a table's images, in row order: from its array or its files.
+
+    Example:
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
+        >>> table_fingerprints(load_pneumonia_mnist().subset(range(3))).shape
+        (3, 256)
+    """
+    frame = table.frame
+    if table.images is not None and "array_index" in frame.columns:
+        images = np.asarray(table.images)
+        return np.stack([fingerprint(images[int(i)]) for i in frame["array_index"]]) if len(frame) \
+            else np.zeros((0, FINGERPRINT_SIDE ** 2), np.float32)
+    paths = frame["image"].astype(str).tolist()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        prints = list(pool.map(lambda path: fingerprint(read_image(path, max_pixels)), paths))
+    return np.stack(prints) if prints else np.zeros((0, FINGERPRINT_SIDE ** 2), np.float32)
+
+
+def near_duplicate_groups(fingerprints: np.ndarray, tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
+    """Group index per row (-1: no near-identical image) from fingerprints (N, 256).
+
+    Rows whose fingerprints differ by at most ``tolerance`` grey levels (root mean square) are
+    joined, and so are chains of them; groups are numbered in order of their first row.
+
+    Example:
+        >>> prints = np.array([[0.0] * 256, [100.0] * 256, [1.0] * 256, [200.0] * 256, [np.nan] * 256])
+        >>> near_duplicate_groups(prints, tolerance=2.0).tolist()
+        [0, -1, 0, -1, -1]
+    """
+    if tolerance is None or not np.isfinite(tolerance) or tolerance < 0:
+        raise NearDuplicateError(f"tolerance must be a number of grey levels >= 0, got {tolerance!r}")
+    prints = np.asarray(fingerprints, dtype=np.float64)
+    n = len(prints)
+    compared = np.flatnonzero(np.isfinite(prints).all(axis=1))  # blank images are not
+    if len(compared) < 2:
+        return np.full(n, -1, dtype=np.int64)
+    radius = tolerance * np.sqrt(prints.shape[1]) + _EXACT_SLACK
+    neighbours = NearestNeighbors(radius=radius, algorithm="brute").fit(prints[compared])
+    rows = neighbours.radius_neighbors(prints[compared], return_distance=False)
+    first = compared[np.repeat(np.arange(len(compared)), [len(r) for r in rows])]
+    second = compared[np.concatenate(rows)]
+    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    sizes = np.bincount(component)
+    groups = np.full(n, -1, dtype=np.int64)
+    numbers: dict[int, int] = {}
+    for row in np.flatnonzero(sizes[component] > 1):
+        groups[row] = numbers.setdefault(int(component[row]), len(numbers))
+    return groups
+
+
+def mark_near_duplicates(table: ImageTable, tolerance: float = DEFAULT_TOLERANCE, workers: int = 4,
+                         max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageTable:
+    """The table with a ``near_duplicate_group`` column (nullable integer; empty without a twin).
+
+    Example:
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
+        >>> marked = mark_near_duplicates(load_pneumonia_mnist())
+        >>> int(marked.frame[GROUP_COLUMN].notna().sum())
+        50
+    """
+    groups = near_duplicate_groups(table_fingerprints(table, workers, max_pixels), tolerance)
+    frame = table.frame.copy()
+    frame[GROUP_COLUMN] = pd.array([int(g) if g >= 0 else None for g in groups], dtype="Int64")
+    return ImageTable(frame, list(table.classes), table.task, table.images, table.source,
+                      excluded=table.excluded)
+
+
+def twins_in_train(table: ImageTable) -> dict[str, int]:
+    """For each split but train: how many of its rows have a near-identical image in train.
+
+    Example:
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
+        >>> twins_in_train(mark_near_duplicates(load_pneumonia_mnist()))
+        {'val': 8}
+    """
+    if GROUP_COLUMN not in table.frame.columns:
+        return {}
+    frame = table.frame[["split", GROUP_COLUMN]].dropna()
+    in_train = set(frame.loc[frame["split"] == "train", GROUP_COLUMN].tolist())
+    counts = {}
+    for split in sorted(set(frame["split"]) - {"train"}, key=["val", "test"].index):
+        counts[split] = int(frame.loc[frame["split"] == split, GROUP_COLUMN].isin(in_train).sum())
+    return {split: count for split, count in counts.items() if count}
+
+
+def twin_note(split: str, count: int, total: int) -> str:
+    """The sentence a run adds to a split whose images have near-identical copies in train.
+
+    Example:
+        >>> twin_note("val", 8, 524)[:58]
+        '8 of 524 val images are near-identical to a training image'
+    """
+    return (f"{count} of {total} {split} images are near-identical to a training image "
+            f"({GROUP_COLUMN} in splits.csv): the figures on {split} are not fully held out. The split "
+            "came from the data source; a split that tfmed makes keeps such images together.")
