@@ -98,6 +98,8 @@ def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
     out = evaluate_run(pneumonia_run, data=f"medmnist:{path}#test", output=tmp_path / "ev2")
     metrics = load_metrics(out)
     assert sum(metrics["counts"]["test"].values()) == 60
+    # these are the run's own validation images, and the evaluation says so
+    assert metrics["near_duplicates"]["copies_of_run_images"] == 60
 
 
 def test_second_run_never_overwrites(tmp_path):
@@ -115,6 +117,38 @@ def _tiny_medmnist(tmp_path: Path, n: int = 160) -> Path:
     np.savez(path, train_images=data["train_images"][:n], train_labels=data["train_labels"][:n],
              val_images=data["val_images"][:n // 2], val_labels=data["val_labels"][:n // 2])
     return path
+
+
+def test_evaluate_says_which_images_copy_the_runs_own(pneumonia_run, tmp_path):
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    splits = pd.read_csv(pneumonia_run / "splits.csv")
+    trained = splits.loc[(splits["split"] == "train") & splits["near_duplicate_group"].isna(), "image"][:3]
+    positions = [int(ref.rsplit("/", 1)[1]) for ref in trained]
+    assert all("#train/" in ref for ref in trained)
+    fresh = data["val_images"][:20, ::-1]  # upside down: the same anatomy, not a copy of any image
+    path = tmp_path / "mixed.npz"
+    np.savez(path, test_images=np.concatenate([data["train_images"][positions], fresh]),
+             test_labels=np.concatenate([data["train_labels"][positions], data["val_labels"][:20]]))
+    out = evaluate_run(pneumonia_run, data=f"medmnist:{path}#test", output=tmp_path / "ev3")
+    assert load_metrics(out)["near_duplicates"] == {"rms_tolerance": 4.0, "copies_of_run_images": 3}
+    copies = pd.read_csv(out / "copies_of_run_images.csv")
+    assert copies["image"].str.endswith(("#test/0", "#test/1", "#test/2")).all() and len(copies) == 3
+    assert copies["copy_of"].tolist() == trained.tolist()
+    assert "3 of 23 evaluated images are near-identical" in (out / "report.html").read_text()
+
+
+def test_evaluate_says_when_the_runs_images_are_gone_and_copies_were_not_looked_for(tmp_path):
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
+    tiny = _tiny_medmnist(tmp_path)
+    config.data.source, config.report.explain = f"medmnist:{tiny}", False
+    run_dir = run_experiment(config)
+    other = tmp_path / "other.npz"
+    data = np.load(tiny)
+    np.savez(other, test_images=data["val_images"][:30], test_labels=data["val_labels"][:30])
+    tiny.unlink()
+    metrics = load_metrics(evaluate_run(run_dir, data=f"medmnist:{other}#test", output=tmp_path / "ev"))
+    assert "tiny.npz" in metrics["near_duplicates"]["not_checked"]
+    assert "copies_of_run_images" not in metrics["near_duplicates"]
 
 
 def test_predict_writes_probabilities_and_decisions(pneumonia_run, tmp_path):

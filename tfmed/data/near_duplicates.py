@@ -169,6 +169,31 @@ def twins_in_train(table: ImageTable) -> dict[str, int]:
     return {split: count for split, count in counts.items() if count}
 
 
+def copies_of(reference: ImageTable, table: ImageTable, tolerance: float = DEFAULT_TOLERANCE,
+              workers: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+    """Rows of ``table`` near-identical to a row of ``reference``: columns ``image``, ``copy_of``.
+
+    ``copy_of`` names one reference image of the row's group (chains included).
+
+    Example:
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
+        >>> table = load_pneumonia_mnist()
+        >>> copies_of(table.split("train"), table.split("val"))["image"].str[-7:].tolist()[:2]
+        ['#val/61', 'val/105']
+    """
+    prints = np.vstack([table_fingerprints(reference, workers, max_pixels),
+                        table_fingerprints(table, workers, max_pixels)])
+    groups = near_duplicate_groups(prints, tolerance)
+    reference_groups, table_groups = groups[:len(reference)], groups[len(reference):]
+    first_reference = {}
+    for image, group in zip(reference.frame["image"], reference_groups):
+        if group >= 0:
+            first_reference.setdefault(group, image)
+    found = [(image, first_reference[group]) for image, group in zip(table.frame["image"], table_groups)
+             if group in first_reference]
+    return pd.DataFrame(found, columns=["image", "copy_of"])
+
+
 def twin_note(split: str, count: int, total: int) -> str:
     """The sentence a run adds to a split whose images have near-identical copies in train.
 

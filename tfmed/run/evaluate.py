@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from tfmed.config import ExperimentConfig
-from tfmed.data.sources import load_source, parse_source_spec
+from tfmed.data.near_duplicates import copies_of
+from tfmed.data.sources import DataSourceError, load_source, parse_source_spec
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import apply_validation, validate_table
 from tfmed.evaluation.comparison import compare_to_members
@@ -17,7 +20,7 @@ from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import evaluate_split
 from tfmed.run.reporting import member_sentences, write_outputs
-from tfmed.run.rundir import new_run_dir, resolve_run_dir, run_split_tables
+from tfmed.run.rundir import RunDirectoryError, new_run_dir, resolve_run_dir, run_split_tables
 
 
 def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
@@ -56,6 +59,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                                  f"was trained for {model.task} {model.classes}")
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
     out.mkdir(parents=True, exist_ok=True)
+    copies, copy_rows = _copies_of_run_images(run_dir, config, table)
     log(f"scoring {len(table)} images from {source}")
     scores, members = model.predict_with_members(table)
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode,
@@ -63,14 +67,42 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                "threshold_method": model.threshold_method, "source": source,
                "counts": {"test": table.class_counts()},
                "splits": {"test": evaluate_split(model, table, scores, config.evaluation)}}
+    notes = [f"Model from {run_dir}; thresholds were chosen on that run's validation split "
+             "and are applied unchanged here."]
+    if copies is not None:
+        metrics["near_duplicates"] = copies
+    if copy_rows is not None and len(copy_rows):
+        copy_rows.to_csv(out / "copies_of_run_images.csv", index=False)
+        notes.append(f"{len(copy_rows)} of {len(table)} evaluated images are near-identical to images of the "
+                     "run's train or val split (copies_of_run_images.csv): the figures here are not fully held out.")
     if members is not None:  # an ensemble: each member beside the combination, as in the run
         metrics["members"] = {"test": compare_to_members(model.task, table.labels(), scores, members)}
     write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
-                  notes=[f"Model from {run_dir}; thresholds were chosen on that run's validation split "
-                         "and are applied unchanged here."] + member_sentences(metrics),
+                  notes=notes + member_sentences(metrics),
                   member_scores={"test": members} if members is not None else None)
     return out
+
+
+def _copies_of_run_images(run_dir: Path, config: ExperimentConfig,
+                          table: ImageTable) -> tuple[dict | None, pd.DataFrame | None]:
+    """What ``metrics.json`` records of rows of ``table`` that copy an image of the run's train or val
+    split (None: the check is off), and those rows (``image``, ``copy_of``) when they were looked for."""
+    tolerance = config.split.near_duplicate_rms
+    if tolerance is None or config.views.enabled:
+        return None, None
+    try:
+        seen = run_split_tables(run_dir, ("train", "val"))
+    except (RunDirectoryError, DataSourceError) as error:
+        log(f"copies of the run's images are not looked for: {error}")
+        return {"rms_tolerance": tolerance, "not_checked": str(error)}, None
+    train = seen["train"]
+    reference = ImageTable(pd.concat([train.frame, seen["val"].frame], ignore_index=True), train.classes,
+                           train.task, train.images, train.source)
+    rows = copies_of(reference, table, tolerance, max_pixels=config.data.max_image_pixels)
+    if len(rows):
+        log(f"{len(rows)} of {len(table)} images are near-identical to images of the run's train or val split")
+    return {"rms_tolerance": tolerance, "copies_of_run_images": len(rows)}, rows
 
 
 def load_metrics(run_dir: str | Path) -> dict:
