@@ -16,7 +16,9 @@ validation split, and the script prints:
   ``test`` split (e.g. the official PneumoniaMNIST test file, which comes
   from a separate collection and is not shipped), accuracy both at the
   validation-chosen threshold and at 0.5 (MedMNIST's convention); for an ensemble, each member's
-  AUC there and the paired DeLong p of the ensemble against it;
+  AUC there and the paired DeLong p of the ensemble against it, and how many of the file's test
+  images copy one of the run's train or val images (near-identical fingerprints, see
+  ``tfmed.data.near_duplicates``);
 * wall seconds of each run on this machine.
 
 Anyone holding the official MedMNIST file can so reproduce the comparison with
@@ -86,7 +88,9 @@ def test_file_figures(run: Path, test_npz: str, out: Path) -> dict:
     metrics = load_metrics(evaluation)["splits"]["test"]
     members = load_metrics(evaluation).get("members", {}).get("test", {})
     predictions = pd.read_csv(evaluation / "predictions.csv")
-    figures = {"auc": auc_of(metrics), "auc 95% CI": auc_interval_of(metrics)}
+    figures = {"auc": auc_of(metrics), "auc 95% CI": auc_interval_of(metrics),
+               "copies of train/val images": (load_metrics(evaluation).get("near_duplicates") or {})
+               .get("copies_of_run_images")}
     if "score" in predictions:
         figures["acc_val_threshold"] = float((predictions["decision"] == predictions["label"]).mean())
         figures["acc_at_0.5"] = float(((predictions["score"] >= 0.5).astype(int) == predictions["label"]).mean())

@@ -52,6 +52,25 @@ def test_validate_a_clean_source_exits_0(tmp_path, capsys):
     assert "binary" in capsys.readouterr().out
 
 
+def test_validate_lists_near_identical_images_and_exits_0(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for cls in ("normal", "pneumonia"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / cls / f"{i}.png"), rng.integers(0, 256, (16, 16)).astype(np.uint8))
+    (tmp_path / "pneumonia" / "0_again.png").write_bytes((tmp_path / "normal" / "1.png").read_bytes())
+    assert main(["validate", f"folder:{tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "within 4 grey levels): 2 images in 1 groups" in out
+    pair = next(line for line in out.splitlines() if line.startswith("  "))
+    assert "normal/1.png" in pair and "pneumonia/0_again.png" in pair
+    assert main(["validate", f"folder:{tmp_path}", "--near-duplicate-rms", "0"]) == 0
+    assert "2 images in 1 groups" in capsys.readouterr().out  # an exact copy
+    (tmp_path / "normal" / "broken.png").write_bytes(b"")
+    assert main(["validate", f"folder:{tmp_path}"]) == 1
+    assert "near-identical images: looked for once the problems above are fixed" in capsys.readouterr().out
+
+
 def test_bad_config_is_one_line_error_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel:\n  backbone_name: resnet\n")

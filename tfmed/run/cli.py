@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
                                        "tfds:NAME or an experiment YAML (its views, for rows that are volumes)")
     validate.add_argument("--need-patient-ids", action="store_true",
                           help="also require a patient id on every row")
+    validate.add_argument("--near-duplicate-rms", type=float, default=None, metavar="LEVELS",
+                          help="list images whose 16 x 16 grey fingerprints differ by at most LEVELS grey levels "
+                               "(default: the YAML's split.near_duplicate_rms, else 4)")
 
     inspect = verbs.add_parser("inspect", help="describe an image, DICOM series folder or NIfTI volume before "
                                               "configuring windows and views")
@@ -265,7 +268,44 @@ def _cmd_validate(args) -> int:
                             views=views)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
     print(report.format())
+    tolerance = args.near_duplicate_rms
+    if tolerance is None:
+        tolerance = _split_config(args.data).near_duplicate_rms
+    if tolerance is not None and not (views is not None and views.enabled):
+        if report.ok:
+            print(near_duplicate_text(table, tolerance, data.max_image_pixels))
+        else:
+            print("near-identical images: looked for once the problems above are fixed")
     return 0 if report.ok else 1
+
+
+def near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown: int = 10) -> str:
+    """What ``tfmed validate`` prints of a source's near-identical images: each group with the split of
+    each image (when the source has splits), and how many val/test images copy a training image."""
+    from tfmed.data.near_duplicates import GROUP_COLUMN, mark_near_duplicates, twins_in_train
+
+    marked_table = mark_near_duplicates(table, tolerance, max_pixels=max_pixels)
+    frame = marked_table.frame
+    marked = frame.dropna(subset=[GROUP_COLUMN])
+    groups = [rows for _, rows in marked.groupby(GROUP_COLUMN, sort=True)]
+    groups.sort(key=lambda rows: -rows["split"].nunique())  # groups that cross splits first
+    lines = [f"near-identical images (16 x 16 grey fingerprints within {tolerance:g} grey levels): "
+             f"{len(marked)} images in {len(groups)} groups"]
+    for rows in groups[:shown]:
+        lines.append("  " + ", ".join(f"{image} ({split})" if isinstance(split, str) else str(image)
+                                      for image, split in zip(rows["image"], rows["split"])))
+    if len(groups) > shown:
+        lines.append(f"  ... and {len(groups) - shown} more groups")
+    lines += [f"{count} {split} image(s) have a near-identical image in train"
+              for split, count in twins_in_train(marked_table).items()]
+    return "\n".join(lines)
+
+
+def _split_config(spec: str):
+    """The split settings of an experiment YAML, or the defaults for a source spec."""
+    from tfmed.config import ExperimentConfig, SplitConfig
+
+    return ExperimentConfig.from_yaml(spec).split if spec.endswith((".yaml", ".yml")) else SplitConfig()
 
 
 def _load_any_source(spec: str):
