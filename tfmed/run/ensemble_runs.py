@@ -99,7 +99,9 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
                "thresholds": model.thresholds, "threshold_method": model.threshold_method,
                "counts": {split: table.class_counts() for split, table in tables.items()},
                "tta_views": first.tta.view_count(), "member_runs": [str(r) for r in runs], "splits": {},
-               "members": {}}
+               "members": {},
+               # the runs share one split, so their near-identical images are the first run's
+               "near_duplicates": json.loads((runs[0] / "metrics.json").read_text()).get("near_duplicates")}
     for split, table in tables.items():
         metrics["splits"][split] = evaluate_split(model, table, scores[split], config.evaluation)
         metrics["members"][split] = compare_to_members(model.task, table.labels(), scores[split],
