@@ -66,6 +66,8 @@ def test_validate_lists_near_identical_images_and_exits_0(tmp_path, capsys):
     assert "normal/1.png" in pair and "pneumonia/0_again.png" in pair
     assert main(["validate", f"folder:{tmp_path}", "--near-duplicate-rms", "0"]) == 0
     assert "2 images in 1 groups" in capsys.readouterr().out  # an exact copy
+    assert main(["validate", f"folder:{tmp_path}", "--near-duplicate-rms", "-1"]) == 2
+    assert "--near-duplicate-rms is -1; give a number of grey levels >= 0" in capsys.readouterr().err
     (tmp_path / "normal" / "broken.png").write_bytes(b"")
     assert main(["validate", f"folder:{tmp_path}"]) == 1
     assert "near-identical images: looked for once the problems above are fixed" in capsys.readouterr().out

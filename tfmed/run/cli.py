@@ -263,6 +263,8 @@ def _cmd_export_tfds(args) -> int:
 def _cmd_validate(args) -> int:
     from tfmed.data.validate import validate_table
 
+    if args.near_duplicate_rms is not None and not args.near_duplicate_rms >= 0:
+        raise TfmedError(f"--near-duplicate-rms is {args.near_duplicate_rms:g}; give a number of grey levels >= 0")
     table, data, views = _load_any_source(args.data)
     report = validate_table(table, need_patient_ids=args.need_patient_ids, max_pixels=data.max_image_pixels,
                             views=views)
@@ -273,13 +275,13 @@ def _cmd_validate(args) -> int:
         tolerance = _split_config(args.data).near_duplicate_rms
     if tolerance is not None and not (views is not None and views.enabled):
         if report.ok:
-            print(near_duplicate_text(table, tolerance, data.max_image_pixels))
+            print(_near_duplicate_text(table, tolerance, data.max_image_pixels))
         else:
             print("near-identical images: looked for once the problems above are fixed")
     return 0 if report.ok else 1
 
 
-def near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown: int = 10) -> str:
+def _near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown: int = 10) -> str:
     """What ``tfmed validate`` prints of a source's near-identical images: each group with the split of
     each image (when the source has splits), and how many val/test images copy a training image."""
     from tfmed.data.near_duplicates import GROUP_COLUMN, mark_near_duplicates, twins_in_train
