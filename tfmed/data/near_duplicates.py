@@ -11,7 +11,7 @@ and averaged down to 16 x 16 pixels. Two images are near-identical when the root
 difference of their fingerprints is at most ``tolerance`` grey levels (4 by default, the
 ``split.near_duplicate_rms`` setting). On PneumoniaMNIST the copies differ by 0 and every other
 image lies more than 10 levels from its nearest neighbour; on RetinaMNIST the pairs differ by
-1-4 levels and the next-closest images by 5 or more.
+0.5-4 levels and the next-closest images by 5 or more.
 
 Near-identical rows form groups (column ``near_duplicate_group``; empty for an image without
 a twin). The splits that tfmed makes keep a group in one split and one fold, as they keep a
