@@ -35,6 +35,7 @@ from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
+from tfmed.run.evaluate import load_metrics
 from tfmed.run.experiment import evaluate_split
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir, run_split_tables
@@ -101,7 +102,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
                "tta_views": first.tta.view_count(), "member_runs": [str(r) for r in runs], "splits": {},
                "members": {},
                # the runs share one split, so their near-identical images are the first run's
-               "near_duplicates": json.loads((runs[0] / "metrics.json").read_text()).get("near_duplicates")}
+               "near_duplicates": load_metrics(runs[0]).get("near_duplicates")}
     for split, table in tables.items():
         metrics["splits"][split] = evaluate_split(model, table, scores[split], config.evaluation)
         metrics["members"][split] = compare_to_members(model.task, table.labels(), scores[split],

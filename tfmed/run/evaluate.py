@@ -18,7 +18,7 @@ from tfmed.data.validate import apply_validation, validate_table
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
-from tfmed.run.experiment import evaluate_split
+from tfmed.run.experiment import evaluate_split, merge_tables
 from tfmed.run.reporting import member_sentences, write_outputs
 from tfmed.run.rundir import RunDirectoryError, new_run_dir, resolve_run_dir, run_split_tables
 
@@ -96,10 +96,8 @@ def _copies_of_run_images(run_dir: Path, config: ExperimentConfig,
     except (RunDirectoryError, DataSourceError) as error:
         log(f"copies of the run's images are not looked for: {error}")
         return {"rms_tolerance": tolerance, "not_checked": str(error)}, None
-    train = seen["train"]
-    reference = ImageTable(pd.concat([train.frame, seen["val"].frame], ignore_index=True), train.classes,
-                           train.task, train.images, train.source)
-    rows = copies_of(reference, table, tolerance, max_pixels=config.data.max_image_pixels)
+    rows = copies_of(merge_tables(seen["train"], seen["val"]), table, tolerance,
+                     max_pixels=config.data.max_image_pixels)
     if len(rows):
         log(f"{len(rows)} of {len(table)} images are near-identical to images of the run's train or val split")
     return {"rms_tolerance": tolerance, "copies_of_run_images": len(rows)}, rows

@@ -178,7 +178,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     fold_summary = None
     if config.split.method == "kfold":
         fold_summary, fold_models = run_folds(config, table, inputs, run_dir)
-        train = _merge(train, val)
+        train = merge_tables(train, val)
         if config.split.final == "bag":
             log(f"keeping the {len(fold_models)} fold models; their mean scores the test split")
             model = trained_model(config, table, inputs, Ensemble.of_fitted(
@@ -269,7 +269,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
     from tfmed.data.splits import kfold_indices
     from tfmed.evaluation.metrics import auc_interval, evaluate, headline_auc
 
-    trainval = _merge(table.split("train"), table.split("val"))
+    trainval = merge_tables(table.split("train"), table.split("val"))
     oof = None
     fold_aucs, models = [], []
     for k, (fit_rows, held_rows) in enumerate(kfold_indices(trainval, config.split.folds, config.split.seed)):
@@ -301,7 +301,15 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
     return summary, models
 
 
-def _merge(a: ImageTable, b: ImageTable) -> ImageTable:
+def merge_tables(a: ImageTable, b: ImageTable) -> ImageTable:
+    """The rows of ``a`` then those of ``b`` (two parts of one source, e.g. its train and val splits).
+
+    Example:
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
+        >>> table = load_pneumonia_mnist()
+        >>> len(merge_tables(table.split("train"), table.split("val")))
+        5232
+    """
     frame = pd.concat([a.frame, b.frame], ignore_index=True)
     return ImageTable(frame, list(a.classes), a.task, a.images, a.source)
 
