@@ -58,7 +58,7 @@ def test_binary_intervals(binary_data):
     expected = wilson_closed_form(counts["tn"], counts["tn"] + counts["fp"], 0.9)
     assert m["ci"]["specificity"] == pytest.approx(expected, abs=1e-9)
     assert m["ci"]["roc_auc"] == pytest.approx(list(delong_auc_ci(y, s, 0.9)[1:]))
-    assert m["ci_method"]["roc_auc"] == "delong_logit" and m["ci_method"]["ppv"] == "wilson"
+    assert m["ci_method"]["roc_auc"] == "delong_logit+newcombe" and m["ci_method"]["ppv"] == "wilson"
     assert "bootstrap_ci" not in m
     perfect = binary_metrics([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.9], threshold=0.5)
     assert perfect["ci"]["roc_auc"] == pytest.approx([separation_bound(2, 3), 1.0])
@@ -171,7 +171,7 @@ def test_multiclass_macro_auc_interval_and_bootstrap(multiclass_data):
 def test_an_auc_on_few_cases_gets_a_note_in_every_task():
     few = binary_metrics(np.repeat([0, 1], [40, 6]), np.linspace(0, 1, 46), threshold=0.5)
     assert [note[:32] for note in few["notes"]] == ["only 6 positive cases: the AUC i"]
-    assert "79-90%" in few["notes"][0]
+    assert "86-100%" in few["notes"][0]
     both = binary_metrics([0, 0, 0, 1, 1], [0.1, 0.5, 0.3, 0.8, 0.4], threshold=0.5)["notes"]
     assert any("only 2 positive cases" in n for n in both) and any("only 3 negative cases" in n for n in both)
     y = np.repeat([0, 1, 2], [30, 30, 5])

@@ -113,7 +113,7 @@ def test_binary_report(tmp_path, binary_data):
     assert "img_017.png" in text and "empty file" in text
     assert "threshold chosen on validation, applied unchanged to test" in text
     assert "efficientnet_lite0" in text
-    assert "ROC AUC by DeLong's method" in text and "AUC intervals normal on the logit scale)" in text
+    assert "ROC AUC by DeLong's method" in text and "the farther of DeLong's, normal on the logit scale, and Newcombe's score interval)" in text
     assert "complete separation" not in text
 
 

@@ -8,6 +8,8 @@
   cases.
 * :func:`macro_auc_ci`, :func:`macro_auc_test` - the same for the macro AUC
   of multi-class and multi-label models (:func:`macro_auc_covariance`).
+* :func:`newcombe_interval` - the score interval that every AUC interval
+  also spans, so that a handful of cases cannot shrink it to a point.
 * :func:`separation_bound` - the lower bound that an AUC of 1 (every positive
   above every negative) gets instead of a zero-width interval.
 * :func:`bootstrap_ci` - percentile bootstrap interval for any metric,
@@ -217,10 +219,12 @@ def _placements(matrix: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, n
 
 
 def delong_auc_ci(y_true, scores, level: float = 0.95) -> tuple[float, float, float]:
-    """ROC AUC and its DeLong confidence interval, ``(auc, lo, hi)``.
+    """ROC AUC and its confidence interval, ``(auc, lo, hi)``.
 
-    The interval is normal on the logit scale of the AUC (see ``_auc_interval``),
-    so it stays inside (0, 1); ties count one half.
+    Each end is the farther of DeLong's interval, normal on the logit scale
+    of the AUC so that it stays inside (0, 1), and :func:`newcombe_interval`,
+    which a handful of cases cannot shrink (see ``_auc_interval``); ties
+    count one half.
 
     Example:
         >>> auc, lo, hi = delong_auc_ci([0, 0, 0, 1, 1, 1], [0.1, 0.3, 0.6, 0.4, 0.8, 0.9])
@@ -234,10 +238,9 @@ def delong_auc_ci(y_true, scores, level: float = 0.95) -> tuple[float, float, fl
 def macro_auc_ci(y_true, proba, level: float = 0.95) -> tuple[float, float, float]:
     """Macro AUC (multi-class or multi-label) and its interval, ``(auc, lo, hi)``.
 
-    The variance is :func:`macro_auc_covariance`'s. Like the DeLong interval
-    it is normal on the logit scale; with only a handful of cases in a class
-    or label it still runs narrow (a normal approximation), as the binary one
-    does.
+    The variance is :func:`macro_auc_covariance`'s. As for one AUC, each end
+    is the farther of the normal interval on the logit scale and
+    :func:`newcombe_interval` over the columns' counts.
 
     Example:
         >>> y = [0, 0, 1, 1, 2, 2, 0, 1, 2]
@@ -295,25 +298,68 @@ def macro_auc_test(y_true, proba_a, proba_b) -> dict:
 
 def _auc_interval(auc: float, variance: float, level: float,
                   counts: tuple[tuple[int, int], ...]) -> tuple[float, float, float]:
-    """``(auc, lo, hi)``: a normal interval on the logit scale, ``expit(logit(auc) +/- z * se / (auc (1 - auc)))``.
+    """``(auc, lo, hi)``: each end the farther of DeLong's and Newcombe's intervals.
 
-    On the AUC's own scale a normal interval is too narrow near 1 (it must be
-    clipped there); on the logit scale it stretches away from 1 and stays
-    inside (0, 1), which covers better (simulated coverage in the README,
-    "Evaluation in Python"). An AUC of 1 (or 0) has no spread to measure:
-    it gets ``[separation_bound, 1]`` (or ``[0, 1 - separation_bound]``) for
-    the ``(n_pos, n_neg)`` of its ROC curve, the mean over the ``counts`` of
-    a macro AUC's columns. Zero variance inside (0, 1) (all scores tied) keeps
-    the point.
+    DeLong's interval is normal on the logit scale,
+    ``expit(logit(auc) +/- z * se / (auc (1 - auc)))``: on the AUC's own scale
+    a normal interval runs narrow near 1 and must be clipped; on the logit
+    scale it stretches away from 1 and stays inside (0, 1). It measures the
+    spread from the cases' own ranks, so with a handful of cases on one side,
+    or with only a few misranked pairs, it can shrink far below the true
+    spread. :func:`newcombe_interval` takes the spread that the AUC itself
+    implies instead, so it cannot collapse. Taking the farther end of the two
+    held the true AUC where either alone ran narrow (simulated coverage in the
+    README, "Evaluation in Python"). An AUC of 1 (or 0) gets
+    ``[separation_bound, 1]`` (or ``[0, 1 - separation_bound]``) for the
+    ``(n_pos, n_neg)`` of its ROC curve, the mean over the ``counts`` of a
+    macro AUC's columns.
     """
     if auc >= 1.0 or auc <= 0.0:
         bound = float(np.mean([separation_bound(n_pos, n_neg, level) for n_pos, n_neg in counts]))
         return (auc, bound, 1.0) if auc >= 1.0 else (auc, 0.0, 1.0 - bound)
+    lo, hi = newcombe_interval(auc, counts, level)
     se = float(np.sqrt(max(variance, 0.0)))
-    if se == 0.0:
-        return auc, auc, auc
     half = z_value(level) * se / (auc * (1.0 - auc))
-    return auc, float(special.expit(special.logit(auc) - half)), float(special.expit(special.logit(auc) + half))
+    lo = min(lo, float(special.expit(special.logit(auc) - half)))
+    hi = max(hi, float(special.expit(special.logit(auc) + half)))
+    return auc, lo, hi
+
+
+def newcombe_interval(auc: float, counts, level: float = 0.95) -> tuple[float, float]:
+    """Newcombe's score interval ``(lo, hi)`` for an AUC from ``counts`` = ``((n_pos, n_neg), ...)``.
+
+    The AUCs ``t`` whose own variance puts the observed ``auc`` within
+    ``z`` standard errors: ``(auc - t)^2 = z^2 V(t)``. ``V`` is Hanley and
+    McNeil's variance of an AUC of ``t`` with both class sizes replaced by
+    their mean (Newcombe 2006, Statistics in Medicine 25:559-573, method 5):
+    ``V(t) = t (1 - t) (1 + (N - 1) ((1 - t) / (2 - t) + t / (1 + t))) / (n_pos n_neg)``
+    with ``N = (n_pos + n_neg) / 2``. For a macro AUC (one pair of counts per
+    column) ``V`` is the mean of the columns' variances over their number, as
+    for a mean of independent AUCs. The interval depends only on the AUC and
+    the counts, so it keeps a width where DeLong's variance vanishes.
+
+    Example:
+        >>> lo, hi = newcombe_interval(0.9, ((10, 10),))
+        >>> round(lo, 3), round(hi, 3)
+        (0.656, 0.974)
+    """
+    if not 0.0 <= auc <= 1.0:
+        raise EvaluationError(f"newcombe_interval: auc={auc} lies outside [0, 1]")
+    sizes = np.asarray(counts, dtype=float).reshape(-1, 2)
+    if sizes.size == 0 or (sizes < 1).any():
+        raise EvaluationError(f"newcombe_interval: counts={counts!r}; every column needs at least "
+                              "one case of each class, as (n_pos, n_neg) pairs")
+    z2 = z_value(level) ** 2
+    products, half_sums = sizes[:, 0] * sizes[:, 1], sizes.sum(axis=1) / 2.0
+
+    def gap(t: float) -> float:
+        spread = 1.0 + (half_sums - 1.0) * ((1.0 - t) / (2.0 - t) + t / (1.0 + t))
+        variance = float(np.mean(t * (1.0 - t) * spread / products)) / len(sizes)
+        return (auc - t) ** 2 - z2 * variance
+
+    lo = 0.0 if auc == 0.0 else float(optimize.brentq(gap, 0.0, min(auc, 1.0 - 1e-12)))
+    hi = 1.0 if auc == 1.0 else float(optimize.brentq(gap, max(auc, 1e-12), 1.0))
+    return lo, hi
 
 
 @functools.lru_cache(maxsize=512)
