@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy import special, stats
+from scipy import stats
 
-from tfmed.evaluation import delong_auc_ci, delong_covariance, separation_bound
+from tfmed.evaluation import delong_auc_ci, delong_covariance, logit_interval, separation_bound
 
 # (positives, negatives), true AUC. The first rows are often perfectly ranked; then a handful of
 # positives among many negatives (a rare finding); then the default run's validation set's shape.
@@ -27,7 +27,6 @@ ROWS = [((10, 10), 0.95), ((10, 10), 0.99), ((5, 50), 0.95), ((5, 50), 0.99), ((
         ((3, 30), 0.95), ((3, 30), 0.99),
         ((4, 296), 0.96), ((6, 294), 0.98), ((9, 291), 0.90), ((9, 291), 0.96),
         ((136, 388), 0.99), ((136, 388), 0.998)]
-Z95 = float(stats.norm.ppf(0.975))
 
 
 def draw(rng, shape: str, auc: float, n_pos: int, n_neg: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +44,7 @@ def delong_logit(y: np.ndarray, scores: np.ndarray) -> tuple[float, float, float
     auc = float(aucs[0])
     if auc in (0.0, 1.0):
         return auc, auc, auc
-    half = Z95 * np.sqrt(covariance[0, 0]) / (auc * (1 - auc))
-    return auc, float(special.expit(special.logit(auc) - half)), float(special.expit(special.logit(auc) + half))
+    return auc, *logit_interval(auc, float(covariance[0, 0]))
 
 
 def coverage(shape: str, n_pos: int, n_neg: int, auc: float, datasets: int, seed: int) -> tuple[float, ...]:

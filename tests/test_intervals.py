@@ -6,8 +6,8 @@ from numpy.polynomial import Polynomial
 from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
-from tfmed.evaluation import (EvaluationError, bootstrap_ci, delong_auc_ci, delong_test, newcombe_interval,
-                              separation_bound, wilson_interval)
+from tfmed.evaluation import (EvaluationError, bootstrap_ci, delong_auc_ci, delong_test, logit_interval,
+                              newcombe_interval, separation_bound, wilson_interval)
 from tfmed.evaluation.intervals import delong_covariance, macro_auc_ci, macro_auc_covariance, macro_auc_test
 
 
@@ -110,6 +110,9 @@ def test_newcombe_interval_keeps_a_width_at_the_ends_and_names_bad_input():
     assert newcombe_interval(0.0, ((10, 10),)) == pytest.approx((0.0, 1.0 - lo))
     with pytest.raises(EvaluationError, match=r"counts=\(\(0, 5\),\)"):
         newcombe_interval(0.8, ((0, 5),))
+    for bad in (((5,),), ((5, 5, 5),), ((5, 5), (5,)), ()):
+        with pytest.raises(EvaluationError, match=r"\(n_pos, n_neg\) pairs"):
+            newcombe_interval(0.8, bad)
     with pytest.raises(EvaluationError, match="auc=1.2"):
         newcombe_interval(1.2, ((5, 5),))
 
@@ -434,3 +437,12 @@ def test_a_multilabel_target_must_be_zero_or_one():
         macro_auc_ci(np.array([[0, 2], [1, 0], [1, 1]]), np.ones((3, 2)))
     with pytest.raises(EvaluationError, match="every label is all 0 or all 1"):
         macro_auc_ci(np.array([[0, 1], [0, 1]]), np.ones((2, 2)))
+
+
+def test_logit_interval_is_normal_on_the_logit_scale_and_refuses_an_auc_of_one():
+    lo, hi = logit_interval(0.9, 0.03 ** 2, level=0.9)
+    half = stats.norm.ppf(0.95) * 0.03 / (0.9 * 0.1)
+    assert (logit(lo), logit(hi)) == pytest.approx((logit(0.9) - half, logit(0.9) + half))
+    assert logit_interval(0.7, 0.0) == pytest.approx((0.7, 0.7))
+    with pytest.raises(EvaluationError, match="auc=1.0.*separation_bound"):
+        logit_interval(1.0, 0.01)

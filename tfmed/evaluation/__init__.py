@@ -10,8 +10,8 @@ Example:
     1.0
 """
 from .intervals import (EvaluationError, bootstrap_ci, delong_auc_ci, delong_covariance, delong_test,
-                        macro_auc_ci, macro_auc_covariance, macro_auc_test, newcombe_interval, separation_bound,
-                        wilson_interval)
+                        logit_interval, macro_auc_ci, macro_auc_covariance, macro_auc_test, newcombe_interval,
+                        separation_bound, wilson_interval)
 from .metrics import (binary_metrics, evaluate, multiclass_metrics, multilabel_metrics,
                       operating_point_metrics, to_jsonable)
 from .plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot, roc_plot,
@@ -22,7 +22,7 @@ from .thresholds import (apply_threshold, choose_threshold, operating_points, pe
 
 __all__ = [
     "EvaluationError", "wilson_interval", "delong_auc_ci", "delong_covariance", "delong_test",
-    "macro_auc_ci", "macro_auc_covariance", "macro_auc_test", "newcombe_interval", "separation_bound",
+    "macro_auc_ci", "macro_auc_covariance", "macro_auc_test", "logit_interval", "newcombe_interval", "separation_bound",
     "bootstrap_ci", "binary_metrics", "multiclass_metrics", "multilabel_metrics", "evaluate",
     "operating_point_metrics", "to_jsonable", "choose_threshold", "operating_points",
     "per_label_thresholds", "select_thresholds", "apply_threshold", "roc_plot", "pr_plot", "confusion_plot",

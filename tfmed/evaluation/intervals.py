@@ -8,6 +8,8 @@
   cases.
 * :func:`macro_auc_ci`, :func:`macro_auc_test` - the same for the macro AUC
   of multi-class and multi-label models (:func:`macro_auc_covariance`).
+* :func:`logit_interval` - a normal interval on the AUC's logit scale
+  (DeLong's variance gives one side of every AUC interval).
 * :func:`newcombe_interval` - the score interval that every AUC interval
   also spans, so that a handful of cases cannot shrink it to a point.
 * :func:`separation_bound` - the lower bound that an AUC of 1 (every positive
@@ -317,12 +319,27 @@ def _auc_interval(auc: float, variance: float, level: float,
     if auc >= 1.0 or auc <= 0.0:
         bound = float(np.mean([separation_bound(n_pos, n_neg, level) for n_pos, n_neg in counts]))
         return (auc, bound, 1.0) if auc >= 1.0 else (auc, 0.0, 1.0 - bound)
-    lo, hi = newcombe_interval(auc, counts, level)
-    se = float(np.sqrt(max(variance, 0.0)))
-    half = z_value(level) * se / (auc * (1.0 - auc))
-    lo = min(lo, float(special.expit(special.logit(auc) - half)))
-    hi = max(hi, float(special.expit(special.logit(auc) + half)))
-    return auc, lo, hi
+    delong_lo, delong_hi = logit_interval(auc, variance, level)
+    score_lo, score_hi = newcombe_interval(auc, counts, level)
+    return auc, min(delong_lo, score_lo), max(delong_hi, score_hi)
+
+
+def logit_interval(auc: float, variance: float, level: float = 0.95) -> tuple[float, float]:
+    """A normal interval on the logit scale, ``expit(logit(auc) +/- z * se / (auc (1 - auc)))``.
+
+    ``variance`` is the AUC's (e.g. DeLong's); ``auc`` must lie strictly
+    between 0 and 1. Zero variance gives the point.
+
+    Example:
+        >>> lo, hi = logit_interval(0.9, 0.03 ** 2)
+        >>> round(lo, 3), round(hi, 3)
+        (0.824, 0.945)
+    """
+    if not 0.0 < auc < 1.0:
+        raise EvaluationError(f"logit_interval: auc={auc}; the logit scale needs an AUC strictly between 0 and 1 "
+                              "(an AUC of 0 or 1 gets separation_bound)")
+    half = z_value(level) * float(np.sqrt(max(variance, 0.0))) / (auc * (1.0 - auc))
+    return float(special.expit(special.logit(auc) - half)), float(special.expit(special.logit(auc) + half))
 
 
 def newcombe_interval(auc: float, counts, level: float = 0.95) -> tuple[float, float]:
@@ -345,8 +362,11 @@ def newcombe_interval(auc: float, counts, level: float = 0.95) -> tuple[float, f
     """
     if not 0.0 <= auc <= 1.0:
         raise EvaluationError(f"newcombe_interval: auc={auc} lies outside [0, 1]")
-    sizes = np.asarray(counts, dtype=float).reshape(-1, 2)
-    if sizes.size == 0 or (sizes < 1).any():
+    try:
+        sizes = np.atleast_2d(np.asarray(counts, dtype=float))
+    except ValueError:
+        sizes = np.zeros((0, 2))
+    if sizes.ndim != 2 or sizes.shape[1] != 2 or sizes.size == 0 or (sizes < 1).any():
         raise EvaluationError(f"newcombe_interval: counts={counts!r}; every column needs at least "
                               "one case of each class, as (n_pos, n_neg) pairs")
     z2 = z_value(level) ** 2
