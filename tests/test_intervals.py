@@ -356,7 +356,7 @@ def test_multilabel_macro_auc_with_one_label_is_delong_and_covers_at_its_level()
     truth = roc_auc_score(big_y, big_s, average="macro")
     covered = sum(lo <= truth <= hi for lo, hi in
                   (macro_auc_ci(*_multilabel_sample(rng, 300))[1:] for _ in range(400)))
-    assert 0.90 <= covered / 400 <= 0.99  # 97-98.5% over six other seeds (README, "Evaluation in Python")
+    assert 0.90 <= covered / 400 <= 0.99  # 97-98.5% over six other seeds (docs/studies.md)
 
 
 def _binormal_sample(rng, n, prevalence, shifts):

@@ -310,8 +310,8 @@ def _auc_interval(auc: float, variance: float, level: float,
     or with only a few misranked pairs, it can shrink far below the true
     spread. :func:`newcombe_interval` takes the spread that the AUC itself
     implies instead, so it cannot collapse. Taking the farther end of the two
-    held the true AUC where either alone ran narrow (simulated coverage in the
-    README, "Evaluation in Python"). An AUC of 1 (or 0) gets
+    held the true AUC where either alone ran narrow (simulated coverage in
+    docs/studies.md). An AUC of 1 (or 0) gets
     ``[separation_bound, 1]`` (or ``[0, 1 - separation_bound]``) for the
     ``(n_pos, n_neg)`` of its ROC curve, the mean over the ``counts`` of a
     macro AUC's columns.

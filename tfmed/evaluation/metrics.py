@@ -45,7 +45,7 @@ from .intervals import (EvaluationError, _binary_labels, _check_level, bootstrap
 TASKS = ("binary", "multiclass", "multilabel")
 # Fewer cases than this on one side of an ROC curve get a note: with 4-9 positives a 95% AUC
 # interval held the true AUC in 86-100% of simulated data sets, depending on the shape of the scores
-# (README, "Evaluation in Python").
+# (docs/studies.md, "AUC intervals: coverage in simulation").
 FEW_CASES = 10
 # Proportions: metric -> (numerator, denominator) from the confusion counts.
 PROPORTIONS = {
