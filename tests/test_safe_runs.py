@@ -18,7 +18,7 @@ from tfmed.run import cli
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import evaluate_run
 from tfmed.run.experiment import run_experiment
-from tfmed.run.manifest import (MANIFEST_FILE, IncompleteRunError, RunIntegrityError, read_manifest,
+from tfmed.run.manifest import (FAILED_FILE, MANIFEST_FILE, IncompleteRunError, RunIntegrityError, read_manifest,
                                 verify_run)
 
 
@@ -142,12 +142,42 @@ def test_a_crashed_run_is_reported_incomplete(runs, tmp_path, monkeypatch, capsy
         run_experiment(config)
     crashed = next((tmp_path / "runs" / "safe").iterdir())
     assert (crashed / "model" / "tfmed_model.json").is_file() and not (crashed / MANIFEST_FILE).exists()
-    with pytest.raises(IncompleteRunError, match="incomplete run.*--no-verify"):
+    failed = (crashed / FAILED_FILE).read_text()
+    assert failed.startswith("RuntimeError: killed while writing the report\n")
+    assert "Traceback" in failed and "in crash" in failed  # where it stopped
+    with pytest.raises(IncompleteRunError, match="incomplete run: it stopped with RuntimeError: killed while "
+                                                 "writing the report.*--no-verify"):
         TrainedModel.load(crashed)
     assert cli.main(["predict", "--model", str(crashed), str(tmp_path)]) == 2
-    assert "incomplete run" in capsys.readouterr().err
+    assert "stopped with RuntimeError: killed" in capsys.readouterr().err
     model = TrainedModel.load(crashed, verify=False)  # read as it is, on request
     assert model.mode == "ensemble"
+    (crashed / FAILED_FILE).unlink()  # killed outright (no chance to write why): the manifest alone tells
+    with pytest.raises(IncompleteRunError, match="it has no MANIFEST.sha256.*crashed or was killed"):
+        TrainedModel.load(crashed)
+
+
+@pytest.mark.parametrize("stop", [RuntimeError("out of memory in stage 2"), KeyboardInterrupt()],
+                         ids=["error", "ctrl_c"])
+def test_a_run_that_stops_before_its_model_says_why_to_every_command(runs, tmp_path, monkeypatch, capsys, stop):
+    import tfmed.run.experiment as experiment
+
+    def fail(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(experiment, "fit_model", fail)
+    config = ExperimentConfig.from_yaml(runs[0] / "config.yaml")
+    config.runs_dir = str(tmp_path / "runs")
+    with pytest.raises(type(stop)):
+        run_experiment(config)
+    stopped = next((tmp_path / "runs" / "safe").iterdir())
+    reason = "RuntimeError: out of memory in stage 2" if isinstance(stop, RuntimeError) else "interrupted"
+    assert (stopped / FAILED_FILE).read_text().startswith(reason) and not (stopped / "model").exists()
+    for command in (["evaluate", "--model", str(stopped)], ["predict", "--model", str(stopped), str(tmp_path)],
+                    ["compare", str(runs[0]), str(stopped)]):
+        assert cli.main(command) == 2, command
+        err = capsys.readouterr().err
+        assert "stopped before it" in err and reason in err and "FAILED.txt" in err, (command, err)
 
 
 def test_no_verify_is_stated_in_the_output(runs, tmp_path, capsys):

@@ -5,10 +5,11 @@ import keras
 
 from tfmed.backbones.keras_apps import ImagenetPreprocessing, canonicalise_layer_names
 from tfmed.backbones.registry import get_spec
-from tfmed.backbones.weights import WeightsStatus, get_weights_file, load_into, weights_status
+from tfmed.backbones.weights import (WeightsStatus, existing_weights_file, get_weights_file, load_into,
+                                    weights_status)
 from tfmed.errors import TfmedError
 
-__all__ = ["BackboneInputError", "create", "imagenet_weights_status"]
+__all__ = ["BackboneInputError", "check_backbone", "create", "imagenet_weights_status"]
 
 
 class BackboneInputError(TfmedError):
@@ -82,6 +83,35 @@ def create(name, weights="imagenet", input_shape=None, trainable=False, include_
         load_into(model, path, spec.name, spec.batchnorm_quirk)
     model.trainable = bool(trainable)
     return model
+
+
+def check_backbone(name, weights="imagenet", image_size=None, weights_dir=None) -> None:
+    """Raise now what :func:`create` would raise for an unknown backbone, an input size it cannot
+    take, or weights it cannot get, without building anything: a run checks this before it reads
+    any data.
+
+    Weights that :func:`create` would download count as available (no server is contacted).
+
+    Example:
+        >>> check_backbone("efficientnet_lite0", weights=None)
+        >>> check_backbone("resnet51")
+        Traceback (most recent call last):
+        ...
+        tfmed.backbones.registry.UnknownBackboneError: unknown backbone 'resnet51'; available backbones: ...
+    """
+    spec = get_spec(name)
+    shape = _check_shape(spec, None if image_size is None else (image_size, image_size, 3), False)
+    if weights == "imagenet":
+        status = imagenet_weights_status(name, input_shape=shape, weights_dir=weights_dir)
+        if not status.available:  # the lookup itself raises, with the places searched and the fix
+            if spec.family == "lite":
+                from tfmed.backbones.efficientnet_lite import imagenet_weights_path
+                imagenet_weights_path(spec, False, weights_dir)
+            else:
+                get_weights_file(spec.weights_file(False, shape[0]), spec.weights_url(False, shape[0]), spec.name,
+                                 weights_dir)
+    elif weights is not None and (isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__")):
+        existing_weights_file(weights, spec.name)
 
 
 def imagenet_weights_status(name, include_top=False, input_shape=None, weights_dir=None) -> WeightsStatus:

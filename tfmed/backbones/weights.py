@@ -347,6 +347,22 @@ def cache_dir() -> Path:
     return cache_folder("weights")
 
 
+def existing_weights_file(path, backbone: str) -> Path:
+    """``path`` (``~`` expanded) when it is a file, else WeightsFileError saying what to pass instead.
+
+    Example:
+        >>> existing_weights_file("/no/such.weights.h5", "resnet50")
+        Traceback (most recent call last):
+        ...
+        tfmed.backbones.weights.WeightsFileError: weights file for backbone 'resnet50' not found: /no/such.weights.h5 (pass an existing file, weights='imagenet' or weights=None)
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsFileError(f"weights file for backbone {backbone!r} not found: {path} "
+                               "(pass an existing file, weights='imagenet' or weights=None)")
+    return path
+
+
 def load_into(model: keras.Model, path, backbone: str, quirk: str = "") -> None:
     """Load a weights file into a model tfmed built, with a clear error when it does not fit.
 
@@ -358,10 +374,7 @@ def load_into(model: keras.Model, path, backbone: str, quirk: str = "") -> None:
     Example:
         >>> load_into(model, "~/weights/my_resnet.weights.h5", "resnet50")  # doctest: +SKIP
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsFileError(f"weights file for backbone {backbone!r} not found: {path} "
-                               "(pass an existing file, weights='imagenet' or weights=None)")
+    path = existing_weights_file(path, backbone)
     legacy = path.suffix == ".h5" and not path.name.endswith(".weights.h5")
     try:
         model.load_weights(str(path))

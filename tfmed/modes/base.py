@@ -38,6 +38,11 @@ class Mode(Protocol):
     name: ClassVar[str]  # the ``model.mode`` value that selects the mode
 
     @classmethod
+    def check_before_data(cls, config: ExperimentConfig) -> None:
+        """Raise a TfmedError for what the experiment names that does not exist or cannot be had
+        (backbone, taps, input size, ImageNet weights), before any data is read."""
+
+    @classmethod
     def check_experiment(cls, config: ExperimentConfig, table: "ImageTable") -> None:
         """Raise ConfigError for settings that do not fit the data's task (before a run directory exists)."""
 

@@ -90,6 +90,16 @@ class Ensemble:
 
     # ---------------------------------------------------------------- protocol
     @classmethod
+    def check_before_data(cls, config: ExperimentConfig) -> None:
+        """Check every member's backbone, taps and weights before any data is read; the error names the member."""
+        for i in range(len(config.model.ensemble.members)):
+            member = config.member_experiment(i)
+            try:
+                get_mode(member.model.mode).check_before_data(member)
+            except TfmedError as error:
+                raise ConfigError(f"model.ensemble.members[{i}] ({config.member_name(i)}): {error}") from None
+
+    @classmethod
     def check_experiment(cls, config: ExperimentConfig, table) -> None:
         """Check the combination rule and every member against the data's task."""
         ScoreCombiner(config.model.ensemble.combine, table.task)

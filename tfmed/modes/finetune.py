@@ -118,6 +118,21 @@ class FineTuner:
 
     # ------------------------------------------------------------ mode protocol
     @classmethod
+    def check_before_data(cls, config: ExperimentConfig) -> None:
+        """Check the backbone, its input size and its weights without building it or reading data.
+
+        Example:
+            >>> FineTuner.check_before_data(ExperimentConfig.from_dict({"model": {"backbone": "resnet51"}}))
+            Traceback (most recent call last):
+            ...
+            tfmed.backbones.registry.UnknownBackboneError: unknown backbone 'resnet51'; available backbones: ...
+        """
+        from tfmed.backbones.factory import check_backbone
+
+        check_backbone(config.model.backbone, config.model.weights, config.preprocess.image_size,
+                       config.model.weights_dir)
+
+    @classmethod
     def check_experiment(cls, config: ExperimentConfig, table) -> None:
         """Settings that only fit some tasks, checked once the data's task is known.
 

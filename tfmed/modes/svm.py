@@ -202,6 +202,23 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ mode protocol
 
     @classmethod
+    def check_before_data(cls, config) -> None:
+        """Check the settings, the taps, the backbone and its weights without reading data.
+
+        Example:
+            >>> from tfmed.config import ExperimentConfig
+            >>> FeatureSVM.check_before_data(ExperimentConfig.from_dict({"model": {"svm": {"taps": ["middel"]}}}))
+            Traceback (most recent call last):
+            ...
+            tfmed.modes.features.UnknownTapError: unknown tap 'middel' for backbone 'efficientnet_lite0'; allowed taps: ...
+        """
+        from tfmed.backbones.factory import check_backbone
+
+        cls.from_config(config)._check_params()
+        check_backbone(config.model.backbone, config.model.weights, config.preprocess.image_size,
+                       config.model.weights_dir)
+
+    @classmethod
     def check_experiment(cls, config, table) -> None:
         """Nothing to check once the task is known: the SVM handles every task.
 

@@ -27,6 +27,7 @@ import pandas as pd
 from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import paired_tests
 from tfmed.evaluation.report import predictions_column
+from tfmed.run.manifest import FAILED_FILE, failure_reason
 
 SPLITS = ("val", "test")
 COLUMNS = ["split", "run", "label", "n", "auc", "auc_ci", "reference_auc", "difference", "p_value"]
@@ -77,6 +78,10 @@ def _check_directory(path: Path) -> Path:
     if path.name == "model" and (path.parent / "metrics.json").is_file():
         path = path.parent
     missing = [name for name in ("metrics.json", "predictions.csv") if not (path / name).is_file()]
+    reason = failure_reason(path)
+    if missing and reason is not None:
+        raise CompareRunsError(f"{path}: this run stopped before it finished, with {reason} (see {FAILED_FILE}); "
+                               "run the experiment again")
     if missing:
         raise CompareRunsError(f"{path}: no {' or '.join(missing)}; pass a run directory (runs/NAME/TIMESTAMP) "
                                "or an evaluation directory written by tfmed evaluate")

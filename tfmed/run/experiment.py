@@ -34,7 +34,7 @@ from tfmed.evaluation.thresholds import THRESHOLD_KEYS, select_thresholds
 from tfmed.modes import Ensemble, get_mode
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
-from tfmed.run.manifest import finish_run
+from tfmed.run.manifest import FAILED_FILE, finish_run, record_failure
 from tfmed.run.rundir import environment_info, new_run_dir
 
 
@@ -150,20 +150,35 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     Example:
         >>> run_dir = run_experiment(ExperimentConfig.from_yaml("experiments/pneumonia_mnist.yaml"))  # doctest: +SKIP
     """
-    import keras
-
     started = time.time()
     multiworker = config.multiworker
     if multiworker:
         from tfmed.training.distribute import strategy
 
         strategy("multiworker")  # sets up the collectives before TensorFlow runs anything else
+    get_mode(config.model.mode).check_before_data(config)  # a misspelt backbone fails before the data are read
     table = prepare_data(config)  # fails before a run directory exists
     check_config_fits_data(config, table)
     if multiworker and not extract_across_workers(config, table).chief:
         return None
     run_dir = new_run_dir(runs_dir or config.runs_dir, config.name)
     log(f"run directory {run_dir}")
+    try:
+        fill_run_dir(run_dir, config, table, started)
+    except BaseException as error:  # also Ctrl-C: the directory says why it is incomplete
+        try:
+            record_failure(run_dir, error)
+            log(f"the run stopped; {run_dir / FAILED_FILE} says why")
+        except OSError as note_error:  # e.g. a full disk: the run's own error is the one to raise
+            log(f"the run stopped, and {run_dir / FAILED_FILE} could not be written: {note_error}")
+        raise
+    return run_dir
+
+
+def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, started: float) -> None:
+    """Fit, score and evaluate ``config`` on ``table`` and write everything into ``run_dir``."""
+    import keras
+
     config.to_yaml(run_dir / "config.yaml")
     (run_dir / "environment.json").write_text(json.dumps(environment_info(config), indent=2))
     keras.utils.set_random_seed(config.seed)
@@ -227,7 +242,6 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     write_run_outputs(run_dir, config, model, parts, scores, metrics, member_scores)
     finish_run(run_dir)
     log(f"done in {metrics['seconds']:.0f} s: {run_dir / 'report.html'}")
-    return run_dir
 
 
 def extract_across_workers(config: ExperimentConfig, table: ImageTable):

@@ -25,15 +25,18 @@ Example:
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import tempfile
+import traceback
 from pathlib import Path
 
 from tfmed.errors import TfmedError
 from tfmed.progress import log
 
 MANIFEST_FILE = "MANIFEST.sha256"
+FAILED_FILE = "FAILED.txt"  # written instead of the manifest when a run stops with an error
 # Inside these folders every file must be listed: nothing may be slipped in beside the model.
 # Elsewhere, files added after the run (``tfmed evaluate`` / ``explain`` outputs) are not checked.
 STRICT_FOLDERS = ("model",)
@@ -109,6 +112,41 @@ def finish_run(directory: str | Path) -> str:
     return digest
 
 
+def record_failure(directory: str | Path, error: BaseException) -> Path:
+    """Write ``FAILED.txt`` into a run that stopped with ``error``: the time, the error and its traceback.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> _ = record_failure(run, KeyboardInterrupt())
+        >>> failure_reason(run)
+        'interrupted (KeyboardInterrupt)'
+    """
+    reason = _describe(error)
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    path = Path(directory) / FAILED_FILE
+    path.write_text(f"{reason}\n\nThis run stopped at {dt.datetime.now().isoformat(timespec='seconds')} "
+                    f"before it finished; its files are incomplete. Run the experiment again.\n\n{trace}",
+                    encoding="utf-8")
+    return path
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    message = " ".join(str(error).split()) or "(no message)"
+    return f"{type(error).__name__}: {message[:500]}"
+
+
+def failure_reason(directory: str | Path) -> str | None:
+    """The first line of a run's ``FAILED.txt`` (why it stopped), or None when it has none."""
+    path = Path(directory) / FAILED_FILE
+    if not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines[0] if lines else "(no reason recorded)"
+
+
 def read_manifest(directory: str | Path) -> dict[str, str]:
     """``{relative path: digest}`` from a run's manifest.
 
@@ -123,6 +161,10 @@ def read_manifest(directory: str | Path) -> dict[str, str]:
     directory = Path(directory)
     path = directory / MANIFEST_FILE
     if not path.is_file():
+        reason = failure_reason(directory)
+        if reason is not None:
+            raise IncompleteRunError(f"{directory}: incomplete run: it stopped with {reason} (see {FAILED_FILE}). "
+                                     "Run the experiment again, or pass --no-verify to read its files as they are")
         raise IncompleteRunError(
             f"{directory}: incomplete run: it has no {MANIFEST_FILE}, which a run writes last, after "
             "everything else succeeded (the run crashed or was killed, or was made by a tfmed older than "

@@ -21,6 +21,7 @@ from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
+from tfmed.run.manifest import FAILED_FILE, failure_reason
 
 
 class RunDirectoryError(TfmedError):
@@ -80,6 +81,10 @@ def resolve_run_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.name == "model" and (path.parent / "config.yaml").is_file():
         return path.parent
+    reason = failure_reason(path)
+    if reason is not None and not (path / "model").is_dir():
+        raise RunDirectoryError(f"{path}: this run stopped before it saved a model, with {reason} (see "
+                                f"{FAILED_FILE}); run the experiment again")
     if not (path / "config.yaml").is_file() or not (path / "model").is_dir():
         raise RunDirectoryError(f"{path}: not a tfmed run directory (it needs config.yaml and model/); "
                                  "pass a directory such as runs/NAME/TIMESTAMP")
