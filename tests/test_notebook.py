@@ -1,4 +1,4 @@
-"""The Colab quick-start notebook is valid, opens with its install cell, and uses only names tfmed provides."""
+"""The Colab notebooks are valid, open with the same install cell, and use only names tfmed provides."""
 import ast
 import importlib
 import importlib.metadata
@@ -13,25 +13,31 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 REPOSITORY = "https://example.org/team/tfmed.git"
 
 
-def _cells():
-    notebook = json.loads(NOTEBOOK.read_text())
-    assert notebook["nbformat"] == 4
-    return notebook["cells"]
+def _cells(notebook: Path = NOTEBOOK):
+    stored = json.loads(notebook.read_text())
+    assert stored["nbformat"] == 4
+    return stored["cells"]
 
 
-def _code_cells():
-    for cell in _cells():
+def _code_cells(notebook: Path = NOTEBOOK):
+    for cell in _cells(notebook):
         if cell["cell_type"] == "code":
             lines = [line for line in "".join(cell["source"]).splitlines()
                      if not line.lstrip().startswith(("%", "!"))]
             yield "\n".join(lines)
 
 
-def test_notebook_cells_compile_and_import_real_tfmed_names():
-    cells = list(_code_cells())
+def test_there_are_the_quickstart_and_the_ct_notebooks():
+    assert [notebook.name for notebook in NOTEBOOKS] == ["ct_views.ipynb", "quickstart.ipynb"]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda notebook: notebook.name)
+def test_notebook_cells_compile_and_import_real_tfmed_names(notebook):
+    cells = list(_code_cells(notebook))
     assert len(cells) >= 4
     for source in cells:
         tree = ast.parse(source)
@@ -45,8 +51,9 @@ def test_notebook_cells_compile_and_import_real_tfmed_names():
                     assert hasattr(module, alias.name) or submodule, name
 
 
-def test_notebook_is_stored_with_unique_cell_ids_and_no_outputs():
-    cells = _cells()
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda notebook: notebook.name)
+def test_notebook_is_stored_with_unique_cell_ids_and_no_outputs(notebook):
+    cells = _cells(notebook)
     ids = [cell.get("id") for cell in cells]
     assert all(ids) and len(set(ids)) == len(ids)
     for cell in cells:
@@ -54,9 +61,16 @@ def test_notebook_is_stored_with_unique_cell_ids_and_no_outputs():
             assert cell["outputs"] == [] and cell["execution_count"] is None, cell["id"]
 
 
-def test_later_cells_do_not_read_repository_files_by_relative_path():
-    later = list(_code_cells())[1:]
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda notebook: notebook.name)
+def test_later_cells_do_not_read_repository_files_by_relative_path(notebook):
+    later = list(_code_cells(notebook))[1:]
     assert not [source for source in later if "tfmed/datasets/" in source]
+
+
+@pytest.mark.parametrize("notebook", [n for n in NOTEBOOKS if n != NOTEBOOK], ids=lambda notebook: notebook.name)
+def test_every_notebook_opens_with_the_quickstarts_install_cell(notebook):
+    """The install cell is tested below on the quick-start; the others must hold the same code."""
+    assert next(_code_cells(notebook)) == next(_code_cells())
 
 
 # ------------------------------------------------------------------ the install cell

@@ -56,3 +56,26 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert figures["unfrozen_blocks"][0] == 0 and figures["unfrozen_blocks"][1] > 0
     assert re.search(r"epoch 2: loss [0-9.]+, val_auc [0-9.]+", texts)   # EpochLogger's lines
     assert "threshold stored in the model: 0." in texts
+
+
+@pytest.mark.slow
+def test_the_ct_notebook_runs_top_to_bottom(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT)] + sys.path))
+    notebook = nbformat.read(ROOT / "notebooks" / "ct_views.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    texts = "\n".join(output["text"] for output in outputs if "text" in output)
+    # the real CT slice: read in Hounsfield units (modality LUT applied), then windowed to 0-255 RGB
+    assert "modality: CT" in texts and "(128, 128, 1): -896 to 1167 HU" in texts
+    assert "one window: (128, 128, 3) three windows: (128, 128, 3)" in texts
+    # the phantom volume read back in LPS, and its nine views
+    assert "orientation: slices toward S, rows toward P, columns toward L" in texts
+    assert "views: (9, 41, 41, 1)" in texts
+    assert sum("image/png" in output.get("data", {}) for output in outputs) == 2   # the windows, the views
+    # the experiment on 40 volumes: nine views each, features + SVM, its summary table
+    assert "of 20 training volumes (9 views each) at 64 px" in texts
+    aucs = [float(line.split()[2]) for line in texts.splitlines() if re.match(r"(val|test)\s+youden\s", line)]
+    assert len(aucs) == 2 and min(aucs) >= 0.8, aucs   # simulated nodules and vessels: 1.0 on 2026-12-04
+    assert any("text/html" in output.get("data", {}) for output in outputs)   # the report
