@@ -87,8 +87,9 @@ def nodule_table(folder) -> ImageTable:
     ({"views": {"enabled": True, "slice_gap_mm": 2.0}}, "only planes: adjacent uses it"),
     ({"views": {"enabled": True, "patch_mm": 5.0}}, "gives 5 pixels; a view needs at least 8"),
     ({"views": {"enabled": True}, "report": {"explain": True}}, "report.explain draws maps over one 2-D image"),
-    ({"views": {"enabled": True}, "model": {"mode": "ensemble", "ensemble": {
-        "members": [{"mode": "svm"}, {"mode": "finetune"}]}}}, "model.mode 'ensemble' are not supported"),
+    ({"views": {"enabled": True}, "model": {"mode": "ensemble", "ensemble": {"members": [
+        {"mode": "svm"}, {"mode": "finetune", "preprocess": {"intensity": "standardize"}}]}}},
+     r"members\[1\].*preprocess.intensity 'standardize' needs train-split statistics"),
     ({"views": {"enabled": True}, "model": {"mode": "finetune"}, "augment": {"view_rotation_degrees": 200}},
      "at most 180"),
 ])
@@ -333,6 +334,62 @@ def test_a_nodule_experiment_runs_end_to_end_in_finetune_mode_centred_on_volumes
     frame = predict_images(run, [str(nodules / "case01.nii.gz"), str(nodules / "case02.nii.gz")])
     assert frame["image"].map(os.path.basename).tolist() == ["case01.nii.gz", "case02.nii.gz"]
     assert frame["score"].between(0, 1).all()
+
+
+def _ensemble_members():
+    svm = {"name": "features", "mode": "svm", "svm": {"taps": ["late"], "C": [1.0], "cv": 2}}
+    tuned = {"name": "tuned", "mode": "finetune", "preprocess": {"image_size": 24, "intensity": "window",
+                                                                  "windows": [[-600, 1500]]},
+             "finetune": {"stages": [{"epochs": 2, "unfreeze": 0}], "batch_size": 4}}
+    return [svm, tuned]
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_view_models_scores_the_mean_of_its_members_and_reloads(nodules, tmp_path):
+    config = _experiment(nodules, tmp_path, "svm")
+    config = ExperimentConfig.from_dict({**config.to_dict(), "model": {
+        "mode": "ensemble", "backbone": "explain_test_net", "weights": None,
+        "ensemble": {"combine": "mean", "members": _ensemble_members()}}})
+    run = run_experiment(config)
+    model = TrainedModel.load(run)
+    assert model.views.enabled and model.estimator.member_names == ["features", "tuned"]
+    tuned = model.estimator.members[1]
+    assert tuned.inputs.preprocess.image_size == 24 and tuned.estimator.views == 3   # its own size, 3 planes
+    splits = pd.read_csv(run / "splits.csv")
+    test = nodule_table(nodules).subset(np.flatnonzero(splits["split"].to_numpy() == "test"))
+    inputs = model.inputs
+    members = model.estimator.member_scores(test, inputs)
+    assert {name: scores.shape for name, scores in members.items()} == {"features": (3,), "tuned": (3,)}
+    combined = model.estimator.combine_scores(members)
+    np.testing.assert_allclose(combined, (members["features"] + members["tuned"]) / 2)
+    saved = pd.read_csv(run / "predictions.csv")
+    np.testing.assert_allclose(model.predict(test), saved[saved["split"] == "test"]["score"], atol=1e-6)
+    np.testing.assert_allclose(combined, saved[saved["split"] == "test"]["score"], atol=1e-6)
+    member_csv = pd.read_csv(run / "member_scores.csv")
+    assert {"features", "tuned"} <= set(member_csv.columns)
+    assert set(json.loads((run / "metrics.json").read_text())["members"]["test"]) >= {"features", "tuned"}
+
+
+@pytest.mark.slow
+def test_tfmed_ensemble_combines_saved_view_runs_that_cut_the_same_views(nodules, tmp_path):
+    from tfmed.run.cli import main
+    from tfmed.run.ensemble_runs import EnsembleRunsError, ensemble_runs
+
+    features = run_experiment(_experiment(nodules, tmp_path, "svm"))
+    tuned = run_experiment(_experiment(nodules, tmp_path, "finetune"))
+    out = ensemble_runs([features, tuned], tmp_path / "combined")
+    model = TrainedModel.load(out)
+    assert model.views == TrainedModel.load(features).views
+    splits = pd.read_csv(out / "splits.csv")
+    test = nodule_table(nodules).subset(np.flatnonzero(splits["split"].to_numpy() == "test"))
+    expected = (TrainedModel.load(features).predict(test) + TrainedModel.load(tuned).predict(test)) / 2
+    np.testing.assert_allclose(model.predict(test), expected, atol=1e-6)   # rescored from the volumes
+    saved = pd.read_csv(out / "predictions.csv")
+    np.testing.assert_allclose(saved[saved["split"] == "test"]["score"], expected, atol=1e-6)
+    assert main(["evaluate", "--model", str(out), "--data", f"manifest:{nodules / 'manifest.csv'}"]) == 0
+    other = run_experiment(_experiment(nodules, tmp_path, "svm", views={"planes": "ciompi9"}))
+    with pytest.raises(EnsembleRunsError, match="cut different 2-D views of their volumes"):
+        ensemble_runs([features, other], tmp_path / "refused")
 
 
 def test_the_layer_sweep_takes_views_of_volumes(nodules):

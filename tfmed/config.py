@@ -920,9 +920,6 @@ class ExperimentConfig(_Section):
         if self.views.planes == "adjacent" and self.model.svm.view_fusion != "concat":
             raise ConfigError("model.svm.view_fusion 'per_view' needs several views, but views.planes "
                               "'adjacent' gives one; use planes orthogonal or ciompi9, or remove view_fusion")
-        if self.model.mode == "ensemble":
-            raise ConfigError("views with model.mode 'ensemble' are not supported; run the svm and finetune "
-                              "experiments on their own and combine the runs with tfmed ensemble")
         if self.report.explain:
             raise ConfigError("report.explain draws maps over one 2-D image, which a model of several views "
                               "of a volume does not take; remove report.explain")

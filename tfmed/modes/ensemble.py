@@ -56,10 +56,11 @@ class Member:
     config: ExperimentConfig | None = None
 
     def inputs_for(self, given: ImageInputs) -> ImageInputs:
-        """The inputs this member scores: its own preprocessing, with the views asked for in ``given``."""
+        """The inputs this member scores: its own preprocessing, with the test-time views and the 2-D
+        views of volumes asked for in ``given``."""
         if self.inputs is None:
             return given
-        return dataclasses.replace(self.inputs, tta=given.tta, view=given.view)
+        return dataclasses.replace(self.inputs, tta=given.tta, view=given.view, volume_views=given.volume_views)
 
 
 @register_mode
@@ -138,7 +139,8 @@ class Ensemble:
         self.combiner.task = train.task
         for member in self.members:
             own = member.config.preprocess
-            member.inputs = None if own == inputs.preprocess else fit_inputs(own, train, inputs.tta)
+            member.inputs = None if own == inputs.preprocess else fit_inputs(own, train, inputs.tta,
+                                                                             inputs.volume_views)
         if self.combiner.needs_fit:
             oof = self._out_of_fold_scores(train, val, inputs)
             self.combiner.fit(oof, train.labels())

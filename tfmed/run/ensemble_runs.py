@@ -84,7 +84,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     config = _ensemble_config(configs, names, combine, runs)
     model = TrainedModel(mode=estimator.name, task=first.task, classes=list(first.classes),
                          preprocess=first.preprocess, stats=first.stats, estimator=estimator,
-                         threshold_method=first.threshold_method, backbone=first.backbone, tta=first.tta)
+                         threshold_method=first.threshold_method, backbone=first.backbone, tta=first.tta,
+                         views=first.views)
     model.thresholds = select_thresholds(model.task, tables["val"].labels(), scores["val"],
                                          config.evaluation.target_sensitivity, config.evaluation.target_specificity)
 
@@ -120,9 +121,6 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
         if config.model.mode not in choices(MemberConfig, "mode"):
             raise EnsembleRunsError(f"{run} is itself a {config.model.mode} run; combine the runs it is made of, "
                                     "or list its members in one model.mode: ensemble experiment")
-        if config.views.enabled:
-            raise EnsembleRunsError(f"{run} scores 2-D views of volumes; combining such runs is not supported "
-                                    "(an ensemble member keeps only its 2-D preprocessing)")
         if config.split.method == "kfold":
             raise EnsembleRunsError(f"{run} used split.method kfold, so it has no validation scores to choose "
                                     "thresholds on; combine runs made with a validation split")
@@ -137,6 +135,9 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
         if model.tta != models[0].tta:
             raise EnsembleRunsError(f"{run} and {runs[0]} use different test-time augmentation (tta) settings; "
                                     "combine runs with the same tta section")
+        if model.views != models[0].views:
+            raise EnsembleRunsError(f"{run} and {runs[0]} cut different 2-D views of their volumes (views "
+                                    "settings); combine runs with the same views section")
 
 
 def _first_difference(reference: pd.DataFrame, other: pd.DataFrame) -> str:
