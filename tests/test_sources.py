@@ -186,6 +186,54 @@ def test_class_folders_order_from_config_and_patient_subfolders(tmp_path):
     assert frame["patient_id"].isna().iloc[2]
 
 
+def test_flat_class_folders_without_patients_say_how_to_give_them(tmp_path):
+    write_png(tmp_path / "NORMAL" / "IM-0115-0001.jpeg".replace(".jpeg", ".png"))
+    write_png(tmp_path / "PNEUMONIA" / "person1_bacteria_1.png")
+    table = load_source(DataConfig(source="folder", path=str(tmp_path)))
+    problems = validate_table(table, need_patient_ids=True).problems
+    assert [p.problem for p in problems] == ["no patient id"] * 2
+    assert "sub-folder of its class folder" in problems[0].fix and "data.patient_pattern" in problems[0].fix
+    assert validate_table(table).ok   # a split given by the source needs no patient ids
+
+
+def test_a_patient_pattern_reads_patients_from_file_names_and_reports_files_it_misses(tmp_path):
+    # Kermany's chest X-ray folders: person1_bacteria_1.jpeg, person1_virus_7.jpeg; NORMAL/IM-0115-0001.jpeg
+    for name in ("person1_bacteria_1.png", "person1_virus_7.png", "person12_bacteria_3.png"):
+        write_png(tmp_path / "PNEUMONIA" / name)
+    write_png(tmp_path / "NORMAL" / "IM-0115-0001.png")
+    write_png(tmp_path / "NORMAL" / "IM-0115-0002.png")
+    write_png(tmp_path / "NORMAL" / "scan.png")
+    config = DataConfig(source="folder", path=str(tmp_path), patient_pattern=r"(?P<patient>person\d+|IM-\d+)[_-]")
+    table = load_source(config)
+    patients = dict(zip(table.frame["image"].map(lambda p: p.rsplit("/", 1)[1]), table.frame["patient_id"]))
+    assert {name: patients[name] for name in ("person1_bacteria_1.png", "person1_virus_7.png",
+                                              "person12_bacteria_3.png", "IM-0115-0002.png")} == {
+        "person1_bacteria_1.png": "person1", "person1_virus_7.png": "person1",
+        "person12_bacteria_3.png": "person12", "IM-0115-0002.png": "IM-0115"}
+    problems = validate_table(table, need_patient_ids=True).problems
+    assert [(p.image.rsplit("/", 1)[1], p.problem) for p in problems] == [
+        ("scan.png", "data.patient_pattern '(?P<patient>person\\d+|IM-\\d+)[_-]' finds no patient id in "
+                     "'NORMAL/scan.png'")]   # reported even when the split needs no patient ids
+    assert validate_table(table).problems == problems
+    # the pattern sees the path below data.path, so a folder can be the patient too; it overrides file stems
+    write_png(tmp_path / "site" / "CHNCXR_0001_0.png")
+    suffix = load_source(DataConfig(source="folder", path=str(tmp_path / "site"), filename_label_suffix=True,
+                                    classes=["normal", "tb"], patient_pattern=r"CHNCXR_(\d+)"))
+    assert suffix.frame["patient_id"].tolist() == ["0001"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"source": "folder", "path": "x", "patient_pattern": "(person"}, "data.patient_pattern is '[(]person'; "
+     "it is not a regular expression"),
+    ({"source": "manifest", "path": "x.csv", "patient_pattern": "(p)"}, "only data.source folder uses it"),
+])
+def test_a_patient_pattern_is_checked_where_it_is_set(values, message):
+    from tfmed.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**values)
+
+
 def test_files_outside_class_folders_are_reported_not_dropped(tmp_path):
     write_png(tmp_path / "normal" / "a.png")
     write_png(tmp_path / "tb" / "b.png")

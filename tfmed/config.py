@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -143,6 +144,12 @@ class DataConfig(_Section):
         features to read (defaults: image, label (else labels), patient_id
         when present; see tfmed.data.sources.tfds).
 
+    patient_pattern: source "folder" only: a regular expression searched in each
+        file's path below data.path ("/"-separated); the patient id is its group
+        "patient", else its first group, else the whole match, e.g.
+        '(person\\d+)_' for PNEUMONIA/person1_bacteria_1.jpeg. A file it does not
+        match is reported.
+
     The publishers' sources "chestxray14" and "chexpert" read their own
     columns: label_columns, patient_column and filename_label_suffix are
     refused with them, and task may only be multilabel.
@@ -158,6 +165,7 @@ class DataConfig(_Section):
     task: Task | None = None
     classes: list[str] | None = None
     filename_label_suffix: bool = False
+    patient_pattern: str | None = None
     exclude_bad_rows: bool = False
     missing_message: str | None = None
     # the same as tfmed.data.decode.DEFAULT_MAX_PIXELS (config sits below data and cannot import it)
@@ -177,7 +185,7 @@ class DataConfig(_Section):
     SOURCE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
         "uncertain": ("chexpert",), "frontal_only": ("chexpert",), "data_dir": ("tfds",),
         "manual_dir": ("tfds",), "image_feature": ("tfds",), "label_feature": ("tfds",),
-        "patient_feature": ("tfds",)}
+        "patient_feature": ("tfds",), "patient_pattern": ("folder",)}
     # the publishers' files: their columns are known, so the manifest's column settings are refused
     PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert")
 
@@ -207,6 +215,12 @@ class DataConfig(_Section):
                 if name in changed:
                     self._fail(name, f"data.source tfds reads TFDS features, not files or columns, and does not "
                                f"use it; remove it (use {instead})")
+        if self.patient_pattern is not None:
+            try:
+                re.compile(self.patient_pattern)
+            except re.error as error:
+                self._fail("patient_pattern", f"it is not a regular expression ({error}); write e.g. "
+                           "'(person\\d+)_' to take person1 from person1_bacteria_1.jpeg")
         if isinstance(self.uncertain, dict):
             for label, policy in self.uncertain.items():
                 problem = self.uncertain_policy_problem(policy)

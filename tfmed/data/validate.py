@@ -209,10 +209,11 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
     _check_labels(table, source_flagged, add)
     if need_patient_ids:
         patients = frame["patient_id"].astype("string").str.strip()
-        for position in np.flatnonzero((patients.isna() | (patients == "")).to_numpy(dtype=bool)):
+        missing = (patients.isna() | (patients == "")).to_numpy(dtype=bool) & ~source_flagged
+        for position in np.flatnonzero(missing):  # a row the source flagged is reported already
             add(int(position), "no patient id",
-                "fill the patient_id column (patient-level splits need it to keep each patient's "
-                "images in one split)")
+                frame.attrs.get("patient_fix", "fill the patient_id column") + " (patient-level splits need "
+                "it to keep each patient's images in one split)")
     if views is not None and views.enabled:
         for position, problem, fix in check_volume_rows(table, views, workers=min(workers, 2)):
             add(position, problem, fix)

@@ -18,16 +18,54 @@ from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
 SUFFIX_LABEL = re.compile(r"^(?P<stem>.+)_(?P<label>\d+)$")
+# what validation suggests when class folders give no patient id (no patient sub-folders, no pattern)
+PATIENT_FIX = ("put each patient's images in a sub-folder of its class folder (normal/PATIENT/image.png), or "
+               "set data.patient_pattern to read the patient id from the file path, e.g. '(person\\d+)_' for "
+               "person1_bacteria_1.jpeg")
+
+
+def patient_from_path(relative: str, pattern: str) -> str | None:
+    r"""The patient id that ``pattern`` finds in a "/"-separated path: its group "patient", else its
+    first group, else the whole match; None when it finds none.
+
+    Example:
+        >>> patient_from_path("PNEUMONIA/person1_bacteria_1.jpeg", r"(person\d+)_")
+        'person1'
+        >>> patient_from_path("NORMAL/IM-0115-0001.jpeg", r"(?P<patient>IM-\d+)-")
+        'IM-0115'
+        >>> patient_from_path("NORMAL/scan.jpeg", r"(person\d+)_") is None
+        True
+    """
+    match = re.search(pattern, relative)
+    if match is None:
+        return None
+    compiled = match.re
+    found = match.group("patient") if "patient" in compiled.groupindex else (
+        match.group(1) if compiled.groups else match.group(0))
+    return found or None
+
+
+def _pattern_problem(record: dict, relative: str, pattern: str) -> None:
+    """Set the record's patient id from ``pattern``, or give it a problem naming the pattern."""
+    patient = patient_from_path(relative, pattern)
+    if patient is None:
+        record["patient_id"] = pd.NA
+        record[SOURCE_PROBLEMS] = record[SOURCE_PROBLEMS] + (
+            (f"data.patient_pattern '{pattern}' finds no patient id in '{relative}'",
+             "change the pattern so that it finds the patient in every file's path, or move the file out"),)
+    else:
+        record["patient_id"] = patient
 
 
 def load_class_folders(path: str | Path, classes: list[str] | None = None,
-                       task: str | None = None) -> ImageTable:
+                       task: str | None = None, patient_pattern: str | None = None) -> ImageTable:
     """One sub-folder per class (class order: ``classes`` or sorted folder names).
 
     Files are found recursively; when an image sits in a further sub-folder
     (``normal/patient7/img1.png``) that folder name is its patient id,
-    otherwise the patient id is unknown. Files of unsupported types are
-    listed in ``table.excluded`` (and as warnings by validation).
+    otherwise the patient id is unknown, unless ``patient_pattern`` finds it
+    in the file's path (see :func:`patient_from_path`). Files of unsupported
+    types are listed in ``table.excluded`` (and as warnings by validation).
 
     Example:
         >>> import cv2, numpy as np, tempfile, pathlib
@@ -44,20 +82,26 @@ def load_class_folders(path: str | Path, classes: list[str] | None = None,
                                                lambda f: f"unsupported file type {f.suffix or '(none)'!r}"):
         parts = file.relative_to(path / name).parts
         patient = parts[0] if len(parts) > 1 else pd.NA
-        records.append(dict(image=str(file), label=label, patient_id=patient, site=pd.NA, view=pd.NA,
-                            row=row, **{SOURCE_PROBLEMS: ()}))
-    return source_table(records, skipped + outside_classes(path, names), names, task, source=str(path))
+        record = dict(image=str(file), label=label, patient_id=patient, site=pd.NA, view=pd.NA,
+                      row=row, **{SOURCE_PROBLEMS: ()})
+        if patient_pattern is not None:
+            _pattern_problem(record, file.relative_to(path).as_posix(), patient_pattern)
+        records.append(record)
+    table = source_table(records, skipped + outside_classes(path, names), names, task, source=str(path))
+    table.frame.attrs["patient_fix"] = PATIENT_FIX
+    return table
 
 
 def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
-                       task: str | None = None) -> ImageTable:
+                       task: str | None = None, patient_pattern: str | None = None) -> ImageTable:
     """Label from the integer after the last "_" of each file name, found recursively.
 
     This is how the NLM Shenzhen and Montgomery tuberculosis sets name
     their files (``CHNCXR_0001_0.png`` normal, ``MCUCXR_0104_1.png`` TB).
     ``site`` is the first sub-folder under ``path``; ``patient_id`` is the
-    file stem without the suffix. A file without a valid suffix is kept as a
-    row with a problem (validation names it).
+    file stem without the suffix, or what ``patient_pattern`` finds in the
+    file's path. A file without a valid suffix is kept as a row with a
+    problem (validation names it).
 
     Example:
         >>> import cv2, numpy as np, tempfile, pathlib
@@ -88,6 +132,8 @@ def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
             record["label"] = int(match.group("label"))
             record["patient_id"] = match.group("stem")
             found.append(record["label"])
+        if patient_pattern is not None:
+            _pattern_problem(record, file.relative_to(path).as_posix(), patient_pattern)
         records.append(record)
     if classes is None:
         count = max(found) + 1 if found else 2
@@ -105,8 +151,10 @@ def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
 
 def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:
     if config.filename_label_suffix:
-        return load_suffix_folder(path, classes=config.classes, task=config.task)
-    return load_class_folders(path, classes=config.classes, task=config.task)
+        return load_suffix_folder(path, classes=config.classes, task=config.task,
+                                  patient_pattern=config.patient_pattern)
+    return load_class_folders(path, classes=config.classes, task=config.task,
+                              patient_pattern=config.patient_pattern)
 
 
 SOURCE = SourceKind("folder", "a folder with one sub-folder of images per class (or, with "
