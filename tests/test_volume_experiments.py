@@ -316,9 +316,34 @@ def test_a_nodule_experiment_runs_end_to_end_in_svm_mode(nodules, tmp_path):
     saved = pd.read_csv(run / "predictions.csv")
     np.testing.assert_allclose(model.predict(test), saved[saved["split"] == "test"]["score"], atol=1e-9)
     assert main(["evaluate", "--model", str(run), "--data", f"manifest:{nodules / 'manifest.csv'}"]) == 0
-    with pytest.raises(TfmedError, match="centred on lesions, and a path gives no centre"):
-        from tfmed.run.predict import predict_images
+    _predict_scores_unlabelled_candidates(run, model, nodules, tmp_path)
+
+
+def _predict_scores_unlabelled_candidates(run, model, nodules, tmp_path):
+    """``tfmed predict`` of a lesion-centred model takes a CSV of volumes and centres without labels."""
+    from tfmed.run.cli import main
+    from tfmed.run.predict import predict_images
+
+    with pytest.raises(TfmedError, match="centred on lesions, and an image path gives no centre; pass one CSV"):
         predict_images(run, [str(nodules / "case01.nii.gz")])
+    manifest = pd.read_csv(nodules / "manifest.csv")
+    candidates = manifest.drop(columns=["label", "patient_id"]).iloc[[3, 0, 3]].reset_index(drop=True)
+    candidates.loc[2, "center_z"] += 4.0   # a second candidate in the same volume
+    candidates.to_csv(nodules / "candidates.csv", index=False)
+    frame = predict_images(run, [str(nodules / "candidates.csv")])
+    assert frame.columns.tolist()[:5] == ["row", "image", "center_x", "center_y", "center_z"]
+    assert frame["row"].tolist() == [2, 3, 4] and frame["image"].map(os.path.basename).tolist() == [
+        "case03.nii.gz", "case00.nii.gz", "case03.nii.gz"]
+    labelled = nodule_table(nodules).subset([3, 0])
+    np.testing.assert_allclose(frame["score"].iloc[:2], model.predict(labelled), atol=1e-9)  # same as evaluate's
+    assert frame["score"].iloc[2] != frame["score"].iloc[0]                        # its own centre
+    out = tmp_path / "scores.csv"
+    assert main(["predict", "--model", str(run), str(nodules / "candidates.csv"), "--output", str(out)]) == 0
+    assert len(pd.read_csv(out)) == 3
+    assert len(predict_images(run, [str(nodules / "manifest.csv")])) == 12   # a labelled manifest: labels unread
+    candidates.iloc[:1].drop(columns=["center_z"]).to_csv(tmp_path / "no_centre.csv", index=False)
+    with pytest.raises(TfmedError, match="row 2.*lesion centre gives center_x, center_y but not all"):
+        predict_images(run, [str(tmp_path / "no_centre.csv")])
 
 
 @pytest.mark.slow

@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
     predict = verbs.add_parser("predict", help="score new images with a saved run")
     predict.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
-    predict.add_argument("images", nargs="+", help="PNG/JPEG/DICOM files or folders")
+    predict.add_argument("images", nargs="+", help="PNG/JPEG/DICOM files or folders (volumes: series folders or "
+                         "NIfTI files; for a model of lesion-centred views, one CSV of volumes and centres)")
     predict.add_argument("--output", default=None, help="CSV file (default: print to stdout)")
     _add_trust_options(predict)
 

@@ -14,6 +14,7 @@ from tfmed.data.decode import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, image_ki
 from tfmed.config import ExperimentConfig
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import apply_validation, validate_table
+from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.rundir import resolve_run_dir
 
@@ -48,28 +49,50 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
     Example:
         >>> table = image_table(TrainedModel.load("runs/pneumonia_mnist/20261124-101500"), ["scans/"])  # doctest: +SKIP
     """
-    files = collect_volumes(model, paths) if model.views.enabled else collect_images(paths)
-    frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
-    if model.task == "multilabel":
-        for name in model.classes:
-            frame["label:" + name] = 0
+    if _lesion_centred(model):
+        table = candidate_table(model, paths)
     else:
-        frame["label"] = 0
-    table = ImageTable(frame, list(model.classes), model.task, source="predict")
+        files = collect_volumes(model, paths) if model.views.enabled else collect_images(paths)
+        frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
+        if model.task == "multilabel":
+            for name in model.classes:
+                frame["label:" + name] = 0
+        else:
+            frame["label"] = 0
+        table = ImageTable(frame, list(model.classes), model.task, source="predict")
     report = validate_table(table, max_pixels=max_pixels, views=model.views)
     return apply_validation(table, report, exclude_bad_rows=False)
 
 
+def _lesion_centred(model: TrainedModel) -> bool:
+    return model.views.enabled and model.views.center == "lesion"
+
+
+def candidate_table(model: TrainedModel, paths: list[str]) -> ImageTable:
+    """The lesion candidates a model of lesion-centred views scores: one CSV listing each volume (``path``:
+    a DICOM series folder or a NIfTI file, relative to the CSV) with its centre (``center_x``, ``center_y``,
+    ``center_z`` in LPS mm, or ``center_slice``, ``center_row``, ``center_column``); labels are not read.
+
+    Example:
+        >>> table = candidate_table(model, ["candidates.csv"])  # doctest: +SKIP
+    """
+    from tfmed.data.sources.manifest import load_manifest
+
+    if len(paths) != 1 or Path(paths[0]).suffix.lower() != ".csv":
+        raise ModelArtifactError(
+            "this model's views are centred on lesions, and an image path gives no centre; pass one CSV "
+            "listing the volumes with their centres (columns path and center_x, center_y, center_z in LPS "
+            "mm, or center_slice, center_row, center_column; no label column needed), see "
+            "data_manifests/README.md")
+    return load_manifest(paths[0], classes=list(model.classes), task=model.task, labelled=False)
+
+
 def collect_volumes(model: TrainedModel, paths: list[str]) -> list[Path]:
-    """The volumes (DICOM series folders, NIfTI files) a model of volume views scores at their centres.
+    """The volumes (DICOM series folders, NIfTI files) a model of volume-centred views scores.
 
     Example:
         >>> collect_volumes(model, ["scans/case1", "scans/case2.nii.gz"])  # doctest: +SKIP
     """
-    if model.views.center == "lesion":
-        raise ModelArtifactError("this model's views are centred on lesions, and a path gives no centre; "
-                                 "list the volumes with their centre columns in a manifest and score it with "
-                                 "tfmed evaluate --model RUN --data manifest:FILE.csv (see data_manifests/README.md)")
     files = [Path(item) for item in paths]
     for path in files:
         if not path.exists():
@@ -100,6 +123,11 @@ def predict_images(model_dir: str | Path, paths: list[str], *, verify: bool = Tr
     scores = model.predict(table)
     decisions = model.decide(scores)
     out = pd.DataFrame({"image": frame["image"]})
+    if _lesion_centred(model):  # several candidates may share a volume: say which line and centre each is
+        out.insert(0, "row", frame["row"])
+        for name in CENTER_MM + CENTER_VOXEL:
+            if name in frame.columns and frame[name].notna().any():
+                out[name] = frame[name]
     if model.task == "binary":
         out["score"] = scores
         out["threshold"] = model.threshold

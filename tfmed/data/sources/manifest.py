@@ -51,7 +51,7 @@ class ManifestError(DataSourceError):
 
 def load_manifest(path: str | Path, root: str | Path | None = None, label_columns: list[str] | None = None,
                   patient_column: str = "patient_id", classes: list[str] | None = None,
-                  task: str | None = None) -> ImageTable:
+                  task: str | None = None, labelled: bool = True) -> ImageTable:
     """Read a CSV manifest into an :class:`ImageTable` (row = CSV line number).
 
     Args:
@@ -65,6 +65,9 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
         task: "binary", "multiclass" or "multilabel"; inferred when None
             (one column with 2 classes -> binary, more -> multiclass,
             several columns -> multilabel).
+        labelled: False for rows to score (``tfmed predict``): label columns are
+            not read (a model's ``classes`` and ``task`` must be given) and every
+            label is 0.
 
     Raises:
         ManifestError: the file is missing or unreadable, or referenced
@@ -86,6 +89,10 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
                             f"(see data_manifests/README.md), or fix data.path.")
     frame = _read_csv(path)
     root = Path(root) if root is not None else path.parent
+    if not labelled:
+        if classes is None or task is None:
+            raise ManifestError("an unlabelled manifest needs the model's classes and task")
+        label_columns = []  # not read, whether the file has them or not
     multilabel = len(label_columns) > 1
     header_problems = []
     if len(set(label_columns)) != len(label_columns):
@@ -97,7 +104,7 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
         header_problems.append(f"column {column!r} (referenced by the config) is not in the header")
     if task is not None and task not in ("binary", "multiclass", "multilabel"):
         header_problems.append(f"task {task!r} is not one of binary, multiclass, multilabel")
-    if task == "multilabel" and not multilabel:
+    if labelled and task == "multilabel" and not multilabel:
         header_problems.append("task is multilabel but only one label column is given; list one 0/1 "
                                "column per label in data.label_columns")
     if task in ("binary", "multiclass") and multilabel:
@@ -114,7 +121,14 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
     problems: list[list[tuple[str, str]]] = [[] for _ in range(len(frame))]
     out = pd.DataFrame({"row": frame.index.to_numpy() + 2})
     out["image"] = _resolve_paths(frame[PATH_COLUMN], root, problems)
-    if multilabel:
+    if not labelled:
+        names, resolved_task = list(classes), task
+        if task == "multilabel":
+            for name in names:
+                out[LABEL_PREFIX + name] = 0
+        else:
+            out["label"] = 0
+    elif multilabel:
         names = list(classes) if classes is not None else list(label_columns)
         for column, name in zip(label_columns, names):
             out[LABEL_PREFIX + name] = _binary_column(frame[column], column, problems)
