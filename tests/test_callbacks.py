@@ -148,6 +148,24 @@ def test_clinical_metrics_errors():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[metrics])
 
 
+
+@pytest.mark.parametrize("validation, message", [
+    (lambda x, y: (x, np.stack([1 - y, y], axis=1)),
+     r"targets have shape \(16, 2\) but the model has one output; give 0/1 targets of shape \(N,\)"),
+    (lambda x, y: (x, np.where(np.arange(16) % 5 == 0, np.nan, y)),
+     r"missing \(NaN or infinite\) in row\(s\) \[0, 5, 10, 15\]"),
+    (lambda x, y: tf.data.Dataset.from_tensor_slices((x, y)),
+     r"not batched: its x has shape \(8, 8, 1\) while the model takes \(None, 8, 8, 1\); call .batch\(n\)"),
+], ids=["one_hot_targets", "nan_targets", "unbatched_dataset"])
+def test_validation_data_a_model_cannot_be_scored_on_is_named(validation, message):
+    x, y = tiny_data(16)
+    model = tc.add_threshold_layer(tiny_model())
+    model.compile("sgd", "binary_crossentropy")
+    for callback in (tc.ClinicalMetrics(validation(x, y)), tc.ThresholdSelector(validation(x, y))):
+        with pytest.raises(tc.CallbackError, match=message):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
 def test_threshold_survives_save_and_load(tmp_path):
     x, y = tiny_data()
     model = tc.add_threshold_layer(tiny_model())

@@ -87,11 +87,24 @@ class _ValidationScorer(keras.callbacks.Callback):
             if not isinstance(element, (tuple, list)) or len(element) < 2:
                 raise CallbackError("validation dataset elements must be (x, y) or (x, y, sample_weight) "
                                     f"tuples, got {type(element).__name__}")
+            if not scores:
+                _check_batched(element[0], self.model)
             scores.append(np.asarray(self._forward(element[0])))
             targets.append(np.asarray(element[1]))
         if not scores:
             raise CallbackError("the validation dataset is empty; it must yield (x, y) batches")
         return np.concatenate(scores), np.concatenate(targets)
+
+
+def _check_batched(x, model) -> None:
+    """Refuse a validation dataset whose elements lack the batch axis the model's input has."""
+    try:
+        expected = len(model.inputs[0].shape)
+    except (AttributeError, IndexError, TypeError, ValueError):  # a subclassed model without known inputs
+        return
+    if isinstance(x, tf.Tensor) and len(x.shape) == expected - 1:
+        raise CallbackError(f"the validation dataset is not batched: its x has shape {tuple(x.shape)} while "
+                            f"the model takes {tuple(model.inputs[0].shape)}; call .batch(n) on the dataset")
 
 
 def _check_validation_data(validation_data):
@@ -114,7 +127,15 @@ def _as_label_matrix(y_true: np.ndarray, y_score: np.ndarray, task: str | None):
     if y_score.ndim == 1:
         y_score = y_score[:, None]
     y_true = np.asarray(y_true)
+    if np.issubdtype(y_true.dtype, np.number) and not np.isfinite(y_true).all():
+        rows = np.flatnonzero(~np.isfinite(y_true.reshape(len(y_true), -1)).all(axis=1))
+        raise CallbackError(f"validation targets are missing (NaN or infinite) in row(s) {rows[:10].tolist()}"
+                            f"{' ...' if len(rows) > 10 else ''}; leave those cases out of the validation data")
     if y_score.shape[1] == 1:
+        if y_true.ndim == 2 and y_true.shape[1] > 1:
+            raise CallbackError(f"validation targets have shape {y_true.shape} but the model has one output; "
+                                "give 0/1 targets of shape (N,) (for one-hot targets, their positive column "
+                                "y[:, 1])")
         task = task or "binary"
         return task, y_true.reshape(-1, 1).astype(np.float64), y_score
     k = y_score.shape[1]
