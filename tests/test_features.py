@@ -113,6 +113,11 @@ def test_image_batch_adds_channel_and_names_non_finite_rows():
         F.as_image_batch(bad)
     with pytest.raises(F.FeatureError, match=r"shape \(2, 5, 5, 2\)"):
         F.as_image_batch(np.zeros((2, 5, 5, 2)))
+    ragged = [np.zeros((5, 5, 3)), np.zeros((7, 5, 3)), np.zeros((5, 5, 3))]
+    for check in (F.as_image_batch, F.as_input_batch):
+        with pytest.raises(F.FeatureError, match=r"X holds images of different shapes \(\(5, 5, 3\), \(7, 5, 3\)\); "
+                                                 "resize them to one size first"):
+            check(ragged)
 
 
 def test_feature_check_names_rows():

@@ -207,6 +207,18 @@ class FeatureCache:
 
 # --------------------------------------------------------------------------- images
 
+def _as_array(images, what: str) -> np.ndarray:
+    """``np.asarray(images)``, or FeatureError when a sequence holds images of different sizes."""
+    try:
+        return np.asarray(images)
+    except ValueError:
+        shapes = sorted({tuple(np.shape(image)) for image in images})
+        raise FeatureError(f"{what} holds images of different shapes ({', '.join(map(str, shapes[:4]))}"
+                           f"{' ...' if len(shapes) > 4 else ''}); resize them to one size first (e.g. "
+                           "cv2.resize), or score files through a table (tfmed run, make_dataset), which "
+                           "resizes each image") from None
+
+
 def as_image_batch(images: np.ndarray, what: str = "X") -> np.ndarray:
     """Check an image batch and return it as float32 (N, H, W, C), C in (1, 3).
 
@@ -217,7 +229,7 @@ def as_image_batch(images: np.ndarray, what: str = "X") -> np.ndarray:
         >>> as_image_batch(np.zeros((2, 8, 8))).shape
         (2, 8, 8, 1)
     """
-    array = np.asarray(images)
+    array = _as_array(images, what)
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise FeatureError(f"{what} must be a numeric image array, got dtype {array.dtype}")
     if array.ndim == 3:
@@ -242,7 +254,7 @@ def as_input_batch(X, what: str = "X") -> np.ndarray:
         >>> as_input_batch(np.zeros((2, 3, 8, 8, 1))).shape
         (2, 3, 8, 8, 1)
     """
-    array = np.asarray(X)
+    array = _as_array(X, what)
     if array.ndim != 5:
         return as_image_batch(array, what)
     return np.stack([as_image_batch(array[:, v], f"{what} view {v + 1}") for v in range(array.shape[1])], axis=1)
