@@ -247,3 +247,8 @@ def test_table_errors_name_the_row():
         make_dataset(file_table(["a.png"], [0]), PreprocessConfig(), training=False, batch_size=0)
     with pytest.raises(PipelineError, match="empty"):
         make_dataset(file_table([], []), PreprocessConfig(), training=False)
+    with pytest.raises(PipelineError, match=r"preprocess must be a tfmed.config.PreprocessConfig \(for a dict "
+                                            r"of settings: PreprocessConfig\(\*\*settings\)\), got dict"):
+        make_dataset(file_table(["a.png"], [0]), {"image_size": 32}, training=False)
+    with pytest.raises(PipelineError, match="augment must be a tfmed.config.AugmentConfig"):
+        make_dataset(file_table(["a.png"], [0]), PreprocessConfig(), training=True, augment={"hflip": True})

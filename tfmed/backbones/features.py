@@ -94,6 +94,19 @@ def _as_images(images):
     return arr.astype("float32", copy=False), False
 
 
+def _check_size(model, size) -> None:
+    """Refuse images whose height and width differ from the fixed ones the feature model takes."""
+    try:
+        expected = tuple(model.inputs[0].shape[1:3])
+    except (AttributeError, IndexError, TypeError):  # not a functional model: let it decide
+        return
+    if None in expected or None in size or tuple(int(s) for s in size) == expected:
+        return
+    raise FeatureInputError(f"images are {size[0]} x {size[1]} pixels but the feature model takes "
+                            f"{expected[0]} x {expected[1]}; resize them (e.g. tfmed.modes.features.resize_to_rgb) "
+                            f"or build the backbone with input_shape=({size[0]}, {size[1]}, 3)")
+
+
 def extract_features(model, images, batch_size=32) -> dict:
     """Run a feature model over images in batches; return ``{tap: float32 array (N, C_tap)}``.
 
@@ -110,6 +123,8 @@ def extract_features(model, images, batch_size=32) -> dict:
     if int(batch_size) < 1:
         raise FeatureInputError(f"batch_size must be a positive integer, got {batch_size!r}")
     data, unbatched = _as_images(images)
+    _check_size(model, tuple(data.element_spec.shape[-3:-1]) if isinstance(data, tf.data.Dataset)
+                else data.shape[1:3])
     if isinstance(data, tf.data.Dataset):
         if unbatched:
             data = data.batch(int(batch_size))

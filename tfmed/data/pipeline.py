@@ -269,6 +269,11 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise PipelineError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for name, value, kind in (("preprocess", preprocess, PreprocessConfig), ("augment", augment, AugmentConfig),
+                              ("balance", balance, BalanceConfig), ("volume_views", volume_views, ViewsConfig)):
+        if not isinstance(value, kind) and (value is not None or name == "preprocess"):
+            raise PipelineError(f"{name} must be a tfmed.config.{kind.__name__} (for a dict of settings: "
+                                f"{kind.__name__}(**settings)), got {type(value).__name__}")
     if len(table) == 0:
         raise PipelineError("the table is empty: the split has no rows to make a dataset from")
     if view is not None:
