@@ -102,6 +102,46 @@ def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
     assert metrics["near_duplicates"]["copies_of_run_images"] == 60
 
 
+def test_evaluate_pairs_labels_with_the_models_classes_by_name(pneumonia_run, tmp_path):
+    from tfmed.run.artifact import ModelArtifactError
+
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    images, labels = data["val_images"][:40], data["val_labels"][:40, 0]
+    np.savez(tmp_path / "same.npz", test_images=images, test_labels=labels[:, None])
+    by_index = load_metrics(evaluate_run(pneumonia_run, data=f"medmnist:{tmp_path / 'same.npz'}#test",
+                                         output=tmp_path / "by_index"))["splits"]["test"]
+    # Kermany's folder names in capitals, and a manifest that lists pneumonia first: the same cases
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (tmp_path / "xrays" / ("NORMAL", "PNEUMONIA")[label]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "xrays" / ("NORMAL", "PNEUMONIA")[label] / f"{i:03d}.png"), image)
+    rows = [f"xrays/{('NORMAL', 'PNEUMONIA')[label]}/{i:03d}.png,{('normal', 'pneumonia')[label]},p{i}"
+            for i, label in enumerate(labels)]
+    (tmp_path / "m.csv").write_text("path,label,patient_id\n" + "\n".join(rows) + "\n")
+    for name, data in (("folder", f"folder:{tmp_path / 'xrays'}"), ("manifest", f"manifest:{tmp_path / 'm.csv'}")):
+        metrics = load_metrics(evaluate_run(pneumonia_run, data=data, output=tmp_path / name))["splits"]["test"]
+        assert metrics["youden"]["roc_auc"] == pytest.approx(by_index["youden"]["roc_auc"], abs=1e-6), name
+        assert metrics["youden"]["confusion_matrix"] == by_index["youden"]["confusion_matrix"], name
+    (tmp_path / "xrays" / "NORMAL").rename(tmp_path / "xrays" / "ABNORMAL")
+    with pytest.raises(ModelArtifactError, match=r"the data's classes \['ABNORMAL', 'PNEUMONIA'\] are not the "
+                                                 r"model's \['normal', 'pneumonia'\]"):
+        evaluate_run(pneumonia_run, data=f"folder:{tmp_path / 'xrays'}", output=tmp_path / "refused")
+
+
+def test_matching_classes_reorders_labels_and_label_columns():
+    from tfmed.data.table import ImageTable
+    from tfmed.run.evaluate import match_classes
+
+    table = ImageTable(pd.DataFrame({"image": list("abc"), "label": [0, 1, 2]}), ["Edema", "atelectasis", "EFFUSION"],
+                       "multiclass")
+    matched = match_classes(table, ["atelectasis", "edema", "effusion"], "x")
+    assert matched.classes == ["atelectasis", "edema", "effusion"] and matched.labels().tolist() == [1, 0, 2]
+    multi = ImageTable(pd.DataFrame({"image": list("ab"), "label:Edema": [1, 0], "label:Effusion": [0, 1]}),
+                       ["Edema", "Effusion"], "multilabel")
+    assert match_classes(multi, ["effusion", "edema"], "x").labels().tolist() == [[0, 1], [1, 0]]
+    digits = ImageTable(pd.DataFrame({"image": list("ab"), "label": [1, 0]}), ["0", "1"], "binary")
+    assert match_classes(digits, ["normal", "tb"], "x").classes == ["normal", "tb"]
+
+
 def test_second_run_never_overwrites(tmp_path):
     config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     config.data.source = f"medmnist:{_tiny_medmnist(tmp_path)}"

@@ -13,7 +13,7 @@ import pandas as pd
 from tfmed.config import ExperimentConfig
 from tfmed.data.near_duplicates import copies_of
 from tfmed.data.sources import DataSourceError, load_source, parse_source_spec
-from tfmed.data.table import ImageTable
+from tfmed.data.table import LABEL_PREFIX, ImageTable
 from tfmed.data.validate import apply_validation, validate_table
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.progress import log
@@ -57,6 +57,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     if table.task != model.task or len(table.classes) != len(model.classes):
         raise ModelArtifactError(f"{data}: the data has {table.task} labels {table.classes} but the model "
                                  f"was trained for {model.task} {model.classes}")
+    table = match_classes(table, list(model.classes), data)
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
     out.mkdir(parents=True, exist_ok=True)
     copies, copy_rows = _copies_of_run_images(run_dir, config, table)
@@ -82,6 +83,37 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                   notes=notes + member_sentences(metrics),
                   member_scores={"test": members} if members is not None else None)
     return out
+
+
+def match_classes(table: ImageTable, classes: list[str], data: str | None) -> ImageTable:
+    """``table`` with its labels in the order of the model's ``classes``.
+
+    Class names that are the model's (in any order and letter case) are matched by name; data whose
+    classes are only the indices "0", "1", ... (a MedMNIST file, integer labels) are taken in the
+    model's order; other names are refused, so that labels are never paired with the wrong class.
+
+    Example:
+        >>> import pandas as pd
+        >>> table = ImageTable(pd.DataFrame({"image": ["a", "b"], "label": [0, 1]}), ["PNEUMONIA", "NORMAL"],
+        ...                    "binary")
+        >>> match_classes(table, ["normal", "pneumonia"], "folder:xrays").labels().tolist()
+        [1, 0]
+    """
+    if list(table.classes) == classes or list(table.classes) == [str(i) for i in range(len(classes))]:
+        return ImageTable(table.frame, classes, table.task, table.images, table.source, table.excluded)
+    position = {name.lower(): i for i, name in enumerate(classes)}
+    if len(position) != len(classes) or sorted(position) != sorted(name.lower() for name in table.classes):
+        raise ModelArtifactError(f"{data}: the data's classes {table.classes} are not the model's {classes}; "
+                                 "name them as the model does (class folder names, data.classes or the "
+                                 "label values), in any order")
+    order = [position[name.lower()] for name in table.classes]   # data's class index -> the model's
+    frame = table.frame.copy()
+    if table.task == "multilabel":
+        frame = frame.rename(columns={LABEL_PREFIX + name: LABEL_PREFIX + classes[order[j]]
+                                      for j, name in enumerate(table.classes)})
+    else:
+        frame["label"] = frame["label"].map(dict(enumerate(order))).astype(frame["label"].dtype)
+    return ImageTable(frame, classes, table.task, table.images, table.source, table.excluded)
 
 
 def _copies_of_run_images(run_dir: Path, config: ExperimentConfig,
