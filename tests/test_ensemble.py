@@ -302,6 +302,10 @@ def test_tfmed_ensemble_combines_saved_runs_and_rechooses_thresholds_on_val(two_
     # the combined run is a run like any other: evaluate reproduces its test metrics
     again = evaluate_run(out, output=tmp_path / "evaluated")
     assert load_metrics(again)["splits"]["test"] == metrics["splits"]["test"]
+    # but it is not combined again: its members are
+    assert main(["ensemble", str(out), str(two_runs[0]), "--output", str(tmp_path / "again")]) == 2
+    assert f"{out} is itself a combination (model.mode ensemble); combine the runs it is made of" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.slow

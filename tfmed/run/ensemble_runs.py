@@ -119,8 +119,9 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
     reference = pd.read_csv(runs[0] / "splits.csv", usecols=["image", "split"], keep_default_na=False)
     for run, config, model in zip(runs, configs, models):
         if config.model.mode not in choices(MemberConfig, "mode"):
-            raise EnsembleRunsError(f"{run} is itself a {config.model.mode} run; combine the runs it is made of, "
-                                    "or list its members in one model.mode: ensemble experiment")
+            raise EnsembleRunsError(f"{run} is itself a combination (model.mode {config.model.mode}); combine "
+                                    "the runs it is made of, or list its members in one model.mode: ensemble "
+                                    "experiment")
         if config.split.method == "kfold":
             raise EnsembleRunsError(f"{run} used split.method kfold, so it has no validation scores to choose "
                                     "thresholds on; combine runs made with a validation split")
