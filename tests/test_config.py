@@ -38,6 +38,12 @@ def _write(tmp_path, values):
     ({"augment": {"crop_from": 100}, "preprocess": {"image_size": 224}}, ["augment.crop_from"]),
     ({"model": {"svm": {"C": "ten"}}}, ["model.svm.C"]),
     ({"data": {"task": "regression"}}, ["data.task"]),
+    ({"data": {"source": "folder", "path": "x", "classes": ["normal", "tb", "normal"]}},
+     ["data.classes", "lists 'normal' twice"]),
+    ({"name": "../elsewhere"}, ["name is '../elsewhere'; it names a folder"]),
+    ({"name": "tb xray"}, ["name is 'tb xray'"]),
+    ({"model": {"mode": "ensemble", "ensemble": {"members": [{"name": "a/b", "mode": "svm"}, {"mode": "finetune"}]}}},
+     ["model.ensemble.members[0].name is 'a/b'; it names a folder"]),
 ])
 def test_bad_keys_are_named_with_the_file(tmp_path, values, words):
     path = _write(tmp_path, values)

@@ -130,6 +130,16 @@ def test_ensure_splits_predefined_fills_missing_val_and_keeps_test():
     assert abs((result.frame["split"] == "val").sum() - 0.1 * n_train) < 0.03 * n_train
 
 
+@pytest.mark.parametrize("method, split", [("patient", None), ("predefined", None),
+                                           ("predefined", lambda f: ["train"] * len(f))])
+def test_a_split_without_validation_is_refused_outside_kfold(method, split):
+    table = make_table(split=split)
+    with pytest.raises(SplitError, match="no validation split, and thresholds .* set split.val_fraction above 0"):
+        ensure_splits(table, SplitConfig(method=method, val_fraction=0.0))
+    kfold = ensure_splits(table, SplitConfig(method="kfold", val_fraction=0.0))   # folds replace it there
+    assert set(kfold.frame["split"]) == {"train", "test"}
+
+
 def test_ensure_splits_patient_ignores_given_splits_and_empty_column_means_patient():
     table = make_table(split=lambda f: ["train"] * len(f))
     result = ensure_splits(table, SplitConfig(method="patient", seed=3))

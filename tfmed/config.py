@@ -191,6 +191,9 @@ class DataConfig(_Section):
 
     def check(self) -> None:
         super().check()
+        if self.classes is not None and len(set(self.classes)) < len(self.classes):
+            twice = next(name for name in self.classes if self.classes.count(name) > 1)
+            self._fail("classes", f"it lists {twice!r} twice; give each class once")
         if not self.label_columns:
             self._fail("label_columns", "list at least one label column, e.g. [label]")
         if self.max_image_pixels is not None and self.max_image_pixels <= 0:
@@ -851,6 +854,16 @@ MODEL_SECTIONS = ("svm", "finetune", "ensemble")  # the MODE_SECTIONS entries th
 MODE_OPTIONAL_SECTIONS = tuple(dict.fromkeys(name for names in MODE_SECTIONS.values() for name in names))
 
 
+FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _check_folder_name(key: str, value) -> None:
+    """Names that become folder names (runs/NAME/..., members/NAME) are plain names, never paths."""
+    if not isinstance(value, str) or not FOLDER_NAME.fullmatch(value):
+        raise ConfigError(f"{key} is {value!r}; it names a folder, so use letters, digits, '_', '-' and '.' "
+                          "(starting with a letter or digit), e.g. tb_xray")
+
+
 @dataclass
 class ExperimentConfig(_Section):
     """A whole experiment, as written in ``experiments/NAME.yaml``."""
@@ -881,6 +894,7 @@ class ExperimentConfig(_Section):
                         self.model.svm, self.model.finetune, self.model.ensemble, self.tta, self.views,
                         self.evaluation, self.report):
             section.check()
+        _check_folder_name("name", self.name)
         self._check_seed()
         self._check_views()
         if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
@@ -944,6 +958,9 @@ class ExperimentConfig(_Section):
             raise ConfigError("model.ensemble.members lists "
                               f"{len(members)} member(s); an ensemble needs at least 2 (e.g. an svm and "
                               "a finetune member), or use the member's mode on its own")
+        for i, member in enumerate(members):
+            if member.name is not None:
+                _check_folder_name(f"model.ensemble.members[{i}].name", member.name)
         names = [self.member_name(i) for i in range(len(members))]
         if len(set(names)) < len(names):
             raise ConfigError(f"model.ensemble.members have repeated names {names}; give each a "

@@ -128,7 +128,9 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
     config.check()  # choices and ranges live in tfmed.config
     given = table.frame["split"]
     if config.method == "patient" or (config.method == "predefined" and given.isna().all()):
-        return patient_split(table, config.test_fraction, config.val_fraction, config.seed)
+        result = patient_split(table, config.test_fraction, config.val_fraction, config.seed)
+        _require_validation(result.frame["split"].to_numpy())
+        return result
     split = given.astype("object").to_numpy(copy=True)
     unassigned = pd.isna(split)
     if unassigned.any() and not unassigned.all():
@@ -156,9 +158,19 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
             pool = np.flatnonzero(split == "train")
             _require_patients(table, split == "train", "carving a val split from train")
             split[_carve(table, pool, config.val_fraction, config.seed + 1)] = "val"
+        _require_validation(split)
     result = _with_split(table, split)
     check_no_leakage(result)
     return result
+
+
+def _require_validation(split: np.ndarray) -> None:
+    """Outside k-fold, thresholds and early stopping are chosen on validation images: refuse a split
+    without any."""
+    if not (split == "val").any():
+        raise SplitError("the data have no validation split, and thresholds (and early stopping) are chosen "
+                         "on validation images; set split.val_fraction above 0, give the data a val split, "
+                         "or use split.method kfold")
 
 
 def kfold_indices(table: ImageTable, folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
