@@ -130,6 +130,17 @@ def test_ensure_splits_predefined_fills_missing_val_and_keeps_test():
     assert abs((result.frame["split"] == "val").sum() - 0.1 * n_train) < 0.03 * n_train
 
 
+@pytest.mark.parametrize("n_patients", [6, 8, 12, 16])
+def test_a_few_patients_still_split_with_both_classes_everywhere(n_patients):
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(n_patients)], "label": [0, 1] * (n_patients // 2),
+                          "patient_id": [f"p{i}" for i in range(n_patients)]})
+    table = ImageTable(frame, ["normal", "tb"], "binary")
+    # a tenth of 9-13 patients once asked scikit-learn for more folds than either class has rows
+    result = ensure_splits(table, SplitConfig(method="patient", test_fraction=0.2, val_fraction=0.1)).frame
+    for split in ("train", "val", "test"):
+        assert sorted(set(result.loc[result["split"] == split, "label"])) == [0, 1], split
+
+
 @pytest.mark.parametrize("method, split", [("patient", None), ("predefined", None),
                                            ("predefined", lambda f: ["train"] * len(f))])
 def test_a_split_without_validation_is_refused_outside_kfold(method, split):

@@ -259,21 +259,23 @@ def _carve(table: ImageTable, pool: np.ndarray, fraction: float, seed: int) -> n
     if fraction <= 0 or len(pool) == 0:
         return np.array([], dtype=np.int64)
     groups = split_groups(table)[pool]
+    labels = stratify_labels(table)[pool]
     n_groups = len(np.unique(groups))
-    n_splits, take = _folds_for(fraction, n_groups)
+    # scikit-learn needs more rows than folds in at least one class
+    n_splits, take = _folds_for(fraction, min(n_groups, int(np.unique(labels, return_counts=True)[1].max())))
     if n_splits is None:
         raise SplitError(f"only {n_groups} patient(s) available; cannot set aside {fraction:.0%} of them "
                          "by patient. Add data or lower the fraction.")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
-        folds = [val for _, val in splitter.split(pool, stratify_labels(table)[pool], groups)]
+        folds = [val for _, val in splitter.split(pool, labels, groups)]
     chosen = np.concatenate(folds[:take])
     return np.sort(pool[chosen])
 
 
 def _folds_for(fraction: float, n_groups: int) -> tuple[int | None, int]:
-    """The fewest folds n (2..20, at most the patient count) and k folds with k/n closest to fraction."""
+    """The fewest folds n (2..20, at most ``n_groups``) and k folds with k/n closest to fraction."""
     best = (None, 0, np.inf)
     for n in range(2, min(MAX_FOLDS_FOR_FRACTION, n_groups) + 1):
         k = max(1, min(n - 1, int(round(fraction * n))))
