@@ -127,6 +127,22 @@ def test_evaluate_pairs_labels_with_the_models_classes_by_name(pneumonia_run, tm
         evaluate_run(pneumonia_run, data=f"folder:{tmp_path / 'xrays'}", output=tmp_path / "refused")
 
 
+def test_kfold_with_too_few_patients_of_a_class_stops_before_the_run(tmp_path):
+    from tfmed.data.splits import SplitError
+
+    for i in range(12):
+        (tmp_path / "xrays" / ("normal", "tb")[i % 2]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "xrays" / ("normal", "tb")[i % 2] / f"p{i:02d}.png"), np.full((8, 8), 20 * i, np.uint8))
+    config = ExperimentConfig.from_dict({
+        "name": "few", "runs_dir": str(tmp_path / "runs"), "split": {"method": "kfold", "folds": 6},
+        "data": {"source": "folder", "path": str(tmp_path / "xrays"), "patient_pattern": "(p\\d+)"},
+        "model": {"mode": "svm", "weights": None, "svm": {"C": [1.0], "cv": 2}}, "preprocess": {"image_size": 32}})
+    with pytest.raises(SplitError, match=r"split.folds: 6 folds need every class in each fold, but class '\w+' has "
+                                         r"only [45] patient\(s\)"):
+        run_experiment(config)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_matching_classes_reorders_labels_and_label_columns():
     from tfmed.data.table import ImageTable
     from tfmed.run.evaluate import match_classes

@@ -141,6 +141,17 @@ def test_a_few_patients_still_split_with_both_classes_everywhere(n_patients):
         assert sorted(set(result.loc[result["split"] == split, "label"])) == [0, 1], split
 
 
+def test_kfold_refuses_more_folds_than_a_class_has_patients():
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(12)], "label": [0, 1] * 6,
+                          "patient_id": [f"p{i}" for i in range(12)], "split": ["train"] * 12})
+    table = ImageTable(frame, ["normal", "tb"], "binary")
+    with pytest.raises(SplitError, match="5 folds need every class in each fold, but class 'normal' has only 4 "
+                                         r"patient\(s\) outside the test split; use 4 folds or fewer"):
+        kfold_indices(table.subset(~np.isin(np.arange(12), [0, 2])), 5)   # two normal patients fewer
+    folds = kfold_indices(table, 4)
+    assert all(sorted(set(table.frame.loc[held, "label"])) == [0, 1] for _, held in folds)
+
+
 @pytest.mark.parametrize("method, split", [("patient", None), ("predefined", None),
                                            ("predefined", lambda f: ["train"] * len(f))])
 def test_a_split_without_validation_is_refused_outside_kfold(method, split):

@@ -197,11 +197,17 @@ def kfold_indices(table: ImageTable, folds: int = 5, seed: int = 0) -> list[tupl
     if len(np.unique(groups)) < folds:
         raise SplitError(f"{len(np.unique(groups))} patient(s) outside the test split cannot make "
                          f"{folds} folds; lower split.folds")
+    labels = stratify_labels(table)[pool]
+    for label in np.unique(labels) if table.task != "multilabel" else ():
+        patients = len(np.unique(groups[labels == label]))
+        if patients < folds:
+            raise SplitError(f"{folds} folds need every class in each fold, but class {table.classes[label]!r} has "
+                             f"only {patients} patient(s) outside the test split; use {max(patients, 2)} folds or "
+                             "fewer, or add data")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
-        return [(pool[train], pool[val])
-                for train, val in splitter.split(pool, stratify_labels(table)[pool], groups)]
+        return [(pool[train], pool[val]) for train, val in splitter.split(pool, labels, groups)]
 
 
 def split_groups(table: ImageTable) -> np.ndarray:

@@ -41,7 +41,7 @@ from tfmed.run.rundir import environment_info, new_run_dir
 def prepare_data(config: ExperimentConfig) -> ImageTable:
     """Load, validate and split the experiment's data (stops with a full report on bad rows)."""
     from tfmed.data.sources import load_source
-    from tfmed.data.splits import ensure_splits
+    from tfmed.data.splits import SplitError, ensure_splits, kfold_indices
     from tfmed.data.validate import apply_validation, validate_table
 
     log(f"loading data source {config.data.source!r}")
@@ -54,6 +54,11 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
     table = _mark_near_duplicates(config, table)
     origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
     table = ensure_splits(table, config.split)
+    if config.split.method == "kfold":  # too few patients of a class for the folds: said before any fitting
+        try:
+            kfold_indices(table, config.split.folds, config.split.seed)
+        except SplitError as error:
+            raise SplitError(f"split.folds: {error}") from None
     table.frame.attrs["test_origin"] = origin
     for split, count in twins_in_train(table).items():
         log(f"{count} {split} image(s) are near-identical to training images (the data source's split)")
