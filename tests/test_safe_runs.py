@@ -1,4 +1,5 @@
 """Runs that are safe to share: no pickles on load, MANIFEST.sha256 integrity, incomplete runs refused."""
+import json
 import pickle
 import shutil
 import subprocess
@@ -155,6 +156,37 @@ def test_a_crashed_run_is_reported_incomplete(runs, tmp_path, monkeypatch, capsy
     (crashed / FAILED_FILE).unlink()  # killed outright (no chance to write why): the manifest alone tells
     with pytest.raises(IncompleteRunError, match="it has no MANIFEST.sha256.*crashed or was killed"):
         TrainedModel.load(crashed)
+
+
+def test_tfmed_runs_lists_finished_failed_and_incomplete_runs(runs, tmp_path, capsys):
+    from tfmed.run.list_runs import list_runs
+
+    root = tmp_path / "runs"
+    for run in runs:
+        shutil.copytree(run, root / "safe" / run.name)
+    failed = root / "other" / "20261204-235959"
+    failed.mkdir(parents=True)
+    shutil.copy(runs[0] / "config.yaml", failed / "config.yaml")
+    (failed / FAILED_FILE).write_text("RuntimeError: out of memory in stage 2\n\ntraceback")
+    running = root / "other" / "20261205-000000"
+    running.mkdir()
+    shutil.copy(runs[0] / "config.yaml", running / "config.yaml")
+    frame = list_runs(root)
+    assert frame["run"].tolist()[-2:] == [failed.as_posix(), running.as_posix()]   # oldest first
+    assert frame["status"].tolist() == ["finished", "finished", "failed: RuntimeError: out of memory in stage 2",
+                                        "incomplete"]
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    first = frame.iloc[0]
+    assert (first["mode"], first["task"]) == ("ensemble", "binary")
+    assert first["test_auc"] == metrics["splits"]["test"]["youden"]["roc_auc"]
+    assert first["val_auc"] == metrics["splits"]["val"]["youden"]["roc_auc"]
+    assert len(list_runs(root, name="other")) == 2
+    assert cli.main(["runs", str(root), "--name", "safe"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
+    assert len(printed) == 3 and f"{first['test_auc']:.3f}" in printed[1]
+    assert cli.main(["runs", str(tmp_path / "nowhere")]) == 2
+    assert "no such folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("stop", [RuntimeError("out of memory in stage 2"), KeyboardInterrupt()],

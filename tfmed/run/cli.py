@@ -120,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="experiments/NAME.yaml (svm mode)")
     sweep.add_argument("--taps", nargs="+", default=None, help="taps to compare (default: early middle late)")
 
+    runs = verbs.add_parser("runs", help="list the runs under a folder: finished, failed (and why) or incomplete, "
+                                        "with their val and test AUC")
+    runs.add_argument("runs_dir", nargs="?", default="runs", help="the folder runs are written to (default: runs)")
+    runs.add_argument("--name", default=None, help="only the runs of this experiment")
+
     listing = verbs.add_parser("backbones", help="list the available backbones and whether their ImageNet weights "
                                                  "are available now (found locally, downloadable, or not)")
     listing.add_argument("--weights-dir", default=None,
@@ -185,6 +190,13 @@ def _cmd_evaluate(args) -> int:
 
     output = evaluate_run(args.model, args.data, args.output, verify=args.verify, trust_pickles=args.trust_pickles)
     print(f"wrote {output}")
+    return 0
+
+
+def _cmd_runs(args) -> int:
+    from tfmed.run.list_runs import format_runs, list_runs
+
+    print(format_runs(list_runs(args.runs_dir, args.name)))
     return 0
 
 
@@ -360,7 +372,8 @@ def _cmd_backbones(args) -> int:
 COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
             "compare": _cmd_compare,
             "explain": _cmd_explain, "export-run": _cmd_export, "validate": _cmd_validate, "sweep-layers": _cmd_sweep,
-            "backbones": _cmd_backbones, "inspect": _cmd_inspect, "export-tfds": _cmd_export_tfds}
+            "backbones": _cmd_backbones, "inspect": _cmd_inspect, "export-tfds": _cmd_export_tfds,
+            "runs": _cmd_runs}
 
 if __name__ == "__main__":
     sys.exit(main())
