@@ -211,6 +211,25 @@ def test_manifest_header_problems_are_listed_together(tmp_path):
     assert isinstance(caught.value, DataSourceError)
 
 
+@pytest.mark.parametrize("separator, words", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_manifest_separated_by_other_than_commas_says_so(tmp_path, separator, words):
+    path = tmp_path / "m.csv"
+    path.write_text(separator.join(["path", "label", "patient_id"]) + "\n" + separator.join(["a.png", "x", "p"]) + "\n")
+    with pytest.raises(ManifestError, match=f"the file is separated by {words}, not commas; save it as a "
+                                            "comma-separated CSV"):
+        load_manifest(path)
+
+
+def test_paths_written_on_windows_are_found(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / "imgs" / name), np.full((8, 8), 50, np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,patient_id\nimgs\\a.png,no,p1\nimgs\\b.png,yes,p2\n")
+    table = load_manifest(tmp_path / "m.csv")
+    assert table.frame["image"].tolist() == [str(tmp_path / "imgs" / "a.png"), str(tmp_path / "imgs" / "b.png")]
+    assert validate_table(table).ok
+
+
 def test_manifest_missing_and_empty_files(tmp_path):
     with pytest.raises(ManifestError, match=r"nothere.csv: manifest not found.*data_manifests/README.md"):
         load_manifest(tmp_path / "nothere.csv")

@@ -113,6 +113,11 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
     if multilabel and classes is not None and len(classes) != len(label_columns):
         header_problems.append(f"data.classes has {len(classes)} names for {len(label_columns)} label "
                                "columns; give one name per column or leave classes out")
+    separator = next((words for s, words in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars (|)"))
+                      if len(frame.columns) == 1 and s in frame.columns[0]), None)
+    if header_problems and separator is not None:
+        header_problems = [f"the header is one column {frame.columns[0]!r}: the file is separated by "
+                           f"{separator}, not commas; save it as a comma-separated CSV"]
     if header_problems:
         raise ManifestError(f"{path} (line 1, the header): " + "; ".join(header_problems)
                             + f". Columns found: {', '.join(frame.columns) or '(none)'}. "
@@ -179,6 +184,8 @@ def _resolve_paths(values: pd.Series, root: Path, problems) -> list:
             problems[i].append(("empty path", "write the image file's path in the path column"))
             images.append(pd.NA)
             continue
+        if "\\" in value and os.sep == "/" and not (root / value).exists():
+            value = value.replace("\\", "/")   # a path written on Windows
         candidate = Path(value)
         images.append(os.path.normpath(str(candidate if candidate.is_absolute() else root / candidate)))
     return images
