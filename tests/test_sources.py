@@ -286,6 +286,19 @@ def test_filename_suffix_label_out_of_classes(tmp_path):
     assert len(problems) == 1 and "label suffix 3 is not an index" in problems[0].problem
 
 
+def test_a_folder_source_without_any_image_to_read_stops_at_once(tmp_path):
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "tb").mkdir()
+    with pytest.raises(DataSourceError, match=r"no image to read \(0 file\(s\) skipped\); put the images in"):
+        load_source(DataConfig(source="folder", path=str(tmp_path)))
+    write_png(tmp_path / "normal" / "a.png")
+    write_png(tmp_path / "tb" / "b.png")
+    with pytest.raises(DataSourceError, match=r"no image to read \(2 file\(s\) skipped; e.g. .*a.png: skipped: not "
+                                              r"a DICOM file .*data.source dicom reads DICOM files only: use "
+                                              r"data.source folder for PNG/JPEG class folders"):
+        load_source(DataConfig(source="dicom", path=str(tmp_path)))
+
+
 def test_folder_source_needs_a_folder(tmp_path):
     path = tmp_path / "file.png"
     write_png(path)

@@ -85,13 +85,17 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def skipped_file(path: Path, row: int, why: str) -> dict:
+def skipped_file(path: Path, row: int, why: str, fix: str | None = None) -> dict:
     return {"image": str(path), "row": row, "problem": f"skipped: {why}",
-            "fix": f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)} or move it out of the folder"}
+            "fix": fix or f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)} or move it out of the folder"}
 
 
 def source_table(records: list[dict], skipped: list[dict], classes: list[str], task: str | None,
            source: str) -> ImageTable:
+    if not records:
+        example = f"; e.g. {skipped[0]['image']}: {skipped[0]['problem']}" if skipped else ""
+        fix = skipped[0]["fix"] if skipped else "put the images in the class folders"
+        raise DataSourceError(f"{source}: no image to read ({len(skipped)} file(s) skipped{example}); {fix}")
     frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "site", "view", "row",
                                            SOURCE_PROBLEMS])
     for column in ("patient_id", "site", "view"):
@@ -106,7 +110,7 @@ def source_table(records: list[dict], skipped: list[dict], classes: list[str], t
     return ImageTable(frame, list(classes), resolved, source=source, excluded=excluded)
 
 
-def class_files(path: Path, names: list[str], extensions, skipped: list, reason):
+def class_files(path: Path, names: list[str], extensions, skipped: list, reason, fix: str | None = None):
     """Yield ``(label, class name, file, row)`` for each image under ``path/<class>``.
 
     Files with another extension and no DICOM marker are appended to
@@ -118,7 +122,7 @@ def class_files(path: Path, names: list[str], extensions, skipped: list, reason)
         for file in files_under(path / name):
             row += 1
             if file.suffix.lower() not in extensions and not has_dicom_marker(file):  # DICOM of any name
-                skipped.append(skipped_file(file, row, reason(file)))
+                skipped.append(skipped_file(file, row, reason(file), fix))
                 continue
             yield label, name, file, row
 

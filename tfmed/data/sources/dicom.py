@@ -37,7 +37,9 @@ def load_dicom_folder(path: str | Path, classes: list[str] | None = None,
     records, skipped = [], []
     for label, _, file, row in class_files(path, names, DICOM_EXTENSIONS, skipped,
                                             lambda f: "not a DICOM file (no .dcm/.dicom extension or "
-                                                      "DICM marker)"):
+                                                      "DICM marker)",
+                                            "data.source dicom reads DICOM files only: use data.source folder "
+                                            "for PNG/JPEG class folders, or move the file out"):
         record = dict(image=str(file), label=label, patient_id=pd.NA, site=pd.NA, view=pd.NA, row=row,
                       **{SOURCE_PROBLEMS: ()})
         try:
