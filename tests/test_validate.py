@@ -121,6 +121,23 @@ def test_clean_table_passes_unchanged(tmp_path):
     assert apply_validation(table, report, exclude_bad_rows=False).frame["label"].tolist() == [0, 1]
 
 
+def test_training_data_of_one_usable_class_is_a_whole_table_problem(tmp_path, capsys):
+    from tfmed.run import cli
+
+    for name in ("a", "b"):
+        write_png(tmp_path / f"{name}.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,patient_id\na.png,no,p1\nb.png,no,p2\nc.png,yes,p3\n")
+    table = load_manifest(tmp_path / "m.csv")   # c.png, the only "yes", does not exist
+    assert [p.problem for p in validate_table(table).problems] == ["file not found"]   # scoring data: fine
+    report = validate_table(table, need_two_classes=True)
+    assert [(p.row, p.problem) for p in report.problems] == [
+        (None, "the usable images hold fewer than two classes (2 of 'no', 0 of 'yes')"), (4, "file not found")]
+    with pytest.raises(validate_module.DataValidationError, match="whole table"):
+        apply_validation(table, report, exclude_bad_rows=True)   # leaving c.png out would not help
+    assert cli.main(["validate", f"manifest:{tmp_path / 'm.csv'}"]) == 1
+    assert "fewer than two classes" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- what the decoders print
 def png_bytes() -> bytes:
     grey = np.random.default_rng(3).integers(0, 256, (20, 30), dtype=np.uint8)

@@ -171,7 +171,7 @@ def _line(problem: Problem) -> str:
 def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_channels: int = 4,
                    allowed_bit_depths: tuple[int, ...] = (8, 16), check_images: bool = True,
                    workers: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                   views: ViewsConfig | None = None) -> ValidationReport:
+                   views: ViewsConfig | None = None, need_two_classes: bool = False) -> ValidationReport:
     """Check every row of ``table`` and return a report of all problems found.
 
     Files are decoded in a thread pool (``workers`` threads) when
@@ -231,8 +231,26 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
             report.warnings.append(Problem(None if pd.isna(row) else int(row), str(record.get("image", "")),
                                            str(record.get("problem", "excluded")),
                                            str(record.get("fix", ""))))
+    if need_two_classes:
+        _check_two_classes(table, report)
     report.problems.sort(key=lambda p: (p.position if p.position is not None else -1))
     return report
+
+
+def _check_two_classes(table: ImageTable, report: ValidationReport) -> None:
+    """A whole-table problem when the usable rows hold fewer than two classes: nothing to classify."""
+    if table.task == "multilabel":
+        return
+    usable = np.ones(len(table.frame), dtype=bool)
+    usable[report.bad_positions] = False
+    present = set(pd.to_numeric(table.frame["label"], errors="coerce")[usable].dropna().astype(int))
+    if len(present) < 2:
+        shown = ", ".join(f"{len(table.frame.loc[usable & (table.frame['label'] == i).to_numpy(dtype=bool)])} "
+                          f"of {name!r}" for i, name in enumerate(table.classes))
+        report.problems.append(Problem(None, table.source or "(table)",
+                                       f"the usable images hold fewer than two classes ({shown})",
+                                       "a classifier needs images of at least two classes: add the missing "
+                                       "class's images, or fix the rows listed above"))
 
 
 def _check_labels(table: ImageTable, source_flagged: np.ndarray, add) -> None:

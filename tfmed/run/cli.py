@@ -280,6 +280,7 @@ def _cmd_validate(args) -> int:
         raise TfmedError(f"--near-duplicate-rms is {args.near_duplicate_rms:g}; give a number of grey levels >= 0")
     table, data, views = _load_any_source(args.data)
     report = validate_table(table, need_patient_ids=args.need_patient_ids, max_pixels=data.max_image_pixels,
+                            need_two_classes=True,
                             views=views)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
     print(report.format())

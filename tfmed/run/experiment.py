@@ -49,6 +49,7 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
     need_ids = config.split.method in ("patient", "kfold") or not _has_all_splits(table)
     log(f"validating {len(table)} rows")
     report = validate_table(table, need_patient_ids=need_ids, max_pixels=config.data.max_image_pixels,
+                            need_two_classes=True,
                             views=config.views)
     table = apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows)
     table = _mark_near_duplicates(config, table)
