@@ -381,6 +381,20 @@ def test_hierarchy_on_binary_data_is_a_config_error(tmp_path):
         run_experiment(config)
 
 
+def test_a_hierarchy_that_misses_a_data_class_stops_before_training(tmp_path):
+    from tfmed.config import ConfigError
+
+    config = ExperimentConfig.from_dict({
+        "name": "h", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": f"medmnist:{_three_class_npz(tmp_path, per_class=4)}"},
+        "preprocess": {"image_size": 32},
+        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+                  "finetune": {"hierarchy": {"benign": ["0"], "malignant": ["1", "3"]}}}})
+    with pytest.raises(ConfigError, match="model.finetune.hierarchy: model class '2' is not in the hierarchy"):
+        run_experiment(config)
+    assert not (tmp_path / "runs").exists()
+
+
 def _ct_folder(root: Path, per_class: int = 8) -> Path:
     """Copies of pydicom's CT_small.dcm, one patient each; 'lesion' slices carry a dense blob."""
     import pydicom

@@ -146,6 +146,13 @@ class FineTuner:
         if config.model.finetune.hierarchy and table.task != "multiclass":
             raise ConfigError(f"{config.name}: model.finetune.hierarchy maps fine classes to coarse ones and "
                               f"needs multiclass data, but the data is {table.task}")
+        if config.model.finetune.hierarchy:  # its fine classes are the data's, checked before training
+            from tfmed.evaluation.hierarchy import Hierarchy, HierarchyError
+
+            try:
+                Hierarchy(config.model.finetune.hierarchy).membership(table.classes)
+            except HierarchyError as error:
+                raise ConfigError(f"model.finetune.hierarchy: {error}") from None
 
     @classmethod
     def from_experiment(cls, config: ExperimentConfig, train, run_dir: Path | None) -> "FineTuner":
