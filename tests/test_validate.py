@@ -356,3 +356,16 @@ def test_many_warnings_of_one_kind_are_counted_in_the_text_and_kept_in_the_frame
     assert f"... and {25 - SHOWN_PER_WARNING} more row(s) with the warning: skipped: lateral view" in text
     assert "row 99: x.png: other" in text
     assert len(report.to_frame()) == 26
+
+
+def test_many_problems_of_one_kind_are_counted_with_their_rows_and_kept_in_the_frame():
+    from tfmed.data.validate import SHOWN_PER_PROBLEM, Problem, ValidationReport
+
+    missing = [Problem(r, f"img{r}.png", "no patient id", "give one") for r in range(1, 61)]
+    report = ValidationReport(problems=missing + [Problem(70, "x.png", "file not found", "fix the path")], checked=70)
+    text = report.format()
+    assert text.count("no patient id. Fix") == SHOWN_PER_PROBLEM
+    assert (f"... and {60 - SHOWN_PER_PROBLEM} more row(s) with the problem: no patient id "
+            f"(rows {', '.join(str(r) for r in range(SHOWN_PER_PROBLEM + 1, SHOWN_PER_PROBLEM + 6))}, ...)") in text
+    assert "row 70: x.png: file not found" in text
+    assert len(report.to_frame()) == 61   # the frame keeps every problem

@@ -127,10 +127,10 @@ class ValidationReport:
                     f"{where} ({self.checked} rows checked):")
         else:
             head = f"Data validation passed{where} ({self.checked} rows checked)."
-        lines = [head] + [_line(p) for p in self.problems]
+        lines = [head] + _collapsed(self.problems, SHOWN_PER_PROBLEM, "problem")
         if self.warnings:
             lines.append(f"{len(self.warnings)} warning(s):")
-            lines += _collapsed(self.warnings)
+            lines += _collapsed(self.warnings, SHOWN_PER_WARNING, "warning")
         if self.problems:
             lines.append("Fix the rows above, or set data.exclude_bad_rows: true to leave them out "
                          "(they are then listed in the run's output).")
@@ -147,19 +147,25 @@ class ValidationReport:
 # Warnings of one kind (the same problem and fix, e.g. 30,000 skipped lateral views) shown before the rest
 # are counted; every one of them stays in to_frame() and in the run's excluded rows.
 SHOWN_PER_WARNING = 10
+SHOWN_PER_PROBLEM = 20   # every problem stays in the report's frame (to_frame) and in excluded_rows.csv
 
 
-def _collapsed(warnings: list[Problem]) -> list[str]:
-    """One line per warning, but at most SHOWN_PER_WARNING of each kind, then a count of the rest."""
-    lines, seen = [], Counter()
-    for warning in warnings:
-        kind = (warning.problem, warning.fix)
+def _collapsed(items: list[Problem], shown: int, what: str) -> list[str]:
+    """One line per item, but at most ``shown`` of each kind, then a count of the rest with their rows."""
+    lines, rest = [], {}
+    seen = Counter()
+    for item in items:
+        kind = (item.problem, item.fix)
         seen[kind] += 1
-        if seen[kind] <= SHOWN_PER_WARNING:
-            lines.append(_line(warning))
+        if seen[kind] <= shown:
+            lines.append(_line(item))
+        elif item.row is not None:
+            rest.setdefault(kind, []).append(item.row)
     for (problem, _), count in seen.items():
-        if count > SHOWN_PER_WARNING:
-            lines.append(f"  ... and {count - SHOWN_PER_WARNING} more row(s) with the warning: {problem}")
+        if count > shown:
+            rows = rest.get((problem, _), [])
+            where = f" (rows {', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''})" if rows else ""
+            lines.append(f"  ... and {count - shown} more row(s) with the {what}: {problem}{where}")
     return lines
 
 
@@ -243,6 +249,8 @@ def _check_two_classes(table: ImageTable, report: ValidationReport) -> None:
         return
     usable = np.ones(len(table.frame), dtype=bool)
     usable[report.bad_positions] = False
+    if not usable.any():   # every row has its own problem, listed already
+        return
     present = set(pd.to_numeric(table.frame["label"], errors="coerce")[usable].dropna().astype(int))
     if len(present) < 2:
         shown = ", ".join(f"{len(table.frame.loc[usable & (table.frame['label'] == i).to_numpy(dtype=bool)])} "
