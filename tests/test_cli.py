@@ -49,7 +49,25 @@ def test_validate_reports_every_bad_file_with_exit_1(tmp_path, capsys):
 
 def test_validate_a_clean_source_exits_0(tmp_path, capsys):
     assert main(["validate", str(_tiny_config(tmp_path))]) == 0
-    assert "binary" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # an experiment YAML: also the split the run would make and its model's checks
+    assert "experiment tiny: the run's checks passed (backbone, taps and weights; split train 96, val 60, " \
+           "test 24; svm settings fit the binary data)" in out
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"svm": {"taps": ["midle"], "C": [1.0], "cv": 3}}}, "unknown tap 'midle'"),
+    ({"split": {"method": "patient", "val_fraction": 0.0}}, "the data have no validation split"),
+    ({"split": {"method": "kfold", "folds": 70}}, "70 folds need every class in each fold"),
+], ids=["tap", "no_validation", "too_many_folds"])
+def test_validate_an_experiment_runs_the_checks_a_run_makes_before_it_starts(tmp_path, capsys, change, message):
+    path = _tiny_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config.update(change)
+    path.write_text(yaml.safe_dump(config))
+    assert main(["validate", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_validate_lists_near_identical_images_and_exits_0(tmp_path, capsys):

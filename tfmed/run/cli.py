@@ -278,12 +278,19 @@ def _cmd_validate(args) -> int:
 
     if args.near_duplicate_rms is not None and not args.near_duplicate_rms >= 0:
         raise TfmedError(f"--near-duplicate-rms is {args.near_duplicate_rms:g}; give a number of grey levels >= 0")
+    experiment = _experiment_of(args.data)
+    if experiment is not None:  # the model's names and weights, as a run checks them before its data
+        from tfmed.modes import get_mode
+
+        get_mode(experiment.model.mode).check_before_data(experiment)
     table, data, views = _load_any_source(args.data)
-    report = validate_table(table, need_patient_ids=args.need_patient_ids, max_pixels=data.max_image_pixels,
-                            need_two_classes=True,
-                            views=views)
+    need_ids = args.need_patient_ids or (experiment is not None and _needs_patient_ids(experiment, table))
+    report = validate_table(table, need_patient_ids=need_ids, max_pixels=data.max_image_pixels,
+                            need_two_classes=True, views=views)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
     print(report.format())
+    if experiment is not None and report.ok:
+        print(_experiment_check_text(experiment, table, report))
     tolerance = args.near_duplicate_rms
     if tolerance is None:
         tolerance = _split_config(args.data).near_duplicate_rms
@@ -293,6 +300,33 @@ def _cmd_validate(args) -> int:
         else:
             print("near-identical images: looked for once the problems above are fixed")
     return 0 if report.ok else 1
+
+
+def _experiment_of(spec: str):
+    """The experiment of a YAML given to ``tfmed validate`` (None for a source spec)."""
+    from tfmed.config import ExperimentConfig
+
+    return ExperimentConfig.from_yaml(spec) if spec.endswith((".yaml", ".yml")) else None
+
+
+def _needs_patient_ids(experiment, table) -> bool:
+    from tfmed.run.experiment import needs_patient_ids
+
+    return needs_patient_ids(experiment, table)
+
+
+def _experiment_check_text(experiment, table, report) -> str:
+    """What ``tfmed validate EXPERIMENT.yaml`` adds once the data pass: the split the run would make
+    (k-fold feasibility included) and the mode's settings checked against the data's task."""
+    from tfmed.data.validate import apply_validation
+    from tfmed.run.experiment import check_config_fits_data, split_data
+
+    split = split_data(experiment, apply_validation(table, report, exclude_bad_rows=experiment.data.exclude_bad_rows))
+    check_config_fits_data(experiment, split)
+    counts = ", ".join(f"{name} {int((split.frame['split'] == name).sum())}" for name in ("train", "val", "test"))
+    folds = f", {experiment.split.folds} folds over train" if experiment.split.method == "kfold" else ""
+    return (f"experiment {experiment.name}: the run's checks passed (backbone, taps and weights; split "
+            f"{counts}{folds}; {experiment.model.mode} settings fit the {split.task} data)")
 
 
 def _near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown: int = 10) -> str:

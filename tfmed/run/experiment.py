@@ -41,17 +41,26 @@ from tfmed.run.rundir import environment_info, new_run_dir
 def prepare_data(config: ExperimentConfig) -> ImageTable:
     """Load, validate and split the experiment's data (stops with a full report on bad rows)."""
     from tfmed.data.sources import load_source
-    from tfmed.data.splits import SplitError, ensure_splits, kfold_indices
     from tfmed.data.validate import apply_validation, validate_table
 
     log(f"loading data source {config.data.source!r}")
     table = load_source(config.data)
-    need_ids = config.split.method in ("patient", "kfold") or not _has_all_splits(table)
     log(f"validating {len(table)} rows")
-    report = validate_table(table, need_patient_ids=need_ids, max_pixels=config.data.max_image_pixels,
-                            need_two_classes=True,
-                            views=config.views)
-    table = apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows)
+    report = validate_table(table, need_patient_ids=needs_patient_ids(config, table),
+                            max_pixels=config.data.max_image_pixels, need_two_classes=True, views=config.views)
+    return split_data(config, apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows))
+
+
+def needs_patient_ids(config: ExperimentConfig, table: ImageTable) -> bool:
+    """Whether the experiment splits ``table`` by patient (so every row needs a patient id)."""
+    return config.split.method in ("patient", "kfold") or not _has_all_splits(table)
+
+
+def split_data(config: ExperimentConfig, table: ImageTable) -> ImageTable:
+    """The validated ``table`` split as the experiment asks: near-identical images grouped, the splits
+    made, and k-fold checked to have every class in each fold."""
+    from tfmed.data.splits import SplitError, ensure_splits, kfold_indices
+
     table = _mark_near_duplicates(config, table)
     origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
     table = ensure_splits(table, config.split)
