@@ -284,7 +284,11 @@ def _cmd_validate(args) -> int:
 
         get_mode(experiment.model.mode).check_before_data(experiment)
     table, data, views = _load_any_source(args.data)
-    need_ids = args.need_patient_ids or (experiment is not None and _needs_patient_ids(experiment, table))
+    need_ids = args.need_patient_ids
+    if experiment is not None:  # the patient ids its split needs
+        from tfmed.run.experiment import needs_patient_ids
+
+        need_ids = need_ids or needs_patient_ids(experiment, table)
     report = validate_table(table, need_patient_ids=need_ids, max_pixels=data.max_image_pixels,
                             need_two_classes=True, views=views)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
@@ -307,12 +311,6 @@ def _experiment_of(spec: str):
     from tfmed.config import ExperimentConfig
 
     return ExperimentConfig.from_yaml(spec) if spec.endswith((".yaml", ".yml")) else None
-
-
-def _needs_patient_ids(experiment, table) -> bool:
-    from tfmed.run.experiment import needs_patient_ids
-
-    return needs_patient_ids(experiment, table)
 
 
 def _experiment_check_text(experiment, table, report) -> str:
@@ -353,19 +351,19 @@ def _near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown:
 
 def _split_config(spec: str):
     """The split settings of an experiment YAML, or the defaults for a source spec."""
-    from tfmed.config import ExperimentConfig, SplitConfig
+    from tfmed.config import SplitConfig
 
-    return ExperimentConfig.from_yaml(spec).split if spec.endswith((".yaml", ".yml")) else SplitConfig()
+    experiment = _experiment_of(spec)
+    return experiment.split if experiment is not None else SplitConfig()
 
 
 def _load_any_source(spec: str):
     """The table of a source spec or of an experiment YAML's data section, with that section and the
     experiment's views of volumes (None for a source spec)."""
-    from tfmed.config import ExperimentConfig
     from tfmed.data.sources import load_source, parse_source_spec
 
-    if spec.endswith((".yaml", ".yml")):
-        config = ExperimentConfig.from_yaml(spec)
+    config = _experiment_of(spec)
+    if config is not None:
         return load_source(config.data), config.data, config.views
     data = parse_source_spec(spec)
     return load_source(data), data, None
