@@ -274,6 +274,7 @@ def _cmd_export_tfds(args) -> int:
 
 
 def _cmd_validate(args) -> int:
+    from tfmed.config import SplitConfig
     from tfmed.data.validate import validate_table
 
     if args.near_duplicate_rms is not None and not args.near_duplicate_rms >= 0:
@@ -283,7 +284,7 @@ def _cmd_validate(args) -> int:
         from tfmed.modes import get_mode
 
         get_mode(experiment.model.mode).check_before_data(experiment)
-    table, data, views = _load_any_source(args.data)
+    table, data, views = _load_any_source(args.data, experiment)
     need_ids = args.need_patient_ids
     if experiment is not None:  # the patient ids its split needs
         from tfmed.run.experiment import needs_patient_ids
@@ -297,7 +298,7 @@ def _cmd_validate(args) -> int:
         print(_experiment_check_text(experiment, table, report))
     tolerance = args.near_duplicate_rms
     if tolerance is None:
-        tolerance = _split_config(args.data).near_duplicate_rms
+        tolerance = (experiment.split if experiment is not None else SplitConfig()).near_duplicate_rms
     if tolerance is not None and not (views is not None and views.enabled):
         if report.ok:
             print(_near_duplicate_text(table, tolerance, data.max_image_pixels))
@@ -349,20 +350,12 @@ def _near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown:
     return "\n".join(lines)
 
 
-def _split_config(spec: str):
-    """The split settings of an experiment YAML, or the defaults for a source spec."""
-    from tfmed.config import SplitConfig
-
-    experiment = _experiment_of(spec)
-    return experiment.split if experiment is not None else SplitConfig()
-
-
-def _load_any_source(spec: str):
-    """The table of a source spec or of an experiment YAML's data section, with that section and the
-    experiment's views of volumes (None for a source spec)."""
+def _load_any_source(spec: str, config=None):
+    """The table of a source spec or of an experiment YAML's data section (``config``, when already
+    read), with that section and the experiment's views of volumes (None for a source spec)."""
     from tfmed.data.sources import load_source, parse_source_spec
 
-    config = _experiment_of(spec)
+    config = config if config is not None else _experiment_of(spec)
     if config is not None:
         return load_source(config.data), config.data, config.views
     data = parse_source_spec(spec)
