@@ -94,10 +94,12 @@ def check_backbone(name, weights="imagenet", image_size=None, weights_dir=None) 
 
     Example:
         >>> check_backbone("efficientnet_lite0", weights=None)
-        >>> check_backbone("resnet51")
-        Traceback (most recent call last):
-        ...
-        tfmed.backbones.registry.UnknownBackboneError: unknown backbone 'resnet51'; available backbones: ...
+        >>> from tfmed.backbones.registry import UnknownBackboneError
+        >>> try:
+        ...     check_backbone("resnet51")
+        ... except UnknownBackboneError as error:
+        ...     print(str(error).split(";")[0])
+        unknown backbone 'resnet51'
     """
     spec = get_spec(name)
     shape = _check_shape(spec, None if image_size is None else (image_size, image_size, 3), False)

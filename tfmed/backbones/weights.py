@@ -353,7 +353,6 @@ def existing_weights_file(path, backbone: str) -> Path:
     Example:
         >>> existing_weights_file("/no/such.weights.h5", "resnet50")
         Traceback (most recent call last):
-        ...
         tfmed.backbones.weights.WeightsFileError: weights file for backbone 'resnet50' not found: /no/such.weights.h5 (pass an existing file, weights='imagenet' or weights=None)
     """
     path = Path(path).expanduser()

@@ -98,6 +98,19 @@ class ImageTable:
             return self.frame[self.label_columns].to_numpy(dtype=np.int64)
         return self.frame["label"].to_numpy(dtype=np.int64)
 
+    @classmethod
+    def unlabelled(cls, frame: pd.DataFrame, classes: list[str], task: str, source: str = "") -> "ImageTable":
+        """Rows to score, whose labels are not known: every label set to 0 for a model's ``classes``.
+
+        Example:
+            >>> ImageTable.unlabelled(pd.DataFrame({"image": ["a.png"]}), ["x", "y"], "multilabel").labels().tolist()
+            [[0, 0]]
+        """
+        frame = frame.copy()
+        for column in ([LABEL_PREFIX + name for name in classes] if task == "multilabel" else ["label"]):
+            frame[column] = 0
+        return cls(frame, list(classes), task, source=source)
+
     def subset(self, rows) -> "ImageTable":
         """A new table with the rows selected by a boolean mask or positions."""
         rows = np.asarray(rows)

@@ -251,10 +251,9 @@ def _check_two_classes(table: ImageTable, report: ValidationReport) -> None:
     usable[report.bad_positions] = False
     if not usable.any():   # every row has its own problem, listed already
         return
-    present = set(pd.to_numeric(table.frame["label"], errors="coerce")[usable].dropna().astype(int))
-    if len(present) < 2:
-        shown = ", ".join(f"{len(table.frame.loc[usable & (table.frame['label'] == i).to_numpy(dtype=bool)])} "
-                          f"of {name!r}" for i, name in enumerate(table.classes))
+    counts = pd.to_numeric(table.frame["label"], errors="coerce")[usable].dropna().astype(int).value_counts()
+    if len(counts) < 2:
+        shown = ", ".join(f"{int(counts.get(i, 0))} of {name!r}" for i, name in enumerate(table.classes))
         report.problems.append(Problem(None, table.source or "(table)",
                                        f"the usable images hold fewer than two classes ({shown})",
                                        "a classifier needs images of at least two classes: add the missing "

@@ -139,8 +139,7 @@ class Ensemble:
         self.combiner.task = train.task
         for member in self.members:
             own = member.config.preprocess
-            member.inputs = None if own == inputs.preprocess else fit_inputs(own, train, inputs.tta,
-                                                                             inputs.volume_views)
+            member.inputs = None if own == inputs.preprocess else fit_inputs(own, train, inputs.tta)
         if self.combiner.needs_fit:
             oof = self._out_of_fold_scores(train, val, inputs)
             self.combiner.fit(oof, train.labels())

@@ -122,10 +122,12 @@ class FineTuner:
         """Check the backbone, its input size and its weights without building it or reading data.
 
         Example:
-            >>> FineTuner.check_before_data(ExperimentConfig.from_dict({"model": {"backbone": "resnet51"}}))
-            Traceback (most recent call last):
-            ...
-            tfmed.backbones.registry.UnknownBackboneError: unknown backbone 'resnet51'; available backbones: ...
+            >>> from tfmed.backbones import UnknownBackboneError
+            >>> try:
+            ...     FineTuner.check_before_data(ExperimentConfig.from_dict({"model": {"backbone": "resnet51"}}))
+            ... except UnknownBackboneError as error:
+            ...     print(str(error).split(";")[0])
+            unknown backbone 'resnet51'
         """
         from tfmed.backbones.factory import check_backbone
 

@@ -207,10 +207,11 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
 
         Example:
             >>> from tfmed.config import ExperimentConfig
-            >>> FeatureSVM.check_before_data(ExperimentConfig.from_dict({"model": {"svm": {"taps": ["middel"]}}}))
-            Traceback (most recent call last):
-            ...
-            tfmed.modes.features.UnknownTapError: unknown tap 'middel' for backbone 'efficientnet_lite0'; allowed taps: ...
+            >>> try:
+            ...     FeatureSVM.check_before_data(ExperimentConfig.from_dict({"model": {"svm": {"taps": ["middel"]}}}))
+            ... except UnknownTapError as error:
+            ...     print(str(error).split(";")[0])
+            unknown tap 'middel' for backbone 'efficientnet_lite0'
         """
         from tfmed.backbones.factory import check_backbone
 

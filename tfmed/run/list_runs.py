@@ -31,8 +31,6 @@ def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.Data
     if not root.is_dir():
         raise RunDirectoryError(f"{root}: no such folder; runs are written to runs/NAME/TIMESTAMP (or the "
                                 "experiment's runs_dir), so pass that folder")
-    from tfmed.evaluation.metrics import headline_auc
-
     rows = []
     for config in root.glob("*/*/config.yaml"):
         run = config.parent
@@ -41,20 +39,24 @@ def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.Data
         reason = failure_reason(run)
         status = f"failed: {reason}" if reason else "finished" if (run / MANIFEST_FILE).is_file() else "incomplete"
         metrics = _metrics(run) if status == "finished" else {}
-        splits = metrics.get("splits", {})
-
-        def auc(split: str):
-            figures = splits.get(split)
-            if not figures:
-                return None
-            return headline_auc(figures if "roc_auc" in figures or "macro_auc" in figures
-                                else next(iter(figures.values())))   # binary: the operating points share it
-
         rows.append({"run": run.as_posix(), "status": status, "mode": metrics.get("mode"), "task": metrics.get("task"),
-                     "val_auc": auc("val"), "test_auc": auc("test"), "seconds": metrics.get("seconds")})
+                     "val_auc": _split_auc(metrics, "val"), "test_auc": _split_auc(metrics, "test"),
+                     "seconds": metrics.get("seconds")})
     frame = pd.DataFrame(rows, columns=COLUMNS)
     order = frame["run"].map(lambda path: (Path(path).name, Path(path).parent.name))   # by time, then name
     return frame.iloc[order.sort_values().index].reset_index(drop=True) if len(frame) else frame
+
+
+def _split_auc(metrics: dict, split: str) -> float | None:
+    """The headline AUC of ``split`` in a run's metrics (None when it has no such split)."""
+    from tfmed.evaluation.metrics import headline_auc
+
+    figures = metrics.get("splits", {}).get(split)
+    if not figures:
+        return None
+    if "roc_auc" not in figures and "macro_auc" not in figures:   # binary: one entry per operating point,
+        figures = next(iter(figures.values()))                     # all with the same AUC
+    return headline_auc(figures)
 
 
 def _metrics(run: Path) -> dict:

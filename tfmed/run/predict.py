@@ -54,12 +54,7 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
     else:
         files = collect_volumes(model, paths) if model.views.enabled else collect_images(paths)
         frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
-        if model.task == "multilabel":
-            for name in model.classes:
-                frame["label:" + name] = 0
-        else:
-            frame["label"] = 0
-        table = ImageTable(frame, list(model.classes), model.task, source="predict")
+        table = ImageTable.unlabelled(frame, list(model.classes), model.task, source="predict")
     report = validate_table(table, max_pixels=max_pixels, views=model.views)
     return apply_validation(table, report, exclude_bad_rows=False)
 

@@ -127,12 +127,7 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
     out = pd.DataFrame({"row": frame.index.to_numpy() + 2})
     out["image"] = _resolve_paths(frame[PATH_COLUMN], root, problems)
     if not labelled:
-        names, resolved_task = list(classes), task
-        if task == "multilabel":
-            for name in names:
-                out[LABEL_PREFIX + name] = 0
-        else:
-            out["label"] = 0
+        names, resolved_task = list(classes), task   # the labels are set by ImageTable.unlabelled below
     elif multilabel:
         names = list(classes) if classes is not None else list(label_columns)
         for column, name in zip(label_columns, names):
@@ -157,6 +152,8 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
     out[SOURCE_PROBLEMS] = [tuple(items) for items in problems]
     blank = (frame.apply(lambda column: column.str.strip() == "")).all(axis=1).to_numpy(dtype=bool)
     out = out.loc[~blank].reset_index(drop=True)
+    if not labelled:
+        return ImageTable.unlabelled(out, names, resolved_task, source=str(path))
     return ImageTable(out, names, resolved_task, source=str(path))
 
 
