@@ -239,6 +239,8 @@ def test_chexpert_reads_the_publishers_csv_unchanged(chexpert):
     ("zeros", [[0, 0, 0, 0, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0], [0, 0, 0, 1, 0]]),
     ("ones", [[1, 1, 0, 1, 1], [1, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 1, 1]]),
     ({"Atelectasis": "ones", "Edema": "ones"}, [[1, 0, 0, 1, 1], [1, 0, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 1, 0]]),
+    ("ignore", [[-1, -1, 0, -1, 1], [-1, -1, 0, -1, 1], [0, 0, 0, 0, 0], [-1, 0, 0, 1, -1]]),
+    ({"Atelectasis": "ignore"}, [[-1, 0, 0, 0, 1], [-1, 0, 0, 0, 1], [0, 0, 0, 0, 0], [-1, 0, 0, 1, 0]]),
 ])
 def test_chexpert_uncertainty_policies(chexpert, uncertain, expected):
     table = competition(chexpert, uncertain=uncertain)
@@ -261,13 +263,13 @@ def test_chexpert_policies_from_yaml(chexpert, tmp_path):
     saved = tmp_path / "saved.yaml"
     ExperimentConfig(data=config).to_yaml(saved)
     assert ExperimentConfig.from_yaml(saved).data == config
-    with pytest.raises(ConfigError, match=r"x.yaml: data.uncertain is 'ignore'; U-Ignore \(leaving uncertain "
-                                          r"labels out of the loss\) is not supported yet: it needs a masked loss "
-                                          r"and masked metrics, which tfmed does not have; use ones \(U-Ones"
-                                          r".*or zeros \(U-Zeros"):
-        data("  uncertain: ignore\n")
-    with pytest.raises(ConfigError, match=r"data.uncertain.Edema is 'ignore'; U-Ignore .* not supported yet"):
-        data("  uncertain: {Atelectasis: ones, Edema: ignore}\n")
+    assert data("  uncertain: ignore\n").uncertain == "ignore"
+    config = data("  uncertain: {Atelectasis: ones, Edema: ignore}\n")
+    assert load_source(config).labels().tolist() == [[1, 0, 0, -1, 1], [1, 0, 0, -1, 1], [0, 0, 0, 0, 0],
+                                                     [1, 0, 0, 1, 0]]
+    with pytest.raises(ConfigError, match=r"x.yaml: data.uncertain is 'U-Ignore'; use ones \(U-Ones: .*, zeros "
+                                          r"\(U-Zeros: .* or ignore \(U-Ignore"):
+        data("  uncertain: U-Ignore\n")
     with pytest.raises(ConfigError, match=r"data.uncertain.Edema is 'maybe'; use ones \(U-Ones"):
         data("  uncertain: {Edema: maybe}\n")
     with pytest.raises(ConfigError, match=r"data.uncertain is 'one'; use ones .* or a mapping label -> policy"):

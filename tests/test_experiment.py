@@ -431,10 +431,12 @@ def test_ct_dicom_experiment_with_hu_window_end_to_end(tmp_path):
     assert metrics["splits"]["test"]["youden"]["n"] == 4
 
 
-def test_multilabel_manifest_experiment_end_to_end(tmp_path):
+def _chest_manifest(folder, unknown_nodule_every: int | None = None):
+    """``folder/study.csv``: 48 images (two per patient) with an effusion band and a nodule square as
+    labels; with ``unknown_nodule_every`` the nodule of every such image is unknown (-1)."""
     rng = np.random.default_rng(3)
     rows = []
-    (tmp_path / "img").mkdir()
+    (folder / "img").mkdir()
     for i in range(48):
         effusion, nodule = i % 2, (i // 2) % 2
         image = rng.normal(80, 10, (40, 40))
@@ -442,9 +444,16 @@ def test_multilabel_manifest_experiment_end_to_end(tmp_path):
             image[25:, :] += 100
         if nodule:
             image[5:12, 5:12] += 150
-        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), image.clip(0, 255).astype(np.uint8))
+        cv2.imwrite(str(folder / "img" / f"{i}.png"), image.clip(0, 255).astype(np.uint8))
+        if unknown_nodule_every and i % unknown_nodule_every == 0:
+            nodule = -1
         rows.append({"path": f"img/{i}.png", "effusion": effusion, "nodule": nodule, "patient_id": f"p{i // 2}"})
-    pd.DataFrame(rows).to_csv(tmp_path / "study.csv", index=False)
+    pd.DataFrame(rows).to_csv(folder / "study.csv", index=False)
+    return folder / "study.csv"
+
+
+def test_multilabel_manifest_experiment_end_to_end(tmp_path):
+    _chest_manifest(tmp_path)
     config = ExperimentConfig.from_dict({
         "name": "chest_ml", "runs_dir": str(tmp_path / "runs"),
         "data": {"source": "manifest", "path": str(tmp_path / "study.csv"),

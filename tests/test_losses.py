@@ -78,12 +78,12 @@ def test_focal_loss_matches_numpy_and_reduces_to_bce():
 
 
 @pytest.mark.parametrize("name,task,kwargs,cls,extra", [
-    ("auto", "binary", {}, keras.losses.BinaryCrossentropy, {}),
+    ("auto", "binary", {}, WeightedBinaryCrossentropy, {"label_reduction": "mean", "pos_weight": 1.0}),
     ("auto", "binary", {"pos_weight": 0.7, "neg_weight": 0.3}, WeightedBinaryCrossentropy, {"pos_weight": 0.7}),
     ("auto", "multilabel", {"pos_weight": [0.7, 0.5], "neg_weight": [0.3, 0.5]}, WeightedBinaryCrossentropy, {}),
     ("auto", "multiclass", {"label_smoothing": 0.1}, keras.losses.CategoricalCrossentropy,
      {"label_smoothing": 0.1}),
-    ("bce", "multilabel", {}, keras.losses.BinaryCrossentropy, {}),
+    ("bce", "multilabel", {}, WeightedBinaryCrossentropy, {"label_reduction": "mean", "name": "binary_crossentropy"}),
     ("focal", "binary", {"gamma": 1.5}, FocalLoss, {"gamma": 1.5}),
     ("focal", "multiclass", {}, keras.losses.CategoricalFocalCrossentropy, {}),
     ("categorical", "multiclass", {}, keras.losses.CategoricalCrossentropy, {}),
@@ -152,3 +152,42 @@ def test_models_compiled_with_tfmed_losses_save_and_load(tmp_path, loss):
     assert type(loaded.loss) is type(loss)
     assert loaded.loss.get_config() == loss.get_config()
     assert loaded.evaluate(x, y, verbose=0) == pytest.approx(before, rel=1e-6)
+
+
+def test_unknown_labels_are_left_out_of_every_binary_loss_and_its_gradient():
+    import tensorflow as tf
+
+    y = np.array([[1, -1, 0], [0, 1, -1], [-1, 0, 1], [1, 0, 0]], dtype="float32")
+    p = np.array([[.7, .2, .4], [.3, .6, .9], [.1, .5, .8], [.6, .3, .2]], dtype="float32")
+    known = y != -1
+    w_pos, w_neg = class_balance_weights(y)
+    # N per label counts the known images only: label 0 is known for 3 images, 2 of them positive
+    np.testing.assert_allclose(w_pos, [1 / 3, 2 / 3, 2 / 3], rtol=1e-6)
+    np.testing.assert_allclose(w_neg, [2 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    terms = -(w_pos * y * np.log(p) + w_neg * (1 - y) * np.log(1 - p))
+    expected = np.where(known, terms, 0.0).sum(axis=1).mean()
+    assert float(WeightedBinaryCrossentropy(w_pos.tolist(), w_neg.tolist())(y, p)) == pytest.approx(expected, rel=1e-5)
+    plain = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    bce = get_loss("bce", "multilabel")
+    assert float(bce(y, p)) == pytest.approx((np.where(known, plain, 0.0).sum(axis=1) / 3).mean(), rel=1e-5)
+    focal = -(np.where(y == 1, 1 - p, p) ** 2) * np.log(np.where(y == 1, p, 1 - p))
+    assert float(FocalLoss(gamma=2.0)(y, p)) == pytest.approx(np.where(known, focal, 0.0).sum(axis=1).mean(),
+                                                               rel=1e-5)
+    for loss in (WeightedBinaryCrossentropy(w_pos.tolist(), w_neg.tolist()), bce, FocalLoss(gamma=2.0)):
+        scores = tf.Variable(p)
+        with tf.GradientTape() as tape:
+            value = loss(y, scores)
+        gradient = tape.gradient(value, scores).numpy()
+        assert np.all(gradient[~known] == 0) and np.all(gradient[known] != 0), loss.name
+
+
+def test_plain_bce_equals_keras_binary_crossentropy_when_every_label_is_known():
+    rng = np.random.default_rng(3)
+    y = (rng.random((16, 4)) > 0.5).astype("float32")
+    p = rng.uniform(0.05, 0.95, (16, 4)).astype("float32")
+    for smoothing in (0.0, 0.1):
+        ours = float(get_loss("bce", "multilabel", label_smoothing=smoothing)(y, p))
+        theirs = float(keras.losses.BinaryCrossentropy(label_smoothing=smoothing)(y, p))
+        assert ours == pytest.approx(theirs, rel=1e-5)
+    with pytest.raises(LossConfigError, match="label_reduction is 'max'; use sum or mean"):
+        WeightedBinaryCrossentropy(label_reduction="max")

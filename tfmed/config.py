@@ -27,6 +27,10 @@ import yaml
 from tfmed.errors import TfmedError
 
 Task = Literal["binary", "multiclass", "multilabel"]
+# A multilabel target that is not known for an image (CheXpert's uncertain labels under U-Ignore, a
+# finding one of several merged data sets did not grade): left out of the loss, of class weights,
+# of the SVM fitted for that label and of every metric of that label.
+UNKNOWN_LABEL = -1
 ThresholdMethod = Literal["youden", "sensitivity", "specificity", "fixed"]
 # the methods that choose a threshold from validation data ("fixed" takes it as given)
 THRESHOLD_TARGET_METHODS = tuple(m for m in typing.get_args(ThresholdMethod) if m != "fixed")
@@ -130,10 +134,11 @@ class DataConfig(_Section):
         without decoding it. Default 100 megapixels (a 4096 x 5120 mammogram
         is 21); null: no limit.
     uncertain: source "chexpert" only: what an uncertain label (-1.0) becomes.
-        "zeros" (U-Zeros, default: negative) or "ones" (U-Ones: positive) for
-        every label, or a mapping label -> policy, e.g. {Atelectasis: ones,
-        Edema: ones} (labels not in it: zeros). U-Ignore is not supported yet
-        (it needs a masked loss and masked metrics).
+        "zeros" (U-Zeros, default: negative), "ones" (U-Ones: positive) or
+        "ignore" (U-Ignore: unknown, left out of the loss, the class weights
+        and that label's metrics) for every label, or a mapping label ->
+        policy, e.g. {Atelectasis: ones, Edema: ones, Cardiomegaly: ignore}
+        (labels not in it: zeros).
     frontal_only: source "chexpert" only: keep frontal views; lateral ones are
         listed as skipped in the validation report.
     data_dir: source "tfds" only: TFDS's data folder (default: TFDS's own,
@@ -170,7 +175,7 @@ class DataConfig(_Section):
     missing_message: str | None = None
     # the same as tfmed.data.decode.DEFAULT_MAX_PIXELS (config sits below data and cannot import it)
     max_image_pixels: int | None = 100_000_000
-    # "ones" | "zeros" | {label: "ones" | "zeros"}. Not typed with Literal: the YAML loader would then
+    # "ones" | "zeros" | "ignore" | {label: policy}. Not typed with Literal: the YAML loader would then
     # refuse "ignore" and a bad mapping with a message about the whole value; check() names the cause.
     uncertain: str | dict[str, Any] = "zeros"
     frontal_only: bool = False
@@ -180,7 +185,7 @@ class DataConfig(_Section):
     label_feature: str | None = None
     patient_feature: str | None = None
 
-    UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros")
+    UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros", "ignore")
     # settings read only by some source kinds (other kinds refuse them when set)
     SOURCE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
         "uncertain": ("chexpert",), "frontal_only": ("chexpert",), "data_dir": ("tfds",),
@@ -243,11 +248,8 @@ class DataConfig(_Section):
         """
         if isinstance(policy, str) and policy in cls.UNCERTAIN_POLICIES:
             return None
-        both = "ones (U-Ones: uncertain counts as positive) or zeros (U-Zeros: as negative)"
-        if isinstance(policy, str) and policy.lower().replace("u-", "") == "ignore":
-            return ("U-Ignore (leaving uncertain labels out of the loss) is not supported yet: it needs a "
-                    f"masked loss and masked metrics, which tfmed does not have; use {both}")
-        return f"use {both}"
+        return ("use ones (U-Ones: uncertain counts as positive), zeros (U-Zeros: as negative) or "
+                "ignore (U-Ignore: left out of the loss and the metrics)")
 
 
 @dataclass

@@ -54,11 +54,12 @@ def balance_groups(table) -> tuple[np.ndarray, list[str]]:
     labels = table.labels()
     if table.task != "multilabel":
         return labels.astype(np.int64), list(table.classes)
-    counts = labels.sum(axis=0)
+    positive = labels == 1   # an unknown label (-1) is not a positive one
+    counts = positive.sum(axis=0)
     # Among a row's positive labels pick the one with the smallest count.
-    rank = np.where(labels > 0, counts[np.newaxis, :], np.iinfo(np.int64).max)
+    rank = np.where(positive, counts[np.newaxis, :], np.iinfo(np.int64).max)
     keys = np.argmin(rank, axis=1).astype(np.int64)
-    keys[labels.sum(axis=1) == 0] = labels.shape[1]
+    keys[positive.sum(axis=1) == 0] = labels.shape[1]
     return keys, list(table.classes) + [NO_LABEL]
 
 

@@ -4,7 +4,8 @@
 ``tf.data.Dataset`` of ``(images, targets)`` batches for Keras:
 
 * images float32 (B, S, S, C) from :func:`~tfmed.data.preprocessing.build_preprocess`;
-* targets float32: binary (B, 1), multiclass one-hot (B, K), multilabel (B, L).
+* targets float32: binary (B, 1), multiclass one-hot (B, K), multilabel (B, L)
+  with -1 where a label is unknown (the losses and metrics leave it out).
 
 Reading is native TensorFlow for PNG (16-bit PNGs detected from the IHDR
 bit-depth byte and decoded as uint16, so their values survive) and JPEG;
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig, TTAConfig, ViewsConfig
+from tfmed.config import UNKNOWN_LABEL, AugmentConfig, BalanceConfig, PreprocessConfig, TTAConfig, ViewsConfig
 from tfmed.data import balance as balance_lib
 from tfmed.data.preprocessing import build_augment, build_preprocess
 from tfmed.data.transforms import Compose, ToChannels, Transform
@@ -64,9 +65,9 @@ def targets_array(table) -> np.ndarray:
     """
     labels = table.labels()
     if table.task == "multilabel":
-        bad = np.flatnonzero(~np.isin(labels, (0, 1)).all(axis=1))
+        bad = np.flatnonzero(~np.isin(labels, (0, 1, UNKNOWN_LABEL)).all(axis=1))
         if bad.size:
-            _raise_row(table, bad[0], "multilabel targets must be 0 or 1")
+            _raise_row(table, bad[0], f"multilabel targets must be 0, 1 or {UNKNOWN_LABEL} (unknown)")
         return labels.astype(np.float32)
     k = len(table.classes)
     bad = np.flatnonzero((labels < 0) | (labels >= k))

@@ -252,7 +252,7 @@ def stratify_labels(table: ImageTable) -> np.ndarray:
     y = table.labels()
     if table.task != "multilabel":
         return y
-    counts = y.sum(axis=0)
+    counts = (y == 1).sum(axis=0)   # an unknown label (-1) is not a positive one
     order = np.argsort(counts, kind="stable")  # rarest label first
     proxy = np.full(len(y), y.shape[1], dtype=np.int64)
     for label in order[::-1]:  # rarest written last, so it wins

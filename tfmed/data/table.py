@@ -33,7 +33,8 @@ LABEL_PREFIX = "label:"
 #                     "pneumoniamnist_trainval.npz#train/17" for in-memory images
 #   array_index int   row into ImageTable.images (only for in-memory sources)
 #   label       int   class index into ImageTable.classes (binary/multiclass)
-#   label:<c>   int   0/1 per class c (multilabel only, one column per class)
+#   label:<c>   int   0/1 per class c (multilabel only, one column per class);
+#                     UNKNOWN_LABEL (-1) where the label is not known for the image
 #   patient_id  str   patient identifier (NA when unknown)
 #   site        str   acquisition site / source (NA when unknown)
 #   view        str   view position (NA when unknown)
@@ -93,7 +94,7 @@ class ImageTable:
         return 1 if self.task == "binary" else len(self.classes)
 
     def labels(self) -> np.ndarray:
-        """Targets as integers (n,) or, for multilabel, a 0/1 matrix (n, L)."""
+        """Targets as integers (n,) or, for multilabel, a matrix (n, L) of 0, 1 and UNKNOWN_LABEL (-1)."""
         if self.task == "multilabel":
             return self.frame[self.label_columns].to_numpy(dtype=np.int64)
         return self.frame["label"].to_numpy(dtype=np.int64)
@@ -126,8 +127,8 @@ class ImageTable:
         return self.subset((self.frame["split"] == name).fillna(False).to_numpy(dtype=bool))
 
     def class_counts(self) -> dict[str, int]:
-        """Number of images per class (per label for multilabel)."""
+        """Number of images per class (per label for multilabel: the images known to be positive)."""
         y = self.labels()
         if self.task == "multilabel":
-            return {c: int(n) for c, n in zip(self.classes, y.sum(axis=0))}
+            return {c: int(n) for c, n in zip(self.classes, (y == 1).sum(axis=0))}
         return {c: int((y == i).sum()) for i, c in enumerate(self.classes)}

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfmed.config import UNKNOWN_LABEL
 from tfmed.data.pipeline import raw_dataset
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import apply_validation, validate_table
@@ -124,6 +125,12 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
     if not VERSION_PATTERN.match(version):
         raise DataSourceError(f"version {version!r}: TFDS versions are MAJOR.MINOR.PATCH, e.g. 1.0.0")
     table = apply_validation(table, validate_table(table, max_pixels=max_pixels), exclude_bad_rows=False)
+    if table.task == "multilabel" and (table.labels() == UNKNOWN_LABEL).any():
+        unknown = (table.labels() == UNKNOWN_LABEL).any(axis=0)
+        raise DataSourceError(f"{table.source}: label(s) {', '.join(np.array(table.classes)[unknown])} are unknown "
+                              "for some images, and a TFDS label list holds only the positive labels, so an "
+                              "unknown one would read back as negative; decide those labels (e.g. "
+                              "data.uncertain: zeros or ones) before exporting, or train from the source itself")
     splits = _splits(table)
     dtype, shape, replicated = _image_kind(table)
     features = tfds.features.FeaturesDict({

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tfmed.config import ViewsConfig
+from tfmed.config import UNKNOWN_LABEL, ViewsConfig
 from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageReadError, decoder_messages, read_image_and_info
 from tfmed.data.table import ImageTable
 from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL, check_volume_rows
@@ -272,8 +272,8 @@ def _check_labels(table: ImageTable, source_flagged: np.ndarray, add) -> None:
         missing = values.isna().to_numpy(dtype=bool)
         filled = values.fillna(0).to_numpy(dtype=np.float64)
         if table.task == "multilabel":
-            bad = ~missing & ~np.isin(filled, (0.0, 1.0))
-            allowed = "0 or 1"
+            bad = ~missing & ~np.isin(filled, (0.0, 1.0, float(UNKNOWN_LABEL)))
+            allowed = f"0 or 1 ({UNKNOWN_LABEL} when unknown)"
         else:
             bad = ~missing & ((filled != np.round(filled)) | (filled < 0) | (filled >= len(table.classes)))
             allowed = f"an index 0..{len(table.classes) - 1} into classes {table.classes}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfmed.config import UNKNOWN_LABEL
 from tfmed.evaluation.intervals import EvaluationError, delong_test, macro_auc_test
 
 
@@ -41,7 +42,9 @@ def paired_tests(task: str, y, scores_a, scores_b) -> dict:
         return {"auc": _or_none(delong_test, y, a, b)}
     tests = {"macro": _or_none(macro_auc_test, y.astype(int), a, b)}
     if task == "multilabel":
-        tests.update({j: _or_none(delong_test, y[:, j], a[:, j], b[:, j]) for j in range(y.shape[1])})
+        for j in range(y.shape[1]):   # each label on the images where it is known
+            known = y[:, j] != UNKNOWN_LABEL
+            tests[j] = _or_none(delong_test, y[known, j], a[known, j], b[known, j])
     return tests
 
 

@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 from scipy import integrate, optimize, special, stats
 
+from tfmed.config import UNKNOWN_LABEL
 from tfmed.errors import TfmedError
 
 
@@ -134,7 +135,9 @@ def macro_auc_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray]:
     """Macro AUCs of one or more multi-class or multi-label models and their covariance.
 
     ``y_true`` holds class indices 0..K-1 (multi-class, one-vs-rest AUCs) or
-    a 0/1 matrix (n, K) (multi-label, one AUC per label). ``probas`` is one
+    a 0/1 matrix (n, K) (multi-label, one AUC per label, with -1 where a
+    label is unknown: that case is left out of that label's AUC and adds no
+    component for it). ``probas`` is one
     (n, K) score array or several stacked as (m, n, K), all for the same
     cases. The macro AUC averages the AUCs of the columns that have cases on
     both sides (as :func:`multiclass_metrics` and :func:`multilabel_metrics`
@@ -177,11 +180,13 @@ def _macro_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray, tuple[tup
                                   f"(got {y.size} values of type {y.dtype})")
         indicator = np.eye(width, dtype=int)[y]
     else:
-        if not np.isin(y, (0, 1)).all():
-            raise EvaluationError("macro AUC: a multi-label y_true must hold only 0 and 1")
+        if not np.isin(y, (0, 1, UNKNOWN_LABEL)).all():
+            raise EvaluationError("macro AUC: a multi-label y_true must hold only 0 and 1 (-1 where unknown)")
         indicator = y.astype(int)
-    sizes = indicator.sum(axis=0)  # cases inside each column
-    columns = [k for k in range(width) if 0 < sizes[k] < n]
+    known = indicator != UNKNOWN_LABEL   # a multi-label case counts for the labels known for it
+    sizes = (indicator == 1).sum(axis=0)  # cases inside each column
+    outside = (indicator == 0).sum(axis=0)
+    columns = [k for k in range(width) if sizes[k] > 0 and outside[k] > 0]
     if not columns:
         raise EvaluationError(f"macro AUC: undefined because every case is of class {int(y[0])} "
                               f"(n={n}); at least two classes are needed" if y.ndim == 1 else
@@ -189,16 +194,17 @@ def _macro_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray, tuple[tup
     aucs = np.zeros(len(stack))
     components = np.zeros((len(stack), n))
     for k in columns:
-        inside = indicator[:, k] == 1
-        column_aucs, v_pos, v_neg = _placements(stack[:, :, k], inside)
-        for side, values in ((inside, v_pos), (~inside, v_neg)):
-            count = int(side.sum())
+        rows = np.flatnonzero(known[:, k])
+        inside = indicator[rows, k] == 1
+        column_aucs, v_pos, v_neg = _placements(stack[:, rows, k], inside)
+        for side, values in ((rows[inside], v_pos), (rows[~inside], v_neg)):
+            count = len(side)
             if count > 1:
                 components[:, side] += (values - column_aucs[:, None]) / np.sqrt(count * (count - 1))
         aucs += column_aucs
     aucs /= len(columns)
     components /= len(columns)
-    counts = tuple((int(sizes[k]), n - int(sizes[k])) for k in columns)
+    counts = tuple((int(sizes[k]), int(outside[k])) for k in columns)
     return aucs, components @ components.T, counts
 
 

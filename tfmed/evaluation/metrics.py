@@ -36,7 +36,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import (average_precision_score, balanced_accuracy_score, brier_score_loss,
-                             confusion_matrix, hamming_loss, roc_auc_score)
+                             confusion_matrix, roc_auc_score)
+
+from tfmed.config import UNKNOWN_LABEL
 
 from .intervals import (EvaluationError, _binary_labels, _check_level, bootstrap_distribution,
                         delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
@@ -232,7 +234,9 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     each label gets its own bootstrap intervals, and ``bootstrap_ci`` holds
     percentile intervals of the macro and micro AUC, subset accuracy and
     Hamming loss over resamples of whole cases (rows), so the labels'
-    correlation is kept.
+    correlation is kept. A label of -1 is unknown: that case is left out of
+    that label's metrics, of the micro AUC and of the Hamming loss, and
+    subset accuracy compares the labels that are known.
 
     Example:
         >>> Y = [[1, 0], [0, 1], [1, 1], [0, 0]]
@@ -251,12 +255,18 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     result = {"task": "multilabel", "n": int(Y.shape[0]), "labels": names, "ci_level": float(ci_level),
               "thresholds": dict(zip(names, per_threshold)), "per_label": {}}
     notes: list[str] = []
+    unknown = Y == UNKNOWN_LABEL
     for j, name in enumerate(names):
+        known = ~unknown[:, j]
         try:
-            metrics = binary_metrics(Y[:, j], S[:, j], per_threshold[j], ci_level, bootstrap, seed)
+            metrics = binary_metrics(Y[known, j], S[known, j], per_threshold[j], ci_level, bootstrap, seed)
         except EvaluationError as error:
             raise EvaluationError(f"multilabel: label {name!r}: {error}") from None
         notes.extend(f"label {name!r}: {note}" for note in metrics["notes"])
+        if not known.all():
+            metrics["unknown"] = int((~known).sum())
+            notes.append(f"label {name!r}: unknown for {int((~known).sum())} of {len(known)} cases, which its "
+                         "metrics leave out")
         result["per_label"][name] = metrics
     aucs = [m["roc_auc"] for m in result["per_label"].values() if m["roc_auc"] is not None]
     result["macro_auc"] = float(np.mean(aucs)) if aucs else None
@@ -472,14 +482,17 @@ def _multiclass_replicate(y: np.ndarray, P: np.ndarray) -> dict:
 
 
 def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[float]) -> dict:
-    """Macro and micro AUC, subset accuracy and Hamming loss of a set of rows (None where undefined)."""
-    defined = any(0 < Y[:, j].sum() < Y.shape[0] for j in range(Y.shape[1]))
+    """Macro and micro AUC, subset accuracy and Hamming loss of a set of rows (None where undefined);
+    unknown labels (-1) are left out of each."""
+    known = Y != UNKNOWN_LABEL
+    defined = any(len(np.unique(Y[known[:, j], j])) == 2 for j in range(Y.shape[1]))
     macro = float(macro_auc_covariance(Y, S)[0][0]) if defined else None
-    micro = float(roc_auc_score(Y, S, average="micro")) if 0 < Y.sum() < Y.size else None
+    entries, entry_scores = Y[known], S[known]
+    micro = float(roc_auc_score(entries, entry_scores)) if 0 < entries.sum() < entries.size else None
     decisions = (S >= np.asarray(thresholds)).astype(int)
     return {"macro_auc": macro, "micro_auc": micro,
-            "subset_accuracy": float(np.mean(np.all(Y == decisions, axis=1))),
-            "hamming_loss": float(hamming_loss(Y, decisions))}
+            "subset_accuracy": float(np.mean(np.all((Y == decisions) | ~known, axis=1))),
+            "hamming_loss": float(np.mean(Y[known] != decisions[known])) if known.any() else None}
 
 
 def _check_bootstrap(bootstrap) -> None:

@@ -22,6 +22,8 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from tfmed.config import UNKNOWN_LABEL
+
 from .intervals import EvaluationError, _binary_labels
 
 _DPI = 110
@@ -224,7 +226,8 @@ def multi_roc_plot(y_true, scores, class_names: Sequence[str], path, title: str 
     """One-vs-rest ROC curves, one per class (multiclass) or label (multilabel).
 
     ``y_true`` is class indices (n,) for multiclass, or a 0/1 matrix (n, L)
-    for multilabel; ``scores`` is (n, K). Classes with only one value in the
+    for multilabel (-1 where a label is unknown: left out of its curve);
+    ``scores`` is (n, K). Classes with only one value in the
     data are listed as undefined in the legend.
 
     Example:
@@ -251,12 +254,13 @@ def multi_roc_plot(y_true, scores, class_names: Sequence[str], path, title: str 
     figure, axes = _figure((6.0, 5.5))
     axes.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
     for k, name in enumerate(names):
-        column = Y[:, k]
-        if column.min() == column.max():
+        known = Y[:, k] != UNKNOWN_LABEL   # a multilabel label's curve uses the cases where it is known
+        column, column_scores = Y[known, k], S[known, k]
+        if column.size == 0 or column.min() == column.max():
             axes.plot([], [], ls="none", label=f"{name}: AUC undefined (one class)")
             continue
-        fpr, tpr, _ = roc_curve(column, S[:, k])
-        axes.plot(fpr, tpr, lw=1.8, label=f"{name}: AUC {roc_auc_score(column, S[:, k]):.3f}")
+        fpr, tpr, _ = roc_curve(column, column_scores)
+        axes.plot(fpr, tpr, lw=1.8, label=f"{name}: AUC {roc_auc_score(column, column_scores):.3f}")
     _finish(axes, "1 - specificity", "Sensitivity", title)
     axes.legend(loc="lower right", fontsize=8)
     return _save(figure, path)

@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from tfmed.config import ThresholdMethod
+from tfmed.config import UNKNOWN_LABEL, ThresholdMethod
 
 from .intervals import EvaluationError, _binary_labels
 
@@ -105,7 +105,7 @@ def operating_points(y_val, s_val, targets: Sequence[float] = (0.95,),
         result = {}
         for j, name in enumerate(names):
             try:
-                result[name] = operating_points(y[:, j], s[:, j], targets, spec_targets)
+                result[name] = operating_points(*known_column(y, s, j), targets, spec_targets)
             except EvaluationError as error:
                 raise EvaluationError(f"label {name!r}: {error}") from None
         return result
@@ -139,7 +139,7 @@ def select_thresholds(task: str, y_val, s_val, target_sensitivity: float = 0.95,
     y_val, s_val = np.asarray(y_val), np.asarray(s_val)
     if task == "binary":
         return {k: float(v) for k, v in pick(y_val, s_val).items()}
-    per_label = [pick(y_val[:, j], s_val[:, j]) for j in range(y_val.shape[1])]
+    per_label = [pick(*known_column(y_val, s_val, j)) for j in range(y_val.shape[1])]
     return {k: [float(p[k]) for p in per_label] for k in per_label[0]}
 
 
@@ -164,10 +164,22 @@ def per_label_thresholds(Y_val, P_val, method: str = "youden", target: float = 0
     result = {}
     for j, name in enumerate(names):
         try:
-            result[name] = choose_threshold(Y[:, j], P[:, j], method, target)
+            result[name] = choose_threshold(*known_column(Y, P, j), method, target)
         except EvaluationError as error:
             raise EvaluationError(f"label {name!r}: {error}") from None
     return result
+
+
+def known_column(Y, S, column: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores of one label of a multi-label problem, on the cases where it is known (not -1).
+
+    Example:
+        >>> known_column(np.array([[1, -1], [0, 1]]), np.array([[.9, .2], [.1, .8]]), 1)
+        (array([1]), array([0.8]))
+    """
+    Y, S = np.asarray(Y), np.asarray(S)
+    known = Y[:, column] != UNKNOWN_LABEL
+    return Y[known, column], S[known, column]
 
 
 def apply_threshold(scores, threshold) -> np.ndarray:

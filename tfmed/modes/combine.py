@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmed.config import ConfigError, EnsembleConfig, choices
+from tfmed.config import UNKNOWN_LABEL, ConfigError, EnsembleConfig, choices
 
 RANK_TASKS = ("binary", "multilabel")  # rank averaging ranks one score per image and label
 _EPS = 1e-6
@@ -158,11 +158,12 @@ def _fit_stacker(task: str, columns: list[np.ndarray], y: np.ndarray) -> tuple[n
     targets = y.reshape(len(y), -1)
     coef, intercept = [], []
     for label in range(targets.shape[1]):
-        if len(np.unique(targets[:, label])) < 2:
+        known = targets[:, label] != UNKNOWN_LABEL   # each label's stacker on the images where it is known
+        if len(np.unique(targets[known, label])) < 2:
             raise ConfigError(f"stacking needs positive and negative out-of-fold examples; label {label} "
-                              "has only one value in the training split")
-        model = LogisticRegression(C=1.0, max_iter=1000).fit(_stack_features(task, columns, label),
-                                                             targets[:, label])
+                              "has only one known value in the training split")
+        model = LogisticRegression(C=1.0, max_iter=1000).fit(_stack_features(task, columns, label)[known],
+                                                             targets[known, label])
         coef.append(model.coef_[0])
         intercept.append(model.intercept_[0])
     return np.array(coef), np.array(intercept)

@@ -362,8 +362,10 @@ class FineTuner:
                                gamma=self.config.focal_gamma)
 
     def _compile(self, learning_rate: float) -> None:
-        metrics = [keras.metrics.AUC(name="auc", multi_label=self.task == "multilabel",
-                                     num_labels=self.num_outputs if self.task == "multilabel" else None)]
+        from tfmed.training.known_labels_auc import KnownLabelsAUC
+
+        metrics = [KnownLabelsAUC(name="auc", multi_label=self.task == "multilabel",
+                                  num_labels=self.num_outputs if self.task == "multilabel" else None)]
         with self._strategy().scope():
             self.model_.compile(optimizer=self._optimizer(learning_rate), loss=self._loss(),
                                 metrics=metrics, jit_compile=self.config.jit_compile)

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import (GridSearchCV, GroupKFold, KFold, StratifiedGroupKFold,
@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
-from tfmed.config import GammaName, SVMConfig, Task, choices
+from tfmed.config import UNKNOWN_LABEL, GammaName, SVMConfig, Task, choices
 from tfmed.files import read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.modes.features import (CHUNK_SIZE, FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
@@ -513,9 +513,11 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             models = [_calibrated(OneVsRestClassifier(best), splits).fit(features, y_enc)]
         else:
             models = []
-            for j in range(y_enc.shape[1]):
-                splits = self._splits(y_enc[:, j], groups, np.array([0, 1]), label=classes.tolist()[j], folds=folds)
-                models.append(_calibrated(best, splits).fit(features, y_enc[:, j]))
+            for j in range(y_enc.shape[1]):   # each label's SVM on the images where that label is known
+                known = y_enc[:, j] != UNKNOWN_LABEL
+                splits = self._splits(y_enc[known, j], None if groups is None else groups[known], np.array([0, 1]),
+                                      label=classes.tolist()[j], folds=folds)
+                models.append(_calibrated(best, splits).fit(features[known], y_enc[known, j]))
         return models, _results_table(search.cv_results_, prefix), best_params, float(search.best_score_)
 
     def _check_params(self) -> list[str]:
@@ -554,9 +556,10 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             y = y.ravel()
         if y.ndim == 2:
             values = np.unique(y)
-            if not np.isin(values, [0, 1]).all():
-                raise FeatureError(f"a 2-D y is read as multilabel and must hold only 0/1, found "
-                                   f"{values[~np.isin(values, [0, 1])][:5].tolist()}")
+            allowed = [0, 1, UNKNOWN_LABEL]
+            if not np.isin(values, allowed).all():
+                raise FeatureError(f"a 2-D y is read as multilabel and must hold only 0/1 (-1 for an unknown "
+                                   f"label), found {values[~np.isin(values, allowed)][:5].tolist()}")
             task, classes, encoded = "multilabel", np.arange(y.shape[1]), y.astype(np.int64)
         elif y.ndim == 1:
             if pd.isna(pd.Series(y)).any():
@@ -595,8 +598,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                     f"cv={folds} folds; {_fewer_folds(int(counts[k]))}add {unit} of {name!r}")
         else:
             for j in range(y.shape[1]):
-                positives = int(y[:, j].sum())
-                for kind, n in (("positive", positives), ("negative", len(y) - positives)):
+                for kind, n in (("positive", int((y[:, j] == 1).sum())), ("negative", int((y[:, j] == 0).sum()))):
                     if n < folds:
                         raise TooFewSamplesError(
                             f"label {classes[j]!r} has {n} {kind} training images, fewer than cv={folds} "
@@ -636,7 +638,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         svc = self._svm()
         if task == "binary":
             return svc, ""
-        return OneVsRestClassifier(svc), "estimator__"
+        return (OneVsRestClassifier(svc) if task == "multiclass" else KnownLabelsPerLabel(svc)), "estimator__"
 
     def _grid(self, prefix: str) -> dict[str, list]:
         grid = {prefix + "C": [float(c) for c in _as_list(self.C)]}
@@ -1063,9 +1065,42 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
     if scores.ndim == 1:
         return float(roc_auc_score(y, scores))
     indicator = y if y.ndim == 2 else (y[:, None] == np.arange(scores.shape[1])).astype(int)
-    aucs = [roc_auc_score(indicator[:, k], scores[:, k]) for k in range(scores.shape[1])
-            if 0 < indicator[:, k].sum() < len(indicator)]
+    aucs = []
+    for k in range(scores.shape[1]):
+        known = indicator[:, k] != UNKNOWN_LABEL   # a multilabel label counts where it is known
+        if len(np.unique(indicator[known, k])) == 2:
+            aucs.append(roc_auc_score(indicator[known, k], scores[known, k]))
     return float(np.mean(aucs)) if aucs else float("nan")
+
+
+class KnownLabelsPerLabel(ClassifierMixin, BaseEstimator):
+    """One copy of ``estimator`` per label of a multilabel ``y``, each fitted on the rows where its
+    label is known (not -1); ``decision_function`` gives one column per label. A label whose known
+    rows hold one value (a small search fold) gets a constant score of 0, as scikit-learn's
+    one-vs-rest does.
+
+    Example:
+        >>> from sklearn.linear_model import LogisticRegression
+        >>> X = np.array([[0.], [1.], [2.], [3.]]); y = np.array([[0, 1], [0, -1], [1, 0], [1, -1]])
+        >>> KnownLabelsPerLabel(LogisticRegression()).fit(X, y).decision_function(X).shape
+        (4, 2)
+    """
+
+    def __init__(self, estimator):
+        self.estimator = estimator
+
+    def fit(self, X, y):
+        y = np.asarray(y)
+        self.estimators_ = []
+        for j in range(y.shape[1]):
+            known = y[:, j] != UNKNOWN_LABEL
+            two_values = len(np.unique(y[known, j])) == 2
+            self.estimators_.append(clone(self.estimator).fit(X[known], y[known, j]) if two_values else None)
+        return self
+
+    def decision_function(self, X):
+        return np.column_stack([np.zeros(len(X)) if estimator is None else estimator.decision_function(X)
+                                for estimator in self.estimators_])
 
 
 def _auc_scorer(estimator, X, y) -> float:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tfmed.config import UNKNOWN_LABEL
 from tfmed.data.table import ImageTable
 from tfmed.explain import ExplainError, explain_table, get_method, peak
 from tfmed.evaluation.report import predictions_column
@@ -74,10 +75,12 @@ def select_cases(model: TrainedModel, labels, scores, decisions, chosen: int, pe
     labels, scores, decisions = np.asarray(labels), np.asarray(scores), np.asarray(decisions)
     truth, called = _hits(model, labels, decisions, chosen)
     score = scores if scores.ndim == 1 else scores[:, chosen]
+    # a multilabel image whose chosen label is unknown is in none of the groups
+    known = labels[:, chosen] != UNKNOWN_LABEL if model.task == "multilabel" else np.ones(len(labels), bool)
     cases = []
     for group, mask, sign in (("TP", truth & called, -1), ("FP", ~truth & called, -1),
                               ("FN", truth & ~called, 1), ("TN", ~truth & ~called, 1)):
-        rows = np.flatnonzero(mask)
+        rows = np.flatnonzero(mask & known)
         rows = rows[np.argsort(sign * score[rows], kind="stable")][:per_group]
         cases += [(int(row), group) for row in rows]
     return cases

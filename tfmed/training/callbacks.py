@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 
 from tfmed.config import THRESHOLD_TARGET_METHODS
 from tfmed.errors import TfmedError
-from tfmed.evaluation.thresholds import choose_threshold
+from tfmed.evaluation.thresholds import choose_threshold, known_column
 from tfmed.progress import log
 from tfmed.training.layers import set_threshold, threshold_layer
 
@@ -156,7 +156,7 @@ def _as_label_matrix(y_true: np.ndarray, y_score: np.ndarray, task: str | None):
 
 def _check_both_classes(Y: np.ndarray, task: str) -> None:
     for column in range(Y.shape[1]):
-        present = np.unique(Y[:, column])
+        present = np.unique(known_column(Y, Y, column)[0])
         if present.size < 2:
             which = "" if Y.shape[1] == 1 else f" for {('class' if task == 'multiclass' else 'label')} {column}"
             raise CallbackError(f"validation targets{which} contain only value {present.tolist()}; ROC AUC "
@@ -190,11 +190,11 @@ def clinical_scores(y_true, y_score, task: str | None = None) -> dict:
     _check_both_classes(Y, task)
     if task == "multiclass":
         auc = roc_auc_score(Y.argmax(axis=1), S, multi_class="ovr", average="macro")
-    elif task == "multilabel":
-        auc = roc_auc_score(Y, S, average="macro")
+    elif task == "multilabel":   # the mean of the labels' AUCs, each on the images where it is known
+        auc = np.mean([roc_auc_score(*known_column(Y, S, c)) for c in range(Y.shape[1])])
     else:
         auc = roc_auc_score(Y[:, 0], S[:, 0])
-    points = np.array([_operating_point(Y[:, c], S[:, c], "youden", 0.95) for c in range(Y.shape[1])])
+    points = np.array([_operating_point(*known_column(Y, S, c), "youden", 0.95) for c in range(Y.shape[1])])
     return {"task": task, "auc": float(auc), "youden_threshold": float(points[:, 0].mean()),
             "sensitivity": float(points[:, 1].mean()), "specificity": float(points[:, 2].mean()),
             "per_column": {"threshold": points[:, 0].tolist(), "sensitivity": points[:, 1].tolist(),
@@ -218,7 +218,7 @@ def select_threshold(y_true, y_score, method: str = "youden", target: float = 0.
     task, Y, S = _as_label_matrix(y_true, y_score, None if np.ndim(y_score) < 2 or
                                   np.shape(y_score)[1] == 1 else "multilabel")
     _check_both_classes(Y, task)
-    values = [choose_threshold(Y[:, c], S[:, c], method, target) for c in range(Y.shape[1])]
+    values = [choose_threshold(*known_column(Y, S, c), method, target) for c in range(Y.shape[1])]
     return values[0] if len(values) == 1 else values
 
 

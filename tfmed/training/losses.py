@@ -3,6 +3,10 @@
 * :class:`WeightedBinaryCrossentropy` - class-balanced BCE; for multi-label
   targets the per-label weighted BCE terms are SUMMED over labels (as in
   CheXNet) and averaged over the batch.
+
+Both BCE losses and :class:`FocalLoss` leave out a target of
+:data:`~tfmed.config.UNKNOWN_LABEL` (-1): a label not known for an image
+(CheXpert's U-Ignore) adds nothing to the loss and its gradient.
 * :class:`FocalLoss` - binary / multi-label focal loss (Lin et al. 2017).
 * :func:`class_balance_weights` - w_pos = N_neg / N, w_neg = N_pos / N from the
   training labels.
@@ -35,7 +39,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tfmed.config import FinetuneConfig, Task, choices
+from tfmed.config import UNKNOWN_LABEL, FinetuneConfig, Task, choices
 from tfmed.errors import TfmedError
 
 LOSS_NAMES = choices(FinetuneConfig, "loss")
@@ -50,7 +54,8 @@ def class_balance_weights(y) -> tuple:
     """Class-balancing weights from training labels: w_pos = N_neg/N, w_neg = N_pos/N.
 
     ``y`` holds 0/1 labels: shape (n,) or (n, 1) gives two floats; shape
-    (n, L) for multi-label gives two float32 arrays of length L.
+    (n, L) for multi-label gives two float32 arrays of length L, where an
+    unknown label (-1) is left out: N counts the images whose label is known.
 
     Raises LossConfigError when ``y`` is empty, not 0/1, or a label has no
     positive or no negative example (the loss would then ignore one class).
@@ -68,12 +73,12 @@ def class_balance_weights(y) -> tuple:
     if labels.ndim not in (1, 2):
         raise LossConfigError(f"labels must have shape (n,) or (n, labels), got {labels.shape}")
     values = np.unique(labels)
-    if not np.all(np.isin(values, (0, 1))):
+    allowed = (0, 1, UNKNOWN_LABEL) if labels.ndim == 2 else (0, 1)
+    if not np.all(np.isin(values, allowed)):
         raise LossConfigError(f"class_balance_weights needs 0/1 labels, found values {values[:10].tolist()}; "
                               "for multiclass use categorical cross-entropy (or class_weight)")
-    labels = labels.astype(np.float64)
-    n = labels.shape[0]
-    positives = labels.sum(axis=0)
+    n = (labels != UNKNOWN_LABEL).sum(axis=0).astype(np.float64)
+    positives = (labels == 1).sum(axis=0).astype(np.float64)
     negatives = n - positives
     empty = np.atleast_1d((positives == 0) | (negatives == 0))
     if empty.any():
@@ -106,7 +111,7 @@ def _check_smoothing(label_smoothing) -> float:
 
 
 def _prepare(y_true, y_pred, from_logits: bool, label_smoothing: float):
-    """Cast to float32, match ranks, smooth labels and return (y, probability) pairs."""
+    """Cast to float32, match ranks, smooth labels; return (y, probability, known) with known 1 or 0."""
     y_pred = ops.cast(y_pred, "float32")
     y_true = ops.cast(y_true, "float32")
     if len(y_true.shape) == len(y_pred.shape) - 1:
@@ -114,19 +119,24 @@ def _prepare(y_true, y_pred, from_logits: bool, label_smoothing: float):
     if len(y_pred.shape) == 1:
         y_pred = ops.expand_dims(y_pred, -1)
         y_true = ops.reshape(y_true, ops.shape(y_pred))
+    known = ops.cast(ops.not_equal(y_true, float(UNKNOWN_LABEL)), "float32")
+    y_true = y_true * known   # an unknown target becomes 0; ``known`` then removes its term
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
     if from_logits:
         y_pred = ops.sigmoid(y_pred)
     epsilon = keras.backend.epsilon()
-    return y_true, ops.clip(y_pred, epsilon, 1.0 - epsilon)
+    return y_true, ops.clip(y_pred, epsilon, 1.0 - epsilon), known
 
 
 @keras.saving.register_keras_serializable(package="tfmed")
 class WeightedBinaryCrossentropy(keras.losses.Loss):
     """Class-weighted binary cross-entropy, summed over labels, averaged over the batch.
 
-    Per example: ``sum_l -(w_pos[l] * y_l * log p_l + w_neg[l] * (1 - y_l) * log(1 - p_l))``.
+    Per example: ``sum_l -(w_pos[l] * y_l * log p_l + w_neg[l] * (1 - y_l) * log(1 - p_l))``
+    over the labels l that are known; ``label_reduction="mean"`` divides the
+    sum by the number of labels (with unit weights: Keras's binary
+    cross-entropy, with unknown labels left out).
     ``pos_weight`` / ``neg_weight`` are floats (binary) or one value per label
     (multi-label); take them from :func:`class_balance_weights` on the
     training split.
@@ -142,8 +152,11 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
 
     def __init__(self, pos_weight=1.0, neg_weight=1.0, from_logits: bool = False,
                  label_smoothing: float = 0.0, reduction="sum_over_batch_size",
-                 name: str = "weighted_binary_crossentropy", dtype=None):
+                 name: str = "weighted_binary_crossentropy", dtype=None, label_reduction: str = "sum"):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if label_reduction not in ("sum", "mean"):
+            raise LossConfigError(f"label_reduction is {label_reduction!r}; use sum or mean")
+        self.label_reduction = label_reduction
         self.pos_weight = _weight_value(pos_weight, "pos_weight")
         self.neg_weight = _weight_value(neg_weight, "neg_weight")
         sizes = {np.size(self.pos_weight), np.size(self.neg_weight)} - {1}
@@ -154,17 +167,19 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
         self.label_smoothing = _check_smoothing(label_smoothing)
 
     def call(self, y_true, y_pred):
-        y_true, p = _prepare(y_true, y_pred, self.from_logits, self.label_smoothing)
+        y_true, p, known = _prepare(y_true, y_pred, self.from_logits, self.label_smoothing)
         _check_label_count(self.pos_weight, p, "pos_weight")
         w_pos = ops.convert_to_tensor(np.asarray(self.pos_weight, dtype=np.float32))
         w_neg = ops.convert_to_tensor(np.asarray(self.neg_weight, dtype=np.float32))
         per_label = -(w_pos * y_true * ops.log(p) + w_neg * (1.0 - y_true) * ops.log(1.0 - p))
-        return ops.sum(per_label, axis=-1)
+        total = ops.sum(per_label * known, axis=-1)
+        return total / float(p.shape[-1]) if self.label_reduction == "mean" else total
 
     def get_config(self):
         config = super().get_config()
         config.update(pos_weight=self.pos_weight, neg_weight=self.neg_weight,
-                      from_logits=self.from_logits, label_smoothing=self.label_smoothing)
+                      from_logits=self.from_logits, label_smoothing=self.label_smoothing,
+                      label_reduction=self.label_reduction)
         return config
 
 
@@ -201,7 +216,7 @@ class FocalLoss(keras.losses.Loss):
         self.label_smoothing = _check_smoothing(label_smoothing)
 
     def call(self, y_true, y_pred):
-        y_true, p = _prepare(y_true, y_pred, self.from_logits, self.label_smoothing)
+        y_true, p, known = _prepare(y_true, y_pred, self.from_logits, self.label_smoothing)
         bce = -(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
         p_t = y_true * p + (1.0 - y_true) * (1.0 - p)
         per_label = ops.power(1.0 - p_t, self.gamma) * bce
@@ -209,7 +224,7 @@ class FocalLoss(keras.losses.Loss):
             _check_label_count(self.alpha, p, "alpha")
             alpha = ops.convert_to_tensor(np.asarray(self.alpha, dtype=np.float32))
             per_label = (y_true * alpha + (1.0 - y_true) * (1.0 - alpha)) * per_label
-        return ops.sum(per_label, axis=-1)
+        return ops.sum(per_label * known, axis=-1)
 
     def get_config(self):
         config = super().get_config()
@@ -231,7 +246,8 @@ def get_loss(name: str, task: str, *, pos_weight=None, neg_weight=None, label_sm
 
     * auto: weighted BCE for binary / multilabel when both weights are given,
       plain BCE otherwise; categorical cross-entropy for multiclass.
-    * bce: ``keras.losses.BinaryCrossentropy`` (binary / multilabel).
+    * bce: binary cross-entropy averaged over labels, as Keras's, with
+      unknown labels (-1) left out (binary / multilabel).
     * weighted_bce: :class:`WeightedBinaryCrossentropy` (needs both weights).
     * categorical: ``keras.losses.CategoricalCrossentropy`` (multiclass,
       one-hot targets, softmax outputs), with ``label_smoothing``.
@@ -276,4 +292,5 @@ def get_loss(name: str, task: str, *, pos_weight=None, neg_weight=None, label_sm
     if name == "weighted_bce" or (name == "auto" and have_weights):
         return WeightedBinaryCrossentropy(pos_weight, neg_weight, from_logits=from_logits,
                                           label_smoothing=label_smoothing)
-    return keras.losses.BinaryCrossentropy(from_logits=from_logits, label_smoothing=label_smoothing)
+    return WeightedBinaryCrossentropy(1.0, 1.0, from_logits=from_logits, label_smoothing=label_smoothing,
+                                      name="binary_crossentropy", label_reduction="mean")

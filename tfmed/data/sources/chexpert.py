@@ -15,11 +15,12 @@ the 14 observations of :data:`OBSERVATIONS`.
   them, in the order given (e.g. the five of :data:`COMPETITION_LABELS`).
 * Codes: ``1.0`` positive, ``0.0`` negative, blank (not mentioned) negative,
   ``-1.0`` uncertain (``1``, ``0``, ``-1`` too). An uncertain label becomes
-  what ``data.uncertain`` says: ``zeros`` (U-Zeros, the default: negative) or
-  ``ones`` (U-Ones: positive), for every label or per label
+  what ``data.uncertain`` says: ``zeros`` (U-Zeros, the default: negative),
+  ``ones`` (U-Ones: positive) or ``ignore`` (U-Ignore: unknown,
+  :data:`~tfmed.config.UNKNOWN_LABEL`, left out of the loss, the class
+  weights and that label's metrics), for every label or per label
   (``{Atelectasis: ones, Edema: ones}``; labels left out of the mapping use
-  zeros). The paper's U-Ignore needs a masked loss and masked metrics, which
-  tfmed does not have yet, so it is refused.
+  zeros).
 * ``patient_id`` is the ``patientNNNNN`` folder of the path; ``view`` is
   ``Frontal/Lateral`` followed by ``AP/PA`` when that is given
   (``Frontal AP``, ``Frontal PA``, ``Lateral``).
@@ -58,7 +59,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tfmed.config import DataConfig
+from tfmed.config import UNKNOWN_LABEL, DataConfig
 from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -71,7 +72,7 @@ HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(OBSERVATIONS)
 PATH, FRONTAL_LATERAL, AP_PA = "Path", "Frontal/Lateral", "AP/PA"
 CODES = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "": 0}
 UNCERTAIN_CODES = ("-1", "-1.0")
-POLICY_VALUES = {"ones": 1, "zeros": 0}
+POLICY_VALUES = {"ones": 1, "zeros": 0, "ignore": UNKNOWN_LABEL}
 DEFAULT_POLICY = "zeros"
 PATIENT = re.compile(r"(?:^|/)(patient\d+)/")
 WHAT = "the publisher's train.csv or valid.csv of CheXpert, unchanged"
@@ -85,8 +86,8 @@ def load_chexpert(path: str | Path, root: str | Path | None = None, classes: lis
         path: the CSV.
         root: folder the ``Path`` values start from (default: the folder above the CSV's).
         classes: observations to use, in this order (default: all of :data:`OBSERVATIONS`).
-        uncertain: "zeros" or "ones" for every label, or a mapping label -> policy
-            (labels not in it: zeros).
+        uncertain: "zeros", "ones" or "ignore" for every label, or a mapping label ->
+            policy (labels not in it: zeros).
         frontal_only: keep only frontal views; the others go to ``table.excluded``.
 
     Raises:
@@ -95,9 +96,9 @@ def load_chexpert(path: str | Path, root: str | Path | None = None, classes: lis
             names an unknown label or policy.
 
     Example:
-        >>> load_chexpert("valid.csv", uncertain="ignore")  # doctest: +ELLIPSIS
+        >>> load_chexpert("valid.csv", uncertain="unsure")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        tfmed.data.table.DataSourceError: data.uncertain is 'ignore'; U-Ignore ... is not supported yet...
+        tfmed.data.table.DataSourceError: data.uncertain is 'unsure'; use ones (U-Ones: ...
     """
     path = Path(path)
     names = chosen_labels(classes, OBSERVATIONS, "CheXpert")

@@ -3,7 +3,9 @@
 Schema (see ``data_manifests/README.md``): ``path`` (relative to ``root``,
 default the CSV's folder; absolute paths allowed), one label column (class
 names or integer indices; binary or multiclass) or several 0/1 label columns
-(multilabel), ``patient_id``, and optional ``site``, ``view`` and ``split``
+(multilabel; ``-1`` or ``unknown`` when a finding was not graded for an
+image: it is then left out of the loss and that label's metrics),
+``patient_id``, and optional ``site``, ``view`` and ``split``
 (train / val / test). Row numbers are CSV line numbers (the header is line 1).
 A path may name a volume (a DICOM series folder or a NIfTI file) with
 optional lesion centre columns and ``series_uid`` (see
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.config import DataConfig
+from tfmed.config import UNKNOWN_LABEL, DataConfig
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -43,6 +45,7 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
                "validation": "val", "test": "test", "testing": "test"}
 TRUE_VALUES = {"1", "1.0", "true", "yes"}
 FALSE_VALUES = {"0", "0.0", "false", "no"}
+UNKNOWN_VALUES = {"-1", "-1.0", "unknown"}  # a multilabel finding not graded for the image
 
 
 class ManifestError(DataSourceError):
@@ -224,9 +227,12 @@ def _binary_column(values: pd.Series, column: str, problems) -> pd.Series:
             labels.append(1)
         elif lowered in FALSE_VALUES:
             labels.append(0)
+        elif lowered in UNKNOWN_VALUES:
+            labels.append(UNKNOWN_LABEL)
         else:
             what = "empty label" if value == "" else f"label {value!r}"
-            problems[i].append((f"{what} in multilabel column {column!r}", "write 0 or 1"))
+            problems[i].append((f"{what} in multilabel column {column!r}",
+                                "write 0 or 1, or -1 when the finding is unknown for the image"))
             labels.append(pd.NA)
     return _int_series(labels)
 

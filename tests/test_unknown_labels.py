@@ -1,0 +1,214 @@
+"""Multilabel targets that are unknown for some images (-1: CheXpert's U-Ignore, merged data sets).
+
+Every part that reads labels must leave an unknown one out: each test changes what an unknown
+label or its score would contribute and checks that nothing moves, or compares with the same
+computation on the known images only.
+"""
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tfmed.config import UNKNOWN_LABEL, ExperimentConfig
+from tfmed.data.sources.manifest import load_manifest
+from tfmed.data.table import DataSourceError, ImageTable
+from tfmed.data.validate import validate_table
+from tfmed.evaluation.comparison import paired_tests
+from tfmed.evaluation.intervals import delong_auc_ci, macro_auc_covariance
+from tfmed.evaluation.metrics import multilabel_metrics
+from tfmed.evaluation.thresholds import select_thresholds
+from tfmed.modes.combine import ScoreCombiner
+from tfmed.modes.svm import KnownLabelsPerLabel, macro_auc
+from tfmed.training import callbacks as tc
+
+from test_experiment import _chest_manifest
+
+
+def _labels_and_scores(n=80, labels=3, seed=0, unknown=0.3):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, (n, labels))
+    s = np.clip(0.3 * y + rng.random((n, labels)) * 0.8, 0, 1)
+    y[rng.random((n, labels)) < unknown] = UNKNOWN_LABEL
+    return y, s
+
+
+def _with_other_unknown_scores(y, s, seed=9):
+    """The same scores, except those of unknown labels, which are redrawn."""
+    other = s.copy()
+    other[y == UNKNOWN_LABEL] = np.random.default_rng(seed).random(int((y == UNKNOWN_LABEL).sum()))
+    return other
+
+
+def test_a_manifest_marks_unknown_findings_with_minus_one_and_keeps_blanks_an_error(tmp_path):
+    (tmp_path / "m.csv").write_text("path,effusion,mass,patient_id\na.png,1,-1,p1\nb.png,unknown,0,p2\n"
+                                    "c.png,0,,p3\n")
+    table = load_manifest(tmp_path / "m.csv", label_columns=["effusion", "mass"])
+    graded = table.subset([0, 1])
+    assert graded.labels().tolist() == [[1, UNKNOWN_LABEL], [UNKNOWN_LABEL, 0]]
+    assert graded.class_counts() == {"effusion": 1, "mass": 0}   # an unknown label is not a positive one
+    labels = [problem for problem in validate_table(table, check_images=False).problems
+              if "file not found" not in problem.problem]
+    assert [problem.row for problem in labels] == [4]
+    assert "empty label in multilabel column 'mass'" in labels[0].problem
+    assert "-1 when the finding is unknown" in labels[0].fix
+
+
+def test_label_metrics_use_only_the_cases_where_the_label_is_known():
+    y, s = _labels_and_scores()
+    metrics = multilabel_metrics(y, s, 0.5, ["a", "b", "c"], bootstrap=50)
+    for j, name in enumerate("abc"):
+        known = y[:, j] != UNKNOWN_LABEL
+        entry = metrics["per_label"][name]
+        assert entry["n"] == known.sum() and entry["unknown"] == (~known).sum()
+        assert entry["roc_auc"] == pytest.approx(roc_auc_score(y[known, j], s[known, j]))
+        assert entry["ci"]["roc_auc"] == pytest.approx(list(delong_auc_ci(y[known, j], s[known, j])[1:]))
+    assert any("label 'a': unknown for" in note for note in metrics["notes"])
+    again = multilabel_metrics(y, _with_other_unknown_scores(y, s), 0.5, ["a", "b", "c"], bootstrap=50)
+    for key in ("macro_auc", "macro_auc_ci", "micro_auc", "hamming_loss", "subset_accuracy", "per_label",
+                "bootstrap_ci"):
+        assert again[key] == metrics[key], key
+    known = y != UNKNOWN_LABEL
+    assert metrics["micro_auc"] == pytest.approx(roc_auc_score(y[known], s[known]))
+    assert metrics["hamming_loss"] == pytest.approx(np.mean(y[known] != (s[known] >= 0.5)))
+
+
+def test_the_macro_auc_variance_of_one_label_is_delong_on_its_known_cases():
+    y, s = _labels_and_scores(n=60, labels=1, seed=2)
+    known = y[:, 0] != UNKNOWN_LABEL
+    aucs, covariance = macro_auc_covariance(y, s)
+    reference_auc, reference_variance = _delong(y[known, 0], s[known, 0])
+    assert aucs[0] == pytest.approx(reference_auc) and covariance[0, 0] == pytest.approx(reference_variance)
+    y, s = _labels_and_scores(n=60, labels=3, seed=3)
+    aucs, covariance = macro_auc_covariance(y, s)
+    other_aucs, other_covariance = macro_auc_covariance(y, _with_other_unknown_scores(y, s))
+    assert aucs == pytest.approx(other_aucs) and covariance == pytest.approx(other_covariance)
+    assert aucs[0] == pytest.approx(np.mean([roc_auc_score(*_known(y, s, j)) for j in range(3)]))
+
+
+def _known(y, s, j):
+    known = y[:, j] != UNKNOWN_LABEL
+    return y[known, j], s[known, j]
+
+
+def _delong(y, s):
+    from tfmed.evaluation.intervals import delong_covariance
+
+    aucs, covariance = delong_covariance(y, s)
+    return float(aucs[0]), float(covariance[0, 0])
+
+
+def test_thresholds_callbacks_svm_auc_comparisons_and_stacking_ignore_unknown_labels():
+    y, s = _labels_and_scores(seed=4)
+    other = _with_other_unknown_scores(y, s)
+    assert select_thresholds("multilabel", y, s) == select_thresholds("multilabel", y, other)
+    picked = select_thresholds("multilabel", y, s)["youden"]
+    assert picked == [select_thresholds("binary", *_known(y, s, j))["youden"] for j in range(3)]
+    scores = tc.clinical_scores(y, s, task="multilabel")
+    assert scores["auc"] == pytest.approx(np.mean([roc_auc_score(*_known(y, s, j)) for j in range(3)]))
+    assert tc.clinical_scores(y, other, task="multilabel") == scores
+    assert tc.select_threshold(y, s) == tc.select_threshold(y, other)
+    assert macro_auc(y, s) == pytest.approx(scores["auc"]) and macro_auc(y, other) == macro_auc(y, s)
+    assert paired_tests("multilabel", y, s, s ** 2) == paired_tests("multilabel", y, other, other ** 2)
+    stacker = ScoreCombiner("stacking", "multilabel").fit([s, s ** 2], y)
+    again = ScoreCombiner("stacking", "multilabel").fit([other, other ** 2], y)
+    np.testing.assert_allclose(stacker.coef_, again.coef_)
+
+
+def test_training_auc_leaves_unknown_targets_out():
+    from tfmed.training.known_labels_auc import KnownLabelsAUC
+
+    y, s = _labels_and_scores(n=400, seed=5)
+    metric = KnownLabelsAUC(multi_label=True, num_labels=3, num_thresholds=1000)
+    metric.update_state(y.astype("float32"), s.astype("float32"))
+    expected = np.mean([roc_auc_score(*_known(y, s, j)) for j in range(3)])
+    assert float(metric.result()) == pytest.approx(expected, abs=2e-3)
+    metric.reset_state()
+    metric.update_state(y.astype("float32"), _with_other_unknown_scores(y, s).astype("float32"))
+    assert float(metric.result()) == pytest.approx(expected, abs=2e-3)
+
+
+class _CountingEstimator:
+    """Records the rows and labels it was fitted on."""
+
+    def __init__(self):
+        self.rows = None
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **params):
+        return self
+
+    def fit(self, X, y):
+        self.rows, self.labels = len(X), sorted(set(np.asarray(y).tolist()))
+        return self
+
+    def decision_function(self, X):
+        return np.zeros(len(X))
+
+
+def test_each_label_svm_is_fitted_on_its_known_rows():
+    y, _ = _labels_and_scores(n=30, seed=6)
+    X = np.random.default_rng(0).random((30, 4))
+    fitted = KnownLabelsPerLabel(_CountingEstimator()).fit(X, y)
+    assert [e.rows for e in fitted.estimators_] == (y != UNKNOWN_LABEL).sum(axis=0).tolist()
+    assert all(e.labels == [0, 1] for e in fitted.estimators_)
+    assert fitted.decision_function(X).shape == (30, 3)
+
+
+def test_a_table_with_unknown_labels_is_not_exported_to_tfds_where_they_would_read_as_negative(tmp_path):
+    from tfmed.data.tfds_export import export_tfds
+
+    frame = pd.DataFrame({"image": [str(tmp_path / f"{i}.png") for i in range(4)], "label:a": [1, 0, -1, 1],
+                          "label:b": [0, 1, 1, 0], "patient_id": list("pqrs")})
+    for path in frame["image"]:
+        cv2.imwrite(path, np.zeros((8, 8), np.uint8))
+    table = ImageTable(frame, ["a", "b"], "multilabel", source="m.csv")
+    with pytest.raises(DataSourceError, match="m.csv: label.s. a are unknown for some images.*would read back as "
+                                              "negative"):
+        export_tfds(table, tmp_path / "out", name="x")
+    assert not (tmp_path / "out").exists()
+
+
+def test_explanations_choose_cases_only_among_images_whose_label_is_known():
+    from tfmed.run.artifact import TrainedModel
+    from tfmed.run.explain import select_cases
+
+    model = TrainedModel("svm", "multilabel", ["a", "b"], None, None, None)
+    labels = np.array([[1, 0], [-1, 0], [0, 1], [-1, 1]])
+    scores = np.array([[.9, .1], [.95, .2], [.1, .8], [.05, .7]])
+    cases = select_cases(model, labels, scores, (scores >= 0.5).astype(int), 0, 2)
+    assert cases == [(0, "TP"), (2, "TN")]
+
+
+@pytest.mark.parametrize("mode", ["svm", "finetune"])
+def test_an_experiment_trains_and_scores_with_unknown_labels(tmp_path, mode):
+    from tfmed.run.experiment import run_experiment
+    from tfmed.run.evaluate import load_metrics
+
+    model = ({"svm": {"taps": ["middle"], "C": [1.0], "cv": 2}} if mode == "svm" else
+             {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+              "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 8}})
+    config = ExperimentConfig.from_dict({
+        "name": f"merged_{mode}", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": "manifest", "path": str(_chest_manifest(tmp_path, unknown_nodule_every=3)),
+                 "label_columns": ["effusion", "nodule"]},
+        "split": {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
+        "preprocess": {"image_size": 32}, "model": model})
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    splits = pd.read_csv(run_dir / "splits.csv")
+    study = pd.read_csv(tmp_path / "study.csv")
+    study.index = [str(tmp_path / path) for path in study["path"]]
+    test = splits.loc[splits["split"] == "test", "image"]
+    unknown_in_test = int((study.loc[test, "nodule"] == UNKNOWN_LABEL).sum())
+    assert 0 < unknown_in_test < len(test)
+    youden = metrics["splits"]["test"]["youden"]
+    assert youden["per_label"]["nodule"]["n"] == len(test) - unknown_in_test
+    assert youden["per_label"]["effusion"]["n"] == len(test)
+    assert youden["per_label"]["nodule"].get("unknown", 0) == unknown_in_test
+    train = splits.loc[splits["split"] == "train", "image"]
+    assert metrics["counts"]["train"]["nodule"] == int((study.loc[train, "nodule"] == 1).sum())
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    assert set(predictions["label:nodule"]) <= {0, 1, UNKNOWN_LABEL}
