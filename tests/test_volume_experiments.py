@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import skops.io
 import tensorflow as tf
+from PIL import Image
 
 import test_explain  # noqa: F401  (registers the tiny explain_test_net backbone)
 from test_volumes import write_series
@@ -20,6 +21,7 @@ from tfmed.data.table import ImageTable
 from tfmed.data.validate import validate_table
 from tfmed.data.volume_inputs import VolumeSampler, check_volume_rows
 from tfmed.errors import TfmedError
+from tfmed.explain import gradcam
 from tfmed.modes.finetune import FineTuner
 from tfmed.modes.svm import FITTED_FILE, SPEC_FILE, FeatureSVM
 from tfmed.run.artifact import TrainedModel
@@ -86,7 +88,11 @@ def nodule_table(folder) -> ImageTable:
      "'adjacent' gives one"),
     ({"views": {"enabled": True, "slice_gap_mm": 2.0}}, "only planes: adjacent uses it"),
     ({"views": {"enabled": True, "patch_mm": 5.0}}, "gives 5 pixels; a view needs at least 8"),
-    ({"views": {"enabled": True}, "report": {"explain": True}}, "report.explain draws maps over one 2-D image"),
+    ({"views": {"enabled": True}, "report": {"explain": True}, "model": {"svm": {"view_fusion": "per_view"}}},
+     "report.explain explains one decision, and model.svm.view_fusion 'per_view' averages one SVM per view"),
+    ({"views": {"enabled": True}, "report": {"explain": True}, "model": {"mode": "ensemble", "ensemble": {
+        "members": [{"mode": "svm", "svm": {"view_fusion": "per_view"}}, {"mode": "finetune"}]}}},
+     r"members\[0\].*view_fusion 'per_view' averages one SVM per view"),
     ({"views": {"enabled": True}, "model": {"mode": "ensemble", "ensemble": {"members": [
         {"mode": "svm"}, {"mode": "finetune", "preprocess": {"intensity": "standardize"}}]}}},
      r"members\[1\].*preprocess.intensity 'standardize' needs train-split statistics"),
@@ -269,8 +275,15 @@ def test_finetune_shares_one_backbone_across_views_and_pools_them(nodules, tmp_p
     np.testing.assert_allclose(tuner.predict(X)[:, 0], head(pooled).numpy()[:, 0], atol=1e-5)
     tuner.save(tmp_path / "ft")
     np.testing.assert_allclose(FineTuner.load(tmp_path / "ft").predict(X), tuner.predict(X), atol=1e-6)
-    with pytest.raises(TfmedError, match="cannot be explained"):
-        tuner.explain_models(None)
+    # explained on mosaics of its views: one map per case, over the three views side by side
+    from tfmed.explain.mosaic import mosaic_model, to_mosaic
+
+    mosaic, grid = mosaic_model(tuner.keras_model())
+    np.testing.assert_allclose(mosaic.predict(to_mosaic(X, grid), verbose=0), tuner.predict(X), atol=1e-6)
+    assert gradcam(mosaic, to_mosaic(X[:2], grid)).shape == (2, 16, 48)
+    with pytest.raises(TfmedError, match=r"takes inputs of shape \(3, 16, 16, 3\); .* explain_table, which lays "
+                                         "its views out as one mosaic"):
+        gradcam(tuner, X)
     with pytest.raises(TfmedError, match="expects \\(n, 3, 16, 16, 3\\)"):
         tuner.predict(X[:, 0])
 
@@ -298,11 +311,37 @@ def _experiment(nodules, tmp_path, mode, **extra) -> ExperimentConfig:
     return ExperimentConfig.from_dict(values)
 
 
+def test_an_svm_of_views_is_explained_in_the_view_that_carries_the_signal():
+    """The SVM's TensorFlow form of fused views scores as the SVM does, and Grad-CAM of its mosaic lights
+    the view where the class shows (view 5 of 9), each view's feature map in its own cell."""
+    from tfmed.explain.mosaic import mosaic_model, to_mosaic
+    from tfmed.modes.svm_graph import svm_keras_model
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 255, (24, 9, 32, 32, 3)).astype("float32")
+    y = np.repeat([0, 1], 12)
+    X[y == 1, 4, 8:24, 8:24] = 255.0
+    svm = FeatureSVM(backbone="mobilenet_v2", weights=None, taps=("middle", "late"), image_size=32, C=(1.0,),
+                     cv=3).fit(X, y)
+    graph = svm_keras_model(svm)
+    np.testing.assert_allclose(graph.predict(X, verbose=0)[:, 0], svm.predict_proba(X)[:, 1], atol=1e-5)
+    mosaic, grid = mosaic_model(graph)
+    assert (grid.rows, grid.columns) == (3, 3)
+    maps = gradcam(mosaic, to_mosaic(X[y == 1], grid))
+    per_view = maps.reshape(-1, 3, 32, 3, 32).transpose(0, 1, 3, 2, 4).reshape(len(maps), 9, -1).mean(axis=-1)
+    assert (per_view.argmax(axis=1) == 4).all()
+    assert grid.locate(np.unravel_index(maps[0].argmax(), maps[0].shape))[0] == 5
+    per_view_svm = FeatureSVM(backbone="mobilenet_v2", weights=None, taps=("late",), image_size=32, C=(1.0,),
+                              cv=3, view_fusion="per_view").fit(X[:, :2], y)
+    with pytest.raises(TfmedError, match="one classifier per view .* no single decision to explain"):
+        svm_keras_model(per_view_svm)
+
+
 @pytest.mark.slow
 def test_a_nodule_experiment_runs_end_to_end_in_svm_mode(nodules, tmp_path):
     from tfmed.run.cli import main
 
-    config = _experiment(nodules, tmp_path, "svm")
+    config = _experiment(nodules, tmp_path, "svm", report={"explain": True})
     config.to_yaml(tmp_path / "nodules.yaml")
     assert main(["validate", str(tmp_path / "nodules.yaml")]) == 0  # the rows are read as volumes
     assert main(["validate", f"manifest:{nodules / 'manifest.csv'}"]) == 1  # as 2-D images they are not
@@ -317,6 +356,11 @@ def test_a_nodule_experiment_runs_end_to_end_in_svm_mode(nodules, tmp_path):
     np.testing.assert_allclose(model.predict(test), saved[saved["split"] == "test"]["score"], atol=1e-9)
     assert main(["evaluate", "--model", str(run), "--data", f"manifest:{nodules / 'manifest.csv'}"]) == 0
     _predict_scores_unlabelled_candidates(run, model, nodules, tmp_path)
+    # the report explains test cases on mosaics of their three views (1 x 3 cells of 16 pixels)
+    explained = pd.read_csv(run / "explanations" / "explanations.csv")
+    assert explained["peak_view"].between(1, 3).all() and explained["peak_col"].between(0, 15).all()
+    assert "Explanations (gradcam" in (run / "report.html").read_text()
+    assert np.asarray(Image.open(run / "explanations" / explained["overlay"].iloc[0])).ndim == 3
 
 
 def _predict_scores_unlabelled_candidates(run, model, nodules, tmp_path):
@@ -359,6 +403,14 @@ def test_a_nodule_experiment_runs_end_to_end_in_finetune_mode_centred_on_volumes
     frame = predict_images(run, [str(nodules / "case01.nii.gz"), str(nodules / "case02.nii.gz")])
     assert frame["image"].map(os.path.basename).tolist() == ["case01.nii.gz", "case02.nii.gz"]
     assert frame["score"].between(0, 1).all()
+    # tfmed explain of the run's test cases: mosaics of the nine views, peaks named by view
+    from tfmed.run.cli import main
+
+    assert main(["explain", "--model", str(run), "--method", "saliency", "--output", str(tmp_path / "maps")]) == 0
+    explained = pd.read_csv(tmp_path / "maps" / "explanations.csv")
+    assert len(explained) and explained["peak_view"].between(1, 9).all()
+    faith = json.loads((tmp_path / "maps" / "faithfulness.json").read_text())
+    assert faith["method"] == "saliency" and faith["deletion_auc"] is not None
 
 
 def _ensemble_members():

@@ -6,7 +6,8 @@ images' resolution: :func:`gradcam`, :func:`gradcam_pp`, :func:`saliency`,
 :data:`METHODS`). Trust checks: :func:`faithfulness` (deletion / insertion
 curves against a random order) and :func:`sanity_check` (model randomisation).
 :func:`explain_table` explains a saved run's model (an ensemble's members
-averaged) on a table of images; :class:`ExplainEveryEpoch` saves overlays
+averaged; a model of views of volumes on mosaics of the views, see
+:mod:`tfmed.explain.mosaic`) on a table of images; :class:`ExplainEveryEpoch` saves overlays
 during training.
 
 Example:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfmed.explain.maps import normalise, resize_maps
+from tfmed.explain.maps import normalise
 from tfmed.explain.target import ExplainTarget, as_images
 
 
@@ -34,7 +34,7 @@ def _class_maps(model, images, index, layer, batch_size: int, weigh) -> np.ndarr
         activations, grads = target.gradients(images[start:start + batch_size], part, wrt="layer")
         weights = weigh(activations, grads)
         cams = np.maximum((weights[:, None, None, :] * activations).sum(axis=-1), 0.0)
-        maps.append(resize_maps(cams, images.shape[1:3]))
+        maps.append(target.layer_maps(cams, images.shape[1:3]))
     return normalise(np.concatenate(maps))
 
 

@@ -1,5 +1,8 @@
 """Explain a fitted tfmed model on a table of images, an ensemble's members included.
 
+A model of several views of a volume is explained on mosaics of its views
+(:mod:`tfmed.explain.mosaic`): the images and maps are then one mosaic per case.
+
 A mode tells what to explain through ``explain_models(inputs)``: one
 ``(name, keras.Model, ImageInputs)`` per differentiable part (one for a
 fine-tuned or an SVM model, one per member for an ensemble). Each part is
@@ -23,7 +26,8 @@ import numpy as np
 from tfmed.explain.faithfulness import faithfulness, sanity_check
 from tfmed.explain.maps import normalise, resize_maps
 from tfmed.explain.methods import LAYER_METHODS, explain, get_method
-from tfmed.explain.target import ExplainError
+from tfmed.explain.mosaic import ViewGrid, mosaic_model, to_mosaic
+from tfmed.explain.target import ExplainError, keras_model_of
 
 
 @dataclass
@@ -44,6 +48,7 @@ class TableExplanation:
     maps: np.ndarray
     images: np.ndarray
     parts: list[PartExplanation] = field(default_factory=list)
+    grid: ViewGrid | None = None   # views of volumes: the images are mosaics laid out by this grid
 
     def trust(self, index=None, steps: int = 20, seed: int = 0, layer: str | None = None) -> dict:
         """Faithfulness (deletion / insertion AUC, in the map's and a random order) and the sanity rank
@@ -88,11 +93,14 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         raise ExplainError(f"layer {layer!r} was given, but the model has {len(parts)} members "
                            f"({', '.join(name for name, _, _ in parts)}) with their own layers; "
                            "leave the layer out to use each member's default")
-    explained = []
+    explained, grid = [], None
     for name, model, own_inputs in parts:
         images = own_inputs.arrays(table)[0]
+        if images.ndim == 5:   # views of volumes: the model reads them as one mosaic per case
+            model, grid = mosaic_model(keras_model_of(model))
+            images = to_mosaic(images, grid)
         maps = explain(model, images, method, index=index, layer=layer if method in LAYER_METHODS else None)
         explained.append(PartExplanation(name, model, images, maps))
     size = explained[0].maps.shape[1:]
     mean = np.mean([resize_maps(part.maps, size) for part in explained], axis=0)
-    return TableExplanation(method, normalise(mean), explained[0].images, explained)
+    return TableExplanation(method, normalise(mean), explained[0].images, explained, grid)

@@ -39,6 +39,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfmed.errors import TfmedError
+from tfmed.explain.maps import resize_maps
+from tfmed.explain.mosaic import MosaicToViews, tile_maps
 
 
 class ExplainError(TfmedError):
@@ -166,7 +168,18 @@ class ExplainTarget:
                                f"{len(self.model.outputs)} outputs; explanations need one image input and one output")
         self.outputs = int(self.model.outputs[0].shape[-1])
         self.input_shape = tuple(int(d) for d in self.model.inputs[0].shape[1:])
+        if len(self.input_shape) != 3:
+            raise ExplainError(f"model {self.model.name!r} takes inputs of shape {self.input_shape}; explanations "
+                               "need (H, W, C) images: explain a model of views of a volume with explain_table, "
+                               "which lays its views out as one mosaic (tfmed.explain.mosaic)")
+        first = next(layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer))
+        self.grid = getattr(first, "grid", None) if isinstance(first, MosaicToViews) else None
         self._runner = self._build_runner()
+
+    def layer_maps(self, maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Maps of the target layer (B, h, w) at the images' ``size``; a mosaic model's layer sees each
+        view as one image (B * V maps), laid out in its grid."""
+        return tile_maps(maps, self.grid) if self.grid is not None else resize_maps(maps, size)
 
     # ------------------------------------------------------------------ graph
     def _build_runner(self):

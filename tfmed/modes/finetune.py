@@ -229,9 +229,6 @@ class FineTuner:
             >>> [name for name, _, _ in tuner.explain_models(inputs)]  # doctest: +SKIP
             ['efficientnet_lite0']
         """
-        if self.views:
-            raise FinetuneError("this model reads several 2-D views of a volume per example; explanations "
-                                "are drawn over one 2-D image, so it cannot be explained")
         return [(self.backbone, self.keras_model(), inputs)]
 
     def report_facts(self) -> dict:

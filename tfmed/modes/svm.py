@@ -389,7 +389,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
 
     def keras_model(self):
         """The fitted pipeline as one Keras model (see :func:`tfmed.modes.svm_graph.svm_keras_model`):
-        (S, S, 3) 0-255 images to calibrated probabilities, differentiable down to the backbone.
+        (S, S, 3) 0-255 images (or (V, S, S, 3) views of a volume) to calibrated probabilities,
+        differentiable down to the backbone.
 
         Example:
             >>> model.keras_model().output.shape  # doctest: +SKIP

@@ -147,23 +147,23 @@ def svm_keras_model(svm) -> keras.Model:
     from tfmed import backbones
 
     spec = svm.backbone_spec_
-    if len(svm.input_shape_) != 3:
-        raise SVMGraphError("this SVM reads several 2-D views of a volume per row; explanations are drawn "
-                            "over one 2-D image, so it cannot be explained")
     if spec["texture"]:
         raise SVMGraphError("this SVM uses LBP texture features (texture: true), which have no TensorFlow "
                             "form, so it cannot be explained; refit with texture: false to explain it")
     base, _ = svm._base_model()
     pool = keras.layers.GlobalAveragePooling2D if spec["pooling"] == "avg" else keras.layers.GlobalMaxPooling2D
-    blocks = []
-    fused = len(spec["taps"]) > 1
-    for tap in spec["taps"]:
-        tensor = base.get_layer(backbones.get_spec(spec["backbone"]).taps[tap]).output
-        pooled = pool(name=f"svm_{tap}_pool")(tensor)
-        scaler = svm.scalers_[tap]
-        weight = 1.0 / np.sqrt(svm.block_widths_[tap]) if fused else 1.0
-        blocks.append(Standardise(scaler.mean_, scaler.scale_, weight, name=f"svm_{tap}_standardise")(pooled))
-    features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="svm_features")(blocks)
+    pooled = [pool(name=f"svm_{tap}_pool")(base.get_layer(backbones.get_spec(spec["backbone"]).taps[tap]).output)
+              for tap in spec["taps"]]
+    if len(svm.input_shape_) == 4:
+        inputs, features = _view_features(svm, base, pooled)
+    else:
+        inputs, fused = base.inputs, len(spec["taps"]) > 1
+        blocks = []
+        for tap, tensor in zip(spec["taps"], pooled):
+            scaler = svm.scalers_[tap]
+            weight = 1.0 / np.sqrt(svm.block_widths_[tap]) if fused else 1.0
+            blocks.append(Standardise(scaler.mean_, scaler.scale_, weight, name=f"svm_{tap}_standardise")(tensor))
+        features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="svm_features")(blocks)
     svcs, calibrators = [], []
     for calibrated in svm.models_[0]:
         parts, scalers = _calibration_parts(calibrated)
@@ -176,4 +176,41 @@ def svm_keras_model(svm) -> keras.Model:
     b = np.array([c.b_ for c in calibrators], np.float32)
     proba = SigmoidCalibration(a, b, normalise=svm.task_ == "multiclass" and len(a) > 2,
                                name=CALIBRATION_LAYER)(decision)
-    return keras.Model(base.inputs, proba, name=f"{spec['backbone']}_svm")
+    return keras.Model(inputs, proba, name=f"{spec['backbone']}_svm")
+
+
+def _view_features(svm, base, pooled: list) -> tuple:
+    """(input, standardised features) of an SVM fitted on V views per row with view_fusion concat: one
+    backbone reads every view (:class:`~tfmed.training.view_layers.FoldViews`), each view's pooled taps
+    are put side by side in the order the SVM fused its blocks (view by view, tap by tap), then scaled
+    by each block's scaler and 1/sqrt(block width). The chain of layers lets Grad-CAM reach the backbone."""
+    from tfmed.training.view_layers import FoldViews
+
+    if len(svm.groups_) > 1:
+        raise SVMGraphError("this SVM fits one classifier per view (view_fusion: per_view) and averages their "
+                            "probabilities, which has no single decision to explain; refit with view_fusion: "
+                            "concat to explain it")
+    spec = svm.backbone_spec_
+    per_view = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="svm_tap_features")(pooled)
+    features_of_one_view = keras.Model(base.inputs, per_view, name=f"{spec['backbone']}_view_features")
+    views = int(svm.input_shape_[0])
+    inputs = keras.Input(svm.input_shape_, name="views")
+    x = features_of_one_view(FoldViews(name="fold_views")(inputs))
+    x = ViewsSideBySide(views, name="svm_views_side_by_side")(x)
+    names = svm.groups_[0]
+    mean = np.concatenate([svm.scalers_[name].mean_ for name in names])
+    weight = 1.0 / np.sqrt(np.array([svm.block_widths_[name] for name in names], np.float64)) if len(names) > 1 \
+        else np.ones(1)
+    scale = np.concatenate([svm.scalers_[name].scale_ / w for name, w in zip(names, weight)])
+    return inputs, Standardise(mean, scale, 1.0, name="svm_standardise")(x)
+
+
+class ViewsSideBySide(keras.layers.Layer):
+    """(B * V, F) -> (B, V * F): each row's V feature vectors, one after the other."""
+
+    def __init__(self, views: int, **kwargs):
+        super().__init__(**kwargs)
+        self.views = int(views)
+
+    def call(self, x):
+        return ops.reshape(x, (-1, self.views * ops.shape(x)[-1]))

@@ -7,7 +7,9 @@ folder (default ``RUN/explanations/TIMESTAMP``) holds one overlay PNG per image,
 ``overview.png`` (all of them), ``explanations.csv`` (file, group, label, score,
 decision, explained class, method, the map's peak) and ``faithfulness.json``
 (deletion / insertion AUC against a random order, and the model-randomisation
-rank correlation; see :mod:`tfmed.explain.faithfulness`).
+rank correlation; see :mod:`tfmed.explain.faithfulness`). A model of views of
+volumes is explained on a mosaic of each case's views (:mod:`tfmed.explain.mosaic`);
+its peak is given as the view's number and the pixel in that view.
 
 Each image's map explains the class the model decided for it, unless ``index``
 names one class (required for multilabel models, and for choosing the groups of
@@ -130,9 +132,12 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
         stem = Path(file).stem[:40].replace(" ", "_")
         overlay = save_overlay(out / f"{i:03d}_{group or 'image'}_{stem}.png", result.images[i], result.maps[i], title)
         row_peak = peak(result.maps[i])
+        # views of a volume: the peak's view (numbered as views.planes orders them) and its pixel there
+        location = dict(zip(("peak_row", "peak_col"), row_peak)) if result.grid is None else \
+            dict(zip(("peak_view", "peak_row", "peak_col"), result.grid.locate(row_peak)))
         rows.append({"file": file, "group": group, "label": label_text, "score": round(score, 6),
                      "decision": decided, "explained_class": _class_name(model, explained), "method": method,
-                     "peak_row": row_peak[0], "peak_col": row_peak[1], "overlay": overlay.name})
+                     **location, "overlay": overlay.name})
         items.append((result.images[i], result.maps[i], title))
     pd.DataFrame(rows).to_csv(out / "explanations.csv", index=False)
     overview = save_overlays(out / "overview.png", items)
