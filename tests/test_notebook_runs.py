@@ -73,9 +73,13 @@ def test_the_ct_notebook_runs_top_to_bottom(monkeypatch):
     # the phantom volume read back in LPS, and its nine views
     assert "orientation: slices toward S, rows toward P, columns toward L" in texts
     assert "views: (9, 41, 41, 1)" in texts
-    assert sum("image/png" in output.get("data", {}) for output in outputs) == 2   # the windows, the views
+    # the windows, the views and the explanations' overview
+    assert sum("image/png" in output.get("data", {}) for output in outputs) == 3
     # the experiment on 40 volumes: nine views each, features + SVM, its summary table
     assert "of 20 training volumes (9 views each) at 64 px" in texts
     aucs = [float(line.split()[2]) for line in texts.splitlines() if re.match(r"(val|test)\s+youden\s", line)]
     assert len(aucs) == 2 and min(aucs) >= 0.8, aucs   # simulated nodules and vessels: 1.0 on 2026-12-04
     assert any("text/html" in output.get("data", {}) for output in outputs)   # the report
+    # Grad-CAM of test cases on mosaics of their nine views: each peak named by its view
+    assert re.search(r"group\s+label\s+score\s+peak_view\s+peak_row\s+peak_col", texts)
+    assert "'method': 'gradcam'" in texts and "'deletion_auc'" in texts
