@@ -210,5 +210,10 @@ def test_an_experiment_trains_and_scores_with_unknown_labels(tmp_path, mode):
     assert youden["per_label"]["nodule"].get("unknown", 0) == unknown_in_test
     train = splits.loc[splits["split"] == "train", "image"]
     assert metrics["counts"]["train"]["nodule"] == int((study.loc[train, "nodule"] == 1).sum())
+    assert metrics["images"] == {name: int((splits["split"] == name).sum()) for name in ("train", "val", "test")}
+    assert metrics["unknown_labels"]["test"] == {"effusion": 0, "nodule": unknown_in_test}
+    report = (run_dir / "report.html").read_text()
+    assert "Label (images positive)" in report and "<td>nodule: unknown</td>" in report
+    assert f"<td>Images</td><td>{len(train)}</td>" in report
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert set(predictions["label:nodule"]) <= {0, 1, UNKNOWN_LABEL}

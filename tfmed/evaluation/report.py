@@ -50,7 +50,9 @@ class ReportContext:
         title: report heading, e.g. the experiment name.
         task: "binary", "multiclass" or "multilabel".
         source: where the data came from (free text).
-        counts: split -> class name -> number of images.
+        counts: split -> class name -> number of images (multilabel: images known to be positive).
+        images: split -> number of images (the table's last row; without it, the sum of ``counts``).
+        unknown_labels: split -> label -> images whose label is unknown (multilabel).
         model: facts about the model, e.g. {"backbone": "efficientnet_lite0", "mode": "svm"}.
         metrics: split -> metrics dict from :func:`tfmed.evaluation.evaluate`.
         operating_points: point name -> :func:`binary_metrics` dict at that
@@ -75,6 +77,8 @@ class ReportContext:
     task: str
     source: str = ""
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    images: dict[str, int] = field(default_factory=dict)
+    unknown_labels: dict[str, dict[str, int]] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)
     operating_points: dict[str, dict] = field(default_factory=dict)
@@ -270,9 +274,14 @@ def _data_section(context: ReportContext) -> str:
         for name in classes:
             values = [int(context.counts[s].get(name, 0)) for s in splits]
             rows.append([name] + values + [sum(values)])
-        totals = [sum(int(v) for v in context.counts[s].values()) for s in splits]
-        rows.append(["Total"] + totals + [sum(totals)])
-        parts.append(_table(["Class"] + splits + ["All"], rows))
+            if context.unknown_labels:
+                unknown = [int(context.unknown_labels.get(s, {}).get(name, 0)) for s in splits]
+                rows.append([f"{name}: unknown"] + unknown + [sum(unknown)])
+        totals = [int(context.images[s]) if s in context.images else sum(int(v) for v in context.counts[s].values())
+                  for s in splits]
+        rows.append(["Images" if context.task == "multilabel" else "Total"] + totals + [sum(totals)])
+        heading = "Label (images positive)" if context.task == "multilabel" else "Class"
+        parts.append(_table([heading] + splits + ["All"], rows))
     if context.excluded:
         columns: list[str] = []
         for row in context.excluded:

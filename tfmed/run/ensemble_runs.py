@@ -36,7 +36,7 @@ from tfmed.modes import Ensemble
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
-from tfmed.run.experiment import evaluate_split
+from tfmed.run.experiment import count_entries, evaluate_split
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir, run_split_tables
 
@@ -99,7 +99,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     model.save(out / "model")
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode, "backbone": model.backbone,
                "thresholds": model.thresholds, "threshold_method": model.threshold_method,
-               "counts": {split: table.class_counts() for split, table in tables.items()},
+               **count_entries(tables),
                "tta_views": first.tta.view_count(), "member_runs": [str(r) for r in runs], "splits": {},
                "members": {},
                # the runs share one split, so their near-identical images are the first run's

@@ -18,7 +18,7 @@ from tfmed.data.validate import apply_validation, validate_table
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
-from tfmed.run.experiment import evaluate_split, merge_tables
+from tfmed.run.experiment import count_entries, evaluate_split, merge_tables
 from tfmed.run.reporting import member_sentences, write_outputs
 from tfmed.run.rundir import RunDirectoryError, new_run_dir, resolve_run_dir, run_split_tables
 
@@ -66,7 +66,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode,
                "backbone": model.backbone, "thresholds": model.thresholds,
                "threshold_method": model.threshold_method, "source": source,
-               "counts": {"test": table.class_counts()},
+               **count_entries({"test": table}),
                "splits": {"test": evaluate_split(model, table, scores, config.evaluation)}}
     notes = [f"Model from {run_dir}; thresholds were chosen on that run's validation split "
              "and are applied unchanged here."]

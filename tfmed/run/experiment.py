@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.config import EvaluationConfig, ExperimentConfig
+from tfmed.config import UNKNOWN_LABEL, EvaluationConfig, ExperimentConfig
 from tfmed.data.near_duplicates import GROUP_COLUMN, mark_near_duplicates, twins_in_train
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import fit_inputs
@@ -239,7 +239,8 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode,
                "backbone": config.model.backbone, "thresholds": model.thresholds,
                "threshold_method": model.threshold_method,
-               "counts": split_counts(table), "test_origin": table.frame.attrs.get("test_origin"), "splits": {}}
+               **count_entries({name: table.split(name) for name in ("train", "val", "test")}),
+               "test_origin": table.frame.attrs.get("test_origin"), "splits": {}}
     metrics["tta_views"] = config.tta.view_count()
     metrics["near_duplicates"] = near_duplicate_summary(config, table)
     for name, split_scores in scores.items():
@@ -343,6 +344,20 @@ def merge_tables(a: ImageTable, b: ImageTable) -> ImageTable:
     return ImageTable(frame, list(a.classes), a.task, a.images, a.source)
 
 
-def split_counts(table: ImageTable) -> dict:
-    """Images per split and class, e.g. {"train": {"normal": 10, "pneumonia": 30}, ...}."""
-    return {name: table.split(name).class_counts() for name in ("train", "val", "test")}
+def count_entries(tables: dict[str, ImageTable]) -> dict:
+    """The metrics' counts of each split's table: ``counts`` (images per class; per label, those known
+    to be positive), ``images`` and, when a multilabel label is unknown for some images,
+    ``unknown_labels`` (split -> label -> images).
+
+    Example:
+        >>> frame = pd.DataFrame({"image": ["a", "b"], "label:x": [1, -1], "label:y": [0, 1]})
+        >>> count_entries({"test": ImageTable(frame, ["x", "y"], "multilabel")})
+        {'counts': {'test': {'x': 1, 'y': 1}}, 'images': {'test': 2}, 'unknown_labels': {'test': {'x': 1, 'y': 0}}}
+    """
+    entries = {"counts": {name: table.class_counts() for name, table in tables.items()},
+               "images": {name: len(table) for name, table in tables.items()}}
+    unknown = {name: dict(zip(table.classes, (table.labels() == UNKNOWN_LABEL).sum(axis=0).tolist()))
+               for name, table in tables.items() if table.task == "multilabel" and len(table)}
+    if any(sum(per_label.values()) for per_label in unknown.values()):
+        entries["unknown_labels"] = unknown
+    return entries

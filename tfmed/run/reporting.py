@@ -129,6 +129,7 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
     plots.update(extra_plots or {})
     context = ReportContext(
         title=title, task=metrics["task"], source=source, counts=metrics.get("counts", {}),
+        images=metrics.get("images", {}), unknown_labels=metrics.get("unknown_labels", {}),
         model=model_facts or {"mode": model.mode, "backbone": model.backbone},
         metrics={split: primary_metrics(metrics, split) for split in metrics["splits"]},
         operating_points=(metrics["splits"][report_split] if metrics["task"] == "binary" and scores else {}),
@@ -226,8 +227,8 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
 def _twins_in_train(metrics: dict) -> list[tuple[str, int, int]]:
     """(split, images with a near-identical training image, images) for each scored split that has any."""
     twins = (metrics.get("near_duplicates") or {}).get("twins_in_train") or {}
-    return [(split, count, sum(metrics["counts"][split].values())) for split, count in twins.items()
-            if split in metrics["splits"]]
+    images = metrics.get("images") or {split: sum(counts.values()) for split, counts in metrics["counts"].items()}
+    return [(split, count, images[split]) for split, count in twins.items() if split in metrics["splits"]]
 
 
 def summary_text(metrics: dict) -> str:
