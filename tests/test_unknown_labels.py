@@ -217,3 +217,15 @@ def test_an_experiment_trains_and_scores_with_unknown_labels(tmp_path, mode):
     assert f"<td>Images</td><td>{len(train)}</td>" in report
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert set(predictions["label:nodule"]) <= {0, 1, UNKNOWN_LABEL}
+
+
+def test_validate_counts_each_labels_positive_and_unknown_images(tmp_path, capsys):
+    from tfmed.run.cli import main
+
+    manifest = _chest_manifest(tmp_path, unknown_nodule_every=3)
+    (tmp_path / "merged.yaml").write_text(f"name: merged\ndata:\n  source: manifest\n  path: {manifest}\n"
+                                          "  label_columns: [effusion, nodule]\n")
+    assert main(["validate", str(tmp_path / "merged.yaml")]) == 0
+    study = pd.read_csv(manifest)
+    assert (f"labels: effusion {int((study['effusion'] == 1).sum())} positive, 0 unknown; nodule "
+            f"{int((study['nodule'] == 1).sum())} positive, 16 unknown") in capsys.readouterr().out

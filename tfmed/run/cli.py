@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from tfmed.config import UNKNOWN_LABEL
 from tfmed.errors import TfmedError
 from tfmed.progress import configure_logging, native_stderr_captured
 
@@ -293,6 +294,11 @@ def _cmd_validate(args) -> int:
     report = validate_table(table, need_patient_ids=need_ids, max_pixels=data.max_image_pixels,
                             need_two_classes=True, views=views)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
+    if table.task == "multilabel":   # images per label that are positive, and those whose label is unknown
+        print("labels: " + "; ".join(
+            f"{name} {int((table.frame[column] == 1).sum())} positive, "
+            f"{int((table.frame[column] == UNKNOWN_LABEL).sum())} unknown"
+            for name, column in zip(table.classes, table.label_columns)))
     print(report.format())
     if experiment is not None and report.ok:
         print(_experiment_check_text(experiment, table, report))
