@@ -4,6 +4,8 @@ Every part that reads labels must leave an unknown one out: each test changes wh
 label or its score would contribute and checks that nothing moves, or compares with the same
 computation on the known images only.
 """
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -229,3 +231,62 @@ def test_validate_counts_each_labels_positive_and_unknown_images(tmp_path, capsy
     study = pd.read_csv(manifest)
     assert (f"labels: effusion {int((study['effusion'] == 1).sum())} positive, 0 unknown; nodule "
             f"{int((study['nodule'] == 1).sum())} positive, 16 unknown") in capsys.readouterr().out
+
+
+def _chexpert_stand_in(folder, name="train.csv", patients=40, seed=0):
+    """A CSV in the publisher's layout with small images; findings drawn at random, some uncertain."""
+    from tfmed.data.sources.chexpert import HEADER, OBSERVATIONS
+
+    rng = np.random.default_rng(seed)
+    top = folder / "CheXpert-v1.0-small"
+    lines = [HEADER]
+    for p in range(patients):
+        for view in (1, 2):
+            path = f"CheXpert-v1.0-small/train/patient{p:05d}/study1/view{view}_frontal.jpg"
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / path), rng.integers(0, 255, (24, 24), dtype=np.uint8))
+            codes = rng.choice(["1.0", "0.0", "", "-1.0"], size=len(OBSERVATIONS), p=[.3, .3, .2, .2])
+            lines.append(",".join([path, "Female", "50", "Frontal", "AP"] + codes.tolist()))
+    (top / name).write_text("\n".join(lines) + "\n")
+    return top / name
+
+
+def test_the_chexpert_experiment_ignores_uncertain_labels_where_it_says_and_scores_valid_csv(tmp_path):
+    from tfmed.data.sources.chexpert import load_chexpert
+    from tfmed.run.evaluate import evaluate_run, load_metrics
+    from tfmed.run.experiment import run_experiment
+
+    config = ExperimentConfig.from_yaml(Path(__file__).parent.parent / "experiments" / "chexpert.yaml")
+    config.data.path = str(_chexpert_stand_in(tmp_path))
+    config.runs_dir = str(tmp_path / "runs")
+    config.preprocess.image_size = 32
+    config.model.weights = None
+    config.split.test_fraction = config.split.val_fraction = 0.25
+    for stage in config.model.finetune.stages:
+        stage.epochs = 1
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    table = load_chexpert(config.data.path, classes=config.data.classes, uncertain=config.data.uncertain)
+    splits = pd.read_csv(run_dir / "splits.csv")
+    test = table.subset(np.flatnonzero(splits["split"].to_numpy() == "test")).labels()
+    # U-Ones: an uncertain Atelectasis is positive, never unknown; U-Ignore: an uncertain Cardiomegaly is unknown
+    assert metrics["unknown_labels"]["test"]["Atelectasis"] == 0
+    assert metrics["unknown_labels"]["test"]["Cardiomegaly"] == int((test[:, 1] == UNKNOWN_LABEL).sum()) > 0
+    youden = metrics["splits"]["test"]["youden"]["per_label"]
+    assert youden["Cardiomegaly"]["n"] == int((test[:, 1] != UNKNOWN_LABEL).sum())
+    # the publisher's valid.csv holds all 14 observations: the five the model predicts are scored
+    valid = _chexpert_stand_in(tmp_path / "valid", "valid.csv", patients=10, seed=1)
+    scored = load_metrics(evaluate_run(run_dir, data=f"chexpert:{valid}", output=tmp_path / "valid_scores"))
+    assert list(scored["splits"]["test"]["youden"]["per_label"]) == config.data.classes
+    assert scored["images"] == {"test": 20}
+
+
+def test_the_chexpert_experiment_without_data_says_where_to_get_it(tmp_path):
+    from tfmed.run.experiment import run_experiment
+
+    config = ExperimentConfig.from_yaml(Path(__file__).parent.parent / "experiments" / "chexpert.yaml")
+    config.data.path = str(tmp_path / "data/chexpert/CheXpert-v1.0-small/train.csv")
+    config.runs_dir = str(tmp_path / "runs")
+    with pytest.raises(DataSourceError, match="Stanford AIMI Center.*make experiment NAME=chexpert"):
+        run_experiment(config)
+    assert not (tmp_path / "runs").exists()

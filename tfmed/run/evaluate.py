@@ -54,6 +54,11 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
         table = apply_validation(table, report, exclude_bad_rows=False)
         source = data
+    if table.task == model.task == "multilabel":
+        table, left_out = model_labels_only(table, list(model.classes))
+        if left_out:
+            log(f"{data}: scoring the model's {len(model.classes)} labels; the data's other labels, which the "
+                f"model does not predict, are left out: {', '.join(left_out)}")
     if table.task != model.task or len(table.classes) != len(model.classes):
         raise ModelArtifactError(f"{data}: the data has {table.task} labels {table.classes} but the model "
                                  f"was trained for {model.task} {model.classes}")
@@ -83,6 +88,28 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                   notes=notes + member_sentences(metrics),
                   member_scores={"test": members} if members is not None else None)
     return out
+
+
+def model_labels_only(table: ImageTable, classes: list[str]) -> tuple[ImageTable, list[str]]:
+    """A multilabel ``table`` cut to the labels the model predicts when the data has those and more
+    (CheXpert's valid.csv holds 14 observations; a model of the five competition findings scores
+    those five), and the labels left out.
+
+    Example:
+        >>> import pandas as pd
+        >>> table = ImageTable(pd.DataFrame({"image": ["a"], "label:Edema": [1], "label:Fracture": [0]}),
+        ...                    ["Edema", "Fracture"], "multilabel")
+        >>> cut, left_out = model_labels_only(table, ["edema"])
+        >>> cut.classes, left_out
+        (['Edema'], ['Fracture'])
+    """
+    wanted = {name.lower() for name in classes}
+    kept = [name for name in table.classes if name.lower() in wanted]
+    if len(kept) == len(table.classes) or len(kept) != len(classes):
+        return table, []   # the same labels, or not all of the model's: match_classes explains the difference
+    left_out = [name for name in table.classes if name.lower() not in wanted]
+    frame = table.frame.drop(columns=[LABEL_PREFIX + name for name in left_out])
+    return ImageTable(frame, kept, table.task, table.images, table.source, table.excluded), left_out
 
 
 def match_classes(table: ImageTable, classes: list[str], data: str | None) -> ImageTable:
