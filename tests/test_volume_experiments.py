@@ -445,6 +445,13 @@ def test_an_ensemble_of_view_models_scores_the_mean_of_its_members_and_reloads(n
     member_csv = pd.read_csv(run / "member_scores.csv")
     assert {"features", "tuned"} <= set(member_csv.columns)
     assert set(json.loads((run / "metrics.json").read_text())["members"]["test"]) >= {"features", "tuned"}
+    # explained member by member on mosaics of their own views (16 and 24 pixels), the maps averaged
+    from tfmed.run.explain import explain_run
+
+    out = explain_run(run, method="gradcam", per_group=1, output=tmp_path / "maps")
+    trust = json.loads((out / "faithfulness.json").read_text())
+    assert [member["member"] for member in trust["members"]] == ["features", "tuned"]
+    assert pd.read_csv(out / "explanations.csv")["peak_view"].between(1, 3).all()
 
 
 @pytest.mark.slow
