@@ -88,11 +88,6 @@ def nodule_table(folder) -> ImageTable:
      "'adjacent' gives one"),
     ({"views": {"enabled": True, "slice_gap_mm": 2.0}}, "only planes: adjacent uses it"),
     ({"views": {"enabled": True, "patch_mm": 5.0}}, "gives 5 pixels; a view needs at least 8"),
-    ({"views": {"enabled": True}, "report": {"explain": True}, "model": {"svm": {"view_fusion": "per_view"}}},
-     "report.explain explains one decision, and model.svm.view_fusion 'per_view' averages one SVM per view"),
-    ({"views": {"enabled": True}, "report": {"explain": True}, "model": {"mode": "ensemble", "ensemble": {
-        "members": [{"mode": "svm", "svm": {"view_fusion": "per_view"}}, {"mode": "finetune"}]}}},
-     r"members\[0\].*view_fusion 'per_view' averages one SVM per view"),
     ({"views": {"enabled": True}, "model": {"mode": "ensemble", "ensemble": {"members": [
         {"mode": "svm"}, {"mode": "finetune", "preprocess": {"intensity": "standardize"}}]}}},
      r"members\[1\].*preprocess.intensity 'standardize' needs train-split statistics"),
@@ -313,7 +308,8 @@ def _experiment(nodules, tmp_path, mode, **extra) -> ExperimentConfig:
 
 def test_an_svm_of_views_is_explained_in_the_view_that_carries_the_signal():
     """The SVM's TensorFlow form of fused views scores as the SVM does, and Grad-CAM of its mosaic lights
-    the view where the class shows (view 5 of 9), each view's feature map in its own cell."""
+    the view where the class shows (view 5 of 9), each view's feature map in its own cell; one SVM per
+    view scores as the mean of the views' probabilities."""
     from tfmed.explain.mosaic import mosaic_model, to_mosaic
     from tfmed.modes.svm_graph import svm_keras_model
 
@@ -331,10 +327,16 @@ def test_an_svm_of_views_is_explained_in_the_view_that_carries_the_signal():
     per_view = maps.reshape(-1, 3, 32, 3, 32).transpose(0, 1, 3, 2, 4).reshape(len(maps), 9, -1).mean(axis=-1)
     assert (per_view.argmax(axis=1) == 4).all()
     assert grid.locate(np.unravel_index(maps[0].argmax(), maps[0].shape))[0] == 5
-    per_view_svm = FeatureSVM(backbone="mobilenet_v2", weights=None, taps=("late",), image_size=32, C=(1.0,),
-                              cv=3, view_fusion="per_view").fit(X[:, :2], y)
-    with pytest.raises(TfmedError, match="one classifier per view .* no single decision to explain"):
-        svm_keras_model(per_view_svm)
+    # one SVM per view: the mean of the views' calibrated probabilities, binary and multiclass
+    for labels in (y, np.arange(24) % 3):
+        per_view = FeatureSVM(backbone="mobilenet_v2", weights=None, taps=("middle", "late"), image_size=32,
+                              C=(1.0,), cv=3, view_fusion="per_view").fit(X[:, 3:6], labels)
+        graph = svm_keras_model(per_view)
+        expected = per_view.predict_proba(X[:, 3:6])
+        np.testing.assert_allclose(graph.predict(X[:, 3:6], verbose=0),
+                                   expected[:, 1:] if expected.shape[1] == 2 else expected, atol=1e-5)
+        mosaic, grid = mosaic_model(graph)
+        assert gradcam(mosaic, to_mosaic(X[:2, 3:6], grid), index=1).shape == (2, 32, 96)
 
 
 @pytest.mark.slow

@@ -950,9 +950,6 @@ class ExperimentConfig(_Section):
         if self.views.planes == "adjacent" and self.model.svm.view_fusion != "concat":
             raise ConfigError("model.svm.view_fusion 'per_view' needs several views, but views.planes "
                               "'adjacent' gives one; use planes orthogonal or ciompi9, or remove view_fusion")
-        if self.report.explain and self.model.mode == "svm" and self.model.svm.view_fusion == "per_view":
-            raise ConfigError("report.explain explains one decision, and model.svm.view_fusion 'per_view' "
-                              "averages one SVM per view; use view_fusion concat, or remove report.explain")
 
     def _check_members(self) -> None:
         members = self.model.ensemble.members

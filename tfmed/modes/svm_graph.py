@@ -10,7 +10,10 @@ kernel the decision of one SVM is
 
 (a linear kernel uses the dot product ``<x, sv_i>``), and the calibrated
 probability is ``1 / (1 + exp(a * f + b))``. Grad-CAM and gradient saliency
-(:mod:`tfmed.explain`) then work on an SVM model as on a fine-tuned one.
+(:mod:`tfmed.explain`) then work on an SVM model as on a fine-tuned one. An SVM
+of V views of a volume per row takes (V, S, S, 3) inputs: one backbone reads
+every view, and the views' features go to one SVM (``view_fusion: concat``) or
+each to its own (``per_view``, :class:`PerViewSVMs`).
 
 Example:
     >>> import numpy as np
@@ -155,54 +158,101 @@ def svm_keras_model(svm) -> keras.Model:
     pooled = [pool(name=f"svm_{tap}_pool")(base.get_layer(backbones.get_spec(spec["backbone"]).taps[tap]).output)
               for tap in spec["taps"]]
     if len(svm.input_shape_) == 4:
-        inputs, features = _view_features(svm, base, pooled)
-    else:
-        inputs, fused = base.inputs, len(spec["taps"]) > 1
-        blocks = []
-        for tap, tensor in zip(spec["taps"], pooled):
-            scaler = svm.scalers_[tap]
-            weight = 1.0 / np.sqrt(svm.block_widths_[tap]) if fused else 1.0
-            blocks.append(Standardise(scaler.mean_, scaler.scale_, weight, name=f"svm_{tap}_standardise")(tensor))
-        features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="svm_features")(blocks)
+        return _views_model(svm, base, pooled)
+    fused = len(spec["taps"]) > 1
+    blocks = []
+    for tap, tensor in zip(spec["taps"], pooled):
+        scaler = svm.scalers_[tap]
+        weight = 1.0 / np.sqrt(svm.block_widths_[tap]) if fused else 1.0
+        blocks.append(Standardise(scaler.mean_, scaler.scale_, weight, name=f"svm_{tap}_standardise")(tensor))
+    features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="svm_features")(blocks)
+    decision, calibration = _svm_head(svm, svm.models_[0])
+    return keras.Model(base.inputs, calibration(decision(features)), name=f"{spec['backbone']}_svm")
+
+
+def _svm_head(svm, models: list, suffix: str = "") -> tuple:
+    """The decision and calibration layers of one classifier group's calibrated SVM(s)."""
     svcs, calibrators = [], []
-    for calibrated in svm.models_[0]:
+    for calibrated in models:
         parts, scalers = _calibration_parts(calibrated)
         svcs += parts
         calibrators += scalers
     if svm.task_ == "binary":
         svcs, calibrators = svcs[:1], calibrators[:1]
-    decision = SVMDecision(svcs, name=DECISION_LAYER)(features)
     a = np.array([c.a_ for c in calibrators], np.float32)
     b = np.array([c.b_ for c in calibrators], np.float32)
-    proba = SigmoidCalibration(a, b, normalise=svm.task_ == "multiclass" and len(a) > 2,
-                               name=CALIBRATION_LAYER)(decision)
-    return keras.Model(inputs, proba, name=f"{spec['backbone']}_svm")
+    return (SVMDecision(svcs, name=DECISION_LAYER + suffix),
+            SigmoidCalibration(a, b, normalise=svm.task_ == "multiclass" and len(a) > 2,
+                               name=CALIBRATION_LAYER + suffix))
 
 
-def _view_features(svm, base, pooled: list) -> tuple:
-    """(input, standardised features) of an SVM fitted on V views per row with view_fusion concat: one
-    backbone reads every view (:class:`~tfmed.training.view_layers.FoldViews`), each view's pooled taps
-    are put side by side in the order the SVM fused its blocks (view by view, tap by tap), then scaled
-    by each block's scaler and 1/sqrt(block width). The chain of layers lets Grad-CAM reach the backbone."""
+def _group_scaler(svm, names: list[str], suffix: str = "") -> "Standardise":
+    """One Standardise layer for the blocks ``names`` side by side: each block's scaler and, when there
+    are several, its 1/sqrt(width)."""
+    mean = np.concatenate([svm.scalers_[name].mean_ for name in names])
+    weight = 1.0 / np.sqrt(np.array([svm.block_widths_[name] for name in names], np.float64)) if len(names) > 1 \
+        else np.ones(1)
+    scale = np.concatenate([svm.scalers_[name].scale_ / w for name, w in zip(names, weight)])
+    return Standardise(mean, scale, 1.0, name="svm_standardise" + suffix)
+
+
+def _views_model(svm, base, pooled: list) -> keras.Model:
+    """The Keras form of an SVM fitted on V views per row. One backbone reads every view
+    (:class:`~tfmed.training.view_layers.FoldViews`) and gives each view's pooled taps side by side.
+    ``view_fusion: concat``: the views' features one after the other, in the order the SVM fused its
+    blocks (view by view, tap by tap), scaled per block, then one SVM. ``per_view``: each view's own
+    scaler, SVM and calibration, and the mean of the views' probabilities (:class:`PerViewSVMs`). Both
+    are chains of layers, so Grad-CAM reaches the backbone."""
     from tfmed.training.view_layers import FoldViews
 
-    if len(svm.groups_) > 1:
-        raise SVMGraphError("this SVM fits one classifier per view (view_fusion: per_view) and averages their "
-                            "probabilities, which has no single decision to explain; refit with view_fusion: "
-                            "concat to explain it")
     spec = svm.backbone_spec_
     per_view = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="svm_tap_features")(pooled)
     features_of_one_view = keras.Model(base.inputs, per_view, name=f"{spec['backbone']}_view_features")
     views = int(svm.input_shape_[0])
     inputs = keras.Input(svm.input_shape_, name="views")
     x = features_of_one_view(FoldViews(name="fold_views")(inputs))
-    x = ViewsSideBySide(views, name="svm_views_side_by_side")(x)
-    names = svm.groups_[0]
-    mean = np.concatenate([svm.scalers_[name].mean_ for name in names])
-    weight = 1.0 / np.sqrt(np.array([svm.block_widths_[name] for name in names], np.float64)) if len(names) > 1 \
-        else np.ones(1)
-    scale = np.concatenate([svm.scalers_[name].scale_ / w for name, w in zip(names, weight)])
-    return inputs, Standardise(mean, scale, 1.0, name="svm_standardise")(x)
+    if len(svm.groups_) > 1:
+        heads = [(_group_scaler(svm, names, f"_{g + 1}"),) + _svm_head(svm, models, f"_{g + 1}")
+                 for g, (names, models) in enumerate(zip(svm.groups_, svm.models_))]
+        proba = PerViewSVMs(heads, name=CALIBRATION_LAYER)(x)
+    else:
+        x = ViewsSideBySide(views, name="svm_views_side_by_side")(x)
+        decision, calibration = _svm_head(svm, svm.models_[0])
+        proba = calibration(decision(_group_scaler(svm, svm.groups_[0])(x)))
+    return keras.Model(inputs, proba, name=f"{spec['backbone']}_svm")
+
+
+class PerViewSVMs(keras.layers.Layer):
+    """(B * V, F) features of V views per row -> (B, K) the mean of the V views' calibrated
+    probabilities, each view scored by its own scaler, SVM and calibration (``view_fusion: per_view``).
+
+    :meth:`logits_of` gives the score explanations differentiate: the logit of that mean (the log of
+    it for a multiclass task, whose probabilities are normalised per view).
+    """
+
+    def __init__(self, heads: list, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = [list(head) for head in heads]   # (Standardise, SVMDecision, SigmoidCalibration) per view
+        self.normalise = heads[0][2].normalise
+
+    def _mean_probability(self, x):
+        views = len(self.heads)
+        grouped = ops.reshape(x, (-1, views, ops.shape(x)[-1]))
+        probabilities = [calibration(decision(scaler(grouped[:, v])))
+                         for v, (scaler, decision, calibration) in enumerate(self.heads)]
+        return ops.clip(ops.mean(ops.stack(probabilities, axis=1), axis=1), 1e-7, 1.0 - 1e-7)
+
+    def logits_of(self, x):
+        """The pre-sigmoid (multiclass: pre-softmax) score of each column of the mean probability."""
+        mean = self._mean_probability(x)
+        return ops.log(mean) if self.normalise else ops.log(mean) - ops.log(1.0 - mean)
+
+    def probabilities_of(self, logits):
+        """Probabilities from :meth:`logits_of`'s scores."""
+        return ops.softmax(logits, axis=-1) if self.normalise else ops.sigmoid(logits)
+
+    def call(self, x):
+        return self.probabilities_of(self.logits_of(x))
 
 
 class ViewsSideBySide(keras.layers.Layer):
