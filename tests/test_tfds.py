@@ -125,6 +125,19 @@ def test_multilabel_tensors_and_label_lists(tmp_path):
         load_source(DataConfig(source="tfds", path=codes))
 
 
+def test_unknown_labels_beside_the_positive_ones_read_as_minus_one(tmp_path):
+    image = np.zeros((6, 6, 3), np.uint8)
+    labels = tfds.features.Sequence(tfds.features.ClassLabel(names=["Edema", "Mass"]))
+    folder = store(tmp_path, "merged", {"image": tfds.features.Image(shape=(6, 6, 3)), "labels": labels,
+                                        "unknown_labels": labels},
+                   {"train": [{"image": image, "labels": [0], "unknown_labels": [1]},
+                              {"image": image, "labels": [0], "unknown_labels": [0]}]})
+    table = load_source(DataConfig(source="tfds", path=folder))
+    assert table.labels()[0].tolist() == [1, -1]
+    problems = validate_table(table).problems
+    assert [(p.row, p.problem) for p in problems] == [(1, "label 'Edema' is listed both as positive and as unknown")]
+
+
 def test_bad_names_splits_and_settings_are_refused_with_the_fix(tmp_path, monkeypatch):
     with pytest.raises(DataSourceError, match="TFDS has no data set 'no_such_set'.*tfds:NAME"):
         load_source(parse_source_spec("tfds:no_such_set"))

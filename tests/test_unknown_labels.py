@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from tfmed.config import UNKNOWN_LABEL, ExperimentConfig
+from tfmed.config import UNKNOWN_LABEL, DataConfig, ExperimentConfig
 from tfmed.data.sources.manifest import load_manifest
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import validate_table
@@ -159,18 +159,18 @@ def test_each_label_svm_is_fitted_on_its_known_rows():
     assert fitted.decision_function(X).shape == (30, 3)
 
 
-def test_a_table_with_unknown_labels_is_not_exported_to_tfds_where_they_would_read_as_negative(tmp_path):
+def test_unknown_labels_survive_a_tfds_export_and_read_back(tmp_path):
+    from tfmed.data.sources import load_source
     from tfmed.data.tfds_export import export_tfds
 
     frame = pd.DataFrame({"image": [str(tmp_path / f"{i}.png") for i in range(4)], "label:a": [1, 0, -1, 1],
-                          "label:b": [0, 1, 1, 0], "patient_id": list("pqrs")})
+                          "label:b": [0, -1, 1, 0], "patient_id": list("pqrs")})
     for path in frame["image"]:
         cv2.imwrite(path, np.zeros((8, 8), np.uint8))
     table = ImageTable(frame, ["a", "b"], "multilabel", source="m.csv")
-    with pytest.raises(DataSourceError, match="m.csv: label.s. a are unknown for some images.*would read back as "
-                                              "negative"):
-        export_tfds(table, tmp_path / "out", name="x")
-    assert not (tmp_path / "out").exists()
+    export_tfds(table, tmp_path / "out", name="merged")
+    again = load_source(DataConfig(source="tfds", path=str(tmp_path / "out")))
+    assert again.classes == ["a", "b"] and again.labels().tolist() == table.labels().tolist()
 
 
 def test_explanations_choose_cases_only_among_images_whose_label_is_known():

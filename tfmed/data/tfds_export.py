@@ -51,6 +51,7 @@ import numpy as np
 
 from tfmed.config import UNKNOWN_LABEL
 from tfmed.data.pipeline import raw_dataset
+from tfmed.data.sources.tfds import UNKNOWN_FEATURE, tfds_quietly
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import apply_validation, validate_table
 from tfmed.progress import log
@@ -112,8 +113,6 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
         >>> table = load_source(parse_source_spec("folder:data/xrays"))  # doctest: +SKIP
         >>> export_tfds(table, "exports/xrays_v1", name="xrays", version="1.0.0")  # doctest: +SKIP
     """
-    from tfmed.data.sources.tfds import tfds_quietly
-
     tfds = tfds_quietly()
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -125,12 +124,7 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
     if not VERSION_PATTERN.match(version):
         raise DataSourceError(f"version {version!r}: TFDS versions are MAJOR.MINOR.PATCH, e.g. 1.0.0")
     table = apply_validation(table, validate_table(table, max_pixels=max_pixels), exclude_bad_rows=False)
-    if table.task == "multilabel" and (table.labels() == UNKNOWN_LABEL).any():
-        unknown = (table.labels() == UNKNOWN_LABEL).any(axis=0)
-        raise DataSourceError(f"{table.source}: label(s) {', '.join(np.array(table.classes)[unknown])} are unknown "
-                              "for some images, and a TFDS label list holds only the positive labels, so an "
-                              "unknown one would read back as negative; decide those labels (e.g. "
-                              "data.uncertain: zeros or ones) before exporting, or train from the source itself")
+    unknown = table.task == "multilabel" and bool((table.labels() == UNKNOWN_LABEL).any())
     splits = _splits(table)
     dtype, shape, replicated = _image_kind(table)
     features = tfds.features.FeaturesDict({
@@ -138,13 +132,16 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
                   else tfds.features.Tensor(shape=shape, dtype=np.float32, encoding="zlib")),
         **({"labels": tfds.features.Sequence(tfds.features.ClassLabel(names=table.classes))}
            if table.task == "multilabel" else {"label": tfds.features.ClassLabel(names=table.classes)}),
+        # labels unknown for an example (-1 in the table), listed beside its positive ones
+        **({UNKNOWN_FEATURE: tfds.features.Sequence(tfds.features.ClassLabel(names=table.classes))}
+           if unknown else {}),
         "patient_id": tfds.features.Text(), "site": tfds.features.Text(), "view": tfds.features.Text(),
         "source_image": tfds.features.Text()})
     channels = shape[-1]
     sources = _relative_references(table)
     split_data = {}
     for split, rows in splits.items():
-        split_data[TFDS_SPLITS[split]] = _examples(table.subset(rows), sources[rows], dtype, channels)
+        split_data[TFDS_SPLITS[split]] = _examples(table.subset(rows), sources[rows], dtype, channels, unknown)
     temporary = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     from tfmed import __version__
@@ -226,7 +223,7 @@ def _relative_references(table: ImageTable) -> np.ndarray:
     return np.array([os.path.relpath(path, common) for path in images], dtype=object)
 
 
-def _examples(table: ImageTable, references: np.ndarray, dtype, channels: int):
+def _examples(table: ImageTable, references: np.ndarray, dtype, channels: int, unknown: bool = False):
     """``(key, example)`` pairs of ``table``, in table order."""
     frame = table.frame
     labels = table.labels()
@@ -237,7 +234,9 @@ def _examples(table: ImageTable, references: np.ndarray, dtype, channels: int):
         example = {"image": image.astype(dtype), "source_image": str(references[position]),
                    **{column: values[position] for column, values in texts.items()}}
         if table.task == "multilabel":
-            example["labels"] = np.flatnonzero(labels[position]).astype(np.int64)
+            example["labels"] = np.flatnonzero(labels[position] == 1).astype(np.int64)
+            if unknown:
+                example[UNKNOWN_FEATURE] = np.flatnonzero(labels[position] == UNKNOWN_LABEL).astype(np.int64)
         else:
             example["label"] = int(labels[position])
         yield position, example

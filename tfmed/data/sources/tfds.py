@@ -29,7 +29,10 @@ Features (settings ``data.image_feature``, ``data.label_feature``,
   binary or multiclass task with the feature's class names (``data.classes``
   may rename them, in the same order); a ``Sequence`` of ``ClassLabel`` lists
   the positive labels of a multilabel example; a 0/1 ``Tensor`` of shape (L,)
-  is a multilabel example with the names of ``data.classes``.
+  is a multilabel example with the names of ``data.classes``. With a
+  ``Sequence`` label, a feature ``unknown_labels`` (a ``Sequence`` of the same
+  ``ClassLabel``, as ``tfmed export-tfds`` writes it) lists the labels that
+  are unknown for the example; they become -1 (see ``UNKNOWN_LABEL``).
 * patient: ``patient_id`` when the data set has it (``tfmed export-tfds``
   writes it). Otherwise each example is its own patient (``"train-17"``):
   TFDS's public sets such as ``patch_camelyon`` carry no patient id, so no
@@ -66,7 +69,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from tfmed.config import DataConfig
+from tfmed.config import UNKNOWN_LABEL, DataConfig
 from tfmed.data.sources.base import SourceKind, label_frame
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -76,6 +79,7 @@ from tfmed.progress import log
 # TFDS split name -> tfmed split
 SPLIT_NAMES = {"train": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}
 EXAMPLES_FILE = "examples.csv"
+UNKNOWN_FEATURE = "unknown_labels"   # the labels unknown for an example, beside its positive ones
 LOG_EVERY = 5000
 
 
@@ -112,15 +116,16 @@ def load_tfds(name: str, splits: list[str] | None = None, *, data_dir: str | Pat
         raise DataSourceError(f"data.patient_feature is {patient_key!r}, which TFDS data set {name!r} does not "
                               f"have; its features are {', '.join(features)}")
     names, resolved_task = _label_names(tfds, features[label_key], label_key, classes, task, name)
+    unknown_key = UNKNOWN_FEATURE if _lists_unknown_labels(tfds, features, label_key) else None
     if splits is None:
         splits = list(builder.info.splits)
         if not splits:
             raise DataSourceError(f"TFDS data set {name!r} lists no splits; name one: tfds:{name}#train")
     frames = []
     for split in splits:
-        folder = _split_folder(builder, split, (image_key, label_key, patient_key))
+        folder = _split_folder(builder, split, (image_key, label_key, patient_key, unknown_key))
         if not (folder / EXAMPLES_FILE).is_file():
-            _write_split(tfds, builder, split, folder, image_key, label_key, patient_key, name)
+            _write_split(tfds, builder, split, folder, image_key, label_key, patient_key, name, unknown_key)
         frame = pd.read_csv(folder / EXAMPLES_FILE, dtype=str, keep_default_na=False)
         frame["image"] = [str(folder / file) for file in frame["file"]]
         frame["split"] = split_name(split)
@@ -248,8 +253,17 @@ def _split_folder(builder, split: str, keys: tuple) -> Path:
     return cache_folder("tfds") / f"{label}-{digest}" / re.sub(r"[^A-Za-z0-9_.%+-]+", "_", split)
 
 
+def _lists_unknown_labels(tfds, features, label_key: str) -> bool:
+    """Whether the data set lists each example's unknown labels beside its positive ones."""
+    label, unknown = features[label_key], features[UNKNOWN_FEATURE] if UNKNOWN_FEATURE in features else None
+    sequence = tfds.features.Sequence
+    return (isinstance(label, sequence) and isinstance(unknown, sequence)
+            and isinstance(unknown.feature, tfds.features.ClassLabel)
+            and list(unknown.feature.names) == list(label.feature.names))
+
+
 def _write_split(tfds, builder, split: str, folder: Path, image_key: str, label_key: str,
-                 patient_key: str | None, name: str) -> None:
+                 patient_key: str | None, name: str, unknown_key: str | None = None) -> None:
     features = builder.info.features
     raw = isinstance(features[image_key], tfds.features.Image)
     decoders = {image_key: tfds.decode.SkipDecoding()} if raw else None
@@ -274,11 +288,13 @@ def _write_split(tfds, builder, split: str, folder: Path, image_key: str, label_
         record = {"file": file, "patient_id": _text(example[patient_key]) if patient_key else f"{base}-{index}"}
         record.update({key: _text(example[key]) for key in text})
         record["labels"] = _positive_labels(example[label_key], label_feature, tfds, where)
+        record["unknown"] = (_positive_labels(example[unknown_key], features[unknown_key], tfds, where)
+                             if unknown_key else "")
         records.append(record)
         if (index + 1) % LOG_EVERY == 0:
             log(f"  {index + 1} examples")
-    pd.DataFrame(records, columns=["file", "labels", "patient_id", *text]).to_csv(partial / EXAMPLES_FILE,
-                                                                                 index=False)
+    pd.DataFrame(records, columns=["file", "labels", "unknown", "patient_id", *text]).to_csv(
+        partial / EXAMPLES_FILE, index=False)
     try:
         partial.rename(folder)
     except OSError:  # another process finished the same split first: keep its folder
@@ -343,12 +359,18 @@ def _table_frame(frame: pd.DataFrame, names: list[str], task: str) -> pd.DataFra
                   "split": values["split"] if isinstance(values["split"], str) else pd.NA,
                   "row": position, SOURCE_PROBLEMS: ()}
         positives = [int(v) for v in values["labels"].split("|") if v != ""]
-        bad = [v for v in positives if not 0 <= v < len(names)]
+        unknown = [int(v) for v in values.get("unknown", "").split("|") if v != ""]
+        bad = [v for v in positives + unknown if not 0 <= v < len(names)]
         if bad:
             record[SOURCE_PROBLEMS] = ((f"label index {bad[0]} is outside the {len(names)} classes",
                                         "check the data set's label feature"),)
+        both = sorted(set(positives) & set(unknown))
+        if both:
+            record[SOURCE_PROBLEMS] = ((f"label {names[both[0]]!r} is listed both as positive and as unknown",
+                                        f"list it in {UNKNOWN_FEATURE} or in the labels, not in both"),)
         if task == "multilabel":
-            record.update({LABEL_PREFIX + label: int(i in positives) for i, label in enumerate(names)})
+            record.update({LABEL_PREFIX + label: UNKNOWN_LABEL if i in unknown else int(i in positives)
+                           for i, label in enumerate(names)})
         else:
             record["label"] = positives[0] if positives and not bad else pd.NA
         records.append(record)
