@@ -157,6 +157,10 @@ def test_each_label_svm_is_fitted_on_its_known_rows():
     assert [e.rows for e in fitted.estimators_] == (y != UNKNOWN_LABEL).sum(axis=0).tolist()
     assert all(e.labels == [0, 1] for e in fitted.estimators_)
     assert fitted.decision_function(X).shape == (30, 3)
+    # a label whose known rows hold one value (a small search fold) scores 0, as one-vs-rest does
+    y[:, 2] = np.where(y[:, 2] == UNKNOWN_LABEL, UNKNOWN_LABEL, 0)
+    fitted = KnownLabelsPerLabel(_CountingEstimator()).fit(X, y)
+    assert fitted.estimators_[2] is None and (fitted.decision_function(X)[:, 2] == 0).all()
 
 
 def test_unknown_labels_survive_a_tfds_export_and_read_back(tmp_path):
