@@ -43,6 +43,7 @@ from tfmed.config import UNKNOWN_LABEL
 from .intervals import (EvaluationError, _binary_labels, _check_level, bootstrap_distribution,
                         delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
                         wilson_interval)
+from .thresholds import known_column
 
 TASKS = ("binary", "multiclass", "multilabel")
 # Fewer cases than this on one side of an ROC curve get a note: with 4-9 positives a 95% AUC
@@ -255,17 +256,16 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     result = {"task": "multilabel", "n": int(Y.shape[0]), "labels": names, "ci_level": float(ci_level),
               "thresholds": dict(zip(names, per_threshold)), "per_label": {}}
     notes: list[str] = []
-    unknown = Y == UNKNOWN_LABEL
     for j, name in enumerate(names):
-        known = ~unknown[:, j]
+        labels, scores = known_column(Y, S, j)
         try:
-            metrics = binary_metrics(Y[known, j], S[known, j], per_threshold[j], ci_level, bootstrap, seed)
+            metrics = binary_metrics(labels, scores, per_threshold[j], ci_level, bootstrap, seed)
         except EvaluationError as error:
             raise EvaluationError(f"multilabel: label {name!r}: {error}") from None
         notes.extend(f"label {name!r}: {note}" for note in metrics["notes"])
-        if not known.all():
-            metrics["unknown"] = int((~known).sum())
-            notes.append(f"label {name!r}: unknown for {int((~known).sum())} of {len(known)} cases, which its "
+        if len(labels) < len(Y):
+            metrics["unknown"] = len(Y) - len(labels)
+            notes.append(f"label {name!r}: unknown for {len(Y) - len(labels)} of {len(Y)} cases, which its "
                          "metrics leave out")
         result["per_label"][name] = metrics
     aucs = [m["roc_auc"] for m in result["per_label"].values() if m["roc_auc"] is not None]

@@ -22,9 +22,8 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from tfmed.config import UNKNOWN_LABEL
-
 from .intervals import EvaluationError, _binary_labels
+from .thresholds import known_column
 
 _DPI = 110
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -254,8 +253,7 @@ def multi_roc_plot(y_true, scores, class_names: Sequence[str], path, title: str 
     figure, axes = _figure((6.0, 5.5))
     axes.plot([0, 1], [0, 1], color="grey", lw=1, ls="--")
     for k, name in enumerate(names):
-        known = Y[:, k] != UNKNOWN_LABEL   # a multilabel label's curve uses the cases where it is known
-        column, column_scores = Y[known, k], S[known, k]
+        column, column_scores = known_column(Y, S, k)   # a multilabel label's curve: the cases where it is known
         if column.size == 0 or column.min() == column.max():
             axes.plot([], [], ls="none", label=f"{name}: AUC undefined (one class)")
             continue

@@ -39,6 +39,7 @@ from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
 from tfmed.config import UNKNOWN_LABEL, GammaName, SVMConfig, Task, choices
+from tfmed.evaluation.thresholds import known_column
 from tfmed.files import read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.modes.features import (CHUNK_SIZE, FEATURE_CODE_VERSION, FeatureCache, FeatureError, UnknownTapError,
@@ -1068,9 +1069,9 @@ def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
     indicator = y if y.ndim == 2 else (y[:, None] == np.arange(scores.shape[1])).astype(int)
     aucs = []
     for k in range(scores.shape[1]):
-        known = indicator[:, k] != UNKNOWN_LABEL   # a multilabel label counts where it is known
-        if len(np.unique(indicator[known, k])) == 2:
-            aucs.append(roc_auc_score(indicator[known, k], scores[known, k]))
+        labels, label_scores = known_column(indicator, scores, k)   # a multilabel label counts where it is known
+        if len(np.unique(labels)) == 2:
+            aucs.append(roc_auc_score(labels, label_scores))
     return float(np.mean(aucs)) if aucs else float("nan")
 
 

@@ -53,16 +53,15 @@ def _constant(layer: keras.layers.Layer, name: str, value) -> keras.Variable:
 
 
 class Standardise(keras.layers.Layer):
-    """``(x - mean) / scale * weight``: a fitted StandardScaler, fixed (never trained)."""
+    """``(x - mean) / scale``: fitted StandardScalers side by side, fixed (never trained)."""
 
-    def __init__(self, mean, scale, weight: float = 1.0, **kwargs):
+    def __init__(self, mean, scale, **kwargs):
         super().__init__(**kwargs)
         self.mean = _constant(self, "mean", mean)
         self.scale = _constant(self, "scale", scale)
-        self.weight = float(weight)
 
     def call(self, x):
-        return (x - self.mean) / self.scale * self.weight
+        return (x - self.mean) / self.scale
 
 
 class SVMDecision(keras.layers.Layer):
@@ -157,16 +156,11 @@ def svm_keras_model(svm) -> keras.Model:
     pool = keras.layers.GlobalAveragePooling2D if spec["pooling"] == "avg" else keras.layers.GlobalMaxPooling2D
     pooled = [pool(name=f"svm_{tap}_pool")(base.get_layer(backbones.get_spec(spec["backbone"]).taps[tap]).output)
               for tap in spec["taps"]]
+    taps = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="svm_tap_features")(pooled)
     if len(svm.input_shape_) == 4:
-        return _views_model(svm, base, pooled)
-    fused = len(spec["taps"]) > 1
-    blocks = []
-    for tap, tensor in zip(spec["taps"], pooled):
-        scaler = svm.scalers_[tap]
-        weight = 1.0 / np.sqrt(svm.block_widths_[tap]) if fused else 1.0
-        blocks.append(Standardise(scaler.mean_, scaler.scale_, weight, name=f"svm_{tap}_standardise")(tensor))
-    features = blocks[0] if len(blocks) == 1 else keras.layers.Concatenate(name="svm_features")(blocks)
+        return _views_model(svm, base, taps)
     decision, calibration = _svm_head(svm, svm.models_[0])
+    features = _group_scaler(svm, svm.groups_[0])(taps)
     return keras.Model(base.inputs, calibration(decision(features)), name=f"{spec['backbone']}_svm")
 
 
@@ -188,15 +182,15 @@ def _svm_head(svm, models: list, suffix: str = "") -> tuple:
 
 def _group_scaler(svm, names: list[str], suffix: str = "") -> "Standardise":
     """One Standardise layer for the blocks ``names`` side by side: each block's scaler and, when there
-    are several, its 1/sqrt(width)."""
+    are several, its 1/sqrt(width) (folded into the scale)."""
     mean = np.concatenate([svm.scalers_[name].mean_ for name in names])
     weight = 1.0 / np.sqrt(np.array([svm.block_widths_[name] for name in names], np.float64)) if len(names) > 1 \
         else np.ones(1)
     scale = np.concatenate([svm.scalers_[name].scale_ / w for name, w in zip(names, weight)])
-    return Standardise(mean, scale, 1.0, name="svm_standardise" + suffix)
+    return Standardise(mean, scale, name="svm_standardise" + suffix)
 
 
-def _views_model(svm, base, pooled: list) -> keras.Model:
+def _views_model(svm, base, taps) -> keras.Model:
     """The Keras form of an SVM fitted on V views per row. One backbone reads every view
     (:class:`~tfmed.training.view_layers.FoldViews`) and gives each view's pooled taps side by side.
     ``view_fusion: concat``: the views' features one after the other, in the order the SVM fused its
@@ -206,8 +200,7 @@ def _views_model(svm, base, pooled: list) -> keras.Model:
     from tfmed.training.view_layers import FoldViews
 
     spec = svm.backbone_spec_
-    per_view = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(name="svm_tap_features")(pooled)
-    features_of_one_view = keras.Model(base.inputs, per_view, name=f"{spec['backbone']}_view_features")
+    features_of_one_view = keras.Model(base.inputs, taps, name=f"{spec['backbone']}_view_features")
     views = int(svm.input_shape_[0])
     inputs = keras.Input(svm.input_shape_, name="views")
     x = features_of_one_view(FoldViews(name="fold_views")(inputs))

@@ -287,8 +287,8 @@ def _write_split(tfds, builder, split: str, folder: Path, image_key: str, label_
         file = _write_image(example[image_key], partial, index, raw, where)
         record = {"file": file, "patient_id": _text(example[patient_key]) if patient_key else f"{base}-{index}"}
         record.update({key: _text(example[key]) for key in text})
-        record["labels"] = _positive_labels(example[label_key], label_feature, tfds, where)
-        record["unknown"] = (_positive_labels(example[unknown_key], features[unknown_key], tfds, where)
+        record["labels"] = _listed_labels(example[label_key], label_feature, tfds, where)
+        record["unknown"] = (_listed_labels(example[unknown_key], features[unknown_key], tfds, where)
                              if unknown_key else "")
         records.append(record)
         if (index + 1) % LOG_EVERY == 0:
@@ -334,8 +334,9 @@ def _write_image(value, folder: Path, index: int, raw: bool, where: str) -> str:
     return f"{index:08d}{suffix}"
 
 
-def _positive_labels(value, feature, tfds, where: str) -> str:
-    """The example's label as stored in examples.csv: the class index, or the positive labels joined by '|'."""
+def _listed_labels(value, feature, tfds, where: str) -> str:
+    """The example's label as stored in examples.csv: the class index, or the listed labels (positive, or
+    unknown for ``unknown_labels``) joined by '|'."""
     if isinstance(feature, tfds.features.ClassLabel):
         return str(int(value))
     values = np.asarray(value).astype(np.int64).ravel()
