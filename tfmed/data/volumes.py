@@ -20,7 +20,12 @@ Both kinds of volume share one set of conventions:
   grow) their cross product, the slice normal. Slices are ordered by their
   position along that normal (ImagePositionPatient . normal), ascending, never
   by file name or InstanceNumber; ``origin`` is ImagePositionPatient of the
-  first slice.
+  first slice. A series acquired with gantry tilt is stacked along the table,
+  not along the normal: column 0 is then the unit vector from the first
+  slice's position to the last one's, ``spacing[0]`` the distance between
+  neighbouring positions, and ``direction`` is not orthogonal. Every voxel
+  keeps its DICOM position, and views cut in patient space
+  (:mod:`tfmed.data.volume_views`) come out tilt-corrected.
 * NIfTI: the image is first reoriented to the closest canonical orientation
   (RAS+: i toward the right, j anterior, k superior); then slice = k,
   row = j reversed, column = i reversed. An axial NIfTI image thus reads
@@ -55,7 +60,7 @@ from tfmed.data.decode import ImageReadError, dicom_values, has_dicom_marker, re
 from tfmed.errors import TfmedError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-# Two slices closer than this along the slice normal (mm) are at the same position.
+# Two slices closer than this along the slice axis (mm) are at the same position.
 DUPLICATE_MM = 0.01
 # A step between consecutive slices over this many times the median spacing is a missing slice.
 GAP_FACTOR = 1.5
@@ -63,6 +68,9 @@ GAP_FACTOR = 1.5
 UNEVEN_FRACTION = 0.01
 # Slice positions further than this angle (degrees) from the slice normal make a tilted series.
 TILT_DEGREES = 0.5
+# A slice of a tilted series further than this (mm) from the line through the first and last
+# slice positions means the positions do not form one stack.
+STACK_LINE_MM = 0.05
 # Largest difference of ImageOrientationPatient cosines / PixelSpacing (mm) counted as equal.
 ORIENTATION_TOLERANCE = 1e-4
 PIXEL_SPACING_TOLERANCE = 1e-3
@@ -70,8 +78,6 @@ PIXEL_SPACING_TOLERANCE = 1e-3
 _AXIS_LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
 # RAS (NIfTI) <-> LPS (DICOM) patient coordinates.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
-_TILT_FIX = ("resample the series onto a regular grid with a tilt-correcting tool (e.g. dcm2niix, which "
-             "corrects gantry tilt, then read its NIfTI file), or export a tilt-corrected series")
 
 
 class VolumeError(TfmedError):
@@ -225,9 +231,10 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
     Files are recognised by the DICM marker, grouped by SeriesInstanceUID and
     ordered by their position along the slice normal. A folder holding several
     series needs ``series_uid``. Missing or duplicate slices, mixed
-    orientations or sizes, gantry tilt and multi-frame files are refused with
-    a :class:`VolumeError` naming the files; uneven spacing within tolerance
-    and ignored files are listed in ``problems``.
+    orientations or sizes and multi-frame files are refused with a
+    :class:`VolumeError` naming the files; uneven spacing within tolerance,
+    gantry tilt (read as acquired, see the module docstring) and ignored
+    files are listed in ``problems``.
 
     Example:
         >>> import shutil, tempfile, pathlib
@@ -364,17 +371,16 @@ def _geometry(folder: Path, series: _Series, problems: list[str]):
     if pixel_spacing[0] is None:
         problems.append("no PixelSpacing: 1.0 x 1.0 mm assumed within slices")
     row_axis, column_axis, normal = _axes(files[0], orientations[0])
-    _check_tilt(files, headers)
-    along = positions @ normal
-    order = [int(i) for i in np.argsort(along, kind="stable")]
+    order = [int(i) for i in np.argsort(positions @ normal, kind="stable")]
     sorted_files = [files[i] for i in order]
     if len(files) == 1:
+        stack = normal
         slice_spacing = _single_slice_spacing(headers[0], problems)
     else:
-        _check_stacked(folder, sorted_files, positions[order], normal)
-        slice_spacing = _slice_spacing(folder, sorted_files, along[order], problems)
+        stack = _stack_axis(folder, sorted_files, positions[order], normal, problems)
+        slice_spacing = _slice_spacing(folder, sorted_files, positions[order] @ stack, problems)
     row_mm, column_mm = pixel_spacing[0] or (1.0, 1.0)
-    direction = np.column_stack([normal, column_axis, row_axis])
+    direction = np.column_stack([stack, column_axis, row_axis])
     return order, (slice_spacing, row_mm, column_mm), positions[order[0]].copy(), direction
 
 
@@ -424,27 +430,35 @@ def _axes(path: Path, orientation: tuple[float, ...]) -> tuple[np.ndarray, np.nd
     return row / np.linalg.norm(row), column / np.linalg.norm(column), normal / np.linalg.norm(normal)
 
 
-def _check_tilt(files: list[Path], headers: list) -> None:
-    for path, header in zip(files, headers):
-        try:
-            tilt = float(header.get("GantryDetectorTilt", 0) or 0)
-        except (TypeError, ValueError):
-            continue
-        if abs(tilt) > 1e-3:
-            raise VolumeError(path, f"the series is tilted (GantryDetectorTilt {tilt:g} degrees): its slices are "
-                              "not stacked along their normal, and this reader does not correct tilt", _TILT_FIX)
+def _stack_axis(folder: Path, files: list[Path], positions: np.ndarray, normal: np.ndarray,
+                problems: list[str]) -> np.ndarray:
+    """The unit vector along which the sorted slices are stacked: the slice normal, or the tilted stack's line.
 
-
-def _check_stacked(folder: Path, files: list[Path], positions: np.ndarray, normal: np.ndarray) -> None:
-    """Refuse slices whose positions do not run along the slice normal (a tilted or sheared stack)."""
+    A series acquired with gantry tilt stacks its slices along the table, at
+    the tilt angle to their normal. Its slice axis then follows the stack
+    (``direction`` is not orthogonal), so every voxel keeps the patient
+    position its header gives. Positions that leave the line through the
+    first and last slice (a varying tilt, or two stacks in one series) are
+    refused.
+    """
     step = positions[-1] - positions[0]
     along = float(step @ normal)
-    across = float(np.linalg.norm(step - along * normal))
-    angle = math.degrees(math.atan2(across, abs(along)))
-    if angle > TILT_DEGREES:
-        raise VolumeError(folder, f"the series is tilted: slice positions from {files[0].name} to {files[-1].name} "
-                          f"run at {angle:.1f} degrees to the slice normal (gantry tilt or a sheared stack)",
-                          _TILT_FIX)
+    angle = math.degrees(math.atan2(float(np.linalg.norm(step - along * normal)), abs(along)))
+    if angle <= TILT_DEGREES:
+        return normal
+    stack = step / np.linalg.norm(step)
+    offsets = positions - positions[0]
+    off_line = np.linalg.norm(offsets - np.outer(offsets @ stack, stack), axis=1)
+    worst = int(np.argmax(off_line))
+    if off_line[worst] > STACK_LINE_MM:
+        raise VolumeError(files[worst], f"the slice positions do not lie on one line: this slice is "
+                          f"{off_line[worst]:.2f} mm from the line through {files[0].name} and {files[-1].name} "
+                          f"(a tilted stack whose tilt varies, or slices of two stacks in one series)",
+                          "separate the stacks into their own series, or re-export the series")
+    problems.append(f"gantry tilt: the slices are stacked at {angle:.1f} degrees to their normal; voxels keep "
+                    "their DICOM positions (the slice axis follows the stack), so views are cut upright in "
+                    "patient space")
+    return stack
 
 
 def _slice_spacing(folder: Path, files: list[Path], along: np.ndarray, problems: list[str]) -> float:
@@ -453,7 +467,7 @@ def _slice_spacing(folder: Path, files: list[Path], along: np.ndarray, problems:
     duplicates = np.flatnonzero(steps < DUPLICATE_MM)
     if duplicates.size:
         i = int(duplicates[0])
-        raise VolumeError(files[i + 1], f"same slice position ({along[i]:.2f} mm along the slice normal) as "
+        raise VolumeError(files[i + 1], f"same slice position ({along[i]:.2f} mm along the slice axis) as "
                           f"{files[i].name}", "remove one of the two files, or separate them if they belong to "
                           "different acquisitions (echoes, time points)")
     spacing = float(np.median(steps))
