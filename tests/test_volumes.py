@@ -290,9 +290,88 @@ def test_uneven_spacing_within_tolerance_is_a_problem_not_an_error(tmp_path):
     assert "2.600" in volume.problems[0]
 
 
-def test_a_multi_frame_file_and_an_empty_folder_are_refused(tmp_path):
+ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
+def item(**values):
+    """A sequence item (pydicom Dataset) holding ``values``."""
+    dataset = pydicom.Dataset()
+    for keyword, value in values.items():
+        setattr(dataset, keyword, value)
+    return dataset
+
+
+def write_enhanced(path, indices, orientation=OBLIQUE, spacing=2.5, temporal=None):
+    """Slices ``indices`` of write_series's geometry as the frames of one Enhanced CT file, in that order.
+
+    Orientation and pixel spacing sit in the shared functional groups; each frame's position and its
+    own rescale intercept (-1024 + index) in its per-frame groups.
+    """
+    ds = make_slice(indices[0], ORIGIN, orientation)
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                    "RescaleSlope", "RescaleIntercept", "SliceLocation", "InstanceNumber"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = ENHANCED_CT
+    ds.NumberOfFrames = len(indices)
+    ds.PixelData = np.stack([stored(i) for i in indices]).tobytes()
+    ds.SharedFunctionalGroupsSequence = [item(
+        PlaneOrientationSequence=[item(ImageOrientationPatient=list(orientation))],
+        PixelMeasuresSequence=[item(PixelSpacing=[PIXEL_MM, PIXEL_MM], SliceThickness=spacing)])]
+    ds.PerFrameFunctionalGroupsSequence = [item(
+        PlanePositionSequence=[item(ImagePositionPatient=[round(float(v), 6)
+                                                          for v in ORIGIN + i * spacing * normal_of(orientation)])],
+        PixelValueTransformationSequence=[item(RescaleSlope=1, RescaleIntercept=-1024 + i, RescaleType="HU")],
+        FrameContentSequence=[item(StackID="1", InStackPositionNumber=i + 1,
+                                   **({} if temporal is None else {"TemporalPositionIndex": temporal[n]}))])
+        for n, i in enumerate(indices)]
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("files", [[[3, 0, 5, 1, 4, 2]], [[4, 0, 2], [5, 1, 3]]])
+def test_an_enhanced_multi_frame_series_reads_like_one_file_per_slice(tmp_path, files):
+    """Frames are placed by their per-frame positions and rescaled by their own intercepts, in any frame order."""
+    (tmp_path / "single").mkdir()
+    for index in range(6):
+        make_slice(index, ORIGIN + index * 2.5 * normal_of(OBLIQUE), OBLIQUE, intercept=-1024 + index).save_as(
+            tmp_path / "single" / f"s{index}", enforce_file_format=True)
+    (tmp_path / "enhanced").mkdir()
+    for number, indices in enumerate(files):
+        write_enhanced(tmp_path / "enhanced" / f"EN{number}", indices)
+    single, enhanced = read_dicom_series(tmp_path / "single"), read_dicom_series(tmp_path / "enhanced")
+    np.testing.assert_array_equal(enhanced.array, single.array)
+    np.testing.assert_array_equal(enhanced.array[5], stored(5) - 1024 + 5)
+    assert enhanced.spacing == pytest.approx(single.spacing) and enhanced.spacing[0] == pytest.approx(2.5)
+    assert enhanced.origin == pytest.approx(single.origin) and enhanced.direction == pytest.approx(single.direction)
+    assert enhanced.problems == [] and enhanced.modality == "CT"
+
+
+def test_inspect_an_enhanced_multi_frame_file(tmp_path, capsys):
+    write_enhanced(tmp_path / "EN0", [2, 0, 1, 3])
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for expected in ["kind: DICOM series (1 file)", "shape: 4 slices x 128 rows x 128 columns",
+                     "spacing: 2.5 x 0.661468 x 0.661468 mm", "problems: none"]:
+        assert expected in out, expected
+
+
+def test_a_multi_frame_file_that_is_not_one_stack_is_refused(tmp_path):
+    write_enhanced(tmp_path / "cardiac", [0, 1, 0, 1], temporal=[1, 1, 2, 2])
+    with pytest.raises(VolumeError, match=r"2 time points \(TemporalPositionIndex 1, 2\)") as caught:
+        read_dicom_series(tmp_path)
+    assert str(caught.value).startswith(str(tmp_path / "cardiac"))
+    single = tmp_path / "single"
+    single.mkdir()
+    write_enhanced(single / "EN0", [0, 1, 2])
+    write_enhanced(single / "EN1", [2, 3])
+    with pytest.raises(VolumeError, match=r"EN1 \(frame 1\): same slice position") as caught:
+        read_dicom_series(single)  # the same slice in two files: named with its frame
+
+
+def test_a_multi_frame_file_without_frame_positions_and_an_empty_folder_are_refused(tmp_path):
     shutil.copy(get_testdata_file("rtdose.dcm"), tmp_path / "dose")
-    with pytest.raises(VolumeError, match=r"multi-frame DICOM \(15 frames"):
+    with pytest.raises(VolumeError, match=r"multi-frame DICOM \(15 frames in one file\) without per-frame "
+                                          "positions"):
         read_dicom_series(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -301,8 +301,8 @@ def _read_raster(path: Path, kind: str, max_pixels: int | None,
     return array.astype(np.float32), info
 
 
-def dicom_values(path: str | Path, dataset, fix: str) -> np.ndarray:
-    """A DICOM dataset's pixels after its modality LUT (Hounsfield units for CT), as float32.
+def dicom_pixels(path: str | Path, dataset, fix: str) -> np.ndarray:
+    """A DICOM dataset's stored pixel values, decoded (every frame of a multi-frame file: frames first).
 
     Compressed pixel data decodes through pydicom's handlers (the pylibjpeg
     plugins for JPEG, JPEG-LS and JPEG 2000); a transfer syntax no handler
@@ -313,13 +313,11 @@ def dicom_values(path: str | Path, dataset, fix: str) -> np.ndarray:
         >>> import pydicom
         >>> from pydicom.data import get_testdata_file
         >>> path = get_testdata_file("CT_small.dcm")
-        >>> float(dicom_values(path, pydicom.dcmread(path), "re-export it").min())
-        -896.0
+        >>> int(dicom_pixels(path, pydicom.dcmread(path), "re-export it").min())
+        128
     """
-    from pydicom.pixels import apply_modality_lut
-
     try:
-        pixels = dataset.pixel_array
+        return dataset.pixel_array
     except (RuntimeError, NotImplementedError) as error:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         syntax_text = f"{syntax} ({syntax.name})" if syntax is not None else "unknown"
@@ -330,7 +328,23 @@ def dicom_values(path: str | Path, dataset, fix: str) -> np.ndarray:
             "or python-gdcm), or decompress the file first (e.g. gdcmconv --raw / dcmdjpeg)") from None
     except (ValueError, AttributeError, KeyError, TypeError, EOFError) as error:
         raise ImageReadError(path, f"corrupt DICOM pixel data ({type(error).__name__}: {error})", fix) from None
-    return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float32)
+
+
+def dicom_values(path: str | Path, dataset, fix: str) -> np.ndarray:
+    """A DICOM dataset's pixels after its modality LUT (Hounsfield units for CT), as float32.
+
+    Decoding and its errors are those of :func:`dicom_pixels`.
+
+    Example:
+        >>> import pydicom
+        >>> from pydicom.data import get_testdata_file
+        >>> path = get_testdata_file("CT_small.dcm")
+        >>> float(dicom_values(path, pydicom.dcmread(path), "re-export it").min())
+        -896.0
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    return np.asarray(apply_modality_lut(dicom_pixels(path, dataset, fix), dataset), dtype=np.float32)
 
 
 def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageInfo]:

@@ -20,7 +20,9 @@ Both kinds of volume share one set of conventions:
   grow) their cross product, the slice normal. Slices are ordered by their
   position along that normal (ImagePositionPatient . normal), ascending, never
   by file name or InstanceNumber; ``origin`` is ImagePositionPatient of the
-  first slice. A series acquired with gantry tilt is stacked along the table,
+  first slice. Each frame of an enhanced multi-frame file is a slice, its
+  position, orientation, pixel spacing and rescale read from its functional
+  groups (per-frame over shared). A series acquired with gantry tilt is stacked along the table,
   not along the normal: column 0 is then the unit vector from the first
   slice's position to the last one's, ``spacing[0]`` the distance between
   neighbouring positions, and ``direction`` is not orthogonal. Every voxel
@@ -56,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmed.data.decode import ImageReadError, dicom_values, has_dicom_marker, read_image_and_info
+from tfmed.data.decode import ImageReadError, dicom_pixels, dicom_values, has_dicom_marker, read_image_and_info
 from tfmed.errors import TfmedError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -225,16 +227,46 @@ class _Series:
                 "rows": int(first.Rows), "columns": int(first.Columns)}
 
 
+@dataclass(frozen=True)
+class _Slice:
+    """One slice of a series: a single-frame file, or one frame of an enhanced multi-frame file."""
+
+    path: Path
+    frame: int | None = None  # 0-based frame number in a multi-frame file
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.frame is None else f"{self.path.name} (frame {self.frame + 1})"
+
+    def __str__(self) -> str:
+        return str(self.path) if self.frame is None else f"{self.path} (frame {self.frame + 1})"
+
+
+# Per-frame functional groups of enhanced multi-frame images (CT, MR, PET, legacy converted) and the
+# attributes each holds that a single-frame slice carries at the top level.
+_FUNCTIONAL_GROUPS = {
+    "PlanePositionSequence": ("ImagePositionPatient",),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+    "FrameContentSequence": ("StackID", "TemporalPositionIndex"),
+}
+_MULTI_FRAME_FIX = ("export the series as one file per slice, or convert it to NIfTI (e.g. dcm2niix) and read "
+                    "that file")
+
+
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
     """Read the DICOM files of one series in ``folder`` (files of any name) into a :class:`Volume`.
 
     Files are recognised by the DICM marker, grouped by SeriesInstanceUID and
-    ordered by their position along the slice normal. A folder holding several
-    series needs ``series_uid``. Missing or duplicate slices, mixed
-    orientations or sizes and multi-frame files are refused with a
-    :class:`VolumeError` naming the files; uneven spacing within tolerance,
-    gantry tilt (read as acquired, see the module docstring) and ignored
-    files are listed in ``problems``.
+    ordered by their position along the slice normal. An enhanced multi-frame
+    file (e.g. Enhanced CT or MR) gives one slice per frame, placed by its
+    per-frame functional groups. A folder holding several series needs
+    ``series_uid``. Missing or duplicate slices, mixed orientations or sizes,
+    and multi-frame files without per-frame positions or holding several
+    stacks or time points are refused with a :class:`VolumeError` naming the
+    files; uneven spacing within tolerance, gantry tilt (read as acquired, see
+    the module docstring) and ignored files are listed in ``problems``.
 
     Example:
         >>> import shutil, tempfile, pathlib
@@ -326,14 +358,24 @@ def _series_line(summary: dict) -> str:
 def _read_series(folder: Path, series: _Series, problems: list[str]) -> Volume:
     """Check the geometry of ``series``, then read its pixels in slice order."""
     problems = list(problems)
+    slices, headers = [], []
     for path, header in zip(series.files, series.headers):
-        _check_single_frame_greyscale(path, header)
-    order, spacing, origin, direction = _geometry(folder, series, problems)
-    files = [series.files[i] for i in order]
-    first = series.headers[order[0]]
-    array = np.empty((len(files), int(first.Rows), int(first.Columns)), dtype=np.float32)
-    for index, path in enumerate(files):
-        array[index] = _slice_values(path, array.shape[1:])
+        _check_greyscale(path, header)
+        if int(header.get("NumberOfFrames", 1) or 1) > 1:
+            frame_headers = _frame_headers(path, header)
+            slices += [_Slice(path, frame) for frame in range(len(frame_headers))]
+            headers += frame_headers
+        else:
+            slices.append(_Slice(path))
+            headers.append(header)
+    order, spacing, origin, direction = _geometry(folder, slices, headers, problems)
+    first = headers[order[0]]
+    array = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
+    for path, places in _places_by_file(slices, order).items():
+        values = _file_values(path, [slices[i].frame for i, _ in places], [headers[i] for i, _ in places],
+                              array.shape[1:])
+        for (_, index), frame_values in zip(places, values):
+            array[index] = frame_values
     if any(str(h.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1" for h in series.headers):
         problems.append("MONOCHROME1 slices (higher values display darker): values are kept as stored, "
                         "after the modality LUT")
@@ -344,21 +386,70 @@ def _read_series(folder: Path, series: _Series, problems: list[str]) -> Volume:
                   transfer_syntax=", ".join(syntaxes) or None, source=str(folder), problems=problems)
 
 
-def _check_single_frame_greyscale(path: Path, header) -> None:
-    frames = int(header.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise VolumeError(path, f"multi-frame DICOM ({frames} frames in one file) is not read as a series yet",
-                          "export the series as one file per slice, or convert it to NIfTI (e.g. dcm2niix) "
-                          "and read that file")
+def _check_greyscale(path: Path, header) -> None:
     samples = int(header.get("SamplesPerPixel", 1) or 1)
     if samples != 1:
         raise VolumeError(path, f"colour image ({samples} samples per pixel) in a series; volumes are greyscale",
                           "remove the file from the series folder")
 
 
-def _geometry(folder: Path, series: _Series, problems: list[str]):
-    """(slice order, spacing, origin, direction) from the headers; refuses inconsistent series."""
-    files, headers = series.files, series.headers
+def _frame_headers(path: Path, header) -> list:
+    """One header per frame of an enhanced multi-frame file, its functional groups flattened to the top level.
+
+    Each frame's header holds the file's own attributes, then those of the
+    shared functional groups, then its per-frame groups (the later wins), so
+    it reads like the header of a single-frame slice.
+    """
+    from pydicom.dataset import Dataset
+
+    frames = int(header.NumberOfFrames)
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        raise VolumeError(path, f"multi-frame DICOM ({frames} frames in one file) without per-frame positions "
+                          "(no PerFrameFunctionalGroupsSequence, e.g. a cine loop or a dose grid) cannot be "
+                          "placed in a volume", _MULTI_FRAME_FIX)
+    if len(per_frame) != frames:
+        raise VolumeError(path, f"{len(per_frame)} per-frame functional groups for {frames} frames",
+                          "re-export the series")
+    shared = header.get("SharedFunctionalGroupsSequence")
+    skip = {"PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"}
+    base = Dataset()
+    for element in header:
+        if element.keyword not in skip:
+            base.add(element)
+    base.file_meta = getattr(header, "file_meta", Dataset())
+    headers = []
+    for item in per_frame:
+        frame = Dataset()
+        frame.update(base)
+        frame.file_meta = base.file_meta
+        for group in ([shared[0]] if shared else []) + [item]:
+            for sequence, keywords in _FUNCTIONAL_GROUPS.items():
+                if group.get(sequence):
+                    inner = group[sequence][0]
+                    for keyword in keywords:
+                        if keyword in inner:
+                            frame[keyword] = inner[keyword]
+        headers.append(frame)
+    for keyword, what in (("StackID", "stacks"), ("TemporalPositionIndex", "time points")):
+        values = {str(h[keyword].value) for h in headers if keyword in h}
+        if len(values) > 1:
+            raise VolumeError(path, f"the file holds {len(values)} {what} ({keyword} {', '.join(sorted(values))}); "
+                              "a volume is one stack at one time", "export each stack or time point as its own "
+                              "series, or convert the file to NIfTI (e.g. dcm2niix writes one file per stack)")
+    return headers
+
+
+def _places_by_file(slices: list[_Slice], order: list[int]) -> dict[Path, list[tuple[int, int]]]:
+    """For each file, (position in ``slices``, index in the volume) of its slices: each file is decoded once."""
+    places: dict[Path, list[tuple[int, int]]] = {}
+    for index, position in enumerate(order):
+        places.setdefault(slices[position].path, []).append((position, index))
+    return places
+
+
+def _geometry(folder: Path, files: list[_Slice], headers: list, problems: list[str]):
+    """(slice order, spacing, origin, direction) from the slices' headers; refuses inconsistent series."""
     orientations = [_numbers(path, h, "ImageOrientationPatient", 6) for path, h in zip(files, headers)]
     positions = np.array([_numbers(path, h, "ImagePositionPatient", 3) for path, h in zip(files, headers)])
     pixel_spacing = [_pixel_spacing(h) for h in headers]
@@ -496,8 +587,9 @@ def _single_slice_spacing(header, problems: list[str]) -> float:
     return 1.0
 
 
-def _slice_values(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """One slice's values after its modality LUT (RescaleSlope/Intercept)."""
+def _file_values(path: Path, frames: list[int | None], headers: list, shape: tuple[int, int]) -> list[np.ndarray]:
+    """The values of one file's slices after their modality LUT (RescaleSlope/Intercept): one array per entry
+    of ``frames`` (None: the single frame of a single-frame file), rescaled with its header in ``headers``."""
     import pydicom
 
     try:
@@ -508,13 +600,23 @@ def _slice_values(path: Path, shape: tuple[int, int]) -> np.ndarray:
     if "PixelData" not in dataset:
         raise VolumeError(path, "DICOM file has no pixel data", "remove the file or re-export the series")
     try:
-        values = dicom_values(path, dataset, "re-export the series")
+        if frames == [None]:
+            stack = dicom_values(path, dataset, "re-export the series")[None]
+        else:
+            pixels = dicom_pixels(path, dataset, "re-export the series")
+            stack = np.stack([pixels[frame] * _rescale(h)[0] + _rescale(h)[1]
+                              for frame, h in zip(frames, headers)]).astype(np.float32)
     except ImageReadError as error:
         raise VolumeError(path, error.reason, error.fix) from None
-    if values.shape != tuple(shape):
-        raise VolumeError(path, f"pixel data of shape {values.shape}, {shape} expected from Rows x Columns",
+    if stack.shape[1:] != tuple(shape):
+        raise VolumeError(path, f"pixel data of shape {stack.shape[1:]}, {shape} expected from Rows x Columns",
                           "re-export the series")
-    return values
+    return list(stack)
+
+
+def _rescale(header) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of a frame's header; (1, 0) where absent."""
+    return float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -743,7 +845,7 @@ def _format_value(key: str, report: dict) -> str:
     value = report[key]
     axes = report.get("axes", "").split(" x ")
     if key == "kind":
-        detail = report.get("format") or (f"{report['files']} files" if "files" in report else "")
+        detail = report.get("format") or (_count(report['files'], 'file') if "files" in report else "")
         return f"{value} ({detail})" if detail else value
     if key == "shape":
         return " x ".join(f"{n} {axis}" for n, axis in zip(value, axes))
