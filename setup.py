@@ -36,6 +36,7 @@ setup(
         "pylibjpeg-openjpeg>=2.6,<3",
         "pylibjpeg-libjpeg>=2.5,<3",
         "nibabel>=5.4,<6",
+        "SimpleITK>=2.5,<3",
         "PyYAML>=6.0,<7",
         "matplotlib>=3.11,<4",
         "Pillow>=13.0,<14",

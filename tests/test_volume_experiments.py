@@ -182,6 +182,22 @@ def test_the_pipeline_serves_the_preprocessed_views_of_each_volume(nodules):
         make_dataset(table, preprocess, training=False, cache=True, volume_views=views_config())
 
 
+def test_a_metaimage_row_serves_the_views_of_the_same_volume_as_nifti(nodules, tmp_path):
+    """LUNA16's format: SimpleITK's copy of a NIfTI volume (.mhd + .raw, LPS) gives the same views."""
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.ReadImage(str(nodules / "case01.nii.gz")), str(tmp_path / "case01.mhd"))
+    frame = pd.read_csv(nodules / "manifest.csv").iloc[[1, 1]]
+    frame["path"] = [str(nodules / "case01.nii.gz"), str(tmp_path / "case01.mhd")]
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    table = load_manifest(tmp_path / "m.csv", classes=["background", "nodule"])
+    assert validate_table(table, views=views_config()).ok
+    sampler = VolumeSampler(table, views_config(planes="ciompi9"))
+    nifti, metaimage = sampler.views_at(0), sampler.views_at(1)
+    assert nifti.shape == (9, 15, 15, 1) and nifti.max() > 0  # the nodule (60 HU) is in the views
+    np.testing.assert_allclose(metaimage, nifti, atol=1e-3)
+
+
 def test_training_views_are_rotated_and_jittered_afresh_each_epoch_and_only_when_asked(nodules):
     table = nodule_table(nodules).subset([1])
     preprocess = PreprocessConfig(image_size=16, intensity="window", windows=[[-300, 1000]])

@@ -1,4 +1,5 @@
-"""Volumes: DICOM series folders and NIfTI files read into (slices, rows, columns), and `tfmed inspect`."""
+"""Volumes: DICOM series folders and NIfTI, MetaImage and NRRD files read into (slices, rows, columns), and
+`tfmed inspect`."""
 import gzip
 import math
 import os
@@ -10,12 +11,13 @@ import nibabel
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from nibabel.testing import data_path as NIBABEL_DATA
 from pydicom.data import get_testdata_file
 
 from tfmed.data.decode import read_image
-from tfmed.data.volumes import (Volume, VolumeError, format_inspection, inspect, read_dicom_series, read_nifti,
-                                read_volume)
+from tfmed.data.volumes import (Volume, VolumeError, format_inspection, inspect, read_dicom_series, read_itk,
+                                read_nifti, read_volume)
 from tfmed.run.cli import main
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
@@ -522,6 +524,91 @@ def test_damaged_nifti_files_are_named(tmp_path):
     assert str(caught.value).startswith(str(truncated)) and "copied completely" in str(caught.value)
     with pytest.raises(VolumeError, match="not a volume"):
         read_volume(CT_SMALL)
+
+
+# LUNA16's layout: a MetaImage header (.mhd) beside its raw voxels, world coordinates in LPS mm.
+LUNA_HEADER = """ObjectType = Image
+NDims = 3
+BinaryData = True
+BinaryDataByteOrderMSB = False
+CompressedData = False
+TransformMatrix = 1 0 0 0 1 0 0 0 1
+Offset = -195.5 -170.25 -335.0
+CenterOfRotation = 0 0 0
+AnatomicalOrientation = RAI
+ElementSpacing = 0.75 0.8 2.5
+DimSize = 6 5 4
+ElementType = MET_SHORT
+ElementDataFile = {data}
+"""
+
+
+def write_luna_scan(folder, name="1.3.6.1.4.1.14519.5.2.1.6279.6001.1"):
+    """A 6 x 5 x 4 (x, y, z) scan of -1000 HU with one bright voxel at index (x, y, z) = (4, 1, 2)."""
+    voxels = np.full((4, 5, 6), -1000, np.int16)  # stored z, y, x
+    voxels[2, 1, 4] = 400
+    (folder / f"{name}.raw").write_bytes(voxels.astype("<i2").tobytes())
+    (folder / f"{name}.mhd").write_text(LUNA_HEADER.format(data=f"{name}.raw"))
+    return folder / f"{name}.mhd"
+
+
+def test_a_luna16_metaimage_puts_its_voxels_at_their_world_coordinates(tmp_path):
+    volume = read_volume(write_luna_scan(tmp_path))
+    assert volume.shape == (4, 5, 6) and volume.spacing == (2.5, 0.8, 0.75)
+    assert volume.axis_codes() == ("S", "P", "L") and volume.intensity_range() == (-1000.0, 400.0)
+    world = np.array([-195.5 + 4 * 0.75, -170.25 + 1 * 0.8, -335.0 + 2 * 2.5])  # Offset + index * spacing
+    assert volume.array[2, 1, 4] == 400
+    np.testing.assert_allclose(volume.voxel_to_patient([2, 1, 4]), world, atol=1e-9)
+    np.testing.assert_allclose(volume.patient_to_voxel(world), [2, 1, 4], atol=1e-9)
+
+
+@pytest.mark.parametrize("suffix", [".mhd", ".mha", ".nrrd"])
+@pytest.mark.parametrize("orientation", [AXIAL, OBLIQUE, SAGITTAL])
+def test_dicom_and_itk_files_of_the_same_geometry_agree(tmp_path, orientation, suffix):
+    write_series(tmp_path / "dicom", count=5, spacing=2.0, orientation=orientation)
+    dicom = read_dicom_series(tmp_path / "dicom")
+    image = sitk.GetImageFromArray(dicom.array)  # ITK index (i, j, k) = (column, row, slice)
+    image.SetSpacing([float(v) for v in dicom.spacing[::-1]])
+    image.SetOrigin([float(v) for v in dicom.origin])
+    image.SetDirection([float(v) for v in dicom.direction[:, ::-1].ravel()])
+    sitk.WriteImage(image, str(tmp_path / f"same{suffix}"))
+    itk = read_itk(tmp_path / f"same{suffix}")
+    np.testing.assert_array_equal(itk.array, dicom.array)
+    np.testing.assert_allclose(itk.origin, dicom.origin, atol=1e-4)
+    np.testing.assert_allclose(itk.direction, dicom.direction, atol=1e-6)
+    assert itk.spacing == pytest.approx(dicom.spacing, abs=1e-5)
+    assert itk.axis_codes() == dicom.axis_codes()
+
+
+def test_damaged_and_unsupported_itk_files_are_named(tmp_path):
+    scan = write_luna_scan(tmp_path)
+    raw = scan.with_suffix(".raw")
+    raw.write_bytes(raw.read_bytes()[:100])
+    with pytest.raises(VolumeError, match="the voxel data cannot be read") as caught:
+        read_itk(scan)
+    assert str(caught.value).startswith(str(scan)) and "copied completely" in str(caught.value)
+    raw.unlink()
+    with pytest.raises(VolumeError, match=f"its voxel data file {raw.name} \\(ElementDataFile\\) is missing"):
+        read_itk(scan)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6), np.int16)), str(tmp_path / "flat.mha"))
+    with pytest.raises(VolumeError, match="2-D image of size 6 x 5; one 3-D volume is expected"):
+        read_volume(tmp_path / "flat.mha")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5, 2), np.int16), isVector=True),
+                    str(tmp_path / "vectors.nrrd"))
+    with pytest.raises(VolumeError, match="2 components per voxel"):
+        read_volume(tmp_path / "vectors.nrrd")
+    (tmp_path / "garbage.nrrd").write_bytes(b"not an image" * 10)
+    with pytest.raises(VolumeError, match="not a readable NRRD file"):
+        read_volume(tmp_path / "garbage.nrrd")
+
+
+def test_inspect_a_metaimage(tmp_path, capsys):
+    assert main(["inspect", str(write_luna_scan(tmp_path))]) == 0
+    out = capsys.readouterr().out
+    for expected in ["kind: MetaImage", "shape: 4 slices x 5 rows x 6 columns",
+                     "spacing: 2.5 x 0.8 x 0.75 mm", "origin: (-195.5, -170.25, -335) mm",
+                     "intensity range: -1000 .. 400", "problems: none"]:
+        assert expected in out, expected
 
 
 def test_voxel_and_patient_coordinates_round_trip():

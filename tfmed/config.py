@@ -343,7 +343,7 @@ class ViewsConfig(_Section):
     """2.5-D views of CT/MR volumes (Ciompi et al. 2015): 2-D planes cut through a lesion.
 
     With ``enabled: true`` every row of the data is a volume (a DICOM series
-    folder or a NIfTI file, see data_manifests/README.md) and the model sees
+    folder, or a NIfTI, MetaImage or NRRD file, see data_manifests/README.md) and the model sees
     2-D views of it, each going through the usual preprocessing (window,
     resize) into the ImageNet backbone.
 

@@ -1,8 +1,9 @@
-"""Tables of volumes: rows that point at a DICOM series folder or a NIfTI file, and the views cut from them.
+"""Tables of volumes: rows that point at a DICOM series folder or a volume file, and the views cut from them.
 
 With ``views.enabled`` (see :class:`~tfmed.config.ViewsConfig`) each row's
 ``image`` is a volume: a folder holding one DICOM series (or several, with the
-row's ``series_uid`` naming one) or a ``.nii`` / ``.nii.gz`` file. Optional
+row's ``series_uid`` naming one) or a volume file: NIfTI (``.nii``,
+``.nii.gz``), MetaImage (``.mhd``, ``.mha``) or NRRD (``.nrrd``, ``.nhdr``). Optional
 columns give the lesion centre, either in patient coordinates (LPS mm, as
 DICOM's ImagePositionPatient) or as a voxel index of the array that
 ``tfmed inspect`` describes:
@@ -40,7 +41,7 @@ from tfmed.config import AugmentConfig, ViewsConfig
 from tfmed.data.decode import has_dicom_marker
 from tfmed.data.volume_views import (center_from_voxel, check_center_inside, extract_views, jitter_center,
                                      volume_center)
-from tfmed.data.volumes import VolumeError, is_nifti, read_volume
+from tfmed.data.volumes import VOLUME_FILES, VolumeError, is_volume_file, read_volume
 
 CENTER_MM = ("center_x", "center_y", "center_z")
 CENTER_VOXEL = ("center_slice", "center_row", "center_column")
@@ -51,13 +52,13 @@ _CENTER_FIX = ("fill center_x, center_y, center_z (LPS mm) or center_slice, cent
 
 
 def is_volume_path(path) -> bool:
-    """True for a folder (a DICOM series) or a NIfTI file name.
+    """True for a folder (a DICOM series) or a volume file name (NIfTI, MetaImage, NRRD).
 
     Example:
         >>> is_volume_path("/")
         True
     """
-    return Path(str(path)).is_dir() or is_nifti(path)
+    return Path(str(path)).is_dir() or is_volume_file(path)
 
 
 def header_patient_id(path) -> str | None:
@@ -197,8 +198,8 @@ def check_volume_rows(table, views: ViewsConfig, workers: int = 2) -> list[tuple
             problems.append((position, "no volume path", "fill the path column"))
         elif not is_volume_path(path):
             kind = "not found" if not Path(str(path)).exists() else "not a volume"
-            problems.append((position, f"{kind}: views need a DICOM series folder or a .nii/.nii.gz file",
-                             "point the row at the series folder or NIfTI file, or turn views off"))
+            problems.append((position, f"{kind}: views need a DICOM series folder or {VOLUME_FILES}",
+                             "point the row at the series folder or volume file, or turn views off"))
         else:
             groups.setdefault((str(path), _series(values[position])), []).append(position)
 

@@ -40,8 +40,8 @@ Resampling: each view's pixels are sampled at the chosen isotropic spacing
 straight from the original voxel grid by trilinear interpolation
 (``scipy.ndimage.map_coordinates(order=1)``). This is resampling to an
 isotropic grid restricted to the pixels a view needs, so a 512 x 512 x 300 CT
-is never resampled as a whole. scipy is already installed as a dependency of
-scikit-learn; SimpleITK would add a ~50 MB wheel for the same interpolation.
+is never resampled as a whole. It works on the NumPy array of any volume,
+whichever reader (pydicom, nibabel, SimpleITK) produced it.
 Pixels outside the volume take ``fill``, by default the volume's minimum
 (air for CT), computed at most once per call and only when a view reaches
 past the volume's edge.

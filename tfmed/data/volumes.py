@@ -1,4 +1,4 @@
-"""CT/MR volumes: a DICOM series folder or a NIfTI file read into one (slices, rows, columns) array.
+"""CT/MR volumes: a DICOM series folder or a NIfTI, MetaImage or NRRD file read into one (slices, rows, columns) array.
 
 Both kinds of volume share one set of conventions:
 
@@ -35,6 +35,9 @@ Both kinds of volume share one set of conventions:
   back, columns from the patient's right to left (``axis_codes()`` is
   ``("S", "P", "L")``), and both kinds of the same geometry give the same
   array, origin, spacing and direction.
+* MetaImage and NRRD (SimpleITK): ITK's coordinates are LPS already, and
+  index (i, j, k) becomes (column, row, slice) without reorientation, as a
+  DICOM series is read (LUNA16's axial scans read ``("S", "P", "L")``).
 
 Example:
     >>> import shutil, tempfile, pathlib
@@ -50,6 +53,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 import warnings
 import zlib
 from collections import Counter
@@ -62,6 +66,10 @@ from tfmed.data.decode import ImageReadError, dicom_pixels, dicom_values, has_di
 from tfmed.errors import TfmedError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+METAIMAGE_SUFFIXES = (".mhd", ".mha")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
+# What a volume file may be, for messages.
+VOLUME_FILES = "a NIfTI (.nii, .nii.gz), MetaImage (.mhd, .mha) or NRRD (.nrrd, .nhdr) file"
 # Two slices closer than this along the slice axis (mm) are at the same position.
 DUPLICATE_MM = 0.01
 # A step between consecutive slices over this many times the median spacing is a missing slice.
@@ -83,7 +91,7 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 class VolumeError(TfmedError):
-    """A DICOM series folder or NIfTI file cannot be read as one volume.
+    """A DICOM series folder or volume file cannot be read as one volume.
 
     Attributes:
         path: the file or folder at fault.
@@ -700,6 +708,95 @@ def _nifti_data(path: Path, image) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
+# MetaImage and NRRD files (SimpleITK)
+
+
+def read_itk(path: str | Path) -> Volume:
+    """Read a MetaImage (``.mhd`` + data file, ``.mha``) or NRRD (``.nrrd``, ``.nhdr``) file into a :class:`Volume`.
+
+    SimpleITK reads the file; its patient coordinates are LPS, as DICOM's, and
+    its index (i, j, k) becomes (column, row, slice) without reorientation,
+    as a DICOM series is read. MetaImage's ``Modality = MET_MOD_CT`` makes the
+    modality CT (values are taken as stored, e.g. Hounsfield units in LUNA16).
+
+    Example:
+        >>> import tempfile, pathlib, SimpleITK as sitk
+        >>> path = str(pathlib.Path(tempfile.mkdtemp()) / "scan.mhd")
+        >>> image = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
+        >>> image.SetSpacing((0.7, 0.7, 2.5)); image.SetOrigin((-180.0, -200.0, -300.0))
+        >>> sitk.WriteImage(image, path)
+        >>> volume = read_itk(path)
+        >>> volume.shape, volume.spacing, volume.origin.tolist(), volume.axis_codes()
+        ((4, 5, 6), (2.5, 0.7, 0.7), [-180.0, -200.0, -300.0], ('S', 'P', 'L'))
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    if not path.is_file():
+        raise VolumeError(path, "file not found" if not path.exists() else "not a file",
+                          "check the path of the volume file")
+    kind = _itk_kind(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise VolumeError(path, f"not a readable {kind} file ({_itk_reason(error)})",
+                          f"check that it is a {kind} file, or re-export the volume") from None
+    if reader.GetDimension() != 3:
+        size = " x ".join(str(n) for n in reader.GetSize())
+        raise VolumeError(path, f"{reader.GetDimension()}-D image of size {size}; one 3-D volume is expected",
+                          "export one 3-D volume")
+    if reader.GetNumberOfComponents() != 1:
+        raise VolumeError(path, f"{reader.GetNumberOfComponents()} components per voxel; volumes are greyscale",
+                          "export one channel")
+    data_file = _metaimage_data_file(path)
+    if data_file is not None and not data_file.is_file():
+        raise VolumeError(path, f"its voxel data file {data_file.name} (ElementDataFile) is missing",
+                          f"put {data_file.name} beside the header, as the data set ships them")
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise VolumeError(path, f"the voxel data cannot be read ({_itk_reason(error)})",
+                          "check that the data file was copied completely, or re-export the volume") from None
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image), dtype=np.float32)  # (k, j, i)
+    spacing_i, spacing_j, spacing_k = (float(v) for v in image.GetSpacing())
+    matrix = np.array(image.GetDirection(), float).reshape(3, 3)  # column a: the LPS direction of index a
+    problems = []
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        problems.append(f"{bad} voxels are NaN or infinite")
+    modality = image.GetMetaData("Modality") if image.HasMetaDataKey("Modality") else ""
+    return Volume(array=array, spacing=(spacing_k, spacing_j, spacing_i), origin=np.array(image.GetOrigin(), float),
+                  direction=matrix[:, ::-1].copy(), modality="CT" if modality.strip() == "MET_MOD_CT" else None,
+                  source=str(path), problems=problems)
+
+
+def _itk_kind(path: Path) -> str:
+    return "NRRD" if str(path).lower().endswith(NRRD_SUFFIXES) else "MetaImage"
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """SimpleITK's message without its object addresses and source locations."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if "ERROR" in line), lines[-1] if lines else "no reason given")
+    return re.sub(r"\(0x[0-9a-fA-F]+\)", "", reason).strip()
+
+
+def _metaimage_data_file(path: Path) -> Path | None:
+    """The data file a ``.mhd`` header names (ElementDataFile), None when the data are inside it or in a list."""
+    if not str(path).lower().endswith(".mhd"):
+        return None
+    with open(path, encoding="latin-1") as header:
+        for line in header:
+            key, _, value = line.partition("=")
+            if key.strip() == "ElementDataFile":
+                value = value.strip()
+                return None if value in ("LOCAL", "LIST") or " " in value else path.parent / value
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
 # Any volume, and inspection
 
 
@@ -713,8 +810,19 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def is_volume_file(path: str | Path) -> bool:
+    """True for a file name of a volume format: NIfTI, MetaImage or NRRD.
+
+    Example:
+        >>> is_volume_file("1.3.6.1.4.1.14519.5.2.1.6279.mhd"), is_volume_file("chest.png")
+        (True, False)
+    """
+    return is_nifti(path) or str(path).lower().endswith(METAIMAGE_SUFFIXES + NRRD_SUFFIXES)
+
+
 def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
-    """A DICOM series folder (:func:`read_dicom_series`) or a NIfTI file (:func:`read_nifti`).
+    """A DICOM series folder (:func:`read_dicom_series`), a NIfTI file (:func:`read_nifti`) or a
+    MetaImage or NRRD file (:func:`read_itk`).
 
     Example:
         >>> read_volume("scans/chest.png")  # doctest: +SKIP
@@ -726,17 +834,20 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
         return read_dicom_series(path, series_uid)
     if is_nifti(path):
         return read_nifti(path)
+    if is_volume_file(path):
+        return read_itk(path)
     if not path.exists():
         raise VolumeError(path, "not found", "check the path")
-    raise VolumeError(path, "not a volume (a folder of DICOM files or a .nii/.nii.gz file is expected)",
-                      "point at the folder of one DICOM series or at a NIfTI file")
+    raise VolumeError(path, f"not a volume (a folder of DICOM files or {VOLUME_FILES} is expected)",
+                      f"point at the folder of one DICOM series or at {VOLUME_FILES}")
 
 
 def inspect(path: str | Path, series_uid: str | None = None) -> dict:
-    """Describe an image, a DICOM series folder or a NIfTI file (see :func:`format_inspection`).
+    """Describe an image, a DICOM series folder or a volume file (see :func:`format_inspection`).
 
     A folder holding several series is described by listing them (nothing is
-    decoded); otherwise the pixels of one series, NIfTI file or 2-D image
+    decoded); otherwise the pixels of one series, volume file (NIfTI,
+    MetaImage, NRRD) or 2-D image
     (PNG, JPEG, TIFF, BMP, single DICOM file) are read for the intensity range.
     Anything unreadable raises the reader's error.
 
@@ -768,6 +879,8 @@ def inspect(path: str | Path, series_uid: str | None = None) -> dict:
         return report
     if is_nifti(path):
         return _volume_report(read_nifti(path), "NIfTI")
+    if is_volume_file(path):
+        return _volume_report(read_itk(path), _itk_kind(path))
     return _image_report(path)
 
 

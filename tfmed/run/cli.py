@@ -9,7 +9,7 @@
     tfmed export-run runs/pneumonia_mnist/TIMESTAMP share/pmnist --anonymise
     tfmed validate folder:data/my_xrays
     tfmed export-tfds folder:data/my_xrays exports/my_xrays_1.0.0 --version 1.0.0
-    tfmed inspect scans/ct_series/ [--series UID]   (or a .nii/.nii.gz file, or one image)
+    tfmed inspect scans/ct_series/ [--series UID]   (or a .nii(.gz)/.mhd/.nrrd file, or one image)
     tfmed sweep-layers experiments/pneumonia_mnist_svm.yaml
     tfmed backbones
 
@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     predict = verbs.add_parser("predict", help="score new images with a saved run")
     predict.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
     predict.add_argument("images", nargs="+", help="PNG/JPEG/DICOM files or folders (volumes: series folders or "
-                         "NIfTI files; for a model of lesion-centred views, one CSV of volumes and centres)")
+                         "NIfTI/MetaImage/NRRD files; for a model of lesion-centred views, one CSV of volumes and "
+                         "centres)")
     predict.add_argument("--output", default=None, help="CSV file (default: print to stdout)")
     _add_trust_options(predict)
 
@@ -111,9 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="list images whose 16 x 16 grey fingerprints differ by at most LEVELS grey levels "
                                "(default: the YAML's split.near_duplicate_rms, else 4)")
 
-    inspect = verbs.add_parser("inspect", help="describe an image, DICOM series folder or NIfTI volume before "
+    inspect = verbs.add_parser("inspect", help="describe an image, DICOM series folder or volume file before "
                                               "configuring windows and views")
-    inspect.add_argument("path", help="a folder of DICOM files, a .nii/.nii.gz file, or one image file")
+    inspect.add_argument("path", help="a folder of DICOM files, a NIfTI/MetaImage/NRRD file, or one image file")
     inspect.add_argument("--series", default=None,
                          help="SeriesInstanceUID to read when the folder holds several series")
 

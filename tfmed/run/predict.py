@@ -65,7 +65,7 @@ def _lesion_centred(model: TrainedModel) -> bool:
 
 def candidate_table(model: TrainedModel, paths: list[str]) -> ImageTable:
     """The lesion candidates a model of lesion-centred views scores: one CSV listing each volume (``path``:
-    a DICOM series folder or a NIfTI file, relative to the CSV) with its centre (``center_x``, ``center_y``,
+    a DICOM series folder or a volume file, relative to the CSV) with its centre (``center_x``, ``center_y``,
     ``center_z`` in LPS mm, or ``center_slice``, ``center_row``, ``center_column``); labels are not read.
 
     Example:
@@ -83,7 +83,7 @@ def candidate_table(model: TrainedModel, paths: list[str]) -> ImageTable:
 
 
 def collect_volumes(model: TrainedModel, paths: list[str]) -> list[Path]:
-    """The volumes (DICOM series folders, NIfTI files) a model of volume-centred views scores.
+    """The volumes (DICOM series folders, NIfTI/MetaImage/NRRD files) a model of volume-centred views scores.
 
     Example:
         >>> collect_volumes(model, ["scans/case1", "scans/case2.nii.gz"])  # doctest: +SKIP

@@ -7,7 +7,7 @@ names or integer indices; binary or multiclass) or several 0/1 label columns
 image: it is then left out of the loss and that label's metrics),
 ``patient_id``, and optional ``site``, ``view`` and ``split``
 (train / val / test). Row numbers are CSV line numbers (the header is line 1).
-A path may name a volume (a DICOM series folder or a NIfTI file) with
+A path may name a volume (a DICOM series folder, or a NIfTI, MetaImage or NRRD file) with
 optional lesion centre columns and ``series_uid`` (see
 :mod:`tfmed.data.volume_inputs`); an empty patient id of a series folder is
 taken from its DICOM header.
