@@ -149,15 +149,20 @@ class DataConfig(_Section):
         features to read (defaults: image, label (else labels), patient_id
         when present; see tfmed.data.sources.tfds).
 
+    negatives_per_positive: source "luna16" only: keep every nodule candidate
+        and this many non-nodule candidates per nodule, drawn at random with a
+        fixed seed (null, the default: every candidate).
+
     patient_pattern: source "folder" only: a regular expression searched in each
         file's path below data.path ("/"-separated); the patient id is its group
         "patient", else its first group, else the whole match, e.g.
         '(person\\d+)_' for PNEUMONIA/person1_bacteria_1.jpeg. A file it does not
         match is reported.
 
-    The publishers' sources "chestxray14" and "chexpert" read their own
-    columns: label_columns, patient_column and filename_label_suffix are
-    refused with them, and task may only be multilabel.
+    The publishers' sources "chestxray14", "chexpert" and "luna16" read their
+    own columns: label_columns, patient_column and filename_label_suffix are
+    refused with them; task may only be multilabel (chestxray14, chexpert) or
+    binary (luna16).
     """
 
     KEY: ClassVar[str] = "data."
@@ -184,15 +189,20 @@ class DataConfig(_Section):
     image_feature: str | None = None
     label_feature: str | None = None
     patient_feature: str | None = None
+    negatives_per_positive: int | None = None
 
     UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros", "ignore")
     # settings read only by some source kinds (other kinds refuse them when set)
     SOURCE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
         "uncertain": ("chexpert",), "frontal_only": ("chexpert",), "data_dir": ("tfds",),
         "manual_dir": ("tfds",), "image_feature": ("tfds",), "label_feature": ("tfds",),
-        "patient_feature": ("tfds",), "patient_pattern": ("folder",)}
+        "patient_feature": ("tfds",), "patient_pattern": ("folder",), "negatives_per_positive": ("luna16",)}
+    # sources whose rows are volumes with lesion centres: they need views.enabled (views.center: lesion)
+    VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused
-    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert")
+    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "luna16")
+    # the publishers' multilabel files
+    MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert")
 
     def check(self) -> None:
         super().check()
@@ -215,14 +225,19 @@ class DataConfig(_Section):
                 if name in changed:
                     self._fail(name, f"data.source {kind} reads the publisher's columns itself and does not "
                                "use it; remove it (choose labels with data.classes)")
-            if self.task not in (None, "multilabel"):
-                self._fail("task", f"data.source {kind} is multilabel; remove data.task")
+        if kind in self.MULTILABEL_SOURCES and self.task not in (None, "multilabel"):
+            self._fail("task", f"data.source {kind} is multilabel; remove data.task")
+        if kind in self.VOLUME_SOURCES and self.task not in (None, "binary"):
+            self._fail("task", f"data.source {kind} is binary (nodule or not); remove data.task")
         if kind == "tfds":
             for name, instead in (("label_columns", "data.label_feature"), ("patient_column", "data.patient_feature"),
                                   ("filename_label_suffix", "data.label_feature"), ("root", "data.path")):
                 if name in changed:
                     self._fail(name, f"data.source tfds reads TFDS features, not files or columns, and does not "
                                f"use it; remove it (use {instead})")
+        if self.negatives_per_positive is not None and self.negatives_per_positive < 1:
+            self._fail("negatives_per_positive", "it must be a whole number >= 1, e.g. 10 (or null for every "
+                       "candidate)")
         if self.patient_pattern is not None:
             try:
                 re.compile(self.patient_pattern)
@@ -930,6 +945,11 @@ class ExperimentConfig(_Section):
 
     def _check_views(self) -> None:
         """Settings for 2-D views of volumes: rejected without ``views``, checked against it with."""
+        kind = self.data.source.partition(":")[0]
+        if kind in DataConfig.VOLUME_SOURCES and not (self.views.enabled and self.views.center == "lesion"):
+            raise ConfigError(f"data.source {kind} lists CT scans with candidate centres, which a model sees "
+                              "through 2-D views; set views.enabled: true with views.center: lesion (see "
+                              "experiments/luna16_nodules.yaml)")
         view_settings = [("augment.", self.augment, ("view_rotation_degrees", "center_jitter_mm")),
                          ("model.svm.", self.model.svm, ("view_fusion",)),
                          ("model.finetune.", self.model.finetune, ("view_pooling",))]

@@ -18,8 +18,9 @@ DICOM's ImagePositionPatient) or as a voxel index of the array that
 
 :class:`VolumeSampler` reads one row's volume when the tf.data pipeline asks
 for it, cuts the views (:func:`tfmed.data.volume_views.extract_views`) and
-lets the volume go: a data set of volumes is never held in memory, only the
-volumes being read by the pipeline's parallel calls.
+keeps only the last two volumes read (:class:`RecentVolumes`): a data set of
+volumes is never held in memory, and rows of one volume that follow each
+other read it once.
 :func:`check_volume_rows` reads every volume once before training, so that a
 bad series or a centre outside its volume is reported with the row's number
 instead of stopping training halfway.
@@ -31,7 +32,9 @@ Example:
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +132,50 @@ def _series(values: dict) -> str | None:
     return None if uid is None or pd.isna(uid) or not str(uid).strip() else str(uid).strip()
 
 
+class RecentVolumes:
+    """The last ``size`` volumes read, shared by the pipeline's parallel calls.
+
+    Rows of one volume that follow each other (LUNA16 lists a scan's
+    candidates together; a split keeps the table's order) read it once, even
+    when parallel calls ask for it at the same time: the first reads, the
+    others wait for its result. Shuffled training rows mostly miss, and then
+    cost nothing more than a read. A failed read is not kept.
+
+    Example:
+        >>> import os
+        >>> from nibabel.testing import data_path
+        >>> volumes, key = RecentVolumes(size=2), (os.path.join(data_path, "anatomical.nii"), None)
+        >>> volumes.get(key) is volumes.get(key)
+        True
+    """
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple, Future] = OrderedDict()
+
+    def get(self, key: tuple):
+        """The volume of ``key`` = (path, series uid or None), read by :func:`read_volume` when not recent."""
+        with self._lock:
+            future = self._entries.get(key)
+            reader = future is None
+            if reader:
+                future = self._entries[key] = Future()
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.move_to_end(key)
+        if reader:
+            try:
+                future.set_result(read_volume(*key))
+            except BaseException as error:
+                with self._lock:
+                    if self._entries.get(key) is future:
+                        del self._entries[key]
+                future.set_exception(error)
+        return future.result()
+
+
 class VolumeSampler:
     """Cuts the views of a table's rows, one volume at a time (the tf.data pipeline calls it).
 
@@ -157,6 +204,7 @@ class VolumeSampler:
         self.rotation = float(augment.view_rotation_degrees) if on else 0.0
         self.jitter = float(augment.center_jitter_mm) if on else 0.0
         self.shape = (views.count, views.patch_pixels, views.patch_pixels, 3 if views.planes == "adjacent" else 1)
+        self.recent = RecentVolumes()
 
     def views_at(self, position, seed=None) -> np.ndarray:
         """Float32 views of row ``position``; with a ``seed`` (and augmentation) a random rotation and jitter.
@@ -166,7 +214,7 @@ class VolumeSampler:
         """
         position = int(position)
         where = f"row {self.rows[position]}: "
-        volume = read_volume(self.paths[position], _series(self.values[position]))
+        volume = self.recent.get((self.paths[position], _series(self.values[position])))
         center = row_center(volume, self.values[position], self.views.center, where)
         rotation = 0.0
         if seed is not None and (self.rotation or self.jitter):

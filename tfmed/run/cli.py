@@ -362,11 +362,14 @@ def _load_any_source(spec: str, config=None):
     read), with that section and the experiment's views of volumes (None for a source spec)."""
     from tfmed.data.sources import load_source, parse_source_spec
 
+    from tfmed.config import DataConfig, ViewsConfig
+
     config = config if config is not None else _experiment_of(spec)
     if config is not None:
         return load_source(config.data), config.data, config.views
     data = parse_source_spec(spec)
-    return load_source(data), data, None
+    views = ViewsConfig(enabled=True) if data.source in DataConfig.VOLUME_SOURCES else None  # centred views
+    return load_source(data), data, views
 
 
 def _cmd_inspect(args) -> int:

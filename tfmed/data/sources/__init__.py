@@ -17,6 +17,9 @@ Kinds (``DataConfig.source``):
 * ``"chexpert"``: CheXpert's ``train.csv`` / ``valid.csv`` as published, 14
   observations as a multilabel task with a policy for uncertain labels
   (:mod:`tfmed.data.sources.chexpert`).
+* ``"luna16"``: LUNA16's ``candidates.csv`` / ``candidates_V2.csv`` as published,
+  lung nodule candidates in its MetaImage CT scans, as volume rows with lesion
+  centres (:mod:`tfmed.data.sources.luna16`).
 * ``"tfds"``: a TensorFlow Datasets data set by name (``patch_camelyon``,
   ``NAME/CONFIG``) or the folder of a prepared one (as ``tfmed export-tfds``
   writes); ``#SPLIT`` picks TFDS splits (:mod:`tfmed.data.sources.tfds`).
@@ -27,7 +30,7 @@ a new kind is one new module here and one entry in that table.
 On the command line :func:`parse_source_spec` turns ``"medmnist:x.npz#test"``,
 ``"manifest:m.csv"``, ``"folder:DIR"``, ``"dicom:DIR"``,
 ``"chestxray14:Data_Entry_2017.csv"``, ``"chexpert:CheXpert-v1.0-small/valid.csv"``,
-``"tfds:patch_camelyon#test"`` or a bare path into a :class:`~tfmed.config.DataConfig`.
+``"luna16:LUNA16/candidates_V2.csv#9"``, ``"tfds:patch_camelyon#test"`` or a bare path into a :class:`~tfmed.config.DataConfig`.
 
 Example:
     >>> table = load_source(parse_source_spec("pneumonia_mnist"))
@@ -40,7 +43,7 @@ import dataclasses
 from pathlib import Path
 
 from tfmed.config import DataConfig
-from tfmed.data.sources import chestxray14, chexpert, dicom, folders, manifest, medmnist, tfds
+from tfmed.data.sources import chestxray14, chexpert, dicom, folders, luna16, manifest, medmnist, tfds
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
@@ -48,7 +51,7 @@ from tfmed.data.table import DataSourceError, ImageTable
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
                                   for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert,
-                                                 tfds)}
+                                                 luna16, tfds)}
 
 __all__ = ["EMBEDDED", "SOURCES", "DataSourceError", "SourceKind", "load_medmnist", "load_source",
            "parse_source_spec"]
@@ -58,10 +61,11 @@ def parse_source_spec(spec: str) -> DataConfig:
     """Turn a command-line source string into a :class:`DataConfig`.
 
     Accepted: a dataset name (``"pneumonia_mnist"``), ``"KIND:PATH"`` with
-    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, tfds
-    (``"medmnist:x.npz#test"`` and ``"tfds:NAME#test"`` load only that split), or a bare path (.csv ->
+    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, luna16, tfds
+    (``"medmnist:x.npz#test"`` and ``"tfds:NAME#test"`` load only that split,
+    ``"luna16:candidates_V2.csv#9"`` one subset), or a bare path (.csv ->
     manifest, .npz -> medmnist, a folder -> folder). The publishers' CSVs of
-    ChestX-ray14 and CheXpert need their kind: ``"chexpert:train.csv"``.
+    ChestX-ray14, CheXpert and LUNA16 need their kind: ``"chexpert:train.csv"``.
 
     Example:
         >>> parse_source_spec("medmnist:data/chest.npz#test").path

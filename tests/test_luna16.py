@@ -1,0 +1,222 @@
+"""LUNA16 as published: candidate lists read as volume rows of MetaImage scans, subsets, sampled negatives,
+the settings it refuses, and a nodule experiment on a LUNA16-shaped tree of synthetic scans."""
+import json
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+import test_explain  # noqa: F401  (registers the tiny explain_test_net backbone)
+from tfmed.config import ConfigError, DataConfig, ExperimentConfig
+from tfmed.data import volume_inputs
+from tfmed.data.sources import load_source
+from tfmed.data.sources.luna16 import HEADER, load_luna16
+from tfmed.data.table import DataSourceError
+from tfmed.data.validate import SOURCE_PROBLEMS, validate_table
+from tfmed.data.volume_inputs import RecentVolumes
+from tfmed.run.cli import main
+from tfmed.run.experiment import run_experiment
+
+UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.{}"
+# A scan of 20 x 20 x 12 voxels (x, y, z) of 1 x 1 x 2 mm; world = ORIGIN + index * SPACING (LPS mm).
+SPACING, ORIGIN = np.array([1.0, 1.0, 2.0]), np.array([-10.0, -10.0, -12.0])
+
+
+def write_scan(path, nodules_mm=(), seed=0):
+    """A lung-like scan (-800 HU with noise) as LUNA16 ships it (.mhd + .raw), a 60 HU ball at each nodule."""
+    rng = np.random.default_rng(seed)
+    voxels = rng.normal(-800.0, 20.0, (12, 20, 20))  # stored z, y, x
+    z, y, x = np.mgrid[0:12, 0:20, 0:20]
+    world = np.stack([x, y, z], axis=-1) * SPACING + ORIGIN
+    for center in nodules_mm:
+        voxels[np.linalg.norm(world - center, axis=-1) <= 4.0] = 60.0
+    image = sitk.GetImageFromArray(voxels.astype(np.int16))
+    image.SetSpacing(SPACING.tolist())
+    image.SetOrigin(ORIGIN.tolist())
+    sitk.WriteImage(image, str(path))
+
+
+def luna_tree(folder, scans=8, subsets=2):
+    """``scans`` scans spread over ``subsets`` subset folders, and candidates_V2/candidates_V2.csv: each odd
+    scan one nodule and three other candidates, each even scan three non-nodule candidates."""
+    rng = np.random.default_rng(3)
+    lines = [HEADER]
+    for i in range(scans):
+        subset = folder / f"subset{i % subsets}"
+        subset.mkdir(parents=True, exist_ok=True)
+        nodule = rng.uniform([-3, -3, -4], [3, 3, 4])
+        write_scan(subset / f"{UID.format(i)}.mhd", [nodule] if i % 2 else [], seed=i)
+        if i % 2:
+            lines.append(f"{UID.format(i)},{nodule[0]:.2f},{nodule[1]:.2f},{nodule[2]:.2f},1")
+        for _ in range(3):
+            other = rng.uniform([-8, -8, -10], [8, 8, 6])
+            if i % 2:  # keep the other candidates off the nodule
+                other[0] = nodule[0] + 8.0 if nodule[0] < 0 else nodule[0] - 8.0
+            lines.append(f"{UID.format(i)},{other[0]:.2f},{other[1]:.2f},{other[2]:.2f},0")
+    (folder / "candidates_V2").mkdir(exist_ok=True)
+    (folder / "candidates_V2" / "candidates_V2.csv").write_text("\n".join(lines) + "\n")
+    return folder / "candidates_V2" / "candidates_V2.csv"
+
+
+def write_candidates(folder, rows, subsets=("subset0",), scans=()):
+    """A candidates.csv of ``rows`` beside empty scan files ``scans`` (uid -> subset) in ``subsets``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for subset in subsets:
+        (folder / subset).mkdir(exist_ok=True)
+    for uid, subset in dict(scans).items():
+        (folder / subset / f"{uid}.mhd").write_text("")
+    (folder / "candidates.csv").write_text(HEADER + "\n" + "\n".join(rows) + "\n")
+    return folder / "candidates.csv"
+
+
+# ---------------------------------------------------------------------------------------------- the source
+
+def test_candidates_become_volume_rows_at_their_world_coordinates(tmp_path):
+    csv = write_candidates(tmp_path, [
+        f"{UID.format(1)},-56.08,-67.85,-311.92,0",     # line 2
+        f"{UID.format(1)},53.21,-244.41,-245.17,1",      # line 3
+        f"{UID.format(2)},103.24,-121.6,-286.62,0",      # line 4
+        f"{UID.format(7)},1,2,3,0",                      # line 5: a scan in a subset not downloaded
+        f"{UID.format(7)},4,5,6,1",                      # line 6: the same
+        f"{UID.format(2)},abc,-121.6,-286.62,2",         # line 7: two row problems
+    ], subsets=("subset0", "subset3"), scans={UID.format(1): "subset0", UID.format(2): "subset3"})
+    table = load_luna16(csv)
+    frame = table.frame
+    assert table.classes == ["non_nodule", "nodule"] and table.task == "binary"
+    assert frame["row"].tolist() == [2, 3, 4, 7]
+    assert frame["image"].tolist()[:3] == [str(tmp_path / "subset0" / f"{UID.format(1)}.mhd")] * 2 + [
+        str(tmp_path / "subset3" / f"{UID.format(2)}.mhd")]
+    assert frame[["center_x", "center_y", "center_z"]].iloc[1].tolist() == [53.21, -244.41, -245.17]
+    assert frame["patient_id"].tolist()[:3] == [UID.format(1), UID.format(1), UID.format(2)]
+    assert frame["label"].tolist()[:3] == [0, 1, 0]
+    assert [p[0] for p in frame[SOURCE_PROBLEMS].iloc[3]] == ["class '2' is not 0 or 1",
+                                                             "coordX 'abc' is not a number"]
+    assert table.excluded["problem"].tolist() == [
+        f"skipped: 2 candidates of 1 scan not under {tmp_path} (subset folders found: subset0, subset3)"]
+    report = validate_table(table.subset([3]), check_images=False)
+    assert [p.row for p in report.problems] == [7, 7]
+
+
+def test_subsets_after_the_path_keep_their_scans_and_the_others_are_counted(tmp_path):
+    csv = write_candidates(tmp_path, [f"{UID.format(1)},1,2,3,0", f"{UID.format(1)},1,2,4,1",
+                                      f"{UID.format(2)},5,6,7,0"],
+                           subsets=("subset0", "subset9"), scans={UID.format(1): "subset0", UID.format(2): "subset9"})
+    table = load_source(DataConfig(source=f"luna16:{csv}#9"))
+    assert table.frame["patient_id"].tolist() == [UID.format(2)]
+    assert table.excluded["problem"].tolist() == [
+        "skipped: 2 candidates of scans in subset0, which is not among the subsets asked for (#9)"]
+    assert load_luna16(csv, subsets="subset0, 9").frame["row"].tolist() == [2, 3, 4]
+    with pytest.raises(DataSourceError, match=r"#5: no subset5 folder under .* \(found: subset0, subset9\)"):
+        load_luna16(csv, subsets="5")
+    with pytest.raises(DataSourceError, match="12 is not a LUNA16 subset"):
+        load_luna16(csv, subsets="12")
+
+
+def test_negatives_are_sampled_per_nodule_with_a_fixed_seed(tmp_path):
+    rows = [f"{UID.format(1)},{i},0,0,{int(i % 10 == 0)}" for i in range(40)]  # 4 nodules, 36 others
+    csv = write_candidates(tmp_path, rows, scans={UID.format(1): "subset0"})
+    table = load_luna16(csv, negatives_per_positive=2)
+    labels = table.frame["label"].to_numpy()
+    assert (labels == 1).sum() == 4 and (labels == 0).sum() == 8
+    assert table.excluded["problem"].tolist() == [
+        "skipped: 28 non-nodule candidates not sampled (data.negatives_per_positive: 2, seed 0)"]
+    again = load_luna16(csv, negatives_per_positive=2)
+    assert again.frame["row"].tolist() == table.frame["row"].tolist()  # the same candidates every run
+    assert len(load_luna16(csv, negatives_per_positive=100)) == 40 and load_luna16(csv).excluded.empty
+
+
+def test_a_missing_scan_is_a_row_problem_once_every_subset_is_there(tmp_path):
+    csv = write_candidates(tmp_path, [f"{UID.format(1)},1,2,3,0", f"{UID.format(5)},1,2,3,1"],
+                           subsets=[f"subset{i}" for i in range(10)], scans={UID.format(1): "subset4"})
+    table = load_luna16(csv)
+    assert table.excluded.empty and len(table) == 2
+    assert table.frame[SOURCE_PROBLEMS].iloc[1][0][0] == (f"scan {UID.format(5)}.mhd is in none of the subset "
+                                                          f"folders under {tmp_path}")
+
+
+def test_the_csv_and_its_folders_are_checked_first(tmp_path):
+    (tmp_path / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n1.2,1,2,3,5.1\n")
+    with pytest.raises(DataSourceError, match=r"no column 'class'.*candidates.csv or candidates_V2.csv"):
+        load_luna16(tmp_path / "annotations.csv")
+    csv = write_candidates(tmp_path / "flat", [f"{UID.format(1)},1,2,3,0"], subsets=())
+    with pytest.raises(DataSourceError, match="no LUNA16 subset folder .* set data.root"):
+        load_luna16(csv)
+    with pytest.raises(DataSourceError, match="lists 3 names"):
+        load_luna16(csv, classes=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"data": {"source": "luna16", "path": "c.csv"}}, "set views.enabled: true with views.center: lesion"),
+    ({"data": {"source": "luna16", "path": "c.csv"}, "views": {"enabled": True, "center": "volume"}},
+     "views.center: lesion"),
+    ({"data": {"source": "manifest", "path": "m.csv", "negatives_per_positive": 5}},
+     "only data.source luna16 uses it"),
+    ({"data": {"source": "luna16", "path": "c.csv", "negatives_per_positive": 0}, "views": {"enabled": True}},
+     "whole number >= 1"),
+    ({"data": {"source": "luna16", "path": "c.csv", "task": "multiclass"}, "views": {"enabled": True}},
+     "is binary"),
+    ({"data": {"source": "luna16", "path": "c.csv", "label_columns": ["y"]}, "views": {"enabled": True}},
+     "reads the publisher's columns"),
+])
+def test_luna16_settings_are_checked(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(values)
+
+
+# --------------------------------------------------------------------------------------- reading volumes
+
+def test_recent_volumes_read_each_volume_once_for_consecutive_and_parallel_rows(monkeypatch):
+    reads = []
+
+    def slow_read(path, series_uid=None):
+        reads.append(path)
+        time.sleep(0.05)
+        if path == "broken":
+            raise OSError("unreadable")
+        return f"volume {path}"
+
+    monkeypatch.setattr(volume_inputs, "read_volume", slow_read)
+    recent = RecentVolumes(size=2)
+    threads = [threading.Thread(target=recent.get, args=(("a", None),)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert reads == ["a"]  # six parallel calls for one volume: one read
+    assert [recent.get((key, None)) for key in "abab"] == ["volume a", "volume b"] * 2 and reads == ["a", "b"]
+    recent.get(("c", None))
+    recent.get(("a", None))  # "a" was the oldest of three: read again
+    assert reads == ["a", "b", "c", "a"]
+    for _ in range(2):
+        with pytest.raises(OSError):
+            recent.get(("broken", None))
+    assert reads[-2:] == ["broken", "broken"]  # a failure is not kept
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
+    csv = luna_tree(tmp_path / "LUNA16")
+    spec = f"luna16:{csv}"
+    assert main(["validate", spec]) == 0  # a bare LUNA16 source is read as volumes with centres
+    assert "28 rows, task binary" in capsys.readouterr().out
+    config = ExperimentConfig.from_dict({
+        "name": "luna16_test", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": "luna16", "path": str(csv), "negatives_per_positive": 2},
+        "split": {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
+        "preprocess": {"image_size": 16, "intensity": "window", "windows": [[-300, 1000]]},
+        "views": {"enabled": True, "patch_mm": 15.0},
+        "model": {"mode": "svm", "backbone": "explain_test_net", "weights": None,
+                  "svm": {"taps": ["late"], "C": [1.0], "cv": 2}}})
+    run = run_experiment(config)
+    splits = pd.read_csv(run / "splits.csv")
+    assert len(splits) == 4 + 8 and (splits["label"] == 1).sum() == 4  # 4 nodules, 2 others per nodule
+    assert splits.groupby("patient_id")["split"].nunique().max() == 1  # a scan's candidates in one split
+    assert "not sampled" in pd.read_csv(run / "excluded_rows.csv")["problem"].iloc[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["splits"]["val"]["youden"]["roc_auc"] == 1.0  # a bright ball against lung: easy
+    assert main(["evaluate", "--model", str(run), "--data", f"{spec}#1"]) == 0  # the odd scans: subset1
