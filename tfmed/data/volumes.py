@@ -22,12 +22,12 @@ Both kinds of volume share one set of conventions:
   by file name or InstanceNumber; ``origin`` is ImagePositionPatient of the
   first slice. Each frame of an enhanced multi-frame file is a slice, its
   position, orientation, pixel spacing and rescale read from its functional
-  groups (per-frame over shared). A series acquired with gantry tilt is stacked along the table,
-  not along the normal: column 0 is then the unit vector from the first
-  slice's position to the last one's, ``spacing[0]`` the distance between
-  neighbouring positions, and ``direction`` is not orthogonal. Every voxel
-  keeps its DICOM position, and views cut in patient space
-  (:mod:`tfmed.data.volume_views`) come out tilt-corrected.
+  groups (per-frame over shared). A series acquired with gantry tilt is
+  stacked along the table, not along the normal: column 0 is then the unit
+  vector from the first slice's position to the last one's, ``spacing[0]``
+  the distance between neighbouring positions, and ``direction`` is not
+  orthogonal. Every voxel keeps its DICOM position, and views cut in patient
+  space (:mod:`tfmed.data.volume_views`) come out tilt-corrected.
 * NIfTI: the image is first reoriented to the closest canonical orientation
   (RAS+: i toward the right, j anterior, k superior); then slice = k,
   row = j reversed, column = i reversed. An axial NIfTI image thus reads
@@ -78,9 +78,9 @@ GAP_FACTOR = 1.5
 UNEVEN_FRACTION = 0.01
 # Slice positions further than this angle (degrees) from the slice normal make a tilted series.
 TILT_DEGREES = 0.5
-# A slice of a tilted series further than this (mm) from the line through the first and last
-# slice positions means the positions do not form one stack.
-STACK_LINE_MM = 0.05
+# A slice of a tilted series further from the line through the first and last slice positions
+# than this fraction of the distance between neighbouring slices means they do not form one stack.
+STACK_LINE_FRACTION = 0.1
 # Largest difference of ImageOrientationPatient cosines / PixelSpacing (mm) counted as equal.
 ORIENTATION_TOLERANCE = 1e-4
 PIXEL_SPACING_TOLERANCE = 1e-3
@@ -549,7 +549,7 @@ def _stack_axis(folder: Path, files: list[Path], positions: np.ndarray, normal: 
     offsets = positions - positions[0]
     off_line = np.linalg.norm(offsets - np.outer(offsets @ stack, stack), axis=1)
     worst = int(np.argmax(off_line))
-    if off_line[worst] > STACK_LINE_MM:
+    if off_line[worst] > STACK_LINE_FRACTION * np.linalg.norm(step) / (len(positions) - 1):
         raise VolumeError(files[worst], f"the slice positions do not lie on one line: this slice is "
                           f"{off_line[worst]:.2f} mm from the line through {files[0].name} and {files[-1].name} "
                           f"(a tilted stack whose tilt varies, or slices of two stacks in one series)",
