@@ -1,22 +1,26 @@
-"""Benchmark: reading a CT volume (DICOM series vs NIfTI) and cutting 2.5-D views out of it.
+"""Benchmark: reading a CT volume (DICOM series, NIfTI, MetaImage) and cutting 2.5-D views out of it.
 
 A synthetic chest-like CT (default 96 slices of 256 x 256 int16, 1.25 mm slices,
-0.7 mm pixels, RescaleIntercept -1024) is written into a temporary folder twice:
+0.7 mm pixels, RescaleIntercept -1024) is written into a temporary folder three times:
 
 - as a DICOM series, one file per slice made from pydicom's ``CT_small.dcm``,
   named by SOPInstanceUID without extension and written in shuffled order;
-- as one NIfTI file (``.nii.gz``) holding the same voxels and geometry.
+- as one NIfTI file (``.nii.gz``) holding the same voxels and geometry;
+- as one MetaImage file (``.mhd`` + ``.raw``, LUNA16's format) holding the same.
 
-The script checks that both read back to the same volume, then prints (medians
+The script checks that all three read back to the same volume, then prints (medians
 of ``--repeats`` runs):
 
-- ``read_dicom_series`` and ``read_nifti`` time, in total and per slice;
+- ``read_dicom_series``, ``read_nifti`` and ``read_itk`` time, in total and per slice;
 - ``extract_views`` throughput for the "orthogonal", "ciompi9" and "adjacent"
   plane sets at a 64 mm patch sampled at 1 mm (64 x 64 px) through jittered
   centres with a random rotation about z: sets per second (one call) and views
   per second (single 2-D planes; "adjacent" counts its 3 channels as 3 views);
 - the tf.data pipeline's rate (``make_dataset`` with ciompi9 views, lung window,
-  128 px), each element reading its volume from the NIfTI file or the series.
+  128 px), each element reading its volume from the series, the NIfTI or the
+  MetaImage file (three copies of each, taken in turn, so that no element finds
+  its volume among the two the sampler keeps), and the rate when the elements
+  are candidates in one volume (LUNA16's order: the volume is read once).
 
 Usage:
     python benchmarks/volumes.py [--slices 96] [--size 256] [--repeats 3] [--calls 200] [--elements 16]
@@ -37,10 +41,11 @@ import nibabel
 import numpy as np
 import pydicom
 import scipy
+import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
 from tfmed.data.volume_views import PLANE_SETS, extract_views, jitter_center, plane_axes, volume_center
-from tfmed.data.volumes import read_dicom_series, read_nifti
+from tfmed.data.volumes import read_dicom_series, read_itk, read_nifti
 
 INTERCEPT = -1024
 ORIGIN = np.array([-89.6, -120.0, -150.0])  # LPS mm of the first slice's first pixel
@@ -111,11 +116,21 @@ def write_nifti(path: Path, hu: np.ndarray, slice_mm: float, pixel_mm: float) ->
     nibabel.save(image, str(path))
 
 
-def pipeline_rates(nifti: Path, series: Path, args) -> dict:
+def write_metaimage(path: Path, hu: np.ndarray, slice_mm: float, pixel_mm: float) -> None:
+    """The same voxels as a MetaImage (.mhd + .raw) in LPS, as LUNA16 ships its scans: index (i, j, k) =
+    (column, row, slice), origin the first slice's first pixel, identity direction (an axial series)."""
+    image = sitk.GetImageFromArray(hu.astype(np.int16))  # HU stored as they are, as in LUNA16
+    image.SetSpacing([pixel_mm, pixel_mm, slice_mm])
+    image.SetOrigin(ORIGIN.tolist())
+    sitk.WriteImage(image, str(path))
+
+
+def pipeline_rates(sources: dict[str, list[Path]], args) -> dict:
     """Volumes/s and views/s of the tf.data pipeline (read + cut + window + resize to 128 px), per source kind.
 
-    Every element reads its volume again (nothing is cached), so the rate is bounded by reading: the figure
-    a training epoch sees. Ciompi9 views, lesion at the volume centre, no augmentation.
+    The elements take the copies of a source in turn, so each reads its volume (the sampler keeps the last
+    two): the figure a shuffled training epoch sees. The last row streams candidates of one volume, which
+    is read once. Ciompi9 views, lesion at the volume centre, no augmentation.
     """
     import pandas as pd
 
@@ -127,8 +142,11 @@ def pipeline_rates(nifti: Path, series: Path, args) -> dict:
                         spacing_mm=args.view_mm)
     preprocess = PreprocessConfig(image_size=128, intensity="window", windows=[[-600, 1500]])
     rates = {}
-    for name, path in (("NIfTI .nii.gz", nifti), ("DICOM series", series)):
-        table = ImageTable(pd.DataFrame({"image": [str(path)] * args.elements, "label": [0, 1] * (args.elements // 2)}),
+    runs = [(name, copies) for name, copies in sources.items()]
+    runs.append(("MetaImage, one volume", sources["MetaImage .mhd"][:1]))
+    for name, copies in runs:
+        paths = [str(copies[i % len(copies)]) for i in range(args.elements)]
+        table = ImageTable(pd.DataFrame({"image": paths, "label": [0, 1] * (args.elements // 2)}),
                            ["a", "b"], "binary")
         dataset = make_dataset(table, preprocess, training=False, batch_size=4, volume_views=views)
 
@@ -165,19 +183,29 @@ def main() -> None:
 
     hu = phantom(args.slices, args.size, args.seed)
     with tempfile.TemporaryDirectory() as scratch:
-        folder, nifti = Path(scratch) / "series", Path(scratch) / "volume.nii.gz"
-        folder.mkdir()
-        write_dicom_series(folder, hu, args.slice_mm, args.pixel_mm, args.seed)
-        write_nifti(nifti, hu, args.slice_mm, args.pixel_mm)
-        dicom_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-        nifti_mb = nifti.stat().st_size / 1e6
+        sources: dict[str, list[Path]] = {"DICOM series": [], "NIfTI .nii.gz": [], "MetaImage .mhd": []}
+        for copy_index in range(3):  # three copies of each, so that streamed elements read their volume
+            folder = Path(scratch) / f"series{copy_index}"
+            folder.mkdir()
+            write_dicom_series(folder, hu, args.slice_mm, args.pixel_mm, args.seed)
+            nifti, metaimage = Path(scratch) / f"volume{copy_index}.nii.gz", Path(scratch) / f"volume{copy_index}.mhd"
+            write_nifti(nifti, hu, args.slice_mm, args.pixel_mm)
+            write_metaimage(metaimage, hu, args.slice_mm, args.pixel_mm)
+            for name, path in zip(sources, (folder, nifti, metaimage)):
+                sources[name].append(path)
+        folder, nifti, metaimage = (copies[0] for copies in sources.values())
+        sizes_mb = {"DICOM": sum(p.stat().st_size for p in folder.iterdir()) / 1e6,
+                    "NIfTI .nii.gz": nifti.stat().st_size / 1e6,
+                    "MetaImage .mhd + .raw": (metaimage.stat().st_size + metaimage.with_suffix(".raw").stat().st_size) / 1e6}
         dicom_s, volume = median_seconds(lambda: read_dicom_series(folder), args.repeats)
         nifti_s, same = median_seconds(lambda: read_nifti(nifti), args.repeats)
-        streamed = pipeline_rates(nifti, folder, args)
+        itk_s, itk = median_seconds(lambda: read_itk(metaimage), args.repeats)
+        streamed = pipeline_rates(sources, args)
     np.testing.assert_array_equal(volume.array, hu.astype(np.float32))
-    np.testing.assert_array_equal(same.array, volume.array)
-    for name in ("origin", "spacing", "direction"):
-        np.testing.assert_allclose(getattr(same, name), getattr(volume, name), atol=1e-4)
+    for other in (same, itk):
+        np.testing.assert_array_equal(other.array, volume.array)
+        for name in ("origin", "spacing", "direction"):
+            np.testing.assert_allclose(getattr(other, name), getattr(volume, name), atol=1e-4)
 
     view_px = int(round(args.patch_mm / args.view_mm))
     rng = np.random.default_rng(args.seed)
@@ -197,10 +225,11 @@ def main() -> None:
 
     print(f"machine: {machine()}; numpy {np.__version__}, scipy {scipy.__version__}")
     print(f"volume: {args.slices} slices x {args.size} x {args.size} int16 ({args.slice_mm:g} mm slices, "
-          f"{args.pixel_mm:g} mm pixels); DICOM {dicom_mb:.1f} MB in {args.slices} files, NIfTI .nii.gz "
-          f"{nifti_mb:.1f} MB; medians of {args.repeats} runs; both read to identical arrays and geometry")
+          f"{args.pixel_mm:g} mm pixels); " + ", ".join(f"{name} {mb:.1f} MB" for name, mb in sizes_mb.items())
+          + f"; medians of {args.repeats} runs; all read to identical arrays and geometry")
     print(f"{'reader':<28} {'total (s)':>10} {'per slice (ms)':>15}")
-    for name, seconds in (("read_dicom_series", dicom_s), ("read_nifti (.nii.gz)", nifti_s)):
+    for name, seconds in (("read_dicom_series", dicom_s), ("read_nifti (.nii.gz)", nifti_s),
+                          ("read_itk (.mhd + .raw)", itk_s)):
         print(f"{name:<28} {seconds:>10.3f} {1000 * seconds / args.slices:>15.2f}")
     print(f"extract_views: {args.patch_mm:g} mm patches at {args.view_mm:g} mm ({view_px} x {view_px} px), "
           f"random rotation, {args.calls} centres")
@@ -208,7 +237,7 @@ def main() -> None:
     for planes, (views, sets_per_s, views_per_s) in throughput.items():
         print(f"{planes:<28} {views:>10} {sets_per_s:>15.0f} {views_per_s:>10.0f}")
     print("tf.data pipeline (read + ciompi9 views + window + resize to 128 px), "
-          f"{args.elements} elements, each reading its volume")
+          f"{args.elements} elements, each reading its volume but the last row's")
     print(f"{'source':<28} {'volumes/s':>10} {'views/s':>15}")
     for name, (volumes_per_s, views_per_s) in streamed.items():
         print(f"{name:<28} {volumes_per_s:>10.2f} {views_per_s:>15.1f}")

@@ -1,5 +1,5 @@
 """LUNA16 as published: candidate lists read as volume rows of MetaImage scans, subsets, sampled negatives,
-the settings it refuses, and a nodule experiment on a LUNA16-shaped tree of synthetic scans."""
+the settings it refuses, its FROC analysis, and a nodule experiment on a LUNA16-shaped tree of synthetic scans."""
 import json
 import threading
 import time
@@ -13,10 +13,11 @@ import test_explain  # noqa: F401  (registers the tiny explain_test_net backbone
 from tfmed.config import ConfigError, DataConfig, ExperimentConfig
 from tfmed.data import volume_inputs
 from tfmed.data.sources import load_source
-from tfmed.data.sources.luna16 import HEADER, load_luna16
+from tfmed.data.sources.luna16 import HEADER, load_luna16, load_reference
 from tfmed.data.table import DataSourceError
 from tfmed.data.validate import SOURCE_PROBLEMS, validate_table
 from tfmed.data.volume_inputs import RecentVolumes
+from tfmed.evaluation.froc import froc
 from tfmed.run.cli import main
 from tfmed.run.experiment import run_experiment
 
@@ -166,6 +167,65 @@ def test_luna16_settings_are_checked(values, message):
         ExperimentConfig.from_dict(values)
 
 
+# ---------------------------------------------------------------------------------------------------- FROC
+
+def findings(rows):
+    return pd.DataFrame(rows, columns=["scan", "x", "y", "z", "diameter_mm"])
+
+
+def test_froc_counts_each_nodule_once_ignores_excluded_findings_and_averages_seven_rates():
+    nodules = findings([("a", 0, 0, 0, 10.0), ("a", 50, 0, 0, 6.0), ("b", 0, 0, 0, 8.0)])
+    excluded = findings([("a", 100, 0, 0, -1.0)])  # no diameter: 10 mm
+    candidates = pd.DataFrame([
+        ("a", 1, 0, 0, 0.90), ("a", 2, 2, 0, 0.95),   # both on the first nodule: it counts once, at 0.95
+        ("a", 101, 0, 0, 0.99),                         # on the excluded finding: ignored
+        ("a", 200, 0, 0, 0.50), ("a", 50, 0, 4, 0.70),  # false positives (the second 4 mm from a 3 mm radius)
+        ("b", 0, 0, 3, 0.30), ("b", 300, 0, 0, 0.60), ("b", 310, 0, 0, 0.20)], columns=["scan", "x", "y", "z", "score"])
+    result = froc(candidates, nodules, ["a", "b"], excluded, n_resamples=0)
+    assert (result["nodules"], result["detected"], result["false_positives"], result["ignored"]) == (3, 2, 4, 1)
+    # 0.95 finds 1 of 3 nodules with no false positive; 0.7, 0.6 and 0.5 add 3 (1.5 per scan) before 0.3 finds a
+    # second: a third up to 1.5 false positives per scan, two thirds from there
+    at = result["sensitivity_at_fp_per_scan"]
+    assert [at[rate] for rate in ("0.125", "1", "2", "8")] == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3])
+    assert result["cpm"] == pytest.approx((4 / 3 + 3 * 2 / 3) / 7)
+    # a third scan without candidates adds a missed nodule and lowers the false positives per scan
+    more = froc(candidates, findings([*nodules.itertuples(index=False), ("c", 0, 0, 0, 5.0)]), ["a", "b", "c"],
+                excluded, n_resamples=0)
+    assert more["nodules"] == 4 and more["sensitivity_at_fp_per_scan"]["8"] == pytest.approx(2 / 4)
+    without_false = froc(candidates.iloc[[0, 5]], nodules, ["a", "b"], n_resamples=0)
+    assert without_false["cpm"] == pytest.approx(2 / 3) and without_false["false_positives"] == 0
+
+
+def test_the_froc_interval_resamples_scans():
+    rng = np.random.default_rng(0)
+    scans = [f"s{i}" for i in range(30)]
+    nodules = findings([(scan, 0, 0, 0, 8.0) for scan in scans])
+    candidates = pd.DataFrame([(scan, 0, 0, 0, rng.uniform(0.3, 1)) for scan in scans]
+                              + [(scan, 100 + k, 0, 0, rng.uniform(0, 0.8)) for scan in scans for k in range(3)],
+                              columns=["scan", "x", "y", "z", "score"])
+    result = froc(candidates, nodules, scans, n_resamples=200)
+    low, high = result["cpm_ci"]
+    assert 0 <= low < result["cpm"] < high <= 1
+    assert froc(candidates, nodules, scans, n_resamples=200)["cpm_ci"] == [low, high]  # seeded
+
+
+def test_the_reference_is_read_for_the_evaluated_subsets(tmp_path):
+    csv = write_candidates(tmp_path, [f"{UID.format(1)},1,2,3,0"], subsets=("subset0", "subset1"),
+                           scans={UID.format(1): "subset0", UID.format(2): "subset1"})
+    assert load_reference(csv) is None  # no annotations.csv: no FROC
+    annotations = tmp_path / "evaluationScript" / "annotations"
+    annotations.mkdir(parents=True)
+    (annotations / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n"
+                                                 f"{UID.format(1)},1,2,3,5.5\n{UID.format(2)},4,5,6,7.5\n")
+    reference = load_reference(csv, subsets="1")
+    assert reference.scans == [UID.format(2)] and reference.excluded is None
+    assert reference.nodules.values.tolist() == [[UID.format(2), 4.0, 5.0, 6.0, 7.5]]
+    (tmp_path / "annotations_excluded.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n"
+                                                       f"{UID.format(1)},1,2,x,-1\n")
+    with pytest.raises(DataSourceError, match=r"annotations_excluded.csv \(line 2\): coordZ 'x' is not a number"):
+        load_reference(csv)
+
+
 # --------------------------------------------------------------------------------------- reading volumes
 
 def test_recent_volumes_read_each_volume_once_for_consecutive_and_parallel_rows(monkeypatch):
@@ -220,3 +280,17 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["splits"]["val"]["youden"]["roc_auc"] == 1.0  # a bright ball against lung: easy
     assert main(["evaluate", "--model", str(run), "--data", f"{spec}#1"]) == 0  # the odd scans: subset1
+    evaluation = sorted((run / "evaluations").iterdir())[-1]
+    assert "froc" not in json.loads((evaluation / "metrics.json").read_text())
+    assert "LUNA16 FROC not computed: no annotations.csv" in (evaluation / "report.html").read_text()
+    # with the challenge's reference: each odd scan's nodule, 8 mm across
+    nodules = pd.read_csv(csv)
+    nodules = nodules[nodules["class"] == 1].drop(columns="class").assign(diameter_mm=8.0)
+    nodules.to_csv(tmp_path / "LUNA16" / "annotations.csv", index=False)
+    assert main(["evaluate", "--model", str(run), "--data", f"{spec}#1"]) == 0
+    evaluation = sorted((run / "evaluations").iterdir())[-1]
+    result = json.loads((evaluation / "metrics.json").read_text())["froc"]
+    assert (result["scans"], result["nodules"], result["detected"]) == (4, 4, 4)
+    assert result["false_positives"] == 12 and 0 <= result["cpm"] <= 1  # every other candidate of subset1
+    assert "LUNA16 FROC over 4 scans (4 nodules, 4 reached by a candidate): CPM" in (
+        evaluation / "report.html").read_text()

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from tfmed.config import ExperimentConfig
+from tfmed.config import DataConfig, ExperimentConfig
 from tfmed.data.near_duplicates import copies_of
-from tfmed.data.sources import DataSourceError, load_source, parse_source_spec
+from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec
 from tfmed.data.table import LABEL_PREFIX, ImageTable
 from tfmed.data.validate import apply_validation, validate_table
 from tfmed.evaluation.comparison import compare_to_members
+from tfmed.evaluation.froc import froc
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import count_entries, evaluate_split, merge_tables
@@ -50,7 +52,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                                      "non-validation image); pass --data, e.g. --data medmnist:FILE.npz#test")
         source = f"{config.data.source} (the run's own test split)"
     else:
-        table = load_source(parse_source_spec(data))
+        parsed = parse_source_spec(data)
+        table = load_source(parsed)
         report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
         table = apply_validation(table, report, exclude_bad_rows=False)
         source = data
@@ -83,11 +86,44 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                      "run's train or val split (copies_of_run_images.csv): the figures here are not fully held out.")
     if members is not None:  # an ensemble: each member beside the combination, as in the run
         metrics["members"] = {"test": compare_to_members(model.task, table.labels(), scores, members)}
+    if data is not None and parsed.source == "luna16":
+        froc_metrics, sentence = luna16_froc(parsed, table, scores)
+        notes.append(sentence)
+        log(sentence)
+        if froc_metrics is not None:
+            metrics["froc"] = froc_metrics
     write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
                   notes=notes + member_sentences(metrics),
                   member_scores={"test": members} if members is not None else None)
     return out
+
+
+def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | None, str]:
+    """LUNA16's FROC of the scored candidates (CPM and sensitivities, see :mod:`tfmed.evaluation.froc`) with
+    a sentence for the report, or None and the reason it was not computed.
+
+    Example:
+        >>> luna16_froc(parse_source_spec("luna16:LUNA16/candidates_V2.csv#9"), table, scores)  # doctest: +SKIP
+        ({'cpm': 0.81, ...}, 'LUNA16 FROC over 88 scans (120 nodules, 117 reached by a candidate): CPM 0.810 ...')
+    """
+    path, _, subsets = data.path.partition("#")
+    reference = luna16.load_reference(path, data.root, subsets)
+    if reference is None:
+        return None, (f"LUNA16 FROC not computed: no annotations.csv beside the subsets of {path} (nor in "
+                      "evaluationScript/annotations/); put the challenge's annotations.csv there")
+    frame = table.frame
+    candidates = pd.DataFrame({"scan": frame["patient_id"].astype(str).to_numpy(),
+                               "x": frame["center_x"].to_numpy(float), "y": frame["center_y"].to_numpy(float),
+                               "z": frame["center_z"].to_numpy(float),
+                               "score": np.asarray(scores, float).reshape(len(frame), -1)[:, -1]})
+    result = froc(candidates, reference.nodules, reference.scans, reference.excluded)
+    result["reference"] = [str(file) for file in reference.files]
+    low, high = result.get("cpm_ci", [float("nan")] * 2)
+    at = result["sensitivity_at_fp_per_scan"]
+    return result, (f"LUNA16 FROC over {result['scans']} scans ({result['nodules']} nodules, {result['detected']} "
+                    f"reached by a candidate): CPM {result['cpm']:.3f} (95% CI {low:.3f}-{high:.3f}); sensitivity "
+                    f"{at['1']:.3f} at 1 and {at['8']:.3f} at 8 false positives per scan")
 
 
 def model_labels_only(table: ImageTable, classes: list[str]) -> tuple[ImageTable, list[str]]:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,13 +65,15 @@ from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 from tfmed.data.volume_inputs import CENTER_MM
 
-SERIES, CLASS = "seriesuid", "class"
+SERIES, CLASS, DIAMETER = "seriesuid", "class", "diameter_mm"
 COORDINATES = ("coordX", "coordY", "coordZ")
 HEADER = ",".join((SERIES,) + COORDINATES + (CLASS,))
 CLASSES = ["non_nodule", "nodule"]
 SUBSETS = tuple(f"subset{i}" for i in range(10))
 SAMPLE_SEED = 0
 WHAT = "the publisher's candidates.csv or candidates_V2.csv of LUNA16, unchanged"
+# Where LUNA16 ships its reference nodules: beside the subsets, and in its evaluation script's folder.
+ANNOTATION_PLACES = ("", "evaluationScript/annotations")
 
 
 def load_luna16(path: str | Path, root: str | Path | None = None, classes: list[str] | None = None,
@@ -148,6 +151,70 @@ def load_luna16(path: str | Path, root: str | Path | None = None, classes: list[
         raise DataSourceError(f"{path}: no candidate left to read ({'; '.join(s['problem'] for s in skipped)})")
     return ImageTable(_frame(records), names, "binary", source=str(path),
                       excluded=pd.DataFrame(skipped, columns=["image", "row", "problem", "fix"]))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """LUNA16's reference for a FROC analysis (:func:`tfmed.evaluation.froc.froc`) of some subsets' scans.
+
+    Attributes:
+        nodules: annotations.csv's nodules of those scans (scan, x, y, z, diameter_mm).
+        excluded: annotations_excluded.csv's findings of those scans (None when the file is absent).
+        scans: the seriesuid of every scan in those subsets.
+        files: the annotation files read.
+    """
+
+    nodules: pd.DataFrame
+    excluded: pd.DataFrame | None
+    scans: list[str]
+    files: list[Path]
+
+
+def load_reference(path: str | Path, root: str | Path | None = None, subsets: str = "") -> Reference | None:
+    """The reference nodules of the scans ``load_luna16(path, root, subsets)`` reads; None without annotations.csv.
+
+    ``annotations.csv`` and ``annotations_excluded.csv`` are looked for in the
+    root, then in its ``evaluationScript/annotations`` folder (where the
+    challenge's evaluation script keeps them).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "subset0").mkdir()
+        >>> _ = (root / "subset0" / "1.2.3.mhd").write_text("")
+        >>> _ = (root / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\\n"
+        ...                                           "1.2.3,-128.7,-175.3,-298.4,5.65\\n")
+        >>> reference = load_reference(root / "candidates.csv")
+        >>> reference.scans, reference.nodules["diameter_mm"].tolist(), reference.excluded
+        (['1.2.3'], [5.65], None)
+    """
+    path = Path(path)
+    root = _root(path, root)
+    found = {name: next((root / place / name for place in ANNOTATION_PLACES if (root / place / name).is_file()), None)
+             for name in ("annotations.csv", "annotations_excluded.csv")}
+    if found["annotations.csv"] is None:
+        return None
+    wanted = _subset_names(subsets, path) or list(SUBSETS)
+    scans = [uid for uid, (subset, _) in _scans(root).items() if subset in wanted]
+    tables = {name: _findings(file, set(scans)) for name, file in found.items() if file is not None}
+    return Reference(tables["annotations.csv"], tables.get("annotations_excluded.csv"), scans,
+                     [file for file in found.values() if file is not None])
+
+
+def _findings(path: Path, scans: set[str]) -> pd.DataFrame:
+    """An annotation file's findings in ``scans``: scan, x, y, z, diameter_mm (bad values stop with the line)."""
+    header, rows = read_csv_rows(path, (SERIES,) + COORDINATES + (DIAMETER,), "LUNA16's annotations.csv or "
+                                 "annotations_excluded.csv, unchanged")
+    column = {name: header.index(name) for name in (SERIES,) + COORDINATES + (DIAMETER,)}
+    records = []
+    for line, fields in rows:
+        problems: list[tuple[str, str]] = []
+        value = row_values(fields, column, len(header), problems)
+        numbers = [_number(value[name], name, problems) for name in COORDINATES + (DIAMETER,)]
+        if problems:
+            raise DataSourceError(f"{path} (line {line}): {problems[0][0]}; {problems[0][1]}")
+        if value[SERIES] in scans:
+            records.append([value[SERIES], *numbers])
+    return pd.DataFrame(records, columns=["scan", "x", "y", "z", "diameter_mm"])
 
 
 def _class_names(classes: list[str] | None) -> list[str]:
