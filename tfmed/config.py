@@ -117,7 +117,10 @@ class DataConfig(_Section):
 
     source: "pneumonia_mnist" (embedded), or a kind: "manifest", "folder",
         "medmnist", "dicom", "chestxray14" (NIH ChestX-ray14's
-        Data_Entry_2017.csv), "chexpert" (CheXpert's train.csv / valid.csv), "tfds"
+        Data_Entry_2017.csv), "chexpert" (CheXpert's train.csv / valid.csv),
+        "luna16" (LUNA16's candidates.csv / candidates_V2.csv: CT scans with
+        candidate centres, read through views), "rsna_pneumonia" (the RSNA
+        Pneumonia Detection Challenge's stage_2_train_labels.csv), "tfds"
         (a TensorFlow Datasets data set: data.path NAME[/CONFIG][#SPLIT] or a folder).
         A string "medmnist:PATH.npz#split" also works.
     path: CSV file, folder or .npz file for the non-embedded kinds.
@@ -159,10 +162,10 @@ class DataConfig(_Section):
         '(person\\d+)_' for PNEUMONIA/person1_bacteria_1.jpeg. A file it does not
         match is reported.
 
-    The publishers' sources "chestxray14", "chexpert" and "luna16" read their
-    own columns: label_columns, patient_column and filename_label_suffix are
-    refused with them; task may only be multilabel (chestxray14, chexpert) or
-    binary (luna16).
+    The publishers' sources "chestxray14", "chexpert", "luna16" and
+    "rsna_pneumonia" read their own columns: label_columns, patient_column and
+    filename_label_suffix are refused with them; task may only be multilabel
+    (chestxray14, chexpert) or binary (luna16, rsna_pneumonia).
     """
 
     KEY: ClassVar[str] = "data."
@@ -200,9 +203,10 @@ class DataConfig(_Section):
     # sources whose rows are volumes with lesion centres: they need views.enabled (views.center: lesion)
     VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused
-    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "luna16")
-    # the publishers' multilabel files
+    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "luna16", "rsna_pneumonia")
+    # the publishers' multilabel and binary files
     MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert")
+    BINARY_SOURCES: ClassVar[tuple[str, ...]] = ("luna16", "rsna_pneumonia")
 
     def check(self) -> None:
         super().check()
@@ -227,8 +231,8 @@ class DataConfig(_Section):
                                "use it; remove it (choose labels with data.classes)")
         if kind in self.MULTILABEL_SOURCES and self.task not in (None, "multilabel"):
             self._fail("task", f"data.source {kind} is multilabel; remove data.task")
-        if kind in self.VOLUME_SOURCES and self.task not in (None, "binary"):
-            self._fail("task", f"data.source {kind} is binary (nodule or not); remove data.task")
+        if kind in self.BINARY_SOURCES and self.task not in (None, "binary"):
+            self._fail("task", f"data.source {kind} is binary; remove data.task")
         if kind == "tfds":
             for name, instead in (("label_columns", "data.label_feature"), ("patient_column", "data.patient_feature"),
                                   ("filename_label_suffix", "data.label_feature"), ("root", "data.path")):

@@ -32,13 +32,14 @@ from typing import Callable
 
 import numpy as np
 
+from tfmed.data.boxes import BOXES_COLUMN
 from tfmed.modes.features import FeatureError, digest
 from tfmed.training.distribute import WorkerShare
 
 SHARD_ROWS = 4096
 BLOCKS_FILE = "blocks.json"
 # frame columns that never change an image's features (labels, ids, bookkeeping)
-NOT_IMAGE_COLUMNS = ("label", "patient_id", "site", "view", "split", "row", "source_problems")
+NOT_IMAGE_COLUMNS = ("label", "patient_id", "site", "view", "split", "row", "source_problems", BOXES_COLUMN)
 
 
 class FeatureStore:

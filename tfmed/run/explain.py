@@ -7,7 +7,9 @@ folder (default ``RUN/explanations/TIMESTAMP``) holds one overlay PNG per image,
 ``overview.png`` (all of them), ``explanations.csv`` (file, group, label, score,
 decision, explained class, method, the map's peak) and ``faithfulness.json``
 (deletion / insertion AUC against a random order, and the model-randomisation
-rank correlation; see :mod:`tfmed.explain.faithfulness`). A model of views of
+rank correlation; see :mod:`tfmed.explain.faithfulness`). When the data give
+boxes of the finding (:mod:`tfmed.data.boxes`), each map is also measured
+against its image's boxes (:mod:`tfmed.explain.localisation`). A model of views of
 volumes is explained on a mosaic of each case's views (:mod:`tfmed.explain.mosaic`);
 its peak is given as the view's number and the pixel in that view.
 
@@ -27,9 +29,12 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL
+from tfmed.data.boxes import BOXES_COLUMN, box_mask, parse_boxes
+from tfmed.data.decode import image_info
 from tfmed.data.table import ImageTable
 from tfmed.explain import ExplainError, explain_table, get_method, peak
 from tfmed.evaluation.report import predictions_column
+from tfmed.explain.localisation import localisation, summary
 from tfmed.explain.overlay import save_overlay, save_overlays
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
@@ -139,15 +144,47 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
                      "decision": decided, "explained_class": _class_name(model, explained), "method": method,
                      **location, "overlay": overlay.name})
         items.append((result.images[i], result.maps[i], title))
+    boxed = None if result.grid is not None else box_localisation(table, result.maps, model.inputs.preprocess.resize)
+    for row, figures in zip(rows, boxed or []):
+        row.update(figures)
     pd.DataFrame(rows).to_csv(out / "explanations.csv", index=False)
     overview = save_overlays(out / "overview.png", items)
     record = {"method": method, "images": len(table), "split": split}
+    if boxed is not None:
+        record["localisation"] = summary(boxed)
     log("measuring faithfulness (deletion / insertion) and the model-randomisation sanity check")
     record.update(result.trust(index=classes, steps=steps, seed=seed, layer=layer))
     (out / "faithfulness.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     record["overview"] = str(overview)
     record["csv"] = str(out / "explanations.csv")
     return record
+
+
+def box_localisation(table: ImageTable, maps: np.ndarray, resize: str) -> list[dict] | None:
+    """Each map against its image's boxes (:mod:`tfmed.explain.localisation`), the boxes resized as the image
+    was (``preprocess.resize``); None when no row of ``table`` has boxes.
+
+    Example:
+        >>> box_localisation(table, result.maps, "plain")[0]  # doctest: +SKIP
+        {'peak_in_box': True, 'energy_in_boxes': 0.62, 'box_fraction': 0.21}
+    """
+    import tensorflow as tf
+
+    from tfmed.data.transforms.spatial import Resize
+
+    if BOXES_COLUMN not in table.frame.columns:
+        return None
+    boxes = [parse_boxes(text) for text in table.frame[BOXES_COLUMN].tolist()]
+    if not any(boxes):
+        return None
+    size = maps.shape[1:]
+    masks = np.zeros((len(boxes),) + size, bool)
+    for i, (path, image_boxes) in enumerate(zip(table.frame["image"].astype(str), boxes)):
+        if image_boxes:
+            info = image_info(path, max_pixels=None)
+            full = box_mask(image_boxes, info.height, info.width).astype(np.float32)[..., None]
+            masks[i] = np.asarray(Resize(size[0], mode=resize)(tf.constant(full)))[..., 0] > 0.5
+    return localisation(maps, masks)
 
 
 def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):
@@ -228,5 +265,22 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
                 f"more faithful), insertion AUC {figure['insertion_auc']} against {figure['random_insertion_auc']}, "
                 f"rank correlation with the maps of a model whose top is randomised "
                 f"{figure['sanity_rank_correlation']} (low passes the sanity check); {record['flat_maps']} flat "
-                "map(s) left out. Overlays and figures: explanations/.")
+                "map(s) left out." + localisation_sentence(record.get("localisation"))
+                + " Overlays and figures: explanations/.")
     return Path(record["overview"]), sentence
+
+
+def localisation_sentence(figures: dict | None) -> str:
+    """The report's words on the maps against the experts' boxes ("" without boxes).
+
+    Example:
+        >>> localisation_sentence({"images_with_boxes": 2, "pointing_game": 0.5, "energy_in_boxes": 0.4,
+        ...                        "box_fraction": 0.1})
+        ' Against the boxes of 2 images: the peak lies in a box in 50% (pointing game), and 0.400 of the map lies in the boxes against 0.100 for an even map.'
+    """
+    if not figures or not figures["images_with_boxes"]:
+        return ""
+    energy = "n/a" if figures["energy_in_boxes"] is None else f"{figures['energy_in_boxes']:.3f}"
+    return (f" Against the boxes of {figures['images_with_boxes']} images: the peak lies in a box in "
+            f"{figures['pointing_game']:.0%} (pointing game), and {energy} of the map lies in the boxes against "
+            f"{figures['box_fraction']:.3f} for an even map.")

@@ -20,6 +20,9 @@ Kinds (``DataConfig.source``):
 * ``"luna16"``: LUNA16's ``candidates.csv`` / ``candidates_V2.csv`` as published,
   lung nodule candidates in its MetaImage CT scans, as volume rows with lesion
   centres (:mod:`tfmed.data.sources.luna16`).
+* ``"rsna_pneumonia"``: the RSNA Pneumonia Detection Challenge's
+  ``stage_2_train_labels.csv`` as published, lung opacity or not, with the
+  opacity boxes (:mod:`tfmed.data.sources.rsna_pneumonia`).
 * ``"tfds"``: a TensorFlow Datasets data set by name (``patch_camelyon``,
   ``NAME/CONFIG``) or the folder of a prepared one (as ``tfmed export-tfds``
   writes); ``#SPLIT`` picks TFDS splits (:mod:`tfmed.data.sources.tfds`).
@@ -43,7 +46,8 @@ import dataclasses
 from pathlib import Path
 
 from tfmed.config import DataConfig
-from tfmed.data.sources import chestxray14, chexpert, dicom, folders, luna16, manifest, medmnist, tfds
+from tfmed.data.sources import (chestxray14, chexpert, dicom, folders, luna16, manifest, medmnist,
+                                rsna_pneumonia, tfds)
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
@@ -51,7 +55,7 @@ from tfmed.data.table import DataSourceError, ImageTable
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
                                   for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert,
-                                                 luna16, tfds)}
+                                                 luna16, rsna_pneumonia, tfds)}
 
 __all__ = ["EMBEDDED", "SOURCES", "DataSourceError", "SourceKind", "load_medmnist", "load_source",
            "parse_source_spec"]
@@ -61,11 +65,11 @@ def parse_source_spec(spec: str) -> DataConfig:
     """Turn a command-line source string into a :class:`DataConfig`.
 
     Accepted: a dataset name (``"pneumonia_mnist"``), ``"KIND:PATH"`` with
-    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, luna16, tfds
+    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, luna16, rsna_pneumonia, tfds
     (``"medmnist:x.npz#test"`` and ``"tfds:NAME#test"`` load only that split,
     ``"luna16:candidates_V2.csv#9"`` one subset), or a bare path (.csv ->
     manifest, .npz -> medmnist, a folder -> folder). The publishers' CSVs of
-    ChestX-ray14, CheXpert and LUNA16 need their kind: ``"chexpert:train.csv"``.
+    ChestX-ray14, CheXpert, LUNA16 and RSNA need their kind: ``"chexpert:train.csv"``.
 
     Example:
         >>> parse_source_spec("medmnist:data/chest.npz#test").path

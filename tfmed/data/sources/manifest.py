@@ -5,8 +5,10 @@ default the CSV's folder; absolute paths allowed), one label column (class
 names or integer indices; binary or multiclass) or several 0/1 label columns
 (multilabel; ``-1`` or ``unknown`` when a finding was not graded for an
 image: it is then left out of the loss and that label's metrics),
-``patient_id``, and optional ``site``, ``view`` and ``split``
-(train / val / test). Row numbers are CSV line numbers (the header is line 1).
+``patient_id``, and optional ``site``, ``view``, ``split`` (train / val /
+test) and ``boxes`` (the finding's boxes in the image, ``x,y,width,height;...``,
+see :mod:`tfmed.data.boxes`, for checking explanations). Row numbers are CSV
+line numbers (the header is line 1).
 A path may name a volume (a DICOM series folder, or a NIfTI, MetaImage or NRRD file) with
 optional lesion centre columns and ``series_uid`` (see
 :mod:`tfmed.data.volume_inputs`); an empty patient id of a series folder is
@@ -35,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, DataConfig
+from tfmed.data.boxes import BOX_FORMAT, BOXES_COLUMN, format_boxes, parse_boxes
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -152,6 +155,8 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
         out[column] = _text(frame[column]) if column in frame.columns else pd.NA
     out["split"] = _split_column(frame["split"], problems) if "split" in frame.columns else pd.NA
     _volume_columns(frame, out, problems)
+    if BOXES_COLUMN in frame.columns:
+        out[BOXES_COLUMN] = _boxes_column(frame[BOXES_COLUMN], problems)
     out[SOURCE_PROBLEMS] = [tuple(items) for items in problems]
     blank = (frame.apply(lambda column: column.str.strip() == "")).all(axis=1).to_numpy(dtype=bool)
     out = out.loc[~blank].reset_index(drop=True)
@@ -235,6 +240,19 @@ def _binary_column(values: pd.Series, column: str, problems) -> pd.Series:
                                 "write 0 or 1, or -1 when the finding is unknown for the image"))
             labels.append(pd.NA)
     return _int_series(labels)
+
+
+def _boxes_column(values: pd.Series, problems) -> pd.Series:
+    """Each row's finding boxes as tfmed writes them (empty: none); a malformed box is a row problem."""
+    texts = []
+    for i, value in enumerate(values.tolist()):
+        try:
+            boxes = parse_boxes(value)
+        except ValueError as error:
+            problems[i].append((str(error).split("; write")[0], f"write {BOX_FORMAT}"))
+            boxes = []
+        texts.append(format_boxes(boxes) if boxes else pd.NA)
+    return pd.Series(texts, dtype="string")
 
 
 def _split_column(values: pd.Series, problems) -> pd.Series:
