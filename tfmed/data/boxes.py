@@ -28,7 +28,8 @@ def parse_boxes(text) -> list[tuple[float, float, float, float]]:
     """The boxes of one image from their text (empty text, None or NA: none).
 
     Raises:
-        ValueError: a box is not four numbers or has no area; the message says which and the format.
+        ValueError: a box is not four numbers or has no area; the message names the box
+            (the format to write is :data:`BOX_FORMAT`).
 
     Example:
         >>> parse_boxes("")
@@ -43,7 +44,7 @@ def parse_boxes(text) -> list[tuple[float, float, float, float]]:
         except ValueError:
             values = ()
         if len(values) != 4 or not all(math.isfinite(v) for v in values):
-            raise ValueError(f"box {part.strip()!r} is not four numbers; write {BOX_FORMAT}")
+            raise ValueError(f"box {part.strip()!r} is not four numbers")
         if values[2] <= 0 or values[3] <= 0:
             raise ValueError(f"box {part.strip()!r} has no area (width and height must be > 0)")
         boxes.append(values)

@@ -249,7 +249,7 @@ def _boxes_column(values: pd.Series, problems) -> pd.Series:
         try:
             boxes = parse_boxes(value)
         except ValueError as error:
-            problems[i].append((str(error).split("; write")[0], f"write {BOX_FORMAT}"))
+            problems[i].append((str(error), f"write {BOX_FORMAT}"))
             boxes = []
         texts.append(format_boxes(boxes) if boxes else pd.NA)
     return pd.Series(texts, dtype="string")

@@ -85,8 +85,8 @@ def load_rsna_pneumonia(path: str | Path, root: str | Path | None = None,
             try:
                 image["boxes"] += parse_boxes(box_text)
             except ValueError as error:
-                image["problems"].append((f"line {line}: {error}".split("; write")[0],
-                                          "keep the publisher's x, y, width, height in pixels"))
+                image["problems"].append((f"line {line}: {error}", "keep the publisher's x, y, width, height "
+                                                                     "in pixels"))
     records = [_record(patient, image, folder) for patient, image in images.items()]
     frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "row", BOXES_COLUMN, SOURCE_PROBLEMS])
     for name in ("site", "view", "split"):
