@@ -282,6 +282,10 @@ class SplitConfig(_Section):
     final: with k-fold, the model that scores the test split: "refit" (one model
         refit on train+val) or "bag" (the k fold models kept and their scores
         averaged).
+    test_sites: the sites (the data's ``site`` values, e.g. a hospital) whose
+        images form the test split whole: an external test of another site than
+        training. With method "patient" (val carved from the other sites) or
+        "kfold" (folds over the other sites); test_fraction is then not used.
     near_duplicate_rms: images whose 16 x 16 grey fingerprints differ by at
         most this many grey levels (root mean square, 0-255) are near-identical
         (see tfmed.data.near_duplicates): splits that tfmed makes keep them
@@ -298,6 +302,7 @@ class SplitConfig(_Section):
     seed: int = 0
     final: Literal["refit", "bag"] = "refit"
     near_duplicate_rms: float | None = 4.0
+    test_sites: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         super().check()
@@ -311,6 +316,12 @@ class SplitConfig(_Section):
         self._check_seed()
         if self.final == "bag" and self.method != "kfold":
             self._fail("final", "bagging keeps the k fold models, so it needs split.method: kfold")
+        if self.test_sites and self.method == "predefined":
+            self._fail("test_sites", "it makes the test split of those sites, while split.method predefined "
+                       "keeps the source's split; use split.method patient or kfold")
+        if self.test_sites and "test_fraction" in _changed_from_defaults(self):
+            self._fail("test_fraction", "it is set, but split.test_sites gives the test split (those sites' "
+                       "images, whole); remove it")
 
 
 @dataclass

@@ -126,6 +126,8 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
         ['test', 'train', 'val']
     """
     config.check()  # choices and ranges live in tfmed.config
+    if config.test_sites:
+        return site_split(table, config)
     given = table.frame["split"]
     if config.method == "patient" or (config.method == "predefined" and given.isna().all()):
         result = patient_split(table, config.test_fraction, config.val_fraction, config.seed)
@@ -158,6 +160,39 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
             pool = np.flatnonzero(split == "train")
             _require_patients(table, split == "train", "carving a val split from train")
             split[_carve(table, pool, config.val_fraction, config.seed + 1)] = "val"
+        _require_validation(split)
+    result = _with_split(table, split)
+    check_no_leakage(result)
+    return result
+
+
+def site_split(table: ImageTable, config: SplitConfig) -> ImageTable:
+    """The images of ``config.test_sites`` as the test split (an external test), the others train and, with
+    method "patient", val carved from them by patient (``val_fraction`` of them).
+
+    Raises:
+        SplitError: a named site that no row has (the sites found are listed), no row left for
+            training, or a patient with images on both sides (:func:`check_no_leakage`).
+
+    Example:
+        >>> from tfmed.config import SplitConfig
+        >>> site_split(table, SplitConfig(method="kfold", test_sites=["montgomery"]))  # doctest: +SKIP
+    """
+    sites = table.frame["site"].astype("string")
+    found = sorted(set(sites.dropna().tolist()))
+    missing = [name for name in config.test_sites if name not in found]
+    if missing:
+        raise SplitError(f"split.test_sites names {', '.join(map(repr, missing))}, which no row has; the data's "
+                         f"sites are {', '.join(map(repr, found)) or '(none: the source gives no site)'}")
+    test = sites.isin(config.test_sites).fillna(False).to_numpy(dtype=bool)
+    if test.all():
+        raise SplitError(f"every row is of split.test_sites {config.test_sites}, so none is left for training; "
+                         "name fewer sites")
+    split = np.where(test, "test", "train").astype(object)
+    if config.method == "patient":
+        pool = np.flatnonzero(~test)
+        _require_patients(table, ~test, "carving a val split by patient")
+        split[_carve(table, pool, config.val_fraction, config.seed + 1)] = "val"
         _require_validation(split)
     result = _with_split(table, split)
     check_no_leakage(result)

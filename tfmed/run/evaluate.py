@@ -20,8 +20,8 @@ from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.froc import froc
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
-from tfmed.run.experiment import count_entries, evaluate_split, merge_tables
-from tfmed.run.reporting import member_sentences, write_outputs
+from tfmed.run.experiment import by_site, count_entries, evaluate_split, merge_tables
+from tfmed.run.reporting import member_sentences, site_sentences, write_outputs
 from tfmed.run.rundir import RunDirectoryError, new_run_dir, resolve_run_dir, run_split_tables
 
 
@@ -86,6 +86,9 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                      "run's train or val split (copies_of_run_images.csv): the figures here are not fully held out.")
     if members is not None:  # an ensemble: each member beside the combination, as in the run
         metrics["members"] = {"test": compare_to_members(model.task, table.labels(), scores, members)}
+    sites = by_site(model, table, scores, config.evaluation)
+    if sites:
+        metrics["by_site"] = {"test": sites}
     if data is not None and parsed.source == "luna16":
         froc_metrics, sentence = luna16_froc(parsed, table, scores)
         notes.append(sentence)
@@ -94,7 +97,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
             metrics["froc"] = froc_metrics
     write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
-                  notes=notes + member_sentences(metrics),
+                  notes=notes + member_sentences(metrics) + site_sentences(metrics),
                   member_scores={"test": members} if members is not None else None)
     return out
 

@@ -113,6 +113,9 @@ def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
         >>> test_split_origin(ExperimentConfig(), source_has_test=False)
         'carved from the training images (same collection as training: an in-distribution estimate)'
     """
+    if config.split.test_sites:
+        return (f"the images of site(s) {', '.join(config.split.test_sites)}, held out whole: an external test "
+                "(sites the model was not trained on)")
     if source_has_test and config.split.method != "patient":
         return "the data source's own test split"
     return "carved from the training images (same collection as training: an in-distribution estimate)"
@@ -156,6 +159,39 @@ def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,
     return {name: evaluate(model.task, y, scores, threshold, model.classes,
                            ci_level=evaluation.ci_level, bootstrap=evaluation.bootstrap)
             for name, threshold in model.thresholds.items()}
+
+
+NO_SITE = "(no site)"
+
+
+def by_site(model: TrainedModel, table: ImageTable, scores: np.ndarray, evaluation: EvaluationConfig) -> dict | None:
+    """Each site's figures in a split of several sites (None with fewer than two): images, AUC with its
+    interval, and for a binary model sensitivity and specificity at the first stored threshold (Youden's).
+
+    Example:
+        >>> by_site(model, val_table, val_scores, config.evaluation)  # doctest: +SKIP
+        {'montgomery': {'n': 14, 'auc': 0.81, 'auc_ci': [0.6, 0.92], ...}, 'shenzhen': {...}}
+    """
+    from tfmed.evaluation.metrics import evaluate
+
+    sites = table.frame["site"].astype("string").fillna(NO_SITE).to_numpy()
+    if len(set(sites)) < 2:
+        return None
+    threshold_name = next(iter(model.thresholds), None) if model.task != "multiclass" else None
+    figures = {}
+    for site in sorted(set(sites)):
+        rows = np.flatnonzero(sites == site)
+        part = table.subset(rows)
+        threshold = model.thresholds[threshold_name] if threshold_name else None
+        result = evaluate(model.task, part.labels(), np.asarray(scores)[rows], threshold, model.classes,
+                          ci_level=evaluation.ci_level)
+        if model.task == "binary":
+            figures[site] = {"n": result["n"], "n_positive": result["n_positive"], "auc": result["roc_auc"],
+                             "auc_ci": result["ci"].get("roc_auc"), "threshold": threshold_name,
+                             "sensitivity": result["sensitivity"], "specificity": result["specificity"]}
+        else:
+            figures[site] = {"n": result["n"], "auc": result["macro_auc"], "auc_ci": result.get("macro_auc_ci")}
+    return figures
 
 
 def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None) -> Path | None:
@@ -245,6 +281,9 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     metrics["near_duplicates"] = near_duplicate_summary(config, table)
     for name, split_scores in scores.items():
         metrics["splits"][name] = evaluate_split(model, parts[name], split_scores, config.evaluation)
+    sites = {name: by_site(model, parts[name], split_scores, config.evaluation) for name, split_scores in scores.items()}
+    if any(sites.values()):
+        metrics["by_site"] = {name: figures for name, figures in sites.items() if figures}
     if member_scores:
         metrics["members"] = {name: compare_to_members(model.task, parts[name].labels(), scores[name], members)
                               for name, members in member_scores.items()}

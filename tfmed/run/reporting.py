@@ -175,6 +175,28 @@ def member_sentences(metrics: dict) -> list[str]:
             for line in comparison_sentences(comparison, split)]
 
 
+def site_sentences(metrics: dict) -> list[str]:
+    """The report's sentences on each site of a split of several sites (``metrics["by_site"]``, from
+    :func:`~tfmed.run.experiment.by_site`); none when every split is of one site.
+
+    Example:
+        >>> site_sentences({"by_site": {"val": {"a": {"n": 20, "n_positive": 8, "auc": 0.9, "auc_ci": [0.8, 0.95],
+        ...     "threshold": "youden", "sensitivity": 0.75, "specificity": 0.833}}}})
+        ['val by site: a AUC 0.900 (0.800-0.950), 20 images (8 positive), sensitivity 0.750 and specificity 0.833 at the youden threshold.']
+    """
+    lines = []
+    for split, sites in metrics.get("by_site", {}).items():
+        parts = []
+        for site, m in sites.items():
+            text = f"{site} AUC {value_with_interval(m['auc'], m['auc_ci'])}, {m['n']} images"
+            if "sensitivity" in m:
+                text += (f" ({m['n_positive']} positive), sensitivity {_fmt(m['sensitivity'])} and specificity "
+                         f"{_fmt(m['specificity'])} at the {m['threshold']} threshold")
+            parts.append(text)
+        lines.append(f"{split} by site: " + "; ".join(parts) + ".")
+    return lines
+
+
 def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable], scores: dict,
                       metrics: dict, member_scores: dict | None = None) -> Path:
     """All outputs of a training run (see :func:`write_outputs`); with an ensemble also
@@ -207,7 +229,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                  f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. Thresholds "
                  f"were chosen on the pooled out-of-fold scores; {final} was measured once on test."]
         notes.remove(THRESHOLD_NOTE)
-    notes += member_sentences(metrics)
+    notes += member_sentences(metrics) + site_sentences(metrics)
     extra_plots = {}
     if config.report.explain and scores:
         from tfmed.run.explain import explain_for_report

@@ -1,0 +1,98 @@
+"""Sites (hospitals, scanners): a whole site held out as an external test split, and each site's figures in
+a split of several sites, in metrics.json and the report."""
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+import test_explain  # noqa: F401  (registers the tiny explain_test_net backbone)
+from tfmed.config import ConfigError, ExperimentConfig, SplitConfig
+from tfmed.data.sources.manifest import load_manifest
+from tfmed.data.splits import LeakageError, SplitError, ensure_splits
+from tfmed.run.cli import main
+from tfmed.run.experiment import run_experiment
+
+
+def write_sites(folder, sites=("north", "south", "east"), per_site=24):
+    """A manifest of PNGs from three sites: half of each site's patients with a bright square (positive);
+    the east site's images are darker, as another scanner's might be."""
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for s, site in enumerate(sites):
+        for i in range(per_site):
+            image = rng.normal(60 if site == "east" else 90, 10, (40, 40))
+            label = i % 2
+            if label:
+                image[10:22, 10:22] += 120
+            name = f"img/{site}_{i}.png"
+            cv2.imwrite(str(folder / name), image.clip(0, 255).astype(np.uint8))
+            rows.append({"path": name, "label": label, "patient_id": f"{site}{i}", "site": site})
+    pd.DataFrame(rows).to_csv(folder / "m.csv", index=False)
+    return folder / "m.csv"
+
+
+def test_a_site_held_out_is_the_whole_test_split(tmp_path):
+    table = load_manifest(write_sites(tmp_path))
+    split = ensure_splits(table, SplitConfig(method="patient", test_sites=["east"], val_fraction=0.25))
+    frame = split.frame
+    assert (frame.loc[frame["site"] == "east", "split"] == "test").all()
+    assert (frame.loc[frame["site"] != "east", "split"] != "test").all()
+    val = frame[frame["split"] == "val"]
+    assert 8 <= len(val) <= 16 and val["label"].nunique() == 2  # a quarter of the other 48, both classes
+    folds = ensure_splits(table, SplitConfig(method="kfold", test_sites=["east", "south"]))
+    assert sorted(folds.frame.loc[folds.frame["split"] == "train", "site"].unique()) == ["north"]
+
+
+def test_site_split_errors_name_the_sites(tmp_path):
+    table = load_manifest(write_sites(tmp_path))
+    with pytest.raises(SplitError, match=r"names 'west', which no row has; the data's sites are 'east', 'north', "
+                                         r"'south'"):
+        ensure_splits(table, SplitConfig(method="patient", test_sites=["west"]))
+    with pytest.raises(SplitError, match="none is left for training"):
+        ensure_splits(table, SplitConfig(method="kfold", test_sites=["east", "north", "south"]))
+    frame = table.frame.copy()
+    frame.loc[0, "patient_id"] = "east3"  # a north image of an east patient: the patient would be on both sides
+    shared = type(table)(frame, table.classes, table.task, source=table.source)
+    with pytest.raises(LeakageError, match="east3"):
+        ensure_splits(shared, SplitConfig(method="kfold", test_sites=["east"]))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"split": {"method": "predefined", "test_sites": ["a"]}}, "use split.method patient or kfold"),
+    ({"split": {"method": "patient", "test_sites": ["a"], "test_fraction": 0.3}}, "split.test_sites gives the"),
+])
+def test_site_settings_are_checked(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(values)
+
+
+@pytest.mark.slow
+def test_a_run_tested_on_another_site_reports_each_site(tmp_path):
+    csv = write_sites(tmp_path / "data")
+    config = ExperimentConfig.from_dict({
+        "name": "sites", "runs_dir": str(tmp_path / "runs"),
+        "data": {"source": "manifest", "path": str(csv)},
+        "split": {"method": "patient", "test_sites": ["east"], "val_fraction": 0.3},
+        "preprocess": {"image_size": 32},
+        "model": {"mode": "svm", "backbone": "explain_test_net", "weights": None,
+                  "svm": {"taps": ["late"], "C": [1.0], "cv": 2}}})
+    run = run_experiment(config)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "site(s) east, held out whole: an external test" in metrics["test_origin"]
+    val = metrics["by_site"]["val"]
+    assert set(val) == {"north", "south"} and "test" not in metrics["by_site"]  # the test split is one site
+    splits = pd.read_csv(run / "splits.csv")
+    for site, figures in val.items():
+        rows = splits[(splits["split"] == "val") & (splits["site"] == site)]
+        assert (figures["n"], figures["n_positive"]) == (len(rows), int(rows["label"].sum()))
+        assert figures["threshold"] == "youden" and 0 <= figures["auc"] <= 1
+    report = (run / "report.html").read_text()
+    assert "val by site: north AUC" in report and "external test" in report
+    # evaluating on all three sites gives each its own figures
+    assert main(["evaluate", "--model", str(run), "--data", f"manifest:{csv}"]) == 0
+    evaluation = sorted((run / "evaluations").iterdir())[-1]
+    tested = json.loads((evaluation / "metrics.json").read_text())["by_site"]["test"]
+    assert {site: figures["n"] for site, figures in tested.items()} == {"east": 24, "north": 24, "south": 24}
