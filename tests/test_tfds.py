@@ -172,7 +172,7 @@ def test_a_manifest_of_16_bit_pngs_round_trips_through_tfds(tmp_path, caplog):
         image = rng.integers(0, 4096, (12, 10), dtype=np.uint16)  # 12-bit detector values
         cv2.imwrite(str(tmp_path / f"x{i}.png"), image)
         rows.append({"path": f"x{i}.png", "label": i % 2, "patient_id": f"p{i // 2}", "site": f"s{i % 3}",
-                     "view": "PA", "split": ["train", "val", "test"][i % 3]})
+                     "view": "PA", "split": ["train", "val", "test"][i % 3], "boxes": f"1,2,{i + 3},4" if i % 2 else ""})
     manifest = write_manifest(tmp_path, rows)
     out = tmp_path / "exports" / "chest_v1"
     assert main(["export-tfds", f"manifest:{manifest}", str(out), "--version", "1.2.0"]) == 0
@@ -190,8 +190,9 @@ def test_a_manifest_of_16_bit_pngs_round_trips_through_tfds(tmp_path, caplog):
     source = source.subset(np.concatenate([np.flatnonzero(source.frame["split"] == s)
                                            for s in ("train", "val", "test")]))  # TFDS keeps each split's order
     back = load_source(parse_source_spec(f"tfds:{out}#train+validation+test"))
-    for column in ("patient_id", "site", "view", "split"):
-        assert back.frame[column].tolist() == source.frame[column].tolist()
+    for column in ("patient_id", "site", "view", "split", "boxes"):  # finding boxes too, for explanations
+        assert back.frame[column].fillna("").tolist() == source.frame[column].fillna("").tolist()
+    assert back.frame["boxes"].notna().sum() == 4
     assert back.labels().tolist() == source.labels().tolist() and back.classes == source.classes
     for mine, theirs in zip(raw_dataset(source).as_numpy_iterator(), raw_dataset(back).as_numpy_iterator()):
         assert np.array_equal(mine, theirs)
@@ -203,8 +204,8 @@ def test_multilabel_with_grey_and_colour_images(tmp_path):
     cv2.imwrite(str(tmp_path / "grey.png"), grey)
     cv2.imwrite(str(tmp_path / "colour.png"), colour)
     manifest = write_manifest(tmp_path, [
-        {"path": "grey.png", "Edema": 1, "Mass": 0, "patient_id": "a"},
-        {"path": "colour.png", "Edema": 1, "Mass": 1, "patient_id": "b"}])
+        {"path": "grey.png", "Edema": 1, "Mass": 0, "patient_id": "a", "boxes": "0,0,4,4"},
+        {"path": "colour.png", "Edema": 1, "Mass": 1, "patient_id": "b", "boxes": ""}])
     config = DataConfig(source="manifest", path=str(manifest), label_columns=["Edema", "Mass"])
     summary = export_tfds(load_source(config), tmp_path / "out", name="findings")
     assert summary.replicated_grey == 1 and summary.splits == {"train": 2}
@@ -212,6 +213,7 @@ def test_multilabel_with_grey_and_colour_images(tmp_path):
     back = load_source(DataConfig(source="tfds", path=str(tmp_path / "out")))
     assert back.task == "multilabel" and back.classes == ["Edema", "Mass"]
     assert back.labels().tolist() == [[1, 0], [1, 1]]
+    assert back.frame["boxes"].fillna("").tolist() == ["0,0,4,4", ""]
     images = list(raw_dataset(back).as_numpy_iterator())
     assert images[0].shape == (8, 8, 3) and np.all(images[0] == 100)
     assert images[1][0, 0].tolist() == [30, 20, 10]  # RGB, as tfmed reads the original

@@ -21,6 +21,9 @@ Features written:
 * ``patient_id``, ``site``, ``view``: text ("" when unknown), so that a split
   of the export is still by patient; ``source_image``: the image's path
   relative to the folder all images share (or the in-memory reference).
+* ``boxes``: text, when the table has finding boxes (:mod:`tfmed.data.boxes`;
+  "" for an image without), so that explanations can still be measured
+  against them.
 
 Splits: tfmed's ``train``, ``val`` and ``test`` become TFDS ``train``,
 ``validation`` and ``test``. A source without predefined splits is written as
@@ -50,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmed.config import UNKNOWN_LABEL
+from tfmed.data.boxes import BOXES_COLUMN
 from tfmed.data.pipeline import raw_dataset
 from tfmed.data.sources.tfds import UNKNOWN_FEATURE, tfds_quietly
 from tfmed.data.table import DataSourceError, ImageTable
@@ -125,6 +129,7 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
         raise DataSourceError(f"version {version!r}: TFDS versions are MAJOR.MINOR.PATCH, e.g. 1.0.0")
     table = apply_validation(table, validate_table(table, max_pixels=max_pixels), exclude_bad_rows=False)
     unknown = table.task == "multilabel" and bool((table.labels() == UNKNOWN_LABEL).any())
+    boxes = BOXES_COLUMN in table.frame.columns and bool(table.frame[BOXES_COLUMN].notna().any())
     splits = _splits(table)
     dtype, shape, replicated = _image_kind(table)
     features = tfds.features.FeaturesDict({
@@ -136,12 +141,13 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
         **({UNKNOWN_FEATURE: tfds.features.Sequence(tfds.features.ClassLabel(names=table.classes))}
            if unknown else {}),
         "patient_id": tfds.features.Text(), "site": tfds.features.Text(), "view": tfds.features.Text(),
-        "source_image": tfds.features.Text()})
+        **({BOXES_COLUMN: tfds.features.Text()} if boxes else {}), "source_image": tfds.features.Text()})
     channels = shape[-1]
     sources = _relative_references(table)
     split_data = {}
     for split, rows in splits.items():
-        split_data[TFDS_SPLITS[split]] = _examples(table.subset(rows), sources[rows], dtype, channels, unknown)
+        split_data[TFDS_SPLITS[split]] = _examples(table.subset(rows), sources[rows], dtype, channels, unknown,
+                                                   boxes)
     temporary = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     from tfmed import __version__
@@ -223,11 +229,13 @@ def _relative_references(table: ImageTable) -> np.ndarray:
     return np.array([os.path.relpath(path, common) for path in images], dtype=object)
 
 
-def _examples(table: ImageTable, references: np.ndarray, dtype, channels: int, unknown: bool = False):
+def _examples(table: ImageTable, references: np.ndarray, dtype, channels: int, unknown: bool = False,
+              boxes: bool = False):
     """``(key, example)`` pairs of ``table``, in table order."""
     frame = table.frame
     labels = table.labels()
-    texts = {column: frame[column].astype("string").fillna("").tolist() for column in ("patient_id", "site", "view")}
+    columns = ("patient_id", "site", "view") + ((BOXES_COLUMN,) if boxes else ())
+    texts = {column: frame[column].astype("string").fillna("").tolist() for column in columns}
     for position, image in enumerate(raw_dataset(table).as_numpy_iterator()):
         if image.shape[-1] != channels:
             image = np.repeat(image, channels, axis=-1)

@@ -70,6 +70,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, DataConfig
+from tfmed.data.boxes import BOXES_COLUMN
 from tfmed.data.sources.base import SourceKind, label_frame
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -277,7 +278,7 @@ def _write_split(tfds, builder, split: str, folder: Path, image_key: str, label_
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     base = split.split("[", 1)[0].strip()
-    text = [key for key in ("site", "view", "id", "name") if key in features
+    text = [key for key in ("site", "view", "id", "name", BOXES_COLUMN) if key in features
             and isinstance(features[key], tfds.features.Text)]
     label_feature = features[label_key]
     records = []
@@ -359,6 +360,8 @@ def _table_frame(frame: pd.DataFrame, names: list[str], task: str) -> pd.DataFra
                   "site": values.get("site") or pd.NA, "view": values.get("view") or pd.NA,
                   "split": values["split"] if isinstance(values["split"], str) else pd.NA,
                   "row": position, SOURCE_PROBLEMS: ()}
+        if BOXES_COLUMN in values:  # finding boxes, as tfmed export-tfds writes them
+            record[BOXES_COLUMN] = values[BOXES_COLUMN] or pd.NA
         positives = [int(v) for v in values["labels"].split("|") if v != ""]
         unknown = [int(v) for v in values.get("unknown", "").split("|") if v != ""]
         bad = [v for v in positives + unknown if not 0 <= v < len(names)]
@@ -376,11 +379,15 @@ def _table_frame(frame: pd.DataFrame, names: list[str], task: str) -> pd.DataFra
             record["label"] = positives[0] if positives and not bad else pd.NA
         records.append(record)
     if task == "multilabel":
-        return label_frame(records, names)
+        frame = label_frame(records, names)
+        if records and BOXES_COLUMN in records[0]:
+            frame[BOXES_COLUMN] = pd.Series([record[BOXES_COLUMN] for record in records], dtype="string")
+        return frame
     frame = pd.DataFrame(records)
     frame["label"] = frame["label"].astype("Int64") if frame["label"].isna().any() else frame["label"].astype(np.int64)
-    for column in ("image", "patient_id", "site", "view", "split"):
-        frame[column] = frame[column].astype("string")
+    for column in ("image", "patient_id", "site", "view", "split", BOXES_COLUMN):
+        if column in frame.columns:
+            frame[column] = frame[column].astype("string")
     return frame
 
 
