@@ -164,11 +164,11 @@ def test_tfmed_runs_lists_finished_failed_and_incomplete_runs(runs, tmp_path, ca
     root = tmp_path / "runs"
     for run in runs:
         shutil.copytree(run, root / "safe" / run.name)
-    failed = root / "other" / "20261204-235959"
+    failed = root / "other" / "29991231-235958"  # later than the real runs, whenever the suite runs
     failed.mkdir(parents=True)
     shutil.copy(runs[0] / "config.yaml", failed / "config.yaml")
     (failed / FAILED_FILE).write_text("RuntimeError: out of memory in stage 2\n\ntraceback")
-    running = root / "other" / "20261205-000000"
+    running = root / "other" / "29991231-235959"
     running.mkdir()
     shutil.copy(runs[0] / "config.yaml", running / "config.yaml")
     frame = list_runs(root)
