@@ -12,7 +12,7 @@ import pytest
 
 from tfmed import explain
 from tfmed.backbones.registry import _REGISTRY, BackboneSpec, register
-from tfmed.config import ExplainMethod, FinetuneConfig, ReportConfig, StageConfig
+from tfmed.config import ExperimentConfig, ExplainMethod, FinetuneConfig, ReportConfig, StageConfig
 from tfmed.explain.faithfulness import randomised_weights
 from tfmed.explain.target import ExplainError, ExplainTarget
 from tfmed.modes.finetune import FineTuner
@@ -36,6 +36,16 @@ if "explain_test_net" not in _REGISTRY:
                           taps={"early": "block1_conv", "middle": "block1_conv", "late": "block2_conv",
                                 "stage1": "block1_conv", "stage2": "block2_conv"},
                           blocks=["block1_", "block2_"], imagenet_file="", imagenet_url="", min_size=8))
+
+
+def tiny_svm_experiment(name: str, tmp_path, data: dict, split: dict, **sections) -> ExperimentConfig:
+    """A features + SVM experiment on explain_test_net (no weights, 32 px, the late tap, C = 1) for end-to-end
+    tests; ``sections`` (e.g. ``views``, ``preprocess``, ``report``) are added or replaced."""
+    values = {"name": name, "runs_dir": str(tmp_path / "runs"), "data": data, "split": split,
+              "preprocess": {"image_size": 32},
+              "model": {"mode": "svm", "backbone": "explain_test_net", "weights": None,
+                        "svm": {"taps": ["late"], "C": [1.0], "cv": 2}}, **sections}
+    return ExperimentConfig.from_dict(values)
 
 
 def squares(n: int, seed: int):

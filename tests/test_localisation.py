@@ -9,12 +9,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-import test_explain  # noqa: F401  (registers the tiny explain_test_net backbone)
+from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.data.boxes import box_mask, parse_boxes
 from tfmed.data.sources import load_source, parse_source_spec
 from tfmed.data.sources.manifest import load_manifest
-from tfmed.data.sources.rsna_pneumonia import HEADER, load_rsna_pneumonia
+from tfmed.data.sources.rsna_pneumonia import HEADER
 from tfmed.data.validate import SOURCE_PROBLEMS
 from tfmed.explain.localisation import localisation, summary
 from tfmed.run.cli import main
@@ -135,13 +135,9 @@ def write_rsna(folder, count=24):
 @pytest.mark.slow
 def test_an_rsna_run_measures_its_explanations_against_the_boxes(tmp_path):
     csv = write_rsna(tmp_path / "rsna")
-    config = ExperimentConfig.from_dict({
-        "name": "rsna_test", "runs_dir": str(tmp_path / "runs"),
-        "data": {"source": "rsna_pneumonia", "path": str(csv)},
-        "split": {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
-        "preprocess": {"image_size": 32}, "report": {"explain": True},
-        "model": {"mode": "svm", "backbone": "explain_test_net", "weights": None,
-                  "svm": {"taps": ["late"], "C": [1.0], "cv": 2}}})
+    config = tiny_svm_experiment("rsna_test", tmp_path, {"source": "rsna_pneumonia", "path": str(csv)},
+                                 {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
+                                 report={"explain": True})
     run = run_experiment(config)
     record = json.loads((run / "explanations" / "faithfulness.json").read_text())
     explained = pd.read_csv(run / "explanations" / "explanations.csv")

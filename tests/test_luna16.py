@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-import test_explain  # noqa: F401  (registers the tiny explain_test_net backbone)
+from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from tfmed.config import ConfigError, DataConfig, ExperimentConfig
 from tfmed.data import volume_inputs
 from tfmed.data.sources import load_source
@@ -264,14 +264,11 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     spec = f"luna16:{csv}"
     assert main(["validate", spec]) == 0  # a bare LUNA16 source is read as volumes with centres
     assert "28 rows, task binary" in capsys.readouterr().out
-    config = ExperimentConfig.from_dict({
-        "name": "luna16_test", "runs_dir": str(tmp_path / "runs"),
-        "data": {"source": "luna16", "path": str(csv), "negatives_per_positive": 2},
-        "split": {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
-        "preprocess": {"image_size": 16, "intensity": "window", "windows": [[-300, 1000]]},
-        "views": {"enabled": True, "patch_mm": 15.0},
-        "model": {"mode": "svm", "backbone": "explain_test_net", "weights": None,
-                  "svm": {"taps": ["late"], "C": [1.0], "cv": 2}}})
+    config = tiny_svm_experiment(
+        "luna16_test", tmp_path, {"source": "luna16", "path": str(csv), "negatives_per_positive": 2},
+        {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
+        preprocess={"image_size": 16, "intensity": "window", "windows": [[-300, 1000]]},
+        views={"enabled": True, "patch_mm": 15.0})
     run = run_experiment(config)
     splits = pd.read_csv(run / "splits.csv")
     assert len(splits) == 4 + 8 and (splits["label"] == 1).sum() == 4  # 4 nodules, 2 others per nodule

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import test_explain  # noqa: F401  (registers the tiny explain_test_net backbone)
+from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from tfmed.config import ConfigError, ExperimentConfig, SplitConfig
 from tfmed.data.sources.manifest import load_manifest
 from tfmed.data.splits import LeakageError, SplitError, ensure_splits
@@ -72,13 +72,8 @@ def test_site_settings_are_checked(values, message):
 @pytest.mark.slow
 def test_a_run_tested_on_another_site_reports_each_site(tmp_path):
     csv = write_sites(tmp_path / "data")
-    config = ExperimentConfig.from_dict({
-        "name": "sites", "runs_dir": str(tmp_path / "runs"),
-        "data": {"source": "manifest", "path": str(csv)},
-        "split": {"method": "patient", "test_sites": ["east"], "val_fraction": 0.3},
-        "preprocess": {"image_size": 32},
-        "model": {"mode": "svm", "backbone": "explain_test_net", "weights": None,
-                  "svm": {"taps": ["late"], "C": [1.0], "cv": 2}}})
+    config = tiny_svm_experiment("sites", tmp_path, {"source": "manifest", "path": str(csv)},
+                                 {"method": "patient", "test_sites": ["east"], "val_fraction": 0.3})
     run = run_experiment(config)
     metrics = json.loads((run / "metrics.json").read_text())
     assert "site(s) east, held out whole: an external test" in metrics["test_origin"]
