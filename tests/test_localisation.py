@@ -16,10 +16,9 @@ from tfmed.data.sources import load_source, parse_source_spec
 from tfmed.data.sources.manifest import load_manifest
 from tfmed.data.sources.rsna_pneumonia import HEADER
 from tfmed.data.validate import SOURCE_PROBLEMS
-from tfmed.explain.localisation import localisation, summary
+from tfmed.explain.localisation import box_localisation, localisation, summary
 from tfmed.run.cli import main
 from tfmed.run.experiment import run_experiment
-from tfmed.run.explain import box_localisation
 
 PATIENT = "00436515-870c-4b36-a041-de91049b9ab{}"
 

@@ -338,7 +338,7 @@ def _ignored_lines(ignored: dict[str, list[str]]) -> list[str]:
     for key, names in ignored.items():
         if names:
             noun = "sub-folder" if key == "folders" else "file"
-            lines.append(f"{_count(len(names), noun)} {what[key]}: {_names(names)}")
+            lines.append(f"{count_noun(len(names), noun)} {what[key]}: {_names(names)}")
     return lines
 
 
@@ -359,7 +359,7 @@ def _select_series(folder: Path, series: dict[str, _Series], series_uid: str | N
 def _series_line(summary: dict) -> str:
     description = f' "{summary["description"]}"' if summary["description"] else ""
     return (f"{summary['series_uid'] or '(no SeriesInstanceUID)'} ({summary['modality'] or 'no modality'}"
-            f"{description}, {_count(summary['files'], 'file')}, "
+            f"{description}, {count_noun(summary['files'], 'file')}, "
             f"{summary['rows']} x {summary['columns']})")
 
 
@@ -573,10 +573,10 @@ def _slice_spacing(folder: Path, files: list[Path], along: np.ndarray, problems:
     gaps = np.flatnonzero(steps > GAP_FACTOR * spacing)
     if gaps.size:
         i = int(gaps[0])
-        more = f" and {_count(gaps.size - 1, 'more gap')}" if gaps.size > 1 else ""
+        more = f" and {count_noun(gaps.size - 1, 'more gap')}" if gaps.size > 1 else ""
         raise VolumeError(folder, f"missing slices: a gap of {steps[i]:.2f} mm between {files[i].name} and "
                           f"{files[i + 1].name}, where slices are {spacing:.2f} mm apart (about "
-                          f"{_count(round(steps[i] / spacing) - 1, 'slice')} missing){more}",
+                          f"{count_noun(round(steps[i] / spacing) - 1, 'slice')} missing){more}",
                           "re-export the complete series")
     if np.max(np.abs(steps - spacing)) > UNEVEN_FRACTION * spacing:
         problems.append(f"uneven slice spacing: steps between slices range from {steps.min():.3f} to "
@@ -958,7 +958,7 @@ def _format_value(key: str, report: dict) -> str:
     value = report[key]
     axes = report.get("axes", "").split(" x ")
     if key == "kind":
-        detail = report.get("format") or (_count(report['files'], 'file') if "files" in report else "")
+        detail = report.get("format") or (count_noun(report['files'], 'file') if "files" in report else "")
         return f"{value} ({detail})" if detail else value
     if key == "shape":
         return " x ".join(f"{n} {axis}" for n, axis in zip(value, axes))
@@ -989,7 +989,13 @@ def _syntax_name(header) -> str | None:
     return syntax.name if syntax is not None else None
 
 
-def _count(number: int, noun: str) -> str:
+def count_noun(number: int, noun: str) -> str:
+    """``number`` and ``noun``, plural unless one.
+
+    Example:
+        >>> count_noun(1, "scan"), count_noun(3, "candidate")
+        ('1 scan', '3 candidates')
+    """
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 

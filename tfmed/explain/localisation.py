@@ -1,7 +1,8 @@
 """Do the maps point at the finding? Saliency maps against expert boxes (pointing game, energy in the boxes).
 
 For each image with boxes (:mod:`tfmed.data.boxes`), its mask is put through
-the same resize as the image the model saw, then compared with the map:
+the same resize as the image the model saw (:func:`box_localisation`), then
+compared with the map:
 
 * ``peak_in_box``: the map's highest pixel lies in a box (the pointing game,
   Zhang et al. 2018);
@@ -22,6 +23,9 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+
+from tfmed.data.boxes import BOXES_COLUMN, box_mask, parse_boxes
+from tfmed.data.decode import image_info
 
 
 def localisation(maps: np.ndarray, masks: np.ndarray) -> list[dict]:
@@ -60,3 +64,31 @@ def summary(per_image: list[dict]) -> dict:
 
     return {"images_with_boxes": len(boxed), "pointing_game": mean([float(row["peak_in_box"]) for row in boxed]),
             "energy_in_boxes": mean(energies), "box_fraction": mean([row["box_fraction"] for row in boxed])}
+
+
+def box_localisation(table, maps: np.ndarray, resize: str) -> list[dict] | None:
+    """Each map of ``table``'s images (an :class:`~tfmed.data.table.ImageTable`) against the image's boxes
+    (:func:`localisation`), the boxes resized as the image was (``preprocess.resize``); None when no row
+    has boxes.
+
+    Example:
+        >>> box_localisation(table, result.maps, "plain")[0]  # doctest: +SKIP
+        {'peak_in_box': True, 'energy_in_boxes': 0.62, 'box_fraction': 0.21}
+    """
+    import tensorflow as tf
+
+    from tfmed.data.transforms.spatial import Resize
+
+    if BOXES_COLUMN not in table.frame.columns:
+        return None
+    boxes = [parse_boxes(text) for text in table.frame[BOXES_COLUMN].tolist()]
+    if not any(boxes):
+        return None
+    size = maps.shape[1:]
+    masks = np.zeros((len(boxes),) + size, bool)
+    for i, (path, image_boxes) in enumerate(zip(table.frame["image"].astype(str), boxes)):
+        if image_boxes:
+            info = image_info(path, max_pixels=None)
+            full = box_mask(image_boxes, info.height, info.width).astype(np.float32)[..., None]
+            masks[i] = np.asarray(Resize(size[0], mode=resize)(tf.constant(full)))[..., 0] > 0.5
+    return localisation(maps, masks)

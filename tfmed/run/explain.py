@@ -29,12 +29,10 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL
-from tfmed.data.boxes import BOXES_COLUMN, box_mask, parse_boxes
-from tfmed.data.decode import image_info
 from tfmed.data.table import ImageTable
 from tfmed.explain import ExplainError, explain_table, get_method, peak
 from tfmed.evaluation.report import predictions_column
-from tfmed.explain.localisation import localisation, summary
+from tfmed.explain.localisation import box_localisation, summary
 from tfmed.explain.overlay import save_overlay, save_overlays
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
@@ -158,33 +156,6 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
     record["overview"] = str(overview)
     record["csv"] = str(out / "explanations.csv")
     return record
-
-
-def box_localisation(table: ImageTable, maps: np.ndarray, resize: str) -> list[dict] | None:
-    """Each map against its image's boxes (:mod:`tfmed.explain.localisation`), the boxes resized as the image
-    was (``preprocess.resize``); None when no row of ``table`` has boxes.
-
-    Example:
-        >>> box_localisation(table, result.maps, "plain")[0]  # doctest: +SKIP
-        {'peak_in_box': True, 'energy_in_boxes': 0.62, 'box_fraction': 0.21}
-    """
-    import tensorflow as tf
-
-    from tfmed.data.transforms.spatial import Resize
-
-    if BOXES_COLUMN not in table.frame.columns:
-        return None
-    boxes = [parse_boxes(text) for text in table.frame[BOXES_COLUMN].tolist()]
-    if not any(boxes):
-        return None
-    size = maps.shape[1:]
-    masks = np.zeros((len(boxes),) + size, bool)
-    for i, (path, image_boxes) in enumerate(zip(table.frame["image"].astype(str), boxes)):
-        if image_boxes:
-            info = image_info(path, max_pixels=None)
-            full = box_mask(image_boxes, info.height, info.width).astype(np.float32)[..., None]
-            masks[i] = np.asarray(Resize(size[0], mode=resize)(tf.constant(full)))[..., 0] > 0.5
-    return localisation(maps, masks)
 
 
 def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):

@@ -193,6 +193,26 @@ def row_values(fields: list[str], column: dict[str, int], width: int, problems: 
     return {name: fields[index] if index < len(fields) else "" for name, index in column.items()}
 
 
+def single_label_frame(records: list[dict], extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The table's frame from per-row records of one label (image, label, patient_id, row, their problems and
+    the ``extra`` columns): site, view and split empty, label Int64 where a row has none.
+
+    Example:
+        >>> frame = single_label_frame([{"image": "a.dcm", "label": 1, "patient_id": "p", "row": 2,
+        ...                              "source_problems": ()}])
+        >>> frame["label"].dtype.name, frame["split"].isna().all()
+        ('int64', np.True_)
+    """
+    frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "row", *extra, SOURCE_PROBLEMS])
+    for name in ("site", "view", "split"):
+        frame[name] = pd.Series(pd.NA, index=frame.index, dtype="string")
+    for name in ("image", "patient_id"):
+        frame[name] = frame[name].astype("string")
+    frame["label"] = frame["label"].astype("Int64") if frame["label"].isna().any() else frame["label"].astype(np.int64)
+    frame["row"] = frame["row"].astype(np.int64)
+    return frame
+
+
 def label_frame(records: list[dict], names: list[str]) -> pd.DataFrame:
     """The table's frame from per-row records (label columns Int64 where a row has none)."""
     columns = (["image"] + [LABEL_PREFIX + name for name in names]

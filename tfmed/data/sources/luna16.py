@@ -60,10 +60,11 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values
+from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values, single_label_frame
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 from tfmed.data.volume_inputs import CENTER_MM
+from tfmed.data.volumes import count_noun
 
 SERIES, CLASS, DIAMETER = "seriesuid", "class", "diameter_mm"
 COORDINATES = ("coordX", "coordY", "coordZ")
@@ -134,22 +135,22 @@ def load_luna16(path: str | Path, root: str | Path | None = None, classes: list[
             record[name] = _number(value[coordinate], coordinate, problems)
         record[SOURCE_PROBLEMS] = tuple(problems)
         records.append(record)
-    skipped = [_skipped(path, f"{_count(count, 'candidate')} of scans in {subset}, which is not among the "
+    skipped = [_skipped(path, f"{count_noun(count, 'candidate')} of scans in {subset}, which is not among the "
                               f"subsets asked for (#{subsets})", "none needed; leave out #SUBSETS to use every subset")
                for subset, count in sorted(skipped_subsets.items())]
     if skipped_missing:
-        skipped.append(_skipped(path, f"{_count(skipped_missing, 'candidate')} of "
-                                      f"{_count(len(missing_scans), 'scan')} not under {root} (subset folders "
+        skipped.append(_skipped(path, f"{count_noun(skipped_missing, 'candidate')} of "
+                                      f"{count_noun(len(missing_scans), 'scan')} not under {root} (subset folders "
                                       f"found: {', '.join(present)})",
                                 "download the other subsets into the same folder to use their candidates"))
     records, unsampled = _sample_negatives(records, negatives_per_positive)
     if unsampled:
-        skipped.append(_skipped(path, f"{_count(unsampled, 'non-nodule candidate')} not sampled "
+        skipped.append(_skipped(path, f"{count_noun(unsampled, 'non-nodule candidate')} not sampled "
                                       f"(data.negatives_per_positive: {negatives_per_positive}, seed {SAMPLE_SEED})",
                                 "raise data.negatives_per_positive, or remove it to keep every candidate"))
     if not records:
         raise DataSourceError(f"{path}: no candidate left to read ({'; '.join(s['problem'] for s in skipped)})")
-    return ImageTable(_frame(records), names, "binary", source=str(path),
+    return ImageTable(single_label_frame(records, CENTER_MM), names, "binary", source=str(path),
                       excluded=pd.DataFrame(skipped, columns=["image", "row", "problem", "fix"]))
 
 
@@ -285,23 +286,8 @@ def _sample_negatives(records: list[dict], per_positive: int | None) -> tuple[li
     return kept, len(negatives) - keep
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
 def _skipped(path: Path, what: str, fix: str) -> dict:
     return {"image": str(path), "row": None, "problem": f"skipped: {what}", "fix": fix}
-
-
-def _frame(records: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "row", *CENTER_MM, SOURCE_PROBLEMS])
-    for name in ("site", "view", "split"):
-        frame[name] = pd.Series(pd.NA, index=frame.index, dtype="string")
-    for name in ("image", "patient_id"):
-        frame[name] = frame[name].astype("string")
-    frame["label"] = frame["label"].astype("Int64") if frame["label"].isna().any() else frame["label"].astype(np.int64)
-    frame["row"] = frame["row"].astype(np.int64)
-    return frame
 
 
 def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:

@@ -34,12 +34,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, format_boxes, parse_boxes
-from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values
+from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values, single_label_frame
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -88,13 +87,8 @@ def load_rsna_pneumonia(path: str | Path, root: str | Path | None = None,
                 image["problems"].append((f"line {line}: {error}", "keep the publisher's x, y, width, height "
                                                                      "in pixels"))
     records = [_record(patient, image, folder) for patient, image in images.items()]
-    frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "row", BOXES_COLUMN, SOURCE_PROBLEMS])
-    for name in ("site", "view", "split"):
-        frame[name] = pd.Series(pd.NA, index=frame.index, dtype="string")
-    for name in ("image", "patient_id", BOXES_COLUMN):
-        frame[name] = frame[name].astype("string")
-    frame["label"] = frame["label"].astype("Int64") if frame["label"].isna().any() else frame["label"].astype(np.int64)
-    frame["row"] = frame["row"].astype(np.int64)
+    frame = single_label_frame(records, (BOXES_COLUMN,))
+    frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
     return ImageTable(frame, list(classes or CLASSES), "binary", source=str(path))
 
 
