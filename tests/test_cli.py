@@ -1,4 +1,5 @@
 """The tfmed command line: each verb, and clear one-line errors for bad input."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -119,6 +120,25 @@ def test_run_then_predict_to_csv_then_evaluate(tmp_path, capsys):
     assert "missing.png" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(run_dir), "--output", str(tmp_path / "ev")]) == 0
     assert (tmp_path / "ev" / "report.html").is_file()
+    assert not (tmp_path / "ev" / "excluded_rows.csv").exists()  # the run's own test split: listed by the run
+    # other data with a file its source skips: listed, logged and in the report, not dropped silently
+    classes = json.loads((run_dir / "metrics.json").read_text())["classes"]
+    folder = tmp_path / "other"
+    for label, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for i in np.flatnonzero(np.load(PMNIST)["val_labels"][:, 0] == label)[:4]:
+            cv2.imwrite(str(folder / name / f"{i}.png"), np.load(PMNIST)["val_images"][i])
+    (folder / classes[0] / "notes.txt").write_text("scanned on the old unit")
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run_dir), "--data", f"folder:{folder}",
+                 "--output", str(tmp_path / "ev2")]) == 0
+    out = capsys.readouterr().out
+    assert "1 warning(s):" in out and "notes.txt" in out and "1 row(s) not scored" in out
+    excluded = pd.read_csv(tmp_path / "ev2" / "excluded_rows.csv")
+    assert excluded["image"].str.endswith("notes.txt").tolist() == [True]
+    assert "Excluded rows (1)" in (tmp_path / "ev2" / "report.html").read_text()
+    assert json.loads((tmp_path / "ev2" / "metrics.json").read_text())["counts"]["test"] == {
+        classes[0]: 4, classes[1]: 4}
 
 
 def test_sweep_layers_prints_bar_style_table(tmp_path, capsys):

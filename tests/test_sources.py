@@ -359,3 +359,22 @@ def test_dicom_folder_bad_header_becomes_a_problem(tmp_path):
     report = validate_table(table)
     assert len(table) == 2
     assert {p.image.rsplit("/", 1)[1] for p in report.problems} == {"broken.dcm"}
+
+
+def test_a_run_logs_what_validation_warned_of(tmp_path, caplog):
+    """A file the source skips is not fixed by the user yet, so a run says so before it starts."""
+    from tfmed.config import ExperimentConfig
+    from tfmed.run.experiment import prepare_data
+
+    rng = np.random.default_rng(0)
+    for name in ("normal", "pneumonia"):
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            cv2.imwrite(str(tmp_path / name / f"{name}{i}.png"), rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    (tmp_path / "normal" / "notes.txt").write_text("scanned on the old unit")
+    config = ExperimentConfig.from_dict({"data": {"source": "folder", "path": str(tmp_path),
+                                                  "patient_pattern": r"([a-z]+\d+)\.png"}})
+    with caplog.at_level("INFO", logger="tfmed"):
+        table = prepare_data(config)
+    assert len(table) == 20 and table.excluded["image"].str.endswith("notes.txt").tolist() == [True]
+    assert "1 warning(s):" in caplog.text and "notes.txt: skipped: " in caplog.text

@@ -129,12 +129,27 @@ class ValidationReport:
             head = f"Data validation passed{where} ({self.checked} rows checked)."
         lines = [head] + _collapsed(self.problems, SHOWN_PER_PROBLEM, "problem")
         if self.warnings:
-            lines.append(f"{len(self.warnings)} warning(s):")
-            lines += _collapsed(self.warnings, SHOWN_PER_WARNING, "warning")
+            lines.append(self.warnings_text())
         if self.problems:
             lines.append("Fix the rows above, or set data.exclude_bad_rows: true to leave them out "
                          "(they are then listed in the run's output).")
         return "\n".join(lines)
+
+    def warnings_text(self) -> str:
+        """The warnings alone (rows kept but worth a look, rows a source skipped), "" when there are none.
+
+        Runs and evaluations log this text, so that what validation noticed is seen there too.
+
+        Example:
+            >>> report = ValidationReport(warnings=[Problem(3, "a.png", "the decoder warned: bad CRC", "re-save it")])
+            >>> print(report.warnings_text())
+            1 warning(s):
+              row 3: a.png: the decoder warned: bad CRC. Fix: re-save it
+        """
+        if not self.warnings:
+            return ""
+        return "\n".join([f"{len(self.warnings)} warning(s):"]
+                         + _collapsed(self.warnings, SHOWN_PER_WARNING, "warning"))
 
     def to_frame(self) -> pd.DataFrame:
         """Problems and warnings as a DataFrame (columns row, image, problem, fix, severity)."""

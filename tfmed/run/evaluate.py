@@ -18,6 +18,7 @@ from tfmed.data.table import LABEL_PREFIX, ImageTable
 from tfmed.data.validate import apply_validation, validate_table
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.froc import froc
+from tfmed.evaluation.metrics import to_jsonable
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import by_site, count_entries, evaluate_split, merge_tables
@@ -55,6 +56,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         parsed = parse_source_spec(data)
         table = load_source(parsed)
         report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
+        if report.warnings:
+            log(report.warnings_text())
         table = apply_validation(table, report, exclude_bad_rows=False)
         source = data
     if table.task == model.task == "multilabel":
@@ -68,6 +71,10 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     table = match_classes(table, list(model.classes), data)
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
     out.mkdir(parents=True, exist_ok=True)
+    excluded = table.excluded if data is not None else pd.DataFrame()  # the run lists its own
+    if len(excluded):
+        excluded.to_csv(out / "excluded_rows.csv", index=False)
+        log(f"{data}: {len(excluded)} row(s) not scored (listed in excluded_rows.csv)")
     copies, copy_rows = _copies_of_run_images(run_dir, config, table)
     log(f"scoring {len(table)} images from {source}")
     scores, members = model.predict_with_members(table)
@@ -98,7 +105,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
                   notes=notes + member_sentences(metrics) + site_sentences(metrics),
-                  member_scores={"test": members} if members is not None else None)
+                  member_scores={"test": members} if members is not None else None,
+                  excluded=to_jsonable(excluded.astype(str).to_dict("records")))
     return out
 
 
