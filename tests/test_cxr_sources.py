@@ -333,10 +333,10 @@ def test_chexpert_header_without_path_column(chexpert):
 def test_settings_of_other_sources_are_refused():
     assert {"chestxray14", "chexpert"} <= set(SOURCES)
     with pytest.raises(ConfigError, match=r"data.frontal_only is True; it is set, but only data.source chexpert "
-                                          r"uses it and data.source is 'manifest'; remove it"):
+                                          r"or mimic_cxr uses it and data.source is 'manifest'; remove it"):
         DataConfig(source="manifest", path="m.csv", frontal_only=True)
     with pytest.raises(ConfigError, match="x.yaml: data.uncertain is 'ones'; it is set, but only data.source "
-                                          "chexpert uses it and data.source is 'chestxray14'"):
+                                          "chexpert or mimic_cxr uses it and data.source is 'chestxray14'"):
         ExperimentConfig.from_dict({"data": {"source": "chestxray14", "path": "d.csv", "uncertain": "ones"}},
                                    where="x.yaml")
     with pytest.raises(ConfigError, match="data.label_columns is .*data.source chexpert reads the publisher's "

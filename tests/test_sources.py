@@ -361,9 +361,10 @@ def test_dicom_folder_bad_header_becomes_a_problem(tmp_path):
     assert {p.image.rsplit("/", 1)[1] for p in report.problems} == {"broken.dcm"}
 
 
-def test_a_run_logs_what_validation_warned_of(tmp_path, caplog):
+def test_a_run_logs_what_validation_warned_of(tmp_path, capsys):
     """A file the source skips is not fixed by the user yet, so a run says so before it starts."""
     from tfmed.config import ExperimentConfig
+    from tfmed.progress import configure_logging
     from tfmed.run.experiment import prepare_data
 
     rng = np.random.default_rng(0)
@@ -374,7 +375,8 @@ def test_a_run_logs_what_validation_warned_of(tmp_path, caplog):
     (tmp_path / "normal" / "notes.txt").write_text("scanned on the old unit")
     config = ExperimentConfig.from_dict({"data": {"source": "folder", "path": str(tmp_path),
                                                   "patient_pattern": r"([a-z]+\d+)\.png"}})
-    with caplog.at_level("INFO", logger="tfmed"):
-        table = prepare_data(config)
+    configure_logging()
+    table = prepare_data(config)
     assert len(table) == 20 and table.excluded["image"].str.endswith("notes.txt").tolist() == [True]
-    assert "1 warning(s):" in caplog.text and "notes.txt: skipped: " in caplog.text
+    out = capsys.readouterr().out
+    assert "1 warning(s):" in out and "notes.txt: skipped: " in out

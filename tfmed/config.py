@@ -118,6 +118,8 @@ class DataConfig(_Section):
     source: "pneumonia_mnist" (embedded), or a kind: "manifest", "folder",
         "medmnist", "dicom", "chestxray14" (NIH ChestX-ray14's
         Data_Entry_2017.csv), "chexpert" (CheXpert's train.csv / valid.csv),
+        "mimic_cxr" (MIMIC-CXR-JPG's mimic-cxr-2.0.0-chexpert.csv.gz, with its
+        metadata and split files beside it; #test keeps one split),
         "luna16" (LUNA16's candidates.csv / candidates_V2.csv: CT scans with
         candidate centres, read through views), "rsna_pneumonia" (the RSNA
         Pneumonia Detection Challenge's stage_2_train_labels.csv), "tfds"
@@ -126,7 +128,8 @@ class DataConfig(_Section):
     path: CSV file, folder or .npz file for the non-embedded kinds.
     root: folder that manifest paths are relative to (default: CSV's folder;
         chestxray14: images/ next to the CSV, else the CSV's folder, searched
-        with its sub-folders; chexpert: the folder above the CSV's).
+        with its sub-folders; chexpert: the folder above the CSV's; mimic_cxr:
+        the folder holding files/, by default the label file's).
     label_columns: manifest label column(s); several means multilabel.
     task: "binary" | "multiclass" | "multilabel" | None (inferred).
     classes: class names in label order (optional; inferred when omitted).
@@ -136,14 +139,15 @@ class DataConfig(_Section):
         frames); a larger one is a validation problem, found from its header
         without decoding it. Default 100 megapixels (a 4096 x 5120 mammogram
         is 21); null: no limit.
-    uncertain: source "chexpert" only: what an uncertain label (-1.0) becomes.
+    uncertain: sources "chexpert" and "mimic_cxr" only: what an uncertain label (-1.0) becomes.
         "zeros" (U-Zeros, default: negative), "ones" (U-Ones: positive) or
         "ignore" (U-Ignore: unknown, left out of the loss, the class weights
         and that label's metrics) for every label, or a mapping label ->
         policy, e.g. {Atelectasis: ones, Edema: ones, Cardiomegaly: ignore}
         (labels not in it: zeros).
-    frontal_only: source "chexpert" only: keep frontal views; lateral ones are
-        listed as skipped in the validation report.
+    frontal_only: sources "chexpert" and "mimic_cxr" only: keep frontal views
+        (mimic_cxr: ViewPosition PA or AP); the others are listed as skipped in
+        the validation report.
     data_dir: source "tfds" only: TFDS's data folder (default: TFDS's own,
         ~/tensorflow_datasets).
     manual_dir: source "tfds" only: the publisher's files for a builder that
@@ -162,10 +166,10 @@ class DataConfig(_Section):
         '(person\\d+)_' for PNEUMONIA/person1_bacteria_1.jpeg. A file it does not
         match is reported.
 
-    The publishers' sources "chestxray14", "chexpert", "luna16" and
+    The publishers' sources "chestxray14", "chexpert", "mimic_cxr", "luna16" and
     "rsna_pneumonia" read their own columns: label_columns, patient_column and
     filename_label_suffix are refused with them; task may only be multilabel
-    (chestxray14, chexpert) or binary (luna16, rsna_pneumonia).
+    (chestxray14, chexpert, mimic_cxr) or binary (luna16, rsna_pneumonia).
     """
 
     KEY: ClassVar[str] = "data."
@@ -197,15 +201,16 @@ class DataConfig(_Section):
     UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros", "ignore")
     # settings read only by some source kinds (other kinds refuse them when set)
     SOURCE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "uncertain": ("chexpert",), "frontal_only": ("chexpert",), "data_dir": ("tfds",),
+        "uncertain": ("chexpert", "mimic_cxr"), "frontal_only": ("chexpert", "mimic_cxr"), "data_dir": ("tfds",),
         "manual_dir": ("tfds",), "image_feature": ("tfds",), "label_feature": ("tfds",),
         "patient_feature": ("tfds",), "patient_pattern": ("folder",), "negatives_per_positive": ("luna16",)}
     # sources whose rows are volumes with lesion centres: they need views.enabled (views.center: lesion)
     VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused
-    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "luna16", "rsna_pneumonia")
+    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "luna16",
+                                                    "rsna_pneumonia")
     # the publishers' multilabel and binary files
-    MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert")
+    MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr")
     BINARY_SOURCES: ClassVar[tuple[str, ...]] = ("luna16", "rsna_pneumonia")
 
     def check(self) -> None:

@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = verbs.add_parser("evaluate", help="evaluate a saved run on data")
     evaluate.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
     evaluate.add_argument("--data", default=None,
-                          help="data source, e.g. medmnist:PATH.npz#test, folder:DIR, manifest:CSV "
+                          help="data source, e.g. medmnist:PATH.npz#test, folder:DIR, manifest:CSV, or a "
+                               "YAML file with a data: section for settings a source string cannot give "
                                "(default: the run's own test split)")
     evaluate.add_argument("--output", default=None, help="output directory (default: RUN/evaluations/TIMESTAMP)")
     _add_trust_options(evaluate)

@@ -53,13 +53,13 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                                      "non-validation image); pass --data, e.g. --data medmnist:FILE.npz#test")
         source = f"{config.data.source} (the run's own test split)"
     else:
-        parsed = parse_source_spec(data)
+        parsed = evaluation_data(data)
         table = load_source(parsed)
         report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
         if report.warnings:
             log(report.warnings_text())
         table = apply_validation(table, report, exclude_bad_rows=False)
-        source = data
+        source = data if parsed.source == data.partition(":")[0] else f"{parsed.source}:{parsed.path} (from {data})"
     if table.task == model.task == "multilabel":
         table, left_out = model_labels_only(table, list(model.classes))
         if left_out:
@@ -108,6 +108,19 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                   member_scores={"test": members} if members is not None else None,
                   excluded=to_jsonable(excluded.astype(str).to_dict("records")))
     return out
+
+
+def evaluation_data(spec: str) -> DataConfig:
+    """The data ``tfmed evaluate --data`` names: a source spec, or a YAML file whose ``data:`` section (as
+    in an experiment) gives what a spec cannot, such as ``frontal_only`` or ``uncertain``.
+
+    Example:
+        >>> evaluation_data("mimic_cxr:mimic/mimic-cxr-2.0.0-chexpert.csv.gz#test").source
+        'mimic_cxr'
+    """
+    if spec.endswith((".yaml", ".yml")):
+        return ExperimentConfig.from_yaml(spec).data
+    return parse_source_spec(spec)
 
 
 def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | None, str]:

@@ -17,6 +17,9 @@ Kinds (``DataConfig.source``):
 * ``"chexpert"``: CheXpert's ``train.csv`` / ``valid.csv`` as published, 14
   observations as a multilabel task with a policy for uncertain labels
   (:mod:`tfmed.data.sources.chexpert`).
+* ``"mimic_cxr"``: MIMIC-CXR-JPG's label, metadata and split files as
+  published, the same 14 observations per image; ``#test`` keeps one of the
+  publisher's splits (:mod:`tfmed.data.sources.mimic_cxr`).
 * ``"luna16"``: LUNA16's ``candidates.csv`` / ``candidates_V2.csv`` as published,
   lung nodule candidates in its MetaImage CT scans, as volume rows with lesion
   centres (:mod:`tfmed.data.sources.luna16`).
@@ -33,6 +36,7 @@ a new kind is one new module here and one entry in that table.
 On the command line :func:`parse_source_spec` turns ``"medmnist:x.npz#test"``,
 ``"manifest:m.csv"``, ``"folder:DIR"``, ``"dicom:DIR"``,
 ``"chestxray14:Data_Entry_2017.csv"``, ``"chexpert:CheXpert-v1.0-small/valid.csv"``,
+``"mimic_cxr:mimic-cxr-jpg/mimic-cxr-2.0.0-chexpert.csv.gz#test"``,
 ``"luna16:LUNA16/candidates_V2.csv#9"``, ``"tfds:patch_camelyon#test"`` or a bare path into a :class:`~tfmed.config.DataConfig`.
 
 Example:
@@ -47,7 +51,7 @@ from pathlib import Path
 
 from tfmed.config import DataConfig
 from tfmed.data.sources import (chestxray14, chexpert, dicom, folders, luna16, manifest, medmnist,
-                                rsna_pneumonia, tfds)
+                                mimic_cxr, rsna_pneumonia, tfds)
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
@@ -55,7 +59,7 @@ from tfmed.data.table import DataSourceError, ImageTable
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
                                   for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert,
-                                                 luna16, rsna_pneumonia, tfds)}
+                                                 mimic_cxr, luna16, rsna_pneumonia, tfds)}
 
 __all__ = ["EMBEDDED", "SOURCES", "DataSourceError", "SourceKind", "load_medmnist", "load_source",
            "parse_source_spec"]
@@ -65,11 +69,11 @@ def parse_source_spec(spec: str) -> DataConfig:
     """Turn a command-line source string into a :class:`DataConfig`.
 
     Accepted: a dataset name (``"pneumonia_mnist"``), ``"KIND:PATH"`` with
-    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, luna16, rsna_pneumonia, tfds
-    (``"medmnist:x.npz#test"`` and ``"tfds:NAME#test"`` load only that split,
-    ``"luna16:candidates_V2.csv#9"`` one subset), or a bare path (.csv ->
-    manifest, .npz -> medmnist, a folder -> folder). The publishers' CSVs of
-    ChestX-ray14, CheXpert, LUNA16 and RSNA need their kind: ``"chexpert:train.csv"``.
+    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, mimic_cxr, luna16, rsna_pneumonia,
+    tfds (``"medmnist:x.npz#test"``, ``"mimic_cxr:...chexpert.csv.gz#test"`` and ``"tfds:NAME#test"`` load
+    only that split, ``"luna16:candidates_V2.csv#9"`` one subset), or a bare path (.csv ->
+    manifest, .npz -> medmnist, a folder -> folder). The publishers' files of
+    ChestX-ray14, CheXpert, MIMIC-CXR, LUNA16 and RSNA need their kind: ``"chexpert:train.csv"``.
 
     Example:
         >>> parse_source_spec("medmnist:data/chest.npz#test").path

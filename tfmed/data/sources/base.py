@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -155,14 +156,16 @@ def chosen_labels(classes: list[str] | None, known: tuple[str, ...], dataset: st
 def read_csv_rows(path: Path, required: tuple[str, ...], what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the ``(line number, fields)`` of each non-blank record of a publisher's CSV.
 
-    Fields are stripped; ``required`` columns must be in the header (all
+    A ``.gz`` file is read through gzip. Fields are stripped; ``required`` columns must be in the header (all
     missing ones are named at once).
     """
     if not path.is_file():
         raise DataSourceError(f"{path}: not found; data.path must be {what}")
     rows = []
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
+        opened = gzip.open(path, "rt", newline="", encoding="utf-8-sig") if path.suffix == ".gz" \
+            else path.open(newline="", encoding="utf-8-sig")
+        with opened as handle:
             reader = csv.reader(handle)
             header = [name.strip() for name in next(reader, [])]
             end = reader.line_num
@@ -172,6 +175,8 @@ def read_csv_rows(path: Path, required: tuple[str, ...], what: str) -> tuple[lis
                     rows.append((start, [field.strip() for field in fields]))
     except UnicodeDecodeError as error:
         raise DataSourceError(f"{path}: not UTF-8 text ({error}); data.path must be {what}") from None
+    except (OSError, EOFError) as error:  # a damaged or truncated .gz
+        raise DataSourceError(f"{path}: not readable ({error}); data.path must be {what}") from None
     except csv.Error as error:
         raise DataSourceError(f"{path} (line {reader.line_num}): not a readable CSV ({error}); "
                               f"data.path must be {what}") from None

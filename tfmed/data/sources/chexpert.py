@@ -130,7 +130,7 @@ def load_chexpert(path: str | Path, root: str | Path | None = None, classes: lis
         record = {"row": line, "image": image, "patient_id": match.group(1) if match else pd.NA,
                   "view": " ".join(filter(None, (side, value.get(AP_PA, "")))) or pd.NA, "split": pd.NA}
         for name in names:
-            record[LABEL_PREFIX + name] = _label(value[name], name, policies[name], problems)
+            record[LABEL_PREFIX + name] = observation_label(value[name], name, policies[name], problems)
         record[SOURCE_PROBLEMS] = tuple(problems)
         records.append(record)
     excluded_frame = pd.DataFrame(excluded, columns=["image", "row", "problem", "fix"]) if excluded \
@@ -176,7 +176,13 @@ def _image(value: str, root: Path, problems: list):
     return os.path.normpath(str(candidate if candidate.is_absolute() else root / candidate))
 
 
-def _label(code: str, name: str, policy: str, problems: list):
+def observation_label(code: str, name: str, policy: str, problems: list):
+    """The label a CheXpert-labeller code gives under ``policy`` (pd.NA, and a problem, for an unknown code).
+
+    Example:
+        >>> observation_label("-1.0", "Edema", "ones", []), observation_label("", "Edema", "ones", [])
+        (1, 0)
+    """
     if code in CODES:
         return CODES[code]
     if code in UNCERTAIN_CODES:
