@@ -91,3 +91,25 @@ def test_a_run_tested_on_another_site_reports_each_site(tmp_path):
     evaluation = sorted((run / "evaluations").iterdir())[-1]
     tested = json.loads((evaluation / "metrics.json").read_text())["by_site"]["test"]
     assert {site: figures["n"] for site, figures in tested.items()} == {"east": 24, "north": 24, "south": 24}
+
+
+@pytest.mark.slow
+def test_a_kfold_run_reports_each_sites_out_of_fold_figures(tmp_path):
+    csv = write_sites(tmp_path / "data", per_site=16)
+    config = tiny_svm_experiment("sites_kfold", tmp_path, {"source": "manifest", "path": str(csv)},
+                                 {"method": "kfold", "folds": 3, "test_sites": ["east"]})
+    run = run_experiment(config)
+    metrics = json.loads((run / "metrics.json").read_text())
+    oof = metrics["by_site"]["out_of_fold"]
+    assert {site: figures["n"] for site, figures in oof.items()} == {"north": 16, "south": 16}
+    scores = pd.read_csv(run / "oof_predictions.csv")
+    scores["site"] = scores["image"].map(lambda path: path.rsplit("/", 1)[1].split("_")[0])
+    threshold = metrics["thresholds"]["youden"]
+    for site, figures in oof.items():  # each site's figures are those of its own out-of-fold scores
+        rows = scores[scores["site"] == site]
+        positive = rows["label"].astype(int) == 1
+        called = rows["oof_score"].astype(float) >= threshold
+        assert figures["threshold"] == "youden" and figures["n_positive"] == int(positive.sum()) == 8
+        assert figures["sensitivity"] == pytest.approx((called & positive).sum() / positive.sum())
+        assert figures["specificity"] == pytest.approx((~called & ~positive).sum() / (~positive).sum())
+    assert "pooled out-of-fold by site: north AUC" in (run / "report.html").read_text()

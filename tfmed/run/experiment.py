@@ -245,7 +245,7 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
     fold_summary = None
     if config.split.method == "kfold":
-        fold_summary, fold_models = run_folds(config, table, inputs, run_dir)
+        fold_summary, fold_models, oof = run_folds(config, table, inputs, run_dir)
         train = merge_tables(train, val)
         if config.split.final == "bag":
             log(f"keeping the {len(fold_models)} fold models; their mean scores the test split")
@@ -284,6 +284,10 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     for name, split_scores in scores.items():
         metrics["splits"][name] = evaluate_split(model, parts[name], split_scores, config.evaluation)
     sites = {name: by_site(model, parts[name], split_scores, config.evaluation) for name, split_scores in scores.items()}
+    if fold_summary is not None:  # each site's pooled out-of-fold figures, at the thresholds chosen on them
+        from tfmed.run.reporting import OUT_OF_FOLD
+
+        sites = {OUT_OF_FOLD: by_site(model, train, oof, config.evaluation), **sites}
     if any(sites.values()):
         metrics["by_site"] = {name: figures for name, figures in sites.items() if figures}
     if member_scores:
@@ -334,9 +338,10 @@ def coarse_metrics(mapping: dict, model: TrainedModel, parts: dict, scores: dict
 
 
 def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
-              run_dir: Path) -> tuple[dict, list[TrainedModel]]:
+              run_dir: Path) -> tuple[dict, list[TrainedModel], np.ndarray]:
     """Stratified group k-fold over train+val: the summary (per-fold AUC, pooled out-of-fold AUC,
-    thresholds from the out-of-fold scores) and, with ``split.final: bag``, the k fold models."""
+    thresholds from the out-of-fold scores), with ``split.final: bag`` the k fold models (else none), and
+    the pooled out-of-fold scores of train+val's rows (train's, then val's)."""
     from tfmed.data.splits import kfold_indices
     from tfmed.evaluation.metrics import auc_interval, evaluate, headline_auc
 
@@ -369,7 +374,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
                "pooled_oof_auc_ci": auc_interval(pooled),
                "thresholds": select_thresholds(table.task, y, oof, config.evaluation.target_sensitivity,
                                                config.evaluation.target_specificity)}
-    return summary, models
+    return summary, models, oof
 
 
 def merge_tables(a: ImageTable, b: ImageTable) -> ImageTable:

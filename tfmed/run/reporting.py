@@ -175,6 +175,9 @@ def member_sentences(metrics: dict) -> list[str]:
             for line in comparison_sentences(comparison, split)]
 
 
+OUT_OF_FOLD = "out_of_fold"  # metrics["by_site"]'s key for a k-fold run's pooled out-of-fold scores
+
+
 def site_sentences(metrics: dict) -> list[str]:
     """The report's sentences on each site of a split of several sites (``metrics["by_site"]``, from
     :func:`~tfmed.run.experiment.by_site`); none when every split is of one site.
@@ -193,7 +196,8 @@ def site_sentences(metrics: dict) -> list[str]:
                 text += (f" ({m['n_positive']} positive), sensitivity {_fmt(m['sensitivity'])} and specificity "
                          f"{_fmt(m['specificity'])} at the {m['threshold']} threshold")
             parts.append(text)
-        lines.append(f"{split} by site: " + "; ".join(parts) + ".")
+        name = "pooled out-of-fold" if split == OUT_OF_FOLD else split
+        lines.append(f"{name} by site: " + "; ".join(parts) + ".")
     return lines
 
 
