@@ -120,6 +120,7 @@ class DataConfig(_Section):
         Data_Entry_2017.csv), "chexpert" (CheXpert's train.csv / valid.csv),
         "mimic_cxr" (MIMIC-CXR-JPG's mimic-cxr-2.0.0-chexpert.csv.gz, with its
         metadata and split files beside it; #test keeps one split),
+        "vindr_cxr" (VinDr-CXR's train.csv of the VinBigData challenge),
         "luna16" (LUNA16's candidates.csv / candidates_V2.csv: CT scans with
         candidate centres, read through views), "rsna_pneumonia" (the RSNA
         Pneumonia Detection Challenge's stage_2_train_labels.csv), "tfds"
@@ -156,6 +157,10 @@ class DataConfig(_Section):
         features to read (defaults: image, label (else labels), patient_id
         when present; see tfmed.data.sources.tfds).
 
+    min_readers: source "vindr_cxr" only: how many of an image's radiologists
+        must mark a finding for it to be positive (default 1: any of them; 2: a
+        majority of the three).
+
     negatives_per_positive: source "luna16" only: keep every nodule candidate
         and this many non-nodule candidates per nodule, drawn at random with a
         fixed seed (null, the default: every candidate).
@@ -166,10 +171,11 @@ class DataConfig(_Section):
         '(person\\d+)_' for PNEUMONIA/person1_bacteria_1.jpeg. A file it does not
         match is reported.
 
-    The publishers' sources "chestxray14", "chexpert", "mimic_cxr", "luna16" and
-    "rsna_pneumonia" read their own columns: label_columns, patient_column and
-    filename_label_suffix are refused with them; task may only be multilabel
-    (chestxray14, chexpert, mimic_cxr) or binary (luna16, rsna_pneumonia).
+    The publishers' sources "chestxray14", "chexpert", "mimic_cxr", "vindr_cxr",
+    "luna16" and "rsna_pneumonia" read their own columns: label_columns,
+    patient_column and filename_label_suffix are refused with them; task may only
+    be multilabel (chestxray14, chexpert, mimic_cxr, vindr_cxr) or binary (luna16,
+    rsna_pneumonia).
     """
 
     KEY: ClassVar[str] = "data."
@@ -197,20 +203,22 @@ class DataConfig(_Section):
     label_feature: str | None = None
     patient_feature: str | None = None
     negatives_per_positive: int | None = None
+    min_readers: int = 1
 
     UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros", "ignore")
     # settings read only by some source kinds (other kinds refuse them when set)
     SOURCE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
         "uncertain": ("chexpert", "mimic_cxr"), "frontal_only": ("chexpert", "mimic_cxr"), "data_dir": ("tfds",),
         "manual_dir": ("tfds",), "image_feature": ("tfds",), "label_feature": ("tfds",),
-        "patient_feature": ("tfds",), "patient_pattern": ("folder",), "negatives_per_positive": ("luna16",)}
+        "patient_feature": ("tfds",), "patient_pattern": ("folder",), "negatives_per_positive": ("luna16",),
+        "min_readers": ("vindr_cxr",)}
     # sources whose rows are volumes with lesion centres: they need views.enabled (views.center: lesion)
     VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused
-    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "luna16",
+    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "vindr_cxr", "luna16",
                                                     "rsna_pneumonia")
     # the publishers' multilabel and binary files
-    MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr")
+    MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "vindr_cxr")
     BINARY_SOURCES: ClassVar[tuple[str, ...]] = ("luna16", "rsna_pneumonia")
 
     def check(self) -> None:
@@ -244,6 +252,9 @@ class DataConfig(_Section):
                 if name in changed:
                     self._fail(name, f"data.source tfds reads TFDS features, not files or columns, and does not "
                                f"use it; remove it (use {instead})")
+        if self.min_readers < 1:
+            self._fail("min_readers", "it must be a whole number >= 1: the radiologists who must mark a finding "
+                       "(1: any of them)")
         if self.negatives_per_positive is not None and self.negatives_per_positive < 1:
             self._fail("negatives_per_positive", "it must be a whole number >= 1, e.g. 10 (or null for every "
                        "candidate)")

@@ -259,12 +259,25 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
 
 
 def _check_two_classes(table: ImageTable, report: ValidationReport) -> None:
-    """A whole-table problem when the usable rows hold fewer than two classes: nothing to classify."""
-    if table.task == "multilabel":
-        return
+    """A whole-table problem when the usable rows hold fewer than two classes, or (multilabel) a label
+    without a known positive or negative image: nothing to classify."""
     usable = np.ones(len(table.frame), dtype=bool)
     usable[report.bad_positions] = False
     if not usable.any():   # every row has its own problem, listed already
+        return
+    if table.task == "multilabel":
+        for name, column in zip(table.classes, table.label_columns):
+            values = pd.to_numeric(table.frame[column], errors="coerce")[usable]
+            counts = {kind: int((values == value).sum()) for kind, value in (("positive", 1), ("negative", 0))}
+            lacking = [kind for kind, count in counts.items() if count == 0]
+            if lacking:
+                unknown = int((values == UNKNOWN_LABEL).sum())
+                report.problems.append(Problem(
+                    None, table.source or "(table)",
+                    f"label {name!r} has no {lacking[0]} image among the usable ones ({counts['positive']} "
+                    f"positive, {counts['negative']} negative" + (f", {unknown} unknown" if unknown else "") + ")",
+                    f"a classifier needs both for each label: leave {name!r} out of data.classes, or add "
+                    f"{lacking[0]} images of it"))
         return
     counts = pd.to_numeric(table.frame["label"], errors="coerce")[usable].dropna().astype(int).value_counts()
     if len(counts) < 2:

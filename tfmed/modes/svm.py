@@ -554,7 +554,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         if len(y) != n_images:
             raise FeatureError(f"X has {n_images} images but y has {len(y)} labels; give one label "
                                "(or one row of 0/1 labels) per image")
-        if y.ndim == 2 and y.shape[1] == 1:
+        if y.ndim == 2 and y.shape[1] == 1 and self.task != "multilabel":  # one multilabel label stays 2-D
             y = y.ravel()
         if y.ndim == 2:
             values = np.unique(y)

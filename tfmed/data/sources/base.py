@@ -218,10 +218,11 @@ def single_label_frame(records: list[dict], extra: tuple[str, ...] = ()) -> pd.D
     return frame
 
 
-def label_frame(records: list[dict], names: list[str]) -> pd.DataFrame:
-    """The table's frame from per-row records (label columns Int64 where a row has none)."""
+def label_frame(records: list[dict], names: list[str], extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The table's frame from per-row records of several labels and the ``extra`` columns (label columns
+    Int64 where a row has none)."""
     columns = (["image"] + [LABEL_PREFIX + name for name in names]
-               + ["patient_id", "site", "view", "split", "row", SOURCE_PROBLEMS])
+               + ["patient_id", "site", "view", "split", "row", *extra, SOURCE_PROBLEMS])
     frame = pd.DataFrame(records, columns=columns)
     for name in names:
         column = frame[LABEL_PREFIX + name]
