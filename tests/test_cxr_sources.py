@@ -332,8 +332,8 @@ def test_chexpert_header_without_path_column(chexpert):
 # ---------------------------------------------------------------- config
 def test_settings_of_other_sources_are_refused():
     assert {"chestxray14", "chexpert"} <= set(SOURCES)
-    with pytest.raises(ConfigError, match=r"data.frontal_only is True; it is set, but only data.source chexpert "
-                                          r"or mimic_cxr uses it and data.source is 'manifest'; remove it"):
+    with pytest.raises(ConfigError, match=r"data.frontal_only is True; it is set, but only data.source chexpert, "
+                                          r"mimic_cxr or padchest uses it and data.source is 'manifest'; remove it"):
         DataConfig(source="manifest", path="m.csv", frontal_only=True)
     with pytest.raises(ConfigError, match="x.yaml: data.uncertain is 'ones'; it is set, but only data.source "
                                           "chexpert or mimic_cxr uses it and data.source is 'chestxray14'"):

@@ -120,6 +120,7 @@ class DataConfig(_Section):
         Data_Entry_2017.csv), "chexpert" (CheXpert's train.csv / valid.csv),
         "mimic_cxr" (MIMIC-CXR-JPG's mimic-cxr-2.0.0-chexpert.csv.gz, with its
         metadata and split files beside it; #test keeps one split),
+        "padchest" (PadChest's PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv),
         "vindr_cxr" (VinDr-CXR's train.csv of the VinBigData challenge),
         "luna16" (LUNA16's candidates.csv / candidates_V2.csv: CT scans with
         candidate centres, read through views), "rsna_pneumonia" (the RSNA
@@ -146,9 +147,10 @@ class DataConfig(_Section):
         and that label's metrics) for every label, or a mapping label ->
         policy, e.g. {Atelectasis: ones, Edema: ones, Cardiomegaly: ignore}
         (labels not in it: zeros).
-    frontal_only: sources "chexpert" and "mimic_cxr" only: keep frontal views
-        (mimic_cxr: ViewPosition PA or AP); the others are listed as skipped in
-        the validation report.
+    frontal_only: sources "chexpert", "mimic_cxr" and "padchest" only: keep
+        frontal views (mimic_cxr: ViewPosition PA or AP; padchest: Projection PA,
+        AP or AP_horizontal); the others are listed as skipped in the validation
+        report.
     data_dir: source "tfds" only: TFDS's data folder (default: TFDS's own,
         ~/tensorflow_datasets).
     manual_dir: source "tfds" only: the publisher's files for a builder that
@@ -171,11 +173,11 @@ class DataConfig(_Section):
         '(person\\d+)_' for PNEUMONIA/person1_bacteria_1.jpeg. A file it does not
         match is reported.
 
-    The publishers' sources "chestxray14", "chexpert", "mimic_cxr", "vindr_cxr",
-    "luna16" and "rsna_pneumonia" read their own columns: label_columns,
-    patient_column and filename_label_suffix are refused with them; task may only
-    be multilabel (chestxray14, chexpert, mimic_cxr, vindr_cxr) or binary (luna16,
-    rsna_pneumonia).
+    The publishers' sources "chestxray14", "chexpert", "mimic_cxr", "padchest",
+    "vindr_cxr", "luna16" and "rsna_pneumonia" read their own columns:
+    label_columns, patient_column and filename_label_suffix are refused with
+    them; task may only be multilabel (chestxray14, chexpert, mimic_cxr,
+    padchest, vindr_cxr) or binary (luna16, rsna_pneumonia).
     """
 
     KEY: ClassVar[str] = "data."
@@ -208,17 +210,19 @@ class DataConfig(_Section):
     UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros", "ignore")
     # settings read only by some source kinds (other kinds refuse them when set)
     SOURCE_SETTINGS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "uncertain": ("chexpert", "mimic_cxr"), "frontal_only": ("chexpert", "mimic_cxr"), "data_dir": ("tfds",),
+        "uncertain": ("chexpert", "mimic_cxr"), "frontal_only": ("chexpert", "mimic_cxr", "padchest"),
+        "data_dir": ("tfds",),
         "manual_dir": ("tfds",), "image_feature": ("tfds",), "label_feature": ("tfds",),
         "patient_feature": ("tfds",), "patient_pattern": ("folder",), "negatives_per_positive": ("luna16",),
         "min_readers": ("vindr_cxr",)}
     # sources whose rows are volumes with lesion centres: they need views.enabled (views.center: lesion)
     VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused
-    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "vindr_cxr", "luna16",
-                                                    "rsna_pneumonia")
+    PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "padchest", "vindr_cxr",
+                                                    "luna16", "rsna_pneumonia")
     # the publishers' multilabel and binary files
-    MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "vindr_cxr")
+    MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "padchest",
+                                                     "vindr_cxr")
     BINARY_SOURCES: ClassVar[tuple[str, ...]] = ("luna16", "rsna_pneumonia")
 
     def check(self) -> None:
@@ -235,7 +239,7 @@ class DataConfig(_Section):
         changed = _changed_from_defaults(self)
         for name, kinds in self.SOURCE_SETTINGS.items():
             if name in changed and kind not in kinds:
-                self._fail(name, f"it is set, but only data.source {' or '.join(kinds)} uses it and "
+                self._fail(name, f"it is set, but only data.source {_either(kinds)} uses it and "
                            f"data.source is {kind!r}; remove it")
         if kind in self.PUBLISHED_SOURCES:
             for name in ("label_columns", "patient_column", "filename_label_suffix"):
@@ -1093,6 +1097,17 @@ class ExperimentConfig(_Section):
     def to_yaml(self, path: str | Path) -> None:
         """Write the config snapshot to ``path``."""
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _either(names) -> str:
+    """``a``, ``a or b``, ``a, b or c``.
+
+    Example:
+        >>> _either(["chexpert", "mimic_cxr", "padchest"])
+        'chexpert, mimic_cxr or padchest'
+    """
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _changed_from_defaults(section) -> list[str]:

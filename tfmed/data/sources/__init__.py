@@ -20,6 +20,8 @@ Kinds (``DataConfig.source``):
 * ``"mimic_cxr"``: MIMIC-CXR-JPG's label, metadata and split files as
   published, the same 14 observations per image; ``#test`` keeps one of the
   publisher's splits (:mod:`tfmed.data.sources.mimic_cxr`).
+* ``"padchest"``: PadChest's label CSV as published, the findings
+  ``data.classes`` names as a multilabel task (:mod:`tfmed.data.sources.padchest`).
 * ``"vindr_cxr"``: VinDr-CXR's ``train.csv`` as published for the VinBigData
   challenge, 14 findings boxed by three radiologists per image, as a
   multilabel task with the boxes (:mod:`tfmed.data.sources.vindr_cxr`).
@@ -54,7 +56,7 @@ from pathlib import Path
 
 from tfmed.config import DataConfig
 from tfmed.data.sources import (chestxray14, chexpert, dicom, folders, luna16, manifest, medmnist,
-                                mimic_cxr, rsna_pneumonia, tfds, vindr_cxr)
+                                mimic_cxr, padchest, rsna_pneumonia, tfds, vindr_cxr)
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
@@ -62,7 +64,7 @@ from tfmed.data.table import DataSourceError, ImageTable
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
                                   for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert,
-                                                 mimic_cxr, vindr_cxr, luna16, rsna_pneumonia, tfds)}
+                                                 mimic_cxr, padchest, vindr_cxr, luna16, rsna_pneumonia, tfds)}
 
 __all__ = ["EMBEDDED", "SOURCES", "DataSourceError", "SourceKind", "load_medmnist", "load_source",
            "parse_source_spec"]
@@ -72,11 +74,11 @@ def parse_source_spec(spec: str) -> DataConfig:
     """Turn a command-line source string into a :class:`DataConfig`.
 
     Accepted: a dataset name (``"pneumonia_mnist"``), ``"KIND:PATH"`` with
-    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, mimic_cxr, vindr_cxr, luna16,
-    rsna_pneumonia, tfds (``"medmnist:x.npz#test"``, ``"mimic_cxr:...chexpert.csv.gz#test"`` and ``"tfds:NAME#test"`` load
+    KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, mimic_cxr, padchest, vindr_cxr,
+    luna16, rsna_pneumonia, tfds (``"medmnist:x.npz#test"``, ``"mimic_cxr:...chexpert.csv.gz#test"`` and ``"tfds:NAME#test"`` load
     only that split, ``"luna16:candidates_V2.csv#9"`` one subset), or a bare path (.csv ->
     manifest, .npz -> medmnist, a folder -> folder). The publishers' files of
-    ChestX-ray14, CheXpert, MIMIC-CXR, VinDr-CXR, LUNA16 and RSNA need their kind: ``"chexpert:train.csv"``.
+    ChestX-ray14, CheXpert, MIMIC-CXR, PadChest, VinDr-CXR, LUNA16 and RSNA need their kind: ``"chexpert:train.csv"``.
 
     Example:
         >>> parse_source_spec("medmnist:data/chest.npz#test").path

@@ -1,0 +1,151 @@
+"""PadChest as published (``data.source: padchest``).
+
+Bustos et al., "PadChest: A large chest x-ray image dataset with multi-label
+annotated reports", Medical Image Analysis 2020 (Hospital San Juan, Alicante).
+
+``data.path`` is the publisher's
+``PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv`` (gzipped or not),
+read unchanged: one line per image with ``ImageID``, ``ImageDir``,
+``PatientID``, ``Projection`` and ``Labels``, the findings read from its report
+as a list (``['pleural effusion', 'cardiomegaly']``; ``['normal']`` for none).
+
+* Images: ``<ImageDir>/<ImageID>`` under ``data.root`` (default: the CSV's
+  folder), the publisher's numbered folders of 16-bit PNGs; where that folder
+  is absent, ``<ImageID>`` in the root itself (a flat copy).
+* Rows: one per line; a multilabel task over the findings ``data.classes``
+  names, in that order, each positive when the image's list holds it; by
+  default every term the lists use (some 190), the most frequent first, which
+  ``tfmed validate`` prints with their counts to choose from. ``patient_id`` is ``PatientID``,
+  ``view`` the ``Projection`` (PA, AP, AP_horizontal, L, COSTAL).
+* ``data.frontal_only`` keeps PA, AP and AP_horizontal; the others are counted
+  in ``table.excluded`` (one entry per projection).
+* Row problems, with their line: a ``Labels`` cell that is not a list of terms,
+  an empty list, ``normal`` beside findings, an empty ``ImageID``.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "labels.csv").write_text("ImageID,ImageDir,PatientID,Projection,Labels\\n"
+    ...     "20536686640136348236148679891455886468_k6ga29.png,0,839860488694292331637988235681460987,PA,"
+    ...     "\\"['pleural effusion', ' cardiomegaly']\\"\\n")
+    >>> table = load_padchest(folder / "labels.csv", classes=["cardiomegaly"])
+    >>> table.labels().tolist(), table.frame.loc[0, "view"]
+    ([[1]], 'PA')
+"""
+from __future__ import annotations
+
+import ast
+import os
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from tfmed.config import DataConfig
+from tfmed.data.sources.base import SourceKind, label_frame, read_csv_rows, row_values
+from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
+from tfmed.data.validate import SOURCE_PROBLEMS
+from tfmed.data.volumes import count_noun
+
+IMAGE, FOLDER, PATIENT, PROJECTION, LABELS = "ImageID", "ImageDir", "PatientID", "Projection", "Labels"
+NORMAL = "normal"
+FRONTAL = ("PA", "AP", "AP_horizontal")
+WHAT = "the publisher's PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv of PadChest, unchanged"
+
+
+def load_padchest(path: str | Path, root: str | Path | None = None, classes: list[str] | None = None,
+                  frontal_only: bool = False) -> ImageTable:
+    """Read PadChest's label CSV into a multilabel :class:`ImageTable` over the findings ``classes`` names
+    (default: every finding its lists use).
+
+    Raises:
+        DataSourceError: the CSV is unreadable or lacks a column, or ``classes`` names a finding no
+            list here holds or repeats one.
+
+    Example:
+        >>> load_padchest("padchest/labels.csv")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfmed.data.table.DataSourceError: ...labels.csv: not found; ...
+    """
+    path = Path(path)
+    header, rows = read_csv_rows(path, (IMAGE, FOLDER, PATIENT, PROJECTION, LABELS), WHAT)
+    root = Path(root) if root is not None else path.parent
+    column = {name: header.index(name) for name in (IMAGE, FOLDER, PATIENT, PROJECTION, LABELS)}
+    kept, found, skipped = [], Counter(), Counter()
+    for line, fields in rows:
+        problems: list[tuple[str, str]] = []
+        value = row_values(fields, column, len(header), problems)
+        if frontal_only and value[PROJECTION] not in FRONTAL:
+            skipped[value[PROJECTION] or "(empty)"] += 1
+            continue
+        terms = _terms(value[LABELS], problems)
+        found.update(terms or ())
+        kept.append((line, value, terms, problems))
+    names = _chosen(classes, found, path)
+    folders: dict[str, bool] = {}
+    records = []
+    for line, value, terms, problems in kept:
+        if not value[IMAGE]:
+            problems.append((f"empty {IMAGE}", "write the image's file name as published"))
+        folder = value[FOLDER]
+        if folder not in folders:
+            folders[folder] = bool(folder) and (root / folder).is_dir()
+        where = root / folder if folders[folder] else root
+        record = {"row": line, "image": os.path.normpath(where / value[IMAGE]) if value[IMAGE] else pd.NA,
+                  "patient_id": value[PATIENT] or pd.NA, "site": pd.NA, "view": value[PROJECTION] or pd.NA,
+                  "split": pd.NA, SOURCE_PROBLEMS: tuple(problems)}
+        record.update({LABEL_PREFIX + name: pd.NA if terms is None else int(name in terms) for name in names})
+        records.append(record)
+    excluded = [{"image": str(path), "row": None,
+                 "problem": f"skipped: {count_noun(count, 'image')} of projection {projection}, not PA, AP or "
+                            "AP_horizontal (data.frontal_only is true)",
+                 "fix": "none needed; set data.frontal_only: false to use the other projections too"}
+                for projection, count in sorted(skipped.items())]
+    if not records:
+        raise DataSourceError(f"{path}: no image left to read" + (f" ({excluded[0]['problem']})" if excluded else ""))
+    return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
+                      excluded=pd.DataFrame(excluded, columns=["image", "row", "problem", "fix"]))
+
+
+def _terms(cell: str, problems: list) -> set[str] | None:
+    """The findings of a ``Labels`` cell (empty for ``['normal']``), None, and a problem, when unusable."""
+    fix = "keep the publisher's list, e.g. ['pleural effusion', 'cardiomegaly'] or ['normal']"
+    try:
+        value = ast.literal_eval(cell) if cell else None
+    except (ValueError, SyntaxError):
+        value = None
+    if not isinstance(value, list) or not all(isinstance(term, str) for term in value):
+        problems.append((f"{LABELS} {cell!r} is not a list of findings", fix))
+        return None
+    terms = {term.strip().lower() for term in value if term.strip()}
+    if not terms:
+        problems.append((f"{LABELS} {cell!r} names no finding (not even {NORMAL!r})", fix))
+        return None
+    if NORMAL in terms and len(terms) > 1:
+        problems.append((f"{LABELS} {cell!r} names {NORMAL!r} beside findings", fix))
+        return None
+    return terms - {NORMAL}
+
+
+def _chosen(classes: list[str] | None, found: Counter, path: Path) -> list[str]:
+    """``data.classes``, each a term some report here uses (a misspelt finding would read as absent); by
+    default every term, the most frequent first."""
+    if not classes:
+        return sorted(found, key=lambda term: (-found[term], term))
+    unknown = [name for name in classes if name not in found]
+    if unknown or len(set(classes)) < len(classes):
+        common = ", ".join(f"{term} ({count})" for term, count in found.most_common(12))
+        raise DataSourceError(f"data.classes names {', '.join(map(repr, unknown)) or 'a finding twice'}"
+                              + (f", which no Labels list of {path} holds" if unknown else "")
+                              + f"; name each finding once, in lower case as the reports write it. The most "
+                              f"frequent here: {common}")
+    return list(classes)
+
+
+def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:
+    return load_padchest(path, root=root, classes=config.classes, frontal_only=config.frontal_only)
+
+
+SOURCE = SourceKind("padchest", "the publisher's PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv of PadChest, "
+                                "with the numbered image folders (ImageDir) beside it, or in data.root",
+                    needs_folder=False, load=_load)
