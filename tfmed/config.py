@@ -126,7 +126,8 @@ class DataConfig(_Section):
         candidate centres, read through views), "rsna_pneumonia" (the RSNA
         Pneumonia Detection Challenge's stage_2_train_labels.csv), "tfds"
         (a TensorFlow Datasets data set: data.path NAME[/CONFIG][#SPLIT] or a folder).
-        A string "medmnist:PATH.npz#split" also works.
+        A string "medmnist:PATH.npz#split" also works. "merged": several
+        sources in one table, listed in parts (see below).
     path: CSV file, folder or .npz file for the non-embedded kinds.
     root: folder that manifest paths are relative to (default: CSV's folder;
         chestxray14: images/ next to the CSV, else the CSV's folder, searched
@@ -167,6 +168,14 @@ class DataConfig(_Section):
         and this many non-nodule candidates per nodule, drawn at random with a
         fixed seed (null, the default: every candidate).
 
+    parts: source "merged" only: the sources to merge, each a data section of
+        its own (source, path and that source's settings) with an optional name
+        (default: its source kind) and rename (its class or label names -> the
+        merged ones). Each part's name becomes its images' site where they have
+        none, and prefixes its patient ids; classes then names the merged
+        classes or labels (default: all, in the order first met); a merged label
+        that a part does not grade is unknown for that part's images.
+
     patient_pattern: source "folder" only: a regular expression searched in each
         file's path below data.path ("/"-separated); the patient id is its group
         "patient", else its first group, else the whole match, e.g.
@@ -206,6 +215,7 @@ class DataConfig(_Section):
     patient_feature: str | None = None
     negatives_per_positive: int | None = None
     min_readers: int = 1
+    parts: list["DataPartConfig"] = field(default_factory=list)
 
     UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros", "ignore")
     # settings read only by some source kinds (other kinds refuse them when set)
@@ -224,9 +234,14 @@ class DataConfig(_Section):
     MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "padchest",
                                                      "vindr_cxr")
     BINARY_SOURCES: ClassVar[tuple[str, ...]] = ("luna16", "rsna_pneumonia")
+    MERGED: ClassVar[str] = "merged"
+    # what a merged data section may set besides its parts (the rest belongs in a part)
+    MERGED_SETTINGS: ClassVar[tuple[str, ...]] = ("source", "parts", "classes", "task", "exclude_bad_rows",
+                                                  "max_image_pixels", "missing_message")
 
     def check(self) -> None:
         super().check()
+        self._check_parts()
         if self.classes is not None and len(set(self.classes)) < len(self.classes):
             twice = next(name for name in self.classes if self.classes.count(name) > 1)
             self._fail("classes", f"it lists {twice!r} twice; give each class once")
@@ -277,6 +292,27 @@ class DataConfig(_Section):
             self._fail("uncertain", self.uncertain_policy_problem(self.uncertain)
                        + ", or a mapping label -> policy, e.g. {Edema: ones}")
 
+    def _check_parts(self) -> None:
+        """A merged section: two or more parts of plain sources with distinct names, and no setting of its own
+        that belongs in a part; any other section: no parts."""
+        if self.source != self.MERGED:
+            if self.parts:
+                raise ConfigError(f"{self.KEY}parts is set, but only data.source {self.MERGED} merges parts; set "
+                                  f"data.source: {self.MERGED} or remove data.parts")
+            return
+        for name in _changed_from_defaults(self):
+            if name not in self.MERGED_SETTINGS:
+                self._fail(name, f"data.source {self.MERGED} reads its data from data.parts; move it into the "
+                           "part it concerns")
+        if len(self.parts) < 2:
+            raise ConfigError(f"{self.KEY}parts lists {len(self.parts)} source(s); data.source {self.MERGED} merges "
+                              "two or more, e.g. [{source: chexpert, path: ...}, {source: mimic_cxr, path: ...}]")
+        names = [part.part_name for part in self.parts]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"{self.KEY}parts: two parts are named {repeated[0]!r}; give each a name of its own "
+                              "(name: ...), which becomes its images' site")
+
     @classmethod
     def uncertain_policy_problem(cls, policy) -> str | None:
         """Why ``policy`` cannot be a CheXpert uncertainty policy (None when it can).
@@ -289,6 +325,42 @@ class DataConfig(_Section):
             return None
         return ("use ones (U-Ones: uncertain counts as positive), zeros (U-Zeros: as negative) or "
                 "ignore (U-Ignore: left out of the loss and the metrics)")
+
+
+@dataclass
+class DataPartConfig(DataConfig):
+    """One source of a merged data section (``data.parts``): a data section of its own, plus
+
+    name: the part's name (default: its source kind): its images' site where
+        they have none, and the prefix of its patient ids (``nih:00000001``).
+    rename: the part's class or label names -> the merged section's, e.g.
+        {Effusion: Pleural Effusion} for ChestX-ray14 beside CheXpert.
+
+    Example:
+        >>> DataPartConfig(source="chexpert", path="valid.csv").part_name
+        'chexpert'
+    """
+
+    KEY: ClassVar[str] = "data.parts[]."
+
+    name: str | None = None
+    rename: dict[str, str] = field(default_factory=dict)
+
+    # settings of the merged table as a whole: set on the merged section, not on a part
+    WHOLE_TABLE: ClassVar[tuple[str, ...]] = ("exclude_bad_rows", "max_image_pixels")
+
+    def check(self) -> None:
+        if self.source.partition(":")[0] in (self.MERGED,) + self.VOLUME_SOURCES:
+            self._fail("source", "a part is a source of 2-D images (a merged section cannot hold another, nor "
+                       "volumes with candidate centres)")
+        for name in set(self.WHOLE_TABLE) & set(_changed_from_defaults(self)):
+            self._fail(name, "it applies to the merged table as a whole: set it on data, beside data.parts")
+        super().check()
+
+    @property
+    def part_name(self) -> str:
+        """The name the part goes by: ``name``, else its source kind."""
+        return self.name or self.source.partition(":")[0]
 
 
 @dataclass

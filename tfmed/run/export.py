@@ -224,10 +224,12 @@ def _folders(copy: Path, run_dir: Path, frames: dict[Path, pd.DataFrame]) -> dic
     config, environment = (v if isinstance(v, dict) else {} for v in (config, environment))
     cwd = environment.get("cwd") if isinstance(environment.get("cwd"), str) else None
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    for key in ("path", "root"):
-        value = data.get(key)
-        if isinstance(value, str) and os.path.isabs(value) and not _under(value, folders):
-            add(value if key == "root" or not Path(value).suffix else os.path.dirname(value), ".")
+    parts = data.get("parts") if isinstance(data.get("parts"), list) else []  # a merged section's sources
+    for section in [data] + [part for part in parts if isinstance(part, dict)]:
+        for key in ("path", "root"):
+            value = section.get(key)
+            if isinstance(value, str) and os.path.isabs(value) and not _under(value, folders):
+                add(value if key == "root" or not Path(value).suffix else os.path.dirname(value), ".")
     runs = config.get("runs_dir")
     if isinstance(runs, str) and (os.path.isabs(runs) or cwd):
         add(os.path.join(cwd or "", runs), "runs")

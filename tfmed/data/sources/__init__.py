@@ -31,6 +31,8 @@ Kinds (``DataConfig.source``):
 * ``"rsna_pneumonia"``: the RSNA Pneumonia Detection Challenge's
   ``stage_2_train_labels.csv`` as published, lung opacity or not, with the
   opacity boxes (:mod:`tfmed.data.sources.rsna_pneumonia`).
+* ``"merged"``: several of the above in one table (``data.parts``), labels
+  matched by name, each part a site (:mod:`tfmed.data.sources.merged`).
 * ``"tfds"``: a TensorFlow Datasets data set by name (``patch_camelyon``,
   ``NAME/CONFIG``) or the folder of a prepared one (as ``tfmed export-tfds``
   writes); ``#SPLIT`` picks TFDS splits (:mod:`tfmed.data.sources.tfds`).
@@ -60,6 +62,7 @@ from tfmed.data.sources import (chestxray14, chexpert, dicom, folders, luna16, m
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
+from tfmed.data.sources.merged import load_merged
 from tfmed.data.table import DataSourceError, ImageTable
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
@@ -131,9 +134,11 @@ def load_source(config: DataConfig, base_dir: str | Path | None = None) -> Image
     if config.source in EMBEDDED:
         table = EMBEDDED[config.source].load()
         return _with_classes(table, config)
+    if config.source == DataConfig.MERGED:  # a table of other sources, each loaded as on its own
+        return load_merged(config, lambda part: load_source(part, base_dir))
     if config.source not in SOURCES:
         raise DataSourceError(f"data.source is {config.source!r}; use one of "
-                              f"{', '.join(list(EMBEDDED) + list(SOURCES))}")
+                              f"{', '.join(list(EMBEDDED) + list(SOURCES) + [DataConfig.MERGED])}")
     if not config.path:
         raise DataSourceError(f"data.source {config.source!r} needs data.path: "
                               + SOURCES[config.source].expects + _extra(config))

@@ -1,0 +1,132 @@
+"""Several sources merged into one table: labels matched by name (renamed where the collections differ), a
+label one collection does not grade unknown for its images, each collection a site with its own patients,
+and a whole collection held out as the external test of a run."""
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_cxr_sources import nih  # noqa: F401 (the ChestX-ray14 fixture)
+from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
+from test_mimic_cxr import IMAGES, LABELS, mimic_tree
+from tfmed.config import UNKNOWN_LABEL, ConfigError, ExperimentConfig
+from tfmed.data.sources import DataSourceError, load_source
+from tfmed.run.cli import main
+from tfmed.run.experiment import run_experiment
+
+
+def merged(*parts, **settings):
+    return ExperimentConfig.from_dict({"data": {"source": "merged", "parts": list(parts), **settings}}).data
+
+
+def test_two_collections_become_one_multilabel_table(nih, tmp_path):
+    mimic = mimic_tree(tmp_path / "mimic", IMAGES[:5], LABELS)
+    config = merged({"source": "chestxray14", "path": str(nih), "name": "nih",
+                     "rename": {"Effusion": "Pleural Effusion"}},
+                    {"source": "mimic_cxr", "path": str(mimic), "name": "mimic", "frontal_only": True},
+                    classes=["Edema", "Pleural Effusion", "Support Devices"])
+    table = load_source(config)
+    frame = table.frame
+    assert table.task == "multilabel" and table.classes == ["Edema", "Pleural Effusion", "Support Devices"]
+    assert frame["site"].value_counts().to_dict() == {"nih": 7, "mimic": 3}  # the lateral and the viewless left
+    labels = pd.DataFrame(table.labels(), columns=table.classes)
+    nih_rows, mimic_rows = (frame["site"] == "nih").to_numpy(), (frame["site"] == "mimic").to_numpy()
+    # ChestX-ray14 does not grade support devices: unknown for its images, known for MIMIC's
+    assert (labels.loc[nih_rows, "Support Devices"] == UNKNOWN_LABEL).all()
+    assert (labels.loc[mimic_rows, "Support Devices"] != UNKNOWN_LABEL).all()
+    # renamed: ChestX-ray14's Effusion is CheXpert's Pleural Effusion
+    effusion = frame["image"].str.endswith("00000004_000.png").to_numpy()
+    assert labels.loc[effusion, "Pleural Effusion"].tolist() == [1]
+    assert labels.loc[mimic_rows, "Pleural Effusion"].tolist() == [0, 0, 1]  # d1, d3, d4
+    assert labels.loc[effusion, "Edema"].tolist() == [0] and labels["Edema"].sum() == 2  # nih 5, mimic d1
+    # patients of two collections never meet; each collection's own splits stay
+    assert frame.loc[nih_rows, "patient_id"].str.startswith("nih:").all()
+    assert set(frame.loc[mimic_rows, "patient_id"]) == {"mimic:10000032", "mimic:10000764", "mimic:11000011"}
+    assert frame.loc[mimic_rows, "split"].tolist() == ["train", "val", "test"]
+    assert frame.loc[effusion, "split"].tolist() == ["train"]  # train_val_list.txt
+    assert table.excluded["problem"].str.startswith("mimic: skipped: 1 image with ViewPosition").sum() == 2
+
+
+def squares(folder, classes, count, seed):
+    """A folder per class of 40 x 40 PNGs, one patient each; the second class's hold a bright square."""
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for i in range(count):
+            image = rng.normal(70, 8, (40, 40))
+            if label:
+                image[10:30, 10:30] += 160
+            cv2.imwrite(str(folder / name / f"{name}_{i}.png"), image.clip(0, 255).astype(np.uint8))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_run_holds_one_collection_out_as_its_external_test(tmp_path):
+    shenzhen = squares(tmp_path / "shenzhen", ["normal", "tb"], 16, 0)
+    montgomery = squares(tmp_path / "montgomery", ["Normal", "TB"], 8, 1)  # another collection's names
+    pattern = r"(\w+_\d+)\.png"
+    config = tiny_svm_experiment(
+        "merged_test", tmp_path,
+        {"source": "merged", "parts": [
+            {"source": "folder", "path": str(shenzhen), "name": "shenzhen", "patient_pattern": pattern},
+            {"source": "folder", "path": str(montgomery), "name": "montgomery", "patient_pattern": pattern,
+             "rename": {"Normal": "normal", "TB": "tb"}}]},
+        {"method": "patient", "test_sites": ["montgomery"], "val_fraction": 0.25})
+    run = run_experiment(config)
+    splits = pd.read_csv(run / "splits.csv")
+    assert set(splits.loc[splits["split"] == "test", "site"]) == {"montgomery"}
+    assert (splits["split"] == "test").sum() == 16 and splits["patient_id"].str.contains(":").all()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classes"] == ["normal", "tb"] and "external test" in metrics["test_origin"]
+    assert metrics["splits"]["test"]["youden"]["roc_auc"] > 0.9  # the square shows at both hospitals
+    # a copy to share names neither the parts' folders nor their patients
+    assert main(["export-run", str(run), str(tmp_path / "share"), "--anonymise"]) == 0
+    shared = (tmp_path / "share" / "config.yaml").read_text()
+    assert str(tmp_path) not in shared and "path: shenzhen" in shared and "path: montgomery" in shared
+
+
+def test_merging_errors_name_the_part_and_the_fix(tmp_path):
+    folder = squares(tmp_path / "a", ["normal", "tb"], 2, 0)
+    other = squares(tmp_path / "b", ["healthy", "tb"], 2, 0)
+    with pytest.raises(DataSourceError, match=r"data.parts b: class 'healthy' is not among data.classes "
+                                              r"\(normal, tb\); add it, or rename it"):
+        load_source(merged({"source": "folder", "path": str(folder), "name": "a"},
+                           {"source": "folder", "path": str(other), "name": "b"}, classes=["normal", "tb"]))
+    with pytest.raises(DataSourceError, match="data.parts b: rename names 'Healthy', which it does not have"):
+        load_source(merged({"source": "folder", "path": str(folder), "name": "a"},
+                           {"source": "folder", "path": str(other), "name": "b", "rename": {"Healthy": "normal"}}))
+    with pytest.raises(DataSourceError, match="data.parts pneumonia_mnist: .* holds its images in memory"):
+        load_source(merged({"source": "folder", "path": str(folder)}, {"source": "pneumonia_mnist"}))
+    csv = tmp_path / "m.csv"
+    pd.DataFrame({"path": ["a/normal/normal_0.png"], "x": [1], "y": [0]}).to_csv(csv, index=False)
+    with pytest.raises(DataSourceError, match="data.parts mix single-label and multilabel data"):
+        load_source(merged({"source": "folder", "path": str(folder)},
+                           {"source": "manifest", "path": str(csv), "label_columns": ["x", "y"]}))
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"parts": [{"source": "folder", "path": "a"}]}, "data.parts lists 1 source"),
+    ({"path": "x", "parts": [{"source": "folder", "path": "a"}, {"source": "folder", "path": "b", "name": "b"}]},
+     "data.path is 'x'; data.source merged reads its data from data.parts; move it into the part"),
+    ({"parts": [{"source": "folder", "path": "a"}, {"source": "folder", "path": "b"}]},
+     "two parts are named 'folder'"),
+    ({"parts": [{"source": "folder", "path": "a", "exclude_bad_rows": True}, {"source": "chexpert", "path": "b"}]},
+     "data.parts\\[\\].exclude_bad_rows is True; it applies to the merged table as a whole"),
+    ({"parts": [{"source": "luna16", "path": "a"}, {"source": "chexpert", "path": "b"}]},
+     "a part is a source of 2-D images"),
+])
+def test_merged_settings_are_checked(data, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict({"data": {"source": "merged", **data}})
+
+
+def test_parts_belong_to_a_merged_section():
+    parts = [{"source": "folder", "path": "a"}, {"source": "chexpert", "path": "b"}]
+    with pytest.raises(ConfigError, match="data.parts is set, but only data.source merged merges parts"):
+        ExperimentConfig.from_dict({"data": {"source": "folder", "path": "a", "parts": parts}})
+    with pytest.raises(ConfigError, match="unknown key data.rename"):  # a part's settings, not a section's
+        ExperimentConfig.from_dict({"data": {"source": "folder", "path": "a", "rename": {"a": "b"}}})
+    config = ExperimentConfig.from_dict({"data": {"source": "merged", "parts": parts}})
+    assert [part.part_name for part in config.data.parts] == ["folder", "chexpert"]

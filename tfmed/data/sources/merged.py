@@ -1,0 +1,120 @@
+"""Several sources in one table (``data.source: merged``, the sources in ``data.parts``).
+
+Each part is loaded as on its own, then:
+
+* its class or label names go through the part's ``rename`` (e.g. ChestX-ray14's
+  ``Effusion`` -> CheXpert's ``Pleural Effusion``);
+* the merged classes are ``data.classes``, or every part's in the order first met.
+  Single-label parts (binary, multiclass) must use only merged class names. A
+  merged multilabel label that a part does not grade is unknown
+  (:data:`~tfmed.config.UNKNOWN_LABEL`) for that part's images, left out of the
+  loss and of that label's metrics; a part's labels outside ``data.classes``
+  are left out. Both are logged;
+* each image without a site gets the part's name as its site (so
+  ``split.test_sites: [mimic]`` holds a whole collection out as an external
+  test, and every split reports each part's figures), and each patient id
+  becomes ``NAME:ID``, since two collections' ids name different people;
+* the parts' splits (e.g. a publisher's test split) are kept;
+* what a part left out is kept in ``table.excluded``, its problem prefixed
+  with the part's name.
+
+Parts must list image files: in-memory sources (an embedded or MedMNIST set)
+are refused.
+
+Example:
+    >>> from tfmed.config import DataConfig, DataPartConfig
+    >>> config = DataConfig(source="merged", parts=[DataPartConfig(source="folder", path="shenzhen"),
+    ...                                             DataPartConfig(source="folder", path="montgomery", name="mc")])
+    >>> [part.part_name for part in config.parts]
+    ['folder', 'mc']
+    >>> table = load_merged(config, load_source)  # doctest: +SKIP
+    >>> sorted(table.frame["site"].unique())      # doctest: +SKIP
+    ['folder', 'mc']
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from tfmed.config import UNKNOWN_LABEL, DataConfig, DataPartConfig
+from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
+from tfmed.progress import log
+
+
+def load_merged(config: DataConfig, load: Callable[[DataPartConfig], ImageTable]) -> ImageTable:
+    """One table of the parts of ``config`` (``data.source: merged``), each read by ``load``.
+
+    Raises:
+        DataSourceError: a part is in memory, the parts mix single-label and multilabel tasks, a
+            ``rename`` names a class the part does not have, or a single-label part has a class
+            ``data.classes`` does not list.
+    """
+    parts = []
+    for part in config.parts:
+        table = load(part)
+        name = part.part_name
+        if table.images is not None:
+            raise DataSourceError(f"data.parts {name}: {table.source} holds its images in memory; a merged table "
+                                  "lists image files (write the images out, e.g. as a folder per class, first)")
+        unknown = sorted(set(part.rename) - set(table.classes))
+        if unknown:
+            raise DataSourceError(f"data.parts {name}: rename names {', '.join(map(repr, unknown))}, which it does "
+                                  f"not have; its classes are {', '.join(table.classes)}")
+        parts.append((name, table, [part.rename.get(c, c) for c in table.classes]))
+    multilabel = {table.task == "multilabel" for _, table, _ in parts}
+    if len(multilabel) > 1:
+        tasks = ", ".join(f"{name} {table.task}" for name, table, _ in parts)
+        raise DataSourceError(f"data.parts mix single-label and multilabel data ({tasks}); merge parts of one kind")
+    classes = list(config.classes) if config.classes else list(dict.fromkeys(c for _, _, names in parts
+                                                                             for c in names))
+    is_multilabel = multilabel.pop()
+    frames = [(_multilabel_frame if is_multilabel else _single_label_frame)(name, table, names, classes)
+              for name, table, names in parts]
+    frame = pd.concat([_renamed_people(name, frame) for (name, _, _), frame in zip(parts, frames)],
+                      ignore_index=True)
+    excluded = [table.excluded.assign(problem=name + ": " + table.excluded["problem"].astype(str))
+                for name, table, _ in parts if len(table.excluded)]
+    task = "multilabel" if is_multilabel else ("binary" if len(classes) == 2 else "multiclass")
+    return ImageTable(frame, classes, task, source="merged: " + ", ".join(name for name, _, _ in parts),
+                      excluded=pd.concat(excluded, ignore_index=True) if excluded else pd.DataFrame())
+
+
+def _single_label_frame(name: str, table: ImageTable, names: list[str], classes: list[str]) -> pd.DataFrame:
+    outside = [c for c in names if c not in classes]
+    if outside:
+        raise DataSourceError(f"data.parts {name}: class {outside[0]!r} is not among data.classes "
+                              f"({', '.join(classes)}); add it, or rename it to one of them (rename: "
+                              f"{{{table.classes[names.index(outside[0])]}: ...}})")
+    frame = table.frame.copy()
+    index = np.array([classes.index(c) for c in names])
+    labels = pd.to_numeric(frame["label"], errors="coerce")
+    known = labels.between(0, len(names) - 1)  # a bad label stays as it is, for validation to report
+    frame.loc[known, "label"] = index[labels[known].astype(int).to_numpy()]
+    return frame
+
+
+def _multilabel_frame(name: str, table: ImageTable, names: list[str], classes: list[str]) -> pd.DataFrame:
+    frame = table.frame.rename(columns={LABEL_PREFIX + old: LABEL_PREFIX + new
+                                        for old, new in zip(table.classes, names)})
+    left_out = [c for c in names if c not in classes]
+    ungraded = [c for c in classes if c not in names]
+    if left_out:
+        log(f"{name}: its labels {', '.join(left_out)} are not among data.classes and are left out")
+        frame = frame.drop(columns=[LABEL_PREFIX + c for c in left_out])
+    if ungraded:
+        log(f"{name}: it does not grade {', '.join(ungraded)}; unknown for its {len(frame)} images (left out of "
+            "the loss and of those labels' metrics)")
+        for label in ungraded:
+            frame[LABEL_PREFIX + label] = UNKNOWN_LABEL
+    return frame
+
+
+def _renamed_people(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The part's name as the site of its images without one, and as the prefix of its patient ids."""
+    frame = frame.copy()
+    frame["site"] = frame["site"].astype("string").fillna(name)
+    patients = frame["patient_id"].astype("string")
+    frame["patient_id"] = (name + ":" + patients).where(patients.notna(), pd.NA).astype("string")
+    return frame
