@@ -236,8 +236,7 @@ class DataConfig(_Section):
     BINARY_SOURCES: ClassVar[tuple[str, ...]] = ("luna16", "rsna_pneumonia")
     MERGED: ClassVar[str] = "merged"
     # what a merged data section may set besides its parts (the rest belongs in a part)
-    MERGED_SETTINGS: ClassVar[tuple[str, ...]] = ("source", "parts", "classes", "task", "exclude_bad_rows",
-                                                  "max_image_pixels", "missing_message")
+    MERGED_SETTINGS: ClassVar[tuple[str, ...]] = ("source", "parts", "classes", "exclude_bad_rows", "max_image_pixels")
 
     def check(self) -> None:
         super().check()
