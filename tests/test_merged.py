@@ -1,12 +1,14 @@
 """Several sources merged into one table: labels matched by name (renamed where the collections differ), a
 label one collection does not grade unknown for its images, each collection a site with its own patients,
 and a whole collection held out as the external test of a run."""
+import dataclasses
 import json
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from test_cxr_sources import nih  # noqa: F401 (the ChestX-ray14 fixture)
 from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
@@ -21,7 +23,7 @@ def merged(*parts, **settings):
     return ExperimentConfig.from_dict({"data": {"source": "merged", "parts": list(parts), **settings}}).data
 
 
-def test_two_collections_become_one_multilabel_table(nih, tmp_path):
+def test_two_collections_become_one_multilabel_table(nih, tmp_path, capsys):
     mimic = mimic_tree(tmp_path / "mimic", IMAGES[:5], LABELS)
     config = merged({"source": "chestxray14", "path": str(nih), "name": "nih",
                      "rename": {"Effusion": "Pleural Effusion"}},
@@ -47,6 +49,11 @@ def test_two_collections_become_one_multilabel_table(nih, tmp_path):
     assert frame.loc[mimic_rows, "split"].tolist() == ["train", "val", "test"]
     assert frame.loc[effusion, "split"].tolist() == ["train"]  # train_val_list.txt
     assert table.excluded["problem"].str.startswith("mimic: skipped: 1 image with ViewPosition").sum() == 2
+    # tfmed validate of such an experiment counts each collection: what split.test_sites can hold out
+    experiment = tmp_path / "merged.yaml"
+    experiment.write_text(yaml.safe_dump({"data": dataclasses.asdict(config)}))
+    main(["validate", str(experiment)])
+    assert "sites: mimic 3, nih 7" in capsys.readouterr().out
 
 
 def squares(folder, classes, count, seed):

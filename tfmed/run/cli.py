@@ -296,6 +296,9 @@ def _cmd_validate(args) -> int:
     report = validate_table(table, need_patient_ids=need_ids, max_pixels=data.max_image_pixels,
                             need_two_classes=True, views=views)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
+    sites = table.frame["site"].value_counts(sort=False)
+    if len(sites) > 1:  # e.g. the parts of a merged section: what split.test_sites can hold out
+        print("sites: " + ", ".join(f"{site} {count}" for site, count in sorted(sites.items())))
     if table.task == "multilabel":   # images per label that are positive, and those whose label is unknown
         print("labels: " + "; ".join(
             f"{name} {int((table.frame[column] == 1).sum())} positive, "
