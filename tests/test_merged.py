@@ -3,6 +3,7 @@ label one collection does not grade unknown for its images, each collection a si
 and a whole collection held out as the external test of a run."""
 import dataclasses
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +18,9 @@ from tfmed.config import UNKNOWN_LABEL, ConfigError, ExperimentConfig
 from tfmed.data.sources import DataSourceError, load_source
 from tfmed.run.cli import main
 from tfmed.run.experiment import run_experiment
+
+
+EXPERIMENT = Path(__file__).parent.parent / "experiments" / "chest_xray_sites.yaml"
 
 
 def merged(*parts, **settings):
@@ -139,3 +143,57 @@ def test_parts_belong_to_a_merged_section():
         ExperimentConfig.from_dict({"data": {"source": "folder", "path": "a", "rename": {"a": "b"}}})
     config = ExperimentConfig.from_dict({"data": {"source": "merged", "parts": parts}})
     assert [part.part_name for part in config.data.parts] == ["folder", "chexpert"]
+
+
+def nih_stand_in(folder, images=30, seed=0):
+    """Data_Entry_2017.csv and its PNGs: findings drawn at random among five (Effusion as NIH writes it)."""
+    from test_cxr_sources import NIH_HEADER, nih_line
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    lines = [NIH_HEADER]
+    for i in range(images):
+        name = f"{i:08d}_000.png"
+        found = [f for f in ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion") if rng.random() < .4]
+        lines.append(nih_line(name, "|".join(found) or "No Finding", 0, i, "PA"))
+        cv2.imwrite(str(folder / "images" / name), rng.integers(0, 255, (24, 24), dtype=np.uint8))
+    (folder / "Data_Entry_2017.csv").write_text("\n".join(lines) + "\n")
+    return folder / "Data_Entry_2017.csv"
+
+
+@pytest.mark.slow
+def test_the_chest_xray_sites_experiment_tests_on_the_third_hospital(tmp_path):
+    from test_mimic_cxr import label_line
+    from test_unknown_labels import _chexpert_stand_in
+
+    config = ExperimentConfig.from_yaml(EXPERIMENT)
+    rng = np.random.default_rng(1)
+    images = [(f"m{i}", 10000000 + i, 50000000 + i, "PA", ("train", "validate", "test")[i % 3]) for i in range(36)]
+    labels = [label_line(subject, study, **{name.replace(" ", "_"): rng.choice(["1.0", "0.0", "-1.0", ""])
+                                            for name in config.data.classes})
+              for _, subject, study, _, _ in images]
+    mimic = mimic_tree(tmp_path / "mimic", images, labels, pixels=lambda _: rng.integers(0, 255, (24, 24),
+                                                                                          dtype=np.uint8))
+    stanford, nih_csv = _chexpert_stand_in(tmp_path / "chexpert", patients=20), nih_stand_in(tmp_path / "nih")
+    for part, path in zip(config.data.parts, (stanford, nih_csv, f"{mimic}#test")):
+        part.path = str(path)
+    config.runs_dir, config.preprocess.image_size, config.model.weights = str(tmp_path / "runs"), 32, None
+    for stage in config.model.finetune.stages:
+        stage.epochs = 1
+    config.split.val_fraction = 0.25
+    run = run_experiment(config)
+    splits = pd.read_csv(run / "splits.csv")
+    assert splits.groupby("site")["split"].unique().map(sorted).to_dict() == {
+        "mimic": ["test"], "nih": ["train", "val"], "stanford": ["train", "val"]}
+    assert (splits["site"] == "mimic").sum() == 12  # MIMIC's official test split only
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["by_site"]["val"]) == {"nih", "stanford"} and "external test" in metrics["test_origin"]
+
+
+def test_the_chest_xray_sites_experiment_says_where_to_get_each_collection(tmp_path):
+    config = ExperimentConfig.from_yaml(EXPERIMENT)
+    config.runs_dir = str(tmp_path / "runs")
+    config.data.parts[0].path = str(tmp_path / "absent" / "train.csv")
+    with pytest.raises(DataSourceError, match="Stanford AIMI Center.*make experiment NAME=chest_xray_sites"):
+        run_experiment(config)
+    assert not (tmp_path / "runs").exists()
