@@ -7,6 +7,7 @@ from sklearn.svm import SVC
 
 from tfmed.config import ConfigError, SVMConfig
 from tfmed.modes import FeatureSVM
+from tfmed.modes import svm as S
 from tfmed.modes.kernel_approximation import ApproximateKernelSVC
 from tfmed.modes.svm_graph import svm_keras_model
 from test_svm import make_images, small
@@ -118,6 +119,17 @@ def _table_and_inputs():
                           "patient_id": [f"p{i}" for i in range(30)]})
     table = ImageTable(frame, ["a", "b"], "binary", images=X[..., 0].astype(np.uint8))
     return table, ImageInputs(PreprocessConfig(image_size=32))
+
+
+def test_a_table_fit_names_the_label_without_enough_positives(tmp_path):
+    from tfmed.data.table import ImageTable
+
+    table, inputs = _table_and_inputs()
+    frame = table.frame.drop(columns="label").assign(**{"label:effusion": table.labels(),
+                                                       "label:nodule": np.r_[1, np.zeros(29, int)]})
+    multilabel = ImageTable(frame, ["effusion", "nodule"], "multilabel", images=table.images)
+    with pytest.raises(S.TooFewSamplesError, match=r"label 'nodule' has 1 positive training images"):
+        small(cache_dir=str(tmp_path)).fit_tables(multilabel, None, inputs)
 
 
 @pytest.mark.parametrize("texture", [False, True])  # one predict per shard; per batch with the LBP block

@@ -285,6 +285,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         blocks of rows one after another (one per view); rows of one patient (or, without patient ids,
         the copies of one image) stay in one CV fold."""
         y_enc, classes, task = self._encode_targets(train.labels(), len(train))
+        if task == "multilabel":  # the labels' names, so that a message names the label, not its column
+            classes = np.asarray(train.classes)
         patients = train.frame["patient_id"]
         groups = patients.astype(str).to_numpy() if patients.notna().all() else None
         if copies > 1:
