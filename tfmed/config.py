@@ -1170,6 +1170,17 @@ class ExperimentConfig(_Section):
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
 
+def is_experiment_file(spec: str) -> bool:
+    """Whether a command-line argument names an experiment's YAML file (its data section included) rather
+    than a data source.
+
+    Example:
+        >>> is_experiment_file("experiments/tb_xray.yaml"), is_experiment_file("folder:data/xrays")
+        (True, False)
+    """
+    return spec.lower().endswith((".yaml", ".yml"))
+
+
 def _either(names) -> str:
     """``a``, ``a or b``, ``a, b or c``.
 

@@ -320,9 +320,9 @@ def _cmd_validate(args) -> int:
 
 def _experiment_of(spec: str):
     """The experiment of a YAML given to ``tfmed validate`` (None for a source spec)."""
-    from tfmed.config import ExperimentConfig
+    from tfmed.config import ExperimentConfig, is_experiment_file
 
-    return ExperimentConfig.from_yaml(spec) if spec.endswith((".yaml", ".yml")) else None
+    return ExperimentConfig.from_yaml(spec) if is_experiment_file(spec) else None
 
 
 def _experiment_check_text(experiment, table, report) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.config import DataConfig, ExperimentConfig
+from tfmed.config import DataConfig, ExperimentConfig, is_experiment_file
 from tfmed.data.near_duplicates import copies_of
 from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec
 from tfmed.data.table import LABEL_PREFIX, ImageTable
@@ -59,7 +59,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         if report.warnings:
             log(report.warnings_text())
         table = apply_validation(table, report, exclude_bad_rows=False)
-        source = f"{parsed.source}:{parsed.path} (from {data})" if _is_yaml(data) else data
+        source = f"{parsed.source}:{parsed.path} (from {data})" if is_experiment_file(data) else data
     if table.task == model.task == "multilabel":
         table, left_out = model_labels_only(table, list(model.classes))
         if left_out:
@@ -118,13 +118,9 @@ def evaluation_data(spec: str) -> DataConfig:
         >>> evaluation_data("mimic_cxr:mimic/mimic-cxr-2.0.0-chexpert.csv.gz#test").source
         'mimic_cxr'
     """
-    if _is_yaml(spec):
+    if is_experiment_file(spec):
         return ExperimentConfig.from_yaml(spec).data
     return parse_source_spec(spec)
-
-
-def _is_yaml(spec: str) -> bool:
-    return spec.lower().endswith((".yaml", ".yml"))
 
 
 def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | None, str]:

@@ -23,6 +23,7 @@ from tfmed.config import DataConfig
 from tfmed.data.decode import SUPPORTED_EXTENSIONS, has_dicom_marker
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
+from tfmed.data.volumes import count_noun
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,26 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def skipped_file(path: Path, row: int, why: str, fix: str | None = None) -> dict:
+def skipped_file(path: Path, row: int | None, why: str, fix: str | None = None) -> dict:
+    """The record of a file or rows a source left out (``row`` None for many rows at once)."""
     return {"image": str(path), "row": row, "problem": f"skipped: {why}",
             "fix": fix or f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)} or move it out of the folder"}
+
+
+def counted_skips(path: Path, counts: dict[tuple[str, str], int], noun: str) -> list[dict]:
+    """One record per reason for rows left out in bulk: ``counts`` maps (why, fix) to the rows left out.
+
+    Example:
+        >>> counted_skips(Path("labels.csv"), {("of projection L", "keep them"): 3}, "image")[0]["problem"]
+        'skipped: 3 images of projection L'
+    """
+    return [skipped_file(path, None, f"{count_noun(count, noun)} {why}", fix)
+            for (why, fix), count in sorted(counts.items())]
+
+
+def excluded_frame(skipped: list[dict]) -> pd.DataFrame:
+    """A table's ``excluded`` frame from the records of what its source left out."""
+    return pd.DataFrame(skipped, columns=["image", "row", "problem", "fix"]) if skipped else pd.DataFrame()
 
 
 def source_table(records: list[dict], skipped: list[dict], classes: list[str], task: str | None,
@@ -107,8 +125,7 @@ def source_table(records: list[dict], skipped: list[dict], classes: list[str], t
         frame["label"] = frame["label"].astype(np.int64)
     frame["split"] = pd.Series(pd.NA, index=frame.index, dtype="string")
     resolved = task or ("binary" if len(classes) == 2 else "multiclass")
-    excluded = pd.DataFrame(skipped, columns=["image", "row", "problem", "fix"]) if skipped else pd.DataFrame()
-    return ImageTable(frame, list(classes), resolved, source=source, excluded=excluded)
+    return ImageTable(frame, list(classes), resolved, source=source, excluded=excluded_frame(skipped))
 
 
 def class_files(path: Path, names: list[str], extensions, skipped: list, reason, fix: str | None = None):

@@ -60,7 +60,8 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, DataConfig
-from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
+from tfmed.data.sources.base import (SourceKind, chosen_labels, excluded_frame, label_frame, read_csv_rows,
+                                     row_values)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -133,10 +134,8 @@ def load_chexpert(path: str | Path, root: str | Path | None = None, classes: lis
             record[LABEL_PREFIX + name] = observation_label(value[name], name, policies[name], problems)
         record[SOURCE_PROBLEMS] = tuple(problems)
         records.append(record)
-    excluded_frame = pd.DataFrame(excluded, columns=["image", "row", "problem", "fix"]) if excluded \
-        else pd.DataFrame()
     return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
-                      excluded=excluded_frame)
+                      excluded=excluded_frame(excluded))
 
 
 def uncertainty_policies(uncertain: str | dict[str, str], names: list[str]) -> dict[str, str]:

@@ -60,7 +60,8 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values, single_label_frame
+from tfmed.data.sources.base import (SourceKind, counted_skips, excluded_frame, read_csv_rows, row_values,
+                                     single_label_frame, skipped_file)
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 from tfmed.data.volume_inputs import CENTER_MM
@@ -135,23 +136,23 @@ def load_luna16(path: str | Path, root: str | Path | None = None, classes: list[
             record[name] = _number(value[coordinate], coordinate, problems)
         record[SOURCE_PROBLEMS] = tuple(problems)
         records.append(record)
-    skipped = [_skipped(path, f"{count_noun(count, 'candidate')} of scans in {subset}, which is not among the "
-                              f"subsets asked for (#{subsets})", "none needed; leave out #SUBSETS to use every subset")
-               for subset, count in sorted(skipped_subsets.items())]
+    skipped = counted_skips(path, {(f"of scans in {subset}, which is not among the subsets asked for (#{subsets})",
+                                    "none needed; leave out #SUBSETS to use every subset"): count
+                                   for subset, count in skipped_subsets.items()}, "candidate")
     if skipped_missing:
-        skipped.append(_skipped(path, f"{count_noun(skipped_missing, 'candidate')} of "
+        skipped.append(skipped_file(path, None, f"{count_noun(skipped_missing, 'candidate')} of "
                                       f"{count_noun(len(missing_scans), 'scan')} not under {root} (subset folders "
                                       f"found: {', '.join(present)})",
                                 "download the other subsets into the same folder to use their candidates"))
     records, unsampled = _sample_negatives(records, negatives_per_positive)
     if unsampled:
-        skipped.append(_skipped(path, f"{count_noun(unsampled, 'non-nodule candidate')} not sampled "
+        skipped.append(skipped_file(path, None, f"{count_noun(unsampled, 'non-nodule candidate')} not sampled "
                                       f"(data.negatives_per_positive: {negatives_per_positive}, seed {SAMPLE_SEED})",
                                 "raise data.negatives_per_positive, or remove it to keep every candidate"))
     if not records:
         raise DataSourceError(f"{path}: no candidate left to read ({'; '.join(s['problem'] for s in skipped)})")
     return ImageTable(single_label_frame(records, CENTER_MM), names, "binary", source=str(path),
-                      excluded=pd.DataFrame(skipped, columns=["image", "row", "problem", "fix"]))
+                      excluded=excluded_frame(skipped))
 
 
 @dataclass(frozen=True)
@@ -284,10 +285,6 @@ def _sample_negatives(records: list[dict], per_positive: int | None) -> tuple[li
         if keep else set()
     kept = [record for i, record in enumerate(records) if record["label"] != 0 or i in drawn]
     return kept, len(negatives) - keep
-
-
-def _skipped(path: Path, what: str, fix: str) -> dict:
-    return {"image": str(path), "row": None, "problem": f"skipped: {what}", "fix": fix}
 
 
 def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:

@@ -50,11 +50,11 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
+from tfmed.data.sources.base import (SourceKind, chosen_labels, counted_skips, excluded_frame, label_frame,
+                                     read_csv_rows, row_values)
 from tfmed.data.sources.chexpert import OBSERVATIONS, observation_label, uncertainty_policies
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
-from tfmed.data.volumes import count_noun
 
 LABELS = "mimic-cxr-2.0.0-chexpert.csv.gz"
 METADATA = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -150,13 +150,12 @@ def load_mimic_cxr(path: str | Path, root: str | Path | None = None, classes: li
         problems += study_problems.get(study, []) + label_problems
         image = f"{files}/{group}/p{subject}/s{study}/{dicom_id}.jpg"
         records.append(_record(line, image, subject, value, image_split, problems, labels))
-    excluded = [{"image": str(metadata), "row": None, "problem": f"skipped: {count_noun(count, 'image')} {why}",
-                 "fix": fix} for (why, fix), count in sorted(skipped.items())]
+    excluded = counted_skips(metadata, skipped, "image")
     if not records:
         reasons = "; ".join(entry["problem"] for entry in excluded) or f"{metadata.name} lists no image"
         raise DataSourceError(f"{path}: no image left to read ({reasons})")
     return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
-                      excluded=pd.DataFrame(excluded, columns=["image", "row", "problem", "fix"]))
+                      excluded=excluded_frame(excluded))
 
 
 def _record(line: int, image, subject: str, value: dict, split, problems: list, labels: dict) -> dict:

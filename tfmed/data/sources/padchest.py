@@ -42,10 +42,10 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.sources.base import SourceKind, label_frame, read_csv_rows, row_values
+from tfmed.data.sources.base import (SourceKind, counted_skips, excluded_frame, label_frame, read_csv_rows,
+                                     row_values)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
-from tfmed.data.volumes import count_noun
 
 IMAGE, FOLDER, PATIENT, PROJECTION, LABELS = "ImageID", "ImageDir", "PatientID", "Projection", "Labels"
 NORMAL = "normal"
@@ -76,7 +76,9 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
         problems: list[tuple[str, str]] = []
         value = row_values(fields, column, len(header), problems)
         if frontal_only and value[PROJECTION] not in FRONTAL:
-            skipped[value[PROJECTION] or "(empty)"] += 1
+            skipped[(f"of projection {value[PROJECTION] or '(empty)'}, not PA, AP or AP_horizontal "
+                     "(data.frontal_only is true)",
+                     "none needed; set data.frontal_only: false to use the other projections too")] += 1
             continue
         terms = _terms(value[LABELS], problems)
         found.update(terms or ())
@@ -96,15 +98,11 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
                   "split": pd.NA, SOURCE_PROBLEMS: tuple(problems)}
         record.update({LABEL_PREFIX + name: pd.NA if terms is None else int(name in terms) for name in names})
         records.append(record)
-    excluded = [{"image": str(path), "row": None,
-                 "problem": f"skipped: {count_noun(count, 'image')} of projection {projection}, not PA, AP or "
-                            "AP_horizontal (data.frontal_only is true)",
-                 "fix": "none needed; set data.frontal_only: false to use the other projections too"}
-                for projection, count in sorted(skipped.items())]
+    excluded = counted_skips(path, skipped, "image")
     if not records:
         raise DataSourceError(f"{path}: no image left to read" + (f" ({excluded[0]['problem']})" if excluded else ""))
     return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
-                      excluded=pd.DataFrame(excluded, columns=["image", "row", "problem", "fix"]))
+                      excluded=excluded_frame(excluded))
 
 
 def _terms(cell: str, problems: list) -> set[str] | None:
