@@ -379,9 +379,10 @@ def _table_frame(frame: pd.DataFrame, names: list[str], task: str) -> pd.DataFra
             record["label"] = positives[0] if positives and not bad else pd.NA
         records.append(record)
     if task == "multilabel":
-        frame = label_frame(records, names)
-        if records and BOXES_COLUMN in records[0]:
-            frame[BOXES_COLUMN] = pd.Series([record[BOXES_COLUMN] for record in records], dtype="string")
+        boxes = bool(records) and BOXES_COLUMN in records[0]
+        frame = label_frame(records, names, extra=(BOXES_COLUMN,) if boxes else ())
+        if boxes:
+            frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
         return frame
     frame = pd.DataFrame(records)
     frame["label"] = frame["label"].astype("Int64") if frame["label"].isna().any() else frame["label"].astype(np.int64)
