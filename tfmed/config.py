@@ -124,7 +124,9 @@ class DataConfig(_Section):
         "vindr_cxr" (VinDr-CXR's train.csv of the VinBigData challenge),
         "luna16" (LUNA16's candidates.csv / candidates_V2.csv: CT scans with
         candidate centres, read through views), "rsna_pneumonia" (the RSNA
-        Pneumonia Detection Challenge's stage_2_train_labels.csv), "tfds"
+        Pneumonia Detection Challenge's stage_2_train_labels.csv), "tbx11k"
+        (the TBX11K folder: its official train and val lists, #val keeps
+        one), "tfds"
         (a TensorFlow Datasets data set: data.path NAME[/CONFIG][#SPLIT] or a folder).
         A string "medmnist:PATH.npz#split" also works. "merged": several
         sources in one table, listed in parts (see below).
@@ -183,10 +185,11 @@ class DataConfig(_Section):
         match is reported.
 
     The publishers' sources "chestxray14", "chexpert", "mimic_cxr", "padchest",
-    "vindr_cxr", "luna16" and "rsna_pneumonia" read their own columns:
-    label_columns, patient_column and filename_label_suffix are refused with
-    them; task may only be multilabel (chestxray14, chexpert, mimic_cxr,
-    padchest, vindr_cxr) or binary (luna16, rsna_pneumonia).
+    "vindr_cxr", "luna16", "rsna_pneumonia" and "tbx11k" read their own
+    columns: label_columns, patient_column and filename_label_suffix are
+    refused with them; task may only be multilabel (chestxray14, chexpert,
+    mimic_cxr, padchest, vindr_cxr) or binary (luna16, rsna_pneumonia), and
+    tbx11k's follows from data.classes (root refused: path is its folder).
     """
 
     KEY: ClassVar[str] = "data."
@@ -229,7 +232,9 @@ class DataConfig(_Section):
     VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused
     PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "padchest", "vindr_cxr",
-                                                    "luna16", "rsna_pneumonia")
+                                                    "luna16", "rsna_pneumonia", "tbx11k")
+    # the publishers' folders whose task follows from data.classes (two: binary, more: multiclass)
+    CLASS_COUNT_SOURCES: ClassVar[tuple[str, ...]] = ("tbx11k",)
     # the publishers' multilabel and binary files
     MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "padchest",
                                                      "vindr_cxr")
@@ -264,6 +269,12 @@ class DataConfig(_Section):
             self._fail("task", f"data.source {kind} is multilabel; remove data.task")
         if kind in self.BINARY_SOURCES and self.task not in (None, "binary"):
             self._fail("task", f"data.source {kind} is binary; remove data.task")
+        if kind in self.CLASS_COUNT_SOURCES and self.task is not None:
+            self._fail("task", f"data.source {kind} is binary or multiclass by the classes data.classes names; "
+                       "remove data.task")
+        if kind in self.CLASS_COUNT_SOURCES and self.root is not None:
+            self._fail("root", f"data.source {kind} reads the publisher's folder that data.path names; remove "
+                       "data.root")
         if kind == "tfds":
             for name, instead in (("label_columns", "data.label_feature"), ("patient_column", "data.patient_feature"),
                                   ("filename_label_suffix", "data.label_feature"), ("root", "data.path")):

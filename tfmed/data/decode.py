@@ -236,14 +236,21 @@ def _amount(pixels: int) -> str:
     return f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
 
 
-def _header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header, or None when no Pillow format recognises it.
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, or None when no Pillow format recognises it (e.g. DICOM).
 
     Pillow's format readers are called as ``PIL.Image.open`` calls them (the
     constructor reads the header only), but without its decompression-bomb
     check: that check reports a pixel count, not width x height, and can only
     be turned off through process-wide settings, unsafe while other threads
     decode. The limit applied here is :func:`read_image_and_info`'s.
+
+    Example:
+        >>> import tempfile, pathlib, cv2
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "wide.png"
+        >>> _ = cv2.imwrite(str(path), np.zeros((4, 6), np.uint8))
+        >>> header_size(path)
+        (6, 4)
     """
     from PIL import Image
 
@@ -268,7 +275,7 @@ def _read_raster(path: Path, kind: str, max_pixels: int | None,
     # A header no Pillow format reads (e.g. a PNG with a bad ancillary-chunk checksum) is left to
     # OpenCV, which refuses images of over 2**30 pixels itself.
     try:
-        size = _header_size(path) if max_pixels is not None else None
+        size = header_size(path) if max_pixels is not None else None
         # np.fromfile + imdecode handles non-ASCII paths, which cv2.imread does not on every platform.
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:

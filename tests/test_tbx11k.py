@@ -1,0 +1,135 @@
+"""TBX11K read from its folder, written here in the publisher's layout: the official lists, the class folders
+and the radiologists' Pascal VOC boxes, scaled to the image files' pixels."""
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
+from tfmed.config import ConfigError, DataConfig
+from tfmed.data.boxes import parse_boxes
+from tfmed.data.sources import load_source, parse_source_spec
+from tfmed.data.sources.tbx11k import load_tbx11k
+from tfmed.data.table import DataSourceError
+from tfmed.data.validate import validate_table
+from tfmed.run.cli import main
+from tfmed.run.experiment import run_experiment
+
+VOC = """<annotation><folder>tb</folder><filename>{name}.png</filename>
+<size><width>{size}</width><height>{size}</height><depth>3</depth></size>{objects}</annotation>"""
+BOX = """<object><name>{kind}</name><difficult>0</difficult>
+<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"""
+
+
+def write_boxes(root, name, boxes, size=512):
+    """A Pascal VOC box file as published: corners in the pixels of ``size``."""
+    objects = "".join(BOX.format(kind=kind, x0=x0, y0=y0, x1=x1, y1=y1) for kind, x0, y0, x1, y1 in boxes)
+    folder = root / "annotations" / "xml"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.xml").write_text(VOC.format(name=name, size=size, objects=objects))
+
+
+def tbx11k_tree(root, train, val, size=64, seed=0):
+    """A TBX11K folder: ``train`` and ``val`` list the images (``tb/tb0001.png``), written as ``size`` px PNGs,
+    dark noise, each tuberculosis image with a bright 16 px square that its box file (in 512 px) marks."""
+    rng = np.random.default_rng(seed)
+    (root / "lists").mkdir(parents=True)
+    for name, entries in (("TBX11K_train.txt", train), ("TBX11K_val.txt", val)):
+        (root / "lists" / name).write_text("".join(f"{entry}\n" for entry in entries))
+    for entry in train + val:
+        image = rng.uniform(0, 60, (size, size)).astype(np.uint8)
+        if entry.startswith("tb/"):
+            x, y = (2 * int(v) for v in rng.integers(2, size // 2 - 10, 2))  # even: whole pixels at half size
+            image[y:y + 16, x:x + 16] = 255
+            scale = 512 / size
+            write_boxes(root, entry[3:-4], [("ActiveTuberculosis", x * scale, y * scale, (x + 16) * scale,
+                                             (y + 16) * scale)])
+        (root / "imgs" / entry).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "imgs" / entry), image)
+    return root
+
+
+def test_tbx11k_reads_the_official_lists_and_scales_the_boxes(tmp_path):
+    root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "tb/tb0003.png", "sick/s0004.png"],
+                       ["sick/s0002.png", "tb/tb0007.png", "health/h0009.png"])
+    # two boxes of tb0007, active and latent, in the 512 px frame of its box file: the image is 64 px
+    write_boxes(root, "tb0007", [("ActiveTuberculosis", 64, 128, 192, 256), ("ObsoletePulmonaryTuberculosis",
+                                                                              8, 16, 24, 48)])
+    (root / "imgs" / "tb" / "tb1199.png").write_bytes((root / "imgs" / "tb" / "tb0003.png").read_bytes())
+    with open(root / "lists" / "TBX11K_train.txt", "a") as handle:
+        handle.write("tb/tb1199.png\n")  # a tuberculosis image without a box file, as published
+    table = load_source(parse_source_spec(f"tbx11k:{root}"))
+    frame = table.frame.set_index("patient_id")
+    assert table.task == "multiclass" and table.classes == ["healthy", "sick_non_tb", "tuberculosis"]
+    assert frame["label"].to_dict() == {"h0001": 0, "tb0003": 2, "s0004": 1, "tb1199": 2, "s0002": 1,
+                                        "tb0007": 2, "h0009": 0}
+    assert frame["split"].to_dict() == {"h0001": "train", "tb0003": "train", "s0004": "train", "tb1199": "train",
+                                        "s0002": "val", "tb0007": "val", "h0009": "val"}
+    assert frame.loc["tb0007", "image"] == str(root / "imgs" / "tb" / "tb0007.png")
+    assert parse_boxes(frame.loc["tb0007", "boxes"]) == [(8, 16, 16, 16), (1, 2, 2, 4)]  # 512 px -> 64 px
+    assert pd.isna(frame.loc["tb1199", "boxes"]) and pd.isna(frame.loc["h0001", "boxes"])
+    assert validate_table(table).ok
+    # one official split; two classes make a binary task, the third class's images counted, not dropped silently
+    val = load_source(parse_source_spec(f"tbx11k:{root}#val"))
+    assert val.frame["patient_id"].tolist() == ["s0002", "tb0007", "h0009"] and set(val.frame["split"]) == {"val"}
+    binary = load_source(DataConfig(source="tbx11k", path=str(root), classes=["healthy", "tuberculosis"]))
+    assert binary.task == "binary" and binary.labels().tolist() == [0, 1, 1, 1, 0]
+    assert binary.excluded["problem"].tolist() == ["skipped: 2 images of class sick_non_tb, not in data.classes"]
+
+
+def test_tbx11k_row_problems_name_the_list_line_or_box_file(tmp_path):
+    root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "tb/tb0003.png", "test/t0001.png",
+                                             "tb/tb0003.png"], ["tb/tb0005.png", "health/h0006.png"])
+    write_boxes(root, "tb0005", [("Pneumonia", 1, 1, 9, 9), ("ActiveTuberculosis", 10, 10, 10, 40)])
+    write_boxes(root, "h0006", [("ActiveTuberculosis", 1, 1, 9, 9)])
+    (root / "annotations" / "xml" / "tb0003.xml").write_text("<annotation><object>")
+    xml = root / "annotations" / "xml"
+    problems = {p.problem for p in validate_table(load_tbx11k(root)).problems}
+    assert {"lists/TBX11K_train.txt line 3: 'test/t0001.png' is not in health/, sick/, tb/",
+            "lists/TBX11K_train.txt line 4: tb/tb0003.png is listed again (first in lists/TBX11K_train.txt line 2)",
+            f"{xml / 'tb0005.xml'}: box 1 is of kind 'Pneumonia', not one of ActiveTuberculosis, "
+            "ObsoletePulmonaryTuberculosis, PulmonaryTuberculosis",
+            f"{xml / 'tb0005.xml'}: box 2 has no area (x 10-10, y 10-40)",
+            f"{xml / 'h0006.xml'}: boxes of tuberculosis for an image of another class"} <= problems
+    assert any(problem.startswith(f"{xml / 'tb0003.xml'}: not readable XML") for problem in problems)
+
+
+def test_tbx11k_settings_and_layout_errors(tmp_path, capsys):
+    root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "tb/tb0002.png"], ["sick/s0003.png"])
+    with pytest.raises(DataSourceError, match="#test: not a TBX11K split with labels; write #train or #val"):
+        load_source(parse_source_spec(f"tbx11k:{root}#test"))
+    with pytest.raises(DataSourceError, match=r"data.classes lists 1 class\(es\) \['tb'\]; TBX11K's classes are "
+                                              "healthy, sick_non_tb, tuberculosis"):
+        load_source(DataConfig(source="tbx11k", path=str(root), classes=["tb"]))
+    with pytest.raises(DataSourceError, match="imgs/lists/TBX11K_train.txt: not found; data.path must be the TBX11K folder"):
+        load_tbx11k(root / "imgs")
+    with pytest.raises(ConfigError, match="data.source tbx11k is binary or multiclass by the classes"):
+        DataConfig(source="tbx11k", path=str(root), task="multiclass")
+    with pytest.raises(ConfigError, match="data.source tbx11k reads the publisher's folder that data.path names"):
+        DataConfig(source="tbx11k", path=str(root), root="elsewhere")
+    with pytest.raises(ConfigError, match="data.source tbx11k reads the publisher's columns itself"):
+        DataConfig(source="tbx11k", path=str(root), filename_label_suffix=True)
+    assert main(["validate", f"tbx11k:{root}"]) == 0
+    assert "classes ['healthy', 'sick_non_tb', 'tuberculosis']" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_tbx11k_run_measures_its_explanations_against_the_radiologists_boxes(tmp_path):
+    train = [f"{folder}/{prefix}{i:04d}.png" for i in range(12) for folder, prefix in (("health", "h"), ("tb", "tb"))]
+    val = [f"{folder}/{prefix}{i:04d}.png" for i in range(12, 18) for folder, prefix in (("health", "h"),
+                                                                                         ("tb", "tb"))]
+    root = tbx11k_tree(tmp_path / "TBX11K", train, val)
+    config = tiny_svm_experiment("tbx11k_test", tmp_path, {"source": "tbx11k", "path": str(root),
+                                                           "classes": ["healthy", "tuberculosis"]},
+                                 {"method": "predefined", "test_fraction": 0.25}, report={"explain": True})
+    run = run_experiment(config)
+    splits = pd.read_csv(run / "splits.csv")
+    assert (splits["split"] == "val").sum() == 12 and (splits["split"] == "test").sum() == 6  # carved from train
+    explained = pd.read_csv(run / "explanations" / "explanations.csv")
+    record = json.loads((run / "explanations" / "faithfulness.json").read_text())
+    boxed = explained[explained["peak_in_box"].notna()]
+    assert record["localisation"]["images_with_boxes"] == len(boxed) >= 1
+    # a 16 px box of a 64 px image covers 1/16 of the 32 px input
+    assert boxed["box_fraction"].tolist() == pytest.approx([1 / 16] * len(boxed))

@@ -1,0 +1,218 @@
+"""TBX11K as published (``data.source: tbx11k``).
+
+Liu et al., "Rethinking Computer-Aided Tuberculosis Diagnosis", CVPR 2020
+(TBX11K: 11,200 chest X-rays of 512 x 512 pixels from hospitals in China,
+tuberculosis areas boxed by radiologists).
+
+``data.path`` is the ``TBX11K`` folder as published:
+
+* ``lists/TBX11K_train.txt`` and ``lists/TBX11K_val.txt``: the official train
+  (6,600 images) and validation (1,800) splits, one image per line, relative to
+  ``imgs/`` (``health/h0001.png``). The test split's labels are not published,
+  so ``imgs/test/`` is not read; ``#train`` or ``#val`` keeps one split.
+* ``imgs/health/``, ``imgs/sick/``, ``imgs/tb/``: the folder is the class,
+  :data:`CLASSES` (``healthy``, ``sick_non_tb``: sick but not tuberculosis,
+  ``tuberculosis``).
+  ``data.classes`` chooses two or three of them, in its order (binary or
+  multiclass); the other class's images are counted in ``table.excluded``.
+* ``annotations/xml/<name>.xml``: the radiologists' boxes of a tuberculosis
+  image (Pascal VOC: active, latent or uncertain tuberculosis, corners in the
+  pixels of the XML's ``size``). They go into the ``boxes`` column
+  (:mod:`tfmed.data.boxes`), scaled to the image file's own size, so that
+  explanations are measured against them. A tuberculosis image without a box
+  file is kept, without boxes.
+
+The release has no patient ids: each image is its own ``patient_id`` (its file
+name without extension), so a patient with several images could fall into two
+splits that tfmed makes; the official lists are the publisher's split.
+
+Row problems, with the list file and line: a line outside ``health/``,
+``sick/`` and ``tb/``, an image listed twice, a box file that is not Pascal VOC
+XML, a box of an unknown kind or without area, a box file for an image that
+is not a tuberculosis one.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "lists").mkdir()
+    >>> _ = (root / "lists" / "TBX11K_train.txt").write_text("health/h0001.png\\ntb/tb0003.png\\n")
+    >>> _ = (root / "lists" / "TBX11K_val.txt").write_text("sick/s0002.png\\n")
+    >>> table = load_tbx11k(root)
+    >>> table.classes, table.labels().tolist(), table.frame["split"].tolist()
+    (['healthy', 'sick_non_tb', 'tuberculosis'], [0, 2, 1], ['train', 'train', 'val'])
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ElementTree
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from tfmed.config import DataConfig
+from tfmed.data.boxes import BOXES_COLUMN, format_boxes
+from tfmed.data.decode import header_size
+from tfmed.data.sources.base import SourceKind, counted_skips, excluded_frame, single_label_frame
+from tfmed.data.table import DataSourceError, ImageTable
+from tfmed.data.validate import SOURCE_PROBLEMS
+
+# the publisher's image folders -> tfmed's class names
+FOLDERS = {"health": "healthy", "sick": "sick_non_tb", "tb": "tuberculosis"}
+CLASSES = list(FOLDERS.values())
+TUBERCULOSIS = "tuberculosis"
+# the split lists, by tfmed's split name
+LISTS = {"train": "TBX11K_train.txt", "val": "TBX11K_val.txt"}
+BOX_KINDS = ("ActiveTuberculosis", "ObsoletePulmonaryTuberculosis", "PulmonaryTuberculosis")
+IMAGES, BOX_FOLDER = "imgs", "annotations/xml"
+
+
+def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str = "") -> ImageTable:
+    """Read the TBX11K folder's official train and validation lists into a single-label :class:`ImageTable`
+    with the tuberculosis boxes.
+
+    Args:
+        path: the ``TBX11K`` folder (``lists/``, ``imgs/``, ``annotations/xml/``).
+        classes: two or three of :data:`CLASSES`, in label order (default: all three).
+        split: ``"train"`` or ``"val"`` to keep one official split ("" both).
+
+    Raises:
+        DataSourceError: no ``lists/`` folder or split list, an unknown split, or ``classes`` not two or three
+            of :data:`CLASSES`.
+
+    Example:
+        >>> load_tbx11k("TBX11K", classes=["healthy"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfmed.data.table.DataSourceError: data.classes lists 1 class(es) ['healthy']; ...
+    """
+    path = Path(path)
+    names = _chosen(classes)
+    if split and split not in LISTS:
+        raise DataSourceError(f"{path}#{split}: not a TBX11K split with labels; write #train or #val (the test "
+                              "split's labels are not published)")
+    records: list[dict] = []
+    skipped: Counter = Counter()
+    seen: dict[str, str] = {}
+    for split_name, list_name in LISTS.items():
+        list_file = path / "lists" / list_name
+        if not list_file.is_file():
+            raise DataSourceError(f"{list_file}: not found; data.path must be the TBX11K folder as published, "
+                                  f"with lists/{LISTS['train']} and lists/{LISTS['val']}")
+        if split and split != split_name:
+            continue
+        for line, entry in _entries(list_file):
+            record = _record(path, entry, f"lists/{list_name} line {line}", names, seen, split_name)
+            if record is None:
+                skipped[(f"of class {FOLDERS[entry.split('/')[0]]}, not in data.classes",
+                         "none needed; add the class to data.classes to use them")] += 1
+            else:
+                record["row"] = len(records) + 1
+                records.append(record)
+    if not records:
+        raise DataSourceError(f"{path}: the TBX11K lists name no image of the classes {names}")
+    frame = single_label_frame(records, (BOXES_COLUMN,))
+    frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
+    frame["split"] = pd.Series([record["split"] for record in records], index=frame.index, dtype="string")
+    excluded = excluded_frame(counted_skips(path / "lists", skipped, "image"))
+    return ImageTable(frame, names, "binary" if len(names) == 2 else "multiclass", source=str(path),
+                      excluded=excluded)
+
+
+def _chosen(classes: list[str] | None) -> list[str]:
+    if classes is None:
+        return list(CLASSES)
+    unknown = [name for name in classes if name not in CLASSES]
+    if unknown or len(classes) < 2:
+        raise DataSourceError(f"data.classes lists {len(classes)} class(es) {list(classes)}; TBX11K's classes are "
+                              f"{', '.join(CLASSES)} (its folders {', '.join(FOLDERS)}): name two or three of them, "
+                              "or leave data.classes out for all three")
+    return list(classes)
+
+
+def _entries(list_file: Path) -> list[tuple[int, str]]:
+    """The (line number, image path below imgs/) of each non-blank line of a split list."""
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataSourceError(f"{list_file}: not readable as text ({error}); restore the publisher's list") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.strip().replace("\\", "/")
+        if entry:
+            entries.append((number, entry.removeprefix(f"{IMAGES}/")))
+    return entries
+
+
+def _record(root: Path, entry: str, where: str, names: list[str], seen: dict, split: str) -> dict | None:
+    """One row of the table; None for an image of a class ``names`` leaves out."""
+    problems: list[tuple[str, str]] = []
+    folder = entry.split("/")[0]
+    name = FOLDERS.get(folder)
+    if name is None:
+        problems.append((f"{where}: {entry!r} is not in {', '.join(f'{f}/' for f in FOLDERS)}",
+                         "keep the publisher's list: it names images of the labelled folders only"))
+    elif name not in names:
+        return None
+    if entry in seen:
+        problems.append((f"{where}: {entry} is listed again (first in {seen[entry]})",
+                         "keep the publisher's lists: each image once"))
+    seen.setdefault(entry, where)
+    image = root / IMAGES / entry
+    boxes = _boxes(root, image, name == TUBERCULOSIS, problems) if name is not None else []
+    return {"image": str(image), "label": names.index(name) if name in names else pd.NA,
+            "patient_id": Path(entry).stem, "split": split, BOXES_COLUMN: format_boxes(boxes) or pd.NA,
+            SOURCE_PROBLEMS: tuple(problems)}
+
+
+def _boxes(root: Path, image: Path, tuberculosis: bool, problems: list) -> list[tuple[float, float, float, float]]:
+    """The image's boxes from its Pascal VOC file, as (x, y, width, height) in the image file's pixels."""
+    xml_file = root / BOX_FOLDER / f"{image.stem}.xml"
+    if not xml_file.is_file():
+        return []
+    if not tuberculosis:
+        problems.append((f"{xml_file}: boxes of tuberculosis for an image of another class",
+                         "keep the publisher's files: only images of tb/ have boxes"))
+        return []
+    fix = "restore the publisher's box file"
+    try:
+        document = ElementTree.parse(xml_file).getroot()
+    except (ElementTree.ParseError, OSError) as error:
+        problems.append((f"{xml_file}: not readable XML ({error})", fix))
+        return []
+    scale = _scale(document, image)
+    boxes = []
+    for number, item in enumerate(document.iter("object"), start=1):
+        kind = (item.findtext("name") or "").strip()
+        corners = [item.findtext(f"bndbox/{key}") for key in ("xmin", "ymin", "xmax", "ymax")]
+        try:
+            x_min, y_min, x_max, y_max = (float(value) for value in corners)
+        except (TypeError, ValueError):
+            problems.append((f"{xml_file}: box {number} has corners {corners}, not four numbers", fix))
+            continue
+        if kind not in BOX_KINDS:
+            problems.append((f"{xml_file}: box {number} is of kind {kind!r}, not one of {', '.join(BOX_KINDS)}", fix))
+        elif x_max <= x_min or y_max <= y_min:
+            problems.append((f"{xml_file}: box {number} has no area (x {x_min:g}-{x_max:g}, y {y_min:g}-{y_max:g})",
+                             fix))
+        else:
+            boxes.append((x_min * scale[0], y_min * scale[1], (x_max - x_min) * scale[0], (y_max - y_min) * scale[1]))
+    return boxes
+
+
+def _scale(document, image: Path) -> tuple[float, float]:
+    """From the pixels of the box file's ``size`` to the image file's (1, 1 when either is unknown)."""
+    try:
+        width, height = (float(document.findtext(f"size/{key}")) for key in ("width", "height"))
+    except (TypeError, ValueError):
+        return 1.0, 1.0
+    actual = header_size(image) if image.is_file() else None
+    if actual is None or width <= 0 or height <= 0:
+        return 1.0, 1.0
+    return actual[0] / width, actual[1] / height
+
+
+def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:
+    return load_tbx11k(path, classes=config.classes, split=fragment)
+
+
+SOURCE = SourceKind("tbx11k", "the TBX11K folder as published (lists/TBX11K_train.txt, lists/TBX11K_val.txt, "
+                              "imgs/, annotations/xml/)", needs_folder=True, load=_load, takes_fragment=True)
