@@ -72,7 +72,7 @@ def test_fine_tuner_trained_on_fine_classes_reports_coarse_probabilities():
 
     from test_finetune import tiny_backbone
     from tfmed.config import FinetuneConfig, StageConfig
-    from tfmed.modes.finetune import FineTuner, FinetuneError
+    from tfmed.modes.finetune import FineTuner
 
     rng = np.random.default_rng(0)
     fine = ["normal", "bacterial", "viral"]
@@ -81,21 +81,18 @@ def test_fine_tuner_trained_on_fine_classes_reports_coarse_probabilities():
     for c in (1, 2):
         x[labels == c, 10 * c:10 * c + 8, 4:12] += 150
     y = np.eye(3, dtype=np.float32)[labels]
-    config = FinetuneConfig(stages=[StageConfig(epochs=1)], batch_size=6, learning_rate=1e-2,
-                            hierarchy={"healthy": ["normal"], "pneumonia": ["viral", "bacterial"]})
+    config = FinetuneConfig(stages=[StageConfig(epochs=1)], batch_size=6, learning_rate=1e-2)
+    hierarchy = Hierarchy({"healthy": ["normal"], "pneumonia": ["viral", "bacterial"]})
     tuner = FineTuner(tiny_backbone(), "multiclass", 3, config=config, image_size=32, weights=None,
                       classes=fine)
     tuner.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(6), (x, y))
     fine_proba = tuner.predict(x)
     assert fine_proba.shape == (18, 3)
     np.testing.assert_allclose(fine_proba.sum(axis=1), 1.0, atol=1e-5)
-    coarse, names = tuner.predict_coarse(x)
+    coarse, names = hierarchy.coarse_probabilities(tuner.predict(x), tuner.classes)
     assert names == ["healthy", "pneumonia"]
     np.testing.assert_allclose(coarse[:, 0], fine_proba[:, 0], atol=1e-6)
     np.testing.assert_allclose(coarse[:, 1], fine_proba[:, 1] + fine_proba[:, 2], atol=1e-6)
-    assert Hierarchy(config.hierarchy).coarse_labels(labels, fine_classes=fine).tolist() == \
-        [0 if c == 0 else 1 for c in labels]
+    assert hierarchy.coarse_labels(labels, fine_classes=fine).tolist() == [0 if c == 0 else 1 for c in labels]
     with pytest.raises(HierarchyError, match="model class 'normal' is not in the hierarchy"):
-        tuner.predict_coarse(x, {"sick": ["bacterial", "viral"]})
-    with pytest.raises(FinetuneError, match="no class hierarchy"):
-        FineTuner("mobilenet_v2", "multiclass", 3, classes=fine).predict_coarse(x)
+        Hierarchy({"sick": ["bacterial", "viral"]}).coarse_probabilities(fine_proba, tuner.classes)

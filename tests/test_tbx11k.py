@@ -1,6 +1,7 @@
 """TBX11K read from its folder, written here in the publisher's layout: the official lists, the class folders
 and the radiologists' Pascal VOC boxes, scaled to the image files' pixels."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,6 +20,7 @@ from tfmed.run.experiment import run_experiment
 
 VOC = """<annotation><folder>tb</folder><filename>{name}.png</filename>
 <size><width>{size}</width><height>{size}</height><depth>3</depth></size>{objects}</annotation>"""
+EXPERIMENT = Path(__file__).parent.parent / "experiments" / "tbx11k.yaml"
 BOX = """<object><name>{kind}</name><difficult>0</difficult>
 <bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"""
 
@@ -133,3 +135,30 @@ def test_a_tbx11k_run_measures_its_explanations_against_the_radiologists_boxes(t
     assert record["localisation"]["images_with_boxes"] == len(boxed) >= 1
     # a 16 px box of a 64 px image covers 1/16 of the 32 px input
     assert boxed["box_fraction"].tolist() == pytest.approx([1 / 16] * len(boxed))
+
+
+@pytest.mark.slow
+def test_the_tbx11k_experiment_answers_tuberculosis_or_not_and_is_tested_on_the_official_val_split(tmp_path):
+    from tfmed.config import ExperimentConfig
+
+    config = ExperimentConfig.from_yaml(EXPERIMENT)
+    folders = (("health", "h"), ("sick", "s"), ("tb", "tb"))
+    root = tbx11k_tree(tmp_path / "TBX11K", [f"{f}/{p}{i:04d}.png" for i in range(10) for f, p in folders],
+                       [f"{f}/{p}{i:04d}.png" for i in range(10, 14) for f, p in folders])
+    config.data.path = f"{root}#train"
+    config.runs_dir, config.preprocess.image_size, config.model.weights = str(tmp_path / "runs"), 32, None
+    config.split.test_fraction = config.split.val_fraction = 0.2
+    run = run_experiment(config)
+    splits = pd.read_csv(run / "splits.csv")
+    assert len(splits) == 30 and set(splits["split"]) == {"train", "val", "test"}  # the official train list only
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["classes"] == ["tuberculosis", "sick_non_tb", "healthy"]
+    assert metrics["coarse"]["classes"] == ["non_tb", "tb"] and set(metrics["coarse"]["splits"]) == {"val", "test"}
+    assert (run / "explanations" / "explanations.csv").is_file()
+    # the publisher's validation split, never used for a choice, scored at the run's coarse thresholds
+    assert main(["evaluate", "--model", str(run), "--data", f"tbx11k:{root}#val",
+                 "--output", str(tmp_path / "official_val")]) == 0
+    official = json.loads((tmp_path / "official_val" / "metrics.json").read_text())
+    assert official["counts"]["test"] == {"tuberculosis": 4, "sick_non_tb": 4, "healthy": 4}
+    assert official["coarse"]["thresholds"] == metrics["coarse"]["thresholds"]
+    assert set(official["coarse"]["splits"]["test"]) == set(metrics["coarse"]["thresholds"])

@@ -819,7 +819,6 @@ class FinetuneConfig(_Section):
     mixed_precision: Literal["float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"] | None = None
     jit_compile: bool = False
     strategy: Literal["auto", "cpu", "mirrored", "tpu"] = "auto"
-    hierarchy: dict[str, list[str]] | None = None
     view_pooling: Literal["mean", "max"] = "mean"
 
     def check(self) -> None:
@@ -927,7 +926,20 @@ class ModelConfig(_Section):
 
 @dataclass
 class EvaluationConfig(_Section):
-    """How the operating threshold is chosen on validation."""
+    """How the operating threshold is chosen on validation, and the figures reported.
+
+    hierarchy: {coarse class: [its fine classes]} for multiclass data, in any
+        mode: the model is trained on the fine classes and also answers for the
+        coarse ones, each the sum of its fine classes' probabilities (Esteva et
+        al. 2017). Every data class belongs to exactly one coarse class. With
+        two coarse classes the second is the positive one: a binary answer with
+        its own thresholds chosen on validation, e.g. {non_tb: [healthy,
+        sick_non_tb], tb: [tuberculosis]}.
+
+    Example:
+        >>> EvaluationConfig(hierarchy={"benign": ["nevus"], "malignant": ["melanoma"]}).threshold
+        'youden'
+    """
 
     KEY: ClassVar[str] = "evaluation."
 
@@ -936,6 +948,7 @@ class EvaluationConfig(_Section):
     target_specificity: float = 0.95
     bootstrap: int = 0
     ci_level: float = 0.95
+    hierarchy: dict[str, list[str]] | None = None
 
     def check(self) -> None:
         super().check()
@@ -944,6 +957,9 @@ class EvaluationConfig(_Section):
                 self._fail(name, "it must be in (0, 1)" if name == "ci_level" else "it must be in (0, 1]")
         if self.bootstrap < 0:
             self._fail("bootstrap", "it must be >= 0 resamples (0: no bootstrap)")
+        if self.hierarchy is not None and len(self.hierarchy) < 2:
+            self._fail("hierarchy", "name at least two coarse classes, each with its fine classes, e.g. "
+                       "{benign: [nevus], malignant: [melanoma, carcinoma]} (or remove it)")
 
 
 ExplainMethod = Literal["gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients", "occlusion"]
@@ -1213,6 +1229,10 @@ def _changed_from_defaults(section) -> list[str]:
     return changed
 
 
+# settings that moved: old key -> where it is now, for a message that says so
+MOVED_KEYS = {"model.finetune.hierarchy": "evaluation.hierarchy, which works in every mode"}
+
+
 def _build(cls, values: Any, where: str, prefix: str):
     """Recursively turn a mapping into dataclass ``cls``, checking keys and types."""
     if not isinstance(values, dict):
@@ -1221,6 +1241,9 @@ def _build(cls, values: Any, where: str, prefix: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
+    moved = [prefix + name for name in unknown if prefix + name in MOVED_KEYS]
+    if moved:
+        raise ConfigError(f"{where}: {moved[0]} is now {MOVED_KEYS[moved[0]]}; move it there")
     if unknown:
         raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]!s}; "
                           f"allowed keys here: {', '.join(fields)}")

@@ -80,6 +80,28 @@ class Hierarchy:
         return list(self.mapping)
 
     @property
+    def task(self) -> str:
+        """The coarse task: "binary" with two coarse classes (the second one the positive), else "multiclass".
+
+        Example:
+            >>> Hierarchy({"non_tb": ["healthy", "sick"], "tb": ["tb"]}).task
+            'binary'
+        """
+        return "binary" if len(self.mapping) == 2 else "multiclass"
+
+    def coarse_scores(self, fine_proba, fine_classes: Sequence[str]) -> np.ndarray:
+        """Coarse scores in the form of :attr:`task`: for two coarse classes the summed probability of the
+        second one, (n,); else the (n, C) coarse probabilities.
+
+        Example:
+            >>> h = Hierarchy({"non_tb": ["healthy", "sick"], "tb": ["tb"]})
+            >>> h.coarse_scores([[0.5, 0.2, 0.3]], ["healthy", "sick", "tb"]).round(2).tolist()
+            [0.3]
+        """
+        proba, _ = self.coarse_probabilities(fine_proba, fine_classes)
+        return proba[:, 1] if self.task == "binary" else proba
+
+    @property
     def fine_classes(self) -> list[str]:
         """All fine class names, grouped by coarse class in mapping order."""
         return [fine for fines in self.mapping.values() for fine in fines]

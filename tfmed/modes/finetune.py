@@ -145,16 +145,6 @@ class FineTuner:
             raise ConfigError(f"{config.name}: balance.method class_weight weights the binary cross-entropy "
                               "(w_pos = N_neg/N, w_neg = N_pos/N) and needs a binary or multilabel task; "
                               "for multiclass data use balance.method: oversample")
-        if config.model.finetune.hierarchy and table.task != "multiclass":
-            raise ConfigError(f"{config.name}: model.finetune.hierarchy maps fine classes to coarse ones and "
-                              f"needs multiclass data, but the data is {table.task}")
-        if config.model.finetune.hierarchy:  # its fine classes are the data's, checked before training
-            from tfmed.evaluation.hierarchy import Hierarchy, HierarchyError
-
-            try:
-                Hierarchy(config.model.finetune.hierarchy).membership(table.classes)
-            except HierarchyError as error:
-                raise ConfigError(f"model.finetune.hierarchy: {error}") from None
 
     @classmethod
     def from_experiment(cls, config: ExperimentConfig, train, run_dir: Path | None) -> "FineTuner":
@@ -623,28 +613,6 @@ class FineTuner:
             raise FinetuneError(f"predict got images of shape {np.shape(data)}; the model expects "
                                 f"(n, {', '.join(map(str, self.input_shape))}) on a 0-255 scale")
         return np.asarray(self.model_.predict(x, batch_size=self.config.batch_size, verbose=0))
-
-    def predict_coarse(self, data, hierarchy=None) -> tuple[np.ndarray, list[str]]:
-        """Coarse-class probabilities of a model trained on fine classes (Esteva et al. 2017).
-
-        Uses ``hierarchy`` (a :class:`tfmed.evaluation.hierarchy.Hierarchy` or mapping) or
-        ``config.hierarchy``, and :attr:`classes` as the fine class order.
-
-        Example:
-            >>> proba, names = tuner.predict_coarse(images, {"benign": ["nevus"], "malignant": ["melanoma"]})  # doctest: +SKIP
-        """
-        from tfmed.evaluation.hierarchy import Hierarchy
-
-        hierarchy = hierarchy if hierarchy is not None else self.config.hierarchy
-        if hierarchy is None:
-            raise FinetuneError("no class hierarchy: pass one or set model.finetune.hierarchy "
-                                "({coarse: [fine, ...]})")
-        if self.task != "multiclass" or self.classes is None:
-            raise FinetuneError("coarse predictions need a multiclass model trained with its fine class "
-                                "names (FineTuner(..., classes=[...]))")
-        if not isinstance(hierarchy, Hierarchy):
-            hierarchy = Hierarchy(hierarchy)
-        return hierarchy.coarse_probabilities(self.predict(data), self.classes)
 
     # ----------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:

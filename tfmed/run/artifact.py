@@ -26,6 +26,7 @@ from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import load_statistics, save_statistics
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
+from tfmed.evaluation.hierarchy import Hierarchy
 from tfmed.files import DAMAGED, read_json
 from tfmed.modes import MemberScoring, get_mode
 from tfmed.run.manifest import check_run
@@ -42,7 +43,11 @@ class TrainedModel:
     """A fitted mode with the preprocessing and thresholds it was trained with.
 
     ``thresholds`` (chosen on validation, saved in ``tfmed_model.json``) are the
-    one record of the model's operating points; the estimator keeps none.
+    one record of the model's operating points; the estimator keeps none. A
+    multiclass model with a class ``hierarchy`` (``evaluation.hierarchy``:
+    coarse class -> its fine classes) also answers for the coarse classes, its
+    fine probabilities summed (Esteva et al. 2017), with ``coarse_thresholds``
+    chosen on validation when there are two coarse classes.
     """
 
     mode: str
@@ -56,6 +61,8 @@ class TrainedModel:
     backbone: str = ""
     tta: TTAConfig = field(default_factory=TTAConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
+    hierarchy: dict | None = None
+    coarse_thresholds: dict = field(default_factory=dict)
 
     @property
     def threshold(self):
@@ -91,6 +98,43 @@ class TrainedModel:
             return scores.argmax(axis=1)
         return (scores >= np.asarray(self.threshold)).astype(int)
 
+    def coarse(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The coarse scores of fine-class ``scores`` (the second coarse class's probability for two coarse
+        classes, else one column per coarse class) and the coarse decisions (index of the coarse class) at the
+        stored coarse threshold, or by argmax.
+
+        Example:
+            >>> model.hierarchy = {"non_tb": ["healthy", "sick_non_tb"], "tb": ["tuberculosis"]}  # doctest: +SKIP
+            >>> model.coarse(model.predict(table))  # doctest: +SKIP
+            (array([0.91, 0.08]), array([1, 0]))
+        """
+        if not self.hierarchy:
+            raise ModelArtifactError("this model has no class hierarchy (evaluation.hierarchy), so no coarse "
+                                     "classes")
+        hierarchy = Hierarchy(self.hierarchy)
+        coarse = hierarchy.coarse_scores(scores, self.classes)
+        if hierarchy.task == "multiclass":
+            return coarse, coarse.argmax(axis=1)
+        return coarse, (coarse >= self.coarse_thresholds[self.threshold_method]).astype(int)
+
+    def coarse_columns(self, scores: np.ndarray) -> dict[str, list]:
+        """The prediction columns of the coarse classes (none without a hierarchy): for two coarse classes
+        ``coarse_score`` (the second's summed probability), else ``coarse_score:<name>`` each; and
+        ``coarse_decision``, the coarse class decided (at the stored coarse threshold, or by argmax).
+
+        Example:
+            >>> model.coarse_columns(scores)  # doctest: +SKIP
+            {'coarse_score': [0.91, 0.08], 'coarse_decision': ['tb', 'non_tb']}
+        """
+        if not self.hierarchy:
+            return {}
+        coarse, decisions = self.coarse(scores)
+        names = list(self.hierarchy)
+        columns = ({"coarse_score": np.round(coarse, 6).tolist()} if coarse.ndim == 1 else
+                   {f"coarse_score:{name}": np.round(coarse[:, k], 6).tolist() for k, name in enumerate(names)})
+        columns["coarse_decision"] = [names[k] for k in decisions]
+        return columns
+
     def save(self, directory: str | Path) -> Path:
         """Write the artifact into ``directory`` (created)."""
         directory = Path(directory)
@@ -104,6 +148,7 @@ class TrainedModel:
             "thresholds": _jsonable(self.thresholds), "threshold_method": self.threshold_method,
             "backbone": self.backbone, "tta": dataclasses.asdict(self.tta),
             "views": dataclasses.asdict(self.views),
+            "hierarchy": self.hierarchy, "coarse_thresholds": _jsonable(self.coarse_thresholds),
         }
         (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return directory
@@ -136,7 +181,8 @@ class TrainedModel:
                           preprocess=PreprocessConfig(**meta["preprocess"]), thresholds=meta.get("thresholds", {}),
                           threshold_method=meta.get("threshold_method", "youden"),
                           backbone=meta.get("backbone", ""), tta=TTAConfig(**meta.get("tta", {})),
-                          views=ViewsConfig(**meta.get("views", {})))
+                          views=ViewsConfig(**meta.get("views", {})), hierarchy=meta.get("hierarchy"),
+                          coarse_thresholds=meta.get("coarse_thresholds", {}))
         except TfmedError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as error:

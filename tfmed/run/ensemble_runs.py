@@ -36,7 +36,7 @@ from tfmed.modes import Ensemble
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
-from tfmed.run.experiment import count_entries, evaluate_split
+from tfmed.run.experiment import choose_coarse_thresholds, coarse_metrics, count_entries, evaluate_split
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir, run_split_tables
 
@@ -88,6 +88,9 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
                          views=first.views)
     model.thresholds = select_thresholds(model.task, tables["val"].labels(), scores["val"],
                                          config.evaluation.target_sensitivity, config.evaluation.target_specificity)
+    if first.hierarchy:
+        model.hierarchy = first.hierarchy
+        choose_coarse_thresholds(model, tables["val"].labels(), scores["val"], config.evaluation)
 
     out = _output_dir(output)
     log(f"combining {len(runs)} runs ({combine}) into {out}")
@@ -108,6 +111,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         metrics["splits"][split] = evaluate_split(model, table, scores[split], config.evaluation)
         metrics["members"][split] = compare_to_members(model.task, table.labels(), scores[split],
                                                        member_scores[split])
+    if model.hierarchy:
+        metrics["coarse"] = coarse_metrics(model, tables, scores, config.evaluation)
     from tfmed.run.reporting import write_run_outputs
 
     write_run_outputs(out, config, model, tables, scores, metrics, member_scores)
@@ -139,6 +144,10 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
         if model.views != models[0].views:
             raise EnsembleRunsError(f"{run} and {runs[0]} cut different 2-D views of their volumes (views "
                                     "settings); combine runs with the same views section")
+        if model.hierarchy != models[0].hierarchy:
+            raise EnsembleRunsError(f"{run} and {runs[0]} group their classes differently (evaluation.hierarchy "
+                                    f"{model.hierarchy} against {models[0].hierarchy}); combine runs with the same "
+                                    "hierarchy")
 
 
 def _first_difference(reference: pd.DataFrame, other: pd.DataFrame) -> str:

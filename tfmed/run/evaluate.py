@@ -21,8 +21,8 @@ from tfmed.evaluation.froc import froc
 from tfmed.evaluation.metrics import to_jsonable
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
-from tfmed.run.experiment import by_site, count_entries, evaluate_split, merge_tables
-from tfmed.run.reporting import member_sentences, site_sentences, write_outputs
+from tfmed.run.experiment import by_site, coarse_metrics, count_entries, evaluate_split, merge_tables
+from tfmed.run.reporting import coarse_sentences, member_sentences, site_sentences, write_outputs
 from tfmed.run.rundir import RunDirectoryError, new_run_dir, resolve_run_dir, run_split_tables
 
 
@@ -96,6 +96,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     sites = by_site(model, table, scores, config.evaluation)
     if sites:
         metrics["by_site"] = {"test": sites}
+    if model.hierarchy:  # the coarse classes at the coarse thresholds the run chose
+        metrics["coarse"] = coarse_metrics(model, {"test": table}, {"test": scores}, config.evaluation)
     if data is not None and parsed.source == "luna16":
         froc_metrics, sentence = luna16_froc(parsed, table, scores)
         notes.append(sentence)
@@ -104,7 +106,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
             metrics["froc"] = froc_metrics
     write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
-                  notes=notes + member_sentences(metrics) + site_sentences(metrics),
+                  notes=notes + member_sentences(metrics) + site_sentences(metrics) + coarse_sentences(metrics),
                   member_scores={"test": members} if members is not None else None,
                   excluded=to_jsonable(excluded.astype(str).to_dict("records")))
     return out

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.config import UNKNOWN_LABEL, EvaluationConfig, ExperimentConfig
+from tfmed.config import UNKNOWN_LABEL, ConfigError, EvaluationConfig, ExperimentConfig
 from tfmed.data.near_duplicates import GROUP_COLUMN, mark_near_duplicates, twins_in_train
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import fit_inputs
@@ -124,8 +124,19 @@ def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
 
 
 def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
-    """Settings that only make sense for some tasks, checked by the mode once the task is known."""
+    """Settings that only make sense for some tasks, checked by the mode once the task is known, and the class
+    hierarchy against the data's classes."""
     get_mode(config.model.mode).check_experiment(config, table)
+    if config.evaluation.hierarchy:
+        from tfmed.evaluation.hierarchy import Hierarchy, HierarchyError
+
+        if table.task != "multiclass":
+            raise ConfigError(f"{config.name}: evaluation.hierarchy sums the probabilities of fine classes into "
+                              f"coarse ones and needs multiclass data, but the data is {table.task}")
+        try:  # every data class in exactly one coarse class, before anything is trained
+            Hierarchy(config.evaluation.hierarchy).membership(table.classes)
+        except HierarchyError as error:
+            raise ConfigError(f"evaluation.hierarchy: {error}") from None
 
 
 def _has_all_splits(table: ImageTable) -> bool:
@@ -273,6 +284,10 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
         model.thresholds = select_thresholds(model.task, val.labels(), scores["val"],
                                              config.evaluation.target_sensitivity,
                                              config.evaluation.target_specificity)
+    if config.evaluation.hierarchy:
+        model.hierarchy = config.evaluation.hierarchy
+        chosen_on = (train.labels(), oof) if fold_summary is not None else (val.labels(), scores["val"])
+        choose_coarse_thresholds(model, *chosen_on, config.evaluation)
     model.save(run_dir / "model")
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode,
                "backbone": config.model.backbone, "thresholds": model.thresholds,
@@ -295,8 +310,11 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
                               for name, members in member_scores.items()}
     if fold_summary is not None:
         metrics["kfold"] = fold_summary
-    if config.model.finetune.hierarchy and model.task == "multiclass":
-        metrics["coarse"] = coarse_metrics(config.model.finetune.hierarchy, model, parts, scores)
+    if model.hierarchy:
+        metrics["coarse"] = coarse_metrics(model, parts, scores, config.evaluation)
+        if fold_summary is not None:
+            metrics["coarse"]["out_of_fold"] = coarse_metrics(model, {"train": train}, {"train": oof},
+                                                              config.evaluation)["splits"]["train"]
     metrics["seconds"] = round(time.time() - started, 1)
     from tfmed.run.reporting import write_run_outputs
 
@@ -323,17 +341,44 @@ def extract_across_workers(config: ExperimentConfig, table: ImageTable):
     return share
 
 
-def coarse_metrics(mapping: dict, model: TrainedModel, parts: dict, scores: dict) -> dict:
-    """Coarse-class metrics from fine-class probabilities summed per coarse class (Esteva et al. 2017)."""
+def choose_coarse_thresholds(model: TrainedModel, labels: np.ndarray, scores: np.ndarray,
+                             evaluation: EvaluationConfig) -> None:
+    """Set ``model.coarse_thresholds`` from the fine ``labels`` and ``scores`` of the split thresholds are
+    chosen on (validation, or the pooled out-of-fold scores): as for a binary model when the hierarchy has two
+    coarse classes, none (argmax) otherwise."""
+    from tfmed.evaluation.hierarchy import Hierarchy
+
+    hierarchy = Hierarchy(model.hierarchy)
+    model.coarse_thresholds = select_thresholds(
+        hierarchy.task, hierarchy.coarse_labels(labels, fine_classes=model.classes),
+        hierarchy.coarse_scores(scores, model.classes), evaluation.target_sensitivity, evaluation.target_specificity)
+
+
+def coarse_metrics(model: TrainedModel, parts: dict, scores: dict, evaluation: EvaluationConfig) -> dict:
+    """Figures of the coarse classes of ``model.hierarchy``, each the sum of its fine classes' probabilities
+    (Esteva et al. 2017): per split, at every stored coarse threshold for two coarse classes (as
+    :func:`evaluate_split` for a binary model), by argmax otherwise.
+
+    Example:
+        >>> coarse_metrics(model, {"test": test}, {"test": scores}, config.evaluation)  # doctest: +SKIP
+        {'classes': ['non_tb', 'tb'], 'task': 'binary', 'fine': {...}, 'thresholds': {...}, 'splits': {...}}
+    """
     from tfmed.evaluation.hierarchy import Hierarchy
     from tfmed.evaluation.metrics import evaluate
 
-    hierarchy = Hierarchy(mapping)
-    result = {}
+    hierarchy = Hierarchy(model.hierarchy)
+    result = {"classes": hierarchy.coarse_classes, "task": hierarchy.task, "fine": hierarchy.mapping,
+              "thresholds": model.coarse_thresholds, "splits": {}}
     for name, split_scores in scores.items():
-        proba, coarse_classes = hierarchy.coarse_probabilities(split_scores, model.classes)
         y = hierarchy.coarse_labels(parts[name].labels(), fine_classes=model.classes)
-        result[name] = evaluate("multiclass", y, proba, None, coarse_classes)
+        coarse = hierarchy.coarse_scores(split_scores, model.classes)
+        if hierarchy.task == "multiclass":
+            result["splits"][name] = evaluate("multiclass", y, coarse, None, hierarchy.coarse_classes,
+                                              ci_level=evaluation.ci_level, bootstrap=evaluation.bootstrap)
+        else:
+            result["splits"][name] = {point: evaluate("binary", y, coarse, threshold, hierarchy.coarse_classes,
+                                                      ci_level=evaluation.ci_level, bootstrap=evaluation.bootstrap)
+                                      for point, threshold in model.coarse_thresholds.items()}
     return result
 
 

@@ -107,7 +107,8 @@ def run_max_pixels(run_dir: Path) -> int | None:
 
 def predict_images(model_dir: str | Path, paths: list[str], *, verify: bool = True,
                    trust_pickles: bool = False) -> pd.DataFrame:
-    """Probabilities and decisions at the stored threshold for image files/folders.
+    """Probabilities and decisions at the stored threshold for image files/folders (with a class hierarchy,
+    also the coarse classes' scores and decisions, see :meth:`~tfmed.run.artifact.TrainedModel.coarse_columns`).
 
     The run is checked against its manifest first (see :meth:`TrainedModel.load`).
     """
@@ -135,4 +136,6 @@ def predict_images(model_dir: str | Path, paths: list[str], *, verify: bool = Tr
         for j, name in enumerate(model.classes):
             out[f"score:{name}"] = scores[:, j]
             out[f"decision:{name}"] = decisions[:, j]
+    for name, values in model.coarse_columns(scores).items():  # a model with a class hierarchy
+        out[name] = values
     return out

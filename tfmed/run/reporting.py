@@ -79,6 +79,8 @@ def write_predictions_csv(path: Path, model, parts: dict[str, ImageTable], score
                                     model.decide(scores[split]), class_names=model.classes)
             frame = pd.read_csv(out)
             frame.insert(0, "split", split)
+            for name, values in model.coarse_columns(scores[split]).items():
+                frame[name] = values
             frames.append(frame)
     pd.concat(frames, ignore_index=True).to_csv(path, index=False)
     return path
@@ -178,6 +180,39 @@ def member_sentences(metrics: dict) -> list[str]:
 OUT_OF_FOLD = "out_of_fold"  # metrics["by_site"]'s key for a k-fold run's pooled out-of-fold scores
 
 
+def coarse_sentences(metrics: dict) -> list[str]:
+    """The report's sentences on the coarse classes of a class hierarchy (``metrics["coarse"]``, from
+    :func:`~tfmed.run.experiment.coarse_metrics`); none without one.
+
+    Example:
+        >>> coarse_sentences({"threshold_method": "youden", "coarse": {"classes": ["non_tb", "tb"], "task": "binary",
+        ...     "fine": {"non_tb": ["healthy", "sick"], "tb": ["tb_active"]}, "thresholds": {"youden": 0.4},
+        ...     "splits": {"test": {"youden": {"roc_auc": 0.9, "ci": {"roc_auc": [0.8, 0.95]},
+        ...                                    "sensitivity": 0.75, "specificity": 0.8}}}}})[1]
+        'test: tb against non_tb AUC 0.900 (0.800-0.950), sensitivity 0.750 and specificity 0.800 at the youden threshold.'
+    """
+    coarse = metrics.get("coarse")
+    if not coarse:
+        return []
+    groups = "; ".join(f"{name} = {' + '.join(fine)}" for name, fine in coarse["fine"].items())
+    lines = [f"Coarse classes, each the sum of its fine classes' probabilities (Esteva et al. 2017): {groups}."]
+    figures = dict(coarse["splits"])
+    if "out_of_fold" in coarse:
+        figures["pooled out-of-fold"] = coarse["out_of_fold"]
+    for split, entry in figures.items():
+        if coarse["task"] == "binary":
+            m = entry[metrics["threshold_method"]]
+            negative, positive = coarse["classes"]
+            lines.append(f"{split}: {positive} against {negative} AUC "
+                         f"{value_with_interval(m.get('roc_auc'), m.get('ci', {}).get('roc_auc'))}, sensitivity "
+                         f"{_fmt(m.get('sensitivity'))} and specificity {_fmt(m.get('specificity'))} at the "
+                         f"{metrics['threshold_method']} threshold.")
+        else:
+            auc = value_with_interval(entry.get("macro_auc"), entry.get("macro_auc_ci"))
+            lines.append(f"{split}: coarse macro AUC {auc}, accuracy {_fmt(entry.get('accuracy'))}.")
+    return lines
+
+
 def site_sentences(metrics: dict) -> list[str]:
     """The report's sentences on each site of a split of several sites (``metrics["by_site"]``, from
     :func:`~tfmed.run.experiment.by_site`); none when every split is of one site.
@@ -233,7 +268,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                  f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. Thresholds "
                  f"were chosen on the pooled out-of-fold scores; {final} was measured once on test."]
         notes.remove(THRESHOLD_NOTE)
-    notes += member_sentences(metrics) + site_sentences(metrics)
+    notes += member_sentences(metrics) + site_sentences(metrics) + coarse_sentences(metrics)
     extra_plots = {}
     if config.report.explain and scores:
         from tfmed.run.explain import explain_for_report
@@ -275,4 +310,5 @@ def summary_text(metrics: dict) -> str:
         lines.append(f"{k['folds']}-fold pooled out-of-fold AUC "
                      f"{value_with_interval(k['pooled_oof_auc'], k.get('pooled_oof_auc_ci'))} "
                      "(train+val, in-distribution)")
+    lines += coarse_sentences(metrics)
     return "\n".join(lines)
