@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 
 from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from tfmed.config import ConfigError, ExperimentConfig
-from tfmed.data.boxes import box_mask, parse_boxes
+from tfmed.data.boxes import BOX_FORMAT, box_mask, format_boxes, parse_boxes, parse_labelled_boxes
 from tfmed.data.sources import load_source, parse_source_spec
 from tfmed.data.sources.manifest import load_manifest
 from tfmed.data.sources.rsna_pneumonia import HEADER
@@ -69,10 +69,31 @@ def test_boxes_are_resized_as_their_image_was(tmp_path, resize, rows):
 def test_a_malformed_box_in_a_manifest_is_a_row_problem(tmp_path):
     (tmp_path / "m.csv").write_text("path,label,patient_id,boxes\na.png,1,p1,\"1,2,3\"\nb.png,0,p2,\"4,5,6,7\"\n")
     frame = load_manifest(tmp_path / "m.csv").frame
-    assert frame[SOURCE_PROBLEMS].iloc[0][0] == ("box '1,2,3' is not four numbers",
-                                                 "write x,y,width,height in pixels of the image, several separated "
-                                                 "by ';' (e.g. 264,152,213,379)")
+    assert frame[SOURCE_PROBLEMS].iloc[0][0] == ("box '1,2,3' is not four numbers", f"write {BOX_FORMAT}")
     assert frame["boxes"].tolist()[1] == "4,5,6,7"
+
+
+def test_a_box_that_names_a_label_counts_only_for_the_map_of_that_label(tmp_path):
+    assert parse_labelled_boxes("Edema:1,2,3,4; 5,6,7,8") == [("Edema", (1, 2, 3, 4)), (None, (5, 6, 7, 8))]
+    assert parse_boxes("Edema:1,2,3,4;Mass:5,6,7,8;9,9,9,9", label="Mass") == [(5, 6, 7, 8), (9, 9, 9, 9)]
+    assert format_boxes([(1, 2, 3, 4), (5, 6, 7, 8)], ["Nodule/Mass", None]) == "Nodule/Mass:1,2,3,4;5,6,7,8"
+    with pytest.raises(ValueError, match="names an empty label before ':'"):
+        parse_boxes(":1,2,3,4")
+    # a 200 x 100 image at 32 px (stretched): Edema boxed in its left half, Mass in its bottom-right quarter
+    cv2.imwrite(str(tmp_path / "wide.png"), np.zeros((100, 200), np.uint8))
+    (tmp_path / "m.csv").write_text("path,Edema,Mass,patient_id,boxes\n"
+                                    "wide.png,1,1,p1,\"Edema:0,0,100,100;Mass:100,50,100,50\"\n"
+                                    "wide.png,0,1,p2,\"Nodule:0,0,10,10\"\n")
+    table = load_manifest(tmp_path / "m.csv", label_columns=["Edema", "Mass"])
+    assert table.frame[SOURCE_PROBLEMS].iloc[1][0][0] == ("a box names 'Nodule', which is none of the classes or "
+                                                          "labels ['Edema', 'Mass']")
+    first = table.subset([0])
+    maps = np.zeros((1, 32, 32))
+    maps[0, 2, 3] = 1.0  # the peak in the left half
+    edema, mass = (box_localisation(first, maps, "plain", [label])[0] for label in ("Edema", "Mass"))
+    assert edema == {"peak_in_box": True, "energy_in_boxes": 1.0, "box_fraction": 0.5}
+    assert mass == {"peak_in_box": False, "energy_in_boxes": 0.0, "box_fraction": 0.25}
+    assert box_localisation(first, maps, "plain")[0]["box_fraction"] == 0.75  # no label given: every box
 
 
 # ------------------------------------------------------------------------------------------------ RSNA

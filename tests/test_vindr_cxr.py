@@ -44,6 +44,7 @@ def test_vindr_cxr_reads_the_challenges_lines(tmp_path):
     assert labels.loc[A].to_dict() == {name: int(name in ("Aortic enlargement", "Cardiomegaly")) for name in FINDINGS}
     assert labels.loc[B].sum() == 0
     assert parse_boxes(frame.loc[A, "boxes"]) == [(691, 1375, 962, 456), (1264, 743, 347, 276), (700, 1380, 950, 440)]
+    assert parse_boxes(frame.loc[A, "boxes"], label="Aortic enlargement") == [(1264, 743, 347, 276)]  # named
     assert pd.isna(frame.loc[B, "boxes"])
     # a majority of the three: Cardiomegaly (two radiologists) stays, Aortic enlargement (one) does not
     majority = load_vindr_cxr(csv, classes=["Cardiomegaly", "Aortic enlargement"], min_readers=2)
@@ -86,9 +87,10 @@ def test_vindr_cxr_settings_are_checked(tmp_path):
         DataConfig(source="vindr_cxr", path="train.csv", patient_column="rad_id")
 
 
-def write_vindr(folder, count=24):
+def write_vindr(folder, count=24, aorta=False):
     """A VinBigData-shaped folder of 128 x 128 DICOM images, three radiologists each: every odd image a
-    bright 32 x 32 cardiac shadow that two of them boxed, the others found nothing."""
+    bright 32 x 32 cardiac shadow that two of them boxed, the others found nothing. With ``aorta`` the third
+    radiologist of each odd image also boxes an aortic enlargement in its bottom-left corner (16 x 16 px)."""
     rng = np.random.default_rng(0)
     (folder / "train").mkdir(parents=True)
     lines = []
@@ -100,7 +102,8 @@ def write_vindr(folder, count=24):
             x, y = (int(v) for v in rng.integers(10, 80, 2))
             pixels[y:y + 32, x:x + 32] += 1500
             lines += [f"{image_id},Cardiomegaly,3,R{r},{x}.0,{y}.0,{x + 32}.0,{y + 32}.0" for r in (1, 2)]
-            lines.append(f"{image_id},No finding,14,R3,,,,")
+            lines.append(f"{image_id},Aortic enlargement,0,R3,0,112,16,128" if aorta else
+                         f"{image_id},No finding,14,R3,,,,")
         else:
             lines += [f"{image_id},No finding,14,R{r},,,," for r in (1, 2, 3)]
         ds.PixelData = pixels.clip(0, 4000).astype(np.int16).tobytes()
@@ -127,4 +130,12 @@ def test_a_vindr_run_measures_its_explanations_against_the_radiologists_boxes(tm
     boxed = explained[explained["peak_in_box"].notna()]
     assert record["localisation"]["images_with_boxes"] == len(boxed) >= 1
     # two radiologists' identical 32 x 32 boxes of a 128 x 128 image cover 1/16 of the 32 px input
+    assert boxed["box_fraction"].tolist() == pytest.approx([1 / 16] * len(boxed))
+    # two findings: the maps of Cardiomegaly are measured against its boxes, not the aorta's
+    csv = write_vindr(tmp_path / "with_aorta", aorta=True)
+    config.data.path, config.data.classes = str(csv), ["Cardiomegaly", "Aortic enlargement"]
+    run = run_experiment(config)
+    explained = pd.read_csv(run / "explanations" / "explanations.csv")
+    boxed = explained[explained["peak_in_box"].notna()]
+    assert set(explained["explained_class"]) == {"Cardiomegaly"} and len(boxed) >= 1
     assert boxed["box_fraction"].tolist() == pytest.approx([1 / 16] * len(boxed))

@@ -3,13 +3,18 @@
 A table's optional ``boxes`` column holds, per image, its boxes as text:
 ``x,y,width,height`` in pixels of the stored image (x from its left column, y
 from its top row), several separated by ``;``, empty when the image has none.
-:func:`box_mask` turns them into a mask of the image, which
-:mod:`tfmed.explain.localisation` compares with a saliency map.
+A box may name the class or label it marks, ``LABEL:x,y,width,height``
+(``Cardiomegaly:691,1375,962,456``): a map that explains that label is measured
+against its boxes only, while a box without a name marks the image's finding
+whatever the map explains. :func:`box_mask` turns boxes into a mask of the
+image, which :mod:`tfmed.explain.localisation` compares with a saliency map.
 
 Example:
     >>> boxes = parse_boxes("264,152,213,379; 562,152,256,453")
     >>> boxes[0], format_boxes(boxes)
     ((264.0, 152.0, 213.0, 379.0), '264,152,213,379;562,152,256,453')
+    >>> parse_boxes("Cardiomegaly:1,2,3,4;Nodule/Mass:5,6,7,8", label="Nodule/Mass")
+    [(5.0, 6.0, 7.0, 8.0)]
     >>> int(box_mask(parse_boxes("1,2,3,4"), height=8, width=8).sum())
     12
 """
@@ -21,44 +26,72 @@ import numpy as np
 import pandas as pd
 
 BOXES_COLUMN = "boxes"
-BOX_FORMAT = "x,y,width,height in pixels of the image, several separated by ';' (e.g. 264,152,213,379)"
+BOX_FORMAT = ("x,y,width,height in pixels of the image, several separated by ';', each optionally after the label "
+              "it marks and ':' (e.g. 264,152,213,379 or Cardiomegaly:691,1375,962,456)")
+
+Box = tuple[float, float, float, float]
 
 
-def parse_boxes(text) -> list[tuple[float, float, float, float]]:
-    """The boxes of one image from their text (empty text, None or NA: none).
+def parse_labelled_boxes(text) -> list[tuple[str | None, Box]]:
+    """The boxes of one image from their text, each with the label it names (None: no label); empty text, None
+    or NA: none.
 
     Raises:
-        ValueError: a box is not four numbers or has no area; the message names the box
+        ValueError: a box is not four numbers, has no area or names an empty label; the message names the box
             (the format to write is :data:`BOX_FORMAT`).
 
     Example:
-        >>> parse_boxes("")
-        []
+        >>> parse_labelled_boxes("Edema:1,2,3,4;5,6,7,8")
+        [('Edema', (1.0, 2.0, 3.0, 4.0)), (None, (5.0, 6.0, 7.0, 8.0))]
     """
     if text is None or (not isinstance(text, str) and pd.isna(text)) or not str(text).strip():
         return []
     boxes = []
     for part in str(text).split(";"):
+        label, colon, numbers = part.rpartition(":")
+        if colon and not label.strip():
+            raise ValueError(f"box {part.strip()!r} names an empty label before ':'")
         try:
-            values = tuple(float(v) for v in part.split(","))
+            values = tuple(float(v) for v in numbers.split(","))
         except ValueError:
             values = ()
         if len(values) != 4 or not all(math.isfinite(v) for v in values):
             raise ValueError(f"box {part.strip()!r} is not four numbers")
         if values[2] <= 0 or values[3] <= 0:
             raise ValueError(f"box {part.strip()!r} has no area (width and height must be > 0)")
-        boxes.append(values)
+        boxes.append((label.strip() if colon else None, values))
     return boxes
 
 
-def format_boxes(boxes) -> str:
-    """The text of a list of boxes (numbers without a trailing .0).
+def parse_boxes(text, label: str | None = None) -> list[Box]:
+    """The boxes of one image from their text: all of them, or with ``label`` those that name it and those that
+    name none.
+
+    Raises:
+        ValueError: as :func:`parse_labelled_boxes`.
+
+    Example:
+        >>> parse_boxes("")
+        []
+        >>> parse_boxes("Edema:1,2,3,4;5,6,7,8", label="Mass")
+        [(5.0, 6.0, 7.0, 8.0)]
+    """
+    return [box for named, box in parse_labelled_boxes(text) if label is None or named in (None, label)]
+
+
+def format_boxes(boxes, labels=None) -> str:
+    """The text of a list of boxes (numbers without a trailing .0), each after its label when ``labels`` (one
+    per box, None for none) are given.
 
     Example:
         >>> format_boxes([(1.0, 2.5, 3.0, 4.0)])
         '1,2.5,3,4'
+        >>> format_boxes([(1, 2, 3, 4), (5, 6, 7, 8)], labels=["Edema", None])
+        'Edema:1,2,3,4;5,6,7,8'
     """
-    return ";".join(",".join(f"{v:g}" for v in box) for box in boxes)
+    labels = [None] * len(boxes) if labels is None else list(labels)
+    return ";".join(("" if label is None else f"{label}:") + ",".join(f"{v:g}" for v in box)
+                    for label, box in zip(labels, boxes))
 
 
 def box_mask(boxes, height: int, width: int) -> np.ndarray:

@@ -66,10 +66,11 @@ def summary(per_image: list[dict]) -> dict:
             "energy_in_boxes": mean(energies), "box_fraction": mean([row["box_fraction"] for row in boxed])}
 
 
-def box_localisation(table, maps: np.ndarray, resize: str) -> list[dict] | None:
+def box_localisation(table, maps: np.ndarray, resize: str, explained: list[str] | None = None) -> list[dict] | None:
     """Each map of ``table``'s images (an :class:`~tfmed.data.table.ImageTable`) against the image's boxes
     (:func:`localisation`), the boxes resized as the image was (``preprocess.resize``); None when no row
-    has boxes.
+    has boxes. With ``explained`` (the class or label each map explains) a box that names a label counts
+    only for the map of that label (see :mod:`tfmed.data.boxes`).
 
     Example:
         >>> box_localisation(table, result.maps, "plain")[0]  # doctest: +SKIP
@@ -81,7 +82,8 @@ def box_localisation(table, maps: np.ndarray, resize: str) -> list[dict] | None:
 
     if BOXES_COLUMN not in table.frame.columns:
         return None
-    boxes = [parse_boxes(text) for text in table.frame[BOXES_COLUMN].tolist()]
+    texts = table.frame[BOXES_COLUMN].tolist()
+    boxes = [parse_boxes(text, None if explained is None else explained[i]) for i, text in enumerate(texts)]
     if not any(boxes):
         return None
     size = maps.shape[1:]

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, DataConfig
-from tfmed.data.boxes import BOX_FORMAT, BOXES_COLUMN, format_boxes, parse_boxes
+from tfmed.data.boxes import BOX_FORMAT, BOXES_COLUMN, format_boxes, parse_labelled_boxes
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -156,7 +156,7 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
     out["split"] = _split_column(frame["split"], problems) if "split" in frame.columns else pd.NA
     _volume_columns(frame, out, problems)
     if BOXES_COLUMN in frame.columns:
-        out[BOXES_COLUMN] = _boxes_column(frame[BOXES_COLUMN], problems)
+        out[BOXES_COLUMN] = _boxes_column(frame[BOXES_COLUMN], names, problems)
     out[SOURCE_PROBLEMS] = [tuple(items) for items in problems]
     blank = (frame.apply(lambda column: column.str.strip() == "")).all(axis=1).to_numpy(dtype=bool)
     out = out.loc[~blank].reset_index(drop=True)
@@ -242,16 +242,22 @@ def _binary_column(values: pd.Series, column: str, problems) -> pd.Series:
     return _int_series(labels)
 
 
-def _boxes_column(values: pd.Series, problems) -> pd.Series:
-    """Each row's finding boxes as tfmed writes them (empty: none); a malformed box is a row problem."""
+def _boxes_column(values: pd.Series, names: list[str], problems) -> pd.Series:
+    """Each row's finding boxes as tfmed writes them (empty: none); a malformed box, or one naming a class or
+    label outside ``names``, is a row problem."""
     texts = []
     for i, value in enumerate(values.tolist()):
         try:
-            boxes = parse_boxes(value)
+            boxes = parse_labelled_boxes(value)
         except ValueError as error:
             problems[i].append((str(error), f"write {BOX_FORMAT}"))
             boxes = []
-        texts.append(format_boxes(boxes) if boxes else pd.NA)
+        unknown = sorted({label for label, _ in boxes if label is not None and label not in names})
+        if unknown:
+            problems[i].append((f"a box names {', '.join(map(repr, unknown))}, which is none of the classes or "
+                                f"labels {names}", "name one of them before ':' as written there, or none"))
+            boxes = []
+        texts.append(format_boxes([box for _, box in boxes], [label for label, _ in boxes]) if boxes else pd.NA)
     return pd.Series(texts, dtype="string")
 
 

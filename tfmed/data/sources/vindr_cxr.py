@@ -18,7 +18,8 @@ read by three of 17 radiologists.
   chooses: a finding is positive when at least ``data.min_readers`` of the
   image's radiologists marked it (default 1: any of them; 2: a majority of
   three). ``boxes`` holds every box of the chosen findings, from every
-  radiologist (:mod:`tfmed.data.boxes`), for measuring explanations.
+  radiologist (:mod:`tfmed.data.boxes`), each named by its finding, so that the
+  map of a finding is measured against that finding's boxes.
   ``patient_id`` is the ``image_id`` (the release has no patient ids).
 * Row problems, with the image's first line: a class id outside 0-14 or a
   class name that is not its id's, a finding without its box or with an empty
@@ -33,7 +34,7 @@ Example:
     ...     "9a5094b2563a1ef3ff50dc5c7ff71345,No finding,14,R9,,,,\\n")
     >>> table = load_vindr_cxr(folder / "train.csv", classes=["Cardiomegaly", "Pneumothorax"])
     >>> table.labels().tolist(), table.frame["boxes"].tolist()
-    ([[1, 0]], ['691,1375,962,456'])
+    ([[1, 0]], ['Cardiomegaly:691,1375,962,456'])
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def load_vindr_cxr(path: str | Path, root: str | Path | None = None, classes: li
                                  "and a finding", "keep the publisher's lines"))
             marked.add(finding)
             if finding in names:
-                image["boxes"].append(_box(value, line, problems))
+                image["boxes"].append((finding, _box(value, line, problems)))
         image["problems"] += problems
     records = [_record(image_id, image, folder, names, min_readers) for image_id, image in images.items()]
     frame = label_frame(records, names, extra=(BOXES_COLUMN,))
@@ -140,11 +141,12 @@ def _box(value: dict, line: int, problems: list):
 
 def _record(image_id: str, image: dict, folder: Path, names: list[str], min_readers: int) -> dict:
     problems = list(image["problems"])
+    boxed = [(finding, box) for finding, box in image["boxes"] if box is not None]
     if not image_id:
         problems.append((f"empty {IMAGE}", "write the image's id as published"))
     record = {"image": str(folder / f"{image_id}.dicom") if image_id else pd.NA, "patient_id": image_id or pd.NA,
               "site": pd.NA, "view": pd.NA, "split": pd.NA, "row": image["row"],
-              BOXES_COLUMN: format_boxes([box for box in image["boxes"] if box is not None]) or pd.NA,
+              BOXES_COLUMN: format_boxes([box for _, box in boxed], [finding for finding, _ in boxed]) or pd.NA,
               SOURCE_PROBLEMS: tuple(problems)}
     for name in names:
         readers = sum(name in marked for marked in image["readers"].values())
