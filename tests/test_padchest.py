@@ -84,8 +84,9 @@ def test_padchest_classes_and_row_problems(tmp_path):
         ("g.png", "1", "p6", "PA", "[]"),                        # line 14
         ("h.png", "1", "p7", "PA", "pleural effusion"),          # line 16
         ("", "1", "p8", "PA", "['normal']")], gz=False)          # line 18
-    with pytest.raises(DataSourceError, match=r"data.classes names 'Pneumonia', which no Labels list of .* holds; "
-                                              r"name each finding once, in lower case .* pleural effusion \(2\)"):
+    with pytest.raises(DataSourceError, match=r"data.classes names 'Pneumonia', which .*labels.csv does not have; "
+                                              r"choose from the terms as the reports write them, in lower case; "
+                                              r"the most frequent here: cardiomegaly \(2\), pleural effusion \(2\)"):
         load_padchest(csv_path, classes=["Pneumonia"])
     problems = {(p.row, p.problem) for p in validate_table(load_padchest(csv_path)).problems}
     assert {(12, "Labels \"['normal', 'pneumonia']\" names 'normal' beside findings"),

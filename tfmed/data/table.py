@@ -132,3 +132,19 @@ class ImageTable:
         if self.task == "multilabel":
             return {c: int(n) for c, n in zip(self.classes, (y == 1).sum(axis=0))}
         return {c: int((y == i).sum()) for i, c in enumerate(self.classes)}
+
+
+def remap_labels(frame: pd.DataFrame, order) -> pd.DataFrame:
+    """A copy of ``frame`` with each single label's class index ``k`` replaced by ``order[k]`` (e.g. from one class
+    list to another's positions); a label outside ``order`` is kept as it is, for validation to report.
+
+    Example:
+        >>> remap_labels(pd.DataFrame({"label": [0, 1, 7]}), [1, 0])["label"].tolist()
+        [1, 0, 7]
+    """
+    frame = frame.copy()
+    order = np.asarray(order)
+    labels = pd.to_numeric(frame["label"], errors="coerce")
+    known = labels.between(0, len(order) - 1)
+    frame.loc[known, "label"] = order[labels[known].astype(int).to_numpy()]
+    return frame

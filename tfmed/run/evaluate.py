@@ -14,7 +14,7 @@ import pandas as pd
 from tfmed.config import DataConfig, ExperimentConfig, is_experiment_file
 from tfmed.data.near_duplicates import copies_of
 from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec
-from tfmed.data.table import LABEL_PREFIX, ImageTable
+from tfmed.data.table import LABEL_PREFIX, ImageTable, remap_labels
 from tfmed.data.validate import apply_validation, validate_table
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.froc import froc
@@ -201,7 +201,7 @@ def match_classes(table: ImageTable, classes: list[str], data: str | None) -> Im
         frame = frame.rename(columns={LABEL_PREFIX + name: LABEL_PREFIX + classes[order[j]]
                                       for j, name in enumerate(table.classes)})
     else:
-        frame["label"] = frame["label"].map(dict(enumerate(order))).astype(frame["label"].dtype)
+        frame = remap_labels(frame, order)
     return ImageTable(frame, classes, table.task, table.images, table.source, table.excluded)
 
 

@@ -110,22 +110,16 @@ def excluded_frame(skipped: list[dict]) -> pd.DataFrame:
 
 
 def source_table(records: list[dict], skipped: list[dict], classes: list[str], task: str | None,
-           source: str) -> ImageTable:
+                 source: str) -> ImageTable:
+    """The table of a class-folder source: its rows' records (:func:`single_label_frame`) and what it skipped;
+    binary with two classes, multiclass with more, unless ``task`` says."""
     if not records:
         example = f"; e.g. {skipped[0]['image']}: {skipped[0]['problem']}" if skipped else ""
         fix = skipped[0]["fix"] if skipped else "put the images in the class folders"
         raise DataSourceError(f"{source}: no image to read ({len(skipped)} file(s) skipped{example}); {fix}")
-    frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "site", "view", "row",
-                                           SOURCE_PROBLEMS])
-    for column in ("patient_id", "site", "view"):
-        frame[column] = frame[column].astype("string")
-    if frame["label"].isna().any():
-        frame["label"] = frame["label"].astype("Int64")
-    else:
-        frame["label"] = frame["label"].astype(np.int64)
-    frame["split"] = pd.Series(pd.NA, index=frame.index, dtype="string")
     resolved = task or ("binary" if len(classes) == 2 else "multiclass")
-    return ImageTable(frame, list(classes), resolved, source=source, excluded=excluded_frame(skipped))
+    return ImageTable(single_label_frame(records), list(classes), resolved, source=source,
+                      excluded=excluded_frame(skipped))
 
 
 def class_files(path: Path, names: list[str], extensions, skipped: list, reason, fix: str | None = None):
@@ -147,8 +141,9 @@ def class_files(path: Path, names: list[str], extensions, skipped: list, reason,
 
 # ------------------------------------------------------------------ publishers' CSV files (chestxray14, chexpert)
 
-def chosen_labels(classes: list[str] | None, known: tuple[str, ...], dataset: str) -> list[str]:
-    """The labels ``data.classes`` chooses from ``known`` (all of them when None), in its order.
+def chosen_labels(classes: list[str] | None, known: tuple[str, ...], dataset: str, choices: str | None = None) -> list[str]:
+    """The labels ``data.classes`` chooses from ``known`` (all of them, in their order, when None), in its order;
+    a refusal names ``choices`` (default: every known label) to choose from.
 
     Example:
         >>> chosen_labels(["Edema", "Mass"], ("Edema", "Hernia", "Mass"), "ChestX-ray14")
@@ -156,17 +151,17 @@ def chosen_labels(classes: list[str] | None, known: tuple[str, ...], dataset: st
     """
     if classes is None:
         return list(known)
+    choose = f"choose from {choices or ', '.join(known)} (or leave data.classes out for all)"
     unknown = [name for name in classes if name not in known]
     if unknown:
         raise DataSourceError(f"data.classes names {', '.join(map(repr, unknown))}, which {dataset} does not "
-                              f"have; choose from {', '.join(known)} (or leave data.classes out for all)")
+                              f"have; {choose}")
     repeated = sorted({name for name in classes if list(classes).count(name) > 1})
     if repeated:
         raise DataSourceError(f"data.classes lists {', '.join(map(repr, repeated))} more than once; "
                               "name each label once")
     if not classes:
-        raise DataSourceError(f"data.classes is empty; choose labels from {', '.join(known)} "
-                              "(or leave data.classes out for all)")
+        raise DataSourceError(f"data.classes is empty; {choose}")
     return list(classes)
 
 
@@ -216,8 +211,9 @@ def row_values(fields: list[str], column: dict[str, int], width: int, problems: 
 
 
 def single_label_frame(records: list[dict], extra: tuple[str, ...] = ()) -> pd.DataFrame:
-    """The table's frame from per-row records of one label (image, label, patient_id, row, their problems and
-    the ``extra`` columns): site, view and split empty, label Int64 where a row has none.
+    """The table's frame from per-row records of one label (image, label, patient_id, row, their problems, the
+    ``extra`` columns, and site, view and split where a record has them, else empty): label Int64 where a row
+    has none.
 
     Example:
         >>> frame = single_label_frame([{"image": "a.dcm", "label": 1, "patient_id": "p", "row": 2,
@@ -225,10 +221,9 @@ def single_label_frame(records: list[dict], extra: tuple[str, ...] = ()) -> pd.D
         >>> frame["label"].dtype.name, frame["split"].isna().all()
         ('int64', np.True_)
     """
-    frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "row", *extra, SOURCE_PROBLEMS])
-    for name in ("site", "view", "split"):
-        frame[name] = pd.Series(pd.NA, index=frame.index, dtype="string")
-    for name in ("image", "patient_id"):
+    frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "site", "view", "split", "row", *extra,
+                                           SOURCE_PROBLEMS])
+    for name in ("image", "patient_id", "site", "view", "split"):
         frame[name] = frame[name].astype("string")
     frame["label"] = frame["label"].astype("Int64") if frame["label"].isna().any() else frame["label"].astype(np.int64)
     frame["row"] = frame["row"].astype(np.int64)

@@ -35,11 +35,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, DataConfig, DataPartConfig
-from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
+from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable, remap_labels
 from tfmed.progress import log
 
 
@@ -87,12 +86,7 @@ def _single_label_frame(name: str, table: ImageTable, names: list[str], classes:
         raise DataSourceError(f"data.parts {name}: class {outside[0]!r} is not among data.classes "
                               f"({', '.join(classes)}); add it, or rename it to one of them (rename: "
                               f"{{{table.classes[names.index(outside[0])]}: ...}})")
-    frame = table.frame.copy()
-    index = np.array([classes.index(c) for c in names])
-    labels = pd.to_numeric(frame["label"], errors="coerce")
-    known = labels.between(0, len(names) - 1)  # a bad label stays as it is, for validation to report
-    frame.loc[known, "label"] = index[labels[known].astype(int).to_numpy()]
-    return frame
+    return remap_labels(table.frame, [classes.index(c) for c in names])
 
 
 def _multilabel_frame(name: str, table: ImageTable, names: list[str], classes: list[str]) -> pd.DataFrame:

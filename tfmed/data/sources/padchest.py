@@ -42,8 +42,8 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.sources.base import (SourceKind, counted_skips, excluded_frame, label_frame, read_csv_rows,
-                                     row_values)
+from tfmed.data.sources.base import (SourceKind, chosen_labels, counted_skips, excluded_frame, label_frame,
+                                     read_csv_rows, row_values)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -83,7 +83,9 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
         terms = _terms(value[LABELS], problems)
         found.update(terms or ())
         kept.append((line, value, terms, problems))
-    names = _chosen(classes, found, path)
+    common = ", ".join(f"{term} ({count})" for term, count in found.most_common(12))
+    names = chosen_labels(classes, tuple(sorted(found, key=lambda term: (-found[term], term))), str(path),
+                          f"the terms as the reports write them, in lower case; the most frequent here: {common}")
     folders: dict[str, bool] = {}
     records = []
     for line, value, terms, problems in kept:
@@ -123,21 +125,6 @@ def _terms(cell: str, problems: list) -> set[str] | None:
         problems.append((f"{LABELS} {cell!r} names {NORMAL!r} beside findings", fix))
         return None
     return terms - {NORMAL}
-
-
-def _chosen(classes: list[str] | None, found: Counter, path: Path) -> list[str]:
-    """``data.classes``, each a term some report here uses (a misspelt finding would read as absent); by
-    default every term, the most frequent first."""
-    if not classes:
-        return sorted(found, key=lambda term: (-found[term], term))
-    unknown = [name for name in classes if name not in found]
-    if unknown or len(set(classes)) < len(classes):
-        common = ", ".join(f"{term} ({count})" for term, count in found.most_common(12))
-        raise DataSourceError(f"data.classes names {', '.join(map(repr, unknown)) or 'a finding twice'}"
-                              + (f", which no Labels list of {path} holds" if unknown else "")
-                              + f"; name each finding once, in lower case as the reports write it. The most "
-                              f"frequent here: {common}")
-    return list(classes)
 
 
 def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:

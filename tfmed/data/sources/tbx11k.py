@@ -111,7 +111,6 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
         raise DataSourceError(f"{path}: the TBX11K lists name no image of the classes {names}")
     frame = single_label_frame(records, (BOXES_COLUMN,))
     frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
-    frame["split"] = pd.Series([record["split"] for record in records], index=frame.index, dtype="string")
     excluded = excluded_frame(counted_skips(path / "lists", skipped, "image"))
     return ImageTable(frame, names, "binary" if len(names) == 2 else "multiclass", source=str(path),
                       excluded=excluded)
