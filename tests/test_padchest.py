@@ -2,6 +2,7 @@
 commas and line breaks, numbered image folders of 16-bit PNGs)."""
 import csv
 import gzip
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,18 +20,20 @@ COLUMNS = ["ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "Pa
 
 
 def padchest_tree(folder, rows, folders=("0", "1"), gz=True):
-    """The label CSV of ``rows`` (ImageID, ImageDir, PatientID, Projection, Labels) and a 16-bit PNG of each
-    image in its ImageDir folder when that folder is among ``folders``."""
+    """The label CSV of ``rows`` (ImageID, ImageDir, PatientID, Projection, Labels and optionally MethodLabel,
+    default Physician) and a 16-bit PNG of each image in its ImageDir folder when that folder is among
+    ``folders``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ("labels.csv.gz" if gz else "labels.csv")
     with (gzip.open(path, "wt", newline="") if gz else open(path, "w", newline="")) as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        for image, image_dir, patient, projection, labels in rows:
+        for image, image_dir, patient, projection, labels, *method in rows:
             writer.writerow([image, image_dir, "20140915", "st" + patient, patient, "1939", "M", "POSTEROANTERIOR",
                              projection, "Manual review of DICOM fields",
-                             "silueta cardiaca aumentada,\ncon derrame pleural.", "Physician", labels])
-    for image, image_dir, _, _, _ in rows:
+                             "silueta cardiaca aumentada,\ncon derrame pleural.", (method or ["Physician"])[0],
+                             labels])
+    for image, image_dir, *_ in rows:
         if image and image_dir in folders:
             (folder / image_dir).mkdir(exist_ok=True)
             cv2.imwrite(str(folder / image_dir / image), np.full((16, 12), 30000, np.uint16))
@@ -76,6 +79,19 @@ def test_padchest_frontal_only_counts_the_other_projections(tmp_path):
     assert sorted(table.frame["view"]) == ["AP", "AP_horizontal", "PA", "PA"]
     assert table.excluded["problem"].tolist() == [
         "skipped: 1 image of projection L, not PA, AP or AP_horizontal (data.frontal_only is true)"]
+
+
+def test_padchest_physician_labelled_only_counts_the_model_labelled_lines(tmp_path):
+    rows = [row + (method,) for row, method in zip(ROWS, ("Physician", "RNN_model", "Physician", "RNN_model",
+                                                           "Physician"))]
+    csv_path = padchest_tree(tmp_path, rows)
+    table = load_source(DataConfig(source="padchest", path=str(csv_path), physician_labelled_only=True))
+    assert [Path(image).name for image in table.frame["image"]] == ["a.png", "c.png", "e.png"]
+    assert table.excluded["problem"].tolist() == [
+        "skipped: 2 images labelled by RNN_model, not by a physician (data.physician_labelled_only is true)"]
+    assert len(load_padchest(csv_path)) == 5  # every line without the setting
+    with pytest.raises(ConfigError, match="only data.source padchest uses it and data.source is 'chexpert'"):
+        DataConfig(source="chexpert", path="train.csv", physician_labelled_only=True)
 
 
 def test_padchest_classes_and_row_problems(tmp_path):

@@ -166,6 +166,10 @@ class DataConfig(_Section):
         must mark a finding for it to be positive (default 1: any of them; 2: a
         majority of the three).
 
+    physician_labelled_only: source "padchest" only: keep the images whose
+        findings a physician read from the report (MethodLabel Physician), not a
+        model; the others are listed as skipped in the validation report.
+
     negatives_per_positive: source "luna16" only: keep every nodule candidate
         and this many non-nodule candidates per nodule, drawn at random with a
         fixed seed (null, the default: every candidate).
@@ -218,6 +222,7 @@ class DataConfig(_Section):
     patient_feature: str | None = None
     negatives_per_positive: int | None = None
     min_readers: int = 1
+    physician_labelled_only: bool = False
     parts: list["DataPartConfig"] = field(default_factory=list)
 
     UNCERTAIN_POLICIES: ClassVar[tuple[str, ...]] = ("ones", "zeros", "ignore")
@@ -227,7 +232,7 @@ class DataConfig(_Section):
         "data_dir": ("tfds",),
         "manual_dir": ("tfds",), "image_feature": ("tfds",), "label_feature": ("tfds",),
         "patient_feature": ("tfds",), "patient_pattern": ("folder",), "negatives_per_positive": ("luna16",),
-        "min_readers": ("vindr_cxr",)}
+        "min_readers": ("vindr_cxr",), "physician_labelled_only": ("padchest",)}
     # sources whose rows are volumes with lesion centres: they need views.enabled (views.center: lesion)
     VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused

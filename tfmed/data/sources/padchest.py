@@ -19,6 +19,9 @@ as a list (``['pleural effusion', 'cardiomegaly']``; ``['normal']`` for none).
   ``view`` the ``Projection`` (PA, AP, AP_horizontal, L, COSTAL).
 * ``data.frontal_only`` keeps PA, AP and AP_horizontal; the others are counted
   in ``table.excluded`` (one entry per projection).
+* ``data.physician_labelled_only`` keeps the lines whose findings a physician
+  read from the report (``MethodLabel`` ``Physician``, some 27%), not a model
+  (``RNN_model``); the others are counted in ``table.excluded``.
 * Row problems, with their line: a ``Labels`` cell that is not a list of terms,
   an empty list, ``normal`` beside findings, an empty ``ImageID``.
 
@@ -48,15 +51,17 @@ from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
 IMAGE, FOLDER, PATIENT, PROJECTION, LABELS = "ImageID", "ImageDir", "PatientID", "Projection", "Labels"
+METHOD, PHYSICIAN = "MethodLabel", "Physician"
 NORMAL = "normal"
 FRONTAL = ("PA", "AP", "AP_horizontal")
 WHAT = "the publisher's PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv of PadChest, unchanged"
 
 
 def load_padchest(path: str | Path, root: str | Path | None = None, classes: list[str] | None = None,
-                  frontal_only: bool = False) -> ImageTable:
+                  frontal_only: bool = False, physician_labelled_only: bool = False) -> ImageTable:
     """Read PadChest's label CSV into a multilabel :class:`ImageTable` over the findings ``classes`` names
-    (default: every finding its lists use).
+    (default: every finding its lists use); with ``physician_labelled_only`` only the lines whose labels a
+    physician read from the report (``MethodLabel`` ``Physician``).
 
     Raises:
         DataSourceError: the CSV is unreadable or lacks a column, or ``classes`` names a finding no
@@ -68,13 +73,19 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
         tfmed.data.table.DataSourceError: ...labels.csv: not found; ...
     """
     path = Path(path)
-    header, rows = read_csv_rows(path, (IMAGE, FOLDER, PATIENT, PROJECTION, LABELS), WHAT)
+    needed = (IMAGE, FOLDER, PATIENT, PROJECTION, LABELS) + ((METHOD,) if physician_labelled_only else ())
+    header, rows = read_csv_rows(path, needed, WHAT)
     root = Path(root) if root is not None else path.parent
-    column = {name: header.index(name) for name in (IMAGE, FOLDER, PATIENT, PROJECTION, LABELS)}
+    column = {name: header.index(name) for name in needed}
     kept, found, skipped = [], Counter(), Counter()
     for line, fields in rows:
         problems: list[tuple[str, str]] = []
         value = row_values(fields, column, len(header), problems)
+        if physician_labelled_only and value[METHOD] != PHYSICIAN:
+            skipped[(f"labelled by {value[METHOD] or '(empty)'}, not by a physician "
+                     "(data.physician_labelled_only is true)",
+                     "none needed; set data.physician_labelled_only: false to use them too")] += 1
+            continue
         if frontal_only and value[PROJECTION] not in FRONTAL:
             skipped[(f"of projection {value[PROJECTION] or '(empty)'}, not PA, AP or AP_horizontal "
                      "(data.frontal_only is true)",
@@ -83,8 +94,9 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
         terms = _terms(value[LABELS], problems)
         found.update(terms or ())
         kept.append((line, value, terms, problems))
-    common = ", ".join(f"{term} ({count})" for term, count in found.most_common(12))
-    names = chosen_labels(classes, tuple(sorted(found, key=lambda term: (-found[term], term))), str(path),
+    by_count = sorted(found, key=lambda term: (-found[term], term))  # the most frequent first, ties by name
+    common = ", ".join(f"{term} ({found[term]})" for term in by_count[:12])
+    names = chosen_labels(classes, tuple(by_count), str(path),
                           f"the terms as the reports write them, in lower case; the most frequent here: {common}")
     folders: dict[str, bool] = {}
     records = []
@@ -128,7 +140,8 @@ def _terms(cell: str, problems: list) -> set[str] | None:
 
 
 def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:
-    return load_padchest(path, root=root, classes=config.classes, frontal_only=config.frontal_only)
+    return load_padchest(path, root=root, classes=config.classes, frontal_only=config.frontal_only,
+                         physician_labelled_only=config.physician_labelled_only)
 
 
 SOURCE = SourceKind("padchest", "the publisher's PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv of PadChest, "
