@@ -56,7 +56,9 @@ def test_an_svm_run_answers_for_the_coarse_classes_at_thresholds_chosen_on_valid
     decided = summed(test) >= chosen["youden"]
     assert (test["coarse_decision"] == np.where(decided, "sick", "well")).all()
     assert figures["sensitivity"] == pytest.approx(decided[y_test == 1].mean())
-    assert "sick against well AUC" in (run / "report.html").read_text()
+    html = (run / "report.html").read_text()
+    assert "sick against well AUC" in html and "alt='roc_coarse'" in html
+    assert (run / "roc_coarse_test.png").stat().st_size > 1000
     # scoring the run again, and predicting images, give the same coarse answers
     again = load_metrics(evaluate_run(run, output=tmp_path / "again"))
     assert again["coarse"]["splits"]["test"] == coarse["splits"]["test"]

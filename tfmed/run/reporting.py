@@ -19,6 +19,7 @@ import pandas as pd
 from tfmed.data.near_duplicates import GROUP_COLUMN, twin_note
 from tfmed.data.table import ImageTable
 from tfmed.evaluation.comparison import comparison_sentences
+from tfmed.evaluation.hierarchy import Hierarchy
 from tfmed.evaluation.metrics import to_jsonable
 from tfmed.evaluation.plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot,
                                     roc_plot)
@@ -87,7 +88,8 @@ def write_predictions_csv(path: Path, model, parts: dict[str, ImageTable], score
 
 
 def make_plots(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: dict, split: str) -> dict:
-    """The split's ROC (operating points marked), PR, confusion and reliability plots."""
+    """The split's ROC (operating points marked), PR, confusion and reliability plots; with a class hierarchy of
+    two coarse classes also the coarse ROC (``roc_coarse``) at the coarse operating points."""
     y = table.labels()
     if metrics["task"] == "binary":
         chosen = primary_metrics(metrics, split)
@@ -108,6 +110,16 @@ def make_plots(out: Path, model, table: ImageTable, scores: np.ndarray, metrics:
     if metrics["task"] == "multiclass":
         plots["confusion"] = confusion_plot(metrics["splits"][split]["confusion_matrix"], model.classes,
                                             out / f"confusion_{split}.png", title=f"Confusion matrix ({split})")
+    coarse = metrics.get("coarse")
+    if coarse and coarse["task"] == "binary" and split in coarse["splits"]:  # fine classes, a binary answer
+        negative, positive = coarse["classes"]
+        ci = coarse["splits"][split][metrics["threshold_method"]].get("ci", {}).get("roc_auc")
+        coarse_scores, _ = model.coarse(scores)
+        coarse_labels = Hierarchy(model.hierarchy).coarse_labels(y, fine_classes=model.classes)
+        plots["roc_coarse"] = roc_plot(coarse_labels, coarse_scores, out / f"roc_coarse_{split}.png",
+                                       {k: v for k, v in model.coarse_thresholds.items() if k != "fixed"},
+                                       title=f"ROC, {positive} against {negative} ({split})",
+                                       auc_ci=ci if ci and None not in ci else None)
     return plots
 
 
