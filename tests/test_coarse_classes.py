@@ -14,6 +14,7 @@ from test_experiment import _three_class_npz
 from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.evaluation.thresholds import select_thresholds
+from tfmed.run.cli import main
 from tfmed.run.ensemble_runs import EnsembleRunsError, ensemble_runs
 from tfmed.run.evaluate import evaluate_run, load_metrics
 from tfmed.run.experiment import coarse_metrics, run_experiment
@@ -98,6 +99,13 @@ def test_three_coarse_classes_are_scored_by_argmax_and_macro_auc():
     assert result["task"] == "multiclass" and result["classes"] == ["a", "b", "c"]
     assert figures["accuracy"] == pytest.approx((coarse.argmax(axis=1) == y).mean())
     assert figures["macro_auc"] == pytest.approx(np.mean([roc_auc_score(y == k, coarse[:, k]) for k in range(3)]))
+
+
+def test_validate_counts_the_images_of_each_coarse_class(tmp_path, capsys):
+    coarse_experiment(tmp_path).to_yaml(tmp_path / "coarse.yaml")
+    assert main(["validate", str(tmp_path / "coarse.yaml")]) == 0
+    # 24 + 12 + 12 images of each of the three classes
+    assert "coarse classes: well 48 (healthy), sick 96 (sick_non_tb + tuberculosis)" in capsys.readouterr().out
 
 
 def test_hierarchy_settings_are_checked_before_any_run(tmp_path):

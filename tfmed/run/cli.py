@@ -335,8 +335,14 @@ def _experiment_check_text(experiment, table, report) -> str:
     check_config_fits_data(experiment, split)
     counts = ", ".join(f"{name} {int((split.frame['split'] == name).sum())}" for name in ("train", "val", "test"))
     folds = f", {experiment.split.folds} folds over train" if experiment.split.method == "kfold" else ""
-    return (f"experiment {experiment.name}: the run's checks passed (backbone, taps and weights; split "
+    text = (f"experiment {experiment.name}: the run's checks passed (backbone, taps and weights; split "
             f"{counts}{folds}; {experiment.model.mode} settings fit the {split.task} data)")
+    if experiment.evaluation.hierarchy:  # the images of each coarse class, as the run will answer for them
+        images = split.frame["label"].value_counts()
+        text += "\ncoarse classes: " + ", ".join(
+            f"{coarse} {sum(int(images.get(split.classes.index(fine), 0)) for fine in fines)} ({' + '.join(fines)})"
+            for coarse, fines in experiment.evaluation.hierarchy.items())
+    return text
 
 
 def _near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown: int = 10) -> str:
