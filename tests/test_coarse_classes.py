@@ -109,9 +109,18 @@ def test_validate_counts_the_images_of_each_coarse_class(tmp_path, capsys):
 
 
 def test_hierarchy_settings_are_checked_before_any_run(tmp_path):
-    with pytest.raises(ConfigError, match="model.finetune.hierarchy is now evaluation.hierarchy, which works in "
-                                          "every mode; move it there"):
-        ExperimentConfig.from_dict({"model": {"mode": "finetune", "finetune": {"hierarchy": HIERARCHY}}})
+    # where an earlier tfmed kept it: read as evaluation.hierarchy, so that older experiments and runs still load
+    moved = ExperimentConfig.from_dict({"model": {"mode": "finetune", "finetune": {"hierarchy": HIERARCHY}}})
+    assert moved.evaluation.hierarchy == HIERARCHY
+    snapshot = ExperimentConfig().to_dict()  # a run's config.yaml lists every setting, then with a null hierarchy
+    snapshot["model"]["finetune"]["hierarchy"] = None
+    snapshot["model"]["mode"] = "ensemble"
+    snapshot["model"]["ensemble"]["members"] = [{"name": "ft", "mode": "finetune", "finetune": {"hierarchy": None}},
+                                                {"name": "svm", "mode": "svm"}]
+    assert ExperimentConfig.from_dict(snapshot).evaluation.hierarchy is None
+    with pytest.raises(ConfigError, match="model.finetune.hierarchy and evaluation.hierarchy differ"):
+        ExperimentConfig.from_dict({"model": {"finetune": {"hierarchy": HIERARCHY}},
+                                    "evaluation": {"hierarchy": {"a": ["x"], "b": ["y"]}}})
     with pytest.raises(ConfigError, match="evaluation.hierarchy is .*; name at least two coarse classes"):
         ExperimentConfig.from_dict({"evaluation": {"hierarchy": {"all": FINE}}})
     config = coarse_experiment(tmp_path, hierarchy={"well": ["healthy"], "sick": ["tuberculosis"]})

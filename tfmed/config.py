@@ -14,6 +14,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -1171,7 +1172,7 @@ class ExperimentConfig(_Section):
     def from_dict(cls, values: dict, where: str = "config") -> "ExperimentConfig":
         """Build and validate a config from plain data (e.g. parsed YAML)."""
         try:
-            return _build(cls, values, where, prefix="")
+            return _build(cls, _moved_settings(values), where, prefix="")
         except ConfigError as error:
             message = str(error)
             raise ConfigError(message if message.startswith(f"{where}: ") else f"{where}: {message}") from None
@@ -1234,8 +1235,37 @@ def _changed_from_defaults(section) -> list[str]:
     return changed
 
 
-# settings that moved: old key -> where it is now, for a message that says so
-MOVED_KEYS = {"model.finetune.hierarchy": "evaluation.hierarchy, which works in every mode"}
+def _moved_settings(values: Any) -> Any:
+    """``values`` with settings an earlier tfmed kept elsewhere read where they are now, so that older
+    experiments and runs (whose config.yaml lists every setting) still load: ``model.finetune.hierarchy``
+    (also a member's) is ``evaluation.hierarchy``, which works in every mode.
+
+    Example:
+        >>> _moved_settings({"model": {"finetune": {"hierarchy": {"b": ["x"], "m": ["y"]}}}})
+        {'model': {'finetune': {}}, 'evaluation': {'hierarchy': {'b': ['x'], 'm': ['y']}}}
+    """
+    model = values.get("model") if isinstance(values, dict) else None
+    if not isinstance(model, dict):
+        return values
+    values = copy.deepcopy(values)
+    model = values["model"]
+    members = (model.get("ensemble") or {}).get("members") if isinstance(model.get("ensemble"), dict) else None
+    sections = [model] + [member for member in members or [] if isinstance(member, dict)]
+    for section in sections:
+        finetune = section.get("finetune")
+        if not isinstance(finetune, dict) or "hierarchy" not in finetune:
+            continue
+        hierarchy = finetune.pop("hierarchy")
+        if hierarchy is None:  # the default, written into every run's config.yaml before it moved
+            continue
+        evaluation = values.setdefault("evaluation", {})
+        if not isinstance(evaluation, dict):
+            continue  # the evaluation section's own error says what is wrong
+        if evaluation.get("hierarchy") not in (None, hierarchy):
+            raise ConfigError("model.finetune.hierarchy and evaluation.hierarchy differ; the hierarchy is now "
+                              "evaluation.hierarchy (in every mode): keep that one only")
+        evaluation["hierarchy"] = hierarchy
+    return values
 
 
 def _build(cls, values: Any, where: str, prefix: str):
@@ -1246,9 +1276,6 @@ def _build(cls, values: Any, where: str, prefix: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
-    moved = [prefix + name for name in unknown if prefix + name in MOVED_KEYS]
-    if moved:
-        raise ConfigError(f"{where}: {moved[0]} is now {MOVED_KEYS[moved[0]]}; move it there")
     if unknown:
         raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]!s}; "
                           f"allowed keys here: {', '.join(fields)}")
