@@ -102,9 +102,11 @@ def test_tbx11k_settings_and_layout_errors(tmp_path, capsys):
     root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "tb/tb0002.png"], ["sick/s0003.png"])
     with pytest.raises(DataSourceError, match="#test: not a TBX11K split with labels; write #train or #val"):
         load_source(parse_source_spec(f"tbx11k:{root}#test"))
-    with pytest.raises(DataSourceError, match=r"data.classes lists 1 class\(es\) \['tb'\]; TBX11K's classes are "
-                                              "healthy, sick_non_tb, tuberculosis"):
-        load_source(DataConfig(source="tbx11k", path=str(root), classes=["tb"]))
+    with pytest.raises(DataSourceError, match=r"data.classes names 'tb', which TBX11K does not have; choose from "
+                                              r"healthy, sick_non_tb, tuberculosis \(the folders health, sick, tb\)"):
+        load_source(DataConfig(source="tbx11k", path=str(root), classes=["tb", "healthy"]))
+    with pytest.raises(DataSourceError, match="data.classes lists only 'healthy'; a classifier needs two or three"):
+        load_source(DataConfig(source="tbx11k", path=str(root), classes=["healthy"]))
     with pytest.raises(DataSourceError, match="imgs/lists/TBX11K_train.txt: not found; data.path must be the TBX11K folder"):
         load_tbx11k(root / "imgs")
     with pytest.raises(ConfigError, match="data.source tbx11k is binary or multiclass by the classes"):

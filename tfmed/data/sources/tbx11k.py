@@ -52,7 +52,7 @@ import pandas as pd
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, format_boxes
 from tfmed.data.decode import header_size
-from tfmed.data.sources.base import SourceKind, counted_skips, excluded_frame, single_label_frame
+from tfmed.data.sources.base import SourceKind, chosen_labels, counted_skips, excluded_frame, single_label_frame
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -82,7 +82,7 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
     Example:
         >>> load_tbx11k("TBX11K", classes=["healthy"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        tfmed.data.table.DataSourceError: data.classes lists 1 class(es) ['healthy']; ...
+        tfmed.data.table.DataSourceError: data.classes lists only 'healthy'; ...
     """
     path = Path(path)
     names = _chosen(classes)
@@ -117,14 +117,12 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
 
 
 def _chosen(classes: list[str] | None) -> list[str]:
-    if classes is None:
-        return list(CLASSES)
-    unknown = [name for name in classes if name not in CLASSES]
-    if unknown or len(classes) < 2:
-        raise DataSourceError(f"data.classes lists {len(classes)} class(es) {list(classes)}; TBX11K's classes are "
-                              f"{', '.join(CLASSES)} (its folders {', '.join(FOLDERS)}): name two or three of them, "
-                              "or leave data.classes out for all three")
-    return list(classes)
+    names = chosen_labels(classes, tuple(CLASSES), "TBX11K",
+                          f"{', '.join(CLASSES)} (the folders {', '.join(FOLDERS)})")
+    if len(names) < 2:
+        raise DataSourceError(f"data.classes lists only {names[0]!r}; a classifier needs two or three of TBX11K's "
+                              f"classes {', '.join(CLASSES)} (or leave data.classes out for all three)")
+    return names
 
 
 def _entries(list_file: Path) -> list[tuple[int, str]]:
