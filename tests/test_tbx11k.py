@@ -81,6 +81,27 @@ def test_tbx11k_reads_the_official_lists_and_scales_the_boxes(tmp_path):
     assert binary.excluded["problem"].tolist() == ["skipped: 2 images of class sick_non_tb, not in data.classes"]
 
 
+def test_tbx11k_tuberculosis_by_kind_from_its_boxes(tmp_path):
+    root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "sick/s0002.png", "tb/tb0003.png", "tb/tb0004.png",
+                                             "tb/tb0005.png", "tb/tb0006.png"], ["tb/tb1199.png"])
+    write_boxes(root, "tb0004", [("ObsoletePulmonaryTuberculosis", 8, 8, 64, 64)])
+    write_boxes(root, "tb0005", [("ActiveTuberculosis", 8, 8, 64, 64), ("ObsoletePulmonaryTuberculosis", 80, 8, 144,
+                                                                                                      64)])
+    write_boxes(root, "tb0006", [("PulmonaryTuberculosis", 8, 8, 64, 64)])
+    (root / "annotations" / "xml" / "tb1199.xml").unlink()  # as published: a tuberculosis image without boxes
+    kinds = load_tbx11k(root, classes=["healthy", "active_tuberculosis", "latent_tuberculosis"])
+    assert dict(zip(kinds.frame["patient_id"], kinds.labels().tolist())) == {"h0001": 0, "tb0003": 1, "tb0004": 2}
+    assert sorted(kinds.excluded["problem"]) == [
+        "skipped: 1 image of class sick_non_tb, not in data.classes",
+        "skipped: 1 image with boxes of both active and latent tuberculosis",
+        "skipped: 2 images without a box of active or latent tuberculosis (no box file, or boxes of uncertain kind)"]
+    active = load_tbx11k(root, classes=["healthy", "active_tuberculosis"])
+    assert active.task == "binary" and "skipped: 1 image of class latent_tuberculosis, not in data.classes" in \
+        active.excluded["problem"].tolist()
+    with pytest.raises(DataSourceError, match="data.classes names tuberculosis and its kinds"):
+        load_tbx11k(root, classes=["healthy", "tuberculosis", "active_tuberculosis"])
+
+
 def test_tbx11k_row_problems_name_the_list_line_or_box_file(tmp_path):
     root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "tb/tb0003.png", "test/t0001.png",
                                              "tb/tb0003.png"], ["tb/tb0005.png", "health/h0006.png"])

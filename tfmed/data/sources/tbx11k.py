@@ -15,6 +15,11 @@ tuberculosis areas boxed by radiologists).
   ``tuberculosis``).
   ``data.classes`` chooses two or three of them, in its order (binary or
   multiclass); the other class's images are counted in ``table.excluded``.
+  Instead of ``tuberculosis`` it may name its kinds, ``active_tuberculosis``
+  and ``latent_tuberculosis``: a tuberculosis image is then of the kind of its
+  boxes (active, or latent: "obsolete pulmonary tuberculosis"), and one with
+  boxes of both kinds, or of neither (uncertain kind, no box file), is counted
+  in ``table.excluded``.
 * ``annotations/xml/<name>.xml``: the radiologists' boxes of a tuberculosis
   image (Pascal VOC: active, latent or uncertain tuberculosis, corners in the
   pixels of the XML's ``size``). They go into the ``boxes`` column
@@ -59,10 +64,12 @@ from tfmed.data.validate import SOURCE_PROBLEMS
 # the publisher's image folders -> tfmed's class names
 FOLDERS = {"health": "healthy", "sick": "sick_non_tb", "tb": "tuberculosis"}
 CLASSES = list(FOLDERS.values())
-TUBERCULOSIS = "tuberculosis"
+TUBERCULOSIS, ACTIVE, LATENT = "tuberculosis", "active_tuberculosis", "latent_tuberculosis"
+# the boxes' kinds -> the tuberculosis class they make (the third kind, of uncertain type, makes none)
+KINDS = {"ActiveTuberculosis": ACTIVE, "ObsoletePulmonaryTuberculosis": LATENT, "PulmonaryTuberculosis": None}
 # the split lists, by tfmed's split name
 LISTS = {"train": "TBX11K_train.txt", "val": "TBX11K_val.txt"}
-BOX_KINDS = ("ActiveTuberculosis", "ObsoletePulmonaryTuberculosis", "PulmonaryTuberculosis")
+BOX_KINDS = tuple(KINDS)
 IMAGES, BOX_FOLDER = "imgs", "annotations/xml"
 
 
@@ -72,7 +79,8 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
 
     Args:
         path: the ``TBX11K`` folder (``lists/``, ``imgs/``, ``annotations/xml/``).
-        classes: two or three of :data:`CLASSES`, in label order (default: all three).
+        classes: two or three of :data:`CLASSES` (or, instead of ``tuberculosis``, its kinds ``ACTIVE`` and
+            ``LATENT``), in label order (default: all three of :data:`CLASSES`).
         split: ``"train"`` or ``"val"`` to keep one official split ("" both).
 
     Raises:
@@ -100,10 +108,9 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
         if split and split != split_name:
             continue
         for line, entry in _entries(list_file):
-            record = _record(path, entry, f"lists/{list_name} line {line}", names, seen, split_name)
+            record, left_out = _record(path, entry, f"lists/{list_name} line {line}", names, seen, split_name)
             if record is None:
-                skipped[(f"of class {FOLDERS[entry.split('/')[0]]}, not in data.classes",
-                         "none needed; add the class to data.classes to use them")] += 1
+                skipped[left_out] += 1
             else:
                 record["row"] = len(records) + 1
                 records.append(record)
@@ -117,11 +124,15 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
 
 
 def _chosen(classes: list[str] | None) -> list[str]:
-    names = chosen_labels(classes, tuple(CLASSES), "TBX11K",
-                          f"{', '.join(CLASSES)} (the folders {', '.join(FOLDERS)})")
+    names = chosen_labels(classes, tuple(CLASSES + [ACTIVE, LATENT]), "TBX11K",
+                          f"{', '.join(CLASSES)} (the folders {', '.join(FOLDERS)}), or instead of "
+                          f"{TUBERCULOSIS} its kinds {ACTIVE} and {LATENT}") if classes is not None else list(CLASSES)
     if len(names) < 2:
         raise DataSourceError(f"data.classes lists only {names[0]!r}; a classifier needs two or three of TBX11K's "
                               f"classes {', '.join(CLASSES)} (or leave data.classes out for all three)")
+    if TUBERCULOSIS in names and {ACTIVE, LATENT} & set(names):
+        raise DataSourceError(f"data.classes names {TUBERCULOSIS} and its kinds; name either {TUBERCULOSIS} or "
+                              f"{ACTIVE} and/or {LATENT}")
     return names
 
 
@@ -139,29 +150,40 @@ def _entries(list_file: Path) -> list[tuple[int, str]]:
     return entries
 
 
-def _record(root: Path, entry: str, where: str, names: list[str], seen: dict, split: str) -> dict | None:
-    """One row of the table; None for an image of a class ``names`` leaves out."""
+def _record(root: Path, entry: str, where: str, names: list[str], seen: dict,
+            split: str) -> tuple[dict | None, tuple[str, str] | None]:
+    """One row of the table, or None and why the image is left out (a class ``names`` leaves out)."""
     problems: list[tuple[str, str]] = []
     folder = entry.split("/")[0]
     name = FOLDERS.get(folder)
+    image = root / IMAGES / entry
+    boxes = _boxes(root, image, name == TUBERCULOSIS, problems) if name is not None else []
     if name is None:
         problems.append((f"{where}: {entry!r} is not in {', '.join(f'{f}/' for f in FOLDERS)}",
                          "keep the publisher's list: it names images of the labelled folders only"))
-    elif name not in names:
-        return None
+    elif name == TUBERCULOSIS and TUBERCULOSIS not in names:  # its kind, from its boxes, is the class
+        kinds = {KINDS[kind] for kind, _ in boxes} - {None}
+        fix = f"none needed; name the class {TUBERCULOSIS} instead of its kinds to use them"
+        if len(kinds) != 1:
+            return None, ("with boxes of both active and latent tuberculosis" if kinds else
+                          "without a box of active or latent tuberculosis (no box file, or boxes of uncertain "
+                          "kind)", fix)
+        name = kinds.pop()
+    if name is not None and name not in names:
+        return None, (f"of class {name}, not in data.classes", "none needed; add the class to data.classes to "
+                                                                "use them")
     if entry in seen:
         problems.append((f"{where}: {entry} is listed again (first in {seen[entry]})",
                          "keep the publisher's lists: each image once"))
     seen.setdefault(entry, where)
-    image = root / IMAGES / entry
-    boxes = _boxes(root, image, name == TUBERCULOSIS, problems) if name is not None else []
     return {"image": str(image), "label": names.index(name) if name in names else pd.NA,
-            "patient_id": Path(entry).stem, "split": split, BOXES_COLUMN: format_boxes(boxes) or pd.NA,
-            SOURCE_PROBLEMS: tuple(problems)}
+            "patient_id": Path(entry).stem, "split": split,
+            BOXES_COLUMN: format_boxes([box for _, box in boxes]) or pd.NA, SOURCE_PROBLEMS: tuple(problems)}, None
 
 
-def _boxes(root: Path, image: Path, tuberculosis: bool, problems: list) -> list[tuple[float, float, float, float]]:
-    """The image's boxes from its Pascal VOC file, as (x, y, width, height) in the image file's pixels."""
+def _boxes(root: Path, image: Path, tuberculosis: bool, problems: list) -> list[tuple[str, tuple]]:
+    """The image's boxes from its Pascal VOC file, each its kind and (x, y, width, height) in the image file's
+    pixels."""
     xml_file = root / BOX_FOLDER / f"{image.stem}.xml"
     if not xml_file.is_file():
         return []
@@ -191,7 +213,8 @@ def _boxes(root: Path, image: Path, tuberculosis: bool, problems: list) -> list[
             problems.append((f"{xml_file}: box {number} has no area (x {x_min:g}-{x_max:g}, y {y_min:g}-{y_max:g})",
                              fix))
         else:
-            boxes.append((x_min * scale[0], y_min * scale[1], (x_max - x_min) * scale[0], (y_max - y_min) * scale[1]))
+            boxes.append((kind, (x_min * scale[0], y_min * scale[1], (x_max - x_min) * scale[0],
+                                 (y_max - y_min) * scale[1])))
     return boxes
 
 
