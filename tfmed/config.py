@@ -1249,8 +1249,9 @@ def _moved_settings(values: Any) -> Any:
         return values
     values = copy.deepcopy(values)
     model = values["model"]
-    members = (model.get("ensemble") or {}).get("members") if isinstance(model.get("ensemble"), dict) else None
-    sections = [model] + [member for member in members or [] if isinstance(member, dict)]
+    ensemble = model["ensemble"] if isinstance(model.get("ensemble"), dict) else {}
+    members = ensemble["members"] if isinstance(ensemble.get("members"), list) else []
+    sections = [model] + [member for member in members if isinstance(member, dict)]
     for section in sections:
         finetune = section.get("finetune")
         if not isinstance(finetune, dict) or "hierarchy" not in finetune:
