@@ -10,6 +10,7 @@ from tfmed.data.sources.chestxray14 import FINDINGS, load_chestxray14
 from tfmed.data.sources.chexpert import COMPETITION_LABELS, OBSERVATIONS, load_chexpert
 from tfmed.data.splits import ensure_splits
 from tfmed.data.validate import validate_table
+from tfmed.progress import configure_logging
 
 NIH_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
               "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
@@ -27,8 +28,8 @@ def grey(value=100, dtype=np.uint8):
     return np.full((12, 10), value, dtype=dtype)
 
 
-def nih_line(name, findings, follow_up, patient, view):
-    return f"{name},{findings},{follow_up},{patient},58,M,{view},2682,2749,0.143,0.143,"
+def nih_line(name, findings, follow_up, patient, view, age=58, sex="M"):
+    return f"{name},{findings},{follow_up},{patient},{age},{sex},{view},2682,2749,0.143,0.143,"
 
 
 def labels_of(*findings):
@@ -74,6 +75,7 @@ def test_chestxray14_reads_the_publishers_csv_unchanged(nih):
     assert frame["patient_id"].tolist() == ["1", "1", "2", "3", "4", "5", "6"]
     assert frame["view"].tolist() == ["PA", "PA", "AP", "PA", "AP", "PA", "PA"]
     assert frame["split"].tolist() == ["train", "train", "test", "train", "train", "test", "train"]
+    assert frame["sex"].tolist() == ["male"] * 7 and frame["age"].tolist() == [58.0] * 7
     # found in their sub-folders (no images/ next to the CSV: the CSV's folder is searched)
     assert frame["image"].tolist()[2] == str(nih.parent / "images_001/images/00000002_000.png")
     assert frame["image"].tolist()[3] == str(nih.parent / "images_002/images/00000003_000.png")
@@ -155,8 +157,22 @@ def test_chestxray14_row_problems_name_the_line_and_the_fix(nih):
             "Fix: add its name to one of the two lists" in text)
     assert f"row 10: {nih.parent / '00000009_000.png'}: file not found" in text
     assert ("row 11: " in text and "the line has 3 fields, the header 12; no value for 'Patient ID', "
-            "'View Position'. Fix: restore the line as published" in text)
+            "'View Position', 'Patient Gender', 'Patient Age'. Fix: restore the line as published" in text)
     assert "row 4:" not in text and "row 6:" not in text and "row 7:" not in text
+
+
+def test_chestxray14_ages_it_publishes_wrongly_are_read_as_unknown_and_said(nih, capsys):
+    """The release lists a few ages of 148 to 414 years: the image is kept, its age unknown, and the log says so."""
+    configure_logging()
+    lines = nih.read_text().splitlines()
+    lines[1] = nih_line("00000001_000.png", "Cardiomegaly", 0, 1, "PA", age=414, sex="F")
+    lines[2] = nih_line("00000001_001.png", "Cardiomegaly", 1, 1, "PA", age=7, sex="")
+    nih.write_text("\n".join(lines) + "\n")
+    table = load_chestxray14(nih)
+    assert table.frame["sex"].fillna("?").tolist()[:3] == ["female", "?", "male"]
+    assert table.frame["age"].fillna(-1).tolist()[:3] == [-1, 7.0, 58.0]
+    assert validate_table(table).ok  # no row is refused for it
+    assert f"{nih}: 1 value read as unknown (age '414' is outside 0-130 years)" in capsys.readouterr().out
 
 
 def test_chestxray14_file_found_twice_is_a_row_problem(nih):
@@ -225,6 +241,8 @@ def test_chexpert_reads_the_publishers_csv_unchanged(chexpert):
                                        [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]]
     assert frame["patient_id"].tolist() == ["patient00001", "patient00001", "patient00002", "patient00003"]
     assert frame["view"].tolist() == ["Frontal AP", "Lateral", "Frontal PA", "Frontal AP"]
+    assert frame["sex"].tolist() == ["female", "female", "male", "female"]
+    assert frame["age"].tolist() == [68.0, 68.0, 50.0, 40.0]
     assert frame["row"].tolist() == [2, 3, 4, 5] and frame["split"].isna().all()
     top = chexpert.parent.parent  # the default root is the folder above the CSV's
     assert frame["image"].tolist()[0] == str(top / "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg")

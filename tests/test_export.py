@@ -52,7 +52,8 @@ def study(tmp_path_factory):
                 image[6:20, 8:22] += 110
             path = base / "data" / patient / f"scan_{patient}_{j}.png"
             cv2.imwrite(str(path), image.clip(0, 255).astype(np.uint8))
-            rows.append({"path": str(path), "label": ["normal", "tb"][label], "patient_id": patient})
+            rows.append({"path": str(path), "label": ["normal", "tb"][label], "patient_id": patient,
+                         "sex": "FM"[k % 2], "age": 60 + 3 * k})  # 6 patients of 90 or older
     rows.append({"path": str(base / "data" / MISSING_ID / "scan.png"), "label": "normal", "patient_id": MISSING_ID})
     pd.DataFrame(rows).to_csv(base / "manifest.csv", index=False)
     config = ExperimentConfig.from_dict({
@@ -104,6 +105,12 @@ def test_the_anonymised_copy_holds_no_patient_id_and_no_absolute_path(study, ano
     assert not any(str(a).startswith("/") for a in environment["command"])
     note = (anonymised / "ANONYMISED.txt").read_text()
     assert f"{len(IDS) + 1} patient ids" in note
+    original = pd.read_csv(run / "splits.csv")
+    ages = pd.read_csv(anonymised / "splits.csv")["age"]
+    old = original["age"] >= 90
+    assert original["age"].max() == 105 and ages.max() == 90  # a very old age names few people
+    assert (ages[old] == 90).all() and ages[~old].tolist() == original.loc[~old, "age"].tolist()
+    assert f"{int(old.sum())} ages of 90 years or more were written as 90" in note
 
 
 def test_anonymised_ids_group_the_same_rows_and_scores_are_unchanged(study, anonymised):
@@ -114,7 +121,8 @@ def test_anonymised_ids_group_the_same_rows_and_scores_are_unchanged(study, anon
     assert len(pairs) == before["patient_id"].nunique() == after["patient_id"].nunique() == len(IDS)
     assert after["patient_id"].str.fullmatch(r"anon-[0-9a-f]{16}").all()
     assert after["image"].str.startswith("anon-").all()  # relative to the images' common folder
-    assert before.drop(columns=["patient_id", "image"]).equals(after.drop(columns=["patient_id", "image"]))
+    rewritten = ["patient_id", "image", "age"]  # ages are capped (see above)
+    assert before.drop(columns=rewritten).equals(after.drop(columns=rewritten))
     for name in ("predictions.csv", next(run.glob("evaluations/*/predictions.csv")).relative_to(run)):
         scores = [pd.read_csv(folder / name, dtype=str)["score"].tolist() for folder in (run, anonymised)]
         assert scores[0] == scores[1]

@@ -187,7 +187,7 @@ def test_the_chest_xray_sites_experiment_tests_on_the_third_hospital(tmp_path):
         "mimic": ["test"], "nih": ["train", "val"], "stanford": ["train", "val"]}
     assert (splits["site"] == "mimic").sum() == 12  # MIMIC's official test split only
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["by_site"]["val"]) == {"nih", "stanford"} and "external test" in metrics["test_origin"]
+    assert set(metrics["subgroups"]["site"]["val"]["groups"]) == {"nih", "stanford"} and "external test" in metrics["test_origin"]
 
 
 def test_the_chest_xray_sites_experiment_says_where_to_get_each_collection(tmp_path):

@@ -65,6 +65,7 @@ def test_padchest_reads_the_publishers_csv_unchanged(tmp_path):
         "d.png": {"pleural effusion": 0, "pneumonia": 0, "cardiomegaly": 0},
         "e.png": {"pleural effusion": 0, "pneumonia": 0, "cardiomegaly": 1}}
     assert frame["patient_id"].tolist() == ["p1", "p1", "p2", "p3", "p4"]
+    assert frame["sex"].tolist() == ["male"] * 5 and frame["age"].tolist() == [75.0] * 5  # 2014 less 1939
     assert frame.loc["c.png", "view"] == "AP_horizontal"
     assert frame.loc["a.png", "image"].endswith("padchest/0/a.png")
     assert frame.loc["e.png", "image"].endswith("padchest/e.png")

@@ -77,8 +77,8 @@ def test_a_run_tested_on_another_site_reports_each_site(tmp_path):
     run = run_experiment(config)
     metrics = json.loads((run / "metrics.json").read_text())
     assert "site(s) east, held out whole: an external test" in metrics["test_origin"]
-    val = metrics["by_site"]["val"]
-    assert set(val) == {"north", "south"} and "test" not in metrics["by_site"]  # the test split is one site
+    val = metrics["subgroups"]["site"]["val"]["groups"]
+    assert set(val) == {"north", "south"} and "test" not in metrics["subgroups"]["site"]  # the test split is one site
     splits = pd.read_csv(run / "splits.csv")
     for site, figures in val.items():
         rows = splits[(splits["split"] == "val") & (splits["site"] == site)]
@@ -89,7 +89,7 @@ def test_a_run_tested_on_another_site_reports_each_site(tmp_path):
     # evaluating on all three sites gives each its own figures
     assert main(["evaluate", "--model", str(run), "--data", f"manifest:{csv}"]) == 0
     evaluation = sorted((run / "evaluations").iterdir())[-1]
-    tested = json.loads((evaluation / "metrics.json").read_text())["by_site"]["test"]
+    tested = json.loads((evaluation / "metrics.json").read_text())["subgroups"]["site"]["test"]["groups"]
     assert {site: figures["n"] for site, figures in tested.items()} == {"east": 24, "north": 24, "south": 24}
 
 
@@ -100,7 +100,7 @@ def test_a_kfold_run_reports_each_sites_out_of_fold_figures(tmp_path):
                                  {"method": "kfold", "folds": 3, "test_sites": ["east"]})
     run = run_experiment(config)
     metrics = json.loads((run / "metrics.json").read_text())
-    oof = metrics["by_site"]["out_of_fold"]
+    oof = metrics["subgroups"]["site"]["out_of_fold"]["groups"]
     assert {site: figures["n"] for site, figures in oof.items()} == {"north": 16, "south": 16}
     scores = pd.read_csv(run / "oof_predictions.csv")
     scores["site"] = scores["image"].map(lambda path: path.rsplit("/", 1)[1].split("_")[0])

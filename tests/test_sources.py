@@ -309,10 +309,11 @@ def test_folder_source_needs_a_folder(tmp_path):
 # ---------------------------------------------------------------- DICOM
 def test_dicom_folder_reads_patient_and_view(tmp_path):
     source = get_testdata_file("CT_small.dcm")
-    for label, (cls, patient, view) in enumerate([("normal", "P001", "PA"), ("normal", "P002", None),
-                                                  ("effusion", "P003", "AP")]):
+    for label, (cls, patient, view, sex, age) in enumerate([("normal", "P001", "PA", "F", "061Y"),
+                                                            ("normal", "P002", None, "M", "018M"),
+                                                            ("effusion", "P003", "AP", "", "")]):
         dataset = pydicom.dcmread(source)
-        dataset.PatientID = patient
+        dataset.PatientID, dataset.PatientSex, dataset.PatientAge = patient, sex, age
         if view:
             dataset.ViewPosition = view
         (tmp_path / cls).mkdir(exist_ok=True)
@@ -326,6 +327,9 @@ def test_dicom_folder_reads_patient_and_view(tmp_path):
     assert frame.loc["P003.dcm", ["label", "patient_id", "view"]].tolist() == [0, "P003", "AP"]
     assert frame["view"].isna()["P002.dcm"]
     assert frame.loc["IM_NOEXT", "patient_id"] == "1CT1"
+    assert frame["sex"].fillna("?").to_dict() == {"P001.dcm": "female", "P002.dcm": "male", "P003.dcm": "?",
+                                                   "IM_NOEXT": "other"}  # PatientSex, O in the sample file
+    assert frame["age"].fillna(-1).to_dict() == {"P001.dcm": 61.0, "P002.dcm": 1.5, "P003.dcm": -1, "IM_NOEXT": 0.0}
     report = validate_table(table, need_patient_ids=True)
     assert report.ok and [w.image.rsplit("/", 1)[1] for w in report.warnings] == ["notes.txt"]
 

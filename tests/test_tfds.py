@@ -172,7 +172,8 @@ def test_a_manifest_of_16_bit_pngs_round_trips_through_tfds(tmp_path, caplog):
         image = rng.integers(0, 4096, (12, 10), dtype=np.uint16)  # 12-bit detector values
         cv2.imwrite(str(tmp_path / f"x{i}.png"), image)
         rows.append({"path": f"x{i}.png", "label": i % 2, "patient_id": f"p{i // 2}", "site": f"s{i % 3}",
-                     "view": "PA", "split": ["train", "val", "test"][i % 3], "boxes": f"1,2,{i + 3},4" if i % 2 else ""})
+                     "view": "PA", "split": ["train", "val", "test"][i % 3], "boxes": f"1,2,{i + 3},4" if i % 2 else "",
+                     "sex": "FM "[i % 3], "age": "" if i == 4 else 30.5 + i})
     manifest = write_manifest(tmp_path, rows)
     out = tmp_path / "exports" / "chest_v1"
     assert main(["export-tfds", f"manifest:{manifest}", str(out), "--version", "1.2.0"]) == 0
@@ -190,8 +191,9 @@ def test_a_manifest_of_16_bit_pngs_round_trips_through_tfds(tmp_path, caplog):
     source = source.subset(np.concatenate([np.flatnonzero(source.frame["split"] == s)
                                            for s in ("train", "val", "test")]))  # TFDS keeps each split's order
     back = load_source(parse_source_spec(f"tfds:{out}#train+validation+test"))
-    for column in ("patient_id", "site", "view", "split", "boxes"):  # finding boxes too, for explanations
-        assert back.frame[column].fillna("").tolist() == source.frame[column].fillna("").tolist()
+    for column in ("patient_id", "site", "view", "split", "boxes", "sex", "age"):  # boxes, sex and age too
+        assert back.frame[column].astype(str).tolist() == source.frame[column].astype(str).tolist()
+    assert back.frame["sex"].notna().sum() == 6 and back.frame["age"].notna().sum() == 8
     assert back.frame["boxes"].notna().sum() == 4
     assert back.labels().tolist() == source.labels().tolist() and back.classes == source.classes
     for mine, theirs in zip(raw_dataset(source).as_numpy_iterator(), raw_dataset(back).as_numpy_iterator()):

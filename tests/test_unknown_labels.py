@@ -250,7 +250,7 @@ def _chexpert_stand_in(folder, name="train.csv", patients=40, seed=0):
             (folder / path).parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(folder / path), rng.integers(0, 255, (24, 24), dtype=np.uint8))
             codes = rng.choice(["1.0", "0.0", "", "-1.0"], size=len(OBSERVATIONS), p=[.3, .3, .2, .2])
-            lines.append(",".join([path, "Female", "50", "Frontal", "AP"] + codes.tolist()))
+            lines.append(",".join([path, ("Female", "Male")[p % 2], str(30 + p), "Frontal", "AP"] + codes.tolist()))
     (top / name).write_text("\n".join(lines) + "\n")
     return top / name
 
@@ -278,6 +278,11 @@ def test_the_chexpert_experiment_ignores_uncertain_labels_where_it_says_and_scor
     assert metrics["unknown_labels"]["test"]["Cardiomegaly"] == int((test[:, 1] == UNKNOWN_LABEL).sum()) > 0
     youden = metrics["splits"]["test"]["youden"]["per_label"]
     assert youden["Cardiomegaly"]["n"] == int((test[:, 1] != UNKNOWN_LABEL).sum())
+    # figures by sex and age band, as the experiment asks (macro AUC over the five findings per group)
+    by_sex = metrics["subgroups"]["sex"]["test"]["groups"]
+    assert {sex: entry["n"] for sex, entry in by_sex.items()} == splits[splits["split"] == "test"].groupby(
+        "sex").size().to_dict()
+    assert "difference_test" not in metrics["subgroups"]["sex"]["test"]  # no test between groups of a multilabel model
     # the publisher's valid.csv holds all 14 observations: the five the model predicts are scored
     valid = _chexpert_stand_in(tmp_path / "valid", "valid.csv", patients=10, seed=1)
     scored = load_metrics(evaluate_run(run_dir, data=f"chexpert:{valid}", output=tmp_path / "valid_scores"))

@@ -33,6 +33,7 @@ Task = Literal["binary", "multiclass", "multilabel"]
 # of the SVM fitted for that label and of every metric of that label.
 UNKNOWN_LABEL = -1
 ThresholdMethod = Literal["youden", "sensitivity", "specificity", "fixed"]
+Subgroup = Literal["site", "view", "sex", "age"]
 # the methods that choose a threshold from validation data ("fixed" takes it as given)
 THRESHOLD_TARGET_METHODS = tuple(m for m in typing.get_args(ThresholdMethod) if m != "fixed")
 
@@ -941,6 +942,15 @@ class EvaluationConfig(_Section):
         two coarse classes the second is the positive one: a binary answer with
         its own thresholds chosen on validation, e.g. {non_tb: [healthy,
         sick_non_tb], tb: [tuberculosis]}.
+    subgroups: the patient and image attributes whose groups get their own
+        figures in every split holding two or more of them (site, view, sex,
+        age): images, AUC with its interval and, for a binary model,
+        sensitivity and specificity at the first threshold with a test of
+        whether they differ between the groups. Default [site]; a named
+        attribute other than site that no image of the data records is
+        refused.
+    age_bands: the ages in whole years where a band starts, for the age
+        subgroup: [40, 60, 80] gives 0-39, 40-59, 60-79 and 80+.
 
     Example:
         >>> EvaluationConfig(hierarchy={"benign": ["nevus"], "malignant": ["melanoma"]}).threshold
@@ -955,9 +965,21 @@ class EvaluationConfig(_Section):
     bootstrap: int = 0
     ci_level: float = 0.95
     hierarchy: dict[str, list[str]] | None = None
+    subgroups: list[Subgroup] = field(default_factory=lambda: ["site"])
+    age_bands: list[int] = field(default_factory=lambda: [40, 60, 80])
 
     def check(self) -> None:
         super().check()
+        repeated = sorted({name for name in self.subgroups if self.subgroups.count(name) > 1})
+        if repeated:
+            self._fail("subgroups", f"it names {', '.join(repeated)} more than once; name each attribute once")
+        bands = self.age_bands
+        if not bands or any(b <= 0 or b > 130 for b in bands) or any(a >= b for a, b in zip(bands, bands[1:])):
+            self._fail("age_bands", "list the ages where a band starts, increasing whole years in 1-130, "
+                       "e.g. [40, 60, 80]")
+        if "age" not in self.subgroups and "age_bands" in _changed_from_defaults(self):
+            self._fail("age_bands", "it is set but evaluation.subgroups does not name age; add age to "
+                       "evaluation.subgroups or remove it")
         for name in ("target_sensitivity", "target_specificity", "ci_level"):
             if not 0.0 < getattr(self, name) <= 1.0 or (name == "ci_level" and getattr(self, name) == 1.0):
                 self._fail(name, "it must be in (0, 1)" if name == "ci_level" else "it must be in (0, 1]")

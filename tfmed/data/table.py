@@ -38,10 +38,12 @@ LABEL_PREFIX = "label:"
 #   patient_id  str   patient identifier (NA when unknown)
 #   site        str   acquisition site / source (NA when unknown)
 #   view        str   view position (NA when unknown)
+#   sex         str   "female" | "male" | "other" (NA when unknown; see tfmed.data.demographics)
+#   age         float the patient's age in years at the image (NA when unknown)
 #   split       str   "train" | "val" | "test" when the source predefines it
 #   row         int   the row's number in its source (CSV line, file index),
 #                     used in every error message
-BASE_COLUMNS = ("image", "patient_id", "site", "view", "split", "row")
+BASE_COLUMNS = ("image", "patient_id", "site", "view", "sex", "age", "split", "row")
 
 
 class DataSourceError(TfmedError):
@@ -76,6 +78,8 @@ class ImageTable:
         for column in BASE_COLUMNS:
             if column not in frame.columns:
                 frame[column] = pd.NA if column != "row" else np.arange(len(frame))
+        frame["sex"] = frame["sex"].astype("string")
+        frame["age"] = pd.to_numeric(frame["age"]).astype("Float64")
         self.frame = frame.reset_index(drop=True)
 
     def __len__(self) -> int:

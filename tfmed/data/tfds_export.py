@@ -24,6 +24,9 @@ Features written:
 * ``boxes``: text, when the table has finding boxes (:mod:`tfmed.data.boxes`;
   "" for an image without), so that explanations can still be measured
   against them.
+* ``sex``, ``age``: text, when the table knows some patients' sex or age
+  (``female``/``male``/``other`` and years, "" when unknown), so that figures
+  by subgroup can still be given.
 
 Splits: tfmed's ``train``, ``val`` and ``test`` become TFDS ``train``,
 ``validation`` and ``test``. A source without predefined splits is written as
@@ -51,9 +54,11 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL
 from tfmed.data.boxes import BOXES_COLUMN
+from tfmed.data.demographics import DEMOGRAPHIC_COLUMNS
 from tfmed.data.pipeline import raw_dataset
 from tfmed.data.sources.tfds import UNKNOWN_FEATURE, tfds_quietly
 from tfmed.data.table import DataSourceError, ImageTable
@@ -130,6 +135,7 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
     table = apply_validation(table, validate_table(table, max_pixels=max_pixels), exclude_bad_rows=False)
     unknown = table.task == "multilabel" and bool((table.labels() == UNKNOWN_LABEL).any())
     boxes = BOXES_COLUMN in table.frame.columns and bool(table.frame[BOXES_COLUMN].notna().any())
+    demographics = bool(table.frame[list(DEMOGRAPHIC_COLUMNS)].notna().any().any())
     splits = _splits(table)
     dtype, shape, replicated = _image_kind(table)
     features = tfds.features.FeaturesDict({
@@ -141,13 +147,14 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
         **({UNKNOWN_FEATURE: tfds.features.Sequence(tfds.features.ClassLabel(names=table.classes))}
            if unknown else {}),
         "patient_id": tfds.features.Text(), "site": tfds.features.Text(), "view": tfds.features.Text(),
-        **({BOXES_COLUMN: tfds.features.Text()} if boxes else {}), "source_image": tfds.features.Text()})
+        **({BOXES_COLUMN: tfds.features.Text()} if boxes else {}), "source_image": tfds.features.Text(),
+        **({column: tfds.features.Text() for column in DEMOGRAPHIC_COLUMNS} if demographics else {})})
     channels = shape[-1]
     sources = _relative_references(table)
     split_data = {}
     for split, rows in splits.items():
         split_data[TFDS_SPLITS[split]] = _examples(table.subset(rows), sources[rows], dtype, channels, unknown,
-                                                   boxes)
+                                                   boxes, demographics)
     temporary = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
     shutil.rmtree(temporary, ignore_errors=True)
     from tfmed import __version__
@@ -230,12 +237,15 @@ def _relative_references(table: ImageTable) -> np.ndarray:
 
 
 def _examples(table: ImageTable, references: np.ndarray, dtype, channels: int, unknown: bool = False,
-              boxes: bool = False):
+              boxes: bool = False, demographics: bool = False):
     """``(key, example)`` pairs of ``table``, in table order."""
     frame = table.frame
     labels = table.labels()
     columns = ("patient_id", "site", "view") + ((BOXES_COLUMN,) if boxes else ())
     texts = {column: frame[column].astype("string").fillna("").tolist() for column in columns}
+    if demographics:
+        texts["sex"] = frame["sex"].fillna("").tolist()
+        texts["age"] = ["" if pd.isna(age) else f"{age:g}" for age in frame["age"]]
     for position, image in enumerate(raw_dataset(table).as_numpy_iterator()):
         if image.shape[-1] != channels:
             image = np.repeat(image, channels, axis=-1)

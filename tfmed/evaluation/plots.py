@@ -264,6 +264,39 @@ def multi_roc_plot(y_true, scores, class_names: Sequence[str], path, title: str 
     return _save(figure, path)
 
 
+def subgroup_plot(figures: Mapping[str, Mapping], path, title: str = "AUC by subgroup") -> Path:
+    """A forest plot: each group's AUC with its interval, one row per group, attributes one after another.
+
+    ``figures`` maps an attribute (``sex``) to :func:`~tfmed.evaluation.subgroups.subgroup_figures`'s result;
+    a group whose AUC is undefined (one class) is listed with "AUC undefined".
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "subgroups.png"
+        >>> groups = {"female": {"n": 20, "auc": 0.9, "auc_ci": [0.8, 0.95]}, "male": {"n": 3, "auc": None}}
+        >>> subgroup_plot({"sex": {"groups": groups}}, out).exists()
+        True
+    """
+    rows = [(f"{attribute}: {group} (n={entry['n']})", entry.get("auc"), entry.get("auc_ci"))
+            for attribute, result in figures.items() for group, entry in result["groups"].items()]
+    figure, axes = _figure((6.0, 1.2 + 0.35 * len(rows)))
+    for position, (label, auc, interval) in enumerate(rows):
+        if auc is None:
+            axes.text(0.5, position, "AUC undefined (one class)", ha="center", va="center", fontsize=8, color="grey")
+            continue
+        if interval and None not in interval:
+            axes.plot(interval, [position, position], color="tab:blue", lw=2)
+        axes.plot(auc, position, marker="o", color="tab:blue", ms=7)
+    axes.axvline(0.5, color="grey", lw=1, ls="--")
+    axes.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=8)
+    axes.set_ylim(len(rows) - 0.5, -0.5)
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_xlabel("AUC (dots) with its interval (bars)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3, axis="x")
+    return _save(figure, path)
+
+
 def _pair(y, scores, where: str) -> tuple[np.ndarray, np.ndarray]:
     y = _binary_labels(y, f"{where}: y")
     s = np.asarray(scores, dtype=float).reshape(-1) if np.ndim(scores) == 2 and np.shape(scores)[1] == 1 \

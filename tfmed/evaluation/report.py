@@ -39,6 +39,7 @@ _PLOT_CAPTIONS = {
     "reliability": "Calibration (reliability diagram, test)",
     "training_curves": "Training curves (dotted lines: a new fine-tuning stage begins)",
     "roc_per_class": "One-vs-rest ROC curves (test)",
+    "subgroups": "AUC by subgroup (test), with intervals",
 }
 
 

@@ -39,7 +39,8 @@ from tfmed.training.distribute import WorkerShare
 SHARD_ROWS = 4096
 BLOCKS_FILE = "blocks.json"
 # frame columns that never change an image's features (labels, ids, bookkeeping)
-NOT_IMAGE_COLUMNS = ("label", "patient_id", "site", "view", "split", "row", "source_problems", BOXES_COLUMN)
+NOT_IMAGE_COLUMNS = ("label", "patient_id", "site", "view", "sex", "age", "split", "row", "source_problems",
+                     BOXES_COLUMN)
 
 
 class FeatureStore:

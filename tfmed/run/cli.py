@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                                "YAML file with a data: section for settings a source string cannot give "
                                "(default: the run's own test split)")
     evaluate.add_argument("--output", default=None, help="output directory (default: RUN/evaluations/TIMESTAMP)")
+    evaluate.add_argument("--subgroups", default=None, type=_names,
+                          help="comma-separated attributes whose groups get their own figures, among site, view, "
+                               "sex, age (default: the run's evaluation.subgroups), e.g. sex,age")
     _add_trust_options(evaluate)
 
     predict = verbs.add_parser("predict", help="score new images with a saved run")
@@ -141,6 +144,11 @@ def _add_verify_option(verb: argparse.ArgumentParser) -> None:
                            "(an incomplete run); the output says the check was skipped")
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated option as a list: ``"sex, age"`` -> ``["sex", "age"]``; ``""`` -> ``[]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _add_trust_options(verb: argparse.ArgumentParser) -> None:
     _add_verify_option(verb)
     verb.add_argument("--trust-pickles", action="store_true",
@@ -191,7 +199,8 @@ def _cmd_run(args) -> int:
 def _cmd_evaluate(args) -> int:
     from tfmed.run.evaluate import evaluate_run
 
-    output = evaluate_run(args.model, args.data, args.output, verify=args.verify, trust_pickles=args.trust_pickles)
+    output = evaluate_run(args.model, args.data, args.output, verify=args.verify, trust_pickles=args.trust_pickles,
+                          subgroups=args.subgroups)
     print(f"wrote {output}")
     return 0
 
@@ -277,8 +286,9 @@ def _cmd_export_tfds(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from tfmed.config import SplitConfig
+    from tfmed.config import EvaluationConfig, SplitConfig
     from tfmed.data.validate import validate_table
+    from tfmed.evaluation.subgroups import group_counts
 
     if args.near_duplicate_rms is not None and not args.near_duplicate_rms >= 0:
         raise TfmedError(f"--near-duplicate-rms is {args.near_duplicate_rms:g}; give a number of grey levels >= 0")
@@ -299,6 +309,11 @@ def _cmd_validate(args) -> int:
     sites = table.frame["site"].value_counts(sort=False)
     if len(sites) > 1:  # e.g. the parts of a merged section: what split.test_sites can hold out
         print("sites: " + ", ".join(f"{site} {count}" for site, count in sorted(sites.items())))
+    bands = (experiment.evaluation if experiment is not None else EvaluationConfig()).age_bands
+    for attribute in ("sex", "age"):  # what evaluation.subgroups can give figures by
+        if table.frame[attribute].notna().any():
+            print(f"{attribute}: " + ", ".join(f"{group} {count}" for group, count
+                                               in group_counts(table.frame, attribute, bands).items()))
     if table.task == "multilabel":   # images per label that are positive, and those whose label is unknown
         print("labels: " + "; ".join(
             f"{name} {int((table.frame[column] == 1).sum())} positive, "

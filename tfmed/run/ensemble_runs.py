@@ -36,7 +36,8 @@ from tfmed.modes import Ensemble
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
-from tfmed.run.experiment import choose_coarse_thresholds, coarse_metrics, count_entries, evaluate_split
+from tfmed.run.experiment import (by_subgroup, choose_coarse_thresholds, coarse_metrics, count_entries,
+                                  evaluate_split, subgroup_metrics)
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir, run_split_tables
 
@@ -111,6 +112,9 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         metrics["splits"][split] = evaluate_split(model, table, scores[split], config.evaluation)
         metrics["members"][split] = compare_to_members(model.task, table.labels(), scores[split],
                                                        member_scores[split])
+    groups = {split: subgroup_metrics(model, table, scores[split], config.evaluation) for split, table in tables.items()}
+    if any(groups.values()):
+        metrics["subgroups"] = by_subgroup(groups)
     if model.hierarchy:
         metrics["coarse"] = coarse_metrics(model, tables, scores, config.evaluation)
     from tfmed.run.reporting import write_run_outputs

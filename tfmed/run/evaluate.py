@@ -5,13 +5,14 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tfmed.config import DataConfig, ExperimentConfig, is_experiment_file
+from tfmed.config import ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, is_experiment_file
 from tfmed.data.near_duplicates import copies_of
 from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec
 from tfmed.data.table import LABEL_PREFIX, ImageTable, remap_labels
@@ -21,8 +22,9 @@ from tfmed.evaluation.froc import froc
 from tfmed.evaluation.metrics import to_jsonable
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
-from tfmed.run.experiment import by_site, coarse_metrics, count_entries, evaluate_split, merge_tables
-from tfmed.run.reporting import coarse_sentences, member_sentences, site_sentences, write_outputs
+from tfmed.run.experiment import (by_subgroup, check_subgroups, coarse_metrics, count_entries, evaluate_split,
+                                  merge_tables, subgroup_metrics)
+from tfmed.run.reporting import coarse_sentences, member_sentences, subgroup_sentences, write_outputs
 from tfmed.run.rundir import RunDirectoryError, new_run_dir, resolve_run_dir, run_split_tables
 
 
@@ -32,12 +34,14 @@ def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
 
 
 def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | Path | None = None, *,
-                 verify: bool = True, trust_pickles: bool = False) -> Path:
+                 verify: bool = True, trust_pickles: bool = False, subgroups: list[str] | None = None) -> Path:
     """Score ``data`` (default: the run's own test split) and write metrics and a report.
 
     For an ensemble run, each member is scored too: ``member_scores.csv`` and, in
     ``metrics.json`` under ``members``, each member's AUC beside the ensemble's with
     the paired DeLong p-value (as ``tfmed run`` writes them for val and test).
+    ``subgroups`` (site, view, sex, age) replaces the run's ``evaluation.subgroups``
+    for these figures, e.g. to audit an external test set by sex and age.
 
     Returns the output directory (default ``RUN/evaluations/TIMESTAMP``). The
     run is checked against its manifest first (see :meth:`TrainedModel.load`
@@ -46,6 +50,10 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     run_dir = resolve_run_dir(model_dir)
     model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
     config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
+    where = "evaluation.subgroups (of the run's config.yaml)"
+    if subgroups is not None:
+        config.evaluation = subgroup_setting(config.evaluation, subgroups)
+        where = "--subgroups"
     if data is None:
         table, _ = run_test_table(run_dir)
         if len(table) == 0:
@@ -69,6 +77,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         raise ModelArtifactError(f"{data}: the data has {table.task} labels {table.classes} but the model "
                                  f"was trained for {model.task} {model.classes}")
     table = match_classes(table, list(model.classes), data)
+    scored = data or "the run's own test split"
+    check_subgroups(config.evaluation.subgroups, table, f"{scored}: {where}")
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
     out.mkdir(parents=True, exist_ok=True)
     excluded = table.excluded if data is not None else pd.DataFrame()  # the run lists its own
@@ -93,9 +103,9 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                      "run's train or val split (copies_of_run_images.csv): the figures here are not fully held out.")
     if members is not None:  # an ensemble: each member beside the combination, as in the run
         metrics["members"] = {"test": compare_to_members(model.task, table.labels(), scores, members)}
-    sites = by_site(model, table, scores, config.evaluation)
-    if sites:
-        metrics["by_site"] = {"test": sites}
+    groups = subgroup_metrics(model, table, scores, config.evaluation)
+    if groups:
+        metrics["subgroups"] = by_subgroup({"test": groups})
     if model.hierarchy:  # the coarse classes at the coarse thresholds the run chose
         metrics["coarse"] = coarse_metrics(model, {"test": table}, {"test": scores}, config.evaluation)
     if data is not None and parsed.source == "luna16":
@@ -106,10 +116,27 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
             metrics["froc"] = froc_metrics
     write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
-                  notes=notes + member_sentences(metrics) + site_sentences(metrics) + coarse_sentences(metrics),
+                  notes=notes + member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics),
                   member_scores={"test": members} if members is not None else None,
                   excluded=to_jsonable(excluded.astype(str).to_dict("records")))
     return out
+
+
+def subgroup_setting(evaluation: EvaluationConfig, subgroups: list[str]) -> EvaluationConfig:
+    """``evaluation`` with ``subgroups`` instead of its own (``tfmed evaluate --subgroups``), checked.
+
+    Example:
+        >>> subgroup_setting(EvaluationConfig(), ["sex", "age"]).subgroups
+        ['sex', 'age']
+        >>> subgroup_setting(EvaluationConfig(), ["race"])
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: --subgroups is ['race']; allowed: site, view, sex, age
+    """
+    bands = evaluation.age_bands if "age" in subgroups else EvaluationConfig().age_bands  # the run's if used
+    try:
+        return dataclasses.replace(evaluation, subgroups=list(subgroups), age_bands=bands)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("evaluation.subgroups", "--subgroups", 1)) from None
 
 
 def evaluation_data(spec: str) -> DataConfig:

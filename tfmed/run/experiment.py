@@ -124,9 +124,10 @@ def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
 
 
 def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
-    """Settings that only make sense for some tasks, checked by the mode once the task is known, and the class
-    hierarchy against the data's classes."""
+    """Settings that only make sense for some tasks, checked by the mode once the task is known, the class
+    hierarchy against the data's classes, and the subgroup attributes against what the data record."""
     get_mode(config.model.mode).check_experiment(config, table)
+    check_subgroups(config.evaluation.subgroups, table, f"{config.name}: evaluation.subgroups")
     if config.evaluation.hierarchy:
         from tfmed.evaluation.hierarchy import Hierarchy, HierarchyError
 
@@ -174,37 +175,58 @@ def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,
             for name, threshold in model.thresholds.items()}
 
 
-NO_SITE = "(no site)"
-
-
-def by_site(model: TrainedModel, table: ImageTable, scores: np.ndarray, evaluation: EvaluationConfig) -> dict | None:
-    """Each site's figures in a split of several sites (None with fewer than two): images, AUC with its
-    interval, and for a binary model sensitivity and specificity at the first stored threshold (Youden's).
+def subgroup_metrics(model: TrainedModel, table: ImageTable, scores: np.ndarray,
+                     evaluation: EvaluationConfig) -> dict:
+    """Each ``evaluation.subgroups`` attribute's figures in one split, for the attributes of which the split
+    holds two or more groups (see :func:`~tfmed.evaluation.subgroups.subgroup_figures`); a binary model's
+    at the first stored threshold (Youden's).
 
     Example:
-        >>> by_site(model, val_table, val_scores, config.evaluation)  # doctest: +SKIP
-        {'montgomery': {'n': 14, 'auc': 0.81, 'auc_ci': [0.6, 0.92], ...}, 'shenzhen': {...}}
+        >>> subgroup_metrics(model, val_table, val_scores, config.evaluation)  # doctest: +SKIP
+        {'site': {'groups': {'montgomery': {'n': 14, 'auc': 0.81, ...}, 'shenzhen': {...}}, 'sensitivity_p': 0.4, ...}}
     """
-    from tfmed.evaluation.metrics import evaluate
+    from tfmed.evaluation.subgroups import group_names, subgroup_figures
 
-    sites = table.frame["site"].astype("string").fillna(NO_SITE).to_numpy()
-    if len(set(sites)) < 2:
-        return None
     threshold_name = next(iter(model.thresholds), None) if model.task != "multiclass" else None
+    threshold = model.thresholds[threshold_name] if threshold_name else None
     figures = {}
-    for site in sorted(set(sites)):
-        rows = np.flatnonzero(sites == site)
-        part = table.subset(rows)
-        threshold = model.thresholds[threshold_name] if threshold_name else None
-        result = evaluate(model.task, part.labels(), np.asarray(scores)[rows], threshold, model.classes,
-                          ci_level=evaluation.ci_level)
-        if model.task == "binary":
-            figures[site] = {"n": result["n"], "n_positive": result["n_positive"], "auc": result["roc_auc"],
-                             "auc_ci": result["ci"].get("roc_auc"), "threshold": threshold_name,
-                             "sensitivity": result["sensitivity"], "specificity": result["specificity"]}
-        else:
-            figures[site] = {"n": result["n"], "auc": result["macro_auc"], "auc_ci": result.get("macro_auc_ci")}
+    for attribute in evaluation.subgroups:
+        groups = group_names(table.frame, attribute, evaluation.age_bands)
+        result = subgroup_figures(model.task, table.labels(), scores, groups, threshold, threshold_name,
+                                  model.classes, attribute, evaluation.ci_level)
+        if result is not None:
+            figures[attribute] = result
     return figures
+
+
+def by_subgroup(split_figures: dict[str, dict]) -> dict:
+    """``metrics.json``'s ``subgroups``: {attribute: {split: figures}} from {split: :func:`subgroup_metrics`}.
+
+    Example:
+        >>> by_subgroup({"val": {"sex": {"groups": {}}}, "test": {}})
+        {'sex': {'val': {'groups': {}}}}
+    """
+    out: dict = {}
+    for split, attributes in split_figures.items():
+        for attribute, figures in attributes.items():
+            out.setdefault(attribute, {})[split] = figures
+    return out
+
+
+def check_subgroups(subgroups: list[str], table: ImageTable, where: str) -> None:
+    """Refuse a subgroup attribute (other than site, which many data sets lack) that no image records.
+
+    Example:
+        >>> check_subgroups(["sex"], table_without_sex, "evaluation.subgroups")  # doctest: +SKIP
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: evaluation.subgroups names sex, but no image of the data records it; ...
+    """
+    missing = [name for name in subgroups if name != "site" and table.frame[name].isna().all()]
+    if missing:
+        raise ConfigError(f"{where} names {' and '.join(missing)}, but no image of the data records "
+                          f"{'it' if len(missing) == 1 else 'them'}; a manifest's sex, age and view columns, "
+                          "ChestX-ray14, CheXpert and PadChest's CSVs and DICOM headers (PatientSex, PatientAge, "
+                          "ViewPosition) give them. Remove it or use data that records it.")
 
 
 def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None) -> Path | None:
@@ -298,13 +320,14 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     metrics["near_duplicates"] = near_duplicate_summary(config, table)
     for name, split_scores in scores.items():
         metrics["splits"][name] = evaluate_split(model, parts[name], split_scores, config.evaluation)
-    sites = {name: by_site(model, parts[name], split_scores, config.evaluation) for name, split_scores in scores.items()}
-    if fold_summary is not None:  # each site's pooled out-of-fold figures, at the thresholds chosen on them
+    groups = {name: subgroup_metrics(model, parts[name], split_scores, config.evaluation)
+              for name, split_scores in scores.items()}
+    if fold_summary is not None:  # each group's pooled out-of-fold figures, at the thresholds chosen on them
         from tfmed.run.reporting import OUT_OF_FOLD
 
-        sites = {OUT_OF_FOLD: by_site(model, train, oof, config.evaluation), **sites}
-    if any(sites.values()):
-        metrics["by_site"] = {name: figures for name, figures in sites.items() if figures}
+        groups = {OUT_OF_FOLD: subgroup_metrics(model, train, oof, config.evaluation), **groups}
+    if any(groups.values()):
+        metrics["subgroups"] = by_subgroup(groups)
     if member_scores:
         metrics["members"] = {name: compare_to_members(model.task, parts[name].labels(), scores[name], members)
                               for name, members in member_scores.items()}

@@ -6,9 +6,10 @@ A run names patients and the author's machine in several places: ``splits.csv``,
 ``report.html`` lists excluded rows; ``config.yaml`` holds the data and runs
 folders, ``environment.json`` the command line and working directory; overlay
 files are named after their images. With ``anonymise=True`` the copy has each
-patient id replaced by a salted hash (the salt is not kept), paths made relative
-and files renamed; ``ANONYMISED.txt`` says what was done, and every file is then
-searched for the original ids. The model files stay byte-identical.
+patient id replaced by a salted hash (the salt is not kept), paths made relative,
+ages of 90 and over written as 90 and files renamed; ``ANONYMISED.txt`` says what
+was done, and every file is then searched for the original ids. The model files
+stay byte-identical.
 
 Example:
     >>> export_run("runs/pneumonia_mnist/20261124-101500", "share/pmnist", anonymise=True)  # doctest: +SKIP
@@ -35,6 +36,7 @@ from tfmed.run.rundir import resolve_run_dir
 NOTE_FILE = "ANONYMISED.txt"
 PATIENT_COLUMNS = ("patient_id", "patient")
 PATH_COLUMNS = ("image", "id", "file", "path")  # columns that hold image paths
+AGE_COLUMN, OLDEST = "age", 90  # ages from 90 on are written as 90 in an anonymised copy (HIPAA Safe Harbor)
 TEXT_SUFFIXES = {".csv", ".json", ".jsonl", ".yaml", ".yml", ".html", ".htm", ".txt", ".md", ".log"}
 KEPT = "model"  # copied byte for byte: the shared model is the one that was measured
 BINARY_MIN_LENGTH = 5  # shorter byte strings turn up by chance in compressed images and weights
@@ -172,6 +174,7 @@ def _anonymise(copy: Path, run_dir: Path, salt: str, out: Path) -> None:
     ids -= {"", "NA", "<NA>", "nan", "NaN", "None", "null"}
     rewrite = _Rewriter({v: pseudonym(v, salt) for v in ids}, _folders(copy, run_dir, frames))
     rewritten = sum(_rewrite_file(p, rewrite) for p in files)
+    capped = _cap_ages(files)
     renamed = 0
     for folder, folders, names in os.walk(copy, topdown=False):
         if Path(folder).relative_to(copy).parts[:1] == (KEPT,):
@@ -189,7 +192,9 @@ def _anonymise(copy: Path, run_dir: Path, salt: str, out: Path) -> None:
         f"- {len(ids)} patient ids were replaced by salted hashes (\"anon-\" + 16 hex digits) in id columns, "
         "text and file names; neither the salt nor the mapping is part of this copy.\n"
         f"- {rewritten} files were rewritten and {renamed} files or folders renamed.\n"
-        "- Absolute paths were made relative: image paths to their data folder, the working directory is "
+        + (f"- {capped} ages of {OLDEST} years or more were written as {OLDEST} (the age column), as HIPAA's "
+           "Safe Harbor method asks.\n" if capped else "")
+        + "- Absolute paths were made relative: image paths to their data folder, the working directory is "
         "\".\", the home folder \"~\", the runs folder \"runs\".\n"
         "- The model files (model/) are byte-identical to the original run's"
         + (f" (so {', '.join(pinned)} still hold absolute paths of the machine the run was made on)"
@@ -244,6 +249,22 @@ def _folders(copy: Path, run_dir: Path, frames: dict[Path, pd.DataFrame]) -> dic
 
 def _under(path: str, folders) -> bool:
     return any(path == f or path.startswith(f + "/") for f in folders)
+
+
+def _cap_ages(files: list[Path]) -> int:
+    """Write each age of :data:`OLDEST` years or more in the copy's CSVs as OLDEST (a very old age names few
+    people); the number of ages changed."""
+    capped = 0
+    for path in files:
+        frame = _read_csv(path) if path.suffix == ".csv" else None
+        if frame is None or AGE_COLUMN not in frame.columns:
+            continue
+        old = pd.to_numeric(frame[AGE_COLUMN], errors="coerce") >= OLDEST
+        if old.any():
+            frame.loc[old, AGE_COLUMN] = str(OLDEST)
+            frame.to_csv(path, index=False)
+            capped += int(old.sum())
+    return capped
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:

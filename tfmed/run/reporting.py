@@ -21,8 +21,8 @@ from tfmed.data.table import ImageTable
 from tfmed.evaluation.comparison import comparison_sentences
 from tfmed.evaluation.hierarchy import Hierarchy
 from tfmed.evaluation.metrics import to_jsonable
-from tfmed.evaluation.plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot,
-                                    roc_plot)
+from tfmed.evaluation.plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot, roc_plot,
+                                    subgroup_plot)
 from tfmed.evaluation.report import (ReportContext, value_with_interval, write_metrics_json, write_predictions,
                                     write_report)
 
@@ -59,6 +59,10 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def _p(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def write_predictions_csv(path: Path, model, parts: dict[str, ImageTable], scores: dict) -> Path:
     """One CSV with a ``split`` column: id, patient, label, score, decision per image.
 
@@ -89,7 +93,16 @@ def write_predictions_csv(path: Path, model, parts: dict[str, ImageTable], score
 
 def make_plots(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: dict, split: str) -> dict:
     """The split's ROC (operating points marked), PR, confusion and reliability plots; with a class hierarchy of
-    two coarse classes also the coarse ROC (``roc_coarse``) at the coarse operating points."""
+    two coarse classes also the coarse ROC (``roc_coarse``) at the coarse operating points; with subgroups in the
+    split their AUCs (``subgroups``)."""
+    groups = {attribute: splits[split] for attribute, splits in metrics.get("subgroups", {}).items()
+              if split in splits}
+    plots = {"subgroups": subgroup_plot(groups, out / f"subgroups_{split}.png", title=f"AUC by subgroup ({split})")
+             } if groups else {}
+    return {**_curves(out, model, table, scores, metrics, split), **plots}
+
+
+def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: dict, split: str) -> dict:
     y = table.labels()
     if metrics["task"] == "binary":
         chosen = primary_metrics(metrics, split)
@@ -189,7 +202,7 @@ def member_sentences(metrics: dict) -> list[str]:
             for line in comparison_sentences(comparison, split)]
 
 
-OUT_OF_FOLD = "out_of_fold"  # metrics["by_site"]'s key for a k-fold run's pooled out-of-fold scores
+OUT_OF_FOLD = "out_of_fold"  # metrics["subgroups"]'s split key for a k-fold run's pooled out-of-fold scores
 
 
 def coarse_sentences(metrics: dict) -> list[str]:
@@ -225,26 +238,37 @@ def coarse_sentences(metrics: dict) -> list[str]:
     return lines
 
 
-def site_sentences(metrics: dict) -> list[str]:
-    """The report's sentences on each site of a split of several sites (``metrics["by_site"]``, from
-    :func:`~tfmed.run.experiment.by_site`); none when every split is of one site.
+def subgroup_sentences(metrics: dict) -> list[str]:
+    """The report's sentences on each group of a split's subgroups (``metrics["subgroups"]``, from
+    :func:`~tfmed.run.experiment.subgroup_metrics`): one per attribute and split; none without groups.
 
     Example:
-        >>> site_sentences({"by_site": {"val": {"a": {"n": 20, "n_positive": 8, "auc": 0.9, "auc_ci": [0.8, 0.95],
-        ...     "threshold": "youden", "sensitivity": 0.75, "specificity": 0.833}}}})
-        ['val by site: a AUC 0.900 (0.800-0.950), 20 images (8 positive), sensitivity 0.750 and specificity 0.833 at the youden threshold.']
+        >>> line = subgroup_sentences({"subgroups": {"sex": {"val": {"groups": {"female": {"n": 20, "n_positive": 8,
+        ...     "auc": 0.9, "auc_ci": [0.8, 0.95], "threshold": "youden", "sensitivity": 0.75, "specificity": 0.833}},
+        ...     "sensitivity_p": 0.04, "specificity_p": None, "difference_test": "Fisher's exact test"}}}})[0]
+        >>> line[:line.index(",")]
+        'val by sex: female AUC 0.900 (0.800-0.950)'
+        >>> line[line.index("Between"):]
+        "Between the groups: sensitivity p = 0.0400, specificity p = n/a (Fisher's exact test)."
     """
+    from tfmed.evaluation.subgroups import ATTRIBUTE_WORDS
+
     lines = []
-    for split, sites in metrics.get("by_site", {}).items():
-        parts = []
-        for site, m in sites.items():
-            text = f"{site} AUC {value_with_interval(m['auc'], m['auc_ci'])}, {m['n']} images"
-            if "sensitivity" in m:
-                text += (f" ({m['n_positive']} positive), sensitivity {_fmt(m['sensitivity'])} and specificity "
-                         f"{_fmt(m['specificity'])} at the {m['threshold']} threshold")
-            parts.append(text)
-        name = "pooled out-of-fold" if split == OUT_OF_FOLD else split
-        lines.append(f"{name} by site: " + "; ".join(parts) + ".")
+    for attribute, splits in metrics.get("subgroups", {}).items():
+        for split, figures in splits.items():
+            parts = []
+            for group, m in figures["groups"].items():
+                text = f"{group} AUC {value_with_interval(m['auc'], m['auc_ci'])}, {m['n']} images"
+                if "sensitivity" in m:
+                    text += (f" ({m['n_positive']} positive), sensitivity {_fmt(m['sensitivity'])} and specificity "
+                             f"{_fmt(m['specificity'])} at the {m['threshold']} threshold")
+                parts.append(text)
+            name = "pooled out-of-fold" if split == OUT_OF_FOLD else split
+            line = f"{name} by {ATTRIBUTE_WORDS[attribute]}: " + "; ".join(parts) + "."
+            if "difference_test" in figures:
+                line += (f" Between the groups: sensitivity p = {_p(figures['sensitivity_p'])}, specificity p = "
+                         f"{_p(figures['specificity_p'])} ({figures['difference_test']}).")
+            lines.append(line)
     return lines
 
 
@@ -280,7 +304,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                  f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. Thresholds "
                  f"were chosen on the pooled out-of-fold scores; {final} was measured once on test."]
         notes.remove(THRESHOLD_NOTE)
-    notes += member_sentences(metrics) + site_sentences(metrics) + coarse_sentences(metrics)
+    notes += member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics)
     extra_plots = {}
     if config.report.explain and scores:
         from tfmed.run.explain import explain_for_report

@@ -21,6 +21,7 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.decode import SUPPORTED_EXTENSIONS, has_dicom_marker
+from tfmed.data.demographics import DEMOGRAPHIC_COLUMNS
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 from tfmed.data.volumes import count_noun
@@ -212,8 +213,8 @@ def row_values(fields: list[str], column: dict[str, int], width: int, problems: 
 
 def single_label_frame(records: list[dict], extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """The table's frame from per-row records of one label (image, label, patient_id, row, their problems, the
-    ``extra`` columns, and site, view and split where a record has them, else empty): label Int64 where a row
-    has none.
+    ``extra`` columns, and site, view, sex, age and split where a record has them, else empty): label Int64 where
+    a row has none.
 
     Example:
         >>> frame = single_label_frame([{"image": "a.dcm", "label": 1, "patient_id": "p", "row": 2,
@@ -221,8 +222,8 @@ def single_label_frame(records: list[dict], extra: tuple[str, ...] = ()) -> pd.D
         >>> frame["label"].dtype.name, frame["split"].isna().all()
         ('int64', np.True_)
     """
-    frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "site", "view", "split", "row", *extra,
-                                           SOURCE_PROBLEMS])
+    frame = pd.DataFrame(records, columns=["image", "label", "patient_id", "site", "view", *DEMOGRAPHIC_COLUMNS,
+                                           "split", "row", *extra, SOURCE_PROBLEMS])
     for name in ("image", "patient_id", "site", "view", "split"):
         frame[name] = frame[name].astype("string")
     frame["label"] = frame["label"].astype("Int64") if frame["label"].isna().any() else frame["label"].astype(np.int64)
@@ -232,9 +233,9 @@ def single_label_frame(records: list[dict], extra: tuple[str, ...] = ()) -> pd.D
 
 def label_frame(records: list[dict], names: list[str], extra: tuple[str, ...] = ()) -> pd.DataFrame:
     """The table's frame from per-row records of several labels and the ``extra`` columns (label columns
-    Int64 where a row has none)."""
+    Int64 where a row has none; site, view, sex, age and split empty where a record has none)."""
     columns = (["image"] + [LABEL_PREFIX + name for name in names]
-               + ["patient_id", "site", "view", "split", "row", *extra, SOURCE_PROBLEMS])
+               + ["patient_id", "site", "view", *DEMOGRAPHIC_COLUMNS, "split", "row", *extra, SOURCE_PROBLEMS])
     frame = pd.DataFrame(records, columns=columns)
     for name in names:
         column = frame[LABEL_PREFIX + name]

@@ -51,11 +51,13 @@ Example:
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from tfmed.config import DataConfig
+from tfmed.data.demographics import log_unreadable, published_demographics
 from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -66,6 +68,7 @@ NO_FINDING = "No Finding"
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
           "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
 IMAGE, FINDING_LABELS, PATIENT, VIEW = "Image Index", "Finding Labels", "Patient ID", "View Position"
+SEX, AGE = "Patient Gender", "Patient Age"
 TRAIN_VAL_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
 
 
@@ -104,13 +107,14 @@ def load_chestxray14(path: str | Path, root: str | Path | None = None,
                               "to the folder that holds them.")
     found = _index_files(root)
     splits = _read_lists(path)
-    column = {name: header.index(name) for name in (IMAGE, FINDING_LABELS, PATIENT, VIEW)}
-    records, located = [], 0
+    column = {name: header.index(name) for name in (IMAGE, FINDING_LABELS, PATIENT, VIEW, SEX, AGE) if name in header}
+    records, located, unreadable = [], 0, Counter()
     for line, fields in rows:
         problems: list[tuple[str, str]] = []
         value = row_values(fields, column, len(header), problems)
         record = {"row": line, "image": pd.NA, "patient_id": value[PATIENT] or pd.NA,
-                  "view": value[VIEW] or pd.NA, "split": pd.NA}
+                  "view": value[VIEW] or pd.NA, "split": pd.NA,
+                  **published_demographics(value.get(SEX), value.get(AGE), unreadable)}
         image = value[IMAGE]
         if image:
             places = found.get(image, [])
@@ -132,6 +136,7 @@ def load_chestxray14(path: str | Path, root: str | Path | None = None,
         raise DataSourceError(f"{root}: none of the {len(records)} images listed in {path} is in this folder "
                               "or its sub-folders. Set data.root to the folder holding the ChestX-ray14 PNG "
                               "files (e.g. the one with images_001/ ... images_012/).")
+    log_unreadable(path, unreadable)
     return ImageTable(label_frame(records, names), names, "multilabel", source=str(path))
 
 

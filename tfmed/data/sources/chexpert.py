@@ -55,11 +55,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, DataConfig
+from tfmed.data.demographics import log_unreadable, published_demographics
 from tfmed.data.sources.base import (SourceKind, chosen_labels, excluded_frame, label_frame, read_csv_rows,
                                      row_values)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
@@ -71,6 +73,7 @@ OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lun
 COMPETITION_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(OBSERVATIONS)
 PATH, FRONTAL_LATERAL, AP_PA = "Path", "Frontal/Lateral", "AP/PA"
+SEX, AGE = "Sex", "Age"
 CODES = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "": 0}
 UNCERTAIN_CODES = ("-1", "-1.0")
 POLICY_VALUES = {"ones": 1, "zeros": 0, "ignore": UNKNOWN_LABEL}
@@ -107,9 +110,8 @@ def load_chexpert(path: str | Path, root: str | Path | None = None, classes: lis
     header, rows = read_csv_rows(path, (PATH, FRONTAL_LATERAL) + tuple(names), WHAT)
     root = Path(root) if root is not None else path.parent.parent
     column = {name: header.index(name) for name in (PATH, FRONTAL_LATERAL) + tuple(names)}
-    if AP_PA in header:
-        column[AP_PA] = header.index(AP_PA)
-    records, excluded = [], []
+    column.update({name: header.index(name) for name in (AP_PA, SEX, AGE) if name in header})
+    records, excluded, unreadable = [], [], Counter()
     for line, fields in rows:
         problems: list[tuple[str, str]] = []
         value = row_values(fields, column, len(header), problems)
@@ -129,11 +131,13 @@ def load_chexpert(path: str | Path, root: str | Path | None = None, classes: lis
                              "keep the publisher's layout, e.g. "
                              "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"))
         record = {"row": line, "image": image, "patient_id": match.group(1) if match else pd.NA,
-                  "view": " ".join(filter(None, (side, value.get(AP_PA, "")))) or pd.NA, "split": pd.NA}
+                  "view": " ".join(filter(None, (side, value.get(AP_PA, "")))) or pd.NA, "split": pd.NA,
+                  **published_demographics(value.get(SEX), value.get(AGE), unreadable)}
         for name in names:
             record[LABEL_PREFIX + name] = observation_label(value[name], name, policies[name], problems)
         record[SOURCE_PROBLEMS] = tuple(problems)
         records.append(record)
+    log_unreadable(path, unreadable)
     return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
                       excluded=excluded_frame(excluded))
 

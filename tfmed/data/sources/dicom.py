@@ -1,12 +1,14 @@
 """Folders of DICOM files (``data.source: dicom``), one sub-folder per class."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.decode import DICOM_EXTENSIONS
+from tfmed.data.demographics import log_unreadable, published_demographics
 from tfmed.data.sources.base import SourceKind, class_files, class_folder_names, outside_classes, source_table
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -17,7 +19,8 @@ def load_dicom_folder(path: str | Path, classes: list[str] | None = None,
     """One sub-folder per class of DICOM files (``.dcm``/``.dicom`` or no extension with the DICM marker).
 
     ``patient_id`` comes from PatientID, ``view`` from ViewPosition and
-    ``site`` from InstitutionName when present. Headers are read without
+    ``site`` from InstitutionName, ``sex`` and ``age`` from PatientSex and PatientAge when present (a value
+    that cannot be read is logged and left unknown). Headers are read without
     pixel data; a file whose header cannot be read is kept as a row with a
     problem.
 
@@ -34,7 +37,7 @@ def load_dicom_folder(path: str | Path, classes: list[str] | None = None,
 
     path = Path(path)
     names = class_folder_names(path, classes)
-    records, skipped = [], []
+    records, skipped, unreadable = [], [], Counter()
     for label, _, file, row in class_files(path, names, DICOM_EXTENSIONS, skipped,
                                             lambda f: "not a DICOM file (no .dcm/.dicom extension or "
                                                       "DICM marker)",
@@ -53,7 +56,9 @@ def load_dicom_folder(path: str | Path, classes: list[str] | None = None,
                 value = str(header.get(keyword, "") or "").strip()
                 if value:
                     record[column] = value
+            record.update(published_demographics(header.get("PatientSex"), header.get("PatientAge"), unreadable))
         records.append(record)
+    log_unreadable(path, unreadable)
     return source_table(records, skipped + outside_classes(path, names), names, task, source=str(path))
 
 

@@ -5,9 +5,10 @@ default the CSV's folder; absolute paths allowed), one label column (class
 names or integer indices; binary or multiclass) or several 0/1 label columns
 (multilabel; ``-1`` or ``unknown`` when a finding was not graded for an
 image: it is then left out of the loss and that label's metrics),
-``patient_id``, and optional ``site``, ``view``, ``split`` (train / val /
-test) and ``boxes`` (the finding's boxes in the image, ``x,y,width,height;...``,
-see :mod:`tfmed.data.boxes`, for checking explanations). Row numbers are CSV
+``patient_id``, and optional ``site``, ``view``, ``sex`` (F, M, O), ``age``
+(years, or a DICOM age such as ``061Y``), ``split`` (train / val / test) and
+``boxes`` (the finding's boxes in the image, ``x,y,width,height;...``, see
+:mod:`tfmed.data.boxes`, for checking explanations). Row numbers are CSV
 line numbers (the header is line 1).
 A path may name a volume (a DICOM series folder, or a NIfTI, MetaImage or NRRD file) with
 optional lesion centre columns and ``series_uid`` (see
@@ -38,6 +39,7 @@ import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, DataConfig
 from tfmed.data.boxes import BOX_FORMAT, BOXES_COLUMN, format_boxes, parse_labelled_boxes
+from tfmed.data.demographics import DEMOGRAPHIC_COLUMNS, read_demographics
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -153,6 +155,12 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
     out["patient_id"] = _text(frame[patient_column]) if patient_column in frame.columns else pd.NA
     for column in ("site", "view"):
         out[column] = _text(frame[column]) if column in frame.columns else pd.NA
+    if any(column in frame.columns for column in DEMOGRAPHIC_COLUMNS):
+        values = [read_demographics(frame.at[i, "sex"] if "sex" in frame.columns else "",
+                                    frame.at[i, "age"] if "age" in frame.columns else "", problems[i])
+                  for i in frame.index]
+        for column in DEMOGRAPHIC_COLUMNS:
+            out[column] = [value[column] for value in values]
     out["split"] = _split_column(frame["split"], problems) if "split" in frame.columns else pd.NA
     _volume_columns(frame, out, problems)
     if BOXES_COLUMN in frame.columns:

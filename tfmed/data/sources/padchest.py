@@ -45,6 +45,7 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
+from tfmed.data.demographics import log_unreadable, published_demographics
 from tfmed.data.sources.base import (SourceKind, chosen_labels, counted_skips, excluded_frame, label_frame,
                                      read_csv_rows, row_values)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
@@ -52,6 +53,7 @@ from tfmed.data.validate import SOURCE_PROBLEMS
 
 IMAGE, FOLDER, PATIENT, PROJECTION, LABELS = "ImageID", "ImageDir", "PatientID", "Projection", "Labels"
 METHOD, PHYSICIAN = "MethodLabel", "Physician"
+SEX, BIRTH, STUDY_DATE = "PatientSex_DICOM", "PatientBirth", "StudyDate_DICOM"
 NORMAL = "normal"
 FRONTAL = ("PA", "AP", "AP_horizontal")
 WHAT = "the publisher's PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv of PadChest, unchanged"
@@ -76,7 +78,7 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
     needed = (IMAGE, FOLDER, PATIENT, PROJECTION, LABELS) + ((METHOD,) if physician_labelled_only else ())
     header, rows = read_csv_rows(path, needed, WHAT)
     root = Path(root) if root is not None else path.parent
-    column = {name: header.index(name) for name in needed}
+    column = {name: header.index(name) for name in needed + (SEX, BIRTH, STUDY_DATE) if name in header}
     kept, found, skipped = [], Counter(), Counter()
     for line, fields in rows:
         problems: list[tuple[str, str]] = []
@@ -99,7 +101,7 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
     names = chosen_labels(classes, tuple(by_count), str(path),
                           f"the terms as the reports write them, in lower case; the most frequent here: {common}")
     folders: dict[str, bool] = {}
-    records = []
+    records, unreadable = [], Counter()
     for line, value, terms, problems in kept:
         if not value[IMAGE]:
             problems.append((f"empty {IMAGE}", "write the image's file name as published"))
@@ -109,14 +111,32 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
         where = root / folder if folders[folder] else root
         record = {"row": line, "image": os.path.normpath(where / value[IMAGE]) if value[IMAGE] else pd.NA,
                   "patient_id": value[PATIENT] or pd.NA, "site": pd.NA, "view": value[PROJECTION] or pd.NA,
-                  "split": pd.NA, SOURCE_PROBLEMS: tuple(problems)}
+                  "split": pd.NA, SOURCE_PROBLEMS: tuple(problems),
+                  **published_demographics(value.get(SEX), _age(value.get(BIRTH), value.get(STUDY_DATE)), unreadable)}
         record.update({LABEL_PREFIX + name: pd.NA if terms is None else int(name in terms) for name in names})
         records.append(record)
+    log_unreadable(path, unreadable)
     excluded = counted_skips(path, skipped, "image")
     if not records:
         raise DataSourceError(f"{path}: no image left to read" + (f" ({excluded[0]['problem']})" if excluded else ""))
     return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
                       excluded=excluded_frame(excluded))
+
+
+def _age(birth: str | None, study_date: str | None) -> str:
+    """The age at the study as the study's year less the birth year (within a year; PadChest publishes the
+    birth year only), as text for :func:`published_demographics`; "" when either is missing.
+
+    Example:
+        >>> _age("1939.0", "20140915"), _age("", "20140915")
+        ('75', '')
+    """
+    if not birth or not study_date:
+        return ""
+    try:
+        return str(int(study_date[:4]) - int(float(birth)))
+    except ValueError:
+        return f"born {birth}, studied {study_date}"
 
 
 def _terms(cell: str, problems: list) -> set[str] | None:

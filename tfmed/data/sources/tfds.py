@@ -63,6 +63,7 @@ import logging
 import os
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -71,6 +72,7 @@ import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, DataConfig
 from tfmed.data.boxes import BOXES_COLUMN
+from tfmed.data.demographics import DEMOGRAPHIC_COLUMNS, log_unreadable, published_demographics
 from tfmed.data.sources.base import SourceKind, label_frame
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -132,8 +134,8 @@ def load_tfds(name: str, splits: list[str] | None = None, *, data_dir: str | Pat
         frame["split"] = split_name(split)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
-    return ImageTable(_table_frame(frame, names, resolved_task), names, resolved_task,
-                      source=f"tfds:{name}#{'+'.join(splits)}")
+    source = f"tfds:{name}#{'+'.join(splits)}"
+    return ImageTable(_table_frame(frame, names, resolved_task, source), names, resolved_task, source=source)
 
 
 def tfds_quietly():
@@ -278,7 +280,7 @@ def _write_split(tfds, builder, split: str, folder: Path, image_key: str, label_
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     base = split.split("[", 1)[0].strip()
-    text = [key for key in ("site", "view", "id", "name", BOXES_COLUMN) if key in features
+    text = [key for key in ("site", "view", "id", "name", BOXES_COLUMN, *DEMOGRAPHIC_COLUMNS) if key in features
             and isinstance(features[key], tfds.features.Text)]
     label_feature = features[label_key]
     records = []
@@ -353,13 +355,14 @@ def _listed_labels(value, feature, tfds, where: str) -> str:
     return "|".join(map(str, np.flatnonzero(values).tolist()))
 
 
-def _table_frame(frame: pd.DataFrame, names: list[str], task: str) -> pd.DataFrame:
-    records = []
+def _table_frame(frame: pd.DataFrame, names: list[str], task: str, where: str) -> pd.DataFrame:
+    records, unreadable = [], Counter()
     for position, values in enumerate(frame.to_dict("records")):
         record = {"image": values["image"], "patient_id": values["patient_id"] or pd.NA,
                   "site": values.get("site") or pd.NA, "view": values.get("view") or pd.NA,
                   "split": values["split"] if isinstance(values["split"], str) else pd.NA,
-                  "row": position, SOURCE_PROBLEMS: ()}
+                  "row": position, SOURCE_PROBLEMS: (),
+                  **published_demographics(values.get("sex"), values.get("age"), unreadable)}
         if BOXES_COLUMN in values:  # finding boxes, as tfmed export-tfds writes them
             record[BOXES_COLUMN] = values[BOXES_COLUMN] or pd.NA
         positives = [int(v) for v in values["labels"].split("|") if v != ""]
@@ -378,6 +381,7 @@ def _table_frame(frame: pd.DataFrame, names: list[str], task: str) -> pd.DataFra
         else:
             record["label"] = positives[0] if positives and not bad else pd.NA
         records.append(record)
+    log_unreadable(where, unreadable)
     if task == "multilabel":
         boxes = bool(records) and BOXES_COLUMN in records[0]
         frame = label_frame(records, names, extra=(BOXES_COLUMN,) if boxes else ())
