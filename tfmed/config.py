@@ -126,7 +126,9 @@ class DataConfig(_Section):
         "vindr_cxr" (VinDr-CXR's train.csv of the VinBigData challenge),
         "luna16" (LUNA16's candidates.csv / candidates_V2.csv: CT scans with
         candidate centres, read through views), "rsna_pneumonia" (the RSNA
-        Pneumonia Detection Challenge's stage_2_train_labels.csv), "tbx11k"
+        Pneumonia Detection Challenge's stage_2_train_labels.csv),
+        "siim_pneumothorax" (the SIIM-ACR Pneumothorax Segmentation
+        challenge's train-rle.csv), "tbx11k"
         (the TBX11K folder: its official train and val lists, #val keeps
         one), "tfds"
         (a TensorFlow Datasets data set: data.path NAME[/CONFIG][#SPLIT] or a folder).
@@ -191,10 +193,11 @@ class DataConfig(_Section):
         match is reported.
 
     The publishers' sources "chestxray14", "chexpert", "mimic_cxr", "padchest",
-    "vindr_cxr", "luna16", "rsna_pneumonia" and "tbx11k" read their own
-    columns: label_columns, patient_column and filename_label_suffix are
-    refused with them; task may only be multilabel (chestxray14, chexpert,
-    mimic_cxr, padchest, vindr_cxr) or binary (luna16, rsna_pneumonia), and
+    "vindr_cxr", "luna16", "rsna_pneumonia", "siim_pneumothorax" and "tbx11k"
+    read their own columns: label_columns, patient_column and
+    filename_label_suffix are refused with them; task may only be multilabel
+    (chestxray14, chexpert, mimic_cxr, padchest, vindr_cxr) or binary (luna16,
+    rsna_pneumonia, siim_pneumothorax), and
     tbx11k's follows from data.classes (root refused: path is its folder).
     """
 
@@ -239,13 +242,13 @@ class DataConfig(_Section):
     VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused
     PUBLISHED_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "padchest", "vindr_cxr",
-                                                    "luna16", "rsna_pneumonia", "tbx11k")
+                                                    "luna16", "rsna_pneumonia", "siim_pneumothorax", "tbx11k")
     # the publishers' folders whose task follows from data.classes (two: binary, more: multiclass)
     CLASS_COUNT_SOURCES: ClassVar[tuple[str, ...]] = ("tbx11k",)
     # the publishers' multilabel and binary files
     MULTILABEL_SOURCES: ClassVar[tuple[str, ...]] = ("chestxray14", "chexpert", "mimic_cxr", "padchest",
                                                      "vindr_cxr")
-    BINARY_SOURCES: ClassVar[tuple[str, ...]] = ("luna16", "rsna_pneumonia")
+    BINARY_SOURCES: ClassVar[tuple[str, ...]] = ("luna16", "rsna_pneumonia", "siim_pneumothorax")
     MERGED: ClassVar[str] = "merged"
     # what a merged data section may set besides its parts (the rest belongs in a part)
     MERGED_SETTINGS: ClassVar[tuple[str, ...]] = ("source", "parts", "classes", "exclude_bad_rows", "max_image_pixels")

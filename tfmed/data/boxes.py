@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -107,3 +108,16 @@ def box_mask(boxes, height: int, width: int) -> np.ndarray:
     for x, y, w, h in boxes:
         mask |= (columns >= x) & (columns < x + w) & (rows >= y) & (rows < y + h)
     return mask
+
+
+def mask_boxes(mask: np.ndarray) -> list[Box]:
+    """A box around each connected region (8-connected) of a boolean mask, top to bottom, left to right.
+
+    Example:
+        >>> mask = np.zeros((6, 8), bool); mask[1:3, 1:4] = True; mask[4, 6] = True
+        >>> mask_boxes(mask)
+        [(1.0, 1.0, 3.0, 2.0), (6.0, 4.0, 1.0, 1.0)]
+    """
+    count, _, stats, _ = cv2.connectedComponentsWithStats(np.asarray(mask, np.uint8), connectivity=8)
+    boxes = [tuple(float(v) for v in stats[k, :4]) for k in range(1, count)]  # 0 is the background
+    return sorted(boxes, key=lambda box: (box[1], box[0]))

@@ -11,6 +11,10 @@ Binary layout (:func:`binary_metrics`), every metric a plain float or None:
   ``threshold``, ``confusion_matrix`` = ``{"tn", "fp", "fn", "tp"}``;
 * metrics: ``accuracy``, ``sensitivity``, ``specificity``, ``ppv``, ``npv``,
   ``f1``, ``roc_auc``, ``pr_auc`` (average precision), ``brier``;
+* for probabilities (:mod:`tfmed.evaluation.decision`): ``net_benefit`` and
+  ``net_benefit_treat_all`` at the threshold, ``beneficial_thresholds`` (the
+  threshold probabilities where the model beats acting on every case and on
+  none), ``calibration_intercept`` and ``calibration_slope``;
 * intervals: ``ci_level``; ``ci[name] = [lo, hi]`` for the five proportions
   (Wilson) and ``roc_auc`` (each end the farther of DeLong's interval on the
   logit scale and :func:`~tfmed.evaluation.intervals.newcombe_interval`; an
@@ -40,6 +44,7 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, b
 
 from tfmed.config import UNKNOWN_LABEL
 
+from .decision import beneficial_ranges, calibration_line, decision_curve, net_benefit
 from .intervals import (EvaluationError, _binary_labels, _check_level, bootstrap_distribution,
                         delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
                         wilson_interval)
@@ -100,6 +105,7 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
     result = {"task": "binary", "n": int(y.size), "n_positive": n_pos, "n_negative": int(y.size - n_pos),
               "prevalence": float(n_pos / y.size), "threshold": threshold, "confusion_matrix": counts}
     result.update(values)
+    result.update(_decision_figures(y, s, threshold))
     ci, method = {}, {}
     for name, (numerator, denominator) in PROPORTIONS.items():
         total = sum(counts[k] for k in denominator)
@@ -121,6 +127,23 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
         result["bootstrap_resamples"] = int(bootstrap)
     result["notes"] = notes
     return to_jsonable(result)
+
+
+def _decision_figures(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
+    """Net benefit at ``threshold`` and of acting on every case there, the thresholds where the model beats
+    both simple rules, and the calibration line (see :mod:`tfmed.evaluation.decision`); None for each when
+    the scores are not probabilities in [0, 1] (or the threshold is not inside (0, 1))."""
+    figures = dict.fromkeys(("net_benefit", "net_benefit_treat_all", "beneficial_thresholds",
+                             "calibration_intercept", "calibration_slope"))
+    if s.min() < 0.0 or s.max() > 1.0:
+        return figures
+    if 0.0 < threshold < 1.0:
+        figures["net_benefit"] = net_benefit(y, s, threshold)
+        figures["net_benefit_treat_all"] = net_benefit(y, np.ones_like(s), threshold)
+    figures["beneficial_thresholds"] = beneficial_ranges(decision_curve(y, s))
+    line = calibration_line(y, s)
+    figures["calibration_intercept"], figures["calibration_slope"] = line["intercept"], line["slope"]
+    return figures
 
 
 def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: float = 0.95,

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from .decision import decision_curve, net_benefit
 from .intervals import EvaluationError, _binary_labels
 from .thresholds import known_column
 
@@ -261,6 +262,38 @@ def multi_roc_plot(y_true, scores, class_names: Sequence[str], path, title: str 
         axes.plot(fpr, tpr, lw=1.8, label=f"{name}: AUC {roc_auc_score(column, column_scores):.3f}")
     _finish(axes, "1 - specificity", "Sensitivity", title)
     axes.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)
+
+
+def decision_plot(y, scores, path, operating_points: Mapping[str, float] | None = None,
+                  title: str = "Decision curve") -> Path:
+    """The decision curve (:func:`~tfmed.evaluation.decision.decision_curve`): the model's net benefit over
+    threshold probabilities beside acting on every case and on none, the named thresholds marked.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "decision.png"
+        >>> decision_plot([0, 1, 0, 1], [0.2, 0.7, 0.4, 0.9], out, {"youden": 0.7}).exists()
+        True
+    """
+    y, s = _pair(y, scores, "decision_plot")
+    curve = decision_curve(y, s)
+    figure, axes = _figure((6.0, 4.5))
+    axes.plot(curve["thresholds"], curve["model"], color="tab:blue", lw=2, label="model")
+    axes.plot(curve["thresholds"], curve["treat_all"], color="tab:orange", lw=1.5, label="act on every case")
+    axes.axhline(0.0, color="grey", lw=1.5, ls="--", label="act on none")
+    for i, (name, threshold) in enumerate((operating_points or {}).items()):
+        if 0.0 < float(threshold) < 1.0:
+            axes.plot(float(threshold), net_benefit(y, s, float(threshold)), marker=_MARKERS[i % len(_MARKERS)],
+                      ms=9, ls="none", label=f"{name} (t={float(threshold):.3g})")
+    prevalence = float(y.mean())
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(-0.05 - 0.1 * prevalence, 1.1 * prevalence + 0.01)  # net benefit is at most the prevalence
+    axes.set_xlabel("Threshold probability (the risk at which one would act)")
+    axes.set_ylabel("Net benefit")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right", fontsize=8)
     return _save(figure, path)
 
 

@@ -40,6 +40,7 @@ _PLOT_CAPTIONS = {
     "training_curves": "Training curves (dotted lines: a new fine-tuning stage begins)",
     "roc_per_class": "One-vs-rest ROC curves (test)",
     "subgroups": "AUC by subgroup (test), with intervals",
+    "decision": "Decision curve (test): net benefit over threshold probabilities",
 }
 
 

@@ -226,7 +226,7 @@ def check_subgroups(subgroups: list[str], table: ImageTable, where: str) -> None
         raise ConfigError(f"{where} names {' and '.join(missing)}, but no image of the data records "
                           f"{'it' if len(missing) == 1 else 'them'}; a manifest's sex, age and view columns, "
                           "ChestX-ray14, CheXpert and PadChest's CSVs and DICOM headers (PatientSex, PatientAge, "
-                          "ViewPosition) give them. Remove it or use data that records it.")
+                          "ViewPosition: DICOM folders, SIIM-ACR) give them. Remove it or use data that records it.")
 
 
 def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None) -> Path | None:

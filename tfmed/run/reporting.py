@@ -21,8 +21,8 @@ from tfmed.data.table import ImageTable
 from tfmed.evaluation.comparison import comparison_sentences
 from tfmed.evaluation.hierarchy import Hierarchy
 from tfmed.evaluation.metrics import to_jsonable
-from tfmed.evaluation.plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot, roc_plot,
-                                    subgroup_plot)
+from tfmed.evaluation.plots import (confusion_plot, decision_plot, multi_roc_plot, pr_plot, reliability_plot,
+                                    roc_plot, subgroup_plot)
 from tfmed.evaluation.report import (ReportContext, value_with_interval, write_metrics_json, write_predictions,
                                     write_report)
 
@@ -117,6 +117,8 @@ def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: di
                                         title=f"Confusion matrix ({split}, {metrics['threshold_method']})"),
             "reliability": reliability_plot(y, scores, out / f"reliability_{split}.png",
                                             title=f"Calibration ({split})"),
+            "decision": decision_plot(y, scores, out / f"decision_{split}.png", points,
+                                      title=f"Decision curve ({split})"),
         }
     plots = {"roc": multi_roc_plot(y, scores, model.classes, out / f"roc_{split}.png",
                                    title=f"ROC curves ({split})")}
@@ -163,7 +165,7 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
         threshold_split="val", operating_split=report_split,
         plots={name: str(path) for name, path in plots.items()},
         training_history=history, stage_boundaries=list(stage_boundaries or []),
-        notes=notes, excluded=excluded or [])
+        notes=notes + (decision_sentences(metrics, report_split) if scores else []), excluded=excluded or [])
     write_report(out, context)
     return out / "report.html"
 
@@ -235,6 +237,43 @@ def coarse_sentences(metrics: dict) -> list[str]:
         else:
             auc = value_with_interval(entry.get("macro_auc"), entry.get("macro_auc_ci"))
             lines.append(f"{split}: coarse macro AUC {auc}, accuracy {_fmt(entry.get('accuracy'))}.")
+    return lines
+
+
+def decision_sentences(metrics: dict, split: str) -> list[str]:
+    """The report's sentences on a binary model's decision curve and calibration line in ``split`` (see
+    :mod:`tfmed.evaluation.decision`); none for other tasks or scores that are not probabilities.
+
+    Example:
+        >>> m = {"net_benefit": 0.21, "net_benefit_treat_all": 0.12, "threshold": 0.31,
+        ...      "beneficial_thresholds": [[0.11, 0.8]], "calibration_intercept": -0.1, "calibration_slope": 0.85}
+        >>> lines = decision_sentences({"task": "binary", "threshold_method": "youden",
+        ...                             "splits": {"test": {"youden": m}}}, "test")
+        >>> lines[0]
+        'Decision curve (test): the net benefit of acting on the model beats acting on every case and on none at threshold probabilities 0.11-0.80; at the youden threshold (0.310) it is 0.210, against 0.120 for acting on every case.'
+        >>> lines[1][:56]
+        'Calibration (test): slope 0.850 and intercept -0.100 (1 '
+    """
+    if metrics["task"] != "binary" or split not in metrics["splits"]:
+        return []
+    m = metrics["splits"][split][metrics["threshold_method"]]
+    if m.get("beneficial_thresholds") is None:
+        return []
+    ranges = ", ".join(f"{lo:.2f}-{hi:.2f}" if hi > lo else f"{lo:.2f}" for lo, hi in m["beneficial_thresholds"])
+    where = (f"beats acting on every case and on none at threshold probabilities {ranges}" if ranges else
+             "beats acting on every case or on none at no threshold probability")
+    line = f"Decision curve ({split}): the net benefit of acting on the model {where}"
+    if m.get("net_benefit") is not None:
+        line += (f"; at the {metrics['threshold_method']} threshold ({m['threshold']:.3f}) it is "
+                 f"{m['net_benefit']:.3f}, against {m['net_benefit_treat_all']:.3f} for acting on every case")
+    lines = [line + "."]
+    if m.get("calibration_slope") is not None:
+        lines.append(f"Calibration ({split}): slope {m['calibration_slope']:.3f} and intercept "
+                     f"{m['calibration_intercept']:.3f} (1 and 0 for probabilities that are right; a slope under 1 "
+                     "means too extreme, an intercept under 0 too many cases predicted).")
+    elif m.get("calibration_intercept") is not None:
+        lines.append(f"Calibration ({split}): intercept {m['calibration_intercept']:.3f} (0 when as many cases are "
+                     "predicted as occur); no slope, as the probabilities separate the classes completely.")
     return lines
 
 

@@ -31,6 +31,9 @@ Kinds (``DataConfig.source``):
 * ``"rsna_pneumonia"``: the RSNA Pneumonia Detection Challenge's
   ``stage_2_train_labels.csv`` as published, lung opacity or not, with the
   opacity boxes (:mod:`tfmed.data.sources.rsna_pneumonia`).
+* ``"siim_pneumothorax"``: the SIIM-ACR Pneumothorax Segmentation challenge's
+  ``train-rle.csv`` as published, pneumothorax or not, with a box around each
+  masked region (:mod:`tfmed.data.sources.siim_pneumothorax`).
 * ``"tbx11k"``: the TBX11K folder as published, healthy, sick but not
   tuberculosis, and tuberculosis with the radiologists' boxes, from the official
   train and validation lists; ``#val`` keeps one (:mod:`tfmed.data.sources.tbx11k`).
@@ -61,7 +64,8 @@ from pathlib import Path
 
 from tfmed.config import DataConfig
 from tfmed.data.sources import (chestxray14, chexpert, dicom, folders, luna16, manifest, medmnist,
-                                mimic_cxr, padchest, rsna_pneumonia, tbx11k, tfds, vindr_cxr)
+                                mimic_cxr, padchest, rsna_pneumonia, siim_pneumothorax, tbx11k, tfds,
+                                vindr_cxr)
 from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
@@ -70,8 +74,8 @@ from tfmed.data.table import DataSourceError, ImageTable
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
                                   for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert,
-                                                 mimic_cxr, padchest, vindr_cxr, luna16, rsna_pneumonia, tbx11k,
-                                                 tfds)}
+                                                 mimic_cxr, padchest, vindr_cxr, luna16, rsna_pneumonia,
+                                                 siim_pneumothorax, tbx11k, tfds)}
 
 __all__ = ["EMBEDDED", "SOURCES", "DataSourceError", "SourceKind", "load_medmnist", "load_source",
            "parse_source_spec"]
@@ -82,10 +86,11 @@ def parse_source_spec(spec: str) -> DataConfig:
 
     Accepted: a dataset name (``"pneumonia_mnist"``), ``"KIND:PATH"`` with
     KIND one of manifest, folder, medmnist, dicom, chestxray14, chexpert, mimic_cxr, padchest, vindr_cxr,
-    luna16, rsna_pneumonia, tbx11k, tfds (``"medmnist:x.npz#test"``, ``"mimic_cxr:...chexpert.csv.gz#test"``,
+    luna16, rsna_pneumonia, siim_pneumothorax, tbx11k, tfds (``"medmnist:x.npz#test"``, ``"mimic_cxr:...chexpert.csv.gz#test"``,
     ``"tbx11k:TBX11K#val"`` and ``"tfds:NAME#test"`` load only that split, ``"luna16:candidates_V2.csv#9"``
     one subset), or a bare path (.csv -> manifest, .npz -> medmnist, a folder -> folder). The publishers'
-    files of ChestX-ray14, CheXpert, MIMIC-CXR, PadChest, VinDr-CXR, LUNA16, RSNA and TBX11K need their kind:
+    files of ChestX-ray14, CheXpert, MIMIC-CXR, PadChest, VinDr-CXR, LUNA16, RSNA, SIIM-ACR and TBX11K need
+    their kind:
     ``"chexpert:train.csv"``.
 
     Example:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -84,6 +85,23 @@ def outside_classes(path: Path, names: list[str]) -> list[dict]:
     return skipped
 
 
+def index_files(root: Path) -> dict[str, list[str]]:
+    """The paths of every file under ``root`` (symbolic links followed) by name, walked once.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "a").mkdir(); _ = (root / "a" / "x.png").write_text("")
+        >>> [path.endswith("/a/x.png") for path in index_files(root)["x.png"]]
+        [True]
+    """
+    found: dict[str, list[str]] = {}
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders.sort()
+        for name in files:
+            found.setdefault(name, []).append(os.path.join(folder, name))
+    return found
+
+
 def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
@@ -141,6 +159,20 @@ def class_files(path: Path, names: list[str], extensions, skipped: list, reason,
 
 
 # ------------------------------------------------------------------ publishers' CSV files (chestxray14, chexpert)
+
+def two_classes(classes: list[str] | None, default: list[str], why: str) -> list[str]:
+    """A binary source's class names: ``classes`` when given (two names, the negative one first), else
+    ``default``; ``why`` says what the two are, for the error.
+
+    Example:
+        >>> two_classes(None, ["no_lung_opacity", "lung_opacity"], "the challenge's Target is 0 or 1")
+        ['no_lung_opacity', 'lung_opacity']
+    """
+    if classes is not None and len(classes) != 2:
+        raise DataSourceError(f"data.classes lists {len(classes)} names; {why}, so name two (the negative one "
+                              f"first), e.g. {default}, or leave data.classes out")
+    return list(classes or default)
+
 
 def chosen_labels(classes: list[str] | None, known: tuple[str, ...], dataset: str, choices: str | None = None) -> list[str]:
     """The labels ``data.classes`` chooses from ``known`` (all of them, in their order, when None), in its order;

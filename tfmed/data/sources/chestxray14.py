@@ -58,7 +58,7 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.demographics import log_unreadable, published_demographics
-from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
+from tfmed.data.sources.base import SourceKind, chosen_labels, index_files, label_frame, read_csv_rows, row_values
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -105,7 +105,7 @@ def load_chestxray14(path: str | Path, root: str | Path | None = None,
         raise DataSourceError(f"{root}: image folder not found (data.root for {path}). Put the ChestX-ray14 "
                               "PNG files there (in any sub-folders, e.g. images_001/images/), or set data.root "
                               "to the folder that holds them.")
-    found = _index_files(root)
+    found = index_files(root)
     splits = _read_lists(path)
     column = {name: header.index(name) for name in (IMAGE, FINDING_LABELS, PATIENT, VIEW, SEX, AGE) if name in header}
     records, located, unreadable = [], 0, Counter()
@@ -143,16 +143,6 @@ def load_chestxray14(path: str | Path, root: str | Path | None = None,
 def _default_root(path: Path) -> Path:
     images = path.parent / "images"
     return images if images.is_dir() else path.parent
-
-
-def _index_files(root: Path) -> dict[str, list[str]]:
-    """The paths of every file under ``root`` (symbolic links followed) by name, walked once."""
-    found: dict[str, list[str]] = {}
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        subfolders.sort()
-        for name in files:
-            found.setdefault(name, []).append(os.path.join(folder, name))
-    return found
 
 
 def _read_lists(path: Path) -> dict[str, set[str]] | None:

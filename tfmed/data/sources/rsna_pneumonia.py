@@ -38,8 +38,8 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, format_boxes, parse_boxes
-from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values, single_label_frame
-from tfmed.data.table import DataSourceError, ImageTable
+from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values, single_label_frame, two_classes
+from tfmed.data.table import ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
 PATIENT, TARGET = "patientId", "Target"
@@ -63,9 +63,7 @@ def load_rsna_pneumonia(path: str | Path, root: str | Path | None = None,
         tfmed.data.table.DataSourceError: data.classes lists 1 names; ...
     """
     path = Path(path)
-    if classes is not None and len(classes) != 2:
-        raise DataSourceError(f"data.classes lists {len(classes)} names; the challenge's Target is 0 or 1, so "
-                              f"name two (Target 0 first), e.g. {CLASSES}, or leave data.classes out")
+    names = two_classes(classes, CLASSES, "the challenge's Target is 0 or 1")
     header, rows = read_csv_rows(path, (PATIENT,) + BOX + (TARGET,), WHAT)
     root = Path(root) if root is not None else path.parent
     folder = root / IMAGES if (root / IMAGES).is_dir() else root
@@ -89,7 +87,7 @@ def load_rsna_pneumonia(path: str | Path, root: str | Path | None = None,
     records = [_record(patient, image, folder) for patient, image in images.items()]
     frame = single_label_frame(records, (BOXES_COLUMN,))
     frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
-    return ImageTable(frame, list(classes or CLASSES), "binary", source=str(path))
+    return ImageTable(frame, names, "binary", source=str(path))
 
 
 def _record(patient: str, image: dict, folder: Path) -> dict:

@@ -1,0 +1,150 @@
+"""The SIIM-ACR Pneumothorax Segmentation challenge's mask list read as published: DICOM files in nested folders,
+masks run-length encoded down the columns (relative starts in train-rle.csv, absolute in stage_2_train.csv),
+a box around each masked region for measuring explanations."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
+from tfmed.config import ConfigError, ExperimentConfig
+from tfmed.data.sources import DataSourceError, load_source, parse_source_spec
+from tfmed.data.sources.siim_pneumothorax import mask_from_rle
+from tfmed.data.validate import validate_table
+from tfmed.run.experiment import run_experiment
+
+UID = "1.2.276.0.7230010.3.1.4.8323329.{}.1517875163.{}"
+
+
+def rle(mask, relative=True):
+    """The challenge's encoding of a mask: runs of the column-major pixel order, as start and length pairs."""
+    flat = np.concatenate([[0], mask.T.ravel().astype(int), [0]])
+    changes = np.flatnonzero(np.diff(flat))
+    starts, ends = changes[0::2], changes[1::2]
+    numbers, previous = [], 0
+    for start, end in zip(starts, ends):
+        numbers += [start - previous if relative else start, end - start]
+        previous = end if relative else 0
+    return " ".join(map(str, numbers))
+
+
+def rectangle(x, y, width, height, size=128):
+    mask = np.zeros((size, size), bool)
+    mask[y:y + height, x:x + width] = True
+    return mask
+
+
+def write_siim(folder, masks: dict, relative=True, name="train-rle.csv", pixels=None):
+    """DICOMs of 128 x 128 pixels under dicom-images-train/<study>/<series>/<ImageId>.dcm (patient, sex, age and view
+    in their headers) and the mask list: one line per mask of an image (``masks[i]``, a list), -1 for none."""
+    rng = np.random.default_rng(0)
+    lines = ["ImageId, EncodedPixels"]  # as published, with the space
+    for i, image_masks in masks.items():
+        uid = UID.format(1000 + i, i)
+        place = folder / "dicom-images-train" / f"study{i}" / f"series{i}"
+        place.mkdir(parents=True)
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.PatientID, ds.PatientSex, ds.PatientAge = f"pt-{i}", "FM"[i // 2 % 2], f"{30 + i:03d}Y"
+        ds.ViewPosition = "PA"
+        image = rng.normal(400, 40, (128, 128)) if pixels is None else pixels(i)
+        for mask in image_masks:
+            image[mask] += 1500
+        ds.PixelData = image.clip(0, 4000).astype(np.int16).tobytes()
+        ds.save_as(place / f"{uid}.dcm", enforce_file_format=True)
+        lines += [f"{uid}, {rle(mask, relative)}" for mask in image_masks] or [f"{uid}, -1"]
+    (folder / name).write_text("\n".join(lines) + "\n")
+    return folder / name
+
+
+def test_masks_decode_down_the_columns_relative_or_absolute():
+    mask = rectangle(3, 5, 4, 2, size=16) | rectangle(10, 0, 1, 16, size=16)
+    assert np.array_equal(mask_from_rle(rle(mask), 16, 16, relative=True), mask)
+    assert np.array_equal(mask_from_rle(rle(mask, relative=False), 16, 16, relative=False), mask)
+    # the challenge's example reading: pixel k lies in column k // height, row k % height
+    assert np.flatnonzero(mask_from_rle("5 1", 4, 3, relative=True).T.ravel()).tolist() == [5]
+    assert mask_from_rle("5 1", 4, 3, relative=True)[1, 1]
+    with pytest.raises(ValueError, match="runs past the end of the 3 x 4 image"):
+        mask_from_rle("10 3", 4, 3, relative=True)
+    with pytest.raises(ValueError, match="is not pairs of start and length"):
+        mask_from_rle("1 2 3", 4, 3, relative=True)
+
+
+@pytest.mark.parametrize("relative, name", [(True, "train-rle.csv"), (False, "stage_2_train.csv")])
+def test_the_mask_list_becomes_one_row_per_image_with_a_box_per_region(tmp_path, relative, name):
+    two_regions = rectangle(10, 20, 30, 15) | rectangle(70, 80, 20, 25)
+    csv = write_siim(tmp_path / "siim", {0: [], 1: [two_regions], 2: [rectangle(5, 5, 8, 8), rectangle(90, 40, 12, 6)],
+                                         3: []}, relative=relative, name=name)
+    table = load_source(parse_source_spec(f"siim_pneumothorax:{csv}"))
+    frame = table.frame
+    assert table.task == "binary" and table.classes == ["no_pneumothorax", "pneumothorax"]
+    assert frame["label"].tolist() == [0, 1, 1, 0] and frame["row"].tolist() == [2, 3, 4, 6]
+    assert frame["boxes"].fillna("").tolist() == ["", "10,20,30,15;70,80,20,25", "5,5,8,8;90,40,12,6", ""]
+    assert frame["patient_id"].tolist() == ["pt-0", "pt-1", "pt-2", "pt-3"]
+    assert frame["sex"].tolist() == ["female", "female", "male", "male"] and frame["age"].tolist() == [30, 31, 32, 33]
+    assert frame["view"].tolist() == ["PA"] * 4
+    assert frame["image"].iloc[1].endswith(f"dicom-images-train/study1/series1/{UID.format(1001, 1)}.dcm")
+    assert validate_table(table, need_patient_ids=True).ok
+
+
+def test_a_file_mixing_the_two_encodings_is_refused(tmp_path):
+    csv = write_siim(tmp_path / "siim", {0: [rectangle(10, 20, 30, 15)], 1: []})
+    lines = csv.read_text().splitlines()
+    relative_line = lines[1]
+    absolute = write_siim(tmp_path / "other", {5: [rectangle(10, 20, 30, 15)]}, relative=False).read_text().splitlines()[1]
+    shutil.copytree(tmp_path / "other" / "dicom-images-train", tmp_path / "siim" / "more")
+    csv.write_text("\n".join(lines + [absolute]) + "\n")
+    assert relative_line != absolute
+    with pytest.raises(DataSourceError, match="1 masks read only as relative run starts and 1 only as absolute ones"):
+        load_source(parse_source_spec(f"siim_pneumothorax:{csv}"))
+
+
+def test_row_problems_name_the_line_and_the_fix(tmp_path):
+    csv = write_siim(tmp_path / "siim", {0: [], 1: [rectangle(10, 20, 30, 15)], 2: [], 3: [], 4: []})
+    lines = csv.read_text().splitlines()
+    lines[1] = lines[1] + "\n" + lines[1].replace("-1", rle(rectangle(1, 1, 2, 2)))  # -1 and a mask: line 2 and 3
+    lines[3] = lines[3].split(",")[0] + ", 12 x"
+    lines[4] = lines[4].split(",")[0] + ", 16300 500"
+    lines[5] = lines[5].split(",")[0] + ","
+    lines.append(UID.format(9999, 9) + ", -1")  # no such file
+    csv.write_text("\n".join(lines) + "\n")
+    twin = tmp_path / "siim" / "copy"
+    twin.mkdir()
+    shutil.copy(next((tmp_path / "siim").rglob(f"{UID.format(1001, 1)}.dcm")), twin)
+    text = validate_table(load_source(parse_source_spec(f"siim_pneumothorax:{csv}"))).format()
+    assert "row 2: " in text and "listed both without pneumothorax (-1) and with a mask. Fix: keep the" in text
+    assert "row 4: " in text and "is found 2 times under" in text
+    assert "row 5: " in text and "EncodedPixels '12 x' is not whole numbers. Fix: keep the publisher's" in text
+    assert "row 6: " in text and "EncodedPixels '16300 500' runs past the end of the 128 x 128 image" in text
+    assert "row 7: " in text and "empty EncodedPixels. Fix: write -1 for an image without pneumothorax" in text
+    assert "row 8: " in text and "file not found" in text
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"data": {"source": "siim_pneumothorax", "path": "l.csv", "label_columns": ["x"]}}, "does not use it"),
+    ({"data": {"source": "siim_pneumothorax", "path": "l.csv", "task": "multiclass"}}, "is binary"),
+])
+def test_siim_settings_are_checked(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(values)
+
+
+@pytest.mark.slow
+def test_a_siim_run_measures_its_explanations_against_the_masked_regions(tmp_path):
+    rng = np.random.default_rng(1)
+    masks = {i: [rectangle(*(int(v) for v in rng.integers(10, 80, 2)), 32, 32)] if i % 2 else [] for i in range(24)}
+    csv = write_siim(tmp_path / "siim", masks)
+    config = tiny_svm_experiment("siim_test", tmp_path, {"source": "siim_pneumothorax", "path": str(csv)},
+                                 {"method": "patient", "test_fraction": 0.25, "val_fraction": 0.25},
+                                 report={"explain": True}, evaluation={"subgroups": ["sex"]})
+    run = run_experiment(config)
+    explained = pd.read_csv(run / "explanations" / "explanations.csv")
+    boxed = explained[explained["label"] == "pneumothorax"]
+    assert len(boxed) >= 1
+    # a 32 x 32 region of a 128 x 128 image covers 1/16 of the 32 px input, whatever the map
+    assert boxed["box_fraction"].tolist() == pytest.approx([1 / 16] * len(boxed))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["subgroups"]["sex"]["test"]["groups"]) == {"female", "male"}  # from the DICOM headers
