@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from test_experiment import _three_class_npz
 from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from tfmed.config import ConfigError, ExperimentConfig
+from tfmed.evaluation.hierarchy import Hierarchy
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.run.cli import main
 from tfmed.run.ensemble_runs import EnsembleRunsError, ensemble_runs
@@ -85,7 +86,8 @@ def test_a_kfold_run_chooses_the_coarse_thresholds_on_the_pooled_out_of_fold_sco
 
 
 def test_three_coarse_classes_are_scored_by_argmax_and_macro_auc():
-    model = SimpleNamespace(hierarchy={"a": ["w"], "b": ["x", "y"], "c": ["z"]}, classes=["w", "x", "y", "z"],
+    mapping = {"a": ["w"], "b": ["x", "y"], "c": ["z"]}
+    model = SimpleNamespace(hierarchy=mapping, class_hierarchy=Hierarchy(mapping), classes=["w", "x", "y", "z"],
                             coarse_thresholds={})
     rng = np.random.default_rng(0)
     labels = np.arange(40) % 4

@@ -105,7 +105,8 @@ def test_tbx11k_tuberculosis_by_kind_from_its_boxes(tmp_path):
 def test_tbx11k_row_problems_name_the_list_line_or_box_file(tmp_path):
     root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "tb/tb0003.png", "test/t0001.png",
                                              "tb/tb0003.png"], ["tb/tb0005.png", "health/h0006.png"])
-    write_boxes(root, "tb0005", [("Pneumonia", 1, 1, 9, 9), ("ActiveTuberculosis", 10, 10, 10, 40)])
+    write_boxes(root, "tb0005", [("Pneumonia", 1, 1, 9, 9), ("ActiveTuberculosis", 10, 10, 10, 40),
+                                 ("ActiveTuberculosis", 5, "", 9, 9)])
     write_boxes(root, "h0006", [("ActiveTuberculosis", 1, 1, 9, 9)])
     (root / "annotations" / "xml" / "tb0003.xml").write_text("<annotation><object>")
     xml = root / "annotations" / "xml"
@@ -115,6 +116,7 @@ def test_tbx11k_row_problems_name_the_list_line_or_box_file(tmp_path):
             f"{xml / 'tb0005.xml'}: box 1 is of kind 'Pneumonia', not one of ActiveTuberculosis, "
             "ObsoletePulmonaryTuberculosis, PulmonaryTuberculosis",
             f"{xml / 'tb0005.xml'}: box 2 has no area (x 10-10, y 10-40)",
+            f"{xml / 'tb0005.xml'}: box 3 has corners 5, (empty), 9, 9, not four numbers",
             f"{xml / 'h0006.xml'}: boxes of tuberculosis for an image of another class"} <= problems
     assert any(problem.startswith(f"{xml / 'tb0003.xml'}: not readable XML") for problem in problems)
 

@@ -68,7 +68,7 @@ def test_vindr_cxr_row_problems_name_the_line(tmp_path):
     problems = {p.problem for p in validate_table(load_vindr_cxr(csv)).problems}
     assert {"line 2: class_id '15' is not 0-14",
             "line 3: class_name 'Nodule/Mass' is not class 3's ('Cardiomegaly')",
-            "line 4: the finding's box (empty), (empty), (empty), (empty) is not four numbers",
+            "line 4: the finding's box has corners (empty), (empty), (empty), (empty), not four numbers",
             "line 5: the finding's box has no area (x 10-10, y 10-40)",
             "line 6: a 'No finding' line with a box",
             "line 7: radiologist R2 gives the image both 'No finding' and a finding",

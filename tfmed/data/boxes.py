@@ -110,6 +110,27 @@ def box_mask(boxes, height: int, width: int) -> np.ndarray:
     return mask
 
 
+def box_from_corners(corners) -> Box:
+    """(x, y, width, height) from a publisher's corners x_min, y_min, x_max, y_max (texts or numbers).
+
+    Raises:
+        ValueError: "has corners ..., not four numbers" or "has no area (...)", for the caller to prefix
+            with the box's place.
+
+    Example:
+        >>> box_from_corners(["10", "20", "40", "25.5"])
+        (10.0, 20.0, 30.0, 5.5)
+    """
+    try:
+        x_min, y_min, x_max, y_max = (float(value) for value in corners)
+    except (TypeError, ValueError):
+        shown = ", ".join("(empty)" if value in ("", None) else str(value) for value in corners)
+        raise ValueError(f"has corners {shown}, not four numbers") from None
+    if x_max <= x_min or y_max <= y_min:
+        raise ValueError(f"has no area (x {x_min:g}-{x_max:g}, y {y_min:g}-{y_max:g})")
+    return x_min, y_min, x_max - x_min, y_max - y_min
+
+
 def mask_boxes(mask: np.ndarray) -> list[Box]:
     """A box around each connected region (8-connected) of a boolean mask, top to bottom, left to right.
 

@@ -98,6 +98,22 @@ class TrainedModel:
             return scores.argmax(axis=1)
         return (scores >= np.asarray(self.threshold)).astype(int)
 
+    @property
+    def class_hierarchy(self) -> Hierarchy:
+        """The model's class hierarchy (``evaluation.hierarchy``) as a :class:`Hierarchy`.
+
+        Raises:
+            ModelArtifactError: the model has none.
+
+        Example:
+            >>> model.class_hierarchy.coarse_classes  # doctest: +SKIP
+            ['non_tb', 'tb']
+        """
+        if not self.hierarchy:
+            raise ModelArtifactError("this model has no class hierarchy (evaluation.hierarchy), so no coarse "
+                                     "classes")
+        return Hierarchy(self.hierarchy)
+
     def coarse(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The coarse scores of fine-class ``scores`` (the second coarse class's probability for two coarse
         classes, else one column per coarse class) and the coarse decisions (index of the coarse class) at the
@@ -108,10 +124,7 @@ class TrainedModel:
             >>> model.coarse(model.predict(table))  # doctest: +SKIP
             (array([0.91, 0.08]), array([1, 0]))
         """
-        if not self.hierarchy:
-            raise ModelArtifactError("this model has no class hierarchy (evaluation.hierarchy), so no coarse "
-                                     "classes")
-        hierarchy = Hierarchy(self.hierarchy)
+        hierarchy = self.class_hierarchy
         coarse = hierarchy.coarse_scores(scores, self.classes)
         if hierarchy.task == "multiclass":
             return coarse, coarse.argmax(axis=1)

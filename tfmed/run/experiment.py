@@ -369,9 +369,7 @@ def choose_coarse_thresholds(model: TrainedModel, labels: np.ndarray, scores: np
     """Set ``model.coarse_thresholds`` from the fine ``labels`` and ``scores`` of the split thresholds are
     chosen on (validation, or the pooled out-of-fold scores): as for a binary model when the hierarchy has two
     coarse classes, none (argmax) otherwise."""
-    from tfmed.evaluation.hierarchy import Hierarchy
-
-    hierarchy = Hierarchy(model.hierarchy)
+    hierarchy = model.class_hierarchy
     model.coarse_thresholds = select_thresholds(
         hierarchy.task, hierarchy.coarse_labels(labels, fine_classes=model.classes),
         hierarchy.coarse_scores(scores, model.classes), evaluation.target_sensitivity, evaluation.target_specificity)
@@ -386,10 +384,9 @@ def coarse_metrics(model: TrainedModel, parts: dict, scores: dict, evaluation: E
         >>> coarse_metrics(model, {"test": test}, {"test": scores}, config.evaluation)  # doctest: +SKIP
         {'classes': ['non_tb', 'tb'], 'task': 'binary', 'fine': {...}, 'thresholds': {...}, 'splits': {...}}
     """
-    from tfmed.evaluation.hierarchy import Hierarchy
     from tfmed.evaluation.metrics import evaluate
 
-    hierarchy = Hierarchy(model.hierarchy)
+    hierarchy = model.class_hierarchy
     result = {"classes": hierarchy.coarse_classes, "task": hierarchy.task, "fine": hierarchy.mapping,
               "thresholds": model.coarse_thresholds, "splits": {}}
     for name, split_scores in scores.items():

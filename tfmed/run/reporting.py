@@ -19,7 +19,6 @@ import pandas as pd
 from tfmed.data.near_duplicates import GROUP_COLUMN, twin_note
 from tfmed.data.table import ImageTable
 from tfmed.evaluation.comparison import comparison_sentences
-from tfmed.evaluation.hierarchy import Hierarchy
 from tfmed.evaluation.metrics import to_jsonable
 from tfmed.evaluation.plots import (confusion_plot, decision_plot, multi_roc_plot, pr_plot, reliability_plot,
                                     roc_plot, subgroup_plot)
@@ -130,7 +129,7 @@ def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: di
         negative, positive = coarse["classes"]
         ci = coarse["splits"][split][metrics["threshold_method"]].get("ci", {}).get("roc_auc")
         coarse_scores, _ = model.coarse(scores)
-        coarse_labels = Hierarchy(model.hierarchy).coarse_labels(y, fine_classes=model.classes)
+        coarse_labels = model.class_hierarchy.coarse_labels(y, fine_classes=model.classes)
         plots["roc_coarse"] = roc_plot(coarse_labels, coarse_scores, out / f"roc_coarse_{split}.png",
                                        {k: v for k, v in model.coarse_thresholds.items() if k != "fixed"},
                                        title=f"ROC, {positive} against {negative} ({split})",

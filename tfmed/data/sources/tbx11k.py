@@ -55,7 +55,7 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.boxes import BOXES_COLUMN, format_boxes
+from tfmed.data.boxes import BOXES_COLUMN, box_from_corners, format_boxes
 from tfmed.data.decode import header_size
 from tfmed.data.sources.base import SourceKind, chosen_labels, counted_skips, excluded_frame, single_label_frame
 from tfmed.data.table import DataSourceError, ImageTable
@@ -201,20 +201,16 @@ def _boxes(root: Path, image: Path, tuberculosis: bool, problems: list) -> list[
     boxes = []
     for number, item in enumerate(document.iter("object"), start=1):
         kind = (item.findtext("name") or "").strip()
-        corners = [item.findtext(f"bndbox/{key}") for key in ("xmin", "ymin", "xmax", "ymax")]
         try:
-            x_min, y_min, x_max, y_max = (float(value) for value in corners)
-        except (TypeError, ValueError):
-            problems.append((f"{xml_file}: box {number} has corners {corners}, not four numbers", fix))
+            x, y, width, height = box_from_corners([item.findtext(f"bndbox/{key}")
+                                                    for key in ("xmin", "ymin", "xmax", "ymax")])
+        except ValueError as error:
+            problems.append((f"{xml_file}: box {number} {error}", fix))
             continue
         if kind not in BOX_KINDS:
             problems.append((f"{xml_file}: box {number} is of kind {kind!r}, not one of {', '.join(BOX_KINDS)}", fix))
-        elif x_max <= x_min or y_max <= y_min:
-            problems.append((f"{xml_file}: box {number} has no area (x {x_min:g}-{x_max:g}, y {y_min:g}-{y_max:g})",
-                             fix))
         else:
-            boxes.append((kind, (x_min * scale[0], y_min * scale[1], (x_max - x_min) * scale[0],
-                                 (y_max - y_min) * scale[1])))
+            boxes.append((kind, (x * scale[0], y * scale[1], width * scale[0], height * scale[1])))
     return boxes
 
 

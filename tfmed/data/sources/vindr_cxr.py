@@ -43,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.boxes import BOXES_COLUMN, format_boxes
+from tfmed.data.boxes import BOXES_COLUMN, box_from_corners, format_boxes
 from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
 from tfmed.data.table import LABEL_PREFIX, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -127,16 +127,11 @@ def _finding(value: dict, line: int, problems: list) -> str | None:
 def _box(value: dict, line: int, problems: list):
     """The line's box as (x, y, width, height) in pixels; None, and a problem, when it is missing or empty."""
     try:
-        x_min, y_min, x_max, y_max = (float(value[key]) for key in BOX)
-    except ValueError:
-        problems.append((f"line {line}: the finding's box {', '.join(value[key] or '(empty)' for key in BOX)} is "
-                         "not four numbers", "keep the publisher's x_min, y_min, x_max, y_max in pixels"))
+        return box_from_corners([value[key] for key in BOX])
+    except ValueError as error:
+        problems.append((f"line {line}: the finding's box {error}", "keep the publisher's x_min, y_min, x_max, "
+                                                                     "y_max in pixels"))
         return None
-    if x_max <= x_min or y_max <= y_min:
-        problems.append((f"line {line}: the finding's box has no area (x {x_min:g}-{x_max:g}, y {y_min:g}-{y_max:g})",
-                         "keep the publisher's x_min, y_min, x_max, y_max in pixels"))
-        return None
-    return x_min, y_min, x_max - x_min, y_max - y_min
 
 
 def _record(image_id: str, image: dict, folder: Path, names: list[str], min_readers: int) -> dict:
