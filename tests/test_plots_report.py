@@ -115,6 +115,12 @@ def test_binary_report(tmp_path, binary_data):
     assert "efficientnet_lite0" in text
     assert "ROC AUC by DeLong's method" in text and "the farther of DeLong's, normal on the logit scale, and Newcombe's score interval)" in text
     assert "complete separation" not in text
+    assert "<figcaption>ROC curve (test) with the validation-chosen operating points" in text
+    # a run without a test split draws its plots on validation, and the captions say so
+    context.operating_split, context.metrics = "val", {"val": context.metrics["val"]}
+    text = write_report(tmp_path / "val_only", context).read_text(encoding="utf-8")
+    assert "<figcaption>ROC curve (val) with" in text and "<figcaption>Confusion matrix (val)" in text
+    assert "(test)" not in text
 
 
 def test_multiclass_and_multilabel_reports(tmp_path):

@@ -32,15 +32,15 @@ from .plots import training_curves
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PROPORTION_LABELS = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("ppv", "PPV"),
                       ("npv", "NPV"))
-_PLOT_CAPTIONS = {
-    "roc": "ROC curve (test) with the validation-chosen operating points",
-    "pr": "Precision-recall curve (test)",
-    "confusion": "Confusion matrix (test)",
-    "reliability": "Calibration (reliability diagram, test)",
+_PLOT_CAPTIONS = {  # {split}: the split the plots are drawn on (test, or val when a run has no test split)
+    "roc": "ROC curve ({split}) with the validation-chosen operating points",
+    "pr": "Precision-recall curve ({split})",
+    "confusion": "Confusion matrix ({split})",
+    "reliability": "Calibration (reliability diagram, {split})",
     "training_curves": "Training curves (dotted lines: a new fine-tuning stage begins)",
-    "roc_per_class": "One-vs-rest ROC curves (test)",
-    "subgroups": "AUC by subgroup (test), with intervals",
-    "decision": "Decision curve (test): net benefit over threshold probabilities",
+    "roc_per_class": "One-vs-rest ROC curves ({split})",
+    "subgroups": "AUC by subgroup ({split}), with intervals",
+    "decision": "Decision curve ({split}): net benefit over threshold probabilities",
 }
 
 
@@ -223,7 +223,7 @@ def write_report(run_dir, context: ReportContext) -> Path:
     if images:
         parts.append("<h2>Plots</h2>")
     for name, data in images.items():
-        caption = _PLOT_CAPTIONS.get(name, name.replace("_", " ").capitalize())
+        caption = _PLOT_CAPTIONS.get(name, name.replace("_", " ").capitalize()).format(split=context.operating_split)
         parts.append(f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{_e(caption)}</figcaption></figure>")
     parts.append(_notes_section(context))

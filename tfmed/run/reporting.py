@@ -24,6 +24,7 @@ from tfmed.evaluation.plots import (confusion_plot, decision_plot, multi_roc_plo
                                     roc_plot, subgroup_plot)
 from tfmed.evaluation.report import (ReportContext, value_with_interval, write_metrics_json, write_predictions,
                                     write_report)
+from tfmed.evaluation.subgroups import ATTRIBUTE_WORDS
 
 THRESHOLD_NOTE = ("Thresholds were chosen on the validation split only and applied unchanged to the "
                   "test split; test data never influenced the model, its hyper-parameters or its thresholds.")
@@ -259,9 +260,9 @@ def decision_sentences(metrics: dict, split: str) -> list[str]:
     if m.get("beneficial_thresholds") is None:
         return []
     ranges = ", ".join(f"{lo:.2f}-{hi:.2f}" if hi > lo else f"{lo:.2f}" for lo, hi in m["beneficial_thresholds"])
-    where = (f"beats acting on every case and on none at threshold probabilities {ranges}" if ranges else
-             "beats acting on every case or on none at no threshold probability")
-    line = f"Decision curve ({split}): the net benefit of acting on the model {where}"
+    where = f"at threshold probabilities {ranges}" if ranges else "at no threshold probability"
+    line = (f"Decision curve ({split}): the net benefit of acting on the model beats acting on every case and on "
+            f"none {where}")
     if m.get("net_benefit") is not None:
         line += (f"; at the {metrics['threshold_method']} threshold ({m['threshold']:.3f}) it is "
                  f"{m['net_benefit']:.3f}, against {m['net_benefit_treat_all']:.3f} for acting on every case")
@@ -289,8 +290,6 @@ def subgroup_sentences(metrics: dict) -> list[str]:
         >>> line[line.index("Between"):]
         "Between the groups: sensitivity p = 0.0400, specificity p = n/a (Fisher's exact test)."
     """
-    from tfmed.evaluation.subgroups import ATTRIBUTE_WORDS
-
     lines = []
     for attribute, splits in metrics.get("subgroups", {}).items():
         for split, figures in splits.items():
