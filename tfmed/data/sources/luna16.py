@@ -61,7 +61,7 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.sources.base import (SourceKind, counted_skips, excluded_frame, read_csv_rows, row_values,
-                                     single_label_frame, skipped_file)
+                                     single_label_frame, skipped_file, two_classes)
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 from tfmed.data.volume_inputs import CENTER_MM
@@ -100,7 +100,7 @@ def load_luna16(path: str | Path, root: str | Path | None = None, classes: list[
         tfmed.data.table.DataSourceError: ...#10: 10 is not a LUNA16 subset; write 0-9 or subset0-subset9...
     """
     path = Path(path)
-    names = _class_names(classes)
+    names = two_classes(classes, CLASSES, "LUNA16's class is 0 or 1")
     wanted = _subset_names(subsets, path)
     header, rows = read_csv_rows(path, (SERIES,) + COORDINATES + (CLASS,), WHAT)
     root = _root(path, root)
@@ -217,15 +217,6 @@ def _findings(path: Path, scans: set[str]) -> pd.DataFrame:
         if value[SERIES] in scans:
             records.append([value[SERIES], *numbers])
     return pd.DataFrame(records, columns=["scan", "x", "y", "z", "diameter_mm"])
-
-
-def _class_names(classes: list[str] | None) -> list[str]:
-    if classes is None:
-        return list(CLASSES)
-    if len(classes) != 2:
-        raise DataSourceError(f"data.classes lists {len(classes)} names; LUNA16's class is 0 or 1, so name "
-                              f"two (class 0 first), e.g. {CLASSES}, or leave data.classes out")
-    return list(classes)
 
 
 def _subset_names(subsets: str, path: Path) -> list[str]:
