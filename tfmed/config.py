@@ -34,6 +34,7 @@ Task = Literal["binary", "multiclass", "multilabel"]
 UNKNOWN_LABEL = -1
 ThresholdMethod = Literal["youden", "sensitivity", "specificity", "fixed"]
 Subgroup = Literal["site", "view", "sex", "age"]
+RecalibrationMethod = Literal["none", "logistic", "temperature"]
 # the methods that choose a threshold from validation data ("fixed" takes it as given)
 THRESHOLD_TARGET_METHODS = tuple(m for m in typing.get_args(ThresholdMethod) if m != "fixed")
 
@@ -954,6 +955,14 @@ class EvaluationConfig(_Section):
         refused.
     age_bands: the ages in whole years where a band starts, for the age
         subgroup: [40, 60, 80] gives 0-39, 40-59, 60-79 and 80+.
+    recalibration: none (default), logistic (binary, multilabel: one slope
+        and intercept per label on the logit) or temperature (any task):
+        fitted on the split thresholds are chosen on (validation, or the
+        pooled out-of-fold scores), applied to every score the model gives
+        afterwards, thresholds chosen on the recalibrated scores. Ranks, and
+        so AUCs and the decisions at the thresholds chosen on validation, stay
+        as they were; a fixed threshold (0.5) then applies to recalibrated
+        probabilities. See :mod:`tfmed.evaluation.recalibration`.
 
     Example:
         >>> EvaluationConfig(hierarchy={"benign": ["nevus"], "malignant": ["melanoma"]}).threshold
@@ -970,6 +979,7 @@ class EvaluationConfig(_Section):
     hierarchy: dict[str, list[str]] | None = None
     subgroups: list[Subgroup] = field(default_factory=lambda: ["site"])
     age_bands: list[int] = field(default_factory=lambda: [40, 60, 80])
+    recalibration: RecalibrationMethod = "none"
 
     def check(self) -> None:
         super().check()

@@ -27,6 +27,7 @@ from tfmed.data.statistics import load_statistics, save_statistics
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
 from tfmed.evaluation.hierarchy import Hierarchy
+from tfmed.evaluation.recalibration import Recalibration
 from tfmed.files import DAMAGED, read_json
 from tfmed.modes import MemberScoring, get_mode
 from tfmed.run.manifest import check_run
@@ -47,7 +48,10 @@ class TrainedModel:
     multiclass model with a class ``hierarchy`` (``evaluation.hierarchy``:
     coarse class -> its fine classes) also answers for the coarse classes, its
     fine probabilities summed (Esteva et al. 2017), with ``coarse_thresholds``
-    chosen on validation when there are two coarse classes.
+    chosen on validation when there are two coarse classes. A ``recalibration``
+    (``evaluation.recalibration``, fitted where the thresholds were chosen) turns
+    every score the model gives into a recalibrated probability; the thresholds
+    apply to those.
     """
 
     mode: str
@@ -63,6 +67,7 @@ class TrainedModel:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     hierarchy: dict | None = None
     coarse_thresholds: dict = field(default_factory=dict)
+    recalibration: Recalibration | None = None
 
     @property
     def threshold(self):
@@ -81,15 +86,19 @@ class TrainedModel:
 
     def predict_with_members(self, table: ImageTable, batch_size: int = 64) -> tuple[np.ndarray, dict | None]:
         """Scores for every row and, for a model made of members (an ensemble), each member's
-        scores by name (None otherwise); the scores are the combination of the member scores."""
+        scores by name (None otherwise); the scores are the combination of the member scores, recalibrated
+        when the model has a recalibration (the members' are as they give them)."""
         if table.task != self.task and not (table.task in ("binary", "multiclass") and
                                              self.task in ("binary", "multiclass")):
             raise ModelArtifactError(f"the model was trained for a {self.task} task but the data "
                                      f"is {table.task}; evaluate it on data with the same labels")
+        members = None
         if isinstance(self.estimator, MemberScoring):
             members = self.estimator.member_scores(table, self.inputs, batch_size=batch_size)
-            return self.estimator.combine_scores(members), members
-        return self.estimator.predict_table(table, self.inputs, batch_size=batch_size), None
+            scores = self.estimator.combine_scores(members)
+        else:
+            scores = self.estimator.predict_table(table, self.inputs, batch_size=batch_size)
+        return (scores if self.recalibration is None else self.recalibration.apply(scores)), members
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """Decisions at the stored threshold (binary/multilabel) or the argmax class."""
@@ -162,6 +171,7 @@ class TrainedModel:
             "backbone": self.backbone, "tta": dataclasses.asdict(self.tta),
             "views": dataclasses.asdict(self.views),
             "hierarchy": self.hierarchy, "coarse_thresholds": _jsonable(self.coarse_thresholds),
+            "recalibration": self.recalibration.to_json() if self.recalibration else None,
         }
         (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return directory
@@ -195,7 +205,8 @@ class TrainedModel:
                           threshold_method=meta.get("threshold_method", "youden"),
                           backbone=meta.get("backbone", ""), tta=TTAConfig(**meta.get("tta", {})),
                           views=ViewsConfig(**meta.get("views", {})), hierarchy=meta.get("hierarchy"),
-                          coarse_thresholds=meta.get("coarse_thresholds", {}))
+                          coarse_thresholds=meta.get("coarse_thresholds", {}),
+                          recalibration=Recalibration.from_json(meta.get("recalibration")))
         except TfmedError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as error:

@@ -3,7 +3,7 @@
     tfmed run experiments/pneumonia_mnist.yaml
     tfmed evaluate --model runs/pneumonia_mnist/TIMESTAMP [--data medmnist:PATH.npz#test]
     tfmed predict --model runs/pneumonia_mnist/TIMESTAMP image.png scans/ [--output out.csv]
-    tfmed ensemble runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B --output runs/combined
+    tfmed ensemble runs/pneumonia_mnist_svm/A runs/pneumonia_mnist_finetune/B --output runs/combined
     tfmed compare runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B [--output comparison.csv]
     tfmed explain --model runs/pneumonia_mnist/TIMESTAMP [images ...] [--method gradcam] [--output DIR]
     tfmed export-run runs/pneumonia_mnist/TIMESTAMP share/pmnist --anonymise
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--output", default=None, help="new run directory (default: runs/ensemble/TIMESTAMP)")
     ensemble.add_argument("--combine", default="mean",
                           help="mean (of probabilities) or rank (averaging against each run's validation scores)")
+    ensemble.add_argument("--recalibrate", default="none", choices=["none", "logistic", "temperature"],
+                          help="recalibrate the combined probabilities on the validation split before the "
+                               "thresholds are chosen (as evaluation.recalibration; default none)")
     _add_trust_options(ensemble)
 
     compare = verbs.add_parser("compare", help="paired tests of saved runs' AUCs on the same cases")
@@ -229,7 +232,8 @@ def _cmd_ensemble(args) -> int:
     from tfmed.run.evaluate import load_metrics
     from tfmed.run.reporting import summary_text
 
-    out = ensemble_runs(args.runs, args.output, args.combine, verify=args.verify, trust_pickles=args.trust_pickles)
+    out = ensemble_runs(args.runs, args.output, args.combine, recalibration=args.recalibrate, verify=args.verify,
+                        trust_pickles=args.trust_pickles)
     print(summary_text(load_metrics(out)), flush=True)
     print(f"wrote {out}")
     return 0

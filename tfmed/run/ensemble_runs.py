@@ -3,16 +3,17 @@
 Each run keeps its fitted model, preprocessing and test-time views; their
 saved validation and test scores (``predictions.csv``) are combined by the
 mean of the probabilities or by rank averaging (each member's score as a
-quantile among its own validation scores). Thresholds are chosen again, on the
-combined validation scores. Stacking needs out-of-fold training scores that
-saved runs do not have: use ``model.mode: ensemble`` for it.
+quantile among its own validation scores). The combination may be
+recalibrated on the validation split (``--recalibrate``); thresholds are chosen
+again, on the combined validation scores. Stacking needs out-of-fold training
+scores that saved runs do not have: use ``model.mode: ensemble`` for it.
 
 The output is a run directory like any other (``config.yaml`` describes the
 ensemble, ``model/`` holds every member), so ``tfmed evaluate`` and
 ``tfmed predict`` work on it.
 
 Example:
-    >>> out = ensemble_runs(["runs/pneumonia_mnist/A", "runs/pneumonia_mnist_finetune/B"],
+    >>> out = ensemble_runs(["runs/pneumonia_mnist_svm/A", "runs/pneumonia_mnist_finetune/B"],
     ...                     "runs/combined")  # doctest: +SKIP
 """
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tfmed.data.pipeline import ImageInputs
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import compare_to_members
+from tfmed.evaluation.recalibration import RecalibrationError, check_method
 from tfmed.evaluation.report import predictions_column
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
@@ -37,7 +39,7 @@ from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
 from tfmed.run.experiment import (by_subgroup, choose_coarse_thresholds, coarse_metrics, count_entries,
-                                  evaluate_split, subgroup_metrics)
+                                  evaluate_split, recalibrate, subgroup_metrics)
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir, run_split_tables
 
@@ -49,7 +51,7 @@ class EnsembleRunsError(TfmedError):
 
 
 def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, combine: str = "mean", *,
-                  verify: bool = True, trust_pickles: bool = False) -> Path:
+                  recalibration: str = "none", verify: bool = True, trust_pickles: bool = False) -> Path:
     """Combine saved runs into a new ensemble run directory; return it.
 
     Args:
@@ -57,6 +59,10 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         output: the new directory (must not exist or be empty; default
             ``runs/ensemble/TIMESTAMP``).
         combine: "mean" or "rank".
+        recalibration: "none", "logistic" or "temperature": fitted on the
+            combined validation scores before the thresholds are chosen (as
+            ``evaluation.recalibration``). The runs themselves must not be
+            recalibrated.
         verify, trust_pickles: as in :meth:`TrainedModel.load`; each run is
             checked against its manifest before any of its files is read.
     """
@@ -70,6 +76,11 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     models = [TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles) for run in runs]
     configs = [ExperimentConfig.from_yaml(run / "config.yaml") for run in runs]
     _check_compatible(runs, configs, models)
+    if recalibration != "none":
+        try:
+            check_method(recalibration, models[0].task)
+        except RecalibrationError as error:
+            raise EnsembleRunsError(f"--recalibrate: {error}") from None
     names = _member_names(runs, configs)
 
     tables = run_split_tables(runs[0], ("val", "test"))
@@ -82,11 +93,17 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     val_members = [member_scores["val"][name] for name in names]
     estimator.combiner.fit(val_members, tables["val"].labels())
     scores = {split: estimator.combine_scores(members) for split, members in member_scores.items()}
-    config = _ensemble_config(configs, names, combine, runs)
+    config = _ensemble_config(configs, names, combine, runs, recalibration)
     model = TrainedModel(mode=estimator.name, task=first.task, classes=list(first.classes),
                          preprocess=first.preprocess, stats=first.stats, estimator=estimator,
                          threshold_method=first.threshold_method, backbone=first.backbone, tta=first.tta,
                          views=first.views)
+    summary = None
+    if recalibration != "none":
+        summary = recalibrate(model, recalibration, "val", {split: (table.labels(), scores[split])
+                                                            for split, table in tables.items()})
+        if model.recalibration is not None:
+            scores = {split: model.recalibration.apply(s) for split, s in scores.items()}
     model.thresholds = select_thresholds(model.task, tables["val"].labels(), scores["val"],
                                          config.evaluation.target_sensitivity, config.evaluation.target_specificity)
     if first.hierarchy:
@@ -99,7 +116,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     (out / "environment.json").write_text(json.dumps(environment_info(config), indent=2))
     shutil.copyfile(runs[0] / "splits.csv", out / "splits.csv")
     (out / "ensemble_runs.json").write_text(json.dumps(
-        {"runs": [str(r) for r in runs], "members": names, "combine": combine}, indent=2))
+        {"runs": [str(r) for r in runs], "members": names, "combine": combine, "recalibration": recalibration},
+        indent=2))
     model.save(out / "model")
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode, "backbone": model.backbone,
                "thresholds": model.thresholds, "threshold_method": model.threshold_method,
@@ -108,6 +126,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
                "members": {},
                # the runs share one split, so their near-identical images are the first run's
                "near_duplicates": load_metrics(runs[0]).get("near_duplicates")}
+    if summary is not None:
+        metrics["recalibration"] = summary
     for split, table in tables.items():
         metrics["splits"][split] = evaluate_split(model, table, scores[split], config.evaluation)
         metrics["members"][split] = compare_to_members(model.task, table.labels(), scores[split],
@@ -148,6 +168,10 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
         if model.views != models[0].views:
             raise EnsembleRunsError(f"{run} and {runs[0]} cut different 2-D views of their volumes (views "
                                     "settings); combine runs with the same views section")
+        if model.recalibration is not None:
+            raise EnsembleRunsError(f"{run} recalibrated its probabilities (evaluation.recalibration), and the "
+                                    "combination is made of the runs' models as they were trained; combine runs "
+                                    "without recalibration and recalibrate the combination (--recalibrate)")
         if model.hierarchy != models[0].hierarchy:
             raise EnsembleRunsError(f"{run} and {runs[0]} group their classes differently (evaluation.hierarchy "
                                     f"{model.hierarchy} against {models[0].hierarchy}); combine runs with the same "
@@ -182,7 +206,7 @@ def _saved_scores(run: Path, split: str, table: ImageTable, model: TrainedModel)
 
 
 def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine: str,
-                     runs: list[Path]) -> ExperimentConfig:
+                     runs: list[Path], recalibration: str) -> ExperimentConfig:
     """An experiment that describes the combination (each run as a member with its own preprocessing)."""
     first = configs[0]
     members = [MemberConfig(name=name, mode=c.model.mode, backbone=c.model.backbone, weights=c.model.weights,
@@ -195,9 +219,10 @@ def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine:
                         weights_dir=first.model.weights_dir,
                         ensemble=EnsembleConfig(members=members, combine=combine))
     description = (f"Ensemble ({combine}) of saved runs {', '.join(map(str, runs))}, combined with tfmed ensemble; "
-                   "rank references and thresholds come from their validation scores.")
+                   "rank references, the recalibration and thresholds come from their validation scores.")
     return dataclasses.replace(first, name=f"{first.name}_ensemble", description=description, model=model,
-                               augment=type(first.augment)(), balance=type(first.balance)())
+                               augment=type(first.augment)(), balance=type(first.balance)(),
+                               evaluation=dataclasses.replace(first.evaluation, recalibration=recalibration))
 
 
 def _output_dir(output: str | Path | None) -> Path:

@@ -95,6 +95,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                "splits": {"test": evaluate_split(model, table, scores, config.evaluation)}}
     notes = [f"Model from {run_dir}; thresholds were chosen on that run's validation split "
              "and are applied unchanged here."]
+    if model.recalibration is not None:
+        notes.append(f"The scores are recalibrated as in that run ({model.recalibration.describe()}).")
     if copies is not None:
         metrics["near_duplicates"] = copies
     if copy_rows is not None and len(copy_rows):

@@ -124,10 +124,18 @@ def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
 
 
 def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
-    """Settings that only make sense for some tasks, checked by the mode once the task is known, the class
-    hierarchy against the data's classes, and the subgroup attributes against what the data record."""
+    """Settings that only make sense for some tasks, checked by the mode once the task is known (and the
+    recalibration), the class hierarchy against the data's classes, and the subgroup attributes against what the
+    data record."""
     get_mode(config.model.mode).check_experiment(config, table)
     check_subgroups(config.evaluation.subgroups, table, f"{config.name}: evaluation.subgroups")
+    if config.evaluation.recalibration != "none":
+        from tfmed.evaluation.recalibration import RecalibrationError, check_method
+
+        try:
+            check_method(config.evaluation.recalibration, table.task)
+        except RecalibrationError as error:
+            raise ConfigError(f"{config.name}: evaluation.recalibration: {error}") from None
     if config.evaluation.hierarchy:
         from tfmed.evaluation.hierarchy import Hierarchy, HierarchyError
 
@@ -300,16 +308,26 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
             scores[name], members = model.predict_with_members(part)
             if members is not None:
                 member_scores[name] = members
-    if fold_summary is not None:
-        model.thresholds = fold_summary.pop("thresholds")
-    else:
-        model.thresholds = select_thresholds(model.task, val.labels(), scores["val"],
-                                             config.evaluation.target_sensitivity,
-                                             config.evaluation.target_specificity)
+    # thresholds (and a recalibration) are fitted on validation, or on the pooled out-of-fold scores
+    from tfmed.run.reporting import OUT_OF_FOLD, write_run_outputs
+
+    chosen_on = "val" if fold_summary is None else OUT_OF_FOLD
+    fit_labels, fit_scores = (val.labels(), scores["val"]) if fold_summary is None else (train.labels(), oof)
+    recalibration = None
+    if config.evaluation.recalibration != "none":
+        scored = {chosen_on: (fit_labels, fit_scores),
+                  **{name: (parts[name].labels(), s) for name, s in scores.items() if name != chosen_on}}
+        recalibration = recalibrate(model, config.evaluation.recalibration, chosen_on, scored)
+        if model.recalibration is not None:
+            fit_scores = model.recalibration.apply(fit_scores)
+            scores = {name: model.recalibration.apply(s) for name, s in scores.items()}
+            if fold_summary is not None:
+                oof = fit_scores
+    model.thresholds = select_thresholds(model.task, fit_labels, fit_scores, config.evaluation.target_sensitivity,
+                                         config.evaluation.target_specificity)
     if config.evaluation.hierarchy:
         model.hierarchy = config.evaluation.hierarchy
-        chosen_on = (train.labels(), oof) if fold_summary is not None else (val.labels(), scores["val"])
-        choose_coarse_thresholds(model, *chosen_on, config.evaluation)
+        choose_coarse_thresholds(model, fit_labels, fit_scores, config.evaluation)
     model.save(run_dir / "model")
     metrics = {"task": model.task, "classes": model.classes, "mode": model.mode,
                "backbone": config.model.backbone, "thresholds": model.thresholds,
@@ -317,14 +335,14 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
                **count_entries({name: table.split(name) for name in ("train", "val", "test")}),
                "test_origin": table.frame.attrs.get("test_origin"), "splits": {}}
     metrics["tta_views"] = config.tta.view_count()
+    if recalibration is not None:
+        metrics["recalibration"] = recalibration
     metrics["near_duplicates"] = near_duplicate_summary(config, table)
     for name, split_scores in scores.items():
         metrics["splits"][name] = evaluate_split(model, parts[name], split_scores, config.evaluation)
     groups = {name: subgroup_metrics(model, parts[name], split_scores, config.evaluation)
               for name, split_scores in scores.items()}
     if fold_summary is not None:  # each group's pooled out-of-fold figures, at the thresholds chosen on them
-        from tfmed.run.reporting import OUT_OF_FOLD
-
         groups = {OUT_OF_FOLD: subgroup_metrics(model, train, oof, config.evaluation), **groups}
     if any(groups.values()):
         metrics["subgroups"] = by_subgroup(groups)
@@ -339,11 +357,35 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
             metrics["coarse"]["out_of_fold"] = coarse_metrics(model, {"train": train}, {"train": oof},
                                                               config.evaluation)["splits"]["train"]
     metrics["seconds"] = round(time.time() - started, 1)
-    from tfmed.run.reporting import write_run_outputs
-
     write_run_outputs(run_dir, config, model, parts, scores, metrics, member_scores)
     finish_run(run_dir)
     log(f"done in {metrics['seconds']:.0f} s: {run_dir / 'report.html'}")
+
+
+def recalibrate(model: TrainedModel, method: str, fitted_on: str, scored: dict[str, tuple]) -> dict:
+    """Fit ``method`` (``evaluation.recalibration``) on the ``fitted_on`` entry of ``scored`` (split -> (labels,
+    scores before recalibration)) and set ``model.recalibration``; return ``metrics.json``'s ``recalibration``:
+    the fit and each split's log loss and Brier score before and after (in-sample on ``fitted_on``). Scores that
+    cannot be recalibrated (see :class:`~tfmed.evaluation.recalibration.RecalibrationError`) leave the model as it
+    is, said in the log and in the summary (``applied`` false, ``reason``).
+
+    Example:
+        >>> recalibrate(model, "logistic", "val", {"val": (y_val, s_val), "test": (y_test, s_test)})  # doctest: +SKIP
+        {'method': 'logistic', 'fitted_on': 'val', 'applied': True, 'fit': {...}, 'figures': {'val': {...}, ...}}
+    """
+    from tfmed.evaluation.recalibration import Recalibration, RecalibrationError, probability_scores
+
+    summary: dict = {"method": method, "fitted_on": fitted_on}
+    try:
+        model.recalibration = Recalibration.fit(method, model.task, *scored[fitted_on])
+    except RecalibrationError as error:
+        log(f"the scores were not recalibrated ({method}): {error}")
+        return {**summary, "applied": False, "reason": str(error)}
+    log(f"probabilities recalibrated on {fitted_on} ({model.recalibration.describe()})")
+    figures = {name: {"before": probability_scores(model.task, y, s),
+                      "after": probability_scores(model.task, y, model.recalibration.apply(s))}
+               for name, (y, s) in scored.items() if len(y)}
+    return {**summary, "applied": True, "fit": model.recalibration.to_json(), "figures": figures}
 
 
 def extract_across_workers(config: ExperimentConfig, table: ImageTable):
@@ -404,9 +446,9 @@ def coarse_metrics(model: TrainedModel, parts: dict, scores: dict, evaluation: E
 
 def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
               run_dir: Path) -> tuple[dict, list[TrainedModel], np.ndarray]:
-    """Stratified group k-fold over train+val: the summary (per-fold AUC, pooled out-of-fold AUC,
-    thresholds from the out-of-fold scores), with ``split.final: bag`` the k fold models (else none), and
-    the pooled out-of-fold scores of train+val's rows (train's, then val's)."""
+    """Stratified group k-fold over train+val: the summary (per-fold AUC, pooled out-of-fold AUC), with
+    ``split.final: bag`` the k fold models (else none), and the pooled out-of-fold scores of train+val's rows
+    (train's, then val's), on which the thresholds (and any recalibration) are then chosen."""
     from tfmed.data.splits import kfold_indices
     from tfmed.evaluation.metrics import auc_interval, evaluate, headline_auc
 
@@ -436,9 +478,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
                "auc_mean": float(aucs.mean()) if len(aucs) else None,
                "auc_sd": float(aucs.std(ddof=1)) if len(aucs) > 1 else None,
                "pooled_oof_auc": headline_auc(pooled),
-               "pooled_oof_auc_ci": auc_interval(pooled),
-               "thresholds": select_thresholds(table.task, y, oof, config.evaluation.target_sensitivity,
-                                               config.evaluation.target_specificity)}
+               "pooled_oof_auc_ci": auc_interval(pooled)}
     return summary, models, oof
 
 

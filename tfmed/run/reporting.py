@@ -277,6 +277,34 @@ def decision_sentences(metrics: dict, split: str) -> list[str]:
     return lines
 
 
+def recalibration_sentences(metrics: dict) -> list[str]:
+    """The report's sentence on the recalibration of the probabilities (``metrics["recalibration"]``, from
+    :func:`~tfmed.run.experiment.recalibrate`); none when the run asked for none.
+
+    Example:
+        >>> recalibration_sentences({"recalibration": {"method": "logistic", "fitted_on": "val", "applied": True,
+        ...     "fit": {"method": "logistic", "task": "binary", "slope": [2.2], "intercept": [-0.6]},
+        ...     "figures": {"val": {"before": {"log_loss": 0.128, "brier": 0.034},
+        ...                         "after": {"log_loss": 0.083, "brier": 0.021}}}}})[0][:102]
+        'Probabilities recalibrated on val (logistic: slope 2.200, intercept -0.600) before the thresholds were'
+    """
+    from tfmed.evaluation.recalibration import Recalibration
+
+    r = metrics.get("recalibration")
+    if not r:
+        return []
+    where = "the pooled out-of-fold scores" if r["fitted_on"] == OUT_OF_FOLD else r["fitted_on"]
+    if not r["applied"]:
+        return [f"The probabilities were not recalibrated ({r['method']} on {where}): {r['reason']}."]
+    names = {OUT_OF_FOLD: "out-of-fold"}
+    changes = "; ".join(f"{names.get(split, split)}{' (in-sample)' if split == r['fitted_on'] else ''} log loss "
+                        f"{_fmt(f['before']['log_loss'])} to {_fmt(f['after']['log_loss'])}, Brier "
+                        f"{_fmt(f['before']['brier'])} to {_fmt(f['after']['brier'])}" for split, f in r["figures"].items())
+    return [f"Probabilities recalibrated on {where} ({Recalibration.from_json(r['fit']).describe()}) before the "
+            "thresholds were chosen; the scores keep their order, so AUCs and the decisions at the thresholds chosen "
+            f"there are as without it (a fixed threshold applies to the recalibrated probabilities). {changes}."]
+
+
 def subgroup_sentences(metrics: dict) -> list[str]:
     """The report's sentences on each group of a split's subgroups (``metrics["subgroups"]``, from
     :func:`~tfmed.run.experiment.subgroup_metrics`): one per attribute and split; none without groups.
@@ -326,6 +354,8 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
              "threshold method": model.threshold_method}
     facts.update(estimator.report_facts())
     facts["test-time views"] = metrics.get("tta_views", 1)
+    if model.recalibration is not None:
+        facts["recalibration"] = model.recalibration.describe()
     notes = [THRESHOLD_NOTE]
     if metrics.get("test_origin") and "test" in metrics["splits"]:
         notes.append(f"The test split is {metrics['test_origin']}. Figures on an official test split from "
@@ -341,7 +371,8 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                  f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. Thresholds "
                  f"were chosen on the pooled out-of-fold scores; {final} was measured once on test."]
         notes.remove(THRESHOLD_NOTE)
-    notes += member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics)
+    notes += (recalibration_sentences(metrics) + member_sentences(metrics) + subgroup_sentences(metrics)
+              + coarse_sentences(metrics))
     extra_plots = {}
     if config.report.explain and scores:
         from tfmed.run.explain import explain_for_report

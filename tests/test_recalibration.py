@@ -1,0 +1,266 @@
+"""Recalibration of the probabilities (``evaluation.recalibration``): the fits, their refusals, and runs, k-fold
+runs, saved models and ``tfmed ensemble`` that apply them."""
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import expit, logit, softmax
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+from tfmed.config import ConfigError, ExperimentConfig
+from tfmed.data.table import ImageTable
+from tfmed.evaluation.decision import calibration_line
+from tfmed.evaluation.recalibration import Recalibration, RecalibrationError, check_method, probability_scores
+from tfmed.evaluation.thresholds import select_thresholds
+from tfmed.progress import configure_logging
+from tfmed.run.artifact import TrainedModel
+from tfmed.run.cli import main
+from tfmed.run.evaluate import evaluate_run, load_metrics
+from tfmed.run.experiment import check_config_fits_data, recalibrate, run_experiment
+from tfmed.run.rundir import run_split_tables
+
+from test_experiment import _small, _tiny_medmnist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def drawn(n: int, slope: float, intercept: float, seed: int = 0):
+    """Scores p and outcomes drawn at the probabilities sigmoid(slope * logit(p) + intercept)."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.02, 0.98, n)
+    return (rng.uniform(size=n) < expit(slope * logit(p) + intercept)).astype(int), p
+
+
+# ------------------------------------------------------------------ the fits
+def test_logistic_recovers_the_line_the_outcomes_were_drawn_on_and_makes_it_the_identity():
+    y, p = drawn(20000, slope=2.0, intercept=0.5)
+    fitted = Recalibration.fit("logistic", "binary", y, p)
+    assert fitted.slope[0] == pytest.approx(2.0, abs=0.1) and fitted.intercept[0] == pytest.approx(0.5, abs=0.1)
+    after = fitted.apply(p)
+    line = calibration_line(y, after)
+    assert line["slope"] == pytest.approx(1.0, abs=1e-3) and line["intercept"] == pytest.approx(0.0, abs=1e-3)
+    assert log_loss(y, after) < log_loss(y, p) and brier_score_loss(y, after) < brier_score_loss(y, p)
+    assert (np.argsort(after, kind="stable") == np.argsort(p, kind="stable")).all()  # ranks, so the AUC, kept
+    assert roc_auc_score(y, after) == roc_auc_score(y, p)
+
+
+def test_temperature_recovers_the_softening_of_binary_and_multiclass_logits():
+    y, p = drawn(20000, slope=0.5, intercept=0.0)  # overconfident scores: the right temperature is 2
+    assert Recalibration.fit("temperature", "binary", y, p).temperature == pytest.approx(2.0, rel=0.1)
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2, (20000, 4))
+    truth = softmax(logits / 3.0, axis=1)
+    labels = np.array([rng.choice(4, p=row) for row in truth])
+    scores = softmax(logits, axis=1)
+    fitted = Recalibration.fit("temperature", "multiclass", labels, scores)
+    assert fitted.temperature == pytest.approx(3.0, rel=0.1)
+    after = fitted.apply(scores)
+    assert np.allclose(after.sum(axis=1), 1) and (after.argmax(axis=1) == scores.argmax(axis=1)).all()
+    assert probability_scores("multiclass", labels, after)["log_loss"] < \
+        probability_scores("multiclass", labels, scores)["log_loss"]
+
+
+def test_multilabel_logistic_fits_each_label_on_its_known_entries_only():
+    y0, p0 = drawn(6000, slope=2.0, intercept=0.0, seed=2)
+    y1, p1 = drawn(6000, slope=0.5, intercept=-1.0, seed=3)
+    y1_unknown = y1.copy()
+    y1_unknown[:1500] = -1  # unknown: left out of the fit, not read as negative
+    fitted = Recalibration.fit("logistic", "multilabel", np.stack([y0, y1_unknown], 1), np.stack([p0, p1], 1))
+    alone = Recalibration.fit("logistic", "binary", y1[1500:], p1[1500:])
+    assert fitted.slope[1] == pytest.approx(alone.slope[0]) and fitted.intercept[1] == pytest.approx(alone.intercept[0])
+    assert fitted.slope[0] == pytest.approx(2.0, abs=0.2)
+    after = fitted.apply(np.stack([p0, p1], 1))
+    assert after.shape == (6000, 2) and np.allclose(after[:, 1], alone.apply(p1))
+
+
+def test_a_fit_round_trips_through_json():
+    y, p = drawn(500, slope=1.5, intercept=0.2)
+    for method in ("logistic", "temperature"):
+        fitted = Recalibration.fit(method, "binary", y, p)
+        again = Recalibration.from_json(json.loads(json.dumps(fitted.to_json())))
+        assert np.array_equal(again.apply(p), fitted.apply(p))
+    assert Recalibration.from_json(None) is None
+
+
+def test_probability_scores_are_scikit_learns_log_loss_and_brier():
+    y, p = drawn(300, slope=1.0, intercept=0.0)
+    figures = probability_scores("binary", y, p)
+    assert figures == {"log_loss": round(log_loss(y, p), 4), "brier": round(brier_score_loss(y, p), 4)}
+    labels = np.array([0, 1, 2, 1])
+    scores = np.array([[.7, .2, .1], [.1, .8, .1], [.3, .3, .4], [.5, .4, .1]])
+    onehot = np.eye(3)[labels]
+    assert probability_scores("multiclass", labels, scores) == {
+        "log_loss": round(log_loss(labels, scores), 4), "brier": round(float(((onehot - scores) ** 2).sum(1).mean()), 4)}
+
+
+@pytest.mark.parametrize("method, task, y, p, message", [
+    ("logistic", "binary", [1, 1, 1], [.2, .5, .7], "one class only"),
+    ("temperature", "binary", [0, 0, 0], [.2, .5, .7], "one class only"),
+    ("logistic", "binary", [0, 0, 1, 1], [.1, .2, .6, .9], "separate the classes completely"),
+    ("temperature", "binary", [0, 0, 1, 1], [.1, .2, .6, .9], "right on every image"),
+    ("logistic", "binary", [0, 1, 0, 1, 0, 1], [.9, .3, .7, .2, .4, .6], "fall as the outcome rises"),
+    ("temperature", "binary", [0, 1, 0, 1, 0, 1], [.9, .3, .7, .2, .4, .6], "fall as it rises"),
+    ("logistic", "multiclass", [0, 1], [[.6, .4], [.3, .7]], "use temperature"),
+    ("platt", "binary", [0, 1], [.2, .8], "'platt' is not a recalibration; use one of logistic, temperature"),
+])
+def test_fits_the_data_cannot_support_are_refused_saying_why(method, task, y, p, message):
+    with pytest.raises(RecalibrationError, match=message):
+        Recalibration.fit(method, task, y, p)
+
+
+def test_a_multilabel_refusal_names_the_label():
+    y = np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
+    p = np.array([[.5, .1], [.4, .2], [.3, .8], [.6, .9]])  # label 2 separates completely, label 1 not
+    with pytest.raises(RecalibrationError, match="^label 2: the fitting split's scores separate"):
+        Recalibration.fit("logistic", "multilabel", y, p)
+
+
+def test_a_run_whose_scores_cannot_be_recalibrated_keeps_them_and_says_so(capsys):
+    configure_logging()
+    model = types.SimpleNamespace(task="binary", recalibration=None)
+    summary = recalibrate(model, "logistic", "val", {"val": ([0, 0, 1, 1], [.1, .2, .6, .9])})
+    assert model.recalibration is None and summary["applied"] is False
+    assert "separate the classes completely" in summary["reason"]
+    assert "the scores were not recalibrated (logistic): the fitting split's scores separate" in \
+        capsys.readouterr().out
+    from tfmed.run.reporting import recalibration_sentences
+
+    assert recalibration_sentences({"recalibration": summary}) == [
+        f"The probabilities were not recalibrated (logistic on val): {summary['reason']}."]
+
+
+def test_logistic_recalibration_of_multiclass_data_is_refused_before_anything_is_trained():
+    config = ExperimentConfig.from_dict({"name": "grades", "evaluation": {"recalibration": "logistic"}})
+    frame = pd.DataFrame({"image": ["a", "b", "c"], "label": [0, 1, 2], "split": "train"})
+    table = ImageTable(frame, ["g0", "g1", "g2"], "multiclass")
+    with pytest.raises(ConfigError, match="grades: evaluation.recalibration: logistic fits one line per score"):
+        check_config_fits_data(config, table)
+    check_method("temperature", "multiclass")  # the one a multiclass model can have
+    with pytest.raises(ConfigError, match="evaluation.recalibration"):
+        ExperimentConfig.from_dict({"evaluation": {"recalibration": "platt"}})
+
+
+# ------------------------------------------------------------------ runs
+def _svm_config(source: str, tmp_path: Path, name: str, **evaluation) -> ExperimentConfig:
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
+    config.name, config.data.source = name, source
+    for key, value in evaluation.items():
+        setattr(config.evaluation, key, value)
+    return config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same SVM run without and with logistic recalibration, and one on another tap (not recalibrated)."""
+    tmp_path = tmp_path_factory.mktemp("recalibration")
+    source = f"medmnist:{_tiny_medmnist(tmp_path)}"
+    raw = run_experiment(_svm_config(source, tmp_path, "raw"))
+    recalibrated = run_experiment(_svm_config(source, tmp_path, "recalibrated", recalibration="logistic"))
+    late = _svm_config(source, tmp_path, "late")
+    late.model.svm.taps = ["late"]
+    return {"source": source, "raw": raw, "recalibrated": recalibrated, "late": run_experiment(late)}
+
+
+def _split(run: Path, split: str) -> pd.DataFrame:
+    predictions = pd.read_csv(run / "predictions.csv")
+    return predictions[predictions["split"] == split].reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_a_run_recalibrates_on_val_then_chooses_its_thresholds_and_keeps_every_decision(runs):
+    raw, recalibrated = runs["raw"], runs["recalibrated"]
+    raw_val, val = _split(raw, "val"), _split(recalibrated, "val")
+    expected = Recalibration.fit("logistic", "binary", raw_val["label"], raw_val["score"])
+    metrics = load_metrics(recalibrated)
+    summary = metrics["recalibration"]
+    assert summary["applied"] and summary["fitted_on"] == "val" and summary["fit"]["method"] == "logistic"
+    assert summary["fit"]["slope"] == pytest.approx(expected.slope) and \
+        summary["fit"]["intercept"] == pytest.approx(expected.intercept)
+    for split in ("val", "test"):
+        before, after = _split(raw, split), _split(recalibrated, split)
+        assert np.allclose(after["score"], expected.apply(before["score"]), atol=1e-6)
+        assert (after["decision"] == before["decision"]).all()  # the Youden point moved with the scores
+        assert metrics["splits"][split]["youden"]["roc_auc"] == \
+            pytest.approx(load_metrics(raw)["splits"][split]["youden"]["roc_auc"])
+        assert summary["figures"][split] == {"before": probability_scores("binary", before["label"], before["score"]),
+                                             "after": probability_scores("binary", after["label"], after["score"])}
+    assert summary["figures"]["val"]["after"]["log_loss"] <= summary["figures"]["val"]["before"]["log_loss"]
+    chosen = select_thresholds("binary", val["label"].to_numpy(), val["score"].to_numpy())
+    assert metrics["thresholds"] == pytest.approx(chosen)
+    assert metrics["thresholds"]["fixed"] == 0.5
+    assert "recalibration" not in load_metrics(raw)
+    report = (recalibrated / "report.html").read_text()
+    assert "Probabilities recalibrated on val (logistic: slope" in report and "val (in-sample) log loss" in report
+    assert f"<td>{expected.describe()}</td>" in report  # the model's facts
+
+
+@pytest.mark.slow
+def test_the_saved_model_and_tfmed_evaluate_give_the_recalibrated_scores(runs, tmp_path):
+    run = runs["recalibrated"]
+    model = TrainedModel.load(run)
+    assert model.recalibration is not None and model.recalibration.method == "logistic"
+    test = run_split_tables(run, ("test",))["test"]
+    assert np.allclose(model.predict(test), _split(run, "test")["score"], atol=1e-6)
+    evaluated = evaluate_run(run, output=tmp_path / "evaluated")
+    assert load_metrics(evaluated)["splits"]["test"] == load_metrics(run)["splits"]["test"]
+    assert f"The scores are recalibrated as in that run ({model.recalibration.describe()})." in \
+        (evaluated / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_kfold_run_recalibrates_on_the_pooled_out_of_fold_scores(runs, tmp_path):
+    config = _svm_config(runs["source"], tmp_path, "folds", recalibration="temperature")
+    config.split.method = "kfold"
+    run = run_experiment(config)
+    oof = pd.read_csv(run / "oof_predictions.csv")  # the fold models' scores, as they gave them
+    labels, raw = oof["label"].astype(int).to_numpy(), oof["oof_score"].astype(float).to_numpy()
+    expected = Recalibration.fit("temperature", "binary", labels, raw)
+    metrics = load_metrics(run)
+    assert metrics["recalibration"]["fitted_on"] == "out_of_fold"
+    assert metrics["recalibration"]["fit"]["temperature"] == pytest.approx(expected.temperature)
+    assert metrics["thresholds"] == pytest.approx(select_thresholds("binary", labels, expected.apply(raw)))
+    assert set(metrics["recalibration"]["figures"]) == {"out_of_fold", "test"}
+    assert "Probabilities recalibrated on the pooled out-of-fold scores (temperature" in \
+        (run / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_tfmed_ensemble_recalibrates_the_combination_but_refuses_recalibrated_runs(runs, tmp_path, capsys):
+    out = tmp_path / "combined"
+    assert main(["ensemble", str(runs["raw"]), str(runs["late"]), "--recalibrate", "temperature",
+                 "--output", str(out)]) == 0
+    mean = {split: (_split(runs["raw"], split)["score"] + _split(runs["late"], split)["score"]) / 2
+            for split in ("val", "test")}
+    val = _split(runs["raw"], "val")
+    expected = Recalibration.fit("temperature", "binary", val["label"], mean["val"])
+    metrics = load_metrics(out)
+    assert metrics["recalibration"]["fit"]["temperature"] == pytest.approx(expected.temperature)
+    assert np.allclose(_split(out, "test")["score"], expected.apply(mean["test"]), atol=1e-6)
+    assert ExperimentConfig.from_yaml(out / "config.yaml").evaluation.recalibration == "temperature"
+    model = TrainedModel.load(out)  # the saved combination recalibrates as the run did
+    assert np.allclose(model.predict(run_split_tables(out, ("test",))["test"]), _split(out, "test")["score"],
+                       atol=1e-6)
+    capsys.readouterr()
+    assert main(["ensemble", str(runs["raw"]), str(runs["recalibrated"]), "--output", str(tmp_path / "x")]) == 2
+    assert f"{runs['recalibrated']} recalibrated its probabilities" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["ensemble", str(runs["raw"]), str(runs["late"]), "--recalibrate", "platt", "--output", str(tmp_path)])
+    assert stop.value.code == 2 and "invalid choice: 'platt'" in capsys.readouterr().err
+
+
+def test_a_label_unknown_in_every_image_has_no_figures_and_the_report_says_n_a():
+    from tfmed.run.reporting import recalibration_sentences
+
+    y = np.array([[0, -1], [1, -1], [1, -1]])
+    p = np.array([[.2, .5], [.7, .5], [.6, .4]])
+    figures = probability_scores("multilabel", y, p)
+    assert figures == probability_scores("binary", y[:, 0], p[:, 0])  # the unknown label is left out
+    assert probability_scores("multilabel", y[:, 1:], p[:, 1:]) == {"log_loss": None, "brier": None}
+    sentence = recalibration_sentences({"recalibration": {
+        "method": "temperature", "fitted_on": "val", "applied": True,
+        "fit": {"method": "temperature", "task": "multilabel", "temperature": 1.5},
+        "figures": {"test": {"before": {"log_loss": None, "brier": None}, "after": {"log_loss": None, "brier": None}}}}})
+    assert "temperature 1.500" in sentence[0] and "test log loss n/a to n/a" in sentence[0]

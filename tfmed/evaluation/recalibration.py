@@ -1,0 +1,228 @@
+"""Recalibration: probabilities that mean what they say, fitted on validation.
+
+Averaging the views of test-time augmentation and the members of an ensemble
+pulls probabilities towards the middle; a fine-tune on a few hundred images
+pushes them to the edges. Neither changes how the scores rank images (the
+AUC), but a clinician reading "0.70" as a risk, a decision curve and a fixed
+threshold of 0.5 all need the probabilities to be right. Two fits, each on the
+split thresholds are chosen on (validation, or the pooled out-of-fold scores
+of a k-fold run), both monotone, so every image keeps its rank:
+
+* ``logistic`` (binary and multilabel; Cox 1958, the calibration line of
+  :mod:`tfmed.evaluation.decision` turned round): ``p' = sigmoid(a * logit(p) + b)``,
+  one slope ``a`` and intercept ``b`` per label, fitted by unpenalised logistic
+  regression of the outcome on the logit of the score.
+* ``temperature`` (any task; Guo et al. 2017): the logits divided by one
+  temperature ``T`` (> 1 softens, < 1 sharpens) chosen to minimise the log
+  loss; a multiclass model's log-probabilities are its logits, so the
+  predicted class never changes.
+
+A fit that the data cannot support raises :class:`RecalibrationError`: one
+class only, scores that separate the classes completely (the best fit makes
+every probability 0 or 1), or scores that fall as the outcome rises.
+
+Example:
+    >>> y = np.array([0, 0, 1, 0, 1, 1, 0, 1])
+    >>> p = np.array([0.40, 0.45, 0.50, 0.52, 0.55, 0.60, 0.58, 0.48])   # timid, as an average of views is
+    >>> fitted = Recalibration.fit("logistic", "binary", y, p)
+    >>> fitted.slope[0] > 1, bool(fitted.apply(p).std() > p.std())
+    (True, True)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, log_softmax, logit, softmax
+from sklearn.linear_model import LogisticRegression
+
+from tfmed.errors import TfmedError
+
+METHODS = ("none", "logistic", "temperature")
+_EDGE = 1e-6  # scores are kept this far from 0 and 1 before their logit is taken
+_LOG_T = 5.0  # the temperature is searched in exp(-5)..exp(5); an optimum at an end means no finite fit
+
+
+class RecalibrationError(TfmedError):
+    """The scores cannot be recalibrated (one class, complete separation, or a falling fit)."""
+
+
+@dataclass
+class Recalibration:
+    """A fitted recalibration of ``task`` scores: ``slope``/``intercept`` per column for ``logistic``,
+    ``temperature`` for ``temperature``. Build it with :meth:`fit`; save it with :meth:`to_json`.
+
+    Example:
+        >>> Recalibration("temperature", "binary", temperature=2.0).apply(np.array([0.9])).round(3).tolist()
+        [0.75]
+    """
+
+    method: str
+    task: str
+    slope: list[float] | None = None
+    intercept: list[float] | None = None
+    temperature: float | None = None
+
+    @classmethod
+    def fit(cls, method: str, task: str, y, scores) -> "Recalibration":
+        """Fit ``method`` on labels ``y`` and ``scores`` (binary (n,), multiclass (n, K) probabilities,
+        multilabel (n, L) with -1 for an unknown label, left out of the fit).
+
+        Raises:
+            RecalibrationError: as the module says, and for a ``method`` that :func:`check_method` refuses.
+
+        Example:
+            >>> y, p = [0, 0, 1, 1, 0, 1], [0.1, 0.4, 0.9, 0.6, 0.7, 0.95]
+            >>> round(Recalibration.fit("temperature", "binary", y, p).temperature, 2)   # < 1: too timid
+            0.79
+        """
+        check_method(method, task)
+        y, scores = np.asarray(y), np.asarray(scores, dtype=float)
+        if method == "logistic":
+            columns = _columns(scores)
+            lines = [_logistic_line(y_k, logit(np.clip(s_k, _EDGE, 1 - _EDGE)), label)
+                     for y_k, s_k, label in _known_columns(task, y, columns)]
+            return cls(method, task, slope=[a for a, _ in lines], intercept=[b for _, b in lines])
+        return cls(method, task, temperature=_fit_temperature(task, y, scores))
+
+    def apply(self, scores) -> np.ndarray:
+        """The recalibrated probabilities of ``scores`` (same shape)."""
+        scores = np.asarray(scores, dtype=float)
+        if self.method == "logistic":
+            columns = _columns(scores)
+            z = logit(np.clip(columns, _EDGE, 1 - _EDGE))
+            out = expit(z * np.asarray(self.slope) + np.asarray(self.intercept))
+            return out.reshape(scores.shape)
+        if self.task == "multiclass":
+            return softmax(_log_probabilities(scores) / self.temperature, axis=1)
+        return expit(logit(np.clip(scores, _EDGE, 1 - _EDGE)) / self.temperature)
+
+    def describe(self) -> str:
+        """The fit in a few words, for logs and reports.
+
+        Example:
+            >>> Recalibration("logistic", "binary", slope=[2.25], intercept=[-0.6]).describe()
+            'logistic: slope 2.250, intercept -0.600'
+        """
+        if self.method == "temperature":
+            return f"temperature {self.temperature:.3f}"
+        return "logistic: " + "; ".join(f"slope {a:.3f}, intercept {b:.3f}"
+                                        for a, b in zip(self.slope, self.intercept))
+
+    def to_json(self) -> dict:
+        """The fit as JSON-ready data (read back by :meth:`from_json`)."""
+        out = {"method": self.method, "task": self.task}
+        if self.method == "logistic":
+            out.update(slope=self.slope, intercept=self.intercept)
+        else:
+            out["temperature"] = self.temperature
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "Recalibration | None":
+        """The fit saved by :meth:`to_json` (None for None: a model saved without recalibration)."""
+        if data is None:
+            return None
+        return cls(data["method"], data["task"], slope=data.get("slope"), intercept=data.get("intercept"),
+                   temperature=data.get("temperature"))
+
+
+def check_method(method: str, task: str) -> None:
+    """Refuse a recalibration ``method`` that is unknown or does not fit ``task`` scores.
+
+    Example:
+        >>> check_method("logistic", "multiclass")
+        Traceback (most recent call last):
+        tfmed.evaluation.recalibration.RecalibrationError: logistic fits one line per score, but a multiclass model's probabilities must still sum to 1; use temperature
+    """
+    if method not in METHODS[1:]:
+        raise RecalibrationError(f"{method!r} is not a recalibration; use one of {', '.join(METHODS[1:])}")
+    if method == "logistic" and task == "multiclass":
+        raise RecalibrationError("logistic fits one line per score, but a multiclass model's probabilities must "
+                                 "still sum to 1; use temperature")
+
+
+def probability_scores(task: str, y, scores) -> dict:
+    """Log loss and Brier score of probabilities (lower is better; multilabel: the mean over labels of
+    their known entries), the figures that show what recalibration did.
+
+    Example:
+        >>> probability_scores("binary", [0, 1], [0.2, 0.6])
+        {'log_loss': 0.367, 'brier': 0.1}
+    """
+    y, scores = np.asarray(y), np.asarray(scores, dtype=float)
+    if task == "multiclass":
+        onehot = np.eye(scores.shape[1])[y.astype(int)]
+        p = np.clip(scores, _EDGE, 1.0)
+        return {"log_loss": round(float(-(onehot * np.log(p)).sum(axis=1).mean()), 4),
+                "brier": round(float(((onehot - scores) ** 2).sum(axis=1).mean()), 4)}
+    losses, briers = [], []
+    for y_k, s_k, _ in _known_columns(task, y, _columns(scores)):
+        if not y_k.size:  # a label unknown for every image of the split
+            continue
+        p = np.clip(s_k, _EDGE, 1 - _EDGE)
+        losses.append(-np.mean(y_k * np.log(p) + (1 - y_k) * np.log(1 - p)))
+        briers.append(np.mean((y_k - s_k) ** 2))
+    if not losses:
+        return {"log_loss": None, "brier": None}
+    return {"log_loss": round(float(np.mean(losses)), 4), "brier": round(float(np.mean(briers)), 4)}
+
+
+def _columns(scores: np.ndarray) -> np.ndarray:
+    return scores.reshape(len(scores), -1)
+
+
+def _known_columns(task: str, y: np.ndarray, columns: np.ndarray):
+    """(labels, scores, prefix for messages) per column, the unknown (-1) entries of a multilabel column left out."""
+    y = y.reshape(len(y), -1)
+    for k in range(columns.shape[1]):
+        known = y[:, k] >= 0
+        yield y[known, k].astype(int), columns[known, k], (f"label {k + 1}: " if task == "multilabel" else "")
+
+
+def _logistic_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, float]:
+    if y.size == 0 or y.min() == y.max():
+        raise RecalibrationError(f"{label}the fitting split holds one class only, so there is no calibration "
+                                 "to learn")
+    if z[y == 1].min() > z[y == 0].max():
+        raise RecalibrationError(f"{label}the fitting split's scores separate the classes completely, so the "
+                                 "best fit would make every probability 0 or 1")
+    fitted = LogisticRegression(C=np.inf).fit(z[:, None], y)
+    slope, intercept = float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
+    if slope <= 0:
+        raise RecalibrationError(f"{label}the fitting split's scores fall as the outcome rises (slope "
+                                 f"{slope:.3f}); recalibrating would reverse the model's ranking")
+    return slope, intercept
+
+
+def _log_probabilities(scores: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(scores, _EDGE, 1.0))
+
+
+def _fit_temperature(task: str, y: np.ndarray, scores: np.ndarray) -> float:
+    if task == "multiclass":
+        z, onehot = _log_probabilities(scores), np.eye(scores.shape[1])[y.astype(int)]
+
+        def loss(log_t: float) -> float:
+            return float(-(onehot * log_softmax(z / np.exp(log_t), axis=1)).sum(axis=1).mean())
+        if len(np.unique(y)) < 2:
+            raise RecalibrationError("the fitting split holds one class only, so there is no calibration to learn")
+    else:
+        pairs = list(_known_columns(task, y, _columns(scores)))
+        labels = np.concatenate([y_k for y_k, _, _ in pairs])
+        z = logit(np.clip(np.concatenate([s_k for _, s_k, _ in pairs]), _EDGE, 1 - _EDGE))
+        if labels.size == 0 or labels.min() == labels.max():
+            raise RecalibrationError("the fitting split holds one class only, so there is no calibration to learn")
+
+        def loss(log_t: float) -> float:
+            zt = z / np.exp(log_t)
+            return float(np.mean(np.logaddexp(0, zt) - labels * zt))  # -log-likelihood of sigmoid(zt)
+    log_t = minimize_scalar(loss, bounds=(-_LOG_T, _LOG_T), method="bounded").x
+    if log_t < -_LOG_T + 0.01:
+        raise RecalibrationError("the fitting split's scores are right on every image, so the best temperature "
+                                 "sharpens them without bound (every probability 0 or 1)")
+    if log_t > _LOG_T - 0.01:
+        raise RecalibrationError("the fitting split's scores carry no information about the outcome, or fall as "
+                                 "it rises (the best temperature flattens them without bound)")
+    return float(np.exp(log_t))
