@@ -5,8 +5,8 @@ figures after it are in-sample. This script measures it honestly, with no
 retraining: on validation **cross-fitted** (the split cut into ``--folds``
 stratified parts, each part recalibrated by a fit on the others, repeated
 with ``--repeats`` seeds) and, when the run has a test split, fitted on all of
-validation and measured on test. For each of none, logistic (binary) and
-temperature it prints the log loss, the Brier score, the calibration slope and
+validation and measured on test. For each of none, logistic and intercept
+(binary) and temperature it prints the log loss, the Brier score, the calibration slope and
 intercept (binary) and the accuracy at 0.5 (binary) or of the argmax
 (multiclass: temperature never changes it).
 
@@ -14,8 +14,20 @@ Each experiment YAML is run as shipped but with ``evaluation.recalibration:
 none``, trained on all official training images as ``heldout.py`` does;
 ``--run DIR`` reads a finished run made without recalibration instead.
 
+``--another-hospital`` (MedMNIST-style sources) also runs each YAML as
+shipped and imitates another hospital: the validation images altered as
+another scanner might alter them (``heldout.py``'s gamma, blur and contrast
+changes) with half of the positive cases left out (another prevalence). Each
+half of those images in turn is given to ``tfmed recalibrate`` (``intercept``
+and ``logistic``) and the other half measured with ``tfmed evaluate``,
+against the shipped model measured on
+the same half: log loss, Brier score, calibration intercept and slope, and
+sensitivity, specificity and accuracy at the Youden threshold (chosen at home,
+or at the other hospital).
+
 Usage:
     python benchmarks/recalibration.py [experiments/NAME.yaml ...] [--run RUN_DIR ...] [--folds 5] [--repeats 10]
+                                       [--another-hospital]
 """
 from __future__ import annotations
 
@@ -30,12 +42,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
-from heldout import heldout_run  # noqa: E402
+from heldout import SHIFTS, heldout_run, val_npz  # noqa: E402
 from tfmed.config import ExperimentConfig  # noqa: E402
 from tfmed.evaluation.decision import calibration_line  # noqa: E402
 from tfmed.evaluation.recalibration import Recalibration, probability_scores  # noqa: E402
 from tfmed.evaluation.report import predictions_column  # noqa: E402
-from tfmed.run.evaluate import load_metrics  # noqa: E402
+from tfmed.run.evaluate import evaluate_run, load_metrics  # noqa: E402
+from tfmed.run.recalibrate_run import recalibrate_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +89,7 @@ def study(run: Path, folds: int, repeats: int) -> pd.DataFrame:
     if "recalibration" in metrics:
         raise SystemExit(f"{run} was recalibrated; give a run made with evaluation.recalibration: none")
     task, classes = metrics["task"], metrics["classes"]
-    methods = ["none", "logistic", "temperature"] if task == "binary" else ["none", "temperature"]
+    methods = ["none", "logistic", "intercept", "temperature"] if task == "binary" else ["none", "temperature"]
     y, p = split_scores(run, "val", classes)
     rows = []
     for method in methods:
@@ -94,12 +107,66 @@ def study(run: Path, folds: int, repeats: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+HOSPITAL_SHIFTS = ("gamma 1.4", "blur 1px", "contrast 0.8")
+HOSPITAL_METHODS = ("intercept", "logistic")
+
+
+def hospital_halves(config: ExperimentConfig, shift: str, folder: Path) -> list[tuple[str, str]]:
+    """The altered validation images with every second positive case left out, cut into two stratified halves;
+    (fit spec, measure spec) for each way round."""
+    data = np.load(val_npz(config))
+    labels = data["val_labels"].reshape(-1)
+    positives = np.flatnonzero(labels == 1)
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == 0), positives[::2]]))
+    rng = np.random.default_rng(0)
+    images = np.stack([SHIFTS[shift](image, rng) for image in data["val_images"][keep].astype(np.float64)])
+    images, labels = images.clip(0, 255).round().astype(np.uint8), labels[keep]
+    halves = next(StratifiedKFold(2, shuffle=True, random_state=0).split(images, labels))
+    specs = []
+    for k, rows in enumerate(halves):
+        path = folder / f"{shift.replace(' ', '_')}_{k}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, test_images=images[rows], test_labels=labels[rows, None])
+        specs.append(f"medmnist:{path}#test")
+    return [(specs[0], specs[1]), (specs[1], specs[0])]
+
+
+def measured(directory: Path, metrics_key: str = "test") -> dict:
+    """An evaluation's figures at its Youden threshold, with log loss, Brier and the calibration line (the
+    intercept as its size: fitted on one half and measured on the other, signed intercepts cancel in the mean)."""
+    m = load_metrics(directory)["splits"][metrics_key]["youden"]
+    frame = pd.read_csv(directory / "predictions.csv")
+    return {**probability_scores("binary", frame["label"], frame["score"]),
+            "|intercept|": abs(m["calibration_intercept"]), "slope": m["calibration_slope"],
+            "sensitivity": m["sensitivity"], "specificity": m["specificity"], "accuracy": m["accuracy"]}
+
+
+def another_hospital(run: Path, config: ExperimentConfig, scratch: Path) -> pd.DataFrame:
+    """The shipped model against ``tfmed recalibrate`` on each imitated hospital, measured on the half not fitted."""
+    rows = []
+    for shift in HOSPITAL_SHIFTS:
+        figures = {"as shipped": [], **{f"recalibrate --method {m}": [] for m in HOSPITAL_METHODS}}
+        for k, (fit, measure) in enumerate(hospital_halves(config, shift, scratch / "hospital")):
+            home = evaluate_run(run, data=measure, output=scratch / f"home_{shift}_{k}")
+            figures["as shipped"].append(measured(home))
+            for method in HOSPITAL_METHODS:
+                site = recalibrate_run(run, fit, scratch / f"site_{method}_{shift}_{k}", method)
+                figures[f"recalibrate --method {method}"].append(
+                    measured(evaluate_run(site, data=measure, output=scratch / f"there_{method}_{shift}_{k}")))
+        for n, (model, values) in enumerate(figures.items()):
+            rows.append({"hospital": f"{shift}, half the positives" if n == 0 else "", "model": model,
+                         **mean_figures(values)})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", help="experiment YAMLs to run without recalibration")
     parser.add_argument("--run", action="append", default=[], help="a finished run made without recalibration")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--another-hospital", action="store_true",
+                        help="also run each YAML as shipped and recalibrate it on imitated other hospitals")
     args = parser.parse_args()
     if not args.configs and not args.run:
         args.configs = ["experiments/pneumonia_mnist.yaml"]
@@ -115,6 +182,13 @@ def main() -> None:
         for run in runs:
             print(f"\n{run}")
             print(study(run, args.folds, args.repeats).round(4).to_string(index=False))
+        for path in args.configs if args.another_hospital else []:
+            config = ExperimentConfig.from_yaml(ROOT / path)
+            run, seconds = heldout_run(config, Path(scratch) / "shipped")
+            print(f"\n{path} as shipped (trained in {seconds:.0f} s), on imitated other hospitals "
+                  "(means over the two halves):")
+            print(another_hospital(run, ExperimentConfig.from_yaml(ROOT / path), Path(scratch)).round(4)
+                  .to_string(index=False))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,31 @@ def test_temperature_recovers_the_softening_of_binary_and_multiclass_logits():
         probability_scores("multiclass", labels, scores)["log_loss"]
 
 
+def test_intercept_shifts_the_logits_so_that_as_many_cases_are_predicted_as_occur():
+    y, p = drawn(20000, slope=1.0, intercept=0.7)  # a higher prevalence than the scores say
+    fitted = Recalibration.fit("intercept", "binary", y, p)
+    assert fitted.slope == [1.0] and fitted.intercept[0] == pytest.approx(0.7, abs=0.1)
+    after = fitted.apply(p)
+    assert after.sum() == pytest.approx(y.sum(), rel=1e-6)  # calibration in the large, exactly
+    assert np.allclose(after, expit(logit(p) + fitted.intercept[0]))
+    assert fitted.describe() == f"intercept: {fitted.intercept[0]:+.3f}"
+
+
+@pytest.mark.parametrize("first", [
+    Recalibration("logistic", "multilabel", slope=[2.0, 0.5], intercept=[-1.0, 0.3]),
+    Recalibration("intercept", "multilabel", slope=[1.0, 1.0], intercept=[0.4, -0.2]),
+    Recalibration("temperature", "multilabel", temperature=1.7),
+    None,
+])
+def test_a_line_after_another_recalibration_is_one_recalibration_doing_both(first):
+    p = np.random.default_rng(4).uniform(0.01, 0.99, (50, 2))
+    then = Recalibration("intercept", "multilabel", slope=[1.0, 1.0], intercept=[0.6, -0.9])
+    both = then.after(first)
+    step = p if first is None else first.apply(p)
+    assert np.allclose(both.apply(p), then.apply(step), atol=1e-5)
+    assert Recalibration.from_json(both.to_json()).apply(p) == pytest.approx(both.apply(p))
+
+
 def test_multilabel_logistic_fits_each_label_on_its_known_entries_only():
     y0, p0 = drawn(6000, slope=2.0, intercept=0.0, seed=2)
     y1, p1 = drawn(6000, slope=0.5, intercept=-1.0, seed=3)
@@ -104,7 +129,10 @@ def test_probability_scores_are_scikit_learns_log_loss_and_brier():
     ("logistic", "binary", [0, 1, 0, 1, 0, 1], [.9, .3, .7, .2, .4, .6], "fall as the outcome rises"),
     ("temperature", "binary", [0, 1, 0, 1, 0, 1], [.9, .3, .7, .2, .4, .6], "fall as it rises"),
     ("logistic", "multiclass", [0, 1], [[.6, .4], [.3, .7]], "use temperature"),
-    ("platt", "binary", [0, 1], [.2, .8], "'platt' is not a recalibration; use one of logistic, temperature"),
+    ("intercept", "multiclass", [0, 1], [[.6, .4], [.3, .7]], "intercept fits one line per score"),
+    ("intercept", "binary", [1, 1, 1], [.2, .5, .7], "one class only"),
+    ("platt", "binary", [0, 1], [.2, .8], "'platt' is not a recalibration; use one of logistic, intercept, "
+                                          "temperature"),
 ])
 def test_fits_the_data_cannot_support_are_refused_saying_why(method, task, y, p, message):
     with pytest.raises(RecalibrationError, match=message):
@@ -264,3 +292,91 @@ def test_a_label_unknown_in_every_image_has_no_figures_and_the_report_says_n_a()
         "fit": {"method": "temperature", "task": "multilabel", "temperature": 1.5},
         "figures": {"test": {"before": {"log_loss": None, "brier": None}, "after": {"log_loss": None, "brier": None}}}}})
     assert "temperature 1.500" in sentence[0] and "test log loss n/a to n/a" in sentence[0]
+
+
+# ------------------------------------------------------------------ tfmed recalibrate (another hospital)
+@pytest.fixture(scope="module")
+def hospital(tmp_path_factory):
+    """Another hospital's images: PneumoniaMNIST validation images the tiny runs never saw, darker (gamma 1.5);
+    its val split to recalibrate on, its test split to measure on, and a file of one class only."""
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    images = (255.0 * (data["val_images"][100:340] / 255.0) ** 1.5).astype(np.uint8)
+    labels = data["val_labels"][100:340]
+    folder = tmp_path_factory.mktemp("hospital")
+    np.savez(folder / "site.npz", val_images=images[:120], val_labels=labels[:120],
+             test_images=images[120:], test_labels=labels[120:])
+    negatives = labels[:, 0] == 0
+    np.savez(folder / "normal.npz", val_images=images[negatives][:30], val_labels=labels[negatives][:30])
+    return {"fit": f"medmnist:{folder / 'site.npz'}#val", "measure": f"medmnist:{folder / 'site.npz'}#test",
+            "one_class": f"medmnist:{folder / 'normal.npz'}#val"}
+
+
+def _scores(directory: Path) -> pd.DataFrame:
+    return pd.read_csv(directory / "predictions.csv")
+
+
+@pytest.mark.slow
+def test_tfmed_recalibrate_fits_another_hospitals_images_into_a_new_run(runs, hospital, tmp_path, capsys):
+    raw_fit = _scores(evaluate_run(runs["raw"], data=hospital["fit"], output=tmp_path / "raw_fit"))
+    expected = Recalibration.fit("logistic", "binary", raw_fit["label"], raw_fit["score"])
+    out = tmp_path / "site"
+    assert main(["recalibrate", "--model", str(runs["raw"]), "--data", hospital["fit"], "--method", "logistic",
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"val: the images the model of {runs['raw']} was recalibrated" in printed and f"wrote {out}" in printed
+    metrics = load_metrics(out)
+    assert metrics["recalibration"]["fit"]["slope"] == pytest.approx(expected.slope)
+    fitted = _scores(out)
+    assert (fitted["split"] == "val").all() and np.allclose(fitted["score"], expected.apply(raw_fit["score"]), atol=1e-6)
+    assert metrics["thresholds"] == pytest.approx(select_thresholds("binary", fitted["label"].to_numpy(),
+                                                                    fitted["score"].to_numpy()))
+    config = ExperimentConfig.from_yaml(out / "config.yaml")
+    assert config.evaluation.recalibration == "logistic" and config.data.source == "medmnist"
+    assert json.loads((out / "recalibrated_from.json").read_text()) == {
+        "run": str(runs["raw"]), "data": hospital["fit"], "method": "logistic"}
+    assert "every figure here is in-sample" in (out / "report.html").read_text()
+    # measured on the hospital's other images: the same ranking (AUC), the recalibrated probabilities
+    raw_test = evaluate_run(runs["raw"], data=hospital["measure"], output=tmp_path / "raw_test")
+    new_test = evaluate_run(out, data=hospital["measure"], output=tmp_path / "new_test")
+    assert np.allclose(_scores(new_test)["score"], expected.apply(_scores(raw_test)["score"]), atol=1e-6)
+    assert load_metrics(new_test)["splits"]["test"]["youden"]["roc_auc"] == \
+        pytest.approx(load_metrics(raw_test)["splits"]["test"]["youden"]["roc_auc"])
+    assert TrainedModel.load(runs["raw"]).recalibration is None  # the original run is left as it was
+
+
+@pytest.mark.slow
+def test_tfmed_recalibrate_by_default_shifts_the_runs_own_recalibration_to_the_hospitals_prevalence(
+        runs, hospital, tmp_path):
+    home = _scores(evaluate_run(runs["recalibrated"], data=hospital["fit"], output=tmp_path / "home"))
+    out = tmp_path / "shifted"
+    assert main(["recalibrate", "--model", str(runs["recalibrated"]), "--data", hospital["fit"],
+                 "--output", str(out)]) == 0
+    shift = Recalibration.fit("intercept", "binary", home["label"], home["score"]).intercept[0]
+    fitted = _scores(out)
+    assert np.allclose(fitted["score"], expit(logit(np.clip(home["score"], 1e-6, 1 - 1e-6)) + shift), atol=1e-5)
+    assert fitted["score"].sum() == pytest.approx(fitted["label"].sum(), rel=1e-4)  # as many predicted as occur
+    own = TrainedModel.load(runs["recalibrated"]).recalibration
+    saved = TrainedModel.load(out).recalibration  # the run's line with the hospital's shift: one line
+    assert saved.slope == pytest.approx(own.slope) and saved.intercept[0] == pytest.approx(own.intercept[0] + shift)
+    assert ExperimentConfig.from_yaml(out / "config.yaml").evaluation.recalibration == "intercept"
+
+
+@pytest.mark.slow
+def test_tfmed_recalibrate_replaces_a_runs_own_recalibration_and_refuses_what_cannot_be_fitted(
+        runs, hospital, tmp_path, capsys):
+    configure_logging()
+    out = tmp_path / "again"
+    assert main(["recalibrate", "--model", str(runs["recalibrated"]), "--data", hospital["fit"],
+                 "--method", "temperature", "--output", str(out)]) == 0
+    assert "the run's own recalibration (logistic: slope" in capsys.readouterr().out
+    raw_fit = _scores(evaluate_run(runs["raw"], data=hospital["fit"], output=tmp_path / "raw_fit"))
+    # the same network as the raw run, so the fit starts from the same scores
+    assert load_metrics(out)["recalibration"]["fit"]["temperature"] == pytest.approx(
+        Recalibration.fit("temperature", "binary", raw_fit["label"], raw_fit["score"]).temperature)
+    assert main(["recalibrate", "--model", str(runs["raw"]), "--data", hospital["one_class"],
+                 "--output", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    assert f"{hospital['one_class']}: the fitting split holds one class only" in error and "give more" in error
+    assert not (tmp_path / "x").exists()
+    assert main(["recalibrate", "--model", str(runs["raw"]), "--data", hospital["fit"], "--output", str(out)]) == 2
+    assert "already exists and is not empty; runs never overwrite each other" in capsys.readouterr().err

@@ -34,7 +34,7 @@ Task = Literal["binary", "multiclass", "multilabel"]
 UNKNOWN_LABEL = -1
 ThresholdMethod = Literal["youden", "sensitivity", "specificity", "fixed"]
 Subgroup = Literal["site", "view", "sex", "age"]
-RecalibrationMethod = Literal["none", "logistic", "temperature"]
+RecalibrationMethod = Literal["none", "logistic", "intercept", "temperature"]
 # the methods that choose a threshold from validation data ("fixed" takes it as given)
 THRESHOLD_TARGET_METHODS = tuple(m for m in typing.get_args(ThresholdMethod) if m != "fixed")
 
@@ -956,7 +956,8 @@ class EvaluationConfig(_Section):
     age_bands: the ages in whole years where a band starts, for the age
         subgroup: [40, 60, 80] gives 0-39, 40-59, 60-79 and 80+.
     recalibration: none (default), logistic (binary, multilabel: one slope
-        and intercept per label on the logit) or temperature (any task):
+        and intercept per label on the logit), intercept (the same with the
+        slope held at 1) or temperature (any task):
         fitted on the split thresholds are chosen on (validation, or the
         pooled out-of-fold scores), applied to every score the model gives
         afterwards, thresholds chosen on the recalibrated scores. Ranks, and

@@ -4,14 +4,19 @@ Averaging the views of test-time augmentation and the members of an ensemble
 pulls probabilities towards the middle; a fine-tune on a few hundred images
 pushes them to the edges. Neither changes how the scores rank images (the
 AUC), but a clinician reading "0.70" as a risk, a decision curve and a fixed
-threshold of 0.5 all need the probabilities to be right. Two fits, each on the
-split thresholds are chosen on (validation, or the pooled out-of-fold scores
-of a k-fold run), both monotone, so every image keeps its rank:
+threshold of 0.5 all need the probabilities to be right. Three fits, each on
+the split thresholds are chosen on (validation, or the pooled out-of-fold
+scores of a k-fold run), all monotone, so every image keeps its rank:
 
 * ``logistic`` (binary and multilabel; Cox 1958, the calibration line of
   :mod:`tfmed.evaluation.decision` turned round): ``p' = sigmoid(a * logit(p) + b)``,
   one slope ``a`` and intercept ``b`` per label, fitted by unpenalised logistic
   regression of the outcome on the logit of the score.
+* ``intercept`` (binary and multilabel; "recalibration in the large"): the
+  same line with its slope held at 1, so only ``b`` is fitted: as many cases
+  predicted as occur. One number per label, so it needs the fewest images: the
+  safe update for a new hospital's small sample, where the prevalence differs
+  but the model ranks as well (Steyerberg, Clinical Prediction Models, 2019).
 * ``temperature`` (any task; Guo et al. 2017): the logits divided by one
   temperature ``T`` (> 1 softens, < 1 sharpens) chosen to minimise the log
   loss; a multiclass model's log-probabilities are its logits, so the
@@ -38,8 +43,10 @@ from scipy.special import expit, log_softmax, logit, softmax
 from sklearn.linear_model import LogisticRegression
 
 from tfmed.errors import TfmedError
+from tfmed.evaluation.decision import calibration_line
 
-METHODS = ("none", "logistic", "temperature")
+METHODS = ("none", "logistic", "intercept", "temperature")
+LINES = ("logistic", "intercept")  # the methods that fit a line on the logit (binary and multilabel)
 _EDGE = 1e-6  # scores are kept this far from 0 and 1 before their logit is taken
 _LOG_T = 5.0  # the temperature is searched in exp(-5)..exp(5); an optimum at an end means no finite fit
 
@@ -79,17 +86,36 @@ class Recalibration:
         """
         check_method(method, task)
         y, scores = np.asarray(y), np.asarray(scores, dtype=float)
-        if method == "logistic":
-            columns = _columns(scores)
-            lines = [_logistic_line(y_k, logit(np.clip(s_k, _EDGE, 1 - _EDGE)), label)
-                     for y_k, s_k, label in _known_columns(task, y, columns)]
+        if method in LINES:
+            fit_line = _logistic_line if method == "logistic" else _intercept_line
+            lines = [fit_line(y_k, logit(np.clip(s_k, _EDGE, 1 - _EDGE)), label)
+                     for y_k, s_k, label in _known_columns(task, y, _columns(scores))]
             return cls(method, task, slope=[a for a, _ in lines], intercept=[b for _, b in lines])
         return cls(method, task, temperature=_fit_temperature(task, y, scores))
+
+    def after(self, first: "Recalibration | None") -> "Recalibration":
+        """One recalibration that does ``first`` and then this one (a line: logistic or intercept), e.g. a
+        new hospital's intercept on top of the run's own recalibration. Lines compose into a line:
+        ``a2 (a1 z + b1) + b2``; a temperature ``T`` is the line of slope ``1 / T``.
+
+        Example:
+            >>> shift = Recalibration("intercept", "binary", slope=[1.0], intercept=[0.5])
+            >>> shift.after(Recalibration("logistic", "binary", slope=[2.0], intercept=[-1.0])).describe()
+            'logistic: slope 2.000, intercept -0.500'
+        """
+        if first is None:
+            return self
+        if first.method in LINES:
+            a1, b1 = np.asarray(first.slope), np.asarray(first.intercept)
+        else:
+            a1, b1 = np.full(len(self.slope), 1.0 / first.temperature), np.zeros(len(self.slope))
+        a2, b2 = np.asarray(self.slope), np.asarray(self.intercept)
+        return Recalibration("logistic", self.task, slope=(a2 * a1).tolist(), intercept=(a2 * b1 + b2).tolist())
 
     def apply(self, scores) -> np.ndarray:
         """The recalibrated probabilities of ``scores`` (same shape)."""
         scores = np.asarray(scores, dtype=float)
-        if self.method == "logistic":
+        if self.method in LINES:
             columns = _columns(scores)
             z = logit(np.clip(columns, _EDGE, 1 - _EDGE))
             out = expit(z * np.asarray(self.slope) + np.asarray(self.intercept))
@@ -107,13 +133,15 @@ class Recalibration:
         """
         if self.method == "temperature":
             return f"temperature {self.temperature:.3f}"
+        if self.method == "intercept":
+            return "intercept: " + "; ".join(f"{b:+.3f}" for b in self.intercept)
         return "logistic: " + "; ".join(f"slope {a:.3f}, intercept {b:.3f}"
                                         for a, b in zip(self.slope, self.intercept))
 
     def to_json(self) -> dict:
         """The fit as JSON-ready data (read back by :meth:`from_json`)."""
         out = {"method": self.method, "task": self.task}
-        if self.method == "logistic":
+        if self.method in LINES:
             out.update(slope=self.slope, intercept=self.intercept)
         else:
             out["temperature"] = self.temperature
@@ -138,8 +166,8 @@ def check_method(method: str, task: str) -> None:
     """
     if method not in METHODS[1:]:
         raise RecalibrationError(f"{method!r} is not a recalibration; use one of {', '.join(METHODS[1:])}")
-    if method == "logistic" and task == "multiclass":
-        raise RecalibrationError("logistic fits one line per score, but a multiclass model's probabilities must "
+    if method in LINES and task == "multiclass":
+        raise RecalibrationError(f"{method} fits one line per score, but a multiclass model's probabilities must "
                                  "still sum to 1; use temperature")
 
 
@@ -181,10 +209,14 @@ def _known_columns(task: str, y: np.ndarray, columns: np.ndarray):
         yield y[known, k].astype(int), columns[known, k], (f"label {k + 1}: " if task == "multilabel" else "")
 
 
-def _logistic_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, float]:
+def _two_classes(y: np.ndarray, label: str) -> None:
     if y.size == 0 or y.min() == y.max():
         raise RecalibrationError(f"{label}the fitting split holds one class only, so there is no calibration "
                                  "to learn")
+
+
+def _logistic_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, float]:
+    _two_classes(y, label)
     if z[y == 1].min() > z[y == 0].max():
         raise RecalibrationError(f"{label}the fitting split's scores separate the classes completely, so the "
                                  "best fit would make every probability 0 or 1")
@@ -194,6 +226,12 @@ def _logistic_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, flo
         raise RecalibrationError(f"{label}the fitting split's scores fall as the outcome rises (slope "
                                  f"{slope:.3f}); recalibrating would reverse the model's ranking")
     return slope, intercept
+
+
+def _intercept_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, float]:
+    """Slope 1 and the shift of the logits that predicts as many cases as occur."""
+    _two_classes(y, label)
+    return 1.0, float(calibration_line(y, expit(z))["intercept"])
 
 
 def _log_probabilities(scores: np.ndarray) -> np.ndarray:
@@ -206,14 +244,12 @@ def _fit_temperature(task: str, y: np.ndarray, scores: np.ndarray) -> float:
 
         def loss(log_t: float) -> float:
             return float(-(onehot * log_softmax(z / np.exp(log_t), axis=1)).sum(axis=1).mean())
-        if len(np.unique(y)) < 2:
-            raise RecalibrationError("the fitting split holds one class only, so there is no calibration to learn")
+        _two_classes(y, "")
     else:
         pairs = list(_known_columns(task, y, _columns(scores)))
         labels = np.concatenate([y_k for y_k, _, _ in pairs])
         z = logit(np.clip(np.concatenate([s_k for _, s_k, _ in pairs]), _EDGE, 1 - _EDGE))
-        if labels.size == 0 or labels.min() == labels.max():
-            raise RecalibrationError("the fitting split holds one class only, so there is no calibration to learn")
+        _two_classes(labels, "")
 
         def loss(log_t: float) -> float:
             zt = z / np.exp(log_t)

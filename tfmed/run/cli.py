@@ -4,6 +4,7 @@
     tfmed evaluate --model runs/pneumonia_mnist/TIMESTAMP [--data medmnist:PATH.npz#test]
     tfmed predict --model runs/pneumonia_mnist/TIMESTAMP image.png scans/ [--output out.csv]
     tfmed ensemble runs/pneumonia_mnist_svm/A runs/pneumonia_mnist_finetune/B --output runs/combined
+    tfmed recalibrate --model runs/pneumonia_mnist/TIMESTAMP --data manifest:site_b_tuning.csv [--output DIR]
     tfmed compare runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B [--output comparison.csv]
     tfmed explain --model runs/pneumonia_mnist/TIMESTAMP [images ...] [--method gradcam] [--output DIR]
     tfmed export-run runs/pneumonia_mnist/TIMESTAMP share/pmnist --anonymise
@@ -63,10 +64,23 @@ def _parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--output", default=None, help="new run directory (default: runs/ensemble/TIMESTAMP)")
     ensemble.add_argument("--combine", default="mean",
                           help="mean (of probabilities) or rank (averaging against each run's validation scores)")
-    ensemble.add_argument("--recalibrate", default="none", choices=["none", "logistic", "temperature"],
+    ensemble.add_argument("--recalibrate", default="none", choices=["none", "logistic", "intercept", "temperature"],
                           help="recalibrate the combined probabilities on the validation split before the "
                                "thresholds are chosen (as evaluation.recalibration; default none)")
     _add_trust_options(ensemble)
+
+    recalibrate = verbs.add_parser("recalibrate", help="fit a saved model's probabilities and thresholds to "
+                                                       "another hospital's labelled images (a new run)")
+    recalibrate.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
+    recalibrate.add_argument("--data", required=True,
+                             help="that hospital's labelled images to fit on, as tfmed evaluate --data takes; keep "
+                                  "others to measure the result with tfmed evaluate")
+    recalibrate.add_argument("--method", default="intercept", choices=["intercept", "logistic", "temperature"],
+                             help="intercept (binary, multilabel: one shift on top of the run's own recalibration; "
+                                  "default), logistic (binary, multilabel) or temperature (any task)")
+    recalibrate.add_argument("--output", default=None,
+                             help="new run directory (default: runs/NAME_recalibrated/TIMESTAMP)")
+    _add_trust_options(recalibrate)
 
     compare = verbs.add_parser("compare", help="paired tests of saved runs' AUCs on the same cases")
     compare.add_argument("runs", nargs="+", help="two or more run or evaluation directories; the first is "
@@ -205,6 +219,18 @@ def _cmd_evaluate(args) -> int:
     output = evaluate_run(args.model, args.data, args.output, verify=args.verify, trust_pickles=args.trust_pickles,
                           subgroups=args.subgroups)
     print(f"wrote {output}")
+    return 0
+
+
+def _cmd_recalibrate(args) -> int:
+    from tfmed.run.evaluate import load_metrics
+    from tfmed.run.recalibrate_run import recalibrate_run
+    from tfmed.run.reporting import summary_text
+
+    out = recalibrate_run(args.model, args.data, args.output, args.method, verify=args.verify,
+                          trust_pickles=args.trust_pickles)
+    print(summary_text(load_metrics(out)), flush=True)
+    print(f"wrote {out}")
     return 0
 
 
@@ -435,6 +461,7 @@ def _cmd_backbones(args) -> int:
 
 
 COMMANDS = {"run": _cmd_run, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "ensemble": _cmd_ensemble,
+            "recalibrate": _cmd_recalibrate,
             "compare": _cmd_compare,
             "explain": _cmd_explain, "export-run": _cmd_export, "validate": _cmd_validate, "sweep-layers": _cmd_sweep,
             "backbones": _cmd_backbones, "inspect": _cmd_inspect, "export-tfds": _cmd_export_tfds,

@@ -41,7 +41,7 @@ from tfmed.run.evaluate import load_metrics
 from tfmed.run.experiment import (by_subgroup, choose_coarse_thresholds, coarse_metrics, count_entries,
                                   evaluate_split, recalibrate, subgroup_metrics)
 from tfmed.run.manifest import finish_run
-from tfmed.run.rundir import environment_info, new_run_dir, resolve_run_dir, run_split_tables
+from tfmed.run.rundir import environment_info, output_run_dir, resolve_run_dir, run_split_tables
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
 
@@ -110,7 +110,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         model.hierarchy = first.hierarchy
         choose_coarse_thresholds(model, tables["val"].labels(), scores["val"], config.evaluation)
 
-    out = _output_dir(output)
+    out = output_run_dir(output, "ensemble")
     log(f"combining {len(runs)} runs ({combine}) into {out}")
     config.to_yaml(out / "config.yaml")
     (out / "environment.json").write_text(json.dumps(environment_info(config), indent=2))
@@ -223,14 +223,3 @@ def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine:
     return dataclasses.replace(first, name=f"{first.name}_ensemble", description=description, model=model,
                                augment=type(first.augment)(), balance=type(first.balance)(),
                                evaluation=dataclasses.replace(first.evaluation, recalibration=recalibration))
-
-
-def _output_dir(output: str | Path | None) -> Path:
-    if output is None:
-        return new_run_dir("runs", "ensemble")
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        raise EnsembleRunsError(f"{out} already exists and is not empty; runs never overwrite each other, "
-                                "choose a new --output")
-    out.mkdir(parents=True, exist_ok=True)
-    return out

@@ -62,21 +62,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         source = f"{config.data.source} (the run's own test split)"
     else:
         parsed = evaluation_data(data)
-        table = load_source(parsed)
-        report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
-        if report.warnings:
-            log(report.warnings_text())
-        table = apply_validation(table, report, exclude_bad_rows=False)
-        source = f"{parsed.source}:{parsed.path} (from {data})" if is_experiment_file(data) else data
-    if table.task == model.task == "multilabel":
-        table, left_out = model_labels_only(table, list(model.classes))
-        if left_out:
-            log(f"{data}: scoring the model's {len(model.classes)} labels; the data's other labels, which the "
-                f"model does not predict, are left out: {', '.join(left_out)}")
-    if table.task != model.task or len(table.classes) != len(model.classes):
-        raise ModelArtifactError(f"{data}: the data has {table.task} labels {table.classes} but the model "
-                                 f"was trained for {model.task} {model.classes}")
-    table = match_classes(table, list(model.classes), data)
+        table, source = read_labelled_data(data, parsed, model, config)
+    table = fit_model_labels(table, model, data)
     scored = data or "the run's own test split"
     check_subgroups(config.evaluation.subgroups, table, f"{scored}: {where}")
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
@@ -139,6 +126,42 @@ def subgroup_setting(evaluation: EvaluationConfig, subgroups: list[str]) -> Eval
         return dataclasses.replace(evaluation, subgroups=list(subgroups), age_bands=bands)
     except ConfigError as error:
         raise ConfigError(str(error).replace("evaluation.subgroups", "--subgroups", 1)) from None
+
+
+def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
+                       config: ExperimentConfig) -> tuple[ImageTable, str]:
+    """The images and labels ``data`` (parsed as ``parsed``) names, validated as the run's own data were (bad rows
+    are refused, not left out), and the data's name for reports.
+
+    Example:
+        >>> table, source = read_labelled_data(spec, evaluation_data(spec), model, config)  # doctest: +SKIP
+    """
+    table = load_source(parsed)
+    report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
+    if report.warnings:
+        log(report.warnings_text())
+    table = apply_validation(table, report, exclude_bad_rows=False)
+    return table, (f"{parsed.source}:{parsed.path} (from {data})" if is_experiment_file(data) else data)
+
+
+def fit_model_labels(table: ImageTable, model: TrainedModel, data: str | None) -> ImageTable:
+    """``table`` with the model's labels in the model's order: a multilabel table cut to the model's labels
+    (:func:`model_labels_only`, said in the log), classes matched by name (:func:`match_classes`); data of
+    another task or number of classes is refused.
+
+    Example:
+        >>> fit_model_labels(table, model, "medmnist:breastmnist.npz#test").classes  # doctest: +SKIP
+        ['normal', 'malignant']
+    """
+    if table.task == model.task == "multilabel":
+        table, left_out = model_labels_only(table, list(model.classes))
+        if left_out:
+            log(f"{data}: scoring the model's {len(model.classes)} labels; the data's other labels, which the "
+                f"model does not predict, are left out: {', '.join(left_out)}")
+    if table.task != model.task or len(table.classes) != len(model.classes):
+        raise ModelArtifactError(f"{data}: the data has {table.task} labels {table.classes} but the model "
+                                 f"was trained for {model.task} {model.classes}")
+    return match_classes(table, list(model.classes), data)
 
 
 def evaluation_data(spec: str) -> DataConfig:

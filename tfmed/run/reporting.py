@@ -402,7 +402,10 @@ def summary_text(metrics: dict) -> str:
     for row in headline_rows(metrics):
         lines.append(f"{row['split']:<6} {row['point']:<17} {row['auc']:<22} {row['sensitivity']:>6} "
                      f"{row['specificity']:>6} {row['ppv']:>6} {row['npv']:>6}")
-    if "val" in metrics["splits"]:
+    if "recalibrated_from" in metrics:
+        lines.append(f"val: the images the model of {metrics['recalibrated_from']} was recalibrated and its thresholds "
+                     "chosen on (in-sample figures)")
+    elif "val" in metrics["splits"]:
         lines.append("val: the split the thresholds were chosen on (same collection as training)")
     if "test" in metrics["splits"] and metrics.get("test_origin"):
         lines.append(f"test: {metrics['test_origin']}")

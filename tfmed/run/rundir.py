@@ -71,6 +71,25 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create a new run directory under {parent}")
 
 
+def output_run_dir(output: str | Path | None, name: str) -> Path:
+    """The directory a command that makes a run from saved runs writes: ``output`` (created; refused when it
+    holds anything, as runs never overwrite each other) or a new ``runs/NAME/TIMESTAMP``.
+
+    Example:
+        >>> import tempfile
+        >>> output_run_dir(Path(tempfile.mkdtemp()) / "combined", "ensemble").name
+        'combined'
+    """
+    if output is None:
+        return new_run_dir("runs", name)
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise RunDirectoryError(f"{out} already exists and is not empty; runs never overwrite each other, "
+                                "choose a new --output")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def resolve_run_dir(path: str | Path) -> Path:
     """The run directory of ``path`` (a run directory, or its ``model/`` folder).
 

@@ -1,0 +1,130 @@
+"""``tfmed recalibrate``: fit a saved model's probabilities and thresholds to another hospital's images.
+
+A model taken to another hospital often keeps much of its ranking (its AUC)
+but not its probabilities or its operating points, since the prevalence, the
+scanners and the patients differ. Updating the model there (Steyerberg,
+Clinical Prediction Models, 2019, ch. 20) refits the calibration on a sample
+of that hospital's labelled images and chooses the thresholds again on them,
+leaving the network and its features as they are.
+
+:func:`recalibrate_run` scores those images with the saved model (before any
+recalibration it had) or, for ``intercept``, as the run gives them, fits the
+recalibration on them (:mod:`tfmed.evaluation.recalibration`), chooses the thresholds on the
+recalibrated scores, and writes a new run directory: the same model with the
+new recalibration and thresholds, its ``val`` split the images it was fitted
+on, so its figures are in-sample. Measure it with ``tfmed evaluate --data`` on
+other images of that hospital.
+
+Example:
+    >>> out = recalibrate_run("runs/pneumonia_mnist/20261205-070038", "manifest:site_b_tuning.csv",
+    ...                       "runs/site_b")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from tfmed.config import ExperimentConfig
+from tfmed.errors import TfmedError
+from tfmed.evaluation.recalibration import RecalibrationError, check_method
+from tfmed.evaluation.thresholds import select_thresholds
+from tfmed.progress import log
+from tfmed.run.artifact import TrainedModel
+from tfmed.run.evaluate import evaluation_data, fit_model_labels, read_labelled_data
+from tfmed.run.experiment import (by_subgroup, check_subgroups, choose_coarse_thresholds, coarse_metrics,
+                                  count_entries, evaluate_split, recalibrate, subgroup_metrics)
+from tfmed.run.manifest import finish_run
+from tfmed.run.reporting import coarse_sentences, recalibration_sentences, subgroup_sentences, write_outputs
+from tfmed.run.rundir import environment_info, output_run_dir, resolve_run_dir
+
+PROVENANCE_FILE = "recalibrated_from.json"
+
+
+class RecalibrateRunError(TfmedError):
+    """A saved model cannot be recalibrated on the given images."""
+
+
+def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = None, method: str = "intercept", *,
+                    verify: bool = True, trust_pickles: bool = False) -> Path:
+    """Recalibrate the model of ``run_dir`` on the labelled images ``data`` names and choose its thresholds
+    there; return the new run directory (``output``, or ``runs/NAME_recalibrated/TIMESTAMP``).
+
+    Args:
+        run_dir: a finished run (checked against its manifest first, see :meth:`TrainedModel.load`).
+        data: a source spec or a YAML file with a ``data:`` section, as ``tfmed evaluate --data`` takes;
+            every row is used, so name a part of the hospital's images and keep the rest for
+            ``tfmed evaluate``.
+        method: "intercept" (binary, multilabel: the run's own recalibration kept, one shift of the logits
+            per label fitted on top, so that as many cases are predicted as occur: the fewest numbers to fit,
+            the safe choice for a small sample), "logistic" (binary, multilabel: slope and intercept) or
+            "temperature" (any task); the last two replace the run's own recalibration.
+
+    Raises:
+        RecalibrateRunError: the images cannot support the fit (one class only, scores that separate the
+            classes completely or fall as the outcome rises), or ``method`` does not suit the model.
+    """
+    run = resolve_run_dir(run_dir)
+    model = TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles)
+    try:
+        check_method(method, model.task)
+    except RecalibrationError as error:
+        raise RecalibrateRunError(f"--method: {error}") from None
+    config = ExperimentConfig.from_yaml(run / "config.yaml")
+    parsed = evaluation_data(data)
+    table, source = read_labelled_data(data, parsed, model, config)
+    table = fit_model_labels(table, model, data)
+    check_subgroups(config.evaluation.subgroups, table, f"{data}: evaluation.subgroups (of the run's config.yaml)")
+    if method != "intercept" and model.recalibration is not None:
+        log(f"the run's own recalibration ({model.recalibration.describe()}) is replaced by one fitted on {data}")
+        model.recalibration = None  # the fit starts from the model's own scores
+    previous = model.recalibration  # an intercept is fitted on top of the run's own recalibration
+    log(f"scoring {len(table)} images from {source}")
+    before = model.predict(table)
+    summary = recalibrate(model, method, "val", {"val": (table.labels(), before)})
+    if not summary["applied"]:
+        raise RecalibrateRunError(f"{data}: {summary['reason']}; give more of the hospital's images, with both "
+                                  "outcomes and some overlap between them")
+    scores = model.recalibration.apply(before)
+    model.recalibration = model.recalibration.after(previous)
+    summary["fit"] = model.recalibration.to_json()
+    model.thresholds = select_thresholds(model.task, table.labels(), scores, config.evaluation.target_sensitivity,
+                                         config.evaluation.target_specificity)
+    if model.hierarchy:
+        choose_coarse_thresholds(model, table.labels(), scores, config.evaluation)
+
+    out = output_run_dir(output, f"{config.name}_recalibrated")
+    log(f"writing the recalibrated model to {out}")
+    new_config = dataclasses.replace(
+        config, name=f"{config.name}_recalibrated", data=parsed,
+        evaluation=dataclasses.replace(config.evaluation, recalibration=method),
+        description=(f"The model of {run} ({config.name}), recalibrated ({method}) on {source}, with its thresholds "
+                     f"chosen there; the network is that run's. {config.description or ''}").strip())
+    new_config.to_yaml(out / "config.yaml")
+    (out / "environment.json").write_text(json.dumps(environment_info(new_config), indent=2))
+    (out / PROVENANCE_FILE).write_text(json.dumps({"run": str(run), "data": data, "method": method}, indent=2))
+    splits = table.frame.drop(columns=["array_index"], errors="ignore").assign(split="val")
+    splits.to_csv(out / "splits.csv", index=False)
+    model.save(out / "model")
+    metrics = {"task": model.task, "classes": model.classes, "mode": model.mode, "backbone": model.backbone,
+               "thresholds": model.thresholds, "threshold_method": model.threshold_method, "source": source,
+               "recalibrated_from": str(run), **count_entries({"val": table}), "tta_views": model.tta.view_count(),
+               "recalibration": summary, "splits": {"val": evaluate_split(model, table, scores, config.evaluation)}}
+    groups = subgroup_metrics(model, table, scores, config.evaluation)
+    if groups:
+        metrics["subgroups"] = by_subgroup({"val": groups})
+    if model.hierarchy:
+        metrics["coarse"] = coarse_metrics(model, {"val": table}, {"val": scores}, config.evaluation)
+    notes = [f"The model of {run}, recalibrated on these images ({source}) and its thresholds chosen on them: "
+             "every figure here is in-sample. Measure it with tfmed evaluate --data on other images of the same "
+             "hospital."]
+    write_outputs(out, title=f"{new_config.name}", source=source, model=model, parts={"val": table},
+                  scores={"val": scores}, metrics=metrics,
+                  notes=notes + recalibration_sentences(metrics) + subgroup_sentences(metrics)
+                  + coarse_sentences(metrics),
+                  model_facts={"mode": model.mode, "backbone": model.backbone,
+                               "recalibration": model.recalibration.describe()},
+                  excluded=[])
+    finish_run(out)
+    return out
+
