@@ -35,6 +35,7 @@ Example:
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +43,11 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, logit, softmax
 from sklearn.linear_model import LogisticRegression
 
+from tfmed.config import RecalibrationMethod
 from tfmed.errors import TfmedError
 from tfmed.evaluation.decision import calibration_line
 
-METHODS = ("none", "logistic", "intercept", "temperature")
+METHODS = typing.get_args(RecalibrationMethod)  # none, logistic, intercept, temperature
 LINES = ("logistic", "intercept")  # the methods that fit a line on the logit (binary and multilabel)
 _EDGE = 1e-6  # scores are kept this far from 0 and 1 before their logit is taken
 _LOG_T = 5.0  # the temperature is searched in exp(-5)..exp(5); an optimum at an end means no finite fit

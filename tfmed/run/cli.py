@@ -22,13 +22,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from pathlib import Path
 
-from tfmed.config import UNKNOWN_LABEL
+from tfmed.config import UNKNOWN_LABEL, RecalibrationMethod
 from tfmed.errors import TfmedError
 from tfmed.progress import configure_logging, native_stderr_captured
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+RECALIBRATIONS = typing.get_args(RecalibrationMethod)  # none first
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     ensemble.add_argument("--output", default=None, help="new run directory (default: runs/ensemble/TIMESTAMP)")
     ensemble.add_argument("--combine", default="mean",
                           help="mean (of probabilities) or rank (averaging against each run's validation scores)")
-    ensemble.add_argument("--recalibrate", default="none", choices=["none", "logistic", "intercept", "temperature"],
+    ensemble.add_argument("--recalibrate", default="none", choices=RECALIBRATIONS,
                           help="recalibrate the combined probabilities on the validation split before the "
                                "thresholds are chosen (as evaluation.recalibration; default none)")
     _add_trust_options(ensemble)
@@ -75,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     recalibrate.add_argument("--data", required=True,
                              help="that hospital's labelled images to fit on, as tfmed evaluate --data takes; keep "
                                   "others to measure the result with tfmed evaluate")
-    recalibrate.add_argument("--method", default="intercept", choices=["intercept", "logistic", "temperature"],
+    recalibrate.add_argument("--method", default="intercept", choices=RECALIBRATIONS[1:],
                              help="intercept (binary, multilabel: one shift on top of the run's own recalibration; "
                                   "default), logistic (binary, multilabel) or temperature (any task)")
     recalibrate.add_argument("--output", default=None,
