@@ -20,6 +20,8 @@ from tfmed.run.artifact import TrainedModel
 from tfmed.run.cli import main
 from tfmed.run.evaluate import evaluate_run, load_metrics
 from tfmed.run.experiment import check_config_fits_data, recalibrate, run_experiment
+from tfmed.run.ensemble_runs import EnsembleRunsError, ensemble_runs
+from tfmed.run.recalibrate_run import RecalibrateRunError, recalibrate_run
 from tfmed.run.rundir import run_split_tables
 
 from test_experiment import _small, _tiny_medmnist
@@ -274,6 +276,8 @@ def test_tfmed_ensemble_recalibrates_the_combination_but_refuses_recalibrated_ru
     capsys.readouterr()
     assert main(["ensemble", str(runs["raw"]), str(runs["recalibrated"]), "--output", str(tmp_path / "x")]) == 2
     assert f"{runs['recalibrated']} recalibrated its probabilities" in capsys.readouterr().err
+    with pytest.raises(EnsembleRunsError, match="--recalibrate: 'platt' is not a recalibration"):
+        ensemble_runs([runs["raw"], runs["late"]], tmp_path / "z", recalibration="platt")  # the Python API
     with pytest.raises(SystemExit) as stop:
         main(["ensemble", str(runs["raw"]), str(runs["late"]), "--recalibrate", "platt", "--output", str(tmp_path)])
     assert stop.value.code == 2 and "invalid choice: 'platt'" in capsys.readouterr().err
@@ -380,3 +384,6 @@ def test_tfmed_recalibrate_replaces_a_runs_own_recalibration_and_refuses_what_ca
     assert not (tmp_path / "x").exists()
     assert main(["recalibrate", "--model", str(runs["raw"]), "--data", hospital["fit"], "--output", str(out)]) == 2
     assert "already exists and is not empty; runs never overwrite each other" in capsys.readouterr().err
+    with pytest.raises(RecalibrateRunError, match="--method: 'platt' is not a recalibration"):
+        recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "y", "platt")  # the Python API
+    assert not (tmp_path / "y").exists()
