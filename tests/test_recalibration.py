@@ -151,8 +151,8 @@ def test_a_multilabel_refusal_names_the_label():
 def test_a_run_whose_scores_cannot_be_recalibrated_keeps_them_and_says_so(capsys):
     configure_logging()
     model = types.SimpleNamespace(task="binary", recalibration=None)
-    summary = recalibrate(model, "logistic", "val", {"val": ([0, 0, 1, 1], [.1, .2, .6, .9])})
-    assert model.recalibration is None and summary["applied"] is False
+    summary, scores = recalibrate(model, "logistic", "val", {"val": ([0, 0, 1, 1], [.1, .2, .6, .9])})
+    assert model.recalibration is None and summary["applied"] is False and scores == {"val": [.1, .2, .6, .9]}
     assert "separate the classes completely" in summary["reason"]
     assert "the scores were not recalibrated (logistic): the fitting split's scores separate" in \
         capsys.readouterr().out

@@ -100,10 +100,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
                          views=first.views)
     summary = None
     if recalibration != "none":
-        summary = recalibrate(model, recalibration, "val", {split: (table.labels(), scores[split])
-                                                            for split, table in tables.items()})
-        if model.recalibration is not None:
-            scores = {split: model.recalibration.apply(s) for split, s in scores.items()}
+        summary, scores = recalibrate(model, recalibration, "val", {split: (table.labels(), scores[split])
+                                                                    for split, table in tables.items()})
     model.thresholds = select_thresholds(model.task, tables["val"].labels(), scores["val"],
                                          config.evaluation.target_sensitivity, config.evaluation.target_specificity)
     if first.hierarchy:

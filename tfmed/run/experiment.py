@@ -317,12 +317,10 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     if config.evaluation.recalibration != "none":
         scored = {chosen_on: (fit_labels, fit_scores),
                   **{name: (parts[name].labels(), s) for name, s in scores.items() if name != chosen_on}}
-        recalibration = recalibrate(model, config.evaluation.recalibration, chosen_on, scored)
-        if model.recalibration is not None:
-            fit_scores = model.recalibration.apply(fit_scores)
-            scores = {name: model.recalibration.apply(s) for name, s in scores.items()}
-            if fold_summary is not None:
-                oof = fit_scores
+        recalibration, after = recalibrate(model, config.evaluation.recalibration, chosen_on, scored)
+        fit_scores, scores = after[chosen_on], {name: after[name] for name in scores}
+        if fold_summary is not None:
+            oof = fit_scores
     model.thresholds = select_thresholds(model.task, fit_labels, fit_scores, config.evaluation.target_sensitivity,
                                          config.evaluation.target_specificity)
     if config.evaluation.hierarchy:
@@ -362,16 +360,19 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     log(f"done in {metrics['seconds']:.0f} s: {run_dir / 'report.html'}")
 
 
-def recalibrate(model: TrainedModel, method: str, fitted_on: str, scored: dict[str, tuple]) -> dict:
+def recalibrate(model: TrainedModel, method: str, fitted_on: str,
+                scored: dict[str, tuple]) -> tuple[dict, dict[str, np.ndarray]]:
     """Fit ``method`` (``evaluation.recalibration``) on the ``fitted_on`` entry of ``scored`` (split -> (labels,
-    scores before recalibration)) and set ``model.recalibration``; return ``metrics.json``'s ``recalibration``:
-    the fit and each split's log loss and Brier score before and after (in-sample on ``fitted_on``). Scores that
-    cannot be recalibrated (see :class:`~tfmed.evaluation.recalibration.RecalibrationError`) leave the model as it
-    is, said in the log and in the summary (``applied`` false, ``reason``).
+    scores before recalibration)) and set ``model.recalibration``; return ``metrics.json``'s ``recalibration``
+    (the fit and each split's log loss and Brier score before and after, in-sample on ``fitted_on``) and each
+    split's recalibrated scores. Scores that cannot be recalibrated (see
+    :class:`~tfmed.evaluation.recalibration.RecalibrationError`) leave the model and the scores as they are, said
+    in the log and in the summary (``applied`` false, ``reason``).
 
     Example:
-        >>> recalibrate(model, "logistic", "val", {"val": (y_val, s_val), "test": (y_test, s_test)})  # doctest: +SKIP
-        {'method': 'logistic', 'fitted_on': 'val', 'applied': True, 'fit': {...}, 'figures': {'val': {...}, ...}}
+        >>> summary, scores = recalibrate(model, "logistic", "val", {"val": (y_val, s_val)})  # doctest: +SKIP
+        >>> summary
+        {'method': 'logistic', 'fitted_on': 'val', 'applied': True, 'fit': {...}, 'figures': {'val': {...}}}
     """
     from tfmed.evaluation.recalibration import Recalibration, RecalibrationError, probability_scores
 
@@ -380,12 +381,13 @@ def recalibrate(model: TrainedModel, method: str, fitted_on: str, scored: dict[s
         model.recalibration = Recalibration.fit(method, model.task, *scored[fitted_on])
     except RecalibrationError as error:
         log(f"the scores were not recalibrated ({method}): {error}")
-        return {**summary, "applied": False, "reason": str(error)}
+        return {**summary, "applied": False, "reason": str(error)}, {name: s for name, (_, s) in scored.items()}
     log(f"probabilities recalibrated on {fitted_on} ({model.recalibration.describe()})")
+    after = {name: model.recalibration.apply(s) for name, (_, s) in scored.items()}
     figures = {name: {"before": probability_scores(model.task, y, s),
-                      "after": probability_scores(model.task, y, model.recalibration.apply(s))}
+                      "after": probability_scores(model.task, y, after[name])}
                for name, (y, s) in scored.items() if len(y)}
-    return {**summary, "applied": True, "fit": model.recalibration.to_json(), "figures": figures}
+    return {**summary, "applied": True, "fit": model.recalibration.to_json(), "figures": figures}, after
 
 
 def extract_across_workers(config: ExperimentConfig, table: ImageTable):

@@ -81,11 +81,11 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     previous = model.recalibration  # an intercept is fitted on top of the run's own recalibration
     log(f"scoring {len(table)} images from {source}")
     before = model.predict(table)
-    summary = recalibrate(model, method, "val", {"val": (table.labels(), before)})
+    summary, after = recalibrate(model, method, "val", {"val": (table.labels(), before)})
     if not summary["applied"]:
         raise RecalibrateRunError(f"{data}: {summary['reason']}; give more of the hospital's images, with both "
                                   "outcomes and some overlap between them")
-    scores = model.recalibration.apply(before)
+    scores = after["val"]
     model.recalibration = model.recalibration.after(previous)
     summary["fit"] = model.recalibration.to_json()
     model.thresholds = select_thresholds(model.task, table.labels(), scores, config.evaluation.target_sensitivity,
