@@ -371,7 +371,7 @@ def recalibrate(model: TrainedModel, method: str, fitted_on: str,
 
     Example:
         >>> summary, scores = recalibrate(model, "logistic", "val", {"val": (y_val, s_val)})  # doctest: +SKIP
-        >>> summary
+        >>> summary  # doctest: +SKIP
         {'method': 'logistic', 'fitted_on': 'val', 'applied': True, 'fit': {...}, 'figures': {'val': {...}}}
     """
     from tfmed.evaluation.recalibration import Recalibration, RecalibrationError, probability_scores
