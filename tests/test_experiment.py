@@ -207,6 +207,20 @@ def test_evaluate_says_when_the_runs_images_are_gone_and_copies_were_not_looked_
     assert "copies_of_run_images" not in metrics["near_duplicates"]
 
 
+def test_a_histogram_standardised_run_saves_its_scale_and_scores_alike_later(tmp_path):
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
+    config.data.source, config.report.explain = f"medmnist:{_tiny_medmnist(tmp_path)}", False
+    config.preprocess.intensity = "histogram"
+    run_dir = run_experiment(config)
+    stats = json.loads((run_dir / "model/statistics/preprocess_stats.json").read_text())
+    assert stats["intensity"] == "histogram" and len(stats["landmarks"]) == len(stats["percentiles"]) == 11
+    assert stats["n_images"] == 128 and stats["landmarks"][0] == 0 and stats["landmarks"][-1] == 255
+    out = evaluate_run(run_dir, data=f"medmnist:{tmp_path / 'tiny.npz'}#val", output=tmp_path / "again")
+    during = pd.read_csv(run_dir / "predictions.csv").query("split == 'val'")["score"].to_numpy()
+    later = pd.read_csv(out / "predictions.csv")["score"].to_numpy()
+    np.testing.assert_allclose(later, during, atol=1e-6)
+
+
 def test_predict_writes_probabilities_and_decisions(pneumonia_run, tmp_path):
     data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
     folder = tmp_path / "new"

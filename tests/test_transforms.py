@@ -13,9 +13,9 @@ from tfmed.data.table import ImageTable
 from tfmed.data.preprocessing import StatisticsError, build_augment, build_preprocess
 from tfmed.data.statistics import fit_statistics, load_statistics, save_statistics
 from tfmed.data.transforms import (
-    CLAHE, Compose, CTWindow, MinMax, MinMaxRange, RandomApply, RandomBrightness, RandomContrast,
-    RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize, Standardize, SubtractMeanImage,
-    ToChannels, TransformError, rotate, window_hu)
+    CLAHE, HISTOGRAM_PERCENTILES, Compose, CTWindow, HistogramStandardize, MinMax, MinMaxRange, RandomApply,
+    RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize, Standardize, SubtractMeanImage,
+    ToChannels, TransformError, image_landmarks, rotate, window_hu)
 
 
 def t(array):
@@ -341,6 +341,75 @@ def test_minmax_dataset_and_mean_image_statistics(tmp_path):
     save_statistics(stats, tmp_path)
     assert (tmp_path / "mean_image.npy").is_file()
     np.testing.assert_array_equal(load_statistics(tmp_path)["mean_image"], stats["mean_image"])
+
+
+# ------------------------------------------------------------------ histogram standardisation
+def test_image_landmarks_match_numpy_percentiles():
+    image = np.random.default_rng(3).gamma(2.0, 30.0, (13, 9, 3)).astype(np.float32)
+    np.testing.assert_allclose(image_landmarks(t(image)).numpy(),
+                               np.percentile(image, HISTOGRAM_PERCENTILES), rtol=1e-5)
+
+
+def test_histogram_standardisation_maps_each_image_to_the_standard_landmarks():
+    standard = np.array([0, 40, 70, 95, 115, 135, 155, 175, 200, 225, 255], np.float64)
+    transform = HistogramStandardize(standard)
+    base = np.random.default_rng(4).uniform(0, 1, (40, 40, 1)).astype(np.float32)
+    outputs = []
+    for tone in (lambda x: x * 255, lambda x: 1000 + 3000 * x ** 2.2, lambda x: np.sqrt(x) * 90 - 7):
+        out = transform(t(tone(base))).numpy()
+        np.testing.assert_allclose(np.percentile(out, HISTOGRAM_PERCENTILES), standard, atol=0.6)
+        assert out.min() >= 0 and out.max() <= 255
+        outputs.append(out)
+    # three monotone tone curves of one image come out alike, where per-image min-max keeps their shapes
+    assert np.abs(outputs[1] - outputs[0]).mean() < 2.0 and np.abs(outputs[2] - outputs[0]).mean() < 2.0
+    minmax = [MinMax()(t(tone)).numpy() for tone in (base, base ** 2.2)]
+    assert np.abs(minmax[1] - minmax[0]).mean() > 20
+
+
+def test_histogram_standardisation_of_a_flat_or_background_heavy_image():
+    transform = HistogramStandardize(np.linspace(0, 255, 11))
+    assert np.all(transform(tf.fill((6, 6, 1), 42.0)).numpy() == 0.0)   # one value: no scale, black
+    image = np.zeros((10, 10, 1), np.float32)
+    image[5:] = np.linspace(10, 200, 50).reshape(5, 10, 1)               # half the image is background
+    out = transform(t(image)).numpy()
+    assert np.all(out[:5] == 0.0) and np.all(np.diff(out[5:].ravel()) >= 0) and out.max() == 255.0
+
+
+def test_histogram_standardisation_refuses_bad_landmarks():
+    with pytest.raises(TransformError, match="one standard landmark per percentile"):
+        HistogramStandardize([0, 255])
+    with pytest.raises(TransformError, match="never decreasing"):
+        HistogramStandardize([0, 50, 40, 60, 70, 80, 90, 100, 110, 120, 255])
+    with pytest.raises(TransformError, match="never decreasing"):
+        HistogramStandardize(np.zeros(11))
+
+
+def test_histogram_statistics_on_train_only_saved_and_applied(tmp_path):
+    rng = np.random.default_rng(13)
+    train = rng.uniform(0, 1, (6, 12, 12, 1)).astype(np.float32) ** 2 * 4000      # a curved tone scale
+    train[0] = 7.0                                                                   # one flat image
+    val = rng.uniform(0, 1, (2, 12, 12, 1)).astype(np.float32) * 90                  # another, linear
+    table = _memory_table(train, val)
+    config = PreprocessConfig(image_size=12, channels=1, intensity="histogram")
+    with pytest.raises(StatisticsError, match="fit_statistics"):
+        build_preprocess(config)
+    stats = fit_statistics(table.split("train"), config, batch_size=2)
+    own = np.percentile(train[1:].reshape(5, -1), stats["percentiles"], axis=1).T
+    expected = ((own - own[:, :1]) / (own[:, -1:] - own[:, :1]) * 255).mean(axis=0)
+    np.testing.assert_allclose(stats["landmarks"], expected, rtol=1e-4, atol=1e-3)
+    assert stats["n_flat_images"] == 1 and stats["landmarks"][0] == 0 and stats["landmarks"][-1] == 255
+    save_statistics(stats, tmp_path)
+    loaded = load_statistics(tmp_path)
+    x, _ = load_arrays(table.split("val"), config, stats=loaded)
+    np.testing.assert_allclose(np.percentile(x[0], stats["percentiles"]), stats["landmarks"], atol=1.5)
+    with pytest.raises(StatisticsError, match="landmarks"):
+        build_preprocess(config, {"intensity": "histogram", "percentiles": stats["percentiles"]})
+
+
+def test_histogram_statistics_refuse_a_train_split_of_flat_images():
+    table = _memory_table(np.full((3, 8, 8), 5.0, np.float32), np.zeros((1, 8, 8), np.float32)).split("train")
+    with pytest.raises(StatisticsError, match="every one of the 3 train images.*minmax"):
+        fit_statistics(table, PreprocessConfig(image_size=8, intensity="histogram"))
 
 
 def test_load_statistics_missing_file_names_path(tmp_path):

@@ -81,6 +81,7 @@ def nodule_table(folder) -> ImageTable:
     ({"model": {"svm": {"view_fusion": "per_view"}}}, "model.svm.view_fusion is set, but it acts on 2-D views"),
     ({"views": {"planes": "ciompi9"}}, "views.planes is 'ciompi9'; it is set but views.enabled is false"),
     ({"views": {"enabled": True}, "preprocess": {"intensity": "standardize"}}, "needs train-split statistics"),
+    ({"views": {"enabled": True}, "preprocess": {"intensity": "histogram"}}, "'histogram' needs train-split statistics"),
     ({"views": {"enabled": True, "planes": "adjacent"},
       "preprocess": {"intensity": "window", "windows": [[-600, 1500], [40, 400], [400, 1800]]}},
      "takes one window"),

@@ -442,9 +442,11 @@ class PreprocessConfig(_Section):
     """Intensity handling and resizing, identical for training and inference.
 
     intensity: "minmax" (per image to [0, 255]), "minmax_dataset" (train-split
-        min/max to [0, 255]), "standardize" (per-channel mean/std of the train
-        split), "mean_image" (subtract the train mean image), "window" (CT HU
-        windows to [0, 255]) or "none". Standardised and mean-subtracted images
+        min/max to [0, 255]), "histogram" (each image's percentiles mapped to a
+        standard scale learnt on the train split, Nyul & Udupa 1999),
+        "standardize" (per-channel mean/std of the train split), "mean_image"
+        (subtract the train mean image), "window" (CT HU windows to [0, 255])
+        or "none". Standardised and mean-subtracted images
         are then placed at ImageNet's pixel mean/std, the 0-255 scale every
         backbone's own ImageNet preprocessing expects.
     windows: [[center, width], ...]; one window is replicated to 3 channels,
@@ -456,7 +458,8 @@ class PreprocessConfig(_Section):
 
     image_size: int = 224
     channels: Literal[1, 3] = 3
-    intensity: Literal["minmax", "minmax_dataset", "standardize", "mean_image", "window", "none"] = "minmax"
+    intensity: Literal["minmax", "minmax_dataset", "histogram", "standardize", "mean_image", "window",
+                       "none"] = "minmax"
     windows: list[list[float]] = field(default_factory=list)
     resize: Literal["plain", "pad"] = "plain"
 
@@ -474,7 +477,7 @@ class PreprocessConfig(_Section):
 
 
 # intensities that leave images on the 0-255 pixel scale where augmentation and test-time views act
-PIXEL_SCALE_INTENSITIES = ("minmax", "minmax_dataset", "window")
+PIXEL_SCALE_INTENSITIES = ("minmax", "minmax_dataset", "histogram", "window")
 # intensities that need no train-split statistics, so that 2-D views cut from volumes can use them
 VIEW_INTENSITIES = ("window", "minmax", "none")
 PlaneSet = Literal["orthogonal", "ciompi9", "adjacent"]

@@ -2,7 +2,7 @@
 
 The preprocessing chain built from a :class:`~tfmed.config.PreprocessConfig`
 is, in order: intensity to the 0-255 pixel scale (``minmax``,
-``minmax_dataset``, ``window``; nothing for ``none``), resize, channel count,
+``minmax_dataset``, ``histogram``, ``window``; nothing for ``none``), resize, channel count,
 then the train-statistics normalisers (``standardize``, ``mean_image``).
 Training augmentation is inserted after the resize and before the channel
 conversion (a grey image is augmented once, not three times) and the
@@ -15,9 +15,9 @@ Example:
 from __future__ import annotations
 
 from tfmed.config import AugmentConfig, PreprocessConfig
-from tfmed.data.transforms import (CLAHE, Compose, CTWindow, MinMax, MinMaxRange, RandomApply, RandomBlur,
-                                   RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomGamma,
-                                   RandomNoise, RandomRot90, RandomRotation, Resize, Standardize,
+from tfmed.data.transforms import (CLAHE, Compose, CTWindow, HistogramStandardize, MinMax, MinMaxRange,
+                                   RandomApply, RandomBlur, RandomBrightness, RandomContrast, RandomCrop,
+                                   RandomFlip, RandomGamma, RandomNoise, RandomRot90, RandomRotation, Resize, Standardize,
                                    SubtractMeanImage, ToChannels, ToImagenetPixels, Transform, TransformError)
 from tfmed.errors import TfmedError
 
@@ -36,7 +36,7 @@ def needs_statistics(config: PreprocessConfig) -> bool:
     return config.intensity in NEEDS_STATISTICS
 
 
-NEEDS_STATISTICS = ("minmax_dataset", "standardize", "mean_image")
+NEEDS_STATISTICS = ("minmax_dataset", "histogram", "standardize", "mean_image")
 
 
 def check_statistics(stats: dict | None, config: PreprocessConfig) -> None:
@@ -53,8 +53,8 @@ def check_statistics(stats: dict | None, config: PreprocessConfig) -> None:
             if stats.get(key) != getattr(config, key):
                 raise StatisticsError(f"statistics were computed with {key}={stats.get(key)!r}, "
                                       f"but preprocess.{key} is {getattr(config, key)!r}; recompute them")
-    needed = {"minmax_dataset": ("min", "max"), "standardize": ("mean", "std"),
-              "mean_image": ("mean_image",)}[intensity]
+    needed = {"minmax_dataset": ("min", "max"), "histogram": ("landmarks", "percentiles"),
+              "standardize": ("mean", "std"), "mean_image": ("mean_image",)}[intensity]
     missing = [k for k in needed if k not in stats]
     if missing:
         raise StatisticsError(f"statistics for {intensity!r} lack key(s) {missing}; recompute them")
@@ -64,7 +64,7 @@ def build_preprocess(config: PreprocessConfig, stats: dict | None = None) -> Com
     """The deterministic preprocessing chain for ``config``; output (S, S, channels).
 
     ``stats`` (from :func:`fit_statistics` on the train split) is required for
-    "minmax_dataset", "standardize" and "mean_image".
+    "minmax_dataset", "histogram", "standardize" and "mean_image".
 
     Example:
         >>> chain = build_preprocess(PreprocessConfig(image_size=32, intensity="minmax"))
@@ -81,6 +81,8 @@ def build_preprocess(config: PreprocessConfig, stats: dict | None = None) -> Com
         head.append(MinMax())
     elif intensity == "minmax_dataset":
         head.append(MinMaxRange(stats["min"], stats["max"]))
+    elif intensity == "histogram":
+        head.append(HistogramStandardize(stats["landmarks"], stats["percentiles"]))
     elif intensity == "window":
         if not config.windows:
             raise TransformError("preprocess.intensity is 'window' but preprocess.windows is empty; "

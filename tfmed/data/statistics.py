@@ -1,4 +1,4 @@
-"""Train-split statistics for the normalisers (min/max, per-channel mean/std, mean image).
+"""Train-split statistics for the normalisers (min/max, histogram landmarks, per-channel mean/std, mean image).
 
 Computed on the train split only, streamed in batches, saved with the model so
 that inference normalises exactly as training did.
@@ -18,7 +18,8 @@ import tensorflow as tf
 from tfmed.config import PreprocessConfig, TTAConfig, ViewsConfig
 from tfmed.data.pipeline import ImageInputs, raw_dataset
 from tfmed.data.preprocessing import StatisticsError, needs_statistics
-from tfmed.data.transforms import Compose, Resize, ToChannels
+from tfmed.data.transforms import (HISTOGRAM_PERCENTILES, PIXEL_MAX, Compose, Resize, ToChannels,
+                                   image_landmarks)
 from tfmed.files import DAMAGED, read_arrays, read_json
 
 
@@ -31,7 +32,9 @@ MEAN_IMAGE_FILE = "mean_image.npy"
 def fit_statistics(table, config: PreprocessConfig, batch_size: int = 64) -> dict:
     """Statistics of the TRAIN table that the preprocessing chain needs, streamed.
 
-    "minmax_dataset": raw min/max; "standardize": per-channel mean/std of the
+    "minmax_dataset": raw min/max; "histogram": the standard landmarks (the
+    mean of each image's percentiles, its 1st and 99th mapped to 0 and 255,
+    Nyul & Udupa 1999); "standardize": per-channel mean/std of the
     images after channel conversion and resize; "mean_image": mean image at
     the target size. Other intensities need nothing (the dict only records
     the setting). Images are read in batches, never all at once. A table with
@@ -54,6 +57,9 @@ def fit_statistics(table, config: PreprocessConfig, batch_size: int = 64) -> dic
     stats = {"intensity": config.intensity, "image_size": config.image_size,
              "channels": config.channels, "resize": config.resize, "n_images": len(table)}
     if not needs_statistics(config):
+        return stats
+    if config.intensity == "histogram":
+        stats.update(_standard_landmarks(table))
         return stats
     if config.intensity == "minmax_dataset":
         ranges = raw_dataset(table).map(lambda image: tf.stack([tf.reduce_min(image), tf.reduce_max(image)]),
@@ -79,6 +85,22 @@ def fit_statistics(table, config: PreprocessConfig, batch_size: int = 64) -> dic
         var = np.maximum(total_sq / pixels - mean**2, 0.0)
         stats.update(mean=mean.tolist(), std=np.sqrt(var).tolist())
     return stats
+
+
+def _standard_landmarks(table) -> dict:
+    """Nyul & Udupa's standard scale: each train image's landmarks with its 1st and 99th percentiles
+    mapped to 0 and 255, averaged over the images (a one-value image has no scale and is passed over)."""
+    landmarks = raw_dataset(table).map(image_landmarks, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+    own = np.concatenate([batch.numpy() for batch in landmarks], axis=0).astype(np.float64)
+    span = own[:, -1] - own[:, 0]
+    usable = span > 0
+    if not usable.any():
+        raise StatisticsError(f"preprocess.intensity 'histogram': every one of the {len(own)} train images has its "
+                              "1st and 99th percentiles equal, so no standard scale can be learnt; "
+                              "use intensity 'minmax' or 'minmax_dataset'")
+    scaled = (own[usable] - own[usable, :1]) / span[usable, None] * PIXEL_MAX
+    return {"percentiles": list(HISTOGRAM_PERCENTILES), "landmarks": scaled.mean(axis=0).tolist(),
+            "n_flat_images": int((~usable).sum())}
 
 
 def fit_inputs(preprocess: PreprocessConfig, train, tta: TTAConfig | None = None,

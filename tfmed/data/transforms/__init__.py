@@ -22,15 +22,16 @@ Example:
 """
 from tfmed.data.transforms.base import (PIXEL_MAX, Compose, RandomApply, ToChannels, Transform,
                                         TransformError)
-from tfmed.data.transforms.intensity import (CLAHE, IMAGENET_MEAN, IMAGENET_STD, CTWindow, Gamma, MinMax,
+from tfmed.data.transforms.intensity import (CLAHE, HISTOGRAM_PERCENTILES, IMAGENET_MEAN, IMAGENET_STD, CTWindow,
+                                             Gamma, HistogramStandardize, MinMax,
                                              MinMaxRange, RandomBlur, RandomBrightness, RandomContrast,
                                              RandomGamma, RandomNoise, Standardize,
-                                             SubtractMeanImage, ToImagenetPixels, window_hu)
+                                             SubtractMeanImage, ToImagenetPixels, image_landmarks, window_hu)
 from tfmed.data.transforms.spatial import (CentralZoom, Flip, RandomCrop, RandomFlip, RandomRot90,
                                            RandomRotation, Resize, Rot90, Rotate, Shift, rotate)
 
-__all__ = ["CLAHE", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MAX", "CTWindow", "CentralZoom", "Compose", "Flip",
+__all__ = ["CLAHE", "HISTOGRAM_PERCENTILES", "HistogramStandardize", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MAX", "CTWindow", "CentralZoom", "Compose", "Flip",
            "Gamma", "MinMax", "MinMaxRange", "RandomApply", "RandomBlur", "RandomBrightness", "RandomContrast", "RandomCrop",
            "RandomFlip", "RandomGamma", "RandomNoise", "RandomRot90", "RandomRotation", "Resize", "Rot90", "Rotate", "Shift", "Standardize",
-           "SubtractMeanImage", "ToChannels", "ToImagenetPixels", "Transform", "TransformError", "rotate",
-           "window_hu"]
+           "SubtractMeanImage", "ToChannels", "ToImagenetPixels", "Transform", "TransformError", "image_landmarks",
+           "rotate", "window_hu"]

@@ -1,4 +1,4 @@
-"""Intensity transforms: min-max, train-statistics normalisers, CT windows, brightness, contrast, CLAHE, gamma.
+"""Intensity transforms: min-max, histogram standardisation, train-statistics normalisers, CT windows, brightness, contrast, CLAHE, gamma.
 
 Example:
     >>> import numpy as np
@@ -118,6 +118,77 @@ class SubtractMeanImage(Transform):
 
     def __repr__(self) -> str:
         return f"SubtractMeanImage(shape={self.image.shape})"
+
+
+# Nyul & Udupa's landmarks: the 1st and 99th percentiles bound the scale, the deciles shape it
+HISTOGRAM_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
+
+
+def image_landmarks(image, percentiles: Sequence[float] = HISTOGRAM_PERCENTILES) -> tf.Tensor:
+    """The ``percentiles`` of all of ``image``'s values (every channel together), interpolated linearly.
+
+    They match ``numpy.percentile``'s default.
+
+    Example:
+        >>> image_landmarks(tf.reshape(tf.range(101.0), (101, 1, 1)), [1, 50, 99]).numpy().tolist()
+        [1.0, 50.0, 99.0]
+    """
+    values = tf.sort(tf.reshape(as_image(image), [-1]))
+    last = tf.cast(tf.size(values) - 1, tf.float32)
+    position = tf.constant(percentiles, tf.float32) / 100.0 * last
+    below = tf.floor(position)
+    above = tf.minimum(below + 1.0, last)
+    low = tf.gather(values, tf.cast(below, tf.int32))
+    high = tf.gather(values, tf.cast(above, tf.int32))
+    return low + (high - low) * (position - below)
+
+
+class HistogramStandardize(Transform):
+    """Histogram standardisation (Nyul & Udupa 1999): each image's intensity landmarks to standard ones.
+
+    The image's own landmarks (:func:`image_landmarks`: the 1st and 99th
+    percentiles and the deciles, all channels together) are mapped piecewise
+    linearly onto ``landmarks``, the standard scale learnt from the train split
+    (:func:`tfmed.data.statistics.fit_statistics`), whose first and last values
+    are 0 and 255. Values beyond the 1st and 99th percentiles follow the end
+    segments and are clipped to [0, 255]. Two images that differ by a monotone
+    change of tone curve (another scanner's look-up table, gamma, contrast)
+    come out alike at the landmarks; per-image min-max removes only a linear
+    change.
+
+    Example:
+        >>> standard = np.linspace(0, 255, len(HISTOGRAM_PERCENTILES))
+        >>> image = tf.reshape(tf.range(101.0), (101, 1, 1))
+        >>> out = HistogramStandardize(standard)(image ** 2).numpy().ravel()  # a curved tone scale
+        >>> [round(float(out[i]), 1) for i in (1, 50, 99)]  # its landmarks land on the standard ones
+        [0.0, 127.5, 255.0]
+    """
+
+    def __init__(self, landmarks: Sequence[float], percentiles: Sequence[float] = HISTOGRAM_PERCENTILES):
+        landmarks = np.asarray(landmarks, np.float64).reshape(-1)
+        percentiles = np.asarray(percentiles, np.float64).reshape(-1)
+        if landmarks.shape != percentiles.shape or landmarks.size < 2:
+            raise TransformError(f"HistogramStandardize needs one standard landmark per percentile, got "
+                                 f"{landmarks.size} landmarks for {percentiles.size} percentiles")
+        if not np.all(np.isfinite(landmarks)) or np.any(np.diff(landmarks) < 0) or landmarks[-1] <= landmarks[0]:
+            raise TransformError(f"HistogramStandardize landmarks must be finite, never decreasing and end above "
+                                 f"where they start, got {np.round(landmarks, 3).tolist()}")
+        if np.any(np.diff(percentiles) <= 0) or percentiles[0] < 0 or percentiles[-1] > 100:
+            raise TransformError(f"HistogramStandardize percentiles must increase within [0, 100], "
+                                 f"got {percentiles.tolist()}")
+        self.landmarks, self.percentiles = landmarks.tolist(), percentiles.tolist()
+
+    def __call__(self, image, seed=None):
+        image = as_image(image)
+        own = image_landmarks(image, self.percentiles)
+        standard = tf.constant(self.landmarks, tf.float32)
+        values = tf.reshape(image, [-1])
+        # segment k runs from landmark k to k + 1; ties between landmarks take the lower standard value
+        segment = tf.clip_by_value(tf.searchsorted(own, values, side="left") - 1, 0, len(self.landmarks) - 2)
+        start, end = tf.gather(own, segment), tf.gather(own, segment + 1)
+        low, high = tf.gather(standard, segment), tf.gather(standard, segment + 1)
+        mapped = low + tf.math.divide_no_nan(values - start, end - start) * (high - low)
+        return tf.reshape(tf.clip_by_value(mapped, 0.0, PIXEL_MAX), tf.shape(image))
 
 
 IMAGENET_MEAN = (0.485 * PIXEL_MAX, 0.456 * PIXEL_MAX, 0.406 * PIXEL_MAX)
