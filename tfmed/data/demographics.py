@@ -21,6 +21,7 @@ from collections import Counter
 
 import pandas as pd
 
+from tfmed.errors import count_noun
 from tfmed.progress import log
 
 DEMOGRAPHIC_COLUMNS = ("sex", "age")
@@ -123,7 +124,7 @@ def unreadable_note(path, unreadable: Counter) -> str | None:
     shown = sorted(unreadable, key=lambda text: (-unreadable[text], text))
     listed = "; ".join(f"{text}" + (f" x{unreadable[text]}" if unreadable[text] > 1 else "") for text in shown[:5])
     more = f"; and {len(shown) - 5} more kinds" if len(shown) > 5 else ""
-    return f"{path}: {total} value{'s' if total > 1 else ''} read as unknown ({listed}{more})"
+    return f"{path}: {count_noun(total, 'value')} read as unknown ({listed}{more})"
 
 
 def log_unreadable(path, unreadable: Counter) -> None:

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from tfmed.data.decode import ImageReadError, dicom_pixels, dicom_values, has_dicom_marker, read_image_and_info
-from tfmed.errors import TfmedError
+from tfmed.errors import TfmedError, count_noun
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
@@ -987,16 +987,6 @@ def _text(header, keyword: str) -> str | None:
 def _syntax_name(header) -> str | None:
     syntax = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
     return syntax.name if syntax is not None else None
-
-
-def count_noun(number: int, noun: str) -> str:
-    """``number`` and ``noun``, plural unless one.
-
-    Example:
-        >>> count_noun(1, "scan"), count_noun(3, "candidate")
-        ('1 scan', '3 candidates')
-    """
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _names(names: list[str], limit: int = 5) -> str:

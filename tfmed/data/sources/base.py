@@ -25,7 +25,7 @@ from tfmed.data.decode import SUPPORTED_EXTENSIONS, has_dicom_marker
 from tfmed.data.demographics import DEMOGRAPHIC_COLUMNS
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
-from tfmed.data.volumes import count_noun
+from tfmed.errors import count_noun
 
 
 @dataclass(frozen=True)

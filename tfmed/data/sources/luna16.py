@@ -65,7 +65,7 @@ from tfmed.data.sources.base import (SourceKind, counted_skips, excluded_frame, 
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 from tfmed.data.volume_inputs import CENTER_MM
-from tfmed.data.volumes import count_noun
+from tfmed.errors import count_noun
 
 SERIES, CLASS, DIAMETER = "seriesuid", "class", "diameter_mm"
 COORDINATES = ("coordX", "coordY", "coordZ")
