@@ -61,6 +61,8 @@ def test_an_svm_run_answers_for_the_coarse_classes_at_thresholds_chosen_on_valid
     html = (run / "report.html").read_text()
     assert "sick against well AUC" in html and "alt='roc_coarse'" in html
     assert (run / "roc_coarse_test.png").stat().st_size > 1000
+    assert "alt='decision_coarse'" in html and "alt='reliability_coarse'" in html
+    assert "Decision curve of the coarse answer (test)" in html
     # scoring the run again, and predicting images, give the same coarse answers
     again = load_metrics(evaluate_run(run, output=tmp_path / "again"))
     assert again["coarse"]["splits"]["test"] == coarse["splits"]["test"]

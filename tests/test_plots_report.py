@@ -10,7 +10,7 @@ from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 
 from tfmed.evaluation import (EvaluationError, ReportContext, binary_metrics, confusion_plot, evaluate,
-                              multi_roc_plot, operating_point_metrics, pr_plot, reliability_plot, roc_plot,
+                              multi_decision_plot, multi_reliability_plot, multi_roc_plot, operating_point_metrics, pr_plot, reliability_plot, roc_plot,
                               training_curves, write_metrics_json, write_predictions, write_report)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -50,6 +50,38 @@ def test_multi_output_plots(tmp_path):
     assert multi_roc_plot(Y, proba, ["a", "b", "c"], tmp_path / "ml.png").is_file()
     cm = np.array([[10, 2, 1], [3, 12, 0], [0, 1, 9]])
     assert confusion_plot(cm, ["a", "b", "c"], tmp_path / "cm3.png").is_file()
+
+
+def test_multilabel_decision_and_calibration_plots_use_each_labels_known_cases(tmp_path):
+    rng = np.random.default_rng(2)
+    Y = rng.integers(0, 2, (80, 3))
+    P = np.clip(Y * 0.4 + rng.uniform(0, 0.6, (80, 3)), 0, 1)
+    Y[::4, 1] = -1                           # unknown for a quarter of the cases
+    Y[:, 2] = 0                              # a label that never occurs
+    other = P.copy()
+    other[::4, 1] = rng.uniform(0, 1, 20)    # other scores where the label is unknown change nothing
+    names = ["effusion", "nodule", "mass"]
+    for plot in (multi_decision_plot, multi_reliability_plot):
+        first = plot(Y, P, names, tmp_path / f"{plot.__name__}.png")
+        again = plot(Y, other, names, tmp_path / f"{plot.__name__}_other.png")
+        assert first.read_bytes().startswith(PNG) and first.read_bytes() == again.read_bytes()
+        moved = P.copy()
+        moved[1::4, 1] = rng.uniform(0, 1, 20)   # known cases' scores do change it
+        assert plot(Y, moved, names, tmp_path / "moved.png").read_bytes() != first.read_bytes()
+    marked = multi_decision_plot(Y, P, names, tmp_path / "marked.png", {"nodule": {"youden": 0.45}})
+    assert marked.read_bytes() != (tmp_path / "multi_decision_plot.png").read_bytes()
+    height, width = imread(marked).shape[:2]
+    assert width > 2 * height                # three panels in a row
+
+
+def test_multilabel_plots_refuse_mismatched_shapes_and_non_probabilities(tmp_path):
+    Y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    with pytest.raises(EvaluationError, match=r"multi_decision_plot: labels have shape \(4, 2\) and scores \(4, 3\)"):
+        multi_decision_plot(Y, np.full((4, 3), 0.5), ["a", "b"], tmp_path / "x.png")
+    with pytest.raises(EvaluationError, match="multi_reliability_plot: .*probabilities in"):
+        multi_reliability_plot(Y, Y * 4.0 - 2, ["a", "b"], tmp_path / "x.png")
+    with pytest.raises(EvaluationError, match="NaN"):
+        multi_decision_plot(Y, np.where(Y == 1, np.nan, 0.2), ["a", "b"], tmp_path / "x.png")
 
 
 def test_training_curves(tmp_path):

@@ -221,6 +221,8 @@ def test_an_experiment_trains_and_scores_with_unknown_labels(tmp_path, mode):
     report = (run_dir / "report.html").read_text()
     assert "Label (images positive)" in report and "<td>nodule: unknown</td>" in report
     assert f"<td>Images</td><td>{len(train)}</td>" in report
+    assert "alt='decision'" in report and "alt='reliability'" in report   # one curve per label
+    assert (run_dir / "decision_test.png").stat().st_size > 1000
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert set(predictions["label:nodule"]) <= {0, 1, UNKNOWN_LABEL}
 

@@ -14,8 +14,8 @@ from .intervals import (EvaluationError, bootstrap_ci, delong_auc_ci, delong_cov
                         separation_bound, wilson_interval)
 from .metrics import (binary_metrics, evaluate, multiclass_metrics, multilabel_metrics,
                       operating_point_metrics, to_jsonable)
-from .plots import (confusion_plot, multi_roc_plot, pr_plot, reliability_plot, roc_plot,
-                    training_curves)
+from .plots import (confusion_plot, decision_plot, multi_decision_plot, multi_reliability_plot, multi_roc_plot,
+                    pr_plot, reliability_plot, roc_plot, training_curves)
 from .report import ReportContext, write_metrics_json, write_predictions, write_report
 from .thresholds import (apply_threshold, choose_threshold, operating_points, per_label_thresholds,
                          select_thresholds)
@@ -26,6 +26,7 @@ __all__ = [
     "bootstrap_ci", "binary_metrics", "multiclass_metrics", "multilabel_metrics", "evaluate",
     "operating_point_metrics", "to_jsonable", "choose_threshold", "operating_points",
     "per_label_thresholds", "select_thresholds", "apply_threshold", "roc_plot", "pr_plot", "confusion_plot",
-    "reliability_plot", "training_curves", "multi_roc_plot", "ReportContext", "write_predictions",
+    "reliability_plot", "training_curves", "multi_roc_plot", "decision_plot", "multi_decision_plot",
+    "multi_reliability_plot", "ReportContext", "write_predictions",
     "write_report", "write_metrics_json",
 ]

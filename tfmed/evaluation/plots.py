@@ -143,11 +143,7 @@ def reliability_plot(y, scores, path, bins: int = 10, title: str = "Calibration"
         True
     """
     y, s = _pair(y, scores, "reliability_plot")
-    if s.min() < 0.0 or s.max() > 1.0:
-        raise EvaluationError(f"reliability_plot: scores span {s.min():.3g} to {s.max():.3g}; a reliability "
-                              "diagram needs probabilities in [0, 1] (calibrate the model first)")
-    if isinstance(bins, bool) or int(bins) != bins or bins < 2:
-        raise EvaluationError(f"reliability_plot: bins is {bins!r}; use an integer of at least 2")
+    _check_probabilities(s, bins, "reliability_plot")
     observed, predicted = calibration_curve(y, s, n_bins=int(bins), strategy="uniform")
     figure = Figure(figsize=(5.5, 6.0))
     FigureCanvasAgg(figure)
@@ -277,23 +273,77 @@ def decision_plot(y, scores, path, operating_points: Mapping[str, float] | None 
         True
     """
     y, s = _pair(y, scores, "decision_plot")
-    curve = decision_curve(y, s)
     figure, axes = _figure((6.0, 4.5))
-    axes.plot(curve["thresholds"], curve["model"], color="tab:blue", lw=2, label="model")
-    axes.plot(curve["thresholds"], curve["treat_all"], color="tab:orange", lw=1.5, label="act on every case")
-    axes.axhline(0.0, color="grey", lw=1.5, ls="--", label="act on none")
-    for i, (name, threshold) in enumerate((operating_points or {}).items()):
-        if 0.0 < float(threshold) < 1.0:
-            axes.plot(float(threshold), net_benefit(y, s, float(threshold)), marker=_MARKERS[i % len(_MARKERS)],
-                      ms=9, ls="none", label=f"{name} (t={float(threshold):.3g})")
-    prevalence = float(y.mean())
-    axes.set_xlim(0.0, 1.0)
-    axes.set_ylim(-0.05 - 0.1 * prevalence, 1.1 * prevalence + 0.01)  # net benefit is at most the prevalence
+    _draw_decision(axes, y, s, operating_points or {}, title)
     axes.set_xlabel("Threshold probability (the risk at which one would act)")
-    axes.set_ylabel("Net benefit")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="upper right", fontsize=8)
+    return _save(figure, path)
+
+
+def multi_decision_plot(y_true, scores, label_names: Sequence[str], path,
+                        thresholds: Mapping[str, Mapping[str, float]] | None = None,
+                        title: str = "Decision curves") -> Path:
+    """One decision curve per label of a multi-label model (:func:`decision_plot`'s panels, three a row).
+
+    ``y_true`` is a 0/1 matrix (n, L), -1 where a label is unknown (left out of its panel); ``scores`` the
+    (n, L) probabilities; ``thresholds`` maps a label to its named thresholds to mark. A label with one
+    class in the data says so in its panel.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "decision_labels.png"
+        >>> Y, P = [[1, 0], [0, 1], [1, -1], [0, 0]], [[.9, .2], [.3, .8], [.6, .5], [.2, .1]]
+        >>> multi_decision_plot(Y, P, ["effusion", "nodule"], out, {"effusion": {"youden": 0.6}}).exists()
+        True
+    """
+    Y, S, names = _label_matrix(y_true, scores, label_names, "multi_decision_plot")
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.4 * rows))
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(rows, columns, squeeze=False).ravel()
+    for k, name in enumerate(names):
+        column, column_scores = known_column(Y, S, k)
+        if column.size == 0 or column.min() == column.max():
+            panels[k].text(0.5, 0.5, "undefined (one class)", ha="center", va="center", color="grey")
+            panels[k].set_title(name)
+            panels[k].set_axis_off()
+            continue
+        _draw_decision(panels[k], column.astype(int), column_scores, (thresholds or {}).get(name, {}), name,
+                       legend_size=7)
+        panels[k].set_xlabel("Threshold probability")
+    for spare in panels[len(names):]:
+        spare.set_visible(False)
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def multi_reliability_plot(y_true, scores, label_names: Sequence[str], path, bins: int = 10,
+                           title: str = "Calibration") -> Path:
+    """Reliability curves of a multi-label model, one line per label (:func:`reliability_plot`'s upper panel).
+
+    ``y_true`` and ``scores`` as for :func:`multi_decision_plot`; scores must be probabilities.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "calibration_labels.png"
+        >>> Y, P = [[1, 0], [0, 1], [1, -1], [0, 0]], [[.9, .2], [.3, .8], [.6, .5], [.2, .1]]
+        >>> multi_reliability_plot(Y, P, ["effusion", "nodule"], out, bins=5).exists()
+        True
+    """
+    Y, S, names = _label_matrix(y_true, scores, label_names, "multi_reliability_plot")
+    _check_probabilities(S, bins, "multi_reliability_plot")
+    figure, axes = _figure((6.0, 5.5))
+    axes.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    for k, name in enumerate(names):
+        column, column_scores = known_column(Y, S, k)
+        if column.size == 0 or column.min() == column.max():
+            axes.plot([], [], ls="none", label=f"{name}: undefined (one class)")
+            continue
+        observed, predicted = calibration_curve(column.astype(int), column_scores, n_bins=int(bins),
+                                                strategy="uniform")
+        axes.plot(predicted, observed, marker=_MARKERS[k % len(_MARKERS)], ms=4, lw=1.5, label=name)
+    _finish(axes, "Mean predicted probability", "Observed frequency of positives", title)
+    axes.legend(loc="upper left", fontsize=8)
     return _save(figure, path)
 
 
@@ -342,6 +392,44 @@ def _pair(y, scores, where: str) -> tuple[np.ndarray, np.ndarray]:
         raise EvaluationError(f"{where}: the labels hold only one class (n={y.size}); a curve needs "
                               "positive and negative cases")
     return y, s
+
+
+def _draw_decision(axes, y: np.ndarray, s: np.ndarray, operating_points: Mapping[str, float], title: str,
+                   legend_size: int = 8) -> None:
+    curve = decision_curve(y, s)
+    axes.plot(curve["thresholds"], curve["model"], color="tab:blue", lw=2, label="model")
+    axes.plot(curve["thresholds"], curve["treat_all"], color="tab:orange", lw=1.5, label="act on every case")
+    axes.axhline(0.0, color="grey", lw=1.5, ls="--", label="act on none")
+    for i, (name, threshold) in enumerate(operating_points.items()):
+        if 0.0 < float(threshold) < 1.0:
+            axes.plot(float(threshold), net_benefit(y, s, float(threshold)), marker=_MARKERS[i % len(_MARKERS)],
+                      ms=9, ls="none", label=f"{name} (t={float(threshold):.3g})")
+    prevalence = float(y.mean())
+    axes.set_xlim(0.0, 1.0)
+    axes.set_ylim(-0.05 - 0.1 * prevalence, 1.1 * prevalence + 0.01)  # net benefit is at most the prevalence
+    axes.set_ylabel("Net benefit")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right", fontsize=legend_size)
+
+
+def _check_probabilities(s: np.ndarray, bins, where: str) -> None:
+    if s.min() < 0.0 or s.max() > 1.0:
+        raise EvaluationError(f"{where}: scores span {s.min():.3g} to {s.max():.3g}; a reliability "
+                              "diagram needs probabilities in [0, 1] (calibrate the model first)")
+    if isinstance(bins, bool) or int(bins) != bins or bins < 2:
+        raise EvaluationError(f"{where}: bins is {bins!r}; use an integer of at least 2")
+
+
+def _label_matrix(y_true, scores, label_names: Sequence[str], where: str) -> tuple[np.ndarray, np.ndarray, list]:
+    names = [str(c) for c in label_names]
+    Y, S = np.asarray(y_true), np.asarray(scores, dtype=float)
+    if S.ndim != 2 or S.shape[1] != len(names) or Y.shape != S.shape:
+        raise EvaluationError(f"{where}: labels have shape {Y.shape} and scores {S.shape}; both must be "
+                              f"(n_cases, {len(names)}) for labels {names}")
+    if not np.all(np.isfinite(S)):
+        raise EvaluationError(f"{where}: scores contain NaN or infinite values")
+    return Y, S, names
 
 
 def _figure(size=(5.5, 5.0)):

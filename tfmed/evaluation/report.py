@@ -41,6 +41,9 @@ _PLOT_CAPTIONS = {  # {split}: the split the plots are drawn on (test, or val wh
     "roc_per_class": "One-vs-rest ROC curves ({split})",
     "subgroups": "AUC by subgroup ({split}), with intervals",
     "decision": "Decision curve ({split}): net benefit over threshold probabilities",
+    "roc_coarse": "ROC curve of the coarse answer ({split}) with the validation-chosen operating points",
+    "reliability_coarse": "Calibration of the coarse answer (reliability diagram, {split})",
+    "decision_coarse": "Decision curve of the coarse answer ({split}): net benefit over threshold probabilities",
 }
 
 

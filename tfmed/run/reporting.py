@@ -20,8 +20,8 @@ from tfmed.data.near_duplicates import GROUP_COLUMN, twin_note
 from tfmed.data.table import ImageTable
 from tfmed.evaluation.comparison import comparison_sentences
 from tfmed.evaluation.metrics import to_jsonable
-from tfmed.evaluation.plots import (confusion_plot, decision_plot, multi_roc_plot, pr_plot, reliability_plot,
-                                    roc_plot, subgroup_plot)
+from tfmed.evaluation.plots import (confusion_plot, decision_plot, multi_decision_plot, multi_reliability_plot,
+                                   multi_roc_plot, pr_plot, reliability_plot, roc_plot, subgroup_plot)
 from tfmed.evaluation.report import (ReportContext, value_with_interval, write_metrics_json, write_predictions,
                                     write_report)
 from tfmed.evaluation.subgroups import ATTRIBUTE_WORDS
@@ -125,17 +125,43 @@ def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: di
     if metrics["task"] == "multiclass":
         plots["confusion"] = confusion_plot(metrics["splits"][split]["confusion_matrix"], model.classes,
                                             out / f"confusion_{split}.png", title=f"Confusion matrix ({split})")
+    if metrics["task"] == "multilabel" and _probabilities(primary_metrics(metrics, split)["per_label"].values()):
+        method = metrics["threshold_method"]
+        chosen = {label: {method: t} for label, t in primary_metrics(metrics, split)["thresholds"].items()}
+        plots["reliability"] = multi_reliability_plot(y, scores, model.classes, out / f"reliability_{split}.png",
+                                                      title=f"Calibration per label ({split})")
+        plots["decision"] = multi_decision_plot(y, scores, model.classes, out / f"decision_{split}.png", chosen,
+                                                title=f"Decision curves per label ({split})")
     coarse = metrics.get("coarse")
     if coarse and coarse["task"] == "binary" and split in coarse["splits"]:  # fine classes, a binary answer
-        negative, positive = coarse["classes"]
-        ci = coarse["splits"][split][metrics["threshold_method"]].get("ci", {}).get("roc_auc")
-        coarse_scores, _ = model.coarse(scores)
-        coarse_labels = model.class_hierarchy.coarse_labels(y, fine_classes=model.classes)
-        plots["roc_coarse"] = roc_plot(coarse_labels, coarse_scores, out / f"roc_coarse_{split}.png",
-                                       {k: v for k, v in model.coarse_thresholds.items() if k != "fixed"},
-                                       title=f"ROC, {positive} against {negative} ({split})",
-                                       auc_ci=ci if ci and None not in ci else None)
+        plots.update(_coarse_curves(out, model, y, scores, metrics, split))
     return plots
+
+
+def _coarse_curves(out: Path, model, y: np.ndarray, scores: np.ndarray, metrics: dict, split: str) -> dict:
+    """A binary answer from fine classes: its ROC at the coarse operating points, and for probabilities its
+    calibration and decision curve."""
+    negative, positive = metrics["coarse"]["classes"]
+    chosen = metrics["coarse"]["splits"][split][metrics["threshold_method"]]
+    ci = chosen.get("ci", {}).get("roc_auc")
+    coarse_scores, _ = model.coarse(scores)
+    coarse_labels = model.class_hierarchy.coarse_labels(y, fine_classes=model.classes)
+    points = {k: v for k, v in model.coarse_thresholds.items() if k != "fixed"}
+    answer = f"{positive} against {negative}"
+    plots = {"roc_coarse": roc_plot(coarse_labels, coarse_scores, out / f"roc_coarse_{split}.png", points,
+                                    title=f"ROC, {answer} ({split})", auc_ci=ci if ci and None not in ci else None)}
+    if _probabilities([chosen]):
+        plots["reliability_coarse"] = reliability_plot(coarse_labels, coarse_scores,
+                                                       out / f"reliability_coarse_{split}.png",
+                                                       title=f"Calibration, {answer} ({split})")
+        plots["decision_coarse"] = decision_plot(coarse_labels, coarse_scores, out / f"decision_coarse_{split}.png",
+                                                 points, title=f"Decision curve, {answer} ({split})")
+    return plots
+
+
+def _probabilities(binary_entries) -> bool:
+    """Whether the scores behind these binary metrics are probabilities (their decision figures exist)."""
+    return any(entry.get("beneficial_thresholds") is not None for entry in binary_entries)
 
 
 def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str, ImageTable],
