@@ -10,8 +10,9 @@ from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 
 from tfmed.evaluation import (EvaluationError, ReportContext, binary_metrics, confusion_plot, evaluate,
-                              multi_decision_plot, multi_reliability_plot, multi_roc_plot, operating_point_metrics, pr_plot, reliability_plot, roc_plot,
-                              training_curves, write_metrics_json, write_predictions, write_report)
+                              multi_decision_plot, multi_reliability_plot, multi_roc_plot, operating_point_metrics,
+                              pr_plot, reliability_plot, roc_plot, training_curves, write_metrics_json,
+                              write_predictions, write_report)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

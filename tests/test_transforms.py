@@ -14,8 +14,8 @@ from tfmed.data.preprocessing import StatisticsError, build_augment, build_prepr
 from tfmed.data.statistics import fit_statistics, load_statistics, save_statistics
 from tfmed.data.transforms import (
     CLAHE, HISTOGRAM_PERCENTILES, Compose, CTWindow, HistogramStandardize, MinMax, MinMaxRange, RandomApply,
-    RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize, Standardize, SubtractMeanImage,
-    ToChannels, TransformError, image_landmarks, rotate, window_hu)
+    RandomBrightness, RandomContrast, RandomCrop, RandomFlip, RandomRot90, RandomRotation, Resize, Standardize,
+    SubtractMeanImage, ToChannels, TransformError, image_landmarks, rotate, window_hu)
 
 
 def t(array):

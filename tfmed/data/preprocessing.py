@@ -17,8 +17,9 @@ from __future__ import annotations
 from tfmed.config import AugmentConfig, PreprocessConfig
 from tfmed.data.transforms import (CLAHE, Compose, CTWindow, HistogramStandardize, MinMax, MinMaxRange,
                                    RandomApply, RandomBlur, RandomBrightness, RandomContrast, RandomCrop,
-                                   RandomFlip, RandomGamma, RandomNoise, RandomRot90, RandomRotation, Resize, Standardize,
-                                   SubtractMeanImage, ToChannels, ToImagenetPixels, Transform, TransformError)
+                                   RandomFlip, RandomGamma, RandomNoise, RandomRot90, RandomRotation, Resize,
+                                   Standardize, SubtractMeanImage, ToChannels, ToImagenetPixels, Transform,
+                                   TransformError)
 from tfmed.errors import TfmedError
 
 

@@ -125,9 +125,10 @@ def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: di
     if metrics["task"] == "multiclass":
         plots["confusion"] = confusion_plot(metrics["splits"][split]["confusion_matrix"], model.classes,
                                             out / f"confusion_{split}.png", title=f"Confusion matrix ({split})")
-    if metrics["task"] == "multilabel" and _probabilities(primary_metrics(metrics, split)["per_label"].values()):
+    labelled = primary_metrics(metrics, split) if metrics["task"] == "multilabel" else None
+    if labelled and _probabilities(labelled["per_label"].values()):
         method = metrics["threshold_method"]
-        chosen = {label: {method: t} for label, t in primary_metrics(metrics, split)["thresholds"].items()}
+        chosen = {label: {method: t} for label, t in labelled["thresholds"].items()}
         plots["reliability"] = multi_reliability_plot(y, scores, model.classes, out / f"reliability_{split}.png",
                                                       title=f"Calibration per label ({split})")
         plots["decision"] = multi_decision_plot(y, scores, model.classes, out / f"decision_{split}.png", chosen,

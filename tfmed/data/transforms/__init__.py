@@ -30,8 +30,9 @@ from tfmed.data.transforms.intensity import (CLAHE, HISTOGRAM_PERCENTILES, IMAGE
 from tfmed.data.transforms.spatial import (CentralZoom, Flip, RandomCrop, RandomFlip, RandomRot90,
                                            RandomRotation, Resize, Rot90, Rotate, Shift, rotate)
 
-__all__ = ["CLAHE", "HISTOGRAM_PERCENTILES", "HistogramStandardize", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_MAX", "CTWindow", "CentralZoom", "Compose", "Flip",
-           "Gamma", "MinMax", "MinMaxRange", "RandomApply", "RandomBlur", "RandomBrightness", "RandomContrast", "RandomCrop",
-           "RandomFlip", "RandomGamma", "RandomNoise", "RandomRot90", "RandomRotation", "Resize", "Rot90", "Rotate", "Shift", "Standardize",
-           "SubtractMeanImage", "ToChannels", "ToImagenetPixels", "Transform", "TransformError", "image_landmarks",
-           "rotate", "window_hu"]
+__all__ = ["CLAHE", "HISTOGRAM_PERCENTILES", "HistogramStandardize", "IMAGENET_MEAN", "IMAGENET_STD",
+           "PIXEL_MAX", "CTWindow", "CentralZoom", "Compose", "Flip", "Gamma", "MinMax", "MinMaxRange",
+           "RandomApply", "RandomBlur", "RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip",
+           "RandomGamma", "RandomNoise", "RandomRot90", "RandomRotation", "Resize", "Rot90", "Rotate", "Shift",
+           "Standardize", "SubtractMeanImage", "ToChannels", "ToImagenetPixels", "Transform", "TransformError",
+           "image_landmarks", "rotate", "window_hu"]

@@ -1,4 +1,5 @@
-"""Intensity transforms: min-max, histogram standardisation, train-statistics normalisers, CT windows, brightness, contrast, CLAHE, gamma.
+"""Intensity transforms: min-max, histogram standardisation, train-statistics normalisers, CT windows,
+brightness, contrast, CLAHE, gamma.
 
 Example:
     >>> import numpy as np
