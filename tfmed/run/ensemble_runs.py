@@ -38,8 +38,7 @@ from tfmed.modes import Ensemble
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
-from tfmed.run.experiment import (by_subgroup, choose_coarse_thresholds, coarse_metrics, count_entries,
-                                  evaluate_split, recalibrate, subgroup_metrics)
+from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import environment_info, output_run_dir, resolve_run_dir, run_split_tables
 
@@ -117,24 +116,14 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         {"runs": [str(r) for r in runs], "members": names, "combine": combine, "recalibration": recalibration},
         indent=2))
     model.save(out / "model")
-    metrics = {"task": model.task, "classes": model.classes, "mode": model.mode, "backbone": model.backbone,
-               "thresholds": model.thresholds, "threshold_method": model.threshold_method,
-               **count_entries(tables),
-               "tta_views": first.tta.view_count(), "member_runs": [str(r) for r in runs], "splits": {},
-               "members": {},
+    metrics = {**scored_metrics(model, tables, scores, config.evaluation), **count_entries(tables),
+               "tta_views": first.tta.view_count(), "member_runs": [str(r) for r in runs],
+               "members": {split: compare_to_members(model.task, table.labels(), scores[split], member_scores[split])
+                           for split, table in tables.items()},
                # the runs share one split, so their near-identical images are the first run's
                "near_duplicates": load_metrics(runs[0]).get("near_duplicates")}
     if summary is not None:
         metrics["recalibration"] = summary
-    for split, table in tables.items():
-        metrics["splits"][split] = evaluate_split(model, table, scores[split], config.evaluation)
-        metrics["members"][split] = compare_to_members(model.task, table.labels(), scores[split],
-                                                       member_scores[split])
-    groups = {split: subgroup_metrics(model, table, scores[split], config.evaluation) for split, table in tables.items()}
-    if any(groups.values()):
-        metrics["subgroups"] = by_subgroup(groups)
-    if model.hierarchy:
-        metrics["coarse"] = coarse_metrics(model, tables, scores, config.evaluation)
     from tfmed.run.reporting import write_run_outputs
 
     write_run_outputs(out, config, model, tables, scores, metrics, member_scores)

@@ -22,8 +22,7 @@ from tfmed.evaluation.froc import froc
 from tfmed.evaluation.metrics import to_jsonable
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
-from tfmed.run.experiment import (by_subgroup, check_subgroups, coarse_metrics, count_entries, evaluate_split,
-                                  merge_tables, subgroup_metrics)
+from tfmed.run.experiment import check_subgroups, count_entries, merge_tables, scored_metrics
 from tfmed.run.reporting import coarse_sentences, member_sentences, subgroup_sentences, write_outputs
 from tfmed.run.rundir import RunDirectoryError, new_run_dir, resolve_run_dir, run_split_tables
 
@@ -75,11 +74,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     copies, copy_rows = _copies_of_run_images(run_dir, config, table)
     log(f"scoring {len(table)} images from {source}")
     scores, members = model.predict_with_members(table)
-    metrics = {"task": model.task, "classes": model.classes, "mode": model.mode,
-               "backbone": model.backbone, "thresholds": model.thresholds,
-               "threshold_method": model.threshold_method, "source": source,
-               **count_entries({"test": table}),
-               "splits": {"test": evaluate_split(model, table, scores, config.evaluation)}}
+    metrics = {**scored_metrics(model, {"test": table}, {"test": scores}, config.evaluation), "source": source,
+               **count_entries({"test": table})}
     notes = [f"Model from {run_dir}; thresholds were chosen on that run's validation split "
              "and are applied unchanged here."]
     if model.recalibration is not None:
@@ -92,11 +88,6 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                      "run's train or val split (copies_of_run_images.csv): the figures here are not fully held out.")
     if members is not None:  # an ensemble: each member beside the combination, as in the run
         metrics["members"] = {"test": compare_to_members(model.task, table.labels(), scores, members)}
-    groups = subgroup_metrics(model, table, scores, config.evaluation)
-    if groups:
-        metrics["subgroups"] = by_subgroup({"test": groups})
-    if model.hierarchy:  # the coarse classes at the coarse thresholds the run chose
-        metrics["coarse"] = coarse_metrics(model, {"test": table}, {"test": scores}, config.evaluation)
     if data is not None and parsed.source == "luna16":
         froc_metrics, sentence = luna16_froc(parsed, table, scores)
         notes.append(sentence)

@@ -221,6 +221,29 @@ def by_subgroup(split_figures: dict[str, dict]) -> dict:
     return out
 
 
+def scored_metrics(model: TrainedModel, parts: dict[str, ImageTable], scores: dict[str, np.ndarray],
+                   evaluation: EvaluationConfig) -> dict:
+    """``metrics.json``'s figures for a model's scores of some splits: the model's facts and thresholds, each
+    split at every stored operating point, and (when there are any) its subgroups and coarse classes.
+
+    Example:
+        >>> metrics = scored_metrics(model, {"test": table}, {"test": scores}, config.evaluation)  # doctest: +SKIP
+        >>> sorted(metrics["splits"])  # doctest: +SKIP
+        ['test']
+    """
+    metrics = {"task": model.task, "classes": model.classes, "mode": model.mode, "backbone": model.backbone,
+               "thresholds": model.thresholds, "threshold_method": model.threshold_method,
+               "splits": {name: evaluate_split(model, parts[name], split_scores, evaluation)
+                          for name, split_scores in scores.items()}}
+    groups = {name: subgroup_metrics(model, parts[name], split_scores, evaluation)
+              for name, split_scores in scores.items()}
+    if any(groups.values()):
+        metrics["subgroups"] = by_subgroup(groups)
+    if model.hierarchy:
+        metrics["coarse"] = coarse_metrics(model, parts, scores, evaluation)
+    return metrics
+
+
 def check_subgroups(subgroups: list[str], table: ImageTable, where: str) -> None:
     """Refuse a subgroup attribute (other than site, which many data sets lack) that no image records.
 

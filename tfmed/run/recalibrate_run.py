@@ -32,8 +32,8 @@ from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import evaluation_data, fit_model_labels, read_labelled_data
-from tfmed.run.experiment import (by_subgroup, check_subgroups, choose_coarse_thresholds, coarse_metrics,
-                                  count_entries, evaluate_split, recalibrate, subgroup_metrics)
+from tfmed.run.experiment import (check_subgroups, choose_coarse_thresholds, count_entries, recalibrate,
+                                  scored_metrics)
 from tfmed.run.manifest import finish_run
 from tfmed.run.reporting import coarse_sentences, recalibration_sentences, subgroup_sentences, write_outputs
 from tfmed.run.rundir import environment_info, output_run_dir, resolve_run_dir
@@ -106,15 +106,9 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     splits = table.frame.drop(columns=["array_index"], errors="ignore").assign(split="val")
     splits.to_csv(out / "splits.csv", index=False)
     model.save(out / "model")
-    metrics = {"task": model.task, "classes": model.classes, "mode": model.mode, "backbone": model.backbone,
-               "thresholds": model.thresholds, "threshold_method": model.threshold_method, "source": source,
+    metrics = {**scored_metrics(model, {"val": table}, {"val": scores}, config.evaluation), "source": source,
                "recalibrated_from": str(run), **count_entries({"val": table}), "tta_views": model.tta.view_count(),
-               "recalibration": summary, "splits": {"val": evaluate_split(model, table, scores, config.evaluation)}}
-    groups = subgroup_metrics(model, table, scores, config.evaluation)
-    if groups:
-        metrics["subgroups"] = by_subgroup({"val": groups})
-    if model.hierarchy:
-        metrics["coarse"] = coarse_metrics(model, {"val": table}, {"val": scores}, config.evaluation)
+               "recalibration": summary}
     notes = [f"The model of {run}, recalibrated on these images ({source}) and its thresholds chosen on them: "
              "every figure here is in-sample. Measure it with tfmed evaluate --data on other images of the same "
              "hospital."]
