@@ -3,6 +3,7 @@ masks run-length encoded down the columns (relative starts in train-rle.csv, abs
 a box around each masked region for measuring explanations."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -148,3 +149,27 @@ def test_a_siim_run_measures_its_explanations_against_the_masked_regions(tmp_pat
     assert boxed["box_fraction"].tolist() == pytest.approx([1 / 16] * len(boxed))
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["subgroups"]["sex"]["test"]["groups"]) == {"female", "male"}  # from the DICOM headers
+
+
+@pytest.mark.slow
+def test_the_siim_experiment_fine_tunes_on_the_release_and_leaves_out_its_missing_images(tmp_path):
+    rng = np.random.default_rng(2)
+    masks = {i: [rectangle(*(int(v) for v in rng.integers(10, 80, 2)), 32, 32)] if i % 3 == 0 else []
+             for i in range(30)}
+    csv = write_siim(tmp_path / "siim", masks)
+    missing = UID.format(9999, 9)
+    csv.write_text(csv.read_text() + f"{missing}, -1\n")  # listed, but not in the release
+    config = ExperimentConfig.from_yaml(Path(__file__).parent.parent / "experiments" / "siim_pneumothorax.yaml")
+    config.data.path = str(csv)
+    config.runs_dir, config.preprocess.image_size, config.model.weights = str(tmp_path / "runs"), 32, None
+    run = run_experiment(config)
+    splits = pd.read_csv(run / "splits.csv")
+    assert len(splits) == 30 and set(splits["split"]) == {"train", "val", "test"}
+    excluded = pd.read_csv(run / "excluded_rows.csv")
+    assert excluded["row"].tolist() == [32] and "file not found" in excluded.to_string()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["mode"] == "finetune" and metrics["classes"] == ["no_pneumothorax", "pneumothorax"]
+    assert set(metrics["subgroups"]) == {"sex", "age"}  # from the DICOM headers
+    explained = pd.read_csv(run / "explanations" / "explanations.csv")
+    boxed = explained[explained["label"] == "pneumothorax"]
+    assert len(boxed) >= 1 and boxed["box_fraction"].notna().all()  # measured against the masks' boxes
