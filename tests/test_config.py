@@ -15,6 +15,19 @@ def test_every_shipped_experiment_loads(path):
     assert config.name == path.stem
 
 
+@pytest.mark.parametrize("path", [p for p in EXPERIMENTS if "missing_message" in p.read_text()], ids=lambda p: p.stem)
+def test_an_experiment_without_its_data_says_where_to_get_it(path, tmp_path):
+    from tfmed.data.sources import DataSourceError, load_source
+
+    config = ExperimentConfig.from_yaml(path)
+    with pytest.raises(DataSourceError) as caught:
+        load_source(config.data, base_dir=tmp_path)  # an empty folder: the data are not there
+    text = " ".join(str(caught.value).split())
+    first = config.data.parts[0] if config.data.source == "merged" else config.data  # a merged table's first part
+    assert "not found" in text and " ".join(first.missing_message.split()) in text
+    assert f"make experiment NAME={path.stem}" in text
+
+
 def test_round_trip_through_yaml(tmp_path):
     config = ExperimentConfig.from_yaml(EXPERIMENTS[0])
     config.to_yaml(tmp_path / "snapshot.yaml")
