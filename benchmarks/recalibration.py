@@ -19,7 +19,8 @@ shipped and imitates another hospital: the validation images altered as
 another scanner might alter them (``heldout.py``'s gamma, blur and contrast
 changes) with half of the positive cases left out (another prevalence). Each
 half of those images in turn is given to ``tfmed recalibrate`` (``intercept``
-and ``logistic``) and the other half measured with ``tfmed evaluate``,
+and ``logistic``, and ``intercept`` with ``--keep-thresholds``) and the other
+half measured with ``tfmed evaluate``,
 against the shipped model measured on
 the same half: log loss, Brier score, calibration intercept and slope, and
 sensitivity, specificity and accuracy at the Youden threshold (chosen at home,
@@ -145,14 +146,16 @@ def another_hospital(run: Path, config: ExperimentConfig, scratch: Path) -> pd.D
     """The shipped model against ``tfmed recalibrate`` on each imitated hospital, measured on the half not fitted."""
     rows = []
     for shift in HOSPITAL_SHIFTS:
-        figures = {"as shipped": [], **{f"recalibrate --method {m}": [] for m in HOSPITAL_METHODS}}
+        updates = {f"recalibrate --method {m}": {"method": m} for m in HOSPITAL_METHODS}
+        updates["recalibrate --keep-thresholds"] = {"method": "intercept", "keep_thresholds": True}
+        figures = {"as shipped": [], **{name: [] for name in updates}}
         for k, (fit, measure) in enumerate(hospital_halves(config, shift, scratch / "hospital")):
             home = evaluate_run(run, data=measure, output=scratch / f"home_{shift}_{k}")
             figures["as shipped"].append(measured(home))
-            for method in HOSPITAL_METHODS:
-                site = recalibrate_run(run, fit, scratch / f"site_{method}_{shift}_{k}", method)
-                figures[f"recalibrate --method {method}"].append(
-                    measured(evaluate_run(site, data=measure, output=scratch / f"there_{method}_{shift}_{k}")))
+            for n, (name, options) in enumerate(updates.items()):
+                site = recalibrate_run(run, fit, scratch / f"site_{n}_{shift}_{k}", **options)
+                there = evaluate_run(site, data=measure, output=scratch / f"there_{n}_{shift}_{k}")
+                figures[name].append(measured(there))
         for n, (model, values) in enumerate(figures.items()):
             rows.append({"hospital": f"{shift}, half the positives" if n == 0 else "", "model": model,
                          **mean_figures(values)})

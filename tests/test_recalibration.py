@@ -13,7 +13,8 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.data.table import ImageTable
 from tfmed.evaluation.decision import calibration_line
-from tfmed.evaluation.recalibration import Recalibration, RecalibrationError, check_method, probability_scores
+from tfmed.evaluation.recalibration import (Recalibration, RecalibrationError, carried_thresholds, check_method,
+                                           probability_scores)
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.progress import configure_logging
 from tfmed.run.artifact import TrainedModel
@@ -101,6 +102,46 @@ def test_multilabel_logistic_fits_each_label_on_its_known_entries_only():
     assert fitted.slope[0] == pytest.approx(2.0, abs=0.2)
     after = fitted.apply(np.stack([p0, p1], 1))
     assert after.shape == (6000, 2) and np.allclose(after[:, 1], alone.apply(p1))
+
+
+@pytest.mark.parametrize("recalibration", [
+    Recalibration("logistic", "binary", slope=[2.25], intercept=[-0.6]),
+    Recalibration("intercept", "binary", slope=[1.0], intercept=[0.8]),
+    Recalibration("temperature", "binary", temperature=0.4),
+    Recalibration("logistic", "multilabel", slope=[0.5, 3.0], intercept=[0.2, -1.0]),
+    Recalibration("temperature", "multilabel", temperature=2.5),
+])
+def test_invert_gives_back_the_scores_a_recalibration_was_applied_to(recalibration):
+    scores = np.random.default_rng(0).uniform(0.05, 0.95, (50,) if recalibration.task == "binary" else (50, 2))
+    assert np.allclose(recalibration.invert(recalibration.apply(scores)), scores, atol=1e-9)
+    assert not np.allclose(recalibration.apply(scores), scores, atol=1e-3)
+
+
+def test_a_multiclass_recalibration_is_not_inverted():
+    with pytest.raises(RecalibrationError, match="depends on every class's score"):
+        Recalibration("temperature", "multiclass", temperature=2.0).invert(np.full((2, 3), 1 / 3))
+
+
+@pytest.mark.parametrize("task, before, after", [
+    ("binary", None, Recalibration("intercept", "binary", slope=[1.0], intercept=[1.3])),
+    ("binary", Recalibration("logistic", "binary", slope=[2.25], intercept=[-0.6]),
+     Recalibration("temperature", "binary", temperature=0.5)),
+    ("multilabel", Recalibration("logistic", "multilabel", slope=[2.0, 0.7], intercept=[0.1, -0.4]),
+     Recalibration("logistic", "multilabel", slope=[1.5, 0.6], intercept=[-0.9, 0.3])),
+])
+def test_carried_thresholds_decide_every_image_as_before_on_the_new_probabilities(task, before, after):
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(0.001, 0.999, (400,) if task == "binary" else (400, 2))
+    old = scores if before is None else before.apply(scores)
+    thresholds = select_thresholds(task, (rng.uniform(size=old.shape) < old).astype(int), old)
+    carried = carried_thresholds(thresholds, before, after)
+    new = after.apply(scores)
+    for point in ("youden", "high_sensitivity", "high_specificity"):
+        assert np.array_equal(old >= np.asarray(thresholds[point]), new >= np.asarray(carried[point])), point
+        assert not np.allclose(carried[point], thresholds[point], atol=1e-3)  # the numbers moved with the scores
+    assert carried["fixed"] == thresholds["fixed"]  # 0.5 is a probability, not a decision carried over
+    edge = 1.0 if task == "binary" else [1.0, 1.0]
+    assert carried_thresholds({"youden": edge}, before, after) == {"youden": edge}  # nothing called positive stays so
 
 
 def test_a_fit_round_trips_through_json():
@@ -337,7 +378,7 @@ def test_tfmed_recalibrate_fits_another_hospitals_images_into_a_new_run(runs, ho
     config = ExperimentConfig.from_yaml(out / "config.yaml")
     assert config.evaluation.recalibration == "logistic" and config.data.source == "medmnist"
     assert json.loads((out / "recalibrated_from.json").read_text()) == {
-        "run": str(runs["raw"]), "data": hospital["fit"], "method": "logistic"}
+        "run": str(runs["raw"]), "data": hospital["fit"], "method": "logistic", "thresholds": "chosen"}
     assert "every figure here is in-sample" in (out / "report.html").read_text()
     # measured on the hospital's other images: the same ranking (AUC), the recalibrated probabilities
     raw_test = evaluate_run(runs["raw"], data=hospital["measure"], output=tmp_path / "raw_test")
@@ -363,6 +404,45 @@ def test_tfmed_recalibrate_by_default_shifts_the_runs_own_recalibration_to_the_h
     saved = TrainedModel.load(out).recalibration  # the run's line with the hospital's shift: one line
     assert saved.slope == pytest.approx(own.slope) and saved.intercept[0] == pytest.approx(own.intercept[0] + shift)
     assert ExperimentConfig.from_yaml(out / "config.yaml").evaluation.recalibration == "intercept"
+
+
+@pytest.mark.slow
+def test_tfmed_recalibrate_can_keep_the_runs_decisions_and_change_only_its_probabilities(runs, hospital, tmp_path,
+                                                                                          capsys):
+    out = tmp_path / "kept"
+    assert main(["recalibrate", "--model", str(runs["recalibrated"]), "--data", hospital["fit"],
+                 "--keep-thresholds", "--output", str(out)]) == 0
+    assert "its thresholds carried over from that run" in (out / "report.html").read_text()
+    assert json.loads((out / "recalibrated_from.json").read_text())["thresholds"] == "kept"
+    home = evaluate_run(runs["recalibrated"], data=hospital["measure"], output=tmp_path / "home")
+    kept = evaluate_run(out, data=hospital["measure"], output=tmp_path / "kept_measure")
+    assert not np.allclose(_scores(kept)["score"], _scores(home)["score"], atol=1e-3)  # new probabilities
+    assert _scores(kept)["decision"].tolist() == _scores(home)["decision"].tolist()  # the same decisions
+    home_figures, kept_figures = (load_metrics(d)["splits"]["test"] for d in (home, kept))
+    for point in ("youden", "high_sensitivity", "high_specificity"):
+        assert kept_figures[point]["sensitivity"] == home_figures[point]["sensitivity"]
+        assert kept_figures[point]["specificity"] == home_figures[point]["specificity"]
+    assert load_metrics(out)["thresholds"]["fixed"] == 0.5
+    # without the option the thresholds are chosen on the hospital's images instead
+    chosen = tmp_path / "chosen"
+    assert main(["recalibrate", "--model", str(runs["recalibrated"]), "--data", hospital["fit"],
+                 "--output", str(chosen)]) == 0
+    fitted = _scores(chosen)
+    assert load_metrics(chosen)["thresholds"] == pytest.approx(select_thresholds(
+        "binary", fitted["label"].to_numpy(), fitted["score"].to_numpy()))
+    assert load_metrics(chosen)["thresholds"]["youden"] != pytest.approx(load_metrics(out)["thresholds"]["youden"])
+
+
+@pytest.mark.slow
+def test_keeping_thresholds_is_refused_for_a_multiclass_model(tmp_path):
+    from test_coarse_classes import coarse_experiment
+
+    run = run_experiment(coarse_experiment(tmp_path, hierarchy=None))
+    with pytest.raises(RecalibrateRunError, match="--keep-thresholds: a multiclass model decides by its most "
+                                                  "probable class"):
+        recalibrate_run(run, "medmnist:not_read.npz#val", tmp_path / "out", "temperature",  # refused first
+                        keep_thresholds=True)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

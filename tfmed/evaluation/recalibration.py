@@ -50,6 +50,7 @@ from tfmed.evaluation.decision import calibration_line
 METHODS = typing.get_args(RecalibrationMethod)  # none, logistic, intercept, temperature
 LINES = ("logistic", "intercept")  # the methods that fit a line on the logit (binary and multilabel)
 _EDGE = 1e-6  # scores are kept this far from 0 and 1 before their logit is taken
+_TIE = 1e-9  # carried thresholds are lowered this much (see carried_thresholds)
 _LOG_T = 5.0  # the temperature is searched in exp(-5)..exp(5); an optimum at an end means no finite fit
 
 
@@ -126,6 +127,24 @@ class Recalibration:
             return softmax(_log_probabilities(scores) / self.temperature, axis=1)
         return expit(logit(np.clip(scores, _EDGE, 1 - _EDGE)) / self.temperature)
 
+    def invert(self, probabilities) -> np.ndarray:
+        """The scores that this recalibration turns into ``probabilities`` (binary, multilabel: same shape;
+        between the clipping edges, where :meth:`apply` is strictly increasing).
+
+        Example:
+            >>> line = Recalibration("logistic", "binary", slope=[2.0], intercept=[-1.0])
+            >>> line.invert(line.apply(np.array([0.3, 0.8]))).round(6).tolist()
+            [0.3, 0.8]
+        """
+        if self.task == "multiclass":
+            raise RecalibrationError("a multiclass recalibration is not inverted: a class's probability depends on "
+                                     "every class's score")
+        probabilities = np.asarray(probabilities, dtype=float)
+        z = logit(np.clip(_columns(probabilities), _EDGE, 1 - _EDGE))
+        if self.method in LINES:
+            return expit((z - np.asarray(self.intercept)) / np.asarray(self.slope)).reshape(probabilities.shape)
+        return expit(z * self.temperature).reshape(probabilities.shape)
+
     def describe(self) -> str:
         """The fit in a few words, for logs and reports.
 
@@ -156,6 +175,30 @@ class Recalibration:
             return None
         return cls(data["method"], data["task"], slope=data.get("slope"), intercept=data.get("intercept"),
                    temperature=data.get("temperature"))
+
+
+def carried_thresholds(thresholds: dict, before: "Recalibration | None", after: Recalibration) -> dict:
+    """Thresholds on ``after``'s probabilities that decide every image as ``thresholds`` did on ``before``'s,
+    both being recalibrations of the same model scores (``before`` None: the scores themselves). Binary:
+    one number per operating point; multilabel: a list per point, one per label. ``fixed`` stays 0.5: it is
+    a probability, not a decision carried over. A threshold at or beyond 0 or 1 is kept.
+
+    Example:
+        >>> shift = Recalibration("intercept", "binary", slope=[1.0], intercept=[1.0])
+        >>> carried = carried_thresholds({"youden": 0.5, "fixed": 0.5}, None, shift)
+        >>> round(carried["youden"], 3), carried["fixed"]
+        (0.731, 0.5)
+    """
+    def carry(value):
+        value = np.asarray(value, dtype=float)
+        scores = value if before is None else before.invert(value.reshape(1, -1)).reshape(value.shape)
+        # a threshold is usually some image's own score; lowered by a hair, that image stays at or above it
+        # whatever the rounding of the round trip
+        moved = after.apply(scores.reshape(1, -1)).reshape(value.shape) - _TIE
+        inside = np.isfinite(value) & (value > 0) & (value < 1)
+        return np.where(inside, moved, value).tolist()
+
+    return {name: value if name == "fixed" else carry(value) for name, value in thresholds.items()}
 
 
 def check_method(method: str, task: str) -> None:

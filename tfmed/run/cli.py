@@ -4,7 +4,7 @@
     tfmed evaluate --model runs/pneumonia_mnist/TIMESTAMP [--data medmnist:PATH.npz#test]
     tfmed predict --model runs/pneumonia_mnist/TIMESTAMP image.png scans/ [--output out.csv]
     tfmed ensemble runs/pneumonia_mnist_svm/A runs/pneumonia_mnist_finetune/B --output runs/combined
-    tfmed recalibrate --model runs/pneumonia_mnist/TIMESTAMP --data manifest:site_b_tuning.csv [--output DIR]
+    tfmed recalibrate --model runs/pneumonia_mnist/TIMESTAMP --data manifest:site_b_tuning.csv [--keep-thresholds]
     tfmed compare runs/pneumonia_mnist/A runs/pneumonia_mnist_finetune/B [--output comparison.csv]
     tfmed explain --model runs/pneumonia_mnist/TIMESTAMP [images ...] [--method gradcam] [--output DIR]
     tfmed export-run runs/pneumonia_mnist/TIMESTAMP share/pmnist --anonymise
@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     recalibrate.add_argument("--method", default="intercept", choices=RECALIBRATIONS[1:],
                              help="intercept (binary, multilabel: one shift on top of the run's own recalibration; "
                                   "default), logistic (binary, multilabel) or temperature (any task)")
+    recalibrate.add_argument("--keep-thresholds", action="store_true",
+                             help="carry the run's thresholds over to the new probabilities, so that each operating "
+                                  "point decides every image as the run did (binary, multilabel), instead of "
+                                  "choosing them on --data")
     recalibrate.add_argument("--output", default=None,
                              help="new run directory (default: runs/NAME_recalibrated/TIMESTAMP)")
     _add_trust_options(recalibrate)
@@ -229,8 +233,8 @@ def _cmd_recalibrate(args) -> int:
     from tfmed.run.recalibrate_run import recalibrate_run
     from tfmed.run.reporting import summary_text
 
-    out = recalibrate_run(args.model, args.data, args.output, args.method, verify=args.verify,
-                          trust_pickles=args.trust_pickles)
+    out = recalibrate_run(args.model, args.data, args.output, args.method, keep_thresholds=args.keep_thresholds,
+                          verify=args.verify, trust_pickles=args.trust_pickles)
     print(summary_text(load_metrics(out)), flush=True)
     print(f"wrote {out}")
     return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tfmed.config import ExperimentConfig
 from tfmed.errors import TfmedError
-from tfmed.evaluation.recalibration import RecalibrationError, check_method
+from tfmed.evaluation.recalibration import RecalibrationError, carried_thresholds, check_method
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
@@ -46,9 +46,10 @@ class RecalibrateRunError(TfmedError):
 
 
 def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = None, method: str = "intercept", *,
-                    verify: bool = True, trust_pickles: bool = False) -> Path:
+                    keep_thresholds: bool = False, verify: bool = True, trust_pickles: bool = False) -> Path:
     """Recalibrate the model of ``run_dir`` on the labelled images ``data`` names and choose its thresholds
-    there; return the new run directory (``output``, or ``runs/NAME_recalibrated/TIMESTAMP``).
+    there (or keep the run's decisions); return the new run directory (``output``, or
+    ``runs/NAME_recalibrated/TIMESTAMP``).
 
     Args:
         run_dir: a finished run (checked against its manifest first, see :meth:`TrainedModel.load`).
@@ -59,6 +60,9 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
             per label fitted on top, so that as many cases are predicted as occur: the fewest numbers to fit,
             the safe choice for a small sample), "logistic" (binary, multilabel: slope and intercept) or
             "temperature" (any task); the last two replace the run's own recalibration.
+        keep_thresholds: instead of choosing thresholds on ``data``, carry the run's over to the new
+            probabilities, so that every operating point decides each image as the run did (binary,
+            multilabel; ``fixed`` stays 0.5): only the probabilities change.
 
     Raises:
         RecalibrateRunError: the images cannot support the fit (one class only, scores that separate the
@@ -70,13 +74,17 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
         check_method(method, model.task)
     except RecalibrationError as error:
         raise RecalibrateRunError(f"--method: {error}") from None
+    if keep_thresholds and model.task == "multiclass":
+        raise RecalibrateRunError("--keep-thresholds: a multiclass model decides by its most probable class, which a "
+                                  "temperature never changes, so it has no thresholds to keep; leave the option out")
     config = ExperimentConfig.from_yaml(run / "config.yaml")
     parsed = evaluation_data(data)
     table, source = read_labelled_data(data, parsed, model, config)
     table = fit_model_labels(table, model, data)
     check_subgroups(config.evaluation.subgroups, table, f"{data}: evaluation.subgroups (of the run's config.yaml)")
-    if method != "intercept" and model.recalibration is not None:
-        log(f"the run's own recalibration ({model.recalibration.describe()}) is replaced by one fitted on {data}")
+    home = model.recalibration  # the run's thresholds were chosen on these probabilities
+    if method != "intercept" and home is not None:
+        log(f"the run's own recalibration ({home.describe()}) is replaced by one fitted on {data}")
         model.recalibration = None  # the fit starts from the model's own scores
     previous = model.recalibration  # an intercept is fitted on top of the run's own recalibration
     log(f"scoring {len(table)} images from {source}")
@@ -88,30 +96,39 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     scores = after["val"]
     model.recalibration = model.recalibration.after(previous)
     summary["fit"] = model.recalibration.to_json()
-    model.thresholds = select_thresholds(model.task, table.labels(), scores, config.evaluation.target_sensitivity,
-                                         config.evaluation.target_specificity)
-    if model.hierarchy:
-        choose_coarse_thresholds(model, table.labels(), scores, config.evaluation)
+    if keep_thresholds:
+        model.thresholds = carried_thresholds(model.thresholds, home, model.recalibration)
+        where = "its thresholds carried over from that run (each image decided as the run decided it)"
+    else:
+        model.thresholds = select_thresholds(model.task, table.labels(), scores,
+                                             config.evaluation.target_sensitivity,
+                                             config.evaluation.target_specificity)
+        if model.hierarchy:
+            choose_coarse_thresholds(model, table.labels(), scores, config.evaluation)
+        where = "its thresholds chosen on them"
 
     out = output_run_dir(output, f"{config.name}_recalibrated")
     log(f"writing the recalibrated model to {out}")
     new_config = dataclasses.replace(
         config, name=f"{config.name}_recalibrated", data=parsed,
         evaluation=dataclasses.replace(config.evaluation, recalibration=method),
-        description=(f"The model of {run} ({config.name}), recalibrated ({method}) on {source}, with its thresholds "
-                     f"chosen there; the network is that run's. {config.description or ''}").strip())
+        description=(f"The model of {run} ({config.name}), recalibrated ({method}) on {source}, {where}; the "
+                     f"network is that run's. {config.description or ''}").strip())
     new_config.to_yaml(out / "config.yaml")
     (out / "environment.json").write_text(json.dumps(environment_info(new_config), indent=2))
-    (out / PROVENANCE_FILE).write_text(json.dumps({"run": str(run), "data": data, "method": method}, indent=2))
+    provenance = {"run": str(run), "data": data, "method": method,
+                  "thresholds": "kept" if keep_thresholds else "chosen"}
+    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     splits = table.frame.drop(columns=["array_index"], errors="ignore").assign(split="val")
     splits.to_csv(out / "splits.csv", index=False)
     model.save(out / "model")
     metrics = {**scored_metrics(model, {"val": table}, {"val": scores}, config.evaluation), "source": source,
                "recalibrated_from": str(run), **count_entries({"val": table}), "tta_views": model.tta.view_count(),
                "recalibration": summary}
-    notes = [f"The model of {run}, recalibrated on these images ({source}) and its thresholds chosen on them: "
-             "every figure here is in-sample. Measure it with tfmed evaluate --data on other images of the same "
-             "hospital."]
+    in_sample = ("the probabilities' figures are in-sample, the decisions' are not" if keep_thresholds
+                 else "every figure here is in-sample")
+    notes = [f"The model of {run}, recalibrated on these images ({source}), {where}: {in_sample}. Measure it with "
+             "tfmed evaluate --data on other images of the same hospital."]
     write_outputs(out, title=f"{new_config.name}", source=source, model=model, parts={"val": table},
                   scores={"val": scores}, metrics=metrics,
                   notes=notes + recalibration_sentences(metrics) + subgroup_sentences(metrics)
