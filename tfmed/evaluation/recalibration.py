@@ -191,10 +191,11 @@ def carried_thresholds(thresholds: dict, before: "Recalibration | None", after: 
     """
     def carry(value):
         value = np.asarray(value, dtype=float)
-        scores = value if before is None else before.invert(value.reshape(1, -1)).reshape(value.shape)
+        row = value.reshape(1, -1)  # one "image" whose scores are the thresholds
+        scores = row if before is None else before.invert(row)
         # a threshold is usually some image's own score; lowered by a hair, that image stays at or above it
         # whatever the rounding of the round trip
-        moved = after.apply(scores.reshape(1, -1)).reshape(value.shape) - _TIE
+        moved = after.apply(scores).reshape(value.shape) - _TIE
         inside = np.isfinite(value) & (value > 0) & (value < 1)
         return np.where(inside, moved, value).tolist()
 
