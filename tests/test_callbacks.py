@@ -118,12 +118,15 @@ def test_validation_dataset_is_scored_by_one_compiled_pass_per_model():
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)  # 32 rows: a partial last batch
     metrics = tc.ClinicalMetrics(dataset)
     selector = tc.ThresholdSelector(dataset, every_epoch_store=False)
-    seen = []
+    seen, told = [], []
     record = keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: seen.append((metrics._forward, selector._forward)))
     for model in (tiny_model(), tiny_model()):
         model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy")
-        history = model.fit(x, y, epochs=3, verbose=0, callbacks=[metrics, selector, record])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(x, y, epochs=3, verbose=0, callbacks=[metrics, selector, record])
+        told.append(sum("no DecisionThreshold layer" in str(item.message) for item in caught))
         scores = model.predict(x, verbose=0)[:, 0]
         # the last epoch's figures come from the trained weights, not those of the first trace
         assert history.history["val_auc"][-1] == pytest.approx(roc_auc_score(y, scores), abs=1e-6)
@@ -133,6 +136,7 @@ def test_validation_dataset_is_scored_by_one_compiled_pass_per_model():
     assert len(set(first)) == 1 and len(set(second)) == 1 and first[0] != second[0]  # traced per model
     # full and partial batches, never once per epoch
     assert metrics._forward.experimental_get_tracing_count() <= 2
+    assert told == [1, 0]  # bare models keep no threshold: the selector says so once, not at every fit
 
 
 def test_clinical_metrics_errors():

@@ -189,7 +189,9 @@ class ExplainTarget:
             tapped = keras.Model(self.model.inputs, [self.model.get_layer(self.layer).output, self.last.input])
             return lambda x: tapped(x, training=False)
         chain = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
-        inner = keras.Model(owner.inputs, [owner.get_layer(self.layer).output, owner.outputs[0]])
+        # A nested model with one input is called with one tensor: build it so (a list of one would warn).
+        owner_inputs = owner.inputs[0] if len(owner.inputs) == 1 else owner.inputs
+        inner = keras.Model(owner_inputs, [owner.get_layer(self.layer).output, owner.outputs[0]])
 
         def run(x):
             activations = None
