@@ -7,7 +7,10 @@ validation split, and the script prints:
 
 * val AUC (in-distribution, the split the threshold was chosen on);
 * with ``--oof``: the pooled out-of-fold AUC of a k-fold over train+val
-  (another in-distribution estimate, less tied to one split);
+  (another in-distribution estimate, less tied to one split); a recipe that is
+  itself a k-fold (``split.method: kfold``, e.g. ``retina_mnist``) trains on
+  val too, so its pooled out-of-fold AUC stands in for the val AUC, and
+  ``--shifted-val`` is refused for it;
 * with ``--shifted-val``: a proxy for a change of acquisition, the AUC on
   copies of the validation images altered as another scanner or protocol
   might alter them (gamma 0.7 and 1.4, Gaussian blur sigma 1 px, noise sd 8
@@ -61,6 +64,11 @@ def auc_interval_of(entry: dict) -> str:
     """The interval of :func:`auc_of` as ``lo-hi`` (DeLong; for multiclass over all classes)."""
     lo, hi = auc_interval(entry.get("youden", entry)) or (None, None)
     return "n/a" if lo is None else f"{lo:.3f}-{hi:.3f}"
+
+
+def experiment(path: str) -> ExperimentConfig:
+    """The experiment in ``path`` (relative paths from the repository root)."""
+    return ExperimentConfig.from_yaml(path if Path(path).is_absolute() else ROOT / path)
 
 
 def heldout_run(config: ExperimentConfig, runs_dir: Path) -> tuple[Path, float]:
@@ -151,16 +159,24 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--shifted-val", action="store_true", help="also score altered copies of val")
     args = parser.parse_args()
+    configs = [experiment(path) for path in args.configs]
+    trained_on_val = [config.name for config in configs if config.split.method == "kfold"]
+    if args.shifted_val and trained_on_val:
+        parser.error(f"--shifted-val scores altered copies of val, but {', '.join(trained_on_val)} trains on val "
+                     "(split.method kfold: folds over train + val, the final model refit on both); leave it out")
     scratch = Path(tempfile.mkdtemp(prefix="tfmed-heldout-"))
     print(f"machine: {os.cpu_count()} CPU cores; runs under {scratch}")
     rows = []
-    for path in args.configs:
-        config = ExperimentConfig.from_yaml(ROOT / path if not Path(path).is_absolute() else path)
+    for path, config in zip(args.configs, configs):
         run, seconds = heldout_run(config, scratch / "runs")
-        row = {"recipe": config.name, "val AUC (in-distribution)": auc_of(load_metrics(run)["splits"]["val"]),
-               "run s": round(seconds)}
-        if args.oof:
-            auc, oof_seconds = oof_auc(ExperimentConfig.from_yaml(ROOT / path), scratch / "oof", args.folds)
+        metrics = load_metrics(run)
+        row = {"recipe": config.name, "run s": round(seconds)}
+        if "kfold" in metrics:  # the recipe is itself a k-fold over train + val: no val split to score
+            row[f"{config.split.folds}-fold OOF AUC (in-distribution)"] = metrics["kfold"]["pooled_oof_auc"]
+        else:
+            row["val AUC (in-distribution)"] = auc_of(metrics["splits"]["val"])
+        if args.oof and "kfold" not in metrics:
+            auc, oof_seconds = oof_auc(experiment(path), scratch / "oof", args.folds)
             row.update({f"{args.folds}-fold OOF AUC (in-distribution)": auc, "k-fold s": round(oof_seconds)})
         if args.shifted_val:
             aucs = shifted_val_aucs(run, config, scratch / f"shifted_{config.name}")

@@ -1,7 +1,7 @@
 """Benchmark: does recalibrating a run's probabilities help on images the fit did not see?
 
-A recalibration is fitted on the validation split, so the run's own validation
-figures after it are in-sample. This script measures it honestly, with no
+A recalibration is fitted on the validation split (a k-fold run's pooled
+out-of-fold scores), so the run's own validation figures after it are in-sample. This script measures it honestly, with no
 retraining: on validation **cross-fitted** (the split cut into ``--folds``
 stratified parts, each part recalibrated by a fit on the others, repeated
 with ``--repeats`` seeds) and, when the run has a test split, fitted on all of
@@ -33,6 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -60,6 +61,16 @@ def split_scores(run: Path, split: str, classes: list[str]) -> tuple[np.ndarray,
     frame = frame[frame["split"] == split]
     return predictions_column(frame, "label", classes).astype(int), \
         predictions_column(frame, "score", classes).astype(float)
+
+
+def fitting_scores(run: Path, classes: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
+    """What a recalibration of the run is fitted on (as ``tfmed`` fits it): its val split, or for a
+    k-fold run the pooled out-of-fold scores; the name, labels and scores."""
+    if "kfold" not in load_metrics(run):
+        return ("val", *split_scores(run, "val", classes))
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    y = np.array([json.loads(str(label)) for label in oof["label"]], dtype=int)
+    return "out of fold", y, np.array([json.loads(score) for score in oof["oof_score"]], dtype=float)
 
 
 def figures(task: str, y: np.ndarray, p: np.ndarray) -> dict:
@@ -91,20 +102,21 @@ def study(run: Path, folds: int, repeats: int) -> pd.DataFrame:
         raise SystemExit(f"{run} was recalibrated; give a run made with evaluation.recalibration: none")
     task, classes = metrics["task"], metrics["classes"]
     methods = ["none", "logistic", "intercept", "temperature"] if task == "binary" else ["none", "temperature"]
-    y, p = split_scores(run, "val", classes)
+    fitted_on, y, p = fitting_scores(run, classes)
     rows = []
     for method in methods:
         if method == "none":
-            rows.append({"method": method, "measured on": "val", **figures(task, y, p)})
+            rows.append({"method": method, "measured on": fitted_on, **figures(task, y, p)})
             continue
         repeated = [figures(task, y, cross_fitted(task, method, y, p, folds, seed)) for seed in range(repeats)]
-        rows.append({"method": method, "measured on": f"val, cross-fitted ({folds} folds x {repeats})",
+        rows.append({"method": method, "measured on": f"{fitted_on}, cross-fitted ({folds} folds x {repeats})",
                      **mean_figures(repeated)})
     if "test" in metrics["splits"]:
         y_test, p_test = split_scores(run, "test", classes)
         for method in methods:
             after = p_test if method == "none" else Recalibration.fit(method, task, y, p).apply(p_test)
-            rows.append({"method": method, "measured on": "test (fitted on val)", **figures(task, y_test, after)})
+            rows.append({"method": method, "measured on": f"test (fitted on {fitted_on})",
+                         **figures(task, y_test, after)})
     return pd.DataFrame(rows)
 
 

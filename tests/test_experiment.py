@@ -544,6 +544,37 @@ def test_retina_mnist_without_data_says_where_to_get_it(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+def test_retina_mnist_as_shipped_is_a_five_fold_over_train_and_val_refit_on_both(tmp_path):
+    """The recipe's run reports out-of-fold figures over train + val and scores the file's own test split with
+    the four members refit on all of train + val (only the path, the runs folder, the size and weights differ)."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, per_grade in (("train", 8), ("val", 2), ("test", 3)):
+        grades = np.repeat(np.arange(5), per_grade)
+        images = rng.normal(70, 12, (len(grades), 28, 28, 3))
+        for image, grade in zip(images, grades):
+            image[grade * 5:grade * 5 + 8] += 110  # each grade a bright band at its own height
+        arrays[f"{split}_images"] = images.clip(0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = grades[:, None]
+    np.savez(tmp_path / "retinamnist.npz", **arrays)
+    config = ExperimentConfig.from_yaml(ROOT / "experiments/retina_mnist.yaml")
+    config.data.path = str(tmp_path / "retinamnist.npz")
+    config.runs_dir = str(tmp_path / "runs")
+    config.preprocess.image_size, config.model.weights = 32, None
+    run_dir = run_experiment(config)
+    metrics = load_metrics(run_dir)
+    assert (metrics["kfold"]["folds"], metrics["kfold"]["final"]) == (5, "refit")
+    assert metrics["kfold"]["pooled_oof_auc"] > 0.5
+    oof = pd.read_csv(run_dir / "oof_predictions.csv")
+    assert sorted(oof["image"]) == sorted([f"retinamnist.npz#train/{i}" for i in range(40)]
+                                          + [f"retinamnist.npz#val/{i}" for i in range(10)])
+    splits = pd.read_csv(run_dir / "splits.csv")
+    assert splits["split"].value_counts().to_dict() == {"train": 50, "test": 15}  # val joins train
+    assert list(metrics["splits"]) == ["test"] and metrics["splits"]["test"]["n"] == 15
+    assert sorted(metrics["members"]["test"]) == ["lite0_finetune", "lite0_svm", "lite1_svm", "lite2_svm"]
+
+
 # ------------------------------------------------ names checked before any data is read
 def _missing_data_config(tmp_path: Path, model: dict) -> ExperimentConfig:
     """An experiment whose data do not exist: an error about the model proves it came first."""
