@@ -72,7 +72,8 @@ def experiment(path: str) -> ExperimentConfig:
 
 
 def heldout_run(config: ExperimentConfig, runs_dir: Path) -> tuple[Path, float]:
-    """Train on every training image, threshold on val; return the run and its wall seconds."""
+    """Train on every training image, threshold on val (a k-fold recipe: its folds over train + val and
+    the refit on both); return the run and its wall seconds."""
     config.split.test_fraction = 0.0
     config.runs_dir = str(runs_dir)
     started = time.time()
@@ -170,11 +171,12 @@ def main() -> None:
     for path, config in zip(args.configs, configs):
         run, seconds = heldout_run(config, scratch / "runs")
         metrics = load_metrics(run)
-        row = {"recipe": config.name, "run s": round(seconds)}
         if "kfold" in metrics:  # the recipe is itself a k-fold over train + val: no val split to score
-            row[f"{config.split.folds}-fold OOF AUC (in-distribution)"] = metrics["kfold"]["pooled_oof_auc"]
+            row = {"recipe": config.name,
+                   f"{config.split.folds}-fold OOF AUC (in-distribution)": metrics["kfold"]["pooled_oof_auc"]}
         else:
-            row["val AUC (in-distribution)"] = auc_of(metrics["splits"]["val"])
+            row = {"recipe": config.name, "val AUC (in-distribution)": auc_of(metrics["splits"]["val"])}
+        row["run s"] = round(seconds)
         if args.oof and "kfold" not in metrics:
             auc, oof_seconds = oof_auc(experiment(path), scratch / "oof", args.folds)
             row.update({f"{args.folds}-fold OOF AUC (in-distribution)": auc, "k-fold s": round(oof_seconds)})

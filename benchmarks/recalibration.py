@@ -1,10 +1,10 @@
 """Benchmark: does recalibrating a run's probabilities help on images the fit did not see?
 
 A recalibration is fitted on the validation split (a k-fold run's pooled
-out-of-fold scores), so the run's own validation figures after it are in-sample. This script measures it honestly, with no
-retraining: on validation **cross-fitted** (the split cut into ``--folds``
-stratified parts, each part recalibrated by a fit on the others, repeated
-with ``--repeats`` seeds) and, when the run has a test split, fitted on all of
+out-of-fold scores), so the run's own figures there after it are in-sample.
+This script measures it honestly, with no retraining: on validation
+**cross-fitted** (the split cut into ``--folds`` stratified parts, each part
+recalibrated by a fit on the others, repeated with ``--repeats`` seeds) and, when the run has a test split, fitted on all of
 validation and measured on test. For each of none, logistic and intercept
 (binary) and temperature it prints the log loss, the Brier score, the calibration slope and
 intercept (binary) and the accuracy at 0.5 (binary) or of the argmax
