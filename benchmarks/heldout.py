@@ -171,13 +171,13 @@ def main() -> None:
     for path, config in zip(args.configs, configs):
         run, seconds = heldout_run(config, scratch / "runs")
         metrics = load_metrics(run)
-        if "kfold" in metrics:  # the recipe is itself a k-fold over train + val: no val split to score
+        if config.name in trained_on_val:  # the recipe is itself a k-fold over train + val: no val split to score
             row = {"recipe": config.name,
                    f"{config.split.folds}-fold OOF AUC (in-distribution)": metrics["kfold"]["pooled_oof_auc"]}
         else:
             row = {"recipe": config.name, "val AUC (in-distribution)": auc_of(metrics["splits"]["val"])}
         row["run s"] = round(seconds)
-        if args.oof and "kfold" not in metrics:
+        if args.oof and config.name not in trained_on_val:
             auc, oof_seconds = oof_auc(experiment(path), scratch / "oof", args.folds)
             row.update({f"{args.folds}-fold OOF AUC (in-distribution)": auc, "k-fold s": round(oof_seconds)})
         if args.shifted_val:

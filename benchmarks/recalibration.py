@@ -44,15 +44,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
-from heldout import SHIFTS, heldout_run, val_npz  # noqa: E402
+from heldout import SHIFTS, experiment, heldout_run, val_npz  # noqa: E402
 from tfmed.config import ExperimentConfig  # noqa: E402
 from tfmed.evaluation.decision import calibration_line  # noqa: E402
 from tfmed.evaluation.recalibration import Recalibration, probability_scores  # noqa: E402
 from tfmed.evaluation.report import predictions_column  # noqa: E402
 from tfmed.run.evaluate import evaluate_run, load_metrics  # noqa: E402
 from tfmed.run.recalibrate_run import recalibrate_run  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def split_scores(run: Path, split: str, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -63,11 +61,11 @@ def split_scores(run: Path, split: str, classes: list[str]) -> tuple[np.ndarray,
         predictions_column(frame, "score", classes).astype(float)
 
 
-def fitting_scores(run: Path, classes: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
+def fitting_scores(run: Path, metrics: dict) -> tuple[str, np.ndarray, np.ndarray]:
     """What a recalibration of the run is fitted on (as ``tfmed`` fits it): its val split, or for a
     k-fold run the pooled out-of-fold scores; the name, labels and scores."""
-    if "kfold" not in load_metrics(run):
-        return ("val", *split_scores(run, "val", classes))
+    if "kfold" not in metrics:
+        return ("val", *split_scores(run, "val", metrics["classes"]))
     oof = pd.read_csv(run / "oof_predictions.csv")
     y = np.array([json.loads(str(label)) for label in oof["label"]], dtype=int)
     return "out of fold", y, np.array([json.loads(score) for score in oof["oof_score"]], dtype=float)
@@ -102,7 +100,7 @@ def study(run: Path, folds: int, repeats: int) -> pd.DataFrame:
         raise SystemExit(f"{run} was recalibrated; give a run made with evaluation.recalibration: none")
     task, classes = metrics["task"], metrics["classes"]
     methods = ["none", "logistic", "intercept", "temperature"] if task == "binary" else ["none", "temperature"]
-    fitted_on, y, p = fitting_scores(run, classes)
+    fitted_on, y, p = fitting_scores(run, metrics)
     rows = []
     for method in methods:
         if method == "none":
@@ -189,7 +187,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         runs = [Path(r) for r in args.run]
         for path in args.configs:
-            config = ExperimentConfig.from_yaml(ROOT / path)
+            config = experiment(path)
             config.evaluation.recalibration = "none"
             run, seconds = heldout_run(config, Path(scratch))
             print(f"{path}: trained in {seconds:.0f} s")
@@ -198,11 +196,11 @@ def main() -> None:
             print(f"\n{run}")
             print(study(run, args.folds, args.repeats).round(4).to_string(index=False))
         for path in args.configs if args.another_hospital else []:
-            config = ExperimentConfig.from_yaml(ROOT / path)
+            config = experiment(path)
             run, seconds = heldout_run(config, Path(scratch) / "shipped")
             print(f"\n{path} as shipped (trained in {seconds:.0f} s), on imitated other hospitals "
                   "(means over the two halves):")
-            print(another_hospital(run, ExperimentConfig.from_yaml(ROOT / path), Path(scratch)).round(4)
+            print(another_hospital(run, experiment(path), Path(scratch)).round(4)
                   .to_string(index=False))
 
 
