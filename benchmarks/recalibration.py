@@ -68,7 +68,7 @@ def fitting_scores(run: Path, metrics: dict) -> tuple[str, np.ndarray, np.ndarra
         return ("val", *split_scores(run, "val", metrics["classes"]))
     oof = pd.read_csv(run / "oof_predictions.csv")
     y = np.array([json.loads(str(label)) for label in oof["label"]], dtype=int)
-    return "out of fold", y, np.array([json.loads(score) for score in oof["oof_score"]], dtype=float)
+    return "out of fold", y, np.array([json.loads(str(score)) for score in oof["oof_score"]], dtype=float)
 
 
 def figures(task: str, y: np.ndarray, p: np.ndarray) -> dict:

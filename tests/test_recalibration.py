@@ -1,6 +1,8 @@
 """Recalibration of the probabilities (``evaluation.recalibration``): the fits, their refusals, and runs, k-fold
 runs, saved models and ``tfmed ensemble`` that apply them."""
 import json
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -296,6 +298,33 @@ def test_a_kfold_run_recalibrates_on_the_pooled_out_of_fold_scores(runs, tmp_pat
     assert set(metrics["recalibration"]["figures"]) == {"out_of_fold", "test"}
     assert "Probabilities recalibrated on the pooled out-of-fold scores (temperature" in \
         (run / "report.html").read_text()
+
+
+def test_the_recalibration_benchmark_cross_fits_a_kfold_run_on_its_out_of_fold_scores(runs, tmp_path, monkeypatch):
+    """benchmarks/recalibration.py fits what tfmed would fit a k-fold run's recalibration on, not a val split."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import recalibration as benchmark  # the script, which imports heldout.py beside it
+
+    config = _svm_config(runs["source"], tmp_path, "folds_raw")
+    config.split.method = "kfold"
+    run = run_experiment(config)
+    oof = pd.read_csv(run / "oof_predictions.csv")
+    labels, raw = oof["label"].astype(int).to_numpy(), oof["oof_score"].astype(float).to_numpy()
+    rows = benchmark.study(run, folds=3, repeats=2).set_index(["method", "measured on"])
+    assert rows.loc[("none", "out of fold"), "log_loss"] == pytest.approx(log_loss(labels, raw), abs=1e-4)  # 4 places
+    assert ("temperature", "out of fold, cross-fitted (3 folds x 2)") in rows.index
+    test = pd.read_csv(run / "predictions.csv").query("split == 'test'")
+    fitted = Recalibration.fit("temperature", "binary", labels, raw).apply(test["score"].to_numpy())
+    assert rows.loc[("temperature", "test (fitted on out of fold)"), "log_loss"] == \
+        pytest.approx(log_loss(test["label"].to_numpy(), fitted), abs=1e-4)
+
+
+def test_the_heldout_benchmark_refuses_altered_val_for_a_recipe_that_trains_on_val():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/heldout.py"), "experiments/retina_mnist.yaml",
+                             "--shifted-val"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--shifted-val scores altered copies of val, but retina_mnist trains on val" in result.stderr
+    assert "runs under" not in result.stdout  # refused before anything was trained
 
 
 @pytest.mark.slow
