@@ -130,7 +130,9 @@ def test_tbx11k_settings_and_layout_errors(tmp_path, capsys):
         load_source(DataConfig(source="tbx11k", path=str(root), classes=["tb", "healthy"]))
     with pytest.raises(DataSourceError, match="data.classes lists only 'healthy'; a classifier needs two or three"):
         load_source(DataConfig(source="tbx11k", path=str(root), classes=["healthy"]))
-    with pytest.raises(DataSourceError, match="imgs/lists/TBX11K_train.txt: not found; data.path must be the TBX11K folder"):
+    with pytest.raises(DataSourceError, match="imgs/lists/TBX11K_train.txt: not found; data.path must be the TBX11K "
+                                              "folder as published, .* or Kaggle's TBX11K Simplified folder, with "
+                                              "data.csv and images/"):
         load_tbx11k(root / "imgs")
     with pytest.raises(ConfigError, match="data.source tbx11k is binary or multiclass by the classes"):
         DataConfig(source="tbx11k", path=str(root), task="multiclass")
@@ -141,6 +143,82 @@ def test_tbx11k_settings_and_layout_errors(tmp_path, capsys):
     assert main(["validate", f"tbx11k:{root}"]) == 0
     assert "classes ['healthy', 'sick_non_tb', 'tuberculosis']" in capsys.readouterr().out
 
+
+
+KAGGLE_COLUMNS = "fname,image_height,image_width,source,bbox,target,tb_type,image_type\n"
+
+
+def kaggle_tree(root, lines, size=64):
+    """Kaggle's TBX11K Simplified folder: ``lines`` are data.csv's (fname, source, bbox, tb_type, image_type), one
+    per box, in the 512 px frame of its image_width and image_height; each named image written as a ``size`` px PNG."""
+    (root / "images").mkdir(parents=True)
+    text = KAGGLE_COLUMNS
+    for fname, source, bbox, tb_type, image_type in lines:
+        target = "tb" if image_type == "tb" else "no_tb"
+        text += f'{fname},512,512,{source},"{bbox}",{target},{tb_type},{image_type}\n'
+        cv2.imwrite(str(root / "images" / fname), np.full((size, size), 40, np.uint8))
+    (root / "data.csv").write_text(text)
+    return root
+
+
+def test_tbx11k_reads_kaggles_simplified_copy_one_row_per_image_with_all_its_boxes(tmp_path, capsys):
+    box = "{{'xmin': {}, 'ymin': {}, 'width': {}, 'height': {}}}".format
+    root = kaggle_tree(tmp_path / "tbx11k-simplified", [
+        ("h0001.png", "train", "none", "none", "healthy"),
+        ("tb0003.png", "train", box(64, 128, 128, 128), "active_tb", "tb"),
+        ("s0004.png", "val", "none", "none", "sick_but_no_tb"),
+        ("tb0003.png", "train", box(8.0, 16.0, 16.0, 32.0), "latent_tb", "tb"),  # its second box: same image
+        ("tb0007.png", "val", box(0, 0, 256, 256), "latent_tb", "tb"),
+        ("tb1199.png", "train", "none", "none", "tb")])  # a tuberculosis image without a box, kept
+    table = load_source(parse_source_spec(f"tbx11k:{root}"))
+    frame = table.frame.set_index("patient_id")
+    assert table.classes == ["healthy", "sick_non_tb", "tuberculosis"] and table.task == "multiclass"
+    assert frame["label"].to_dict() == {"h0001": 0, "tb0003": 2, "s0004": 1, "tb0007": 2, "tb1199": 2}
+    assert frame["split"].to_dict() == {"h0001": "train", "tb0003": "train", "s0004": "val", "tb0007": "val",
+                                        "tb1199": "train"}
+    assert frame.loc["tb0003", "image"] == str(root / "images" / "tb0003.png")
+    assert parse_boxes(frame.loc["tb0003", "boxes"]) == [(8, 16, 16, 16), (1, 2, 2, 4)]  # 512 px -> 64 px
+    assert pd.isna(frame.loc["tb1199", "boxes"]) and pd.isna(frame.loc["h0001", "boxes"])
+    assert validate_table(table).ok
+    assert load_tbx11k(root, split="val").frame["patient_id"].tolist() == ["s0004", "tb0007"]
+    # the kinds, from the boxes: tb0003 has both (left out and counted), tb1199 none
+    kinds = load_tbx11k(root, classes=["healthy", "active_tuberculosis", "latent_tuberculosis"])
+    assert dict(zip(kinds.frame["patient_id"], kinds.labels().tolist())) == {"h0001": 0, "tb0007": 2}
+    assert sorted(kinds.excluded["problem"]) == [
+        "skipped: 1 image of class sick_non_tb, not in data.classes",
+        "skipped: 1 image with boxes of both active and latent tuberculosis",
+        "skipped: 1 image without a box of active or latent tuberculosis (no box file, or boxes of uncertain kind)"]
+    assert set(kinds.excluded["image"]) == {str(root / "data.csv")}
+    with pytest.raises(DataSourceError, match=r"data.csv: no image of the classes \['sick_non_tb', "
+                                              r"'latent_tuberculosis'\] in #train"):
+        load_tbx11k(root, classes=["sick_non_tb", "latent_tuberculosis"], split="train")
+    assert main(["validate", f"tbx11k:{root}"]) == 0
+    assert "classes ['healthy', 'sick_non_tb', 'tuberculosis']" in capsys.readouterr().out
+
+
+def test_tbx11k_simplified_row_problems_name_the_line_of_data_csv(tmp_path):
+    root = kaggle_tree(tmp_path / "tbx11k-simplified", [
+        ("h0001.png", "train", "none", "none", "healty"),
+        ("h0002.png", "test", "none", "none", "healthy"),
+        ("tb0003.png", "train", "{'xmin': 1, 'ymin': 2}", "active_tb", "tb"),
+        ("tb0004.png", "train", "{'xmin': 1, 'ymin': 2, 'width': 0, 'height': 5}", "active_tb", "tb"),
+        ("tb0005.png", "val", "{'xmin': 1, 'ymin': 2, 'width': 3, 'height': 5}", "obsolete_tb", "tb"),
+        ("tb0005.png", "train", "none", "none", "sick_but_no_tb"),
+        ("s0006.png", "val", "{'xmin': 1, 'ymin': 2, 'width': 3, 'height': 5}", "active_tb", "sick_but_no_tb")])
+    problems = {p.problem for p in validate_table(load_tbx11k(root)).problems}
+    assert {"data.csv line 2: image_type 'healty' is not one of healthy, sick_but_no_tb, tb",
+            "data.csv line 3: source 'test' is not one of train, val",
+            "data.csv line 4: bbox \"{'xmin': 1, 'ymin': 2}\" is not {'xmin': ..., 'ymin': ..., 'width': ..., "
+            "'height': ...}",
+            "data.csv line 5: bbox \"{'xmin': 1, 'ymin': 2, 'width': 0, 'height': 5}\" has no area (x 1-1, y 2-7)",
+            "data.csv line 6: tb_type 'obsolete_tb' of a box is not one of active_tb, latent_tb",
+            "data.csv line 7: tb0005.png has image_type 'sick_but_no_tb', but data.csv line 6 says 'tb'",
+            "data.csv line 7: tb0005.png has source 'train', but data.csv line 6 says 'val'",
+            "data.csv line 8: boxes of tuberculosis for s0006.png, an image of type sick_but_no_tb"} <= problems
+    (root / "data.csv").write_text("fname,image_type\nh0001.png,healthy\n")
+    with pytest.raises(DataSourceError, match="data.csv: no column image_width, image_height, source, bbox, "
+                                              "tb_type; data.path must be the TBX11K folder as published"):
+        load_tbx11k(root)
 
 @pytest.mark.slow
 def test_a_tbx11k_run_measures_its_explanations_against_the_radiologists_boxes(tmp_path):

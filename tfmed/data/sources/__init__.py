@@ -34,9 +34,10 @@ Kinds (``DataConfig.source``):
 * ``"siim_pneumothorax"``: the SIIM-ACR Pneumothorax Segmentation challenge's
   ``train-rle.csv`` as published, pneumothorax or not, with a box around each
   masked region (:mod:`tfmed.data.sources.siim_pneumothorax`).
-* ``"tbx11k"``: the TBX11K folder as published, healthy, sick but not
-  tuberculosis, and tuberculosis with the radiologists' boxes, from the official
-  train and validation lists; ``#val`` keeps one (:mod:`tfmed.data.sources.tbx11k`).
+* ``"tbx11k"``: the TBX11K folder as published (or Kaggle's TBX11K Simplified
+  folder), healthy, sick but not tuberculosis, and tuberculosis with the
+  radiologists' boxes, from the official train and validation splits; ``#val``
+  keeps one (:mod:`tfmed.data.sources.tbx11k`).
 * ``"merged"``: several of the above in one table (``data.parts``), labels
   matched by name, each part a site (:mod:`tfmed.data.sources.merged`).
 * ``"tfds"``: a TensorFlow Datasets data set by name (``patch_camelyon``,

@@ -27,6 +27,22 @@ tuberculosis areas boxed by radiologists).
   explanations are measured against them. A tuberculosis image without a box
   file is kept, without boxes.
 
+``data.path`` may instead be the folder of Kaggle's "TBX11K Simplified" copy
+(the same train and validation images, without the test split):
+
+* ``data.csv``: one line per box of a tuberculosis image and one per other
+  image, with the columns ``fname`` (the file in ``images/``), ``image_width``
+  and ``image_height`` (the pixels the box is in), ``source`` (``train`` or
+  ``val``, the official split), ``bbox`` (``{'xmin': ..., 'ymin': ..., 'width':
+  ..., 'height': ...}`` or ``none``), ``tb_type`` (``active_tb``, ``latent_tb``;
+  ``none`` for an image without boxes) and ``image_type`` (``healthy``,
+  ``sick_but_no_tb``, ``tb``: the class, as the folder is above). The lines of
+  one image become one row with all its boxes, in the order of their first line.
+* Reported with the line of ``data.csv``: an unknown ``image_type``,
+  ``source`` or ``tb_type``, a ``bbox`` that is not such a box or has no area,
+  lines of one image that disagree on its class or split, and a box for an
+  image that is not a tuberculosis one.
+
 The release has no patient ids: each image is its own ``patient_id`` (its file
 name without extension), so a patient with several images could fall into two
 splits that tfmed makes; the official lists are the publisher's split.
@@ -48,6 +64,7 @@ Example:
 """
 from __future__ import annotations
 
+import ast
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
@@ -71,6 +88,12 @@ KINDS = {"ActiveTuberculosis": ACTIVE, "ObsoletePulmonaryTuberculosis": LATENT, 
 LISTS = {"train": "TBX11K_train.txt", "val": "TBX11K_val.txt"}
 BOX_KINDS = tuple(KINDS)
 IMAGES, BOX_FOLDER = "imgs", "annotations/xml"
+# Kaggle's "TBX11K Simplified": its table, its image folder, its image types (our classes) and its kinds of box
+SIMPLIFIED_TABLE, SIMPLIFIED_IMAGES = "data.csv", "images"
+SIMPLIFIED_TYPES = {"healthy": "healthy", "sick_but_no_tb": "sick_non_tb", "tb": TUBERCULOSIS}
+SIMPLIFIED_KINDS = {"active_tb": "ActiveTuberculosis", "latent_tb": "ObsoletePulmonaryTuberculosis"}
+SIMPLIFIED_COLUMNS = ("fname", "image_width", "image_height", "source", "bbox", "tb_type", "image_type")
+NO_BOX = ("", "none", "nan")
 
 
 def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str = "") -> ImageTable:
@@ -78,7 +101,8 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
     with the tuberculosis boxes.
 
     Args:
-        path: the ``TBX11K`` folder (``lists/``, ``imgs/``, ``annotations/xml/``).
+        path: the ``TBX11K`` folder (``lists/``, ``imgs/``, ``annotations/xml/``), or the folder of Kaggle's
+            TBX11K Simplified copy (``data.csv``, ``images/``).
         classes: two or three of :data:`CLASSES` (or, instead of ``tuberculosis``, its kinds ``ACTIVE`` and
             ``LATENT``), in label order (default: all three of :data:`CLASSES`).
         split: ``"train"`` or ``"val"`` to keep one official split ("" both).
@@ -97,6 +121,23 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
     if split and split not in LISTS:
         raise DataSourceError(f"{path}#{split}: not a TBX11K split with labels; write #train or #val (the test "
                               "split's labels are not published)")
+    if (path / SIMPLIFIED_TABLE).is_file() and not (path / "lists").is_dir():
+        listing = path / SIMPLIFIED_TABLE
+        records, skipped = _simplified_records(path, names, split)
+    else:
+        listing = path / "lists"
+        records, skipped = _published_records(path, names, split)
+    if not records:
+        raise DataSourceError(f"{listing}: no image of the classes {names}{' in #' + split if split else ''}")
+    frame = single_label_frame(records, (BOXES_COLUMN,))
+    frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
+    excluded = excluded_frame(counted_skips(listing, skipped, "image"))
+    return ImageTable(frame, names, "binary" if len(names) == 2 else "multiclass", source=str(path),
+                      excluded=excluded)
+
+
+def _published_records(path: Path, names: list[str], split: str) -> tuple[list[dict], Counter]:
+    """The rows of the folder as published, from its split lists, and the images left out by reason."""
     records: list[dict] = []
     skipped: Counter = Counter()
     seen: dict[str, str] = {}
@@ -104,7 +145,8 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
         list_file = path / "lists" / list_name
         if not list_file.is_file():
             raise DataSourceError(f"{list_file}: not found; data.path must be the TBX11K folder as published, "
-                                  f"with lists/{LISTS['train']} and lists/{LISTS['val']}")
+                                  f"with lists/{LISTS['train']} and lists/{LISTS['val']}, or Kaggle's TBX11K "
+                                  f"Simplified folder, with {SIMPLIFIED_TABLE} and {SIMPLIFIED_IMAGES}/")
         if split and split != split_name:
             continue
         for line, entry in _entries(list_file):
@@ -114,13 +156,7 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
             else:
                 record["row"] = len(records) + 1
                 records.append(record)
-    if not records:
-        raise DataSourceError(f"{path}: the TBX11K lists name no image of the classes {names}")
-    frame = single_label_frame(records, (BOXES_COLUMN,))
-    frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
-    excluded = excluded_frame(counted_skips(path / "lists", skipped, "image"))
-    return ImageTable(frame, names, "binary" if len(names) == 2 else "multiclass", source=str(path),
-                      excluded=excluded)
+    return records, skipped
 
 
 def _chosen(classes: list[str] | None) -> list[str]:
@@ -152,7 +188,7 @@ def _entries(list_file: Path) -> list[tuple[int, str]]:
 
 def _record(root: Path, entry: str, where: str, names: list[str], seen: dict,
             split: str) -> tuple[dict | None, tuple[str, str] | None]:
-    """One row of the table, or None and why the image is left out (a class ``names`` leaves out)."""
+    """One row of the table from a line of a split list, or None and why the image is left out."""
     problems: list[tuple[str, str]] = []
     folder = entry.split("/")[0]
     name = FOLDERS.get(folder)
@@ -161,7 +197,19 @@ def _record(root: Path, entry: str, where: str, names: list[str], seen: dict,
     if name is None:
         problems.append((f"{where}: {entry!r} is not in {', '.join(f'{f}/' for f in FOLDERS)}",
                          "keep the publisher's list: it names images of the labelled folders only"))
-    elif name == TUBERCULOSIS and TUBERCULOSIS not in names:  # its kind, from its boxes, is the class
+    if entry in seen:
+        problems.append((f"{where}: {entry} is listed again (first in {seen[entry]})",
+                         "keep the publisher's lists: each image once"))
+    seen.setdefault(entry, where)
+    return _row(image, split, name, boxes, names, problems)
+
+
+def _row(image: Path, split: str | None, name: str | None, boxes: list[tuple[str, tuple]], names: list[str],
+         problems: list) -> tuple[dict | None, tuple[str, str] | None]:
+    """The table's row of an image of class ``name`` (None: unknown, a problem already) with its boxes (kind,
+    box), or None and why it is left out: a class that ``names`` leaves out, or a tuberculosis image whose
+    boxes do not give one kind when ``names`` asks for the kinds."""
+    if name == TUBERCULOSIS and TUBERCULOSIS not in names:  # its kind, from its boxes, is the class
         kinds = {KINDS[kind] for kind, _ in boxes} - {None}
         fix = f"none needed; name the class {TUBERCULOSIS} instead of its kinds to use them"
         if len(kinds) != 1:
@@ -172,13 +220,90 @@ def _record(root: Path, entry: str, where: str, names: list[str], seen: dict,
     if name is not None and name not in names:
         return None, (f"of class {name}, not in data.classes", "none needed; add the class to data.classes to "
                                                                 "use them")
-    if entry in seen:
-        problems.append((f"{where}: {entry} is listed again (first in {seen[entry]})",
-                         "keep the publisher's lists: each image once"))
-    seen.setdefault(entry, where)
     return {"image": str(image), "label": names.index(name) if name in names else pd.NA,
-            "patient_id": Path(entry).stem, "split": split,
+            "patient_id": image.stem, "split": split,
             BOXES_COLUMN: format_boxes([box for _, box in boxes]) or pd.NA, SOURCE_PROBLEMS: tuple(problems)}, None
+
+
+def _simplified_records(path: Path, names: list[str], split: str) -> tuple[list[dict], Counter]:
+    """The rows of Kaggle's TBX11K Simplified folder, one per image of its ``data.csv`` (whose lines are one per
+    box), and the images left out by reason."""
+    table_file = path / SIMPLIFIED_TABLE
+    try:
+        lines = pd.read_csv(table_file, dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise DataSourceError(f"{table_file}: not readable as CSV ({error}); restore the file as downloaded") from None
+    missing = [column for column in SIMPLIFIED_COLUMNS if column not in lines.columns]
+    if missing:
+        raise DataSourceError(f"{table_file}: no column {', '.join(missing)}; data.path must be the TBX11K folder "
+                              f"as published (lists/, imgs/) or Kaggle's TBX11K Simplified folder, whose data.csv "
+                              f"has the columns {', '.join(SIMPLIFIED_COLUMNS)}")
+    images: dict[str, dict] = {}
+    for number, line in enumerate(lines[list(SIMPLIFIED_COLUMNS)].itertuples(index=False), start=2):
+        where = f"{SIMPLIFIED_TABLE} line {number}"
+        fname = line.fname.strip()
+        image = images.setdefault(fname, {"where": where, "type": line.image_type.strip(),
+                                          "source": line.source.strip(), "boxes": [], "problems": []})
+        problems = image["problems"]
+        for column, key in (("image_type", "type"), ("source", "source")):
+            value = getattr(line, column).strip()
+            if value != image[key]:
+                problems.append((f"{where}: {fname} has {column} {value!r}, but {image['where']} says "
+                                 f"{image[key]!r}", "restore the file as downloaded: one image, one class and split"))
+        box = _simplified_box(line, where, path / SIMPLIFIED_IMAGES / fname, problems)
+        if box is not None:
+            image["boxes"].append(box)
+    records: list[dict] = []
+    skipped: Counter = Counter()
+    for fname, image in images.items():
+        problems, where = image["problems"], image["where"]
+        name = SIMPLIFIED_TYPES.get(image["type"])
+        if name is None:
+            problems.append((f"{where}: image_type {image['type']!r} is not one of {', '.join(SIMPLIFIED_TYPES)}",
+                             "restore the file as downloaded"))
+        elif image["boxes"] and name != TUBERCULOSIS:
+            problems.append((f"{where}: boxes of tuberculosis for {fname}, an image of type {image['type']}",
+                             "restore the file as downloaded: only images of type tb have boxes"))
+        if image["source"] not in LISTS:
+            problems.append((f"{where}: source {image['source']!r} is not one of {', '.join(LISTS)}",
+                             "restore the file as downloaded"))
+        elif split and image["source"] != split:
+            continue
+        record, left_out = _row(path / SIMPLIFIED_IMAGES / fname, image["source"] if image["source"] in LISTS
+                                else None, name, image["boxes"], names, problems)
+        if record is None:
+            skipped[left_out] += 1
+        else:
+            record["row"] = len(records) + 1
+            records.append(record)
+    return records, skipped
+
+
+def _simplified_box(line, where: str, image: Path, problems: list) -> tuple[str, tuple] | None:
+    """The (kind, box in the image file's pixels) of a line of Kaggle's data.csv, None for a line without a box."""
+    text = line.bbox.strip()
+    if text.lower() in NO_BOX:
+        return None
+    fix = "restore the file as downloaded"
+    try:
+        fields = ast.literal_eval(text)
+        x, y, width, height = (float(fields[key]) for key in ("xmin", "ymin", "width", "height"))
+    except (ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError):
+        problems.append((f"{where}: bbox {text!r} is not {{'xmin': ..., 'ymin': ..., 'width': ..., 'height': ...}}",
+                         fix))
+        return None
+    try:
+        x, y, width, height = box_from_corners([x, y, x + width, y + height])
+    except ValueError as error:
+        problems.append((f"{where}: bbox {text!r} {error}", fix))
+        return None
+    kind = SIMPLIFIED_KINDS.get(line.tb_type.strip())
+    if kind is None:
+        problems.append((f"{where}: tb_type {line.tb_type.strip()!r} of a box is not one of "
+                         f"{', '.join(SIMPLIFIED_KINDS)}", fix))
+        return None
+    scale = _scale(line.image_width, line.image_height, image)
+    return kind, (x * scale[0], y * scale[1], width * scale[0], height * scale[1])
 
 
 def _boxes(root: Path, image: Path, tuberculosis: bool, problems: list) -> list[tuple[str, tuple]]:
@@ -197,7 +322,7 @@ def _boxes(root: Path, image: Path, tuberculosis: bool, problems: list) -> list[
     except (ElementTree.ParseError, OSError) as error:
         problems.append((f"{xml_file}: not readable XML ({error})", fix))
         return []
-    scale = _scale(document, image)
+    scale = _scale(document.findtext("size/width"), document.findtext("size/height"), image)
     boxes = []
     for number, item in enumerate(document.iter("object"), start=1):
         kind = (item.findtext("name") or "").strip()
@@ -214,10 +339,11 @@ def _boxes(root: Path, image: Path, tuberculosis: bool, problems: list) -> list[
     return boxes
 
 
-def _scale(document, image: Path) -> tuple[float, float]:
-    """From the pixels of the box file's ``size`` to the image file's (1, 1 when either is unknown)."""
+def _scale(width, height, image: Path) -> tuple[float, float]:
+    """From the pixels of a box's frame, ``width`` x ``height`` (texts), to the image file's (1, 1 when either is
+    unknown)."""
     try:
-        width, height = (float(document.findtext(f"size/{key}")) for key in ("width", "height"))
+        width, height = float(width), float(height)
     except (TypeError, ValueError):
         return 1.0, 1.0
     actual = header_size(image) if image.is_file() else None
@@ -231,4 +357,5 @@ def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> I
 
 
 SOURCE = SourceKind("tbx11k", "the TBX11K folder as published (lists/TBX11K_train.txt, lists/TBX11K_val.txt, "
-                              "imgs/, annotations/xml/)", needs_folder=True, load=_load, takes_fragment=True)
+                              "imgs/, annotations/xml/) or Kaggle's TBX11K Simplified folder (data.csv, images/)",
+                    needs_folder=True, load=_load, takes_fragment=True)
