@@ -67,6 +67,7 @@ from __future__ import annotations
 import ast
 import xml.etree.ElementTree as ElementTree
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -122,11 +123,17 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
         raise DataSourceError(f"{path}#{split}: not a TBX11K split with labels; write #train or #val (the test "
                               "split's labels are not published)")
     if (path / SIMPLIFIED_TABLE).is_file() and not (path / "lists").is_dir():
-        listing = path / SIMPLIFIED_TABLE
-        records, skipped = _simplified_records(path, names, split)
+        listing, rows = path / SIMPLIFIED_TABLE, _simplified_rows(path, names, split)
     else:
-        listing = path / "lists"
-        records, skipped = _published_records(path, names, split)
+        listing, rows = path / "lists", _published_rows(path, names, split)
+    records: list[dict] = []
+    skipped: Counter = Counter()
+    for record, left_out in rows:
+        if record is None:
+            skipped[left_out] += 1
+        else:
+            record["row"] = len(records) + 1
+            records.append(record)
     if not records:
         raise DataSourceError(f"{listing}: no image of the classes {names}{' in #' + split if split else ''}")
     frame = single_label_frame(records, (BOXES_COLUMN,))
@@ -136,10 +143,8 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
                       excluded=excluded)
 
 
-def _published_records(path: Path, names: list[str], split: str) -> tuple[list[dict], Counter]:
-    """The rows of the folder as published, from its split lists, and the images left out by reason."""
-    records: list[dict] = []
-    skipped: Counter = Counter()
+def _published_rows(path: Path, names: list[str], split: str) -> Iterator[tuple[dict | None, tuple | None]]:
+    """The rows of the folder as published, from its split lists (see :func:`_row`)."""
     seen: dict[str, str] = {}
     for split_name, list_name in LISTS.items():
         list_file = path / "lists" / list_name
@@ -150,13 +155,7 @@ def _published_records(path: Path, names: list[str], split: str) -> tuple[list[d
         if split and split != split_name:
             continue
         for line, entry in _entries(list_file):
-            record, left_out = _record(path, entry, f"lists/{list_name} line {line}", names, seen, split_name)
-            if record is None:
-                skipped[left_out] += 1
-            else:
-                record["row"] = len(records) + 1
-                records.append(record)
-    return records, skipped
+            yield _record(path, entry, f"lists/{list_name} line {line}", names, seen, split_name)
 
 
 def _chosen(classes: list[str] | None) -> list[str]:
@@ -225,9 +224,9 @@ def _row(image: Path, split: str | None, name: str | None, boxes: list[tuple[str
             BOXES_COLUMN: format_boxes([box for _, box in boxes]) or pd.NA, SOURCE_PROBLEMS: tuple(problems)}, None
 
 
-def _simplified_records(path: Path, names: list[str], split: str) -> tuple[list[dict], Counter]:
+def _simplified_rows(path: Path, names: list[str], split: str) -> Iterator[tuple[dict | None, tuple | None]]:
     """The rows of Kaggle's TBX11K Simplified folder, one per image of its ``data.csv`` (whose lines are one per
-    box), and the images left out by reason."""
+    box; see :func:`_row`)."""
     table_file = path / SIMPLIFIED_TABLE
     try:
         lines = pd.read_csv(table_file, dtype=str, keep_default_na=False)
@@ -253,8 +252,6 @@ def _simplified_records(path: Path, names: list[str], split: str) -> tuple[list[
         box = _simplified_box(line, where, path / SIMPLIFIED_IMAGES / fname, problems)
         if box is not None:
             image["boxes"].append(box)
-    records: list[dict] = []
-    skipped: Counter = Counter()
     for fname, image in images.items():
         problems, where = image["problems"], image["where"]
         name = SIMPLIFIED_TYPES.get(image["type"])
@@ -269,14 +266,8 @@ def _simplified_records(path: Path, names: list[str], split: str) -> tuple[list[
                              "restore the file as downloaded"))
         elif split and image["source"] != split:
             continue
-        record, left_out = _row(path / SIMPLIFIED_IMAGES / fname, image["source"] if image["source"] in LISTS
-                                else None, name, image["boxes"], names, problems)
-        if record is None:
-            skipped[left_out] += 1
-        else:
-            record["row"] = len(records) + 1
-            records.append(record)
-    return records, skipped
+        yield _row(path / SIMPLIFIED_IMAGES / fname, image["source"] if image["source"] in LISTS else None, name,
+                   image["boxes"], names, problems)
 
 
 def _simplified_box(line, where: str, image: Path, problems: list) -> tuple[str, tuple] | None:
