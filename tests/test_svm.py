@@ -112,6 +112,30 @@ def test_multiclass_one_vs_rest_with_string_labels():
     assert model.score(X, names) >= 0.8
 
 
+
+def test_svm_fits_run_as_threads_on_every_usable_core_and_give_the_same_model(monkeypatch):
+    import threading
+
+    X, y = make_images(36, 3, seed=3)
+    threads = []
+    fit = SVC.fit
+
+    def recording_fit(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(SVC, "fit", recording_fit)
+    monkeypatch.setattr(S, "usable_cores", lambda: 2)
+    parallel = small(C=(0.3, 1.0)).fit(X, y)
+    # the grid search (2 C x 3 folds x 3 classes) and the calibration's fits all ran in worker threads
+    assert len(threads) > 18 and threading.get_ident() not in threads
+    threads.clear()
+    monkeypatch.setattr(S, "usable_cores", lambda: 1)
+    serial = small(C=(0.3, 1.0)).fit(X, y)
+    assert len(threads) > 18 and set(threads) == {threading.get_ident()}
+    assert parallel.best_params_ == serial.best_params_
+    np.testing.assert_array_equal(parallel.predict_proba(X), serial.predict_proba(X))
+
 def test_multilabel_one_svm_per_label():
     X, y = make_images(36, 3, seed=4)
     Y = np.stack([y == 0, y == 1, y >= 1], axis=1).astype(int)

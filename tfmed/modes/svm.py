@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from joblib import parallel_config
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import roc_auc_score
@@ -122,7 +123,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
     same in the kernel. Views of a volume give one block per view and tap
     (``view_1:late``, ...). Multiclass is one-vs-rest, multilabel one SVM per
     label. Probabilities come from ``CalibratedClassifierCV`` (sigmoid,
-    fitted on cross-validated SVM scores); ``decision_function`` returns the
+    fitted on cross-validated SVM scores; the search's, the calibration's and
+    one-vs-rest's fits run as threads on every core of :func:`usable_cores`, each
+    the fit one core would make); ``decision_function`` returns the
     scores of the final SVM refitted on all training data and ``predict``
     thresholds them at the SVM's own boundary (0; argmax for multiclass).
 
@@ -484,8 +487,11 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.classifier_ = (self.classifier if self.classifier != "auto"
                             else "exact" if count <= self.exact_limit else "approximate")
         self._solver = kernel_approximation.solver_for(count)  # one solver for the search, the folds and the final fit
-        fitted = [self._fit_classifier(self._transform(blocks, names), y_enc, groups, classes, task, sample)
-                  for names in self.groups_]
+        # libsvm releases the GIL, so the grid search's, the calibration's and one-vs-rest's fits run as threads on
+        # every core: the same fits, hence the same models, as one at a time
+        with parallel_config(backend="threading", n_jobs=usable_cores()):
+            fitted = [self._fit_classifier(self._transform(blocks, names), y_enc, groups, classes, task, sample)
+                      for names in self.groups_]
         self.models_ = [models for models, _, _, _ in fitted]
         if len(fitted) == 1:
             _, self.cv_results_, self.best_params_, self.best_score_ = fitted[0]
@@ -985,6 +991,19 @@ def _describe(shape) -> str:
     """One row's shape in words: "32x32 with 1 channel(s)", or "3 views of 32x32 with 3 channel(s)"."""
     *views, height, width, channels = (int(d) for d in shape)
     return (f"{views[0]} views of " if views else "") + f"{height}x{width} with {channels} channel(s)"
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's or a job scheduler's share).
+
+    Example:
+        >>> usable_cores() >= 1
+        True
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on macOS and Windows
+        return os.cpu_count() or 1
 
 
 def _classifier_groups(names: list[str], per_view: bool) -> list[list[str]]:
