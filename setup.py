@@ -13,7 +13,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["tfmed", "tfmed.*"]),
-    package_data={"tfmed": ["datasets/*/*.npz", "datasets/*/*.md", "datasets/*/LICENSE"]},
+    package_data={"tfmed.datasets.pneumoniamnist": ["*.npz", "*.md", "LICENSE"]},
     include_package_data=True,
     python_requires=">=3.10",
     # Compatible ranges: from the versions pinned in requirements.txt (which `make` installs and the

@@ -63,6 +63,17 @@ def test_the_pinned_versions_fall_inside_the_declared_ranges():
             f"{importlib.metadata.version(name)}, requirements.txt pins {version}"
 
 
+def test_every_folder_of_tfmed_is_a_declared_package():
+    # a folder of files that is no declared package (e.g. shipped data beside no __init__.py) is one that newer
+    # setuptools warn of, and would leave out of the wheel
+    from setuptools import find_packages
+
+    declared = set(find_packages(str(ROOT), include=["tfmed", "tfmed.*"]))
+    folders = {".".join(path.relative_to(ROOT).parts) for path in [ROOT / "tfmed", *(ROOT / "tfmed").rglob("*")]
+               if path.is_dir() and path.name != "__pycache__" and any(p.is_file() for p in path.iterdir())}
+    assert folders - declared == set()
+
+
 def test_a_wheel_carries_the_package_data_and_its_requirements(tmp_path):
     source = tmp_path / "source"
     source.mkdir()
