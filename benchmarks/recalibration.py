@@ -33,7 +33,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -49,7 +48,7 @@ from tfmed.config import ExperimentConfig  # noqa: E402
 from tfmed.evaluation.decision import calibration_line  # noqa: E402
 from tfmed.evaluation.recalibration import Recalibration, probability_scores  # noqa: E402
 from tfmed.evaluation.report import predictions_column  # noqa: E402
-from tfmed.run.evaluate import evaluate_run, load_metrics  # noqa: E402
+from tfmed.run.evaluate import evaluate_run, load_metrics, load_oof_predictions  # noqa: E402
 from tfmed.run.recalibrate_run import recalibrate_run  # noqa: E402
 
 
@@ -66,9 +65,8 @@ def fitting_scores(run: Path, metrics: dict) -> tuple[str, np.ndarray, np.ndarra
     k-fold run the pooled out-of-fold scores; the name, labels and scores."""
     if "kfold" not in metrics:
         return ("val", *split_scores(run, "val", metrics["classes"]))
-    oof = pd.read_csv(run / "oof_predictions.csv")
-    y = np.array([json.loads(str(label)) for label in oof["label"]], dtype=int)
-    return "out of fold", y, np.array([json.loads(str(score)) for score in oof["oof_score"]], dtype=float)
+    y, scores = load_oof_predictions(run)
+    return "out of fold", y.astype(int), scores
 
 
 def figures(task: str, y: np.ndarray, p: np.ndarray) -> dict:

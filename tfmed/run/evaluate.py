@@ -270,3 +270,15 @@ def _copies_of_run_images(run_dir: Path, config: ExperimentConfig,
 def load_metrics(run_dir: str | Path) -> dict:
     """The ``metrics.json`` of a run or evaluation directory."""
     return json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+
+
+def load_oof_predictions(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The labels and pooled out-of-fold scores of a k-fold run (its ``oof_predictions.csv``, whose cells hold
+    a number or a list: one score or one row per image).
+
+    Example:
+        >>> labels, scores = load_oof_predictions("runs/tb_xray/20261205-090000")  # doctest: +SKIP
+    """
+    frame = pd.read_csv(Path(run_dir) / "oof_predictions.csv")
+    labels = np.array([json.loads(str(label)) for label in frame["label"]])
+    return labels, np.array([json.loads(str(score)) for score in frame["oof_score"]], dtype=float)
