@@ -328,6 +328,24 @@ def test_the_heldout_benchmark_refuses_altered_val_for_a_recipe_that_trains_on_v
 
 
 @pytest.mark.slow
+def test_the_heldout_benchmark_scores_altered_val_at_the_threshold_chosen_on_the_unaltered_val(runs, tmp_path,
+                                                                                                 monkeypatch):
+    """--shifted-val's accuracy on an altered copy is that of the run's own decisions (its val threshold kept)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import heldout
+
+    config = ExperimentConfig.from_yaml(runs["raw"] / "config.yaml")
+    figures = heldout.shifted_val_figures(runs["raw"], config, tmp_path)
+    assert set(figures) == set(heldout.SHIFTS)
+    threshold = load_metrics(runs["raw"])["thresholds"]["youden"]
+    blurred = _scores(tmp_path / "val_blur_1px")
+    assert ((blurred["score"] >= threshold).astype(int) == blurred["decision"]).all()
+    assert figures["blur 1px"]["acc"] == pytest.approx((blurred["decision"] == blurred["label"]).mean())
+    assert figures["blur 1px"]["auc"] == pytest.approx(roc_auc_score(blurred["label"], blurred["score"]), abs=1e-3)
+    assert len({entry["acc"] for entry in figures.values()}) > 1  # each copy scored on its own images
+
+
+@pytest.mark.slow
 def test_tfmed_ensemble_recalibrates_the_combination_but_refuses_recalibrated_runs(runs, tmp_path, capsys):
     out = tmp_path / "combined"
     assert main(["ensemble", str(runs["raw"]), str(runs["late"]), "--recalibrate", "temperature",

@@ -556,7 +556,9 @@ class AugmentConfig(_Section):
     chest X-rays. ``gamma`` (log-gamma range), ``blur_sigma`` (pixels) and
     ``noise`` (standard deviation, 0-255 scale) imitate another scanner or
     protocol: a model that saw them in training holds up better on images from
-    another hospital. With 2-D views of volumes (``views``),
+    another hospital. The blur is applied at ``preprocess.image_size``, so an
+    image upsampled from 28 to 96 px needs a sigma of about 3.4 to imitate a
+    1 px blur of the original. With 2-D views of volumes (``views``),
     ``view_rotation_degrees`` turns the planes by a random angle in that range
     about the patient's cranio-caudal axis through the centre, and
     ``center_jitter_mm`` moves the centre by up to that much along each axis.
