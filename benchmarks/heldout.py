@@ -14,7 +14,7 @@ validation split, and the script prints:
 * with ``--shifted-val``: a proxy for a change of acquisition, the AUC on
   copies of the validation images altered as another scanner or protocol
   might alter them (gamma 0.7 and 1.4, Gaussian blur sigma 1 px, noise sd 8
-  on 0-255, a 90% central crop, contrast x0.8; at the images' own 28 px): mean
+  on 0-255, a 90% central crop, contrast x0.8; in the images' own pixels): mean
   and worst; and the accuracy there of the decisions at the threshold chosen on
   the unaltered val (does the operating point survive the change?);
 * with ``--test-npz FILE``: AUC with its 95% interval and accuracy on that MedMNIST-style file's
