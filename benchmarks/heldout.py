@@ -92,6 +92,12 @@ def oof_auc(config: ExperimentConfig, runs_dir: Path, folds: int) -> tuple[float
     return load_metrics(run)["kfold"]["pooled_oof_auc"], time.time() - started
 
 
+def decision_accuracy(predictions: pd.DataFrame) -> float:
+    """The share of an evaluation's images whose decision (the run's val threshold; multiclass: the most
+    probable class) is their label."""
+    return float((predictions["decision"] == predictions["label"]).mean())
+
+
 def test_file_figures(run: Path, test_npz: str, out: Path) -> dict:
     """AUC and accuracy (at the val threshold and at 0.5) on the file's test split; for an ensemble
     also each member's AUC and the paired DeLong p of the ensemble against it."""
@@ -103,10 +109,10 @@ def test_file_figures(run: Path, test_npz: str, out: Path) -> dict:
                "copies of train/val images": (load_metrics(evaluation).get("near_duplicates") or {})
                .get("copies_of_run_images")}
     if "score" in predictions:
-        figures["acc_val_threshold"] = float((predictions["decision"] == predictions["label"]).mean())
+        figures["acc_val_threshold"] = decision_accuracy(predictions)
         figures["acc_at_0.5"] = float(((predictions["score"] >= 0.5).astype(int) == predictions["label"]).mean())
     else:
-        figures["acc_argmax"] = float((predictions["decision"] == predictions["label"]).mean())
+        figures["acc_argmax"] = decision_accuracy(predictions)
     for name, entry in members.items():
         entry = entry.get("macro", entry)  # multilabel: the macro AUC's test
         figures[f"member {name} auc"] = entry.get("auc", entry.get("macro_auc"))
@@ -153,7 +159,7 @@ def shifted_val_figures(run: Path, config: ExperimentConfig, out: Path) -> dict:
         evaluation = evaluate_run(run, data=f"medmnist:{path}#test", output=path.with_suffix(""))
         predictions = pd.read_csv(evaluation / "predictions.csv")
         figures[name] = {"auc": auc_of(load_metrics(evaluation)["splits"]["test"]),
-                         "acc": float((predictions["decision"] == predictions["label"]).mean())}
+                         "acc": decision_accuracy(predictions)}
     return figures
 
 

@@ -112,7 +112,6 @@ def test_multiclass_one_vs_rest_with_string_labels():
     assert model.score(X, names) >= 0.8
 
 
-
 def test_svm_fits_run_as_threads_on_every_usable_core_and_give_the_same_model(monkeypatch):
     import threading
 
@@ -135,6 +134,7 @@ def test_svm_fits_run_as_threads_on_every_usable_core_and_give_the_same_model(mo
     assert len(threads) > 18 and set(threads) == {threading.get_ident()}
     assert parallel.best_params_ == serial.best_params_
     np.testing.assert_array_equal(parallel.predict_proba(X), serial.predict_proba(X))
+
 
 def test_multilabel_one_svm_per_label():
     X, y = make_images(36, 3, seed=4)
