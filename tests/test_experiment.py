@@ -236,6 +236,9 @@ def test_predict_writes_probabilities_and_decisions(pneumonia_run, tmp_path):
 def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
     config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/tb_xray.yaml"), tmp_path)
     config.data.path = str(write_tb_stand_in(tmp_path / "tb_xray"))
+    for member in config.model.ensemble.members:  # a few batches: the floors are tested in test_finetune.py
+        for stage in member.finetune.stages:
+            stage.epochs, stage.min_steps = 2, None
     run_dir = run_experiment(config)
     splits = pd.read_csv(run_dir / "splits.csv")
     per_patient = splits.groupby("patient_id")["split"].nunique()
@@ -243,6 +246,7 @@ def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
     assert set(splits["site"]) == {"shenzhen", "montgomery"}
     metrics = load_metrics(run_dir)
     assert metrics["splits"]["test"]["youden"]["roc_auc"] > 0.8  # the synthetic patch is easy
+    assert set(metrics["members"]["test"]) == {"lite0_finetune", "lite0_finetune_seed1"}  # a seed ensemble
 
 
 def test_tb_xray_without_data_stops_at_once_naming_the_sets(tmp_path):
