@@ -297,6 +297,32 @@ def test_early_stopping_never_cuts_a_stage_below_its_min_steps():
     assert epochs_run(StageConfig(epochs=1, unfreeze=0, min_steps=5)) == 3
 
 
+def test_a_fit_depends_on_its_seed_not_on_what_ran_before():
+    """An ensemble member or k-fold model is fitted after others of other seeds: that must not change it."""
+    import pandas as pd
+    from tfmed.config import AugmentConfig, PreprocessConfig
+    from tfmed.data.pipeline import ImageInputs
+    from tfmed.data.table import ImageTable
+
+    x, y = make_data(n=24)
+    frame = pd.DataFrame({"image": [f"mem#{i}" for i in range(24)], "array_index": np.arange(24),
+                          "label": y.ravel().astype(int)})
+    table = ImageTable(frame, ["normal", "pneumonia"], "binary", images=x.astype(np.uint8))
+    inputs = ImageInputs(PreprocessConfig(image_size=SIZE))
+    config = FinetuneConfig(stages=[StageConfig(epochs=2, unfreeze=0)], learning_rate=1e-2, batch_size=8,
+                            early_stopping_patience=None)
+
+    def scores(seed, seed_before):
+        keras.utils.set_random_seed(seed_before)  # as left by a member of that seed fitted just before
+        tuner = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None, seed=seed,
+                          augment=AugmentConfig(rotation_degrees=10, brightness=0.1))
+        return tuner.fit_tables(table, None, inputs).predict_table(table, inputs)
+
+    first = scores(0, seed_before=1)
+    np.testing.assert_array_equal(scores(0, seed_before=2), first)
+    assert not np.allclose(scores(3, seed_before=1), first)  # the seed does reach the fit
+
+
 def test_bad_settings_and_data_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown backbone 'resnet9000'"):
         FineTuner("resnet9000", "binary", 1)

@@ -252,7 +252,9 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
         balance: "oversample"/"undersample" resample the training stream to
             ``balance.target`` (uniform by default); other methods do not resample.
         stats: train-split statistics from ``fit_statistics`` when the intensity needs them.
-        seed: seeds shuffling, resampling and augmentation (a fresh draw each epoch).
+        seed: seeds shuffling, resampling and augmentation (a fresh draw each epoch), together
+            with TensorFlow's global seed at the time of the call (``keras.utils.set_random_seed``;
+            tfmed's fine-tuner sets it to its own seed first).
         cache: preprocess every image once, when this is called, and keep the
             result in memory (S*S*C*4 bytes per image): for small data sets.
         view: a deterministic test-time view (see :mod:`tfmed.data.tta`) applied to

@@ -172,11 +172,16 @@ class FineTuner:
     def fit_tables(self, train, val, inputs) -> "FineTuner":
         """Fit on the ``train`` table (augmented, resampled); ``val`` drives early stopping.
 
+        The result depends on ``seed`` alone, not on what ran before in the process: TensorFlow's
+        global seed is set to it before the training stream (shuffle, resampling, augmentation
+        draws, which combine the global seed with their own) is built.
+
         Example:
             >>> tuner.fit_tables(table.split("train"), table.split("val"), ImageInputs(preprocess))  # doctest: +SKIP
         """
         from tfmed.training.callbacks import EpochLogger
 
+        keras.utils.set_random_seed(self.seed)
         batch = self.global_batch_size  # per-replica batch x replicas
         train_ds = inputs.dataset(train, training=True, batch_size=batch, augment=self.augment,
                                   balance=self.balance, seed=self.seed)
