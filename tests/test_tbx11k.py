@@ -251,12 +251,16 @@ def test_the_tbx11k_experiment_answers_tuberculosis_or_not_and_is_tested_on_the_
     config.data.path = f"{root}#train"
     config.runs_dir, config.preprocess.image_size, config.model.weights = str(tmp_path / "runs"), 32, None
     config.split.test_fraction = config.split.val_fraction = 0.2
+    for member in config.model.ensemble.members:  # a few batches: the floors are tested in test_finetune.py
+        for stage in member.finetune.stages if member.mode == "finetune" else []:
+            stage.epochs, stage.min_steps = 1, None
     run = run_experiment(config)
     splits = pd.read_csv(run / "splits.csv")
     assert len(splits) == 30 and set(splits["split"]) == {"train", "val", "test"}  # the official train list only
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["classes"] == ["tuberculosis", "sick_non_tb", "healthy"]
     assert metrics["coarse"]["classes"] == ["non_tb", "tb"] and set(metrics["coarse"]["splits"]) == {"val", "test"}
+    assert set(metrics["members"]["test"]) == {"lite0_middle_late", "lite2_middle", "lite0_finetune"}
     assert (run / "explanations" / "explanations.csv").is_file()
     # the publisher's validation split, never used for a choice, scored at the run's coarse thresholds
     assert main(["evaluate", "--model", str(run), "--data", f"tbx11k:{root}#val",

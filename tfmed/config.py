@@ -871,8 +871,8 @@ class MemberConfig(_Section):
     and ``balance`` from the sections of those names. Give ``preprocess`` to
     let a member see other inputs, e.g. a fine-tune at 96 px beside features
     at 224 px. ``seed`` (null: the experiment's) seeds the member's training
-    (new head, dropout, batch order; the SVM's CV folds): fine-tunes that differ
-    only in seed make a seed ensemble.
+    (new head, dropout, batch order, augmentation; the SVM's CV folds), whatever ran
+    before it: fine-tunes that differ only in seed make a seed ensemble.
     """
 
     KEY: ClassVar[str] = "model.ensemble.members[]."
