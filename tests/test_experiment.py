@@ -247,6 +247,13 @@ def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
     metrics = load_metrics(run_dir)
     assert metrics["splits"]["test"]["youden"]["roc_auc"] > 0.8  # the synthetic patch is easy
     assert set(metrics["members"]["test"]) == {"lite0_finetune", "lite0_finetune_seed1"}  # a seed ensemble
+    # the decision: 0.5 on probabilities recalibrated on the pooled out-of-fold scores (the easy stand-in's
+    # scores may separate its classes completely, and then the fit is declined with that reason; the fit
+    # itself is tested in test_recalibration.py)
+    assert metrics["threshold_method"] == "fixed" and metrics["thresholds"]["fixed"] == 0.5
+    recalibration = metrics["recalibration"]
+    assert (recalibration["method"], recalibration["fitted_on"]) == ("logistic", "out_of_fold")
+    assert recalibration["applied"] or "separate the classes completely" in recalibration["reason"]
 
 
 def test_tb_xray_without_data_stops_at_once_naming_the_sets(tmp_path):
