@@ -33,6 +33,14 @@ def _small(config: ExperimentConfig, tmp_path: Path) -> ExperimentConfig:
     return config
 
 
+def shorten_fine_tunes(config: ExperimentConfig, epochs: int) -> None:
+    """Give each fine-tune member of an ensemble experiment ``epochs`` epochs a stage and no ``min_steps``
+    floor (the floors are tested in test_finetune.py), so that it trains on a few batches."""
+    for member in config.model.ensemble.members:
+        for stage in member.finetune.stages if member.mode == "finetune" else []:
+            stage.epochs, stage.min_steps = epochs, None
+
+
 def write_tb_stand_in(root: Path, per_site: int = 24, size: int = 48) -> Path:
     """A folder shaped like the NLM sets: site folders, *_0.png normal, *_1.png TB."""
     rng = np.random.default_rng(0)
@@ -236,9 +244,7 @@ def test_predict_writes_probabilities_and_decisions(pneumonia_run, tmp_path):
 def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
     config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/tb_xray.yaml"), tmp_path)
     config.data.path = str(write_tb_stand_in(tmp_path / "tb_xray"))
-    for member in config.model.ensemble.members:  # a few batches: the floors are tested in test_finetune.py
-        for stage in member.finetune.stages:
-            stage.epochs, stage.min_steps = 2, None
+    shorten_fine_tunes(config, epochs=2)
     run_dir = run_experiment(config)
     splits = pd.read_csv(run_dir / "splits.csv")
     per_patient = splits.groupby("patient_id")["split"].nunique()

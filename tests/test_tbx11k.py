@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from test_experiment import shorten_fine_tunes
 from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from tfmed.config import ConfigError, DataConfig
 from tfmed.data.boxes import parse_boxes
@@ -251,9 +252,7 @@ def test_the_tbx11k_experiment_answers_tuberculosis_or_not_and_is_tested_on_the_
     config.data.path = f"{root}#train"
     config.runs_dir, config.preprocess.image_size, config.model.weights = str(tmp_path / "runs"), 32, None
     config.split.test_fraction = config.split.val_fraction = 0.2
-    for member in config.model.ensemble.members:  # a few batches: the floors are tested in test_finetune.py
-        for stage in member.finetune.stages if member.mode == "finetune" else []:
-            stage.epochs, stage.min_steps = 1, None
+    shorten_fine_tunes(config, epochs=1)
     run = run_experiment(config)
     splits = pd.read_csv(run / "splits.csv")
     assert len(splits) == 30 and set(splits["split"]) == {"train", "val", "test"}  # the official train list only
