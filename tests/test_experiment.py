@@ -241,6 +241,52 @@ def test_predict_writes_probabilities_and_decisions(pneumonia_run, tmp_path):
     assert set(frame["decision"]) <= {"normal", "pneumonia"}
 
 
+def _folder_with_a_corrupt_image(root: Path, count: int = 24) -> Path:
+    """Class folders of ``count`` official val images and one file that is not an image."""
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    for i, (image, label) in enumerate(zip(data["val_images"][:count], data["val_labels"][:count, 0])):
+        (root / ("normal", "pneumonia")[label]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / ("normal", "pneumonia")[label] / f"{i:03d}.png"), image)
+    (root / "normal").mkdir(parents=True, exist_ok=True)
+    (root / "normal" / "broken.png").write_bytes(b"\x89PNG but not an image")
+    return root
+
+
+def test_evaluate_leaves_bad_rows_out_only_when_its_data_yaml_says_so(pneumonia_run, tmp_path):
+    from tfmed.data.validate import DataValidationError
+
+    folder = _folder_with_a_corrupt_image(tmp_path / "site")
+    # a source spec cannot set exclude_bad_rows, so the error says how to (not "set data.exclude_bad_rows")
+    with pytest.raises(DataValidationError, match=r"broken\.png: corrupt") as refused:
+        evaluate_run(pneumonia_run, data=f"folder:{folder}", output=tmp_path / "refused")
+    assert "pass --data a YAML file whose data: section names" in str(refused.value)
+    assert not (tmp_path / "refused").exists()
+    yaml = tmp_path / "site.yaml"
+    yaml.write_text(f"data:\n  source: folder\n  path: {folder}\n")
+    with pytest.raises(DataValidationError, match=f"set exclude_bad_rows: true in the data: section of {yaml}"):
+        evaluate_run(pneumonia_run, data=str(yaml), output=tmp_path / "refused")
+    yaml.write_text(f"data:\n  source: folder\n  path: {folder}\n  exclude_bad_rows: true\n")
+    out = evaluate_run(pneumonia_run, data=str(yaml), output=tmp_path / "kept")
+    assert sum(load_metrics(out)["counts"]["test"].values()) == 24  # every readable image, the broken one left out
+    excluded = pd.read_csv(out / "excluded_rows.csv")
+    assert [Path(image).name for image in excluded["image"]] == ["broken.png"]
+    assert "corrupt" in excluded["problem"].iloc[0]
+    assert "broken.png" in (out / "report.html").read_text()
+
+
+def test_predict_and_explain_say_to_leave_an_unreadable_file_out(pneumonia_run, tmp_path):
+    from tfmed.data.validate import DataValidationError
+    from tfmed.run.explain import explain_run
+
+    folder = _folder_with_a_corrupt_image(tmp_path / "new", count=2)
+    with pytest.raises(DataValidationError, match=r"broken\.png: corrupt") as refused:
+        predict_images(pneumonia_run, [str(folder)])
+    assert "leave those files out of the images given to tfmed predict" in str(refused.value)
+    assert "exclude_bad_rows" not in str(refused.value)  # predict has no such setting
+    with pytest.raises(DataValidationError, match="leave those files out of the images given to tfmed explain"):
+        explain_run(pneumonia_run, images=[str(folder)], output=tmp_path / "maps")
+
+
 def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
     config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/tb_xray.yaml"), tmp_path)
     config.data.path = str(write_tb_stand_in(tmp_path / "tb_xray"))

@@ -437,6 +437,28 @@ def test_tfmed_recalibrate_fits_another_hospitals_images_into_a_new_run(runs, ho
 
 
 @pytest.mark.slow
+def test_tfmed_recalibrate_leaves_out_and_lists_the_bad_rows_a_data_yaml_lets_it(runs, hospital, tmp_path):
+    import cv2
+
+    site = np.load(hospital["fit"].removeprefix("medmnist:").removesuffix("#val"))
+    for i, (image, label) in enumerate(zip(site["val_images"], site["val_labels"][:, 0])):
+        (tmp_path / "site" / str(label)).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "site" / str(label) / f"{i:03d}.png"), image)
+    (tmp_path / "site" / "0" / "broken.png").write_bytes(b"not an image")
+    yaml = tmp_path / "site.yaml"
+    yaml.write_text(f"data:\n  source: folder\n  path: {tmp_path / 'site'}\n  exclude_bad_rows: true\n")
+    out = recalibrate_run(runs["raw"], str(yaml), tmp_path / "recalibrated", "logistic")
+    excluded = pd.read_csv(out / "excluded_rows.csv")
+    assert [Path(image).name for image in excluded["image"]] == ["broken.png"]
+    assert "broken.png" in (out / "report.html").read_text()
+    # fitted on the readable images alone: the same fit as on the same images in the MedMNIST-style file
+    from_file = recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "from_file", "logistic")
+    assert load_metrics(out)["recalibration"]["fit"]["slope"] == pytest.approx(
+        load_metrics(from_file)["recalibration"]["fit"]["slope"], rel=1e-4)
+    assert sum(load_metrics(out)["counts"]["val"].values()) == len(site["val_images"])
+
+
+@pytest.mark.slow
 def test_tfmed_recalibrate_by_default_shifts_the_runs_own_recalibration_to_the_hospitals_prevalence(
         runs, hospital, tmp_path):
     home = _scores(evaluate_run(runs["recalibrated"], data=hospital["fit"], output=tmp_path / "home"))

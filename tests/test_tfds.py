@@ -238,14 +238,22 @@ def test_ct_in_hounsfield_units_round_trips_as_float(tmp_path):
     assert back.frame["patient_id"].tolist() == source.frame["patient_id"].tolist()
 
 
-def test_an_export_refuses_what_it_cannot_write_faithfully(tmp_path):
+def test_an_export_refuses_what_it_cannot_write_faithfully(tmp_path, capsys):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4), np.uint8))
     manifest = write_manifest(tmp_path, [{"path": "a.png", "label": 0, "split": "train"},
                                          {"path": "gone.png", "label": 1, "split": "val"}])
     table = load_source(parse_source_spec(f"manifest:{manifest}"))
-    with pytest.raises(DataValidationError, match="gone.png.*file not found"):
+    with pytest.raises(DataValidationError, match="gone.png.*file not found") as refused:
         export_tfds(table, tmp_path / "out", name="study")
+    assert "remove them from the source before exporting it" in str(refused.value)
+    assert "exclude_bad_rows" not in str(refused.value)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+    # an export leaves no row out: a data section asking for that is refused, not ignored
+    (tmp_path / "leave_out.yaml").write_text(f"data:\n  source: manifest\n  path: {manifest}\n"
+                                             "  exclude_bad_rows: true\n")
+    assert main(["export-tfds", str(tmp_path / "leave_out.yaml"), str(tmp_path / "out")]) == 2
+    assert "exclude_bad_rows is true, but export-tfds exports every row" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     cv2.imwrite(str(tmp_path / "b.png"), np.ones((4, 4), np.uint8))
     partial = write_manifest(tmp_path, [{"path": "a.png", "label": 0, "split": "train"},
                                         {"path": "b.png", "label": 1, "split": ""}], name="partial.csv")

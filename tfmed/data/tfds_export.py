@@ -132,7 +132,8 @@ def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: s
                               f"with a letter, e.g. {suggested_name(name)!r}")
     if not VERSION_PATTERN.match(version):
         raise DataSourceError(f"version {version!r}: TFDS versions are MAJOR.MINOR.PATCH, e.g. 1.0.0")
-    table = apply_validation(table, validate_table(table, max_pixels=max_pixels), exclude_bad_rows=False)
+    table = apply_validation(table, validate_table(table, max_pixels=max_pixels), exclude_bad_rows=False,
+                             remedy="remove them from the source before exporting it")
     unknown = table.task == "multilabel" and bool((table.labels() == UNKNOWN_LABEL).any())
     boxes = BOXES_COLUMN in table.frame.columns and bool(table.frame[BOXES_COLUMN].notna().any())
     demographics = bool(table.frame[list(DEMOGRAPHIC_COLUMNS)].notna().any().any())

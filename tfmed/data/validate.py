@@ -46,6 +46,8 @@ from tfmed.errors import TfmedError
 from tfmed.progress import native_stderr_captured
 
 SOURCE_PROBLEMS = "source_problems"
+# How a run leaves bad rows out; commands that read rows otherwise say their own way (apply_validation's remedy).
+RUN_REMEDY = "set data.exclude_bad_rows: true to leave them out (they are then listed in the run's output)"
 
 
 class DataValidationError(TfmedError):
@@ -118,8 +120,9 @@ class ValidationReport:
         """Sorted table positions of the rows with problems."""
         return sorted({p.position for p in self.problems if p.position is not None})
 
-    def format(self) -> str:
-        """Readable text listing every problem and warning with its fix."""
+    def format(self, remedy: str = RUN_REMEDY) -> str:
+        """Readable text listing every problem and warning with its fix; ``remedy`` closes the list of
+        problems, saying how the command that read the rows can leave them out."""
         where = f" in {self.source}" if self.source else ""
         if self.problems:
             rows = {p.row for p in self.problems}
@@ -131,8 +134,7 @@ class ValidationReport:
         if self.warnings:
             lines.append(self.warnings_text())
         if self.problems:
-            lines.append("Fix the rows above, or set data.exclude_bad_rows: true to leave them out "
-                         "(they are then listed in the run's output).")
+            lines.append(f"Fix the rows above, or {remedy}.")
         return "\n".join(lines)
 
     def warnings_text(self) -> str:
@@ -424,8 +426,10 @@ def _check_arrays(table: ImageTable, report: ValidationReport, add, max_channels
             first.setdefault(value, position)
 
 
-def apply_validation(table: ImageTable, report: ValidationReport, exclude_bad_rows: bool) -> ImageTable:
-    """Stop on problems, or drop the bad rows and list them in ``table.excluded``.
+def apply_validation(table: ImageTable, report: ValidationReport, exclude_bad_rows: bool,
+                     remedy: str = RUN_REMEDY) -> ImageTable:
+    """Stop on problems, or drop the bad rows and list them in ``table.excluded``. ``remedy`` ends the
+    error's report: how the calling command leaves bad rows out (a run: ``data.exclude_bad_rows``).
 
     Raises:
         DataValidationError: the report has problems and ``exclude_bad_rows``
@@ -442,11 +446,11 @@ def apply_validation(table: ImageTable, report: ValidationReport, exclude_bad_ro
         (0, ['file not found'])
     """
     if report.problems and not exclude_bad_rows:
-        raise DataValidationError(report.format(), report)
+        raise DataValidationError(report.format(remedy), report)
     whole_table = [p for p in report.problems if p.position is None]
     if whole_table:
         raise DataValidationError("These problems concern the whole table and cannot be excluded "
-                                  "row by row:\n" + report.format(), report)
+                                  "row by row:\n" + report.format(remedy), report)
     bad = report.bad_positions
     keep = np.ones(len(table.frame), dtype=bool)
     keep[bad] = False

@@ -312,6 +312,10 @@ def _cmd_export_tfds(args) -> int:
     table, data, views = _load_any_source(args.data)
     if views is not None and views.enabled:
         raise TfmedError(f"{args.data} reads volumes (views.enabled); export-tfds writes 2-D images only")
+    if data.exclude_bad_rows:
+        raise TfmedError(f"{args.data}: data.exclude_bad_rows is true, but export-tfds exports every row of the "
+                         "source and leaves none out; remove the setting, then repair or remove the rows that "
+                         "validation names (tfmed validate lists them)")
     name = args.name or suggested_name(data.source if data.source in EMBEDDED
                                        else Path(data.path.split("#")[0]).stem or data.source)
     citation = args.citation or (EMBEDDED[data.source].licence if data.source in EMBEDDED else None)

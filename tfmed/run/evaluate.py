@@ -67,10 +67,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     check_subgroups(config.evaluation.subgroups, table, f"{scored}: {where}")
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
     out.mkdir(parents=True, exist_ok=True)
-    excluded = table.excluded if data is not None else pd.DataFrame()  # the run lists its own
-    if len(excluded):
-        excluded.to_csv(out / "excluded_rows.csv", index=False)
-        log(f"{data}: {len(excluded)} row(s) not scored (listed in excluded_rows.csv)")
+    excluded = write_excluded(out, table, data) if data is not None else []  # the run lists its own
     copies, copy_rows = _copies_of_run_images(run_dir, config, table)
     log(f"scoring {len(table)} images from {source}")
     scores, members = model.predict_with_members(table)
@@ -98,7 +95,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
                   notes=notes + member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics),
                   member_scores={"test": members} if members is not None else None,
-                  excluded=to_jsonable(excluded.astype(str).to_dict("records")))
+                  excluded=excluded)
     return out
 
 
@@ -121,8 +118,9 @@ def subgroup_setting(evaluation: EvaluationConfig, subgroups: list[str]) -> Eval
 
 def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
                        config: ExperimentConfig) -> tuple[ImageTable, str]:
-    """The images and labels ``data`` (parsed as ``parsed``) names, validated as the run's own data were (bad rows
-    are refused, not left out), and the data's name for reports.
+    """The images and labels ``data`` (parsed as ``parsed``) names, validated as the run's own data were, and
+    the data's name for reports. Bad rows are refused, or left out (in ``table.excluded``, see
+    :func:`write_excluded`) when ``data`` is a YAML file whose ``data:`` section sets ``exclude_bad_rows: true``.
 
     Example:
         >>> table, source = read_labelled_data(spec, evaluation_data(spec), model, config)  # doctest: +SKIP
@@ -131,8 +129,28 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
     report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
     if report.warnings:
         log(report.warnings_text())
-    table = apply_validation(table, report, exclude_bad_rows=False)
+    remedy = (f"set exclude_bad_rows: true in the data: section of {data} to leave them out"
+              if is_experiment_file(data) else
+              f"pass --data a YAML file whose data: section names {data} (source and path) and sets "
+              "exclude_bad_rows: true to leave them out")
+    table = apply_validation(table, report, exclude_bad_rows=parsed.exclude_bad_rows,
+                             remedy=remedy + " (they are then listed in the output's excluded_rows.csv)")
     return table, (f"{parsed.source}:{parsed.path} (from {data})" if is_experiment_file(data) else data)
+
+
+def write_excluded(out: Path, table: ImageTable, data: str) -> list[dict]:
+    """Write the rows of ``data`` left out of ``table`` (bad rows, rows the source skips) to
+    ``out/excluded_rows.csv`` and log their count; returns them as records for the report ([] when none).
+
+    Example:
+        >>> write_excluded(out, table, "manifest:site_b.csv")  # doctest: +SKIP
+        [{'image': 'b/17.png', 'label': '1', 'problem': 'corrupt or truncated PNG ...', 'fix': '...'}]
+    """
+    if not len(table.excluded):
+        return []
+    table.excluded.to_csv(out / "excluded_rows.csv", index=False)
+    log(f"{data}: {len(table.excluded)} row(s) not scored (listed in excluded_rows.csv)")
+    return to_jsonable(table.excluded.astype(str).to_dict("records"))
 
 
 def fit_model_labels(table: ImageTable, model: TrainedModel, data: str | None) -> ImageTable:

@@ -201,7 +201,7 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
 
         if model.task == "multilabel":
             explained_classes(model, None, index)  # refuses a missing --index before any scoring
-        table = image_table(model, images, run_max_pixels(run_dir))
+        table = image_table(model, images, run_max_pixels(run_dir), command="tfmed explain")
         scores, groups, labels, split = model.predict(table), [""] * len(table), None, None
     else:
         chosen = group_class(model, index)

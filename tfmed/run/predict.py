@@ -42,9 +42,11 @@ def collect_images(paths: list[str]) -> list[Path]:
     return files
 
 
-def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageTable:
+def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                command: str = "tfmed predict") -> ImageTable:
     """A validated table of the image files/folders in ``paths`` (labels unknown, set to 0) for ``model``;
-    images over ``max_pixels`` pixels are refused (the run's ``data.max_image_pixels``).
+    images over ``max_pixels`` pixels are refused (the run's ``data.max_image_pixels``), as are unreadable
+    ones, with a report that tells the user to leave them out of what they give ``command``.
 
     Example:
         >>> table = image_table(TrainedModel.load("runs/pneumonia_mnist/20261124-101500"), ["scans/"])  # doctest: +SKIP
@@ -56,7 +58,8 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
         frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
         table = ImageTable.unlabelled(frame, list(model.classes), model.task, source="predict")
     report = validate_table(table, max_pixels=max_pixels, views=model.views)
-    return apply_validation(table, report, exclude_bad_rows=False)
+    return apply_validation(table, report, exclude_bad_rows=False,
+                            remedy=f"leave those files out of the images given to {command}")
 
 
 def _lesion_centred(model: TrainedModel) -> bool:

@@ -31,7 +31,7 @@ from tfmed.evaluation.recalibration import RecalibrationError, carried_threshold
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
-from tfmed.run.evaluate import evaluation_data, fit_model_labels, read_labelled_data
+from tfmed.run.evaluate import evaluation_data, fit_model_labels, read_labelled_data, write_excluded
 from tfmed.run.experiment import (check_subgroups, choose_coarse_thresholds, count_entries, recalibrate,
                                   scored_metrics)
 from tfmed.run.manifest import finish_run
@@ -121,6 +121,7 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     splits = table.frame.drop(columns=["array_index"], errors="ignore").assign(split="val")
     splits.to_csv(out / "splits.csv", index=False)
+    excluded = write_excluded(out, table, data)
     model.save(out / "model")
     metrics = {**scored_metrics(model, {"val": table}, {"val": scores}, config.evaluation), "source": source,
                "recalibrated_from": str(run), **count_entries({"val": table}), "tta_views": model.tta.view_count(),
@@ -135,7 +136,7 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
                   + coarse_sentences(metrics),
                   model_facts={"mode": model.mode, "backbone": model.backbone,
                                "recalibration": model.recalibration.describe()},
-                  excluded=[])
+                  excluded=excluded)
     finish_run(out)
     return out
 
