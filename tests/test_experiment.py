@@ -265,6 +265,11 @@ def test_evaluate_leaves_bad_rows_out_only_when_its_data_yaml_says_so(pneumonia_
     yaml.write_text(f"data:\n  source: folder\n  path: {folder}\n")
     with pytest.raises(DataValidationError, match=f"set exclude_bad_rows: true in the data: section of {yaml}"):
         evaluate_run(pneumonia_run, data=str(yaml), output=tmp_path / "refused")
+    # the YAML's own pixel limit applies to its images (28 x 28 = 784 pixels each)
+    yaml.write_text(f"data:\n  source: folder\n  path: {folder}\n  max_image_pixels: 700\n  exclude_bad_rows: true\n")
+    with pytest.raises(DataValidationError, match="every row is a bad row, so none is left to score") as refused:
+        evaluate_run(pneumonia_run, data=str(yaml), output=tmp_path / "refused")
+    assert "over the limit of" in str(refused.value) and "raise data.max_image_pixels" in str(refused.value)
     yaml.write_text(f"data:\n  source: folder\n  path: {folder}\n  exclude_bad_rows: true\n")
     out = evaluate_run(pneumonia_run, data=str(yaml), output=tmp_path / "kept")
     assert sum(load_metrics(out)["counts"]["test"].values()) == 24  # every readable image, the broken one left out

@@ -16,7 +16,7 @@ from tfmed.config import ConfigError, DataConfig, EvaluationConfig, ExperimentCo
 from tfmed.data.near_duplicates import copies_of
 from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec
 from tfmed.data.table import LABEL_PREFIX, ImageTable, remap_labels
-from tfmed.data.validate import apply_validation, validate_table
+from tfmed.data.validate import DataValidationError, apply_validation, validate_table
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.froc import froc
 from tfmed.evaluation.metrics import to_jsonable
@@ -121,12 +121,14 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
     """The images and labels ``data`` (parsed as ``parsed``) names, validated as the run's own data were, and
     the data's name for reports. Bad rows are refused, or left out (in ``table.excluded``, see
     :func:`write_excluded`) when ``data`` is a YAML file whose ``data:`` section sets ``exclude_bad_rows: true``.
+    Images over the pixel limit of that section (a YAML file) or of the run (a source spec) are bad rows.
 
     Example:
         >>> table, source = read_labelled_data(spec, evaluation_data(spec), model, config)  # doctest: +SKIP
     """
     table = load_source(parsed)
-    report = validate_table(table, max_pixels=config.data.max_image_pixels, views=model.views)
+    limit = parsed.max_image_pixels if is_experiment_file(data) else config.data.max_image_pixels
+    report = validate_table(table, max_pixels=limit, views=model.views)
     if report.warnings:
         log(report.warnings_text())
     remedy = (f"set exclude_bad_rows: true in the data: section of {data} to leave them out"
@@ -135,6 +137,9 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
               "exclude_bad_rows: true to leave them out")
     table = apply_validation(table, report, exclude_bad_rows=parsed.exclude_bad_rows,
                              remedy=remedy + " (they are then listed in the output's excluded_rows.csv)")
+    if len(table) == 0 and report.problems:
+        raise DataValidationError(f"{data}: every row is a bad row, so none is left to score.\n"
+                                  + report.format(remedy="give other images"), report)
     return table, (f"{parsed.source}:{parsed.path} (from {data})" if is_experiment_file(data) else data)
 
 
