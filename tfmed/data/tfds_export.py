@@ -39,7 +39,7 @@ renamed when complete; ``OUT_DIR`` must not exist yet (exports never
 overwrite).
 
 Example:
-    >>> tfds_split_names(["train", "val", "test"])
+    >>> [TFDS_SPLITS[name] for name in ("train", "val", "test")]
     ['train', 'validation', 'test']
 """
 from __future__ import annotations
@@ -100,16 +100,6 @@ class ExportSummary:
         lines.append(f"read it with tfds.builder_from_directory({str(self.out_dir)!r}).as_dataset(split=...) "
                      f"or in tfmed as data.source: tfds, data.path: {self.out_dir}")
         return "\n".join(lines)
-
-
-def tfds_split_names(splits: list[str]) -> list[str]:
-    """TFDS's names of tfmed splits.
-
-    Example:
-        >>> tfds_split_names(["val"])
-        ['validation']
-    """
-    return [TFDS_SPLITS[name] for name in splits]
 
 
 def export_tfds(table: ImageTable, out_dir: str | Path, *, name: str, version: str = "1.0.0",
