@@ -279,6 +279,23 @@ def test_evaluate_leaves_bad_rows_out_only_when_its_data_yaml_says_so(pneumonia_
     assert "broken.png" in (out / "report.html").read_text()
 
 
+def test_evaluate_and_explain_never_overwrite_an_earlier_output(pneumonia_run, tmp_path):
+    from tfmed.run.explain import explain_run
+    from tfmed.run.rundir import RunDirectoryError
+
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    np.savez(tmp_path / "site.npz", test_images=data["val_images"][:30], test_labels=data["val_labels"][:30])
+    first = evaluate_run(pneumonia_run, data=f"medmnist:{tmp_path / 'site.npz'}#test", output=tmp_path / "ev")
+    written = {path.name: path.read_bytes() for path in first.iterdir() if path.is_file()}
+    np.savez(tmp_path / "other.npz", test_images=data["val_images"][30:60], test_labels=data["val_labels"][30:60])
+    with pytest.raises(RunDirectoryError, match="ev already exists and is not empty; evaluations never overwrite"):
+        evaluate_run(pneumonia_run, data=f"medmnist:{tmp_path / 'other.npz'}#test", output=tmp_path / "ev")
+    assert {path.name: path.read_bytes() for path in first.iterdir() if path.is_file()} == written
+    with pytest.raises(RunDirectoryError, match="explanations never overwrite each other"):
+        explain_run(pneumonia_run, output=first)
+    assert {path.name: path.read_bytes() for path in first.iterdir() if path.is_file()} == written
+
+
 def test_predict_and_explain_say_to_leave_an_unreadable_file_out(pneumonia_run, tmp_path):
     from tfmed.data.validate import DataValidationError
     from tfmed.run.explain import explain_run

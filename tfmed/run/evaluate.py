@@ -24,7 +24,7 @@ from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import check_subgroups, count_entries, merge_tables, scored_metrics
 from tfmed.run.reporting import coarse_sentences, member_sentences, subgroup_sentences, write_outputs
-from tfmed.run.rundir import RunDirectoryError, new_run_dir, resolve_run_dir, run_split_tables
+from tfmed.run.rundir import RunDirectoryError, new_run_dir, refuse_used_output, resolve_run_dir, run_split_tables
 
 
 def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
@@ -42,11 +42,13 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     ``subgroups`` (site, view, sex, age) replaces the run's ``evaluation.subgroups``
     for these figures, e.g. to audit an external test set by sex and age.
 
-    Returns the output directory (default ``RUN/evaluations/TIMESTAMP``). The
+    Returns the output directory (default ``RUN/evaluations/TIMESTAMP``; an ``output`` that already holds
+    anything is refused, as evaluations never overwrite each other). The
     run is checked against its manifest first (see :meth:`TrainedModel.load`
     for ``verify`` and ``trust_pickles``).
     """
     run_dir = resolve_run_dir(model_dir)
+    refuse_used_output(output, "evaluations")
     model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
     config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
     where = "evaluation.subgroups (of the run's config.yaml)"

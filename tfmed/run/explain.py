@@ -36,7 +36,7 @@ from tfmed.explain.localisation import box_localisation, summary
 from tfmed.explain.overlay import save_overlay, save_overlays
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
-from tfmed.run.rundir import new_run_dir, resolve_run_dir, run_split_tables
+from tfmed.run.rundir import new_run_dir, refuse_used_output, resolve_run_dir, run_split_tables
 
 GROUPS = ("TP", "FP", "FN", "TN")
 
@@ -195,6 +195,7 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
     if per_group < 1:
         raise ExplainError(f"--per-group must be at least 1, got {per_group}")
     run_dir = resolve_run_dir(run)
+    refuse_used_output(output, "explanations")
     model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
     if images:
         from tfmed.run.predict import image_table, run_max_pixels
@@ -208,8 +209,6 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
         split, table, scores, groups = _run_cases(run_dir, model, chosen, per_group)
         labels = table.labels()
     out = Path(output) if output else new_run_dir(run_dir, "explanations")
-    if output and out.exists() and any(out.iterdir()):
-        raise ExplainError(f"{out} already exists and is not empty; choose a new --output folder")
     record = write_explanations(out, model, table, scores, groups, method=method, index=index, layer=layer,
                                 labels=labels, split=split, steps=steps, seed=seed)
     log(f"wrote {record['images']} overlay(s), explanations.csv and faithfulness.json to {out}")

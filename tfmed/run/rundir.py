@@ -82,12 +82,27 @@ def output_run_dir(output: str | Path | None, name: str) -> Path:
     """
     if output is None:
         return new_run_dir("runs", name)
+    refuse_used_output(output, "runs")
     out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        raise RunDirectoryError(f"{out} already exists and is not empty; runs never overwrite each other, "
-                                "choose a new --output")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def refuse_used_output(output: str | Path | None, what: str) -> None:
+    """Refuse an ``--output`` folder that already holds anything, since ``what`` (runs, evaluations,
+    explanations) never overwrite each other; None (a new timestamped folder) passes.
+
+    Example:
+        >>> refuse_used_output(None, "evaluations")
+        >>> try:
+        ...     refuse_used_output("/", "evaluations")
+        ... except RunDirectoryError as error:
+        ...     print(error)
+        / already exists and is not empty; evaluations never overwrite each other, choose a new --output
+    """
+    if output is not None and Path(output).exists() and any(Path(output).iterdir()):
+        raise RunDirectoryError(f"{output} already exists and is not empty; {what} never overwrite each other, "
+                                "choose a new --output")
 
 
 def resolve_run_dir(path: str | Path) -> Path:
