@@ -48,7 +48,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from tfmed.config import ExperimentConfig  # noqa: E402
+from tfmed.config import ExperimentConfig, SplitConfig  # noqa: E402
 from tfmed.evaluation.metrics import auc_interval, headline_auc  # noqa: E402
 from tfmed.run.evaluate import evaluate_run, load_metrics  # noqa: E402
 from tfmed.run.experiment import run_experiment  # noqa: E402
@@ -85,7 +85,8 @@ def heldout_run(config: ExperimentConfig, runs_dir: Path) -> tuple[Path, float]:
 
 def oof_auc(config: ExperimentConfig, runs_dir: Path, folds: int) -> tuple[float, float]:
     """Pooled out-of-fold AUC of a k-fold over train+val, and the wall seconds."""
-    config.split.method, config.split.folds, config.split.test_fraction = "kfold", folds, 0.0
+    config.split = SplitConfig(method="kfold", folds=folds, test_fraction=0.0, seed=config.split.seed,
+                               near_duplicate_rms=config.split.near_duplicate_rms)
     config.runs_dir = str(runs_dir)
     started = time.time()
     run = run_experiment(config)

@@ -125,6 +125,10 @@ def test_sections_built_in_python_are_range_checked():
     ({"model": {"mode": "finetune", "svm": {"C": [1.0]}}}, "model.svm.C is set, but model.mode 'finetune'"),
     ({"model": {"mode": "finetune", "finetune": {"strategy": "multiworker"}}},
      "model.finetune.strategy is 'multiworker'; allowed: auto, cpu, mirrored, tpu"),
+    ({"split": {"method": "predefined", "folds": 3}}, "split.folds is 3; it is set, but only split.method kfold"),
+    ({"split": {"method": "patient", "folds": 10}}, "split.folds is 10; it is set, but only split.method kfold"),
+    ({"split": {"method": "kfold", "val_fraction": 0.3}},
+     "split.val_fraction is 0.3; it is set, but split.method kfold makes no val split"),
 ])
 def test_settings_the_mode_does_not_use_are_rejected(values, message):
     with pytest.raises(ConfigError, match=message):

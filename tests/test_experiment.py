@@ -20,14 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _small(config: ExperimentConfig, tmp_path: Path) -> ExperimentConfig:
-    """Shrink an experiment so it runs in seconds: 32 px, few C values, 3 folds; a test split
-    carved from train where the source has none (the shipped recipes train on all of train)."""
+    """Shrink an experiment so it runs in seconds: 32 px, few C values, 3 folds (k-fold splits); a test
+    split carved from train where the source has none (the shipped recipes train on all of train)."""
     config.preprocess.image_size = 32
     config.model.svm.C = [1.0]
     config.model.svm.cv = 3
     if config.split.method == "predefined":
         config.split.test_fraction = 0.2
-    config.split.folds = 3
+    if config.split.method == "kfold":
+        config.split.folds = 3
     config.tta = TTAConfig()  # one view: the shipped views are tested in test_tta.py
     config.runs_dir = str(tmp_path / "runs")
     return config

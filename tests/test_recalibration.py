@@ -286,7 +286,7 @@ def test_the_saved_model_and_tfmed_evaluate_give_the_recalibrated_scores(runs, t
 @pytest.mark.slow
 def test_a_kfold_run_recalibrates_on_the_pooled_out_of_fold_scores(runs, tmp_path):
     config = _svm_config(runs["source"], tmp_path, "folds", recalibration="temperature")
-    config.split.method = "kfold"
+    config.split.method, config.split.folds = "kfold", 3
     run = run_experiment(config)
     oof = pd.read_csv(run / "oof_predictions.csv")  # the fold models' scores, as they gave them
     labels, raw = oof["label"].astype(int).to_numpy(), oof["oof_score"].astype(float).to_numpy()
@@ -306,7 +306,7 @@ def test_the_recalibration_benchmark_cross_fits_a_kfold_run_on_its_out_of_fold_s
     import recalibration as benchmark  # the script, which imports heldout.py beside it
 
     config = _svm_config(runs["source"], tmp_path, "folds_raw")
-    config.split.method = "kfold"
+    config.split.method, config.split.folds = "kfold", 3
     run = run_experiment(config)
     oof = pd.read_csv(run / "oof_predictions.csv")
     labels, raw = oof["label"].astype(int).to_numpy(), oof["oof_score"].astype(float).to_numpy()

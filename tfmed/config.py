@@ -435,6 +435,12 @@ class SplitConfig(_Section):
         if self.test_sites and "test_fraction" in _changed_from_defaults(self):
             self._fail("test_fraction", "it is set, but split.test_sites gives the test split (those sites' "
                        "images, whole); remove it")
+        if self.method != "kfold" and "folds" in _changed_from_defaults(self):
+            self._fail("folds", f"it is set, but only split.method kfold makes folds (method is {self.method!r}); "
+                       "remove it, or set split.method: kfold")
+        if self.method == "kfold" and self.val_fraction > 0 and "val_fraction" in _changed_from_defaults(self):
+            self._fail("val_fraction", "it is set, but split.method kfold makes no val split (train and val are "
+                       "pooled into the folds, and thresholds come from their out-of-fold scores); remove it")
 
 
 @dataclass
