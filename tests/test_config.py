@@ -135,6 +135,20 @@ def test_settings_the_mode_does_not_use_are_rejected(values, message):
         ExperimentConfig.from_dict(values, where="exp.yaml")
 
 
+def test_a_run_made_before_unused_split_settings_were_refused_still_loads(tmp_path):
+    for split, unused, default in (({"method": "predefined", "folds": 3}, "folds", 5),
+                                   ({"method": "kfold", "val_fraction": 0.3}, "val_fraction", 0.1)):
+        snapshot = ExperimentConfig.from_yaml(EXPERIMENTS[0].parent / "pneumonia_mnist.yaml").to_dict()
+        snapshot["split"].update(split)  # a run's config.yaml lists every setting, these with no effect
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(snapshot))
+        with pytest.raises(ConfigError, match=f"split.{unused} is .*; it is set, but"):
+            ExperimentConfig.from_yaml(tmp_path / "config.yaml")  # refused in an experiment
+        config = ExperimentConfig.from_run(tmp_path)
+        assert getattr(config.split, unused) == default and config.split.method == split["method"]
+    with pytest.raises(ConfigError, match="config.yaml: not found; a run directory holds"):
+        ExperimentConfig.from_run(tmp_path / "elsewhere")
+
+
 def test_the_same_check_runs_for_a_config_built_in_python():
     from tfmed.config import BalanceConfig
 

@@ -1233,12 +1233,27 @@ class ExperimentConfig(_Section):
             listing = f" Available here: {', '.join(shipped)}." if shipped else ""
             raise ConfigError(f"{path}: experiment file not found. "
                               f"Experiments live in experiments/NAME.yaml.{listing}")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        return cls.from_dict(_read_mapping(path), where=str(path))
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> "ExperimentConfig":
+        """The ``config.yaml`` snapshot of a run. Settings that had no effect in the run and that tfmed now
+        refuses as unused (``split.folds`` without k-fold, ``split.val_fraction`` with it) are read as their
+        defaults, so that runs made before the refusal still load.
+
+        Example:
+            >>> ExperimentConfig.from_run("runs/pneumonia_mnist/20261206-024326").split.method  # doctest: +SKIP
+            'predefined'
+        """
+        path = Path(run_dir) / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{path}: not found; a run directory holds the config.yaml it was run with")
+        values = _read_mapping(path)
+        split = values.get("split")
+        if isinstance(split, dict):
+            kfold = split.get("method") == "kfold"
+            unused = ("val_fraction",) if kfold else ("folds",)
+            values = {**values, "split": {key: value for key, value in split.items() if key not in unused}}
         return cls.from_dict(values, where=str(path))
 
     def to_dict(self) -> dict:
@@ -1280,6 +1295,17 @@ def _changed_from_defaults(section) -> list[str]:
         if getattr(section, item.name) != default:
             changed.append(item.name)
     return changed
+
+
+def _read_mapping(path: Path) -> dict:
+    """The YAML mapping in ``path``; errors name the file."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return values
 
 
 def _moved_settings(values: Any) -> Any:

@@ -73,7 +73,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     if len(runs) < 2:
         raise EnsembleRunsError("give at least two run directories to combine")
     models = [TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles) for run in runs]
-    configs = [ExperimentConfig.from_yaml(run / "config.yaml") for run in runs]
+    configs = [ExperimentConfig.from_run(run) for run in runs]
     _check_compatible(runs, configs, models)
     if recalibration != "none":
         try:

@@ -29,7 +29,7 @@ from tfmed.run.rundir import RunDirectoryError, new_run_dir, refuse_used_output,
 
 def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
     """The run's own test rows, re-read from its data source and ``splits.csv``."""
-    return run_split_tables(run_dir, ("test",))["test"], ExperimentConfig.from_yaml(run_dir / "config.yaml")
+    return run_split_tables(run_dir, ("test",))["test"], ExperimentConfig.from_run(run_dir)
 
 
 def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | Path | None = None, *,
@@ -50,7 +50,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     run_dir = resolve_run_dir(model_dir)
     refuse_used_output(output, "evaluations")
     model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
-    config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
+    config = ExperimentConfig.from_run(run_dir)
     where = "evaluation.subgroups (of the run's config.yaml)"
     if subgroups is not None:
         config.evaluation = subgroup_setting(config.evaluation, subgroups)

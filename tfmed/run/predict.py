@@ -105,7 +105,7 @@ def run_max_pixels(run_dir: Path) -> int | None:
         >>> run_max_pixels(Path("runs/pneumonia_mnist/20261124-101500"))  # doctest: +SKIP
         100000000
     """
-    return ExperimentConfig.from_yaml(run_dir / "config.yaml").data.max_image_pixels
+    return ExperimentConfig.from_run(run_dir).data.max_image_pixels
 
 
 def predict_images(model_dir: str | Path, paths: list[str], *, verify: bool = True,

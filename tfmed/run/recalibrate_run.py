@@ -77,7 +77,7 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     if keep_thresholds and model.task == "multiclass":
         raise RecalibrateRunError("--keep-thresholds: a multiclass model decides by its most probable class, which a "
                                   "temperature never changes, so it has no thresholds to keep; leave the option out")
-    config = ExperimentConfig.from_yaml(run / "config.yaml")
+    config = ExperimentConfig.from_run(run)
     parsed = evaluation_data(data)
     table, source = read_labelled_data(data, parsed, model, config)
     table = fit_model_labels(table, model, data)

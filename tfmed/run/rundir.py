@@ -131,7 +131,7 @@ def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTa
     Example:
         >>> tables = run_split_tables(Path("runs/pneumonia_mnist/20261124-101500"), ("val", "test"))  # doctest: +SKIP
     """
-    config = ExperimentConfig.from_yaml(run_dir / "config.yaml")
+    config = ExperimentConfig.from_run(run_dir)
     table = load_source(config.data)
     splits = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
     split_of = dict(zip(splits["image"], splits["split"]))
