@@ -242,21 +242,25 @@ def test_predict_writes_probabilities_and_decisions(pneumonia_run, tmp_path):
     assert set(frame["decision"]) <= {"normal", "pneumonia"}
 
 
-def _folder_with_a_corrupt_image(root: Path, count: int = 24) -> Path:
-    """Class folders of ``count`` official val images and one file that is not an image."""
-    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
-    for i, (image, label) in enumerate(zip(data["val_images"][:count], data["val_labels"][:count, 0])):
-        (root / ("normal", "pneumonia")[label]).mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / ("normal", "pneumonia")[label] / f"{i:03d}.png"), image)
-    (root / "normal").mkdir(parents=True, exist_ok=True)
-    (root / "normal" / "broken.png").write_bytes(b"\x89PNG but not an image")
+def folder_with_a_corrupt_image(root: Path, images=None, labels=None, classes=("normal", "pneumonia"),
+                                count: int = 24) -> Path:
+    """Class folders (named ``classes``) of ``images`` with their 0/1 ``labels`` (default: the first ``count``
+    official val images), and in the first class's folder ``broken.png``, a file that is not an image."""
+    if images is None:
+        data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+        images, labels = data["val_images"][:count], data["val_labels"][:count, 0]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / classes[label]).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / classes[label] / f"{i:03d}.png"), image)
+    (root / classes[0]).mkdir(parents=True, exist_ok=True)
+    (root / classes[0] / "broken.png").write_bytes(b"\x89PNG but not an image")
     return root
 
 
 def test_evaluate_leaves_bad_rows_out_only_when_its_data_yaml_says_so(pneumonia_run, tmp_path):
     from tfmed.data.validate import DataValidationError
 
-    folder = _folder_with_a_corrupt_image(tmp_path / "site")
+    folder = folder_with_a_corrupt_image(tmp_path / "site")
     # a source spec cannot set exclude_bad_rows, so the error says how to (not "set data.exclude_bad_rows")
     with pytest.raises(DataValidationError, match=r"broken\.png: corrupt") as refused:
         evaluate_run(pneumonia_run, data=f"folder:{folder}", output=tmp_path / "refused")
@@ -301,7 +305,7 @@ def test_predict_and_explain_say_to_leave_an_unreadable_file_out(pneumonia_run, 
     from tfmed.data.validate import DataValidationError
     from tfmed.run.explain import explain_run
 
-    folder = _folder_with_a_corrupt_image(tmp_path / "new", count=2)
+    folder = folder_with_a_corrupt_image(tmp_path / "new", count=2)
     with pytest.raises(DataValidationError, match=r"broken\.png: corrupt") as refused:
         predict_images(pneumonia_run, [str(folder)])
     assert "leave those files out of the images given to tfmed predict" in str(refused.value)

@@ -27,7 +27,7 @@ from tfmed.run.ensemble_runs import EnsembleRunsError, ensemble_runs
 from tfmed.run.recalibrate_run import RecalibrateRunError, recalibrate_run
 from tfmed.run.rundir import run_split_tables
 
-from test_experiment import _small, _tiny_medmnist
+from test_experiment import _small, _tiny_medmnist, folder_with_a_corrupt_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -438,13 +438,8 @@ def test_tfmed_recalibrate_fits_another_hospitals_images_into_a_new_run(runs, ho
 
 @pytest.mark.slow
 def test_tfmed_recalibrate_leaves_out_and_lists_the_bad_rows_a_data_yaml_lets_it(runs, hospital, tmp_path):
-    import cv2
-
     site = np.load(hospital["fit"].removeprefix("medmnist:").removesuffix("#val"))
-    for i, (image, label) in enumerate(zip(site["val_images"], site["val_labels"][:, 0])):
-        (tmp_path / "site" / str(label)).mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(tmp_path / "site" / str(label) / f"{i:03d}.png"), image)
-    (tmp_path / "site" / "0" / "broken.png").write_bytes(b"not an image")
+    folder_with_a_corrupt_image(tmp_path / "site", site["val_images"], site["val_labels"][:, 0], classes=("0", "1"))
     yaml = tmp_path / "site.yaml"
     yaml.write_text(f"data:\n  source: folder\n  path: {tmp_path / 'site'}\n  exclude_bad_rows: true\n")
     out = recalibrate_run(runs["raw"], str(yaml), tmp_path / "recalibrated", "logistic")
