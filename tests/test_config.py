@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tfmed.config import ConfigError, ExperimentConfig
+from tfmed.config import AugmentConfig, ConfigError, ExperimentConfig
 
 EXPERIMENTS = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
 
@@ -107,7 +107,7 @@ def test_choices_come_from_the_config_and_consumers_use_them():
 
 
 def test_sections_built_in_python_are_range_checked():
-    from tfmed.config import EvaluationConfig, PreprocessConfig, SplitConfig
+    from tfmed.config import EvaluationConfig, FinetuneConfig, PreprocessConfig, SplitConfig
 
     with pytest.raises(ConfigError, match=r"split.test_fraction is 1.5; it must be in \[0, 1\)"):
         SplitConfig(test_fraction=1.5)
@@ -115,6 +115,9 @@ def test_sections_built_in_python_are_range_checked():
         PreprocessConfig(intensity="zscore")
     with pytest.raises(ConfigError, match="evaluation.target_sensitivity is 0.0"):
         EvaluationConfig(target_sensitivity=0.0)
+    with pytest.raises(ConfigError, match="model.finetune.monitor is 'val_acc'; the epoch logs have val_auc, "
+                       "val_loss, val_sensitivity, val_specificity, loss or auc"):
+        FinetuneConfig(monitor="val_acc")
 
 
 @pytest.mark.parametrize("values, message", [
@@ -129,13 +132,39 @@ def test_sections_built_in_python_are_range_checked():
     ({"split": {"method": "patient", "folds": 10}}, "split.folds is 10; it is set, but only split.method kfold"),
     ({"split": {"method": "kfold", "val_fraction": 0.3}},
      "split.val_fraction is 0.3; it is set, but split.method kfold makes no val split"),
+    ({"model": {"mode": "finetune", "finetune": {"momentum": 0.5}}},
+     "model.finetune.momentum is 0.5; only optimizer: sgd uses it"),
+    ({"model": {"mode": "finetune", "finetune": {"loss": "bce", "focal_gamma": 3.0}}},
+     "model.finetune.focal_gamma is 3.0; only loss: focal uses it"),
+    ({"model": {"mode": "finetune", "finetune": {"monitor": "val_loss", "early_stopping_patience": None}}},
+     "model.finetune.monitor is 'val_loss'; only early stopping and schedule: plateau watch it"),
+    ({"model": {"mode": "finetune", "finetune": {"stages": [{"epochs": 1, "lr_factor": 0.5}]}}},
+     r"model.finetune.stages\[0\].lr_factor is 0.5; .* the first stage starts at model.finetune.learning_rate"),
+    ({"model": {"mode": "finetune", "finetune": {"stages": [{}, {"learning_rate": 0.01, "lr_factor": 0.5}]}}},
+     r"model.finetune.stages\[1\].lr_factor is 0.5; .* this stage gives its own learning_rate"),
+    ({"model": {"svm": {"kernel": "linear", "gamma": [0.1]}}},
+     "model.svm.gamma is \\[0.1\\]; it is the RBF kernel's width, and kernel is 'linear'"),
+    ({"preprocess": {"windows": [[40, 400]]}}, "preprocess.windows is .*; only intensity 'window' reads them"),
+    ({"model": {"mode": "finetune"}, "augment": {"enabled": False, "hflip": True}},
+     "augment.hflip is True; it is set but augment.enabled is false"),
+    ({"data": {"source": "pneumonia_mnist", "path": "mine.npz"}},
+     "data.path is 'mine.npz'; data.source pneumonia_mnist is shipped with tfmed, so it reads no file"),
+    ({"data": {"task": "multiclass"}}, "data.task is 'multiclass'; data.source pneumonia_mnist is shipped"),
+    ({"data": {"source": "medmnist:a.npz", "path": "b.npz"}},
+     "data.path is 'b.npz'; data.source 'medmnist:a.npz' already names its path after the colon"),
+    ({"data": {"source": "folder", "path": "x", "patient_column": "pid"}},
+     "data.patient_column is 'pid'; it is set, but only data.source manifest uses it"),
+    ({"data": {"source": "medmnist", "path": "x.npz", "root": "images"}},
+     "data.root is 'images'; it is set, but only data.source manifest, chestxray14"),
+    ({"data": {"source": "manifest", "path": "x.csv", "filename_label_suffix": True}},
+     "data.filename_label_suffix is True; it is set, but only data.source folder uses it"),
 ])
 def test_settings_the_mode_does_not_use_are_rejected(values, message):
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig.from_dict(values, where="exp.yaml")
 
 
-def test_a_run_made_before_unused_split_settings_were_refused_still_loads(tmp_path):
+def test_a_run_made_before_unused_settings_were_refused_still_loads(tmp_path):
     for split, unused, default in (({"method": "predefined", "folds": 3}, "folds", 5),
                                    ({"method": "kfold", "val_fraction": 0.3}, "val_fraction", 0.1)):
         snapshot = ExperimentConfig.from_yaml(EXPERIMENTS[0].parent / "pneumonia_mnist.yaml").to_dict()
@@ -145,6 +174,26 @@ def test_a_run_made_before_unused_split_settings_were_refused_still_loads(tmp_pa
             ExperimentConfig.from_yaml(tmp_path / "config.yaml")  # refused in an experiment
         config = ExperimentConfig.from_run(tmp_path)
         assert getattr(config.split, unused) == default and config.split.method == split["method"]
+    # several at once, in sections and in an ensemble member: each is read as its default
+    snapshot = ExperimentConfig.from_yaml(EXPERIMENTS[0].parent / "pneumonia_mnist.yaml").to_dict()
+    snapshot["data"]["patient_column"] = "pid"
+    snapshot["augment"]["enabled"] = False          # with its six settings still listed
+    finetune = snapshot["model"]["ensemble"]["members"][1]["finetune"]
+    finetune["momentum"] = 0.5
+    finetune["stages"][1]["learning_rate"] = 1e-4   # used, and so keeps this stage's lr_factor 0.5 unused
+    finetune["stages"][1]["lr_factor"] = 0.5
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(snapshot))
+    with pytest.raises(ConfigError, match="augment.rotation_degrees is 5.0; it is set but augment.enabled is false"):
+        ExperimentConfig.from_yaml(tmp_path / "config.yaml")  # the first of them (safe_dump sorts the keys)
+    config = ExperimentConfig.from_run(tmp_path)
+    member = config.model.ensemble.members[1].finetune
+    assert config.data.patient_column == "patient_id" and member.momentum == 0.9
+    assert member.stages[1].learning_rate == 1e-4 and member.stages[1].lr_factor == 0.1
+    assert config.augment == AugmentConfig(enabled=False)
+    snapshot["data"]["path"] = 3                    # an invalid value is still refused
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(snapshot))
+    with pytest.raises(ConfigError, match="data.path must be text, got 3"):
+        ExperimentConfig.from_run(tmp_path)
     with pytest.raises(ConfigError, match="config.yaml: not found; a run directory holds"):
         ExperimentConfig.from_run(tmp_path / "elsewhere")
 

@@ -270,7 +270,7 @@ def test_build_preprocess_needs_matching_statistics():
 
 
 def test_build_augment_switches():
-    assert len(build_augment(AugmentConfig(enabled=False, vflip=True, rotation_degrees=5), 32)) == 0
+    assert len(build_augment(AugmentConfig(enabled=False), 32)) == 0
     default = build_augment(AugmentConfig(vflip=True), 32)
     flips = [x for x in default if isinstance(x, RandomFlip)]
     assert len(flips) == 1 and flips[0].vertical and not flips[0].horizontal  # no left-right by default

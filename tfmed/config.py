@@ -43,6 +43,18 @@ class ConfigError(TfmedError):
     """A configuration value is missing, unknown or invalid."""
 
 
+class UnusedSettingError(ConfigError):
+    """A valid setting that the experiment would not use, so it is refused rather than ignored.
+
+    ``key`` is its dotted place (e.g. ``model.finetune.momentum``): a saved run made before the
+    refusal reads it as its default (see :meth:`ExperimentConfig.from_run`).
+    """
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
 def choices(cls, name: str) -> tuple:
     """The allowed values of the ``Literal`` field ``name`` of config class ``cls``.
 
@@ -104,6 +116,10 @@ class _Section:
     def _fail(self, name: str, message: str):
         raise ConfigError(f"{self.KEY}{name} is {getattr(self, name)!r}; {message}")
 
+    def _unused(self, name: str, message: str):
+        """Refuse setting ``name``, which this experiment would not use."""
+        raise UnusedSettingError(f"{self.KEY}{name} is {getattr(self, name)!r}; {message}", name)
+
     def _check_seed(self):
         """Refuse a ``seed`` outside NumPy's range, naming the section's key."""
         if not 0 <= self.seed <= MAX_SEED:
@@ -135,13 +151,19 @@ class DataConfig(_Section):
         (a TensorFlow Datasets data set: data.path NAME[/CONFIG][#SPLIT] or a folder).
         A string "medmnist:PATH.npz#split" also works. "merged": several
         sources in one table, listed in parts (see below).
-    path: CSV file, folder or .npz file for the non-embedded kinds.
+    path: CSV file, folder or .npz file for the non-embedded kinds (refused
+        with "pneumonia_mnist", which reads no file, and with a "KIND:PATH"
+        source, which names its path).
     root: folder that manifest paths are relative to (default: CSV's folder;
         chestxray14: images/ next to the CSV, else the CSV's folder, searched
         with its sub-folders; chexpert: the folder above the CSV's; mimic_cxr:
-        the folder holding files/, by default the label file's).
-    label_columns: manifest label column(s); several means multilabel.
-    task: "binary" | "multiclass" | "multilabel" | None (inferred).
+        the folder holding files/, by default the label file's). Refused by the
+        kinds that read no relative paths (folder, dicom, medmnist, tbx11k, tfds).
+    label_columns, patient_column: source "manifest" only: its label
+        column(s) (several means multilabel) and patient column.
+    filename_label_suffix: source "folder" only: labels from NAME_<label> file names.
+    task: "binary" | "multiclass" | "multilabel" | None (inferred; refused
+        with "pneumonia_mnist", whose task is binary).
     classes: class names in label order (optional; inferred when omitted).
     exclude_bad_rows: drop rows that fail validation (listed in the run's
         output) instead of stopping with the report.
@@ -238,7 +260,12 @@ class DataConfig(_Section):
         "data_dir": ("tfds",),
         "manual_dir": ("tfds",), "image_feature": ("tfds",), "label_feature": ("tfds",),
         "patient_feature": ("tfds",), "patient_pattern": ("folder",), "negatives_per_positive": ("luna16",),
-        "min_readers": ("vindr_cxr",), "physician_labelled_only": ("padchest",)}
+        "min_readers": ("vindr_cxr",), "physician_labelled_only": ("padchest",),
+        "label_columns": ("manifest",), "patient_column": ("manifest",), "filename_label_suffix": ("folder",),
+        "root": ("manifest", "chestxray14", "chexpert", "mimic_cxr", "padchest", "rsna_pneumonia",
+                 "siim_pneumothorax", "vindr_cxr", "luna16")}
+    # the data sets shipped with tfmed (tfmed.data.sources.embedded): they read no file and no column
+    EMBEDDED_SOURCES: ClassVar[tuple[str, ...]] = ("pneumonia_mnist",)
     # sources whose rows are volumes with lesion centres: they need views.enabled (views.center: lesion)
     VOLUME_SOURCES: ClassVar[tuple[str, ...]] = ("luna16",)
     # the publishers' files: their columns are known, so the manifest's column settings are refused
@@ -265,12 +292,17 @@ class DataConfig(_Section):
         if self.max_image_pixels is not None and self.max_image_pixels <= 0:
             self._fail("max_image_pixels", "it must be a number of pixels > 0, e.g. 100000000 "
                        "(or null for no limit)")
-        kind = self.source.partition(":")[0]
+        kind, spec, _ = self.source.partition(":")
         changed = _changed_from_defaults(self)
-        for name, kinds in self.SOURCE_SETTINGS.items():
-            if name in changed and kind not in kinds:
-                self._fail(name, f"it is set, but only data.source {_either(kinds)} uses it and "
-                           f"data.source is {kind!r}; remove it")
+        if spec and self.path is not None:
+            self._unused("path", f"data.source {self.source!r} already names its path after the colon; remove "
+                       f"data.path, or write data.source: {kind} with data.path")
+        if kind in self.EMBEDDED_SOURCES:
+            for name in ("path", "task", "missing_message"):
+                if name in changed:
+                    self._unused(name, f"data.source {kind} is shipped with tfmed, so it reads no file and its task "
+                               "is fixed; remove it (for your own MedMNIST file use data.source: medmnist with "
+                               "data.path)")
         if kind in self.PUBLISHED_SOURCES:
             for name in ("label_columns", "patient_column", "filename_label_suffix"):
                 if name in changed:
@@ -292,6 +324,10 @@ class DataConfig(_Section):
                 if name in changed:
                     self._fail(name, f"data.source tfds reads TFDS features, not files or columns, and does not "
                                f"use it; remove it (use {instead})")
+        for name, kinds in self.SOURCE_SETTINGS.items():
+            if name in changed and kind not in kinds:
+                self._unused(name, f"it is set, but only data.source {_either(kinds)} uses it and "
+                           f"data.source is {kind!r}; remove it")
         if self.min_readers < 1:
             self._fail("min_readers", "it must be a whole number >= 1: the radiologists who must mark a finding "
                        "(1: any of them)")
@@ -436,10 +472,10 @@ class SplitConfig(_Section):
             self._fail("test_fraction", "it is set, but split.test_sites gives the test split (those sites' "
                        "images, whole); remove it")
         if self.method != "kfold" and "folds" in _changed_from_defaults(self):
-            self._fail("folds", f"it is set, but only split.method kfold makes folds (method is {self.method!r}); "
+            self._unused("folds", f"it is set, but only split.method kfold makes folds (method is {self.method!r}); "
                        "remove it, or set split.method: kfold")
         if self.method == "kfold" and self.val_fraction > 0 and "val_fraction" in _changed_from_defaults(self):
-            self._fail("val_fraction", "it is set, but split.method kfold makes no val split (train and val are "
+            self._unused("val_fraction", "it is set, but split.method kfold makes no val split (train and val are "
                        "pooled into the folds, and thresholds come from their out-of-fold scores); remove it")
 
 
@@ -480,6 +516,9 @@ class PreprocessConfig(_Section):
             if len(window) != 2 or window[1] <= 0:
                 raise ConfigError(f"{self.KEY}windows[{i}] is {window}; write [center, width] with "
                                   "width > 0, e.g. [-600, 1500]")
+        if self.windows and self.intensity != "window":
+            self._unused("windows", f"only intensity 'window' reads them, and preprocess.intensity is "
+                       f"{self.intensity!r}; set intensity: window or remove them")
 
 
 # intensities that leave images on the 0-255 pixel scale where augmentation and test-time views act
@@ -595,6 +634,10 @@ class AugmentConfig(_Section):
                      "view_rotation_degrees", "center_jitter_mm"):
             if getattr(self, name) < 0:
                 self._fail(name, "it must be >= 0 (0 turns it off)")
+        changed = _changed_from_defaults(self)
+        if not self.enabled and len(changed) > 1:
+            self._unused(next(name for name in changed if name != "enabled"),
+                       "it is set but augment.enabled is false; set augment.enabled: true or remove it")
         limits = {"gamma": (1.0, "a log-gamma range in [0, 1], e.g. 0.3 for gamma 0.74-1.35"),
                   "blur_sigma": (5.0, "a blur sigma in pixels, at most 5"),
                   "noise": (64.0, "a noise standard deviation on the 0-255 scale, at most 64")}
@@ -680,6 +723,8 @@ class BalanceConfig(_Section):
                                  "undersample; remove it")
 
 
+# what the fine-tune's epoch logs hold (ClinicalMetrics writes the val_ figures besides Keras's own)
+FINETUNE_MONITORS = ("val_auc", "val_loss", "val_sensitivity", "val_specificity", "loss", "auc")
 RESAMPLING = ("oversample", "undersample")  # the balance methods that resample the training stream
 GammaName = Literal["scale", "auto"]
 
@@ -746,6 +791,9 @@ class SVMConfig(_Section):
         if self.classifier != "auto" and "exact_limit" in changed:
             self._fail("exact_limit", f"it is read only with classifier: auto, and classifier is "
                        f"{self.classifier!r}; remove it")
+        if self.kernel == "linear" and "gamma" in changed:
+            self._unused("gamma", "it is the RBF kernel's width, and kernel is 'linear'; remove it or set "
+                       "kernel: rbf")
         if (self.classifier == "exact" or self.kernel == "linear") and "nystroem_components" in changed:
             self._fail("nystroem_components", "it sizes the approximate RBF classifier, which "
                        f"classifier {self.classifier!r} with kernel {self.kernel!r} never uses; remove it")
@@ -866,6 +914,24 @@ class FinetuneConfig(_Section):
                 self._fail(name, message)
         if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
             self._fail("early_stopping_patience", "use an integer >= 0, or null to train every epoch")
+        changed = _changed_from_defaults(self)
+        if self.monitor not in FINETUNE_MONITORS:
+            self._fail("monitor", f"the epoch logs have {_either(FINETUNE_MONITORS)} (val_ ones only with a "
+                       "validation split; without one the training loss is watched)")
+        if "monitor" in changed and self.early_stopping_patience is None and self.schedule != "plateau":
+            self._unused("monitor", "only early stopping and schedule: plateau watch it, and early_stopping_patience "
+                       "is null; set a patience or remove it")
+        unused = {"momentum": (self.optimizer == "sgd", "optimizer: sgd"),
+                  "focal_gamma": (self.loss == "focal", "loss: focal")}
+        for name, (used, user) in unused.items():
+            if name in changed and not used:
+                self._unused(name, f"only {user} uses it; remove it or set that")
+        for i, stage in enumerate(self.stages):
+            if "lr_factor" in _changed_from_defaults(stage) and (i == 0 or stage.learning_rate is not None):
+                why = ("the first stage starts at model.finetune.learning_rate" if i == 0
+                       else "this stage gives its own learning_rate")
+                raise UnusedSettingError(f"{self.KEY}stages[{i}].lr_factor is {stage.lr_factor!r}; it scales the "
+                                         f"previous stage's rate, but {why}; remove it", f"stages[{i}].lr_factor")
 
 
 @dataclass
@@ -1220,6 +1286,8 @@ class ExperimentConfig(_Section):
         """Build and validate a config from plain data (e.g. parsed YAML)."""
         try:
             return _build(cls, _moved_settings(values), where, prefix="")
+        except UnusedSettingError:
+            raise
         except ConfigError as error:
             message = str(error)
             raise ConfigError(message if message.startswith(f"{where}: ") else f"{where}: {message}") from None
@@ -1238,7 +1306,7 @@ class ExperimentConfig(_Section):
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "ExperimentConfig":
         """The ``config.yaml`` snapshot of a run. Settings that had no effect in the run and that tfmed now
-        refuses as unused (``split.folds`` without k-fold, ``split.val_fraction`` with it) are read as their
+        refuses as unused (:class:`UnusedSettingError`, e.g. ``split.folds`` without k-fold) are read as their
         defaults, so that runs made before the refusal still load.
 
         Example:
@@ -1249,12 +1317,11 @@ class ExperimentConfig(_Section):
         if not path.is_file():
             raise ConfigError(f"{path}: not found; a run directory holds the config.yaml it was run with")
         values = _read_mapping(path)
-        split = values.get("split")
-        if isinstance(split, dict):
-            kfold = split.get("method") == "kfold"
-            unused = ("val_fraction",) if kfold else ("folds",)
-            values = {**values, "split": {key: value for key, value in split.items() if key not in unused}}
-        return cls.from_dict(values, where=str(path))
+        while True:
+            try:
+                return cls.from_dict(values, where=str(path))
+            except UnusedSettingError as error:
+                values = _without_setting(values, error.key, error)
 
     def to_dict(self) -> dict:
         """Plain data, ready for YAML."""
@@ -1342,6 +1409,26 @@ def _moved_settings(values: Any) -> Any:
     return values
 
 
+def _without_setting(values: dict, key: str, error: ConfigError) -> dict:
+    """A copy of ``values`` without the setting at dotted ``key`` (``error`` is raised when it is absent).
+
+    Example:
+        >>> _without_setting({"model": {"finetune": {"stages": [{"epochs": 1, "lr_factor": 0.5}]}}},
+        ...                  "model.finetune.stages[0].lr_factor", ConfigError("absent"))
+        {'model': {'finetune': {'stages': [{'epochs': 1}]}}}
+    """
+    steps = [int(part) if part.isdigit() else part for part in re.split(r"\.|\[|\]\.?", key) if part]
+    result = copy.deepcopy(values)
+    parent = result
+    try:
+        for step in steps[:-1]:
+            parent = parent[step]
+        del parent[steps[-1]]
+    except (KeyError, IndexError, TypeError):
+        raise error from None
+    return result
+
+
 def _build(cls, values: Any, where: str, prefix: str):
     """Recursively turn a mapping into dataclass ``cls``, checking keys and types."""
     if not isinstance(values, dict):
@@ -1358,6 +1445,8 @@ def _build(cls, values: Any, where: str, prefix: str):
         kwargs[name] = _convert(hints[name], value, where, prefix + name)
     try:
         return cls(**kwargs)
+    except UnusedSettingError as error:
+        raise UnusedSettingError(f"{where}: {error}", prefix + error.key) from None
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
 

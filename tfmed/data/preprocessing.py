@@ -110,7 +110,7 @@ def build_augment(config: AugmentConfig | None, image_size: int) -> Compose:
         >>> aug = build_augment(AugmentConfig(crop_from=256, rotation_degrees=10), 224)
         >>> [type(t).__name__ for t in aug]
         ['Resize', 'RandomCrop', 'RandomRotation']
-        >>> len(build_augment(AugmentConfig(enabled=False, vflip=True), 224))
+        >>> len(build_augment(AugmentConfig(enabled=False), 224))
         0
         >>> [type(t).__name__ for t in build_augment(AugmentConfig(gamma=0.3, blur_sigma=1.0, noise=6), 96)]
         ['RandomGamma', 'RandomApply', 'RandomApply']
