@@ -463,17 +463,31 @@ def test_class_weight_balance_reaches_the_weighted_loss(tmp_path, monkeypatch):
     assert seen["pos"] == pytest.approx(1 - positives) and seen["neg"] == pytest.approx(positives)
 
 
-def test_class_weight_on_multiclass_data_is_a_config_error(tmp_path):
+def test_a_class_weight_or_loss_that_does_not_fit_the_task_is_a_config_error(tmp_path):
     from tfmed.config import ConfigError
 
-    config = ExperimentConfig.from_dict({
-        "name": "mc", "runs_dir": str(tmp_path / "runs"),
-        "data": {"source": f"medmnist:{_three_class_npz(tmp_path, per_class=4)}"},
-        "preprocess": {"image_size": 32}, "balance": {"method": "class_weight"},
-        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None}})
-    with pytest.raises(ConfigError, match="balance.method: oversample"):
-        run_experiment(config)
-    assert not (tmp_path / "runs").exists()  # stopped before any run directory was made
+    three_classes = f"medmnist:{_three_class_npz(tmp_path, per_class=4)}"
+    two_classes = f"medmnist:{_tiny_medmnist(tmp_path, n=40)}"
+    finetune = {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None}
+    cases = [
+        (three_classes, {"balance": {"method": "class_weight"}}, finetune, "balance.method: oversample"),
+        (three_classes, {}, {**finetune, "finetune": {"loss": "bce"}},
+         "model.finetune.loss 'bce' does not fit the multiclass data: loss 'bce' is for binary / multilabel"),
+        (two_classes, {}, {**finetune, "finetune": {"loss": "categorical"}},
+         "model.finetune.loss 'categorical' does not fit the binary data: loss 'categorical' needs a multiclass"),
+        (two_classes, {}, {**finetune, "finetune": {"loss": "weighted_bce"}},
+         "loss weighted_bce takes its weights from the training labels under balance.method: class_weight"),
+        (two_classes, {}, {"mode": "ensemble", "backbone": "mobilenet_v2", "weights": None, "ensemble": {
+            "members": [{"mode": "svm"}, {"mode": "finetune", "finetune": {"loss": "categorical"}}]}},
+         r"model.ensemble.members\[1\] .*: model.finetune.loss 'categorical' does not fit the binary data"),
+    ]
+    for source, sections, model, message in cases:
+        config = ExperimentConfig.from_dict({"name": "mc", "runs_dir": str(tmp_path / "runs"),
+                                             "data": {"source": source}, "preprocess": {"image_size": 32},
+                                             "model": model, **sections})
+        with pytest.raises(ConfigError, match=message):
+            run_experiment(config)
+        assert not (tmp_path / "runs").exists()  # stopped before any run directory was made
 
 
 def _ct_folder(root: Path, per_class: int = 8) -> Path:

@@ -300,6 +300,7 @@ def test_run_report_has_an_explanations_section(explained_run):
 
 def test_cli_explains_test_cases_and_given_images(explained_run, tmp_path):
     from tfmed.run.cli import main
+    from tfmed.run.explain import explain_run
 
     out = tmp_path / "cases"
     assert main(["explain", "--model", str(explained_run), "--method", "occlusion", "--per-group", "1",
@@ -319,6 +320,10 @@ def test_cli_explains_test_cases_and_given_images(explained_run, tmp_path):
     assert main(["explain", "--model", str(explained_run), str(image), "--output", str(given)]) == 0
     frame = pd.read_csv(given / "explanations.csv")
     assert len(frame) == 1 and frame["file"][0].endswith("xray.png")
+    with pytest.raises(ExplainError, match=r"--per-group \(3\) picks cases of the run's own split, and images "
+                       "were given"):
+        explain_run(explained_run, [str(image)], per_group=3, output=tmp_path / "unused")
+    assert not (tmp_path / "unused").exists()
 
 
 def test_cli_errors_are_one_line(explained_run, tmp_path, capsys):

@@ -130,6 +130,24 @@ def test_ensure_splits_predefined_fills_missing_val_and_keeps_test():
     assert abs((result.frame["split"] == "val").sum() - 0.1 * n_train) < 0.03 * n_train
 
 
+def test_a_fraction_for_a_split_the_source_gives_is_refused():
+    def by_patient(frame):
+        return np.where(frame["patient_id"] < "P0100", "test", np.where(frame["patient_id"] < "P0150", "val", "train"))
+
+    table = make_table(split=by_patient)
+    for config, name in ((SplitConfig(method="predefined", test_fraction=0.0), "test_fraction"),
+                         (SplitConfig(method="predefined", val_fraction=0.2), "val_fraction"),
+                         (SplitConfig(method="kfold", folds=3, test_fraction=0.3), "test_fraction")):
+        with pytest.raises(SplitError, match=f"split.{name} is .*, but the data source has its own "
+                           f"{name.split('_')[0]} split, which split.method {config.method} keeps"):
+            ensure_splits(table, config)
+    fresh = ensure_splits(table, SplitConfig(method="patient", test_fraction=0.3))  # splits afresh: used
+    assert abs((fresh.frame["split"] == "test").mean() - 0.3) < 0.05
+    no_test = make_table(split=lambda frame: np.where(frame["patient_id"] < "P0050", "val", "train"))
+    carved = ensure_splits(no_test, SplitConfig(method="predefined", test_fraction=0.3))  # carves the test split
+    assert (carved.frame["split"] == "test").any()
+
+
 @pytest.mark.parametrize("n_patients", [6, 8, 12, 16])
 def test_a_few_patients_still_split_with_both_classes_everywhere(n_patients):
     frame = pd.DataFrame({"image": [f"{i}.png" for i in range(n_patients)], "label": [0, 1] * (n_patients // 2),

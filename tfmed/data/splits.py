@@ -113,7 +113,8 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
     * "predefined": keep the table's split column; a missing test split is
       carved out of train (``test_fraction`` of the train rows), a missing
       val split likewise (``val_fraction`` of train), by patient and
-      stratified. No split column at all: as "patient".
+      stratified; a fraction set for a split the table has is refused (unused).
+      No split column at all: as "patient".
     * "patient": ignore any split column and call :func:`patient_split`.
     * "kfold": keep (or carve) the test split and mark the rest "train";
       folds come from :func:`kfold_indices`.
@@ -145,6 +146,7 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
         raise SplitError(f"split values {bad} are not {', '.join(SPLITS)}")
     if unassigned.all():
         split[:] = "train"
+    _refuse_fractions_of_given_splits(split, config)
     if config.method == "kfold":
         if not (split == "test").any():
             pool = np.flatnonzero(split != "test")
@@ -164,6 +166,16 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
     result = _with_split(table, split)
     check_no_leakage(result)
     return result
+
+
+def _refuse_fractions_of_given_splits(split: np.ndarray, config: SplitConfig) -> None:
+    """A fraction set for a split that the data source already gives would not be used: refused."""
+    given = [("test_fraction", "test")] + ([("val_fraction", "val")] if config.method == "predefined" else [])
+    for name, kept in given:
+        if (split == kept).any() and getattr(config, name) != getattr(SplitConfig, name):
+            raise SplitError(f"split.{name} is {getattr(config, name)}, but the data source has its own {kept} "
+                             f"split, which split.method {config.method} keeps; remove split.{name} (or use "
+                             "split.method patient to split afresh)")
 
 
 def site_split(table: ImageTable, config: SplitConfig) -> ImageTable:

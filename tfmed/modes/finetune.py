@@ -145,6 +145,18 @@ class FineTuner:
             raise ConfigError(f"{config.name}: balance.method class_weight weights the binary cross-entropy "
                               "(w_pos = N_neg/N, w_neg = N_pos/N) and needs a binary or multilabel task; "
                               "for multiclass data use balance.method: oversample")
+        from tfmed.training.losses import LossConfigError, get_loss
+
+        weighted = config.balance.method == "class_weight"
+        loss = config.model.finetune.loss
+        if loss == "weighted_bce" and not weighted:
+            raise ConfigError(f"{config.name}: model.finetune.loss weighted_bce takes its weights from the training "
+                              "labels under balance.method: class_weight; set that (or use loss: auto)")
+        try:  # the loss fits the task (weights stand in for the training labels' own)
+            get_loss(loss, table.task, pos_weight=1.0 if weighted else None, neg_weight=1.0 if weighted else None)
+        except LossConfigError as error:
+            raise ConfigError(f"{config.name}: model.finetune.loss {loss!r} does not fit the {table.task} data: "
+                              f"{error}") from None
 
     @classmethod
     def from_experiment(cls, config: ExperimentConfig, train, run_dir: Path | None) -> "FineTuner":

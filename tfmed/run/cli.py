@@ -104,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="class / label index to explain (default: each image's decided class; "
                               "required for multilabel, and for multiclass without images)")
     explain.add_argument("--layer", default=None, help="Grad-CAM target layer (default: the backbone's last stage)")
-    explain.add_argument("--per-group", type=int, default=2,
-                         help="cases per group (TP, FP, FN, TN) when no images are given")
+    explain.add_argument("--per-group", type=int, default=None,
+                         help="cases per group (TP, FP, FN, TN) when no images are given (default 2)")
     _add_trust_options(explain)
 
     export = verbs.add_parser("export-run", help="copy a run to share it, optionally anonymised")

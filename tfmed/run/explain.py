@@ -184,14 +184,19 @@ def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):
 
 
 def explain_run(run: str | Path, images: list[str] | None = None, *, method: str = "gradcam",
-                output: str | Path | None = None, index=None, layer: str | None = None, per_group: int = 2,
+                output: str | Path | None = None, index=None, layer: str | None = None, per_group: int | None = None,
                 steps: int = 20, seed: int = 0, verify: bool = True, trust_pickles: bool = False) -> Path:
     """Explain a saved run's model on ``images`` (files/folders) or on cases of its own test split.
 
     Returns the output folder (default ``RUN/explanations/TIMESTAMP``). The run
-    is checked against its manifest first (see :meth:`TrainedModel.load`).
+    is checked against its manifest first (see :meth:`TrainedModel.load`). ``per_group`` (default 2)
+    picks cases of the run's split, so it is refused beside ``images``.
     """
     get_method(method)
+    if per_group is not None and images:
+        raise ExplainError(f"--per-group ({per_group}) picks cases of the run's own split, and images were given "
+                           "(each of them is explained); drop --per-group, or the images")
+    per_group = 2 if per_group is None else per_group
     if per_group < 1:
         raise ExplainError(f"--per-group must be at least 1, got {per_group}")
     run_dir = resolve_run_dir(run)
