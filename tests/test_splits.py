@@ -135,12 +135,14 @@ def test_a_fraction_for_a_split_the_source_gives_is_refused():
         return np.where(frame["patient_id"] < "P0100", "test", np.where(frame["patient_id"] < "P0150", "val", "train"))
 
     table = make_table(split=by_patient)
-    for config, name in ((SplitConfig(method="predefined", test_fraction=0.0), "test_fraction"),
+    for config, name in ((SplitConfig(method="predefined", test_fraction=0.3), "test_fraction"),
                          (SplitConfig(method="predefined", val_fraction=0.2), "val_fraction"),
                          (SplitConfig(method="kfold", folds=3, test_fraction=0.3), "test_fraction")):
         with pytest.raises(SplitError, match=f"split.{name} is .*, but the data source has its own "
                            f"{name.split('_')[0]} split, which split.method {config.method} keeps"):
             ensure_splits(table, config)
+    kept = ensure_splits(table, SplitConfig(method="predefined", test_fraction=0.0, val_fraction=0.0))  # carve none
+    assert kept.frame["split"].tolist() == table.frame["split"].tolist()
     fresh = ensure_splits(table, SplitConfig(method="patient", test_fraction=0.3))  # splits afresh: used
     assert abs((fresh.frame["split"] == "test").mean() - 0.3) < 0.05
     no_test = make_table(split=lambda frame: np.where(frame["patient_id"] < "P0050", "val", "train"))

@@ -81,6 +81,23 @@ def test_validation_collects_every_problem_with_csv_line_numbers(messy):
     assert table.frame.loc[table.frame["row"] == 8, "split"].item() == "test"
 
 
+def test_a_label_spelt_in_another_case_is_reported_not_made_a_class(tmp_path):
+    for i in range(4):
+        write_png(tmp_path / f"{i}.png", np.full((8, 8), 50 * i, dtype=np.uint8))
+    path = tmp_path / "labels.csv"
+    path.write_text("path,label,patient_id\n0.png,Normal,p0\n1.png,Pneumonia,p1\n2.png,Normal,p2\n3.png,normal,p3\n")
+    table = load_manifest(path)
+    assert table.classes == ["Normal", "Pneumonia"] and table.task == "binary"
+    report = validate_table(table)
+    assert problems_by_row(report) == {5: ["label 'normal' in column 'label' differs from the class 'Normal' only "
+                                           "in case"]}
+    assert "Fix: write it 'Normal'" in report.format()
+    kept = apply_validation(table, report, exclude_bad_rows=True)
+    assert kept.frame["row"].tolist() == [2, 3, 4] and kept.labels().tolist() == [0, 1, 0]
+    both = load_manifest(path, classes=["Normal", "Pneumonia", "normal"])   # named as classes: kept as such
+    assert both.task == "multiclass" and both.labels().tolist() == [0, 1, 0, 2]
+
+
 def test_channels_and_bit_depth_limits(messy):
     table = load_manifest(messy, classes=["normal", "pneumonia"])
     report = validate_table(table, max_channels=1, allowed_bit_depths=(8,))

@@ -425,8 +425,8 @@ class SplitConfig(_Section):
     """How rows are divided into train / val / test.
 
     method: "predefined" (use the source's split column, making missing
-        splits by patient: test_fraction and val_fraction are refused for a
-        split the source gives), "patient" (stratified by patient: test first, then
+        splits by patient: test_fraction and val_fraction above 0 are refused
+        for a split the source gives), "patient" (stratified by patient: test first, then
         val with the same class mix, rest train) or "kfold" (stratified group
         k-fold over train+val, test held out).
     final: with k-fold, the model that scores the test split: "refit" (one model

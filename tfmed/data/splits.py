@@ -113,7 +113,7 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
     * "predefined": keep the table's split column; a missing test split is
       carved out of train (``test_fraction`` of the train rows), a missing
       val split likewise (``val_fraction`` of train), by patient and
-      stratified; a fraction set for a split the table has is refused (unused).
+      stratified; a fraction (above 0) set for a split the table has is refused.
       No split column at all: as "patient".
     * "patient": ignore any split column and call :func:`patient_split`.
     * "kfold": keep (or carve) the test split and mark the rest "train";
@@ -169,10 +169,11 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
 
 
 def _refuse_fractions_of_given_splits(split: np.ndarray, config: SplitConfig) -> None:
-    """A fraction set for a split that the data source already gives would not be used: refused."""
+    """A fraction set to carve a split that the data source already gives would not be used: refused (0, carve
+    none, agrees with what happens)."""
     given = [("test_fraction", "test")] + ([("val_fraction", "val")] if config.method == "predefined" else [])
     for name, kept in given:
-        if (split == kept).any() and getattr(config, name) != getattr(SplitConfig, name):
+        if (split == kept).any() and 0 < getattr(config, name) != getattr(SplitConfig, name):
             raise SplitError(f"split.{name} is {getattr(config, name)}, but the data source has its own {kept} "
                              f"split, which split.method {config.method} keeps; remove split.{name} (or use "
                              "split.method patient to split afresh)")

@@ -207,18 +207,25 @@ def _resolve_paths(values: pd.Series, root: Path, problems) -> list:
 def _label_column(values: pd.Series, column: str, classes: list[str] | None, problems):
     raw = values.tolist()
     present = sorted({v for v in raw if v != ""})
+    respelt = {}  # another spelling (case) of an inferred class -> the class
     if classes is None:
         integers = [_as_int(v) for v in present]
         if present and all(i is not None for i in integers) and min(integers) >= 0:
             classes = [str(i) for i in range(max(integers) + 1)]
         else:
             classes = [v for v in present if not (_as_int(v) is not None and _as_int(v) < 0)]
+            classes, respelt = _one_spelling_each(classes, raw)
     lookup = {name: i for i, name in enumerate(classes)}
     labels = []
     for i, value in enumerate(raw):
         if value == "":
             problems[i].append((f"empty label in column {column!r}",
                                 f"fill in one of {', '.join(classes)}"))
+            labels.append(pd.NA)
+        elif value in respelt:
+            problems[i].append((f"label {value!r} in column {column!r} differs from the class {respelt[value]!r} only "
+                                "in case", f"write it {respelt[value]!r} (if the two are classes of their own, list "
+                                "both in data.classes)"))
             labels.append(pd.NA)
         elif value in lookup:
             labels.append(lookup[value])
@@ -230,6 +237,24 @@ def _label_column(values: pd.Series, column: str, classes: list[str] | None, pro
                                 "or add the class to data.classes"))
             labels.append(pd.NA)
     return _int_series(labels), list(classes)
+
+
+def _one_spelling_each(names: list[str], raw: list) -> tuple[list[str], dict[str, str]]:
+    """Inferred class names with one spelling per name up to case (the most frequent, else the first
+    in order), and each other spelling -> the kept one: "normal" beside "Normal" is a typo, not a class.
+
+    Example:
+        >>> _one_spelling_each(["Normal", "Pneumonia", "normal"], ["Normal", "normal", "Normal", "Pneumonia"])
+        (['Normal', 'Pneumonia'], {'normal': 'Normal'})
+    """
+    kept, respelt = {}, {}
+    for name in sorted(names, key=lambda n: (-raw.count(n), names.index(n))):
+        key = name.casefold()
+        if key in kept:
+            respelt[name] = kept[key]
+        else:
+            kept[key] = name
+    return [name for name in names if name not in respelt], respelt
 
 
 def _binary_column(values: pd.Series, column: str, problems) -> pd.Series:
