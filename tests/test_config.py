@@ -145,6 +145,8 @@ def test_sections_built_in_python_are_range_checked():
     ({"model": {"svm": {"kernel": "linear", "gamma": [0.1]}}},
      "model.svm.gamma is \\[0.1\\]; it is the RBF kernel's width, and kernel is 'linear'"),
     ({"preprocess": {"windows": [[40, 400]]}}, "preprocess.windows is .*; only intensity 'window' reads them"),
+    ({"model": {"weights": None, "weights_dir": "weights"}},
+     "model.weights_dir is 'weights'; only weights: imagenet searches it .* and weights is None"),
     ({"model": {"mode": "finetune"}, "augment": {"enabled": False, "hflip": True}},
      "augment.hflip is True; it is set but augment.enabled is false"),
     ({"data": {"source": "pneumonia_mnist", "path": "mine.npz"}},

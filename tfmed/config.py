@@ -296,13 +296,13 @@ class DataConfig(_Section):
         changed = _changed_from_defaults(self)
         if spec and self.path is not None:
             self._unused("path", f"data.source {self.source!r} already names its path after the colon; remove "
-                       f"data.path, or write data.source: {kind} with data.path")
+                         f"data.path, or write data.source: {kind} with data.path")
         if kind in self.EMBEDDED_SOURCES:
             for name in ("path", "task", "missing_message"):
                 if name in changed:
                     self._unused(name, f"data.source {kind} is shipped with tfmed, so it reads no file and its task "
-                               "is fixed; remove it (for your own MedMNIST file use data.source: medmnist with "
-                               "data.path)")
+                                 "is fixed; remove it (for your own MedMNIST file use data.source: medmnist with "
+                                 "data.path)")
         if kind in self.PUBLISHED_SOURCES:
             for name in ("label_columns", "patient_column", "filename_label_suffix"):
                 if name in changed:
@@ -327,7 +327,7 @@ class DataConfig(_Section):
         for name, kinds in self.SOURCE_SETTINGS.items():
             if name in changed and kind not in kinds:
                 self._unused(name, f"it is set, but only data.source {_either(kinds)} uses it and "
-                           f"data.source is {kind!r}; remove it")
+                             f"data.source is {kind!r}; remove it")
         if self.min_readers < 1:
             self._fail("min_readers", "it must be a whole number >= 1: the radiologists who must mark a finding "
                        "(1: any of them)")
@@ -474,10 +474,10 @@ class SplitConfig(_Section):
                        "images, whole); remove it")
         if self.method != "kfold" and "folds" in _changed_from_defaults(self):
             self._unused("folds", f"it is set, but only split.method kfold makes folds (method is {self.method!r}); "
-                       "remove it, or set split.method: kfold")
+                         "remove it, or set split.method: kfold")
         if self.method == "kfold" and self.val_fraction > 0 and "val_fraction" in _changed_from_defaults(self):
             self._unused("val_fraction", "it is set, but split.method kfold makes no val split (train and val are "
-                       "pooled into the folds, and thresholds come from their out-of-fold scores); remove it")
+                         "pooled into the folds, and thresholds come from their out-of-fold scores); remove it")
 
 
 @dataclass
@@ -519,7 +519,7 @@ class PreprocessConfig(_Section):
                                   "width > 0, e.g. [-600, 1500]")
         if self.windows and self.intensity != "window":
             self._unused("windows", f"only intensity 'window' reads them, and preprocess.intensity is "
-                       f"{self.intensity!r}; set intensity: window or remove them")
+                         f"{self.intensity!r}; set intensity: window or remove them")
 
 
 # intensities that leave images on the 0-255 pixel scale where augmentation and test-time views act
@@ -638,7 +638,7 @@ class AugmentConfig(_Section):
         changed = _changed_from_defaults(self)
         if not self.enabled and len(changed) > 1:
             self._unused(next(name for name in changed if name != "enabled"),
-                       "it is set but augment.enabled is false; set augment.enabled: true or remove it")
+                         "it is set but augment.enabled is false; set augment.enabled: true or remove it")
         limits = {"gamma": (1.0, "a log-gamma range in [0, 1], e.g. 0.3 for gamma 0.74-1.35"),
                   "blur_sigma": (5.0, "a blur sigma in pixels, at most 5"),
                   "noise": (64.0, "a noise standard deviation on the 0-255 scale, at most 64")}
@@ -794,7 +794,7 @@ class SVMConfig(_Section):
                        f"{self.classifier!r}; remove it")
         if self.kernel == "linear" and "gamma" in changed:
             self._unused("gamma", "it is the RBF kernel's width, and kernel is 'linear'; remove it or set "
-                       "kernel: rbf")
+                         "kernel: rbf")
         if (self.classifier == "exact" or self.kernel == "linear") and "nystroem_components" in changed:
             self._fail("nystroem_components", "it sizes the approximate RBF classifier, which "
                        f"classifier {self.classifier!r} with kernel {self.kernel!r} never uses; remove it")
@@ -921,7 +921,7 @@ class FinetuneConfig(_Section):
                        "validation split; without one the training loss is watched)")
         if "monitor" in changed and self.early_stopping_patience is None and self.schedule != "plateau":
             self._unused("monitor", "only early stopping and schedule: plateau watch it, and early_stopping_patience "
-                       "is null; set a patience or remove it")
+                         "is null; set a patience or remove it")
         unused = {"momentum": (self.optimizer == "sgd", "optimizer: sgd"),
                   "focal_gamma": (self.loss == "focal", "loss: focal")}
         for name, (used, user) in unused.items():
@@ -1011,6 +1011,12 @@ class ModelConfig(_Section):
     svm: SVMConfig = field(default_factory=SVMConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+
+    def check(self) -> None:
+        super().check()
+        if self.weights_dir is not None and self.weights != "imagenet":
+            self._unused("weights_dir", f"only weights: imagenet searches it for ImageNet weight files, and weights "
+                                        f"is {self.weights!r}; remove it")
 
 
 @dataclass
