@@ -166,6 +166,13 @@ def test_settings_the_mode_does_not_use_are_rejected(values, message):
         ExperimentConfig.from_dict(values, where="exp.yaml")
 
 
+def test_the_config_knows_every_shipped_data_set():
+    from tfmed.config import DataConfig
+    from tfmed.data.sources import EMBEDDED
+
+    assert set(DataConfig.EMBEDDED_SOURCES) == set(EMBEDDED)
+
+
 def test_a_run_made_before_unused_settings_were_refused_still_loads(tmp_path):
     for split, unused, default in (({"method": "predefined", "folds": 3}, "folds", 5),
                                    ({"method": "kfold", "val_fraction": 0.3}, "val_fraction", 0.1)):

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -247,8 +248,9 @@ def _one_spelling_each(names: list[str], raw: list) -> tuple[list[str], dict[str
         >>> _one_spelling_each(["Normal", "Pneumonia", "normal"], ["Normal", "normal", "Normal", "Pneumonia"])
         (['Normal', 'Pneumonia'], {'normal': 'Normal'})
     """
+    counts = Counter(raw)
     kept, respelt = {}, {}
-    for name in sorted(names, key=lambda n: (-raw.count(n), names.index(n))):
+    for name in sorted(names, key=lambda n: (-counts[n], names.index(n))):
         key = name.casefold()
         if key in kept:
             respelt[name] = kept[key]
