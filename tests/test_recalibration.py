@@ -189,11 +189,13 @@ def test_a_multilabel_refusal_names_the_label():
     p = np.array([[.5, .1], [.4, .2], [.3, .8], [.6, .9]])  # label 2 separates completely, label 1 not
     with pytest.raises(RecalibrationError, match="^label 2: the fitting split's scores separate"):
         Recalibration.fit("logistic", "multilabel", y, p)
+    with pytest.raises(RecalibrationError, match="^label 'mass': the fitting split's scores separate"):
+        Recalibration.fit("logistic", "multilabel", y, p, labels=["effusion", "mass"])
 
 
 def test_a_run_whose_scores_cannot_be_recalibrated_keeps_them_and_says_so(capsys):
     configure_logging()
-    model = types.SimpleNamespace(task="binary", recalibration=None)
+    model = types.SimpleNamespace(task="binary", classes=["normal", "pneumonia"], recalibration=None)
     summary, scores = recalibrate(model, "logistic", "val", {"val": ([0, 0, 1, 1], [.1, .2, .6, .9])})
     assert model.recalibration is None and summary["applied"] is False and scores == {"val": [.1, .2, .6, .9]}
     assert "separate the classes completely" in summary["reason"]
@@ -203,6 +205,10 @@ def test_a_run_whose_scores_cannot_be_recalibrated_keeps_them_and_says_so(capsys
 
     assert recalibration_sentences({"recalibration": summary}) == [
         f"The probabilities were not recalibrated (logistic on val): {summary['reason']}."]
+    findings = types.SimpleNamespace(task="multilabel", classes=["effusion", "mass"], recalibration=None)
+    y, p = np.array([[0, 0], [1, 0], [0, 1], [1, 1]]), np.array([[.5, .1], [.4, .2], [.3, .8], [.6, .9]])
+    summary, _ = recalibrate(findings, "logistic", "val", {"val": (y, p)})
+    assert summary["reason"].startswith("label 'mass': the fitting split's scores separate the classes")
 
 
 def test_logistic_recalibration_of_multiclass_data_is_refused_before_anything_is_trained():

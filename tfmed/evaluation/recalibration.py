@@ -75,9 +75,10 @@ class Recalibration:
     temperature: float | None = None
 
     @classmethod
-    def fit(cls, method: str, task: str, y, scores) -> "Recalibration":
+    def fit(cls, method: str, task: str, y, scores, labels: list[str] | None = None) -> "Recalibration":
         """Fit ``method`` on labels ``y`` and ``scores`` (binary (n,), multiclass (n, K) probabilities,
-        multilabel (n, L) with -1 for an unknown label, left out of the fit).
+        multilabel (n, L) with -1 for an unknown label, left out of the fit). ``labels``: a multilabel
+        model's label names, which name a label that cannot be fitted (else its number from 1).
 
         Raises:
             RecalibrationError: as the module says, and for a ``method`` that :func:`check_method` refuses.
@@ -92,7 +93,7 @@ class Recalibration:
         if method in LINES:
             fit_line = _logistic_line if method == "logistic" else _intercept_line
             lines = [fit_line(y_k, logit(np.clip(s_k, _EDGE, 1 - _EDGE)), label)
-                     for y_k, s_k, label in _known_columns(task, y, _columns(scores))]
+                     for y_k, s_k, label in _known_columns(task, y, _columns(scores), labels)]
             return cls(method, task, slope=[a for a, _ in lines], intercept=[b for _, b in lines])
         return cls(method, task, temperature=_fit_temperature(task, y, scores))
 
@@ -247,12 +248,14 @@ def _columns(scores: np.ndarray) -> np.ndarray:
     return scores.reshape(len(scores), -1)
 
 
-def _known_columns(task: str, y: np.ndarray, columns: np.ndarray):
-    """(labels, scores, prefix for messages) per column, the unknown (-1) entries of a multilabel column left out."""
+def _known_columns(task: str, y: np.ndarray, columns: np.ndarray, labels: list[str] | None = None):
+    """(labels, scores, prefix for messages) per column, the unknown (-1) entries of a multilabel column left out;
+    the prefix names the column by ``labels`` (else by its number from 1)."""
     y = y.reshape(len(y), -1)
     for k in range(columns.shape[1]):
         known = y[:, k] >= 0
-        yield y[known, k].astype(int), columns[known, k], (f"label {k + 1}: " if task == "multilabel" else "")
+        name = repr(labels[k]) if labels is not None else str(k + 1)
+        yield y[known, k].astype(int), columns[known, k], (f"label {name}: " if task == "multilabel" else "")
 
 
 def _two_classes(y: np.ndarray, label: str) -> None:

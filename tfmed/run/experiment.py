@@ -401,7 +401,7 @@ def recalibrate(model: TrainedModel, method: str, fitted_on: str,
 
     summary: dict = {"method": method, "fitted_on": fitted_on}
     try:
-        model.recalibration = Recalibration.fit(method, model.task, *scored[fitted_on])
+        model.recalibration = Recalibration.fit(method, model.task, *scored[fitted_on], labels=list(model.classes))
     except RecalibrationError as error:
         log(f"the scores were not recalibrated ({method}): {error}")
         return {**summary, "applied": False, "reason": str(error)}, {name: s for name, (_, s) in scored.items()}
