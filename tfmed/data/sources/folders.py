@@ -21,7 +21,7 @@ SUFFIX_LABEL = re.compile(r"^(?P<stem>.+)_(?P<label>\d+)$")
 # what validation suggests when class folders give no patient id (no patient sub-folders, no pattern)
 PATIENT_FIX = ("put each patient's images in a sub-folder of its class folder (normal/PATIENT/image.png), or "
                "set data.patient_pattern to read the patient id from the file path, e.g. '(person\\d+)_' for "
-               "person1_bacteria_1.jpeg")
+               "person1_bacteria_1.jpeg ('(.+)' only when each file is known to be a patient of its own)")
 
 
 def patient_from_path(relative: str, pattern: str) -> str | None:
