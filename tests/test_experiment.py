@@ -463,14 +463,44 @@ def test_class_weight_balance_reaches_the_weighted_loss(tmp_path, monkeypatch):
     assert seen["pos"] == pytest.approx(1 - positives) and seen["neg"] == pytest.approx(positives)
 
 
-def test_a_class_weight_or_loss_that_does_not_fit_the_task_is_a_config_error(tmp_path):
+@pytest.mark.slow
+def test_class_weight_on_multiclass_data_weighs_each_image_by_its_class(tmp_path, monkeypatch):
+    import keras
+
+    source = np.load(_three_class_npz(tmp_path, per_class=12))
+    keep = np.concatenate([np.flatnonzero(source["train_labels"][:, 0] == label)[:count]
+                           for label, count in enumerate((12, 6, 3))])
+    path = tmp_path / "imbalanced.npz"
+    np.savez(path, **{**{name: source[name] for name in source.files},
+                      "train_images": source["train_images"][keep], "train_labels": source["train_labels"][keep]})
+    seen = []
+    original = keras.Model.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("class_weight"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy)
+    config = ExperimentConfig.from_dict({
+        "name": "graded", "runs_dir": str(tmp_path / "runs"), "data": {"source": f"medmnist:{path}"},
+        "preprocess": {"image_size": 32}, "balance": {"method": "class_weight"},
+        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+                  "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 8}}})
+    run_dir = run_experiment(config)
+    counts = pd.read_csv(run_dir / "splits.csv").query("split == 'train'")["label"].value_counts()
+    assert counts.to_dict() == {0: 12, 1: 6, 2: 3}
+    assert len(seen) == 1 and seen[0] == pytest.approx({c: round(21 / (3 * n), 4) for c, n in counts.items()})
+
+
+def test_a_loss_that_does_not_fit_the_task_is_a_config_error(tmp_path):
     from tfmed.config import ConfigError
 
     three_classes = f"medmnist:{_three_class_npz(tmp_path, per_class=4)}"
     two_classes = f"medmnist:{_tiny_medmnist(tmp_path, n=40)}"
     finetune = {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None}
     cases = [
-        (three_classes, {"balance": {"method": "class_weight"}}, finetune, "balance.method: oversample"),
+        (three_classes, {"balance": {"method": "class_weight"}}, {**finetune, "finetune": {"loss": "weighted_bce"}},
+         "model.finetune.loss 'weighted_bce' does not fit the multiclass data"),
         (three_classes, {}, {**finetune, "finetune": {"loss": "bce"}},
          "model.finetune.loss 'bce' does not fit the multiclass data: loss 'bce' is for binary / multilabel"),
         (two_classes, {}, {**finetune, "finetune": {"loss": "categorical"}},

@@ -32,6 +32,17 @@ def test_classic_eight_examples_balance_the_two_classes():
     assert mean == pytest.approx(np_weighted_bce(y, p, w_pos, w_neg), rel=1e-5)
 
 
+def test_multiclass_weights_make_every_class_weigh_the_same():
+    from tfmed.training.losses import multiclass_balance_weights
+
+    y = np.array([0] * 12 + [1] * 6 + [2] * 3)
+    weights = multiclass_balance_weights(y, 3)
+    assert weights == pytest.approx([21 / 36, 21 / 18, 21 / 9], abs=1e-4)   # N / (K N_c)
+    assert [weights[c] * (y == c).sum() for c in range(3)] == pytest.approx([7, 7, 7], abs=1e-3)
+    with pytest.raises(LossConfigError, match=r"class\(es\) \[3\] have no training image"):
+        multiclass_balance_weights(y, 4)
+
+
 def test_multilabel_loss_is_sum_of_per_label_weighted_bce():
     rng = np.random.default_rng(1)
     y = (rng.random((12, 3)) > 0.6).astype("float32")

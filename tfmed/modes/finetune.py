@@ -68,6 +68,9 @@ class FineTuner:
         weights_dir: folder holding offline weight files.
         pos_weight, neg_weight: class weights for the weighted BCE loss
             (binary), passed to :func:`tfmed.training.losses.get_loss`.
+        class_weights: multiclass only: one weight per class, each image's
+            loss weighted by its class's (Keras ``class_weight``), e.g. from
+            :func:`tfmed.training.losses.multiclass_balance_weights`.
         run_dir: folder for the epoch backups, stage records, history and
             training curves; a second ``fit`` with the same folder resumes.
         seed: random seed for weight initialisation and dropout.
@@ -93,7 +96,7 @@ class FineTuner:
                  config: FinetuneConfig | None = None, image_size: int = 224,
                  weights: str | None = "imagenet", weights_dir: str | None = None,
                  pos_weight: float | None = None, neg_weight: float | None = None,
-                 run_dir: str | Path | None = None, seed: int = 0,
+                 class_weights: list[float] | None = None, run_dir: str | Path | None = None, seed: int = 0,
                  classes: list[str] | None = None, augment: AugmentConfig | None = None,
                  balance: BalanceConfig | None = None, views: int = 0):
         self.backbone = backbone
@@ -105,6 +108,7 @@ class FineTuner:
         self.weights_dir = weights_dir
         self.pos_weight = pos_weight
         self.neg_weight = neg_weight
+        self.class_weights = list(class_weights) if class_weights is not None else None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.seed = seed
         self.classes = list(classes) if classes is not None else None
@@ -141,15 +145,11 @@ class FineTuner:
         Example:
             >>> FineTuner.check_experiment(ExperimentConfig(), table)  # doctest: +SKIP
         """
-        if config.balance.method == "class_weight" and table.task == "multiclass":
-            raise ConfigError(f"{config.name}: balance.method class_weight weights the binary cross-entropy "
-                              "(w_pos = N_neg/N, w_neg = N_pos/N) and needs a binary or multilabel task; "
-                              "for multiclass data use balance.method: oversample")
         from tfmed.training.losses import LossConfigError, get_loss
 
-        weighted = config.balance.method == "class_weight"
+        weighted = config.balance.method == "class_weight" and table.task != "multiclass"  # multiclass: per class
         loss = config.model.finetune.loss
-        if loss == "weighted_bce" and not weighted:
+        if loss == "weighted_bce" and config.balance.method != "class_weight":
             raise ConfigError(f"{config.name}: model.finetune.loss weighted_bce takes its weights from the training "
                               "labels under balance.method: class_weight; set that (or use loss: auto)")
         try:  # the loss fits the task (weights stand in for the training labels' own)
@@ -163,22 +163,24 @@ class FineTuner:
         """An unfitted tuner for ``config`` and the task, classes and class counts of ``train``.
 
         With ``balance.method: class_weight`` the loss weights are w_pos = N_neg/N and
-        w_neg = N_pos/N of ``train``.
+        w_neg = N_pos/N of ``train`` (binary, multilabel), or w_c = N / (K N_c) per class (multiclass).
 
         Example:
             >>> tuner = FineTuner.from_experiment(config, table.split("train"), None)  # doctest: +SKIP
         """
-        from tfmed.training.losses import class_balance_weights
+        from tfmed.training.losses import class_balance_weights, multiclass_balance_weights
 
-        pos_weight = neg_weight = None
-        if config.balance.method == "class_weight":
+        pos_weight = neg_weight = class_weights = None
+        if config.balance.method == "class_weight" and train.task == "multiclass":
+            class_weights = multiclass_balance_weights(train.labels(), train.num_outputs)
+        elif config.balance.method == "class_weight":
             pos_weight, neg_weight = class_balance_weights(train.labels())
         resample = config.balance if config.balance.method in RESAMPLING else None
         model = config.model
         return cls(model.backbone, train.task, train.num_outputs, config=model.finetune,
                    image_size=config.preprocess.image_size, weights=model.weights,
                    weights_dir=model.weights_dir, pos_weight=pos_weight, neg_weight=neg_weight,
-                   run_dir=run_dir, seed=config.seed, classes=list(train.classes),
+                   class_weights=class_weights, run_dir=run_dir, seed=config.seed, classes=list(train.classes),
                    augment=config.augment, balance=resample, views=config.views.count)
 
     def fit_tables(self, train, val, inputs) -> "FineTuner":
@@ -271,6 +273,10 @@ class FineTuner:
         if self.classes is not None and len(self.classes) not in (self.num_outputs, 2 if self.task == "binary" else -1):
             raise FinetuneError(f"classes lists {len(self.classes)} names ({', '.join(self.classes)}) "
                                 f"but the {self.task} model has {self.num_outputs} output(s)")
+        if self.class_weights is not None and (self.task != "multiclass" or len(self.class_weights) != self.num_outputs
+                                               or not all(np.isfinite(w) and w > 0 for w in self.class_weights)):
+            raise FinetuneError(f"class_weights {self.class_weights} must give one finite weight > 0 per class of a "
+                                "multiclass model; a binary or multilabel model takes pos_weight and neg_weight")
         if isinstance(self.views, bool) or not isinstance(self.views, (int, np.integer)) or self.views < 0:
             raise FinetuneError(f"views is {self.views!r}; use 0 for images or the number of views per volume")
         if not isinstance(self.image_size, (int, np.integer)) or self.image_size < 8:
@@ -449,9 +455,10 @@ class FineTuner:
             self._write_records(records)
             stage_callbacks = self._stage_callbacks(k, epochs, start, rates[k], val_ds, callbacks or [],
                                                     watch_from=start + floor - 1)
+            class_weight = dict(enumerate(self.class_weights)) if self.class_weights is not None else None
             self.model_.fit(train_ds, validation_data=val_ds, initial_epoch=start,
                             epochs=start + epochs, callbacks=stage_callbacks, verbose=0,
-                            shuffle=False)
+                            shuffle=False, class_weight=class_weight)
             # BackupAndRestore leaves the restored epoch on the model; the next
             # stage must start from its own initial epoch.
             self.model_._initial_epoch = None
@@ -530,6 +537,8 @@ class FineTuner:
                            **({"min_steps": s.min_steps} if s.min_steps is not None else {})}
                           for s in self.config.stages]
         spec["learning_rates"] = self.stage_learning_rates()
+        if self.class_weights is not None:
+            spec["class_weights"] = self.class_weights
         return spec
 
     def _load_state(self) -> dict:

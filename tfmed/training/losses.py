@@ -76,7 +76,8 @@ def class_balance_weights(y) -> tuple:
     allowed = (0, 1, UNKNOWN_LABEL) if labels.ndim == 2 else (0, 1)
     if not np.all(np.isin(values, allowed)):
         raise LossConfigError(f"class_balance_weights needs 0/1 labels, found values {values[:10].tolist()}; "
-                              "for multiclass use categorical cross-entropy (or class_weight)")
+                              "for multiclass use categorical cross-entropy, weighted per class by "
+                              "multiclass_balance_weights")
     n = (labels != UNKNOWN_LABEL).sum(axis=0).astype(np.float64)
     positives = (labels == 1).sum(axis=0).astype(np.float64)
     negatives = n - positives
@@ -89,6 +90,27 @@ def class_balance_weights(y) -> tuple:
     if labels.ndim == 1:
         return float(w_pos), float(w_neg)
     return w_pos.astype(np.float32), w_neg.astype(np.float32)
+
+
+def multiclass_balance_weights(y, num_classes: int) -> list[float]:
+    """Class-balancing weights of a multiclass task: w_c = N / (K N_c), each image's loss weighted by its
+    class's (scikit-learn's "balanced" class weights), so every class weighs as much in the loss as another.
+
+    Raises LossConfigError when a class has no training image (its weight would be infinite).
+
+    Example:
+        >>> multiclass_balance_weights([0, 0, 0, 1, 2, 2], 3)
+        [0.6667, 2.0, 1.0]
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray(y).astype(int).ravel()
+    absent = [c for c in range(num_classes) if not (labels == c).any()]
+    if absent:
+        raise LossConfigError(f"class(es) {absent} have no training image, so class-balanced weights are "
+                              "undefined; check the split or leave the class out of data.classes")
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
+    return [round(float(w), 4) for w in weights]
 
 
 def _weight_value(value, name: str):
