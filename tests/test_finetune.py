@@ -330,6 +330,11 @@ def test_bad_settings_and_data_give_clear_errors(tmp_path):
         FineTuner(BACKBONE, "regression", 1)
     with pytest.raises(FinetuneError, match="binary task has one sigmoid output; num_outputs is 2"):
         FineTuner(BACKBONE, "binary", 2)
+    for task, outputs, weights in (("binary", 1, [1.0, 2.0]), ("multiclass", 3, [1.0, 2.0]),
+                                   ("multiclass", 2, [1.0, float("inf")])):
+        with pytest.raises(FinetuneError, match=r"class_weights .* must give one finite weight > 0 per class of a "
+                                                 "multiclass model"):
+            FineTuner(BACKBONE, task, outputs, class_weights=weights)
     # the settings themselves are checked by the config, built in Python as from YAML
     with pytest.raises(ConfigError, match=r"model.finetune.stages\[1\]\.unfreeze is 'most'"):
         FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=1, unfreeze="most")])
