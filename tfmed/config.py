@@ -306,24 +306,24 @@ class DataConfig(_Section):
         if kind in self.PUBLISHED_SOURCES:
             for name in ("label_columns", "patient_column", "filename_label_suffix"):
                 if name in changed:
-                    self._fail(name, f"data.source {kind} reads the publisher's columns itself and does not "
-                               "use it; remove it (choose labels with data.classes)")
+                    self._unused(name, f"data.source {kind} reads the publisher's columns itself and does not "
+                                 "use it; remove it (choose labels with data.classes)")
         if kind in self.MULTILABEL_SOURCES and self.task not in (None, "multilabel"):
-            self._fail("task", f"data.source {kind} is multilabel; remove data.task")
+            self._unused("task", f"data.source {kind} is multilabel; remove data.task")
         if kind in self.BINARY_SOURCES and self.task not in (None, "binary"):
-            self._fail("task", f"data.source {kind} is binary; remove data.task")
+            self._unused("task", f"data.source {kind} is binary; remove data.task")
         if kind in self.CLASS_COUNT_SOURCES and self.task is not None:
-            self._fail("task", f"data.source {kind} is binary or multiclass by the classes data.classes names; "
-                       "remove data.task")
+            self._unused("task", f"data.source {kind} is binary or multiclass by the classes data.classes names; "
+                         "remove data.task")
         if kind in self.CLASS_COUNT_SOURCES and self.root is not None:
-            self._fail("root", f"data.source {kind} reads the publisher's folder that data.path names; remove "
-                       "data.root")
+            self._unused("root", f"data.source {kind} reads the publisher's folder that data.path names; remove "
+                         "data.root")
         if kind == "tfds":
             for name, instead in (("label_columns", "data.label_feature"), ("patient_column", "data.patient_feature"),
                                   ("filename_label_suffix", "data.label_feature"), ("root", "data.path")):
                 if name in changed:
-                    self._fail(name, f"data.source tfds reads TFDS features, not files or columns, and does not "
-                               f"use it; remove it (use {instead})")
+                    self._unused(name, f"data.source tfds reads TFDS features, not files or columns, and does not "
+                                 f"use it; remove it (use {instead})")
         for name, kinds in self.SOURCE_SETTINGS.items():
             if name in changed and kind not in kinds:
                 self._unused(name, f"it is set, but only data.source {_either(kinds)} uses it and "
@@ -470,8 +470,8 @@ class SplitConfig(_Section):
             self._fail("test_sites", "it makes the test split of those sites, while split.method predefined "
                        "keeps the source's split; use split.method patient or kfold")
         if self.test_sites and "test_fraction" in _changed_from_defaults(self):
-            self._fail("test_fraction", "it is set, but split.test_sites gives the test split (those sites' "
-                       "images, whole); remove it")
+            self._unused("test_fraction", "it is set, but split.test_sites gives the test split (those sites' "
+                         "images, whole); remove it")
         if self.method != "kfold" and "folds" in _changed_from_defaults(self):
             self._unused("folds", f"it is set, but only split.method kfold makes folds (method is {self.method!r}); "
                          "remove it, or set split.method: kfold")
@@ -570,7 +570,7 @@ class ViewsConfig(_Section):
         super().check()
         changed = _changed_from_defaults(self)
         if not self.enabled and changed:
-            self._fail(changed[0], "it is set but views.enabled is false; set views.enabled: true or remove it")
+            self._unused(changed[0], "it is set but views.enabled is false; set views.enabled: true or remove it")
         for name in ("patch_mm", "spacing_mm"):
             if not getattr(self, name) > 0:
                 self._fail(name, "it must be a length in mm > 0")
@@ -579,7 +579,7 @@ class ViewsConfig(_Section):
                        "least 8 (make the patch larger or the spacing finer)")
         if self.slice_gap_mm is not None:
             if self.planes != "adjacent":
-                self._fail("slice_gap_mm", "only planes: adjacent uses it; remove it")
+                self._unused("slice_gap_mm", "only planes: adjacent uses it; remove it")
             if not self.slice_gap_mm > 0:
                 self._fail("slice_gap_mm", "it must be a distance in mm > 0 (or null: the volume's slice spacing)")
 
@@ -693,7 +693,7 @@ class TTAConfig(_Section):
             self._fail("gamma", "every gamma must be > 0, e.g. [0.8, 1.25] (an empty list: no gamma views)")
         changed = _changed_from_defaults(self)
         if not self.enabled and changed:
-            self._fail(changed[0], "it is set but tta.enabled is false; set tta.enabled: true or remove it")
+            self._unused(changed[0], "it is set but tta.enabled is false; set tta.enabled: true or remove it")
 
     def view_count(self) -> int:
         """How many views each image is scored in (1 when TTA is off)."""
@@ -721,8 +721,8 @@ class BalanceConfig(_Section):
     def check(self) -> None:
         super().check()
         if self.target is not None and self.method not in RESAMPLING:
-            self._fail("target", "a target class mix is used only by balance.method oversample or "
-                                 "undersample; remove it")
+            self._unused("target", "a target class mix is used only by balance.method oversample or "
+                         "undersample; remove it")
 
 
 # what the fine-tune's epoch logs hold (ClinicalMetrics writes the val_ figures besides Keras's own)
@@ -791,14 +791,14 @@ class SVMConfig(_Section):
                        "e.g. 5000")
         changed = _changed_from_defaults(self)
         if self.classifier != "auto" and "exact_limit" in changed:
-            self._fail("exact_limit", f"it is read only with classifier: auto, and classifier is "
-                       f"{self.classifier!r}; remove it")
+            self._unused("exact_limit", f"it is read only with classifier: auto, and classifier is "
+                         f"{self.classifier!r}; remove it")
         if self.kernel == "linear" and "gamma" in changed:
             self._unused("gamma", "it is the RBF kernel's width, and kernel is 'linear'; remove it or set "
                          "kernel: rbf")
         if (self.classifier == "exact" or self.kernel == "linear") and "nystroem_components" in changed:
-            self._fail("nystroem_components", "it sizes the approximate RBF classifier, which "
-                       f"classifier {self.classifier!r} with kernel {self.kernel!r} never uses; remove it")
+            self._unused("nystroem_components", "it sizes the approximate RBF classifier, which "
+                         f"classifier {self.classifier!r} with kernel {self.kernel!r} never uses; remove it")
         if not self.C or any(c <= 0 for c in self.C):
             self._fail("C", "give one or more numbers > 0, e.g. [0.1, 1.0, 10.0]")
         names = typing.get_args(GammaName)
@@ -992,7 +992,7 @@ class EnsembleConfig(_Section):
         if self.folds < 2:
             self._fail("folds", "it must be at least 2")
         if self.combine == "mean" and "folds" in _changed_from_defaults(self):
-            self._fail("folds", "only combine: rank and stacking use out-of-fold scores; remove it")
+            self._unused("folds", "only combine: rank and stacking use out-of-fold scores; remove it")
 
 
 @dataclass
@@ -1017,7 +1017,7 @@ class ModelConfig(_Section):
         super().check()
         if self.weights_dir is not None and self.weights != "imagenet":
             self._unused("weights_dir", f"only weights: imagenet searches it for ImageNet weight files, and weights "
-                                        f"is {self.weights!r}; remove it")
+                         f"is {self.weights!r}; remove it")
 
 
 @dataclass
@@ -1077,8 +1077,8 @@ class EvaluationConfig(_Section):
             self._fail("age_bands", "list the ages where a band starts, increasing whole years in 1-130, "
                        "e.g. [40, 60, 80]")
         if "age" not in self.subgroups and "age_bands" in _changed_from_defaults(self):
-            self._fail("age_bands", "it is set but evaluation.subgroups does not name age; add age to "
-                       "evaluation.subgroups or remove it")
+            self._unused("age_bands", "it is set but evaluation.subgroups does not name age; add age to "
+                         "evaluation.subgroups or remove it")
         for name in ("target_sensitivity", "target_specificity", "ci_level"):
             if not 0.0 < getattr(self, name) <= 1.0 or (name == "ci_level" and getattr(self, name) == 1.0):
                 self._fail(name, "it must be in (0, 1)" if name == "ci_level" else "it must be in (0, 1]")
@@ -1117,7 +1117,7 @@ class ReportConfig(_Section):
         super().check()
         changed = _changed_from_defaults(self)
         if not self.explain and changed:
-            self._fail(changed[0], "it is set but report.explain is false; set report.explain: true or remove it")
+            self._unused(changed[0], "it is set but report.explain is false; set report.explain: true or remove it")
 
 
 # What each mode reads besides ``model.<mode>``: any other section left at a
@@ -1191,8 +1191,8 @@ class ExperimentConfig(_Section):
             if changed:
                 key = ("model." if owner is self.model else "") + f"{name}.{changed[0]}"
                 users = [mode for mode, sections in MODE_SECTIONS.items() if name in sections]
-                raise ConfigError(f"{key} is set, but model.mode {self.model.mode!r} does not use it "
-                                  f"(only {' and '.join(users)} mode does); remove it, or set model.mode")
+                raise UnusedSettingError(f"{key} is set, but model.mode {self.model.mode!r} does not use it "
+                                         f"(only {' and '.join(users)} mode does); remove it, or set model.mode", key)
         if self.model.mode == "svm" and self.model.svm.fit_views and not self.tta.enabled:
             raise ConfigError("model.svm.fit_views fits on the test-time views of the training images, and "
                               "tta.enabled is false; set tta.enabled: true (with the views to use) or remove it")
@@ -1217,8 +1217,8 @@ class ExperimentConfig(_Section):
             for prefix, section, names in view_settings:
                 for name in names:
                     if name in _changed_from_defaults(section):
-                        raise ConfigError(f"{prefix}{name} is set, but it acts on 2-D views of volumes and "
-                                          "views.enabled is false; remove it or configure views")
+                        raise UnusedSettingError(f"{prefix}{name} is set, but it acts on 2-D views of volumes and "
+                                                 "views.enabled is false; remove it or configure views", prefix + name)
             return
         if self.preprocess.intensity not in VIEW_INTENSITIES:
             raise ConfigError(f"preprocess.intensity {self.preprocess.intensity!r} needs train-split "
@@ -1256,8 +1256,8 @@ class ExperimentConfig(_Section):
         for name, is_used in used.items():
             changed = _changed_from_defaults(getattr(self, name))
             if changed and not is_used:
-                raise ConfigError(f"{name}.{changed[0]} is set, but no ensemble member uses the experiment's "
-                                  f"{name} section; remove it or move it into a member")
+                raise UnusedSettingError(f"{name}.{changed[0]} is set, but no ensemble member uses the experiment's "
+                                         f"{name} section; remove it or move it into a member", f"{name}.{changed[0]}")
 
     def member_name(self, index: int) -> str:
         """The name of ensemble member ``index`` (given, or "MODE_BACKBONE_INDEX")."""
