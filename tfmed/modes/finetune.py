@@ -147,7 +147,7 @@ class FineTuner:
         """
         from tfmed.training.losses import LossConfigError, get_loss
 
-        weighted = config.balance.method == "class_weight" and table.task != "multiclass"  # multiclass: per class
+        weighted = _weighs_the_loss(config, table.task)
         loss = config.model.finetune.loss
         if loss == "weighted_bce" and config.balance.method != "class_weight":
             raise ConfigError(f"{config.name}: model.finetune.loss weighted_bce takes its weights from the training "
@@ -171,10 +171,10 @@ class FineTuner:
         from tfmed.training.losses import class_balance_weights, multiclass_balance_weights
 
         pos_weight = neg_weight = class_weights = None
-        if config.balance.method == "class_weight" and train.task == "multiclass":
-            class_weights = multiclass_balance_weights(train.labels(), train.num_outputs)
-        elif config.balance.method == "class_weight":
+        if _weighs_the_loss(config, train.task):
             pos_weight, neg_weight = class_balance_weights(train.labels())
+        elif config.balance.method == "class_weight":  # multiclass: a weight per class, through Keras
+            class_weights = multiclass_balance_weights(train.labels(), train.num_outputs)
         resample = config.balance if config.balance.method in RESAMPLING else None
         model = config.model
         return cls(model.backbone, train.task, train.num_outputs, config=model.finetune,
@@ -719,6 +719,12 @@ def stage_epochs(stage: StageConfig, batches: int, index: int = 0) -> tuple[int,
                             "give a finite dataset (no repeat(), no filter()), or leave min_steps out")
     floor = math.ceil(stage.min_steps / batches)
     return max(stage.epochs, floor), floor
+
+
+def _weighs_the_loss(config: ExperimentConfig, task: str) -> bool:
+    """Whether ``balance.method: class_weight`` weighs the loss by w_pos / w_neg (binary, multilabel);
+    multiclass data take a weight per class instead, through Keras ``class_weight``."""
+    return config.balance.method == "class_weight" and task != "multiclass"
 
 
 def _merge(records: list[dict], boundaries: list[int]) -> dict:
