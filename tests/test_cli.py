@@ -161,6 +161,30 @@ def test_sweep_layers_refuses_finetune_configs(tmp_path, capsys):
     assert "model.mode: svm" in capsys.readouterr().err
 
 
+def test_sweep_layers_refuses_a_kfold_experiment_before_reading_its_data(tmp_path, capsys):
+    path = _tiny_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["split"] = {"method": "kfold", "folds": 3}
+    config["data"]["source"] = f"medmnist:{tmp_path / 'missing.npz'}"  # never read
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep-layers", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "sweep-layers measures each tap on the validation split, and split.method kfold makes none" in error
+    assert "split.method: patient" in error and not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    import tfmed.run.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "backbones", interrupted)
+    assert main(["backbones"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "tfmed: interrupted (Ctrl-C)\n" and "Traceback" not in captured.out
+
+
 @pytest.mark.slow
 def test_the_cli_keeps_tensorflow_start_up_noise_off_the_terminal():
     result = subprocess.run([sys.executable, "-m", "tfmed.run.cli", "backbones"], capture_output=True, text=True,

@@ -119,3 +119,48 @@ def test_a_case_listed_twice_or_no_shared_split_is_refused(tmp_path):
     frame[frame["split"] == "test"].assign(split="train").to_csv(b / "predictions.csv", index=False)
     with pytest.raises(CompareRunsError, match="no split scored by all of them"):
         compare_runs([a, b])
+
+
+def test_a_predictions_file_lacking_columns_or_numbers_is_refused_naming_them(tmp_path, capsys):
+    a, b, *_ = _binary_pair(tmp_path)
+    (b / "predictions.csv").write_text("image,score,threshold,decision\nx.png,0.1,0.5,normal\n")  # tfmed predict's
+    assert main(["compare", str(a), str(b)]) == 2
+    error = capsys.readouterr().err
+    assert f"{b / 'predictions.csv'} has no column split, id, label" in error and "Traceback" not in error
+    frame = pd.read_csv(a / "predictions.csv").assign(score="high")
+    frame.to_csv(b / "predictions.csv", index=False)
+    with pytest.raises(CompareRunsError, match="values that are not numbers in column score"):
+        compare_runs([a, b])
+    (b / "predictions.csv").write_text("")
+    with pytest.raises(CompareRunsError, match="predictions.csv: not a readable CSV file"):
+        compare_runs([a, b])
+
+
+def test_a_run_is_checked_against_its_manifest_unless_no_verify(tmp_path, capsys):
+    from tfmed.run.manifest import IncompleteRunError, write_manifest
+
+    a, b, *_ = _binary_pair(tmp_path)
+    for run in (a, b):  # runs, not evaluation directories: they have a config.yaml and a manifest
+        (run / "config.yaml").write_text("name: demo\n")
+        write_manifest(run)
+    assert len(compare_runs([a, b])) == 2
+    frame = pd.read_csv(b / "predictions.csv")
+    frame.loc[frame["id"] == "img_30.png", "score"] = 0.99
+    frame.to_csv(b / "predictions.csv", index=False)
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "predictions.csv: changed since the run wrote it" in capsys.readouterr().err
+    assert main(["compare", str(a), str(b), "--no-verify"]) == 0
+    assert "integrity check skipped (--no-verify)" in capsys.readouterr().out
+    (a / "MANIFEST.sha256").unlink()  # a run that did not finish
+    assert len(compare_runs([a, b], verify=False)) == 2
+    with pytest.raises(IncompleteRunError, match="incomplete run"):
+        compare_runs([a, b])
+
+
+def test_an_output_inside_a_compared_directory_is_refused(tmp_path, capsys):
+    a, b, *_ = _binary_pair(tmp_path)
+    before = (b / "predictions.csv").read_bytes()
+    assert main(["compare", str(a), str(b), "--output", str(b / "predictions.csv")]) == 2
+    error = capsys.readouterr().err
+    assert f"--output {b / 'predictions.csv'}: inside the run directory {b}" in error and "outside it" in error
+    assert (b / "predictions.csv").read_bytes() == before

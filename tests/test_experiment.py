@@ -92,6 +92,20 @@ def test_metrics_are_sane_and_threshold_comes_from_validation(pneumonia_run):
 
 
 @pytest.mark.slow
+def test_nan_scores_are_refused_naming_the_image_instead_of_becoming_a_decision(pneumonia_run, tmp_path,
+                                                                                monkeypatch):
+    from tfmed.modes.svm import FeatureSVM
+    from tfmed.run.artifact import ModelArtifactError
+
+    for name in ("a", "b"):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((28, 28), 128, np.uint8))
+    half_nan = lambda self, table, inputs, batch_size=64: np.array([0.3, np.nan])[:len(table)]  # noqa: E731
+    monkeypatch.setattr(FeatureSVM, "predict_table", half_nan)
+    with pytest.raises(ModelArtifactError, match=r"NaN or infinite scores for 1 image\(s\) \(row 2: .*b\.png\)"):
+        predict_images(pneumonia_run, [str(tmp_path / "a.png"), str(tmp_path / "b.png")])
+
+
+@pytest.mark.slow
 def test_evaluate_reproduces_the_runs_test_metrics_exactly(pneumonia_run, tmp_path):
     out = evaluate_run(pneumonia_run, output=tmp_path / "eval")
     again = load_metrics(out)["splits"]["test"]
@@ -255,6 +269,23 @@ def folder_with_a_corrupt_image(root: Path, images=None, labels=None, classes=("
     (root / classes[0]).mkdir(parents=True, exist_ok=True)
     (root / classes[0] / "broken.png").write_bytes(b"\x89PNG but not an image")
     return root
+
+
+def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, monkeypatch):
+    """config.yaml keeps data.path as written, relative to the folder the run started in (environment.json's
+    cwd): commands that re-read the run's data read it from there, wherever they are started."""
+    folder_with_a_corrupt_image(tmp_path / "work" / "xrays", count=60)
+    (tmp_path / "work" / "xrays" / "normal" / "broken.png").unlink()
+    monkeypatch.chdir(tmp_path / "work")
+    config = ExperimentConfig.from_dict({
+        "name": "rel", "runs_dir": "runs", "data": {"source": "folder", "path": "xrays", "patient_pattern": "(.+)"},
+        "preprocess": {"image_size": 32}, "split": {"test_fraction": 0.25},
+        "model": {"mode": "svm", "backbone": "mobilenet_v2", "weights": None, "svm": {"C": [1.0], "cv": 3}}})
+    run = tmp_path / "work" / run_experiment(config)
+    assert ExperimentConfig.from_run(run).data.path == "xrays"
+    monkeypatch.chdir(tmp_path)  # elsewhere: no xrays/ here
+    evaluation = evaluate_run(run, output=tmp_path / "ev")
+    assert load_metrics(evaluation)["splits"]["test"]["youden"] == load_metrics(run)["splits"]["test"]["youden"]
 
 
 def test_evaluate_leaves_bad_rows_out_only_when_its_data_yaml_says_so(pneumonia_run, tmp_path):
@@ -518,6 +549,33 @@ def test_a_loss_that_does_not_fit_the_task_is_a_config_error(tmp_path):
         with pytest.raises(ConfigError, match=message):
             run_experiment(config)
         assert not (tmp_path / "runs").exists()  # stopped before any run directory was made
+
+
+def test_a_training_split_too_small_for_the_svms_folds_is_refused_before_the_run(tmp_path, capsys):
+    import yaml
+
+    from tfmed.config import ConfigError
+    from tfmed.run.cli import main
+    from tfmed.run.experiment import check_config_fits_data, prepare_data
+
+    source = f"medmnist:{_three_class_npz(tmp_path, per_class=4)}"  # train: 4 images a class, val: 2
+    cases = [({}, 5, r"mc: model.svm.cv: the training split is too small for the SVM's 5-fold cross-validation: "
+                     r"class 0 has 4 training patients/groups \(0=4, 1=4, 2=4\), fewer than cv=5 folds"),
+             ({"method": "kfold", "folds": 2}, 4, r"the training split \(a k-fold's training part\) is too small "
+                                                  r"for the SVM's 4-fold cross-validation: class \d has 3 training")]
+    for split, cv, message in cases:
+        values = {"name": "mc", "runs_dir": str(tmp_path / "runs"), "data": {"source": source}, "split": split,
+                  "preprocess": {"image_size": 32},
+                  "model": {"mode": "svm", "backbone": "mobilenet_v2", "weights": None, "svm": {"cv": cv}}}
+        with pytest.raises(ConfigError, match=message):
+            run_experiment(ExperimentConfig.from_dict(values))
+        assert not (tmp_path / "runs").exists()  # stopped before any run directory was made
+        (tmp_path / "mc.yaml").write_text(yaml.safe_dump(values))
+        assert main(["validate", str(tmp_path / "mc.yaml")]) != 0  # tfmed validate makes the same check
+        assert "model.svm.cv: the training split" in capsys.readouterr().err
+    values["model"]["svm"]["cv"] = 3  # 3 training images a class in each fold's training part: enough
+    config = ExperimentConfig.from_dict(values)
+    check_config_fits_data(config, prepare_data(config))
 
 
 def _ct_folder(root: Path, per_class: int = 8) -> Path:

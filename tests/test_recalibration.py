@@ -392,6 +392,23 @@ def test_a_label_unknown_in_every_image_has_no_figures_and_the_report_says_n_a()
     assert "temperature 1.500" in sentence[0] and "test log loss n/a to n/a" in sentence[0]
 
 
+def test_the_report_and_summary_of_kept_thresholds_say_they_were_kept_not_chosen():
+    from tfmed.run.reporting import recalibration_sentences, summary_text
+
+    summary = {"method": "intercept", "fitted_on": "val", "applied": True,
+               "fit": {"method": "intercept", "task": "binary", "intercept": [0.4]},
+               "figures": {"val": {"before": {"log_loss": 0.3, "brier": 0.1},
+                                   "after": {"log_loss": 0.2, "brier": 0.05}}}}
+    metrics = {"task": "binary", "threshold_method": "youden", "splits": {}, "counts": {},
+               "recalibrated_from": "runs/a/1"}
+    chosen, kept = ({**metrics, "recalibration": {**summary, "thresholds": how}} for how in ("chosen", "kept"))
+    assert "before the thresholds were chosen" in recalibration_sentences(chosen)[0]
+    assert "the thresholds were not chosen on them but carried over from the run" in recalibration_sentences(kept)[0]
+    assert "recalibrated and its thresholds chosen on (in-sample figures)" in summary_text(chosen)
+    assert summary_text(kept).endswith("val: the images the model of runs/a/1 was recalibrated on, its thresholds "
+                                       "kept from that run (in-sample probabilities)")
+
+
 # ------------------------------------------------------------------ tfmed recalibrate (another hospital)
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory):
@@ -482,7 +499,11 @@ def test_tfmed_recalibrate_can_keep_the_runs_decisions_and_change_only_its_proba
     out = tmp_path / "kept"
     assert main(["recalibrate", "--model", str(runs["recalibrated"]), "--data", hospital["fit"],
                  "--keep-thresholds", "--output", str(out)]) == 0
-    assert "its thresholds carried over from that run" in (out / "report.html").read_text()
+    assert f"{runs['recalibrated']} was recalibrated on, its thresholds kept from that run" in capsys.readouterr().out
+    report = (out / "report.html").read_text()
+    assert "its thresholds carried over from that run" in report and "before the thresholds were chosen" not in report
+    assert "the thresholds were not chosen on them but carried over from the run" in report
+    assert load_metrics(out)["recalibration"]["thresholds"] == "kept"
     assert json.loads((out / "recalibrated_from.json").read_text())["thresholds"] == "kept"
     home = evaluate_run(runs["recalibrated"], data=hospital["measure"], output=tmp_path / "home")
     kept = evaluate_run(out, data=hospital["measure"], output=tmp_path / "kept_measure")
@@ -537,3 +558,36 @@ def test_tfmed_recalibrate_replaces_a_runs_own_recalibration_and_refuses_what_ca
     with pytest.raises(RecalibrateRunError, match="--method: 'platt' is not a recalibration"):
         recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "y", "platt")  # the Python API
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_tfmed_recalibrate_takes_the_subgroups_of_data_that_lack_the_runs_attributes(runs, hospital, tmp_path,
+                                                                                       capsys):
+    import shutil
+
+    import yaml
+
+    from tfmed.run.manifest import write_manifest
+
+    run = shutil.copytree(runs["raw"], tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["evaluation"]["subgroups"] = ["site", "sex", "age"]  # an experiment audited by sex and age
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    write_manifest(run)
+    out = tmp_path / "site_b"
+    for verb in ("recalibrate", "evaluate"):  # the hospital's file records neither
+        assert main([verb, "--model", str(run), "--data", hospital["fit"], "--output", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert (f"{hospital['fit']}: evaluation.subgroups of the run's config.yaml names sex and age, but no image"
+                in error), verb
+        assert error.rstrip().endswith("For these data, give the attributes they record with --subgroups site."), verb
+        assert not out.exists()
+    assert main(["recalibrate", "--model", str(run), "--data", hospital["fit"], "--output", str(out),
+                 "--subgroups", "site"]) == 0
+    assert ExperimentConfig.from_yaml(out / "config.yaml").evaluation.subgroups == ["site"]  # the new run keeps it
+    assert main(["recalibrate", "--model", str(run), "--data", hospital["fit"], "--output", str(tmp_path / "x"),
+                 "--subgroups", "site,race"]) == 2
+    assert "--subgroups is ['site', 'race']; allowed: site, view, sex, age" in capsys.readouterr().err
+    assert main(["recalibrate", "--model", str(run), "--data", hospital["fit"], "--output", str(tmp_path / "y"),
+                 "--subgroups", "sex"]) == 2
+    assert f"{hospital['fit']}: --subgroups names sex, but no image" in capsys.readouterr().err

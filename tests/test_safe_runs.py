@@ -8,6 +8,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+import yaml
 
 import test_explain  # noqa: F401  (registers the tiny backbone explain_test_net)
 from test_experiment import _tiny_medmnist
@@ -158,6 +159,13 @@ def test_a_crashed_run_is_reported_incomplete(runs, tmp_path, monkeypatch, capsy
         TrainedModel.load(crashed)
 
 
+def _started_at(run: Path, when: str) -> Path:
+    """``run`` with ``environment.json`` saying it started at ``when`` (ISO time)."""
+    environment = json.loads((run / "environment.json").read_text())
+    (run / "environment.json").write_text(json.dumps({**environment, "started": when}))
+    return run
+
+
 def test_tfmed_runs_lists_finished_failed_and_incomplete_runs(runs, tmp_path, capsys):
     from tfmed.run.list_runs import list_runs
 
@@ -166,11 +174,14 @@ def test_tfmed_runs_lists_finished_failed_and_incomplete_runs(runs, tmp_path, ca
         shutil.copytree(run, root / "safe" / run.name)
     failed = root / "other" / "29991231-235958"  # later than the real runs, whenever the suite runs
     failed.mkdir(parents=True)
-    shutil.copy(runs[0] / "config.yaml", failed / "config.yaml")
+    for name in ("config.yaml", "environment.json"):  # what a run writes first
+        shutil.copy(runs[0] / name, failed / name)
+    _started_at(failed, "2999-12-31T23:59:58")
+    config = yaml.safe_load((failed / "config.yaml").read_text())
+    (failed / "config.yaml").write_text(yaml.safe_dump({**config, "name": "other"}))
     (failed / FAILED_FILE).write_text("RuntimeError: out of memory in stage 2\n\ntraceback")
-    running = root / "other" / "29991231-235959"
-    running.mkdir()
-    shutil.copy(runs[0] / "config.yaml", running / "config.yaml")
+    running = _started_at(shutil.copytree(failed, root / "other" / "29991231-235959"), "2999-12-31T23:59:59")
+    (running / FAILED_FILE).unlink()
     frame = list_runs(root)
     assert frame["run"].tolist()[-2:] == [failed.as_posix(), running.as_posix()]   # oldest first
     assert frame["status"].tolist() == ["finished", "finished", "failed: RuntimeError: out of memory in stage 2",
@@ -187,6 +198,72 @@ def test_tfmed_runs_lists_finished_failed_and_incomplete_runs(runs, tmp_path, ca
     assert len(printed) == 3 and f"{first['test_auc']:.3f}" in printed[1]
     assert cli.main(["runs", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_tfmed_runs_finds_runs_wherever_they_sit_and_lists_layer_sweeps_as_such(runs, tmp_path, capsys):
+    from tfmed.run.list_runs import list_runs
+
+    root = tmp_path / "runs"
+    written = _started_at(shutil.copytree(runs[0], root / "site_b"), "2001-01-01T00:00:01")  # --output runs/site_b
+    deep = _started_at(shutil.copytree(runs[1], root / "team" / "2026" / "combined"), "2001-01-01T00:00:02")
+    sweep = root / "safe_sweep" / "20010101-000003"  # what tfmed sweep-layers leaves
+    sweep.mkdir(parents=True)
+    for name in ("config.yaml", "environment.json"):
+        shutil.copy(runs[0] / name, sweep / name)
+    _started_at(sweep, "2001-01-01T00:00:03")
+    (sweep / "layer_sweep.csv").write_text("metric,middle\nauc,0.9\n")
+    hidden = root / ".feature_cache" / "x"  # the feature store is not searched
+    shutil.copytree(runs[0], hidden)
+    frame = list_runs(root)
+    assert frame["run"].tolist() == [written.as_posix(), deep.as_posix(), sweep.as_posix()]
+    assert frame["status"].tolist() == ["finished", "finished", "layer sweep (layer_sweep.csv)"]
+    assert frame["test_auc"].iloc[0] == json.loads((runs[0] / "metrics.json").read_text())[
+        "splits"]["test"]["youden"]["roc_auc"]
+    assert len(list_runs(root, name="safe")) == 3  # the experiment named in each config.yaml
+    assert list_runs(root, name="safe_sweep")["run"].tolist() == [sweep.as_posix()]  # or the folder it sits in
+    assert list_runs(written)["run"].tolist() == [written.as_posix()]  # a run directory itself
+    share = tmp_path / "share" / "safe"
+    assert cli.main(["export-run", str(runs[0]), str(share)]) == 0
+    capsys.readouterr()
+    assert cli.main(["runs", str(tmp_path / "share")]) == 0
+    assert f"{share.as_posix()}  finished" in capsys.readouterr().out
+    assert cli.main(["evaluate", "--model", str(sweep)]) == 2
+    assert "a layer sweep (layer_sweep.csv of tfmed sweep-layers), not a run" in capsys.readouterr().err
+
+
+def test_a_run_killed_before_its_model_says_it_did_not_finish(runs, tmp_path, capsys):
+    killed = tmp_path / "runs" / "safe" / "20261206-100553"  # SIGKILL: no FAILED.txt written
+    killed.mkdir(parents=True)
+    for name in ("config.yaml", "environment.json"):
+        shutil.copy(runs[0] / name, killed / name)
+    for command in (["evaluate", "--model", str(killed)], ["predict", "--model", str(killed), str(tmp_path)]):
+        assert cli.main(command) == 2
+        error = capsys.readouterr().err
+        assert f"{killed}: this run did not finish (it has no model/" in error and "tfmed runs" in error
+        assert "not a tfmed run directory" not in error
+
+
+def test_an_output_inside_a_run_it_reads_is_refused_by_every_command(runs, tmp_path, capsys):
+    run, other = (shutil.copytree(r, tmp_path / name) for r, name in zip(runs, ("run", "other")))
+    predictions = (run / "predictions.csv").read_bytes()
+    commands = {"evaluate": ["evaluate", "--model", str(run), "--output", str(run / "model" / "ev")],
+                "evaluate_beside": ["evaluate", "--model", str(run / "model"), "--output", str(run / "ev")],
+                "predict": ["predict", "--model", str(run), str(tmp_path / "a.png"),
+                            "--output", str(run / "predictions.csv")],
+                "ensemble": ["ensemble", str(other), str(run), "--output", str(run / "combined")],
+                "recalibrate": ["recalibrate", "--model", str(run), "--data", "manifest:b.csv",
+                                "--output", str(run / "site_b")],
+                "explain": ["explain", "--model", str(run), "--output", str(run / "model" / "maps")]}
+    for command, argv in commands.items():
+        assert cli.main(argv) == 2, command
+        error = capsys.readouterr().err
+        assert f"--output {argv[-1]}: inside the run directory" in error and "choose a path outside it" in error, \
+            (command, error)
+        assert not Path(argv[-1]).is_dir(), command
+    assert (run / "predictions.csv").read_bytes() == predictions
+    verify_run(run)
+    assert cli.main(["evaluate", "--model", str(run), "--output", str(run / "evaluations" / "site_a")]) == 0
+    verify_run(run)  # where tfmed evaluate itself writes: the run is left whole
 
 
 @pytest.mark.parametrize("stop", [RuntimeError("out of memory in stage 2"), KeyboardInterrupt()],
@@ -210,6 +287,21 @@ def test_a_run_that_stops_before_its_model_says_why_to_every_command(runs, tmp_p
         assert cli.main(command) == 2, command
         err = capsys.readouterr().err
         assert "stopped before it" in err and reason in err and "FAILED.txt" in err, (command, err)
+
+
+def test_ctrl_c_during_tfmed_run_prints_one_line_after_the_log_names_failed_txt(runs, tmp_path, monkeypatch, capsys):
+    import tfmed.run.experiment as experiment
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "fit_model", interrupt)
+    assert cli.main(["run", str(runs[0] / "config.yaml"), "--runs-dir", str(tmp_path / "runs")]) == 130
+    stopped = next((tmp_path / "runs" / "safe").iterdir())
+    captured = capsys.readouterr()
+    assert captured.err == "tfmed: interrupted (Ctrl-C)\n"  # one line, no traceback
+    assert f"the run stopped; {stopped / FAILED_FILE} says why" in captured.out
+    assert (stopped / FAILED_FILE).read_text().startswith("interrupted")
 
 
 def test_no_verify_is_stated_in_the_output(runs, tmp_path, capsys):

@@ -119,11 +119,17 @@ def test_parse_source_spec_bare_folder(tmp_path):
     assert parse_source_spec(str(tmp_path)).source == "folder"
 
 
-def test_parse_source_spec_unknown(tmp_path):
+def test_parse_source_spec_unknown(tmp_path, monkeypatch):
     with pytest.raises(DataSourceError, match="cannot tell what kind of source"):
         parse_source_spec(str(tmp_path / "nothing.bin"))
     with pytest.raises(DataSourceError, match="names no path; write folder:PATH"):
         parse_source_spec("folder:")
+    with pytest.raises(DataSourceError, match=r"'manifset' is not a kind of source \(did you mean "
+                                              r"manifest:hospb/tune.csv\?\); KIND:PATH takes a KIND among manifest,"):
+        parse_source_spec("manifset:hospb/tune.csv")  # not read as a file named so
+    (tmp_path / "scans:2024").mkdir()  # an existing folder whose name holds a colon is still a folder
+    monkeypatch.chdir(tmp_path)
+    assert parse_source_spec("scans:2024").source == "folder"
 
 
 def test_unknown_source_kind():
@@ -336,6 +342,7 @@ def test_dicom_folder_reads_patient_and_view(tmp_path):
 
 def test_a_scanner_export_named_by_uid_validates_and_predicts(tmp_path, capsys):
     """Files named like CT.1.3.12...16582: the tail of the UID is no extension, the DICM marker decides."""
+    from tfmed.progress import configure_logging
     from tfmed.run import cli
     from tfmed.run.predict import collect_images
 
@@ -351,7 +358,10 @@ def test_a_scanner_export_named_by_uid_validates_and_predicts(tmp_path, capsys):
     assert report.ok and report.problems == []
     assert cli.main(["validate", f"dicom:{tmp_path}"]) == 0
     assert capsys.readouterr().out.startswith("3 rows")  # notes.v2 is listed as skipped, not as a row
+    configure_logging()
     assert sorted(p.name for p in collect_images([str(tmp_path)])) == sorted(names)
+    said = capsys.readouterr().out  # predict names the file it skips
+    assert f"{tmp_path}: 1 file skipped, not images by name" in said and "nor DICOM: b/notes.v2" in said
 
 
 def test_dicom_folder_bad_header_becomes_a_problem(tmp_path):

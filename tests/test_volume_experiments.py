@@ -156,12 +156,38 @@ def test_volume_rows_are_read_once_and_every_problem_names_its_row(tmp_path):
     assert by_row[6].problem.startswith("not a volume")
     assert by_row[7].problem == "duplicate: the same volume and centre as row 2"
     # centred on the volume, a row needs no centre columns, and the given ones are said to be unused
-    assert check_volume_rows(table.subset([1]), views_config(center="volume")) == []
+    assert check_volume_rows(table.subset([1]), views_config(center="volume")) == ([], [])
     unused = validate_table(table.subset([0]), views=views_config(center="volume"))
     assert unused.ok and "centre columns center_x, center_y, center_z are not used" in unused.warnings[0].problem
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
+
+def test_nan_voxels_make_a_row_problem_and_what_reading_noted_a_row_warning(tmp_path):
+    write_nodule_volume(tmp_path / "a.nii.gz")
+    image = nibabel.load(str(tmp_path / "a.nii.gz"))
+    data = np.array(image.get_fdata(dtype=np.float32))  # a copy: nibabel keeps the array it returns
+    data[0, 0, 0] = np.nan
+    nibabel.save(nibabel.Nifti1Image(data, image.affine), str(tmp_path / "nan.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(image.get_fdata(dtype=np.float32), None), str(tmp_path / "bare.nii.gz"))
+    (tmp_path / "m.csv").write_text("path,label,patient_id\nnan.nii.gz,0,p1\nbare.nii.gz,1,p2\na.nii.gz,0,p3\n")
+    report = validate_table(load_manifest(tmp_path / "m.csv"), views=views_config(center="volume"))
+    assert [(p.row, p.problem) for p in report.problems] == [(2, "1 voxels are NaN or infinite")]
+    assert "replace them with a value" in report.problems[0].fix
+    assert [p.row for p in report.warnings] == [3]
+    assert report.warnings[0].problem.startswith("no orientation in the header")
+    assert f"tfmed inspect {tmp_path / 'bare.nii.gz'}" in report.warnings[0].fix
+
+
+def test_volumes_validated_without_views_are_named_as_volumes_not_unknown_files(tmp_path):
+    write_nodule_volume(tmp_path / "a.nii.gz")
+    write_series(tmp_path / "series", count=3)
+    (tmp_path / "m.csv").write_text("path,label,patient_id\na.nii.gz,0,p1\nseries,1,p2\nseries,0,p2\n")
+    report = validate_table(load_manifest(tmp_path / "m.csv"))
+    assert [p.row for p in report.problems] == [2, 3, 4]  # the repeated series is not called a duplicate
+    assert all(p.problem.startswith("a volume (a DICOM series folder or a NIfTI") for p in report.problems)
+    assert all("views: section" in p.fix for p in report.problems)
+
 
 def test_the_pipeline_serves_the_preprocessed_views_of_each_volume(nodules):
     table = nodule_table(nodules).subset([1, 2])  # a nodule, then background
@@ -408,6 +434,9 @@ def _predict_scores_unlabelled_candidates(run, model, nodules, tmp_path):
     candidates.iloc[:1].drop(columns=["center_z"]).to_csv(tmp_path / "no_centre.csv", index=False)
     with pytest.raises(TfmedError, match="row 2.*lesion centre gives center_x, center_y but not all"):
         predict_images(run, [str(tmp_path / "no_centre.csv")])
+    candidates.iloc[:0].to_csv(tmp_path / "none.csv", index=False)
+    with pytest.raises(TfmedError, match=r"none\.csv: lists no volumes \(a header and no rows\)"):
+        predict_images(run, [str(tmp_path / "none.csv")])
 
 
 @pytest.mark.slow
@@ -423,6 +452,11 @@ def test_a_nodule_experiment_runs_end_to_end_in_finetune_mode_centred_on_volumes
     frame = predict_images(run, [str(nodules / "case01.nii.gz"), str(nodules / "case02.nii.gz")])
     assert frame["image"].map(os.path.basename).tolist() == ["case01.nii.gz", "case02.nii.gz"]
     assert frame["score"].between(0, 1).all()
+    # a CSV may list the volumes instead (a series_uid column names one series of a folder)
+    (tmp_path / "volumes.csv").write_text(f"path\n{nodules / 'case01.nii.gz'}\n{nodules / 'case02.nii.gz'}\n")
+    listed = predict_images(run, [str(tmp_path / "volumes.csv")])
+    assert listed["row"].tolist() == [2, 3]
+    np.testing.assert_allclose(listed["score"], frame["score"], rtol=1e-6)
     # tfmed explain of the run's test cases: mosaics of the nine views, peaks named by view
     from tfmed.run.cli import main
 

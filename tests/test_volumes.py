@@ -397,6 +397,36 @@ def test_ct_small_is_a_one_slice_series(tmp_path):
                                                             "along slices"]
 
 
+def test_a_single_slice_volume_is_noted_as_such(tmp_path):
+    shutil.copy(CT_SMALL, tmp_path / "CT_small.dcm")
+    assert any(note.startswith("a single slice: views across slices") for note in read_volume(tmp_path).problems)
+    write_series(tmp_path / "six", count=6)
+    assert not any("single slice" in note for note in read_volume(tmp_path / "six").problems)
+
+
+def test_rescale_tags_of_zero_or_on_some_slices_only_are_refused_and_their_absence_in_ct_noted(tmp_path):
+    write_series(tmp_path / "zero", count=3, slope=0.0)
+    with pytest.raises(VolumeError, match="RescaleSlope is 0, so every value would become the intercept"):
+        read_dicom_series(tmp_path / "zero")
+    names = write_series(tmp_path / "partial", count=3)
+
+    def drop_rescale(path):
+        ds = pydicom.dcmread(path)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        ds.save_as(path)
+
+    drop_rescale(tmp_path / "partial" / names[1])
+    with pytest.raises(VolumeError, match=rf"1 slice without RescaleSlope/RescaleIntercept among 3 \({names[1]}\)"):
+        read_dicom_series(tmp_path / "partial")
+    for name in (names[0], names[2]):
+        drop_rescale(tmp_path / "partial" / name)
+    volume = read_dicom_series(tmp_path / "partial")  # none has them: values as stored, and said so
+    assert volume.intensity_range() == (0.0, 200.0 + 127 + 2 * 127)
+    assert [note for note in volume.problems if note.startswith("CT without RescaleSlope/RescaleIntercept")]
+    write_series(tmp_path / "whole", count=3)  # every slice with its tags: nothing to say
+    assert read_dicom_series(tmp_path / "whole").problems == []
+
+
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
                                   "MR_small_RLE.dcm"])
 def test_a_lossless_compressed_slice_decodes_exactly_or_names_its_transfer_syntax(tmp_path, name):
@@ -437,6 +467,15 @@ def test_a_missing_decoder_is_a_clear_error(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- NIfTI
+
+
+def test_a_2d_nifti_is_refused_as_other_2d_volume_files_are(tmp_path):
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 9), np.float32), np.eye(4)), str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(VolumeError, match=r"flat.nii.gz: 2-D image of size 8 x 9; one 3-D volume is expected\. "
+                                          r"Fix: classify 2-D images without views"):
+        read_volume(tmp_path / "flat.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 9, 1), np.float32), np.eye(4)), str(tmp_path / "one.nii.gz"))
+    assert read_volume(tmp_path / "one.nii.gz").shape == (1, 9, 8)  # one slice of a volume: read, and noted
 
 
 def test_nibabels_anatomical_image_is_reoriented_to_the_shared_convention():

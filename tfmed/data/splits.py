@@ -31,7 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from tfmed.config import SplitConfig
+from tfmed.config import UNKNOWN_LABEL, SplitConfig
 from tfmed.data.near_duplicates import GROUP_COLUMN
 from tfmed.data.table import SPLITS, ImageTable
 from tfmed.errors import TfmedError
@@ -212,6 +212,49 @@ def site_split(table: ImageTable, config: SplitConfig) -> ImageTable:
     return result
 
 
+def check_split_classes(table: ImageTable, config: SplitConfig) -> None:
+    """Refuse a split a model cannot be trained or given thresholds on: a class (binary, multiclass) with
+    images but none in training, and outside k-fold a validation split without both classes (binary) or
+    without a label's positives and negatives (multilabel), since the thresholds are chosen on it.
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"image": list("abcd"), "label": [0, 1, 0, 0], "split": ["train"] * 2 + ["val"] * 2})
+        >>> check_split_classes(ImageTable(frame, ["normal", "tb"], "binary"), SplitConfig())
+        Traceback (most recent call last):
+        tfmed.data.splits.SplitError: the val split holds no 'tb' image (2 'normal'), and thresholds are chosen \
+on it; give it images of every class (val rows of each class, or split.method: patient to carve a stratified \
+one), or use split.method: kfold
+    """
+    split = table.frame["split"].astype("string").fillna("")
+    labels = table.labels()
+    if table.task != "multilabel":
+        for k, name in enumerate(table.classes):
+            images = split[labels == k]
+            if len(images) and not (images == "train").any():
+                where = ", ".join(f"{n} in {s}" for s, n in images.value_counts().sort_index().items())
+                twins = [c for c in table.classes if c != name and c.lower() == name.lower()]
+                twin = f"; its name differs from class {twins[0]!r} only in case: spell them the same" if twins else ""
+                raise SplitError(f"class {name!r} has no training image ({where}), so no model can learn it"
+                                 f"{twin}; give the training split images of it (split.test_sites may hold them "
+                                 "all), or leave the class out")
+    if config.method == "kfold" or table.task == "multiclass":
+        return
+    val = (split == "val").to_numpy()
+    columns = [(None, labels[val])] if table.task == "binary" else [
+        (name, labels[val, j][labels[val, j] != UNKNOWN_LABEL]) for j, name in enumerate(table.classes)]
+    for label, values in columns:
+        kinds = dict(zip(table.classes, (0, 1))) if label is None else {"positive": 1, "negative": 0}
+        lacking = [kind for kind, value in kinds.items() if not (values == value).any()]
+        if lacking:
+            held = ", ".join(f"{int((values == value).sum())} {kind!r}" for kind, value in kinds.items() if
+                             (values == value).any()) or "no image"
+            what = f"no {lacking[0]!r} image" if label is None else f"no {lacking[0]} image of label {label!r}"
+            raise SplitError(f"the val split holds {what} ({held}), and thresholds are chosen on it; give it "
+                             "images of every class (val rows of each class, or split.method: patient to carve "
+                             "a stratified one), or use split.method: kfold")
+
+
 def _require_validation(split: np.ndarray) -> None:
     """Outside k-fold, thresholds and early stopping are chosen on validation images: refuse a split
     without any."""
@@ -256,6 +299,26 @@ def kfold_indices(table: ImageTable, folds: int = 5, seed: int = 0) -> list[tupl
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         return [(pool[train], pool[val]) for train, val in splitter.split(pool, labels, groups)]
+
+
+def training_parts(table: ImageTable, config: SplitConfig) -> list[ImageTable]:
+    """The tables a run fits its model on: the train split, or with k-fold each fold's training part
+    (train + val less the fold; the refit on all of train + val holds every one of them).
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"image": list("abcdefgh"), "label": [0, 1] * 4, "split": ["train"] * 8,
+        ...                       "patient_id": list("abcdefgh")})
+        >>> table = ImageTable(frame, ["x", "y"], "binary")
+        >>> [len(part) for part in training_parts(table, SplitConfig(method="kfold", folds=4))]
+        [6, 6, 6, 6]
+    """
+    if config.method != "kfold":
+        return [table.split("train")]
+    split = table.frame["split"]
+    trainval = table.subset(np.concatenate([np.flatnonzero((split == name).fillna(False).to_numpy(dtype=bool))
+                                            for name in ("train", "val")]))
+    return [trainval.subset(fit) for fit, _ in kfold_indices(trainval, config.folds, config.seed)]
 
 
 def split_groups(table: ImageTable) -> np.ndarray:

@@ -41,7 +41,8 @@ import pandas as pd
 from tfmed.config import UNKNOWN_LABEL, ViewsConfig
 from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageReadError, decoder_messages, read_image_and_info
 from tfmed.data.table import ImageTable
-from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL, check_volume_rows
+from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL, check_volume_rows, is_volume_path
+from tfmed.data.volumes import VOLUME_FILES
 from tfmed.errors import TfmedError
 from tfmed.progress import native_stderr_captured
 
@@ -238,8 +239,11 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
                 frame.attrs.get("patient_fix", "fill the patient_id column") + " (patient-level splits need "
                 "it to keep each patient's images in one split)")
     if views is not None and views.enabled:
-        for position, problem, fix in check_volume_rows(table, views, workers=min(workers, 2)):
+        problems, notes = check_volume_rows(table, views, workers=min(workers, 2))
+        for position, problem, fix in problems:
             add(position, problem, fix)
+        for position, note, fix in notes:
+            warn(position, note, fix)
         given = [name for name in CENTER_MM + CENTER_VOXEL if name in frame.columns and frame[name].notna().any()]
         if views.center == "volume" and given:
             warn(None, f"views.center is 'volume', so the centre columns {', '.join(given)} are not used",
@@ -282,12 +286,18 @@ def _check_two_classes(table: ImageTable, report: ValidationReport) -> None:
                     f"{lacking[0]} images of it"))
         return
     counts = pd.to_numeric(table.frame["label"], errors="coerce")[usable].dropna().astype(int).value_counts()
+    shown = ", ".join(f"{int(counts.get(i, 0))} of {name!r}" for i, name in enumerate(table.classes))
     if len(counts) < 2:
-        shown = ", ".join(f"{int(counts.get(i, 0))} of {name!r}" for i, name in enumerate(table.classes))
         report.problems.append(Problem(None, table.source or "(table)",
                                        f"the usable images hold fewer than two classes ({shown})",
                                        "a classifier needs images of at least two classes: add the missing "
                                        "class's images, or fix the rows listed above"))
+        return
+    for name in [name for i, name in enumerate(table.classes) if not counts.get(i, 0)]:
+        report.problems.append(Problem(None, table.source or "(table)",
+                                       f"class {name!r} has no image among the usable ones ({shown})",
+                                       "a model cannot learn a class without images: add its images, remove "
+                                       "its empty class folder, or leave it out of data.classes"))
 
 
 def _check_labels(table: ImageTable, source_flagged: np.ndarray, add) -> None:
@@ -324,13 +334,13 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
     for position, key in enumerate(keys):
         if key is None:
             add(position, "no image path", "fill the path column")
-        elif key in first_seen:
+        elif key in first_seen and not is_volume_path(key):  # a volume's rows are each told what it is
             earlier = frame["row"].iloc[first_seen[key]]
             add(position, f"duplicate: the same image as row {earlier}",
                 "remove the repeated row (a duplicate counts the image twice and can leak it "
                 "across splits)")
         else:
-            first_seen[key] = position
+            first_seen.setdefault(key, position)
     unique = list(first_seen)
 
     def check(path: str, capture_messages: bool = False):
@@ -338,6 +348,11 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
             if not os.path.exists(path):
                 return ImageReadError(path, "file not found", "check the path or remove the row")
             return None
+        if is_volume_path(path) and os.path.exists(path):
+            return ImageReadError(path, f"a volume (a DICOM series folder or {VOLUME_FILES}), not a 2-D image",
+                                  "volumes are classified through views cut from them: check and run them "
+                                  "through an experiment YAML with a views: section (tfmed validate "
+                                  "EXPERIMENT.yaml), or point the row at a 2-D image")
         try:
             return read_image_and_info(path, max_pixels, capture_messages=capture_messages)[1]
         except ImageReadError as error:

@@ -50,6 +50,9 @@ CENTER_MM = ("center_x", "center_y", "center_z")
 CENTER_VOXEL = ("center_slice", "center_row", "center_column")
 SERIES_UID = "series_uid"
 VOLUME_COLUMNS = CENTER_MM + CENTER_VOXEL + (SERIES_UID,)
+_NOT_FINITE = "voxels are NaN or infinite"   # as Volume.problems says it
+_NOT_FINITE_FIX = ("replace them with a value (e.g. the background's: -1024 for CT in HU, 0 for MR) and save the "
+                   "volume again: views through them would give NaN scores")
 _CENTER_FIX = ("fill center_x, center_y, center_z (LPS mm) or center_slice, center_row, center_column "
                "(voxel index) for the row, or set views.center: volume")
 
@@ -226,16 +229,20 @@ class VolumeSampler:
         return np.asarray(out, dtype=np.float32)
 
 
-def check_volume_rows(table, views: ViewsConfig, workers: int = 2) -> list[tuple[int, str, str]]:
-    """Read every row's volume once: ``[(position, problem, fix)]`` for each row that cannot give views.
+def check_volume_rows(table, views: ViewsConfig, workers: int = 2) -> tuple[list[tuple[int, str, str]],
+                                                                            list[tuple[int, str, str]]]:
+    """Read every row's volume once: ``(problems, warnings)``, each a list of ``(position, what, fix)``.
 
-    Found: paths that are not volumes, series that cannot be read (with the
-    reason :func:`~tfmed.data.volumes.read_volume` gives), missing or
-    out-of-volume lesion centres, and repeated rows (the same volume and centre twice).
+    Problems (the row cannot give views): paths that are not volumes, series
+    that cannot be read (with the reason :func:`~tfmed.data.volumes.read_volume`
+    gives), volumes holding NaN or infinite voxels, missing or out-of-volume
+    lesion centres, and repeated rows (the same volume and centre twice).
+    Warnings (the row is kept): what reading the volume noted, e.g. an assumed
+    pixel spacing, uneven slice spacing or ignored files (``Volume.problems``).
 
     Example:
         >>> check_volume_rows(table, ViewsConfig(enabled=True))  # doctest: +SKIP
-        [(3, 'no lesion centre (views.center is lesion)', 'fill center_x, ...')]
+        ([(3, 'no lesion centre (views.center is lesion)', 'fill center_x, ...')], [])
     """
     frame = table.frame
     values = [_row_values(frame, i) for i in range(len(frame))]
@@ -255,7 +262,13 @@ def check_volume_rows(table, views: ViewsConfig, workers: int = 2) -> list[tuple
         try:
             volume = read_volume(*key)
         except VolumeError as error:
-            return [(p, error.reason, error.fix) for p in groups[key]]
+            return [(p, error.reason, error.fix) for p in groups[key]], []
+        noted = [(p, note, f"check the volume with `tfmed inspect {key[0]}`; if the note is wrong for it, "
+                  "re-export it with the missing information") for p in groups[key] for note in volume.problems
+                 if not note.endswith(_NOT_FINITE)]
+        bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+        if bad:
+            return [(p, f"{bad} voxels are NaN or infinite", _NOT_FINITE_FIX) for p in groups[key]], noted
         found, seen = [], {}
         for position in groups[key]:
             try:
@@ -268,9 +281,11 @@ def check_volume_rows(table, views: ViewsConfig, workers: int = 2) -> list[tuple
                               f"{frame['row'].iloc[seen[center]]}",
                               "remove the repeated row (it would count the lesion twice)"))
             seen.setdefault(center, position)
-        return found
+        return found, noted
 
+    warnings: list[tuple[int, str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for found in pool.map(check, list(groups)):
+        for found, noted in pool.map(check, list(groups)):
             problems.extend(found)
-    return sorted(problems)
+            warnings.extend(noted)
+    return sorted(problems), sorted(warnings)

@@ -348,8 +348,9 @@ def _select_series(folder: Path, series: dict[str, _Series], series_uid: str | N
         if len(series) == 1:
             return next(iter(series.values()))
         raise VolumeError(folder, f"{len(series)} series in one folder: {listing}",
-                          "pass the one to read (series_uid=UID, or --series UID on the command line), "
-                          "or move each series into its own folder")
+                          "name the one to read (a series_uid column beside the row's path in a manifest or "
+                          "a CSV given to tfmed predict; series_uid=UID in Python; tfmed inspect FOLDER --series "
+                          "UID), or move each series into its own folder")
     if series_uid not in series:
         raise VolumeError(folder, f"no series {series_uid} in the folder, which holds: {listing}",
                           "pass one of these series UIDs")
@@ -377,6 +378,7 @@ def _read_series(folder: Path, series: _Series, problems: list[str]) -> Volume:
             slices.append(_Slice(path))
             headers.append(header)
     order, spacing, origin, direction = _geometry(folder, slices, headers, problems)
+    _check_rescale(slices, headers, problems)
     first = headers[order[0]]
     array = np.empty((len(slices), int(first.Rows), int(first.Columns)), dtype=np.float32)
     for path, places in _places_by_file(slices, order).items():
@@ -622,6 +624,27 @@ def _file_values(path: Path, frames: list[int | None], headers: list, shape: tup
     return list(stack)
 
 
+def _check_rescale(slices: list[_Slice], headers: list, problems: list[str]) -> None:
+    """Refuse a RescaleSlope of 0 and a series whose slices disagree on having RescaleSlope/Intercept; note
+    a CT series without them (its stored values are taken as they are, which are rarely Hounsfield units)."""
+    rescaled = []
+    for item, header in zip(slices, headers):
+        slope = header.get("RescaleSlope")
+        if slope not in (None, "") and float(slope) == 0:
+            raise VolumeError(item.path, "RescaleSlope is 0, so every value would become the intercept",
+                              "re-export the series with its true RescaleSlope (1 for most CT)")
+        rescaled.append("RescaleIntercept" in header or "RescaleSlope" in header or "ModalityLUTSequence" in header)
+    if any(rescaled) and not all(rescaled):
+        missing = [item.path.name for item, has in zip(slices, rescaled) if not has]
+        raise VolumeError(slices[0].path.parent,
+                          f"{count_noun(len(missing), 'slice')} without RescaleSlope/RescaleIntercept among "
+                          f"{len(slices)} ({_names(missing)}): their values would not be on the others' scale",
+                          "re-export the series so that every slice carries its rescale tags")
+    if not any(rescaled) and str(headers[0].get("Modality", "")).upper() == "CT":
+        problems.append("CT without RescaleSlope/RescaleIntercept: values are used as stored, which are "
+                        "Hounsfield units only if the scanner stored them so (windows in HU may be off)")
+
+
 def _rescale(header) -> tuple[float, float]:
     """(RescaleSlope, RescaleIntercept) of a frame's header; (1, 0) where absent."""
     return float(header.get("RescaleSlope", 1) or 1), float(header.get("RescaleIntercept", 0) or 0)
@@ -695,6 +718,10 @@ def _load_nifti(path: Path):
 def _nifti_data(path: Path, image) -> np.ndarray:
     """The image's scaled values as float32 (slope and intercept applied), made 3-D."""
     shape = tuple(int(n) for n in image.shape)
+    if len(shape) < 3:
+        raise VolumeError(path, f"{len(shape)}-D image of size {' x '.join(map(str, shape))}; one 3-D volume is "
+                          "expected", "classify 2-D images without views (views.enabled: false), or export "
+                          "the 3-D volume")
     if len(shape) > 3 and math.prod(shape[3:]) > 1:
         raise VolumeError(path, f"{len(shape)}-D image of shape {' x '.join(map(str, shape))} "
                           f"({math.prod(shape[3:])} volumes); one 3-D volume is expected",
@@ -830,12 +857,13 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
         tfmed.data.volumes.VolumeError: scans/chest.png: not a volume ...
     """
     path = Path(path)
-    if path.is_dir():
-        return read_dicom_series(path, series_uid)
-    if is_nifti(path):
-        return read_nifti(path)
-    if is_volume_file(path):
-        return read_itk(path)
+    if path.is_dir() or is_volume_file(path):
+        volume = (read_dicom_series(path, series_uid) if path.is_dir()
+                  else read_nifti(path) if is_nifti(path) else read_itk(path))
+        if volume.shape[0] == 1:
+            volume.problems.append("a single slice: views across slices (coronal, sagittal, oblique, adjacent "
+                                   "planes) hold it and fill beyond it")
+        return volume
     if not path.exists():
         raise VolumeError(path, "not found", "check the path")
     raise VolumeError(path, f"not a volume (a folder of DICOM files or {VOLUME_FILES} is expected)",

@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
-from tfmed.config import UNKNOWN_LABEL, GammaName, SVMConfig, Task, choices
+from tfmed.config import UNKNOWN_LABEL, ConfigError, GammaName, SVMConfig, Task, choices
 from tfmed.evaluation.thresholds import known_column
 from tfmed.files import read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
@@ -225,11 +225,24 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def check_experiment(cls, config, table) -> None:
-        """Nothing to check once the task is known: the SVM handles every task.
+        """Every training table of the run (see :func:`~tfmed.data.splits.training_parts`) can be spread
+        over ``model.svm.cv`` folds with each class in each fold (patients kept whole); the SVM handles
+        every task.
 
         Example:
-            >>> FeatureSVM.check_experiment(None, None)
+            >>> FeatureSVM.check_experiment(ExperimentConfig(), table)  # doctest: +SKIP
         """
+        from tfmed.data.splits import training_parts
+
+        model = cls.from_config(config)
+        model.set_params(task=table.task)
+        for train in training_parts(table, config.split):
+            try:
+                model.check_folds(train)
+            except TooFewSamplesError as error:
+                within = " (a k-fold's training part)" if config.split.method == "kfold" else ""
+                raise ConfigError(f"{config.name}: model.svm.cv: the training split{within} is too small for the "
+                                  f"SVM's {model.cv}-fold cross-validation: {error}") from None
 
     @classmethod
     def from_experiment(cls, config, train, run_dir) -> "FeatureSVM":
@@ -290,12 +303,27 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         y_enc, classes, task = self._encode_targets(train.labels(), len(train))
         if task == "multilabel":  # the labels' names, so that a message names the label, not its column
             classes = np.asarray(train.classes)
-        patients = train.frame["patient_id"]
-        groups = patients.astype(str).to_numpy() if patients.notna().all() else None
+        groups = _patient_groups(train)
         if copies > 1:
             groups = np.tile(groups if groups is not None else np.arange(len(train)).astype(str), copies)
             y_enc = np.concatenate([y_enc] * copies)
         return self._fit_blocks(blocks, y_enc, classes, task, groups, input_shape)
+
+    def check_folds(self, train) -> None:
+        """Raise :class:`TooFewSamplesError` when the ``train`` table cannot be spread over ``cv`` folds with
+        every class (each label's positives and negatives) in each, patients kept whole, as fitting needs.
+
+        Example:
+            >>> FeatureSVM(cv=5).check_folds(table.split("train"))  # doctest: +SKIP
+        """
+        y_enc, classes, task = self._encode_targets(train.labels(), len(train))
+        groups = _patient_groups(train)
+        if task != "multilabel":
+            self._splits(y_enc, groups, classes)
+            return
+        for j, name in enumerate(train.classes):
+            known = y_enc[:, j] != UNKNOWN_LABEL
+            self._splits(y_enc[known, j], None if groups is None else groups[known], np.array([0, 1]), label=name)
 
     def predict_table(self, table, inputs, batch_size: int = 64) -> np.ndarray:
         """Scores for every row of ``table``: (n,) positive-class probability for binary, else (n, K);
@@ -1016,6 +1044,12 @@ def _classifier_groups(names: list[str], per_view: bool) -> list[list[str]]:
 
 def _group_name(names: list[str]) -> str:
     return names[0].split(":", 1)[0]
+
+
+def _patient_groups(table) -> np.ndarray | None:
+    """The rows' patients, the CV's groups, when every row has one (else None: rows are independent)."""
+    patients = table.frame["patient_id"]
+    return patients.astype(str).to_numpy() if patients.notna().all() else None
 
 
 def _fewer_folds(count: int) -> str:

@@ -98,6 +98,7 @@ class TrainedModel:
             scores = self.estimator.combine_scores(members)
         else:
             scores = self.estimator.predict_table(table, self.inputs, batch_size=batch_size)
+        _check_finite(scores, table)
         return (scores if self.recalibration is None else self.recalibration.apply(scores)), members
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
@@ -226,3 +227,16 @@ def _jsonable(value):
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     return value
+
+
+def _check_finite(scores: np.ndarray, table: ImageTable) -> None:
+    """Refuse NaN or infinite scores, naming the rows: a decision made from them would be meaningless."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(scores, dtype=float).reshape(len(scores), -1)).all(axis=1))
+    if len(bad):
+        frame = table.frame
+        rows = frame["row"].tolist() if "row" in frame.columns else [f"at position {i}" for i in range(len(frame))]
+        shown = "; ".join(f"row {rows[i]}: {frame['image'].iloc[i]}" for i in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ModelArtifactError(f"the model gave NaN or infinite scores for {len(bad)} image(s) ({shown}{more}); "
+                                 "their pixels or voxels hold NaN or infinite values (see `tfmed inspect`), or "
+                                 "the model's weights do: fix those inputs or leave them out")

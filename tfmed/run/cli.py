@@ -15,7 +15,7 @@
     tfmed backbones
 
 Errors in the user's data or configuration print one clear message (no
-traceback) and exit with status 2.
+traceback) and exit with status 2; Ctrl-C prints one line and exits with 130.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from tfmed.progress import configure_logging, native_stderr_captured
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RECALIBRATIONS = typing.get_args(RecalibrationMethod)  # none first
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,9 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                                "YAML file with a data: section for settings a source string cannot give "
                                "(default: the run's own test split)")
     evaluate.add_argument("--output", default=None, help="output directory (default: RUN/evaluations/TIMESTAMP)")
-    evaluate.add_argument("--subgroups", default=None, type=_names,
-                          help="comma-separated attributes whose groups get their own figures, among site, view, "
-                               "sex, age (default: the run's evaluation.subgroups), e.g. sex,age")
+    _add_subgroups_option(evaluate)
     _add_trust_options(evaluate)
 
     predict = verbs.add_parser("predict", help="score new images with a saved run")
@@ -86,12 +85,14 @@ def _parser() -> argparse.ArgumentParser:
                                   "choosing them on --data")
     recalibrate.add_argument("--output", default=None,
                              help="new run directory (default: runs/NAME_recalibrated/TIMESTAMP)")
+    _add_subgroups_option(recalibrate)
     _add_trust_options(recalibrate)
 
     compare = verbs.add_parser("compare", help="paired tests of saved runs' AUCs on the same cases")
     compare.add_argument("runs", nargs="+", help="two or more run or evaluation directories; the first is "
                                                  "the reference")
     compare.add_argument("--output", default=None, help="also write the table to this CSV file")
+    _add_verify_option(compare)
 
     explain = verbs.add_parser("explain", help="explanation maps (Grad-CAM and others) of a saved run")
     explain.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
@@ -167,6 +168,12 @@ def _add_verify_option(verb: argparse.ArgumentParser) -> None:
                            "(an incomplete run); the output says the check was skipped")
 
 
+def _add_subgroups_option(verb: argparse.ArgumentParser) -> None:
+    verb.add_argument("--subgroups", default=None, type=_names,
+                      help="comma-separated attributes whose groups get their own figures, among site, view, sex, "
+                           "age (default: the run's evaluation.subgroups), e.g. sex,age; \"\" for none")
+
+
 def _names(text: str) -> list[str]:
     """A comma-separated option as a list: ``"sex, age"`` -> ``["sex", "age"]``; ``""`` -> ``[]``."""
     return [name.strip() for name in text.split(",") if name.strip()]
@@ -183,12 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tfmed`` console script."""
     args = _parser().parse_args(argv)
     configure_logging()
-    import_tensorflow_quietly()
     try:
+        import_tensorflow_quietly()
         return COMMANDS[args.verb](args)
     except (TfmedError, FileNotFoundError) as error:  # the user's data, config or files: one line
         print(f"tfmed: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not TensorFlow's stack (a run has logged its FAILED.txt)
+        print("tfmed: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED
 
 
 def import_tensorflow_quietly() -> None:
@@ -211,7 +221,7 @@ def _cmd_run(args) -> int:
     from tfmed.run.reporting import summary_text
 
     config = ExperimentConfig.from_yaml(args.config)
-    run_dir = run_experiment(config, runs_dir=args.runs_dir)
+    run_dir = run_experiment(config, runs_dir=args.runs_dir)  # stopped: it logs where its FAILED.txt is
     if run_dir is None:  # a multi-worker feature extraction, on a worker other than the first
         print("features written; worker 0 (TF_CONFIG task index 0) writes the run", flush=True)
         return 0
@@ -234,7 +244,7 @@ def _cmd_recalibrate(args) -> int:
     from tfmed.run.reporting import summary_text
 
     out = recalibrate_run(args.model, args.data, args.output, args.method, keep_thresholds=args.keep_thresholds,
-                          verify=args.verify, trust_pickles=args.trust_pickles)
+                          verify=args.verify, trust_pickles=args.trust_pickles, subgroups=args.subgroups)
     print(summary_text(load_metrics(out)), flush=True)
     print(f"wrote {out}")
     return 0
@@ -249,7 +259,9 @@ def _cmd_runs(args) -> int:
 
 def _cmd_predict(args) -> int:
     from tfmed.run.predict import predict_images
+    from tfmed.run.rundir import refuse_output_inside_runs, resolve_run_dir
 
+    refuse_output_inside_runs(args.output, [resolve_run_dir(args.model)])
     frame = predict_images(args.model, args.images, verify=args.verify, trust_pickles=args.trust_pickles)
     if args.output:
         frame.to_csv(args.output, index=False)
@@ -275,8 +287,10 @@ def _cmd_compare(args) -> int:
     import pandas as pd
 
     from tfmed.run.compare_runs import compare_runs
+    from tfmed.run.rundir import refuse_output_inside_runs
 
-    table = compare_runs(args.runs)
+    refuse_output_inside_runs(args.output, args.runs)
+    table = compare_runs(args.runs, verify=args.verify)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.to_string(index=False, na_rep="n/a"))
     print(f"reference: {args.runs[0]}; difference = run AUC - reference AUC; p from the paired test "

@@ -2,7 +2,9 @@
 
 Each directory is a run (``runs/NAME/TIMESTAMP``) or an evaluation of one
 (``tfmed evaluate --output DIR``); only its ``metrics.json`` (task, classes)
-and ``predictions.csv`` are read, so no model is loaded. The first directory
+and ``predictions.csv`` are read, so no model is loaded. A run is checked
+against its ``MANIFEST.sha256`` first (``verify=False``: ``--no-verify``); an
+evaluation directory has no manifest and is read as it is. The first directory
 is the reference. For each split that every directory scored (``val``,
 ``test``) the cases must be the same images with the same labels; then each
 other directory is compared with the reference on those cases:
@@ -27,7 +29,7 @@ import pandas as pd
 from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import paired_tests
 from tfmed.evaluation.report import predictions_column
-from tfmed.run.manifest import FAILED_FILE, failure_reason
+from tfmed.run.manifest import FAILED_FILE, check_run, failure_reason
 
 SPLITS = ("val", "test")
 COLUMNS = ["split", "run", "label", "n", "auc", "auc_ci", "reference_auc", "difference", "p_value"]
@@ -37,16 +39,20 @@ class CompareRunsError(TfmedError):
     """Saved runs cannot be compared (not a run, different tasks, or different cases)."""
 
 
-def compare_runs(directories: list[str | Path]) -> pd.DataFrame:
+def compare_runs(directories: list[str | Path], verify: bool = True) -> pd.DataFrame:
     """One row per split, directory after the first and (multilabel) label: AUCs, difference, paired p.
 
     ``difference`` is the directory's AUC minus the reference's (the first
     directory); ``label`` is ``macro`` for the macro AUC of multiclass and
-    multilabel runs, ``-`` for binary runs.
+    multilabel runs, ``-`` for binary runs. ``verify``: as in :func:`~tfmed.run.manifest.check_run`, for each
+    directory that is a run.
     """
     runs = [_check_directory(Path(d)) for d in directories]
     if len(runs) < 2:
         raise CompareRunsError("give at least two run (or evaluation) directories to compare")
+    for run in runs:
+        if (run / "config.yaml").is_file():  # a run; an evaluation directory has no manifest
+            check_run(run, verify)
     infos = [json.loads((run / "metrics.json").read_text()) for run in runs]
     for run, info in zip(runs[1:], infos[1:]):
         if (info.get("task"), info.get("classes")) != (infos[0].get("task"), infos[0].get("classes")):
@@ -54,7 +60,7 @@ def compare_runs(directories: list[str | Path]) -> pd.DataFrame:
                                    f"{runs[0]} is {infos[0].get('task')} of {infos[0].get('classes')}; only "
                                    "models of the same task and classes can be compared")
     task, classes = infos[0]["task"], [str(c) for c in infos[0]["classes"]]
-    frames = [pd.read_csv(run / "predictions.csv", keep_default_na=False) for run in runs]
+    frames = [_read_predictions(run, task, classes) for run in runs]
     shared = [s for s in SPLITS if all((f["split"] == s).any() for f in frames)]
     if not shared:
         raise CompareRunsError(f"{', '.join(map(str, runs))} have no split scored by all of them "
@@ -86,6 +92,31 @@ def _check_directory(path: Path) -> Path:
         raise CompareRunsError(f"{path}: no {' or '.join(missing)}; pass a run directory (runs/NAME/TIMESTAMP) "
                                "or an evaluation directory written by tfmed evaluate")
     return path
+
+
+def _read_predictions(run: Path, task: str, classes: list[str]) -> pd.DataFrame:
+    """``run/predictions.csv``, refused with its missing or non-numeric columns unless it has what is compared."""
+    path = run / "predictions.csv"
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as error:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise CompareRunsError(f"{path}: not a readable CSV file ({' '.join(str(error).split())}); restore the file "
+                               "tfmed wrote") from None
+    needed = ["split", "id"]
+    for name in ("label", "score"):
+        if task == "multilabel" or (name == "score" and task == "multiclass"):
+            needed += [f"{name}:{c}" for c in classes]
+        else:
+            needed.append(name)
+    missing = [column for column in needed if column not in frame.columns]
+    wrong = [column for column in needed[2:] if column in frame.columns
+             and not pd.api.types.is_numeric_dtype(frame[column])]
+    if missing or wrong:
+        problem = (f"has no column {', '.join(missing)}" if missing
+                   else f"holds values that are not numbers in column {', '.join(wrong)}")
+        raise CompareRunsError(f"{path} {problem} (a {task} run's predictions need {', '.join(needed)}); it is "
+                               "not the file tfmed wrote: restore it, or score the run again with tfmed evaluate")
+    return frame
 
 
 def _split_rows(frame: pd.DataFrame, split: str, run: Path) -> pd.DataFrame:

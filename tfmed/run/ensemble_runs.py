@@ -40,7 +40,8 @@ from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
 from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
-from tfmed.run.rundir import environment_info, output_run_dir, resolve_run_dir, run_split_tables
+from tfmed.run.rundir import (environment_info, output_run_dir, refuse_output_inside_runs, resolve_run_dir,
+                              run_split_tables)
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
 
@@ -72,6 +73,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     runs = [resolve_run_dir(path) for path in run_dirs]
     if len(runs) < 2:
         raise EnsembleRunsError("give at least two run directories to combine")
+    refuse_output_inside_runs(output, runs)
     models = [TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles) for run in runs]
     configs = [ExperimentConfig.from_run(run) for run in runs]
     _check_compatible(runs, configs, models)

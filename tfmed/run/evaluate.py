@@ -24,7 +24,8 @@ from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import check_subgroups, count_entries, merge_tables, scored_metrics
 from tfmed.run.reporting import coarse_sentences, member_sentences, subgroup_sentences, write_outputs
-from tfmed.run.rundir import RunDirectoryError, new_run_dir, refuse_used_output, resolve_run_dir, run_split_tables
+from tfmed.run.rundir import (RunDirectoryError, new_run_dir, refuse_output_inside_runs, refuse_used_output,
+                              resolve_run_dir, run_split_tables)
 
 
 def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
@@ -48,13 +49,12 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     for ``verify`` and ``trust_pickles``).
     """
     run_dir = resolve_run_dir(model_dir)
+    refuse_output_inside_runs(output, [run_dir], kept=("evaluations",))
     refuse_used_output(output, "evaluations")
     model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
     config = ExperimentConfig.from_run(run_dir)
-    where = "evaluation.subgroups (of the run's config.yaml)"
     if subgroups is not None:
         config.evaluation = subgroup_setting(config.evaluation, subgroups)
-        where = "--subgroups"
     if data is None:
         table, _ = run_test_table(run_dir)
         if len(table) == 0:
@@ -65,8 +65,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         parsed = evaluation_data(data)
         table, source = read_labelled_data(data, parsed, model, config)
     table = fit_model_labels(table, model, data)
-    scored = data or "the run's own test split"
-    check_subgroups(config.evaluation.subgroups, table, f"{scored}: {where}")
+    check_data_subgroups(config.evaluation.subgroups, table, data or "the run's own test split", subgroups is not None)
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
     out.mkdir(parents=True, exist_ok=True)
     excluded = write_excluded(out, table, data) if data is not None else []  # the run lists its own
@@ -116,6 +115,25 @@ def subgroup_setting(evaluation: EvaluationConfig, subgroups: list[str]) -> Eval
         return dataclasses.replace(evaluation, subgroups=list(subgroups), age_bands=bands)
     except ConfigError as error:
         raise ConfigError(str(error).replace("evaluation.subgroups", "--subgroups", 1)) from None
+
+
+def check_data_subgroups(subgroups: list[str], table: ImageTable, data: str, from_option: bool) -> None:
+    """:func:`~tfmed.run.experiment.check_subgroups` for a command that scores ``data`` with a saved run:
+    ``subgroups`` are the run's ``evaluation.subgroups`` or (``from_option``) the ``--subgroups`` given; for the
+    run's own, the error names ``--subgroups`` with the attributes the data do record as the fix.
+
+    Example:
+        >>> check_data_subgroups(["site", "sex"], table_without_sex, "manifest:b.csv", False)  # doctest: +SKIP
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: manifest:b.csv: evaluation.subgroups of the run's config.yaml (... site) ...
+    """
+    if from_option:
+        check_subgroups(subgroups, table, f"{data}: --subgroups")
+        return
+    recorded = [name for name in subgroups if name == "site" or table.frame[name].notna().any()]
+    option = f"--subgroups {','.join(recorded)}" if recorded else '--subgroups ""'
+    check_subgroups(subgroups, table, f"{data}: evaluation.subgroups of the run's config.yaml",
+                    fix=f"For these data, give the attributes they record with {option}.")
 
 
 def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,

@@ -61,11 +61,12 @@ def needs_patient_ids(config: ExperimentConfig, table: ImageTable) -> bool:
 def split_data(config: ExperimentConfig, table: ImageTable) -> ImageTable:
     """The validated ``table`` split as the experiment asks: near-identical images grouped, the splits
     made, and k-fold checked to have every class in each fold."""
-    from tfmed.data.splits import SplitError, ensure_splits, kfold_indices
+    from tfmed.data.splits import SplitError, check_split_classes, ensure_splits, kfold_indices
 
     table = _mark_near_duplicates(config, table)
     origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
     table = ensure_splits(table, config.split)
+    check_split_classes(table, config.split)
     if config.split.method == "kfold":  # too few patients of a class for the folds: said before any fitting
         try:
             kfold_indices(table, config.split.folds, config.split.seed)
@@ -126,8 +127,7 @@ def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
 def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
     """Settings that only make sense for some tasks, checked by the mode once the task is known (and the
     recalibration), the class hierarchy against the data's classes, and the subgroup attributes against what the
-    data record."""
-    get_mode(config.model.mode).check_experiment(config, table)
+    data record; then the mode's own checks (e.g. enough training images for the SVM's folds)."""
     check_subgroups(config.evaluation.subgroups, table, f"{config.name}: evaluation.subgroups")
     if config.evaluation.recalibration != "none":
         from tfmed.evaluation.recalibration import RecalibrationError, check_method
@@ -146,6 +146,7 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
             Hierarchy(config.evaluation.hierarchy).membership(table.classes)
         except HierarchyError as error:
             raise ConfigError(f"evaluation.hierarchy: {error}") from None
+    get_mode(config.model.mode).check_experiment(config, table)
 
 
 def _has_all_splits(table: ImageTable) -> bool:
@@ -244,8 +245,10 @@ def scored_metrics(model: TrainedModel, parts: dict[str, ImageTable], scores: di
     return metrics
 
 
-def check_subgroups(subgroups: list[str], table: ImageTable, where: str) -> None:
-    """Refuse a subgroup attribute (other than site, which many data sets lack) that no image records.
+def check_subgroups(subgroups: list[str], table: ImageTable, where: str,
+                    fix: str = "Remove it or use data that records it.") -> None:
+    """Refuse a subgroup attribute (other than site, which many data sets lack) that no image records;
+    ``fix`` ends the message.
 
     Example:
         >>> check_subgroups(["sex"], table_without_sex, "evaluation.subgroups")  # doctest: +SKIP
@@ -257,7 +260,7 @@ def check_subgroups(subgroups: list[str], table: ImageTable, where: str) -> None
         raise ConfigError(f"{where} names {' and '.join(missing)}, but no image of the data records "
                           f"{'it' if len(missing) == 1 else 'them'}; a manifest's sex, age and view columns, "
                           "ChestX-ray14, CheXpert and PadChest's CSVs and DICOM headers (PatientSex, PatientAge, "
-                          "ViewPosition: DICOM folders, SIIM-ACR) give them. Remove it or use data that records it.")
+                          f"ViewPosition: DICOM folders, SIIM-ACR) give them. {fix}")
 
 
 def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None) -> Path | None:

@@ -36,7 +36,8 @@ from tfmed.explain.localisation import box_localisation, summary
 from tfmed.explain.overlay import save_overlay, save_overlays
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
-from tfmed.run.rundir import new_run_dir, refuse_used_output, resolve_run_dir, run_split_tables
+from tfmed.run.rundir import (new_run_dir, refuse_output_inside_runs, refuse_used_output, resolve_run_dir,
+                              run_split_tables)
 
 GROUPS = ("TP", "FP", "FN", "TN")
 
@@ -200,6 +201,7 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
     if per_group < 1:
         raise ExplainError(f"--per-group must be at least 1, got {per_group}")
     run_dir = resolve_run_dir(run)
+    refuse_output_inside_runs(output, [run_dir], kept=("explanations",))
     refuse_used_output(output, "explanations")
     model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
     if images:

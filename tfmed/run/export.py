@@ -31,7 +31,7 @@ import yaml
 from tfmed.errors import TfmedError
 from tfmed.progress import log
 from tfmed.run.manifest import MANIFEST_FILE, check_run, write_manifest
-from tfmed.run.rundir import resolve_run_dir
+from tfmed.run.rundir import RunDirectoryError, refuse_output_inside_runs, resolve_run_dir
 
 NOTE_FILE = "ANONYMISED.txt"
 PATIENT_COLUMNS = ("patient_id", "patient")
@@ -145,8 +145,10 @@ def export_run(run: str | Path, out: str | Path, *, anonymise: bool = False, sal
     run_dir, out = resolve_run_dir(run), Path(out)
     if out.exists() or out.is_symlink():
         raise ExportError(f"{out}: already exists; an export never overwrites a folder, choose a new OUT")
-    if out.resolve().is_relative_to(run_dir.resolve()):
-        raise ExportError(f"{out}: inside the run directory {run_dir}; choose an OUT folder outside it")
+    try:
+        refuse_output_inside_runs(out, [run_dir], option="OUT")
+    except RunDirectoryError as error:
+        raise ExportError(str(error)) from None
     if salt is not None and (not anonymise or not salt):
         raise ExportError("a salt is used only with anonymise, and must not be empty; drop --salt or add "
                           "--anonymise")

@@ -7,22 +7,28 @@ Example:
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from tfmed.run.manifest import MANIFEST_FILE, failure_reason
-from tfmed.run.rundir import RunDirectoryError
+from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, failure_reason
+from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError
 
 COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
+RUN_MARKERS = {"environment.json", MANIFEST_FILE, FAILED_FILE}  # beside config.yaml: a run (or a layer sweep)
+SWEEP_STATUS = f"layer sweep ({SWEEP_FILE})"
 
 
 def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.DataFrame:
-    """One row per run directory ``runs_dir/NAME/TIMESTAMP`` (only experiment ``name`` when given), oldest
-    first: its status ("finished"; "failed: " and the error from ``FAILED.txt``; "incomplete" when it
-    has neither a manifest nor a failure record, e.g. still running or killed), mode, task, the headline
-    AUC (ROC AUC, or macro AUC) of its val and test splits, and its run time in seconds.
+    """One row per run directory anywhere under ``runs_dir`` (``runs/NAME/TIMESTAMP``, a run written with
+    ``--output``, an exported copy; only those of experiment ``name`` when given), oldest first: its status
+    ("finished"; "failed: " and the error from ``FAILED.txt``; "incomplete" when it has neither a manifest nor a
+    failure record, e.g. still running or killed; "layer sweep" for a ``tfmed sweep-layers`` folder), mode, task,
+    the headline AUC (ROC AUC, or macro AUC) of its val and test splits, and its run time in seconds.
 
     Example:
         >>> list_runs("runs", name="pneumonia_mnist")  # doctest: +SKIP
@@ -32,19 +38,47 @@ def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.Data
         raise RunDirectoryError(f"{root}: no such folder; runs are written to runs/NAME/TIMESTAMP (or the "
                                 "experiment's runs_dir), so pass that folder")
     rows = []
-    for config in root.glob("*/*/config.yaml"):
-        run = config.parent
-        if name is not None and run.parent.name != name:
+    for run in _run_dirs(root):
+        if name is not None and name not in (run.parent.name, _experiment_name(run)):
             continue
         reason = failure_reason(run)
-        status = f"failed: {reason}" if reason else "finished" if (run / MANIFEST_FILE).is_file() else "incomplete"
-        metrics = _metrics(run) if status == "finished" else {}
+        status = (f"failed: {reason}" if reason else "finished" if (run / MANIFEST_FILE).is_file()
+                  else SWEEP_STATUS if (run / SWEEP_FILE).is_file() else "incomplete")
+        metrics = _json(run / "metrics.json") if status == "finished" else {}
         rows.append({"run": run.as_posix(), "status": status, "mode": metrics.get("mode"), "task": metrics.get("task"),
                      "val_auc": _split_auc(metrics, "val"), "test_auc": _split_auc(metrics, "test"),
-                     "seconds": metrics.get("seconds")})
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    order = frame["run"].map(lambda path: (Path(path).name, Path(path).parent.name))   # by time, then name
-    return frame.iloc[order.sort_values().index].reset_index(drop=True) if len(frame) else frame
+                     "seconds": metrics.get("seconds"), "started": _started(run)})
+    frame = pd.DataFrame(rows, columns=COLUMNS + ["started"])
+    return frame.sort_values(["started", "run"]).drop(columns="started").reset_index(drop=True)
+
+
+def _run_dirs(root: Path):
+    """Each run directory under ``root`` (``root`` itself included), found by its files: ``config.yaml`` with
+    ``environment.json``, a manifest, a failure record or ``model/``. The walk does not enter runs (their
+    ``model/``, ``evaluations/`` ...) nor hidden folders (the feature store), so it reads a few names per run."""
+    for folder, dirs, files in os.walk(root):
+        names = set(files)
+        if "config.yaml" in names and (names & RUN_MARKERS or "model" in dirs):
+            dirs.clear()
+            yield Path(folder)
+        else:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+
+
+def _experiment_name(run: Path) -> str | None:
+    """The ``name`` in a run's ``config.yaml`` (None when it cannot be read)."""
+    try:
+        return yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def _started(run: Path) -> str:
+    """When the run started (``environment.json``), else when its ``config.yaml`` was written."""
+    started = _json(run / "environment.json").get("started")
+    if isinstance(started, str):
+        return started
+    return dt.datetime.fromtimestamp((run / "config.yaml").stat().st_mtime).isoformat(timespec="seconds")
 
 
 def _split_auc(metrics: dict, split: str) -> float | None:
@@ -59,11 +93,13 @@ def _split_auc(metrics: dict, split: str) -> float | None:
     return headline_auc(figures)
 
 
-def _metrics(run: Path) -> dict:
+def _json(path: Path) -> dict:
+    """A JSON object file's content; {} when it is missing or unreadable."""
     try:
-        return json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return content if isinstance(content, dict) else {}
 
 
 def format_runs(frame: pd.DataFrame) -> str:

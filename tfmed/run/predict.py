@@ -15,12 +15,15 @@ from tfmed.config import ExperimentConfig
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import apply_validation, validate_table
 from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL
+from tfmed.errors import count_noun
+from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.rundir import resolve_run_dir
 
 
 def collect_images(paths: list[str]) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of image files.
+    """Expand files and folders (recursively) into a sorted list of image files; the other files found in a
+    folder are named in a log line, never dropped unsaid.
 
     Example:
         >>> collect_images([])
@@ -30,7 +33,13 @@ def collect_images(paths: list[str]) -> list[Path]:
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and image_kind(p) is not None)
+            every = sorted(p for p in path.rglob("*") if p.is_file())
+            found = [p for p in every if image_kind(p) is not None]
+            others = [p.relative_to(path).as_posix() for p in every if image_kind(p) is None]
+            if others:
+                shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+                log(f"{path}: {count_noun(len(others), 'file')} skipped, not images by name "
+                    f"({', '.join(SUPPORTED_EXTENSIONS)}) nor DICOM: {shown}")
             if not found:
                 raise ModelArtifactError(f"{path}: no images ({', '.join(SUPPORTED_EXTENSIONS)}, or DICOM files "
                                          "of any name) in this folder")
@@ -51,7 +60,7 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
     Example:
         >>> table = image_table(TrainedModel.load("runs/pneumonia_mnist/20261124-101500"), ["scans/"])  # doctest: +SKIP
     """
-    if _lesion_centred(model):
+    if _volume_list(model, paths):
         table = candidate_table(model, paths)
     else:
         files = collect_volumes(model, paths) if model.views.enabled else collect_images(paths)
@@ -62,14 +71,19 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
                             remedy=f"leave those files out of the images given to {command}")
 
 
-def _lesion_centred(model: TrainedModel) -> bool:
-    return model.views.enabled and model.views.center == "lesion"
+def _volume_list(model: TrainedModel, paths: list[str]) -> bool:
+    """Whether ``paths`` is read as a CSV listing volumes: always for lesion-centred views, and for
+    volume-centred ones when it is one CSV file (e.g. to name each folder's series)."""
+    if not model.views.enabled:
+        return False
+    return model.views.center == "lesion" or (len(paths) == 1 and Path(paths[0]).suffix.lower() == ".csv")
 
 
 def candidate_table(model: TrainedModel, paths: list[str]) -> ImageTable:
-    """The lesion candidates a model of lesion-centred views scores: one CSV listing each volume (``path``:
-    a DICOM series folder or a volume file, relative to the CSV) with its centre (``center_x``, ``center_y``,
-    ``center_z`` in LPS mm, or ``center_slice``, ``center_row``, ``center_column``); labels are not read.
+    """The volumes a model of views scores, from one CSV listing each (``path``: a DICOM series folder or a
+    volume file, relative to the CSV; ``series_uid`` where a folder holds several series) with, for
+    lesion-centred views, its centre (``center_x``, ``center_y``, ``center_z`` in LPS mm, or
+    ``center_slice``, ``center_row``, ``center_column``); labels are not read.
 
     Example:
         >>> table = candidate_table(model, ["candidates.csv"])  # doctest: +SKIP
@@ -82,7 +96,11 @@ def candidate_table(model: TrainedModel, paths: list[str]) -> ImageTable:
             "listing the volumes with their centres (columns path and center_x, center_y, center_z in LPS "
             "mm, or center_slice, center_row, center_column; no label column needed), see "
             "data_manifests/README.md")
-    return load_manifest(paths[0], classes=list(model.classes), task=model.task, labelled=False)
+    table = load_manifest(paths[0], classes=list(model.classes), task=model.task, labelled=False)
+    if not len(table):
+        raise ModelArtifactError(f"{paths[0]}: lists no volumes (a header and no rows); add a row per volume to "
+                                 "score")
+    return table
 
 
 def collect_volumes(model: TrainedModel, paths: list[str]) -> list[Path]:
@@ -122,7 +140,7 @@ def predict_images(model_dir: str | Path, paths: list[str], *, verify: bool = Tr
     scores = model.predict(table)
     decisions = model.decide(scores)
     out = pd.DataFrame({"image": frame["image"]})
-    if _lesion_centred(model):  # several candidates may share a volume: say which line and centre each is
+    if _volume_list(model, paths):  # several candidates may share a volume: say which line and centre each is
         out.insert(0, "row", frame["row"])
         for name in CENTER_MM + CENTER_VOXEL:
             if name in frame.columns and frame[name].notna().any():

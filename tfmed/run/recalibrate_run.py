@@ -31,12 +31,12 @@ from tfmed.evaluation.recalibration import RecalibrationError, carried_threshold
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
-from tfmed.run.evaluate import evaluation_data, fit_model_labels, read_labelled_data, write_excluded
-from tfmed.run.experiment import (check_subgroups, choose_coarse_thresholds, count_entries, recalibrate,
-                                  scored_metrics)
+from tfmed.run.evaluate import (check_data_subgroups, evaluation_data, fit_model_labels, read_labelled_data,
+                                subgroup_setting, write_excluded)
+from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
 from tfmed.run.reporting import coarse_sentences, recalibration_sentences, subgroup_sentences, write_outputs
-from tfmed.run.rundir import environment_info, output_run_dir, resolve_run_dir
+from tfmed.run.rundir import environment_info, output_run_dir, refuse_output_inside_runs, resolve_run_dir
 
 PROVENANCE_FILE = "recalibrated_from.json"
 
@@ -46,7 +46,8 @@ class RecalibrateRunError(TfmedError):
 
 
 def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = None, method: str = "intercept", *,
-                    keep_thresholds: bool = False, verify: bool = True, trust_pickles: bool = False) -> Path:
+                    keep_thresholds: bool = False, verify: bool = True, trust_pickles: bool = False,
+                    subgroups: list[str] | None = None) -> Path:
     """Recalibrate the model of ``run_dir`` on the labelled images ``data`` names and choose its thresholds
     there (or keep the run's decisions); return the new run directory (``output``, or
     ``runs/NAME_recalibrated/TIMESTAMP``).
@@ -63,12 +64,16 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
         keep_thresholds: instead of choosing thresholds on ``data``, carry the run's over to the new
             probabilities, so that every operating point decides each image as the run did (binary,
             multilabel; ``fixed`` stays 0.5): only the probabilities change.
+        subgroups: attributes (site, view, sex, age) whose groups get their own figures, instead of the run's
+            ``evaluation.subgroups`` (as ``tfmed evaluate --subgroups``), e.g. ``["site"]`` for data that do not
+            record sex and age; the new run keeps them.
 
     Raises:
         RecalibrateRunError: the images cannot support the fit (one class only, scores that separate the
             classes completely or fall as the outcome rises), or ``method`` does not suit the model.
     """
     run = resolve_run_dir(run_dir)
+    refuse_output_inside_runs(output, [run])
     model = TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles)
     try:
         check_method(method, model.task)
@@ -78,10 +83,12 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
         raise RecalibrateRunError("--keep-thresholds: a multiclass model decides by its most probable class, which a "
                                   "temperature never changes, so it has no thresholds to keep; leave the option out")
     config = ExperimentConfig.from_run(run)
+    if subgroups is not None:
+        config.evaluation = subgroup_setting(config.evaluation, subgroups)
     parsed = evaluation_data(data)
     table, source = read_labelled_data(data, parsed, model, config)
     table = fit_model_labels(table, model, data)
-    check_subgroups(config.evaluation.subgroups, table, f"{data}: evaluation.subgroups (of the run's config.yaml)")
+    check_data_subgroups(config.evaluation.subgroups, table, data, subgroups is not None)
     home = model.recalibration  # the run's thresholds were chosen on these probabilities
     if method != "intercept" and home is not None:
         log(f"the run's own recalibration ({home.describe()}) is replaced by one fitted on {data}")
@@ -96,6 +103,7 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     scores = after["val"]
     model.recalibration = model.recalibration.after(previous)
     summary["fit"] = model.recalibration.to_json()
+    summary["thresholds"] = "kept" if keep_thresholds else "chosen"
     if keep_thresholds:
         model.thresholds = carried_thresholds(model.thresholds, home, model.recalibration)
         where = "its thresholds carried over from that run (each image decided as the run decided it)"

@@ -327,7 +327,12 @@ def recalibration_sentences(metrics: dict) -> list[str]:
     changes = "; ".join(f"{names.get(split, split)}{' (in-sample)' if split == r['fitted_on'] else ''} log loss "
                         f"{_fmt(f['before']['log_loss'])} to {_fmt(f['after']['log_loss'])}, Brier "
                         f"{_fmt(f['before']['brier'])} to {_fmt(f['after']['brier'])}" for split, f in r["figures"].items())
-    return [f"Probabilities recalibrated on {where} ({Recalibration.from_json(r['fit']).describe()}) before the "
+    fit = Recalibration.from_json(r["fit"]).describe()
+    if r.get("thresholds") == "kept":  # tfmed recalibrate --keep-thresholds
+        return [f"Probabilities recalibrated on {where} ({fit}); the thresholds were not chosen on them but "
+                "carried over from the run, so every image is decided as the run decided it (a fixed threshold "
+                f"applies to the recalibrated probabilities). {changes}."]
+    return [f"Probabilities recalibrated on {where} ({fit}) before the "
             "thresholds were chosen; the scores keep their order, so AUCs and the decisions at the thresholds chosen "
             f"there are as without it (a fixed threshold applies to the recalibrated probabilities). {changes}."]
 
@@ -429,7 +434,10 @@ def summary_text(metrics: dict) -> str:
     for row in headline_rows(metrics):
         lines.append(f"{row['split']:<6} {row['point']:<17} {row['auc']:<22} {row['sensitivity']:>6} "
                      f"{row['specificity']:>6} {row['ppv']:>6} {row['npv']:>6}")
-    if "recalibrated_from" in metrics:
+    if "recalibrated_from" in metrics and (metrics.get("recalibration") or {}).get("thresholds") == "kept":
+        lines.append(f"val: the images the model of {metrics['recalibrated_from']} was recalibrated on, its "
+                     "thresholds kept from that run (in-sample probabilities)")
+    elif "recalibrated_from" in metrics:
         lines.append(f"val: the images the model of {metrics['recalibrated_from']} was recalibrated and its thresholds "
                      "chosen on (in-sample figures)")
     elif "val" in metrics["splits"]:

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import sys
@@ -21,13 +22,14 @@ from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
-from tfmed.run.manifest import FAILED_FILE, failure_reason
+from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, failure_reason
 
 
 class RunDirectoryError(TfmedError):
     """A folder given as a run directory is not one."""
 
 
+SWEEP_FILE = "layer_sweep.csv"  # what tfmed sweep-layers writes into its folder, beside config.yaml
 VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scikit-image", "skops",
                       "opencv-python-headless", "pydicom", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "nibabel",
                       "PyYAML", "matplotlib")
@@ -105,6 +107,35 @@ def refuse_used_output(output: str | Path | None, what: str) -> None:
                                 "choose a new --output")
 
 
+def refuse_output_inside_runs(output: str | Path | None, runs: list[str | Path], *, option: str = "--output",
+                              kept: tuple[str, ...] = ()) -> None:
+    """Refuse an ``output`` path inside one of the run directories ``runs`` a command reads: a file written
+    there changes the run (its ``MANIFEST.sha256`` check then refuses it). A new folder under the run's
+    ``kept`` folders (where the command itself writes, e.g. ``evaluations``) passes, as does None.
+
+    Example:
+        >>> refuse_output_inside_runs("elsewhere/ev", ["runs/a/1"])
+        >>> try:
+        ...     refuse_output_inside_runs("runs/a/1/model/ev", ["runs/a/1"])
+        ... except RunDirectoryError as error:
+        ...     print(str(error)[:61])
+        --output runs/a/1/model/ev: inside the run directory runs/a/1
+    """
+    if output is None:
+        return
+    target = Path(output).resolve()
+    for run in runs:
+        home = Path(run).resolve()
+        if not target.is_relative_to(home):
+            continue
+        if any(target.is_relative_to(home / folder) and target != home / folder for folder in kept):
+            continue
+        allowed = " or in a new folder under " + " or ".join(f"{run}/{folder}/" for folder in kept) if kept else ""
+        raise RunDirectoryError(f"{option} {output}: inside the run directory {run}, whose files are checked "
+                                f"against its {MANIFEST_FILE}, so writing there would damage the run; choose a "
+                                f"path outside it{allowed}")
+
+
 def resolve_run_dir(path: str | Path) -> Path:
     """The run directory of ``path`` (a run directory, or its ``model/`` folder).
 
@@ -119,10 +150,32 @@ def resolve_run_dir(path: str | Path) -> Path:
     if reason is not None and not (path / "model").is_dir():
         raise RunDirectoryError(f"{path}: this run stopped before it saved a model, with {reason} (see "
                                 f"{FAILED_FILE}); run the experiment again")
+    if (path / "config.yaml").is_file() and not (path / "model").is_dir():
+        raise RunDirectoryError(f"{path}: a layer sweep ({SWEEP_FILE} of tfmed sweep-layers), not a run: it "
+                                "has no model; pass a run directory such as runs/NAME/TIMESTAMP"
+                                if (path / SWEEP_FILE).is_file() else
+                                f"{path}: this run did not finish (it has no model/; it was stopped or killed "
+                                "before it saved one, or is still running); tfmed runs lists each run's state. "
+                                "Run the experiment again, or pass a finished run")
     if not (path / "config.yaml").is_file() or not (path / "model").is_dir():
         raise RunDirectoryError(f"{path}: not a tfmed run directory (it needs config.yaml and model/); "
                                  "pass a directory such as runs/NAME/TIMESTAMP")
     return path
+
+
+def run_working_dir(run_dir: Path) -> Path | None:
+    """The folder the run was started in (``cwd`` in its ``environment.json``), against which the relative
+    data paths of its ``config.yaml`` were read; None when it is not recorded or no longer exists.
+
+    Example:
+        >>> run_working_dir(Path("runs/pneumonia_mnist/20261124-101500"))  # doctest: +SKIP
+        PosixPath('/home/me/tfmed')
+    """
+    try:
+        cwd = json.loads((run_dir / "environment.json").read_text(encoding="utf-8")).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(cwd) if isinstance(cwd, str) and Path(cwd).is_dir() else None
 
 
 def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTable]:
@@ -132,10 +185,15 @@ def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTa
         >>> tables = run_split_tables(Path("runs/pneumonia_mnist/20261124-101500"), ("val", "test"))  # doctest: +SKIP
     """
     config = ExperimentConfig.from_run(run_dir)
-    table = load_source(config.data)
+    base = run_working_dir(run_dir)
+    table = load_source(config.data, base_dir=base)
     splits = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+    known = set(table.frame["image"])
+    if base is not None:  # a file named relative to the run's working folder, as the source now names it
+        splits["image"] = [ref if ref in known or os.path.isabs(ref) else os.path.normpath(os.path.join(base, ref))
+                           for ref in splits["image"]]
     split_of = dict(zip(splits["image"], splits["split"]))
-    missing = [ref for ref in splits["image"] if ref not in set(table.frame["image"])]
+    missing = [ref for ref in splits["image"] if ref not in known]
     if missing:
         raise RunDirectoryError(f"{run_dir}/splits.csv lists {len(missing)} image(s) the data source no "
                                  f"longer has, e.g. {missing[0]}; restore the data or pass --data")

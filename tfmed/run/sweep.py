@@ -2,7 +2,8 @@
 
 Loads and splits the experiment's data exactly as ``tfmed run`` does, then
 fits one SVM per backbone tap and per fusion on the training split and
-measures each on the validation split (never on test). The images stream
+measures each on the validation split (never on test); a k-fold experiment,
+which has no validation split, is refused. The images stream
 through the backbone once, all taps together, into the runs folder's feature
 store (``RUNS_DIR/.feature_cache``); a second sweep of the same data reads it back.
 
@@ -22,7 +23,7 @@ from tfmed.modes.sweep import format_sweep, save_sweep, sweep_tables
 from tfmed.progress import log
 from tfmed.data.statistics import fit_inputs
 from tfmed.run.experiment import prepare_data
-from tfmed.run.rundir import environment_info, new_run_dir
+from tfmed.run.rundir import SWEEP_FILE, environment_info, new_run_dir
 
 DEFAULT_TAPS = ("early", "middle", "late")
 
@@ -35,6 +36,10 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     if config.model.svm.strategy == "multiworker":
         raise ConfigError(f"{config.name}: sweep-layers runs in one process; model.svm.strategy 'multiworker' "
                           "is for tfmed run (use auto, cpu, mirrored or tpu here)")
+    if config.split.method == "kfold":
+        raise ConfigError(f"{config.name}: sweep-layers measures each tap on the validation split, and split.method "
+                          "kfold makes none; sweep a copy of the experiment with split.method: patient (or predefined) "
+                          "and no split.folds, then set the chosen taps in model.svm.taps of the k-fold one")
     taps = list(taps or DEFAULT_TAPS)
     table = prepare_data(config)
     if table.task != "binary":
@@ -50,5 +55,5 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     out_dir = new_run_dir(runs_dir or config.runs_dir, f"{config.name}_sweep")
     config.to_yaml(out_dir / "config.yaml")
     pd.Series(environment_info(config)).to_json(out_dir / "environment.json", indent=2)
-    path = save_sweep(frame, out_dir / "layer_sweep.csv")
+    path = save_sweep(frame, out_dir / SWEEP_FILE)
     return format_sweep(frame), path

@@ -61,6 +61,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 from pathlib import Path
 
 from tfmed.config import DataConfig
@@ -110,6 +112,11 @@ def parse_source_spec(spec: str) -> DataConfig:
         return DataConfig(source=kind, path=rest)
     if sep and kind in SOURCES:
         raise DataSourceError(f"source {spec!r} names no path; write {kind}:PATH")
+    if sep and re.fullmatch(r"[A-Za-z]\w+", kind) and not Path(spec).exists():  # a misspelt KIND (not C:\...)
+        close = difflib.get_close_matches(kind.lower(), list(SOURCES), n=1)
+        hint = f" (did you mean {close[0]}:{rest}?)" if close else ""
+        raise DataSourceError(f"source {spec!r}: {kind!r} is not a kind of source{hint}; KIND:PATH takes a KIND "
+                              f"among {', '.join(SOURCES)}")
     lowered = spec.lower().split("#")[0]
     if lowered.endswith(".csv"):
         return DataConfig(source="manifest", path=spec)
