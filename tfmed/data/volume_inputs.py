@@ -44,13 +44,12 @@ from tfmed.config import AugmentConfig, ViewsConfig
 from tfmed.data.decode import has_dicom_marker
 from tfmed.data.volume_views import (center_from_voxel, check_center_inside, extract_views, jitter_center,
                                      volume_center)
-from tfmed.data.volumes import VOLUME_FILES, VolumeError, is_volume_file, read_volume
+from tfmed.data.volumes import NOT_FINITE, VOLUME_FILES, VolumeError, is_volume_file, read_volume
 
 CENTER_MM = ("center_x", "center_y", "center_z")
 CENTER_VOXEL = ("center_slice", "center_row", "center_column")
 SERIES_UID = "series_uid"
 VOLUME_COLUMNS = CENTER_MM + CENTER_VOXEL + (SERIES_UID,)
-_NOT_FINITE = "voxels are NaN or infinite"   # as Volume.problems says it
 _NOT_FINITE_FIX = ("replace them with a value (e.g. the background's: -1024 for CT in HU, 0 for MR) and save the "
                    "volume again: views through them would give NaN scores")
 _CENTER_FIX = ("fill center_x, center_y, center_z (LPS mm) or center_slice, center_row, center_column "
@@ -265,10 +264,10 @@ def check_volume_rows(table, views: ViewsConfig, workers: int = 2) -> tuple[list
             return [(p, error.reason, error.fix) for p in groups[key]], []
         noted = [(p, note, f"check the volume with `tfmed inspect {key[0]}`; if the note is wrong for it, "
                   "re-export it with the missing information") for p in groups[key] for note in volume.problems
-                 if not note.endswith(_NOT_FINITE)]
+                 if not note.endswith(NOT_FINITE)]
         bad = int(np.count_nonzero(~np.isfinite(volume.array)))
         if bad:
-            return [(p, f"{bad} voxels are NaN or infinite", _NOT_FINITE_FIX) for p in groups[key]], noted
+            return [(p, f"{bad} {NOT_FINITE}", _NOT_FINITE_FIX) for p in groups[key]], noted
         found, seen = [], {}
         for position in groups[key]:
             try:

@@ -68,6 +68,8 @@ from tfmed.errors import TfmedError, count_noun
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
+# How a volume's problems name its voxels that are not numbers (a row problem when views are cut from it).
+NOT_FINITE = "voxels are NaN or infinite"
 # What a volume file may be, for messages.
 VOLUME_FILES = "a NIfTI (.nii, .nii.gz), MetaImage (.mhd, .mha) or NRRD (.nrrd, .nhdr) file"
 # Two slices closer than this along the slice axis (mm) are at the same position.
@@ -694,7 +696,7 @@ def read_nifti(path: str | Path) -> Volume:
     origin = _RAS_TO_LPS @ (canonical.affine[:3, :3] @ [columns - 1, rows - 1, 0] + canonical.affine[:3, 3])
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
-        problems.append(f"{bad} voxels are NaN or infinite")
+        problems.append(f"{bad} {NOT_FINITE}")
     return Volume(array=array, spacing=spacing, origin=origin, direction=linear / np.array(spacing),
                   source=str(path), problems=problems)
 
@@ -792,7 +794,7 @@ def read_itk(path: str | Path) -> Volume:
     problems = []
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
-        problems.append(f"{bad} voxels are NaN or infinite")
+        problems.append(f"{bad} {NOT_FINITE}")
     modality = image.GetMetaData("Modality") if image.HasMetaDataKey("Modality") else ""
     return Volume(array=array, spacing=(spacing_k, spacing_j, spacing_i), origin=np.array(image.GetOrigin(), float),
                   direction=matrix[:, ::-1].copy(), modality="CT" if modality.strip() == "MET_MOD_CT" else None,
