@@ -274,6 +274,8 @@ def folder_with_a_corrupt_image(root: Path, images=None, labels=None, classes=("
 def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, monkeypatch):
     """config.yaml keeps data.path as written, relative to the folder the run started in (environment.json's
     cwd): commands that re-read the run's data read it from there, wherever they are started."""
+    from tfmed.run.explain import explain_run
+
     folder_with_a_corrupt_image(tmp_path / "work" / "xrays", count=60)
     (tmp_path / "work" / "xrays" / "normal" / "broken.png").unlink()
     monkeypatch.chdir(tmp_path / "work")
@@ -283,9 +285,13 @@ def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, mo
         "model": {"mode": "svm", "backbone": "mobilenet_v2", "weights": None, "svm": {"C": [1.0], "cv": 3}}})
     run = tmp_path / "work" / run_experiment(config)
     assert ExperimentConfig.from_run(run).data.path == "xrays"
+    explained = explain_run(run, method="saliency", per_group=1, output=tmp_path / "here")  # where it ran
     monkeypatch.chdir(tmp_path)  # elsewhere: no xrays/ here
     evaluation = evaluate_run(run, output=tmp_path / "ev")
     assert load_metrics(evaluation)["splits"]["test"]["youden"] == load_metrics(run)["splits"]["test"]["youden"]
+    elsewhere = explain_run(run, method="saliency", per_group=1, output=tmp_path / "elsewhere")
+    assert (pd.read_csv(elsewhere / "explanations.csv")["score"].tolist()
+            == pd.read_csv(explained / "explanations.csv")["score"].tolist())
 
 
 def test_evaluate_leaves_bad_rows_out_only_when_its_data_yaml_says_so(pneumonia_run, tmp_path):

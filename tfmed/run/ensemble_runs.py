@@ -40,8 +40,8 @@ from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
 from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
-from tfmed.run.rundir import (environment_info, output_run_dir, refuse_output_inside_runs, resolve_run_dir,
-                              run_split_tables)
+from tfmed.run.rundir import (as_reread, environment_info, output_run_dir, refuse_output_inside_runs,
+                              resolve_run_dir, run_split_tables)
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
 
@@ -185,8 +185,9 @@ def _member_names(runs: list[Path], configs: list[ExperimentConfig]) -> list[str
 def _saved_scores(run: Path, split: str, table: ImageTable, model: TrainedModel) -> np.ndarray:
     """The run's saved scores of ``split``, in the table's row order."""
     frame = pd.read_csv(run / "predictions.csv", keep_default_na=False)
-    frame = frame[frame["split"] == split].set_index("id")
+    frame = frame[frame["split"] == split]
     ids = table.frame["image"].astype(str)
+    frame = frame.set_index(pd.Index(as_reread(run, frame["id"], set(ids))))
     missing = [i for i in ids if i not in frame.index]
     if missing:
         raise EnsembleRunsError(f"{run}/predictions.csv has no {split} score for {missing[0]} "

@@ -36,8 +36,8 @@ from tfmed.explain.localisation import box_localisation, summary
 from tfmed.explain.overlay import save_overlay, save_overlays
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
-from tfmed.run.rundir import (new_run_dir, refuse_output_inside_runs, refuse_used_output, resolve_run_dir,
-                              run_split_tables)
+from tfmed.run.rundir import (as_reread, new_run_dir, refuse_output_inside_runs, refuse_used_output,
+                              resolve_run_dir, run_split_tables)
 
 GROUPS = ("TP", "FP", "FN", "TN")
 
@@ -170,11 +170,12 @@ def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):
     frame = frame[frame["split"] == split].reset_index(drop=True)
     table = run_split_tables(run_dir, (split,))[split]
     position = {ref: i for i, ref in enumerate(table.frame["image"].astype(str))}
-    unknown = [str(ref) for ref in frame["id"] if str(ref) not in position]
+    ids = as_reread(run_dir, frame["id"], set(position))
+    unknown = [ref for ref in ids if ref not in position]
     if unknown:
         raise ExplainError(f"{predictions} lists {len(unknown)} {split} image(s) that the run's data no longer has, "
                            f"e.g. {unknown[0]}; restore the data or pass image files to explain")
-    order = [position[str(ref)] for ref in frame["id"]]
+    order = [position[ref] for ref in ids]
     table = table.subset(np.asarray(order))
     scores = predictions_column(frame, "score", model.classes).astype(float)
     cases = select_cases(model, table.labels(), scores, model.decide(scores), chosen, per_group)

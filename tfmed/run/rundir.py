@@ -20,7 +20,7 @@ import pandas as pd
 from tfmed import __version__
 from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source
-from tfmed.data.table import ImageTable
+from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.errors import TfmedError
 from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, failure_reason
 
@@ -178,20 +178,44 @@ def run_working_dir(run_dir: Path) -> Path | None:
     return Path(cwd) if isinstance(cwd, str) and Path(cwd).is_dir() else None
 
 
+def as_reread(run_dir: Path, refs, known: set[str]) -> list[str]:
+    """The image references a run recorded (``splits.csv``, ``predictions.csv``) as its data re-read now
+    name them: a relative file reference not among ``known`` becomes the file in the folder the run was
+    started in (data re-read from another folder name their files so); any other is kept.
+
+    Example:
+        >>> as_reread(Path("runs/x/1"), ["train/0"], {"train/0"})
+        ['train/0']
+    """
+    base = None
+    located = []
+    for ref in map(str, refs):
+        if ref not in known and not os.path.isabs(ref):
+            base = base or run_working_dir(run_dir)
+            ref = os.path.normpath(os.path.join(base, ref)) if base is not None else ref
+        located.append(ref)
+    return located
+
+
 def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTable]:
-    """The run's rows of each split in ``names``, re-read from its data source and ``splits.csv``.
+    """The run's rows of each split in ``names``, re-read from its data source and ``splits.csv``. Relative
+    data paths are read from the working folder, else (not found there) from the folder the run was started in
+    (:func:`run_working_dir`); image references are then matched with :func:`as_reread`.
 
     Example:
         >>> tables = run_split_tables(Path("runs/pneumonia_mnist/20261124-101500"), ("val", "test"))  # doctest: +SKIP
     """
     config = ExperimentConfig.from_run(run_dir)
-    base = run_working_dir(run_dir)
-    table = load_source(config.data, base_dir=base)
+    try:
+        table = load_source(config.data)
+    except DataSourceError:
+        base = run_working_dir(run_dir)
+        if base is None or base.resolve() == Path.cwd().resolve():
+            raise
+        table = load_source(config.data, base_dir=base)
     splits = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
     known = set(table.frame["image"])
-    if base is not None:  # a file named relative to the run's working folder, as the source now names it
-        splits["image"] = [ref if ref in known or os.path.isabs(ref) else os.path.normpath(os.path.join(base, ref))
-                           for ref in splits["image"]]
+    splits["image"] = as_reread(run_dir, splits["image"], known)
     split_of = dict(zip(splits["image"], splits["split"]))
     missing = [ref for ref in splits["image"] if ref not in known]
     if missing:
