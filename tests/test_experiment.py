@@ -477,6 +477,46 @@ def test_kfold_finetune_trains_without_a_validation_split(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stopped_fine_tune_run_is_resumed_in_its_directory_from_its_last_epoch(tmp_path, monkeypatch, capsys):
+    from tfmed.errors import TfmedError
+    from tfmed.modes import finetune
+    from tfmed.run.cli import main
+    from tfmed.run.experiment import resume_experiment
+    from tfmed.run.manifest import FAILED_FILE, check_run
+
+    values = {"name": "stopped", "runs_dir": str(tmp_path / "runs"),
+              "data": {"source": f"medmnist:{_tiny_medmnist(tmp_path, n=40)}"}, "preprocess": {"image_size": 32},
+              "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+                        "finetune": {"stages": [{"epochs": 1, "unfreeze": 0},
+                                                {"epochs": 2, "unfreeze": 1, "lr_factor": 0.1}],
+                                     "batch_size": 16, "early_stopping_patience": None}}}
+    begun = []
+    record = finetune._HistoryRecorder.on_epoch_end
+
+    def stop_in_stage_two(self, epoch, logs=None):
+        begun.append((self.stage, epoch))
+        if begun == [(0, 0), (1, 1)] and self.path is not None:  # Ctrl-C as stage 2's first epoch ends
+            raise KeyboardInterrupt
+        return record(self, epoch, logs)
+
+    monkeypatch.setattr(finetune._HistoryRecorder, "on_epoch_end", stop_in_stage_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(ExperimentConfig.from_dict(values))
+    stopped = next((tmp_path / "runs" / "stopped").iterdir())
+    assert (stopped / FAILED_FILE).is_file()
+    begun.clear()
+    assert main(["run", "--resume", str(stopped)]) == 0
+    assert begun == [(1, 1), (1, 2)]  # stage 1 is not trained again: stage 2 goes on from the last backup
+    assert list((tmp_path / "runs" / "stopped").iterdir()) == [stopped] and not (stopped / FAILED_FILE).exists()
+    check_run(stopped, True)  # finished: every file in its manifest
+    assert "resuming" in capsys.readouterr().out
+    with pytest.raises(TfmedError, match="this run finished .* there is nothing to resume"):
+        resume_experiment(stopped)
+    assert main(["run", str(tmp_path / "x.yaml"), "--resume", str(stopped)]) == 2
+    assert "give an experiment YAML to run, or --resume RUN" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_class_weight_balance_reaches_the_weighted_loss(tmp_path, monkeypatch):
     from tfmed.modes import finetune
 

@@ -39,8 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     run = verbs.add_parser("run", help="run an experiment YAML end to end")
-    run.add_argument("config", help="experiments/NAME.yaml")
+    run.add_argument("config", nargs="?", default=None, help="experiments/NAME.yaml")
     run.add_argument("--runs-dir", default=None, help="where run directories go (default: config's runs_dir)")
+    run.add_argument("--resume", default=None, metavar="RUN",
+                     help="finish a run that stopped (killed, Ctrl-C, an error) in its own directory, each "
+                          "fine-tune from its last completed epoch; no CONFIG then")
 
     evaluate = verbs.add_parser("evaluate", help="evaluate a saved run on data")
     evaluate.add_argument("--model", required=True, help="run directory (runs/NAME/TIMESTAMP)")
@@ -217,11 +220,17 @@ def import_tensorflow_quietly() -> None:
 def _cmd_run(args) -> int:
     from tfmed.config import ExperimentConfig
     from tfmed.run.evaluate import load_metrics
-    from tfmed.run.experiment import run_experiment
+    from tfmed.run.experiment import resume_experiment, run_experiment
     from tfmed.run.reporting import summary_text
 
-    config = ExperimentConfig.from_yaml(args.config)
-    run_dir = run_experiment(config, runs_dir=args.runs_dir)  # stopped: it logs where its FAILED.txt is
+    if (args.config is None) == (args.resume is None):
+        raise TfmedError("give an experiment YAML to run, or --resume RUN to finish a run that stopped (not both)")
+    if args.resume is not None and args.runs_dir is not None:
+        raise TfmedError("--runs-dir is not used with --resume: the run finishes in its own directory")
+    if args.resume is not None:
+        run_dir = resume_experiment(args.resume)
+    else:  # stopped: it logs where its FAILED.txt is
+        run_dir = run_experiment(ExperimentConfig.from_yaml(args.config), runs_dir=args.runs_dir)
     if run_dir is None:  # a multi-worker feature extraction, on a worker other than the first
         print("features written; worker 0 (TF_CONFIG task index 0) writes the run", flush=True)
         return 0

@@ -283,16 +283,60 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
         return None
     run_dir = new_run_dir(runs_dir or config.runs_dir, config.name)
     log(f"run directory {run_dir}")
+    _fill_or_record(run_dir, config, table, started)
+    return run_dir
+
+
+def resume_experiment(run_dir: str | Path) -> Path:
+    """Finish, in its own directory, a run that stopped before it was complete (killed, Ctrl-C, an error):
+    its ``config.yaml`` is run again on the same data and split, and each fine-tune continues from its last
+    completed epoch (its epoch backups); SVMs fit again (their features come from the feature store).
+    A resumed fine-tune is not bit-identical to one never stopped (the data stream starts afresh).
+
+    Example:
+        >>> resume_experiment("runs/tb_xray/20261206-111233")  # doctest: +SKIP
+        PosixPath('runs/tb_xray/20261206-111233')
+    """
+    from tfmed.run.manifest import MANIFEST_FILE
+    from tfmed.run.rundir import RunDirectoryError
+
+    started = time.time()
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "splits.csv").is_file():
+        raise RunDirectoryError(f"{run_dir}: not a run that stopped (it needs the config.yaml and splits.csv a run "
+                                "writes first); pass the directory of the run to resume")
+    if (run_dir / MANIFEST_FILE).is_file():
+        raise RunDirectoryError(f"{run_dir}: this run finished (it has its {MANIFEST_FILE}); there is nothing to "
+                                "resume (tfmed run CONFIG makes a new run)")
+    config = ExperimentConfig.from_run(run_dir)
+    if config.multiworker:
+        raise ConfigError(f"{run_dir}: a run under model.svm.strategy multiworker is not resumed; run it again")
+    get_mode(config.model.mode).check_before_data(config)
+    table = prepare_data(config)
+    check_config_fits_data(config, table)
+    recorded = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+    now = table.frame[["image", "split"]].astype(str).reset_index(drop=True)
+    if not recorded.astype(str).equals(now):
+        raise RunDirectoryError(f"{run_dir}: the data or their split differ from those the run started on "
+                                "(splits.csv); a resumed run must train on the same images, so run the "
+                                "experiment anew instead")
+    (run_dir / FAILED_FILE).unlink(missing_ok=True)
+    log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
+    _fill_or_record(run_dir, config, table, started)
+    return run_dir
+
+
+def _fill_or_record(run_dir: Path, config: ExperimentConfig, table: ImageTable, started: float) -> None:
+    """:func:`fill_run_dir`; when it stops (also Ctrl-C) the directory's ``FAILED.txt`` says why."""
     try:
         fill_run_dir(run_dir, config, table, started)
     except BaseException as error:  # also Ctrl-C: the directory says why it is incomplete
         try:
             record_failure(run_dir, error)
-            log(f"the run stopped; {run_dir / FAILED_FILE} says why")
+            log(f"the run stopped; {run_dir / FAILED_FILE} says why (tfmed run --resume {run_dir} finishes it)")
         except OSError as note_error:  # e.g. a full disk: the run's own error is the one to raise
             log(f"the run stopped, and {run_dir / FAILED_FILE} could not be written: {note_error}")
         raise
-    return run_dir
 
 
 def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, started: float) -> None:
