@@ -254,7 +254,10 @@ def test_a_run_with_tta_reports_its_views_and_evaluate_reproduces_it(tmp_path):
     assert metrics["tta_views"] == 9
     model = TrainedModel.load(run)
     assert model.tta == config.tta  # saved with the model, so evaluate and predict use the same views
-    assert load_metrics(evaluate_run(run, output=tmp_path / "again"))["splits"]["test"] == metrics["splits"]["test"]
+    again = evaluate_run(run, output=tmp_path / "again")
+    assert load_metrics(again)["splits"]["test"] == metrics["splits"]["test"]
+    assert load_metrics(again)["tta_views"] == 9  # the evaluation says it too, and its report
+    assert "<td>test-time views</td><td>9</td>" in (again / "report.html").read_text().replace("\n", "")
     plain = TrainedModel.load(run)
     plain.tta = TTAConfig()
     test = pd.read_csv(run / "predictions.csv").query("split == 'test'")

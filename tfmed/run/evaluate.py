@@ -73,7 +73,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     log(f"scoring {len(table)} images from {source}")
     scores, members = model.predict_with_members(table)
     metrics = {**scored_metrics(model, {"test": table}, {"test": scores}, config.evaluation), "source": source,
-               **count_entries({"test": table})}
+               **count_entries({"test": table}), "tta_views": model.tta.view_count()}
     notes = [f"Model from {run_dir}; thresholds were chosen on that run's validation split "
              "and are applied unchanged here."]
     if model.recalibration is not None:
