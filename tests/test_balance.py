@@ -91,3 +91,13 @@ def test_errors_name_the_problem():
         balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample", target=[-1.0, 2.0]))
     with pytest.raises(BalanceError, match="resampling needs"):
         balanced_dataset(KEYS_1_TO_9, BalanceConfig("class_weight"))
+
+
+def test_table_mix_is_the_mix_balanced_dataset_draws_and_refuses_a_target_of_another_length():
+    from tfmed.data.balance import table_mix
+
+    table = ImageTable(pd.DataFrame({"image": list("abcd"), "label": [0, 0, 0, 1]}), ["x", "y"], "binary")
+    assert table_mix(table, BalanceConfig("oversample")).tolist() == [0.5, 0.5]
+    assert table_mix(table, BalanceConfig("oversample", [1, 3])).tolist() == [0.25, 0.75]
+    with pytest.raises(BalanceError, match=r"balance.target has 3 values but the table has 2 balance groups"):
+        table_mix(table, BalanceConfig("oversample", [1, 1, 1]))

@@ -57,6 +57,16 @@ def _write(tmp_path, values):
     ({"name": "tb xray"}, ["name is 'tb xray'"]),
     ({"model": {"mode": "ensemble", "ensemble": {"members": [{"name": "a/b", "mode": "svm"}, {"mode": "finetune"}]}}},
      ["model.ensemble.members[0].name is 'a/b'; it names a folder"]),
+    # a member's own settings are named where they are written, not as the experiment's model.finetune
+    ({"model": {"mode": "ensemble", "ensemble": {"members": [{"mode": "svm"}, {"mode": "finetune", "finetune": {
+        "monitor": "val_acc"}}]}}}, ["model.ensemble.members[1].finetune.monitor is 'val_acc'"]),
+    ({"model": {"mode": "ensemble", "ensemble": {"members": [{"mode": "svm"}, {"mode": "finetune", "finetune": {
+        "stages": [{"epochs": 0}]}}]}}}, ["model.ensemble.members[1].finetune.stages[0].epochs is 0"]),
+    ({"model": {"mode": "ensemble", "ensemble": {"members": [{"mode": "svm"}, {"mode": "finetune", "finetune": {
+        "focal_gamma": 1.0}}]}}}, ["model.ensemble.members[1].finetune.focal_gamma is 1.0; only loss: focal"]),
+    ({"model": {"mode": "ensemble", "ensemble": {"members": [{"mode": "svm", "svm": {"cv": 1}},
+                                                             {"mode": "finetune"}]}}},
+     ["model.ensemble.members[0].svm.cv"]),
 ])
 def test_bad_keys_are_named_with_the_file(tmp_path, values, words):
     path = _write(tmp_path, values)

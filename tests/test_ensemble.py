@@ -129,7 +129,7 @@ def _ensemble_dict(source: str, tmp_path: Path, combine: str = "mean", **extra) 
     ({"members": [{"mode": "svm"}]}, "at least 2"),
     ({"members": [{"name": "a", "mode": "svm"}, {"name": "a", "mode": "svm"}]}, "distinct name"),
     ({"members": [{"mode": "svm", "finetune": {"dropout": 0.5}}, {"mode": "finetune"}]},
-     r"members\[0\].*model.finetune.dropout is set"),
+     r"model.ensemble.members\[0\].finetune.dropout is set, but model.ensemble.members\[0\].mode 'svm'"),
     ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "folds": 3}, "only combine: rank and stacking"),
     ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "combine": "vote"}, "allowed: mean, rank, stacking"),
 ])
@@ -328,3 +328,71 @@ def test_tfmed_ensemble_refuses_stacking_and_a_single_run(tmp_path, capsys):
     assert "out-of-fold training scores" in capsys.readouterr().err
     assert main(["ensemble", str(tmp_path), "--output", str(tmp_path / "y")]) == 2
     assert "not a tfmed run directory" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ checks before a run directory exists
+def _split_table(train: int = 8):
+    from tfmed.data.table import ImageTable
+
+    n = train + 4
+    frame = pd.DataFrame({"image": [f"i{k}" for k in range(n)], "label": [0, 1] * (n // 2),
+                          "split": ["train"] * train + ["val"] * 2 + ["test"] * 2,
+                          "patient_id": [f"p{k}" for k in range(n)]})
+    return ImageTable(frame, ["normal", "sick"], "binary")
+
+
+def _member_config(tuned: dict, **extra) -> ExperimentConfig:
+    members = [{"name": "feat", "mode": "svm", "svm": {"cv": 3}}, {"name": "tuned", "mode": "finetune", **tuned}]
+    return ExperimentConfig.from_dict({"name": "e", "model": {"mode": "ensemble", "backbone": "efficientnet_lite0",
+                                                              "weights": None, "ensemble": {"members": members,
+                                                                                            **extra}}})
+
+
+def test_a_members_unfreeze_the_backbone_cannot_take_names_the_members_key():
+    config = _member_config({"finetune": {"stages": [{"epochs": 1}, {"epochs": 1, "unfreeze": 50}]}})
+    with pytest.raises(ConfigError, match=r"^model.ensemble.members\[1\].finetune.stages\[1\].unfreeze is 50 for "
+                                          r"backbone efficientnet_lite0: .* has 9 .*; use 0..9 or 'all'"):
+        Ensemble.check_before_data(config)
+
+
+def test_stacking_folds_beyond_the_training_patients_are_refused_naming_model_ensemble_folds():
+    table = _split_table(train=8)  # 12 patients outside the test split, 8 in the train split that is folded
+    with pytest.raises(ConfigError) as info:
+        Ensemble.check_experiment(_member_config({}, combine="stacking", folds=10), table)
+    assert str(info.value) == ("model.ensemble.folds is 10, but the training images it splits hold 8 patient(s), "
+                               "and each of the folds that give the out-of-fold member scores needs one; set "
+                               "model.ensemble.folds to 8 or fewer")
+    with pytest.raises(ConfigError, match=r"model.ensemble.folds is 5: 5 folds need every class in each fold"):
+        Ensemble.check_experiment(_member_config({}, combine="stacking", folds=5), table)
+    Ensemble.check_experiment(_member_config({}, combine="stacking", folds=4), table)
+
+
+def test_stacking_folds_are_refused_by_validate_and_before_the_run_directory(tiny_source, tmp_path, capsys):
+    import yaml
+
+    values = _ensemble_dict(tiny_source, tmp_path, combine="stacking")
+    values["model"]["ensemble"]["folds"] = 500
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(values))
+    assert main(["validate", str(path)]) != 0
+    assert "model.ensemble.folds is 500, but the training images" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="set model.ensemble.folds to"):
+        run_experiment(ExperimentConfig.from_dict(values))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_members_balance_target_of_another_length_names_the_members_key():
+    config = _member_config({"balance": {"method": "oversample", "target": [1, 1, 1]}})
+    with pytest.raises(ConfigError, match=r"e: model.ensemble.members\[1\].balance.target has 3 values but the table "
+                                          r"has 2 balance groups"):
+        Ensemble.check_experiment(config, _split_table())
+
+
+def test_tfmed_ensemble_refuses_the_same_run_given_twice(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: run\n")
+    assert main(["ensemble", str(run), str(run), "--output", str(tmp_path / "x")]) == 2
+    assert f"run {run} is given twice; combine different runs, each once" in capsys.readouterr().err
+    assert main(["ensemble", str(run), str(run / "model"), "--output", str(tmp_path / "x")]) == 2
+    assert "is given twice" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -360,3 +360,40 @@ def test_bad_settings_and_data_give_clear_errors(tmp_path):
         tuner.predict(x)
     with pytest.raises(FinetuneError, match="finetune.json not found|model.keras not found"):
         FineTuner.load(tmp_path)
+
+
+@pytest.mark.parametrize("unfreeze, words", [
+    (4, ["model.finetune.stages[1].unfreeze is 4 for backbone tiny_test_cnn", "the backbone has 3", "use 0..3"]),
+    (2.0, ["model.finetune.stages[1].unfreeze is 2.0", "0 < f <= 1", "write an int"]),
+])
+def test_an_unfreeze_the_backbone_cannot_take_is_refused_before_data(unfreeze, words):
+    from tfmed.config import ExperimentConfig
+
+    stages = [{"epochs": 1}, {"epochs": 1, "unfreeze": unfreeze}]
+    config = ExperimentConfig.from_dict({"model": {"mode": "finetune", "backbone": BACKBONE, "weights": None,
+                                                   "finetune": {"stages": stages}}, "preprocess": {"image_size": SIZE}})
+    with pytest.raises(ConfigError) as info:
+        FineTuner.check_before_data(config)
+    assert all(word in str(info.value) for word in words), str(info.value)
+    for fine in (3, "all", 1.0, 0.5):  # what the backbone can take passes
+        config.model.finetune.stages[1].unfreeze = fine
+        FineTuner.check_before_data(config)
+
+
+def test_a_balance_target_that_does_not_fit_the_groups_is_refused_before_training():
+    import pandas as pd
+
+    from tfmed.config import ExperimentConfig
+    from tfmed.data.table import ImageTable
+
+    frame = pd.DataFrame({"image": [f"i{k}" for k in range(12)], "label": [0, 1] * 6,
+                          "split": ["train"] * 8 + ["val"] * 2 + ["test"] * 2,
+                          "patient_id": [f"p{k}" for k in range(12)]})
+    table = ImageTable(frame, ["normal", "sick"], "binary")
+    values = {"name": "bal", "model": {"mode": "finetune", "backbone": BACKBONE, "weights": None},
+              "balance": {"method": "oversample", "target": [0.3, 0.3, 0.4]}}
+    with pytest.raises(ConfigError, match=r"bal: balance.target has 3 values but the table has 2 balance groups "
+                                          r"\['normal', 'sick'\]; give one share per group"):
+        FineTuner.check_experiment(ExperimentConfig.from_dict(values), table)
+    values["balance"]["target"] = [0.4, 0.6]
+    FineTuner.check_experiment(ExperimentConfig.from_dict(values), table)

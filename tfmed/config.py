@@ -1287,7 +1287,33 @@ class ExperimentConfig(_Section):
             return dataclasses.replace(self, model=model, preprocess=member.preprocess or self.preprocess,
                                        seed=self.seed if member.seed is None else member.seed, **inherited)
         except ConfigError as error:
-            raise ConfigError(f"model.ensemble.members[{index}] ({self.member_name(index)}): {error}") from None
+            raise self.member_error(index, error) from None
+
+    def member_error(self, index: int, error: Exception) -> ConfigError:
+        """``error``, raised for ensemble member ``index``'s experiment, naming the member's keys.
+
+        What the member writes itself is named where it is written (``model.finetune.monitor`` is
+        ``model.ensemble.members[1].finetune.monitor``; ``balance.target`` too, when the member has
+        its own ``balance``); a message naming none of those starts with the member.
+
+        Example:
+            >>> cfg = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": [
+            ...     {"name": "a", "mode": "svm"}, {"name": "b", "mode": "finetune"}]}}})
+            >>> print(cfg.member_error(1, ConfigError("model.finetune.stages[0].unfreeze is 50; use 0..9")))
+            model.ensemble.members[1].finetune.stages[0].unfreeze is 50; use 0..9
+            >>> print(cfg.member_error(1, ConfigError("seed is -5; a seed must be a whole number")))
+            model.ensemble.members[1] (b): seed is -5; a seed must be a whole number
+        """
+        member = self.model.ensemble.members[index]
+        key = f"model.ensemble.members[{index}]."
+        own = ["model.mode", "model.svm.", "model.finetune."] + [
+            f"{name}." for name in ("preprocess", "augment", "balance") if getattr(member, name) is not None]
+        pattern = "|".join(re.escape(prefix) + ("" if prefix.endswith(".") else r"\b") for prefix in own)
+        message = re.sub(rf"(?<![\w.\[])(?:{pattern})",
+                         lambda match: key + match.group(0).removeprefix("model."), str(error))
+        if key not in message:
+            message = f"model.ensemble.members[{index}] ({self.member_name(index)}): {message}"
+        return ConfigError(message)
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "config") -> "ExperimentConfig":
@@ -1454,9 +1480,24 @@ def _build(cls, values: Any, where: str, prefix: str):
     try:
         return cls(**kwargs)
     except UnusedSettingError as error:
-        raise UnusedSettingError(f"{where}: {error}", prefix + error.key) from None
+        raise UnusedSettingError(f"{where}: {_at_prefix(cls, error, prefix)}", prefix + error.key) from None
     except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from None
+        raise ConfigError(f"{where}: {_at_prefix(cls, error, prefix)}") from None
+
+
+def _at_prefix(cls, error: ConfigError, prefix: str) -> str:
+    """``error``'s message with the section's usual key ``cls.KEY`` replaced by ``prefix``, where it was
+    written (a member's ``model.finetune.`` is ``model.ensemble.members[1].finetune.``).
+
+    Example:
+        >>> error = ConfigError("model.finetune.monitor is 'x'")
+        >>> _at_prefix(FinetuneConfig, error, "model.ensemble.members[1].finetune.")
+        "model.ensemble.members[1].finetune.monitor is 'x'"
+    """
+    message = str(error)
+    if cls.KEY and prefix and message.startswith(cls.KEY):
+        return prefix + message[len(cls.KEY):]
+    return message
 
 
 def _convert(hint, value, where: str, key: str):

@@ -63,6 +63,23 @@ def balance_groups(table) -> tuple[np.ndarray, list[str]]:
     return keys, list(table.classes) + [NO_LABEL]
 
 
+def table_mix(table, config: BalanceConfig) -> np.ndarray:
+    """The normalised sampling weight per balance group that resampling ``table`` draws to (what
+    :func:`balanced_dataset` draws for the table's :func:`balance_groups`); a target or a table that
+    cannot be balanced raises BalanceError before anything is drawn.
+
+    Example:
+        >>> import pandas as pd
+        >>> from tfmed.data.table import ImageTable
+        >>> table = ImageTable(pd.DataFrame({"image": list("abc"), "label": [0, 0, 1]}), ["x", "y"], "binary")
+        >>> table_mix(table, BalanceConfig("oversample", [1, 3])).tolist()
+        [0.25, 0.75]
+    """
+    keys, names = balance_groups(table)
+    keys, names, counts = _check(keys, config, names)
+    return target_mix(config, names, counts)
+
+
 def target_mix(config: BalanceConfig, names: Sequence[str], counts: Sequence[int]) -> np.ndarray:
     """Normalised sampling weight per group; checks the target against the data.
 

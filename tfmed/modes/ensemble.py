@@ -98,18 +98,24 @@ class Ensemble:
             try:
                 get_mode(member.model.mode).check_before_data(member)
             except TfmedError as error:
-                raise ConfigError(f"model.ensemble.members[{i}] ({config.member_name(i)}): {error}") from None
+                raise config.member_error(i, error) from None
 
     @classmethod
     def check_experiment(cls, config: ExperimentConfig, table) -> None:
-        """Check the combination rule and every member against the data's task."""
-        ScoreCombiner(config.model.ensemble.combine, table.task)
+        """Check the combination rule, its k-fold over every table the run fits on (the train split, or each
+        k-fold training part) and every member against the data's task and ``table``'s split."""
+        from tfmed.data.splits import training_parts
+
+        ensemble = config.model.ensemble
+        if ScoreCombiner(ensemble.combine, table.task).needs_fit:
+            for part in training_parts(table, config.split):
+                stacking_folds(part, ensemble.folds, config.split.seed)
         for i in range(len(config.model.ensemble.members)):
             member = config.member_experiment(i)
             try:
                 get_mode(member.model.mode).check_experiment(member, table)
             except ConfigError as error:
-                raise ConfigError(f"model.ensemble.members[{i}] ({config.member_name(i)}): {error}") from None
+                raise config.member_error(i, error) from None
 
     @classmethod
     def from_experiment(cls, config: ExperimentConfig, train, run_dir: Path | None) -> "Ensemble":
@@ -244,12 +250,7 @@ class Ensemble:
         return mode.from_experiment(member.config, train, run_dir).fit_tables(train, val, member.inputs_for(inputs))
 
     def _out_of_fold_scores(self, train, val, inputs: ImageInputs) -> list[np.ndarray]:
-        from tfmed.data.splits import SplitError, kfold_indices
-
-        try:
-            folds = kfold_indices(train, self.folds, self.seed)
-        except SplitError as error:
-            raise ConfigError(f"model.ensemble.folds: {error}") from None
+        folds = stacking_folds(train, self.folds, self.seed)
         oof: list[np.ndarray | None] = [None] * len(self.members)
         for k, (fit_rows, held_rows) in enumerate(folds):
             fit_part, held_part = train.subset(fit_rows), train.subset(held_rows)
@@ -261,3 +262,25 @@ class Ensemble:
                     oof[i] = np.zeros((len(train),) + scores.shape[1:])
                 oof[i][held_rows] = scores
         return oof
+
+
+def stacking_folds(train, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The ``model.ensemble.folds`` k-fold over the training table ``train`` that gives the out-of-fold
+    member scores of combine "rank" and "stacking" (patients kept whole); too many folds raise ConfigError.
+
+    Example:
+        >>> stacking_folds(table.split("train"), 40, 0)  # doctest: +SKIP
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: model.ensemble.folds is 40, but the training images it splits hold 37 patient(s) ...
+    """
+    from tfmed.data.splits import SplitError, kfold_indices, split_groups
+
+    try:
+        return kfold_indices(train, folds, seed)
+    except SplitError as error:
+        patients = len(np.unique(split_groups(train)))
+        if patients < folds:  # kfold_indices' own message is about split.folds, over train and val
+            raise ConfigError(f"model.ensemble.folds is {folds}, but the training images it splits hold "
+                              f"{patients} patient(s), and each of the folds that give the out-of-fold member "
+                              f"scores needs one; set model.ensemble.folds to {max(patients, 2)} or fewer") from None
+        raise ConfigError(f"model.ensemble.folds is {folds}: {error}") from None

@@ -123,7 +123,8 @@ class FineTuner:
     # ------------------------------------------------------------ mode protocol
     @classmethod
     def check_before_data(cls, config: ExperimentConfig) -> None:
-        """Check the backbone, its input size and its weights without building it or reading data.
+        """Check the backbone, its input size, its weights and what each stage unfreezes of its blocks,
+        without building it or reading data.
 
         Example:
             >>> from tfmed.backbones import UnknownBackboneError
@@ -132,21 +133,43 @@ class FineTuner:
             ... except UnknownBackboneError as error:
             ...     print(str(error).split(";")[0])
             unknown backbone 'resnet51'
+            >>> try:
+            ...     FineTuner.check_before_data(ExperimentConfig.from_dict({"model": {"mode": "finetune",
+            ...         "backbone": "vgg16", "weights": None, "finetune": {"stages": [{"unfreeze": 9}]}}}))
+            ... except ConfigError as error:
+            ...     print(str(error).split(":")[0])
+            model.finetune.stages[0].unfreeze is 9 for backbone vgg16
         """
         from tfmed.backbones.factory import check_backbone
+        from tfmed.training.freezing import FreezingError
 
-        check_backbone(config.model.backbone, config.model.weights, config.preprocess.image_size,
-                       config.model.weights_dir)
+        model = config.model
+        check_backbone(model.backbone, model.weights, config.preprocess.image_size, model.weights_dir)
+        for i, stage in enumerate(model.finetune.stages):
+            try:
+                unfrozen_blocks(model.backbone, stage.unfreeze)
+            except FreezingError as error:
+                raise ConfigError(f"model.finetune.stages[{i}].unfreeze is {stage.unfreeze!r} for backbone "
+                                  f"{model.backbone}: {error}") from None
 
     @classmethod
     def check_experiment(cls, config: ExperimentConfig, table) -> None:
-        """Settings that only fit some tasks, checked once the data's task is known.
+        """Settings that only fit some tasks, checked once the data's task is known, and ``balance.target``
+        against the balance groups of every table the run fits on.
 
         Example:
             >>> FineTuner.check_experiment(ExperimentConfig(), table)  # doctest: +SKIP
         """
+        from tfmed.data.balance import BalanceError, table_mix
+        from tfmed.data.splits import training_parts
         from tfmed.training.losses import LossConfigError, get_loss
 
+        if config.balance.method in RESAMPLING:  # the mix each table the run fits on is resampled to
+            for part in training_parts(table, config.split):
+                try:
+                    table_mix(part, config.balance)
+                except BalanceError as error:
+                    raise ConfigError(f"{config.name}: {error}") from None
         weighted = _weighs_the_loss(config, table.task)
         loss = config.model.finetune.loss
         if loss == "weighted_bce" and config.balance.method != "class_weight":
@@ -349,7 +372,7 @@ class FineTuner:
         from tfmed.training import freezing
 
         freezing.freeze(self.backbone_model_)
-        if unfreeze not in (0, 0.0):
+        if unfrozen_blocks(self.backbone, unfreeze):
             freezing.unfreeze_top(self.backbone_model_, backbones.get_spec(self.backbone).blocks, unfreeze)
         for layer in self.model_.layers:
             if layer.name.startswith("head_") or layer.name == "predictions":
@@ -719,6 +742,22 @@ def stage_epochs(stage: StageConfig, batches: int, index: int = 0) -> tuple[int,
                             "give a finite dataset (no repeat(), no filter()), or leave min_steps out")
     floor = math.ceil(stage.min_steps / batches)
     return max(stage.epochs, floor), floor
+
+
+def unfrozen_blocks(backbone: str, unfreeze: int | float | str) -> list[str]:
+    """The block prefixes of ``backbone`` that a stage's ``unfreeze`` trains ([] for 0: the head only);
+    an amount the backbone cannot take raises :class:`~tfmed.training.freezing.FreezingError`.
+
+    Example:
+        >>> unfrozen_blocks("vgg16", 2), unfrozen_blocks("vgg16", 0)
+        (['block4_', 'block5_'], [])
+    """
+    from tfmed import backbones
+    from tfmed.training.freezing import blocks_for_amount
+
+    if unfreeze in (0, 0.0):
+        return []
+    return blocks_for_amount(backbones.get_spec(backbone).blocks, unfreeze)
 
 
 def _weighs_the_loss(config: ExperimentConfig, task: str) -> bool:

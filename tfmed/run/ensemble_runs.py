@@ -73,6 +73,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     runs = [resolve_run_dir(path) for path in run_dirs]
     if len(runs) < 2:
         raise EnsembleRunsError("give at least two run directories to combine")
+    _refuse_repeated_runs(runs)
     refuse_output_inside_runs(output, runs)
     models = [TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles) for run in runs]
     configs = [ExperimentConfig.from_run(run) for run in runs]
@@ -165,6 +166,22 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
             raise EnsembleRunsError(f"{run} and {runs[0]} group their classes differently (evaluation.hierarchy "
                                     f"{model.hierarchy} against {models[0].hierarchy}); combine runs with the same "
                                     "hierarchy")
+
+
+def _refuse_repeated_runs(runs: list[Path]) -> None:
+    """Refuse a run given twice (by any path to it): its scores would be combined with themselves.
+
+    Example:
+        >>> _refuse_repeated_runs([Path("runs/a/1"), Path("runs/b/1"), Path("runs/a/1")])
+        Traceback (most recent call last):
+        tfmed.run.ensemble_runs.EnsembleRunsError: run runs/a/1 is given twice; combine different runs, each once
+    """
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        first = seen.setdefault(run.resolve(), run)
+        if first is not run:
+            also = "" if run == first else f" (as {first} and {run})"
+            raise EnsembleRunsError(f"run {first} is given twice{also}; combine different runs, each once")
 
 
 def _first_difference(reference: pd.DataFrame, other: pd.DataFrame) -> str:
