@@ -586,7 +586,7 @@ def test_a_loss_that_does_not_fit_the_task_is_a_config_error(tmp_path):
          "loss weighted_bce takes its weights from the training labels under balance.method: class_weight"),
         (two_classes, {}, {"mode": "ensemble", "backbone": "mobilenet_v2", "weights": None, "ensemble": {
             "members": [{"mode": "svm"}, {"mode": "finetune", "finetune": {"loss": "categorical"}}]}},
-         r"model.ensemble.members\[1\] .*: model.finetune.loss 'categorical' does not fit the binary data"),
+         r"mc: model.ensemble.members\[1\].finetune.loss 'categorical' does not fit the binary data"),
     ]
     for source, sections, model, message in cases:
         config = ExperimentConfig.from_dict({"name": "mc", "runs_dir": str(tmp_path / "runs"),

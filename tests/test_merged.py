@@ -126,7 +126,7 @@ def test_merging_errors_name_the_part_and_the_fix(tmp_path):
     ({"task": "binary", "parts": [{"source": "folder", "path": "a"}, {"source": "chexpert", "path": "b"}]},
      "data.task is 'binary'; data.source merged reads its data from data.parts"),
     ({"parts": [{"source": "folder", "path": "a", "exclude_bad_rows": True}, {"source": "chexpert", "path": "b"}]},
-     "data.parts\\[\\].exclude_bad_rows is True; it applies to the merged table as a whole"),
+     "data.parts\\[0\\].exclude_bad_rows is True; it applies to the merged table as a whole"),
     ({"parts": [{"source": "luna16", "path": "a"}, {"source": "chexpert", "path": "b"}]},
      "a part is a source of 2-D images"),
 ])
