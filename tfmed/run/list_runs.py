@@ -8,7 +8,6 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pandas as pd
 import yaml
 
 from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, failure_reason
-from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError
+from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError, json_object
 
 COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
 RUN_MARKERS = {"environment.json", MANIFEST_FILE, FAILED_FILE}  # beside config.yaml: a run (or a layer sweep)
@@ -44,7 +43,7 @@ def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.Data
         reason = failure_reason(run)
         status = (f"failed: {reason}" if reason else "finished" if (run / MANIFEST_FILE).is_file()
                   else SWEEP_STATUS if (run / SWEEP_FILE).is_file() else "incomplete")
-        metrics = _json(run / "metrics.json") if status == "finished" else {}
+        metrics = json_object(run / "metrics.json") if status == "finished" else {}
         rows.append({"run": run.as_posix(), "status": status, "mode": metrics.get("mode"), "task": metrics.get("task"),
                      "val_auc": _split_auc(metrics, "val"), "test_auc": _split_auc(metrics, "test"),
                      "seconds": metrics.get("seconds"), "started": _started(run)})
@@ -75,7 +74,7 @@ def _experiment_name(run: Path) -> str | None:
 
 def _started(run: Path) -> str:
     """When the run started (``environment.json``), else when its ``config.yaml`` was written."""
-    started = _json(run / "environment.json").get("started")
+    started = json_object(run / "environment.json").get("started")
     if isinstance(started, str):
         return started
     return dt.datetime.fromtimestamp((run / "config.yaml").stat().st_mtime).isoformat(timespec="seconds")
@@ -91,15 +90,6 @@ def _split_auc(metrics: dict, split: str) -> float | None:
     if "roc_auc" not in figures and "macro_auc" not in figures:   # binary: one entry per operating point,
         figures = next(iter(figures.values()))                     # all with the same AUC
     return headline_auc(figures)
-
-
-def _json(path: Path) -> dict:
-    """A JSON object file's content; {} when it is missing or unreadable."""
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return content if isinstance(content, dict) else {}
 
 
 def format_runs(frame: pd.DataFrame) -> str:

@@ -163,6 +163,21 @@ def resolve_run_dir(path: str | Path) -> Path:
     return path
 
 
+def json_object(path: Path) -> dict:
+    """The JSON object in a run's file (``metrics.json``, ``environment.json``); {} when the file is missing,
+    unreadable or holds no object, for readers that carry on without it.
+
+    Example:
+        >>> json_object(Path("no/such/metrics.json"))
+        {}
+    """
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
 def run_working_dir(run_dir: Path) -> Path | None:
     """The folder the run was started in (``cwd`` in its ``environment.json``), against which the relative
     data paths of its ``config.yaml`` were read; None when it is not recorded or no longer exists.
@@ -171,10 +186,7 @@ def run_working_dir(run_dir: Path) -> Path | None:
         >>> run_working_dir(Path("runs/pneumonia_mnist/20261124-101500"))  # doctest: +SKIP
         PosixPath('/home/me/tfmed')
     """
-    try:
-        cwd = json.loads((run_dir / "environment.json").read_text(encoding="utf-8")).get("cwd")
-    except (OSError, ValueError, AttributeError):
-        return None
+    cwd = json_object(run_dir / "environment.json").get("cwd")
     return Path(cwd) if isinstance(cwd, str) and Path(cwd).is_dir() else None
 
 
