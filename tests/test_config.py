@@ -1,4 +1,5 @@
 """Experiment configs load, validate and report the bad key by name."""
+import re
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,11 @@ def test_stage_unfreeze_accepts_count_fraction_and_all():
     config = ExperimentConfig.from_dict({"model": {"mode": "finetune", "finetune": {"stages": [
         {"epochs": 1, "unfreeze": 0}, {"epochs": 1, "unfreeze": 0.5}, {"epochs": 1, "unfreeze": "all"}]}}})
     assert [s.unfreeze for s in config.model.finetune.stages] == [0, 0.5, "all"]
+    for fraction, words in ((2.0, "a fraction of blocks must be in (0, 1]; for 2 top blocks write 2"),
+                            (1.5, "a fraction of blocks must be in (0, 1]")):
+        with pytest.raises(ConfigError, match=re.escape(f"model.finetune.stages[1].unfreeze is {fraction}; {words}")):
+            ExperimentConfig.from_dict({"model": {"mode": "finetune", "finetune": {"stages": [
+                {"epochs": 1}, {"epochs": 1, "unfreeze": fraction}]}}})
 
 
 def test_the_readme_example_experiment_is_valid():

@@ -150,6 +150,25 @@ def test_evaluate_pairs_labels_with_the_models_classes_by_name(pneumonia_run, tm
         evaluate_run(pneumonia_run, data=f"folder:{tmp_path / 'xrays'}", output=tmp_path / "refused")
 
 
+def test_evaluate_scores_another_hospitals_positives_alone(pneumonia_run, tmp_path):
+    """Images of one class (a folder of pneumonia cases only, data.classes naming both): sensitivity at the
+    run's thresholds, AUC and specificity n/a, and no ROC curve, instead of a failure after scoring."""
+    data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
+    positives = data["val_images"][data["val_labels"][:, 0] == 1][:12]
+    (tmp_path / "cases" / "pneumonia").mkdir(parents=True)
+    for i, image in enumerate(positives):
+        cv2.imwrite(str(tmp_path / "cases" / "pneumonia" / f"{i:02d}.png"), image)
+    (tmp_path / "cases.yaml").write_text(f"data:\n  source: folder\n  path: {tmp_path / 'cases'}\n"
+                                         "  classes: [normal, pneumonia]\n")
+    out = evaluate_run(pneumonia_run, data=str(tmp_path / "cases.yaml"), output=tmp_path / "positives")
+    point = load_metrics(out)["splits"]["test"]["youden"]
+    scores = pd.read_csv(out / "predictions.csv")["score"].to_numpy()
+    threshold = load_metrics(out)["thresholds"]["youden"]
+    assert (point["n_positive"], point["n_negative"], point["roc_auc"], point["specificity"]) == (12, 0, None, None)
+    assert point["sensitivity"] == pytest.approx(np.mean(scores >= threshold))
+    assert (out / "confusion_test.png").is_file() and not (out / "roc_test.png").exists()
+
+
 def test_kfold_with_too_few_patients_of_a_class_stops_before_the_run(tmp_path):
     from tfmed.data.splits import SplitError
 

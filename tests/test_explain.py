@@ -296,6 +296,13 @@ def test_run_report_has_an_explanations_section(explained_run):
     assert record["method"] == "gradcam" and record["split"] == "test"
     groups = pd.read_csv(explained_run / "explanations" / "explanations.csv")["group"].tolist()
     assert groups == ["TP", "FP", "FN", "TN"]
+    # at 32 px EfficientNet-Lite0's last stage is 1 x 1: every Grad-CAM map is flat, and the run says why
+    assert record["flat_maps"] == 4
+    assert record["notes"] == ["the layer Grad-CAM weighs (block6d_add) is 1 x 1 at 32 x 32 px, so each map is "
+                               "one value spread over the image and cannot show where the model looks; use a larger "
+                               "preprocess.image_size, an earlier layer (--layer), or a pixel method (occlusion, "
+                               "integrated_gradients)"]
+    assert "Note: the layer Grad-CAM weighs (block6d_add) is 1 x 1 at 32 x 32 px" in html
 
 
 def test_cli_explains_test_cases_and_given_images(explained_run, tmp_path):

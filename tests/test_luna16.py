@@ -274,9 +274,11 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     assert len(splits) == 4 + 8 and (splits["label"] == 1).sum() == 4  # 4 nodules, 2 others per nodule
     assert splits.groupby("patient_id")["split"].nunique().max() == 1  # a scan's candidates in one split
     assert "not sampled" in pd.read_csv(run / "excluded_rows.csv")["problem"].iloc[0]
+    assert "left out of the data: 16 non-nodule candidates not sampled" in capsys.readouterr().out  # not "1 bad row"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["splits"]["val"]["youden"]["roc_auc"] == 1.0  # a bright ball against lung: easy
     assert main(["evaluate", "--model", str(run), "--data", f"{spec}#1"]) == 0  # the odd scans: subset1
+    assert f"{spec}#1: not scored: 12 candidates of scans in subset0, which is not among" in capsys.readouterr().out
     evaluation = sorted((run / "evaluations").iterdir())[-1]
     assert "froc" not in json.loads((evaluation / "metrics.json").read_text())
     assert "LUNA16 FROC not computed: no annotations.csv" in (evaluation / "report.html").read_text()

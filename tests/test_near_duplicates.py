@@ -143,3 +143,39 @@ def test_pneumonia_mnist_val_copies_of_train_images_are_reported(tmp_path):
                        for split in rows["split"].astype(str) if split == "val")
     assert summary["twins_in_train"] == {"val": expected_val} and expected_val > 0
     assert summary["images"] == int(identical.sum())
+
+
+def test_the_same_picture_in_two_class_folders_is_named_with_both_labels(tmp_path, capsys):
+    from tfmed.progress import configure_logging
+    from tfmed.run.cli import main
+    from tfmed.run.experiment import near_duplicate_summary, split_data
+
+    for label in ("normal", "pneumonia"):
+        (tmp_path / label).mkdir()
+        for seed in range(4):
+            picture = _picture(seed + 10 * len(label)).clip(0, 255).astype(np.uint8)
+            cv2.imwrite(str(tmp_path / label / f"{label}{seed}.png"), picture)
+    cv2.imwrite(str(tmp_path / "pneumonia" / "copied.png"), _picture(60).clip(0, 255).astype(np.uint8))  # = normal0
+    assert main(["validate", f"folder:{tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert ("warning: 1 group of near-identical images carries different labels: " in out
+            and "normal0.png (normal) and " in out and "copied.png (pneumonia)" in out), out
+    configure_logging()
+    data = {"source": "folder", "path": str(tmp_path), "patient_pattern": r"[^/]+$"}  # each file its own patient
+    config = ExperimentConfig.from_dict({"data": data,
+                                         "split": {"method": "patient", "test_fraction": 0.2, "val_fraction": 0.2}})
+    from tfmed.data.sources import load_source
+
+    table = split_data(config, load_source(config.data))
+    assert "1 group of near-identical images carries different labels" in capsys.readouterr().out
+    assert near_duplicate_summary(config, table)["groups_with_different_labels"] == 1
+
+
+def test_a_multilabel_group_conflicts_only_on_a_label_known_both_ways():
+    from tfmed.data.near_duplicates import conflicting_labels
+
+    frame = pd.DataFrame({"image": ["a", "b", "c", "d"], "label:mass": [1, -1, 1, 0], "label:nodule": [0, 0, 1, 1],
+                          GROUP_COLUMN: pd.array([0, 0, 1, 1], dtype="Int64")})
+    table = ImageTable(frame, ["mass", "nodule"], "multilabel")
+    # group 0: mass known positive once and unknown once: no conflict; group 1: mass 1 against 0
+    assert conflicting_labels(table) == [[("c", "mass, nodule"), ("d", "nodule")]]

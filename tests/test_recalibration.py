@@ -184,12 +184,31 @@ def test_fits_the_data_cannot_support_are_refused_saying_why(method, task, y, p,
         Recalibration.fit(method, task, y, p)
 
 
-def test_a_multilabel_refusal_names_the_label():
+def test_a_multilabel_label_that_cannot_be_fitted_keeps_its_scores_and_the_others_are_fitted():
+    y = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [0, 0], [1, 1]])
+    p = np.array([[.5, .1], [.4, .2], [.3, .8], [.6, .9], [.45, .3], [.55, .7]])  # label 2 separates completely
+    fitted = Recalibration.fit("logistic", "multilabel", y, p, labels=["effusion", "mass"])
+    alone = Recalibration.fit("logistic", "binary", y[:, 0], p[:, 0])
+    assert fitted.slope == [pytest.approx(alone.slope[0]), 1.0] and fitted.intercept[1] == 0.0
+    after = fitted.apply(p)
+    assert np.allclose(after[:, 1], p[:, 1]) and np.allclose(after[:, 0], alone.apply(p[:, 0]))
+    assert list(fitted.unfitted) == ["mass"]
+    assert fitted.unfitted["mass"].startswith("label 'mass': the fitting split's scores separate")
+    assert "not fitted, scores kept as they were: label 'mass': the fitting split's" in fitted.describe()
+    assert Recalibration.from_json(fitted.to_json()) == fitted
+    own = Recalibration("temperature", "multilabel", temperature=2.0)  # a run's own, kept under tfmed recalibrate
+    assert fitted.after(own).unfitted == fitted.unfitted
+    unnamed = Recalibration.fit("intercept", "multilabel", np.array([[0, 1], [1, 1], [0, 1]]), p[:3])
+    assert unnamed.unfitted == {"2": "label 2: the fitting split holds one class only, so there is no calibration "
+                                     "to learn"} and unnamed.intercept[1] == 0.0
+
+
+def test_a_multilabel_refusal_names_every_label_when_none_can_be_fitted():
     y = np.array([[0, 0], [1, 0], [0, 1], [1, 1]])
-    p = np.array([[.5, .1], [.4, .2], [.3, .8], [.6, .9]])  # label 2 separates completely, label 1 not
-    with pytest.raises(RecalibrationError, match="^label 2: the fitting split's scores separate"):
+    p = np.array([[.1, .1], [.8, .2], [.3, .8], [.9, .9]])  # both labels separate completely
+    with pytest.raises(RecalibrationError, match="^label 1: the fitting split's scores separate.*; label 2: the"):
         Recalibration.fit("logistic", "multilabel", y, p)
-    with pytest.raises(RecalibrationError, match="^label 'mass': the fitting split's scores separate"):
+    with pytest.raises(RecalibrationError, match="^label 'effusion': .*; label 'mass': the fitting split's scores"):
         Recalibration.fit("logistic", "multilabel", y, p, labels=["effusion", "mass"])
 
 
@@ -206,9 +225,15 @@ def test_a_run_whose_scores_cannot_be_recalibrated_keeps_them_and_says_so(capsys
     assert recalibration_sentences({"recalibration": summary}) == [
         f"The probabilities were not recalibrated (logistic on val): {summary['reason']}."]
     findings = types.SimpleNamespace(task="multilabel", classes=["effusion", "mass"], recalibration=None)
-    y, p = np.array([[0, 0], [1, 0], [0, 1], [1, 1]]), np.array([[.5, .1], [.4, .2], [.3, .8], [.6, .9]])
+    y, p = np.array([[0, 0], [1, 0], [0, 1], [1, 1]]), np.array([[.1, .1], [.8, .2], [.3, .8], [.9, .9]])
     summary, _ = recalibrate(findings, "logistic", "val", {"val": (y, p)})
-    assert summary["reason"].startswith("label 'mass': the fitting split's scores separate the classes")
+    assert summary["reason"].startswith("label 'effusion': the fitting split's scores separate the classes")
+    y, p = np.array([[0, 0], [1, 0], [0, 1], [1, 1]]), np.array([[.5, .1], [.4, .2], [.3, .8], [.6, .9]])
+    summary, scores = recalibrate(findings, "logistic", "val", {"val": (y, p)})
+    assert summary["applied"] is True and list(summary["fit"]["unfitted"]) == ["mass"]
+    assert np.allclose(scores["val"][:, 1], p[:, 1]) and not np.allclose(scores["val"][:, 0], p[:, 0])
+    assert "label 'mass' was not recalibrated: the fitting split's scores separate" in capsys.readouterr().out
+    assert "not fitted, scores kept as they were: label 'mass'" in recalibration_sentences({"recalibration": summary})[0]
 
 
 def test_logistic_recalibration_of_multiclass_data_is_refused_before_anything_is_trained():

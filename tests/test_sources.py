@@ -254,8 +254,17 @@ def test_files_outside_class_folders_are_reported_not_dropped(tmp_path):
 
 def test_class_folders_missing_class(tmp_path):
     write_png(tmp_path / "normal" / "a.png")
-    with pytest.raises(DataSourceError, match=r"no sub-folder for class\(es\) tb"):
-        load_source(DataConfig(source="folder", path=str(tmp_path), classes=["normal", "tb"]))
+    with pytest.raises(DataSourceError, match=r"no sub-folder for class\(es\) Normal, tb listed in data.classes; "
+                                              "sub-folders found: normal"):
+        load_source(DataConfig(source="folder", path=str(tmp_path), classes=["Normal", "tb"]))
+    # a listed class without a folder: the images of the other can be scored, and the gap is said
+    table = load_source(DataConfig(source="folder", path=str(tmp_path), classes=["normal", "tb"]))
+    assert table.classes == ["normal", "tb"] and table.labels().tolist() == [0]
+    report = validate_table(table)
+    assert [w.problem for w in report.warnings] == [
+        "skipped: no sub-folder for class 'tb' (listed in data.classes), so the class has no image"]
+    assert "class 'tb' has no image" not in report.format()  # scoring the one class is allowed
+    assert "the usable images hold fewer than two classes" in validate_table(table, need_two_classes=True).format()
     with pytest.raises(DataSourceError, match=r"found 1 class folder\(s\)"):
         load_source(DataConfig(source="folder", path=str(tmp_path)))
 

@@ -849,8 +849,9 @@ class StageConfig(_Section):
                                        "(e.g. 0.5) or 'all'")
         elif isinstance(value, bool) or value < 0:
             self._fail("unfreeze", "use a number of top blocks >= 0, a fraction in (0, 1] or 'all'")
-        elif isinstance(value, float) and not value.is_integer() and not 0.0 < value <= 1.0:
-            self._fail("unfreeze", "a fraction of blocks must be in (0, 1]")
+        elif isinstance(value, float) and value != 0.0 and not 0.0 < value <= 1.0:
+            hint = f"; for {value:g} top blocks write {value:g}" if value.is_integer() else ""
+            self._fail("unfreeze", f"a fraction of blocks must be in (0, 1]{hint}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             self._fail("learning_rate", "it must be > 0 (or left out to use the previous stage's rate "
                                         "times lr_factor)")

@@ -170,6 +170,53 @@ def twins_in_train(table: ImageTable) -> dict[str, int]:
     return {split: count for split, count in counts.items() if count}
 
 
+def conflicting_labels(table: ImageTable) -> list[list[tuple[str, str]]]:
+    """The near-identical groups of a marked table (:func:`mark_near_duplicates`) whose images carry different
+    labels: one list of (image, its label in words) per group. The same picture under two labels is a labelling
+    error (e.g. one file copied into two class folders); a multilabel group conflicts when one label is known
+    positive on one image and known negative on another.
+
+    Example:
+        >>> frame = pd.DataFrame({"image": ["a.png", "b.png", "c.png"], "label": [0, 1, 1],
+        ...                       GROUP_COLUMN: pd.array([0, 0, None], dtype="Int64")})
+        >>> conflicting_labels(ImageTable(frame, ["normal", "pneumonia"], "binary"))
+        [[('a.png', 'normal'), ('b.png', 'pneumonia')]]
+    """
+    if GROUP_COLUMN not in table.frame.columns:
+        return []
+    labels, groups = table.labels(), table.frame[GROUP_COLUMN]
+    found = []
+    for group in sorted(groups.dropna().unique()):
+        positions = np.flatnonzero((groups == group).fillna(False).to_numpy())
+        held = labels[positions]
+        if table.task == "multilabel":
+            conflict = ((held == 1).any(axis=0) & (held == 0).any(axis=0)).any()
+            words = [", ".join(n for n, v in zip(table.classes, row) if v == 1) or "none" for row in held]
+        else:
+            conflict = len(set(held.tolist())) > 1
+            words = [table.classes[int(v)] for v in held]
+        if conflict:
+            found.append(list(zip(table.frame["image"].iloc[positions].astype(str), words)))
+    return found
+
+
+def conflict_note(conflicts: list[list[tuple[str, str]]], shown: int = 3) -> str:
+    """The warning that a run and ``tfmed validate`` give for :func:`conflicting_labels` ("" when none).
+
+    Example:
+        >>> conflict_note([[("a.png", "normal"), ("b.png", "pneumonia")]])[:64]
+        '1 group of near-identical images carries different labels: a.png'
+    """
+    if not conflicts:
+        return ""
+    groups = f"{len(conflicts)} group{'s' if len(conflicts) > 1 else ''} of near-identical images carr" \
+             f"{'y' if len(conflicts) > 1 else 'ies'}"
+    examples = "; ".join(" and ".join(f"{image} ({label})" for image, label in group) for group in conflicts[:shown])
+    more = f"; and {len(conflicts) - shown} more" if len(conflicts) > shown else ""
+    return (f"{groups} different labels: {examples}{more}. The same picture under two labels is usually a "
+            f"labelling error (a file copied into two class folders): check them ({GROUP_COLUMN} in splits.csv)")
+
+
 def copies_of(reference: ImageTable, table: ImageTable, tolerance: float = DEFAULT_TOLERANCE,
               workers: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
     """Rows of ``table`` near-identical to a row of ``reference``: columns ``image``, ``copy_of``.

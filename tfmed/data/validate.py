@@ -441,6 +441,22 @@ def _check_arrays(table: ImageTable, report: ValidationReport, add, max_channels
             first.setdefault(value, position)
 
 
+def excluded_summary(excluded: pd.DataFrame) -> str:
+    """What ``table.excluded`` left out, in a few words for the log: the rows and files left out one by one
+    counted, each bulk skip of a source (many rows at once, no row number) named with its own count.
+
+    Example:
+        >>> excluded_summary(pd.DataFrame({"row": [3, None], "problem": ["file not found",
+        ...                                "skipped: 22 candidates of scans in subset3"]}))
+        '1 bad row or file; 22 candidates of scans in subset3'
+    """
+    bulk = excluded["row"].isna() if "row" in excluded else pd.Series(False, index=excluded.index)
+    single = int((~bulk).sum())
+    parts = [f"{single} bad row{'s' if single != 1 else ''} or file{'s' if single != 1 else ''}"] if single else []
+    parts += [str(problem).removeprefix("skipped: ") for problem in excluded.loc[bulk, "problem"]]
+    return "; ".join(parts)
+
+
 def apply_validation(table: ImageTable, report: ValidationReport, exclude_bad_rows: bool,
                      remedy: str = RUN_REMEDY) -> ImageTable:
     """Stop on problems, or drop the bad rows and list them in ``table.excluded``. ``remedy`` ends the

@@ -24,7 +24,10 @@ scores of a k-fold run), all monotone, so every image keeps its rank:
 
 A fit that the data cannot support raises :class:`RecalibrationError`: one
 class only, scores that separate the classes completely (the best fit makes
-every probability 0 or 1), or scores that fall as the outcome rises.
+every probability 0 or 1), or scores that fall as the outcome rises. A
+multilabel model's labels are fitted one by one: a label that cannot be fitted
+keeps its scores (the line of slope 1, intercept 0) and its reason is kept in
+``unfitted``; only when no label can be fitted is the error raised.
 
 Example:
     >>> y = np.array([0, 0, 1, 0, 1, 1, 0, 1])
@@ -61,7 +64,8 @@ class RecalibrationError(TfmedError):
 @dataclass
 class Recalibration:
     """A fitted recalibration of ``task`` scores: ``slope``/``intercept`` per column for ``logistic``,
-    ``temperature`` for ``temperature``. Build it with :meth:`fit`; save it with :meth:`to_json`.
+    ``temperature`` for ``temperature``; ``unfitted``: label -> why its scores were kept (multilabel lines).
+    Build it with :meth:`fit`; save it with :meth:`to_json`.
 
     Example:
         >>> Recalibration("temperature", "binary", temperature=2.0).apply(np.array([0.9])).round(3).tolist()
@@ -73,6 +77,7 @@ class Recalibration:
     slope: list[float] | None = None
     intercept: list[float] | None = None
     temperature: float | None = None
+    unfitted: dict[str, str] | None = None
 
     @classmethod
     def fit(cls, method: str, task: str, y, scores, labels: list[str] | None = None) -> "Recalibration":
@@ -81,7 +86,8 @@ class Recalibration:
         model's label names, which name a label that cannot be fitted (else its number from 1).
 
         Raises:
-            RecalibrationError: as the module says, and for a ``method`` that :func:`check_method` refuses.
+            RecalibrationError: as the module says (for a multilabel model: when no label can be fitted), and for
+                a ``method`` that :func:`check_method` refuses.
 
         Example:
             >>> y, p = [0, 0, 1, 1, 0, 1], [0.1, 0.4, 0.9, 0.6, 0.7, 0.95]
@@ -92,9 +98,19 @@ class Recalibration:
         y, scores = np.asarray(y), np.asarray(scores, dtype=float)
         if method in LINES:
             fit_line = _logistic_line if method == "logistic" else _intercept_line
-            lines = [fit_line(y_k, logit(np.clip(s_k, _EDGE, 1 - _EDGE)), label)
-                     for y_k, s_k, label in _known_columns(task, y, _columns(scores), labels)]
-            return cls(method, task, slope=[a for a, _ in lines], intercept=[b for _, b in lines])
+            lines, unfitted = [], {}
+            for y_k, s_k, prefix, name in _known_columns(task, y, _columns(scores), labels):
+                try:
+                    lines.append(fit_line(y_k, logit(np.clip(s_k, _EDGE, 1 - _EDGE)), prefix))
+                except RecalibrationError as error:
+                    if task != "multilabel":
+                        raise
+                    unfitted[name] = str(error)
+                    lines.append((1.0, 0.0))  # this label's scores stay as they are
+            if unfitted and len(unfitted) == len(lines):
+                raise RecalibrationError("; ".join(unfitted.values()))
+            return cls(method, task, slope=[a for a, _ in lines], intercept=[b for _, b in lines],
+                       unfitted=unfitted or None)
         return cls(method, task, temperature=_fit_temperature(task, y, scores))
 
     def after(self, first: "Recalibration | None") -> "Recalibration":
@@ -114,7 +130,8 @@ class Recalibration:
         else:
             a1, b1 = np.full(len(self.slope), 1.0 / first.temperature), np.zeros(len(self.slope))
         a2, b2 = np.asarray(self.slope), np.asarray(self.intercept)
-        return Recalibration("logistic", self.task, slope=(a2 * a1).tolist(), intercept=(a2 * b1 + b2).tolist())
+        return Recalibration("logistic", self.task, slope=(a2 * a1).tolist(), intercept=(a2 * b1 + b2).tolist(),
+                             unfitted=self.unfitted)
 
     def apply(self, scores) -> np.ndarray:
         """The recalibrated probabilities of ``scores`` (same shape)."""
@@ -156,15 +173,21 @@ class Recalibration:
         if self.method == "temperature":
             return f"temperature {self.temperature:.3f}"
         if self.method == "intercept":
-            return "intercept: " + "; ".join(f"{b:+.3f}" for b in self.intercept)
-        return "logistic: " + "; ".join(f"slope {a:.3f}, intercept {b:.3f}"
-                                        for a, b in zip(self.slope, self.intercept))
+            text = "intercept: " + "; ".join(f"{b:+.3f}" for b in self.intercept)
+        else:
+            text = "logistic: " + "; ".join(f"slope {a:.3f}, intercept {b:.3f}"
+                                            for a, b in zip(self.slope, self.intercept))
+        for reason in (self.unfitted or {}).values():
+            text += f"; not fitted, scores kept as they were: {reason}"
+        return text
 
     def to_json(self) -> dict:
         """The fit as JSON-ready data (read back by :meth:`from_json`)."""
         out = {"method": self.method, "task": self.task}
         if self.method in LINES:
             out.update(slope=self.slope, intercept=self.intercept)
+            if self.unfitted:
+                out["unfitted"] = self.unfitted
         else:
             out["temperature"] = self.temperature
         return out
@@ -175,7 +198,7 @@ class Recalibration:
         if data is None:
             return None
         return cls(data["method"], data["task"], slope=data.get("slope"), intercept=data.get("intercept"),
-                   temperature=data.get("temperature"))
+                   temperature=data.get("temperature"), unfitted=data.get("unfitted"))
 
 
 def carried_thresholds(thresholds: dict, before: "Recalibration | None", after: Recalibration) -> dict:
@@ -233,7 +256,7 @@ def probability_scores(task: str, y, scores) -> dict:
         return {"log_loss": round(float(-(onehot * np.log(p)).sum(axis=1).mean()), 4),
                 "brier": round(float(((onehot - scores) ** 2).sum(axis=1).mean()), 4)}
     losses, briers = [], []
-    for y_k, s_k, _ in _known_columns(task, y, _columns(scores)):
+    for y_k, s_k, _, _ in _known_columns(task, y, _columns(scores)):
         if not y_k.size:  # a label unknown for every image of the split
             continue
         p = np.clip(s_k, _EDGE, 1 - _EDGE)
@@ -249,13 +272,14 @@ def _columns(scores: np.ndarray) -> np.ndarray:
 
 
 def _known_columns(task: str, y: np.ndarray, columns: np.ndarray, labels: list[str] | None = None):
-    """(labels, scores, prefix for messages) per column, the unknown (-1) entries of a multilabel column left out;
-    the prefix names the column by ``labels`` (else by its number from 1)."""
+    """(labels, scores, prefix for messages, name) per column, the unknown (-1) entries of a multilabel column left
+    out; the name is the column's entry of ``labels`` (else its number from 1), which the prefix quotes."""
     y = y.reshape(len(y), -1)
     for k in range(columns.shape[1]):
         known = y[:, k] >= 0
-        name = repr(labels[k]) if labels is not None else str(k + 1)
-        yield y[known, k].astype(int), columns[known, k], (f"label {name}: " if task == "multilabel" else "")
+        name = str(labels[k]) if labels is not None else str(k + 1)
+        quoted = repr(name) if labels is not None else name
+        yield y[known, k].astype(int), columns[known, k], (f"label {quoted}: " if task == "multilabel" else ""), name
 
 
 def _two_classes(y: np.ndarray, label: str) -> None:
@@ -296,8 +320,8 @@ def _fit_temperature(task: str, y: np.ndarray, scores: np.ndarray) -> float:
         _two_classes(y, "")
     else:
         pairs = list(_known_columns(task, y, _columns(scores)))
-        labels = np.concatenate([y_k for y_k, _, _ in pairs])
-        z = logit(np.clip(np.concatenate([s_k for _, s_k, _ in pairs]), _EDGE, 1 - _EDGE))
+        labels = np.concatenate([pair[0] for pair in pairs])
+        z = logit(np.clip(np.concatenate([pair[1] for pair in pairs]), _EDGE, 1 - _EDGE))
         _two_classes(labels, "")
 
         def loss(log_t: float) -> float:

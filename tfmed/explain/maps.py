@@ -12,17 +12,22 @@ import cv2
 import numpy as np
 
 
+_ROUNDING = 1e-5  # a map whose values differ by less than this fraction of its largest is flat (float32 rounding)
+
+
 def normalise(maps: np.ndarray) -> np.ndarray:
-    """Each (H, W) map of an (N, H, W) stack scaled to [0, 1] by its own min and max; a flat map becomes 0.
+    """Each (H, W) map of an (N, H, W) stack scaled to [0, 1] by its own min and max; a flat map becomes 0,
+    and so does one whose values differ by float rounding only (a 1 x 1 map resized), not stretched into noise.
 
     Example:
-        >>> float(normalise(np.ones((1, 2, 2))).max())
-        0.0
+        >>> float(normalise(np.ones((1, 2, 2))).max()), float(normalise(np.array([[[0.3, 0.3 + 1e-12]]])).max())
+        (0.0, 0.0)
     """
     maps = np.asarray(maps, np.float64)
     low = maps.min(axis=(1, 2), keepdims=True)
     span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+    varies = span > _ROUNDING * np.abs(maps).max(axis=(1, 2), keepdims=True)
+    return np.where(varies, (maps - low) / np.where(varies, span, 1.0), 0.0).astype(np.float32)
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

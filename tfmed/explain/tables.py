@@ -27,7 +27,7 @@ from tfmed.explain.faithfulness import faithfulness, sanity_check
 from tfmed.explain.maps import normalise, resize_maps
 from tfmed.explain.methods import LAYER_METHODS, explain, get_method
 from tfmed.explain.mosaic import ViewGrid, mosaic_model, to_mosaic
-from tfmed.explain.target import ExplainError, keras_model_of
+from tfmed.explain.target import ExplainError, default_layer, keras_model_of, layer_grid
 
 
 @dataclass
@@ -49,6 +49,7 @@ class TableExplanation:
     images: np.ndarray
     parts: list[PartExplanation] = field(default_factory=list)
     grid: ViewGrid | None = None   # views of volumes: the images are mosaics laid out by this grid
+    notes: list[str] = field(default_factory=list)  # why maps cannot show where a part looks (a 1 x 1 layer)
 
     def trust(self, index=None, steps: int = 20, seed: int = 0, layer: str | None = None) -> dict:
         """Faithfulness (deletion / insertion AUC, in the map's and a random order) and the sanity rank
@@ -93,14 +94,26 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         raise ExplainError(f"layer {layer!r} was given, but the model has {len(parts)} members "
                            f"({', '.join(name for name, _, _ in parts)}) with their own layers; "
                            "leave the layer out to use each member's default")
-    explained, grid = [], None
+    explained, grid, notes = [], None, []
     for name, model, own_inputs in parts:
         images = own_inputs.arrays(table)[0]
         if images.ndim == 5:   # views of volumes: the model reads them as one mosaic per case
             model, grid = mosaic_model(keras_model_of(model))
             images = to_mosaic(images, grid)
+        if method in LAYER_METHODS:
+            notes += _coarse_layer_note(name if len(parts) > 1 else None, model, layer, images.shape[1:3])
         maps = explain(model, images, method, index=index, layer=layer if method in LAYER_METHODS else None)
         explained.append(PartExplanation(name, model, images, maps))
     size = explained[0].maps.shape[1:]
     mean = np.mean([resize_maps(part.maps, size) for part in explained], axis=0)
-    return TableExplanation(method, normalise(mean), explained[0].images, explained, grid)
+    return TableExplanation(method, normalise(mean), explained[0].images, explained, grid, notes)
+
+
+def _coarse_layer_note(part: str | None, model, layer: str | None, size: tuple) -> list[str]:
+    """Why Grad-CAM maps of ``model`` are flat, when its target layer is 1 x 1 at this input size ([] otherwise)."""
+    if layer_grid(model, layer) != (1, 1):
+        return []
+    name = layer or default_layer(keras_model_of(model))
+    return [f"{f'{part}: ' if part else ''}the layer Grad-CAM weighs ({name}) is 1 x 1 at {size[0]} x {size[1]} px, "
+            "so each map is one value spread over the image and cannot show where the model looks; use a larger "
+            "preprocess.image_size, an earlier layer (--layer), or a pixel method (occlusion, integrated_gradients)"]

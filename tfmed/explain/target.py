@@ -105,6 +105,23 @@ def _output_rank(layer) -> int | None:
         return None
 
 
+def layer_grid(model, layer: str | None = None) -> tuple[int, int] | None:
+    """The (height, width) of the feature map of ``layer`` (default: :func:`default_layer`) in ``model``, or
+    None when that layer has no (B, h, w, c) output. A 1 x 1 grid gives Grad-CAM one value per image: a flat map.
+
+    Example:
+        >>> from tfmed.backbones import create
+        >>> layer_grid(create("mobilenet_v2", weights=None, input_shape=(32, 32, 3)))
+        (1, 1)
+    """
+    model = keras_model_of(model)
+    name = default_layer(model) if layer is None else layer
+    for item in _flat_layers(model):
+        if item.name == name and _output_rank(item) == 4:
+            return int(item.output.shape[1]), int(item.output.shape[2])
+    return None
+
+
 def default_layer(model: keras.Model) -> str:
     """The layer Grad-CAM explains by default: the backbone's ``late`` tap when the model is (or contains)
     a registered backbone, otherwise the last layer with a (B, h, w, c) output.

@@ -426,7 +426,8 @@ def _experiment_check_text(experiment, table, report) -> str:
 def _near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown: int = 10) -> str:
     """What ``tfmed validate`` prints of a source's near-identical images: each group with the split of
     each image (when the source has splits), and how many val/test images copy a training image."""
-    from tfmed.data.near_duplicates import GROUP_COLUMN, mark_near_duplicates, twins_in_train
+    from tfmed.data.near_duplicates import (GROUP_COLUMN, conflict_note, conflicting_labels, mark_near_duplicates,
+                                            twins_in_train)
 
     marked_table = mark_near_duplicates(table, tolerance, max_pixels=max_pixels)
     frame = marked_table.frame
@@ -442,6 +443,9 @@ def _near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown:
         lines.append(f"  ... and {len(groups) - shown} more groups")
     lines += [f"{count} {split} image(s) have a near-identical image in train"
               for split, count in twins_in_train(marked_table).items()]
+    conflicts = conflicting_labels(marked_table)
+    if conflicts:
+        lines.append(f"warning: {conflict_note(conflicts)}")
     return "\n".join(lines)
 
 

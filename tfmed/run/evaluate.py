@@ -16,7 +16,7 @@ from tfmed.config import ConfigError, DataConfig, EvaluationConfig, ExperimentCo
 from tfmed.data.near_duplicates import copies_of
 from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec
 from tfmed.data.table import LABEL_PREFIX, ImageTable, remap_labels
-from tfmed.data.validate import DataValidationError, apply_validation, validate_table
+from tfmed.data.validate import DataValidationError, apply_validation, excluded_summary, validate_table
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.froc import froc
 from tfmed.evaluation.metrics import to_jsonable
@@ -125,7 +125,8 @@ def check_data_subgroups(subgroups: list[str], table: ImageTable, data: str, fro
     Example:
         >>> check_data_subgroups(["site", "sex"], table_without_sex, "manifest:b.csv", False)  # doctest: +SKIP
         Traceback (most recent call last):
-        tfmed.config.ConfigError: manifest:b.csv: evaluation.subgroups of the run's config.yaml (... site) ...
+        tfmed.config.ConfigError: manifest:b.csv: evaluation.subgroups of the run's config.yaml names sex, but no
+        image of the data records it; ... For these data, give the attributes they record with --subgroups site.
     """
     if from_option:
         check_subgroups(subgroups, table, f"{data}: --subgroups")
@@ -174,7 +175,7 @@ def write_excluded(out: Path, table: ImageTable, data: str) -> list[dict]:
     if not len(table.excluded):
         return []
     table.excluded.to_csv(out / "excluded_rows.csv", index=False)
-    log(f"{data}: {len(table.excluded)} row(s) not scored (listed in excluded_rows.csv)")
+    log(f"{data}: not scored: {excluded_summary(table.excluded)} (listed in excluded_rows.csv)")
     return to_jsonable(table.excluded.astype(str).to_dict("records"))
 
 

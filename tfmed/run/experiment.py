@@ -25,10 +25,12 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL, ConfigError, EvaluationConfig, ExperimentConfig
-from tfmed.data.near_duplicates import GROUP_COLUMN, mark_near_duplicates, twins_in_train
+from tfmed.data.near_duplicates import (GROUP_COLUMN, conflict_note, conflicting_labels, mark_near_duplicates,
+                                        twins_in_train)
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.statistics import fit_inputs
 from tfmed.data.table import ImageTable
+from tfmed.data.validate import excluded_summary
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.thresholds import THRESHOLD_KEYS, select_thresholds
 from tfmed.modes import Ensemble, get_mode
@@ -90,6 +92,9 @@ def _mark_near_duplicates(config: ExperimentConfig, table: ImageTable) -> ImageT
     if groups.notna().any():
         log(f"{int(groups.notna().sum())} images are near-identical to another ({groups.nunique()} groups, "
             f"{GROUP_COLUMN} in splits.csv)")
+    conflicts = conflicting_labels(table)
+    if conflicts:
+        log(f"warning: {conflict_note(conflicts)}")
     return table
 
 
@@ -100,13 +105,14 @@ def near_duplicate_summary(config: ExperimentConfig, table: ImageTable) -> dict 
         >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
         >>> from tfmed.data.near_duplicates import mark_near_duplicates
         >>> near_duplicate_summary(ExperimentConfig(), mark_near_duplicates(load_pneumonia_mnist()))
-        {'rms_tolerance': 4.0, 'images': 50, 'groups': 24, 'twins_in_train': {'val': 8}}
+        {'rms_tolerance': 4.0, 'images': 50, 'groups': 24, 'twins_in_train': {'val': 8}, 'groups_with_different_labels': 0}
     """
     if config.split.near_duplicate_rms is None or GROUP_COLUMN not in table.frame.columns:
         return None
     groups = table.frame[GROUP_COLUMN]
     return {"rms_tolerance": config.split.near_duplicate_rms, "images": int(groups.notna().sum()),
-            "groups": int(groups.nunique()), "twins_in_train": twins_in_train(table)}
+            "groups": int(groups.nunique()), "twins_in_train": twins_in_train(table),
+            "groups_with_different_labels": len(conflicting_labels(table))}
 
 
 def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
@@ -350,7 +356,7 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     splits_frame.to_csv(run_dir / "splits.csv", index=False)
     if len(table.excluded):
         table.excluded.to_csv(run_dir / "excluded_rows.csv", index=False)
-        log(f"{len(table.excluded)} bad rows excluded (listed in excluded_rows.csv)")
+        log(f"left out of the data: {excluded_summary(table.excluded)} (listed in excluded_rows.csv)")
 
     train, val, test = table.split("train"), table.split("val"), table.split("test")
     inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
@@ -452,6 +458,8 @@ def recalibrate(model: TrainedModel, method: str, fitted_on: str,
     except RecalibrationError as error:
         log(f"the scores were not recalibrated ({method}): {error}")
         return {**summary, "applied": False, "reason": str(error)}, {name: s for name, (_, s) in scored.items()}
+    for label, reason in (model.recalibration.unfitted or {}).items():
+        log(f"label {label!r} was not recalibrated: {reason.removeprefix(f'label {label!r}: ')}")
     log(f"probabilities recalibrated on {fitted_on} ({model.recalibration.describe()})")
     after = {name: model.recalibration.apply(s) for name, (_, s) in scored.items()}
     figures = {name: {"before": probability_scores(model.task, y, s),

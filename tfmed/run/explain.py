@@ -120,6 +120,8 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
     classes = explained_classes(model, decisions, index)
     log(f"explaining {len(table)} image(s) with {method}")
     result = explain_table(model.estimator, model.inputs, table, method, index=classes, layer=layer)
+    for note in result.notes:
+        log(f"note: {note}")
     rows, items = [], []
     files = table.frame["image"].astype(str).tolist()
     for i, (file, group) in enumerate(zip(files, groups)):
@@ -150,6 +152,8 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
     pd.DataFrame(rows).to_csv(out / "explanations.csv", index=False)
     overview = save_overlays(out / "overview.png", items)
     record = {"method": method, "images": len(table), "split": split}
+    if result.notes:
+        record["notes"] = result.notes
     if boxed is not None:
         record["localisation"] = summary(boxed)
     log("measuring faithfulness (deletion / insertion) and the model-randomisation sanity check")
@@ -244,7 +248,8 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
                 f"more faithful), insertion AUC {figure['insertion_auc']} against {figure['random_insertion_auc']}, "
                 f"rank correlation with the maps of a model whose top is randomised "
                 f"{figure['sanity_rank_correlation']} (low passes the sanity check); {record['flat_maps']} flat "
-                "map(s) left out." + localisation_sentence(record.get("localisation"))
+                "map(s) left out." + "".join(f" Note: {note}." for note in record.get("notes", []))
+                + localisation_sentence(record.get("localisation"))
                 + " Overlays and figures: explanations/.")
     return Path(record["overview"]), sentence
 

@@ -108,13 +108,16 @@ def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: di
         chosen = primary_metrics(metrics, split)
         ci = chosen.get("ci", {}).get("roc_auc")
         points = {k: v for k, v in model.thresholds.items() if k != "fixed"}
+        confusion = {"confusion": confusion_plot(chosen["confusion_matrix"], model.classes,
+                                                 out / f"confusion_{split}.png",
+                                                 title=f"Confusion matrix ({split}, {metrics['threshold_method']})")}
+        if len(np.unique(y)) < 2:  # e.g. another hospital's positives only: no curve (the metrics' notes say why)
+            return confusion
         return {
             "roc": roc_plot(y, scores, out / f"roc_{split}.png", points, title=f"ROC ({split})",
                             auc_ci=ci if ci and None not in ci else None),
             "pr": pr_plot(y, scores, out / f"pr_{split}.png", points, title=f"Precision-recall ({split})"),
-            "confusion": confusion_plot(chosen["confusion_matrix"], model.classes,
-                                        out / f"confusion_{split}.png",
-                                        title=f"Confusion matrix ({split}, {metrics['threshold_method']})"),
+            **confusion,
             "reliability": reliability_plot(y, scores, out / f"reliability_{split}.png",
                                             title=f"Calibration ({split})"),
             "decision": decision_plot(y, scores, out / f"decision_{split}.png", points,
@@ -395,6 +398,11 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                      "another collection (another hospital or scanner) are usually lower; compare only those "
                      "with published tables.")
     notes += [twin_note(split, count, total) for split, count, total in _twins_in_train(metrics)]
+    conflicts = (metrics.get("near_duplicates") or {}).get("groups_with_different_labels")
+    if conflicts:
+        notes.append(f"{conflicts} group(s) of near-identical images carry different labels ({GROUP_COLUMN} in "
+                     "splits.csv; the run's log names them): the same picture under two labels is usually a "
+                     "labelling error.")
     if "kfold" in metrics:
         k = metrics["kfold"]
         final = ("the final model was refit on train+val" if k.get("final", "refit") == "refit"

@@ -65,16 +65,20 @@ def class_folder_names(path: Path, classes: list[str] | None) -> list[str]:
                                   "of each class in its own sub-folder (at least two), e.g. "
                                   f"{path}/normal/ and {path}/pneumonia/")
         return found
-    absent = [c for c in classes if c not in found]
-    if absent:
-        raise DataSourceError(f"{path}: no sub-folder for class(es) {', '.join(absent)} listed in "
+    if not set(classes) & set(found):
+        raise DataSourceError(f"{path}: no sub-folder for class(es) {', '.join(classes)} listed in "
                               f"data.classes; sub-folders found: {', '.join(found) or '(none)'}")
-    return list(classes)
+    return list(classes)  # a listed class without a folder has no image (outside_classes says so)
 
 
 def outside_classes(path: Path, names: list[str]) -> list[dict]:
-    """Files not under any class folder (loose files, folders not in ``classes``): reported, not used."""
-    skipped = []
+    """Files not under any class folder (loose files, folders not in ``classes``): reported, not used; and each
+    class of ``names`` without a folder, which then has no image (training refuses it, scoring one class of
+    images, e.g. another hospital's positives, is allowed)."""
+    skipped = [{"image": str(path / name), "row": None, "problem": f"skipped: no sub-folder for class {name!r} "
+                "(listed in data.classes), so the class has no image",
+                "fix": "add the class's folder (its name spelt as in data.classes), or leave it out of data.classes"}
+               for name in names if not (path / name).is_dir()]
     for entry in sorted(path.iterdir()):
         if entry.is_file():
             skipped.append({"image": str(entry), "row": None, "problem": "skipped: file is not inside a class "
