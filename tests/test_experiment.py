@@ -167,6 +167,7 @@ def test_evaluate_scores_another_hospitals_positives_alone(pneumonia_run, tmp_pa
     assert (point["n_positive"], point["n_negative"], point["roc_auc"], point["specificity"]) == (12, 0, None, None)
     assert point["sensitivity"] == pytest.approx(np.mean(scores >= threshold))
     assert (out / "confusion_test.png").is_file() and not (out / "roc_test.png").exists()
+    assert "Decision curve" not in (out / "report.html").read_text()  # acting on every case always wins here
 
 
 def test_kfold_with_too_few_patients_of_a_class_stops_before_the_run(tmp_path):

@@ -276,8 +276,8 @@ def decision_sentences(metrics: dict, split: str) -> list[str]:
     :mod:`tfmed.evaluation.decision`); none for other tasks or scores that are not probabilities.
 
     Example:
-        >>> m = {"net_benefit": 0.21, "net_benefit_treat_all": 0.12, "threshold": 0.31,
-        ...      "beneficial_thresholds": [[0.11, 0.8]], "calibration_intercept": -0.1, "calibration_slope": 0.85}
+        >>> m = {"net_benefit": 0.21, "net_benefit_treat_all": 0.12, "threshold": 0.31, "n_positive": 12,
+        ...      "n_negative": 88, "beneficial_thresholds": [[0.11, 0.8]], "calibration_intercept": -0.1, "calibration_slope": 0.85}
         >>> lines = decision_sentences({"task": "binary", "threshold_method": "youden",
         ...                             "splits": {"test": {"youden": m}}}, "test")
         >>> lines[0]
@@ -288,8 +288,8 @@ def decision_sentences(metrics: dict, split: str) -> list[str]:
     if metrics["task"] != "binary" or split not in metrics["splits"]:
         return []
     m = metrics["splits"][split][metrics["threshold_method"]]
-    if m.get("beneficial_thresholds") is None:
-        return []
+    if m.get("beneficial_thresholds") is None or not (m.get("n_positive") and m.get("n_negative")):
+        return []  # no decision curve for images of one class: acting on every case always wins there
     ranges = ", ".join(f"{lo:.2f}-{hi:.2f}" if hi > lo else f"{lo:.2f}" for lo, hi in m["beneficial_thresholds"])
     where = f"at threshold probabilities {ranges}" if ranges else "at no threshold probability"
     line = (f"Decision curve ({split}): the net benefit of acting on the model beats acting on every case and on "
