@@ -3,6 +3,7 @@ the run-level ``tfmed explain`` and the report section."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 
 import keras
@@ -298,6 +299,8 @@ def test_run_report_has_an_explanations_section(explained_run):
     assert groups == ["TP", "FP", "FN", "TN"]
     # at 32 px EfficientNet-Lite0's last stage is 1 x 1: every Grad-CAM map is flat, and the run says why
     assert record["flat_maps"] == 4
+    table = pd.read_csv(explained_run / "explanations" / "explanations.csv")
+    assert table[["peak_row", "peak_col"]].isna().all().all()  # a flat map has no peak (not pixel 0, 0)
     assert record["notes"] == ["the layer Grad-CAM weighs (block6d_add) is 1 x 1 at 32 x 32 px, so each map is "
                                "one value spread over the image and cannot show where the model looks; use a larger "
                                "preprocess.image_size, an earlier layer (--layer), or a pixel method (occlusion, "
@@ -391,3 +394,15 @@ def test_multiclass_and_multilabel_runs_need_an_index():
     multilabel = TrainedModel("svm", "multilabel", ["x", "y"], None, None, None)
     with pytest.raises(ExplainError, match="multilabel model needs --index"):
         explained_classes(multilabel, np.zeros((2, 2)), None)
+
+
+def test_gradcam_of_a_layer_that_is_1_x_1_warns_that_its_maps_are_flat(data):
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(4, SIZE, strides=SIZE, activation="relu", name="whole_image")(inputs)  # 1 x 1
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(x)))
+    with pytest.warns(explain.FlatMapWarning, match=r"\(whole_image\) is 1 x 1 at 32 x 32 px, so each map is one"):
+        maps = explain.gradcam(model, data[2][:2])
+    assert np.ptp(maps, axis=(1, 2)).max() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", explain.FlatMapWarning)
+        explain.occlusion(model, data[2][:2])  # a pixel method: no warning

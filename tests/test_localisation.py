@@ -45,6 +45,11 @@ def test_the_pointing_game_and_the_energy_in_the_boxes():
     assert per_image[1]["energy_in_boxes"] == pytest.approx(0.4 / 2.5) and per_image[1]["box_fraction"] == 0.25
     assert summary(per_image) == pytest.approx({"images_with_boxes": 2, "pointing_game": 0.5,
                                                 "energy_in_boxes": (1.3 / 2.5 + 0.4 / 2.5) / 2, "box_fraction": 0.25})
+    # a flat map points nowhere: its first pixel (inside the box here) is no hit, and it is left out of the means
+    flat = localisation(np.concatenate([maps[:2], np.zeros((1, 4, 4))]), masks[[0, 1, 0]])
+    assert flat[2] == {"peak_in_box": None, "energy_in_boxes": None, "box_fraction": 0.25}
+    assert summary(flat)["pointing_game"] == 0.5 and summary(flat)["images_with_boxes"] == 3
+    assert summary(localisation(np.zeros((2, 4, 4)), masks[:2]))["pointing_game"] is None
 
 
 @pytest.mark.parametrize("resize, rows", [("plain", slice(0, 16)), ("pad", slice(8, 16))])

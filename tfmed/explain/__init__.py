@@ -23,9 +23,9 @@ from tfmed.explain.occlusion import occlusion
 from tfmed.explain.overlay import overlay_figure, save_overlay
 from tfmed.explain.saliency import integrated_gradients, saliency, smoothgrad
 from tfmed.explain.tables import explain_table
-from tfmed.explain.target import ExplainError, ExplainTarget
+from tfmed.explain.target import ExplainError, ExplainTarget, FlatMapWarning
 
-__all__ = ["ExplainError", "ExplainEveryEpoch", "ExplainTarget", "LAYER_METHODS", "METHODS", "explain",
-           "explain_table", "faithfulness", "get_method", "gradcam", "gradcam_pp", "integrated_gradients",
+__all__ = ["ExplainError", "ExplainEveryEpoch", "ExplainTarget", "FlatMapWarning", "LAYER_METHODS", "METHODS",
+           "explain", "explain_table", "faithfulness", "get_method", "gradcam", "gradcam_pp", "integrated_gradients",
            "normalise", "occlusion", "overlay_figure", "peak", "perturbation_curves", "rank_correlation",
            "resize_maps", "saliency", "sanity_check", "save_overlay", "smoothgrad"]

@@ -30,13 +30,14 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import cv2
 import numpy as np
 from scipy.stats import spearmanr
 
-from tfmed.explain.target import (ExplainError, ExplainTarget, _flat_layers, keras_model_of, prepare,
-                                  repeat_index)
+from tfmed.explain.target import (ExplainError, ExplainTarget, FlatMapWarning, _flat_layers, keras_model_of,
+                                  prepare, repeat_index)
 
 RANDOMISED_WEIGHTS = ("kernel", "depthwise_kernel", "bias", "dual_coef")
 
@@ -208,6 +209,7 @@ def sanity_check(model, images, method: str = "gradcam", *, index=None, layer: s
     target, images, index = prepare(keras_model, images, index, layer)
     before = explain(keras_model, images, method, index=index, layer=layer) if maps is None \
         else checked_maps(maps, images)
-    with randomised_weights(target, seed):
+    with randomised_weights(target, seed), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FlatMapWarning)  # said once, of the trained model's maps
         after = explain(keras_model, images, method, index=index, layer=layer)
     return rank_correlation(before, after)

@@ -4,7 +4,9 @@ Both weight the channels of the target layer's activations A (by default the
 backbone's last convolutional stage) with the gradients g of the explained
 logit, keep the positive part and upsample it to the image size:
 Grad-CAM weights channel c by the mean of g_c; Grad-CAM++ by
-sum(alpha * relu(g_c)) with alpha = g^2 / (2 g^2 + sum(A) g^3).
+sum(alpha * relu(g_c)) with alpha = g^2 / (2 g^2 + sum(A) g^3). A target
+layer that is 1 x 1 at the input size gives flat maps, with a
+:class:`~tfmed.explain.target.FlatMapWarning` saying so.
 
 Example:
     >>> import keras, numpy as np
@@ -18,10 +20,12 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from tfmed.explain.maps import normalise
-from tfmed.explain.target import ExplainTarget, as_images
+from tfmed.explain.target import ExplainTarget, FlatMapWarning, as_images
 
 
 def _class_maps(model, images, index, layer, batch_size: int, weigh) -> np.ndarray:
@@ -32,6 +36,12 @@ def _class_maps(model, images, index, layer, batch_size: int, weigh) -> np.ndarr
     for start in range(0, len(images), batch_size):
         part = index[start:start + batch_size] if index is not None and np.ndim(index) == 1 else index
         activations, grads = target.gradients(images[start:start + batch_size], part, wrt="layer")
+        if start == 0 and activations.shape[1:3] == (1, 1):
+            warnings.warn(FlatMapWarning(
+                f"the layer Grad-CAM weighs ({target.layer}) is 1 x 1 at {images.shape[1]} x {images.shape[2]} px, "
+                "so each map is one value spread over the image and cannot show where the model looks; use a "
+                "larger preprocess.image_size, an earlier layer (--layer), or a pixel method (occlusion, "
+                "integrated_gradients)"), stacklevel=3)
         weights = weigh(activations, grads)
         cams = np.maximum((weights[:, None, None, :] * activations).sum(axis=-1), 0.0)
         maps.append(target.layer_maps(cams, images.shape[1:3]))

@@ -30,7 +30,7 @@ from tfmed.data.decode import image_info
 
 def localisation(maps: np.ndarray, masks: np.ndarray) -> list[dict]:
     """Per image: ``peak_in_box``, ``energy_in_boxes`` and ``box_fraction`` (None for every figure where the
-    image has no box; energy None where the map is all zero).
+    image has no box; the peak and the energy None where the map is flat: it points nowhere).
 
     Example:
         >>> localisation(np.ones((1, 2, 2)), np.zeros((1, 2, 2), bool))
@@ -41,6 +41,9 @@ def localisation(maps: np.ndarray, masks: np.ndarray) -> list[dict]:
         if not mask.any():
             rows.append({"peak_in_box": None, "energy_in_boxes": None, "box_fraction": None})
             continue
+        if np.ptp(image_map) == 0:  # its "peak" would be the first pixel, a hit wherever a box covers it
+            rows.append({"peak_in_box": None, "energy_in_boxes": None, "box_fraction": float(mask.mean())})
+            continue
         total = float(image_map.sum())
         peak = np.unravel_index(int(np.argmax(image_map)), image_map.shape)
         rows.append({"peak_in_box": bool(mask[peak]),
@@ -50,7 +53,8 @@ def localisation(maps: np.ndarray, masks: np.ndarray) -> list[dict]:
 
 
 def summary(per_image: list[dict]) -> dict:
-    """Means over the images with boxes: the pointing game's hit rate, energy in the boxes and its chance level.
+    """Means over the images with boxes: the pointing game's hit rate and the energy in the boxes (over the maps
+    that are not flat), and the energy's chance level.
 
     Example:
         >>> summary([{"peak_in_box": None, "energy_in_boxes": None, "box_fraction": None}])
@@ -62,7 +66,8 @@ def summary(per_image: list[dict]) -> dict:
     def mean(values):
         return float(np.mean(values)) if values else None
 
-    return {"images_with_boxes": len(boxed), "pointing_game": mean([float(row["peak_in_box"]) for row in boxed]),
+    hits = [float(row["peak_in_box"]) for row in boxed if row["peak_in_box"] is not None]
+    return {"images_with_boxes": len(boxed), "pointing_game": mean(hits),
             "energy_in_boxes": mean(energies), "box_fraction": mean([row["box_fraction"] for row in boxed])}
 
 

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +28,7 @@ from tfmed.explain.faithfulness import faithfulness, sanity_check
 from tfmed.explain.maps import normalise, resize_maps
 from tfmed.explain.methods import LAYER_METHODS, explain, get_method
 from tfmed.explain.mosaic import ViewGrid, mosaic_model, to_mosaic
-from tfmed.explain.target import ExplainError, default_layer, keras_model_of, layer_grid
+from tfmed.explain.target import ExplainError, FlatMapWarning, keras_model_of
 
 
 @dataclass
@@ -100,20 +101,16 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         if images.ndim == 5:   # views of volumes: the model reads them as one mosaic per case
             model, grid = mosaic_model(keras_model_of(model))
             images = to_mosaic(images, grid)
-        if method in LAYER_METHODS:
-            notes += _coarse_layer_note(name if len(parts) > 1 else None, model, layer, images.shape[1:3])
-        maps = explain(model, images, method, index=index, layer=layer if method in LAYER_METHODS else None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FlatMapWarning)
+            maps = explain(model, images, method, index=index, layer=layer if method in LAYER_METHODS else None)
+        for warning in caught:
+            if issubclass(warning.category, FlatMapWarning):
+                notes.append(f"{name}: {warning.message}" if len(parts) > 1 else str(warning.message))
+            else:
+                warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         explained.append(PartExplanation(name, model, images, maps))
     size = explained[0].maps.shape[1:]
     mean = np.mean([resize_maps(part.maps, size) for part in explained], axis=0)
     return TableExplanation(method, normalise(mean), explained[0].images, explained, grid, notes)
 
-
-def _coarse_layer_note(part: str | None, model, layer: str | None, size: tuple) -> list[str]:
-    """Why Grad-CAM maps of ``model`` are flat, when its target layer is 1 x 1 at this input size ([] otherwise)."""
-    if layer_grid(model, layer) != (1, 1):
-        return []
-    name = layer or default_layer(keras_model_of(model))
-    return [f"{f'{part}: ' if part else ''}the layer Grad-CAM weighs ({name}) is 1 x 1 at {size[0]} x {size[1]} px, "
-            "so each map is one value spread over the image and cannot show where the model looks; use a larger "
-            "preprocess.image_size, an earlier layer (--layer), or a pixel method (occlusion, integrated_gradients)"]

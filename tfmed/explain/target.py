@@ -47,6 +47,10 @@ class ExplainError(TfmedError):
     """A model, layer, class index, method or image batch that cannot be explained."""
 
 
+class FlatMapWarning(UserWarning):
+    """Maps that cannot show where the model looks (Grad-CAM of a layer that is 1 x 1 at the input size)."""
+
+
 def keras_model_of(model) -> keras.Model:
     """The Keras model to explain: ``model`` itself, or ``model.keras_model()`` (FineTuner, FeatureSVM).
 
@@ -103,23 +107,6 @@ def _output_rank(layer) -> int | None:
         return len(layer.output.shape)
     except (AttributeError, ValueError):  # a layer used several times, or not built
         return None
-
-
-def layer_grid(model, layer: str | None = None) -> tuple[int, int] | None:
-    """The (height, width) of the feature map of ``layer`` (default: :func:`default_layer`) in ``model``, or
-    None when that layer has no (B, h, w, c) output. A 1 x 1 grid gives Grad-CAM one value per image: a flat map.
-
-    Example:
-        >>> from tfmed.backbones import create
-        >>> layer_grid(create("mobilenet_v2", weights=None, input_shape=(32, 32, 3)))
-        (1, 1)
-    """
-    model = keras_model_of(model)
-    name = default_layer(model) if layer is None else layer
-    for item in _flat_layers(model):
-        if item.name == name and _output_rank(item) == 4:
-            return int(item.output.shape[1]), int(item.output.shape[2])
-    return None
 
 
 def default_layer(model: keras.Model) -> str:
