@@ -133,7 +133,7 @@ def test_run_then_predict_to_csv_then_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--model", str(run_dir), "--data", f"folder:{folder}",
                  "--output", str(tmp_path / "ev2")]) == 0
     out = capsys.readouterr().out
-    assert "1 warning(s):" in out and "notes.txt" in out and "not scored: 1 bad row or file" in out
+    assert "1 warning(s):" in out and "notes.txt" in out and "not scored: 1 row skipped: " in out
     excluded = pd.read_csv(tmp_path / "ev2" / "excluded_rows.csv")
     assert excluded["image"].str.endswith("notes.txt").tolist() == [True]
     assert "Excluded rows (1)" in (tmp_path / "ev2" / "report.html").read_text()

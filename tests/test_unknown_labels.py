@@ -75,6 +75,19 @@ def test_label_metrics_use_only_the_cases_where_the_label_is_known():
     assert metrics["hamming_loss"] == pytest.approx(np.mean(y[known] != (s[known] >= 0.5)))
 
 
+def test_a_label_unknown_for_every_case_has_no_figures_and_the_others_keep_theirs():
+    """A held-out collection that does not grade one label (a merged part) is scored, not a failed run."""
+    y, s = _labels_and_scores()
+    y[:, 1] = UNKNOWN_LABEL
+    metrics = multilabel_metrics(y, s, 0.5, ["a", "b", "c"], bootstrap=20)
+    entry = metrics["per_label"]["b"]
+    assert (entry["n"], entry["unknown"], entry["roc_auc"], entry["sensitivity"]) == (0, len(y), None, None)
+    assert "label 'b': unknown for all 80 cases, so it has no figures here" in metrics["notes"]
+    alone = multilabel_metrics(y[:, [0, 2]], s[:, [0, 2]], 0.5, ["a", "c"], bootstrap=20)
+    assert metrics["macro_auc"] == pytest.approx(alone["macro_auc"])
+    assert metrics["per_label"]["a"] == alone["per_label"]["a"]
+
+
 def test_the_macro_auc_variance_of_one_label_is_delong_on_its_known_cases():
     y, s = _labels_and_scores(n=60, labels=1, seed=2)
     known = y[:, 0] != UNKNOWN_LABEL

@@ -442,18 +442,23 @@ def _check_arrays(table: ImageTable, report: ValidationReport, add, max_channels
 
 
 def excluded_summary(excluded: pd.DataFrame) -> str:
-    """What ``table.excluded`` left out, in a few words for the log: the rows and files left out one by one
-    counted, each bulk skip of a source (many rows at once, no row number) named with its own count.
+    """What ``table.excluded`` left out, in a few words for the log: the bad rows and files counted, the rows a
+    source skips by design (``skipped: ...``, such as lateral views under ``data.frontal_only``) counted per
+    reason, and each bulk skip of a source (many rows at once, no row number) named with its own count.
 
     Example:
-        >>> excluded_summary(pd.DataFrame({"row": [3, None], "problem": ["file not found",
-        ...                                "skipped: 22 candidates of scans in subset3"]}))
-        '1 bad row or file; 22 candidates of scans in subset3'
+        >>> excluded_summary(pd.DataFrame({"row": [3, 4, 5, None], "problem": ["file not found",
+        ...     "skipped: lateral view", "skipped: lateral view", "skipped: 22 candidates of scans in subset3"]}))
+        '1 bad row or file; 2 rows skipped: lateral view; 22 candidates of scans in subset3'
     """
     bulk = excluded["row"].isna() if "row" in excluded else pd.Series(False, index=excluded.index)
-    single = int((~bulk).sum())
-    parts = [f"{single} bad row{'s' if single != 1 else ''} or file{'s' if single != 1 else ''}"] if single else []
-    parts += [str(problem).removeprefix("skipped: ") for problem in excluded.loc[bulk, "problem"]]
+    problems = excluded["problem"].astype(str)
+    skipped = problems.str.startswith("skipped: ") & ~bulk
+    bad = int((~bulk & ~skipped).sum())
+    parts = [f"{bad} bad row{'s' if bad != 1 else ''} or file{'s' if bad != 1 else ''}"] if bad else []
+    for reason, count in problems[skipped].value_counts(sort=False).items():
+        parts.append(f"{count} row{'s' if count != 1 else ''} {reason}")
+    parts += [problem.removeprefix("skipped: ") for problem in problems[bulk]]
     return "; ".join(parts)
 
 

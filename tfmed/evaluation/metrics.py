@@ -281,6 +281,10 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     notes: list[str] = []
     for j, name in enumerate(names):
         labels, scores = known_column(Y, S, j)
+        if not len(labels):  # e.g. a merged part that does not grade the label, held out as the test split
+            result["per_label"][name] = _no_known_case(per_threshold[j], len(Y), ci_level)
+            notes.append(f"label {name!r}: unknown for all {len(Y)} cases, so it has no figures here")
+            continue
         try:
             metrics = binary_metrics(labels, scores, per_threshold[j], ci_level, bootstrap, seed)
         except EvaluationError as error:
@@ -312,6 +316,19 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
         result["bootstrap_resamples"] = int(bootstrap)
     result["notes"] = notes
     return to_jsonable(result)
+
+
+def _no_known_case(threshold: float, unknown: int, ci_level: float) -> dict:
+    """A multilabel label's figures where no case's value is known: counts of 0, every figure None."""
+    rates = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+    figures = ("prevalence", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc",
+               "brier", "net_benefit", "net_benefit_treat_all", "beneficial_thresholds", "calibration_intercept",
+               "calibration_slope")
+    return {"task": "binary", "n": 0, "n_positive": 0, "n_negative": 0, "threshold": float(threshold),
+            "confusion_matrix": {"tn": 0, "fp": 0, "fn": 0, "tp": 0}, **dict.fromkeys(figures),
+            "ci_level": float(ci_level), "ci": {name: [None, None] for name in rates + ("roc_auc",)},
+            "unknown": int(unknown),
+            "notes": ["no case's value is known"]}
 
 
 def evaluate(task: str, y_true, scores, thresholds=None, class_names: Sequence[str] | None = None,
