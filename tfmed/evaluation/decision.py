@@ -87,6 +87,18 @@ def beneficial_ranges(curve: dict) -> list[list[float]]:
     return ranges
 
 
+def maximum_likelihood_logistic() -> LogisticRegression:
+    """An unpenalised logistic regression solved to the maximum-likelihood fit (scikit-learn's default
+    tolerance stops about 1e-3 short of it, off in the third decimal of a calibration slope).
+
+    Example:
+        >>> model = maximum_likelihood_logistic().fit([[0.0], [1.0], [2.0], [3.0]], [0, 1, 0, 1])
+        >>> round(float(model.coef_[0, 0]), 4)
+        0.9082
+    """
+    return LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000)
+
+
 def calibration_line(y, probabilities) -> dict:
     """The calibration ``intercept`` (in the large, slope fixed at 1) and ``slope`` of probabilities;
     None for each when the outcomes are all of one class, and no slope when the probabilities separate
@@ -105,7 +117,7 @@ def calibration_line(y, probabilities) -> dict:
     p = np.clip(np.asarray(probabilities, dtype=float), _EDGE, 1 - _EDGE)
     logit = np.log(p / (1 - p))
     separated = logit[y == 1].min() > logit[y == 0].max() or logit[y == 1].max() < logit[y == 0].min()
-    slope = None if separated else float(LogisticRegression(C=np.inf).fit(logit[:, None], y).coef_[0, 0])
+    slope = None if separated else float(maximum_likelihood_logistic().fit(logit[:, None], y).coef_[0, 0])
     observed = y.sum()
 
     def excess(shift: float) -> float:  # predicted minus observed cases with the logits shifted

@@ -44,11 +44,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, logit, softmax
-from sklearn.linear_model import LogisticRegression
 
 from tfmed.config import RecalibrationMethod
 from tfmed.errors import TfmedError
-from tfmed.evaluation.decision import calibration_line
+from tfmed.evaluation.decision import calibration_line, maximum_likelihood_logistic
 
 METHODS = typing.get_args(RecalibrationMethod)  # none, logistic, intercept, temperature
 LINES = ("logistic", "intercept")  # the methods that fit a line on the logit (binary and multilabel)
@@ -293,7 +292,7 @@ def _logistic_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, flo
     if z[y == 1].min() > z[y == 0].max():
         raise RecalibrationError(f"{label}the fitting split's scores separate the classes completely, so the "
                                  "best fit would make every probability 0 or 1")
-    fitted = LogisticRegression(C=np.inf).fit(z[:, None], y)
+    fitted = maximum_likelihood_logistic().fit(z[:, None], y)
     slope, intercept = float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
     if slope <= 0:
         raise RecalibrationError(f"{label}the fitting split's scores fall as the outcome rises (slope "
