@@ -71,6 +71,14 @@ def test_an_svm_run_answers_for_the_coarse_classes_at_thresholds_chosen_on_valid
     predicted = predict_images(run, [str(tmp_path / f"scan{k}.png") for k in range(4)])
     np.testing.assert_allclose(predicted["coarse_score"], summed(predicted), atol=1e-6)
     assert set(predicted["coarse_decision"]) <= {"well", "sick"}
+    # a threshold is one of validation's coarse scores: written rounded, that score could fall below it
+    from tfmed.run.artifact import TrainedModel
+
+    model = TrainedModel.load(run / "model")
+    fine = np.array([[0.19999998, 0.30000041, 0.49999961]])  # sick: 0.80000002, 0.8 when rounded to 6 places
+    model.coarse_thresholds = {**model.coarse_thresholds, model.threshold_method: float(fine[0, 1:].sum())}
+    columns = model.coarse_columns(fine)
+    assert columns["coarse_decision"] == ["sick"] and columns["coarse_score"][0] >= fine[0, 1:].sum()
 
 
 @pytest.mark.slow

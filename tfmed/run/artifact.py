@@ -153,8 +153,9 @@ class TrainedModel:
             return {}
         coarse, decisions = self.coarse(scores)
         names = list(self.hierarchy)
-        columns = ({"coarse_score": np.round(coarse, 6).tolist()} if coarse.ndim == 1 else
-                   {f"coarse_score:{name}": np.round(coarse[:, k], 6).tolist() for k, name in enumerate(names)})
+        # full precision, as the fine scores: a rounded score can fall below the threshold that decided it
+        columns = ({"coarse_score": coarse.tolist()} if coarse.ndim == 1 else
+                   {f"coarse_score:{name}": coarse[:, k].tolist() for k, name in enumerate(names)})
         columns["coarse_decision"] = [names[k] for k in decisions]
         return columns
 
