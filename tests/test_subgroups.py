@@ -174,6 +174,25 @@ def test_a_run_gives_each_sex_and_age_band_its_figures_and_evaluate_audits_other
     assert "--subgroups is ['sex', 'race']; allowed: site, view, sex, age" in capsys.readouterr().err
 
 
+def test_subgroup_rates_are_at_the_threshold_the_model_decides_at():
+    from types import SimpleNamespace
+
+    from tfmed.config import EvaluationConfig
+    from tfmed.data.table import ImageTable
+    from tfmed.run.experiment import subgroup_metrics
+
+    labels = np.array([1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 0])
+    scores = np.array([0.9, 0.6, 0.4, 0.2, 0.5, 0.1, 0.8, 0.65, 0.55, 0.3, 0.7, 0.2])
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(12)], "label": labels,
+                          "sex": ["female"] * 6 + ["male"] * 6})
+    model = SimpleNamespace(task="binary", classes=["normal", "sick"], threshold_method="high_specificity",
+                            thresholds={"youden": 0.35, "high_specificity": 0.62, "fixed": 0.5})
+    groups = subgroup_metrics(model, ImageTable(frame, ["normal", "sick"], "binary"), scores,
+                              EvaluationConfig(subgroups=["sex"]))["sex"]["groups"]
+    assert groups["female"]["sensitivity"] == pytest.approx(1 / 4)  # 0.9 of 0.9, 0.6, 0.4, 0.2 at 0.62
+    assert groups["male"]["sensitivity"] == pytest.approx(2 / 4)  # at Youden's 0.35 it would be 3 / 4
+
+
 def test_validate_counts_the_images_of_each_sex_and_age_band(tmp_path, capsys):
     csv = write_patients(tmp_path / "data", n=8)  # ages 20, 27, ..., 69; half women
     experiment = tmp_path / "audit.yaml"

@@ -194,7 +194,7 @@ def subgroup_metrics(model: TrainedModel, table: ImageTable, scores: np.ndarray,
                      evaluation: EvaluationConfig) -> dict:
     """Each ``evaluation.subgroups`` attribute's figures in one split, for the attributes of which the split
     holds two or more groups (see :func:`~tfmed.evaluation.subgroups.subgroup_figures`); a binary model's
-    at the first stored threshold (Youden's).
+    at the threshold it decides at (``evaluation.threshold``).
 
     Example:
         >>> subgroup_metrics(model, val_table, val_scores, config.evaluation)  # doctest: +SKIP
@@ -202,7 +202,7 @@ def subgroup_metrics(model: TrainedModel, table: ImageTable, scores: np.ndarray,
     """
     from tfmed.evaluation.subgroups import group_names, subgroup_figures
 
-    threshold_name = next(iter(model.thresholds), None) if model.task != "multiclass" else None
+    threshold_name = model.threshold_method if model.task != "multiclass" and model.thresholds else None
     threshold = model.thresholds[threshold_name] if threshold_name else None
     figures = {}
     for attribute in evaluation.subgroups:
