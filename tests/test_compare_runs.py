@@ -77,11 +77,13 @@ def test_multiclass_and_multilabel_runs_get_the_macro_auc_test(tmp_path):
     assert row["label"] == "macro" and row["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
     assert row["difference"] == pytest.approx(expected["diff"], abs=1e-4)
     Y = RNG.integers(0, 2, (90, 2))
+    Y[:12, 1] = -1  # nodule unknown for 12 cases: its test reads the other 78
     labels = ["effusion", "nodule"]
-    a = _saved(tmp_path / "ml_a", "multilabel", labels, {"test": (ids, Y, Y * 0.5 + RNG.uniform(0, 0.6, (90, 2)))})
+    a = _saved(tmp_path / "ml_a", "multilabel", labels,
+               {"test": (ids, Y, np.clip(Y, 0, 1) * 0.5 + RNG.uniform(0, 0.6, (90, 2)))})
     b = _saved(tmp_path / "ml_b", "multilabel", labels, {"test": (ids, Y, RNG.uniform(size=(90, 2)))})
     table = compare_runs([a, b])
-    assert list(table["label"]) == ["macro", "effusion", "nodule"]
+    assert list(table["label"]) == ["macro", "effusion", "nodule"] and list(table["n"]) == [90, 90, 78]
     assert (table["p_value"] < 0.01).all() and (table["difference"] < 0).all()
 
 

@@ -151,9 +151,11 @@ def _scores(part: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 def _compare(split: str, run: str, task: str, classes: list[str], y: np.ndarray, reference: np.ndarray,
              scores: np.ndarray) -> list[list]:
-    rows, n = [], len(y)
+    rows = []
     for key, result in paired_tests(task, y, scores, reference).items():
         label = "-" if key == "auc" else key if key == "macro" else classes[key]
+        # a multilabel label's test reads its known cases only (unknown: -1)
+        n = int((y[:, key] >= 0).sum()) if task == "multilabel" and isinstance(key, (int, np.integer)) else len(y)
         if result is None:  # a single class on this split: no AUC
             rows.append([split, run, label, n, None, None, None, None, None])
             continue
