@@ -573,6 +573,10 @@ def test_tfmed_recalibrate_replaces_a_runs_own_recalibration_and_refuses_what_ca
     # the same network as the raw run, so the fit starts from the same scores
     assert load_metrics(out)["recalibration"]["fit"]["temperature"] == pytest.approx(
         Recalibration.fit("temperature", "binary", raw_fit["label"], raw_fit["score"]).temperature)
+    # "before" is the run's model as it was (its own recalibration included), not its network's raw scores
+    shipped = _scores(evaluate_run(runs["recalibrated"], data=hospital["fit"], output=tmp_path / "shipped"))
+    assert load_metrics(out)["recalibration"]["figures"]["val"]["before"] == probability_scores(
+        "binary", shipped["label"], shipped["score"])
     assert main(["recalibrate", "--model", str(runs["raw"]), "--data", hospital["one_class"],
                  "--output", str(tmp_path / "x")]) == 2
     error = capsys.readouterr().err

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from tfmed.config import ExperimentConfig
 from tfmed.errors import TfmedError
-from tfmed.evaluation.recalibration import RecalibrationError, carried_thresholds, check_method
+from tfmed.evaluation.recalibration import (RecalibrationError, carried_thresholds, check_method,
+                                            probability_scores)
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
@@ -101,6 +102,8 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
         raise RecalibrateRunError(f"{data}: {summary['reason']}; give more of the hospital's images, with both "
                                   "outcomes and some overlap between them")
     scores = after["val"]
+    if home is not previous:  # "before" is the run's model as it was, its own recalibration included
+        summary["figures"]["val"]["before"] = probability_scores(model.task, table.labels(), home.apply(before))
     model.recalibration = model.recalibration.after(previous)
     summary["fit"] = model.recalibration.to_json()
     summary["thresholds"] = "kept" if keep_thresholds else "chosen"
