@@ -1,5 +1,10 @@
 """tfmed.training.callbacks: clinical metrics vs scikit-learn, threshold persistence, in-fit unfreezing."""
+import ast
+import logging
 import runpy
+import subprocess
+import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -216,7 +221,8 @@ def test_threshold_selector_errors_and_unsaved_fallback():
     with pytest.raises(tc.CallbackError, match="target must be in"):
         tc.ThresholdSelector((np.zeros((2, 1)), np.array([0, 1])), method="sensitivity", target=95)
     x, y = tiny_data(16)
-    softmax = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    softmax = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(),
+                                keras.layers.Dense(3, activation="softmax")])
     softmax.compile("sgd", "sparse_categorical_crossentropy")
     with pytest.raises(tc.CallbackError, match="multiclass softmax"):
         softmax.fit(x, y, epochs=1, verbose=0, callbacks=[tc.ThresholdSelector((x, y))])
@@ -303,5 +309,145 @@ def test_docs_callbacks_example_runs(tmp_path):
     summary = example["main"](tmp_path)
     assert Path(summary["checkpoint"]).is_file()
     assert len(summary["val_auc"]) >= 3
+    # seeded, and on a task the head learns: val_auc rises and a second run gives the same curve
+    assert summary["val_auc"][-1] > summary["val_auc"][0] and max(summary["val_auc"]) >= 0.9
+    assert example["main"](tmp_path / "again")["val_auc"] == pytest.approx(summary["val_auc"], abs=1e-6)
     assert 0.0 < summary["threshold"] < 1.0
     assert summary["learning_rate"] == pytest.approx(1e-3, rel=1e-5)
+
+
+def _two_class_softmax_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def test_a_two_class_softmax_is_scored_as_binary_by_its_column_1():
+    rng = np.random.default_rng(0)
+    y = (rng.random(40) > 0.5).astype(int)
+    p1 = np.clip(0.3 * y + 0.7 * rng.random(40), 0.01, 0.99)
+    two = np.stack([1 - p1, p1], axis=1)
+    one = tc.clinical_scores(y, p1)
+    for targets in (y, np.eye(2)[y]):
+        scores = tc.clinical_scores(targets, two)
+        assert scores["task"] == "binary"
+        assert {k: scores[k] for k in ("auc", "youden_threshold", "sensitivity", "specificity")} == pytest.approx(
+            {k: one[k] for k in ("auc", "youden_threshold", "sensitivity", "specificity")})
+    x = rng.normal(size=(40, 4)).astype("float32")
+    model = _two_class_softmax_model()
+    metrics = tc.ClinicalMetrics((x, y))
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[metrics])
+    expected = roc_auc_score(y, model.predict(x, verbose=0)[:, 1])
+    assert history.history["val_auc"][0] == pytest.approx(expected)
+    onehot = tc.ClinicalMetrics((x, np.eye(2)[y]))
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[onehot])
+    assert onehot.last_["auc"] == pytest.approx(roc_auc_score(y, model.predict(x, verbose=0)[:, 1]))
+
+
+def test_string_validation_targets_are_refused_with_the_fix():
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    names = np.array(["normal", "pneumonia"] * 4)
+    with pytest.raises(tc.CallbackError, match=r"targets must be numbers \(0/1 .*class indices.*\['normal'"):
+        tc.clinical_scores(names, np.linspace(0, 1, 8))
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("sgd", "binary_crossentropy")
+    for callback in (tc.ClinicalMetrics((x, names)), tc.ThresholdSelector((x, names))):
+        with pytest.raises(tc.CallbackError, match="encode the labels as numbers"):
+            model.fit(x, (names == "pneumonia").astype("float32"), epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_a_repeating_validation_dataset_is_refused_when_the_callback_is_built():
+    x, y = tiny_data(16)
+    repeating = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    for make in (tc.ClinicalMetrics, tc.ThresholdSelector):
+        with pytest.raises(tc.CallbackError, match=r"repeats forever.*without \.repeat\(\).*\.take\("):
+            make(repeating)
+    assert isinstance(tc.ClinicalMetrics(repeating.take(2)), tc.ClinicalMetrics)
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_staged_unfreeze_warns_when_a_scheduled_epoch_is_never_reached():
+    from tfmed.progress import LOGGER
+
+    x, y = tiny_data(8)
+    lines = _Lines()
+    LOGGER.addHandler(lines)
+    level = LOGGER.level
+    LOGGER.setLevel(logging.INFO)
+    try:
+        model = tiny_model()
+        freezing.freeze(model, BLOCKS)
+        model.compile("sgd", "binary_crossentropy")
+        late = tc.StagedUnfreeze(BLOCKS, schedule=[(1, 1), (2, "all"), (5, "all")])
+        with pytest.warns(UserWarning, match=r"unfreeze\(s\) at epoch\(s\) \[2, 5\] never happened.*ran 2 epoch"):
+            model.fit(x, y, epochs=2, verbose=0, callbacks=[late])
+        assert late.unfrozen_ == ["block2_"]
+        assert any("[2, 5] never happened" in line for line in lines.lines)
+        reached = tc.StagedUnfreeze(BLOCKS, schedule=[(1, 1)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.fit(x, y, epochs=2, verbose=0, callbacks=[reached])
+    finally:
+        LOGGER.removeHandler(lines)
+        LOGGER.setLevel(level)
+
+
+def test_epoch_logger_prints_without_configure_logging(capsys):
+    from tfmed.progress import LOGGER
+
+    saved = (list(LOGGER.handlers), LOGGER.propagate, LOGGER.level)
+    for handler in saved[0]:
+        if not isinstance(handler, logging.NullHandler):
+            LOGGER.removeHandler(handler)
+    LOGGER.setLevel(logging.NOTSET)
+    LOGGER.propagate = True
+    try:
+        x, y = tiny_data(8)
+        model = tiny_model()
+        model.compile("sgd", "binary_crossentropy")
+        model.fit(x, y, epochs=2, verbose=0, callbacks=[tc.EpochLogger()])
+        lines = [line for line in capsys.readouterr().out.splitlines() if "epoch" in line]
+        assert len(lines) == 2 and lines[0].startswith("[tfmed ") and "epoch 1: loss" in lines[0]
+    finally:
+        for handler in list(LOGGER.handlers):
+            LOGGER.removeHandler(handler)
+        for handler in saved[0]:
+            LOGGER.addHandler(handler)
+        LOGGER.propagate, LOGGER.level = saved[1], saved[2]
+
+
+def test_load_model_reloads_a_readme_recipe_model_in_a_fresh_process(tmp_path):
+    from tfmed.backbones import ImagenetPreprocessing
+    from tfmed.training.losses import WeightedBinaryCrossentropy
+
+    inputs = keras.Input((8, 8, 3))
+    x = ImagenetPreprocessing("lite")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3, name="block1_conv")(x))
+    model = tc.add_threshold_layer(keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x)))
+    model.compile("sgd", WeightedBinaryCrossentropy(0.7, 0.3))
+    tc.set_threshold(model, 0.375)
+    path = tmp_path / "best.keras"
+    model.save(path)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", images)
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from tfmed import training as tc
+        model = tc.load_model({str(path)!r})
+        print("RESULT", tc.get_threshold(model), type(model.loss).__name__,
+              model.predict(np.load({str(tmp_path / "x.npy")!r}), verbose=0).ravel().tolist())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = next(line for line in done.stdout.splitlines() if line.startswith("RESULT")).split(" ", 3)
+    assert float(result[1]) == pytest.approx(0.375)
+    assert result[2] == "WeightedBinaryCrossentropy"
+    assert ast.literal_eval(result[3]) == pytest.approx(model.predict(images, verbose=0).ravel().tolist(), rel=1e-5)

@@ -50,7 +50,7 @@ def make_data(n=24, outputs=1, task="binary", seed=0):
         y = rng.integers(0, 2, size=(n, outputs)).astype(np.float32)
         for j in range(outputs):
             x[y[:, j] == 1, 4 * j:4 * j + 8, 4:12] += 120
-        return x, y
+        return np.minimum(x, 255.0), y   # overlapping squares stay on the 0-255 scale FineTuner checks
     labels = np.arange(n) % max(outputs, 2)
     for c in range(1, max(outputs, 2)):
         x[labels == c, 8 * c:8 * c + 8, 8:16] += 130
@@ -396,3 +396,55 @@ def test_a_balance_target_that_does_not_fit_the_groups_is_refused_before_trainin
         FineTuner.check_experiment(ExperimentConfig.from_dict(values), table)
     values["balance"]["target"] = [0.4, 0.6]
     FineTuner.check_experiment(ExperimentConfig.from_dict(values), table)
+
+
+@pytest.mark.parametrize("task, outputs, targets, message", [
+    ("binary", 1, lambda y: y + 1, r"train_ds: targets \[2\] in row\(s\) \[1, 3, 5, 7\] are not allowed; "
+                                   r"binary targets must be 0 or 1"),
+    ("binary", 1, lambda y: np.where(np.arange(8)[:, None] == 6, np.nan, y),
+     r"train_ds: targets \[nan\] in row\(s\) \[6\] .*0 or 1 \(NaN: a missing label"),
+    ("binary", 1, lambda y: np.where(y == 1, "pneumonia", "normal"),
+     r"train_ds: targets must be numbers, got <U9 values such as \['normal'\] in row\(s\) \[0, 1, 2, 3, 4, 5, 6, 7\]"),
+    ("multiclass", 3, lambda y: np.array([0, 1, 3, 2, 0, 1, 5, 2]),
+     r"targets \[3, 5\] in row\(s\) \[2, 6\] are not classes of the 3-class model; multiclass targets must be "
+     r"class indices 0\.\.2"),
+    ("multiclass", 3, lambda y: np.ones((8, 3)), r"one-hot target rows \[0, 1, 2, 3, 4, 5, 6, 7\] do not have "
+                                               r"exactly one 1"),
+    ("multilabel", 2, lambda y: np.concatenate([y, 2 * y], axis=1),
+     r"targets \[2\] in row\(s\) \[1, 3, 5, 7\] are not allowed; multilabel targets must be 0/1, with -1 for an "
+     r"unknown label"),
+], ids=["binary_1_2", "binary_nan", "strings", "class_out_of_range", "not_one_hot", "multilabel_2"])
+def test_array_targets_the_task_cannot_train_on_are_refused_naming_rows(task, outputs, targets, message):
+    x, y = make_data(n=8)
+    tuner = FineTuner(BACKBONE, task, outputs, image_size=SIZE, weights=None)
+    with pytest.raises(FinetuneError, match=message):
+        tuner.fit((x, targets(y)))
+    with pytest.raises(FinetuneError, match=message.replace("train_ds", "val_ds")):
+        tuner.fit((x, np.eye(outputs)[y[:, 0].astype(int) % outputs] if task != "binary" else y), (x, targets(y)))
+
+
+def test_multiclass_class_indices_and_multilabel_unknowns_train():
+    x, y = make_data(n=16, outputs=3, task="multiclass")
+    config = FinetuneConfig(stages=[StageConfig(epochs=1)], batch_size=8)
+    tuner = FineTuner(BACKBONE, "multiclass", 3, config=config, image_size=SIZE, weights=None)
+    history = tuner.fit((x, y.argmax(axis=1)), (x, y.argmax(axis=1)))
+    assert np.isfinite(history["loss"][0]) and np.isfinite(history["val_auc"][0])
+    x, y = make_data(n=16, outputs=2, task="multilabel")
+    y[::5, 1] = -1   # unknown labels
+    tuner = FineTuner(BACKBONE, "multilabel", 2, config=config, image_size=SIZE, weights=None)
+    assert np.isfinite(tuner.fit((x, y))["loss"][0])
+
+
+def test_image_arrays_on_another_scale_than_0_255_are_refused(binary_run):
+    from tfmed.modes.features import PixelRangeError
+
+    x, y = make_data(n=8)
+    tuner = FineTuner(BACKBONE, "binary", 1, image_size=SIZE, weights=None)
+    with pytest.raises(PixelRangeError, match=r"train_ds images holds values from .* only: images scaled to 0-1"):
+        tuner.fit((x / 255.0, y))
+    with pytest.raises(PixelRangeError, match=r"val_ds images holds values from .*16-bit pixels"):
+        tuner.fit((x, y), (x * 300.0, y))
+    trained = binary_run[0]
+    with pytest.raises(PixelRangeError, match=r"predict images holds values .*multiply by 255"):
+        trained.predict(x / 255.0)
+    assert trained.predict(x).shape == (8, 1)

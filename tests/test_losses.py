@@ -202,3 +202,16 @@ def test_plain_bce_equals_keras_binary_crossentropy_when_every_label_is_known():
         assert ours == pytest.approx(theirs, rel=1e-5)
     with pytest.raises(LossConfigError, match="label_reduction is 'max'; use sum or mean"):
         WeightedBinaryCrossentropy(label_reduction="max")
+
+
+@pytest.mark.parametrize("labels, classes, message", [
+    ([0, 1, 3, 1], 3, r"label\(s\) 3 in row\(s\) \[2\] are not class indices 0\.\.2 of the 3 classes; fix or drop"),
+    ([0.0, 1.0, np.nan, 1.0, np.nan], 2, r"label\(s\) nan in row\(s\) \[2, 4\] .*\(NaN is a missing label\)"),
+    ([0, -1, 1, 0.5], 2, r"label\(s\) -1, 0\.5 in row\(s\) \[1, 3\] are not class indices 0\.\.1"),
+    (["a", "b"], 2, r"needs class indices 0\.\.1, got <U1 values such as \['a', 'b'\]; encode the classes"),
+], ids=["out_of_range", "nan", "negative_and_fractional", "strings"])
+def test_multiclass_weights_name_labels_that_are_not_classes(labels, classes, message):
+    from tfmed.training.losses import multiclass_balance_weights
+
+    with pytest.raises(LossConfigError, match=message):
+        multiclass_balance_weights(np.array(labels), classes)

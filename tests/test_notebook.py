@@ -135,3 +135,25 @@ def test_install_cell_on_colab_installs_an_uploaded_repository_without_cloning(m
 def test_install_cell_asks_for_a_restart_when_pip_changed_an_imported_package(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"pip changed numpy.*Restart session"):
         _run_install_cell(monkeypatch, tmp_path, [], colab=True, changed=("numpy",))
+
+
+def _roc_cell() -> str:
+    cells = [source for source in _code_cells() if "roc_" in source and "Image(" in source]
+    assert len(cells) == 1, "the quick-start notebook has one ROC cell"
+    return cells[0]
+
+
+@pytest.mark.parametrize("written, shown", [
+    (["roc_test.png"], "roc_test.png"),                   # an experiment with a test split writes only this one
+    (["roc_val.png"], "roc_val.png"),
+    (["roc_val.png", "roc_test.png"], "roc_test.png"),
+])
+def test_roc_cell_shows_the_roc_plot_the_run_wrote(monkeypatch, tmp_path, written, shown):
+    import IPython.display
+
+    for name in written:
+        (tmp_path / name).write_bytes(b"png")
+    opened = []
+    monkeypatch.setattr(IPython.display, "Image", lambda filename=None, **kwargs: opened.append(filename))
+    exec(compile(_roc_cell(), "roc-cell", "exec"), {"run_dir": tmp_path})
+    assert opened == [str(tmp_path / shown)]

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfmed.config import (RESAMPLING, AugmentConfig, BalanceConfig, ConfigError, ExperimentConfig,
-                          FinetuneConfig, StageConfig, Task)
+                          UNKNOWN_LABEL, FinetuneConfig, StageConfig, Task)
 from tfmed.errors import TfmedError
 from tfmed.files import DAMAGED, read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
@@ -613,12 +613,14 @@ class FineTuner:
     def _as_dataset(self, data, name: str, training: bool = False) -> tf.data.Dataset:
         """Accept a batched dataset or an (images, targets) pair; check shapes against the model."""
         if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tf.data.Dataset):
+            from tfmed.modes.features import check_pixel_range
+
             x = np.asarray(data[0], dtype=np.float32)
-            y = np.asarray(data[1], dtype=np.float32)
-            if y.ndim == 1:
-                y = y[:, None]
-            if len(x) != len(y):
-                raise FinetuneError(f"{name}: {len(x)} images but {len(y)} targets")
+            if len(x) != len(data[1]):
+                raise FinetuneError(f"{name}: {len(x)} images but {len(data[1])} targets")
+            if x.size:
+                check_pixel_range(x, f"{name} images")
+            y = self._check_targets(data[1], name)
             data = tf.data.Dataset.from_tensor_slices((x, y))
             if training:
                 data = data.shuffle(len(x), seed=self.seed)
@@ -642,6 +644,53 @@ class FineTuner:
                                 + (" one-hot rows" if self.task == "multiclass" else ""))
         return data
 
+    def _check_targets(self, targets, name: str) -> np.ndarray:
+        """Array targets as (n, num_outputs) float32; refuse values the task cannot train on, naming the rows.
+
+        Binary: 0/1. Multiclass: class indices 0..K-1 (one-hot rows are accepted too). Multilabel: 0/1 with -1
+        for an unknown label.
+        """
+        y = np.asarray(targets)
+        rule = {"binary": "binary targets must be 0 or 1",
+                "multiclass": f"multiclass targets must be class indices 0..{self.num_outputs - 1} (or one-hot rows)",
+                "multilabel": "multilabel targets must be 0/1, with -1 for an unknown label"}[self.task]
+        if y.dtype == bool:
+            y = y.astype(np.float32)
+        if not np.issubdtype(y.dtype, np.number):
+            try:
+                y = y.astype(np.float64)
+            except (TypeError, ValueError):
+                bad = [i for i, value in enumerate(y.reshape(len(y), -1)) if not _numeric(value)]
+                raise FinetuneError(f"{name}: targets must be numbers, got {y.dtype} values such as "
+                                    f"{y.reshape(len(y), -1)[bad[0]].tolist()!r} in row(s) {_rows(bad)}; {rule} "
+                                    "- encode the class names as numbers first") from None
+        y = y.astype(np.float64)
+        if y.ndim == 1:
+            y = y[:, None]
+        if self.task == "multiclass" and y.ndim == 2 and y.shape[1] == 1:
+            labels = y[:, 0]
+            bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)) | (labels < 0)
+                                 | (labels >= self.num_outputs))
+            if bad.size:
+                raise FinetuneError(f"{name}: targets {_values(labels[bad])} in row(s) {_rows(bad)} are not "
+                                    f"classes of the {self.num_outputs}-class model; {rule}")
+            return np.eye(self.num_outputs, dtype=np.float32)[labels.astype(np.int64)]
+        if y.ndim != 2:
+            raise FinetuneError(f"{name}: targets must have shape (n,) or (n, {self.num_outputs}), got {y.shape}")
+        allowed = (0.0, 1.0, float(UNKNOWN_LABEL)) if self.task == "multilabel" else (0.0, 1.0)
+        bad = np.flatnonzero(~np.isin(y, allowed).all(axis=1))
+        if bad.size:
+            values = y[bad].ravel()
+            raise FinetuneError(f"{name}: targets {_values(values[~np.isin(values, allowed)])} in row(s) "
+                                f"{_rows(bad)} are not allowed; {rule}"
+                                + (" (NaN: a missing label - label or drop those images)"
+                                   if np.isnan(values).any() else ""))
+        if self.task == "multiclass" and y.shape[1] == self.num_outputs:
+            bad = np.flatnonzero(y.sum(axis=1) != 1)
+            if bad.size:
+                raise FinetuneError(f"{name}: one-hot target rows {_rows(bad)} do not have exactly one 1; {rule}")
+        return y.astype(np.float32)
+
     def predict(self, data) -> np.ndarray:
         """Probabilities (n, num_outputs) for a dataset of images or (images, targets), or an image array.
 
@@ -661,6 +710,10 @@ class FineTuner:
         if x.shape[1:] != self.input_shape:
             raise FinetuneError(f"predict got images of shape {np.shape(data)}; the model expects "
                                 f"(n, {', '.join(map(str, self.input_shape))}) on a 0-255 scale")
+        if x.size:
+            from tfmed.modes.features import check_pixel_range
+
+            check_pixel_range(x, "predict images")
         return np.asarray(self.model_.predict(x, batch_size=self.config.batch_size, verbose=0))
 
     # ----------------------------------------------------------- persistence
@@ -715,6 +768,25 @@ class FineTuner:
 
 
 # ---------------------------------------------------------------- helpers
+def _numeric(value) -> bool:
+    try:
+        np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _rows(rows, limit: int = 10) -> str:
+    rows = [int(r) for r in rows]
+    return str(rows[:limit])[:-1] + (f", ... ({len(rows)} rows)]" if len(rows) > limit else "]")
+
+
+def _values(values, limit: int = 5) -> list:
+    unique = list(dict.fromkeys(repr(float(v)) for v in np.asarray(values).ravel()))
+    return [int(float(v)) if np.isfinite(float(v)) and float(v) == round(float(v)) else float(v)
+            for v in unique[:limit]]
+
+
 def stage_epochs(stage: StageConfig, batches: int, index: int = 0) -> tuple[int, int]:
     """The epochs a stage runs, and how many of them reach ``stage.min_steps`` (1 without it).
 

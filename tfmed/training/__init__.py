@@ -1,5 +1,6 @@
 """The Keras training kit: clinical callbacks, staged unfreezing, the threshold layer, losses,
-BatchNorm-safe freezing and distribution strategies. Usable in your own Keras scripts.
+BatchNorm-safe freezing and distribution strategies. Usable in your own Keras scripts;
+:func:`load_model` reloads a model saved there (with tfmed layers and losses) in a fresh process.
 
 Example:
     >>> from tfmed import training
@@ -9,9 +10,9 @@ Example:
 from tfmed.training.callbacks import (CallbackError, ClinicalMetrics, EpochLogger, ThresholdSelector,
                                       clinical_scores, ordered, select_threshold)
 from tfmed.training.layers import (DecisionThreshold, ThresholdLayerError, add_threshold_layer, get_threshold,
-                                   set_threshold)
+                                   load_model, set_threshold)
 from tfmed.training.staged_unfreeze import StagedUnfreeze
 
 __all__ = ["CallbackError", "ClinicalMetrics", "DecisionThreshold", "EpochLogger", "StagedUnfreeze",
            "ThresholdLayerError", "ThresholdSelector", "add_threshold_layer", "clinical_scores", "get_threshold",
-           "ordered", "select_threshold", "set_threshold"]
+           "load_model", "ordered", "select_threshold", "set_threshold"]

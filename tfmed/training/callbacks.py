@@ -22,6 +22,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 
@@ -33,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 from tfmed.config import THRESHOLD_TARGET_METHODS
 from tfmed.errors import TfmedError
 from tfmed.evaluation.thresholds import choose_threshold, known_column
-from tfmed.progress import log
+from tfmed.progress import LOGGER, configure_logging, log
 from tfmed.training.layers import set_threshold, threshold_layer
 
 
@@ -109,6 +110,10 @@ def _check_batched(x, model) -> None:
 
 def _check_validation_data(validation_data):
     if isinstance(validation_data, tf.data.Dataset):
+        if int(validation_data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+            raise CallbackError("the validation dataset repeats forever (infinite cardinality), so scoring it "
+                                "would never end; build it without .repeat(), or take a finite part with "
+                                ".take(n_batches)")
         return validation_data
     if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
         x, y = validation_data
@@ -127,7 +132,16 @@ def _as_label_matrix(y_true: np.ndarray, y_score: np.ndarray, task: str | None):
     if y_score.ndim == 1:
         y_score = y_score[:, None]
     y_true = np.asarray(y_true)
-    if np.issubdtype(y_true.dtype, np.number) and not np.isfinite(y_true).all():
+    if y_true.dtype == bool:
+        y_true = y_true.astype(np.float64)
+    if not np.issubdtype(y_true.dtype, np.number):
+        try:
+            y_true = y_true.astype(np.float64)
+        except (TypeError, ValueError):
+            raise CallbackError(f"validation targets must be numbers (0/1 for binary and multi-label outputs, "
+                                f"class indices 0..K-1 or one-hot rows for multiclass), got {y_true.dtype} values "
+                                f"such as {y_true.ravel()[:3].tolist()}; encode the labels as numbers") from None
+    if not np.isfinite(y_true).all():
         rows = np.flatnonzero(~np.isfinite(y_true.reshape(len(y_true), -1)).all(axis=1))
         raise CallbackError(f"validation targets are missing (NaN or infinite) in row(s) {rows[:10].tolist()}"
                             f"{' ...' if len(rows) > 10 else ''}; leave those cases out of the validation data")
@@ -144,9 +158,14 @@ def _as_label_matrix(y_true: np.ndarray, y_score: np.ndarray, task: str | None):
         if labels.min() < 0 or labels.max() >= k:
             raise CallbackError(f"validation labels range {labels.min()}..{labels.max()} but the model "
                                 f"predicts {k} classes")
+        if k == 2:   # a two-class softmax: binary, scored by the probability of class 1
+            return "binary", labels.reshape(-1, 1).astype(np.float64), y_score[:, 1:]
         return task or "multiclass", np.eye(k)[labels], y_score
     if y_true.shape[1] != k:
         raise CallbackError(f"validation targets have {y_true.shape[1]} columns but the model predicts {k}")
+    if k == 2 and task != "multilabel" and np.all(y_true.sum(axis=1) == 1) and (
+            task is not None or np.allclose(y_score.sum(axis=1), 1.0, atol=1e-3)):
+        return "binary", y_true[:, 1:].astype(np.float64), y_score[:, 1:]   # one-hot rows of a 2-class softmax
     if task is None:
         one_hot = np.all(y_true.sum(axis=1) == 1)
         softmax = np.allclose(y_score.sum(axis=1), 1.0, atol=1e-3)
@@ -178,7 +197,9 @@ def clinical_scores(y_true, y_score, task: str | None = None) -> dict:
     Binary: one ROC curve. Multi-label: macro AUC over labels and mean of the
     per-label Youden operating points. Multiclass: macro one-vs-rest AUC and
     mean of the one-vs-rest Youden points. Per-column values are returned
-    under ``"per_column"``.
+    under ``"per_column"``. Two softmax outputs (``Dense(2, softmax)``) with
+    class indices 0/1 or one-hot targets are binary, scored by column 1 (the
+    probability of class 1).
 
     Example:
         >>> import numpy as np
@@ -233,6 +254,9 @@ class EpochLogger(keras.callbacks.Callback):
     """Print one timestamped line per epoch: loss and the validation metrics in ``logs``.
 
     Put it after ClinicalMetrics (``ordered`` does that) so ``val_auc`` is shown.
+    The lines go to the ``"tfmed"`` logger; when that logger has no handler of its
+    own yet, :func:`tfmed.progress.configure_logging` is called so they show on
+    standard output (attach your own handler to ``"tfmed"`` first to send them elsewhere).
 
     Example:
         >>> model.fit(train_ds, epochs=3, verbose=0, callbacks=ordered([EpochLogger(), ...]))  # doctest: +SKIP
@@ -240,6 +264,10 @@ class EpochLogger(keras.callbacks.Callback):
     """
 
     KEYS = ("loss", "val_loss", "val_auc", "val_sensitivity", "val_specificity")
+
+    def on_train_begin(self, logs=None):
+        if not any(not isinstance(handler, logging.NullHandler) for handler in LOGGER.handlers):
+            configure_logging()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -255,6 +283,8 @@ class ClinicalMetrics(_ValidationScorer):
     ``"val_"`` by default). Multi-label: macro AUC; multiclass: macro
     one-vs-rest AUC; sensitivity/specificity/threshold are means over labels
     (classes), the per-label values are in ``self.last_["per_column"]``.
+    A two-class softmax output counts as binary, scored by its column 1
+    (see :func:`clinical_scores`).
 
     Put it before EarlyStopping / ModelCheckpoint in the callback list (or
     pass the list through :func:`ordered`).

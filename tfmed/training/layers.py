@@ -2,9 +2,10 @@
 
 For models trained in your own Keras script: :func:`add_threshold_layer` appends a
 :class:`DecisionThreshold`, :class:`tfmed.training.ThresholdSelector` fills it from
-validation data, and :func:`get_threshold` reads it back after
-``keras.models.load_model``. (Runs made by ``tfmed run`` keep their thresholds in
-the run's model artifact instead; see :mod:`tfmed.run.artifact`.)
+validation data, and :func:`get_threshold` reads it back after :func:`load_model`
+(``keras.models.load_model`` with tfmed's Keras classes imported). (Runs made by
+``tfmed run`` keep their thresholds in the run's model artifact instead; see
+:mod:`tfmed.run.artifact`.)
 
 The functions' docstrings show each step.
 """
@@ -58,6 +59,30 @@ class DecisionThreshold(keras.layers.Layer):
         config.update(initial=self.initial)
         config.pop("trainable", None)
         return config
+
+
+#: The modules whose import registers tfmed's Keras-serialisable classes (layers, losses, metrics).
+SERIALISABLE_MODULES = ("tfmed.backbones", "tfmed.training.layers", "tfmed.training.losses",
+                        "tfmed.training.known_labels_auc", "tfmed.training.view_layers", "tfmed.explain.mosaic")
+
+
+def load_model(path, **kwargs) -> keras.Model:
+    """``keras.models.load_model(path, **kwargs)`` after importing every tfmed module that registers Keras
+    classes (backbone preprocessing layers, losses, DecisionThreshold, ...), so a ``.keras`` file saved from
+    your own script with tfmed parts loads in a fresh process. Plain ``keras.models.load_model`` needs
+    those imports first (``import tfmed.backbones, tfmed.training.losses``).
+
+    Example:
+        >>> from tfmed.training import load_model, get_threshold
+        >>> model = load_model("best.keras")  # doctest: +SKIP
+        >>> get_threshold(model)  # doctest: +SKIP
+        0.42
+    """
+    import importlib
+
+    for module in SERIALISABLE_MODULES:
+        importlib.import_module(module)
+    return keras.models.load_model(path, **kwargs)
 
 
 def add_threshold_layer(model: keras.Model, name: str = "decision_threshold") -> keras.Model:
@@ -136,5 +161,6 @@ def set_threshold(model: keras.Model, threshold) -> None:
     else:
         warnings.warn("the model has no DecisionThreshold layer, so the threshold is kept only as "
                       "model.tfmed_threshold and is NOT saved with model.save; wrap the model with "
-                      "tfmed.training.callbacks.add_threshold_layer(model) before compiling to persist it", stacklevel=2)
+                      "tfmed.training.callbacks.add_threshold_layer(model) before compiling to persist it",
+                      stacklevel=2)
     model.tfmed_threshold = float(values[0]) if values.size == 1 else values.astype(float).tolist()

@@ -96,7 +96,8 @@ def multiclass_balance_weights(y, num_classes: int) -> list[float]:
     """Class-balancing weights of a multiclass task: w_c = N / (K N_c), each image's loss weighted by its
     class's (scikit-learn's "balanced" class weights), so every class weighs as much in the loss as another.
 
-    Raises LossConfigError when a class has no training image (its weight would be infinite).
+    Raises LossConfigError naming the rows when a label is not a class index 0..K-1 (or is NaN), and when a
+    class has no training image (its weight would be infinite).
 
     Example:
         >>> multiclass_balance_weights([0, 0, 0, 1, 2, 2], 3)
@@ -104,7 +105,27 @@ def multiclass_balance_weights(y, num_classes: int) -> list[float]:
     """
     from sklearn.utils.class_weight import compute_class_weight
 
-    labels = np.asarray(y).astype(int).ravel()
+    values = np.asarray(y)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise LossConfigError(f"multiclass_balance_weights takes class indices of shape (n,), got shape {values.shape}"
+                              "; for one-hot rows pass y.argmax(axis=1)")
+    try:
+        values = values.astype(np.float64)
+    except (TypeError, ValueError):
+        raise LossConfigError(f"multiclass_balance_weights needs class indices 0..{num_classes - 1}, got "
+                              f"{values.dtype} values such as {values[:3].tolist()}; encode the classes as "
+                              "numbers first") from None
+    bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)) | (values < 0)
+                         | (values >= num_classes))
+    if bad.size:
+        shown = list(dict.fromkeys(f"{v:g}" for v in values[bad]))[:5]
+        missing = " (NaN is a missing label)" if np.isnan(values[bad]).any() else ""
+        raise LossConfigError(f"label(s) {', '.join(shown)} in row(s) {bad[:10].tolist()}"
+                              f"{' ...' if bad.size > 10 else ''} are not class indices 0..{num_classes - 1} "
+                              f"of the {num_classes} classes{missing}; fix or drop those rows")
+    labels = values.astype(int)
     absent = [c for c in range(num_classes) if not (labels == c).any()]
     if absent:
         raise LossConfigError(f"class(es) {absent} have no training image, so class-balanced weights are "

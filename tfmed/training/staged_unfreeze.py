@@ -5,6 +5,7 @@ See :class:`StagedUnfreeze` for an example inside ``model.fit``.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import keras
@@ -31,7 +32,9 @@ class StagedUnfreeze(keras.callbacks.Callback):
     step counter start afresh), and rebuilds the train function so the newly
     trainable weights train from the next step on - all inside one ``fit``.
 
-    Scheduled changes happen at the start of the named epoch (0-based).
+    Scheduled changes happen at the start of the named epoch (0-based); an entry
+    whose epoch training never reaches (at or beyond ``epochs``, or cut short by
+    early stopping) is reported at the end of ``fit`` with a warning.
     With ``on_plateau=True`` a change happens at the end of an epoch after
     ``patience`` epochs without improvement of ``monitor``; successive changes
     take the next entry of ``amounts`` (default: one more block each time).
@@ -104,11 +107,13 @@ class StagedUnfreeze(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._best, self._wait = None, 0
+        self._last_epoch = None
         if self.lr_factor != 1.0 and _has_schedule(self.model.optimizer):
             raise CallbackError("StagedUnfreeze cannot scale a learning-rate schedule; use lr_factor=1.0 "
                                 "or a constant learning rate")
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._last_epoch = epoch
         if epoch in self.schedule:
             self.apply(self.schedule[epoch], epoch)
 
@@ -132,6 +137,18 @@ class StagedUnfreeze(keras.callbacks.Callback):
                     self._wait = 0
                     self.apply(amount, epoch + 1)
         logs["unfrozen_blocks"] = float(len(self.unfrozen_))
+
+    def on_train_end(self, logs=None):
+        last = getattr(self, "_last_epoch", None)
+        if last is None:
+            return
+        missed = sorted(epoch for epoch in self.schedule if epoch > last)
+        if missed:
+            message = (f"StagedUnfreeze: the scheduled unfreeze(s) at epoch(s) {missed} never happened: training "
+                       f"ended after epoch {last} (0-based, so fit ran {last + 1} epoch(s)); schedule epochs are "
+                       f"0-based epoch starts - use epochs below {last + 1} or train for more epochs")
+            log(message)
+            warnings.warn(message, stacklevel=2)
 
     def apply(self, amount, epoch: int | None = None) -> list[str]:
         """Unfreeze ``amount`` top blocks now, scale the learning rate and rebuild training."""
