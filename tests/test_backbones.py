@@ -104,6 +104,9 @@ def test_in_model_preprocessing_matches_keras_preprocess_input(mode, module):
     (dict(input_shape=(16, 16, 3)), "minimum side 32"),
     (dict(input_shape=(64, 64, 3), include_top=True), r"include_top=True needs the ImageNet input size \(224"),
     (dict(weights=3), "weights must be 'imagenet', None or a file path"),
+    (dict(input_shape=64), r"input_shape must be \(height, width, 3\) of ints, got 64 \(e.g. input_shape=\(224"),
+    (dict(input_shape="64"), r"input_shape must be \(height, width, 3\)"),
+    (dict(input_shape=(64, "a", 3)), r"input_shape must be \(height, width, 3\)"),
 ])
 def test_create_rejects_bad_arguments(kwargs, match):
     with pytest.raises(backbones.BackboneInputError, match=match):
@@ -242,3 +245,55 @@ def test_feature_errors_are_clear(vgg64):
         with pytest.raises(backbones.FeatureInputError, match=r"images are 32 x 48 pixels but the feature model "
                                                                r"takes 64 x 64; resize them"):
             backbones.extract_features(fm, images)
+
+
+def test_extract_features_refuses_empty_nan_and_off_scale_images_clearly(vgg64):
+    from tfmed.modes.features import PixelRangeError
+
+    fm = backbones.feature_model(vgg64, taps=("early",))
+    with pytest.raises(backbones.FeatureInputError, match=r"images holds no images \(shape \(0, 64, 64, 3\)\)"):
+        backbones.extract_features(fm, np.zeros((0, 64, 64, 3), "float32"))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype("float32")
+    x[1, 3, 3, 0] = np.nan
+    x[3, 0, 0, 2] = np.inf
+    with pytest.raises(backbones.FeatureInputError, match="images rows 1, 3 contain NaN or infinite pixels"):
+        backbones.extract_features(fm, x)
+    fine = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    for scaled, match in ((fine / 255.0, "images scaled to 0-1"), ((fine * 257).astype(np.uint16), "16-bit")):
+        with pytest.raises(PixelRangeError, match=match):
+            backbones.extract_features(fm, scaled)
+
+
+def _damaged_weights(folder):
+    """An empty vgg16 file and a resnet50 file cut short, as an interrupted download or copy leaves them."""
+    folder.mkdir(exist_ok=True)
+    vgg = folder / backbones.get_spec("vgg16").weights_file()
+    vgg.write_bytes(b"")
+    resnet = folder / backbones.get_spec("resnet50").weights_file()
+    whole = folder / "whole.h5"
+    with h5py.File(whole, "w") as f:
+        f.create_dataset("w", data=np.arange(20000, dtype="float32"))
+    resnet.write_bytes(whole.read_bytes()[:30000])
+    whole.unlink()
+    return vgg, resnet
+
+
+def test_empty_or_truncated_imagenet_file_is_named_by_listing_check_and_create(empty_homes, capsys):
+    from tfmed.backbones.factory import check_backbone, imagenet_weights_status
+    from tfmed.run.cli import main
+
+    vgg, resnet = _damaged_weights(empty_homes / "given")
+    given = empty_homes / "given"
+    assert main(["backbones", "--weights-dir", str(given)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert f"weights: found {vgg}, but it is empty (0 bytes): delete it" in lines["vgg16"]
+    assert f"weights: found {resnet}, but it is not a complete HDF5 file (30000 bytes" in lines["resnet50"]
+    assert not imagenet_weights_status("vgg16", weights_dir=given).available
+    for name, path, why in (("vgg16", vgg, "it is empty"), ("resnet50", resnet, "it is not a complete HDF5 file")):
+        for call in (lambda: check_backbone(name, image_size=32, weights_dir=given),
+                     lambda: backbones.create(name, input_shape=(32, 32, 3), weights_dir=given)):
+            with pytest.raises(backbones.WeightsFileError, match=f"found {path}, but {why}.*delete it") as err:
+                call()
+            assert "does not fit" not in str(err.value)
+        with pytest.raises(backbones.WeightsFileError, match=f"is unusable: {path}: {why}"):
+            backbones.create(name, weights=path, input_shape=(32, 32, 3))

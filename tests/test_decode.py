@@ -333,3 +333,53 @@ def test_native_stderr_capture_catches_nothing_where_there_is_no_file_descriptor
     with native_stderr_captured() as printed:
         pass
     assert printed.text == ""
+
+
+def _with_orientation(image, path, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif)
+    return path
+
+
+def test_jpeg_exif_orientation_6_is_read_upright_as_viewers_show_it(tmp_path):
+    """A phone photo stored sideways with Orientation=6 (turn 90 degrees clockwise to view)."""
+    from PIL import ImageOps
+
+    upright = np.zeros((16, 24, 3), np.uint8)
+    upright[:6, :8] = (250, 30, 30)   # red block top-left
+    upright[10:, 16:] = (20, 40, 240)  # blue block bottom-right
+    stored = np.rot90(upright, 1)     # what the camera wrote: turned 90 degrees anticlockwise, 24 x 16
+    path = _with_orientation(Image.fromarray(np.ascontiguousarray(stored)), tmp_path / "phone.jpg", 6)
+    image = read_image(path)
+    assert image.shape == (16, 24, 3) and image_info(path).height == 16
+    assert np.abs(image - upright).mean() < 8  # lossy JPEG (chroma subsampled), but upright
+    assert image[:6, :8, 0].mean() > 200 and image[10:, 16:, 2].mean() > 200
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(path)), np.float32)
+    assert np.abs(image - shown).mean() < 2
+    grey = _with_orientation(Image.fromarray(np.ascontiguousarray(stored[..., 0])), tmp_path / "grey.jpg", 6)
+    assert read_image(grey).shape == (16, 24, 1) and read_image(grey)[:6, :8].mean() > 200
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_of_a_grey_jpeg_matches_pillows_exif_transpose(tmp_path, orientation):
+    from PIL import ImageOps
+
+    stored = np.kron(np.arange(6, dtype=np.uint8).reshape(2, 3) * 40, np.ones((8, 8), np.uint8))  # 16 x 24 blocks
+    path = _with_orientation(Image.fromarray(stored), tmp_path / "x.jpg", orientation)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(path)), np.float32)
+    image = read_image(path)
+    assert image.shape == shown.shape + (1,)
+    assert np.abs(image[..., 0] - shown).max() <= 2
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_of_a_16bit_tiff_is_applied_once(tmp_path, orientation):
+    """OpenCV's TIFF reader applies the orientation tag itself: read_image must not turn it again."""
+    from tfmed.data.decode import apply_orientation
+
+    stored = np.arange(4 * 6, dtype=np.uint16).reshape(4, 6) * 2000 + 7  # values above 255 survive
+    path = _with_orientation(Image.fromarray(stored), tmp_path / "deep.tif", orientation)
+    image = read_image(path)
+    assert image_info(path).bit_depth == 16
+    np.testing.assert_array_equal(image, apply_orientation(stored[..., None], orientation).astype(np.float32))

@@ -184,3 +184,43 @@ def test_strategy_and_helper_errors(monkeypatch):
     with pytest.raises(distribute.StrategyError, match="no loss"):
         distribute.train_multiworker(lambda: __import__("keras").Sequential(), lambda c: None, 1,
                                      strategy_=tf.distribute.get_strategy())
+
+
+@pytest.mark.slow
+def test_mirrored_feature_extraction_takes_any_batch_size_and_matches_one_device():
+    """33 images (last batch of 1) and a single image over 2 replicas: no replica gets an empty batch."""
+    out = run_script("""
+        import json, numpy as np
+        from tfmed.training import distribute
+        distribute.use_logical_cpus(2)
+        import tensorflow as tf
+        from tfmed import backbones
+        from tfmed.modes import FeatureSVM
+        rng = np.random.default_rng(0)
+        X = rng.uniform(0, 255, (33, 32, 32, 3)).astype("float32"); y = np.arange(33) % 2; X[y == 1, 8:24, 8:24] = 255
+        kw = dict(weights=None, taps=("middle",), C=(1,), cv=2, image_size=32)
+        cpu = FeatureSVM(strategy="cpu", **kw).fit(X, y)
+        mirrored = FeatureSVM(strategy="mirrored", **kw).fit(X, y)
+        res = {"feat33": float(np.abs(cpu.features(X) - mirrored.features(X)).max()),
+               "feat1": float(np.abs(cpu.features(X[:1]) - mirrored.features(X[:1])).max()),
+               "proba1": float(np.abs(cpu.predict_proba(X[:1]) - mirrored.predict_proba(X[:1])).max())}
+        with distribute.strategy("mirrored").scope():
+            fm = backbones.feature_model(backbones.create("efficientnet_lite0", weights=None, input_shape=(32, 32, 3)),
+                                         taps=("early", "late"))
+        plain = backbones.feature_model(backbones.create("efficientnet_lite0", weights=None, input_shape=(32, 32, 3)),
+                                        taps=("early", "late"))
+        plain.set_weights(fm.get_weights())
+        ref = backbones.extract_features(plain, X[:5])
+        runs = {"array": backbones.extract_features(fm, X[:5], batch_size=3),
+                "batches": backbones.extract_features(fm, tf.data.Dataset.from_tensor_slices((X[:5], y[:5])).batch(3)),
+                "one": backbones.extract_features(fm, tf.data.Dataset.from_tensor_slices(X[:1]))}
+        for name, got in runs.items():
+            n = len(got["late"])
+            res[name] = [n, max(float(np.abs(got[k] - ref[k][:n]).max()) for k in ref)]
+        res["replicas"] = backbones.features.replicas_of(fm)
+        print(json.dumps(res))
+    """, timeout=400)
+    assert out["replicas"] == 2
+    assert out["feat33"] < 1e-4 and out["feat1"] < 1e-4 and out["proba1"] < 1e-3
+    assert out["array"][0] == 5 and out["batches"][0] == 5 and out["one"][0] == 1
+    assert max(out["array"][1], out["batches"][1], out["one"][1]) < 1e-4

@@ -218,3 +218,52 @@ def test_convert_rejects_a_mismatching_state_dict():
     model = keras.Model(inputs, efficientnet_lite.build_efficientnet_lite(inputs, False, 1))
     with pytest.raises(backbones.WeightsFileError, match="block2c_dwconv.*do not match"):
         efficientnet_lite.convert_state_dict(model, load_legacy_state_dict(_pth(0)), 1)
+
+
+def _write_state_dict(path, state_dict):
+    arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in state_dict.items()}
+    _legacy_file(path, {k: (a.ravel(), a.shape, tuple(s // 4 for s in a.strides), 0) for k, a in arrays.items()})
+
+
+def test_lite_checkpoint_in_weights_dir_wins_over_the_converted_package_cache(tmp_path, lite0_top, lite_cache):
+    """A user's own checkpoint is used even though the package's weights are converted already (lite0_top),
+    converted into a cache entry keyed by its content; an edited checkpoint is converted again."""
+    from tfmed.backbones.factory import imagenet_weights_status
+
+    package_cache = lite_cache / "weights" / "efficientnet_lite0_imagenet_notop.weights.h5"
+    assert package_cache.is_file()
+    stamp = package_cache.stat().st_mtime_ns
+    state_dict = load_legacy_state_dict(_pth(0))
+    given = tmp_path / "given"
+    given.mkdir()
+    pth = given / "efficientnet-lite0-57934424.pth"
+    package_stem = lite0_top.get_layer("stem_conv").get_weights()[0]
+    for factor in (2.0, 3.0):
+        _write_state_dict(pth, {**state_dict, "_conv_stem.weight": state_dict["_conv_stem.weight"] * factor})
+        assert str(imagenet_weights_status("efficientnet_lite0", weights_dir=given)) == f"found {pth}"
+        model = backbones.create("efficientnet_lite0", input_shape=(32, 32, 3), weights_dir=given)
+        np.testing.assert_allclose(model.get_layer("stem_conv").get_weights()[0], package_stem * factor, rtol=1e-6)
+    keyed = sorted(p.name for p in (lite_cache / "weights").glob("efficientnet_lite0_imagenet_notop_*.weights.h5"))
+    assert len(keyed) == 2  # one per checkpoint content
+    assert package_cache.stat().st_mtime_ns == stamp  # the package's conversion is kept, and still used without it
+    model = backbones.create("efficientnet_lite0", input_shape=(32, 32, 3))
+    np.testing.assert_array_equal(model.get_layer("stem_conv").get_weights()[0], package_stem)
+
+
+def test_empty_or_truncated_lite_checkpoint_in_weights_dir_is_named(tmp_path, monkeypatch):
+    from tfmed.backbones.factory import check_backbone, imagenet_weights_status
+
+    monkeypatch.setenv("TFMED_CACHE_DIR", str(tmp_path / "cache"))
+    given = tmp_path / "given"
+    given.mkdir()
+    pth = given / "efficientnet-lite0-57934424.pth"
+    pth.write_bytes(b"")
+    status = str(imagenet_weights_status("efficientnet_lite0", weights_dir=given))
+    assert status.startswith(f"found {pth}, but it is empty (0 bytes): delete it")
+    for call in (lambda: check_backbone("efficientnet_lite0", weights_dir=given),
+                 lambda: backbones.create("efficientnet_lite0", input_shape=(32, 32, 3), weights_dir=given)):
+        with pytest.raises(backbones.WeightsFileError, match=f"{pth}, but it is empty .*delete it"):
+            call()
+    pth.write_bytes(Path(_pth(0)).read_bytes()[:60_000])
+    with pytest.raises(backbones.WeightsFileError, match=f"{pth.name} is truncated.*delete it"):
+        backbones.create("efficientnet_lite0", input_shape=(32, 32, 3), weights_dir=given)

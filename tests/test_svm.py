@@ -327,3 +327,22 @@ def test_bad_parameters_are_named(binary_data):
         small(C=(1.0, -1)).fit(X, y)
     with pytest.raises(S.FeatureError, match="36 images but y has 35"):
         small().fit(X, y[:-1])
+
+
+def test_images_on_another_scale_are_refused_at_fit_predict_and_feature_extraction(binary_model, binary_data):
+    """A model fitted on 0-255 images refuses 0-1 floats and 16-bit (0-65535) values instead of scoring them."""
+    X, y = binary_data
+    scaled = {"0-1 floats": (X / 255.0, "images scaled to 0-1"),
+              "uint16": ((X * 257).astype(np.uint16), "16-bit pixels")}
+    for images, match in scaled.values():
+        for call in (binary_model.predict_proba, binary_model.predict, binary_model.decision_function,
+                     lambda images: small().fit(images, y)):
+            with pytest.raises(F.PixelRangeError, match=match):
+                call(images)
+    fm = tfmed.backbones.feature_model(tfmed.backbones.create("efficientnet_lite0", weights=None,
+                                                              input_shape=(SIZE, SIZE, 3)), taps=("early",))
+    rgb = np.repeat(X[:3], 3, axis=-1)
+    assert tfmed.backbones.extract_features(fm, rgb)["early"].shape[0] == 3
+    for images, match in ((rgb / 255.0, "images scaled to 0-1"), ((rgb * 257).astype(np.uint16), "16-bit")):
+        with pytest.raises(F.PixelRangeError, match=match):
+            tfmed.backbones.extract_features(fm, images)

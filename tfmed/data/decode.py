@@ -1,7 +1,11 @@
 """Reading one image file into a float32 array of raw values.
 
 PNG, JPEG, BMP and TIFF files are decoded with OpenCV (``IMREAD_UNCHANGED``,
-so 16-bit values survive; colour is converted from OpenCV's BGR to RGB).
+so 16-bit values survive; colour is converted from OpenCV's BGR to RGB). The
+EXIF orientation of JPEG files (a camera's or phone's "rotated" flag) is
+applied as image viewers do (:func:`exif_orientation`), so a photo tagged
+Orientation=6 comes back upright, not sideways; OpenCV's TIFF reader applies
+a TIFF's orientation tag itself.
 DICOM files are decoded with pydicom and passed through the modality LUT
 (``RescaleSlope``/``RescaleIntercept``), so CT images come back in Hounsfield
 units. Every failure raises :class:`ImageReadError` naming the file, the
@@ -252,22 +256,69 @@ def header_size(path: str | Path) -> tuple[int, int] | None:
         >>> header_size(path)
         (6, 4)
     """
+    with open(path, "rb") as handle:
+        image = _pillow_header(handle, Path(path))
+        return None if image is None else image.size
+
+
+def _pillow_header(handle, path: Path):
+    """The Pillow image object of an open file, its header read and no pixel decoded (see :func:`header_size`);
+    None when no Pillow format recognises it."""
     from PIL import Image
 
     Image.init()
-    with open(path, "rb") as handle:
-        prefix = handle.read(16)
-        for name in tuple(Image.ID):
-            reader, accept = Image.OPEN[name]
-            verdict = accept(prefix) if accept is not None else False  # skip formats without a signature
-            if not verdict or isinstance(verdict, str):
-                continue
-            handle.seek(0)
-            try:
-                return reader(handle, str(path)).size
-            except (SyntaxError, OSError, ValueError, EOFError):
-                continue
+    prefix = handle.read(16)
+    for name in tuple(Image.ID):
+        reader, accept = Image.OPEN[name]
+        verdict = accept(prefix) if accept is not None else False  # skip formats without a signature
+        if not verdict or isinstance(verdict, str):
+            continue
+        handle.seek(0)
+        try:
+            return reader(handle, str(path))
+        except (SyntaxError, OSError, ValueError, EOFError):
+            continue
     return None
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF Orientation tag (1-8) of an image file: 1 (as stored) when it has none or it cannot be read.
+
+    6 means the camera was turned: the stored pixels must be rotated 90 degrees clockwise to
+    show the picture upright, as viewers and ``PIL.ImageOps.exif_transpose`` do.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from PIL import Image
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "turned.jpg"
+        >>> exif = Image.Exif()
+        >>> exif[0x0112] = 6
+        >>> Image.new("L", (4, 2)).save(path, exif=exif)
+        >>> exif_orientation(path), read_image(path).shape
+        (6, (4, 2, 1))
+    """
+    try:
+        with open(path, "rb") as handle:
+            image = _pillow_header(handle, Path(path))
+            value = image.getexif().get(0x0112, 1) if image is not None else 1
+    except Exception:  # noqa: BLE001  (a broken EXIF block: the pixels are read as stored)
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """An (H, W, C) array turned / mirrored as EXIF ``orientation`` (1-8) says, as viewers show it.
+
+    Example:
+        >>> apply_orientation(np.arange(6).reshape(2, 3, 1), 6)[..., 0]
+        array([[3, 0],
+               [4, 1],
+               [5, 2]])
+    """
+    turned = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+              5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+              7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1)}
+    return np.ascontiguousarray(turned[orientation](array)) if orientation in turned else array
 
 
 def _read_raster(path: Path, kind: str, max_pixels: int | None,
@@ -301,6 +352,8 @@ def _read_raster(path: Path, kind: str, max_pixels: int | None,
         array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
     elif array.shape[2] == 4:
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+    if kind == "jpeg":  # IMREAD_UNCHANGED ignores a JPEG's EXIF orientation (OpenCV's TIFF reader applies it)
+        array = apply_orientation(array, exif_orientation(path))
     bit_depth = array.dtype.itemsize * 8
     info = ImageInfo(height=int(array.shape[0]), width=int(array.shape[1]),
                      channels=int(array.shape[2]), bit_depth=int(bit_depth), kind=kind, decoder_output=said,
