@@ -326,6 +326,10 @@ def test_a_kfold_run_recalibrates_on_the_pooled_out_of_fold_scores(runs, tmp_pat
     assert metrics["recalibration"]["fitted_on"] == "out_of_fold"
     assert metrics["recalibration"]["fit"]["temperature"] == pytest.approx(expected.temperature)
     assert metrics["thresholds"] == pytest.approx(select_thresholds("binary", labels, expected.apply(raw)))
+    # the scores the thresholds were chosen on are in the file too, so they can be reproduced from it
+    recalibrated = oof["oof_score_recalibrated"].astype(float).to_numpy()
+    assert np.allclose(recalibrated, expected.apply(raw), atol=1e-6)
+    assert metrics["thresholds"] == pytest.approx(select_thresholds("binary", labels, recalibrated))
     assert set(metrics["recalibration"]["figures"]) == {"out_of_fold", "test"}
     assert "Probabilities recalibrated on the pooled out-of-fold scores (temperature" in \
         (run / "report.html").read_text()

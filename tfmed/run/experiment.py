@@ -362,7 +362,7 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
     fold_summary = None
     if config.split.method == "kfold":
-        fold_summary, fold_models, oof = run_folds(config, table, inputs, run_dir)
+        fold_summary, fold_models, oof = run_folds(config, table, inputs)
         train = merge_tables(train, val)
         if config.split.final == "bag":
             log(f"keeping the {len(fold_models)} fold models; their mean scores the test split")
@@ -395,8 +395,10 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
                   **{name: (parts[name].labels(), s) for name, s in scores.items() if name != chosen_on}}
         recalibration, after = recalibrate(model, config.evaluation.recalibration, chosen_on, scored)
         fit_scores, scores = after[chosen_on], {name: after[name] for name in scores}
-        if fold_summary is not None:
-            oof = fit_scores
+    if fold_summary is not None:
+        write_oof_predictions(run_dir / "oof_predictions.csv", train, oof,
+                              fit_scores if recalibration and recalibration["applied"] else None)
+        oof = fit_scores
     model.thresholds = select_thresholds(model.task, fit_labels, fit_scores, config.evaluation.target_sensitivity,
                                          config.evaluation.target_specificity)
     if config.evaluation.hierarchy:
@@ -524,11 +526,12 @@ def coarse_metrics(model: TrainedModel, parts: dict, scores: dict, evaluation: E
     return result
 
 
-def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
-              run_dir: Path) -> tuple[dict, list[TrainedModel], np.ndarray]:
+def run_folds(config: ExperimentConfig, table: ImageTable,
+              inputs: ImageInputs) -> tuple[dict, list[TrainedModel], np.ndarray]:
     """Stratified group k-fold over train+val: the summary (per-fold AUC, pooled out-of-fold AUC), with
     ``split.final: bag`` the k fold models (else none), and the pooled out-of-fold scores of train+val's rows
-    (train's, then val's), on which the thresholds (and any recalibration) are then chosen."""
+    (train's, then val's), on which the thresholds (and any recalibration) are then chosen (written by
+    :func:`write_oof_predictions`)."""
     from tfmed.data.splits import kfold_indices
     from tfmed.evaluation.metrics import auc_interval, evaluate, headline_auc
 
@@ -550,9 +553,6 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
                                        0.5 if table.task != "multiclass" else None, table.classes)))
     y = trainval.labels()
     pooled = evaluate(table.task, y, oof, 0.5 if table.task != "multiclass" else None, table.classes)
-    pd.DataFrame({"image": trainval.frame["image"], "label": list(map(str, y.tolist())),
-                  "oof_score": list(map(str, oof.tolist()))}).to_csv(run_dir / "oof_predictions.csv",
-                                                                      index=False)
     aucs = np.array([a for a in fold_aucs if a is not None], dtype=float)
     summary = {"folds": config.split.folds, "final": config.split.final, "fold_auc": fold_aucs,
                "auc_mean": float(aucs.mean()) if len(aucs) else None,
@@ -560,6 +560,17 @@ def run_folds(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
                "pooled_oof_auc": headline_auc(pooled),
                "pooled_oof_auc_ci": auc_interval(pooled)}
     return summary, models, oof
+
+
+def write_oof_predictions(path: Path, table: ImageTable, oof: np.ndarray, recalibrated: np.ndarray | None) -> None:
+    """``oof_predictions.csv``: each train+val row's label and out-of-fold score as its fold model gave it
+    (``oof_score``) and, when the run recalibrates, the recalibrated score its thresholds were chosen on
+    (``oof_score_recalibrated``)."""
+    columns = {"image": table.frame["image"], "label": list(map(str, table.labels().tolist())),
+               "oof_score": list(map(str, oof.tolist()))}
+    if recalibrated is not None:
+        columns["oof_score_recalibrated"] = list(map(str, recalibrated.tolist()))
+    pd.DataFrame(columns).to_csv(path, index=False)
 
 
 def merge_tables(a: ImageTable, b: ImageTable) -> ImageTable:
