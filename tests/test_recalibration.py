@@ -419,6 +419,14 @@ def test_a_label_unknown_in_every_image_has_no_figures_and_the_report_says_n_a()
         "fit": {"method": "temperature", "task": "multilabel", "temperature": 1.5},
         "figures": {"test": {"before": {"log_loss": None, "brier": None}, "after": {"log_loss": None, "brier": None}}}}})
     assert "temperature 1.500" in sentence[0] and "test log loss n/a to n/a" in sentence[0]
+    # a multiclass temperature renormalises each image's probabilities: the report does not promise equal AUCs
+    grades = {"task": "multiclass", "recalibration": {
+        "method": "temperature", "fitted_on": "val", "applied": True,
+        "fit": {"method": "temperature", "task": "multiclass", "temperature": 1.5},
+        "figures": {"val": {"before": {"log_loss": 1.2, "brier": 0.6}, "after": {"log_loss": 1.1, "brier": 0.6}}}}}
+    words = recalibration_sentences(grades)[0]
+    assert "each image keeps its predicted class" in words and "AUCs can differ a little" in words
+    assert "AUCs and the decisions" not in words
 
 
 def test_the_report_and_summary_of_kept_thresholds_say_they_were_kept_not_chosen():

@@ -336,6 +336,10 @@ def recalibration_sentences(metrics: dict) -> list[str]:
         return [f"Probabilities recalibrated on {where} ({fit}); the thresholds were not chosen on them but "
                 "carried over from the run, so every image is decided as the run decided it (a fixed threshold "
                 f"applies to the recalibrated probabilities). {changes}."]
+    if metrics.get("task") == "multiclass":
+        return [f"Probabilities recalibrated on {where} ({fit}): each image keeps its predicted class, but a "
+                "class's probabilities are renormalised image by image, so one-vs-rest and macro AUCs can differ a "
+                f"little from those of the scores before. {changes}."]
     return [f"Probabilities recalibrated on {where} ({fit}) before the "
             "thresholds were chosen; the scores keep their order, so AUCs and the decisions at the thresholds chosen "
             f"there are as without it (a fixed threshold applies to the recalibrated probabilities). {changes}."]
