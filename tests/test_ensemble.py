@@ -310,6 +310,18 @@ def test_tfmed_ensemble_combines_saved_runs_and_rechooses_thresholds_on_val(two_
     assert main(["ensemble", str(out), str(two_runs[0]), "--output", str(tmp_path / "again")]) == 2
     assert f"{out} is itself a combination (model.mode ensemble); combine the runs it is made of" in \
         capsys.readouterr().err
+    # mean ranks are no probabilities: no Brier score, calibration or decision curve, unless recalibrated
+    ranked = tmp_path / "ranked"
+    assert main(["ensemble", *map(str, two_runs), "--combine", "rank", "--output", str(ranked)]) == 0
+    point = load_metrics(ranked)["splits"]["test"]["youden"]
+    assert (point["brier"], point["calibration_slope"], point["beneficial_thresholds"]) == (None, None, None)
+    assert any("the scores are mean ranks" in note for note in point["notes"]) and point["roc_auc"] is not None
+    assert not (ranked / "reliability_test.png").exists() and not (ranked / "decision_test.png").exists()
+    assert (out / "reliability_test.png").exists()  # the mean of probabilities has them
+    recalibrated = tmp_path / "ranked_recalibrated"
+    assert main(["ensemble", *map(str, two_runs), "--combine", "rank", "--recalibrate", "logistic",
+                 "--output", str(recalibrated)]) == 0
+    assert load_metrics(recalibrated)["splits"]["test"]["youden"]["brier"] is not None
 
 
 @pytest.mark.slow

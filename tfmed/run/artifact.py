@@ -75,6 +75,13 @@ class TrainedModel:
         return self.thresholds.get(self.threshold_method)
 
     @property
+    def gives_probabilities(self) -> bool:
+        """Whether the scores are probabilities: not for a rank-averaged ensemble that no recalibration turned
+        into them (its scores are mean ranks, so Brier, calibration and decision curves do not apply)."""
+        rule = getattr(getattr(self.estimator, "combiner", None), "rule", None)
+        return rule != "rank" or self.recalibration is not None
+
+    @property
     def inputs(self) -> ImageInputs:
         """The preprocessing, train statistics and test-time views that turn a table into this model's inputs."""
         return ImageInputs(self.preprocess, self.stats, tta=self.tta,

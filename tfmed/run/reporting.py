@@ -118,10 +118,10 @@ def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: di
                             auc_ci=ci if ci and None not in ci else None),
             "pr": pr_plot(y, scores, out / f"pr_{split}.png", points, title=f"Precision-recall ({split})"),
             **confusion,
-            "reliability": reliability_plot(y, scores, out / f"reliability_{split}.png",
-                                            title=f"Calibration ({split})"),
-            "decision": decision_plot(y, scores, out / f"decision_{split}.png", points,
-                                      title=f"Decision curve ({split})"),
+            **({"reliability": reliability_plot(y, scores, out / f"reliability_{split}.png",
+                                                title=f"Calibration ({split})"),
+                "decision": decision_plot(y, scores, out / f"decision_{split}.png", points,
+                                          title=f"Decision curve ({split})")} if _probabilities([chosen]) else {}),
         }
     plots = {"roc": multi_roc_plot(y, scores, model.classes, out / f"roc_{split}.png",
                                    title=f"ROC curves ({split})")}
