@@ -1,4 +1,6 @@
 """ChestX-ray14 and CheXpert read from the publishers' files, written here in their exact formats."""
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -363,3 +365,54 @@ def test_settings_of_other_sources_are_refused():
     with pytest.raises(ConfigError, match="data.task is 'multiclass'; data.source chestxray14 is multilabel"):
         DataConfig(source="chestxray14:Data_Entry_2017.csv", task="multiclass")
     assert DataConfig(source="chexpert:train.csv", task="multilabel", uncertain={"Edema": "ones"}).frontal_only is False
+
+
+# ---------------------------------------------------------------- all publishers' CSV files
+@pytest.mark.parametrize("kind, name, header", [
+    ("chestxray14", "Data_Entry_2017.csv", NIH_HEADER),
+    ("chexpert", "train.csv", CHEXPERT_HEADER),
+    ("rsna_pneumonia", "stage_2_train_labels.csv", "patientId,x,y,width,height,Target"),
+    ("siim_pneumothorax", "train-rle.csv", "ImageId, EncodedPixels"),
+    ("vindr_cxr", "train.csv", "image_id,class_name,class_id,rad_id,x_min,y_min,x_max,y_max"),
+    ("padchest", "labels.csv", "ImageID,ImageDir,PatientID,Projection,Labels"),
+    ("mimic_cxr", "mimic-cxr-2.0.0-chexpert.csv", "subject_id,study_id," + ",".join(OBSERVATIONS)),
+], ids=lambda value: value if value in SOURCES else "")
+def test_a_publishers_csv_with_a_header_and_no_row_is_refused_naming_the_file(tmp_path, kind, name, header):
+    (tmp_path / "images").mkdir()
+    csv = tmp_path / name
+    csv.write_text(header + "\n\n")
+    refusal = rf"^{re.escape(str(csv))}: no data rows \(only the header, line 1\); .*restore the file as downloaded"
+    with pytest.raises(DataSourceError, match=refusal):
+        load_source(parse_source_spec(f"{kind}:{csv}"))
+
+
+def test_missing_images_and_list_leaks_are_fixed_in_chestxray14s_own_words(nih):
+    from tfmed.data.splits import LeakageError, check_no_leakage
+
+    (nih.parent / "images_002/images/00000004_000.png").unlink()
+    text = validate_table(load_chestxray14(nih), check_images=False).format()
+    assert (f"row 6: {nih.parent}/00000004_000.png: file not found. Fix: ChestX-ray14's images are looked for by "
+            f"file name in {nih.parent} and its sub-folders (data.root;") in text
+    assert "manifest" not in text
+    # patient 1's second image moved to the test list: the lists, not a split column, are to be fixed
+    (nih.parent / "test_list.txt").write_text("00000002_000.png\n00000005_000.png\n00000001_001.png\n")
+    (nih.parent / "train_val_list.txt").write_text("00000001_000.png\n00000003_000.png\n00000004_000.png\n"
+                                                   "00000006_000.png\n")
+    with pytest.raises(LeakageError, match=r"1 \(test, train\)\. Each patient's images must be in one split: put "
+                                           "each patient's images in one of train_val_list.txt and test_list.txt "
+                                           r"\(beside Data_Entry_2017.csv"):
+        check_no_leakage(load_chestxray14(nih))
+
+
+def test_missing_images_of_chexpert_and_rsna_say_where_the_source_looks(chexpert, tmp_path):
+    (tmp_path / "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg").unlink()
+    text = validate_table(load_chexpert(chexpert), check_images=False).format()
+    assert (f"file not found. Fix: CheXpert's Path values are read from {tmp_path} (data.root; by default the "
+            "folder above the CSV's)") in text
+    rsna = tmp_path / "rsna"
+    (rsna / "stage_2_train_images").mkdir(parents=True)
+    (rsna / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\nabc,,,,,0\n")
+    text = validate_table(load_source(parse_source_spec(f"rsna_pneumonia:{rsna}/stage_2_train_labels.csv")),
+                          check_images=False).format()
+    assert (f"abc.dcm: file not found. Fix: RSNA's images are read as <patientId>.dcm from "
+            f"{rsna}/stage_2_train_images (") in text

@@ -117,6 +117,33 @@ def test_merging_errors_name_the_part_and_the_fix(tmp_path):
                            {"source": "manifest", "path": str(csv), "label_columns": ["x", "y"]}))
 
 
+def test_a_rename_giving_two_labels_one_name_is_refused(nih, tmp_path):
+    config = merged({"source": "chestxray14", "path": str(nih), "name": "nih",
+                     "rename": {"Effusion": "Pleural Effusion", "Pneumothorax": "Pleural Effusion"}},
+                    {"source": "mimic_cxr", "path": str(tmp_path / "absent.csv.gz"), "name": "mimic"},
+                    classes=["Edema", "Pleural Effusion"])
+    with pytest.raises(DataSourceError, match="data.parts nih: rename gives 'Effusion' and 'Pneumothorax' one name, "
+                                              "'Pleural Effusion'; .* Rename only one of them to 'Pleural Effusion'"):
+        load_source(config)
+
+
+def test_the_parts_fix_texts_are_kept_and_a_part_without_a_split_is_named(nih, tmp_path):
+    from tfmed.config import SplitConfig
+    from tfmed.data.splits import SplitError, ensure_splits
+
+    mimic = mimic_tree(tmp_path / "mimic", IMAGES[:5], LABELS, splits=False)  # no split file: no split
+    table = load_source(merged({"source": "chestxray14", "path": str(nih), "name": "nih",
+                                "rename": {"Effusion": "Pleural Effusion"}},
+                               {"source": "mimic_cxr", "path": str(mimic), "name": "mimic"},
+                               classes=["Edema", "Pleural Effusion"]))
+    assert table.frame.attrs["missing_fix"].startswith("nih: ChestX-ray14's images are looked for by file name in")
+    assert "; mimic: MIMIC-CXR-JPG's images are read as files/pNN" in table.frame.attrs["missing_fix"]
+    with pytest.raises(SplitError, match=r"5 row\(s\) have no split while others do \(rows 2, 3, 4, 5, 6\): these are "
+                                         "the images of data.parts mimic, which has no split of its own, while nih "
+                                         "has one: give mimic a split .*or use split.method: patient"):
+        ensure_splits(table, SplitConfig(method="predefined"))
+
+
 @pytest.mark.parametrize("data, message", [
     ({"parts": [{"source": "folder", "path": "a"}]}, "data.parts lists 1 source"),
     ({"path": "x", "parts": [{"source": "folder", "path": "a"}, {"source": "folder", "path": "b", "name": "b"}]},

@@ -162,6 +162,22 @@ def test_mimic_cxr_row_problems_name_the_file_and_line(tmp_path):
     assert any(p.row == 4 and "not found" in p.problem and p.image.endswith("d3.jpg") for p in report.problems)
 
 
+def test_mimic_cxr_fixes_name_its_split_file_and_where_images_are_read(tmp_path):
+    from tfmed.data.splits import LeakageError, check_no_leakage
+
+    images = IMAGES[:1] + [("d2", 10000032, 50000001, "PA", "test")] + IMAGES[2:4]  # subject 10000032 in two splits
+    csv = mimic_tree(tmp_path / "m", images, LABELS)
+    (tmp_path / "m" / "files" / "p10" / "p10000764" / "s50000002" / "d3.jpg").unlink()
+    table = load_mimic_cxr(csv)
+    with pytest.raises(LeakageError, match=r"10000032 \(test, train\)\. Each patient's images must be in one split: "
+                                           r"restore mimic-cxr-2.0.0-split.csv.gz as published \(it keeps each "
+                                           "subject_id in one split\\)"):
+        check_no_leakage(table)
+    text = validate_table(table, check_images=False).format()
+    assert (f"d3.jpg: file not found. Fix: MIMIC-CXR-JPG's images are read as files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg "
+            f"under {tmp_path}/m (data.root;") in text
+
+
 def test_mimic_cxr_files_and_settings_are_checked(mimic, tmp_path):
     with pytest.raises(DataSourceError, match=r"no files/ folder .*set data.root to the folder that holds it"):
         load_mimic_cxr(mimic, root=tmp_path)
@@ -179,6 +195,29 @@ def test_mimic_cxr_files_and_settings_are_checked(mimic, tmp_path):
         DataConfig(source="mimic_cxr", path=str(mimic), label_columns=["Edema"])
     with pytest.raises(ConfigError, match="data.source mimic_cxr is multilabel"):
         DataConfig(source="mimic_cxr", path=str(mimic), task="binary")
+
+
+def test_the_documented_command_scoring_a_chexpert_run_on_mimic_turns_its_subgroups_off():
+    """experiments/chexpert.yaml reports subgroups by sex and age, which MIMIC-CXR-JPG does not record, so that
+    evaluate refuses them: the README's and the experiment's command for MIMIC's test split say --subgroups ""."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from tfmed.config import ExperimentConfig
+    from tfmed.run.cli import _parser
+
+    top = Path(__file__).parent.parent
+    experiment = ExperimentConfig.from_yaml(top / "experiments" / "chexpert.yaml")
+    assert {"sex", "age"} & set(experiment.evaluation.subgroups)
+    readme = (top / "README.md").read_text()
+    documented = re.findall(r"`(tfmed evaluate --model RUN --data mimic_cxr:[^`]*#test[^`]*)`", readme)
+    described = re.findall(r"(tfmed evaluate --model RUN --data\s+mimic_cxr:\S+#test(?: --subgroups \S+)?)",
+                           experiment.description)
+    assert documented and described
+    for command in documented + described:
+        args = _parser().parse_args(shlex.split(command)[1:])
+        assert args.data.startswith("mimic_cxr:") and args.subgroups == [], command
 
 
 @pytest.mark.slow

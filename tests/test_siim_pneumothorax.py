@@ -16,6 +16,7 @@ from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.data.sources import DataSourceError, load_source, parse_source_spec
 from tfmed.data.sources.siim_pneumothorax import mask_from_rle
 from tfmed.data.validate import validate_table
+from tfmed.progress import configure_logging
 from tfmed.run.experiment import run_experiment
 
 UID = "1.2.276.0.7230010.3.1.4.8323329.{}.1517875163.{}"
@@ -116,12 +117,58 @@ def test_row_problems_name_the_line_and_the_fix(tmp_path):
     twin.mkdir()
     shutil.copy(next((tmp_path / "siim").rglob(f"{UID.format(1001, 1)}.dcm")), twin)
     text = validate_table(load_source(parse_source_spec(f"siim_pneumothorax:{csv}"))).format()
-    assert "row 2: " in text and "listed both without pneumothorax (-1) and with a mask. Fix: keep the" in text
+    assert "row 2: " in text
+    assert "listed both without pneumothorax (-1) and with a mask (lines 2 and 3). Fix: keep" in text
     assert "row 4: " in text and "is found 2 times under" in text
     assert "row 5: " in text and "EncodedPixels '12 x' is not whole numbers. Fix: keep the publisher's" in text
     assert "row 6: " in text and "EncodedPixels '16300 500' runs past the end of the 128 x 128 image" in text
     assert "row 7: " in text and "empty EncodedPixels. Fix: write -1 for an image without pneumothorax" in text
     assert "row 8: " in text and "file not found" in text
+
+
+def test_the_publishers_file_name_decides_the_encoding_when_every_mask_reads_both_ways(tmp_path, capsys):
+    # absolute starts 10, 138, 266 of a small mask at the left edge also read as relative ones (three regions)
+    csv = write_siim(tmp_path / "siim", {0: [rectangle(0, 10, 3, 4)], 1: []}, relative=False,
+                     name="stage_2_train.csv")
+    assert csv.read_text().splitlines()[1].endswith(", 10 4 138 4 266 4")
+    assert load_source(parse_source_spec(f"siim_pneumothorax:{csv}")).frame["boxes"].tolist()[0] == "0,10,3,4"
+    # a file of another name: read as its masks say (relative, when every one reads both ways), and said so
+    configure_logging()
+    other = csv.with_name("masks.csv")
+    other.write_text(csv.read_text())
+    assert load_source(parse_source_spec(f"siim_pneumothorax:{other}")).frame["boxes"].tolist()[0] != "0,10,3,4"
+    said = capsys.readouterr().out
+    assert f"{other}: the masks are read with relative run starts (every mask reads both ways" in said
+    # the publisher's stage_2_train.csv holding a relative mask: that mask is reported with its row
+    relative = write_siim(tmp_path / "rel", {0: [rectangle(10, 20, 30, 15)]}).read_text()
+    (tmp_path / "rel" / "stage_2_train.csv").write_text(relative)
+    table = load_source(parse_source_spec(f"siim_pneumothorax:{tmp_path}/rel/stage_2_train.csv"))
+    assert "row 2: " in validate_table(table).format() and "is before the end of the run before it" in \
+        table.frame["source_problems"].tolist()[0][0][0]
+
+
+def test_an_image_listed_twice_without_pneumothorax_names_both_lines(tmp_path):
+    csv = write_siim(tmp_path / "siim", {0: [], 1: [], 2: [rectangle(10, 20, 30, 15)]})
+    csv.write_text(csv.read_text() + f"{UID.format(1001, 1)}, -1\n")
+    text = validate_table(load_source(parse_source_spec(f"siim_pneumothorax:{csv}"))).format()
+    assert "the image is listed 2 times without pneumothorax (-1) (lines 3 and 5). Fix: remove the repeated" in text
+    assert "with a mask" not in text
+
+
+def test_siim_fixes_say_where_the_image_and_its_patient_come_from(tmp_path):
+    csv = write_siim(tmp_path / "siim", {0: [], 1: [rectangle(10, 20, 30, 15)], 2: []})
+    dicom = next((tmp_path / "siim").rglob(f"{UID.format(1001, 1)}.dcm"))
+    header = pydicom.dcmread(dicom)
+    del header.PatientID
+    header.save_as(dicom)
+    next((tmp_path / "siim").rglob(f"{UID.format(1002, 2)}.dcm")).unlink()
+    text = validate_table(load_source(parse_source_spec(f"siim_pneumothorax:{csv}")), need_patient_ids=True,
+                          check_images=False).format()
+    assert ("row 3: " in text and "no patient id. Fix: SIIM-ACR takes the patient from the PatientID of the image's "
+            "DICOM header, which is empty or missing here: restore the DICOM file as published") in text
+    assert (f"row 4: {tmp_path}/siim/{UID.format(1002, 2)}.dcm: file not found. Fix: <ImageId>.dcm is looked for "
+            f"in {tmp_path}/siim and its sub-folders") in text
+    assert "patient_id column" not in text and "manifest" not in text
 
 
 @pytest.mark.parametrize("values, message", [

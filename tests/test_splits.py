@@ -200,6 +200,22 @@ def test_ensure_splits_refuses_partial_split_column_and_leaky_predefined():
         ensure_splits(leaky, SplitConfig(test_fraction=0.2))
 
 
+def test_split_errors_say_the_fix_a_source_records_on_its_table():
+    partial = make_table(n_patients=20, split=lambda f: ["train"] * (len(f) - 1) + [None])
+    partial.frame.attrs["missing_split_fix"] = "give part b a split"
+    with pytest.raises(SplitError, match=r"have no split while others do \(rows \d+\): give part b a split\.$"):
+        ensure_splits(partial, SplitConfig())
+    leaky = make_table(n_patients=20, split=lambda f: np.where(np.arange(len(f)) % 2 == 0, "train", "test"))
+    leaky.frame.attrs["split_fix"] = "restore the list files"
+    with pytest.raises(LeakageError, match="must be in one split: restore the list files, or use split.method"):
+        check_no_leakage(leaky)
+    unnamed = make_table(n_patients=20)
+    unnamed.frame.loc[3, "patient_id"] = None
+    unnamed.frame.attrs["patient_fix"] = "restore the DICOM header's PatientID"
+    with pytest.raises(SplitError, match=r"\(rows 3\) in synthetic\. Restore the DICOM header's PatientID\.$"):
+        patient_split(unnamed)
+
+
 def test_ensure_splits_kfold_and_kfold_indices():
     table = make_table(split=lambda f: np.where(np.arange(len(f)) % 3 == 0, "val", "train"))
     table.frame["patient_id"] = [f"q{i}" for i in range(len(table))]  # one image per patient

@@ -146,6 +146,23 @@ def test_tbx11k_settings_and_layout_errors(tmp_path, capsys):
 
 
 
+def test_tbx11k_refuses_a_list_without_rows_and_says_where_a_missing_image_is_read(tmp_path):
+    root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "sick/s0002.png"], ["health/h0003.png"])
+    (root / "imgs" / "sick" / "s0002.png").unlink()
+    text = validate_table(load_tbx11k(root), check_images=False).format()
+    assert (f"s0002.png: file not found. Fix: TBX11K's images are read from {root}/imgs/ by the names in lists/ "
+            "(data.path is the TBX11K folder)") in text
+    (root / "lists" / "TBX11K_val.txt").write_text("\n")
+    with pytest.raises(DataSourceError, match=r"lists/TBX11K_val.txt: no data rows \(no image listed\); restore the "
+                                              "publisher's list"):
+        load_tbx11k(root)
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    (kaggle / "data.csv").write_text(KAGGLE_COLUMNS)
+    with pytest.raises(DataSourceError, match=r"data.csv: no data rows \(only the header, line 1\); restore the file"):
+        load_tbx11k(kaggle)
+
+
 KAGGLE_COLUMNS = "fname,image_height,image_width,source,bbox,target,tb_type,image_type\n"
 
 
@@ -235,7 +252,7 @@ def test_a_tbx11k_run_measures_its_explanations_against_the_radiologists_boxes(t
     assert (splits["split"] == "val").sum() == 12 and (splits["split"] == "test").sum() == 6  # carved from train
     explained = pd.read_csv(run / "explanations" / "explanations.csv")
     record = json.loads((run / "explanations" / "faithfulness.json").read_text())
-    boxed = explained[explained["peak_in_box"].notna()]
+    boxed = explained[explained["box_fraction"].notna()]  # a flat map has boxes but no peak_in_box
     assert record["localisation"]["images_with_boxes"] == len(boxed) >= 1
     # a 16 px box of a 64 px image covers 1/16 of the 32 px input
     assert boxed["box_fraction"].tolist() == pytest.approx([1 / 16] * len(boxed))

@@ -386,3 +386,14 @@ def test_many_problems_of_one_kind_are_counted_with_their_rows_and_kept_in_the_f
             f"(rows {', '.join(str(r) for r in range(SHOWN_PER_PROBLEM + 1, SHOWN_PER_PROBLEM + 6))}, ...)") in text
     assert "row 70: x.png: file not found" in text
     assert len(report.to_frame()) == 61   # the frame keeps every problem
+
+
+def test_a_missing_file_gets_the_fix_its_source_records_on_the_table(tmp_path):
+    frame = pd.DataFrame({"image": [str(tmp_path / "gone.png")], "label": [0], "row": [2]})
+    generic = validate_table(ImageTable(frame, ["a", "b"], "binary"))
+    assert "manifest root" in generic.problems[0].fix
+    frame.attrs["missing_fix"] = f"the source reads its images from {tmp_path}/images"
+    for check_images in (True, False):
+        report = validate_table(ImageTable(frame, ["a", "b"], "binary"), check_images=check_images)
+        assert [(p.problem, p.fix) for p in report.problems] == [
+            ("file not found", f"the source reads its images from {tmp_path}/images")]

@@ -66,8 +66,9 @@ def check_no_leakage(table: ImageTable) -> None:
     leaked = splits[splits.map(len) > 1]
     if len(leaked):
         shown = "; ".join(f"{patient} ({', '.join(names)})" for patient, names in leaked.items())
+        fix = table.frame.attrs.get("split_fix", "fix the split column")  # a source's own words, e.g. its list files
         raise LeakageError(f"{len(leaked)} patient(s) appear in more than one split: {shown}. "
-                           "Each patient's images must be in one split: fix the split column, or use "
+                           f"Each patient's images must be in one split: {fix}, or use "
                            "split.method: patient to split by patient.")
 
 
@@ -138,9 +139,10 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
     unassigned = pd.isna(split)
     if unassigned.any() and not unassigned.all():
         rows = table.frame.loc[unassigned, "row"].tolist()
+        fix = table.frame.attrs.get("missing_split_fix", "fill the split column for every row, leave it empty "
+                                    "everywhere, or use split.method: patient")  # e.g. a merged table's parts
         raise SplitError(f"{int(unassigned.sum())} row(s) have no split while others do (rows "
-                         f"{_short(rows)}). Fill the split column for every row, leave it empty "
-                         "everywhere, or use split.method: patient.")
+                         f"{_short(rows)}): {fix}.")
     bad = sorted({str(s) for s in split[~unassigned] if s not in SPLITS})
     if bad:
         raise SplitError(f"split values {bad} are not {', '.join(SPLITS)}")
@@ -407,10 +409,11 @@ def _require_patients(table: ImageTable, mask: np.ndarray, purpose: str) -> None
     missing = mask & (patients.isna() | (patients == "")).to_numpy(dtype=bool)
     if missing.any():
         rows = table.frame.loc[missing, "row"].tolist()
+        fix = table.frame.attrs.get("patient_fix", "fill the patient_id column (a manifest), use a source that "
+                                    "records patients, or give each image its own id if every image is a "
+                                    "different patient")
         raise SplitError(f"{purpose} needs a patient id on every row; {int(missing.sum())} row(s) have "
-                         f"none (rows {_short(rows)}) in {table.source or 'the table'}. Fill the "
-                         "patient_id column (a manifest), use a source that records patients, or give "
-                         "each image its own id if every image is a different patient.")
+                         f"none (rows {_short(rows)}) in {table.source or 'the table'}. {fix[0].upper()}{fix[1:]}.")
 
 
 def _check_fraction(name: str, value: float) -> None:

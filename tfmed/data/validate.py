@@ -47,6 +47,10 @@ from tfmed.errors import TfmedError
 from tfmed.progress import native_stderr_captured
 
 SOURCE_PROBLEMS = "source_problems"
+MISSING = "file not found"
+# A source may record fix texts in its frame's attrs, said instead of the generic ones: "missing_fix" (a missing
+# image: where the source looks for it), "patient_fix" (a row without patient id), and for the splits
+# (tfmed.data.splits) "split_fix" (a patient in two splits) and "missing_split_fix" (rows without a split).
 # How a run leaves bad rows out; commands that read rows otherwise say their own way (apply_validation's remedy).
 RUN_REMEDY = "set data.exclude_bad_rows: true to leave them out (they are then listed in the run's output)"
 
@@ -346,7 +350,7 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
     def check(path: str, capture_messages: bool = False):
         if not check_images:
             if not os.path.exists(path):
-                return ImageReadError(path, "file not found", "check the path or remove the row")
+                return ImageReadError(path, MISSING, "check the path or remove the row")
             return None
         if is_volume_path(path) and os.path.exists(path):
             return ImageReadError(path, f"a volume (a DICOM series folder or {VOLUME_FILES}), not a 2-D image",
@@ -374,6 +378,10 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
     if untraced:  # e.g. a library's Python warning, which is shown once per process
         warn(None, "printed while the images were decoded, not traced to one file: "
              + " | ".join(untraced.elements()), "none for the rows; it is listed so that no message is lost")
+    missing_fix = frame.attrs.get("missing_fix")  # where the source looks for its images, in its own words
+    for key, outcome in outcomes.items():
+        if missing_fix and isinstance(outcome, ImageReadError) and outcome.reason == MISSING:
+            outcomes[key] = ImageReadError(key, MISSING, missing_fix)
     for position, key in enumerate(keys):
         outcome = outcomes.get(key) if key is not None else None
         if key is None or first_seen.get(key) != position or outcome is None:

@@ -263,10 +263,14 @@ def localisation_sentence(figures: dict | None) -> str:
         >>> localisation_sentence({"images_with_boxes": 2, "pointing_game": 0.5, "energy_in_boxes": 0.4,
         ...                        "box_fraction": 0.1})
         ' Against the boxes of 2 images: the peak lies in a box in 50% (pointing game), and 0.400 of the map lies in the boxes against 0.100 for an even map.'
+        >>> localisation_sentence({"images_with_boxes": 2, "pointing_game": None, "energy_in_boxes": None,
+        ...                        "box_fraction": 0.1})[:79]
+        ' Against the boxes of 2 images: the peak lies in a box in n/a (every map flat) '
     """
     if not figures or not figures["images_with_boxes"]:
         return ""
     energy = "n/a" if figures["energy_in_boxes"] is None else f"{figures['energy_in_boxes']:.3f}"
+    hits = "n/a (every map flat)" if figures["pointing_game"] is None else f"{figures['pointing_game']:.0%}"
     return (f" Against the boxes of {figures['images_with_boxes']} images: the peak lies in a box in "
-            f"{figures['pointing_game']:.0%} (pointing game), and {energy} of the map lies in the boxes against "
+            f"{hits} (pointing game), and {energy} of the map lies in the boxes against "
             f"{figures['box_fraction']:.3f} for an even map.")

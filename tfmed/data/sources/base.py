@@ -202,11 +202,12 @@ def chosen_labels(classes: list[str] | None, known: tuple[str, ...], dataset: st
     return list(classes)
 
 
-def read_csv_rows(path: Path, required: tuple[str, ...], what: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
+def read_csv_rows(path: Path, required: tuple[str, ...], what: str,
+                  allow_empty: bool = False) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the ``(line number, fields)`` of each non-blank record of a publisher's CSV.
 
     A ``.gz`` file is read through gzip. Fields are stripped; ``required`` columns must be in the header (all
-    missing ones are named at once).
+    missing ones are named at once). A file without a data row is refused unless ``allow_empty``.
     """
     if not path.is_file():
         raise DataSourceError(f"{path}: not found; data.path must be {what}")
@@ -234,6 +235,9 @@ def read_csv_rows(path: Path, required: tuple[str, ...], what: str) -> tuple[lis
         raise DataSourceError(f"{path} (line 1, the header): no column {', '.join(map(repr, missing))}. "
                               f"Columns found: {', '.join(filter(None, header)) or '(none)'}. "
                               f"data.path must be {what}.")
+    if not rows and not allow_empty:
+        raise DataSourceError(f"{path}: no data rows (only the header, line 1); a table without images cannot be "
+                              f"used: restore the file as downloaded, with its lines (data.path must be {what})")
     return header, rows
 
 
@@ -245,6 +249,19 @@ def row_values(fields: list[str], column: dict[str, int], width: int, problems: 
                          f"no value for {', '.join(map(repr, short))}",
                          "restore the line as published (one field per header column)"))
     return {name: fields[index] if index < len(fields) else "" for name, index in column.items()}
+
+
+def with_fixes(table: ImageTable, **fixes: str | None) -> ImageTable:
+    """``table`` with the source's own fix texts (``missing_fix``, ``patient_fix``, ``split_fix``; None: not
+    recorded) in its frame's attrs, which validation and splits say instead of their generic texts.
+
+    Example:
+        >>> table = ImageTable(pd.DataFrame({"image": ["a.png"], "label": [0]}), ["a", "b"], "binary")
+        >>> with_fixes(table, missing_fix="put it in images/").frame.attrs
+        {'missing_fix': 'put it in images/'}
+    """
+    table.frame.attrs.update({key: text for key, text in fixes.items() if text})
+    return table
 
 
 def single_label_frame(records: list[dict], extra: tuple[str, ...] = ()) -> pd.DataFrame:

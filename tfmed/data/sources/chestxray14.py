@@ -58,7 +58,8 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.demographics import log_unreadable, published_demographics
-from tfmed.data.sources.base import SourceKind, chosen_labels, index_files, label_frame, read_csv_rows, row_values
+from tfmed.data.sources.base import (SourceKind, chosen_labels, index_files, label_frame, read_csv_rows, row_values,
+                                     with_fixes)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -137,7 +138,13 @@ def load_chestxray14(path: str | Path, root: str | Path | None = None,
                               "or its sub-folders. Set data.root to the folder holding the ChestX-ray14 PNG "
                               "files (e.g. the one with images_001/ ... images_012/).")
     log_unreadable(path, unreadable)
-    return ImageTable(label_frame(records, names), names, "multilabel", source=str(path))
+    table = ImageTable(label_frame(records, names), names, "multilabel", source=str(path))
+    lists = (f"put each patient's images in one of {TRAIN_VAL_LIST} and {TEST_LIST} (beside {path.name}; the "
+             "publisher's lists keep each patient in one)")
+    return with_fixes(table, missing_fix=f"ChestX-ray14's images are looked for by file name in {root} and its "
+                      "sub-folders (data.root; by default images/ beside the CSV, else the CSV's folder): put the "
+                      "PNG file there, set data.root to the folder that holds it, or remove the row",
+                      split_fix=lists if splits is not None else None)
 
 
 def _default_root(path: Path) -> Path:

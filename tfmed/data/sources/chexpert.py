@@ -63,7 +63,7 @@ import pandas as pd
 from tfmed.config import UNKNOWN_LABEL, DataConfig
 from tfmed.data.demographics import log_unreadable, published_demographics
 from tfmed.data.sources.base import (SourceKind, chosen_labels, excluded_frame, label_frame, read_csv_rows,
-                                     row_values)
+                                     row_values, with_fixes)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -138,8 +138,11 @@ def load_chexpert(path: str | Path, root: str | Path | None = None, classes: lis
         record[SOURCE_PROBLEMS] = tuple(problems)
         records.append(record)
     log_unreadable(path, unreadable)
-    return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
-                      excluded=excluded_frame(excluded))
+    table = ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
+                       excluded=excluded_frame(excluded))
+    return with_fixes(table, missing_fix=f"CheXpert's {PATH} values are read from {root} (data.root; by default "
+                      "the folder above the CSV's): put the image there as published, set data.root to the folder "
+                      "that holds CheXpert-v1.0-small/, or remove the row")
 
 
 def uncertainty_policies(uncertain: str | dict[str, str], names: list[str]) -> dict[str, str]:

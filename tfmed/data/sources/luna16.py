@@ -205,7 +205,7 @@ def load_reference(path: str | Path, root: str | Path | None = None, subsets: st
 def _findings(path: Path, scans: set[str]) -> pd.DataFrame:
     """An annotation file's findings in ``scans``: scan, x, y, z, diameter_mm (bad values stop with the line)."""
     header, rows = read_csv_rows(path, (SERIES,) + COORDINATES + (DIAMETER,), "LUNA16's annotations.csv or "
-                                 "annotations_excluded.csv, unchanged")
+                                 "annotations_excluded.csv, unchanged", allow_empty=True)
     column = {name: header.index(name) for name in (SERIES,) + COORDINATES + (DIAMETER,)}
     records = []
     for line, fields in rows:

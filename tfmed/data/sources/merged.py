@@ -3,7 +3,7 @@
 Each part is loaded as on its own, then:
 
 * its class or label names go through the part's ``rename`` (e.g. ChestX-ray14's
-  ``Effusion`` -> CheXpert's ``Pleural Effusion``);
+  ``Effusion`` -> CheXpert's ``Pleural Effusion``); two of a part's names made one are refused;
 * the merged classes are ``data.classes``, or every part's in the order first met.
   Single-label parts (binary, multiclass) must use only merged class names. A
   merged multilabel label that a part does not grade is unknown
@@ -14,7 +14,9 @@ Each part is loaded as on its own, then:
   ``split.test_sites: [mimic]`` holds a whole collection out as an external
   test, and every split reports each part's figures), and each patient id
   becomes ``NAME:ID``, since two collections' ids name different people;
-* the parts' splits (e.g. a publisher's test split) are kept;
+* the parts' splits (e.g. a publisher's test split) are kept; the fix texts the parts record for
+  validation and splits (``frame.attrs``) are kept, prefixed with the part's name, and parts without a
+  split beside parts with one are named for ``split.method: predefined``;
 * what a part left out is kept in ``table.excluded``, its problem prefixed
   with the part's name.
 
@@ -61,7 +63,9 @@ def load_merged(config: DataConfig, load: Callable[[DataPartConfig], ImageTable]
         if unknown:
             raise DataSourceError(f"data.parts {name}: rename names {', '.join(map(repr, unknown))}, which it does "
                                   f"not have; its classes are {', '.join(table.classes)}")
-        parts.append((name, table, [part.rename.get(c, c) for c in table.classes]))
+        names = [part.rename.get(c, c) for c in table.classes]
+        _refuse_shared_names(name, table.classes, names)
+        parts.append((name, table, names))
     multilabel = {table.task == "multilabel" for _, table, _ in parts}
     if len(multilabel) > 1:
         tasks = ", ".join(f"{name} {table.task}" for name, table, _ in parts)
@@ -76,8 +80,45 @@ def load_merged(config: DataConfig, load: Callable[[DataPartConfig], ImageTable]
     excluded = [table.excluded.assign(problem=name + ": " + table.excluded["problem"].astype(str))
                 for name, table, _ in parts if len(table.excluded)]
     task = "multilabel" if is_multilabel else ("binary" if len(classes) == 2 else "multiclass")
+    frame.attrs = _part_fixes(parts)
     return ImageTable(frame, classes, task, source="merged: " + ", ".join(name for name, _, _ in parts),
                       excluded=pd.concat(excluded, ignore_index=True) if excluded else pd.DataFrame())
+
+
+def _refuse_shared_names(name: str, classes: list[str], names: list[str]) -> None:
+    """Refuse a part whose ``rename`` gives two of its classes one merged name (its labels cannot be one)."""
+    for merged in dict.fromkeys(names):
+        sources = [old for old, new in zip(classes, names) if new == merged]
+        if len(sources) > 1:
+            shown = " and ".join(map(repr, sources))
+            raise DataSourceError(f"data.parts {name}: rename gives {shown} one name, {merged!r}; each merged "
+                                  f"label comes from one label of a part. Rename only one of them to {merged!r} "
+                                  "(the other keeps its own name, or another one)")
+
+
+# Fix texts a source records on its table (frame.attrs) for the generic checks of validation and splits.
+PART_FIXES = ("missing_fix", "patient_fix", "split_fix")
+
+
+def _part_fixes(parts: list[tuple[str, ImageTable, list[str]]]) -> dict[str, str]:
+    """The fix texts of the parts' tables, each prefixed with its part's name, and the fix for parts without a
+    split of their own beside parts with one (``split.method: predefined``)."""
+    fixes = {}
+    for key in PART_FIXES:
+        texts = [f"{name}: {table.frame.attrs[key]}" for name, table, _ in parts if key in table.frame.attrs]
+        if texts:
+            fixes[key] = "; ".join(texts)
+    given = {name: table.frame["split"].notna().any() for name, table, _ in parts}
+    unsplit, split = [n for n, has in given.items() if not has], [n for n, has in given.items() if has]
+    if unsplit and split:
+        one = len(unsplit) == 1
+        fixes["missing_split_fix"] = (
+            f"these are the images of data.parts {_and(unsplit)}, which {'has' if one else 'have'} no split of "
+            f"{'its' if one else 'their'} own, while {_and(split)} {'has' if len(split) == 1 else 'have'} one: give "
+            f"{_and(unsplit)} a split (a source whose files set one, e.g. a manifest with a split column), or use "
+            "split.method: patient to split every part afresh by patient (split.test_sites holds a whole part "
+            "out as the test)")
+    return fixes
 
 
 def _single_label_frame(name: str, table: ImageTable, names: list[str], classes: list[str]) -> pd.DataFrame:
@@ -112,3 +153,7 @@ def _renamed_people(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     patients = frame["patient_id"].astype("string")
     frame["patient_id"] = (name + ":" + patients).where(patients.notna(), pd.NA).astype("string")
     return frame
+
+
+def _and(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]

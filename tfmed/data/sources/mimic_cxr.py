@@ -51,7 +51,7 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.sources.base import (SourceKind, chosen_labels, counted_skips, excluded_frame, label_frame,
-                                     read_csv_rows, row_values)
+                                     read_csv_rows, row_values, with_fixes)
 from tfmed.data.sources.chexpert import OBSERVATIONS, observation_label, uncertainty_policies
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
@@ -154,8 +154,12 @@ def load_mimic_cxr(path: str | Path, root: str | Path | None = None, classes: li
     if not records:
         reasons = "; ".join(entry["problem"] for entry in excluded) or f"{metadata.name} lists no image"
         raise DataSourceError(f"{path}: no image left to read ({reasons})")
-    return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
-                      excluded=excluded_frame(excluded))
+    table = ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
+                       excluded=excluded_frame(excluded))
+    restore = f"restore {split_file.name} as published (it keeps each subject_id in one split)" if split_file else None
+    return with_fixes(table, missing_fix=f"MIMIC-CXR-JPG's images are read as files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg "
+                      f"under {root} (data.root; by default the label file's folder): download the image there, or "
+                      "remove its line", split_fix=restore)
 
 
 def _record(line: int, image, subject: str, value: dict, split, problems: list, labels: dict) -> dict:

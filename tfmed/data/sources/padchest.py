@@ -47,7 +47,7 @@ import pandas as pd
 from tfmed.config import DataConfig
 from tfmed.data.demographics import log_unreadable, published_demographics
 from tfmed.data.sources.base import (SourceKind, chosen_labels, counted_skips, excluded_frame, label_frame,
-                                     read_csv_rows, row_values)
+                                     read_csv_rows, row_values, with_fixes)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -119,8 +119,11 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
     excluded = counted_skips(path, skipped, "image")
     if not records:
         raise DataSourceError(f"{path}: no image left to read" + (f" ({excluded[0]['problem']})" if excluded else ""))
-    return ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
-                      excluded=excluded_frame(excluded))
+    table = ImageTable(label_frame(records, names), names, "multilabel", source=str(path),
+                       excluded=excluded_frame(excluded))
+    return with_fixes(table, missing_fix=f"PadChest's images are read as <ImageDir>/<ImageID> under {root} "
+                      "(data.root; by default the CSV's folder), or as <ImageID> in it when that folder is not "
+                      "there: put the PNG file there, set data.root, or remove the row")
 
 
 def _age(birth: str | None, study_date: str | None) -> str:

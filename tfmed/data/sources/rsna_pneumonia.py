@@ -38,7 +38,7 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, format_boxes, parse_boxes
-from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values, single_label_frame, two_classes
+from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values, single_label_frame, two_classes, with_fixes
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -87,7 +87,10 @@ def load_rsna_pneumonia(path: str | Path, root: str | Path | None = None,
     records = [_record(patient, image, folder) for patient, image in images.items()]
     frame = single_label_frame(records, (BOXES_COLUMN,))
     frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
-    return ImageTable(frame, names, "binary", source=str(path))
+    return with_fixes(ImageTable(frame, names, "binary", source=str(path)),
+                      missing_fix=f"RSNA's images are read as <patientId>.dcm from {folder} ({IMAGES}/ under "
+                      "data.root when it is there, else data.root; by default the CSV's folder): put the DICOM file "
+                      "there, set data.root, or remove the row")
 
 
 def _record(patient: str, image: dict, folder: Path) -> dict:

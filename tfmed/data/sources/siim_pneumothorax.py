@@ -17,13 +17,16 @@ image, or one line of ``-1`` for an image without.
   where the saliency maps point.
 * Masks are run-length encoded down the image's columns (column-major). The first stage gives each
   run's start relative to the end of the run before; the second stage's file gives absolute starts.
-  The encoding is told from the file: runs that would pass the image's end when read as relative
-  mean absolute starts, starts that do not increase mean relative ones (a mask of one run reads the
-  same either way); a file with both is refused.
+  The publisher's two names decide the encoding (:data:`PUBLISHED`); a file of another name is read as
+  its masks say: runs that would pass the image's end when read as relative mean absolute starts,
+  starts that do not increase mean relative ones (relative when every mask reads both ways), the
+  choice logged; a file with both is refused.
 * Row problems, with the line of the image's first line (the header is 1): an image listed both
-  with ``-1`` and with a mask; a mask that is not pairs of whole numbers, or runs past the image's
-  end; an image found twice under the root; a header that cannot be read. An image not found is
-  reported by validation ("file not found").
+  with ``-1`` and with a mask, or with ``-1`` twice (both with their lines); a mask that is not pairs
+  of whole numbers, or runs past the image's end (or, with absolute starts, starts before the run
+  before it ends); an image found twice under the root; a header that cannot be read. An image not
+  found is reported by validation ("file not found", saying where it is looked for), and so is a
+  header without PatientID when the split is by patient (the fix texts the table records).
 
 Example:
     >>> mask_from_rle("5 2 3 1", 4, 3, relative=True).astype(int).T.ravel().tolist()  # column by column
@@ -42,12 +45,15 @@ from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, format_boxes, mask_boxes
 from tfmed.data.demographics import log_unreadable, published_demographics
 from tfmed.data.sources.base import (SourceKind, index_files, read_csv_rows, row_values, single_label_frame,
-                                     two_classes)
+                                     two_classes, with_fixes)
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
+from tfmed.progress import log
 
 IMAGE, PIXELS = "ImageId", "EncodedPixels"
 NO_MASK = "-1"
+# the publisher's file names and their encodings (relative starts: True)
+PUBLISHED = {"train-rle.csv": True, "stage_2_train.csv": False}
 CLASSES = ["no_pneumothorax", "pneumothorax"]
 WHAT = ("the publisher's train-rle.csv (or stage_2_train.csv) of the SIIM-ACR Pneumothorax Segmentation "
         "challenge, unchanged")
@@ -58,7 +64,8 @@ def mask_from_rle(text: str, height: int, width: int, relative: bool) -> np.ndar
     each start counted from the end of the run before (``relative``) or from the image's first pixel.
 
     Raises:
-        ValueError: the text is not pairs of whole numbers, or a run passes the image's end.
+        ValueError: the text is not pairs of whole numbers, a run passes the image's end, or (absolute starts)
+            a run starts before the run before it ends.
 
     Example:
         >>> mask_from_rle("1 2", 2, 2, relative=False).astype(int).tolist()
@@ -73,6 +80,9 @@ def mask_from_rle(text: str, height: int, width: int, relative: bool) -> np.ndar
     flat = np.zeros(height * width, bool)
     position = 0
     for start, length in zip(numbers[0::2], numbers[1::2]):
+        if not relative and start < position:
+            raise ValueError(f"{PIXELS} {_short(text)!r}: run start {start} is before the end of the run before it "
+                             "(relative starts, in a file of absolute ones?)")
         position = position + start if relative else start
         if position + length > flat.size:
             raise ValueError(f"{PIXELS} {_short(text)!r} runs past the end of the {width} x {height} image")
@@ -107,9 +117,10 @@ def load_siim_pneumothorax(path: str | Path, root: str | Path | None = None,
     for line, fields in rows:
         problems: list[tuple[str, str]] = []
         value = row_values(fields, column, len(header), problems)
-        image = images.setdefault(value[IMAGE], {"row": line, "masks": [], "problems": []})
+        image = images.setdefault(value[IMAGE], {"row": line, "masks": [], "lines": [], "problems": []})
         image["problems"] += problems
         image["masks"].append(value[PIXELS])
+        image["lines"].append(line)
     found = index_files(root)
     headers = {name: _header(name, found, root) for name in images if name}
     relative = _relative(path, images, headers)
@@ -118,7 +129,12 @@ def load_siim_pneumothorax(path: str | Path, root: str | Path | None = None,
     log_unreadable(path, unreadable)
     frame = single_label_frame(records, (BOXES_COLUMN,))
     frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
-    return ImageTable(frame, names, "binary", source=str(path))
+    return with_fixes(ImageTable(frame, names, "binary", source=str(path)),
+                      missing_fix=f"<ImageId>.dcm is looked for in {root} and its sub-folders (data.root; by default "
+                      "the CSV's folder): put the DICOM file there, or leave the row out (data.exclude_bad_rows: "
+                      "true; some listed images are missing from the release)",
+                      patient_fix="SIIM-ACR takes the patient from the PatientID of the image's DICOM header, which "
+                      "is empty or missing here: restore the DICOM file as published")
 
 
 def _header(name: str, found: dict[str, list[str]], root: Path) -> dict:
@@ -143,8 +159,8 @@ def _header(name: str, found: dict[str, list[str]], root: Path) -> dict:
 
 
 def _relative(path: Path, images: dict[str, dict], headers: dict[str, dict]) -> bool:
-    """Whether the file's masks give relative starts (see the module text); relative when every mask reads
-    both ways."""
+    """Whether the file's masks give relative starts (see the module text): as its name says for the publisher's
+    two files, else as its masks say (relative when every mask reads both ways), the choice logged."""
     absolute_impossible = relative_impossible = 0
     for name, image in images.items():
         size = headers.get(name, {}).get("size")
@@ -159,7 +175,21 @@ def _relative(path: Path, images: dict[str, dict], headers: dict[str, dict]) -> 
         raise DataSourceError(f"{path}: {absolute_impossible} masks read only as relative run starts and "
                               f"{relative_impossible} only as absolute ones; keep one of the publisher's files "
                               "(train-rle.csv or stage_2_train.csv) as published")
-    return not relative_impossible
+    if path.name in PUBLISHED:  # its masks that read only the other way are row problems (see _record)
+        relative = PUBLISHED[path.name]
+        against = relative_impossible if relative else absolute_impossible
+        if against:
+            log(f"{path}: {against} masks read only as {'absolute' if relative else 'relative'} run starts, but the "
+                f"publisher's {path.name} gives {'relative' if relative else 'absolute'} ones; they are reported "
+                "with their lines")
+        return relative
+    relative = not relative_impossible
+    why = (f"{relative_impossible} masks run past the image's end read as relative" if relative_impossible else
+           f"{absolute_impossible} masks have starts that do not increase" if absolute_impossible else
+           "every mask reads both ways")
+    log(f"{path}: the masks are read with {'relative' if relative else 'absolute'} run starts ({why}; the file is "
+        "not named train-rle.csv, relative, or stage_2_train.csv, absolute, which would decide it)")
+    return relative
 
 
 def _record(name: str, image: dict, header: dict | None, relative: bool, unreadable: Counter) -> dict:
@@ -167,8 +197,12 @@ def _record(name: str, image: dict, header: dict | None, relative: bool, unreada
     header = header or {}
     masks = image["masks"]
     label = pd.NA
-    if NO_MASK in masks and len(masks) > 1:
-        problems.append((f"the image is listed both without pneumothorax ({NO_MASK}) and with a mask",
+    lines = " and ".join(map(str, image["lines"]))
+    if masks.count(NO_MASK) == len(masks) > 1:
+        problems.append((f"the image is listed {len(masks)} times without pneumothorax ({NO_MASK}) (lines {lines})",
+                         "remove the repeated line: -1 once"))
+    elif NO_MASK in masks and len(masks) > 1:
+        problems.append((f"the image is listed both without pneumothorax ({NO_MASK}) and with a mask (lines {lines})",
                          "keep the publisher's lines: -1 alone, or the image's masks"))
     elif not any(masks):
         problems.append((f"empty {PIXELS}", f"write {NO_MASK} for an image without pneumothorax, or its mask"))

@@ -75,7 +75,8 @@ import pandas as pd
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, box_from_corners, format_boxes
 from tfmed.data.decode import header_size
-from tfmed.data.sources.base import SourceKind, chosen_labels, counted_skips, excluded_frame, single_label_frame
+from tfmed.data.sources.base import (SourceKind, chosen_labels, counted_skips, excluded_frame, single_label_frame,
+                                     with_fixes)
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -139,8 +140,12 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
     frame = single_label_frame(records, (BOXES_COLUMN,))
     frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
     excluded = excluded_frame(counted_skips(listing, skipped, "image"))
-    return ImageTable(frame, names, "binary" if len(names) == 2 else "multiclass", source=str(path),
-                      excluded=excluded)
+    table = ImageTable(frame, names, "binary" if len(names) == 2 else "multiclass", source=str(path),
+                       excluded=excluded)
+    images = path / (SIMPLIFIED_IMAGES if listing.name == SIMPLIFIED_TABLE else IMAGES)
+    named = f"{listing.name}{'/' if listing.name == 'lists' else ''}"
+    return with_fixes(table, missing_fix=f"TBX11K's images are read from {images}/ by the names in {named} "
+                      "(data.path is the TBX11K folder): restore the image as published, or remove its line")
 
 
 def _published_rows(path: Path, names: list[str], split: str) -> Iterator[tuple[dict | None, tuple | None]]:
@@ -154,7 +159,11 @@ def _published_rows(path: Path, names: list[str], split: str) -> Iterator[tuple[
                                   f"Simplified folder, with {SIMPLIFIED_TABLE} and {SIMPLIFIED_IMAGES}/")
         if split and split != split_name:
             continue
-        for line, entry in _entries(list_file):
+        entries = _entries(list_file)
+        if not entries:
+            raise DataSourceError(f"{list_file}: no data rows (no image listed); restore the publisher's list, one "
+                                  f"{IMAGES}/ path per line")
+        for line, entry in entries:
             yield _record(path, entry, f"lists/{list_name} line {line}", names, seen, split_name)
 
 
@@ -237,6 +246,9 @@ def _simplified_rows(path: Path, names: list[str], split: str) -> Iterator[tuple
         raise DataSourceError(f"{table_file}: no column {', '.join(missing)}; data.path must be the TBX11K folder "
                               f"as published (lists/, imgs/) or Kaggle's TBX11K Simplified folder, whose data.csv "
                               f"has the columns {', '.join(SIMPLIFIED_COLUMNS)}")
+    if lines.empty:
+        raise DataSourceError(f"{table_file}: no data rows (only the header, line 1); restore the file as "
+                              "downloaded, one line per box of a tuberculosis image and one per other image")
     images: dict[str, dict] = {}
     for number, line in enumerate(lines[list(SIMPLIFIED_COLUMNS)].itertuples(index=False), start=2):
         where = f"{SIMPLIFIED_TABLE} line {number}"

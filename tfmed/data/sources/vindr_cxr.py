@@ -44,7 +44,7 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, box_from_corners, format_boxes
-from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values
+from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values, with_fixes
 from tfmed.data.table import LABEL_PREFIX, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -103,7 +103,10 @@ def load_vindr_cxr(path: str | Path, root: str | Path | None = None, classes: li
     records = [_record(image_id, image, folder, names, min_readers) for image_id, image in images.items()]
     frame = label_frame(records, names, extra=(BOXES_COLUMN,))
     frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
-    return ImageTable(frame, names, "multilabel", source=str(path))
+    return with_fixes(ImageTable(frame, names, "multilabel", source=str(path)),
+                      missing_fix=f"VinDr-CXR's images are read as <image_id>.dicom from {folder} ({IMAGES}/ under "
+                      "data.root when it is there, else data.root; by default the CSV's folder): put the DICOM file "
+                      "there, set data.root, or remove the image's lines")
 
 
 def _finding(value: dict, line: int, problems: list) -> str | None:
