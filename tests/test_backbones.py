@@ -248,7 +248,7 @@ def test_feature_errors_are_clear(vgg64):
 
 
 def test_extract_features_refuses_empty_nan_and_off_scale_images_clearly(vgg64):
-    from tfmed.modes.features import PixelRangeError
+    from tfmed.backbones.features import PixelRangeError
 
     fm = backbones.feature_model(vgg64, taps=("early",))
     with pytest.raises(backbones.FeatureInputError, match=r"images holds no images \(shape \(0, 64, 64, 3\)\)"):

@@ -436,7 +436,7 @@ def test_multiclass_class_indices_and_multilabel_unknowns_train():
 
 
 def test_image_arrays_on_another_scale_than_0_255_are_refused(binary_run):
-    from tfmed.modes.features import PixelRangeError
+    from tfmed.backbones.features import PixelRangeError
 
     x, y = make_data(n=8)
     tuner = FineTuner(BACKBONE, "binary", 1, image_size=SIZE, weights=None)

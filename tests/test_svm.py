@@ -11,6 +11,7 @@ from sklearn.svm import SVC
 import tfmed.backbones
 from tfmed.config import ExperimentConfig
 from tfmed.modes import FeatureSVM
+from tfmed.backbones.features import PixelRangeError
 from tfmed.modes import features as F
 from tfmed.modes import svm as S
 
@@ -337,12 +338,12 @@ def test_images_on_another_scale_are_refused_at_fit_predict_and_feature_extracti
     for images, match in scaled.values():
         for call in (binary_model.predict_proba, binary_model.predict, binary_model.decision_function,
                      lambda images: small().fit(images, y)):
-            with pytest.raises(F.PixelRangeError, match=match):
+            with pytest.raises(PixelRangeError, match=match):
                 call(images)
     fm = tfmed.backbones.feature_model(tfmed.backbones.create("efficientnet_lite0", weights=None,
                                                               input_shape=(SIZE, SIZE, 3)), taps=("early",))
     rgb = np.repeat(X[:3], 3, axis=-1)
     assert tfmed.backbones.extract_features(fm, rgb)["early"].shape[0] == 3
     for images, match in ((rgb / 255.0, "images scaled to 0-1"), ((rgb * 257).astype(np.uint16), "16-bit")):
-        with pytest.raises(F.PixelRangeError, match=match):
+        with pytest.raises(PixelRangeError, match=match):
             tfmed.backbones.extract_features(fm, images)

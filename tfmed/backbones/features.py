@@ -8,11 +8,43 @@ import tensorflow as tf
 from tfmed.backbones.registry import UnknownBackboneError, get_spec
 from tfmed.errors import TfmedError
 
-__all__ = ["FeatureInputError", "feature_model", "extract_features", "replicas_of"]
+__all__ = ["FeatureInputError", "PixelRangeError", "check_pixel_range", "feature_model", "extract_features",
+           "replicas_of"]
 
 
 class FeatureInputError(TfmedError):
     """Bad taps, pooling or images for feature extraction."""
+
+
+class PixelRangeError(FeatureInputError):
+    """Images on another scale than the 0-255 that tfmed backbones take."""
+
+
+# tfmed backbones take 0-255 images (each one's ImageNet preprocessing is inside the model); values this far
+# outside 0-255 are another scale (16-bit, Hounsfield units), not the noise that augmentation adds.
+PIXEL_MARGIN = 45.0
+
+
+def check_pixel_range(images: np.ndarray, what: str = "X") -> None:
+    """Refuse images on another scale than the 0-255 that tfmed backbones take: values far above 255 (16-bit,
+    raw DICOM) or far below 0 (Hounsfield units), or fractional values all within [-1, 1] (images scaled to 0-1
+    or -1-1), which the backbone would read as nearly black and score with confidence all the same.
+
+    Example:
+        >>> check_pixel_range(np.full((1, 4, 4, 1), 0.5))
+        Traceback (most recent call last):
+        tfmed.backbones.features.PixelRangeError: X holds values from 0.5 to 0.5 only: images scaled to 0-1 (or -1 to 1)? tfmed backbones take 0-255 images (their ImageNet preprocessing is inside the model): multiply by 255 (or map -1..1 to 0..255)
+    """
+    low, high = float(np.min(images)), float(np.max(images))
+    fix = "tfmed backbones take 0-255 images (their ImageNet preprocessing is inside the model): "
+    if high > 255.0 + PIXEL_MARGIN or low < -PIXEL_MARGIN:
+        raise PixelRangeError(f"{what} holds values from {low:g} to {high:g}: 16-bit pixels or Hounsfield units? "
+                              f"{fix}scale them to 0-255 first (e.g. min-max per image, or a CT window, "
+                              "tfmed.data.transforms.intensity.window_hu), or read the files through a table "
+                              "(tfmed run, make_dataset), which does")
+    if -1.0 <= low and high <= 1.0 and not np.array_equal(images, np.round(images)):  # black images pass
+        raise PixelRangeError(f"{what} holds values from {low:g} to {high:g} only: images scaled to 0-1 (or -1 to "
+                              f"1)? {fix}multiply by 255 (or map -1..1 to 0..255)")
 
 
 def _resolve_tap(model, spec, tap):
@@ -120,8 +152,7 @@ def _check_values(arr: np.ndarray) -> None:
     if bad.size:
         raise FeatureInputError(f"images rows {_rows(bad)} contain NaN or infinite pixels; fix or drop these "
                                 "images before extracting features")
-    from tfmed.modes.features import check_pixel_range  # PixelRangeError for 0-1 floats, 16-bit values
-    check_pixel_range(arr, "images")
+    check_pixel_range(arr, "images")  # PixelRangeError for 0-1 floats, 16-bit values
 
 
 def replicas_of(model) -> int:
@@ -186,7 +217,7 @@ def extract_features(model, images, batch_size=32) -> dict:
     ``tf.data.Dataset`` of images, of image batches, or of (images, labels) batches.
     Runs Keras' compiled ``predict`` loop (no per-image Python). An empty array or rows
     with NaN / infinite pixels raise :class:`FeatureInputError`, and arrays on another
-    scale (0-1 floats, 16-bit values) ``tfmed.modes.features.PixelRangeError``. Under a
+    scale (0-1 floats, 16-bit values) ``PixelRangeError``. Under a
     multi-replica strategy (a model built in ``MirroredStrategy.scope()``) any number of
     images works: batches are padded to a multiple of the replicas and the padding dropped.
 

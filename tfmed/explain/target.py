@@ -47,8 +47,9 @@ class ExplainError(TfmedError):
     """A model, layer, class index, method or image batch that cannot be explained."""
 
 
-class FlatMapWarning(UserWarning):
-    """Maps that cannot show where the model looks (Grad-CAM of a layer that is 1 x 1 at the input size)."""
+class FlatMapWarning(TfmedError, UserWarning):
+    """Maps that cannot show where the model looks (Grad-CAM of a layer that is 1 x 1 at the input size): a
+    warning, and a condition the user can fix (a larger input, an earlier layer, a pixel method)."""
 
 
 def keras_model_of(model) -> keras.Model:

@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 from skimage.feature import local_binary_pattern
 
+from tfmed.backbones.features import check_pixel_range
 from tfmed.config import SVMConfig, choices
 from tfmed.errors import TfmedError
 from tfmed.progress import log
@@ -56,15 +57,6 @@ class UnknownTapError(FeatureError):
 
 class NonFiniteError(FeatureError):
     """Images or features containing NaN or infinite values."""
-
-
-class PixelRangeError(FeatureError):
-    """Images on another scale than the 0-255 that tfmed backbones take."""
-
-
-# tfmed backbones take 0-255 images (each one's ImageNet preprocessing is inside the model); values this far
-# outside 0-255 are another scale (16-bit, Hounsfield units), not the noise that augmentation adds.
-PIXEL_MARGIN = 45.0
 
 
 # --------------------------------------------------------------------------- hashing
@@ -255,28 +247,6 @@ def as_image_batch(images: np.ndarray, what: str = "X") -> np.ndarray:
                              "fix or drop these images before extracting features")
     check_pixel_range(array, what)
     return array
-
-
-def check_pixel_range(images: np.ndarray, what: str = "X") -> None:
-    """Refuse images on another scale than the 0-255 that tfmed backbones take: values far above 255 (16-bit,
-    raw DICOM) or far below 0 (Hounsfield units), or fractional values all within [-1, 1] (images scaled to 0-1
-    or -1-1), which the backbone would read as nearly black and score with confidence all the same.
-
-    Example:
-        >>> check_pixel_range(np.full((1, 4, 4, 1), 0.5))
-        Traceback (most recent call last):
-        tfmed.modes.features.PixelRangeError: X holds values from 0.5 to 0.5 only: images scaled to 0-1 (or -1 to 1)? tfmed backbones take 0-255 images (their ImageNet preprocessing is inside the model): multiply by 255 (or map -1..1 to 0..255)
-    """
-    low, high = float(np.min(images)), float(np.max(images))
-    fix = "tfmed backbones take 0-255 images (their ImageNet preprocessing is inside the model): "
-    if high > 255.0 + PIXEL_MARGIN or low < -PIXEL_MARGIN:
-        raise PixelRangeError(f"{what} holds values from {low:g} to {high:g}: 16-bit pixels or Hounsfield units? "
-                              f"{fix}scale them to 0-255 first (e.g. min-max per image, or a CT window, "
-                              "tfmed.data.transforms.intensity.window_hu), or read the files through a table "
-                              "(tfmed run, make_dataset), which does")
-    if -1.0 <= low and high <= 1.0 and not np.array_equal(images, np.round(images)):  # black images pass
-        raise PixelRangeError(f"{what} holds values from {low:g} to {high:g} only: images scaled to 0-1 (or -1 to "
-                              f"1)? {fix}multiply by 255 (or map -1..1 to 0..255)")
 
 
 def as_input_batch(X, what: str = "X") -> np.ndarray:

@@ -613,7 +613,7 @@ class FineTuner:
     def _as_dataset(self, data, name: str, training: bool = False) -> tf.data.Dataset:
         """Accept a batched dataset or an (images, targets) pair; check shapes against the model."""
         if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tf.data.Dataset):
-            from tfmed.modes.features import check_pixel_range
+            from tfmed.backbones.features import check_pixel_range
 
             x = np.asarray(data[0], dtype=np.float32)
             if len(x) != len(data[1]):
@@ -711,7 +711,7 @@ class FineTuner:
             raise FinetuneError(f"predict got images of shape {np.shape(data)}; the model expects "
                                 f"(n, {', '.join(map(str, self.input_shape))}) on a 0-255 scale")
         if x.size:
-            from tfmed.modes.features import check_pixel_range
+            from tfmed.backbones.features import check_pixel_range
 
             check_pixel_range(x, "predict images")
         return np.asarray(self.model_.predict(x, batch_size=self.config.batch_size, verbose=0))
