@@ -21,7 +21,7 @@ from tfmed.data.table import ImageTable
 from tfmed.data.validate import validate_table
 from tfmed.data.volume_inputs import VolumeSampler, check_volume_rows
 from tfmed.errors import TfmedError
-from tfmed.explain import gradcam
+from tfmed.explain import FlatMapWarning, gradcam
 from tfmed.modes.finetune import FineTuner
 from tfmed.modes.svm import FITTED_FILE, SPEC_FILE, FeatureSVM
 from tfmed.run.artifact import TrainedModel
@@ -367,7 +367,9 @@ def test_an_svm_of_views_is_explained_in_the_view_that_carries_the_signal():
     np.testing.assert_allclose(graph.predict(X, verbose=0)[:, 0], svm.predict_proba(X)[:, 1], atol=1e-5)
     mosaic, grid = mosaic_model(graph)
     assert (grid.rows, grid.columns) == (3, 3)
-    maps = gradcam(mosaic, to_mosaic(X[y == 1], grid))
+    with pytest.warns(FlatMapWarning, match=r"\(out_relu\) is 1 x 1 at each 32 x 32 px view, so a map shows which "
+                                            "view the model looks at"):
+        maps = gradcam(mosaic, to_mosaic(X[y == 1], grid))
     per_view = maps.reshape(-1, 3, 32, 3, 32).transpose(0, 1, 3, 2, 4).reshape(len(maps), 9, -1).mean(axis=-1)
     assert (per_view.argmax(axis=1) == 4).all()
     assert grid.locate(np.unravel_index(maps[0].argmax(), maps[0].shape))[0] == 5

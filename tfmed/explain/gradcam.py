@@ -37,11 +37,15 @@ def _class_maps(model, images, index, layer, batch_size: int, weigh) -> np.ndarr
         part = index[start:start + batch_size] if index is not None and np.ndim(index) == 1 else index
         activations, grads = target.gradients(images[start:start + batch_size], part, wrt="layer")
         if start == 0 and activations.shape[1:3] == (1, 1):
+            if target.grid is None:
+                what = (f"at {images.shape[1]} x {images.shape[2]} px, so each map is one value spread over the "
+                        "image and cannot show where the model looks")
+            else:  # views of a volume: one value per view still tells the views apart
+                what = (f"at each {target.grid.size} x {target.grid.size} px view, so a map shows which view the "
+                        "model looks at, not where in it")
             warnings.warn(FlatMapWarning(
-                f"the layer Grad-CAM weighs ({target.layer}) is 1 x 1 at {images.shape[1]} x {images.shape[2]} px, "
-                "so each map is one value spread over the image and cannot show where the model looks; use a "
-                "larger preprocess.image_size, an earlier layer (--layer), or a pixel method (occlusion, "
-                "integrated_gradients)"), stacklevel=3)
+                f"the layer Grad-CAM weighs ({target.layer}) is 1 x 1 {what}; use a larger preprocess.image_size, "
+                "an earlier layer (--layer), or a pixel method (occlusion, integrated_gradients)"), stacklevel=3)
         weights = weigh(activations, grads)
         cams = np.maximum((weights[:, None, None, :] * activations).sum(axis=-1), 0.0)
         maps.append(target.layer_maps(cams, images.shape[1:3]))
