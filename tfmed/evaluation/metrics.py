@@ -129,12 +129,33 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
     return to_jsonable(result)
 
 
+# the binary figures that read scores as probabilities (see _decision_figures), and the Brier score
+DECISION_FIGURES = ("net_benefit", "net_benefit_treat_all", "beneficial_thresholds", "calibration_intercept",
+                    "calibration_slope")
+PROBABILITY_FIGURES = ("brier",) + DECISION_FIGURES
+
+
+def without_probability_figures(figures: dict) -> dict:
+    """Binary ``figures`` with those that read the scores as probabilities set to None (their bootstrap interval
+    too): for scores that are not probabilities although they lie in [0, 1], such as mean ranks.
+
+    Example:
+        >>> without_probability_figures({"roc_auc": 0.9, "brier": 0.1, "net_benefit": 0.3})
+        {'roc_auc': 0.9, 'brier': None, 'net_benefit': None}
+    """
+    for key in PROBABILITY_FIGURES:
+        if key in figures:
+            figures[key] = None
+    if "brier" in figures.get("bootstrap_ci", {}):
+        figures["bootstrap_ci"]["brier"] = [None, None]
+    return figures
+
+
 def _decision_figures(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
     """Net benefit at ``threshold`` and of acting on every case there, the thresholds where the model beats
     both simple rules, and the calibration line (see :mod:`tfmed.evaluation.decision`); None for each when
     the scores are not probabilities in [0, 1] (or the threshold is not inside (0, 1))."""
-    figures = dict.fromkeys(("net_benefit", "net_benefit_treat_all", "beneficial_thresholds",
-                             "calibration_intercept", "calibration_slope"))
+    figures = dict.fromkeys(DECISION_FIGURES)
     if s.min() < 0.0 or s.max() > 1.0:
         return figures
     if 0.0 < threshold < 1.0:
@@ -321,9 +342,7 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
 def _no_known_case(threshold: float, unknown: int, ci_level: float) -> dict:
     """A multilabel label's figures where no case's value is known: counts of 0, every figure None."""
     rates = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
-    figures = ("prevalence", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc", "pr_auc",
-               "brier", "net_benefit", "net_benefit_treat_all", "beneficial_thresholds", "calibration_intercept",
-               "calibration_slope")
+    figures = ("prevalence", *rates, "f1", "roc_auc", "pr_auc", *PROBABILITY_FIGURES)
     return {"task": "binary", "n": 0, "n_positive": 0, "n_negative": 0, "threshold": float(threshold),
             "confusion_matrix": {"tn": 0, "fp": 0, "fn": 0, "tp": 0}, **dict.fromkeys(figures),
             "ci_level": float(ci_level), "ci": {name: [None, None] for name in rates + ("roc_auc",)},

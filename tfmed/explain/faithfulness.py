@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from scipy.stats import spearmanr
 
+from tfmed.explain.maps import is_flat
 from tfmed.explain.target import (ExplainError, ExplainTarget, FlatMapWarning, _flat_layers, keras_model_of,
                                   prepare, repeat_index)
 
@@ -114,7 +115,7 @@ def faithfulness(model, images, maps, *, index=None, steps: int = 20, seed: int 
     """
     target, images, index = prepare(model, images, index)
     maps = checked_maps(maps, images)
-    ranked = np.ptp(maps.reshape(len(maps), -1), axis=1) > 0
+    ranked = ~is_flat(maps)
     out = {"flat_maps": int((~ranked).sum())}
     if np.ndim(index) == 1:
         index = index[ranked]
@@ -185,9 +186,9 @@ def rank_correlation(first: np.ndarray, second: np.ndarray) -> float | None:
     """
     values = []
     for one, two in zip(np.asarray(first), np.asarray(second)):
-        if np.ptp(one) == 0:
+        if is_flat(one):
             continue
-        values.append(0.0 if np.ptp(two) == 0 else float(spearmanr(one.ravel(), two.ravel()).statistic))
+        values.append(0.0 if is_flat(two) else float(spearmanr(one.ravel(), two.ravel()).statistic))
     return float(np.mean(values)) if values else None
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from tfmed.data.boxes import BOXES_COLUMN, box_mask, parse_boxes
 from tfmed.data.decode import image_info
+from tfmed.explain.maps import is_flat
 
 
 def localisation(maps: np.ndarray, masks: np.ndarray) -> list[dict]:
@@ -41,7 +42,7 @@ def localisation(maps: np.ndarray, masks: np.ndarray) -> list[dict]:
         if not mask.any():
             rows.append({"peak_in_box": None, "energy_in_boxes": None, "box_fraction": None})
             continue
-        if np.ptp(image_map) == 0:  # its "peak" would be the first pixel, a hit wherever a box covers it
+        if is_flat(image_map):  # its "peak" would be the first pixel, a hit wherever a box covers it
             rows.append({"peak_in_box": None, "energy_in_boxes": None, "box_fraction": float(mask.mean())})
             continue
         total = float(image_map.sum())

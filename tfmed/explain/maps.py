@@ -44,6 +44,20 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
 
 
+def is_flat(maps: np.ndarray) -> np.ndarray | bool:
+    """Whether each map of an (N, H, W) stack (or one (H, W) map) is flat: one value, no ranking of pixels and
+    no peak.
+
+    Example:
+        >>> is_flat(np.array([[[0.0, 0.0]], [[0.0, 1.0]]])).tolist(), is_flat(np.zeros((2, 2)))
+        ([True, False], True)
+    """
+    maps = np.asarray(maps)
+    if maps.ndim == 2:
+        return bool(np.ptp(maps) == 0)
+    return np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
+
+
 def peak(single_map: np.ndarray) -> tuple[int, int]:
     """(row, column) of a map's largest value (the first one, when tied).
 

@@ -39,6 +39,7 @@ from tfmed.errors import TfmedError
 from tfmed.files import DAMAGED, read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.progress import log
+from tfmed.training.callbacks import numeric_targets
 from tfmed.training.view_layers import FoldViews, PoolViews
 
 MODEL_FILE = "model.keras"
@@ -654,17 +655,13 @@ class FineTuner:
         rule = {"binary": "binary targets must be 0 or 1",
                 "multiclass": f"multiclass targets must be class indices 0..{self.num_outputs - 1} (or one-hot rows)",
                 "multilabel": "multilabel targets must be 0/1, with -1 for an unknown label"}[self.task]
-        if y.dtype == bool:
-            y = y.astype(np.float32)
-        if not np.issubdtype(y.dtype, np.number):
-            try:
-                y = y.astype(np.float64)
-            except (TypeError, ValueError):
-                bad = [i for i, value in enumerate(y.reshape(len(y), -1)) if not _numeric(value)]
-                raise FinetuneError(f"{name}: targets must be numbers, got {y.dtype} values such as "
-                                    f"{y.reshape(len(y), -1)[bad[0]].tolist()!r} in row(s) {_rows(bad)}; {rule} "
-                                    "- encode the class names as numbers first") from None
-        y = y.astype(np.float64)
+        try:
+            y = numeric_targets(y).astype(np.float64)
+        except ValueError:
+            bad = [i for i, value in enumerate(y.reshape(len(y), -1)) if not _numeric(value)]
+            raise FinetuneError(f"{name}: targets must be numbers, got {y.dtype} values such as "
+                                f"{y.reshape(len(y), -1)[bad[0]].tolist()!r} in row(s) {_rows(bad)}; {rule} "
+                                "- encode the class names as numbers first") from None
         if y.ndim == 1:
             y = y[:, None]
         if self.task == "multiclass" and y.ndim == 2 and y.shape[1] == 1:

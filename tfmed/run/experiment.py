@@ -179,7 +179,7 @@ def trained_model(config: ExperimentConfig, table: ImageTable, inputs: ImageInpu
 def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,
                    evaluation: EvaluationConfig) -> dict:
     """Metrics of one split at every stored operating point."""
-    from tfmed.evaluation.metrics import evaluate
+    from tfmed.evaluation.metrics import evaluate, without_probability_figures
 
     y = table.labels()
     if model.task == "multiclass":
@@ -191,24 +191,13 @@ def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,
     if not model.gives_probabilities:
         for entry in points.values():
             for figures in entry["per_label"].values() if model.task == "multilabel" else [entry]:
-                _drop_probability_figures(figures)
+                without_probability_figures(figures)
             entry["notes"].append(RANK_NOTE)
     return points
 
 
 RANK_NOTE = ("the scores are mean ranks (model.ensemble.combine: rank), not probabilities: Brier score, calibration "
              "and decision curve are left out (evaluation.recalibration turns them into probabilities)")
-_PROBABILITY_FIGURES = ("brier", "net_benefit", "net_benefit_treat_all", "beneficial_thresholds",
-                        "calibration_intercept", "calibration_slope")
-
-
-def _drop_probability_figures(figures: dict) -> None:
-    """Set the figures that read scores as probabilities to None (their bootstrap interval too)."""
-    for key in _PROBABILITY_FIGURES:
-        if key in figures:
-            figures[key] = None
-    if "brier" in figures.get("bootstrap_ci", {}):
-        figures["bootstrap_ci"]["brier"] = [None, None]
 
 
 def subgroup_metrics(model: TrainedModel, table: ImageTable, scores: np.ndarray,

@@ -33,6 +33,7 @@ from tfmed.data.table import ImageTable
 from tfmed.explain import ExplainError, explain_table, get_method, peak
 from tfmed.evaluation.report import predictions_column
 from tfmed.explain.localisation import box_localisation, summary
+from tfmed.explain.maps import is_flat
 from tfmed.explain.overlay import save_overlay, save_overlays
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
@@ -141,7 +142,7 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
         # views of a volume: the peak's view (numbered as views.planes orders them) and its pixel there
         location = dict(zip(("peak_row", "peak_col"), row_peak)) if result.grid is None else \
             dict(zip(("peak_view", "peak_row", "peak_col"), result.grid.locate(row_peak)))
-        if np.ptp(result.maps[i]) == 0:  # a flat map has no peak
+        if is_flat(result.maps[i]):  # a flat map has no peak
             location = dict.fromkeys(location)
         rows.append({"file": file, "group": group, "label": label_text, "score": round(score, 6),
                      "decision": decided, "explained_class": _class_name(model, explained), "method": method,

@@ -126,21 +126,37 @@ def _check_validation_data(validation_data):
                         f"tuple of arrays, got {type(validation_data).__name__}")
 
 
+def numeric_targets(targets) -> np.ndarray:
+    """``targets`` as numbers: as given when numeric, booleans as 0/1, text such as "1" converted.
+
+    Raises:
+        ValueError: a target is not a number (e.g. a class name).
+
+    Example:
+        >>> numeric_targets(np.array([True, False])).tolist(), numeric_targets(np.array(["1", "0"])).tolist()
+        ([1.0, 0.0], [1.0, 0.0])
+    """
+    y = np.asarray(targets)
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.number):
+        try:
+            return y.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"targets of dtype {y.dtype} are not all numbers") from None
+    return y
+
+
 def _as_label_matrix(y_true: np.ndarray, y_score: np.ndarray, task: str | None):
     """Return (task, Y, S): Y and S are (n, k) 0/1 targets and scores, one column per ROC curve."""
     y_score = np.asarray(y_score, dtype=np.float64)
     if y_score.ndim == 1:
         y_score = y_score[:, None]
-    y_true = np.asarray(y_true)
-    if y_true.dtype == bool:
-        y_true = y_true.astype(np.float64)
-    if not np.issubdtype(y_true.dtype, np.number):
-        try:
-            y_true = y_true.astype(np.float64)
-        except (TypeError, ValueError):
-            raise CallbackError(f"validation targets must be numbers (0/1 for binary and multi-label outputs, "
-                                f"class indices 0..K-1 or one-hot rows for multiclass), got {y_true.dtype} values "
-                                f"such as {y_true.ravel()[:3].tolist()}; encode the labels as numbers") from None
+    try:
+        y_true = numeric_targets(y_true)
+    except ValueError:
+        given = np.asarray(y_true)
+        raise CallbackError(f"validation targets must be numbers (0/1 for binary and multi-label outputs, "
+                            f"class indices 0..K-1 or one-hot rows for multiclass), got {given.dtype} values "
+                            f"such as {given.ravel()[:3].tolist()}; encode the labels as numbers") from None
     if not np.isfinite(y_true).all():
         rows = np.flatnonzero(~np.isfinite(y_true.reshape(len(y_true), -1)).all(axis=1))
         raise CallbackError(f"validation targets are missing (NaN or infinite) in row(s) {rows[:10].tolist()}"
