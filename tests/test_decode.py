@@ -95,8 +95,47 @@ def test_monochrome1_is_inverted(tmp_path):
     path = tmp_path / "mono1.dcm"
     dataset.save_as(path)
     hu = pydicom.dcmread(CT_SMALL).pixel_array.astype(np.float64) - 1024
-    expected = hu.max() + hu.min() - hu
+    # signed 16-bit stored values -32768..32767 give -33792..31743 after the rescale: turned over that range
+    expected = (-32768 - 1024) + (32767 - 1024) - hu
     np.testing.assert_array_equal(read_image(path)[:, :, 0], expected)
+
+
+def test_monochrome1_gives_one_stored_value_the_same_output_in_every_image(tmp_path):
+    """Inverted over the range the header allows, not each image's own minimum and maximum."""
+    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    dataset.PhotometricInterpretation, dataset.PixelRepresentation, dataset.BitsStored = "MONOCHROME1", 0, 12
+    dataset.HighBit = 11
+    outputs = []
+    for name, brightest in (("a", 4000), ("b", 2000)):
+        pixels = np.full((64, 64), 1000, np.uint16)
+        pixels[0, 0], pixels[0, 1] = 0, brightest
+        dataset.PixelData = pixels.tobytes()
+        dataset.save_as(tmp_path / f"{name}.dcm")
+        outputs.append(read_image(tmp_path / f"{name}.dcm")[5, 5, 0])
+    assert outputs == [4095 - 1000, 4095 - 1000]
+
+
+def test_palette_colour_dicom_comes_back_through_its_colour_table():
+    path = get_testdata_file("examples_palette.dcm")
+    dataset = pydicom.dcmread(path)
+    rgb = pydicom.pixels.apply_color_lut(dataset.pixel_array, dataset)
+    image, info = read_image_and_info(path)
+    assert image.shape == (350, 800, 3) and info.channels == 3 and info.bit_depth == 16
+    np.testing.assert_array_equal(image, rgb)
+
+
+def test_a_malformed_number_of_frames_names_the_file():
+    with pytest.raises(ImageReadError, match=r"badVR\.dcm.*malformed NumberOfFrames '1A'"):
+        read_image(get_testdata_file("badVR.dcm"))
+
+
+def test_multi_page_tiff_is_refused_not_cut_to_its_first_page(tmp_path):
+    pages = [Image.fromarray(np.full((8, 8), value, np.uint8)) for value in (10, 120, 240)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    pages[0].save(tmp_path / "single.tif")
+    with pytest.raises(ImageReadError, match=r"stack\.tif: multi-page TIFF \(3 pages\).*own file"):
+        read_image(tmp_path / "stack.tif", max_pixels=None)   # also when no size limit asks for the header
+    assert read_image(tmp_path / "single.tif").shape == (8, 8, 1)
 
 
 def test_dicom_without_extension_is_recognised(tmp_path):
@@ -139,6 +178,15 @@ def test_compressed_dicom_without_plugin_names_file_and_transfer_syntax(monkeypa
     assert "MR_small_jpeg_ls_lossless.dcm" in message
     assert "1.2.840.10008.1.2.4.80" in message and "JPEG-LS Lossless" in message
     assert "pylibjpeg" in message and "decompress" in message
+    assert "gdcm - requires gdcm" in message          # what pydicom said, every line
+
+
+def test_compressed_dicom_the_installed_plugins_fail_on_quotes_them_and_does_not_ask_to_install_them():
+    path = get_testdata_file("JPEG-lossy.dcm")          # 12-bit JPEG Extended: neither plugin reads it
+    with pytest.raises(ImageReadError) as caught:
+        read_image(path)
+    assert "pylibjpeg:" in caught.value.reason and "pillow:" in caught.value.reason
+    assert "pip install" not in caught.value.fix and "decompress" in caught.value.fix
 
 
 def test_empty_file(tmp_path):

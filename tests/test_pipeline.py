@@ -11,7 +11,7 @@ import tensorflow as tf
 from pydicom.data import get_testdata_file
 
 from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig
-from tfmed.data.pipeline import PipelineError, load_arrays, make_dataset, targets_array
+from tfmed.data.pipeline import PipelineError, load_arrays, make_dataset, raw_dataset, targets_array
 from tfmed.data.table import ImageTable
 from tfmed.data.transforms import window_hu
 
@@ -220,8 +220,39 @@ def test_bad_png_error_names_the_file(tmp_path, content):
         content = data[: len(data) // 2]
     bad.write_bytes(content)
     ds = make_dataset(file_table([paths[0], str(bad)], [0, 1]), PreprocessConfig(image_size=16), training=False)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="broken_scan.png"):
+    with pytest.raises(tf.errors.OpError, match="broken_scan.png"):
         collect(ds)
+
+
+def _written_like_validation_reads(folder):
+    """Files whose names or trailing bytes TensorFlow's own decoders would misread, with what read_image gives."""
+    from PIL import Image
+
+    from tfmed.data.decode import read_image
+
+    grey = (np.arange(16 * 24).reshape(16, 24) % 251).astype(np.uint8)
+    Image.fromarray(grey).save(folder / "trailing.png")
+    with open(folder / "trailing.png", "ab") as handle:
+        handle.write(b"\0" * 16)                                  # bytes after IEND, as some exporters leave
+    Image.fromarray(grey).save(folder / "jpeg_inside.png", format="JPEG")
+    Image.fromarray(grey).save(folder / "png_inside.jpg", format="PNG")
+    exif = Image.Exif()
+    exif[0x0112] = 6                                               # a phone held sideways
+    Image.fromarray(grey).save(folder / "turned.jpg", exif=exif, quality=100)
+    names = ["trailing.png", "jpeg_inside.png", "png_inside.jpg", "turned.jpg"]
+    return [str(folder / name) for name in names], [read_image(folder / name) for name in names]
+
+
+def test_pipeline_reads_each_file_as_validation_does(tmp_path):
+    paths, expected = _written_like_validation_reads(tmp_path)
+    for path, image in zip(paths, expected):
+        table = file_table([path], [0])
+        read = next(iter(make_dataset(table, PreprocessConfig(image_size=16, **RAW), training=False)))[0]
+        assert read.shape[1:3] == (16, 16), path
+        raw = next(iter(raw_dataset(table))).numpy()
+        assert raw.shape == image.shape, path                        # the turned photo upright: (24, 16)
+        np.testing.assert_allclose(raw, image, atol=12, err_msg=path)  # TF and OpenCV JPEG decoders differ a little
+    assert expected[3].shape[:2] == (24, 16)
 
 
 def test_unreadable_dicom_error_names_the_file(tmp_path):

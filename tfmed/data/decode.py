@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from struct import error as struct_error
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,9 +257,20 @@ def header_size(path: str | Path) -> tuple[int, int] | None:
         >>> header_size(path)
         (6, 4)
     """
+    return _raster_header(Path(path))[0]
+
+
+def _raster_header(path: Path) -> tuple[tuple[int, int] | None, int]:
+    """((width, height) or None, number of pages) from a raster file's header; one page when unknown."""
     with open(path, "rb") as handle:
-        image = _pillow_header(handle, Path(path))
-        return None if image is None else image.size
+        image = _pillow_header(handle, path)
+        if image is None:
+            return None, 1
+        try:  # a TIFF's page chain or an APNG's frame count; no pixel is decoded
+            pages = int(getattr(image, "n_frames", 1) or 1)
+        except (OSError, ValueError, EOFError, SyntaxError, struct_error):
+            pages = 1
+        return image.size, pages
 
 
 def _pillow_header(handle, path: Path):
@@ -326,12 +338,15 @@ def _read_raster(path: Path, kind: str, max_pixels: int | None,
     # A header no Pillow format reads (e.g. a PNG with a bad ancillary-chunk checksum) is left to
     # OpenCV, which refuses images of over 2**30 pixels itself.
     try:
-        size = header_size(path) if max_pixels is not None else None
+        size, pages = _raster_header(path)
         # np.fromfile + imdecode handles non-ASCII paths, which cv2.imread does not on every platform.
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as error:
         raise ImageReadError(path, f"cannot be read ({error.strerror})",
                              "check the file permissions") from None
+    if pages > 1:  # OpenCV would return the first page alone
+        raise ImageReadError(path, f"multi-page {kind.upper()} ({pages} pages); a 2-D image is expected",
+                             "save the page to classify as its own file")
     if size is not None:
         _check_size(path, *size, max_pixels)
     capture = native_stderr_captured() if capture_messages else contextlib.nullcontext(CapturedText())
@@ -381,11 +396,16 @@ def dicom_pixels(path: str | Path, dataset, fix: str) -> np.ndarray:
     except (RuntimeError, NotImplementedError) as error:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         syntax_text = f"{syntax} ({syntax.name})" if syntax is not None else "unknown"
+        said = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        decompress = "decompress the file first (e.g. gdcmconv --raw / dcmdjpeg)"
+        if "missing" in said.lower():  # no plugin for this transfer syntax is installed
+            fix = ("install a decoder plugin (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, "
+                   f"or python-gdcm), or {decompress}")
+        else:  # the installed plugins tried and failed: the encoding or the data
+            fix = f"the installed decoders cannot read this encoding or the data are damaged: {decompress}, " \
+                  "or re-export the image"
         raise ImageReadError(
-            path, f"compressed DICOM with transfer syntax {syntax_text} cannot be decoded: "
-                  f"{str(error).splitlines()[0]}",
-            "install a decoder plugin (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, "
-            "or python-gdcm), or decompress the file first (e.g. gdcmconv --raw / dcmdjpeg)") from None
+            path, f"compressed DICOM with transfer syntax {syntax_text} cannot be decoded: {said}", fix) from None
     except (ValueError, AttributeError, KeyError, TypeError, EOFError) as error:
         raise ImageReadError(path, f"corrupt DICOM pixel data ({type(error).__name__}: {error})", fix) from None
 
@@ -420,18 +440,52 @@ def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageIn
             and "DoubleFloatPixelData" not in dataset:
         raise ImageReadError(path, "DICOM file has no pixel data (e.g. a structured report or "
                              "presentation state)", "remove the row or point it at the image object")
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise ImageReadError(path, f"malformed NumberOfFrames {dataset.get('NumberOfFrames')!r} in the header "
+                             "(a whole number is expected)", "re-export the DICOM file, or remove the row") from None
     if isinstance(dataset.get("Rows"), int) and isinstance(dataset.get("Columns"), int):
         _check_size(path, dataset.Columns, dataset.Rows, max_pixels, frames)
     if frames > 1:
         raise ImageReadError(path, f"multi-frame DICOM ({frames} frames); a 2-D image is expected",
                              "export the frame to classify as its own file")
-    values = dicom_values(path, dataset, "re-export the DICOM file, or remove the row")
-    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        values = values.max() + values.min() - values
+    photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
+    bit_depth = int(dataset.get("BitsAllocated", 16))
+    if photometric == "PALETTE COLOR":
+        values, bit_depth = _palette_colours(path, dataset)
+    else:
+        values = dicom_values(path, dataset, "re-export the DICOM file, or remove the row")
+    if photometric == "MONOCHROME1":
+        values = _monochrome1_inverted(values, dataset)
     if values.ndim == 2:
         values = values[:, :, None]
     info = ImageInfo(height=int(values.shape[0]), width=int(values.shape[1]),
-                     channels=int(values.shape[2]), bit_depth=int(dataset.get("BitsAllocated", 16)),
-                     kind="dicom")
+                     channels=int(values.shape[2]), bit_depth=bit_depth, kind="dicom")
     return values, info
+
+
+def _palette_colours(path: Path, dataset) -> tuple[np.ndarray, int]:
+    """A PALETTE COLOR image's RGB values through its colour table, and the table's bits per entry."""
+    from pydicom.pixels import apply_color_lut
+
+    indices = dicom_pixels(path, dataset, "re-export the DICOM file, or remove the row")
+    try:
+        rgb = apply_color_lut(indices, dataset)
+    except (ValueError, KeyError, AttributeError, IndexError, TypeError) as error:
+        raise ImageReadError(path, f"PALETTE COLOR image whose colour table cannot be applied ({error})",
+                             "re-export the image as RGB or MONOCHROME2") from None
+    descriptor = dataset.get("RedPaletteColorLookupTableDescriptor") or [0, 0, 16]
+    return np.asarray(rgb, dtype=np.float32), int(descriptor[2]) if int(descriptor[2]) in (8, 16) else 16
+
+
+def _monochrome1_inverted(values: np.ndarray, dataset) -> np.ndarray:
+    """MONOCHROME1 values (low is bright) turned over the range the header allows, not the image's own
+    (so a stored value gives the same output in every image of a series or scanner)."""
+    from pydicom.pixels import apply_modality_lut
+
+    bits = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 16)) or 16)
+    signed = int(dataset.get("PixelRepresentation", 0) or 0) == 1
+    stored = np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1] if signed else [0, 2 ** bits - 1])
+    low, high = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float64)
+    return (low + high - values).astype(np.float32)

@@ -7,10 +7,12 @@
 * targets float32: binary (B, 1), multiclass one-hot (B, K), multilabel (B, L)
   with -1 where a label is unknown (the losses and metrics leave it out).
 
-Reading is native TensorFlow for PNG (16-bit PNGs detected from the IHDR
-bit-depth byte and decoded as uint16, so their values survive) and JPEG;
-DICOM and other formats go through ``tfmed.data.decode.read_image`` in a
-``tf.numpy_function``. In-memory tables (``table.images``) are indexed by
+Reading is native TensorFlow for complete PNG files (16-bit PNGs detected
+from the IHDR bit-depth byte and decoded as uint16, so their values survive)
+and JPEG files without an EXIF turn, each recognised by its bytes, whatever
+its name; DICOM, other formats and the files TensorFlow would read otherwise
+than validation does (bytes after a PNG's end, an EXIF-turned photo) go
+through ``tfmed.data.decode.read_image`` in a ``tf.numpy_function``. In-memory tables (``table.images``) are indexed by
 ``array_index``. A file that cannot be decoded stops iteration with an error
 naming the file.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +49,6 @@ from tfmed.errors import TfmedError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TRAILER = b"IEND\xaeB`\x82"  # the IEND chunk closes every complete PNG
 JPEG_SIGNATURE = b"\xff\xd8"
-PNG_EXTENSIONS = (".png",)
-JPEG_EXTENSIONS = (".jpg", ".jpeg")
 _PNG, _JPEG, _OTHER = 0, 1, 2
 
 
@@ -87,10 +88,27 @@ def _raise_row(table, position: int, message: str):
 
 # ------------------------------------------------------------------- reading
 def _file_kind(path: str) -> int:
-    suffix = Path(path).suffix.lower()
-    if suffix in PNG_EXTENSIONS:
-        return _PNG
-    if suffix in JPEG_EXTENSIONS:
+    """Which decoder reads ``path`` in the graph, judged by the file's own bytes, not its name.
+
+    TensorFlow's PNG and JPEG decoders take a complete PNG (signature first, IEND last) and a JPEG
+    without an EXIF turn; every other file (a JPEG saved as .png, bytes after IEND, an EXIF-turned
+    phone photo, TIFF, DICOM) goes through :func:`tfmed.data.decode.read_image`, the reader
+    validation uses, so what validation accepted the pipeline reads alike.
+    """
+    from tfmed.data.decode import exif_orientation
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(PNG_SIGNATURE))
+            if head == PNG_SIGNATURE:
+                handle.seek(0, os.SEEK_END)
+                if handle.tell() < len(PNG_SIGNATURE) + len(PNG_TRAILER):
+                    return _OTHER
+                handle.seek(-len(PNG_TRAILER), os.SEEK_END)
+                return _PNG if handle.read() == PNG_TRAILER else _OTHER
+    except OSError:
+        return _OTHER  # read_image names the file and the reason
+    if head.startswith(JPEG_SIGNATURE) and exif_orientation(path) == 1:
         return _JPEG
     return _OTHER
 
