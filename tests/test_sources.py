@@ -180,6 +180,26 @@ def test_class_folders_with_skipped_file_reported(tmp_path):
     assert "skipped: unsupported file type '.txt'" in report.format()
 
 
+def test_a_linked_patient_folder_is_read_and_a_hidden_folder_is_named_not_read(tmp_path):
+    """A symbolic link to a patient's folder (data kept elsewhere) gives its images; a link back up does
+    not loop; a hidden folder (thumbnails) is listed as skipped."""
+    write_png(tmp_path / "normal" / "p1" / "a.png", 10)
+    write_png(tmp_path / "elsewhere" / "p2" / "b.png", 200)
+    write_png(tmp_path / "elsewhere" / "p2" / "c.png", 210)
+    (tmp_path / "data" / "pneumonia").mkdir(parents=True)
+    shutil.move(str(tmp_path / "normal"), str(tmp_path / "data" / "normal"))
+    (tmp_path / "data" / "pneumonia" / "p2").symlink_to(tmp_path / "elsewhere" / "p2", target_is_directory=True)
+    (tmp_path / "data" / "pneumonia" / "p2" / "loop").symlink_to(tmp_path / "data" / "pneumonia",
+                                                               target_is_directory=True)
+    write_png(tmp_path / "data" / "normal" / ".thumbs" / "t.png", 10)
+    table = load_source(DataConfig(source="folder", path=str(tmp_path / "data")))
+    rows = sorted(zip([p.split("data/", 1)[1] for p in table.frame["image"]], table.frame["patient_id"]))
+    assert rows == [("normal/p1/a.png", "p1"), ("pneumonia/p2/b.png", "p2"), ("pneumonia/p2/c.png", "p2")]
+    skipped = table.excluded
+    assert skipped["image"].str.endswith(".thumbs").tolist() == [True]
+    assert "hidden folder" in skipped["problem"].iloc[0] and "leading dot" in skipped["fix"].iloc[0]
+
+
 def test_class_folders_order_from_config_and_patient_subfolders(tmp_path):
     write_png(tmp_path / "normal" / "pat1" / "a.png")
     write_png(tmp_path / "normal" / "pat1" / "b.png")

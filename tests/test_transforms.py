@@ -126,6 +126,14 @@ def test_resize_pad_geometry_tall_and_wide():
     np.testing.assert_allclose(wide[12:20], 1.0, atol=1e-5)
 
 
+def test_resize_pad_keeps_one_row_of_a_strip_thinner_than_a_pixel_at_the_size():
+    """A 10 x 1000 strip at 32 px is 0.32 rows high: one row, centred, not a failure inside TensorFlow."""
+    strip = Resize(32, mode="pad")(tf.ones((10, 1000, 1))).numpy()[..., 0]
+    assert strip.shape == (32, 32)
+    assert np.flatnonzero(strip.sum(axis=1)).tolist() == [15]
+    np.testing.assert_allclose(strip[15], 1.0, atol=1e-5)
+
+
 def test_resize_antialiases_strong_shrinking():
     board = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.float32)[..., None]  # 1-px checkerboard
     out = Resize(9)(t(board)).numpy()

@@ -306,6 +306,30 @@ def test_manifest_blank_lines_keep_line_numbers_and_absolute_paths(tmp_path):
     assert [(p.row, p.problem) for p in validate_table(table).problems] == [(4, "file not found")]
 
 
+def test_a_row_after_a_cell_spanning_two_lines_is_named_by_its_csv_line(tmp_path):
+    write_png(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "m.csv").write_text('path,label,patient_id,site\na.png,a,p1,"hospital\nnorth"\n'
+                                    "missing.png,b,p2,x\n")
+    table = load_manifest(tmp_path / "m.csv")
+    assert table.frame["row"].tolist() == [2, 4]
+    assert [(p.row, p.problem) for p in validate_table(table).problems] == [(4, "file not found")]
+
+
+def test_na_and_nan_in_a_manifest_are_missing_values_not_a_class_or_a_patient(tmp_path):
+    for name in "abcd":
+        write_png(tmp_path / f"{name}.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,patient_id\na.png,0,p1\nb.png,1,NA\nc.png,NA,p3\n"
+                                    "d.png,nan,NaN\n")
+    table = load_manifest(tmp_path / "m.csv")
+    assert table.classes == ["0", "1"] and table.task == "binary"
+    assert table.frame["patient_id"].isna().tolist() == [False, True, False, True]
+    problems = [(p.row, p.problem) for p in validate_table(table).problems]
+    assert problems == [(4, "missing label 'NA' in column 'label'"), (5, "missing label 'nan' in column 'label'")]
+    named = tmp_path / "named.csv"               # a class really called NA, listed as such, stays a class
+    named.write_text("path,label\na.png,NA\nb.png,yes\n")
+    assert load_manifest(named, classes=["NA", "yes"]).frame["label"].tolist() == [0, 1]
+
+
 def test_manifest_binary_task_with_three_classes(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.png,x\nb.png,y\nc.png,z\n")
     with pytest.raises(ManifestError, match="task is binary but column 'label' has 3 classes"):

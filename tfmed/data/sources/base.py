@@ -106,8 +106,33 @@ def index_files(root: Path) -> dict[str, list[str]]:
     return found
 
 
-def files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file())
+def files_under(folder: Path, skipped: list | None = None) -> list[Path]:
+    """Every file below ``folder``, sorted; symbolic links to folders are followed (each real folder read
+    once, so a link back up cannot loop). Hidden folders (``.thumbs``, ``.ipynb_checkpoints``) are not
+    read; each is recorded in ``skipped`` when given, so nothing is left out unsaid.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> root = pathlib.Path(tempfile.mkdtemp()); (root / ".cache").mkdir(); (root / "p1").mkdir()
+        >>> _ = (root / "p1" / "a.png").write_text(""); _ = (root / ".cache" / "b.png").write_text("")
+        >>> skipped = []
+        >>> [path.name for path in files_under(root, skipped)], skipped[0]["problem"]
+        (['a.png'], 'skipped: hidden folder (its name starts with a dot), not read')
+    """
+    files, seen = [], set()
+    for root, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        hidden = sorted(name for name in subfolders if name.startswith("."))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in hidden if skipped is not None else []:
+            skipped.append(skipped_file(Path(root) / name, None, "hidden folder (its name starts with a dot), "
+                                        "not read", "rename the folder without the leading dot to use its images"))
+        files.extend(Path(root) / name for name in names if (Path(root) / name).is_file())
+    return sorted(files)
 
 
 def skipped_file(path: Path, row: int | None, why: str, fix: str | None = None) -> dict:
@@ -154,7 +179,7 @@ def class_files(path: Path, names: list[str], extensions, skipped: list, reason,
     """
     row = 0
     for label, name in enumerate(names):
-        for file in files_under(path / name):
+        for file in files_under(path / name, skipped):
             row += 1
             if file.suffix.lower() not in extensions and not has_dicom_marker(file):  # DICOM of any name
                 skipped.append(skipped_file(file, row, reason(file), fix))

@@ -114,7 +114,8 @@ def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
     """
     path = Path(path)
     records, skipped, found = [], [], []
-    for file in files_under(path):
+    hidden: list[dict] = []
+    for file in files_under(path, hidden):
         row = len(records) + len(skipped) + 1
         if image_kind(file) is None:
             skipped.append(skipped_file(file, row, f"unsupported file type {file.suffix or '(none)'!r}"))
@@ -146,7 +147,7 @@ def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
     if not records:
         raise DataSourceError(f"{path}: no image files found (looked recursively for "
                               f"{', '.join(SUPPORTED_EXTENSIONS)} named NAME_<label>)")
-    return source_table(records, skipped, list(classes), task, source=str(path))
+    return source_table(records, skipped + hidden, list(classes), task, source=str(path))
 
 
 def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:

@@ -31,6 +31,7 @@ Example:
 """
 from __future__ import annotations
 
+import csv
 import os
 from collections import Counter
 from pathlib import Path
@@ -52,6 +53,9 @@ SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "va
 TRUE_VALUES = {"1", "1.0", "true", "yes"}
 FALSE_VALUES = {"0", "0.0", "false", "no"}
 UNKNOWN_VALUES = {"-1", "-1.0", "unknown"}  # a multilabel finding not graded for the image
+# How spreadsheets and pandas write an empty cell: read as empty (a missing label or patient), not as a class
+# or one patient shared by every such row, unless data.classes names it.
+MISSING_MARKERS = {"na", "n/a", "nan", "null", "none", "#n/a"}
 
 
 class ManifestError(DataSourceError):
@@ -133,7 +137,7 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
                             "Fix the header or data.label_columns / data.patient_column.")
 
     problems: list[list[tuple[str, str]]] = [[] for _ in range(len(frame))]
-    out = pd.DataFrame({"row": frame.index.to_numpy() + 2})
+    out = pd.DataFrame({"row": _line_numbers(path, frame)})
     out["image"] = _resolve_paths(frame[PATH_COLUMN], root, problems)
     if not labelled:
         names, resolved_task = list(classes), task   # the labels are set by ImageTable.unlabelled below
@@ -187,8 +191,26 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return frame.apply(lambda column: column.str.strip())
 
 
+def _line_numbers(path: Path, frame: pd.DataFrame) -> np.ndarray:
+    """The CSV line each row starts on: the row's index + 2 unless a quoted cell spans several lines."""
+    lines = frame.index.to_numpy() + 2
+    if not frame.apply(lambda column: column.str.contains("\n", regex=False)).to_numpy().any():
+        return lines
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            starts, end = [], 0
+            for _ in reader:
+                starts.append(end + 1)
+                end = reader.line_num
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return lines
+    return np.asarray(starts[1:], dtype=np.int64) if len(starts) == len(frame) + 1 else lines
+
+
 def _text(values: pd.Series) -> pd.Series:
-    return values.replace("", pd.NA).astype("string")
+    """A text column with empty cells and missing-value markers (``NA``, ``NaN``, ``null``) as missing."""
+    return values.mask(values.str.casefold().isin(MISSING_MARKERS), "").replace("", pd.NA).astype("string")
 
 
 def _resolve_paths(values: pd.Series, root: Path, problems) -> list:
@@ -206,7 +228,9 @@ def _resolve_paths(values: pd.Series, root: Path, problems) -> list:
 
 
 def _label_column(values: pd.Series, column: str, classes: list[str] | None, problems):
-    raw = values.tolist()
+    named = set(classes or ())
+    raw = ["" if value.casefold() in MISSING_MARKERS and value not in named else value for value in values.tolist()]
+    written = values.tolist()
     present = sorted({v for v in raw if v != ""})
     respelt = {}  # another spelling (case) of an inferred class -> the class
     if classes is None:
@@ -220,8 +244,10 @@ def _label_column(values: pd.Series, column: str, classes: list[str] | None, pro
     labels = []
     for i, value in enumerate(raw):
         if value == "":
-            problems[i].append((f"empty label in column {column!r}",
-                                f"fill in one of {', '.join(classes)}"))
+            what = "empty label" if written[i] == "" else f"missing label {written[i]!r}"
+            problems[i].append((f"{what} in column {column!r}",
+                                f"fill in one of {', '.join(classes)}"
+                                + (f" (or list {written[i]!r} in data.classes if it is a class)" if written[i] else "")))
             labels.append(pd.NA)
         elif value in respelt:
             problems[i].append((f"label {value!r} in column {column!r} differs from the class {respelt[value]!r} only "

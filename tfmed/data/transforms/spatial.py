@@ -25,7 +25,7 @@ class Resize(Transform):
     interpolation, which already reads every input pixel and is 2x cheaper.
 
     mode "plain" stretches; "pad" keeps the aspect ratio and pads with zeros,
-    centred (``tf.image.resize_with_pad``).
+    centred (as ``tf.image.resize_with_pad``; a very thin strip keeps at least one pixel).
 
     Example:
         >>> tuple(Resize(8, mode="pad")(tf.ones((16, 4, 1))).shape)
@@ -43,8 +43,21 @@ class Resize(Transform):
     def _resize(self, image, antialias: bool):
         s = self.size
         if self.mode == "pad":
-            return tf.image.resize_with_pad(image, s, s, antialias=antialias)
+            return self._padded(image, antialias)
         return tf.image.resize(image, [s, s], antialias=antialias)
+
+    def _padded(self, image, antialias: bool):
+        """``tf.image.resize_with_pad``'s sizes and offsets, with each side at least one pixel (its own
+        rounds the short side of a 10 x 1000 strip to 0 at 32 px and fails)."""
+        s = self.size
+        height, width = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
+        ratio = tf.maximum(height / s, width / s)
+        new_height, new_width = height / ratio, width / ratio
+        sides = [tf.maximum(tf.cast(tf.floor(side), tf.int32), 1) for side in (new_height, new_width)]
+        offsets = [tf.clip_by_value(tf.cast(tf.floor((s - side) / 2), tf.int32), 0, s - whole)
+                   for side, whole in zip((new_height, new_width), sides)]
+        resized = tf.image.resize(image, sides, antialias=antialias)
+        return tf.image.pad_to_bounding_box(resized, offsets[0], offsets[1], s, s)
 
     def __call__(self, image, seed=None):
         image = as_image(image)
