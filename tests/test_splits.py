@@ -75,8 +75,27 @@ def test_patient_split_bad_fractions_and_too_few_patients():
         patient_split(make_table(n_patients=10), test_fraction=1.5)
     with pytest.raises(SplitError, match="sum < 1"):
         patient_split(make_table(n_patients=10), test_fraction=0.6, val_fraction=0.5)
-    with pytest.raises(SplitError, match="only 1 patient"):
+    with pytest.raises(SplitError, match=r"test_fraction 0.2 cannot be met: it asks for 20% of 1 patient\(s\).*"
+                                         r"here 1 patient\(s\).*predefined"):
         patient_split(make_table(n_patients=1))
+
+
+def test_a_fraction_under_a_twentieth_is_met_not_raised_to_a_twentieth():
+    table = make_table(n_patients=1000)
+    for fraction in (0.01, 0.02):
+        test = patient_sets(patient_split(table, test_fraction=fraction, val_fraction=0.1))["test"]
+        assert abs(len(test) - 1000 * fraction) <= 3, (fraction, len(test))
+
+
+def test_a_split_far_from_its_fraction_says_so(capsys):
+    from tfmed.progress import configure_logging
+
+    configure_logging()
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(4)], "label": [0, 1, 0, 1],
+                          "patient_id": ["a", "b", "c", "d"]})
+    result = patient_split(ImageTable(frame, ["n", "p"], "binary"), test_fraction=0.2, val_fraction=0.0).frame
+    assert (result["split"] == "test").sum() == 2                 # half of 4 patients: the nearest by patient
+    assert "test_fraction 0.2 took 2 of the 4 patients it is taken from (50%, not 20%)" in capsys.readouterr().out
 
 
 def test_multilabel_split_uses_rarest_label_proxy():

@@ -35,6 +35,7 @@ from tfmed.config import UNKNOWN_LABEL, SplitConfig
 from tfmed.data.near_duplicates import GROUP_COLUMN
 from tfmed.data.table import SPLITS, ImageTable
 from tfmed.errors import TfmedError
+from tfmed.progress import log
 
 MAX_FOLDS_FOR_FRACTION = 20
 
@@ -97,11 +98,11 @@ def patient_split(table: ImageTable, test_fraction: float = 0.2, val_fraction: f
     _require_patients(table, np.ones(len(table), dtype=bool), "patient split")
     split = np.full(len(table), "train", dtype=object)
     pool = np.arange(len(table))
-    test = _carve(table, pool, test_fraction, seed)
+    test = _carve(table, pool, test_fraction, seed, f"test_fraction {test_fraction}")
     split[test] = "test"
     rest = np.setdiff1d(pool, test)
     if val_fraction > 0:
-        val = _carve(table, rest, val_fraction / (1.0 - test_fraction), seed + 1)
+        val = _carve(table, rest, val_fraction / (1.0 - test_fraction), seed + 1, f"val_fraction {val_fraction}")
         split[val] = "val"
     result = _with_split(table, split)
     check_no_leakage(result)
@@ -153,17 +154,20 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
         if not (split == "test").any():
             pool = np.flatnonzero(split != "test")
             _require_patients(table, np.isin(np.arange(len(split)), pool), "k-fold test split")
-            split[_carve(table, pool, config.test_fraction, config.seed)] = "test"
+            split[_carve(table, pool, config.test_fraction, config.seed,
+                         f"split.test_fraction {config.test_fraction}")] = "test"
         split[split == "val"] = "train"
     else:
         if not (split == "test").any() and config.test_fraction > 0:
             pool = np.flatnonzero(split == "train")
             _require_patients(table, split == "train", "carving a test split from train")
-            split[_carve(table, pool, config.test_fraction, config.seed)] = "test"
+            split[_carve(table, pool, config.test_fraction, config.seed,
+                         f"split.test_fraction {config.test_fraction}")] = "test"
         if not (split == "val").any() and config.val_fraction > 0:
             pool = np.flatnonzero(split == "train")
             _require_patients(table, split == "train", "carving a val split from train")
-            split[_carve(table, pool, config.val_fraction, config.seed + 1)] = "val"
+            split[_carve(table, pool, config.val_fraction, config.seed + 1,
+                         f"split.val_fraction {config.val_fraction}")] = "val"
         _require_validation(split)
     result = _with_split(table, split)
     check_no_leakage(result)
@@ -207,7 +211,8 @@ def site_split(table: ImageTable, config: SplitConfig) -> ImageTable:
     if config.method == "patient":
         pool = np.flatnonzero(~test)
         _require_patients(table, ~test, "carving a val split by patient")
-        split[_carve(table, pool, config.val_fraction, config.seed + 1)] = "val"
+        split[_carve(table, pool, config.val_fraction, config.seed + 1,
+                         f"split.val_fraction {config.val_fraction}")] = "val"
         _require_validation(split)
     result = _with_split(table, split)
     check_no_leakage(result)
@@ -373,30 +378,45 @@ def stratify_labels(table: ImageTable) -> np.ndarray:
     return proxy
 
 
-def _carve(table: ImageTable, pool: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Positions (from ``pool``) of about ``fraction`` of the pool's rows, whole patients, stratified."""
+def _carve(table: ImageTable, pool: np.ndarray, fraction: float, seed: int, setting: str) -> np.ndarray:
+    """Positions (from ``pool``) of about ``fraction`` of the pool's rows, whole patients, stratified;
+    ``setting`` names what the user set (e.g. "split.val_fraction 0.1"), for the messages."""
     if fraction <= 0 or len(pool) == 0:
         return np.array([], dtype=np.int64)
     groups = split_groups(table)[pool]
     labels = stratify_labels(table)[pool]
     n_groups = len(np.unique(groups))
+    largest = int(np.unique(labels, return_counts=True)[1].max())
     # scikit-learn needs more rows than folds in at least one class
-    n_splits, take = _folds_for(fraction, min(n_groups, int(np.unique(labels, return_counts=True)[1].max())))
+    n_splits, take = _folds_for(fraction, min(n_groups, largest))
     if n_splits is None:
-        raise SplitError(f"only {n_groups} patient(s) available; cannot set aside {fraction:.0%} of them "
-                         "by patient. Add data or lower the fraction.")
+        raise SplitError(f"{setting} cannot be met: it asks for {fraction:.0%} of {n_groups} patient(s), taken "
+                         f"by patient with the classes' mix, which needs at least 2 patients and 2 images of one "
+                         f"class (here {n_groups} patient(s), and at most {largest} image(s) of one class). Add "
+                         "patients, or set it to 0 and give the split yourself (split.method: predefined)")
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         folds = [val for _, val in splitter.split(pool, labels, groups)]
     chosen = np.concatenate(folds[:take])
+    achieved = len(np.unique(groups[chosen])) / n_groups
+    if not fraction / 2 <= achieved <= fraction * 2:
+        log(f"warning: {setting} took {len(np.unique(groups[chosen]))} of the {n_groups} patients it is taken from "
+            f"({achieved:.0%}, not {fraction:.0%}): too few patients to come closer by patient with the classes' mix")
     return np.sort(pool[chosen])
 
 
 def _folds_for(fraction: float, n_groups: int) -> tuple[int | None, int]:
-    """The fewest folds n (2..20, at most ``n_groups``) and k folds with k/n closest to fraction."""
+    """The fewest folds n (2 up to 20, or 1 / fraction for a smaller fraction; at most ``n_groups``) and
+    k folds with k/n closest to fraction.
+
+    Example:
+        >>> _folds_for(0.2, 100), _folds_for(0.01, 1000)
+        ((5, 1), (100, 1))
+    """
     best = (None, 0, np.inf)
-    for n in range(2, min(MAX_FOLDS_FOR_FRACTION, n_groups) + 1):
+    most = max(MAX_FOLDS_FOR_FRACTION, int(np.ceil(1.0 / fraction - 1e-9)))
+    for n in range(2, min(most, n_groups) + 1):
         k = max(1, min(n - 1, int(round(fraction * n))))
         error = abs(k / n - fraction)
         if error < best[2] - 1e-9:
