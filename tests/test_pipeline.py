@@ -283,3 +283,22 @@ def test_table_errors_name_the_row():
         make_dataset(file_table(["a.png"], [0]), {"image_size": 32}, training=False)
     with pytest.raises(PipelineError, match="augment must be a tfmed.config.AugmentConfig"):
         make_dataset(file_table(["a.png"], [0]), PreprocessConfig(), training=True, augment={"hflip": True})
+
+
+def test_augmentations_that_clip_to_0_255_are_refused_on_raw_values(tmp_path):
+    """16-bit values under `standardize` were clipped to 255 by brightness: every training image came out flat."""
+    from tfmed.config import ConfigError, ExperimentConfig
+
+    paths, _ = write_pngs(tmp_path, 2, dtype=np.uint16)
+    table = file_table(paths, [0, 1])
+    for intensity in ("standardize", "mean_image", "none"):
+        with pytest.raises(ConfigError, match=rf"augment.brightness works on the 0-255 pixel scale.*{intensity}"):
+            make_dataset(table, PreprocessConfig(image_size=8, intensity=intensity), training=True,
+                         augment=AugmentConfig(brightness=0.01))
+    with pytest.raises(ConfigError, match="augment.gamma, augment.noise work on the 0-255 pixel scale"):
+        ExperimentConfig.from_dict({"preprocess": {"intensity": "standardize"}, "augment": {"gamma": 0.3, "noise": 6}})
+    geometric = ExperimentConfig.from_dict({"preprocess": {"intensity": "standardize"}, "model": {"mode": "finetune"},
+                                            "augment": {"rotation_degrees": 10, "blur_sigma": 1.0}})
+    assert geometric.augment.rotation_degrees == 10          # rotation and blur do not clip
+    make_dataset(table, PreprocessConfig(image_size=8, intensity="minmax"), training=True,
+                 augment=AugmentConfig(brightness=0.01))

@@ -524,6 +524,25 @@ class PreprocessConfig(_Section):
 
 # intensities that leave images on the 0-255 pixel scale where augmentation and test-time views act
 PIXEL_SCALE_INTENSITIES = ("minmax", "minmax_dataset", "histogram", "window")
+# augmentations that clip to the 0-255 pixel scale, so only for PIXEL_SCALE_INTENSITIES
+PIXEL_SCALE_AUGMENTS = ("brightness", "contrast", "gamma", "noise", "clahe")
+
+
+def check_pixel_scale_augments(augment, intensity: str) -> None:
+    """Refuse augmentations that clip to 0-255 where ``intensity`` leaves raw values (16-bit, Hounsfield units).
+
+    Example:
+        >>> check_pixel_scale_augments(AugmentConfig(brightness=0.1), "standardize")
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: augment.brightness works on the 0-255 pixel scale ...
+    """
+    on_pixels = [name for name in PIXEL_SCALE_AUGMENTS if getattr(augment, name)]
+    if augment.enabled and on_pixels and intensity not in PIXEL_SCALE_INTENSITIES:
+        keys = ", ".join(f"augment.{name}" for name in on_pixels)
+        raise ConfigError(f"{keys} work{'s' if len(on_pixels) == 1 else ''} on the 0-255 pixel scale (values beyond "
+                          "it are clipped, so 16-bit or Hounsfield values would flatten), which preprocess.intensity "
+                          f"{intensity!r} does not give before normalising; remove {keys} or use intensity "
+                          f"{', '.join(PIXEL_SCALE_INTENSITIES)}")
 # intensities that need no train-split statistics, so that 2-D views cut from volumes can use them
 VIEW_INTENSITIES = ("window", "minmax", "none")
 PlaneSet = Literal["orthogonal", "ciompi9", "adjacent"]
@@ -1179,6 +1198,7 @@ class ExperimentConfig(_Section):
             raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "
                               f"{self.preprocess.intensity!r} does not give before normalising; set tta.gamma: [] "
                               f"or use intensity {', '.join(PIXEL_SCALE_INTENSITIES)}")
+        check_pixel_scale_augments(self.augment, self.preprocess.intensity)
         crop = self.augment.crop_from
         if crop is not None and crop < self.preprocess.image_size:
             raise ConfigError(f"augment.crop_from ({crop}) must be at least "

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfmed.config import UNKNOWN_LABEL, AugmentConfig, BalanceConfig, PreprocessConfig, TTAConfig, ViewsConfig
+from tfmed.config import (UNKNOWN_LABEL, AugmentConfig, BalanceConfig, PreprocessConfig, TTAConfig, ViewsConfig,
+                          check_pixel_scale_augments)
 from tfmed.data import balance as balance_lib
 from tfmed.data.preprocessing import build_augment, build_preprocess
 from tfmed.data.transforms import Compose, ToChannels, Transform
@@ -297,6 +298,8 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
                                 f"{kind.__name__}(**settings)), got {type(value).__name__}")
     if len(table) == 0:
         raise PipelineError("the table is empty: the split has no rows to make a dataset from")
+    if training and augment is not None:
+        check_pixel_scale_augments(augment, preprocess.intensity)
     if view is not None:
         if training:
             raise PipelineError("a test-time view is for scoring, not training; pass view=None with "
