@@ -421,3 +421,18 @@ def test_a_missing_file_gets_the_fix_its_source_records_on_the_table(tmp_path):
         report = validate_table(ImageTable(frame, ["a", "b"], "binary"), check_images=check_images)
         assert [(p.problem, p.fix) for p in report.problems] == [
             ("file not found", f"the source reads its images from {tmp_path}/images")]
+
+
+def test_files_of_two_bit_depths_are_warned_of_under_an_intensity_that_scales_all_images_alike(tmp_path):
+    write_png(tmp_path / "a.png", np.full((4, 4), 250, np.uint8))
+    write_png(tmp_path / "b.png", np.full((4, 4), 64000, np.uint16))
+    write_png(tmp_path / "c.png", np.full((4, 4), 10, np.uint8))
+    table = ImageTable(pd.DataFrame({"image": [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")],
+                                     "label": [0, 1, 0]}), ["n", "p"], "binary")
+    warned = validate_table(table, intensity="minmax_dataset").warnings
+    assert [w.problem for w in warned] == [
+        "the files mix bit depths (2 8-bit and 1 16-bit) under preprocess.intensity 'minmax_dataset', which scales "
+        "every image alike: the lower-depth images come out nearly black beside the others"]
+    assert "intensity minmax" in warned[0].fix
+    assert validate_table(table, intensity="minmax").warnings == []      # each image by its own range
+    assert validate_table(table).warnings == []                          # no experiment: nothing to judge

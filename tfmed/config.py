@@ -524,6 +524,8 @@ class PreprocessConfig(_Section):
 
 # intensities that leave images on the 0-255 pixel scale where augmentation and test-time views act
 PIXEL_SCALE_INTENSITIES = ("minmax", "minmax_dataset", "histogram", "window")
+# intensities that scale each image by its own values (the others treat all images alike)
+PER_IMAGE_INTENSITIES = ("minmax", "histogram")
 # augmentations that clip to the 0-255 pixel scale, so only for PIXEL_SCALE_INTENSITIES
 PIXEL_SCALE_AUGMENTS = ("brightness", "contrast", "gamma", "noise", "clahe")
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from tfmed.config import UNKNOWN_LABEL, ViewsConfig
-from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageReadError, decoder_messages, read_image_and_info
+from tfmed.config import PER_IMAGE_INTENSITIES, UNKNOWN_LABEL, ViewsConfig
+from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageInfo, ImageReadError, decoder_messages, read_image_and_info
 from tfmed.data.table import ImageTable
 from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL, check_volume_rows, is_volume_path
 from tfmed.data.volumes import VOLUME_FILES
@@ -199,7 +199,8 @@ def _line(problem: Problem) -> str:
 def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_channels: int = 4,
                    allowed_bit_depths: tuple[int, ...] = (8, 16), check_images: bool = True,
                    workers: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                   views: ViewsConfig | None = None, need_two_classes: bool = False) -> ValidationReport:
+                   views: ViewsConfig | None = None, need_two_classes: bool = False,
+                   intensity: str | None = None) -> ValidationReport:
     """Check every row of ``table`` and return a report of all problems found.
 
     Files are decoded in a thread pool (``workers`` threads) when
@@ -208,6 +209,8 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
     tables are checked once, vectorised (shape, dtype, index and label range).
     With ``views`` enabled the rows are volumes: each is read once and its
     lesion centre checked (:func:`tfmed.data.volume_inputs.check_volume_rows`).
+    With the experiment's ``intensity`` given, files of several bit depths under
+    an intensity that scales all images alike (not per image) are warned of.
 
     Example:
         >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
@@ -253,7 +256,8 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
             warn(None, f"views.center is 'volume', so the centre columns {', '.join(given)} are not used",
                  "set views.center: lesion to centre the views on them")
     elif table.images is None:
-        _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels)
+        depths = _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels)
+        _check_mixed_depths(depths, intensity, warn)
     else:
         _check_arrays(table, report, add, max_channels, allowed_bit_depths)
     if not table.excluded.empty:
@@ -329,8 +333,19 @@ def _check_labels(table: ImageTable, source_flagged: np.ndarray, add) -> None:
                 "correct the label, or list the class in data.classes")
 
 
+def _check_mixed_depths(depths: Counter, intensity: str | None, warn) -> None:
+    """Warn when 8- and 16-bit files meet under an intensity fitted to all images alike."""
+    if intensity is None or intensity in PER_IMAGE_INTENSITIES or len(depths) < 2:
+        return
+    mix = " and ".join(f"{count} {depth}-bit" for depth, count in sorted(depths.items()))
+    warn(None, f"the files mix bit depths ({mix}) under preprocess.intensity {intensity!r}, which scales every image "
+         "alike: the lower-depth images come out nearly black beside the others",
+         "use intensity minmax (each image scaled by its own range), or convert the files to one bit depth")
+
+
 def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_depths, check_images: bool,
-                 workers: int, max_pixels: int | None) -> None:
+                 workers: int, max_pixels: int | None) -> Counter:
+    """Check each file; the count of readable files per integer bit depth."""
     paths = frame["image"].tolist()
     keys = [None if pd.isna(p) or str(p).strip() == "" else os.path.normpath(os.path.abspath(str(p)))
             for p in paths]
@@ -404,6 +419,8 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
     for position, key in enumerate(keys):
         if key is not None and first_seen[key] != position and isinstance(outcomes.get(key), ImageReadError):
             add(position, outcomes[key].reason, outcomes[key].fix)
+    return Counter(outcome.bit_depth for outcome in outcomes.values()
+                   if isinstance(outcome, ImageInfo) and not outcome.float_values)
 
 
 def _check_arrays(table: ImageTable, report: ValidationReport, add, max_channels: int,

@@ -367,7 +367,8 @@ def _cmd_validate(args) -> int:
 
         need_ids = need_ids or needs_patient_ids(experiment, table)
     report = validate_table(table, need_patient_ids=need_ids, max_pixels=data.max_image_pixels,
-                            need_two_classes=True, views=views)
+                            need_two_classes=True, views=views,
+                            intensity=experiment.preprocess.intensity if experiment is not None else None)
     print(f"{len(table)} rows, task {table.task}, classes {table.classes}")
     sites = table.frame["site"].value_counts(sort=False)
     if len(sites) > 1:  # e.g. the parts of a merged section: what split.test_sites can hold out

@@ -49,7 +49,8 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
     table = load_source(config.data)
     log(f"validating {len(table)} rows")
     report = validate_table(table, need_patient_ids=needs_patient_ids(config, table),
-                            max_pixels=config.data.max_image_pixels, need_two_classes=True, views=config.views)
+                            max_pixels=config.data.max_image_pixels, need_two_classes=True, views=config.views,
+                            intensity=config.preprocess.intensity)
     if report.warnings:
         log(report.warnings_text())
     return split_data(config, apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows))
