@@ -215,3 +215,11 @@ def test_multiclass_weights_name_labels_that_are_not_classes(labels, classes, me
 
     with pytest.raises(LossConfigError, match=message):
         multiclass_balance_weights(np.array(labels), classes)
+
+
+def test_a_label_without_positives_is_named_by_its_name():
+    y = np.array([[1, 0], [0, 0], [1, 0]])
+    with pytest.raises(LossConfigError, match="training labels of label\\(s\\) 'mass' have no positive"):
+        class_balance_weights(y, ["effusion", "mass"])
+    with pytest.raises(LossConfigError, match="label column\\(s\\) \\[1\\]"):
+        class_balance_weights(y)

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from tfmed.config import SplitConfig
-from tfmed.data.splits import (LeakageError, SplitError, check_no_leakage, ensure_splits, kfold_indices,
-                               patient_split, stratify_labels)
+from tfmed.data.splits import (LeakageError, SplitError, check_no_leakage, check_split_classes, ensure_splits,
+                               kfold_indices, patient_split, stratify_labels)
 from tfmed.data.table import ImageTable
 from tfmed.data.sources.embedded import load_pneumonia_mnist
 
@@ -96,6 +96,18 @@ def test_a_split_far_from_its_fraction_says_so(capsys):
     result = patient_split(ImageTable(frame, ["n", "p"], "binary"), test_fraction=0.2, val_fraction=0.0).frame
     assert (result["split"] == "test").sum() == 2                 # half of 4 patients: the nearest by patient
     assert "test_fraction 0.2 took 2 of the 4 patients it is taken from (50%, not 20%)" in capsys.readouterr().out
+
+
+def test_a_multilabel_label_without_positives_in_training_is_refused_naming_it():
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(8)], "label:effusion": [1, 0] * 4,
+                          "label:mass": [0, 0, 0, 0, 1, 0, -1, 1],
+                          "split": ["train"] * 4 + ["val"] * 2 + ["test"] * 2})
+    table = ImageTable(frame, ["effusion", "mass"], "multilabel")
+    with pytest.raises(SplitError, match=r"label 'mass' has no positive training image \(positive images: "
+                                         r"1 in test, 1 in val\)"):
+        check_split_classes(table, SplitConfig(method="predefined"))
+    frame.loc[0, "label:mass"] = 1
+    check_split_classes(ImageTable(frame, ["effusion", "mass"], "multilabel"), SplitConfig(method="predefined"))
 
 
 def test_multilabel_split_uses_rarest_label_proxy():

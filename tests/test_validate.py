@@ -149,8 +149,14 @@ def test_training_data_of_one_usable_class_is_a_whole_table_problem(tmp_path, ca
     report = validate_table(table, need_two_classes=True)
     assert [(p.row, p.problem) for p in report.problems] == [
         (None, "the usable images hold fewer than two classes (2 of 'no', 0 of 'yes')"), (4, "file not found")]
-    with pytest.raises(validate_module.DataValidationError, match="whole table"):
+    with pytest.raises(validate_module.DataValidationError, match="whole table") as caught:
         apply_validation(table, report, exclude_bad_rows=True)   # leaving c.png out would not help
+    text = str(caught.value)
+    assert "2 problem(s) in 1 row(s) and the whole table" in text
+    assert text.endswith("(a problem of the whole table cannot be left out that way).")
+    only_whole = ValidationReport([report.problems[0]], checked=3)
+    assert "1 problem(s) in the whole table" in only_whole.format()
+    assert "exclude_bad_rows" not in only_whole.format()          # no advice that cannot help
     assert cli.main(["validate", f"manifest:{tmp_path / 'm.csv'}"]) == 1
     assert "fewer than two classes" in capsys.readouterr().out
 

@@ -221,7 +221,8 @@ def site_split(table: ImageTable, config: SplitConfig) -> ImageTable:
 
 def check_split_classes(table: ImageTable, config: SplitConfig) -> None:
     """Refuse a split a model cannot be trained or given thresholds on: a class (binary, multiclass) with
-    images but none in training, and outside k-fold a validation split without both classes (binary) or
+    images but none in training, a multilabel label with known positives (or negatives) but none in training,
+    and outside k-fold a validation split without both classes (binary) or
     without a label's positives and negatives (multilabel), since the thresholds are chosen on it.
 
     Example:
@@ -245,6 +246,15 @@ one), or use split.method: kfold
                 raise SplitError(f"class {name!r} has no training image ({where}), so no model can learn it"
                                  f"{twin}; give the training split images of it (split.test_sites may hold them "
                                  "all), or leave the class out")
+    else:
+        for j, name in enumerate(table.classes):
+            for value, kind in ((1, "positive"), (0, "negative")):
+                images = split[labels[:, j] == value]
+                if len(images) and not (images == "train").any():
+                    where = ", ".join(f"{n} in {s}" for s, n in images.value_counts().sort_index().items())
+                    raise SplitError(f"label {name!r} has no {kind} training image ({kind} images: {where}), so no "
+                                     "model can learn it; give the training split some (split.method: patient "
+                                     "carves splits with each label's mix), or leave the label out of data.classes")
     if config.method == "kfold" or table.task == "multiclass":
         return
     val = (split == "val").to_numpy()

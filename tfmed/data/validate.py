@@ -129,17 +129,23 @@ class ValidationReport:
         """Readable text listing every problem and warning with its fix; ``remedy`` closes the list of
         problems, saying how the command that read the rows can leave them out."""
         where = f" in {self.source}" if self.source else ""
+        in_rows = [p for p in self.problems if p.position is not None]
+        whole = len(self.problems) - len(in_rows)
         if self.problems:
-            rows = {p.row for p in self.problems}
-            head = (f"Data validation found {len(self.problems)} problem(s) in {len(rows)} row(s)"
+            rows = {p.row for p in in_rows}
+            places = [f"{len(rows)} row(s)"] * bool(in_rows) + ["the whole table"] * bool(whole)
+            head = (f"Data validation found {len(self.problems)} problem(s) in {' and '.join(places)}"
                     f"{where} ({self.checked} rows checked):")
         else:
             head = f"Data validation passed{where} ({self.checked} rows checked)."
         lines = [head] + _collapsed(self.problems, SHOWN_PER_PROBLEM, "problem")
         if self.warnings:
             lines.append(self.warnings_text())
-        if self.problems:
-            lines.append(f"Fix the rows above, or {remedy}.")
+        if in_rows:
+            lines.append(f"Fix the rows above, or {remedy}"
+                         + (" (a problem of the whole table cannot be left out that way)." if whole else "."))
+        elif whole:
+            lines.append("Fix the problems above: they concern the whole table, so no row can be left out instead.")
         return "\n".join(lines)
 
     def warnings_text(self) -> str:

@@ -196,7 +196,7 @@ class FineTuner:
 
         pos_weight = neg_weight = class_weights = None
         if _weighs_the_loss(config, train.task):
-            pos_weight, neg_weight = class_balance_weights(train.labels())
+            pos_weight, neg_weight = class_balance_weights(train.labels(), train.classes)
         elif config.balance.method == "class_weight":  # multiclass: a weight per class, through Keras
             class_weights = multiclass_balance_weights(train.labels(), train.num_outputs)
         resample = config.balance if config.balance.method in RESAMPLING else None

@@ -50,12 +50,13 @@ class LossConfigError(TfmedError):
     """A loss name, task, weight or parameter is invalid or does not fit the task."""
 
 
-def class_balance_weights(y) -> tuple:
+def class_balance_weights(y, names: list[str] | None = None) -> tuple:
     """Class-balancing weights from training labels: w_pos = N_neg/N, w_neg = N_pos/N.
 
     ``y`` holds 0/1 labels: shape (n,) or (n, 1) gives two floats; shape
     (n, L) for multi-label gives two float32 arrays of length L, where an
     unknown label (-1) is left out: N counts the images whose label is known.
+    ``names`` (one per column) name a label without positives or negatives in the error.
 
     Raises LossConfigError when ``y`` is empty, not 0/1, or a label has no
     positive or no negative example (the loss would then ignore one class).
@@ -83,7 +84,13 @@ def class_balance_weights(y) -> tuple:
     negatives = n - positives
     empty = np.atleast_1d((positives == 0) | (negatives == 0))
     if empty.any():
-        where = "" if labels.ndim == 1 else f" (label column(s) {np.flatnonzero(empty).tolist()})"
+        columns = np.flatnonzero(empty).tolist()
+        if labels.ndim == 1:
+            where = ""
+        elif names is not None and len(names) == labels.shape[1]:
+            where = f" of label(s) {', '.join(repr(names[j]) for j in columns)}"
+        else:
+            where = f" (label column(s) {columns})"
         raise LossConfigError(f"the training labels{where} have no positive or no negative example, so "
                               "class-balanced weights are undefined; check the split or drop that label")
     w_pos, w_neg = negatives / n, positives / n
