@@ -442,3 +442,14 @@ def test_files_of_two_bit_depths_are_warned_of_under_an_intensity_that_scales_al
     assert "intensity minmax" in warned[0].fix
     assert validate_table(table, intensity="minmax").warnings == []      # each image by its own range
     assert validate_table(table).warnings == []                          # no experiment: nothing to judge
+
+
+def test_labels_counted_from_one_are_named_as_such(tmp_path):
+    for name in "abc":
+        write_png(tmp_path / f"{name}.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / "m.csv").write_text("path,label\na.png,1\nb.png,2\nc.png,1\n")
+    table = load_manifest(tmp_path / "m.csv")
+    problems = validate_table(table, need_two_classes=True).problems
+    assert [p.problem for p in problems] == ["class '0' has no image among the usable ones "
+                                             "(0 of '0', 2 of '1', 1 of '2')"]
+    assert problems[0].fix.startswith("the labels look counted from 1 (1..2)") and "write them 0..1" in problems[0].fix

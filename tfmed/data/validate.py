@@ -310,8 +310,16 @@ def _check_two_classes(table: ImageTable, report: ValidationReport) -> None:
     for name in [name for i, name in enumerate(table.classes) if not counts.get(i, 0)]:
         report.problems.append(Problem(None, table.source or "(table)",
                                        f"class {name!r} has no image among the usable ones ({shown})",
-                                       "a model cannot learn a class without images: add its images, remove "
-                                       "its empty class folder, or leave it out of data.classes"))
+                                       _empty_class_fix(name, table.classes)))
+
+
+def _empty_class_fix(name: str, classes: list[str]) -> str:
+    """How to mend a class without images; numbered classes 1..K without a 0 look counted from 1."""
+    if name == "0" and classes == [str(i) for i in range(len(classes))]:
+        return (f"the labels look counted from 1 (1..{len(classes) - 1}), and labels are read as indices "
+                f"from 0: write them 0..{len(classes) - 2}, or name the classes in data.classes")
+    return ("a model cannot learn a class without images: add its images, remove its empty class folder, or "
+            "leave it out of data.classes")
 
 
 def _check_labels(table: ImageTable, source_flagged: np.ndarray, add) -> None:
