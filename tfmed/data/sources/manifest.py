@@ -245,9 +245,8 @@ def _label_column(values: pd.Series, column: str, classes: list[str] | None, pro
     for i, value in enumerate(raw):
         if value == "":
             what = "empty label" if written[i] == "" else f"missing label {written[i]!r}"
-            problems[i].append((f"{what} in column {column!r}",
-                                f"fill in one of {', '.join(classes)}"
-                                + (f" (or list {written[i]!r} in data.classes if it is a class)" if written[i] else "")))
+            named = f" (or list {written[i]!r} in data.classes if it is a class)" if written[i] else ""
+            problems[i].append((f"{what} in column {column!r}", f"fill in one of {', '.join(classes)}{named}"))
             labels.append(pd.NA)
         elif value in respelt:
             problems[i].append((f"label {value!r} in column {column!r} differs from the class {respelt[value]!r} only "
