@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import_tensorflow_quietly()
         return COMMANDS[args.verb](args)
-    except (TfmedError, FileNotFoundError) as error:  # the user's data, config or files: one line
+    except (TfmedError, OSError) as error:  # the user's data, config or files (a full disk, a file as folder)
         print(f"tfmed: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not TensorFlow's stack (a run has logged its FAILED.txt)

@@ -17,7 +17,10 @@ Example:
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +40,7 @@ from tfmed.modes import Ensemble, get_mode
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.manifest import FAILED_FILE, finish_run, record_failure
-from tfmed.run.rundir import environment_info, new_run_dir
+from tfmed.run.rundir import check_runs_dir, environment_info, new_run_dir, run_lock
 
 
 def prepare_data(config: ExperimentConfig) -> ImageTable:
@@ -294,14 +297,45 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
 
         strategy("multiworker")  # sets up the collectives before TensorFlow runs anything else
     get_mode(config.model.mode).check_before_data(config)  # a misspelt backbone fails before the data are read
+    check_runs_dir(runs_dir or config.runs_dir)
     table = prepare_data(config)  # fails before a run directory exists
     check_config_fits_data(config, table)
     if multiworker and not extract_across_workers(config, table).chief:
         return None
     run_dir = new_run_dir(runs_dir or config.runs_dir, config.name)
     log(f"run directory {run_dir}")
-    _fill_or_record(run_dir, config, table, started)
+    with run_lock(run_dir):
+        config.to_yaml(run_dir / "config.yaml")
+        environment = environment_info(config)
+        environment["config_sha256"] = _sha256(run_dir / "config.yaml")
+        environment["data_digest"] = data_digest(table)
+        (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+        _fill_or_record(run_dir, config, table, started)
     return run_dir
+
+
+def data_digest(table: ImageTable) -> str:
+    """A digest of what a run trains and is scored on: its images (paths, file sizes and times, in-memory
+    pixels), their labels and splits; a resume refuses data whose digest changed.
+
+    Example:
+        >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
+        >>> len(data_digest(load_pneumonia_mnist()))
+        40
+    """
+    from tfmed.modes.feature_store import table_identity
+    from tfmed.modes.features import digest
+
+    frame = table.frame
+    return digest({"rows": table_identity(table), "classes": list(table.classes),
+                   "labels": np.asarray(table.labels()).tolist(),
+                   "split": frame["split"].astype(str).tolist() if "split" in frame.columns else None})
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def resume_experiment(run_dir: str | Path) -> Path:
@@ -322,25 +356,56 @@ def resume_experiment(run_dir: str | Path) -> Path:
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "splits.csv").is_file():
         raise RunDirectoryError(f"{run_dir}: not a run that stopped (it needs the config.yaml and splits.csv a run "
                                 "writes first); pass the directory of the run to resume")
-    if (run_dir / MANIFEST_FILE).is_file():
-        raise RunDirectoryError(f"{run_dir}: this run finished (it has its {MANIFEST_FILE}); there is nothing to "
-                                "resume (tfmed run CONFIG makes a new run)")
-    config = ExperimentConfig.from_run(run_dir)
-    if config.multiworker:
-        raise ConfigError(f"{run_dir}: a run under model.svm.strategy multiworker is not resumed; run it again")
-    get_mode(config.model.mode).check_before_data(config)
-    table = prepare_data(config)
-    check_config_fits_data(config, table)
-    recorded = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
-    now = table.frame[["image", "split"]].astype(str).reset_index(drop=True)
-    if not recorded.astype(str).equals(now):
-        raise RunDirectoryError(f"{run_dir}: the data or their split differ from those the run started on "
-                                "(splits.csv); a resumed run must train on the same images, so run the "
-                                "experiment anew instead")
-    (run_dir / FAILED_FILE).unlink(missing_ok=True)
-    log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
-    _fill_or_record(run_dir, config, table, started)
+    with run_lock(run_dir):
+        if (run_dir / MANIFEST_FILE).is_file():
+            raise RunDirectoryError(f"{run_dir}: this run finished (it has its {MANIFEST_FILE}); there is nothing "
+                                    "to resume (tfmed run CONFIG makes a new run)")
+        environment = _read_environment(run_dir)
+        if environment.get("config_sha256") not in (None, _sha256(run_dir / "config.yaml")):
+            raise RunDirectoryError(f"{run_dir}: config.yaml was edited after the run started; a resumed run "
+                                    "finishes with the settings it began with, so undo the edit, or run the edited "
+                                    f"settings as a new run (tfmed run {run_dir / 'config.yaml'})")
+        config = ExperimentConfig.from_run(run_dir)
+        if config.multiworker:
+            raise ConfigError(f"{run_dir}: a run under model.svm.strategy multiworker is not resumed; run it again")
+        get_mode(config.model.mode).check_before_data(config)
+        table = prepare_data(config)
+        check_config_fits_data(config, table)
+        recorded = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+        now = table.frame[["image", "split"]].astype(str).reset_index(drop=True)
+        if not recorded.astype(str).equals(now) or \
+                environment.get("data_digest") not in (None, data_digest(table)):
+            raise RunDirectoryError(f"{run_dir}: the data (images, labels) or their split differ from those the "
+                                    "run started on; a resumed run must train on the same data, so run the "
+                                    "experiment anew instead")
+        earlier = _seconds_run_before(run_dir, environment)
+        environment.setdefault("resumed", []).append(
+            {"started": dt.datetime.now().isoformat(timespec="seconds"), "command": sys.argv, "cwd": os.getcwd()})
+        environment["seconds_before_resume"] = round(earlier, 1)
+        (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+        (run_dir / FAILED_FILE).unlink(missing_ok=True)
+        log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
+        _fill_or_record(run_dir, config, table, started - earlier)
     return run_dir
+
+
+def _read_environment(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "environment.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _seconds_run_before(run_dir: Path, environment: dict) -> float:
+    """The seconds the run's earlier attempts ran: each from its start to the last file it wrote (a killed
+    attempt leaves no end time), so that ``metrics.json``'s seconds count the whole run, not the last part."""
+    attempts = [environment.get("started")] + [entry.get("started") for entry in environment.get("resumed", [])]
+    try:
+        last_start = dt.datetime.fromisoformat(attempts[-1]).timestamp()
+    except (TypeError, ValueError):
+        return float(environment.get("seconds_before_resume", 0.0))
+    last_write = max((path.stat().st_mtime for path in run_dir.rglob("*") if path.is_file()), default=last_start)
+    return float(environment.get("seconds_before_resume", 0.0)) + max(0.0, last_write - last_start)
 
 
 def _fill_or_record(run_dir: Path, config: ExperimentConfig, table: ImageTable, started: float) -> None:
@@ -360,8 +425,6 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
     """Fit, score and evaluate ``config`` on ``table`` and write everything into ``run_dir``."""
     import keras
 
-    config.to_yaml(run_dir / "config.yaml")
-    (run_dir / "environment.json").write_text(json.dumps(environment_info(config), indent=2))
     keras.utils.set_random_seed(config.seed)
     splits_frame = table.frame.drop(columns=["array_index"], errors="ignore")
     splits_frame.to_csv(run_dir / "splits.csv", index=False)

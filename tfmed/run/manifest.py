@@ -37,6 +37,7 @@ from tfmed.progress import log
 
 MANIFEST_FILE = "MANIFEST.sha256"
 FAILED_FILE = "FAILED.txt"  # written instead of the manifest when a run stops with an error
+LOCK_FILE = ".tfmed.lock"  # held while a process runs the run (tfmed.run.rundir.run_lock); never listed
 # Inside these folders every file must be listed: nothing may be slipped in beside the model.
 # Elsewhere, files added after the run (``tfmed evaluate`` / ``explain`` outputs) are not checked.
 STRICT_FOLDERS = ("model",)
@@ -71,7 +72,7 @@ def _listed_files(directory: Path) -> list[str]:
     names = []
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory).as_posix()
-        if path.is_file() and relative != MANIFEST_FILE:
+        if path.is_file() and relative not in (MANIFEST_FILE, LOCK_FILE):
             names.append(relative)
     return names
 
@@ -126,7 +127,8 @@ def record_failure(directory: str | Path, error: BaseException) -> Path:
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     path = Path(directory) / FAILED_FILE
     path.write_text(f"{reason}\n\nThis run stopped at {dt.datetime.now().isoformat(timespec='seconds')} "
-                    f"before it finished; its files are incomplete. Run the experiment again.\n\n{trace}",
+                    f"before it finished; its files are incomplete. Finish it with tfmed run --resume {Path(directory)} "
+                    f"(the same settings and data), or run the experiment again.\n\n{trace}",
                     encoding="utf-8")
     return path
 

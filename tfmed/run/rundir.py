@@ -8,6 +8,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -22,7 +23,7 @@ from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.errors import TfmedError
-from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, failure_reason
+from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, MANIFEST_FILE, failure_reason
 
 
 class RunDirectoryError(TfmedError):
@@ -48,6 +49,68 @@ def environment_info(config: ExperimentConfig) -> dict:
     return {"seed": config.seed, "versions": versions, "platform": platform.platform(),
             "command": sys.argv, "cwd": os.getcwd(),
             "started": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold, while the block runs, the lock that makes one process at a time run ``run_dir`` (a run and its
+    resume, or two resumes). The operating system lets go of it when the process ends, also when it is
+    killed, so a stopped run can always be resumed. Its file (``LOCK_FILE``, in the run) is not listed in the
+    manifest and is removed when the block ends.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> with run_lock(run):
+        ...     try:
+        ...         with run_lock(run):
+        ...             pass
+        ...     except RunDirectoryError as error:
+        ...         print(str(error).split(";")[0].endswith("is being run by another tfmed process"))
+        True
+    """
+    import fcntl
+
+    path = Path(run_dir) / LOCK_FILE
+    handle = open(path, "a+", encoding="utf-8")
+    locked = False
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise RunDirectoryError(f"{run_dir} is being run by another tfmed process; {holder}. Wait for it to "
+                                    "finish, or stop it and then resume the run") from None
+        locked = True
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {platform.node()} since "
+                     f"{dt.datetime.now().isoformat(timespec='seconds')}")
+        handle.flush()
+        yield
+    finally:
+        if locked:
+            path.unlink(missing_ok=True)
+        handle.close()
+
+
+def check_runs_dir(runs_dir: str | Path) -> None:
+    """Refuse, before any data are read, a runs folder that cannot hold runs: a file, a path through a file, or
+    a folder without write permission.
+
+    Example:
+        >>> import tempfile
+        >>> check_runs_dir(Path(tempfile.mkdtemp()) / "runs")  # need not exist yet
+    """
+    path = Path(runs_dir)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise RunDirectoryError(f"runs folder {path} {where}; give --runs-dir (or runs_dir:) a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirectoryError(f"runs folder {path}: {existing} is not writable; give --runs-dir (or runs_dir:) a "
+                                "folder you can write to")
 
 
 def new_run_dir(runs_dir: str | Path, name: str) -> Path:

@@ -1,0 +1,78 @@
+"""Resuming a stopped run: only with the settings and data it began with, one process at a time, and with
+its first start, its command line and its whole duration kept."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import test_explain  # noqa: F401  (registers the tiny backbone explain_test_net)
+from test_experiment import _tiny_medmnist
+from tfmed.config import ExperimentConfig
+from tfmed.errors import TfmedError
+from tfmed.run import cli
+from tfmed.run.experiment import resume_experiment, run_experiment
+from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, record_failure
+from tfmed.run.rundir import RunDirectoryError, run_lock
+
+
+@pytest.fixture
+def stopped(tmp_path):
+    """A tiny SVM run made to look stopped after its model was saved (no manifest, a FAILED.txt)."""
+    data = _tiny_medmnist(tmp_path, n=48)
+    config = ExperimentConfig.from_dict({
+        "name": "stop", "data": {"source": f"medmnist:{data}"}, "preprocess": {"image_size": 32},
+        "split": {"test_fraction": 0.2}, "runs_dir": str(tmp_path / "runs"),
+        "model": {"mode": "svm", "backbone": "explain_test_net", "weights": None,
+                  "svm": {"taps": ["middle"], "C": [1.0], "cv": 3}}})
+    run = run_experiment(config)
+    (run / MANIFEST_FILE).unlink()
+    record_failure(run, KeyboardInterrupt())
+    return run, data
+
+
+def test_a_resume_refuses_an_edited_config_changed_data_and_a_second_process(stopped):
+    run, data = stopped
+    original = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(original.replace("learning_rate: 0.001", "learning_rate: 0.01"))
+    with pytest.raises(RunDirectoryError, match="config.yaml was edited after the run started"):
+        resume_experiment(run)
+    (run / "config.yaml").write_text(original)
+
+    kept = data.with_suffix(".kept")
+    shutil.copy(data, kept)
+    arrays = dict(np.load(data))
+    arrays["train_labels"] = 1 - arrays["train_labels"]          # the same file, rows and images; labels flipped
+    np.savez(data, **arrays)
+    with pytest.raises(RunDirectoryError, match=r"the data \(images, labels\) or their split differ"):
+        resume_experiment(run)
+    shutil.copy(kept, data)
+
+    with run_lock(run):                                           # the run is still running elsewhere
+        with pytest.raises(RunDirectoryError, match="is being run by another tfmed process; process"):
+            resume_experiment(run)
+    assert (run / FAILED_FILE).is_file()                          # nothing was touched by the refusals
+
+
+def test_a_resumed_run_keeps_its_first_start_and_command_and_counts_its_whole_time(stopped):
+    run, _ = stopped
+    assert "tfmed run --resume" in (run / FAILED_FILE).read_text()
+    before = json.loads((run / "environment.json").read_text())
+    assert len(before["config_sha256"]) == 64 and len(before["data_digest"]) == 40
+    assert cli.main(["run", "--resume", str(run)]) == 0
+    after = json.loads((run / "environment.json").read_text())
+    assert (after["started"], after["command"]) == (before["started"], before["command"])
+    assert len(after["resumed"]) == 1 and after["resumed"][0]["started"] >= before["started"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["seconds"] >= after["seconds_before_resume"] >= 0
+    with pytest.raises(TfmedError, match="this run finished"):
+        resume_experiment(run)
+
+
+def test_a_runs_folder_that_is_a_file_is_refused_before_the_data_are_read(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert cli.main(["run", "experiments/pneumonia_mnist.yaml", "--runs-dir", str(blocker / "sub")]) == 2
+    err = capsys.readouterr()
+    assert f"runs folder {blocker / 'sub'} lies under {blocker}, which is a file" in err.err
+    assert "loading data source" not in err.out
