@@ -140,6 +140,42 @@ def test_multiworker_custom_loop_two_local_workers_end_identical(tmp_path):
         np.testing.assert_array_equal(w0[key], w1[key])
 
 
+def test_a_worker_that_never_starts_is_named_before_the_wait_and_in_an_error_after_the_timeout():
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]  # nothing listens on worker 1's port
+    env = {**ENV, "TFMED_WORKER_TIMEOUT": "3", "TF_CONFIG": json.dumps(
+        {"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}})}
+    out = run_script("""
+        import json, logging, time
+        from tfmed.training import distribute
+        lines = []
+        handler = logging.Handler()
+        handler.emit = lambda record: lines.append(record.getMessage())
+        logging.getLogger("tfmed").addHandler(handler)
+        logging.getLogger("tfmed").setLevel(logging.INFO)
+        start = time.monotonic()
+        try:
+            distribute.strategy("multiworker")
+            error = ""
+        except distribute.StrategyError as caught:
+            error = str(caught)
+        print(json.dumps({"lines": lines, "error": error, "seconds": time.monotonic() - start}))
+    """, timeout=60, env=env)
+    assert len(out["lines"]) == 1  # logged before the wait: who is awaited, for how long, how to stop it
+    assert f"worker 0 waits up to 3 s (TFMED_WORKER_TIMEOUT) for the other workers of TF_CONFIG to start: " \
+        f"{workers[1]}." in out["lines"][0] and "kill -9" in out["lines"][0]
+    assert f"not every worker of TF_CONFIG started within 3 s (worker 0 waited for {workers[1]})" in out["error"]
+    assert "TFMED_WORKER_TIMEOUT" in out["error"] and out["seconds"] < 30
+
+
+def test_a_bad_worker_timeout_is_refused_before_waiting(monkeypatch, caplog):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    monkeypatch.setenv("TFMED_WORKER_TIMEOUT", "soon")
+    with pytest.raises(distribute.StrategyError, match="TFMED_WORKER_TIMEOUT is 'soon'; set it to the seconds"):
+        distribute.strategy("multiworker")
+    assert not distribute._MULTIWORKER
+
+
 def test_train_multiworker_loop_matches_manual_sgd_on_default_strategy():
     import keras
 

@@ -232,3 +232,42 @@ def test_an_unknown_kernel_or_solver_is_refused_by_name():
         ApproximateKernelSVC(solver="newton").fit(X, y)
     with pytest.raises(ValueError, match="kernel is 'poly'.*rbf and linear"):
         ApproximateKernelSVC(kernel="poly").fit(X, y)
+
+
+def test_the_store_key_covers_the_files_inside_a_series_folder_and_a_headers_data_file(tmp_path):
+    import os
+    import pandas as pd
+    from tfmed.data.table import ImageTable
+    from tfmed.modes.feature_store import table_identity
+
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "IM0001.dcm").write_bytes(b"A" * 100)
+    (series / ".DS_Store").write_bytes(b"x")  # hidden files are not read as slices, so not part of the key
+    (tmp_path / "scan.mhd").write_text("NDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
+                                       "ElementDataFile = scan.raw\n")
+    (tmp_path / "scan.raw").write_bytes(bytes(64))
+    (tmp_path / "scan.nhdr").write_text("NRRD0004\ntype: uchar\ndimension: 3\nsizes: 4 4 4\n"
+                                        "encoding: raw\ndata file: voxels.raw\n\n")
+    (tmp_path / "voxels.raw").write_bytes(bytes(64))
+    table = ImageTable(pd.DataFrame({"image": [str(series), str(tmp_path / "scan.mhd"), str(tmp_path / "scan.nhdr")],
+                                     "label": [0, 1, 0]}), ["a", "b"], "binary")
+
+    def key_after(change):
+        before = table_identity(table)["files"]
+        change()
+        return before, table_identity(table)["files"]
+
+    def rewrite(path, data):  # new voxels, same name and size, a later modification time
+        path.write_bytes(data)
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+
+    for row, change in ((0, lambda: rewrite(series / "IM0001.dcm", b"B" * 100)),
+                        (0, lambda: (series / "IM0002.dcm").write_bytes(b"C" * 100)),
+                        (1, lambda: rewrite(tmp_path / "scan.raw", bytes([1]) * 64)),
+                        (2, lambda: rewrite(tmp_path / "voxels.raw", bytes([1]) * 64))):
+        before, after = key_after(change)
+        assert before[row] != after[row] and [b for i, b in enumerate(before) if i != row] == \
+            [a for i, a in enumerate(after) if i != row]
+    before, after = key_after(lambda: rewrite(series / ".DS_Store", b"yy"))
+    assert before == after

@@ -1,6 +1,8 @@
 """TensorFlow Datasets: the ``tfds`` source (TFDS's own mock data and data sets written with TFDS's own
 writer) and ``tfmed export-tfds`` round trips (a manifest of 16-bit PNGs with patients and splits, a
 multilabel manifest mixing grey and colour, CT in Hounsfield units)."""
+import shutil
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -136,6 +138,42 @@ def test_unknown_labels_beside_the_positive_ones_read_as_minus_one(tmp_path):
     assert table.labels()[0].tolist() == [1, -1]
     problems = validate_table(table).problems
     assert [(p.row, p.problem) for p in problems] == [(1, "label 'Edema' is listed both as positive and as unknown")]
+
+
+def test_data_classes_sets_the_order_of_the_same_names_and_refuses_other_names(tmp_path):
+    image = np.zeros((4, 4, 1), np.uint8)
+    truth = ["pneumonia", "normal", "normal"]
+    named = store(tmp_path, "named", {"image": tfds.features.Image(shape=(4, 4, 1)),
+                                      "label": tfds.features.ClassLabel(names=["pneumonia", "normal"])},
+                  {"train": [{"image": image, "label": name} for name in truth]})
+    table = load_source(DataConfig(source="tfds", path=named, classes=["normal", "pneumonia"]))
+    assert table.classes == ["normal", "pneumonia"] and table.task == "binary"
+    assert [table.classes[k] for k in table.labels()] == truth  # reordered, not renamed: pneumonia is positive
+    with pytest.raises(DataSourceError, match=r"data.classes \['normal', 'covid'\] names other classes than "
+                                              r"label feature 'label'.*\['pneumonia', 'normal'\]"):
+        load_source(DataConfig(source="tfds", path=named, classes=["normal", "covid"]))
+    unnamed = store(tmp_path, "unnamed", {"image": tfds.features.Image(shape=(4, 4, 1)),
+                                          "label": tfds.features.ClassLabel(num_classes=2)},
+                    {"train": [{"image": image, "label": 1}, {"image": image, "label": 0}]})
+    table = load_source(DataConfig(source="tfds", path=unnamed, classes=["benign", "malignant"]))
+    assert table.classes == ["benign", "malignant"] and table.labels().tolist() == [1, 0]  # indices named
+    labels = tfds.features.Sequence(tfds.features.ClassLabel(names=["Edema", "Mass", "Nodule"]))
+    listed = store(tmp_path, "listed", {"image": tfds.features.Image(shape=(4, 4, 1)), "labels": labels,
+                                        "unknown_labels": labels},
+                   {"train": [{"image": image, "labels": [0], "unknown_labels": [2]}]})
+    table = load_source(DataConfig(source="tfds", path=listed, classes=["Nodule", "Edema", "Mass"]))
+    assert table.classes == ["Nodule", "Edema", "Mass"] and table.labels().tolist() == [[-1, 1, 0]]
+
+
+def test_a_data_set_prepared_again_in_the_same_folder_is_read_afresh(tmp_path):
+    features = {"image": tfds.features.Image(shape=(4, 4, 1)), "label": tfds.features.ClassLabel(names=["a", "b"])}
+    image = np.zeros((4, 4, 1), np.uint8)
+    folder = store(tmp_path, "study", features, {"train": [{"image": image, "label": 0}] * 2})
+    assert load_source(DataConfig(source="tfds", path=folder)).labels().tolist() == [0, 0]
+    shutil.rmtree(folder)  # the study is fixed and exported again to the same folder
+    assert store(tmp_path, "study", features, {"train": [{"image": image + 9, "label": 1}] * 3}) == folder
+    table = load_source(DataConfig(source="tfds", path=folder))
+    assert table.labels().tolist() == [1, 1, 1] and read_image(table.frame.loc[0, "image"]).max() == 9
 
 
 def test_bad_names_splits_and_settings_are_refused_with_the_fix(tmp_path, monkeypatch):

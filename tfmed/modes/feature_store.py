@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 
 from tfmed.data.boxes import BOXES_COLUMN
+from tfmed.data.volumes import _metaimage_data_file
 from tfmed.modes.features import FeatureError, digest
 from tfmed.training.distribute import WorkerShare
 
@@ -181,7 +182,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def table_identity(table) -> dict:
     """What identifies a table's images: its image columns (paths, array rows, lesion centres), each
-    file's size and modification time, and the in-memory images' digest.
+    file's size and modification time (see :func:`file_stats`), and the in-memory images' digest.
 
     Example:
         >>> import pandas as pd
@@ -192,16 +193,54 @@ def table_identity(table) -> dict:
     """
     frame = table.frame
     columns = [c for c in frame.columns if c not in NOT_IMAGE_COLUMNS and not str(c).startswith("label:")]
-    files = []
-    for value in frame["image"].astype(str).tolist():
-        try:
-            stat = os.stat(value)
-            files.append((stat.st_size, stat.st_mtime_ns))
-        except OSError:
-            files.append(None)
+    known: dict[str, tuple | None] = {}  # a volume's many views share its path
+    files = [known[value] if value in known else known.setdefault(value, file_stats(value))
+             for value in frame["image"].astype(str).tolist()]
     return {"columns": {c: frame[c].astype(str).tolist() for c in sorted(columns)},
             "files": files if table.images is None else None,
             "images": None if table.images is None else np.asarray(table.images)}
+
+
+def file_stats(path: str) -> tuple | None:
+    """Size and modification time of an image file; for a DICOM series folder, of each file in it that
+    the volume reader considers (name order, hidden files and sub-folders left out); for a MetaImage
+    ``.mhd`` or NRRD ``.nhdr`` header, of the header and of the data file it names. None when missing.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = open(f"{folder}/IM0001.dcm", "wb").write(b"DICM")
+        >>> [(name, size) for name, size, _ in file_stats(folder)], file_stats(f"{folder}/gone.png")
+        ([('IM0001.dcm', 4)], None)
+    """
+    try:
+        if os.path.isdir(path):
+            entries = sorted((entry for entry in os.scandir(path) if not entry.name.startswith(".")
+                              and entry.is_file()), key=lambda entry: entry.name)
+            return tuple((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in entries)
+        stat = os.stat(path)
+        data_file = _metaimage_data_file(Path(path)) or _nrrd_data_file(Path(path))
+        if data_file is None:
+            return stat.st_size, stat.st_mtime_ns
+        data = os.stat(data_file)
+        return stat.st_size, stat.st_mtime_ns, data.st_size, data.st_mtime_ns
+    except OSError:
+        return None
+
+
+def _nrrd_data_file(path: Path) -> Path | None:
+    """The data file a detached NRRD header (``.nhdr``) names, None when it names a list or a pattern."""
+    if not str(path).lower().endswith(".nhdr"):
+        return None
+    with open(path, encoding="latin-1") as header:
+        for line in header:
+            if not line.strip():  # the header ends at the first blank line
+                break
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("data file", "datafile"):
+                value = value.strip()
+                return None if value.startswith("LIST") or " " in value else path.parent / value
+    return None
 
 
 def inputs_identity(inputs) -> dict:

@@ -44,6 +44,8 @@ class StrategyError(TfmedError):
 
 
 _MULTIWORKER: list = []  # the process's one MultiWorkerMirroredStrategy (collectives are set up once)
+WORKER_TIMEOUT = "TFMED_WORKER_TIMEOUT"  # seconds a worker waits for the others of TF_CONFIG to start
+DEFAULT_WORKER_TIMEOUT = 600.0
 
 
 def _find_tpu():
@@ -69,7 +71,9 @@ def strategy(name: str = "auto") -> tf.distribute.Strategy:
     * tpu: TPUStrategy; StrategyError when no TPU is reachable.
     * multiworker: MultiWorkerMirroredStrategy from the ``TF_CONFIG``
       environment variable (one per process: later calls return the same
-      one); train with :func:`train_multiworker`.
+      one); train with :func:`train_multiworker`. Creating it waits until
+      every worker of TF_CONFIG has started, at most ``$TFMED_WORKER_TIMEOUT``
+      seconds (default 600), then raises StrategyError.
 
     Example:
         >>> strategy("auto").num_replicas_in_sync >= 1
@@ -103,20 +107,65 @@ def strategy(name: str = "auto") -> tf.distribute.Strategy:
     try:
         parsed = json.loads(config)
         workers = parsed["cluster"]["worker"]
-        parsed["task"]["index"]
-    except (ValueError, KeyError, TypeError) as error:
+        task = (str(parsed["task"].get("type", "worker")), int(parsed["task"]["index"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise StrategyError(f"TF_CONFIG is not valid for multi-worker training ({error!r}); it needs "
                             "cluster.worker (a list of host:port) and task.type/task.index") from None
     if not isinstance(workers, list) or not workers:
         raise StrategyError("TF_CONFIG cluster.worker must be a non-empty list of host:port addresses")
     if not _MULTIWORKER:
+        timeout = _worker_timeout()
+        peers = [address for job, addresses in parsed["cluster"].items() for index, address in enumerate(addresses)
+                 if (job, index) != task]
+        log(f"multiworker: {task[0]} {task[1]} waits up to {timeout:g} s ({WORKER_TIMEOUT}) for the other "
+            f"workers of TF_CONFIG to start: {', '.join(peers) or '(none)'}. Ctrl-C takes effect only when the "
+            f"wait ends; kill -9 {os.getpid()} stops it at once")
+        _limit_cluster_wait(timeout, task[0])
         try:
             _MULTIWORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+        except tf.errors.DeadlineExceededError:
+            raise StrategyError(f"not every worker of TF_CONFIG started within {timeout:g} s ({task[0]} {task[1]} "
+                                f"waited for {', '.join(peers)}): start the same command on each of them with "
+                                "its own task.index, check that their host:port can be reached from here, or set "
+                                f"{WORKER_TIMEOUT} to the seconds to wait") from None
         except (RuntimeError, ValueError) as error:
             raise StrategyError(f"MultiWorkerMirroredStrategy could not start ({error}); it must be created "
                                 "before TensorFlow runs anything else: start a fresh process (tfmed run does "
                                 "this first)") from None
     return _MULTIWORKER[0]
+
+
+def _worker_timeout() -> float:
+    """Seconds to wait for the other workers: ``$TFMED_WORKER_TIMEOUT``, else :data:`DEFAULT_WORKER_TIMEOUT`."""
+    value = os.environ.get(WORKER_TIMEOUT, "").strip()
+    try:
+        seconds = float(value) if value else DEFAULT_WORKER_TIMEOUT
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise StrategyError(f"{WORKER_TIMEOUT} is {value!r}; set it to the seconds a worker waits for the others "
+                            f"of TF_CONFIG to start (e.g. {DEFAULT_WORKER_TIMEOUT:g}), or unset it for that default")
+    return seconds
+
+
+def _limit_cluster_wait(seconds: float, task_type: str) -> None:
+    """Make MultiWorkerMirroredStrategy's start give up with DeadlineExceededError when not every worker has
+    registered within ``seconds`` (TensorFlow otherwise waits without end, deaf to Ctrl-C). TensorFlow has no
+    public setting for it: this sets up its coordination service as the strategy would (the strategy keeps a
+    configuration made before it), with a registration barrier and its timeout."""
+    if task_type not in ("chief", "worker"):
+        return  # the strategy sets up no coordination service for other tasks
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    cluster = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster),
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster.num_tasks(job))
+                          for job in ("chief", "worker") if job in cluster.jobs],
+        cluster_register_timeout_in_ms=int(seconds * 1000))
+    context.context().coordination_service.cluster_register_with_barrier = True
 
 
 def _tpu_hint() -> bool:

@@ -26,9 +26,12 @@ Features (settings ``data.image_feature``, ``data.label_feature``,
   ``Tensor`` feature (H, W) or (H, W, C) is written as PNG (integers up to
   16 bits) or as 32-bit float TIFF.
 * label: ``label`` by default, else ``labels``. A ``ClassLabel`` gives a
-  binary or multiclass task with the feature's class names (``data.classes``
-  may rename them, in the same order); a ``Sequence`` of ``ClassLabel`` lists
-  the positive labels of a multilabel example; a 0/1 ``Tensor`` of shape (L,)
+  binary or multiclass task with the feature's class names; ``data.classes``
+  may list the same names in another order, which the labels then follow (for
+  a binary task the positive class second), or name the classes of a
+  ``ClassLabel`` without names (``0``, ``1``, ...) in their order; other
+  names are refused. A ``Sequence`` of ``ClassLabel`` lists
+  the positive labels of a multilabel example (``data.classes`` as above); a 0/1 ``Tensor`` of shape (L,)
   is a multilabel example with the names of ``data.classes``. With a
   ``Sequence`` label, a feature ``unknown_labels`` (a ``Sequence`` of the same
   ``ClassLabel``, as ``tfmed export-tfds`` writes it) lists the labels that
@@ -46,7 +49,9 @@ rows name those files, so validation, splits and the tf.data pipeline are
 those of any folder of images, and memory holds one example at a time. A
 split's folder is written under a temporary name and renamed when complete,
 so an interrupted read is never reused; later loads read ``examples.csv``.
-Delete the folder to read a data set again after re-preparing it.
+The cache folder's name covers the names, sizes and modification times of the
+prepared data set's files (``dataset_info.json``, the shards), so a data set
+prepared again in the same folder is read afresh.
 
 Example:
     >>> from tfmed.data.sources import parse_source_spec
@@ -118,7 +123,7 @@ def load_tfds(name: str, splits: list[str] | None = None, *, data_dir: str | Pat
     if patient_key is not None and patient_key not in features:
         raise DataSourceError(f"data.patient_feature is {patient_key!r}, which TFDS data set {name!r} does not "
                               f"have; its features are {', '.join(features)}")
-    names, resolved_task = _label_names(tfds, features[label_key], label_key, classes, task, name)
+    names, resolved_task, order = _label_names(tfds, features[label_key], label_key, classes, task, name)
     unknown_key = UNKNOWN_FEATURE if _lists_unknown_labels(tfds, features, label_key) else None
     if splits is None:
         splits = list(builder.info.splits)
@@ -135,7 +140,8 @@ def load_tfds(name: str, splits: list[str] | None = None, *, data_dir: str | Pat
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     source = f"tfds:{name}#{'+'.join(splits)}"
-    return ImageTable(_table_frame(frame, names, resolved_task, source), names, resolved_task, source=source)
+    return ImageTable(_table_frame(frame, names, resolved_task, source, order), names, resolved_task,
+                      source=source)
 
 
 def tfds_quietly():
@@ -218,8 +224,9 @@ def _feature_key(features, given: str | None, defaults: tuple[str, ...], kind, s
                           f"one to use with {setting} (its features: {', '.join(features)})")
 
 
-def _label_names(tfds, feature, key: str, classes, task, name: str) -> tuple[list[str], str]:
-    """Class names and task of a label feature (see the module text for the kinds read)."""
+def _label_names(tfds, feature, key: str, classes, task, name: str) -> tuple[list[str], str, list[int] | None]:
+    """Class names and task of a label feature (see the module text for the kinds read), and the table's
+    class index of each stored one when ``data.classes`` lists the feature's names in another order."""
     f = tfds.features
     if isinstance(feature, f.ClassLabel):
         names, kind = list(feature.names), "single"
@@ -236,24 +243,43 @@ def _label_names(tfds, feature, key: str, classes, task, name: str) -> tuple[lis
                               "ClassLabel (one class per example), a Sequence of ClassLabel (the positive "
                               "labels of a multilabel example) or a 0/1 Tensor of shape (labels,). Name another "
                               "feature with data.label_feature")
+    order = None
     if classes is not None and list(classes) != names:
         if len(classes) != len(names):
             raise DataSourceError(f"data.classes lists {len(classes)} names but label feature {key!r} of TFDS "
                                   f"data set {name!r} has {len(names)}: {names}")
+        if sorted(classes) == sorted(names):  # the same classes in another order: the labels follow it
+            order = [list(classes).index(stored) for stored in names]
+        elif names != [str(i) for i in range(len(names))]:  # only a ClassLabel without names is named here
+            raise DataSourceError(f"data.classes {list(classes)} names other classes than label feature {key!r} "
+                                  f"of TFDS data set {name!r}, which has {names}; list those names (in the order "
+                                  "you want, for a binary task the positive class second) or leave data.classes out")
         names = list(classes)
     resolved = "multilabel" if kind == "multilabel" else ("binary" if len(names) == 2 else "multiclass")
     if task is not None and task != resolved and not (task == "multiclass" and resolved == "binary"):
         raise DataSourceError(f"data.task is {task!r}, but label feature {key!r} of TFDS data set {name!r} "
                               f"makes a {resolved} task; remove data.task")
-    return names, task or resolved
+    return names, task or resolved, order
 
 
 def _split_folder(builder, split: str, keys: tuple) -> Path:
-    identity = "|".join([str(builder.data_dir), split, *map(str, keys)])
+    identity = "|".join([str(builder.data_dir), _prepared_files(builder), split, *map(str, keys)])
     digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
     config = builder.builder_config.name if builder.builder_config else ""
     label = "-".join(filter(None, (builder.name, config, str(builder.version))))
     return cache_folder("tfds") / f"{label}-{digest}" / re.sub(r"[^A-Za-z0-9_.%+-]+", "_", split)
+
+
+def _prepared_files(builder) -> str:
+    """Name, size and modification time of each file of the prepared data set (dataset_info.json, shards): they
+    change when the data set is prepared again in the same folder."""
+    import tensorflow as tf
+
+    folder = str(builder.data_dir)
+    if not tf.io.gfile.isdir(folder):  # nothing on disk (TFDS's mock data in tests)
+        return ""
+    stats = [(file, tf.io.gfile.stat(f"{folder}/{file}")) for file in sorted(tf.io.gfile.listdir(folder))]
+    return ";".join(f"{file}:{stat.length}:{stat.mtime_nsec}" for file, stat in stats)
 
 
 def _lists_unknown_labels(tfds, features, label_key: str) -> bool:
@@ -355,8 +381,10 @@ def _listed_labels(value, feature, tfds, where: str) -> str:
     return "|".join(map(str, np.flatnonzero(values).tolist()))
 
 
-def _table_frame(frame: pd.DataFrame, names: list[str], task: str, where: str) -> pd.DataFrame:
+def _table_frame(frame: pd.DataFrame, names: list[str], task: str, where: str,
+                 order: list[int] | None = None) -> pd.DataFrame:
     records, unreadable = [], Counter()
+    table_index = dict(enumerate(order)) if order else {}  # stored class index -> the table's
     for position, values in enumerate(frame.to_dict("records")):
         record = {"image": values["image"], "patient_id": values["patient_id"] or pd.NA,
                   "site": values.get("site") or pd.NA, "view": values.get("view") or pd.NA,
@@ -365,8 +393,8 @@ def _table_frame(frame: pd.DataFrame, names: list[str], task: str, where: str) -
                   **published_demographics(values.get("sex"), values.get("age"), unreadable)}
         if BOXES_COLUMN in values:  # finding boxes, as tfmed export-tfds writes them
             record[BOXES_COLUMN] = values[BOXES_COLUMN] or pd.NA
-        positives = [int(v) for v in values["labels"].split("|") if v != ""]
-        unknown = [int(v) for v in values.get("unknown", "").split("|") if v != ""]
+        positives = [table_index.get(int(v), int(v)) for v in values["labels"].split("|") if v != ""]
+        unknown = [table_index.get(int(v), int(v)) for v in values.get("unknown", "").split("|") if v != ""]
         bad = [v for v in positives + unknown if not 0 <= v < len(names)]
         if bad:
             record[SOURCE_PROBLEMS] = ((f"label index {bad[0]} is outside the {len(names)} classes",
