@@ -779,7 +779,7 @@ def read_itk(path: str | Path) -> Volume:
     if reader.GetNumberOfComponents() != 1:
         raise VolumeError(path, f"{reader.GetNumberOfComponents()} components per voxel; volumes are greyscale",
                           "export one channel")
-    data_file = _metaimage_data_file(path)
+    data_file = detached_data_file(path)
     if data_file is not None and not data_file.is_file():
         raise VolumeError(path, f"its voxel data file {data_file.name} (ElementDataFile) is missing",
                           f"put {data_file.name} beside the header, as the data set ships them")
@@ -812,16 +812,35 @@ def _itk_reason(error: RuntimeError) -> str:
     return re.sub(r"\(0x[0-9a-fA-F]+\)", "", reason).strip()
 
 
-def _metaimage_data_file(path: Path) -> Path | None:
-    """The data file a ``.mhd`` header names (ElementDataFile), None when the data are inside it or in a list."""
-    if not str(path).lower().endswith(".mhd"):
+def detached_data_file(path: str | Path) -> Path | None:
+    r"""The voxel data file a detached header names: a MetaImage ``.mhd`` (ElementDataFile) or an NRRD ``.nhdr``
+    (``data file``); None for any other file, or when the data are inside the header or in a list or pattern.
+
+    Example:
+        >>> import tempfile
+        >>> header = Path(tempfile.mkdtemp()) / "scan.mhd"
+        >>> _ = header.write_text("NDims = 3\nElementDataFile = scan.raw\n")
+        >>> detached_data_file(header).name, detached_data_file(header.with_suffix(".png"))
+        ('scan.raw', None)
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".mhd", ".nhdr"):
         return None
     with open(path, encoding="latin-1") as header:
         for line in header:
-            key, _, value = line.partition("=")
-            if key.strip() == "ElementDataFile":
+            if suffix == ".mhd":
+                key, _, value = line.partition("=")
+                found = key.strip() == "ElementDataFile"
+            else:
+                if not line.strip():  # an NRRD header ends at its first blank line
+                    break
+                key, _, value = line.partition(":")
+                found = key.strip().lower() in ("data file", "datafile")
+            if found:
                 value = value.strip()
-                return None if value in ("LOCAL", "LIST") or " " in value else path.parent / value
+                inside = value in ("LOCAL", "LIST") or value.startswith("LIST") or " " in value
+                return None if inside else path.parent / value
     return None
 
 

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from tfmed.data.boxes import BOXES_COLUMN
-from tfmed.data.volumes import _metaimage_data_file
+from tfmed.data.volumes import detached_data_file
 from tfmed.modes.features import FeatureError, digest
 from tfmed.training.distribute import WorkerShare
 
@@ -219,28 +219,13 @@ def file_stats(path: str) -> tuple | None:
                               and entry.is_file()), key=lambda entry: entry.name)
             return tuple((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in entries)
         stat = os.stat(path)
-        data_file = _metaimage_data_file(Path(path)) or _nrrd_data_file(Path(path))
+        data_file = detached_data_file(path)
         if data_file is None:
             return stat.st_size, stat.st_mtime_ns
         data = os.stat(data_file)
         return stat.st_size, stat.st_mtime_ns, data.st_size, data.st_mtime_ns
     except OSError:
         return None
-
-
-def _nrrd_data_file(path: Path) -> Path | None:
-    """The data file a detached NRRD header (``.nhdr``) names, None when it names a list or a pattern."""
-    if not str(path).lower().endswith(".nhdr"):
-        return None
-    with open(path, encoding="latin-1") as header:
-        for line in header:
-            if not line.strip():  # the header ends at the first blank line
-                break
-            key, _, value = line.partition(":")
-            if key.strip().lower() in ("data file", "datafile"):
-                value = value.strip()
-                return None if value.startswith("LIST") or " " in value else path.parent / value
-    return None
 
 
 def inputs_identity(inputs) -> dict:
