@@ -40,7 +40,7 @@ from tfmed.modes import Ensemble, get_mode
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.manifest import FAILED_FILE, finish_run, record_failure
-from tfmed.run.rundir import check_runs_dir, environment_info, new_run_dir, run_lock
+from tfmed.run.rundir import RunDirectoryError, check_runs_dir, environment_info, new_run_dir, run_lock
 
 
 def prepare_data(config: ExperimentConfig) -> ImageTable:
@@ -349,7 +349,6 @@ def resume_experiment(run_dir: str | Path) -> Path:
         PosixPath('runs/tb_xray/20261206-111233')
     """
     from tfmed.run.manifest import MANIFEST_FILE
-    from tfmed.run.rundir import RunDirectoryError
 
     started = time.time()
     run_dir = Path(run_dir)
@@ -371,18 +370,8 @@ def resume_experiment(run_dir: str | Path) -> Path:
         get_mode(config.model.mode).check_before_data(config)
         table = prepare_data(config)
         check_config_fits_data(config, table)
-        recorded = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
-        now = table.frame[["image", "split"]].astype(str).reset_index(drop=True)
-        if not recorded.astype(str).equals(now) or \
-                environment.get("data_digest") not in (None, data_digest(table)):
-            raise RunDirectoryError(f"{run_dir}: the data (images, labels) or their split differ from those the "
-                                    "run started on; a resumed run must train on the same data, so run the "
-                                    "experiment anew instead")
-        earlier = _seconds_run_before(run_dir, environment)
-        environment.setdefault("resumed", []).append(
-            {"started": dt.datetime.now().isoformat(timespec="seconds"), "command": sys.argv, "cwd": os.getcwd()})
-        environment["seconds_before_resume"] = round(earlier, 1)
-        (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+        _check_same_data(run_dir, environment, table)
+        earlier = _record_resume(run_dir, environment)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
         log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
         _fill_or_record(run_dir, config, table, started - earlier)
@@ -394,6 +383,28 @@ def _read_environment(run_dir: Path) -> dict:
         return json.loads((run_dir / "environment.json").read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _check_same_data(run_dir: Path, environment: dict, table: ImageTable) -> None:
+    """Refuse to resume on other data than the run began with: its splits.csv and, for runs that recorded it,
+    the data's digest (images, labels, split)."""
+    recorded = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+    now = table.frame[["image", "split"]].astype(str).reset_index(drop=True)
+    if not recorded.astype(str).equals(now) or environment.get("data_digest") not in (None, data_digest(table)):
+        raise RunDirectoryError(f"{run_dir}: the data (images, labels) or their split differ from those the run "
+                                "started on; a resumed run must train on the same data, so run the experiment anew "
+                                "instead")
+
+
+def _record_resume(run_dir: Path, environment: dict) -> float:
+    """Add this resume to the run's environment.json (its first start and command stay); return the seconds the
+    earlier attempts ran."""
+    earlier = _seconds_run_before(run_dir, environment)
+    environment.setdefault("resumed", []).append(
+        {"started": dt.datetime.now().isoformat(timespec="seconds"), "command": sys.argv, "cwd": os.getcwd()})
+    environment["seconds_before_resume"] = round(earlier, 1)
+    (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+    return earlier
 
 
 def _seconds_run_before(run_dir: Path, environment: dict) -> float:
