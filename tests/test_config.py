@@ -228,3 +228,146 @@ def test_the_same_check_runs_for_a_config_built_in_python():
 
     with pytest.raises(ConfigError, match="balance.method is set, but model.mode 'svm'"):
         ExperimentConfig(balance=BalanceConfig(method="undersample"))
+
+
+# ------------------------------------------------ files that are no experiment, and settings that say nothing
+@pytest.mark.parametrize("text, words", [
+    ("", "exp.yaml is empty"), ("# name: later\n\n", "exp.yaml is empty"),
+    ("false\n", "exp.yaml holds a boolean (False), not a mapping of settings"),
+    ("0\n", "exp.yaml holds a number (0), not a mapping of settings"),
+    ("~\n", "exp.yaml holds null (~), not a mapping of settings"),
+])
+def test_an_empty_file_or_one_without_a_mapping_is_refused(tmp_path, text, words):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / words}")):
+        ExperimentConfig.from_yaml(path)
+
+
+def test_a_key_written_twice_is_refused_with_both_lines(tmp_path):
+    path = tmp_path / "exp.yaml"
+    for text, message in (
+            ("seed: 7\nmodel:\n  mode: svm\npreprocess: {image_size: 64}\nmodel:\n  mode: finetune\n",
+             "key model is written twice (lines 2 and 5); keep one"),
+            ("model:\n  svm: {C: [1.0], cv: 3, C: [10.0]}\n", "key model.svm.C is written twice (lines 2 and 2)"),
+            ("model:\n  mode: ensemble\n  ensemble:\n    members:\n      - {mode: svm}\n      - mode: finetune\n"
+             "        seed: 1\n        seed: 2\n",
+             "key model.ensemble.members[1].seed is written twice (lines 7 and 8)")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: {message}")):
+            ExperimentConfig.from_yaml(path)
+    # a merge key brings in a mapping whose keys may then be overridden: not a repeated key
+    path.write_text("model:\n  mode: ensemble\n  ensemble:\n    members:\n"
+                    "      - &svm {name: a, mode: svm, svm: {cv: 3}}\n"
+                    "      - <<: *svm\n        name: b\n        svm: {cv: 4}\n")
+    members = ExperimentConfig.from_yaml(path).model.ensemble.members
+    assert [(m.name, m.mode, m.svm.cv) for m in members] == [("a", "svm", 3), ("b", "svm", 4)]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("model: {svm: {C: [.nan]}}", "model.svm.C is [nan]"),
+    ("model: {svm: {gamma: [.nan]}}", "model.svm.gamma is [nan]"),
+    ("model: {mode: finetune}\naugment: {blur_sigma: .nan}", "augment.blur_sigma is nan"),
+    ("model: {mode: finetune}\naugment: {noise: .NaN}", "augment.noise is nan"),
+    ("model: {mode: finetune}\naugment: {rotation_degrees: .inf}", "augment.rotation_degrees is inf"),
+    ("model: {mode: finetune}\naugment: {brightness: .inf}", "augment.brightness is inf"),
+    ("preprocess: {intensity: window, windows: [[-.inf, 400]]}", "preprocess.windows is [[-inf, 400.0]]"),
+    ("model: {mode: finetune, finetune: {stages: [{unfreeze: .inf}]}}", "model.finetune.stages[0].unfreeze is inf"),
+    ("tta: {enabled: true, shift: .nan}", "tta.shift is nan"),
+])
+def test_nan_and_infinity_are_refused_in_every_number(tmp_path, text, key):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {key}; it must be a finite number, not NaN or infinity")):
+        ExperimentConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"augment.noise is nan; it must be a finite number"):
+        AugmentConfig(noise=float("nan"))  # built in Python too
+
+
+def test_a_file_that_is_not_utf8_text_is_refused_naming_it(tmp_path):
+    for name, data in (("latin1.yaml", "name: café\n".encode("latin-1")),
+                       ("utf16.yaml", "name: x\n".encode("utf-16")), ("data.npz", b"PK\x03\x04\x14\x00\xff\xfe\x00")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / name} is not a UTF-8 text YAML file")):
+            ExperimentConfig.from_yaml(tmp_path / name)
+    (tmp_path / "bom.yaml").write_bytes("name: bom\n".encode("utf-8-sig"))  # a byte order mark is UTF-8 still
+    assert ExperimentConfig.from_yaml(tmp_path / "bom.yaml").name == "bom"
+
+
+def test_a_folder_named_like_an_experiment_is_said_to_be_one_and_not_listed(tmp_path):
+    (tmp_path / "study.yaml").mkdir()
+    (tmp_path / "real.yaml").write_text("name: real\n")
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig.from_yaml(tmp_path / "study.yaml")
+    assert str(info.value) == (f"{tmp_path / 'study.yaml'} is a folder, not an experiment file. Experiments live in "
+                               "experiments/NAME.yaml. Available here: real.")
+    with pytest.raises(ConfigError, match=r"nope.yaml: experiment file not found\. .* Available here: real\.$"):
+        ExperimentConfig.from_yaml(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"split": {"method": "kfold", "val_fraction": 0.1}},
+     "split.val_fraction is 0.1; it is set, but split.method kfold"),
+    ({"split": {"method": "predefined", "folds": 5}}, "split.folds is 5; it is set, but only split.method kfold"),
+    ({"split": {"method": "patient", "test_sites": ["a"], "test_fraction": 0.2}}, "split.test_fraction is 0.2; it is"),
+    ({"tta": {"shift": 0.05}}, "tta.shift is 0.05; it is set but tta.enabled is false"),
+    ({"views": {"enabled": False, "planes": "orthogonal"}},
+     "views.planes is 'orthogonal'; it is set but views.enabled"),
+    ({"report": {"explain_method": "gradcam"}}, "report.explain_method is 'gradcam'; it is set but report.explain"),
+    ({"model": {"finetune": {"learning_rate": 0.001}}}, "model.finetune.learning_rate is set, but model.mode 'svm'"),
+    ({"model": {"mode": "finetune"}, "augment": {"enabled": False, "hflip": False}},
+     "augment.hflip is False; it is set but augment.enabled is false"),
+    ({"model": {"mode": "finetune", "finetune": {"momentum": 0.9}}}, "model.finetune.momentum is 0.9; only optimizer"),
+    ({"model": {"mode": "finetune", "finetune": {"stages": [{"epochs": 1, "lr_factor": 0.1}]}}},
+     r"model.finetune.stages\[0\].lr_factor is 0.1; .* the first stage starts at model.finetune.learning_rate"),
+    ({"model": {"svm": {"kernel": "linear", "gamma": ["scale"]}}}, "model.svm.gamma is \\['scale'\\]; it is the RBF"),
+    ({"model": {"mode": "ensemble", "ensemble": {"members": [{"mode": "svm", "finetune": {"dropout": 0.2}},
+                                                             {"mode": "finetune"}]}}},
+     r"model.ensemble.members\[0\].finetune.dropout is set, but model.ensemble.members\[0\].mode 'svm'"),
+    ({"data": {"source": "folder", "path": "x", "label_columns": ["label"]}},
+     "data.label_columns is \\['label'\\]; it is set, but only data.source manifest uses it"),
+])
+def test_an_unused_setting_written_with_its_default_value_is_refused_too(values, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(values, where="exp.yaml")
+
+
+def test_switches_nulls_and_whole_sections_written_with_defaults_still_load(tmp_path):
+    config = ExperimentConfig.from_dict({
+        "data": {"task": None, "path": None}, "split": {"method": "kfold", "val_fraction": 0.0},
+        "views": {"enabled": False, "slice_gap_mm": None}, "tta": {"enabled": False}, "report": {"explain": False},
+        "model": {"mode": "finetune", "weights_dir": None}, "augment": {"enabled": False}})
+    assert config.split.val_fraction == 0.0 and not config.views.enabled
+    # a section that lists all its settings is a run's snapshot: only what differs from the default counts
+    snapshot = ExperimentConfig.from_yaml(EXPERIMENTS[0].parent / "pneumonia_mnist_svm.yaml").to_dict()
+    assert ExperimentConfig.from_dict(snapshot).to_dict() == snapshot
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(snapshot))
+    assert ExperimentConfig.from_run(tmp_path).to_dict() == snapshot
+    from tfmed.config import SplitConfig
+
+    assert SplitConfig(method="kfold", val_fraction=0.1).val_fraction == 0.1  # built in Python: by value
+
+
+def test_a_run_snapshot_missing_a_setting_still_loads_with_from_run(tmp_path):
+    snapshot = ExperimentConfig.from_yaml(EXPERIMENTS[0].parent / "pneumonia_mnist_svm.yaml").to_dict()
+    del snapshot["model"]["finetune"]["view_pooling"]  # a run made before the setting existed
+    del snapshot["tta"]["dihedral"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(snapshot))
+    with pytest.raises(ConfigError, match=r"config.yaml: model.finetune.momentum is 0.9; only optimizer: sgd"):
+        ExperimentConfig.from_yaml(tmp_path / "config.yaml")  # as an experiment, its defaults are written settings
+    config = ExperimentConfig.from_run(tmp_path)
+    assert config.model.finetune.view_pooling == "mean" and config.model.mode == "svm"
+
+
+@pytest.mark.parametrize("weights", ["none", "None"])
+def test_weights_none_as_text_asks_for_yamls_null(tmp_path, weights):
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"model:\n  weights: {weights}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: model.weights is {weights!r}; for random "
+                                                    "initialisation write weights: null")):
+        ExperimentConfig.from_yaml(path)
+    path.write_text("model:\n  weights: null\n")
+    assert ExperimentConfig.from_yaml(path).model.weights is None
+    members = [{"mode": "svm", "weights": weights}, {"mode": "finetune"}]
+    with pytest.raises(ConfigError, match=re.escape(f"model.ensemble.members[0].weights is {weights!r}; for random")):
+        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": members}}})

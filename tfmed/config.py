@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -95,12 +96,17 @@ class _Section:
     """
 
     KEY: ClassVar[str] = ""
+    # the keys its experiment file wrote (set by _build; none for a section built in Python), see _set_fields
+    _written: ClassVar[frozenset] = frozenset()
 
     def __post_init__(self):
         self.check()
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the dotted key of the first invalid value."""
+        for item in dataclasses.fields(self):
+            if not _finite(getattr(self, item.name)):
+                self._fail(item.name, "it must be a finite number, not NaN or infinity")
         for item in dataclasses.fields(self):
             if _literal_hint(type(self), item.name) is None:
                 continue
@@ -124,6 +130,18 @@ class _Section:
         """Refuse a ``seed`` outside NumPy's range, naming the section's key."""
         if not 0 <= self.seed <= MAX_SEED:
             self._fail("seed", SEED_RANGE)
+
+
+def _finite(value) -> bool:
+    """Whether ``value`` holds no NaN or infinity (in lists too).
+
+    Example:
+        >>> _finite([[40.0, 400.0]]), _finite([0.1, float("nan")])
+        (True, False)
+    """
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return all(_finite(item) for item in value) if isinstance(value, list) else True
 
 
 def _optional(cls, name: str) -> bool:
@@ -293,7 +311,7 @@ class DataConfig(_Section):
             self._fail("max_image_pixels", "it must be a number of pixels > 0, e.g. 100000000 "
                        "(or null for no limit)")
         kind, spec, _ = self.source.partition(":")
-        changed = _changed_from_defaults(self)
+        changed = _set_fields(self)
         if spec and self.path is not None:
             self._unused("path", f"data.source {self.source!r} already names its path after the colon; remove "
                          f"data.path, or write data.source: {kind} with data.path")
@@ -357,7 +375,7 @@ class DataConfig(_Section):
                 raise ConfigError(f"{self.KEY}parts is set, but only data.source {self.MERGED} merges parts; set "
                                   f"data.source: {self.MERGED} or remove data.parts")
             return
-        for name in _changed_from_defaults(self):
+        for name in _set_fields(self):
             if name not in self.MERGED_SETTINGS:
                 self._fail(name, f"data.source {self.MERGED} reads its data from data.parts; move it into the "
                            "part it concerns")
@@ -410,7 +428,7 @@ class DataPartConfig(DataConfig):
         if self.source.partition(":")[0] in (self.MERGED,) + self.VOLUME_SOURCES:
             self._fail("source", "a part is a source of 2-D images (a merged section cannot hold another, nor "
                        "volumes with candidate centres)")
-        for name in set(self.WHOLE_TABLE) & set(_changed_from_defaults(self)):
+        for name in set(self.WHOLE_TABLE) & set(_set_fields(self)):
             self._fail(name, "it applies to the merged table as a whole: set it on data, beside data.parts")
         super().check()
 
@@ -469,13 +487,13 @@ class SplitConfig(_Section):
         if self.test_sites and self.method == "predefined":
             self._fail("test_sites", "it makes the test split of those sites, while split.method predefined "
                        "keeps the source's split; use split.method patient or kfold")
-        if self.test_sites and "test_fraction" in _changed_from_defaults(self):
+        if self.test_sites and "test_fraction" in _set_fields(self):
             self._unused("test_fraction", "it is set, but split.test_sites gives the test split (those sites' "
                          "images, whole); remove it")
-        if self.method != "kfold" and "folds" in _changed_from_defaults(self):
+        if self.method != "kfold" and "folds" in _set_fields(self):
             self._unused("folds", f"it is set, but only split.method kfold makes folds (method is {self.method!r}); "
                          "remove it, or set split.method: kfold")
-        if self.method == "kfold" and self.val_fraction > 0 and "val_fraction" in _changed_from_defaults(self):
+        if self.method == "kfold" and self.val_fraction > 0 and "val_fraction" in _set_fields(self):
             self._unused("val_fraction", "it is set, but split.method kfold makes no val split (train and val are "
                          "pooled into the folds, and thresholds come from their out-of-fold scores); remove it")
 
@@ -589,7 +607,7 @@ class ViewsConfig(_Section):
 
     def check(self) -> None:
         super().check()
-        changed = _changed_from_defaults(self)
+        changed = [name for name in _set_fields(self) if name != "enabled"]
         if not self.enabled and changed:
             self._unused(changed[0], "it is set but views.enabled is false; set views.enabled: true or remove it")
         for name in ("patch_mm", "spacing_mm"):
@@ -656,10 +674,9 @@ class AugmentConfig(_Section):
                      "view_rotation_degrees", "center_jitter_mm"):
             if getattr(self, name) < 0:
                 self._fail(name, "it must be >= 0 (0 turns it off)")
-        changed = _changed_from_defaults(self)
-        if not self.enabled and len(changed) > 1:
-            self._unused(next(name for name in changed if name != "enabled"),
-                         "it is set but augment.enabled is false; set augment.enabled: true or remove it")
+        changed = [name for name in _set_fields(self) if name != "enabled"]
+        if not self.enabled and changed:
+            self._unused(changed[0], "it is set but augment.enabled is false; set augment.enabled: true or remove it")
         limits = {"gamma": (1.0, "a log-gamma range in [0, 1], e.g. 0.3 for gamma 0.74-1.35"),
                   "blur_sigma": (5.0, "a blur sigma in pixels, at most 5"),
                   "noise": (64.0, "a noise standard deviation on the 0-255 scale, at most 64")}
@@ -712,7 +729,7 @@ class TTAConfig(_Section):
             self._fail("zoom", "it is the fraction of the side cropped away, in [0, 0.5) (0: no zoom view)")
         if any(g <= 0 for g in self.gamma):
             self._fail("gamma", "every gamma must be > 0, e.g. [0.8, 1.25] (an empty list: no gamma views)")
-        changed = _changed_from_defaults(self)
+        changed = [name for name in _set_fields(self) if name != "enabled"]
         if not self.enabled and changed:
             self._unused(changed[0], "it is set but tta.enabled is false; set tta.enabled: true or remove it")
 
@@ -810,7 +827,7 @@ class SVMConfig(_Section):
         if self.search_rows < 10 * self.cv:
             self._fail("search_rows", f"it must be at least 10 rows per CV fold ({10 * self.cv} with cv {self.cv}), "
                        "e.g. 5000")
-        changed = _changed_from_defaults(self)
+        changed = _set_fields(self)
         if self.classifier != "auto" and "exact_limit" in changed:
             self._unused("exact_limit", f"it is read only with classifier: auto, and classifier is "
                          f"{self.classifier!r}; remove it")
@@ -938,7 +955,7 @@ class FinetuneConfig(_Section):
                 self._fail(name, message)
         if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
             self._fail("early_stopping_patience", "use an integer >= 0, or null to train every epoch")
-        changed = _changed_from_defaults(self)
+        changed = _set_fields(self)
         if self.monitor not in FINETUNE_MONITORS:
             self._fail("monitor", f"the epoch logs have {_either(FINETUNE_MONITORS)} (val_ ones only with a "
                        "validation split; without one the training loss is watched)")
@@ -951,7 +968,7 @@ class FinetuneConfig(_Section):
             if name in changed and not used:
                 self._unused(name, f"only {user} uses it; remove it or set that")
         for i, stage in enumerate(self.stages):
-            if "lr_factor" in _changed_from_defaults(stage) and (i == 0 or stage.learning_rate is not None):
+            if "lr_factor" in _set_fields(stage) and (i == 0 or stage.learning_rate is not None):
                 why = ("the first stage starts at model.finetune.learning_rate" if i == 0
                        else "this stage gives its own learning_rate")
                 raise UnusedSettingError(f"{self.KEY}stages[{i}].lr_factor is {stage.lr_factor!r}; it scales the "
@@ -1013,7 +1030,7 @@ class EnsembleConfig(_Section):
         super().check()
         if self.folds < 2:
             self._fail("folds", "it must be at least 2")
-        if self.combine == "mean" and "folds" in _changed_from_defaults(self):
+        if self.combine == "mean" and "folds" in _set_fields(self):
             self._unused("folds", "only combine: rank and stacking use out-of-fold scores; remove it")
 
 
@@ -1037,6 +1054,9 @@ class ModelConfig(_Section):
 
     def check(self) -> None:
         super().check()
+        if isinstance(self.weights, str) and self.weights.strip().lower() in ("none", "null"):
+            self._fail("weights", "for random initialisation write weights: null (YAML's null, unquoted); "
+                       "this text would be read as a weights file's path")
         if self.weights_dir is not None and self.weights != "imagenet":
             self._unused("weights_dir", f"only weights: imagenet searches it for ImageNet weight files, and weights "
                          f"is {self.weights!r}; remove it")
@@ -1098,7 +1118,7 @@ class EvaluationConfig(_Section):
         if not bands or any(b <= 0 or b > 130 for b in bands) or any(a >= b for a, b in zip(bands, bands[1:])):
             self._fail("age_bands", "list the ages where a band starts, increasing whole years in 1-130, "
                        "e.g. [40, 60, 80]")
-        if "age" not in self.subgroups and "age_bands" in _changed_from_defaults(self):
+        if "age" not in self.subgroups and "age_bands" in _set_fields(self):
             self._unused("age_bands", "it is set but evaluation.subgroups does not name age; add age to "
                          "evaluation.subgroups or remove it")
         for name in ("target_sensitivity", "target_specificity", "ci_level"):
@@ -1137,7 +1157,7 @@ class ReportConfig(_Section):
 
     def check(self) -> None:
         super().check()
-        changed = _changed_from_defaults(self)
+        changed = [name for name in _set_fields(self) if name != "explain"]
         if not self.explain and changed:
             self._unused(changed[0], "it is set but report.explain is false; set report.explain: true or remove it")
 
@@ -1210,7 +1230,7 @@ class ExperimentConfig(_Section):
             if name in used:
                 continue
             owner = self.model if name in MODEL_SECTIONS else self
-            changed = _changed_from_defaults(getattr(owner, name))
+            changed = _set_fields(getattr(owner, name))
             if changed:
                 key = ("model." if owner is self.model else "") + f"{name}.{changed[0]}"
                 users = [mode for mode, sections in MODE_SECTIONS.items() if name in sections]
@@ -1239,7 +1259,7 @@ class ExperimentConfig(_Section):
         if not self.views.enabled:
             for prefix, section, names in view_settings:
                 for name in names:
-                    if name in _changed_from_defaults(section):
+                    if name in _set_fields(section):
                         raise UnusedSettingError(f"{prefix}{name} is set, but it acts on 2-D views of volumes and "
                                                  "views.enabled is false; remove it or configure views", prefix + name)
             return
@@ -1277,7 +1297,7 @@ class ExperimentConfig(_Section):
             for name in used:
                 used[name] |= name in MODE_SECTIONS[member.model.mode] and getattr(members[i], name) is None
         for name, is_used in used.items():
-            changed = _changed_from_defaults(getattr(self, name))
+            changed = _set_fields(getattr(self, name))
             if changed and not is_used:
                 raise UnusedSettingError(f"{name}.{changed[0]} is set, but no ensemble member uses the experiment's "
                                          f"{name} section; remove it or move it into a member", f"{name}.{changed[0]}")
@@ -1298,15 +1318,15 @@ class ExperimentConfig(_Section):
             ('finetune', 96)
         """
         member = self.model.ensemble.members[index]
-        model = ModelConfig(mode=member.mode, backbone=member.backbone or self.model.backbone,
-                            weights=member.weights if member.weights is not None else self.model.weights,
-                            weights_dir=member.weights_dir or self.model.weights_dir,
-                            svm=member.svm, finetune=member.finetune)
         # the experiment's augment / balance reach only members whose mode reads them
         inherited = {name: getattr(member, name) or (getattr(self, name) if name in MODE_SECTIONS[member.mode]
                                                      else type(getattr(self, name))())
                      for name in ("augment", "balance")}
         try:
+            model = ModelConfig(mode=member.mode, backbone=member.backbone or self.model.backbone,
+                                weights=member.weights if member.weights is not None else self.model.weights,
+                                weights_dir=member.weights_dir or self.model.weights_dir,
+                                svm=member.svm, finetune=member.finetune)
             return dataclasses.replace(self, model=model, preprocess=member.preprocess or self.preprocess,
                                        seed=self.seed if member.seed is None else member.seed, **inherited)
         except ConfigError as error:
@@ -1330,7 +1350,8 @@ class ExperimentConfig(_Section):
         member = self.model.ensemble.members[index]
         key = f"model.ensemble.members[{index}]."
         own = ["model.mode", "model.svm.", "model.finetune."] + [
-            f"{name}." for name in ("preprocess", "augment", "balance") if getattr(member, name) is not None]
+            f"{name}." for name in ("preprocess", "augment", "balance") if getattr(member, name) is not None] + [
+            f"model.{name}" for name in ("backbone", "weights", "weights_dir") if getattr(member, name) is not None]
         pattern = "|".join(re.escape(prefix) + ("" if prefix.endswith(".") else r"\b") for prefix in own)
         message = re.sub(rf"(?<![\w.\[])(?:{pattern})",
                          lambda match: key + match.group(0).removeprefix("model."), str(error))
@@ -1339,10 +1360,20 @@ class ExperimentConfig(_Section):
         return ConfigError(message)
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "config") -> "ExperimentConfig":
-        """Build and validate a config from plain data (e.g. parsed YAML)."""
+    def from_dict(cls, values: dict, where: str = "config", snapshot: bool = False) -> "ExperimentConfig":
+        """Build and validate a config from plain data (e.g. parsed YAML).
+
+        A setting that the experiment would not use is refused when written, even with its default value;
+        a section that lists all its settings (as a run's ``config.yaml`` does), and every section with
+        ``snapshot``, counts only the settings that differ from their defaults.
+
+        Example:
+            >>> ExperimentConfig.from_dict({"split": {"method": "kfold", "val_fraction": 0.1}})
+            Traceback (most recent call last):
+            tfmed.config.UnusedSettingError: config: split.val_fraction is 0.1; it is set, but split.method kfold ...
+        """
         try:
-            return _build(cls, _moved_settings(values), where, prefix="")
+            return _build(cls, _moved_settings(values), where, prefix="", track=not snapshot)
         except UnusedSettingError:
             raise
         except ConfigError as error:
@@ -1354,10 +1385,10 @@ class ExperimentConfig(_Section):
         """Load ``path``; errors name the file and the key."""
         path = Path(path)
         if not path.is_file():
-            shipped = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+            shipped = sorted(p.stem for p in path.parent.glob("*.yaml") if p.is_file()) if path.parent.is_dir() else []
             listing = f" Available here: {', '.join(shipped)}." if shipped else ""
-            raise ConfigError(f"{path}: experiment file not found. "
-                              f"Experiments live in experiments/NAME.yaml.{listing}")
+            what = " is a folder, not an experiment file" if path.is_dir() else ": experiment file not found"
+            raise ConfigError(f"{path}{what}. Experiments live in experiments/NAME.yaml.{listing}")
         return cls.from_dict(_read_mapping(path), where=str(path))
 
     @classmethod
@@ -1376,7 +1407,7 @@ class ExperimentConfig(_Section):
         values = _read_mapping(path)
         while True:
             try:
-                return cls.from_dict(values, where=str(path))
+                return cls.from_dict(values, where=str(path), snapshot=True)
             except UnusedSettingError as error:
                 values = _without_setting(values, error.key, error)
 
@@ -1411,24 +1442,86 @@ def _either(names) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
-def _changed_from_defaults(section) -> list[str]:
-    """The fields of ``section`` that differ from their declared defaults (builds no new section)."""
-    changed = []
+def _set_fields(section) -> list[str]:
+    """The fields of ``section`` that are set: written in its experiment file (even with the default value;
+    a null where the default is null counts as left out), or differing from their declared defaults.
+
+    Example:
+        >>> _set_fields(ExperimentConfig.from_dict({"split": {"method": "kfold", "val_fraction": 0.0}}).split)
+        ['method', 'val_fraction']
+        >>> _set_fields(SplitConfig(method="kfold", val_fraction=0.1))  # built in Python: by value
+        ['method']
+    """
+    set_fields = []
     for item in dataclasses.fields(section):
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
-        if getattr(section, item.name) != default:
-            changed.append(item.name)
-    return changed
+        value = getattr(section, item.name)
+        if value != default or (item.name in section._written and value is not None):
+            set_fields.append(item.name)
+    return set_fields
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (YAML would keep the later silently).
+    A key that overrides one brought in by a merge key (``<<: *base``) is not repeated.
+
+    Example:
+        >>> yaml.load("seed: 1\\nsplit: {folds: 3}\\nseed: 2\\n", Loader=_UniqueKeyLoader)
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: key seed is written twice (lines 1 and 3); keep one
+    """
+
+    def construct_document(self, node):
+        _check_unique_keys(node, "", set())
+        return super().construct_document(node)
+
+
+def _check_unique_keys(node, where: str, seen: set) -> None:
+    """Raise :class:`ConfigError` naming the first dotted key written twice in one mapping below ``node``."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, f"{where}[{i}]", seen)
+    elif isinstance(node, yaml.MappingNode):
+        lines = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # the merged mapping is checked where it is written
+            key = f"{where}.{key_node.value}" if where else str(key_node.value)
+            if isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                if (key_node.tag, key_node.value) in lines:
+                    raise ConfigError(f"key {key} is written twice (lines {lines[key_node.tag, key_node.value]} "
+                                      f"and {line}); keep one")
+                lines[key_node.tag, key_node.value] = line
+            _check_unique_keys(value_node, key, seen)
 
 
 def _read_mapping(path: Path) -> dict:
     """The YAML mapping in ``path``; errors name the file."""
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text YAML file; an experiment is YAML text (e.g. "
+                          "experiments/pneumonia_mnist.yaml): save it as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
+    try:
+        values = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if values is None and not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
+        raise ConfigError(f"{path} is empty; write the experiment's settings in it (e.g. name: my_study, data: ...)")
     if not isinstance(values, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        kind = {bool: "boolean", int: "number", float: "number", str: "text", list: "list"}.get(
+            type(values), type(values).__name__)
+        held = "null (~)" if values is None else f"a {kind} ({values!r})"
+        raise ConfigError(f"{path} holds {held}, not a mapping of settings; the top level must be a mapping of keys "
+                          "(e.g. name: my_study)")
     return values
 
 
@@ -1486,8 +1579,9 @@ def _without_setting(values: dict, key: str, error: ConfigError) -> dict:
     return result
 
 
-def _build(cls, values: Any, where: str, prefix: str):
-    """Recursively turn a mapping into dataclass ``cls``, checking keys and types."""
+def _build(cls, values: Any, where: str, prefix: str, track: bool = True):
+    """Recursively turn a mapping into dataclass ``cls``, checking keys and types. With ``track`` each
+    section records the keys written (``_written``, see :func:`_set_fields`) unless it lists all its fields."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping, "
                           f"got {type(values).__name__}")
@@ -1499,9 +1593,13 @@ def _build(cls, values: Any, where: str, prefix: str):
                           f"allowed keys here: {', '.join(fields)}")
     kwargs = {}
     for name, value in values.items():
-        kwargs[name] = _convert(hints[name], value, where, prefix + name)
+        kwargs[name] = _convert(hints[name], value, where, prefix + name, track)
     try:
-        return cls(**kwargs)
+        section = cls.__new__(cls)
+        if track and not set(fields) <= set(values):  # a section written in full is a run's snapshot
+            section._written = frozenset(values)
+        section.__init__(**kwargs)  # checks it, with the keys written known
+        return section
     except UnusedSettingError as error:
         raise UnusedSettingError(f"{where}: {_at_prefix(cls, error, prefix)}", prefix + error.key) from None
     except ConfigError as error:
@@ -1523,11 +1621,11 @@ def _at_prefix(cls, error: ConfigError, prefix: str) -> str:
     return message
 
 
-def _convert(hint, value, where: str, key: str):
+def _convert(hint, value, where: str, key: str, track: bool = True):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where, key + ".")
+        return _build(hint, value, where, key + ".", track)
     if origin is Literal:
         if isinstance(value, bool) or value not in args:
             raise ConfigError(f"{where}: {key} is {value!r}; allowed: {', '.join(map(str, args))}")
@@ -1540,18 +1638,18 @@ def _convert(hint, value, where: str, key: str):
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, value, where, key)
+                return _convert(arg, value, where, key, track)
             except ConfigError as error:
                 errors.append(error)
         raise errors[0] if errors else ConfigError(f"{where}: {key} is invalid")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
-        return [_convert(args[0], item, where, f"{key}[{i}]") for i, item in enumerate(value)]
+        return [_convert(args[0], item, where, f"{key}[{i}]", track) for i, item in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
-        return {str(k): _convert(args[1], v, where, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _convert(args[1], v, where, f"{key}.{k}", track) for k, v in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
