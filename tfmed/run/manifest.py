@@ -127,8 +127,8 @@ def record_failure(directory: str | Path, error: BaseException) -> Path:
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     path = Path(directory) / FAILED_FILE
     path.write_text(f"{reason}\n\nThis run stopped at {dt.datetime.now().isoformat(timespec='seconds')} "
-                    f"before it finished; its files are incomplete. Finish it with tfmed run --resume {Path(directory)} "
-                    f"(the same settings and data), or run the experiment again.\n\n{trace}",
+                    "before it finished; its files are incomplete. Finish it with tfmed run --resume "
+                    f"{Path(directory)} (the same settings and data), or run the experiment again.\n\n{trace}",
                     encoding="utf-8")
     return path
 
