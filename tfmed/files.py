@@ -1,5 +1,6 @@
 """Reading the JSON and NumPy files that tfmed writes, safely and with errors that name the file;
-where tfmed keeps its caches (:func:`cache_folder`) and whether it may download (:func:`offline`).
+where tfmed keeps its caches (:func:`cache_folder`) and whether it may download (:func:`offline`); a file's
+SHA-256 (:func:`file_digest`, for run manifests and weight caches).
 
 Nothing here unpickles: NumPy files are read with ``allow_pickle=False``, so a
 crafted file cannot run code, and a damaged or foreign file raises the
@@ -14,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -24,6 +26,23 @@ import numpy as np
 from tfmed.errors import TfmedError
 
 DAMAGED = "the file is damaged or is not the one tfmed wrote; use the original run directory or re-fit"
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "empty")
+        >>> _ = open(path, "wb").close()
+        >>> file_digest(path)[:12]
+        'e3b0c44298fc'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def cache_folder(kind: str) -> Path:

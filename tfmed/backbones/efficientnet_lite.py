@@ -14,7 +14,6 @@ of the same file name put in ``weights_dir`` (or ``$TFMED_WEIGHTS_DIR``,
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import math
 import os
@@ -28,6 +27,7 @@ from tfmed.backbones.registry import BackboneSpec, register
 from tfmed.backbones.torch_pickle import TorchPickleError, load_legacy_state_dict
 from tfmed.backbones.weights import (MissingWeightsError, WeightsFileError, WeightsStatus, cache_dir,
                                      damaged_weights_file, weights_search_dirs)
+from tfmed.files import file_digest
 
 __all__ = ["LITE_VARIANTS", "build_efficientnet_lite", "convert_state_dict", "imagenet_weights_path",
            "imagenet_weights_status"]
@@ -189,14 +189,6 @@ def _given_checkpoint(spec: BackboneSpec, dirs: list) -> Path | None:
     return next((d / spec.imagenet_file for d in dirs if (d / spec.imagenet_file).is_file()), None)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_given(spec: BackboneSpec, pth: Path) -> None:
     if damaged_weights_file(pth):
         raise WeightsFileError(
@@ -228,7 +220,7 @@ def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=Non
     pth = _given_checkpoint(spec, dirs)
     if pth is not None:
         _check_given(spec, pth)
-        source_hash = _sha256(pth)
+        source_hash = file_digest(pth)
         target = _converted_file(spec, include_top, source_hash)
         if _usable(target):
             return target

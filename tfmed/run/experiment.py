@@ -39,8 +39,10 @@ from tfmed.evaluation.thresholds import THRESHOLD_KEYS, select_thresholds
 from tfmed.modes import Ensemble, get_mode
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
+from tfmed.files import file_digest
 from tfmed.run.manifest import FAILED_FILE, finish_run, record_failure
-from tfmed.run.rundir import RunDirectoryError, check_runs_dir, environment_info, new_run_dir, run_lock
+from tfmed.run.rundir import (RunDirectoryError, check_runs_dir, environment_info, json_object, new_run_dir,
+                              run_lock)
 
 
 def prepare_data(config: ExperimentConfig) -> ImageTable:
@@ -307,7 +309,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     with run_lock(run_dir):
         config.to_yaml(run_dir / "config.yaml")
         environment = environment_info(config)
-        environment["config_sha256"] = _sha256(run_dir / "config.yaml")
+        environment["config_sha256"] = file_digest(run_dir / "config.yaml")
         environment["data_digest"] = data_digest(table)
         (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
         _fill_or_record(run_dir, config, table, started)
@@ -332,12 +334,6 @@ def data_digest(table: ImageTable) -> str:
                    "split": frame["split"].astype(str).tolist() if "split" in frame.columns else None})
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def resume_experiment(run_dir: str | Path) -> Path:
     """Finish, in its own directory, a run that stopped before it was complete (killed, Ctrl-C, an error):
     its ``config.yaml`` is run again on the same data and split, and each fine-tune continues from its last
@@ -359,8 +355,8 @@ def resume_experiment(run_dir: str | Path) -> Path:
         if (run_dir / MANIFEST_FILE).is_file():
             raise RunDirectoryError(f"{run_dir}: this run finished (it has its {MANIFEST_FILE}); there is nothing "
                                     "to resume (tfmed run CONFIG makes a new run)")
-        environment = _read_environment(run_dir)
-        if environment.get("config_sha256") not in (None, _sha256(run_dir / "config.yaml")):
+        environment = json_object(run_dir / "environment.json")
+        if environment.get("config_sha256") not in (None, file_digest(run_dir / "config.yaml")):
             raise RunDirectoryError(f"{run_dir}: config.yaml was edited after the run started; a resumed run "
                                     "finishes with the settings it began with, so undo the edit, or run the edited "
                                     f"settings as a new run (tfmed run {run_dir / 'config.yaml'})")
@@ -376,13 +372,6 @@ def resume_experiment(run_dir: str | Path) -> Path:
         log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
         _fill_or_record(run_dir, config, table, started - earlier)
     return run_dir
-
-
-def _read_environment(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "environment.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _check_same_data(run_dir: Path, environment: dict, table: ImageTable) -> None:

@@ -26,13 +26,13 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import tempfile
 import traceback
 from pathlib import Path
 
 from tfmed.errors import TfmedError
+from tfmed.files import file_digest
 from tfmed.progress import log
 
 MANIFEST_FILE = "MANIFEST.sha256"
@@ -49,23 +49,6 @@ class RunIntegrityError(TfmedError):
 
 class IncompleteRunError(RunIntegrityError):
     """A run directory has no ``MANIFEST.sha256``: the run did not finish."""
-
-
-def file_digest(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, as 64 hex digits.
-
-    Example:
-        >>> import tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "empty")
-        >>> _ = open(path, "wb").close()
-        >>> file_digest(path)[:12]
-        'e3b0c44298fc'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _listed_files(directory: Path) -> list[str]:
