@@ -92,6 +92,29 @@ def test_validate_lists_near_identical_images_and_exits_0(tmp_path, capsys):
     assert "near-identical images: looked for once the problems above are fixed" in capsys.readouterr().out
 
 
+def test_validate_an_experiment_counts_copies_of_training_images_in_the_split_the_run_makes(tmp_path, capsys):
+    from tfmed.config import ExperimentConfig
+    from tfmed.data.near_duplicates import twins_in_train
+    from tfmed.data.sources import load_source
+    from tfmed.run.experiment import split_data
+
+    data = np.load(PMNIST)
+    train = data["train_images"][:120]
+    val = np.concatenate([train[:12], data["val_images"][12:60]])  # 12 val images copy training images
+    npz = tmp_path / "twins.npz"
+    np.savez(npz, train_images=train, train_labels=data["train_labels"][:120],
+             val_images=val, val_labels=np.concatenate([data["train_labels"][:12], data["val_labels"][12:60]]))
+    path = tmp_path / "twins.yaml"
+    path.write_text(yaml.safe_dump({"name": "twins", "data": {"source": f"medmnist:{npz}"},
+                                    "preprocess": {"image_size": 32}, "runs_dir": str(tmp_path / "runs"),
+                                    "model": {"svm": {"taps": ["middle"], "C": [1.0], "cv": 3}}}))
+    experiment = ExperimentConfig.from_yaml(path)
+    in_run = twins_in_train(split_data(experiment, load_source(experiment.data)))["val"]
+    assert 0 < in_run < 12  # the carved test split took some of the copied training images
+    assert main(["validate", str(path)]) == 0
+    assert f"{in_run} val image(s) have a near-identical image in train" in capsys.readouterr().out
+
+
 def test_bad_config_is_one_line_error_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel:\n  backbone_name: resnet\n")

@@ -384,8 +384,9 @@ def _cmd_validate(args) -> int:
             f"{int((table.frame[column] == UNKNOWN_LABEL).sum())} unknown"
             for name, column in zip(table.classes, table.label_columns)))
     print(report.format())
-    if experiment is not None and report.ok:
-        print(_experiment_check_text(experiment, table, report))
+    if experiment is not None and report.ok:  # near-identical images then counted in the split the run makes
+        text, table = _experiment_check(experiment, table, report)
+        print(text)
     tolerance = args.near_duplicate_rms
     if tolerance is None:
         tolerance = (experiment.split if experiment is not None else SplitConfig()).near_duplicate_rms
@@ -404,9 +405,10 @@ def _experiment_of(spec: str):
     return ExperimentConfig.from_yaml(spec) if is_experiment_file(spec) else None
 
 
-def _experiment_check_text(experiment, table, report) -> str:
+def _experiment_check(experiment, table, report):
     """What ``tfmed validate EXPERIMENT.yaml`` adds once the data pass: the split the run would make
-    (k-fold feasibility included) and the mode's settings checked against the data's task."""
+    (k-fold feasibility included) and the mode's settings checked against the data's task; with the
+    split table."""
     from tfmed.data.validate import apply_validation
     from tfmed.run.experiment import check_config_fits_data, split_data
 
@@ -421,7 +423,7 @@ def _experiment_check_text(experiment, table, report) -> str:
         text += "\ncoarse classes: " + ", ".join(
             f"{coarse} {sum(int(images.get(split.classes.index(fine), 0)) for fine in fines)} ({' + '.join(fines)})"
             for coarse, fines in experiment.evaluation.hierarchy.items())
-    return text
+    return text, split
 
 
 def _near_duplicate_text(table, tolerance: float, max_pixels: int | None, shown: int = 10) -> str:

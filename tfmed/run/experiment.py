@@ -82,7 +82,8 @@ def split_data(config: ExperimentConfig, table: ImageTable) -> ImageTable:
             raise SplitError(f"split.folds: {error}") from None
     table.frame.attrs["test_origin"] = origin
     for split, count in twins_in_train(table).items():
-        log(f"{count} {split} image(s) are near-identical to training images (the data source's split)")
+        log(f"{count} {split} image(s) are near-identical to training images "
+            "(a split the data source made, kept as it is)")
     return table
 
 
