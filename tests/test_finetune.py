@@ -399,6 +399,34 @@ def test_a_balance_target_that_does_not_fit_the_groups_is_refused_before_trainin
 
 
 @pytest.mark.parametrize("task, outputs, targets, message", [
+    ("binary", 1, lambda y: y + 1, r"train_ds yields a batch of targets the binary model cannot train on \(.*2.*\); "
+                                   r"binary targets must be 0 or 1"),
+    ("binary", 1, lambda y: np.where(np.arange(8)[:, None] == 6, np.nan, y), r"\(.*nan.*\).*NaN is a missing label"),
+    ("multiclass", 3, lambda y: np.ones((8, 3)), r"multiclass targets must be rows of 3 values in \[0, 1\] that sum"),
+    ("multilabel", 2, lambda y: np.concatenate([y, 2 * y], axis=1), r"multilabel targets must be in \[0, 1\], with "
+                                                                    r"-1 for an unknown label"),
+], ids=["binary_1_2", "binary_nan", "not_one_hot", "multilabel_2"])
+def test_dataset_targets_the_task_cannot_train_on_stop_training_in_one_line(task, outputs, targets, message):
+    x, y = make_data(n=8)
+    good = np.eye(outputs)[y[:, 0].astype(int) % outputs] if task != "binary" else y
+    tuner = FineTuner(BACKBONE, task, outputs, image_size=SIZE, weights=None)
+    with pytest.raises(FinetuneError, match=message):
+        tuner.fit(batched(x, targets(y).astype(np.float32)))
+    with pytest.raises(FinetuneError, match=message.replace("train_ds", "val_ds")):
+        tuner.fit(batched(x, good.astype(np.float32)), batched(x, targets(y).astype(np.float32)))
+
+
+def test_soft_and_unknown_dataset_targets_train():
+    x, y = make_data(n=8)
+    soft = np.where(y == 1, 0.9, 0.1).astype(np.float32)  # smoothed labels, as a user's own pipeline may give
+    history = FineTuner(BACKBONE, "binary", 1, image_size=SIZE, weights=None).fit(batched(x, soft))
+    assert np.isfinite(history["loss"]).all()
+    known = np.concatenate([y, np.where(np.arange(8)[:, None] % 3 == 0, -1.0, 1 - y)], axis=1).astype(np.float32)
+    history = FineTuner(BACKBONE, "multilabel", 2, image_size=SIZE, weights=None).fit(batched(x, known))
+    assert np.isfinite(history["loss"]).all()
+
+
+@pytest.mark.parametrize("task, outputs, targets, message", [
     ("binary", 1, lambda y: y + 1, r"train_ds: targets \[2\] in row\(s\) \[1, 3, 5, 7\] are not allowed; "
                                    r"binary targets must be 0 or 1"),
     ("binary", 1, lambda y: np.where(np.arange(8)[:, None] == 6, np.nan, y),

@@ -46,6 +46,7 @@ MODEL_FILE = "model.keras"
 SPEC_FILE = "finetune.json"
 STATE_FILE = "finetune_state.json"
 HISTORY_FILE = "history.jsonl"
+_TARGET_CHECK = "tfmed target check: "  # marks the assertion of FineTuner._target_check
 
 
 class FinetuneError(TfmedError):
@@ -480,9 +481,15 @@ class FineTuner:
             stage_callbacks = self._stage_callbacks(k, epochs, start, rates[k], val_ds, callbacks or [],
                                                     watch_from=start + floor - 1)
             class_weight = dict(enumerate(self.class_weights)) if self.class_weights is not None else None
-            self.model_.fit(train_ds, validation_data=val_ds, initial_epoch=start,
-                            epochs=start + epochs, callbacks=stage_callbacks, verbose=0,
-                            shuffle=False, class_weight=class_weight)
+            try:
+                self.model_.fit(train_ds, validation_data=val_ds, initial_epoch=start,
+                                epochs=start + epochs, callbacks=stage_callbacks, verbose=0,
+                                shuffle=False, class_weight=class_weight)
+            except tf.errors.InvalidArgumentError as error:
+                target_error = self._target_error(error)
+                if target_error is None:
+                    raise
+                raise target_error from None
             # BackupAndRestore leaves the restored epoch on the model; the next
             # stage must start from its own initial epoch.
             self.model_._initial_epoch = None
@@ -643,7 +650,40 @@ class FineTuner:
             raise FinetuneError(f"{name} yields targets of shape {tuple(targets.shape)}; the {self.task} "
                                 f"model expects (batch, {self.num_outputs})"
                                 + (" one-hot rows" if self.task == "multiclass" else ""))
-        return data
+        return data.map(self._target_check(name))
+
+    def _target_check(self, name: str):
+        """A dataset map that stops training (see :meth:`fit`) at a batch whose targets the task cannot
+        train on: not finite, outside [0, 1] (-1 marks an unknown multilabel label), or multiclass rows
+        that do not sum to 1. Soft targets in [0, 1] pass."""
+        task = self.task
+
+        def check(images, targets, *rest):
+            values = tf.cast(targets, tf.float32)
+            known = tf.where(tf.equal(values, float(UNKNOWN_LABEL)), 0.0, values) if task == "multilabel" \
+                else values
+            fine = tf.reduce_all(tf.math.is_finite(values)) & tf.reduce_all((known >= 0.0) & (known <= 1.0))
+            if task == "multiclass":
+                fine = fine & tf.reduce_all(tf.abs(tf.reduce_sum(values, axis=-1) - 1.0) <= 1e-3)
+            with tf.control_dependencies([tf.debugging.Assert(fine, [f"{_TARGET_CHECK}{name}|", values],
+                                                              summarize=12)]):
+                return (images, tf.identity(targets), *rest)
+
+        return check
+
+    def _target_error(self, error: tf.errors.InvalidArgumentError) -> FinetuneError | None:
+        """The one-line error for a batch :meth:`_target_check` stopped (None for any other error)."""
+        text = str(error.message)
+        if _TARGET_CHECK not in text:
+            return None
+        name, _, values = text.split(_TARGET_CHECK, 1)[1].partition("|")
+        rule = {"binary": "binary targets must be 0 or 1 (soft targets in [0, 1] pass)",
+                "multiclass": f"multiclass targets must be rows of {self.num_outputs} values in [0, 1] that "
+                              "sum to 1 (one-hot)",
+                "multilabel": "multilabel targets must be in [0, 1], with -1 for an unknown label"}[self.task]
+        shown = " ".join(values.split("[[{{")[0].lstrip("] ").split())[:200]
+        return FinetuneError(f"{name} yields a batch of targets the {self.task} model cannot train on "
+                             f"(the batch: {shown}); {rule} - NaN is a missing label: label or drop those images")
 
     def _check_targets(self, targets, name: str) -> np.ndarray:
         """Array targets as (n, num_outputs) float32; refuse values the task cannot train on, naming the rows.
