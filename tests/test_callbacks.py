@@ -175,6 +175,19 @@ def test_validation_data_a_model_cannot_be_scored_on_is_named(validation, messag
             model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
+def test_a_diverged_model_is_named_not_left_to_scikit_learn():
+    x, y = tiny_data(16)
+    model = tc.add_threshold_layer(tiny_model())
+    dense = next(layer for layer in model.layers if isinstance(layer, keras.layers.Dense))
+    kernel, bias = dense.get_weights()
+    dense.set_weights([np.full_like(kernel, np.nan), bias])  # as after a diverged step
+    model.compile(keras.optimizers.SGD(0.0), "binary_crossentropy")
+    for callback in (tc.ClinicalMetrics((x, y)), tc.ThresholdSelector((x, y))):
+        with pytest.raises(tc.CallbackError, match=r"the model's scores are NaN or infinite for 16 of 16 validation "
+                                                   r"case\(s\) .* training has diverged; lower the learning rate"):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
 def test_threshold_survives_save_and_load(tmp_path):
     x, y = tiny_data()
     model = tc.add_threshold_layer(tiny_model())

@@ -367,8 +367,10 @@ def test_predict_and_explain_say_to_leave_an_unreadable_file_out(pneumonia_run, 
         predict_images(pneumonia_run, [str(folder)])
     assert "leave those files out of the images given to tfmed predict" in str(refused.value)
     assert "exclude_bad_rows" not in str(refused.value)  # predict has no such setting
-    with pytest.raises(DataValidationError, match="leave those files out of the images given to tfmed explain"):
+    with pytest.raises(DataValidationError, match="leave those files out of the images given to tfmed explain") \
+            as refused:
         explain_run(pneumonia_run, images=[str(folder)], output=tmp_path / "maps")
+    assert "row(s) in the images given to tfmed explain (3 rows checked)" in str(refused.value)
 
 
 def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):

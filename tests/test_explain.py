@@ -157,6 +157,31 @@ def test_randomised_model_gives_low_rank_correlation_and_deletion_beats_random(d
     assert scores["insertion_auc"] >= scores["random_insertion_auc"]
 
 
+def test_no_sanity_figure_when_the_randomised_model_scores_every_image_alike(data, tuner, monkeypatch):
+    import contextlib
+    import importlib
+
+    module = importlib.import_module("tfmed.explain.faithfulness")  # the package's name is also a function's
+
+    @contextlib.contextmanager
+    def constant_head(target, seed=0):  # as an RBF-SVM whose re-drawn features lie far from every support vector
+        kernel, bias = target.last.get_weights()
+        target.last.set_weights([np.zeros_like(kernel), bias])
+        try:
+            yield target
+        finally:
+            target.last.set_weights([kernel, bias])
+
+    monkeypatch.setattr(module, "randomised_weights", constant_head)
+    positives = data[2]
+    with pytest.warns(explain.SanityCheckWarning,
+                      match=r"the randomised model scores every image 0\.\d{3}, so any method"):
+        assert explain.sanity_check(tuner, positives, "gradcam") is None  # not a pass: the check could not fail
+    record = explain.explain_table(tuner, ArrayInputs(positives), None, "gradcam", index=1).trust(index=1, steps=5)
+    assert record["sanity_rank_correlation"] is None
+    assert record["sanity_notes"][0].startswith("the model-randomisation check was not made")
+
+
 def test_randomisation_restores_the_weights(tuner, data):
     target = ExplainTarget(tuner)
     before = [w.copy() for w in tuner.keras_model().get_weights()]
@@ -213,6 +238,26 @@ def test_one_output_sigmoid_classes(tuner, data):
         explain.gradcam(tuner, positives, index=2)
 
 
+def test_a_decision_threshold_layer_changes_no_explanation(data):
+    from tfmed.training import add_threshold_layer
+
+    inputs = keras.Input((SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    plain = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(x))
+    wrapped = add_threshold_layer(plain)
+    images = data[2][:2]
+    assert ExplainTarget(wrapped).kind == "sigmoid"  # the head's logits, not the probabilities passed through
+    for index in (1, 0):
+        np.testing.assert_allclose(explain.gradcam(wrapped, images, index=index),
+                                   explain.gradcam(plain, images, index=index), atol=1e-5)
+    assert not np.allclose(explain.gradcam(wrapped, images, index=1), explain.gradcam(wrapped, images, index=0))
+    head = plain.get_layer("head")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel, bias + 60.0])  # a confident model: its probabilities round to 1
+    assert all(np.ptp(m) > 0 for m in explain.saliency(wrapped, images, index=1))  # gradients of the logit
+
+
 def test_nested_backbone_in_a_chain_model(data):
     base = keras.Sequential([keras.Input((SIZE, SIZE, 1)),
                              keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="inner_conv")],
@@ -260,6 +305,12 @@ def test_bad_layer_and_bad_method_list_the_valid_ones(tuner, data):
         explain.gradcam("model.keras", data[2])
     with pytest.raises(ExplainError, match="NaN or infinite"):
         explain.saliency(tuner, np.full((1, SIZE, SIZE, 1), np.nan))
+    import tensorflow as tf
+
+    batches = tf.data.Dataset.from_tensor_slices((data[2], np.ones(len(data[2])))).batch(2)
+    for make in (lambda: explain.gradcam(tuner, batches), lambda: explain.ExplainEveryEpoch(batches, "unused")):
+        with pytest.raises(ExplainError, match=r"got a tf.data.Dataset: .*next\(iter\(dataset\)\)\[0\]\.numpy\(\)"):
+            make()
 
 
 def test_callback_saves_overlays_during_training(tmp_path, data):
@@ -270,6 +321,13 @@ def test_callback_saves_overlays_during_training(tmp_path, data):
     tuner.fit((np.repeat(images, 3, axis=-1), labels.astype("float32")), None, callbacks=[callback])
     assert [p.name for p in callback.paths] == ["epoch_001.png", "epoch_002.png"]
     assert all(p.stat().st_size > 1000 for p in callback.paths)
+    first = callback.paths[0].read_bytes()
+    tuner.keras_model().fit(np.repeat(images, 3, axis=-1), labels[:, None].astype("float32"), epochs=1, verbose=0,
+                            callbacks=[callback])  # a fit of its own, counting epochs from 1 again
+    assert callback.paths[-1].name == "epoch_001_fit2.png" and callback.paths[0].read_bytes() == first
+    with pytest.raises(ExplainError, match=r"maps already holds maps of an earlier fit \(epoch_001.png, ...\); "
+                                           "give a new output_dir"):
+        explain.ExplainEveryEpoch(images[:2], tmp_path / "maps")
     with pytest.raises(ExplainError, match="every must be a positive"):
         explain.ExplainEveryEpoch(images[:2], tmp_path, every=0)
 
@@ -308,6 +366,21 @@ def test_run_report_has_an_explanations_section(explained_run):
     assert "Note: the layer Grad-CAM weighs (block6d_add) is 1 x 1 at 32 x 32 px" in html
 
 
+def test_cases_of_class_0_are_the_most_confident_of_class_0():
+    from tfmed.run.explain import explained_scores, select_cases
+    from tfmed.run.artifact import TrainedModel
+
+    model = TrainedModel("svm", "binary", ["normal", "pneumonia"], None, None, None)
+    labels, scores = np.array([0, 0, 1, 1, 0, 1]), np.array([0.03, 0.08, 0.96, 0.98, 0.7, 0.2])
+    decisions = (scores >= 0.5).astype(int)
+    cases = dict((group, row) for row, group in select_cases(model, labels, scores, decisions, 0, 1))
+    # class 0's true positives are the normals called normal, the surest first (P(normal) = 0.97, not 0.92)
+    assert cases == {"TP": 0, "FP": 5, "FN": 4, "TN": 3}
+    assert explained_scores(scores, 0)[[0, 3]].round(2).tolist() == [0.97, 0.02]
+    assert explained_scores(scores, decisions).round(2).tolist() == [0.97, 0.92, 0.96, 0.98, 0.7, 0.8]
+    assert explained_scores(np.array([[0.1, 0.9], [0.6, 0.4]]), np.array([1, 0])).tolist() == [0.9, 0.6]
+
+
 def test_cli_explains_test_cases_and_given_images(explained_run, tmp_path):
     from tfmed.run.cli import main
     from tfmed.run.explain import explain_run
@@ -344,6 +417,10 @@ def test_cli_errors_are_one_line(explained_run, tmp_path, capsys):
     assert main(["explain", "--model", str(explained_run), "--layer", "nope", "--per-group", "1",
                  "--output", str(tmp_path / "bad")]) == 2
     assert "layer 'nope' is not in model" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    before = sorted((explained_run / "explanations").iterdir())
+    assert main(["explain", "--model", str(explained_run), "--layer", "nope", "--per-group", "1"]) == 2
+    assert sorted((explained_run / "explanations").iterdir()) == before  # no empty timestamped folder left
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "file").write_text("x")

@@ -416,6 +416,15 @@ def test_dataset_targets_the_task_cannot_train_on_stop_training_in_one_line(task
         tuner.fit(batched(x, good.astype(np.float32)), batched(x, targets(y).astype(np.float32)))
 
 
+def test_array_training_targets_of_one_class_are_refused():
+    x, y = make_data(n=8)
+    with pytest.raises(FinetuneError, match=r"train_ds: every target is 1, one class only; a binary model needs "
+                                            "training images of at least two classes"):
+        FineTuner(BACKBONE, "binary", 1, image_size=SIZE, weights=None).fit((x, np.ones_like(y)), (x, y))
+    with pytest.raises(FinetuneError, match="every target is 2, one class only; a multiclass model"):
+        FineTuner(BACKBONE, "multiclass", 3, image_size=SIZE, weights=None).fit((x, np.full(8, 2)))
+
+
 def test_soft_and_unknown_dataset_targets_train():
     x, y = make_data(n=8)
     soft = np.where(y == 1, 0.9, 0.1).astype(np.float32)  # smoothed labels, as a user's own pipeline may give

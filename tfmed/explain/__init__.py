@@ -15,7 +15,8 @@ Example:
     >>> maps = explain.gradcam(tuner, images, index=1)  # doctest: +SKIP
 """
 from tfmed.explain.callback import ExplainEveryEpoch
-from tfmed.explain.faithfulness import faithfulness, perturbation_curves, rank_correlation, sanity_check
+from tfmed.explain.faithfulness import (SanityCheckWarning, faithfulness, perturbation_curves, rank_correlation,
+                                        sanity_check)
 from tfmed.explain.gradcam import gradcam, gradcam_pp
 from tfmed.explain.maps import normalise, peak, resize_maps
 from tfmed.explain.methods import LAYER_METHODS, METHODS, explain, get_method
@@ -28,4 +29,4 @@ from tfmed.explain.target import ExplainError, ExplainTarget, FlatMapWarning
 __all__ = ["ExplainError", "ExplainEveryEpoch", "ExplainTarget", "FlatMapWarning", "LAYER_METHODS", "METHODS",
            "explain", "explain_table", "faithfulness", "get_method", "gradcam", "gradcam_pp", "integrated_gradients",
            "normalise", "occlusion", "overlay_figure", "peak", "perturbation_curves", "rank_correlation",
-           "resize_maps", "saliency", "sanity_check", "save_overlay", "smoothgrad"]
+           "resize_maps", "saliency", "sanity_check", "SanityCheckWarning", "save_overlay", "smoothgrad"]

@@ -13,7 +13,11 @@
   block and of everything above it (the head; for an SVM its dual coefficients) are
   re-drawn at random, the maps are made again, and the Spearman rank correlation
   between each image's map before and after is averaged. A map that depends on
-  what the model learned changes: a low correlation passes the check.
+  what the model learned changes: a low correlation passes the check. When the
+  randomised model gives every image the same score (an RBF-kernel SVM whose
+  re-drawn features lie far from all its support vectors), its maps are flat for
+  any method, so the check cannot fail: it gives None and warns
+  (:class:`SanityCheckWarning`) rather than a pass.
 
 Flat maps (all one value, e.g. a Grad-CAM with no positive evidence) rank nothing and
 are left out of both; ``flat_maps`` counts them.
@@ -36,11 +40,16 @@ import cv2
 import numpy as np
 from scipy.stats import spearmanr
 
+from tfmed.errors import TfmedError
 from tfmed.explain.maps import is_flat
 from tfmed.explain.target import (ExplainError, ExplainTarget, FlatMapWarning, _flat_layers, keras_model_of,
                                   prepare, repeat_index)
 
 RANDOMISED_WEIGHTS = ("kernel", "depthwise_kernel", "bias", "dual_coef")
+
+
+class SanityCheckWarning(TfmedError, UserWarning):
+    """The model-randomisation check could not be made: the randomised model scores every image alike."""
 
 
 def removed_image(image: np.ndarray) -> np.ndarray:
@@ -212,5 +221,15 @@ def sanity_check(model, images, method: str = "gradcam", *, index=None, layer: s
         else checked_maps(maps, images)
     with randomised_weights(target, seed), warnings.catch_warnings():
         warnings.simplefilter("ignore", FlatMapWarning)  # said once, of the trained model's maps
-        after = explain(keras_model, images, method, index=index, layer=layer)
+        scores = target.predict(images, index=index)
+        if len(scores) > 1 and np.ptp(scores) <= 1e-6:
+            constant = float(scores[0])
+        else:
+            constant = None
+            after = explain(keras_model, images, method, index=index, layer=layer)
+    if constant is not None:
+        warnings.warn(SanityCheckWarning(
+            f"the model-randomisation check was not made: the randomised model scores every image "
+            f"{constant:.3f}, so any method's maps of it are flat and the check could not fail"), stacklevel=2)
+        return None
     return rank_correlation(before, after)

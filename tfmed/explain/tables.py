@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfmed.explain.faithfulness import faithfulness, sanity_check
+from tfmed.explain.faithfulness import SanityCheckWarning, faithfulness, sanity_check
 from tfmed.explain.maps import normalise, resize_maps
 from tfmed.explain.methods import LAYER_METHODS, explain, get_method
 from tfmed.explain.mosaic import ViewGrid, mosaic_model, to_mosaic
@@ -61,12 +61,16 @@ class TableExplanation:
             >>> result.trust(index=1)["deletion_auc"]  # doctest: +SKIP
             0.18
         """
-        records = []
+        records, notes = [], []
         for part in self.parts:
             record = {"member": part.name}
             record.update(faithfulness(part.model, part.images, part.maps, index=index, steps=steps, seed=seed))
-            record["sanity_rank_correlation"] = sanity_check(part.model, part.images, self.method, index=index,
-                                                             layer=layer, seed=seed, maps=part.maps)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SanityCheckWarning)
+                record["sanity_rank_correlation"] = sanity_check(part.model, part.images, self.method, index=index,
+                                                                 layer=layer, seed=seed, maps=part.maps)
+            notes += [f"{part.name}: {w.message}" if len(self.parts) > 1 else str(w.message)
+                      for w in caught if issubclass(w.category, SanityCheckWarning)]
             records.append(record)
         keys = [k for k in records[0] if k not in ("member", "flat_maps")]
         summary = {"method": self.method, "images": int(len(self.maps)),
@@ -74,6 +78,8 @@ class TableExplanation:
         for key in keys:
             values = [r[key] for r in records if r[key] is not None]
             summary[key] = float(np.mean(values)) if values else None
+        if notes:
+            summary["sanity_notes"] = notes
         if len(records) > 1:
             summary["members"] = records
         return summary

@@ -76,6 +76,10 @@ def as_images(images, what: str = "images") -> np.ndarray:
         >>> as_images(np.zeros((8, 8))).shape
         (1, 8, 8, 1)
     """
+    if isinstance(images, tf.data.Dataset):
+        raise ExplainError(f"{what} must be an image array, got a tf.data.Dataset: maps are made of a few chosen "
+                           "images; pass them as an array (of a dataset of (images, labels) batches, the first "
+                           "batch's: next(iter(dataset))[0].numpy())")
     array = np.asarray(images)
     if not np.issubdtype(array.dtype, np.number):
         raise ExplainError(f"{what} must be a numeric image array, got dtype {array.dtype}")
@@ -137,6 +141,17 @@ def default_layer(model: keras.Model) -> str:
                        "Grad-CAM has no feature map to weight; use saliency, integrated_gradients or occlusion")
 
 
+def _without_threshold_layer(model: keras.Model) -> keras.Model:
+    """The model without a trailing DecisionThreshold (:func:`tfmed.training.add_threshold_layer`), which
+    passes its input through: the layer before it gives the logits and the classes."""
+    from tfmed.training.layers import DecisionThreshold
+
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if len(layers) > 1 and isinstance(layers[-1], DecisionThreshold):
+        return keras.Model(model.inputs, layers[-1].input, name=model.name)
+    return model
+
+
 def _last_layer_kind(layer) -> str:
     if hasattr(layer, "logits_of"):
         return "ovr" if getattr(layer, "normalise", False) else "sigmoid"
@@ -157,7 +172,7 @@ class ExplainTarget:
     """
 
     def __init__(self, model, layer: str | None = None):
-        self.model = keras_model_of(model)
+        self.model = _without_threshold_layer(keras_model_of(model))
         self.layer = default_layer(self.model) if layer is None else layer
         layers = _flat_layers(self.model)
         names = [item.name for item in layers]

@@ -629,6 +629,8 @@ class FineTuner:
             if x.size:
                 check_pixel_range(x, f"{name} images")
             y = self._check_targets(data[1], name)
+            if training:
+                self._check_both_classes(y, name)
             data = tf.data.Dataset.from_tensor_slices((x, y))
             if training:
                 data = data.shuffle(len(x), seed=self.seed)
@@ -684,6 +686,15 @@ class FineTuner:
         shown = " ".join(values.split("[[{{")[0].lstrip("] ").split())[:200]
         return FinetuneError(f"{name} yields a batch of targets the {self.task} model cannot train on "
                              f"(the batch: {shown}); {rule} - NaN is a missing label: label or drop those images")
+
+    def _check_both_classes(self, y: np.ndarray, name: str) -> None:
+        """Refuse binary training targets of one value, or multiclass ones of one class: nothing to learn."""
+        if self.task == "multilabel" or not len(y):
+            return
+        present = np.unique(y[:, 0] if self.task == "binary" else y.argmax(axis=1))
+        if len(present) < 2:
+            raise FinetuneError(f"{name}: every target is {_values(present)[0]}, one class only; a {self.task} "
+                                "model needs training images of at least two classes to learn anything")
 
     def _check_targets(self, targets, name: str) -> np.ndarray:
         """Array targets as (n, num_outputs) float32; refuse values the task cannot train on, naming the rows.

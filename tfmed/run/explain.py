@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,7 @@ def select_cases(model: TrainedModel, labels, scores, decisions, chosen: int, pe
     """
     labels, scores, decisions = np.asarray(labels), np.asarray(scores), np.asarray(decisions)
     truth, called = _hits(model, labels, decisions, chosen)
-    score = scores if scores.ndim == 1 else scores[:, chosen]
+    score = explained_scores(scores, chosen)
     # a multilabel image whose chosen label is unknown is in none of the groups
     known = labels[:, chosen] != UNKNOWN_LABEL if model.task == "multilabel" else np.ones(len(labels), bool)
     cases = []
@@ -91,6 +92,21 @@ def select_cases(model: TrainedModel, labels, scores, decisions, chosen: int, pe
         rows = rows[np.argsort(sign * score[rows], kind="stable")][:per_group]
         cases += [(int(row), group) for row in rows]
     return cases
+
+
+def explained_scores(scores: np.ndarray, classes) -> np.ndarray:
+    """The probability of the explained class of each image: a binary model's score for class 1, one
+    minus it for class 0; a column of the others' (per image when ``classes`` is an array).
+
+    Example:
+        >>> explained_scores(np.array([0.9, 0.2]), 0).round(3).tolist()
+        [0.1, 0.8]
+    """
+    scores = np.asarray(scores, np.float64)
+    classes = np.broadcast_to(np.asarray(classes, np.int64), (len(scores),))
+    if scores.ndim == 1:
+        return np.where(classes == 0, 1.0 - scores, scores)
+    return scores[np.arange(len(scores)), classes]
 
 
 def explained_classes(model: TrainedModel, decisions: np.ndarray, index):
@@ -125,9 +141,10 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
         log(f"note: {note}")
     rows, items = [], []
     files = table.frame["image"].astype(str).tolist()
+    explained_score = explained_scores(scores, classes)
     for i, (file, group) in enumerate(zip(files, groups)):
         explained = classes if np.ndim(classes) == 0 else classes[i]
-        score = float(scores[i]) if np.ndim(scores) == 1 else float(scores[i, explained])
+        score = float(explained_score[i])
         decision = decisions[i] if model.task != "multilabel" else decisions[i, explained]
         label = "" if labels is None else (labels[i] if model.task != "multilabel" else labels[i, explained])
         decided = _class_name(model, decision) if model.task != "multilabel" else str(int(decision))
@@ -161,6 +178,8 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
         record["localisation"] = summary(boxed)
     log("measuring faithfulness (deletion / insertion) and the model-randomisation sanity check")
     record.update(result.trust(index=classes, steps=steps, seed=seed, layer=layer))
+    for note in record.get("sanity_notes", []):
+        log(f"note: {note}")
     (out / "faithfulness.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     record["overview"] = str(overview)
     record["csv"] = str(out / "explanations.csv")
@@ -224,8 +243,14 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
         split, table, scores, groups = _run_cases(run_dir, model, chosen, per_group)
         labels = table.labels()
     out = Path(output) if output else new_run_dir(run_dir, "explanations")
-    record = write_explanations(out, model, table, scores, groups, method=method, index=index, layer=layer,
-                                labels=labels, split=split, steps=steps, seed=seed)
+    made = not output or not out.exists()
+    try:
+        record = write_explanations(out, model, table, scores, groups, method=method, index=index, layer=layer,
+                                    labels=labels, split=split, steps=steps, seed=seed)
+    except BaseException:  # a refused layer or class leaves no half-written folder behind
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     log(f"wrote {record['images']} overlay(s), explanations.csv and faithfulness.json to {out}")
     return out
 
@@ -251,7 +276,8 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
                 f"more faithful), insertion AUC {figure['insertion_auc']} against {figure['random_insertion_auc']}, "
                 f"rank correlation with the maps of a model whose top is randomised "
                 f"{figure['sanity_rank_correlation']} (low passes the sanity check); {record['flat_maps']} flat "
-                "map(s) left out." + "".join(f" Note: {note}." for note in record.get("notes", []))
+                "map(s) left out." + "".join(f" Note: {note}." for note in record.get("notes", [])
+                                             + record.get("sanity_notes", []))
                 + localisation_sentence(record.get("localisation"))
                 + " Overlays and figures: explanations/.")
     return Path(record["overview"]), sentence

@@ -65,7 +65,8 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
     else:
         files = collect_volumes(model, paths) if model.views.enabled else collect_images(paths)
         frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
-        table = ImageTable.unlabelled(frame, list(model.classes), model.task, source="predict")
+        table = ImageTable.unlabelled(frame, list(model.classes), model.task,
+                                      source=f"the images given to {command}")
     report = validate_table(table, max_pixels=max_pixels, views=model.views)
     return apply_validation(table, report, exclude_bad_rows=False,
                             remedy=f"leave those files out of the images given to {command}")

@@ -150,6 +150,11 @@ def _as_label_matrix(y_true: np.ndarray, y_score: np.ndarray, task: str | None):
     y_score = np.asarray(y_score, dtype=np.float64)
     if y_score.ndim == 1:
         y_score = y_score[:, None]
+    if not np.isfinite(y_score).all():
+        rows = np.flatnonzero(~np.isfinite(y_score).all(axis=1))
+        raise CallbackError(f"the model's scores are NaN or infinite for {len(rows)} of {len(y_score)} validation "
+                            f"case(s) (row(s) {rows[:10].tolist()}{' ...' if len(rows) > 10 else ''}): training has "
+                            "diverged; lower the learning rate, or look for NaN pixels in the images")
     try:
         y_true = numeric_targets(y_true)
     except ValueError:
