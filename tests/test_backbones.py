@@ -123,6 +123,7 @@ def empty_homes(tmp_path, monkeypatch):
 
 
 def test_missing_imagenet_weights_error_names_file_dirs_and_url(empty_homes):
+    (empty_homes / "given").mkdir()
     with pytest.raises(backbones.MissingWeightsError) as err:
         backbones.create("mobilenet_v2", input_shape=(96, 96, 3), weights_dir=empty_homes / "given")
     msg = str(err.value)
@@ -132,6 +133,21 @@ def test_missing_imagenet_weights_error_names_file_dirs_and_url(empty_homes):
     for d in (empty_homes / "given", empty_homes / "TFMED_WEIGHTS_DIR", empty_homes / "KERAS_HOME" / "models"):
         assert str(d) in msg
     assert "weights=None" in msg and isinstance(err.value, ValueError)
+
+
+def test_a_weights_dir_that_is_not_a_folder_is_refused(empty_homes, capsys):
+    from tfmed.backbones.factory import check_backbone
+    from tfmed.run.cli import main
+
+    for given, what in ((empty_homes / "typo", "no such folder"), (empty_homes / "HOME" / "file", "not a folder")):
+        if what == "not a folder":
+            given.write_text("x")
+        with pytest.raises(backbones.MissingWeightsError, match=f"weights_dir {given}: {what}; fix the path"):
+            backbones.create("mobilenet_v2", input_shape=(96, 96, 3), weights_dir=given)
+        with pytest.raises(backbones.MissingWeightsError, match=f"weights_dir {given}: {what}"):
+            check_backbone("efficientnet_lite0", image_size=32, weights_dir=given)
+        assert main(["backbones", "--weights-dir", str(given)]) == 2
+        assert f"weights_dir {given}: {what}" in capsys.readouterr().err
 
 
 def _save_keras_app_file(model, path):

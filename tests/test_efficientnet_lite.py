@@ -180,6 +180,7 @@ def test_lite_missing_weights_error_names_file_and_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("TFMED_WEIGHTS_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setattr(efficientnet_lite, "_pth_from_package", lambda variant: None)
+    (tmp_path / "given").mkdir()
     with pytest.raises(backbones.MissingWeightsError) as err:
         backbones.create("efficientnet_lite1", weights_dir=tmp_path / "given")
     msg = str(err.value)

@@ -303,6 +303,11 @@ def test_the_chexpert_experiment_ignores_uncertain_labels_where_it_says_and_scor
     scored = load_metrics(evaluate_run(run_dir, data=f"chexpert:{valid}", output=tmp_path / "valid_scores"))
     assert list(scored["splits"]["test"]["youden"]["per_label"]) == config.data.classes
     assert scored["images"] == {"test": 20}
+    # a bare spec reads the external set with the run's uncertainty policy: its labels mean the same
+    external = load_chexpert(str(valid), classes=config.data.classes, uncertain=config.data.uncertain).labels()
+    assert scored["unknown_labels"]["test"] == {name: int((external[:, j] == UNKNOWN_LABEL).sum())
+                                                for j, name in enumerate(config.data.classes)}
+    assert scored["unknown_labels"]["test"]["Cardiomegaly"] > 0  # U-Ignore there, not the source's U-Zeros
 
 
 def test_the_chexpert_experiment_without_data_says_where_to_get_it(tmp_path):

@@ -545,3 +545,16 @@ def test_the_layer_sweep_takes_views_of_volumes(nodules):
                          backbone="explain_test_net", weights=None, image_size=16, C=(1.0,), cv=2)
     assert list(frame.columns) == ["early", "late"]
     assert frame.loc["AUC", "late"] == 1.0  # a bright sphere in every view: the validation split is easy
+
+
+@pytest.mark.parametrize("fusion", ["concat", "per_view"])
+def test_sweep_layers_of_a_views_experiment_fits_each_tap_on_every_view(nodules, tmp_path, fusion):
+    from tfmed.run.sweep import sweep_experiment
+
+    config = _experiment(nodules, tmp_path, "svm", model={"svm": {"taps": ["late"], "C": [1.0], "cv": 2,
+                                                                  "view_fusion": fusion}})
+    text, path = sweep_experiment(config, taps=["early", "late"])
+    frame = pd.read_csv(path, index_col=0)
+    assert list(frame.columns) == ["early", "late", "early+late"]
+    assert frame.loc["AUC", "late"] == 1.0  # a bright sphere in every view: the validation split is easy
+    assert "early+late" in text

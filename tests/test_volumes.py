@@ -393,13 +393,15 @@ def test_ct_small_is_a_one_slice_series(tmp_path):
     del ds.SliceThickness
     ds.save_as(tmp_path / "CT_small.dcm")
     volume = read_dicom_series(tmp_path)
-    assert volume.spacing[0] == 1.0 and volume.problems == ["one slice without SliceThickness: 1.0 mm assumed "
-                                                            "along slices"]
+    assert volume.spacing[0] == 1.0 and volume.problems[0] == "one slice without SliceThickness: 1.0 mm assumed " \
+                                                              "along slices"
 
 
 def test_a_single_slice_volume_is_noted_as_such(tmp_path):
     shutil.copy(CT_SMALL, tmp_path / "CT_small.dcm")
     assert any(note.startswith("a single slice: views across slices") for note in read_volume(tmp_path).problems)
+    assert any(note.startswith("a single slice") for note in read_dicom_series(tmp_path).problems)
+    assert any(note.startswith("a single slice") for note in inspect(tmp_path)["problems"])  # as tfmed inspect says
     write_series(tmp_path / "six", count=6)
     assert not any("single slice" in note for note in read_volume(tmp_path / "six").problems)
 

@@ -173,15 +173,26 @@ def keras_cache_dir() -> Path:
 
 
 def weights_search_dirs(weights_dir=None) -> list:
-    """Directories searched for ImageNet weights files, in order.
+    """Directories searched for ImageNet weights files, in order; a ``weights_dir`` that is not a
+    folder is refused (a mistyped one would let weights come from elsewhere unnoticed).
 
     Example:
-        >>> weights_search_dirs("/data/weights")[0]
-        PosixPath('/data/weights')
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> weights_search_dirs(folder)[0] == Path(folder)
+        True
+        >>> weights_search_dirs("/no/such/folder")
+        Traceback (most recent call last):
+        tfmed.backbones.weights.MissingWeightsError: weights_dir /no/such/folder: no such folder; ...
     """
     dirs = []
     if weights_dir is not None:
-        dirs.append(Path(weights_dir).expanduser())
+        given = Path(weights_dir).expanduser()
+        if not given.is_dir():
+            what = "not a folder" if given.exists() else "no such folder"
+            raise MissingWeightsError(f"weights_dir {weights_dir}: {what}; fix the path (model.weights_dir, "
+                                      "--weights-dir), or leave it out to use $TFMED_WEIGHTS_DIR and the Keras cache")
+        dirs.append(given)
     if os.environ.get("TFMED_WEIGHTS_DIR"):
         dirs.append(Path(os.environ["TFMED_WEIGHTS_DIR"]).expanduser())
     dirs.append(keras_cache_dir())

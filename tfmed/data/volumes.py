@@ -265,6 +265,14 @@ _MULTI_FRAME_FIX = ("export the series as one file per slice, or convert it to N
                     "that file")
 
 
+def _noted(volume: Volume) -> Volume:
+    """The volume a reader made, with a problem line when it holds one slice only."""
+    if volume.shape[0] == 1:
+        volume.problems.append("a single slice: views across slices (coronal, sagittal, oblique, adjacent "
+                               "planes) hold it and fill beyond it")
+    return volume
+
+
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volume:
     """Read the DICOM files of one series in ``folder`` (files of any name) into a :class:`Volume`.
 
@@ -392,10 +400,10 @@ def _read_series(folder: Path, series: _Series, problems: list[str]) -> Volume:
         problems.append("MONOCHROME1 slices (higher values display darker): values are kept as stored, "
                         "after the modality LUT")
     syntaxes = sorted({_syntax_name(h) for h in series.headers} - {None})
-    return Volume(array=array, spacing=spacing, origin=origin, direction=direction,
-                  modality=_text(first, "Modality"), patient_id=_text(first, "PatientID"),
-                  series_uid=series.uid or None, study_uid=_text(first, "StudyInstanceUID"),
-                  transfer_syntax=", ".join(syntaxes) or None, source=str(folder), problems=problems)
+    return _noted(Volume(array=array, spacing=spacing, origin=origin, direction=direction,
+                         modality=_text(first, "Modality"), patient_id=_text(first, "PatientID"),
+                         series_uid=series.uid or None, study_uid=_text(first, "StudyInstanceUID"),
+                         transfer_syntax=", ".join(syntaxes) or None, source=str(folder), problems=problems))
 
 
 def _check_greyscale(path: Path, header) -> None:
@@ -697,8 +705,8 @@ def read_nifti(path: str | Path) -> Volume:
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
         problems.append(f"{bad} {NOT_FINITE}")
-    return Volume(array=array, spacing=spacing, origin=origin, direction=linear / np.array(spacing),
-                  source=str(path), problems=problems)
+    return _noted(Volume(array=array, spacing=spacing, origin=origin, direction=linear / np.array(spacing),
+                         source=str(path), problems=problems))
 
 
 def _load_nifti(path: Path):
@@ -796,9 +804,10 @@ def read_itk(path: str | Path) -> Volume:
     if bad:
         problems.append(f"{bad} {NOT_FINITE}")
     modality = image.GetMetaData("Modality") if image.HasMetaDataKey("Modality") else ""
-    return Volume(array=array, spacing=(spacing_k, spacing_j, spacing_i), origin=np.array(image.GetOrigin(), float),
-                  direction=matrix[:, ::-1].copy(), modality="CT" if modality.strip() == "MET_MOD_CT" else None,
-                  source=str(path), problems=problems)
+    return _noted(Volume(array=array, spacing=(spacing_k, spacing_j, spacing_i),
+                         origin=np.array(image.GetOrigin(), float), direction=matrix[:, ::-1].copy(),
+                         modality="CT" if modality.strip() == "MET_MOD_CT" else None, source=str(path),
+                         problems=problems))
 
 
 def _itk_kind(path: Path) -> str:
@@ -879,12 +888,8 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> Volume:
     """
     path = Path(path)
     if path.is_dir() or is_volume_file(path):
-        volume = (read_dicom_series(path, series_uid) if path.is_dir()
-                  else read_nifti(path) if is_nifti(path) else read_itk(path))
-        if volume.shape[0] == 1:
-            volume.problems.append("a single slice: views across slices (coronal, sagittal, oblique, adjacent "
-                                   "planes) hold it and fill beyond it")
-        return volume
+        return (read_dicom_series(path, series_uid) if path.is_dir()
+                else read_nifti(path) if is_nifti(path) else read_itk(path))
     if not path.exists():
         raise VolumeError(path, "not found", "check the path")
     raise VolumeError(path, f"not a volume (a folder of DICOM files or {VOLUME_FILES} is expected)",

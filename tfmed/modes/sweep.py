@@ -88,12 +88,24 @@ def sweep_tables(train, val, inputs, *, taps: Sequence[str],
         columns = {}
         for config in configs:
             model = _config_model(template, config)
-            names = list(model.taps) + (["texture"] if model.texture else [])
+            names = _block_names(train_blocks, list(model.taps) + (["texture"] if model.texture else []))
             model._start_fit(model._check_params())
             model._fit_table_blocks(train, {name: train_blocks[name] for name in names}, input_shape)
             scores = model._decisions(model._checked({name: val_blocks[name] for name in names}, input_shape))
             columns["+".join(config)] = _binary_metrics(val.labels() == model.classes_[1], scores)
     return pd.DataFrame(columns, index=list(ROWS))
+
+
+def _block_names(blocks: dict, names: list[str]) -> list[str]:
+    """The feature blocks of taps ``names``: themselves, or for views of volumes each view's
+    (``view_1:middle``, ...), in the order a fit on the views makes them.
+
+    Example:
+        >>> _block_names({"view_1:late": 0, "view_2:late": 0, "view_1:middle": 0}, ["middle"])
+        ['view_1:middle', 'view_2:middle']
+    """
+    views = sorted({key.split(":")[0] for key in blocks if key.startswith("view_")}, key=lambda v: int(v[5:]))
+    return [f"{view}:{name}" for view in views for name in names] if views else names
 
 
 def _sweep_plan(taps, fusions, y_train, y_val, svm_params) -> tuple[list[list[str]], FeatureSVM, list[str]]:

@@ -62,7 +62,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                                      "non-validation image); pass --data, e.g. --data medmnist:FILE.npz#test")
         source = f"{config.data.source} (the run's own test split)"
     else:
-        parsed = evaluation_data(data)
+        parsed = evaluation_data(data, config.data)
         table, source = read_labelled_data(data, parsed, model, config)
     table = fit_model_labels(table, model, data)
     check_data_subgroups(config.evaluation.subgroups, table, data or "the run's own test split", subgroups is not None)
@@ -199,17 +199,37 @@ def fit_model_labels(table: ImageTable, model: TrainedModel, data: str | None) -
     return match_classes(table, list(model.classes), data)
 
 
-def evaluation_data(spec: str) -> DataConfig:
+# settings that define the labels or pick the images of a published source; a bare spec takes the run's
+LABEL_SETTINGS = ("uncertain", "frontal_only", "min_readers", "physician_labelled_only")
+
+
+def evaluation_data(spec: str, run_data: DataConfig | None = None) -> DataConfig:
     """The data ``tfmed evaluate --data`` names: a source spec, or a YAML file whose ``data:`` section (as
-    in an experiment) gives what a spec cannot, such as ``frontal_only`` or ``uncertain``.
+    in an experiment) gives what a spec cannot, such as ``frontal_only`` or ``uncertain``. A spec of a
+    source that reads the run's own :data:`LABEL_SETTINGS` takes the run's (``run_data``), so an
+    external test set's labels mean what the training labels meant; a YAML section sets its own.
 
     Example:
         >>> evaluation_data("mimic_cxr:mimic/mimic-cxr-2.0.0-chexpert.csv.gz#test").source
         'mimic_cxr'
+        >>> evaluation_data("mimic_cxr:test.csv", DataConfig(source="chexpert", path="train.csv",
+        ...                                                   uncertain="ones")).uncertain
+        'ones'
     """
     if is_experiment_file(spec):
         return ExperimentConfig.from_yaml(spec).data
-    return parse_source_spec(spec)
+    parsed = parse_source_spec(spec)
+    if run_data is None:
+        return parsed
+    readers = DataConfig.SOURCE_SETTINGS
+    carried = {name: getattr(run_data, name) for name in LABEL_SETTINGS
+               if parsed.source in readers[name] and run_data.source in readers[name]
+               and getattr(run_data, name) != getattr(parsed, name)}
+    if not carried:
+        return parsed
+    log(f"{spec}: read with the run's " + ", ".join(f"{name} {value!r}" for name, value in carried.items())
+        + " (a YAML file's data: section given as --data sets other values)")
+    return dataclasses.replace(parsed, **carried)
 
 
 def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | None, str]:
