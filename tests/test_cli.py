@@ -139,11 +139,37 @@ def test_run_then_predict_to_csv_then_evaluate(tmp_path, capsys):
     assert main(["predict", "--model", str(run_dir), str(image), "--output", str(out_csv)]) == 0
     frame = pd.read_csv(out_csv)
     assert list(frame.columns) == ["image", "score", "threshold", "decision"]
+    written = out_csv.read_bytes()
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run_dir), str(image), "--output", str(out_csv)]) == 2
+    assert "already exists; predictions never overwrite a file" in capsys.readouterr().err
+    assert out_csv.read_bytes() == written
+    assert main(["predict", "--model", str(run_dir), str(image), "--output", str(tmp_path / "new/a/pred.csv")]) == 0
+    assert pd.read_csv(tmp_path / "new/a/pred.csv").equals(frame)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run_dir), str(image)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out == frame.to_csv(index=False)  # the CSV alone: the progress lines went to stderr
+    assert "[tfmed " in printed.err
     assert main(["predict", "--model", str(run_dir), str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(run_dir), "--output", str(tmp_path / "ev")]) == 0
     assert (tmp_path / "ev" / "report.html").is_file()
     assert not (tmp_path / "ev" / "excluded_rows.csv").exists()  # the run's own test split: listed by the run
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["scored_otherwise_than_the_run"] == 0
+    made_by = json.loads((tmp_path / "ev" / "environment.json").read_text())
+    assert made_by["model_run"] == str(run_dir.resolve()) and made_by["verified"] is True and made_by["cwd"]
+    # a test image replaced since the run: its figures are no longer the run's, and the evaluation says so
+    test_row = pd.read_csv(run_dir / "splits.csv").query("split == 'test'")["image"].iloc[0]
+    index = int(test_row.rsplit("/", 1)[1])
+    data = dict(np.load(tmp_path / "tiny.npz"))
+    data["train_images"][index] = 255 - data["train_images"][index]
+    np.savez(tmp_path / "tiny.npz", **data)
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run_dir), "--output", str(tmp_path / "ev_changed")]) == 0
+    assert "1 of 24 test images score otherwise than in the run's predictions.csv" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev_changed" / "metrics.json").read_text())["scored_otherwise_than_the_run"] == 1
+    assert "their files changed since the run" in (tmp_path / "ev_changed" / "report.html").read_text()
     # other data with a file its source skips: listed, logged and in the report, not dropped silently
     classes = json.loads((run_dir / "metrics.json").read_text())["classes"]
     folder = tmp_path / "other"

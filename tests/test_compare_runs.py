@@ -64,6 +64,26 @@ def test_rows_are_matched_by_image_not_by_position(tmp_path):
     assert table.iloc[1]["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
 
 
+def test_one_image_named_from_two_folders_is_one_case(tmp_path):
+    a, b, y, strong, weak = _binary_pair(tmp_path)
+    images = tmp_path / "site" / "scans"
+    images.mkdir(parents=True)
+    for i in range(60):
+        (images / f"img_{i}.png").write_bytes(b"")
+    for folder, cwd, prefix in ((a, tmp_path / "site", "scans/"), (b, tmp_path, "site/./scans/")):
+        frame = pd.read_csv(folder / "predictions.csv")
+        frame["id"] = prefix + frame["id"]  # the folder as typed in each evaluation's working folder
+        frame.to_csv(folder / "predictions.csv", index=False)
+        (folder / "environment.json").write_text(json.dumps({"cwd": str(cwd)}))
+    table = compare_runs([a, b])
+    expected = delong_test(y[20:], weak[20:], strong[20:])
+    assert table.iloc[1]["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
+    frame = pd.read_csv(b / "predictions.csv")
+    frame["id"] = str(images) + "/" + frame["id"].str.rsplit("/", n=1).str[1]  # absolute, as a manifest names them
+    frame.to_csv(b / "predictions.csv", index=False)
+    assert compare_runs([a, b]).iloc[1]["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
+
+
 def test_multiclass_and_multilabel_runs_get_the_macro_auc_test(tmp_path):
     ids = [f"c{i}" for i in range(90)]
     y = np.repeat([0, 1, 2], 30)

@@ -494,6 +494,10 @@ def test_tfmed_recalibrate_fits_another_hospitals_images_into_a_new_run(runs, ho
     assert load_metrics(new_test)["splits"]["test"]["youden"]["roc_auc"] == \
         pytest.approx(load_metrics(raw_test)["splits"]["test"]["youden"]["roc_auc"])
     assert TrainedModel.load(runs["raw"]).recalibration is None  # the original run is left as it was
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out)]) == 2  # its only split is the hospital's images it was fitted on
+    assert f"{out} is {runs['raw']} recalibrated on another hospital's images, which are its val split" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -285,7 +285,8 @@ def test_class_folders_missing_class(tmp_path):
         "skipped: no sub-folder for class 'tb' (listed in data.classes), so the class has no image"]
     assert "class 'tb' has no image" not in report.format()  # scoring the one class is allowed
     assert "the usable images hold fewer than two classes" in validate_table(table, need_two_classes=True).format()
-    with pytest.raises(DataSourceError, match=r"found 1 class folder\(s\)"):
+    with pytest.raises(DataSourceError, match=r"found 1 class folder\(s\) \['normal'\]; .*or, to score the images "
+                                              r"of one class alone .* name every class in data.classes"):
         load_source(DataConfig(source="folder", path=str(tmp_path)))
 
 

@@ -35,11 +35,14 @@ def log(message: str) -> None:
 
 
 class _CurrentStdout(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is at the time (so redirections and captures see it)."""
+    """Writes to whatever ``sys.stdout`` is at the time (so redirections and captures see it), or to
+    ``sys.stderr`` within :func:`progress_on_stderr`."""
+
+    to_stderr = False
 
     @property
     def stream(self):
-        return sys.stdout
+        return sys.stderr if self.to_stderr else sys.stdout
 
     @stream.setter
     def stream(self, value):
@@ -107,6 +110,25 @@ def configure_logging(level: int = logging.INFO) -> logging.Handler:
     LOGGER.setLevel(level)
     LOGGER.propagate = False
     return handler
+
+
+@contextlib.contextmanager
+def progress_on_stderr():
+    """Within the block, the progress lines of :func:`configure_logging` go to standard error, so that a
+    command printing data on standard output (``tfmed predict`` without ``--output``) prints nothing else.
+
+    Example:
+        >>> with progress_on_stderr():
+        ...     log("scoring")  # on stderr
+    """
+    handlers = [handler for handler in LOGGER.handlers if isinstance(handler, _CurrentStdout)]
+    for handler in handlers:
+        handler.to_stderr = True
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.to_stderr = False
 
 
 # File descriptor 2 is one per process: captures in different threads take turns.

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tfmed.config import UNKNOWN_LABEL, RecalibrationMethod
 from tfmed.errors import TfmedError
-from tfmed.progress import configure_logging, native_stderr_captured
+from tfmed.progress import configure_logging, native_stderr_captured, progress_on_stderr
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RECALIBRATIONS = typing.get_args(RecalibrationMethod)  # none first
@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="PNG/JPEG/DICOM files or folders (volumes: series folders or "
                          "NIfTI/MetaImage/NRRD files; for a model of lesion-centred views, one CSV of volumes and "
                          "centres)")
-    predict.add_argument("--output", default=None, help="CSV file (default: print to stdout)")
+    predict.add_argument("--output", default=None, help="a new CSV file, never an existing one (default: print the "
+                         "CSV to stdout, with the progress lines on stderr)")
     _add_trust_options(predict)
 
     ensemble = verbs.add_parser("ensemble", help="combine saved runs that share a split")
@@ -271,12 +272,22 @@ def _cmd_predict(args) -> int:
     from tfmed.run.rundir import refuse_output_inside_runs, resolve_run_dir
 
     refuse_output_inside_runs(args.output, [resolve_run_dir(args.model)])
-    frame = predict_images(args.model, args.images, verify=args.verify, trust_pickles=args.trust_pickles)
     if args.output:
-        frame.to_csv(args.output, index=False)
-        print(f"wrote {len(frame)} predictions to {args.output}")
-    else:
-        print(frame.to_csv(index=False), end="")
+        output = Path(args.output)
+        if output.exists() or output.is_symlink():
+            raise TfmedError(f"--output {output} already exists; predictions never overwrite a file, so give a "
+                             "new file name")
+        if output.parent.exists() and not output.parent.is_dir():
+            raise TfmedError(f"--output {output}: {output.parent} is a file, not a folder; give a file in a folder")
+        frame = predict_images(args.model, args.images, verify=args.verify, trust_pickles=args.trust_pickles)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "x", encoding="utf-8", newline="") as file:  # "x": made by no one meanwhile
+            frame.to_csv(file, index=False)
+        print(f"wrote {len(frame)} predictions to {output}")
+        return 0
+    with progress_on_stderr():  # standard output carries the CSV alone
+        frame = predict_images(args.model, args.images, verify=args.verify, trust_pickles=args.trust_pickles)
+    print(frame.to_csv(index=False), end="")
     return 0
 
 

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import paired_tests
 from tfmed.evaluation.report import predictions_column
 from tfmed.run.manifest import FAILED_FILE, check_run, failure_reason
+from tfmed.run.rundir import run_working_dir
 
 SPLITS = ("val", "test")
 COLUMNS = ["split", "run", "label", "n", "auc", "auc_ci", "reference_auc", "difference", "p_value"]
@@ -116,7 +118,23 @@ def _read_predictions(run: Path, task: str, classes: list[str]) -> pd.DataFrame:
                    else f"holds values that are not numbers in column {', '.join(wrong)}")
         raise CompareRunsError(f"{path} {problem} (a {task} run's predictions need {', '.join(needed)}); it is "
                                "not the file tfmed wrote: restore it, or score the run again with tfmed evaluate")
+    frame["id"] = _located(run, frame["id"])
     return frame
+
+
+def _located(run: Path, ids: pd.Series) -> pd.Series:
+    """Image ids as one image is named from any folder: a relative file id joined to the folder the run or
+    evaluation started in (``cwd`` of its ``environment.json``) when that file is there, paths normalised;
+    other ids (``file.npz#test/5``) as they are."""
+    base = run_working_dir(run)
+
+    def locate(ref: str) -> str:
+        if os.path.isabs(ref):
+            return os.path.normpath(ref)
+        joined = os.path.join(base, ref) if base is not None else None
+        return os.path.normpath(joined) if joined is not None and os.path.isfile(joined) else ref
+
+    return ids.astype(str).map(locate)
 
 
 def _split_rows(frame: pd.DataFrame, split: str, run: Path) -> pd.DataFrame:

@@ -20,12 +20,13 @@ from tfmed.data.validate import DataValidationError, apply_validation, excluded_
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.froc import froc
 from tfmed.evaluation.metrics import to_jsonable
+from tfmed.evaluation.report import predictions_column
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import check_subgroups, count_entries, merge_tables, scored_metrics
 from tfmed.run.reporting import coarse_sentences, member_sentences, subgroup_sentences, write_outputs
-from tfmed.run.rundir import (RunDirectoryError, new_run_dir, refuse_output_inside_runs, refuse_used_output,
-                              resolve_run_dir, run_split_tables)
+from tfmed.run.rundir import (RunDirectoryError, as_reread, environment_info, json_object, new_run_dir,
+                              refuse_output_inside_runs, refuse_used_output, resolve_run_dir, run_split_tables)
 
 
 def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
@@ -58,6 +59,11 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     if data is None:
         table, _ = run_test_table(run_dir)
         if len(table) == 0:
+            recalibrated_from = json_object(run_dir / "metrics.json").get("recalibrated_from")
+            if recalibrated_from:  # tfmed recalibrate's run: fitted on another hospital's images, all of them val
+                raise ModelArtifactError(f"{run_dir} is {recalibrated_from} recalibrated on another hospital's "
+                                         "images, which are its val split, and it has no test split; pass --data "
+                                         "with that hospital's held-out images")
             raise ModelArtifactError(f"{run_dir} has no test split of its own (it trained on every "
                                      "non-validation image); pass --data, e.g. --data medmnist:FILE.npz#test")
         source = f"{config.data.source} (the run's own test split)"
@@ -68,6 +74,10 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     check_data_subgroups(config.evaluation.subgroups, table, data or "the run's own test split", subgroups is not None)
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
     out.mkdir(parents=True, exist_ok=True)
+    # what made the evaluation: the folder it started in (relative image ids are read from there), the run
+    (out / "environment.json").write_text(json.dumps(
+        {**environment_info(config), "model_run": str(run_dir.resolve()), "verified": verify,
+         "data": data if data is not None else "the run's own test split"}, indent=2), encoding="utf-8")
     excluded = write_excluded(out, table, data) if data is not None else []  # the run lists its own
     copies, copy_rows = _copies_of_run_images(run_dir, config, table)
     log(f"scoring {len(table)} images from {source}")
@@ -76,6 +86,17 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                **count_entries({"test": table}), "tta_views": model.tta.view_count()}
     notes = [f"Model from {run_dir}; thresholds were chosen on that run's validation split "
              "and are applied unchanged here."]
+    if not verify:
+        notes.append("The run's files were not checked against its manifest (--no-verify).")
+    if data is None:  # the run's own test split: it scored these images itself
+        changed = images_scored_otherwise(run_dir, model, table, scores)
+        metrics["scored_otherwise_than_the_run"] = len(changed)
+        if changed:
+            sentence = (f"{len(changed)} of {len(table)} test images score otherwise than in the run's "
+                        f"predictions.csv (e.g. {changed[0]}): their files changed since the run, so these "
+                        "figures are not the run's")
+            log(f"warning: {sentence}")
+            notes.append(sentence + ".")
     if model.recalibration is not None:
         notes.append(f"The scores are recalibrated as in that run ({model.recalibration.describe()}).")
     if copies is not None:
@@ -98,6 +119,24 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                   member_scores={"test": members} if members is not None else None,
                   excluded=excluded)
     return out
+
+
+def images_scored_otherwise(run_dir: Path, model: TrainedModel, table: ImageTable, scores,
+                            tolerance: float = 1e-4) -> list[str]:
+    """The images of the run's own test split whose scores now differ from those the run wrote in its
+    ``predictions.csv`` by more than ``tolerance`` (an image file replaced since the run).
+
+    Example:
+        >>> images_scored_otherwise(run_dir, model, table, model.predict(table))  # doctest: +SKIP
+        []
+    """
+    frame = pd.read_csv(run_dir / "predictions.csv", keep_default_na=False)
+    frame = frame[frame["split"] == "test"]
+    ids = as_reread(run_dir, frame["id"], set(table.frame["image"].astype(str)))
+    recorded = dict(zip(ids, predictions_column(frame, "score", model.classes).astype(float).reshape(len(frame), -1)))
+    now = np.asarray(scores, float).reshape(len(table), -1)
+    return [image for image, score in zip(table.frame["image"].astype(str), now)
+            if image in recorded and np.abs(recorded[image] - score).max() > tolerance]
 
 
 def subgroup_setting(evaluation: EvaluationConfig, subgroups: list[str]) -> EvaluationConfig:

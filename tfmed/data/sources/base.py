@@ -63,7 +63,9 @@ def class_folder_names(path: Path, classes: list[str] | None) -> list[str]:
         if len(found) < 2:
             raise DataSourceError(f"{path}: found {len(found)} class folder(s) {found}; put the images "
                                   "of each class in its own sub-folder (at least two), e.g. "
-                                  f"{path}/normal/ and {path}/pneumonia/")
+                                  f"{path}/normal/ and {path}/pneumonia/, or, to score the images of one class "
+                                  "alone (tfmed evaluate, recalibrate), name every class in data.classes (a YAML "
+                                  "file's data: section given as --data)")
         return found
     if not set(classes) & set(found):
         raise DataSourceError(f"{path}: no sub-folder for class(es) {', '.join(classes)} listed in "
