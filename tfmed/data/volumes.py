@@ -294,8 +294,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Volu
         >>> (folder / "notes.txt").write_text("scanned 2004")
         12
         >>> volume = read_dicom_series(folder)
-        >>> volume.modality, volume.patient_id, volume.problems
-        ('CT', '1CT1', ['1 file without the DICOM marker (DICM) ignored: notes.txt'])
+        >>> volume.modality, volume.patient_id, volume.problems[0]
+        ('CT', '1CT1', '1 file without the DICOM marker (DICM) ignored: notes.txt')
     """
     folder = Path(folder)
     series, problems = _scan_folder(folder)

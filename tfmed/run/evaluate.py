@@ -244,31 +244,37 @@ LABEL_SETTINGS = ("uncertain", "frontal_only", "min_readers", "physician_labelle
 
 def evaluation_data(spec: str, run_data: DataConfig | None = None) -> DataConfig:
     """The data ``tfmed evaluate --data`` names: a source spec, or a YAML file whose ``data:`` section (as
-    in an experiment) gives what a spec cannot, such as ``frontal_only`` or ``uncertain``. A spec of a
-    source that reads the run's own :data:`LABEL_SETTINGS` takes the run's (``run_data``), so an
-    external test set's labels mean what the training labels meant; a YAML section sets its own.
+    in an experiment) gives what a spec cannot, such as ``frontal_only`` or ``uncertain``. A spec takes the
+    run's own label settings (:func:`run_label_settings` of ``run_data``), so an external test set's labels
+    mean what the training labels meant; a YAML section sets its own.
 
     Example:
         >>> evaluation_data("mimic_cxr:mimic/mimic-cxr-2.0.0-chexpert.csv.gz#test").source
         'mimic_cxr'
-        >>> evaluation_data("mimic_cxr:test.csv", DataConfig(source="chexpert", path="train.csv",
-        ...                                                   uncertain="ones")).uncertain
-        'ones'
     """
     if is_experiment_file(spec):
         return ExperimentConfig.from_yaml(spec).data
     parsed = parse_source_spec(spec)
-    if run_data is None:
-        return parsed
-    readers = DataConfig.SOURCE_SETTINGS
-    carried = {name: getattr(run_data, name) for name in LABEL_SETTINGS
-               if parsed.source in readers[name] and run_data.source in readers[name]
-               and getattr(run_data, name) != getattr(parsed, name)}
+    carried = run_label_settings(parsed, run_data) if run_data is not None else {}
     if not carried:
         return parsed
     log(f"{spec}: read with the run's " + ", ".join(f"{name} {value!r}" for name, value in carried.items())
         + " (a YAML file's data: section given as --data sets other values)")
     return dataclasses.replace(parsed, **carried)
+
+
+def run_label_settings(parsed: DataConfig, run_data: DataConfig) -> dict:
+    """The run's :data:`LABEL_SETTINGS` that differ from a parsed spec's, where both sources read them.
+
+    Example:
+        >>> run_label_settings(parse_source_spec("mimic_cxr:test.csv"),
+        ...                    DataConfig(source="chexpert", path="train.csv", uncertain="ones", frontal_only=True))
+        {'uncertain': 'ones', 'frontal_only': True}
+    """
+    readers = DataConfig.SOURCE_SETTINGS
+    return {name: getattr(run_data, name) for name in LABEL_SETTINGS
+            if parsed.source in readers[name] and run_data.source in readers[name]
+            and getattr(run_data, name) != getattr(parsed, name)}
 
 
 def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | None, str]:
