@@ -48,6 +48,9 @@ def test_the_calibration_line_finds_overconfidence_and_too_many_predicted_cases(
     high = calibration_line(y, 1 / (1 + np.exp(-(logit + 1))))  # every risk overstated
     assert high["intercept"] == pytest.approx(-1, abs=0.05) and high["slope"] == pytest.approx(1, abs=0.05)
     assert calibration_line([0, 0, 1, 1], [.1, .2, .8, .9])["slope"] is None  # complete separation
+    assert calibration_line([0, 0, 0, 1, 1, 1], [.1, .2, .5, .5, .8, .9])["slope"] is None  # a tie at the boundary
+    assert calibration_line([0, 0, 1, 1], [.3] * 4)["slope"] is None  # one value: no slope (it was 0)
+    assert calibration_line([0, 1, 0, 1], [.2, .6, .7, .9])["slope"] is not None  # the classes overlap
     assert calibration_line([1, 1], [.4, .9]) == {"intercept": None, "slope": None}
 
 

@@ -200,6 +200,30 @@ def test_paired_delong_test():
     assert similar["p_value"] > 0.05
 
 
+def test_a_paired_test_whose_delong_variance_is_0_swaps_the_scores_instead_of_answering_p_0():
+    from itertools import product
+
+    def exact_p(y, a, b):  # every swap of the two models' scores, case by case
+        observed = abs(roc_auc_score(y, a) - roc_auc_score(y, b))
+        gaps = [abs(roc_auc_score(y, np.where(s, b, a)) - roc_auc_score(y, np.where(s, a, b))) >= observed - 1e-12
+                for s in map(np.array, product([False, True], repeat=len(y)))]
+        return np.mean(gaps)
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    perfect, inverted = np.array([.1, .2, .3, .7, .8, .9]), np.array([.7, .8, .9, .1, .2, .3])
+    result = delong_test(y, perfect, inverted)
+    assert np.isinf(result["z"]) and result["p_value"] == pytest.approx(exact_p(y, perfect, inverted)) == 1 / 32
+    assert result["test"].startswith("paired permutation")
+    assert delong_test([0, 1], [.1, .9], [.9, .1])["p_value"] == 0.5  # two cases can show no certain difference
+    negatives = np.random.default_rng(0).uniform(0.1, 0.5, 20)  # the models differ in the one positive's score
+    assert delong_test(np.r_[np.zeros(20), 1], np.r_[negatives, .9], np.r_[negatives, .05])["p_value"] > 0.4
+    classes = np.array([0, 0, 1, 1, 2, 2])
+    macro = macro_auc_test(classes, np.eye(3)[classes] * .8 + .1, np.eye(3)[(classes + 1) % 3] * .8 + .1)
+    assert np.isinf(macro["z"]) and macro["p_value"] > 0.0 and macro["test"].startswith("paired permutation")
+    rng = np.random.default_rng(3)
+    assert delong_test(np.repeat([0, 1], 30), rng.normal(size=60), rng.normal(size=60))["test"] == "delong"
+
+
 def test_delong_errors_name_the_problem():
     with pytest.raises(EvaluationError, match="only positive"):
         delong_auc_ci([1, 1, 1], [0.2, 0.5, 0.9])

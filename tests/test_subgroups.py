@@ -97,6 +97,10 @@ def test_each_groups_figures_and_the_tests_between_them_match_hand_counts():
     assert two["sensitivity_p"] == pytest.approx(fisher_exact(np.array(hits[:2])).pvalue)
     assert subgroup_figures("binary", y[:40], scores[:40], groups[:40], threshold) is None  # one group: nothing
     assert difference_p([(3, 0), (0, 0)]) is None  # the second group has no case
+    # three groups, one of positives only: specificity is tested between the other two, and named so
+    mixed = subgroup_figures("binary", np.array([1, 0, 1, 0, 1, 1]), np.array([.9, .1, .8, .7, .2, .6]),
+                             np.array(["a", "a", "b", "b", "c", "c"]), 0.5)
+    assert mixed["difference_test"] == "chi-square test for sensitivity, Fisher's exact test for specificity"
     classes = subgroup_figures("multiclass", y, np.c_[1 - scores, scores], groups, None, None, ["n", "d"])
     assert "difference_test" not in classes and classes["groups"]["c"]["auc"] == pytest.approx(
         roc_auc_score(y[groups == "c"], scores[groups == "c"]))

@@ -102,7 +102,9 @@ def maximum_likelihood_logistic() -> LogisticRegression:
 def calibration_line(y, probabilities) -> dict:
     """The calibration ``intercept`` (in the large, slope fixed at 1) and ``slope`` of probabilities;
     None for each when the outcomes are all of one class, and no slope when the probabilities separate
-    the classes completely (AUC 1 or 0: the fitted slope would grow without bound).
+    the classes, completely or with ties only at the boundary (every positive at or above every negative,
+    or the reverse: the fitted slope would grow without bound), which includes probabilities all equal
+    (no slope can be fitted to one value).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -110,13 +112,15 @@ def calibration_line(y, probabilities) -> dict:
         >>> line = calibration_line(rng.uniform(size=4000) < p, p)   # outcomes drawn at these probabilities
         >>> abs(line["intercept"]) < 0.1, abs(line["slope"] - 1) < 0.1
         (True, True)
+        >>> calibration_line([0, 0, 1, 1], [0.2, 0.5, 0.5, 0.9])["slope"] is None  # a tie at the boundary only
+        True
     """
     y = np.asarray(y).astype(int)
     if y.min() == y.max():
         return {"intercept": None, "slope": None}
     p = np.clip(np.asarray(probabilities, dtype=float), _EDGE, 1 - _EDGE)
     logit = np.log(p / (1 - p))
-    separated = logit[y == 1].min() > logit[y == 0].max() or logit[y == 1].max() < logit[y == 0].min()
+    separated = logit[y == 1].min() >= logit[y == 0].max() or logit[y == 1].max() <= logit[y == 0].min()
     slope = None if separated else float(maximum_likelihood_logistic().fit(logit[:, None], y).coef_[0, 0])
     observed = y.sum()
 

@@ -265,9 +265,11 @@ def macro_auc_ci(y_true, proba, level: float = 0.95) -> tuple[float, float, floa
 def delong_test(y_true, scores_a, scores_b) -> dict:
     """Paired DeLong test: do two models scored on the same cases differ in AUC?
 
-    Returns ``dict(auc_a, auc_b, diff, z, p_value, ci_a, ci_b)`` with
+    Returns ``dict(auc_a, auc_b, diff, z, p_value, ci_a, ci_b, test)`` with
     ``diff = auc_a - auc_b``, a two-sided p-value and each AUC's 95% DeLong
-    interval ``[lo, hi]``.
+    interval ``[lo, hi]``. When DeLong's variance of the difference is 0 (a
+    handful of cases, where z would be infinite and p 0), the p-value comes from
+    :func:`permutation_p` instead and ``test`` says so.
 
     Example:
         >>> y = [0, 0, 0, 1, 1, 1]
@@ -280,7 +282,12 @@ def delong_test(y_true, scores_a, scores_b) -> dict:
     if a.shape != b.shape:
         raise EvaluationError(f"delong_test: scores_a has {a.size} values and scores_b {b.size}; "
                               "the paired test needs both models' scores for the same cases")
-    return _paired_test(*_delong(y_true, np.vstack([a, b])))
+    result = _paired_test(*_delong(y_true, np.vstack([a, b])))
+    if np.isinf(result["z"]):  # DeLong's variance is 0 (a handful of cases): swap the models' scores instead
+        result["p_value"] = permutation_p(lambda x, z: float(np.subtract(*_delong(y_true, np.vstack([x, z]))[0])),
+                                          a, b)
+        result["test"] = PERMUTATION_TEST
+    return result
 
 
 def macro_auc_test(y_true, proba_a, proba_b) -> dict:
@@ -301,7 +308,36 @@ def macro_auc_test(y_true, proba_a, proba_b) -> dict:
     if a.shape != b.shape:
         raise EvaluationError(f"macro_auc_test: proba_a has shape {a.shape} and proba_b {b.shape}; "
                               "the paired test needs both models' class scores for the same cases")
-    return _paired_test(*_macro_covariance(y_true, np.stack([a, b])))
+    result = _paired_test(*_macro_covariance(y_true, np.stack([a, b])))
+    if np.isinf(result["z"]):  # the variance is 0 (a handful of cases): swap the models' scores instead
+        result["p_value"] = permutation_p(
+            lambda x, z: float(np.subtract(*_macro_covariance(y_true, np.stack([x, z]))[0])), a, b)
+        result["test"] = PERMUTATION_TEST
+    return result
+
+
+def permutation_p(difference: Callable, a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value of ``difference(a, b)`` (e.g. of two AUCs) when the two models' scores are swapped
+    case by case at random: every swap pattern for at most 12 cases (an exact test), else ``draws`` random
+    patterns with the observed one counted. Cases lie along the first axis of ``a`` and ``b``.
+
+    Example:
+        >>> y = np.array([0, 1])
+        >>> auc_gap = lambda x, z: float(np.mean(x[y == 1] > x[y == 0]) - np.mean(z[y == 1] > z[y == 0]))
+        >>> permutation_p(auc_gap, np.array([0.1, 0.9]), np.array([0.9, 0.1]))
+        0.5
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    observed, n = abs(difference(a, b)), len(a)
+    if n <= 12:
+        patterns, counted = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1 == 1, 0
+    else:
+        patterns, counted = np.random.default_rng(seed).random((draws, n)) < 0.5, 1
+    hits = 0
+    for swap in patterns:
+        mask = swap.reshape((n,) + (1,) * (a.ndim - 1))
+        hits += abs(difference(np.where(mask, b, a), np.where(mask, a, b))) >= observed - 1e-12
+    return float((hits + counted) / (len(patterns) + counted))
 
 
 def _auc_interval(auc: float, variance: float, level: float,
@@ -423,6 +459,9 @@ def _separation_probability(shift: float, n_pos: int, n_neg: int) -> float:
     return float(integrate.trapezoid(np.exp(log_density), grid))
 
 
+PERMUTATION_TEST = "paired permutation (DeLong's variance is 0)"
+
+
 def _paired_test(aucs: np.ndarray, covariance: np.ndarray, counts: tuple[tuple[int, int], ...]) -> dict:
     """Two-sided z test of ``aucs[0] - aucs[1]`` with their covariance (2, 2); each AUC's 95% interval."""
     diff = float(aucs[0] - aucs[1])
@@ -434,7 +473,7 @@ def _paired_test(aucs: np.ndarray, covariance: np.ndarray, counts: tuple[tuple[i
     p_value = float(2.0 * stats.norm.sf(abs(z)))
     intervals = [list(_auc_interval(float(aucs[k]), float(covariance[k, k]), 0.95, counts)[1:]) for k in (0, 1)]
     return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff,
-            "z": float(z), "p_value": p_value, "ci_a": intervals[0], "ci_b": intervals[1]}
+            "z": float(z), "p_value": p_value, "ci_a": intervals[0], "ci_b": intervals[1], "test": "delong"}
 
 
 def bootstrap_distribution(metric_fn: Callable, y_true, scores, n_resamples: int = 1000,

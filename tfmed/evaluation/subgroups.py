@@ -101,10 +101,27 @@ def subgroup_figures(task: str, y, scores, groups, threshold=None, threshold_nam
     out = {"groups": figures}
     if task == "binary":
         known = [figures[name]["confusion_matrix"] for name in names if name != UNKNOWN_GROUP]
-        out["sensitivity_p"] = difference_p([(m["tp"], m["fn"]) for m in known])
-        out["specificity_p"] = difference_p([(m["tn"], m["fp"]) for m in known])
-        out["difference_test"] = "Fisher's exact test" if len(known) == 2 else "chi-square test"
+        tables = {"sensitivity": [(m["tp"], m["fn"]) for m in known],
+                  "specificity": [(m["tn"], m["fp"]) for m in known]}
+        tests = {}
+        for figure, counts in tables.items():
+            out[f"{figure}_p"] = difference_p(counts)
+            if out[f"{figure}_p"] is not None:
+                tests[figure] = difference_test_name(counts)
+        names = set(tests.values())
+        out["difference_test"] = (names.pop() if len(names) == 1 else
+                                  ", ".join(f"{test} for {figure}" for figure, test in tests.items()) or "none")
     return out
+
+
+def difference_test_name(counts: Sequence[tuple[int, int]]) -> str:
+    """The test :func:`difference_p` makes of these counts: Fisher's for the two groups with cases, else chi-square.
+
+    Example:
+        >>> difference_test_name([(5, 1), (0, 0), (3, 3)]), difference_test_name([(5, 1), (2, 2), (3, 3)])
+        ("Fisher's exact test", 'chi-square test')
+    """
+    return "Fisher's exact test" if sum(1 for pair in counts if sum(pair) > 0) == 2 else "chi-square test"
 
 
 def difference_p(counts: Sequence[tuple[int, int]]) -> float | None:

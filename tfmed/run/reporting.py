@@ -304,7 +304,8 @@ def decision_sentences(metrics: dict, split: str) -> list[str]:
                      "means too extreme, an intercept under 0 too many cases predicted).")
     elif m.get("calibration_intercept") is not None:
         lines.append(f"Calibration ({split}): intercept {m['calibration_intercept']:.3f} (0 when as many cases are "
-                     "predicted as occur); no slope, as the probabilities separate the classes completely.")
+                     "predicted as occur); no slope, as the probabilities separate the classes (ties at the "
+                     "boundary at most) or are all equal.")
     return lines
 
 
