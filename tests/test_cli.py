@@ -156,7 +156,11 @@ def test_run_then_predict_to_csv_then_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--model", str(run_dir), "--output", str(tmp_path / "ev")]) == 0
     assert (tmp_path / "ev" / "report.html").is_file()
     assert not (tmp_path / "ev" / "excluded_rows.csv").exists()  # the run's own test split: listed by the run
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["scored_otherwise_than_the_run"] == 0
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert evaluated["scored_otherwise_than_the_run"] == 0
+    assert evaluated["test_origin"] == json.loads((run_dir / "metrics.json").read_text())["test_origin"]
+    assert "in-distribution" in evaluated["test_origin"]
+    assert "in-distribution" in (tmp_path / "ev" / "report.html").read_text()
     made_by = json.loads((tmp_path / "ev" / "environment.json").read_text())
     assert made_by["model_run"] == str(run_dir.resolve()) and made_by["verified"] is True and made_by["cwd"]
     # a test image replaced since the run: its figures are no longer the run's, and the evaluation says so

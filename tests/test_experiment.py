@@ -473,7 +473,13 @@ def test_finetune_experiment_with_hierarchy_reports_coarse_classes(tmp_path):
     assert coarse["classes"] == ["benign", "malignant"] and coarse["splits"]["test"]["youden"]["n"] == 24
     assert (run_dir / "training_curves.png").is_file()
     html = (run_dir / "report.html").read_text()
-    assert "alt='training_curves'" in html and "alt='roc'" in html
+    assert "alt='training_curves'" in html and "alt='roc_per_class'" in html
+    # the fine classes are decided by the most probable one: no threshold is said to be chosen for them
+    assert "No threshold: a multiclass model decides for its most probable class." in html
+    assert "Thresholds were chosen on the validation split" not in html
+    from tfmed.run.reporting import summary_text
+
+    assert "no threshold: a multiclass model decides" in summary_text(metrics)
     again = evaluate_run(run_dir, output=tmp_path / "eval")
     assert load_metrics(again)["splits"]["test"] == metrics["splits"]["test"]
 

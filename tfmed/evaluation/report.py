@@ -39,6 +39,7 @@ _PLOT_CAPTIONS = {  # {split}: the split the plots are drawn on (test, or val wh
     "reliability": "Calibration (reliability diagram, {split})",
     "training_curves": "Training curves (dotted lines: a new fine-tuning stage begins)",
     "roc_per_class": "One-vs-rest ROC curves ({split})",
+    "roc_per_label": "ROC curves per label ({split}), each on the images where its label is known",
     "subgroups": "AUC by subgroup ({split}), with intervals",
     "decision": "Decision curve ({split}): net benefit over threshold probabilities",
     "roc_coarse": "ROC curve of the coarse answer ({split}) with the validation-chosen operating points",

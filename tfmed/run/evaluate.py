@@ -24,7 +24,8 @@ from tfmed.evaluation.report import predictions_column
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import check_subgroups, count_entries, merge_tables, scored_metrics
-from tfmed.run.reporting import coarse_sentences, member_sentences, subgroup_sentences, write_outputs
+from tfmed.run.reporting import (coarse_sentences, member_sentences, subgroup_sentences, test_origin_note,
+                                 write_outputs)
 from tfmed.run.rundir import (RunDirectoryError, as_reread, environment_info, json_object, new_run_dir,
                               refuse_output_inside_runs, refuse_used_output, resolve_run_dir, run_split_tables)
 
@@ -88,7 +89,11 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
              "and are applied unchanged here."]
     if not verify:
         notes.append("The run's files were not checked against its manifest (--no-verify).")
-    if data is None:  # the run's own test split: it scored these images itself
+    if data is None:  # the run's own test split: it scored these images itself, and said where they came from
+        origin = json_object(run_dir / "metrics.json").get("test_origin")
+        if origin:
+            metrics["test_origin"] = origin
+            notes.append(test_origin_note(origin))
         changed = images_scored_otherwise(run_dir, model, table, scores)
         metrics["scored_otherwise_than_the_run"] = len(changed)
         if changed:

@@ -26,6 +26,7 @@ from tfmed.evaluation.report import (ReportContext, value_with_interval, write_m
                                     write_report)
 from tfmed.evaluation.subgroups import ATTRIBUTE_WORDS
 
+ARGMAX_DECISION = "a multiclass model decides for its most probable class"
 THRESHOLD_NOTE = ("Thresholds were chosen on the validation split only and applied unchanged to the "
                   "test split; test data never influenced the model, its hyper-parameters or its thresholds.")
 
@@ -123,8 +124,8 @@ def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: di
                 "decision": decision_plot(y, scores, out / f"decision_{split}.png", points,
                                           title=f"Decision curve ({split})")} if _probabilities([chosen]) else {}),
         }
-    plots = {"roc": multi_roc_plot(y, scores, model.classes, out / f"roc_{split}.png",
-                                   title=f"ROC curves ({split})")}
+    per = "roc_per_class" if metrics["task"] == "multiclass" else "roc_per_label"  # no operating points on them
+    plots = {per: multi_roc_plot(y, scores, model.classes, out / f"roc_{split}.png", title=f"ROC curves ({split})")}
     if metrics["task"] == "multiclass":
         plots["confusion"] = confusion_plot(metrics["splits"][split]["confusion_matrix"], model.classes,
                                             out / f"confusion_{split}.png", title=f"Confusion matrix ({split})")
@@ -392,16 +393,14 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         boundaries = [b for b in estimator.history_.get("stage_boundaries", []) if b > 0]
     facts = {"mode": model.mode, "backbone": config.model.backbone, "weights": config.model.weights,
              "image size": config.preprocess.image_size, "intensity": config.preprocess.intensity,
-             "threshold method": model.threshold_method}
+             "threshold method": model.threshold_method if model.thresholds else ARGMAX_DECISION}
     facts.update(estimator.report_facts())
     facts["test-time views"] = metrics.get("tta_views", 1)
     if model.recalibration is not None:
         facts["recalibration"] = model.recalibration.describe()
-    notes = [THRESHOLD_NOTE]
+    notes = [THRESHOLD_NOTE if model.thresholds else f"No threshold: {ARGMAX_DECISION}."]
     if metrics.get("test_origin") and "test" in metrics["splits"]:
-        notes.append(f"The test split is {metrics['test_origin']}. Figures on an official test split from "
-                     "another collection (another hospital or scanner) are usually lower; compare only those "
-                     "with published tables.")
+        notes.append(test_origin_note(metrics["test_origin"]))
     notes += [twin_note(split, count, total) for split, count, total in _twins_in_train(metrics)]
     conflicts = (metrics.get("near_duplicates") or {}).get("groups_with_different_labels")
     if conflicts:
@@ -413,10 +412,13 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         final = ("the final model was refit on train+val" if k.get("final", "refit") == "refit"
                  else f"the {k['folds']} fold models were kept and their mean score")
         pooled = value_with_interval(k["pooled_oof_auc"], k.get("pooled_oof_auc_ci"))
+        measured = (f"Thresholds were chosen on the pooled out-of-fold scores; {final}" if model.thresholds
+                    else final[0].upper() + final[1:])
         notes += [f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- "
-                 f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. Thresholds "
-                 f"were chosen on the pooled out-of-fold scores; {final} was measured once on test."]
-        notes.remove(THRESHOLD_NOTE)
+                 f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. {measured} was "
+                 "measured once on test."]
+        if model.thresholds:  # the sentence above says where they were chosen
+            notes.remove(THRESHOLD_NOTE)
     notes += (recalibration_sentences(metrics) + member_sentences(metrics) + subgroup_sentences(metrics)
               + coarse_sentences(metrics))
     extra_plots = {}
@@ -442,6 +444,17 @@ def _twins_in_train(metrics: dict) -> list[tuple[str, int, int]]:
     return [(split, count, images[split]) for split, count in twins.items() if split in metrics["splits"]]
 
 
+def test_origin_note(origin: str) -> str:
+    """The report's sentence on where a run's test split came from.
+
+    Example:
+        >>> test_origin_note("carved from the training images")[:58]
+        'The test split is carved from the training images. Figures'
+    """
+    return (f"The test split is {origin}. Figures on an official test split from another collection (another "
+            "hospital or scanner) are usually lower; compare only those with published tables.")
+
+
 def summary_text(metrics: dict) -> str:
     """A short plain-text summary of the run's headline numbers."""
     lines = [f"{'split':<6} {'point':<17} {'AUC (95% CI)':<22} {'sens':>6} {'spec':>6} {'PPV':>6} {'NPV':>6}"]
@@ -454,6 +467,8 @@ def summary_text(metrics: dict) -> str:
     elif "recalibrated_from" in metrics:
         lines.append(f"val: the images the model of {metrics['recalibrated_from']} was recalibrated and its thresholds "
                      "chosen on (in-sample figures)")
+    elif "val" in metrics["splits"] and not metrics.get("thresholds"):
+        lines.append(f"val: the validation split (same collection as training); no threshold: {ARGMAX_DECISION}")
     elif "val" in metrics["splits"]:
         lines.append("val: the split the thresholds were chosen on (same collection as training)")
     if "test" in metrics["splits"] and metrics.get("test_origin"):
