@@ -63,6 +63,13 @@ def test_binary_intervals(binary_data):
     perfect = binary_metrics([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.9], threshold=0.5)
     assert perfect["ci"]["roc_auc"] == pytest.approx([separation_bound(2, 3), 1.0])
     assert perfect["ci_method"]["roc_auc"] == "binormal_separation"
+    from tfmed.evaluation.metrics import multiclass_metrics
+
+    y3 = np.array([0, 0, 1, 1, 2, 2])
+    assert multiclass_metrics(y3, np.eye(3)[y3] * .8 + .1, ["a", "b", "c"])["ci_method"] == {
+        "macro_auc": "binormal_separation"}  # every class separated: the macro interval is the separation bound
+    assert multiclass_metrics(y3, np.eye(3)[[0, 1, 1, 2, 2, 0]] * .8 + .1, ["a", "b", "c"])["ci_method"] == {
+        "macro_auc": "delong_structural+newcombe"}
 
 
 def test_binary_bootstrap_intervals(binary_data):

@@ -146,8 +146,10 @@ def test_binary_report(tmp_path, binary_data):
     assert "img_017.png" in text and "empty file" in text
     assert "threshold chosen on validation, applied unchanged to test" in text
     assert "efficientnet_lite0" in text
-    assert "ROC AUC by DeLong's method" in text and "the farther of DeLong's, normal on the logit scale, and Newcombe's score interval)" in text
-    assert "complete separation" not in text
+    assert "ROC AUC by DeLong's method" in text
+    # the methods sentence names each interval's method, the separation bound of any AUC of 1 or 0 included
+    assert ("the farther of DeLong's, normal on the logit scale, and Newcombe's score interval; an AUC of 1 or 0, "
+            "of a split, class, label or subgroup, bounded by the binormal chance of complete separation") in text
     assert "<figcaption>ROC curve (test) with the validation-chosen operating points" in text
     # a run without a test split draws its plots on validation, and the captions say so
     context.operating_split, context.metrics = "val", {"val": context.metrics["val"]}

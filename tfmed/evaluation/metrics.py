@@ -167,6 +167,18 @@ def _decision_figures(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
     return figures
 
 
+def macro_ci_method(macro_auc: float | None) -> str | None:
+    """The name of the method behind a macro AUC's interval (None without a macro AUC).
+
+    Example:
+        >>> macro_ci_method(0.8), macro_ci_method(1.0)
+        ('delong_structural+newcombe', 'binormal_separation')
+    """
+    if macro_auc is None:
+        return None
+    return "delong_structural+newcombe" if 0.0 < macro_auc < 1.0 else "binormal_separation"
+
+
 def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: float = 0.95,
                        bootstrap: int = 0, seed: int = 0) -> dict:
     """Accuracy, confusion matrix and one-vs-rest metrics for each class.
@@ -255,6 +267,7 @@ def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: floa
         result["per_class"][name] = entry
     result["macro_auc"] = float(np.mean(aucs)) if aucs else None
     result["macro_auc_ci"] = list(macro_auc_ci(y, P, ci_level)[1:]) if aucs else None
+    result["ci_method"] = {"macro_auc": macro_ci_method(result["macro_auc"])}
     if aucs and len(aucs) < len(names):
         notes.append("macro AUC averages only the classes whose AUC is defined")
     if bootstrap:
@@ -319,6 +332,7 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     aucs = [m["roc_auc"] for m in result["per_label"].values() if m["roc_auc"] is not None]
     result["macro_auc"] = float(np.mean(aucs)) if aucs else None
     result["macro_auc_ci"] = list(macro_auc_ci(Y.astype(int), S, ci_level)[1:]) if aucs else None
+    result["ci_method"] = {"macro_auc": macro_ci_method(result["macro_auc"])}
     if aucs and len(aucs) < len(names):
         notes.append("macro AUC averages only the labels whose AUC is defined")
     Yi = Y.astype(int)

@@ -380,11 +380,9 @@ def _ci_words(context: ReportContext) -> str:
     if context.task != "binary":
         words += ", macro AUC by DeLong's structural components over all " + \
                  ("classes" if context.task == "multiclass" else "labels")
-    words += (" (each end of an AUC interval the farther of DeLong's, normal on the logit scale, "
-              "and Newcombe's score interval")
-    separated = any(m.get(key) in (0.0, 1.0) for m in context.metrics.values() for key in ("roc_auc", "macro_auc"))
-    return words + ("; an AUC of 1 or 0 bounded by the binormal chance of complete separation)" if separated
-                    else ")")
+    return words + (" (each end of an AUC interval the farther of DeLong's, normal on the logit scale, "
+                    "and Newcombe's score interval; an AUC of 1 or 0, of a split, class, label or subgroup, "
+                    "bounded by the binormal chance of complete separation)")
 
 
 def _key_value_table(values: Mapping) -> str:

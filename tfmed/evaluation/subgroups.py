@@ -93,11 +93,13 @@ def subgroup_figures(task: str, y, scores, groups, threshold=None, threshold_nam
         result = evaluate(task, y[rows], scores[rows], threshold, classes, ci_level=ci_level)
         if task == "binary":
             figures[name] = {"n": result["n"], "n_positive": result["n_positive"], "auc": result["roc_auc"],
-                             "auc_ci": result["ci"].get("roc_auc"), "threshold": threshold_name,
+                             "auc_ci": result["ci"].get("roc_auc"),
+                             "auc_ci_method": result["ci_method"].get("roc_auc"), "threshold": threshold_name,
                              "sensitivity": result["sensitivity"], "specificity": result["specificity"],
                              "confusion_matrix": result["confusion_matrix"]}
         else:
-            figures[name] = {"n": result["n"], "auc": result["macro_auc"], "auc_ci": result.get("macro_auc_ci")}
+            figures[name] = {"n": result["n"], "auc": result["macro_auc"], "auc_ci": result.get("macro_auc_ci"),
+                             "auc_ci_method": result["ci_method"]["macro_auc"]}
     out = {"groups": figures}
     if task == "binary":
         known = [figures[name]["confusion_matrix"] for name in names if name != UNKNOWN_GROUP]
