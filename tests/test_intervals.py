@@ -224,6 +224,23 @@ def test_a_paired_test_whose_delong_variance_is_0_swaps_the_scores_instead_of_an
     assert delong_test(np.repeat([0, 1], 30), rng.normal(size=60), rng.normal(size=60))["test"] == "delong"
 
 
+def test_interval_helpers_refuse_counts_and_variances_that_are_not_ones():
+    from tfmed.evaluation import evaluate, newcombe_interval, separation_bound
+
+    assert separation_bound(np.int64(10), np.array(10)) == separation_bound(10, 10)  # numpy whole numbers pass
+    for bad in ([10], 2.5, True, "10"):
+        with pytest.raises(EvaluationError, match="separation_bound: .*give whole numbers of cases"):
+            separation_bound(bad, 10)
+    with pytest.raises(EvaluationError, match="needs whole numbers of cases"):
+        newcombe_interval(0.8, ((2.5, 10),))
+    for variance in (-0.01, float("nan")):
+        with pytest.raises(EvaluationError, match="logit_interval: variance=.*a number >= 0"):
+            logit_interval(0.8, variance)
+    for bootstrap in ("x", None, 2.5):
+        with pytest.raises(EvaluationError, match="bootstrap is .*; give the number of resamples"):
+            evaluate("binary", [0, 1, 0, 1], [.1, .9, .2, .8], 0.5, bootstrap=bootstrap)
+
+
 def test_delong_errors_name_the_problem():
     with pytest.raises(EvaluationError, match="only positive"):
         delong_auc_ci([1, 1, 1], [0.2, 0.5, 0.9])

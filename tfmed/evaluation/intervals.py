@@ -380,6 +380,8 @@ def logit_interval(auc: float, variance: float, level: float = 0.95) -> tuple[fl
     if not 0.0 < auc < 1.0:
         raise EvaluationError(f"logit_interval: auc={auc}; the logit scale needs an AUC strictly between 0 and 1 "
                               "(an AUC of 0 or 1 gets separation_bound)")
+    if not (np.isfinite(variance) and variance >= -1e-15):  # a rounding error below 0 is 0
+        raise EvaluationError(f"logit_interval: variance={variance}; give the AUC's variance, a number >= 0")
     half = z_value(level) * float(np.sqrt(max(variance, 0.0))) / (auc * (1.0 - auc))
     return float(special.expit(special.logit(auc) - half)), float(special.expit(special.logit(auc) + half))
 
@@ -408,9 +410,10 @@ def newcombe_interval(auc: float, counts, level: float = 0.95) -> tuple[float, f
         sizes = np.atleast_2d(np.asarray(counts, dtype=float))
     except ValueError:
         sizes = np.zeros((0, 2))
-    if sizes.ndim != 2 or sizes.shape[1] != 2 or sizes.size == 0 or (sizes < 1).any():
-        raise EvaluationError(f"newcombe_interval: counts={counts!r}; every column needs at least "
-                              "one case of each class, as (n_pos, n_neg) pairs")
+    if sizes.ndim != 2 or sizes.shape[1] != 2 or sizes.size == 0 or (sizes < 1).any() \
+            or not np.all(np.isfinite(sizes) & (sizes == np.round(sizes))):
+        raise EvaluationError(f"newcombe_interval: counts={counts!r}; every column needs whole numbers of cases, "
+                              "at least one of each class, as (n_pos, n_neg) pairs")
     z2 = z_value(level) ** 2
     products, half_sums = sizes[:, 0] * sizes[:, 1], sizes.sum(axis=1) / 2.0
 
@@ -424,7 +427,6 @@ def newcombe_interval(auc: float, counts, level: float = 0.95) -> tuple[float, f
     return lo, hi
 
 
-@functools.lru_cache(maxsize=512)
 def separation_bound(n_pos: int, n_neg: int, level: float = 0.95) -> float:
     """The lowest AUC that still fits ``n_pos`` positives all scored above ``n_neg`` negatives.
 
@@ -442,10 +444,27 @@ def separation_bound(n_pos: int, n_neg: int, level: float = 0.95) -> float:
         >>> round(separation_bound(10, 10), 3), round(separation_bound(1, 1), 3)
         (0.866, 0.025)
     """
-    if n_pos < 1 or n_neg < 1:
-        raise EvaluationError(f"separation_bound: n_pos={n_pos} and n_neg={n_neg}; "
-                              "an AUC needs at least one case of each class")
-    tail = (1.0 - _check_level(level)) / 2.0
+    counts = [_case_count(n_pos), _case_count(n_neg)]
+    if None in counts or min(counts) < 1:
+        raise EvaluationError(f"separation_bound: n_pos={n_pos!r} and n_neg={n_neg!r}; give whole numbers of cases, "
+                              "at least one of each class")
+    return _separation_bound(*counts, _check_level(level))
+
+
+def _case_count(value) -> int | None:
+    """``value`` as a whole number of cases (None when it is not one, e.g. 2.5, [10] or True)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if np.isfinite(number) and number == int(number) else None
+
+
+@functools.lru_cache(maxsize=512)
+def _separation_bound(n_pos: int, n_neg: int, level: float) -> float:
+    tail = (1.0 - level) / 2.0
     shift = optimize.brentq(lambda d: _separation_probability(d, n_pos, n_neg) - tail, -20.0, 20.0)
     return float(stats.norm.cdf(shift / np.sqrt(2.0)))
 

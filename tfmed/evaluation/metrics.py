@@ -569,7 +569,8 @@ def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[flo
 
 
 def _check_bootstrap(bootstrap) -> None:
-    if isinstance(bootstrap, bool) or int(bootstrap) != bootstrap or bootstrap < 0:
+    if isinstance(bootstrap, (bool, np.bool_)) or not isinstance(bootstrap, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(bootstrap) or int(bootstrap) != bootstrap or bootstrap < 0:
         raise EvaluationError(f"bootstrap is {bootstrap!r}; give the number of resamples (0 for none)")
 
 
