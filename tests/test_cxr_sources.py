@@ -138,6 +138,8 @@ def test_chestxray14_row_problems_name_the_line_and_the_fix(nih):
     lines.append(nih_line("00000007_000.png", "Mass", 0, 7, "PA"))  # in neither list
     lines.append(nih_line("00000009_000.png", "Mass", 0, 9, "PA"))  # no such file
     lines.append("00000008_000.png,Mass,0")  # cut short
+    name, labels, rest = lines[6].split(",", 2)
+    lines[6] = f"{name},{labels},Effusion,{rest}"  # a ',' written for '|': every later value one column off
     nih.write_text("\n".join(lines) + "\n")
     write_image(nih.parent / "images_003/images/00000007_000.png", grey())
     write_image(nih.parent / "images_003/images/00000008_000.png", grey())
@@ -160,7 +162,9 @@ def test_chestxray14_row_problems_name_the_line_and_the_fix(nih):
     assert f"row 10: {nih.parent / '00000009_000.png'}: file not found" in text
     assert ("row 11: " in text and "the line has 3 fields, the header 12; no value for 'Patient ID', "
             "'View Position', 'Patient Gender', 'Patient Age'. Fix: restore the line as published" in text)
-    assert "row 4:" not in text and "row 6:" not in text and "row 7:" not in text
+    assert ("row 7: " in text and "the line has 13 fields, the header 12: a value holds a separator, or a field "
+            "was added" in text)
+    assert "row 4:" not in text and "row 6:" not in text
 
 
 def test_chestxray14_ages_it_publishes_wrongly_are_read_as_unknown_and_said(nih, capsys):

@@ -224,3 +224,19 @@ def test_the_chest_xray_sites_experiment_says_where_to_get_each_collection(tmp_p
     with pytest.raises(DataSourceError, match="Stanford AIMI Center.*make experiment NAME=chest_xray_sites"):
         run_experiment(config)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_source_string_scored_by_a_merged_run_takes_the_label_settings_of_its_part():
+    from tfmed.config import DataConfig, DataPartConfig
+    from tfmed.data.sources import parse_source_spec
+    from tfmed.run.evaluate import run_label_settings
+
+    merged = DataConfig(source="merged", parts=[
+        DataPartConfig(source="chexpert", path="train.csv", uncertain="ones", frontal_only=True),
+        DataPartConfig(source="mimic_cxr", path="labels.csv", uncertain={"Edema": "ones"}, frontal_only=True)])
+    assert run_label_settings(parse_source_spec("mimic_cxr:test.csv"), merged) == {
+        "uncertain": {"Edema": "ones"}, "frontal_only": True}  # the mimic part's, not the chexpert part's
+    assert run_label_settings(parse_source_spec("chexpert:valid.csv"), merged) == {
+        "uncertain": "ones", "frontal_only": True}
+    # a source no part reads: the parts' shared frontal_only; their uncertain policies differ, so none is taken
+    assert run_label_settings(parse_source_spec("padchest:labels.csv"), merged) == {"frontal_only": True}

@@ -269,7 +269,8 @@ def evaluation_data(spec: str, run_data: DataConfig | None = None) -> DataConfig
 
 
 def run_label_settings(parsed: DataConfig, run_data: DataConfig) -> dict:
-    """The run's :data:`LABEL_SETTINGS` that differ from a parsed spec's, where both sources read them.
+    """The run's :data:`LABEL_SETTINGS` that differ from a parsed spec's, where both sources read them. A
+    merged run's come from its parts of the spec's source (else from all its parts), where they agree.
 
     Example:
         >>> run_label_settings(parse_source_spec("mimic_cxr:test.csv"),
@@ -277,9 +278,15 @@ def run_label_settings(parsed: DataConfig, run_data: DataConfig) -> dict:
         {'uncertain': 'ones', 'frontal_only': True}
     """
     readers = DataConfig.SOURCE_SETTINGS
-    return {name: getattr(run_data, name) for name in LABEL_SETTINGS
-            if parsed.source in readers[name] and run_data.source in readers[name]
-            and getattr(run_data, name) != getattr(parsed, name)}
+    sections = run_data.parts if run_data.source == DataConfig.MERGED else [run_data]
+    sections = [part for part in sections if part.source == parsed.source] or sections
+    carried = {}
+    for name in LABEL_SETTINGS:
+        values = [getattr(part, name) for part in sections if part.source in readers[name]]
+        if parsed.source in readers[name] and values and all(value == values[0] for value in values) \
+                and values[0] != getattr(parsed, name):
+            carried[name] = values[0]
+    return carried
 
 
 def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | None, str]:

@@ -269,12 +269,26 @@ def read_csv_rows(path: Path, required: tuple[str, ...], what: str,
 
 
 def row_values(fields: list[str], column: dict[str, int], width: int, problems: list) -> dict[str, str]:
-    """The text of each named column in one record ("" where the line is too short: a row problem)."""
+    """The text of each named column in one record ("" where the line is too short); a line with fewer or
+    more fields than the header is a row problem (with more, a separator written into a value shifts every
+    value after it into the wrong column).
+
+    Example:
+        >>> problems = []
+        >>> row_values(["a.png", "Atelectasis", "Effusion", "12"], {"image": 0, "labels": 1, "age": 2}, 3, problems)
+        {'image': 'a.png', 'labels': 'Atelectasis', 'age': 'Effusion'}
+        >>> problems[0][0]
+        'the line has 4 fields, the header 3: a value holds a separator, or a field was added'
+    """
     short = [name for name, index in column.items() if index >= len(fields)]
     if short:
         problems.append((f"the line has {len(fields)} fields, the header {width}; "
                          f"no value for {', '.join(map(repr, short))}",
                          "restore the line as published (one field per header column)"))
+    elif len(fields) > width:
+        problems.append((f"the line has {len(fields)} fields, the header {width}: a value holds a separator, or a "
+                         "field was added", "restore the line as published (one field per header column; quote a "
+                         "value that holds a comma)"))
     return {name: fields[index] if index < len(fields) else "" for name, index in column.items()}
 
 
