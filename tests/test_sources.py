@@ -335,6 +335,16 @@ def test_a_folder_source_without_any_image_to_read_stops_at_once(tmp_path):
         load_source(DataConfig(source="dicom", path=str(tmp_path)))
 
 
+def test_a_split_fragment_on_a_source_that_takes_none_is_named_not_called_missing(tmp_path):
+    csv = tmp_path / "Data_Entry_2017.csv"
+    csv.write_text("Image Index,Finding Labels\n")
+    with pytest.raises(DataSourceError, match=r"Data_Entry_2017.csv#test: data.source 'chestxray14' takes no #test "
+                                              "fragment .*give the path without it"):
+        load_source(parse_source_spec(f"chestxray14:{csv}#test"))
+    with pytest.raises(DataSourceError, match="not found"):
+        load_source(parse_source_spec(f"chestxray14:{tmp_path / 'other.csv'}#test"))
+
+
 def test_folder_source_needs_a_folder(tmp_path):
     path = tmp_path / "file.png"
     write_png(path)
