@@ -379,6 +379,21 @@ def test_stacking_folds_beyond_the_training_patients_are_refused_naming_model_en
     Ensemble.check_experiment(_member_config({}, combine="stacking", folds=4), table)
 
 
+def test_an_svm_members_cv_too_large_for_a_stacking_fold_is_refused_before_anything_is_fitted():
+    table = _split_table(train=16)  # 8 patients a class in train: 6 in each of the 4 stacking folds' fit parts
+
+    def config(**combine):
+        members = [{"name": "feat", "mode": "svm", "svm": {"cv": 7}}, {"name": "other", "mode": "svm"}]
+        return ExperimentConfig.from_dict({"name": "e", "model": {"mode": "ensemble", "weights": None,
+                                                                  "ensemble": {"members": members, **combine}}})
+
+    Ensemble.check_experiment(config(combine="mean"), table)  # the whole train split holds cv=7
+    with pytest.raises(ConfigError, match=r"^e: model.ensemble.members\[0\].svm.cv: the training split \(the part an "
+                                          r"out-of-fold score of model.ensemble.combine 'stacking' is fitted on\) is "
+                                          r"too small for the SVM's 7-fold cross-validation"):
+        Ensemble.check_experiment(config(combine="stacking", folds=4), table)
+
+
 def test_stacking_folds_are_refused_by_validate_and_before_the_run_directory(tiny_source, tmp_path, capsys):
     import yaml
 

@@ -107,13 +107,18 @@ class Ensemble:
         from tfmed.data.splits import training_parts
 
         ensemble = config.model.ensemble
+        fold_parts = []  # what each member is fitted on for the out-of-fold scores
         if ScoreCombiner(ensemble.combine, table.task).needs_fit:
             for part in training_parts(table, config.split):
-                stacking_folds(part, ensemble.folds, config.split.seed)
+                fold_parts += [part.subset(fit) for fit, _ in stacking_folds(part, ensemble.folds, config.split.seed)]
+        within = f" (the part an out-of-fold score of model.ensemble.combine {ensemble.combine!r} is fitted on)"
         for i in range(len(config.model.ensemble.members)):
             member = config.member_experiment(i)
+            mode = get_mode(member.model.mode)
             try:
-                get_mode(member.model.mode).check_experiment(member, table)
+                mode.check_experiment(member, table)
+                for part in fold_parts if hasattr(mode, "check_training_table") else []:
+                    mode.check_training_table(member, part, within)
             except ConfigError as error:
                 raise config.member_error(i, error) from None
 

@@ -234,15 +234,25 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         """
         from tfmed.data.splits import training_parts
 
-        model = cls.from_config(config)
-        model.set_params(task=table.task)
         for train in training_parts(table, config.split):
-            try:
-                model.check_folds(train)
-            except TooFewSamplesError as error:
-                within = " (a k-fold's training part)" if config.split.method == "kfold" else ""
-                raise ConfigError(f"{config.name}: model.svm.cv: the training split{within} is too small for the "
-                                  f"SVM's {model.cv}-fold cross-validation: {error}") from None
+            cls.check_training_table(config, train, " (a k-fold's training part)" if config.split.method == "kfold"
+                                     else "")
+
+    @classmethod
+    def check_training_table(cls, config, train, within: str = "") -> None:
+        """``train`` can be spread over ``model.svm.cv`` folds with each class in each fold; ``within`` says
+        which training table it is in the error.
+
+        Example:
+            >>> FeatureSVM.check_training_table(ExperimentConfig(), table.split("train"))  # doctest: +SKIP
+        """
+        model = cls.from_config(config)
+        model.set_params(task=train.task)
+        try:
+            model.check_folds(train)
+        except TooFewSamplesError as error:
+            raise ConfigError(f"{config.name}: model.svm.cv: the training split{within} is too small for the "
+                              f"SVM's {model.cv}-fold cross-validation: {error}") from None
 
     @classmethod
     def from_experiment(cls, config, train, run_dir) -> "FeatureSVM":
