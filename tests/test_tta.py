@@ -95,7 +95,7 @@ def test_invalid_view_parameters_are_refused(make):
 @pytest.mark.parametrize("config", [
     None, TTAConfig(), TTAConfig(enabled=True), TTAConfig(enabled=True, hflip=True, vflip=True),
     TTAConfig(enabled=True, shift=0, zoom=0), TTAConfig(enabled=True, rotation_degrees=0, gamma=[]),
-    TTAConfig(enabled=True, shift=0.2, rotation_degrees=10, zoom=0.25, gamma=[0.5, 1.0, 2.0], vflip=True),
+    TTAConfig(enabled=True, shift=0.2, rotation_degrees=10, zoom=0.25, gamma=[0.5, 0.8, 2.0], vflip=True),
     TTAConfig(enabled=True, dihedral=True)])
 @pytest.mark.parametrize("size", [16, 224])
 def test_view_count_matches_the_config(config, size):
@@ -103,6 +103,22 @@ def test_view_count_matches_the_config(config, size):
     assert len(views) == (1 if config is None else config.view_count())
     assert views[0][0] == "identity" and len({name for name, _ in views}) == len(views)
     assert not any(transform.random for _, transform in views)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"tta": {"enabled": True, "gamma": [1.0, 1.25]}}, r"tta.gamma is \[1.0, 1.25\]; a gamma of 1, or one given twice"),
+    ({"tta": {"enabled": True, "gamma": [0.8, 0.8]}}, "a gamma of 1, or one given twice"),
+    ({"tta": {"enabled": True, "shift": 0, "rotation_degrees": 0, "zoom": 0, "gamma": []}},
+     "tta.enabled is True; it is true but every view is turned off"),
+    ({"preprocess": {"image_size": 32}, "tta": {"enabled": True, "shift": 0.01}},
+     r"tta.shift is 0.01, which at preprocess.image_size 32 rounds to 0 pixels: .* use 0.0156 or more"),
+], ids=["gamma_1", "gamma_twice", "no_view", "shift_0_px"])
+def test_views_that_repeat_the_image_are_refused(values, message):
+    from tfmed.config import ConfigError, ExperimentConfig
+
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig.from_dict(values)
+    ExperimentConfig.from_dict({"preprocess": {"image_size": 32}, "tta": {"enabled": True, "shift": 0.02}})  # 1 px
 
 
 def test_views_are_built_in_order_from_the_settings():

@@ -729,9 +729,24 @@ class TTAConfig(_Section):
             self._fail("zoom", "it is the fraction of the side cropped away, in [0, 0.5) (0: no zoom view)")
         if any(g <= 0 for g in self.gamma):
             self._fail("gamma", "every gamma must be > 0, e.g. [0.8, 1.25] (an empty list: no gamma views)")
+        if 1.0 in self.gamma or len(set(self.gamma)) < len(self.gamma):
+            self._fail("gamma", "a gamma of 1, or one given twice, scores an image already scored once more, so "
+                       "that it weighs more in the average; give each gamma other than 1 once")
         changed = [name for name in _set_fields(self) if name != "enabled"]
         if not self.enabled and changed:
             self._unused(changed[0], "it is set but tta.enabled is false; set tta.enabled: true or remove it")
+        if self.enabled and self.view_count() == 1:
+            self._fail("enabled", "it is true but every view is turned off, so each image is scored once as it is; "
+                       "turn a view on (shift, rotation_degrees, zoom, gamma, flips) or set tta.enabled: false")
+
+    def shift_pixels(self, image_size: int) -> int:
+        """The shift views' pixels at ``image_size``.
+
+        Example:
+            >>> TTAConfig(enabled=True).shift_pixels(96)
+            5
+        """
+        return round(self.shift * image_size)
 
     def view_count(self) -> int:
         """How many views each image is scored in (1 when TTA is off)."""
@@ -1220,6 +1235,11 @@ class ExperimentConfig(_Section):
             raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "
                               f"{self.preprocess.intensity!r} does not give before normalising; set tta.gamma: [] "
                               f"or use intensity {', '.join(PIXEL_SCALE_INTENSITIES)}")
+        if self.tta.enabled and self.tta.shift > 0 and self.tta.shift_pixels(self.preprocess.image_size) == 0:
+            raise ConfigError(f"tta.shift is {self.tta.shift:g}, which at preprocess.image_size "
+                              f"{self.preprocess.image_size} rounds to 0 pixels: its 4 views would be the image "
+                              f"itself, weighing it 5 times in the average; use {0.5 / self.preprocess.image_size:.3g} "
+                              "or more, or 0 to turn shifts off")
         check_pixel_scale_augments(self.augment, self.preprocess.intensity)
         crop = self.augment.crop_from
         if crop is not None and crop < self.preprocess.image_size:

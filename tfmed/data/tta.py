@@ -45,7 +45,7 @@ def build_views(config: TTAConfig | None, image_size: int) -> list[tuple[str, Tr
     if config is None or not config.enabled:
         return views
     if config.shift > 0:
-        pixels = round(config.shift * image_size)
+        pixels = config.shift_pixels(image_size)
         views += [("shift_left", Shift(dx=-pixels, dy=0)), ("shift_right", Shift(dx=pixels, dy=0)),
                   ("shift_up", Shift(dx=0, dy=-pixels)), ("shift_down", Shift(dx=0, dy=pixels))]
     if config.rotation_degrees > 0:
