@@ -371,3 +371,16 @@ def test_weights_none_as_text_asks_for_yamls_null(tmp_path, weights):
     members = [{"mode": "svm", "weights": weights}, {"mode": "finetune"}]
     with pytest.raises(ConfigError, match=re.escape(f"model.ensemble.members[0].weights is {weights!r}; for random")):
         ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": members}}})
+
+
+def test_a_finetune_monitor_is_refused_where_k_fold_leaves_no_validation_split_to_watch():
+    values = {"split": {"method": "kfold"}, "model": {"mode": "finetune", "finetune": {
+        "monitor": "val_sensitivity", "early_stopping_patience": 1}}}
+    with pytest.raises(ConfigError, match=r"model.finetune.monitor is 'val_sensitivity', but with split.method kfold "
+                                          "no fine-tune has a validation split to watch"):
+        ExperimentConfig.from_dict(values)
+    values["model"]["finetune"]["monitor"] = "loss"  # what it watches there
+    ExperimentConfig.from_dict(values)
+    values["split"] = {"method": "patient"}
+    values["model"]["finetune"]["monitor"] = "val_sensitivity"
+    ExperimentConfig.from_dict(values)

@@ -252,10 +252,20 @@ def test_stacking_is_fitted_on_out_of_fold_training_scores_only(tiny_source, tmp
         return original(self, scores, y)
 
     monkeypatch.setattr(ScoreCombiner, "fit", spy)
+    fits = []
+    fit_member = Ensemble._fit_member
+
+    def watch(self, member, train, val, inputs, run_dir):  # which validation data each member fit may watch
+        fits.append(val is not None)
+        return fit_member(self, member, train, val, inputs, run_dir)
+
+    monkeypatch.setattr(Ensemble, "_fit_member", watch)
     run = run_experiment(ExperimentConfig.from_dict(_ensemble_dict(tiny_source, tmp_path, "stacking")))
     splits = pd.read_csv(run / "splits.csv")
     train_labels = splits.loc[splits["split"] == "train", "label"].to_numpy()
     assert seen["n"] == len(train_labels) and np.array_equal(seen["y"], train_labels)
+    # 3 folds x 2 members fitted for the out-of-fold scores without validation data, then the 2 final fits with it
+    assert fits == [False] * 6 + [True] * 2
     state = json.loads((run / "model/estimator/ensemble.json").read_text())
     assert len(state["combiner"]["coef"][0]) == 2
 

@@ -1256,6 +1256,12 @@ class ExperimentConfig(_Section):
                 users = [mode for mode, sections in MODE_SECTIONS.items() if name in sections]
                 raise UnusedSettingError(f"{key} is set, but model.mode {self.model.mode!r} does not use it "
                                          f"(only {' and '.join(users)} mode does); remove it, or set model.mode", key)
+        finetune = self.model.finetune
+        if self.model.mode == "finetune" and self.split.method == "kfold" and "monitor" in _set_fields(finetune) \
+                and finetune.monitor != "loss":
+            raise UnusedSettingError(f"model.finetune.monitor is {finetune.monitor!r}, but with split.method kfold no "
+                                     "fine-tune has a validation split to watch (each watches its training loss); "
+                                     "remove it", "model.finetune.monitor")
         if self.model.mode == "svm" and self.model.svm.fit_views and not self.tta.enabled:
             raise ConfigError("model.svm.fit_views fits on the test-time views of the training images, and "
                               "tta.enabled is false; set tta.enabled: true (with the views to use) or remove it")

@@ -152,7 +152,7 @@ class Ensemble:
             own = member.config.preprocess
             member.inputs = None if own == inputs.preprocess else fit_inputs(own, train, inputs.tta)
         if self.combiner.needs_fit:
-            oof = self._out_of_fold_scores(train, val, inputs)
+            oof = self._out_of_fold_scores(train, inputs)
             self.combiner.fit(oof, train.labels())
         for member in self.members:
             log(f"ensemble member {member.name}: fitting on {len(train)} images")
@@ -254,14 +254,14 @@ class Ensemble:
         mode = MODES[member.config.model.mode]
         return mode.from_experiment(member.config, train, run_dir).fit_tables(train, val, member.inputs_for(inputs))
 
-    def _out_of_fold_scores(self, train, val, inputs: ImageInputs) -> list[np.ndarray]:
+    def _out_of_fold_scores(self, train, inputs: ImageInputs) -> list[np.ndarray]:
         folds = stacking_folds(train, self.folds, self.seed)
         oof: list[np.ndarray | None] = [None] * len(self.members)
         for k, (fit_rows, held_rows) in enumerate(folds):
             fit_part, held_part = train.subset(fit_rows), train.subset(held_rows)
             for i, member in enumerate(self.members):
                 log(f"ensemble fold {k + 1}/{len(folds)}, member {member.name}: out-of-fold scores")
-                model = self._fit_member(member, fit_part, val, inputs, None)
+                model = self._fit_member(member, fit_part, None, inputs, None)  # no validation label steers it
                 scores = np.asarray(model.predict_table(held_part, member.inputs_for(inputs)))
                 if oof[i] is None:
                     oof[i] = np.zeros((len(train),) + scores.shape[1:])
