@@ -433,3 +433,16 @@ def test_tfmed_ensemble_refuses_the_same_run_given_twice(tmp_path, capsys):
     assert f"run {run} is given twice; combine different runs, each once" in capsys.readouterr().err
     assert main(["ensemble", str(run), str(run / "model"), "--output", str(tmp_path / "x")]) == 2
     assert "is given twice" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_member_scores_of_several_classes_are_written_at_full_precision(tmp_path):
+    import ast
+
+    from tfmed.data.table import ImageTable
+    from tfmed.run.reporting import write_member_scores_csv
+
+    table = ImageTable(pd.DataFrame({"image": ["a", "b"], "label": [0, 2]}), ["x", "y", "z"], "multiclass")
+    scores = np.array([[0.1234567891234, 0.5, 0.3765432108766], [1 / 3, 1 / 3, 1 / 3]])
+    path = write_member_scores_csv(tmp_path / "member_scores.csv", {"test": table}, {"test": {"m": scores}})
+    written = np.array([ast.literal_eval(cell) for cell in pd.read_csv(path)["m"]])
+    assert np.array_equal(written, scores)  # rounded to 6 decimals before, which could make ties

@@ -203,8 +203,8 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
 
 
 def write_member_scores_csv(path: Path, parts: dict[str, ImageTable], member_scores: dict) -> Path:
-    """``member_scores.csv``: split, image and one column per ensemble member (a list per image
-    for multiclass and multilabel scores).
+    """``member_scores.csv``: split, image and one column per ensemble member (a list per image, at full
+    precision, for multiclass and multilabel scores).
 
     Example:
         >>> write_member_scores_csv(Path("out/member_scores.csv"), parts, {"test": {"a": scores}})  # doctest: +SKIP
@@ -214,7 +214,7 @@ def write_member_scores_csv(path: Path, parts: dict[str, ImageTable], member_sco
         frame = pd.DataFrame({"split": split, "image": parts[split].frame["image"].to_numpy()})
         for name, values in members.items():
             values = np.asarray(values)
-            frame[name] = values if values.ndim == 1 else [str(v) for v in np.round(values, 6).tolist()]
+            frame[name] = values if values.ndim == 1 else [str(v) for v in values.tolist()]  # full precision
         frames.append(frame)
     pd.concat(frames, ignore_index=True).to_csv(path, index=False)
     return path
