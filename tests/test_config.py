@@ -381,6 +381,8 @@ def test_a_finetune_monitor_is_refused_where_k_fold_leaves_no_validation_split_t
         ExperimentConfig.from_dict(values)
     values["model"]["finetune"]["monitor"] = "loss"  # what it watches there
     ExperimentConfig.from_dict(values)
+    values["model"]["finetune"]["monitor"] = "val_auc"  # the default: replaced by the training loss, as logged
+    ExperimentConfig.from_dict(values)
     values["split"] = {"method": "patient"}
     values["model"]["finetune"]["monitor"] = "val_sensitivity"
     ExperimentConfig.from_dict(values)

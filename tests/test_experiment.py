@@ -725,7 +725,8 @@ def test_multilabel_manifest_experiment_end_to_end(tmp_path):
     assert set(youden["per_label"]) == {"effusion", "nodule"} and youden["macro_auc"] is not None
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert {"score:effusion", "score:nodule", "decision:effusion", "decision:nodule"} <= set(predictions.columns)
-    assert "alt='roc'" in (run_dir / "report.html").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert "alt='roc_per_label'" in html and "ROC curves per label (test), each on the images where its label" in html
 
 
 @pytest.mark.slow

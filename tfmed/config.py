@@ -1257,8 +1257,8 @@ class ExperimentConfig(_Section):
                 raise UnusedSettingError(f"{key} is set, but model.mode {self.model.mode!r} does not use it "
                                          f"(only {' and '.join(users)} mode does); remove it, or set model.mode", key)
         finetune = self.model.finetune
-        if self.model.mode == "finetune" and self.split.method == "kfold" and "monitor" in _set_fields(finetune) \
-                and finetune.monitor != "loss":
+        if self.model.mode == "finetune" and self.split.method == "kfold" and finetune.monitor.startswith("val_") \
+                and finetune.monitor != FinetuneConfig.monitor:  # the default's stand-in is logged by the fine-tune
             raise UnusedSettingError(f"model.finetune.monitor is {finetune.monitor!r}, but with split.method kfold no "
                                      "fine-tune has a validation split to watch (each watches its training loss); "
                                      "remove it", "model.finetune.monitor")
