@@ -123,7 +123,12 @@ def difference_test_name(counts: Sequence[tuple[int, int]]) -> str:
         >>> difference_test_name([(5, 1), (0, 0), (3, 3)]), difference_test_name([(5, 1), (2, 2), (3, 3)])
         ("Fisher's exact test", 'chi-square test')
     """
-    return "Fisher's exact test" if sum(1 for pair in counts if sum(pair) > 0) == 2 else "chi-square test"
+    return "Fisher's exact test" if len(_groups_with_cases(counts)) == 2 else "chi-square test"
+
+
+def _groups_with_cases(counts: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The (right, wrong) counts of the groups that have cases, as an (n, 2) table: the table tested."""
+    return np.array([pair for pair in counts if sum(pair) > 0], dtype=np.int64).reshape(-1, 2)
 
 
 def difference_p(counts: Sequence[tuple[int, int]]) -> float | None:
@@ -135,7 +140,7 @@ def difference_p(counts: Sequence[tuple[int, int]]) -> float | None:
         >>> round(difference_p([(9, 1), (3, 7)]), 4), difference_p([(5, 0), (4, 0)]), difference_p([(5, 1)])
         (0.0198, 1.0, None)
     """
-    table = np.array([pair for pair in counts if sum(pair) > 0], dtype=np.int64).reshape(-1, 2)
+    table = _groups_with_cases(counts)
     if len(table) < 2:
         return None
     if (table.sum(axis=0) == 0).any():
