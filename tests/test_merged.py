@@ -189,7 +189,7 @@ def nih_stand_in(folder, images=30, seed=0):
 
 
 @pytest.mark.slow
-def test_the_chest_xray_sites_experiment_tests_on_the_third_hospital(tmp_path):
+def test_the_chest_xray_sites_experiment_tests_on_the_third_hospital(tmp_path, capsys):
     from test_mimic_cxr import label_line
     from test_unknown_labels import _chexpert_stand_in
 
@@ -215,6 +215,18 @@ def test_the_chest_xray_sites_experiment_tests_on_the_third_hospital(tmp_path):
     assert (splits["site"] == "mimic").sum() == 12  # MIMIC's official test split only
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["subgroups"]["site"]["val"]["groups"]) == {"nih", "stanford"} and "external test" in metrics["test_origin"]
+    # ChestX-ray14 scored on its own by the merged run: its Effusion is read as the run's Pleural Effusion
+    from tfmed.progress import configure_logging
+    from tfmed.run.evaluate import evaluate_run
+
+    configure_logging()
+    evaluation = evaluate_run(run, f"chestxray14:{nih_csv}", tmp_path / "nih_scored")
+    assert "classes renamed as the run's chestxray14 part renamed them: Effusion -> Pleural Effusion" in \
+        capsys.readouterr().out
+    scored = pd.read_csv(evaluation / "predictions.csv")
+    truth = pd.read_csv(nih_csv).set_index("Image Index")["Finding Labels"].str.contains("Effusion").astype(int)
+    names = scored["id"].map(lambda image: Path(image).name)
+    assert len(scored) == 30 and (scored["label:Pleural Effusion"].to_numpy() == truth[names].to_numpy()).all()
 
 
 def test_the_chest_xray_sites_experiment_says_where_to_get_each_collection(tmp_path):

@@ -121,6 +121,14 @@ def test_views_that_repeat_the_image_are_refused(values, message):
     ExperimentConfig.from_dict({"preprocess": {"image_size": 32}, "tta": {"enabled": True, "shift": 0.02}})  # 1 px
 
 
+def test_building_views_whose_shift_rounds_to_0_pixels_is_refused_from_python_too():
+    from tfmed.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tta.shift is 0.01, which at preprocess.image_size 32 rounds to 0 pixels"):
+        build_views(TTAConfig(enabled=True, shift=0.01), 32)
+    assert [name for name, _ in build_views(TTAConfig(enabled=True, shift=0.01), 64)][1] == "shift_left"
+
+
 def test_views_are_built_in_order_from_the_settings():
     views = dict(build_views(TTAConfig(enabled=True, shift=0.1, rotation_degrees=7.5, zoom=0.2, gamma=[0.5],
                                        hflip=True, vflip=True), 40))

@@ -740,13 +740,18 @@ class TTAConfig(_Section):
                        "turn a view on (shift, rotation_degrees, zoom, gamma, flips) or set tta.enabled: false")
 
     def shift_pixels(self, image_size: int) -> int:
-        """The shift views' pixels at ``image_size``.
+        """The shift views' pixels at ``image_size``; a ``shift`` that rounds to 0 pixels is refused.
 
         Example:
             >>> TTAConfig(enabled=True).shift_pixels(96)
             5
         """
-        return round(self.shift * image_size)
+        pixels = round(self.shift * image_size)
+        if self.shift > 0 and pixels == 0:
+            raise ConfigError(f"tta.shift is {self.shift:g}, which at preprocess.image_size {image_size} rounds to 0 "
+                              "pixels: its 4 views would be the image itself, weighing it 5 times in the average; "
+                              f"use {0.5 / image_size:.3g} or more, or 0 to turn shifts off")
+        return pixels
 
     def view_count(self) -> int:
         """How many views each image is scored in (1 when TTA is off)."""
@@ -1235,11 +1240,8 @@ class ExperimentConfig(_Section):
             raise ConfigError(f"tta.gamma views work on the 0-255 pixel scale, which preprocess.intensity "
                               f"{self.preprocess.intensity!r} does not give before normalising; set tta.gamma: [] "
                               f"or use intensity {', '.join(PIXEL_SCALE_INTENSITIES)}")
-        if self.tta.enabled and self.tta.shift > 0 and self.tta.shift_pixels(self.preprocess.image_size) == 0:
-            raise ConfigError(f"tta.shift is {self.tta.shift:g}, which at preprocess.image_size "
-                              f"{self.preprocess.image_size} rounds to 0 pixels: its 4 views would be the image "
-                              f"itself, weighing it 5 times in the average; use {0.5 / self.preprocess.image_size:.3g} "
-                              "or more, or 0 to turn shifts off")
+        if self.tta.enabled:
+            self.tta.shift_pixels(self.preprocess.image_size)
         check_pixel_scale_augments(self.augment, self.preprocess.intensity)
         crop = self.augment.crop_from
         if crop is not None and crop < self.preprocess.image_size:

@@ -202,6 +202,11 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
               "exclude_bad_rows: true to leave them out")
     table = apply_validation(table, report, exclude_bad_rows=parsed.exclude_bad_rows,
                              remedy=remedy + " (they are then listed in the output's excluded_rows.csv)")
+    rename = {} if is_experiment_file(data) else run_rename(parsed, config.data)
+    if rename:
+        table = renamed_classes(table, rename)
+        log(f"{data}: classes renamed as the run's {parsed.source} part renamed them: "
+            + ", ".join(f"{old} -> {new}" for old, new in rename.items()))
     if len(table) == 0 and report.problems:
         raise DataValidationError(f"{data}: every row is a bad row, so none is left to score.\n"
                                   + report.format(remedy="give other images"), report)
@@ -287,6 +292,39 @@ def run_label_settings(parsed: DataConfig, run_data: DataConfig) -> dict:
                 and values[0] != getattr(parsed, name):
             carried[name] = values[0]
     return carried
+
+
+def run_rename(parsed: DataConfig, run_data: DataConfig) -> dict[str, str]:
+    """The ``rename`` of a merged run's parts of a parsed spec's source (where they agree; {} otherwise), so
+    that a collection the run merged under other class names is scored under the names the model learned.
+
+    Example:
+        >>> from tfmed.config import DataPartConfig
+        >>> run_rename(parse_source_spec("chestxray14:Data_Entry_2017.csv"), DataConfig(source="merged", parts=[
+        ...     DataPartConfig(source="chestxray14", path="a.csv", rename={"Effusion": "Pleural Effusion"}),
+        ...     DataPartConfig(source="chexpert", path="train.csv")]))
+        {'Effusion': 'Pleural Effusion'}
+    """
+    if run_data.source != DataConfig.MERGED:
+        return {}
+    renames = [part.rename for part in run_data.parts if part.source == parsed.source]
+    return renames[0] if renames and all(rename == renames[0] for rename in renames) else {}
+
+
+def renamed_classes(table: ImageTable, rename: dict[str, str]) -> ImageTable:
+    """``table`` with the classes (labels) that ``rename`` names given its new names; others unchanged.
+
+    Example:
+        >>> table = ImageTable(pd.DataFrame({"image": ["a"], "label:Effusion": [1]}), ["Effusion"], "multilabel")
+        >>> renamed_classes(table, {"Effusion": "Pleural Effusion", "Mass": "Nodule"}).classes
+        ['Pleural Effusion']
+    """
+    classes = [rename.get(name, name) for name in table.classes]
+    frame = table.frame
+    if table.task == "multilabel":
+        frame = frame.rename(columns={LABEL_PREFIX + old: LABEL_PREFIX + new
+                                      for old, new in zip(table.classes, classes)})
+    return ImageTable(frame, classes, table.task, table.images, table.source, table.excluded)
 
 
 def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | None, str]:
