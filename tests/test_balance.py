@@ -26,14 +26,17 @@ def test_oversample_reaches_half_from_one_to_nine():
     assert all(len(e) == 100 for e in epochs)                      # one epoch = len(table)
     share = KEYS_1_TO_9[np.concatenate(epochs)].mean()
     assert abs(share - 0.5) < 0.03, share                           # 3000 draws: sd 0.009
+    assert all(KEYS_1_TO_9[e].sum() == 50 for e in epochs)          # every epoch half and half, not about half
     assert not np.array_equal(epochs[0], epochs[1])                 # a fresh draw each epoch
     assert np.isin(np.concatenate(epochs), np.arange(100)).all()
 
 
 def test_non_uniform_target():
     ds = balanced_dataset(KEYS_1_TO_9, BalanceConfig(method="oversample", target=[0.3, 0.7]), seed=4)
-    share = KEYS_1_TO_9[np.concatenate(draw(ds, 30))].mean()
+    epochs = draw(ds, 30)
+    share = KEYS_1_TO_9[np.concatenate(epochs)].mean()
     assert abs(share - 0.7) < 0.03, share
+    assert all(KEYS_1_TO_9[e].sum() == 70 for e in epochs)
 
 
 def test_undersample_epoch_length_and_share():
@@ -42,6 +45,10 @@ def test_undersample_epoch_length_and_share():
     assert all(len(e) == 20 for e in epochs)                        # n_classes * min_count
     share = KEYS_1_TO_9[np.concatenate(epochs)].mean()
     assert abs(share - 0.5) < 0.03, share
+    # each epoch: every minority row once and as many majority rows, in a fresh order
+    assert all(sorted(e[KEYS_1_TO_9[e] == 1]) == list(range(10)) and (KEYS_1_TO_9[e] == 0).sum() == 10
+               for e in epochs)
+    assert not np.array_equal(KEYS_1_TO_9[epochs[0]], KEYS_1_TO_9[epochs[1]])
     # the majority class is drawn from all its rows over epochs, not a fixed subset
     assert len(set(np.concatenate(epochs)[KEYS_1_TO_9[np.concatenate(epochs)] == 0])) > 80
 
@@ -57,6 +64,7 @@ def test_three_classes_uniform():
     ds = balanced_dataset(keys, BalanceConfig(method="oversample"), seed=6)
     counts = np.bincount(keys[np.concatenate(draw(ds, 30))], minlength=3) / 3000
     np.testing.assert_allclose(counts, [1 / 3] * 3, atol=0.03)
+    assert {tuple(np.bincount(keys[e], minlength=3)) for e in draw(ds, 5)} == {(34, 33, 33)}
 
 
 def test_multilabel_key_is_rarest_positive_label():

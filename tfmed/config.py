@@ -766,7 +766,8 @@ class BalanceConfig(_Section):
     """Class balance of the training split.
 
     method: "none", "oversample", "undersample" (resampling to `target` class
-        mix, uniform by default) or "class_weight" (w_pos = N_neg/N,
+        mix, uniform by default, which every epoch holds exactly: undersampling
+        draws each minority image once per epoch) or "class_weight" (w_pos = N_neg/N,
         w_neg = N_pos/N in the loss of a binary or multilabel task; a
         multiclass task weighs each image's loss by its class's N / (K N_c)).
     """

@@ -6,11 +6,12 @@ tables. For multilabel tables each row's key is its rarest positive label
 extra group "(no label)"; so the rare findings are drawn as often as the
 common ones while every row keeps all its labels.
 
-``balanced_dataset`` draws row indices with ``tf.data.Dataset.sample_from_datasets``
-over one shuffled, repeated dataset per group, mixed to ``BalanceConfig.target``
-(uniform by default). Every epoch is finite: ``len(table)`` draws for
-"oversample", ``n_groups * min_count`` for "undersample", so ``model.fit`` needs
-no ``steps_per_epoch``.
+``balanced_dataset`` draws row indices with ``tf.data.Dataset.choose_from_datasets``
+from one shuffled, repeated dataset per group, each epoch holding exactly its
+share of every group (``BalanceConfig.target``, uniform by default; see
+:func:`epoch_quotas`) in a fresh random order. Every epoch is finite: ``len(table)``
+draws for "oversample", ``n_groups * min_count`` for "undersample", so ``model.fit``
+needs no ``steps_per_epoch``.
 
 Example:
     >>> import numpy as np
@@ -147,7 +148,7 @@ def balanced_dataset(keys, config: BalanceConfig, *, seed: int = 0,
                      names: Sequence[str] | None = None) -> tf.data.Dataset:
     """A finite dataset of row indices (int64) drawn to ``config.target``'s mix.
 
-    Each iteration (epoch) draws a fresh, seeded sample.
+    Each iteration (epoch) draws a fresh, seeded sample holding each group's :func:`epoch_quotas` exactly.
 
     Example:
         >>> keys = np.array([0] * 90 + [1] * 10)
@@ -169,6 +170,21 @@ def balanced_dataset(keys, config: BalanceConfig, *, seed: int = 0,
         used.append(weight)
     if len(streams) == 1:
         return streams[0].take(length)
-    mixed = tf.data.Dataset.sample_from_datasets(streams, weights=[float(w) for w in used], seed=seed,
-                                                 rerandomize_each_iteration=True)
-    return mixed.take(length)
+    choices = np.repeat(np.arange(len(streams), dtype=np.int64), epoch_quotas(used, length))
+    order = tf.data.Dataset.from_tensor_slices(choices).shuffle(length, seed=seed, reshuffle_each_iteration=True)
+    return tf.data.Dataset.choose_from_datasets(streams, order)
+
+
+def epoch_quotas(weights: Sequence[float], length: int) -> np.ndarray:
+    """Draws per group in an epoch of ``length``: the shares of ``weights``, rounded so they sum to
+    ``length`` (the largest remainders rounded up, the first group first among equal ones).
+
+    Example:
+        >>> epoch_quotas([1, 1, 1], 100).tolist(), epoch_quotas([1, 3], 10).tolist()
+        ([34, 33, 33], [3, 7])
+    """
+    exact = np.asarray(weights, dtype=np.float64) / np.sum(weights) * length
+    quotas = np.floor(exact).astype(np.int64)
+    remainders = exact - quotas
+    quotas[np.argsort(-remainders, kind="stable")[:length - quotas.sum()]] += 1
+    return quotas
