@@ -43,6 +43,7 @@ def test_undersample_epoch_length_and_share():
     ds = balanced_dataset(KEYS_1_TO_9, BalanceConfig(method="undersample"), seed=5)
     epochs = draw(ds, 100)
     assert all(len(e) == 20 for e in epochs)                        # n_classes * min_count
+    assert int(ds.cardinality()) == 20                              # known, so min_steps can count batches
     share = KEYS_1_TO_9[np.concatenate(epochs)].mean()
     assert abs(share - 0.5) < 0.03, share
     # each epoch: every minority row once and as many majority rows, in a fresh order

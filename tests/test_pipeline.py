@@ -175,6 +175,8 @@ def test_balanced_training_stream_and_fit_without_steps():
     np.testing.assert_array_equal(x.mean(axis=(1, 2, 3)) == 200, y[:, 0] == 1)   # images follow their labels
     under = make_dataset(table, pre, training=True, balance=BalanceConfig("undersample"), batch_size=16)
     assert len(collect(under)[1]) == 8
+    # lengths known up front: a stage's min_steps counts the batches of an epoch
+    assert (int(over.cardinality()), int(under.cardinality())) == (3, 1)
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     history = model.fit(over, epochs=2, verbose=0, shuffle=False)

@@ -172,7 +172,7 @@ def balanced_dataset(keys, config: BalanceConfig, *, seed: int = 0,
         return streams[0].take(length)
     choices = np.repeat(np.arange(len(streams), dtype=np.int64), epoch_quotas(used, length))
     order = tf.data.Dataset.from_tensor_slices(choices).shuffle(length, seed=seed, reshuffle_each_iteration=True)
-    return tf.data.Dataset.choose_from_datasets(streams, order)
+    return tf.data.Dataset.choose_from_datasets(streams, order).take(length)  # take: a known, finite length
 
 
 def epoch_quotas(weights: Sequence[float], length: int) -> np.ndarray:
