@@ -612,6 +612,8 @@ def test_a_loss_that_does_not_fit_the_task_is_a_config_error(tmp_path):
          "model.finetune.loss 'categorical' does not fit the binary data: loss 'categorical' needs a multiclass"),
         (two_classes, {}, {**finetune, "finetune": {"loss": "weighted_bce"}},
          "loss weighted_bce takes its weights from the training labels under balance.method: class_weight"),
+        (two_classes, {"balance": {"method": "class_weight"}}, {**finetune, "finetune": {"loss": "bce"}},
+         "model.finetune.loss bce is unweighted, so balance.method: class_weight would be ignored; use loss auto"),
         (two_classes, {}, {"mode": "ensemble", "backbone": "mobilenet_v2", "weights": None, "ensemble": {
             "members": [{"mode": "svm"}, {"mode": "finetune", "finetune": {"loss": "categorical"}}]}},
          r"mc: model.ensemble.members\[1\].finetune.loss 'categorical' does not fit the binary data"),

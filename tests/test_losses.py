@@ -121,6 +121,7 @@ def test_categorical_label_smoothing_matches_hand_computation():
     ("weighted_bce", "multiclass", {"pos_weight": 1, "neg_weight": 1}, "multiclass task"),
     ("categorical", "binary", {}, "needs a multiclass task"),
     ("weighted_bce", "binary", {}, "class_balance_weights"),
+    ("bce", "binary", {"pos_weight": 0.7, "neg_weight": 0.3}, "loss 'bce' is unweighted, so pos_weight and neg"),
     ("auto", "binary", {"pos_weight": 0.5}, "both pos_weight and neg_weight"),
     ("auto", "multiclass", {"pos_weight": 0.5, "neg_weight": 0.5}, "do not apply to a multiclass"),
     ("auto", "binary", {"label_smoothing": 1.5}, "label_smoothing"),

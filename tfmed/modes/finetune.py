@@ -177,6 +177,10 @@ class FineTuner:
         if loss == "weighted_bce" and config.balance.method != "class_weight":
             raise ConfigError(f"{config.name}: model.finetune.loss weighted_bce takes its weights from the training "
                               "labels under balance.method: class_weight; set that (or use loss: auto)")
+        if loss == "bce" and weighted:
+            raise ConfigError(f"{config.name}: model.finetune.loss bce is unweighted, so balance.method: "
+                              "class_weight would be ignored; use loss auto or weighted_bce to weigh the classes, "
+                              "or balance.method none")
         try:  # the loss fits the task (weights stand in for the training labels' own)
             get_loss(loss, table.task, pos_weight=1.0 if weighted else None, neg_weight=1.0 if weighted else None)
         except LossConfigError as error:

@@ -333,6 +333,9 @@ def get_loss(name: str, task: str, *, pos_weight=None, neg_weight=None, label_sm
     if name == "categorical":
         raise LossConfigError(f"loss 'categorical' needs a multiclass task with a softmax output; a {task} "
                               "task (sigmoid output) uses 'bce', 'weighted_bce', 'focal' or 'auto'")
+    if name == "bce" and have_weights:
+        raise LossConfigError("loss 'bce' is unweighted, so pos_weight and neg_weight would be ignored; use "
+                              "'weighted_bce' or 'auto' to weigh the classes, or give no weights")
     if name == "weighted_bce" and not have_weights:
         raise LossConfigError("loss 'weighted_bce' needs pos_weight and neg_weight; compute them from the "
                               "training labels with tfmed.training.losses.class_balance_weights(y_train)")
