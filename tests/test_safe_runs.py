@@ -198,6 +198,15 @@ def test_tfmed_runs_lists_finished_failed_and_incomplete_runs(runs, tmp_path, ca
     assert len(printed) == 3 and f"{first['test_auc']:.3f}" in printed[1]
     assert cli.main(["runs", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    # a half-copied metrics.json or a garbled manifest: damaged, with no figures shown as if they were the run's
+    damaged = shutil.copytree(runs[0], tmp_path / "copies" / "cut")
+    (damaged / "metrics.json").write_text((runs[0] / "metrics.json").read_text()[:300])
+    garbled = shutil.copytree(runs[0], tmp_path / "copies" / "garbled")
+    (garbled / MANIFEST_FILE).write_text("not a manifest\n")
+    statuses = list_runs(tmp_path / "copies").set_index("run")
+    assert statuses.loc[damaged.as_posix(), "status"] == "damaged: metrics.json changed since the run wrote it"
+    assert statuses.loc[garbled.as_posix(), "status"] == "damaged: MANIFEST.sha256 unreadable (the manifest is damaged)"
+    assert statuses[["val_auc", "test_auc"]].isna().all().all()
 
 
 def test_tfmed_runs_finds_runs_wherever_they_sit_and_lists_layer_sweeps_as_such(runs, tmp_path, capsys):

@@ -154,8 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="experiments/NAME.yaml (svm mode)")
     sweep.add_argument("--taps", nargs="+", default=None, help="taps to compare (default: early middle late)")
 
-    runs = verbs.add_parser("runs", help="list the runs under a folder: finished, failed (and why) or incomplete, "
-                                        "with their val and test AUC")
+    runs = verbs.add_parser("runs", help="list the runs under a folder: finished, failed (and why), incomplete or "
+                                        "damaged (and why), with their val and test AUC")
     runs.add_argument("runs_dir", nargs="?", default="runs", help="the folder runs are written to (default: runs)")
     runs.add_argument("--name", default=None, help="only the runs of this experiment")
 

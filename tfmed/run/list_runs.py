@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, failure_reason
+from tfmed.files import file_digest
+from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, RunIntegrityError, failure_reason, read_manifest
 from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError, json_object
 
 COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
@@ -26,7 +27,8 @@ def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.Data
     """One row per run directory anywhere under ``runs_dir`` (``runs/NAME/TIMESTAMP``, a run written with
     ``--output``, an exported copy; only those of experiment ``name`` when given), oldest first: its status
     ("finished"; "failed: " and the error from ``FAILED.txt``; "incomplete" when it has neither a manifest nor a
-    failure record, e.g. still running or killed; "layer sweep" for a ``tfmed sweep-layers`` folder), mode, task,
+    failure record, e.g. still running or killed; "damaged: " and why when its manifest, ``metrics.json`` or
+    ``config.yaml`` is not what the run wrote; "layer sweep" for a ``tfmed sweep-layers`` folder), mode, task,
     the headline AUC (ROC AUC, or macro AUC) of its val and test splits, and its run time in seconds.
 
     Example:
@@ -43,6 +45,8 @@ def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.Data
         reason = failure_reason(run)
         status = (f"failed: {reason}" if reason else "finished" if (run / MANIFEST_FILE).is_file()
                   else SWEEP_STATUS if (run / SWEEP_FILE).is_file() else "incomplete")
+        damage = _damage(run) if status == "finished" else None
+        status = f"damaged: {damage}" if damage else status
         metrics = json_object(run / "metrics.json") if status == "finished" else {}
         rows.append({"run": run.as_posix(), "status": status, "mode": metrics.get("mode"), "task": metrics.get("task"),
                      "val_auc": _split_auc(metrics, "val"), "test_auc": _split_auc(metrics, "test"),
@@ -62,6 +66,22 @@ def _run_dirs(root: Path):
             yield Path(folder)
         else:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+
+
+def _damage(run: Path) -> str | None:
+    """Why a finished run's figures cannot be trusted: its manifest unreadable, or ``metrics.json`` or
+    ``config.yaml`` missing or changed since the run listed them (None when they are as written; the
+    other files are checked by ``tfmed evaluate`` and the commands that read them)."""
+    try:
+        entries = read_manifest(run)
+    except RunIntegrityError as error:
+        return f"{MANIFEST_FILE} unreadable ({str(error).rpartition('; ')[2]})"
+    for name in ("metrics.json", "config.yaml"):
+        if name not in entries or not (run / name).is_file():
+            return f"{name} missing"
+        if file_digest(run / name) != entries[name]:
+            return f"{name} changed since the run wrote it"
+    return None
 
 
 def _experiment_name(run: Path) -> str | None:
