@@ -53,6 +53,12 @@ def test_binary_runs_get_the_paired_delong_test_per_split(tmp_path, capsys):
     assert test["difference"] < -0.2 and test["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
     _, lo, hi = delong_auc_ci(y[20:], weak[20:])
     assert test["auc_ci"] == f"{lo:.3f}-{hi:.3f}"
+    # an existing file is never overwritten; a missing folder is made
+    assert main(["compare", str(a), str(b), "--output", str(out)]) == 2
+    assert f"--output {out} already exists; comparisons never overwrite a file" in capsys.readouterr().err
+    assert pd.read_csv(out).equals(table)
+    assert main(["compare", str(a), str(b), "--output", str(tmp_path / "new" / "c.csv")]) == 0
+    assert pd.read_csv(tmp_path / "new" / "c.csv").equals(table)
 
 
 def test_rows_are_matched_by_image_not_by_position(tmp_path):

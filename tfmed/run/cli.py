@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     compare = verbs.add_parser("compare", help="paired tests of saved runs' AUCs on the same cases")
     compare.add_argument("runs", nargs="+", help="two or more run or evaluation directories; the first is "
                                                  "the reference")
-    compare.add_argument("--output", default=None, help="also write the table to this CSV file")
+    compare.add_argument("--output", default=None,
+                         help="also write the table to this CSV file (a new file, never an existing one)")
     _add_verify_option(compare)
 
     explain = verbs.add_parser("explain", help="explanation maps (Grad-CAM and others) of a saved run")
@@ -273,22 +274,32 @@ def _cmd_predict(args) -> int:
 
     refuse_output_inside_runs(args.output, [resolve_run_dir(args.model)])
     if args.output:
-        output = Path(args.output)
-        if output.exists() or output.is_symlink():
-            raise TfmedError(f"--output {output} already exists; predictions never overwrite a file, so give a "
-                             "new file name")
-        if output.parent.exists() and not output.parent.is_dir():
-            raise TfmedError(f"--output {output}: {output.parent} is a file, not a folder; give a file in a folder")
+        output = _new_file(args.output, "predictions")
         frame = predict_images(args.model, args.images, verify=args.verify, trust_pickles=args.trust_pickles)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "x", encoding="utf-8", newline="") as file:  # "x": made by no one meanwhile
-            frame.to_csv(file, index=False)
+        _write_new_csv(frame, output)
         print(f"wrote {len(frame)} predictions to {output}")
         return 0
     with progress_on_stderr():  # standard output carries the CSV alone
         frame = predict_images(args.model, args.images, verify=args.verify, trust_pickles=args.trust_pickles)
     print(frame.to_csv(index=False), end="")
     return 0
+
+
+def _new_file(output: str, what: str) -> Path:
+    """``--output`` as a path, refused before any work when it exists or its folder is a file."""
+    output = Path(output)
+    if output.exists() or output.is_symlink():
+        raise TfmedError(f"--output {output} already exists; {what} never overwrite a file, so give a new file name")
+    if output.parent.exists() and not output.parent.is_dir():
+        raise TfmedError(f"--output {output}: {output.parent} is a file, not a folder; give a file in a folder")
+    return output
+
+
+def _write_new_csv(frame, output: Path) -> None:
+    """Write ``frame`` to ``output``, a file :func:`_new_file` accepted, making its missing folders."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "x", encoding="utf-8", newline="") as file:  # "x": made by no one meanwhile
+        frame.to_csv(file, index=False)
 
 
 def _cmd_ensemble(args) -> int:
@@ -310,14 +321,15 @@ def _cmd_compare(args) -> int:
     from tfmed.run.rundir import refuse_output_inside_runs
 
     refuse_output_inside_runs(args.output, args.runs)
+    output = _new_file(args.output, "comparisons") if args.output else None
     table = compare_runs(args.runs, verify=args.verify)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.to_string(index=False, na_rep="n/a"))
     print(f"reference: {args.runs[0]}; difference = run AUC - reference AUC; p from the paired test "
           "(DeLong, or its extension to macro AUCs)")
-    if args.output:
-        table.to_csv(args.output, index=False)
-        print(f"wrote {args.output}")
+    if output:
+        _write_new_csv(table, output)
+        print(f"wrote {output}")
     return 0
 
 
