@@ -368,7 +368,7 @@ def resume_experiment(run_dir: str | Path) -> Path:
         table = prepare_data(config)
         check_config_fits_data(config, table)
         _check_same_data(run_dir, environment, table)
-        earlier = _record_resume(run_dir, environment)
+        earlier = _record_resume(run_dir, environment, started)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
         log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
         _fill_or_record(run_dir, config, table, started - earlier)
@@ -386,10 +386,10 @@ def _check_same_data(run_dir: Path, environment: dict, table: ImageTable) -> Non
                                 "instead")
 
 
-def _record_resume(run_dir: Path, environment: dict) -> float:
-    """Add this resume to the run's environment.json (its first start and command stay); return the seconds the
-    earlier attempts ran."""
-    earlier = _seconds_run_before(run_dir, environment)
+def _record_resume(run_dir: Path, environment: dict, resumed: float) -> float:
+    """Add this resume (begun at time ``resumed``) to the run's environment.json (its first start and command
+    stay); return the seconds the earlier attempts ran."""
+    earlier = _seconds_run_before(run_dir, environment, resumed)
     environment.setdefault("resumed", []).append(
         {"started": dt.datetime.now().isoformat(timespec="seconds"), "command": sys.argv, "cwd": os.getcwd()})
     environment["seconds_before_resume"] = round(earlier, 1)
@@ -397,15 +397,17 @@ def _record_resume(run_dir: Path, environment: dict) -> float:
     return earlier
 
 
-def _seconds_run_before(run_dir: Path, environment: dict) -> float:
+def _seconds_run_before(run_dir: Path, environment: dict, resumed: float) -> float:
     """The seconds the run's earlier attempts ran: each from its start to the last file it wrote (a killed
-    attempt leaves no end time), so that ``metrics.json``'s seconds count the whole run, not the last part."""
+    attempt leaves no end time; files written since the resume began at ``resumed``, such as its lock, are not
+    the attempt's), so that ``metrics.json``'s seconds count the whole run, not the last part nor the pause."""
     attempts = [environment.get("started")] + [entry.get("started") for entry in environment.get("resumed", [])]
     try:
         last_start = dt.datetime.fromisoformat(attempts[-1]).timestamp()
     except (TypeError, ValueError):
         return float(environment.get("seconds_before_resume", 0.0))
-    last_write = max((path.stat().st_mtime for path in run_dir.rglob("*") if path.is_file()), default=last_start)
+    last_write = max((mtime for path in run_dir.rglob("*") if path.is_file()
+                      and (mtime := path.stat().st_mtime) < resumed), default=last_start)
     return float(environment.get("seconds_before_resume", 0.0)) + max(0.0, last_write - last_start)
 
 
