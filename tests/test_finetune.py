@@ -176,6 +176,25 @@ class ScriptedAUC(keras.callbacks.Callback):
         self.weights.append([np.array(w) for w in self.model.get_weights()])
 
 
+class RateTrainedAt(ScriptedAUC):
+    """ScriptedAUC that also keeps the learning rate each epoch's first batch trains at."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self.rates = getattr(self, "rates", []) + [float(self.model.optimizer.learning_rate)]
+
+
+def test_the_history_gives_the_rate_each_epoch_trained_at_under_a_plateau_schedule():
+    x, y = make_data(n=16)
+    config = FinetuneConfig(stages=[StageConfig(epochs=4)], learning_rate=1e-2, batch_size=8, schedule="plateau",
+                            early_stopping_patience=None)
+    tuner = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None)
+    probe = RateTrainedAt([0.5, 0.4, 0.3, 0.2])  # no gain after epoch 0: the rate drops at each epoch's end
+    history = tuner.fit((x, y), (x, y), callbacks=[probe])
+    np.testing.assert_allclose(probe.rates, [1e-2, 1e-2, 2e-3, 4e-4], rtol=1e-5)
+    np.testing.assert_allclose(history["learning_rate"], probe.rates, rtol=1e-5)
+
+
 def test_early_stopping_restores_the_best_epoch():
     x, y = make_data(n=16)
     config = FinetuneConfig(stages=[StageConfig(epochs=5)], learning_rate=5e-2, batch_size=8,

@@ -928,11 +928,16 @@ class _Cosine:
 
 
 class _HistoryRecorder(keras.callbacks.Callback):
-    """Keeps every epoch's logs (with epoch, stage and learning rate); appends them to a file."""
+    """Keeps every epoch's logs (with epoch, stage and the learning rate the epoch trained at, read as it
+    begins: a plateau schedule lowers the rate at an epoch's end, for the next); appends them to a file."""
 
     def __init__(self, stage: int, path: Path | None):
         super().__init__()
         self.stage, self.path, self.records = stage, path, []
+        self.rate = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": int(epoch), "stage": self.stage}
@@ -941,7 +946,7 @@ class _HistoryRecorder(keras.callbacks.Callback):
                 record[key] = float(value)
             except (TypeError, ValueError):
                 continue
-        record["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        record["learning_rate"] = self.rate
         self.records.append(record)
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as handle:
