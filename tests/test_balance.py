@@ -5,7 +5,7 @@ import pytest
 
 from tfmed.config import BalanceConfig
 from tfmed.data.balance import (
-    BalanceError, balance_groups, balanced_dataset, epoch_length, target_mix)
+    NO_LABEL, BalanceError, balance_groups, balanced_dataset, epoch_length, target_mix)
 from tfmed.data.table import ImageTable
 
 KEYS_1_TO_9 = np.array([1] * 10 + [0] * 90)  # 10 positives, 90 negatives, interleaving irrelevant
@@ -98,6 +98,12 @@ def test_errors_name_the_problem():
         balanced_dataset(np.zeros(10, int), BalanceConfig("oversample", target=[0.5, 0.5]), names=["a", "b"])
     with pytest.raises(BalanceError, match="non-negative"):
         balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample", target=[-1.0, 2.0]))
+    with pytest.raises(BalanceError, match="gives class 'normal' a share of 0, so the training stream would never"):
+        balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample", target=[0, 1]), names=["normal", "sick"])
+    # multilabel: the group of images with no positive label may be left out of the stream
+    multilabel = balanced_dataset(np.array([0, 1, 2, 2]), BalanceConfig("oversample", target=[1, 1, 0]),
+                                  names=["a", "b", NO_LABEL])
+    assert set(draw(multilabel, 1)[0]) <= {0, 1}
     with pytest.raises(BalanceError, match="resampling needs"):
         balanced_dataset(KEYS_1_TO_9, BalanceConfig("class_weight"))
 

@@ -108,6 +108,10 @@ def target_mix(config: BalanceConfig, names: Sequence[str], counts: Sequence[int
     if np.any(~np.isfinite(target)) or np.any(target < 0) or target.sum() <= 0:
         raise BalanceError(f"balance.target {config.target} must be non-negative shares with a positive sum")
     for name, share, count in zip(names, target, counts):
+        if share == 0 and names[-1] != NO_LABEL:
+            raise BalanceError(f"balance.target gives class {name!r} a share of 0, so the training stream would "
+                               "never hold it and the model would learn never to predict it; give every class a "
+                               "share above 0")
         if share > 0 and count == 0:
             raise BalanceError(f"balance.target asks for {share:g} of group {name!r}, which has no "
                                "training rows; set its share to 0 or fix the split")
