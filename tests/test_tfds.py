@@ -9,6 +9,7 @@ import pandas as pd
 import pydicom
 import pytest
 import tensorflow_datasets as tfds
+import yaml
 from pydicom.data import get_testdata_file
 
 from tfmed.config import ConfigError, DataConfig, ExperimentConfig, PreprocessConfig
@@ -236,6 +237,22 @@ def test_a_manifest_of_16_bit_pngs_round_trips_through_tfds(tmp_path, caplog):
     assert back.labels().tolist() == source.labels().tolist() and back.classes == source.classes
     for mine, theirs in zip(raw_dataset(source).as_numpy_iterator(), raw_dataset(back).as_numpy_iterator()):
         assert np.array_equal(mine, theirs)
+
+
+def test_a_merged_data_section_exports_without_a_name_given(tmp_path, capsys):
+    for site in ("a", "b"):
+        (tmp_path / site).mkdir()
+        for i in range(2):
+            cv2.imwrite(str(tmp_path / site / f"{i}.png"), np.full((6, 6), 50 * i, np.uint8))
+        write_manifest(tmp_path / site, [{"path": f"{i}.png", "label": i, "patient_id": f"{site}{i}"}
+                                         for i in range(2)])
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump({"data": {"source": "merged", "parts": [
+        {"source": "manifest", "path": str(tmp_path / site / "manifest.csv"), "name": site} for site in "ab"]}}))
+    assert main(["export-tfds", str(tmp_path / "both.yaml"), str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    back = load_source(DataConfig(source="tfds", path=str(tmp_path / "out")))
+    assert tfds.builder_from_directory(str(tmp_path / "out")).name == "merged"
+    assert sorted(back.frame["patient_id"]) == ["a:a0", "a:a1", "b:b0", "b:b1"] and back.labels().tolist() == [0, 1, 0, 1]
 
 
 def test_multilabel_with_grey_and_colour_images(tmp_path):

@@ -362,7 +362,7 @@ def _cmd_export_tfds(args) -> int:
         raise TfmedError(f"{args.data}: data.exclude_bad_rows is true, but export-tfds exports every row of the "
                          "source and leaves none out; remove the setting, then repair or remove the rows that "
                          "validation names (tfmed validate lists them)")
-    name = args.name or suggested_name(data.source if data.source in EMBEDDED
+    name = args.name or suggested_name(data.source if data.source in EMBEDDED or not data.path
                                        else Path(data.path.split("#")[0]).stem or data.source)
     citation = args.citation or (EMBEDDED[data.source].licence if data.source in EMBEDDED else None)
     summary = export_tfds(table, args.out, name=name, version=args.version, description=args.description,
