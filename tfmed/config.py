@@ -882,6 +882,11 @@ class StageConfig(_Section):
     counted in steps, as in BiT's HyperRule, Kolesnikov et al. 2020). Early
     stopping neither ends the stage before min_steps nor restores weights from
     before them: it watches from the epoch that reaches them on.
+
+    With early stopping, each stage ends with the weights of its own best epoch
+    and the next stage starts from them; the model is the last stage's best,
+    even where an earlier stage scored higher on the monitor (the last stage
+    is the one the recipe chose to train most of the network).
     """
 
     KEY: ClassVar[str] = "model.finetune.stages[]."
