@@ -1,5 +1,6 @@
 """Runs that are safe to share: no pickles on load, MANIFEST.sha256 integrity, incomplete runs refused."""
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -72,6 +73,11 @@ def test_a_finished_run_lists_every_file_and_sha256sum_agrees(runs):
     checked = subprocess.run(["sha256sum", "--quiet", "-c", MANIFEST_FILE], cwd=run, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert not [p for p in run.rglob("*") if p.suffix in (".joblib", ".pkl", ".pickle")]
+    # readable as its neighbours are (0644 under umask 022), not private to its writer as a mkstemp file is
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {(path.stat().st_mode & 0o777) for path in (run / MANIFEST_FILE, run / "metrics.json")}
+    assert modes == {0o666 & ~umask}
 
 
 @pytest.mark.slow

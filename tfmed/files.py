@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -43,6 +44,28 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def temporary_file(folder: str | Path, prefix: str = ".", suffix: str = ".part") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``folder``, with the mode an ordinary new file gets (0666 less the umask)
+    instead of mkstemp's 0600, so that the file it is renamed to can be read as its neighbours can
+    (a run on a shared drive, a shared cache).
+
+    Example:
+        >>> import tempfile
+        >>> handle, path = temporary_file(tempfile.mkdtemp())
+        >>> os.close(handle); oct(os.stat(path).st_mode & 0o777) == oct(0o666 & ~_umask())
+        True
+    """
+    handle, path = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    os.chmod(path, 0o666 & ~_umask())
+    return handle, path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def cache_folder(kind: str) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import keras
@@ -27,7 +26,7 @@ from tfmed.backbones.registry import BackboneSpec, register
 from tfmed.backbones.torch_pickle import TorchPickleError, load_legacy_state_dict
 from tfmed.backbones.weights import (MissingWeightsError, WeightsFileError, WeightsStatus, cache_dir,
                                      damaged_weights_file, weights_search_dirs)
-from tfmed.files import file_digest
+from tfmed.files import file_digest, temporary_file
 
 __all__ = ["LITE_VARIANTS", "build_efficientnet_lite", "convert_state_dict", "imagenet_weights_path",
            "imagenet_weights_status"]
@@ -252,10 +251,9 @@ def imagenet_weights_path(spec: BackboneSpec, include_top: bool, weights_dir=Non
         convert_state_dict(model, state_dict, variant)
         out = _converted_file(spec, top, source_hash)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".weights.h5", dir=out.parent)
+        fd, tmp = temporary_file(out.parent, suffix=".weights.h5")
         os.close(fd)
         model.save_weights(tmp)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     return target
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ import keras
 import numpy as np
 
 from tfmed.errors import TfmedError
-from tfmed.files import cache_folder, offline
+from tfmed.files import cache_folder, offline, temporary_file
 from tfmed.progress import log
 
 __all__ = ["MissingWeightsError", "WeightsFileError", "WeightsStatus", "PUBLISHED_HASHES", "DOWNLOAD_TIMEOUT_S",
@@ -371,7 +370,7 @@ def _download(url: str, target: Path, file_hash: str, timeout: float) -> None:
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        fd, tmp = temporary_file(target.parent, prefix=f".{target.name}.")
         received = 0
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             length = response.headers.get("Content-Length")

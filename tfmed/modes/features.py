@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -36,6 +35,7 @@ from skimage.feature import local_binary_pattern
 from tfmed.backbones.features import check_pixel_range
 from tfmed.config import SVMConfig, choices
 from tfmed.errors import TfmedError
+from tfmed.files import temporary_file
 from tfmed.progress import log
 
 # Bump when the way features are computed changes (resizing, pooling, ...):
@@ -196,7 +196,7 @@ class FeatureCache:
     def _write(path: Path, features: np.ndarray, key_parts: dict, tap: str) -> None:
         described = {k: v for k, v in _canonical(key_parts).items() if k != "taps"}
         described["tap"] = tap
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.part")
+        handle, temporary = temporary_file(path.parent, suffix=".npz.part")
         try:
             with os.fdopen(handle, "wb") as stream:
                 np.savez(stream, features=features, meta=np.array(json.dumps(described)))

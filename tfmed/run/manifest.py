@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import traceback
 from pathlib import Path
 
 from tfmed.errors import TfmedError
-from tfmed.files import file_digest
+from tfmed.files import file_digest, temporary_file
 from tfmed.progress import log
 
 MANIFEST_FILE = "MANIFEST.sha256"
@@ -72,7 +71,7 @@ def write_manifest(directory: str | Path) -> Path:
     """
     directory = Path(directory)
     lines = [f"{file_digest(directory / name)}  {name}\n" for name in _listed_files(directory)]
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".part")
+    handle, temporary = temporary_file(directory, prefix=".manifest-")
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
             stream.writelines(lines)
