@@ -192,6 +192,31 @@ def test_a_few_patients_still_split_with_both_classes_everywhere(n_patients):
         assert sorted(set(result.loc[result["split"] == split, "label"])) == [0, 1], split
 
 
+@pytest.mark.parametrize("fraction", [0.05, 0.12, 0.15])
+def test_a_small_fraction_of_a_small_set_still_holds_each_class(fraction):
+    # 24 patients with 1-5 images, 8 of them positive: these fractions need more folds than there are positive
+    # patients, and the first folds (once the carved split) held none of them for every seed
+    rows = [(f"P{p:03d}_{k}.png", int(p % 10 in (0, 3, 6)), f"P{p:03d}") for p in range(24) for k in range(1 + p % 5)]
+    table = ImageTable(pd.DataFrame(rows, columns=["image", "label", "patient_id"]), ["normal", "pneumonia"], "binary")
+    for seed in range(10):
+        for config in (SplitConfig(method="patient", test_fraction=fraction, val_fraction=fraction, seed=seed),
+                       SplitConfig(method="kfold", test_fraction=fraction, folds=3, seed=seed)):
+            frame = ensure_splits(table, config).frame
+            for split in ("test", "val") if config.method == "patient" else ("test",):
+                assert sorted(set(frame.loc[frame["split"] == split, "label"])) == [0, 1], (config, split)
+            sets = patient_sets(ImageTable(frame, table.classes, "binary"))
+            assert not (sets["train"] & sets["test"]) and not (sets["train"] & sets["val"])
+
+
+def test_a_val_split_without_a_class_names_the_fix_of_its_split_method():
+    frame = pd.DataFrame({"image": list("abcd"), "label": [0, 1, 0, 0], "split": ["train"] * 2 + ["val"] * 2})
+    table = ImageTable(frame, ["normal", "tb"], "binary")
+    with pytest.raises(SplitError, match=r"holds no 'tb' image .*\(val rows of each class, or split.method: patient"):
+        check_split_classes(table, SplitConfig())
+    with pytest.raises(SplitError, match=r"holds no 'tb' image .*\(a larger split.val_fraction, or more patients"):
+        check_split_classes(table, SplitConfig(method="patient"))
+
+
 def test_kfold_refuses_more_folds_than_a_class_has_patients():
     frame = pd.DataFrame({"image": [f"{i}.png" for i in range(12)], "label": [0, 1] * 6,
                           "patient_id": [f"p{i}" for i in range(12)], "split": ["train"] * 12})

@@ -267,9 +267,10 @@ one), or use split.method: kfold
             held = ", ".join(f"{int((values == value).sum())} {kind!r}" for kind, value in kinds.items() if
                              (values == value).any()) or "no image"
             what = f"no {lacking[0]!r} image" if label is None else f"no {lacking[0]} image of label {label!r}"
+            remedy = ("a larger split.val_fraction, or more patients of each class" if config.method == "patient"
+                      else "val rows of each class, or split.method: patient to carve a stratified one")
             raise SplitError(f"the val split holds {what} ({held}), and thresholds are chosen on it; give it "
-                             "images of every class (val rows of each class, or split.method: patient to carve "
-                             "a stratified one), or use split.method: kfold")
+                             f"images of every class ({remedy}), or use split.method: kfold")
 
 
 def _require_validation(split: np.ndarray) -> None:
@@ -408,12 +409,42 @@ def _carve(table: ImageTable, pool: np.ndarray, fraction: float, seed: int, sett
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
         folds = [val for _, val in splitter.split(pool, labels, groups)]
-    chosen = np.concatenate(folds[:take])
+    chosen = np.concatenate(_folds_with_the_mix(folds, labels, groups, take))
     achieved = len(np.unique(groups[chosen])) / n_groups
     if not fraction / 2 <= achieved <= fraction * 2:
         log(f"warning: {setting} took {len(np.unique(groups[chosen]))} of the {n_groups} patients it is taken from "
             f"({achieved:.0%}, not {fraction:.0%}): too few patients to come closer by patient with the classes' mix")
     return np.sort(pool[chosen])
+
+
+def _folds_with_the_mix(folds: list[np.ndarray], labels: np.ndarray, groups: np.ndarray,
+                        take: int) -> list[np.ndarray]:
+    """``take`` of the ``folds`` (positions into ``labels`` / ``groups``): the first ones, unless they miss
+    a class that two or more patients have, as they can when there are more folds than such patients (a
+    small fraction of a small set); then folds are added one by one, each the one bringing the classes'
+    shares closest to the whole's, so the carved split has the classes' mix where whole patients allow.
+
+    Example:
+        >>> labels = np.array([0, 0, 0, 0, 1, 1]); groups = np.arange(6)
+        >>> folds = [np.array([0]), np.array([1]), np.array([2, 4]), np.array([3, 5])]
+        >>> [fold.tolist() for fold in _folds_with_the_mix(folds, labels, groups, 1)]
+        [[2, 4]]
+    """
+    first = folds[:take]
+    classes = np.unique(labels)
+    patients = np.array([len(np.unique(groups[labels == c])) for c in classes])
+    shared = classes[patients >= 2]  # a class of one patient stays out of the carved split unless chance puts it in
+    if np.isin(shared, labels[np.concatenate(first)]).all():
+        return first
+    whole = np.array([(labels == c).mean() for c in classes])
+    counts = np.array([[(labels[fold] == c).sum() for c in classes] for fold in folds], dtype=float)
+    chosen, total = [], np.zeros(len(classes))
+    for _ in range(take):
+        left = [i for i in range(len(folds)) if i not in chosen]
+        distance = [np.abs((total + counts[i]) / (total + counts[i]).sum() - whole).sum() for i in left]
+        chosen.append(left[int(np.argmin(distance))])
+        total += counts[chosen[-1]]
+    return [folds[i] for i in sorted(chosen)]
 
 
 def _folds_for(fraction: float, n_groups: int) -> tuple[int | None, int]:
