@@ -255,6 +255,25 @@ def test_a_merged_data_section_exports_without_a_name_given(tmp_path, capsys):
     assert sorted(back.frame["patient_id"]) == ["a:a0", "a:a1", "b:b0", "b:b1"] and back.labels().tolist() == [0, 1, 0, 1]
 
 
+def test_a_source_without_splits_is_split_alike_after_a_round_trip(tmp_path):
+    from tfmed.config import SplitConfig
+    from tfmed.data.splits import ensure_splits
+
+    rows = []
+    for i in range(40):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((6, 6), i, np.uint8))
+        rows.append({"path": f"{i}.png", "label": int(i % 3 == 0), "patient_id": f"p{i // 2}"})
+    manifest = write_manifest(tmp_path, rows)
+    source = load_source(parse_source_spec(f"manifest:{manifest}"))
+    export_tfds(source, tmp_path / "out", name="nosplit")
+    back = load_source(DataConfig(source="tfds", path=str(tmp_path / "out")))
+    assert back.frame["split"].isna().all()  # written as TFDS's lone train split, read as data without splits
+    for config in (SplitConfig(), SplitConfig(test_fraction=0.2, val_fraction=0.2)):
+        mine, theirs = (ensure_splits(table, config).frame.set_index("patient_id")["split"].sort_index()
+                        for table in (source, back))
+        assert mine.tolist() == theirs.tolist()
+
+
 def test_multilabel_with_grey_and_colour_images(tmp_path):
     grey = np.full((8, 8), 100, np.uint8)
     colour = np.dstack([np.full((8, 8), v, np.uint8) for v in (10, 20, 30)])  # B, G, R on disk

@@ -30,9 +30,9 @@ Features written:
 
 Splits: tfmed's ``train``, ``val`` and ``test`` become TFDS ``train``,
 ``validation`` and ``test``. A source without predefined splits is written as
-``train`` alone (TFDS's convention); reading it back with
-``split.method: predefined`` carves validation and test by patient as for a
-source without splits.
+``train`` alone (TFDS's convention); tfmed reads a data set whose only split
+is ``train`` as having no predefined splits, so it splits the copy by patient
+exactly as it split the source.
 
 The data set is written into a temporary folder beside ``OUT_DIR`` and
 renamed when complete; ``OUT_DIR`` must not exist yet (exports never

@@ -16,7 +16,9 @@
 ``train[:10%]``, ``train+validation``); without it every split of the data
 set is read. TFDS ``train`` becomes tfmed's ``train``, ``validation`` (or
 ``val``, ``valid``) ``val``, ``test`` ``test``; the rows of any other split
-have no predefined split.
+have no predefined split, nor have those of a data set whose only split is
+``train`` (TFDS's form for data without splits, as ``tfmed export-tfds``
+writes them), so they are split as the source they came from was.
 
 Features (settings ``data.image_feature``, ``data.label_feature``,
 ``data.patient_feature``):
@@ -139,6 +141,8 @@ def load_tfds(name: str, splits: list[str] | None = None, *, data_dir: str | Pat
         frame["split"] = split_name(split)
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
+    if list(builder.info.splits) == ["train"]:  # TFDS's way of giving no split: tfmed splits it as such a source
+        frame["split"] = None
     source = f"tfds:{name}#{'+'.join(splits)}"
     return ImageTable(_table_frame(frame, names, resolved_task, source, order), names, resolved_task,
                       source=source)
