@@ -185,6 +185,9 @@ def test_bad_names_splits_and_settings_are_refused_with_the_fix(tmp_path, monkey
                    {"train": [{"image": np.zeros((4, 4, 1), np.uint8), "label": 0}]})
     with pytest.raises(DataSourceError, match="cannot read split 'tset'.*its splits are train"):
         load_source(parse_source_spec(f"tfds:{folder}#tset"))
+    with pytest.raises(DataSourceError, match="data.data_dir and data.manual_dir set, but data.path .* is the folder "
+                                              "of a prepared data set, which is read as it is"):
+        load_source(DataConfig(source="tfds", path=str(folder), data_dir="/nowhere", manual_dir="/nowhere"))
     monkeypatch.setenv("TFMED_OFFLINE", "1")
     with pytest.raises(DataSourceError, match=r"not prepared in .*downloading is off.*tfds build patch_camelyon"):
         load_source(DataConfig(source="tfds", path="patch_camelyon", data_dir=str(tmp_path / "empty")))

@@ -178,6 +178,11 @@ class _VariantFolderChatter(logging.Filter):
 
 def _builder(tfds, name: str, data_dir, manual_dir):
     if Path(name).is_dir():
+        unused = [key for key, value in (("data.data_dir", data_dir), ("data.manual_dir", manual_dir)) if value]
+        if unused:
+            raise DataSourceError(f"{' and '.join(unused)} set, but data.path {name} is the folder of a prepared "
+                                  "data set, which is read as it is; they find or prepare a data set given by "
+                                  "its TFDS name: remove them")
         try:
             return tfds.builder_from_directory(name)
         except Exception as error:  # TFDS raises several kinds for a folder that is not a data set
