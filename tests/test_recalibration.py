@@ -170,6 +170,9 @@ def test_probability_scores_are_scikit_learns_log_loss_and_brier():
     ("logistic", "binary", [1, 1, 1], [.2, .5, .7], "one class only"),
     ("temperature", "binary", [0, 0, 0], [.2, .5, .7], "one class only"),
     ("logistic", "binary", [0, 0, 1, 1], [.1, .2, .6, .9], "separate the classes completely"),
+    ("logistic", "binary", [0, 0, 0, 0, 1, 1, 1, 1], [.1, .2, .3, .6, .6, .7, .8, .9],
+     r"separate the classes completely \(every positive case at or above every negative one\)"),  # a tie
+    ("logistic", "binary", [0, 1, 0, 1], [.4, .4, .4, .4], "every case of the fitting split has the same score"),
     ("temperature", "binary", [0, 0, 1, 1], [.1, .2, .6, .9], "right on every image"),
     ("logistic", "binary", [0, 1, 0, 1, 0, 1], [.9, .3, .7, .2, .4, .6], "fall as the outcome rises"),
     ("temperature", "binary", [0, 1, 0, 1, 0, 1], [.9, .3, .7, .2, .4, .6], "fall as it rises"),

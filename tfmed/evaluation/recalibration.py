@@ -289,9 +289,13 @@ def _two_classes(y: np.ndarray, label: str) -> None:
 
 def _logistic_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, float]:
     _two_classes(y, label)
-    if z[y == 1].min() > z[y == 0].max():
-        raise RecalibrationError(f"{label}the fitting split's scores separate the classes completely, so the "
-                                 "best fit would make every probability 0 or 1")
+    if z.min() == z.max():
+        raise RecalibrationError(f"{label}every case of the fitting split has the same score, so no line can be "
+                                 "fitted to them")
+    if z[y == 1].min() >= z[y == 0].max():  # ties at the boundary too: the likelihood still grows without end
+        raise RecalibrationError(f"{label}the fitting split's scores separate the classes completely (every "
+                                 "positive case at or above every negative one), so the best fit would make every "
+                                 "probability 0 or 1")
     fitted = maximum_likelihood_logistic().fit(z[:, None], y)
     slope, intercept = float(fitted.coef_[0, 0]), float(fitted.intercept_[0])
     if slope <= 0:
