@@ -320,6 +320,10 @@ def test_tfmed_ensemble_combines_saved_runs_and_rechooses_thresholds_on_val(two_
     assert main(["ensemble", str(out), str(two_runs[0]), "--output", str(tmp_path / "again")]) == 2
     assert f"{out} is itself a combination (model.mode ensemble); combine the runs it is made of" in \
         capsys.readouterr().err
+    # an --output that holds anything is refused before any run is read
+    assert main(["ensemble", *map(str, two_runs), "--output", str(out)]) == 2
+    refused = capsys.readouterr()
+    assert "already exists and is not empty; runs never overwrite each other" in refused.err and refused.out == ""
     # mean ranks are no probabilities: no Brier score, calibration or decision curve, unless recalibrated
     ranked = tmp_path / "ranked"
     assert main(["ensemble", *map(str, two_runs), "--combine", "rank", "--output", str(ranked)]) == 0

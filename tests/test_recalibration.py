@@ -602,7 +602,8 @@ def test_tfmed_recalibrate_replaces_a_runs_own_recalibration_and_refuses_what_ca
     assert f"{hospital['one_class']}: the fitting split holds one class only" in error and "give more" in error
     assert not (tmp_path / "x").exists()
     assert main(["recalibrate", "--model", str(runs["raw"]), "--data", hospital["fit"], "--output", str(out)]) == 2
-    assert "already exists and is not empty; runs never overwrite each other" in capsys.readouterr().err
+    refused = capsys.readouterr()  # before anything is scored or fitted
+    assert "already exists and is not empty; runs never overwrite each other" in refused.err and refused.out == ""
     with pytest.raises(RecalibrateRunError, match="--method: 'platt' is not a recalibration"):
         recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "y", "platt")  # the Python API
     assert not (tmp_path / "y").exists()

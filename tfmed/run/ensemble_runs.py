@@ -41,7 +41,7 @@ from tfmed.run.evaluate import load_metrics
 from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import (as_reread, environment_info, output_run_dir, refuse_output_inside_runs,
-                              resolve_run_dir, run_split_tables)
+                              refuse_used_output, resolve_run_dir, run_split_tables)
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
 
@@ -75,6 +75,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         raise EnsembleRunsError("give at least two run directories to combine")
     _refuse_repeated_runs(runs)
     refuse_output_inside_runs(output, runs)
+    refuse_used_output(output, "runs")  # before any work, as output_run_dir checks again when it makes it
     models = [TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles) for run in runs]
     configs = [ExperimentConfig.from_run(run) for run in runs]
     _check_compatible(runs, configs, models)

@@ -37,7 +37,8 @@ from tfmed.run.evaluate import (check_data_subgroups, evaluation_data, fit_model
 from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
 from tfmed.run.reporting import coarse_sentences, recalibration_sentences, subgroup_sentences, write_outputs
-from tfmed.run.rundir import environment_info, output_run_dir, refuse_output_inside_runs, resolve_run_dir
+from tfmed.run.rundir import (environment_info, output_run_dir, refuse_output_inside_runs, refuse_used_output,
+                              resolve_run_dir)
 
 PROVENANCE_FILE = "recalibrated_from.json"
 
@@ -75,6 +76,7 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     """
     run = resolve_run_dir(run_dir)
     refuse_output_inside_runs(output, [run])
+    refuse_used_output(output, "runs")  # before any work, as output_run_dir checks again when it makes it
     model = TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles)
     try:
         check_method(method, model.task)
