@@ -85,3 +85,15 @@ def test_a_runs_folder_that_is_a_file_is_refused_before_the_data_are_read(tmp_pa
     err = capsys.readouterr()
     assert f"runs folder {blocker / 'sub'} lies under {blocker}, which is a file" in err.err
     assert "loading data source" not in err.out
+
+
+def test_the_resumes_own_lock_is_not_counted_as_the_earlier_attempts_time(tmp_path):
+    from tfmed.run.experiment import _seconds_run_before
+    from tfmed.run.manifest import LOCK_FILE
+
+    began = dt.datetime(2026, 1, 1, 10, 0, 0).timestamp()
+    for name, written in (("splits.csv", began + 5), (LOCK_FILE, began + 59.99)):  # a coarse clock: a hair early
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (written, written))
+    environment = {"started": dt.datetime.fromtimestamp(began).isoformat(timespec="seconds")}
+    assert _seconds_run_before(tmp_path, environment, resumed=began + 60) == 5.0

@@ -40,7 +40,7 @@ from tfmed.modes import Ensemble, get_mode
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.files import file_digest
-from tfmed.run.manifest import FAILED_FILE, finish_run, record_failure
+from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, finish_run, record_failure
 from tfmed.run.rundir import (RunDirectoryError, check_runs_dir, environment_info, json_object, new_run_dir,
                               run_lock)
 
@@ -406,7 +406,7 @@ def _seconds_run_before(run_dir: Path, environment: dict, resumed: float) -> flo
         last_start = dt.datetime.fromisoformat(attempts[-1]).timestamp()
     except (TypeError, ValueError):
         return float(environment.get("seconds_before_resume", 0.0))
-    last_write = max((mtime for path in run_dir.rglob("*") if path.is_file()
+    last_write = max((mtime for path in run_dir.rglob("*") if path.is_file() and path.name != LOCK_FILE
                       and (mtime := path.stat().st_mtime) < resumed), default=last_start)
     return float(environment.get("seconds_before_resume", 0.0)) + max(0.0, last_write - last_start)
 
