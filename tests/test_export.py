@@ -217,3 +217,30 @@ def test_numeric_ids_are_replaced_as_tokens_but_numbers_are_not(tmp_path):
     assert "rows: 1234" in (out / "config.yaml").read_text() and "path: ." in (out / "config.yaml").read_text()
     assert (out / "explanations" / "t" / f"003_TP_scan_{pseudonym('17', 's')}.png").is_file()
     assert (out / "model" / "weights.npy").read_bytes() == b"\x93NUMPY 17 0.17"
+
+
+def test_ids_inside_file_names_are_replaced_by_what_each_row_says_and_searched_for_inside_words(tmp_path):
+    """Patients 10 and 3 (short numbers, found by no search of text) and MRN40000 (glued to other letters)."""
+    run = tmp_path / "runs" / "demo" / "20260101-000000"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "weights.npy").write_bytes(b"\x93NUMPY")
+    data = tmp_path / "data3"  # a 3 in the data folder's name is not patient 3's
+    images = [f"{data}/10/p10_x.png", f"{data}/3/p3_x.png", f"{data}/MRN40000/IMGMRN40000x0.png"]
+    (run / "config.yaml").write_text(f"name: demo\ndata:\n  path: {data}\n")
+    pd.DataFrame({"image": images, "patient_id": ["10", "3", "MRN40000"], "label": [0, 1, 0]}).to_csv(
+        run / "splits.csv", index=False)
+    pd.DataFrame({"id": images, "score": [0.1, 0.9, 0.2]}).to_csv(run / "predictions.csv", index=False)
+    (run / "run.log").write_text(f"scored {images[0]}\nskipped {images[2]} (3 of 10 done)\n")
+    write_manifest(run)
+    out = export_run(run, tmp_path / "out", anonymise=True, salt="s")
+    h10, h3, mrn = (pseudonym(patient, "s") for patient in ("10", "3", "MRN40000"))
+    expected = [f"{h10}/p{h10}_x.png", f"{h3}/p{h3}_x.png", f"{mrn}/IMG{mrn}x0.png"]
+    assert pd.read_csv(out / "splits.csv")["image"].tolist() == expected
+    assert pd.read_csv(out / "predictions.csv")["id"].tolist() == expected  # a table that names no patient
+    assert (out / "run.log").read_text() == f"scored {expected[0]}\nskipped {expected[2]} (3 of 10 done)\n"
+    assert not [p for p in _files(out) if b"MRN40000" in p.read_bytes()]
+    # the search for ids left in the copy finds one glued to other letters too
+    (run / "model" / "notes.txt").write_text("from IMGMRN40000x0.png")
+    write_manifest(run)
+    with pytest.raises(ExportError, match=r"out2/model/notes.txt: still holds a patient id in its text"):
+        export_run(run, tmp_path / "out2", anonymise=True)

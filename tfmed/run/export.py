@@ -44,6 +44,7 @@ _WORD = re.compile(r"[A-Za-z0-9]+")
 _LEFT = re.compile(r"(?:[A-Za-z0-9]|\d\.|\d[eE][-+])\Z")  # inside a word, or the end of a number ("0.17")
 _RIGHT = re.compile(r"[A-Za-z0-9]|\.\d")
 _PATH_LEFT, _PATH_RIGHT = re.compile(r"[/\\_]\Z"), re.compile(r"[/\\_]|\.[A-Za-z]")
+_PATH_TOKEN = re.compile(r"[^\s\"'<>,;()=]+")  # a path as it stands in free text (a log line, HTML)
 _PAYLOAD = re.compile(r"(?<=base64,)[A-Za-z0-9+/=]+")  # images embedded in report.html
 
 
@@ -72,18 +73,58 @@ def identifying(patient_id: str) -> bool:
     return len(patient_id) >= 4 or any(c.isalpha() for c in patient_id)
 
 
-class _Ids:
-    """Patient ids found as tokens: not part of a longer word or number (``17`` is not in ``0.17``)."""
+def distinctive(patient_id: str) -> bool:
+    """Whether an id is found inside longer words too: letters and digits only, both of them, 4 or more
+    characters (``MRN40000`` in ``IMGMRN40000x0.png``), a form that ordinary words and numbers do not take.
 
-    def __init__(self, ids):
+    Example:
+        >>> distinctive("MRN40000"), distinctive("PAT-0007"), distinctive("anna"), distinctive("0007")
+        (True, False, False, False)
+    """
+    return (len(patient_id) >= 4 and patient_id.isascii() and patient_id.isalnum()
+            and any(c.isalpha() for c in patient_id) and any(c.isdigit() for c in patient_id))
+
+
+class _Ids:
+    """Patient ids found as tokens: not part of a longer word or number (``17`` is not in ``0.17``); a
+    :func:`distinctive` id also inside a longer word."""
+
+    def __init__(self, ids, inside_words: bool = True):
+        ids = set(ids)
         self.by_word: dict[str, list[tuple[str, int]]] = {}
-        for value in sorted(set(ids), key=len, reverse=True):  # longest first
+        for value in sorted(ids, key=len, reverse=True):  # longest first
             word = _WORD.search(value)
             if word:
                 self.by_word.setdefault(word.group(), []).append((value, word.start()))
+        self.embedded = {value for value in ids if distinctive(value)} if inside_words else set()
+        self.lengths = sorted({len(value) for value in self.embedded}, reverse=True)
 
     def find(self, text: str, context: bool = False):
-        """``(start, end, id)`` per id; with ``context`` a short number counts only beside / \\ _ or an extension."""
+        """``(start, end, id)`` per id, in order; with ``context`` a short number counts only beside / \\ _ or an
+        extension."""
+        found = sorted(list(self._tokens(text, context)) + list(self._inside_words(text)))
+        done = 0
+        for start, end, value in found:
+            if start >= done:
+                yield start, end, value
+                done = end
+
+    def _inside_words(self, text: str):
+        if not self.embedded:
+            return
+        for word in _WORD.finditer(text):
+            piece, at = word.group(), 0
+            if len(piece) <= self.lengths[-1]:  # an id as long as the word is a token, found by _tokens
+                continue
+            while at < len(piece):
+                for length in self.lengths:
+                    if length < len(piece) and piece[at:at + length] in self.embedded:
+                        yield word.start() + at, word.start() + at + length, piece[at:at + length]
+                        at += length - 1
+                        break
+                at += 1
+
+    def _tokens(self, text: str, context: bool):
         present = self.by_word.keys() & set(_WORD.findall(text))
         if not present:  # the quick answer for most strings
             return
@@ -107,8 +148,8 @@ class _Ids:
 class _Rewriter:
     """Replaces ids by their hashes and absolute folders by relative names in one string."""
 
-    def __init__(self, hashes: dict[str, str], folders: dict[str, str]):
-        self.hashes, self.folders, self.ids = hashes, folders, _Ids(hashes)
+    def __init__(self, hashes: dict[str, str], folders: dict[str, str], paths: dict[str, str] | None = None):
+        self.hashes, self.folders, self.ids, self.paths = hashes, folders, _Ids(hashes), paths or {}
         names = "|".join(re.escape(f) for f in sorted(folders, key=len, reverse=True))
         self.pattern = re.compile(rf"(?<![\w.-])({names})(?:(/)|(?![\w-]|\.\w))") if folders else None
 
@@ -124,7 +165,30 @@ class _Rewriter:
         return ("" if short == "." else short + "/") if match.group(2) else short
 
     def __call__(self, text: str) -> str:
+        if self.paths:  # image paths whose ids only their rows could tell (see _row_paths)
+            text = self.paths.get(text) or _PATH_TOKEN.sub(lambda m: self.paths.get(m.group(), m.group()), text)
         return self.ids_in(self.pattern.sub(self._folder, text) if self.pattern else text)
+
+
+def _row_paths(frames: dict[Path, pd.DataFrame], hashes: dict[str, str], folders: dict[str, str]) -> dict[str, str]:
+    """``{image path: the path with its row's patient id hashed}`` for the rows of the copy's tables that give
+    both: a row knows its patient, so the id is replaced wherever it stands in the row's path below its data
+    folder (one of ``folders``; ``p10_x.png`` of patient 10; a number only where no digit adjoins it), which a
+    search of text for ids cannot do for a short number."""
+    paths: dict[str, str] = {}
+    prefixes = sorted(folders, key=len, reverse=True)
+    for frame in frames.values():
+        patient = next((c for c in PATIENT_COLUMNS if c in frame), None)
+        for column in [c for c in PATH_COLUMNS if c in frame] if patient else []:
+            for value, path in zip(frame[patient], frame[column]):
+                if value not in hashes or value not in path:
+                    continue
+                start = next((len(f) for f in prefixes if path.startswith(f + "/")), 0)
+                pattern = rf"(?<!\d){re.escape(value)}(?!\d)" if value.isdigit() else re.escape(value)
+                new = path[:start] + re.sub(pattern, hashes[value], path[start:])
+                if new != path:
+                    paths[path] = new
+    return paths
 
 
 def export_run(run: str | Path, out: str | Path, *, anonymise: bool = False, salt: str | None = None,
@@ -174,7 +238,9 @@ def _anonymise(copy: Path, run_dir: Path, salt: str, out: Path) -> None:
     frames = {p: frame for p in files if p.suffix == ".csv" and (frame := _read_csv(p)) is not None}
     ids = {v for frame in frames.values() for c in PATIENT_COLUMNS if c in frame for v in frame[c]}
     ids -= {"", "NA", "<NA>", "nan", "NaN", "None", "null"}
-    rewrite = _Rewriter({v: pseudonym(v, salt) for v in ids}, _folders(copy, run_dir, frames))
+    hashes = {v: pseudonym(v, salt) for v in ids}
+    folders = _folders(copy, run_dir, frames)
+    rewrite = _Rewriter(hashes, folders, _row_paths(frames, hashes, folders))
     rewritten = sum(_rewrite_file(p, rewrite) for p in files)
     capped = _cap_ages(files)
     renamed = 0
@@ -365,7 +431,8 @@ def _texts(kind: str, value) -> list[str]:
 def _check_nothing_leaked(copy: Path, ids: set[str], rewrite: _Rewriter, out: Path) -> None:
     """Raise :class:`ExportError` naming the first file of the copy that still holds an original id or folder."""
     text_ids = _Ids(v for v in ids if identifying(v))
-    byte_ids = _Ids(v.encode("utf-8").decode("latin-1") for v in ids if len(v) >= BINARY_MIN_LENGTH)
+    byte_ids = _Ids((v.encode("utf-8").decode("latin-1") for v in ids if len(v) >= BINARY_MIN_LENGTH),
+                    inside_words=False)  # compressed bytes hold letters and digits at random
     for path in sorted(copy.rglob("*")):
         relative, where = path.relative_to(copy), None
         kept = relative.parts[0] == KEPT
