@@ -149,6 +149,12 @@ def test_copies_verify_and_keep_the_model_byte_for_byte(study, anonymised, tmp_p
         for path in _files(run / "model"):
             assert (copy / path.relative_to(run)).read_bytes() == path.read_bytes()
     assert read_manifest(plain) == read_manifest(run)
+    # a plain copy keeps the run's manifest byte for byte, and so its digest, whatever was added beside it
+    source = shutil.copytree(run, tmp_path / "grown")
+    (source / "evaluations" / "later.txt").write_text("an evaluation made after the manifest")
+    copy = export_run(source, tmp_path / "plain2")
+    assert (copy / MANIFEST_FILE).read_bytes() == (source / MANIFEST_FILE).read_bytes()
+    assert verify_run(copy) == verify_run(source) and (copy / "evaluations" / "later.txt").is_file()
     assert _files(run / "model")[0].relative_to(run).as_posix() in read_manifest(anonymised)
 
 
@@ -173,7 +179,9 @@ def test_a_source_changed_after_its_manifest_was_written_is_refused(study, tmp_p
     with pytest.raises(RunIntegrityError, match="metrics.json: changed"):
         export_run(source, tmp_path / "out", anonymise=True)
     assert not (tmp_path / "out").exists()
-    assert verify_run(export_run(source, tmp_path / "out", verify=False))
+    copy = export_run(source, tmp_path / "out", verify=False)  # a plain copy of the run as it is, manifest too
+    with pytest.raises(RunIntegrityError, match="out/metrics.json: changed"):
+        verify_run(copy)
     (source / MANIFEST_FILE).unlink()  # a run that never finished
     with pytest.raises(IncompleteRunError, match="incomplete run"):
         export_run(source, tmp_path / "out2")

@@ -196,8 +196,8 @@ def export_run(run: str | Path, out: str | Path, *, anonymise: bool = False, sal
     """Copy run directory ``run`` (with its evaluations/ and explanations/) to the new folder ``out``.
 
     The source is verified against its ``MANIFEST.sha256`` first (an incomplete
-    run, without one, is refused; ``verify=False`` skips the check) and the copy
-    gets a fresh manifest. With
+    run, without one, is refused; ``verify=False`` skips the check); a plain copy
+    keeps that manifest (and so the run digest), an anonymised one gets its own. With
     ``anonymise`` patient ids become ``pseudonym(id, salt)``; the salt is random
     per export unless given (give the same secret salt to export several runs
     with matching hashes). Returns ``out``; nothing is left at ``out`` on failure.
@@ -221,9 +221,9 @@ def export_run(run: str | Path, out: str | Path, *, anonymise: bool = False, sal
     work = out.parent / f".{out.name}.export-{secrets.token_hex(4)}"
     try:
         shutil.copytree(run_dir, work)
-        if anonymise:
+        if anonymise:  # a plain copy keeps the run's manifest, so its digest stays the one the run printed
             _anonymise(work, run_dir, salt or secrets.token_hex(16), out)
-        write_manifest(work)
+            write_manifest(work)
         os.rename(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
