@@ -348,6 +348,21 @@ def explained_run(tmp_path_factory):
     return run_experiment(config)
 
 
+def test_a_run_whose_images_are_gone_says_to_give_explain_the_images(explained_run, tmp_path):
+    import shutil
+
+    from tfmed.run.explain import explain_run
+    from tfmed.run.rundir import RunDirectoryError
+
+    copy = shutil.copytree(explained_run, tmp_path / "copy")  # as an anonymised copy: the images are not found
+    splits = pd.read_csv(copy / "splits.csv", keep_default_na=False)
+    splits["image"] = "gone/" + splits["image"].astype(str)
+    splits.to_csv(copy / "splits.csv", index=False)
+    with pytest.raises(RunDirectoryError, match=r"no longer has, e.g. .*gone/.*; restore the data, or give the images "
+                                                r"to explain \(tfmed explain --model RUN IMAGE ...\)$"):
+        explain_run(copy, verify=False, output=tmp_path / "out")
+
+
 def test_run_report_has_an_explanations_section(explained_run):
     html = (explained_run / "report.html").read_text()
     assert "explanations (TP, FP, FN, TN)" in html and "deletion AUC" in html

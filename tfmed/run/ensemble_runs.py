@@ -86,7 +86,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
             raise EnsembleRunsError(f"--recalibrate: {error}") from None
     names = _member_names(runs, configs)
 
-    tables = run_split_tables(runs[0], ("val", "test"))
+    tables = run_split_tables(runs[0], ("val", "test"), remedy="restore the data the runs were made on")
     member_scores = {split: {name: _saved_scores(run, split, table, model)
                              for name, run, model in zip(names, runs, models)}
                      for split, table in tables.items()}

@@ -194,7 +194,8 @@ def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):
     frame = pd.read_csv(predictions, keep_default_na=False)
     split = "test" if (frame["split"] == "test").any() else "val"
     frame = frame[frame["split"] == split].reset_index(drop=True)
-    table = run_split_tables(run_dir, (split,))[split]
+    table = run_split_tables(run_dir, (split,), remedy="restore the data, or give the images to explain "
+                             "(tfmed explain --model RUN IMAGE ...)")[split]
     position = {ref: i for i, ref in enumerate(table.frame["image"].astype(str))}
     ids = as_reread(run_dir, frame["id"], set(position))
     unknown = [ref for ref in ids if ref not in position]

@@ -272,10 +272,12 @@ def as_reread(run_dir: Path, refs, known: set[str]) -> list[str]:
     return located
 
 
-def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTable]:
+def run_split_tables(run_dir: Path, names: tuple[str, ...],
+                     remedy: str = "restore the data or pass --data") -> dict[str, ImageTable]:
     """The run's rows of each split in ``names``, re-read from its data source and ``splits.csv``. Relative
     data paths are read from the working folder, else (not found there) from the folder the run was started in
-    (:func:`run_working_dir`); image references are then matched with :func:`as_reread`.
+    (:func:`run_working_dir`); image references are then matched with :func:`as_reread`. ``remedy`` ends the
+    error for images the source no longer has (what the calling command offers).
 
     Example:
         >>> tables = run_split_tables(Path("runs/pneumonia_mnist/20261124-101500"), ("val", "test"))  # doctest: +SKIP
@@ -295,7 +297,7 @@ def run_split_tables(run_dir: Path, names: tuple[str, ...]) -> dict[str, ImageTa
     missing = [ref for ref in splits["image"] if ref not in known]
     if missing:
         raise RunDirectoryError(f"{run_dir}/splits.csv lists {len(missing)} image(s) the data source no "
-                                 f"longer has, e.g. {missing[0]}; restore the data or pass --data")
+                                 f"longer has, e.g. {missing[0]}; {remedy}")
     frame = table.frame.copy()
     frame["split"] = frame["image"].map(split_of)
     table = ImageTable(frame, table.classes, table.task, table.images, table.source)
