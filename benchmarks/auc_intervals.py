@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--datasets", type=int, default=2000)
     parser.add_argument("--shape", choices=["binormal", "exponential", "sd2", "sd05"], default="binormal")
     args = parser.parse_args()
+    if args.datasets < 1:
+        parser.error(f"--datasets is {args.datasets}; simulate at least 1 data set per row")
     print(f"{args.shape} scores, {args.datasets} data sets per row, 95% intervals")
     print("cases (pos + neg)  true AUC  separated  DeLong, point at 1  DeLong, bound  tfmed   tfmed width")
     worst = 1.0

@@ -69,8 +69,8 @@ def auc_interval_of(entry: dict) -> str:
 
 
 def experiment(path: str) -> ExperimentConfig:
-    """The experiment in ``path`` (relative paths from the repository root)."""
-    return ExperimentConfig.from_yaml(path if Path(path).is_absolute() else ROOT / path)
+    """The experiment in ``path``: a file there, else (a relative path) the one under the repository root."""
+    return ExperimentConfig.from_yaml(path if Path(path).is_absolute() or Path(path).is_file() else ROOT / path)
 
 
 def heldout_run(config: ExperimentConfig, runs_dir: Path) -> tuple[Path, float]:
@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--shifted-val", action="store_true", help="also score altered copies of val")
     args = parser.parse_args()
+    if args.folds < 2:
+        parser.error(f"--folds is {args.folds}; a k-fold needs at least 2 folds")
     configs = [experiment(path) for path in args.configs]
     trained_on_val = [config.name for config in configs if config.split.method == "kfold"]
     if args.shifted_val and trained_on_val:

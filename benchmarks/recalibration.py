@@ -179,6 +179,11 @@ def main() -> None:
     parser.add_argument("--another-hospital", action="store_true",
                         help="also run each YAML as shipped and recalibrate it on imitated other hospitals")
     args = parser.parse_args()
+    for run in args.run:
+        if not (Path(run) / "predictions.csv").is_file():
+            parser.error(f"--run {run}: not a finished run directory (it has no predictions.csv)")
+    if args.folds < 2 or args.repeats < 1:
+        parser.error("--folds must be at least 2 and --repeats at least 1")
     if not args.configs and not args.run:
         args.configs = ["experiments/pneumonia_mnist.yaml"]
     pd.set_option("display.width", 200)

@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N train/val images")
     args = parser.parse_args()
+    if args.cv < 2 or (args.limit is not None and args.limit < 1):
+        parser.error("--cv must be at least 2, and --limit at least 1 (or left out for every image)")
 
     table = load_source(DataConfig())
     train, val = table.split("train"), table.split("val")
@@ -63,7 +65,7 @@ def main() -> None:
     preprocess = PreprocessConfig(image_size=28, channels=1, intensity="minmax")
     X_train, y_train = load_arrays(train, preprocess)
     X_val, y_val = load_arrays(val, preprocess)
-    if args.limit:
+    if args.limit is not None:
         X_train, y_train, X_val, y_val = (X_train[:args.limit], y_train[:args.limit],
                                           X_val[:args.limit], y_val[:args.limit])
     params = dict(backbone="efficientnet_lite0", weights="imagenet", taps=tuple(args.taps),
