@@ -628,6 +628,10 @@ def test_damaged_and_unsupported_itk_files_are_named(tmp_path):
     with pytest.raises(VolumeError, match="the voxel data cannot be read") as caught:
         read_itk(scan)
     assert str(caught.value).startswith(str(scan)) and "copied completely" in str(caught.value)
+    raw.write_bytes(np.zeros((4, 5, 6), "<i2").tobytes() + b"\0" * 12)  # more voxels than DimSize says
+    with pytest.raises(VolumeError, match=f"its data file {raw.name} holds 252 bytes, but the header's DimSize and "
+                                          "ElementType describe 240, so its voxels would be read into the wrong rows"):
+        read_itk(scan)
     raw.unlink()
     with pytest.raises(VolumeError, match=f"its voxel data file {raw.name} \\(ElementDataFile\\) is missing"):
         read_itk(scan)

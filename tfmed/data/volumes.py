@@ -796,6 +796,11 @@ def read_itk(path: str | Path) -> Volume:
     except RuntimeError as error:
         raise VolumeError(path, f"the voxel data cannot be read ({_itk_reason(error)})",
                           "check that the data file was copied completely, or re-export the volume") from None
+    expected = sitk.GetArrayViewFromImage(image).nbytes
+    if data_file is not None and _plain_metaimage(path) and data_file.stat().st_size != expected:
+        raise VolumeError(path, f"its data file {data_file.name} holds {data_file.stat().st_size} bytes, but the "
+                          f"header's DimSize and ElementType describe {expected}, so its voxels would be read "
+                          "into the wrong rows", "correct DimSize / ElementType, or re-export the volume")
     array = np.ascontiguousarray(sitk.GetArrayFromImage(image), dtype=np.float32)  # (k, j, i)
     spacing_i, spacing_j, spacing_k = (float(v) for v in image.GetSpacing())
     matrix = np.array(image.GetDirection(), float).reshape(3, 3)  # column a: the LPS direction of index a
@@ -808,6 +813,19 @@ def read_itk(path: str | Path) -> Volume:
                          origin=np.array(image.GetOrigin(), float), direction=matrix[:, ::-1].copy(),
                          modality="CT" if modality.strip() == "MET_MOD_CT" else None, source=str(path),
                          problems=problems))
+
+
+def _plain_metaimage(path: Path) -> bool:
+    """Whether a MetaImage header's data file is uncompressed with nothing before the voxels, so its size is
+    theirs (``CompressedData`` and ``HeaderSize`` not set)."""
+    if path.suffix.lower() != ".mhd":
+        return False
+    settings = {}
+    with open(path, encoding="latin-1") as header:
+        for line in header:
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings.get("CompressedData", "False").lower() != "true" and settings.get("HeaderSize", "0") == "0"
 
 
 def _itk_kind(path: Path) -> str:
