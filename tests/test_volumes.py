@@ -292,6 +292,15 @@ def test_uneven_spacing_within_tolerance_is_a_problem_not_an_error(tmp_path):
     assert "2.600" in volume.problems[0]
 
 
+def test_a_series_of_two_slice_spacings_is_refused(tmp_path):
+    positions = [2.5 * k for k in range(8)] + [17.5 + 5.0 * k for k in range(1, 9)]  # 2.5 mm, then 5 mm slices
+    for index, z in enumerate(positions):
+        make_slice(index, ORIGIN + [0, 0, z]).save_as(tmp_path / f"s{index:02d}", enforce_file_format=True)
+    with pytest.raises(VolumeError, match=r"slices of two spacings: a step of 2.50 mm between s00 and s01, where "
+                                          r"slices are 5.00 mm apart .* give each reconstruction"):
+        read_dicom_series(tmp_path)
+
+
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 
 

@@ -573,7 +573,8 @@ def _stack_axis(folder: Path, files: list[Path], positions: np.ndarray, normal: 
 
 
 def _slice_spacing(folder: Path, files: list[Path], along: np.ndarray, problems: list[str]) -> float:
-    """Median step between sorted slice positions; refuses duplicates and missing slices."""
+    """Median step between sorted slice positions; refuses duplicates, missing slices and steps under
+    ``1 / GAP_FACTOR`` of the median (two reconstructions in one folder)."""
     steps = np.diff(along)
     duplicates = np.flatnonzero(steps < DUPLICATE_MM)
     if duplicates.size:
@@ -590,6 +591,13 @@ def _slice_spacing(folder: Path, files: list[Path], along: np.ndarray, problems:
                           f"{files[i + 1].name}, where slices are {spacing:.2f} mm apart (about "
                           f"{count_noun(round(steps[i] / spacing) - 1, 'slice')} missing){more}",
                           "re-export the complete series")
+    close = np.flatnonzero(steps < spacing / GAP_FACTOR)
+    if close.size:
+        i = int(close[0])
+        raise VolumeError(folder, f"slices of two spacings: a step of {steps[i]:.2f} mm between {files[i].name} "
+                          f"and {files[i + 1].name}, where slices are {spacing:.2f} mm apart (steps range from "
+                          f"{steps.min():.2f} to {steps.max():.2f} mm), so one grid would put slices far from "
+                          "their positions", "give each reconstruction (slice thickness) a folder of its own")
     if np.max(np.abs(steps - spacing)) > UNEVEN_FRACTION * spacing:
         problems.append(f"uneven slice spacing: steps between slices range from {steps.min():.3f} to "
                         f"{steps.max():.3f} mm; the median {spacing:.3f} mm is used")
