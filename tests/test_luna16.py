@@ -293,3 +293,10 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     assert result["false_positives"] == 12 and 0 <= result["cpm"] <= 1  # every other candidate of subset1
     assert "LUNA16 FROC over 4 scans (4 nodules, 4 reached by a candidate): CPM" in (
         evaluation / "report.html").read_text()
+    # a sample of the candidates cannot give false positives per scan
+    (tmp_path / "sampled.yaml").write_text(f"data:\n  source: luna16\n  path: {csv}#1\n  negatives_per_positive: 1\n"
+                                           "views: {enabled: true, center: lesion}\n")
+    assert main(["evaluate", "--model", str(run), "--data", str(tmp_path / "sampled.yaml")]) == 0
+    evaluation = sorted((run / "evaluations").iterdir())[-1]
+    assert "froc" not in json.loads((evaluation / "metrics.json").read_text())
+    assert "LUNA16 FROC not computed: data.negatives_per_positive is 1, so only a sample" in capsys.readouterr().out

@@ -335,6 +335,10 @@ def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | Non
         >>> luna16_froc(parse_source_spec("luna16:LUNA16/candidates_V2.csv#9"), table, scores)  # doctest: +SKIP
         ({'cpm': 0.81, ...}, 'LUNA16 FROC over 88 scans (120 nodules, 117 reached by a candidate): CPM 0.810 ...')
     """
+    if data.negatives_per_positive is not None:
+        return None, (f"LUNA16 FROC not computed: data.negatives_per_positive is {data.negatives_per_positive}, so "
+                      "only a sample of the non-nodule candidates was scored and false positives per scan would be "
+                      "undercounted; evaluate on the luna16 source without it (every candidate)")
     path, _, subsets = data.path.partition("#")
     reference = luna16.load_reference(path, data.root, subsets)
     if reference is None:
