@@ -300,3 +300,10 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     evaluation = sorted((run / "evaluations").iterdir())[-1]
     assert "froc" not in json.loads((evaluation / "metrics.json").read_text())
     assert "LUNA16 FROC not computed: data.negatives_per_positive is 1, so only a sample" in capsys.readouterr().out
+    # a scan gone: the fix offered is a YAML that a volume source accepts, and it works
+    next((tmp_path / "LUNA16" / "subset1").glob("*.raw")).unlink()
+    assert main(["evaluate", "--model", str(run), "--data", f"{spec}#1"]) == 2
+    assert "sets exclude_bad_rows: true (beside views: {enabled: true, center: lesion}" in capsys.readouterr().err
+    (tmp_path / "leave_out.yaml").write_text(f"data:\n  source: luna16\n  path: {csv}#1\n  exclude_bad_rows: true\n"
+                                             "views: {enabled: true, center: lesion}\n")
+    assert main(["evaluate", "--model", str(run), "--data", str(tmp_path / "leave_out.yaml")]) == 0

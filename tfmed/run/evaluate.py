@@ -199,7 +199,9 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
     remedy = (f"set exclude_bad_rows: true in the data: section of {data} to leave them out"
               if is_experiment_file(data) else
               f"pass --data a YAML file whose data: section names {data} (source and path) and sets "
-              "exclude_bad_rows: true to leave them out")
+              "exclude_bad_rows: true" + (" (beside views: {enabled: true, center: lesion}, as a LUNA16 "
+                                          "experiment has)" if parsed.source in DataConfig.VOLUME_SOURCES else "")
+              + " to leave them out")
     table = apply_validation(table, report, exclude_bad_rows=parsed.exclude_bad_rows,
                              remedy=remedy + " (they are then listed in the output's excluded_rows.csv)")
     rename = {} if is_experiment_file(data) else run_rename(parsed, config.data)
