@@ -293,6 +293,10 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     assert result["false_positives"] == 12 and 0 <= result["cpm"] <= 1  # every other candidate of subset1
     assert "LUNA16 FROC over 4 scans (4 nodules, 4 reached by a candidate): CPM" in (
         evaluation / "report.html").read_text()
+    # subset0's scans hold no nodule: no FROC, said why, and the evaluation is written
+    assert main(["evaluate", "--model", str(run), "--data", f"{spec}#0"]) == 0
+    assert "LUNA16 FROC not computed: annotations.csv lists no nodule in the 4 scans evaluated" in \
+        capsys.readouterr().out
     # a sample of the candidates cannot give false positives per scan
     (tmp_path / "sampled.yaml").write_text(f"data:\n  source: luna16\n  path: {csv}#1\n  negatives_per_positive: 1\n"
                                            "views: {enabled: true, center: lesion}\n")

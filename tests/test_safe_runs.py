@@ -407,3 +407,13 @@ def test_export_run_on_the_command_line_writes_a_copy_that_verifies(runs, tmp_pa
     assert (out / "ANONYMISED.txt").is_file()
     assert cli.main(["export-run", str(runs[0]), str(out)]) == 2  # never over an existing folder
     assert "already exists" in capsys.readouterr().err
+
+
+def test_an_evaluation_that_fails_leaves_no_folder(runs, tmp_path, monkeypatch):
+    def fails(self, table):
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(TrainedModel, "predict_with_members", fails)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        evaluate_run(runs[0], output=tmp_path / "evaluation")
+    assert not (tmp_path / "evaluation").exists()  # so the same --output can be given again

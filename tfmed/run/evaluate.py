@@ -73,13 +73,6 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         table, source = read_labelled_data(data, parsed, model, config)
     table = fit_model_labels(table, model, data)
     check_data_subgroups(config.evaluation.subgroups, table, data or "the run's own test split", subgroups is not None)
-    out = Path(output) if output else new_run_dir(run_dir, "evaluations")
-    out.mkdir(parents=True, exist_ok=True)
-    # what made the evaluation: the folder it started in (relative image ids are read from there), the run
-    (out / "environment.json").write_text(json.dumps(
-        {**environment_info(config), "model_run": str(run_dir.resolve()), "verified": verify,
-         "data": data if data is not None else "the run's own test split"}, indent=2), encoding="utf-8")
-    excluded = write_excluded(out, table, data) if data is not None else []  # the run lists its own
     copies, copy_rows = _copies_of_run_images(run_dir, config, table)
     log(f"scoring {len(table)} images from {source}")
     scores, members = model.predict_with_members(table)
@@ -107,7 +100,6 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     if copies is not None:
         metrics["near_duplicates"] = copies
     if copy_rows is not None and len(copy_rows):
-        copy_rows.to_csv(out / "copies_of_run_images.csv", index=False)
         notes.append(f"{len(copy_rows)} of {len(table)} evaluated images are near-identical to images of the "
                      "run's train or val split (copies_of_run_images.csv): the figures here are not fully held out.")
     if members is not None:  # an ensemble: each member beside the combination, as in the run
@@ -118,6 +110,16 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         log(sentence)
         if froc_metrics is not None:
             metrics["froc"] = froc_metrics
+    # the folder is made once everything is computed, so a failure leaves none behind
+    out = Path(output) if output else new_run_dir(run_dir, "evaluations")
+    out.mkdir(parents=True, exist_ok=True)
+    # what made the evaluation: the folder it started in (relative image ids are read from there), the run
+    (out / "environment.json").write_text(json.dumps(
+        {**environment_info(config), "model_run": str(run_dir.resolve()), "verified": verify,
+         "data": data if data is not None else "the run's own test split"}, indent=2), encoding="utf-8")
+    excluded = write_excluded(out, table, data) if data is not None else []  # the run lists its own
+    if copy_rows is not None and len(copy_rows):
+        copy_rows.to_csv(out / "copies_of_run_images.csv", index=False)
     write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
                   notes=notes + member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics),
@@ -346,6 +348,9 @@ def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | Non
     if reference is None:
         return None, (f"LUNA16 FROC not computed: no annotations.csv beside the subsets of {path} (nor in "
                       "evaluationScript/annotations/); put the challenge's annotations.csv there")
+    if reference.nodules.empty:
+        return None, (f"LUNA16 FROC not computed: annotations.csv lists no nodule in the {len(reference.scans)} "
+                      "scans evaluated, so there is no sensitivity to measure; evaluate subsets that hold nodules")
     frame = table.frame
     candidates = pd.DataFrame({"scan": frame["patient_id"].astype(str).to_numpy(),
                                "x": frame["center_x"].to_numpy(float), "y": frame["center_y"].to_numpy(float),
