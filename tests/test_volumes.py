@@ -292,12 +292,16 @@ def test_uneven_spacing_within_tolerance_is_a_problem_not_an_error(tmp_path):
     assert "2.600" in volume.problems[0]
 
 
-def test_a_series_of_two_slice_spacings_is_refused(tmp_path):
-    positions = [2.5 * k for k in range(8)] + [17.5 + 5.0 * k for k in range(1, 9)]  # 2.5 mm, then 5 mm slices
+@pytest.mark.parametrize("positions, message", [
+    ([2.5 * k for k in range(8)] + [17.5 + 5.0 * k for k in range(1, 9)],  # 2.5 mm, then 5 mm slices
+     r"slices at uneven steps \(2.50 to 5.00 mm\): on one grid of 5.00 mm, s07 would sit 17.50 mm from its position"),
+    ([2.5 * k for k in range(9)] + [20.0 + 3.5 * k for k in range(1, 8)],  # 2.5 mm, then 3.5 mm: no step 1.5 x
+     r"slices at uneven steps \(2.50 to 3.50 mm\): on one grid of 2.50 mm, s15 would sit 7.00 mm from its position"),
+], ids=["two_thicknesses", "drifting"])
+def test_a_series_whose_slices_drift_from_one_grid_is_refused(tmp_path, positions, message):
     for index, z in enumerate(positions):
         make_slice(index, ORIGIN + [0, 0, z]).save_as(tmp_path / f"s{index:02d}", enforce_file_format=True)
-    with pytest.raises(VolumeError, match=r"slices of two spacings: a step of 2.50 mm between s00 and s01, where "
-                                          r"slices are 5.00 mm apart .* give each reconstruction"):
+    with pytest.raises(VolumeError, match=message + ".*give each reconstruction"):
         read_dicom_series(tmp_path)
 
 

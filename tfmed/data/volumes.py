@@ -76,6 +76,8 @@ VOLUME_FILES = "a NIfTI (.nii, .nii.gz), MetaImage (.mhd, .mha) or NRRD (.nrrd, 
 DUPLICATE_MM = 0.01
 # A step between consecutive slices over this many times the median spacing is a missing slice.
 GAP_FACTOR = 1.5
+# A slice further than this fraction of the spacing from its place on one even grid stops reading.
+DRIFT_FRACTION = 0.5
 # Steps differing from the median spacing by more than this fraction are reported as uneven.
 UNEVEN_FRACTION = 0.01
 # Slice positions further than this angle (degrees) from the slice normal make a tilted series.
@@ -573,8 +575,9 @@ def _stack_axis(folder: Path, files: list[Path], positions: np.ndarray, normal: 
 
 
 def _slice_spacing(folder: Path, files: list[Path], along: np.ndarray, problems: list[str]) -> float:
-    """Median step between sorted slice positions; refuses duplicates, missing slices and steps under
-    ``1 / GAP_FACTOR`` of the median (two reconstructions in one folder)."""
+    """Median step between sorted slice positions; refuses duplicates, missing slices and steps so uneven
+    that a slice would sit more than ``DRIFT_FRACTION`` of a step from its place on one grid (two
+    reconstructions in one folder)."""
     steps = np.diff(along)
     duplicates = np.flatnonzero(steps < DUPLICATE_MM)
     if duplicates.size:
@@ -591,13 +594,13 @@ def _slice_spacing(folder: Path, files: list[Path], along: np.ndarray, problems:
                           f"{files[i + 1].name}, where slices are {spacing:.2f} mm apart (about "
                           f"{count_noun(round(steps[i] / spacing) - 1, 'slice')} missing){more}",
                           "re-export the complete series")
-    close = np.flatnonzero(steps < spacing / GAP_FACTOR)
-    if close.size:
-        i = int(close[0])
-        raise VolumeError(folder, f"slices of two spacings: a step of {steps[i]:.2f} mm between {files[i].name} "
-                          f"and {files[i + 1].name}, where slices are {spacing:.2f} mm apart (steps range from "
-                          f"{steps.min():.2f} to {steps.max():.2f} mm), so one grid would put slices far from "
-                          "their positions", "give each reconstruction (slice thickness) a folder of its own")
+    drift = np.abs(along - along[0] - spacing * np.arange(len(along)))  # each slice from its place on one grid
+    if drift.max() > DRIFT_FRACTION * spacing:
+        i = int(np.argmax(drift))
+        raise VolumeError(folder, f"slices at uneven steps ({steps.min():.2f} to {steps.max():.2f} mm): on one grid "
+                          f"of {spacing:.2f} mm, {files[i].name} would sit {drift[i]:.2f} mm from its position, so "
+                          "views would cut the wrong slices", "give each reconstruction (slice thickness) a folder "
+                          "of its own, or resample the series to even steps")
     if np.max(np.abs(steps - spacing)) > UNEVEN_FRACTION * spacing:
         problems.append(f"uneven slice spacing: steps between slices range from {steps.min():.3f} to "
                         f"{steps.max():.3f} mm; the median {spacing:.3f} mm is used")
