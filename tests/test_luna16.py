@@ -311,3 +311,8 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     (tmp_path / "leave_out.yaml").write_text(f"data:\n  source: luna16\n  path: {csv}#1\n  exclude_bad_rows: true\n"
                                              "views: {enabled: true, center: lesion}\n")
     assert main(["evaluate", "--model", str(run), "--data", str(tmp_path / "leave_out.yaml")]) == 0
+    # the unreadable scan's nodule is not counted as one the model missed
+    assert "1 scan(s) of those subsets are not counted: every candidate of theirs was left out as a bad row" in \
+        capsys.readouterr().out
+    result = json.loads((sorted((run / "evaluations").iterdir())[-1] / "metrics.json").read_text())["froc"]
+    assert (result["scans"], result["nodules"], result["detected"], len(result["scans_not_scored"])) == (3, 3, 3, 1)

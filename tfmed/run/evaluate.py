@@ -348,21 +348,29 @@ def luna16_froc(data: DataConfig, table: ImageTable, scores) -> tuple[dict | Non
     if reference is None:
         return None, (f"LUNA16 FROC not computed: no annotations.csv beside the subsets of {path} (nor in "
                       "evaluationScript/annotations/); put the challenge's annotations.csv there")
-    if reference.nodules.empty:
-        return None, (f"LUNA16 FROC not computed: annotations.csv lists no nodule in the {len(reference.scans)} "
-                      "scans evaluated, so there is no sensitivity to measure; evaluate subsets that hold nodules")
     frame = table.frame
+    # scans whose candidates were all left out as bad rows (an unreadable scan) were not scored: not counted
+    excluded = table.excluded.get("patient_id", pd.Series(dtype=object)).dropna().astype(str)
+    unscored = sorted(set(excluded) & set(reference.scans) - set(frame["patient_id"].astype(str)))
+    scans = [scan for scan in reference.scans if scan not in unscored]
+    nodules = reference.nodules[~reference.nodules["scan"].isin(unscored)]
+    if nodules.empty:
+        return None, (f"LUNA16 FROC not computed: annotations.csv lists no nodule in the {len(scans)} scans "
+                      "evaluated, so there is no sensitivity to measure; evaluate subsets that hold nodules")
     candidates = pd.DataFrame({"scan": frame["patient_id"].astype(str).to_numpy(),
                                "x": frame["center_x"].to_numpy(float), "y": frame["center_y"].to_numpy(float),
                                "z": frame["center_z"].to_numpy(float),
                                "score": np.asarray(scores, float).reshape(len(frame), -1)[:, -1]})
-    result = froc(candidates, reference.nodules, reference.scans, reference.excluded)
+    result = froc(candidates, nodules, scans, reference.excluded)
     result["reference"] = [str(file) for file in reference.files]
+    result["scans_not_scored"] = unscored
     low, high = result.get("cpm_ci", [float("nan")] * 2)
     at = result["sensitivity_at_fp_per_scan"]
+    left = (f"; {len(unscored)} scan(s) of those subsets are not counted: every candidate of theirs was left out "
+            "as a bad row (excluded_rows.csv)") if unscored else ""
     return result, (f"LUNA16 FROC over {result['scans']} scans ({result['nodules']} nodules, {result['detected']} "
                     f"reached by a candidate): CPM {result['cpm']:.3f} (95% CI {low:.3f}-{high:.3f}); sensitivity "
-                    f"{at['1']:.3f} at 1 and {at['8']:.3f} at 8 false positives per scan")
+                    f"{at['1']:.3f} at 1 and {at['8']:.3f} at 8 false positives per scan{left}")
 
 
 def model_labels_only(table: ImageTable, classes: list[str]) -> tuple[ImageTable, list[str]]:
