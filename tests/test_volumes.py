@@ -660,6 +660,12 @@ def test_damaged_and_unsupported_itk_files_are_named(tmp_path):
         read_volume(tmp_path / "garbage.nrrd")
 
 
+def test_inspecting_a_metaimage_data_file_points_to_its_header(tmp_path):
+    scan = write_luna_scan(tmp_path)
+    with pytest.raises(VolumeError, match=f"the voxel data of {scan.name}, which describes them. Fix: inspect {scan}"):
+        inspect(scan.with_suffix(".raw"))
+
+
 def test_inspect_a_metaimage(tmp_path, capsys):
     assert main(["inspect", str(write_luna_scan(tmp_path))]) == 0
     out = capsys.readouterr().out

@@ -964,6 +964,10 @@ def inspect(path: str | Path, series_uid: str | None = None) -> dict:
         return _volume_report(read_nifti(path), "NIfTI")
     if is_volume_file(path):
         return _volume_report(read_itk(path), _itk_kind(path))
+    headers = [header for header in path.parent.glob(path.stem + ".*")
+               if header.suffix.lower() in (".mhd", ".nhdr") and detached_data_file(header) == path]
+    if headers:
+        raise VolumeError(path, f"the voxel data of {headers[0].name}, which describes them", f"inspect {headers[0]}")
     return _image_report(path)
 
 
