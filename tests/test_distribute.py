@@ -197,6 +197,19 @@ def test_train_multiworker_loop_matches_manual_sgd_on_default_strategy():
     np.testing.assert_allclose(model.get_weights()[0], w - 0.1 * 2 * x.T @ residual / 4, rtol=1e-5)
 
 
+def test_a_tpu_strategy_without_a_tpu_is_refused_before_the_data_are_read(tmp_path):
+    from tfmed.config import ExperimentConfig
+    from tfmed.run.experiment import run_experiment
+
+    for mode, key in (("svm", "model.svm.strategy"), ("finetune", "model.finetune.strategy")):
+        config = ExperimentConfig.from_dict({"runs_dir": str(tmp_path / "runs"), "data": {"source": "folder",
+                                             "path": str(tmp_path / "no_data")},
+                                             "model": {"mode": mode, "weights": None, mode: {"strategy": "tpu"}}})
+        with pytest.raises(distribute.StrategyError, match=f"{key} is tpu, but no TPU is reachable"):
+            run_experiment(config)  # the folder of images does not exist: it was not read
+    assert not (tmp_path / "runs").exists()
+
+
 def test_strategy_and_helper_errors(monkeypatch):
     with pytest.raises(distribute.StrategyError, match="unknown strategy 'gpu'"):
         distribute.strategy("gpu")

@@ -143,6 +143,7 @@ class FineTuner:
             model.finetune.stages[0].unfreeze is 9 for backbone vgg16
         """
         from tfmed.backbones.factory import check_backbone
+        from tfmed.training.distribute import check_reachable
         from tfmed.training.freezing import FreezingError
 
         model = config.model
@@ -153,6 +154,7 @@ class FineTuner:
             except FreezingError as error:
                 raise ConfigError(f"model.finetune.stages[{i}].unfreeze is {stage.unfreeze!r} for backbone "
                                   f"{model.backbone}: {error}") from None
+        check_reachable(model.finetune.strategy, "model.finetune.strategy")
 
     @classmethod
     def check_experiment(cls, config: ExperimentConfig, table) -> None:

@@ -219,9 +219,12 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         """
         from tfmed.backbones.factory import check_backbone
 
+        from tfmed.training.distribute import check_reachable
+
         cls.from_config(config)._check_params()
         check_backbone(config.model.backbone, config.model.weights, config.preprocess.image_size,
                        config.model.weights_dir)
+        check_reachable(config.model.svm.strategy, "model.svm.strategy")
 
     @classmethod
     def check_experiment(cls, config, table) -> None:

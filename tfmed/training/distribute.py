@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import numbers
 import os
@@ -48,8 +49,9 @@ WORKER_TIMEOUT = "TFMED_WORKER_TIMEOUT"  # seconds a worker waits for the others
 DEFAULT_WORKER_TIMEOUT = 600.0
 
 
+@functools.lru_cache(maxsize=1)
 def _find_tpu():
-    """A connected TPUClusterResolver, or None when no TPU is reachable."""
+    """A connected TPUClusterResolver, or None when no TPU is reachable (looked for once per process)."""
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
         tf.config.experimental_connect_to_cluster(resolver)
@@ -58,6 +60,18 @@ def _find_tpu():
     except (ValueError, RuntimeError, tf.errors.OpError, ImportError, KeyError) as error:
         _find_tpu.last_error = error
         return None
+
+
+def check_reachable(name: str, key: str) -> None:
+    """Refuse now, naming the setting ``key``, a strategy this machine cannot give (``tpu`` without a reachable
+    TPU), so that a run stops before its data are read rather than after its directory is made.
+
+    Example:
+        >>> check_reachable("auto", "model.svm.strategy")
+    """
+    if name == "tpu" and _find_tpu() is None:
+        raise StrategyError(f"{key} is tpu, but no TPU is reachable ({getattr(_find_tpu, 'last_error', '')}); run "
+                            "on a TPU host/runtime or use strategy auto")
 
 
 def strategy(name: str = "auto") -> tf.distribute.Strategy:
