@@ -281,8 +281,8 @@ def test_an_output_inside_a_run_it_reads_is_refused_by_every_command(runs, tmp_p
     verify_run(run)  # where tfmed evaluate itself writes: the run is left whole
 
 
-@pytest.mark.parametrize("stop", [RuntimeError("out of memory in stage 2"), KeyboardInterrupt()],
-                         ids=["error", "ctrl_c"])
+@pytest.mark.parametrize("stop", [RuntimeError("out of memory in stage 2"), KeyboardInterrupt(),
+                                  TfmedError("every training image is flat")], ids=["error", "ctrl_c", "refused"])
 def test_a_run_that_stops_before_its_model_says_why_to_every_command(runs, tmp_path, monkeypatch, capsys, stop):
     import tfmed.run.experiment as experiment
 
@@ -295,8 +295,15 @@ def test_a_run_that_stops_before_its_model_says_why_to_every_command(runs, tmp_p
     with pytest.raises(type(stop)):
         run_experiment(config)
     stopped = next((tmp_path / "runs" / "safe").iterdir())
-    reason = "RuntimeError: out of memory in stage 2" if isinstance(stop, RuntimeError) else "interrupted"
-    assert (stopped / FAILED_FILE).read_text().startswith(reason) and not (stopped / "model").exists()
+    reason = {RuntimeError: "RuntimeError: out of memory in stage 2", KeyboardInterrupt: "interrupted",
+              TfmedError: "TfmedError: every training image is flat"}[type(stop)]
+    failed = (stopped / FAILED_FILE).read_text()
+    assert failed.startswith(reason) and not (stopped / "model").exists()
+    # a resume meets tfmed's refusal again: it is offered only for the others
+    resumable = not isinstance(stop, TfmedError)
+    assert ("Finish it with tfmed run --resume" in failed) is resumable
+    assert ("a resume on the same ones would refuse them again" in failed) is not resumable
+    assert ("tfmed run --resume" in capsys.readouterr().out) is resumable
     for command in (["evaluate", "--model", str(stopped)], ["predict", "--model", str(stopped), str(tmp_path)],
                     ["compare", str(runs[0]), str(stopped)]):
         assert cli.main(command) == 2, command

@@ -40,7 +40,7 @@ from tfmed.modes import Ensemble, get_mode
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.files import file_digest
-from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, finish_run, record_failure
+from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, finish_run, next_step, record_failure
 from tfmed.run.rundir import (RunDirectoryError, check_runs_dir, environment_info, json_object, new_run_dir,
                               run_lock)
 
@@ -418,7 +418,7 @@ def _fill_or_record(run_dir: Path, config: ExperimentConfig, table: ImageTable, 
     except BaseException as error:  # also Ctrl-C: the directory says why it is incomplete
         try:
             record_failure(run_dir, error)
-            log(f"the run stopped; {run_dir / FAILED_FILE} says why (tfmed run --resume {run_dir} finishes it)")
+            log(f"the run stopped; {run_dir / FAILED_FILE} says why. {next_step(run_dir, error)}")
         except OSError as note_error:  # e.g. a full disk: the run's own error is the one to raise
             log(f"the run stopped, and {run_dir / FAILED_FILE} could not be written: {note_error}")
         raise

@@ -109,10 +109,25 @@ def record_failure(directory: str | Path, error: BaseException) -> Path:
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     path = Path(directory) / FAILED_FILE
     path.write_text(f"{reason}\n\nThis run stopped at {dt.datetime.now().isoformat(timespec='seconds')} "
-                    "before it finished; its files are incomplete. Finish it with tfmed run --resume "
-                    f"{Path(directory)} (the same settings and data), or run the experiment again.\n\n{trace}",
+                    f"before it finished; its files are incomplete. {next_step(directory, error)}.\n\n{trace}",
                     encoding="utf-8")
     return path
+
+
+def next_step(directory: str | Path, error: BaseException) -> str:
+    """What to do about a run that stopped with ``error``: resume it (an interruption, a crash, a full disk), or,
+    when tfmed itself refused its settings or data (a :class:`~tfmed.errors.TfmedError`, which a resume on the
+    same settings and data meets again), fix that and run the experiment again.
+
+    Example:
+        >>> next_step("runs/demo/1", KeyboardInterrupt())
+        'Finish it with tfmed run --resume runs/demo/1 (the same settings and data), or run the experiment again'
+    """
+    if isinstance(error, TfmedError):
+        return ("tfmed refused its settings or data, and a resume on the same ones would refuse them again: fix "
+                "what the error names and run the experiment again")
+    return (f"Finish it with tfmed run --resume {Path(directory)} (the same settings and data), or run the "
+            "experiment again")
 
 
 def _describe(error: BaseException) -> str:
