@@ -255,7 +255,8 @@ def test_a_merged_data_section_exports_without_a_name_given(tmp_path, capsys):
     capsys.readouterr()
     back = load_source(DataConfig(source="tfds", path=str(tmp_path / "out")))
     assert tfds.builder_from_directory(str(tmp_path / "out")).name == "merged"
-    assert sorted(back.frame["patient_id"]) == ["a:a0", "a:a1", "b:b0", "b:b1"] and back.labels().tolist() == [0, 1, 0, 1]
+    assert sorted(back.frame["patient_id"]) == ["a:a0", "a:a1", "b:b0", "b:b1"]
+    assert back.labels().tolist() == [0, 1, 0, 1]
 
 
 def test_a_source_without_splits_is_split_alike_after_a_round_trip(tmp_path):
