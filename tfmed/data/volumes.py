@@ -831,12 +831,14 @@ def _plain_metaimage(path: Path) -> bool:
     theirs (``CompressedData`` and ``HeaderSize`` not set)."""
     if path.suffix.lower() != ".mhd":
         return False
-    settings = {}
-    with open(path, encoding="latin-1") as header:
-        for line in header:
-            key, _, value = line.partition("=")
-            settings[key.strip()] = value.strip()
+    settings = _metaimage_fields(path)
     return settings.get("CompressedData", "False").lower() != "true" and settings.get("HeaderSize", "0") == "0"
+
+
+def _metaimage_fields(path: Path) -> dict[str, str]:
+    """A MetaImage ``.mhd`` header's ``key = value`` lines."""
+    with open(path, encoding="latin-1") as header:
+        return {key.strip(): value.strip() for key, _, value in (line.partition("=") for line in header)}
 
 
 def _itk_kind(path: Path) -> str:
@@ -863,23 +865,22 @@ def detached_data_file(path: str | Path) -> Path | None:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in (".mhd", ".nhdr"):
-        return None
-    with open(path, encoding="latin-1") as header:
-        for line in header:
-            if suffix == ".mhd":
-                key, _, value = line.partition("=")
-                found = key.strip() == "ElementDataFile"
-            else:
+    if suffix == ".mhd":
+        value = _metaimage_fields(path).get("ElementDataFile")
+    elif suffix == ".nhdr":
+        value = None
+        with open(path, encoding="latin-1") as header:
+            for line in header:
                 if not line.strip():  # an NRRD header ends at its first blank line
                     break
-                key, _, value = line.partition(":")
-                found = key.strip().lower() in ("data file", "datafile")
-            if found:
-                value = value.strip()
-                inside = value in ("LOCAL", "LIST") or value.startswith("LIST") or " " in value
-                return None if inside else path.parent / value
-    return None
+                key, _, field = line.partition(":")
+                if key.strip().lower() in ("data file", "datafile"):
+                    value = field.strip()
+                    break
+    else:
+        return None
+    inside = value is None or value in ("LOCAL", "LIST") or value.startswith("LIST") or " " in value
+    return None if inside else path.parent / value
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tfmed.files import file_digest
-from tfmed.run.manifest import FAILED_FILE, MANIFEST_FILE, RunIntegrityError, failure_reason, read_manifest
+from tfmed.run.manifest import (FAILED_FILE, MANIFEST_FILE, RunIntegrityError, failure_reason, listed_file_problem,
+                                read_manifest)
 from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError, json_object
 
 COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
@@ -77,10 +77,11 @@ def _damage(run: Path) -> str | None:
     except RunIntegrityError as error:
         return f"{MANIFEST_FILE} unreadable ({str(error).rpartition('; ')[2]})"
     for name in ("metrics.json", "config.yaml"):
-        if name not in entries or not (run / name).is_file():
-            return f"{name} missing"
-        if file_digest(run / name) != entries[name]:
+        problem = listed_file_problem(run, entries, name)
+        if problem == "changed":
             return f"{name} changed since the run wrote it"
+        if problem:  # missing, or not listed
+            return f"{name} missing"
     return None
 
 

@@ -183,6 +183,21 @@ def read_manifest(directory: str | Path) -> dict[str, str]:
     return entries
 
 
+def listed_file_problem(directory: Path, entries: dict[str, str], name: str) -> str | None:
+    """``"not listed"``, ``"missing"`` or ``"changed"`` for file ``name`` of a run against its manifest's
+    ``entries`` (:func:`read_manifest`); None when it is as the run wrote it.
+
+    Example:
+        >>> listed_file_problem(Path("runs/demo/1"), {}, "metrics.json")
+        'not listed'
+    """
+    if name not in entries:
+        return "not listed"
+    if not (directory / name).is_file():
+        return "missing"
+    return "changed" if file_digest(directory / name) != entries[name] else None
+
+
 def verify_run(directory: str | Path) -> str:
     """Check every file listed in the run's manifest; return :func:`run_digest`.
 
@@ -196,13 +211,13 @@ def verify_run(directory: str | Path) -> str:
     """
     directory = Path(directory)
     entries = read_manifest(directory)
-    for name, digest in entries.items():
-        path = directory / name
-        if not path.is_file():
-            raise RunIntegrityError(f"{path}: listed in {MANIFEST_FILE} but missing; the run directory is "
-                                    "incomplete (copy it again from its source), or pass --no-verify")
-        if file_digest(path) != digest:
-            raise RunIntegrityError(f"{path}: changed since the run wrote it (its SHA-256 differs from "
+    for name in entries:
+        problem = listed_file_problem(directory, entries, name)
+        if problem == "missing":
+            raise RunIntegrityError(f"{directory / name}: listed in {MANIFEST_FILE} but missing; the run directory "
+                                    "is incomplete (copy it again from its source), or pass --no-verify")
+        if problem:
+            raise RunIntegrityError(f"{directory / name}: changed since the run wrote it (its SHA-256 differs from "
                                     f"{MANIFEST_FILE}); restore the original file, or pass --no-verify to "
                                     "read it anyway")
     for name in _listed_files(directory):

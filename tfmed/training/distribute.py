@@ -101,10 +101,7 @@ def strategy(name: str = "auto") -> tf.distribute.Strategy:
         resolver = _find_tpu() if (name == "tpu" or _tpu_hint()) else None
         if resolver is not None:
             return tf.distribute.TPUStrategy(resolver)
-        if name == "tpu":
-            raise StrategyError("strategy 'tpu' was requested but no TPU is reachable "
-                                f"({getattr(_find_tpu, 'last_error', 'TPUClusterResolver failed')}); "
-                                "run on a TPU host/runtime or use strategy 'auto'")
+        check_reachable(name, "the strategy")  # tpu asked for and none found: refused
         gpus = tf.config.list_logical_devices("GPU")
         if len(gpus) > 1:
             return tf.distribute.MirroredStrategy([device.name for device in gpus])
