@@ -386,3 +386,26 @@ def test_a_finetune_monitor_is_refused_where_k_fold_leaves_no_validation_split_t
     values["split"] = {"method": "patient"}
     values["model"]["finetune"]["monitor"] = "val_sensitivity"
     ExperimentConfig.from_dict(values)
+
+
+def test_a_data_yaml_for_scoring_is_its_data_section_alone(tmp_path):
+    """evaluate / recalibrate --data FILE: the data: section is read alone (a volume source needs no views:
+    section, the run's own are used), and other sections, which could not act, are refused."""
+    from tfmed.config import data_section
+    alone = tmp_path / "luna.yaml"
+    alone.write_text("data:\n  source: luna16\n  path: LUNA16/candidates_V2.csv#1\n  exclude_bad_rows: true\n")
+    parsed = data_section(alone)
+    assert (parsed.source, parsed.path, parsed.exclude_bad_rows) == ("luna16", "LUNA16/candidates_V2.csv#1", True)
+    beside = tmp_path / "beside.yaml"
+    beside.write_text("data:\n  source: luna16\n  path: c.csv\nviews: {enabled: true, center: lesion}\ntta: {}\n")
+    with pytest.raises(ConfigError, match=r"beside\.yaml holds tta, views beside data:; only its data: section"):
+        data_section(beside)
+    nothing = tmp_path / "none.yaml"
+    nothing.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="none.yaml has no data: section"):
+        data_section(nothing)
+    nothing.write_text("data:\n  source: manifest\n  path: a.csv\n  frontal_only: true\n")
+    with pytest.raises(ConfigError, match=r"data\.frontal_only"):  # the section's own checks hold
+        data_section(nothing)
+    with pytest.raises(ConfigError, match="missing.yaml: file not found"):
+        data_section(tmp_path / "missing.yaml")

@@ -298,8 +298,7 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     assert "LUNA16 FROC not computed: annotations.csv lists no nodule in the 4 scans evaluated" in \
         capsys.readouterr().out
     # a sample of the candidates cannot give false positives per scan
-    (tmp_path / "sampled.yaml").write_text(f"data:\n  source: luna16\n  path: {csv}#1\n  negatives_per_positive: 1\n"
-                                           "views: {enabled: true, center: lesion}\n")
+    (tmp_path / "sampled.yaml").write_text(f"data:\n  source: luna16\n  path: {csv}#1\n  negatives_per_positive: 1\n")
     assert main(["evaluate", "--model", str(run), "--data", str(tmp_path / "sampled.yaml")]) == 0
     evaluation = sorted((run / "evaluations").iterdir())[-1]
     assert "froc" not in json.loads((evaluation / "metrics.json").read_text())
@@ -307,9 +306,8 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
     # a scan gone: the fix offered is a YAML that a volume source accepts, and it works
     next((tmp_path / "LUNA16" / "subset1").glob("*.raw")).unlink()
     assert main(["evaluate", "--model", str(run), "--data", f"{spec}#1"]) == 2
-    assert "sets exclude_bad_rows: true (beside views: {enabled: true, center: lesion}" in capsys.readouterr().err
-    (tmp_path / "leave_out.yaml").write_text(f"data:\n  source: luna16\n  path: {csv}#1\n  exclude_bad_rows: true\n"
-                                             "views: {enabled: true, center: lesion}\n")
+    assert "sets exclude_bad_rows: true to leave them out" in capsys.readouterr().err
+    (tmp_path / "leave_out.yaml").write_text(f"data:\n  source: luna16\n  path: {csv}#1\n  exclude_bad_rows: true\n")
     assert main(["evaluate", "--model", str(run), "--data", str(tmp_path / "leave_out.yaml")]) == 0
     # the unreadable scan's nodule is not counted as one the model missed
     assert "1 scan(s) of those subsets are not counted: every candidate of theirs was left out as a bad row" in \

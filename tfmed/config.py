@@ -1454,6 +1454,29 @@ class ExperimentConfig(_Section):
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
 
+def data_section(path: str | Path) -> DataConfig:
+    """The ``data:`` section of a YAML file that holds nothing else: the data ``tfmed evaluate --data FILE`` and
+    ``tfmed recalibrate --data FILE`` read, scored through the run's own preprocessing, views and test-time views,
+    so other sections are refused rather than ignored.
+
+    Example:
+        >>> data_section("mimic_test.yaml").frontal_only  # doctest: +SKIP
+        False
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found; pass a YAML file holding a data: section (source, path, ...) "
+                          "or a source such as manifest:labels.csv")
+    values = _read_mapping(path)
+    if "data" not in values:
+        raise ConfigError(f"{path} has no data: section; write the data to score under data: (source, path, ...)")
+    others = sorted(set(values) - {"data"})
+    if others:
+        raise ConfigError(f"{path} holds {', '.join(others)} beside data:; only its data: section is read, as the "
+                          "images are scored with the run's own settings (its config.yaml); keep data: alone")
+    return _build(DataConfig, values["data"], str(path), prefix="data.")
+
+
 def is_experiment_file(spec: str) -> bool:
     """Whether a command-line argument names an experiment's YAML file (its data section included) rather
     than a data source.

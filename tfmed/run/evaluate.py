@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.config import ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, is_experiment_file
+from tfmed.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, data_section,
+                          is_experiment_file)
 from tfmed.data.near_duplicates import copies_of
 from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec
 from tfmed.data.table import LABEL_PREFIX, ImageTable, remap_labels
@@ -201,9 +202,7 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
     remedy = (f"set exclude_bad_rows: true in the data: section of {data} to leave them out"
               if is_experiment_file(data) else
               f"pass --data a YAML file whose data: section names {data} (source and path) and sets "
-              "exclude_bad_rows: true" + (" (beside views: {enabled: true, center: lesion}, as a LUNA16 "
-                                          "experiment has)" if parsed.source in DataConfig.VOLUME_SOURCES else "")
-              + " to leave them out")
+              "exclude_bad_rows: true to leave them out")
     table = apply_validation(table, report, exclude_bad_rows=parsed.exclude_bad_rows,
                              remedy=remedy + " (they are then listed in the output's excluded_rows.csv)")
     rename = {} if is_experiment_file(data) else run_rename(parsed, config.data)
@@ -257,8 +256,9 @@ LABEL_SETTINGS = ("uncertain", "frontal_only", "min_readers", "physician_labelle
 
 
 def evaluation_data(spec: str, run_data: DataConfig | None = None) -> DataConfig:
-    """The data ``tfmed evaluate --data`` names: a source spec, or a YAML file whose ``data:`` section (as
-    in an experiment) gives what a spec cannot, such as ``frontal_only`` or ``uncertain``. A spec takes the
+    """The data ``tfmed evaluate --data`` names: a source spec, or a YAML file holding a ``data:`` section alone
+    (as in an experiment; :func:`~tfmed.config.data_section`) that gives what a spec cannot, such as
+    ``frontal_only`` or ``uncertain``. A spec takes the
     run's own label settings (:func:`run_label_settings` of ``run_data``), so an external test set's labels
     mean what the training labels meant; a YAML section sets its own.
 
@@ -267,7 +267,7 @@ def evaluation_data(spec: str, run_data: DataConfig | None = None) -> DataConfig
         'mimic_cxr'
     """
     if is_experiment_file(spec):
-        return ExperimentConfig.from_yaml(spec).data
+        return data_section(spec)
     parsed = parse_source_spec(spec)
     carried = run_label_settings(parsed, run_data) if run_data is not None else {}
     if not carried:
