@@ -309,6 +309,17 @@ def test_macro_auc_with_two_classes_is_delong_exactly():
     assert aucs[0] == pytest.approx(d_aucs[0]) and cov[0, 0] == pytest.approx(d_cov[0, 0], rel=1e-12)
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_a_two_class_macro_auc_interval_is_the_binary_one(classes):
+    """One misranked pair of 40 cases: Newcombe's floor sets the lower end, and the second column (the
+    first's mirror, or a third class absent from the split) must not halve its variance."""
+    y = np.repeat([0, 1], 20)
+    s = np.linspace(0.0, 1.0, 40)
+    s[[19, 20]] = s[[20, 19]]
+    proba = np.c_[1 - s, s, np.zeros((40, classes - 2))]
+    assert macro_auc_ci(y, proba) == pytest.approx(delong_auc_ci(y, s), abs=1e-9)
+
+
 def test_macro_auc_equals_sklearn_and_skips_classes_absent_from_the_labels():
     rng = np.random.default_rng(3)
     y, proba = _multiclass_sample(rng, 150)

@@ -205,6 +205,8 @@ def _macro_covariance(y_true, probas) -> tuple[np.ndarray, np.ndarray, tuple[tup
     aucs /= len(columns)
     components /= len(columns)
     counts = tuple((int(sizes[k]), int(outside[k])) for k in columns)
+    if y.ndim == 1 and len(columns) == 2:  # two classes: both columns split the same cases the same way
+        counts = counts[:1]
     return aucs, components @ components.T, counts
 
 
@@ -396,7 +398,8 @@ def newcombe_interval(auc: float, counts, level: float = 0.95) -> tuple[float, f
     ``V(t) = t (1 - t) (1 + (N - 1) ((1 - t) / (2 - t) + t / (1 + t))) / (n_pos n_neg)``
     with ``N = (n_pos + n_neg) / 2``. For a macro AUC (one pair of counts per
     column) ``V`` is the mean of the columns' variances over their number, as
-    for a mean of independent AUCs. The interval depends only on the AUC and
+    for a mean of independent AUCs (two classes give one column, the second
+    being the first's mirror). The interval depends only on the AUC and
     the counts, so it keeps a width where DeLong's variance vanishes.
 
     Example:
