@@ -8,8 +8,8 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from tfmed.config import ConfigError, ExperimentConfig
-from tfmed.evaluation.comparison import compare_to_members, comparison_sentences
-from tfmed.evaluation.intervals import macro_auc_test
+from tfmed.evaluation.comparison import compare_to_members, comparison_sentences, paired_tests
+from tfmed.evaluation.intervals import EvaluationError, macro_auc_test
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
 from tfmed.modes.combine import ScoreCombiner
@@ -111,6 +111,23 @@ def test_multilabel_comparison_tests_each_label_and_the_macro_auc():
     sentence = comparison_sentences({"weak": entry}, "test")[0]
     assert sentence.startswith("test: member weak vs ensemble AUC per label:")
     assert f"ensemble macro AUC {entry['macro']['ensemble_macro_auc']:.3f}" in sentence
+
+
+def test_a_comparison_of_bad_scores_is_refused_not_reported_as_one_class():
+    """Only a split of one class has no AUC; scores of another length, NaN scores or a misspelt task are
+    faults of the input and say so."""
+    y = np.array([0, 1] * 5)
+    scores = np.linspace(0.05, 0.95, 10)
+    with pytest.raises(EvaluationError):
+        paired_tests("binary", y, scores, scores[:9])
+    with pytest.raises(EvaluationError, match="NaN"):
+        compare_to_members("binary", y, scores, {"m": np.full(10, np.nan)})
+    with pytest.raises(EvaluationError, match="task is 'multi-class'; allowed: binary, multiclass, multilabel"):
+        paired_tests("multi-class", y % 3, np.c_[scores, scores, scores], np.c_[scores, scores, scores])
+    assert paired_tests("binary", np.zeros(10, int), scores, scores) == {"auc": None}
+    unknown_or_absent = np.c_[np.zeros(10, int), np.full(10, -1)]  # each label known absent or unknown
+    assert paired_tests("multilabel", unknown_or_absent, np.c_[scores, scores], np.c_[scores, scores]) == {
+        "macro": None, 0: None, 1: None}
 
 
 # ------------------------------------------------------------------ configuration

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfmed.config import UNKNOWN_LABEL
+from tfmed.evaluation.metrics import TASKS
 from tfmed.evaluation.intervals import EvaluationError, delong_test, macro_auc_test
 
 
@@ -36,6 +37,8 @@ def paired_tests(task: str, y, scores_a, scores_b) -> dict:
         >>> list(tests), tests["auc"]["auc_a"], tests["auc"]["auc_b"]
         (['auc'], 0.75, 1.0)
     """
+    if task not in TASKS:
+        raise EvaluationError(f"paired_tests: task is {task!r}; allowed: {', '.join(TASKS)}")
     y = np.asarray(y)
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
     if task == "binary":
@@ -104,10 +107,15 @@ def _macro_words(entry: dict, name: str) -> str:
 
 
 def _or_none(test, y, a, b) -> dict | None:
-    try:
-        return test(y, a, b)
-    except EvaluationError:  # a single class: no AUC
+    """``test(y, a, b)``, or None where the cases hold a single class (a multi-label ``y``: no label known
+    both present and absent) and no AUC exists; any other fault of the input is raised."""
+    if y.ndim == 2:
+        defined = any({0, 1} <= set(np.unique(column).tolist()) for column in y.T)
+    else:
+        defined = len(np.unique(y)) > 1
+    if not defined:
         return None
+    return test(y, a, b)
 
 
 def _rounded(result: dict | None, member_key: str, ensemble_key: str) -> dict:
