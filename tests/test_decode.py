@@ -91,13 +91,24 @@ def test_dicom_rescale_slope_and_intercept_are_applied(tmp_path):
 
 def test_monochrome1_is_inverted(tmp_path):
     dataset = pydicom.dcmread(CT_SMALL)
-    dataset.PhotometricInterpretation = "MONOCHROME1"
+    dataset.PhotometricInterpretation, dataset.Modality = "MONOCHROME1", "CR"
     path = tmp_path / "mono1.dcm"
     dataset.save_as(path)
-    hu = pydicom.dcmread(CT_SMALL).pixel_array.astype(np.float64) - 1024
+    values = pydicom.dcmread(CT_SMALL).pixel_array.astype(np.float64) - 1024
     # signed 16-bit stored values -32768..32767 give -33792..31743 after the rescale: turned over that range
-    expected = (-32768 - 1024) + (32767 - 1024) - hu
+    expected = (-32768 - 1024) + (32767 - 1024) - values
     np.testing.assert_array_equal(read_image(path)[:, :, 0], expected)
+
+
+@pytest.mark.parametrize("modality, rescale_type", [("CT", None), ("OT", "HU")])
+def test_monochrome1_in_hounsfield_units_stays_in_hounsfield_units(tmp_path, modality, rescale_type):
+    """The photometric setting says how to display; a window in HU must read the HU themselves."""
+    dataset = pydicom.dcmread(CT_SMALL)
+    dataset.PhotometricInterpretation, dataset.Modality = "MONOCHROME1", modality
+    if rescale_type:
+        dataset.RescaleType = rescale_type
+    dataset.save_as(tmp_path / "mono1.dcm")
+    np.testing.assert_array_equal(read_image(tmp_path / "mono1.dcm"), read_image(CT_SMALL))
 
 
 def test_monochrome1_gives_one_stored_value_the_same_output_in_every_image(tmp_path):

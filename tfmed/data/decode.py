@@ -157,7 +157,8 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     8-bit images keep values 0..255, 16-bit PNG/TIFF keep 0..65535, colour
     comes back RGB (RGBA for 4 channels), DICOM comes back after the modality
     LUT (Hounsfield units for CT); MONOCHROME1 DICOM is inverted so that
-    higher values are brighter, as in MONOCHROME2. Images of more than
+    higher values are brighter, as in MONOCHROME2, unless its values are
+    Hounsfield units (kept as they are, for a window in HU to read). Images of more than
     ``max_pixels`` pixels (None: no limit) are refused before decoding.
 
     Raises:
@@ -456,7 +457,7 @@ def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageIn
         values, bit_depth = _palette_colours(path, dataset)
     else:
         values = dicom_values(path, dataset, "re-export the DICOM file, or remove the row")
-    if photometric == "MONOCHROME1":
+    if photometric == "MONOCHROME1" and not _in_hounsfield_units(dataset):
         values = _monochrome1_inverted(values, dataset)
     if values.ndim == 2:
         values = values[:, :, None]
@@ -477,6 +478,12 @@ def _palette_colours(path: Path, dataset) -> tuple[np.ndarray, int]:
                              "re-export the image as RGB or MONOCHROME2") from None
     descriptor = dataset.get("RedPaletteColorLookupTableDescriptor") or [0, 0, 16]
     return np.asarray(rgb, dtype=np.float32), int(descriptor[2]) if int(descriptor[2]) in (8, 16) else 16
+
+
+def _in_hounsfield_units(dataset) -> bool:
+    """Whether the modality LUT gives Hounsfield units (CT, or a rescale of type HU): values measured in
+    physical units, which a window in HU reads as they are, whatever the display's photometric setting."""
+    return str(dataset.get("Modality", "")).upper() == "CT" or str(dataset.get("RescaleType", "")).upper() == "HU"
 
 
 def _monochrome1_inverted(values: np.ndarray, dataset) -> np.ndarray:
