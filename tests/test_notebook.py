@@ -1,6 +1,7 @@
 """The Colab notebooks are valid, open with the same install cell, and use only names tfmed provides."""
 import ast
 import importlib
+import importlib.machinery
 import importlib.metadata
 import importlib.util
 import json
@@ -80,9 +81,10 @@ def _install_cell() -> str:
     return source
 
 
-def _run_install_cell(monkeypatch, tmp_path, commands, *, colab, repository=REPOSITORY, uploaded=False, changed=()):
-    """Execute the install cell as on a runtime without tfmed, recording the commands it runs; return the
-    folder it uses for the repository."""
+def _run_install_cell(monkeypatch, tmp_path, commands, *, colab, repository=REPOSITORY, uploaded=False, changed=(),
+                      found=None):
+    """Execute the install cell as on a runtime without tfmed (``find_spec("tfmed")`` gives ``found``), recording
+    the commands it runs; return the folder it uses for the repository."""
     folder = tmp_path / "content" / "tfmed"
     if uploaded:
         folder.mkdir(parents=True)
@@ -90,7 +92,7 @@ def _run_install_cell(monkeypatch, tmp_path, commands, *, colab, repository=REPO
               .replace('"https://github.com/YOUR-ORG/tfmed.git"', repr(repository)))
     real_find_spec, real_version = importlib.util.find_spec, importlib.metadata.version
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "tfmed" else real_find_spec(name, *args))
+                        lambda name, *args: found if name == "tfmed" else real_find_spec(name, *args))
     monkeypatch.setattr(importlib.metadata, "version",
                         lambda name: "99.0" if name in changed else real_version(name))
     monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command))
@@ -129,6 +131,16 @@ def test_install_cell_on_colab_clones_and_pip_installs_the_repository(monkeypatc
 def test_install_cell_on_colab_installs_an_uploaded_repository_without_cloning(monkeypatch, tmp_path):
     commands = []
     folder = _run_install_cell(monkeypatch, tmp_path, commands, colab=True, uploaded=True)
+    assert commands == [[sys.executable, "-m", "pip", "install", "-q", str(folder)]]
+
+
+def test_install_cell_installs_a_repository_uploaded_to_the_working_folder(monkeypatch, tmp_path):
+    """On Colab the working folder is /content, so the uploaded repository /content/tfmed (no __init__.py at its
+    top) is found as a namespace package: not an installed tfmed."""
+    commands = []
+    namespace = importlib.machinery.ModuleSpec("tfmed", None, is_package=True)
+    assert namespace.origin is None
+    folder = _run_install_cell(monkeypatch, tmp_path, commands, colab=True, uploaded=True, found=namespace)
     assert commands == [[sys.executable, "-m", "pip", "install", "-q", str(folder)]]
 
 
