@@ -504,3 +504,23 @@ def test_image_arrays_on_another_scale_than_0_255_are_refused(binary_run):
     with pytest.raises(PixelRangeError, match=r"predict images holds values .*multiply by 255"):
         trained.predict(x / 255.0)
     assert trained.predict(x).shape == (8, 1)
+
+
+def test_image_arrays_with_nan_pixels_or_no_images_are_refused_up_front(binary_run):
+    """Not trained into a model of NaN weights (or stopped as 'diverged' an epoch later), nor failing deep in
+    tf.data: the rows are named before anything runs."""
+    from tfmed.backbones.features import FeatureInputError
+
+    x, y = make_data(n=8)
+    spoilt = x.copy()
+    spoilt[3, 0, 0, 0] = np.nan
+    tuner = FineTuner(BACKBONE, "binary", 1, image_size=SIZE, weights=None)
+    with pytest.raises(FeatureInputError, match="train_ds images rows 3 contain NaN or infinite pixels"):
+        tuner.fit((spoilt, y))
+    with pytest.raises(FeatureInputError, match="val_ds images rows 3 contain NaN"):
+        tuner.fit((x, y), (spoilt, y))
+    with pytest.raises(FeatureInputError, match=r"train_ds images holds no images \(shape \(0, "):
+        tuner.fit((x[:0], y[:0]))
+    assert tuner.model_ is None  # nothing was trained
+    with pytest.raises(FeatureInputError, match="predict images rows 3 contain NaN"):
+        binary_run[0].predict(spoilt)

@@ -144,15 +144,22 @@ def _rows(rows, limit: int = 10) -> str:
     return ", ".join(map(str, rows[:limit])) + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
 
 
-def _check_values(arr: np.ndarray) -> None:
-    """Refuse an empty batch, rows with NaN / infinite pixels and images on another scale than 0-255."""
-    if len(arr) == 0:
-        raise FeatureInputError(f"images holds no images (shape {arr.shape}); pass at least one image")
-    bad = np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(axis=1))
+def check_images(images: np.ndarray, what: str = "images") -> None:
+    """Refuse an empty array of images, rows with NaN / infinite pixels (named) and images on another scale
+    than 0-255 (:func:`check_pixel_range`).
+
+    Example:
+        >>> check_images(np.array([[[[0.0]]], [[[np.nan]]]]), "train images")
+        Traceback (most recent call last):
+        tfmed.backbones.features.FeatureInputError: train images rows 1 contain NaN or infinite pixels; fix or drop these images first
+    """
+    if len(images) == 0:
+        raise FeatureInputError(f"{what} holds no images (shape {images.shape}); pass at least one image")
+    bad = np.flatnonzero(~np.isfinite(images).reshape(len(images), -1).all(axis=1))
     if bad.size:
-        raise FeatureInputError(f"images rows {_rows(bad)} contain NaN or infinite pixels; fix or drop these "
-                                "images before extracting features")
-    check_pixel_range(arr, "images")  # PixelRangeError for 0-1 floats, 16-bit values
+        raise FeatureInputError(f"{what} rows {_rows(bad)} contain NaN or infinite pixels; fix or drop these "
+                                "images first")
+    check_pixel_range(images, what)  # PixelRangeError for 0-1 floats, 16-bit values
 
 
 def replicas_of(model) -> int:
@@ -238,7 +245,7 @@ def extract_features(model, images, batch_size=32) -> dict:
             data = data.batch(int(batch_size))
         out = _predict_dataset(model, data, replicas)
     else:
-        _check_values(data)
+        check_images(data)
         out = _predict_array(model, data, int(batch_size), replicas)
     if not isinstance(out, dict):
         out = {"output": out}

@@ -630,13 +630,12 @@ class FineTuner:
     def _as_dataset(self, data, name: str, training: bool = False) -> tf.data.Dataset:
         """Accept a batched dataset or an (images, targets) pair; check shapes against the model."""
         if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tf.data.Dataset):
-            from tfmed.backbones.features import check_pixel_range
+            from tfmed.backbones.features import check_images
 
             x = np.asarray(data[0], dtype=np.float32)
             if len(x) != len(data[1]):
                 raise FinetuneError(f"{name}: {len(x)} images but {len(data[1])} targets")
-            if x.size:
-                check_pixel_range(x, f"{name} images")
+            check_images(x, f"{name} images")
             y = self._check_targets(data[1], name)
             if training:
                 self._check_both_classes(y, name)
@@ -767,10 +766,9 @@ class FineTuner:
         if x.shape[1:] != self.input_shape:
             raise FinetuneError(f"predict got images of shape {np.shape(data)}; the model expects "
                                 f"(n, {', '.join(map(str, self.input_shape))}) on a 0-255 scale")
-        if x.size:
-            from tfmed.backbones.features import check_pixel_range
+        from tfmed.backbones.features import check_images
 
-            check_pixel_range(x, "predict images")
+        check_images(x, "predict images")
         return np.asarray(self.model_.predict(x, batch_size=self.config.batch_size, verbose=0))
 
     # ----------------------------------------------------------- persistence
