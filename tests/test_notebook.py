@@ -128,10 +128,11 @@ def test_install_cell_on_colab_clones_and_pip_installs_the_repository(monkeypatc
     assert f"working folder: {ROOT}" in printed    # the repository with experiments/ (tfmed here comes from it)
 
 
-def test_install_cell_on_colab_installs_an_uploaded_repository_without_cloning(monkeypatch, tmp_path):
+def test_install_cell_on_colab_installs_an_uploaded_repository_without_cloning(monkeypatch, tmp_path, capsys):
     commands = []
     folder = _run_install_cell(monkeypatch, tmp_path, commands, colab=True, uploaded=True)
     assert commands == [[sys.executable, "-m", "pip", "install", "-q", str(folder)]]
+    assert f"installed tfmed from {folder}\n" in capsys.readouterr().out  # not from the repository URL
 
 
 def test_install_cell_installs_a_repository_uploaded_to_the_working_folder(monkeypatch, tmp_path):
