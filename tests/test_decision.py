@@ -9,6 +9,7 @@ import pytest
 from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from test_subgroups import write_patients
 from tfmed.evaluation.decision import THRESHOLDS, beneficial_ranges, calibration_line, decision_curve, net_benefit
+from tfmed.evaluation.intervals import EvaluationError
 from tfmed.evaluation.metrics import binary_metrics
 from tfmed.run.experiment import run_experiment
 
@@ -98,3 +99,21 @@ def test_a_runs_report_has_the_decision_curve_and_its_sentences(tmp_path):
     report = (run / "report.html").read_text()
     assert "alt='decision'" in report and "Decision curve (test): the net benefit of acting on the model" in report
     assert "Calibration (test): " in report
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda y, p: net_benefit(y, np.full(10, np.nan), 0.5), r"net_benefit: probabilities must lie in \[0, 1\]; row 0"),
+    (lambda y, p: net_benefit(y * 2, p, 0.5), "net_benefit: y must hold only 0 and 1; row 1 is 2"),
+    (lambda y, p: net_benefit(y, p, 1.0), "net_benefit: threshold probabilities must lie strictly between 0 and 1"),
+    (lambda y, p: net_benefit(y, p[:9], 0.5), "net_benefit: 10 labels but 9 probabilities"),
+    (lambda y, p: decision_curve(y, p[:9]), "decision_curve: 10 labels but 9 probabilities"),
+    (lambda y, p: decision_curve(y, p, [0.0, 0.5]), "decision_curve: threshold probabilities must lie strictly"),
+    (lambda y, p: calibration_line(y, np.where(np.arange(10) == 3, np.nan, p)), "calibration_line: .* row 3 is nan"),
+    (lambda y, p: calibration_line(y * 2, p), "calibration_line: y must hold only 0 and 1"),
+    (lambda y, p: calibration_line([], []), "calibration_line: y is empty"),
+])
+def test_bad_input_to_the_decision_functions_is_refused_with_its_reason(call, message):
+    """Not a net benefit of 0.0 for NaN probabilities, a label 2 counted as a negative, or an error from
+    deep inside numpy or scikit-learn."""
+    with pytest.raises(EvaluationError, match=message):
+        call(np.array([0, 1, 0, 1, 1, 0, 1, 0, 0, 1]), np.linspace(0.05, 0.95, 10))

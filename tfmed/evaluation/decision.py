@@ -30,8 +30,31 @@ import numpy as np
 from scipy.optimize import brentq
 from sklearn.linear_model import LogisticRegression
 
+from .intervals import EvaluationError, _binary_labels
+
 THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # threshold probabilities of a decision curve
 _EDGE = 1e-6  # probabilities are kept this far from 0 and 1 before their logit is taken
+
+
+def _checked(y, probabilities, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 labels and one probability in [0, 1] per case, or an EvaluationError naming what is wrong."""
+    y = _binary_labels(y, f"{where}: y")
+    p = np.asarray(probabilities, dtype=float).reshape(-1)
+    if p.size != y.size:
+        raise EvaluationError(f"{where}: {y.size} labels but {p.size} probabilities; give one per case")
+    bad = np.flatnonzero(~np.isfinite(p) | (p < 0.0) | (p > 1.0))
+    if bad.size:
+        raise EvaluationError(f"{where}: probabilities must lie in [0, 1]; row {int(bad[0])} is {float(p[bad[0]])} "
+                              f"({bad.size} such rows)")
+    return y, p
+
+
+def _checked_thresholds(thresholds, where: str) -> np.ndarray:
+    t = np.asarray(thresholds, dtype=float).reshape(-1)
+    if not np.all((t > 0.0) & (t < 1.0)):
+        raise EvaluationError(f"{where}: threshold probabilities must lie strictly between 0 and 1 "
+                              f"(got {t.tolist()[:5]})")
+    return t
 
 
 def net_benefit(y, probabilities, threshold: float) -> float:
@@ -41,7 +64,8 @@ def net_benefit(y, probabilities, threshold: float) -> float:
         >>> net_benefit([1, 0, 1, 0], [0.9, 0.6, 0.4, 0.1], 0.5)
         0.0
     """
-    y, p = np.asarray(y), np.asarray(probabilities, dtype=float)
+    y, p = _checked(y, probabilities, "net_benefit")
+    threshold = float(_checked_thresholds([threshold], "net_benefit")[0])
     called = p >= threshold
     odds = threshold / (1.0 - threshold)
     return float(((called & (y == 1)).sum() - (called & (y == 0)).sum() * odds) / y.size)
@@ -57,8 +81,8 @@ def decision_curve(y, probabilities, thresholds=THRESHOLDS) -> dict:
         >>> curve["model"], curve["treat_all"]
         ([0.5], [0.0])
     """
-    y, p = np.asarray(y), np.asarray(probabilities, dtype=float)
-    t = np.asarray(thresholds, dtype=float)
+    y, p = _checked(y, probabilities, "decision_curve")
+    t = _checked_thresholds(thresholds, "decision_curve")
     odds = t / (1.0 - t)
     positives, negatives = np.sort(p[y == 1]), np.sort(p[y == 0])
     found = positives.size - np.searchsorted(positives, t, side="left")  # cases with p >= t, as net_benefit
@@ -115,10 +139,10 @@ def calibration_line(y, probabilities) -> dict:
         >>> calibration_line([0, 0, 1, 1], [0.2, 0.5, 0.5, 0.9])["slope"] is None  # a tie at the boundary only
         True
     """
-    y = np.asarray(y).astype(int)
+    y, p = _checked(y, probabilities, "calibration_line")
     if y.min() == y.max():
         return {"intercept": None, "slope": None}
-    p = np.clip(np.asarray(probabilities, dtype=float), _EDGE, 1 - _EDGE)
+    p = np.clip(p, _EDGE, 1 - _EDGE)
     logit = np.log(p / (1 - p))
     separated = logit[y == 1].min() >= logit[y == 0].max() or logit[y == 1].max() <= logit[y == 0].min()
     slope = None if separated else float(maximum_likelihood_logistic().fit(logit[:, None], y).coef_[0, 0])
