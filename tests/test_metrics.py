@@ -227,6 +227,13 @@ def test_multilabel_metrics_match_sklearn():
     assert any("micro AUC is undefined" in note for note in none_positive["notes"])
     assert none_positive["bootstrap_ci"]["macro_auc"] == [None, None]
     assert none_positive["subset_accuracy"] == pytest.approx(np.mean(np.all(P[:4, :2] < 0.5, axis=1)))
+    # an image with no known label has nothing to match: left out, not counted as an exact match
+    unknown = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [-1, -1], [-1, -1], [-1, -1]])
+    scores = np.array([[.9, .1], [.2, .8], [.7, .6], [.9, .2], [.9, .9], [.1, .1], [.5, .5]])
+    graded = multilabel_metrics(unknown, scores, 0.5, ["a", "b"], bootstrap=20)
+    assert graded["subset_accuracy"] == pytest.approx(3 / 4)
+    assert multilabel_metrics(np.c_[unknown[:, :1], np.full(7, -1)], scores, 0.5, ["a", "b"])["subset_accuracy"] \
+        == pytest.approx(3 / 4)  # label b unknown everywhere: each image judged on label a alone
     with pytest.raises(EvaluationError, match="no threshold for label"):
         multilabel_metrics(Y, P, {"effusion": 0.5}, names)
     with pytest.raises(EvaluationError, match="2 thresholds for 3 labels"):

@@ -563,8 +563,10 @@ def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[flo
     entries, entry_scores = Y[known], S[known]
     micro = float(roc_auc_score(entries, entry_scores)) if 0 < entries.sum() < entries.size else None
     decisions = (S >= np.asarray(thresholds)).astype(int)
+    graded = known.any(axis=1)  # an image with no known label has nothing to match
+    exact = np.all((Y == decisions) | ~known, axis=1)[graded]
     return {"macro_auc": macro, "micro_auc": micro,
-            "subset_accuracy": float(np.mean(np.all((Y == decisions) | ~known, axis=1))),
+            "subset_accuracy": float(np.mean(exact)) if exact.size else None,
             "hamming_loss": float(np.mean(Y[known] != decisions[known])) if known.any() else None}
 
 
