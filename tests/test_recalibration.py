@@ -640,3 +640,21 @@ def test_tfmed_recalibrate_takes_the_subgroups_of_data_that_lack_the_runs_attrib
     assert main(["recalibrate", "--model", str(run), "--data", hospital["fit"], "--output", str(tmp_path / "y"),
                  "--subgroups", "sex"]) == 2
     assert f"{hospital['fit']}: --subgroups names sex, but no image" in capsys.readouterr().err
+
+
+def test_a_rank_ensemble_is_recalibrated_only_where_every_label_can_be():
+    """A label whose fit is refused keeps its scores: of a rank ensemble they are mean ranks, which beside the
+    other labels' probabilities would get a Brier score and decision curve; so none is recalibrated."""
+    rng = np.random.default_rng(0)
+    y = np.c_[rng.integers(0, 2, 40), np.repeat([0, 1], 20)]
+    scores = np.c_[np.clip(0.3 * y[:, 0] + rng.uniform(0, 0.7, 40), 0, 1), np.linspace(0.05, 0.95, 40)]  # b separates
+    for ranks, applied in ((True, False), (False, True)):
+        model = types.SimpleNamespace(task="multilabel", classes=["a", "b"], recalibration=None, combines_ranks=ranks)
+        summary, after = recalibrate(model, "logistic", "val", {"val": (y, scores)})
+        assert summary["applied"] is applied and (model.recalibration is None) is not applied
+        if ranks:
+            assert summary["reason"].startswith("a rank ensemble's mean ranks become probabilities only where every "
+                                                "label is recalibrated, and label 'b': ")
+            assert after["val"] is scores
+        else:
+            assert list(model.recalibration.unfitted) == ["b"] and not np.allclose(after["val"][:, 0], scores[:, 0])

@@ -78,8 +78,13 @@ class TrainedModel:
     def gives_probabilities(self) -> bool:
         """Whether the scores are probabilities: not for a rank-averaged ensemble that no recalibration turned
         into them (its scores are mean ranks, so Brier, calibration and decision curves do not apply)."""
-        rule = getattr(getattr(self.estimator, "combiner", None), "rule", None)
-        return rule != "rank" or self.recalibration is not None
+        return not self.combines_ranks or self.recalibration is not None
+
+    @property
+    def combines_ranks(self) -> bool:
+        """Whether the model is an ensemble that averages its members' ranks (mean ranks, before any
+        recalibration)."""
+        return getattr(getattr(self.estimator, "combiner", None), "rule", None) == "rank"
 
     @property
     def inputs(self) -> ImageInputs:

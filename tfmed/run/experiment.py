@@ -534,6 +534,11 @@ def recalibrate(model: TrainedModel, method: str, fitted_on: str,
     summary: dict = {"method": method, "fitted_on": fitted_on}
     try:
         model.recalibration = Recalibration.fit(method, model.task, *scored[fitted_on], labels=list(model.classes))
+        unfitted = model.recalibration.unfitted or {}
+        if unfitted and model.combines_ranks:  # one label left as mean ranks beside probabilities: none is
+            model.recalibration = None
+            raise RecalibrationError("a rank ensemble's mean ranks become probabilities only where every label is "
+                                     "recalibrated, and " + "; ".join(unfitted.values()))
     except RecalibrationError as error:
         log(f"the scores were not recalibrated ({method}): {error}")
         return {**summary, "applied": False, "reason": str(error)}, {name: s for name, (_, s) in scored.items()}
