@@ -78,6 +78,21 @@ def test_a_malformed_box_in_a_manifest_is_a_row_problem(tmp_path):
     assert frame["boxes"].tolist()[1] == "4,5,6,7"
 
 
+def test_a_box_wholly_outside_its_image_is_a_row_problem(tmp_path):
+    """Not measured as 'no box' in silence: e.g. a box written for a JPEG's stored pixels that its EXIF orientation
+    turns upright; a box reaching past an edge but holding pixels of the image is kept."""
+    from tfmed.data.validate import validate_table
+
+    cv2.imwrite(str(tmp_path / "wide.png"), np.zeros((32, 64), np.uint8))  # 64 wide, 32 high
+    cv2.imwrite(str(tmp_path / "other.png"), np.ones((32, 64), np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,patient_id,boxes\nwide.png,1,p1,\"6,37,10,10;1,1,4,4\"\n"
+                                    "other.png,1,p2,\"60,28,10,10\"\n")
+    report = validate_table(load_manifest(tmp_path / "m.csv"))
+    assert [(problem.row, problem.problem) for problem in report.problems] == [
+        (2, "box 6,37,10,10 lies outside the 64 x 32 image")]
+    assert "EXIF orientation applied" in report.problems[0].fix
+
+
 def test_a_box_that_names_a_label_counts_only_for_the_map_of_that_label(tmp_path):
     assert parse_labelled_boxes("Edema:1,2,3,4; 5,6,7,8") == [("Edema", (1, 2, 3, 4)), (None, (5, 6, 7, 8))]
     assert parse_boxes("Edema:1,2,3,4;Mass:5,6,7,8;9,9,9,9", label="Mass") == [(5, 6, 7, 8), (9, 9, 9, 9)]

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import PER_IMAGE_INTENSITIES, UNKNOWN_LABEL, ViewsConfig
+from tfmed.data.boxes import BOXES_COLUMN, parse_labelled_boxes
 from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageInfo, ImageReadError, decoder_messages, read_image_and_info
 from tfmed.data.table import ImageTable
 from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL, check_volume_rows, is_volume_path
@@ -429,12 +430,33 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
             add(position, f"{outcome.bit_depth}-bit {outcome.kind.upper()}; supported bit depths are "
                 f"{', '.join(map(str, allowed_bit_depths))}",
                 "convert the image to 8- or 16-bit integers")
+        for box in _boxes_outside(frame[BOXES_COLUMN].iloc[position] if BOXES_COLUMN in frame.columns else None,
+                                  outcome.width, outcome.height):
+            add(position, f"box {box} lies outside the {outcome.width} x {outcome.height} image",
+                "boxes are x,y,width,height in pixels of the image as displayed (EXIF orientation applied, x from "
+                "its left column, y from its top row): correct or remove the box")
     # Duplicates of a bad file repeat its problem so that excluding them leaves nothing behind.
     for position, key in enumerate(keys):
         if key is not None and first_seen[key] != position and isinstance(outcomes.get(key), ImageReadError):
             add(position, outcomes[key].reason, outcomes[key].fix)
     return Counter(outcome.bit_depth for outcome in outcomes.values()
                    if isinstance(outcome, ImageInfo) and not outcome.float_values)
+
+
+def _boxes_outside(text, width: int, height: int) -> list[str]:
+    """The boxes of ``text`` (a row's ``boxes`` cell) that hold no pixel of a ``width`` x ``height`` image, as
+    written; a malformed cell is the source's row problem, reported already.
+
+    Example:
+        >>> _boxes_outside("1,2,3,4;200,300,10,10", width=64, height=32)
+        ['200,300,10,10']
+    """
+    try:
+        boxes = parse_labelled_boxes(text)
+    except ValueError:
+        return []
+    return [",".join(f"{v:g}" for v in box) for _, box in boxes
+            if box[0] >= width or box[1] >= height or box[0] + box[2] <= 0 or box[1] + box[3] <= 0]
 
 
 def _check_arrays(table: ImageTable, report: ValidationReport, add, max_channels: int,
