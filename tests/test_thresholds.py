@@ -116,3 +116,19 @@ def test_a_chance_level_model_calls_everyone_positive_at_youden():
 
     scores = clinical_scores(np.array([0, 1, 0, 1]), np.full(4, 0.5))
     assert scores["youden_threshold"] == 0.5 and scores["sensitivity"] == 1.0 and scores["specificity"] == 0.0
+
+
+def test_a_score_scored_again_a_rounding_step_lower_keeps_its_decision():
+    """The Youden threshold is a validation score; the same case scored again in another batch came back one
+    float32 step lower (0.7288019061 for 0.7288019657) and flipped to negative."""
+    from tfmed.evaluation.metrics import binary_metrics
+
+    y = np.array([0, 0, 1, 1, 0, 1])
+    s = np.array([0.1, 0.4, 0.728801965713501, 0.9, 0.2, 0.95])
+    threshold = choose_threshold(y, s, "youden")
+    assert threshold == s[2]
+    again = s.copy()
+    again[2] = np.nextafter(np.float32(s[2]), np.float32(0))  # one float32 step lower
+    assert apply_threshold(again, threshold).tolist() == apply_threshold(s, threshold).tolist() == [0, 0, 1, 1, 0, 1]
+    assert binary_metrics(y, again, threshold)["sensitivity"] == 1.0
+    assert apply_threshold([0.7287], threshold).tolist() == [0]  # a real difference still counts

@@ -48,7 +48,7 @@ from .decision import beneficial_ranges, calibration_line, decision_curve, net_b
 from .intervals import (EvaluationError, _binary_labels, _check_level, bootstrap_distribution,
                         delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
                         wilson_interval)
-from .thresholds import known_column
+from .thresholds import known_column, reaches
 
 TASKS = ("binary", "multiclass", "multilabel")
 # Fewer cases than this on one side of an ROC curve get a note: with 4-9 positives a 95% AUC
@@ -479,7 +479,7 @@ def _few_cases_note(count: int, cases: str) -> str:
 
 def _binary_point(y: np.ndarray, s: np.ndarray, threshold: float, notes: list | None) -> dict:
     """Point estimates of every binary metric; undefined ones are None."""
-    predicted = (s >= threshold).astype(int)
+    predicted = reaches(s, threshold).astype(int)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[0, 1]).ravel())
     counts = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
     values: dict = {"confusion_matrix": counts}
@@ -516,7 +516,7 @@ def _binary_replicate(y: np.ndarray, s: np.ndarray, threshold: float) -> dict:
     tests check it against scikit-learn on tied and untied scores.
     """
     positive = y == 1
-    called = s >= threshold
+    called = reaches(s, threshold)
     tp = int(np.count_nonzero(called & positive))
     fp = int(np.count_nonzero(called & ~positive))
     n_pos = int(np.count_nonzero(positive))
@@ -562,7 +562,7 @@ def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[flo
     macro = float(macro_auc_covariance(Y, S)[0][0]) if defined else None
     entries, entry_scores = Y[known], S[known]
     micro = float(roc_auc_score(entries, entry_scores)) if 0 < entries.sum() < entries.size else None
-    decisions = (S >= np.asarray(thresholds)).astype(int)
+    decisions = reaches(S, thresholds).astype(int)
     graded = known.any(axis=1)  # an image with no known label has nothing to match
     exact = np.all((Y == decisions) | ~known, axis=1)[graded]
     return {"macro_auc": macro, "micro_auc": micro,

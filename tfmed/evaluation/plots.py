@@ -24,7 +24,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from .decision import decision_curve, net_benefit
 from .intervals import EvaluationError, _binary_labels
-from .thresholds import known_column
+from .thresholds import known_column, reaches
 
 _DPI = 110
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X")
@@ -52,7 +52,7 @@ def roc_plot(y, scores, path, operating_points: Mapping[str, float] | None = Non
     axes.plot(fpr, tpr, color="tab:blue", lw=2, label=label)
     axes.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="chance")
     for i, (name, threshold) in enumerate((operating_points or {}).items()):
-        called = s >= float(threshold)
+        called = reaches(s, float(threshold))
         sensitivity = called[y == 1].mean()
         false_positive_rate = called[y == 0].mean()
         axes.plot(false_positive_rate, sensitivity, marker=_MARKERS[i % len(_MARKERS)], ms=9, ls="none",
@@ -80,7 +80,7 @@ def pr_plot(y, scores, path, operating_points: Mapping[str, float] | None = None
               label=f"average precision {average_precision_score(y, s):.3f}")
     axes.axhline(y.mean(), color="grey", lw=1, ls="--", label=f"prevalence {y.mean():.2f}")
     for i, (name, threshold) in enumerate((operating_points or {}).items()):
-        called = s >= float(threshold)
+        called = reaches(s, float(threshold))
         if not called.any():
             continue
         axes.plot(called[y == 1].mean(), y[called].mean(), marker=_MARKERS[i % len(_MARKERS)], ms=9,

@@ -1,7 +1,7 @@
 """Operating thresholds: chosen on validation data, applied unchanged to test.
 
 A case is called positive when ``score >= threshold`` (the convention of
-scikit-learn's ``roc_curve``). Thresholds returned are observed scores, so the
+scikit-learn's ``roc_curve``), up to float32 rounding (:func:`reaches`). Thresholds returned are observed scores, so the
 sensitivity and specificity they give on the validation data can be read off
 ``roc_curve`` directly.
 
@@ -32,6 +32,7 @@ from tfmed.config import UNKNOWN_LABEL, ThresholdMethod
 from .intervals import EvaluationError, _binary_labels
 
 METHODS = typing.get_args(ThresholdMethod)
+ROUNDING = 1e-6  # a score within this fraction of a threshold below it reaches it (float32 rounding)
 # evaluation.threshold -> the operating point's name in a run's thresholds
 THRESHOLD_KEYS = {"youden": "youden", "sensitivity": "high_sensitivity",
                   "specificity": "high_specificity", "fixed": "fixed"}
@@ -71,8 +72,10 @@ def choose_threshold(y_true, scores, method: str = "youden", target: float = 0.9
     reaching = np.flatnonzero(1.0 - fpr >= target - 1e-12)
     if reaching.size == 0:
         # Negatives share the highest score: only a threshold above every
-        # score reaches the target specificity (it calls nothing positive).
-        return float(np.nextafter(thresholds[0], np.inf))
+        # score, beyond rounding (see reaches), reaches the target specificity
+        # (it calls nothing positive).
+        top = thresholds[0]
+        return float(np.nextafter(top + 2 * ROUNDING * abs(top), np.inf))
     return float(thresholds[reaching[-1]])
 
 
@@ -182,8 +185,21 @@ def known_column(Y, S, column: int) -> tuple[np.ndarray, np.ndarray]:
     return Y[known, column], S[known, column]
 
 
+def reaches(scores, threshold) -> np.ndarray:
+    """Whether each score reaches ``threshold`` (broadcasting, no checks): ``score >= threshold`` up to float32
+    rounding, a millionth of the threshold. A threshold is an observed validation score, and the same image scored
+    again (in another batch, by ``tfmed predict``) can come back a rounding step lower; it keeps its decision.
+
+    Example:
+        >>> bool(reaches(0.7288019061088562, 0.728801965713501)), bool(reaches(0.7287, 0.728801965713501))
+        (True, False)
+    """
+    t = np.asarray(threshold, dtype=float)
+    return np.asarray(scores, dtype=float) >= t - ROUNDING * np.abs(t)
+
+
 def apply_threshold(scores, threshold) -> np.ndarray:
-    """0/1 decisions: ``scores >= threshold``.
+    """0/1 decisions: ``scores >= threshold`` (up to float32 rounding, see :func:`reaches`).
 
     ``scores`` of shape (n, L) take one threshold per column (a sequence, or
     a mapping in column order); a single number applies to all.
@@ -201,7 +217,7 @@ def apply_threshold(scores, threshold) -> np.ndarray:
                               "give one number, or one threshold per score column")
     if np.isnan(t).any():
         raise EvaluationError("apply_threshold: a threshold is NaN; choose thresholds on validation first")
-    return (s >= t).astype(int)
+    return reaches(s, t).astype(int)
 
 
 def _check_pair(y_true, scores) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
 from tfmed.evaluation.hierarchy import Hierarchy
 from tfmed.evaluation.recalibration import Recalibration
+from tfmed.evaluation.thresholds import reaches
 from tfmed.files import DAMAGED, read_json
 from tfmed.modes import MemberScoring, get_mode
 from tfmed.run.manifest import check_run
@@ -118,7 +119,7 @@ class TrainedModel:
         scores = np.asarray(scores)
         if self.task == "multiclass":
             return scores.argmax(axis=1)
-        return (scores >= np.asarray(self.threshold)).astype(int)
+        return reaches(scores, self.threshold).astype(int)
 
     @property
     def class_hierarchy(self) -> Hierarchy:
@@ -150,7 +151,7 @@ class TrainedModel:
         coarse = hierarchy.coarse_scores(scores, self.classes)
         if hierarchy.task == "multiclass":
             return coarse, coarse.argmax(axis=1)
-        return coarse, (coarse >= self.coarse_thresholds[self.threshold_method]).astype(int)
+        return coarse, reaches(coarse, self.coarse_thresholds[self.threshold_method]).astype(int)
 
     def coarse_columns(self, scores: np.ndarray) -> dict[str, list]:
         """The prediction columns of the coarse classes (none without a hierarchy): for two coarse classes
