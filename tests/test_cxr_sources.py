@@ -420,3 +420,41 @@ def test_missing_images_of_chexpert_and_rsna_say_where_the_source_looks(chexpert
                           check_images=False).format()
     assert (f"abc.dcm: file not found. Fix: RSNA's images are read as <patientId>.dcm from "
             f"{rsna}/stage_2_train_images (") in text
+
+
+def test_chestxray14_a_blank_patient_id_is_fixed_in_the_publishers_words(nih):
+    from tfmed.data.splits import SplitError
+
+    lines = nih.read_text().splitlines()
+    lines[3] = nih_line("00000002_000.png", "No Finding", 0, "", "AP")  # line 4
+    nih.write_text("\n".join(lines) + "\n")
+    text = validate_table(load_chestxray14(nih), need_patient_ids=True, check_images=False).format()
+    assert ("row 4: " in text and "no patient id. Fix: fill the row's Patient ID cell in Data_Entry_2017.csv as "
+            "published (the number its Image Index begins with, e.g. 1 for 00000001_000.png)") in text
+    assert "patient_id column" not in text
+    with pytest.raises(SplitError, match="Fill the row's Patient ID cell in Data_Entry_2017.csv"):
+        ensure_splits(load_chestxray14(nih), SplitConfig(method="patient"))
+
+
+def test_rsna_a_target_0_line_with_a_box_is_a_row_problem_with_its_line(tmp_path):
+    from tfmed.data.validate import apply_validation
+
+    (tmp_path / "stage_2_train_images").mkdir()
+    for patient in "abcd":
+        (tmp_path / "stage_2_train_images" / f"{patient}.dcm").touch()  # their pixels are not read here
+    csv = tmp_path / "stage_2_train_labels.csv"
+    csv.write_text("patientId,x,y,width,height,Target\n"
+                   "a,,,,,0\n"
+                   "b,,,,,0\n"
+                   "b,abc,1,2,3,0\n"           # line 4: not a box, on a Target 0 line
+                   "c,264.0,152.0,213.0,379.0,0\n"  # line 5: a box, on a Target 0 line
+                   "d,1,2,3,4,1\n")
+    table = load_source(parse_source_spec(f"rsna_pneumonia:{csv}"))
+    report = validate_table(table, check_images=False)
+    text = report.format()
+    assert ("row 3: " in text and "line 4: Target 0 with a box ('abc,1,2,3'). Fix: empty x, y, width and height "
+            "as published, or write Target 1 if it is an opacity's box") in text
+    assert "row 5: " in text and "line 5: Target 0 with a box ('264.0,152.0,213.0,379.0')" in text
+    assert "row 2:" not in text and "row 6:" not in text
+    kept = apply_validation(table, report, exclude_bad_rows=True)
+    assert kept.frame["row"].tolist() == [2, 6] and kept.excluded["row"].tolist() == [3, 5]

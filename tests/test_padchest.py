@@ -125,3 +125,32 @@ def test_padchest_settings_and_command_line(tmp_path, capsys):
     assert "classes ['pleural effusion', 'cardiomegaly', 'pneumonia']" in out
     assert "labels: pleural effusion 2 positive, 0 unknown; cardiomegaly 1 positive" in out
     assert parse_source_spec(f"padchest:{csv_path}").source == "padchest"
+
+
+def test_padchest_a_term_only_left_out_lines_hold_is_refused_naming_the_setting(tmp_path):
+    rows = [row + (method,) for row, method in zip(ROWS, ("Physician", "Physician", "RNN_model", "Physician",
+                                                           "Physician"))]
+    csv_path = padchest_tree(tmp_path, rows + [("i.png", "1", "p9", "L", "['nodule']", "Physician")])
+    # pneumonia is only on c.png, labelled by the model; nodule only on a lateral view
+    with pytest.raises(DataSourceError, match=r"^data.classes names 'pneumonia', which .*labels.csv.gz has on 1 "
+                                              r"line\(s\), but data.physician_labelled_only leaves out every line "
+                                              r"that has it; remove it from data.classes \(the kept lines' most "
+                                              r"frequent terms: cardiomegaly \(2\), nodule \(1\), pleural effusion "
+                                              r"\(1\)\), or set data.physician_labelled_only to false$"):
+        load_padchest(csv_path, classes=["cardiomegaly", "pneumonia"], physician_labelled_only=True)
+    with pytest.raises(DataSourceError, match=r"names 'nodule', 'pneumonia', which .* has on 1, 1 line\(s\), but "
+                                              r"data.frontal_only and data.physician_labelled_only leave out every "
+                                              r"line that has them; remove them .* or set data.frontal_only or "
+                                              r"data.physician_labelled_only to false$"):
+        load_padchest(csv_path, classes=["nodule", "pneumonia"], frontal_only=True, physician_labelled_only=True)
+    assert load_padchest(csv_path, classes=["nodule"]).labels().sum() == 1  # without the settings
+    with pytest.raises(DataSourceError, match="names 'nodules', which .* does not have; choose from"):
+        load_padchest(csv_path, classes=["nodules"], frontal_only=True)  # a misspelling: not in the file
+
+
+def test_padchest_a_blank_patientid_is_fixed_in_the_publishers_words(tmp_path):
+    csv_path = padchest_tree(tmp_path, ROWS[:2] + [("c.png", "1", "", "PA", "['normal']")])
+    text = validate_table(load_padchest(csv_path), need_patient_ids=True).format()
+    assert "row 6: " in text and "no patient id. Fix: fill the row's PatientID cell in labels.csv.gz as " \
+                                 "published" in text
+    assert "patient_id column" not in text

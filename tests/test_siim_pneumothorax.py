@@ -92,16 +92,30 @@ def test_the_mask_list_becomes_one_row_per_image_with_a_box_per_region(tmp_path,
     assert validate_table(table, need_patient_ids=True).ok
 
 
-def test_a_file_mixing_the_two_encodings_is_refused(tmp_path):
-    csv = write_siim(tmp_path / "siim", {0: [rectangle(10, 20, 30, 15)], 1: []})
+def test_a_file_mixing_the_two_encodings_is_refused_unless_the_publishers_name_decides(tmp_path):
+    csv = write_siim(tmp_path / "siim", {0: [rectangle(10, 20, 30, 15)], 1: [],
+                                         2: [rectangle(5, 5, 8, 8), rectangle(90, 40, 12, 6)],
+                                         3: [rectangle(40, 50, 10, 10)]})
     lines = csv.read_text().splitlines()
-    relative_line = lines[1]
-    absolute = write_siim(tmp_path / "other", {5: [rectangle(10, 20, 30, 15)]}, relative=False).read_text().splitlines()[1]
-    shutil.copytree(tmp_path / "other" / "dicom-images-train", tmp_path / "siim" / "more")
-    csv.write_text("\n".join(lines + [absolute]) + "\n")
-    assert relative_line != absolute
-    with pytest.raises(DataSourceError, match="1 masks read only as relative run starts and 1 only as absolute ones"):
-        load_source(parse_source_spec(f"siim_pneumothorax:{csv}"))
+    lines[4] = f"{UID.format(1002, 2)}, {rle(rectangle(90, 40, 12, 6), relative=False)}"  # line 5: absolute
+    lines[5] = f"{UID.format(1003, 3)}, {rle(rectangle(40, 50, 10, 10), relative=False)}"  # line 6: absolute
+    other = csv.with_name("masks.csv")
+    other.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataSourceError, match=r"masks.csv: 2 masks read only as relative run starts and 2 only as "
+                                              r"absolute ones; keep one of the publisher's files \(train-rle.csv or "
+                                              r"stage_2_train.csv\) as published, under its name$"):
+        load_source(parse_source_spec(f"siim_pneumothorax:{other}"))
+    # the publisher's train-rle.csv: relative starts by its name, each mask that does not read so reported
+    csv.write_text(other.read_text())
+    table = load_source(parse_source_spec(f"siim_pneumothorax:{csv}"))
+    report = validate_table(table)
+    text = report.format()
+    assert "row 4: " in text and ("2.dcm: line 5: EncodedPixels '11560 6 11688 6 11816 6 11944 6 12072...' runs "
+                                  "past the end of the 128 x 128 image. Fix: keep the publisher's run-length "
+                                  "encoding (read here with relative run starts)") in text
+    assert "row 6: " in text and ".dcm: EncodedPixels '5170 10 5298 10" in text  # its only line: the row's
+    assert len(report.problems) == 2
+    assert table.frame["boxes"].fillna("").tolist()[:2] == ["10,20,30,15", ""]  # the other images are usable
 
 
 def test_row_problems_name_the_line_and_the_fix(tmp_path):

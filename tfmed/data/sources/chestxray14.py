@@ -144,6 +144,8 @@ def load_chestxray14(path: str | Path, root: str | Path | None = None,
     return with_fixes(table, missing_fix=f"ChestX-ray14's images are looked for by file name in {root} and its "
                       "sub-folders (data.root; by default images/ beside the CSV, else the CSV's folder): put the "
                       "PNG file there, set data.root to the folder that holds it, or remove the row",
+                      patient_fix=f"fill the row's {PATIENT} cell in {path.name} as published (the number its "
+                      f"{IMAGE} begins with, e.g. 1 for 00000001_000.png)",
                       split_fix=lists if splits is not None else None)
 
 

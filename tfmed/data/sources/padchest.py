@@ -67,7 +67,7 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
 
     Raises:
         DataSourceError: the CSV is unreadable or lacks a column, or ``classes`` names a finding no
-            list here holds or repeats one.
+            list here holds (or none the settings keep) or repeats one.
 
     Example:
         >>> load_padchest("padchest/labels.csv")  # doctest: +ELLIPSIS
@@ -80,15 +80,20 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
     root = Path(root) if root is not None else path.parent
     column = {name: header.index(name) for name in needed + (SEX, BIRTH, STUDY_DATE) if name in header}
     kept, found, skipped = [], Counter(), Counter()
+    left_out: dict[str, Counter] = {}  # the terms of the lines each setting leaves out
     for line, fields in rows:
         problems: list[tuple[str, str]] = []
         value = row_values(fields, column, len(header), problems)
-        if physician_labelled_only and value[METHOD] != PHYSICIAN:
+        setting = ("data.physician_labelled_only" if physician_labelled_only and value[METHOD] != PHYSICIAN else
+                   "data.frontal_only" if frontal_only and value[PROJECTION] not in FRONTAL else None)
+        if setting:
+            left_out.setdefault(setting, Counter()).update(_terms(value[LABELS], []) or ())
+        if setting == "data.physician_labelled_only":
             skipped[(f"labelled by {value[METHOD] or '(empty)'}, not by a physician "
                      "(data.physician_labelled_only is true)",
                      "none needed; set data.physician_labelled_only: false to use them too")] += 1
             continue
-        if frontal_only and value[PROJECTION] not in FRONTAL:
+        if setting == "data.frontal_only":
             skipped[(f"of projection {value[PROJECTION] or '(empty)'}, not PA, AP or AP_horizontal "
                      "(data.frontal_only is true)",
                      "none needed; set data.frontal_only: false to use the other projections too")] += 1
@@ -98,6 +103,7 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
         kept.append((line, value, terms, problems))
     by_count = sorted(found, key=lambda term: (-found[term], term))  # the most frequent first, ties by name
     common = ", ".join(f"{term} ({found[term]})" for term in by_count[:12])
+    _refuse_left_out(classes or [], found, left_out, path, common)
     names = chosen_labels(classes, tuple(by_count), str(path),
                           f"the terms as the reports write them, in lower case; the most frequent here: {common}")
     folders: dict[str, bool] = {}
@@ -123,7 +129,24 @@ def load_padchest(path: str | Path, root: str | Path | None = None, classes: lis
                        excluded=excluded_frame(excluded))
     return with_fixes(table, missing_fix=f"PadChest's images are read as <ImageDir>/<ImageID> under {root} "
                       "(data.root; by default the CSV's folder), or as <ImageID> in it when that folder is not "
-                      "there: put the PNG file there, set data.root, or remove the row")
+                      "there: put the PNG file there, set data.root, or remove the row",
+                      patient_fix=f"fill the row's {PATIENT} cell in {path.name} as published")
+
+
+def _refuse_left_out(classes: list[str], found: Counter, left_out: dict[str, Counter], path: Path,
+                     common: str) -> None:
+    """Refuse the ``classes`` terms the file holds only on the lines ``left_out`` by a setting, naming it."""
+    gone = [name for name in classes if name not in found and any(name in terms for terms in left_out.values())]
+    if not gone:
+        return
+    settings = sorted(setting for setting, terms in left_out.items() if any(name in terms for name in gone))
+    counts = ", ".join(str(sum(terms[name] for terms in left_out.values())) for name in gone)
+    raise DataSourceError(f"data.classes names {', '.join(map(repr, gone))}, which {path} has on {counts} "
+                          f"line(s), but {' and '.join(settings)} "
+                          f"{'leaves' if len(settings) == 1 else 'leave'} out every line that has "
+                          f"{'it' if len(gone) == 1 else 'them'}; remove {'it' if len(gone) == 1 else 'them'} "
+                          f"from data.classes (the kept lines' most frequent terms: {common}), or set "
+                          f"{' or '.join(settings)} to false")
 
 
 def _age(birth: str | None, study_date: str | None) -> str:

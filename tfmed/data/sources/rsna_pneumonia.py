@@ -16,8 +16,9 @@ lung opacity, or one line with empty box fields for an image without.
   opacity boxes (:mod:`tfmed.data.boxes`), against which ``tfmed explain`` and
   the report measure where the saliency maps point.
 * A ``Target`` other than 0 or 1, lines of one image that disagree on it, an
-  opacity line without its box and a box that is not four numbers are row
-  problems with the line number of the image's first line (the header is 1).
+  opacity line without its box, a box that is not four numbers and a
+  ``Target`` 0 line with a box (the publisher's are empty) are row problems
+  with the line number of the image's first line (the header is 1).
 
 Example:
     >>> import tempfile, pathlib
@@ -84,6 +85,10 @@ def load_rsna_pneumonia(path: str | Path, root: str | Path | None = None,
             except ValueError as error:
                 image["problems"].append((f"line {line}: {error}", "keep the publisher's x, y, width, height "
                                                                      "in pixels"))
+        elif value[TARGET] == "0" and any(value[name] for name in BOX):  # the publisher leaves them empty
+            image["problems"].append((f"line {line}: {TARGET} 0 with a box ({box_text!r})",
+                                      "empty x, y, width and height as published, or write Target 1 if it is an "
+                                      "opacity's box"))
     records = [_record(patient, image, folder) for patient, image in images.items()]
     frame = single_label_frame(records, (BOXES_COLUMN,))
     frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")

@@ -20,13 +20,14 @@ image, or one line of ``-1`` for an image without.
   The publisher's two names decide the encoding (:data:`PUBLISHED`); a file of another name is read as
   its masks say: runs that would pass the image's end when read as relative mean absolute starts,
   starts that do not increase mean relative ones (relative when every mask reads both ways), the
-  choice logged; a file with both is refused.
+  choice logged; such a file with both is refused.
 * Row problems, with the line of the image's first line (the header is 1): an image listed both
   with ``-1`` and with a mask, or with ``-1`` twice (both with their lines); a mask that is not pairs
   of whole numbers, or runs past the image's end (or, with absolute starts, starts before the run
-  before it ends); an image found twice under the root; a header that cannot be read. An image not
-  found is reported by validation ("file not found", saying where it is looked for), and so is a
-  header without PatientID when the split is by patient (the fix texts the table records).
+  before it ends), with its own line when the image has several; an image found twice under the
+  root; a header that cannot be read. An image not found is reported by validation ("file not
+  found", saying where it is looked for), and so is a header without PatientID when the split is by
+  patient (the fix texts the table records).
 
 Example:
     >>> mask_from_rle("5 2 3 1", 4, 3, relative=True).astype(int).T.ravel().tolist()  # column by column
@@ -98,7 +99,7 @@ def load_siim_pneumothorax(path: str | Path, root: str | Path | None = None,
 
     Raises:
         DataSourceError: the CSV is unreadable or lacks a column, ``classes`` does not name two classes,
-            or its masks mix the two encodings.
+            or a file not named as the publisher's mixes the two encodings.
 
     Example:
         >>> load_siim_pneumothorax("siim/train-rle.csv", classes=["a"])  # doctest: +ELLIPSIS
@@ -171,10 +172,6 @@ def _relative(path: Path, images: dict[str, dict], headers: dict[str, dict]) -> 
             starts, lengths = [int(v) for v in numbers[0::2]], [int(v) for v in numbers[1::2]]
             relative_impossible += sum(starts) + sum(lengths) > size[0] * size[1]
             absolute_impossible += any(b < a + n for a, n, b in zip(starts, lengths, starts[1:]))
-    if absolute_impossible and relative_impossible:
-        raise DataSourceError(f"{path}: {absolute_impossible} masks read only as relative run starts and "
-                              f"{relative_impossible} only as absolute ones; keep one of the publisher's files "
-                              "(train-rle.csv or stage_2_train.csv) as published")
     if path.name in PUBLISHED:  # its masks that read only the other way are row problems (see _record)
         relative = PUBLISHED[path.name]
         against = relative_impossible if relative else absolute_impossible
@@ -183,6 +180,10 @@ def _relative(path: Path, images: dict[str, dict], headers: dict[str, dict]) -> 
                 f"publisher's {path.name} gives {'relative' if relative else 'absolute'} ones; they are reported "
                 "with their lines")
         return relative
+    if absolute_impossible and relative_impossible:
+        raise DataSourceError(f"{path}: {absolute_impossible} masks read only as relative run starts and "
+                              f"{relative_impossible} only as absolute ones; keep one of the publisher's files "
+                              "(train-rle.csv or stage_2_train.csv) as published, under its name")
     relative = not relative_impossible
     why = (f"{relative_impossible} masks run past the image's end read as relative" if relative_impossible else
            f"{absolute_impossible} masks have starts that do not increase" if absolute_impossible else
@@ -210,13 +211,16 @@ def _record(name: str, image: dict, header: dict | None, relative: bool, unreada
         label = int(masks != [NO_MASK])
     boxes = []
     if label is not pd.NA and label == 1 and "size" in header:
-        try:
-            mask = np.zeros(header["size"], bool)
-            for text in masks:
+        mask, unread = np.zeros(header["size"], bool), len(problems)
+        for text, line in zip(masks, image["lines"]):
+            try:
                 mask |= mask_from_rle(text, *header["size"], relative=relative)
+            except ValueError as error:  # each mask that does not read, with its line when the image has several
+                problems.append((f"line {line}: {error}" if len(masks) > 1 else str(error),
+                                 "keep the publisher's run-length encoding (read here with "
+                                 f"{'relative' if relative else 'absolute'} run starts)"))
+        if len(problems) == unread:
             boxes = mask_boxes(mask)
-        except ValueError as error:
-            problems.append((str(error), "keep the publisher's run-length encoding"))
     if "problem" in header:
         problems.append(header["problem"])
     if not name:
