@@ -175,6 +175,20 @@ def test_validation_data_a_model_cannot_be_scored_on_is_named(validation, messag
             model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
+def test_binary_validation_labels_other_than_0_1_are_named_not_left_to_scikit_learn():
+    x, y = tiny_data(16)
+    y_val = y.copy()
+    y_val[[3, 9]] = 2
+    model = tiny_model()
+    model.compile("sgd", "binary_crossentropy")
+    message = r"binary validation targets must hold only 0 and 1; row 3 is 2.0 \(2 such rows\); fix or drop"
+    for validation in ((x, y_val), tf.data.Dataset.from_tensor_slices((x, y_val)).batch(4)):
+        with pytest.raises(tc.CallbackError, match=message):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[tc.ClinicalMetrics(validation)])
+    with pytest.raises(tc.CallbackError, match=r"row 0 is -1.0"):
+        tc.clinical_scores(np.where(np.arange(16) == 0, -1, y), np.linspace(0, 1, 16))
+
+
 def test_a_diverged_model_is_named_not_left_to_scikit_learn():
     x, y = tiny_data(16)
     model = tc.add_threshold_layer(tiny_model())

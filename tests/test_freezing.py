@@ -104,6 +104,26 @@ def test_unknown_prefix_and_bad_blocks_raise():
         freeze(object())
 
 
+def test_freeze_refuses_prefixes_that_match_no_layer_and_freezes_nothing():
+    model = classifier()
+    before = len(model.trainable_weights)
+    with pytest.raises(FreezingError, match=r"\['stage9_'\] match no layer of model .*first layers: \["):
+        freeze(model, BLOCKS + ["stage9_"])
+    assert len(model.trainable_weights) == before
+
+
+def test_a_backbone_frozen_with_another_backbones_blocks_names_its_own():
+    from tfmed import backbones
+    model = backbones.create("efficientnet_lite0", weights=None, input_shape=(32, 32, 3))
+    model.trainable = True
+    wanted = r"\['conv1_', .*\] match no layer .*efficientnet_lite0.*: \['stem_', 'block1'"
+    with pytest.raises(FreezingError, match=wanted):
+        freeze(model, backbones.get_spec("resnet50").blocks)
+    assert model.trainable_weights
+    freeze(model, backbones.get_spec("efficientnet_lite0").blocks)
+    assert trainable_names(model) == []
+
+
 def _fit_and_diff(model, bn_trainable=False):
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(32, 16, 16, 1)) * 3 + 5).astype("float32")

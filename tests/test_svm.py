@@ -292,6 +292,19 @@ def test_new_images_of_another_shape_or_channels(binary_model):
         binary_model.predict_proba(X_big)
 
 
+def test_one_image_without_a_batch_axis_is_refused_with_the_fix(binary_model, binary_data):
+    """One (H, W, C) image is not read as H grey images of W x C pixels, at fit or at predict."""
+    X, y = binary_data
+    rgb, _ = make_images(2, 2, channels=3)
+    with pytest.raises(S.FeatureError, match=r"got shape \(32, 32, 3\): one image; add the batch axis \(X\[None\]\)"):
+        small().fit(rgb[0], y[:1])
+    for call in (binary_model.predict, binary_model.predict_proba, binary_model.decision_function):
+        with pytest.raises(S.FeatureError, match=r"must be a batch of images \(N, H, W, C\).*got shape \(32, 32, 1\)"):
+            call(X[0])
+    assert binary_model.predict(X[0][None]).shape == (1,)
+    assert binary_model.predict(X[:2, ..., 0]).shape == (2,)  # grey images (N, H, W) are read as before
+
+
 def test_feature_width_mismatch(monkeypatch, binary_model, binary_data):
     X, _ = binary_data
     original = S.backbone_features

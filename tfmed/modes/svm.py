@@ -494,7 +494,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             raise FeatureError("fit_views fits on the test-time views of a table's images (fit_tables); fit "
                                "on arrays takes the images as given: append augmented copies to X (with "
                                "groups keeping each image's copies together) or set fit_views False")
-        X = as_input_batch(X)
+        X = self._input_batch(X)
         y_enc, classes, task = self._encode_targets(y, len(X))
         self._start_fit(taps)
         return self._fit_blocks(self._blocks(X), y_enc, classes, task, groups, tuple(int(d) for d in X.shape[1:]))
@@ -759,9 +759,22 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
     def _group_features(self, X) -> list[np.ndarray]:
         """One standardised feature matrix per classifier group (see ``groups_``)."""
         check_is_fitted(self, "models_")
-        X = as_input_batch(X)
+        X = self._input_batch(X)
         self._check_input_shape(X.shape[1:])
         return self._checked(self._blocks(X), X.shape[1:])
+
+    @staticmethod
+    def _input_batch(X) -> np.ndarray:
+        """``X`` checked as images (:func:`~tfmed.modes.features.as_input_batch`); a 3-D array whose last side is
+        1 or 3 is one image (H, W, C), refused, rather than H grey images of W x C pixels."""
+        try:
+            shape = np.shape(X)
+        except ValueError:  # images of different sizes: as_input_batch names their shapes
+            shape = ()
+        if len(shape) == 3 and shape[-1] in (1, 3):
+            raise FeatureError(f"X must be a batch of images (N, H, W, C) with C = 1 or 3, got shape {shape}: one "
+                               "image; add the batch axis (X[None])")
+        return as_input_batch(X)
 
     def _check_input_shape(self, shape) -> None:
         if tuple(shape) != tuple(self.input_shape_):

@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 
 from tfmed.config import THRESHOLD_TARGET_METHODS
 from tfmed.errors import TfmedError
+from tfmed.evaluation.intervals import EvaluationError, _binary_labels
 from tfmed.evaluation.thresholds import choose_threshold, known_column
 from tfmed.progress import LOGGER, configure_logging, log
 from tfmed.training.layers import set_threshold, threshold_layer
@@ -194,6 +195,15 @@ def _as_label_matrix(y_true: np.ndarray, y_score: np.ndarray, task: str | None):
     return task, y_true.astype(np.float64), y_score
 
 
+def _check_binary_targets(y: np.ndarray) -> None:
+    """Refuse binary validation targets other than 0/1, naming the first such row (as choose_threshold does)."""
+    try:
+        _binary_labels(y, "binary validation targets")
+    except EvaluationError as error:
+        raise CallbackError(f"{error}; fix or drop those rows (a multiclass task needs one softmax output per "
+                            "class)") from None
+
+
 def _check_both_classes(Y: np.ndarray, task: str) -> None:
     for column in range(Y.shape[1]):
         present = np.unique(known_column(Y, Y, column)[0])
@@ -229,6 +239,8 @@ def clinical_scores(y_true, y_score, task: str | None = None) -> dict:
         [0.833, 0.45, 1.0, 0.667]
     """
     task, Y, S = _as_label_matrix(y_true, y_score, task)
+    if task == "binary":
+        _check_binary_targets(Y[:, 0])
     _check_both_classes(Y, task)
     if task == "multiclass":
         auc = roc_auc_score(Y.argmax(axis=1), S, multi_class="ovr", average="macro")

@@ -40,7 +40,7 @@ from tfmed.errors import TfmedError
 
 
 class FreezingError(TfmedError):
-    """An unfreeze request names no blocks, an unknown amount, or unmatched prefixes."""
+    """A freeze or unfreeze request names no blocks, an unknown amount, or unmatched prefixes."""
 
 
 def iter_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -67,7 +67,8 @@ def freeze(model: keras.layers.Layer, blocks: Sequence[str] | None = None) -> ke
     With ``blocks=None`` every layer of ``model`` is frozen (the usual first
     step on a backbone before a classification head is put on top). With a
     list of block prefixes only the layers belonging to those blocks are
-    frozen; other layers (a head, for instance) keep their state.
+    frozen; other layers (a head, for instance) keep their state. A prefix
+    that matches no layer of ``model`` raises FreezingError.
 
     Example:
         >>> import keras
@@ -85,9 +86,11 @@ def freeze(model: keras.layers.Layer, blocks: Sequence[str] | None = None) -> ke
                 layer.trainable = False
         return model
     prefixes = _check_blocks(blocks)
+    leaves = [layer for layer in iter_layers(model) if not _is_container(layer)]
+    _check_matched(model, leaves, prefixes)
     _ensure_containers_trainable(model)
-    for layer in iter_layers(model):
-        if not _is_container(layer) and _block_of(layer.name, prefixes) is not None:
+    for layer in leaves:
+        if _block_of(layer.name, prefixes) is not None:
             layer.trainable = False
     return model
 
@@ -160,14 +163,8 @@ def unfreeze_top(model: keras.layers.Layer, blocks: Sequence[str], amount: int |
     _check_model(model)
     prefixes = _check_blocks(blocks)
     selected = set(blocks_for_amount(prefixes, amount))
-    layers = iter_layers(model)
-    leaves = [layer for layer in layers if not _is_container(layer)]
-    matched = {_block_of(layer.name, prefixes) for layer in leaves}
-    missing = [prefix for prefix in prefixes if prefix not in matched]
-    if missing:
-        raise FreezingError(f"block prefix(es) {missing} match no layer of model {model.name!r}; "
-                            f"check the backbone's block list (first layers: "
-                            f"{[layer.name for layer in leaves[:5]]})")
+    leaves = [layer for layer in iter_layers(model) if not _is_container(layer)]
+    _check_matched(model, leaves, prefixes)
     _ensure_containers_trainable(model)
     for layer in leaves:
         block = _block_of(layer.name, prefixes)
@@ -218,6 +215,32 @@ def _check_blocks(blocks: Iterable[str] | None) -> list[str]:
     if duplicates:
         raise FreezingError(f"block prefixes are listed twice: {duplicates}")
     return prefixes
+
+
+def _check_matched(model, leaves: list, prefixes: list[str]) -> None:
+    """Raise FreezingError naming the ``prefixes`` that match none of the ``leaves`` (layers of ``model``)."""
+    matched = {_block_of(layer.name, prefixes) for layer in leaves}
+    missing = [prefix for prefix in prefixes if prefix not in matched]
+    if missing:
+        raise FreezingError(f"block prefix(es) {missing} match no layer of model {model.name!r}; "
+                            f"{_model_blocks([layer.name for layer in leaves])}")
+
+
+def _model_blocks(names: list[str]) -> str:
+    """A hint: the block lists of the registered backbones whose every prefix matches one of ``names``."""
+    from tfmed.backbones import get_spec, list_backbones  # the error path only: no backbones import otherwise
+    fits: dict[tuple, list[str]] = {}
+    for backbone in list_backbones():
+        blocks = tuple(get_spec(backbone).blocks)
+        if all(any(name.startswith(prefix) for name in names) for prefix in blocks):
+            fits.setdefault(blocks, []).append(backbone)
+    fits = {blocks: found for blocks, found in fits.items()  # not a list that a longer fitting one contains
+            if not any(set(blocks) < set(other) for other in fits)}
+    if not fits:
+        return f"check the backbone's block list (first layers: {names[:5]})"
+    return "its layers fit the blocks of " + "; ".join(
+        f"{', '.join(backbones)}: {list(blocks)}" for blocks, backbones in fits.items()) + \
+        " (tfmed.backbones.get_spec(name).blocks)"
 
 
 def _block_of(name: str, prefixes: Sequence[str]) -> str | None:
