@@ -262,3 +262,9 @@ def test_a_model_is_scored_on_the_official_test_split(tmp_path):
     assert "skipped: 1 image with ViewPosition LATERAL, not PA or AP (data.frontal_only is true)" in set(
         pd.read_csv(evaluation / "excluded_rows.csv")["problem"])
     assert f"mimic_cxr:{csv}#test (from {frontal})" in (evaluation / "report.html").read_text()
+    # a source that holds its path (source: mimic_cxr:PATH) is named once, not with ':None' after it
+    frontal.write_text(f"data:\n  source: mimic_cxr:{csv}#test\n  frontal_only: true\n")
+    assert main(["evaluate", "--model", str(run), "--data", str(frontal)]) == 0
+    evaluation = sorted((run / "evaluations").iterdir())[-1]
+    assert f"mimic_cxr:{csv}#test (from {frontal})" in (evaluation / "report.html").read_text()
+    assert json.loads((evaluation / "metrics.json").read_text())["images"]["test"] == 16

@@ -213,7 +213,8 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
     if len(table) == 0 and report.problems:
         raise DataValidationError(f"{data}: every row is a bad row, so none is left to score.\n"
                                   + report.format(remedy="give other images"), report)
-    return table, (f"{parsed.source}:{parsed.path} (from {data})" if is_experiment_file(data) else data)
+    named = parsed.source if parsed.path is None else f"{parsed.source}:{parsed.path}"  # a source may hold its path
+    return table, (f"{named} (from {data})" if is_experiment_file(data) else data)
 
 
 def write_excluded(out: Path, table: ImageTable, data: str) -> list[dict]:
