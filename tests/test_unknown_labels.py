@@ -238,6 +238,12 @@ def test_an_experiment_trains_and_scores_with_unknown_labels(tmp_path, mode):
     assert (run_dir / "decision_test.png").stat().st_size > 1000
     predictions = pd.read_csv(run_dir / "predictions.csv")
     assert set(predictions["label:nodule"]) <= {0, 1, UNKNOWN_LABEL}
+    if mode == "svm":  # another hospital's manifest as a bare spec: its label columns are the model's findings
+        from tfmed.run.cli import main
+
+        assert main(["evaluate", "--model", str(run_dir), "--data", f"manifest:{tmp_path / 'study.csv'}"]) == 0
+        evaluated = load_metrics(sorted((run_dir / "evaluations").iterdir())[-1])
+        assert evaluated["images"]["test"] == len(study) and evaluated["task"] == "multilabel"
 
 
 def test_validate_counts_each_labels_positive_and_unknown_images(tmp_path, capsys):

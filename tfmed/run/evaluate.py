@@ -70,7 +70,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                                      "non-validation image); pass --data, e.g. --data medmnist:FILE.npz#test")
         source = f"{config.data.source} (the run's own test split)"
     else:
-        parsed = evaluation_data(data, config.data)
+        parsed = evaluation_data(data, config.data, model.classes if model.task == "multilabel" else None)
         table, source = read_labelled_data(data, parsed, model, config)
     table = fit_model_labels(table, model, data)
     check_data_subgroups(config.evaluation.subgroups, table, data or "the run's own test split", subgroups is not None)
@@ -256,21 +256,26 @@ def fit_model_labels(table: ImageTable, model: TrainedModel, data: str | None) -
 LABEL_SETTINGS = ("uncertain", "frontal_only", "min_readers", "physician_labelled_only")
 
 
-def evaluation_data(spec: str, run_data: DataConfig | None = None) -> DataConfig:
+def evaluation_data(spec: str, run_data: DataConfig | None = None, findings: list[str] | None = None) -> DataConfig:
     """The data ``tfmed evaluate --data`` names: a source spec, or a YAML file holding a ``data:`` section alone
     (as in an experiment; :func:`~tfmed.config.data_section`) that gives what a spec cannot, such as
     ``frontal_only`` or ``uncertain``. A spec takes the
     run's own label settings (:func:`run_label_settings` of ``run_data``), so an external test set's labels
-    mean what the training labels meant; a YAML section sets its own.
+    mean what the training labels meant; a YAML section sets its own. A ``manifest:`` spec for a multi-label
+    model reads the model's ``findings`` as its label columns (a spec cannot set ``data.label_columns``).
 
     Example:
         >>> evaluation_data("mimic_cxr:mimic/mimic-cxr-2.0.0-chexpert.csv.gz#test").source
         'mimic_cxr'
+        >>> evaluation_data("manifest:site_b.csv", findings=["Edema", "Effusion"]).label_columns
+        ['Edema', 'Effusion']
     """
     if is_experiment_file(spec):
         return data_section(spec)
     parsed = parse_source_spec(spec)
     carried = run_label_settings(parsed, run_data) if run_data is not None else {}
+    if findings and parsed.source == "manifest":
+        carried["label_columns"] = list(findings)
     if not carried:
         return parsed
     log(f"{spec}: read with the run's " + ", ".join(f"{name} {value!r}" for name, value in carried.items())

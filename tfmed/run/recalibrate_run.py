@@ -88,7 +88,7 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     config = ExperimentConfig.from_run(run)
     if subgroups is not None:
         config.evaluation = subgroup_setting(config.evaluation, subgroups)
-    parsed = evaluation_data(data, config.data)
+    parsed = evaluation_data(data, config.data, model.classes if model.task == "multilabel" else None)
     table, source = read_labelled_data(data, parsed, model, config)
     table = fit_model_labels(table, model, data)
     check_data_subgroups(config.evaluation.subgroups, table, data, subgroups is not None)
