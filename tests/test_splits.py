@@ -228,6 +228,20 @@ def test_kfold_refuses_more_folds_than_a_class_has_patients():
     assert all(sorted(set(table.frame.loc[held, "label"])) == [0, 1] for _, held in folds)
 
 
+def test_kfold_refuses_a_fold_whose_training_part_lacks_a_labels_positives():
+    """Multilabel: a label whose positives are one patient's leaves the fold holding that patient without any in
+    its training part, which a class-weighted loss or a per-label SVM cannot fit; said before anything runs."""
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(12)], "label:common": [0, 1] * 6,
+                          "label:rare": [1, 1] + [0] * 10, "patient_id": [f"p{i // 2}" for i in range(12)],
+                          "split": ["train"] * 12})
+    table = ImageTable(frame, ["common", "rare"], "multilabel")
+    with pytest.raises(SplitError, match=r"fold \d of 3: its training part has no positive image of label 'rare' .*"
+                                         "use fewer folds, another split.seed than 0, or leave 'rare' out"):
+        kfold_indices(table, 3)
+    frame.loc[[2, 3], "label:rare"] = 1  # a second patient with it: every training part holds one
+    assert len(kfold_indices(ImageTable(frame, ["common", "rare"], "multilabel"), 3)) == 3
+
+
 @pytest.mark.parametrize("method, split", [("patient", None), ("predefined", None),
                                            ("predefined", lambda f: ["train"] * len(f))])
 def test_a_split_without_validation_is_refused_outside_kfold(method, split):

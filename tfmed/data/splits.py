@@ -316,7 +316,24 @@ def kfold_indices(table: ImageTable, folds: int = 5, seed: int = 0) -> list[tupl
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class")
-        return [(pool[train], pool[val]) for train, val in splitter.split(pool, labels, groups)]
+        made = [(pool[train], pool[val]) for train, val in splitter.split(pool, labels, groups)]
+    if table.task == "multilabel":
+        _check_label_folds(table, made, pool, seed)
+    return made
+
+
+def _check_label_folds(table: ImageTable, made, pool: np.ndarray, seed: int) -> None:
+    """Refuse folds whose training part lacks the positives (or negatives) of a label the pool has."""
+    values = np.asarray(table.labels())
+    for j, name in enumerate(table.classes):
+        present = {value for value in (0, 1) if (values[pool, j] == value).any()}
+        for fold, (train, _) in enumerate(made, start=1):
+            lacking = sorted(present - set(values[train, j].tolist()))
+            if lacking:
+                kind = "positive" if lacking[0] == 1 else "negative"
+                raise SplitError(f"fold {fold} of {len(made)}: its training part has no {kind} image of label "
+                                 f"{name!r} (the patients who have one are all in that fold); use fewer folds, "
+                                 f"another split.seed than {seed}, or leave {name!r} out of data.classes")
 
 
 def training_parts(table: ImageTable, config: SplitConfig) -> list[ImageTable]:
