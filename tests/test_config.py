@@ -409,3 +409,8 @@ def test_a_data_yaml_for_scoring_is_its_data_section_alone(tmp_path):
         data_section(nothing)
     with pytest.raises(ConfigError, match="missing.yaml: file not found"):
         data_section(tmp_path / "missing.yaml")
+
+
+def test_a_number_where_text_is_expected_is_told_to_quote_it():
+    with pytest.raises(ConfigError, match=r"evaluation.hierarchy.*must be text, got 0 \(quote it: '0'\)"):
+        ExperimentConfig.from_dict({"evaluation": {"hierarchy": {"a": [0], "b": ["1"]}}})

@@ -51,8 +51,11 @@ def test_bad_mappings_are_rejected():
 
 def test_model_classes_must_match_the_hierarchy():
     h = Hierarchy({"a": ["x"], "b": ["y"]})
-    with pytest.raises(HierarchyError, match="model class 'z' is not in the hierarchy"):
+    with pytest.raises(HierarchyError, match="model class 'z' is not in the hierarchy; add it under one of"):
         h.coarse_probabilities(np.ones((1, 3)) / 3, ["x", "y", "z"])
+    with pytest.raises(HierarchyError, match="model class 'x' is not in the hierarchy; it writes 'X' "
+                                             r"\(names are matched exactly\): write 'x'"):
+        Hierarchy({"a": ["X"], "b": ["y"]}).membership(["x", "y"])
     with pytest.raises(HierarchyError, match="fine class 'y' of the hierarchy is not among"):
         h.coarse_probabilities(np.ones((1, 1)), ["x"])
     with pytest.raises(HierarchyError, match=r"shape \(1, 3\).*\(n, 2\)"):

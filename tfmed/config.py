@@ -1721,6 +1721,7 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be text, got {value!r}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            raise ConfigError(f"{where}: {key} must be text, got {value!r}" + (f" (quote it: '{value}')" if number else ""))
         return value
     return value

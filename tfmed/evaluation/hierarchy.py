@@ -137,8 +137,10 @@ class Hierarchy:
             seen.add(name)
         unknown = [c for c in fine_classes if c not in self._owner]
         if unknown:
-            raise HierarchyError(f"model class {unknown[0]!r} is not in the hierarchy; add it under "
-                                 f"one of the coarse classes {', '.join(self.coarse_classes)}")
+            other_case = [fine for fine in self._owner if fine.lower() == unknown[0].lower()]
+            raise HierarchyError(f"model class {unknown[0]!r} is not in the hierarchy; " + (
+                f"it writes {other_case[0]!r} (names are matched exactly): write {unknown[0]!r}" if other_case else
+                f"add it under one of the coarse classes {', '.join(self.coarse_classes)}"))
         missing = [c for c in self.fine_classes if c not in seen]
         if missing:
             raise HierarchyError(f"fine class {missing[0]!r} of the hierarchy is not among the "
