@@ -1722,6 +1722,7 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
     if hint is str:
         if not isinstance(value, str):
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            raise ConfigError(f"{where}: {key} must be text, got {value!r}" + (f" (quote it: '{value}')" if number else ""))
+            raise ConfigError(f"{where}: {key} must be text, got {value!r}"
+                              + (f" (quote it: '{value}')" if number else ""))
         return value
     return value
