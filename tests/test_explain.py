@@ -175,12 +175,16 @@ def test_no_sanity_figure_when_the_randomised_model_scores_every_image_alike(dat
     monkeypatch.setattr(module, "randomised_weights", constant_head)
     positives = data[2]
     with pytest.warns(explain.SanityCheckWarning,
-                      match=r"the randomised model scores every image 0\.\d{3}, so any method"):
+                      match=r"the randomised model scores every image \(and its blurred copy\) 0\.\d{3}, so any"):
         assert explain.sanity_check(tuner, positives, "gradcam") is None  # not a pass: the check could not fail
     both = data[4]  # an SVM's images explained for their decided class: a constant 0.8 reads 0.8 or 0.2
+    monkeypatch.undo()  # the real randomisation: one image given twice is no constant model
+    twice = np.repeat(positives[:1], 2, axis=0)
+    assert explain.sanity_check(tuner, twice, "gradcam") is not None
+    monkeypatch.setattr(module, "randomised_weights", constant_head)
     decided = svm.predict_proba(both).argmax(axis=1)
     assert set(decided) == {0, 1}
-    with pytest.warns(explain.SanityCheckWarning, match=r"the randomised model scores every image 0\.\d{3}, so"):
+    with pytest.warns(explain.SanityCheckWarning, match=r"scores every image \(and its blurred copy\) 0\.\d{3}, so"):
         assert explain.sanity_check(svm, both, "gradcam", index=decided) is None
     record = explain.explain_table(tuner, ArrayInputs(positives), None, "gradcam", index=1).trust(index=1, steps=5)
     assert record["sanity_rank_correlation"] is None

@@ -221,15 +221,18 @@ def sanity_check(model, images, method: str = "gradcam", *, index=None, layer: s
         else checked_maps(maps, images)
     with randomised_weights(target, seed), warnings.catch_warnings():
         warnings.simplefilter("ignore", FlatMapWarning)  # said once, of the trained model's maps
-        outputs = target.predict(images, per_output=True)  # every output: each image's explained class may differ
-        if len(outputs) > 1 and np.ptp(outputs, axis=0).max() <= 1e-6:
+        # every output (each image's explained class may differ), of the images and of their blurred copies (so
+        # that identical images do not pass for a model that gives every image the same scores)
+        probes = np.concatenate([images, np.stack([removed_image(image) for image in images])])
+        outputs = target.predict(probes, per_output=True)
+        if np.ptp(outputs, axis=0).max() <= 1e-6:
             constant = ", ".join(f"{value:.3f}" for value in outputs[0])
         else:
             constant = None
             after = explain(keras_model, images, method, index=index, layer=layer)
     if constant is not None:
         warnings.warn(SanityCheckWarning(
-            f"the model-randomisation check was not made: the randomised model scores every image "
-            f"{constant}, so any method's maps of it are flat and the check could not fail"), stacklevel=2)
+            f"the model-randomisation check was not made: the randomised model scores every image (and its blurred "
+            f"copy) {constant}, so any method's maps of it are flat and the check could not fail"), stacklevel=2)
         return None
     return rank_correlation(before, after)
