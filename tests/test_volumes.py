@@ -438,8 +438,30 @@ def test_rescale_tags_of_zero_or_on_some_slices_only_are_refused_and_their_absen
     volume = read_dicom_series(tmp_path / "partial")  # none has them: values as stored, and said so
     assert volume.intensity_range() == (0.0, 200.0 + 127 + 2 * 127)
     assert [note for note in volume.problems if note.startswith("CT without RescaleSlope/RescaleIntercept")]
+    assert volume.intensity_unit is None  # not known to be HU
     write_series(tmp_path / "whole", count=3)  # every slice with its tags: nothing to say
     assert read_dicom_series(tmp_path / "whole").problems == []
+    assert read_dicom_series(tmp_path / "whole").intensity_unit == "HU"
+
+
+def test_a_single_ct_file_without_rescale_tags_is_noted_as_a_series_is(tmp_path):
+    """tfmed inspect and the data checks of predict / run say that its values are used as stored, not HU."""
+    from tfmed.data.decode import read_image_and_info
+    from tfmed.data.sources.manifest import load_manifest
+    from tfmed.data.validate import validate_table
+    from tfmed.data.volumes import inspect
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.RescaleSlope, ds.RescaleIntercept
+    ds.save_as(tmp_path / "bare.dcm")
+    assert read_image_and_info(tmp_path / "bare.dcm")[1].notes[0].startswith("CT without RescaleSlope")
+    report = inspect(tmp_path / "bare.dcm")
+    assert report["intensity_unit"] is None and report["problems"][0].startswith("CT without RescaleSlope")
+    assert inspect(get_testdata_file("CT_small.dcm"))["intensity_unit"] == "HU"
+    assert inspect(get_testdata_file("CT_small.dcm"))["problems"] == []
+    (tmp_path / "m.csv").write_text("path,label\nbare.dcm,1\n")
+    checked = validate_table(load_manifest(tmp_path / "m.csv"))
+    assert checked.ok and checked.warnings[0].problem.startswith("CT without RescaleSlope/RescaleIntercept")
 
 
 @pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",

@@ -90,6 +90,8 @@ class ImageInfo:
         float_values: the file stores floating-point samples (a 32-bit float
             TIFF, e.g. CT in Hounsfield units as tfmed writes from a TFDS
             float tensor).
+        notes: what the header leaves in doubt about the values (e.g.
+            :data:`NO_RESCALE`); the pixels were read.
 
     Example:
         >>> ImageInfo(height=28, width=28, channels=1, bit_depth=8, kind="png").channels
@@ -103,6 +105,25 @@ class ImageInfo:
     kind: str
     decoder_output: str = ""
     float_values: bool = False
+    notes: tuple[str, ...] = ()
+
+
+NO_RESCALE = ("CT without RescaleSlope/RescaleIntercept: values are used as stored, which are Hounsfield units only "
+              "if the scanner stored them so (windows in HU may be off)")
+
+
+def lacks_rescale(header) -> bool:
+    """Whether a CT header has no modality LUT (RescaleSlope, RescaleIntercept or a LUT sequence), so that its
+    stored values are taken as Hounsfield units unchecked.
+
+    Example:
+        >>> import pydicom
+        >>> from pydicom.data import get_testdata_file
+        >>> lacks_rescale(pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True))
+        False
+    """
+    return str(header.get("Modality", "")).upper() == "CT" and not any(
+        name in header for name in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence"))
 
 
 def decoder_messages(text: str) -> list[str]:
@@ -180,7 +201,7 @@ def image_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     Example:
         >>> from pydicom.data import get_testdata_file
         >>> image_info(get_testdata_file("CT_small.dcm"))
-        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom', decoder_output='', float_values=False)
+        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom', decoder_output='', float_values=False, notes=())
     """
     return read_image_and_info(path, max_pixels)[1]
 
@@ -462,7 +483,8 @@ def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageIn
     if values.ndim == 2:
         values = values[:, :, None]
     info = ImageInfo(height=int(values.shape[0]), width=int(values.shape[1]),
-                     channels=int(values.shape[2]), bit_depth=bit_depth, kind="dicom")
+                     channels=int(values.shape[2]), bit_depth=bit_depth, kind="dicom",
+                     notes=(NO_RESCALE,) if lacks_rescale(dataset) else ())
     return values, info
 
 

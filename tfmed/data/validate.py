@@ -423,6 +423,8 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
             warn(position, f"the decoder warned: {' | '.join(outcome.decoder_output.splitlines())}",
                  "the pixels were read; re-save the image (e.g. with OpenCV or Pillow) to drop the "
                  "faulty data")
+        for note in outcome.notes:
+            warn(position, note, "check the values (tfmed inspect FILE), or re-export the image with its rescale tags")
         if outcome.channels > max_channels:
             add(position, f"{outcome.channels} channels; at most {max_channels} are supported",
                 "convert the image to grey or RGB")

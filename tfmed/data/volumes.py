@@ -62,7 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmed.data.decode import ImageReadError, dicom_pixels, dicom_values, has_dicom_marker, read_image_and_info
+from tfmed.data.decode import (NO_RESCALE, ImageReadError, dicom_pixels, dicom_values, has_dicom_marker,
+                               lacks_rescale, read_image_and_info)
 from tfmed.errors import TfmedError, count_noun
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -168,8 +169,9 @@ class Volume:
 
     @property
     def intensity_unit(self) -> str | None:
-        """"HU" for CT (values after the modality LUT), else None (raw intensity)."""
-        return "HU" if self.modality == "CT" else None
+        """"HU" for CT (values after the modality LUT), else None (raw intensity, or CT values as stored without
+        rescale tags)."""
+        return "HU" if self.modality == "CT" and NO_RESCALE not in self.problems else None
 
     def voxel_to_patient(self, index) -> np.ndarray:
         """Patient position (LPS, mm) of a voxel index (s, r, c), or of N indices (N, 3); fractions allowed.
@@ -662,8 +664,7 @@ def _check_rescale(slices: list[_Slice], headers: list, problems: list[str]) -> 
                           f"{len(slices)} ({_names(missing)}): their values would not be on the others' scale",
                           "re-export the series so that every slice carries its rescale tags")
     if not any(rescaled) and str(headers[0].get("Modality", "")).upper() == "CT":
-        problems.append("CT without RescaleSlope/RescaleIntercept: values are used as stored, which are "
-                        "Hounsfield units only if the scanner stored them so (windows in HU may be off)")
+        problems.append(NO_RESCALE)
 
 
 def _rescale(header) -> tuple[float, float]:
@@ -989,7 +990,7 @@ def _image_report(path: Path) -> dict:
               "shape": [info.height, info.width, info.channels], "axes": "rows x columns x channels",
               "bit_depth": info.bit_depth, "spacing_mm": None,
               "intensity_range": [float(array.min()), float(array.max())], "intensity_unit": None,
-              "problems": [f"decoder: {line}" for line in info.decoder_output.splitlines()]}
+              "problems": [f"decoder: {line}" for line in info.decoder_output.splitlines()] + list(info.notes)}
     if info.kind == "dicom":
         import pydicom
 
@@ -997,7 +998,7 @@ def _image_report(path: Path) -> dict:
         report.update(modality=_text(header, "Modality"), patient_id=_text(header, "PatientID"),
                       series_uid=_text(header, "SeriesInstanceUID"), study_uid=_text(header, "StudyInstanceUID"),
                       transfer_syntax=_syntax_name(header), spacing_mm=_pixel_spacing(header),
-                      intensity_unit="HU" if _text(header, "Modality") == "CT" else None)
+                      intensity_unit="HU" if _text(header, "Modality") == "CT" and not lacks_rescale(header) else None)
         if report["spacing_mm"] is not None:
             report["spacing_mm"] = list(report["spacing_mm"])
     return report
