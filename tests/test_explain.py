@@ -507,3 +507,19 @@ def test_gradcam_of_a_layer_that_is_1_x_1_warns_that_its_maps_are_flat(data):
     with warnings.catch_warnings():
         warnings.simplefilter("error", explain.FlatMapWarning)
         explain.occlusion(model, data[2][:2])  # a pixel method: no warning
+
+
+def test_a_mosaics_removed_pixels_are_blurred_view_by_view():
+    """A removed pixel of a view takes its own view's blur, as a 2-D image's does, not a blur of the whole
+    mosaic mixing the neighbouring planes at three times the strength."""
+    from tfmed.explain.faithfulness import removed_image
+    from tfmed.explain.mosaic import ViewGrid, to_mosaic
+
+    rng = np.random.default_rng(0)
+    views = rng.uniform(0, 255, (1, 3, 16, 16, 1)).astype(np.float32)
+    views[0, 0] = 230.0  # a bright first view beside two darker ones
+    grid = ViewGrid.for_views(3, 16)
+    removed = removed_image(to_mosaic(views, grid)[0], grid)
+    for v in range(3):
+        np.testing.assert_allclose(removed[:, 16 * v:16 * (v + 1)], removed_image(views[0, v]), atol=1e-4)
+    assert removed[:, :16].min() == pytest.approx(230.0)  # nothing of the darker views leaks in

@@ -52,13 +52,21 @@ class SanityCheckWarning(TfmedError, UserWarning):
     """The model-randomisation check could not be made: the randomised model scores every image alike."""
 
 
-def removed_image(image: np.ndarray) -> np.ndarray:
-    """What a removed pixel becomes: a strongly blurred copy of ``image`` (H, W, C).
+def removed_image(image: np.ndarray, grid=None) -> np.ndarray:
+    """What a removed pixel becomes: a strongly blurred copy of ``image`` (H, W, C); of a mosaic of views laid
+    out by ``grid`` (:class:`~tfmed.explain.mosaic.ViewGrid`), each view blurred on its own, as a 2-D image.
 
     Example:
         >>> removed_image(np.zeros((8, 8, 1), np.float32)).shape
         (8, 8, 1)
     """
+    if grid is not None:
+        removed, size = np.empty_like(image), grid.size
+        for top in range(0, image.shape[0], size):
+            for left in range(0, image.shape[1], size):
+                cell = (slice(top, top + size), slice(left, left + size))
+                removed[cell] = removed_image(image[cell])
+        return removed
     sigma = max(image.shape[:2]) / 10.0
     blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
     return blurred.reshape(image.shape)
@@ -79,9 +87,10 @@ def checked_maps(maps, images: np.ndarray) -> np.ndarray:
 
 
 def perturbation_curves(model, images, maps, *, index=None, steps: int = 20, kind: str = "deletion",
-                        order: str = "map", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                        order: str = "map", seed: int = 0, grid=None) -> tuple[np.ndarray, np.ndarray]:
     """(fractions (steps + 1,), probabilities (N, steps + 1)) as pixels are removed (``kind="deletion"``)
-    or restored (``"insertion"``) in the map's order (``order="map"``) or a random one (``"random"``).
+    or restored (``"insertion"``) in the map's order (``order="map"``) or a random one (``"random"``);
+    ``grid``: the images are mosaics of views (see :func:`removed_image`).
 
     Example:
         >>> fractions, curves = perturbation_curves(svm, images, maps, index=1)  # doctest: +SKIP
@@ -97,7 +106,7 @@ def perturbation_curves(model, images, maps, *, index=None, steps: int = 20, kin
     for i, image in enumerate(images):
         pixels = image.shape[0] * image.shape[1]
         ranking = rng.permutation(pixels) if order == "random" else np.argsort(-maps[i].ravel(), kind="stable")
-        removed = removed_image(image)
+        removed = removed_image(image, grid)
         start, end = (image, removed) if kind == "deletion" else (removed, image)
         frames = np.empty((steps + 1,) + image.shape, np.float32)
         for k, fraction in enumerate(fractions):
@@ -113,10 +122,10 @@ def _area(fractions: np.ndarray, curves: np.ndarray) -> float:
     return float(np.mean(np.trapezoid(curves, fractions, axis=1)))
 
 
-def faithfulness(model, images, maps, *, index=None, steps: int = 20, seed: int = 0) -> dict:
+def faithfulness(model, images, maps, *, index=None, steps: int = 20, seed: int = 0, grid=None) -> dict:
     """Areas under the deletion and insertion curves, in the map's order and in a random one (means over
     images), and ``flat_maps``: how many maps were flat (no ranking to test) and so left out; the areas
-    are None when every map is flat.
+    are None when every map is flat. ``grid``: the images are mosaics of views (see :func:`removed_image`).
 
     Example:
         >>> faithfulness(tuner, images, gradcam(tuner, images))["deletion_auc"]  # doctest: +SKIP
@@ -135,7 +144,7 @@ def faithfulness(model, images, maps, *, index=None, steps: int = 20, seed: int 
                 out[key] = None
                 continue
             fractions, curves = perturbation_curves(target, images[ranked], maps[ranked], index=index,
-                                                    steps=steps, kind=kind, order=order, seed=seed)
+                                                    steps=steps, kind=kind, order=order, seed=seed, grid=grid)
             out[key] = _area(fractions, curves)
     return out
 

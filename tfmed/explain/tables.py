@@ -64,7 +64,8 @@ class TableExplanation:
         records, notes = [], []
         for part in self.parts:
             record = {"member": part.name}
-            record.update(faithfulness(part.model, part.images, part.maps, index=index, steps=steps, seed=seed))
+            record.update(faithfulness(part.model, part.images, part.maps, index=index, steps=steps, seed=seed,
+                                       grid=self.grid))
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", SanityCheckWarning)
                 record["sanity_rank_correlation"] = sanity_check(part.model, part.images, self.method, index=index,
