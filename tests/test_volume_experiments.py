@@ -408,6 +408,10 @@ def test_a_nodule_experiment_runs_end_to_end_in_svm_mode(nodules, tmp_path):
     explained = pd.read_csv(run / "explanations" / "explanations.csv")
     peaked = explained.dropna(subset=["peak_view"])  # a flat map (Grad-CAM of 1 x 1 views) has no peak
     assert peaked["peak_view"].between(1, 3).all() and peaked["peak_col"].between(0, 15).all()
+    # candidates may share a volume: each is named by its manifest line and centre, as predict names them
+    listed = test.frame.set_index("row")
+    assert {"row", "center_x", "center_y", "center_z"} <= set(explained.columns)
+    np.testing.assert_allclose(listed.loc[explained["row"], "center_x"], explained["center_x"])
     flat = json.loads((run / "explanations" / "faithfulness.json").read_text())["flat_maps"]
     assert len(explained) - len(peaked) == flat
     assert "Explanations (gradcam" in (run / "report.html").read_text()

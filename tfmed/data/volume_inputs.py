@@ -56,6 +56,19 @@ _CENTER_FIX = ("fill center_x, center_y, center_z (LPS mm) or center_slice, cent
                "(voxel index) for the row, or set views.center: volume")
 
 
+def candidate_columns(frame) -> list[str]:
+    """The columns that tell candidates sharing a volume apart: ``row`` (the listing's line) and the centre
+    columns that hold values.
+
+    Example:
+        >>> import pandas as pd
+        >>> candidate_columns(pd.DataFrame({"image": ["a.nii"], "row": [2], "center_x": [1.0], "center_y": [None]}))
+        ['row', 'center_x']
+    """
+    given = [name for name in CENTER_MM + CENTER_VOXEL if name in frame.columns and frame[name].notna().any()]
+    return ["row"] + given
+
+
 def is_volume_path(path) -> bool:
     """True for a folder (a DICOM series) or a volume file name (NIfTI, MetaImage, NRRD).
 

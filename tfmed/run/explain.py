@@ -31,6 +31,7 @@ import pandas as pd
 
 from tfmed.config import UNKNOWN_LABEL
 from tfmed.data.table import ImageTable
+from tfmed.data.volume_inputs import candidate_columns
 from tfmed.explain import ExplainError, explain_table, get_method, peak
 from tfmed.evaluation.report import predictions_column
 from tfmed.explain.localisation import box_localisation, summary
@@ -141,6 +142,8 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
         log(f"note: {note}")
     rows, items = [], []
     files = table.frame["image"].astype(str).tolist()
+    # views of volumes: several candidates may share a volume, so say which line and centre each is
+    where = table.frame[candidate_columns(table.frame)].to_dict("records") if result.grid is not None else None
     explained_score = explained_scores(scores, classes)
     for i, (file, group) in enumerate(zip(files, groups)):
         explained = classes if np.ndim(classes) == 0 else classes[i]
@@ -161,9 +164,9 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
             dict(zip(("peak_view", "peak_row", "peak_col"), result.grid.locate(row_peak)))
         if is_flat(result.maps[i]):  # a flat map has no peak
             location = dict.fromkeys(location)
-        rows.append({"file": file, "group": group, "label": label_text, "score": round(score, 6),
-                     "decision": decided, "explained_class": _class_name(model, explained), "method": method,
-                     **location, "overlay": overlay.name})
+        rows.append({"file": file, **(where[i] if where else {}), "group": group, "label": label_text,
+                     "score": round(score, 6), "decision": decided, "explained_class": _class_name(model, explained),
+                     "method": method, **location, "overlay": overlay.name})
         items.append((result.images[i], result.maps[i], title))
     boxed = None if result.grid is not None else box_localisation(  # each map against the boxes of its class
         table, result.maps, model.inputs.preprocess.resize, [row["explained_class"] for row in rows])

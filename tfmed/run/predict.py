@@ -14,7 +14,7 @@ from tfmed.data.decode import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, image_ki
 from tfmed.config import ExperimentConfig
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import apply_validation, validate_table
-from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL
+from tfmed.data.volume_inputs import candidate_columns
 from tfmed.errors import count_noun
 from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
@@ -142,10 +142,8 @@ def predict_images(model_dir: str | Path, paths: list[str], *, verify: bool = Tr
     decisions = model.decide(scores)
     out = pd.DataFrame({"image": frame["image"]})
     if _volume_list(model, paths):  # several candidates may share a volume: say which line and centre each is
-        out.insert(0, "row", frame["row"])
-        for name in CENTER_MM + CENTER_VOXEL:
-            if name in frame.columns and frame[name].notna().any():
-                out[name] = frame[name]
+        where = candidate_columns(frame)
+        out = pd.concat([frame[where[:1]], out, frame[where[1:]]], axis=1)
     if model.task == "binary":
         out["score"] = scores
         out["threshold"] = model.threshold
