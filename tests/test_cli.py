@@ -226,6 +226,36 @@ def test_sweep_layers_refuses_a_kfold_experiment_before_reading_its_data(tmp_pat
     assert "split.method: patient" in error and not (tmp_path / "runs").exists()
 
 
+
+@pytest.mark.parametrize("taps, message", [(["early", "lat"], "unknown tap 'lat' for backbone 'efficientnet_lite0'"),
+                                           (["late", "late"], "taps lists a name twice: ['late', 'late']")])
+def test_sweep_layers_refuses_a_misspelt_or_repeated_tap_before_reading_the_data(tmp_path, capsys, taps, message):
+    path = _tiny_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["data"]["source"] = f"medmnist:{tmp_path / 'missing.npz'}"  # never read
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep-layers", str(path), "--taps", *taps]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "missing.npz" not in error and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("data, said", [
+    ({"source": "chestxray14", "path": "missing/Data_Entry_2017.csv"}, "data.source chestxray14 gives multilabel"),
+    ({"source": "tbx11k", "path": "missing/TBX11K"}, "data.source tbx11k gives multiclass"),
+    ({"source": "folder", "path": "missing", "task": "multiclass"}, "data.task gives multiclass"),
+    ({"source": "merged", "parts": [{"source": "chexpert", "path": "missing/train.csv"},
+                                    {"source": "chestxray14", "path": "missing/Data_Entry_2017.csv"}]},
+     "data.source merged gives multilabel")])
+def test_sweep_layers_refuses_data_that_are_not_binary_before_reading_them(tmp_path, capsys, data, said):
+    path = _tiny_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["data"] = data
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep-layers", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert "sweep-layers reads sensitivity and specificity, so it needs a binary task, but " + said in error
+    assert "model.svm.taps" in error and "missing" not in error and not (tmp_path / "runs").exists()
+
 def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     import tfmed.run.cli as cli
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_cxr_sources import nih  # noqa: F401 (the ChestX-ray14 fixture)
+from test_cxr_sources import chexpert, nih  # noqa: F401 (the CheXpert and ChestX-ray14 fixtures)
 from test_explain import tiny_svm_experiment  # registers the tiny explain_test_net backbone
 from test_mimic_cxr import IMAGES, LABELS, mimic_tree
 from tfmed.config import UNKNOWN_LABEL, ConfigError, ExperimentConfig
@@ -52,13 +52,24 @@ def test_two_collections_become_one_multilabel_table(nih, tmp_path, capsys):
     assert set(frame.loc[mimic_rows, "patient_id"]) == {"mimic:10000032", "mimic:10000764", "mimic:11000011"}
     assert frame.loc[mimic_rows, "split"].tolist() == ["train", "val", "test"]
     assert frame.loc[effusion, "split"].tolist() == ["train"]  # train_val_list.txt
-    assert table.excluded["problem"].str.startswith("mimic: skipped: 1 image with ViewPosition").sum() == 2
+    assert table.excluded["problem"].str.startswith("skipped: mimic: 1 image with ViewPosition").sum() == 2
     # tfmed validate of such an experiment counts each collection: what split.test_sites can hold out
     experiment = tmp_path / "merged.yaml"
     experiment.write_text(yaml.safe_dump({"data": dataclasses.asdict(config)}))
     main(["validate", str(experiment)])
     assert "sites: mimic 3, nih 7" in capsys.readouterr().out
 
+
+
+def test_rows_a_part_skips_by_design_are_counted_as_skipped_not_as_bad(chexpert, nih):
+    from tfmed.data.validate import excluded_summary
+
+    table = load_source(merged({"source": "chexpert", "path": str(chexpert), "name": "stanford", "frontal_only": True},
+                               {"source": "chestxray14", "path": str(nih), "name": "nih",
+                                "rename": {"Effusion": "Pleural Effusion"}},
+                               classes=["Edema", "Pleural Effusion"]))
+    assert table.excluded["problem"].tolist() == ["skipped: stanford: lateral view (data.frontal_only is true)"]
+    assert excluded_summary(table.excluded) == "1 row skipped: stanford: lateral view (data.frontal_only is true)"
 
 def squares(folder, classes, count, seed):
     """A folder per class of 40 x 40 PNGs, one patient each; the second class's hold a bright square."""

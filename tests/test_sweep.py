@@ -85,6 +85,17 @@ def test_sweep_rejects_unknown_taps_and_unseen_val_classes(data):
         sweep_layers(X_train, y_train, X_val, y_val, taps=["early"], fusions=[], task="binary", **PARAMS)
 
 
+
+@pytest.mark.parametrize("taps, fusions", [(["middle", "middle"], []), (["middle"], [["middle", "middle"]])])
+def test_sweep_refuses_a_tap_given_twice_before_any_image_goes_through_the_backbone(data, monkeypatch, taps,
+                                                                                    fusions):
+    X_train, y_train, X_val, y_val = data
+    calls = []
+    monkeypatch.setattr(tfmed.backbones, "extract_features", lambda *args, **kwargs: calls.append(args))
+    with pytest.raises(FeatureError, match=r"taps lists a name twice: \['middle', 'middle'\]"):
+        sweep_layers(X_train, y_train, X_val, y_val, taps=taps, fusions=fusions, **PARAMS)
+    assert calls == []
+
 def _tables(data):
     from tfmed.config import PreprocessConfig
     from tfmed.data.pipeline import ImageInputs

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import tfmed.data.validate as validate_module
+from test_cxr_sources import nih  # noqa: F401 (the ChestX-ray14 fixture)
 from tfmed.data.sources.manifest import ManifestError, load_manifest
 from tfmed.data.sources import DataSourceError
 from tfmed.data.table import ImageTable
@@ -453,3 +454,64 @@ def test_labels_counted_from_one_are_named_as_such(tmp_path):
     assert [p.problem for p in problems] == ["class '0' has no image among the usable ones "
                                              "(0 of '0', 2 of '1', 1 of '2')"]
     assert problems[0].fix.startswith("the labels look counted from 1 (1..2)") and "write them 0..1" in problems[0].fix
+
+
+# ---------------------------------------------------------------- tfmed validate as the run sees the data
+def _experiment_with_a_missing_image(tmp_path, exclude_bad_rows, leaked=False):
+    """A manifest with its own splits, one row naming no file, and an SVM experiment reading it."""
+    import yaml
+
+    rows, rng = [], np.random.default_rng(0)
+    for i, split in enumerate(["train"] * 12 + ["val"] * 6 + ["test"] * 6):
+        write_png(tmp_path / f"{i}.png", rng.integers(0, 100, (16, 16)).astype(np.uint8) + 150 * (i % 2))
+        rows.append(f"{i}.png,{'yes' if i % 2 else 'no'},p{i},{split}")
+    rows.append(f"gone.png,no,{'p0' if leaked else 'p99'},test")  # a file that does not exist
+    (tmp_path / "m.csv").write_text("path,label,patient_id,split\n" + "\n".join(rows) + "\n")
+    config = {"name": "x", "data": {"source": f"manifest:{tmp_path / 'm.csv'}", "exclude_bad_rows": exclude_bad_rows},
+              "split": {"method": "predefined"}, "preprocess": {"image_size": 32},
+              "model": {"weights": None, "svm": {"taps": ["middle"], "C": [1.0], "cv": 2}}}
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(config))
+    return str(tmp_path / "x.yaml")
+
+
+def test_validate_of_an_experiment_leaving_bad_rows_out_checks_the_rest_as_its_run_does(tmp_path, capsys):
+    from tfmed.run import cli
+
+    assert cli.main(["validate", _experiment_with_a_missing_image(tmp_path, exclude_bad_rows=True)]) == 0
+    out = capsys.readouterr().out
+    assert "row 26: " in out and "gone.png: file not found" in out
+    assert "Fix the rows above, or leave them out as the run does (data.exclude_bad_rows is true; it lists them " \
+           "in excluded_rows.csv)." in out and "set data.exclude_bad_rows: true" not in out
+    assert "left out of the data, as the run leaves them out: 1 bad row or file; the checks below are made on " \
+           "the other 24 rows" in out
+    assert "experiment x: the run's checks passed (backbone, taps and weights; split train 12, val 6, test 6" in out
+    assert cli.main(["validate", _experiment_with_a_missing_image(tmp_path, exclude_bad_rows=False)]) == 1
+    out = capsys.readouterr().out
+    assert "set data.exclude_bad_rows: true to leave them out" in out and "checks passed" not in out
+
+
+def test_validate_of_an_experiment_leaving_bad_rows_out_stops_where_its_run_stops(tmp_path, capsys):
+    from tfmed.run import cli
+
+    # p0 is in train and, by the row left out, in test: the rows kept do not leak
+    assert cli.main(["validate", _experiment_with_a_missing_image(tmp_path, True, leaked=True)]) == 0
+    (tmp_path / "m.csv").write_text((tmp_path / "m.csv").read_text().replace("\n2.png,no,p2,train",
+                                                                              "\n2.png,no,p1,test"))
+    assert cli.main(["validate", str(tmp_path / "x.yaml")]) == 2  # p1 in train and test: the run refuses it
+    assert "1 patient(s) appear in more than one split: p1 (test, train)" in capsys.readouterr().err
+
+
+def test_validate_of_a_source_reports_a_patient_in_two_of_its_own_splits(nih, capsys):
+    from tfmed.run import cli
+
+    assert cli.main(["validate", f"chestxray14:{nih}"]) == 0
+    capsys.readouterr()
+    train_val = nih.parent / "train_val_list.txt"
+    train_val.write_text(train_val.read_text().replace("00000001_001.png\n", ""))
+    test_list = nih.parent / "test_list.txt"
+    test_list.write_text(test_list.read_text() + "00000001_001.png\n")  # patient 1's follow-up in test
+    assert cli.main(["validate", f"chestxray14:{nih}"]) == 1
+    out = capsys.readouterr().out
+    assert "Data validation passed" in out
+    assert "1 patient(s) appear in more than one split: 1 (test, train). Each patient's images must be in one " \
+           "split: put each patient's images in one of train_val_list.txt and test_list.txt" in out

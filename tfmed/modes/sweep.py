@@ -117,11 +117,8 @@ def _sweep_plan(taps, fusions, y_train, y_val, svm_params) -> tuple[list[list[st
     if svm_params.get("fit_views"):
         raise FeatureError("sweep_layers compares taps on the training and validation images as they are, "
                            "without test-time views; remove fit_views (model.svm.fit_views) for the sweep")
-    taps = [taps] if isinstance(taps, str) else list(taps)
-    fusions = [[f] if isinstance(f, str) else list(f) for f in fusions]
-    configs = [[tap] for tap in taps] + fusions
-    if not configs:
-        raise FeatureError("sweep_layers needs at least one tap or fusion")
+    template = FeatureSVM(**svm_params)
+    configs, all_taps = sweep_columns(template.backbone, taps, fusions)
     classes = np.unique(np.asarray(y_train))
     if np.asarray(y_train).ndim != 1 or len(classes) != 2:
         raise FeatureError(f"sweep_layers reports sensitivity/specificity and needs a binary y_train; "
@@ -129,10 +126,30 @@ def _sweep_plan(taps, fusions, y_train, y_val, svm_params) -> tuple[list[list[st
     unknown = sorted(set(np.unique(np.asarray(y_val)).tolist()) - set(classes.tolist()), key=str)
     if unknown:
         raise FeatureError(f"y_val holds class(es) {unknown} absent from y_train {classes.tolist()}")
-    template = FeatureSVM(**svm_params)
-    all_taps = list(dict.fromkeys(tap for config in configs for tap in config if tap != "texture"))
-    check_taps(template.backbone, all_taps)
     return configs, template, all_taps
+
+
+def sweep_columns(backbone: str, taps, fusions) -> tuple[list[list[str]], list[str]]:
+    """The sweep's columns (each a list of taps, "texture" allowed) and the backbone taps they need together,
+    checked without any image: FeatureError for no column, UnknownTapError for a tap ``backbone`` lacks or a
+    list naming one twice.
+
+    Example:
+        >>> sweep_columns("efficientnet_lite0", ["middle", "late"], [["middle", "late"]])
+        ([['middle'], ['late'], ['middle', 'late']], ['middle', 'late'])
+    """
+    taps = [taps] if isinstance(taps, str) else list(taps)
+    fusions = [[f] if isinstance(f, str) else list(f) for f in fusions]
+    configs = [[tap] for tap in taps] + fusions
+    if not configs:
+        raise FeatureError("sweep_layers needs at least one tap or fusion")
+    all_taps = list(dict.fromkeys(tap for config in configs for tap in config if tap != "texture"))
+    check_taps(backbone, all_taps)
+    for names in (taps, *fusions):  # the taps given, and each fusion, name no tap twice
+        backbone_taps = [tap for tap in names if tap != "texture"]
+        if backbone_taps:
+            check_taps(backbone, backbone_taps)
+    return configs, all_taps
 
 
 def _config_model(template: FeatureSVM, config: list[str]) -> FeatureSVM:

@@ -406,19 +406,33 @@ def _cmd_validate(args) -> int:
             f"{name} {int((table.frame[column] == 1).sum())} positive, "
             f"{int((table.frame[column] == UNKNOWN_LABEL).sum())} unknown"
             for name, column in zip(table.classes, table.label_columns)))
-    print(report.format())
-    if experiment is not None and report.ok:  # near-identical images then counted in the split the run makes
-        text, table = _experiment_check(experiment, table, report)
-        print(text)
+    excluding = experiment is not None and experiment.data.exclude_bad_rows
+    print(report.format(EXCLUDED_REMEDY) if excluding else report.format())
+    leak = None
+    if experiment is None:
+        usable = report.ok
+        leak = _split_leak(table)  # a source's own splits (a publisher's lists), checked as a run checks them
+        if leak:
+            print(leak)
+    else:
+        kept = _kept_rows(experiment, table, report)  # None: the run would stop on the problems above
+        usable = kept is not None
+        if usable:  # near-identical images then counted in the split the run makes
+            text, table = _experiment_check(experiment, kept)
+            print(text)
     tolerance = args.near_duplicate_rms
     if tolerance is None:
         tolerance = (experiment.split if experiment is not None else SplitConfig()).near_duplicate_rms
     if tolerance is not None and not (views is not None and views.enabled):
-        if report.ok:
+        if usable:
             print(_near_duplicate_text(table, tolerance, data.max_image_pixels))
         else:
             print("near-identical images: looked for once the problems above are fixed")
-    return 0 if report.ok else 1
+    return 0 if usable and not leak else 1
+
+
+# how ``tfmed validate`` ends its report of bad rows when the experiment leaves them out, as its run does
+EXCLUDED_REMEDY = "leave them out as the run does (data.exclude_bad_rows is true; it lists them in excluded_rows.csv)"
 
 
 def _experiment_of(spec: str):
@@ -428,14 +442,40 @@ def _experiment_of(spec: str):
     return ExperimentConfig.from_yaml(spec) if is_experiment_file(spec) else None
 
 
-def _experiment_check(experiment, table, report):
-    """What ``tfmed validate EXPERIMENT.yaml`` adds once the data pass: the split the run would make
-    (k-fold feasibility included) and the mode's settings checked against the data's task; with the
-    split table."""
-    from tfmed.data.validate import apply_validation
+def _kept_rows(experiment, table, report):
+    """The rows an experiment's run goes on with: all, or those ``data.exclude_bad_rows`` keeps (the rows
+    left out said); None when the run would stop on the report's problems."""
+    from tfmed.data.validate import DataValidationError, apply_validation, excluded_summary
+
+    try:
+        kept = apply_validation(table, report, exclude_bad_rows=experiment.data.exclude_bad_rows)
+    except DataValidationError:  # the report printed says what to fix
+        return None
+    if not report.ok:
+        print(f"left out of the data, as the run leaves them out: {excluded_summary(kept.excluded)}; the checks "
+              f"below are made on the other {len(kept)} rows")
+    return kept
+
+
+def _split_leak(table) -> str | None:
+    """The run's leakage check of the splits a source gives its rows (e.g. a publisher's list files): its
+    message when a patient is in two of them, else None."""
+    from tfmed.data.splits import LeakageError, check_no_leakage
+
+    try:
+        check_no_leakage(table)
+    except LeakageError as error:
+        return str(error)
+    return None
+
+
+def _experiment_check(experiment, table):
+    """What ``tfmed validate EXPERIMENT.yaml`` adds on the rows its run keeps (``table``): the split the run
+    would make (k-fold feasibility included) and the mode's settings checked against the data's task; with
+    the split table."""
     from tfmed.run.experiment import check_config_fits_data, split_data
 
-    split = split_data(experiment, apply_validation(table, report, exclude_bad_rows=experiment.data.exclude_bad_rows))
+    split = split_data(experiment, table)
     check_config_fits_data(experiment, split)
     counts = ", ".join(f"{name} {int((split.frame['split'] == name).sum())}" for name in ("train", "val", "test"))
     folds = f", {experiment.split.folds} folds over train" if experiment.split.method == "kfold" else ""

@@ -2,8 +2,9 @@
 
 Loads and splits the experiment's data exactly as ``tfmed run`` does, then
 fits one SVM per backbone tap and per fusion on the training split and
-measures each on the validation split (never on test); a k-fold experiment,
-which has no validation split, is refused. The images stream
+measures each on the validation split (never on test). Binary tasks only. Refused before any data
+is read: a k-fold experiment (no validation split), a tap the backbone lacks or given twice, and
+data whose section already says they are not binary (e.g. ChestX-ray14, multilabel). The images stream
 through the backbone once, all taps together, into the runs folder's feature
 store (``RUNS_DIR/.feature_cache``); a second sweep of the same data reads it back.
 
@@ -17,9 +18,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from tfmed.config import ConfigError, ExperimentConfig
+from tfmed.config import ConfigError, DataConfig, ExperimentConfig
 from tfmed.modes import FeatureSVM, get_mode
-from tfmed.modes.sweep import format_sweep, save_sweep, sweep_tables
+from tfmed.modes.sweep import format_sweep, save_sweep, sweep_columns, sweep_tables
 from tfmed.progress import log
 from tfmed.data.statistics import fit_inputs
 from tfmed.run.experiment import prepare_data
@@ -41,15 +42,16 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
                           "kfold makes none; sweep a copy of the experiment with split.method: patient (or predefined) "
                           "and no split.folds, then set the chosen taps in model.svm.taps of the k-fold one")
     taps = list(taps or DEFAULT_TAPS)
+    fusions = [taps[-2:]] if len(taps) >= 2 else []
+    sweep_columns(config.model.backbone, taps, fusions)  # the taps, before any data is read
+    section = "data.task" if config.data.task else f"data.source {config.data.source.split(':')[0]}"
+    _refuse_non_binary(config, _task_before_data(config.data), section)
     table = prepare_data(config)
-    if table.task != "binary":
-        raise ConfigError(f"{config.name}: sweep-layers reports sensitivity/specificity and needs a "
-                          f"binary task, but the data is {table.task}")
+    _refuse_non_binary(config, table.task, "the data")
     train, val = table.split("train"), table.split("val")
     inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
     template = FeatureSVM.from_experiment(config, train, None)
     params = {k: v for k, v in template.get_params().items() if k not in ("taps", "task")}
-    fusions = [taps[-2:]] if len(taps) >= 2 else []
     log(f"sweeping taps {taps} and fusion {fusions} of {config.model.backbone}")
     frame = sweep_tables(train, val, inputs, taps=taps, fusions=fusions, **params)
     out_dir = new_run_dir(runs_dir or config.runs_dir, f"{config.name}_sweep")
@@ -57,3 +59,39 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     pd.Series(environment_info(config)).to_json(out_dir / "environment.json", indent=2)
     path = save_sweep(frame, out_dir / SWEEP_FILE)
     return format_sweep(frame), path
+
+
+def _refuse_non_binary(config: ExperimentConfig, task: str | None, what: str) -> None:
+    """ConfigError when ``task`` (None: not known yet) is not binary; ``what`` says where it comes from."""
+    if task not in (None, "binary"):
+        raise ConfigError(f"{config.name}: sweep-layers reads sensitivity and specificity, so it needs a binary "
+                          f"task, but {what} gives {task} data; compare taps on these data by running the "
+                          "experiment with each in model.svm.taps")
+
+
+def _task_before_data(data: DataConfig) -> str | None:
+    """The task that the data section fixes before any data is read (None when only the data can tell):
+    data.task, a publisher's multilabel or binary files, TBX11K's data.classes, or merged parts of those.
+
+    Example:
+        >>> _task_before_data(DataConfig(source="chestxray14", path="Data_Entry_2017.csv"))
+        'multilabel'
+    """
+    kind = data.source.split(":")[0]
+    if data.task is not None:
+        return data.task
+    if kind in data.MULTILABEL_SOURCES:
+        return "multilabel"
+    if kind in data.BINARY_SOURCES + data.EMBEDDED_SOURCES:
+        return "binary"
+    if kind in data.CLASS_COUNT_SOURCES:  # two classes: binary; more, or all of them (no data.classes): multiclass
+        if data.classes is None or len(data.classes) > 2:
+            return "multiclass"
+        return "binary" if len(data.classes) == 2 else None
+    if kind == data.MERGED:
+        tasks = {_task_before_data(part) for part in data.parts}
+        if "multilabel" in tasks:  # parts of another task beside it are refused when loaded
+            return "multilabel"
+        if tasks <= {"binary", "multiclass"} and data.classes:  # single-label parts: the merged classes tell
+            return "binary" if len(data.classes) == 2 else "multiclass"
+    return None

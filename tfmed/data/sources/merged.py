@@ -17,8 +17,8 @@ Each part is loaded as on its own, then:
 * the parts' splits (e.g. a publisher's test split) are kept; the fix texts the parts record for
   validation and splits (``frame.attrs``) are kept, prefixed with the part's name, and parts without a
   split beside parts with one are named for ``split.method: predefined``;
-* what a part left out is kept in ``table.excluded``, its problem prefixed
-  with the part's name.
+* what a part left out is kept in ``table.excluded``, its problem naming the part (after
+  ``skipped: `` for rows it skips by design, so that they are still counted as skipped).
 
 Parts must list image files: in-memory sources (an embedded or MedMNIST set)
 are refused.
@@ -42,6 +42,8 @@ import pandas as pd
 from tfmed.config import UNKNOWN_LABEL, DataConfig, DataPartConfig
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable, remap_labels
 from tfmed.progress import log
+
+SKIPPED = "skipped: "  # how a source's problem for rows it leaves out by design begins (excluded_summary counts them)
 
 
 def load_merged(config: DataConfig, load: Callable[[DataPartConfig], ImageTable]) -> ImageTable:
@@ -77,12 +79,24 @@ def load_merged(config: DataConfig, load: Callable[[DataPartConfig], ImageTable]
               for name, table, names in parts]
     frame = pd.concat([_renamed_people(name, frame) for (name, _, _), frame in zip(parts, frames)],
                       ignore_index=True)
-    excluded = [table.excluded.assign(problem=name + ": " + table.excluded["problem"].astype(str))
+    excluded = [table.excluded.assign(problem=[_part_problem(name, problem)
+                                               for problem in table.excluded["problem"].astype(str)])
                 for name, table, _ in parts if len(table.excluded)]
     task = "multilabel" if is_multilabel else ("binary" if len(classes) == 2 else "multiclass")
     frame.attrs = _part_fixes(parts)
     return ImageTable(frame, classes, task, source="merged: " + ", ".join(name for name, _, _ in parts),
                       excluded=pd.concat(excluded, ignore_index=True) if excluded else pd.DataFrame())
+
+
+def _part_problem(name: str, problem: str) -> str:
+    """A part's excluded-row problem naming the part; a skip by design keeps ``skipped: `` first.
+
+    Example:
+        >>> _part_problem("stanford", "skipped: lateral view"), _part_problem("nih", "file not found")
+        ('skipped: stanford: lateral view', 'nih: file not found')
+    """
+    reason = problem.removeprefix(SKIPPED)
+    return f"{SKIPPED if reason != problem else ''}{name}: {reason}"
 
 
 def _refuse_shared_names(name: str, classes: list[str], names: list[str]) -> None:
