@@ -227,7 +227,8 @@ def test_a_run_whose_scores_cannot_be_recalibrated_keeps_them_and_says_so(capsys
 
     assert recalibration_sentences({"recalibration": summary}) == [
         f"The probabilities were not recalibrated (logistic on val): {summary['reason']}."]
-    findings = types.SimpleNamespace(task="multilabel", classes=["effusion", "mass"], recalibration=None)
+    findings = types.SimpleNamespace(task="multilabel", classes=["effusion", "mass"], recalibration=None,
+                                     combines_ranks=False)
     y, p = np.array([[0, 0], [1, 0], [0, 1], [1, 1]]), np.array([[.1, .1], [.8, .2], [.3, .8], [.9, .9]])
     summary, _ = recalibrate(findings, "logistic", "val", {"val": (y, p)})
     assert summary["reason"].startswith("label 'effusion': the fitting split's scores separate the classes")
