@@ -1,5 +1,6 @@
 """Ensembles: combination rules, ensemble mode end to end, k-fold bagging, ``tfmed ensemble``."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from tfmed.run.cli import main
 from tfmed.run.evaluate import evaluate_run, load_metrics
 from tfmed.run.experiment import run_experiment
 
-from test_experiment import _small, _tiny_medmnist
+from test_experiment import _small, _three_class_npz, _tiny_medmnist
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(0)
@@ -300,6 +301,15 @@ def test_kfold_bagging_averages_the_fold_models_on_test(tiny_source, tmp_path):
     assert np.allclose(predictions["score"], members[["fold_1", "fold_2", "fold_3"]].mean(axis=1))
     metrics = load_metrics(run)
     assert metrics["kfold"]["final"] == "bag" and list(metrics["splits"]) == ["test"]
+    # the report says where the thresholds came from (no validation split) in whole sentences
+    report = (run / "report.html").read_text()
+    assert ("Thresholds were chosen on the pooled out-of-fold scores. The 3 fold models were kept, and their mean "
+            "score was measured once on test.") in report
+    assert "ROC curve (test) with the operating points chosen on the pooled out-of-fold scores" in report
+    assert "validation-chosen" not in report and "val split" not in report
+    evaluated = evaluate_run(run, output=tmp_path / "evaluated")  # its evaluation says the same
+    assert "with the operating points chosen on the pooled out-of-fold scores" in \
+        (evaluated / "report.html").read_text()
 
 
 # ------------------------------------------------------------------ tfmed ensemble
@@ -353,6 +363,39 @@ def test_tfmed_ensemble_combines_saved_runs_and_rechooses_thresholds_on_val(two_
     assert main(["ensemble", *map(str, two_runs), "--combine", "rank", "--recalibrate", "logistic",
                  "--output", str(recalibrated)]) == 0
     assert load_metrics(recalibrated)["splits"]["test"]["youden"]["brier"] is not None
+
+
+@pytest.mark.slow
+def test_tfmed_ensemble_rank_notes_and_description_name_only_what_was_done(two_runs, tmp_path):
+    ranked = tmp_path / "ranked"
+    assert main(["ensemble", *map(str, two_runs), "--combine", "rank", "--output", str(ranked)]) == 0
+    notes = load_metrics(ranked)["splits"]["test"]["youden"]["notes"]
+    assert any("--recalibrate for tfmed ensemble" in note for note in notes)  # the option this command has
+    description = ExperimentConfig.from_yaml(ranked / "config.yaml").description
+    assert description.endswith("fitted on their validation scores: the rank references and the thresholds.")
+    assert "recalibration" not in description
+    recalibrated = tmp_path / "recalibrated"
+    assert main(["ensemble", *map(str, two_runs), "--combine", "rank", "--recalibrate", "logistic",
+                 "--output", str(recalibrated)]) == 0
+    assert ExperimentConfig.from_yaml(recalibrated / "config.yaml").description.endswith(
+        "the rank references, the logistic recalibration and the thresholds.")
+
+
+@pytest.mark.slow
+def test_tfmed_ensemble_of_multiclass_runs_offers_only_the_mean(tmp_path, capsys):
+    from test_explain import tiny_svm_experiment
+
+    data = {"source": f"medmnist:{_three_class_npz(tmp_path)}"}
+    run = run_experiment(tiny_svm_experiment("three", tmp_path, data, {"method": "predefined"}))
+    again = shutil.copytree(run, tmp_path / "copy" / "again")  # another run of the same split
+    assert main(["ensemble", str(run), str(again), "--combine", "rank", "--output", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    assert "--combine 'rank' averages one rank per image and label" in error
+    assert error.rstrip().endswith("not multiclass; use --combine mean")
+    assert "model.ensemble.combine" not in error and "stacking" not in error and not (tmp_path / "x").exists()
+    assert main(["ensemble", str(run), str(again), "--combine", "mean", "--output", str(tmp_path / "mean")]) == 0
+    assert ExperimentConfig.from_yaml(tmp_path / "mean" / "config.yaml").description.endswith(
+        "fitted on their validation scores: nothing.")  # argmax decides: no thresholds
 
 
 @pytest.mark.slow

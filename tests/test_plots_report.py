@@ -85,6 +85,27 @@ def test_multilabel_plots_refuse_mismatched_shapes_and_non_probabilities(tmp_pat
         multi_decision_plot(Y, np.where(Y == 1, np.nan, 0.2), ["a", "b"], tmp_path / "x.png")
 
 
+def test_decision_curve_keeps_every_marked_threshold_inside_the_plot():
+    from matplotlib.figure import Figure
+
+    from tfmed.evaluation.decision import net_benefit
+    from tfmed.evaluation.plots import _draw_decision
+
+    y = np.repeat([0, 1], [70, 30])
+    s = np.concatenate([np.linspace(0.1, 0.5, 50), np.linspace(0.92, 0.99, 20), np.linspace(0.3, 1.0, 30)])
+    points = {"youden": 0.7, "high_specificity": 0.95}
+    # harmful there: below the usual floor (-0.05 - 0.1 x prevalence), the second even below -1
+    assert -1 < net_benefit(y, s, 0.7) < -0.08 and net_benefit(y, s, 0.95) < -1
+    axes = Figure().subplots()
+    _draw_decision(axes, y, s, points, "decision")
+    bottom, top = axes.get_ylim()
+    marks = {line.get_label(): line.get_ydata()[0] for line in axes.get_lines()
+             if line.get_label().startswith(tuple(points))}
+    assert len(marks) == 2 and all(bottom <= value <= top for value in marks.values())
+    assert marks["youden (t=0.7)"] == pytest.approx(net_benefit(y, s, 0.7))   # drawn where it is
+    assert bottom == -1.0 and "high_specificity (t=0.95; net benefit -2.06, below the plot)" in marks
+
+
 def test_training_curves(tmp_path):
     history = {"loss": [0.7, 0.6, 0.5, 0.45], "val_loss": [0.72, 0.65, 0.6, 0.62],
                "auc": [0.6, 0.7, 0.8, 0.85], "val_auc": [0.58, 0.66, 0.75, 0.74], "lr": [1e-3] * 4}
@@ -150,12 +171,42 @@ def test_binary_report(tmp_path, binary_data):
     # the methods sentence names each interval's method, the separation bound of any AUC of 1 or 0 included
     assert ("the farther of DeLong's, normal on the logit scale, and Newcombe's score interval; an AUC of 1 or 0, "
             "of a split, class, label or subgroup, bounded by the binormal chance of complete separation") in text
-    assert "<figcaption>ROC curve (test) with the validation-chosen operating points" in text
+    assert "<figcaption>ROC curve (test) with the operating points chosen on the val split" in text
+    # a k-fold run chose them on its pooled out-of-fold scores, and its report says so wherever it names them
+    context.threshold_split = "out_of_fold"
+    text = write_report(tmp_path / "kfold", context).read_text(encoding="utf-8")
+    assert "<figcaption>ROC curve (test) with the operating points chosen on the pooled out-of-fold scores" in text
+    assert "Operating thresholds were chosen on the pooled out-of-fold scores and applied unchanged" in text
+    assert "Each threshold was chosen on <b>the pooled out-of-fold scores</b>" in text
+    assert "validation" not in text.replace("threshold chosen on validation", "") and "val split" not in text
+    context.threshold_split = "val"
     # a run without a test split draws its plots on validation, and the captions say so
     context.operating_split, context.metrics = "val", {"val": context.metrics["val"]}
     text = write_report(tmp_path / "val_only", context).read_text(encoding="utf-8")
     assert "<figcaption>ROC curve (val) with" in text and "<figcaption>Confusion matrix (val)" in text
     assert "(test)" not in text
+
+
+def test_kfold_sentence_says_where_each_threshold_came_from_in_whole_sentences():
+    from tfmed.run.reporting import kfold_sentence
+
+    kfold = {"folds": 3, "final": "refit", "auc_mean": 0.694, "auc_sd": 0.027, "pooled_oof_auc": 0.683,
+             "pooled_oof_auc_ci": [0.613, 0.746]}
+    start = ("3-fold cross-validation over train+val: AUC 0.694 +- 0.027 (mean +- sd over folds); pooled "
+             "out-of-fold AUC 0.683 (0.613-0.746).")
+    refit = " The final model was refit on train+val, and it was measured once on test."
+    test = {"test": {}}
+    # multiclass with two coarse classes: argmax decides the fine classes, the coarse thresholds were chosen
+    coarse = {"classes": ["benign", "malignant"], "task": "binary", "thresholds": {"youden": 0.55}}
+    assert kfold_sentence({"kfold": kfold, "thresholds": {}, "coarse": coarse, "splits": test}) == \
+        start + " The coarse thresholds were chosen on the pooled out-of-fold scores." + refit
+    assert kfold_sentence({"kfold": kfold, "thresholds": {}, "splits": test}) == start + refit
+    binary = {"kfold": kfold, "thresholds": {"youden": 0.4}, "splits": test}
+    assert kfold_sentence(binary) == start + " Thresholds were chosen on the pooled out-of-fold scores." + refit
+    bagged = {**binary, "kfold": {**kfold, "final": "bag"}}
+    assert kfold_sentence(bagged).endswith(". The 3 fold models were kept, and their mean score was measured once "
+                                           "on test.")
+    assert kfold_sentence({**binary, "splits": {}}).endswith(", and it was not measured (no test split).")
 
 
 def test_multiclass_and_multilabel_reports(tmp_path):

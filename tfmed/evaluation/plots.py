@@ -394,19 +394,31 @@ def _pair(y, scores, where: str) -> tuple[np.ndarray, np.ndarray]:
     return y, s
 
 
+_LOWEST_NET_BENEFIT = -1.0  # a decision plot reaches down to its marked thresholds, but no lower than this
+
+
 def _draw_decision(axes, y: np.ndarray, s: np.ndarray, operating_points: Mapping[str, float], title: str,
                    legend_size: int = 8) -> None:
+    """The decision curve on ``axes``, each threshold in (0, 1) marked inside the plot: the y-range reaches down
+    to its net benefit (to ``_LOWEST_NET_BENEFIT``); one lower still sits on the floor, its value in the legend."""
     curve = decision_curve(y, s)
     axes.plot(curve["thresholds"], curve["model"], color="tab:blue", lw=2, label="model")
     axes.plot(curve["thresholds"], curve["treat_all"], color="tab:orange", lw=1.5, label="act on every case")
     axes.axhline(0.0, color="grey", lw=1.5, ls="--", label="act on none")
-    for i, (name, threshold) in enumerate(operating_points.items()):
-        if 0.0 < float(threshold) < 1.0:
-            axes.plot(float(threshold), net_benefit(y, s, float(threshold)), marker=_MARKERS[i % len(_MARKERS)],
-                      ms=9, ls="none", label=f"{name} (t={float(threshold):.3g})")
     prevalence = float(y.mean())
+    top = 1.1 * prevalence + 0.01  # net benefit is at most the prevalence
+    marks = {i: (name, float(t), net_benefit(y, s, float(t)))
+             for i, (name, t) in enumerate(operating_points.items()) if 0.0 < float(t) < 1.0}
+    lowest = min((benefit for _, _, benefit in marks.values()), default=0.0)
+    bottom = max(min(-0.05 - 0.1 * prevalence, lowest - 0.05 * (top - lowest)), _LOWEST_NET_BENEFIT)
+    for i, (name, threshold, benefit) in marks.items():
+        marker, label = _MARKERS[i % len(_MARKERS)], f"{name} (t={threshold:.3g})"
+        if benefit < bottom:
+            marker, label = "v", f"{name} (t={threshold:.3g}; net benefit {benefit:.3g}, below the plot)"
+            benefit = bottom + 0.03 * (top - bottom)
+        axes.plot(threshold, benefit, marker=marker, ms=9, ls="none", label=label)
     axes.set_xlim(0.0, 1.0)
-    axes.set_ylim(-0.05 - 0.1 * prevalence, 1.1 * prevalence + 0.01)  # net benefit is at most the prevalence
+    axes.set_ylim(bottom, top)
     axes.set_ylabel("Net benefit")
     axes.set_title(title)
     axes.grid(alpha=0.3)

@@ -32,8 +32,10 @@ from .plots import training_curves
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PROPORTION_LABELS = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("ppv", "PPV"),
                       ("npv", "NPV"))
-_PLOT_CAPTIONS = {  # {split}: the split the plots are drawn on (test, or val when a run has no test split)
-    "roc": "ROC curve ({split}) with the validation-chosen operating points",
+OUT_OF_FOLD = "out_of_fold"  # the split key of a k-fold run's pooled out-of-fold scores (thresholds, subgroups)
+_PLOT_CAPTIONS = {  # {split}: the split the plots are drawn on (test, or val when a run has no test split);
+    # {chosen_on}: where the thresholds were chosen (see chosen_on)
+    "roc": "ROC curve ({split}) with the operating points chosen on {chosen_on}",
     "pr": "Precision-recall curve ({split})",
     "confusion": "Confusion matrix ({split})",
     "reliability": "Calibration (reliability diagram, {split})",
@@ -42,7 +44,7 @@ _PLOT_CAPTIONS = {  # {split}: the split the plots are drawn on (test, or val wh
     "roc_per_label": "ROC curves per label ({split}), each on the images where its label is known",
     "subgroups": "AUC by subgroup ({split}), with intervals",
     "decision": "Decision curve ({split}): net benefit over threshold probabilities",
-    "roc_coarse": "ROC curve of the coarse answer ({split}) with the validation-chosen operating points",
+    "roc_coarse": "ROC curve of the coarse answer ({split}) with the operating points chosen on {chosen_on}",
     "reliability_coarse": "Calibration of the coarse answer (reliability diagram, {split})",
     "decision_coarse": "Decision curve of the coarse answer ({split}): net benefit over threshold probabilities",
 }
@@ -63,7 +65,8 @@ class ReportContext:
         metrics: split -> metrics dict from :func:`tfmed.evaluation.evaluate`.
         operating_points: point name -> :func:`binary_metrics` dict at that
             threshold on ``operating_split`` (see ``operating_point_metrics``).
-        threshold_split: the split the thresholds were chosen on.
+        threshold_split: the split the thresholds were chosen on (``OUT_OF_FOLD``: a k-fold run's pooled
+            out-of-fold scores).
         operating_split: the split the operating points were measured on.
         plots: name -> PNG path; embedded in the given order.
         training_history: Keras History.history, drawn when no
@@ -227,7 +230,8 @@ def write_report(run_dir, context: ReportContext) -> Path:
     if images:
         parts.append("<h2>Plots</h2>")
     for name, data in images.items():
-        caption = _PLOT_CAPTIONS.get(name, name.replace("_", " ").capitalize()).format(split=context.operating_split)
+        caption = _PLOT_CAPTIONS.get(name, name.replace("_", " ").capitalize()).format(
+            split=context.operating_split, chosen_on=chosen_on(context.threshold_split))
         parts.append(f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{_e(caption)}</figcaption></figure>")
     parts.append(_notes_section(context))
@@ -264,7 +268,7 @@ def _summary(context: ReportContext) -> str:
         text = (f"On the {split} split (n={metrics.get('n')}), macro AUC {_macro_auc(metrics)}, "
                 f"micro AUC {_num(metrics.get('micro_auc'))}.")
     if context.operating_points:
-        text += (f" Operating thresholds were chosen on the {context.threshold_split} split and applied "
+        text += (f" Operating thresholds were chosen on {chosen_on(context.threshold_split)} and applied "
                  f"unchanged to the {context.operating_split} split.")
     return f"<p class='summary'>{_e(text)}</p>"
 
@@ -353,7 +357,7 @@ def _operating_section(context: ReportContext) -> str:
         rows.append([name.replace("_", " "), _num(m.get("threshold"), 4)]
                     + [_pct(m.get(k), ci.get(k)) for k, _ in _PROPORTION_LABELS]
                     + [cm.get("tp"), cm.get("fp"), cm.get("fn"), cm.get("tn")])
-    intro = (f"<p>Each threshold was chosen on the <b>{_e(context.threshold_split)}</b> split and applied "
+    intro = (f"<p>Each threshold was chosen on <b>{_e(chosen_on(context.threshold_split))}</b> and applied "
              f"unchanged to the <b>{_e(context.operating_split)}</b> split, where these values were "
              f"measured (a case is called positive when its score is at or above the threshold).</p>")
     return "<h2>Operating points</h2>" + intro + _table(header, rows)
@@ -415,6 +419,16 @@ def _column(values, n: int, name: str) -> list:
         raise EvaluationError(f"write_predictions: {name} has {len(values)} entries but ids has {n}; "
                               "pass one value per case")
     return values
+
+
+def chosen_on(split: str) -> str:
+    """Where thresholds chosen on ``split`` come from, as report text.
+
+    Example:
+        >>> chosen_on("val"), chosen_on(OUT_OF_FOLD)
+        ('the val split', 'the pooled out-of-fold scores')
+    """
+    return "the pooled out-of-fold scores" if split == OUT_OF_FOLD else f"the {split} split"
 
 
 def value_with_interval(value, ci) -> str:

@@ -31,6 +31,20 @@ RANK_TASKS = ("binary", "multilabel")  # rank averaging ranks one score per imag
 _EPS = 1e-6
 
 
+def refuse_rank(task: str, key: str, instead: str) -> None:
+    """Refuse rank averaging for a ``task`` it does not fit, naming the setting ``key`` and what to use ``instead``.
+
+    Example:
+        >>> refuse_rank("multilabel", "--combine", "--combine mean")  # fits: nothing happens
+        >>> refuse_rank("multiclass", "--combine", "--combine mean")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: --combine 'rank' averages one rank per image and label, ...; use --combine mean
+    """
+    if task not in RANK_TASKS:
+        raise ConfigError(f"{key} 'rank' averages one rank per image and label, so it works for binary and "
+                          f"multilabel tasks, not {task}; use {instead}")
+
+
 class ScoreCombiner:
     """Combine member scores by ``rule`` ("mean", "rank" or "stacking") for ``task``.
 
@@ -50,9 +64,8 @@ class ScoreCombiner:
         if rule not in choices(EnsembleConfig, "combine"):
             raise ConfigError(f"model.ensemble.combine is {rule!r}; allowed: "
                               f"{', '.join(choices(EnsembleConfig, 'combine'))}")
-        if rule == "rank" and task not in RANK_TASKS:
-            raise ConfigError(f"model.ensemble.combine 'rank' averages one rank per image and label, so it "
-                              f"works for binary and multilabel tasks, not {task}; use mean or stacking")
+        if rule == "rank":
+            refuse_rank(task, "model.ensemble.combine", "mean or stacking")
         self.rule, self.task = rule, task
         self.reference_: list[np.ndarray] | None = None
         self.coef_: np.ndarray | None = None

@@ -35,6 +35,7 @@ from tfmed.evaluation.recalibration import RecalibrationError, check_method
 from tfmed.evaluation.report import predictions_column
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
+from tfmed.modes.combine import refuse_rank
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
@@ -79,6 +80,9 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     models = [TrainedModel.load(run / "model", verify=verify, trust_pickles=trust_pickles) for run in runs]
     configs = [ExperimentConfig.from_run(run) for run in runs]
     _check_compatible(runs, configs, models)
+    if combine == "rank":  # named as typed, offering only the rules saved runs allow
+        refuse_rank(models[0].task, "--combine", " or ".join(f"--combine {rule}" for rule in SAVED_RUN_RULES
+                                                               if rule != "rank"))
     if recalibration != "none":
         try:
             check_method(recalibration, models[0].task)
@@ -96,7 +100,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     val_members = [member_scores["val"][name] for name in names]
     estimator.combiner.fit(val_members, tables["val"].labels())
     scores = {split: estimator.combine_scores(members) for split, members in member_scores.items()}
-    config = _ensemble_config(configs, names, combine, runs, recalibration)
+    config = _ensemble_config(configs, names, combine, recalibration)
     model = TrainedModel(mode=estimator.name, task=first.task, classes=list(first.classes),
                          preprocess=first.preprocess, stats=first.stats, estimator=estimator,
                          threshold_method=first.threshold_method, backbone=first.backbone, tta=first.tta,
@@ -110,6 +114,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     if first.hierarchy:
         model.hierarchy = first.hierarchy
         choose_coarse_thresholds(model, tables["val"].labels(), scores["val"], config.evaluation)
+    config.description = _description(runs, combine, recalibration if model.recalibration else "none",
+                                      model.thresholds, model.coarse_thresholds)  # what was fitted
 
     out = output_run_dir(output, "ensemble")
     log(f"combining {len(runs)} runs ({combine}) into {out}")
@@ -213,9 +219,27 @@ def _saved_scores(run: Path, split: str, table: ImageTable, model: TrainedModel)
     return predictions_column(frame.loc[ids], "score", model.classes).astype(np.float64)
 
 
+def _description(runs: list[Path], combine: str, recalibration: str, thresholds: dict, coarse: dict) -> str:
+    """``config.yaml``'s description of the combination: its runs and what was fitted on their validation scores
+    (``thresholds`` and ``coarse`` thresholds: the model's, once chosen).
+
+    Example:
+        >>> _description([Path("runs/a/1"), Path("runs/b/1")], "rank", "none", {"youden": 0.4}, {}).split("; ")[1]
+        'fitted on their validation scores: the rank references and the thresholds.'
+    """
+    fitted = [name for name, made in (("the rank references", combine == "rank"),
+                                      (f"the {recalibration} recalibration", recalibration != "none"),
+                                      ("the thresholds", bool(thresholds)),
+                                      ("the coarse thresholds", bool(coarse))) if made]
+    what = f"{', '.join(fitted[:-1])} and {fitted[-1]}" if len(fitted) > 1 else "".join(fitted) or "nothing"
+    return (f"Ensemble ({combine}) of saved runs {', '.join(map(str, runs))}, combined with tfmed ensemble; "
+            f"fitted on their validation scores: {what}.")
+
+
 def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine: str,
-                     runs: list[Path], recalibration: str) -> ExperimentConfig:
-    """An experiment that describes the combination (each run as a member with its own preprocessing)."""
+                     recalibration: str) -> ExperimentConfig:
+    """An experiment that describes the combination (each run as a member with its own preprocessing); its
+    description is :func:`_description`'s, once the combination is fitted."""
     first = configs[0]
     members = [MemberConfig(name=name, mode=c.model.mode, backbone=c.model.backbone, weights=c.model.weights,
                             weights_dir=c.model.weights_dir, svm=c.model.svm, finetune=c.model.finetune,
@@ -226,8 +250,6 @@ def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine:
     model = ModelConfig(mode="ensemble", backbone=first.model.backbone, weights=first.model.weights,
                         weights_dir=first.model.weights_dir,
                         ensemble=EnsembleConfig(members=members, combine=combine))
-    description = (f"Ensemble ({combine}) of saved runs {', '.join(map(str, runs))}, combined with tfmed ensemble; "
-                   "rank references, the recalibration and thresholds come from their validation scores.")
-    return dataclasses.replace(first, name=f"{first.name}_ensemble", description=description, model=model,
+    return dataclasses.replace(first, name=f"{first.name}_ensemble", description="", model=model,
                                augment=type(first.augment)(), balance=type(first.balance)(),
                                evaluation=dataclasses.replace(first.evaluation, recalibration=recalibration))

@@ -125,7 +125,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                   model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
                   notes=notes + member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics),
                   member_scores={"test": members} if members is not None else None,
-                  excluded=excluded)
+                  excluded=excluded, kfold=config.split.method == "kfold")
     return out
 
 

@@ -203,8 +203,9 @@ def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,
     return points
 
 
-RANK_NOTE = ("the scores are mean ranks (model.ensemble.combine: rank), not probabilities: Brier score, calibration "
-             "and decision curve are left out (evaluation.recalibration turns them into probabilities)")
+RANK_NOTE = ("the scores are mean ranks (model.ensemble.combine: rank, or --combine rank for tfmed ensemble), not "
+             "probabilities: Brier score, calibration and decision curve are left out (evaluation.recalibration, or "
+             "--recalibrate for tfmed ensemble, turns them into probabilities)")
 
 
 def subgroup_metrics(model: TrainedModel, table: ImageTable, scores: np.ndarray,

@@ -22,8 +22,8 @@ from tfmed.evaluation.comparison import comparison_sentences
 from tfmed.evaluation.metrics import to_jsonable
 from tfmed.evaluation.plots import (confusion_plot, decision_plot, multi_decision_plot, multi_reliability_plot,
                                    multi_roc_plot, pr_plot, reliability_plot, roc_plot, subgroup_plot)
-from tfmed.evaluation.report import (ReportContext, value_with_interval, write_metrics_json, write_predictions,
-                                    write_report)
+from tfmed.evaluation.report import (OUT_OF_FOLD, ReportContext, value_with_interval, write_metrics_json,
+                                    write_predictions, write_report)
 from tfmed.evaluation.subgroups import ATTRIBUTE_WORDS
 
 ARGMAX_DECISION = "a multiclass model decides for its most probable class"
@@ -173,10 +173,11 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
                   scores: dict, metrics: dict, notes: list[str], excluded: list[dict] | None = None,
                   history: dict | None = None, stage_boundaries: list[int] | None = None,
                   model_facts: dict | None = None, extra_plots: dict | None = None,
-                  member_scores: dict | None = None) -> Path:
+                  member_scores: dict | None = None, kfold: bool = False) -> Path:
     """metrics.json, predictions.csv, plots and report.html into ``out``; ``extra_plots`` (name -> PNG)
     are shown after the evaluation plots. With ``member_scores`` (split -> member -> scores, from a
-    model made of members) also ``member_scores.csv``."""
+    model made of members) also ``member_scores.csv``; ``kfold``: the model's thresholds were chosen on
+    pooled out-of-fold scores (a k-fold run, or an evaluation of one)."""
     out = Path(out)
     if member_scores:
         write_member_scores_csv(out / "member_scores.csv", parts, member_scores)
@@ -194,7 +195,7 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
                               "test-time views": metrics.get("tta_views", 1)},
         metrics={split: primary_metrics(metrics, split) for split in metrics["splits"]},
         operating_points=(metrics["splits"][report_split] if metrics["task"] == "binary" and scores else {}),
-        threshold_split="val", operating_split=report_split,
+        threshold_split=OUT_OF_FOLD if kfold else "val", operating_split=report_split,
         plots={name: str(path) for name, path in plots.items()},
         training_history=history, stage_boundaries=list(stage_boundaries or []),
         notes=notes + (decision_sentences(metrics, report_split) if scores else []), excluded=excluded or [])
@@ -234,9 +235,6 @@ def member_sentences(metrics: dict) -> list[str]:
     """
     return [line for split, comparison in metrics.get("members", {}).items()
             for line in comparison_sentences(comparison, split)]
-
-
-OUT_OF_FOLD = "out_of_fold"  # metrics["subgroups"]'s split key for a k-fold run's pooled out-of-fold scores
 
 
 def coarse_sentences(metrics: dict) -> list[str]:
@@ -408,15 +406,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                      "splits.csv; the run's log names them): the same picture under two labels is usually a "
                      "labelling error.")
     if "kfold" in metrics:
-        k = metrics["kfold"]
-        final = ("the final model was refit on train+val" if k.get("final", "refit") == "refit"
-                 else f"the {k['folds']} fold models were kept and their mean score")
-        pooled = value_with_interval(k["pooled_oof_auc"], k.get("pooled_oof_auc_ci"))
-        measured = (f"Thresholds were chosen on the pooled out-of-fold scores; {final}" if model.thresholds
-                    else final[0].upper() + final[1:])
-        notes += [f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- "
-                 f"{_fmt(k['auc_sd'])} (mean +- sd over folds); pooled out-of-fold AUC {pooled}. {measured} was "
-                 "measured once on test."]
+        notes.append(kfold_sentence(metrics))
         if model.thresholds:  # the sentence above says where they were chosen
             notes.remove(THRESHOLD_NOTE)
     notes += (recalibration_sentences(metrics) + member_sentences(metrics) + subgroup_sentences(metrics)
@@ -434,7 +424,33 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                          parts=parts, scores=scores, metrics=metrics, notes=notes + [config.description.strip()]
                          if config.description else notes, excluded=excluded, history=history,
                          stage_boundaries=boundaries, model_facts=facts, extra_plots=extra_plots,
-                         member_scores=member_scores)
+                         member_scores=member_scores, kfold="kfold" in metrics)
+
+
+def kfold_sentence(metrics: dict) -> str:
+    """The report's sentence on a k-fold run (``metrics["kfold"]``): its AUCs, where its thresholds (or a
+    hierarchy's coarse thresholds) were chosen, and what was measured on test.
+
+    Example:
+        >>> line = kfold_sentence({"kfold": {"folds": 3, "final": "refit", "auc_mean": 0.8, "auc_sd": 0.05,
+        ...     "pooled_oof_auc": 0.79}, "thresholds": {"youden": 0.4}, "splits": {"test": {}}})
+        >>> print(line[line.index("Thresholds"):].replace(". ", ".\\n"))
+        Thresholds were chosen on the pooled out-of-fold scores.
+        The final model was refit on train+val, and it was measured once on test.
+    """
+    k = metrics["kfold"]
+    pooled = value_with_interval(k["pooled_oof_auc"], k.get("pooled_oof_auc_ci"))
+    line = (f"{k['folds']}-fold cross-validation over train+val: AUC {_fmt(k['auc_mean'])} +- {_fmt(k['auc_sd'])} "
+            f"(mean +- sd over folds); pooled out-of-fold AUC {pooled}.")
+    chosen = ("Thresholds" if metrics.get("thresholds")
+              else "The coarse thresholds" if (metrics.get("coarse") or {}).get("thresholds") else None)
+    if chosen:
+        line += f" {chosen} were chosen on the pooled out-of-fold scores."
+    refit = k.get("final", "refit") == "refit"
+    kept = "The final model was refit on train+val, and it" if refit else \
+        f"The {k['folds']} fold models were kept, and their mean score"
+    measured = "was measured once on test" if "test" in metrics["splits"] else "was not measured (no test split)"
+    return f"{line} {kept} {measured}."
 
 
 def _twins_in_train(metrics: dict) -> list[tuple[str, int, int]]:
