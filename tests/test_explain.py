@@ -417,8 +417,12 @@ def test_cli_explains_test_cases_and_given_images(explained_run, tmp_path):
                                    "peak_row", "peak_col", "overlay"]
     assert set(frame["method"]) == {"occlusion"} and all((out / name).is_file() for name in frame["overlay"])
     record = json.loads((out / "faithfulness.json").read_text())
-    for key in ("method", "deletion_auc", "random_deletion_auc", "insertion_auc", "sanity_rank_correlation"):
+    for key in ("method", "deletion_auc", "random_deletion_auc", "insertion_auc"):
         assert key in record and record[key] is not None
+    # the run's RBF SVM re-drawn lies far from its support vectors: it scores every image and its blurred copy
+    # alike, so the sanity check is not made, and the record says why (it passed as a figure of flat maps before)
+    assert record["sanity_rank_correlation"] is None
+    assert record["sanity_notes"][0].startswith("the model-randomisation check was not made")
     import cv2
 
     image = tmp_path / "xray.png"

@@ -107,7 +107,7 @@ def test_unknown_prefix_and_bad_blocks_raise():
 def test_freeze_refuses_prefixes_that_match_no_layer_and_freezes_nothing():
     model = classifier()
     before = len(model.trainable_weights)
-    with pytest.raises(FreezingError, match=r"\['stage9_'\] match no layer of model .*first layers: \["):
+    with pytest.raises(FreezingError, match=r"\['stage9_'\] match no layer of model "):
         freeze(model, BLOCKS + ["stage9_"])
     assert len(model.trainable_weights) == before
 
