@@ -388,6 +388,33 @@ class DataConfig(_Section):
             raise ConfigError(f"{self.KEY}parts: two parts are named {repeated[0]!r}; give each a name of its own "
                               "(name: ...), which becomes its images' site")
 
+    def task_before_data(self) -> str | None:
+        """The task that this section fixes before any data is read (None when only the data can tell):
+        data.task, a publisher's multilabel or binary files, TBX11K's data.classes, or merged parts of those.
+
+        Example:
+            >>> DataConfig(source="chestxray14", path="Data_Entry_2017.csv").task_before_data()
+            'multilabel'
+        """
+        kind = self.source.split(":")[0]
+        if self.task is not None:
+            return self.task
+        if kind in self.MULTILABEL_SOURCES:
+            return "multilabel"
+        if kind in self.BINARY_SOURCES + self.EMBEDDED_SOURCES:
+            return "binary"
+        if kind in self.CLASS_COUNT_SOURCES:  # two classes: binary; more, or all of them (no data.classes): multiclass
+            if self.classes is None or len(self.classes) > 2:
+                return "multiclass"
+            return "binary" if len(self.classes) == 2 else None
+        if kind == self.MERGED:
+            tasks = {part.task_before_data() for part in self.parts}
+            if "multilabel" in tasks:  # parts of another task beside it are refused when loaded
+                return "multilabel"
+            if tasks <= {"binary", "multiclass"} and self.classes:  # single-label parts: the merged classes tell
+                return "binary" if len(self.classes) == 2 else "multiclass"
+        return None
+
     @classmethod
     def uncertain_policy_problem(cls, policy) -> str | None:
         """Why ``policy`` cannot be a CheXpert uncertainty policy (None when it can).

@@ -20,7 +20,7 @@ import numpy as np
 
 from tfmed.config import UNKNOWN_LABEL
 from tfmed.evaluation.metrics import TASKS
-from tfmed.evaluation.intervals import EvaluationError, delong_test, macro_auc_test
+from tfmed.evaluation.intervals import EvaluationError, auc_defined, delong_test, macro_auc_test
 
 
 def paired_tests(task: str, y, scores_a, scores_b) -> dict:
@@ -109,11 +109,7 @@ def _macro_words(entry: dict, name: str) -> str:
 def _or_none(test, y, a, b) -> dict | None:
     """``test(y, a, b)``, or None where the cases hold a single class (a multi-label ``y``: no label known
     both present and absent) and no AUC exists; any other fault of the input is raised."""
-    if y.ndim == 2:
-        defined = any({0, 1} <= set(np.unique(column).tolist()) for column in y.T)
-    else:
-        defined = len(np.unique(y)) > 1
-    if not defined:
+    if not auc_defined(y):
         return None
     return test(y, a, b)
 

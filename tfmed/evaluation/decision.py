@@ -30,7 +30,7 @@ import numpy as np
 from scipy.optimize import brentq
 from sklearn.linear_model import LogisticRegression
 
-from .intervals import EvaluationError, _binary_labels
+from .intervals import EvaluationError, binary_scores
 
 THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # threshold probabilities of a decision curve
 _EDGE = 1e-6  # probabilities are kept this far from 0 and 1 before their logit is taken
@@ -38,11 +38,8 @@ _EDGE = 1e-6  # probabilities are kept this far from 0 and 1 before their logit 
 
 def _checked(y, probabilities, where: str) -> tuple[np.ndarray, np.ndarray]:
     """0/1 labels and one probability in [0, 1] per case, or an EvaluationError naming what is wrong."""
-    y = _binary_labels(y, f"{where}: y")
-    p = np.asarray(probabilities, dtype=float).reshape(-1)
-    if p.size != y.size:
-        raise EvaluationError(f"{where}: {y.size} labels but {p.size} probabilities; give one per case")
-    bad = np.flatnonzero(~np.isfinite(p) | (p < 0.0) | (p > 1.0))
+    y, p = binary_scores(y, probabilities, where, "probabilities", labels="y")
+    bad = np.flatnonzero((p < 0.0) | (p > 1.0))
     if bad.size:
         raise EvaluationError(f"{where}: probabilities must lie in [0, 1]; row {int(bad[0])} is {float(p[bad[0]])} "
                               f"({bad.size} such rows)")

@@ -582,6 +582,44 @@ def _check_level(level: float) -> float:
     return float(level)
 
 
+def auc_defined(y) -> bool:
+    """Whether the labels ``y`` have an AUC: more than one class among them; for a multi-label
+    (n, L) matrix, some label known both present (1) and absent (0), unknown labels (-1) left out.
+
+    Example:
+        >>> auc_defined([1, 1, 1]), auc_defined([[1, -1], [0, -1]])
+        (False, True)
+    """
+    y = np.asarray(y)
+    if y.ndim == 2:
+        return any({0, 1} <= set(np.unique(column).tolist()) for column in y.T)
+    return np.unique(y).size > 1
+
+
+def binary_scores(y_true, scores, where: str, noun: str = "scores",
+                  labels: str = "y_true") -> tuple[np.ndarray, np.ndarray]:
+    """0/1 labels and one finite score per case (shape (n,) or (n, 1)) as two 1-D arrays, or an
+    EvaluationError that starts with ``where`` and says what is wrong (``noun`` and ``labels`` name
+    the two arguments).
+
+    Example:
+        >>> binary_scores([0, 1], [[0.2], [0.7]], "roc_plot")[1]
+        array([0.2, 0.7])
+    """
+    y = _binary_labels(y_true, f"{where}: {labels}")
+    s = np.asarray(scores, dtype=float)
+    if s.ndim == 2 and s.shape[1] == 1:
+        s = s[:, 0]
+    if s.shape != y.shape:
+        raise EvaluationError(f"{where}: {y.size} labels but {noun} of shape {np.shape(scores)}; pass one "
+                              "score per case, shape (n,) or (n, 1)")
+    bad = np.flatnonzero(~np.isfinite(s))
+    if bad.size:
+        raise EvaluationError(f"{where}: {noun} contain NaN or infinite values ({bad.size} values, first at "
+                              f"row {int(bad[0])}); fix or drop those predictions")
+    return y, s
+
+
 def _binary_labels(y_true, name: str) -> np.ndarray:
     """Check and return 0/1 integer labels as a 1-D array."""
     y = np.asarray(y_true)

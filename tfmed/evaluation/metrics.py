@@ -45,7 +45,7 @@ from sklearn.metrics import (average_precision_score, balanced_accuracy_score, b
 from tfmed.config import UNKNOWN_LABEL
 
 from .decision import beneficial_ranges, calibration_line, decision_curve, net_benefit
-from .intervals import (EvaluationError, _binary_labels, _check_level, bootstrap_distribution,
+from .intervals import (EvaluationError, _check_level, auc_defined, binary_scores, bootstrap_distribution,
                         delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
                         wilson_interval)
 from .thresholds import known_column, reaches
@@ -558,8 +558,7 @@ def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[flo
     """Macro and micro AUC, subset accuracy and Hamming loss of a set of rows (None where undefined);
     unknown labels (-1) are left out of each."""
     known = Y != UNKNOWN_LABEL
-    defined = any(len(np.unique(Y[known[:, j], j])) == 2 for j in range(Y.shape[1]))
-    macro = float(macro_auc_covariance(Y, S)[0][0]) if defined else None
+    macro = float(macro_auc_covariance(Y, S)[0][0]) if auc_defined(Y) else None
     entries, entry_scores = Y[known], S[known]
     micro = float(roc_auc_score(entries, entry_scores)) if 0 < entries.sum() < entries.size else None
     decisions = reaches(S, thresholds).astype(int)
@@ -577,15 +576,7 @@ def _check_bootstrap(bootstrap) -> None:
 
 
 def _check_binary(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
-    y = _binary_labels(y_true, "y_true")
-    s = np.asarray(scores, dtype=float) if not isinstance(scores, np.ndarray) else scores.astype(float)
-    if s.ndim == 2 and s.shape[1] == 1:
-        s = s[:, 0]
-    if s.ndim != 1 or s.size != y.size:
-        raise EvaluationError(f"binary: scores have shape {np.shape(scores)} but y_true has {y.size} cases; "
-                              "pass one score per case, shape (n,) or (n, 1)")
-    _check_finite(s, "scores")
-    return y, s
+    return binary_scores(y_true, scores, "binary")
 
 
 def _check_finite(values: np.ndarray, name: str) -> None:

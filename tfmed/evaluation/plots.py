@@ -23,7 +23,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from .decision import decision_curve, net_benefit
-from .intervals import EvaluationError, _binary_labels
+from .intervals import EvaluationError, binary_scores
 from .thresholds import known_column, reaches
 
 _DPI = 110
@@ -381,13 +381,7 @@ def subgroup_plot(figures: Mapping[str, Mapping], path, title: str = "AUC by sub
 
 
 def _pair(y, scores, where: str) -> tuple[np.ndarray, np.ndarray]:
-    y = _binary_labels(y, f"{where}: y")
-    s = np.asarray(scores, dtype=float).reshape(-1) if np.ndim(scores) == 2 and np.shape(scores)[1] == 1 \
-        else np.asarray(scores, dtype=float)
-    if s.shape != y.shape:
-        raise EvaluationError(f"{where}: {s.size} scores for {y.size} labels; pass one score per case")
-    if not np.all(np.isfinite(s)):
-        raise EvaluationError(f"{where}: scores contain NaN or infinite values")
+    y, s = binary_scores(y, scores, where)
     if y.min() == y.max():
         raise EvaluationError(f"{where}: the labels hold only one class (n={y.size}); a curve needs "
                               "positive and negative cases")

@@ -29,7 +29,7 @@ from sklearn.metrics import roc_curve
 
 from tfmed.config import UNKNOWN_LABEL, ThresholdMethod
 
-from .intervals import EvaluationError, _binary_labels
+from .intervals import EvaluationError, binary_scores
 
 METHODS = typing.get_args(ThresholdMethod)
 ROUNDING = 1e-6  # a score within this fraction of a threshold below it reaches it (float32 rounding)
@@ -221,17 +221,7 @@ def apply_threshold(scores, threshold) -> np.ndarray:
 
 
 def _check_pair(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
-    y = _binary_labels(y_true, "y_true")
-    s = np.asarray(scores, dtype=float)
-    if s.ndim == 2 and s.shape[1] == 1:
-        s = s[:, 0]
-    if s.shape != y.shape:
-        raise EvaluationError(f"scores have shape {np.shape(scores)} but y_true has {y.size} cases; "
-                              "pass one score per case")
-    if not np.all(np.isfinite(s)):
-        first = int(np.flatnonzero(~np.isfinite(s))[0])
-        raise EvaluationError(f"scores contain NaN or infinite values (first at row {first}); "
-                              "fix or drop those predictions")
+    y, s = binary_scores(y_true, scores, "choose_threshold")
     if y.min() == y.max():
         only = "positive (1)" if y[0] == 1 else "negative (0)"
         raise EvaluationError(f"cannot choose a threshold: the labels hold only {only} cases "

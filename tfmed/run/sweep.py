@@ -18,7 +18,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from tfmed.config import ConfigError, DataConfig, ExperimentConfig
+from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.modes import FeatureSVM, get_mode
 from tfmed.modes.sweep import format_sweep, save_sweep, sweep_columns, sweep_tables
 from tfmed.progress import log
@@ -45,7 +45,7 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     fusions = [taps[-2:]] if len(taps) >= 2 else []
     sweep_columns(config.model.backbone, taps, fusions)  # the taps, before any data is read
     section = "data.task" if config.data.task else f"data.source {config.data.source.split(':')[0]}"
-    _refuse_non_binary(config, _task_before_data(config.data), section)
+    _refuse_non_binary(config, config.data.task_before_data(), section)
     table = prepare_data(config)
     _refuse_non_binary(config, table.task, "the data")
     train, val = table.split("train"), table.split("val")
@@ -67,31 +67,3 @@ def _refuse_non_binary(config: ExperimentConfig, task: str | None, what: str) ->
         raise ConfigError(f"{config.name}: sweep-layers reads sensitivity and specificity, so it needs a binary "
                           f"task, but {what} gives {task} data; compare taps on these data by running the "
                           "experiment with each in model.svm.taps")
-
-
-def _task_before_data(data: DataConfig) -> str | None:
-    """The task that the data section fixes before any data is read (None when only the data can tell):
-    data.task, a publisher's multilabel or binary files, TBX11K's data.classes, or merged parts of those.
-
-    Example:
-        >>> _task_before_data(DataConfig(source="chestxray14", path="Data_Entry_2017.csv"))
-        'multilabel'
-    """
-    kind = data.source.split(":")[0]
-    if data.task is not None:
-        return data.task
-    if kind in data.MULTILABEL_SOURCES:
-        return "multilabel"
-    if kind in data.BINARY_SOURCES + data.EMBEDDED_SOURCES:
-        return "binary"
-    if kind in data.CLASS_COUNT_SOURCES:  # two classes: binary; more, or all of them (no data.classes): multiclass
-        if data.classes is None or len(data.classes) > 2:
-            return "multiclass"
-        return "binary" if len(data.classes) == 2 else None
-    if kind == data.MERGED:
-        tasks = {_task_before_data(part) for part in data.parts}
-        if "multilabel" in tasks:  # parts of another task beside it are refused when loaded
-            return "multilabel"
-        if tasks <= {"binary", "multiclass"} and data.classes:  # single-label parts: the merged classes tell
-            return "binary" if len(data.classes) == 2 else "multiclass"
-    return None
