@@ -109,7 +109,8 @@ def test_a_runs_report_has_the_decision_curve_and_its_sentences(tmp_path):
     (lambda y, p: net_benefit(y, p[:9], 0.5), r"net_benefit: 10 labels but probabilities of shape \(9,\)"),
     (lambda y, p: decision_curve(y, p[:9]), r"decision_curve: 10 labels but probabilities of shape \(9,\)"),
     (lambda y, p: decision_curve(y, p, [0.0, 0.5]), "decision_curve: threshold probabilities must lie strictly"),
-    (lambda y, p: calibration_line(y, np.where(np.arange(10) == 3, np.nan, p)), "calibration_line: probabilities contain NaN .* first at row 3"),
+    (lambda y, p: calibration_line(y, np.where(np.arange(10) == 3, np.nan, p)),
+     "calibration_line: probabilities contain NaN .* first at row 3"),
     (lambda y, p: calibration_line(y * 2, p), "calibration_line: y must hold only 0 and 1"),
     (lambda y, p: calibration_line([], []), "calibration_line: y is empty"),
 ])
