@@ -432,6 +432,8 @@ def test_kfold_reports_mean_sd_and_pooled_oof_auc(tmp_path):
     assert f"pooled out-of-fold AUC {kfold['pooled_oof_auc']:.3f} ({lo:.3f}-{hi:.3f})" in \
         (run_dir / "report.html").read_text()
     assert (run_dir / "oof_predictions.csv").is_file()
+    # the backbone ran once over train + val (every fold's two parts, and the refit) and once over test
+    assert len(list((tmp_path / "runs" / ".feature_cache").glob("table-*"))) == 2
 
 
 def _three_class_npz(tmp_path: Path, per_class: int = 16, size: int = 32, *, mean: float = 60, noise: float = 10,

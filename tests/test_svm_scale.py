@@ -145,6 +145,18 @@ def test_streamed_features_equal_the_in_memory_ones(tmp_path, texture):
                                model.predict_proba(inputs.arrays(table)[0])[:, 1], atol=1e-4)
 
 
+def test_parts_of_a_table_read_the_whole_tables_features_computed_once(tmp_path):
+    """A k-fold's parts: fitted and scored as if alone, with the backbone run over the whole table once."""
+    table, inputs = _table_and_inputs()
+    fit_part, held_part = table.part(np.arange(20)), table.part(np.arange(20, 30))
+    pooled = small(cache_dir=str(tmp_path / "store")).fit_tables(fit_part, None, inputs)
+    alone = small(cache_dir=None).fit_tables(table.subset(np.arange(20)), None, inputs)
+    np.testing.assert_allclose(pooled.predict_table(held_part, inputs),
+                               alone.predict_table(table.subset(np.arange(20, 30)), inputs), atol=1e-5)
+    assert len(list((tmp_path / "store").glob("table-*"))) == 1  # the whole table's folder, and no part's
+    assert (pooled.last_store_.shards_read, pooled.last_store_.shards_computed) == (1, 0)
+
+
 def test_a_killed_extraction_leaves_only_complete_shards(tmp_path, monkeypatch):
     from tfmed.modes import feature_store
 

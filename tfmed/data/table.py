@@ -62,6 +62,9 @@ class ImageTable:
         images: in-memory images (N, H, W) or (N, H, W, C) for array-backed
             sources, indexed by ``frame["array_index"]``; None for files.
         source: human-readable description of where the data came from.
+        whole: for a table made by :meth:`part`, the table it is a part of and
+            its rows' positions there (else None): features computed once
+            over the whole serve each of its parts.
     """
 
     frame: pd.DataFrame
@@ -70,6 +73,7 @@ class ImageTable:
     images: np.ndarray | None = None
     source: str = ""
     excluded: pd.DataFrame = field(default_factory=pd.DataFrame)
+    whole: tuple["ImageTable", np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -123,6 +127,23 @@ class ImageTable:
             rows = np.flatnonzero(rows)
         return ImageTable(self.frame.iloc[rows].reset_index(drop=True), list(self.classes),
                           self.task, self.images, self.source, self.excluded)
+
+    def part(self, positions) -> "ImageTable":
+        """The rows at ``positions`` as a table that knows it is part of this one (its ``whole``), as
+        the parts of a k-fold over this table are: a frozen backbone's features of this table, computed
+        once, then serve every part (see :meth:`tfmed.modes.svm.FeatureSVM.fit_tables`).
+
+        Example:
+            >>> table = ImageTable(pd.DataFrame({"image": ["a", "b", "c"], "label": [0, 1, 0]}), ["x", "y"], "binary")
+            >>> piece = table.part([2, 0]).part([1])
+            >>> piece.whole[0] is table, piece.whole[1].tolist(), piece.frame["image"].tolist()
+            (True, [0], ['a'])
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        piece = self.subset(positions)
+        whole, rows = self.whole if self.whole is not None else (self, np.arange(len(self)))
+        piece.whole = (whole, rows[positions])
+        return piece
 
     def split(self, name: str) -> "ImageTable":
         """The rows whose ``split`` column equals ``name``."""

@@ -258,7 +258,7 @@ class Ensemble:
         folds = stacking_folds(train, self.folds, self.seed)
         oof: list[np.ndarray | None] = [None] * len(self.members)
         for k, (fit_rows, held_rows) in enumerate(folds):
-            fit_part, held_part = train.subset(fit_rows), train.subset(held_rows)
+            fit_part, held_part = train.part(fit_rows), train.part(held_rows)
             for i, member in enumerate(self.members):
                 log(f"ensemble fold {k + 1}/{len(folds)}, member {member.name}: out-of-fold scores")
                 model = self._fit_member(member, fit_part, None, inputs, None)  # no validation label steers it

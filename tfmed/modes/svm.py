@@ -401,7 +401,13 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
     def _table_blocks(self, table, inputs, batch_size: int = 64,
                       share=None) -> tuple[dict[str, np.ndarray], tuple]:
         """Feature blocks of every row of ``table`` (streamed, through the feature store; with a
-        ``share``, only this worker's shards computed) and the shape of one model input."""
+        ``share``, only this worker's shards computed) and the shape of one model input. A part of a
+        larger table (:meth:`~tfmed.data.table.ImageTable.part`, e.g. a k-fold's) reads its rows of
+        the whole table's features, which the store then computes once for every part."""
+        if table.whole is not None and self.cache_dir is not None:
+            whole, rows = table.whole
+            blocks, input_shape = self._table_blocks(whole, inputs, batch_size, share)
+            return {name: np.asarray(block[rows]) for name, block in blocks.items()}, input_shape
         spec = self.backbone_spec_
         _, identity = self._base_model()
         progress = Throughput(len(table), f"{spec['backbone']} features")

@@ -623,7 +623,7 @@ def run_folds(config: ExperimentConfig, table: ImageTable,
     fold_aucs, models = [], []
     for k, (fit_rows, held_rows) in enumerate(kfold_indices(trainval, config.split.folds, config.split.seed)):
         log(f"fold {k + 1}/{config.split.folds}: {len(fit_rows)} train, {len(held_rows)} held out")
-        fit_part, held_part = trainval.subset(fit_rows), trainval.subset(held_rows)
+        fit_part, held_part = trainval.part(fit_rows), trainval.part(held_rows)
         # the held-out fold only measures: it never drives early stopping
         model = fit_model(config, table, fit_part, None, inputs, None)
         if config.split.final == "bag":  # a refit needs none of the fold models afterwards
