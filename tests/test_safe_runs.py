@@ -424,3 +424,18 @@ def test_an_evaluation_that_fails_leaves_no_folder(runs, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="scoring failed"):
         evaluate_run(runs[0], output=tmp_path / "evaluation")
     assert not (tmp_path / "evaluation").exists()  # so the same --output can be given again
+
+
+def test_training_images_no_histogram_scale_can_be_learnt_from_leave_no_run(tmp_path):
+    """Flat training images are refused before the run directory exists (it was made, then left FAILED)."""
+    from tfmed.data.preprocessing import StatisticsError
+
+    path = tmp_path / "flat.npz"
+    np.savez(path, train_images=np.full((12, 28, 28), 90, np.uint8), train_labels=np.arange(12)[:, None] % 2,
+             val_images=np.full((6, 28, 28), 90, np.uint8), val_labels=np.arange(6)[:, None] % 2)
+    config = ExperimentConfig.from_dict({"name": "flat", "data": {"source": f"medmnist:{path}"},
+                                         "preprocess": {"image_size": 32, "intensity": "histogram"},
+                                         "runs_dir": str(tmp_path / "runs"), "model": {"mode": "svm", "svm": {"cv": 2}}})
+    with pytest.raises(StatisticsError, match="every one of the .* train images has its 1st and 99th"):
+        run_experiment(config)
+    assert not list((tmp_path / "runs").glob("flat/*"))

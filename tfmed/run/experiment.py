@@ -304,7 +304,8 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     check_runs_dir(runs_dir or config.runs_dir)
     table = prepare_data(config)  # fails before a run directory exists
     check_config_fits_data(config, table)
-    if multiworker and not extract_across_workers(config, table).chief:
+    inputs = _fitted_inputs(config, table)
+    if multiworker and not extract_across_workers(config, table, inputs).chief:
         return None
     run_dir = new_run_dir(runs_dir or config.runs_dir, config.name)
     log(f"run directory {run_dir}")
@@ -314,7 +315,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
         environment["config_sha256"] = file_digest(run_dir / "config.yaml")
         environment["data_digest"] = data_digest(table)
         (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
-        _fill_or_record(run_dir, config, table, started)
+        _fill_or_record(run_dir, config, table, inputs, started)
     return run_dir
 
 
@@ -369,10 +370,11 @@ def resume_experiment(run_dir: str | Path) -> Path:
         table = prepare_data(config)
         check_config_fits_data(config, table)
         _check_same_data(run_dir, environment, table)
+        inputs = _fitted_inputs(config, table)
         earlier = _record_resume(run_dir, environment, started)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
         log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
-        _fill_or_record(run_dir, config, table, started - earlier)
+        _fill_or_record(run_dir, config, table, inputs, started - earlier)
     return run_dir
 
 
@@ -412,10 +414,17 @@ def _seconds_run_before(run_dir: Path, environment: dict, resumed: float) -> flo
     return float(environment.get("seconds_before_resume", 0.0)) + max(0.0, last_write - last_start)
 
 
-def _fill_or_record(run_dir: Path, config: ExperimentConfig, table: ImageTable, started: float) -> None:
+def _fitted_inputs(config: ExperimentConfig, table: ImageTable) -> ImageInputs:
+    """The run's inputs, their statistics fitted on the train split: before the run directory exists,
+    so that training images no statistic can be learnt from leave no run behind."""
+    return fit_inputs(config.preprocess, table.split("train"), config.tta, config.views)
+
+
+def _fill_or_record(run_dir: Path, config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
+                    started: float) -> None:
     """:func:`fill_run_dir`; when it stops (also Ctrl-C) the directory's ``FAILED.txt`` says why."""
     try:
-        fill_run_dir(run_dir, config, table, started)
+        fill_run_dir(run_dir, config, table, inputs, started)
     except BaseException as error:  # also Ctrl-C: the directory says why it is incomplete
         try:
             record_failure(run_dir, error)
@@ -425,8 +434,10 @@ def _fill_or_record(run_dir: Path, config: ExperimentConfig, table: ImageTable, 
         raise
 
 
-def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, started: float) -> None:
-    """Fit, score and evaluate ``config`` on ``table`` and write everything into ``run_dir``."""
+def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, inputs: ImageInputs,
+                 started: float) -> None:
+    """Fit, score and evaluate ``config`` on ``table`` (its images read through ``inputs``) and write
+    everything into ``run_dir``."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -437,7 +448,6 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, sta
         log(f"left out of the data: {excluded_summary(table.excluded)} (listed in excluded_rows.csv)")
 
     train, val, test = table.split("train"), table.split("val"), table.split("test")
-    inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
     fold_summary = None
     if config.split.method == "kfold":
         fold_summary, fold_models, oof = run_folds(config, table, inputs)
@@ -553,8 +563,9 @@ def recalibrate(model: TrainedModel, method: str, fitted_on: str,
     return {**summary, "applied": True, "fit": model.recalibration.to_json(), "figures": figures}, after
 
 
-def extract_across_workers(config: ExperimentConfig, table: ImageTable):
-    """This worker's share of the SVM features of the train, val and test splits (each test-time view),
+def extract_across_workers(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs):
+    """This worker's share of the SVM features of the train, val and test splits (each test-time view,
+    read through ``inputs``),
     written to the feature store in ``config.runs_dir``, a folder every worker shares; return its
     ``WorkerShare``.
 
@@ -562,7 +573,6 @@ def extract_across_workers(config: ExperimentConfig, table: ImageTable):
     fits the classifier on them and writes the run, and the others stop.
     """
     train, val, test = table.split("train"), table.split("val"), table.split("test")
-    inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
     share = get_mode("svm").from_experiment(config, train, None).extract_tables(
         {"train": train, "val": val, "test": test}, inputs)
     if not share.chief:
