@@ -20,6 +20,7 @@ from tfmed.run.evaluate import evaluate_run, load_metrics
 from tfmed.run.experiment import run_experiment
 
 from test_experiment import _small, _three_class_npz, _tiny_medmnist
+from test_finetune import tiny_backbone
 
 ROOT = Path(__file__).resolve().parent.parent
 RNG = np.random.default_rng(0)
@@ -236,7 +237,8 @@ def test_fine_tunes_that_differ_only_in_seed_differ_and_a_repeated_seed_repeats(
     run = run_experiment(ExperimentConfig.from_dict({
         "name": "seeds", "data": {"source": tiny_source}, "preprocess": {"image_size": 32},
         "split": {"test_fraction": 0.2}, "runs_dir": str(tmp_path / "runs"),
-        "model": {"mode": "ensemble", "ensemble": {"members": members}}}))
+        "model": {"mode": "ensemble", "backbone": tiny_backbone(), "weights": None,  # seeds, not the network
+                  "ensemble": {"members": members}}}))
     scores = pd.read_csv(run / "member_scores.csv")
     # to the last bit, though another seed's member was fitted in between
     assert np.array_equal(scores["first"], scores["same_seed"])
