@@ -378,6 +378,7 @@ def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
     config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/tb_xray.yaml"), tmp_path)
     config.data.path = str(write_tb_stand_in(tmp_path / "tb_xray"))
     shorten_fine_tunes(config, epochs=2)
+    config.split.folds = 2  # each fold fits both members: 2 folds and the refit make six fine-tunes
     run_dir = run_experiment(config)
     splits = pd.read_csv(run_dir / "splits.csv")
     per_patient = splits.groupby("patient_id")["split"].nunique()

@@ -11,7 +11,7 @@ import tensorflow as tf
 from pydicom.data import get_testdata_file
 
 from tfmed.config import AugmentConfig, BalanceConfig, PreprocessConfig
-from tfmed.data.pipeline import PipelineError, load_arrays, make_dataset, raw_dataset, targets_array
+from tfmed.data.pipeline import ImageInputs, PipelineError, load_arrays, make_dataset, raw_dataset, targets_array
 from tfmed.data.table import ImageTable
 from tfmed.data.transforms import window_hu
 
@@ -48,6 +48,7 @@ def test_eval_pass_reads_files_exactly_in_table_order(tmp_path):
     ds = make_dataset(table, PreprocessConfig(image_size=24, channels=1, **RAW), training=False, batch_size=3)
     x, y = collect(ds)
     assert x.shape == (7, 24, 24, 1) and x.dtype == np.float32
+    assert ImageInputs(PreprocessConfig(image_size=24, channels=1, **RAW)).input_shape == x.shape[1:]
     np.testing.assert_array_equal(x[..., 0], np.stack(arrays).astype(np.float32))
     np.testing.assert_array_equal(y[:, 0], [0, 1, 0, 1, 1, 0, 0])
 

@@ -205,6 +205,7 @@ def test_the_pipeline_serves_the_preprocessed_views_of_each_volume(nodules):
                       volume_views=views_config())
     shifted = tta.views()[1].arrays(table)[0]  # a test-time view moves every view of the volume
     assert shifted.shape == views.shape and not np.array_equal(shifted, views.numpy())
+    assert tta.input_shape == views.shape[1:]  # what the SVM mode reads instead of building a dataset
     np.testing.assert_array_equal(tta.views()[0].arrays(table)[0], views.numpy())
     with pytest.raises(PipelineError, match="cache=True keeps every image in memory"):
         make_dataset(table, preprocess, training=False, cache=True, volume_views=views_config())
@@ -251,6 +252,8 @@ def test_adjacent_slices_become_the_three_channels_each_windowed(tmp_path):
     views = make_dataset(table, preprocess, training=False, volume_views=views_config(
         planes="adjacent", center="volume")).as_numpy_iterator().next()[0]
     assert views.shape == (1, 1, 16, 16, 3)
+    assert ImageInputs(preprocess, volume_views=views_config(planes="adjacent", center="volume")).input_shape \
+        == views.shape[1:]
     centre = (SHAPE[2] - 1) / 2  # slice 5.5: HU -250 there, the neighbours 1 slice (2 mm) away
     expected = [((centre + d) * 100 - 800 + 800) / 1000 * 255 for d in (-1, 0, 1)]
     np.testing.assert_allclose(views[0, 0, 8, 8], expected, atol=0.5)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -69,9 +70,15 @@ def choices(cls, name: str) -> tuple:
     return typing.get_args(hint)
 
 
+@functools.cache
+def _type_hints(cls) -> dict:
+    """``typing.get_type_hints(cls)``, worked out once per class (each section checks its fields on every build)."""
+    return typing.get_type_hints(cls)
+
+
 def _literal_hint(cls, name: str):
     """The Literal inside ``name``'s type (through Optional and list), or None."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = _type_hints(cls)[name]
     while True:
         origin = typing.get_origin(hint)
         if origin in (typing.Union, types.UnionType):
@@ -145,7 +152,7 @@ def _finite(value) -> bool:
 
 
 def _optional(cls, name: str) -> bool:
-    return type(None) in typing.get_args(typing.get_type_hints(cls)[name])
+    return type(None) in typing.get_args(_type_hints(cls)[name])
 
 
 @dataclass
@@ -1669,7 +1676,7 @@ def _build(cls, values: Any, where: str, prefix: str, track: bool = True):
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping, "
                           f"got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

@@ -458,6 +458,12 @@ class ImageInputs:
     volume_views: ViewsConfig | None = None
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one model input: (S, S, C), or (V, S, S, C) for the V views of a volume."""
+        size, channels = self.preprocess.image_size, self.preprocess.channels
+        return (size, size, channels) if self.volume_views is None else (self.volume_views.count, size, size, channels)
+
+    @property
     def view_count(self) -> int:
         """How many test-time views :meth:`views` gives (1 without TTA)."""
         return 1 if self.tta is None else self.tta.view_count()

@@ -436,9 +436,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             store = FeatureStore(self.cache_dir)
             blocks = store.get_or_compute(key, len(table), compute, share)
             self.last_store_ = store
-        first = next(iter(inputs.dataset(table.subset([0]), training=False, batch_size=1)))[0]
         check_finite(blocks)
-        return blocks, tuple(int(d) for d in first.shape[1:])
+        return blocks, inputs.input_shape
 
     def keras_model(self):
         """The fitted pipeline as one Keras model (see :func:`tfmed.modes.svm_graph.svm_keras_model`):
