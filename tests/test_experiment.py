@@ -16,8 +16,11 @@ from tfmed.data.sources import DataSourceError
 from tfmed.run.evaluate import evaluate_run, load_metrics
 from tfmed.run.predict import predict_images
 from tfmed.run.experiment import run_experiment
+from test_finetune import tiny_backbone
 
 ROOT = Path(__file__).resolve().parent.parent
+# the backbone of the runs whose checks do not depend on the network (a three-block net: fast to build and train)
+TINY = tiny_backbone()
 
 
 def _small(config: ExperimentConfig, tmp_path: Path) -> ExperimentConfig:
@@ -303,7 +306,7 @@ def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, mo
     config = ExperimentConfig.from_dict({
         "name": "rel", "runs_dir": "runs", "data": {"source": "folder", "path": "xrays", "patient_pattern": "(.+)"},
         "preprocess": {"image_size": 32}, "split": {"test_fraction": 0.25},
-        "model": {"mode": "svm", "backbone": "mobilenet_v2", "weights": None, "svm": {"C": [1.0], "cv": 3}}})
+        "model": {"mode": "svm", "backbone": TINY, "weights": None, "svm": {"C": [1.0], "cv": 3}}})
     run = tmp_path / "work" / run_experiment(config)
     assert ExperimentConfig.from_run(run).data.path == "xrays"
     explained = explain_run(run, method="saliency", per_group=1, output=tmp_path / "here")  # where it ran
@@ -465,7 +468,7 @@ def test_finetune_experiment_with_hierarchy_reports_coarse_classes(tmp_path):
         "data": {"source": f"medmnist:{_three_class_npz(tmp_path)}",
                  "classes": ["nevus", "melanoma", "carcinoma"]},
         "preprocess": {"image_size": 32},
-        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+        "model": {"mode": "finetune", "backbone": TINY, "weights": None,
                   "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}, {"epochs": 1, "unfreeze": 2}],
                                "batch_size": 16}},
         "evaluation": {"hierarchy": {"benign": ["nevus"], "malignant": ["melanoma", "carcinoma"]}}})
@@ -495,7 +498,7 @@ def test_kfold_finetune_trains_without_a_validation_split(tmp_path):
         "data": {"source": f"medmnist:{_three_class_npz(tmp_path, per_class=8)}"},
         "split": {"method": "kfold", "folds": 2},
         "preprocess": {"image_size": 32},
-        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+        "model": {"mode": "finetune", "backbone": TINY, "weights": None,
                   "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 16}}})
     run_dir = run_experiment(config)
     metrics = load_metrics(run_dir)
@@ -518,7 +521,7 @@ def test_a_stopped_fine_tune_run_is_resumed_in_its_directory_from_its_last_epoch
 
     values = {"name": "stopped", "runs_dir": str(tmp_path / "runs"),
               "data": {"source": f"medmnist:{_tiny_medmnist(tmp_path, n=40)}"}, "preprocess": {"image_size": 32},
-              "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+              "model": {"mode": "finetune", "backbone": TINY, "weights": None,
                         "finetune": {"stages": [{"epochs": 1, "unfreeze": 0},
                                                 {"epochs": 2, "unfreeze": 1, "lr_factor": 0.1}],
                                      "batch_size": 16, "early_stopping_patience": None}}}
@@ -564,7 +567,7 @@ def test_class_weight_balance_reaches_the_weighted_loss(tmp_path, monkeypatch):
         "name": "weighted", "runs_dir": str(tmp_path / "runs"),
         "data": {"source": f"medmnist:{_tiny_medmnist(tmp_path, n=80)}"},
         "preprocess": {"image_size": 32}, "balance": {"method": "class_weight"},
-        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+        "model": {"mode": "finetune", "backbone": TINY, "weights": None,
                   "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 16}}})
     run_dir = run_experiment(config)
     train = pd.read_csv(run_dir / "splits.csv").query("split == 'train'")
@@ -593,7 +596,7 @@ def test_class_weight_on_multiclass_data_weighs_each_image_by_its_class(tmp_path
     config = ExperimentConfig.from_dict({
         "name": "graded", "runs_dir": str(tmp_path / "runs"), "data": {"source": f"medmnist:{path}"},
         "preprocess": {"image_size": 32}, "balance": {"method": "class_weight"},
-        "model": {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+        "model": {"mode": "finetune", "backbone": TINY, "weights": None,
                   "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 8}}})
     run_dir = run_experiment(config)
     counts = pd.read_csv(run_dir / "splits.csv").query("split == 'train'")["label"].value_counts()
@@ -606,7 +609,7 @@ def test_a_loss_that_does_not_fit_the_task_is_a_config_error(tmp_path):
 
     three_classes = f"medmnist:{_three_class_npz(tmp_path, per_class=4)}"
     two_classes = f"medmnist:{_tiny_medmnist(tmp_path, n=40)}"
-    finetune = {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None}
+    finetune = {"mode": "finetune", "backbone": TINY, "weights": None}
     cases = [
         (three_classes, {"balance": {"method": "class_weight"}}, {**finetune, "finetune": {"loss": "weighted_bce"}},
          "model.finetune.loss 'weighted_bce' does not fit the multiclass data"),
@@ -618,7 +621,7 @@ def test_a_loss_that_does_not_fit_the_task_is_a_config_error(tmp_path):
          "loss weighted_bce takes its weights from the training labels under balance.method: class_weight"),
         (two_classes, {"balance": {"method": "class_weight"}}, {**finetune, "finetune": {"loss": "bce"}},
          "model.finetune.loss bce is unweighted, so balance.method: class_weight would be ignored; use loss auto"),
-        (two_classes, {}, {"mode": "ensemble", "backbone": "mobilenet_v2", "weights": None, "ensemble": {
+        (two_classes, {}, {"mode": "ensemble", "backbone": TINY, "weights": None, "ensemble": {
             "members": [{"mode": "svm"}, {"mode": "finetune", "finetune": {"loss": "categorical"}}]}},
          r"mc: model.ensemble.members\[1\].finetune.loss 'categorical' does not fit the binary data"),
     ]
@@ -646,7 +649,7 @@ def test_a_training_split_too_small_for_the_svms_folds_is_refused_before_the_run
     for split, cv, message in cases:
         values = {"name": "mc", "runs_dir": str(tmp_path / "runs"), "data": {"source": source}, "split": split,
                   "preprocess": {"image_size": 32},
-                  "model": {"mode": "svm", "backbone": "mobilenet_v2", "weights": None, "svm": {"cv": cv}}}
+                  "model": {"mode": "svm", "backbone": TINY, "weights": None, "svm": {"cv": cv}}}
         with pytest.raises(ConfigError, match=message):
             run_experiment(ExperimentConfig.from_dict(values))
         assert not (tmp_path / "runs").exists()  # stopped before any run directory was made
