@@ -25,6 +25,7 @@ from tfmed.modes.svm import KnownLabelsPerLabel, macro_auc
 from tfmed.training import callbacks as tc
 
 from test_experiment import _chest_manifest
+from test_finetune import tiny_backbone
 
 
 def _labels_and_scores(n=80, labels=3, seed=0, unknown=0.3):
@@ -207,7 +208,7 @@ def test_an_experiment_trains_and_scores_with_unknown_labels(tmp_path, mode):
     from tfmed.run.evaluate import load_metrics
 
     model = ({"svm": {"taps": ["middle"], "C": [1.0], "cv": 2}} if mode == "svm" else
-             {"mode": "finetune", "backbone": "mobilenet_v2", "weights": None,
+             {"mode": "finetune", "backbone": tiny_backbone(), "weights": None,
               "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}], "batch_size": 8}})
     config = ExperimentConfig.from_dict({
         "name": f"merged_{mode}", "runs_dir": str(tmp_path / "runs"),
