@@ -91,7 +91,7 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
         >>> m["sensitivity"], m["specificity"], m["ppv"]
         (0.6666666666666666, 1.0, 1.0)
     """
-    y, s = _check_binary(y_true, scores)
+    y, s = binary_scores(y_true, scores, "binary")
     threshold = _check_threshold(threshold)
     ci_level = _check_level(ci_level)
     _check_bootstrap(bootstrap)
@@ -573,10 +573,6 @@ def _check_bootstrap(bootstrap) -> None:
     if isinstance(bootstrap, (bool, np.bool_)) or not isinstance(bootstrap, (int, float, np.integer, np.floating)) \
             or not np.isfinite(bootstrap) or int(bootstrap) != bootstrap or bootstrap < 0:
         raise EvaluationError(f"bootstrap is {bootstrap!r}; give the number of resamples (0 for none)")
-
-
-def _check_binary(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
-    return binary_scores(y_true, scores, "binary")
 
 
 def _check_finite(values: np.ndarray, name: str) -> None:

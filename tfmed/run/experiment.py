@@ -564,10 +564,9 @@ def recalibrate(model: TrainedModel, method: str, fitted_on: str,
 
 
 def extract_across_workers(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs):
-    """This worker's share of the SVM features of the train, val and test splits (each test-time view,
-    read through ``inputs``),
-    written to the feature store in ``config.runs_dir``, a folder every worker shares; return its
-    ``WorkerShare``.
+    """This worker's share of the SVM features of the train, val and test splits (each test-time view of
+    ``inputs``), written to the feature store in ``config.runs_dir``, a folder every worker shares; return
+    its ``WorkerShare``.
 
     Every worker named in TF_CONFIG runs the same ``tfmed run``; once all shards are written, worker 0
     fits the classifier on them and writes the run, and the others stop.
