@@ -304,7 +304,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
     check_runs_dir(runs_dir or config.runs_dir)
     table = prepare_data(config)  # fails before a run directory exists
     check_config_fits_data(config, table)
-    inputs = _fitted_inputs(config, table)
+    inputs = run_inputs(config, table)
     if multiworker and not extract_across_workers(config, table, inputs).chief:
         return None
     run_dir = new_run_dir(runs_dir or config.runs_dir, config.name)
@@ -370,7 +370,7 @@ def resume_experiment(run_dir: str | Path) -> Path:
         table = prepare_data(config)
         check_config_fits_data(config, table)
         _check_same_data(run_dir, environment, table)
-        inputs = _fitted_inputs(config, table)
+        inputs = run_inputs(config, table)
         earlier = _record_resume(run_dir, environment, started)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
         log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
@@ -414,9 +414,14 @@ def _seconds_run_before(run_dir: Path, environment: dict, resumed: float) -> flo
     return float(environment.get("seconds_before_resume", 0.0)) + max(0.0, last_write - last_start)
 
 
-def _fitted_inputs(config: ExperimentConfig, table: ImageTable) -> ImageInputs:
-    """The run's inputs, their statistics fitted on the train split: before the run directory exists,
-    so that training images no statistic can be learnt from leave no run behind."""
+def run_inputs(config: ExperimentConfig, table: ImageTable) -> ImageInputs:
+    """The inputs of ``config`` for ``table``, their statistics fitted on its train split (a run fits them
+    before its directory exists, so that training images no statistic can be learnt from leave no run).
+
+    Example:
+        >>> run_inputs(config, table).preprocess.image_size  # doctest: +SKIP
+        96
+    """
     return fit_inputs(config.preprocess, table.split("train"), config.tta, config.views)
 
 

@@ -22,8 +22,7 @@ from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.modes import FeatureSVM, get_mode
 from tfmed.modes.sweep import format_sweep, save_sweep, sweep_columns, sweep_tables
 from tfmed.progress import log
-from tfmed.data.statistics import fit_inputs
-from tfmed.run.experiment import prepare_data
+from tfmed.run.experiment import prepare_data, run_inputs
 from tfmed.run.rundir import SWEEP_FILE, environment_info, new_run_dir
 
 DEFAULT_TAPS = ("early", "middle", "late")
@@ -49,7 +48,7 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     table = prepare_data(config)
     _refuse_non_binary(config, table.task, "the data")
     train, val = table.split("train"), table.split("val")
-    inputs = fit_inputs(config.preprocess, train, config.tta, config.views)
+    inputs = run_inputs(config, table)
     template = FeatureSVM.from_experiment(config, train, None)
     params = {k: v for k, v in template.get_params().items() if k not in ("taps", "task")}
     log(f"sweeping taps {taps} and fusion {fusions} of {config.model.backbone}")
