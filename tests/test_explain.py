@@ -437,6 +437,25 @@ def test_cli_explains_test_cases_and_given_images(explained_run, tmp_path):
     assert not (tmp_path / "unused").exists()
 
 
+def test_cli_index_takes_a_class_name(explained_run, tmp_path, capsys):
+    import cv2
+
+    from tfmed.run.cli import main
+
+    image = tmp_path / "xray.png"
+    cv2.imwrite(str(image), (np.random.default_rng(1).uniform(0, 255, (40, 40))).astype(np.uint8))
+    for index, name in (("normal", "normal"), ("1", "pneumonia")):
+        out = tmp_path / f"by_{index}"
+        assert main(["explain", "--model", str(explained_run), str(image), "--index", index,
+                     "--output", str(out)]) == 0
+        assert pd.read_csv(out / "explanations.csv")["explained_class"].tolist() == [name]
+    assert main(["explain", "--model", str(explained_run), str(image), "--index", "nodule",
+                 "--output", str(tmp_path / "refused")]) == 2
+    assert "--index nodule is not a class of this model: give a class's number or name (0 = normal, " \
+           "1 = pneumonia)" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 def test_cli_errors_are_one_line(explained_run, tmp_path, capsys):
     from tfmed.run.cli import main
 
@@ -495,6 +514,17 @@ def test_multiclass_and_multilabel_runs_need_an_index():
     with pytest.raises(ExplainError, match="--index 7 is not a class"):
         group_class(multiclass, 7)
     assert group_class(multiclass, 2) == 2
+    assert group_class(multiclass, "c") == group_class(multiclass, "2") == 2  # by name, or a number given as text
+    with pytest.raises(ExplainError, match=r"--index d is not a class of this model: give a class's number or name "
+                                           r"\(0 = a, 1 = b, 2 = c\)"):
+        group_class(multiclass, "d")
+    binary = TrainedModel("svm", "binary", ["normal", "pneumonia"], None, None, None)
+    with pytest.raises(ExplainError, match="--index 5 is not a class"):
+        group_class(binary, 5)  # a binary model's index is checked too (it was passed on)
+    graded = TrainedModel("svm", "multiclass", ["1", "2", "3"], None, None, None)
+    assert group_class(graded, "1") == 1  # digits are a number, never a name: class "2"
+    with pytest.raises(ExplainError, match="--index 3 is not a class"):
+        group_class(graded, "3")
     assert explained_classes(multiclass, np.array([2, 0]), None).tolist() == [2, 0]
     multilabel = TrainedModel("svm", "multilabel", ["x", "y"], None, None, None)
     with pytest.raises(ExplainError, match="multilabel model needs --index"):

@@ -106,9 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--method", default="gradcam",
                          help="gradcam, gradcam_pp, saliency, smoothgrad, integrated_gradients or occlusion")
     explain.add_argument("--output", default=None, help="output folder (default: RUN/explanations/TIMESTAMP)")
-    explain.add_argument("--index", type=int, default=None,
-                         help="class / label index to explain (default: each image's decided class; "
-                              "required for multilabel, and for multiclass without images)")
+    explain.add_argument("--index", default=None,
+                         help="class / label to explain, by number (0, 1, ...) or name (default: each image's "
+                              "decided class; required for multilabel, and for multiclass without images)")
     explain.add_argument("--layer", default=None, help="Grad-CAM target layer (default: the backbone's last stage)")
     explain.add_argument("--per-group", type=int, default=None,
                          help="cases per group (TP, FP, FN, TN) when no images are given (default 2)")

@@ -14,7 +14,7 @@ volumes is explained on a mosaic of each case's views (:mod:`tfmed.explain.mosai
 its peak is given as the view's number and the pixel in that view.
 
 Each image's map explains the class the model decided for it, unless ``index``
-names one class (required for multilabel models, and for choosing the groups of
+names one class, by number or by name (required for multilabel models, and for choosing the groups of
 a multiclass or multilabel model: TP/FP/FN/TN of that class against the rest).
 
 Example:
@@ -57,13 +57,33 @@ def group_class(model: TrainedModel, index) -> int:
         1
     """
     if model.task == "binary":
-        return 1 if index is None else int(index)
+        return 1 if index is None else class_number(model, index)
     if index is None:
         raise ExplainError(f"the model is {model.task}: give --index to say which class or label to explain "
                            f"and to pick cases by ({_class_list(model)})")
-    if not 0 <= int(index) < len(model.classes):
-        raise ExplainError(f"--index {index} is not a class of this model; its classes are {_class_list(model)}")
-    return int(index)
+    return class_number(model, index)
+
+
+def class_number(model: TrainedModel, index) -> int:
+    """The class ``index`` names: its number, or its name (a string that is not a number).
+
+    A string of digits is always a number, also where the classes are named by numbers.
+
+    Example:
+        >>> model = TrainedModel("svm", "multilabel", ["effusion", "nodule"], None, None, None)
+        >>> class_number(model, "nodule"), class_number(model, "0"), class_number(model, 1)
+        (1, 0, 1)
+    """
+    text = str(index).strip()
+    names = [str(name) for name in model.classes]
+    if text.lstrip("-").isdigit():
+        number = int(text)
+        if 0 <= number < len(names):
+            return number
+    elif text in names:
+        return names.index(text)
+    raise ExplainError(f"--index {index} is not a class of this model: give a class's number or name "
+                       f"({_class_list(model)})")
 
 
 def _hits(model: TrainedModel, labels: np.ndarray, decisions: np.ndarray, chosen: int) -> tuple:
@@ -235,6 +255,7 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
     refuse_output_inside_runs(output, [run_dir], kept=("explanations",))
     refuse_used_output(output, "explanations")
     model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
+    index = None if index is None else class_number(model, index)
     if images:
         from tfmed.run.predict import image_table, run_max_pixels
 
