@@ -110,6 +110,20 @@ def test_mimic_cxr_reads_the_publishers_files_unchanged(mimic):
     assert report.ok and len(report.warnings) == 2
 
 
+def test_mimic_cxr_reads_the_negbio_label_file_gzipped_or_not(mimic, tmp_path):
+    """The publisher's NegBio labels (same columns as the CheXpert labeller's file) are read alike, beside the
+    same metadata and split files, from the .csv.gz as published or unpacked."""
+    expected = load_source(parse_source_spec(f"mimic_cxr:{mimic}"))
+    negbio = mimic.with_name("mimic-cxr-2.0.0-negbio.csv.gz")
+    mimic.rename(negbio)
+    unpacked = negbio.with_suffix("")
+    unpacked.write_bytes(gzip.decompress(negbio.read_bytes()))
+    for path in (negbio, unpacked):
+        table = load_source(parse_source_spec(f"mimic_cxr:{path}"))
+        pd.testing.assert_frame_equal(table.frame, expected.frame)
+        assert f"studies without a line in {path.name}" in " ".join(table.excluded["problem"])
+
+
 def test_mimic_cxr_keeps_one_official_split(mimic, tmp_path):
     table = load_source(parse_source_spec(f"mimic_cxr:{mimic}#test"))
     assert list(by_image(table).index) == ["d4", "d5"] and set(table.frame["split"]) == {"test"}

@@ -311,6 +311,21 @@ def test_a_run_that_stops_before_its_model_says_why_to_every_command(runs, tmp_p
         assert "stopped before it" in err and reason in err and "FAILED.txt" in err, (command, err)
 
 
+def test_a_runs_dir_given_holds_the_run_its_feature_cache_and_config(tmp_path):
+    """tfmed run --runs-dir: nothing is written to the config's own runs_dir (the feature cache went there), and
+    the stored config.yaml names the folder the run is in, so that it reruns and resumes there."""
+    from test_explain import tiny_svm_experiment
+
+    config = tiny_svm_experiment("given", tmp_path, {"source": f"medmnist:{_tiny_medmnist(tmp_path)}"},
+                                 {"method": "predefined"})
+    given = tmp_path / "given_runs"
+    run_dir = run_experiment(config, runs_dir=given)
+    assert run_dir.parent == given / "given" and not (tmp_path / "runs").exists()
+    assert list((given / ".feature_cache").glob("table-*"))
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["runs_dir"] == str(given)
+    assert config.runs_dir == str(tmp_path / "runs")  # the caller's config is left as it was
+
+
 def test_ctrl_c_during_tfmed_run_prints_one_line_after_the_log_names_failed_txt(runs, tmp_path, monkeypatch, capsys):
     import tfmed.run.experiment as experiment
 

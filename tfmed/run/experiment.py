@@ -17,6 +17,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -295,19 +296,21 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
         >>> run_dir = run_experiment(ExperimentConfig.from_yaml("experiments/pneumonia_mnist.yaml"))  # doctest: +SKIP
     """
     started = time.time()
+    if runs_dir is not None:  # the feature cache and the stored config.yaml follow the runs folder given
+        config = dataclasses.replace(config, runs_dir=str(runs_dir))
     multiworker = config.multiworker
     if multiworker:
         from tfmed.training.distribute import strategy
 
         strategy("multiworker")  # sets up the collectives before TensorFlow runs anything else
     get_mode(config.model.mode).check_before_data(config)  # a misspelt backbone fails before the data are read
-    check_runs_dir(runs_dir or config.runs_dir)
+    check_runs_dir(config.runs_dir)
     table = prepare_data(config)  # fails before a run directory exists
     check_config_fits_data(config, table)
     inputs = run_inputs(config, table)
     if multiworker and not extract_across_workers(config, table, inputs).chief:
         return None
-    run_dir = new_run_dir(runs_dir or config.runs_dir, config.name)
+    run_dir = new_run_dir(config.runs_dir, config.name)
     log(f"run directory {run_dir}")
     with run_lock(run_dir):
         config.to_yaml(run_dir / "config.yaml")

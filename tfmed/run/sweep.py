@@ -28,8 +28,7 @@ from tfmed.run.rundir import SWEEP_FILE, environment_info, new_run_dir
 DEFAULT_TAPS = ("early", "middle", "late")
 
 
-def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None,
-                     runs_dir: str | Path | None = None) -> tuple[str, Path]:
+def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None) -> tuple[str, Path]:
     """Run the layer sweep; return the printable table and the saved CSV path."""
     if get_mode(config.model.mode) is not FeatureSVM:
         raise ConfigError(f"{config.name}: sweep-layers compares SVM features; set model.mode: svm")
@@ -53,7 +52,7 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     params = {k: v for k, v in template.get_params().items() if k not in ("taps", "task")}
     log(f"sweeping taps {taps} and fusion {fusions} of {config.model.backbone}")
     frame = sweep_tables(train, val, inputs, taps=taps, fusions=fusions, **params)
-    out_dir = new_run_dir(runs_dir or config.runs_dir, f"{config.name}_sweep")
+    out_dir = new_run_dir(config.runs_dir, f"{config.name}_sweep")
     config.to_yaml(out_dir / "config.yaml")
     pd.Series(environment_info(config)).to_json(out_dir / "environment.json", indent=2)
     path = save_sweep(frame, out_dir / SWEEP_FILE)
