@@ -1,5 +1,6 @@
 """The tfmed command line: each verb, and clear one-line errors for bad input."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,19 @@ def _tiny_config(tmp_path: Path, n: int = 120) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def test_help_shows_an_example_of_every_command(capsys):
+    from tfmed.run.cli import _parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text  # the module docstring's markup stays out of the terminal
+    verbs = next(action for action in _parser()._actions if action.dest == "verb").choices
+    shown = set(re.findall(r"^    tfmed ([a-z-]+)", text, flags=re.MULTILINE))
+    assert len(verbs) >= 14 and set(verbs) == shown
 
 
 def test_backbones_lists_the_registry(capsys):

@@ -12,6 +12,7 @@
     tfmed export-tfds folder:data/my_xrays exports/my_xrays_1.0.0 --version 1.0.0
     tfmed inspect scans/ct_series/ [--series UID]   (or a .nii(.gz)/.mhd/.nrrd file, or one image)
     tfmed sweep-layers experiments/pneumonia_mnist_svm.yaml
+    tfmed runs [runs/] [--name pneumonia_mnist]
     tfmed backbones
 
 Errors in the user's data or configuration print one clear message (no
@@ -35,7 +36,10 @@ INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGIN
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfmed", description=__doc__.split("\n\n")[0])
+    examples = __doc__.split("\n\n", 1)[1]  # the module's docstring without its first line
+    parser = argparse.ArgumentParser(prog="tfmed", description="Transfer learning for medical image "
+                                     "classification:\nrun experiments, then evaluate, explain and share their runs.",
+                                     epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     run = verbs.add_parser("run", help="run an experiment YAML end to end")
