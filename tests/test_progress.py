@@ -40,3 +40,25 @@ def test_long_extractions_print_about_four_lines_not_one_per_chunk(capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if "features:" in line]
     assert 4 <= len(lines) <= 5
     assert lines[-1].endswith(f"{CHUNK_SIZE * 10}/{CHUNK_SIZE * 10} images")
+
+
+def test_a_table_extraction_logs_its_rate_only_when_it_is_long(capsys, monkeypatch):
+    import time
+
+    from tfmed.progress import Throughput
+
+    configure_logging()
+    now = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    short = Throughput(8, "lite0 features", every_seconds=15.0)
+    now[0] = 2.0
+    short.advance(8)  # 8 images in 2 s: done, nothing to report
+    assert "features" not in capsys.readouterr().out
+    long = Throughput(100, "lite0 features", every_seconds=15.0)
+    for step in range(1, 5):
+        now[0] += 10.0
+        long.advance(25)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "features" in line]
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "lite0 features: 50/100 images, 2.5 images/s, about 20 s left",
+        "lite0 features: 100/100 images, 2.5 images/s"]

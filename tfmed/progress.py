@@ -54,7 +54,8 @@ class Throughput:
     ``resnet50 features: 4096/50000 images, 31.2 images/s, about 24 min left``.
 
     ``advance(n)`` counts images done; a line is logged at most every
-    ``every_seconds`` seconds and when the last image is done.
+    ``every_seconds`` seconds, and when the last image is done if the step
+    took that long (a short step, e.g. scoring a few images, logs nothing).
 
     Example:
         >>> progress = Throughput(100, "features", every_seconds=0.0)
@@ -74,7 +75,8 @@ class Throughput:
         """Count ``count`` more images done; log a line when it is time."""
         self.done += int(count)
         now = self._clock()
-        if now - self._last >= self.every_seconds or self.done >= self.total:
+        if now - self._last >= self.every_seconds or (self.done >= self.total
+                                                       and now - self._start >= self.every_seconds):
             self._last = now
             log(self.line(self.done, now - self._start))
 
