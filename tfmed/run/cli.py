@@ -37,9 +37,10 @@ INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGIN
 
 def _parser() -> argparse.ArgumentParser:
     examples = __doc__.split("\n\n", 1)[1]  # the module's docstring without its first line
-    parser = argparse.ArgumentParser(prog="tfmed", description="Transfer learning for medical image "
-                                     "classification:\nrun experiments, then evaluate, explain and share their runs.",
-                                     epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="tfmed", formatter_class=argparse.RawDescriptionHelpFormatter, epilog="examples:\n" + examples,
+        description="Transfer learning for medical image classification:\nrun experiments, then evaluate, "
+                    "explain and share their runs.")
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     run = verbs.add_parser("run", help="run an experiment YAML end to end")

@@ -14,8 +14,9 @@ volumes is explained on a mosaic of each case's views (:mod:`tfmed.explain.mosai
 its peak is given as the view's number and the pixel in that view.
 
 Each image's map explains the class the model decided for it, unless ``index``
-names one class, by number or by name (required for multilabel models, and for choosing the groups of
-a multiclass or multilabel model: TP/FP/FN/TN of that class against the rest).
+names one class, by number or by name (required for multilabel models, and for
+choosing the groups of a multiclass or multilabel model: TP/FP/FN/TN of that
+class against the rest).
 
 Example:
     >>> out = explain_run("runs/pneumonia_mnist/20261124-101500", method="gradcam")  # doctest: +SKIP
