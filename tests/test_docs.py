@@ -1,4 +1,4 @@
-"""The documentation's links between its pages and sections lead somewhere."""
+"""The documentation's links between its pages and sections lead somewhere, and its command lines parse."""
 import re
 from pathlib import Path
 
@@ -49,3 +49,28 @@ def test_the_anchor_rule_matches_githubs_on_punctuated_headings(tmp_path):
                     "### Large training sets in features + SVM mode\n")
     assert heading_anchors(page) == {"retinamnist-the-multi-class-recipe",
                                      "large-training-sets-in-features--svm-mode"}
+
+
+def readme_commands() -> list:
+    """The ``tfmed ...`` lines of the README's Command line section, without comments and ``[optional]`` parts."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    lines = [re.sub(r"\s+#.*$", "", line) for line in block.splitlines() if line.startswith("tfmed ")]
+    return [re.sub(r"\[[^\]]*\]", "", line) for line in lines]
+
+
+def test_every_command_line_example_of_the_readme_parses():
+    """A renamed option or verb makes the README's example fail here, not in a user's shell."""
+    import shlex
+
+    from tfmed.run.cli import _parser
+
+    commands = readme_commands()
+    assert len(commands) >= 20
+    parser = _parser()
+    for command in commands:
+        try:
+            parser.parse_args(shlex.split(command)[1:])
+        except SystemExit:
+            pytest.fail(f"the README's example does not parse: {command}")
