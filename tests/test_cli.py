@@ -164,7 +164,7 @@ def test_run_then_predict_to_csv_then_evaluate(tmp_path, capsys):
     assert main(["predict", "--model", str(run_dir), str(image)]) == 0
     printed = capsys.readouterr()
     assert printed.out == frame.to_csv(index=False)  # the CSV alone: the progress lines went to stderr
-    assert "[tfmed " in printed.err
+    assert "[tfmed " in printed.err and f"scoring 1 image with the model of {run_dir}" in printed.err
     assert main(["predict", "--model", str(run_dir), str(tmp_path / "missing.png")]) == 2
     assert "missing.png" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(run_dir), "--output", str(tmp_path / "ev")]) == 0

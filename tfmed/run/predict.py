@@ -138,6 +138,7 @@ def predict_images(model_dir: str | Path, paths: list[str], *, verify: bool = Tr
     model = TrainedModel.load(run_dir / "model", verify=verify, trust_pickles=trust_pickles)
     table = image_table(model, paths, run_max_pixels(run_dir))
     frame = table.frame
+    log(f"scoring {count_noun(len(table), 'image')} with the model of {run_dir}")
     scores = model.predict(table)
     decisions = model.decide(scores)
     out = pd.DataFrame({"image": frame["image"]})
