@@ -57,12 +57,12 @@ def group_class(model: TrainedModel, index) -> int:
         >>> group_class(TrainedModel("svm", "binary", ["normal", "pneumonia"], None, None, None), None)
         1
     """
+    if index is not None:
+        return class_number(model, index)
     if model.task == "binary":
-        return 1 if index is None else class_number(model, index)
-    if index is None:
-        raise ExplainError(f"the model is {model.task}: give --index to say which class or label to explain "
-                           f"and to pick cases by ({_class_list(model)})")
-    return class_number(model, index)
+        return 1
+    raise ExplainError(f"the model is {model.task}: give --index to say which class or label to explain "
+                       f"and to pick cases by ({_class_list(model)})")
 
 
 def class_number(model: TrainedModel, index) -> int:
