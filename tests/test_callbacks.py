@@ -1,11 +1,13 @@
 """tfmed.training.callbacks: clinical metrics vs scikit-learn, threshold persistence, in-fit unfreezing."""
 import ast
+import gc
 import logging
 import runpy
 import subprocess
 import sys
 import textwrap
 import warnings
+import weakref
 from pathlib import Path
 
 import keras
@@ -15,6 +17,7 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from tfmed import training as tc
+from tfmed.training import callbacks as training_callbacks
 from tfmed.training import freezing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,25 +126,47 @@ def test_validation_dataset_is_scored_by_one_compiled_pass_per_model():
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)  # 32 rows: a partial last batch
     metrics = tc.ClinicalMetrics(dataset)
     selector = tc.ThresholdSelector(dataset, every_epoch_store=False)
-    seen, told = [], []
-    record = keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: seen.append((metrics._forward, selector._forward)))
-    for model in (tiny_model(), tiny_model()):
-        model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            history = model.fit(x, y, epochs=3, verbose=0, callbacks=[metrics, selector, record])
-        told.append(sum("no DecisionThreshold layer" in str(item.message) for item in caught))
-        scores = model.predict(x, verbose=0)[:, 0]
-        # the last epoch's figures come from the trained weights, not those of the first trace
-        assert history.history["val_auc"][-1] == pytest.approx(roc_auc_score(y, scores), abs=1e-6)
-        assert selector.threshold_ == pytest.approx(tc.select_threshold(y, scores, "youden"), abs=1e-6)
-        assert metrics._forward_of is model and selector._forward_of is model
-    first, second = seen[:3], seen[3:]
-    assert len(set(first)) == 1 and len(set(second)) == 1 and first[0] != second[0]  # traced per model
-    # full and partial batches, never once per epoch
-    assert metrics._forward.experimental_get_tracing_count() <= 2
-    assert told == [1, 0]  # bare models keep no threshold: the selector says so once, not at every fit
+    # the same callbacks for two models, then new ones for a third (as each stage of a fine-tune
+    # and each fold builds them)
+    plans = [(metrics, selector), (metrics, selector),
+             (tc.ClinicalMetrics(dataset), tc.ThresholdSelector(dataset, every_epoch_store=False))]
+    retraced, told, forwards = [], [], []
+    recorder = logging.Handler()
+    recorder.emit = lambda record: retraced.append(record.getMessage()) if (  # Keras's own functions may warn
+        "retracing" in record.getMessage() and "<locals>.forward at" in record.getMessage()) else None
+    tf.get_logger().addHandler(recorder)
+    try:
+        for scorer, chooser in plans:
+            model = tiny_model()
+            model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                history = model.fit(x, y, epochs=3, verbose=0, callbacks=[scorer, chooser])
+            told.append(sum("no DecisionThreshold layer" in str(item.message) for item in caught))
+            scores = model.predict(x, verbose=0)[:, 0]
+            # the last epoch's figures come from the trained weights, not those of the first trace
+            assert history.history["val_auc"][-1] == pytest.approx(roc_auc_score(y, scores), abs=1e-6)
+            assert chooser.threshold_ == pytest.approx(tc.select_threshold(y, scores, "youden"), abs=1e-6)
+            forwards.append(training_callbacks._compiled_forward(model))
+            # both callbacks, three epochs: traced for the full and the partial batch, never once per epoch
+            assert forwards[-1].experimental_get_tracing_count() == 2
+    finally:
+        tf.get_logger().removeHandler(recorder)
+    assert len(set(map(id, forwards))) == 3  # one function per model
+    assert retraced == []  # TensorFlow's warning about frequent retracing of the scorers' pass
+    assert told == [1, 0, 1]  # bare models keep no threshold: a selector says so once, not at every fit
+
+
+def test_compiled_forward_lets_a_model_go():
+    x, y = tiny_data()
+    model = tiny_model()
+    model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0,
+              callbacks=[tc.ClinicalMetrics(tf.data.Dataset.from_tensor_slices((x, y)).batch(12))])
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None  # the shared compiled pass holds its model weakly
 
 
 def test_clinical_metrics_errors():

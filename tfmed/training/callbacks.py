@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import keras
@@ -59,31 +60,14 @@ def ordered(callbacks: Sequence[keras.callbacks.Callback]) -> list[keras.callbac
 
 
 class _ValidationScorer(keras.callbacks.Callback):
-    """Scores ``self.validation_data`` each epoch through one compiled forward pass per model.
-
-    Calling the model eagerly batch by batch costs about three times as much on a CPU
-    (EfficientNet-Lite0, 96 px); the compiled pass is traced once per model and kept
-    while the same model trains on (its variables are read at each call).
-    """
-
-    _forward = None
-    _forward_of = None
+    """Scores ``self.validation_data`` each epoch through the model's compiled forward pass."""
 
     def _validation_scores(self):
         """Predictions and targets for ``self.validation_data`` from a single pass."""
         if not isinstance(self.validation_data, tf.data.Dataset):
             x, y = self.validation_data
             return np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0)), np.asarray(y)
-        if self._forward_of is not self.model:
-            model = self.model
-
-            @tf.function(reduce_retracing=True)
-            def forward(x):
-                # A direct call of the model, not predict_on_batch: under MirroredStrategy the
-                # latter returns one copy of the outputs per replica for a single batch.
-                return model(x, training=False)
-
-            self._forward, self._forward_of = forward, model
+        forward = _compiled_forward(self.model)
         scores, targets = [], []
         for element in self.validation_data:
             if not isinstance(element, (tuple, list)) or len(element) < 2:
@@ -91,11 +75,45 @@ class _ValidationScorer(keras.callbacks.Callback):
                                     f"tuples, got {type(element).__name__}")
             if not scores:
                 _check_batched(element[0], self.model)
-            scores.append(np.asarray(self._forward(element[0])))
+            scores.append(np.asarray(forward(element[0])))
             targets.append(np.asarray(element[1]))
         if not scores:
             raise CallbackError("the validation dataset is empty; it must yield (x, y) batches")
         return np.concatenate(scores), np.concatenate(targets)
+
+
+_compiled_forwards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled_forward(model: keras.Model):
+    """The model's inference pass (``training=False``) as one compiled function, shared by its scorers.
+
+    Calling the model eagerly batch by batch costs about three times as much on a CPU
+    (EfficientNet-Lite0, 96 px). Every callback that scores the same model uses the same
+    function, traced once per input shape (a smaller last batch makes the batch axis free),
+    and it reads the model's current weights at each call, so unfreezing layers does not
+    retrace it. It holds the model weakly: a model that is no longer used is freed with it.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        >>> _compiled_forward(model) is _compiled_forward(model)
+        True
+        >>> _compiled_forward(model)(np.zeros((2, 4), "float32")).shape
+        TensorShape([2, 1])
+    """
+    forward = _compiled_forwards.get(model)
+    if forward is None:
+        model_ref = weakref.ref(model)
+
+        @tf.function(reduce_retracing=True)
+        def forward(x):
+            # A direct call of the model, not predict_on_batch: under MirroredStrategy the
+            # latter returns one copy of the outputs per replica for a single batch.
+            return model_ref()(x, training=False)
+
+        _compiled_forwards[model] = forward
+    return forward
 
 
 def _check_batched(x, model) -> None:
