@@ -256,6 +256,9 @@ def test_feature_errors_are_clear(vgg64):
     assert fm.output["block3_conv1"].shape == (None, 256)
     with pytest.raises(backbones.FeatureInputError, match=r"\(N, H, W, 3\).*shape \(2, 64, 64\)"):
         backbones.extract_features(fm, np.zeros((2, 64, 64), "float32"))
+    with pytest.raises(backbones.FeatureInputError, match=r"shape \(64, 64, 3\): one image; add the batch axis "
+                                                           r"\(images\[None\]\)"):
+        backbones.extract_features(fm, np.zeros((64, 64, 3), "float32"))
     for images in (np.zeros((2, 32, 48, 3), "float32"),
                    tf.data.Dataset.from_tensor_slices(np.zeros((2, 32, 48, 3), "float32")).batch(2)):
         with pytest.raises(backbones.FeatureInputError, match=r"images are 32 x 48 pixels but the feature model "

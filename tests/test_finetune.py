@@ -506,6 +506,30 @@ def test_image_arrays_on_another_scale_than_0_255_are_refused(binary_run):
     assert trained.predict(x).shape == (8, 1)
 
 
+def test_image_arrays_grey_one_image_or_another_size(binary_run):
+    """Arrays are read as FeatureSVM reads them: grey batches (N, S, S) or (N, S, S, 1) as R = G = B; one image
+    without its batch axis is refused with the fix, not read as S images; another size is named."""
+    x, y = make_data(n=8)
+    grey = x[..., :1]
+    trained = binary_run[0]
+    as_rgb = trained.predict(np.repeat(grey, 3, axis=-1))
+    np.testing.assert_allclose(trained.predict(grey), as_rgb, atol=1e-6)
+    np.testing.assert_allclose(trained.predict(grey[..., 0]), as_rgb, atol=1e-6)
+    tuner = FineTuner(BACKBONE, "binary", 1, image_size=SIZE, weights=None,
+                      config=FinetuneConfig(stages=[StageConfig(epochs=1)], batch_size=8))
+    assert np.isfinite(tuner.fit((grey[..., 0], y), (grey, y))["loss"][0])
+    with pytest.raises(FinetuneError, match=r"train_ds images must be a batch \(N, 32, 32, 3\), got shape "
+                                            r"\(32, 32, 3\): one image; add the batch axis \(X\[None\]\)"):
+        tuner.fit((x[0], y[:1]))
+    with pytest.raises(FinetuneError, match=r"predict images must be a batch .*one image; add the batch axis"):
+        trained.predict(x[0])
+    with pytest.raises(FinetuneError, match=r"predict images have shape \(8, 16, 16, 3\); the model takes "
+                                            r"\(N, 32, 32, 3\) .*resize them to 32 x 32"):
+        trained.predict(x[:, :16, :16])
+    with pytest.raises(FinetuneError, match=r"val_ds images have shape \(8, 32, 32, 2\)"):
+        tuner.fit((x, y), (x[..., :2], y))
+
+
 def test_image_arrays_with_nan_pixels_or_no_images_are_refused_up_front(binary_run):
     """Not trained into a model of NaN weights (or stopped as 'diverged' an epoch later), nor failing deep in
     tf.data: the rows are named before anything runs."""

@@ -120,6 +120,9 @@ def _as_images(images):
                                     f"got shape {spec.shape}")
         return images, False
     arr = np.asarray(images)
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3):
+        raise FeatureInputError(f"images must be an array (N, H, W, 3) of RGB images on 0-255, got shape "
+                                f"{arr.shape}: one image; add the batch axis (images[None])")
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise FeatureInputError(f"images must be an array (N, H, W, 3) of RGB images on 0-255, got shape "
                                 f"{arr.shape}; repeat grey images to 3 channels first")

@@ -630,12 +630,9 @@ class FineTuner:
     def _as_dataset(self, data, name: str, training: bool = False) -> tf.data.Dataset:
         """Accept a batched dataset or an (images, targets) pair; check shapes against the model."""
         if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tf.data.Dataset):
-            from tfmed.backbones.features import check_images
-
-            x = np.asarray(data[0], dtype=np.float32)
+            x = self._image_array(data[0], f"{name} images")
             if len(x) != len(data[1]):
                 raise FinetuneError(f"{name}: {len(x)} images but {len(data[1])} targets")
-            check_images(x, f"{name} images")
             y = self._check_targets(data[1], name)
             if training:
                 self._check_both_classes(y, name)
@@ -661,6 +658,33 @@ class FineTuner:
                                 f"model expects (batch, {self.num_outputs})"
                                 + (" one-hot rows" if self.task == "multiclass" else ""))
         return data.map(self._target_check(name))
+
+    def _image_array(self, images, what: str) -> np.ndarray:
+        """Images given as an array, as the model reads them: float32 (N, S, S, 3), or (N, V, S, S, 3) for
+        views; grey images, (N, S, S) or (N, S, S, 1), repeated to R, G, B. One image without its batch
+        axis, another size, an empty array, NaN pixels or another scale than 0-255 are refused."""
+        from tfmed.backbones.features import check_images
+
+        try:
+            x = np.asarray(images, dtype=np.float32)
+        except ValueError:
+            raise FinetuneError(f"{what} are of different shapes; resize them to {self.image_size} x "
+                                f"{self.image_size} first") from None
+        expected = self.input_shape
+        wanted = f"(N, {', '.join(map(str, expected))})"
+        if x.ndim == len(expected) and x.shape[-1] in (1, 3):
+            raise FinetuneError(f"{what} must be a batch {wanted}, got shape {x.shape}: one "
+                                f"{'volume' if self.views else 'image'}; add the batch axis (X[None])")
+        if x.ndim == len(expected):  # grey images without a channel axis
+            x = x[..., np.newaxis]
+        if x.ndim == len(expected) + 1 and x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
+        if x.shape[1:] != expected:
+            raise FinetuneError(f"{what} have shape {np.shape(images)}; the model takes {wanted} (grey images "
+                                f"without the channel axis or with 1 channel are repeated to R, G, B): resize "
+                                f"them to {self.image_size} x {self.image_size}")
+        check_images(x, what)
+        return x
 
     def _target_check(self, name: str):
         """A dataset map that stops training (see :meth:`fit`) at a batch whose targets the task cannot
@@ -760,15 +784,7 @@ class FineTuner:
             if isinstance(data.element_spec, tuple):
                 data = data.map(lambda x, *rest: x)
             return np.asarray(self.model_.predict(data, verbose=0))
-        x = np.asarray(data, dtype=np.float32)
-        if x.ndim == len(self.input_shape):
-            x = x[None]
-        if x.shape[1:] != self.input_shape:
-            raise FinetuneError(f"predict got images of shape {np.shape(data)}; the model expects "
-                                f"(n, {', '.join(map(str, self.input_shape))}) on a 0-255 scale")
-        from tfmed.backbones.features import check_images
-
-        check_images(x, "predict images")
+        x = self._image_array(data, "predict images")
         return np.asarray(self.model_.predict(x, batch_size=self.config.batch_size, verbose=0))
 
     # ----------------------------------------------------------- persistence
