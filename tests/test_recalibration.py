@@ -187,6 +187,42 @@ def test_fits_the_data_cannot_support_are_refused_saying_why(method, task, y, p,
         Recalibration.fit(method, task, y, p)
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda y, p: Recalibration.fit("logistic", "binary", y[:-5], p), "y has 115 cases but the scores 120"),
+    (lambda y, p: probability_scores("binary", y[:-1], p), "y has 119 cases but the scores 120"),
+    (lambda y, p: Recalibration.fit("logistic", "binary", y, p * 100),
+     r"probabilities in \[0, 1\]; rows .* hold values from .* \(percentages\? divide them by 100\)"),
+    (lambda y, p: Recalibration.fit("temperature", "binary", y, logit(p) * 300), r"\(logits\? turn them into"),
+    (lambda y, p: probability_scores("binary", y, p * 100), "percentages"),
+    (lambda y, p: Recalibration.fit("logistic", "binary", y, np.c_[1 - p, p]),
+     r"binary scores must be one probability per case, shape \(n,\), got \(120, 2\); give the positive "
+     r"class's column \(scores\[:, 1\]\)"),
+    (lambda y, p: probability_scores("binnary", y, p), "task is 'binnary'; allowed: binary, multiclass, multilabel"),
+    (lambda y, p: Recalibration.fit("logistic", "binary", y * 2, p),
+     r"y rows 0, 4, 5, 7, 8 and 53 more are not 0 or 1"),
+    (lambda y, p: Recalibration.fit("logistic", "binary", np.where(y == 1, "sick", "well"), p),
+     "y must be class numbers, got values such as"),
+    (lambda y, p: Recalibration.fit("temperature", "multiclass", y, np.c_[1 - p, p, p]),
+     r"rows that sum to 1; rows 0, 1, .* sum to"),
+    (lambda y, p: Recalibration.fit("temperature", "multiclass", y + 2, np.c_[1 - p, p]),
+     r"are not a class number 0-1"),
+    (lambda y, p: Recalibration.fit("logistic", "multilabel", np.c_[y, y], np.c_[p, p, p]),
+     r"multilabel y has shape \(120, 2\) but the scores \(120, 3\)"),
+    (lambda y, p: Recalibration.fit("logistic", "binary", y, p).apply(p * 100), "percentages"),
+    (lambda y, p: Recalibration.fit("logistic", "binary", y, p).apply(np.c_[1 - p, p]), r"got \(120, 2\)"),
+    (lambda y, p: Recalibration.fit("logistic", "multilabel", np.c_[y, y], np.c_[p, p ** 2]).apply(p[:, None]),
+     r"scores have 1 column\(s\), but the recalibration was fitted on 2"),
+    (lambda y, p: Recalibration("temperature", "multiclass", temperature=2.0).apply(
+        np.c_[.2 * p, .8 * p, 1 - p][:, :2]), "rows that sum to 1"),
+], ids=["fit_lengths", "scores_lengths", "percentages", "logits", "scores_percentages", "two_columns",
+        "unknown_task", "labels_2", "text_labels", "rows_not_summing_to_1", "class_out_of_range",
+        "multilabel_shapes", "apply_percentages", "apply_two_columns", "apply_other_width", "apply_part_of_classes"])
+def test_scores_or_outcomes_that_are_not_what_the_task_takes_are_refused_naming_the_fix(call, message):
+    y, p = drawn(120, slope=1.0, intercept=0.0)
+    with pytest.raises(RecalibrationError, match=message):
+        call(y, p)
+
+
 def test_a_multilabel_label_that_cannot_be_fitted_keeps_its_scores_and_the_others_are_fitted():
     y = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [0, 0], [1, 1]])
     p = np.array([[.5, .1], [.4, .2], [.3, .8], [.6, .9], [.45, .3], [.55, .7]])  # label 2 separates completely

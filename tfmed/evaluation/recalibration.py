@@ -45,11 +45,12 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, logit, softmax
 
-from tfmed.config import RecalibrationMethod
+from tfmed.config import UNKNOWN_LABEL, RecalibrationMethod, Task
 from tfmed.errors import TfmedError
 from tfmed.evaluation.decision import calibration_line, maximum_likelihood_logistic
 
 METHODS = typing.get_args(RecalibrationMethod)  # none, logistic, intercept, temperature
+TASKS = typing.get_args(Task)
 LINES = ("logistic", "intercept")  # the methods that fit a line on the logit (binary and multilabel)
 _EDGE = 1e-6  # scores are kept this far from 0 and 1 before their logit is taken
 _TIE = 1e-9  # carried thresholds are lowered this much (see carried_thresholds)
@@ -94,7 +95,7 @@ class Recalibration:
             0.79
         """
         check_method(method, task)
-        y, scores = np.asarray(y), np.asarray(scores, dtype=float)
+        y, scores = _labelled(task, y, scores)
         if method in LINES:
             fit_line = _logistic_line if method == "logistic" else _intercept_line
             lines, unfitted = [], {}
@@ -133,8 +134,13 @@ class Recalibration:
                              unfitted=self.unfitted)
 
     def apply(self, scores) -> np.ndarray:
-        """The recalibrated probabilities of ``scores`` (same shape)."""
-        scores = np.asarray(scores, dtype=float)
+        """The recalibrated probabilities of ``scores`` (same shape).
+
+        Raises:
+            RecalibrationError: ``scores`` are not probabilities of this fit's task (:func:`checked_scores`), or
+                have another number of columns than the fit.
+        """
+        scores = checked_scores(self.task, scores, columns=len(self.slope) if self.method in LINES else None)
         if self.method in LINES:
             columns = _columns(scores)
             z = logit(np.clip(columns, _EDGE, 1 - _EDGE))
@@ -214,12 +220,13 @@ def carried_thresholds(thresholds: dict, before: "Recalibration | None", after: 
     """
     def carry(value):
         value = np.asarray(value, dtype=float)
-        row = value.reshape(1, -1)  # one "image" whose scores are the thresholds
+        inside = np.isfinite(value) & (value > 0) & (value < 1)
+        # one "image" whose scores are the thresholds (those at or beyond 0 and 1 are kept below)
+        row = np.where(inside, value, 0.5).reshape(1, -1)
         scores = row if before is None else before.invert(row)
         # a threshold is usually some image's own score; lowered by a hair, that image stays at or above it
         # whatever the rounding of the round trip
         moved = after.apply(scores).reshape(value.shape) - _TIE
-        inside = np.isfinite(value) & (value > 0) & (value < 1)
         return np.where(inside, moved, value).tolist()
 
     return {name: value if name == "fixed" else carry(value) for name, value in thresholds.items()}
@@ -248,7 +255,7 @@ def probability_scores(task: str, y, scores) -> dict:
         >>> probability_scores("binary", [0, 1], [0.2, 0.6])
         {'log_loss': 0.367, 'brier': 0.1}
     """
-    y, scores = np.asarray(y), np.asarray(scores, dtype=float)
+    y, scores = _labelled(task, y, scores)
     if task == "multiclass":
         onehot = np.eye(scores.shape[1])[y.astype(int)]
         p = np.clip(scores, _EDGE, 1.0)
@@ -264,6 +271,82 @@ def probability_scores(task: str, y, scores) -> dict:
     if not losses:
         return {"log_loss": None, "brier": None}
     return {"log_loss": round(float(np.mean(losses)), 4), "brier": round(float(np.mean(briers)), 4)}
+
+
+def checked_scores(task: str, scores, columns: int | None = None) -> np.ndarray:
+    """``scores`` as float probabilities of a ``task`` model: binary (n,) or (n, 1), multiclass (n, K) rows
+    that sum to 1, multilabel (n, L); ``columns``: the number of columns a fit was made on.
+
+    Raises:
+        RecalibrationError: an unknown task, another shape, values outside [0, 1] (percentages, logits) or
+            not finite, or multiclass rows that do not sum to 1; the message says what to give instead.
+
+    Example:
+        >>> checked_scores("binary", [[62.0], [8.0]])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfmed...RecalibrationError: scores must be probabilities in [0, 1]; rows 0, 1 hold values from 8 to 62 ...
+    """
+    if task not in TASKS:
+        raise RecalibrationError(f"task is {task!r}; allowed: {', '.join(TASKS)}")
+    try:
+        array = np.asarray(scores, dtype=float)
+    except (TypeError, ValueError):
+        raise RecalibrationError("scores must be numbers (probabilities in [0, 1]), one row per case") from None
+    if task == "binary" and not (array.ndim == 1 or array.ndim == 2 and array.shape[1] == 1):
+        raise RecalibrationError(f"binary scores must be one probability per case, shape (n,), got {array.shape}"
+                                 + ("; give the positive class's column (scores[:, 1])"
+                                    if array.ndim == 2 and array.shape[1] == 2 else ""))
+    if task != "binary" and array.ndim != 2:
+        raise RecalibrationError(f"{task} scores must be one probability per case and "
+                                 f"{'class' if task == 'multiclass' else 'label'}, shape (n, K), got {array.shape}")
+    width = array.reshape(len(array), -1).shape[1]
+    if columns is not None and width != columns:
+        raise RecalibrationError(f"scores have {width} column(s), but the recalibration was fitted on {columns}; "
+                                 "give the scores of the model it was fitted for")
+    bad = np.flatnonzero((~np.isfinite(array) | (array < 0) | (array > 1)).reshape(len(array), -1).any(axis=1))
+    if bad.size:
+        finite = array[np.isfinite(array)]
+        span = f"from {finite.min():g} to {finite.max():g}" if finite.size else "no finite value"
+        hint = " (percentages? divide them by 100)" if finite.size and 0 <= finite.min() and finite.max() <= 100 \
+            else " (logits? turn them into probabilities first)" if finite.size else ""
+        raise RecalibrationError(f"scores must be probabilities in [0, 1]; rows {_row_list(bad)} hold values {span}"
+                                 f"{hint}")
+    if task == "multiclass":
+        sums = array.sum(axis=1)
+        off = np.flatnonzero(np.abs(sums - 1) > 1e-3)
+        if off.size:
+            raise RecalibrationError(f"multiclass scores must be each case's probabilities of all {width} classes, "
+                                     f"rows that sum to 1; rows {_row_list(off)} sum to {sums[off[0]]:g} and so on")
+    return array
+
+
+def _labelled(task: str, y, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes ``y`` and :func:`checked_scores` of one split, checked against each other: as many cases,
+    binary 0/1, multiclass class numbers of the score columns, multilabel 0/1 with -1 for unknown."""
+    scores = checked_scores(task, scores)
+    y = np.asarray(y)
+    if len(y) != len(scores):
+        raise RecalibrationError(f"y has {len(y)} cases but the scores {len(scores)}; give one score per case")
+    try:
+        values = y.astype(float)
+    except (TypeError, ValueError):
+        raise RecalibrationError(f"y must be class numbers, got values such as {y.ravel()[0]!r}; encode the "
+                                 "classes as numbers first") from None
+    if task == "multilabel" and values.shape != scores.shape:
+        raise RecalibrationError(f"multilabel y has shape {values.shape} but the scores {scores.shape}")
+    allowed = {"binary": np.array([0.0, 1.0]), "multiclass": np.arange(scores.shape[-1], dtype=float),
+               "multilabel": np.array([0.0, 1.0, float(UNKNOWN_LABEL)])}[task]
+    bad = np.flatnonzero(~np.isin(values.reshape(len(values), -1), allowed).all(axis=1))
+    if bad.size:
+        rule = {"binary": "0 or 1", "multiclass": f"a class number 0-{scores.shape[-1] - 1}",
+                "multilabel": "0 or 1, or -1 for an unknown label"}[task]
+        raise RecalibrationError(f"y rows {_row_list(bad)} are not {rule}")
+    return values, scores
+
+
+def _row_list(rows: np.ndarray) -> str:
+    shown = ", ".join(map(str, rows[:5].tolist()))
+    return shown + (f" and {rows.size - 5} more" if rows.size > 5 else "")
 
 
 def _columns(scores: np.ndarray) -> np.ndarray:
