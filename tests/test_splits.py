@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfmed.config import SplitConfig
+from tfmed.config import ExperimentConfig, SplitConfig
 from tfmed.data.splits import (LeakageError, SplitError, check_no_leakage, check_split_classes, ensure_splits,
                                kfold_indices, patient_split, stratify_labels)
 from tfmed.data.table import ImageTable
@@ -172,6 +172,10 @@ def test_a_fraction_for_a_split_the_source_gives_is_refused():
         with pytest.raises(SplitError, match=f"split.{name} is .*, but the data source has its own "
                            f"{name.split('_')[0]} split, which split.method {config.method} keeps"):
             ensure_splits(table, config)
+    for name, default in (("test_fraction", SplitConfig.test_fraction), ("val_fraction", SplitConfig.val_fraction)):
+        written = ExperimentConfig.from_dict({"split": {"method": "predefined", name: default}}).split
+        with pytest.raises(SplitError, match=f"split.{name} is {default}, but the data source has its own"):
+            ensure_splits(table, written)  # the default value, written in the experiment file: refused too
     kept = ensure_splits(table, SplitConfig(method="predefined", test_fraction=0.0, val_fraction=0.0))  # carve none
     assert kept.frame["split"].tolist() == table.frame["split"].tolist()
     fresh = ensure_splits(table, SplitConfig(method="patient", test_fraction=0.3))  # splits afresh: used

@@ -103,7 +103,7 @@ class _Section:
     """
 
     KEY: ClassVar[str] = ""
-    # the keys its experiment file wrote (set by _build; none for a section built in Python), see _set_fields
+    # the keys its experiment file wrote (set by _build; none for a section built in Python), see set_fields
     _written: ClassVar[frozenset] = frozenset()
 
     def __post_init__(self):
@@ -318,7 +318,7 @@ class DataConfig(_Section):
             self._fail("max_image_pixels", "it must be a number of pixels > 0, e.g. 100000000 "
                        "(or null for no limit)")
         kind, spec, _ = self.source.partition(":")
-        changed = _set_fields(self)
+        changed = set_fields(self)
         if spec and self.path is not None:
             self._unused("path", f"data.source {self.source!r} already names its path after the colon; remove "
                          f"data.path, or write data.source: {kind} with data.path")
@@ -382,7 +382,7 @@ class DataConfig(_Section):
                 raise ConfigError(f"{self.KEY}parts is set, but only data.source {self.MERGED} merges parts; set "
                                   f"data.source: {self.MERGED} or remove data.parts")
             return
-        for name in _set_fields(self):
+        for name in set_fields(self):
             if name not in self.MERGED_SETTINGS:
                 self._fail(name, f"data.source {self.MERGED} reads its data from data.parts; move it into the "
                            "part it concerns")
@@ -462,7 +462,7 @@ class DataPartConfig(DataConfig):
         if self.source.partition(":")[0] in (self.MERGED,) + self.VOLUME_SOURCES:
             self._fail("source", "a part is a source of 2-D images (a merged section cannot hold another, nor "
                        "volumes with candidate centres)")
-        for name in set(self.WHOLE_TABLE) & set(_set_fields(self)):
+        for name in set(self.WHOLE_TABLE) & set(set_fields(self)):
             self._fail(name, "it applies to the merged table as a whole: set it on data, beside data.parts")
         super().check()
 
@@ -521,13 +521,13 @@ class SplitConfig(_Section):
         if self.test_sites and self.method == "predefined":
             self._fail("test_sites", "it makes the test split of those sites, while split.method predefined "
                        "keeps the source's split; use split.method patient or kfold")
-        if self.test_sites and "test_fraction" in _set_fields(self):
+        if self.test_sites and "test_fraction" in set_fields(self):
             self._unused("test_fraction", "it is set, but split.test_sites gives the test split (those sites' "
                          "images, whole); remove it")
-        if self.method != "kfold" and "folds" in _set_fields(self):
+        if self.method != "kfold" and "folds" in set_fields(self):
             self._unused("folds", f"it is set, but only split.method kfold makes folds (method is {self.method!r}); "
                          "remove it, or set split.method: kfold")
-        if self.method == "kfold" and self.val_fraction > 0 and "val_fraction" in _set_fields(self):
+        if self.method == "kfold" and self.val_fraction > 0 and "val_fraction" in set_fields(self):
             self._unused("val_fraction", "it is set, but split.method kfold makes no val split (train and val are "
                          "pooled into the folds, and thresholds come from their out-of-fold scores); remove it")
 
@@ -641,7 +641,7 @@ class ViewsConfig(_Section):
 
     def check(self) -> None:
         super().check()
-        changed = [name for name in _set_fields(self) if name != "enabled"]
+        changed = [name for name in set_fields(self) if name != "enabled"]
         if not self.enabled and changed:
             self._unused(changed[0], "it is set but views.enabled is false; set views.enabled: true or remove it")
         for name in ("patch_mm", "spacing_mm"):
@@ -708,7 +708,7 @@ class AugmentConfig(_Section):
                      "view_rotation_degrees", "center_jitter_mm"):
             if getattr(self, name) < 0:
                 self._fail(name, "it must be >= 0 (0 turns it off)")
-        changed = [name for name in _set_fields(self) if name != "enabled"]
+        changed = [name for name in set_fields(self) if name != "enabled"]
         if not self.enabled and changed:
             self._unused(changed[0], "it is set but augment.enabled is false; set augment.enabled: true or remove it")
         limits = {"gamma": (1.0, "a log-gamma range in [0, 1], e.g. 0.3 for gamma 0.74-1.35"),
@@ -766,7 +766,7 @@ class TTAConfig(_Section):
         if 1.0 in self.gamma or len(set(self.gamma)) < len(self.gamma):
             self._fail("gamma", "a gamma of 1, or one given twice, scores an image already scored once more, so "
                        "that it weighs more in the average; give each gamma other than 1 once")
-        changed = [name for name in _set_fields(self) if name != "enabled"]
+        changed = [name for name in set_fields(self) if name != "enabled"]
         if not self.enabled and changed:
             self._unused(changed[0], "it is set but tta.enabled is false; set tta.enabled: true or remove it")
         if self.enabled and self.view_count() == 1:
@@ -882,7 +882,7 @@ class SVMConfig(_Section):
         if self.search_rows < 10 * self.cv:
             self._fail("search_rows", f"it must be at least 10 rows per CV fold ({10 * self.cv} with cv {self.cv}), "
                        "e.g. 5000")
-        changed = _set_fields(self)
+        changed = set_fields(self)
         if self.classifier != "auto" and "exact_limit" in changed:
             self._unused("exact_limit", f"it is read only with classifier: auto, and classifier is "
                          f"{self.classifier!r}; remove it")
@@ -1015,7 +1015,7 @@ class FinetuneConfig(_Section):
                 self._fail(name, message)
         if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
             self._fail("early_stopping_patience", "use an integer >= 0, or null to train every epoch")
-        changed = _set_fields(self)
+        changed = set_fields(self)
         if self.monitor not in FINETUNE_MONITORS:
             self._fail("monitor", f"the epoch logs have {_either(FINETUNE_MONITORS)} (val_ ones only with a "
                        "validation split; without one the training loss is watched)")
@@ -1028,7 +1028,7 @@ class FinetuneConfig(_Section):
             if name in changed and not used:
                 self._unused(name, f"only {user} uses it; remove it or set that")
         for i, stage in enumerate(self.stages):
-            if "lr_factor" in _set_fields(stage) and (i == 0 or stage.learning_rate is not None):
+            if "lr_factor" in set_fields(stage) and (i == 0 or stage.learning_rate is not None):
                 why = ("the first stage starts at model.finetune.learning_rate" if i == 0
                        else "this stage gives its own learning_rate")
                 raise UnusedSettingError(f"{self.KEY}stages[{i}].lr_factor is {stage.lr_factor!r}; it scales the "
@@ -1090,7 +1090,7 @@ class EnsembleConfig(_Section):
         super().check()
         if self.folds < 2:
             self._fail("folds", "it must be at least 2")
-        if self.combine == "mean" and "folds" in _set_fields(self):
+        if self.combine == "mean" and "folds" in set_fields(self):
             self._unused("folds", "only combine: rank and stacking use out-of-fold scores; remove it")
 
 
@@ -1178,7 +1178,7 @@ class EvaluationConfig(_Section):
         if not bands or any(b <= 0 or b > 130 for b in bands) or any(a >= b for a, b in zip(bands, bands[1:])):
             self._fail("age_bands", "list the ages where a band starts, increasing whole years in 1-130, "
                        "e.g. [40, 60, 80]")
-        if "age" not in self.subgroups and "age_bands" in _set_fields(self):
+        if "age" not in self.subgroups and "age_bands" in set_fields(self):
             self._unused("age_bands", "it is set but evaluation.subgroups does not name age; add age to "
                          "evaluation.subgroups or remove it")
         for name in ("target_sensitivity", "target_specificity", "ci_level"):
@@ -1217,7 +1217,7 @@ class ReportConfig(_Section):
 
     def check(self) -> None:
         super().check()
-        changed = [name for name in _set_fields(self) if name != "explain"]
+        changed = [name for name in set_fields(self) if name != "explain"]
         if not self.explain and changed:
             self._unused(changed[0], "it is set but report.explain is false; set report.explain: true or remove it")
 
@@ -1292,7 +1292,7 @@ class ExperimentConfig(_Section):
             if name in used:
                 continue
             owner = self.model if name in MODEL_SECTIONS else self
-            changed = _set_fields(getattr(owner, name))
+            changed = set_fields(getattr(owner, name))
             if changed:
                 key = ("model." if owner is self.model else "") + f"{name}.{changed[0]}"
                 users = [mode for mode, sections in MODE_SECTIONS.items() if name in sections]
@@ -1327,7 +1327,7 @@ class ExperimentConfig(_Section):
         if not self.views.enabled:
             for prefix, section, names in view_settings:
                 for name in names:
-                    if name in _set_fields(section):
+                    if name in set_fields(section):
                         raise UnusedSettingError(f"{prefix}{name} is set, but it acts on 2-D views of volumes and "
                                                  "views.enabled is false; remove it or configure views", prefix + name)
             return
@@ -1365,7 +1365,7 @@ class ExperimentConfig(_Section):
             for name in used:
                 used[name] |= name in MODE_SECTIONS[member.model.mode] and getattr(members[i], name) is None
         for name, is_used in used.items():
-            changed = _set_fields(getattr(self, name))
+            changed = set_fields(getattr(self, name))
             if changed and not is_used:
                 raise UnusedSettingError(f"{name}.{changed[0]} is set, but no ensemble member uses the experiment's "
                                          f"{name} section; remove it or move it into a member", f"{name}.{changed[0]}")
@@ -1533,14 +1533,14 @@ def _either(names) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
-def _set_fields(section) -> list[str]:
+def set_fields(section) -> list[str]:
     """The fields of ``section`` that are set: written in its experiment file (even with the default value;
     a null where the default is null counts as left out), or differing from their declared defaults.
 
     Example:
-        >>> _set_fields(ExperimentConfig.from_dict({"split": {"method": "kfold", "val_fraction": 0.0}}).split)
+        >>> set_fields(ExperimentConfig.from_dict({"split": {"method": "kfold", "val_fraction": 0.0}}).split)
         ['method', 'val_fraction']
-        >>> _set_fields(SplitConfig(method="kfold", val_fraction=0.1))  # built in Python: by value
+        >>> set_fields(SplitConfig(method="kfold", val_fraction=0.1))  # built in Python: by value
         ['method']
     """
     set_fields = []
@@ -1672,7 +1672,7 @@ def _without_setting(values: dict, key: str, error: ConfigError) -> dict:
 
 def _build(cls, values: Any, where: str, prefix: str, track: bool = True):
     """Recursively turn a mapping into dataclass ``cls``, checking keys and types. With ``track`` each
-    section records the keys written (``_written``, see :func:`_set_fields`) unless it lists all its fields."""
+    section records the keys written (``_written``, see :func:`set_fields`) unless it lists all its fields."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping, "
                           f"got {type(values).__name__}")

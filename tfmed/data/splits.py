@@ -31,7 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from tfmed.config import UNKNOWN_LABEL, SplitConfig
+from tfmed.config import UNKNOWN_LABEL, SplitConfig, set_fields
 from tfmed.data.near_duplicates import GROUP_COLUMN
 from tfmed.data.table import SPLITS, ImageTable
 from tfmed.errors import TfmedError
@@ -176,10 +176,10 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
 
 def _refuse_fractions_of_given_splits(split: np.ndarray, config: SplitConfig) -> None:
     """A fraction set to carve a split that the data source already gives would not be used: refused (0, carve
-    none, agrees with what happens)."""
+    none, agrees with what happens), also when the experiment file writes the default value."""
     given = [("test_fraction", "test")] + ([("val_fraction", "val")] if config.method == "predefined" else [])
     for name, kept in given:
-        if (split == kept).any() and 0 < getattr(config, name) != getattr(SplitConfig, name):
+        if (split == kept).any() and getattr(config, name) > 0 and name in set_fields(config):
             raise SplitError(f"split.{name} is {getattr(config, name)}, but the data source has its own {kept} "
                              f"split, which split.method {config.method} keeps; remove split.{name} (or use "
                              "split.method patient to split afresh)")
