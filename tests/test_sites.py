@@ -113,3 +113,22 @@ def test_a_kfold_run_reports_each_sites_out_of_fold_figures(tmp_path):
         assert figures["sensitivity"] == pytest.approx((called & positive).sum() / positive.sum())
         assert figures["specificity"] == pytest.approx((~called & ~positive).sum() / (~positive).sum())
     assert "pooled out-of-fold by site: north AUC" in (run / "report.html").read_text()
+
+
+def test_copies_of_training_images_at_a_held_out_site_are_logged_as_such(tmp_path, capsys):
+    """split.test_sites decides the test split, not the data source: the log says what the copies mean for an
+    external test and what to do, rather than blaming a split the source made."""
+    from tfmed.progress import configure_logging
+    from tfmed.run.experiment import split_data
+
+    manifest = write_sites(tmp_path)
+    (tmp_path / "img" / "east_0.png").write_bytes((tmp_path / "img" / "north_0.png").read_bytes())
+    config = ExperimentConfig.from_dict({"split": {"method": "patient", "test_sites": ["east"],
+                                                   "val_fraction": 0.25}})
+    configure_logging()
+    table = split_data(config, load_manifest(manifest))
+    assert (table.frame.loc[table.frame["site"] == "east", "split"] == "test").all()
+    log = capsys.readouterr().out
+    assert ("1 test image(s) are near-identical to training images (split.test_sites holds its sites' images out "
+            "whole, and these copy images of a training site") in log
+    assert "remove the copies from one site's data" in log and "a split the data source made" not in log
