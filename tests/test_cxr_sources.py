@@ -198,6 +198,9 @@ def test_chestxray14_header_and_folder_errors(nih, tmp_path):
         load_chestxray14(nih, classes=["Mass", "Pneumonitis"])
     with pytest.raises(DataSourceError, match="nowhere: image folder not found .* set data.root"):
         load_chestxray14(nih, root=tmp_path / "nowhere")
+    with pytest.raises(DataSourceError, match=f"{nih.parent}: a folder, not a file; data.path must be the "
+                                              "publisher's Data_Entry_2017.csv"):
+        load_chestxray14(nih.parent)  # the download's folder instead of its CSV
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataSourceError, match="none of the 7 images listed in .* is in this folder"):
         load_chestxray14(nih, root=tmp_path / "empty")

@@ -13,6 +13,7 @@ from tfmed.config import ConfigError, DataConfig, ExperimentConfig
 from tfmed.data.boxes import parse_boxes
 from tfmed.data.sources import load_source, parse_source_spec
 from tfmed.data.sources.vindr_cxr import FINDINGS, HEADER, load_vindr_cxr
+from tfmed.data.table import DataSourceError
 from tfmed.data.validate import DataValidationError, validate_table
 from tfmed.run.experiment import run_experiment
 
@@ -51,6 +52,10 @@ def test_vindr_cxr_reads_the_challenges_lines(tmp_path):
     assert majority.labels().tolist() == [[1, 0], [0, 0]]
     assert parse_boxes(majority.frame["boxes"][0]) == [(691, 1375, 962, 456), (1264, 743, 347, 276),
                                                        (700, 1380, 950, 440)]  # the boxes of the chosen findings
+    with pytest.raises(DataSourceError, match=r"data.min_readers is 4, but no image of .*train.csv was read by "
+                                              r"more than 3 radiologist\(s\), so no finding could be positive; "
+                                              "set it to 1-3"):
+        load_vindr_cxr(csv, min_readers=4)  # not a label error for every finding
     only = load_vindr_cxr(csv, classes=["Cardiomegaly"])
     assert len(parse_boxes(only.frame["boxes"][0])) == 2  # Cardiomegaly's two boxes, not the aorta's
     assert validate_table(table).ok is False  # no DICOM file written: each image is reported, not dropped

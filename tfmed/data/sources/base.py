@@ -236,6 +236,8 @@ def read_csv_rows(path: Path, required: tuple[str, ...], what: str,
     A ``.gz`` file is read through gzip. Fields are stripped; ``required`` columns must be in the header (all
     missing ones are named at once). A file without a data row is refused unless ``allow_empty``.
     """
+    if path.is_dir():
+        raise DataSourceError(f"{path}: a folder, not a file; data.path must be {what}")
     if not path.is_file():
         raise DataSourceError(f"{path}: not found; data.path must be {what}")
     rows = []

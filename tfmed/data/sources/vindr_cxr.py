@@ -45,7 +45,7 @@ import pandas as pd
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, box_from_corners, format_boxes
 from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values, with_fixes
-from tfmed.data.table import LABEL_PREFIX, ImageTable
+from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
 FINDINGS = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD",
@@ -100,6 +100,11 @@ def load_vindr_cxr(path: str | Path, root: str | Path | None = None, classes: li
             if finding in names:
                 image["boxes"].append((finding, _box(value, line, problems)))
         image["problems"] += problems
+    most = max((len(image["readers"]) for image in images.values()), default=0)
+    if min_readers > most:
+        raise DataSourceError(f"data.min_readers is {min_readers}, but no image of {path} was read by more than "
+                              f"{most} radiologist(s), so no finding could be positive; set it to 1-{most} "
+                              "(VinDr-CXR's training images were each read by three)")
     records = [_record(image_id, image, folder, names, min_readers) for image_id, image in images.items()]
     frame = label_frame(records, names, extra=(BOXES_COLUMN,))
     frame[BOXES_COLUMN] = frame[BOXES_COLUMN].astype("string")
