@@ -54,7 +54,7 @@ def test_a_manifest_marks_unknown_findings_with_minus_one_and_keeps_blanks_an_er
               if "file not found" not in problem.problem]
     assert [problem.row for problem in labels] == [4]
     assert "empty label in multilabel column 'mass'" in labels[0].problem
-    assert "-1 when the finding is unknown" in labels[0].fix
+    assert "-1 (or unknown) when the finding is unknown" in labels[0].fix  # both spellings it reads
 
 
 def test_label_metrics_use_only_the_cases_where_the_label_is_known():

@@ -13,6 +13,7 @@ from test_cxr_sources import nih  # noqa: F401 (the ChestX-ray14 fixture)
 from tfmed.data.sources.manifest import ManifestError, load_manifest
 from tfmed.data.sources import DataSourceError
 from tfmed.data.table import ImageTable
+from tfmed.run.cli import main
 from tfmed.data.validate import (DataValidationError, Problem, ValidationReport, apply_validation,
                                  validate_table)
 
@@ -250,6 +251,24 @@ def test_manifest_header_problems_are_listed_together(tmp_path):
         assert column in text
     assert "Columns found: file, diagnosis, patient" in text and "line 1" in text
     assert isinstance(caught.value, DataSourceError)
+
+
+def test_a_multilabel_manifest_read_with_the_default_label_column_says_where_to_list_its_columns(tmp_path, capsys):
+    path = tmp_path / "study.csv"
+    path.write_text("path,effusion,nodule,patient_id\na.png,1,0,p1\n")
+    with pytest.raises(ManifestError, match=r"column 'label' \(the label column unless data.label_columns names "
+                                            r"others\) is not in the header; .* list them in data.label_columns of "
+                                            "an experiment YAML"):
+        load_manifest(path)
+    assert main(["validate", f"manifest:{path}"]) == 2  # the command line says the same, in one line
+    assert "data.label_columns of an experiment YAML (a source string on the command line cannot set it" in \
+        capsys.readouterr().err
+    with pytest.raises(ManifestError, match="column 'finding' \\(referenced by the config\\)"):
+        load_manifest(path, label_columns=["effusion", "finding"], task="multilabel")
+    (tmp_path / "no_path.csv").write_text("file,label,patient_id\na.png,1,p1\n")
+    with pytest.raises(ManifestError, match=r"header\): column 'path' \(referenced by the config\) is not in the "
+                                            r"header\. Columns found"):
+        load_manifest(tmp_path / "no_path.csv")  # the label column is there: no word about label columns
 
 
 @pytest.mark.parametrize("separator, words", [(";", "semicolons"), ("\t", "tabs")])

@@ -114,7 +114,13 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
     if patient_column != "patient_id" and patient_column not in frame.columns:
         missing.append(patient_column)
     for column in missing:
-        header_problems.append(f"column {column!r} (referenced by the config) is not in the header")
+        if column == "label" and label_columns == ["label"]:
+            header_problems.append("column 'label' (the label column unless data.label_columns names others) is not in "
+                                   "the header; for other label columns, e.g. one 0/1 column per label of a "
+                                   "multilabel manifest, list them in data.label_columns of an experiment YAML "
+                                   "(a source string on the command line cannot set it: give the YAML instead)")
+        else:
+            header_problems.append(f"column {column!r} (referenced by the config) is not in the header")
     if task is not None and task not in ("binary", "multiclass", "multilabel"):
         header_problems.append(f"task {task!r} is not one of binary, multiclass, multilabel")
     if labelled and task == "multilabel" and not multilabel:
@@ -297,7 +303,7 @@ def _binary_column(values: pd.Series, column: str, problems) -> pd.Series:
         else:
             what = "empty label" if value == "" else f"label {value!r}"
             problems[i].append((f"{what} in multilabel column {column!r}",
-                                "write 0 or 1, or -1 when the finding is unknown for the image"))
+                                "write 0 or 1, or -1 (or unknown) when the finding is unknown for the image"))
             labels.append(pd.NA)
     return _int_series(labels)
 
