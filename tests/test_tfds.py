@@ -188,6 +188,14 @@ def test_bad_names_splits_and_settings_are_refused_with_the_fix(tmp_path, monkey
     with pytest.raises(DataSourceError, match="data.data_dir and data.manual_dir set, but data.path .* is the folder "
                                               "of a prepared data set, which is read as it is"):
         load_source(DataConfig(source="tfds", path=str(folder), data_dir="/nowhere", manual_dir="/nowhere"))
+    def no_network(self, *args, **kwargs):
+        raise ConnectionError("Max retries exceeded with url: https://zenodo.org/record/2546921")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+        with pytest.raises(DataSourceError, match=r"preparing it failed \(ConnectionError: Max retries.*tfds build "
+                                                  r"patch_camelyon .*\$TFMED_OFFLINE=1 says so at once"):
+            load_source(DataConfig(source="tfds", path="patch_camelyon", data_dir=str(tmp_path / "empty")))
     monkeypatch.setenv("TFMED_OFFLINE", "1")
     with pytest.raises(DataSourceError, match=r"not prepared in .*downloading is off.*tfds build patch_camelyon"):
         load_source(DataConfig(source="tfds", path="patch_camelyon", data_dir=str(tmp_path / "empty")))

@@ -203,7 +203,8 @@ def _builder(tfds, name: str, data_dir, manual_dir):
                               "($TFMED_OFFLINE is set). Prepare it on a machine that is online (tfds build "
                               f"{name} --data_dir DIR) and set data.data_dir to DIR")
     instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-    log(f"preparing TFDS data set {name} in {where} (once)")
+    log(f"preparing TFDS data set {name} in {where} (once; without a network TFDS retries for minutes: set "
+        "$TFMED_OFFLINE=1 there to be told at once)")
     try:
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None))
@@ -213,7 +214,8 @@ def _builder(tfds, name: str, data_dir, manual_dir):
         raise DataSourceError(f"TFDS data set {name!r} is not prepared in {where} and preparing it failed "
                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}).{manual} "
                               f"Or prepare it where the machine is online (tfds build {name} --data_dir DIR) "
-                              "and set data.data_dir to DIR.") from None
+                              "and set data.data_dir to DIR (on machines without a network, $TFMED_OFFLINE=1 "
+                              "says so at once instead of after TFDS's retries).") from None
     return builder
 
 
