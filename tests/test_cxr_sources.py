@@ -451,13 +451,16 @@ def test_rsna_a_target_0_line_with_a_box_is_a_row_problem_with_its_line(tmp_path
                    "b,,,,,0\n"
                    "b,abc,1,2,3,0\n"           # line 4: not a box, on a Target 0 line
                    "c,264.0,152.0,213.0,379.0,0\n"  # line 5: a box, on a Target 0 line
-                   "d,1,2,3,4,1\n")
+                   "d,1,2,3,4,1\n"
+                   "d,1,2,3,4,1\n")            # line 7: line 6 again, which would give d its box twice
     table = load_source(parse_source_spec(f"rsna_pneumonia:{csv}"))
     report = validate_table(table, check_images=False)
     text = report.format()
     assert ("row 3: " in text and "line 4: Target 0 with a box ('abc,1,2,3'). Fix: empty x, y, width and height "
             "as published, or write Target 1 if it is an opacity's box") in text
     assert "row 5: " in text and "line 5: Target 0 with a box ('264.0,152.0,213.0,379.0')" in text
-    assert "row 2:" not in text and "row 6:" not in text
+    assert ("row 6: " in text and "line 7 repeats line 6 exactly. Fix: remove the repeated line (each box is one "
+            "line)") in text
+    assert "row 2:" not in text
     kept = apply_validation(table, report, exclude_bad_rows=True)
-    assert kept.frame["row"].tolist() == [2, 6] and kept.excluded["row"].tolist() == [3, 5]
+    assert kept.frame["row"].tolist() == [2] and kept.excluded["row"].tolist() == [3, 5, 6]

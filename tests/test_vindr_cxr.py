@@ -69,7 +69,8 @@ def test_vindr_cxr_row_problems_name_the_line(tmp_path):
         f"{B},Pneumothorax,12,R3,10,10,10,40",         # line 5: no width
         f"{B},No finding,14,R4,1,1,5,5",               # line 6: a box on No finding
         f"{B},No finding,14,R2,,,,",                   # line 7: R2 also marked Pneumothorax
-        f"{B},ILD,5,,1,1,5,5"])                        # line 8: no radiologist
+        f"{B},ILD,5,,1,1,5,5",                         # line 8: no radiologist
+        f"{B},Pneumothorax,12,R3,10,10,10,40"])        # line 9: line 5 again
     problems = {p.problem for p in validate_table(load_vindr_cxr(csv)).problems}
     assert {"line 2: class_id '15' is not 0-14",
             "line 3: class_name 'Nodule/Mass' is not class 3's ('Cardiomegaly')",
@@ -77,7 +78,7 @@ def test_vindr_cxr_row_problems_name_the_line(tmp_path):
             "line 5: the finding's box has no area (x 10-10, y 10-40)",
             "line 6: a 'No finding' line with a box",
             "line 7: radiologist R2 gives the image both 'No finding' and a finding",
-            "line 8: empty rad_id"} <= problems
+            "line 8: empty rad_id", "line 9 repeats line 5 exactly"} <= problems
 
 
 def test_vindr_cxr_settings_are_checked(tmp_path):

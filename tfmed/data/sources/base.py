@@ -270,6 +270,24 @@ def read_csv_rows(path: Path, required: tuple[str, ...], what: str,
     return header, rows
 
 
+def repeated_lines(rows: list[tuple[int, list[str]]], each: str) -> dict[int, tuple[str, str]]:
+    """``{line: (problem, fix)}`` for each line of a publisher's CSV that repeats an earlier one field for field.
+    Where each line is one box or mask of an image (``each``), a repeated line would add it twice.
+
+    Example:
+        >>> repeated_lines([(2, ["a", "1"]), (3, ["b", "0"]), (4, ["a", "1"])], "box")
+        {4: ('line 4 repeats line 2 exactly', 'remove the repeated line (each box is one line)')}
+    """
+    first: dict[tuple[str, ...], int] = {}
+    repeats = {}
+    for line, fields in rows:
+        earlier = first.setdefault(tuple(fields), line)
+        if earlier != line:
+            repeats[line] = (f"line {line} repeats line {earlier} exactly",
+                             f"remove the repeated line (each {each} is one line)")
+    return repeats
+
+
 def row_values(fields: list[str], column: dict[str, int], width: int, problems: list) -> dict[str, str]:
     """The text of each named column in one record ("" where the line is too short); a line with fewer or
     more fields than the header is a row problem (with more, a separator written into a value shifts every

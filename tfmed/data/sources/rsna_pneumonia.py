@@ -39,7 +39,8 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, format_boxes, parse_boxes
-from tfmed.data.sources.base import SourceKind, read_csv_rows, row_values, single_label_frame, two_classes, with_fixes
+from tfmed.data.sources.base import (SourceKind, read_csv_rows, repeated_lines, row_values, single_label_frame,
+                                     two_classes, with_fixes)
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -70,10 +71,14 @@ def load_rsna_pneumonia(path: str | Path, root: str | Path | None = None,
     folder = root / IMAGES if (root / IMAGES).is_dir() else root
     column = {name: header.index(name) for name in (PATIENT,) + BOX + (TARGET,)}
     images: dict[str, dict] = {}
+    repeats = repeated_lines(rows, "box")
     for line, fields in rows:
         problems: list[tuple[str, str]] = []
         value = row_values(fields, column, len(header), problems)
         image = images.setdefault(value[PATIENT], {"row": line, "targets": set(), "boxes": [], "problems": []})
+        if line in repeats:
+            image["problems"].append(repeats[line])
+            continue
         image["problems"] += problems
         image["targets"].add(value[TARGET])
         box_text = ",".join(value[name] for name in BOX)

@@ -44,7 +44,8 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, box_from_corners, format_boxes
-from tfmed.data.sources.base import SourceKind, chosen_labels, label_frame, read_csv_rows, row_values, with_fixes
+from tfmed.data.sources.base import (SourceKind, chosen_labels, label_frame, read_csv_rows, repeated_lines, row_values,
+                                     with_fixes)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -84,10 +85,14 @@ def load_vindr_cxr(path: str | Path, root: str | Path | None = None, classes: li
     folder = root / IMAGES if (root / IMAGES).is_dir() else root
     column = {name: header.index(name) for name in (IMAGE, CLASS_NAME, CLASS_ID, READER) + BOX}
     images: dict[str, dict] = {}
+    repeats = repeated_lines(rows, "radiologist's finding")
     for line, fields in rows:
         problems: list[tuple[str, str]] = []
         value = row_values(fields, column, len(header), problems)
         image = images.setdefault(value[IMAGE], {"row": line, "readers": {}, "boxes": [], "problems": []})
+        if line in repeats:
+            image["problems"].append(repeats[line])
+            continue
         finding = _finding(value, line, problems)
         if not value[READER]:
             problems.append((f"line {line}: empty {READER}", "write the radiologist's id as published (R1 ... R17)"))
