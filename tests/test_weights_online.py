@@ -155,6 +155,18 @@ def test_file_without_published_hash_is_downloaded_unchecked(homes, served, sour
     assert path == _cache(homes) / FILE and path.read_bytes() == source_weights[0].read_bytes()
 
 
+def test_a_download_without_published_hash_that_is_no_weights_file_is_refused_and_not_kept(homes, served,
+                                                                                           monkeypatch):
+    folder, server = served
+    (folder / FILE).write_bytes(np.random.default_rng(0).bytes(5000))  # a mirror's error page, say
+    monkeypatch.delitem(W.PUBLISHED_HASHES, FILE)
+    monkeypatch.setenv("TFMED_WEIGHTS_MIRROR", server.url)
+    refusal = f"Downloading it from {server.url}{FILE} gave no weights file \\(it is not a complete HDF5 file "
+    with pytest.raises(backbones.MissingWeightsError, match=refusal + ".*nothing was kept"):
+        backbones.create(NAME, input_shape=SHAPE)
+    _assert_nothing_cached(homes)  # so the next call downloads again rather than failing on the cached copy
+
+
 def test_server_down_says_download_failed_and_where_to_put_the_file(homes, monkeypatch):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

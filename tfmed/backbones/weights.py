@@ -328,6 +328,11 @@ def get_weights_file(file_name: str, url: str, backbone: str, weights_dir=None, 
     except _DownloadFailed as failure:
         raise _missing(file_name, url, backbone, dirs,
                        f"Downloading it from {source} failed: {failure}.") from None
+    why = damaged_weights_file(target)
+    if why:  # possible only where no hash is published: an error page, a mirror's placeholder
+        target.unlink()
+        raise _missing(file_name, url, backbone, dirs, f"Downloading it from {source} gave no weights file ({why}); "
+                       "nothing was kept.")
     return target
 
 
