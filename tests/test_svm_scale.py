@@ -157,8 +157,9 @@ def test_parts_of_a_table_read_the_whole_tables_features_computed_once(tmp_path)
     assert (pooled.last_store_.shards_read, pooled.last_store_.shards_computed) == (1, 0)
 
 
-def test_a_killed_extraction_leaves_only_complete_shards(tmp_path, monkeypatch):
+def test_a_killed_extraction_leaves_only_complete_shards(tmp_path, monkeypatch, capsys):
     from tfmed.modes import feature_store
+    from tfmed.progress import configure_logging
 
     table, inputs = _table_and_inputs()
     monkeypatch.setattr(feature_store, "SHARD_ROWS", 8)
@@ -176,8 +177,11 @@ def test_a_killed_extraction_leaves_only_complete_shards(tmp_path, monkeypatch):
     shards = sorted(path.name for path in tmp_path.rglob("shard-*"))
     assert shards == ["shard-0000000000-0000000008.npy", "shard-0000000008-0000000016.npy"]
     monkeypatch.setattr(FeatureSVM, "_dataset_blocks", original)
+    configure_logging()
+    capsys.readouterr()
     resumed = small(cache_dir=str(tmp_path)).fit_tables(table, None, inputs)
     assert (resumed.last_store_.shards_read, resumed.last_store_.shards_computed) == (2, 2)
+    assert "features of 30 rows: 2 shard(s) read from the feature store, 2 computed" in capsys.readouterr().out
     fresh = small(cache_dir=str(tmp_path / "fresh")).fit_tables(table, None, inputs)
     np.testing.assert_allclose(resumed.predict_table(table, inputs), fresh.predict_table(table, inputs), atol=1e-5)
 

@@ -288,8 +288,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                 else "images")
         views = self._training_views(inputs)
         in_views = f" in {len(views)} test-time views" if len(views) > 1 else ""
-        log(f"extracting {self.backbone} features {list(_as_list(self.taps))} of {len(train)} training {what}"
-            f"{in_views} at {inputs.preprocess.image_size} px")
+        log(f"{self.backbone} features {list(_as_list(self.taps))} of {len(train)} training {what}{in_views} at "
+            f"{inputs.preprocess.image_size} px")
         parts = [self._table_blocks(train, view) for view in views]
         blocks = parts[0][0] if len(parts) == 1 else {  # one view: no copy of a possibly large block
             name: np.concatenate([part[name] for part, _ in parts]) for name in parts[0][0]}
@@ -436,6 +436,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             store = FeatureStore(self.cache_dir)
             blocks = store.get_or_compute(key, len(table), compute, share)
             self.last_store_ = store
+            if store.shards_read:
+                log(f"features of {len(table)} rows: {store.shards_read} shard(s) read from the feature store, "
+                    f"{store.shards_computed} computed")
         check_finite(blocks)
         return blocks, inputs.input_shape
 
