@@ -155,6 +155,16 @@ def test_the_parts_fix_texts_are_kept_and_a_part_without_a_split_is_named(nih, t
         ensure_splits(table, SplitConfig(method="predefined"))
 
 
+def test_an_image_listed_by_two_parts_is_named_with_the_part_that_lists_it_first(nih):
+    from tfmed.data.validate import validate_table
+
+    table = load_source(merged({"source": "chestxray14", "path": str(nih), "name": "nih"},
+                               {"source": "chestxray14", "path": str(nih), "name": "nih2"}))
+    duplicates = [p for p in validate_table(table, check_images=False).problems if "duplicate" in p.problem]
+    assert len(duplicates) == len(table) // 2  # each image of the second part, once
+    assert all(p.problem == f"duplicate: the same image as row {p.row} of site 'nih'" for p in duplicates)
+
+
 @pytest.mark.parametrize("data, message", [
     ({"parts": [{"source": "folder", "path": "a"}]}, "data.parts lists 1 source"),
     ({"path": "x", "parts": [{"source": "folder", "path": "a"}, {"source": "folder", "path": "b", "name": "b"}]},

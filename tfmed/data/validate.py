@@ -358,6 +358,15 @@ def _check_mixed_depths(depths: Counter, intensity: str | None, warn) -> None:
          "use intensity minmax (each image scaled by its own range), or convert the files to one bit depth")
 
 
+def _other_site(frame: pd.DataFrame, earlier: int, position: int) -> str:
+    """`` of site 'NAME'`` when the earlier row is of another site than this one (a merged table's parts are
+    sites, and each part numbers its own rows), else ``""``."""
+    if "site" not in frame.columns:
+        return ""
+    sites = frame["site"].iloc[[earlier, position]].astype("string").tolist()
+    return f" of site {sites[0]!r}" if not pd.isna(sites[0]) and sites[0] != sites[1] else ""
+
+
 def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_depths, check_images: bool,
                  workers: int, max_pixels: int | None) -> Counter:
     """Check each file; the count of readable files per integer bit depth."""
@@ -370,7 +379,8 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
             add(position, "no image path", "fill the path column")
         elif key in first_seen and not is_volume_path(key):  # a volume's rows are each told what it is
             earlier = frame["row"].iloc[first_seen[key]]
-            add(position, f"duplicate: the same image as row {earlier}",
+            site = _other_site(frame, first_seen[key], position)
+            add(position, f"duplicate: the same image as row {earlier}{site}",
                 "remove the repeated row (a duplicate counts the image twice and can leak it "
                 "across splits)")
         else:
