@@ -411,6 +411,24 @@ def test_missing_images_and_list_leaks_are_fixed_in_chestxray14s_own_words(nih):
         check_no_leakage(load_chestxray14(nih))
 
 
+def test_validating_an_experiment_reports_a_patient_in_two_official_lists_beside_bad_rows(nih, tmp_path, capsys):
+    """All problems at once: the run would stop on the bad row, and then on the lists' leak; both are said."""
+    from tfmed.run.cli import main
+
+    (nih.parent / "images_002/images/00000004_000.png").unlink()  # a bad row
+    (nih.parent / "test_list.txt").write_text("00000002_000.png\n00000005_000.png\n00000001_001.png\n")
+    (nih.parent / "train_val_list.txt").write_text("00000001_000.png\n00000003_000.png\n00000004_000.png\n"
+                                                   "00000006_000.png\n")
+    experiment = tmp_path / "nih.yaml"
+    experiment.write_text(f"name: nih\ndata: {{source: chestxray14, path: {nih}, classes: [Cardiomegaly]}}\n"
+                          "split: {method: predefined}\n"
+                          "model: {mode: svm, backbone: efficientnet_lite0, weights: null}\n")
+    assert main(["validate", str(experiment)]) == 1
+    out = capsys.readouterr().out
+    assert "00000004_000.png: file not found" in out
+    assert "1 (test, train). Each patient's images must be in one split" in out
+
+
 def test_missing_images_of_chexpert_and_rsna_say_where_the_source_looks(chexpert, tmp_path):
     (tmp_path / "CheXpert-v1.0-small/train/patient00002/study1/view1_frontal.jpg").unlink()
     text = validate_table(load_chexpert(chexpert), check_images=False).format()

@@ -425,6 +425,10 @@ def _cmd_validate(args) -> int:
         if usable:  # near-identical images then counted in the split the run makes
             text, table = _experiment_check(experiment, kept)
             print(text)
+        elif experiment.split.method == "predefined":  # the source's own splits, which the run would keep
+            leak = _split_leak(table)
+            if leak:
+                print(leak)
     tolerance = args.near_duplicate_rms
     if tolerance is None:
         tolerance = (experiment.split if experiment is not None else SplitConfig()).near_duplicate_rms
