@@ -70,8 +70,11 @@ def test_vindr_cxr_row_problems_name_the_line(tmp_path):
         f"{B},No finding,14,R4,1,1,5,5",               # line 6: a box on No finding
         f"{B},No finding,14,R2,,,,",                   # line 7: R2 also marked Pneumothorax
         f"{B},ILD,5,,1,1,5,5",                         # line 8: no radiologist
-        f"{B},Pneumothorax,12,R3,10,10,10,40"])        # line 9: line 5 again
-    problems = {p.problem for p in validate_table(load_vindr_cxr(csv)).problems}
+        f"{B},Pneumothorax,12,R3,10,10,10,40",         # line 9: line 5 again
+        ",ILD,5,R1,1,1,5,5"])                          # line 10: no image id
+    reported = validate_table(load_vindr_cxr(csv)).problems
+    problems = {p.problem for p in reported}
+    assert [p.problem for p in reported if p.row == 10] == ["empty image_id"]  # not also "fill the path column"
     assert {"line 2: class_id '15' is not 0-14",
             "line 3: class_name 'Nodule/Mass' is not class 3's ('Cardiomegaly')",
             "line 4: the finding's box has corners (empty), (empty), (empty), (empty), not four numbers",

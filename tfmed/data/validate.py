@@ -263,7 +263,8 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
             warn(None, f"views.center is 'volume', so the centre columns {', '.join(given)} are not used",
                  "set views.center: lesion to centre the views on them")
     elif table.images is None:
-        depths = _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels)
+        depths = _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels,
+                              source_flagged)
         _check_mixed_depths(depths, intensity, warn)
     else:
         _check_arrays(table, report, add, max_channels, allowed_bit_depths)
@@ -368,15 +369,17 @@ def _other_site(frame: pd.DataFrame, earlier: int, position: int) -> str:
 
 
 def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_depths, check_images: bool,
-                 workers: int, max_pixels: int | None) -> Counter:
-    """Check each file; the count of readable files per integer bit depth."""
+                 workers: int, max_pixels: int | None, source_flagged: np.ndarray) -> Counter:
+    """Check each file; the count of readable files per integer bit depth. A row without an image path that
+    its source reported (e.g. an empty image id) is not reported again."""
     paths = frame["image"].tolist()
     keys = [None if pd.isna(p) or str(p).strip() == "" else os.path.normpath(os.path.abspath(str(p)))
             for p in paths]
     first_seen: dict[str, int] = {}
     for position, key in enumerate(keys):
         if key is None:
-            add(position, "no image path", "fill the path column")
+            if not source_flagged[position]:
+                add(position, "no image path", "fill the path column")
         elif key in first_seen and not is_volume_path(key):  # a volume's rows are each told what it is
             earlier = frame["row"].iloc[first_seen[key]]
             site = _other_site(frame, first_seen[key], position)
