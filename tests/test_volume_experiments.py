@@ -326,8 +326,11 @@ def test_finetune_shares_one_backbone_across_views_and_pools_them(nodules, tmp_p
     with pytest.raises(TfmedError, match=r"takes inputs of shape \(3, 16, 16, 3\); .* explain_table, which lays "
                                          "its views out as one mosaic"):
         gradcam(tuner, X)
-    with pytest.raises(TfmedError, match="expects \\(n, 3, 16, 16, 3\\)"):
-        tuner.predict(X[:, 0])
+    with pytest.raises(TfmedError, match=r"have shape \(12, 16, 16, 3\); the model takes \(N, 3, 16, 16, 3\) .*give "
+                                         "3 views of 16 x 16 pixels per volume"):
+        tuner.predict(X[:, 0])  # images, not volumes of views
+    with pytest.raises(TfmedError, match=r"got shape \(3, 16, 16, 3\): one volume; add the batch axis"):
+        tuner.predict(X[0])
 
 
 def keras_pool(base, images):

@@ -672,7 +672,8 @@ class FineTuner:
                                 f"{self.image_size} first") from None
         expected = self.input_shape
         wanted = f"(N, {', '.join(map(str, expected))})"
-        if x.ndim == len(expected) and x.shape[-1] in (1, 3):
+        one = x.shape == expected if self.views else x.ndim == len(expected) and x.shape[-1] in (1, 3)
+        if one:
             raise FinetuneError(f"{what} must be a batch {wanted}, got shape {x.shape}: one "
                                 f"{'volume' if self.views else 'image'}; add the batch axis (X[None])")
         if x.ndim == len(expected):  # grey images without a channel axis
@@ -680,9 +681,11 @@ class FineTuner:
         if x.ndim == len(expected) + 1 and x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
         if x.shape[1:] != expected:
+            size = f"{self.image_size} x {self.image_size}"
             raise FinetuneError(f"{what} have shape {np.shape(images)}; the model takes {wanted} (grey images "
-                                f"without the channel axis or with 1 channel are repeated to R, G, B): resize "
-                                f"them to {self.image_size} x {self.image_size}")
+                                "without the channel axis or with 1 channel are repeated to R, G, B): "
+                                + (f"give {self.views} views of {size} pixels per volume" if self.views
+                                   else f"resize them to {size}"))
         check_images(x, what)
         return x
 
