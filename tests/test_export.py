@@ -252,3 +252,23 @@ def test_ids_inside_file_names_are_replaced_by_what_each_row_says_and_searched_f
     write_manifest(run)
     with pytest.raises(ExportError, match=r"out2/model/notes.txt: still holds a patient id in its text"):
         export_run(run, tmp_path / "out2", anonymise=True)
+
+
+def test_a_file_named_after_an_image_whose_short_id_adjoins_letters_is_renamed_as_its_row_says(tmp_path):
+    """Patient 16's image IMG16x12.png: its overlay 002_TN_IMG16x12.png and the table naming that overlay."""
+    run = tmp_path / "runs" / "demo" / "20260101-000000"
+    (run / "model").mkdir(parents=True)
+    (run / "explanations").mkdir()
+    (run / "model" / "weights.npy").write_bytes(b"\x93NUMPY")
+    image = f"{tmp_path}/data/img/IMG16x12.png"
+    (run / "config.yaml").write_text(f"name: demo\ndata:\n  path: {tmp_path}/data\n")
+    pd.DataFrame({"image": [image], "patient_id": ["16"], "label": [0]}).to_csv(run / "splits.csv", index=False)
+    (run / "explanations" / "002_TN_IMG16x12.png").write_bytes(b"\x89PNG")
+    pd.DataFrame({"file": [image], "overlay": ["002_TN_IMG16x12.png"]}).to_csv(run / "explanations.csv",
+                                                                                 index=False)
+    write_manifest(run)
+    out = export_run(run, tmp_path / "out", anonymise=True, salt="s")
+    stem = f"IMG{pseudonym('16', 's')}x12"
+    assert [p.name for p in (out / "explanations").iterdir()] == [f"002_TN_{stem}.png"]
+    assert pd.read_csv(out / "explanations.csv")["overlay"].tolist() == [f"002_TN_{stem}.png"]
+    assert not [p for p in _files(out) if "IMG16x12" in p.name or b"IMG16x12" in p.read_bytes()]

@@ -152,6 +152,12 @@ class _Rewriter:
         self.hashes, self.folders, self.ids, self.paths = hashes, folders, _Ids(hashes), paths or {}
         names = "|".join(re.escape(f) for f in sorted(folders, key=len, reverse=True))
         self.pattern = re.compile(rf"(?<![\w.-])({names})(?:(/)|(?![\w-]|\.\w))") if folders else None
+        # the file names of those image paths without their suffix, as other names carry them (an overlay
+        # 002_TN_IMG16x12.png of IMG16x12.png): there a short id adjoining letters is told by its row only
+        self.stems = {PurePosixPath(old).stem: PurePosixPath(new).stem for old, new in self.paths.items()
+                      if PurePosixPath(old).stem != PurePosixPath(new).stem}
+        stems = "|".join(re.escape(s) for s in sorted(self.stems, key=len, reverse=True))
+        self.stem_pattern = re.compile(rf"(?<![A-Za-z0-9])({stems})(?![A-Za-z0-9])") if self.stems else None
 
     def ids_in(self, text: str, context: bool = True) -> str:
         pieces, last = [], 0
@@ -164,10 +170,14 @@ class _Rewriter:
         short = self.folders[match.group(1)]
         return ("" if short == "." else short + "/") if match.group(2) else short
 
+    def stems_in(self, text: str) -> str:
+        """``text`` with the images' file names (without suffix) that :func:`_row_paths` changed replaced."""
+        return self.stem_pattern.sub(lambda m: self.stems[m.group()], text) if self.stem_pattern else text
+
     def __call__(self, text: str) -> str:
         if self.paths:  # image paths whose ids only their rows could tell (see _row_paths)
             text = self.paths.get(text) or _PATH_TOKEN.sub(lambda m: self.paths.get(m.group(), m.group()), text)
-        return self.ids_in(self.pattern.sub(self._folder, text) if self.pattern else text)
+        return self.ids_in(self.stems_in(self.pattern.sub(self._folder, text) if self.pattern else text))
 
 
 def _row_paths(frames: dict[Path, pd.DataFrame], hashes: dict[str, str], folders: dict[str, str]) -> dict[str, str]:
@@ -248,7 +258,7 @@ def _anonymise(copy: Path, run_dir: Path, salt: str, out: Path) -> None:
         if Path(folder).relative_to(copy).parts[:1] == (KEPT,):
             continue
         for name in names + folders:
-            new = rewrite.ids_in(name, context=False)
+            new = rewrite.ids_in(rewrite.stems_in(name), context=False)
             if new != name and not (Path(folder) / new).exists():
                 os.rename(Path(folder) / name, Path(folder) / new)
                 renamed += 1
@@ -436,12 +446,14 @@ def _check_nothing_leaked(copy: Path, ids: set[str], rewrite: _Rewriter, out: Pa
     for path in sorted(copy.rglob("*")):
         relative, where = path.relative_to(copy), None
         kept = relative.parts[0] == KEPT
-        if any(next(text_ids.find(part), None) for part in relative.parts):
+        if any(next(text_ids.find(part), None) or rewrite.stem_pattern and rewrite.stem_pattern.search(part)
+               for part in relative.parts):
             where = "a patient id in its name"
         elif path.is_file():
             kind, value = _content(path)
             texts = _texts(kind, value)
-            if any(next(text_ids.find(t), None) for t in texts):
+            if any(next(text_ids.find(t), None) or rewrite.stem_pattern and rewrite.stem_pattern.search(t)
+                   for t in texts):
                 where = "a patient id in its text"
             elif kind == "bytes" and next(byte_ids.find(value.decode("latin-1")), None):
                 where = "a patient id in its bytes"
