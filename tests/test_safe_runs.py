@@ -255,6 +255,7 @@ def test_a_run_killed_before_its_model_says_it_did_not_finish(runs, tmp_path, ca
         assert cli.main(command) == 2
         error = capsys.readouterr().err
         assert f"{killed}: this run did not finish (it has no model/" in error and "tfmed runs" in error
+        assert f"Finish it with tfmed run --resume {killed} if it is not running" in error
         assert "not a tfmed run directory" not in error
 
 
@@ -309,6 +310,9 @@ def test_a_run_that_stops_before_its_model_says_why_to_every_command(runs, tmp_p
         assert cli.main(command) == 2, command
         err = capsys.readouterr().err
         assert "stopped before it" in err and reason in err and "FAILED.txt" in err, (command, err)
+        # and says what FAILED.txt says to do: resume it, or fix what tfmed refused
+        assert (f"finish it with tfmed run --resume {stopped}" in err) is resumable, (command, err)
+        assert ("a resume on the same ones would refuse them again" in err) is not resumable, (command, err)
 
 
 def test_a_runs_dir_given_holds_the_run_its_feature_cache_and_config(tmp_path):

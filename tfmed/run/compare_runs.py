@@ -30,7 +30,7 @@ import pandas as pd
 from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import paired_tests
 from tfmed.evaluation.report import predictions_column
-from tfmed.run.manifest import FAILED_FILE, check_run, failure_reason
+from tfmed.run.manifest import FAILED_FILE, check_run, failed_next_step, failure_reason
 from tfmed.run.rundir import run_working_dir
 
 SPLITS = ("val", "test")
@@ -89,7 +89,7 @@ def _check_directory(path: Path) -> Path:
     reason = failure_reason(path)
     if missing and reason is not None:
         raise CompareRunsError(f"{path}: this run stopped before it finished, with {reason} (see {FAILED_FILE}); "
-                               "run the experiment again")
+                               f"{failed_next_step(path)}")
     if missing:
         raise CompareRunsError(f"{path}: no {' or '.join(missing)}; pass a run directory (runs/NAME/TIMESTAMP) "
                                "or an evaluation directory written by tfmed evaluate")

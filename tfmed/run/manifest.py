@@ -146,6 +146,21 @@ def failure_reason(directory: str | Path) -> str | None:
     return lines[0] if lines else "(no reason recorded)"
 
 
+def failed_next_step(directory: str | Path) -> str:
+    """What its ``FAILED.txt`` says to do about a run that stopped (see :func:`next_step`), with a lower-case
+    first letter, for the end of another message.
+
+    Example:
+        >>> failed_next_step("runs/demo/no-such-run")
+        'run the experiment again'
+    """
+    path = Path(directory) / FAILED_FILE
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    _, found, rest = text.partition("its files are incomplete. ")
+    step = rest.split("\n", 1)[0].rstrip(".") if found else ""
+    return step[:1].lower() + step[1:] if step else "run the experiment again"
+
+
 def read_manifest(directory: str | Path) -> dict[str, str]:
     """``{relative path: digest}`` from a run's manifest.
 

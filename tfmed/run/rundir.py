@@ -23,7 +23,7 @@ from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.errors import TfmedError
-from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, MANIFEST_FILE, failure_reason
+from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, MANIFEST_FILE, failed_next_step, failure_reason
 
 
 class RunDirectoryError(TfmedError):
@@ -212,14 +212,15 @@ def resolve_run_dir(path: str | Path) -> Path:
     reason = failure_reason(path)
     if reason is not None and not (path / "model").is_dir():
         raise RunDirectoryError(f"{path}: this run stopped before it saved a model, with {reason} (see "
-                                f"{FAILED_FILE}); run the experiment again")
+                                f"{FAILED_FILE}); {failed_next_step(path)}")
     if (path / "config.yaml").is_file() and not (path / "model").is_dir():
         raise RunDirectoryError(f"{path}: a layer sweep ({SWEEP_FILE} of tfmed sweep-layers), not a run: it "
                                 "has no model; pass a run directory such as runs/NAME/TIMESTAMP"
                                 if (path / SWEEP_FILE).is_file() else
                                 f"{path}: this run did not finish (it has no model/; it was stopped or killed "
                                 "before it saved one, or is still running); tfmed runs lists each run's state. "
-                                "Run the experiment again, or pass a finished run")
+                                f"Finish it with tfmed run --resume {path} if it is not running, run the "
+                                "experiment again, or pass a finished run")
     if not (path / "config.yaml").is_file() or not (path / "model").is_dir():
         raise RunDirectoryError(f"{path}: not a tfmed run directory (it needs config.yaml and model/); "
                                  "pass a directory such as runs/NAME/TIMESTAMP")
