@@ -282,6 +282,20 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, capsys, monkey
     assert captured.err == "tfmed: interrupted (Ctrl-C)\n" and "Traceback" not in captured.out
 
 
+def test_a_reader_that_stops_early_ends_the_command_without_an_error(capsys, monkeypatch):
+    """tfmed backbones | head -1: the rest of the listing has nowhere to go, which is no error of tfmed's."""
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["backbones"]) == 141
+    assert capsys.readouterr().err == ""  # not "tfmed: error: [Errno 32] Broken pipe"
+
+
 @pytest.mark.slow
 def test_the_cli_keeps_tensorflow_start_up_noise_off_the_terminal():
     result = subprocess.run([sys.executable, "-m", "tfmed.run.cli", "backbones"], capture_output=True, text=True,

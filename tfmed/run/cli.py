@@ -33,6 +33,7 @@ from tfmed.progress import configure_logging, native_stderr_captured, progress_o
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RECALIBRATIONS = typing.get_args(RecalibrationMethod)  # none first
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+BROKEN_PIPE = 141  # the exit status of a command whose reader stopped early (128 + SIGPIPE), as shells report it
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -203,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import_tensorflow_quietly()
         return COMMANDS[args.verb](args)
+    except BrokenPipeError:  # the reader of standard output stopped early (tfmed backbones | head -1): no error
+        try:  # what Python would still flush at exit goes nowhere, rather than failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # a standard output without a file descriptor
+            pass
+        return BROKEN_PIPE
     except (TfmedError, OSError) as error:  # the user's data, config or files (a full disk, a file as folder)
         print(f"tfmed: error: {error}", file=sys.stderr)
         return 2
