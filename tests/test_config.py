@@ -88,6 +88,10 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         ExperimentConfig.from_yaml(bad)
+    bad.write_text("name: demo\ndata:\n  source: folder\n    path: x\n")  # path indented under source
+    with pytest.raises(ConfigError) as caught:
+        ExperimentConfig.from_yaml(bad)
+    assert str(caught.value) == f"{bad}: not valid YAML at line 4, column 9: mapping values are not allowed here"
     listing = tmp_path / "list.yaml"
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):

@@ -1590,6 +1590,25 @@ def _check_unique_keys(node, where: str, seen: set) -> None:
             _check_unique_keys(value_node, key, seen)
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: where (line and column from 1) and what.
+
+    Example:
+        >>> try:
+        ...     yaml.safe_load("a: 1\\n  b: 2")
+        ... except yaml.YAMLError as error:
+        ...     print(_yaml_problem(error))
+         at line 2, column 4: mapping values are not allowed here
+    """
+    mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+    if mark is None or not problem:
+        return ": " + " ".join(str(error).split())
+    context, begun = getattr(error, "context", None), getattr(error, "context_mark", None)
+    where = f" begun at line {begun.line + 1}, column {begun.column + 1}" if context and begun is not None else ""
+    return (f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+            + (f" ({context}{where})" if context else ""))
+
+
 def _read_mapping(path: Path) -> dict:
     """The YAML mapping in ``path``; errors name the file."""
     try:
@@ -1602,7 +1621,7 @@ def _read_mapping(path: Path) -> dict:
     try:
         values = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(error)}") from None
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
     if values is None and not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines()):
