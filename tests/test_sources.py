@@ -343,6 +343,11 @@ def test_a_split_fragment_on_a_source_that_takes_none_is_named_not_called_missin
         load_source(parse_source_spec(f"chestxray14:{csv}#test"))
     with pytest.raises(DataSourceError, match="not found"):
         load_source(parse_source_spec(f"chestxray14:{tmp_path / 'other.csv'}#test"))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,patient_id,split\na.png,0,p1,test\n")
+    with pytest.raises(DataSourceError, match=r"m.csv#test: data.source 'manifest' takes no #test fragment \(it "
+                                              "reads each row's split from the manifest's split column, if any\)"):
+        load_source(parse_source_spec(f"manifest:{manifest}#test"))  # not "the publisher's files"
 
 
 def test_folder_source_needs_a_folder(tmp_path):

@@ -172,8 +172,11 @@ def load_source(config: DataConfig, base_dir: str | Path | None = None) -> Image
     if not path.exists() and not kind.names_data_set:
         unsplit, _, fragment = str(path).rpartition("#")
         if unsplit and Path(unsplit).exists():  # a #SPLIT fragment where this kind takes none
-            raise DataSourceError(f"{config.path}: data.source {config.source!r} takes no #{fragment} fragment (it "
-                                  "reads its split from the publisher's files, if any); give the path without it")
+            why = {"manifest": "it reads each row's split from the manifest's split column, if any",
+                   "folder": "it gives no split: split.method makes them"}.get(
+                config.source, "it reads its split from the publisher's files, if any")
+            raise DataSourceError(f"{config.path}: data.source {config.source!r} takes no #{fragment} fragment "
+                                  f"({why}); give the path without it")
         raise DataSourceError(f"{path}: not found. data.source {config.source!r} expects "
                               + kind.expects + _extra(config))
     if kind.needs_folder and not path.is_dir():
