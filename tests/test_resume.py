@@ -56,7 +56,7 @@ def test_a_resume_refuses_an_edited_config_changed_data_and_a_second_process(sto
     assert (run / FAILED_FILE).is_file()                          # nothing was touched by the refusals
 
 
-def test_a_resumed_run_keeps_its_first_start_and_command_and_counts_its_whole_time(stopped):
+def test_a_resumed_run_keeps_its_first_start_and_command_and_counts_its_whole_time(stopped, capsys):
     run, _ = stopped
     assert "tfmed run --resume" in (run / FAILED_FILE).read_text()
     before = json.loads((run / "environment.json").read_text())
@@ -69,6 +69,8 @@ def test_a_resumed_run_keeps_its_first_start_and_command_and_counts_its_whole_ti
     (run / "environment.json").write_text(json.dumps(before))
     os.utime(run / "environment.json", (began + 5, began + 5))
     assert cli.main(["run", "--resume", str(run)]) == 0
+    assert f"resuming {run}: a fine-tune continues from its last completed epoch, an SVM fits again from the " \
+        "feature store" in capsys.readouterr().out  # this run's one model is an SVM
     after = json.loads((run / "environment.json").read_text())
     assert (after["started"], after["command"]) == (before["started"], before["command"])
     assert len(after["resumed"]) == 1 and after["resumed"][0]["started"] >= before["started"]

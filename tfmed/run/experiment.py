@@ -378,7 +378,8 @@ def resume_experiment(run_dir: str | Path) -> Path:
         inputs = run_inputs(config, table)
         earlier = _record_resume(run_dir, environment, started)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
-        log(f"resuming {run_dir}: each fine-tune continues from its last completed epoch")
+        log(f"resuming {run_dir}: a fine-tune continues from its last completed epoch, an SVM fits again from the "
+            "feature store")
         _fill_or_record(run_dir, config, table, inputs, started - earlier)
     return run_dir
 
