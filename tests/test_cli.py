@@ -216,6 +216,15 @@ def test_sweep_layers_prints_bar_style_table(tmp_path, capsys):
         assert word in out
     saved = list((tmp_path / "runs" / "tiny_sweep").glob("*/layer_sweep.csv"))
     assert len(saved) == 1
+    # --runs-dir, as for tfmed run: the sweep's folder, its feature cache and its stored config.yaml go there
+    assert main(["sweep-layers", str(config), "--taps", "early", "middle", "--runs-dir", str(tmp_path / "mine")]) == 0
+    mine = list((tmp_path / "mine" / "tiny_sweep").glob("*/layer_sweep.csv"))
+    assert len(mine) == 1 and (tmp_path / "mine" / ".feature_cache").is_dir()
+    assert yaml.safe_load((mine[0].parent / "config.yaml").read_text())["runs_dir"] == str(tmp_path / "mine")
+    assert len(list((tmp_path / "runs" / "tiny_sweep").iterdir())) == 1  # nothing more in the config's folder
+    (tmp_path / "afile").write_text("")
+    assert main(["sweep-layers", str(config), "--runs-dir", str(tmp_path / "afile")]) == 2
+    assert "afile" in capsys.readouterr().err
 
 
 def test_sweep_layers_refuses_finetune_configs(tmp_path, capsys):

@@ -160,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     sweep = verbs.add_parser("sweep-layers", help="compare SVM features from each backbone tap")
     sweep.add_argument("config", help="experiments/NAME.yaml (svm mode)")
     sweep.add_argument("--taps", nargs="+", default=None, help="taps to compare (default: early middle late)")
+    sweep.add_argument("--runs-dir", default=None,
+                       help="where the sweep's folder goes (default: config's runs_dir), as for tfmed run")
 
     runs = verbs.add_parser("runs", help="list the runs under a folder: finished, failed (and why), incomplete or "
                                         "damaged (and why), with their val and test AUC")
@@ -558,7 +560,7 @@ def _cmd_sweep(args) -> int:
     from tfmed.run.sweep import sweep_experiment
 
     config = ExperimentConfig.from_yaml(args.config)
-    table, path = sweep_experiment(config, taps=args.taps)
+    table, path = sweep_experiment(config, taps=args.taps, runs_dir=args.runs_dir)
     print(table)
     print(f"saved {path}")
     return 0

@@ -290,6 +290,17 @@ def check_subgroups(subgroups: list[str], table: ImageTable, where: str,
                           f"ViewPosition: DICOM folders, SIIM-ACR) give them. {fix}")
 
 
+def in_runs_dir(config: ExperimentConfig, runs_dir: str | Path | None) -> ExperimentConfig:
+    """``config`` with ``runs_dir`` as its runs folder (``config`` itself for None, and never changed), so that
+    the run or sweep, its feature cache and its stored config.yaml all go there.
+
+    Example:
+        >>> in_runs_dir(ExperimentConfig(), "/tmp/runs").runs_dir
+        '/tmp/runs'
+    """
+    return config if runs_dir is None else dataclasses.replace(config, runs_dir=str(runs_dir))
+
+
 def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None) -> Path | None:
     """Run ``config`` end to end; return the new run directory (None on a worker other than worker 0
     under ``model.svm.strategy: multiworker``, see :func:`extract_across_workers`).
@@ -298,8 +309,7 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
         >>> run_dir = run_experiment(ExperimentConfig.from_yaml("experiments/pneumonia_mnist.yaml"))  # doctest: +SKIP
     """
     started = time.time()
-    if runs_dir is not None:  # the feature cache and the stored config.yaml follow the runs folder given
-        config = dataclasses.replace(config, runs_dir=str(runs_dir))
+    config = in_runs_dir(config, runs_dir)
     multiworker = config.multiworker
     if multiworker:
         from tfmed.training.distribute import strategy

@@ -22,14 +22,22 @@ from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.modes import FeatureSVM, get_mode
 from tfmed.modes.sweep import format_sweep, save_sweep, sweep_columns, sweep_tables
 from tfmed.progress import log
-from tfmed.run.experiment import prepare_data, run_inputs
-from tfmed.run.rundir import SWEEP_FILE, environment_info, new_run_dir
+from tfmed.run.experiment import in_runs_dir, prepare_data, run_inputs
+from tfmed.run.rundir import SWEEP_FILE, check_runs_dir, environment_info, new_run_dir
 
 DEFAULT_TAPS = ("early", "middle", "late")
 
 
-def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None) -> tuple[str, Path]:
-    """Run the layer sweep; return the printable table and the saved CSV path."""
+def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None,
+                     runs_dir: str | Path | None = None) -> tuple[str, Path]:
+    """Run the layer sweep; return the printable table and the saved CSV path (in a new folder
+    ``RUNS/NAME_sweep/TIMESTAMP`` of the config's runs folder, or of ``runs_dir`` when given).
+
+    Example:
+        >>> table, path = sweep_experiment(ExperimentConfig.from_yaml("experiments/pneumonia_mnist_svm.yaml"),
+        ...                                runs_dir="/tmp/sweeps")  # doctest: +SKIP
+    """
+    config = in_runs_dir(config, runs_dir)
     if get_mode(config.model.mode) is not FeatureSVM:
         raise ConfigError(f"{config.name}: sweep-layers compares SVM features; set model.mode: svm")
     if config.model.svm.strategy == "multiworker":
@@ -42,6 +50,7 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     taps = list(taps or DEFAULT_TAPS)
     fusions = [taps[-2:]] if len(taps) >= 2 else []
     sweep_columns(config.model.backbone, taps, fusions)  # the taps, before any data is read
+    check_runs_dir(config.runs_dir)
     section = "data.task" if config.data.task else f"data.source {config.data.source.split(':')[0]}"
     _refuse_non_binary(config, config.data.task_before_data(), section)
     table = prepare_data(config)
