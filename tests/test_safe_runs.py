@@ -209,9 +209,18 @@ def test_tfmed_runs_lists_finished_failed_and_incomplete_runs(runs, tmp_path, ca
     (damaged / "metrics.json").write_text((runs[0] / "metrics.json").read_text()[:300])
     garbled = shutil.copytree(runs[0], tmp_path / "copies" / "garbled")
     (garbled / MANIFEST_FILE).write_text("not a manifest\n")
+    # a model file lost, or one added: found without hashing every file (evaluate then names them too)
+    lost = shutil.copytree(runs[0], tmp_path / "copies" / "lost")
+    gone = sorted(p for p in (lost / "model").rglob("*") if p.is_file())[0]
+    gone.unlink()
+    added = shutil.copytree(runs[0], tmp_path / "copies" / "added")
+    (added / "model" / "extra.bin").write_bytes(b"x")
     statuses = list_runs(tmp_path / "copies").set_index("run")
     assert statuses.loc[damaged.as_posix(), "status"] == "damaged: metrics.json changed since the run wrote it"
     assert statuses.loc[garbled.as_posix(), "status"] == "damaged: MANIFEST.sha256 unreadable (the manifest is damaged)"
+    assert statuses.loc[lost.as_posix(), "status"] == f"damaged: {gone.relative_to(lost).as_posix()} missing"
+    assert statuses.loc[added.as_posix(), "status"] == ("damaged: model/extra.bin added to the run (absent from "
+                                                        "MANIFEST.sha256)")
     assert statuses[["val_auc", "test_auc"]].isna().all().all()
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from tfmed.run.manifest import (FAILED_FILE, MANIFEST_FILE, RunIntegrityError, failure_reason, listed_file_problem,
-                                read_manifest)
+                                read_manifest, strays)
 from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError, json_object
 
 COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
@@ -69,9 +69,10 @@ def _run_dirs(root: Path):
 
 
 def _damage(run: Path) -> str | None:
-    """Why a finished run's figures cannot be trusted: its manifest unreadable, or ``metrics.json`` or
-    ``config.yaml`` missing or changed since the run listed them (None when they are as written; the
-    other files are checked by ``tfmed evaluate`` and the commands that read them)."""
+    """Why a finished run's figures cannot be trusted: its manifest unreadable, ``metrics.json`` or
+    ``config.yaml`` missing or changed since the run listed them, another listed file missing, or a file
+    added to ``model/`` (None when they are as written; the other files' contents are hashed by ``tfmed
+    evaluate`` and the commands that read them, so that the listing stays quick)."""
     try:
         entries = read_manifest(run)
     except RunIntegrityError as error:
@@ -82,7 +83,11 @@ def _damage(run: Path) -> str | None:
             return f"{name} changed since the run wrote it"
         if problem:  # missing, or not listed
             return f"{name} missing"
-    return None
+    missing = next((name for name in entries if not (run / name).is_file()), None)
+    if missing:
+        return f"{missing} missing"
+    added = strays(run, entries)
+    return f"{added[0]} added to the run (absent from {MANIFEST_FILE})" if added else None
 
 
 def _experiment_name(run: Path) -> str | None:

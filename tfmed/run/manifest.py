@@ -235,11 +235,21 @@ def verify_run(directory: str | Path) -> str:
             raise RunIntegrityError(f"{directory / name}: changed since the run wrote it (its SHA-256 differs from "
                                     f"{MANIFEST_FILE}); restore the original file, or pass --no-verify to "
                                     "read it anyway")
-    for name in _listed_files(directory):
-        if name.split("/")[0] in STRICT_FOLDERS and name not in entries:
-            raise RunIntegrityError(f"{directory / name}: not part of the run (absent from {MANIFEST_FILE}); "
-                                    "remove it, or pass --no-verify")
+    for name in strays(directory, entries):
+        raise RunIntegrityError(f"{directory / name}: not part of the run (absent from {MANIFEST_FILE}); "
+                                "remove it, or pass --no-verify")
     return file_digest(directory / MANIFEST_FILE)
+
+
+def strays(directory: str | Path, entries: dict[str, str]) -> list[str]:
+    """The files in a run's ``model/`` that its manifest's ``entries`` do not list (added after the run).
+
+    Example:
+        >>> strays(Path("runs/demo/1"), {})
+        []
+    """
+    directory = Path(directory)
+    return [name for name in _listed_files(directory) if name.split("/")[0] in STRICT_FOLDERS and name not in entries]
 
 
 def check_run(directory: str | Path, verify: bool = True) -> None:
