@@ -235,8 +235,9 @@ def verify_run(directory: str | Path) -> str:
             raise RunIntegrityError(f"{directory / name}: changed since the run wrote it (its SHA-256 differs from "
                                     f"{MANIFEST_FILE}); restore the original file, or pass --no-verify to "
                                     "read it anyway")
-    for name in strays(directory, entries):
-        raise RunIntegrityError(f"{directory / name}: not part of the run (absent from {MANIFEST_FILE}); "
+    added = strays(directory, entries)
+    if added:
+        raise RunIntegrityError(f"{directory / added[0]}: not part of the run (absent from {MANIFEST_FILE}); "
                                 "remove it, or pass --no-verify")
     return file_digest(directory / MANIFEST_FILE)
 
