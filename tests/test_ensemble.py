@@ -411,6 +411,26 @@ def test_tfmed_ensemble_refuses_runs_on_different_splits(two_runs, tiny_source, 
     assert not (tmp_path / "x" / "model").exists()
 
 
+@pytest.mark.slow
+def test_tfmed_ensemble_refuses_runs_whose_images_carry_other_labels(two_runs, tmp_path, capsys):
+    """The same image ids, splits and order, but another file behind them (MedMNIST ids name the file's base
+    name only): one val label differs, so the runs' scores are of different images and are not combined."""
+    from tfmed.run.manifest import write_manifest
+
+    other = shutil.copytree(two_runs[1], tmp_path / "other")
+    splits = pd.read_csv(other / "splits.csv", keep_default_na=False, dtype=str)
+    row = int(np.flatnonzero(splits["split"] == "val")[3])
+    splits.loc[row, "label"] = {"0": "1", "1": "0"}[splits.loc[row, "label"]]
+    splits.to_csv(other / "splits.csv", index=False)
+    write_manifest(other)
+    assert main(["ensemble", str(two_runs[0]), str(other), "--output", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    image = splits.loc[row, "image"]
+    assert (f"{other} does not share the split of {two_runs[0]} (row {row + 1}: {image} in val labelled "
+            f"{splits.loc[row, 'label']}, against {image} in val labelled") in error
+    assert not (tmp_path / "x").exists()
+
+
 def test_tfmed_ensemble_refuses_stacking_and_a_single_run(tmp_path, capsys):
     assert main(["ensemble", "a", "b", "--combine", "stacking", "--output", str(tmp_path / "x")]) == 2
     assert "out-of-fold training scores" in capsys.readouterr().err

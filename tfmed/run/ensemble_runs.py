@@ -28,7 +28,7 @@ import pandas as pd
 
 from tfmed.config import MODE_SECTIONS, EnsembleConfig, ExperimentConfig, MemberConfig, ModelConfig, choices
 from tfmed.data.pipeline import ImageInputs
-from tfmed.data.table import ImageTable
+from tfmed.data.table import LABEL_PREFIX, ImageTable
 from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.recalibration import RecalibrationError, check_method
@@ -141,8 +141,14 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     return out
 
 
+def _split_rows(run: Path) -> pd.DataFrame:
+    """A run's ``splits.csv``: each row's image, split and label(s), which runs combined must share."""
+    return pd.read_csv(run / "splits.csv", usecols=lambda c: c in ("image", "split", "label")
+                       or c.startswith(LABEL_PREFIX), keep_default_na=False, dtype=str)
+
+
 def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models: list[TrainedModel]) -> None:
-    reference = pd.read_csv(runs[0] / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+    reference = _split_rows(runs[0])
     for run, config, model in zip(runs, configs, models):
         if config.model.mode not in choices(MemberConfig, "mode"):
             raise EnsembleRunsError(f"{run} is itself a combination (model.mode {config.model.mode}); combine "
@@ -151,7 +157,7 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
         if config.split.method == "kfold":
             raise EnsembleRunsError(f"{run} used split.method kfold, so it has no validation scores to choose "
                                     "thresholds on; combine runs made with a validation split")
-        splits = pd.read_csv(run / "splits.csv", usecols=["image", "split"], keep_default_na=False)
+        splits = _split_rows(run)
         if len(splits) != len(reference) or not splits.equals(reference):
             differ = _first_difference(reference, splits)
             raise EnsembleRunsError(f"{run} does not share the split of {runs[0]} ({differ}); only runs made on "
@@ -192,11 +198,22 @@ def _refuse_repeated_runs(runs: list[Path]) -> None:
 
 
 def _first_difference(reference: pd.DataFrame, other: pd.DataFrame) -> str:
-    if len(reference) != len(other):
-        return f"{len(other)} rows against {len(reference)}"
+    """Where two runs' split rows (:func:`_split_rows`) first differ, in words.
+
+    Example:
+        >>> a = pd.DataFrame({"image": ["x.png"], "split": ["val"], "label": ["0"]})
+        >>> _first_difference(a, a.assign(label=["1"]))
+        'row 1: x.png in val labelled 1, against x.png in val labelled 0'
+    """
+    if len(reference) != len(other) or list(reference.columns) != list(other.columns):
+        return (f"{len(other)} rows against {len(reference)}" if len(reference) != len(other) else
+                f"label columns {list(other.columns[2:])} against {list(reference.columns[2:])}")
     row = int(np.flatnonzero((reference.to_numpy() != other.to_numpy()).any(axis=1))[0])
-    return (f"row {row + 1}: {other.iloc[row]['image']} in {other.iloc[row]['split']}, against "
-            f"{reference.iloc[row]['image']} in {reference.iloc[row]['split']}")
+
+    def described(frame):
+        labels = ", ".join(frame.iloc[row][name] for name in frame.columns if name not in ("image", "split"))
+        return f"{frame.iloc[row]['image']} in {frame.iloc[row]['split']} labelled {labels}"
+    return f"row {row + 1}: {described(other)}, against {described(reference)}"
 
 
 def _member_names(runs: list[Path], configs: list[ExperimentConfig]) -> list[str]:
