@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tfmed.evaluation.intervals import PERMUTATION_TEST
 from tfmed.evaluation import delong_auc_ci, delong_test, macro_auc_test, write_predictions
 from tfmed.run.cli import main
 from tfmed.run.compare_runs import CompareRunsError, compare_runs
@@ -53,6 +54,7 @@ def test_binary_runs_get_the_paired_delong_test_per_split(tmp_path, capsys):
     assert test["difference"] < -0.2 and test["p_value"] == pytest.approx(expected["p_value"], abs=1e-4)
     _, lo, hi = delong_auc_ci(y[20:], weak[20:])
     assert test["auc_ci"] == f"{lo:.3f}-{hi:.3f}"
+    assert list(table["test"]) == ["delong", "delong"]
     # an existing file is never overwritten; a missing folder is made
     assert main(["compare", str(a), str(b), "--output", str(out)]) == 2
     assert f"--output {out} already exists; comparisons never overwrite a file" in capsys.readouterr().err
@@ -192,3 +194,22 @@ def test_an_output_inside_a_compared_directory_is_refused(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"--output {b / 'predictions.csv'}: inside the run directory {b}" in error and "outside it" in error
     assert (b / "predictions.csv").read_bytes() == before
+
+
+def test_a_p_value_from_the_permutation_test_is_named_as_such(tmp_path, capsys):
+    """Two cases: DeLong's variance is 0, so the p-value comes from swapping the scores; the table, the CSV and
+    an ensemble's member sentences say so rather than calling it DeLong's."""
+    from tfmed.evaluation.comparison import compare_to_members, comparison_sentences
+
+    ids, y = ["a.png", "b.png"], np.array([0, 1])
+    a = _saved(tmp_path / "a", "binary", ["n", "p"], {"test": (ids, y, np.array([0.2, 0.8]))})
+    b = _saved(tmp_path / "b", "binary", ["n", "p"], {"test": (ids, y, np.array([0.8, 0.2]))})
+    assert main(["compare", str(a), str(b), "--output", str(tmp_path / "c.csv")]) == 0
+    assert "a permutation test where their variance is 0" in capsys.readouterr().out
+    row = pd.read_csv(tmp_path / "c.csv").iloc[0]
+    assert row["test"] == PERMUTATION_TEST and row["p_value"] == pytest.approx(0.5)
+    members = compare_to_members("binary", y, np.array([0.2, 0.8]), {"b": np.array([0.8, 0.2])})
+    assert members["b"]["test"] == PERMUTATION_TEST
+    assert comparison_sentences(members, "test") == [
+        "test: ensemble AUC 1.000 vs member b 0.000 (difference +1.000, paired permutation p = 0.5000, as DeLong's "
+        "variance is 0)."]

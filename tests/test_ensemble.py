@@ -93,7 +93,8 @@ def test_multiclass_comparison_has_a_paired_macro_auc_test():
     expected = macro_auc_test(y, strong, weak)
     assert result["weak"] == {"macro_auc": round(expected["auc_b"], 3),
                               "ensemble_macro_auc": round(expected["auc_a"], 3),
-                              "difference": round(expected["diff"], 3), "p_value": round(expected["p_value"], 4)}
+                              "difference": round(expected["diff"], 3), "p_value": round(expected["p_value"], 4),
+                              "test": "delong"}
     assert result["weak"]["p_value"] < 0.01 and result["same"]["p_value"] == 1.0
     sentences = comparison_sentences(result, "test")
     assert "paired test of macro AUCs p = 1.0000" in sentences[1]

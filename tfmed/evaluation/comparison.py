@@ -20,7 +20,7 @@ import numpy as np
 
 from tfmed.config import UNKNOWN_LABEL
 from tfmed.evaluation.metrics import TASKS
-from tfmed.evaluation.intervals import EvaluationError, auc_defined, delong_test, macro_auc_test
+from tfmed.evaluation.intervals import PERMUTATION_TEST, EvaluationError, auc_defined, delong_test, macro_auc_test
 
 
 def paired_tests(task: str, y, scores_a, scores_b) -> dict:
@@ -88,7 +88,7 @@ def comparison_sentences(comparison: dict, split: str) -> list[str]:
                 lines.append(f"{split}: member {name}: no AUC (one class only).")
                 continue
             lines.append(f"{split}: ensemble AUC {entry['ensemble_auc']:.3f} vs member {name} {entry['auc']:.3f} "
-                         f"(difference {entry['difference']:+.3f}, paired DeLong p = {entry['p_value']:.4f}).")
+                         f"(difference {entry['difference']:+.3f}, {_p_words(entry, 'DeLong')}).")
         elif "macro_auc" in entry:
             lines.append(f"{split}: {_macro_words(entry, name)}.")
         else:
@@ -103,7 +103,22 @@ def _macro_words(entry: dict, name: str) -> str:
     if entry["macro_auc"] is None:
         return f"member {name}: no macro AUC (one class only)"
     return (f"ensemble macro AUC {entry['ensemble_macro_auc']:.3f} vs member {name} {entry['macro_auc']:.3f} "
-            f"(difference {entry['difference']:+.3f}, paired test of macro AUCs p = {entry['p_value']:.4f})")
+            f"(difference {entry['difference']:+.3f}, {_p_words(entry, 'test of macro AUCs')})")
+
+
+def _p_words(entry: dict, usual: str) -> str:
+    """An entry's p-value and the paired test it comes from: ``usual`` (DeLong's), or the permutation test
+    taken where DeLong's variance is 0 (a handful of cases).
+
+    Example:
+        >>> _p_words({"p_value": 0.5, "test": PERMUTATION_TEST}, "DeLong")
+        "paired permutation p = 0.5000, as DeLong's variance is 0"
+        >>> _p_words({"p_value": 0.01, "test": "delong"}, "DeLong")
+        'paired DeLong p = 0.0100'
+    """
+    if entry.get("test") == PERMUTATION_TEST:
+        return f"paired permutation p = {entry['p_value']:.4f}, as DeLong's variance is 0"
+    return f"paired {usual} p = {entry['p_value']:.4f}"
 
 
 def _or_none(test, y, a, b) -> dict | None:
@@ -116,9 +131,9 @@ def _or_none(test, y, a, b) -> dict | None:
 
 def _rounded(result: dict | None, member_key: str, ensemble_key: str) -> dict:
     if result is None:
-        return {member_key: None, ensemble_key: None, "difference": None, "p_value": None}
+        return {member_key: None, ensemble_key: None, "difference": None, "p_value": None, "test": None}
     return {member_key: round(result["auc_b"], 3), ensemble_key: round(result["auc_a"], 3),
-            "difference": round(result["diff"], 3), "p_value": round(result["p_value"], 4)}
+            "difference": round(result["diff"], 3), "p_value": round(result["p_value"], 4), "test": result["test"]}
 
 
 def _text(value, digits: int = 3) -> str:

@@ -339,8 +339,9 @@ def _cmd_compare(args) -> int:
     table = compare_runs(args.runs, verify=args.verify)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.to_string(index=False, na_rep="n/a"))
-    print(f"reference: {args.runs[0]}; difference = run AUC - reference AUC; p from the paired test "
-          "(DeLong, or its extension to macro AUCs)")
+    print(f"reference: {args.runs[0]}; difference = run AUC - reference AUC; p from the paired test the column "
+          "test names (delong: DeLong's, or its extension to macro AUCs; a permutation test where their variance "
+          "is 0)")
     if output:
         _write_new_csv(table, output)
         print(f"wrote {output}")

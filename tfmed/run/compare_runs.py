@@ -34,7 +34,7 @@ from tfmed.run.manifest import FAILED_FILE, check_run, failed_next_step, failure
 from tfmed.run.rundir import run_working_dir
 
 SPLITS = ("val", "test")
-COLUMNS = ["split", "run", "label", "n", "auc", "auc_ci", "reference_auc", "difference", "p_value"]
+COLUMNS = ["split", "run", "label", "n", "auc", "auc_ci", "reference_auc", "difference", "p_value", "test"]
 
 
 class CompareRunsError(TfmedError):
@@ -175,9 +175,10 @@ def _compare(split: str, run: str, task: str, classes: list[str], y: np.ndarray,
         # a multilabel label's test reads its known cases only (unknown: -1)
         n = int((y[:, key] >= 0).sum()) if task == "multilabel" and isinstance(key, (int, np.integer)) else len(y)
         if result is None:  # a single class on this split: no AUC
-            rows.append([split, run, label, n, None, None, None, None, None])
+            rows.append([split, run, label, n, None, None, None, None, None, None])
             continue
         lo, hi = result["ci_a"]
         rows.append([split, run, label, n, round(result["auc_a"], 4), f"{lo:.3f}-{hi:.3f}",
-                     round(result["auc_b"], 4), round(result["diff"], 4), round(result["p_value"], 4)])
+                     round(result["auc_b"], 4), round(result["diff"], 4), round(result["p_value"], 4),
+                     result["test"]])
     return rows
