@@ -551,7 +551,9 @@ def test_tfmed_recalibrate_leaves_out_and_lists_the_bad_rows_a_data_yaml_lets_it
     assert [Path(image).name for image in excluded["image"]] == ["broken.png"]
     assert "broken.png" in (out / "report.html").read_text()
     # fitted on the readable images alone: the same fit as on the same images in the MedMNIST-style file
-    from_file = recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "from_file", "logistic")
+    from_file = recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "from_file", "logistic", verify=False)
+    verified = [json.loads((folder / "environment.json").read_text())["verified"] for folder in (out, from_file)]
+    assert verified == [True, False]  # --no-verify is recorded with the new run
     assert load_metrics(out)["recalibration"]["fit"]["slope"] == pytest.approx(
         load_metrics(from_file)["recalibration"]["fit"]["slope"], rel=1e-4)
     assert sum(load_metrics(out)["counts"]["val"].values()) == len(site["val_images"])

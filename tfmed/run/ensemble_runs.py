@@ -120,7 +120,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     out = output_run_dir(output, "ensemble")
     log(f"combining {len(runs)} runs ({combine}) into {out}")
     config.to_yaml(out / "config.yaml")
-    (out / "environment.json").write_text(json.dumps(environment_info(config), indent=2))
+    # "verified": false when --no-verify read the runs without checking them against their manifests
+    (out / "environment.json").write_text(json.dumps({**environment_info(config), "verified": verify}, indent=2))
     shutil.copyfile(runs[0] / "splits.csv", out / "splits.csv")
     (out / "ensemble_runs.json").write_text(json.dumps(
         {"runs": [str(r) for r in runs], "members": names, "combine": combine, "recalibration": recalibration},

@@ -128,7 +128,8 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
         description=(f"The model of {run} ({config.name}), recalibrated ({method}) on {source}, {where}; the "
                      f"network is that run's. {config.description or ''}").strip())
     new_config.to_yaml(out / "config.yaml")
-    (out / "environment.json").write_text(json.dumps(environment_info(new_config), indent=2))
+    # "verified": false when --no-verify read the run without checking it against its manifest
+    (out / "environment.json").write_text(json.dumps({**environment_info(new_config), "verified": verify}, indent=2))
     provenance = {"run": str(run), "data": data, "method": method,
                   "thresholds": "kept" if keep_thresholds else "chosen"}
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
