@@ -168,7 +168,7 @@ def test_sections_built_in_python_are_range_checked():
     ({"model": {"weights": None, "weights_dir": "weights"}},
      "model.weights_dir is 'weights'; only weights: imagenet searches it .* and weights is None"),
     ({"model": {"mode": "finetune"}, "augment": {"enabled": False, "hflip": True}},
-     "augment.hflip is True; it is set but augment.enabled is false"),
+     "augment.hflip is true; it is set but augment.enabled is false"),
     ({"data": {"source": "pneumonia_mnist", "path": "mine.npz"}},
      "data.path is 'mine.npz'; data.source pneumonia_mnist is shipped with tfmed, so it reads no file"),
     ({"data": {"task": "multiclass"}}, "data.task is 'multiclass'; data.source pneumonia_mnist is shipped"),
@@ -179,7 +179,7 @@ def test_sections_built_in_python_are_range_checked():
     ({"data": {"source": "medmnist", "path": "x.npz", "root": "images"}},
      "data.root is 'images'; it is set, but only data.source manifest, chestxray14"),
     ({"data": {"source": "manifest", "path": "x.csv", "filename_label_suffix": True}},
-     "data.filename_label_suffix is True; it is set, but only data.source folder uses it"),
+     "data.filename_label_suffix is true; it is set, but only data.source folder uses it"),
 ])
 def test_settings_the_mode_does_not_use_are_rejected(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -320,7 +320,7 @@ def test_a_folder_named_like_an_experiment_is_said_to_be_one_and_not_listed(tmp_
     ({"report": {"explain_method": "gradcam"}}, "report.explain_method is 'gradcam'; it is set but report.explain"),
     ({"model": {"finetune": {"learning_rate": 0.001}}}, "model.finetune.learning_rate is set, but model.mode 'svm'"),
     ({"model": {"mode": "finetune"}, "augment": {"enabled": False, "hflip": False}},
-     "augment.hflip is False; it is set but augment.enabled is false"),
+     "augment.hflip is false; it is set but augment.enabled is false"),
     ({"model": {"mode": "finetune", "finetune": {"momentum": 0.9}}}, "model.finetune.momentum is 0.9; only optimizer"),
     ({"model": {"mode": "finetune", "finetune": {"stages": [{"epochs": 1, "lr_factor": 0.1}]}}},
      r"model.finetune.stages\[0\].lr_factor is 0.1; .* the first stage starts at model.finetune.learning_rate"),

@@ -359,7 +359,7 @@ def test_chexpert_header_without_path_column(chexpert):
 # ---------------------------------------------------------------- config
 def test_settings_of_other_sources_are_refused():
     assert {"chestxray14", "chexpert"} <= set(SOURCES)
-    with pytest.raises(ConfigError, match=r"data.frontal_only is True; it is set, but only data.source chexpert, "
+    with pytest.raises(ConfigError, match=r"data.frontal_only is true; it is set, but only data.source chexpert, "
                                           r"mimic_cxr or padchest uses it and data.source is 'manifest'; remove it"):
         DataConfig(source="manifest", path="m.csv", frontal_only=True)
     with pytest.raises(ConfigError, match="x.yaml: data.uncertain is 'ones'; it is set, but only data.source "

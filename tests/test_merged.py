@@ -174,7 +174,7 @@ def test_an_image_listed_by_two_parts_is_named_with_the_part_that_lists_it_first
     ({"task": "binary", "parts": [{"source": "folder", "path": "a"}, {"source": "chexpert", "path": "b"}]},
      "data.task is 'binary'; data.source merged reads its data from data.parts"),
     ({"parts": [{"source": "folder", "path": "a", "exclude_bad_rows": True}, {"source": "chexpert", "path": "b"}]},
-     "data.parts\\[0\\].exclude_bad_rows is True; it applies to the merged table as a whole"),
+     "data.parts\\[0\\].exclude_bad_rows is true; it applies to the merged table as a whole"),
     ({"parts": [{"source": "luna16", "path": "a"}, {"source": "chexpert", "path": "b"}]},
      "a part is a source of 2-D images"),
 ])

@@ -109,7 +109,7 @@ def test_view_count_matches_the_config(config, size):
     ({"tta": {"enabled": True, "gamma": [1.0, 1.25]}}, r"tta.gamma is \[1.0, 1.25\]; a gamma of 1, or one given twice"),
     ({"tta": {"enabled": True, "gamma": [0.8, 0.8]}}, "a gamma of 1, or one given twice"),
     ({"tta": {"enabled": True, "shift": 0, "rotation_degrees": 0, "zoom": 0, "gamma": []}},
-     "tta.enabled is True; it is true but every view is turned off"),
+     "tta.enabled is true; it is true but every view is turned off"),
     ({"preprocess": {"image_size": 32}, "tta": {"enabled": True, "shift": 0.01}},
      r"tta.shift is 0.01, which at preprocess.image_size 32 rounds to 0 pixels: .* use 0.0156 or more"),
 ], ids=["gamma_1", "gamma_twice", "no_view", "shift_0_px"])

@@ -127,11 +127,11 @@ class _Section:
                                + (" (or leave it out)" if _optional(type(self), item.name) else ""))
 
     def _fail(self, name: str, message: str):
-        raise ConfigError(f"{self.KEY}{name} is {getattr(self, name)!r}; {message}")
+        raise ConfigError(f"{self.KEY}{name} is {as_written(getattr(self, name))}; {message}")
 
     def _unused(self, name: str, message: str):
         """Refuse setting ``name``, which this experiment would not use."""
-        raise UnusedSettingError(f"{self.KEY}{name} is {getattr(self, name)!r}; {message}", name)
+        raise UnusedSettingError(f"{self.KEY}{name} is {as_written(getattr(self, name))}; {message}", name)
 
     def _check_seed(self):
         """Refuse a ``seed`` outside NumPy's range, naming the section's key."""
@@ -1533,6 +1533,18 @@ def _either(names) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def as_written(value) -> str:
+    """A setting's value as an error message shows it: as YAML writes true, false and null, else as Python
+    shows it (text quoted).
+
+    Example:
+        >>> as_written(True), as_written(None), as_written("sgd"), as_written([0.5, 1])
+        ('true', 'null', "'sgd'", '[0.5, 1]')
+    """
+    return {True: "true", False: "false"}[value] if isinstance(value, bool) else "null" if value is None \
+        else repr(value)
+
+
 def set_fields(section) -> list[str]:
     """The fields of ``section`` that are set: written in its experiment file (even with the default value;
     a null where the default is null counts as left out), or differing from their declared defaults.
@@ -1738,7 +1750,7 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
         return _build(hint, value, where, key + ".", track)
     if origin is Literal:
         if isinstance(value, bool) or value not in args:
-            raise ConfigError(f"{where}: {key} is {value!r}; allowed: {', '.join(map(str, args))}")
+            raise ConfigError(f"{where}: {key} is {as_written(value)}; allowed: {', '.join(map(str, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
