@@ -617,6 +617,12 @@ def test_keeping_thresholds_is_refused_for_a_multiclass_model(tmp_path):
         recalibrate_run(run, "medmnist:not_read.npz#val", tmp_path / "out", "temperature",  # refused first
                         keep_thresholds=True)
     assert not (tmp_path / "out").exists()
+    # without it: the description says how the recalibrated model decides, not that thresholds were chosen
+    source = ExperimentConfig.from_run(run).data.source
+    out = recalibrate_run(run, f"{source}#val", tmp_path / "out", "temperature")
+    description = ExperimentConfig.from_yaml(out / "config.yaml").description
+    assert "each image's class its most probable one (a multi-class model has no thresholds)" in description
+    assert "thresholds chosen on them" not in description and load_metrics(out)["thresholds"] == {}
 
 
 @pytest.mark.slow

@@ -119,6 +119,8 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
         if model.hierarchy:
             choose_coarse_thresholds(model, table.labels(), scores, config.evaluation)
         where = "its thresholds chosen on them"
+    if model.task == "multiclass" and not model.hierarchy:
+        where = "each image's class its most probable one (a multi-class model has no thresholds)"
 
     out = output_run_dir(output, f"{config.name}_recalibrated")
     log(f"writing the recalibrated model to {out}")
