@@ -523,6 +523,11 @@ def test_multiclass_and_multilabel_runs_need_an_index():
         group_class(binary, 5)  # a binary model's index is checked too (it was passed on)
     graded = TrainedModel("svm", "multiclass", ["1", "2", "3"], None, None, None)
     assert group_class(graded, "1") == 1  # digits are a number, never a name: class "2"
+    assert group_class(binary, "Pneumonia") == 1  # a name in another case, as evaluate reads labels
+    spelt_twice = TrainedModel("svm", "multiclass", ["mass", "Mass", "nodule"], None, None, None)
+    assert group_class(spelt_twice, "Mass") == 1
+    with pytest.raises(ExplainError, match="--index MASS is not a class"):
+        group_class(spelt_twice, "MASS")  # two classes in other cases: which one is not guessed
     with pytest.raises(ExplainError, match="--index 3 is not a class"):
         group_class(graded, "3")
     assert explained_classes(multiclass, np.array([2, 0]), None).tolist() == [2, 0]

@@ -66,23 +66,27 @@ def group_class(model: TrainedModel, index) -> int:
 
 
 def class_number(model: TrainedModel, index) -> int:
-    """The class ``index`` names: its number, or its name (a string that is not a number).
+    """The class ``index`` names: its number, or its name (a string that is not a number; in another case
+    too when only one class is spelt so).
 
     A string of digits is always a number, also where the classes are named by numbers.
 
     Example:
         >>> model = TrainedModel("svm", "multilabel", ["effusion", "nodule"], None, None, None)
-        >>> class_number(model, "nodule"), class_number(model, "0"), class_number(model, 1)
-        (1, 0, 1)
+        >>> [class_number(model, index) for index in ("nodule", "0", 1, "Nodule")]
+        [1, 0, 1, 1]
     """
     text = str(index).strip()
     names = [str(name) for name in model.classes]
+    folded = [name.casefold() for name in names]
     if text.lstrip("-").isdigit():
         number = int(text)
         if 0 <= number < len(names):
             return number
     elif text in names:
         return names.index(text)
+    elif folded.count(text.casefold()) == 1:
+        return folded.index(text.casefold())
     raise ExplainError(f"--index {index} is not a class of this model: give a class's number or name "
                        f"({_class_list(model)})")
 
