@@ -260,9 +260,10 @@ def test_a_file_named_after_an_image_whose_short_id_adjoins_letters_is_renamed_a
     (run / "model").mkdir(parents=True)
     (run / "explanations").mkdir()
     (run / "model" / "weights.npy").write_bytes(b"\x93NUMPY")
-    image = f"{tmp_path}/data/img/IMG16x12.png"
-    (run / "config.yaml").write_text(f"name: demo\ndata:\n  path: {tmp_path}/data\n")
-    pd.DataFrame({"image": [image], "patient_id": ["16"], "label": [0]}).to_csv(run / "splits.csv", index=False)
+    image, numbered = f"{tmp_path}/data/img/IMG16x12.png", f"{tmp_path}/data/img/16.png"
+    (run / "config.yaml").write_text(f"name: demo\nbatch_size: 16\ndata:\n  path: {tmp_path}/data\n")
+    pd.DataFrame({"image": [image, numbered], "patient_id": ["16", "16"], "label": [0, 1]}).to_csv(
+        run / "splits.csv", index=False)
     (run / "explanations" / "002_TN_IMG16x12.png").write_bytes(b"\x89PNG")
     pd.DataFrame({"file": [image], "overlay": ["002_TN_IMG16x12.png"]}).to_csv(run / "explanations.csv",
                                                                                  index=False)
@@ -272,3 +273,4 @@ def test_a_file_named_after_an_image_whose_short_id_adjoins_letters_is_renamed_a
     assert [p.name for p in (out / "explanations").iterdir()] == [f"002_TN_{stem}.png"]
     assert pd.read_csv(out / "explanations.csv")["overlay"].tolist() == [f"002_TN_{stem}.png"]
     assert not [p for p in _files(out) if "IMG16x12" in p.name or b"IMG16x12" in p.read_bytes()]
+    assert "batch_size: 16\n" in (out / "config.yaml").read_text()  # a number is not a file name's stem

@@ -153,9 +153,11 @@ class _Rewriter:
         names = "|".join(re.escape(f) for f in sorted(folders, key=len, reverse=True))
         self.pattern = re.compile(rf"(?<![\w.-])({names})(?:(/)|(?![\w-]|\.\w))") if folders else None
         # the file names of those image paths without their suffix, as other names carry them (an overlay
-        # 002_TN_IMG16x12.png of IMG16x12.png): there a short id adjoining letters is told by its row only
+        # 002_TN_IMG16x12.png of IMG16x12.png): there a short id adjoining letters is told by its row only.
+        # Names without a letter (16_1.png) are left to the search for ids as tokens: numbers stay numbers.
         self.stems = {PurePosixPath(old).stem: PurePosixPath(new).stem for old, new in self.paths.items()
-                      if PurePosixPath(old).stem != PurePosixPath(new).stem}
+                      if PurePosixPath(old).stem != PurePosixPath(new).stem
+                      and re.search("[A-Za-z]", PurePosixPath(old).stem)}
         stems = "|".join(re.escape(s) for s in sorted(self.stems, key=len, reverse=True))
         self.stem_pattern = re.compile(rf"(?<![A-Za-z0-9])({stems})(?![A-Za-z0-9])") if self.stems else None
 
