@@ -40,6 +40,7 @@ LOCK_FILE = ".tfmed.lock"  # held while a process runs the run (tfmed.run.rundir
 # Inside these folders every file must be listed: nothing may be slipped in beside the model.
 # Elsewhere, files added after the run (``tfmed evaluate`` / ``explain`` outputs) are not checked.
 STRICT_FOLDERS = ("model",)
+INCOMPLETE = "its files are incomplete."  # in FAILED.txt, before what to do next (see failed_next_step)
 
 
 class RunIntegrityError(TfmedError):
@@ -109,7 +110,7 @@ def record_failure(directory: str | Path, error: BaseException) -> Path:
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     path = Path(directory) / FAILED_FILE
     path.write_text(f"{reason}\n\nThis run stopped at {dt.datetime.now().isoformat(timespec='seconds')} "
-                    f"before it finished; its files are incomplete. {next_step(directory, error)}.\n\n{trace}",
+                    f"before it finished; {INCOMPLETE} {next_step(directory, error)}.\n\n{trace}",
                     encoding="utf-8")
     return path
 
@@ -156,7 +157,7 @@ def failed_next_step(directory: str | Path) -> str:
     """
     path = Path(directory) / FAILED_FILE
     text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-    _, found, rest = text.partition("its files are incomplete. ")
+    _, found, rest = text.partition(f"{INCOMPLETE} ")
     step = rest.split("\n", 1)[0].rstrip(".") if found else ""
     return step[:1].lower() + step[1:] if step else "run the experiment again"
 
