@@ -45,12 +45,12 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, logit, softmax
 
-from tfmed.config import UNKNOWN_LABEL, RecalibrationMethod, Task
+from tfmed.config import UNKNOWN_LABEL, RecalibrationMethod
 from tfmed.errors import TfmedError
 from tfmed.evaluation.decision import calibration_line, maximum_likelihood_logistic
+from tfmed.evaluation.metrics import TASKS
 
 METHODS = typing.get_args(RecalibrationMethod)  # none, logistic, intercept, temperature
-TASKS = typing.get_args(Task)
 LINES = ("logistic", "intercept")  # the methods that fit a line on the logit (binary and multilabel)
 _EDGE = 1e-6  # scores are kept this far from 0 and 1 before their logit is taken
 _TIE = 1e-9  # carried thresholds are lowered this much (see carried_thresholds)
