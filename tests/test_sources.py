@@ -346,7 +346,7 @@ def test_a_split_fragment_on_a_source_that_takes_none_is_named_not_called_missin
     manifest = tmp_path / "m.csv"
     manifest.write_text("path,label,patient_id,split\na.png,0,p1,test\n")
     with pytest.raises(DataSourceError, match=r"m.csv#test: data.source 'manifest' takes no #test fragment \(it "
-                                              "reads each row's split from the manifest's split column, if any\)"):
+                                              r"reads each row's split from the manifest's split column, if any\)"):
         load_source(parse_source_spec(f"manifest:{manifest}#test"))  # not "the publisher's files"
 
 
