@@ -736,6 +736,20 @@ def test_inspect_a_folder_of_two_series_lists_both_without_failing(tmp_path, cap
     assert "shape: 3 slices x 128 rows x 128 columns" in capsys.readouterr().out
 
 
+def test_inspect_a_folder_of_single_image_series_says_it_is_a_data_source_and_lists_ten(tmp_path, capsys):
+    for number in range(12):  # radiographs exported one file (one series) each
+        write_series(tmp_path, count=1, series=f"1.2.3.{number}", names=[f"xray{number:02d}.dcm"])
+    assert main(["inspect", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kind: DICOM folder (12 series)" in out and "pass --series" not in out
+    assert "each of the 12 series is one 2-D image" in out and "as a data source" in out
+    assert f"tfmed inspect {tmp_path / 'xray00.dcm'} to describe one" in out
+    assert out.count("  series 1.2.3.") == 10 and "... and 2 more series" in out
+    write_series(tmp_path, count=2, series="1.2.9", names=["a.dcm", "b.dcm"])  # one series of two slices
+    assert main(["inspect", str(tmp_path)]) == 0
+    assert "13 series in this folder: pass --series UID" in capsys.readouterr().out
+
+
 def test_inspect_a_broken_series_exits_2_with_the_reason(tmp_path, capsys):
     write_series(tmp_path, count=6, skip={2})
     assert main(["inspect", str(tmp_path)]) == 2

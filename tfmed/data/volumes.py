@@ -384,7 +384,7 @@ def _read_series(folder: Path, series: _Series, problems: list[str]) -> Volume:
     slices, headers = [], []
     for path, header in zip(series.files, series.headers):
         _check_greyscale(path, header)
-        if int(header.get("NumberOfFrames", 1) or 1) > 1:
+        if _frames(header) > 1:
             frame_headers = _frame_headers(path, header)
             slices += [_Slice(path, frame) for frame in range(len(frame_headers))]
             headers += frame_headers
@@ -956,8 +956,7 @@ def inspect(path: str | Path, series_uid: str | None = None) -> dict:
         if series_uid is None and len(series) > 1:
             return {"path": str(path), "kind": f"DICOM folder ({len(series)} series)",
                     "series": [s.summary() for s in series.values()],
-                    "problems": problems + [f"{len(series)} series in this folder: pass --series UID "
-                                            "(series_uid=) to inspect one"]}
+                    "problems": problems + [_several_series_advice(path, series)]}
         chosen = _select_series(path, series, series_uid)
         report = _volume_report(_read_series(path, chosen, problems), "DICOM series")
         report["files"] = len(chosen.files)
@@ -971,6 +970,24 @@ def inspect(path: str | Path, series_uid: str | None = None) -> dict:
     if headers:
         raise VolumeError(path, f"the voxel data of {headers[0].name}, which describes them", f"inspect {headers[0]}")
     return _image_report(path)
+
+
+def _several_series_advice(folder: Path, series: dict[str, _Series]) -> str:
+    """What to do with a folder of several series: choose one, or, when each is one 2-D image (radiographs
+    exported one file per series), use the folder as a data source instead of as a volume."""
+    single = [s for s in series.values() if len(s.files) == 1 and _frames(s.headers[0]) == 1]
+    if len(single) < len(series):
+        return f"{len(series)} series in this folder: pass --series UID (series_uid=) to inspect one"
+    return (f"each of the {len(series)} series is one 2-D image (one file of one frame), so this folder is not a "
+            f"volume: train on such images as a data source (a manifest, or the dicom: source's class "
+            f"sub-folders), and run tfmed inspect {folder / single[0].files[0].name} to describe one")
+
+
+def _frames(header) -> int:
+    try:
+        return int(header.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
 
 
 def _volume_report(volume: Volume, kind: str) -> dict:
@@ -1004,6 +1021,7 @@ def _image_report(path: Path) -> dict:
     return report
 
 
+SERIES_SHOWN = 10  # series of a folder that format_inspection lists; the report holds all of them
 # Report keys in printing order, with their labels.
 _LABELS = (("kind", "kind"), ("format", "format"), ("modality", "modality"), ("patient_id", "patient id"),
            ("study_uid", "study uid"), ("series_uid", "series uid"), ("shape", "shape"),
@@ -1035,8 +1053,10 @@ def format_inspection(report: dict) -> str:
     for key, label in _LABELS:
         if report.get(key) is not None and key != "format":
             lines.append(f"  {label}: {_format_value(key, report)}")
-    for summary in report.get("series", []):
-        lines.append(f"  series {_series_line(summary)}")
+    listed = report.get("series", [])
+    lines.extend(f"  series {_series_line(summary)}" for summary in listed[:SERIES_SHOWN])
+    if len(listed) > SERIES_SHOWN:
+        lines.append(f"  ... and {len(listed) - SERIES_SHOWN} more series")
     problems = report.get("problems", [])
     lines.append("  problems:" if problems else "  problems: none")
     lines.extend(f"    - {problem}" for problem in problems)
