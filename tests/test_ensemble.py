@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from sklearn.linear_model import LogisticRegression
 
 from tfmed.config import ConfigError, ExperimentConfig
@@ -174,6 +175,23 @@ def test_members_inherit_what_they_leave_out():
     svm, tune = config.member_experiment(0), config.member_experiment(1)
     assert (svm.model.backbone, svm.preprocess.image_size, svm.augment.brightness) == ("efficientnet_lite1", 64, 0.0)
     assert (tune.preprocess.image_size, tune.augment.brightness) == (96, 0.1)
+
+
+def test_a_members_preprocess_changes_only_the_settings_it_writes():
+    members = [{"name": "a", "mode": "svm", "preprocess": {"image_size": 48}},
+               {"name": "b", "mode": "svm", "preprocess": {"intensity": "minmax"}},
+               {"name": "c", "mode": "svm", "preprocess": {"windows": [[40, 400]]}}]
+    config = ExperimentConfig.from_dict({
+        "preprocess": {"image_size": 32, "intensity": "window", "windows": [[-600, 1500]], "resize": "pad"},
+        "model": {"mode": "ensemble", "ensemble": {"members": members}}})
+    windowed, minmax, other_window = (config.member_experiment(i).preprocess for i in range(3))
+    assert (windowed.image_size, windowed.intensity, windowed.windows, windowed.resize) == (
+        48, "window", [[-600.0, 1500.0]], "pad")  # not min-max of raw Hounsfield units
+    assert (minmax.image_size, minmax.intensity, minmax.windows, minmax.resize) == (32, "minmax", [], "pad")
+    assert (other_window.intensity, other_window.windows) == ("window", [[40.0, 400.0]])
+    # a run's config.yaml lists the member's section in full, and reads back the same
+    snapshot = ExperimentConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict())), snapshot=True)
+    assert snapshot.member_experiment(0).preprocess == windowed
 
 
 def test_a_member_seed_replaces_the_experiments_only_for_that_member():

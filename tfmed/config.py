@@ -1043,9 +1043,12 @@ class MemberConfig(_Section):
     ``weights`` and ``weights_dir`` from ``model``, ``preprocess``, ``augment``
     and ``balance`` from the sections of those names. Give ``preprocess`` to
     let a member see other inputs, e.g. a fine-tune at 96 px beside features
-    at 224 px. ``seed`` (null: the experiment's) seeds the member's training
-    (new head, dropout, batch order, augmentation; the SVM's CV folds), whatever ran
-    before it: fine-tunes that differ only in seed make a seed ensemble.
+    at 224 px: in an experiment file it writes only what it changes, the rest
+    comes from the experiment's ``preprocess``. A member's ``augment`` or
+    ``balance`` replaces the experiment's section whole. ``seed`` (null: the
+    experiment's) seeds the member's training (new head, dropout, batch order,
+    augmentation; the SVM's CV folds), whatever ran before it: fine-tunes that
+    differ only in seed make a seed ensemble.
     """
 
     KEY: ClassVar[str] = "model.ensemble.members[]."
@@ -1441,7 +1444,8 @@ class ExperimentConfig(_Section):
             tfmed.config.UnusedSettingError: config: split.val_fraction is 0.1; it is set, but split.method kfold ...
         """
         try:
-            return _build(cls, _moved_settings(values), where, prefix="", track=not snapshot)
+            return _build(cls, _members_inherit_preprocess(_moved_settings(values)), where, prefix="",
+                          track=not snapshot)
         except UnusedSettingError:
             raise
         except ConfigError as error:
@@ -1644,6 +1648,34 @@ def _read_mapping(path: Path) -> dict:
         held = "null (~)" if values is None else f"a {kind} ({values!r})"
         raise ConfigError(f"{path} holds {held}, not a mapping of settings; the top level must be a mapping of keys "
                           "(e.g. name: my_study)")
+    return values
+
+
+def _members_inherit_preprocess(values: Any) -> Any:
+    """``values`` with each ensemble member's ``preprocess`` completed from the experiment's: a member writes
+    only what it changes (``{image_size: 128}``). A member choosing another ``intensity`` than ``window``
+    does not inherit the experiment's ``windows``, which only that intensity reads.
+
+    Example:
+        >>> _members_inherit_preprocess({"preprocess": {"image_size": 96, "resize": "pad"},
+        ...     "model": {"ensemble": {"members": [{"preprocess": {"image_size": 128}}]}}})["model"]
+        {'ensemble': {'members': [{'preprocess': {'image_size': 128, 'resize': 'pad'}}]}}
+    """
+    model = values.get("model") if isinstance(values, dict) else None
+    ensemble = model.get("ensemble") if isinstance(model, dict) else None
+    members = ensemble.get("members") if isinstance(ensemble, dict) else None
+    shared = values.get("preprocess") if isinstance(values, dict) else None
+    if not isinstance(members, list) or not isinstance(shared, dict):
+        return values
+    values = copy.deepcopy(values)
+    for member in values["model"]["ensemble"]["members"]:
+        own = member.get("preprocess") if isinstance(member, dict) else None
+        if not isinstance(own, dict):
+            continue
+        inherited = dict(shared)
+        if own.get("intensity", "window") != "window":
+            inherited.pop("windows", None)
+        member["preprocess"] = {**inherited, **own}
     return values
 
 
