@@ -309,6 +309,23 @@ def test_stacking_is_fitted_on_out_of_fold_training_scores_only(tiny_source, tmp
     assert len(state["combiner"]["coef"][0]) == 2
 
 
+def test_out_of_fold_member_scores_use_statistics_of_the_folds_training_part(tiny_source, tmp_path, monkeypatch):
+    import tfmed.data.statistics as statistics
+
+    seen, fit = [], statistics.fit_statistics
+    monkeypatch.setattr(statistics, "fit_statistics",
+                        lambda table, config: seen.append(set(table.frame["image"])) or fit(table, config))
+    values = _ensemble_dict(tiny_source, tmp_path, "rank", split={"test_fraction": 0.2})
+    values["preprocess"]["intensity"] = "standardize"  # late48 inherits it at its own size: its own statistics
+    run = run_experiment(ExperimentConfig.from_dict(values))
+    splits = pd.read_csv(run / "splits.csv")
+    train = set(splits.loc[splits["split"] == "train", "image"])
+    assert seen[0] == seen[1] == train  # the ensemble's and late48's statistics, for the final fits
+    folds = seen[2:]  # per fold: the shared statistics, then late48's
+    assert len(folds) == 6 and all(folds[2 * k] == folds[2 * k + 1] < train for k in range(3))
+    assert set.union(*(train - images for images in folds)) == train  # each training image held out once
+
+
 # ------------------------------------------------------------------ k-fold bagging
 @pytest.mark.slow
 def test_kfold_bagging_averages_the_fold_models_on_test(tiny_source, tmp_path):

@@ -440,6 +440,30 @@ def test_kfold_reports_mean_sd_and_pooled_oof_auc(tmp_path):
     assert len(list((tmp_path / "runs" / ".feature_cache").glob("table-*"))) == 2
 
 
+@pytest.mark.parametrize("final", ["refit", "bag"])
+def test_kfold_fits_preprocessing_statistics_without_the_held_out_fold(final, tmp_path, monkeypatch):
+    import tfmed.data.statistics as statistics
+
+    seen, fit = [], statistics.fit_statistics
+    monkeypatch.setattr(statistics, "fit_statistics",
+                        lambda table, config: seen.append(set(table.frame["image"])) or fit(table, config))
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
+    config.data.source = f"medmnist:{_tiny_medmnist(tmp_path, n=60)}"
+    config.preprocess.intensity = "standardize"
+    config.split.method, config.split.folds, config.split.final = "kfold", 3, final
+    run_dir = run_experiment(config)
+    oof = pd.read_csv(run_dir / "oof_predictions.csv")
+    trainval = set(oof["image"])
+    folds = seen[1:4]  # after the run's first fit on the train split: one per fold
+    assert all(len(images) < len(trainval) and images < trainval for images in folds)
+    assert set.union(*(trainval - images for images in folds)) == trainval  # each image held out once
+    assert len(seen) == (5 if final == "refit" else 4) and (final == "bag" or seen[4] == trainval)
+    if final == "bag":  # each fold model scores the test split through its own statistics
+        counts = sorted(json.loads(path.read_text())["n_images"]
+                        for path in run_dir.glob("model/**/member_*/statistics/preprocess_stats.json"))
+        assert counts == sorted(len(images) for images in folds)
+
+
 def _three_class_npz(tmp_path: Path, per_class: int = 16, size: int = 32, *, mean: float = 60, noise: float = 10,
                      stripe: float = 120, seed: int = 1) -> Path:
     """Three classes, each with a bright stripe in its third of the image (visibly different with the defaults;

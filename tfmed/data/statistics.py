@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import tensorflow as tf
 from tfmed.config import PreprocessConfig, TTAConfig, ViewsConfig
 from tfmed.data.pipeline import ImageInputs, raw_dataset
 from tfmed.data.preprocessing import StatisticsError, needs_statistics
+from tfmed.data.table import ImageTable
 from tfmed.data.transforms import (HISTOGRAM_PERCENTILES, PIXEL_MAX, Compose, Resize, ToChannels,
                                    image_landmarks)
 from tfmed.files import DAMAGED, read_arrays, read_json
@@ -116,6 +118,35 @@ def fit_inputs(preprocess: PreprocessConfig, train, tta: TTAConfig | None = None
     stats = fit_statistics(train, preprocess) if needs_statistics(preprocess) else None
     return ImageInputs(preprocess, stats, tta=tta,
                        volume_views=volume_views if volume_views is not None and volume_views.enabled else None)
+
+
+def refit_inputs(inputs: ImageInputs, rows) -> ImageInputs:
+    """``inputs`` with their statistics fitted again on the table ``rows``, the images a model is fitted on
+    (a k-fold's training part, validation rows included), so that no held-out image shapes them; inputs
+    without statistics come back as they are.
+
+    Example:
+        >>> inputs = ImageInputs(PreprocessConfig(image_size=32))
+        >>> refit_inputs(inputs, None) is inputs
+        True
+    """
+    if inputs.stats is None:
+        return inputs
+    return dataclasses.replace(inputs, stats=fit_statistics(as_training(rows), inputs.preprocess))
+
+
+def as_training(rows: ImageTable) -> ImageTable:
+    """The table ``rows`` with every row marked as a training row: the images a model is fitted on, for
+    :func:`fit_statistics`, when they hold validation rows (a k-fold over train and val).
+
+    Example:
+        >>> import pandas as pd
+        >>> rows = ImageTable(pd.DataFrame({"image": ["a", "b"], "label": [0, 1], "split": ["train", "val"]}),
+        ...                   ["x", "y"], "binary")
+        >>> as_training(rows).frame["split"].tolist()
+        ['train', 'train']
+    """
+    return ImageTable(rows.frame.assign(split="train"), list(rows.classes), rows.task, rows.images, rows.source)
 
 
 def save_statistics(stats: dict, directory: str | Path) -> Path:

@@ -32,7 +32,7 @@ import numpy as np
 
 from tfmed.config import ConfigError, ExperimentConfig, PreprocessConfig
 from tfmed.data.pipeline import ImageInputs
-from tfmed.data.statistics import fit_inputs, load_statistics, save_statistics
+from tfmed.data.statistics import as_training, fit_inputs, load_statistics, refit_inputs, save_statistics
 from tfmed.errors import TfmedError
 from tfmed.files import DAMAGED, read_json
 from tfmed.modes.base import MODES, get_mode, register_mode
@@ -150,14 +150,14 @@ class Ensemble:
         self.combiner.task = train.task
         for member in self.members:
             own = member.config.preprocess
-            member.inputs = None if own == inputs.preprocess else fit_inputs(own, train, inputs.tta)
+            member.inputs = None if own == inputs.preprocess else fit_inputs(own, as_training(train), inputs.tta)
         if self.combiner.needs_fit:
             oof = self._out_of_fold_scores(train, inputs)
             self.combiner.fit(oof, train.labels())
         for member in self.members:
             log(f"ensemble member {member.name}: fitting on {len(train)} images")
             member_dir = None if self.run_dir is None else Path(self.run_dir) / "members" / member.name
-            member.estimator = self._fit_member(member, train, val, inputs, member_dir)
+            member.estimator = self._fit_member(member, train, val, member.inputs_for(inputs), member_dir)
         return self
 
     def predict_table(self, table, inputs: ImageInputs, batch_size: int = 64) -> np.ndarray:
@@ -250,19 +250,21 @@ class Ensemble:
         return ensemble
 
     # ----------------------------------------------------------------- helpers
-    def _fit_member(self, member: Member, train, val, inputs: ImageInputs, run_dir: Path | None):
+    def _fit_member(self, member: Member, train, val, member_inputs: ImageInputs, run_dir: Path | None):
         mode = MODES[member.config.model.mode]
-        return mode.from_experiment(member.config, train, run_dir).fit_tables(train, val, member.inputs_for(inputs))
+        return mode.from_experiment(member.config, train, run_dir).fit_tables(train, val, member_inputs)
 
     def _out_of_fold_scores(self, train, inputs: ImageInputs) -> list[np.ndarray]:
         folds = stacking_folds(train, self.folds, self.seed)
         oof: list[np.ndarray | None] = [None] * len(self.members)
         for k, (fit_rows, held_rows) in enumerate(folds):
             fit_part, held_part = train.part(fit_rows), train.part(held_rows)
+            shared = refit_inputs(inputs, fit_part)  # statistics of the fold's training part only
             for i, member in enumerate(self.members):
                 log(f"ensemble fold {k + 1}/{len(folds)}, member {member.name}: out-of-fold scores")
-                model = self._fit_member(member, fit_part, None, inputs, None)  # no validation label steers it
-                scores = np.asarray(model.predict_table(held_part, member.inputs_for(inputs)))
+                fold_inputs = shared if member.inputs is None else refit_inputs(member.inputs_for(inputs), fit_part)
+                model = self._fit_member(member, fit_part, None, fold_inputs, None)  # no validation label steers it
+                scores = np.asarray(model.predict_table(held_part, fold_inputs))
                 if oof[i] is None:
                     oof[i] = np.zeros((len(train),) + scores.shape[1:])
                 oof[i][held_rows] = scores

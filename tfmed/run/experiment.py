@@ -32,7 +32,7 @@ from tfmed.config import UNKNOWN_LABEL, ConfigError, EvaluationConfig, Experimen
 from tfmed.data.near_duplicates import (GROUP_COLUMN, conflict_note, conflicting_labels, mark_near_duplicates,
                                         twins_in_train)
 from tfmed.data.pipeline import ImageInputs
-from tfmed.data.statistics import fit_inputs
+from tfmed.data.statistics import fit_inputs, refit_inputs
 from tfmed.data.table import ImageTable
 from tfmed.data.validate import excluded_summary
 from tfmed.evaluation.comparison import compare_to_members
@@ -476,9 +476,10 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, inp
         if config.split.final == "bag":
             log(f"keeping the {len(fold_models)} fold models; their mean scores the test split")
             model = trained_model(config, table, inputs, Ensemble.of_fitted(
-                [m.estimator for m in fold_models], [f"fold_{k + 1}" for k in range(len(fold_models))], table.task))
+                [m.estimator for m in fold_models], [f"fold_{k + 1}" for k in range(len(fold_models))], table.task,
+                [None if m.stats is None else ImageInputs(m.preprocess, m.stats) for m in fold_models]))
         else:  # refit on train+val, so no rows are left for early stopping
-            model = fit_model(config, table, train, None, inputs, run_dir)
+            model = fit_model(config, table, train, None, refit_inputs(inputs, train), run_dir)
     else:
         model = fit_model(config, table, train, val, inputs, run_dir)
 
@@ -654,8 +655,8 @@ def run_folds(config: ExperimentConfig, table: ImageTable,
     for k, (fit_rows, held_rows) in enumerate(kfold_indices(trainval, config.split.folds, config.split.seed)):
         log(f"fold {k + 1}/{config.split.folds}: {len(fit_rows)} train, {len(held_rows)} held out")
         fit_part, held_part = trainval.part(fit_rows), trainval.part(held_rows)
-        # the held-out fold only measures: it never drives early stopping
-        model = fit_model(config, table, fit_part, None, inputs, None)
+        # the held-out fold only measures: it never drives early stopping, nor the preprocessing statistics
+        model = fit_model(config, table, fit_part, None, refit_inputs(inputs, fit_part), None)
         if config.split.final == "bag":  # a refit needs none of the fold models afterwards
             models.append(model)
         held_scores = model.predict(held_part)
