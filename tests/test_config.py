@@ -418,3 +418,24 @@ def test_a_data_yaml_for_scoring_is_its_data_section_alone(tmp_path):
 def test_a_number_where_text_is_expected_is_told_to_quote_it():
     with pytest.raises(ConfigError, match=r"evaluation.hierarchy.*must be text, got 0 \(quote it: '0'\)"):
         ExperimentConfig.from_dict({"evaluation": {"hierarchy": {"a": [0], "b": ["1"]}}})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: {mode: finetune, finetune: {learning_rate: 1e-3}}",
+     "model.finetune.learning_rate must be a number, got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)"),
+    ("split: {method: kfold, val_fraction: null}",
+     "split.val_fraction is null, which it cannot be; remove the line for its default, or give a value"),
+    ("split: {method: patient, test_sites: [NO]}",
+     "split.test_sites[0] must be text, got False (YAML reads an unquoted yes, no, on, off, true or false"),
+    ("model: {mode: svm, 1: x, typo: y}", "unknown key model.1; allowed keys here: mode,"),
+    ("on: x\nrunsdir: y", "unknown key True (YAML reads an unquoted on, off, yes or no as true or false: quote"),
+    ("split: {method: patient, final: refit}", "split.final is 'refit'; it is set, but only split.method kfold"),
+    ("model: {mode: finetune}\naugment: {rotation_degrees: 270}", "augment.rotation_degrees is 270.0; give a rota"),
+    ("model: {mode: finetune}\naugment: {brightness: 2}", "augment.brightness is 2.0; give a brightness range"),
+    ("model: {mode: finetune}\naugment: {contrast: 1.0}", "augment.contrast is 1.0; give a contrast range below 1"),
+])
+def test_yaml_surprises_and_out_of_range_augmentation_are_named_with_the_fix(tmp_path, text, message):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {message}")):
+        ExperimentConfig.from_yaml(path)

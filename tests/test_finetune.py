@@ -548,3 +548,16 @@ def test_image_arrays_with_nan_pixels_or_no_images_are_refused_up_front(binary_r
     assert tuner.model_ is None  # nothing was trained
     with pytest.raises(FeatureInputError, match="predict images rows 3 contain NaN"):
         binary_run[0].predict(spoilt)
+
+
+@pytest.mark.parametrize("monitor, watched", [("val_auc", "loss"), ("auc", "auc"), ("loss", "loss")])
+def test_without_validation_data_a_training_figure_stays_watched_and_a_val_one_becomes_the_loss(
+        monitor, watched, capsys):
+    from tfmed.progress import configure_logging
+
+    configure_logging()
+    config = FinetuneConfig(stages=[StageConfig(epochs=1)], monitor=monitor, early_stopping_patience=2)
+    tuner = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None)
+    stopping = [c for c in tuner._stage_callbacks(0, 1, 0, 1e-3, None, [], 0) if hasattr(c, "patience")]
+    assert [c.monitor for c in stopping] == [watched]
+    assert ("watch the training loss, not" in capsys.readouterr().out) == (monitor == "val_auc")

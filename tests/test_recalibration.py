@@ -703,3 +703,20 @@ def test_a_rank_ensemble_is_recalibrated_only_where_every_label_can_be():
             assert after["val"] is scores
         else:
             assert list(model.recalibration.unfitted) == ["b"] and not np.allclose(after["val"][:, 0], scores[:, 0])
+
+
+@pytest.mark.parametrize("evaluation, refused", [
+    ({"threshold": "sensitivity"}, "threshold"), ({"target_specificity": 0.9}, "target_specificity"),
+    ({"threshold": "sensitivity", "hierarchy": {"a": ["g0"], "b": ["g1", "g2"]}}, None),  # two coarse classes
+    ({"target_sensitivity": 0.9, "hierarchy": {"a": ["g0"], "b": ["g1"], "c": ["g2"]}}, "target_sensitivity")])
+def test_threshold_settings_of_multiclass_data_are_refused_without_two_coarse_classes(evaluation, refused):
+    config = ExperimentConfig.from_dict({"name": "grades", "evaluation": evaluation})
+    frame = pd.DataFrame({"image": ["a", "b", "c"], "label": [0, 1, 2], "split": "train"})
+    table = ImageTable(frame, ["g0", "g1", "g2"], "multiclass")
+    if refused is None:  # past the evaluation checks, to the SVM's, which three images cannot pass
+        with pytest.raises(ConfigError, match="grades: model.svm.cv"):
+            check_config_fits_data(config, table)
+        return
+    with pytest.raises(ConfigError, match=rf"grades: evaluation.{refused} is set, but multiclass data is answered "
+                                          "by the most probable class"):
+        check_config_fits_data(config, table)

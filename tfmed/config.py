@@ -524,9 +524,10 @@ class SplitConfig(_Section):
         if self.test_sites and "test_fraction" in set_fields(self):
             self._unused("test_fraction", "it is set, but split.test_sites gives the test split (those sites' "
                          "images, whole); remove it")
-        if self.method != "kfold" and "folds" in set_fields(self):
-            self._unused("folds", f"it is set, but only split.method kfold makes folds (method is {self.method!r}); "
-                         "remove it, or set split.method: kfold")
+        for name in ("folds", "final"):
+            if self.method != "kfold" and name in set_fields(self):
+                self._unused(name, f"it is set, but only split.method kfold makes folds (method is "
+                             f"{self.method!r}); remove it, or set split.method: kfold")
         if self.method == "kfold" and self.val_fraction > 0 and "val_fraction" in set_fields(self):
             self._unused("val_fraction", "it is set, but split.method kfold makes no val split (train and val are "
                          "pooled into the folds, and thresholds come from their out-of-fold scores); remove it")
@@ -711,7 +712,11 @@ class AugmentConfig(_Section):
         changed = [name for name in set_fields(self) if name != "enabled"]
         if not self.enabled and changed:
             self._unused(changed[0], "it is set but augment.enabled is false; set augment.enabled: true or remove it")
-        limits = {"gamma": (1.0, "a log-gamma range in [0, 1], e.g. 0.3 for gamma 0.74-1.35"),
+        if self.contrast >= 1:
+            self._fail("contrast", "give a contrast range below 1, e.g. 0.1 for factors 0.9-1.1")
+        limits = {"rotation_degrees": (180.0, "a rotation range in degrees, at most 180 (any angle)"),
+                  "brightness": (1.0, "a brightness range as a fraction of 255, at most 1, e.g. 0.1"),
+                  "gamma": (1.0, "a log-gamma range in [0, 1], e.g. 0.3 for gamma 0.74-1.35"),
                   "blur_sigma": (5.0, "a blur sigma in pixels, at most 5"),
                   "noise": (64.0, "a noise standard deviation on the 0-255 scale, at most 64")}
         for name, (limit, what) in limits.items():
@@ -1741,9 +1746,11 @@ def _build(cls, values: Any, where: str, prefix: str, track: bool = True):
                           f"got {type(values).__name__}")
     hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]!s}; "
+        word = (" (YAML reads an unquoted on, off, yes or no as true or false: quote the key)"
+                if isinstance(unknown[0], bool) else "")
+        raise ConfigError(f"{where}: unknown key {prefix}{unknown[0]!s}{word}; "
                           f"allowed keys here: {', '.join(fields)}")
     kwargs = {}
     for name, value in values.items():
@@ -1758,6 +1765,24 @@ def _build(cls, values: Any, where: str, prefix: str, track: bool = True):
         raise UnusedSettingError(f"{where}: {_at_prefix(cls, error, prefix)}", prefix + error.key) from None
     except ConfigError as error:
         raise ConfigError(f"{where}: {_at_prefix(cls, error, prefix)}") from None
+
+
+def _number_hint(value) -> str:
+    """Why YAML read ``value`` as text where a number was meant: an exponent without a dot (``1e-3``).
+
+    Example:
+        >>> _number_hint("1e-3"), _number_hint("fast")
+        (' (YAML reads 1e-3 as text: write 1.0e-3)', '')
+    """
+    try:
+        number = float(value) if isinstance(value, str) else math.nan
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    mantissa, exponent = f"{number:.6e}".split("e")
+    mantissa = mantissa.rstrip("0") + ("0" if mantissa.rstrip("0").endswith(".") else "")
+    return f" (YAML reads {value} as text: write {mantissa}e{int(exponent):+d})".replace("e+0)", ")")
 
 
 def _at_prefix(cls, error: ConfigError, prefix: str) -> str:
@@ -1778,6 +1803,9 @@ def _at_prefix(cls, error: ConfigError, prefix: str) -> str:
 def _convert(hint, value, where: str, key: str, track: bool = True):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if value is None and hint is not typing.Any and type(None) not in args:
+        raise ConfigError(f"{where}: {key} is null, which it cannot be; remove the line for its default, or give "
+                          "a value")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where, key + ".", track)
     if origin is Literal:
@@ -1806,7 +1834,7 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
         return {str(k): _convert(args[1], v, where, f"{key}.{k}", track) for k, v in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}" + _number_hint(value))
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -1819,7 +1847,8 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
     if hint is str:
         if not isinstance(value, str):
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            raise ConfigError(f"{where}: {key} must be text, got {value!r}"
-                              + (f" (quote it: '{value}')" if number else ""))
+            hint_words = (f" (quote it: '{value}')" if number else " (YAML reads an unquoted yes, no, on, off, true "
+                          "or false as true or false: quote the word)" if isinstance(value, bool) else "")
+            raise ConfigError(f"{where}: {key} must be text, got {value!r}{hint_words}")
         return value
     return value

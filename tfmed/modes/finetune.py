@@ -520,7 +520,7 @@ class FineTuner:
 
     def _stage_callbacks(self, k, epochs, start, learning_rate, val_ds, extra, watch_from: int) -> list:
         cfg = self.config
-        monitor = cfg.monitor if val_ds is not None else "loss"
+        monitor = cfg.monitor if val_ds is not None or not cfg.monitor.startswith("val_") else "loss"
         watched = cfg.early_stopping_patience is not None or cfg.schedule == "plateau"
         if k == 0 and watched and monitor != cfg.monitor:
             log(f"no validation data: early stopping and the best epoch watch the training loss, not {cfg.monitor}")

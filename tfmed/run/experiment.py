@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.config import UNKNOWN_LABEL, ConfigError, EvaluationConfig, ExperimentConfig
+from tfmed.config import (UNKNOWN_LABEL, ConfigError, EvaluationConfig, ExperimentConfig, UnusedSettingError,
+                          set_fields)
 from tfmed.data.near_duplicates import (GROUP_COLUMN, conflict_note, conflicting_labels, mark_near_duplicates,
                                         twins_in_train)
 from tfmed.data.pipeline import ImageInputs
@@ -162,6 +163,13 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
             Hierarchy(config.evaluation.hierarchy).membership(table.classes)
         except HierarchyError as error:
             raise ConfigError(f"evaluation.hierarchy: {error}") from None
+    binary_answer = config.evaluation.hierarchy is not None and len(config.evaluation.hierarchy) == 2
+    written = [name for name in ("threshold", "target_sensitivity", "target_specificity")
+               if name in set_fields(config.evaluation)]
+    if table.task == "multiclass" and written and not binary_answer:
+        raise UnusedSettingError(f"{config.name}: evaluation.{written[0]} is set, but multiclass data is answered "
+                                 "by the most probable class, with no threshold to choose; remove it, or give "
+                                 "evaluation.hierarchy two coarse classes to threshold", f"evaluation.{written[0]}")
     get_mode(config.model.mode).check_experiment(config, table)
 
 
