@@ -56,7 +56,8 @@ def test_site_split_errors_name_the_sites(tmp_path):
     frame = table.frame.copy()
     frame.loc[0, "patient_id"] = "east3"  # a north image of an east patient: the patient would be on both sides
     shared = type(table)(frame, table.classes, table.task, source=table.source)
-    with pytest.raises(LeakageError, match="east3"):
+    with pytest.raises(LeakageError, match=r"1 patient\(s\) have images at a site of split.test_sites \(east\) "
+                                           r"and at another site: east3\. .* correct those rows' patient ids or sites"):
         ensure_splits(shared, SplitConfig(method="kfold", test_sites=["east"]))
 
 

@@ -534,3 +534,24 @@ def test_validate_of_a_source_reports_a_patient_in_two_of_its_own_splits(nih, ca
     assert "Data validation passed" in out
     assert "1 patient(s) appear in more than one split: 1 (test, train). Each patient's images must be in one " \
            "split: put each patient's images in one of train_val_list.txt and test_list.txt" in out
+
+
+@pytest.mark.parametrize("settings, message", [
+    ("model: {backbone: efficientnet_lite9}", "model.backbone: unknown backbone 'efficientnet_lite9'"),
+    ("model: {svm: {taps: [midle]}}", "model.svm.taps: unknown tap 'midle'"),
+    ("model: {mode: finetune}\npreprocess: {channels: 1}", "preprocess.channels is 1, but a fine-tuned ImageNet"),
+    ("evaluation: {threshold: sensitivity}", "evaluation.threshold is set, but multiclass data is answered"),
+    ("preprocess: {intensity: histogram}", "every one of the"),
+])
+def test_validate_and_run_name_the_experiment_file_of_a_setting_refused_after_reading_it(
+        settings, message, tmp_path, capsys):
+    from test_experiment import _three_class_npz
+
+    data = _three_class_npz(tmp_path, mean=90, noise=0, stripe=0)  # flat images: no histogram landmarks
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"name: grades\ndata: {{source: medmnist, path: {data}}}\n{settings}\n")
+    for command in (["validate", str(path)], ["run", str(path), "--runs-dir", str(tmp_path / "runs")]):
+        assert main(command) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"tfmed: error: {path}: ") and message in error, error
+    assert not (tmp_path / "runs").exists()

@@ -412,23 +412,28 @@ def cache_dir() -> Path:
     return cache_folder("weights")
 
 
+# the other values of the weights setting, as an experiment file and Python write them
+WEIGHTS_CHOICES = ("ImageNet weights or none: model.weights: imagenet or null in an experiment, weights='imagenet' "
+                   "or None in Python")
+
+
 def existing_weights_file(path, backbone: str) -> Path:
     """``path`` (``~`` expanded) when it is a file that can hold weights (see :func:`damaged_weights_file`),
     else WeightsFileError saying what to pass instead.
 
     Example:
-        >>> existing_weights_file("/no/such.weights.h5", "resnet50")
+        >>> existing_weights_file("/no/such.weights.h5", "resnet50")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        tfmed.backbones.weights.WeightsFileError: weights file for backbone 'resnet50' not found: /no/such.weights.h5 (pass an existing file, weights='imagenet' or weights=None)
+        tfmed.backbones.weights.WeightsFileError: weights file for backbone 'resnet50' not found: ... (give an ...)
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsFileError(f"weights file for backbone {backbone!r} not found: {path} "
-                               "(pass an existing file, weights='imagenet' or weights=None)")
+                               f"(give an existing file, or {WEIGHTS_CHOICES})")
     why = damaged_weights_file(path)
     if why:
         raise WeightsFileError(f"weights file for backbone {backbone!r} is unusable: {path}: {why}; "
-                               "replace it with a complete copy (or use weights='imagenet' or weights=None)")
+                               f"replace it with a complete copy (or use {WEIGHTS_CHOICES})")
     return path
 
 

@@ -148,6 +148,9 @@ class FineTuner:
 
         model = config.model
         check_backbone(model.backbone, model.weights, config.preprocess.image_size, model.weights_dir)
+        if config.preprocess.channels != 3:
+            raise ConfigError(f"preprocess.channels is {config.preprocess.channels}, but a fine-tuned ImageNet "
+                              "backbone takes R, G, B images; remove it (grey images are repeated to three channels)")
         for i, stage in enumerate(model.finetune.stages):
             try:
                 unfrozen_blocks(model.backbone, stage.unfreeze)

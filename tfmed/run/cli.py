@@ -21,6 +21,8 @@ traceback) and exit with status 2; Ctrl-C prints one line and exits with 130.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import sys
 import typing
@@ -246,7 +248,9 @@ def _cmd_run(args) -> int:
     if args.resume is not None:
         run_dir = resume_experiment(args.resume)
     else:  # stopped: it logs where its FAILED.txt is
-        run_dir = run_experiment(ExperimentConfig.from_yaml(args.config), runs_dir=args.runs_dir)
+        config = ExperimentConfig.from_yaml(args.config)
+        with config_errors_named(args.config, config.name):
+            run_dir = run_experiment(config, runs_dir=args.runs_dir)
     if run_dir is None:  # a multi-worker feature extraction, on a worker other than the first
         print("features written; worker 0 (TF_CONFIG task index 0) writes the run", flush=True)
         return 0
@@ -386,14 +390,51 @@ def _cmd_export_tfds(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def config_errors_named(path, name: str):
+    """Make an error about a setting, raised once the experiment file ``path`` has been read (by the mode, or
+    against the data), name that file, as errors of reading the file do (instead of the experiment's ``name``):
+    a message that starts with a setting's key, an unknown backbone or tap.
+
+    Example:
+        >>> from tfmed.config import ConfigError
+        >>> with config_errors_named("experiments/x.yaml", "x"):
+        ...     raise ConfigError("x: evaluation.threshold is set, but ...")
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: experiments/x.yaml: evaluation.threshold is set, but ...
+    """
+    from tfmed.backbones import UnknownBackboneError
+    from tfmed.config import ConfigError, ExperimentConfig
+    from tfmed.modes.features import UnknownTapError
+
+    keys = {UnknownBackboneError: "model.backbone: ", UnknownTapError: "model.svm.taps: "}
+    sections = tuple(f"{field.name}." for field in dataclasses.fields(ExperimentConfig))
+    try:
+        yield
+    except TfmedError as error:
+        message = str(error)
+        message = message[len(name) + 2:] if message.startswith(f"{name}: ") else message
+        key = "" if message.startswith("model.") else keys.get(type(error), "")
+        if message.startswith(str(path)) or not (key or message.startswith(sections)):
+            raise  # already named, or not about a setting (the data's files, say)
+        raise ConfigError(f"{path}: {key}{message}") from None
+
+
 def _cmd_validate(args) -> int:
+    if args.near_duplicate_rms is not None and not args.near_duplicate_rms >= 0:
+        raise TfmedError(f"--near-duplicate-rms is {args.near_duplicate_rms:g}; give a number of grey levels >= 0")
+    experiment = _experiment_of(args.data)
+    if experiment is None:
+        return _validate(args, None)
+    with config_errors_named(args.data, experiment.name):
+        return _validate(args, experiment)
+
+
+def _validate(args, experiment) -> int:
     from tfmed.config import EvaluationConfig, SplitConfig
     from tfmed.data.validate import validate_table
     from tfmed.evaluation.subgroups import group_counts
 
-    if args.near_duplicate_rms is not None and not args.near_duplicate_rms >= 0:
-        raise TfmedError(f"--near-duplicate-rms is {args.near_duplicate_rms:g}; give a number of grey levels >= 0")
-    experiment = _experiment_of(args.data)
     if experiment is not None:  # the model's names and weights, as a run checks them before its data
         from tfmed.modes import get_mode
 
@@ -492,10 +533,11 @@ def _experiment_check(experiment, table):
     """What ``tfmed validate EXPERIMENT.yaml`` adds on the rows its run keeps (``table``): the split the run
     would make (k-fold feasibility included) and the mode's settings checked against the data's task; with
     the split table."""
-    from tfmed.run.experiment import check_config_fits_data, split_data
+    from tfmed.run.experiment import check_config_fits_data, run_inputs, split_data
 
     split = split_data(experiment, table)
     check_config_fits_data(experiment, split)
+    run_inputs(experiment, split)  # statistics the training images must allow (histogram: not all flat)
     counts = ", ".join(f"{name} {int((split.frame['split'] == name).sum())}" for name in ("train", "val", "test"))
     folds = f", {experiment.split.folds} folds over train" if experiment.split.method == "kfold" else ""
     text = (f"experiment {experiment.name}: the run's checks passed (backbone, taps and weights; split "
