@@ -118,6 +118,23 @@ def test_evaluate_reproduces_the_runs_test_metrics_exactly(pneumonia_run, tmp_pa
     assert (out / "report.html").is_file()
 
 
+def test_an_evaluation_interrupted_while_writing_leaves_no_folder(pneumonia_run, tmp_path, monkeypatch):
+    import tfmed.run.evaluate as evaluate_module
+
+    def interrupted(out, **_):
+        (out / "metrics.json").write_text("{}")  # some files written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_module, "write_outputs", interrupted)
+    before = set((pneumonia_run / "evaluations").glob("*")) if (pneumonia_run / "evaluations").is_dir() else set()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(pneumonia_run)
+    assert set((pneumonia_run / "evaluations").glob("*")) == before
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(pneumonia_run, output=tmp_path / "ev")
+    assert not (tmp_path / "ev").exists()
+
+
 def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
     data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
     path = tmp_path / "other.npz"

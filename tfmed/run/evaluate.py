@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,21 +112,28 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         log(sentence)
         if froc_metrics is not None:
             metrics["froc"] = froc_metrics
-    # the folder is made once everything is computed, so a failure leaves none behind
+    # the folder is made once everything is computed, and removed when writing it fails or is interrupted
     out = Path(output) if output else new_run_dir(run_dir, "evaluations")
-    out.mkdir(parents=True, exist_ok=True)
-    # what made the evaluation: the folder it started in (relative image ids are read from there), the run
-    (out / "environment.json").write_text(json.dumps(
-        {**environment_info(config), "model_run": str(run_dir.resolve()), "verified": verify,
-         "data": data if data is not None else "the run's own test split"}, indent=2), encoding="utf-8")
-    excluded = write_excluded(out, table, data) if data is not None else []  # the run lists its own
-    if copy_rows is not None and len(copy_rows):
-        copy_rows.to_csv(out / "copies_of_run_images.csv", index=False)
-    write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
-                  model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
-                  notes=notes + member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics),
-                  member_scores={"test": members} if members is not None else None,
-                  excluded=excluded, kfold=config.split.method == "kfold")
+    made = not output or not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # what made the evaluation: the folder it started in (relative image ids are read from there), the run
+        (out / "environment.json").write_text(json.dumps(
+            {**environment_info(config), "model_run": str(run_dir.resolve()), "verified": verify,
+             "data": data if data is not None else "the run's own test split"}, indent=2), encoding="utf-8")
+        excluded = write_excluded(out, table, data) if data is not None else []  # the run lists its own
+        if copy_rows is not None and len(copy_rows):
+            copy_rows.to_csv(out / "copies_of_run_images.csv", index=False)
+        write_outputs(out, title=f"{config.name}: evaluation of {run_dir.name}", source=source,
+                      model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
+                      notes=notes + member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics),
+                      member_scores={"test": members} if members is not None else None,
+                      excluded=excluded, kfold=config.split.method == "kfold")
+    except BaseException:  # Ctrl-C or a full disk: no half-written evaluation that reads as a whole one
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+            log(f"removed the unfinished evaluation folder {out}")
+        raise
     return out
 
 
