@@ -792,6 +792,10 @@ def test_a_run_without_a_test_split_trains_on_all_and_says_where_figures_come_fr
     assert list(metrics["splits"]) == ["val"] and sum(metrics["counts"]["train"].values()) == 160
     assert sum(metrics["counts"]["test"].values()) == 0
     assert "val: the split the thresholds were chosen on" in summary_text(metrics)
+    assert metrics["test_origin"] is None  # no test split has an origin
+    report = (run_dir / "report.html").read_text()
+    assert "This run has no test split: score held-out data with tfmed evaluate --data" in report
+    assert "applied unchanged to the test split" not in report and "in-distribution" not in report
     with pytest.raises(ModelArtifactError, match="no test split of its own.*--data"):
         evaluate_run(run_dir)
 

@@ -82,7 +82,7 @@ def split_data(config: ExperimentConfig, table: ImageTable) -> ImageTable:
             kfold_indices(table, config.split.folds, config.split.seed)
         except SplitError as error:
             raise SplitError(f"split.folds: {error}") from None
-    table.frame.attrs["test_origin"] = origin
+    table.frame.attrs["test_origin"] = origin if (table.frame["split"] == "test").any() else None  # none: no test
     for split, count in twins_in_train(table).items():
         why = ("split.test_sites holds its sites' images out whole, and these copy images of a training site, so "
                "that much of the external test is not external: remove the copies from one site's data"

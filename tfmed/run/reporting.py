@@ -29,6 +29,8 @@ from tfmed.evaluation.subgroups import ATTRIBUTE_WORDS
 ARGMAX_DECISION = "a multiclass model decides for its most probable class"
 THRESHOLD_NOTE = ("Thresholds were chosen on the validation split only and applied unchanged to the "
                   "test split; test data never influenced the model, its hyper-parameters or its thresholds.")
+NO_TEST_NOTE = ("Thresholds were chosen on the validation split. This run has no test split: score held-out "
+                "data with tfmed evaluate --data.")
 
 
 def primary_metrics(metrics: dict, split: str) -> dict:
@@ -396,7 +398,8 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
     facts["test-time views"] = metrics.get("tta_views", 1)
     if model.recalibration is not None:
         facts["recalibration"] = model.recalibration.describe()
-    notes = [THRESHOLD_NOTE if model.thresholds else f"No threshold: {ARGMAX_DECISION}."]
+    threshold_note = THRESHOLD_NOTE if "test" in metrics["splits"] else NO_TEST_NOTE
+    notes = [threshold_note if model.thresholds else f"No threshold: {ARGMAX_DECISION}."]
     if metrics.get("test_origin") and "test" in metrics["splits"]:
         notes.append(test_origin_note(metrics["test_origin"]))
     notes += [twin_note(split, count, total) for split, count, total in _twins_in_train(metrics)]
@@ -408,7 +411,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
     if "kfold" in metrics:
         notes.append(kfold_sentence(metrics))
         if model.thresholds:  # the sentence above says where they were chosen
-            notes.remove(THRESHOLD_NOTE)
+            notes.remove(threshold_note)
     notes += (recalibration_sentences(metrics) + member_sentences(metrics) + subgroup_sentences(metrics)
               + coarse_sentences(metrics))
     extra_plots = {}
