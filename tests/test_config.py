@@ -307,6 +307,8 @@ def test_a_folder_named_like_an_experiment_is_said_to_be_one_and_not_listed(tmp_
                                "experiments/NAME.yaml. Available here: real.")
     with pytest.raises(ConfigError, match=r"nope.yaml: experiment file not found\. .* Available here: real\.$"):
         ExperimentConfig.from_yaml(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"experiment file not found\. .*a pip-installed tfmed does not include"):
+        ExperimentConfig.from_yaml(tmp_path / "empty" / "pneumonia_mnist.yaml")  # outside the repository
 
 
 @pytest.mark.parametrize("values, message", [

@@ -146,6 +146,16 @@ def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
     assert metrics["near_duplicates"]["copies_of_run_images"] == 60
 
 
+def test_evaluate_of_a_medmnist_file_of_several_splits_asks_which_one(pneumonia_run, tmp_path):
+    path = _tiny_medmnist(tmp_path, n=20)  # train and val
+    with pytest.raises(DataSourceError, match=r"tiny.npz holds the splits train, val, which would all be scored as "
+                                              r"one test set; name the one to score: medmnist:.*tiny.npz#test"):
+        evaluate_run(pneumonia_run, data=f"medmnist:{path}", output=tmp_path / "ev")
+    assert not (tmp_path / "ev").exists()
+    assert load_metrics(evaluate_run(pneumonia_run, data=f"medmnist:{path}#val", output=tmp_path / "ev"))["images"] == {
+        "test": 10}
+
+
 def test_evaluate_pairs_labels_with_the_models_classes_by_name(pneumonia_run, tmp_path):
     from tfmed.run.artifact import ModelArtifactError
 

@@ -1463,7 +1463,9 @@ class ExperimentConfig(_Section):
         path = Path(path)
         if not path.is_file():
             shipped = sorted(p.stem for p in path.parent.glob("*.yaml") if p.is_file()) if path.parent.is_dir() else []
-            listing = f" Available here: {', '.join(shipped)}." if shipped else ""
+            listing = (f" Available here: {', '.join(shipped)}." if shipped else
+                       " The shipped ones are in the tfmed repository's experiments/ folder, which a pip-installed "
+                       "tfmed does not include: run from the repository's folder, or give the file's path.")
             what = " is a folder, not an experiment file" if path.is_dir() else ": experiment file not found"
             raise ConfigError(f"{path}{what}. Experiments live in experiments/NAME.yaml.{listing}")
         return cls.from_dict(_read_mapping(path), where=str(path))

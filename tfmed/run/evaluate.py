@@ -203,6 +203,10 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
         >>> table, source = read_labelled_data(spec, evaluation_data(spec), model, config)  # doctest: +SKIP
     """
     table = load_source(parsed)
+    splits = sorted(table.frame["split"].dropna().unique())
+    if parsed.source == "medmnist" and "#" not in str(parsed.path) and len(splits) > 1:
+        raise DataSourceError(f"{parsed.path} holds the splits {', '.join(splits)}, which would all be scored as "
+                              f"one test set; name the one to score: medmnist:{parsed.path}#test")
     limit = parsed.max_image_pixels if is_experiment_file(data) else config.data.max_image_pixels
     report = validate_table(table, max_pixels=limit, views=model.views)
     if report.warnings:
