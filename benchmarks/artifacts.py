@@ -13,6 +13,9 @@ The script prints each artifact's size, the time to read the files alone, the ti
 a full ``FeatureSVM.load`` (which also rebuilds the backbone), and checks that the
 reloaded models give identical ``decision_function`` and ``predict_proba`` values.
 
+Exit status: 0 (no goal is checked; a reloaded model that differs stops it with an AssertionError); 2 for
+a refused argument or a tfmed error (one line).
+
 Usage:
     python benchmarks/artifacts.py [--images 4708] [--size 96] [--repeats 5]
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ import joblib  # noqa: E402
 import numpy as np  # noqa: E402
 import skops.io  # noqa: E402
 
+from _common import at_least, one_line_errors  # noqa: E402
 from tfmed.config import PreprocessConfig  # noqa: E402
 from tfmed.data.pipeline import ImageInputs  # noqa: E402
 from tfmed.data.sources.embedded import load_pneumonia_mnist  # noqa: E402
@@ -65,14 +70,20 @@ def save_pickled(model: FeatureSVM, path: Path) -> None:
                  "backbone_weights": [np.asarray(w) for w in base.get_weights()]}, path)
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=4708, help="training images (4708 = all)")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    at_least(parser, "--repeats", args.repeats, 1, "each load is timed as the median of that many")
 
     table = load_pneumonia_mnist().split("train")
+    seen = np.cumsum(np.eye(2, dtype=int)[table.labels()], axis=0)  # images of each class among the first n
+    least = int(np.argmax(seen.min(axis=1) >= 5)) + 1
+    at_least(parser, "--images", args.images, least,
+             f"the SVM's 5-fold CV needs 5 images of each class, which the first {least} training images hold")
     table = table.subset(np.arange(min(args.images, len(table))))
     inputs = ImageInputs(PreprocessConfig(image_size=args.size, intensity="minmax"))
     X, y = inputs.arrays(table)
@@ -105,7 +116,8 @@ def main() -> None:
     print(f"{'safe':<10} {sizes['safe'] / 1e6:>10.2f} {read_safe:>15.3f} {load_safe:>20.2f}")
     print("safe files: " + ", ".join(f"{name} {size / 1e6:.2f} MB" for name, size in parts.items()))
     print("both reload to identical decision_function and predict_proba values")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

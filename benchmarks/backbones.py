@@ -7,15 +7,19 @@ damps noise from other processes). Goal: tfmed >= 0.9x the bare images/s.
 Run:  TF_CPP_MIN_LOG_LEVEL=2 python benchmarks/backbones.py [--images 64] [--batch 32] [--rounds 3]
 EfficientNet-Lite0 uses its ImageNet weights (converted offline on first use);
 ResNet50 uses random weights (ImageNet files are not downloaded).
+Exit status: 0 when every backbone meets the goal, 1 when one fails it ("overall: FAIL"), 2 for a refused
+argument or a tfmed error (one line).
 """
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from _common import at_least, one_line_errors  # noqa: E402
 from tfmed import backbones  # noqa: E402
 
 
@@ -25,12 +29,16 @@ def images_per_second(fn, n):
     return n / (time.perf_counter() - start)
 
 
+@one_line_errors
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    at_least(parser, "--images", args.images, 1, "the backbones are timed on that many images")
+    at_least(parser, "--batch", args.batch, 1, "a batch holds images")
+    at_least(parser, "--rounds", args.rounds, 1, "the best timed round is kept")
     x = np.random.default_rng(0).uniform(0, 255, (args.images, 224, 224, 3)).astype("float32")
     print(f"{args.images} images 224x224, batch {args.batch}, CPU cores visible: {os.cpu_count()}")
     ok = True
@@ -49,7 +57,8 @@ def main():
         print(f"{name:20s} bare predict {max(bare_ips):7.1f} img/s | tfmed features {max(ours_ips):7.1f} img/s | "
               f"ratio {ratio:.2f}x {'PASS' if ratio >= 0.9 else 'FAIL'} (goal >= 0.9x)")
     print("overall:", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

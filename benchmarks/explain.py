@@ -10,6 +10,8 @@ RBF-SVM fitted on a few images) is timed with Grad-CAM too.
 
 Timings are of this machine (its CPU is printed); compare the ratios.
 
+Exit status: 0 (no goal is checked); 2 for a refused argument or a tfmed error (one line).
+
 Usage:
     python benchmarks/explain.py [--images 8] [--size 224]
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _common import at_least, one_line_errors  # noqa: E402
 from tfmed import backbones, explain  # noqa: E402
 from tfmed.modes.svm import FeatureSVM  # noqa: E402
 
@@ -55,11 +59,13 @@ def _timed(function, repeats: int = 1) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
+    at_least(parser, "--images", args.images, 4, "the SVM's 2-fold CV needs 2 images of each of its two classes")
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (args.images, args.size, args.size, 3)).astype("float32")
     model = _model(args.size)
@@ -74,7 +80,8 @@ def main() -> None:
     svm.fit(images[..., :1], np.arange(args.images) % 2)
     seconds = _timed(lambda: explain.gradcam(svm, images)) / args.images
     print(f"{'gradcam (svm mode)':24s} {1 / seconds:8.2f} {seconds / forward:24.1f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,7 +10,11 @@ Prints both figures and the ratio with PASS (>= 0.9x) or FAIL.
 
 Experiment (``--experiment PATH``): trains an experiment YAML (mode finetune)
 through FineTuner on its own data and split and prints the validation AUC
-(scikit-learn) and the wall time.
+(scikit-learn) and the wall time. A relative PATH is read from the working
+folder, else from the repository (as ``heldout.py`` reads its YAMLs).
+
+Exit status: 0 when the throughput goal is met (or the experiment ran), 1 when
+it fails, 2 for a refused argument or a tfmed error (one line).
 
 Example:
     .venv/bin/python benchmarks/finetune.py --size 96 --images 512 --epochs 3
@@ -30,6 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _common import at_least, one_line_errors  # noqa: E402
+from _common import experiment as experiment_file  # noqa: E402
 from tfmed.config import DataConfig, FinetuneConfig, PreprocessConfig, StageConfig  # noqa: E402
 
 GOAL = 0.9
@@ -106,19 +112,16 @@ def throughput(args) -> bool:
     return ok
 
 
-def experiment(args) -> bool:
+def experiment(args, config) -> bool:
+    """Train ``config`` (the experiment read from ``args.experiment``, mode finetune); print its validation AUC."""
     from sklearn.metrics import roc_auc_score
 
-    from tfmed.config import ExperimentConfig
     from tfmed.data.pipeline import targets_array
-    from tfmed.modes import FineTuner, get_mode
+    from tfmed.modes import FineTuner
     from tfmed.progress import configure_logging
     from tfmed.data.statistics import fit_inputs
     from tfmed.run.experiment import prepare_data
 
-    config = ExperimentConfig.from_yaml(args.experiment)
-    if get_mode(config.model.mode) is not FineTuner:
-        sys.exit(f"{args.experiment}: model.mode is {config.model.mode!r}; this benchmark needs 'finetune'")
     configure_logging()
     start = time.perf_counter()
     table = prepare_data(config)
@@ -138,6 +141,7 @@ def experiment(args) -> bool:
     return True
 
 
+@one_line_errors
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
@@ -153,7 +157,19 @@ def main(argv=None) -> int:
     parser.add_argument("--experiment", help="an experiment YAML to train; prints its validation AUC")
     parser.add_argument("--run-dir-path", default=None, help="run_dir for --experiment (resumable)")
     args = parser.parse_args(argv)
-    ok = experiment(args) if args.experiment else throughput(args)
+    for option, value, why in (("--images", args.images, "the throughput is timed on that many training images"),
+                               ("--batch", args.batch, "a batch holds images"),
+                               ("--epochs", args.epochs, "the fastest epoch is kept"),
+                               ("--repeats", args.repeats, "the fastest run is kept")):
+        at_least(parser, option, value, 1, why)
+    config = experiment_file(args.experiment) if args.experiment else None
+    if config is not None:
+        from tfmed.modes import FineTuner, get_mode
+
+        if get_mode(config.model.mode) is not FineTuner:
+            parser.error(f"--experiment {args.experiment}: model.mode is {config.model.mode!r}; this benchmark "
+                         "needs 'finetune' (e.g. experiments/pneumonia_mnist_finetune.yaml)")
+    ok = experiment(args, config) if config is not None else throughput(args)
     return 0 if ok else 1
 
 

@@ -1,7 +1,8 @@
 """Benchmark: what a recipe gives beyond the data it was tuned on.
 
-For each experiment YAML (default: the shipped PneumoniaMNIST recipes that fit
-the time budget), the recipe is trained on ALL official training images (no
+For each experiment YAML (default: ``experiments/pneumonia_mnist.yaml``, the
+shipped PneumoniaMNIST recipe; a relative path is read from the working folder,
+else from the repository), the recipe is trained on ALL official training images (no
 test split is carved from them), its threshold chosen on the official
 validation split, and the script prints:
 
@@ -30,16 +31,21 @@ Anyone holding the official MedMNIST file can so reproduce the comparison with
 published tables; without it, only in-distribution figures are printed, and
 they are labelled as such.
 
+Exit status: 0 after the tables (no goal is checked); 2 for a refused argument or a tfmed error (one line
+``heldout.py: error: ...``), found before anything is trained where the arguments show it.
+
 Usage:
     python benchmarks/heldout.py [experiments/NAME.yaml ...] [--test-npz pneumoniamnist.npz] [--oof]
-                                 [--shifted-val]
+                                 [--shifted-val] [--keep-runs]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -48,12 +54,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from _common import ROOT, experiment, one_line_errors  # noqa: E402
 from tfmed.config import ExperimentConfig, SplitConfig  # noqa: E402
 from tfmed.evaluation.metrics import auc_interval, headline_auc  # noqa: E402
 from tfmed.run.evaluate import evaluate_run, load_metrics  # noqa: E402
 from tfmed.run.experiment import run_experiment  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ["experiments/pneumonia_mnist.yaml"]
 
 
@@ -66,11 +72,6 @@ def auc_interval_of(entry: dict) -> str:
     """The interval of :func:`auc_of` as ``lo-hi`` (DeLong; for multiclass over all classes)."""
     lo, hi = auc_interval(entry.get("youden", entry)) or (None, None)
     return "n/a" if lo is None else f"{lo:.3f}-{hi:.3f}"
-
-
-def experiment(path: str) -> ExperimentConfig:
-    """The experiment in ``path``: a file there, else (a relative path) the one under the repository root."""
-    return ExperimentConfig.from_yaml(path if Path(path).is_absolute() or Path(path).is_file() else ROOT / path)
 
 
 def heldout_run(config: ExperimentConfig, runs_dir: Path) -> tuple[Path, float]:
@@ -133,8 +134,9 @@ SHIFTS = {
 }
 
 
-def val_npz(config: ExperimentConfig) -> Path:
-    """The MedMNIST-style file holding the experiment's official validation split."""
+def medmnist_file(config: ExperimentConfig) -> Path | None:
+    """The MedMNIST-style file the experiment reads (its official validation split with it), None for another
+    kind of source."""
     source = config.data.source
     if source == "pneumonia_mnist":
         return ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz"
@@ -142,7 +144,54 @@ def val_npz(config: ExperimentConfig) -> Path:
         return Path(source.split(":", 1)[1].split("#")[0])
     if source == "medmnist" and config.data.path:
         return Path(config.data.path)
-    raise SystemExit(f"--shifted-val needs a MedMNIST-style source, not {source!r}")
+    return None
+
+
+def val_npz(config: ExperimentConfig) -> Path:
+    """The MedMNIST-style file holding the experiment's official validation split."""
+    path = medmnist_file(config)
+    if path is None:
+        raise SystemExit(f"--shifted-val needs a MedMNIST-style source, not {config.data.source!r}")
+    return path
+
+
+def refuse_other_sources(parser: argparse.ArgumentParser, option: str, paths: list[str],
+                         configs: list[ExperimentConfig]) -> None:
+    """``parser.error`` when ``option`` (which alters a MedMNIST-style file's validation images) is given with an
+    experiment reading another kind of source."""
+    for path, config in zip(paths, configs):
+        if medmnist_file(config) is None:
+            parser.error(f"{option} alters the validation images of a MedMNIST-style .npz (data.source "
+                         f"pneumonia_mnist, medmnist with data.path, or medmnist:FILE), but {path} reads "
+                         f"data.source {config.data.source!r}; leave {option} out")
+
+
+def refuse_missing_files(parser: argparse.ArgumentParser, paths: list[str], configs: list[ExperimentConfig]) -> None:
+    """``parser.error`` when an experiment's MedMNIST-style data file is not there (before anything trains)."""
+    for path, config in zip(paths, configs):
+        data = medmnist_file(config)
+        if data is not None and not data.is_file():
+            parser.error(f"{path}: its data file {data} is not there (a relative path is read from the working "
+                         f"folder, {Path.cwd()}); run from the folder it is relative to (the repository's "
+                         "experiments: the repository root) or give the file")
+
+
+def refuse_bad_test_file(parser: argparse.ArgumentParser, test_npz: str) -> None:
+    """``parser.error`` when ``--test-npz`` is not a MedMNIST-style .npz with a test split."""
+    try:
+        stored = np.load(test_npz, allow_pickle=False)
+        names = list(getattr(stored, "files", []))  # an .npy: one array, no names
+        if hasattr(stored, "close"):
+            stored.close()
+    except FileNotFoundError:
+        parser.error(f"--test-npz {test_npz}: no such file; give a MedMNIST-style .npz with a test split")
+    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as problem:
+        parser.error(f"--test-npz {test_npz}: not a .npz file ({type(problem).__name__}); give a MedMNIST-style "
+                     ".npz with a test split")
+    missing = [name for name in ("test_images", "test_labels") if name not in names]
+    if missing:
+        parser.error(f"--test-npz {test_npz} has no {' or '.join(missing)} (it holds {', '.join(names) or 'nothing'})"
+                     "; give a MedMNIST-style .npz with a test split")
 
 
 def shifted_val_figures(run: Path, config: ExperimentConfig, out: Path) -> dict:
@@ -164,6 +213,7 @@ def shifted_val_figures(run: Path, config: ExperimentConfig, out: Path) -> dict:
     return figures
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", default=DEFAULT_CONFIGS)
@@ -171,6 +221,9 @@ def main() -> None:
     parser.add_argument("--oof", action="store_true", help="also run a k-fold over train+val")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--shifted-val", action="store_true", help="also score altered copies of val")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="keep the runs (100-300 MB each) under the printed scratch folder; by default they "
+                             "are removed once the tables are printed")
     args = parser.parse_args()
     if args.folds < 2:
         parser.error(f"--folds is {args.folds}; a k-fold needs at least 2 folds")
@@ -179,8 +232,23 @@ def main() -> None:
     if args.shifted_val and trained_on_val:
         parser.error(f"--shifted-val scores altered copies of val, but {', '.join(trained_on_val)} trains on val "
                      "(split.method kfold: folds over train + val, the final model refit on both); leave it out")
+    if args.shifted_val:
+        refuse_other_sources(parser, "--shifted-val", args.configs, configs)
+    refuse_missing_files(parser, args.configs, configs)
+    if args.test_npz:
+        refuse_bad_test_file(parser, args.test_npz)
     scratch = Path(tempfile.mkdtemp(prefix="tfmed-heldout-"))
     print(f"machine: {os.cpu_count()} CPU cores; runs under {scratch}")
+    try:
+        print_tables(args, configs, trained_on_val, scratch)
+    finally:
+        if not args.keep_runs:
+            shutil.rmtree(scratch, ignore_errors=True)
+            print(f"removed {scratch} (--keep-runs keeps the runs)")
+
+
+def print_tables(args, configs: list[ExperimentConfig], trained_on_val: list[str], scratch: Path) -> None:
+    """Train each recipe under ``scratch`` and print its row, then the summary of all."""
     rows = []
     for path, config in zip(args.configs, configs):
         run, seconds = heldout_run(config, scratch / "runs")

@@ -4,8 +4,8 @@ A recalibration is fitted on the validation split (a k-fold run's pooled
 out-of-fold scores), so the run's own figures there after it are in-sample.
 This script measures it honestly, with no retraining: on validation
 **cross-fitted** (the split cut into ``--folds`` stratified parts, each part
-recalibrated by a fit on the others, repeated with ``--repeats`` seeds) and, when the run has a test split, fitted on all of
-validation and measured on test. For each of none, logistic and intercept
+recalibrated by a fit on the others, repeated with ``--repeats`` seeds) and, when the run has a test split,
+fitted on all of validation and measured on test. For each of none, logistic and intercept
 (binary) and temperature it prints the log loss, the Brier score, the calibration slope and
 intercept (binary) and the accuracy at 0.5 (binary) or of the argmax
 (multiclass: temperature never changes it).
@@ -26,6 +26,15 @@ the same half: log loss, Brier score, calibration intercept and slope, and
 sensitivity, specificity and accuracy at the Youden threshold (chosen at home,
 or at the other hospital).
 
+It is refused, before anything is trained, with ``--run`` alone (it trains
+the YAMLs), and for a YAML that reads no MedMNIST-style file, that is not
+binary, or that trains on val (``split.method: kfold``: its folds cover train +
+val and the final model is refit on both, so altered copies of val are no other
+hospital).
+
+Exit status: 0 after the tables (no goal is checked); 2 for a refused argument or a tfmed error (one line
+``recalibration.py: error: ...``).
+
 Usage:
     python benchmarks/recalibration.py [experiments/NAME.yaml ...] [--run RUN_DIR ...] [--folds 5] [--repeats 10]
                                        [--another-hospital]
@@ -35,6 +44,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,7 +53,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
-from heldout import SHIFTS, experiment, heldout_run, val_npz  # noqa: E402
+from _common import experiment, one_line_errors  # noqa: E402
+from heldout import (SHIFTS, heldout_run, medmnist_file, refuse_missing_files, refuse_other_sources,  # noqa: E402
+                     val_npz)
 from tfmed.config import ExperimentConfig  # noqa: E402
 from tfmed.evaluation.decision import calibration_line  # noqa: E402
 from tfmed.evaluation.recalibration import Recalibration, probability_scores  # noqa: E402
@@ -170,6 +182,44 @@ def another_hospital(run: Path, config: ExperimentConfig, scratch: Path) -> pd.D
     return pd.DataFrame(rows)
 
 
+def labelled_task(config: ExperimentConfig) -> str | None:
+    """The experiment's task as its YAML sets it, else as its MedMNIST-style file's validation labels show it
+    (one column of two values: binary); None where neither tells (the file missing or unreadable)."""
+    if config.data.task is not None:
+        return config.data.task
+    path = medmnist_file(config)
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            labels = stored["val_labels"] if "val_labels" in stored.files else None
+    except (TypeError, OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile):
+        return None
+    if labels is None:
+        return None
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return "multilabel"
+    return "binary" if len(np.unique(labels)) <= 2 else "multiclass"
+
+
+def refuse_another_hospital(parser: argparse.ArgumentParser, paths: list[str], configs: list[ExperimentConfig],
+                            runs: list[str]) -> None:
+    """``parser.error`` for a ``--another-hospital`` study that could not run or would mislead, before training."""
+    if not paths:
+        parser.error(f"--another-hospital trains each experiment YAML as shipped, and --run {runs[0]} is a finished "
+                     "run: give the experiment YAML(s) as well (or leave --another-hospital out)")
+    trained_on_val = [config.name for config in configs if config.split.method == "kfold"]
+    if trained_on_val:
+        parser.error(f"--another-hospital imitates other hospitals with altered copies of val, but "
+                     f"{', '.join(trained_on_val)} trains on val (split.method kfold: folds over train + val, the "
+                     "final model refit on both); leave it out")
+    refuse_other_sources(parser, "--another-hospital", paths, configs)
+    for path, config in zip(paths, configs):
+        task = labelled_task(config)
+        if task not in ("binary", None):
+            parser.error(f"--another-hospital imitates a binary prevalence change (half of the positive cases left "
+                         f"out), but {path} is {task}; leave it out")
+
+
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", help="experiment YAMLs to run without recalibration")
@@ -186,11 +236,14 @@ def main() -> None:
         parser.error("--folds must be at least 2 and --repeats at least 1")
     if not args.configs and not args.run:
         args.configs = ["experiments/pneumonia_mnist.yaml"]
+    configs = [experiment(path) for path in args.configs]  # every YAML read (and its data file seen) before training
+    refuse_missing_files(parser, args.configs, configs)
+    if args.another_hospital:
+        refuse_another_hospital(parser, args.configs, configs, args.run)
     pd.set_option("display.width", 200)
     with tempfile.TemporaryDirectory() as scratch:
         runs = [Path(r) for r in args.run]
-        for path in args.configs:
-            config = experiment(path)
+        for path, config in zip(args.configs, configs):
             config.evaluation.recalibration = "none"
             run, seconds = heldout_run(config, Path(scratch))
             print(f"{path}: trained in {seconds:.0f} s")

@@ -21,8 +21,14 @@ with its data replaced by N generated training images (plus the official validat
 prints its wall time and peak RSS beside the time the bare forward pass needs for as many images at
 that size. Goal: RSS < 3 GB and wall time <= 1.3x the bare forward pass.
 
+``--skip-sizes`` leaves out the per-size measurements: only the ``--experiment`` run (so it needs one).
+
+Exit status: 0 when every goal is met, 1 when one fails (its line says FAIL), 2 for a refused argument or a
+tfmed error (one line).
+
 Usage:
     python benchmarks/scale.py [--sizes 5000 20000 100000] [--image-sizes 224 64] [--experiment 50000]
+                               [--skip-sizes]
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from _common import at_least, one_line_errors  # noqa: E402
 from svm_classifiers import grown  # noqa: E402
 from tfmed.config import DataConfig  # noqa: E402
 from tfmed.data.sources import load_source  # noqa: E402
@@ -119,8 +126,9 @@ def in_fresh_process(args: list[str]) -> tuple[int, float, float, str]:
     return process.returncode, time.perf_counter() - start, usage.ru_maxrss / 2 ** 20, out
 
 
-def run_experiment(n: int, folder: Path) -> None:
-    """The default SVM recipe through ``tfmed run`` on n generated images (see the module text)."""
+def run_experiment(n: int, folder: Path) -> bool:
+    """The default SVM recipe through ``tfmed run`` on n generated images (see the module text); whether it met
+    the goal."""
     npz = write_training_set(n, folder)
     config = yaml.safe_load((ROOT / "experiments" / "pneumonia_mnist_svm.yaml").read_text())
     config.update(name=f"pneumonia_svm_{n}", runs_dir=str(folder / "runs"),
@@ -136,12 +144,15 @@ def run_experiment(n: int, folder: Path) -> None:
         raise SystemExit(f"tfmed run failed ({code}):\n{out[-3000:]}")
     forward = images / bare
     ratio = wall / forward
+    ok = ratio <= 1.3 and rss < RSS_GOAL_GB
     print(f"\ntfmed run, default SVM recipe, {n} training images at {size} px: wall {wall:.0f} s, peak RSS "
           f"{rss:.2f} GB; bare forward pass of {images} images at {bare:.0f} img/s: {forward:.0f} s -> "
-          f"{ratio:.2f}x {'PASS' if ratio <= 1.3 and rss < RSS_GOAL_GB else 'FAIL'} (goal <= 1.3x, RSS < 3 GB)")
+          f"{ratio:.2f}x {'PASS' if ok else 'FAIL'} (goal <= 1.3x, RSS < 3 GB)")
+    return ok
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[5000, 20000, 100000])
     parser.add_argument("--image-sizes", nargs="+", type=int, default=[224, 64])
@@ -152,14 +163,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure[0], int(args.measure[1]), args.measure[2])))
-        return
+        return 0
     if args.bare:
         print(bare_forward_rate(args.bare))
-        return
+        return 0
+    at_least(parser, "--experiment", args.experiment, 0, "it is a number of training images (0: no tfmed run)")
+    if args.skip_sizes and not args.experiment:
+        parser.error("--skip-sizes leaves only the --experiment run, and there is none: give --experiment N "
+                     "(training images) or leave --skip-sizes out")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; EfficientNet-Lite0 "
           "middle features; val = official PneumoniaMNIST validation split (524)")
     folder = Path(tempfile.mkdtemp(prefix="tfmed_scale_"))
     results = []
+    ok = True
     for n in [] if args.skip_sizes else args.sizes:
         npz = write_training_set(n, folder)
         for size in args.image_sizes:
@@ -171,6 +187,7 @@ def main() -> None:
             row["rss_gb"] = rss
             results.append(row)
             ratio = row["rate"] / row["bare"]
+            ok &= ratio >= 0.9 and rss < RSS_GOAL_GB
             print(f"n={n:>6} {size:>3} px  extraction {row['rate']:6.1f} img/s (bare {row['bare']:6.1f}, "
                   f"{ratio:.2f}x {'PASS' if ratio >= 0.9 else 'FAIL'})  fit {row['fit']:6.1f} s "
                   f"({row['classifier']})  peak RSS {rss:.2f} GB {'PASS' if rss < RSS_GOAL_GB else 'FAIL'}  "
@@ -180,11 +197,13 @@ def main() -> None:
         for small, large in zip(rows, rows[1:]):
             growth = large["fit"] / small["fit"]
             nlogn = (large["n"] * math.log(large["n"])) / (small["n"] * math.log(small["n"]))
+            ok &= growth <= 1.3 * nlogn
             print(f"{size} px fit {small['n']} -> {large['n']}: x{growth:.2f} vs n log n x{nlogn:.2f} -> "
                   f"{'PASS' if growth <= 1.3 * nlogn else 'FAIL'} (goal: no faster than n log n)")
     if args.experiment:
-        run_experiment(args.experiment, folder)
+        ok &= run_experiment(args.experiment, folder)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,6 +13,9 @@ between consecutive sizes against n log n. Goals: at the real size the approxima
 val AUC within 0.01 of the exact one's; beyond the exact limit its fit time grows no faster than
 n log n (ratio of growths <= 1.3).
 
+Exit status: 0 when every goal checked is met, 1 when one fails (its line says FAIL), 2 for a refused argument
+or a tfmed error (one line).
+
 Usage:
     python benchmarks/svm_classifiers.py [--sizes 4708 10000 20000] [--exact-up-to 10000]
 """
@@ -22,6 +25,7 @@ import argparse
 import math
 import os
 import platform
+import sys
 import tempfile
 import time
 
@@ -30,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
+from _common import at_least, one_line_errors  # noqa: E402
 from tfmed.config import DataConfig  # noqa: E402
 from tfmed.data.sources import load_source  # noqa: E402
 from tfmed.modes import FeatureSVM  # noqa: E402
@@ -51,13 +56,15 @@ def grown(images: np.ndarray, labels: np.ndarray, n: int, seed: int = 0):
     return np.concatenate([images, copies]), np.concatenate([labels, labels[picks]])
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", type=int, default=[4708, 10000, 20000])
     parser.add_argument("--exact-up-to", type=int, default=10000)
     parser.add_argument("--C", nargs="+", type=float, default=[0.3, 1.0, 3.0, 10.0])
     parser.add_argument("--cv", type=int, default=5)
     args = parser.parse_args()
+    at_least(parser, "--cv", args.cv, 2, "cross-validation needs 2 folds")
 
     table = load_source(DataConfig())
     images = table.images.astype(np.float32)[..., None]
@@ -90,17 +97,21 @@ def main() -> None:
     exact = {n: auc for n, kind, _, auc in rows if kind == "exact"}
     approx = {n: (seconds, auc) for n, kind, seconds, auc in rows if kind == "approximate"}
     real = args.sizes[0]
+    ok = True
     if real in exact:
         gap = exact[real] - approx[real][1]
+        ok &= gap <= 0.01
         print(f"val AUC at n={real}: exact {exact[real]:.4f}, approximate {approx[real][1]:.4f} "
               f"(cost {gap:+.4f}) -> {'PASS' if gap <= 0.01 else 'FAIL'} (goal: within 0.01)")
     sizes = [n for n in args.sizes if n in approx]
     for small, large in zip(sizes, sizes[1:]):
         growth = approx[large][0] / approx[small][0]
         nlogn = (large * math.log(large)) / (small * math.log(small))
+        ok &= growth <= 1.3 * nlogn
         print(f"approximate fit {small} -> {large}: x{growth:.2f} vs n log n x{nlogn:.2f} -> "
               f"{'PASS' if growth <= 1.3 * nlogn else 'FAIL'} (goal: no faster than n log n)")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,9 @@ accuracy, both times and their ratio, and PASS/FAIL per goal:
 
     val AUC >= 0.96;  cached run >= 10x faster than cold;  cold run < 300 s.
 
+Exit status: 0 when every goal is met, 1 when one fails, 2 for a refused
+argument or a tfmed error (one line).
+
 Tap choice: the "middle" tap (stage 6, 192 channels, average pooled). On
 this data it beats the 1280-wide final features for an RBF-SVM and stops the
 backbone two stages early, which keeps the cold run within budget on 2 CPU
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 
@@ -29,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from sklearn.metrics import accuracy_score, roc_auc_score  # noqa: E402
 
+from _common import one_line_errors  # noqa: E402
 from tfmed.config import DataConfig, PreprocessConfig  # noqa: E402
 from tfmed.data.pipeline import load_arrays  # noqa: E402
 from tfmed.data.sources import load_source  # noqa: E402
@@ -47,7 +52,8 @@ def run_once(params: dict, cache_dir: str, X_train, y_train, X_val, y_val) -> di
             "best": model.best_params_, "cv_auc": model.best_score_}
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--taps", nargs="+", default=["middle"])
     parser.add_argument("--pooling", default="avg")
@@ -92,7 +98,8 @@ def main() -> None:
              ("cached run gives the same val AUC", np.isclose(cold["auc"], cached["auc"]))]
     for goal, passed in goals:
         print(f"{'PASS' if passed else 'FAIL'}  {goal}")
+    return 0 if all(passed for _, passed in goals) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

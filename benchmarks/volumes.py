@@ -22,6 +22,8 @@ of ``--repeats`` runs):
   its volume among the two the sampler keeps), and the rate when the elements
   are candidates in one volume (LUNA16's order: the volume is read once).
 
+Exit status: 0 (no goal is checked); 2 for a refused argument or a tfmed error (one line).
+
 Usage:
     python benchmarks/volumes.py [--slices 96] [--size 256] [--repeats 3] [--calls 200] [--elements 16]
 """
@@ -33,6 +35,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +47,7 @@ import scipy
 import SimpleITK as sitk
 from pydicom.data import get_testdata_file
 
+from _common import at_least, one_line_errors
 from tfmed.data.volume_views import PLANE_SETS, extract_views, jitter_center, plane_axes, volume_center
 from tfmed.data.volumes import read_dicom_series, read_itk, read_nifti
 
@@ -167,7 +171,8 @@ def median_seconds(function, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def main() -> None:
+@one_line_errors
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=96)
     parser.add_argument("--size", type=int, default=256, help="rows = columns of each slice")
@@ -180,6 +185,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--elements", type=int, default=16, help="volumes streamed through the pipeline")
     args = parser.parse_args()
+    at_least(parser, "--slices", args.slices, 1, "the phantom CT needs a slice")
 
     hu = phantom(args.slices, args.size, args.seed)
     with tempfile.TemporaryDirectory() as scratch:
@@ -196,7 +202,8 @@ def main() -> None:
         folder, nifti, metaimage = (copies[0] for copies in sources.values())
         sizes_mb = {"DICOM": sum(p.stat().st_size for p in folder.iterdir()) / 1e6,
                     "NIfTI .nii.gz": nifti.stat().st_size / 1e6,
-                    "MetaImage .mhd + .raw": (metaimage.stat().st_size + metaimage.with_suffix(".raw").stat().st_size) / 1e6}
+                    "MetaImage .mhd + .raw": (metaimage.stat().st_size
+                                              + metaimage.with_suffix(".raw").stat().st_size) / 1e6}
         dicom_s, volume = median_seconds(lambda: read_dicom_series(folder), args.repeats)
         nifti_s, same = median_seconds(lambda: read_nifti(nifti), args.repeats)
         itk_s, itk = median_seconds(lambda: read_itk(metaimage), args.repeats)
@@ -245,7 +252,8 @@ def main() -> None:
           f"once loaded, one ciompi9 set costs {1000 / throughput['ciompi9'][1]:.1f} ms (reading the series = "
           f"{dicom_s * throughput['ciompi9'][1]:.0f} sets), since views are sampled from the original voxels "
           "and the volume is never resampled as a whole")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
