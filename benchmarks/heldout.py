@@ -143,7 +143,7 @@ def medmnist_file(config: ExperimentConfig) -> Path | None:
     if source.startswith("medmnist:"):
         return Path(source.split(":", 1)[1].split("#")[0])
     if source == "medmnist" and config.data.path:
-        return Path(config.data.path)
+        return Path(config.data.path.split("#")[0])
     return None
 
 
@@ -155,10 +155,14 @@ def val_npz(config: ExperimentConfig) -> Path:
     return path
 
 
-def refuse_other_sources(parser: argparse.ArgumentParser, option: str, paths: list[str],
-                         configs: list[ExperimentConfig]) -> None:
-    """``parser.error`` when ``option`` (which alters a MedMNIST-style file's validation images) is given with an
-    experiment reading another kind of source."""
+def refuse_altered_val(parser: argparse.ArgumentParser, option: str, paths: list[str],
+                       configs: list[ExperimentConfig]) -> None:
+    """``parser.error`` when ``option`` (which scores altered copies of a MedMNIST-style file's validation
+    images) is given with an experiment that trains on val (k-fold) or reads another kind of source."""
+    trained_on_val = [config.name for config in configs if config.split.method == "kfold"]
+    if trained_on_val:
+        parser.error(f"{option} scores altered copies of val, but {', '.join(trained_on_val)} trains on val "
+                     "(split.method kfold: folds over train + val, the final model refit on both); leave it out")
     for path, config in zip(paths, configs):
         if medmnist_file(config) is None:
             parser.error(f"{option} alters the validation images of a MedMNIST-style .npz (data.source "
@@ -229,11 +233,8 @@ def main() -> None:
         parser.error(f"--folds is {args.folds}; a k-fold needs at least 2 folds")
     configs = [experiment(path) for path in args.configs]
     trained_on_val = [config.name for config in configs if config.split.method == "kfold"]
-    if args.shifted_val and trained_on_val:
-        parser.error(f"--shifted-val scores altered copies of val, but {', '.join(trained_on_val)} trains on val "
-                     "(split.method kfold: folds over train + val, the final model refit on both); leave it out")
     if args.shifted_val:
-        refuse_other_sources(parser, "--shifted-val", args.configs, configs)
+        refuse_altered_val(parser, "--shifted-val", args.configs, configs)
     refuse_missing_files(parser, args.configs, configs)
     if args.test_npz:
         refuse_bad_test_file(parser, args.test_npz)

@@ -54,7 +54,7 @@ import pandas as pd  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
 from _common import experiment, one_line_errors  # noqa: E402
-from heldout import (SHIFTS, heldout_run, medmnist_file, refuse_missing_files, refuse_other_sources,  # noqa: E402
+from heldout import (SHIFTS, heldout_run, medmnist_file, refuse_altered_val, refuse_missing_files,  # noqa: E402
                      val_npz)
 from tfmed.config import ExperimentConfig  # noqa: E402
 from tfmed.evaluation.decision import calibration_line  # noqa: E402
@@ -206,12 +206,7 @@ def refuse_another_hospital(parser: argparse.ArgumentParser, paths: list[str], c
     if not paths:
         parser.error(f"--another-hospital trains each experiment YAML as shipped, and --run {runs[0]} is a finished "
                      "run: give the experiment YAML(s) as well (or leave --another-hospital out)")
-    trained_on_val = [config.name for config in configs if config.split.method == "kfold"]
-    if trained_on_val:
-        parser.error(f"--another-hospital imitates other hospitals with altered copies of val, but "
-                     f"{', '.join(trained_on_val)} trains on val (split.method kfold: folds over train + val, the "
-                     "final model refit on both); leave it out")
-    refuse_other_sources(parser, "--another-hospital", paths, configs)
+    refuse_altered_val(parser, "--another-hospital", paths, configs)
     for path, config in zip(paths, configs):
         task = labelled_task(config)
         if task not in ("binary", None):

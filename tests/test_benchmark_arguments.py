@@ -59,7 +59,7 @@ def working_folder(tmp_path, monkeypatch):
      "--experiment experiments/pneumonia_mnist_svm.yaml: model.mode is 'svm'; this benchmark needs 'finetune'"),
     # recalibration.py --another-hospital
     ("recalibration.py", ["kfold.yaml", "--another-hospital"],
-     "--another-hospital imitates other hospitals with altered copies of val, but kfold trains on val"),
+     "--another-hospital scores altered copies of val, but kfold trains on val"),
     ("recalibration.py", ["grades.yaml", "--another-hospital"],
      "--another-hospital imitates a binary prevalence change (half of the positive cases left out), but "
      "grades.yaml is multiclass"),
@@ -112,3 +112,13 @@ def test_the_heldout_benchmark_reads_an_experiment_from_the_working_folder_first
     assert heldout.experiment("experiments/pneumonia_mnist_svm.yaml").name == "pneumonia_mnist_svm"  # the repo's
     with pytest.raises(Exception, match="no_such.yaml"):
         heldout.experiment("no_such.yaml")
+
+
+def test_the_heldout_benchmark_finds_a_medmnist_file_named_with_its_splits(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import heldout
+
+    from tfmed.config import ExperimentConfig
+
+    for data in ({"source": "medmnist", "path": "data/x.npz#train,val"}, {"source": "medmnist:data/x.npz#train"}):
+        assert heldout.medmnist_file(ExperimentConfig.from_dict({"data": data})) == Path("data/x.npz")

@@ -298,7 +298,7 @@ def test_a_file_that_is_not_utf8_text_is_refused_naming_it(tmp_path):
     assert ExperimentConfig.from_yaml(tmp_path / "bom.yaml").name == "bom"
 
 
-def test_a_folder_named_like_an_experiment_is_said_to_be_one_and_not_listed(tmp_path):
+def test_a_folder_named_like_an_experiment_is_said_to_be_one_and_not_listed(tmp_path, monkeypatch):
     (tmp_path / "study.yaml").mkdir()
     (tmp_path / "real.yaml").write_text("name: real\n")
     with pytest.raises(ConfigError) as info:
@@ -307,8 +307,12 @@ def test_a_folder_named_like_an_experiment_is_said_to_be_one_and_not_listed(tmp_
                                "experiments/NAME.yaml. Available here: real.")
     with pytest.raises(ConfigError, match=r"nope.yaml: experiment file not found\. .* Available here: real\.$"):
         ExperimentConfig.from_yaml(tmp_path / "nope.yaml")
+    monkeypatch.chdir(Path(__file__).parent.parent)  # a misspelt folder in the repository: its experiments listed
+    with pytest.raises(ConfigError, match=r"file not found\. .*Available in experiments/: .*pneumonia_mnist,"):
+        ExperimentConfig.from_yaml("experimnts/pneumonia_mnist.yaml")
+    monkeypatch.chdir(tmp_path)  # outside the repository
     with pytest.raises(ConfigError, match=r"experiment file not found\. .*a pip-installed tfmed does not include"):
-        ExperimentConfig.from_yaml(tmp_path / "empty" / "pneumonia_mnist.yaml")  # outside the repository
+        ExperimentConfig.from_yaml("experiments/pneumonia_mnist.yaml")
 
 
 @pytest.mark.parametrize("values, message", [
@@ -425,6 +429,9 @@ def test_a_number_where_text_is_expected_is_told_to_quote_it():
 @pytest.mark.parametrize("text, message", [
     ("model: {mode: finetune, finetune: {learning_rate: 1e-3}}",
      "model.finetune.learning_rate must be a number, got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)"),
+    ("model: {mode: finetune, finetune: {learning_rate: '0.001'}}",
+     "model.finetune.learning_rate must be a number, got '0.001' (a number in quotes is text: remove the quotes)"),
+    ("model: {svm: {taps: [late, null]}}", "model.svm.taps[1] is null, which it cannot be; remove the item"),
     ("split: {method: kfold, val_fraction: null}",
      "split.val_fraction is null, which it cannot be; remove the line for its default, or give a value"),
     ("split: {method: patient, test_sites: [NO]}",

@@ -189,6 +189,10 @@ def test_a_members_preprocess_changes_only_the_settings_it_writes():
         48, "window", [[-600.0, 1500.0]], "pad")  # not min-max of raw Hounsfield units
     assert (minmax.image_size, minmax.intensity, minmax.windows, minmax.resize) == (32, "minmax", [], "pad")
     assert (other_window.intensity, other_window.windows) == ("window", [[40.0, 400.0]])
+    tuned = {"name": "ft", "mode": "finetune", "preprocess": {"image_size": 96}}
+    grey = ExperimentConfig.from_dict({"preprocess": {"image_size": 64, "channels": 1}, "model": {
+        "mode": "ensemble", "ensemble": {"members": [{"name": "svm", "mode": "svm"}, tuned]}}})
+    assert grey.member_experiment(1).preprocess.channels == 3  # an ImageNet fine-tune takes R, G, B
     # a run's config.yaml lists the member's section in full, and reads back the same
     snapshot = ExperimentConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict())), snapshot=True)
     assert snapshot.member_experiment(0).preprocess == windowed

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tfmed.config import ExperimentConfig, TTAConfig
 from tfmed.data.sources import DataSourceError
@@ -133,6 +134,10 @@ def test_an_evaluation_interrupted_while_writing_leaves_no_folder(pneumonia_run,
     with pytest.raises(KeyboardInterrupt):
         evaluate_run(pneumonia_run, output=tmp_path / "ev")
     assert not (tmp_path / "ev").exists()
+    (tmp_path / "empty").mkdir()  # an --output made beforehand: left as empty as it was given
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(pneumonia_run, output=tmp_path / "empty")
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
@@ -146,11 +151,20 @@ def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
     assert metrics["near_duplicates"]["copies_of_run_images"] == 60
 
 
+def _data_yaml(tmp_path: Path, source: str, path: Path | None = None) -> str:
+    """A YAML file holding only a data: section, as tfmed evaluate --data reads one."""
+    written = tmp_path / f"data_{len(list(tmp_path.glob('data_*.yaml')))}.yaml"
+    written.write_text(yaml.safe_dump({"data": {"source": source, **({"path": str(path)} if path else {})}}))
+    return str(written)
+
+
 def test_evaluate_of_a_medmnist_file_of_several_splits_asks_which_one(pneumonia_run, tmp_path):
     path = _tiny_medmnist(tmp_path, n=20)  # train and val
-    with pytest.raises(DataSourceError, match=r"tiny.npz holds the splits train, val, which would all be scored as "
-                                              r"one test set; name the one to score: medmnist:.*tiny.npz#test"):
-        evaluate_run(pneumonia_run, data=f"medmnist:{path}", output=tmp_path / "ev")
+    for data in (f"medmnist:{path}", _data_yaml(tmp_path, f"medmnist:{path}"), _data_yaml(tmp_path, "medmnist", path)):
+        with pytest.raises(DataSourceError, match=r"tiny.npz holds the splits train, val, which would be read as one "
+                                                  r"set of images; name the one to use: medmnist:.*tiny.npz#train or "
+                                                  r"medmnist:.*tiny.npz#val"):
+            evaluate_run(pneumonia_run, data=data, output=tmp_path / "ev")
     assert not (tmp_path / "ev").exists()
     assert load_metrics(evaluate_run(pneumonia_run, data=f"medmnist:{path}#val", output=tmp_path / "ev"))["images"] == {
         "test": 10}

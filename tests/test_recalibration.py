@@ -720,3 +720,5 @@ def test_threshold_settings_of_multiclass_data_are_refused_without_two_coarse_cl
     with pytest.raises(ConfigError, match=rf"grades: evaluation.{refused} is set, but multiclass data is answered "
                                           "by the most probable class"):
         check_config_fits_data(config, table)
+    with pytest.raises(ConfigError, match="grades: model.svm.cv"):  # a run begun before the refusal resumes
+        check_config_fits_data(config, table, new_run=False)

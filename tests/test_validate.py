@@ -555,3 +555,13 @@ def test_validate_and_run_name_the_experiment_file_of_a_setting_refused_after_re
         error = capsys.readouterr().err
         assert error.startswith(f"tfmed: error: {path}: ") and message in error, error
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_error_about_a_data_file_named_like_a_setting_is_not_put_on_the_experiment_file(tmp_path, capsys,
+                                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: study\ndata: {source: manifest, path: data.csv}\n")  # data.csv is missing
+    assert main(["validate", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("tfmed: error: data.csv") and str(path) not in error, error

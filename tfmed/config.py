@@ -1463,7 +1463,9 @@ class ExperimentConfig(_Section):
         path = Path(path)
         if not path.is_file():
             shipped = sorted(p.stem for p in path.parent.glob("*.yaml") if p.is_file()) if path.parent.is_dir() else []
+            here = sorted(p.stem for p in Path("experiments").glob("*.yaml")) if not shipped else []
             listing = (f" Available here: {', '.join(shipped)}." if shipped else
+                       f" Available in experiments/: {', '.join(here)}." if here else
                        " The shipped ones are in the tfmed repository's experiments/ folder, which a pip-installed "
                        "tfmed does not include: run from the repository's folder, or give the file's path.")
             what = " is a folder, not an experiment file" if path.is_dir() else ": experiment file not found"
@@ -1661,7 +1663,8 @@ def _read_mapping(path: Path) -> dict:
 def _members_inherit_preprocess(values: Any) -> Any:
     """``values`` with each ensemble member's ``preprocess`` completed from the experiment's: a member writes
     only what it changes (``{image_size: 128}``). A member choosing another ``intensity`` than ``window``
-    does not inherit the experiment's ``windows``, which only that intensity reads.
+    does not inherit the experiment's ``windows``, which only that intensity reads, nor a fine-tune member its
+    ``channels`` (an ImageNet backbone is fine-tuned on R, G, B).
 
     Example:
         >>> _members_inherit_preprocess({"preprocess": {"image_size": 96, "resize": "pad"},
@@ -1682,6 +1685,8 @@ def _members_inherit_preprocess(values: Any) -> Any:
         inherited = dict(shared)
         if own.get("intensity", "window") != "window":
             inherited.pop("windows", None)
+        if member.get("mode") == "finetune":  # a fine-tuned ImageNet backbone takes R, G, B whatever SVMs read
+            inherited.pop("channels", None)
         member["preprocess"] = {**inherited, **own}
     return values
 
@@ -1770,11 +1775,12 @@ def _build(cls, values: Any, where: str, prefix: str, track: bool = True):
 
 
 def _number_hint(value) -> str:
-    """Why YAML read ``value`` as text where a number was meant: an exponent without a dot (``1e-3``).
+    """Why YAML read ``value`` as text where a number was meant: an exponent without YAML 1.1's dot or sign
+    (``1e-3``), or quotes.
 
     Example:
-        >>> _number_hint("1e-3"), _number_hint("fast")
-        (' (YAML reads 1e-3 as text: write 1.0e-3)', '')
+        >>> _number_hint("1e-3"), _number_hint("0.001"), _number_hint("fast")
+        (' (YAML reads 1e-3 as text: write 1.0e-3)', ' (a number in quotes is text: remove the quotes)', '')
     """
     try:
         number = float(value) if isinstance(value, str) else math.nan
@@ -1782,6 +1788,8 @@ def _number_hint(value) -> str:
         return ""
     if not math.isfinite(number):
         return ""
+    if not re.fullmatch(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+", value.strip()):
+        return " (a number in quotes is text: remove the quotes)"
     mantissa, exponent = f"{number:.6e}".split("e")
     mantissa = mantissa.rstrip("0") + ("0" if mantissa.rstrip("0").endswith(".") else "")
     return f" (YAML reads {value} as text: write {mantissa}e{int(exponent):+d})".replace("e+0)", ")")
@@ -1806,8 +1814,8 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if value is None and hint is not typing.Any and type(None) not in args:
-        raise ConfigError(f"{where}: {key} is null, which it cannot be; remove the line for its default, or give "
-                          "a value")
+        remedy = "remove the item" if key.endswith("]") else "remove the line for its default"
+        raise ConfigError(f"{where}: {key} is null, which it cannot be; {remedy}, or give a value")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where, key + ".", track)
     if origin is Literal:

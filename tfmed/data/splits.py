@@ -218,10 +218,9 @@ def site_split(table: ImageTable, config: SplitConfig) -> ImageTable:
     patients = result.frame["patient_id"]
     both = sorted(set(patients[test].dropna()) & set(patients[~test].dropna()), key=str)
     if both:
-        shown = ", ".join(map(str, both[:10])) + (f" and {len(both) - 10} more" if len(both) > 10 else "")
         raise LeakageError(f"{len(both)} patient(s) have images at a site of split.test_sites "
-                           f"({', '.join(config.test_sites)}) and at another site: {shown}. An external test must "
-                           "share no patient with training: correct those rows' patient ids or sites, or leave "
+                           f"({', '.join(config.test_sites)}) and at another site: {_short(both)}. An external test "
+                           "must share no patient with training: correct those rows' patient ids or sites, or leave "
                            "those patients out")
     check_no_leakage(result)
     return result

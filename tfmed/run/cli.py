@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -394,7 +395,8 @@ def _cmd_export_tfds(args) -> int:
 def config_errors_named(path, name: str):
     """Make an error about a setting, raised once the experiment file ``path`` has been read (by the mode, or
     against the data), name that file, as errors of reading the file do (instead of the experiment's ``name``):
-    a message that starts with a setting's key, an unknown backbone or tap.
+    a message that starts with a setting's dotted key (``preprocess.channels``), an unknown backbone or tap.
+    Errors about files (``data.csv: not found``) stay as they are.
 
     Example:
         >>> from tfmed.config import ConfigError
@@ -404,20 +406,35 @@ def config_errors_named(path, name: str):
         tfmed.config.ConfigError: experiments/x.yaml: evaluation.threshold is set, but ...
     """
     from tfmed.backbones import UnknownBackboneError
-    from tfmed.config import ConfigError, ExperimentConfig
+    from tfmed.config import ConfigError
     from tfmed.modes.features import UnknownTapError
 
     keys = {UnknownBackboneError: "model.backbone: ", UnknownTapError: "model.svm.taps: "}
-    sections = tuple(f"{field.name}." for field in dataclasses.fields(ExperimentConfig))
     try:
         yield
     except TfmedError as error:
         message = str(error)
         message = message[len(name) + 2:] if message.startswith(f"{name}: ") else message
         key = "" if message.startswith("model.") else keys.get(type(error), "")
-        if message.startswith(str(path)) or not (key or message.startswith(sections)):
+        if message.startswith(str(path)) or not (key or _starts_with_a_setting(message)):
             raise  # already named, or not about a setting (the data's files, say)
         raise ConfigError(f"{path}: {key}{message}") from None
+
+
+def _starts_with_a_setting(message: str) -> bool:
+    """Whether ``message`` starts with a setting's dotted key, e.g. ``split.folds`` (not a file, ``data.csv``).
+
+    Example:
+        >>> _starts_with_a_setting("preprocess.channels is 1"), _starts_with_a_setting("data.csv: not found")
+        (True, False)
+    """
+    from tfmed.config import ExperimentConfig
+
+    section, dot, rest = message.partition(".")
+    owner = typing.get_type_hints(ExperimentConfig).get(section) if dot else None
+    key = re.match(r"[a-z_]+", rest)
+    return dataclasses.is_dataclass(owner) and key is not None and key.group() in {
+        field.name for field in dataclasses.fields(owner)}
 
 
 def _cmd_validate(args) -> int:

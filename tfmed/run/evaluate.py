@@ -130,9 +130,10 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                       member_scores={"test": members} if members is not None else None,
                       excluded=excluded, kfold=config.split.method == "kfold")
     except BaseException:  # Ctrl-C or a full disk: no half-written evaluation that reads as a whole one
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
-            log(f"removed the unfinished evaluation folder {out}")
+        shutil.rmtree(out, ignore_errors=True)  # made here, or an --output that had to be empty
+        if not made:
+            out.mkdir()
+        log(f"removed the unfinished evaluation {'folder ' if made else 'in '}{out}")
         raise
     return out
 
@@ -203,10 +204,13 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
         >>> table, source = read_labelled_data(spec, evaluation_data(spec), model, config)  # doctest: +SKIP
     """
     table = load_source(parsed)
+    kind, _, location = parsed.source.partition(":")
+    location = parsed.path or location  # medmnist with data.path, or medmnist:FILE
     splits = sorted(table.frame["split"].dropna().unique())
-    if parsed.source == "medmnist" and "#" not in str(parsed.path) and len(splits) > 1:
-        raise DataSourceError(f"{parsed.path} holds the splits {', '.join(splits)}, which would all be scored as "
-                              f"one test set; name the one to score: medmnist:{parsed.path}#test")
+    if kind == "medmnist" and "#" not in location and len(splits) > 1:
+        raise DataSourceError(f"{location} holds the splits {', '.join(splits)}, which would be read as one set of "
+                              "images; name the one to use: " + " or ".join(f"medmnist:{location}#{name}"
+                                                                          for name in splits))
     limit = parsed.max_image_pixels if is_experiment_file(data) else config.data.max_image_pixels
     report = validate_table(table, max_pixels=limit, views=model.views)
     if report.warnings:

@@ -141,10 +141,11 @@ def test_split_origin(config: ExperimentConfig, source_has_test: bool) -> str:
     return "carved from the training images (same collection as training: an in-distribution estimate)"
 
 
-def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
+def check_config_fits_data(config: ExperimentConfig, table: ImageTable, new_run: bool = True) -> None:
     """Settings that only make sense for some tasks, checked by the mode once the task is known (and the
     recalibration), the class hierarchy against the data's classes, and the subgroup attributes against what the
-    data record; then the mode's own checks (e.g. enough training images for the SVM's folds)."""
+    data record; then the mode's own checks (e.g. enough training images for the SVM's folds). A run begun
+    before a setting without effect was refused (``new_run`` False: a resume) keeps it."""
     check_subgroups(config.evaluation.subgroups, table, f"{config.name}: evaluation.subgroups")
     if config.evaluation.recalibration != "none":
         from tfmed.evaluation.recalibration import RecalibrationError, check_method
@@ -166,7 +167,7 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable) -> None:
     binary_answer = config.evaluation.hierarchy is not None and len(config.evaluation.hierarchy) == 2
     written = [name for name in ("threshold", "target_sensitivity", "target_specificity")
                if name in set_fields(config.evaluation)]
-    if table.task == "multiclass" and written and not binary_answer:
+    if table.task == "multiclass" and written and not binary_answer and new_run:
         raise UnusedSettingError(f"{config.name}: evaluation.{written[0]} is set, but multiclass data is answered "
                                  "by the most probable class, with no threshold to choose; remove it, or give "
                                  "evaluation.hierarchy two coarse classes to threshold", f"evaluation.{written[0]}")
@@ -391,7 +392,7 @@ def resume_experiment(run_dir: str | Path) -> Path:
             raise ConfigError(f"{run_dir}: a run under model.svm.strategy multiworker is not resumed; run it again")
         get_mode(config.model.mode).check_before_data(config)
         table = prepare_data(config)
-        check_config_fits_data(config, table)
+        check_config_fits_data(config, table, new_run=False)
         _check_same_data(run_dir, environment, table)
         inputs = run_inputs(config, table)
         earlier = _record_resume(run_dir, environment, started)
