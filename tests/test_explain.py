@@ -372,6 +372,24 @@ def test_a_run_whose_images_are_gone_says_to_give_explain_the_images(explained_r
         explain_run(copy, verify=False, output=tmp_path / "out")
 
 
+def test_a_group_without_a_case_is_said_in_the_report_caption_and_sentence(explained_run, tmp_path):
+    from tfmed.run.artifact import TrainedModel
+    from tfmed.run.explain import explain_for_report
+    from tfmed.run.rundir import run_split_tables
+
+    model = TrainedModel.load(explained_run)
+    test = run_split_tables(explained_run, ("test",), remedy="")["test"]
+    perfect = np.where(test.labels() == 1, 0.99, 0.01)  # scores that decide every image rightly: no FP, no FN
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _, caption, sentence = explain_for_report(run_dir, model, {"test": test}, {"test": perfect}, "gradcam")
+    assert caption == "explanations (TP, TN)"
+    assert "There is no FP or FN case in the test split at the stored threshold, so none is shown." in sentence
+    shown = pd.read_csv(run_dir / "explanations" / "explanations.csv")
+    assert shown["group"].tolist() == ["TP", "TN"]
+    assert shown["score"].tolist() == [pytest.approx(0.99), pytest.approx(0.99)]  # P(explained class)
+
+
 def test_run_report_has_an_explanations_section(explained_run):
     html = (explained_run / "report.html").read_text()
     assert "explanations (TP, FP, FN, TN)" in html and "deletion AUC" in html

@@ -43,8 +43,12 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     texts = "\n".join(output["text"] if "text" in output else json.dumps(output.get("data", {})) for output in outputs)
     assert f"tfmed is already installed: {ROOT / 'tfmed'}" in texts   # the install cell installed nothing
     assert f"working folder: {ROOT}" in texts
+    # TensorFlow's C++ start-up lines (CUDA probes, oneDNN) are kept out of the outputs
+    assert not [output["text"] for output in outputs if output.get("name") == "stderr" and "I0000" in output["text"]
+                or "cuInit" in output.get("text", "")]
     assert "quickstart_tiny" in texts                   # the run directory of the tiny experiment
-    assert "xray3.png" in texts                         # predict_images scored the four written images
+    assert "xray3.png" in texts and "pneumonia" in texts  # predict_images scored the four images, labels beside
+    assert re.search(r"val AUC [0-9.]+ \([0-9.]+-[0-9.]+\); at Youden's threshold sensitivity", texts)
     assert '"method": "gradcam"' in texts               # the explanation cell printed its figures
     assert list((tmp_path / "runs" / "quickstart_tiny").glob("*/report.html"))
     # the user-script fine-tune: two epochs of ClinicalMetrics figures, StagedUnfreeze opened blocks in

@@ -98,6 +98,9 @@ def _hits(model: TrainedModel, labels: np.ndarray, decisions: np.ndarray, chosen
     return labels == chosen, decisions == chosen
 
 
+GROUPS = ("TP", "FP", "FN", "TN")  # the cases explained: true and false positives, false and true negatives
+
+
 def select_cases(model: TrainedModel, labels, scores, decisions, chosen: int, per_group: int) -> list[tuple]:
     """``(row position, group)`` of up to ``per_group`` most confident TP, FP, FN and TN cases of class ``chosen``.
 
@@ -112,12 +115,25 @@ def select_cases(model: TrainedModel, labels, scores, decisions, chosen: int, pe
     # a multilabel image whose chosen label is unknown is in none of the groups
     known = labels[:, chosen] != UNKNOWN_LABEL if model.task == "multilabel" else np.ones(len(labels), bool)
     cases = []
-    for group, mask, sign in (("TP", truth & called, -1), ("FP", ~truth & called, -1),
-                              ("FN", truth & ~called, 1), ("TN", ~truth & ~called, 1)):
+    for group, mask, sign in zip(GROUPS, (truth & called, ~truth & called, truth & ~called, ~truth & ~called),
+                                 (-1, -1, 1, 1)):
         rows = np.flatnonzero(mask & known)
         rows = rows[np.argsort(sign * score[rows], kind="stable")][:per_group]
         cases += [(int(row), group) for row in rows]
     return cases
+
+
+def missing_groups(groups: list[str], split: str) -> str:
+    """The sentence naming the groups (TP, FP, FN, TN) that have no case in ``split``, "" when none is missing.
+
+    Example:
+        >>> missing_groups(["TP", "FN", "TN"], "val")
+        'no FP case in the val split at the stored threshold, so none is shown'
+    """
+    absent = [group for group in GROUPS if group not in groups]
+    if not absent:
+        return ""
+    return f"no {' or '.join(absent)} case in the {split} split at the stored threshold, so none is shown"
 
 
 def explained_scores(scores: np.ndarray, classes) -> np.ndarray:
@@ -179,8 +195,8 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
         label_text = "" if labels is None else (_class_name(model, label) if model.task != "multilabel"
                                                 else str(int(label)))
         # the case number, not the file name, goes into the pixels: names may identify patients
-        title = (f"case {i:03d} {group}\nlabel {label_text or '?'}, score {score:.3f} -> {decided}\n"
-                 f"{method} of {_class_name(model, explained)}")
+        title = (f"case {i:03d} {group}\nlabel {label_text or '?'}, P({_class_name(model, explained)}) {score:.3f} "
+                 f"-> {decided}\n{method} of {_class_name(model, explained)}")
         stem = Path(file).stem[:40].replace(" ", "_")
         overlay = save_overlay(out / f"{i:03d}_{group or 'image'}_{stem}.png", result.images[i], result.maps[i], title)
         row_peak = peak(result.maps[i])
@@ -236,6 +252,9 @@ def _run_cases(run_dir: Path, model: TrainedModel, chosen: int, per_group: int):
     cases = select_cases(model, table.labels(), scores, model.decide(scores), chosen, per_group)
     if not cases:
         raise ExplainError(f"the {split} split of {run_dir} has no images to explain")
+    absent = missing_groups([group for _, group in cases], split)
+    if absent:
+        log(absent)
     rows = np.array([row for row, _ in cases])
     return split, table.subset(rows), scores[rows], [group for _, group in cases]
 
@@ -286,19 +305,22 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
 
 
 def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: dict, method: str) -> tuple:
-    """The report's explanations: one TP, FP, FN and TN of the test (or validation) split.
+    """The report's explanations: one TP, FP, FN and TN of the test (or validation) split, where it has one.
 
-    Returns (overview PNG path, a sentence with the faithfulness and sanity figures).
+    Returns (overview PNG path, its caption naming the groups shown, a sentence with the faithfulness and
+    sanity figures and the groups without a case).
     """
     split = "test" if "test" in scores else "val"
     table = parts[split]
     chosen = 1 if model.task == "binary" else 0
     index = None if model.task != "multilabel" else chosen
     cases = select_cases(model, table.labels(), scores[split], model.decide(scores[split]), chosen, 1)
-    rows = np.array([row for row, _ in cases])
+    rows, groups = np.array([row for row, _ in cases]), [group for _, group in cases]
     record = write_explanations(run_dir / "explanations", model, table.subset(rows), scores[split][rows],
-                                [group for _, group in cases], method=method, index=index,
-                                labels=table.subset(rows).labels(), split=split)
+                                groups, method=method, index=index, labels=table.subset(rows).labels(), split=split)
+    absent = missing_groups(groups, split)
+    if absent:
+        log(absent)
     figure = {key: "n/a" if value is None else f"{value:.3f}" for key, value in record.items()
               if key.endswith(("_auc", "_correlation"))}
     sentence = (f"Explanations ({method}, {record['images']} {split} images, maps of the decided class): deletion "
@@ -309,8 +331,9 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
                 "map(s) left out." + "".join(f" Note: {note}." for note in record.get("notes", [])
                                              + record.get("sanity_notes", []))
                 + localisation_sentence(record.get("localisation"))
-                + " Overlays and figures: explanations/.")
-    return Path(record["overview"]), sentence
+                + (f" There is {absent}." if absent else "") + " Overlays and figures: explanations/.")
+    caption = f"explanations ({', '.join(group for group in GROUPS if group in groups)})"
+    return Path(record["overview"]), caption, sentence
 
 
 def localisation_sentence(figures: dict | None) -> str:

@@ -418,8 +418,8 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
     if config.report.explain and scores:
         from tfmed.run.explain import explain_for_report
 
-        overview, sentence = explain_for_report(run_dir, model, parts, scores, config.report.explain_method)
-        extra_plots["explanations (TP, FP, FN, TN)"] = str(overview)
+        overview, caption, sentence = explain_for_report(run_dir, model, parts, scores, config.report.explain_method)
+        extra_plots[caption] = str(overview)
         notes.append(sentence)
     excluded = to_jsonable(parts["test"].excluded.astype(str).to_dict("records")) \
         if len(parts["test"].excluded) else []
