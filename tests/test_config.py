@@ -280,10 +280,7 @@ def test_a_key_written_twice_is_refused_with_both_lines(tmp_path):
     ("tta: {enabled: true, shift: .nan}", "tta.shift is nan"),
 ])
 def test_nan_and_infinity_are_refused_in_every_number(tmp_path, text, key):
-    path = tmp_path / "exp.yaml"
-    path.write_text(text + "\n")
-    with pytest.raises(ConfigError, match=re.escape(f"{path}: {key}; it must be a finite number, not NaN or infinity")):
-        ExperimentConfig.from_yaml(path)
+    assert_file_refused(tmp_path, text, f"{key}; it must be a finite number, not NaN or infinity")
     with pytest.raises(ConfigError, match=r"augment.noise is nan; it must be a finite number"):
         AugmentConfig(noise=float("nan"))  # built in Python too
 
@@ -444,6 +441,11 @@ def test_a_number_where_text_is_expected_is_told_to_quote_it():
     ("model: {mode: finetune}\naugment: {contrast: 1.0}", "augment.contrast is 1.0; give a contrast range below 1"),
 ])
 def test_yaml_surprises_and_out_of_range_augmentation_are_named_with_the_fix(tmp_path, text, message):
+    assert_file_refused(tmp_path, text, message)
+
+
+def assert_file_refused(tmp_path, text: str, message: str) -> None:
+    """An experiment file holding ``text`` is refused with ``message`` after the file's name."""
     path = tmp_path / "exp.yaml"
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=re.escape(f"{path}: {message}")):
