@@ -327,13 +327,27 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
                 f"AUC {figure['deletion_auc']} against {figure['random_deletion_auc']} in a random order (lower is "
                 f"more faithful), insertion AUC {figure['insertion_auc']} against {figure['random_insertion_auc']}, "
                 f"rank correlation with the maps of a model whose top is randomised "
-                f"{figure['sanity_rank_correlation']} (low passes the sanity check); {record['flat_maps']} flat "
-                "map(s) left out." + "".join(f" Note: {note}." for note in record.get("notes", [])
+                f"{figure['sanity_rank_correlation']} (low passes the sanity check); {flat_words(record)}."
+                + "".join(f" Note: {note}." for note in record.get("notes", [])
                                              + record.get("sanity_notes", []))
                 + localisation_sentence(record.get("localisation"))
                 + (f" There is {absent}." if absent else "") + " Overlays and figures: explanations/.")
     caption = f"explanations ({', '.join(group for group in GROUPS if group in groups)})"
     return Path(record["overview"]), caption, sentence
+
+
+def flat_words(record: dict) -> str:
+    """How many flat maps (no figure can be read from them) were left out of a faithfulness ``record``; for an
+    ensemble, whose member's maps they were.
+
+    Example:
+        >>> flat_words({"images": 3, "flat_maps": 2, "members": [{"member": "svm", "flat_maps": 2},
+        ...                                                      {"member": "tuned", "flat_maps": 0}]})
+        '2 flat map(s) left out (2 of the 3 maps of member svm)'
+    """
+    members = [f"{m['flat_maps']} of the {record['images']} maps of member {m['member']}"
+               for m in record.get("members", []) if m["flat_maps"]]
+    return f"{record['flat_maps']} flat map(s) left out" + (f" ({'; '.join(members)})" if members else "")
 
 
 def localisation_sentence(figures: dict | None) -> str:
