@@ -4,7 +4,7 @@
   working folder first, then from the repository (``experiments/NAME.yaml``
   works from any folder);
 * :func:`one_line_errors`: a script's ``main`` with a tfmed error (the user's
-  data, config or files: :class:`tfmed.errors.TfmedError`) that reaches its
+  data, config or files: :class:`tfmed.errors.TfmedError`, or an OSError) that reaches its
   end printed as one line ``SCRIPT.py: error: MESSAGE`` and exit status 2, as
   the ``tfmed`` command line and argparse's own refusals do;
 * :func:`at_least`: refuse a number option below its minimum, naming both.
@@ -43,14 +43,15 @@ def experiment(path: str | Path) -> ExperimentConfig:
 
 
 def one_line_errors(main):
-    """``main``, with a TfmedError printed as one line ``SCRIPT.py: error: MESSAGE`` and exit status 2.
+    """``main``, with a TfmedError or OSError (a full disk, a file as folder) printed as one line
+    ``SCRIPT.py: error: MESSAGE`` and exit status 2.
 
     Any other exception is a bug and keeps its traceback."""
     @functools.wraps(main)
     def refusing(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except TfmedError as error:
+        except (TfmedError, OSError) as error:  # the user's data, config or files, as for the tfmed command
             print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
     return refusing

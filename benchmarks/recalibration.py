@@ -105,9 +105,7 @@ def mean_figures(rows: list[dict]) -> dict:
 
 
 def study(run: Path, folds: int, repeats: int) -> pd.DataFrame:
-    metrics = load_metrics(run)
-    if "recalibration" in metrics:
-        raise SystemExit(f"{run} was recalibrated; give a run made with evaluation.recalibration: none")
+    metrics = load_metrics(run)  # a --run was checked unrecalibrated; the YAMLs' runs are made without
     task, classes = metrics["task"], metrics["classes"]
     methods = ["none", "logistic", "intercept", "temperature"] if task == "binary" else ["none", "temperature"]
     fitted_on, y, p = fitting_scores(run, metrics)
@@ -225,8 +223,11 @@ def main() -> None:
                         help="also run each YAML as shipped and recalibrate it on imitated other hospitals")
     args = parser.parse_args()
     for run in args.run:
-        if not (Path(run) / "predictions.csv").is_file():
-            parser.error(f"--run {run}: not a finished run directory (it has no predictions.csv)")
+        missing = [name for name in ("predictions.csv", "metrics.json") if not (Path(run) / name).is_file()]
+        if missing:
+            parser.error(f"--run {run}: not a finished run directory (it has no {' or '.join(missing)})")
+        if "recalibration" in load_metrics(Path(run)):
+            parser.error(f"--run {run} was recalibrated; give a run made with evaluation.recalibration: none")
     if args.folds < 2 or args.repeats < 1:
         parser.error("--folds must be at least 2 and --repeats at least 1")
     if not args.configs and not args.run:

@@ -16,6 +16,9 @@ FILES = {
     "broken.yaml": "name: [broken\n",
     "not_an_npz.npz": "plain text\n",
     "run/predictions.csv": "image,label,score\n",  # looks like a finished run to recalibration.py
+    "run/metrics.json": '{"task": "binary"}',
+    "recalibrated/predictions.csv": "image,label,score\n",  # a finished run whose scores were recalibrated
+    "recalibrated/metrics.json": '{"task": "binary", "recalibration": {"method": "logistic"}}',
 }
 
 
@@ -63,6 +66,8 @@ def working_folder(tmp_path, monkeypatch):
     ("recalibration.py", ["grades.yaml", "--another-hospital"],
      "--another-hospital imitates a binary prevalence change (half of the positive cases left out), but "
      "grades.yaml is multiclass"),
+    ("recalibration.py", ["kfold.yaml", "--run", "recalibrated"],  # refused before kfold.yaml trains
+     "--run recalibrated was recalibrated; give a run made with evaluation.recalibration: none"),
     ("recalibration.py", ["--run", "run", "--another-hospital"],
      "--another-hospital trains each experiment YAML as shipped, and --run run is a finished run"),
     ("recalibration.py", ["folder.yaml", "--another-hospital"],
@@ -122,3 +127,19 @@ def test_the_heldout_benchmark_finds_a_medmnist_file_named_with_its_splits(monke
 
     for data in ({"source": "medmnist", "path": "data/x.npz#train,val"}, {"source": "medmnist:data/x.npz#train"}):
         assert heldout.medmnist_file(ExperimentConfig.from_dict({"data": data})) == Path("data/x.npz")
+
+
+def test_a_benchmark_ends_a_tfmed_error_or_an_os_error_in_one_line(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _common import one_line_errors
+
+    from tfmed.errors import TfmedError
+
+    monkeypatch.setattr(sys, "argv", ["scale.py"])
+    for error in (TfmedError("data/x.npz: not found"), IsADirectoryError(21, "Is a directory", "out.csv")):
+        def main(error=error):
+            raise error
+
+        with pytest.raises(SystemExit) as stopped:
+            one_line_errors(main)()
+        assert stopped.value.code == 2 and capsys.readouterr().err == f"scale.py: error: {error}\n"
