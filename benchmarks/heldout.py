@@ -54,8 +54,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from _common import ROOT, experiment, one_line_errors  # noqa: E402
+from _common import experiment, one_line_errors  # noqa: E402
 from tfmed.config import ExperimentConfig, SplitConfig  # noqa: E402
+from tfmed.data.sources import spelt_out  # noqa: E402
+from tfmed.data.sources.embedded import PNEUMONIA_MNIST_FILE  # noqa: E402
 from tfmed.evaluation.metrics import auc_interval, headline_auc  # noqa: E402
 from tfmed.run.evaluate import evaluate_run, load_metrics  # noqa: E402
 from tfmed.run.experiment import run_experiment  # noqa: E402
@@ -137,13 +139,11 @@ SHIFTS = {
 def medmnist_file(config: ExperimentConfig) -> Path | None:
     """The MedMNIST-style file the experiment reads (its official validation split with it), None for another
     kind of source."""
-    source = config.data.source
-    if source == "pneumonia_mnist":
-        return ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz"
-    if source.startswith("medmnist:"):
-        return Path(source.split(":", 1)[1].split("#")[0])
-    if source == "medmnist" and config.data.path:
-        return Path(config.data.path.split("#")[0])
+    data = spelt_out(config.data)
+    if data.source == "pneumonia_mnist":
+        return PNEUMONIA_MNIST_FILE
+    if data.source == "medmnist" and data.path:
+        return Path(data.path.split("#")[0])
     return None
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from tfmed.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, data_section,
                           is_experiment_file)
 from tfmed.data.near_duplicates import copies_of
-from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec
+from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec, spelt_out
 from tfmed.data.table import LABEL_PREFIX, ImageTable, remap_labels
 from tfmed.data.validate import DataValidationError, apply_validation, excluded_summary, validate_table
 from tfmed.evaluation.comparison import compare_to_members
@@ -204,10 +204,9 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
         >>> table, source = read_labelled_data(spec, evaluation_data(spec), model, config)  # doctest: +SKIP
     """
     table = load_source(parsed)
-    kind, _, location = parsed.source.partition(":")
-    location = parsed.path or location  # medmnist with data.path, or medmnist:FILE
-    splits = sorted(table.frame["split"].dropna().unique())
-    if kind == "medmnist" and "#" not in location and len(splits) > 1:
+    spelt, splits = spelt_out(parsed), sorted(table.frame["split"].dropna().unique())
+    location = spelt.path or ""
+    if spelt.source == "medmnist" and "#" not in location and len(splits) > 1:
         raise DataSourceError(f"{location} holds the splits {', '.join(splits)}, which would be read as one set of "
                               "images; name the one to use: " + " or ".join(f"medmnist:{location}#{name}"
                                                                           for name in splits))

@@ -130,6 +130,22 @@ def parse_source_spec(spec: str) -> DataConfig:
         "a .csv manifest, a MedMNIST .npz file or an existing folder")
 
 
+def spelt_out(config: DataConfig) -> DataConfig:
+    """``config`` with a ``data.source`` written as ``KIND:PATH`` split into ``source: KIND`` and
+    ``path: PATH``, as :func:`load_source` reads it; any other source as it is.
+
+    Example:
+        >>> from tfmed.config import DataConfig
+        >>> spelt = spelt_out(DataConfig(source="medmnist:data/chest.npz#test"))
+        >>> spelt.source, spelt.path
+        ('medmnist', 'data/chest.npz#test')
+    """
+    if ":" in config.source and config.source.split(":", 1)[0] in SOURCES:
+        parsed = parse_source_spec(config.source)
+        return dataclasses.replace(config, source=parsed.source, path=parsed.path)
+    return config
+
+
 def load_source(config: DataConfig, base_dir: str | Path | None = None) -> ImageTable:
     """Load the source described by ``config`` into an :class:`ImageTable`.
 
@@ -146,9 +162,7 @@ def load_source(config: DataConfig, base_dir: str | Path | None = None) -> Image
         >>> len(load_source(DataConfig(source="pneumonia_mnist")))
         5232
     """
-    if ":" in config.source and config.source.split(":", 1)[0] in SOURCES:
-        parsed = parse_source_spec(config.source)
-        config = dataclasses.replace(config, source=parsed.source, path=parsed.path)
+    config = spelt_out(config)
     if config.source in EMBEDDED:
         table = EMBEDDED[config.source].load()
         return _with_classes(table, config)
