@@ -493,6 +493,26 @@ def test_cli_errors_are_one_line(explained_run, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_an_explanation_interrupted_while_writing_leaves_an_empty_output_empty(explained_run, tmp_path,
+                                                                                monkeypatch):
+    import tfmed.run.explain as explain_module
+    from tfmed.run.explain import explain_run
+
+    def interrupted(out, *_, **__):
+        (out / "explanations.csv").write_text("file\n")  # some files written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(explain_module, "write_explanations", interrupted)
+    given = tmp_path / "given"
+    given.mkdir()  # an --output made beforehand: left as empty as it was given, not half-written
+    with pytest.raises(KeyboardInterrupt):
+        explain_run(explained_run, per_group=1, output=given)
+    assert list(given.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt):
+        explain_run(explained_run, per_group=1, output=tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
 @dataclass
 class ArrayInputs:
     """Stands in for ImageInputs: every table reads as the same arrays."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,9 @@ from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import check_subgroups, count_entries, merge_tables, scored_metrics
 from tfmed.run.reporting import (coarse_sentences, member_sentences, subgroup_sentences, test_origin_note,
                                  write_outputs)
-from tfmed.run.rundir import (RunDirectoryError, as_reread, environment_info, json_object, new_run_dir,
-                              refuse_output_inside_runs, refuse_used_output, resolve_run_dir, run_split_tables)
+from tfmed.run.rundir import (RunDirectoryError, as_reread, environment_info, json_object,
+                              refuse_output_inside_runs, refuse_used_output, resolve_run_dir, run_split_tables,
+                              written_whole)
 
 
 def run_test_table(run_dir: Path) -> tuple[ImageTable, ExperimentConfig]:
@@ -113,10 +113,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
         if froc_metrics is not None:
             metrics["froc"] = froc_metrics
     # the folder is made once everything is computed, and removed when writing it fails or is interrupted
-    out = Path(output) if output else new_run_dir(run_dir, "evaluations")
-    made = not output or not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    with written_whole(output, run_dir, "evaluations", "evaluation") as out:
         # what made the evaluation: the folder it started in (relative image ids are read from there), the run
         (out / "environment.json").write_text(json.dumps(
             {**environment_info(config), "model_run": str(run_dir.resolve()), "verified": verify,
@@ -129,12 +126,6 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                       notes=notes + member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics),
                       member_scores={"test": members} if members is not None else None,
                       excluded=excluded, kfold=config.split.method == "kfold")
-    except BaseException:  # Ctrl-C or a full disk: no half-written evaluation that reads as a whole one
-        shutil.rmtree(out, ignore_errors=True)  # made here, or an --output that had to be empty
-        if not made:
-            out.mkdir()
-        log(f"removed the unfinished evaluation {'folder ' if made else 'in '}{out}")
-        raise
     return out
 
 

@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +39,8 @@ from tfmed.explain.maps import is_flat
 from tfmed.explain.overlay import save_overlay, save_overlays
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
-from tfmed.run.rundir import (as_reread, new_run_dir, refuse_output_inside_runs, refuse_used_output,
-                              resolve_run_dir, run_split_tables)
+from tfmed.run.rundir import (as_reread, refuse_output_inside_runs, refuse_used_output, resolve_run_dir,
+                              run_split_tables, written_whole)
 
 GROUPS = ("TP", "FP", "FN", "TN")
 
@@ -291,15 +290,9 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
         chosen = group_class(model, index)
         split, table, scores, groups = _run_cases(run_dir, model, chosen, per_group)
         labels = table.labels()
-    out = Path(output) if output else new_run_dir(run_dir, "explanations")
-    made = not output or not out.exists()
-    try:
+    with written_whole(output, run_dir, "explanations", "explanations") as out:  # also after a refused layer
         record = write_explanations(out, model, table, scores, groups, method=method, index=index, layer=layer,
                                     labels=labels, split=split, steps=steps, seed=seed)
-    except BaseException:  # a refused layer or class leaves no half-written folder behind
-        if made:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     log(f"wrote {record['images']} overlay(s), explanations.csv and faithfulness.json to {out}")
     return out
 

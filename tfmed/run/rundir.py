@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.errors import TfmedError
+from tfmed.progress import log
 from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, MANIFEST_FILE, failed_next_step, failure_reason
 
 
@@ -151,6 +153,37 @@ def output_run_dir(output: str | Path | None, name: str) -> Path:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def written_whole(output: str | Path | None, run_dir: Path, folder: str, what: str):
+    """The folder a command writes its results into: ``output`` or a new ``run_dir/folder/TIMESTAMP``. When the
+    block fails or is interrupted (Ctrl-C, a full disk) the folder is removed, or emptied if it was an
+    ``--output`` given empty, so no half-written result reads as a whole one.
+
+    Example:
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> try:
+        ...     with written_whole(None, run, "evaluations", "evaluation") as out:
+        ...         _ = (out / "metrics.json").write_text("{}")
+        ...         raise OSError("disk full")
+        ... except OSError:
+        ...     pass
+        >>> list((run / "evaluations").iterdir())
+        []
+    """
+    out = Path(output) if output else new_run_dir(run_dir, folder)
+    made = not output or not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        yield out
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        if not made:
+            out.mkdir()
+        log(f"removed the unfinished {what} {'folder ' if made else 'in '}{out}")
+        raise
 
 
 def refuse_used_output(output: str | Path | None, what: str) -> None:
