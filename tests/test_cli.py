@@ -260,6 +260,16 @@ def test_sweep_layers_refuses_a_misspelt_or_repeated_tap_before_reading_the_data
     assert main(["sweep-layers", str(path), "--taps", *taps]) == 2
     error = capsys.readouterr().err
     assert message in error and "missing.npz" not in error and not (tmp_path / "runs").exists()
+    assert "error: --taps: " in error  # the option's value, not the experiment's model.svm.taps
+
+
+def test_sweep_layers_names_the_experiment_file_and_key_of_a_refused_setting(tmp_path, capsys):
+    path = _tiny_config(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    config["model"]["backbone"] = "efficientnet_lite9"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep-layers", str(path)]) == 2
+    assert f"error: {path}: model.backbone: unknown backbone 'efficientnet_lite9'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("data, said", [

@@ -396,7 +396,7 @@ def config_errors_named(path, name: str):
     """Make an error about a setting, raised once the experiment file ``path`` has been read (by the mode, or
     against the data), name that file, as errors of reading the file do (instead of the experiment's ``name``):
     a message that starts with a setting's dotted key (``preprocess.channels``), an unknown backbone or tap.
-    Errors about files (``data.csv: not found``) stay as they are.
+    Errors about files (``data.csv: not found``) or a command-line option (``--taps: ...``) stay as they are.
 
     Example:
         >>> from tfmed.config import ConfigError
@@ -415,7 +415,7 @@ def config_errors_named(path, name: str):
     except TfmedError as error:
         message = str(error)
         message = message[len(name) + 2:] if message.startswith(f"{name}: ") else message
-        key = "" if message.startswith("model.") else keys.get(type(error), "")
+        key = "" if message.startswith(("model.", "--")) else keys.get(type(error), "")  # --taps: a flag's
         if message.startswith(str(path)) or not (key or _starts_with_a_setting(message)):
             raise  # already named, or not about a setting (the data's files, say)
         raise ConfigError(f"{path}: {key}{message}") from None
@@ -620,7 +620,8 @@ def _cmd_sweep(args) -> int:
     from tfmed.run.sweep import sweep_experiment
 
     config = ExperimentConfig.from_yaml(args.config)
-    table, path = sweep_experiment(config, taps=args.taps, runs_dir=args.runs_dir)
+    with config_errors_named(args.config, config.name):
+        table, path = sweep_experiment(config, taps=args.taps, runs_dir=args.runs_dir)
     print(table)
     print(f"saved {path}")
     return 0

@@ -20,6 +20,7 @@ import pandas as pd
 
 from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.modes import FeatureSVM, get_mode
+from tfmed.modes.features import UnknownTapError
 from tfmed.modes.sweep import format_sweep, save_sweep, sweep_columns, sweep_tables
 from tfmed.progress import log
 from tfmed.run.experiment import in_runs_dir, prepare_data, run_inputs
@@ -49,7 +50,10 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
                           "and no split.folds, then set the chosen taps in model.svm.taps of the k-fold one")
     taps = list(taps or DEFAULT_TAPS)
     fusions = [taps[-2:]] if len(taps) >= 2 else []
-    sweep_columns(config.model.backbone, taps, fusions)  # the taps, before any data is read
+    try:  # the taps, before any data is read
+        sweep_columns(config.model.backbone, taps, fusions)
+    except UnknownTapError as error:  # a --taps value, not the experiment's model.svm.taps (which a sweep leaves)
+        raise UnknownTapError(f"--taps: {error}") from None
     check_runs_dir(config.runs_dir)
     section = "data.task" if config.data.task else f"data.source {config.data.source.split(':')[0]}"
     _refuse_non_binary(config, config.data.task_before_data(), section)
