@@ -360,10 +360,26 @@ def test_a_run_snapshot_missing_a_setting_still_loads_with_from_run(tmp_path):
     del snapshot["model"]["finetune"]["view_pooling"]  # a run made before the setting existed
     del snapshot["tta"]["dihedral"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(snapshot))
-    with pytest.raises(ConfigError, match=r"config.yaml: model.finetune.momentum is 0.9; only optimizer: sgd"):
+    with pytest.raises(ConfigError, match=r"config.yaml: model.finetune.\w+ is set, but model.mode 'svm' does not"):
         ExperimentConfig.from_yaml(tmp_path / "config.yaml")  # as an experiment, its defaults are written settings
     config = ExperimentConfig.from_run(tmp_path)
     assert config.model.finetune.view_pooling == "mean" and config.model.mode == "svm"
+
+
+def test_a_section_the_mode_does_not_use_is_refused_before_its_values_are_checked(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("model:\n  finetune:\n    momentum: 0.5\n")  # unused in SVM mode, whatever the optimizer
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: model.finetune.momentum is set, but model.mode 'svm' "
+                                                    "does not use it (only finetune mode does)")):
+        ExperimentConfig.from_yaml(path)
+    # an SVM run made before augment was refused in SVM mode, its augment out of today's range, still loads
+    snapshot = ExperimentConfig.from_yaml(EXPERIMENTS[0].parent / "pneumonia_mnist_svm.yaml").to_dict()
+    snapshot["augment"]["rotation_degrees"] = 200.0
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(snapshot))
+    config = ExperimentConfig.from_run(tmp_path)
+    assert config.model.mode == "svm" and config.augment == AugmentConfig()
+    with pytest.raises(ConfigError, match=r"augment.rotation_degrees is set, but model.mode 'svm' does not use it"):
+        ExperimentConfig.from_yaml(tmp_path / "config.yaml")
 
 
 @pytest.mark.parametrize("weights", ["none", "None"])

@@ -1295,17 +1295,10 @@ class ExperimentConfig(_Section):
         if crop is not None and crop < self.preprocess.image_size:
             raise ConfigError(f"augment.crop_from ({crop}) must be at least "
                               f"preprocess.image_size ({self.preprocess.image_size})")
-        used = MODE_SECTIONS[self.model.mode]
         for name in MODE_OPTIONAL_SECTIONS:
-            if name in used:
-                continue
-            owner = self.model if name in MODEL_SECTIONS else self
-            changed = set_fields(getattr(owner, name))
-            if changed:
-                key = ("model." if owner is self.model else "") + f"{name}.{changed[0]}"
-                users = [mode for mode, sections in MODE_SECTIONS.items() if name in sections]
-                raise UnusedSettingError(f"{key} is set, but model.mode {self.model.mode!r} does not use it "
-                                         f"(only {' and '.join(users)} mode does); remove it, or set model.mode", key)
+            if name not in MODE_SECTIONS[self.model.mode]:
+                owner = self.model if name in MODEL_SECTIONS else self
+                _refuse_section_the_mode_leaves(self.model.mode, name, set_fields(getattr(owner, name)))
         finetune = self.model.finetune
         if self.model.mode == "finetune" and self.split.method == "kfold" and finetune.monitor.startswith("val_") \
                 and finetune.monitor != FinetuneConfig.monitor:  # the default's stand-in is logged by the fine-tune
@@ -1449,8 +1442,9 @@ class ExperimentConfig(_Section):
             tfmed.config.UnusedSettingError: config: split.val_fraction is 0.1; it is set, but split.method kfold ...
         """
         try:
-            return _build(cls, _members_inherit_preprocess(_moved_settings(values)), where, prefix="",
-                          track=not snapshot)
+            values = _moved_settings(values)
+            _refuse_sections_the_mode_leaves(values, snapshot, where)  # before a value there is checked
+            return _build(cls, _members_inherit_preprocess(values), where, prefix="", track=not snapshot)
         except UnusedSettingError:
             raise
         except ConfigError as error:
@@ -1689,6 +1683,43 @@ def _members_inherit_preprocess(values: Any) -> Any:
             inherited.pop("channels", None)
         member["preprocess"] = {**inherited, **own}
     return values
+
+
+def _refuse_section_the_mode_leaves(mode: str, name: str, changed: list[str], where: str = "") -> None:
+    """UnusedSettingError for the first of the ``changed`` settings of section ``name``, which ``mode`` does
+    not use (its message starting with ``where: `` when given)."""
+    if changed:
+        key = ("model." if name in MODEL_SECTIONS else "") + f"{name}.{changed[0]}"
+        users = [one for one, sections in MODE_SECTIONS.items() if name in sections]
+        raise UnusedSettingError(f"{where}: " * bool(where) + f"{key} is set, but model.mode {mode!r} does not use it (only "
+                                 f"{' and '.join(users)} mode does); remove it, or set model.mode", key)
+
+
+def _refuse_sections_the_mode_leaves(values: Any, snapshot: bool, where: str = "") -> None:
+    """Refuse a section of the experiment mapping ``values`` that its ``model.mode`` does not use, before the
+    section's own checks run: ``model.finetune.momentum`` in SVM mode is unused, whatever the optimizer. Settings
+    count as in :func:`set_fields`: written, or (in a snapshot or a section written in full) not the default.
+
+    Example:
+        >>> _refuse_sections_the_mode_leaves({"model": {"finetune": {"momentum": 0.5}}}, False)
+        Traceback (most recent call last):
+        tfmed.config.UnusedSettingError: model.finetune.momentum is set, but model.mode 'svm' does not use it ...
+    """
+    model = values.get("model") if isinstance(values, dict) else None
+    model = model if isinstance(model, dict) else {}
+    mode = model.get("mode", ModelConfig.mode)
+    if mode not in MODE_SECTIONS:
+        return  # the model section's own check names the unknown mode
+    for name in MODE_OPTIONAL_SECTIONS:
+        owner, owner_cls = (model, ModelConfig) if name in MODEL_SECTIONS else (values, ExperimentConfig)
+        written = owner.get(name)
+        if name in MODE_SECTIONS[mode] or not isinstance(written, dict):
+            continue  # a section that is not a mapping is named by its own check
+        defaults = dataclasses.asdict(_type_hints(owner_cls)[name]())
+        by_value = snapshot or set(defaults) <= set(written)
+        changed = [key for key, value in written.items() if key in defaults
+                   and (value != defaults[key] if by_value else value is not None or defaults[key] is not None)]
+        _refuse_section_the_mode_leaves(mode, name, changed, where)
 
 
 def _moved_settings(values: Any) -> Any:
