@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfmed.backbones import BackboneSpec, get_spec, list_backbones, register
 from tfmed.config import ConfigError, FinetuneConfig, StageConfig
 from tfmed.modes.finetune import FineTuner, FinetuneError
+from tfmed.training.losses import class_balance_weights
 
 REAL_BACKBONE = "mobilenet_v2"  # a real keras.applications backbone for the stage / BatchNorm checks
 BACKBONE = "tiny_test_cnn"  # a three-block conv net registered below: fast for the other tests
@@ -151,6 +152,26 @@ def test_save_and_load_give_the_same_predictions(binary_run, tmp_path):
     loaded = FineTuner.load(tmp_path / "model")
     assert loaded.task == "binary"
     np.testing.assert_allclose(loaded.predict(x), tuner.predict(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("task, outputs", [("binary", 1), ("multilabel", 3)])
+def test_a_weighted_bce_model_loads_again(tmp_path, task, outputs):
+    x, y = make_data(n=16, outputs=outputs, task=task)
+    pos, neg = class_balance_weights(y)
+    config = FinetuneConfig(stages=[StageConfig(epochs=1)], batch_size=8, loss="weighted_bce")
+    tuner = FineTuner(BACKBONE, task, outputs, config=config, image_size=SIZE, weights=None,
+                      pos_weight=pos, neg_weight=neg)
+    tuner.fit((x, y))
+    tuner.save(tmp_path / "model")  # the loss's weights are saved with it: weighted_bce cannot be built without
+    loaded = FineTuner.load(tmp_path / "model")
+    np.testing.assert_allclose(loaded.pos_weight, pos)
+    np.testing.assert_allclose(loaded.neg_weight, neg)
+    np.testing.assert_allclose(loaded.predict(x), tuner.predict(x), atol=1e-6)
+    spec_file = tmp_path / "model" / "finetune.json"
+    spec = json.loads(spec_file.read_text())
+    del spec["loss_weights"]  # a file saved before they were kept
+    spec_file.write_text(json.dumps(spec))
+    np.testing.assert_allclose(FineTuner.load(tmp_path / "model").predict(x), tuner.predict(x), atol=1e-6)
 
 
 def test_multilabel_fit_predict_shapes():

@@ -807,6 +807,9 @@ class FineTuner:
         self.model_.save(directory / MODEL_FILE)
         spec = self.spec()
         spec["config"] = _plain(self.config)
+        if self.pos_weight is not None:  # the loss's class weights, which weighted_bce cannot be built without
+            spec["loss_weights"] = {"pos": np.asarray(self.pos_weight).tolist(),
+                                    "neg": np.asarray(self.neg_weight).tolist()}
         (directory / SPEC_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
         return directory
 
@@ -830,9 +833,12 @@ class FineTuner:
         spec = read_json(directory / SPEC_FILE, FinetuneError)
         try:
             config = _config_from_plain(spec.get("config", {}))
+            # a file saved before the loss's class weights were kept: any stand in, as scoring needs no loss
+            unweighted = {"pos": 1.0, "neg": 1.0} if config.loss == "weighted_bce" else {"pos": None, "neg": None}
+            loss_weights = spec.get("loss_weights", unweighted)
             tuner = cls(spec["backbone"], spec["task"], spec["num_outputs"], config=config,
                         image_size=spec["image_size"], weights=None, classes=spec.get("classes"),
-                        views=spec.get("views", 0))
+                        views=spec.get("views", 0), pos_weight=loss_weights["pos"], neg_weight=loss_weights["neg"])
         except (AttributeError, KeyError, TypeError, ValueError) as error:
             raise FinetuneError(f"{directory / SPEC_FILE}: incomplete or damaged ({type(error).__name__}: "
                                 f"{error}); {DAMAGED}") from None
