@@ -331,6 +331,26 @@ def test_out_of_fold_member_scores_use_statistics_of_the_folds_training_part(tin
 
 
 # ------------------------------------------------------------------ k-fold bagging
+def test_a_kfold_bag_of_rank_ensembles_gives_no_probability_figures():
+    from tfmed.config import EvaluationConfig, PreprocessConfig
+    from tfmed.data.table import ImageTable
+    from tfmed.run.experiment import RANK_NOTE, evaluate_split
+
+    y = np.repeat([0, 1], 50)
+    ranks = np.clip(0.5 + 0.3 * (y - 0.5) + np.random.default_rng(0).normal(0, 0.2, 100), 0, 1)
+    table = ImageTable(pd.DataFrame({"image": [f"{i}.png" for i in range(100)], "label": y, "split": "test"}),
+                       ["normal", "disease"], "binary")
+    folds = [Ensemble.of_fitted([object(), object()], ["svm", "tuned"], "binary", combine="rank") for _ in range(3)]
+    for estimator, ranked in ((Ensemble.of_fitted(folds, ["fold_1", "fold_2", "fold_3"], "binary"), True),
+                              (Ensemble.of_fitted([object(), object()], ["a", "b"], "binary"), False)):
+        model = TrainedModel(mode="ensemble", task="binary", classes=["normal", "disease"],
+                             preprocess=PreprocessConfig(image_size=32), stats=None, estimator=estimator,
+                             thresholds=select_thresholds("binary", y, ranks))
+        point = evaluate_split(model, table, ranks, EvaluationConfig())["youden"]
+        assert model.combines_ranks == ranked and (RANK_NOTE in point["notes"]) == ranked
+        assert (point["brier"] is None) == ranked and (point["net_benefit"] is None) == ranked
+
+
 @pytest.mark.slow
 def test_kfold_bagging_averages_the_fold_models_on_test(tiny_source, tmp_path):
     config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)

@@ -89,6 +89,20 @@ class Ensemble:
         """The members' names, in order."""
         return [m.name for m in self.members]
 
+    @property
+    def gives_ranks(self) -> bool:
+        """Whether the scores are mean ranks: the rule is "rank", or "mean" over members that all give ranks
+        (the k fold models of a rank ensemble, kept by ``split.final: bag``).
+
+        Example:
+            >>> ranks = Ensemble.of_fitted([object(), object()], ["a", "b"], "binary", combine="rank")
+            >>> Ensemble.of_fitted([ranks, ranks], ["fold_1", "fold_2"], "binary").gives_ranks
+            True
+        """
+        if self.combiner.rule == "rank":
+            return True
+        return self.combiner.rule == "mean" and all(getattr(m.estimator, "gives_ranks", False) for m in self.members)
+
     # ---------------------------------------------------------------- protocol
     @classmethod
     def check_before_data(cls, config: ExperimentConfig) -> None:

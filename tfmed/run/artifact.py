@@ -83,9 +83,9 @@ class TrainedModel:
 
     @property
     def combines_ranks(self) -> bool:
-        """Whether the model is an ensemble that averages its members' ranks (mean ranks, before any
-        recalibration)."""
-        return getattr(getattr(self.estimator, "combiner", None), "rule", None) == "rank"
+        """Whether the model is an ensemble that averages its members' ranks, or a k-fold bag of such (mean ranks,
+        before any recalibration)."""
+        return getattr(self.estimator, "gives_ranks", False)
 
     @property
     def inputs(self) -> ImageInputs:
