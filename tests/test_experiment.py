@@ -140,6 +140,24 @@ def test_an_evaluation_interrupted_while_writing_leaves_no_folder(pneumonia_run,
     assert list((tmp_path / "empty").iterdir()) == []
 
 
+def test_an_evaluation_says_where_the_runs_thresholds_were_chosen(tmp_path):
+    import types
+
+    from tfmed.run.evaluate import _decisions
+
+    binary = types.SimpleNamespace(task="binary", hierarchy=None)
+    config = ExperimentConfig.from_dict({})
+    assert "chosen on that run's validation split" in _decisions(tmp_path, config, binary)
+    kfold = ExperimentConfig.from_dict({"split": {"method": "kfold"}})
+    assert "chosen on that run's pooled out-of-fold scores" in _decisions(tmp_path, kfold, binary)
+    multiclass = types.SimpleNamespace(task="multiclass", hierarchy=None)
+    assert _decisions(tmp_path, config, multiclass).startswith("each image's class is its most probable one")
+    (tmp_path / "recalibrated_from.json").write_text(json.dumps({"thresholds": "kept"}))
+    assert "chosen on that run's pooled out-of-fold scores" in _decisions(tmp_path, kfold, binary)
+    (tmp_path / "recalibrated_from.json").write_text(json.dumps({"thresholds": "chosen"}))
+    assert "chosen on the data it was recalibrated on" in _decisions(tmp_path, kfold, binary)
+
+
 def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
     data = np.load(ROOT / "tfmed/datasets/pneumoniamnist/pneumoniamnist_trainval.npz")
     path = tmp_path / "other.npz"
@@ -479,6 +497,30 @@ def test_kfold_reports_mean_sd_and_pooled_oof_auc(tmp_path):
     assert (run_dir / "oof_predictions.csv").is_file()
     # the backbone ran once over train + val (every fold's two parts, and the refit) and once over test
     assert len(list((tmp_path / "runs" / ".feature_cache").glob("table-*"))) == 2
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95])
+def test_the_pooled_out_of_fold_auc_interval_is_at_the_configured_level(level, monkeypatch):
+    import tfmed.run.experiment as experiment
+    from tfmed.config import PreprocessConfig
+    from tfmed.data.pipeline import ImageInputs
+    from tfmed.data.table import ImageTable
+    from tfmed.evaluation.intervals import delong_auc_ci
+
+    y = np.arange(120) % 2
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(120)], "label": y, "split": "train",
+                          "patient_id": [f"p{i}" for i in range(120)]})
+    noise = dict(zip(frame["image"], 0.25 * y + np.random.default_rng(0).normal(0, 0.25, 120)))
+
+    class FixedScores:  # a fold model: a fixed noisy score per image
+        def predict(self, part):
+            return np.array([noise[image] for image in part.frame["image"]])
+
+    monkeypatch.setattr(experiment, "fit_model", lambda *args, **kwargs: FixedScores())
+    config = ExperimentConfig.from_dict({"split": {"method": "kfold", "folds": 3}, "evaluation": {"ci_level": level}})
+    summary, _, oof = experiment.run_folds(config, ImageTable(frame, ["normal", "disease"], "binary"),
+                                           ImageInputs(PreprocessConfig(image_size=32)))
+    assert summary["pooled_oof_auc_ci"] == pytest.approx(list(delong_auc_ci(y, oof, level)[1:]))
 
 
 @pytest.mark.parametrize("final", ["refit", "bag"])

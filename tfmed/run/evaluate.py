@@ -27,7 +27,7 @@ from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import check_subgroups, count_entries, merge_tables, scored_metrics
 from tfmed.run.reporting import (coarse_sentences, member_sentences, subgroup_sentences, test_origin_note,
                                  write_outputs)
-from tfmed.run.rundir import (RunDirectoryError, as_reread, environment_info, json_object,
+from tfmed.run.rundir import (PROVENANCE_FILE, RunDirectoryError, as_reread, environment_info, json_object,
                               refuse_output_inside_runs, refuse_used_output, resolve_run_dir, run_split_tables,
                               written_whole)
 
@@ -80,8 +80,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     scores, members = model.predict_with_members(table)
     metrics = {**scored_metrics(model, {"test": table}, {"test": scores}, config.evaluation), "source": source,
                **count_entries({"test": table}), "tta_views": model.tta.view_count()}
-    notes = [f"Model from {run_dir}; thresholds were chosen on that run's validation split "
-             "and are applied unchanged here."]
+    notes = [f"Model from {run_dir}; {_decisions(run_dir, config, model)}."]
     if not verify:
         notes.append("The run's files were not checked against its manifest (--no-verify).")
     if data is None:  # the run's own test split: it scored these images itself, and said where they came from
@@ -127,6 +126,19 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                       member_scores={"test": members} if members is not None else None,
                       excluded=excluded, kfold=config.split.method == "kfold")
     return out
+
+
+def _decisions(run_dir: Path, config: ExperimentConfig, model: TrainedModel) -> str:
+    """Where the decisions of the run's model come from, for the evaluation's notes."""
+    if model.task == "multiclass" and not model.hierarchy:
+        return "each image's class is its most probable one (a multi-class model has no thresholds)"
+    if json_object(run_dir / PROVENANCE_FILE).get("thresholds") == "chosen":  # a recalibrated run's own
+        chosen_on = "the data it was recalibrated on (recalibrated_from.json)"
+    elif config.split.method == "kfold":
+        chosen_on = "that run's pooled out-of-fold scores (split.method kfold has no validation split)"
+    else:
+        chosen_on = "that run's validation split"
+    return f"thresholds were chosen on {chosen_on} and are applied unchanged here"
 
 
 def images_scored_otherwise(run_dir: Path, model: TrainedModel, table: ImageTable, scores,

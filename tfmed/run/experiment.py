@@ -675,7 +675,8 @@ def run_folds(config: ExperimentConfig, table: ImageTable,
         fold_aucs.append(headline_auc(evaluate(table.task, held_part.labels(), held_scores,
                                        0.5 if table.task != "multiclass" else None, table.classes)))
     y = trainval.labels()
-    pooled = evaluate(table.task, y, oof, 0.5 if table.task != "multiclass" else None, table.classes)
+    pooled = evaluate(table.task, y, oof, 0.5 if table.task != "multiclass" else None, table.classes,
+                      ci_level=config.evaluation.ci_level)
     aucs = np.array([a for a in fold_aucs if a is not None], dtype=float)
     summary = {"folds": config.split.folds, "final": config.split.final, "fold_auc": fold_aucs,
                "auc_mean": float(aucs.mean()) if len(aucs) else None,

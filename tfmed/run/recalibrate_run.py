@@ -37,10 +37,8 @@ from tfmed.run.evaluate import (check_data_subgroups, evaluation_data, fit_model
 from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
 from tfmed.run.reporting import coarse_sentences, recalibration_sentences, subgroup_sentences, write_outputs
-from tfmed.run.rundir import (environment_info, output_run_dir, refuse_output_inside_runs, refuse_used_output,
-                              resolve_run_dir)
-
-PROVENANCE_FILE = "recalibrated_from.json"
+from tfmed.run.rundir import (PROVENANCE_FILE, environment_info, output_run_dir, refuse_output_inside_runs,
+                              refuse_used_output, resolve_run_dir)
 
 
 class RecalibrateRunError(TfmedError):

@@ -32,6 +32,7 @@ class RunDirectoryError(TfmedError):
     """A folder given as a run directory is not one."""
 
 
+PROVENANCE_FILE = "recalibrated_from.json"  # what tfmed recalibrate writes into its run: the run, data, method
 SWEEP_FILE = "layer_sweep.csv"  # what tfmed sweep-layers writes into its folder, beside config.yaml
 VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scikit-image", "skops",
                       "opencv-python-headless", "pydicom", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "nibabel",
