@@ -226,6 +226,23 @@ def test_the_search_sample_keeps_classes_in_proportion_and_patients_whole():
         SVMConfig(search_rows=20).check()
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_the_search_sample_keeps_a_rare_labels_positives(seed):
+    from tfmed.modes.svm import MIN_SEARCH_ROWS_PER_CLASS, search_sample
+
+    rng = np.random.default_rng(seed)
+    y = np.zeros((20000, 3), int)
+    y[:, 0] = rng.random(20000) < 0.4
+    y[rng.choice(20000, 15, replace=False), 1] = 1  # 15 positives: a random draw of 5,000 keeps about 4
+    y[:, 2] = rng.random(20000) < 0.99  # 200 or so negatives
+    y[rng.choice(20000, 500, replace=False), 0] = -1  # unknown labels count as neither
+    groups = np.repeat(np.arange(10000), 2)  # two images per patient
+    rows = search_sample(y, groups, 5000, seed=seed)
+    assert (y[rows, 1] == 1).sum() == 15 and (y[rows, 2] == 0).sum() >= MIN_SEARCH_ROWS_PER_CLASS
+    assert 5000 <= len(rows) <= 5000 + 2 * (15 + MIN_SEARCH_ROWS_PER_CLASS)
+    assert np.all(np.bincount(groups[rows])[np.unique(groups[rows])] == 2)  # patients whole
+
+
 def test_the_kernel_map_is_applied_in_blocks_with_the_whole_matrix_result(monkeypatch):
     from tfmed.modes import kernel_approximation
 

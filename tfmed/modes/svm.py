@@ -1103,7 +1103,8 @@ def search_sample(y: np.ndarray, groups, limit: int, seed: int = 0) -> np.ndarra
     """Sorted row numbers the C / gamma search sees: every row when there are at most ``limit``,
     otherwise about ``limit`` rows drawn per class in proportion, each class keeping at least
     ``MIN_SEARCH_ROWS_PER_CLASS`` rows (or all of them); with ``groups`` (patient ids) whole patients
-    are drawn, each counted in the class of its first row. Multilabel ``y`` (2-D) is drawn unstratified.
+    are drawn, each counted in the class of its first row. Multilabel ``y`` (2-D) is drawn unstratified, then
+    each label's positive and negative rows are topped up to ``MIN_SEARCH_ROWS_PER_CLASS`` (or all of them).
 
     Example:
         >>> y = np.array([0] * 900 + [1] * 100)
@@ -1129,6 +1130,14 @@ def search_sample(y: np.ndarray, groups, limit: int, seed: int = 0) -> np.ndarra
         rows = int(sizes[candidates].sum())
         quota = max(int(np.ceil(limit * rows / count)), min(rows, MIN_SEARCH_ROWS_PER_CLASS))
         chosen[candidates[:int(np.searchsorted(np.cumsum(sizes[candidates]), quota)) + 1]] = True
+    for column in (np.asarray(y).T if y.ndim == 2 else []):  # a rare label's few positives all reach the search
+        for value in (1, 0):
+            rows_per_unit = np.bincount(unit_of_row, weights=column == value, minlength=len(units))
+            short = min(int(rows_per_unit.sum()), MIN_SEARCH_ROWS_PER_CLASS) - int(rows_per_unit[chosen].sum())
+            if short > 0:
+                candidates = np.flatnonzero((rows_per_unit > 0) & ~chosen)
+                rng.shuffle(candidates)
+                chosen[candidates[:int(np.searchsorted(np.cumsum(rows_per_unit[candidates]), short)) + 1]] = True
     return np.flatnonzero(chosen[unit_of_row])
 
 
