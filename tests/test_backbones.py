@@ -12,7 +12,7 @@ from tfmed import backbones
 ALL = [name for name in backbones.list() if backbones.get_spec(name).imagenet_url]
 # Built in full (taps resolve, blocks partition the weights); the rest are checked as specs.
 CHEAP = ["vgg16", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "inception_v3",
-         "xception", "efficientnet_lite0"]
+         "xception", "efficientnet_lite0", "convnext_tiny"]
 
 
 def test_table_lists_the_literature_families():
@@ -64,6 +64,21 @@ def test_built_graph_has_taps_and_blocks(name):
             assert block is not None, f"{name}: layer {layer.name} is in no block"
             first_seen.setdefault(block, i)
     assert sorted(first_seen, key=first_seen.get) == spec.blocks
+    # The block list freezes and unfreezes every weighted layer, those inside sub-models too (ConvNeXt's
+    # downsampling blocks), as FineTuner's stages do
+    import keras
+
+    from tfmed.training import freezing
+
+    everything = len(model.trainable_weights)
+    batch_norm = sum(len(layer.trainable_weights) for layer in freezing.iter_layers(model)
+                     if isinstance(layer, keras.layers.BatchNormalization))
+    freezing.freeze(model, spec.blocks)
+    assert not model.trainable_weights
+    assert freezing.unfreeze_top(model, spec.blocks, 1) == spec.blocks[-1:]
+    assert freezing.trainable_blocks(model, spec.blocks) == spec.blocks[-1:]
+    freezing.unfreeze_top(model, spec.blocks, "all")
+    assert len(model.trainable_weights) == everything - batch_norm  # all but BatchNorm's, kept frozen
     # Stage outputs shrink (or keep) their spatial size in order.
     sides = [model.get_layer(spec.taps[s]).output.shape[1] for s in spec.stage_taps()]
     assert sides == sorted(sides, reverse=True)

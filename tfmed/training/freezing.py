@@ -86,11 +86,11 @@ def freeze(model: keras.layers.Layer, blocks: Sequence[str] | None = None) -> ke
                 layer.trainable = False
         return model
     prefixes = _check_blocks(blocks)
-    leaves = [layer for layer in iter_layers(model) if not _is_container(layer)]
+    leaves = _leaf_blocks(model, prefixes)
     _check_matched(model, leaves, prefixes)
     _ensure_containers_trainable(model)
-    for layer in leaves:
-        if _block_of(layer.name, prefixes) is not None:
+    for layer, block in leaves:
+        if block is not None:
             layer.trainable = False
     return model
 
@@ -163,11 +163,10 @@ def unfreeze_top(model: keras.layers.Layer, blocks: Sequence[str], amount: int |
     _check_model(model)
     prefixes = _check_blocks(blocks)
     selected = set(blocks_for_amount(prefixes, amount))
-    leaves = [layer for layer in iter_layers(model) if not _is_container(layer)]
+    leaves = _leaf_blocks(model, prefixes)
     _check_matched(model, leaves, prefixes)
     _ensure_containers_trainable(model)
-    for layer in leaves:
-        block = _block_of(layer.name, prefixes)
+    for layer, block in leaves:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
         elif block is not None:
@@ -186,13 +185,8 @@ def trainable_blocks(model: keras.layers.Layer, blocks: Sequence[str]) -> list[s
     """
     prefixes = _check_blocks(blocks)
     trainable_ids = {id(variable) for variable in model.trainable_variables}
-    active = set()
-    for layer in iter_layers(model):
-        if _is_container(layer):
-            continue
-        block = _block_of(layer.name, prefixes)
-        if block is not None and any(id(v) in trainable_ids for v in layer.weights):
-            active.add(block)
+    active = {block for layer, block in _leaf_blocks(model, prefixes)
+              if block is not None and any(id(v) in trainable_ids for v in layer.weights)}
     return [prefix for prefix in prefixes if prefix in active]
 
 
@@ -217,13 +211,36 @@ def _check_blocks(blocks: Iterable[str] | None) -> list[str]:
     return prefixes
 
 
-def _check_matched(model, leaves: list, prefixes: list[str]) -> None:
-    """Raise FreezingError naming the ``prefixes`` that match none of the ``leaves`` (layers of ``model``)."""
-    matched = {_block_of(layer.name, prefixes) for layer in leaves}
+def _leaf_blocks(model, prefixes: Sequence[str]) -> list[tuple]:
+    """Each leaf layer of ``model`` with its block: the longest prefix of its own name or, failing that, of
+    the innermost sub-model holding it (a block Keras builds as a sub-model, as ConvNeXt's downsampling blocks,
+    whose layers are named otherwise); None outside every block.
+
+    Example:
+        >>> import keras
+        >>> down = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="down_dense_0")], name="down_0")
+        >>> model = keras.Sequential([keras.Input((4,)), down, keras.layers.Dense(1, name="head")])
+        >>> [(layer.name, block) for layer, block in _leaf_blocks(model, ["down_0"])]
+        [('down_dense_0', 'down_0'), ('head', None)]
+    """
+    found = []
+    for layer in getattr(model, "layers", None) or getattr(model, "_layers", []):
+        block = _block_of(layer.name, prefixes)
+        if _is_container(layer):
+            found.extend((leaf, own or block) for leaf, own in _leaf_blocks(layer, prefixes))
+        else:
+            found.append((layer, block))
+    return found
+
+
+def _check_matched(model, leaves: list[tuple], prefixes: list[str]) -> None:
+    """Raise FreezingError naming the ``prefixes`` that match none of the ``leaves`` (layers of ``model`` with
+    their blocks)."""
+    matched = {block for _, block in leaves}
     missing = [prefix for prefix in prefixes if prefix not in matched]
     if missing:
         raise FreezingError(f"block prefix(es) {missing} match no layer of model {model.name!r}; "
-                            f"{_model_blocks([layer.name for layer in leaves])}")
+                            f"{_model_blocks([layer.name for layer in iter_layers(model)])}")
 
 
 def _model_blocks(names: list[str]) -> str:
