@@ -52,6 +52,43 @@ def test_finetuner_trains_mirrored_over_two_cpus_in_bfloat16():
     assert out["epochs"] == 2
 
 
+CALLBACK_SCRIPT = r"""
+import json
+from tfmed.training import distribute
+distribute.use_logical_cpus(2)
+import keras
+import numpy as np
+import tensorflow as tf
+from tfmed import training as tc
+from tfmed.training import freezing
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="block1_conv")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="block2_conv")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(
+        keras.layers.GlobalAveragePooling2D()(x)))
+    freezing.freeze(model, ["block1_", "block2_"])
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(32, 8, 8, 1)).astype("float32"), np.arange(32) % 2
+unfreeze = tc.StagedUnfreeze(["block1_", "block2_"], schedule=[(1, 1)], lr_factor=0.1)
+model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[unfreeze])
+print("RESULT " + json.dumps({"unfrozen": unfreeze.unfrozen_,
+                              "rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))}))
+"""
+
+
+def test_staged_unfreeze_works_in_a_mirrored_fit():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", CALLBACK_SCRIPT], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))[len("RESULT "):])
+    assert out["unfrozen"] == ["block2_"] and abs(out["rate"] - 1e-4) < 1e-9
+
+
 def test_finetuner_compiles_with_xla_when_asked():
     import numpy as np
     import tensorflow as tf

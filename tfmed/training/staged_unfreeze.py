@@ -155,7 +155,7 @@ class StagedUnfreeze(keras.callbacks.Callback):
         model = self.model
         self.unfrozen_ = freezing.unfreeze_top(model, self.blocks, amount)
         old = model.optimizer
-        new_lr = float(old.learning_rate) * self.lr_factor if self.lr_factor != 1.0 else None
+        new_lr = _rate(old) * self.lr_factor if self.lr_factor != 1.0 else None
         with model.distribute_strategy.scope():
             optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(old))
             if new_lr is not None:
@@ -164,9 +164,14 @@ class StagedUnfreeze(keras.callbacks.Callback):
         model.optimizer = optimizer
         model.make_train_function(force=True)
         change = {"epoch": epoch, "amount": amount, "unfrozen": list(self.unfrozen_),
-                  "learning_rate": float(optimizer.learning_rate)}
+                  "learning_rate": _rate(optimizer)}
         self.changes_.append(change)
         if self.verbose:
             log(f"StagedUnfreeze: epoch {epoch}: unfrozen {self.unfrozen_}, "
                 f"learning rate {change['learning_rate']:.3g}")
         return self.unfrozen_
+
+
+def _rate(optimizer) -> float:
+    """The optimizer's learning rate as a number (a mirrored variable under a distribution strategy)."""
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
