@@ -154,6 +154,18 @@ def test_save_and_load_give_the_same_predictions(binary_run, tmp_path):
     np.testing.assert_allclose(loaded.predict(x), tuner.predict(x), atol=1e-6)
 
 
+def test_fitting_arrays_twice_with_one_seed_gives_one_model():
+    x, y = make_data(n=24)
+    config = FinetuneConfig(stages=[StageConfig(epochs=2)], batch_size=8, early_stopping_patience=None)
+    scores = []
+    for other_seed in (123, 7):  # whatever seeded the process before (a notebook's earlier cell, say)
+        keras.utils.set_random_seed(other_seed)
+        tuner = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None, seed=0)
+        tuner.fit((x, y))
+        scores.append(tuner.predict(x))
+    np.testing.assert_array_equal(scores[0], scores[1])
+
+
 @pytest.mark.parametrize("task, outputs", [("binary", 1), ("multilabel", 3)])
 def test_a_weighted_bce_model_loads_again(tmp_path, task, outputs):
     x, y = make_data(n=16, outputs=outputs, task=task)

@@ -462,6 +462,7 @@ class FineTuner:
             >>> history["stage_boundaries"], len(history["loss"])  # doctest: +SKIP
             ([0, 3], 6)
         """
+        keras.utils.set_random_seed(self.seed)  # before the shuffle of arrays is made: the same seed, the same fit
         train_ds = self._as_dataset(train_ds, "train_ds", training=True)
         val_ds = self._as_dataset(val_ds, "val_ds") if val_ds is not None else None
         state = self._load_state()
