@@ -158,3 +158,15 @@ def test_lbp_matches_histogram_of_skimage_codes_and_separates_textures():
     smooth = F.lbp_features(np.tile(np.linspace(0, 255, 16), (2, 16, 1)))
     # a smooth ramp has far fewer non-uniform patterns (last bin) than noise
     assert smooth[:, -1].max() < hist[:, -1].min()
+
+
+def test_the_backbone_computes_features_in_float32_whatever_policy_a_script_set():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # as a script set it for its own fine-tune
+    try:
+        model, _ = F.base_model("efficientnet_lite0", None, None, 36)
+        assert {layer.dtype_policy.compute_dtype for layer in model.layers} == {"float32"}
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # the script's, left as it was
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

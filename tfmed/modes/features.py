@@ -374,9 +374,11 @@ def base_model(backbone: str, weights, weights_dir, image_size: int, random_stat
     if key not in _BASE_MODELS:
         import keras
 
+        from tfmed.training.distribute import precision
+
         if weights is None:
             keras.utils.set_random_seed(int(random_state))
-        with _scope(strategy):
+        with _scope(strategy), precision(None):  # float32 features, whatever policy a script set for a fine-tune
             model = backbones.create(backbone, weights=weights, input_shape=(image_size, image_size, 3),
                                      trainable=False, include_top=False, weights_dir=weights_dir)
         if weight_values is not None:

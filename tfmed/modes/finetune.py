@@ -27,6 +27,7 @@ import json
 import math
 import shutil
 import typing
+from contextlib import nullcontext
 from pathlib import Path
 
 import keras
@@ -348,31 +349,27 @@ class FineTuner:
         from tfmed.training import distribute
 
         keras.utils.set_random_seed(self.seed)
-        previous_policy = keras.mixed_precision.global_policy()
-        if self.config.mixed_precision:
-            distribute.set_mixed_precision(self.config.mixed_precision)
-        try:
-            with self._strategy().scope():
-                base = backbones.create(self.backbone, weights=self.weights,
-                                        input_shape=(self.image_size, self.image_size, 3),
-                                        trainable=False, include_top=False,
-                                        weights_dir=self.weights_dir)
-                pool = (keras.layers.GlobalAveragePooling2D(name="head_pool") if self.config.pooling == "avg"
-                        else keras.layers.GlobalMaxPooling2D(name="head_pool"))
-                if self.views:  # one backbone shared by every view, its pooled features pooled over views
-                    inputs = keras.Input(self.input_shape, name="views")
-                    x = pool(base(FoldViews(name="fold_views")(inputs)))
-                    x = PoolViews(self.views, self.config.view_pooling, name="head_view_pool")(x)
-                else:
-                    inputs = base.inputs
-                    x = pool(base.output)
-                x = keras.layers.Dropout(self.config.dropout, name="head_dropout")(x)
-                activation = "softmax" if self.task == "multiclass" else "sigmoid"
-                outputs = keras.layers.Dense(self.num_outputs, activation=activation, dtype="float32",
-                                             name="predictions")(x)
-                model = keras.Model(inputs, outputs, name=f"{self.backbone}_finetune")
-        finally:
-            keras.mixed_precision.set_global_policy(previous_policy)
+        # a script's global dtype policy applies unless the config names one (then restored after)
+        policy = distribute.precision(self.config.mixed_precision) if self.config.mixed_precision else nullcontext()
+        with policy, self._strategy().scope():
+            base = backbones.create(self.backbone, weights=self.weights,
+                                    input_shape=(self.image_size, self.image_size, 3),
+                                    trainable=False, include_top=False,
+                                    weights_dir=self.weights_dir)
+            pool = (keras.layers.GlobalAveragePooling2D(name="head_pool") if self.config.pooling == "avg"
+                    else keras.layers.GlobalMaxPooling2D(name="head_pool"))
+            if self.views:  # one backbone shared by every view, its pooled features pooled over views
+                inputs = keras.Input(self.input_shape, name="views")
+                x = pool(base(FoldViews(name="fold_views")(inputs)))
+                x = PoolViews(self.views, self.config.view_pooling, name="head_view_pool")(x)
+            else:
+                inputs = base.inputs
+                x = pool(base.output)
+            x = keras.layers.Dropout(self.config.dropout, name="head_dropout")(x)
+            activation = "softmax" if self.task == "multiclass" else "sigmoid"
+            outputs = keras.layers.Dense(self.num_outputs, activation=activation, dtype="float32",
+                                         name="predictions")(x)
+            model = keras.Model(inputs, outputs, name=f"{self.backbone}_finetune")
         self.backbone_model_ = base
         self.model_ = model
         return model

@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -300,6 +301,25 @@ def set_mixed_precision(policy: str | None) -> str:
     name = PRECISIONS[policy]
     keras.mixed_precision.set_global_policy(name)
     return name
+
+
+@contextlib.contextmanager
+def precision(policy: str | None):
+    """Layers built inside the block compute in ``policy`` (as :func:`set_mixed_precision` reads it; None:
+    float32); Keras' global dtype policy is restored afterwards, whatever a script had set.
+
+    Example:
+        >>> with precision("bfloat16"):
+        ...     inside = keras.mixed_precision.global_policy().name
+        >>> inside, keras.mixed_precision.global_policy().name
+        ('mixed_bfloat16', 'float32')
+    """
+    previous = keras.mixed_precision.global_policy()
+    try:
+        set_mixed_precision(policy)
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def resolve_jit_compile(setting: bool | str = "auto", strategy_: tf.distribute.Strategy | None = None) -> bool:
