@@ -113,6 +113,25 @@ def test_multiclass_one_vs_rest_with_string_labels():
     assert model.score(X, names) >= 0.8
 
 
+def test_one_hot_rows_of_a_multiclass_task_are_read_as_class_indices(capsys):
+    from tfmed.progress import configure_logging
+
+    X, y = make_images(36, 3, seed=3)
+    one_hot = np.eye(3, dtype=int)[y]
+    by_index = small(task="multiclass").fit(X, y)
+    by_rows = small(task="multiclass").fit(X, one_hot)
+    assert by_rows.task_ == "multiclass"
+    np.testing.assert_allclose(by_rows.predict_proba(X), by_index.predict_proba(X))
+    configure_logging()
+    assert small().fit(X, one_hot).task_ == "multilabel"  # task=None: independent labels, and the log says so
+    assert "y's rows are one-hot (3 columns): read as multilabel" in capsys.readouterr().out
+    two_labels = one_hot.copy()
+    two_labels[0] = [1, 1, 0]
+    with pytest.raises(F.FeatureError, match="task is 'multiclass' but y looks multilabel .*set task='multilabel' "
+                                             "if the data are multilabel"):
+        small(task="multiclass").fit(X, two_labels)
+
+
 def test_svm_fits_run_as_threads_on_every_usable_core_and_give_the_same_model(monkeypatch):
     import threading
 

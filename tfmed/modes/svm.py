@@ -613,6 +613,12 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                                "(or one row of 0/1 labels) per image")
         if y.ndim == 2 and y.shape[1] == 1 and self.task != "multilabel":  # one multilabel label stays 2-D
             y = y.ravel()
+        one_hot = y.ndim == 2 and np.isin(y, [0, 1]).all() and bool((y.sum(axis=1) == 1).all())
+        if one_hot and self.task in ("binary", "multiclass"):
+            y = y.argmax(axis=1)  # each image's class index, as FineTuner reads one-hot rows
+        elif one_hot and self.task is None:
+            log(f"y's rows are one-hot ({y.shape[1]} columns): read as multilabel, one SVM per column; give "
+                "task='multiclass' (or class indices, y.argmax(axis=1)) for one class per image")
         if y.ndim == 2:
             values = np.unique(y)
             allowed = [0, 1, UNKNOWN_LABEL]
@@ -632,7 +638,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             raise FeatureError(f"y must be 1-D labels or a 2-D 0/1 label matrix, got shape {y.shape}")
         if self.task is not None and self.task != task:
             raise FeatureError(f"task is {self.task!r} but y looks {task} ({len(classes)} classes/labels, "
-                               f"shape {y.shape}); fix y or set task=None")
+                               f"shape {y.shape}); fix y, or set task={task!r} if the data are {task}")
         return encoded, classes, task
 
     def _splits(self, y, groups, classes, label=None, folds=None) -> list[tuple[np.ndarray, np.ndarray]]:
