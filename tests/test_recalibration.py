@@ -151,7 +151,7 @@ def test_a_fit_round_trips_through_json():
     for method in ("logistic", "temperature"):
         fitted = Recalibration.fit(method, "binary", y, p)
         again = Recalibration.from_json(json.loads(json.dumps(fitted.to_json())))
-        assert np.array_equal(again.apply(p), fitted.apply(p))
+        assert np.array_equal(again.apply(p), fitted.apply(p)) and again == fitted
     assert Recalibration.from_json(None) is None
 
 
@@ -214,9 +214,17 @@ def test_fits_the_data_cannot_support_are_refused_saying_why(method, task, y, p,
      r"scores have 1 column\(s\), but the recalibration was fitted on 2"),
     (lambda y, p: Recalibration("temperature", "multiclass", temperature=2.0).apply(
         np.c_[.2 * p, .8 * p, 1 - p][:, :2]), "rows that sum to 1"),
+    (lambda y, p: Recalibration.fit("temperature", "multiclass", np.eye(3)[y], np.c_[.5 * p, .5 * p, 1 - p]),
+     r"multiclass y must be one class number per case, shape \(n,\), got \(120, 3\); for one-hot rows give "
+     r"y.argmax\(axis=1\)"),
+    (lambda y, p: Recalibration.fit("logistic", "binary", y, np.where(np.arange(120) == 3, np.nan, p)),
+     r"scores of rows 3 are NaN or infinite; fix or drop those predictions"),
+    (lambda y, p: Recalibration.fit("temperature", "multiclass", y, np.c_[1 - p, .9 * p, .1 * p]).apply(
+        np.c_[p, 1 - p]), r"scores have 2 column\(s\), but the recalibration was fitted on 3"),
 ], ids=["fit_lengths", "scores_lengths", "percentages", "logits", "scores_percentages", "two_columns",
         "unknown_task", "labels_2", "text_labels", "rows_not_summing_to_1", "class_out_of_range",
-        "multilabel_shapes", "apply_percentages", "apply_two_columns", "apply_other_width", "apply_part_of_classes"])
+        "multilabel_shapes", "apply_percentages", "apply_two_columns", "apply_other_width", "apply_part_of_classes",
+        "one_hot_outcomes", "nan_score", "temperature_other_width"])
 def test_scores_or_outcomes_that_are_not_what_the_task_takes_are_refused_naming_the_fix(call, message):
     y, p = drawn(120, slope=1.0, intercept=0.0)
     with pytest.raises(RecalibrationError, match=message):

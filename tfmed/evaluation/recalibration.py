@@ -64,7 +64,8 @@ class RecalibrationError(TfmedError):
 @dataclass
 class Recalibration:
     """A fitted recalibration of ``task`` scores: ``slope``/``intercept`` per column for ``logistic``,
-    ``temperature`` for ``temperature``; ``unfitted``: label -> why its scores were kept (multilabel lines).
+    ``temperature`` for ``temperature``; ``unfitted``: label -> why its scores were kept (multilabel lines);
+    ``columns``: the width of the scores a temperature was fitted on (None in a fit saved before it was kept).
     Build it with :meth:`fit`; save it with :meth:`to_json`.
 
     Example:
@@ -78,6 +79,7 @@ class Recalibration:
     intercept: list[float] | None = None
     temperature: float | None = None
     unfitted: dict[str, str] | None = None
+    columns: int | None = None
 
     @classmethod
     def fit(cls, method: str, task: str, y, scores, labels: list[str] | None = None) -> "Recalibration":
@@ -111,7 +113,7 @@ class Recalibration:
                 raise RecalibrationError("; ".join(unfitted.values()))
             return cls(method, task, slope=[a for a, _ in lines], intercept=[b for _, b in lines],
                        unfitted=unfitted or None)
-        return cls(method, task, temperature=_fit_temperature(task, y, scores))
+        return cls(method, task, temperature=_fit_temperature(task, y, scores), columns=_columns(scores).shape[1])
 
     def after(self, first: "Recalibration | None") -> "Recalibration":
         """One recalibration that does ``first`` and then this one (a line: logistic or intercept), e.g. a
@@ -140,7 +142,7 @@ class Recalibration:
             RecalibrationError: ``scores`` are not probabilities of this fit's task (:func:`checked_scores`), or
                 have another number of columns than the fit.
         """
-        scores = checked_scores(self.task, scores, columns=len(self.slope) if self.method in LINES else None)
+        scores = checked_scores(self.task, scores, columns=len(self.slope) if self.method in LINES else self.columns)
         if self.method in LINES:
             columns = _columns(scores)
             z = logit(np.clip(columns, _EDGE, 1 - _EDGE))
@@ -195,6 +197,8 @@ class Recalibration:
                 out["unfitted"] = self.unfitted
         else:
             out["temperature"] = self.temperature
+            if self.columns is not None:
+                out["columns"] = self.columns
         return out
 
     @classmethod
@@ -203,7 +207,7 @@ class Recalibration:
         if data is None:
             return None
         return cls(data["method"], data["task"], slope=data.get("slope"), intercept=data.get("intercept"),
-                   temperature=data.get("temperature"), unfitted=data.get("unfitted"))
+                   temperature=data.get("temperature"), unfitted=data.get("unfitted"), columns=data.get("columns"))
 
 
 def carried_thresholds(thresholds: dict, before: "Recalibration | None", after: Recalibration) -> dict:
@@ -303,14 +307,16 @@ def checked_scores(task: str, scores, columns: int | None = None) -> np.ndarray:
     if columns is not None and width != columns:
         raise RecalibrationError(f"scores have {width} column(s), but the recalibration was fitted on {columns}; "
                                  "give the scores of the model it was fitted for")
-    bad = np.flatnonzero((~np.isfinite(array) | (array < 0) | (array > 1)).reshape(len(array), -1).any(axis=1))
+    missing = np.flatnonzero((~np.isfinite(array)).reshape(len(array), -1).any(axis=1))
+    if missing.size:
+        raise RecalibrationError(f"scores of rows {_row_list(missing)} are NaN or infinite; fix or drop those "
+                                 "predictions")
+    bad = np.flatnonzero(((array < 0) | (array > 1)).reshape(len(array), -1).any(axis=1))
     if bad.size:
-        finite = array[np.isfinite(array)]
-        span = f"from {finite.min():g} to {finite.max():g}" if finite.size else "no finite value"
-        hint = " (percentages? divide them by 100)" if finite.size and 0 <= finite.min() and finite.max() <= 100 \
-            else " (logits? turn them into probabilities first)" if finite.size else ""
-        raise RecalibrationError(f"scores must be probabilities in [0, 1]; rows {_row_list(bad)} hold values {span}"
-                                 f"{hint}")
+        hint = "percentages? divide them by 100" if 0 <= array.min() and array.max() <= 100 \
+            else "logits? turn them into probabilities first"
+        raise RecalibrationError(f"scores must be probabilities in [0, 1]; rows {_row_list(bad)} hold values from "
+                                 f"{array.min():g} to {array.max():g} ({hint})")
     if task == "multiclass":
         sums = array.sum(axis=1)
         off = np.flatnonzero(np.abs(sums - 1) > 1e-3)
@@ -334,6 +340,9 @@ def _labelled(task: str, y, scores) -> tuple[np.ndarray, np.ndarray]:
                                  "classes as numbers first") from None
     if task == "multilabel" and values.shape != scores.shape:
         raise RecalibrationError(f"multilabel y has shape {values.shape} but the scores {scores.shape}")
+    if task != "multilabel" and values.reshape(len(values), -1).shape[1] != 1:
+        raise RecalibrationError(f"{task} y must be one class number per case, shape (n,), got {values.shape}"
+                                 + ("; for one-hot rows give y.argmax(axis=1)" if task == "multiclass" else ""))
     allowed = {"binary": np.array([0.0, 1.0]), "multiclass": np.arange(scores.shape[-1], dtype=float),
                "multilabel": np.array([0.0, 1.0, float(UNKNOWN_LABEL)])}[task]
     bad = np.flatnonzero(~np.isin(values.reshape(len(values), -1), allowed).all(axis=1))
