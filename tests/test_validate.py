@@ -14,7 +14,7 @@ from tfmed.data.sources.manifest import ManifestError, load_manifest
 from tfmed.data.sources import DataSourceError
 from tfmed.data.table import ImageTable
 from tfmed.run.cli import main
-from tfmed.data.validate import (DataValidationError, Problem, ValidationReport, apply_validation,
+from tfmed.data.validate import (SOURCE_PROBLEMS, DataValidationError, Problem, ValidationReport, apply_validation,
                                  validate_table)
 
 
@@ -296,6 +296,35 @@ def test_manifest_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ManifestError, match="empty.csv: the manifest is empty"):
         load_manifest(tmp_path / "empty.csv")
+
+
+def test_manifest_lines_of_another_width_than_the_header(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("path,label,patient_id\na.png,normal,p1,\nb.png,pneumonia,p2,\n")  # a comma ending each line
+    table = load_manifest(path)
+    assert table.frame["patient_id"].tolist() == ["p1", "p2"] and table.labels().tolist() == [0, 1]
+    path.write_text("path,label,patient_id\na.png,normal,p1\nb.png,pneumonia\nc.png,normal\n")
+    with pytest.raises(ManifestError, match=r"m.csv: line 3 has 2 field\(s\), fewer than the header's 3 \(and 1 "
+                                            r"more line\(s\) like it\); write every field"):
+        load_manifest(path)
+    path.write_text("path,label,patient_id\na.png,normal,p1\nb.png,pneumonia,p2,x\n")
+    with pytest.raises(ManifestError, match=r"line 3 has 4 field\(s\), more than the header's 3; put a value that "
+                                            "holds a comma in double quotes"):
+        load_manifest(path)
+    path.write_text("path,label,patient_id\n")
+    with pytest.raises(ManifestError, match=r"m.csv: the manifest has no data rows \(only the header, line 1\)"):
+        load_manifest(path)
+
+
+def test_a_class_number_among_class_names_is_a_row_problem_not_a_class(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("path,label\na.png,normal\nb.png,pneumonia\nc.png,0\n")  # two exports joined
+    table = load_manifest(path)
+    assert table.classes == ["normal", "pneumonia"] and table.task == "binary"
+    assert table.frame["label"].isna().tolist() == [False, False, True]
+    assert "label '0' in column 'label' is a class number among class names (normal, pneumonia)" in \
+        table.frame[SOURCE_PROBLEMS][2][0][0]
+    assert load_manifest(path, classes=["normal", "pneumonia"]).labels().tolist() == [0, 1, 0]
 
 
 def test_manifest_task_inference_and_class_order(tmp_path):

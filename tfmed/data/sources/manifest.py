@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -185,16 +186,50 @@ def load_manifest(path: str | Path, root: str | Path | None = None, label_column
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    _check_field_counts(path)
+    try:  # index_col=False: a comma ending every line (the check let only empty fields past) is no index
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False)
     except pd.errors.EmptyDataError:
         raise ManifestError(f"{path}: the manifest is empty. Write a header line "
                             "(path,label,patient_id,...) and one row per image.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise ManifestError(f"{path}: not a readable CSV ({error}). Save it as UTF-8 CSV with a "
                             "comma separator and the same number of fields on every line.") from None
+    if frame.empty:
+        raise ManifestError(f"{path}: the manifest has no data rows (only the header, line 1); add one row per "
+                            "image under the header")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame.apply(lambda column: column.str.strip())
+
+
+def _check_field_counts(path: Path) -> None:
+    """Refuse a line with fewer fields than the header, or more that are not empty (some exports end every line
+    with a comma, which is harmless), naming it: pandas would fill the missing cells, or drop the extra ones,
+    silently."""
+    lines = {"fewer": [], "more": []}
+    fixes = {"fewer": "write every field of each line, an empty cell as nothing between two commas",
+             "more": "put a value that holds a comma in double quotes, or remove the extra fields"}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            start = reader.line_num + 1
+            for record in reader:
+                if record and len(record) < len(header):
+                    lines["fewer"].append((start, len(record)))
+                elif any(field.strip() for field in record[len(header):]):
+                    lines["more"].append((start, len(record)))
+                start = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return  # pandas' reading names what is wrong with the file
+    for words, found in lines.items():
+        if found:
+            (line, count), others = found[0], len(found) - 1
+            raise ManifestError(f"{path}: line {line} has {count} field(s), {words} than the header's "
+                                f"{len(header)}" + (f" (and {others} more line(s) like it)" if others else "")
+                                + f"; {fixes[words]}")
 
 
 def _line_numbers(path: Path, frame: pd.DataFrame) -> np.ndarray:
@@ -239,13 +274,15 @@ def _label_column(values: pd.Series, column: str, classes: list[str] | None, pro
     written = values.tolist()
     present = sorted({v for v in raw if v != ""})
     respelt = {}  # another spelling (case) of an inferred class -> the class
+    numbered = set()  # class numbers written among inferred class names
     if classes is None:
         integers = [_as_int(v) for v in present]
         if present and all(i is not None for i in integers) and min(integers) >= 0:
             classes = [str(i) for i in range(max(integers) + 1)]
-        else:
-            classes = [v for v in present if not (_as_int(v) is not None and _as_int(v) < 0)]
-            classes, respelt = _one_spelling_each(classes, raw)
+        else:  # names; a class number among them (two exports joined) is not a class of its own
+            numbers = {v for v in present if _as_int(v) is not None}
+            classes, respelt = _one_spelling_each([v for v in present if v not in numbers], raw)
+            numbered = {v for v in numbers if _as_int(v) >= 0}
     lookup = {name: i for i, name in enumerate(classes)}
     labels = []
     for i, value in enumerate(raw):
@@ -261,6 +298,11 @@ def _label_column(values: pd.Series, column: str, classes: list[str] | None, pro
             labels.append(pd.NA)
         elif value in lookup:
             labels.append(lookup[value])
+        elif value in numbered:
+            problems[i].append((f"label {value!r} in column {column!r} is a class number among class names "
+                                f"({', '.join(classes)})", "write the class's name, or list the classes in "
+                                f"data.classes (then {value} is the class at that place, from 0)"))
+            labels.append(pd.NA)
         elif _as_int(value) is not None and 0 <= _as_int(value) < len(classes):
             labels.append(_as_int(value))
         else:
