@@ -35,6 +35,17 @@ def test_pneumonia_mnist_matches_the_npz():
     assert "pneumonia_mnist" in DATASETS and DATASETS["pneumonia_mnist"].load is load_pneumonia_mnist
 
 
+def test_data_classes_of_the_embedded_set_in_another_order_keep_each_image_with_its_class():
+    default = load_source(DataConfig(source="pneumonia_mnist"))
+    swapped = load_source(DataConfig(source="pneumonia_mnist", classes=["pneumonia", "normal"]))
+    assert swapped.classes == ["pneumonia", "normal"]
+    named = lambda table: [table.classes[k] for k in table.labels()]  # noqa: E731
+    assert named(swapped) == named(default)  # 1,349 normal images stay normal
+    with pytest.raises(DataSourceError, match=r"data.classes lists \['negative', 'positive'\], but pneumonia_mnist "
+                                              r".* names its classes \['normal', 'pneumonia'\]; list those names"):
+        load_source(DataConfig(source="pneumonia_mnist", classes=["negative", "positive"]))
+
+
 def test_embedded_dataset_licence_note_sits_beside_the_file():
     licence = (PNEUMONIA_MNIST_FILE.parent / "LICENSE").read_text()
     assert "CC BY 4.0" in licence and "Kermany" in licence and "MedMNIST" in licence

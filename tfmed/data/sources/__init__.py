@@ -73,7 +73,7 @@ from tfmed.data.sources.base import SourceKind
 from tfmed.data.sources.embedded import DATASETS as EMBEDDED
 from tfmed.data.sources.medmnist import load_medmnist
 from tfmed.data.sources.merged import load_merged
-from tfmed.data.table import DataSourceError, ImageTable
+from tfmed.data.table import DataSourceError, ImageTable, remap_labels
 
 SOURCES: dict[str, SourceKind] = {module.SOURCE.name: module.SOURCE
                                   for module in (manifest, folders, medmnist, dicom, chestxray14, chexpert,
@@ -204,9 +204,18 @@ def _extra(config: DataConfig) -> str:
 
 
 def _with_classes(table: ImageTable, config: DataConfig) -> ImageTable:
-    if config.classes is not None and list(config.classes) != list(table.classes):
-        if len(config.classes) != len(table.classes):
-            raise DataSourceError(f"data.classes lists {len(config.classes)} names but "
-                                  f"{table.source} has {len(table.classes)} classes {table.classes}")
-        table.classes = list(config.classes)
+    """``table`` with the classes ``data.classes`` names: its own names in another order (the labels follow
+    them), or names for classes that are only numbers (``0``, ``1``); other names are refused."""
+    wanted, own = list(config.classes or []), list(table.classes)
+    if not wanted or wanted == own:
+        return table
+    if len(wanted) != len(own):
+        raise DataSourceError(f"data.classes lists {len(wanted)} names but {table.source} has {len(own)} classes "
+                              f"{own}")
+    if sorted(wanted) == sorted(own):  # the same names in another order: the labels follow their names
+        table.frame = remap_labels(table.frame, [wanted.index(name) for name in own])
+    elif own != [str(k) for k in range(len(own))]:
+        raise DataSourceError(f"data.classes lists {wanted}, but {table.source} names its classes {own}; list "
+                              "those names (in the order you want), or leave data.classes out")
+    table.classes = wanted
     return table
