@@ -186,6 +186,18 @@ def test_evaluate_of_a_medmnist_file_of_several_splits_asks_which_one(pneumonia_
     assert not (tmp_path / "ev").exists()
     assert load_metrics(evaluate_run(pneumonia_run, data=f"medmnist:{path}#val", output=tmp_path / "ev"))["images"] == {
         "test": 10}
+    # a manifest's split column: no #SPLIT to choose with, so the rows of one split are asked for
+    images = np.load(path)["train_images"]
+    for i in range(8):
+        cv2.imwrite(str(tmp_path / f"m{i}.png"), images[i])
+    rows = [f"m{i}.png,{i % 2},{'test' if i < 4 else 'train'}" for i in range(8)]
+    (tmp_path / "m.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataSourceError, match=r"m.csv holds the splits test, train, which would be read as one set of "
+                                              "images; give the rows of the one to score"):
+        evaluate_run(pneumonia_run, data=f"manifest:{tmp_path / 'm.csv'}", output=tmp_path / "ev_m")
+    (tmp_path / "m.csv").write_text("path,label,split\n" + "\n".join(rows[:4]) + "\n")
+    assert load_metrics(evaluate_run(pneumonia_run, data=f"manifest:{tmp_path / 'm.csv'}",
+                                     output=tmp_path / "ev_m"))["images"] == {"test": 4}
 
 
 def test_evaluate_pairs_labels_with_the_models_classes_by_name(pneumonia_run, tmp_path):

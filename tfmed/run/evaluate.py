@@ -15,7 +15,7 @@ import pandas as pd
 from tfmed.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentConfig, data_section,
                           is_experiment_file)
 from tfmed.data.near_duplicates import copies_of
-from tfmed.data.sources import DataSourceError, load_source, luna16, parse_source_spec, spelt_out
+from tfmed.data.sources import SOURCES, DataSourceError, load_source, luna16, parse_source_spec, spelt_out
 from tfmed.data.table import LABEL_PREFIX, ImageTable, remap_labels
 from tfmed.data.validate import DataValidationError, apply_validation, excluded_summary, validate_table
 from tfmed.evaluation.comparison import compare_to_members
@@ -207,12 +207,7 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
         >>> table, source = read_labelled_data(spec, evaluation_data(spec), model, config)  # doctest: +SKIP
     """
     table = load_source(parsed)
-    spelt, splits = spelt_out(parsed), sorted(table.frame["split"].dropna().unique())
-    location = spelt.path or ""
-    if spelt.source == "medmnist" and "#" not in location and len(splits) > 1:
-        raise DataSourceError(f"{location} holds the splits {', '.join(splits)}, which would be read as one set of "
-                              "images; name the one to use: " + " or ".join(f"medmnist:{location}#{name}"
-                                                                          for name in splits))
+    _refuse_several_splits(spelt_out(parsed), sorted(table.frame["split"].dropna().unique()))
     limit = parsed.max_image_pixels if is_experiment_file(data) else config.data.max_image_pixels
     report = validate_table(table, max_pixels=limit, views=model.views)
     if report.warnings:
@@ -233,6 +228,21 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
                                   + report.format(remedy="give other images"), report)
     named = parsed.source if parsed.path is None else f"{parsed.source}:{parsed.path}"  # a source may hold its path
     return table, (f"{named} (from {data})" if is_experiment_file(data) else data)
+
+
+def _refuse_several_splits(data: DataConfig, splits: list[str]) -> None:
+    """Refuse data holding several splits (a MedMNIST file's train, val and test; a manifest's split column)
+    that no ``#SPLIT`` chose: every row would be scored as one test set, training images included."""
+    location = data.path or ""
+    if len(splits) < 2 or "#" in location:
+        return
+    if SOURCES[data.source].takes_fragment:
+        fix = "name the one to use: " + " or ".join(f"{data.source}:{location}#{name}" for name in splits)
+    else:
+        fix = ("give the rows of the one to score (e.g. a manifest of its test rows), or empty its split column "
+               "to score every row")
+    raise DataSourceError(f"{location} holds the splits {', '.join(splits)}, which would be read as one set of "
+                          f"images; {fix}")
 
 
 def write_excluded(out: Path, table: ImageTable, data: str) -> list[dict]:
