@@ -101,6 +101,27 @@ def test_undefined_metrics_are_none_with_notes():
     json.dumps(m, allow_nan=False)  # undefined values are null, not NaN
 
 
+def test_a_threshold_off_the_scores_scale_is_noted():
+    said = "the threshold 50 lies outside [0, 1], where every score lies, so every case is called negative"
+    assert any(note.startswith(said) for note in binary_metrics([0, 1, 1], [0.2, 0.4, 0.9], threshold=50)["notes"])
+    margins = binary_metrics([0, 1, 1], [-2.0, 0.4, 3.0], threshold=1.5)  # SVM margins: a threshold of their scale
+    assert not any("lies outside" in note for note in margins["notes"])
+
+
+def test_pandas_labels_and_scores_with_different_indexes_are_refused():
+    import pandas as pd
+
+    frame = pd.DataFrame({"y": [0, 1, 1, 0], "score": [0.2, 0.9, 0.7, 0.4]})
+    shuffled = frame.sort_values("score")  # a sorted copy: its rows are other cases by position
+    for task in ("binary", "multilabel"):
+        with pytest.raises(EvaluationError, match="y_true and scores are pandas objects with different indexes"):
+            evaluate(task, frame["y"] if task == "binary" else frame[["y"]], shuffled["score"] if task == "binary"
+                     else shuffled[["score"]])
+    with pytest.raises(EvaluationError, match="binary: y_true and scores are pandas objects with different indexes"):
+        binary_metrics(frame["y"], shuffled["score"], 0.5)
+    assert evaluate("binary", frame["y"], frame["score"])["roc_auc"] == 1.0  # aligned: read as given
+
+
 def test_brier_needs_probabilities_and_column_scores_accepted():
     y = np.array([0, 1, 0, 1])
     margins = np.array([-1.2, 0.8, 0.3, 2.0])

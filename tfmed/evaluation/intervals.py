@@ -606,6 +606,7 @@ def binary_scores(y_true, scores, where: str, noun: str = "scores",
         >>> binary_scores([0, 1], [[0.2], [0.7]], "roc_plot")[1]
         array([0.2, 0.7])
     """
+    check_aligned(y_true, scores, f"{where}: {labels} and {noun}")
     y = _binary_labels(y_true, f"{where}: {labels}")
     s = np.asarray(scores, dtype=float)
     if s.ndim == 2 and s.shape[1] == 1:
@@ -618,6 +619,22 @@ def binary_scores(y_true, scores, where: str, noun: str = "scores",
         raise EvaluationError(f"{where}: {noun} contain NaN or infinite values ({bad.size} values, first at "
                               f"row {int(bad[0])}); fix or drop those predictions")
     return y, s
+
+
+def check_aligned(y_true, scores, what: str) -> None:
+    """Refuse labels and scores given as pandas objects with different indexes: they are read by position, so
+    a sorted copy of one would pair each label with another case's score.
+
+    Example:
+        >>> import pandas as pd
+        >>> check_aligned(pd.Series([0, 1]), pd.Series([0.2, 0.7], index=[1, 0]), "labels")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfmed.evaluation.intervals.EvaluationError: labels are pandas objects with different indexes ...
+    """
+    index_a, index_b = getattr(y_true, "index", None), getattr(scores, "index", None)  # a list's is a method
+    if hasattr(index_a, "equals") and hasattr(index_b, "equals") and not index_a.equals(index_b):
+        raise EvaluationError(f"{what} are pandas objects with different indexes (the cases are paired by position); "
+                              "align them first (scores.loc[y_true.index]), or pass .to_numpy() of each")
 
 
 def _binary_labels(y_true, name: str) -> np.ndarray:

@@ -46,7 +46,7 @@ from tfmed.config import UNKNOWN_LABEL
 
 from .decision import beneficial_ranges, calibration_line, decision_curve, net_benefit
 from .intervals import (EvaluationError, _check_level, auc_defined, binary_scores, bootstrap_distribution,
-                        delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
+                        check_aligned, delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
                         wilson_interval)
 from .thresholds import known_column, reaches
 
@@ -96,6 +96,10 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
     ci_level = _check_level(ci_level)
     _check_bootstrap(bootstrap)
     notes: list[str] = []
+    if not 0 <= threshold <= 1 and s.min() >= 0 and s.max() <= 1:  # a percentage, most likely
+        notes.append(f"the threshold {threshold:g} lies outside [0, 1], where every score lies, so every case is "
+                     f"called {'negative' if threshold > 1 else 'positive'}: give it on the scores' scale "
+                     "(0.5, not 50)")
     values = _binary_point(y, s, threshold, notes)
     n_pos = int(y.sum())
     if values["roc_auc"] is not None:
@@ -380,6 +384,7 @@ def evaluate(task: str, y_true, scores, thresholds=None, class_names: Sequence[s
     """
     if task not in TASKS:
         raise EvaluationError(f"task is {task!r}; allowed: {', '.join(TASKS)}")
+    check_aligned(y_true, scores, "y_true and scores")
     defaulted = thresholds is None
     if task == "binary":
         if isinstance(thresholds, Mapping):
