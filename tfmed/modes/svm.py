@@ -713,11 +713,16 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ features
 
-    def _base_model(self):
+    def _backbone(self) -> dict:
+        """The arguments that build this model's backbone (its saved weights, when it has them)."""
         spec = self.backbone_spec_
-        weights = None if self._weight_values is not None else spec["weights"]
-        return base_model(spec["backbone"], weights, spec["weights_dir"], spec["image_size"],
-                          spec["random_state"], self._weight_values, self._extraction()[0])
+        return {"backbone": spec["backbone"], "weights": None if self._weight_values is not None else spec["weights"],
+                "weights_dir": spec["weights_dir"], "image_size": spec["image_size"],
+                "random_state": spec["random_state"], "weight_values": self._weight_values,
+                "strategy": self._extraction()[0]}
+
+    def _base_model(self):
+        return base_model(**self._backbone())
 
     def _blocks(self, X: np.ndarray, cached: bool = True) -> dict[str, np.ndarray]:
         """Feature blocks by name: one per tap (and texture); for views (X 5-D) one per view and tap.
@@ -726,14 +731,9 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             return {f"view_{v + 1}:{name}": block for v in range(X.shape[1])
                     for name, block in self._blocks(X[:, v], cached).items()}
         spec = self.backbone_spec_
-        weights = None if self._weight_values is not None else spec["weights"]
         cache = None if self.cache_dir is None or not cached else FeatureCache(self.cache_dir)
-        blocks = backbone_features(X, backbone=spec["backbone"], weights=weights,
-                                   weights_dir=spec["weights_dir"], taps=spec["taps"],
-                                   pooling=spec["pooling"], image_size=spec["image_size"],
-                                   batch_size=self.batch_size, cache=cache,
-                                   random_state=spec["random_state"],
-                                   weight_values=self._weight_values, strategy=self._extraction()[0])
+        blocks = backbone_features(X, taps=spec["taps"], pooling=spec["pooling"], batch_size=self.batch_size,
+                                   cache=cache, **self._backbone())
         self.last_cache_ = cache
         if spec["texture"]:
             blocks[TEXTURE] = lbp_features(X)
@@ -743,11 +743,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
     def _dataset_blocks(self, dataset) -> dict[str, np.ndarray]:
         """Feature blocks of a dataset of 2-D image batches at the backbone's size (no texture block)."""
         spec = self.backbone_spec_
-        weights = None if self._weight_values is not None else spec["weights"]
-        blocks = dataset_features(dataset, backbone=spec["backbone"], weights=weights,
-                                  weights_dir=spec["weights_dir"], taps=spec["taps"], pooling=spec["pooling"],
-                                  image_size=spec["image_size"], random_state=spec["random_state"],
-                                  weight_values=self._weight_values, strategy=self._extraction()[0])
+        blocks = dataset_features(dataset, taps=spec["taps"], pooling=spec["pooling"], **self._backbone())
         check_finite(blocks)
         return blocks
 
