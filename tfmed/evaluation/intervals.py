@@ -284,12 +284,7 @@ def delong_test(y_true, scores_a, scores_b) -> dict:
     if a.shape != b.shape:
         raise EvaluationError(f"delong_test: scores_a has {a.size} values and scores_b {b.size}; "
                               "the paired test needs both models' scores for the same cases")
-    result = _paired_test(*_delong(y_true, np.vstack([a, b])))
-    if np.isinf(result["z"]):  # DeLong's variance is 0 (a handful of cases): swap the models' scores instead
-        result["p_value"] = permutation_p(lambda x, z: float(np.subtract(*_delong(y_true, np.vstack([x, z]))[0])),
-                                          a, b)
-        result["test"] = PERMUTATION_TEST
-    return result
+    return _paired(_delong, y_true, a, b)
 
 
 def macro_auc_test(y_true, proba_a, proba_b) -> dict:
@@ -310,10 +305,16 @@ def macro_auc_test(y_true, proba_a, proba_b) -> dict:
     if a.shape != b.shape:
         raise EvaluationError(f"macro_auc_test: proba_a has shape {a.shape} and proba_b {b.shape}; "
                               "the paired test needs both models' class scores for the same cases")
-    result = _paired_test(*_macro_covariance(y_true, np.stack([a, b])))
-    if np.isinf(result["z"]):  # the variance is 0 (a handful of cases): swap the models' scores instead
-        result["p_value"] = permutation_p(
-            lambda x, z: float(np.subtract(*_macro_covariance(y_true, np.stack([x, z]))[0])), a, b)
+    return _paired(_macro_covariance, y_true, a, b)
+
+
+def _paired(covariance: Callable, y_true, a: np.ndarray, b: np.ndarray) -> dict:
+    """The paired test of two models' AUCs from ``covariance(y_true, stacked scores) -> (aucs, covariance)``;
+    when the variance of the difference is 0 (a handful of cases), the p-value of swapping their scores."""
+    result = _paired_test(*covariance(y_true, np.stack([a, b])))
+    if np.isinf(result["z"]):
+        result["p_value"] = permutation_p(lambda x, z: float(np.subtract(*covariance(y_true, np.stack([x, z]))[0])),
+                                          a, b)
         result["test"] = PERMUTATION_TEST
     return result
 
