@@ -1691,8 +1691,8 @@ def _refuse_section_the_mode_leaves(mode: str, name: str, changed: list[str], wh
     if changed:
         key = ("model." if name in MODEL_SECTIONS else "") + f"{name}.{changed[0]}"
         users = [one for one, sections in MODE_SECTIONS.items() if name in sections]
-        raise UnusedSettingError(f"{where}: " * bool(where) + f"{key} is set, but model.mode {mode!r} does not use it (only "
-                                 f"{' and '.join(users)} mode does); remove it, or set model.mode", key)
+        raise UnusedSettingError(f"{where}: " * bool(where) + f"{key} is set, but model.mode {mode!r} does not use "
+                                 f"it (only {' and '.join(users)} mode does); remove it, or set model.mode", key)
 
 
 def _refuse_sections_the_mode_leaves(values: Any, snapshot: bool, where: str = "") -> None:

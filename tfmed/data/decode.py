@@ -15,9 +15,10 @@ Before decoding, the image's width and height are read from its header
 (Pillow for rasters, Rows x Columns for DICOM) and an image over
 ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) is refused without
 allocating its pixels. What OpenCV's native decoders print on stderr (e.g.
-``libpng error: IDAT: incorrect data check``) is caught: a failure's reason
-quotes it, and a file that decoded despite it carries it in
-``ImageInfo.decoder_output``.
+``libpng error: IDAT: incorrect data check``) is caught, as are pydicom's
+Python warnings (e.g. "Expected explicit VR, but found implicit VR"): a
+failure's reason quotes them, and a file that decoded despite them carries
+them in ``ImageInfo.decoder_output``.
 
 Example:
     >>> import cv2, numpy as np, tempfile, os
@@ -32,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
+from collections import Counter
 from struct import error as struct_error
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -137,6 +140,53 @@ def decoder_messages(text: str) -> list[str]:
     return [_OPENCV_LOG_PREFIX.sub("", line.strip()) for line in text.splitlines() if line.strip()]
 
 
+@contextlib.contextmanager
+def python_warnings_caught():
+    """Catch the Python warnings raised while active (e.g. pydicom's "Expected explicit VR, but found implicit
+    VR") instead of showing them; when the block ends ``.text`` holds one "Category: message" line each.
+
+    A warning Python has shown once already is caught again, and a UserWarning each time it is raised. The
+    warnings module's state is one per process: blocks in different threads must take turns (e.g. each inside
+    :func:`tfmed.progress.native_stderr_captured`, or one block around the threads).
+
+    Example:
+        >>> with python_warnings_caught() as warned:
+        ...     warnings.warn("odd header")
+        >>> warned.text
+        'UserWarning: odd header'
+    """
+    caught = CapturedText()
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            yield caught
+        finally:
+            caught.text = "\n".join(f"{w.category.__name__}: {w.message}" for w in raised)
+
+
+def file_kinds(folder: str | Path) -> Counter:
+    """How many files of each image kind (None: not an image) ``folder`` holds, its sub-folders not looked into.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("a.png", "b.png", "notes.txt"):
+        ...     _ = (folder / name).write_bytes(b"x")
+        >>> file_kinds(folder)
+        Counter({'png': 2, None: 1})
+        >>> folder_contents(folder)
+        'it holds 2 PNG files and 1 other file'
+    """
+    return Counter(image_kind(entry) for entry in Path(folder).iterdir() if entry.is_file())
+
+
+def folder_contents(folder: str | Path) -> str:
+    """What :func:`file_kinds` counts, in words (see its example), e.g. for a row that names a folder."""
+    kinds = sorted(file_kinds(folder).items(), key=lambda item: item[0] is None)  # the images first
+    held = [f"{count} {kind.upper() if kind else 'other'} file{'s' if count != 1 else ''}" for kind, count in kinds]
+    return "it holds " + " and ".join(held) if held else "it holds no file"
+
+
 def has_dicom_marker(path: str | Path) -> bool:
     """True when ``path`` has the DICOM preamble marker "DICM" at byte 128.
 
@@ -215,9 +265,10 @@ def read_image_and_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_P
     the header, before any pixel is decoded. With ``capture_messages`` what
     OpenCV's decoder prints on stderr is caught (see
     :func:`tfmed.progress.native_stderr_captured`, whose blocks take turns
-    across threads) and goes into the error's reason or
-    ``info.decoder_output``; without it, it goes to stderr, e.g. into a
-    capture around several decodes running in parallel.
+    across threads), and so are pydicom's Python warnings (see
+    :func:`python_warnings_caught`): both go into the error's reason or
+    ``info.decoder_output``; without it, they go to stderr and Python's
+    warnings, e.g. into captures around several decodes running in parallel.
 
     Example:
         >>> from pydicom.data import get_testdata_file
@@ -236,7 +287,8 @@ def read_image_and_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_P
                              "check the path (relative paths are resolved against the manifest "
                              "root) or remove the row")
     if path.is_dir():
-        raise ImageReadError(path, "is a folder, not an image file", "point the row at an image file")
+        raise ImageReadError(path, f"is a folder, not an image file ({folder_contents(path)})",
+                             "give one image file per row (the path of a file in the folder, not the folder)")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)",
                              "re-export or re-download the image, or remove the row")
@@ -246,7 +298,7 @@ def read_image_and_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_P
                              "extension, and no DICOM marker)",
                              f"convert it to one of {', '.join(SUPPORTED_EXTENSIONS)}")
     if kind == "dicom":
-        return _read_dicom(path, max_pixels)
+        return _read_dicom(path, max_pixels, capture_messages)
     return _read_raster(path, kind, max_pixels, capture_messages)
 
 
@@ -449,7 +501,27 @@ def dicom_values(path: str | Path, dataset, fix: str) -> np.ndarray:
     return np.asarray(apply_modality_lut(dicom_pixels(path, dataset, fix), dataset), dtype=np.float32)
 
 
-def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageInfo]:
+def _read_dicom(path: Path, max_pixels: int | None, capture_messages: bool) -> tuple[np.ndarray, ImageInfo]:
+    """:func:`_decoded_dicom`; with ``capture_messages`` what pydicom warns of (Python warnings, shown once per
+    process, not per file) and what native decoders print go into the error's reason or ``info.decoder_output``."""
+    if not capture_messages:
+        return _decoded_dicom(path, max_pixels)
+    failure = None
+    with native_stderr_captured() as printed, python_warnings_caught() as warned:  # the first block takes turns
+        try:
+            array, info = _decoded_dicom(path, max_pixels)
+        except ImageReadError as error:
+            failure = error
+    said = "\n".join(decoder_messages(printed.text) + decoder_messages(warned.text))
+    if failure is None:
+        return array, replace(info, decoder_output=said)
+    if not said:
+        raise failure
+    raise ImageReadError(path, f"{failure.reason}; the decoder said: {' | '.join(said.splitlines())}", failure.fix,
+                         decoder_output=said)
+
+
+def _decoded_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, ImageInfo]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 

@@ -15,9 +15,9 @@ they skipped (e.g. ``notes.txt`` in a class folder) in ``table.excluded``
 (columns image, row, problem, fix); both end up in the report.
 
 What the native decoders print while the files are checked (e.g.
-``libpng error: IDAT: incorrect data check``) never reaches the terminal: it
-goes into the reason of the file that failed, or into a warning for a file
-that decoded despite it.
+``libpng error: IDAT: incorrect data check``), and pydicom's Python warnings,
+never reach the terminal: they go into the reason of the file that failed, or
+into a warning for a file that decoded despite them.
 
 Example:
     >>> import pandas as pd
@@ -40,7 +40,8 @@ import pandas as pd
 
 from tfmed.config import PER_IMAGE_INTENSITIES, UNKNOWN_LABEL, ViewsConfig
 from tfmed.data.boxes import BOXES_COLUMN, parse_labelled_boxes
-from tfmed.data.decode import DEFAULT_MAX_PIXELS, ImageInfo, ImageReadError, decoder_messages, read_image_and_info
+from tfmed.data.decode import (DEFAULT_MAX_PIXELS, ImageInfo, ImageReadError, decoder_messages, file_kinds,
+                               python_warnings_caught, read_image_and_info)
 from tfmed.data.table import ImageTable
 from tfmed.data.volume_inputs import CENTER_MM, CENTER_VOXEL, check_volume_rows, is_volume_path
 from tfmed.data.volumes import VOLUME_FILES
@@ -298,21 +299,45 @@ def _check_two_classes(table: ImageTable, report: ValidationReport) -> None:
                     None, table.source or "(table)",
                     f"label {name!r} has no {lacking[0]} image among the usable ones ({counts['positive']} "
                     f"positive, {counts['negative']} negative" + (f", {unknown} unknown" if unknown else "") + ")",
-                    f"a classifier needs both for each label: leave {name!r} out of data.classes, or add "
-                    f"{lacking[0]} images of it"))
+                    f"a classifier needs both for each label: leave {name!r} out of the labels read (a manifest's "
+                    f"data.label_columns, other sources' data.classes), or add {lacking[0]} images of it"))
         return
     counts = pd.to_numeric(table.frame["label"], errors="coerce")[usable].dropna().astype(int).value_counts()
-    shown = ", ".join(f"{int(counts.get(i, 0))} of {name!r}" for i, name in enumerate(table.classes))
+    shown = _class_counts(counts, table.classes)
     if len(counts) < 2:
         report.problems.append(Problem(None, table.source or "(table)",
                                        f"the usable images hold fewer than two classes ({shown})",
                                        "a classifier needs images of at least two classes: add the missing "
                                        "class's images, or fix the rows listed above"))
         return
-    for name in [name for i, name in enumerate(table.classes) if not counts.get(i, 0)]:
+    empty = [name for i, name in enumerate(table.classes) if not counts.get(i, 0)]
+    if len(empty) == 1:
         report.problems.append(Problem(None, table.source or "(table)",
-                                       f"class {name!r} has no image among the usable ones ({shown})",
-                                       _empty_class_fix(name, table.classes)))
+                                       f"class {empty[0]!r} has no image among the usable ones ({shown})",
+                                       _empty_class_fix(empty[0], table.classes)))
+    elif empty:  # one problem, not one per class (e.g. 100 classes up to a stray label 102)
+        more = len(empty) - SHOWN_PER_PROBLEM
+        named = ", ".join(map(repr, empty[:SHOWN_PER_PROBLEM])) + (f" and {more} more" if more > 0 else "")
+        report.problems.append(Problem(None, table.source or "(table)",
+                                       f"{len(empty)} classes have no image among the usable ones: {named} ({shown})",
+                                       "a model cannot learn a class without images: add their images, remove "
+                                       "their empty class folders, or leave them out of data.classes (a label far "
+                                       "past the others may be a typo: correct it)"))
+
+
+def _class_counts(counts: pd.Series, classes: list[str]) -> str:
+    """Images per class, e.g. "4 of 'a', 0 of 'b'"; of more than 20 classes, those without images counted together.
+
+    Example:
+        >>> _class_counts(pd.Series({0: 4, 1: 2}), ["a", "b", "c"])
+        "4 of 'a', 2 of 'b', 0 of 'c'"
+        >>> _class_counts(pd.Series({0: 4, 25: 1}), [str(i) for i in range(26)])
+        "4 of '0', 1 of '25', 0 of each of the other 24 classes"
+    """
+    if len(classes) <= SHOWN_PER_PROBLEM:
+        return ", ".join(f"{int(counts.get(i, 0))} of {name!r}" for i, name in enumerate(classes))
+    held = [f"{int(counts[i])} of {name!r}" for i, name in enumerate(classes) if counts.get(i, 0)]
+    return ", ".join(held + [f"0 of each of the other {len(classes) - len(held)} classes"])
 
 
 def _empty_class_fix(name: str, classes: list[str]) -> str:
@@ -395,7 +420,7 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
             if not os.path.exists(path):
                 return ImageReadError(path, MISSING, "check the path or remove the row")
             return None
-        if is_volume_path(path) and os.path.exists(path):
+        if is_volume_path(path) and os.path.exists(path) and not _folder_without_dicom(path):
             return ImageReadError(path, f"a volume (a DICOM series folder or {VOLUME_FILES}), not a 2-D image",
                                   "volumes are classified through views cut from them: check and run them "
                                   "through an experiment YAML with a views: section (tfmed validate "
@@ -408,9 +433,11 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
     # File descriptor 2 is one per process, so the parallel pass catches what the decoders print as a
     # whole; if they printed anything, files are decoded again one at a time, each capturing its own
     # output, until every line is traced to its file.
-    with native_stderr_captured() as printed, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    # Python warnings (e.g. pydicom's) are caught alike: one block around the threads, then each file's own.
+    with native_stderr_captured() as printed, python_warnings_caught() as warned, \
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         outcomes = dict(zip(unique, pool.map(check, unique)))
-    untraced = Counter(decoder_messages(printed.text))
+    untraced = Counter(decoder_messages(printed.text) + decoder_messages(warned.text))
     for path in unique:
         if not untraced:
             break
@@ -434,8 +461,9 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
             continue
         if outcome.decoder_output:
             warn(position, f"the decoder warned: {' | '.join(outcome.decoder_output.splitlines())}",
-                 "the pixels were read; re-save the image (e.g. with OpenCV or Pillow) to drop the "
-                 "faulty data")
+                 "the pixels were read; " + ("re-export the DICOM file to mend what it warns of"
+                                             if outcome.kind == "dicom" else
+                                             "re-save the image (e.g. with OpenCV or Pillow) to drop the faulty data"))
         for note in outcome.notes:
             warn(position, note, "check the values (tfmed inspect FILE), or re-export the image with its rescale tags")
         if outcome.channels > max_channels:
@@ -456,6 +484,12 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
             add(position, outcomes[key].reason, outcomes[key].fix)
     return Counter(outcome.bit_depth for outcome in outcomes.values()
                    if isinstance(outcome, ImageInfo) and not outcome.float_values)
+
+
+def _folder_without_dicom(path: str) -> bool:
+    """A folder holding no DICOM file: not a series, a path mistaken for an image's (read_image_and_info says what
+    it holds)."""
+    return os.path.isdir(path) and not file_kinds(path)["dicom"]
 
 
 def _boxes_outside(text, width: int, height: int) -> list[str]:

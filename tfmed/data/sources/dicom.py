@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from tfmed.config import DataConfig
-from tfmed.data.decode import DICOM_EXTENSIONS
+from tfmed.data.decode import DICOM_EXTENSIONS, python_warnings_caught
 from tfmed.data.demographics import log_unreadable, published_demographics
 from tfmed.data.sources.base import SourceKind, class_files, class_folder_names, outside_classes, source_table
 from tfmed.data.table import ImageTable
@@ -21,7 +21,8 @@ def load_dicom_folder(path: str | Path, classes: list[str] | None = None,
     ``patient_id`` comes from PatientID, ``view`` from ViewPosition and
     ``site`` from InstitutionName, ``sex`` and ``age`` from PatientSex and PatientAge when present (a value
     that cannot be read is logged and left unknown). Headers are read without
-    pixel data; a file whose header cannot be read is kept as a row with a
+    pixel data (pydicom's warnings unshown: validation's decode reports them with
+    the file); a file whose header cannot be read is kept as a row with a
     problem.
 
     Example:
@@ -46,7 +47,10 @@ def load_dicom_folder(path: str | Path, classes: list[str] | None = None,
         record = dict(image=str(file), label=label, patient_id=pd.NA, site=pd.NA, view=pd.NA, row=row,
                       **{SOURCE_PROBLEMS: ()})
         try:
-            header = pydicom.dcmread(str(file), stop_before_pixels=True)
+            # What pydicom warns of here (e.g. "Expected explicit VR, but found implicit VR") it warns of again
+            # when validation decodes the file, which names the file with it: not printed here.
+            with python_warnings_caught():
+                header = pydicom.dcmread(str(file), stop_before_pixels=True)
         except Exception as error:  # pydicom raises many types for damaged headers
             record[SOURCE_PROBLEMS] = ((f"DICOM header cannot be read ({type(error).__name__}: "
                                           f"{error})", "re-export the file or remove it"),)

@@ -92,6 +92,19 @@ def load_class_folders(path: str | Path, classes: list[str] | None = None,
     return table
 
 
+def suffix_classes(found: list[int]) -> list[str]:
+    """The classes "0", "1", ... read from the label suffixes ``found``: up to the first class without a file above
+    the lowest suffix (labels past it are reported, naming their files), at least two.
+
+    Example:
+        >>> suffix_classes([0, 1, 1, 102]), suffix_classes([1, 2]), suffix_classes([])
+        (['0', '1'], ['0', '1', '2'], ['0', '1'])
+    """
+    present = set(found)
+    count = next((i for i in range(min(present), max(present) + 2) if i not in present), 0) if present else 0
+    return [str(i) for i in range(max(count, 2))]
+
+
 def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
                        task: str | None = None, patient_pattern: str | None = None) -> ImageTable:
     """Label from the integer after the last "_" of each file name, found recursively.
@@ -136,14 +149,23 @@ def load_suffix_folder(path: str | Path, classes: list[str] | None = None,
         if patient_pattern is not None:
             _pattern_problem(record, file.relative_to(path).as_posix(), patient_pattern)
         records.append(record)
-    if classes is None:
-        count = max(found) + 1 if found else 2
-        classes = [str(i) for i in range(max(count, 2))]
+    inferred = classes is None
+    if inferred:
+        classes = suffix_classes(found)
     for record in records:
-        if record["label"] is not pd.NA and record["label"] >= len(classes):
-            record[SOURCE_PROBLEMS] = ((f"label suffix {record['label']} is not an index into classes "
-                                          f"{classes}", "rename the file or list the class in data.classes"),)
-            record["label"] = pd.NA
+        label = record["label"]
+        if label is pd.NA or label < len(classes):
+            continue
+        if inferred:  # past a class no file has: e.g. CHNCXR_0102.png, its suffix forgotten, read as label 102
+            problem = (f"its label suffix lies past the classes read from the other files' suffixes ({classes}), and "
+                       "no file's suffix gives the labels in between",
+                       "if the file name lacks its label suffix (as CHNCXR_0102.png would, read as label 102: name "
+                       "it e.g. CHNCXR_0102_0.png), add it; else name every class in data.classes")
+        else:
+            problem = (f"label suffix {label} is not an index into classes {classes}",
+                       "rename the file or list the class in data.classes")
+        record[SOURCE_PROBLEMS] += (problem,)  # after a patient_pattern problem, if any
+        record["label"] = pd.NA
     if not records:
         raise DataSourceError(f"{path}: no image files found (looked recursively for "
                               f"{', '.join(SUPPORTED_EXTENSIONS)} named NAME_<label>)")
