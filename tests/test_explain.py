@@ -3,6 +3,7 @@ the run-level ``tfmed explain`` and the report section."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -199,6 +200,19 @@ def test_randomisation_restores_the_weights(tuner, data):
         assert any(not np.array_equal(a, b) for a, b in zip(before, changed))
     after = tuner.keras_model().get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_randomisation_reaches_the_last_stage_when_the_grad_cam_layer_lies_outside_every_block():
+    from tfmed.backbones import create
+    from tfmed.explain.faithfulness import _randomised_layers
+
+    base = create("mobilenet_v2", weights=None, input_shape=(32, 32, 3), include_top=False)
+    head = keras.layers.Dense(1, activation="sigmoid", name="predictions")(
+        keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output))
+    target = ExplainTarget(keras.Model(base.inputs, head, name="mobilenet_v2_finetune"))  # as FineTuner builds it
+    assert target.layer == "out_relu"  # the late tap: in no block of the backbone's list
+    assert [layer.name for layer in _randomised_layers(target)] == ["Conv_1", "Conv_1_bn", "out_relu", "head_pool",
+                                                                    "predictions"]
 
 
 def test_an_unrelated_map_is_less_faithful_than_gradcam(data, tuner):
@@ -434,6 +448,8 @@ def test_cli_explains_test_cases_and_given_images(explained_run, tmp_path):
     assert list(frame.columns) == ["file", "group", "label", "score", "decision", "explained_class", "method",
                                    "peak_row", "peak_col", "overlay"]
     assert set(frame["method"]) == {"occlusion"} and all((out / name).is_file() for name in frame["overlay"])
+    # numbered, not named after images whose names may hold a patient's id
+    assert all(re.fullmatch(r"\d{3}_(TP|FP|FN|TN)\.png", name) for name in frame["overlay"]), frame["overlay"]
     record = json.loads((out / "faithfulness.json").read_text())
     for key in ("method", "deletion_auc", "random_deletion_auc", "insertion_auc"):
         assert key in record and record[key] is not None

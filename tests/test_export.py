@@ -274,3 +274,21 @@ def test_a_file_named_after_an_image_whose_short_id_adjoins_letters_is_renamed_a
     assert pd.read_csv(out / "explanations.csv")["overlay"].tolist() == [f"002_TN_{stem}.png"]
     assert not [p for p in _files(out) if "IMG16x12" in p.name or b"IMG16x12" in p.read_bytes()]
     assert "batch_size: 16\n" in (out / "config.yaml").read_text()  # a number is not a file name's stem
+
+
+def test_dicom_series_uids_are_hashed_like_patient_ids(tmp_path):
+    """A CT run's splits.csv names each volume's SeriesInstanceUID, which links the copy back to the study."""
+    run = tmp_path / "runs" / "demo" / "20260101-000000"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "weights.npy").write_bytes(b"\x93NUMPY")
+    uid = "1.2.840.113619.2.55.3.604688119.971.1292415340.347"
+    (run / "config.yaml").write_text(f"name: demo\ndata:\n  path: {tmp_path}/data\n")
+    pd.DataFrame({"image": [f"{tmp_path}/data/ct/{uid}"], "patient_id": ["LIDC-0042"], "series_uid": [uid],
+                  "label": [1]}).to_csv(run / "splits.csv", index=False)
+    (run / "run.log").write_text(f"read series {uid}\n")
+    write_manifest(run)
+    out = export_run(run, tmp_path / "out", anonymise=True, salt="s")
+    splits = pd.read_csv(out / "splits.csv", dtype=str)
+    assert splits["series_uid"].tolist() == [pseudonym(uid, "s")] and splits["image"][0].endswith(pseudonym(uid, "s"))
+    assert not [p for p in _files(out) if uid.encode() in p.read_bytes() or uid in p.name]
+    assert "patient ids (and DICOM series UIDs)" in (out / "ANONYMISED.txt").read_text()

@@ -42,8 +42,8 @@ from scipy.stats import spearmanr
 
 from tfmed.errors import TfmedError
 from tfmed.explain.maps import is_flat
-from tfmed.explain.target import (ExplainError, ExplainTarget, FlatMapWarning, _flat_layers, keras_model_of,
-                                  prepare, repeat_index)
+from tfmed.explain.target import (ExplainError, ExplainTarget, FlatMapWarning, _flat_layers, backbone_spec_of,
+                                  keras_model_of, prepare, repeat_index)
 
 RANDOMISED_WEIGHTS = ("kernel", "depthwise_kernel", "bias", "dual_coef")
 
@@ -150,18 +150,17 @@ def faithfulness(model, images, maps, *, index=None, steps: int = 20, seed: int 
 
 
 def _randomised_layers(target: ExplainTarget) -> list:
-    """The layers re-drawn by the sanity check: from the start of the target layer's block to the end."""
-    from tfmed import backbones
-
+    """The layers re-drawn by the sanity check: from the start of the target layer's block to the end. A layer
+    outside every block (a backbone's last activation, e.g. MobileNetV2's ``out_relu``) counts in the block of the
+    nearest layer below it that has one, so the last stage's weights are re-drawn with the head."""
     layers = _flat_layers(target.model)
     names = [layer.name for layer in layers]
     start = names.index(target.layer)
-    for name in backbones.list_backbones():
-        spec = backbones.get_spec(name)
-        block = spec.block_of(target.layer)
-        if target.model.name.startswith(name) and block is not None:
-            start = min(i for i, layer_name in enumerate(names) if spec.block_of(layer_name) == block)
-            break
+    spec = backbone_spec_of(target.model)
+    if spec is not None:
+        block = next((spec.block_of(name) for name in reversed(names[:start + 1]) if spec.block_of(name)), None)
+        if block is not None:
+            start = names.index(next(name for name in names if spec.block_of(name) == block))
     return layers[start:]
 
 

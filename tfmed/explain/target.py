@@ -114,6 +114,25 @@ def _output_rank(layer) -> int | None:
         return None
 
 
+def backbone_spec_of(model: keras.Model):
+    """The registered backbone ``model`` is or holds (by its name or a nested model's, the longest registered name
+    first: efficientnet_lite0 before efficientnet_l...), or None.
+
+    Example:
+        >>> from tfmed.backbones import create
+        >>> backbone_spec_of(create("mobilenet_v2", weights=None, input_shape=(32, 32, 3))).name
+        'mobilenet_v2'
+    """
+    from tfmed import backbones
+
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
+    for owner in [model.name] + nested:
+        for name in sorted(backbones.list_backbones(), key=len, reverse=True):
+            if owner.startswith(name):
+                return backbones.get_spec(name)
+    return None
+
+
 def default_layer(model: keras.Model) -> str:
     """The layer Grad-CAM explains by default: the backbone's ``late`` tap when the model is (or contains)
     a registered backbone, otherwise the last layer with a (B, h, w, c) output.
@@ -124,16 +143,10 @@ def default_layer(model: keras.Model) -> str:
         >>> default_layer(create("mobilenet_v2", weights=None, input_shape=(32, 32, 3)))
         'out_relu'
     """
-    from tfmed import backbones
-
     layers = _flat_layers(model)
-    names = {layer.name for layer in layers}
-    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
-    for owner in [model.name] + nested:
-        for name in sorted(backbones.list_backbones(), key=len, reverse=True):
-            late = backbones.get_spec(name).taps["late"]
-            if owner.startswith(name) and late in names:
-                return late
+    spec = backbone_spec_of(model)
+    if spec is not None and spec.taps["late"] in {layer.name for layer in layers}:
+        return spec.taps["late"]
     for layer in reversed(layers):
         if _output_rank(layer) == 4:
             return layer.name

@@ -196,8 +196,8 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
         # the case number, not the file name, goes into the pixels: names may identify patients
         title = (f"case {i:03d} {group}\nlabel {label_text or '?'}, P({_class_name(model, explained)}) {score:.3f} "
                  f"-> {decided}\n{method} of {_class_name(model, explained)}")
-        stem = Path(file).stem[:40].replace(" ", "_")
-        overlay = save_overlay(out / f"{i:03d}_{group or 'image'}_{stem}.png", result.images[i], result.maps[i], title)
+        # numbered, not named after the image: explanations.csv links each overlay to its file
+        overlay = save_overlay(out / f"{i:03d}_{group or 'image'}.png", result.images[i], result.maps[i], title)
         row_peak = peak(result.maps[i])
         # views of a volume: the peak's view (numbered as views.planes orders them) and its pixel there
         location = dict(zip(("peak_row", "peak_col"), row_peak)) if result.grid is None else \

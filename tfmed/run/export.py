@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 import yaml
 
+from tfmed.data.volume_inputs import SERIES_UID
 from tfmed.errors import TfmedError
 from tfmed.progress import log
 from tfmed.run.manifest import MANIFEST_FILE, check_run, write_manifest
@@ -35,6 +36,7 @@ from tfmed.run.rundir import RunDirectoryError, refuse_output_inside_runs, resol
 
 NOTE_FILE = "ANONYMISED.txt"
 PATIENT_COLUMNS = ("patient_id", "patient")
+ID_COLUMNS = PATIENT_COLUMNS + (SERIES_UID,)  # hashed wholesale: a DICOM series UID links back to the study too
 PATH_COLUMNS = ("image", "id", "file", "path")  # columns that hold image paths
 AGE_COLUMN, OLDEST = "age", 90  # ages from 90 on are written as 90 in an anonymised copy (HIPAA Safe Harbor)
 TEXT_SUFFIXES = {".csv", ".json", ".jsonl", ".yaml", ".yml", ".html", ".htm", ".txt", ".md", ".log"}
@@ -248,7 +250,7 @@ def _anonymise(copy: Path, run_dir: Path, salt: str, out: Path) -> None:
     (copy / MANIFEST_FILE).unlink(missing_ok=True)  # the copy gets its own
     files = [p for p in sorted(copy.rglob("*")) if p.is_file() and p.relative_to(copy).parts[0] != KEPT]
     frames = {p: frame for p in files if p.suffix == ".csv" and (frame := _read_csv(p)) is not None}
-    ids = {v for frame in frames.values() for c in PATIENT_COLUMNS if c in frame for v in frame[c]}
+    ids = {v for frame in frames.values() for c in ID_COLUMNS if c in frame for v in frame[c]}
     ids -= {"", "NA", "<NA>", "nan", "NaN", "None", "null"}
     hashes = {v: pseudonym(v, salt) for v in ids}
     folders = _folders(copy, run_dir, frames)
@@ -269,8 +271,8 @@ def _anonymise(copy: Path, run_dir: Path, salt: str, out: Path) -> None:
               and rewrite.pattern and any(rewrite.pattern.search(t) for t in _texts(*_content(p)))]
     (copy / NOTE_FILE).write_text(
         "This is an anonymised copy of a tfmed run directory (tfmed export-run --anonymise).\n"
-        f"- {len(ids)} patient ids were replaced by salted hashes (\"anon-\" + 16 hex digits) in id columns, "
-        "text and file names; neither the salt nor the mapping is part of this copy.\n"
+        f"- {len(ids)} patient ids (and DICOM series UIDs) were replaced by salted hashes (\"anon-\" + 16 hex "
+        "digits) in id columns, text and file names; neither the salt nor the mapping is part of this copy.\n"
         f"- {rewritten} files were rewritten and {renamed} files or folders renamed.\n"
         + (f"- {capped} ages of {OLDEST} years or more were written as {OLDEST} (the age column), as HIPAA's "
            "Safe Harbor method asks.\n" if capped else "")
@@ -397,7 +399,7 @@ def _rewrite_file(path: Path, rewrite: _Rewriter) -> bool:
     if kind == "csv":
         new = value.copy()
         for column in value.columns:
-            if column in PATIENT_COLUMNS:
+            if column in ID_COLUMNS:
                 new[column] = value[column].map(lambda v: rewrite.hashes.get(v, v))
             elif not _numeric(value[column]):
                 new[column] = value[column].map(rewrite)
