@@ -299,7 +299,8 @@ def test_augmentations_that_clip_to_0_255_are_refused_on_raw_values(tmp_path):
             make_dataset(table, PreprocessConfig(image_size=8, intensity=intensity), training=True,
                          augment=AugmentConfig(brightness=0.01))
     with pytest.raises(ConfigError, match="augment.gamma, augment.noise work on the 0-255 pixel scale"):
-        ExperimentConfig.from_dict({"preprocess": {"intensity": "standardize"}, "augment": {"gamma": 0.3, "noise": 6}})
+        ExperimentConfig.from_dict({"preprocess": {"intensity": "standardize"}, "model": {"mode": "finetune"},
+                                    "augment": {"gamma": 0.3, "noise": 6}})
     geometric = ExperimentConfig.from_dict({"preprocess": {"intensity": "standardize"}, "model": {"mode": "finetune"},
                                             "augment": {"rotation_degrees": 10, "blur_sigma": 1.0}})
     assert geometric.augment.rotation_degrees == 10          # rotation and blur do not clip

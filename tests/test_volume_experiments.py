@@ -77,7 +77,8 @@ def nodule_table(folder) -> ImageTable:
 # ------------------------------------------------------------------------------------------ configuration
 
 @pytest.mark.parametrize("values, message", [
-    ({"augment": {"center_jitter_mm": 2.0}}, "augment.center_jitter_mm is set, but it acts on 2-D views"),
+    ({"augment": {"center_jitter_mm": 2.0}, "model": {"mode": "finetune"}},
+     "augment.center_jitter_mm is set, but it acts on 2-D views"),
     ({"model": {"svm": {"view_fusion": "per_view"}}}, "model.svm.view_fusion is set, but it acts on 2-D views"),
     ({"views": {"planes": "ciompi9"}}, "views.planes is 'ciompi9'; it is set but views.enabled is false"),
     ({"views": {"enabled": True}, "preprocess": {"intensity": "standardize"}}, "needs train-split statistics"),
@@ -450,7 +451,7 @@ def _predict_scores_unlabelled_candidates(run, model, nodules, tmp_path):
     with pytest.raises(TfmedError, match="row 2.*lesion centre gives center_x, center_y but not all"):
         predict_images(run, [str(tmp_path / "no_centre.csv")])
     candidates.iloc[:0].to_csv(tmp_path / "none.csv", index=False)
-    with pytest.raises(TfmedError, match=r"none\.csv: lists no volumes \(a header and no rows\)"):
+    with pytest.raises(TfmedError, match=r"none\.csv: the manifest has no data rows \(only the header, line 1\)"):
         predict_images(run, [str(tmp_path / "none.csv")])
 
 

@@ -174,4 +174,4 @@ class StagedUnfreeze(keras.callbacks.Callback):
 
 def _rate(optimizer) -> float:
     """The optimizer's learning rate as a number (a mirrored variable under a distribution strategy)."""
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    return float(keras.ops.convert_to_tensor(optimizer.learning_rate).numpy())
