@@ -152,6 +152,20 @@ def test_augmentation_only_when_training(tmp_path):
     np.testing.assert_array_equal(c[0], again[0])                     # reproducible from the seed
 
 
+def test_a_training_crop_is_cut_from_the_original_resized_to_crop_from(tmp_path):
+    noise = cv2.blur(np.random.default_rng(0).normal(128, 60, (512, 512)), (4, 4))  # detail finer than 64 px
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.clip(noise + i, 0, 255).astype(np.uint8))
+    table = file_table([str(tmp_path / f"{i}.png") for i in range(4)], [0, 1, 0, 1])
+    pre = PreprocessConfig(image_size=64, channels=1, intensity="none")
+    train = collect(make_dataset(table, pre, training=True, augment=AugmentConfig(crop_from=80), batch_size=4))[0]
+    scored = collect(make_dataset(table, pre, training=False, batch_size=4))[0]
+    detail = lambda x: float(np.abs(np.diff(x[..., 0], axis=2)).mean())  # noqa: E731 (neighbouring pixels)
+    # a 64 px crop of the image at 80 px holds more detail per pixel than the scored 64 px image; one cut from the
+    # 64 px image enlarged to 80 px (the chain before) held about half as much
+    assert train.shape == (4, 64, 64, 1) and detail(train) > detail(scored)
+
+
 def test_training_without_resampling_is_a_shuffled_permutation(tmp_path):
     paths, arrays = write_pngs(tmp_path, 12, size=(8, 8))
     table = file_table(paths, list(range(2)) * 6)

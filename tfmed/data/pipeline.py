@@ -306,7 +306,9 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
         if not callable(view) or getattr(view, "random", False):
             raise PipelineError(f"view must be a deterministic transform, got {view!r}")
     # cached images are stored with their final channel count, so grey and colour files can mix
-    head, tail = _split_chain(build_preprocess(preprocess, stats), channels_in_head=cache)
+    # training crops (augment.crop_from) are cut from the image resized to crop_from, not from one at image_size
+    crop_from = augment.crop_from if training and augment is not None and augment.enabled else None
+    head, tail = _split_chain(build_preprocess(preprocess, stats, size=crop_from), channels_in_head=cache)
     aug = build_augment(augment, preprocess.image_size) if training else Compose([])
     targets = tf.constant(targets_array(table))
     size, channels = preprocess.image_size, preprocess.channels

@@ -61,11 +61,13 @@ def check_statistics(stats: dict | None, config: PreprocessConfig) -> None:
         raise StatisticsError(f"statistics for {intensity!r} lack key(s) {missing}; recompute them")
 
 
-def build_preprocess(config: PreprocessConfig, stats: dict | None = None) -> Compose:
+def build_preprocess(config: PreprocessConfig, stats: dict | None = None, size: int | None = None) -> Compose:
     """The deterministic preprocessing chain for ``config``; output (S, S, channels).
 
     ``stats`` (from :func:`fit_statistics` on the train split) is required for
-    "minmax_dataset", "histogram", "standardize" and "mean_image".
+    "minmax_dataset", "histogram", "standardize" and "mean_image". ``size``: the side images are resized to,
+    when not ``config.image_size`` (training images with ``augment.crop_from``, which
+    :func:`build_augment`'s random crop brings to ``image_size``).
 
     Example:
         >>> chain = build_preprocess(PreprocessConfig(image_size=32, intensity="minmax"))
@@ -93,15 +95,15 @@ def build_preprocess(config: PreprocessConfig, stats: dict | None = None) -> Com
         tail += [Standardize(stats["mean"], stats["std"]), ToImagenetPixels("std")]
     elif intensity == "mean_image":
         tail += [SubtractMeanImage(stats["mean_image"]), ToImagenetPixels(None)]
-    head.append(Resize(config.image_size, config.resize))
+    head.append(Resize(size or config.image_size, config.resize))
     return Compose(head + [ToChannels(config.channels)] + tail)
 
 
 def build_augment(config: AugmentConfig | None, image_size: int) -> Compose:
     """Training-only augmentation chain (empty when ``config.enabled`` is false).
 
-    Order: CLAHE (applied to half the images), resize to ``crop_from`` and random
-    ``image_size`` crop, flips (horizontal only when ``hflip``: chest X-rays
+    Order: CLAHE (applied to half the images), a random ``image_size`` crop of the image
+    resized to ``crop_from`` (by :func:`build_preprocess`, from the original: the crop keeps its detail), flips (horizontal only when ``hflip``: chest X-rays
     are not left-right flipped by default), 90-degree turns, rotation,
     brightness, contrast, gamma, blur and noise (each of the last two on half
     the images).
@@ -109,7 +111,7 @@ def build_augment(config: AugmentConfig | None, image_size: int) -> Compose:
     Example:
         >>> aug = build_augment(AugmentConfig(crop_from=256, rotation_degrees=10), 224)
         >>> [type(t).__name__ for t in aug]
-        ['Resize', 'RandomCrop', 'RandomRotation']
+        ['RandomCrop', 'RandomRotation']
         >>> len(build_augment(AugmentConfig(enabled=False), 224))
         0
         >>> [type(t).__name__ for t in build_augment(AugmentConfig(gamma=0.3, blur_sigma=1.0, noise=6), 96)]
@@ -125,7 +127,7 @@ def build_augment(config: AugmentConfig | None, image_size: int) -> Compose:
             raise TransformError(f"augment.crop_from ({config.crop_from}) must be at least "
                                  f"preprocess.image_size ({image_size})")
         if config.crop_from > image_size:
-            chain += [Resize(config.crop_from, antialias=False), RandomCrop(image_size)]
+            chain.append(RandomCrop(image_size))
     if config.hflip or config.vflip:
         chain.append(RandomFlip(horizontal=config.hflip, vertical=config.vflip))
     if config.rot90:
