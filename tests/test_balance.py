@@ -54,6 +54,16 @@ def test_undersample_epoch_length_and_share():
     assert len(set(np.concatenate(epochs)[KEYS_1_TO_9[np.concatenate(epochs)] == 0])) > 80
 
 
+@pytest.mark.parametrize("target", [[0.25, 0.75], [0.75, 0.25]])
+def test_undersample_to_a_target_draws_no_row_twice_in_an_epoch(target):
+    # KEYS_1_TO_9: group 0 holds 90 rows, group 1 holds 10
+    ds = balanced_dataset(KEYS_1_TO_9, BalanceConfig(method="undersample", target=target), seed=6)
+    for epoch in draw(ds, 5):
+        assert len(set(epoch)) == len(epoch)  # undersampling: each row at most once
+        assert abs(KEYS_1_TO_9[epoch].mean() - target[1]) < 0.1
+    assert len(draw(ds, 1)[0]) == (13 if target[1] == 0.75 else 40)  # the rarest group's rows once: 10/0.75, 10/0.25
+
+
 def test_same_seed_same_stream():
     a = draw(balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample"), seed=9), 1)[0]
     b = draw(balanced_dataset(KEYS_1_TO_9, BalanceConfig("oversample"), seed=9), 1)[0]

@@ -806,7 +806,7 @@ class BalanceConfig(_Section):
 
     method: "none", "oversample", "undersample" (resampling to `target` class
         mix, uniform by default, which every epoch holds exactly: undersampling
-        draws each minority image once per epoch) or "class_weight" (w_pos = N_neg/N,
+        draws no image twice in an epoch, the group that limits the mix each once) or "class_weight" (w_pos = N_neg/N,
         w_neg = N_pos/N in the loss of a binary or multilabel task; a
         multiclass task weighs each image's loss by its class's N / (K N_c)).
     """

@@ -119,20 +119,22 @@ def target_mix(config: BalanceConfig, names: Sequence[str], counts: Sequence[int
 
 
 def epoch_length(method: str, counts: Sequence[int], weights: Sequence[float] | None = None) -> int:
-    """Draws per epoch: all rows for "oversample", ``groups * min_count`` for "undersample".
-
-    Only groups with a positive weight count for "undersample".
+    """Draws per epoch: all rows for "oversample"; for "undersample" the most draws in which no group with a
+    positive weight is drawn more often than it has rows (``groups * min_count`` for equal weights).
 
     Example:
         >>> epoch_length("undersample", [90, 10]), epoch_length("oversample", [90, 10])
         (20, 100)
+        >>> epoch_length("undersample", [90, 10], [0.25, 0.75])  # 3 of the 90 and the 10, each once
+        13
     """
     counts = np.asarray(counts, dtype=np.int64)
     if method == "oversample":
         return int(counts.sum())
     if method == "undersample":
-        used = counts > 0 if weights is None else np.asarray(weights) > 0
-        return int(used.sum() * counts[used].min())
+        shares = (counts > 0 if weights is None else np.asarray(weights, dtype=np.float64)).astype(np.float64)
+        used = shares > 0
+        return int(np.floor(np.min(counts[used] / (shares[used] / shares[used].sum())) + 1e-9))
     raise BalanceError(f"balance.method {method!r} does not resample; allowed: {', '.join(RESAMPLING)}")
 
 
