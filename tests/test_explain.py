@@ -404,6 +404,30 @@ def test_a_group_without_a_case_is_said_in_the_report_caption_and_sentence(expla
     assert shown["score"].tolist() == [pytest.approx(0.99), pytest.approx(0.99)]  # P(explained class)
 
 
+def test_the_report_explains_the_positive_class_the_last_class_or_the_most_frequent_label():
+    from tfmed.run.explain import report_class
+
+    assert report_class("binary", ["normal", "pneumonia"], [0, 1]) == 1
+    assert report_class("multiclass", ["healthy", "sick_non_tb", "tb"], [0, 0, 1]) == 2  # not healthy
+    assert report_class("multilabel", ["edema", "effusion", "mass"], [[0, 1, 0], [1, 1, -1], [0, 1, 1]]) == 1
+
+
+def test_a_layer_given_to_a_pixel_method_is_refused_before_any_map(explained_run, tmp_path, monkeypatch):
+    import tfmed.explain.tables as tables
+    from tfmed.run.artifact import TrainedModel
+    from tfmed.run.explain import explain_run
+    from tfmed.run.rundir import run_split_tables
+
+    monkeypatch.setattr(tables, "explain", lambda *args, **kwargs: pytest.fail("a map was made"))
+    with pytest.raises(ExplainError, match=r"method 'occlusion' works on the pixels and takes no layer"):
+        explain_run(explained_run, method="occlusion", layer="block2_conv", output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    model = TrainedModel.load(explained_run)
+    table = run_split_tables(explained_run, ("test",), remedy="")["test"]
+    with pytest.raises(ExplainError, match=r"method 'saliency' works on the pixels and takes no layer"):
+        tables.explain_table(model.estimator, model.inputs, table, "saliency", layer="block2_conv")
+
+
 def test_run_report_has_an_explanations_section(explained_run):
     html = (explained_run / "report.html").read_text()
     assert "explanations (TP, FP, FN, TN)" in html and "deletion AUC" in html

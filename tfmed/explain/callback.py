@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tfmed.explain.methods import LAYER_METHODS, explain, get_method
+from tfmed.explain.methods import checked_method, explain
 from tfmed.explain.overlay import save_overlays
 from tfmed.explain.target import ExplainError, as_images
 
@@ -41,9 +41,7 @@ class ExplainEveryEpoch(keras.callbacks.Callback):
     def __init__(self, images, output_dir: str | Path, method: str = "gradcam", index=None,
                  layer: str | None = None, every: int = 1):
         super().__init__()
-        get_method(method)
-        if layer is not None and method not in LAYER_METHODS:
-            raise ExplainError(f"method {method!r} takes no layer; a layer is read only by {', '.join(LAYER_METHODS)}")
+        checked_method(method, layer)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ExplainError(f"every must be a positive number of epochs, got {every!r}")
         self.images = as_images(images)

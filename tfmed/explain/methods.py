@@ -38,6 +38,21 @@ def get_method(name: str) -> Callable:
     return METHODS[name]
 
 
+def checked_method(name: str, layer: str | None = None) -> Callable:
+    """:func:`get_method`, refusing a ``layer`` given to a method that works on the pixels and reads none.
+
+    Example:
+        >>> checked_method("occlusion", layer="conv")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfmed.explain.target.ExplainError: method 'occlusion' works on the pixels and takes no layer ...
+    """
+    function = get_method(name)
+    if layer is not None and name not in LAYER_METHODS:
+        raise ExplainError(f"method {name!r} works on the pixels and takes no layer (layer={layer!r}); "
+                           f"a layer is read only by {', '.join(LAYER_METHODS)}")
+    return function
+
+
 def explain(model, images, method: str = "gradcam", *, index=None, layer: str | None = None) -> np.ndarray:
     """Maps (N, H, W) in [0, 1] by the method named ``method``; ``layer`` only for Grad-CAM and Grad-CAM++.
 
@@ -45,10 +60,7 @@ def explain(model, images, method: str = "gradcam", *, index=None, layer: str | 
         >>> explain(tuner, images, "occlusion", index=1).shape  # doctest: +SKIP
         (4, 96, 96)
     """
-    function = get_method(method)
+    function = checked_method(method, layer)
     if method in LAYER_METHODS:
         return function(model, images, index=index, layer=layer)
-    if layer is not None:
-        raise ExplainError(f"method {method!r} works on the pixels and takes no layer (layer={layer!r}); "
-                           f"a layer is read only by {', '.join(LAYER_METHODS)}")
     return function(model, images, index=index)

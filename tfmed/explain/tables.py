@@ -26,7 +26,7 @@ import numpy as np
 
 from tfmed.explain.faithfulness import SanityCheckWarning, faithfulness, sanity_check
 from tfmed.explain.maps import normalise, resize_maps
-from tfmed.explain.methods import LAYER_METHODS, explain, get_method
+from tfmed.explain.methods import checked_method, explain
 from tfmed.explain.mosaic import ViewGrid, mosaic_model, to_mosaic
 from tfmed.explain.target import ExplainError, FlatMapWarning, keras_model_of
 
@@ -96,7 +96,7 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         table: the rows to explain.
         method, index, layer: as :func:`tfmed.explain.explain`; ``index`` may give one class per row.
     """
-    get_method(method)
+    checked_method(method, layer)  # before any map: a pixel method reads no layer
     parts = estimator.explain_models(dataclasses.replace(inputs, tta=None, view=None))
     if layer is not None and len(parts) > 1:
         raise ExplainError(f"layer {layer!r} was given, but the model has {len(parts)} members "
@@ -110,7 +110,7 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
             images = to_mosaic(images, grid)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FlatMapWarning)
-            maps = explain(model, images, method, index=index, layer=layer if method in LAYER_METHODS else None)
+            maps = explain(model, images, method, index=index, layer=layer)
         for warning in caught:
             if issubclass(warning.category, FlatMapWarning):
                 notes.append(f"{name}: {warning.message}" if len(parts) > 1 else str(warning.message))

@@ -32,7 +32,8 @@ import pandas as pd
 from tfmed.config import UNKNOWN_LABEL
 from tfmed.data.table import ImageTable
 from tfmed.data.volume_inputs import candidate_columns
-from tfmed.explain import ExplainError, explain_table, get_method, peak
+from tfmed.explain import ExplainError, explain_table, peak
+from tfmed.explain.methods import checked_method
 from tfmed.evaluation.report import predictions_column
 from tfmed.explain.localisation import box_localisation, summary
 from tfmed.explain.maps import is_flat
@@ -41,9 +42,6 @@ from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.rundir import (as_reread, refuse_output_inside_runs, refuse_used_output, resolve_run_dir,
                               run_split_tables, written_whole)
-
-GROUPS = ("TP", "FP", "FN", "TN")
-
 
 def _class_list(model: TrainedModel) -> str:
     return ", ".join(f"{k} = {name}" for k, name in enumerate(model.classes))
@@ -267,7 +265,7 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
     is checked against its manifest first (see :meth:`TrainedModel.load`). ``per_group`` (default 2)
     picks cases of the run's split, so it is refused beside ``images``.
     """
-    get_method(method)
+    checked_method(method, layer)
     if per_group is not None and images:
         raise ExplainError(f"--per-group ({per_group}) picks cases of the run's own split, and images were given "
                            "(each of them is explained); drop --per-group, or the images")
@@ -298,16 +296,20 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
 
 
 def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: dict, method: str) -> tuple:
-    """The report's explanations: one TP, FP, FN and TN of the test (or validation) split, where it has one.
+    """The report's explanations: one TP, FP, FN and TN of the test (or validation) split, where it has one, of
+    the :func:`report_class` (for a multilabel model the maps are of that label, else of the decided class).
 
     Returns (overview PNG path, its caption naming the groups shown, a sentence with the faithfulness and
     sanity figures and the groups without a case).
     """
     split = "test" if "test" in scores else "val"
     table = parts[split]
-    chosen = 1 if model.task == "binary" else 0
+    labels = table.labels()
+    chosen = report_class(model.task, model.classes, labels)
     index = None if model.task != "multilabel" else chosen
-    cases = select_cases(model, table.labels(), scores[split], model.decide(scores[split]), chosen, 1)
+    kind = "label" if model.task == "multilabel" else "class"
+    of = "" if model.task == "binary" else f" of {kind} {model.classes[chosen]}"
+    cases = select_cases(model, labels, scores[split], model.decide(scores[split]), chosen, 1)
     rows, groups = np.array([row for row, _ in cases]), [group for _, group in cases]
     record = write_explanations(run_dir / "explanations", model, table.subset(rows), scores[split][rows],
                                 groups, method=method, index=index, labels=table.subset(rows).labels(), split=split)
@@ -316,7 +318,8 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
         log(absent)
     figure = {key: "n/a" if value is None else f"{value:.3f}" for key, value in record.items()
               if key.endswith(("_auc", "_correlation"))}
-    sentence = (f"Explanations ({method}, {record['images']} {split} images, maps of the decided class): deletion "
+    maps = f"maps of label {model.classes[chosen]}" if index is not None else "maps of the decided class"
+    sentence = (f"Explanations ({method}, {record['images']} {split} images{of}, {maps}): deletion "
                 f"AUC {figure['deletion_auc']} against {figure['random_deletion_auc']} in a random order (lower is "
                 f"more faithful), insertion AUC {figure['insertion_auc']} against {figure['random_insertion_auc']}, "
                 f"rank correlation with the maps of a model whose top is randomised "
@@ -325,8 +328,23 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
                                              + record.get("sanity_notes", []))
                 + localisation_sentence(record.get("localisation"))
                 + (f" There is {absent}." if absent else "") + " Overlays and figures: explanations/.")
-    caption = f"explanations ({', '.join(group for group in GROUPS if group in groups)})"
+    caption = f"explanations ({', '.join(group for group in GROUPS if group in groups)}{of})"
     return Path(record["overview"]), caption, sentence
+
+
+def report_class(task: str, classes: list[str], labels) -> int:
+    """The class whose TP, FP, FN and TN cases the report explains: the positive one (binary), the last one
+    (multiclass: the highest grade, or the disease listed last), the label with the most positive cases
+    (multilabel).
+
+    Example:
+        >>> report_class("multiclass", ["healthy", "sick", "tb"], [0, 2]), report_class("multilabel", ["a", "b"],
+        ...                                                                           [[0, 1], [1, 1]])
+        (2, 1)
+    """
+    if task != "multilabel":
+        return len(classes) - 1
+    return int(np.argmax((np.asarray(labels) == 1).sum(axis=0)))
 
 
 def flat_words(record: dict) -> str:
