@@ -62,6 +62,13 @@ def test_a_registered_builder_streams_into_a_table_of_files_and_the_pipeline(cac
     assert images.shape == (8, 32, 32, 3) and targets.shape[0] == 8
 
 
+def test_slices_of_one_split_never_share_a_made_up_patient_id(cache):
+    with mocked(10):
+        table = load_source(parse_source_spec("tfds:patch_camelyon#train[:50%]+train[50%:]"))
+    ids = table.frame["patient_id"].tolist()  # each example its own patient, named by the slice as written
+    assert len(set(ids)) == len(ids) and ids[0] == "train[:50%]-0" and "train[50%:]-0" in ids
+
+
 def test_a_second_load_reads_the_cached_split_without_tfds(monkeypatch):
     with mocked(5):
         first = load_source(parse_source_spec("tfds:patch_camelyon#test"))

@@ -39,7 +39,7 @@ Features (settings ``data.image_feature``, ``data.label_feature``,
   ``ClassLabel``, as ``tfmed export-tfds`` writes it) lists the labels that
   are unknown for the example; they become -1 (see ``UNKNOWN_LABEL``).
 * patient: ``patient_id`` when the data set has it (``tfmed export-tfds``
-  writes it). Otherwise each example is its own patient (``"train-17"``):
+  writes it). Otherwise each example is its own patient (``"train-17"``, ``"train[50%:]-3"`` of a slice):
   TFDS's public sets such as ``patch_camelyon`` carry no patient id, so no
   split of them can keep a patient's images together.
 * ``site`` and ``view`` text features are read when present.
@@ -316,7 +316,6 @@ def _write_split(tfds, builder, split: str, folder: Path, image_key: str, label_
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    base = split.split("[", 1)[0].strip()
     text = [key for key in ("site", "view", "id", "name", BOXES_COLUMN, *DEMOGRAPHIC_COLUMNS) if key in features
             and isinstance(features[key], tfds.features.Text)]
     label_feature = features[label_key]
@@ -325,7 +324,9 @@ def _write_split(tfds, builder, split: str, folder: Path, image_key: str, label_
     for index, example in enumerate(tfds.as_numpy(dataset)):
         where = f"TFDS data set {name!r}, split {split!r}, example {index}"
         file = _write_image(example[image_key], partial, index, raw, where)
-        record = {"file": file, "patient_id": _text(example[patient_key]) if patient_key else f"{base}-{index}"}
+        # without a patient feature each example is its own patient, named by the split as written: two slices of
+        # one split (train[:50%], train[50%:]) never name two examples alike
+        record = {"file": file, "patient_id": _text(example[patient_key]) if patient_key else f"{split}-{index}"}
         record.update({key: _text(example[key]) for key in text})
         record["labels"] = _listed_labels(example[label_key], label_feature, tfds, where)
         record["unknown"] = (_listed_labels(example[unknown_key], features[unknown_key], tfds, where)
