@@ -380,6 +380,13 @@ def test_a_section_the_mode_does_not_use_is_refused_before_its_values_are_checke
     assert config.model.mode == "svm" and config.augment == AugmentConfig()
     with pytest.raises(ConfigError, match=r"augment.rotation_degrees is set, but model.mode 'svm' does not use it"):
         ExperimentConfig.from_yaml(tmp_path / "config.yaml")
+    # an ensemble member's section alike, and a mode that is not a name is named as such, not a TypeError
+    members = [{"mode": "svm", "finetune": {"momentum": 0.5}}, {"mode": "finetune"}]
+    with pytest.raises(ConfigError, match=re.escape("model.ensemble.members[0].finetune.momentum is set, but "
+                                                    "model.ensemble.members[0].mode 'svm' does not use it")):
+        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": members}}})
+    with pytest.raises(ConfigError, match=re.escape("model.mode is ['svm']; allowed: svm, finetune, ensemble")):
+        ExperimentConfig.from_dict({"model": {"mode": ["svm"]}})
 
 
 @pytest.mark.parametrize("weights", ["none", "None"])

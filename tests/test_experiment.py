@@ -200,6 +200,18 @@ def test_evaluate_of_a_medmnist_file_of_several_splits_asks_which_one(pneumonia_
                                      output=tmp_path / "ev_m"))["images"] == {"test": 4}
 
 
+def test_the_several_splits_check_leaves_the_embedded_set_and_merged_tables_as_they_are():
+    from tfmed.config import DataConfig, DataPartConfig
+    from tfmed.data.sources import parse_source_spec
+    from tfmed.run.evaluate import _refuse_several_splits
+
+    for data in (parse_source_spec("pneumonia_mnist"), DataConfig(source="merged", parts=[
+            DataPartConfig(source="folder", path="a", name="a"), DataPartConfig(source="folder", path="b", name="b")])):
+        _refuse_several_splits(data, ["train", "val"])  # no KeyError: these kinds are scored as before
+    with pytest.raises(DataSourceError, match="m.csv holds the splits test, train"):
+        _refuse_several_splits(parse_source_spec("manifest:m.csv"), ["test", "train"])
+
+
 def test_evaluate_pairs_labels_with_the_models_classes_by_name(pneumonia_run, tmp_path):
     from tfmed.run.artifact import ModelArtifactError
 

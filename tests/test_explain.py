@@ -404,14 +404,6 @@ def test_a_group_without_a_case_is_said_in_the_report_caption_and_sentence(expla
     assert shown["score"].tolist() == [pytest.approx(0.99), pytest.approx(0.99)]  # P(explained class)
 
 
-def test_the_report_explains_the_positive_class_the_last_class_or_the_most_frequent_label():
-    from tfmed.run.explain import report_class
-
-    assert report_class("binary", ["normal", "pneumonia"], [0, 1]) == 1
-    assert report_class("multiclass", ["healthy", "sick_non_tb", "tb"], [0, 0, 1]) == 2  # not healthy
-    assert report_class("multilabel", ["edema", "effusion", "mass"], [[0, 1, 0], [1, 1, -1], [0, 1, 1]]) == 1
-
-
 def test_a_layer_given_to_a_pixel_method_is_refused_before_any_map(explained_run, tmp_path, monkeypatch):
     import tfmed.explain.tables as tables
     from tfmed.run.artifact import TrainedModel

@@ -166,7 +166,11 @@ def test_the_backbone_computes_features_in_float32_whatever_policy_a_script_set(
     keras.mixed_precision.set_global_policy("mixed_bfloat16")  # as a script set it for its own fine-tune
     try:
         model, _ = F.base_model("efficientnet_lite0", None, None, 36)
-        assert {layer.dtype_policy.compute_dtype for layer in model.layers} == {"float32"}
+        pooled = F._feature_model(model, ["middle", "late"], "avg")
+        assert {layer.dtype_policy.compute_dtype for layer in model.layers + pooled.layers} == {"float32"}
+        features = F.backbone_features(np.full((2, 36, 36, 3), 128.0, np.float32), backbone="efficientnet_lite0",
+                                       weights=None, taps=("late",), image_size=36)
+        assert features["late"].dtype == np.float32
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # the script's, left as it was
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -7,8 +7,8 @@ from scipy import stats
 from sklearn.metrics import (accuracy_score, average_precision_score, brier_score_loss, confusion_matrix,
                              f1_score, hamming_loss, precision_score, recall_score, roc_auc_score)
 
-from tfmed.evaluation import (EvaluationError, binary_metrics, bootstrap_ci, delong_auc_ci, evaluate,
-                              macro_auc_ci, multiclass_metrics, multilabel_metrics, operating_point_metrics,
+from tfmed.evaluation import (EvaluationError, binary_metrics, bootstrap_ci, delong_auc_ci, delong_test, evaluate,
+                              macro_auc_ci, macro_auc_test, multiclass_metrics, multilabel_metrics, operating_point_metrics,
                               separation_bound)
 
 
@@ -113,12 +113,19 @@ def test_pandas_labels_and_scores_with_different_indexes_are_refused():
 
     frame = pd.DataFrame({"y": [0, 1, 1, 0], "score": [0.2, 0.9, 0.7, 0.4]})
     shuffled = frame.sort_values("score")  # a sorted copy: its rows are other cases by position
-    for task in ("binary", "multilabel"):
-        with pytest.raises(EvaluationError, match="y_true and scores are pandas objects with different indexes"):
-            evaluate(task, frame["y"] if task == "binary" else frame[["y"]], shuffled["score"] if task == "binary"
-                     else shuffled[["score"]])
-    with pytest.raises(EvaluationError, match="binary: y_true and scores are pandas objects with different indexes"):
-        binary_metrics(frame["y"], shuffled["score"], 0.5)
+    refused = "are pandas objects with different indexes"
+    with pytest.raises(EvaluationError, match="binary: y_true and scores " + refused):
+        evaluate("binary", frame["y"], shuffled["score"])
+    with pytest.raises(EvaluationError, match="multilabel: Y_true and P " + refused):
+        evaluate("multilabel", frame[["y"]], shuffled[["score"]], class_names=["y"])
+    proba = shuffled[["score"]].assign(other=1 - shuffled["score"])
+    with pytest.raises(EvaluationError, match="multiclass: y_true and proba " + refused):
+        evaluate("multiclass", frame["y"], proba)
+    for call in (lambda: delong_auc_ci(frame["y"], shuffled["score"]),
+                 lambda: delong_test(frame["y"], frame["score"], shuffled["score"]),
+                 lambda: macro_auc_ci(frame["y"], proba), lambda: macro_auc_test(frame["y"], proba, proba)):
+        with pytest.raises(EvaluationError, match=refused):
+            call()
     assert evaluate("binary", frame["y"], frame["score"])["roc_auc"] == 1.0  # aligned: read as given
 
 

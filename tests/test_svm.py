@@ -122,6 +122,7 @@ def test_one_hot_rows_of_a_multiclass_task_are_read_as_class_indices(capsys):
     by_rows = small(task="multiclass").fit(X, one_hot)
     assert by_rows.task_ == "multiclass"
     np.testing.assert_allclose(by_rows.predict_proba(X), by_index.predict_proba(X))
+    assert by_rows.score(X, one_hot) == by_index.score(X, y)  # scored as fit reads them
     configure_logging()
     assert small().fit(X, one_hot).task_ == "multilabel"  # task=None: independent labels, and the log says so
     assert "y's rows are one-hot (3 columns): read as multilabel" in capsys.readouterr().out

@@ -278,6 +278,7 @@ def test_the_tbx11k_experiment_answers_tuberculosis_or_not_and_is_tested_on_the_
     assert metrics["coarse"]["classes"] == ["non_tb", "tb"] and set(metrics["coarse"]["splits"]) == {"val", "test"}
     assert set(metrics["members"]["test"]) == {"lite0_middle_late", "lite2_middle", "lite0_finetune"}
     assert (run / "explanations" / "explanations.csv").is_file()
+    assert " of class tuberculosis)" in (run / "report.html").read_text()  # the first class, as classes: orders it
     # the publisher's validation split, never used for a choice, scored at the run's coarse thresholds
     assert main(["evaluate", "--model", str(run), "--data", f"tbx11k:{root}#val",
                  "--output", str(tmp_path / "official_val")]) == 0

@@ -77,7 +77,10 @@ def test_a_second_load_reads_the_cached_split_without_tfds(monkeypatch):
             raise AssertionError("the split was read from TFDS again")
         monkeypatch.setattr(tfds_source, "_write_split", refuse)
         second = load_source(parse_source_spec("tfds:patch_camelyon#test"))
-    pd.testing.assert_frame_equal(first.frame, second.frame)
+        pd.testing.assert_frame_equal(first.frame, second.frame)
+        monkeypatch.setattr(tfds_source, "CACHE_LAYOUT", "an older layout")  # a split cached by an older tfmed
+        with pytest.raises(AssertionError, match="the split was read from TFDS again"):
+            load_source(parse_source_spec("tfds:patch_camelyon#test"))
 
 
 def test_an_interrupted_read_is_never_reused(monkeypatch, cache):

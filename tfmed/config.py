@@ -1685,20 +1685,24 @@ def _members_inherit_preprocess(values: Any) -> Any:
     return values
 
 
-def _refuse_section_the_mode_leaves(mode: str, name: str, changed: list[str], where: str = "") -> None:
+def _refuse_section_the_mode_leaves(mode: str, name: str, changed: list[str], where: str = "",
+                                    member: str = "") -> None:
     """UnusedSettingError for the first of the ``changed`` settings of section ``name``, which ``mode`` does
-    not use (its message starting with ``where: `` when given)."""
+    not use (its message starting with ``where: `` when given); ``member``: the ensemble member whose section it
+    is (``model.ensemble.members[1].``)."""
     if changed:
-        key = ("model." if name in MODEL_SECTIONS else "") + f"{name}.{changed[0]}"
+        key = (member or ("model." if name in MODEL_SECTIONS else "")) + f"{name}.{changed[0]}"
+        chooser = f"{member}mode" if member else "model.mode"
         users = [one for one, sections in MODE_SECTIONS.items() if name in sections]
-        raise UnusedSettingError(f"{where}: " * bool(where) + f"{key} is set, but model.mode {mode!r} does not use "
-                                 f"it (only {' and '.join(users)} mode does); remove it, or set model.mode", key)
+        raise UnusedSettingError(f"{where}: " * bool(where) + f"{key} is set, but {chooser} {mode!r} does not use "
+                                 f"it (only {' and '.join(users)} mode does); remove it, or set {chooser}", key)
 
 
 def _refuse_sections_the_mode_leaves(values: Any, snapshot: bool, where: str = "") -> None:
-    """Refuse a section of the experiment mapping ``values`` that its ``model.mode`` does not use, before the
-    section's own checks run: ``model.finetune.momentum`` in SVM mode is unused, whatever the optimizer. Settings
-    count as in :func:`set_fields`: written, or (in a snapshot or a section written in full) not the default.
+    """Refuse a section of the experiment mapping ``values`` that its ``model.mode`` (or an ensemble member's
+    ``mode``) does not use, before the section's own checks run: ``model.finetune.momentum`` in SVM mode is
+    unused, whatever the optimizer. Settings count as in :func:`set_fields`: written, or (in a snapshot or a
+    section written in full) not the default.
 
     Example:
         >>> _refuse_sections_the_mode_leaves({"model": {"finetune": {"momentum": 0.5}}}, False)
@@ -1707,19 +1711,24 @@ def _refuse_sections_the_mode_leaves(values: Any, snapshot: bool, where: str = "
     """
     model = values.get("model") if isinstance(values, dict) else None
     model = model if isinstance(model, dict) else {}
-    mode = model.get("mode", ModelConfig.mode)
-    if mode not in MODE_SECTIONS:
-        return  # the model section's own check names the unknown mode
-    for name in MODE_OPTIONAL_SECTIONS:
-        owner, owner_cls = (model, ModelConfig) if name in MODEL_SECTIONS else (values, ExperimentConfig)
-        written = owner.get(name)
-        if name in MODE_SECTIONS[mode] or not isinstance(written, dict):
-            continue  # a section that is not a mapping is named by its own check
-        defaults = dataclasses.asdict(_type_hints(owner_cls)[name]())
-        by_value = snapshot or set(defaults) <= set(written)
-        changed = [key for key, value in written.items() if key in defaults
-                   and (value != defaults[key] if by_value else value is not None or defaults[key] is not None)]
-        _refuse_section_the_mode_leaves(mode, name, changed, where)
+    ensemble = model.get("ensemble") if isinstance(model.get("ensemble"), dict) else {}
+    members = ensemble.get("members") if isinstance(ensemble.get("members"), list) else []
+    # (mode, where its sections are, the sections it may leave, the member's key)
+    owners = [(model.get("mode", ModelConfig.mode), {**values, **model}, MODE_OPTIONAL_SECTIONS, "")]
+    owners += [(member.get("mode", MemberConfig.mode), member, ("svm", "finetune"), f"model.ensemble.members[{i}].")
+               for i, member in enumerate(members) if isinstance(member, dict)]
+    for mode, sections, names, member in owners:
+        if not isinstance(mode, str) or mode not in MODE_SECTIONS:
+            continue  # the mode's own check names an unknown mode
+        for name in names:
+            written = sections.get(name)
+            if name in MODE_SECTIONS[mode] or not isinstance(written, dict):
+                continue  # a section that is not a mapping is named by its own check
+            defaults = dataclasses.asdict(_type_hints(ModelConfig if name in MODEL_SECTIONS else ExperimentConfig)[name]())
+            by_value = snapshot or set(defaults) <= set(written)
+            changed = [key for key, value in written.items() if key in defaults
+                       and (value != defaults[key] if by_value else value is not None or defaults[key] is not None)]
+            _refuse_section_the_mode_leaves(mode, name, changed, where, member)
 
 
 def _moved_settings(values: Any) -> Any:

@@ -274,7 +274,8 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
             with TensorFlow's global seed at the time of the call (``keras.utils.set_random_seed``;
             tfmed's fine-tuner sets it to its own seed first).
         cache: preprocess every image once, when this is called, and keep the
-            result in memory (S*S*C*4 bytes per image): for small data sets.
+            result in memory (S*S*C*4 bytes per image, S being ``augment.crop_from`` for training
+            with it): for small data sets.
         view: a deterministic test-time view (see :mod:`tfmed.data.tta`) applied to
             every image where training augmentation would go; not when training.
         volume_views: the rows are volumes; each gives ``volume_views.count``

@@ -102,8 +102,10 @@ def build_preprocess(config: PreprocessConfig, stats: dict | None = None, size: 
 def build_augment(config: AugmentConfig | None, image_size: int) -> Compose:
     """Training-only augmentation chain (empty when ``config.enabled`` is false).
 
-    Order: CLAHE (applied to half the images), a random ``image_size`` crop of the image
-    resized to ``crop_from`` (by :func:`build_preprocess`, from the original: the crop keeps its detail), flips (horizontal only when ``hflip``: chest X-rays
+    Order: CLAHE (applied to half the images), a random ``image_size`` crop of an image
+    resized to ``crop_from`` (``build_preprocess(..., size=crop_from)`` resizes it, from the
+    original, so the crop keeps its detail; on an image at ``image_size`` the crop does nothing),
+    flips (horizontal only when ``hflip``: chest X-rays
     are not left-right flipped by default), 90-degree turns, rotation,
     brightness, contrast, gamma, blur and noise (each of the last two on half
     the images).

@@ -241,6 +241,7 @@ def delong_auc_ci(y_true, scores, level: float = 0.95) -> tuple[float, float, fl
         >>> round(auc, 3), lo < auc < hi
         (0.889, True)
     """
+    check_aligned(y_true, scores, "delong_auc_ci: y_true and scores")
     aucs, covariance, counts = _delong(y_true, np.asarray(scores, dtype=float).reshape(-1))
     return _auc_interval(float(aucs[0]), float(covariance[0, 0]), level, counts)
 
@@ -260,6 +261,7 @@ def macro_auc_ci(y_true, proba, level: float = 0.95) -> tuple[float, float, floa
         >>> round(auc, 3), lo < auc < hi
         (0.917, True)
     """
+    check_aligned(y_true, proba, "macro_auc_ci: y_true and proba")
     aucs, covariance, counts = _macro_covariance(y_true, np.asarray(proba, dtype=float))
     return _auc_interval(float(aucs[0]), float(covariance[0, 0]), level, counts)
 
@@ -279,6 +281,8 @@ def delong_test(y_true, scores_a, scores_b) -> dict:
         >>> result["diff"], result["p_value"]
         (0.0, 1.0)
     """
+    for first, second, what in ((y_true, scores_a, "y_true and scores_a"), (y_true, scores_b, "y_true and scores_b")):
+        check_aligned(first, second, f"delong_test: {what}")
     a = np.asarray(scores_a, dtype=float).reshape(-1)
     b = np.asarray(scores_b, dtype=float).reshape(-1)
     if a.shape != b.shape:
@@ -300,6 +304,8 @@ def macro_auc_test(y_true, proba_a, proba_b) -> dict:
         >>> result["diff"], result["p_value"]
         (0.0, 1.0)
     """
+    for first, second, what in ((y_true, proba_a, "y_true and proba_a"), (y_true, proba_b, "y_true and proba_b")):
+        check_aligned(first, second, f"macro_auc_test: {what}")
     a = np.asarray(proba_a, dtype=float)
     b = np.asarray(proba_b, dtype=float)
     if a.shape != b.shape:

@@ -204,6 +204,7 @@ def multiclass_metrics(y_true, proba, class_names: Sequence[str], ci_level: floa
     ci_level = _check_level(ci_level)
     _check_bootstrap(bootstrap)
     names = [str(c) for c in class_names]
+    check_aligned(y_true, proba, "multiclass: y_true and proba")
     P = np.asarray(proba, dtype=float)
     y = np.asarray(y_true)
     if P.ndim != 2 or P.shape[1] != len(names):
@@ -308,6 +309,7 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
         (1.0, 0.5)
     """
     names = [str(c) for c in label_names]
+    check_aligned(Y_true, P, "multilabel: Y_true and P")
     Y = np.asarray(Y_true)
     S = np.asarray(P, dtype=float)
     if Y.ndim != 2 or S.shape != Y.shape or Y.shape[1] != len(names):
@@ -384,7 +386,6 @@ def evaluate(task: str, y_true, scores, thresholds=None, class_names: Sequence[s
     """
     if task not in TASKS:
         raise EvaluationError(f"task is {task!r}; allowed: {', '.join(TASKS)}")
-    check_aligned(y_true, scores, "y_true and scores")
     defaulted = thresholds is None
     if task == "binary":
         if isinstance(thresholds, Mapping):

@@ -444,9 +444,11 @@ def _feature_model(model, taps: Sequence[str], pooling: str, strategy=None):
     """The pooled-taps model of a backbone, kept in memory for reuse."""
     from tfmed import backbones
 
+    from tfmed.training.distribute import precision
+
     key = (id(model), tuple(taps), pooling)
     if key not in _FEATURE_MODELS:
-        with _scope(strategy):
+        with _scope(strategy), precision(None):  # pooled in float32 too, as the backbone computes (base_model)
             _FEATURE_MODELS[key] = backbones.feature_model(model, taps=tuple(taps), pooling=pooling)
     return _FEATURE_MODELS[key]
 

@@ -41,6 +41,7 @@ from tfmed.files import DAMAGED, read_arrays, read_json
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.progress import log
 from tfmed.training.callbacks import numeric_targets
+from tfmed.training.staged_unfreeze import learning_rate_of
 from tfmed.training.view_layers import FoldViews, PoolViews
 
 MODEL_FILE = "model.keras"
@@ -963,7 +964,7 @@ class _HistoryRecorder(keras.callbacks.Callback):
         self.rate = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.rate = learning_rate_of(self.model.optimizer)
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": int(epoch), "stage": self.stage}

@@ -613,7 +613,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                                "(or one row of 0/1 labels) per image")
         if y.ndim == 2 and y.shape[1] == 1 and self.task != "multilabel":  # one multilabel label stays 2-D
             y = y.ravel()
-        one_hot = y.ndim == 2 and np.isin(y, [0, 1]).all() and bool((y.sum(axis=1) == 1).all())
+        one_hot = _one_hot(y)
         if one_hot and self.task in ("binary", "multiclass"):
             y = y.argmax(axis=1)  # each image's class index, as FineTuner reads one-hot rows
         elif one_hot and self.task is None:
@@ -865,6 +865,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
             >>> model.score(images, labels)  # doctest: +SKIP
         """
         check_is_fitted(self, "models_")
+        if self.task_ != "multilabel" and _one_hot(np.asarray(y)):
+            y = self.classes_[np.asarray(y).argmax(axis=1)]  # each image's class, as fit reads one-hot rows
         self.check_targets(y)
         return super().score(X, y, sample_weight=sample_weight)
 
@@ -1099,6 +1101,11 @@ def _as_list(value) -> list:
 
 
 MIN_SEARCH_ROWS_PER_CLASS = 100
+
+
+def _one_hot(y: np.ndarray) -> bool:
+    """Whether ``y`` is a matrix of one-hot rows (one 1 per row, 0 elsewhere)."""
+    return y.ndim == 2 and y.shape[1] > 1 and bool(np.isin(y, [0, 1]).all()) and bool((y.sum(axis=1) == 1).all())
 
 
 def search_sample(y: np.ndarray, groups, limit: int, seed: int = 0) -> np.ndarray:

@@ -233,10 +233,10 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
 def _refuse_several_splits(data: DataConfig, splits: list[str]) -> None:
     """Refuse data holding several splits (a MedMNIST file's train, val and test; a manifest's split column)
     that no ``#SPLIT`` chose: every row would be scored as one test set, training images included."""
-    location = data.path or ""
-    if len(splits) < 2 or "#" in location:
+    location, kind = data.path or "", SOURCES.get(data.source)
+    if len(splits) < 2 or "#" in location or kind is None:  # the embedded set and a merged table: as they are
         return
-    if SOURCES[data.source].takes_fragment:
+    if kind.takes_fragment:
         fix = "name the one to use: " + " or ".join(f"{data.source}:{location}#{name}" for name in splits)
     else:
         fix = ("give the rows of the one to score (e.g. a manifest of its test rows), or empty its split column "

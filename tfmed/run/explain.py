@@ -297,7 +297,8 @@ def explain_run(run: str | Path, images: list[str] | None = None, *, method: str
 
 def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: dict, method: str) -> tuple:
     """The report's explanations: one TP, FP, FN and TN of the test (or validation) split, where it has one, of
-    the :func:`report_class` (for a multilabel model the maps are of that label, else of the decided class).
+    the positive class (binary), else of the first class or label (for a multilabel model the maps are of that
+    label, else of the decided class); the caption and sentence say which.
 
     Returns (overview PNG path, its caption naming the groups shown, a sentence with the faithfulness and
     sanity figures and the groups without a case).
@@ -305,7 +306,7 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
     split = "test" if "test" in scores else "val"
     table = parts[split]
     labels = table.labels()
-    chosen = report_class(model.task, model.classes, labels)
+    chosen = 1 if model.task == "binary" else 0  # the first class or label: data.classes puts the one to explain first
     index = None if model.task != "multilabel" else chosen
     kind = "label" if model.task == "multilabel" else "class"
     of = "" if model.task == "binary" else f" of {kind} {model.classes[chosen]}"
@@ -330,21 +331,6 @@ def explain_for_report(run_dir: Path, model: TrainedModel, parts: dict, scores: 
                 + (f" There is {absent}." if absent else "") + " Overlays and figures: explanations/.")
     caption = f"explanations ({', '.join(group for group in GROUPS if group in groups)}{of})"
     return Path(record["overview"]), caption, sentence
-
-
-def report_class(task: str, classes: list[str], labels) -> int:
-    """The class whose TP, FP, FN and TN cases the report explains: the positive one (binary), the last one
-    (multiclass: the highest grade, or the disease listed last), the label with the most positive cases
-    (multilabel).
-
-    Example:
-        >>> report_class("multiclass", ["healthy", "sick", "tb"], [0, 2]), report_class("multilabel", ["a", "b"],
-        ...                                                                           [[0, 1], [1, 1]])
-        (2, 1)
-    """
-    if task != "multilabel":
-        return len(classes) - 1
-    return int(np.argmax((np.asarray(labels) == 1).sum(axis=0)))
 
 
 def flat_words(record: dict) -> str:

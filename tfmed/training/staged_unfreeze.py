@@ -155,7 +155,7 @@ class StagedUnfreeze(keras.callbacks.Callback):
         model = self.model
         self.unfrozen_ = freezing.unfreeze_top(model, self.blocks, amount)
         old = model.optimizer
-        new_lr = _rate(old) * self.lr_factor if self.lr_factor != 1.0 else None
+        new_lr = learning_rate_of(old) * self.lr_factor if self.lr_factor != 1.0 else None
         with model.distribute_strategy.scope():
             optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(old))
             if new_lr is not None:
@@ -164,7 +164,7 @@ class StagedUnfreeze(keras.callbacks.Callback):
         model.optimizer = optimizer
         model.make_train_function(force=True)
         change = {"epoch": epoch, "amount": amount, "unfrozen": list(self.unfrozen_),
-                  "learning_rate": _rate(optimizer)}
+                  "learning_rate": learning_rate_of(optimizer)}
         self.changes_.append(change)
         if self.verbose:
             log(f"StagedUnfreeze: epoch {epoch}: unfrozen {self.unfrozen_}, "
@@ -172,6 +172,11 @@ class StagedUnfreeze(keras.callbacks.Callback):
         return self.unfrozen_
 
 
-def _rate(optimizer) -> float:
-    """The optimizer's learning rate as a number (a mirrored variable under a distribution strategy)."""
+def learning_rate_of(optimizer) -> float:
+    """The optimizer's learning rate as a number (a mirrored variable under a distribution strategy).
+
+    Example:
+        >>> round(learning_rate_of(keras.optimizers.SGD(0.01)), 6)
+        0.01
+    """
     return float(keras.ops.convert_to_tensor(optimizer.learning_rate).numpy())

@@ -199,7 +199,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
                             "comma separator and the same number of fields on every line.") from None
     if frame.empty:
         raise ManifestError(f"{path}: the manifest has no data rows (only the header, line 1); add one row per "
-                            "image under the header")
+                            "image (or volume) under the header")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame.apply(lambda column: column.str.strip())
 

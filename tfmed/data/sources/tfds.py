@@ -273,8 +273,11 @@ def _label_names(tfds, feature, key: str, classes, task, name: str) -> tuple[lis
     return names, task or resolved, order
 
 
+CACHE_LAYOUT = "2"  # what a cached split holds; changed when it changes (2: a slice's made-up patient ids)
+
+
 def _split_folder(builder, split: str, keys: tuple) -> Path:
-    identity = "|".join([str(builder.data_dir), _prepared_files(builder), split, *map(str, keys)])
+    identity = "|".join([CACHE_LAYOUT, str(builder.data_dir), _prepared_files(builder), split, *map(str, keys)])
     digest = hashlib.sha1(identity.encode()).hexdigest()[:12]
     config = builder.builder_config.name if builder.builder_config else ""
     label = "-".join(filter(None, (builder.name, config, str(builder.version))))
