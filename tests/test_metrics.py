@@ -8,8 +8,8 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
                              f1_score, hamming_loss, precision_score, recall_score, roc_auc_score)
 
 from tfmed.evaluation import (EvaluationError, binary_metrics, bootstrap_ci, delong_auc_ci, delong_test, evaluate,
-                              macro_auc_ci, macro_auc_test, multiclass_metrics, multilabel_metrics, operating_point_metrics,
-                              separation_bound)
+                              macro_auc_ci, macro_auc_test, multiclass_metrics, multilabel_metrics,
+                              operating_point_metrics, separation_bound)
 
 
 def wilson_closed_form(k, n, level=0.95):

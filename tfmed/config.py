@@ -1724,7 +1724,8 @@ def _refuse_sections_the_mode_leaves(values: Any, snapshot: bool, where: str = "
             written = sections.get(name)
             if name in MODE_SECTIONS[mode] or not isinstance(written, dict):
                 continue  # a section that is not a mapping is named by its own check
-            defaults = dataclasses.asdict(_type_hints(ModelConfig if name in MODEL_SECTIONS else ExperimentConfig)[name]())
+            section = _type_hints(ModelConfig if name in MODEL_SECTIONS else ExperimentConfig)[name]
+            defaults = dataclasses.asdict(section())
             by_value = snapshot or set(defaults) <= set(written)
             changed = [key for key, value in written.items() if key in defaults
                        and (value != defaults[key] if by_value else value is not None or defaults[key] is not None)]
