@@ -84,7 +84,10 @@ def _files(folder: Path) -> list[Path]:
 def test_the_source_run_names_patients_where_the_export_must_look(study):
     base, run = study
     names = [p.relative_to(run).as_posix() for p in _files(run)]
-    assert any(n.startswith("explanations/") and ("PAT-" in n or "MRN" in n) for n in names)  # overlays
+    overlays = [n for n in names if n.startswith("explanations/") and n.endswith(".png")]
+    # overlays are numbered, never named after images: a file name is no place for an id to hide
+    assert overlays and not any("PAT-" in n or "MRN" in n for n in overlays)
+    assert any("PAT-" in line for line in (run / next(n for n in names if n.endswith("explanations.csv"))).open())
     for name in ("splits.csv", "predictions.csv", "excluded_rows.csv", "report.html"):
         assert "PAT-00" in (run / name).read_text(), name
     assert str(base) in (run / "config.yaml").read_text()
