@@ -212,18 +212,15 @@ def _check_field_counts(path: Path) -> None:
     fixes = {"fewer": "write every field of each line, an empty cell as nothing between two commas",
              "more": "put a value that holds a comma in double quotes, or remove the extra fields"}
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, [])
-            start = reader.line_num + 1
-            for record in reader:
-                if record and len(record) < len(header):
-                    lines["fewer"].append((start, len(record)))
-                elif any(field.strip() for field in record[len(header):]):
-                    lines["more"].append((start, len(record)))
-                start = reader.line_num + 1
+        records = _records(path)
     except (OSError, UnicodeDecodeError, csv.Error):
         return  # pandas' reading names what is wrong with the file
+    header = records[0][1] if records else []
+    for start, record in records[1:]:
+        if record and len(record) < len(header):
+            lines["fewer"].append((start, len(record)))
+        elif any(field.strip() for field in record[len(header):]):
+            lines["more"].append((start, len(record)))
     for words, found in lines.items():
         if found:
             (line, count), others = found[0], len(found) - 1
@@ -238,15 +235,21 @@ def _line_numbers(path: Path, frame: pd.DataFrame) -> np.ndarray:
     if not frame.apply(lambda column: column.str.contains("\n", regex=False)).to_numpy().any():
         return lines
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            starts, end = [], 0
-            for _ in reader:
-                starts.append(end + 1)
-                end = reader.line_num
+        starts = [start for start, _ in _records(path)]
     except (OSError, UnicodeDecodeError, csv.Error):
         return lines
     return np.asarray(starts[1:], dtype=np.int64) if len(starts) == len(frame) + 1 else lines
+
+
+def _records(path: Path) -> list[tuple[int, list[str]]]:
+    """Each CSV record of ``path`` (the header first) with the line it starts on: a quoted cell may span lines."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        records, start = [], 1
+        for record in reader:
+            records.append((start, record))
+            start = reader.line_num + 1
+    return records
 
 
 def _text(values: pd.Series) -> pd.Series:
