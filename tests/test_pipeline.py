@@ -215,6 +215,34 @@ def test_cache_gives_the_same_images(tmp_path):
                    np.allclose(image[::-1].reshape(-1), f, atol=1e-4) for f in flat)
 
 
+def test_cached_grey_images_get_the_same_noise_in_every_channel(tmp_path):
+    # cached or not, augmentation sees a grey file as grey: its noise must not colour it
+    grey, _ = write_pngs(tmp_path, 4, size=(12, 12))
+    table = file_table(grey, [0, 1, 0, 1])
+    pre = PreprocessConfig(image_size=10)
+    for cache in (False, True):
+        images = collect(make_dataset(table, pre, training=True, cache=cache, seed=1,
+                                      augment=AugmentConfig(noise=20.0)))[0]
+        assert images.shape == (4, 10, 10, 3)
+        np.testing.assert_array_equal(images[..., 0], images[..., 1])
+
+
+def test_cache_keeps_grey_and_colour_files_apart(tmp_path):
+    (tmp_path / "grey").mkdir()
+    (tmp_path / "colour").mkdir()
+    grey, _ = write_pngs(tmp_path / "grey", 2, size=(12, 12))
+    colour, _ = write_pngs(tmp_path / "colour", 2, size=(12, 12), channels=3, seed=1)
+    table = file_table(grey + colour, [0, 0, 1, 1])          # label 0: grey file, 1: colour file
+    pre = PreprocessConfig(image_size=10)
+    plain = collect(make_dataset(table, pre, training=False))[0]
+    np.testing.assert_allclose(collect(make_dataset(table, pre, training=False, cache=True))[0], plain, atol=1e-4)
+    noisy = collect(make_dataset(table, pre, training=True, cache=True, seed=1, augment=AugmentConfig(noise=20.0)))
+    assert sorted(noisy[1].ravel().tolist()) == [0, 0, 1, 1]
+    for image, label in zip(noisy[0], noisy[1].ravel()):
+        channel_gap = np.abs(image[..., 0] - image[..., 1]).max()
+        assert (channel_gap > 0) if label else (channel_gap == 0)
+
+
 def test_load_arrays_matches_make_dataset(tmp_path):
     paths, _ = write_pngs(tmp_path, 5, size=(12, 12))
     table = file_table(paths, [0, 1, 0, 1, 0])

@@ -235,13 +235,12 @@ def raw_dataset(table, channels: int = 0) -> tf.data.Dataset:
 
 
 # ------------------------------------------------------------------ datasets
-def _split_chain(chain: Compose, channels_in_head: bool = False) -> tuple[Compose, Compose]:
+def _split_chain(chain: Compose) -> tuple[Compose, Compose]:
     """(head, tail) around the point where training augmentation goes: before
-    the channel conversion (unless ``channels_in_head``) and the normalisers."""
+    the channel conversion and the normalisers."""
     transforms = list(chain)
     cut = next((i for i, t in enumerate(transforms)
-                if (isinstance(t, ToChannels) and not channels_in_head) or getattr(t, "normalizer", False)),
-               len(transforms))
+                if isinstance(t, ToChannels) or getattr(t, "normalizer", False)), len(transforms))
     return Compose(transforms[:cut]), Compose(transforms[cut:])
 
 
@@ -275,7 +274,8 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
             tfmed's fine-tuner sets it to its own seed first).
         cache: preprocess every image once, when this is called, and keep the
             result in memory (S*S*C*4 bytes per image, S being ``augment.crop_from`` for training
-            with it): for small data sets.
+            with it, C 1 when every file is grey, else 3): for small data sets. Augmentation
+            then works on each image with its file's channels, as it does uncached.
         view: a deterministic test-time view (see :mod:`tfmed.data.tta`) applied to
             every image where training augmentation would go; not when training.
         volume_views: the rows are volumes; each gives ``volume_views.count``
@@ -306,10 +306,9 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
                                 "training=True (training uses augment instead)")
         if not callable(view) or getattr(view, "random", False):
             raise PipelineError(f"view must be a deterministic transform, got {view!r}")
-    # cached images are stored with their final channel count, so grey and colour files can mix
     # training crops (augment.crop_from) are cut from the image resized to crop_from, not from one at image_size
     crop_from = augment.crop_from if training and augment is not None and augment.enabled else None
-    head, tail = _split_chain(build_preprocess(preprocess, stats, size=crop_from), channels_in_head=cache)
+    head, tail = _split_chain(build_preprocess(preprocess, stats, size=crop_from))
     aug = build_augment(augment, preprocess.image_size) if training else Compose([])
     targets = tf.constant(targets_array(table))
     size, channels = preprocess.image_size, preprocess.channels
@@ -335,11 +334,11 @@ def make_dataset(table, preprocess: PreprocessConfig, *, training: bool, batch_s
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     if cache:
-        cached = _materialize(table, head)
-        cached_t = tf.constant(cached)
+        cached, file_channels = _materialize(table, head)
+        cached_t, file_channels_t = tf.constant(cached), tf.constant(file_channels)
 
-        def pixels(i):
-            return tf.gather(cached_t, i)
+        def pixels(i):  # each image with its file's own channels, as augmentation sees it uncached
+            return tf.gather(cached_t, i)[..., :tf.gather(file_channels_t, i)]
     else:
         read = _reader(table)
 
@@ -407,9 +406,18 @@ def _volume_pixels(table, views: ViewsConfig, head: Compose, tail: Compose, aug:
     return sample
 
 
-def _materialize(table, head: Compose, batch_size: int = 64) -> np.ndarray:
-    ds = raw_dataset(table).map(head, num_parallel_calls=tf.data.AUTOTUNE)
-    return np.concatenate([batch.numpy() for batch in ds.batch(batch_size)], axis=0)
+def _materialize(table, head: Compose, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Every image through ``head``, stacked (grey ones replicated to RGB when colour files are
+    among them), and each file's own channel count (1 or 3)."""
+    def with_channels(image):
+        image = head(image)
+        return ToChannels(3)(image), tf.shape(image)[-1]
+
+    ds = raw_dataset(table).map(with_channels, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    batches = list(ds.as_numpy_iterator())
+    images = np.concatenate([b[0] for b in batches], axis=0)
+    channels = np.concatenate([b[1] for b in batches], axis=0).astype(np.int32)
+    return (images[..., :1] if (channels == 1).all() else images), channels
 
 
 def load_arrays(table, preprocess: PreprocessConfig, stats: dict | None = None, batch_size: int = 64,
