@@ -14,7 +14,7 @@ import pytest
 
 from tfmed import explain
 from tfmed.backbones.registry import _REGISTRY, BackboneSpec, register
-from tfmed.config import ExperimentConfig, ExplainMethod, FinetuneConfig, ReportConfig, StageConfig
+from tfmed.config import ExperimentConfig, ExplainMethod, FinetuneConfig, PreprocessConfig, ReportConfig, StageConfig
 from tfmed.explain.faithfulness import randomised_weights
 from tfmed.explain.target import ExplainError, ExplainTarget
 from tfmed.modes.finetune import FineTuner
@@ -632,3 +632,32 @@ def test_a_mosaics_removed_pixels_are_blurred_view_by_view():
     for v in range(3):
         np.testing.assert_allclose(removed[:, 16 * v:16 * (v + 1)], removed_image(views[0, v]), atol=1e-4)
     assert removed[:, :16].min() == pytest.approx(230.0)  # nothing of the darker views leaks in
+
+
+def test_an_ensemble_explains_its_own_top_class_in_every_member():
+    # members that disagree on a row's class: every member's map is of the class the ensemble decided
+    from tfmed.data.pipeline import ImageInputs
+    from tfmed.data.table import ImageTable
+    from tfmed.modes.ensemble import Ensemble
+
+    rng = np.random.default_rng(3)
+    y = np.arange(36) % 3
+    images = rng.uniform(0, 255, (36, SIZE, SIZE, 1)).astype("float32")
+    for k in range(3):
+        images[y == k, k * 8:k * 8 + 8] += 60
+    images = np.clip(images, 0, 255)
+    members = [FeatureSVM(backbone="explain_test_net", weights=None, taps=(tap,), image_size=SIZE, kernel="linear",
+                          C=(1.0,), cv=3, task="multiclass").fit(np.repeat(images, 3, axis=-1), y)
+               for tap in ("early", "late")]
+    ensemble = Ensemble.of_fitted(members, ["early", "late"], "multiclass")
+    table = ImageTable(pd.DataFrame({"label": y[:8], "array_index": np.arange(8)}), ["a", "b", "c"], "multiclass",
+                       images=images[:8, ..., 0].astype(np.uint8))
+    inputs = ImageInputs(PreprocessConfig(image_size=SIZE, intensity="minmax"))
+    decided = np.argmax(ensemble.predict_table(table, inputs), axis=1)
+    result = explain.explain_table(ensemble, inputs, table, "saliency")
+    np.testing.assert_array_equal(result.index, decided)
+    for part in result.parts:
+        np.testing.assert_allclose(part.maps, explain.explain(part.model, part.images, "saliency", index=decided),
+                                   atol=1e-5)
+    own = [np.argmax(part.model.predict(part.images, verbose=0), axis=1) for part in result.parts]
+    assert any((classes != decided).any() for classes in own), "the members agree everywhere: nothing is tested"

@@ -51,17 +51,20 @@ class TableExplanation:
     parts: list[PartExplanation] = field(default_factory=list)
     grid: ViewGrid | None = None   # views of volumes: the images are mosaics laid out by this grid
     notes: list[str] = field(default_factory=list)  # why maps cannot show where a part looks (a 1 x 1 layer)
+    index: object = None   # the class (or one per image) the maps explain, when explain_table chose it
 
     def trust(self, index=None, steps: int = 20, seed: int = 0, layer: str | None = None) -> dict:
         """Faithfulness (deletion / insertion AUC, in the map's and a random order) and the sanity rank
         correlation, averaged over parts (None where a part has no figure: every map flat); ``flat_maps``
         counts flat maps over parts; an ensemble also lists each member's figures under ``members``.
+        ``index`` None: the class(es) the maps explain.
 
         Example:
             >>> result.trust(index=1)["deletion_auc"]  # doctest: +SKIP
             0.18
         """
         records, notes = [], []
+        index = self.index if index is None else index
         for part in self.parts:
             record = {"member": part.name}
             record.update(faithfulness(part.model, part.images, part.maps, index=index, steps=steps, seed=seed,
@@ -94,7 +97,9 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         estimator: a fitted mode (FeatureSVM, FineTuner, Ensemble), e.g. ``TrainedModel.estimator``.
         inputs: the :class:`~tfmed.data.pipeline.ImageInputs` the model was trained with.
         table: the rows to explain.
-        method, index, layer: as :func:`tfmed.explain.explain`; ``index`` may give one class per row.
+        method, index, layer: as :func:`tfmed.explain.explain`; ``index`` may give one class per row. An
+            ensemble of several classes or labels without ``index`` explains, in every member, the class
+            the ensemble scores highest for each row (not each member's own).
     """
     checked_method(method, layer)  # before any map: a pixel method reads no layer
     parts = estimator.explain_models(dataclasses.replace(inputs, tta=None, view=None))
@@ -102,6 +107,8 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         raise ExplainError(f"layer {layer!r} was given, but the model has {len(parts)} members "
                            f"({', '.join(name for name, _, _ in parts)}) with their own layers; "
                            "leave the layer out to use each member's default")
+    if index is None and len(parts) > 1 and keras_model_of(parts[0][1]).outputs[0].shape[-1] > 1:
+        index = _top_classes(estimator, inputs, table)
     explained, grid, notes = [], None, []
     for name, model, own_inputs in parts:
         images = own_inputs.arrays(table)[0]
@@ -119,5 +126,10 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         explained.append(PartExplanation(name, model, images, maps))
     size = explained[0].maps.shape[1:]
     mean = np.mean([resize_maps(part.maps, size) for part in explained], axis=0)
-    return TableExplanation(method, normalise(mean), explained[0].images, explained, grid, notes)
+    return TableExplanation(method, normalise(mean), explained[0].images, explained, grid, notes, index)
+
+
+def _top_classes(estimator, inputs, table) -> np.ndarray:
+    """Each row's class (or label) scored highest by the whole ensemble."""
+    return np.argmax(np.asarray(estimator.predict_table(table, inputs)), axis=1)
 
