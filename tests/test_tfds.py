@@ -69,6 +69,20 @@ def test_slices_of_one_split_never_share_a_made_up_patient_id(cache):
     assert len(set(ids)) == len(ids) and ids[0] == "train[:50%]-0" and "train[50%:]-0" in ids
 
 
+@pytest.mark.parametrize("splits, shared", [("train[:60%]+train[50%:]", "5 to 5"), ("test+test[2:4]", "2 to 3"),
+                                             ("train[:3]+test+train[-8:]", "2 to 2")])
+def test_splits_that_share_examples_are_refused(splits, shared, tmp_path, cache):
+    image = np.zeros((6, 6, 3), np.uint8)
+    examples = [{"image": image, "label": i % 2} for i in range(10)]
+    folder = store(tmp_path, "shared", {"image": tfds.features.Image(shape=(6, 6, 3)),
+                                        "label": tfds.features.ClassLabel(names=["no", "yes"])},
+                   {"train": examples, "test": examples})
+    with pytest.raises(DataSourceError, match=rf"share examples {shared} of '(train|test)'.* would be "
+                                              r"read twice"):
+        load_source(parse_source_spec(f"tfds:{folder}#{splits}"))
+    assert len(load_source(parse_source_spec(f"tfds:{folder}#train[:50%]+train[50%:]+test"))) == 20
+
+
 def test_a_second_load_reads_the_cached_split_without_tfds(monkeypatch):
     with mocked(5):
         first = load_source(parse_source_spec("tfds:patch_camelyon#test"))

@@ -110,7 +110,8 @@ def load_tfds(name: str, splits: list[str] | None = None, *, data_dir: str | Pat
     """The examples of a TFDS data set as an :class:`ImageTable` of image files (see the module text).
 
     ``name`` is ``NAME``, ``NAME/CONFIG`` or a folder of a prepared data set;
-    ``splits`` are TFDS splits (None: all of the data set's splits).
+    ``splits`` are TFDS splits (None: all of the data set's splits); splits or slices that share
+    examples are refused.
 
     Example:
         >>> table = load_tfds("/data/exports/chest_study", ["test"])  # doctest: +SKIP
@@ -131,6 +132,7 @@ def load_tfds(name: str, splits: list[str] | None = None, *, data_dir: str | Pat
         splits = list(builder.info.splits)
         if not splits:
             raise DataSourceError(f"TFDS data set {name!r} lists no splits; name one: tfds:{name}#train")
+    _refuse_shared_examples(tfds, builder, splits, name)
     frames = []
     for split in splits:
         folder = _split_folder(builder, split, (image_key, label_key, patient_key, unknown_key))
@@ -146,6 +148,27 @@ def load_tfds(name: str, splits: list[str] | None = None, *, data_dir: str | Pat
     source = f"tfds:{name}#{'+'.join(splits)}"
     return ImageTable(_table_frame(frame, names, resolved_task, source, order), names, resolved_task,
                       source=source)
+
+
+def _refuse_shared_examples(tfds, builder, splits: list[str], name: str) -> None:
+    """Refuse splits or slices that share examples: each shared image would be read twice, as two patients."""
+    seen = []
+    for split in splits:
+        try:
+            ranges = tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits)
+        except Exception:  # an unknown split or a bad slice: reading it names the fault
+            continue
+        for part in ranges:
+            start, stop = part.from_ or 0, builder.info.splits[part.splitname].num_examples if part.to is None \
+                else part.to
+            for other, (other_name, other_start, other_stop) in seen:
+                if other_name == part.splitname and max(start, other_start) < min(stop, other_stop):
+                    raise DataSourceError(
+                        f"TFDS data set {name!r}: splits {other!r} and {split!r} share examples "
+                        f"{max(start, other_start)} to {min(stop, other_stop) - 1} of {part.splitname!r}, which "
+                        "would be read twice, as two patients; give slices that do not overlap, e.g. "
+                        f"{part.splitname}[:80%]+{part.splitname}[80%:]")
+            seen.append((split, (part.splitname, start, stop)))
 
 
 def tfds_quietly():
