@@ -153,10 +153,22 @@ def _ensemble_dict(source: str, tmp_path: Path, combine: str = "mean", **extra) 
      r"model.ensemble.members\[0\].finetune.dropout is set, but model.ensemble.members\[0\].mode 'svm'"),
     ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "folds": 3}, "only combine: rank and stacking"),
     ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "combine": "vote"}, "allowed: mean, rank, stacking"),
+    ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "combine": "rank", "evaluation": {"threshold": "fixed"}},
+     r"evaluation.threshold is 'fixed' \(decide at 0.5\), but model.ensemble.combine 'rank' gives mean ranks"),
 ])
 def test_bad_ensemble_settings_name_the_key(change, message):
+    evaluation = change.pop("evaluation", {})
     with pytest.raises(ConfigError, match=message):
-        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": change}})
+        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": change}, "evaluation": evaluation})
+
+
+def test_a_fixed_threshold_on_mean_ranks_is_taken_once_they_are_probabilities():
+    members = [{"mode": "svm"}, {"mode": "finetune"}]
+    for combine, recalibration in (("rank", "logistic"), ("mean", "none")):
+        config = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {
+            "members": members, "combine": combine}}, "evaluation": {"threshold": "fixed",
+                                                                      "recalibration": recalibration}})
+        assert config.evaluation.threshold == "fixed"
 
 
 def test_experiment_sections_no_member_reads_are_rejected():
@@ -426,6 +438,21 @@ def test_tfmed_ensemble_combines_saved_runs_and_rechooses_thresholds_on_val(two_
     assert main(["ensemble", *map(str, two_runs), "--combine", "rank", "--recalibrate", "logistic",
                  "--output", str(recalibrated)]) == 0
     assert load_metrics(recalibrated)["splits"]["test"]["youden"]["brier"] is not None
+
+
+def test_tfmed_ensemble_refuses_a_fixed_threshold_on_mean_ranks(two_runs, tmp_path, monkeypatch, capsys):
+    load = TrainedModel.load
+
+    def deciding_at_half(*args, **kwargs):
+        model = load(*args, **kwargs)
+        model.threshold_method = "fixed"
+        return model
+    monkeypatch.setattr(TrainedModel, "load", deciding_at_half)
+    out = tmp_path / "ranked"
+    assert main(["ensemble", *map(str, two_runs), "--combine", "rank", "--output", str(out)]) == 2
+    assert "the first run's evaluation.threshold is 'fixed' (decide at 0.5), but --combine 'rank' gives mean ranks" \
+        in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.slow

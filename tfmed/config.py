@@ -1202,6 +1202,26 @@ class EvaluationConfig(_Section):
 ExplainMethod = Literal["gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients", "occlusion"]
 
 
+def refuse_fixed_threshold_on_ranks(threshold: str, combine: str, recalibration: str, *,
+                                    threshold_key: str = "evaluation.threshold",
+                                    combine_key: str = "model.ensemble.combine",
+                                    recalibration_key: str = "evaluation.recalibration") -> None:
+    """Refuse deciding at the fixed 0.5 on an ensemble's mean ranks, which are no probabilities.
+
+    Example:
+        >>> refuse_fixed_threshold_on_ranks("youden", "rank", "none")  # chosen on validation: fine
+        >>> refuse_fixed_threshold_on_ranks("fixed", "rank", "none")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: evaluation.threshold is 'fixed' (decide at 0.5), but model.ensemble.combine ...
+    """
+    if threshold == "fixed" and combine == "rank" and recalibration == "none":
+        raise ConfigError(f"{threshold_key} is 'fixed' (decide at 0.5), but {combine_key} 'rank' gives mean ranks, "
+                          "not probabilities: 0.5 would be the middle of the members' reference scores, whatever "
+                          "the prevalence; use a threshold chosen on validation (youden, sensitivity or "
+                          f"specificity), {combine_key} mean, or {recalibration_key} to turn the ranks into "
+                          "probabilities")
+
+
 @dataclass
 class ReportConfig(_Section):
     """What ``report.html`` shows beyond the metrics and plots.
@@ -1310,6 +1330,8 @@ class ExperimentConfig(_Section):
                               "tta.enabled is false; set tta.enabled: true (with the views to use) or remove it")
         if self.model.mode == "ensemble":
             self._check_members()
+            refuse_fixed_threshold_on_ranks(self.evaluation.threshold, self.model.ensemble.combine,
+                                            self.evaluation.recalibration)
         if self.multiworker and self.split.method == "kfold":
             raise ConfigError("model.svm.strategy 'multiworker' shares the features of the train, val and test "
                               "splits between workers, not those of k folds; use split.method predefined or "

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.config import MODE_SECTIONS, EnsembleConfig, ExperimentConfig, MemberConfig, ModelConfig, choices
+from tfmed.config import (MODE_SECTIONS, EnsembleConfig, ExperimentConfig, MemberConfig, ModelConfig, choices,
+                          refuse_fixed_threshold_on_ranks)
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.table import LABEL_PREFIX, ImageTable
 from tfmed.errors import TfmedError
@@ -83,6 +84,9 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     if combine == "rank":  # named as typed, offering only the rules saved runs allow
         refuse_rank(models[0].task, "--combine", " or ".join(f"--combine {rule}" for rule in SAVED_RUN_RULES
                                                                if rule != "rank"))
+    refuse_fixed_threshold_on_ranks(models[0].threshold_method, combine, recalibration,
+                                    threshold_key="the first run's evaluation.threshold", combine_key="--combine",
+                                    recalibration_key="--recalibrate")
     if recalibration != "none":
         try:
             check_method(recalibration, models[0].task)
