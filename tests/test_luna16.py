@@ -129,6 +129,14 @@ def test_negatives_are_sampled_per_nodule_with_a_fixed_seed(tmp_path):
     assert len(load_luna16(csv, negatives_per_positive=100)) == 40 and load_luna16(csv).excluded.empty
 
 
+def test_sampling_keeps_a_candidate_of_a_bad_class_for_validation_to_report(tmp_path):
+    rows = [f"{UID.format(1)},1,0,0,0", f"{UID.format(1)},2,0,0,0", f"{UID.format(1)},3,0,0,1",
+            f"{UID.format(1)},4,0,0,2"]                  # line 5: class 2
+    table = load_luna16(write_candidates(tmp_path, rows, scans={UID.format(1): "subset0"}), negatives_per_positive=1)
+    assert sorted(table.frame["row"].tolist())[-2:] == [4, 5] and len(table) == 3
+    assert [p[0] for p in table.frame.set_index("row").loc[5, SOURCE_PROBLEMS]] == ["class '2' is not 0 or 1"]
+
+
 def test_a_missing_scan_is_a_row_problem_once_every_subset_is_there(tmp_path):
     csv = write_candidates(tmp_path, [f"{UID.format(1)},1,2,3,0", f"{UID.format(5)},1,2,3,1"],
                            subsets=[f"subset{i}" for i in range(10)], scans={UID.format(1): "subset4"})

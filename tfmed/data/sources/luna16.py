@@ -267,14 +267,16 @@ def _number(text: str, name: str, problems: list) -> float:
 
 
 def _sample_negatives(records: list[dict], per_positive: int | None) -> tuple[list[dict], int]:
-    """All records but the non-nodules beyond ``per_positive`` per nodule (drawn with a fixed seed)."""
+    """All records but the non-nodules beyond ``per_positive`` per nodule (drawn with a fixed seed); a record
+    without a label (a bad class, reported with its line) is kept."""
     if per_positive is None:
         return records, 0
-    negatives = [i for i, record in enumerate(records) if record["label"] == 0]
-    keep = min(len(negatives), per_positive * sum(record["label"] == 1 for record in records))
+    labels = [None if pd.isna(record["label"]) else record["label"] for record in records]
+    negatives = [i for i, label in enumerate(labels) if label == 0]
+    keep = min(len(negatives), per_positive * labels.count(1))
     drawn = set(np.random.default_rng(SAMPLE_SEED).choice(negatives, size=keep, replace=False).tolist()) \
         if keep else set()
-    kept = [record for i, record in enumerate(records) if record["label"] != 0 or i in drawn]
+    kept = [record for i, (record, label) in enumerate(zip(records, labels)) if label != 0 or i in drawn]
     return kept, len(negatives) - keep
 
 
