@@ -187,6 +187,18 @@ def test_chestxray14_file_found_twice_is_a_row_problem(nih):
     assert "row 6: " in text and "00000004_000.png is found 2 times under" in text and "keep one copy" in text
 
 
+def test_chestxray14_images_reached_through_links_are_found_once(nih):
+    # a convenience link to a folder, a link back up to the top, a file linked beside itself: one file each
+    (nih.parent / "all_images").symlink_to(nih.parent / "images_001/images", target_is_directory=True)
+    (nih.parent / "images_002/images/up").symlink_to(nih.parent, target_is_directory=True)
+    (nih.parent / "images_002/images/00000001_000.png").symlink_to(nih.parent / "images_001/images/00000001_000.png")
+    table = load_chestxray14(nih)
+    assert validate_table(table).ok
+    assert len(table) == 7
+    write_image(nih.parent / "copy/00000004_000.png", grey())  # a real second copy is still one too many
+    assert "00000004_000.png is found 2 times under" in validate_table(load_chestxray14(nih)).format()
+
+
 def test_chestxray14_header_and_folder_errors(nih, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("Image Index,Finding Labels,Patient ID\na.png,Mass,1\n")

@@ -92,7 +92,8 @@ def outside_classes(path: Path, names: list[str]) -> list[dict]:
 
 
 def index_files(root: Path) -> dict[str, list[str]]:
-    """The paths of every file under ``root`` (symbolic links followed) by name, walked once.
+    """The paths of every file under ``root`` by name, walked once; symbolic links are followed, and a file or
+    folder reached twice (through a link) is listed once.
 
     Example:
         >>> import tempfile, pathlib
@@ -101,10 +102,19 @@ def index_files(root: Path) -> dict[str, list[str]]:
         [True]
     """
     found: dict[str, list[str]] = {}
+    folders_seen, files_seen = set(), set()
     for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in folders_seen:
+            subfolders[:] = []
+            continue
+        folders_seen.add(real)
         subfolders.sort()
-        for name in files:
-            found.setdefault(name, []).append(os.path.join(folder, name))
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            if os.path.realpath(path) not in files_seen:
+                files_seen.add(os.path.realpath(path))
+                found.setdefault(name, []).append(path)
     return found
 
 
