@@ -110,6 +110,22 @@ def test_medmnist_not_an_npz(tmp_path):
         load_source(DataConfig(source="medmnist", path=str(path)))
 
 
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0.0, 0.6, 1.9]), r"train_labels\[1\] is \[0.6\], not a whole number \(2 such value\(s\)\)"),
+    (np.array([0.0, np.nan, 1.0]), r"train_labels\[1\] is \[nan\], not a whole number"),
+    (np.zeros((3, 1, 1)), r"train_labels has shape \(3, 1, 1\); labels are \(N,\) or \(N, 1\)"),
+    (np.array([["a"], [1], [0]], dtype=object), r"array train_labels cannot be read \(Object arrays"),
+    (np.array(["0", "1", "1"]), r"train_labels holds <U1 values; labels are whole numbers"),
+])
+def test_medmnist_labels_that_are_not_class_numbers_are_refused(tmp_path, labels, message):
+    path = tmp_path / "labels.npz"
+    np.savez(path, train_images=np.zeros((3, 4, 4), np.uint8), train_labels=labels)
+    with pytest.raises(DataSourceError, match=r"labels.npz: " + message):
+        load_source(DataConfig(source="medmnist", path=str(path)))
+    np.savez(path, train_images=np.zeros((3, 4, 4), np.uint8), train_labels=np.array([0.0, 1.0, 1.0]))
+    assert load_source(DataConfig(source="medmnist", path=str(path))).labels().tolist() == [0, 1, 1]
+
+
 # ---------------------------------------------------------------- spec parsing
 @pytest.mark.parametrize("spec, source, path", [
     ("pneumonia_mnist", "pneumonia_mnist", None),

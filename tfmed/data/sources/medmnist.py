@@ -52,10 +52,8 @@ def load_medmnist(path: str | Path, classes: list[str] | None = None, task: str 
     images, labels, frames = [], [], []
     offset = 0
     for split in wanted:
-        split_images = archive[f"{split}_images"]
-        split_labels = archive[f"{split}_labels"]
-        if split_labels.ndim == 1:
-            split_labels = split_labels[:, None]
+        split_images = _array(archive, path, f"{split}_images")
+        split_labels = _labels(_array(archive, path, f"{split}_labels"), path, f"{split}_labels")
         if len(split_images) != len(split_labels):
             raise DataSourceError(f"{path}: {split}_images has {len(split_images)} images but "
                                   f"{split}_labels has {len(split_labels)} rows; they must match")
@@ -97,6 +95,33 @@ def load_medmnist(path: str | Path, classes: list[str] | None = None, task: str 
         resolved_task = task or ("binary" if len(names) == 2 else "multiclass")
     return ImageTable(frame, names, resolved_task, images=np.concatenate(images),
                       source=f"{path}" + (f"#{','.join(wanted)}" if splits else ""))
+
+
+def _array(archive, path: Path, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except (OSError, ValueError, zipfile.BadZipFile) as error:  # e.g. an array of Python objects
+        raise DataSourceError(f"{path}: array {key} cannot be read ({error}); save it as a numeric array with "
+                              "numpy.savez") from None
+
+
+def _labels(labels: np.ndarray, path: Path, key: str) -> np.ndarray:
+    """``labels`` as (N, L) whole numbers, or a DataSourceError naming ``key`` and the first bad entry."""
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2:
+        raise DataSourceError(f"{path}: {key} has shape {labels.shape}; labels are (N,) or (N, 1) class numbers, "
+                              "or (N, L) 0/1 columns of a multilabel task")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
+        if not np.issubdtype(labels.dtype, np.floating):
+            raise DataSourceError(f"{path}: {key} holds {labels.dtype} values; labels are whole numbers")
+        bad = np.argwhere(~np.isfinite(labels) | (labels != np.round(labels)))
+        if len(bad):
+            row = int(bad[0][0])
+            raise DataSourceError(f"{path}: {key}[{row}] is {labels[row].tolist()}, not a whole number "
+                                  f"({len(bad)} such value(s)); labels are class numbers 0, 1, ... (or 0/1 per "
+                                  "label of a multilabel task)")
+    return labels
 
 
 def _load(config: DataConfig, path: Path, root: Path | None, fragment: str) -> ImageTable:
