@@ -161,6 +161,18 @@ def test_ensure_splits_predefined_fills_missing_val_and_keeps_test():
     assert abs((result.frame["split"] == "val").sum() - 0.1 * n_train) < 0.03 * n_train
 
 
+def test_predefined_carving_both_splits_of_a_train_only_source_sizes_them_as_patient_does():
+    table = make_table(split=lambda f: np.full(len(f), "train"))
+    config = SplitConfig(method="predefined", test_fraction=0.2, val_fraction=0.1)
+    carved = ensure_splits(table, config).frame
+    fresh = patient_split(table, 0.2, 0.1).frame
+    for split, share in (("test", 0.2), ("val", 0.1)):
+        assert abs((carved["split"] == split).mean() - share) < 0.02
+        assert abs((carved["split"] == split).sum() - (fresh["split"] == split).sum()) <= 4
+    with pytest.raises(SplitError, match=r"split.test_fraction \+ split.val_fraction is 1; both split the training"):
+        ensure_splits(table, SplitConfig(method="predefined", test_fraction=0.5, val_fraction=0.5))
+
+
 def test_a_fraction_for_a_split_the_source_gives_is_refused():
     def by_patient(frame):
         return np.where(frame["patient_id"] < "P0100", "test", np.where(frame["patient_id"] < "P0150", "val", "train"))

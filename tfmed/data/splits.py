@@ -114,8 +114,10 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
 
     * "predefined": keep the table's split column; a missing test split is
       carved out of train (``test_fraction`` of the train rows), a missing
-      val split likewise (``val_fraction`` of train), by patient and
-      stratified; a fraction (above 0) set for a split the table has is refused.
+      val split likewise (``val_fraction`` of train; when test is carved
+      too, both are fractions of the train rows before carving, as with
+      "patient"), by patient and stratified; a fraction (above 0) set for a
+      split the table has is refused.
       No split column at all: as "patient".
     * "patient": ignore any split column and call :func:`patient_split`.
     * "kfold": keep (or carve) the test split and mark the rest "train";
@@ -158,15 +160,22 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
                          f"split.test_fraction {config.test_fraction}")] = "test"
         split[split == "val"] = "train"
     else:
-        if not (split == "test").any() and config.test_fraction > 0:
+        val_share = config.val_fraction  # of the training patients, or of all when the test split is carved too
+        carve_test, carve_val = not (split == "test").any(), not (split == "val").any()
+        if carve_test and carve_val and config.test_fraction + config.val_fraction >= 1.0:
+            total = config.test_fraction + config.val_fraction
+            raise SplitError(f"split.test_fraction + split.val_fraction is {total:g}; both split the training rows "
+                             "here, so the sum must stay below 1")
+        if carve_test and config.test_fraction > 0:
             pool = np.flatnonzero(split == "train")
             _require_patients(table, split == "train", "carving a test split from train")
             split[_carve(table, pool, config.test_fraction, config.seed,
                          f"split.test_fraction {config.test_fraction}")] = "test"
-        if not (split == "val").any() and config.val_fraction > 0:
+            val_share = config.val_fraction / (1.0 - config.test_fraction)
+        if carve_val and config.val_fraction > 0:
             pool = np.flatnonzero(split == "train")
             _require_patients(table, split == "train", "carving a val split from train")
-            split[_carve(table, pool, config.val_fraction, config.seed + 1,
+            split[_carve(table, pool, val_share, config.seed + 1,
                          f"split.val_fraction {config.val_fraction}")] = "val"
         _require_validation(split)
     result = _with_split(table, split)
