@@ -199,6 +199,13 @@ def test_chestxray14_images_reached_through_links_are_found_once(nih):
     assert "00000004_000.png is found 2 times under" in validate_table(load_chestxray14(nih)).format()
 
 
+def test_chestxray14_a_list_file_that_is_not_text_is_named(nih):
+    (nih.parent / "test_list.txt").write_bytes(b"00000005_000.png\n\xff\xfe\n")
+    with pytest.raises(DataSourceError, match=r"test_list.txt: not readable as text \('utf-8' codec can't decode "
+                                              r"byte 0xff .*\); restore the publisher's list"):
+        load_chestxray14(nih)
+
+
 def test_chestxray14_header_and_folder_errors(nih, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("Image Index,Finding Labels,Patient ID\na.png,Mass,1\n")

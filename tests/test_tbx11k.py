@@ -163,6 +163,17 @@ def test_tbx11k_refuses_a_list_without_rows_and_says_where_a_missing_image_is_re
         load_tbx11k(kaggle)
 
 
+def test_tbx11k_rows_are_numbered_by_listed_line_whatever_is_kept(tmp_path):
+    # the train list's lines first, then the val list's: a missing image's row points at its line
+    root = tbx11k_tree(tmp_path / "TBX11K", ["health/h0001.png", "sick/s0002.png"],
+                       ["sick/s0003.png", "health/h0004.png"])
+    rows = {Path(image).name: row for image, row in load_tbx11k(root).frame[["image", "row"]].values}
+    assert rows == {"h0001.png": 1, "s0002.png": 2, "s0003.png": 3, "h0004.png": 4}
+    healthy_or_tb = load_tbx11k(root, classes=["healthy", "tuberculosis"]).frame
+    assert healthy_or_tb["row"].tolist() == [1, 4]
+    assert load_tbx11k(root, split="val").frame["row"].tolist() == [3, 4]
+
+
 KAGGLE_COLUMNS = "fname,image_height,image_width,source,bbox,target,tb_type,image_type\n"
 
 

@@ -239,6 +239,23 @@ def chosen_labels(classes: list[str] | None, known: tuple[str, ...], dataset: st
     return list(classes)
 
 
+def list_lines(path: Path) -> list[tuple[int, str]]:
+    """The (line number, stripped text) of each non-blank line of a publisher's list file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "test_list.txt"
+        >>> _ = path.write_text("a.png\\n\\n b.png \\n")
+        >>> list_lines(path)
+        [(1, 'a.png'), (3, 'b.png')]
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataSourceError(f"{path}: not readable as text ({error}); restore the publisher's list") from None
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
 def read_csv_rows(path: Path, required: tuple[str, ...], what: str,
                   allow_empty: bool = False) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the ``(line number, fields)`` of each non-blank record of a publisher's CSV.

@@ -58,8 +58,8 @@ import pandas as pd
 
 from tfmed.config import DataConfig
 from tfmed.data.demographics import log_unreadable, published_demographics
-from tfmed.data.sources.base import (SourceKind, chosen_labels, index_files, label_frame, read_csv_rows, row_values,
-                                     with_fixes)
+from tfmed.data.sources.base import (SourceKind, chosen_labels, index_files, label_frame, list_lines, read_csv_rows,
+                                     row_values, with_fixes)
 from tfmed.data.table import LABEL_PREFIX, DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -164,8 +164,7 @@ def _read_lists(path: Path) -> dict[str, set[str]] | None:
         (lack,) = {TRAIN_VAL_LIST, TEST_LIST} - {have}
         raise DataSourceError(f"{path.parent}: {have} is here but {lack} is not; put both of the publisher's "
                               "list files next to the CSV (or neither, to let tfmed split by patient)")
-    return {name: {line.strip() for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()}
-            for name, file in present.items()}
+    return {name: {line for _, line in list_lines(file)} for name, file in present.items()}
 
 
 def _list_split(image: str, splits: dict[str, set[str]], problems: list):

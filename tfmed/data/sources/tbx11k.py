@@ -75,8 +75,8 @@ import pandas as pd
 from tfmed.config import DataConfig
 from tfmed.data.boxes import BOXES_COLUMN, box_from_corners, format_boxes
 from tfmed.data.decode import header_size
-from tfmed.data.sources.base import (SourceKind, chosen_labels, counted_skips, excluded_frame, single_label_frame,
-                                     with_fixes)
+from tfmed.data.sources.base import (SourceKind, chosen_labels, counted_skips, excluded_frame, list_lines,
+                                     single_label_frame, with_fixes)
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.data.validate import SOURCE_PROBLEMS
 
@@ -129,11 +129,11 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
         listing, rows = path / "lists", _published_rows(path, names, split)
     records: list[dict] = []
     skipped: Counter = Counter()
-    for record, left_out in rows:
+    for number, (record, left_out) in rows:
         if record is None:
             skipped[left_out] += 1
         else:
-            record["row"] = len(records) + 1
+            record["row"] = number
             records.append(record)
     if not records:
         raise DataSourceError(f"{listing}: no image of the classes {names}{' in #' + split if split else ''}")
@@ -148,23 +148,30 @@ def load_tbx11k(path: str | Path, classes: list[str] | None = None, split: str =
                       "(data.path is the TBX11K folder): restore the image as published, or remove its line")
 
 
-def _published_rows(path: Path, names: list[str], split: str) -> Iterator[tuple[dict | None, tuple | None]]:
-    """The rows of the folder as published, from its split lists (see :func:`_row`)."""
+Row = tuple[dict | None, tuple | None]  # a table row, or None and why the image is left out (see _row)
+
+
+def _published_rows(path: Path, names: list[str], split: str) -> Iterator[tuple[int, Row]]:
+    """The rows of the folder as published, from its split lists (see :func:`_row`), each with its number: the
+    train list's lines are counted first, then the val list's, whichever split is kept."""
     seen: dict[str, str] = {}
+    number = 0
     for split_name, list_name in LISTS.items():
         list_file = path / "lists" / list_name
         if not list_file.is_file():
             raise DataSourceError(f"{list_file}: not found; data.path must be the TBX11K folder as published, "
                                   f"with lists/{LISTS['train']} and lists/{LISTS['val']}, or Kaggle's TBX11K "
                                   f"Simplified folder, with {SIMPLIFIED_TABLE} and {SIMPLIFIED_IMAGES}/")
-        if split and split != split_name:
-            continue
         entries = _entries(list_file)
+        if split and split != split_name:
+            number += len(entries)
+            continue
         if not entries:
             raise DataSourceError(f"{list_file}: no data rows (no image listed); restore the publisher's list, one "
                                   f"{IMAGES}/ path per line")
         for line, entry in entries:
-            yield _record(path, entry, f"lists/{list_name} line {line}", names, seen, split_name)
+            number += 1
+            yield number, _record(path, entry, f"lists/{list_name} line {line}", names, seen, split_name)
 
 
 def _chosen(classes: list[str] | None) -> list[str]:
@@ -182,16 +189,7 @@ def _chosen(classes: list[str] | None) -> list[str]:
 
 def _entries(list_file: Path) -> list[tuple[int, str]]:
     """The (line number, image path below imgs/) of each non-blank line of a split list."""
-    try:
-        text = list_file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataSourceError(f"{list_file}: not readable as text ({error}); restore the publisher's list") from None
-    entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        entry = line.strip().replace("\\", "/")
-        if entry:
-            entries.append((number, entry.removeprefix(f"{IMAGES}/")))
-    return entries
+    return [(number, line.replace("\\", "/").removeprefix(f"{IMAGES}/")) for number, line in list_lines(list_file)]
 
 
 def _record(root: Path, entry: str, where: str, names: list[str], seen: dict,
@@ -233,9 +231,9 @@ def _row(image: Path, split: str | None, name: str | None, boxes: list[tuple[str
             BOXES_COLUMN: format_boxes([box for _, box in boxes]) or pd.NA, SOURCE_PROBLEMS: tuple(problems)}, None
 
 
-def _simplified_rows(path: Path, names: list[str], split: str) -> Iterator[tuple[dict | None, tuple | None]]:
+def _simplified_rows(path: Path, names: list[str], split: str) -> Iterator[tuple[int, Row]]:
     """The rows of Kaggle's TBX11K Simplified folder, one per image of its ``data.csv`` (whose lines are one per
-    box; see :func:`_row`)."""
+    box; see :func:`_row`), each with the image's number in the order of the file's images."""
     table_file = path / SIMPLIFIED_TABLE
     try:
         lines = pd.read_csv(table_file, dtype=str, keep_default_na=False)
@@ -264,7 +262,7 @@ def _simplified_rows(path: Path, names: list[str], split: str) -> Iterator[tuple
         box = _simplified_box(line, where, path / SIMPLIFIED_IMAGES / fname, problems)
         if box is not None:
             image["boxes"].append(box)
-    for fname, image in images.items():
+    for number, (fname, image) in enumerate(images.items(), start=1):
         problems, where = image["problems"], image["where"]
         name = SIMPLIFIED_TYPES.get(image["type"])
         if name is None:
@@ -278,8 +276,8 @@ def _simplified_rows(path: Path, names: list[str], split: str) -> Iterator[tuple
                              "restore the file as downloaded"))
         elif split and image["source"] != split:
             continue
-        yield _row(path / SIMPLIFIED_IMAGES / fname, image["source"] if image["source"] in LISTS else None, name,
-                   image["boxes"], names, problems)
+        yield number, _row(path / SIMPLIFIED_IMAGES / fname, image["source"] if image["source"] in LISTS else None,
+                           name, image["boxes"], names, problems)
 
 
 def _simplified_box(line, where: str, image: Path, problems: list) -> tuple[str, tuple] | None:
