@@ -132,3 +132,27 @@ def test_a_score_scored_again_a_rounding_step_lower_keeps_its_decision():
     assert apply_threshold(again, threshold).tolist() == apply_threshold(s, threshold).tolist() == [0, 0, 1, 1, 0, 1]
     assert binary_metrics(y, again, threshold)["sensitivity"] == 1.0
     assert apply_threshold([0.7287], threshold).tolist() == [0]  # a real difference still counts
+
+
+def test_a_point_gives_on_validation_what_it_was_chosen_for_when_scores_lie_within_rounding():
+    """Float32 probabilities near 1 lie within the rounding a decision allows: the point must be chosen by the
+    same rule that applies it (two negatives at 0.9999995-6 reach a threshold of 0.99999994)."""
+    from tfmed.evaluation.decision import net_benefit
+    from tfmed.evaluation.metrics import binary_metrics
+
+    rng = np.random.default_rng(0)
+    negatives = np.r_[rng.uniform(0.01, 0.9, 18), 0.9999995, 0.9999996].astype(np.float32)
+    positives = np.r_[rng.uniform(0.5, 0.99, 2), np.full(18, 0.99999994)].astype(np.float32)
+    y = np.r_[np.zeros(20, int), np.ones(20, int)]
+    s = np.r_[negatives, positives].astype(float)
+    points = operating_points(y, s, targets=(0.95,), specificity_targets=(0.95,))
+    for name, t in points.items():
+        figures = binary_metrics(y, s, t)
+        called = apply_threshold(s, t).astype(bool)
+        assert (figures["sensitivity"], figures["specificity"]) == (called[y == 1].mean(), 1 - called[y == 0].mean())
+        if name == "high_specificity":
+            assert figures["specificity"] >= 0.95  # the target it was chosen for
+        if name == "youden":  # a tie of 0.9 + 0.9 with the 0.99999994 threshold (exact >= said 0.9 + 1.0)
+            assert figures["sensitivity"] + figures["specificity"] - 1 == pytest.approx(0.8)
+            counts = figures["confusion_matrix"]
+            assert net_benefit(y, s, t) == pytest.approx((counts["tp"] - counts["fp"] * t / (1 - t)) / y.size)

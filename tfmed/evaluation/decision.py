@@ -31,6 +31,7 @@ from scipy.optimize import brentq
 from sklearn.linear_model import LogisticRegression
 
 from .intervals import EvaluationError, binary_scores
+from .thresholds import ROUNDING, reaches
 
 THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # threshold probabilities of a decision curve
 _EDGE = 1e-6  # probabilities are kept this far from 0 and 1 before their logit is taken
@@ -55,7 +56,8 @@ def _checked_thresholds(thresholds, where: str) -> np.ndarray:
 
 
 def net_benefit(y, probabilities, threshold: float) -> float:
-    """Net benefit of acting on every case with probability >= ``threshold`` (0 < threshold < 1).
+    """Net benefit of acting on every case whose probability reaches ``threshold`` (0 < threshold < 1; reaching
+    as :func:`~tfmed.evaluation.thresholds.reaches`, the rule every decision follows).
 
     Example:
         >>> net_benefit([1, 0, 1, 0], [0.9, 0.6, 0.4, 0.1], 0.5)
@@ -63,7 +65,7 @@ def net_benefit(y, probabilities, threshold: float) -> float:
     """
     y, p = _checked(y, probabilities, "net_benefit")
     threshold = float(_checked_thresholds([threshold], "net_benefit")[0])
-    called = p >= threshold
+    called = reaches(p, threshold)
     odds = threshold / (1.0 - threshold)
     return float(((called & (y == 1)).sum() - (called & (y == 0)).sum() * odds) / y.size)
 
@@ -82,8 +84,9 @@ def decision_curve(y, probabilities, thresholds=THRESHOLDS) -> dict:
     t = _checked_thresholds(thresholds, "decision_curve")
     odds = t / (1.0 - t)
     positives, negatives = np.sort(p[y == 1]), np.sort(p[y == 0])
-    found = positives.size - np.searchsorted(positives, t, side="left")  # cases with p >= t, as net_benefit
-    needless = negatives.size - np.searchsorted(negatives, t, side="left")
+    lowest = t - ROUNDING * np.abs(t)  # the lowest probability that reaches each threshold, as in net_benefit
+    found = positives.size - np.searchsorted(positives, lowest, side="left")
+    needless = negatives.size - np.searchsorted(negatives, lowest, side="left")
     return {"thresholds": t.tolist(), "model": ((found - needless * odds) / y.size).tolist(),
             "treat_all": ((positives.size - negatives.size * odds) / y.size).tolist()}
 

@@ -1,9 +1,9 @@
 """Operating thresholds: chosen on validation data, applied unchanged to test.
 
 A case is called positive when ``score >= threshold`` (the convention of
-scikit-learn's ``roc_curve``), up to float32 rounding (:func:`reaches`). Thresholds returned are observed scores, so the
-sensitivity and specificity they give on the validation data can be read off
-``roc_curve`` directly.
+scikit-learn's ``roc_curve``), up to float32 rounding (:func:`reaches`). Thresholds returned are observed
+scores, and they are chosen by the sensitivity and specificity that same rule gives on the validation data,
+so a point gives there exactly what it was chosen for.
 
 * ``youden``: maximises sensitivity + specificity - 1 (ties: the highest
   threshold).
@@ -25,7 +25,6 @@ import typing
 from typing import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from tfmed.config import UNKNOWN_LABEL, ThresholdMethod
 
@@ -58,10 +57,7 @@ def choose_threshold(y_true, scores, method: str = "youden", target: float = 0.9
     if not 0.0 < target <= 1.0:
         raise EvaluationError(f"target {method} is {target}; it must be in (0, 1], e.g. 0.95")
     y, s = _check_pair(y_true, scores)
-    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
-    # roc_curve puts an infinite threshold first (nothing called positive).
-    finite = np.isfinite(thresholds)
-    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
+    fpr, tpr, thresholds = _curve(y, s)
     if method == "youden":
         youden = tpr - fpr
         best = np.flatnonzero(youden >= youden.max() - 1e-12)   # ties: highest threshold
@@ -77,6 +73,17 @@ def choose_threshold(y_true, scores, method: str = "youden", target: float = 0.9
         top = thresholds[0]
         return float(np.nextafter(top + 2 * ROUNDING * abs(top), np.inf))
     return float(thresholds[reaching[-1]])
+
+
+def _curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, threshold) at each distinct score, highest first, a case
+    called positive when its score reaches the threshold (:func:`reaches`, as decisions are made)."""
+    thresholds = np.unique(s)[::-1]
+    lowest = thresholds - ROUNDING * np.abs(thresholds)   # the lowest score that reaches each threshold
+    positives, negatives = np.sort(s[y == 1]), np.sort(s[y == 0])
+    tpr = (positives.size - np.searchsorted(positives, lowest, side="left")) / positives.size
+    fpr = (negatives.size - np.searchsorted(negatives, lowest, side="left")) / negatives.size
+    return fpr, tpr, thresholds
 
 
 def operating_points(y_val, s_val, targets: Sequence[float] = (0.95,),
