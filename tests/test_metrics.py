@@ -294,6 +294,26 @@ def test_multilabel_bootstrap_resamples_whole_cases():
                           seed=4)[1:]))
 
 
+def test_multilabel_bootstrap_macro_auc_averages_the_same_labels_in_every_resample():
+    # a rare label (3 positives) is missing from some resamples: those have no macro AUC over all three labels
+    from tfmed.evaluation.intervals import bootstrap_distribution, percentile_interval
+
+    rng = np.random.default_rng(0)
+    Y = np.zeros((100, 3), int)
+    Y[:, 0], Y[:, 1], Y[:3, 2] = rng.random(100) < 0.5, rng.random(100) < 0.5, 1
+    P = np.clip(np.c_[Y[:, :2] * 0.5 + rng.random((100, 2)) * 0.6, rng.random(100)], 0, 1)
+    P[:3, 2] = [0.2, 0.4, 0.6]
+    m = multilabel_metrics(Y, P, 0.5, ["a", "b", "rare"], bootstrap=400, seed=0)
+
+    def all_three(yy, pp):
+        return roc_auc_score(yy, pp, average="macro") if yy[:, 2].any() else None
+    values = bootstrap_distribution(all_three, Y, P, n_resamples=400, stratified=False, seed=0)
+    lost = sum(v is None for v in values)
+    assert lost > 0
+    assert m["bootstrap_ci"]["macro_auc"] == pytest.approx(list(percentile_interval(values)))
+    assert f"bootstrap: {lost} of 400 resamples lack the positives or negatives of a label" in " ".join(m["notes"])
+
+
 def test_evaluate_dispatches_and_is_json_ready(binary_data, multiclass_data):
     y, s = binary_data
     result = evaluate("binary", y, s[:, None], None)

@@ -342,19 +342,25 @@ def multilabel_metrics(Y_true, P, thresholds, label_names: Sequence[str], ci_lev
     if aucs and len(aucs) < len(names):
         notes.append("macro AUC averages only the labels whose AUC is defined")
     Yi = Y.astype(int)
-    whole = _multilabel_replicate(Yi, S, per_threshold)
+    macro_labels = _labels_with_auc(Yi)
+    whole = _multilabel_replicate(Yi, S, per_threshold, macro_labels)
     for name in ("micro_auc", "hamming_loss", "subset_accuracy"):
         result[name] = whole[name]
     if whole["micro_auc"] is None:
         notes.append("micro AUC is undefined: all labels are of one value")
     if bootstrap:
-        replicates = bootstrap_distribution(lambda yy, ss: _multilabel_replicate(yy, ss, per_threshold), Yi, S,
-                                            n_resamples=int(bootstrap), seed=seed)
+        replicates = bootstrap_distribution(lambda yy, ss: _multilabel_replicate(yy, ss, per_threshold, macro_labels),
+                                            Yi, S, n_resamples=int(bootstrap), seed=seed)
         result["bootstrap_ci"] = {}
         for name in MULTILABEL_BOOTSTRAP_METRICS:
             lo, hi = percentile_interval([r[name] for r in replicates], ci_level)
             result["bootstrap_ci"][name] = [_clean_float(lo), _clean_float(hi)]
         result["bootstrap_resamples"] = int(bootstrap)
+        lost = sum(r["macro_auc"] is None for r in replicates) if macro_labels else 0
+        if lost:
+            notes.append(f"bootstrap: {lost} of {int(bootstrap)} resamples lack the positives or negatives of a "
+                         "label, so their macro AUC is undefined; its interval comes from the other "
+                         f"{int(bootstrap) - lost}")
     result["notes"] = notes
     return to_jsonable(result)
 
@@ -560,11 +566,21 @@ def _multiclass_replicate(y: np.ndarray, P: np.ndarray) -> dict:
     return {"accuracy": float(np.mean(predicted == y)), "balanced_accuracy": balanced, "macro_auc": macro}
 
 
-def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[float]) -> dict:
+def _labels_with_auc(Y: np.ndarray) -> list[int]:
+    """The label columns known both present (1) and absent (0) somewhere in ``Y``."""
+    return [j for j in range(Y.shape[1]) if auc_defined(Y[:, j])]
+
+
+def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[float],
+                          macro_labels: Sequence[int] | None = None) -> dict:
     """Macro and micro AUC, subset accuracy and Hamming loss of a set of rows (None where undefined);
-    unknown labels (-1) are left out of each."""
+    unknown labels (-1) are left out of each. The macro AUC averages the ``macro_labels`` columns (None: those
+    with an AUC here), and is None where one of them has no AUC in these rows: a resample's macro AUC must
+    average the same labels as the whole data's."""
     known = Y != UNKNOWN_LABEL
-    macro = float(macro_auc_covariance(Y, S)[0][0]) if auc_defined(Y) else None
+    macro_labels = _labels_with_auc(Y) if macro_labels is None else list(macro_labels)
+    defined = bool(macro_labels) and all(auc_defined(Y[known[:, j], j]) for j in macro_labels)
+    macro = float(macro_auc_covariance(Y[:, macro_labels], S[:, macro_labels])[0][0]) if defined else None
     entries, entry_scores = Y[known], S[known]
     micro = float(roc_auc_score(entries, entry_scores)) if 0 < entries.sum() < entries.size else None
     decisions = reaches(S, thresholds).astype(int)
