@@ -173,13 +173,13 @@ def test_binary_report(tmp_path, binary_data):
             "of a split, class, label or subgroup, bounded by the binormal chance of complete separation") in text
     assert "<figcaption>ROC curve (test) with the operating points chosen on the val split" in text
     # a k-fold run chose them on its pooled out-of-fold scores, and its report says so wherever it names them
-    context.threshold_split = "out_of_fold"
+    context.thresholds_chosen_on = "the pooled out-of-fold scores"
     text = write_report(tmp_path / "kfold", context).read_text(encoding="utf-8")
     assert "<figcaption>ROC curve (test) with the operating points chosen on the pooled out-of-fold scores" in text
     assert "Operating thresholds were chosen on the pooled out-of-fold scores and applied unchanged" in text
     assert "Each threshold was chosen on <b>the pooled out-of-fold scores</b>" in text
     assert "validation" not in text.replace("threshold chosen on validation", "") and "val split" not in text
-    context.threshold_split = "val"
+    context.thresholds_chosen_on = "the val split"
     # a run without a test split draws its plots on validation, and the captions say so
     context.operating_split, context.metrics = "val", {"val": context.metrics["val"]}
     text = write_report(tmp_path / "val_only", context).read_text(encoding="utf-8")

@@ -383,6 +383,26 @@ def test_a_kfold_run_recalibrates_on_the_pooled_out_of_fold_scores(runs, tmp_pat
         (run / "report.html").read_text()
 
 
+@pytest.mark.slow
+def test_reports_say_where_the_thresholds_of_a_recalibrated_kfold_run_come_from(runs, hospital, tmp_path):
+    config = _svm_config(runs["source"], tmp_path, "folds")
+    config.split.method, config.split.folds = "kfold", 3
+    run = run_experiment(config)
+    assert "with the operating points chosen on the pooled out-of-fold scores" in (run / "report.html").read_text()
+    chosen = recalibrate_run(run, hospital["fit"], tmp_path / "chosen", "logistic")
+    assert "operating points chosen on the val split (the images it was recalibrated on)" in \
+        (chosen / "report.html").read_text()
+    measured = evaluate_run(chosen, data=hospital["measure"], output=tmp_path / "chosen_measure")
+    report = (measured / "report.html").read_text()
+    assert "with the operating points chosen on that run&#x27;s val split (the images it was recalibrated on)" in report
+    assert "pooled out-of-fold" not in report
+    kept = recalibrate_run(run, hospital["fit"], tmp_path / "kept", "logistic", keep_thresholds=True)
+    carried = f"the pooled out-of-fold scores of {run} (carried over when recalibrated)"
+    for report in (kept / "report.html", evaluate_run(kept, data=hospital["measure"],
+                                                      output=tmp_path / "kept_measure") / "report.html"):
+        assert f"with the operating points chosen on {carried}" in report.read_text(), report
+
+
 def test_the_recalibration_benchmark_cross_fits_a_kfold_run_on_its_out_of_fold_scores(runs, tmp_path, monkeypatch):
     """benchmarks/recalibration.py fits what tfmed would fit a k-fold run's recalibration on, not a val split."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))

@@ -65,8 +65,8 @@ class ReportContext:
         metrics: split -> metrics dict from :func:`tfmed.evaluation.evaluate`.
         operating_points: point name -> :func:`binary_metrics` dict at that
             threshold on ``operating_split`` (see ``operating_point_metrics``).
-        threshold_split: the split the thresholds were chosen on (``OUT_OF_FOLD``: a k-fold run's pooled
-            out-of-fold scores).
+        thresholds_chosen_on: where the thresholds were chosen, as report text (e.g. "the pooled
+            out-of-fold scores"; see :func:`tfmed.run.reporting.thresholds_chosen_on`).
         operating_split: the split the operating points were measured on.
         plots: name -> PNG path; embedded in the given order.
         training_history: Keras History.history, drawn when no
@@ -91,7 +91,7 @@ class ReportContext:
     model: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict] = field(default_factory=dict)
     operating_points: dict[str, dict] = field(default_factory=dict)
-    threshold_split: str = "val"
+    thresholds_chosen_on: str = "the val split"
     operating_split: str = "test"
     plots: dict[str, str | Path] = field(default_factory=dict)
     training_history: dict[str, list[float]] | None = None
@@ -231,7 +231,7 @@ def write_report(run_dir, context: ReportContext) -> Path:
         parts.append("<h2>Plots</h2>")
     for name, data in images.items():
         caption = _PLOT_CAPTIONS.get(name, name.replace("_", " ").capitalize()).format(
-            split=context.operating_split, chosen_on=chosen_on(context.threshold_split))
+            split=context.operating_split, chosen_on=context.thresholds_chosen_on)
         parts.append(f"<figure><img alt='{_e(name)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{_e(caption)}</figcaption></figure>")
     parts.append(_notes_section(context))
@@ -268,7 +268,7 @@ def _summary(context: ReportContext) -> str:
         text = (f"On the {split} split (n={metrics.get('n')}), macro AUC {_macro_auc(metrics)}, "
                 f"micro AUC {_num(metrics.get('micro_auc'))}.")
     if context.operating_points:
-        text += (f" Operating thresholds were chosen on {chosen_on(context.threshold_split)} and applied "
+        text += (f" Operating thresholds were chosen on {context.thresholds_chosen_on} and applied "
                  f"unchanged to the {context.operating_split} split.")
     return f"<p class='summary'>{_e(text)}</p>"
 
@@ -357,7 +357,7 @@ def _operating_section(context: ReportContext) -> str:
         rows.append([name.replace("_", " "), _num(m.get("threshold"), 4)]
                     + [_pct(m.get(k), ci.get(k)) for k, _ in _PROPORTION_LABELS]
                     + [cm.get("tp"), cm.get("fp"), cm.get("fn"), cm.get("tn")])
-    intro = (f"<p>Each threshold was chosen on <b>{_e(chosen_on(context.threshold_split))}</b> and applied "
+    intro = (f"<p>Each threshold was chosen on <b>{_e(context.thresholds_chosen_on)}</b> and applied "
              f"unchanged to the <b>{_e(context.operating_split)}</b> split, where these values were "
              f"measured (a case is called positive when its score is at or above the threshold).</p>")
     return "<h2>Operating points</h2>" + intro + _table(header, rows)
@@ -419,16 +419,6 @@ def _column(values, n: int, name: str) -> list:
         raise EvaluationError(f"write_predictions: {name} has {len(values)} entries but ids has {n}; "
                               "pass one value per case")
     return values
-
-
-def chosen_on(split: str) -> str:
-    """Where thresholds chosen on ``split`` come from, as report text.
-
-    Example:
-        >>> chosen_on("val"), chosen_on(OUT_OF_FOLD)
-        ('the val split', 'the pooled out-of-fold scores')
-    """
-    return "the pooled out-of-fold scores" if split == OUT_OF_FOLD else f"the {split} split"
 
 
 def value_with_interval(value, ci) -> str:

@@ -26,7 +26,7 @@ from tfmed.progress import log
 from tfmed.run.artifact import ModelArtifactError, TrainedModel
 from tfmed.run.experiment import check_subgroups, count_entries, merge_tables, scored_metrics
 from tfmed.run.reporting import (coarse_sentences, member_sentences, subgroup_sentences, test_origin_note,
-                                 write_outputs)
+                                 thresholds_chosen_on, write_outputs)
 from tfmed.run.rundir import (PROVENANCE_FILE, RunDirectoryError, as_reread, environment_info, json_object,
                               refuse_output_inside_runs, refuse_used_output, resolve_run_dir, run_split_tables,
                               written_whole)
@@ -124,7 +124,7 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
                       model=model, parts={"test": table}, scores={"test": scores}, metrics=metrics,
                       notes=notes + member_sentences(metrics) + subgroup_sentences(metrics) + coarse_sentences(metrics),
                       member_scores={"test": members} if members is not None else None,
-                      excluded=excluded, kfold=config.split.method == "kfold")
+                      excluded=excluded, chosen_on=_chosen_on(run_dir, config))
     return out
 
 
@@ -132,13 +132,11 @@ def _decisions(run_dir: Path, config: ExperimentConfig, model: TrainedModel) -> 
     """Where the decisions of the run's model come from, for the evaluation's notes."""
     if model.task == "multiclass" and not model.hierarchy:
         return "each image's class is its most probable one (a multi-class model has no thresholds)"
-    if json_object(run_dir / PROVENANCE_FILE).get("thresholds") == "chosen":  # a recalibrated run's own
-        chosen_on = "the data it was recalibrated on (recalibrated_from.json)"
-    elif config.split.method == "kfold":
-        chosen_on = "that run's pooled out-of-fold scores (split.method kfold has no validation split)"
-    else:
-        chosen_on = "that run's validation split"
-    return f"thresholds were chosen on {chosen_on} and are applied unchanged here"
+    return f"thresholds were chosen on {_chosen_on(run_dir, config)} and are applied unchanged here"
+
+
+def _chosen_on(run_dir: Path, config: ExperimentConfig) -> str:
+    return thresholds_chosen_on(config, json_object(run_dir / PROVENANCE_FILE), "that run's")
 
 
 def images_scored_otherwise(run_dir: Path, model: TrainedModel, table: ImageTable, scores,

@@ -36,9 +36,10 @@ from tfmed.run.evaluate import (check_data_subgroups, evaluation_data, fit_model
                                 subgroup_setting, write_excluded)
 from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
-from tfmed.run.reporting import coarse_sentences, recalibration_sentences, subgroup_sentences, write_outputs
-from tfmed.run.rundir import (PROVENANCE_FILE, environment_info, output_run_dir, refuse_output_inside_runs,
-                              refuse_used_output, resolve_run_dir)
+from tfmed.run.reporting import (coarse_sentences, recalibration_sentences, subgroup_sentences, thresholds_chosen_on,
+                                 write_outputs)
+from tfmed.run.rundir import (PROVENANCE_FILE, environment_info, json_object, output_run_dir,
+                              refuse_output_inside_runs, refuse_used_output, resolve_run_dir)
 
 
 class RecalibrateRunError(TfmedError):
@@ -132,6 +133,8 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     (out / "environment.json").write_text(json.dumps({**environment_info(new_config), "verified": verify}, indent=2))
     provenance = {"run": str(run), "data": data, "method": method,
                   "thresholds": "kept" if keep_thresholds else "chosen"}
+    if keep_thresholds:  # where the run had them from (a recalibrated run's own, or carried over to it)
+        provenance["thresholds_chosen_on"] = thresholds_chosen_on(config, json_object(run / PROVENANCE_FILE))
     (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
     splits = table.frame.drop(columns=["array_index"], errors="ignore").assign(split="val")
     splits.to_csv(out / "splits.csv", index=False)
@@ -150,7 +153,7 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
                   + coarse_sentences(metrics),
                   model_facts={"mode": model.mode, "backbone": model.backbone,
                                "recalibration": model.recalibration.describe()},
-                  excluded=excluded)
+                  excluded=excluded, chosen_on=thresholds_chosen_on(config, provenance))
     finish_run(out)
     return out
 

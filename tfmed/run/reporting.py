@@ -171,15 +171,38 @@ def _probabilities(binary_entries) -> bool:
     return any(entry.get("beneficial_thresholds") is not None for entry in binary_entries)
 
 
+def thresholds_chosen_on(config, provenance: dict | None = None, whose: str = "the") -> str:
+    """Where a run's thresholds were chosen, as report text: its val split, or its pooled out-of-fold scores
+    (``split.method: kfold``); for a recalibrated run (``provenance``: its recalibrated_from.json) the
+    images it was recalibrated on (its val split), or, when it kept them, where that run had them from.
+    ``whose`` names the run, e.g. "that run's".
+
+    Example:
+        >>> from tfmed.config import ExperimentConfig
+        >>> kfold = ExperimentConfig.from_dict({"split": {"method": "kfold"}})
+        >>> thresholds_chosen_on(kfold), thresholds_chosen_on(kfold, {"thresholds": "chosen"}, "that run's")
+        ('the pooled out-of-fold scores', "that run's val split (the images it was recalibrated on)")
+        >>> thresholds_chosen_on(kfold, {"thresholds": "kept", "run": "runs/tb/1"})
+        'the pooled out-of-fold scores of runs/tb/1 (carried over when recalibrated)'
+    """
+    provenance = provenance or {}
+    if provenance.get("thresholds") == "chosen":
+        return f"{whose} val split (the images it was recalibrated on)"
+    if provenance.get("thresholds") == "kept":
+        origin = provenance.get("thresholds_chosen_on") or thresholds_chosen_on(config)
+        return f"{origin} of {provenance.get('run')} (carried over when recalibrated)"
+    return f"{whose} pooled out-of-fold scores" if config.split.method == "kfold" else f"{whose} val split"
+
+
 def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str, ImageTable],
                   scores: dict, metrics: dict, notes: list[str], excluded: list[dict] | None = None,
                   history: dict | None = None, stage_boundaries: list[int] | None = None,
                   model_facts: dict | None = None, extra_plots: dict | None = None,
-                  member_scores: dict | None = None, kfold: bool = False) -> Path:
+                  member_scores: dict | None = None, chosen_on: str = "the val split") -> Path:
     """metrics.json, predictions.csv, plots and report.html into ``out``; ``extra_plots`` (name -> PNG)
     are shown after the evaluation plots. With ``member_scores`` (split -> member -> scores, from a
-    model made of members) also ``member_scores.csv``; ``kfold``: the model's thresholds were chosen on
-    pooled out-of-fold scores (a k-fold run, or an evaluation of one)."""
+    model made of members) also ``member_scores.csv``; ``chosen_on``: where the model's thresholds were
+    chosen (see :func:`thresholds_chosen_on`)."""
     out = Path(out)
     if member_scores:
         write_member_scores_csv(out / "member_scores.csv", parts, member_scores)
@@ -197,7 +220,7 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
                               "test-time views": metrics.get("tta_views", 1)},
         metrics={split: primary_metrics(metrics, split) for split in metrics["splits"]},
         operating_points=(metrics["splits"][report_split] if metrics["task"] == "binary" and scores else {}),
-        threshold_split=OUT_OF_FOLD if kfold else "val", operating_split=report_split,
+        thresholds_chosen_on=chosen_on, operating_split=report_split,
         plots={name: str(path) for name, path in plots.items()},
         training_history=history, stage_boundaries=list(stage_boundaries or []),
         notes=notes + (decision_sentences(metrics, report_split) if scores else []), excluded=excluded or [])
@@ -427,7 +450,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
                          parts=parts, scores=scores, metrics=metrics, notes=notes + [config.description.strip()]
                          if config.description else notes, excluded=excluded, history=history,
                          stage_boundaries=boundaries, model_facts=facts, extra_plots=extra_plots,
-                         member_scores=member_scores, kfold="kfold" in metrics)
+                         member_scores=member_scores, chosen_on=thresholds_chosen_on(config))
 
 
 def kfold_sentence(metrics: dict) -> str:
