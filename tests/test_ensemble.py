@@ -382,7 +382,7 @@ def test_kfold_bagging_averages_the_fold_models_on_test(tiny_source, tmp_path):
     assert "ROC curve (test) with the operating points chosen on the pooled out-of-fold scores" in report
     assert "validation-chosen" not in report and "val split" not in report
     evaluated = evaluate_run(run, output=tmp_path / "evaluated")  # its evaluation says the same
-    assert "with the operating points chosen on the pooled out-of-fold scores" in \
+    assert "with the operating points chosen on that run&#x27;s pooled out-of-fold scores" in \
         (evaluated / "report.html").read_text()
 
 

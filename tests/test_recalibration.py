@@ -15,6 +15,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.data.table import ImageTable
 from tfmed.evaluation.decision import calibration_line
+from tfmed.evaluation.intervals import EvaluationError
 from tfmed.evaluation.recalibration import (Recalibration, RecalibrationError, carried_thresholds, check_method,
                                            probability_scores)
 from tfmed.evaluation.thresholds import select_thresholds
@@ -750,3 +751,16 @@ def test_threshold_settings_of_multiclass_data_are_refused_without_two_coarse_cl
         check_config_fits_data(config, table)
     with pytest.raises(ConfigError, match="grades: model.svm.cv"):  # a run begun before the refusal resumes
         check_config_fits_data(config, table, new_run=False)
+
+
+@pytest.mark.slow
+def test_tfmed_recalibrate_says_what_to_do_when_no_threshold_can_be_chosen(runs, hospital, tmp_path, monkeypatch):
+    import tfmed.run.recalibrate_run as module
+
+    def no_threshold(*args, **kwargs):
+        raise EvaluationError("label 'nodule': cannot choose a threshold: the labels hold only negative (0) cases")
+    monkeypatch.setattr(module, "select_thresholds", no_threshold)
+    with pytest.raises(RecalibrateRunError, match=r"thresholds cannot be chosen on these images \(label 'nodule': "
+                                                  r".*keep the run's thresholds with --keep-thresholds"):
+        recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "none", "logistic")
+    assert not (tmp_path / "none").exists()

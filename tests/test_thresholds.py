@@ -156,3 +156,37 @@ def test_a_point_gives_on_validation_what_it_was_chosen_for_when_scores_lie_with
             assert figures["sensitivity"] + figures["specificity"] - 1 == pytest.approx(0.8)
             counts = figures["confusion_matrix"]
             assert net_benefit(y, s, t) == pytest.approx((counts["tp"] - counts["fp"] * t / (1 - t)) / y.size)
+
+
+def test_multilabel_thresholds_name_the_label_they_cannot_choose():
+    from tfmed.evaluation import select_thresholds
+
+    Y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    P = np.array([[.9, .2], [.3, .8], [.6, .5], [.2, .1]])
+    with pytest.raises(EvaluationError, match=r"label 'nodule': cannot choose a threshold: the labels hold only "
+                                              r"negative \(0\) cases"):
+        select_thresholds("multilabel", Y, P, label_names=["effusion", "nodule"])
+
+
+@pytest.mark.parametrize("call", ["select_thresholds", "operating_points", "per_label_thresholds",
+                                  "subgroup_figures", "paired_tests", "recalibration"])
+def test_pandas_labels_and_scores_paired_by_position_with_different_indexes_are_refused(call):
+    import pandas as pd
+
+    from tfmed.evaluation import select_thresholds
+    from tfmed.evaluation.comparison import paired_tests
+    from tfmed.evaluation.recalibration import Recalibration, RecalibrationError
+    from tfmed.evaluation.subgroups import subgroup_figures
+
+    rng = np.random.default_rng(0)
+    y = pd.Series(rng.integers(0, 2, 40))
+    scores = pd.Series(np.clip(0.5 * y + 0.6 * rng.random(40), 0, 1)).sort_values()  # a sorted copy
+    Y, S = pd.DataFrame({"a": y, "b": 1 - y}), pd.DataFrame({"a": scores, "b": 1 - scores}).sort_values("a")
+    calls = {"select_thresholds": lambda: select_thresholds("binary", y, scores),
+             "operating_points": lambda: operating_points(Y, S),
+             "per_label_thresholds": lambda: per_label_thresholds(Y, S),
+             "subgroup_figures": lambda: subgroup_figures("binary", y, scores, np.array(["a", "b"] * 20), 0.5),
+             "paired_tests": lambda: paired_tests("binary", y, scores, y.astype(float)),
+             "recalibration": lambda: Recalibration.fit("logistic", "binary", y, scores)}
+    with pytest.raises((EvaluationError, RecalibrationError), match="pandas objects with different indexes"):
+        calls[call]()

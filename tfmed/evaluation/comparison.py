@@ -20,7 +20,8 @@ import numpy as np
 
 from tfmed.config import UNKNOWN_LABEL
 from tfmed.evaluation.metrics import TASKS
-from tfmed.evaluation.intervals import PERMUTATION_TEST, EvaluationError, auc_defined, delong_test, macro_auc_test
+from tfmed.evaluation.intervals import (PERMUTATION_TEST, EvaluationError, auc_defined, check_aligned, delong_test,
+                                       macro_auc_test)
 
 
 def paired_tests(task: str, y, scores_a, scores_b) -> dict:
@@ -39,6 +40,9 @@ def paired_tests(task: str, y, scores_a, scores_b) -> dict:
     """
     if task not in TASKS:
         raise EvaluationError(f"paired_tests: task is {task!r}; allowed: {', '.join(TASKS)}")
+    for first, second, what in ((y, scores_a, "y and scores_a"), (y, scores_b, "y and scores_b"),
+                                (scores_a, scores_b, "scores_a and scores_b")):
+        check_aligned(first, second, f"paired_tests: {what}")
     y = np.asarray(y)
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
     if task == "binary":

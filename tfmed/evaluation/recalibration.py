@@ -47,6 +47,7 @@ from scipy.special import expit, log_softmax, logit, softmax
 
 from tfmed.config import UNKNOWN_LABEL, RecalibrationMethod
 from tfmed.errors import TfmedError
+from tfmed.evaluation.intervals import EvaluationError, check_aligned
 from tfmed.evaluation.decision import calibration_line, maximum_likelihood_logistic
 from tfmed.evaluation.metrics import TASKS
 
@@ -329,6 +330,10 @@ def checked_scores(task: str, scores, columns: int | None = None) -> np.ndarray:
 def _labelled(task: str, y, scores) -> tuple[np.ndarray, np.ndarray]:
     """Outcomes ``y`` and :func:`checked_scores` of one split, checked against each other: as many cases,
     binary 0/1, multiclass class numbers of the score columns, multilabel 0/1 with -1 for unknown."""
+    try:
+        check_aligned(y, scores, "y and the scores")
+    except EvaluationError as error:
+        raise RecalibrationError(str(error)) from None
     scores = checked_scores(task, scores)
     y = np.asarray(y)
     if len(y) != len(scores):

@@ -27,6 +27,7 @@ from scipy.stats import chi2_contingency, fisher_exact
 
 from tfmed.data.demographics import age_band
 
+from .intervals import check_aligned
 from .metrics import evaluate
 
 UNKNOWN_GROUP = "(unknown)"
@@ -82,6 +83,8 @@ def subgroup_figures(task: str, y, scores, groups, threshold=None, threshold_nam
         >>> sorted(subgroup_figures("binary", y, s, np.array(["a", "a", "b", "b"]), 0.5)["groups"])
         ['a', 'b']
     """
+    for other, what in ((scores, "y and scores"), (groups, "y and groups")):
+        check_aligned(y, other, f"subgroup_figures: {what}")
     groups = np.asarray(groups, dtype=object)
     names = _order(groups, attribute)
     if len(names) < 2:

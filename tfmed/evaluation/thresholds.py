@@ -28,7 +28,7 @@ import numpy as np
 
 from tfmed.config import UNKNOWN_LABEL, ThresholdMethod
 
-from .intervals import EvaluationError, binary_scores
+from .intervals import EvaluationError, binary_scores, check_aligned
 
 METHODS = typing.get_args(ThresholdMethod)
 ROUNDING = 1e-6  # a score within this fraction of a threshold below it reaches it (float32 rounding)
@@ -106,6 +106,7 @@ def operating_points(y_val, s_val, targets: Sequence[float] = (0.95,),
     targets = _as_targets(targets, "targets")
     spec_targets = targets if specificity_targets is None else _as_targets(specificity_targets,
                                                                           "specificity_targets")
+    check_aligned(y_val, s_val, "operating_points: y_val and s_val")
     y = np.asarray(y_val)
     if y.ndim == 2 and y.shape[1] > 1:
         s = np.asarray(s_val, dtype=float)
@@ -130,10 +131,10 @@ def operating_points(y_val, s_val, targets: Sequence[float] = (0.95,),
 
 
 def select_thresholds(task: str, y_val, s_val, target_sensitivity: float = 0.95,
-                      target_specificity: float = 0.95) -> dict:
+                      target_specificity: float = 0.95, label_names: Sequence[str] | None = None) -> dict:
     """A run's operating thresholds, chosen on validation only: Youden, high sensitivity,
-    high specificity and the fixed 0.5, one list entry per label for multilabel, none for
-    multiclass (decided by argmax).
+    high specificity and the fixed 0.5, one list entry per label for multilabel (an error names
+    the label, from ``label_names``), none for multiclass (decided by argmax).
 
     Example:
         >>> y = np.array([0, 0, 1, 1]); s = np.array([0.1, 0.4, 0.35, 0.8])
@@ -146,10 +147,16 @@ def select_thresholds(task: str, y_val, s_val, target_sensitivity: float = 0.95,
 
     if task == "multiclass":
         return {}
+    check_aligned(y_val, s_val, "select_thresholds: y_val and s_val")
     y_val, s_val = np.asarray(y_val), np.asarray(s_val)
     if task == "binary":
         return {k: float(v) for k, v in pick(y_val, s_val).items()}
-    per_label = [pick(*known_column(y_val, s_val, j)) for j in range(y_val.shape[1])]
+    per_label = []
+    for j, name in enumerate(_label_names(label_names, y_val.shape[1])):
+        try:
+            per_label.append(pick(*known_column(y_val, s_val, j)))
+        except EvaluationError as error:
+            raise EvaluationError(f"label {name!r}: {error}") from None
     return {k: [float(p[k]) for p in per_label] for k in per_label[0]}
 
 
@@ -165,6 +172,7 @@ def per_label_thresholds(Y_val, P_val, method: str = "youden", target: float = 0
         >>> per_label_thresholds(Y, P, label_names=["effusion", "nodule"])
         {'effusion': 0.6, 'nodule': 0.7}
     """
+    check_aligned(Y_val, P_val, "per_label_thresholds: Y_val and P_val")
     Y = np.asarray(Y_val)
     P = np.asarray(P_val, dtype=float)
     if Y.ndim != 2 or P.shape != Y.shape:

@@ -114,7 +114,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         summary, scores = recalibrate(model, recalibration, "val", {split: (table.labels(), scores[split])
                                                                     for split, table in tables.items()})
     model.thresholds = select_thresholds(model.task, tables["val"].labels(), scores["val"],
-                                         config.evaluation.target_sensitivity, config.evaluation.target_specificity)
+                                         config.evaluation.target_sensitivity, config.evaluation.target_specificity,
+                                         model.classes)
     if first.hierarchy:
         model.hierarchy = first.hierarchy
         choose_coarse_thresholds(model, tables["val"].labels(), scores["val"], config.evaluation)

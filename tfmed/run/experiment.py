@@ -519,7 +519,7 @@ def fill_run_dir(run_dir: Path, config: ExperimentConfig, table: ImageTable, inp
                               fit_scores if recalibration and recalibration["applied"] else None)
         oof = fit_scores
     model.thresholds = select_thresholds(model.task, fit_labels, fit_scores, config.evaluation.target_sensitivity,
-                                         config.evaluation.target_specificity)
+                                         config.evaluation.target_specificity, model.classes)
     if config.evaluation.hierarchy:
         model.hierarchy = config.evaluation.hierarchy
         choose_coarse_thresholds(model, fit_labels, fit_scores, config.evaluation)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tfmed.config import ExperimentConfig
 from tfmed.errors import TfmedError
+from tfmed.evaluation.intervals import EvaluationError
 from tfmed.evaluation.recalibration import (RecalibrationError, carried_thresholds, check_method,
                                             probability_scores)
 from tfmed.evaluation.thresholds import select_thresholds
@@ -112,9 +113,14 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
         model.thresholds = carried_thresholds(model.thresholds, home, model.recalibration)
         where = "its thresholds carried over from that run (each image decided as the run decided it)"
     else:
-        model.thresholds = select_thresholds(model.task, table.labels(), scores,
-                                             config.evaluation.target_sensitivity,
-                                             config.evaluation.target_specificity)
+        try:
+            model.thresholds = select_thresholds(model.task, table.labels(), scores,
+                                                 config.evaluation.target_sensitivity,
+                                                 config.evaluation.target_specificity, model.classes)
+        except EvaluationError as error:
+            raise RecalibrateRunError(f"{data}: thresholds cannot be chosen on these images ({error}); give more "
+                                      "of the hospital's images, with both outcomes of every label, or keep the "
+                                      "run's thresholds with --keep-thresholds") from None
         if model.hierarchy:
             choose_coarse_thresholds(model, table.labels(), scores, config.evaluation)
         where = "its thresholds chosen on them"
