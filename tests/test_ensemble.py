@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from tfmed.config import ConfigError, ExperimentConfig
 from tfmed.evaluation.comparison import compare_to_members, comparison_sentences, paired_tests
-from tfmed.evaluation.intervals import EvaluationError, macro_auc_test
+from tfmed.evaluation.intervals import PERMUTATION_TEST, EvaluationError, macro_auc_test
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
 from tfmed.modes.combine import ScoreCombiner
@@ -114,7 +114,14 @@ def test_multilabel_comparison_tests_each_label_and_the_macro_auc():
     assert entry["macro"]["p_value"] == round(expected["p_value"], 4) and entry["macro"]["difference"] > 0.3
     sentence = comparison_sentences({"weak": entry}, "test")[0]
     assert sentence.startswith("test: member weak vs ensemble AUC per label:")
+    assert "(paired DeLong p unless a label says permutation" in sentence and ", permutation)" not in sentence
     assert f"ensemble macro AUC {entry['macro']['ensemble_macro_auc']:.3f}" in sentence
+    # a label whose DeLong variance is 0 (AUC 1 against AUC 0) takes the permutation test
+    separated = np.c_[Y[:, :1] * 0.6 + RNG.uniform(0, 0.3, (80, 1)), strong[:, 1:]]
+    also = np.c_[1 - separated[:, :1], weak[:, 1:]]   # label 0 ranked backwards: AUC 1 against 0
+    entry = compare_to_members("multilabel", Y, separated, {"also": also})["also"]
+    assert entry["test"][0] == PERMUTATION_TEST and entry["test"][1] != PERMUTATION_TEST
+    assert ", permutation)" in comparison_sentences({"also": entry}, "test")[0].split(";")[0]
 
 
 def test_a_comparison_of_bad_scores_is_refused_not_reported_as_one_class():

@@ -9,7 +9,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, brier_scor
 
 from tfmed.evaluation import (EvaluationError, binary_metrics, bootstrap_ci, delong_auc_ci, delong_test, evaluate,
                               macro_auc_ci, macro_auc_test, multiclass_metrics, multilabel_metrics,
-                              operating_point_metrics, separation_bound)
+                              operating_point_metrics, operating_points, separation_bound)
 
 
 def wilson_closed_form(k, n, level=0.95):
@@ -106,6 +106,13 @@ def test_a_threshold_off_the_scores_scale_is_noted():
     assert any(note.startswith(said) for note in binary_metrics([0, 1, 1], [0.2, 0.4, 0.9], threshold=50)["notes"])
     margins = binary_metrics([0, 1, 1], [-2.0, 0.4, 3.0], threshold=1.5)  # SVM margins: a threshold of their scale
     assert not any("lies outside" in note for note in margins["notes"])
+    # a high-specificity point put just above a top score of 1 (negatives share it) is tfmed's, not a percentage
+    y, s = [0, 0, 1, 1], [1.0, 1.0, 1.0, 0.3]
+    point = operating_points(y, s, targets=(0.95,))["high_specificity"]
+    notes = binary_metrics(y, s, point)["notes"]
+    assert any("lies just above the highest possible score, where a point is put when no observed score reaches its "
+               "target" in note for note in notes)
+    assert not any("0.5, not 50" in note for note in notes)
 
 
 def test_pandas_labels_and_scores_with_different_indexes_are_refused():

@@ -306,3 +306,21 @@ def test_docstring_examples_run():
     for module in (plots, report):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_the_console_summary_heads_the_auc_interval_with_its_level():
+    from tfmed.evaluation import binary_metrics, evaluate
+    from tfmed.run.reporting import summary_text
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 80)
+    s = np.clip(0.4 * y + 0.6 * rng.random(80), 0, 1)
+    for level in (0.8, 0.95):
+        point = binary_metrics(y, s, 0.5, ci_level=level)
+        text = summary_text({"task": "binary", "splits": {"val": {"youden": point}}, "images": {"val": 80}})
+        assert f"AUC ({level:.0%} CI)" in text.splitlines()[0]
+        assert f"{point['ci']['roc_auc'][0]:.3f}" in text
+        proba = np.c_[1 - s, s]
+        multiclass = evaluate("multiclass", y, proba, class_names=["a", "b"], ci_level=level)
+        assert f"AUC ({level:.0%} CI)" in summary_text({"task": "multiclass", "splits": {"val": multiclass},
+                                                        "images": {"val": 80}})

@@ -96,9 +96,11 @@ def comparison_sentences(comparison: dict, split: str) -> list[str]:
         elif "macro_auc" in entry:
             lines.append(f"{split}: {_macro_words(entry, name)}.")
         else:
-            pairs = ", ".join(f"{_text(a)}/{_text(e)} (p {_text(p, 4)})"
-                              for a, e, p in zip(entry["auc"], entry["ensemble_auc"], entry["p_value"]))
-            lines.append(f"{split}: member {name} vs ensemble AUC per label: {pairs}; "
+            pairs = ", ".join(f"{_text(a)}/{_text(e)} (p {_text(p, 4)}{', permutation' * (t == PERMUTATION_TEST)})"
+                              for a, e, p, t in zip(entry["auc"], entry["ensemble_auc"], entry["p_value"],
+                                                    entry["test"]))
+            lines.append(f"{split}: member {name} vs ensemble AUC per label: {pairs} (paired DeLong p unless a "
+                         f"label says permutation, taken where DeLong's variance is 0); "
                          f"{_macro_words(entry['macro'], name)}.")
     return lines
 

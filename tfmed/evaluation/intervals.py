@@ -270,8 +270,9 @@ def delong_test(y_true, scores_a, scores_b) -> dict:
     """Paired DeLong test: do two models scored on the same cases differ in AUC?
 
     Returns ``dict(auc_a, auc_b, diff, z, p_value, ci_a, ci_b, test)`` with
-    ``diff = auc_a - auc_b``, a two-sided p-value and each AUC's 95% DeLong
-    interval ``[lo, hi]``. When DeLong's variance of the difference is 0 (a
+    ``diff = auc_a - auc_b``, a two-sided p-value and each AUC's 95% interval
+    ``[lo, hi]`` (as :func:`delong_auc_ci` gives it: the farther ends of DeLong's
+    logit-scale interval and Newcombe's). When DeLong's variance of the difference is 0 (a
     handful of cases, where z would be infinite and p 0), the p-value comes from
     :func:`permutation_p` instead and ``test`` says so.
 
@@ -492,7 +493,8 @@ PERMUTATION_TEST = "paired permutation (DeLong's variance is 0)"
 
 
 def _paired_test(aucs: np.ndarray, covariance: np.ndarray, counts: tuple[tuple[int, int], ...]) -> dict:
-    """Two-sided z test of ``aucs[0] - aucs[1]`` with their covariance (2, 2); each AUC's 95% interval."""
+    """Two-sided z test of ``aucs[0] - aucs[1]`` with their covariance (2, 2); each AUC's 95% interval (the
+    farther ends of DeLong's logit-scale interval and Newcombe's)."""
     diff = float(aucs[0] - aucs[1])
     variance = float(covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1])
     if variance <= 1e-15:

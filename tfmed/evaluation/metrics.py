@@ -48,7 +48,7 @@ from .decision import beneficial_ranges, calibration_line, decision_curve, net_b
 from .intervals import (EvaluationError, _check_level, auc_defined, binary_scores, bootstrap_distribution,
                         check_aligned, delong_auc_ci, macro_auc_ci, macro_auc_covariance, percentile_interval,
                         wilson_interval)
-from .thresholds import known_column, reaches
+from .thresholds import ROUNDING, known_column, reaches
 
 TASKS = ("binary", "multiclass", "multilabel")
 # Fewer cases than this on one side of an ROC curve get a note: with 4-9 positives a 95% AUC
@@ -81,7 +81,8 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
     """Confusion counts, clinical metrics and their confidence intervals.
 
     Proportions (accuracy, sensitivity, specificity, PPV, NPV) get Wilson
-    intervals, ROC AUC a DeLong interval. With ``bootstrap > 0`` every
+    intervals, ROC AUC the farther ends of DeLong's logit-scale interval and
+    Newcombe's (:func:`~tfmed.evaluation.intervals.delong_auc_ci`). With ``bootstrap > 0`` every
     metric also gets a stratified bootstrap percentile interval in
     ``"bootstrap_ci"``. Scores outside [0, 1] (e.g. SVM margins) have no
     Brier score.
@@ -96,7 +97,11 @@ def binary_metrics(y_true, scores, threshold: float, ci_level: float = 0.95, boo
     ci_level = _check_level(ci_level)
     _check_bootstrap(bootstrap)
     notes: list[str] = []
-    if not 0 <= threshold <= 1 and s.min() >= 0 and s.max() <= 1:  # a percentage, most likely
+    if 1 < threshold <= 1 + 3 * ROUNDING:  # just above a top score of 1: a chosen point that no threshold reached
+        notes.append(f"the threshold {threshold!r} lies just above the highest possible score, where a point is "
+                     "put when no observed score reaches its target (e.g. the negatives share the top score): "
+                     "every case is called negative")
+    elif not 0 <= threshold <= 1 and s.min() >= 0 and s.max() <= 1:  # a percentage, most likely
         notes.append(f"the threshold {threshold:g} lies outside [0, 1], where every score lies, so every case is "
                      f"called {'negative' if threshold > 1 else 'positive'}: give it on the scores' scale "
                      "(0.5, not 50)")

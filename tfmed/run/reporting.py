@@ -498,8 +498,12 @@ def test_origin_note(origin: str) -> str:
 
 
 def summary_text(metrics: dict) -> str:
-    """A short plain-text summary of the run's headline numbers."""
-    lines = [f"{'split':<6} {'point':<17} {'AUC (95% CI)':<22} {'sens':>6} {'spec':>6} {'PPV':>6} {'NPV':>6}"]
+    """A short plain-text summary of the run's headline numbers (the AUC's interval at the run's level)."""
+    entries = [entry for split in metrics["splits"].values()
+               for entry in ([split] if metrics["task"] == "multiclass" else split.values())]
+    level = next((entry["ci_level"] for entry in entries if entry.get("ci_level") is not None), 0.95)
+    heading = f"AUC ({level:.0%} CI)"
+    lines = [f"{'split':<6} {'point':<17} {heading:<22} {'sens':>6} {'spec':>6} {'PPV':>6} {'NPV':>6}"]
     for row in headline_rows(metrics):
         lines.append(f"{row['split']:<6} {row['point']:<17} {row['auc']:<22} {row['sensitivity']:>6} "
                      f"{row['specificity']:>6} {row['ppv']:>6} {row['npv']:>6}")
