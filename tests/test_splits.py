@@ -233,6 +233,21 @@ def test_a_val_split_without_a_class_names_the_fix_of_its_split_method():
         check_split_classes(table, SplitConfig(method="patient"))
 
 
+def test_two_coarse_classes_need_a_val_image_each_for_their_thresholds():
+    classes = ["healthy", "sick_non_tb", "tuberculosis"]
+    frame = pd.DataFrame({"image": [f"i{k}" for k in range(9)], "label": [0, 1, 2, 0, 1, 2, 0, 1, 0],
+                          "split": ["train"] * 6 + ["val"] * 3})   # val: no tuberculosis image
+    table = ImageTable(frame, classes, "multiclass")
+    check_split_classes(table, SplitConfig())  # fine classes decide by argmax: no threshold
+    two = {"non_tb": ["healthy", "sick_non_tb"], "tb": ["tuberculosis"]}
+    with pytest.raises(SplitError, match=r"the val split holds no image of coarse class 'tb' of evaluation.hierarchy "
+                                         r"\(3 'non_tb', 0 'tb'\), and the coarse thresholds are chosen on it"):
+        check_split_classes(table, SplitConfig(), two)
+    check_split_classes(table, SplitConfig(method="kfold", folds=2), two)  # thresholds from out-of-fold scores
+    three = {"healthy": ["healthy"], "sick": ["sick_non_tb"], "tb": ["tuberculosis"]}
+    check_split_classes(table, SplitConfig(), three)  # three coarse classes: argmax, no threshold
+
+
 def test_kfold_refuses_more_folds_than_a_class_has_patients():
     frame = pd.DataFrame({"image": [f"{i}.png" for i in range(12)], "label": [0, 1] * 6,
                           "patient_id": [f"p{i}" for i in range(12)], "split": ["train"] * 12})

@@ -235,11 +235,12 @@ def site_split(table: ImageTable, config: SplitConfig) -> ImageTable:
     return result
 
 
-def check_split_classes(table: ImageTable, config: SplitConfig) -> None:
+def check_split_classes(table: ImageTable, config: SplitConfig, hierarchy: dict | None = None) -> None:
     """Refuse a split a model cannot be trained or given thresholds on: a class (binary, multiclass) with
     images but none in training, a multilabel label with known positives (or negatives) but none in training,
-    and outside k-fold a validation split without both classes (binary) or
-    without a label's positives and negatives (multilabel), since the thresholds are chosen on it.
+    and outside k-fold a validation split without both classes (binary), without a label's positives and
+    negatives (multilabel) or, for two coarse classes of a ``hierarchy`` (``evaluation.hierarchy``),
+    without an image of each, since the thresholds are chosen on it.
 
     Example:
         >>> import pandas as pd
@@ -271,9 +272,12 @@ one), or use split.method: kfold
                     raise SplitError(f"label {name!r} has no {kind} training image ({kind} images: {where}), so no "
                                      "model can learn it; give the training split some (split.method: patient "
                                      "carves splits with each label's mix), or leave the label out of data.classes")
-    if config.method == "kfold" or table.task == "multiclass":
+    if config.method == "kfold":
         return
     val = (split == "val").to_numpy()
+    if table.task == "multiclass":
+        _check_coarse_val(table, labels[val], hierarchy, config)
+        return
     columns = [(None, labels[val])] if table.task == "binary" else [
         (name, labels[val, j][labels[val, j] != UNKNOWN_LABEL]) for j, name in enumerate(table.classes)]
     for label, values in columns:
@@ -287,6 +291,22 @@ one), or use split.method: kfold
                       else "val rows of each class, or split.method: patient to carve a stratified one")
             raise SplitError(f"the val split holds {what} ({held}), and thresholds are chosen on it; give it "
                              f"images of every class ({remedy}), or use split.method: kfold")
+
+
+def _check_coarse_val(table: ImageTable, val_labels: np.ndarray, hierarchy: dict | None, config: SplitConfig) -> None:
+    """Two coarse classes (``evaluation.hierarchy``) get thresholds chosen on validation: refuse a val split
+    without an image of each."""
+    if not hierarchy or len(hierarchy) != 2:
+        return
+    held = {coarse: int(np.isin(val_labels, [table.classes.index(f) for f in fine if f in table.classes]).sum())
+            for coarse, fine in hierarchy.items()}
+    lacking = [coarse for coarse, count in held.items() if not count]
+    if lacking:
+        remedy = ("a larger split.val_fraction, or more patients of each class" if config.method == "patient"
+                  else "val rows of each class, or split.method: patient to carve a stratified one")
+        raise SplitError(f"the val split holds no image of coarse class {lacking[0]!r} of evaluation.hierarchy "
+                         f"({', '.join(f'{n} {c!r}' for c, n in held.items())}), and the coarse thresholds are "
+                         f"chosen on it; give it images of every class ({remedy}), or use split.method: kfold")
 
 
 def _require_validation(split: np.ndarray) -> None:

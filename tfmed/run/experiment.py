@@ -76,7 +76,7 @@ def split_data(config: ExperimentConfig, table: ImageTable) -> ImageTable:
     table = _mark_near_duplicates(config, table)
     origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
     table = ensure_splits(table, config.split)
-    check_split_classes(table, config.split)
+    check_split_classes(table, config.split, config.evaluation.hierarchy)
     if config.split.method == "kfold":  # too few patients of a class for the folds: said before any fitting
         try:
             kfold_indices(table, config.split.folds, config.split.seed)
