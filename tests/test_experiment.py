@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -399,6 +400,12 @@ def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, mo
     elsewhere = explain_run(run, method="saliency", per_group=1, output=tmp_path / "elsewhere")
     assert (pd.read_csv(elsewhere / "explanations.csv")["score"].tolist()
             == pd.read_csv(explained / "explanations.csv")["score"].tolist())
+    # a folder of the same name where the command is started is not the run's data: the run's own is read
+    shutil.copytree(tmp_path / "work" / "xrays", tmp_path / "xrays")
+    for image in (tmp_path / "xrays" / "normal").glob("*.png"):
+        image.rename(tmp_path / "xrays" / "pneumonia" / f"moved_{image.name}")
+    shadowed = evaluate_run(run, output=tmp_path / "ev_shadowed")
+    assert load_metrics(shadowed)["splits"]["test"]["youden"] == load_metrics(run)["splits"]["test"]["youden"]
 
 
 def test_evaluate_leaves_bad_rows_out_only_when_its_data_yaml_says_so(pneumonia_run, tmp_path):

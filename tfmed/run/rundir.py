@@ -305,21 +305,22 @@ def as_reread(run_dir: Path, refs, known: set[str]) -> list[str]:
 def run_split_tables(run_dir: Path, names: tuple[str, ...],
                      remedy: str = "restore the data or pass --data") -> dict[str, ImageTable]:
     """The run's rows of each split in ``names``, re-read from its data source and ``splits.csv``. Relative
-    data paths are read from the working folder, else (not found there) from the folder the run was started in
-    (:func:`run_working_dir`); image references are then matched with :func:`as_reread`. ``remedy`` ends the
-    error for images the source no longer has (what the calling command offers).
+    data paths are read from the folder the run was started in (:func:`run_working_dir`), else (gone, or the
+    data not found there) from the working folder; image references are then matched with :func:`as_reread`.
+    ``remedy`` ends the error for images the source no longer has (what the calling command offers).
 
     Example:
         >>> tables = run_split_tables(Path("runs/pneumonia_mnist/20261124-101500"), ("val", "test"))  # doctest: +SKIP
     """
     config = ExperimentConfig.from_run(run_dir)
-    try:
+    base = run_working_dir(run_dir)
+    if base is None or not base.is_dir() or base.resolve() == Path.cwd().resolve():
         table = load_source(config.data)
-    except DataSourceError:
-        base = run_working_dir(run_dir)
-        if base is None or base.resolve() == Path.cwd().resolve():
-            raise
-        table = load_source(config.data, base_dir=base)
+    else:
+        try:  # a file of the same name in the working folder must not stand in for the run's own
+            table = load_source(config.data, base_dir=base)
+        except DataSourceError:
+            table = load_source(config.data)
     splits = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
     known = set(table.frame["image"])
     splits["image"] = as_reread(run_dir, splits["image"], known)
