@@ -627,3 +627,26 @@ def test_member_scores_of_several_classes_are_written_at_full_precision(tmp_path
     path = write_member_scores_csv(tmp_path / "member_scores.csv", {"test": table}, {"test": {"m": scores}})
     written = np.array([ast.literal_eval(cell) for cell in pd.read_csv(path)["m"]])
     assert np.array_equal(written, scores)  # rounded to 6 decimals before, which could make ties
+
+
+@pytest.mark.slow
+def test_tfmed_ensemble_of_runs_without_a_test_split_keeps_each_runs_seed(tiny_source, tmp_path, monkeypatch):
+    runs = []
+    for name, seed in (("a", 0), ("b", 7)):
+        config = ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml")  # test_fraction 0
+        config = _small(config, tmp_path)
+        config.name, config.seed, config.data.source, config.split.test_fraction = name, seed, tiny_source, 0.0
+        runs.append(run_experiment(config))
+    out = tmp_path / "combined"
+    assert main(["ensemble", *map(str, runs), "--output", str(out)]) == 0
+    assert set(load_metrics(out)["splits"]) == {"val"}
+    members = ExperimentConfig.from_yaml(out / "config.yaml").model.ensemble.members
+    assert [member.seed for member in members] == [0, 7]
+    # a failure while the combined run is written leaves no half-written run behind
+    import tfmed.run.reporting as reporting
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(reporting, "write_run_outputs", full_disk)
+    assert main(["ensemble", *map(str, runs), "--output", str(tmp_path / "failed")]) == 2
+    assert not (tmp_path / "failed").exists()

@@ -94,7 +94,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
             raise EnsembleRunsError(f"--recalibrate: {error}") from None
     names = _member_names(runs, configs)
 
-    tables = run_split_tables(runs[0], ("val", "test"), remedy="restore the data the runs were made on")
+    tables = {split: table for split, table in run_split_tables(
+        runs[0], ("val", "test"), remedy="restore the data the runs were made on").items() if len(table)}
     member_scores = {split: {name: _saved_scores(run, split, table, model)
                              for name, run, model in zip(names, runs, models)}
                      for split, table in tables.items()}
@@ -122,16 +123,6 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     config.description = _description(runs, combine, recalibration if model.recalibration else "none",
                                       model.thresholds, model.coarse_thresholds)  # what was fitted
 
-    out = output_run_dir(output, "ensemble")
-    log(f"combining {len(runs)} runs ({combine}) into {out}")
-    config.to_yaml(out / "config.yaml")
-    # "verified": false when --no-verify read the runs without checking them against their manifests
-    (out / "environment.json").write_text(json.dumps({**environment_info(config), "verified": verify}, indent=2))
-    shutil.copyfile(runs[0] / "splits.csv", out / "splits.csv")
-    (out / "ensemble_runs.json").write_text(json.dumps(
-        {"runs": [str(r) for r in runs], "members": names, "combine": combine, "recalibration": recalibration},
-        indent=2))
-    model.save(out / "model")
     metrics = {**scored_metrics(model, tables, scores, config.evaluation), **count_entries(tables),
                "tta_views": first.tta.view_count(), "member_runs": [str(r) for r in runs],
                "members": {split: compare_to_members(model.task, table.labels(), scores[split], member_scores[split])
@@ -142,8 +133,19 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         metrics["recalibration"] = summary
     from tfmed.run.reporting import write_run_outputs
 
-    write_run_outputs(out, config, model, tables, scores, metrics, member_scores)
-    finish_run(out)
+    with output_run_dir(output, "ensemble") as out:
+        log(f"combining {len(runs)} runs ({combine}) into {out}")
+        config.to_yaml(out / "config.yaml")
+        # "verified": false when --no-verify read the runs without checking them against their manifests
+        (out / "environment.json").write_text(json.dumps({**environment_info(config), "verified": verify},
+                                                         indent=2))
+        shutil.copyfile(runs[0] / "splits.csv", out / "splits.csv")
+        (out / "ensemble_runs.json").write_text(json.dumps(
+            {"runs": [str(r) for r in runs], "members": names, "combine": combine, "recalibration": recalibration},
+            indent=2))
+        model.save(out / "model")
+        write_run_outputs(out, config, model, tables, scores, metrics, member_scores)
+        finish_run(out)
     return out
 
 
@@ -264,9 +266,9 @@ def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine:
     """An experiment that describes the combination (each run as a member with its own preprocessing); its
     description is :func:`_description`'s, once the combination is fitted."""
     first = configs[0]
-    members = [MemberConfig(name=name, mode=c.model.mode, backbone=c.model.backbone, weights=c.model.weights,
-                            weights_dir=c.model.weights_dir, svm=c.model.svm, finetune=c.model.finetune,
-                            preprocess=c.preprocess,
+    members = [MemberConfig(name=name, mode=c.model.mode, seed=c.seed, backbone=c.model.backbone,
+                            weights=c.model.weights, weights_dir=c.model.weights_dir, svm=c.model.svm,
+                            finetune=c.model.finetune, preprocess=c.preprocess,
                             augment=c.augment if "augment" in MODE_SECTIONS[c.model.mode] else None,
                             balance=c.balance if "balance" in MODE_SECTIONS[c.model.mode] else None)
                for name, c in zip(names, configs)]

@@ -127,25 +127,15 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     if model.task == "multiclass" and not model.hierarchy:
         where = "each image's class its most probable one (a multi-class model has no thresholds)"
 
-    out = output_run_dir(output, f"{config.name}_recalibrated")
-    log(f"writing the recalibrated model to {out}")
     new_config = dataclasses.replace(
         config, name=f"{config.name}_recalibrated", data=parsed,
         evaluation=dataclasses.replace(config.evaluation, recalibration=method),
         description=(f"The model of {run} ({config.name}), recalibrated ({method}) on {source}, {where}; the "
                      f"network is that run's. {config.description or ''}").strip())
-    new_config.to_yaml(out / "config.yaml")
-    # "verified": false when --no-verify read the run without checking it against its manifest
-    (out / "environment.json").write_text(json.dumps({**environment_info(new_config), "verified": verify}, indent=2))
     provenance = {"run": str(run), "data": data, "method": method,
                   "thresholds": "kept" if keep_thresholds else "chosen"}
     if keep_thresholds:  # where the run had them from (a recalibrated run's own, or carried over to it)
         provenance["thresholds_chosen_on"] = thresholds_chosen_on(config, json_object(run / PROVENANCE_FILE))
-    (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
-    splits = table.frame.drop(columns=["array_index"], errors="ignore").assign(split="val")
-    splits.to_csv(out / "splits.csv", index=False)
-    excluded = write_excluded(out, table, data)
-    model.save(out / "model")
     metrics = {**scored_metrics(model, {"val": table}, {"val": scores}, config.evaluation), "source": source,
                "recalibrated_from": str(run), **count_entries({"val": table}), "tta_views": model.tta.view_count(),
                "recalibration": summary}
@@ -153,13 +143,24 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
                  else "every figure here is in-sample")
     notes = [f"The model of {run}, recalibrated on these images ({source}), {where}: {in_sample}. Measure it with "
              "tfmed evaluate --data on other images of the same hospital."]
-    write_outputs(out, title=f"{new_config.name}", source=source, model=model, parts={"val": table},
-                  scores={"val": scores}, metrics=metrics,
-                  notes=notes + recalibration_sentences(metrics) + subgroup_sentences(metrics)
-                  + coarse_sentences(metrics),
-                  model_facts={"mode": model.mode, "backbone": model.backbone,
-                               "recalibration": model.recalibration.describe()},
-                  excluded=excluded, chosen_on=thresholds_chosen_on(config, provenance))
-    finish_run(out)
+    with output_run_dir(output, f"{config.name}_recalibrated") as out:
+        log(f"writing the recalibrated model to {out}")
+        new_config.to_yaml(out / "config.yaml")
+        # "verified": false when --no-verify read the run without checking it against its manifest
+        (out / "environment.json").write_text(json.dumps({**environment_info(new_config), "verified": verify},
+                                                         indent=2))
+        (out / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+        splits = table.frame.drop(columns=["array_index"], errors="ignore").assign(split="val")
+        splits.to_csv(out / "splits.csv", index=False)
+        excluded = write_excluded(out, table, data)
+        model.save(out / "model")
+        write_outputs(out, title=f"{new_config.name}", source=source, model=model, parts={"val": table},
+                      scores={"val": scores}, metrics=metrics,
+                      notes=notes + recalibration_sentences(metrics) + subgroup_sentences(metrics)
+                      + coarse_sentences(metrics),
+                      model_facts={"mode": model.mode, "backbone": model.backbone,
+                                   "recalibration": model.recalibration.describe()},
+                      excluded=excluded, chosen_on=thresholds_chosen_on(config, provenance))
+        finish_run(out)
     return out
 

@@ -444,8 +444,8 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         overview, caption, sentence = explain_for_report(run_dir, model, parts, scores, config.report.explain_method)
         extra_plots[caption] = str(overview)
         notes.append(sentence)
-    excluded = to_jsonable(parts["test"].excluded.astype(str).to_dict("records")) \
-        if len(parts["test"].excluded) else []
+    left_out = next(iter(parts.values())).excluded  # the rows the source left out, the same for every split
+    excluded = to_jsonable(left_out.astype(str).to_dict("records")) if len(left_out) else []
     return write_outputs(run_dir, title=f"{config.name}", source=str(config.data.source), model=model,
                          parts=parts, scores=scores, metrics=metrics, notes=notes + [config.description.strip()]
                          if config.description else notes, excluded=excluded, history=history,

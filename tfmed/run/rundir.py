@@ -139,21 +139,27 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not create a new run directory under {parent}")
 
 
-def output_run_dir(output: str | Path | None, name: str) -> Path:
+@contextlib.contextmanager
+def output_run_dir(output: str | Path | None, name: str):
     """The directory a command that makes a run from saved runs writes: ``output`` (created; refused when it
-    holds anything, as runs never overwrite each other) or a new ``runs/NAME/TIMESTAMP``.
+    holds anything, as runs never overwrite each other) or a new ``runs/NAME/TIMESTAMP``; removed (a given
+    empty ``output`` emptied) when the block fails or is interrupted, as :func:`written_whole` does.
 
     Example:
         >>> import tempfile
-        >>> output_run_dir(Path(tempfile.mkdtemp()) / "combined", "ensemble").name
+        >>> with output_run_dir(Path(tempfile.mkdtemp()) / "combined", "ensemble") as out:
+        ...     out.name
         'combined'
     """
+    made = output is None or not Path(output).exists()
     if output is None:
-        return new_run_dir("runs", name)
-    refuse_used_output(output, "runs")
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        out = new_run_dir("runs", name)
+    else:
+        refuse_used_output(output, "runs")
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+    with removed_if_unfinished(out, "run", made):
+        yield out
 
 
 @contextlib.contextmanager
@@ -170,9 +176,16 @@ def written_whole(output: str | Path | None, run_dir: Path, folder: str, what: s
         ('evaluations', ['metrics.json'])
     """
     out = Path(output) if output else new_run_dir(run_dir, folder)
-    made = not output or not out.exists()
-    try:
+    with removed_if_unfinished(out, what, made=not output or not out.exists()):
         out.mkdir(parents=True, exist_ok=True)
+        yield out
+
+
+@contextlib.contextmanager
+def removed_if_unfinished(out: Path, what: str, made: bool):
+    """Remove ``out`` when the block fails or is interrupted, or empty it when it was given empty (``made``
+    False), and say so: no half-written ``what`` reads as a whole one."""
+    try:
         yield out
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
