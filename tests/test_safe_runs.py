@@ -291,6 +291,20 @@ def test_an_output_inside_a_run_it_reads_is_refused_by_every_command(runs, tmp_p
     verify_run(run)  # where tfmed evaluate itself writes: the run is left whole
 
 
+def test_an_output_or_runs_folder_inside_a_run_the_command_does_not_read_is_refused(runs, tmp_path, capsys):
+    reader, victim = (shutil.copytree(r, tmp_path / name) for r, name in zip(runs, ("reader", "victim")))
+    for argv in (["compare", str(runs[0]), str(reader), "--output", str(victim / "model" / "cmp.csv")],
+                 ["evaluate", "--model", str(reader), "--output", str(victim / "ev")]):
+        assert cli.main(argv) == 2, argv
+        assert f"--output {argv[-1]}: inside the run directory {victim}" in capsys.readouterr().err
+    config = tmp_path / "tiny.yaml"
+    config.write_text((reader / "config.yaml").read_text())
+    assert cli.main(["run", str(config), "--runs-dir", str(victim / "more")]) == 2
+    assert (f"runs folder {victim / 'more'} lies inside the run {victim}: a new run there would change that run"
+            in capsys.readouterr().err)
+    verify_run(victim)
+
+
 @pytest.mark.parametrize("stop", [RuntimeError("out of memory in stage 2"), KeyboardInterrupt(),
                                   TfmedError("every training image is flat")], ids=["error", "ctrl_c", "refused"])
 def test_a_run_that_stops_before_its_model_says_why_to_every_command(runs, tmp_path, monkeypatch, capsys, stop):

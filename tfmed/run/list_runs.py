@@ -14,12 +14,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tfmed.run.manifest import (FAILED_FILE, MANIFEST_FILE, RunIntegrityError, failure_reason, listed_file_problem,
+from tfmed.run.manifest import (MANIFEST_FILE, RunIntegrityError, failure_reason, listed_file_problem,
                                 read_manifest, strays)
-from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError, json_object
+from tfmed.run.rundir import RUN_MARKERS, SWEEP_FILE, RunDirectoryError, json_object
 
 COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
-RUN_MARKERS = {"environment.json", MANIFEST_FILE, FAILED_FILE}  # beside config.yaml: a run (or a layer sweep)
 SWEEP_STATUS = f"layer sweep ({SWEEP_FILE})"
 
 

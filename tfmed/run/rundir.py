@@ -98,15 +98,49 @@ def run_lock(run_dir: str | Path):
         handle.close()
 
 
+RUN_MARKERS = {"environment.json", MANIFEST_FILE, FAILED_FILE}  # beside config.yaml: a run (or a layer sweep)
+
+
+def is_run_dir(folder: str | Path) -> bool:
+    """Whether ``folder`` is a run directory: ``config.yaml`` with ``environment.json``, a manifest, a failure
+    record or ``model/``.
+
+    Example:
+        >>> import tempfile
+        >>> is_run_dir(tempfile.mkdtemp())
+        False
+    """
+    folder = Path(folder)
+    return (folder / "config.yaml").is_file() and (
+        any((folder / marker).is_file() for marker in RUN_MARKERS) or (folder / "model").is_dir())
+
+
+def enclosing_run(path: str | Path) -> Path | None:
+    """The run directory ``path`` lies in (``path`` itself included; it need not exist), or None.
+
+    Example:
+        >>> import tempfile
+        >>> enclosing_run(Path(tempfile.mkdtemp()) / "new") is None
+        True
+    """
+    target = Path(path).resolve()
+    return next((folder for folder in (target, *target.parents) if is_run_dir(folder)), None)
+
+
 def check_runs_dir(runs_dir: str | Path) -> None:
-    """Refuse, before any data are read, a runs folder that cannot hold runs: a file, a path through a file, or
-    a folder without write permission.
+    """Refuse, before any data are read, a runs folder that cannot hold runs: a file, a path through a file, a
+    folder inside a run, or a folder without write permission.
 
     Example:
         >>> import tempfile
         >>> check_runs_dir(Path(tempfile.mkdtemp()) / "runs")  # need not exist yet
     """
     path = Path(runs_dir)
+    inside = enclosing_run(path)
+    if inside is not None:
+        raise RunDirectoryError(f"runs folder {path} lies inside the run {inside}: a new run there would change that "
+                                "run (and tfmed runs would not list it); give --runs-dir (or runs_dir:) a folder "
+                                "outside any run")
     existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
     if not existing.is_dir():
         where = "is a file" if existing == path else f"lies under {existing}, which is a file"
@@ -214,8 +248,8 @@ def refuse_used_output(output: str | Path | None, what: str) -> None:
 
 def refuse_output_inside_runs(output: str | Path | None, runs: list[str | Path], *, option: str = "--output",
                               kept: tuple[str, ...] = ()) -> None:
-    """Refuse an ``output`` path inside one of the run directories ``runs`` a command reads: a file written
-    there changes the run (its ``MANIFEST.sha256`` check then refuses it). A new folder under the run's
+    """Refuse an ``output`` path inside one of the run directories ``runs`` a command reads, or inside any other
+    run: a file written there changes the run (its ``MANIFEST.sha256`` check then refuses it). A new folder under the run's
     ``kept`` folders (where the command itself writes, e.g. ``evaluations``) passes, as does None.
 
     Example:
@@ -229,7 +263,8 @@ def refuse_output_inside_runs(output: str | Path | None, runs: list[str | Path],
     if output is None:
         return
     target = Path(output).resolve()
-    for run in runs:
+    enclosing = enclosing_run(target)  # also a run the command does not read: writing there damages it too
+    for run in [*runs, *([enclosing] if enclosing is not None else [])]:
         home = Path(run).resolve()
         if not target.is_relative_to(home):
             continue
