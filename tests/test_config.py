@@ -1,4 +1,5 @@
 """Experiment configs load, validate and report the bad key by name."""
+import dataclasses
 import re
 from pathlib import Path
 
@@ -473,3 +474,15 @@ def assert_file_refused(tmp_path, text: str, message: str) -> None:
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=re.escape(f"{path}: {message}")):
         ExperimentConfig.from_yaml(path)
+
+
+def test_a_tilde_in_runs_dir_and_data_paths_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = ExperimentConfig.from_dict({"runs_dir": "~/runs", "data": {"source": "manifest", "path": "~/m.csv",
+                                                                        "root": "~/images"}})
+    assert config.runs_dir == str(tmp_path / "runs")
+    assert (config.data.path, config.data.root) == (str(tmp_path / "m.csv"), str(tmp_path / "images"))
+    assert dataclasses.replace(config, runs_dir="~/other").runs_dir == str(tmp_path / "other")  # --runs-dir
+    from tfmed.data.sources import parse_source_spec
+
+    assert parse_source_spec("medmnist:~/tiny.npz#test").path == str(tmp_path / "tiny.npz#test")

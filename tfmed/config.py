@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import math
+import os
 import re
 import types
 import typing
@@ -308,6 +309,10 @@ class DataConfig(_Section):
 
     def check(self) -> None:
         super().check()
+        for name in ("path", "root"):  # ~ is the home folder, as in a shell
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(self, name, os.path.expanduser(value))
         self._check_parts()
         if self.classes is not None and len(set(self.classes)) < len(self.classes):
             twice = next(name for name in self.classes if self.classes.count(name) > 1)
@@ -1302,6 +1307,8 @@ class ExperimentConfig(_Section):
                         self.evaluation, self.report):
             section.check()
         _check_folder_name("name", self.name)
+        if isinstance(self.runs_dir, str) and self.runs_dir.startswith("~"):  # the home folder, as in a shell
+            self.runs_dir = os.path.expanduser(self.runs_dir)
         self._check_seed()
         self._check_views()
         if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
