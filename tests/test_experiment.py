@@ -408,6 +408,31 @@ def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, mo
     assert load_metrics(shadowed)["splits"]["test"]["youden"] == load_metrics(run)["splits"]["test"]["youden"]
 
 
+def test_a_stopped_run_on_a_relative_data_path_is_resumed_from_any_folder(tmp_path, monkeypatch):
+    import tfmed.run.experiment as experiment
+
+    folder_with_a_corrupt_image(tmp_path / "work" / "xrays", count=60)
+    (tmp_path / "work" / "xrays" / "normal" / "broken.png").unlink()
+    monkeypatch.chdir(tmp_path / "work")
+    config = ExperimentConfig.from_dict({
+        "name": "rel", "runs_dir": "runs", "data": {"source": "folder", "path": "xrays", "patient_pattern": "(.+)"},
+        "preprocess": {"image_size": 32}, "split": {"test_fraction": 0.25},
+        "model": {"mode": "svm", "backbone": TINY, "weights": None, "svm": {"C": [1.0], "cv": 3}}})
+    fit = experiment.fit_model
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(experiment, "fit_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config)
+    stopped = next((tmp_path / "work" / "runs" / "rel").iterdir())
+    monkeypatch.setattr(experiment, "fit_model", fit)
+    monkeypatch.chdir(tmp_path)  # elsewhere: no xrays/ here
+    finished = experiment.resume_experiment(Path("work") / "runs" / "rel" / stopped.name)
+    assert finished == stopped and (stopped / "MANIFEST.sha256").is_file() and Path.cwd() == tmp_path
+    assert not (tmp_path / "runs").exists()  # runs_dir (the feature cache) read from the run's folder too
+
+
 def test_evaluate_leaves_bad_rows_out_only_when_its_data_yaml_says_so(pneumonia_run, tmp_path):
     from tfmed.data.validate import DataValidationError
 

@@ -17,6 +17,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -44,7 +45,7 @@ from tfmed.run.artifact import TrainedModel
 from tfmed.files import file_digest
 from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, finish_run, next_step, record_failure
 from tfmed.run.rundir import (RunDirectoryError, check_runs_dir, environment_info, json_object, new_run_dir,
-                              run_lock)
+                              run_lock, run_working_dir)
 
 
 def prepare_data(config: ExperimentConfig) -> ImageTable:
@@ -378,6 +379,12 @@ def resume_experiment(run_dir: str | Path) -> Path:
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "splits.csv").is_file():
         raise RunDirectoryError(f"{run_dir}: not a run that stopped (it needs the config.yaml and splits.csv a run "
                                 "writes first); pass the directory of the run to resume")
+    base = run_working_dir(run_dir)  # its relative paths (data, runs_dir) are read from there, as when it began
+    if base is not None and base.resolve() != Path.cwd().resolve():
+        log(f"resuming in {base}, the folder the run was started in")
+        run_dir = run_dir.resolve()
+        with contextlib.chdir(base):
+            return resume_experiment(run_dir)
     with run_lock(run_dir):
         if (run_dir / MANIFEST_FILE).is_file():
             raise RunDirectoryError(f"{run_dir}: this run finished (it has its {MANIFEST_FILE}); there is nothing "
