@@ -187,6 +187,15 @@ def test_a_run_is_checked_against_its_manifest_unless_no_verify(tmp_path, capsys
         compare_runs([a, b])
 
 
+@pytest.mark.parametrize("content", ['{"task": "binary", classes}', "[1, 2]"])
+def test_a_damaged_metrics_file_is_named(tmp_path, capsys, content):
+    a, b, *_ = _binary_pair(tmp_path)
+    (b / "metrics.json").write_text(content)
+    assert main(["compare", str(a), str(b)]) == 2
+    error = capsys.readouterr().err
+    assert f"{b / 'metrics.json'}" in error and ("not valid JSON" in error or "holds no JSON object" in error)
+
+
 def test_an_output_inside_a_compared_directory_is_refused(tmp_path, capsys):
     a, b, *_ = _binary_pair(tmp_path)
     before = (b / "predictions.csv").read_bytes()

@@ -20,7 +20,6 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pandas as pd
 from tfmed.errors import TfmedError
 from tfmed.evaluation.comparison import paired_tests
 from tfmed.evaluation.report import predictions_column
+from tfmed.files import read_json
 from tfmed.run.manifest import FAILED_FILE, check_run, failed_next_step, failure_reason
 from tfmed.run.rundir import run_working_dir
 
@@ -55,7 +55,11 @@ def compare_runs(directories: list[str | Path], verify: bool = True) -> pd.DataF
     for run in runs:
         if (run / "config.yaml").is_file():  # a run; an evaluation directory has no manifest
             check_run(run, verify)
-    infos = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    infos = [read_json(run / "metrics.json", CompareRunsError) for run in runs]
+    for run, info in zip(runs, infos):
+        if not isinstance(info, dict):
+            raise CompareRunsError(f"{run / 'metrics.json'}: holds no JSON object; restore the file as tfmed wrote "
+                                   "it, or run the evaluation again")
     for run, info in zip(runs[1:], infos[1:]):
         if (info.get("task"), info.get("classes")) != (infos[0].get("task"), infos[0].get("classes")):
             raise CompareRunsError(f"{run} is a {info.get('task')} model of classes {info.get('classes')}, but "
