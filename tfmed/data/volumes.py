@@ -961,6 +961,9 @@ def inspect(path: str | Path, series_uid: str | None = None) -> dict:
         report = _volume_report(_read_series(path, chosen, problems), "DICOM series")
         report["files"] = len(chosen.files)
         return report
+    if series_uid is not None:
+        raise VolumeError(path, f"a file, and --series ({series_uid}) chooses a series of a folder of DICOM files",
+                          "pass the folder that holds the series, or leave --series out to describe this file")
     if is_nifti(path):
         return _volume_report(read_nifti(path), "NIfTI")
     if is_volume_file(path):
