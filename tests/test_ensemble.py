@@ -212,6 +212,11 @@ def test_a_members_preprocess_changes_only_the_settings_it_writes():
     grey = ExperimentConfig.from_dict({"preprocess": {"image_size": 64, "channels": 1}, "model": {
         "mode": "ensemble", "ensemble": {"members": [{"name": "svm", "mode": "svm"}, tuned]}}})
     assert grey.member_experiment(1).preprocess.channels == 3  # an ImageNet fine-tune takes R, G, B
+    members = [{"name": "svm", "mode": "svm"}, {"name": "ft", "mode": "finetune"}]
+    plain = ExperimentConfig.from_dict({"preprocess": {"image_size": 64, "channels": 1},
+                                        "model": {"mode": "ensemble", "ensemble": {"members": members}}})
+    assert [plain.member_experiment(i).preprocess.channels for i in (0, 1)] == [1, 3]  # also without its own section
+    assert plain.member_experiment(1).preprocess.image_size == 64
     # a run's config.yaml lists the member's section in full, and reads back the same
     snapshot = ExperimentConfig.from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict())), snapshot=True)
     assert snapshot.member_experiment(0).preprocess == windowed

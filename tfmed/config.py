@@ -1703,6 +1703,8 @@ def _members_inherit_preprocess(values: Any) -> Any:
     values = copy.deepcopy(values)
     for member in values["model"]["ensemble"]["members"]:
         own = member.get("preprocess") if isinstance(member, dict) else None
+        if own is None and isinstance(member, dict) and member.get("mode") == "finetune" and "channels" in shared:
+            own = {}  # the experiment's preprocess, but R, G, B (below)
         if not isinstance(own, dict):
             continue
         inherited = dict(shared)
