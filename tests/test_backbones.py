@@ -331,3 +331,42 @@ def test_empty_or_truncated_imagenet_file_is_named_by_listing_check_and_create(e
             assert "does not fit" not in str(err.value)
         with pytest.raises(backbones.WeightsFileError, match=f"is unusable: {path}: {why}"):
             backbones.create(name, weights=path, input_shape=(32, 32, 3))
+
+
+def test_create_trainable_keeps_pretrained_batchnorm_frozen_while_the_rest_trains():
+    model = backbones.create("efficientnet_lite0", input_shape=(32, 32, 3), trainable=True)   # ImageNet weights
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and not any(layer.trainable for layer in norms)
+    assert model.get_layer("stem_conv").trainable and model.trainable_weights
+    x = keras.layers.GlobalAveragePooling2D()(model.output)
+    head = keras.Model(model.input, keras.layers.Dense(1, activation="sigmoid")(x))
+    head.compile(keras.optimizers.SGD(0.01), "binary_crossentropy")
+    before = {layer.name: layer.moving_mean.numpy().copy() for layer in norms}
+    weights = [v.numpy().copy() for v in model.trainable_weights]
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    head.fit(images, np.array([0, 1] * 4, "float32"), epochs=1, verbose=0)
+    assert all(np.array_equal(layer.moving_mean.numpy(), before[layer.name]) for layer in norms)
+    assert any(not np.array_equal(v.numpy(), w) for v, w in zip(model.trainable_weights, weights))
+    assert not backbones.create("efficientnet_lite0", input_shape=(32, 32, 3)).trainable_weights
+    # from scratch there are no learned statistics to keep: BatchNorm trains (frozen at 0/1 it stalls training)
+    scratch = backbones.create("efficientnet_lite0", weights=None, input_shape=(32, 32, 3), trainable=True)
+    assert scratch.get_layer("stem_bn").trainable
+
+
+def test_extract_features_checks_a_dataset_as_it_checks_arrays():
+    from tfmed.backbones.features import FeatureInputError
+
+    fm = backbones.feature_model(backbones.create("efficientnet_lite0", weights=None, input_shape=(32, 32, 3)),
+                                 taps=("late",))
+    empty = tf.data.Dataset.from_tensor_slices(np.zeros((0, 32, 32, 3), "float32"))
+    with pytest.raises(FeatureInputError, match="empty"):
+        backbones.extract_features(fm, empty.batch(4))
+    filtered = tf.data.Dataset.from_tensor_slices(np.zeros((4, 32, 32, 3), "float32")).filter(lambda x: False)
+    with pytest.raises(FeatureInputError, match="no image"):   # empty, its size unknown before it runs
+        backbones.extract_features(fm, filtered)
+    grey = tf.data.Dataset.from_tensor_slices(np.zeros((4, 32, 32, 1), "float32"))
+    for data in (grey, grey.batch(2), grey.map(lambda x: (x, 0))):
+        with pytest.raises(FeatureInputError, match="3 \\(RGB\\) channels.*grey"):
+            backbones.extract_features(fm, data)
+    rgb = tf.data.Dataset.from_tensor_slices(np.zeros((3, 32, 32, 3), "float32"))
+    assert backbones.extract_features(fm, rgb)["late"].shape[0] == 3

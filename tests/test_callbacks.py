@@ -503,3 +503,77 @@ def test_load_model_reloads_a_readme_recipe_model_in_a_fresh_process(tmp_path):
     assert float(result[1]) == pytest.approx(0.375)
     assert result[2] == "WeightedBinaryCrossentropy"
     assert ast.literal_eval(result[3]) == pytest.approx(model.predict(images, verbose=0).ravel().tolist(), rel=1e-5)
+
+
+def test_threshold_selector_reads_a_two_class_softmax_as_binary_and_refuses_more_classes():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 4)).astype("float32")
+    y = (x[:, 0] + 0.5 * rng.normal(size=48) > 0.3).astype(int)
+    for targets in (np.eye(2)[y], y):
+        model = _two_class_softmax_model()
+        selector = tc.ThresholdSelector((x, targets))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            history = model.fit(x, y, epochs=1, verbose=0, callbacks=[selector])
+        expected = tc.select_threshold(y, model.predict(x, verbose=0)[:, 1])
+        assert isinstance(selector.threshold_, float) and selector.threshold_ == pytest.approx(expected)
+        assert history.history["val_threshold"][0] == pytest.approx(expected)
+        assert model.tfmed_threshold == pytest.approx(expected)
+    three = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    three.compile("adam", "categorical_crossentropy")
+    y3 = np.eye(3)[rng.integers(0, 3, 48)]
+    for targets in (y3, y3.argmax(axis=1)):   # one-hot targets were taken as three labels
+        with pytest.raises(tc.CallbackError, match="multiclass softmax"):
+            three.fit(x, y3, epochs=1, verbose=0, callbacks=[tc.ThresholdSelector((x, targets))])
+
+
+@pytest.mark.parametrize("with_layer", [False, True])
+def test_threshold_follows_the_weights_early_stopping_restores(with_layer):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 3)).astype("float32")
+    y = (x[:, 0] + rng.normal(size=64) > 0).astype("float32")
+    xv = rng.normal(size=(40, 3)).astype("float32")
+    yv = (xv[:, 0] + rng.normal(size=40) > 0).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+    model = tc.add_threshold_layer(model) if with_layer else model
+    model.compile(keras.optimizers.SGD(0.5), "binary_crossentropy")
+    class Scripted(keras.callbacks.Callback):  # val_auc best at epoch 1, so the stopper restores epoch 1
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_auc"] = [0.5, 0.9, 0.6, 0.6, 0.6, 0.6][epoch]
+
+    stopper = keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=2, restore_best_weights=True)
+    selector = tc.ThresholdSelector((xv, yv), restored_by=stopper)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = model.fit(x, y, epochs=6, verbose=0, callbacks=[Scripted(), selector, stopper])
+    assert stopper.best_epoch == 1 and len(history.history["val_threshold"]) == 4
+    per_epoch = history.history["val_threshold"]
+    assert per_epoch[1] != pytest.approx(per_epoch[-1])   # otherwise the check says nothing
+    restored = tc.select_threshold(yv, model.predict(xv, verbose=0))
+    assert restored == pytest.approx(per_epoch[1], abs=1e-6)
+    assert tc.get_threshold(model) == pytest.approx(restored, abs=1e-6)
+    assert model.tfmed_threshold == pytest.approx(restored, abs=1e-6)
+    assert selector.threshold_ == pytest.approx(restored, abs=1e-6) and set(selector.thresholds_) == {0, 1, 2, 3}
+    with pytest.raises(tc.CallbackError, match="restored_by must be an EarlyStopping"):
+        tc.ThresholdSelector((xv, yv), restored_by=keras.callbacks.EarlyStopping())
+
+
+def test_staged_unfreeze_catches_up_scheduled_epochs_a_resumed_fit_skipped():
+    x, y = tiny_data(8)
+    model = tiny_model()
+    freezing.freeze(model, BLOCKS)
+    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    staged = tc.StagedUnfreeze(BLOCKS, schedule=[(1, 1), (2, "all")], lr_factor=0.1)
+    seen = []
+    watch = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: seen.append(
+        (epoch, freezing.trainable_blocks(model, BLOCKS), float(model.optimizer.learning_rate))))
+    with pytest.warns(UserWarning, match=r"fit starts at epoch 3 .*epoch\(s\) \[1, 2\]"):
+        model.fit(x, y, initial_epoch=3, epochs=4, verbose=0, callbacks=[staged, watch])
+    assert seen[0][:2] == (3, BLOCKS) and seen[0][2] == pytest.approx(1e-4, rel=1e-5)
+    assert [change["epoch"] for change in staged.changes_] == [1, 2]
+    # a later fit of the same model with the same callback does not apply them a second time
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.fit(x, y, initial_epoch=4, epochs=5, verbose=0, callbacks=[staged])
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-4, rel=1e-5)

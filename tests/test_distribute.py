@@ -273,3 +273,60 @@ def test_mirrored_feature_extraction_takes_any_batch_size_and_matches_one_device
     assert out["feat33"] < 1e-4 and out["feat1"] < 1e-4 and out["proba1"] < 1e-3
     assert out["array"][0] == 5 and out["batches"][0] == 5 and out["one"][0] == 1
     assert max(out["array"][1], out["batches"][1], out["one"][1]) < 1e-4
+
+
+def test_train_multiworker_takes_string_losses_with_1d_labels_and_sample_weights_as_fit_does():
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = (x[:, 0] > 0).astype("float32")   # (B,) labels against a (B, 1) output
+    w = np.array([0, 1, 2, 0, 1, 0, 3, 1], dtype="float32")
+
+    def builder(loss):
+        def build():
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, activation="sigmoid")])
+            model.compile(keras.optimizers.SGD(0.0), loss)
+            return model
+        return build
+
+    reference = builder("binary_crossentropy")()
+    plain = reference.evaluate(x, y, batch_size=8, verbose=0)
+    weighted = reference.evaluate(x, y, sample_weight=w, batch_size=8, verbose=0)
+    assert weighted != pytest.approx(plain)
+    strategy_ = tf.distribute.get_strategy()
+    for loss in ("binary_crossentropy", keras.losses.binary_crossentropy, keras.losses.BinaryCrossentropy()):
+        _, history = distribute.train_multiworker(
+            builder(loss), lambda context: tf.data.Dataset.from_tensor_slices((x, y)).batch(8), epochs=1,
+            strategy_=strategy_)
+        assert history["loss"][0] == pytest.approx(plain, rel=1e-5)
+        _, history = distribute.train_multiworker(
+            builder(loss), lambda context: tf.data.Dataset.from_tensor_slices((x, y, w)).batch(8), epochs=1,
+            strategy_=strategy_)
+        assert history["loss"][0] == pytest.approx(weighted, rel=1e-5)
+    with pytest.raises(distribute.StrategyError, match=r"\(x, y\) or \(x, y, sample_weight\) batches"):
+        distribute.train_multiworker(builder("mse"), lambda context: tf.data.Dataset.from_tensor_slices(x).batch(8),
+                                     epochs=1, strategy_=strategy_)
+
+
+def test_a_tf_config_with_a_chief_is_refused_by_the_strategy_and_the_worker_share(monkeypatch):
+    from unittest import mock
+
+    cluster = {"chief": ["127.0.0.1:20001"], "worker": ["127.0.0.1:20002", "127.0.0.1:20003"]}
+    for task in ("chief", "worker"):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task, "index": 0}}))
+        with pytest.raises(distribute.StrategyError, match="has chief.*workers only.*cluster.worker"):
+            distribute.strategy("multiworker")   # refused before any strategy is made or waited for
+        fake = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy)
+        fake.cluster_resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        fake.num_replicas_in_sync = 3
+        with pytest.raises(distribute.StrategyError, match="numbers workers only"):
+            distribute.worker_share(fake)   # the chief and worker 0 would both be index 0, both the chief
+    workers = {"worker": ["127.0.0.1:20002", "127.0.0.1:20003"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": workers, "task": {"type": "worker", "index": 1}}))
+    fake = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy)
+    fake.cluster_resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    fake.num_replicas_in_sync = 2
+    share = distribute.worker_share(fake)
+    assert (share.index, share.count, share.chief) == (1, 2, False)

@@ -272,3 +272,45 @@ def test_empty_or_truncated_lite_checkpoint_in_weights_dir_is_named(tmp_path, mo
                  lambda: backbones.create("efficientnet_lite0", input_shape=(32, 32, 3), weights_dir=given)):
         with pytest.raises(backbones.WeightsFileError, match=f"{pth.name} is truncated.*delete it"):
             call()
+
+
+def test_a_damaged_checkpoint_raises_torch_pickle_error_whatever_the_bytes_hit(tmp_path):
+    import random
+
+    source = Path(_pth(0)).read_bytes()   # read only: the damaged copies are written under tmp_path
+    cases = {"text": b"{hello: world}\n", "h5": b"\x89HDF\r\n\x1a\n" + bytes(100), "list": pickle.dumps([1, 2, 3]),
+             "empty": b"", "one_byte": b"h", "key_byte": source[:60] + b"\x85" + source[61:]}
+    rng = random.Random(0)
+    for i in range(12):
+        cases[f"random{i}"] = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200)))
+        damaged = bytearray(source[:5000])
+        for _ in range(3):
+            damaged[rng.randint(0, 4000)] = rng.getrandbits(8)
+        cases[f"flipped{i}"] = bytes(damaged) + source[5000:]
+    raised = {}
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.pth"
+        path.write_bytes(data)
+        try:
+            load_legacy_state_dict(path)
+        except TorchPickleError:
+            continue
+        except Exception as error:  # noqa: BLE001 - what the test looks for
+            raised[name] = type(error).__name__
+    assert not raised, raised
+
+
+def test_a_checkpoint_with_a_damaged_key_is_named_by_status_check_and_create(tmp_path, monkeypatch):
+    from tfmed.backbones.factory import check_backbone, imagenet_weights_status
+    from tfmed.backbones.weights import WeightsFileError
+
+    monkeypatch.setenv("TFMED_CACHE_DIR", str(tmp_path / "cache"))
+    source = bytearray(Path(_pth(0)).read_bytes())
+    source[60] = 0x85   # a byte of a key string: UnicodeDecodeError inside the unpickler
+    (tmp_path / backbones.get_spec("efficientnet_lite0").imagenet_file).write_bytes(bytes(source))
+    status = imagenet_weights_status("efficientnet_lite0", weights_dir=tmp_path)
+    assert status.state == "damaged" and "delete it" in str(status)
+    for call in (lambda: check_backbone("efficientnet_lite0", weights_dir=tmp_path),
+                 lambda: backbones.create("efficientnet_lite0", weights_dir=tmp_path, input_shape=(32, 32, 3))):
+        with pytest.raises(WeightsFileError, match="damaged or not a torch checkpoint.*delete it"):
+            call()

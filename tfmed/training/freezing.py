@@ -5,7 +5,8 @@ block, from the input to the output (``tfmed.backbones.get_spec(name).blocks``).
 :func:`freeze` makes layers non-trainable; :func:`unfreeze_top` makes the top
 ``amount`` blocks trainable and every other listed block frozen.
 
-Every ``BatchNormalization`` layer is kept ``trainable = False``: in Keras 3 a
+Every ``BatchNormalization`` layer inside a listed block is kept ``trainable = False``
+(one outside every block, e.g. in a head, keeps its state): in Keras 3 a
 BatchNormalization layer whose ``trainable`` flag is False runs in inference
 mode (its moving mean and variance stay fixed), whereas building the model with
 ``base(x, training=False)`` does not protect them once the base is unfrozen.
@@ -143,9 +144,10 @@ def unfreeze_top(model: keras.layers.Layer, blocks: Sequence[str], amount: int |
 
     Layers of the selected blocks become trainable, layers of the other listed
     blocks become frozen, layers outside every block (e.g. the head) keep their
-    current state, and every BatchNormalization layer is set non-trainable so
-    its moving statistics stay fixed. After calling this inside ``fit`` the
-    train function must be rebuilt (``tfmed.training.callbacks.StagedUnfreeze`` does it);
+    current state (a BatchNormalization layer there included), and every
+    BatchNormalization layer inside a listed block is set non-trainable so its
+    moving statistics stay fixed. After calling this inside ``fit`` the
+    train function must be rebuilt (``tfmed.training.StagedUnfreeze`` does it);
     outside ``fit``, compile again.
 
     Raises FreezingError when a block prefix matches no layer of ``model``.
@@ -167,10 +169,8 @@ def unfreeze_top(model: keras.layers.Layer, blocks: Sequence[str], amount: int |
     _check_matched(model, leaves, prefixes)
     _ensure_containers_trainable(model)
     for layer, block in leaves:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-        elif block is not None:
-            layer.trainable = block in selected
+        if block is not None:
+            layer.trainable = block in selected and not isinstance(layer, keras.layers.BatchNormalization)
     return [prefix for prefix in prefixes if prefix in selected]
 
 

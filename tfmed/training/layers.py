@@ -161,6 +161,6 @@ def set_threshold(model: keras.Model, threshold) -> None:
     else:
         warnings.warn("the model has no DecisionThreshold layer, so the threshold is kept only as "
                       "model.tfmed_threshold and is NOT saved with model.save; wrap the model with "
-                      "tfmed.training.callbacks.add_threshold_layer(model) before compiling to persist it",
+                      "tfmed.training.add_threshold_layer(model) before compiling to persist it",
                       stacklevel=2)
     model.tfmed_threshold = float(values[0]) if values.size == 1 else values.astype(float).tolist()

@@ -219,6 +219,7 @@ class WeightedBinaryCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_true, p, known = _prepare(y_true, y_pred, self.from_logits, self.label_smoothing)
         _check_label_count(self.pos_weight, p, "pos_weight")
+        _check_label_count(self.neg_weight, p, "neg_weight")
         w_pos = ops.convert_to_tensor(np.asarray(self.pos_weight, dtype=np.float32))
         w_neg = ops.convert_to_tensor(np.asarray(self.neg_weight, dtype=np.float32))
         per_label = -(w_pos * y_true * ops.log(p) + w_neg * (1.0 - y_true) * ops.log(1.0 - p))
@@ -239,29 +240,41 @@ class FocalLoss(keras.losses.Loss):
 
     Per label: ``-alpha_t * (1 - p_t) ** gamma * log(p_t)`` where ``p_t`` is the
     predicted probability of the true class, and ``alpha_t`` is ``alpha`` for
-    positives and ``1 - alpha`` for negatives (1 for both when ``alpha`` is
-    None). ``alpha`` may be one value per label. ``gamma=0`` with no alpha is
-    plain BCE summed over labels.
+    positives and ``neg_alpha`` for negatives (default ``1 - alpha``; 1 for both
+    when ``alpha`` is None). ``alpha`` and ``neg_alpha`` may be one value per
+    label. ``gamma=0`` with no alpha is plain BCE summed over labels.
 
     Example:
         >>> import numpy as np
         >>> loss = FocalLoss(gamma=2.0)
         >>> round(float(loss(np.array([[1.0]]), np.array([[0.9]]))), 6)   # 0.1**2 * -log(0.9)
         0.001054
+        >>> round(float(FocalLoss(gamma=0.0, alpha=0.3, neg_alpha=0.9)(np.array([[0.0]]), np.array([[0.4]]))), 4)
+        0.4597
     """
 
     def __init__(self, gamma: float = 2.0, alpha=None, from_logits: bool = False,
                  label_smoothing: float = 0.0, reduction="sum_over_batch_size",
-                 name: str = "focal_loss", dtype=None):
+                 name: str = "focal_loss", dtype=None, neg_alpha=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or gamma < 0:
             raise LossConfigError(f"focal gamma must be a number >= 0, got {gamma!r}")
         self.gamma = float(gamma)
+        if neg_alpha is not None and alpha is None:
+            raise LossConfigError("focal neg_alpha needs alpha (the weight of positives) as well; give both, "
+                                  "or alpha alone (negatives then weigh 1 - alpha)")
         if alpha is not None:
             alpha = _weight_value(alpha, "alpha")
-            if np.any(np.asarray(alpha) > 1):
-                raise LossConfigError(f"focal alpha must be in [0, 1], got {alpha}")
+            if neg_alpha is None and np.any(np.asarray(alpha) > 1):
+                raise LossConfigError(f"focal alpha must be in [0, 1] when neg_alpha is not given (negatives weigh "
+                                      f"1 - alpha), got {alpha}")
+        if neg_alpha is not None:
+            neg_alpha = _weight_value(neg_alpha, "neg_alpha")
+            if len({np.size(alpha), np.size(neg_alpha)} - {1}) > 1:
+                raise LossConfigError(f"focal alpha has {np.size(alpha)} values but neg_alpha has "
+                                      f"{np.size(neg_alpha)}; give one per label for both")
         self.alpha = alpha
+        self.neg_alpha = neg_alpha
         self.from_logits = bool(from_logits)
         self.label_smoothing = _check_smoothing(label_smoothing)
 
@@ -273,12 +286,17 @@ class FocalLoss(keras.losses.Loss):
         if self.alpha is not None:
             _check_label_count(self.alpha, p, "alpha")
             alpha = ops.convert_to_tensor(np.asarray(self.alpha, dtype=np.float32))
-            per_label = (y_true * alpha + (1.0 - y_true) * (1.0 - alpha)) * per_label
+            if self.neg_alpha is None:
+                neg_alpha = 1.0 - alpha
+            else:
+                _check_label_count(self.neg_alpha, p, "neg_alpha")
+                neg_alpha = ops.convert_to_tensor(np.asarray(self.neg_alpha, dtype=np.float32))
+            per_label = (y_true * alpha + (1.0 - y_true) * neg_alpha) * per_label
         return ops.sum(per_label * known, axis=-1)
 
     def get_config(self):
         config = super().get_config()
-        config.update(gamma=self.gamma, alpha=self.alpha, from_logits=self.from_logits,
+        config.update(gamma=self.gamma, alpha=self.alpha, neg_alpha=self.neg_alpha, from_logits=self.from_logits,
                       label_smoothing=self.label_smoothing)
         return config
 
@@ -301,9 +319,10 @@ def get_loss(name: str, task: str, *, pos_weight=None, neg_weight=None, label_sm
     * weighted_bce: :class:`WeightedBinaryCrossentropy` (needs both weights).
     * categorical: ``keras.losses.CategoricalCrossentropy`` (multiclass,
       one-hot targets, softmax outputs), with ``label_smoothing``.
-    * focal: :class:`FocalLoss` (binary / multilabel; ``alpha`` from
-      ``pos_weight`` when given) or ``keras.losses.CategoricalFocalCrossentropy``
-      for multiclass.
+    * focal: :class:`FocalLoss` (binary / multilabel; ``alpha`` from ``pos_weight``
+      and ``neg_alpha`` from ``neg_weight`` when given; ``neg_weight`` alone is
+      refused) or ``keras.losses.CategoricalFocalCrossentropy`` for multiclass,
+      which takes no pos/neg weights (refused).
 
     Example:
         >>> get_loss("categorical", "multiclass", label_smoothing=0.1).label_smoothing
@@ -323,9 +342,11 @@ def get_loss(name: str, task: str, *, pos_weight=None, neg_weight=None, label_sm
         if name in ("bce", "weighted_bce"):
             raise LossConfigError(f"loss {name!r} is for binary / multilabel tasks; a multiclass task "
                                   "(softmax output) uses 'categorical' or 'focal' (or 'auto')")
-        if have_weights and name != "focal":
-            raise LossConfigError("pos_weight/neg_weight do not apply to a multiclass task; balance "
-                                  "classes by resampling or class_weight instead")
+        if pos_weight is not None or neg_weight is not None:
+            given = [n for n, v in (("pos_weight", pos_weight), ("neg_weight", neg_weight)) if v is not None]
+            raise LossConfigError(f"{' and '.join(given)} {'do' if len(given) > 1 else 'does'} not apply to a "
+                                  f"multiclass task (loss {name!r}); balance classes by resampling or class_weight "
+                                  "instead")
         if name == "focal":
             return keras.losses.CategoricalFocalCrossentropy(gamma=gamma, from_logits=from_logits,
                                                              label_smoothing=label_smoothing)
@@ -340,7 +361,11 @@ def get_loss(name: str, task: str, *, pos_weight=None, neg_weight=None, label_sm
         raise LossConfigError("loss 'weighted_bce' needs pos_weight and neg_weight; compute them from the "
                               "training labels with tfmed.training.losses.class_balance_weights(y_train)")
     if name == "focal":
-        return FocalLoss(gamma=gamma, alpha=pos_weight, from_logits=from_logits,
+        if neg_weight is not None and pos_weight is None:
+            raise LossConfigError("loss 'focal' got neg_weight without pos_weight; give both (see "
+                                  "class_balance_weights), pos_weight alone (negatives weigh 1 - pos_weight), "
+                                  "or neither")
+        return FocalLoss(gamma=gamma, alpha=pos_weight, neg_alpha=neg_weight, from_logits=from_logits,
                          label_smoothing=label_smoothing)
     if name == "weighted_bce" or (name == "auto" and have_weights):
         return WeightedBinaryCrossentropy(pos_weight, neg_weight, from_logits=from_logits,

@@ -26,7 +26,7 @@ class StagedUnfreeze(keras.callbacks.Callback):
     """Unfreeze the top backbone blocks during ``fit``, on a schedule or when a metric plateaus.
 
     At each change it calls :func:`tfmed.training.freezing.unfreeze_top` on the model
-    (BatchNormalization stays frozen), replaces the optimizer with a fresh
+    (BatchNormalization of the blocks stays frozen), replaces the optimizer with a fresh
     copy of the same class and settings whose learning rate is the current
     one times ``lr_factor`` (as re-compiling would; its slot variables and
     step counter start afresh), and rebuilds the train function so the newly
@@ -34,7 +34,11 @@ class StagedUnfreeze(keras.callbacks.Callback):
 
     Scheduled changes happen at the start of the named epoch (0-based); an entry
     whose epoch training never reaches (at or beyond ``epochs``, or cut short by
-    early stopping) is reported at the end of ``fit`` with a warning.
+    early stopping) is reported at the end of ``fit`` with a warning. A ``fit`` that
+    starts later (``initial_epoch``, or resumed by ``BackupAndRestore``) first applies,
+    in order, the entries before its first epoch that this callback has not applied to
+    the model yet, as if they had run (blocks unfrozen, learning rate scaled once per
+    entry), and warns which it caught up.
     With ``on_plateau=True`` a change happens at the end of an epoch after
     ``patience`` epochs without improvement of ``monitor``; successive changes
     take the next entry of ``amounts`` (default: one more block each time).
@@ -101,6 +105,8 @@ class StagedUnfreeze(keras.callbacks.Callback):
         self.verbose = verbose
         self.unfrozen_: list[str] = []
         self.changes_: list[dict] = []
+        self._applied: set[int] = set()  # scheduled epochs applied to self._applied_model
+        self._applied_model = None
         self._plateau_step = 0
         self._best = None
         self._wait = 0
@@ -108,14 +114,30 @@ class StagedUnfreeze(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._best, self._wait = None, 0
         self._last_epoch = None
+        if self._applied_model is not self.model:
+            self._applied, self._applied_model = set(), self.model
         if self.lr_factor != 1.0 and _has_schedule(self.model.optimizer):
             raise CallbackError("StagedUnfreeze cannot scale a learning-rate schedule; use lr_factor=1.0 "
                                 "or a constant learning rate")
 
     def on_epoch_begin(self, epoch, logs=None):
+        first = self._last_epoch is None
         self._last_epoch = epoch
+        if first:  # a fit resumed or started past scheduled epochs: catch their changes up, in order
+            missed = sorted(e for e in self.schedule if e < epoch and e not in self._applied)
+            if missed:
+                message = (f"StagedUnfreeze: fit starts at epoch {epoch} (0-based), after the scheduled unfreeze(s) "
+                           f"at epoch(s) {missed}; applying them now as if they had run")
+                log(message)
+                warnings.warn(message, stacklevel=2)
+            for missed_epoch in missed:
+                self._apply_scheduled(missed_epoch)
         if epoch in self.schedule:
-            self.apply(self.schedule[epoch], epoch)
+            self._apply_scheduled(epoch)
+
+    def _apply_scheduled(self, epoch: int) -> None:
+        self.apply(self.schedule[epoch], epoch)
+        self._applied.add(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
