@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tfmed.config import ExperimentConfig, TTAConfig
+from tfmed.config import ExperimentConfig, TTAConfig, UnusedSettingError
 from tfmed.data.sources import DataSourceError
 from tfmed.run.evaluate import evaluate_run, load_metrics
 from tfmed.run.predict import predict_images
@@ -976,6 +976,10 @@ def test_kfold_without_a_test_split_reports_out_of_fold_figures_only(tmp_path):
     assert metrics["splits"] == {} and 0.5 < metrics["kfold"]["pooled_oof_auc"] <= 1.0
     assert len(pd.read_csv(run_dir / "oof_predictions.csv")) == 240  # every train and val image once
     assert "pooled out-of-fold AUC" in summary_text(metrics) and (run_dir / "report.html").is_file()
+    config.report.explain = True  # maps of test cases: such a run has none, so the setting would do nothing
+    with pytest.raises(UnusedSettingError, match=r"report.explain draws maps of test cases, and this k-fold run has "
+                                                 r"no test split"):
+        run_experiment(config)
 
 
 def test_retina_mnist_without_data_says_where_to_get_it(tmp_path):

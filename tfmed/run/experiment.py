@@ -172,6 +172,12 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable, new_run:
         raise UnusedSettingError(f"{config.name}: evaluation.{written[0]} is set, but multiclass data is answered "
                                  "by the most probable class, with no threshold to choose; remove it, or give "
                                  "evaluation.hierarchy two coarse classes to threshold", f"evaluation.{written[0]}")
+    if config.report.explain and new_run and config.split.method == "kfold" \
+            and not (table.frame["split"] == "test").any():
+        raise UnusedSettingError(f"{config.name}: report.explain draws maps of test cases, and this k-fold run has no "
+                                 "test split (it scores out-of-fold only); set split.test_fraction above 0, or "
+                                 "remove report.explain and run tfmed explain on images of your choice",
+                                 "report.explain")
     get_mode(config.model.mode).check_experiment(config, table)
 
 
