@@ -655,3 +655,22 @@ def test_tfmed_ensemble_of_runs_without_a_test_split_keeps_each_runs_seed(tiny_s
     monkeypatch.setattr(reporting, "write_run_outputs", full_disk)
     assert main(["ensemble", *map(str, runs), "--output", str(tmp_path / "failed")]) == 2
     assert not (tmp_path / "failed").exists()
+
+
+def test_an_ensemble_records_its_members_backbones_and_refuses_one_no_member_takes():
+    from types import SimpleNamespace
+
+    from tfmed.config import UnusedSettingError
+    from tfmed.run.experiment import trained_model
+
+    members = [{"name": "a", "mode": "svm", "backbone": "efficientnet_lite1"},
+               {"name": "b", "mode": "svm", "backbone": "efficientnet_lite2"}]
+    with pytest.raises(UnusedSettingError, match="model.backbone is set, but every ensemble member names its own"):
+        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "backbone": "mobilenet_v2",
+                                              "ensemble": {"members": members}}})
+    members[1].pop("backbone")  # b takes the experiment's
+    config = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "backbone": "efficientnet_lite0",
+                                                   "ensemble": {"members": members + [dict(members[0], name="c")]}}})
+    model = trained_model(config, SimpleNamespace(task="binary", classes=["n", "p"]),
+                          SimpleNamespace(preprocess=config.preprocess, stats=None), SimpleNamespace(name="ensemble"))
+    assert model.backbone == "efficientnet_lite1, efficientnet_lite0"

@@ -1399,6 +1399,11 @@ class ExperimentConfig(_Section):
             if changed and not is_used:
                 raise UnusedSettingError(f"{name}.{changed[0]} is set, but no ensemble member uses the experiment's "
                                          f"{name} section; remove it or move it into a member", f"{name}.{changed[0]}")
+        for name in set(set_fields(self.model)) & {"backbone", "weights", "weights_dir"}:
+            if all(getattr(member, name) is not None for member in members):
+                raise UnusedSettingError(f"model.{name} is set, but every ensemble member names its own {name}; "
+                                         "remove it (or leave it out of a member that should take it)",
+                                         f"model.{name}")
 
     def member_name(self, index: int) -> str:
         """The name of ensemble member ``index`` (given, or "MODE_BACKBONE_INDEX")."""

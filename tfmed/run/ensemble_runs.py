@@ -108,7 +108,8 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     config = _ensemble_config(configs, names, combine, recalibration)
     model = TrainedModel(mode=estimator.name, task=first.task, classes=list(first.classes),
                          preprocess=first.preprocess, stats=first.stats, estimator=estimator,
-                         threshold_method=first.threshold_method, backbone=first.backbone, tta=first.tta,
+                         threshold_method=first.threshold_method,
+                         backbone=", ".join(dict.fromkeys(m.backbone for m in models)), tta=first.tta,
                          views=first.views)
     summary = None
     if recalibration != "none":
@@ -272,9 +273,7 @@ def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine:
                             augment=c.augment if "augment" in MODE_SECTIONS[c.model.mode] else None,
                             balance=c.balance if "balance" in MODE_SECTIONS[c.model.mode] else None)
                for name, c in zip(names, configs)]
-    model = ModelConfig(mode="ensemble", backbone=first.model.backbone, weights=first.model.weights,
-                        weights_dir=first.model.weights_dir,
-                        ensemble=EnsembleConfig(members=members, combine=combine))
+    model = ModelConfig(mode="ensemble", ensemble=EnsembleConfig(members=members, combine=combine))  # members' own
     return dataclasses.replace(first, name=f"{first.name}_ensemble", description="", model=model,
                                augment=type(first.augment)(), balance=type(first.balance)(),
                                evaluation=dataclasses.replace(first.evaluation, recalibration=recalibration))

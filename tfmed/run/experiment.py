@@ -195,11 +195,15 @@ def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, va
 
 
 def trained_model(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs, estimator) -> TrainedModel:
-    """The artifact of a fitted ``estimator`` with the experiment's preprocessing and test-time views."""
+    """The artifact of a fitted ``estimator`` with the experiment's preprocessing and test-time views (its
+    backbone: an ensemble's members' backbones, each named once)."""
+    members = config.model.ensemble.members if config.model.mode == "ensemble" else []
+    backbone = ", ".join(dict.fromkeys(config.member_experiment(i).model.backbone for i in range(len(members)))) \
+        if members else config.model.backbone
     return TrainedModel(mode=estimator.name, task=table.task, classes=list(table.classes),
                         preprocess=inputs.preprocess, stats=inputs.stats, estimator=estimator,
                         threshold_method=THRESHOLD_KEYS[config.evaluation.threshold],
-                        backbone=config.model.backbone, tta=config.tta, views=config.views)
+                        backbone=backbone, tta=config.tta, views=config.views)
 
 
 def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,

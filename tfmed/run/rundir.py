@@ -264,7 +264,8 @@ def refuse_output_inside_runs(output: str | Path | None, runs: list[str | Path],
         return
     target = Path(output).resolve()
     enclosing = enclosing_run(target)  # also a run the command does not read: writing there damages it too
-    for run in [*runs, *([enclosing] if enclosing is not None else [])]:
+    others = [enclosing] if enclosing is not None and enclosing != target else []  # a run itself: already used
+    for run in [*runs, *others]:
         home = Path(run).resolve()
         if not target.is_relative_to(home):
             continue
