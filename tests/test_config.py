@@ -486,3 +486,20 @@ def test_a_tilde_in_runs_dir_and_data_paths_is_the_home_folder(tmp_path, monkeyp
     from tfmed.data.sources import parse_source_spec
 
     assert parse_source_spec("medmnist:~/tiny.npz#test").path == str(tmp_path / "tiny.npz#test")
+
+
+def test_a_number_written_as_text_gets_the_numbers_advice_even_where_names_are_allowed():
+    with pytest.raises(ConfigError, match=r"model.svm.gamma\[0\] must be a number, got '1e-3' \(YAML reads 1e-3 as "
+                                          r"text: write 1.0e-3\)"):
+        ExperimentConfig.from_dict({"model": {"svm": {"gamma": ["1e-3"]}}})
+    with pytest.raises(ConfigError, match=r"model.svm.gamma\[0\] is 'skale'; allowed: scale, auto"):
+        ExperimentConfig.from_dict({"model": {"svm": {"gamma": ["skale"]}}})
+
+
+def test_an_unquoted_yes_or_no_as_a_mapping_key_is_refused_not_read_as_true():
+    values = yaml.safe_load("evaluation: {hierarchy: {yes: [a], no: [b]}}")
+    with pytest.raises(ConfigError, match=r"evaluation.hierarchy has the key true; YAML reads an unquoted on, off, "
+                                          r"yes, no or null as true, false or null: quote the key"):
+        ExperimentConfig.from_dict(values)
+    quoted = ExperimentConfig.from_dict(yaml.safe_load("evaluation: {hierarchy: {'yes': [a], 'no': [b]}}"))
+    assert quoted.evaluation.hierarchy == {"yes": ["a"], "no": ["b"]}

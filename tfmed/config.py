@@ -1887,6 +1887,14 @@ def _at_prefix(cls, error: ConfigError, prefix: str) -> str:
     return message
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _convert(hint, value, where: str, key: str, track: bool = True):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -1909,8 +1917,10 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
             try:
                 return _convert(arg, value, where, key, track)
             except ConfigError as error:
-                errors.append(error)
-        raise errors[0] if errors else ConfigError(f"{where}: {key} is invalid")
+                errors.append((arg, error))
+        if isinstance(value, str) and _is_number_text(value):  # "1e-3": the number's own advice, not the names'
+            errors = [e for e in errors if e[0] in (int, float)] + [e for e in errors if e[0] not in (int, float)]
+        raise errors[0][1] if errors else ConfigError(f"{where}: {key} is invalid")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
@@ -1918,6 +1928,10 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+        flags = [k for k in value if isinstance(k, bool) or k is None]
+        if flags:
+            raise ConfigError(f"{where}: {key} has the key {as_written(flags[0])}; YAML reads an unquoted on, off, "
+                              "yes, no or null as true, false or null: quote the key (e.g. 'yes':)")
         return {str(k): _convert(args[1], v, where, f"{key}.{k}", track) for k, v in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
