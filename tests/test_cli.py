@@ -74,7 +74,9 @@ def test_validate_a_clean_source_exits_0(tmp_path, capsys):
     ({"model": {"svm": {"taps": ["midle"], "C": [1.0], "cv": 3}}}, "unknown tap 'midle'"),
     ({"split": {"method": "patient", "val_fraction": 0.0}}, "the data have no validation split"),
     ({"split": {"method": "kfold", "folds": 70}}, "70 folds need every class in each fold"),
-], ids=["tap", "no_validation", "too_many_folds"])
+    ({"preprocess": {"image_size": 8}}, "tiny.yaml: preprocess.image_size: backbone 'efficientnet_lite0': "
+                                        "input_shape (8, 8, 3) is below its minimum side 32"),
+], ids=["tap", "no_validation", "too_many_folds", "too_small"])
 def test_validate_an_experiment_runs_the_checks_a_run_makes_before_it_starts(tmp_path, capsys, change, message):
     path = _tiny_config(tmp_path)
     config = yaml.safe_load(path.read_text())
@@ -234,7 +236,8 @@ def test_sweep_layers_refuses_finetune_configs(tmp_path, capsys):
     del config["model"]["svm"]  # a finetune config has no SVM settings
     path.write_text(yaml.safe_dump(config))
     assert main(["sweep-layers", str(path)]) == 2
-    assert "model.mode: svm" in capsys.readouterr().err
+    assert f"{path}: model.mode is 'finetune', and sweep-layers compares SVM features; set model.mode: svm" in \
+        capsys.readouterr().err
 
 
 def test_sweep_layers_refuses_a_kfold_experiment_before_reading_its_data(tmp_path, capsys):
@@ -245,7 +248,7 @@ def test_sweep_layers_refuses_a_kfold_experiment_before_reading_its_data(tmp_pat
     path.write_text(yaml.safe_dump(config))
     assert main(["sweep-layers", str(path)]) == 2
     error = capsys.readouterr().err
-    assert "sweep-layers measures each tap on the validation split, and split.method kfold makes none" in error
+    assert f"{path}: split.method is 'kfold', and sweep-layers measures each tap on the validation split" in error
     assert "split.method: patient" in error and not (tmp_path / "runs").exists()
 
 

@@ -291,6 +291,16 @@ def test_an_output_inside_a_run_it_reads_is_refused_by_every_command(runs, tmp_p
     verify_run(run)  # where tfmed evaluate itself writes: the run is left whole
 
 
+def test_an_output_that_is_a_file_is_refused_naming_the_option(runs, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    for output in (tmp_path / "afile", tmp_path / "afile" / "ev"):
+        for argv in (["evaluate", "--model", str(runs[0]), "--output", str(output)],
+                     ["ensemble", str(runs[0]), str(runs[1]), "--output", str(output)]):
+            assert cli.main(argv) == 2, argv
+            error = capsys.readouterr().err
+            assert f"--output {output} " in error and "which is a file" in error or "is a file;" in error, error
+
+
 def test_an_output_or_runs_folder_inside_a_run_the_command_does_not_read_is_refused(runs, tmp_path, capsys):
     reader, victim = (shutil.copytree(r, tmp_path / name) for r, name in zip(runs, ("reader", "victim")))
     for argv in (["compare", str(runs[0]), str(reader), "--output", str(victim / "model" / "cmp.csv")],

@@ -405,11 +405,12 @@ def config_errors_named(path, name: str):
         Traceback (most recent call last):
         tfmed.config.ConfigError: experiments/x.yaml: evaluation.threshold is set, but ...
     """
-    from tfmed.backbones import UnknownBackboneError
+    from tfmed.backbones import BackboneInputError, UnknownBackboneError
     from tfmed.config import ConfigError
     from tfmed.modes.features import UnknownTapError
 
-    keys = {UnknownBackboneError: "model.backbone: ", UnknownTapError: "model.svm.taps: "}
+    keys = {UnknownBackboneError: "model.backbone: ", UnknownTapError: "model.svm.taps: ",
+            BackboneInputError: "preprocess.image_size: "}  # the input size a backbone refuses
     try:
         yield
     except TfmedError as error:

@@ -241,7 +241,14 @@ def refuse_used_output(output: str | Path | None, what: str) -> None:
         ...     print(error)
         / already exists and is not empty; evaluations never overwrite each other, choose a new --output
     """
-    if output is not None and Path(output).exists() and any(Path(output).iterdir()):
+    if output is None:
+        return
+    path = Path(output)
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
+        raise RunDirectoryError(f"--output {output} {where}; give --output a new folder for the {what}")
+    if path.exists() and any(path.iterdir()):
         raise RunDirectoryError(f"{output} already exists and is not empty; {what} never overwrite each other, "
                                 "choose a new --output")
 

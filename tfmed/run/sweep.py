@@ -40,13 +40,14 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
     """
     config = in_runs_dir(config, runs_dir)
     if get_mode(config.model.mode) is not FeatureSVM:
-        raise ConfigError(f"{config.name}: sweep-layers compares SVM features; set model.mode: svm")
+        raise ConfigError(f"{config.name}: model.mode is {config.model.mode!r}, and sweep-layers compares SVM "
+                          "features; set model.mode: svm")
     if config.model.svm.strategy == "multiworker":
-        raise ConfigError(f"{config.name}: sweep-layers runs in one process; model.svm.strategy 'multiworker' "
-                          "is for tfmed run (use auto, cpu, mirrored or tpu here)")
+        raise ConfigError(f"{config.name}: model.svm.strategy is 'multiworker', and sweep-layers runs in one "
+                          "process; multiworker is for tfmed run (use auto, cpu, mirrored or tpu here)")
     if config.split.method == "kfold":
-        raise ConfigError(f"{config.name}: sweep-layers measures each tap on the validation split, and split.method "
-                          "kfold makes none; sweep a copy of the experiment with split.method: patient (or predefined) "
+        raise ConfigError(f"{config.name}: split.method is 'kfold', and sweep-layers measures each tap on the "
+                          "validation split, which k-fold makes none of; sweep a copy of the experiment with split.method: patient (or predefined) "
                           "and no split.folds, then set the chosen taps in model.svm.taps of the k-fold one")
     taps = list(taps or DEFAULT_TAPS)
     fusions = [taps[-2:]] if len(taps) >= 2 else []
