@@ -1,5 +1,6 @@
 """End-to-end runs: run directory contents, evaluate reproduces, never overwrite, tb_xray."""
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -77,6 +78,13 @@ def test_run_directory_holds_everything_to_reproduce(pneumonia_run):
         assert (pneumonia_run / name).is_file(), name
     env = json.loads((pneumonia_run / "environment.json").read_text())
     assert env["seed"] == 0 and env["versions"]["tensorflow"].startswith("2.21")
+    # the code that ran, beyond its version number: the package's files and (in this checkout) the commit
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "tfmed").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT / "tfmed")).encode() + b"\0" + path.read_bytes())
+    assert env["source"]["package_sha256"] == digest.hexdigest()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert env["source"]["git_commit"] == (head.stdout.strip() if head.returncode == 0 else None)
     snapshot = ExperimentConfig.from_yaml(pneumonia_run / "config.yaml")
     assert snapshot.preprocess.image_size == 32
     splits = pd.read_csv(pneumonia_run / "splits.csv")

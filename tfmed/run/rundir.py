@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
+import hashlib
 import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,9 +52,38 @@ def environment_info(config: ExperimentConfig) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"seed": config.seed, "versions": versions, "platform": platform.platform(),
+    return {"seed": config.seed, "versions": versions, "source": source_info(), "platform": platform.platform(),
             "command": sys.argv, "cwd": os.getcwd(),
             "started": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+@functools.cache
+def source_info() -> dict:
+    """Which tfmed code ran: the SHA-256 of its package's Python files (in path order) and, when it runs from
+    a git checkout of the repository, the commit and whether tracked files differed from it (the version
+    number alone names no code).
+
+    Example:
+        >>> sorted(source_info())[:2]
+        ['git_changes', 'git_commit']
+    """
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    info = {"package_sha256": digest.hexdigest(), "git_commit": None, "git_changes": None}
+    if not (package.parent / ".git").exists():  # installed, not run from a checkout of this repository
+        return info
+    try:
+        commit = subprocess.run(["git", "-C", str(package.parent), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10)
+        changes = subprocess.run(["git", "-C", str(package.parent), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git here
+        return info
+    if commit.returncode == 0 and changes.returncode == 0:
+        info.update(git_commit=commit.stdout.strip(), git_changes=bool(changes.stdout.strip()))
+    return info
 
 
 @contextlib.contextmanager
