@@ -314,3 +314,22 @@ def test_a_checkpoint_with_a_damaged_key_is_named_by_status_check_and_create(tmp
                  lambda: backbones.create("efficientnet_lite0", weights_dir=tmp_path, input_shape=(32, 32, 3))):
         with pytest.raises(WeightsFileError, match="damaged or not a torch checkpoint.*delete it"):
             call()
+
+
+def test_a_weights_cache_that_cannot_be_written_is_refused_before_a_run(tmp_path, monkeypatch):
+    from tfmed.backbones.factory import check_backbone
+    from tfmed.backbones.weights import MissingWeightsError
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("TFMED_CACHE_DIR", str(tmp_path / "afile" / "cache"))  # Lite0 would be converted there
+    with pytest.raises(MissingWeightsError, match=r"backbone 'efficientnet_lite0': its ImageNet weights are converted "
+                                                  r"into .*afile/cache/weights on first use, and .*afile is not a "
+                                                  r"folder this process can write to; set \$TFMED_CACHE_DIR"):
+        check_backbone("efficientnet_lite0", image_size=96)
+    monkeypatch.setenv("TFMED_CACHE_DIR", str(tmp_path / "cache"))
+    check_backbone("efficientnet_lite0", image_size=96)  # a folder that can be made: fine
+    monkeypatch.delenv("TFMED_OFFLINE", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "afile" / "keras"))  # a download would go there
+    monkeypatch.setenv("TFMED_WEIGHTS_DIR", str(tmp_path / "none"))
+    with pytest.raises(MissingWeightsError, match=r"weights are downloaded into .*; set \$KERAS_HOME"):
+        check_backbone("mobilenet_v2", image_size=96)

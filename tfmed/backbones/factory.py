@@ -1,12 +1,15 @@
 """Build a backbone by name: :func:`create`."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import keras
 
 from tfmed.backbones.keras_apps import ImagenetPreprocessing, canonicalise_layer_names
 from tfmed.backbones.registry import get_spec
-from tfmed.backbones.weights import (WeightsStatus, existing_weights_file, get_weights_file, load_into,
-                                    weights_status)
+from tfmed.backbones.weights import (MissingWeightsError, WeightsStatus, cache_dir, existing_weights_file,
+                                    get_weights_file, keras_cache_dir, load_into, weights_status)
 from tfmed.errors import TfmedError
 
 __all__ = ["BackboneInputError", "check_backbone", "create", "imagenet_weights_status"]
@@ -101,6 +104,15 @@ def create(name, weights="imagenet", input_shape=None, trainable=False, include_
     return model
 
 
+def _check_writable(folder: Path, backbone: str, how: str, variable: str) -> None:
+    """Refuse, before a run starts, a weights cache that cannot be made or written."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise MissingWeightsError(f"backbone {backbone!r}: its ImageNet weights are {how} into {folder} on first "
+                                  f"use, and {existing} is not a folder this process can write to; set ${variable} "
+                                  "to a writable folder (or give the weights in $TFMED_WEIGHTS_DIR)")
+
+
 def check_backbone(name, weights="imagenet", image_size=None, weights_dir=None) -> None:
     """Raise now what :func:`create` would raise for an unknown backbone, an input size it cannot
     take, or weights it cannot get, without building anything: a run checks this before it reads
@@ -121,6 +133,10 @@ def check_backbone(name, weights="imagenet", image_size=None, weights_dir=None) 
     shape = _check_shape(spec, None if image_size is None else (image_size, image_size, 3), False)
     if weights == "imagenet":
         status = imagenet_weights_status(name, input_shape=shape, weights_dir=weights_dir)
+        if status.state == "package":  # converted on first use into tfmed's cache
+            _check_writable(cache_dir(), spec.name, "converted", "TFMED_CACHE_DIR")
+        elif status.state == "download":
+            _check_writable(keras_cache_dir(), spec.name, "downloaded", "KERAS_HOME")
         if not status.available:  # the lookup itself raises, with the places searched and the fix
             if spec.family == "lite":
                 from tfmed.backbones.efficientnet_lite import imagenet_weights_path
