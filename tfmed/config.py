@@ -223,6 +223,10 @@ class DataConfig(_Section):
         findings a physician read from the report (MethodLabel Physician), not a
         model; the others are listed as skipped in the validation report.
 
+    missing_message: a sentence added to the error when data.path is not found,
+        e.g. where to download the data set and under which licence (the shipped
+        recipes for public data sets carry one).
+
     negatives_per_positive: source "luna16" only: keep every nodule candidate
         and this many non-nodule candidates per nodule, drawn at random with a
         fixed seed (null, the default: every candidate).
