@@ -990,6 +990,19 @@ def test_kfold_without_a_test_split_reports_out_of_fold_figures_only(tmp_path):
         run_experiment(config)
 
 
+def test_a_split_seed_that_draws_nothing_is_refused(tmp_path):
+    config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
+    config = ExperimentConfig.from_dict({**config.to_dict(), "split": {"method": "predefined", "test_fraction": 0.0,
+                                                                        "seed": 3}})
+    config.data.source = f"medmnist:{_tiny_medmnist(tmp_path)}"  # train and val given: nothing to carve
+    with pytest.raises(UnusedSettingError, match=r"split.seed is set, but the data source gives every split, so "
+                                                 r"nothing is drawn with it; remove it"):
+        run_experiment(config)
+    assert not (tmp_path / "runs").exists()
+    config.split = dataclasses.replace(config.split, test_fraction=0.2)  # a test split carved with that seed
+    assert (run_experiment(config) / "MANIFEST.sha256").is_file()
+
+
 def test_retina_mnist_without_data_says_where_to_get_it(tmp_path):
     config = ExperimentConfig.from_yaml(ROOT / "experiments/retina_mnist.yaml")
     config.data.path = str(tmp_path / "data/retinamnist.npz")

@@ -48,8 +48,9 @@ from tfmed.run.rundir import (RunDirectoryError, check_runs_dir, environment_inf
                               run_lock, run_working_dir)
 
 
-def prepare_data(config: ExperimentConfig) -> ImageTable:
-    """Load, validate and split the experiment's data (stops with a full report on bad rows)."""
+def prepare_data(config: ExperimentConfig, new_run: bool = True) -> ImageTable:
+    """Load, validate and split the experiment's data (stops with a full report on bad rows); ``new_run``
+    False (a resume) keeps a setting refused since the run began, as :func:`check_config_fits_data` does."""
     from tfmed.data.sources import load_source
     from tfmed.data.validate import apply_validation, validate_table
 
@@ -61,7 +62,19 @@ def prepare_data(config: ExperimentConfig) -> ImageTable:
                             intensity=config.preprocess.intensity)
     if report.warnings:
         log(report.warnings_text())
-    return split_data(config, apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows))
+    return split_data(config, apply_validation(table, report, exclude_bad_rows=config.data.exclude_bad_rows),
+                      new_run)
+
+
+def _refuse_unused_split_seed(config: ExperimentConfig, carved: bool) -> None:
+    """A written ``split.seed`` that draws nothing (the source gives every split, and neither k-fold nor an
+    ensemble's out-of-fold scores make folds) would be silently ignored: refused."""
+    folds = config.split.method == "kfold" or (config.model.mode == "ensemble"
+                                                and config.model.ensemble.combine != "mean")
+    if "seed" in set_fields(config.split) and not carved and not folds:
+        raise UnusedSettingError(f"{config.name}: split.seed is set, but the data source gives every split, so "
+                                 "nothing is drawn with it; remove it (it matters where a split is carved, in "
+                                 "k-fold and for the folds of rank and stacking ensembles)", "split.seed")
 
 
 def needs_patient_ids(config: ExperimentConfig, table: ImageTable) -> bool:
@@ -69,14 +82,18 @@ def needs_patient_ids(config: ExperimentConfig, table: ImageTable) -> bool:
     return config.split.method in ("patient", "kfold") or not _has_all_splits(table)
 
 
-def split_data(config: ExperimentConfig, table: ImageTable) -> ImageTable:
+def split_data(config: ExperimentConfig, table: ImageTable, new_run: bool = True) -> ImageTable:
     """The validated ``table`` split as the experiment asks: near-identical images grouped, the splits
-    made, and k-fold checked to have every class in each fold."""
+    made, and k-fold checked to have every class in each fold (a ``split.seed`` that draws nothing is refused
+    for a ``new_run``)."""
     from tfmed.data.splits import SplitError, check_split_classes, ensure_splits, kfold_indices
 
     table = _mark_near_duplicates(config, table)
     origin = test_split_origin(config, source_has_test=bool((table.frame["split"] == "test").any()))
+    given = table.frame["split"].astype("string").fillna("").to_numpy()
     table = ensure_splits(table, config.split)
+    if new_run:
+        _refuse_unused_split_seed(config, carved=(given != table.frame["split"].astype("string").to_numpy()).any())
     check_split_classes(table, config.split, config.evaluation.hierarchy)
     if config.split.method == "kfold":  # too few patients of a class for the folds: said before any fitting
         try:
@@ -408,7 +425,7 @@ def resume_experiment(run_dir: str | Path) -> Path:
         if config.multiworker:
             raise ConfigError(f"{run_dir}: a run under model.svm.strategy multiworker is not resumed; run it again")
         get_mode(config.model.mode).check_before_data(config)
-        table = prepare_data(config)
+        table = prepare_data(config, new_run=False)
         check_config_fits_data(config, table, new_run=False)
         _check_same_data(run_dir, environment, table)
         inputs = run_inputs(config, table)
