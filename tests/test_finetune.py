@@ -1,5 +1,6 @@
 """Staged fine-tuning: stages, frozen BatchNorm, learning rates, early stopping, save/load, kill and resume."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from tfmed.backbones import BackboneSpec, get_spec, list_backbones, register
 from tfmed.config import ConfigError, FinetuneConfig, StageConfig
+from tfmed.files import read_arrays
 from tfmed.modes.finetune import FineTuner, FinetuneError
 from tfmed.training.losses import class_balance_weights
 
@@ -594,3 +596,85 @@ def test_without_validation_data_a_training_figure_stays_watched_and_a_val_one_b
     stopping = [c for c in tuner._stage_callbacks(0, 1, 0, 1e-3, None, [], 0) if hasattr(c, "patience")]
     assert [c.monitor for c in stopping] == [watched]
     assert ("watch the training loss, not" in capsys.readouterr().out) == (monitor == "val_auc")
+
+
+class StopAt(keras.callbacks.Callback):
+    """Stops a fit as Ctrl-C would, as epoch ``epoch`` begins."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def cut_short(path):
+    """Cut a file to half its length, as a kill does while the file is written in place."""
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("name", ["backup/latest.weights.h5", "backup/training_metadata.json", "best_weights.npz"])
+def test_a_cut_short_backup_or_best_epoch_file_restarts_its_stage_instead_of_failing(tmp_path, name, caplog,
+                                                                                     monkeypatch):
+    run_dir, (x, y) = tmp_path / "run", make_data()
+
+    def tuner():
+        config = FinetuneConfig(stages=[StageConfig(epochs=1), StageConfig(epochs=3, unfreeze=1)], batch_size=8,
+                                early_stopping_patience=3)
+        return FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None, run_dir=run_dir)
+
+    with pytest.raises(KeyboardInterrupt):  # stopped as stage 2's third epoch begins: two epochs backed up
+        tuner().fit((x, y), (x[:16], y[:16]), callbacks=[StopAt(3)])
+    bad = run_dir / "finetune" / "stage_2" / name
+    cut_short(bad)
+    caplog.set_level("INFO", logger="tfmed")
+    monkeypatch.setattr(logging.getLogger("tfmed"), "propagate", True)  # configure_logging (the CLI) stops it
+    log = EpochLog()
+    history = tuner().fit((x, y), (x[:16], y[:16]), callbacks=[log])
+    assert log.epochs == [1, 2, 3], "stage 2 starts again from stage 1's end; stage 1 is not trained again"
+    assert history["epoch"] == [0, 1, 2, 3] and history["stage"] == [0, 1, 1, 1]
+    lines = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(lines) == 1 and "cannot be read" in lines[0], lines
+    assert "stage 2 starts again from the end of stage 1" in lines[0]
+    assert not (run_dir / "finetune" / "stage_2" / "backup").exists()  # a finished stage keeps no backup
+
+
+@pytest.mark.parametrize("which", ["backup", "best"])
+def test_a_write_that_fails_midway_leaves_the_previous_backup_or_best_epoch_file_whole(tmp_path, which,
+                                                                                       monkeypatch):
+    run_dir, (x, y) = tmp_path / "run", make_data(n=16)
+    config = FinetuneConfig(stages=[StageConfig(epochs=3)], batch_size=8, early_stopping_patience=3)
+    tuner = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None, run_dir=run_dir)
+
+    def stop_midway(target, *args, **kwargs):
+        open(target, "wb").write(b"\x89HDF\r\n cut short")  # a few bytes written, then Ctrl-C
+        raise KeyboardInterrupt
+
+    class FailSecondWrite(ScriptedAUC):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if epoch == 1 and which == "best":  # epoch 1 is the best so far: its weights are saved
+                monkeypatch.setattr(np, "savez", stop_midway)
+            elif epoch == 1:
+                monkeypatch.setattr(type(self.model), "save_weights",
+                                    lambda model, filepath, **kwargs: stop_midway(filepath))
+
+    scripted = FailSecondWrite([0.5, 0.9, 0.95] if which == "best" else [0.9, 0.5, 0.95])
+    with pytest.raises(KeyboardInterrupt):
+        tuner.fit((x, y), (x, y), callbacks=[scripted])
+    monkeypatch.undo()
+    stage_dir = run_dir / "finetune" / "stage_1"
+    if which == "best":
+        kept = read_arrays(stage_dir / "best_weights.npz")
+        kept = [kept[f"w{i}"] for i in range(len(kept))]
+    else:
+        fresh = FineTuner(BACKBONE, "binary", 1, config=config, image_size=SIZE, weights=None)
+        fresh.build().load_weights(stage_dir / "backup" / "latest.weights.h5")
+        kept = fresh.model_.get_weights()
+        assert json.loads((stage_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 1
+    assert len(kept) == len(scripted.weights[0])
+    assert all(np.array_equal(a, b) for a, b in zip(kept, scripted.weights[0])), "epoch 0's file is kept whole"
+    assert not list(run_dir.rglob(".tmp-*")), "no temporary file is left behind"

@@ -99,3 +99,39 @@ def test_the_resumes_own_lock_is_not_counted_as_the_earlier_attempts_time(tmp_pa
         os.utime(tmp_path / name, (written, written))
     environment = {"started": dt.datetime.fromtimestamp(began).isoformat(timespec="seconds")}
     assert _seconds_run_before(tmp_path, environment, resumed=began + 60) == 5.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["backup/latest.weights.h5", "best_weights.npz"])
+def test_a_fine_tune_stopped_as_a_backup_was_written_resumes_and_finishes(tmp_path, monkeypatch, capsys, name):
+    from test_experiment import TINY
+    from tfmed.modes import finetune
+    from tfmed.run.manifest import check_run
+
+    values = {"name": "cut", "runs_dir": str(tmp_path / "runs"),
+              "data": {"source": f"medmnist:{_tiny_medmnist(tmp_path, n=40)}"}, "preprocess": {"image_size": 32},
+              "model": {"mode": "finetune", "backbone": TINY, "weights": None,
+                        "finetune": {"stages": [{"epochs": 1, "unfreeze": 0}, {"epochs": 3, "unfreeze": 1}],
+                                     "batch_size": 16, "early_stopping_patience": 3}}}
+    record = finetune._HistoryRecorder.on_epoch_end
+
+    def stop_in_stage_two(self, epoch, logs=None):
+        if (self.stage, epoch) == (1, 2):  # Ctrl-C as stage 2's second epoch ends: its first is backed up
+            raise KeyboardInterrupt
+        return record(self, epoch, logs)
+
+    monkeypatch.setattr(finetune._HistoryRecorder, "on_epoch_end", stop_in_stage_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(ExperimentConfig.from_dict(values))
+    monkeypatch.undo()
+    run = next((tmp_path / "runs" / "cut").iterdir())
+    bad = run / "finetune" / "stage_2" / name
+    with open(bad, "r+b") as handle:  # cut short, as by a kill while an older tfmed wrote it in place
+        handle.truncate(bad.stat().st_size // 2)
+    assert "tfmed run --resume" in (run / FAILED_FILE).read_text()
+    capsys.readouterr()
+    assert cli.main(["run", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"{bad}: cannot be read" in out and "stage 2 starts again from the end of stage 1" in out
+    assert not (run / FAILED_FILE).exists()
+    check_run(run, True)  # finished: every file in its manifest

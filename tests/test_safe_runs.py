@@ -491,3 +491,20 @@ def test_training_images_no_histogram_scale_can_be_learnt_from_leave_no_run(tmp_
     with pytest.raises(StatisticsError, match="every one of the .* train images has its 1st and 99th"):
         run_experiment(config)
     assert not list((tmp_path / "runs").glob("flat/*"))
+
+
+def test_a_failure_record_that_cannot_be_written_whole_is_not_left_empty(tmp_path, monkeypatch):
+    from tfmed.run.manifest import FAILED_FILE, failure_reason, record_failure
+
+    write_text = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        write_text(self, text[:3], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError):
+        record_failure(tmp_path, RuntimeError("out of memory"))
+    monkeypatch.setattr(Path, "write_text", write_text)
+    assert list(tmp_path.iterdir()) == []  # neither an empty FAILED.txt nor a stray part of one
+    record_failure(tmp_path, RuntimeError("out of memory"))
+    assert failure_reason(tmp_path) == "RuntimeError: out of memory" and (tmp_path / FAILED_FILE).is_file()

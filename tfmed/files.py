@@ -62,6 +62,33 @@ def temporary_file(folder: str | Path, prefix: str = ".", suffix: str = ".part")
     return handle, path
 
 
+def replace_atomically(path: str | Path, write) -> None:
+    """Call ``write`` with a temporary file's path beside ``path``, then rename it onto ``path``: a kill or an
+    error as it is written leaves the previous ``path`` whole (an error also removes the temporary file).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "state.json"
+        >>> replace_atomically(path, lambda tmp: Path(tmp).write_text("{}"))
+        >>> try:
+        ...     replace_atomically(path, lambda tmp: 1 / 0)
+        ... except ZeroDivisionError:
+        ...     pass
+        >>> path.read_text(), [p.name for p in path.parent.iterdir()]
+        ('{}', ['state.json'])
+    """
+    path = Path(path)
+    suffix = ".weights.h5" if path.name.endswith(".weights.h5") else path.suffix  # Keras and NumPy need these
+    handle, tmp = temporary_file(path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

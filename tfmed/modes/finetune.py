@@ -9,7 +9,10 @@ inference mode throughout, so their moving statistics never drift.
 
 With a ``run_dir`` every epoch is backed up (``keras.callbacks.BackupAndRestore``)
 and each finished stage is recorded, so a run that is killed resumes where it
-stopped: in the same stage, at the epoch after the last completed one.
+stopped: in the same stage, at the epoch after the last completed one. Every
+backup is written beside its place and renamed into it, so a kill as it is
+written leaves the previous one whole; a stage whose backup or best-epoch file
+cannot be read (cut short under an older tfmed) starts again from its start.
 
 Example:
     >>> from tfmed.config import FinetuneConfig, StageConfig
@@ -37,7 +40,7 @@ import tensorflow as tf
 from tfmed.config import (RESAMPLING, AugmentConfig, BalanceConfig, ConfigError, ExperimentConfig,
                           UNKNOWN_LABEL, FinetuneConfig, StageConfig, Task)
 from tfmed.errors import TfmedError
-from tfmed.files import DAMAGED, read_arrays, read_json
+from tfmed.files import DAMAGED, read_arrays, read_json, replace_atomically
 from tfmed.modes.base import average_over_views, register_mode, scores_from_probabilities
 from tfmed.progress import log
 from tfmed.training.callbacks import numeric_targets
@@ -471,7 +474,7 @@ class FineTuner:
         completed = state["completed"]
         if completed:
             # Resuming: start from the weights the last finished stage ended with.
-            self.model_.load_weights(self._stage_weights_path(len(completed) - 1))
+            self._load_stage_weights(len(completed) - 1)
         start = completed[-1]["end"] if completed else 0
         batches = int(train_ds.cardinality())
         for k, stage in enumerate(self.config.stages):
@@ -482,6 +485,7 @@ class FineTuner:
                 log(f"stage {k + 1}: {epochs} epochs of {batches} batches, to reach min_steps {stage.min_steps}")
             self._set_trainable(stage.unfreeze)
             self._compile(rates[k])
+            self._check_resume_files(k)
             resume_epoch = self._backup_epoch(k)
             records = [r for r in records if r["stage"] < k or
                        (r["stage"] == k and resume_epoch is not None and r["epoch"] < resume_epoch)]
@@ -507,7 +511,7 @@ class FineTuner:
             completed.append({"stage": k, "start": start, "end": end, "learning_rate": rates[k]})
             if self.run_dir is not None:
                 self._stage_dir(k).mkdir(parents=True, exist_ok=True)
-                self.model_.save_weights(self._stage_weights_path(k))
+                replace_atomically(self._stage_weights_path(k), lambda tmp: self.model_.save_weights(tmp))
                 self._write_state(state)
                 shutil.rmtree(self._stage_dir(k) / "backup", ignore_errors=True)
             start = end
@@ -544,7 +548,7 @@ class FineTuner:
                                               state_dir=stage_dir, start_from_epoch=watch_from))
         result.append(_HistoryRecorder(k, self.run_dir / HISTORY_FILE if self.run_dir is not None else None))
         if stage_dir is not None:
-            result.append(keras.callbacks.BackupAndRestore(str(stage_dir / "backup"), delete_checkpoint=False))
+            result.append(_AtomicBackup(str(stage_dir / "backup"), delete_checkpoint=False))
         return result
 
     # ---------------------------------------------------------- run directory
@@ -553,6 +557,79 @@ class FineTuner:
 
     def _stage_weights_path(self, k: int) -> Path:
         return self._stage_dir(k) / "final.weights.h5"
+
+    def _load_stage_weights(self, k: int) -> None:
+        path = self._stage_weights_path(k)
+        try:
+            self.model_.load_weights(path)
+        except Exception as error:  # a damaged file fails in many ways inside Keras / h5py
+            raise FinetuneError(f"{path}: the weights finished stage {k + 1} ended with cannot be read "
+                                f"({type(error).__name__}: {str(error)[:200]}); delete {self.run_dir} "
+                                "to start again") from None
+
+    def _check_resume_files(self, k: int) -> None:
+        """Remove stage ``k``'s backup and best-epoch files when one of them cannot be read (cut short by a
+        kill as an older tfmed wrote it, or damaged), logging it: the stage then starts again from its start."""
+        if self.run_dir is None:
+            return
+        stage_dir = self._stage_dir(k)
+        backup = stage_dir / "backup"
+        for stray in [*stage_dir.glob(".tmp-*"), *backup.glob(".tmp-*")]:  # left by a kill as a file was written
+            stray.unlink(missing_ok=True)
+        problem = self._unreadable_backup(backup) or self._unreadable_best(stage_dir)
+        if problem is None:
+            return
+        bad, reason = problem
+        shutil.rmtree(backup, ignore_errors=True)
+        for name in _StageEarlyStopping.FILES:
+            (stage_dir / name).unlink(missing_ok=True)
+        where = f"the end of stage {k}" if k else "its start"
+        log(f"{bad}: cannot be read ({reason}); removed it and the stage's other backups: stage {k + 1} "
+            f"starts again from {where}")
+
+    def _unreadable_backup(self, backup: Path) -> tuple[Path, str] | None:
+        """The backup file of ``backup`` that cannot be read, and why; the model is left as it was."""
+        weights, metadata = backup / "latest.weights.h5", backup / "training_metadata.json"
+        if metadata.is_file():
+            try:
+                int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
+            except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+                return metadata, f"{type(error).__name__}: {str(error)[:120]}"
+        if not weights.is_file():
+            return None
+        model = self.model_
+        with self._strategy().scope():
+            if model.optimizer is not None and not model.optimizer.built:  # as BackupAndRestore loads it
+                model.optimizer.build(model.trainable_variables)
+        variables = list(model.weights) + (list(model.optimizer.variables) if model.optimizer is not None else [])
+        kept = [keras.ops.convert_to_numpy(v) for v in variables]
+        try:
+            model.load_weights(weights)
+        except Exception as error:  # a cut-short file fails in many ways inside Keras / h5py
+            return weights, f"{type(error).__name__}: {(str(error).split('. ')[0].splitlines() or [''])[0][:100]}"
+        finally:  # a trial load: BackupAndRestore loads the backup itself as the stage begins
+            for variable, value in zip(variables, kept):
+                variable.assign(value)
+        return None
+
+    def _unreadable_best(self, stage_dir: Path) -> tuple[Path, str] | None:
+        """The best-epoch file of early stopping in ``stage_dir`` that cannot be read, and why."""
+        state_path, weights_path = (stage_dir / name for name in _StageEarlyStopping.FILES)
+        if not (state_path.is_file() and weights_path.is_file()):  # as _StageEarlyStopping reads them
+            return None
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+            float(state["best"]), int(state["best_epoch"]), int(state["wait"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+            return state_path, f"{type(error).__name__}: {str(error)[:120]}"
+        try:
+            stored = read_arrays(weights_path, FinetuneError)
+        except FinetuneError as error:
+            return weights_path, str(error).split(" (")[0].replace(f"{weights_path}: ", "")
+        shapes = [tuple(w.shape) for w in self.model_.weights]
+        if [tuple(stored[f"w{i}"].shape) if f"w{i}" in stored else None for i in range(len(stored))] != shapes:
+            return weights_path, "it does not hold this model's weights"
+        return None
 
     def _backup_epoch(self, k: int) -> int | None:
         if self.run_dir is None:
@@ -618,15 +695,24 @@ class FineTuner:
     def _read_records(self) -> list[dict]:
         if self.run_dir is None or not (self.run_dir / HISTORY_FILE).is_file():
             return []
-        lines = (self.run_dir / HISTORY_FILE).read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        lines = [line for line in (self.run_dir / HISTORY_FILE).read_text(encoding="utf-8").splitlines()
+                 if line.strip()]
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise FinetuneError(f"{self.run_dir / HISTORY_FILE}: line {i + 1} is not JSON; {DAMAGED}") from None
+                # the last line, cut short by a kill as it was appended: its epoch had no backup yet, it runs again
+        return records
 
     def _write_records(self, records: list[dict]) -> None:
         """Rewrite the history file with the epochs kept (drops epochs that will be re-run)."""
         if self.run_dir is None:
             return
         text = "".join(json.dumps(r) + "\n" for r in records)
-        (self.run_dir / HISTORY_FILE).write_text(text, encoding="utf-8")
+        replace_atomically(self.run_dir / HISTORY_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     # -------------------------------------------------------------- inference
     def _as_dataset(self, data, name: str, training: bool = False) -> tf.data.Dataset:
@@ -980,6 +1066,17 @@ class _HistoryRecorder(keras.callbacks.Callback):
                 handle.write(json.dumps(record) + "\n")
 
 
+class _AtomicBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose weights and epoch are each written beside their place and renamed into it, so
+    that a kill as an epoch's backup is written leaves the previous backup whole (Keras writes in place)."""
+
+    def _save_model(self):
+        Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+        metadata = json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        replace_atomically(Path(self._weights_path), lambda tmp: self.model.save_weights(tmp, overwrite=True))
+        replace_atomically(Path(self._training_metadata_path), lambda tmp: Path(tmp).write_text(metadata))
+
+
 class _StageEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping restoring the best weights, whose state survives a killed run; it watches from
     ``start_from_epoch`` (an absolute epoch) on."""
@@ -989,8 +1086,10 @@ class _StageEarlyStopping(keras.callbacks.EarlyStopping):
                          start_from_epoch=start_from_epoch)
         self.state_dir = state_dir
 
+    FILES = ("best_state.json", "best_weights.npz")
+
     def _paths(self):
-        return self.state_dir / "best_state.json", self.state_dir / "best_weights.npz"
+        return tuple(self.state_dir / name for name in self.FILES)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -1009,7 +1108,8 @@ class _StageEarlyStopping(keras.callbacks.EarlyStopping):
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state_path, weights_path = self._paths()
-        if self.best_epoch == epoch:
-            np.savez(weights_path, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
-        state_path.write_text(json.dumps({"best": float(self.best), "best_epoch": int(self.best_epoch),
-                                          "wait": int(self.wait)}))
+        if self.best_epoch == epoch:  # each file renamed into place whole: a kill leaves the previous one
+            replace_atomically(weights_path, lambda tmp: np.savez(tmp, **{f"w{i}": w for i, w in
+                                                                         enumerate(self.best_weights)}))
+        state = json.dumps({"best": float(self.best), "best_epoch": int(self.best_epoch), "wait": int(self.wait)})
+        replace_atomically(state_path, lambda tmp: Path(tmp).write_text(state))

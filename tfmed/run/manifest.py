@@ -26,12 +26,11 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import os
 import traceback
 from pathlib import Path
 
 from tfmed.errors import TfmedError
-from tfmed.files import file_digest, temporary_file
+from tfmed.files import file_digest, replace_atomically
 from tfmed.progress import log
 
 MANIFEST_FILE = "MANIFEST.sha256"
@@ -72,14 +71,8 @@ def write_manifest(directory: str | Path) -> Path:
     """
     directory = Path(directory)
     lines = [f"{file_digest(directory / name)}  {name}\n" for name in _listed_files(directory)]
-    handle, temporary = temporary_file(directory, prefix=".manifest-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.writelines(lines)
-        os.replace(temporary, directory / MANIFEST_FILE)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    replace_atomically(directory / MANIFEST_FILE,
+                       lambda tmp: Path(tmp).write_text("".join(lines), encoding="utf-8", newline="\n"))
     return directory / MANIFEST_FILE
 
 
@@ -109,9 +102,9 @@ def record_failure(directory: str | Path, error: BaseException) -> Path:
     reason = _describe(error)
     trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     path = Path(directory) / FAILED_FILE
-    path.write_text(f"{reason}\n\nThis run stopped at {dt.datetime.now().isoformat(timespec='seconds')} "
-                    f"before it finished; {INCOMPLETE} {next_step(directory, error)}.\n\n{trace}",
-                    encoding="utf-8")
+    text = (f"{reason}\n\nThis run stopped at {dt.datetime.now().isoformat(timespec='seconds')} before it "
+            f"finished; {INCOMPLETE} {next_step(directory, error)}.\n\n{trace}")
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))  # a full disk: none, not empty
     return path
 
 
