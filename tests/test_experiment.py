@@ -387,11 +387,8 @@ def folder_with_a_corrupt_image(root: Path, images=None, labels=None, classes=("
     return root
 
 
-def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, monkeypatch):
-    """config.yaml keeps data.path as written, relative to the folder the run started in (environment.json's
-    cwd): commands that re-read the run's data read it from there, wherever they are started."""
-    from tfmed.run.explain import explain_run
-
+def _relative_folder_experiment(tmp_path: Path, monkeypatch) -> ExperimentConfig:
+    """A tiny SVM experiment on the folder ``xrays`` (60 images), relative to ``tmp_path/work``, where it starts."""
     folder_with_a_corrupt_image(tmp_path / "work" / "xrays", count=60)
     (tmp_path / "work" / "xrays" / "normal" / "broken.png").unlink()
     monkeypatch.chdir(tmp_path / "work")
@@ -399,6 +396,15 @@ def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, mo
         "name": "rel", "runs_dir": "runs", "data": {"source": "folder", "path": "xrays", "patient_pattern": "(.+)"},
         "preprocess": {"image_size": 32}, "split": {"test_fraction": 0.25},
         "model": {"mode": "svm", "backbone": TINY, "weights": None, "svm": {"C": [1.0], "cv": 3}}})
+    return config
+
+
+def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, monkeypatch):
+    """config.yaml keeps data.path as written, relative to the folder the run started in (environment.json's
+    cwd): commands that re-read the run's data read it from there, wherever they are started."""
+    from tfmed.run.explain import explain_run
+
+    config = _relative_folder_experiment(tmp_path, monkeypatch)
     run = tmp_path / "work" / run_experiment(config)
     assert ExperimentConfig.from_run(run).data.path == "xrays"
     explained = explain_run(run, method="saliency", per_group=1, output=tmp_path / "here")  # where it ran
@@ -419,13 +425,7 @@ def test_a_run_on_a_relative_data_path_is_evaluated_from_any_folder(tmp_path, mo
 def test_a_stopped_run_on_a_relative_data_path_is_resumed_from_any_folder(tmp_path, monkeypatch):
     import tfmed.run.experiment as experiment
 
-    folder_with_a_corrupt_image(tmp_path / "work" / "xrays", count=60)
-    (tmp_path / "work" / "xrays" / "normal" / "broken.png").unlink()
-    monkeypatch.chdir(tmp_path / "work")
-    config = ExperimentConfig.from_dict({
-        "name": "rel", "runs_dir": "runs", "data": {"source": "folder", "path": "xrays", "patient_pattern": "(.+)"},
-        "preprocess": {"image_size": 32}, "split": {"test_fraction": 0.25},
-        "model": {"mode": "svm", "backbone": TINY, "weights": None, "svm": {"C": [1.0], "cv": 3}}})
+    config = _relative_folder_experiment(tmp_path, monkeypatch)
     fit = experiment.fit_model
 
     def interrupted(*args, **kwargs):
