@@ -288,8 +288,8 @@ def refuse_used_output(output: str | Path | None, what: str) -> None:
 def refuse_output_inside_runs(output: str | Path | None, runs: list[str | Path], *, option: str = "--output",
                               kept: tuple[str, ...] = ()) -> None:
     """Refuse an ``output`` path inside one of the run directories ``runs`` a command reads, or inside any other
-    run: a file written there changes the run (its ``MANIFEST.sha256`` check then refuses it). A new folder under the run's
-    ``kept`` folders (where the command itself writes, e.g. ``evaluations``) passes, as does None.
+    run: a file written there changes the run (its ``MANIFEST.sha256`` check then refuses it). A new folder under
+    the run's ``kept`` folders (where the command itself writes, e.g. ``evaluations``) passes, as does None.
 
     Example:
         >>> refuse_output_inside_runs("elsewhere/ev", ["runs/a/1"])

@@ -47,7 +47,8 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
                           "process; multiworker is for tfmed run (use auto, cpu, mirrored or tpu here)")
     if config.split.method == "kfold":
         raise ConfigError(f"{config.name}: split.method is 'kfold', and sweep-layers measures each tap on the "
-                          "validation split, which k-fold makes none of; sweep a copy of the experiment with split.method: patient (or predefined) "
+                          "validation split, which k-fold makes none of; sweep a copy of the experiment with "
+                          "split.method: patient (or predefined) "
                           "and no split.folds, then set the chosen taps in model.svm.taps of the k-fold one")
     taps = list(taps or DEFAULT_TAPS)
     fusions = [taps[-2:]] if len(taps) >= 2 else []
