@@ -501,3 +501,14 @@ def test_rsna_a_target_0_line_with_a_box_is_a_row_problem_with_its_line(tmp_path
     assert "row 2:" not in text
     kept = apply_validation(table, report, exclude_bad_rows=True)
     assert kept.frame["row"].tolist() == [2] and kept.excluded["row"].tolist() == [3, 5, 6]
+
+
+def test_chestxray14_an_image_linked_under_its_listed_name_is_found(nih):
+    # the listed name is a link to a file stored under another name: both names are indexed
+    store = nih.parent / "a_store"  # walked before images_001/
+    store.mkdir()
+    listed = nih.parent / "images_001/images/00000001_000.png"
+    listed.rename(store / "blob123.png")
+    listed.symlink_to(store / "blob123.png")
+    table = load_chestxray14(nih)
+    assert validate_table(table).ok and len(table) == 7

@@ -160,22 +160,32 @@ def _ensemble_dict(source: str, tmp_path: Path, combine: str = "mean", **extra) 
      r"model.ensemble.members\[0\].finetune.dropout is set, but model.ensemble.members\[0\].mode 'svm'"),
     ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "folds": 3}, "only combine: rank and stacking"),
     ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "combine": "vote"}, "allowed: mean, rank, stacking"),
-    ({"members": [{"mode": "svm"}, {"mode": "finetune"}], "combine": "rank", "evaluation": {"threshold": "fixed"}},
-     r"evaluation.threshold is 'fixed' \(decide at 0.5\), but model.ensemble.combine 'rank' gives mean ranks"),
 ])
 def test_bad_ensemble_settings_name_the_key(change, message):
-    evaluation = change.pop("evaluation", {})
     with pytest.raises(ConfigError, match=message):
-        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": change}, "evaluation": evaluation})
+        ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": change}})
 
 
-def test_a_fixed_threshold_on_mean_ranks_is_taken_once_they_are_probabilities():
-    members = [{"mode": "svm"}, {"mode": "finetune"}]
-    for combine, recalibration in (("rank", "logistic"), ("mean", "none")):
+def test_a_fixed_threshold_on_mean_ranks_is_refused_for_a_new_run_only_and_taken_once_they_are_probabilities():
+    from tfmed.data.table import ImageTable
+    from tfmed.run.experiment import check_config_fits_data
+
+    members = [{"mode": "svm"}, {"mode": "svm", "svm": {"taps": ["late"]}}]
+    table = ImageTable(pd.DataFrame({"image": [f"{i}.png" for i in range(40)], "label": [0, 1] * 20,
+                                     "patient_id": [f"p{i}" for i in range(40)],
+                                     "split": ["train"] * 30 + ["val"] * 10}), ["normal", "tb"], "binary")
+    for combine, recalibration, refused in (("rank", "none", True), ("rank", "logistic", False),
+                                            ("mean", "none", False)):
         config = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {
-            "members": members, "combine": combine}}, "evaluation": {"threshold": "fixed",
-                                                                      "recalibration": recalibration}})
-        assert config.evaluation.threshold == "fixed"
+            "members": members, "combine": combine, **({"folds": 3} if combine == "rank" else {})}},
+            "evaluation": {"threshold": "fixed", "recalibration": recalibration}})  # read, as a run's config is
+        if refused:
+            with pytest.raises(ConfigError, match=r"evaluation.threshold is 'fixed' \(decide at 0.5\), but "
+                                                  r"model.ensemble.combine 'rank' gives mean ranks"):
+                check_config_fits_data(config, table)
+            check_config_fits_data(config, table, new_run=False)  # a run made before the refusal resumes
+        else:
+            check_config_fits_data(config, table)
 
 
 def test_experiment_sections_no_member_reads_are_rejected():
@@ -674,3 +684,6 @@ def test_an_ensemble_records_its_members_backbones_and_refuses_one_no_member_tak
     model = trained_model(config, SimpleNamespace(task="binary", classes=["n", "p"]),
                           SimpleNamespace(preprocess=config.preprocess, stats=None), SimpleNamespace(name="ensemble"))
     assert model.backbone == "efficientnet_lite1, efficientnet_lite0"
+    unweighted = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "weights": None, "ensemble": {"members": [
+        {"name": "a", "mode": "svm"}, {"name": "b", "mode": "svm", "backbone": "efficientnet_lite1"}]}}})
+    assert unweighted.model_setting("weights") == "None"  # the report's weights fact: what the members take

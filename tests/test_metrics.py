@@ -385,3 +385,16 @@ def test_bootstrap_fast_path_matches_sklearn():
         if (1 - y).sum() and (1 - pred).sum():
             assert fast["specificity"] == pytest.approx(recall_score(y, pred, pos_label=0))
             assert fast["npv"] == pytest.approx(precision_score(y, pred, pos_label=0))
+
+
+def test_multilabel_bootstrap_leaves_a_label_known_only_positive_out_of_the_macro_auc():
+    # label b is known positive or unknown (-1), never negative: it has no AUC, so the macro AUC and every
+    # resample's average label a alone
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 2, 60)
+    Y = np.c_[a, np.where(rng.random(60) < 0.5, 1, -1)]
+    P = np.c_[np.clip(0.4 * a + 0.6 * rng.random(60), 0, 1), rng.random(60)]
+    m = multilabel_metrics(Y, P, 0.5, ["a", "b"], bootstrap=100, seed=0)
+    lo, hi = m["bootstrap_ci"]["macro_auc"]
+    assert lo is not None and lo < m["macro_auc"] < hi
+    assert not any(note.startswith("bootstrap:") for note in m["notes"])

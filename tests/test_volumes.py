@@ -782,4 +782,5 @@ def test_inspect_a_png_and_a_dicom_image(tmp_path, capsys):
                      "transfer syntax: Explicit VR Little Endian"]:
         assert expected in out, expected
     assert main(["inspect", str(png), "--series", "1.2.3"]) == 2  # a series is chosen in a folder, not a file
-    assert "a file, and --series (1.2.3) chooses a series of a folder of DICOM files" in capsys.readouterr().err
+    assert "a file, and --series (1.2.3; series_uid=) chooses a series of a folder of DICOM files" in \
+        capsys.readouterr().err

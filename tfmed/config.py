@@ -1341,8 +1341,6 @@ class ExperimentConfig(_Section):
                               "tta.enabled is false; set tta.enabled: true (with the views to use) or remove it")
         if self.model.mode == "ensemble":
             self._check_members()
-            refuse_fixed_threshold_on_ranks(self.evaluation.threshold, self.model.ensemble.combine,
-                                            self.evaluation.recalibration)
         if self.multiworker and self.split.method == "kfold":
             raise ConfigError("model.svm.strategy 'multiworker' shares the features of the train, val and test "
                               "splits between workers, not those of k folds; use split.method predefined or "
@@ -1408,6 +1406,20 @@ class ExperimentConfig(_Section):
                 raise UnusedSettingError(f"model.{name} is set, but every ensemble member names its own {name}; "
                                          "remove it (or leave it out of a member that should take it)",
                                          f"model.{name}")
+
+    def model_setting(self, name: str):
+        """``model.NAME`` (backbone, weights, weights_dir), or an ensemble's members' values, each once, joined.
+
+        Example:
+            >>> cfg = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": [
+            ...     {"mode": "svm", "backbone": "efficientnet_lite1"}, {"mode": "svm"}]}}})
+            >>> cfg.model_setting("backbone")
+            'efficientnet_lite1, efficientnet_lite0'
+        """
+        if self.model.mode != "ensemble":
+            return getattr(self.model, name)
+        members = range(len(self.model.ensemble.members))
+        return ", ".join(dict.fromkeys(str(getattr(self.member_experiment(i).model, name)) for i in members))
 
     def member_name(self, index: int) -> str:
         """The name of ensemble member ``index`` (given, or "MODE_BACKBONE_INDEX")."""

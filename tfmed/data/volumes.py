@@ -962,8 +962,9 @@ def inspect(path: str | Path, series_uid: str | None = None) -> dict:
         report["files"] = len(chosen.files)
         return report
     if series_uid is not None:
-        raise VolumeError(path, f"a file, and --series ({series_uid}) chooses a series of a folder of DICOM files",
-                          "pass the folder that holds the series, or leave --series out to describe this file")
+        raise VolumeError(path, f"a file, and --series ({series_uid}; series_uid=) chooses a series of a folder of "
+                          "DICOM files", "pass the folder that holds the series, or leave --series out to describe "
+                          "this file")
     if is_nifti(path):
         return _volume_report(read_nifti(path), "NIfTI")
     if is_volume_file(path):

@@ -31,7 +31,7 @@ from scipy.optimize import brentq
 from sklearn.linear_model import LogisticRegression
 
 from .intervals import EvaluationError, binary_scores
-from .thresholds import ROUNDING, reaches
+from .thresholds import lowest_reaching, reaches
 
 THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)  # threshold probabilities of a decision curve
 _EDGE = 1e-6  # probabilities are kept this far from 0 and 1 before their logit is taken
@@ -84,7 +84,7 @@ def decision_curve(y, probabilities, thresholds=THRESHOLDS) -> dict:
     t = _checked_thresholds(thresholds, "decision_curve")
     odds = t / (1.0 - t)
     positives, negatives = np.sort(p[y == 1]), np.sort(p[y == 0])
-    lowest = t - ROUNDING * np.abs(t)  # the lowest probability that reaches each threshold, as in net_benefit
+    lowest = lowest_reaching(t)  # as in net_benefit
     found = positives.size - np.searchsorted(positives, lowest, side="left")
     needless = negatives.size - np.searchsorted(negatives, lowest, side="left")
     return {"thresholds": t.tolist(), "model": ((found - needless * odds) / y.size).tolist(),

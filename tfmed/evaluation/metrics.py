@@ -573,7 +573,7 @@ def _multiclass_replicate(y: np.ndarray, P: np.ndarray) -> dict:
 
 def _labels_with_auc(Y: np.ndarray) -> list[int]:
     """The label columns known both present (1) and absent (0) somewhere in ``Y``."""
-    return [j for j in range(Y.shape[1]) if auc_defined(Y[:, j])]
+    return [j for j in range(Y.shape[1]) if auc_defined(Y[Y[:, j] != UNKNOWN_LABEL, j])]
 
 
 def _multilabel_replicate(Y: np.ndarray, S: np.ndarray, thresholds: Sequence[float],

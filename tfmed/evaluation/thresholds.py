@@ -79,7 +79,7 @@ def _curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     """(false positive rate, true positive rate, threshold) at each distinct score, highest first, a case
     called positive when its score reaches the threshold (:func:`reaches`, as decisions are made)."""
     thresholds = np.unique(s)[::-1]
-    lowest = thresholds - ROUNDING * np.abs(thresholds)   # the lowest score that reaches each threshold
+    lowest = lowest_reaching(thresholds)
     positives, negatives = np.sort(s[y == 1]), np.sort(s[y == 0])
     tpr = (positives.size - np.searchsorted(positives, lowest, side="left")) / positives.size
     fpr = (negatives.size - np.searchsorted(negatives, lowest, side="left")) / negatives.size
@@ -200,6 +200,17 @@ def known_column(Y, S, column: int) -> tuple[np.ndarray, np.ndarray]:
     return Y[known, column], S[known, column]
 
 
+def lowest_reaching(threshold):
+    """The lowest score that reaches ``threshold`` (each of an array): a millionth of it below (float32 rounding).
+
+    Example:
+        >>> float(lowest_reaching(0.5))
+        0.4999995
+    """
+    t = np.asarray(threshold, dtype=float)
+    return t - ROUNDING * np.abs(t)
+
+
 def reaches(scores, threshold) -> np.ndarray:
     """Whether each score reaches ``threshold`` (broadcasting, no checks): ``score >= threshold`` up to float32
     rounding, a millionth of the threshold. A threshold is an observed validation score, and the same image scored
@@ -209,8 +220,7 @@ def reaches(scores, threshold) -> np.ndarray:
         >>> bool(reaches(0.7288019061088562, 0.728801965713501)), bool(reaches(0.7287, 0.728801965713501))
         (True, False)
     """
-    t = np.asarray(threshold, dtype=float)
-    return np.asarray(scores, dtype=float) >= t - ROUNDING * np.abs(t)
+    return np.asarray(scores, dtype=float) >= lowest_reaching(threshold)
 
 
 def apply_threshold(scores, threshold) -> np.ndarray:

@@ -1068,7 +1068,8 @@ class _HistoryRecorder(keras.callbacks.Callback):
 
 class _AtomicBackup(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose weights and epoch are each written beside their place and renamed into it, so
-    that a kill as an epoch's backup is written leaves the previous backup whole (Keras writes in place)."""
+    that a kill as an epoch's backup is written leaves the previous backup whole (Keras writes in place). The
+    weights are renamed first: a kill between the two renames makes a resume train that epoch again."""
 
     def _save_model(self):
         Path(self.backup_dir).mkdir(parents=True, exist_ok=True)

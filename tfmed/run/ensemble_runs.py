@@ -109,7 +109,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     model = TrainedModel(mode=estimator.name, task=first.task, classes=list(first.classes),
                          preprocess=first.preprocess, stats=first.stats, estimator=estimator,
                          threshold_method=first.threshold_method,
-                         backbone=", ".join(dict.fromkeys(m.backbone for m in models)), tta=first.tta,
+                         backbone=config.model_setting("backbone"), tta=first.tta,
                          views=first.views)
     summary = None
     if recalibration != "none":
@@ -273,7 +273,9 @@ def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine:
                             augment=c.augment if "augment" in MODE_SECTIONS[c.model.mode] else None,
                             balance=c.balance if "balance" in MODE_SECTIONS[c.model.mode] else None)
                for name, c in zip(names, configs)]
-    model = ModelConfig(mode="ensemble", ensemble=EnsembleConfig(members=members, combine=combine))  # members' own
+    # the members name their backbones; a member's weights left null take the model's (the first run's)
+    model = ModelConfig(mode="ensemble", weights=first.model.weights, weights_dir=first.model.weights_dir,
+                        ensemble=EnsembleConfig(members=members, combine=combine))
     return dataclasses.replace(first, name=f"{first.name}_ensemble", description="", model=model,
                                augment=type(first.augment)(), balance=type(first.balance)(),
                                evaluation=dataclasses.replace(first.evaluation, recalibration=recalibration))

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import (UNKNOWN_LABEL, ConfigError, EvaluationConfig, ExperimentConfig, UnusedSettingError,
-                          set_fields)
+                          refuse_fixed_threshold_on_ranks, set_fields)
 from tfmed.data.near_duplicates import (GROUP_COLUMN, conflict_note, conflicting_labels, mark_near_duplicates,
                                         twins_in_train)
 from tfmed.data.pipeline import ImageInputs
@@ -189,6 +189,9 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable, new_run:
         raise UnusedSettingError(f"{config.name}: evaluation.{written[0]} is set, but multiclass data is answered "
                                  "by the most probable class, with no threshold to choose; remove it, or give "
                                  "evaluation.hierarchy two coarse classes to threshold", f"evaluation.{written[0]}")
+    if config.model.mode == "ensemble" and new_run:  # a run made before this refusal keeps its settings
+        refuse_fixed_threshold_on_ranks(config.evaluation.threshold, config.model.ensemble.combine,
+                                        config.evaluation.recalibration)
     if config.report.explain and new_run and config.split.method == "kfold" \
             and not (table.frame["split"] == "test").any():
         raise UnusedSettingError(f"{config.name}: report.explain draws maps of test cases, and this k-fold run has no "
@@ -214,13 +217,10 @@ def fit_model(config: ExperimentConfig, table: ImageTable, train: ImageTable, va
 def trained_model(config: ExperimentConfig, table: ImageTable, inputs: ImageInputs, estimator) -> TrainedModel:
     """The artifact of a fitted ``estimator`` with the experiment's preprocessing and test-time views (its
     backbone: an ensemble's members' backbones, each named once)."""
-    members = config.model.ensemble.members if config.model.mode == "ensemble" else []
-    backbone = ", ".join(dict.fromkeys(config.member_experiment(i).model.backbone for i in range(len(members)))) \
-        if members else config.model.backbone
     return TrainedModel(mode=estimator.name, task=table.task, classes=list(table.classes),
                         preprocess=inputs.preprocess, stats=inputs.stats, estimator=estimator,
                         threshold_method=THRESHOLD_KEYS[config.evaluation.threshold],
-                        backbone=backbone, tta=config.tta, views=config.views)
+                        backbone=config.model_setting("backbone"), tta=config.tta, views=config.views)
 
 
 def evaluate_split(model: TrainedModel, table: ImageTable, scores: np.ndarray,

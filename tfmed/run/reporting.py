@@ -414,7 +414,7 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         history = {k: v for k, v in estimator.history_.items()
                    if k not in ("epoch", "stage", "stage_boundaries")}
         boundaries = [b for b in estimator.history_.get("stage_boundaries", []) if b > 0]
-    facts = {"mode": model.mode, "backbone": model.backbone, "weights": config.model.weights,
+    facts = {"mode": model.mode, "backbone": model.backbone, "weights": config.model_setting("weights"),
              "image size": config.preprocess.image_size, "intensity": config.preprocess.intensity,
              "threshold method": model.threshold_method if model.thresholds else ARGMAX_DECISION}
     facts.update(estimator.report_facts())

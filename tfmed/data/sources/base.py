@@ -93,7 +93,7 @@ def outside_classes(path: Path, names: list[str]) -> list[dict]:
 
 def index_files(root: Path) -> dict[str, list[str]]:
     """The paths of every file under ``root`` by name, walked once; symbolic links are followed, and a file or
-    folder reached twice (through a link) is listed once.
+    folder reached twice under one name (through a link) is listed once.
 
     Example:
         >>> import tempfile, pathlib
@@ -110,10 +110,10 @@ def index_files(root: Path) -> dict[str, list[str]]:
             continue
         folders_seen.add(real)
         subfolders.sort()
-        for name in sorted(files):
+        for name in sorted(files):  # one file under two names (a link named otherwise) is found by both
             path = os.path.join(folder, name)
-            if os.path.realpath(path) not in files_seen:
-                files_seen.add(os.path.realpath(path))
+            if (name, os.path.realpath(path)) not in files_seen:
+                files_seen.add((name, os.path.realpath(path)))
                 found.setdefault(name, []).append(path)
     return found
 
