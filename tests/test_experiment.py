@@ -156,15 +156,17 @@ def test_an_evaluation_says_where_the_runs_thresholds_were_chosen(tmp_path):
 
     binary = types.SimpleNamespace(task="binary", hierarchy=None)
     config = ExperimentConfig.from_dict({})
-    assert "chosen on that run's validation split" in _decisions(tmp_path, config, binary)
+    assert "chosen on that run's val split" in _decisions(tmp_path, config, binary)
     kfold = ExperimentConfig.from_dict({"split": {"method": "kfold"}})
     assert "chosen on that run's pooled out-of-fold scores" in _decisions(tmp_path, kfold, binary)
     multiclass = types.SimpleNamespace(task="multiclass", hierarchy=None)
     assert _decisions(tmp_path, config, multiclass).startswith("each image's class is its most probable one")
-    (tmp_path / "recalibrated_from.json").write_text(json.dumps({"thresholds": "kept"}))
-    assert "chosen on that run's pooled out-of-fold scores" in _decisions(tmp_path, kfold, binary)
+    (tmp_path / "recalibrated_from.json").write_text(json.dumps({"thresholds": "kept", "run": "runs/tb/1"}))
+    assert ("chosen on the pooled out-of-fold scores of runs/tb/1 (carried over when recalibrated)"
+            in _decisions(tmp_path, kfold, binary))
     (tmp_path / "recalibrated_from.json").write_text(json.dumps({"thresholds": "chosen"}))
-    assert "chosen on the data it was recalibrated on" in _decisions(tmp_path, kfold, binary)
+    assert ("chosen on that run's val split (the images it was recalibrated on)"
+            in _decisions(tmp_path, kfold, binary))
 
 
 def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):

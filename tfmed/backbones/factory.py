@@ -96,12 +96,17 @@ def create(name, weights="imagenet", input_shape=None, trainable=False, include_
         load_into(model, path, spec.name, spec.batchnorm_quirk)
     model.trainable = bool(trainable)
     if trainable and path is not None:  # model.trainable = True made every BatchNormalization trainable too
-        from tfmed.training.freezing import iter_layers
-
-        for layer in iter_layers(model):
+        for layer in _all_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
     return model
+
+
+def _all_layers(model):
+    """Every layer inside ``model``, those of nested models included."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
 
 
 def _check_writable(folder: Path, backbone: str, how: str, variable: str) -> None:

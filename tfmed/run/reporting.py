@@ -190,7 +190,8 @@ def thresholds_chosen_on(config, provenance: dict | None = None, whose: str = "t
         return f"{whose} val split (the images it was recalibrated on)"
     if provenance.get("thresholds") == "kept":
         origin = provenance.get("thresholds_chosen_on") or thresholds_chosen_on(config)
-        return f"{origin} of {provenance.get('run')} (carried over when recalibrated)"
+        run = provenance.get("run") or "the run it was recalibrated from"
+        return f"{origin} of {run} (carried over when recalibrated)"
     return f"{whose} pooled out-of-fold scores" if config.split.method == "kfold" else f"{whose} val split"
 
 
