@@ -313,10 +313,7 @@ class DataConfig(_Section):
 
     def check(self) -> None:
         super().check()
-        for name in ("path", "root"):  # ~ is the home folder, as in a shell
-            value = getattr(self, name)
-            if isinstance(value, str) and value.startswith("~"):
-                setattr(self, name, os.path.expanduser(value))
+        self.path, self.root = _home_expanded(self.path), _home_expanded(self.root)
         self._check_parts()
         if self.classes is not None and len(set(self.classes)) < len(self.classes):
             twice = next(name for name in self.classes if self.classes.count(name) > 1)
@@ -1211,26 +1208,6 @@ class EvaluationConfig(_Section):
 ExplainMethod = Literal["gradcam", "gradcam_pp", "saliency", "smoothgrad", "integrated_gradients", "occlusion"]
 
 
-def refuse_fixed_threshold_on_ranks(threshold: str, combine: str, recalibration: str, *,
-                                    threshold_key: str = "evaluation.threshold",
-                                    combine_key: str = "model.ensemble.combine",
-                                    recalibration_key: str = "evaluation.recalibration") -> None:
-    """Refuse deciding at the fixed 0.5 on an ensemble's mean ranks, which are no probabilities.
-
-    Example:
-        >>> refuse_fixed_threshold_on_ranks("youden", "rank", "none")  # chosen on validation: fine
-        >>> refuse_fixed_threshold_on_ranks("fixed", "rank", "none")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        tfmed.config.ConfigError: evaluation.threshold is 'fixed' (decide at 0.5), but model.ensemble.combine ...
-    """
-    if threshold == "fixed" and combine == "rank" and recalibration == "none":
-        raise ConfigError(f"{threshold_key} is 'fixed' (decide at 0.5), but {combine_key} 'rank' gives mean ranks, "
-                          "not probabilities: 0.5 would be the middle of the members' reference scores, whatever "
-                          "the prevalence; use a threshold chosen on validation (youden, sensitivity or "
-                          f"specificity), {combine_key} mean, or {recalibration_key} to turn the ranks into "
-                          "probabilities")
-
-
 @dataclass
 class ReportConfig(_Section):
     """What ``report.html`` shows beyond the metrics and plots.
@@ -1311,8 +1288,7 @@ class ExperimentConfig(_Section):
                         self.evaluation, self.report):
             section.check()
         _check_folder_name("name", self.name)
-        if isinstance(self.runs_dir, str) and self.runs_dir.startswith("~"):  # the home folder, as in a shell
-            self.runs_dir = os.path.expanduser(self.runs_dir)
+        self.runs_dir = _home_expanded(self.runs_dir)
         self._check_seed()
         self._check_views()
         if self.tta.enabled and self.tta.gamma and self.preprocess.intensity not in PIXEL_SCALE_INTENSITIES:
@@ -1867,6 +1843,16 @@ def _build(cls, values: Any, where: str, prefix: str, track: bool = True):
         raise ConfigError(f"{where}: {_at_prefix(cls, error, prefix)}") from None
 
 
+def _home_expanded(path):
+    """``path`` with a leading ``~`` read as the home folder, as a shell reads it; anything else as it is.
+
+    Example:
+        >>> _home_expanded("data/x.csv"), _home_expanded(None)
+        ('data/x.csv', None)
+    """
+    return os.path.expanduser(path) if isinstance(path, str) and path.startswith("~") else path
+
+
 def _number_hint(value) -> str:
     """Why YAML read ``value`` as text where a number was meant: an exponent without YAML 1.1's dot or sign
     (``1e-3``), or quotes.
@@ -1903,14 +1889,6 @@ def _at_prefix(cls, error: ConfigError, prefix: str) -> str:
     return message
 
 
-def _is_number_text(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _convert(hint, value, where: str, key: str, track: bool = True):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -1934,7 +1912,7 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
                 return _convert(arg, value, where, key, track)
             except ConfigError as error:
                 errors.append((arg, error))
-        if isinstance(value, str) and _is_number_text(value):  # "1e-3": the number's own advice, not the names'
+        if _number_hint(value):  # "1e-3": the number's own advice, not the names'
             errors = [e for e in errors if e[0] in (int, float)] + [e for e in errors if e[0] not in (int, float)]
         raise errors[0][1] if errors else ConfigError(f"{where}: {key} is invalid")
     if origin is list:

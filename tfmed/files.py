@@ -95,6 +95,17 @@ def _umask() -> int:
     return mask
 
 
+def existing_ancestor(path: str | Path) -> Path:
+    """``path`` itself when it exists, else its nearest parent that does (the root at the latest).
+
+    Example:
+        >>> existing_ancestor("/no/such/folder")
+        PosixPath('/')
+    """
+    path = Path(path)
+    return next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+
+
 def cache_folder(kind: str) -> Path:
     """tfmed's cache for ``kind`` (``"weights"``, ``"tfds"``): ``$TFMED_CACHE_DIR/KIND``, by default
     ``~/.cache/tfmed/KIND``.

@@ -11,6 +11,7 @@ from tfmed.backbones.registry import get_spec
 from tfmed.backbones.weights import (MissingWeightsError, WeightsStatus, cache_dir, existing_weights_file,
                                     get_weights_file, keras_cache_dir, load_into, weights_status)
 from tfmed.errors import TfmedError
+from tfmed.files import existing_ancestor
 
 __all__ = ["BackboneInputError", "check_backbone", "create", "imagenet_weights_status"]
 
@@ -111,7 +112,7 @@ def _all_layers(model):
 
 def _check_writable(folder: Path, backbone: str, how: str, variable: str) -> None:
     """Refuse, before a run starts, a weights cache that cannot be made or written."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    existing = existing_ancestor(folder)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise MissingWeightsError(f"backbone {backbone!r}: its ImageNet weights are {how} into {folder} on first "
                                   f"use, and {existing} is not a folder this process can write to; set ${variable} "

@@ -45,6 +45,26 @@ def refuse_rank(task: str, key: str, instead: str) -> None:
                           f"multilabel tasks, not {task}; use {instead}")
 
 
+def refuse_fixed_threshold_on_ranks(threshold: str, combine: str, recalibration: str, *,
+                                    threshold_key: str = "evaluation.threshold",
+                                    combine_key: str = "model.ensemble.combine",
+                                    recalibration_key: str = "evaluation.recalibration") -> None:
+    """Refuse deciding at the fixed 0.5 on an ensemble's mean ranks, which are no probabilities.
+
+    Example:
+        >>> refuse_fixed_threshold_on_ranks("youden", "rank", "none")  # chosen on validation: fine
+        >>> refuse_fixed_threshold_on_ranks("fixed", "rank", "none")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        tfmed.config.ConfigError: evaluation.threshold is 'fixed' (decide at 0.5), but model.ensemble.combine ...
+    """
+    if threshold == "fixed" and combine == "rank" and recalibration == "none":
+        raise ConfigError(f"{threshold_key} is 'fixed' (decide at 0.5), but {combine_key} 'rank' gives mean ranks, "
+                          "not probabilities: 0.5 would be the middle of the members' reference scores, whatever "
+                          "the prevalence; use a threshold chosen on validation (youden, sensitivity or "
+                          f"specificity), {combine_key} mean, or {recalibration_key} to turn the ranks into "
+                          "probabilities")
+
+
 class ScoreCombiner:
     """Combine member scores by ``rule`` ("mean", "rank" or "stacking") for ``task``.
 

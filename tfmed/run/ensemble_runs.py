@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tfmed.config import (MODE_SECTIONS, EnsembleConfig, ExperimentConfig, MemberConfig, ModelConfig, choices,
-                          refuse_fixed_threshold_on_ranks)
+from tfmed.config import MODE_SECTIONS, EnsembleConfig, ExperimentConfig, MemberConfig, ModelConfig, choices
 from tfmed.data.pipeline import ImageInputs
 from tfmed.data.table import LABEL_PREFIX, ImageTable
 from tfmed.errors import TfmedError
@@ -36,7 +35,7 @@ from tfmed.evaluation.recalibration import RecalibrationError, check_method
 from tfmed.evaluation.report import predictions_column
 from tfmed.evaluation.thresholds import select_thresholds
 from tfmed.modes import Ensemble
-from tfmed.modes.combine import refuse_rank
+from tfmed.modes.combine import refuse_fixed_threshold_on_ranks, refuse_rank
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics

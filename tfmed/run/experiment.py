@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from tfmed.config import (UNKNOWN_LABEL, ConfigError, EvaluationConfig, ExperimentConfig, UnusedSettingError,
-                          refuse_fixed_threshold_on_ranks, set_fields)
+                          set_fields)
 from tfmed.data.near_duplicates import (GROUP_COLUMN, conflict_note, conflicting_labels, mark_near_duplicates,
                                         twins_in_train)
 from tfmed.data.pipeline import ImageInputs
@@ -40,6 +40,7 @@ from tfmed.data.validate import excluded_summary
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.thresholds import THRESHOLD_KEYS, select_thresholds
 from tfmed.modes import Ensemble, get_mode
+from tfmed.modes.combine import refuse_fixed_threshold_on_ranks
 from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.files import file_digest

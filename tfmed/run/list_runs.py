@@ -16,7 +16,7 @@ import yaml
 
 from tfmed.run.manifest import (MANIFEST_FILE, RunIntegrityError, failure_reason, listed_file_problem,
                                 read_manifest, strays)
-from tfmed.run.rundir import RUN_MARKERS, SWEEP_FILE, RunDirectoryError, json_object
+from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError, is_run_dir, json_object
 
 COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
 SWEEP_STATUS = f"layer sweep ({SWEEP_FILE})"
@@ -58,9 +58,8 @@ def _run_dirs(root: Path):
     """Each run directory under ``root`` (``root`` itself included), found by its files: ``config.yaml`` with
     ``environment.json``, a manifest, a failure record or ``model/``. The walk does not enter runs (their
     ``model/``, ``evaluations/`` ...) nor hidden folders (the feature store), so it reads a few names per run."""
-    for folder, dirs, files in os.walk(root):
-        names = set(files)
-        if "config.yaml" in names and (names & RUN_MARKERS or "model" in dirs):
+    for folder, dirs, _ in os.walk(root):
+        if is_run_dir(folder):
             dirs.clear()
             yield Path(folder)
         else:

@@ -27,6 +27,7 @@ from tfmed.config import ExperimentConfig
 from tfmed.data.sources import load_source
 from tfmed.data.table import DataSourceError, ImageTable
 from tfmed.errors import TfmedError
+from tfmed.files import existing_ancestor
 from tfmed.progress import log
 from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, MANIFEST_FILE, failed_next_step, failure_reason
 
@@ -173,7 +174,7 @@ def check_runs_dir(runs_dir: str | Path) -> None:
         raise RunDirectoryError(f"runs folder {path} lies inside the run {inside}: a new run there would change that "
                                 "run (and tfmed runs would not list it); give --runs-dir (or runs_dir:) a folder "
                                 "outside any run")
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    existing = existing_ancestor(path)
     if not existing.is_dir():
         where = "is a file" if existing == path else f"lies under {existing}, which is a file"
         raise RunDirectoryError(f"runs folder {path} {where}; give --runs-dir (or runs_dir:) a folder")
@@ -276,7 +277,7 @@ def refuse_used_output(output: str | Path | None, what: str) -> None:
     if output is None:
         return
     path = Path(output)
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    existing = existing_ancestor(path)
     if not existing.is_dir():
         where = "is a file" if existing == path else f"lies under {existing}, which is a file"
         raise RunDirectoryError(f"--output {output} {where}; give --output a new folder for the {what}")
