@@ -57,6 +57,9 @@ def _write(tmp_path, values):
      ["data.classes", "lists 'normal' twice"]),
     ({"name": "../elsewhere"}, ["name is '../elsewhere'; it names a folder"]),
     ({"name": "tb xray"}, ["name is 'tb xray'"]),
+    ({"model": {"mode": "ensemble", "ensemble": {"members": [{"mode": "svm", "weights": None}, {"mode": "svm"}]}}},
+     ["model.ensemble.members[0].weights is null, which a member reads as left out: it takes model.weights "
+      "('imagenet')", "set model.weights: null"]),
     ({"model": {"mode": "ensemble", "ensemble": {"members": [{"name": "a/b", "mode": "svm"}, {"mode": "finetune"}]}}},
      ["model.ensemble.members[0].name is 'a/b'; it names a folder"]),
     # a member's own settings are named where they are written, not as the experiment's model.finetune
@@ -503,3 +506,14 @@ def test_an_unquoted_yes_or_no_as_a_mapping_key_is_refused_not_read_as_true():
         ExperimentConfig.from_dict(values)
     quoted = ExperimentConfig.from_dict(yaml.safe_load("evaluation: {hierarchy: {'yes': [a], 'no': [b]}}"))
     assert quoted.evaluation.hierarchy == {"yes": ["a"], "no": ["b"]}
+
+
+def test_a_member_starts_from_random_weights_when_model_weights_is_null():
+    config = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "weights": None, "ensemble": {"members": [
+        {"mode": "svm"}, {"mode": "svm", "weights": "imagenet"}]}}})
+    assert [config.member_experiment(i).model.weights for i in (0, 1)] == [None, "imagenet"]
+    inherited = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "ensemble": {"members": [
+        {"mode": "svm"}, {"mode": "finetune"}]}}})
+    assert [inherited.member_experiment(i).model.weights for i in (0, 1)] == ["imagenet", "imagenet"]
+    # a run's config.yaml writes every member's weights, null where it was left out: it still reads as written
+    assert ExperimentConfig.from_dict(inherited.to_dict()).member_experiment(0).model.weights == "imagenet"

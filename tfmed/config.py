@@ -1359,6 +1359,11 @@ class ExperimentConfig(_Section):
         for i, member in enumerate(members):
             if member.name is not None:
                 _check_folder_name(f"model.ensemble.members[{i}].name", member.name)
+            if member.weights is None and "weights" in member._written and self.model.weights is not None:
+                raise ConfigError(f"model.ensemble.members[{i}].weights is null, which a member reads as left out: "
+                                  f"it takes model.weights ({self.model.weights!r}); to start this member from "
+                                  "random weights, set model.weights: null and give the members that need "
+                                  "pretrained weights their own weights (e.g. imagenet)")
         names = [self.member_name(i) for i in range(len(members))]
         if len(set(names)) < len(names):
             raise ConfigError(f"model.ensemble.members have repeated names {names}; give each a "
