@@ -1,4 +1,6 @@
 """The backbone table, create(), offline weights, feature models and feature extraction."""
+import warnings
+
 import h5py
 import keras
 import numpy as np
@@ -364,6 +366,10 @@ def test_extract_features_checks_a_dataset_as_it_checks_arrays():
     filtered = tf.data.Dataset.from_tensor_slices(np.zeros((4, 32, 32, 3), "float32")).filter(lambda x: False)
     with pytest.raises(FeatureInputError, match="no image"):   # empty, its size unknown before it runs
         backbones.extract_features(fm, filtered)
+    kept = tf.data.Dataset.from_tensor_slices(np.zeros((4, 32, 32, 3), "float32")).filter(lambda x: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras' "input ran out of data" at the end of a dataset of unknown size
+        assert backbones.extract_features(fm, kept.batch(3))["late"].shape == (4, 1280)
     grey = tf.data.Dataset.from_tensor_slices(np.zeros((4, 32, 32, 1), "float32"))
     for data in (grey, grey.batch(2), grey.map(lambda x: (x, 0))):
         with pytest.raises(FeatureInputError, match="3 \\(RGB\\) channels.*grey"):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -154,6 +155,10 @@ def test_save_and_load_give_the_same_predictions(binary_run, tmp_path):
     loaded = FineTuner.load(tmp_path / "model")
     assert loaded.task == "binary"
     np.testing.assert_allclose(loaded.predict(x), tuner.predict(x), atol=1e-6)
+    unknown_size = tf.data.Dataset.from_tensor_slices(x).filter(lambda image: True).batch(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras' "input ran out of data" at the end of a dataset of unknown size
+        np.testing.assert_allclose(loaded.predict(unknown_size), tuner.predict(x), atol=1e-6)
 
 
 def test_fitting_arrays_twice_with_one_seed_gives_one_model():

@@ -1,6 +1,9 @@
 """Pooled feature vectors from backbone taps: :func:`feature_model` and :func:`extract_features`."""
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -200,11 +203,21 @@ def _predict_array(model, arr: np.ndarray, batch_size: int, replicas: int):
 _VALID = "tfmed_valid_rows"
 
 
+@contextlib.contextmanager
+def end_of_data_not_warned():
+    """Keras' predict warns that its "input ran out of data" whenever a dataset of unknown size ends, as every
+    dataset does: not shown (a dataset that yields nothing is refused by name instead)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        yield
+
+
 def _predict_dataset(model, data, replicas: int):
     """``model.predict`` over a dataset of batches, each padded to a multiple of ``replicas`` rows (see
     :func:`_predict_array`); a second input marks the real rows, whose outputs alone are kept."""
     if replicas == 1:
-        return model.predict(data.prefetch(tf.data.AUTOTUNE), verbose=0)
+        with end_of_data_not_warned():
+            return model.predict(data.prefetch(tf.data.AUTOTUNE), verbose=0)
 
     def pad(images):
         n = tf.shape(images)[0]
@@ -219,7 +232,8 @@ def _predict_dataset(model, data, replicas: int):
         out = dict(out) if isinstance(out, dict) else {"output": out}
         out[_VALID] = keras.layers.Identity(name=_VALID)(valid)
         wrapper = keras.Model([image, valid], out)
-    out = wrapper.predict(data.map(pad).prefetch(tf.data.AUTOTUNE), verbose=0)
+    with end_of_data_not_warned():
+        out = wrapper.predict(data.map(pad).prefetch(tf.data.AUTOTUNE), verbose=0)
     keep = np.asarray(out.pop(_VALID)).reshape(-1) > 0.5
     return {k: np.asarray(v)[keep] for k, v in out.items()}
 

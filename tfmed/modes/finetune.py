@@ -872,9 +872,12 @@ class FineTuner:
         if self.model_ is None:
             raise FinetuneError("the model is not trained yet: call fit(...) or FineTuner.load(directory)")
         if isinstance(data, tf.data.Dataset):
+            from tfmed.backbones.features import end_of_data_not_warned
+
             if isinstance(data.element_spec, tuple):
                 data = data.map(lambda x, *rest: x)
-            return np.asarray(self.model_.predict(data, verbose=0))
+            with end_of_data_not_warned():
+                return np.asarray(self.model_.predict(data, verbose=0))
         x = self._image_array(data, "predict images")
         return np.asarray(self.model_.predict(x, batch_size=self.config.batch_size, verbose=0))
 
