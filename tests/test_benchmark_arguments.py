@@ -1,6 +1,7 @@
 """The benchmark scripts refuse bad arguments with one line naming the option, before any work."""
 import importlib
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,24 @@ def test_a_benchmark_ends_a_tfmed_error_or_an_os_error_in_one_line(monkeypatch, 
         with pytest.raises(SystemExit) as stopped:
             one_line_errors(main)()
         assert stopped.value.code == 2 and capsys.readouterr().err == f"scale.py: error: {error}\n"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_heldout_benchmark_removes_its_runs_unless_told_to_keep_them(keep, monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import heldout
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where mkdtemp puts the scratch folder
+
+    def print_tables(args, configs, trained_on_val, scratch):
+        (scratch / "runs").mkdir()
+        (scratch / "runs" / "metrics.json").write_text("{}")
+
+    monkeypatch.setattr(sys, "argv", ["heldout.py", "experiments/pneumonia_mnist.yaml"] + ["--keep-runs"] * keep)
+    made = []
+    monkeypatch.setattr(heldout, "print_tables", lambda *args: made.append(print_tables(*args) or args[-1]))
+    heldout.main()
+    printed = capsys.readouterr().out
+    assert len(made) == 1 and made[0].parent == tmp_path and f"runs under {made[0]}" in printed
+    assert (made[0] / "runs" / "metrics.json").is_file() == keep and made[0].exists() == keep
+    assert (f"removed {made[0]}" in printed) != keep
