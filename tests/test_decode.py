@@ -421,6 +421,27 @@ def test_jpeg_exif_orientation_6_is_read_upright_as_viewers_show_it(tmp_path):
     assert read_image(grey).shape == (16, 24, 1) and read_image(grey)[:6, :8].mean() > 200
 
 
+def test_a_file_is_read_as_what_its_bytes_are_whatever_its_extension(tmp_path):
+    """A phone photo saved as .png keeps its EXIF turn; a CT slice named .jpg reads in Hounsfield units."""
+    import pandas as pd
+
+    from tfmed.data.pipeline import raw_dataset
+    from tfmed.data.table import ImageTable
+
+    stored = np.kron(np.arange(6, dtype=np.uint8).reshape(2, 3) * 40, np.ones((8, 8), np.uint8))  # 16 x 24
+    photo = _with_orientation(Image.fromarray(stored), tmp_path / "photo.jpg", 6).rename(tmp_path / "photo.png")
+    upright = np.rot90(stored, -1)
+    slice_ = shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "slice.jpg")
+    table = ImageTable(pd.DataFrame({"image": [str(photo), str(slice_)], "label": [0, 1], "row": [0, 1]}),
+                       ["a", "b"], "binary")
+    trained = list(raw_dataset(table).as_numpy_iterator())
+    for image in (read_image(photo), trained[0]):  # validation's reader and training's
+        assert image.shape == (24, 16, 1) and np.abs(image[..., 0] - upright).max() <= 2
+    assert image_info(slice_).kind == "dicom"
+    for image in (read_image(slice_), trained[1]):
+        assert (float(image.min()), float(image.max())) == (-896.0, 1167.0)
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_of_a_grey_jpeg_matches_pillows_exif_transpose(tmp_path, orientation):
     from PIL import ImageOps

@@ -222,6 +222,31 @@ def image_kind(path: str | Path) -> str | None:
     return None
 
 
+# The first bytes of each raster kind; a DICOM file is known by "DICM" at byte 128 (:func:`has_dicom_marker`).
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"),
+               (b"MM\x00*", "tiff"), (b"BM", "bmp"))
+
+
+def kind_by_content(path: str | Path) -> str | None:
+    """The kind of image ``path`` holds judged by its bytes, whatever its name (None: no known signature).
+
+    Reading decodes a file as what it is: a JPEG saved as ``.png``, a DICOM file named ``.jpg``.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> kind_by_content(get_testdata_file("CT_small.dcm"))
+        'dicom'
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return None
+    if head[128:132] == b"DICM":
+        return "dicom"
+    return next((kind for signature, kind in _SIGNATURES if head.startswith(signature)), None)
+
+
 def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` into a float32 array (H, W, C) of raw values.
 
@@ -292,7 +317,7 @@ def read_image_and_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_P
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)",
                              "re-export or re-download the image, or remove the row")
-    kind = image_kind(path)
+    kind = kind_by_content(path) or image_kind(path)
     if kind is None:
         raise ImageReadError(path, f"unsupported file type {path.suffix or '(no extension)'!r} (not an image "
                              "extension, and no DICOM marker)",
