@@ -343,7 +343,8 @@ def write_enhanced(path, indices, orientation=OBLIQUE, spacing=2.5, temporal=Non
     ds.save_as(path, enforce_file_format=True)
 
 
-@pytest.mark.parametrize("files", [[[3, 0, 5, 1, 4, 2]], [[4, 0, 2], [5, 1, 3]]])
+@pytest.mark.parametrize("files", [[[3, 0, 5, 1, 4, 2]], [[4, 0, 2], [5, 1, 3]], [[i] for i in (3, 0, 5, 1, 4, 2)]],
+                         ids=["one_file", "two_files", "a_file_a_frame"])
 def test_an_enhanced_multi_frame_series_reads_like_one_file_per_slice(tmp_path, files):
     """Frames are placed by their per-frame positions and rescaled by their own intercepts, in any frame order."""
     (tmp_path / "single").mkdir()
@@ -359,6 +360,17 @@ def test_an_enhanced_multi_frame_series_reads_like_one_file_per_slice(tmp_path, 
     assert enhanced.spacing == pytest.approx(single.spacing) and enhanced.spacing[0] == pytest.approx(2.5)
     assert enhanced.origin == pytest.approx(single.origin) and enhanced.direction == pytest.approx(single.direction)
     assert enhanced.problems == [] and enhanced.modality == "CT"
+
+
+def test_a_one_frame_enhanced_file_read_as_an_image_is_rescaled_by_its_functional_groups(tmp_path):
+    from tfmed.data.decode import read_image_and_info
+    from tfmed.data.volumes import inspect
+
+    write_enhanced(tmp_path / "EN0", [4])
+    values, info = read_image_and_info(tmp_path / "EN0")
+    np.testing.assert_array_equal(values[..., 0], stored(4) - 1024 + 4)
+    assert info.notes == ()  # its rescale is found: no "CT without RescaleSlope/RescaleIntercept" note
+    assert inspect(tmp_path / "EN0")["intensity_unit"] == "HU"
 
 
 def test_inspect_an_enhanced_multi_frame_file(tmp_path, capsys):

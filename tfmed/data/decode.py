@@ -115,6 +115,30 @@ NO_RESCALE = ("CT without RescaleSlope/RescaleIntercept: values are used as stor
               "if the scanner stored them so (windows in HU may be off)")
 
 
+# Where an enhanced DICOM file (Enhanced CT, MR, legacy converted) keeps its modality LUT: in its functional groups
+RESCALE_SEQUENCE = "PixelValueTransformationSequence"
+RESCALE_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType")
+
+
+def functional_group_rescale(header) -> dict:
+    """The rescale elements (:data:`RESCALE_KEYWORDS`) that a one-frame enhanced DICOM file keeps in its
+    functional groups instead of at the top level: the per-frame group's over the shared one's ({} for none).
+
+    Example:
+        >>> import pydicom
+        >>> from pydicom.data import get_testdata_file
+        >>> functional_group_rescale(pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True))
+        {}
+    """
+    groups = [sequence[0] for sequence in (header.get("SharedFunctionalGroupsSequence"),
+                                           header.get("PerFrameFunctionalGroupsSequence")) if sequence]
+    found = {}
+    for group in groups:
+        for inner in group.get(RESCALE_SEQUENCE) or []:
+            found.update({keyword: inner[keyword] for keyword in RESCALE_KEYWORDS if keyword in inner})
+    return found
+
+
 def lacks_rescale(header) -> bool:
     """Whether a CT header has no modality LUT (RescaleSlope, RescaleIntercept or a LUT sequence), so that its
     stored values are taken as Hounsfield units unchecked.
@@ -126,7 +150,8 @@ def lacks_rescale(header) -> bool:
         False
     """
     return str(header.get("Modality", "")).upper() == "CT" and not any(
-        name in header for name in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence"))
+        name in header for name in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence")) \
+        and not functional_group_rescale(header)
 
 
 def decoder_messages(text: str) -> list[str]:
@@ -569,6 +594,9 @@ def _decoded_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, Imag
     if frames > 1:
         raise ImageReadError(path, f"multi-frame DICOM ({frames} frames); a 2-D image is expected",
                              "export the frame to classify as its own file")
+    for element in functional_group_rescale(dataset).values():  # read as a single-frame file's own rescale
+        if element.keyword not in dataset:
+            dataset[element.tag] = element
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     bit_depth = int(dataset.get("BitsAllocated", 16))
     if photometric == "PALETTE COLOR":

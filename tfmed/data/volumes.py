@@ -62,8 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfmed.data.decode import (NO_RESCALE, ImageReadError, dicom_pixels, dicom_values, has_dicom_marker,
-                               lacks_rescale, read_image_and_info)
+from tfmed.data.decode import (NO_RESCALE, RESCALE_KEYWORDS, RESCALE_SEQUENCE, ImageReadError, dicom_pixels,
+                               dicom_values, has_dicom_marker, lacks_rescale, read_image_and_info)
 from tfmed.errors import TfmedError, count_noun
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -262,7 +262,7 @@ _FUNCTIONAL_GROUPS = {
     "PlanePositionSequence": ("ImagePositionPatient",),
     "PlaneOrientationSequence": ("ImageOrientationPatient",),
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness"),
-    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+    RESCALE_SEQUENCE: RESCALE_KEYWORDS,
     "FrameContentSequence": ("StackID", "TemporalPositionIndex"),
 }
 _MULTI_FRAME_FIX = ("export the series as one file per slice, or convert it to NIfTI (e.g. dcm2niix) and read "
@@ -384,7 +384,7 @@ def _read_series(folder: Path, series: _Series, problems: list[str]) -> Volume:
     slices, headers = [], []
     for path, header in zip(series.files, series.headers):
         _check_greyscale(path, header)
-        if _frames(header) > 1:
+        if _frames(header) > 1 or "PerFrameFunctionalGroupsSequence" in header:  # one-frame enhanced files too
             frame_headers = _frame_headers(path, header)
             slices += [_Slice(path, frame) for frame in range(len(frame_headers))]
             headers += frame_headers
@@ -637,6 +637,7 @@ def _file_values(path: Path, frames: list[int | None], headers: list, shape: tup
             stack = dicom_values(path, dataset, "re-export the series")[None]
         else:
             pixels = dicom_pixels(path, dataset, "re-export the series")
+            pixels = pixels[None] if pixels.ndim == 2 else pixels  # an enhanced file of one frame
             stack = np.stack([pixels[frame] * _rescale(h)[0] + _rescale(h)[1]
                               for frame, h in zip(frames, headers)]).astype(np.float32)
     except ImageReadError as error:
