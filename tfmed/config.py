@@ -795,7 +795,8 @@ class TTAConfig(_Section):
         if self.shift > 0 and pixels == 0:
             raise ConfigError(f"tta.shift is {self.shift:g}, which at preprocess.image_size {image_size} rounds to 0 "
                               "pixels: its 4 views would be the image itself, weighing it 5 times in the average; "
-                              f"use {0.5 / image_size:.3g} or more, or 0 to turn shifts off")
+                              f"use {math.ceil(1000 / image_size) / 1000:g} (1 pixel) or more, or 0 to turn shifts "
+                              "off")
         return pixels
 
     def view_count(self) -> int:
