@@ -76,7 +76,7 @@ def test_ct_small_gives_hounsfield_units():
     assert image.min() == -896 and image.max() == 1167
     for r, c in [(0, 0), (64, 64), (100, 17), (127, 127)]:
         assert image[r, c, 0] == raw[r, c] * slope + intercept
-    assert image_info(CT_SMALL) == ImageInfo(128, 128, 1, 16, "dicom")
+    assert image_info(CT_SMALL) == ImageInfo(128, 128, 1, 16, "dicom", hounsfield_units=True)
 
 
 def test_dicom_rescale_slope_and_intercept_are_applied(tmp_path):

@@ -493,6 +493,32 @@ def test_files_of_two_bit_depths_are_warned_of_under_an_intensity_that_scales_al
     assert validate_table(table).warnings == []                          # no experiment: nothing to judge
 
 
+def test_a_ct_window_over_files_not_in_hounsfield_units_is_warned_of(tmp_path):
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    write_png(tmp_path / "a.png", np.full((4, 4), 2500, np.uint16))  # 16-bit, as the DICOM files
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dcm")
+    mr = pydicom.dcmread(tmp_path / "ct.dcm")
+    mr.Modality = "MR"
+    mr.save_as(tmp_path / "mr.dcm")
+    paths = [str(tmp_path / n) for n in ("a.png", "ct.dcm", "mr.dcm")]
+
+    def table(chosen):
+        return ImageTable(pd.DataFrame({"image": [paths[i] for i in chosen], "label": [0, 1, 0][:len(chosen)]}),
+                          ["n", "p"], "binary")
+
+    warned = validate_table(table([0, 1, 2]), intensity="window").warnings
+    assert [w.problem for w in warned] == [
+        "preprocess.intensity is 'window', which reads values as Hounsfield units, but 1 DICOM and 1 PNG file(s) "
+        f"hold other values (e.g. {paths[0]}): a CT window turns such images nearly uniform"]
+    assert "intensity minmax" in warned[0].fix
+    assert validate_table(table([1]), intensity="window").warnings == []  # CT alone
+    assert validate_table(table([0, 1, 2]), intensity="minmax").warnings == []
+
+
 def test_labels_counted_from_one_are_named_as_such(tmp_path):
     for name in "abc":
         write_png(tmp_path / f"{name}.png", np.zeros((4, 4), np.uint8))

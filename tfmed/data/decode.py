@@ -95,6 +95,8 @@ class ImageInfo:
             float tensor).
         notes: what the header leaves in doubt about the values (e.g.
             :data:`NO_RESCALE`); the pixels were read.
+        hounsfield_units: the values are Hounsfield units (a CT DICOM file, or
+            one whose rescale is of type HU), which a CT window reads.
 
     Example:
         >>> ImageInfo(height=28, width=28, channels=1, bit_depth=8, kind="png").channels
@@ -109,6 +111,7 @@ class ImageInfo:
     decoder_output: str = ""
     float_values: bool = False
     notes: tuple[str, ...] = ()
+    hounsfield_units: bool = False
 
 
 NO_RESCALE = ("CT without RescaleSlope/RescaleIntercept: values are used as stored, which are Hounsfield units only "
@@ -301,7 +304,7 @@ def image_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     Example:
         >>> from pydicom.data import get_testdata_file
         >>> image_info(get_testdata_file("CT_small.dcm"))
-        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom', decoder_output='', float_values=False, notes=())
+        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom', decoder_output='', float_values=False, notes=(), hounsfield_units=True)
     """
     return read_image_and_info(path, max_pixels)[1]
 
@@ -609,7 +612,8 @@ def _decoded_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, Imag
         values = values[:, :, None]
     info = ImageInfo(height=int(values.shape[0]), width=int(values.shape[1]),
                      channels=int(values.shape[2]), bit_depth=bit_depth, kind="dicom",
-                     notes=(NO_RESCALE,) if lacks_rescale(dataset) else ())
+                     notes=(NO_RESCALE,) if lacks_rescale(dataset) else (),
+                     hounsfield_units=_in_hounsfield_units(dataset))
     return values, info
 
 

@@ -264,9 +264,11 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
             warn(None, f"views.center is 'volume', so the centre columns {', '.join(given)} are not used",
                  "set views.center: lesion to centre the views on them")
     elif table.images is None:
-        depths = _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels,
-                              source_flagged)
-        _check_mixed_depths(depths, intensity, warn)
+        read = _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels,
+                            source_flagged)
+        _check_mixed_depths(Counter(info.bit_depth for info in read.values() if not info.float_values), intensity,
+                            warn)
+        _check_window_units(read, intensity, warn)
     else:
         _check_arrays(table, report, add, max_channels, allowed_bit_depths)
     if not table.excluded.empty:
@@ -384,6 +386,20 @@ def _check_mixed_depths(depths: Counter, intensity: str | None, warn) -> None:
          "use intensity minmax (each image scaled by its own range), or convert the files to one bit depth")
 
 
+def _check_window_units(read: dict, intensity: str | None, warn) -> None:
+    """Warn when a CT window (which reads values as Hounsfield units) meets files whose values are not (a float
+    TIFF, as tfmed writes a TFDS tensor of Hounsfield units, may hold them)."""
+    if intensity != "window":
+        return
+    others = [key for key, info in read.items() if not info.hounsfield_units and not info.float_values]
+    if others:
+        kinds = " and ".join(f"{count} {kind.upper()}" for kind, count in
+                             sorted(Counter(read[key].kind for key in others).items()))
+        warn(None, f"preprocess.intensity is 'window', which reads values as Hounsfield units, but {kinds} "
+             f"file(s) hold other values (e.g. {others[0]}): a CT window turns such images nearly uniform",
+             "use intensity minmax for exported or non-CT images, or point the rows at the CT's DICOM files")
+
+
 def _other_site(frame: pd.DataFrame, earlier: int, position: int) -> str:
     """`` of site 'NAME'`` when the earlier row is of another site than this one (a merged table's parts are
     sites, and each part numbers its own rows), else ``""``."""
@@ -394,9 +410,9 @@ def _other_site(frame: pd.DataFrame, earlier: int, position: int) -> str:
 
 
 def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_depths, check_images: bool,
-                 workers: int, max_pixels: int | None, source_flagged: np.ndarray) -> Counter:
-    """Check each file; the count of readable files per integer bit depth. A row without an image path that
-    its source reported (e.g. an empty image id) is not reported again."""
+                 workers: int, max_pixels: int | None, source_flagged: np.ndarray) -> dict:
+    """Check each file; return what each readable file is (path -> :class:`ImageInfo`). A row without an image
+    path that its source reported (e.g. an empty image id) is not reported again."""
     paths = frame["image"].tolist()
     keys = [None if pd.isna(p) or str(p).strip() == "" else os.path.normpath(os.path.abspath(str(p)))
             for p in paths]
@@ -482,8 +498,7 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
     for position, key in enumerate(keys):
         if key is not None and first_seen[key] != position and isinstance(outcomes.get(key), ImageReadError):
             add(position, outcomes[key].reason, outcomes[key].fix)
-    return Counter(outcome.bit_depth for outcome in outcomes.values()
-                   if isinstance(outcome, ImageInfo) and not outcome.float_values)
+    return {key: outcome for key, outcome in outcomes.items() if isinstance(outcome, ImageInfo)}
 
 
 def _folder_without_dicom(path: str) -> bool:
