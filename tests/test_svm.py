@@ -100,6 +100,21 @@ def test_groups_use_stratified_group_folds():
         assert row.mean_auc == pytest.approx(expected)
 
 
+def test_the_seed_draws_the_search_folds_of_multilabel_images_with_patients_too():
+    from tfmed.modes.svm import FeatureSVM
+
+    y = np.random.default_rng(0).integers(0, 2, (60, 3))
+    groups = np.array([f"p{i // 2}" for i in range(60)])  # 30 patients, 2 images each
+    drawn = []
+    for seed in (0, 1, 2):
+        splits = FeatureSVM(cv=3, random_state=seed)._splits(y, groups, np.arange(3))
+        assert all(not set(groups[train]) & set(groups[test]) for train, test in splits)
+        drawn.append(sorted(tuple(sorted(test)) for _, test in splits))
+    assert drawn[0] != drawn[1] and drawn[1] != drawn[2]
+    assert sorted(tuple(sorted(test)) for _, test in FeatureSVM(cv=3, random_state=1)._splits(
+        y, groups, np.arange(3))) == drawn[1]  # one seed, one draw
+
+
 def test_multiclass_one_vs_rest_with_string_labels():
     X, y = make_images(36, 3, seed=3)
     names = np.array(["normal", "covid", "other"])[y]

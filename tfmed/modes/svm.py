@@ -673,8 +673,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
                                      "folds; use fewer folds")
         seed = int(self.random_state)
         if multilabel:
-            splitter = GroupKFold(folds) if groups is not None else KFold(folds, shuffle=True,
-                                                                            random_state=seed)
+            splitter = (GroupKFold(folds, shuffle=True, random_state=seed) if groups is not None
+                        else KFold(folds, shuffle=True, random_state=seed))
         elif groups is not None:
             splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
         else:
