@@ -243,6 +243,21 @@ def test_the_search_sample_keeps_a_rare_labels_positives(seed):
     assert np.all(np.bincount(groups[rows])[np.unique(groups[rows])] == 2)  # patients whole
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_the_search_sample_gives_each_class_its_rows_and_a_patient_per_fold(seed):
+    from tfmed.modes.svm import MIN_SEARCH_ROWS_PER_CLASS, search_sample
+
+    groups = np.concatenate([np.repeat(np.arange(10), 30), np.arange(10, 610)])  # 10 patients of 30 images
+    y = np.concatenate([np.ones(300, int), np.zeros(600, int)])
+    rows = search_sample(y, groups, 100, seed=seed, min_groups=5)
+    assert len(np.unique(groups[rows][y[rows] == 1])) >= 5  # enough patients of the class for 5 folds
+    assert np.all(np.bincount(groups[rows])[np.unique(groups[rows])] == np.bincount(groups)[np.unique(groups[rows])])
+    mixed = np.repeat(np.arange(1000), 2)  # each patient a normal image first, then a sick one
+    labels = np.tile([0, 1], 1000)
+    rows = search_sample(labels, mixed, 300, seed=seed)
+    assert (labels[rows] == 1).sum() >= MIN_SEARCH_ROWS_PER_CLASS  # counted in the class of each of its rows
+
+
 def test_the_kernel_map_is_applied_in_blocks_with_the_whole_matrix_result(monkeypatch):
     from tfmed.modes import kernel_approximation
 

@@ -532,7 +532,7 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         self.block_widths_ = {name: int(block.shape[1]) for name, block in blocks.items()}
         self.scalers_ = {name: StandardScaler().fit(block) for name, block in blocks.items()}
         self.groups_ = _classifier_groups(list(blocks), len(input_shape) == 4 and self.view_fusion == "per_view")
-        sample = search_sample(y_enc, groups, int(self.search_rows), int(self.random_state))
+        sample = search_sample(y_enc, groups, int(self.search_rows), int(self.random_state), int(self.cv))
         self.classifier_ = (self.classifier if self.classifier != "auto"
                             else "exact" if count <= self.exact_limit else "approximate")
         self._solver = kernel_approximation.solver_for(count)  # one solver for the search, the folds and the final fit
@@ -1108,12 +1108,13 @@ def _one_hot(y: np.ndarray) -> bool:
     return y.ndim == 2 and y.shape[1] > 1 and bool(np.isin(y, [0, 1]).all()) and bool((y.sum(axis=1) == 1).all())
 
 
-def search_sample(y: np.ndarray, groups, limit: int, seed: int = 0) -> np.ndarray:
+def search_sample(y: np.ndarray, groups, limit: int, seed: int = 0, min_groups: int = 0) -> np.ndarray:
     """Sorted row numbers the C / gamma search sees: every row when there are at most ``limit``,
-    otherwise about ``limit`` rows drawn per class in proportion, each class keeping at least
-    ``MIN_SEARCH_ROWS_PER_CLASS`` rows (or all of them); with ``groups`` (patient ids) whole patients
-    are drawn, each counted in the class of its first row. Multilabel ``y`` (2-D) is drawn unstratified, then
-    each label's positive and negative rows are topped up to ``MIN_SEARCH_ROWS_PER_CLASS`` (or all of them).
+    otherwise about ``limit`` rows drawn per class in proportion; then each class (multilabel ``y``, 2-D: each
+    label's positive and negative rows) is topped up to at least ``MIN_SEARCH_ROWS_PER_CLASS`` rows and
+    ``min_groups`` patients (the search's folds), or all it has. With ``groups`` (patient ids) whole patients
+    are drawn, each counted in the class of its first row for the first draw and in each class it has rows of
+    for the top-ups.
 
     Example:
         >>> y = np.array([0] * 900 + [1] * 100)
@@ -1139,14 +1140,18 @@ def search_sample(y: np.ndarray, groups, limit: int, seed: int = 0) -> np.ndarra
         rows = int(sizes[candidates].sum())
         quota = max(int(np.ceil(limit * rows / count)), min(rows, MIN_SEARCH_ROWS_PER_CLASS))
         chosen[candidates[:int(np.searchsorted(np.cumsum(sizes[candidates]), quota)) + 1]] = True
-    for column in (np.asarray(y).T if y.ndim == 2 else []):  # a rare label's few positives all reach the search
-        for value in (1, 0):
-            rows_per_unit = np.bincount(unit_of_row, weights=column == value, minlength=len(units))
-            short = min(int(rows_per_unit.sum()), MIN_SEARCH_ROWS_PER_CLASS) - int(rows_per_unit[chosen].sum())
-            if short > 0:
-                candidates = np.flatnonzero((rows_per_unit > 0) & ~chosen)
-                rng.shuffle(candidates)
-                chosen[candidates[:int(np.searchsorted(np.cumsum(rows_per_unit[candidates]), short)) + 1]] = True
+    classes = ([column == value for column in np.asarray(y).T for value in (1, 0)] if y.ndim == 2
+               else [strata == value for value in np.unique(strata)])
+    for of_class in classes:  # a rare class's few rows and patients all reach the search
+        rows_per_unit = np.bincount(unit_of_row, weights=of_class, minlength=len(units))
+        held = rows_per_unit > 0
+        short_rows = min(int(rows_per_unit.sum()), MIN_SEARCH_ROWS_PER_CLASS) - int(rows_per_unit[chosen].sum())
+        short_units = min(int(held.sum()), min_groups) - int((held & chosen).sum())
+        candidates = np.flatnonzero(held & ~chosen)
+        rng.shuffle(candidates)
+        take = max(int(np.searchsorted(np.cumsum(rows_per_unit[candidates]), short_rows)) + 1 if short_rows > 0
+                   else 0, short_units)
+        chosen[candidates[:take]] = True
     return np.flatnonzero(chosen[unit_of_row])
 
 
