@@ -816,9 +816,9 @@ def test_a_training_split_too_small_for_the_svms_folds_is_refused_before_the_run
 
     source = f"medmnist:{_three_class_npz(tmp_path, per_class=4)}"  # train: 4 images a class, val: 2
     cases = [({}, 5, r"mc: model.svm.cv: the training split is too small for the SVM's 5-fold cross-validation: "
-                     r"class 0 has 4 training patients/groups \(0=4, 1=4, 2=4\), fewer than cv=5 folds"),
+                     r"class '0' has 4 training patients/groups \(0=4, 1=4, 2=4\), fewer than cv=5 folds"),
              ({"method": "kfold", "folds": 2}, 4, r"the training split \(a k-fold's training part\) is too small "
-                                                  r"for the SVM's 4-fold cross-validation: class \d has 3 training")]
+                                                  r"for the SVM's 4-fold cross-validation: class '\d' has 3 training")]
     for split, cv, message in cases:
         values = {"name": "mc", "runs_dir": str(tmp_path / "runs"), "data": {"source": source}, "split": split,
                   "preprocess": {"image_size": 32},

@@ -395,3 +395,15 @@ def test_images_on_another_scale_are_refused_at_fit_predict_and_feature_extracti
     for images, match in ((rgb / 255.0, "images scaled to 0-1"), ((rgb * 257).astype(np.uint16), "16-bit")):
         with pytest.raises(PixelRangeError, match=match):
             tfmed.backbones.extract_features(fm, images)
+
+
+def test_the_fold_check_of_a_table_names_the_class_too_small():
+    import pandas as pd
+
+    from tfmed.data.table import ImageTable
+    from tfmed.modes.svm import FeatureSVM, TooFewSamplesError
+
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in range(40)], "label": [0] * 30 + [1] * 10,
+                          "patient_id": [f"n{i}" for i in range(30)] + [f"s{i % 3}" for i in range(10)]})
+    with pytest.raises(TooFewSamplesError, match="class 'sick' has 3 training patients/groups .* fewer than cv=5"):
+        FeatureSVM(cv=5).check_folds(ImageTable(frame, ["normal", "sick"], "binary"))

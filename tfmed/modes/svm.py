@@ -331,8 +331,8 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         """
         y_enc, classes, task = self._encode_targets(train.labels(), len(train))
         groups = _patient_groups(train)
-        if task != "multilabel":
-            self._splits(y_enc, groups, classes)
+        if task != "multilabel":  # a table's labels are class numbers: its messages name the classes
+            self._splits(y_enc, groups, np.asarray(train.classes)[classes] if len(train.classes) else classes)
             return
         for j, name in enumerate(train.classes):
             known = y_enc[:, j] != UNKNOWN_LABEL
