@@ -374,6 +374,14 @@ def test_bad_parameters_are_named(binary_data):
         small(kernel="poly").fit(X, y)
     with pytest.raises(S.FeatureError, match="C holds -1"):
         small(C=(1.0, -1)).fit(X, y)
+    for settings, message in (({"C": ()}, r"C is \(\); give one value or a list"),
+                              ({"gamma": []}, r"gamma is \[\]; give one value or a list"),
+                              ({"nystroem_components": 0, "classifier": "approximate"},
+                               "nystroem_components is 0; it must be an integer >= 2"),
+                              ({"search_rows": 0}, "search_rows is 0; it must be an integer >= 30"),
+                              ({"exact_limit": -1}, "exact_limit is -1; it must be an integer >= 1")):
+        with pytest.raises(S.FeatureError, match=message):
+            small(**settings).fit(X, y)
     with pytest.raises(S.FeatureError, match="36 images but y has 35"):
         small().fit(X, y[:-1])
 

@@ -592,6 +592,14 @@ class FeatureSVM(ClassifierMixin, BaseEstimator):
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, (int, np.integer)) \
                 or self.image_size < 8:
             raise FeatureError(f"image_size is {self.image_size!r}; it must be an integer >= 8")
+        for name, least, example in (("exact_limit", 1, 10000), ("nystroem_components", 2, 1000),
+                                     ("search_rows", 10 * int(self.cv), 5000), ("batch_size", 1, 32)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise FeatureError(f"{name} is {value!r}; it must be an integer >= {least}, e.g. {example}")
+        for name in ("C", "gamma"):
+            if not _as_list(getattr(self, name)):
+                raise FeatureError(f"{name} is {getattr(self, name)!r}; give one value or a list of values to search")
         for value in _as_list(self.C):
             if isinstance(value, bool) or not isinstance(value, Real) or value <= 0:
                 raise FeatureError(f"C holds {value!r}; every C must be a number > 0")
