@@ -992,6 +992,30 @@ def test_kfold_without_a_test_split_reports_out_of_fold_figures_only(tmp_path):
         run_experiment(config)
 
 
+def test_report_explain_of_models_whose_maps_cannot_be_drawn_or_averaged_is_refused_before_fitting(tmp_path):
+    from tfmed.config import ConfigError
+    from tfmed.run.experiment import check_config_fits_data, prepare_data
+
+    base = {"name": "ex", "runs_dir": str(tmp_path / "runs"), "data": {"source": f"medmnist:{_tiny_medmnist(tmp_path)}"},
+            "preprocess": {"image_size": 32}, "report": {"explain": True}}
+    svm = {"mode": "svm", "backbone": TINY, "weights": None}
+    cases = [({"model": {**svm, "svm": {"texture": True}}},
+              "report.explain draws maps through the model's gradients, and model.svm.texture adds LBP texture"),
+             ({"model": {**svm, "mode": "ensemble", "ensemble": {"members": [
+                 {"mode": "svm", "name": "a", "svm": {"texture": True}}, {"mode": "svm", "name": "b"}]}}},
+              "and member a's model.svm.texture adds LBP texture features"),
+             ({"model": {**svm, "mode": "ensemble", "ensemble": {"members": [
+                 {"mode": "svm", "name": "a", "preprocess": {"resize": "pad"}}, {"mode": "svm", "name": "b"}]}}},
+              r"the members fit images to their size in different ways \(a: preprocess.resize pad, b: "
+              r"preprocess.resize plain\)")]
+    for values, message in cases:
+        config = ExperimentConfig.from_dict({**base, **values})
+        with pytest.raises(ConfigError, match=message):
+            run_experiment(config)
+        assert not (tmp_path / "runs").exists()  # stopped before any run directory was made
+        check_config_fits_data(config, prepare_data(config), new_run=False)  # a run made before: still read
+
+
 def test_a_split_seed_that_draws_nothing_is_refused(tmp_path):
     config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     config = ExperimentConfig.from_dict({**config.to_dict(), "split": {"method": "predefined", "test_fraction": 0.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -552,6 +552,8 @@ class ArrayInputs:
     images: np.ndarray
     tta: object = None
     view: object = None
+    volume_views: object = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def arrays(self, table, batch_size: int = 64):
         return self.images, None
@@ -572,6 +574,13 @@ def test_explain_table_averages_ensemble_members(data, tuner, svm):
     assert trust["deletion_auc"] == pytest.approx(np.mean([m["deletion_auc"] for m in trust["members"]]))
     with pytest.raises(ExplainError, match="2 members"):
         explain.explain_table(ensemble, ArrayInputs(positives), None, layer="block2_conv")
+    letterboxed = ArrayInputs(positives, preprocess=PreprocessConfig(resize="pad"))
+    framed_apart = Ensemble.of_fitted([tuner, svm], ["tuned", "features"], "binary", [letterboxed, None])
+    with pytest.raises(ExplainError, match=r"in different ways \(tuned: preprocess.resize pad, features: "
+                                           r"preprocess.resize plain\), so their maps do not lie over the same"):
+        explain.explain_table(framed_apart, ArrayInputs(positives), None, "gradcam")
+    assert explain.explain_table(Ensemble.of_fitted([tuner, svm], ["tuned", "features"], "binary", [
+        letterboxed, letterboxed]), ArrayInputs(positives), None, "gradcam").resize == "pad"  # the boxes' frame
 
 
 def test_multiclass_and_multilabel_runs_need_an_index():

@@ -52,6 +52,7 @@ class TableExplanation:
     grid: ViewGrid | None = None   # views of volumes: the images are mosaics laid out by this grid
     notes: list[str] = field(default_factory=list)  # why maps cannot show where a part looks (a 1 x 1 layer)
     index: object = None   # the class (or one per image) the maps explain, when explain_table chose it
+    resize: str = "plain"  # how the shown images were fitted to the model's size (preprocess.resize): boxes go alike
 
     def trust(self, index=None, steps: int = 20, seed: int = 0, layer: str | None = None) -> dict:
         """Faithfulness (deletion / insertion AUC, in the map's and a random order) and the sanity rank
@@ -107,6 +108,12 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         raise ExplainError(f"layer {layer!r} was given, but the model has {len(parts)} members "
                            f"({', '.join(name for name, _, _ in parts)}) with their own layers; "
                            "leave the layer out to use each member's default")
+    resized = {name: own.preprocess.resize for name, _, own in parts}
+    if len(set(resized.values())) > 1:
+        raise ExplainError("the members fit images to their size in different ways ("
+                           + ", ".join(f"{name}: preprocess.resize {how}" for name, how in resized.items())
+                           + "), so their maps do not lie over the same pixels and cannot be averaged; give the "
+                           "members one preprocess.resize, or explain each member's own run")
     if index is None and len(parts) > 1 and keras_model_of(parts[0][1]).outputs[0].shape[-1] > 1:
         index = _top_classes(estimator, inputs, table)
     explained, grid, notes = [], None, []
@@ -126,7 +133,8 @@ def explain_table(estimator, inputs, table, method: str = "gradcam", *, index=No
         explained.append(PartExplanation(name, model, images, maps))
     size = explained[0].maps.shape[1:]
     mean = np.mean([resize_maps(part.maps, size) for part in explained], axis=0)
-    return TableExplanation(method, normalise(mean), explained[0].images, explained, grid, notes, index)
+    return TableExplanation(method, normalise(mean), explained[0].images, explained, grid, notes, index,
+                            parts[0][2].preprocess.resize)
 
 
 def _top_classes(estimator, inputs, table) -> np.ndarray:

@@ -199,7 +199,29 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable, new_run:
                                  "test split (it scores out-of-fold only); set split.test_fraction above 0, or "
                                  "remove report.explain and run tfmed explain on images of your choice",
                                  "report.explain")
+    if config.report.explain and new_run:
+        _refuse_what_cannot_be_explained(config)
     get_mode(config.model.mode).check_experiment(config, table)
+
+
+def _refuse_what_cannot_be_explained(config: ExperimentConfig) -> None:
+    """``report.explain`` with models whose maps cannot be drawn (an SVM of texture features), or with ensemble
+    members whose maps cannot be averaged (images fitted to size differently): refused before anything is fitted."""
+    ensemble = config.model.mode == "ensemble"
+    parts = ([(config.member_name(i), config.member_experiment(i)) for i in range(len(config.model.ensemble.members))]
+             if ensemble else [(None, config)])
+    for name, part in parts:
+        if part.model.mode == "svm" and part.model.svm.texture:
+            where = f"member {name}'s " if ensemble else ""
+            raise ConfigError(f"{config.name}: report.explain draws maps through the model's gradients, and "
+                              f"{where}model.svm.texture adds LBP texture features, which have none; remove "
+                              "report.explain or texture")
+    resized = {name: part.preprocess.resize for name, part in parts}
+    if len(set(resized.values())) > 1:
+        raise ConfigError(f"{config.name}: report.explain averages the members' maps pixel by pixel, and the members "
+                          "fit images to their size in different ways (" + ", ".join(
+                              f"{name}: preprocess.resize {how}" for name, how in resized.items())
+                          + "); give them one preprocess.resize, or remove report.explain")
 
 
 def _has_all_splits(table: ImageTable) -> bool:

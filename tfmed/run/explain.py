@@ -207,7 +207,7 @@ def write_explanations(out: Path, model: TrainedModel, table: ImageTable, scores
                      "method": method, **location, "overlay": overlay.name})
         items.append((result.images[i], result.maps[i], title))
     boxed = None if result.grid is not None else box_localisation(  # each map against the boxes of its class
-        table, result.maps, model.inputs.preprocess.resize, [row["explained_class"] for row in rows])
+        table, result.maps, result.resize, [row["explained_class"] for row in rows])
     for row, figures in zip(rows, boxed or []):
         row.update(figures)
     pd.DataFrame(rows).to_csv(out / "explanations.csv", index=False)
