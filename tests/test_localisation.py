@@ -71,6 +71,21 @@ def test_boxes_are_resized_as_their_image_was(tmp_path, resize, rows):
     assert box_localisation(load_manifest(tmp_path / "m.csv").subset([1]), maps[1:], resize) is None
 
 
+def test_in_a_binary_table_a_box_marks_the_positive_class_so_a_map_of_the_other_class_is_not_scored(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32), np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,patient_id,boxes\na.png,pneumonia,p1,\"0,0,16,16\"\n"
+                                    "a.png,pneumonia,p2,\"0,0,16,16\"\na.png,normal,p3,\n")
+    table = load_manifest(tmp_path / "m.csv").subset([0, 1])
+    assert table.classes == ["normal", "pneumonia"]
+    maps = np.zeros((2, 32, 32))
+    maps[:, 2, 2] = 1.0
+    # the second map explains "normal" (e.g. a missed case's): no box marks that class
+    per_image = box_localisation(table, maps, "plain", ["pneumonia", "normal"])
+    assert per_image[0]["peak_in_box"] is True
+    assert per_image[1] == {"peak_in_box": None, "energy_in_boxes": None, "box_fraction": None}
+    assert summary(per_image)["images_with_boxes"] == 1
+
+
 def test_a_malformed_box_in_a_manifest_is_a_row_problem(tmp_path):
     (tmp_path / "m.csv").write_text("path,label,patient_id,boxes\na.png,1,p1,\"1,2,3\"\nb.png,0,p2,\"4,5,6,7\"\n")
     frame = load_manifest(tmp_path / "m.csv").frame

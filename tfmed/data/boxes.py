@@ -64,9 +64,9 @@ def parse_labelled_boxes(text) -> list[tuple[str | None, Box]]:
     return boxes
 
 
-def parse_boxes(text, label: str | None = None) -> list[Box]:
-    """The boxes of one image from their text: all of them, or with ``label`` those that name it and those that
-    name none.
+def parse_boxes(text, label: str | None = None, unlabelled: bool = True) -> list[Box]:
+    """The boxes of one image from their text: all of them, or with ``label`` those that name it and (unless
+    ``unlabelled`` is False) those that name none.
 
     Raises:
         ValueError: as :func:`parse_labelled_boxes`.
@@ -77,7 +77,8 @@ def parse_boxes(text, label: str | None = None) -> list[Box]:
         >>> parse_boxes("Edema:1,2,3,4;5,6,7,8", label="Mass")
         [(5.0, 6.0, 7.0, 8.0)]
     """
-    return [box for named, box in parse_labelled_boxes(text) if label is None or named in (None, label)]
+    return [box for named, box in parse_labelled_boxes(text)
+            if label is None or named == label or (named is None and unlabelled)]
 
 
 def format_boxes(boxes, labels=None) -> str:
