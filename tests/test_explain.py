@@ -215,6 +215,20 @@ def test_randomisation_reaches_the_last_stage_when_the_grad_cam_layer_lies_outsi
                                                                     "predictions"]
 
 
+def test_randomisation_reaches_the_last_stage_below_a_final_normalisation_block():
+    from tfmed.backbones import create
+    from tfmed.explain.faithfulness import _randomised_layers
+
+    base = create("densenet121", weights=None, input_shape=(32, 32, 3), include_top=False)  # ... conv5_, "bn"
+    head = keras.layers.Dense(1, activation="sigmoid", name="predictions")(
+        keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output))
+    target = ExplainTarget(keras.Model(base.inputs, head, name="densenet121_finetune"))
+    layers = _randomised_layers(target)
+    assert target.layer == "relu" and layers[0].name.startswith("conv5_block1_")
+    assert {layer.name for layer in layers if layer.name.startswith("conv5_") and layer.get_weights()} \
+        >= {"conv5_block1_1_conv", "conv5_block16_2_conv"}  # the last stage's kernels are re-drawn, not the head's alone
+
+
 def test_an_unrelated_map_is_less_faithful_than_gradcam(data, tuner):
     positives = data[2]
     good = explain.gradcam(tuner, positives)

@@ -152,16 +152,29 @@ def faithfulness(model, images, maps, *, index=None, steps: int = 20, seed: int 
 def _randomised_layers(target: ExplainTarget) -> list:
     """The layers re-drawn by the sanity check: from the start of the target layer's block to the end. A layer
     outside every block (a backbone's last activation, e.g. MobileNetV2's ``out_relu``) counts in the block of the
-    nearest layer below it that has one, so the last stage's weights are re-drawn with the head."""
+    nearest layer below it that has one, so the last stage's weights are re-drawn with the head. A block without
+    weights to re-draw (the final normalisation of DenseNet, ResNetV2 or ConvNeXt, a block of its own) reaches
+    down to the block below it."""
     layers = _flat_layers(target.model)
     names = [layer.name for layer in layers]
     start = names.index(target.layer)
     spec = backbone_spec_of(target.model)
     if spec is not None:
         block = next((spec.block_of(name) for name in reversed(names[:start + 1]) if spec.block_of(name)), None)
+
+        def redrawn(block):
+            return any(_is_randomised(v) for layer in layers if spec.block_of(layer.name) == block
+                       for v in layer.weights)
+
+        while block in spec.blocks and spec.blocks.index(block) > 0 and not redrawn(block):
+            block = spec.blocks[spec.blocks.index(block) - 1]
         if block is not None:
             start = names.index(next(name for name in names if spec.block_of(name) == block))
     return layers[start:]
+
+
+def _is_randomised(variable) -> bool:
+    return variable.name in RANDOMISED_WEIGHTS or variable.name.startswith("dual_coef")
 
 
 @contextlib.contextmanager
@@ -174,8 +187,7 @@ def randomised_weights(target: ExplainTarget, seed: int = 0):
         ...     maps = gradcam(tuner, images)
     """
     rng = np.random.default_rng(seed)
-    variables = [v for layer in _randomised_layers(target) for v in layer.weights
-                 if v.name in RANDOMISED_WEIGHTS or v.name.startswith("dual_coef")]
+    variables = [v for layer in _randomised_layers(target) for v in layer.weights if _is_randomised(v)]
     if not variables:
         raise ExplainError(f"model {target.model.name!r} has no kernel or bias weights from layer "
                            f"{target.layer!r} upwards to randomise")
