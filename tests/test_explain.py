@@ -263,6 +263,29 @@ def test_multilabel_index_chooses_the_label():
         assert maps[0][:, half].sum() > 0 and maps[0][:, other].sum() == 0
 
 
+def test_a_softmax_head_is_differentiated_on_its_logits_however_it_is_written():
+    import tensorflow as tf
+
+    def model(head):
+        image = keras.Input((SIZE, SIZE, 1))
+        features = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, name="conv")(image))
+        return keras.Model(image, head(features))
+
+    written = {"activation='softmax'": lambda x: keras.layers.Dense(3, activation="softmax", name="out")(x),
+               "tf.nn.softmax": lambda x: keras.layers.Dense(3, activation=tf.nn.softmax, name="out")(x),
+               "Softmax layer": lambda x: keras.layers.Softmax()(keras.layers.Dense(3, name="out")(x))}
+    models = {name: model(head) for name, head in written.items()}
+    weights = models["activation='softmax'"].get_weights()
+    image = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 1)).astype("float32")
+    maps = {}
+    for name, each in models.items():
+        each.set_weights(weights)
+        assert ExplainTarget(each).kind == "softmax", name
+        maps[name] = explain.saliency(each, image, index=1)
+    for name in ("tf.nn.softmax", "Softmax layer"):
+        np.testing.assert_allclose(maps[name], maps["activation='softmax'"], atol=1e-6)
+
+
 def test_one_output_sigmoid_classes(tuner, data):
     positives = data[2]
     target = ExplainTarget(tuner)

@@ -165,12 +165,17 @@ def _without_threshold_layer(model: keras.Model) -> keras.Model:
     return model
 
 
+# The names an activation function goes by: keras.activations', keras.ops' and tf.nn's (tf.nn.softmax is softmax_v2)
+_ACTIVATION_KINDS = {"sigmoid": "sigmoid", "softmax": "softmax", "softmax_v2": "softmax"}
+
+
 def _last_layer_kind(layer) -> str:
     if hasattr(layer, "logits_of"):
         return "ovr" if getattr(layer, "normalise", False) else "sigmoid"
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
     activation = getattr(layer, "activation", None)
-    name = getattr(activation, "__name__", str(activation))
-    return name if name in ("sigmoid", "softmax") else "linear"
+    return _ACTIVATION_KINDS.get(getattr(activation, "__name__", str(activation)), "linear")
 
 
 class ExplainTarget:
@@ -278,7 +283,7 @@ class ExplainTarget:
         if self.kind != "linear" and isinstance(last, keras.layers.Dense):
             out = tf.matmul(tf.cast(last_input, tf.float32), tf.cast(last.kernel, tf.float32))
             return out + tf.cast(last.bias, tf.float32) if last.use_bias else out
-        if self.kind != "linear" and isinstance(last, keras.layers.Activation):
+        if self.kind != "linear" and isinstance(last, (keras.layers.Activation, keras.layers.Softmax)):
             return tf.cast(last_input, tf.float32)
         return tf.cast(last(last_input), tf.float32)
 
