@@ -86,6 +86,20 @@ def test_in_a_binary_table_a_box_marks_the_positive_class_so_a_map_of_the_other_
     assert summary(per_image)["images_with_boxes"] == 1
 
 
+def test_a_box_smaller_than_a_map_pixel_keeps_the_pixel_it_lies_in(tmp_path):
+    cv2.imwrite(str(tmp_path / "cxr.png"), np.zeros((1024, 1024), np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,patient_id,boxes\ncxr.png,1,p1,\"800,800,8,8;0,0,512,512\"\n"
+                                    "cxr.png,0,p2,\n")
+    table = load_manifest(tmp_path / "m.csv").subset([0])
+    maps = np.zeros((1, 64, 64))
+    maps[0, 50, 50] = 1.0  # the pixel holding the 8 px box (at 1/16 scale: 50-50.5)
+    per_image = box_localisation(table, maps, "plain")
+    assert per_image[0]["peak_in_box"] is True and per_image[0]["box_fraction"] == (32 * 32 + 1) / 64 ** 2
+    alone = load_manifest(tmp_path / "m.csv").subset([0])
+    alone.frame.loc[:, "boxes"] = "800,800,8,8"
+    assert box_localisation(alone, maps, "plain")[0]["box_fraction"] == 1 / 64 ** 2  # not left out as unboxed
+
+
 def test_a_malformed_box_in_a_manifest_is_a_row_problem(tmp_path):
     (tmp_path / "m.csv").write_text("path,label,patient_id,boxes\na.png,1,p1,\"1,2,3\"\nb.png,0,p2,\"4,5,6,7\"\n")
     frame = load_manifest(tmp_path / "m.csv").frame

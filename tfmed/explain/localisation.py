@@ -102,6 +102,8 @@ def box_localisation(table, maps: np.ndarray, resize: str, explained: list[str] 
     for i, (path, image_boxes) in enumerate(zip(table.frame["image"].astype(str), boxes)):
         if image_boxes:
             info = image_info(path, max_pixels=None)
-            full = box_mask(image_boxes, info.height, info.width).astype(np.float32)[..., None]
-            masks[i] = np.asarray(Resize(size[0], mode=resize)(tf.constant(full)))[..., 0] > 0.5
+            for box in image_boxes:  # each box on its own: one smaller than a map pixel keeps the pixel most of it is in
+                full = box_mask([box], info.height, info.width).astype(np.float32)[..., None]
+                covered = np.asarray(Resize(size[0], mode=resize)(tf.constant(full)))[..., 0]
+                masks[i] |= covered > 0.5 if (covered > 0.5).any() else (covered >= covered.max()) & (covered > 0)
     return localisation(maps, masks)
