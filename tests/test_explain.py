@@ -286,6 +286,18 @@ def test_a_softmax_head_is_differentiated_on_its_logits_however_it_is_written():
         np.testing.assert_allclose(maps[name], maps["activation='softmax'"], atol=1e-6)
 
 
+def test_a_mosaic_of_a_flat_view_model_is_refused_by_name():
+    from tfmed.explain.mosaic import mosaic_model
+    from tfmed.training.view_layers import FoldViews, PoolViews
+
+    views = keras.Input((3, SIZE, SIZE, 1))
+    x = keras.layers.Conv2D(2, 3, padding="same", name="conv")(FoldViews()(views))  # no nested backbone
+    x = PoolViews(3, "mean")(keras.layers.GlobalAveragePooling2D()(x))
+    mosaic, _ = mosaic_model(keras.Model(views, keras.layers.Dense(1, activation="sigmoid")(x), name="flat"))
+    with pytest.raises(ExplainError, match="layer 'conv' of model 'flat_mosaic' was first called in another model"):
+        ExplainTarget(mosaic)
+
+
 def test_one_output_sigmoid_classes(tuner, data):
     positives = data[2]
     target = ExplainTarget(tuner)

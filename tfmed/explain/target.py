@@ -224,7 +224,13 @@ class ExplainTarget:
         """A callable images -> (activations, input of the last layer)."""
         owner = self._nested_owner()
         if owner is None:
-            tapped = keras.Model(self.model.inputs, [self.model.get_layer(self.layer).output, self.last.input])
+            try:
+                tapped = keras.Model(self.model.inputs, [self.model.get_layer(self.layer).output, self.last.input])
+            except ValueError:  # the layer's output is that of its first call, in another model's graph
+                raise ExplainError(f"layer {self.layer!r} of model {self.model.name!r} was first called in another "
+                                   "model (e.g. a flat view model re-used by mosaic_model), so its activations "
+                                   "cannot be read here; nest the backbone as a model of its own (as tfmed's modes "
+                                   "build it)") from None
             return lambda x: tapped(x, training=False)
         chain = [layer for layer in self.model.layers if not isinstance(layer, keras.layers.InputLayer)]
         # A nested model with one input is called with one tensor: build it so (a list of one would warn).
