@@ -541,6 +541,23 @@ def test_tfmed_ensemble_refuses_runs_whose_images_carry_other_labels(two_runs, t
     assert not (tmp_path / "x").exists()
 
 
+def test_tfmed_ensemble_refuses_runs_evaluated_differently(two_runs, tmp_path, capsys):
+    """The combination is evaluated one way: taking the first run's settings would make it depend on the order."""
+    import yaml
+
+    from tfmed.run.manifest import write_manifest
+
+    other = shutil.copytree(two_runs[1], tmp_path / "other")
+    values = yaml.safe_load((other / "config.yaml").read_text())
+    values["evaluation"]["bootstrap"] = 20
+    (other / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    write_manifest(other)
+    for order in ([two_runs[0], other], [other, two_runs[0]]):
+        assert main(["ensemble", *map(str, order), "--output", str(tmp_path / "x")]) == 2
+        assert "are evaluated differently (evaluation.bootstrap" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_tfmed_ensemble_refuses_stacking_and_a_single_run(tmp_path, capsys):
     assert main(["ensemble", "a", "b", "--combine", "stacking", "--output", str(tmp_path / "x")]) == 2
     assert "out-of-fold training scores" in capsys.readouterr().err

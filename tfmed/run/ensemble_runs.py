@@ -187,6 +187,14 @@ def _check_compatible(runs: list[Path], configs: list[ExperimentConfig], models:
             raise EnsembleRunsError(f"{run} and {runs[0]} group their classes differently (evaluation.hierarchy "
                                     f"{model.hierarchy} against {models[0].hierarchy}); combine runs with the same "
                                     "hierarchy")
+        differing = [item.name for item in dataclasses.fields(config.evaluation) if item.name != "recalibration"
+                     and getattr(config.evaluation, item.name) != getattr(configs[0].evaluation, item.name)]
+        if differing:  # the combination is evaluated one way: which run's would depend on the order given
+            name = differing[0]
+            raise EnsembleRunsError(f"{run} and {runs[0]} are evaluated differently (evaluation.{name} "
+                                    f"{getattr(config.evaluation, name)!r} against "
+                                    f"{getattr(configs[0].evaluation, name)!r}); combine runs with the same "
+                                    "evaluation section")
 
 
 def _refuse_repeated_runs(runs: list[Path]) -> None:
