@@ -47,6 +47,7 @@ def _write(tmp_path, values):
     ({"preprocess": {"imagesize": 64}}, ["preprocess.imagesize", "image_size"]),
     ({"model": {"mode": "boosting"}}, ["model.mode", "svm", "finetune"]),
     ({"preprocess": {"image_size": "big"}}, ["preprocess.image_size", "integer"]),
+    ({"preprocess": {"channels": 1.0}}, ["preprocess.channels is 1.0; allowed: 1, 3"]),
     ({"split": {"test_fraction": 1.5}}, ["split.test_fraction", "[0, 1)"]),
     ({"preprocess": {"intensity": "window", "windows": []}}, ["preprocess.windows"]),
     ({"preprocess": {"windows": [[40, -1]]}}, ["preprocess.windows[0]", "width > 0"]),

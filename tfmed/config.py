@@ -1903,8 +1903,8 @@ def _convert(hint, value, where: str, key: str, track: bool = True):
         raise ConfigError(f"{where}: {key} is null, which it cannot be; {remedy}, or give a value")
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where, key + ".", track)
-    if origin is Literal:
-        if isinstance(value, bool) or value not in args:
+    if origin is Literal:  # 1.0 equals 1, and True equals 1, but neither is the choice 1
+        if isinstance(value, bool) or value not in args or type(value) is not type(args[list(args).index(value)]):
             raise ConfigError(f"{where}: {key} is {as_written(value)}; allowed: {', '.join(map(str, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
