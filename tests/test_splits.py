@@ -54,6 +54,15 @@ def test_patient_split_is_deterministic_per_seed():
     assert patient_split(table, seed=8).frame["split"].tolist() != first
 
 
+def test_the_largest_seed_the_config_accepts_carves_every_split():
+    from tfmed.config import MAX_SEED, SplitConfig
+
+    table = make_table()
+    assert set(patient_split(table, seed=MAX_SEED).frame["split"]) == {"train", "val", "test"}
+    assert set(ensure_splits(table, SplitConfig(method="patient", seed=MAX_SEED)).frame["split"]) == {
+        "train", "val", "test"}
+
+
 def test_patient_split_other_fractions():
     result = patient_split(make_table(n_patients=400), test_fraction=0.15, val_fraction=0.25, seed=0)
     sizes = result.frame["split"].value_counts(normalize=True)

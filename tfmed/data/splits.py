@@ -31,7 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from tfmed.config import UNKNOWN_LABEL, SplitConfig, set_fields
+from tfmed.config import MAX_SEED, UNKNOWN_LABEL, SplitConfig, set_fields
 from tfmed.data.near_duplicates import GROUP_COLUMN
 from tfmed.data.table import SPLITS, ImageTable
 from tfmed.errors import TfmedError
@@ -102,7 +102,7 @@ def patient_split(table: ImageTable, test_fraction: float = 0.2, val_fraction: f
     split[test] = "test"
     rest = np.setdiff1d(pool, test)
     if val_fraction > 0:
-        val = _carve(table, rest, val_fraction / (1.0 - test_fraction), seed + 1, f"val_fraction {val_fraction}")
+        val = _carve(table, rest, val_fraction / (1.0 - test_fraction), val_seed(seed), f"val_fraction {val_fraction}")
         split[val] = "val"
     result = _with_split(table, split)
     check_no_leakage(result)
@@ -175,7 +175,7 @@ def ensure_splits(table: ImageTable, config: SplitConfig) -> ImageTable:
         if carve_val and config.val_fraction > 0:
             pool = np.flatnonzero(split == "train")
             _require_patients(table, split == "train", "carving a val split from train")
-            split[_carve(table, pool, val_share, config.seed + 1,
+            split[_carve(table, pool, val_share, val_seed(config.seed),
                          f"split.val_fraction {config.val_fraction}")] = "val"
         _require_validation(split)
     result = _with_split(table, split)
@@ -220,7 +220,7 @@ def site_split(table: ImageTable, config: SplitConfig) -> ImageTable:
     if config.method == "patient":
         pool = np.flatnonzero(~test)
         _require_patients(table, ~test, "carving a val split by patient")
-        split[_carve(table, pool, config.val_fraction, config.seed + 1,
+        split[_carve(table, pool, config.val_fraction, val_seed(config.seed),
                          f"split.val_fraction {config.val_fraction}")] = "val"
         _require_validation(split)
     result = _with_split(table, split)
@@ -440,6 +440,16 @@ def stratify_labels(table: ImageTable) -> np.ndarray:
     for label in order[::-1]:  # rarest written last, so it wins
         proxy[y[:, label] == 1] = label
     return proxy
+
+
+def val_seed(seed: int) -> int:
+    """The seed validation is carved with, after the test split was carved with ``seed`` (within NumPy's range).
+
+    Example:
+        >>> val_seed(0), val_seed(2**32 - 1)
+        (1, 0)
+    """
+    return (int(seed) + 1) % (MAX_SEED + 1)
 
 
 def _carve(table: ImageTable, pool: np.ndarray, fraction: float, seed: int, setting: str) -> np.ndarray:
