@@ -167,6 +167,8 @@ def test_sections_built_in_python_are_range_checked():
      r"model.finetune.stages\[0\].lr_factor is 0.5; .* the first stage starts at model.finetune.learning_rate"),
     ({"model": {"mode": "finetune", "finetune": {"stages": [{}, {"learning_rate": 0.01, "lr_factor": 0.5}]}}},
      r"model.finetune.stages\[1\].lr_factor is 0.5; .* this stage gives its own learning_rate"),
+    ({"model": {"mode": "finetune", "finetune": {"learning_rate": 0.05, "stages": [{"learning_rate": 0.001}]}}},
+     r"model.finetune.learning_rate is 0.05; the first stage gives its own learning_rate \(0.001\)"),
     ({"model": {"svm": {"kernel": "linear", "gamma": [0.1]}}},
      "model.svm.gamma is \\[0.1\\]; it is the RBF kernel's width, and kernel is 'linear'"),
     ({"preprocess": {"windows": [[40, 400]]}}, "preprocess.windows is .*; only intensity 'window' reads them"),

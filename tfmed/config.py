@@ -1039,6 +1039,10 @@ class FinetuneConfig(_Section):
         for name, (used, user) in unused.items():
             if name in changed and not used:
                 self._unused(name, f"only {user} uses it; remove it or set that")
+        if "learning_rate" in changed and self.stages and self.stages[0].learning_rate is not None:
+            self._unused("learning_rate", f"the first stage gives its own learning_rate "
+                         f"({self.stages[0].learning_rate!r}), and each later stage scales its previous one's; "
+                         "remove one of the two")
         for i, stage in enumerate(self.stages):
             if "lr_factor" in set_fields(stage) and (i == 0 or stage.learning_rate is not None):
                 why = ("the first stage starts at model.finetune.learning_rate" if i == 0
