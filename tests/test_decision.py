@@ -119,3 +119,15 @@ def test_bad_input_to_the_decision_functions_is_refused_with_its_reason(call, me
     deep inside numpy or scikit-learn."""
     with pytest.raises(EvaluationError, match=message):
         call(np.array([0, 1, 0, 1, 1, 0, 1, 0, 0, 1]), np.linspace(0.05, 0.95, 10))
+
+
+def test_the_calibration_line_of_overconfident_probabilities_clips_them_at_one_in_a_million():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(5)
+    p = 1 / (1 + np.exp(-rng.normal(0, 4, 3000)))  # a quarter outside [0.01, 0.99], as CNN outputs often are
+    y = (rng.uniform(size=3000) < p).astype(int)
+    clipped = np.clip(p, 1e-6, 1 - 1e-6)
+    logit = np.log(clipped / (1 - clipped))
+    slope = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10000).fit(logit[:, None], y).coef_[0, 0]
+    assert calibration_line(y, p)["slope"] == pytest.approx(slope, abs=1e-4)

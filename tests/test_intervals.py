@@ -498,3 +498,26 @@ def test_logit_interval_is_normal_on_the_logit_scale_and_refuses_an_auc_of_one()
     assert logit_interval(0.7, 0.0) == pytest.approx((0.7, 0.7))
     with pytest.raises(EvaluationError, match="auc=1.0.*separation_bound"):
         logit_interval(1.0, 0.01)
+
+
+def test_the_permutation_test_is_exact_up_to_12_cases_and_never_0_beyond():
+    from tfmed.evaluation.intervals import permutation_p
+
+    def auc_gap(y):
+        return lambda x, z: float(np.mean(x[y == 1][:, None] > x[y == 0][None])
+                                  - np.mean(z[y == 1][:, None] > z[y == 0][None]))
+
+    rng = np.random.default_rng(3)
+    y = np.array([0, 1] * 5)
+    a, b = rng.random(10) + 0.5 * y, rng.random(10)
+    gap = auc_gap(y)
+    observed = abs(gap(a, b))
+    swaps = (np.arange(2 ** 10)[:, None] >> np.arange(10)) & 1 == 1
+    exact = np.mean([abs(gap(np.where(m, b, a), np.where(m, a, b))) >= observed - 1e-12 for m in swaps])
+    assert permutation_p(gap, a, b) == exact  # every one of the 1,024 swap patterns
+    y = np.array([0, 1] * 7)
+    a, b = np.tile([0.1, 0.9], 7), np.tile([0.9, 0.1], 7)
+    drawn = np.random.default_rng(0).random((2000, 14)) < 0.5
+    gap = auc_gap(y)
+    hits = sum(abs(gap(np.where(m, b, a), np.where(m, a, b))) >= abs(gap(a, b)) - 1e-12 for m in drawn)
+    assert permutation_p(gap, a, b) == (hits + 1) / 2001 > 0  # the observed pattern counts among the draws

@@ -398,3 +398,38 @@ def test_multilabel_bootstrap_leaves_a_label_known_only_positive_out_of_the_macr
     lo, hi = m["bootstrap_ci"]["macro_auc"]
     assert lo is not None and lo < m["macro_auc"] < hi
     assert not any(note.startswith("bootstrap:") for note in m["notes"])
+
+
+def test_balanced_accuracy_is_the_mean_recall_in_the_figure_and_in_each_bootstrap_replicate():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from tfmed.evaluation.metrics import _multiclass_replicate
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 20 + [1] * 10 + [2] * 5)
+    proba = rng.dirichlet([1, 1, 1], size=len(y))
+    proba[np.arange(len(y)), y] += 0.4
+    expected = balanced_accuracy_score(y, proba.argmax(1))
+    assert expected != pytest.approx(balanced_accuracy_score(proba.argmax(1), y))  # recall, not precision
+    assert multiclass_metrics(y, proba, ["a", "b", "c"])["balanced_accuracy"] == pytest.approx(expected)
+    assert _multiclass_replicate(y, proba)["balanced_accuracy"] == pytest.approx(expected)
+
+
+def test_the_bootstrap_intervals_come_from_resamples_stratified_by_class():
+    from tfmed.evaluation.intervals import bootstrap_distribution, percentile_interval
+    from tfmed.evaluation.metrics import _binary_replicate, _multiclass_replicate
+
+    rng = np.random.default_rng(0)
+    y = np.array([1] * 8 + [0] * 40)
+    s = np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
+    stratified = bootstrap_distribution(lambda yy, ss: _binary_replicate(yy, ss, 0.5), y, s, 300, stratified=True,
+                                        seed=2)
+    shown = binary_metrics(y, s, 0.5, bootstrap=300, seed=2)["bootstrap_ci"]
+    for name in ("sensitivity", "roc_auc"):
+        assert shown[name] == pytest.approx(list(percentile_interval([r[name] for r in stratified])))
+    assert all(r["sensitivity"] in {k / 8 for k in range(9)} for r in stratified)  # always the 8 positives
+    labels = np.array([0] * 20 + [1] * 10 + [2] * 5)
+    proba = rng.dirichlet([1, 1, 1], size=len(labels))
+    replicates = bootstrap_distribution(_multiclass_replicate, labels, proba, 200, stratified=True, seed=1)
+    shown = multiclass_metrics(labels, proba, ["a", "b", "c"], bootstrap=200, seed=1)["bootstrap_ci"]
+    assert shown["accuracy"] == pytest.approx(list(percentile_interval([r["accuracy"] for r in replicates])))

@@ -355,3 +355,11 @@ def test_kfold_indices_keeps_patients_together_and_skips_test_rows():
     assert [v.tolist() for _, v in folds] == [v.tolist() for _, v in kfold_indices(table, folds=4, seed=1)]
     with pytest.raises(SplitError, match="cannot make 500 folds"):
         kfold_indices(table, folds=500)
+
+
+def test_the_stratification_proxy_counts_known_positives_only():
+    frame = pd.DataFrame({"image": [f"i{k}" for k in range(6)],
+                          "label:a": [1, 1, 1, 0, 0, 0],        # 3 positives
+                          "label:b": [1, -1, -1, -1, -1, 0]})   # 1 positive, 4 unknown
+    table = ImageTable(frame, ["a", "b"], "multilabel")
+    assert stratify_labels(table).tolist()[0] == 1  # row 0 stands for b, the rarer positive label

@@ -190,3 +190,24 @@ def test_pandas_labels_and_scores_paired_by_position_with_different_indexes_are_
              "recalibration": lambda: Recalibration.fit("logistic", "binary", y, scores)}
     with pytest.raises((EvaluationError, RecalibrationError), match="pandas objects with different indexes"):
         calls[call]()
+
+
+def test_the_sensitivity_targets_are_the_specificity_targets_unless_given():
+    from tfmed.evaluation.thresholds import choose_threshold, operating_points
+
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(50), np.zeros(50)].astype(int)
+    s = 1 / (1 + np.exp(-np.r_[rng.normal(1, 1, 50), rng.normal(0, 1, 50)]))
+    points = operating_points(y, s, targets=(0.8,))
+    assert points["high_specificity"] == choose_threshold(y, s, "specificity", 0.8)
+    assert points["high_specificity"] != choose_threshold(y, s, "specificity", 0.95)
+
+
+def test_youden_takes_the_strict_maximum_over_a_near_tie():
+    from tfmed.evaluation.thresholds import choose_threshold
+
+    y = np.r_[np.ones(10000), np.zeros(10000)].astype(int)
+    positives = np.r_[np.full(5000, 0.9), np.full(5000, 0.5)]  # J at 0.9: 0.5 - 0 = 0.5
+    for negatives_at_half, best in ((4999, 0.5), (5001, 0.9)):  # J at 0.5: 1 - 0.4999 or 1 - 0.5001
+        negatives = np.r_[np.full(negatives_at_half, 0.5), np.full(10000 - negatives_at_half, 0.1)]
+        assert choose_threshold(y, np.r_[positives, negatives], "youden") == pytest.approx(best)
