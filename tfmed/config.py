@@ -1387,6 +1387,10 @@ class ExperimentConfig(_Section):
             if changed and not is_used:
                 raise UnusedSettingError(f"{name}.{changed[0]} is set, but no ensemble member uses the experiment's "
                                          f"{name} section; remove it or move it into a member", f"{name}.{changed[0]}")
+        if "seed" in set_fields(self) and all(member.seed is not None for member in members):
+            raise UnusedSettingError("seed is set, but every ensemble member names its own seed, which alone decides "
+                                     "its training; remove it (or leave the seed out of a member that should take "
+                                     "it)", "seed")
         for name in set(set_fields(self.model)) & {"backbone", "weights", "weights_dir"}:
             if all(getattr(member, name) is not None for member in members):
                 raise UnusedSettingError(f"model.{name} is set, but every ensemble member names its own {name}; "
