@@ -252,6 +252,20 @@ def test_sweep_layers_refuses_a_kfold_experiment_before_reading_its_data(tmp_pat
     assert "split.method: patient" in error and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("section, setting", [({"tta": {"enabled": True}}, "tta.enabled"),
+                                              ({"evaluation": {"recalibration": "logistic"}},
+                                               "evaluation.recalibration"),
+                                              ({"report": {"explain": True}}, "report.explain")])
+def test_sweep_layers_refuses_settings_it_would_ignore_before_reading_the_data(tmp_path, capsys, section, setting):
+    path = _tiny_config(tmp_path)
+    config = {**yaml.safe_load(path.read_text()), **section}
+    config["data"]["source"] = f"medmnist:{tmp_path / 'missing.npz'}"  # never read
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep-layers", str(path)]) == 2
+    assert f"{setting} is set, and sweep-layers scores each tap on the validation images as they are" in \
+        capsys.readouterr().err
+
+
 
 @pytest.mark.parametrize("taps, message", [(["early", "lat"], "unknown tap 'lat' for backbone 'efficientnet_lite0'"),
                                            (["late", "late"], "taps lists a name twice: ['late', 'late']")])

@@ -50,6 +50,13 @@ def sweep_experiment(config: ExperimentConfig, taps: Sequence[str] | None = None
                           "validation split, which k-fold makes none of; sweep a copy of the experiment with "
                           "split.method: patient (or predefined) "
                           "and no split.folds, then set the chosen taps in model.svm.taps of the k-fold one")
+    scoring = [name for name, used in (("tta.enabled", config.tta.enabled),
+                                       ("evaluation.recalibration", config.evaluation.recalibration != "none"),
+                                       ("report.explain", config.report.explain)) if used]
+    if scoring:
+        raise ConfigError(f"{config.name}: {scoring[0]} is set, and sweep-layers scores each tap on the validation "
+                          "images as they are, recalibrating and explaining nothing; sweep a copy of the experiment "
+                          "without it")
     taps = list(taps or DEFAULT_TAPS)
     fusions = [taps[-2:]] if len(taps) >= 2 else []
     try:  # the taps, before any data is read
