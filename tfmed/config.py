@@ -718,6 +718,11 @@ class AugmentConfig(_Section):
         changed = [name for name in set_fields(self) if name != "enabled"]
         if not self.enabled and changed:
             self._unused(changed[0], "it is set but augment.enabled is false; set augment.enabled: true or remove it")
+        on = [item.name for item in dataclasses.fields(self) if item.name != "enabled"
+              and getattr(self, item.name) != item.default]
+        if self.enabled and "enabled" in self._written and not on:
+            self._unused("enabled", "it is true but every transform is off, so the training images are used as they "
+                         "are; turn one on (e.g. rotation_degrees, gamma, noise, crop_from) or remove it")
         if self.contrast >= 1:
             self._fail("contrast", "give a contrast range below 1, e.g. 0.1 for factors 0.9-1.1")
         limits = {"rotation_degrees": (180.0, "a rotation range in degrees, at most 180 (any angle)"),
@@ -1307,6 +1312,10 @@ class ExperimentConfig(_Section):
         if crop is not None and crop < self.preprocess.image_size:
             raise ConfigError(f"augment.crop_from ({crop}) must be at least "
                               f"preprocess.image_size ({self.preprocess.image_size})")
+        if crop is not None and crop == self.preprocess.image_size:
+            raise UnusedSettingError(f"augment.crop_from is {crop}, preprocess.image_size: a crop of that size from an "
+                                     "image of that size is the whole image; give a larger size (e.g. "
+                                     f"{crop + crop // 8}) or remove it", "augment.crop_from")
         for name in MODE_OPTIONAL_SECTIONS:
             if name not in MODE_SECTIONS[self.model.mode]:
                 owner = self.model if name in MODEL_SECTIONS else self
