@@ -303,8 +303,9 @@ def image_info(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
 
     Example:
         >>> from pydicom.data import get_testdata_file
-        >>> image_info(get_testdata_file("CT_small.dcm"))
-        ImageInfo(height=128, width=128, channels=1, bit_depth=16, kind='dicom', decoder_output='', float_values=False, notes=(), hounsfield_units=True)
+        >>> info = image_info(get_testdata_file("CT_small.dcm"))
+        >>> info.height, info.width, info.channels, info.bit_depth, info.kind, info.hounsfield_units
+        (128, 128, 1, 16, 'dicom', True)
     """
     return read_image_and_info(path, max_pixels)[1]
 

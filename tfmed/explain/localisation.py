@@ -102,7 +102,7 @@ def box_localisation(table, maps: np.ndarray, resize: str, explained: list[str] 
     for i, (path, image_boxes) in enumerate(zip(table.frame["image"].astype(str), boxes)):
         if image_boxes:
             info = image_info(path, max_pixels=None)
-            for box in image_boxes:  # each box on its own: one smaller than a map pixel keeps the pixel most of it is in
+            for box in image_boxes:  # one by one: a box smaller than a map pixel keeps the pixel it lies in
                 full = box_mask([box], info.height, info.width).astype(np.float32)[..., None]
                 covered = np.asarray(Resize(size[0], mode=resize)(tf.constant(full)))[..., 0]
                 masks[i] |= covered > 0.5 if (covered > 0.5).any() else (covered >= covered.max()) & (covered > 0)
