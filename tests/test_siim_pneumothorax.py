@@ -1,5 +1,5 @@
 """The SIIM-ACR Pneumothorax Segmentation challenge's mask list read as published: DICOM files in nested folders,
-masks run-length encoded down the columns (relative starts in train-rle.csv, absolute in stage_2_train.csv),
+masks run-length encoded down the columns (relative starts in train-rle.csv; another file as its masks say),
 a box around each masked region for measuring explanations."""
 import json
 import shutil
@@ -75,7 +75,8 @@ def test_masks_decode_down_the_columns_relative_or_absolute():
         mask_from_rle("1 2 3", 4, 3, relative=True)
 
 
-@pytest.mark.parametrize("relative, name", [(True, "train-rle.csv"), (False, "stage_2_train.csv")])
+@pytest.mark.parametrize("relative, name", [(True, "train-rle.csv"), (True, "stage_2_train.csv"),
+                                            (False, "masks_absolute.csv")])
 def test_the_mask_list_becomes_one_row_per_image_with_a_box_per_region(tmp_path, relative, name):
     two_regions = rectangle(10, 20, 30, 15) | rectangle(70, 80, 20, 25)
     csv = write_siim(tmp_path / "siim", {0: [], 1: [two_regions], 2: [rectangle(5, 5, 8, 8), rectangle(90, 40, 12, 6)],
@@ -103,7 +104,7 @@ def test_a_file_mixing_the_two_encodings_is_refused_unless_the_publishers_name_d
     other.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataSourceError, match=r"masks.csv: 2 masks read only as relative run starts and 2 only as "
                                               r"absolute ones; keep one of the publisher's files \(train-rle.csv or "
-                                              r"stage_2_train.csv\) as published, under its name$"):
+                                              r"stage_2_train.csv\) as published$"):
         load_source(parse_source_spec(f"siim_pneumothorax:{other}"))
     # the publisher's train-rle.csv: relative starts by its name, each mask that does not read so reported
     csv.write_text(other.read_text())
@@ -140,24 +141,26 @@ def test_row_problems_name_the_line_and_the_fix(tmp_path):
     assert "row 8: " in text and "file not found" in text
 
 
-def test_the_publishers_file_name_decides_the_encoding_when_every_mask_reads_both_ways(tmp_path, capsys):
+def test_train_rle_csv_is_relative_by_its_name_and_another_file_as_its_masks_say(tmp_path, capsys):
     # absolute starts 10, 138, 266 of a small mask at the left edge also read as relative ones (three regions)
-    csv = write_siim(tmp_path / "siim", {0: [rectangle(0, 10, 3, 4)], 1: []}, relative=False,
-                     name="stage_2_train.csv")
-    assert csv.read_text().splitlines()[1].endswith(", 10 4 138 4 266 4")
-    assert load_source(parse_source_spec(f"siim_pneumothorax:{csv}")).frame["boxes"].tolist()[0] == "0,10,3,4"
-    # a file of another name: read as its masks say (relative, when every one reads both ways), and said so
+    absolute = write_siim(tmp_path / "abs", {0: [rectangle(0, 10, 3, 4)], 1: []}, relative=False,
+                          name="stage_2_train.csv")
+    assert absolute.read_text().splitlines()[1].endswith(", 10 4 138 4 266 4")
     configure_logging()
-    other = csv.with_name("masks.csv")
-    other.write_text(csv.read_text())
-    assert load_source(parse_source_spec(f"siim_pneumothorax:{other}")).frame["boxes"].tolist()[0] != "0,10,3,4"
-    said = capsys.readouterr().out
-    assert f"{other}: the masks are read with relative run starts (every mask reads both ways" in said
-    # the publisher's stage_2_train.csv holding a relative mask: that mask is reported with its row
-    relative = write_siim(tmp_path / "rel", {0: [rectangle(10, 20, 30, 15)]}).read_text()
-    (tmp_path / "rel" / "stage_2_train.csv").write_text(relative)
-    table = load_source(parse_source_spec(f"siim_pneumothorax:{tmp_path}/rel/stage_2_train.csv"))
-    assert "row 2: " in validate_table(table).format() and "is before the end of the run before it" in \
+    # stage_2_train.csv, as any file not named train-rle.csv: relative when every mask reads both ways, and said so
+    assert load_source(parse_source_spec(f"siim_pneumothorax:{absolute}")).frame["boxes"].tolist()[0] != "0,10,3,4"
+    assert f"{absolute}: the masks are read with relative run starts (every mask reads both ways" in \
+        capsys.readouterr().out
+    # ... and absolute when a mask can only be: as the challenge's stage-2 file is read whatever its encoding
+    two_regions = write_siim(tmp_path / "two", {0: [rectangle(10, 20, 30, 15) | rectangle(70, 80, 20, 25)]},
+                             relative=False, name="stage_2_train.csv")
+    assert load_source(parse_source_spec(f"siim_pneumothorax:{two_regions}")).frame["boxes"].tolist()[0] == \
+        "10,20,30,15;70,80,20,25"
+    assert "read with absolute run starts" in capsys.readouterr().out
+    # the publisher's train-rle.csv holding an absolute mask: that mask is reported with its row
+    (tmp_path / "two" / "train-rle.csv").write_text(two_regions.read_text())
+    table = load_source(parse_source_spec(f"siim_pneumothorax:{tmp_path}/two/train-rle.csv"))
+    assert "row 2: " in validate_table(table).format() and "runs past the end of the 128 x 128 image" in \
         table.frame["source_problems"].tolist()[0][0][0]
 
 

@@ -15,12 +15,12 @@ image, or one line of ``-1`` for an image without.
   ``data.classes`` names two others). ``boxes`` holds a box around each connected region of the
   image's masks (:mod:`tfmed.data.boxes`), against which ``tfmed explain`` and the report measure
   where the saliency maps point.
-* Masks are run-length encoded down the image's columns (column-major). The first stage gives each
-  run's start relative to the end of the run before; the second stage's file gives absolute starts.
-  The publisher's two names decide the encoding (:data:`PUBLISHED`); a file of another name is read as
-  its masks say: runs that would pass the image's end when read as relative mean absolute starts,
-  starts that do not increase mean relative ones (relative when every mask reads both ways), the
-  choice logged; such a file with both is refused.
+* Masks are run-length encoded down the image's columns (column-major), each run's start relative to
+  the end of the run before. ``train-rle.csv`` is read so by its name (:data:`PUBLISHED`); any other file,
+  ``stage_2_train.csv`` (which public pipelines read with the same relative decoder) included, is read as
+  its masks say: runs that would pass the image's end when read as relative mean absolute starts, starts
+  that do not increase mean relative ones (relative when every mask reads both ways), the choice logged;
+  such a file with both is refused.
 * Row problems, with the line of the image's first line (the header is 1): an image listed both
   with ``-1`` and with a mask, or with ``-1`` twice (both with their lines); a mask that is not pairs
   of whole numbers, or runs past the image's end (or, with absolute starts, starts before the run
@@ -54,7 +54,7 @@ from tfmed.progress import log
 IMAGE, PIXELS = "ImageId", "EncodedPixels"
 NO_MASK = "-1"
 # the publisher's file names and their encodings (relative starts: True)
-PUBLISHED = {"train-rle.csv": True, "stage_2_train.csv": False}
+PUBLISHED = {"train-rle.csv": True}
 CLASSES = ["no_pneumothorax", "pneumothorax"]
 WHAT = ("the publisher's train-rle.csv (or stage_2_train.csv) of the SIIM-ACR Pneumothorax Segmentation "
         "challenge, unchanged")
@@ -183,13 +183,13 @@ def _relative(path: Path, images: dict[str, dict], headers: dict[str, dict]) -> 
     if absolute_impossible and relative_impossible:
         raise DataSourceError(f"{path}: {absolute_impossible} masks read only as relative run starts and "
                               f"{relative_impossible} only as absolute ones; keep one of the publisher's files "
-                              "(train-rle.csv or stage_2_train.csv) as published, under its name")
+                              "(train-rle.csv or stage_2_train.csv) as published")
     relative = not relative_impossible
     why = (f"{relative_impossible} masks run past the image's end read as relative" if relative_impossible else
            f"{absolute_impossible} masks have starts that do not increase" if absolute_impossible else
            "every mask reads both ways")
     log(f"{path}: the masks are read with {'relative' if relative else 'absolute'} run starts ({why}; the file is "
-        "not named train-rle.csv, relative, or stage_2_train.csv, absolute, which would decide it)")
+        "not named train-rle.csv, which is relative by its name)")
     return relative
 
 
