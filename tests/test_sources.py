@@ -103,6 +103,17 @@ def test_medmnist_missing_keys_lists_keys_found(tmp_path):
         load_source(DataConfig(source="medmnist", path=f"{path}#val"))
 
 
+def test_a_medmnist_3d_file_is_refused_as_volumes(tmp_path):
+    path = tmp_path / "organ3d.npz"
+    np.savez(path, train_images=np.zeros((3, 28, 28, 28), np.uint8), train_labels=np.array([[0], [1], [2]]))
+    with pytest.raises(DataSourceError, match=r"organ3d.npz: train_images has shape \(3, 28, 28, 28\), volumes of "
+                                              r"28 slices \(a MedMNIST 3-D set"):
+        load_source(DataConfig(source="medmnist", path=str(path)))
+    rgb = tmp_path / "rgb.npz"
+    np.savez(rgb, train_images=np.zeros((3, 28, 28, 3), np.uint8), train_labels=np.array([[0], [1], [0]]))
+    assert len(load_source(DataConfig(source="medmnist", path=str(rgb)))) == 3  # colour images still read
+
+
 def test_medmnist_not_an_npz(tmp_path):
     path = tmp_path / "broken.npz"
     path.write_text("not a zip")

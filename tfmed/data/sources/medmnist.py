@@ -54,6 +54,11 @@ def load_medmnist(path: str | Path, classes: list[str] | None = None, task: str 
     for split in wanted:
         split_images = _array(archive, path, f"{split}_images")
         split_labels = _labels(_array(archive, path, f"{split}_labels"), path, f"{split}_labels")
+        if split_images.ndim == 4 and split_images.shape[-1] > 4:  # (N, D, H, W): MedMNIST's 3-D sets
+            raise DataSourceError(f"{path}: {split}_images has shape {split_images.shape}, volumes of "
+                                  f"{split_images.shape[1]} slices (a MedMNIST 3-D set, such as OrganMNIST3D), and "
+                                  "the medmnist source reads 2-D images (N, H, W) or (N, H, W, C); save each volume "
+                                  "as NIfTI and classify 2-D views of it (views: in the experiment)")
         if len(split_images) != len(split_labels):
             raise DataSourceError(f"{path}: {split}_images has {len(split_images)} images but "
                                   f"{split}_labels has {len(split_labels)} rows; they must match")
