@@ -558,6 +558,14 @@ def test_tfmed_ensemble_refuses_runs_evaluated_differently(two_runs, tmp_path, c
     assert not (tmp_path / "x").exists()
 
 
+def test_tfmed_ensemble_without_output_writes_beside_the_first_run(two_runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # not the folder the runs were made in
+    assert main(["ensemble", *map(str, two_runs)]) == 0
+    made = list((two_runs[0].parent.parent / "ensemble").iterdir())
+    assert len(made) == 1 and (made[0] / "MANIFEST.sha256").is_file() and not (tmp_path / "runs").exists()
+    shutil.rmtree(made[0].parent)  # the runs folder as the other tests find it
+
+
 def test_tfmed_ensemble_refuses_stacking_and_a_single_run(tmp_path, capsys):
     assert main(["ensemble", "a", "b", "--combine", "stacking", "--output", str(tmp_path / "x")]) == 2
     assert "out-of-fold training scores" in capsys.readouterr().err

@@ -764,3 +764,20 @@ def test_tfmed_recalibrate_says_what_to_do_when_no_threshold_can_be_chosen(runs,
                                                   r".*keep the run's thresholds with --keep-thresholds"):
         recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "none", "logistic")
     assert not (tmp_path / "none").exists()
+
+
+def test_a_recalibrated_run_goes_beside_its_run_whatever_folder_the_command_runs_in(runs, hospital, tmp_path,
+                                                                                   monkeypatch):
+    import json
+
+    from tfmed.run.rundir import runs_folder_of
+
+    monkeypatch.chdir(tmp_path)  # not the folder the run was made in
+    out = recalibrate_run(runs["raw"], hospital["fit"], method="logistic")
+    assert out.parent == runs["raw"].parent.parent / "raw_recalibrated" and not (tmp_path / "runs").exists()
+    assert ExperimentConfig.from_run(out).runs_dir == ExperimentConfig.from_run(runs["raw"]).runs_dir
+    made_in = tmp_path / "project"
+    made_in.mkdir()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "environment.json").write_text(json.dumps({"cwd": str(made_in)}))
+    assert runs_folder_of(tmp_path / "run", "runs") == made_in / "runs"  # a relative runs_dir, read from there

@@ -42,7 +42,7 @@ from tfmed.run.evaluate import load_metrics
 from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import (as_reread, environment_info, output_run_dir, refuse_output_inside_runs,
-                              refuse_used_output, resolve_run_dir, run_split_tables)
+                              refuse_used_output, resolve_run_dir, run_split_tables, runs_folder_of)
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
 
@@ -133,7 +133,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         metrics["recalibration"] = summary
     from tfmed.run.reporting import write_run_outputs
 
-    with output_run_dir(output, "ensemble") as out:
+    with output_run_dir(output, "ensemble", runs_folder_of(runs[0], configs[0].runs_dir)) as out:
         log(f"combining {len(runs)} runs ({combine}) into {out}")
         config.to_yaml(out / "config.yaml")
         # "verified": false when --no-verify read the runs without checking them against their manifests

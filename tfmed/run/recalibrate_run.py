@@ -39,7 +39,7 @@ from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recali
 from tfmed.run.manifest import finish_run
 from tfmed.run.reporting import (coarse_sentences, recalibration_sentences, subgroup_sentences, thresholds_chosen_on,
                                  write_outputs)
-from tfmed.run.rundir import (PROVENANCE_FILE, environment_info, json_object, output_run_dir,
+from tfmed.run.rundir import (PROVENANCE_FILE, environment_info, json_object, output_run_dir, runs_folder_of,
                               refuse_output_inside_runs, refuse_used_output, resolve_run_dir)
 
 
@@ -143,7 +143,7 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
                  else "every figure here is in-sample")
     notes = [f"The model of {run}, recalibrated on these images ({source}), {where}: {in_sample}. Measure it with "
              "tfmed evaluate --data on other images of the same hospital."]
-    with output_run_dir(output, f"{config.name}_recalibrated") as out:
+    with output_run_dir(output, f"{config.name}_recalibrated", runs_folder_of(run, config.runs_dir)) as out:
         log(f"writing the recalibrated model to {out}")
         new_config.to_yaml(out / "config.yaml")
         # "verified": false when --no-verify read the run without checking it against its manifest

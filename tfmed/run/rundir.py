@@ -207,10 +207,11 @@ def new_run_dir(runs_dir: str | Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def output_run_dir(output: str | Path | None, name: str):
+def output_run_dir(output: str | Path | None, name: str, runs_folder: str | Path = "runs"):
     """The directory a command that makes a run from saved runs writes: ``output`` (created; refused when it
-    holds anything, as runs never overwrite each other) or a new ``runs/NAME/TIMESTAMP``; removed (a given
-    empty ``output`` emptied) when the block fails or is interrupted, as :func:`written_whole` does.
+    holds anything, as runs never overwrite each other) or a new ``RUNS/NAME/TIMESTAMP`` in ``runs_folder`` (that
+    of the run it is made from: :func:`runs_folder_of`); removed (a given empty ``output`` emptied) when the
+    block fails or is interrupted, as :func:`written_whole` does.
 
     Example:
         >>> import tempfile
@@ -220,7 +221,7 @@ def output_run_dir(output: str | Path | None, name: str):
     """
     made = output is None or not Path(output).exists()
     if output is None:
-        out = new_run_dir("runs", name)
+        out = new_run_dir(runs_folder, name)
     else:
         refuse_used_output(output, "runs")
         out = Path(output)
@@ -370,6 +371,19 @@ def run_working_dir(run_dir: Path) -> Path | None:
     """
     cwd = json_object(run_dir / "environment.json").get("cwd")
     return Path(cwd) if isinstance(cwd, str) and Path(cwd).is_dir() else None
+
+
+def runs_folder_of(run_dir: Path, runs_dir: str) -> Path:
+    """The runs folder a run's config names (``runs_dir``), a relative one read from the folder the run was
+    started in (as the run was made), so that runs made from it go beside it wherever the command runs.
+
+    Example:
+        >>> runs_folder_of(Path("/data/runs/study/20261207-101500"), "/data/runs")
+        PosixPath('/data/runs')
+    """
+    folder = Path(runs_dir)
+    base = None if folder.is_absolute() else run_working_dir(run_dir)
+    return base / folder if base is not None else folder
 
 
 def as_reread(run_dir: Path, refs, known: set[str]) -> list[str]:
