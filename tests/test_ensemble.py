@@ -434,6 +434,7 @@ def test_tfmed_ensemble_combines_saved_runs_and_rechooses_thresholds_on_val(two_
         select_thresholds("binary", val["label"].to_numpy(), val["score"].to_numpy())["youden"])
     assert set(metrics["members"]["test"]) == {"middle", "late"}
     assert metrics["near_duplicates"] == load_metrics(two_runs[0])["near_duplicates"] is not None
+    assert metrics["test_origin"] == load_metrics(two_runs[0])["test_origin"] is not None  # e.g. in-distribution
     assert json.loads((out / "environment.json").read_text())["verified"] is True  # False after --no-verify
     config = ExperimentConfig.from_yaml(out / "config.yaml")
     assert config.model.mode == "ensemble" and len(config.model.ensemble.members) == 2

@@ -924,6 +924,12 @@ def test_a_run_without_a_test_split_trains_on_all_and_says_where_figures_come_fr
     assert list(metrics["splits"]) == ["val"] and sum(metrics["counts"]["train"].values()) == 160
     assert sum(metrics["counts"]["test"].values()) == 0
     assert "val: the split the thresholds were chosen on" in summary_text(metrics)
+    for level, heading in ((0.975, "AUC (97.5% CI)"), (0.99, "AUC (99% CI)"), (0.999, "AUC (99.9% CI)")):
+        at_level = json.loads(json.dumps(metrics))
+        for split in at_level["splits"].values():
+            for entry in split.values():
+                entry["ci_level"] = level
+        assert heading in summary_text(at_level)  # as the report words the level, not rounded
     assert metrics["test_origin"] is None  # no test split has an origin
     report = (run_dir / "report.html").read_text()
     assert "This run has no test split: score held-out data with tfmed evaluate --data" in report

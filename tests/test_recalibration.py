@@ -556,6 +556,8 @@ def test_tfmed_recalibrate_fits_another_hospitals_images_into_a_new_run(runs, ho
     assert json.loads((out / "recalibrated_from.json").read_text()) == {
         "run": str(runs["raw"]), "data": hospital["fit"], "method": "logistic", "thresholds": "chosen"}
     assert "every figure here is in-sample" in (out / "report.html").read_text()
+    # the model facts say in how many views an image is scored
+    assert "<td>test-time views</td><td>1</td>" in (out / "report.html").read_text().replace("\n", "")
     # measured on the hospital's other images: the same ranking (AUC), the recalibrated probabilities
     raw_test = evaluate_run(runs["raw"], data=hospital["measure"], output=tmp_path / "raw_test")
     new_test = evaluate_run(out, data=hospital["measure"], output=tmp_path / "new_test")

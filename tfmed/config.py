@@ -1160,7 +1160,7 @@ class EvaluationConfig(_Section):
     subgroups: the patient and image attributes whose groups get their own
         figures in every split holding two or more of them (site, view, sex,
         age): images, AUC with its interval and, for a binary model,
-        sensitivity and specificity at the first threshold with a test of
+        sensitivity and specificity at the ``threshold`` point with a test of
         whether they differ between the groups. Default [site]; a named
         attribute other than site that no image of the data records is
         refused.

@@ -127,8 +127,9 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
                "tta_views": first.tta.view_count(), "member_runs": [str(r) for r in runs],
                "members": {split: compare_to_members(model.task, table.labels(), scores[split], member_scores[split])
                            for split, table in tables.items()},
-               # the runs share one split, so their near-identical images are the first run's
-               "near_duplicates": load_metrics(runs[0]).get("near_duplicates")}
+               # the runs share one split, so their near-identical images and test split's origin are the first run's
+               "near_duplicates": load_metrics(runs[0]).get("near_duplicates"),
+               "test_origin": load_metrics(runs[0]).get("test_origin")}
     if summary is not None:
         metrics["recalibration"] = summary
     from tfmed.run.reporting import write_run_outputs

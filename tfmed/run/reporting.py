@@ -217,8 +217,8 @@ def write_outputs(out: Path, *, title: str, source: str, model, parts: dict[str,
     context = ReportContext(
         title=title, task=metrics["task"], source=source, counts=metrics.get("counts", {}),
         images=metrics.get("images", {}), unknown_labels=metrics.get("unknown_labels", {}),
-        model=model_facts or {"mode": model.mode, "backbone": model.backbone,
-                              "test-time views": metrics.get("tta_views", 1)},
+        model={**(model_facts or {"mode": model.mode, "backbone": model.backbone}),
+               "test-time views": metrics.get("tta_views", 1)},
         metrics={split: primary_metrics(metrics, split) for split in metrics["splits"]},
         operating_points=(metrics["splits"][report_split] if metrics["task"] == "binary" and scores else {}),
         thresholds_chosen_on=chosen_on, operating_split=report_split,
@@ -415,11 +415,12 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         history = {k: v for k, v in estimator.history_.items()
                    if k not in ("epoch", "stage", "stage_boundaries")}
         boundaries = [b for b in estimator.history_.get("stage_boundaries", []) if b > 0]
-    facts = {"mode": model.mode, "backbone": model.backbone, "weights": config.model_setting("weights"),
+    weights = config.model_setting("weights")
+    facts = {"mode": model.mode, "backbone": model.backbone,
+             "weights": "none (random initialisation)" if weights is None else weights,
              "image size": config.preprocess.image_size, "intensity": config.preprocess.intensity,
              "threshold method": model.threshold_method if model.thresholds else ARGMAX_DECISION}
     facts.update(estimator.report_facts())
-    facts["test-time views"] = metrics.get("tta_views", 1)
     if model.recalibration is not None:
         facts["recalibration"] = model.recalibration.describe()
     threshold_note = THRESHOLD_NOTE if "test" in metrics["splits"] else NO_TEST_NOTE
@@ -503,7 +504,7 @@ def summary_text(metrics: dict) -> str:
     entries = [entry for split in metrics["splits"].values()
                for entry in ([split] if metrics["task"] == "multiclass" else split.values())]
     level = next((entry["ci_level"] for entry in entries if entry.get("ci_level") is not None), 0.95)
-    heading = f"AUC ({level:.0%} CI)"
+    heading = f"AUC ({100 * level:g}% CI)"
     lines = [f"{'split':<6} {'point':<17} {heading:<22} {'sens':>6} {'spec':>6} {'PPV':>6} {'NPV':>6}"]
     for row in headline_rows(metrics):
         lines.append(f"{row['split']:<6} {row['point']:<17} {row['auc']:<22} {row['sensitivity']:>6} "
