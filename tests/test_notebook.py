@@ -32,8 +32,8 @@ def _code_cells(notebook: Path = NOTEBOOK):
             yield "\n".join(lines)
 
 
-def test_there_are_the_quickstart_and_the_ct_notebooks():
-    assert [notebook.name for notebook in NOTEBOOKS] == ["ct_views.ipynb", "quickstart.ipynb"]
+def test_there_are_the_quickstart_the_ct_and_the_own_data_notebooks():
+    assert [notebook.name for notebook in NOTEBOOKS] == ["ct_views.ipynb", "own_data.ipynb", "quickstart.ipynb"]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda notebook: notebook.name)

@@ -87,3 +87,25 @@ def test_the_ct_notebook_runs_top_to_bottom(monkeypatch):
     # Grad-CAM of test cases on mosaics of their nine views: each peak named by its view
     assert re.search(r"group\s+label\s+score\s+peak_view\s+peak_row\s+peak_col", texts)
     assert "'method': 'gradcam'" in texts and "'deletion_auc'" in texts
+
+
+@pytest.mark.slow
+def test_the_own_data_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFMED_OWN_DATA_TINY", "1")  # 60 images at 32 px with random weights, 40 of site B
+    monkeypatch.setenv("TFMED_OWN_DATA_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT)] + sys.path))
+    notebook = nbformat.read(ROOT / "notebooks" / "own_data.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    texts = "\n".join(output["text"] for output in outputs if "text" in output)
+    assert re.search(r"my_images \{'normal': 30, 'pneumonia': 30\}", texts)
+    assert "the run's checks passed" in texts   # tfmed validate on the experiment
+    assert re.search(r"pooled out-of-fold AUC [0-9.]+ \([0-9.]+-[0-9.]+\); folds( [0-9.]+,){4} [0-9.]+", texts)
+    assert "test split (carved from the same folders: in-distribution) AUC" in texts
+    before = re.search(r"site B, the model and threshold as trained: AUC ([0-9.]+)", texts)
+    after = re.search(r"site B, recalibrated on its tuning half: AUC ([0-9.]+)", texts)
+    assert before and after and before.group(1) == after.group(1)  # recalibration keeps the ranking
+    assert len(list((tmp_path / "runs" / "my_study").glob("*/evaluations/*/metrics.json"))) == 1
+    assert len(list((tmp_path / "runs" / "my_study_recalibrated").glob("*/evaluations/*/metrics.json"))) == 1
