@@ -683,6 +683,9 @@ def test_tfmed_ensemble_of_runs_without_a_test_split_keeps_each_runs_seed(tiny_s
     assert set(load_metrics(out)["splits"]) == {"val"}
     members = ExperimentConfig.from_yaml(out / "config.yaml").model.ensemble.members
     assert [member.seed for member in members] == [0, 7]
+    backwards = tmp_path / "backwards"  # a first run of another seed than the default: combined as well
+    assert main(["ensemble", *map(str, runs[::-1]), "--output", str(backwards)]) == 0
+    assert [m.seed for m in ExperimentConfig.from_yaml(backwards / "config.yaml").model.ensemble.members] == [7, 0]
     # a failure while the combined run is written leaves no half-written run behind
     import tfmed.run.reporting as reporting
 

@@ -284,6 +284,7 @@ def _ensemble_config(configs: list[ExperimentConfig], names: list[str], combine:
     # the members name their backbones; a member's weights left null take the model's (the first run's)
     model = ModelConfig(mode="ensemble", weights=first.model.weights, weights_dir=first.model.weights_dir,
                         ensemble=EnsembleConfig(members=members, combine=combine))
-    return dataclasses.replace(first, name=f"{first.name}_ensemble", description="", model=model,
+    # each member keeps its run's seed, so the combination's own is left at its default
+    return dataclasses.replace(first, name=f"{first.name}_ensemble", description="", model=model, seed=0,
                                augment=type(first.augment)(), balance=type(first.balance)(),
                                evaluation=dataclasses.replace(first.evaluation, recalibration=recalibration))
