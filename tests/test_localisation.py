@@ -16,6 +16,7 @@ from tfmed.data.sources import load_source, parse_source_spec
 from tfmed.data.sources.manifest import load_manifest
 from tfmed.data.sources.rsna_pneumonia import HEADER
 from tfmed.data.validate import SOURCE_PROBLEMS
+from tfmed.data.table import ImageTable
 from tfmed.explain.localisation import box_localisation, localisation, summary
 from tfmed.run.cli import main
 from tfmed.run.experiment import run_experiment
@@ -71,7 +72,7 @@ def test_boxes_are_resized_as_their_image_was(tmp_path, resize, rows):
     assert box_localisation(load_manifest(tmp_path / "m.csv").subset([1]), maps[1:], resize) is None
 
 
-def test_in_a_binary_table_a_box_marks_the_positive_class_so_a_map_of_the_other_class_is_not_scored(tmp_path):
+def test_an_unnamed_box_marks_its_images_own_class_so_a_map_of_the_other_class_is_not_scored(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32), np.uint8))
     (tmp_path / "m.csv").write_text("path,label,patient_id,boxes\na.png,pneumonia,p1,\"0,0,16,16\"\n"
                                     "a.png,pneumonia,p2,\"0,0,16,16\"\na.png,normal,p3,\n")
@@ -84,6 +85,9 @@ def test_in_a_binary_table_a_box_marks_the_positive_class_so_a_map_of_the_other_
     assert per_image[0]["peak_in_box"] is True
     assert per_image[1] == {"peak_in_box": None, "energy_in_boxes": None, "box_fraction": None}
     assert summary(per_image)["images_with_boxes"] == 1
+    # whatever the order of the classes: boxed images of the first class (e.g. tuberculosis before healthy)
+    first = ImageTable(table.frame.assign(label=[0, 0]), ["tuberculosis", "healthy"], "binary")
+    assert summary(box_localisation(first, maps, "plain", ["tuberculosis", "tuberculosis"]))["pointing_game"] == 1.0
 
 
 def test_a_box_smaller_than_a_map_pixel_keeps_the_pixel_it_lies_in(tmp_path):

@@ -76,8 +76,9 @@ def box_localisation(table, maps: np.ndarray, resize: str, explained: list[str] 
     """Each map of ``table``'s images (an :class:`~tfmed.data.table.ImageTable`) against the image's boxes
     (:func:`localisation`), the boxes resized as the image was (``preprocess.resize``); None when no row
     has boxes. With ``explained`` (the class or label each map explains) a box that names a label counts
-    only for the map of that label (see :mod:`tfmed.data.boxes`), and in a binary table a box that names none
-    marks the finding, the positive class: a map of the negative class (e.g. of a missed case) is not scored.
+    only for the map of that label (see :mod:`tfmed.data.boxes`), and in a binary or multiclass table a box that
+    names none marks the finding of its image's own class: a map of another class (e.g. a missed case's) is not
+    scored against it.
 
     Example:
         >>> box_localisation(table, result.maps, "plain")[0]  # doctest: +SKIP
@@ -90,10 +91,10 @@ def box_localisation(table, maps: np.ndarray, resize: str, explained: list[str] 
     if BOXES_COLUMN not in table.frame.columns:
         return None
     texts = table.frame[BOXES_COLUMN].tolist()
-    # in a binary table a box that names no class marks the finding: the positive class's maps alone
-    finding = table.classes[-1] if table.task == "binary" else None
+    # a box that names no class marks its image's own class (multilabel: any of the image's labels)
+    own = [str(table.classes[label]) for label in table.labels()] if table.task != "multilabel" else None
     boxes = [parse_boxes(text, None if explained is None else explained[i],
-                         unlabelled=finding is None or explained is None or str(explained[i]) == str(finding))
+                         unlabelled=own is None or explained is None or str(explained[i]) == own[i])
              for i, text in enumerate(texts)]
     if not any(boxes):
         return None
