@@ -181,8 +181,6 @@ def test_sections_built_in_python_are_range_checked():
      "augment.hflip is true; it is set but augment.enabled is false"),
     ({"model": {"mode": "finetune"}, "augment": {"enabled": True}},
      "augment.enabled is true; it is true but every transform is off"),
-    ({"model": {"mode": "finetune"}, "preprocess": {"image_size": 64}, "augment": {"crop_from": 64}},
-     "augment.crop_from is 64, preprocess.image_size: a crop of that size from an image of that size is the whole"),
     ({"data": {"source": "pneumonia_mnist", "path": "mine.npz"}},
      "data.path is 'mine.npz'; data.source pneumonia_mnist is shipped with tfmed, so it reads no file"),
     ({"data": {"task": "multiclass"}}, "data.task is 'multiclass'; data.source pneumonia_mnist is shipped"),

@@ -1022,6 +1022,27 @@ def test_report_explain_of_models_whose_maps_cannot_be_drawn_or_averaged_is_refu
         check_config_fits_data(config, prepare_data(config), new_run=False)  # a run made before: still read
 
 
+def test_a_crop_of_the_whole_image_is_refused_unless_a_model_reading_it_crops(tmp_path):
+    from tfmed.config import UnusedSettingError
+    from tfmed.run.experiment import check_config_fits_data, prepare_data
+
+    base = {"name": "crop", "runs_dir": str(tmp_path / "runs"), "augment": {"crop_from": 40},
+            "data": {"source": f"medmnist:{_tiny_medmnist(tmp_path)}"}}
+    finetune = {"mode": "finetune", "backbone": TINY, "weights": None}
+    single = ExperimentConfig.from_dict({**base, "preprocess": {"image_size": 40}, "model": finetune})
+    table = prepare_data(single)
+    with pytest.raises(UnusedSettingError, match=r"crop: augment.crop_from is 40, the image size it would crop at"):
+        check_config_fits_data(single, table)
+    check_config_fits_data(single, table, new_run=False)  # a run made before: still read
+    members = [{"mode": "finetune", "name": "a"}, {"mode": "finetune", "name": "b", "preprocess": {"image_size": 40}}]
+    ensemble = {**base, "preprocess": {"image_size": 32}, "model": {**finetune, "mode": "ensemble",
+                                                                   "ensemble": {"members": members}}}
+    check_config_fits_data(ExperimentConfig.from_dict(ensemble), table)  # member a crops 32 px out of 40
+    members[0]["preprocess"] = {"image_size": 40}
+    with pytest.raises(UnusedSettingError, match="augment.crop_from is 40, the image size it would crop at"):
+        check_config_fits_data(ExperimentConfig.from_dict(ensemble), table)
+
+
 def test_a_split_seed_that_draws_nothing_is_refused(tmp_path):
     config = _small(ExperimentConfig.from_yaml(ROOT / "experiments/pneumonia_mnist_svm.yaml"), tmp_path)
     config = ExperimentConfig.from_dict({**config.to_dict(), "split": {"method": "predefined", "test_fraction": 0.0,

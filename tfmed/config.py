@@ -1312,10 +1312,6 @@ class ExperimentConfig(_Section):
         if crop is not None and crop < self.preprocess.image_size:
             raise ConfigError(f"augment.crop_from ({crop}) must be at least "
                               f"preprocess.image_size ({self.preprocess.image_size})")
-        if crop is not None and crop == self.preprocess.image_size:
-            raise UnusedSettingError(f"augment.crop_from is {crop}, preprocess.image_size: a crop of that size from an "
-                                     "image of that size is the whole image; give a larger size (e.g. "
-                                     f"{crop + crop // 8}) or remove it", "augment.crop_from")
         for name in MODE_OPTIONAL_SECTIONS:
             if name not in MODE_SECTIONS[self.model.mode]:
                 owner = self.model if name in MODEL_SECTIONS else self

@@ -201,7 +201,29 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable, new_run:
                                  "report.explain")
     if config.report.explain and new_run:
         _refuse_what_cannot_be_explained(config)
+    if new_run:
+        _refuse_a_crop_of_the_whole_image(config)
     get_mode(config.model.mode).check_experiment(config, table)
+
+
+def _refuse_a_crop_of_the_whole_image(config: ExperimentConfig) -> None:
+    """An ``augment.crop_from`` (the experiment's, or an ensemble member's own) that every model reading it sees at
+    its own image size: a crop of the whole image, which changes nothing."""
+    ensemble = config.model.mode == "ensemble"
+    parts = ([(f"model.ensemble.members[{i}].", config.member_experiment(i))
+              for i in range(len(config.model.ensemble.members))] if ensemble else [("", config)])
+    readers: dict[int, list] = {}  # each augment section and the models that read it
+    for prefix, part in parts:
+        if part.augment.crop_from is not None:
+            own = ensemble and part.augment is not config.augment
+            readers.setdefault(id(part.augment), []).append((prefix if own else "", part))
+    for models in readers.values():
+        crop = models[0][1].augment.crop_from
+        if all(part.preprocess.image_size == crop for _, part in models):
+            key = f"{models[0][0]}augment.crop_from"
+            raise UnusedSettingError(f"{config.name}: {key} is {crop}, the image size it would crop at: a crop of "
+                                     "that size from an image of that size is the whole image; give a larger size "
+                                     f"(e.g. {crop + crop // 8}) or remove it", key)
 
 
 def _refuse_what_cannot_be_explained(config: ExperimentConfig) -> None:
