@@ -735,6 +735,17 @@ class AugmentConfig(_Section):
                 self._fail(name, f"give {what}")
 
 
+def _one_pixel_shift(image_size: int) -> float:
+    """The shift (a fraction of ``image_size``, 3 significant digits, rounded up) that moves the image 1 pixel.
+
+    Example:
+        >>> _one_pixel_shift(32), _one_pixel_shift(2048)
+        (0.0313, 0.000489)
+    """
+    scale = 10 ** (2 - math.floor(math.log10(1 / image_size)))
+    return math.ceil(scale / image_size) / scale
+
+
 @dataclass
 class TTAConfig(_Section):
     """Test-time augmentation: each image is scored in several fixed views and the scores averaged.
@@ -800,8 +811,7 @@ class TTAConfig(_Section):
         if self.shift > 0 and pixels == 0:
             raise ConfigError(f"tta.shift is {self.shift:g}, which at preprocess.image_size {image_size} rounds to 0 "
                               "pixels: its 4 views would be the image itself, weighing it 5 times in the average; "
-                              f"use {math.ceil(1000 / image_size) / 1000:g} (1 pixel) or more, or 0 to turn shifts "
-                              "off")
+                              f"use {_one_pixel_shift(image_size):g} (1 pixel) or more, or 0 to turn shifts off")
         return pixels
 
     def view_count(self) -> int:
