@@ -178,6 +178,9 @@ def test_evaluate_on_an_official_medmnist_style_file(pneumonia_run, tmp_path):
     assert sum(metrics["counts"]["test"].values()) == 60
     # these are the run's own validation images, and the evaluation says so
     assert metrics["near_duplicates"]["copies_of_run_images"] == 60
+    report = (out / "report.html").read_text()
+    assert f"The split named test here is the data evaluated (medmnist:{path}#test" in report
+    assert "the figures here are not fully held out" in report
 
 
 def _data_yaml(tmp_path: Path, source: str, path: Path | None = None) -> str:
@@ -519,6 +522,8 @@ def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
     # scores may separate its classes completely, and then the fit is declined with that reason; the fit
     # itself is tested in test_recalibration.py)
     assert metrics["threshold_method"] == "fixed" and metrics["thresholds"]["fixed"] == 0.5
+    assert "decides at the preset threshold 0.5 (evaluation.threshold: fixed), which was not chosen on any data" \
+        in (run_dir / "report.html").read_text()
     recalibration = metrics["recalibration"]
     assert (recalibration["method"], recalibration["fitted_on"]) == ("logistic", "out_of_fold")
     assert recalibration["applied"] or "separate the classes completely" in recalibration["reason"]

@@ -177,7 +177,8 @@ def test_binary_report(tmp_path, binary_data):
     text = write_report(tmp_path / "kfold", context).read_text(encoding="utf-8")
     assert "<figcaption>ROC curve (test) with the operating points chosen on the pooled out-of-fold scores" in text
     assert "Operating thresholds were chosen on the pooled out-of-fold scores and applied unchanged" in text
-    assert "Each threshold was chosen on <b>the pooled out-of-fold scores</b>" in text
+    assert ("Thresholds were chosen on the pooled out-of-fold scores and applied unchanged to the test split, "
+            "where these values were measured") in text
     assert "validation" not in text.replace("threshold chosen on validation", "") and "val split" not in text
     context.thresholds_chosen_on = "the val split"
     # a run without a test split draws its plots on validation, and the captions say so
@@ -185,6 +186,13 @@ def test_binary_report(tmp_path, binary_data):
     text = write_report(tmp_path / "val_only", context).read_text(encoding="utf-8")
     assert "<figcaption>ROC curve (val) with" in text and "<figcaption>Confusion matrix (val)" in text
     assert "(test)" not in text
+    # ... and says that its operating points are measured where they were chosen
+    assert "Operating thresholds were chosen on the val split and measured on the same images (in-sample)" in text
+    assert "applied unchanged to the val split" not in text
+    # a fixed threshold is a preset, not a choice made on data
+    context.operating_points = {**context.operating_points, "fixed": context.operating_points["youden"]}
+    text = write_report(tmp_path / "fixed", context).read_text(encoding="utf-8")
+    assert "the val split (the fixed point is the preset 0.5, not chosen on data) and measured on the same" in text
 
 
 def test_kfold_sentence_says_where_each_threshold_came_from_in_whole_sentences():

@@ -268,9 +268,16 @@ def _summary(context: ReportContext) -> str:
         text = (f"On the {split} split (n={metrics.get('n')}), macro AUC {_macro_auc(metrics)}, "
                 f"micro AUC {_num(metrics.get('micro_auc'))}.")
     if context.operating_points:
-        text += (f" Operating thresholds were chosen on {context.thresholds_chosen_on} and applied "
-                 f"unchanged to the {context.operating_split} split.")
+        text += f" Operating thresholds were chosen on {_chosen_and_measured(context)}."
     return f"<p class='summary'>{_e(text)}</p>"
+
+
+def _chosen_and_measured(context: ReportContext) -> str:
+    """Where the operating thresholds were chosen and where they are measured; the same images are in-sample."""
+    fixed = " (the fixed point is the preset 0.5, not chosen on data)" if "fixed" in context.operating_points else ""
+    if context.thresholds_chosen_on == f"the {context.operating_split} split":
+        return f"{context.thresholds_chosen_on}{fixed} and measured on the same images (in-sample)"
+    return f"{context.thresholds_chosen_on}{fixed} and applied unchanged to the {context.operating_split} split"
 
 
 def _data_section(context: ReportContext) -> str:
@@ -357,8 +364,7 @@ def _operating_section(context: ReportContext) -> str:
         rows.append([name.replace("_", " "), _num(m.get("threshold"), 4)]
                     + [_pct(m.get(k), ci.get(k)) for k, _ in _PROPORTION_LABELS]
                     + [cm.get("tp"), cm.get("fp"), cm.get("fn"), cm.get("tn")])
-    intro = (f"<p>Each threshold was chosen on <b>{_e(context.thresholds_chosen_on)}</b> and applied "
-             f"unchanged to the <b>{_e(context.operating_split)}</b> split, where these values were "
+    intro = (f"<p>Thresholds were chosen on {_e(_chosen_and_measured(context))}, where these values were "
              f"measured (a case is called positive when its score is at or above the threshold).</p>")
     return "<h2>Operating points</h2>" + intro + _table(header, rows)
 

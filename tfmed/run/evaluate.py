@@ -81,6 +81,8 @@ def evaluate_run(model_dir: str | Path, data: str | None = None, output: str | P
     metrics = {**scored_metrics(model, {"test": table}, {"test": scores}, config.evaluation), "source": source,
                **count_entries({"test": table}), "tta_views": model.tta.view_count()}
     notes = [f"Model from {run_dir}; {_decisions(run_dir, config, model)}."]
+    if data is not None:  # metrics.json and the report file the scored images under "test", whatever they are
+        notes.append(f"The split named test here is the data evaluated ({source}), not a split of the run.")
     if not verify:
         notes.append("The run's files were not checked against its manifest (--no-verify).")
     if data is None:  # the run's own test split: it scored these images itself, and said where they came from

@@ -31,6 +31,8 @@ THRESHOLD_NOTE = ("Thresholds were chosen on the validation split only and appli
                   "test split; test data never influenced the model, its hyper-parameters or its thresholds.")
 NO_TEST_NOTE = ("Thresholds were chosen on the validation split. This run has no test split: score held-out "
                 "data with tfmed evaluate --data.")
+FIXED_NOTE = ("The run decides at the preset threshold 0.5 (evaluation.threshold: fixed), which was not chosen on "
+              "any data; the other operating points are shown beside it.")
 
 
 def primary_metrics(metrics: dict, split: str) -> dict:
@@ -425,6 +427,8 @@ def write_run_outputs(run_dir: Path, config, model, parts: dict[str, ImageTable]
         facts["recalibration"] = model.recalibration.describe()
     threshold_note = THRESHOLD_NOTE if "test" in metrics["splits"] else NO_TEST_NOTE
     notes = [threshold_note if model.thresholds else f"No threshold: {ARGMAX_DECISION}."]
+    if model.thresholds and model.threshold_method == "fixed":
+        notes.append(FIXED_NOTE)
     if metrics.get("test_origin") and "test" in metrics["splits"]:
         notes.append(test_origin_note(metrics["test_origin"]))
     notes += [twin_note(split, count, total) for split, count, total in _twins_in_train(metrics)]
