@@ -62,15 +62,19 @@ def test_the_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert "threshold stored in the model: 0." in texts
 
 
-@pytest.mark.slow
-def test_the_ct_notebook_runs_top_to_bottom(monkeypatch):
+def _executed(name: str, monkeypatch) -> tuple[list, str]:
+    """Run notebooks/NAME top to bottom in a Jupyter kernel (no cell may fail); its outputs, and their texts."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT)] + sys.path))
-    notebook = nbformat.read(ROOT / "notebooks" / "ct_views.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
-    texts = "\n".join(output["text"] for output in outputs if "text" in output)
+    return outputs, "\n".join(output["text"] for output in outputs if "text" in output)
+
+
+@pytest.mark.slow
+def test_the_ct_notebook_runs_top_to_bottom(monkeypatch):
+    outputs, texts = _executed("ct_views.ipynb", monkeypatch)
     # the real CT slice: read in Hounsfield units (modality LUT applied), then windowed to 0-255 RGB
     assert "modality: CT" in texts and "(128, 128, 1): -896 to 1167 HU" in texts
     assert "one window: (128, 128, 3) three windows: (128, 128, 3)" in texts
@@ -93,13 +97,7 @@ def test_the_ct_notebook_runs_top_to_bottom(monkeypatch):
 def test_the_own_data_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("TFMED_OWN_DATA_TINY", "1")  # 60 images at 32 px with random weights, 40 of site B
     monkeypatch.setenv("TFMED_OWN_DATA_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT)] + sys.path))
-    notebook = nbformat.read(ROOT / "notebooks" / "own_data.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT)}}).execute()
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
-    assert not [output for output in outputs if output.output_type == "error"]
-    texts = "\n".join(output["text"] for output in outputs if "text" in output)
+    _, texts = _executed("own_data.ipynb", monkeypatch)
     assert re.search(r"my_images \{'normal': 30, 'pneumonia': 30\}", texts)
     assert "the run's checks passed" in texts   # tfmed validate on the experiment
     assert re.search(r"pooled out-of-fold AUC [0-9.]+ \([0-9.]+-[0-9.]+\); folds( [0-9.]+,){4} [0-9.]+", texts)
