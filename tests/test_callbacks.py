@@ -577,3 +577,55 @@ def test_staged_unfreeze_catches_up_scheduled_epochs_a_resumed_fit_skipped():
         warnings.simplefilter("error", UserWarning)
         model.fit(x, y, initial_epoch=4, epochs=5, verbose=0, callbacks=[staged])
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-4, rel=1e-5)
+
+
+def _two_block_model():
+    from tfmed.training import freezing
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(4, name="b2_dense")(keras.layers.Dense(4, name="b1_dense")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(hidden))
+    freezing.freeze(model, ["b1_", "b2_"])
+    model.compile(keras.optimizers.Adam(1e-3), "binary_crossentropy")
+    return model
+
+
+def test_a_fit_that_starts_at_a_scheduled_epoch_applies_that_entry_once():
+    from tfmed.training.staged_unfreeze import StagedUnfreeze
+
+    model = _two_block_model()
+    unfreeze = StagedUnfreeze(["b1_", "b2_"], schedule=[(1, "all")], lr_factor=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(np.ones((8, 4)), np.ones(8), epochs=2, initial_epoch=1, verbose=0, callbacks=[unfreeze])
+    assert len(unfreeze.changes_) == 1 and float(model.optimizer.learning_rate) == pytest.approx(1e-4)
+
+
+def test_on_plateau_each_change_waits_patience_epochs_without_gain():
+    from tfmed.training.staged_unfreeze import StagedUnfreeze
+
+    class FlatAUC(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_auc"] = 0.5  # never better after the first epoch
+
+    model = _two_block_model()
+    unfreeze = StagedUnfreeze(["b1_", "b2_"], on_plateau=True, amounts=[1, 2], patience=2, lr_factor=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(np.ones((8, 4)), np.ones(8), epochs=6, verbose=0, callbacks=[FlatAUC(), unfreeze])
+    assert [change["epoch"] for change in unfreeze.changes_] == [3, 5]
+
+
+def test_the_threshold_logged_for_several_labels_is_their_mean():
+    from tfmed.training.callbacks import ThresholdSelector
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 3)).astype("float32")
+    y = np.c_[(x[:, 0] > 0.5), (x[:, 1] > 0.3)].astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="sigmoid")])
+    model.compile("sgd", "binary_crossentropy")
+    selector = ThresholdSelector((x, y))
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[selector])
+    per_label = np.asarray(selector.thresholds_[0], dtype=float)
+    assert per_label.shape == (2,) and per_label[0] != per_label[1]
+    assert history.history["val_threshold"][0] == pytest.approx(per_label.mean())

@@ -716,3 +716,44 @@ def test_an_ensemble_records_its_members_backbones_and_refuses_one_no_member_tak
     unweighted = ExperimentConfig.from_dict({"model": {"mode": "ensemble", "weights": None, "ensemble": {"members": [
         {"name": "a", "mode": "svm"}, {"name": "b", "mode": "svm", "backbone": "efficientnet_lite1"}]}}})
     assert unweighted.model_setting("weights") == "None"  # the report's weights fact: what the members take
+
+
+def test_multiclass_stacking_is_a_multinomial_logistic_regression_on_the_members_log_probabilities():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+
+    def member(strength):
+        logits = rng.normal(size=(90, 3))
+        logits[np.arange(90), y] += strength
+        return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+    a, b = member(2.0), member(0.3)
+    combined = ScoreCombiner("stacking", "multiclass").fit([a, b], y).combine([a, b])
+    features = np.concatenate([np.log(a), np.log(b)], axis=1)
+    expected = LogisticRegression(C=1.0, max_iter=1000).fit(features, y).predict_proba(features)
+    np.testing.assert_allclose(combined, expected, atol=1e-4)
+
+
+def test_multilabel_rank_averaging_ranks_each_label_among_its_own_reference_scores():
+    from scipy.stats import percentileofscore
+
+    rng = np.random.default_rng(0)
+    # two labels on very different scales (label 0 around 0.1, label 1 around 0.9), two members
+    reference = [np.column_stack([rng.uniform(0.0, 0.2, 40), rng.uniform(0.8, 1.0, 40)]) for _ in range(2)]
+    new = [np.array([[0.1, 0.9]]), np.array([[0.1, 0.9]])]
+    combined = ScoreCombiner("rank", "multilabel").fit(reference, rng.integers(0, 2, (40, 2))).combine(new)
+    expected = np.mean([[percentileofscore(r[:, j], n[0, j], kind="mean") / 100 for j in range(2)]
+                        for r, n in zip(reference, new)], axis=0)
+    np.testing.assert_allclose(combined[0], expected, atol=1e-9)
+
+
+def test_a_member_with_its_own_preprocessing_scores_each_test_time_view_of_the_ensemble():
+    from tfmed.config import PreprocessConfig, TTAConfig
+    from tfmed.data.pipeline import ImageInputs
+    from tfmed.modes.ensemble import Member
+
+    given = ImageInputs(PreprocessConfig(image_size=32), tta=TTAConfig(enabled=True))
+    own = Member("tuned", inputs=ImageInputs(PreprocessConfig(image_size=32, intensity="histogram"), stats={}))
+    views = given.views()
+    assert len(views) > 2 and all(own.inputs_for(view).view == view.view for view in views)
+    assert len({repr(own.inputs_for(view).view) for view in views}) == len(views)  # each view its own

@@ -174,3 +174,20 @@ def test_the_backbone_computes_features_in_float32_whatever_policy_a_script_set(
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # the script's, left as it was
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_images_are_downsized_by_area_averaging():
+    image = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 1)).astype(np.float32)
+    expected = image[0, ..., 0].reshape(16, 4, 16, 4).mean(axis=(1, 3))
+    resized = F.resize_to_rgb(image, 16)
+    assert resized.shape == (1, 16, 16, 3)
+    np.testing.assert_allclose(resized[0, ..., 0], expected, atol=1e-3)
+
+
+def test_the_feature_cache_keeps_average_and_max_pooled_features_apart(tmp_path):
+    cache = F.FeatureCache(tmp_path)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 1))
+    pooled = {pooling: F.backbone_features(images, backbone="efficientnet_lite0", weights=None, taps=["early"],
+                                           image_size=32, cache=cache, pooling=pooling)["early"]
+              for pooling in ("avg", "max")}
+    assert (cache.hits, cache.misses) == (0, 2) and not np.array_equal(pooled["avg"], pooled["max"])

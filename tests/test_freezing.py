@@ -197,3 +197,10 @@ def test_dotted_names_in_the_training_and_backbones_sources_exist():
                 missing.append(name)
             break
     assert not missing, missing
+
+
+def test_a_fraction_of_the_blocks_is_rounded_up_to_whole_blocks():
+    blocks = ["b1_", "b2_", "b3_", "b4_"]
+    assert blocks_for_amount(blocks, 0.3) == ["b3_", "b4_"]   # 1.2 blocks: 2
+    assert blocks_for_amount(blocks, 0.1) == ["b4_"]          # 0.4 of a block: 1, never none
+    assert blocks_for_amount(blocks, 0.6) == ["b2_", "b3_", "b4_"]

@@ -179,3 +179,13 @@ def test_a_multilabel_group_conflicts_only_on_a_label_known_both_ways():
     table = ImageTable(frame, ["mass", "nodule"], "multilabel")
     # group 0: mass known positive once and unknown once: no conflict; group 1: mass 1 against 0
     assert conflicting_labels(table) == [[("c", "mass, nodule"), ("d", "nodule")]]
+
+
+def test_the_fingerprint_is_the_grey_image_min_max_scaled_and_averaged_down_to_16_by_16():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 64, 3)).astype(np.float32)
+    rgb[..., 0] = 255 - rgb[..., 1]  # a red channel unlike the grey picture
+    grey = rgb.mean(axis=-1)
+    scaled = (grey - grey.min()) * 255 / (grey.max() - grey.min())
+    expected = scaled.reshape(16, 4, 16, 4).mean(axis=(1, 3)).ravel()  # 4 x 4 block means
+    assert np.sqrt(np.mean((fingerprint(rgb) - expected) ** 2)) < 0.5  # well inside the 4 grey levels of a match

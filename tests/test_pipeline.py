@@ -348,3 +348,24 @@ def test_augmentations_that_clip_to_0_255_are_refused_on_raw_values(tmp_path):
     assert geometric.augment.rotation_degrees == 10          # rotation and blur do not clip
     make_dataset(table, PreprocessConfig(image_size=8, intensity="minmax"), training=True,
                  augment=AugmentConfig(brightness=0.01))
+
+
+def test_statistics_fitted_with_another_resize_are_refused():
+    from tfmed.data.preprocessing import StatisticsError, build_preprocess
+
+    stats = {"intensity": "standardize", "image_size": 32, "channels": 3, "resize": "plain",
+             "mean": [100.0, 100.0, 100.0], "std": [50.0, 50.0, 50.0]}
+    build_preprocess(PreprocessConfig(image_size=32, intensity="standardize"), stats)  # the resize they were fitted by
+    with pytest.raises(StatisticsError):
+        build_preprocess(PreprocessConfig(image_size=32, intensity="standardize", resize="pad"), stats)
+
+
+def test_training_batches_come_in_a_new_order_every_epoch():
+    images = (np.arange(20, dtype=np.uint8) * 10)[:, None, None] * np.ones((20, 8, 8), np.uint8)
+    table = ImageTable(pd.DataFrame({"image": [f"m#{i}" for i in range(20)], "array_index": range(20),
+                                     "label": [i % 2 for i in range(20)]}), ["a", "b"], "binary", images=images)
+    dataset = make_dataset(table, PreprocessConfig(image_size=8, intensity="none", channels=1), training=True,
+                           batch_size=20)
+    epochs = [tuple((batch[0][:, 0, 0, 0].numpy() / 10).astype(int)) for batch in (next(iter(dataset)),
+                                                                                    next(iter(dataset)))]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(20)) and epochs[0] != epochs[1]

@@ -2,6 +2,7 @@
 import base64
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -332,3 +333,43 @@ def test_the_console_summary_heads_the_auc_interval_with_its_level():
         multiclass = evaluate("multiclass", y, proba, class_names=["a", "b"], ci_level=level)
         assert f"AUC ({level:.0%} CI)" in summary_text({"task": "multiclass", "splits": {"val": multiclass},
                                                         "images": {"val": 80}})
+
+
+def test_the_plots_draw_the_numbers_they_are_given(tmp_path, monkeypatch):
+    """What is drawn, read from each figure before it is saved: operating points, matrix orientation, stages."""
+    from tfmed.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure) or Path(path))
+    y, s = np.array([0, 0, 0, 1, 1, 1]), np.array([0.1, 0.4, 0.6, 0.6, 0.8, 0.9])
+    plots.roc_plot(y, s, tmp_path / "roc.png", {"youden": 0.6})
+    legend = [text.get_text() for text in figures[-1].axes[0].get_legend().get_texts()]
+    assert "sens 1.00, spec 0.67" in legend[-1]  # scores at or above 0.6 are positive
+    plots.confusion_plot({"tn": 5, "fp": 1, "fn": 2, "tp": 4}, ["normal", "pneumonia"], tmp_path / "cm.png")
+    assert np.asarray(figures[-1].axes[0].images[0].get_array()).tolist() == [[5, 1], [2, 4]]  # rows: true class
+    plots.training_curves({"loss": [1, 0.8, 0.7, 0.6]}, tmp_path / "curves.png", stage_boundaries=[2])
+    stage = [line for line in figures[-1].axes[0].get_lines() if line.get_label() == "new stage"][0]
+    assert stage.get_xdata()[0] == 2.5  # between epochs 2 and 3
+    # a multilabel curve leaves out the cases whose label is unknown (-1): on what is known, both separate
+    unknown = np.array([[1, 0], [0, 1], [-1, 1], [0, 0], [1, -1]])
+    plots.multi_roc_plot(unknown, np.array([[.9, .2], [.3, .8], [.95, .6], [.2, .1], [.7, .99]]), ["a", "b"],
+                         tmp_path / "unknown.png")
+    legend = [text.get_text() for text in figures[-1].axes[0].get_legend().get_texts()]
+    assert len(legend) == 2 and all("1.000" in entry for entry in legend), legend
+
+
+def test_rows_that_share_an_image_are_told_apart_in_predictions_csv(tmp_path):
+    """Several lesions of one volume: each line of predictions.csv names its own row."""
+    from types import SimpleNamespace
+
+    from tfmed.data.table import ImageTable
+    from tfmed.run.reporting import write_predictions_csv
+
+    frame = pd.DataFrame({"image": ["ct/vol1.nii.gz", "ct/vol1.nii.gz", "ct/vol2.nii.gz"], "row": [2, 3, 4],
+                          "patient_id": ["p1", "p1", "p2"], "label": [0, 1, 1]})
+    model = SimpleNamespace(classes=["benign", "malignant"], decide=lambda s: (s >= 0.5).astype(int),
+                            coarse_columns=lambda s: {})
+    write_predictions_csv(tmp_path / "p.csv", model, {"test": ImageTable(frame, model.classes, "binary")},
+                          {"test": np.array([0.2, 0.7, 0.9])})
+    ids = pd.read_csv(tmp_path / "p.csv")["id"].tolist()
+    assert len(set(ids)) == 3 and ids[0] != ids[1] and all("#row" in i for i in ids[:2]) and "#row" not in ids[2]

@@ -477,3 +477,23 @@ def test_a_run_logs_what_validation_warned_of(tmp_path, capsys):
     assert len(table) == 20 and table.excluded["image"].str.endswith("notes.txt").tolist() == [True]
     out = capsys.readouterr().out
     assert "1 warning(s):" in out and "notes.txt: skipped: " in out
+
+
+@pytest.mark.parametrize("marker", ["NA", "N/A", "NaN", "nan", "null", "None", "#N/A"])
+def test_each_spreadsheet_missing_marker_reads_as_empty(tmp_path, marker):
+    from tfmed.data.sources.manifest import load_manifest
+
+    (tmp_path / "m.csv").write_text(f"path,label,patient_id\na.png,normal,{marker}\nb.png,{marker},p2\nc.png,tb,p3\n")
+    table = load_manifest(tmp_path / "m.csv")
+    assert table.classes == ["normal", "tb"]  # not a class of its own
+    assert table.frame["patient_id"].isna().tolist() == [True, False, False]  # not a patient of its own
+
+
+@pytest.mark.parametrize("label", ["2", "-1"])
+def test_a_class_number_outside_the_classes_is_a_row_problem(tmp_path, label):
+    from tfmed.data.sources.manifest import load_manifest
+
+    (tmp_path / "m.csv").write_text(f"path,label,patient_id\na.png,0,p1\nb.png,{label},p2\n")
+    table = load_manifest(tmp_path / "m.csv", classes=["n", "p"])
+    report = validate_table(table, check_images=False)
+    assert [problem.row for problem in report.problems if "label" in problem.problem] == [3]

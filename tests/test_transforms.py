@@ -466,3 +466,47 @@ def test_acquisition_shift_augmentation_limits_name_the_key(key, value, message)
 
     with pytest.raises(ConfigError, match=f"augment.{key} .*{message}"):
         ExperimentConfig.from_dict({"model": {"mode": "finetune"}, "augment": {key: value}})
+
+
+def test_shrinking_to_less_than_half_the_size_is_antialiased():
+    big = (np.random.default_rng(0).uniform(0, 255, (100, 100, 1)) > 128).astype(np.float32) * 255
+    np.testing.assert_allclose(Resize(40)(tf.constant(big)).numpy(),
+                               tf.image.resize(big, [40, 40], antialias=True).numpy(), atol=1e-3)
+
+
+def test_random_intensity_changes_keep_to_what_their_docstrings_promise():
+    from tfmed.data.transforms import RandomBlur, RandomGamma
+
+    image = np.zeros((4, 4, 3), np.float32)
+    image[..., 0], image[..., 1], image[..., 2] = 50, 100, 200
+    image[0, 0] += 20  # some texture
+    factor = float(tf.random.stateless_uniform([], tf.constant([0, 1], tf.int64), 0.5, 1.5))
+    mean = image.mean(axis=(0, 1), keepdims=True)  # each channel about its own mean
+    np.testing.assert_allclose(RandomContrast(0.5)(tf.constant(image), seed=[0, 1]).numpy(),
+                               np.clip((image - mean) * factor + mean, 0, 255), atol=1e-3)
+    bright = [float(RandomBrightness(0.5)(tf.fill((2, 2, 1), 250.0), seed=[0, s])[0, 0, 0]) for s in range(20)]
+    assert max(bright) <= 255 and min(bright) < 250  # clipped to the 0-255 scale
+    point = np.zeros((9, 9, 1), np.float32)
+    point[4, 4] = 255
+    blurred = [float(RandomBlur(2.0)(tf.constant(point), seed=[0, s])[4, 4, 0]) for s in range(20)]
+    assert len(set(np.round(blurred, 3))) > 10  # a sigma drawn for each image, not the largest every time
+    grey = [float(RandomGamma(0.3)(tf.fill((2, 2, 1), 128.0), seed=[0, s])[0, 0, 0]) for s in range(40)]
+    assert sum(v > 128 for v in grey) > 5 and sum(v < 128 for v in grey) > 5  # brightens and darkens
+
+
+def test_three_ct_windows_read_the_first_channels_hounsfield_units():
+    slices = np.stack([np.full((2, 2), -1000.0), np.full((2, 2), 40.0), np.full((2, 2), 1000.0)], -1)
+    windows = [[-600, 1500], [40, 400], [400, 1800]]
+    expected = [np.clip((-1000.0 - (c - w / 2)) / w * 255, 0, 255) for c, w in windows]
+    np.testing.assert_allclose(CTWindow(windows)(tf.constant(slices.astype(np.float32)))[0, 0].numpy(), expected,
+                               atol=1e-3)
+
+
+def test_clahe_augmentation_reaches_about_half_the_training_images():
+    from tfmed.config import AugmentConfig
+    from tfmed.data.preprocessing import build_augment
+
+    chain = build_augment(AugmentConfig(clahe=True), 16)
+    image = tf.constant(np.linspace(0, 120, 256, dtype=np.float32).reshape(16, 16, 1))
+    changed = sum(bool(np.any(chain(image, seed=[0, s]).numpy() != image.numpy())) for s in range(40))
+    assert 10 <= changed <= 30
