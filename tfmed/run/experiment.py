@@ -233,7 +233,7 @@ def _refuse_what_cannot_be_explained(config: ExperimentConfig) -> None:
     parts = ([(config.member_name(i), config.member_experiment(i)) for i in range(len(config.model.ensemble.members))]
              if ensemble else [(None, config)])
     for name, part in parts:
-        if part.model.mode == "svm" and part.model.svm.texture:
+        if part.model.svm.texture:  # a fine-tune's config sets no svm section (one written is refused)
             where = f"member {name}'s " if ensemble else ""
             raise ConfigError(f"{config.name}: report.explain draws maps through the model's gradients, and "
                               f"{where}model.svm.texture adds LBP texture features, which have none; remove "
