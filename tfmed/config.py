@@ -1426,6 +1426,18 @@ class ExperimentConfig(_Section):
         members = range(len(self.model.ensemble.members))
         return ", ".join(dict.fromkeys(str(getattr(self.member_experiment(i).model, name)) for i in members))
 
+    def model_experiments(self) -> list[tuple[int | None, "ExperimentConfig"]]:
+        """The experiments whose models a run fits: ``[(None, self)]``, or each ensemble member's
+        ``(index, member_experiment(index))``.
+
+        Example:
+            >>> [index for index, _ in ExperimentConfig().model_experiments()]
+            [None]
+        """
+        if self.model.mode != "ensemble":
+            return [(None, self)]
+        return [(i, self.member_experiment(i)) for i in range(len(self.model.ensemble.members))]
+
     def member_name(self, index: int) -> str:
         """The name of ensemble member ``index`` (given, or "MODE_BACKBONE_INDEX")."""
         member = self.model.ensemble.members[index]

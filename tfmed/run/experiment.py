@@ -209,14 +209,11 @@ def check_config_fits_data(config: ExperimentConfig, table: ImageTable, new_run:
 def _refuse_a_crop_of_the_whole_image(config: ExperimentConfig) -> None:
     """An ``augment.crop_from`` (the experiment's, or an ensemble member's own) that every model reading it sees at
     its own image size: a crop of the whole image, which changes nothing."""
-    ensemble = config.model.mode == "ensemble"
-    parts = ([(f"model.ensemble.members[{i}].", config.member_experiment(i))
-              for i in range(len(config.model.ensemble.members))] if ensemble else [("", config)])
     readers: dict[int, list] = {}  # each augment section and the models that read it
-    for prefix, part in parts:
+    for index, part in config.model_experiments():
         if part.augment.crop_from is not None:
-            own = ensemble and part.augment is not config.augment
-            readers.setdefault(id(part.augment), []).append((prefix if own else "", part))
+            own = index is not None and part.augment is not config.augment
+            readers.setdefault(id(part.augment), []).append((f"model.ensemble.members[{index}]." if own else "", part))
     for models in readers.values():
         crop = models[0][1].augment.crop_from
         if all(part.preprocess.image_size == crop for _, part in models):
@@ -229,12 +226,10 @@ def _refuse_a_crop_of_the_whole_image(config: ExperimentConfig) -> None:
 def _refuse_what_cannot_be_explained(config: ExperimentConfig) -> None:
     """``report.explain`` with models whose maps cannot be drawn (an SVM of texture features), or with ensemble
     members whose maps cannot be averaged (images fitted to size differently): refused before anything is fitted."""
-    ensemble = config.model.mode == "ensemble"
-    parts = ([(config.member_name(i), config.member_experiment(i)) for i in range(len(config.model.ensemble.members))]
-             if ensemble else [(None, config)])
+    parts = [(None if index is None else config.member_name(index), part) for index, part in config.model_experiments()]
     for name, part in parts:
         if part.model.svm.texture:  # a fine-tune's config sets no svm section (one written is refused)
-            where = f"member {name}'s " if ensemble else ""
+            where = f"member {name}'s " if name is not None else ""
             raise ConfigError(f"{config.name}: report.explain draws maps through the model's gradients, and "
                               f"{where}model.svm.texture adds LBP texture features, which have none; remove "
                               "report.explain or texture")
