@@ -251,8 +251,10 @@ def image_kind(path: str | Path) -> str | None:
 
 
 # The first bytes of each raster kind; a DICOM file is known by "DICM" at byte 128 (:func:`has_dicom_marker`).
-_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"),
-               (b"MM\x00*", "tiff"), (b"BM", "bmp"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8"
+_SIGNATURES = ((PNG_SIGNATURE, "png"), (JPEG_SIGNATURE, "jpeg"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"),
+               (b"BM", "bmp"))
 
 
 def kind_by_content(path: str | Path) -> str | None:

@@ -40,15 +40,14 @@ import tensorflow as tf
 from tfmed.config import (UNKNOWN_LABEL, AugmentConfig, BalanceConfig, PreprocessConfig, TTAConfig, ViewsConfig,
                           check_pixel_scale_augments)
 from tfmed.data import balance as balance_lib
+from tfmed.data.decode import JPEG_SIGNATURE, PNG_SIGNATURE
 from tfmed.data.preprocessing import build_augment, build_preprocess
 from tfmed.data.transforms import Compose, ToChannels, Transform
 from tfmed.data.tta import build_views
 from tfmed.data.volume_inputs import VolumeSampler
 from tfmed.errors import TfmedError
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_TRAILER = b"IEND\xaeB`\x82"  # the IEND chunk closes every complete PNG
-JPEG_SIGNATURE = b"\xff\xd8"
 _PNG, _JPEG, _OTHER = 0, 1, 2
 
 

@@ -174,10 +174,10 @@ def check_runs_dir(runs_dir: str | Path) -> None:
         raise RunDirectoryError(f"runs folder {path} lies inside the run {inside}: a new run there would change that "
                                 "run (and tfmed runs would not list it); give --runs-dir (or runs_dir:) a folder "
                                 "outside any run")
+    blocked = _file_in_the_way(path)
+    if blocked:
+        raise RunDirectoryError(f"runs folder {path} {blocked}; give --runs-dir (or runs_dir:) a folder")
     existing = existing_ancestor(path)
-    if not existing.is_dir():
-        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
-        raise RunDirectoryError(f"runs folder {path} {where}; give --runs-dir (or runs_dir:) a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RunDirectoryError(f"runs folder {path}: {existing} is not writable; give --runs-dir (or runs_dir:) a "
                                 "folder you can write to")
@@ -263,6 +263,19 @@ def removed_if_unfinished(out: Path, what: str, made: bool):
         raise
 
 
+def _file_in_the_way(path: Path) -> str | None:
+    """Why no folder can be made at ``path`` ("is a file", "lies under X, which is a file"), or None.
+
+    Example:
+        >>> _file_in_the_way(Path(__file__) / "runs")[:10]
+        'lies under'
+    """
+    existing = existing_ancestor(path)
+    if existing.is_dir():
+        return None
+    return "is a file" if existing == path else f"lies under {existing}, which is a file"
+
+
 def refuse_used_output(output: str | Path | None, what: str) -> None:
     """Refuse an ``--output`` folder that already holds anything, since ``what`` (runs, evaluations,
     explanations) never overwrite each other; None (a new timestamped folder) passes.
@@ -278,10 +291,9 @@ def refuse_used_output(output: str | Path | None, what: str) -> None:
     if output is None:
         return
     path = Path(output)
-    existing = existing_ancestor(path)
-    if not existing.is_dir():
-        where = "is a file" if existing == path else f"lies under {existing}, which is a file"
-        raise RunDirectoryError(f"--output {output} {where}; give --output a new folder for the {what}")
+    blocked = _file_in_the_way(path)
+    if blocked:
+        raise RunDirectoryError(f"--output {output} {blocked}; give --output a new folder for the {what}")
     if path.exists() and any(path.iterdir()):
         raise RunDirectoryError(f"{output} already exists and is not empty; {what} never overwrite each other, "
                                 "choose a new --output")
