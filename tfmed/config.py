@@ -1423,8 +1423,7 @@ class ExperimentConfig(_Section):
         """
         if self.model.mode != "ensemble":
             return getattr(self.model, name)
-        members = range(len(self.model.ensemble.members))
-        return ", ".join(dict.fromkeys(str(getattr(self.member_experiment(i).model, name)) for i in members))
+        return ", ".join(dict.fromkeys(str(getattr(part.model, name)) for _, part in self.model_experiments()))
 
     def model_experiments(self) -> list[tuple[int | None, "ExperimentConfig"]]:
         """The experiments whose models a run fits: ``[(None, self)]``, or each ensemble member's
