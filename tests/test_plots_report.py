@@ -373,3 +373,27 @@ def test_rows_that_share_an_image_are_told_apart_in_predictions_csv(tmp_path):
                           {"test": np.array([0.2, 0.7, 0.9])})
     ids = pd.read_csv(tmp_path / "p.csv")["id"].tolist()
     assert len(set(ids)) == 3 and ids[0] != ids[1] and all("#row" in i for i in ids[:2]) and "#row" not in ids[2]
+
+
+@pytest.mark.parametrize("method, marked", [("youden", {"youden", "high_sensitivity"}),
+                                            ("fixed", {"youden", "high_sensitivity", "fixed"})])
+def test_the_curves_mark_the_preset_threshold_only_when_it_is_the_runs_decision(tmp_path, monkeypatch, method,
+                                                                               marked):
+    """tb_xray decides at the preset 0.5 (after recalibration): its ROC, PR and decision curves show that point."""
+    from types import SimpleNamespace
+
+    from tfmed.data.table import ImageTable
+    from tfmed.run import reporting
+
+    drawn = {}
+    for plot in ("roc_plot", "pr_plot", "decision_plot"):
+        monkeypatch.setattr(reporting, plot, lambda y, s, path, points, plot=plot, **kw: drawn.update(
+            {plot: set(points)}) or Path(path))
+    y = np.array([0, 0, 0, 1, 1, 1])
+    model = SimpleNamespace(classes=["normal", "tb"], thresholds={"youden": 0.6, "high_sensitivity": 0.3,
+                                                                  "fixed": 0.5})
+    table = ImageTable(pd.DataFrame({"image": [f"{i}.png" for i in range(6)], "label": y}), model.classes, "binary")
+    point = {"confusion_matrix": {"tn": 3, "fp": 0, "fn": 1, "tp": 2}, "beneficial_thresholds": [0.1, 0.9]}
+    metrics = {"task": "binary", "threshold_method": method, "splits": {"val": {method: point}}}
+    reporting.make_plots(tmp_path, model, table, np.array([0.1, 0.4, 0.55, 0.5, 0.8, 0.9]), metrics, "val")
+    assert drawn == {"roc_plot": marked, "pr_plot": marked, "decision_plot": marked}

@@ -112,7 +112,7 @@ def _curves(out: Path, model, table: ImageTable, scores: np.ndarray, metrics: di
     if metrics["task"] == "binary":
         chosen = primary_metrics(metrics, split)
         ci = chosen.get("ci", {}).get("roc_auc")
-        points = {k: v for k, v in model.thresholds.items() if k != "fixed"}
+        points = _marked_points(model.thresholds, metrics["threshold_method"])
         confusion = {"confusion": confusion_plot(chosen["confusion_matrix"], model.classes,
                                                  out / f"confusion_{split}.png",
                                                  title=f"Confusion matrix ({split}, {metrics['threshold_method']})")}
@@ -155,7 +155,7 @@ def _coarse_curves(out: Path, model, y: np.ndarray, scores: np.ndarray, metrics:
     ci = chosen.get("ci", {}).get("roc_auc")
     coarse_scores, _ = model.coarse(scores)
     coarse_labels = model.class_hierarchy.coarse_labels(y, fine_classes=model.classes)
-    points = {k: v for k, v in model.coarse_thresholds.items() if k != "fixed"}
+    points = _marked_points(model.coarse_thresholds, metrics["threshold_method"])
     answer = f"{positive} against {negative}"
     plots = {"roc_coarse": roc_plot(coarse_labels, coarse_scores, out / f"roc_coarse_{split}.png", points,
                                     title=f"ROC, {answer} ({split})", auc_ci=ci if ci and None not in ci else None)}
@@ -166,6 +166,11 @@ def _coarse_curves(out: Path, model, y: np.ndarray, scores: np.ndarray, metrics:
         plots["decision_coarse"] = decision_plot(coarse_labels, coarse_scores, out / f"decision_coarse_{split}.png",
                                                  points, title=f"Decision curve, {answer} ({split})")
     return plots
+
+
+def _marked_points(thresholds: dict, method: str) -> dict:
+    """The operating points a curve marks: the preset 0.5 (``fixed``) only when it is the run's decision."""
+    return {name: value for name, value in thresholds.items() if name != "fixed" or method == "fixed"}
 
 
 def _probabilities(binary_entries) -> bool:
