@@ -222,3 +222,18 @@ def test_a_p_value_from_the_permutation_test_is_named_as_such(tmp_path, capsys):
     assert comparison_sentences(members, "test") == [
         "test: ensemble AUC 1.000 vs member b 0.000 (difference +1.000, paired permutation p = 0.5000, as DeLong's "
         "variance is 0)."]
+
+
+@pytest.mark.parametrize("extra, said", [
+    ({"test_origin": "carved from the training images (same collection as training: an in-distribution estimate)"},
+     "test: carved from the training images (same collection as training: an in-distribution estimate)"),
+    ({"source": "folder:siteB"}, "test: the data evaluated (folder:siteB)"),  # tfmed evaluate --data
+    ({}, None)])
+def test_the_compared_test_split_says_where_it_came_from(tmp_path, capsys, extra, said):
+    """A test AUC from a split carved out of the training images is not an external test: the table says which."""
+    a, b, *_ = _binary_pair(tmp_path)
+    metrics = json.loads((a / "metrics.json").read_text())
+    (a / "metrics.json").write_text(json.dumps({**metrics, **extra}))
+    assert main(["compare", str(a), str(b)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test: ")]
+    assert lines == ([said] if said else [])

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -197,11 +198,15 @@ def test_tfmed_runs_lists_finished_failed_and_incomplete_runs(runs, tmp_path, ca
     assert (first["mode"], first["task"]) == ("ensemble", "binary")
     assert first["test_auc"] == metrics["splits"]["test"]["youden"]["roc_auc"]
     assert first["val_auc"] == metrics["splits"]["val"]["youden"]["roc_auc"]
+    assert metrics["test_origin"].startswith(first["test_origin"] + " (")  # in-distribution or not, said beside
+    assert first["test_origin"] == "carved from the training images"
+    assert frame["test_origin"].iloc[-2:].isna().all()  # no figures, no origin
     assert len(list_runs(root, name="other")) == 2
     assert cli.main(["runs", str(root), "--name", "safe"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split() == ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
-    assert len(printed) == 3 and f"{first['test_auc']:.3f}" in printed[1]
+    assert printed[0].split() == ["run", "status", "mode", "task", "val_auc", "test_auc", "test_origin", "seconds"]
+    assert len(printed) == 3 and re.search(rf"{first['test_auc']:.3f} +carved from the training images +\d+$",
+                                           printed[1]), printed[1]
     assert cli.main(["runs", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
     # a half-copied metrics.json or a garbled manifest: damaged, with no figures shown as if they were the run's

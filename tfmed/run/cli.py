@@ -336,7 +336,7 @@ def _cmd_ensemble(args) -> int:
 def _cmd_compare(args) -> int:
     import pandas as pd
 
-    from tfmed.run.compare_runs import compare_runs
+    from tfmed.run.compare_runs import compare_runs, test_origin
     from tfmed.run.rundir import refuse_output_inside_runs
 
     refuse_output_inside_runs(args.output, args.runs)
@@ -344,6 +344,9 @@ def _cmd_compare(args) -> int:
     table = compare_runs(args.runs, verify=args.verify)
     with pd.option_context("display.width", 200, "display.max_colwidth", 60):
         print(table.to_string(index=False, na_rep="n/a"))
+    origin = test_origin(args.runs[0]) if (table["split"] == "test").any() else None
+    if origin:
+        print(f"test: {origin}")
     print(f"reference: {args.runs[0]}; difference = run AUC - reference AUC; p from the paired test the column "
           "test names (delong: DeLong's, or its extension to macro AUCs; a permutation test where their variance "
           "is 0)")

@@ -86,6 +86,22 @@ def compare_runs(directories: list[str | Path], verify: bool = True) -> pd.DataF
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def test_origin(directory: str | Path) -> str | None:
+    """Where the test split of a run (or evaluation directory) came from, as its ``metrics.json`` says: the run's
+    ``test_origin``, or for ``tfmed evaluate --data`` the data evaluated; None when it does not say.
+
+    Example:
+        >>> test_origin("runs/pneumonia_mnist/A")  # doctest: +SKIP
+        'carved from the training images (same collection as training: an in-distribution estimate)'
+    """
+    info = read_json(_check_directory(Path(directory)) / "metrics.json", CompareRunsError)
+    if not isinstance(info, dict):
+        return None
+    if info.get("test_origin"):
+        return str(info["test_origin"])
+    return f"the data evaluated ({info['source']})" if info.get("source") else None
+
+
 def _check_directory(path: Path) -> Path:
     if path.name == "model" and (path.parent / "metrics.json").is_file():
         path = path.parent

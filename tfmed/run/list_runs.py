@@ -3,12 +3,13 @@
 Example:
     >>> import tempfile
     >>> list_runs(tempfile.mkdtemp()).columns.tolist()
-    ['run', 'status', 'mode', 'task', 'val_auc', 'test_auc', 'seconds']
+    ['run', 'status', 'mode', 'task', 'val_auc', 'test_auc', 'test_origin', 'seconds']
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +19,7 @@ from tfmed.run.manifest import (MANIFEST_FILE, RunIntegrityError, failure_reason
                                 read_manifest, strays)
 from tfmed.run.rundir import SWEEP_FILE, RunDirectoryError, is_run_dir, json_object
 
-COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "seconds"]
+COLUMNS = ["run", "status", "mode", "task", "val_auc", "test_auc", "test_origin", "seconds"]
 SWEEP_STATUS = f"layer sweep ({SWEEP_FILE})"
 
 
@@ -28,7 +29,9 @@ def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.Data
     ("finished"; "failed: " and the error from ``FAILED.txt``; "incomplete" when it has neither a manifest nor a
     failure record, e.g. still running or killed; "damaged: " and why when its manifest, ``metrics.json`` or
     ``config.yaml`` is not what the run wrote; "layer sweep" for a ``tfmed sweep-layers`` folder), mode, task,
-    the headline AUC (ROC AUC, or macro AUC) of its val and test splits, and its run time in seconds.
+    the headline AUC (ROC AUC, or macro AUC) of its val and test splits, where its test split came from (the
+    first clause of ``test_origin`` in ``metrics.json``: carved from the training images, the data source's own
+    test split, or sites held out whole), and its run time in seconds.
 
     Example:
         >>> list_runs("runs", name="pneumonia_mnist")  # doctest: +SKIP
@@ -49,6 +52,7 @@ def list_runs(runs_dir: str | Path = "runs", name: str | None = None) -> pd.Data
         metrics = json_object(run / "metrics.json") if status == "finished" else {}
         rows.append({"run": run.as_posix(), "status": status, "mode": metrics.get("mode"), "task": metrics.get("task"),
                      "val_auc": _split_auc(metrics, "val"), "test_auc": _split_auc(metrics, "test"),
+                     "test_origin": _test_origin(metrics),
                      "seconds": metrics.get("seconds"), "started": _started(run)})
     frame = pd.DataFrame(rows, columns=COLUMNS + ["started"])
     return frame.sort_values(["started", "run"]).drop(columns="started").reset_index(drop=True)
@@ -114,6 +118,19 @@ def _split_auc(metrics: dict, split: str) -> float | None:
     if "roc_auc" not in figures and "macro_auc" not in figures:   # binary: one entry per operating point,
         figures = next(iter(figures.values()))                     # all with the same AUC
     return headline_auc(figures)
+
+
+def _test_origin(metrics: dict) -> str | None:
+    """Where a run's test split came from, in the first clause of its ``test_origin`` (None without a test).
+
+    Example:
+        >>> _test_origin({"splits": {"test": {}}, "test_origin": "carved from the training images (same collection)"})
+        'carved from the training images'
+    """
+    origin = metrics.get("test_origin")
+    if "test" not in metrics.get("splits", {}) or not isinstance(origin, str):
+        return None
+    return re.split(r" \(|:", origin, maxsplit=1)[0]
 
 
 def format_runs(frame: pd.DataFrame) -> str:
