@@ -71,6 +71,15 @@ def test_a_suffix_past_the_classes_keeps_the_rows_patient_pattern_problem(tmp_pa
                         "label suffix 5 is not an index into classes ['normal', 'tb']"]
 
 
+def test_a_suffix_one_past_the_named_classes_is_a_row_problem(tmp_path):
+    """Two classes are indices 0 and 1: a file ending _2 is not read as a third class nor as the last."""
+    write_pngs(tmp_path, ["x_0.png", "y_1.png", "z_2.png"])
+    table = load_suffix_folder(tmp_path, classes=["normal", "tb"])
+    assert table.frame["label"].isna().tolist() == [False, False, True]
+    assert [p.problem for p in validate_table(table).problems] == [
+        "label suffix 2 is not an index into classes ['normal', 'tb']"]
+
+
 def test_many_classes_without_images_are_one_problem(tmp_path):
     write_pngs(tmp_path, ["a.png", "b.png"])
     classes = [str(i) for i in range(30)]

@@ -202,6 +202,21 @@ def test_relative_paths_resolve_against_base_dir(tmp_path):
     assert table.classes == ["no", "yes"] and validate_table(table).ok
 
 
+def test_manifest_split_names_and_multilabel_values_are_read_in_any_case(tmp_path):
+    """As data_manifests/README.md says: Train, VALIDATION, testing; Yes/no, TRUE/false, 1.0/0.0, Unknown."""
+    for name in "abcdef":
+        write_png(tmp_path / f"{name}.png")
+    (tmp_path / "m.csv").write_text("path,effusion,nodule,patient_id,split\n"
+                                    "a.png,Yes,no,p1,Train\nb.png,TRUE,false,p2,training\n"
+                                    "c.png,1.0,0.0,p3,VALIDATION\nd.png,no,Unknown,p4,Valid\n"
+                                    "e.png,0,1,p5,Test\nf.png,-1.0,YES,p6,TESTING\n")
+    table = load_source(DataConfig(source="manifest", path="m.csv", label_columns=["effusion", "nodule"]),
+                        base_dir=tmp_path)
+    assert table.frame["split"].tolist() == ["train", "train", "val", "val", "test", "test"]
+    assert table.labels().tolist() == [[1, 0], [1, 0], [1, 0], [0, -1], [0, 1], [-1, 1]]
+    assert validate_table(table).ok
+
+
 # ---------------------------------------------------------------- folders
 def test_class_folders_with_skipped_file_reported(tmp_path):
     write_png(tmp_path / "pneumonia" / "p1.png", 200)
