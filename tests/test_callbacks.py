@@ -631,3 +631,80 @@ def test_the_threshold_logged_for_several_labels_is_their_mean():
     per_label = np.asarray(selector.thresholds_[0], dtype=float)
     assert per_label.shape == (2,) and per_label[0] != per_label[1]
     assert history.history["val_threshold"][0] == pytest.approx(per_label.mean())
+
+
+def _two_output_model():
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+    return keras.Model(inputs, [keras.layers.Dense(1, activation="sigmoid", name="finding")(x),
+                                keras.layers.Dense(1, activation="sigmoid", name="aux")(x)])
+
+
+def test_a_model_of_several_outputs_is_refused_when_fit_starts_not_scored_as_labels():
+    """Two heads stacked into one array were scored as a multi-label task of batch-size columns."""
+    x, y = tiny_data(16)
+    model = _two_output_model()
+    model.compile("sgd", ["binary_crossentropy", "binary_crossentropy"])
+    dataset = tf.data.Dataset.from_tensor_slices((x, (y, 1 - y))).batch(8)
+    for callback in (tc.ClinicalMetrics(dataset), tc.ThresholdSelector(dataset)):
+        epochs = []
+        with pytest.raises(tc.CallbackError, match=r"scores a model of one output; this one has 2 \(finding, aux\)"):
+            model.fit(dataset, epochs=1, verbose=0, callbacks=[callback, keras.callbacks.LambdaCallback(
+                on_epoch_begin=lambda epoch, logs: epochs.append(epoch))])
+        assert epochs == []  # refused before the first epoch trains
+    with pytest.raises(tc.CallbackError, match="validation targets are a list of 2 arrays; score a model of one"):
+        tc.ClinicalMetrics((x, [y, 1 - y]))
+    # one output of it, sharing the weights, is scored against its own targets
+    finding = keras.Model(model.inputs, model.get_layer("finding").output)
+    finding.compile("sgd", "binary_crossentropy")
+    history = finding.fit(x, y, epochs=1, verbose=0, callbacks=[tc.ClinicalMetrics((x, y))])
+    assert history.history["val_auc"][-1] == pytest.approx(roc_auc_score(y, finding.predict(x, verbose=0)[:, 0]))
+
+
+def test_validation_sample_weights_leave_out_the_cases_weighted_zero_and_refuse_others():
+    x, y = tiny_data(32)
+    model = tiny_model()
+    model.compile("sgd", "binary_crossentropy")
+    weights = np.r_[np.ones(20), np.zeros(12)].astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(8)
+    metrics = tc.ClinicalMetrics(dataset)
+    history = model.fit(x, y, epochs=1, verbose=0, callbacks=[metrics])
+    scores = model.predict(x, verbose=0)[:, 0]
+    assert history.history["val_auc"][-1] == pytest.approx(roc_auc_score(y[:20], scores[:20]), abs=1e-6)
+    assert roc_auc_score(y[:20], scores[:20]) != pytest.approx(roc_auc_score(y, scores), abs=1e-3)
+    selector = tc.ThresholdSelector(dataset)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[selector])
+    scores = model.predict(x, verbose=0)[:, 0]
+    assert selector.threshold_ == pytest.approx(tc.select_threshold(y[:20], scores[:20], "youden"))
+    j = brute_force_youden(y[:20], scores[:20])[0]  # the threshold is Youden-optimal on the cases kept
+    decided = scores[:20] >= selector.threshold_
+    assert decided[y[:20] == 1].mean() + (~decided[y[:20] == 0]).mean() - 1 == pytest.approx(j)
+    uneven = tf.data.Dataset.from_tensor_slices((x, y, np.linspace(0.5, 2, 32).astype("float32"))).batch(8)
+    with pytest.raises(tc.CallbackError, match="sample weights take values from 0.5 to 2; .*only weight 0"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[tc.ClinicalMetrics(uneven)])
+
+
+def test_a_model_of_several_inputs_is_scored_on_validation_arrays():
+    x, y = tiny_data(16)
+    age = np.linspace(20, 80, 16).astype("float32")[:, None]
+    image, years = keras.Input((8, 8, 1), name="image"), keras.Input((1,), name="age")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(image))
+    model = keras.Model([image, years], keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.Concatenate()([pooled, years / 100])))
+    model.compile("sgd", "binary_crossentropy")
+    for inputs in ([x, age], {"image": x, "age": age}):
+        history = model.fit(inputs, y, epochs=1, verbose=0, callbacks=[tc.ClinicalMetrics((inputs, y))])
+        expected = roc_auc_score(y, model.predict(inputs, verbose=0)[:, 0])
+        assert history.history["val_auc"][-1] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(tc.CallbackError, match=r"validation x holds inputs of \[15, 16\] rows"):
+        tc.ClinicalMetrics(([x, age[:15]], y))
+    with pytest.raises(tc.CallbackError, match="validation x has 16 rows but y has 15"):
+        tc.ClinicalMetrics(([x, age], y[:15]))
+
+
+def test_the_readme_names_every_module_plain_load_model_needs():
+    from tfmed.training.layers import SERIALISABLE_MODULES
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    sentence = readme[readme.index("Plain\n`keras.models.load_model` fails"):][:600]
+    assert all(f"`{module}`" in sentence for module in SERIALISABLE_MODULES), sentence

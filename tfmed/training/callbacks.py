@@ -62,24 +62,76 @@ def ordered(callbacks: Sequence[keras.callbacks.Callback]) -> list[keras.callbac
 class _ValidationScorer(keras.callbacks.Callback):
     """Scores ``self.validation_data`` each epoch through the model's compiled forward pass."""
 
+    def set_model(self, model):
+        _refuse_several_outputs(model, type(self).__name__)  # when fit starts, not after its first epoch
+        super().set_model(model)
+
     def _validation_scores(self):
-        """Predictions and targets for ``self.validation_data`` from a single pass."""
+        """Predictions and targets for ``self.validation_data`` from a single pass. A dataset's sample weights
+        leave out the cases weighted 0 (padding, excluded cases); other weights must be equal, since the
+        clinical figures count each case once."""
         if not isinstance(self.validation_data, tf.data.Dataset):
             x, y = self.validation_data
-            return np.asarray(self.model.predict(x, batch_size=self.batch_size, verbose=0)), np.asarray(y)
+            return (_one_output(self.model.predict(x, batch_size=self.batch_size, verbose=0), type(self).__name__),
+                    _one_output(y, type(self).__name__, "targets"))
         forward = _compiled_forward(self.model)
-        scores, targets = [], []
+        scores, targets, weights = [], [], []
         for element in self.validation_data:
-            if not isinstance(element, (tuple, list)) or len(element) < 2:
+            if not isinstance(element, (tuple, list)) or len(element) not in (2, 3):
                 raise CallbackError("validation dataset elements must be (x, y) or (x, y, sample_weight) "
-                                    f"tuples, got {type(element).__name__}")
+                                    f"tuples, got {type(element).__name__}"
+                                    + (f" of {len(element)}" if isinstance(element, (tuple, list)) else ""))
             if not scores:
                 _check_batched(element[0], self.model)
-            scores.append(np.asarray(forward(element[0])))
-            targets.append(np.asarray(element[1]))
+            scores.append(_one_output(forward(element[0]), type(self).__name__))
+            targets.append(_one_output(element[1], type(self).__name__, "targets"))
+            if len(element) == 3:
+                weights.append(np.asarray(element[2], dtype=np.float64).reshape(len(targets[-1]), -1)[:, 0])
         if not scores:
             raise CallbackError("the validation dataset is empty; it must yield (x, y) batches")
-        return np.concatenate(scores), np.concatenate(targets)
+        scores, targets = np.concatenate(scores), np.concatenate(targets)
+        if not weights:
+            return scores, targets
+        kept = _weighted_cases(np.concatenate(weights), type(self).__name__)
+        return scores[kept], targets[kept]
+
+
+def _refuse_several_outputs(model, callback: str) -> None:
+    """Refuse a model of several outputs: its clinical figures are one output's, which the user must choose."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) > 1:
+        names = ", ".join(getattr(model, "output_names", None) or [getattr(output, "name", "?") for output in outputs])
+        raise CallbackError(f"{callback} scores a model of one output; this one has {len(outputs)} ({names}). Give "
+                            "it a model of the output to score, sharing the weights, e.g. "
+                            "keras.Model(model.inputs, model.get_layer(NAME).output)")
+
+
+def _one_output(value, callback: str, what: str = "predictions") -> np.ndarray:
+    """``value`` as one array; several arrays (a list, tuple or dict of outputs or targets) are refused."""
+    if isinstance(value, (list, tuple, dict)):
+        raise CallbackError(f"{callback} scores one output, but the validation {what} are a {type(value).__name__} "
+                            f"of {len(value)} arrays; score a model of one output against its own targets, e.g. "
+                            "validation data (x, y_finding) for keras.Model(model.inputs, "
+                            "model.get_layer(NAME).output)")
+    return np.asarray(value)
+
+
+def _weighted_cases(weights: np.ndarray, callback: str) -> np.ndarray:
+    """The cases a validation dataset's sample weights keep: those not weighted 0, all weighted alike.
+
+    Example:
+        >>> _weighted_cases(np.array([1.0, 0.0, 1.0]), "ClinicalMetrics").tolist()
+        [True, False, True]
+    """
+    kept = weights != 0
+    if not kept.any():
+        raise CallbackError(f"{callback}: every validation case has sample weight 0, so none is left to score")
+    if np.ptp(weights[kept]) > 0:
+        raise CallbackError(f"{callback}: the validation sample weights take values from {weights[kept].min():g} "
+                            f"to {weights[kept].max():g}; the clinical figures (AUC, sensitivity, specificity, "
+                            "the threshold) count each case once, so only weight 0 (leave the case out) is used: "
+                            "give the validation dataset as (x, y), or weights of 0 and one other value")
+    return kept
 
 
 _compiled_forwards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -127,7 +179,7 @@ def _check_batched(x, model) -> None:
                             f"the model takes {tuple(model.inputs[0].shape)}; call .batch(n) on the dataset")
 
 
-def _check_validation_data(validation_data):
+def _check_validation_data(validation_data, callback: str):
     if isinstance(validation_data, tf.data.Dataset):
         if int(validation_data.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
             raise CallbackError("the validation dataset repeats forever (infinite cardinality), so scoring it "
@@ -136,8 +188,15 @@ def _check_validation_data(validation_data):
         return validation_data
     if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
         x, y = validation_data
-        if len(x) != len(y):
-            raise CallbackError(f"validation x has {len(x)} rows but y has {len(y)}; they must match")
+        if isinstance(y, dict) or (isinstance(y, (list, tuple)) and y and all(np.ndim(part) > 0 for part in y)
+                                   and len(y) != len(tf.nest.flatten(x)[0])):  # one target array per output
+            _one_output(y, callback, "targets")
+        rows = {len(part) for part in tf.nest.flatten(x)}  # a multi-input model's x: a list or dict of arrays
+        if len(rows) > 1:
+            raise CallbackError(f"validation x holds inputs of {sorted(rows)} rows; every input needs one row per "
+                                "case")
+        if rows != {len(y)}:
+            raise CallbackError(f"validation x has {next(iter(rows), 0)} rows but y has {len(y)}; they must match")
         if len(y) == 0:
             raise CallbackError("validation data is empty")
         return tuple(validation_data)
@@ -341,7 +400,9 @@ class ClinicalMetrics(_ValidationScorer):
     pass the list through :func:`ordered`).
 
     Args:
-        validation_data: a ``tf.data.Dataset`` of (x, y) batches, or (x, y) arrays.
+        validation_data: a ``tf.data.Dataset`` of (x, y) batches (or (x, y, sample_weight): cases weighted 0
+            are left out, the others must share one weight), or (x, y) arrays (x a list or dict of arrays
+            for a model of several inputs). The model must have one output.
         prefix: key prefix in ``logs``.
         task: "binary" | "multiclass" | "multilabel", or None to infer from shapes.
         batch_size: batch size when ``validation_data`` are arrays.
@@ -360,7 +421,7 @@ class ClinicalMetrics(_ValidationScorer):
         super().__init__()
         if task not in (None, "binary", "multiclass", "multilabel"):
             raise CallbackError(f"task {task!r} is unknown; allowed: binary, multiclass, multilabel or None")
-        self.validation_data = _check_validation_data(validation_data)
+        self.validation_data = _check_validation_data(validation_data, type(self).__name__)
         self.prefix = prefix
         self.task = task
         self.batch_size = batch_size
@@ -394,7 +455,9 @@ class ThresholdSelector(_ValidationScorer):
     is restored with the weights anyway, as long as ``every_epoch_store`` is True).
 
     Args:
-        validation_data: a ``tf.data.Dataset`` of (x, y) batches, or (x, y) arrays.
+        validation_data: a ``tf.data.Dataset`` of (x, y) batches (or (x, y, sample_weight): cases weighted 0
+            are left out, the others must share one weight), or (x, y) arrays (x a list or dict of arrays
+            for a model of several inputs). The model must have one output.
         method: "youden", "sensitivity" or "specificity" (see :func:`select_threshold`).
         target: the sensitivity or specificity to reach (ignored for youden).
         every_epoch_store: also store each epoch's threshold in the model, so a
@@ -424,7 +487,7 @@ class ThresholdSelector(_ValidationScorer):
             raise CallbackError(f"restored_by must be an EarlyStopping(restore_best_weights=True), got "
                                 f"{restored_by!r}; leave it out when no callback restores earlier weights")
         self.restored_by = restored_by
-        self.validation_data = _check_validation_data(validation_data)
+        self.validation_data = _check_validation_data(validation_data, type(self).__name__)
         self.method = method
         self.target = float(target)
         self.prefix = prefix
