@@ -783,3 +783,53 @@ def test_a_recalibrated_run_goes_beside_its_run_whatever_folder_the_command_runs
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "environment.json").write_text(json.dumps({"cwd": str(made_in)}))
     assert runs_folder_of(tmp_path / "run", "runs") == made_in / "runs"  # a relative runs_dir, read from there
+
+
+NEARLY_SEPARATED = (np.r_[np.zeros(12), np.ones(12)], np.r_[np.linspace(0.05, 0.50, 12), np.linspace(0.49, 0.97, 12)])
+
+
+@pytest.mark.parametrize("method, message", [
+    ("logistic", r"the fitted line is so steep \(slope 17.4\) that it rounds 1 distinct score\(s\) of the fitting "
+                 r"split together \(at probability 0 or 1 in floating point\)"),
+    ("temperature", r"the fitted temperature is so low \(0.060\) that it rounds 1 distinct score")])
+def test_a_fit_that_would_round_distinct_scores_together_is_refused(method, message):
+    """One overlap between the classes: the best line is so steep that 0.93 and 0.97 both become exactly 1.0."""
+    y, p = NEARLY_SEPARATED
+    assert expit(17.4 * logit(0.93)) == expit(17.4 * logit(0.97)) == 1.0  # what the check guards against
+    with pytest.raises(RecalibrationError, match=message):
+        Recalibration.fit(method, "binary", y, p)
+    # a label of a multilabel model that nearly separates keeps its scores, the other is fitted
+    y2, p2 = drawn(24, slope=1.0, intercept=0.0)
+    fitted = Recalibration.fit("logistic", "multilabel", np.c_[y, y2], np.c_[p, p2], labels=["effusion", "mass"])
+    assert fitted.unfitted is not None and list(fitted.unfitted) == ["effusion"] and fitted.slope[0] == 1.0
+    after = fitted.apply(np.c_[p, p2])
+    assert all(len(np.unique(after[:, k])) == len(np.unique(np.c_[p, p2][:, k])) for k in range(2))
+
+
+def test_thresholds_are_not_carried_where_the_new_probabilities_round_together():
+    """A steep line takes a threshold of 0.954 within 1e-6 of 1, where images below it would tie with it."""
+    home = Recalibration("logistic", "binary", slope=[1.127], intercept=[0.365])
+    steep = Recalibration("logistic", "binary", slope=[43.07], intercept=[-24.71])
+    with pytest.raises(RecalibrationError, match=r"moves the high_specificity threshold 0.9543 to 1.0000000000, "
+                                                 r"within 1e-06 of 0 or 1, where distinct scores round together"):
+        carried_thresholds({"high_specificity": 0.9543, "youden": 0.6734, "fixed": 0.5}, home, steep)
+    carried = carried_thresholds({"youden": 0.6734, "fixed": 0.5}, home, steep)  # 0.6734 stays clear of 1
+    raw = np.linspace(0.4, 0.75, 50)
+    assert np.array_equal(steep.apply(raw) >= carried["youden"], home.apply(raw) >= 0.6734)
+
+
+@pytest.mark.slow
+def test_tfmed_recalibrate_refuses_to_keep_thresholds_a_steep_fit_cannot_keep(runs, hospital, tmp_path, monkeypatch):
+    import tfmed.run.recalibrate_run as module
+
+    steep = Recalibration("logistic", "binary", slope=[60.0], intercept=[0.0])
+
+    def steep_fit(model, method, split, scored):  # as a hospital's nearly separated images could give
+        model.recalibration = steep
+        return {"applied": True, "figures": {"val": {}}}, {"val": steep.apply(scored["val"][1])}
+    monkeypatch.setattr(module, "recalibrate", steep_fit)
+    with pytest.raises(RecalibrateRunError, match=r"--keep-thresholds: the recalibration \(logistic: slope 60.000, "
+                                                  r".*could not keep the decisions they had; choose thresholds on "
+                                                  r".* instead \(leave the option out\), or fit --method intercept"):
+        recalibrate_run(runs["raw"], hospital["fit"], tmp_path / "kept", "logistic", keep_thresholds=True)
+    assert not (tmp_path / "kept").exists()

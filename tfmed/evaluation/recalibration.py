@@ -24,7 +24,9 @@ scores of a k-fold run), all monotone, so every image keeps its rank:
 
 A fit that the data cannot support raises :class:`RecalibrationError`: one
 class only, scores that separate the classes completely (the best fit makes
-every probability 0 or 1), or scores that fall as the outcome rises. A
+every probability 0 or 1) or so nearly that the fit rounds distinct scores of
+the fitting split together at 0 or 1 (it would change their ranks), or scores
+that fall as the outcome rises. A
 multilabel model's labels are fitted one by one: a label that cannot be fitted
 keeps its scores (the line of slope 1, intercept 0) and its reason is kept in
 ``unfitted``; only when no label can be fitted is the error raised.
@@ -217,24 +219,34 @@ def carried_thresholds(thresholds: dict, before: "Recalibration | None", after: 
     one number per operating point; multilabel: a list per point, one per label. ``fixed`` stays 0.5: it is
     a probability, not a decision carried over. A threshold at or beyond 0 or 1 is kept.
 
+    Raises:
+        RecalibrationError: ``after`` moves a threshold within 1e-6 of 0 or 1, where the probabilities of
+            distinct scores round together, so images could not keep their decisions.
+
     Example:
         >>> shift = Recalibration("intercept", "binary", slope=[1.0], intercept=[1.0])
         >>> carried = carried_thresholds({"youden": 0.5, "fixed": 0.5}, None, shift)
         >>> round(carried["youden"], 3), carried["fixed"]
         (0.731, 0.5)
     """
-    def carry(value):
+    def carry(name, value):
         value = np.asarray(value, dtype=float)
         inside = np.isfinite(value) & (value > 0) & (value < 1)
         # one "image" whose scores are the thresholds (those at or beyond 0 and 1 are kept below)
         row = np.where(inside, value, 0.5).reshape(1, -1)
         scores = row if before is None else before.invert(row)
+        applied = after.apply(scores).reshape(value.shape)
+        near_edge = inside & ((applied < _EDGE) | (applied > 1 - _EDGE))
+        if near_edge.any():
+            raise RecalibrationError(f"the recalibration ({after.describe()}) moves the {name} threshold "
+                                     f"{value[near_edge].flat[0]:.4f} to {applied[near_edge].flat[0]:.10f}, within "
+                                     f"{_EDGE:g} of 0 or 1, where distinct scores round together, so the images "
+                                     "could not keep the decisions they had")
         # a threshold is usually some image's own score; lowered by a hair, that image stays at or above it
         # whatever the rounding of the round trip
-        moved = after.apply(scores).reshape(value.shape) - _TIE
-        return np.where(inside, moved, value).tolist()
+        return np.where(inside, applied - _TIE, value).tolist()
 
-    return {name: value if name == "fixed" else carry(value) for name, value in thresholds.items()}
+    return {name: value if name == "fixed" else carry(name, value) for name, value in thresholds.items()}
 
 
 def check_method(method: str, task: str) -> None:
@@ -398,7 +410,20 @@ def _logistic_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, flo
     if slope <= 0:
         raise RecalibrationError(f"{label}the fitting split's scores fall as the outcome rises (slope "
                                  f"{slope:.3f}); recalibrating would reverse the model's ranking")
+    _refuse_rounded_ties(z, expit(slope * z + intercept), f"{label}the fitted line is so steep (slope {slope:.1f})")
     return slope, intercept
+
+
+def _refuse_rounded_ties(before: np.ndarray, after: np.ndarray, fit: str) -> None:
+    """Refuse a fit whose probabilities tie cases the scores told apart (rounded to 0 or 1 in floating point):
+    it would change how the model ranks images, and the decisions carried over to it."""
+    merged = sum(max(0, np.unique(b).size - np.unique(a).size) for b, a in zip(_columns(before).T,
+                                                                              _columns(after).T))
+    if merged > 0:
+        raise RecalibrationError(f"{fit} that it rounds {merged} distinct score(s) of the fitting split together "
+                                 "(at probability 0 or 1 in floating point), which would change how the model ranks "
+                                 "images: the scores nearly separate the classes; give more images, or fit the "
+                                 "intercept alone")
 
 
 def _intercept_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, float]:
@@ -434,4 +459,7 @@ def _fit_temperature(task: str, y: np.ndarray, scores: np.ndarray) -> float:
     if log_t > _LOG_T - 0.01:
         raise RecalibrationError("the fitting split's scores carry no information about the outcome, or fall as "
                                  "it rises (the best temperature flattens them without bound)")
-    return float(np.exp(log_t))
+    temperature = float(np.exp(log_t))
+    sharpened = softmax(z / temperature, axis=1) if task == "multiclass" else expit(z / temperature)
+    _refuse_rounded_ties(z, sharpened, f"the fitted temperature is so low ({temperature:.3f})")
+    return temperature

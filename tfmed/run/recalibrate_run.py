@@ -110,7 +110,11 @@ def recalibrate_run(run_dir: str | Path, data: str, output: str | Path | None = 
     summary["fit"] = model.recalibration.to_json()
     summary["thresholds"] = "kept" if keep_thresholds else "chosen"
     if keep_thresholds:
-        model.thresholds = carried_thresholds(model.thresholds, home, model.recalibration)
+        try:
+            model.thresholds = carried_thresholds(model.thresholds, home, model.recalibration)
+        except RecalibrationError as error:
+            raise RecalibrateRunError(f"--keep-thresholds: {error}; choose thresholds on {data} instead (leave "
+                                      "the option out), or fit --method intercept") from None
         where = "its thresholds carried over from that run (each image decided as the run decided it)"
     else:
         try:
