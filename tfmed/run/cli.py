@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ensemble = verbs.add_parser("ensemble", help="combine saved runs that share a split")
     ensemble.add_argument("runs", nargs="+", help="two or more run directories (runs/NAME/TIMESTAMP)")
-    ensemble.add_argument("--output", default=None, help="new run directory (default: runs/ensemble/TIMESTAMP)")
+    ensemble.add_argument("--output", default=None,
+                          help="new run directory (default: ensemble/TIMESTAMP in the first run's runs folder)")
     ensemble.add_argument("--combine", default="mean",
                           help="mean (of probabilities) or rank (averaging against each run's validation scores)")
     ensemble.add_argument("--recalibrate", default="none", choices=RECALIBRATIONS,
@@ -94,10 +95,12 @@ def _parser() -> argparse.ArgumentParser:
                                   "default), logistic (binary, multilabel) or temperature (any task)")
     recalibrate.add_argument("--keep-thresholds", action="store_true",
                              help="carry the run's thresholds over to the new probabilities, so that each operating "
-                                  "point decides every image as the run did (binary, multilabel), instead of "
-                                  "choosing them on --data")
+                                  "point chosen on validation decides every image as the run did (binary, "
+                                  "multilabel; fixed stays 0.5 on the new probabilities), instead of choosing them "
+                                  "on --data")
     recalibrate.add_argument("--output", default=None,
-                             help="new run directory (default: runs/NAME_recalibrated/TIMESTAMP)")
+                             help="new run directory (default: NAME_recalibrated/TIMESTAMP in the run's own runs "
+                                  "folder)")
     _add_subgroups_option(recalibrate)
     _add_trust_options(recalibrate)
 
