@@ -149,6 +149,30 @@ def test_an_evaluation_interrupted_while_writing_leaves_no_folder(pneumonia_run,
     assert list((tmp_path / "empty").iterdir()) == []
 
 
+def test_sigterm_stops_a_command_as_ctrl_c_does_leaving_no_half_written_evaluation(pneumonia_run, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """kill, timeout and job schedulers send SIGTERM: an evaluation half written was left for compare to read."""
+    import signal
+    import time
+
+    import tfmed.run.evaluate as evaluate_module
+    from tfmed.run.cli import main
+
+    def terminated(out, **_):
+        (out / "metrics.json").write_text("{}")
+        (out / "predictions.csv").write_text("split,id,label,score\n")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises before this ends
+
+    monkeypatch.setattr(evaluate_module, "write_outputs", terminated)
+    handler = signal.getsignal(signal.SIGTERM)
+    started = time.monotonic()
+    assert main(["evaluate", "--model", str(pneumonia_run), "--output", str(tmp_path / "ev")]) == 143
+    assert time.monotonic() - started < 25 and not (tmp_path / "ev").exists()
+    assert capsys.readouterr().err.endswith("tfmed: stopped (SIGTERM)\n")
+    assert signal.getsignal(signal.SIGTERM) is handler  # the process's own handler is back after the command
+
+
 def test_an_evaluation_says_where_the_runs_thresholds_were_chosen(tmp_path):
     import types
 

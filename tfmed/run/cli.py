@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -36,6 +37,7 @@ from tfmed.progress import configure_logging, native_stderr_captured, progress_o
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RECALIBRATIONS = typing.get_args(RecalibrationMethod)  # none first
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it
+TERMINATED = 143  # stopped by SIGTERM (128 + 15): kill, timeout, a job scheduler's stop
 BROKEN_PIPE = 141  # the exit status of a command whose reader stopped early (128 + SIGPIPE), as shells report it
 
 
@@ -205,10 +207,37 @@ def _add_trust_options(verb: argparse.ArgumentParser) -> None:
                            "use it only for runs you made yourself")
 
 
+class Terminated(KeyboardInterrupt):
+    """The process was sent SIGTERM: raised where it runs, so that every clean-up of Ctrl-C (``FAILED.txt``, an
+    unfinished evaluation's folder removed) happens too."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """While active, SIGTERM raises :class:`Terminated` (main thread only; the earlier handler comes back after)."""
+    def stop(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tfmed`` console script."""
     args = _parser().parse_args(argv)
     configure_logging()
+    with sigterm_interrupts():
+        return _run_command(args)
+
+
+def _run_command(args) -> int:
     try:
         import_tensorflow_quietly()
         return COMMANDS[args.verb](args)
@@ -221,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except (TfmedError, OSError) as error:  # the user's data, config or files (a full disk, a file as folder)
         print(f"tfmed: error: {error}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("tfmed: stopped (SIGTERM)", file=sys.stderr)
+        return TERMINATED
     except KeyboardInterrupt:  # Ctrl-C: one line, not TensorFlow's stack (a run has logged its FAILED.txt)
         print("tfmed: interrupted (Ctrl-C)", file=sys.stderr)
         return INTERRUPTED

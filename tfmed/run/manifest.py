@@ -125,8 +125,8 @@ def next_step(directory: str | Path, error: BaseException) -> str:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
+    if isinstance(error, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (tfmed.run.cli.Terminated)
+        return f"interrupted ({type(error).__name__})"
     message = " ".join(str(error).split()) or "(no message)"
     return f"{type(error).__name__}: {message[:500]}"
 
