@@ -135,3 +135,36 @@ def test_a_fine_tune_stopped_as_a_backup_was_written_resumes_and_finishes(tmp_pa
     assert f"{bad}: cannot be read" in out and "stage 2 starts again from the end of stage 1" in out
     assert not (run / FAILED_FILE).exists()
     check_run(run, True)  # finished: every file in its manifest
+
+
+def test_a_resume_accepts_files_whose_times_alone_changed_and_refuses_other_files(tmp_path, capsys):
+    """A restore or a copy without -t gives the same files new modification times: not other data."""
+    import cv2
+
+    from tfmed.progress import configure_logging
+
+    rng = np.random.default_rng(0)
+    for label in ("normal", "sick"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(16):
+            cv2.imwrite(str(tmp_path / "data" / label / f"{label}_{i}.png"),
+                        rng.integers(0, 255, (32, 32), dtype=np.uint8) // (2 if label == "normal" else 1))
+    config = ExperimentConfig.from_dict({
+        "name": "times", "data": {"source": "folder", "path": str(tmp_path / "data"), "patient_pattern": "(.+)"},
+        "preprocess": {"image_size": 32}, "split": {"test_fraction": 0.2}, "runs_dir": str(tmp_path / "runs"),
+        "model": {"mode": "svm", "backbone": "explain_test_net", "weights": None,
+                  "svm": {"taps": ["middle"], "C": [1.0], "cv": 3}}})
+    run = run_experiment(config)
+    (run / MANIFEST_FILE).unlink()
+    record_failure(run, KeyboardInterrupt())
+    files = sorted((tmp_path / "data").rglob("*.png"))
+    for path in files:
+        os.utime(path, ns=(0, 10**18))  # same bytes, another time
+    configure_logging()
+    assert resume_experiment(run) == run and (run / MANIFEST_FILE).is_file()
+    assert "modification times changed since the run started" in capsys.readouterr().out
+    (run / MANIFEST_FILE).unlink()
+    record_failure(run, KeyboardInterrupt())
+    cv2.imwrite(str(files[0]), np.zeros((40, 40), np.uint8))  # another picture under the same name
+    with pytest.raises(RunDirectoryError, match=r"the data \(images, labels\) or their split differ"):
+        resume_experiment(run)

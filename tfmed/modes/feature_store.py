@@ -180,9 +180,9 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def table_identity(table) -> dict:
+def table_identity(table, times: bool = True) -> dict:
     """What identifies a table's images: its image columns (paths, array rows, lesion centres), each
-    file's size and modification time (see :func:`file_stats`), and the in-memory images' digest.
+    file's size and modification time (``times``; see :func:`file_stats`), and the in-memory images' digest.
 
     Example:
         >>> import pandas as pd
@@ -194,17 +194,17 @@ def table_identity(table) -> dict:
     frame = table.frame
     columns = [c for c in frame.columns if c not in NOT_IMAGE_COLUMNS and not str(c).startswith("label:")]
     known: dict[str, tuple | None] = {}  # a volume's many views share its path
-    files = [known[value] if value in known else known.setdefault(value, file_stats(value))
+    files = [known[value] if value in known else known.setdefault(value, file_stats(value, times))
              for value in frame["image"].astype(str).tolist()]
     return {"columns": {c: frame[c].astype(str).tolist() for c in sorted(columns)},
             "files": files if table.images is None else None,
             "images": None if table.images is None else np.asarray(table.images)}
 
 
-def file_stats(path: str) -> tuple | None:
-    """Size and modification time of an image file; for a DICOM series folder, of each file in it that
-    the volume reader considers (name order, hidden files and sub-folders left out); for a MetaImage
-    ``.mhd`` or NRRD ``.nhdr`` header, of the header and of the data file it names. None when missing.
+def file_stats(path: str, times: bool = True) -> tuple | None:
+    """Size and modification time (without ``times``: size alone) of an image file; for a DICOM series folder,
+    of each file in it that the volume reader considers (name order, hidden files and sub-folders left out); for
+    a MetaImage ``.mhd`` or NRRD ``.nhdr`` header, of the header and of the data file it names. None when missing.
 
     Example:
         >>> import tempfile
@@ -212,18 +212,22 @@ def file_stats(path: str) -> tuple | None:
         >>> _ = open(f"{folder}/IM0001.dcm", "wb").write(b"DICM")
         >>> [(name, size) for name, size, _ in file_stats(folder)], file_stats(f"{folder}/gone.png")
         ([('IM0001.dcm', 4)], None)
+        >>> file_stats(folder, times=False)
+        (('IM0001.dcm', 4),)
     """
+    def facts(stat) -> tuple:
+        return (stat.st_size, stat.st_mtime_ns) if times else (stat.st_size,)
+
     try:
         if os.path.isdir(path):
             entries = sorted((entry for entry in os.scandir(path) if not entry.name.startswith(".")
                               and entry.is_file()), key=lambda entry: entry.name)
-            return tuple((entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in entries)
+            return tuple((entry.name, *facts(entry.stat())) for entry in entries)
         stat = os.stat(path)
         data_file = detached_data_file(path)
         if data_file is None:
-            return stat.st_size, stat.st_mtime_ns
-        data = os.stat(data_file)
-        return stat.st_size, stat.st_mtime_ns, data.st_size, data.st_mtime_ns
+            return facts(stat)
+        return facts(stat) + facts(os.stat(data_file))
     except OSError:
         return None
 

@@ -406,14 +406,15 @@ def run_experiment(config: ExperimentConfig, runs_dir: str | Path | None = None)
         environment = environment_info(config)
         environment["config_sha256"] = file_digest(run_dir / "config.yaml")
         environment["data_digest"] = data_digest(table)
+        environment["data_digest_without_times"] = data_digest(table, times=False)
         (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
         _fill_or_record(run_dir, config, table, inputs, started)
     return run_dir
 
 
-def data_digest(table: ImageTable) -> str:
-    """A digest of what a run trains and is scored on: its images (paths, file sizes and times, in-memory
-    pixels), their labels and splits; a resume refuses data whose digest changed.
+def data_digest(table: ImageTable, times: bool = True) -> str:
+    """A digest of what a run trains and is scored on: its images (paths, file sizes and, with ``times``,
+    modification times; in-memory pixels), their labels and splits; a resume refuses data whose digest changed.
 
     Example:
         >>> from tfmed.data.sources.embedded import load_pneumonia_mnist
@@ -424,7 +425,7 @@ def data_digest(table: ImageTable) -> str:
     from tfmed.modes.features import digest
 
     frame = table.frame
-    return digest({"rows": table_identity(table), "classes": list(table.classes),
+    return digest({"rows": table_identity(table, times), "classes": list(table.classes),
                    "labels": np.asarray(table.labels()).tolist(),
                    "split": frame["split"].astype(str).tolist() if "split" in frame.columns else None})
 
@@ -482,7 +483,14 @@ def _check_same_data(run_dir: Path, environment: dict, table: ImageTable) -> Non
     the data's digest (images, labels, split)."""
     recorded = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
     now = table.frame[["image", "split"]].astype(str).reset_index(drop=True)
-    if not recorded.astype(str).equals(now) or environment.get("data_digest") not in (None, data_digest(table)):
+    same = recorded.astype(str).equals(now) and environment.get("data_digest") in (None, data_digest(table))
+    if not same and recorded.astype(str).equals(now) and environment.get("data_digest_without_times") == \
+            data_digest(table, times=False):
+        log("warning: the image files' modification times changed since the run started (a copy or a restore "
+            "that did not keep them), but not their names, sizes, labels or split: resuming on them. If their "
+            "contents changed, stop and run the experiment anew instead")
+        return
+    if not same:
         raise RunDirectoryError(f"{run_dir}: the data (images, labels) or their split differ from those the run "
                                 "started on; a resumed run must train on the same data, so run the experiment anew "
                                 "instead")
