@@ -168,3 +168,15 @@ def test_a_resume_accepts_files_whose_times_alone_changed_and_refuses_other_file
     cv2.imwrite(str(files[0]), np.zeros((40, 40), np.uint8))  # another picture under the same name
     with pytest.raises(RunDirectoryError, match=r"the data \(images, labels\) or their split differ"):
         resume_experiment(run)
+
+
+@pytest.mark.parametrize("record, command", [("ensemble_runs.json", "tfmed ensemble"),
+                                             ("recalibrated_from.json", "tfmed recalibrate")])
+def test_a_stopped_ensemble_or_recalibration_of_saved_runs_is_not_resumed(stopped, record, command):
+    """Resumed, its config.yaml trained the members again and the folder still said it combined saved runs."""
+    run, _ = stopped
+    (run / record).write_text("{}")
+    with pytest.raises(RunDirectoryError, match=f"{command} began this folder \\({record}\\) and stopped before it "
+                                                f"finished; it is not resumed: run {command} again"):
+        resume_experiment(run)
+    assert not (run / MANIFEST_FILE).exists()

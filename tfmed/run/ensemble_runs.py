@@ -41,8 +41,9 @@ from tfmed.run.artifact import TrainedModel
 from tfmed.run.evaluate import load_metrics
 from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recalibrate, scored_metrics
 from tfmed.run.manifest import finish_run
-from tfmed.run.rundir import (as_reread, environment_info, output_run_dir, refuse_output_inside_runs,
-                              refuse_used_output, resolve_run_dir, run_split_tables, runs_folder_of)
+from tfmed.run.rundir import (ENSEMBLE_RUNS_FILE, as_reread, environment_info, output_run_dir,
+                              refuse_output_inside_runs, refuse_used_output, resolve_run_dir, run_split_tables,
+                              runs_folder_of)
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
 
@@ -141,7 +142,7 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
         (out / "environment.json").write_text(json.dumps({**environment_info(config), "verified": verify},
                                                          indent=2))
         shutil.copyfile(runs[0] / "splits.csv", out / "splits.csv")
-        (out / "ensemble_runs.json").write_text(json.dumps(
+        (out / ENSEMBLE_RUNS_FILE).write_text(json.dumps(
             {"runs": [str(r) for r in runs], "members": names, "combine": combine, "recalibration": recalibration},
             indent=2))
         model.save(out / "model")

@@ -45,8 +45,8 @@ from tfmed.progress import log
 from tfmed.run.artifact import TrainedModel
 from tfmed.files import file_digest
 from tfmed.run.manifest import FAILED_FILE, LOCK_FILE, finish_run, next_step, record_failure
-from tfmed.run.rundir import (RunDirectoryError, check_runs_dir, environment_info, json_object, new_run_dir,
-                              run_lock, run_working_dir)
+from tfmed.run.rundir import (ENSEMBLE_RUNS_FILE, PROVENANCE_FILE, RunDirectoryError, check_runs_dir,
+                              environment_info, json_object, new_run_dir, run_lock, run_working_dir)
 
 
 def prepare_data(config: ExperimentConfig, new_run: bool = True) -> ImageTable:
@@ -447,6 +447,10 @@ def resume_experiment(run_dir: str | Path) -> Path:
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "splits.csv").is_file():
         raise RunDirectoryError(f"{run_dir}: not a run that stopped (it needs the config.yaml and splits.csv a run "
                                 "writes first); pass the directory of the run to resume")
+    for record, command in ((ENSEMBLE_RUNS_FILE, "tfmed ensemble"), (PROVENANCE_FILE, "tfmed recalibrate")):
+        if (run_dir / record).is_file():  # its config.yaml would train the models it was made from saved ones
+            raise RunDirectoryError(f"{run_dir}: {command} began this folder ({record}) and stopped before it "
+                                    f"finished; it is not resumed: run {command} again (and remove this folder)")
     base = run_working_dir(run_dir)  # its relative paths (data, runs_dir) are read from there, as when it began
     if base is not None and base.resolve() != Path.cwd().resolve():
         log(f"resuming in {base}, the folder the run was started in")

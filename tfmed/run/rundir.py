@@ -37,6 +37,7 @@ class RunDirectoryError(TfmedError):
 
 
 PROVENANCE_FILE = "recalibrated_from.json"  # what tfmed recalibrate writes into its run: the run, data, method
+ENSEMBLE_RUNS_FILE = "ensemble_runs.json"  # what tfmed ensemble writes into its run: the runs it combined
 SWEEP_FILE = "layer_sweep.csv"  # what tfmed sweep-layers writes into its folder, beside config.yaml
 VERSIONED_PACKAGES = ("tensorflow", "keras", "numpy", "pandas", "scikit-learn", "scikit-image", "skops",
                       "opencv-python-headless", "pydicom", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "nibabel",
