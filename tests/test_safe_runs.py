@@ -155,14 +155,16 @@ def test_a_crashed_run_is_reported_incomplete(runs, tmp_path, monkeypatch, capsy
     assert failed.startswith("RuntimeError: killed while writing the report\n")
     assert "Traceback" in failed and "in crash" in failed  # where it stopped
     with pytest.raises(IncompleteRunError, match="incomplete run: it stopped with RuntimeError: killed while "
-                                                 "writing the report.*--no-verify"):
+                                                 r"writing the report.*\. Finish it with tfmed run --resume .*; or "
+                                                 "pass --no-verify"):
         TrainedModel.load(crashed)
     assert cli.main(["predict", "--model", str(crashed), str(tmp_path)]) == 2
     assert "stopped with RuntimeError: killed" in capsys.readouterr().err
     model = TrainedModel.load(crashed, verify=False)  # read as it is, on request
     assert model.mode == "ensemble"
     (crashed / FAILED_FILE).unlink()  # killed outright (no chance to write why): the manifest alone tells
-    with pytest.raises(IncompleteRunError, match="it has no MANIFEST.sha256.*crashed or was killed"):
+    with pytest.raises(IncompleteRunError, match="it has no MANIFEST.sha256.*crashed or was killed.*Finish it with "
+                                                 f"tfmed run --resume {crashed}, run the experiment again"):
         TrainedModel.load(crashed)
 
 

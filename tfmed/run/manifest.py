@@ -171,12 +171,15 @@ def read_manifest(directory: str | Path) -> dict[str, str]:
     if not path.is_file():
         reason = failure_reason(directory)
         if reason is not None:
+            step = failed_next_step(directory)
             raise IncompleteRunError(f"{directory}: incomplete run: it stopped with {reason} (see {FAILED_FILE}). "
-                                     "Run the experiment again, or pass --no-verify to read its files as they are")
+                                     f"{step[:1].upper() + step[1:]}; or pass --no-verify to read its files as they "
+                                     "are")
         raise IncompleteRunError(
             f"{directory}: incomplete run: it has no {MANIFEST_FILE}, which a run writes last, after "
             "everything else succeeded (the run crashed or was killed, or was made by a tfmed older than "
-            "0.2). Run the experiment again, or pass --no-verify to read its files as they are")
+            f"0.2). Finish it with tfmed run --resume {directory}, run the experiment again, or pass --no-verify to "
+            "read its files as they are")
     entries = {}
     try:
         text = path.read_text(encoding="utf-8")
