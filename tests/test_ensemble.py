@@ -567,6 +567,37 @@ def test_tfmed_ensemble_without_output_writes_beside_the_first_run(two_runs, tmp
     shutil.rmtree(made[0].parent)  # the runs folder as the other tests find it
 
 
+def test_an_ensemble_typed_in_another_folder_reads_its_runs_relative_data_from_where_they_began(
+        two_runs, tiny_source, tmp_path, monkeypatch):
+    """Runs made with a relative data path: their combination, made and evaluated elsewhere, still finds it."""
+    import yaml
+
+    from tfmed.run.manifest import write_manifest
+
+    began = tmp_path / "project"
+    (began / "data").mkdir(parents=True)
+    shutil.copy(tiny_source.split(":", 1)[1], began / "data" / "tiny.npz")
+    copies = []
+    for run in two_runs:
+        copy = shutil.copytree(run, tmp_path / "runs" / run.parent.name / run.name)
+        values = yaml.safe_load((copy / "config.yaml").read_text())
+        values["data"]["source"] = "medmnist:data/tiny.npz"
+        (copy / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+        environment = json.loads((copy / "environment.json").read_text())
+        environment.pop("config_sha256", None)
+        (copy / "environment.json").write_text(json.dumps({**environment, "cwd": str(began)}))
+        write_manifest(copy)
+        copies.append(copy)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["ensemble", *map(str, copies), "--output", str(tmp_path / "combined")]) == 0
+    environment = json.loads((tmp_path / "combined" / "environment.json").read_text())
+    assert (environment["cwd"], environment["command_cwd"]) == (str(began), str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path)  # a third folder: the test split is read from the project's data
+    again = evaluate_run(tmp_path / "combined", output=tmp_path / "evaluated")
+    assert load_metrics(again)["splits"]["test"] == load_metrics(tmp_path / "combined")["splits"]["test"]
+
+
 def test_tfmed_ensemble_refuses_stacking_and_a_single_run(tmp_path, capsys):
     assert main(["ensemble", "a", "b", "--combine", "stacking", "--output", str(tmp_path / "x")]) == 2
     assert "out-of-fold training scores" in capsys.readouterr().err

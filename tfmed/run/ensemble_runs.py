@@ -43,7 +43,7 @@ from tfmed.run.experiment import choose_coarse_thresholds, count_entries, recali
 from tfmed.run.manifest import finish_run
 from tfmed.run.rundir import (ENSEMBLE_RUNS_FILE, as_reread, environment_info, output_run_dir,
                               refuse_output_inside_runs, refuse_used_output, resolve_run_dir, run_split_tables,
-                              runs_folder_of)
+                              run_working_dir, runs_folder_of)
 
 SAVED_RUN_RULES = ("mean", "rank")  # stacking needs out-of-fold training scores
 
@@ -138,9 +138,13 @@ def ensemble_runs(run_dirs: list[str | Path], output: str | Path | None = None, 
     with output_run_dir(output, "ensemble", runs_folder_of(runs[0], configs[0].runs_dir)) as out:
         log(f"combining {len(runs)} runs ({combine}) into {out}")
         config.to_yaml(out / "config.yaml")
-        # "verified": false when --no-verify read the runs without checking them against their manifests
-        (out / "environment.json").write_text(json.dumps({**environment_info(config), "verified": verify},
-                                                         indent=2))
+        # "verified": false when --no-verify read the runs without checking them against their manifests; its
+        # config.yaml names the first run's data, so relative paths are read from where that run was started
+        environment = {**environment_info(config), "verified": verify}
+        started_in = run_working_dir(runs[0])
+        if started_in is not None:
+            environment.update(cwd=str(started_in), command_cwd=environment["cwd"])
+        (out / "environment.json").write_text(json.dumps(environment, indent=2))
         shutil.copyfile(runs[0] / "splits.csv", out / "splits.csv")
         (out / ENSEMBLE_RUNS_FILE).write_text(json.dumps(
             {"runs": [str(r) for r in runs], "members": names, "combine": combine, "recalibration": recalibration},
