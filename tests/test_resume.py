@@ -180,3 +180,4 @@ def test_a_stopped_ensemble_or_recalibration_of_saved_runs_is_not_resumed(stoppe
                                                 f"finished; it is not resumed: run {command} again"):
         resume_experiment(run)
     assert not (run / MANIFEST_FILE).exists()
+

@@ -73,12 +73,14 @@ def fit_statistics(table, config: PreprocessConfig, batch_size: int = 64) -> dic
     ds = raw_dataset(table).map(shape_chain, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     total = np.zeros((config.image_size, config.image_size, config.channels), np.float64)
     total_sq = np.zeros(config.channels, np.float64)
-    count = 0
+    count, largest = 0, -np.inf
     for batch in ds:
         batch = batch.numpy().astype(np.float64)
+        largest = max(largest, float(batch.max()))
         total += batch.sum(axis=0)
         total_sq += np.square(batch).sum(axis=(0, 1, 2))
         count += batch.shape[0]
+    stats["value_max"] = largest  # the training images' largest value: their bit depth, for new images' check
     if config.intensity == "mean_image":
         stats["mean_image"] = (total / count).astype(np.float32)
     else:
@@ -87,6 +89,30 @@ def fit_statistics(table, config: PreprocessConfig, batch_size: int = 64) -> dic
         var = np.maximum(total_sq / pixels - mean**2, 0.0)
         stats.update(mean=mean.tolist(), std=np.sqrt(var).tolist())
     return stats
+
+
+def bit_depth_mismatch(stats: dict, depths: dict) -> str | None:
+    """Why images of bit ``depths`` ({bit depth: file count}) would be misread by statistics fitted on training
+    images of another depth (their largest value, ``max`` or ``value_max``, up to 255 or above it); None when they
+    fit, or when the statistics do not record it (intensities fitted per image, runs made before it was kept).
+
+    Example:
+        >>> bit_depth_mismatch({"intensity": "standardize", "value_max": 255.0}, {16: 3, 8: 2})[:40]
+        '3 of the 5 files are 16-bit, but the tra'
+    """
+    largest = stats.get("max", stats.get("value_max"))
+    if largest is None or not depths:
+        return None
+    trained = 8 if largest <= 255 else 16
+    other = sum(count for depth, count in depths.items() if (depth <= 8) != (trained == 8))
+    if not other:
+        return None
+    depth = 16 if trained == 8 else 8
+    return (f"{other} of the {sum(depths.values())} files are {depth}-bit, but the training images held values up "
+            f"to {largest:g} ({trained}-bit), and preprocess.intensity {stats['intensity']!r} scales every image with "
+            "the training statistics, so these come out "
+            f"{'far too bright' if depth == 16 else 'nearly black'}: convert them to {trained}-bit as the training "
+            "images were")
 
 
 def _standard_landmarks(table) -> dict:

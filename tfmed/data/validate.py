@@ -116,6 +116,7 @@ class ValidationReport:
     warnings: list[Problem] = field(default_factory=list)
     checked: int = 0
     source: str = ""
+    bit_depths: Counter = field(default_factory=Counter)  # decoded files by bit depth (float files left out)
 
     @property
     def ok(self) -> bool:
@@ -266,8 +267,8 @@ def validate_table(table: ImageTable, *, need_patient_ids: bool = False, max_cha
     elif table.images is None:
         read = _check_files(frame, add, warn, max_channels, allowed_bit_depths, check_images, workers, max_pixels,
                             source_flagged)
-        _check_mixed_depths(Counter(info.bit_depth for info in read.values() if not info.float_values), intensity,
-                            warn)
+        report.bit_depths = Counter(info.bit_depth for info in read.values() if not info.float_values)
+        _check_mixed_depths(report.bit_depths, intensity, warn)
         _check_window_units(read, intensity, warn)
     else:
         _check_arrays(table, report, add, max_channels, allowed_bit_depths)

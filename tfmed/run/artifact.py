@@ -23,7 +23,7 @@ import numpy as np
 
 from tfmed.config import PreprocessConfig, TTAConfig, ViewsConfig
 from tfmed.data.pipeline import ImageInputs
-from tfmed.data.statistics import load_statistics, save_statistics
+from tfmed.data.statistics import bit_depth_mismatch, load_statistics, save_statistics
 from tfmed.data.table import ImageTable
 from tfmed.errors import TfmedError
 from tfmed.evaluation.hierarchy import Hierarchy
@@ -92,6 +92,16 @@ class TrainedModel:
         """The preprocessing, train statistics and test-time views that turn a table into this model's inputs."""
         return ImageInputs(self.preprocess, self.stats, tta=self.tta,
                            volume_views=self.views if self.views.enabled else None)
+
+    def bit_depth_warning(self, depths: dict) -> str | None:
+        """Why new files of bit ``depths`` ({bit depth: count}) would be misread by the training statistics of this
+        model or of one of its ensemble members (see :func:`~tfmed.data.statistics.bit_depth_mismatch`)."""
+        members = getattr(self.estimator, "members", None) or []
+        for stats in [self.stats] + [member.inputs_for(self.inputs).stats for member in members]:
+            problem = bit_depth_mismatch(stats or {}, depths)
+            if problem:
+                return problem
+        return None
 
     def predict(self, table: ImageTable, batch_size: int = 64) -> np.ndarray:
         """Scores for every row of ``table``, in table order (averaged over the test-time views)."""

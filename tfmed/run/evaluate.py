@@ -209,9 +209,12 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
     table = load_source(parsed)
     _refuse_several_splits(spelt_out(parsed), sorted(table.frame["split"].dropna().unique()))
     limit = parsed.max_image_pixels if is_experiment_file(data) else config.data.max_image_pixels
-    report = validate_table(table, max_pixels=limit, views=model.views)
+    report = validate_table(table, max_pixels=limit, views=model.views, intensity=model.preprocess.intensity)
     if report.warnings:
         log(report.warnings_text())
+    depths = model.bit_depth_warning(report.bit_depths)
+    if depths:
+        log(f"warning: {data}: {depths}")
     remedy = (f"set exclude_bad_rows: true in the data: section of {data} to leave them out"
               if is_experiment_file(data) else
               f"pass --data a YAML file whose data: section names {data} (source and path) and sets "

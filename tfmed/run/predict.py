@@ -67,7 +67,12 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
         frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
         table = ImageTable.unlabelled(frame, list(model.classes), model.task,
                                       source=f"the images given to {command}")
-    report = validate_table(table, max_pixels=max_pixels, views=model.views)
+    report = validate_table(table, max_pixels=max_pixels, views=model.views, intensity=model.preprocess.intensity)
+    if report.warnings:
+        log(report.warnings_text())
+    depths = model.bit_depth_warning(report.bit_depths)
+    if depths:
+        log(f"warning: the images given to {command}: {depths}")
     return apply_validation(table, report, exclude_bad_rows=False,
                             remedy=f"leave those files out of the images given to {command}")
 
