@@ -322,3 +322,41 @@ def test_a_luna16_nodule_experiment_runs_end_to_end(tmp_path, capsys):
         capsys.readouterr().out
     result = json.loads((sorted((run / "evaluations").iterdir())[-1] / "metrics.json").read_text())["froc"]
     assert (result["scans"], result["nodules"], result["detected"], len(result["scans_not_scored"])) == (3, 3, 3, 1)
+
+
+def test_froc_scores_a_twice_hit_nodule_at_its_higher_score():
+    """A nodule hit twice counts once, at the higher score: taking the lower one (min for max) would rank the
+    false positive scored between the two hits first, and the nodule would never be found at 0 FP."""
+    nodules = pd.DataFrame({"scan": ["a"], "x": [0.0], "y": [0.0], "z": [0.0], "diameter_mm": [10.0]})
+    candidates = pd.DataFrame({"scan": ["a"] * 3, "x": [1.0, 2.0, 100.0], "y": 0.0, "z": 0.0,
+                               "score": [0.9, 0.1, 0.5]})  # hits at 0.9 and 0.1, a false positive at 0.5
+    result = froc(candidates, nodules, ["a"], n_resamples=0)
+    # by hand: at threshold 0.9 the one nodule is found with no false positive -> sensitivity 1 at every rate
+    assert result["cpm"] == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for v in result["sensitivity_at_fp_per_scan"].values())
+
+
+def test_froc_candidate_exactly_one_radius_away_is_not_a_hit():
+    """The hit rule is strict, distance < diameter / 2 (LUNA16's evaluation script): a candidate exactly 3 mm
+    from a 6 mm nodule's centre is a false positive, not a detection (a <= would count it)."""
+    nodules = pd.DataFrame({"scan": ["a"], "x": [0.0], "y": [0.0], "z": [0.0], "diameter_mm": [6.0]})
+    candidates = pd.DataFrame({"scan": ["a"], "x": [0.0], "y": [3.0], "z": [0.0], "score": [0.9]})
+    result = froc(candidates, nodules, ["a"], n_resamples=0)
+    assert (result["detected"], result["false_positives"]) == (0, 1)
+    inside = froc(candidates.assign(y=2.999), nodules, ["a"], n_resamples=0)
+    assert (inside["detected"], inside["false_positives"]) == (1, 0)
+
+
+def test_row_center_in_millimetres_wins_over_the_voxel_centre():
+    """A row with both center_x/y/z (mm) and center_slice/row/column uses the millimetres, as documented;
+    checking the voxel columns first would silently use the other centre."""
+    from tfmed.data.volumes import Volume
+    volume = Volume(np.zeros((4, 5, 6), np.float32), (2.0, 1.0, 1.0), np.zeros(3), np.eye(3))
+    row = {"center_x": 1.0, "center_y": 1.0, "center_z": 1.0,
+           "center_slice": 3, "center_row": 4, "center_column": 5}
+    got = volume_inputs.row_center(volume, row, "lesion")
+    mm_only = volume_inputs.row_center(volume, {k: row[k] for k in ("center_x", "center_y", "center_z")}, "lesion")
+    voxel_only = volume_inputs.row_center(
+        volume, {k: row[k] for k in ("center_slice", "center_row", "center_column")}, "lesion")
+    assert not np.allclose(mm_only, voxel_only)  # the two centres name different places
+    np.testing.assert_allclose(got, mm_only)

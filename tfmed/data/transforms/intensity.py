@@ -126,15 +126,19 @@ HISTOGRAM_PERCENTILES = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90
 
 
 def image_landmarks(image, percentiles: Sequence[float] = HISTOGRAM_PERCENTILES) -> tf.Tensor:
-    """The ``percentiles`` of all of ``image``'s values (every channel together), interpolated linearly.
+    """The ``percentiles`` of ``image``'s pixels (each pixel's mean over its channels), interpolated linearly.
 
-    They match ``numpy.percentile``'s default.
+    They match ``numpy.percentile``'s default. A grey picture saved as RGB (R = G = B) has the landmarks of the
+    same picture saved grey.
 
     Example:
         >>> image_landmarks(tf.reshape(tf.range(101.0), (101, 1, 1)), [1, 50, 99]).numpy().tolist()
         [1.0, 50.0, 99.0]
+        >>> grey = tf.reshape(tf.range(101.0), (101, 1, 1))
+        >>> bool(tf.reduce_all(image_landmarks(tf.concat([grey] * 3, axis=-1)) == image_landmarks(grey)))
+        True
     """
-    values = tf.sort(tf.reshape(as_image(image), [-1]))
+    values = tf.sort(tf.reshape(tf.reduce_mean(as_image(image), axis=-1), [-1]))
     last = tf.cast(tf.size(values) - 1, tf.float32)
     position = tf.constant(percentiles, tf.float32) / 100.0 * last
     below = tf.floor(position)
@@ -148,7 +152,7 @@ class HistogramStandardize(Transform):
     """Histogram standardisation (Nyul & Udupa 1999): each image's intensity landmarks to standard ones.
 
     The image's own landmarks (:func:`image_landmarks`: the 1st and 99th
-    percentiles and the deciles, all channels together) are mapped piecewise
+    percentiles and the deciles of its pixels, each the mean of its channels) are mapped piecewise
     linearly onto ``landmarks``, the standard scale learnt from the train split
     (:func:`tfmed.data.statistics.fit_statistics`), whose first and last values
     are 0 and 255. Values beyond the 1st and 99th percentiles follow the end
