@@ -189,3 +189,22 @@ def test_the_fingerprint_is_the_grey_image_min_max_scaled_and_averaged_down_to_1
     scaled = (grey - grey.min()) * 255 / (grey.max() - grey.min())
     expected = scaled.reshape(16, 4, 16, 4).mean(axis=(1, 3)).ravel()  # 4 x 4 block means
     assert np.sqrt(np.mean((fingerprint(rgb) - expected) ** 2)) < 0.5  # well inside the 4 grey levels of a match
+
+
+def test_the_pair_search_finds_exactly_the_groups_every_pair_compared_would():
+    """The k-d tree over principal axes must neither miss a pair within the tolerance nor add one beyond it."""
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial.distance import pdist, squareform
+
+    rng = np.random.default_rng(7)
+    smooth = rng.normal(0, 1, (300, 4)) @ rng.normal(0, 30, (4, 256)) + 128  # low rank, as pictures are
+    prints = np.vstack([smooth, smooth[:60] + rng.normal(0, 3.0, (60, 256)),  # near copies, some beyond 4 levels
+                        smooth[60:70] + rng.normal(0, 1.0, (10, 256)), smooth[:5]])  # chains and exact copies
+    for tolerance in (0.0, 2.0, 4.0):
+        linked = squareform(pdist(prints)) <= tolerance * 16 + 1e-3
+        _, component = connected_components(linked, directed=False)
+        sizes = np.bincount(component)
+        groups = near_duplicate_groups(prints, tolerance)
+        assert np.array_equal(groups >= 0, sizes[component] > 1), tolerance
+        for row in np.flatnonzero(groups >= 0):  # the same rows together
+            assert np.array_equal(groups == groups[row], component == component[row])

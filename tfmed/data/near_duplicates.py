@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sklearn.neighbors import NearestNeighbors
+from scipy.spatial import cKDTree
 
 from tfmed.config import SplitConfig
 from tfmed.data.decode import DEFAULT_MAX_PIXELS, read_image
@@ -48,6 +48,8 @@ DEFAULT_TOLERANCE = SplitConfig.near_duplicate_rms
 GROUP_COLUMN = "near_duplicate_group"
 # Exact copies are at distance 0; floating-point sums can put them a hair above it.
 _EXACT_SLACK = 1e-3
+_AXES = 16  # principal axes of the fingerprints the pair search indexes
+_AXES_SAMPLE = 4096  # rows those axes are found on
 
 
 class NearDuplicateError(TfmedError):
@@ -121,11 +123,8 @@ def near_duplicate_groups(fingerprints: np.ndarray, tolerance: float = DEFAULT_T
     if len(compared) < 2:
         return np.full(n, -1, dtype=np.int64)
     radius = tolerance * np.sqrt(prints.shape[1]) + _EXACT_SLACK
-    neighbours = NearestNeighbors(radius=radius, algorithm="brute").fit(prints[compared])
-    rows = neighbours.radius_neighbors(prints[compared], return_distance=False)
-    first = compared[np.repeat(np.arange(len(compared)), [len(r) for r in rows])]
-    second = compared[np.concatenate(rows)]
-    graph = coo_matrix((np.ones(len(first)), (first, second)), shape=(n, n))
+    pairs = _pairs_within(prints[compared], radius)
+    graph = coo_matrix((np.ones(len(pairs)), (compared[pairs[:, 0]], compared[pairs[:, 1]])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
     sizes = np.bincount(component)
     groups = np.full(n, -1, dtype=np.int64)
@@ -133,6 +132,27 @@ def near_duplicate_groups(fingerprints: np.ndarray, tolerance: float = DEFAULT_T
     for row in np.flatnonzero(sizes[component] > 1):
         groups[row] = numbers.setdefault(int(component[row]), len(numbers))
     return groups
+
+
+def _pairs_within(prints: np.ndarray, radius: float) -> np.ndarray:
+    """Every pair of rows (i < j) of ``prints`` at most ``radius`` apart, exactly, in about n log n.
+
+    Candidates come from a k-d tree over the first principal axes (of at most 4,096 rows): a projection onto
+    orthonormal axes never lengthens a distance, so no pair within ``radius`` is missed; each candidate's full
+    distance then decides.
+
+    Example:
+        >>> _pairs_within(np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 1.0], [9.0, 9.0]]), 5.0).tolist()
+        [[0, 1], [0, 2], [1, 2]]
+    """
+    centred = prints - prints.mean(axis=0)
+    sample = centred[::max(1, len(centred) // _AXES_SAMPLE)]
+    axes = np.linalg.svd(sample, full_matrices=False)[2][:_AXES]
+    pairs = cKDTree(centred @ axes.T).query_pairs(radius, output_type="ndarray")
+    if len(pairs):
+        distances = np.sqrt(np.square(prints[pairs[:, 0]] - prints[pairs[:, 1]]).sum(axis=1))
+        pairs = pairs[distances <= radius]
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else np.zeros((0, 2), np.int64)
 
 
 def mark_near_duplicates(table: ImageTable, tolerance: float = DEFAULT_TOLERANCE, workers: int = 4,
@@ -185,9 +205,12 @@ def conflicting_labels(table: ImageTable) -> list[list[tuple[str, str]]]:
     if GROUP_COLUMN not in table.frame.columns:
         return []
     labels, groups = table.labels(), table.frame[GROUP_COLUMN]
+    grouped = np.flatnonzero(groups.notna().to_numpy())
+    order = grouped[np.argsort(groups.to_numpy()[grouped].astype(np.int64), kind="stable")]
     found = []
-    for group in sorted(groups.dropna().unique()):
-        positions = np.flatnonzero((groups == group).fillna(False).to_numpy())
+    for positions in np.split(order, np.flatnonzero(np.diff(groups.to_numpy()[order].astype(np.int64))) + 1):
+        if not len(positions):
+            continue
         held = labels[positions]
         if table.task == "multilabel":
             conflict = ((held == 1).any(axis=0) & (held == 0).any(axis=0)).any()
