@@ -52,8 +52,9 @@ def froc(candidates: pd.DataFrame, nodules: pd.DataFrame, scans: list, excluded:
         0.0
     """
     scans = list(dict.fromkeys(scans))
-    entries = [_scan_entries(candidates[candidates["scan"] == scan], nodules[nodules["scan"] == scan],
-                             None if excluded is None else excluded[excluded["scan"] == scan]) for scan in scans]
+    by_scan = [_rows_by_scan(frame) for frame in (candidates, nodules, excluded)]  # one pass each, not one per scan
+    entries = [_scan_entries(*(rows(scan) for rows in by_scan[:2]),
+                             None if excluded is None else by_scan[2](scan)) for scan in scans]
     fps, sensitivity = _curve(entries)
     at = {rate: float(np.interp(rate, fps, sensitivity)) for rate in FP_RATES}
     cpm = float(np.mean(list(at.values())))
@@ -72,6 +73,15 @@ def froc(candidates: pd.DataFrame, nodules: pd.DataFrame, scans: list, excluded:
         result["cpm_ci"] = list(percentile_interval(values, level))
         result["interval"] = f"{level:.0%} percentile bootstrap over scans ({len(values)} resamples)"
     return result
+
+
+def _rows_by_scan(frame: pd.DataFrame | None):
+    """A function from a scan to ``frame``'s rows of that scan (none of an absent scan), grouped once."""
+    if frame is None:
+        return lambda scan: None
+    groups = {scan: rows for scan, rows in frame.groupby("scan", sort=False)} if len(frame) else {}
+    empty = frame.iloc[:0]
+    return lambda scan: groups.get(scan, empty)
 
 
 def _scan_entries(candidates: pd.DataFrame, nodules: pd.DataFrame, excluded: pd.DataFrame | None) -> dict:
