@@ -333,3 +333,16 @@ def test_a_weights_cache_that_cannot_be_written_is_refused_before_a_run(tmp_path
     monkeypatch.setenv("TFMED_WEIGHTS_DIR", str(tmp_path / "none"))
     with pytest.raises(MissingWeightsError, match=r"weights are downloaded into .*; set \$KERAS_HOME"):
         check_backbone("mobilenet_v2", image_size=96)
+
+
+def test_torch_pickle_refuses_a_tensor_one_element_longer_than_its_storage(tmp_path):
+    """A tensor whose last element is just past its storage's end (offset 20, 5 elements, 24 stored) is refused,
+    not read from the memory after the buffer; one that ends exactly on the last element is read."""
+    base = np.arange(24, dtype=np.float32)
+    fits = tmp_path / "fits.pth"
+    _legacy_file(fits, {"last": (base, (4,), (1,), 20)})
+    np.testing.assert_array_equal(load_legacy_state_dict(fits)["last"], base[20:24])
+    over = tmp_path / "over.pth"
+    _legacy_file(over, {"past": (base, (5,), (1,), 20)})
+    with pytest.raises(TorchPickleError):
+        load_legacy_state_dict(over)

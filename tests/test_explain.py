@@ -719,3 +719,52 @@ def test_an_ensemble_explains_its_own_top_class_in_every_member():
                                    atol=1e-5)
     own = [np.argmax(part.model.predict(part.images, verbose=0), axis=1) for part in result.parts]
     assert any((classes != decided).any() for classes in own), "the members agree everywhere: nothing is tested"
+
+
+def _min_max(maps):
+    maps = np.asarray(maps, float)
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    span = maps.max(axis=(-2, -1), keepdims=True) - low
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1), 0.0)
+
+
+def test_occlusion_averages_the_drops_of_the_patches_covering_each_pixel():
+    """Each pixel's occlusion value is the MEAN drop over the patches that cover it; with patch 4 and stride 2
+    on 8 x 8 a corner is covered once and the centre four times, so summing instead changes the map."""
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs)))
+    model.layers[-1].set_weights([rng.normal(0, 0.05, (64, 1)).astype("float32"), np.zeros(1, "float32")])
+    image = rng.uniform(0, 255, (1, 8, 8, 1)).astype("float32")
+    base = float(model.predict(image, verbose=0)[0, 0])
+    total, cover = np.zeros((8, 8)), np.zeros((8, 8))
+    for r in (0, 2, 4):
+        for c in (0, 2, 4):
+            occluded = image.copy()
+            occluded[0, r:r + 4, c:c + 4] = image[0].mean()
+            total[r:r + 4, c:c + 4] += base - float(model.predict(occluded, verbose=0)[0, 0])
+            cover[r:r + 4, c:c + 4] += 1
+    assert cover.min() == 1 and cover.max() == 4
+    expected = _min_max(np.maximum(total / cover, 0.0))
+    np.testing.assert_allclose(explain.occlusion(model, image, patch=4, stride=2)[0], expected, atol=1e-3)
+
+
+def test_gradcam_pp_weights_follow_the_alpha_formula_with_the_activation_sum():
+    """Grad-CAM++ alpha = g^2 / (2 g^2 + sum(A) g^3). With global average pooling into a Dense logit the
+    gradient is the Dense weight / (H * W) at every position, so the map follows by hand; dropping sum(A)
+    from the denominator changed it."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((16, 16, 1))
+    activations = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inputs)
+    logit = keras.layers.Dense(1, name="logit")(keras.layers.GlobalAveragePooling2D()(activations))
+    model = keras.Model(inputs, keras.layers.Activation("sigmoid")(logit))
+    kernel = np.array([0.5, -0.3, 0.8, 0.2], "float32")[:, None]
+    model.get_layer("logit").set_weights([kernel, np.zeros(1, "float32")])
+    images = np.random.default_rng(2).uniform(0, 255, (2, 16, 16, 1)).astype("float32")
+    A = keras.Model(inputs, activations).predict(images, verbose=0).astype(float)  # (2, 16, 16, 4)
+    g = np.broadcast_to(kernel[:, 0] / (16 * 16), A.shape).astype(float)          # d logit / d A
+    denominator = 2 * g ** 2 + A.sum(axis=(1, 2), keepdims=True) * g ** 3
+    alpha = g ** 2 / np.where(denominator != 0, denominator, 1)
+    weights = (alpha * np.maximum(g, 0)).sum(axis=(1, 2))
+    expected = _min_max(np.maximum((weights[:, None, None, :] * A).sum(-1), 0.0))
+    np.testing.assert_allclose(explain.gradcam_pp(model, images, layer="conv"), expected, atol=1e-3)

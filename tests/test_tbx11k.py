@@ -297,3 +297,37 @@ def test_the_tbx11k_experiment_answers_tuberculosis_or_not_and_is_tested_on_the_
     assert official["counts"]["test"] == {"tuberculosis": 4, "sick_non_tb": 4, "healthy": 4}
     assert official["coarse"]["thresholds"] == metrics["coarse"]["thresholds"]
     assert set(official["coarse"]["splits"]["test"]) == set(metrics["coarse"]["thresholds"])
+
+
+def test_tbx11k_boxes_are_scaled_per_axis_to_a_non_square_image(tmp_path):
+    """Boxes are scaled from their 512 x 512 frame to the image file's size per axis: x and width by the
+    width ratio, y and height by the height ratio. Square test images hid using one ratio for both axes."""
+    root = tmp_path / "TBX11K"
+    (root / "lists").mkdir(parents=True)
+    (root / "lists" / "TBX11K_train.txt").write_text("tb/tb0001.png\nhealth/h0001.png\n")
+    (root / "lists" / "TBX11K_val.txt").write_text("tb/tb0002.png\nhealth/h0002.png\n")
+    for entry in ("tb/tb0001.png", "health/h0001.png", "tb/tb0002.png", "health/h0002.png"):
+        (root / "imgs" / entry).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "imgs" / entry), np.zeros((32, 64), np.uint8))  # 64 wide, 32 high
+    for name in ("tb0001", "tb0002"):
+        write_boxes(root, name, [("ActiveTuberculosis", 64, 128, 192, 384)])  # x 64, y 128, w 128, h 256
+    frame = load_source(parse_source_spec(f"tbx11k:{root}")).frame.set_index("patient_id")
+    x_scale, y_scale = 64 / 512, 32 / 512
+    assert parse_boxes(frame.loc["tb0001", "boxes"]) == [(64 * x_scale, 128 * y_scale, 128 * x_scale,
+                                                          256 * y_scale)]  # (8, 8, 16, 16)
+
+
+def test_tbx11k_simplified_boxes_are_scaled_per_axis_to_a_non_square_image(tmp_path):
+    """Kaggle's data.csv boxes (in image_width x image_height = 512 x 512) are scaled per axis to the image
+    file: width by the width ratio, height by the height ratio, not one for the other."""
+    box = "{{'xmin': {}, 'ymin': {}, 'width': {}, 'height': {}}}".format
+    root = kaggle_tree(tmp_path / "tbx11k-simplified", [
+        ("h0001.png", "train", "none", "none", "healthy"),
+        ("tb0003.png", "train", box(64, 128, 128, 256), "active_tb", "tb"),
+        ("h0002.png", "val", "none", "none", "healthy"),
+        ("tb0007.png", "val", box(0, 0, 256, 256), "latent_tb", "tb")])
+    cv2.imwrite(str(root / "images" / "tb0003.png"), np.full((32, 64), 40, np.uint8))  # 64 wide, 32 high
+    frame = load_source(parse_source_spec(f"tbx11k:{root}")).frame.set_index("patient_id")
+    x_scale, y_scale = 64 / 512, 32 / 512
+    assert parse_boxes(frame.loc["tb0003", "boxes"]) == [(64 * x_scale, 128 * y_scale, 128 * x_scale,
+                                                          256 * y_scale)]  # (8, 8, 16, 16)

@@ -796,3 +796,34 @@ def test_inspect_a_png_and_a_dicom_image(tmp_path, capsys):
     assert main(["inspect", str(png), "--series", "1.2.3"]) == 2  # a series is chosen in a folder, not a file
     assert "a file, and --series (1.2.3; series_uid=) chooses a series of a folder of DICOM files" in \
         capsys.readouterr().err
+
+
+def test_dicom_series_with_non_square_pixel_spacing_puts_rows_and_columns_on_their_axes(tmp_path):
+    """PixelSpacing is [between rows, between columns]: with [0.5, 2.0] one row down moves IOP[3:6] * 0.5 and
+    one column right IOP[0:3] * 2.0. Reading the pair the other way round swapped them."""
+    for k in range(3):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.5, 2.0]
+        ds.SeriesInstanceUID = "1.2.3.4"
+        ds.SOPInstanceUID = f"1.2.3.4.{k}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(tmp_path / f"s{k}.dcm", enforce_file_format=True)
+    volume = read_volume(tmp_path)
+    np.testing.assert_allclose(volume.spacing, (2.5, 0.5, 2.0))
+    origin = volume.voxel_to_patient([0, 0, 0])
+    np.testing.assert_allclose(volume.voxel_to_patient([0, 1, 0]) - origin, [0.0, 0.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(volume.voxel_to_patient([0, 0, 1]) - origin, [2.0, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(volume.voxel_to_patient([1, 0, 0]) - origin, [0.0, 0.0, 2.5], atol=1e-6)
+
+
+def test_nifti_anisotropic_in_plane_zooms_come_out_as_slice_row_column(tmp_path):
+    """NIfTI zooms are (i, j, k) and the volume's spacing is (slice, row, column) = (k, j, i); with i and j
+    differing, taking zooms[0] for the rows swapped the in-plane spacings."""
+    path = tmp_path / "v.nii"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([0.5, 0.8, 2.0, 1.0])), path)
+    zooms = nibabel.load(path).header.get_zooms()
+    assert len(set(zooms)) == 3
+    volume = read_volume(path)
+    np.testing.assert_allclose(volume.spacing, (zooms[2], zooms[1], zooms[0]))

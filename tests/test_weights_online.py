@@ -294,3 +294,18 @@ def test_cli_lists_found_path_mirror_url_offline_and_lite_package(homes, served,
     assert "weights: not available offline" in lines["resnet50"] and resnet in lines["resnet50"]
     assert lines[NAME].endswith(f"weights: found {local}")
     assert server.requests == []
+
+
+def test_a_sha256_hash_is_checked_with_sha256_and_the_file_kept(homes, served):
+    """Keras publishes 64-digit sha256 hashes for some weights (ConvNeXt): such a hash is verified with sha256
+    (always checking md5 refused every such download), in upper case too, and a mismatch is still refused."""
+    folder, server = served
+    (folder / "w.h5").write_bytes(b"weights" * 1000)
+    sha = hashlib.sha256((folder / "w.h5").read_bytes()).hexdigest()
+    target = homes / "kept" / "w.h5"
+    W._download(server.url + "w.h5", target, sha.upper(), 10)
+    assert target.read_bytes() == (folder / "w.h5").read_bytes()
+    wrong = homes / "refused" / "w.h5"
+    with pytest.raises(W._DownloadFailed):
+        W._download(server.url + "w.h5", wrong, "0" * 64, 10)
+    assert not wrong.exists()

@@ -32,6 +32,7 @@ from .plots import training_curves
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PROPORTION_LABELS = (("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("ppv", "PPV"),
                       ("npv", "NPV"))
+EXCLUDED_SHOWN = 10  # excluded rows shown in the report per problem; the rest are counted
 OUT_OF_FOLD = "out_of_fold"  # the split key of a k-fold run's pooled out-of-fold scores (thresholds, subgroups)
 _PLOT_CAPTIONS = {  # {split}: the split the plots are drawn on (test, or val when a run has no test split);
     # {chosen_on}: where the thresholds were chosen (see chosen_on)
@@ -304,8 +305,30 @@ def _data_section(context: ReportContext) -> str:
         for row in context.excluded:
             columns += [str(k) for k in row if str(k) not in columns]
         parts.append(f"<h3>Excluded rows ({len(context.excluded)})</h3>")
-        parts.append(_table(columns, [[row.get(c, "") for c in columns] for row in context.excluded]))
+        parts.append(_table(columns, _shown_excluded(context.excluded, columns)))
     return "<h2>Data</h2>" + "".join(parts) if parts else ""
+
+
+def _shown_excluded(excluded: list[dict], columns: list[str]) -> list[list]:
+    """The report's rows of excluded rows: the first :data:`EXCLUDED_SHOWN` of each problem, then one row counting
+    the rest (CheXpert's 32,000 lateral views are not 32,000 table rows; ``excluded_rows.csv`` lists every one).
+
+    Example:
+        >>> rows = [{"row": r, "problem": "lateral view"} for r in range(12)] + [{"row": 12, "problem": "no file"}]
+        >>> [row[0] for row in _shown_excluded(rows, ["row", "problem"])][-3:]
+        [9, '...', 12]
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for row in excluded:
+        groups.setdefault((row.get("problem", ""), row.get("fix", "")), []).append(row)
+    said = "problem" if "problem" in columns else columns[0]
+    shown = []
+    for (problem, _), rows in groups.items():
+        shown += [[row.get(c, "") for c in columns] for row in rows[:EXCLUDED_SHOWN]]
+        if len(rows) > EXCLUDED_SHOWN:
+            shown.append([f"and {len(rows) - EXCLUDED_SHOWN} more row(s): {problem} (excluded_rows.csv lists every "
+                          "one)" if c == said else "..." for c in columns])
+    return shown
 
 
 def _metrics_section(context: ReportContext) -> str:
