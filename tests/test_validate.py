@@ -620,3 +620,27 @@ def test_an_error_about_a_data_file_named_like_a_setting_is_not_put_on_the_exper
     assert main(["validate", str(path)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("tfmed: error: data.csv") and str(path) not in error, error
+
+
+def test_a_multilabel_value_of_2_in_an_image_table_is_a_row_problem(tmp_path):
+    """A multilabel value must be 0, 1 or -1 (unknown): a 2 in a file-based ImageTable is reported on its row,
+    while the -1 and the 0/1 values are not."""
+    for i in range(3):
+        write_png(tmp_path / f"{i}.png", np.full((8, 8), 40 * i, np.uint8))
+    frame = pd.DataFrame({"image": [str(tmp_path / f"{i}.png") for i in range(3)], "label:a": [0, 1, 2],
+                          "label:b": [1, 0, -1], "patient_id": ["p0", "p1", "p2"]})
+    report = validate_table(ImageTable(frame, ["a", "b"], "multilabel"), workers=1)
+    assert not report.ok
+    problems = [(p.position, p.problem) for p in report.problems]
+    assert len(problems) == 1 and problems[0][0] == 2 and "label 2 " in problems[0][1], problems
+
+
+def test_a_box_starting_exactly_at_the_right_or_bottom_edge_lies_outside_the_image(tmp_path):
+    """A box whose x equals the image's width (or y its height) holds no pixel (columns run 0..width-1) and is
+    reported as outside; one starting on the last column or row is kept."""
+    write_png(tmp_path / "wide.png", np.zeros((32, 64), np.uint8))  # 64 wide, 32 high
+    (tmp_path / "m.csv").write_text("path,label,patient_id,boxes\n"
+                                    "wide.png,1,p1,\"64,0,5,5;0,32,5,5;63,31,5,5\"\n")
+    report = validate_table(load_manifest(tmp_path / "m.csv"), workers=1)
+    assert sorted(p.problem for p in report.problems) == [
+        "box 0,32,5,5 lies outside the 64 x 32 image", "box 64,0,5,5 lies outside the 64 x 32 image"]

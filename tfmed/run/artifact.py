@@ -31,6 +31,7 @@ from tfmed.evaluation.recalibration import Recalibration
 from tfmed.evaluation.thresholds import reaches
 from tfmed.files import DAMAGED, read_json
 from tfmed.modes import MemberScoring, get_mode
+from tfmed.progress import log
 from tfmed.run.manifest import check_run
 
 ARTIFACT_FILE = "tfmed_model.json"
@@ -92,6 +93,20 @@ class TrainedModel:
         """The preprocessing, train statistics and test-time views that turn a table into this model's inputs."""
         return ImageInputs(self.preprocess, self.stats, tta=self.tta,
                            volume_views=self.views if self.views.enabled else None)
+
+    def validate_images(self, table: ImageTable, max_pixels: int | None, where: str):
+        """New images (``table``, named ``where`` in messages) validated as the run's own were, for their bad rows
+        (the returned report); its warnings are logged, and so are files of another bit depth than the training
+        statistics were fitted on (:meth:`bit_depth_warning`)."""
+        from tfmed.data.validate import validate_table
+
+        report = validate_table(table, max_pixels=max_pixels, views=self.views, intensity=self.preprocess.intensity)
+        if report.warnings:
+            log(report.warnings_text())
+        depths = self.bit_depth_warning(report.bit_depths)
+        if depths:
+            log(f"warning: {where}: {depths}")
+        return report
 
     def bit_depth_warning(self, depths: dict) -> str | None:
         """Why new files of bit ``depths`` ({bit depth: count}) would be misread by the training statistics of this

@@ -17,7 +17,7 @@ from tfmed.config import (ConfigError, DataConfig, EvaluationConfig, ExperimentC
 from tfmed.data.near_duplicates import copies_of
 from tfmed.data.sources import SOURCES, DataSourceError, load_source, luna16, parse_source_spec, spelt_out
 from tfmed.data.table import LABEL_PREFIX, ImageTable, remap_labels
-from tfmed.data.validate import DataValidationError, apply_validation, excluded_summary, validate_table
+from tfmed.data.validate import DataValidationError, apply_validation, excluded_summary
 from tfmed.evaluation.comparison import compare_to_members
 from tfmed.evaluation.froc import froc
 from tfmed.evaluation.metrics import to_jsonable
@@ -209,12 +209,7 @@ def read_labelled_data(data: str, parsed: DataConfig, model: TrainedModel,
     table = load_source(parsed)
     _refuse_several_splits(spelt_out(parsed), sorted(table.frame["split"].dropna().unique()))
     limit = parsed.max_image_pixels if is_experiment_file(data) else config.data.max_image_pixels
-    report = validate_table(table, max_pixels=limit, views=model.views, intensity=model.preprocess.intensity)
-    if report.warnings:
-        log(report.warnings_text())
-    depths = model.bit_depth_warning(report.bit_depths)
-    if depths:
-        log(f"warning: {data}: {depths}")
+    report = model.validate_images(table, limit, data)
     remedy = (f"set exclude_bad_rows: true in the data: section of {data} to leave them out"
               if is_experiment_file(data) else
               f"pass --data a YAML file whose data: section names {data} (source and path) and sets "

@@ -13,7 +13,7 @@ import pandas as pd
 from tfmed.data.decode import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, image_kind
 from tfmed.config import ExperimentConfig
 from tfmed.data.table import ImageTable
-from tfmed.data.validate import apply_validation, validate_table
+from tfmed.data.validate import apply_validation
 from tfmed.data.volume_inputs import candidate_columns
 from tfmed.errors import count_noun
 from tfmed.progress import log
@@ -67,12 +67,7 @@ def image_table(model: TrainedModel, paths: list[str], max_pixels: int | None = 
         frame = pd.DataFrame({"image": [str(p.resolve()) for p in files], "row": np.arange(1, len(files) + 1)})
         table = ImageTable.unlabelled(frame, list(model.classes), model.task,
                                       source=f"the images given to {command}")
-    report = validate_table(table, max_pixels=max_pixels, views=model.views, intensity=model.preprocess.intensity)
-    if report.warnings:
-        log(report.warnings_text())
-    depths = model.bit_depth_warning(report.bit_depths)
-    if depths:
-        log(f"warning: the images given to {command}: {depths}")
+    report = model.validate_images(table, max_pixels, f"the images given to {command}")
     return apply_validation(table, report, exclude_bad_rows=False,
                             remedy=f"leave those files out of the images given to {command}")
 
