@@ -682,6 +682,11 @@ def test_validation_sample_weights_leave_out_the_cases_weighted_zero_and_refuse_
     uneven = tf.data.Dataset.from_tensor_slices((x, y, np.linspace(0.5, 2, 32).astype("float32"))).batch(8)
     with pytest.raises(tc.CallbackError, match="sample weights take values from 0.5 to 2; .*only weight 0"):
         model.fit(x, y, epochs=1, verbose=0, callbacks=[tc.ClinicalMetrics(uneven)])
+    masks = np.ones((32, 2), "float32")
+    masks[3, 1] = 0  # a mask of unknown labels: not one weight per case
+    masked = tf.data.Dataset.from_tensor_slices((x, np.c_[y, y], masks)).batch(8)
+    with pytest.raises(tc.CallbackError, match="differ between the labels of a case .* give an unknown label as -1"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[tc.ClinicalMetrics(masked)])
 
 
 def test_a_model_of_several_inputs_is_scored_on_validation_arrays():

@@ -525,3 +525,22 @@ def test_a_member_starts_from_random_weights_when_model_weights_is_null():
     assert [inherited.member_experiment(i).model.weights for i in (0, 1)] == ["imagenet", "imagenet"]
     # a run's config.yaml writes every member's weights, null where it was left out: it still reads as written
     assert ExperimentConfig.from_dict(inherited.to_dict()).member_experiment(0).model.weights == "imagenet"
+
+
+@pytest.mark.parametrize("refused, accepted, words", [
+    ({"preprocess": {"intensity": "window", "windows": [[40, 0]]}},
+     {"preprocess": {"intensity": "window", "windows": [[40, 1]]}}, ["windows[0]", "width > 0"]),
+    ({"model": {"mode": "svm", "svm": {"C": [0.0, 1.0]}}},
+     {"model": {"mode": "svm", "svm": {"C": [0.001, 1.0]}}}, ["C", "> 0"]),
+    ({"evaluation": {"subgroups": ["age"], "age_bands": [0, 60]}},
+     {"evaluation": {"subgroups": ["age"], "age_bands": [1, 60]}}, ["age_bands", "1-130"]),
+    ({"evaluation": {"ci_level": 1.0}}, {"evaluation": {"ci_level": 0.999}}, ["ci_level", "in (0, 1)"]),
+])
+def test_boundary_values_just_outside_the_allowed_range_are_refused(tmp_path, refused, accepted, words):
+    """The boundary itself is refused (window width 0, an SVM C of 0, an age band starting at 0, a 100 %
+    confidence interval) and the value just inside it accepted; a < for a <= let the boundary through."""
+    with pytest.raises(ConfigError) as error:
+        ExperimentConfig.from_yaml(_write(tmp_path, refused))
+    for word in words:
+        assert word in str(error.value)
+    ExperimentConfig.from_yaml(_write(tmp_path, accepted))

@@ -86,7 +86,7 @@ class _ValidationScorer(keras.callbacks.Callback):
             scores.append(_one_output(forward(element[0]), type(self).__name__))
             targets.append(_one_output(element[1], type(self).__name__, "targets"))
             if len(element) == 3:
-                weights.append(np.asarray(element[2], dtype=np.float64).reshape(len(targets[-1]), -1)[:, 0])
+                weights.append(_case_weights(element[2], len(targets[-1]), type(self).__name__))
         if not scores:
             raise CallbackError("the validation dataset is empty; it must yield (x, y) batches")
         scores, targets = np.concatenate(scores), np.concatenate(targets)
@@ -114,6 +114,17 @@ def _one_output(value, callback: str, what: str = "predictions") -> np.ndarray:
                             "validation data (x, y_finding) for keras.Model(model.inputs, "
                             "model.get_layer(NAME).output)")
     return np.asarray(value)
+
+
+def _case_weights(weights, cases: int, callback: str) -> np.ndarray:
+    """One sample weight per case of a validation batch; weights per label (a mask of unknown labels) are refused,
+    naming tfmed's own way to mark them."""
+    weights = np.asarray(weights, dtype=np.float64).reshape(cases, -1)
+    if weights.shape[1] > 1 and np.ptp(weights, axis=1).any():
+        raise CallbackError(f"{callback}: the validation sample weights differ between the labels of a case (a mask "
+                            "of unknown labels?); give an unknown label as -1 in y instead, which the clinical "
+                            "figures leave out label by label")
+    return weights[:, 0]
 
 
 def _weighted_cases(weights: np.ndarray, callback: str) -> np.ndarray:
