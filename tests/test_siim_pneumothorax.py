@@ -237,3 +237,16 @@ def test_the_siim_experiment_fine_tunes_on_the_release_and_leaves_out_its_missin
     explained = pd.read_csv(run / "explanations" / "explanations.csv")
     boxed = explained[explained["label"] == "pneumothorax"]
     assert len(boxed) >= 1 and boxed["box_fraction"].notna().all()  # measured against the masks' boxes
+
+
+def test_a_run_ending_exactly_on_the_images_last_pixel_is_read():
+    """A run that ends on the last pixel is valid (SIIM's masks often touch the image's bottom-right corner):
+    runs are column-major, so on a 2 high x 3 wide image pixels 4 and 5 are the last column. One pixel more
+    passes the end and is refused; a >= instead of > refused the valid run too."""
+    flat = np.zeros(2 * 3, bool)
+    flat[4:6] = True
+    expected = flat.reshape(3, 2).T  # column-major: consecutive pixels run down a column
+    np.testing.assert_array_equal(mask_from_rle("4 2", 2, 3, relative=False), expected)
+    np.testing.assert_array_equal(mask_from_rle("3 1", 2, 2, relative=False), [[False, False], [False, True]])
+    with pytest.raises(ValueError):
+        mask_from_rle("4 3", 2, 3, relative=False)

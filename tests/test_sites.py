@@ -133,3 +133,26 @@ def test_copies_of_training_images_at_a_held_out_site_are_logged_as_such(tmp_pat
     assert ("1 test image(s) are near-identical to training images (split.test_sites holds its sites' images out "
             "whole, and these copy images of a training site") in log
     assert "remove the copies from one site's data" in log and "a split the data source made" not in log
+
+
+def test_the_dicom_folder_source_reads_the_site_from_institution_name(tmp_path):
+    """data.source dicom takes a row's site from the DICOM InstitutionName tag (README, module doc), not from
+    another tag such as StationName; a file without InstitutionName has no site."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from tfmed.data.sources.dicom import load_dicom_folder
+
+    for name, hospital in (("a", "Hospital A"), ("b", "Hospital B")):
+        (tmp_path / name).mkdir()
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        ds.InstitutionName, ds.StationName = hospital, "CONSOLE1"
+        ds.save_as(tmp_path / name / "x.dcm", enforce_file_format=True)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.StationName = "CONSOLE1"
+    if "InstitutionName" in ds:
+        del ds.InstitutionName
+    ds.save_as(tmp_path / "b" / "y.dcm", enforce_file_format=True)
+    frame = load_dicom_folder(tmp_path).frame
+    sites = dict(zip(frame["image"].map(lambda p: "/".join(p.split("/")[-2:])), frame["site"]))
+    assert sites["a/x.dcm"] == "Hospital A" and sites["b/x.dcm"] == "Hospital B"
+    assert pd.isna(sites["b/y.dcm"])
