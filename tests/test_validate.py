@@ -644,3 +644,21 @@ def test_a_box_starting_exactly_at_the_right_or_bottom_edge_lies_outside_the_ima
     report = validate_table(load_manifest(tmp_path / "m.csv"), workers=1)
     assert sorted(p.problem for p in report.problems) == [
         "box 0,32,5,5 lies outside the 64 x 32 image", "box 64,0,5,5 lies outside the 64 x 32 image"]
+
+
+def test_a_decoder_warning_costs_one_batch_decoded_again_not_every_file(tmp_path, monkeypatch):
+    """One warning made validation decode every file again, one at a time: 23 s for 25,000 files against 13 s."""
+    import tfmed.data.validate as validate_module
+
+    files = {f"good{i}.png": png_bytes() for i in range(7)}
+    files["warned.png"] = warned_png()  # the eighth file: in the fourth batch of two
+    table = table_of(tmp_path, files)
+    decoded = []
+    read = validate_module.read_image_and_info
+    monkeypatch.setattr(validate_module, "read_image_and_info",
+                        lambda path, *args, **kwargs: decoded.append(os.path.basename(path)) or read(path, *args,
+                                                                                                      **kwargs))
+    monkeypatch.setattr(validate_module, "TRACED_BATCH", 2)
+    report = validate_table(table, workers=2)
+    assert [(w.row, w.problem) for w in report.warnings] == [(9, "the decoder warned: libpng warning: iCCP: too short")]
+    assert sorted(decoded[8:]) == ["good6.png", "warned.png"]  # its batch alone, decoded again file by file

@@ -177,6 +177,7 @@ class ValidationReport:
 
 # Warnings of one kind (the same problem and fix, e.g. 30,000 skipped lateral views) shown before the rest
 # are counted; every one of them stays in to_frame() and in the run's excluded rows.
+TRACED_BATCH = 256  # files decoded in parallel under one capture of what decoders print (see _check_files)
 SHOWN_PER_WARNING = 10
 SHOWN_PER_PROBLEM = 20   # every problem stays in the report's frame (to_frame) and in excluded_rows.csv
 
@@ -447,21 +448,26 @@ def _check_files(frame: pd.DataFrame, add, warn, max_channels: int, allowed_bit_
         except ImageReadError as error:
             return error
 
-    # File descriptor 2 is one per process, so the parallel pass catches what the decoders print as a
-    # whole; if they printed anything, files are decoded again one at a time, each capturing its own
-    # output, until every line is traced to its file.
-    # Python warnings (e.g. pydicom's) are caught alike: one block around the threads, then each file's own.
-    with native_stderr_captured() as printed, python_warnings_caught() as warned, \
-            ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        outcomes = dict(zip(unique, pool.map(check, unique)))
-    untraced = Counter(decoder_messages(printed.text) + decoder_messages(warned.text))
-    for path in unique:
-        if not untraced:
-            break
-        outcome = check(path, capture_messages=True)
-        if outcome is not None and outcome.decoder_output:
-            outcomes[path] = outcome
-            untraced -= Counter(decoder_messages(outcome.decoder_output))
+    # File descriptor 2 is one per process, so each parallel pass over a batch of files catches what the
+    # decoders print as a whole; the files of a batch that printed anything are decoded again one at a time,
+    # each capturing its own output, until every line is traced to its file (a warning costs one batch again,
+    # not every file). Python warnings (e.g. pydicom's) are caught alike.
+    outcomes: dict = {}
+    untraced: Counter = Counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for start in range(0, len(unique), TRACED_BATCH):
+            batch = unique[start:start + TRACED_BATCH]
+            with native_stderr_captured() as printed, python_warnings_caught() as warned:
+                outcomes.update(zip(batch, pool.map(check, batch)))
+            said = Counter(decoder_messages(printed.text) + decoder_messages(warned.text))
+            for path in batch:
+                if not said:
+                    break
+                outcome = check(path, capture_messages=True)
+                if outcome is not None and outcome.decoder_output:
+                    outcomes[path] = outcome
+                    said -= Counter(decoder_messages(outcome.decoder_output))
+            untraced += said
     if untraced:  # e.g. a library's Python warning, which is shown once per process
         warn(None, "printed while the images were decoded, not traced to one file: "
              + " | ".join(untraced.elements()), "none for the rows; it is listed so that no message is lost")
