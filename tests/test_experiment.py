@@ -3,6 +3,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -543,14 +544,16 @@ def test_tb_xray_runs_end_to_end_on_a_stand_in_folder(tmp_path):
     assert metrics["splits"]["test"]["youden"]["roc_auc"] > 0.8  # the synthetic patch is easy
     assert set(metrics["members"]["test"]) == {"lite0_finetune", "lite0_finetune_seed1"}  # a seed ensemble
     # the decision: 0.5 on probabilities recalibrated on the pooled out-of-fold scores (the easy stand-in's
-    # scores may separate its classes completely, and then the fit is declined with that reason; the fit
+    # scores may separate its classes completely, or so nearly that the fit would round scores together, and
+    # then the fit is declined with that reason; the fit
     # itself is tested in test_recalibration.py)
     assert metrics["threshold_method"] == "fixed" and metrics["thresholds"]["fixed"] == 0.5
     assert "decides at the preset threshold 0.5 (evaluation.threshold: fixed), which was not chosen on any data" \
         in (run_dir / "report.html").read_text()
     recalibration = metrics["recalibration"]
     assert (recalibration["method"], recalibration["fitted_on"]) == ("logistic", "out_of_fold")
-    assert recalibration["applied"] or "separate the classes completely" in recalibration["reason"]
+    assert recalibration["applied"] or re.search("separate the classes completely|so steep .* nearly separate the "
+                                                 "classes", recalibration["reason"])
 
 
 def test_tb_xray_without_data_stops_at_once_naming_the_sets(tmp_path):

@@ -415,10 +415,21 @@ def _logistic_line(y: np.ndarray, z: np.ndarray, label: str) -> tuple[float, flo
 
 
 def _refuse_rounded_ties(before: np.ndarray, after: np.ndarray, fit: str) -> None:
-    """Refuse a fit whose probabilities tie cases the scores told apart (rounded to 0 or 1 in floating point):
-    it would change how the model ranks images, and the decisions carried over to it."""
-    merged = sum(max(0, np.unique(b).size - np.unique(a).size) for b, a in zip(_columns(before).T,
-                                                                              _columns(after).T))
+    """Refuse a fit whose probabilities tie cases the scores (``before``, logits) told apart, rounded together
+    within 1e-6 of 0 or 1: it would change how the model ranks images, and the decisions carried over to it.
+    Logits closer than 1e-6 (float noise of one score computed two ways) count as one.
+
+    Example:
+        >>> z = np.array([-1.0, 0.0, 1.0, 2.0])
+        >>> _refuse_rounded_ties(z, expit(3 * z), "a gentle line")  # nothing tied: no error
+        >>> _refuse_rounded_ties(z, expit(40 * z), "a steep line")
+        Traceback (most recent call last):
+        tfmed.evaluation.recalibration.RecalibrationError: a steep line that it rounds 1 distinct score(s) ...
+    """
+    merged = 0
+    for b, a in zip(_columns(before).T, _columns(after).T):
+        edge = (a < _EDGE) | (a > 1 - _EDGE)
+        merged += max(0, np.unique(np.round(b[edge], 6)).size - np.unique(a[edge]).size)
     if merged > 0:
         raise RecalibrationError(f"{fit} that it rounds {merged} distinct score(s) of the fitting split together "
                                  "(at probability 0 or 1 in floating point), which would change how the model ranks "
