@@ -649,7 +649,7 @@ def test_a_model_of_several_outputs_is_refused_when_fit_starts_not_scored_as_lab
     for callback in (tc.ClinicalMetrics(dataset), tc.ThresholdSelector(dataset)):
         epochs = []
         with pytest.raises(tc.CallbackError, match=r"scores a model of one output; this one has 2 \(finding, aux\)"):
-            model.fit(dataset, epochs=1, verbose=0, callbacks=[callback, keras.callbacks.LambdaCallback(
+            model.fit(dataset, epochs=1, verbose=0, shuffle=False, callbacks=[callback, keras.callbacks.LambdaCallback(
                 on_epoch_begin=lambda epoch, logs: epochs.append(epoch))])
         assert epochs == []  # refused before the first epoch trains
     with pytest.raises(tc.CallbackError, match="validation targets are a list of 2 arrays; score a model of one"):
@@ -663,7 +663,7 @@ def test_a_model_of_several_outputs_is_refused_when_fit_starts_not_scored_as_lab
 
 def test_validation_sample_weights_leave_out_the_cases_weighted_zero_and_refuse_others():
     x, y = tiny_data(32)
-    model = tiny_model()
+    model = tc.add_threshold_layer(tiny_model())  # ThresholdSelector stores its threshold there
     model.compile("sgd", "binary_crossentropy")
     weights = np.r_[np.ones(20), np.zeros(12)].astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices((x, y, weights)).batch(8)
