@@ -484,20 +484,21 @@ def resume_experiment(run_dir: str | Path) -> Path:
 
 def _check_same_data(run_dir: Path, environment: dict, table: ImageTable) -> None:
     """Refuse to resume on other data than the run began with: its splits.csv and, for runs that recorded it,
-    the data's digest (images, labels, split)."""
+    the data's digest (images, labels, split); files whose modification times alone changed are taken as the same,
+    with a warning."""
     recorded = pd.read_csv(run_dir / "splits.csv", usecols=["image", "split"], keep_default_na=False)
     now = table.frame[["image", "split"]].astype(str).reset_index(drop=True)
-    same = recorded.astype(str).equals(now) and environment.get("data_digest") in (None, data_digest(table))
-    if not same and recorded.astype(str).equals(now) and environment.get("data_digest_without_times") == \
-            data_digest(table, times=False):
+    same_rows = recorded.astype(str).equals(now)
+    if same_rows and environment.get("data_digest") in (None, data_digest(table)):
+        return
+    if same_rows and environment.get("data_digest_without_times") == data_digest(table, times=False):
         log("warning: the image files' modification times changed since the run started (a copy or a restore "
             "that did not keep them), but not their names, sizes, labels or split: resuming on them. If their "
             "contents changed, stop and run the experiment anew instead")
         return
-    if not same:
-        raise RunDirectoryError(f"{run_dir}: the data (images, labels) or their split differ from those the run "
-                                "started on; a resumed run must train on the same data, so run the experiment anew "
-                                "instead")
+    raise RunDirectoryError(f"{run_dir}: the data (images, labels) or their split differ from those the run "
+                            "started on; a resumed run must train on the same data, so run the experiment anew "
+                            "instead")
 
 
 def _record_resume(run_dir: Path, environment: dict, resumed: float) -> float:
